@@ -1,0 +1,14 @@
+"""chunkfs: a distributed filesystem.
+
+The metaserver owns the namespace and the chunk table, chunkservers store 4 MiB chunks,
+and the FUSE mount turns POSIX calls into metadata calls and chunk transfers.
+"""
+
+__version__ = "0.1.0"
+
+CHUNK_SIZE = 4 * 1024 * 1024
+"""Every file is cut into chunks of this many bytes (the last one may be shorter)."""
+
+DEFAULT_METASERVER_PORT = 9520
+ROOT_INODE = 1
+MAX_NAME_BYTES = 255

@@ -1,0 +1,47 @@
+"""Registration and heartbeats: tells the metaserver this server is alive, where it listens and
+how much room it has; at start also which chunk versions it holds, and removes those the
+metaserver says no file references."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from chunkfs.chunkserver.store import ChunkStore
+from chunkfs.errors import FsError, TransportError
+from chunkfs.protocol import records as r
+from chunkfs.protocol.meta_client import MetaClient
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    def __init__(self, store: ChunkStore, meta: MetaClient, address: str, interval_s: float,
+                 report_grace_s: float = 300.0) -> None:
+        self.store, self.meta, self.address = store, meta, address
+        self.interval_s, self.report_grace_s = interval_s, report_grace_s
+        self.registered = False
+
+    def hello(self, with_chunks: bool) -> r.ServerHello:
+        capacity, used = self.store.capacity()
+        chunks = self.store.held(self.report_grace_s) if with_chunks else None
+        return r.ServerHello(id=self.store.server_id, address=self.address, capacity_bytes=capacity,
+                             used_bytes=used, chunks=chunks)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                hello = await asyncio.to_thread(self.hello, not self.registered)
+                reply = await self.meta.hello(hello)
+                if not self.registered:
+                    log.info("registered with the metaserver as %s (%s)", self.store.server_id, self.address)
+                self.registered = True
+                for chunk_id, version in reply.delete:
+                    await asyncio.to_thread(self.store.delete, chunk_id, version)
+            except (FsError, TransportError) as exc:
+                if self.registered:
+                    log.warning("heartbeat failed: %s", exc)
+                self.registered = False
+            except Exception:
+                log.exception("heartbeat failed")
+            await asyncio.sleep(self.interval_s)

@@ -1,0 +1,49 @@
+"""The one place where chunkfs errors are given an errno and an HTTP status.
+
+Servers raise `FsError(errno.X, message)`; the HTTP layer turns it into a 4xx/5xx answer with a
+JSON body `{"errno": "ENOENT", "message": ...}`; the protocol client turns that body back into
+the same `FsError`; the mount's edge turns it into `pyfuse3.FUSEError`.
+"""
+
+from __future__ import annotations
+
+import errno
+
+_HTTP_STATUS = {
+    errno.ENOENT: 404,
+    errno.EEXIST: 409,
+    errno.ENOTEMPTY: 409,
+    errno.EACCES: 403,
+    errno.EPERM: 403,
+    errno.ENOSPC: 507,
+    errno.EIO: 500,
+    errno.ESTALE: 410,
+}
+
+
+class FsError(Exception):
+    """A failure with a POSIX meaning; `errno` is what the user's program will see."""
+
+    def __init__(self, err: int, message: str = "") -> None:
+        super().__init__(message or errno.errorcode.get(err, str(err)))
+        self.errno = err
+        self.message = message or errno.errorcode.get(err, str(err))
+
+    @property
+    def name(self) -> str:
+        return errno.errorcode.get(self.errno, "EIO")
+
+    def http_status(self) -> int:
+        return _HTTP_STATUS.get(self.errno, 400)
+
+    def to_json(self) -> dict:
+        return {"errno": self.name, "message": self.message}
+
+    @classmethod
+    def from_json(cls, body: dict, default: int = errno.EIO) -> "FsError":
+        err = getattr(errno, str(body.get("errno", "")), default)
+        return cls(err, str(body.get("message", "")))
+
+
+class TransportError(Exception):
+    """A server could not be reached or answered garbage after all retries: EIO for users."""

@@ -1,0 +1,158 @@
+"""The metaserver's HTTP routes. Handlers are thin: decode the request record, run the
+operation (reads in a read transaction, mutations through the group committer), encode."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from chunkfs.errors import FsError
+from chunkfs.httpserver import json_response, make_app, read_body
+from chunkfs.metaserver.chunk_table import ChunkTable
+from chunkfs.metaserver.db import GroupCommitter, MetaDB
+from chunkfs.metaserver.deleter import Deleter
+from chunkfs.metaserver.namespace import Namespace
+from chunkfs.metaserver.registry import Registry
+from chunkfs.protocol import records as r
+from chunkfs.protocol.chunk_client import ChunkClient
+from chunkfs.protocol.http import SignedHttp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Metaserver:
+    """Everything one running metaserver owns; lives on the aiohttp app."""
+
+    db: MetaDB
+    committer: GroupCommitter
+    namespace: Namespace
+    chunks: ChunkTable
+    registry: Registry
+    deleter: Deleter
+    orphan_grace_s: float
+    started: float = field(default_factory=time.monotonic)
+
+
+STATE = web.AppKey("metaserver", Metaserver)
+
+READS = {
+    "lookup": (r.LookupReq, lambda m, t, q: m.namespace.lookup(t, q.parent, q.name)),
+    "getattr": (r.InodeReq, lambda m, t, q: m.namespace.getattr(t, q.ino)),
+    "readdir": (r.ReaddirReq, lambda m, t, q: m.namespace.readdir(t, q.ino, q.after, min(q.limit, 10000))),
+    "readlink": (r.InodeReq, lambda m, t, q: m.namespace.readlink(t, q.ino)),
+    "resolve": (r.PathReq, lambda m, t, q: m.namespace.resolve(t, q.path)),
+    "getxattr": (r.XattrReq, lambda m, t, q: m.namespace.getxattr(t, q.ino, q.name)),
+    "listxattr": (r.InodeReq, lambda m, t, q: m.namespace.listxattr(t, q.ino)),
+    "open": (r.InodeReq, lambda m, t, q: r.FileLayout(
+        m.namespace.getattr(t, q.ino), m.chunks.refs(t, q.ino), m.registry.address_map())),
+    "statfs": (r.InodeReq, lambda m, t, q: statfs(m, t)),
+}
+
+MUTATIONS = {
+    "create": (r.CreateReq, lambda m: m.namespace.create),
+    "link": (r.LinkReq, lambda m: m.namespace.link),
+    "remove": (r.RemoveReq, lambda m: m.namespace.remove),
+    "rename": (r.RenameReq, lambda m: m.namespace.rename),
+    "setattr": (r.SetattrReq, lambda m: lambda txn, q: m.namespace.setattr(txn, q, m.chunks.truncate)),
+    "setxattr": (r.XattrReq, lambda m: m.namespace.setxattr),
+    "removexattr": (r.XattrReq, lambda m: m.namespace.removexattr),
+    "commit": (r.CommitReq, lambda m: m.chunks.commit),
+    "goal": (r.GoalReq, lambda m: m.namespace.set_goal),
+}
+
+
+def statfs(m: Metaserver, txn) -> r.Statfs:
+    total, free = m.registry.totals()
+    return r.Statfs(total_bytes=total, free_bytes=free, files=txn.stat(m.db.inodes)["entries"],
+                    chunks=txn.stat(m.db.chunks)["entries"])
+
+
+async def fs_operation(request: web.Request) -> web.Response:
+    m = request.app[STATE]
+    op = request.match_info["op"]
+    if op in READS:
+        record_type, run = READS[op]
+        req = await read_body(request, record_type)
+        with m.db.read() as txn:
+            return json_response(run(m, txn, req))
+    if op in MUTATIONS:
+        record_type, bind = MUTATIONS[op]
+        req = await read_body(request, record_type)
+        result = await m.committer.run(bind(m), req)
+        if op in ("remove", "rename", "commit", "setattr"):
+            m.deleter.wake.set()
+        return json_response(result)
+    if op == "allocate":
+        return json_response(await allocate(m, await read_body(request, r.AllocateReq)))
+    raise FsError(errno.ENOSYS, f"unknown operation {op!r}")
+
+
+async def allocate(m: Metaserver, req: r.AllocateReq) -> r.Allocation:
+    chunk_id, version, goal = await m.committer.run(m.chunks.allocate, req.ino, req.index)
+    servers = m.registry.place(goal, set(req.exclude))
+    if not servers:
+        raise FsError(errno.ENOSPC, "no chunkserver with free space is alive")
+    return r.Allocation(chunk_id, version, [r.ServerRef(s.id, s.address) for s in servers])
+
+
+async def server_hello(request: web.Request) -> web.Response:
+    """Registration (with the chunk list, at a chunkserver's start) and heartbeats (without)."""
+    m = request.app[STATE]
+    hello = await read_body(request, r.ServerHello)
+    if m.registry.needs_saving(hello):
+        await m.committer.run(m.registry.save, hello)
+    m.registry.heartbeat(hello)
+    delete: list[tuple[int, int]] = []
+    if hello.chunks is not None:
+        delete = await m.committer.run(
+            lambda txn: m.chunks.unreferenced(txn, hello.chunks, m.orphan_grace_s))
+        if delete:
+            log.info("server %s holds %d unreferenced chunk versions; told to delete them",
+                     hello.address, len(delete))
+    return json_response(r.HelloReply(delete))
+
+
+async def status(request: web.Request) -> web.Response:
+    m = request.app[STATE]
+    alive = m.registry.alive_ids()
+    total, free = m.registry.totals()
+    with m.db.read() as txn:
+        files, dirs = m.namespace.count(txn)
+        chunks, under = m.chunks.count(txn, alive)
+        pending = m.chunks.count_deletions(txn)
+    return json_response(r.ClusterStatus(
+        servers=m.registry.status(), files=files, directories=dirs, chunks=chunks,
+        chunks_under_goal=under, pending_deletions=pending, total_bytes=total, free_bytes=free,
+        default_goal=m.namespace.default_goal,
+    ))
+
+
+async def health(request: web.Request) -> web.Response:
+    return json_response({"ok": True, "role": "metaserver"})
+
+
+def build_app(m: Metaserver, secret: bytes, http: SignedHttp) -> web.Application:
+    app = make_app(secret, client_max_size=64 * 1024 * 1024)
+    app[STATE] = m
+    app.router.add_post("/v1/fs/{op}", fs_operation)
+    app.router.add_post("/v1/servers/hello", server_hello)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/health", health)
+
+    async def background(app: web.Application):
+        task = asyncio.create_task(m.deleter.run())
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await http.aclose()
+        m.committer.stop()
+        m.db.close()
+
+    app.cleanup_ctx.append(background)
+    return app

@@ -1,0 +1,219 @@
+"""The chunk table: which chunk versions make up each file, where their replicas are, and
+which dropped versions still have to be removed from chunkservers.
+
+Writes are copy-on-write: every upload of a chunk gets a new version (and lands in a new file on
+each chunkserver), and the commit that makes it part of the file queues the version it replaces
+for deletion. A reader therefore never sees a half-written chunk, and a chunkserver that missed
+a write can never serve a stale version: the version is part of every chunk request.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+import time
+
+import lmdb
+import msgspec
+from msgspec import Struct
+
+from chunkfs import CHUNK_SIZE
+from chunkfs.errors import FsError
+from chunkfs.metaserver.db import U64x2, MetaDB, read_u64, u64
+from chunkfs.metaserver.namespace import Namespace
+from chunkfs.protocol import records as r
+
+ID_RESERVE = 10_000
+
+
+class ChunkRecord(Struct, array_like=True):
+    chunk_id: int
+    version: int
+    length: int
+    checksum: str
+    replicas: list[str]
+
+
+_enc = msgspec.msgpack.Encoder()
+_chunk_dec = msgspec.msgpack.Decoder(ChunkRecord)
+_servers_dec = msgspec.msgpack.Decoder(list[str])
+
+
+def chunk_key(ino: int, index: int) -> bytes:
+    return U64x2.pack(ino, index)
+
+
+class IdAllocator:
+    """Chunk ids and versions, unique forever: reserved in blocks so most allocations need no
+    write; a restart skips whatever was reserved and unused."""
+
+    def __init__(self, db: MetaDB, name: bytes) -> None:
+        self.db, self.name = db, name
+        self.next = self.limit = 0
+
+    def take(self, txn: lmdb.Transaction) -> int:
+        if self.next >= self.limit:
+            raw = txn.get(self.name, db=self.db.counters)
+            start = max(read_u64(raw) if raw else 1, self.next)
+            self.next, self.limit = start, start + ID_RESERVE
+            txn.put(self.name, u64(self.limit), db=self.db.counters)
+        value = self.next
+        self.next += 1
+        return value
+
+
+class ChunkTable:
+    def __init__(self, db: MetaDB, namespace: Namespace) -> None:
+        self.db = db
+        self.namespace = namespace
+        self.chunk_ids = IdAllocator(db, b"next_chunk_id")
+        self.versions = IdAllocator(db, b"next_version")
+        self.recent_allocations: dict[tuple[int, int], float] = {}
+        namespace.on_inode_freed = self.drop_file
+
+    # ---- reading ----------------------------------------------------------------------------
+    def records(self, txn: lmdb.Transaction, ino: int) -> list[tuple[int, ChunkRecord]]:
+        prefix = u64(ino)
+        cursor = txn.cursor(db=self.db.chunks)
+        out = []
+        if cursor.set_range(prefix):
+            for key, raw in cursor:
+                if not key.startswith(prefix):
+                    break
+                out.append((U64x2.unpack(key)[1], _chunk_dec.decode(raw)))
+        return out
+
+    def refs(self, txn: lmdb.Transaction, ino: int) -> list[r.ChunkRef]:
+        return [
+            r.ChunkRef(index=index, chunk_id=rec.chunk_id, version=rec.version, length=rec.length,
+                       checksum=rec.checksum, replicas=rec.replicas)
+            for index, rec in self.records(txn, ino)
+        ]
+
+    def all_versions(self, txn: lmdb.Transaction) -> set[tuple[int, int]]:
+        return {(rec.chunk_id, rec.version) for _k, raw in txn.cursor(db=self.db.chunks)
+                for rec in (_chunk_dec.decode(raw),)}
+
+    def count(self, txn: lmdb.Transaction, alive: set[str]) -> tuple[int, int]:
+        """(chunks, chunks with fewer alive replicas than their file's goal) — a full scan."""
+        chunks = under = 0
+        goals: dict[int, int] = {}
+        for key, raw in txn.cursor(db=self.db.chunks):
+            ino = U64x2.unpack(key)[0]
+            if ino not in goals:
+                goals[ino] = self.namespace.get(txn, ino).goal or self.namespace.default_goal
+            rec = _chunk_dec.decode(raw)
+            chunks += 1
+            if sum(1 for s in rec.replicas if s in alive) < goals[ino]:
+                under += 1
+        return chunks, under
+
+    # ---- writing ----------------------------------------------------------------------------
+    def allocate(self, txn: lmdb.Transaction, ino: int, index: int) -> tuple[int, int, int]:
+        """A fresh (chunk_id, version) for chunk `index` of `ino`, and the file's goal."""
+        inode = self.namespace.get(txn, ino)
+        if not stat.S_ISREG(inode.mode):
+            raise FsError(errno.EINVAL, f"inode {ino} is not a regular file")
+        if index < 0 or index > (1 << 40):
+            raise FsError(errno.EFBIG, f"chunk index {index} out of range")
+        raw = txn.get(chunk_key(ino, index), db=self.db.chunks)
+        chunk_id = _chunk_dec.decode(raw).chunk_id if raw else self.chunk_ids.take(txn)
+        version = self.versions.take(txn)
+        self.recent_allocations[(chunk_id, version)] = time.monotonic()
+        return chunk_id, version, inode.goal or self.namespace.default_goal
+
+    def commit(self, txn: lmdb.Transaction, req: r.CommitReq) -> r.Attr:
+        """Make uploaded chunk versions part of the file and set its size and mtime."""
+        try:
+            inode = self.namespace.get(txn, req.ino)
+        except FsError:
+            for ref in req.chunks:
+                self.queue_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
+            raise FsError(errno.ESTALE, f"inode {req.ino} was removed while being written") from None
+        if not stat.S_ISREG(inode.mode):
+            raise FsError(errno.EINVAL, f"inode {req.ino} is not a regular file")
+        for ref in req.chunks:
+            if ref.length > CHUNK_SIZE or ref.length < 0 or not ref.replicas:
+                raise FsError(errno.EINVAL, f"bad chunk {ref.index}: length {ref.length}")
+            key = chunk_key(req.ino, ref.index)
+            raw = txn.get(key, db=self.db.chunks)
+            current = _chunk_dec.decode(raw) if raw else None
+            if current is not None and current.version >= ref.version:
+                self.queue_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
+                continue
+            if current is not None:
+                inode.stored_bytes -= current.length
+                self.queue_deletion(txn, current.chunk_id, current.version, current.replicas)
+            record = ChunkRecord(ref.chunk_id, ref.version, ref.length, ref.checksum, list(ref.replicas))
+            txn.put(key, _enc.encode(record), db=self.db.chunks)
+            inode.stored_bytes += ref.length
+            self.recent_allocations.pop((ref.chunk_id, ref.version), None)
+        if req.size != inode.size:
+            inode.stored_bytes = self.truncate(txn, req.ino, req.size)
+        inode.size = req.size
+        inode.mtime_ns = req.mtime_ns
+        inode.ctime_ns = time.time_ns()
+        self.namespace.put(txn, req.ino, inode)
+        return self.namespace.attr(req.ino, inode)
+
+    def truncate(self, txn: lmdb.Transaction, ino: int, size: int) -> int:
+        """Drop chunks past `size` and shorten the last one; return the bytes still stored."""
+        stored = 0
+        for index, rec in self.records(txn, ino):
+            start = index * CHUNK_SIZE
+            if start >= size:
+                txn.delete(chunk_key(ino, index), db=self.db.chunks)
+                self.queue_deletion(txn, rec.chunk_id, rec.version, rec.replicas)
+                continue
+            if start + rec.length > size:
+                rec.length = size - start
+                txn.put(chunk_key(ino, index), _enc.encode(rec), db=self.db.chunks)
+            stored += rec.length
+        return stored
+
+    def drop_file(self, txn: lmdb.Transaction, ino: int) -> None:
+        for index, rec in self.records(txn, ino):
+            txn.delete(chunk_key(ino, index), db=self.db.chunks)
+            self.queue_deletion(txn, rec.chunk_id, rec.version, rec.replicas)
+
+    # ---- deletions --------------------------------------------------------------------------
+    def queue_deletion(self, txn: lmdb.Transaction, chunk_id: int, version: int, servers: list[str]) -> None:
+        if not servers:
+            return
+        key = U64x2.pack(chunk_id, version)
+        raw = txn.get(key, db=self.db.deletions)
+        pending = set(_servers_dec.decode(raw)) if raw else set()
+        txn.put(key, _enc.encode(sorted(pending | set(servers))), db=self.db.deletions)
+
+    def pending_deletions(self, txn: lmdb.Transaction, limit: int) -> list[tuple[int, int, list[str]]]:
+        out = []
+        for key, raw in txn.cursor(db=self.db.deletions):
+            chunk_id, version = U64x2.unpack(key)
+            out.append((chunk_id, version, _servers_dec.decode(raw)))
+            if len(out) >= limit:
+                break
+        return out
+
+    def count_deletions(self, txn: lmdb.Transaction) -> int:
+        return txn.stat(self.db.deletions)["entries"]
+
+    def deletion_done(self, txn: lmdb.Transaction, chunk_id: int, version: int, server: str) -> None:
+        key = U64x2.pack(chunk_id, version)
+        raw = txn.get(key, db=self.db.deletions)
+        if raw is None:
+            return
+        left = [s for s in _servers_dec.decode(raw) if s != server]
+        if left:
+            txn.put(key, _enc.encode(left), db=self.db.deletions)
+        else:
+            txn.delete(key, db=self.db.deletions)
+
+    def unreferenced(self, txn: lmdb.Transaction, held: list[tuple[int, int]], grace_s: float) -> list[tuple[int, int]]:
+        """Of the chunk versions a server holds, those no file references and no writer is
+        about to commit: they are garbage on that server."""
+        referenced = self.all_versions(txn)
+        now = time.monotonic()
+        for key, t in list(self.recent_allocations.items()):
+            if now - t > grace_s:
+                del self.recent_allocations[key]
+        return [tuple(v) for v in held if tuple(v) not in referenced and tuple(v) not in self.recent_allocations]

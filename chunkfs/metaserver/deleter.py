@@ -1,0 +1,65 @@
+"""Removes dropped chunk versions from their chunkservers, in the background.
+
+The queue lives in LMDB (see `ChunkTable.queue_deletion`), so a deletion that fails because a
+server is down is retried on the next pass and survives metaserver restarts: never forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from chunkfs.errors import FsError, TransportError
+from chunkfs.metaserver.chunk_table import ChunkTable
+from chunkfs.metaserver.db import GroupCommitter, MetaDB
+from chunkfs.metaserver.registry import Registry
+from chunkfs.protocol.chunk_client import ChunkClient
+
+log = logging.getLogger(__name__)
+
+BATCH = 256
+
+
+class Deleter:
+    def __init__(self, db: MetaDB, committer: GroupCommitter, chunks: ChunkTable, registry: Registry,
+                 client: ChunkClient, interval_s: float) -> None:
+        self.db, self.committer, self.chunks = db, committer, chunks
+        self.registry, self.client, self.interval_s = registry, client, interval_s
+        self.deleted = 0
+        self.wake = asyncio.Event()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.pass_once()
+            except Exception:
+                log.exception("deletion pass failed; retrying later")
+            try:
+                await asyncio.wait_for(self.wake.wait(), self.interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
+
+    async def pass_once(self) -> int:
+        with self.db.read() as txn:
+            pending = self.chunks.pending_deletions(txn, BATCH)
+        alive = {s.id: s.address for s in self.registry.alive()}
+        jobs = [(cid, ver, sid) for cid, ver, servers in pending for sid in servers if sid in alive]
+        results = await asyncio.gather(*(self._delete(alive[sid], cid, ver) for cid, ver, sid in jobs))
+        done = [job for job, ok in zip(jobs, results) if ok]
+        if done:
+            await self.committer.run(self._mark_done, done)
+        self.deleted += len(done)
+        return len(done)
+
+    def _mark_done(self, txn, done) -> None:
+        for cid, ver, sid in done:
+            self.chunks.deletion_done(txn, cid, ver, sid)
+
+    async def _delete(self, address: str, chunk_id: int, version: int) -> bool:
+        try:
+            await self.client.delete(address, chunk_id, version, retry_s=1.0)
+            return True
+        except (FsError, TransportError) as exc:
+            log.info("could not delete chunk %d v%d on %s yet: %s", chunk_id, version, address, exc)
+            return False

@@ -1,0 +1,69 @@
+"""`chunkfs-metaserver`: load the configuration, open LMDB, serve."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from chunkfs import DEFAULT_METASERVER_PORT, auth
+from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setup_logging
+from chunkfs.httpserver import serve
+from chunkfs.metaserver.app import Metaserver, build_app
+from chunkfs.metaserver.chunk_table import ChunkTable
+from chunkfs.metaserver.db import GroupCommitter, MetaDB
+from chunkfs.metaserver.deleter import Deleter
+from chunkfs.metaserver.namespace import Namespace
+from chunkfs.metaserver.registry import Registry
+from chunkfs.protocol.chunk_client import ChunkClient
+from chunkfs.protocol.http import SignedHttp
+
+log = logging.getLogger("chunkfs.metaserver")
+
+
+@dataclass
+class MetaserverConfig:
+    listen: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT}", "HOST:PORT to serve the API, /metrics and the status page on")
+    data_dir: Path = opt(Path("/var/lib/chunkfs/meta"), "directory of the LMDB metadata database")
+    secret_file: Path = opt(Path("/etc/chunkfs/secret"), "file holding the cluster secret")
+    default_goal: int = opt(3, "replicas kept of each chunk unless a directory sets its own goal")
+    heartbeat_timeout_s: float = opt(10.0, "a chunkserver silent this long is marked down")
+    deletion_interval_s: float = opt(5.0, "seconds between passes removing dropped chunks")
+    orphan_grace_s: float = opt(3600.0, "an unreferenced chunk this recently allocated is not garbage yet")
+    log_level: str = opt("info", "debug, info, warning or error")
+
+    def validate(self) -> None:
+        parse_address(self.listen)
+        if not 1 <= self.default_goal <= 16:
+            raise ConfigError(f"option default_goal: {self.default_goal} is not between 1 and 16")
+        if self.heartbeat_timeout_s <= 0:
+            raise ConfigError("option heartbeat_timeout_s: must be positive")
+        if not self.secret_file.exists():
+            raise ConfigError(f"option secret_file: {self.secret_file} does not exist")
+
+
+@daemon_command(MetaserverConfig, "Run the chunkfs metadata server.")
+def run(config: MetaserverConfig) -> None:
+    setup_logging(config.log_level)
+    secret = auth.load_secret(config.secret_file)
+    host, port = parse_address(config.listen)
+    db = MetaDB(config.data_dir)
+    committer = GroupCommitter(db)
+    namespace = Namespace(db, config.default_goal)
+    chunks = ChunkTable(db, namespace)
+    with db.env.begin(write=True) as txn:
+        namespace.init_root(txn)
+    registry = Registry(db, config.heartbeat_timeout_s)
+    http = SignedHttp(secret, timeout_s=10, retry_s=1)
+    deleter = Deleter(db, committer, chunks, registry, ChunkClient(http), config.deletion_interval_s)
+    state = Metaserver(db, committer, namespace, chunks, registry, deleter, config.orphan_grace_s)
+    log.info("metaserver serving on %s:%d, data in %s", host, port, config.data_dir)
+    serve(build_app(state, secret, http), host, port)
+
+
+def main() -> None:
+    run()
+
+
+if __name__ == "__main__":
+    main()

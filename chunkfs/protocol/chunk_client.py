@@ -1,0 +1,33 @@
+"""Client for the chunkservers' API: put, get and delete one version of one chunk."""
+
+from __future__ import annotations
+
+from chunkfs.protocol.http import SignedHttp
+
+CHECKSUM_HEADER = "X-Chunkfs-Checksum"
+
+
+def chunk_url(address: str, chunk_id: int, version: int) -> str:
+    return f"http://{address}/v1/chunks/{chunk_id}/{version}"
+
+
+class ChunkClient:
+    def __init__(self, http: SignedHttp) -> None:
+        self.http = http
+
+    async def put(self, address: str, chunk_id: int, version: int, data: bytes, checksum: str,
+                  retry_s: float | None = None) -> None:
+        """Store `data` as a new chunk version; returns once it is fsynced on that server."""
+        await self.http.request(
+            "PUT", chunk_url(address, chunk_id, version), content=data,
+            headers={CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"},
+            retry_s=retry_s,
+        )
+
+    async def get(self, address: str, chunk_id: int, version: int, retry_s: float | None = None) -> bytes:
+        """The whole stored chunk, verified against its block checksums on the server."""
+        response = await self.http.request("GET", chunk_url(address, chunk_id, version), retry_s=retry_s)
+        return response.content
+
+    async def delete(self, address: str, chunk_id: int, version: int, retry_s: float | None = None) -> None:
+        await self.http.request("DELETE", chunk_url(address, chunk_id, version), retry_s=retry_s)

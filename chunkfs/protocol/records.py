@@ -1,0 +1,196 @@
+"""Records that cross the wire between the mount, the metaserver and the chunkservers.
+
+Encoded as JSON with msgspec (names are bytes, sent as base64). A request that does not decode
+into its record is answered 400 with msgspec's message, before any handler runs.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec import Struct
+
+
+class Attr(Struct, kw_only=True):
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    nlink: int
+    rdev: int = 0
+    goal: int = 0
+    blocks: int = 0  # 512-byte units actually stored (sparse files count only their chunks)
+
+
+class DirEntry(Struct):
+    name: bytes
+    attr: Attr
+
+
+class ChunkRef(Struct, kw_only=True):
+    """One chunk of one file: `length` is its logical length, `checksum` covers the stored bytes."""
+
+    index: int
+    chunk_id: int
+    version: int
+    length: int
+    checksum: str
+    replicas: list[str]
+
+
+class ServerRef(Struct):
+    id: str
+    address: str
+
+
+class FileLayout(Struct):
+    attr: Attr
+    chunks: list[ChunkRef]
+    servers: dict[str, str]  # alive server id -> address
+
+
+class Allocation(Struct):
+    chunk_id: int
+    version: int
+    servers: list[ServerRef]
+
+
+class Statfs(Struct):
+    total_bytes: int
+    free_bytes: int
+    files: int
+    chunks: int
+
+
+# ---- requests -------------------------------------------------------------------------------
+
+
+class InodeReq(Struct):
+    ino: int
+
+
+class LookupReq(Struct):
+    parent: int
+    name: bytes
+
+
+class SetattrReq(Struct, kw_only=True):
+    ino: int
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
+class CreateReq(Struct, kw_only=True):
+    parent: int
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    rdev: int = 0
+    target: bytes | None = None  # symlinks only
+
+
+class LinkReq(Struct):
+    ino: int
+    parent: int
+    name: bytes
+
+
+class RemoveReq(Struct):
+    parent: int
+    name: bytes
+    is_dir: bool
+
+
+class RenameReq(Struct):
+    old_parent: int
+    old_name: bytes
+    new_parent: int
+    new_name: bytes
+    flags: int = 0
+
+
+class ReaddirReq(Struct):
+    ino: int
+    after: bytes | None = None
+    limit: int = 1000
+
+
+class XattrReq(Struct):
+    ino: int
+    name: bytes
+    value: bytes | None = None
+    flags: int = 0
+
+
+class AllocateReq(Struct):
+    ino: int
+    index: int
+    exclude: list[str] = []
+
+
+class CommitReq(Struct):
+    ino: int
+    size: int
+    mtime_ns: int
+    chunks: list[ChunkRef]
+
+
+class GoalReq(Struct):
+    ino: int
+    goal: int
+    recursive: bool = False
+
+
+class PathReq(Struct):
+    path: bytes
+
+
+# ---- chunkserver <-> metaserver -------------------------------------------------------------
+
+
+class ServerHello(Struct, kw_only=True):
+    """A chunkserver's registration: who it is, where it listens, and (at start) what it holds."""
+
+    id: str
+    address: str
+    capacity_bytes: int
+    used_bytes: int
+    chunks: list[tuple[int, int]] | None = None  # (chunk_id, version) on disk, sent at start
+
+
+class HelloReply(Struct):
+    delete: list[tuple[int, int]]  # chunks the server holds that no file references
+
+
+class ServerStatus(Struct, kw_only=True):
+    id: str
+    address: str
+    capacity_bytes: int
+    used_bytes: int
+    last_seen_s: float
+    alive: bool
+    chunks: int = 0
+
+
+class ClusterStatus(Struct, kw_only=True):
+    servers: list[ServerStatus]
+    files: int
+    directories: int
+    chunks: int
+    chunks_under_goal: int
+    pending_deletions: int
+    total_bytes: int
+    free_bytes: int
+    default_goal: int
+
+
+json_encode = msgspec.json.encode
+json_decode = msgspec.json.decode
