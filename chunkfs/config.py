@@ -86,8 +86,10 @@ def setup_logging(level: str) -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
-def daemon_command(cls: type[T], help_text: str) -> Callable[[Callable[[T], None]], click.Command]:
-    """Make a click command whose options are `cls`'s fields; it calls `run(config)`."""
+def daemon_command(cls: type[T], help_text: str, positional: tuple[str, ...] = ()
+                   ) -> Callable[[Callable[[T], None]], click.Command]:
+    """Make a click command whose options are `cls`'s fields (those named in `positional` are
+    arguments instead); it calls `run(config)`."""
 
     def decorate(run: Callable[[T], None]) -> click.Command:
         def callback(config_file: Path | None, **flags: Any) -> None:
@@ -102,7 +104,11 @@ def daemon_command(cls: type[T], help_text: str) -> Callable[[Callable[[T], None
             click.Option(["--config", "config_file"], type=click.Path(path_type=Path),
                          help="TOML file with these options (flags override it)."),
         ]
+        for name in positional:
+            params.append(click.Argument([name], required=False, default=None))
         for field in dataclasses.fields(cls):
+            if field.name in positional:
+                continue
             default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
             params.append(click.Option(
                 ["--" + field.name.replace("_", "-"), field.name], default=None,

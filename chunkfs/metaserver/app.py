@@ -45,6 +45,7 @@ READS = {
     "lookup": (r.LookupReq, lambda m, t, q: m.namespace.lookup(t, q.parent, q.name)),
     "getattr": (r.InodeReq, lambda m, t, q: m.namespace.getattr(t, q.ino)),
     "readdir": (r.ReaddirReq, lambda m, t, q: m.namespace.readdir(t, q.ino, q.after, min(q.limit, 10000))),
+    "parent": (r.InodeReq, lambda m, t, q: m.namespace.parent(t, q.ino)),
     "readlink": (r.InodeReq, lambda m, t, q: m.namespace.readlink(t, q.ino)),
     "resolve": (r.PathReq, lambda m, t, q: m.namespace.resolve(t, q.path)),
     "getxattr": (r.XattrReq, lambda m, t, q: m.namespace.getxattr(t, q.ino, q.name)),
@@ -95,10 +96,10 @@ async def fs_operation(request: web.Request) -> web.Response:
 
 async def allocate(m: Metaserver, req: r.AllocateReq) -> r.Allocation:
     chunk_id, version, goal = await m.committer.run(m.chunks.allocate, req.ino, req.index)
-    servers = m.registry.place(goal, set(req.exclude))
+    servers = m.registry.place(len(m.registry.servers), set(req.exclude))
     if not servers:
         raise FsError(errno.ENOSPC, "no chunkserver with free space is alive")
-    return r.Allocation(chunk_id, version, [r.ServerRef(s.id, s.address) for s in servers])
+    return r.Allocation(chunk_id, version, goal, [r.ServerRef(s.id, s.address) for s in servers])
 
 
 async def server_hello(request: web.Request) -> web.Response:

@@ -110,6 +110,9 @@ class Namespace:
             raise FsError(errno.ENOENT, f"{name!r} not found")
         return self.getattr(txn, ino)
 
+    def parent(self, txn: lmdb.Transaction, ino: int) -> r.Attr:
+        return self.getattr(txn, self._dir(txn, ino).parent)
+
     def resolve(self, txn: lmdb.Transaction, path: bytes) -> r.Attr:
         ino = ROOT_INODE
         for part in [p for p in path.split(b"/") if p and p != b"."]:
@@ -389,6 +392,9 @@ class Namespace:
     def setxattr(self, txn: lmdb.Transaction, req: r.XattrReq) -> None:
         if not req.name or len(req.name) > MAX_XATTR_NAME:
             raise FsError(errno.ERANGE, "attribute name must be 1 to 255 bytes")
+        if req.name.startswith(b"system."):
+            # POSIX ACLs are not stored yet: refusing them makes cp/rsync fall back to chmod
+            raise FsError(errno.EOPNOTSUPP, f"{req.name!r}: system attributes are not supported")
         if req.value is None or len(req.value) > MAX_XATTR_VALUE:
             raise FsError(errno.E2BIG, f"attribute value over {MAX_XATTR_VALUE} bytes")
         inode = self.get(txn, req.ino)

@@ -51,6 +51,9 @@ class MetaClient:
     async def readdir(self, ino: int, after: bytes | None, limit: int = 1000) -> list[r.DirEntry]:
         return await self.call("readdir", r.ReaddirReq(ino, after, limit), list[r.DirEntry])
 
+    async def parent(self, ino: int) -> r.Attr:
+        return await self.call("parent", r.InodeReq(ino), r.Attr)
+
     async def readlink(self, ino: int) -> bytes:
         return await self.call("readlink", r.InodeReq(ino), bytes)
 

@@ -53,8 +53,12 @@ class FileLayout(Struct):
 
 
 class Allocation(Struct):
+    """A new chunk version to write: to `goal` of `servers` (in order), the rest are spares
+    to use in place of a server that fails."""
+
     chunk_id: int
     version: int
+    goal: int
     servers: list[ServerRef]
 
 

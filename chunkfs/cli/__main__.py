@@ -1,0 +1,3 @@
+from chunkfs.cli import main
+
+main()

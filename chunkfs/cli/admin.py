@@ -1,0 +1,96 @@
+"""Commands that ask a running cluster: `status`, `goal`, `info`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from chunkfs import CHUNK_SIZE
+from chunkfs.cli.cluster_access import access_from, common_options, inode_of, run_with_meta
+
+console = Console()
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+@click.command()
+@common_options
+def status(data_dir: Path, metaserver: str | None, secret_file: Path | None, as_json: bool) -> None:
+    """Servers, capacity, files, chunks and chunks under goal."""
+    access = access_from(metaserver, secret_file, data_dir)
+    s = run_with_meta(access, lambda meta: meta.status())
+    if as_json:
+        click.echo(msgspec.json.encode(s).decode())
+        return
+    alive = sum(1 for srv in s.servers if srv.alive)
+    summary = Table(title=f"chunkfs at {access.metaserver}", show_header=False)
+    summary.add_row("servers", f"{alive} up, {len(s.servers) - alive} down")
+    summary.add_row("capacity", f"{_bytes(s.total_bytes)} total, {_bytes(s.free_bytes)} free")
+    summary.add_row("files", f"{s.files} files, {s.directories} directories")
+    summary.add_row("chunks", f"{s.chunks} ({s.chunks_under_goal} under goal)")
+    summary.add_row("pending deletions", str(s.pending_deletions))
+    summary.add_row("default goal", str(s.default_goal))
+    console.print(summary)
+    servers = Table("address", "id", "state", "used", "capacity", "last heartbeat")
+    for srv in s.servers:
+        servers.add_row(srv.address, srv.id[:12], "[green]up[/]" if srv.alive else "[red]down[/]",
+                        _bytes(srv.used_bytes), _bytes(srv.capacity_bytes),
+                        f"{srv.last_seen_s:.1f} s ago" if srv.last_seen_s >= 0 else "never")
+    console.print(servers)
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.argument("goal", type=click.IntRange(1, 16), required=False)
+@click.option("-r", "--recursive", is_flag=True, help="Set the goal of everything below PATH too.")
+@common_options
+def goal(path: Path, goal: int | None, recursive: bool, data_dir: Path, metaserver: str | None,
+         secret_file: Path | None, as_json: bool) -> None:
+    """Show or set how many replicas PATH's chunks keep (new files inherit a directory's goal)."""
+    access = access_from(metaserver, secret_file, data_dir, path)
+    ino = inode_of(path)
+    if goal is None:
+        attr = run_with_meta(access, lambda meta: meta.getattr(ino))
+    else:
+        attr = run_with_meta(access, lambda meta: meta.set_goal(ino, goal, recursive))
+    if as_json:
+        click.echo(json.dumps({"path": str(path), "goal": attr.goal}))
+    else:
+        click.echo(f"{path}: goal {attr.goal}")
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@common_options
+def info(path: Path, data_dir: Path, metaserver: str | None, secret_file: Path | None, as_json: bool) -> None:
+    """The chunks of a file and where their replicas are."""
+    access = access_from(metaserver, secret_file, data_dir, path)
+    ino = inode_of(path)
+
+    async def layout_and_status(meta):
+        return await meta.open_file(ino), await meta.status()
+
+    layout, s = run_with_meta(access, layout_and_status)
+    addresses = {srv.id: srv.address for srv in s.servers}
+    if as_json:
+        click.echo(msgspec.json.encode(layout).decode())
+        return
+    console.print(f"{path}: inode {ino}, {layout.attr.size} bytes, goal {layout.attr.goal}, "
+                  f"{len(layout.chunks)} chunks of {CHUNK_SIZE // 2**20} MiB")
+    table = Table("index", "chunk", "version", "length", "replicas")
+    for c in layout.chunks:
+        replicas = [(addresses.get(sid, sid[:12]), sid in layout.servers) for sid in c.replicas]
+        table.add_row(str(c.index), str(c.chunk_id), str(c.version), str(c.length),
+                      ", ".join(f"{a}" if up else f"[red]{a} (down)[/]" for a, up in replicas))
+    console.print(table)

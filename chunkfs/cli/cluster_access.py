@@ -1,0 +1,96 @@
+"""How a CLI command finds the cluster to talk to: flags, else the local cluster in `--dir`,
+else the mount holding a path, else the defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+import click
+import trio
+
+from chunkfs import DEFAULT_METASERVER_PORT, auth, mounts
+from chunkfs.errors import FsError, TransportError
+from chunkfs.protocol.http import SignedHttp
+from chunkfs.protocol.meta_client import MetaClient
+
+T = TypeVar("T")
+DEFAULT_DIR = Path(".chunkfs")
+
+
+@dataclass
+class ClusterAccess:
+    metaserver: str
+    secret_file: Path
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"chunkfs: {message}", err=True)
+    sys.exit(code)
+
+
+def local_cluster_file(data_dir: Path) -> Path:
+    return data_dir / "run" / "cluster.json"
+
+
+def access_from(metaserver: str | None, secret_file: Path | None, data_dir: Path,
+                path: Path | None = None) -> ClusterAccess:
+    if path is not None and metaserver is None:
+        record = mounts.find(path)
+        if record is None:
+            fail(f"{path} is not inside a chunkfs mount")
+        return ClusterAccess(record["metaserver"], Path(record["secret_file"]))
+    info = local_cluster_file(data_dir)
+    if metaserver is None and info.exists():
+        data = json.loads(info.read_text())
+        return ClusterAccess(data["metaserver"], Path(secret_file or data["secret_file"]))
+    return ClusterAccess(metaserver or f"127.0.0.1:{DEFAULT_METASERVER_PORT}",
+                         Path(secret_file or "/etc/chunkfs/secret"))
+
+
+def run_with_meta(access: ClusterAccess, fn: Callable[[MetaClient], Awaitable[T]]) -> T:
+    try:
+        secret = auth.load_secret(access.secret_file)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read the cluster secret: {exc}")
+
+    async def call() -> T:
+        http = SignedHttp(secret, retry_s=3)
+        try:
+            return await fn(MetaClient(http, access.metaserver))
+        finally:
+            await http.aclose()
+
+    try:
+        return trio.run(call)
+    except TransportError as exc:
+        fail(f"cannot reach the metaserver at {access.metaserver}: {exc}")
+    except FsError as exc:
+        fail(exc.message)
+    raise AssertionError("unreachable")
+
+
+def inode_of(path: Path) -> int:
+    try:
+        return os.lstat(path).st_ino
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror}")
+    raise AssertionError("unreachable")
+
+
+def is_dir(path: Path) -> bool:
+    return stat.S_ISDIR(os.lstat(path).st_mode)
+
+
+def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
+    fn = click.option("--secret-file", type=click.Path(path_type=Path), help="Cluster secret file.")(fn)
+    fn = click.option("--metaserver", help="HOST:PORT of the metaserver.")(fn)
+    fn = click.option("--dir", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DIR,
+                      show_default=True, help="Local cluster directory (from `chunkfs up`).")(fn)
+    return fn

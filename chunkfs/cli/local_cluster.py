@@ -1,0 +1,117 @@
+"""`chunkfs up` and `chunkfs down`: a whole cluster (metaserver, chunkservers, one mount) on
+this machine, its data kept under one directory so `down` then `up` finds every file again.
+
+Layout of `--dir` (default `./.chunkfs`): `secret` (0600), `meta/` (LMDB), `chunkservers/csN/`,
+`logs/*.log`, `run/*.pid` and `run/cluster.json` (what is running where).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from chunkfs import DEFAULT_METASERVER_PORT, auth, mounts
+from chunkfs.cli.cluster_access import DEFAULT_DIR, ClusterAccess, fail, local_cluster_file, run_with_meta
+from chunkfs.daemons import DaemonError, module_command, read_pid, spawn, stop_pid, unmount, wait_for
+from chunkfs.mount.helper import OptionError, launch, parse_options
+
+console = Console()
+
+
+def _health(address: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}/health", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _alive_servers(access: ClusterAccess) -> int:
+    async def count(meta):
+        return sum(1 for s in (await meta.status()).servers if s.alive)
+    return run_with_meta(access, count)
+
+
+@click.command()
+@click.option("--dir", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DIR, show_default=True,
+              help="Where the cluster keeps its data, logs and pid files.")
+@click.option("--mount", "mountpoint", type=click.Path(path_type=Path), default=Path("mnt"), show_default=True,
+              help="Where to mount the filesystem.")
+@click.option("--chunkservers", type=click.IntRange(1, 32), default=3, show_default=True)
+@click.option("--goal", type=click.IntRange(1, 16), default=None,
+              help="Default replicas per chunk [default: 3, or what the cluster was made with].")
+@click.option("--port", type=click.IntRange(1, 65000), default=DEFAULT_METASERVER_PORT, show_default=True,
+              help="Metaserver port; chunkservers take the ports after it.")
+@click.option("-o", "options", default="", help="Mount options, as for mount -o (see chunkfs-mount --help).")
+def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, port: int, options: str) -> None:
+    """Start a local cluster and mount it (keeps existing data)."""
+    data_dir = data_dir.absolute()
+    mountpoint = mountpoint.absolute()
+    info_path = local_cluster_file(data_dir)
+    previous = json.loads(info_path.read_text()) if info_path.exists() else {}
+    goal = goal or previous.get("goal", 3)
+    secret_file = data_dir / "secret"
+    auth.create_secret(secret_file)
+    logs, run = data_dir / "logs", data_dir / "run"
+    metaserver = f"127.0.0.1:{port}"
+    access = ClusterAccess(metaserver, secret_file)
+    info = {"metaserver": metaserver, "secret_file": str(secret_file), "mountpoint": str(mountpoint),
+            "chunkservers": chunkservers, "goal": goal}
+    info_path.parent.mkdir(parents=True, exist_ok=True)
+    info_path.write_text(json.dumps(info, indent=2))
+    try:
+        if read_pid(run / "metaserver.pid") is None:
+            proc = spawn(module_command("chunkfs.metaserver.main", "--listen", metaserver,
+                                        "--data-dir", str(data_dir / "meta"), "--secret-file", str(secret_file),
+                                        "--default-goal", str(goal)),
+                         logs / "metaserver.log", run / "metaserver.pid")
+            wait_for("metaserver", lambda: _health(metaserver), 30, proc, logs / "metaserver.log")
+        for i in range(1, chunkservers + 1):
+            name = f"cs{i}"
+            if read_pid(run / f"{name}.pid") is None:
+                spawn(module_command("chunkfs.chunkserver.main", "--listen", f"127.0.0.1:{port + i}",
+                                     "--data-dir", str(data_dir / "chunkservers" / name),
+                                     "--metaserver", metaserver, "--secret-file", str(secret_file)),
+                      logs / f"{name}.log", run / f"{name}.pid")
+        wait_for(f"{chunkservers} chunkservers", lambda: _alive_servers(access) >= chunkservers, 30,
+                 log_path=logs / "cs1.log")
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        if not mounts.is_mounted(mountpoint):
+            launch(metaserver, mountpoint, {**parse_options(options), "secret_file": str(secret_file)},
+                   logs / "mount.log", run / "mount.pid")
+    except (DaemonError, OptionError) as exc:
+        fail(str(exc))
+    table = Table(title="chunkfs is up", show_header=False)
+    table.add_row("mounted at", str(mountpoint))
+    table.add_row("metaserver", f"{metaserver}  (status page and API)")
+    table.add_row("chunkservers", ", ".join(f"127.0.0.1:{port + i}" for i in range(1, chunkservers + 1)))
+    table.add_row("goal", str(goal))
+    table.add_row("data", str(data_dir))
+    table.add_row("logs", str(logs))
+    table.add_row("stop with", f"chunkfs down --dir {data_dir}")
+    console.print(table)
+
+
+@click.command()
+@click.option("--dir", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DIR, show_default=True)
+def down(data_dir: Path) -> None:
+    """Unmount and stop the local cluster; its data stays for the next `up`."""
+    data_dir = data_dir.absolute()
+    info_path = local_cluster_file(data_dir)
+    if not info_path.exists():
+        fail(f"no local cluster in {data_dir}")
+    info = json.loads(info_path.read_text())
+    run = data_dir / "run"
+    unmount(Path(info["mountpoint"]))
+    names = ["mount"] + sorted(p.stem for p in run.glob("cs*.pid")) + ["metaserver"]
+    for name in names:
+        pid = read_pid(run / f"{name}.pid")
+        if pid is not None:
+            stop_pid(pid)
+        (run / f"{name}.pid").unlink(missing_ok=True)
+    console.print(f"chunkfs is down; data kept in {data_dir}")

@@ -1,0 +1,80 @@
+"""Moving whole chunks between this client and the chunkservers.
+
+Reads go to the first replica that answers with bytes matching the chunk's checksum (a replica
+that is down, lacks the version or returns bad bytes is skipped at once, within the request).
+Writes go to all target replicas in parallel; a replica that fails is replaced by a spare, and
+the write succeeds as long as one replica stored it (the chunk is then under goal).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+import trio
+
+from chunkfs.checksum import chunk_checksum
+from chunkfs.errors import FsError, TransportError
+from chunkfs.protocol import records as r
+from chunkfs.protocol.chunk_client import ChunkClient
+from chunkfs.protocol.meta_client import MetaClient
+
+log = logging.getLogger(__name__)
+
+
+class ChunkIO:
+    def __init__(self, meta: MetaClient, chunks: ChunkClient, replica_retry_s: float = 2.0) -> None:
+        self.meta = meta
+        self.chunks = chunks
+        self.replica_retry_s = replica_retry_s
+        self.bytes_read = 0
+        self.bytes_written = 0
+
+    async def fetch(self, ref: r.ChunkRef, servers: dict[str, str]) -> bytes:
+        """The stored bytes of `ref` (callers clip to `ref.length`)."""
+        candidates = [servers[s] for s in ref.replicas if s in servers]
+        if not candidates:
+            raise FsError(errno.EIO, f"chunk {ref.chunk_id} v{ref.version}: no replica is alive")
+        problems = []
+        for address in candidates:
+            try:
+                data = await self.chunks.get(address, ref.chunk_id, ref.version, retry_s=self.replica_retry_s)
+            except (FsError, TransportError) as exc:
+                problems.append(f"{address}: {exc}")
+                continue
+            if chunk_checksum(data) != ref.checksum:
+                problems.append(f"{address}: checksum mismatch")
+                continue
+            self.bytes_read += len(data)
+            return data
+        log.error("chunk %d v%d unreadable: %s", ref.chunk_id, ref.version, "; ".join(problems))
+        raise FsError(errno.EIO, f"chunk {ref.chunk_id} v{ref.version}: no replica could serve it")
+
+    async def upload(self, ino: int, index: int, data: bytes) -> r.ChunkRef:
+        """Store `data` as a new version of chunk `index`; returns once it is durable on every
+        replica that took it."""
+        alloc = await self.meta.allocate(ino, index)
+        checksum = chunk_checksum(data)
+        spares = iter(alloc.servers[alloc.goal:])
+        stored: list[str] = []
+
+        async def one_replica(server: r.ServerRef) -> None:
+            while server is not None:
+                try:
+                    await self.chunks.put(server.address, alloc.chunk_id, alloc.version, data, checksum,
+                                          retry_s=self.replica_retry_s)
+                    stored.append(server.id)
+                    return
+                except (FsError, TransportError) as exc:
+                    log.warning("chunk %d v%d: %s failed (%s); trying a spare",
+                                alloc.chunk_id, alloc.version, server.address, exc)
+                    server = next(spares, None)
+
+        async with trio.open_nursery() as nursery:
+            for server in alloc.servers[:alloc.goal]:
+                nursery.start_soon(one_replica, server)
+        if not stored:
+            raise FsError(errno.EIO, f"chunk {index} of inode {ino}: no chunkserver stored it")
+        self.bytes_written += len(data) * len(stored)
+        return r.ChunkRef(index=index, chunk_id=alloc.chunk_id, version=alloc.version,
+                          length=len(data), checksum=checksum, replicas=stored)

@@ -1,0 +1,259 @@
+"""One inode open on this client: its chunk table, buffered writes, uploads and commit.
+
+Promises:
+- Writes are buffered a chunk at a time; a chunk that fills up is uploaded in the background
+  (at most `max_uploads` per file at once, which bounds the memory a writer can pin).
+- `flush()` (close) and `fsync()` return only when every buffered chunk is stored on the disks
+  of its replicas and the metaserver has durably committed the new chunk versions, size and
+  mtime. An upload that failed makes the next flush/fsync fail with EIO.
+- Reads see this client's own writes at once (buffered, uploading or committed).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from dataclasses import dataclass
+
+import trio
+
+from chunkfs import CHUNK_SIZE
+from chunkfs.errors import FsError
+from chunkfs.mount.chunk_cache import ChunkCache
+from chunkfs.mount.chunk_io import ChunkIO
+from chunkfs.mount.prefetch import prefetch_window
+from chunkfs.protocol import records as r
+from chunkfs.protocol.meta_client import MetaClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DirtyChunk:
+    """A chunk being written. Until `based`, only bytes [0, len(data)) were written (a sequential
+    writer from the chunk's start); the old content is merged in only when it is needed."""
+
+    data: bytearray
+    based: bool
+
+    def write(self, offset: int, piece: bytes | memoryview) -> None:
+        end = offset + len(piece)
+        if offset > len(self.data):
+            self.data.extend(bytes(offset - len(self.data)))
+        self.data[offset:end] = piece
+
+    def complete(self) -> bool:
+        return len(self.data) == CHUNK_SIZE
+
+
+class OpenFile:
+    def __init__(self, ino: int, layout: r.FileLayout, meta: MetaClient, io: ChunkIO, cache: ChunkCache,
+                 nursery: trio.Nursery, max_uploads: int = 4) -> None:
+        self.ino = ino
+        self.meta, self.io, self.cache, self.nursery = meta, io, cache, nursery
+        self.open_count = 0
+        self.lock = trio.Lock()
+        self.refresh(layout)
+        self.dirty: dict[int, DirtyChunk] = {}
+        self.uploading: dict[int, bytes] = {}
+        self.uploaded: dict[int, r.ChunkRef] = {}
+        self.superseded: list[r.ChunkRef] = []
+        self.modified = False
+        self.mtime_ns = self.attr.mtime_ns
+        self.error: BaseException | None = None
+        self._upload_slots = trio.Semaphore(max_uploads)
+        self._inflight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._last_read_index = -2
+        self._sequential_run = 0
+
+    # ---- state ----------------------------------------------------------------------------
+    def refresh(self, layout: r.FileLayout) -> None:
+        """Take the committed state the metaserver gave at open (close-to-open)."""
+        self.attr = layout.attr
+        self.size = layout.attr.size
+        self.chunks = {c.index: c for c in layout.chunks}
+        self.servers = layout.servers
+
+    @property
+    def has_local_changes(self) -> bool:
+        return self.modified or bool(self.dirty or self.uploading or self.uploaded)
+
+    def local_attr(self, attr: r.Attr) -> r.Attr:
+        """`attr` as this client sees it: with the size and mtime of uncommitted writes."""
+        if not self.has_local_changes:
+            return attr
+        stored = sum(len(d.data) for d in self.dirty.values()) + sum(c.length for c in self.chunks.values())
+        return r.Attr(**{**{f: getattr(attr, f) for f in attr.__struct_fields__},
+                         "size": self.size, "mtime_ns": self.mtime_ns, "blocks": (stored + 511) // 512})
+
+    def _committed_ref(self, index: int) -> r.ChunkRef | None:
+        return self.uploaded.get(index) or self.chunks.get(index)
+
+    async def _content(self, index: int) -> bytes | bytearray:
+        """The current logical bytes of chunk `index` (may be shorter than a chunk: the rest is zeros)."""
+        dirty = self.dirty.get(index)
+        if dirty is not None:
+            await self._ensure_based(index, dirty)
+            return dirty.data
+        snapshot = self.uploading.get(index)
+        if snapshot is not None:
+            return snapshot
+        ref = self._committed_ref(index)
+        if ref is None or ref.length == 0:
+            return b""
+        data = await self.cache.get(ref, self.servers)
+        return data if len(data) == ref.length else data[: ref.length]
+
+    async def _old_length(self, index: int) -> int:
+        if index in self.uploading:
+            return len(self.uploading[index])
+        ref = self._committed_ref(index)
+        return ref.length if ref else 0
+
+    async def _ensure_based(self, index: int, dirty: DirtyChunk) -> None:
+        if dirty.based:
+            return
+        old_length = await self._old_length(index)
+        if old_length > len(dirty.data):
+            del self.dirty[index]  # read the committed content, not this buffer
+            try:
+                base = bytearray(await self._content(index))
+            finally:
+                self.dirty[index] = dirty
+            base[: len(dirty.data)] = dirty.data
+            dirty.data = base
+        dirty.based = True
+
+    # ---- reads ----------------------------------------------------------------------------
+    async def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        first, last = offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE
+        self._prefetch(first, last)
+        parts = []
+        for index in range(first, last + 1):
+            start = max(offset, index * CHUNK_SIZE) - index * CHUNK_SIZE
+            stop = min(end, (index + 1) * CHUNK_SIZE) - index * CHUNK_SIZE
+            content = await self._content(index)
+            piece = content[start:stop]
+            parts.append(piece if len(piece) == stop - start else bytes(piece) + bytes(stop - start - len(piece)))
+        return b"".join(parts)
+
+    def _prefetch(self, first: int, last: int) -> None:
+        if first == self._last_read_index + 1:
+            self._sequential_run += 1
+        elif first != self._last_read_index:
+            self._sequential_run = 0
+        self._last_read_index = last
+        total = (self.size + CHUNK_SIZE - 1) // CHUNK_SIZE
+        window = prefetch_window(total, self._sequential_run)
+        ahead = range(0, total) if total <= 3 else range(last + 1, min(total, last + 1 + window))
+        for index in ahead:
+            if index in self.dirty or index in self.uploading:
+                continue
+            ref = self._committed_ref(index)
+            if ref is not None and ref.length and not self.cache.has(ref):
+                self.nursery.start_soon(self._prefetch_one, ref)
+
+    async def _prefetch_one(self, ref: r.ChunkRef) -> None:
+        try:
+            await self.cache.get(ref, self.servers)
+        except Exception as exc:  # a prefetch is only a hint; the real read reports errors
+            log.debug("prefetch of chunk %d v%d failed: %s", ref.chunk_id, ref.version, exc)
+
+    # ---- writes ---------------------------------------------------------------------------
+    async def write(self, offset: int, data: bytes) -> int:
+        async with self.lock:
+            self._raise_pending_error()
+            view = memoryview(data)
+            pos = 0
+            while pos < len(view):
+                index, within = divmod(offset + pos, CHUNK_SIZE)
+                n = min(CHUNK_SIZE - within, len(view) - pos)
+                dirty = self.dirty.get(index)
+                if dirty is None:
+                    dirty = self.dirty[index] = DirtyChunk(bytearray(), based=False)
+                if not dirty.based and within > len(dirty.data):
+                    await self._ensure_based(index, dirty)
+                dirty.write(within, view[pos : pos + n])
+                pos += n
+                if dirty.complete():
+                    await self._start_upload(index)
+            self.size = max(self.size, offset + len(view))
+            self.modified = True
+            self.mtime_ns = time.time_ns()
+        return len(view)
+
+    async def _start_upload(self, index: int) -> None:
+        dirty = self.dirty[index]
+        await self._ensure_based(index, dirty)
+        del self.dirty[index]
+        snapshot = bytes(dirty.data)
+        await self._upload_slots.acquire()
+        self.uploading[index] = snapshot
+        if self._inflight == 0:
+            self._idle = trio.Event()
+        self._inflight += 1
+        self.nursery.start_soon(self._upload, index, snapshot)
+
+    async def _upload(self, index: int, snapshot: bytes) -> None:
+        try:
+            ref = await self.io.upload(self.ino, index, snapshot)
+            current = self.uploaded.get(index)
+            if current is None or ref.version > current.version:
+                if current is not None:
+                    self.superseded.append(current)
+                self.uploaded[index] = ref
+                self.cache.put(ref, snapshot)
+            else:
+                self.superseded.append(ref)
+        except BaseException as exc:
+            log.error("upload of chunk %d of inode %d failed: %s", index, self.ino, exc)
+            self.error = exc
+            if isinstance(exc, trio.Cancelled):
+                raise
+        finally:
+            if self.uploading.get(index) is snapshot:
+                del self.uploading[index]
+            self._upload_slots.release()
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    def _raise_pending_error(self) -> None:
+        if self.error is not None:
+            exc, self.error = self.error, None
+            if isinstance(exc, FsError):
+                raise FsError(exc.errno, f"an earlier write failed: {exc.message}")
+            raise FsError(errno.EIO, f"an earlier write failed: {exc}")
+
+    async def flush(self) -> r.Attr | None:
+        """Upload everything buffered and commit it; returns the committed attributes."""
+        async with self.lock:
+            for index in sorted(self.dirty):
+                await self._start_upload(index)
+            await self._idle.wait()
+            self._raise_pending_error()
+            if not self.modified and not self.uploaded and not self.superseded:
+                return None
+            refs = list(self.uploaded.values()) + self.superseded
+            attr = await self.meta.commit(r.CommitReq(self.ino, self.size, self.mtime_ns, refs))
+            self.chunks.update(self.uploaded)
+            self.uploaded.clear()
+            self.superseded.clear()
+            self.modified = False
+            self.attr = attr
+            return attr
+
+    async def truncate(self, size: int, mtime_ns: int | None) -> r.Attr:
+        """Commit what is buffered, then cut the file at `size` on the metaserver."""
+        await self.flush()
+        async with self.lock:
+            attr = await self.meta.setattr(r.SetattrReq(ino=self.ino, size=size, mtime_ns=mtime_ns))
+            self.refresh(await self.meta.open_file(self.ino))
+            self.mtime_ns = self.attr.mtime_ns
+            return attr

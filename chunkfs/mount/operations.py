@@ -1,0 +1,319 @@
+"""The pyfuse3 Operations of chunkfs: each FUSE call mapped to metadata calls or to an open
+file's reads and writes. This is the one edge where errors become errnos: `FsError` keeps its
+errno, an unreachable server becomes EIO, anything else is logged and becomes EIO, so no
+exception ever ends the mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import pyfuse3
+import trio
+
+from chunkfs import MAX_NAME_BYTES
+from chunkfs.errors import FsError, TransportError
+from chunkfs.mount.chunk_cache import ChunkCache
+from chunkfs.mount.chunk_io import ChunkIO
+from chunkfs.mount.open_file import OpenFile
+from chunkfs.protocol import records as r
+from chunkfs.protocol.meta_client import MetaClient
+
+log = logging.getLogger(__name__)
+
+READDIR_PAGE = 1000
+
+
+def fuse_errors(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(handler)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EEXIST, errno.ENODATA, errno.ENOTEMPTY):
+                log.info("%s: %s", handler.__name__, exc.message)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except TransportError as exc:
+            log.error("%s: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass
+class DirListing:
+    ino: int
+    entries: list[r.DirEntry] = field(default_factory=list)
+    complete: bool = False
+
+
+class ChunkfsOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, meta: MetaClient, io: ChunkIO, cache: ChunkCache, *,
+                 entry_timeout_s: float, attr_timeout_s: float) -> None:
+        super().__init__()
+        self.meta, self.io, self.cache = meta, io, cache
+        self.entry_timeout_s, self.attr_timeout_s = entry_timeout_s, attr_timeout_s
+        self.nursery: trio.Nursery | None = None  # set by main before serving
+        self.open_files: dict[int, OpenFile] = {}
+        self.handles: dict[int, OpenFile] = {}
+        self.dirs: dict[int, DirListing] = {}
+        self.seen_versions: dict[int, tuple[int, int]] = {}  # ino -> (mtime, size) last opened
+        self._next_fh = 1
+
+    # ---- helpers --------------------------------------------------------------------------
+    def entry(self, attr: r.Attr) -> pyfuse3.EntryAttributes:
+        open_file = self.open_files.get(attr.ino)
+        if open_file is not None:
+            attr = open_file.local_attr(attr)
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = attr.ino
+        e.generation = 0
+        e.entry_timeout = self.entry_timeout_s
+        e.attr_timeout = self.attr_timeout_s
+        e.st_mode = attr.mode
+        e.st_nlink = attr.nlink
+        e.st_uid = attr.uid
+        e.st_gid = attr.gid
+        e.st_rdev = attr.rdev
+        e.st_size = attr.size
+        e.st_blksize = 65536
+        e.st_blocks = attr.blocks
+        e.st_atime_ns = attr.atime_ns
+        e.st_mtime_ns = attr.mtime_ns
+        e.st_ctime_ns = attr.ctime_ns
+        return e
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _handle(self, fh: int) -> OpenFile:
+        try:
+            return self.handles[fh]
+        except KeyError:
+            raise FsError(errno.EBADF, f"unknown file handle {fh}") from None
+
+    async def _open_file(self, ino: int, layout: r.FileLayout | None = None) -> tuple[int, OpenFile]:
+        open_file = self.open_files.get(ino)
+        if layout is None:
+            layout = await self.meta.open_file(ino)
+        if open_file is None:
+            assert self.nursery is not None
+            open_file = OpenFile(ino, layout, self.meta, self.io, self.cache, self.nursery)
+            self.open_files[ino] = open_file
+        elif not open_file.has_local_changes:
+            open_file.refresh(layout)
+        open_file.open_count += 1
+        fh = self._new_fh()
+        self.handles[fh] = open_file
+        return fh, open_file
+
+    # ---- namespace ------------------------------------------------------------------------
+    @fuse_errors
+    async def lookup(self, parent_inode, name, ctx):
+        if name == b".":
+            return self.entry(await self.meta.getattr(parent_inode))
+        if name == b"..":
+            return self.entry(await self.meta.parent(parent_inode))
+        return self.entry(await self.meta.lookup(parent_inode, name))
+
+    @fuse_errors
+    async def getattr(self, inode, ctx):
+        return self.entry(await self.meta.getattr(inode))
+
+    @fuse_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        req = r.SetattrReq(ino=inode)
+        if fields.update_mode:
+            req.mode = attr.st_mode
+        if fields.update_uid:
+            req.uid = attr.st_uid
+        if fields.update_gid:
+            req.gid = attr.st_gid
+        if fields.update_atime:
+            req.atime_ns = attr.st_atime_ns
+        if fields.update_mtime:
+            req.mtime_ns = attr.st_mtime_ns
+        open_file = self.open_files.get(inode)
+        if fields.update_size:
+            if open_file is not None:
+                await open_file.truncate(attr.st_size, req.mtime_ns)
+            else:
+                req.size = attr.st_size
+        if open_file is not None and req.mtime_ns is not None:
+            open_file.mtime_ns = req.mtime_ns
+        return self.entry(await self.meta.setattr(req))
+
+    async def _create(self, parent: int, name: bytes, mode: int, ctx, rdev: int = 0,
+                      target: bytes | None = None) -> r.Attr:
+        if len(name) > MAX_NAME_BYTES:
+            raise FsError(errno.ENAMETOOLONG, "name too long")
+        return await self.meta.create(r.CreateReq(parent=parent, name=name, mode=mode, uid=ctx.uid,
+                                                  gid=ctx.gid, rdev=rdev, target=target))
+
+    @fuse_errors
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self.entry(await self._create(parent_inode, name, stat.S_IFDIR | (mode & 0o7777 & ~ctx.umask), ctx))
+
+    @fuse_errors
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return self.entry(await self._create(parent_inode, name, mode & ~ctx.umask, ctx, rdev=rdev))
+
+    @fuse_errors
+    async def symlink(self, parent_inode, name, target, ctx):
+        return self.entry(await self._create(parent_inode, name, stat.S_IFLNK | 0o777, ctx, target=target))
+
+    @fuse_errors
+    async def readlink(self, inode, ctx):
+        return await self.meta.readlink(inode)
+
+    @fuse_errors
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return self.entry(await self.meta.link(inode, new_parent_inode, new_name))
+
+    @fuse_errors
+    async def unlink(self, parent_inode, name, ctx):
+        await self.meta.remove(parent_inode, name, is_dir=False)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode, name, ctx):
+        await self.meta.remove(parent_inode, name, is_dir=True)
+
+    @fuse_errors
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self.meta.rename(r.RenameReq(parent_inode_old, name_old, parent_inode_new, name_new, flags))
+
+    # ---- directories ----------------------------------------------------------------------
+    @fuse_errors
+    async def opendir(self, inode, ctx):
+        fh = self._new_fh()
+        self.dirs[fh] = DirListing(inode)
+        return fh
+
+    @fuse_errors
+    async def readdir(self, fh, start_id, token):
+        listing = self.dirs[fh]
+        position = start_id
+        for _ in range(1_000_000):
+            while position >= len(listing.entries) and not listing.complete:
+                after = listing.entries[-1].name if listing.entries else None
+                page = await self.meta.readdir(listing.ino, after, READDIR_PAGE)
+                listing.entries.extend(page)
+                listing.complete = len(page) < READDIR_PAGE
+            if position >= len(listing.entries):
+                return
+            item = listing.entries[position]
+            if not pyfuse3.readdir_reply(token, item.name, self.entry(item.attr), position + 1):
+                return
+            position += 1
+
+    @fuse_errors
+    async def releasedir(self, fh):
+        self.dirs.pop(fh, None)
+
+    @fuse_errors
+    async def fsyncdir(self, fh, datasync):
+        return None
+
+    # ---- files ----------------------------------------------------------------------------
+    def _file_info(self, fh: int, attr: r.Attr) -> pyfuse3.FileInfo:
+        """keep_cache only when the file is as this client last saw it (close-to-open)."""
+        version = (attr.mtime_ns, attr.size)
+        keep = self.seen_versions.get(attr.ino) == version
+        self.seen_versions[attr.ino] = version
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    @fuse_errors
+    async def open(self, inode, flags, ctx):
+        fh, open_file = await self._open_file(inode)
+        if flags & os.O_TRUNC and open_file.size:
+            await open_file.truncate(0, None)
+        return self._file_info(fh, open_file.attr)
+
+    @fuse_errors
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        attr = await self._create(parent_inode, name, stat.S_IFREG | (mode & 0o7777 & ~ctx.umask), ctx)
+        fh, _open_file = await self._open_file(attr.ino, r.FileLayout(attr, [], {}))
+        return self._file_info(fh, attr), self.entry(attr)
+
+    @fuse_errors
+    async def read(self, fh, off, size):
+        return await self._handle(fh).read(off, size)
+
+    @fuse_errors
+    async def write(self, fh, off, buf):
+        return await self._handle(fh).write(off, buf)
+
+    async def _flush(self, fh: int) -> None:
+        attr = await self._handle(fh).flush()
+        if attr is not None:
+            self.seen_versions[attr.ino] = (attr.mtime_ns, attr.size)
+
+    @fuse_errors
+    async def flush(self, fh):
+        await self._flush(fh)
+
+    @fuse_errors
+    async def fsync(self, fh, datasync):
+        await self._flush(fh)
+
+    @fuse_errors
+    async def release(self, fh):
+        open_file = self.handles.pop(fh, None)
+        if open_file is None:
+            return
+        open_file.open_count -= 1
+        if open_file.open_count == 0:
+            try:
+                await open_file.flush()
+            finally:
+                if open_file.open_count == 0:
+                    self.open_files.pop(open_file.ino, None)
+
+    # ---- xattrs and the rest ---------------------------------------------------------------
+    @fuse_errors
+    async def setxattr(self, inode, name, value, ctx):
+        await self.meta.setxattr(inode, name, value)
+
+    @fuse_errors
+    async def getxattr(self, inode, name, ctx):
+        return await self.meta.getxattr(inode, name)
+
+    @fuse_errors
+    async def listxattr(self, inode, ctx):
+        return await self.meta.listxattr(inode)
+
+    @fuse_errors
+    async def removexattr(self, inode, name, ctx):
+        await self.meta.removexattr(inode, name)
+
+    @fuse_errors
+    async def statfs(self, ctx):
+        s = await self.meta.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = out.f_frsize = 4096
+        out.f_blocks = s.total_bytes // 4096
+        out.f_bfree = out.f_bavail = s.free_bytes // 4096
+        out.f_files = s.files + 1_000_000_000
+        out.f_ffree = out.f_favail = 1_000_000_000
+        out.f_namemax = MAX_NAME_BYTES
+        return out
+
+    async def forget(self, inode_list):
+        return None

@@ -1,0 +1,71 @@
+"""Unit tests of pure logic: prefetch windows, request signing, configuration, mount options."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from chunkfs import auth
+from chunkfs.checksum import BLOCK_SIZE, block_checksums, verify_blocks
+from chunkfs.config import ConfigError, load, opt, parse_address
+from chunkfs.mount.helper import OptionError, parse_options
+from chunkfs.mount.prefetch import floor_window, prefetch_window
+
+
+def test_floor_follows_the_size_rule():
+    assert [floor_window(n) for n in (1, 2, 3, 4, 5, 6, 7, 100)] == [1, 2, 3, 3, 3, 3, 4, 4]
+
+
+def test_sequential_readers_grow_and_random_readers_get_nothing():
+    assert prefetch_window(3, 0) == 3  # small files: all at once, however they are read
+    assert prefetch_window(24, 0) == 0
+    assert prefetch_window(24, 1) == 4
+    assert prefetch_window(24, 2) == 8
+    assert prefetch_window(256, 10) == 16
+    assert prefetch_window(5, 1) == 3
+
+
+def test_signatures_verify_only_for_the_same_request_and_secret():
+    secret = b"s" * 32
+    header = auth.sign(secret, "POST", "/v1/fs/lookup")
+    assert auth.verify(secret, "POST", "/v1/fs/lookup", header)
+    assert not auth.verify(secret, "POST", "/v1/fs/create", header)
+    assert not auth.verify(b"t" * 32, "POST", "/v1/fs/lookup", header)
+    assert not auth.verify(secret, "POST", "/v1/fs/lookup", None)
+    old = auth.sign(secret, "GET", "/x", now=1000)
+    assert not auth.verify(secret, "GET", "/x", old, now=1000 + auth.MAX_SKEW_S + 1)
+
+
+def test_block_checksums_find_the_bad_block():
+    data = bytearray(b"a" * (3 * BLOCK_SIZE))
+    sums = block_checksums(data)
+    assert verify_blocks(data, sums, 0) is None
+    data[BLOCK_SIZE + 5] ^= 1
+    assert verify_blocks(data, sums, 0) == 1
+
+
+@dataclasses.dataclass
+class Example:
+    port: int = opt(1, "a port")
+    name: str = opt("x", "a name")
+    path: Path = opt(Path("/"), "a path")
+    flag: bool = opt(False, "a flag")
+
+
+def test_config_names_the_bad_option(tmp_path):
+    with pytest.raises(ConfigError, match="option port"):
+        load(Example, None, {"port": "eighty"})
+    with pytest.raises(ConfigError, match="unknown option colour"):
+        load(Example, None, {"colour": "red"})
+    conf = tmp_path / "x.toml"
+    conf.write_text('port = 7\nname = "y"\n')
+    assert load(Example, conf, {"name": "z", "flag": "yes"}) == Example(7, "z", Path("/"), True)
+    with pytest.raises(ConfigError):
+        parse_address("host:99999")
+
+
+def test_mount_options_ignore_fstab_words_and_refuse_unknown_ones():
+    assert parse_options("defaults,_netdev,secret=/s,cache_mem_mb=64,allow_other") == {
+        "secret_file": "/s", "cache_mem_mb": "64", "allow_other": "true"}
+    with pytest.raises(OptionError, match="bogus"):
+        parse_options("bogus=1")
