@@ -1,0 +1,162 @@
+"""What users see when parts of the cluster fail or misbehave, and that it heals."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chunkfs import CHUNK_SIZE
+from chunkfs.mounts import is_mounted
+from conftest import chunkfs
+
+MiB = 1024 * 1024
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_reads_and_writes_go_on_with_a_chunkserver_killed(fresh_cluster):
+    data = os.urandom(3 * CHUNK_SIZE + 1234)
+    (fresh_cluster.mnt / "before").write_bytes(data)
+    fresh_cluster.kill("cs2", signal.SIGKILL)
+    # a fresh read (no page cache) goes to whichever replica still answers
+    subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
+    assert (fresh_cluster.mnt / "before").read_bytes() == data
+    (fresh_cluster.mnt / "during").write_bytes(data[::-1])
+    assert (fresh_cluster.mnt / "during").read_bytes() == data[::-1]
+    fresh_cluster.wait_alive(2)
+    assert fresh_cluster.status()["chunks_under_goal"] >= 4
+
+
+def test_requests_without_the_secret_are_refused_and_change_nothing(fresh_cluster):
+    meta = f"http://{fresh_cluster.metaserver}"
+    body = {"parent": 1, "name": "aW50cnVkZXI=", "mode": 0o100644, "uid": 0, "gid": 0}  # "intruder"
+    assert httpx.post(f"{meta}/v1/fs/create", json=body).status_code == 401
+    forged = {"X-Chunkfs-Auth": f"{int(time.time())}.{'0' * 64}"}
+    assert httpx.post(f"{meta}/v1/fs/create", json=body, headers=forged).status_code == 401
+    assert httpx.get(f"{meta}/v1/status").status_code == 401
+    assert not (fresh_cluster.mnt / "intruder").exists()
+    chunkserver = f"http://127.0.0.1:{fresh_cluster.port + 1}"
+    put = httpx.put(f"{chunkserver}/v1/chunks/1/1", content=b"x", headers={"X-Chunkfs-Checksum": "0"})
+    assert put.status_code == 401
+    assert httpx.get(f"{chunkserver}/v1/chunks/1/1").status_code == 401
+    assert httpx.get(f"{meta}/health").status_code == 200
+
+
+def test_bad_requests_get_a_4xx_with_a_message(fresh_cluster):
+    from chunkfs import auth
+    secret = auth.load_secret(fresh_cluster.secret_file)
+    target = "/v1/fs/create"
+    response = httpx.post(f"http://{fresh_cluster.metaserver}{target}", content=b"{not json",
+                          headers={auth.HEADER: auth.sign(secret, "POST", target)})
+    assert 400 <= response.status_code < 500
+    assert "bad request body" in response.json()["message"]
+
+
+def test_metaserver_down_gives_eio_after_retries_and_the_mount_recovers(fresh_cluster):
+    (fresh_cluster.mnt / "kept").write_text("still here")
+    fresh_cluster.kill("metaserver", signal.SIGKILL)
+    time.sleep(1.5)  # let the kernel's attribute cache (1 s) run out
+    started = time.monotonic()
+    with pytest.raises(OSError) as info:
+        os.stat(fresh_cluster.mnt / "new-name")
+    assert info.value.errno == errno.EIO
+    assert time.monotonic() - started < 30
+    assert is_mounted(fresh_cluster.mnt)
+    fresh_cluster.up()  # starts what is not running: the metaserver
+    assert (fresh_cluster.mnt / "kept").read_text() == "still here"
+    (fresh_cluster.mnt / "after").write_text("written after the restart")
+    assert (fresh_cluster.mnt / "after").read_text() == "written after the restart"
+
+
+def test_everything_survives_down_and_up(fresh_cluster):
+    files = {f"f{i}": os.urandom(i * 1_000_003) for i in range(6)}
+    (fresh_cluster.mnt / "d").mkdir()
+    for name, data in files.items():
+        (fresh_cluster.mnt / "d" / name).write_bytes(data)
+    os.symlink("d/f1", fresh_cluster.mnt / "link")
+    fresh_cluster.down()
+    assert not is_mounted(fresh_cluster.mnt)
+    assert fresh_cluster.pid("metaserver") is None
+    fresh_cluster.up()
+    for name, data in files.items():
+        assert (fresh_cluster.mnt / "d" / name).read_bytes() == data
+    assert os.readlink(fresh_cluster.mnt / "link") == "d/f1"
+
+
+def test_deleted_files_chunks_are_removed_from_chunkservers(fresh_cluster):
+    (fresh_cluster.mnt / "doomed").write_bytes(os.urandom(2 * CHUNK_SIZE))
+    chunk_files = lambda: list((fresh_cluster.dir / "chunkservers").glob("*/chunks/*/*.chunk"))
+    assert len(chunk_files()) == 6
+    os.unlink(fresh_cluster.mnt / "doomed")
+    deadline = time.monotonic() + 30
+    while chunk_files() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert chunk_files() == []
+    assert fresh_cluster.status()["pending_deletions"] == 0
+
+
+def test_a_corrupt_replica_is_never_served(fresh_cluster):
+    data = os.urandom(CHUNK_SIZE)
+    (fresh_cluster.mnt / "precious").write_bytes(data)
+    for chunk in list((fresh_cluster.dir / "chunkservers").glob("cs[12]/chunks/*/*.chunk")):
+        raw = bytearray(chunk.read_bytes())
+        raw[5000 + 4096] ^= 0xFF
+        chunk.write_bytes(bytes(raw))
+    fresh_cluster.down()
+    fresh_cluster.up()  # a new mount: nothing cached
+    assert (fresh_cluster.mnt / "precious").read_bytes() == data
+
+
+@pytest.fixture
+def helper_installed():
+    helper = Path("/sbin/mount.chunkfs")
+    if os.geteuid() != 0:
+        pytest.skip("installing the mount helper needs root")
+    existed = helper.exists()
+    backup = helper.read_bytes() if existed else None
+    chunkfs("install")
+    try:
+        yield helper
+    finally:
+        if backup is None:
+            helper.unlink(missing_ok=True)
+        else:
+            helper.write_bytes(backup)
+
+
+def _unmount_quietly(mountpoint: Path) -> None:
+    if is_mounted(mountpoint):
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+def test_mount_t_chunkfs_and_fstab(cluster, helper_installed, tmp_path):
+    target = tmp_path / "second-client"
+    target.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "chunkfs", cluster.metaserver, str(target),
+                        "-o", f"secret={cluster.secret_file}"], check=True, timeout=60)
+        assert is_mounted(target)
+        (target / "via-mount-t").write_text("hello")
+        assert (cluster.mnt / "via-mount-t").read_text() == "hello"  # the other client sees it
+        subprocess.run(["umount", str(target)], check=True, timeout=30)
+        assert not is_mounted(target)
+
+        fstab = tmp_path / "fstab"
+        fstab.write_text(f"{cluster.metaserver} {target} chunkfs _netdev,noauto,secret={cluster.secret_file} 0 0\n")
+        subprocess.run(["mount", "-T", str(fstab), str(target)], check=True, timeout=60)
+        assert (target / "via-mount-t").read_text() == "hello"
+        subprocess.run(["umount", str(target)], check=True, timeout=30)
+        assert not is_mounted(target)
+    finally:
+        _unmount_quietly(target)
