@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from chunkfs.cli import admin, local_cluster, mount_cmd
+from chunkfs.cli import admin, bench_cmd, local_cluster, mount_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,7 +21,7 @@ def cli() -> None:
 
 
 for command in (local_cluster.up, local_cluster.down, admin.status, admin.goal, admin.info,
-                mount_cmd.mount, mount_cmd.install):
+                mount_cmd.mount, mount_cmd.install, bench_cmd.bench):
     cli.add_command(command)
 
 

@@ -1,0 +1,285 @@
+"""The workloads of `chunkfs bench`: the same timed file operations in each directory, so a
+chunkfs mount's figures can be set beside a local disk's or a tmpfs's.
+
+Promises: wall time only (no CPU accounting); every loop has a fixed bound (a count, or a count
+and a deadline; `cp` and `rsync` run under a time-out); and nothing is left behind: a
+directory's files live in one scratch directory made for the run and removed when the run ends
+there, whether it succeeded or failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+SMALL_FILE_BYTES = 4096
+RANDOM_READ_BYTES = 4096
+TREE_DIRS = 50
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured number: `key` in JSON, `label` and `unit` in the table."""
+
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+
+
+FIGURES = (
+    Figure("seq_write_mib_s", "write, 1 MiB + fsync", "MiB/s", True),
+    Figure("cold_read_mib_s", "read, cold", "MiB/s", True),
+    Figure("warm_read_mib_s", "read, warm", "MiB/s", True),
+    Figure("random_read_iops", "random 4 KiB read, cold", "IOPS", True),
+    Figure("create_files_s", "create 4 KiB files", "files/s", True),
+    Figure("stat_files_s", "stat files", "files/s", True),
+    Figure("unlink_files_s", "unlink files", "files/s", True),
+    Figure("tree_cp_s", "tree: cp -a", "s", False),
+    Figure("tree_rsync_s", "tree: rsync -a, no-op", "s", False),
+)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    size_mb: int = 1024
+    files: int = 1000
+    tree_files: int = 5000
+    random_read_limit: int = 20000
+    random_read_time_s: float = 5.0
+    command_timeout_s: float = 1800.0
+
+
+@dataclass
+class DirectoryResult:
+    directory: Path
+    figures: dict[str, float] = field(default_factory=dict)
+    page_cache_dropped: bool = False
+
+
+@dataclass
+class _Workspace:
+    """What the steps of one directory share."""
+
+    scratch: Path
+    settings: BenchSettings
+    tree_source: Path
+    page_cache_dropped: bool = True
+
+    @property
+    def big_file(self) -> Path:
+        return self.scratch / "sequential"
+
+    @property
+    def tree_copy(self) -> Path:
+        return self.scratch / "tree"
+
+
+def drop_page_cache() -> bool:
+    """Drop the kernel's clean page cache, dentries and inodes (needs root). A chunkfs mount's
+    own client cache is not dropped: there is no command for that yet."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        DROP_CACHES.write_text("3\n")
+    except OSError as exc:
+        log.warning("cannot drop the page cache: %s", exc)
+        return False
+    return True
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        if written <= 0:
+            raise BenchError("a write wrote nothing")
+        data = data[written:]
+
+
+def _read_through(path: Path, expected_bytes: int) -> float:
+    """Read `path` start to end in 1 MiB reads; MiB/s."""
+    buffer = bytearray(MiB)
+    total = 0
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while total < expected_bytes:
+            n = f.readinto(buffer)
+            if not n:
+                break
+            total += n
+    elapsed = time.perf_counter() - start
+    if total != expected_bytes:
+        raise BenchError(f"{path}: read {total} bytes, wrote {expected_bytes}")
+    return total / MiB / elapsed
+
+
+def _sequential_write(ws: _Workspace) -> dict[str, float]:
+    block = memoryview(os.urandom(MiB))
+    start = time.perf_counter()
+    fd = os.open(ws.big_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(ws.settings.size_mb):
+            _write_all(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return {"seq_write_mib_s": ws.settings.size_mb / (time.perf_counter() - start)}
+
+
+def _cold_read(ws: _Workspace) -> dict[str, float]:
+    ws.page_cache_dropped = drop_page_cache()
+    return {"cold_read_mib_s": _read_through(ws.big_file, ws.settings.size_mb * MiB)}
+
+
+def _warm_read(ws: _Workspace) -> dict[str, float]:
+    return {"warm_read_mib_s": _read_through(ws.big_file, ws.settings.size_mb * MiB)}
+
+
+def _random_reads(ws: _Workspace) -> dict[str, float]:
+    """4 KiB reads at random aligned offsets, after dropping the page cache, until the read or
+    the time limit is reached."""
+    drop_page_cache()
+    blocks = ws.settings.size_mb * MiB // RANDOM_READ_BYTES
+    rng = random.Random(0)
+    reads = 0
+    fd = os.open(ws.big_file, os.O_RDONLY)
+    try:
+        start = time.perf_counter()
+        deadline = start + ws.settings.random_read_time_s
+        for reads in range(1, ws.settings.random_read_limit + 1):
+            os.pread(fd, RANDOM_READ_BYTES, rng.randrange(blocks) * RANDOM_READ_BYTES)
+            if time.perf_counter() >= deadline:
+                break
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+    return {"random_read_iops": reads / elapsed}
+
+
+def _per_second(paths: list[Path], operation: Callable[[Path], object]) -> float:
+    start = time.perf_counter()
+    for path in paths:
+        operation(path)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def _small_files(ws: _Workspace) -> dict[str, float]:
+    folder = ws.scratch / "small"
+    folder.mkdir()
+    paths = [folder / f"f{i:06d}" for i in range(ws.settings.files)]
+    data = memoryview(os.urandom(SMALL_FILE_BYTES))
+
+    def create(path: Path) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+
+    figures = {"create_files_s": _per_second(paths, create),
+               "stat_files_s": _per_second(paths, os.stat),
+               "unlink_files_s": _per_second(paths, os.unlink)}
+    folder.rmdir()
+    return figures
+
+
+def _timed_command(command: list[str], timeout_s: float) -> float:
+    start = time.perf_counter()
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.CalledProcessError as exc:
+        raise BenchError(f"{' '.join(command)} exited with {exc.returncode}: {exc.stderr.strip()[-500:]}")
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{' '.join(command)} took longer than {timeout_s:.0f} s")
+    return time.perf_counter() - start
+
+
+def _tree_cp(ws: _Workspace) -> dict[str, float]:
+    return {"tree_cp_s": _timed_command(["cp", "-a", str(ws.tree_source), str(ws.tree_copy)],
+                                        ws.settings.command_timeout_s)}
+
+
+def _tree_rsync(ws: _Workspace) -> dict[str, float]:
+    return {"tree_rsync_s": _timed_command(["rsync", "-a", f"{ws.tree_source}/", f"{ws.tree_copy}/"],
+                                           ws.settings.command_timeout_s)}
+
+
+STEPS: tuple[tuple[str, Callable[[_Workspace], dict[str, float]]], ...] = (
+    ("sequential write", _sequential_write),
+    ("cold read", _cold_read),
+    ("warm read", _warm_read),
+    ("random reads", _random_reads),
+    ("small files", _small_files),
+    ("tree cp -a", _tree_cp),
+    ("tree rsync -a", _tree_rsync),
+)
+
+StepHook = Callable[[int, str], None]
+"""Called before each step with the number of steps done so far in the run and what starts."""
+
+
+def make_tree(root: Path, files: int) -> None:
+    """`files` small files spread over up to TREE_DIRS directories under `root`."""
+    data = os.urandom(SMALL_FILE_BYTES)
+    dirs = min(TREE_DIRS, files)
+    for d in range(dirs):
+        (root / f"d{d:02d}").mkdir(parents=True)
+    for i in range(files):
+        (root / f"d{i % dirs:02d}" / f"f{i:05d}").write_bytes(data)
+
+
+def _remove(path: Path) -> None:
+    try:
+        shutil.rmtree(path)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
+
+
+def measure(directory: Path, settings: BenchSettings, tree_source: Path,
+            on_step: StepHook, steps_before: int = 0) -> DirectoryResult:
+    """Every step in a fresh scratch directory under `directory`, removed afterwards."""
+    scratch = Path(tempfile.mkdtemp(prefix=".chunkfs-bench-", dir=directory))
+    ws = _Workspace(scratch, settings, tree_source)
+    result = DirectoryResult(directory)
+    try:
+        for i, (name, step) in enumerate(STEPS):
+            on_step(steps_before + i, f"{directory}: {name}")
+            result.figures.update(step(ws))
+    finally:
+        _remove(scratch)
+    result.page_cache_dropped = ws.page_cache_dropped
+    return result
+
+
+def run(directories: list[Path], settings: BenchSettings,
+        on_step: StepHook = lambda done, what: None) -> list[DirectoryResult]:
+    """The workloads in each directory in turn; the tree to copy is made once, in the system's
+    temporary directory, and removed at the end."""
+    tree_source = Path(tempfile.mkdtemp(prefix="chunkfs-bench-tree-"))
+    try:
+        make_tree(tree_source, settings.tree_files)
+        return [measure(d, settings, tree_source, on_step, i * len(STEPS)) for i, d in enumerate(directories)]
+    finally:
+        _remove(tree_source)
+
+
+def ratios(subject: DirectoryResult, other: DirectoryResult) -> dict[str, float | None]:
+    """subject / other for each figure (None where other measured zero)."""
+    return {key: (value / other.figures[key] if other.figures.get(key) else None)
+            for key, value in subject.figures.items()}

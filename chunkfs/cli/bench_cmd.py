@@ -1,0 +1,105 @@
+"""`chunkfs bench`: time common file workloads in a directory (a chunkfs mount, say) and in
+directories to compare it with; the workloads themselves are in `chunkfs.bench`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from chunkfs import bench as workloads
+from chunkfs.cli.cluster_access import fail
+
+DIRECTORY = click.Path(exists=True, file_okay=False, writable=True, path_type=Path)
+
+
+def _value(value: float, unit: str) -> str:
+    if unit == "s":
+        return f"{value:.2f}"
+    if unit == "MiB/s":
+        return f"{value:,.1f}"
+    return f"{value:,.0f}"
+
+
+def _ratio(ratio: float | None, higher_is_better: bool) -> str:
+    if ratio is None:
+        return "-"
+    better = ratio >= 1 if higher_is_better else ratio <= 1
+    return f"[{'green' if better else 'red'}]{ratio:.2f}×[/]"
+
+
+def _table(results: list[workloads.DirectoryResult], settings: workloads.BenchSettings) -> Table:
+    subject, others = results[0], results[1:]
+    caption = "cold: page cache dropped" if subject.page_cache_dropped else "cold: page cache NOT dropped (needs root)"
+    if others:
+        caption += f"\nratio: {subject.directory.name}/other, green where {subject.directory.name} does better"
+    table = Table(title=f"chunkfs bench: {settings.size_mb} MiB file, {settings.files} small files, "
+                        f"{settings.tree_files}-file tree", caption=caption)
+    table.add_column("figure", no_wrap=True)
+    table.add_column("unit", no_wrap=True)
+    for result in results:
+        table.add_column(str(result.directory), justify="right")
+    for other in others:
+        table.add_column(f"{subject.directory.name}/{other.directory.name}", justify="right")
+    compared = [workloads.ratios(subject, other) for other in others]
+    for figure in workloads.FIGURES:
+        table.add_row(figure.label, figure.unit,
+                      *(_value(r.figures[figure.key], figure.unit) for r in results),
+                      *(_ratio(c[figure.key], figure.higher_is_better) for c in compared))
+    return table
+
+
+def _as_json(results: list[workloads.DirectoryResult], settings: workloads.BenchSettings) -> str:
+    subject = results[0]
+    return json.dumps({
+        "directory": str(subject.directory),
+        "settings": {"size_mb": settings.size_mb, "files": settings.files, "tree_files": settings.tree_files},
+        "units": {f.key: f.unit for f in workloads.FIGURES},
+        "results": {str(r.directory): r.figures for r in results},
+        "page_cache_dropped": {str(r.directory): r.page_cache_dropped for r in results},
+        "ratios": {str(other.directory): workloads.ratios(subject, other) for other in results[1:]},
+    }, indent=2)
+
+
+@click.command()
+@click.argument("directory", type=DIRECTORY)
+@click.option("--compare", "compare", type=DIRECTORY, multiple=True,
+              help="Run the same workloads here too and show DIRECTORY's figures over these (repeatable).")
+@click.option("--size-mb", type=click.IntRange(1, 1 << 20), default=1024, show_default=True,
+              help="Size of the file written and read sequentially, in MiB.")
+@click.option("--files", type=click.IntRange(1, 10_000_000), default=1000, show_default=True,
+              help="How many 4 KiB files to create, stat and unlink.")
+@click.option("--tree-files", type=click.IntRange(1, 10_000_000), default=5000, show_default=True,
+              help="How many files the tree copied with cp -a and rsync -a holds.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON dict instead of a table.")
+def bench(directory: Path, compare: tuple[Path, ...], size_mb: int, files: int, tree_files: int,
+          as_json: bool) -> None:
+    """Time writes, reads, small files and tree copies in DIRECTORY (and each --compare one).
+
+    Everything is made in a scratch directory inside each directory and removed afterwards.
+    Cold reads drop the kernel page cache first when run as root.
+    """
+    directories = [d.absolute() for d in (directory, *compare)]
+    if len(set(directories)) != len(directories):
+        fail("each directory may be given only once")
+    settings = workloads.BenchSettings(size_mb=size_mb, files=files, tree_files=tree_files)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+    try:
+        with progress:
+            task = progress.add_task("making the tree to copy", total=len(directories) * len(workloads.STEPS))
+            results = workloads.run(directories, settings,
+                                    lambda done, what: progress.update(task, completed=done, description=what))
+    except (OSError, workloads.BenchError) as exc:
+        fail(f"bench failed: {exc}")
+    if as_json:
+        click.echo(_as_json(results, settings))
+    else:
+        console = Console()
+        if not console.is_terminal:
+            console.width = max(console.width, 200)  # a file or pipe gets the whole table, unwrapped
+        console.print(_table(results, settings))

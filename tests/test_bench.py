@@ -1,0 +1,40 @@
+"""`chunkfs bench` on two plain local directories, small: every figure comes back in the JSON,
+with ratios for the compared directory, and nothing is left behind in either."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+FIGURES = {"seq_write_mib_s", "cold_read_mib_s", "warm_read_mib_s", "random_read_iops", "create_files_s",
+           "stat_files_s", "unlink_files_s", "tree_cp_s", "tree_rsync_s"}
+
+
+def test_bench_reports_every_figure_and_cleans_up(tmp_path):
+    subject, other = tmp_path / "subject", tmp_path / "other"
+    subject.mkdir()
+    other.mkdir()
+    result = subprocess.run([sys.executable, "-m", "chunkfs.cli", "bench", str(subject), "--compare", str(other),
+                             "--size-mb", "8", "--files", "50", "--tree-files", "200", "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["directory"] == str(subject)
+    assert report["settings"] == {"size_mb": 8, "files": 50, "tree_files": 200}
+    assert set(report["units"]) == FIGURES
+    assert set(report["results"]) == {str(subject), str(other)}
+    for figures in report["results"].values():
+        assert set(figures) == FIGURES
+        assert all(value > 0 for value in figures.values())
+    assert set(report["ratios"]) == {str(other)}
+    assert set(report["ratios"][str(other)]) == FIGURES
+    assert list(subject.iterdir()) == [] and list(other.iterdir()) == []
+
+
+def test_bench_refuses_the_same_directory_twice(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "chunkfs.cli", "bench", str(tmp_path), "--compare", str(tmp_path)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "only once" in result.stderr
+    assert list(tmp_path.iterdir()) == []
