@@ -43,6 +43,7 @@ class Inode(Struct, array_like=True):
     parent: int = 0  # directories only
     target: bytes = b""  # symlinks only
     stored_bytes: int = 0  # sum of chunk lengths, for st_blocks
+    xattr_count: int = 0  # lets clients answer "no such attribute" without asking
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -84,7 +85,7 @@ class Namespace:
         return r.Attr(
             ino=ino, mode=inode.mode, uid=inode.uid, gid=inode.gid, size=inode.size,
             atime_ns=inode.atime_ns, mtime_ns=inode.mtime_ns, ctime_ns=inode.ctime_ns,
-            nlink=inode.nlink, rdev=inode.rdev, goal=inode.goal,
+            nlink=inode.nlink, rdev=inode.rdev, goal=inode.goal, has_xattrs=inode.xattr_count > 0,
             blocks=(inode.stored_bytes + 511) // 512 if stat.S_ISREG(inode.mode) else
             (len(inode.target) + 511) // 512,
         )
@@ -405,6 +406,7 @@ class Namespace:
         if req.flags & XATTR_REPLACE and not exists:
             raise FsError(errno.ENODATA, f"no attribute {req.name!r}")
         txn.put(key, req.value, db=self.db.xattrs)
+        inode.xattr_count += 0 if exists else 1
         inode.ctime_ns = time.time_ns()
         self.put(txn, req.ino, inode)
 
@@ -412,6 +414,7 @@ class Namespace:
         inode = self.get(txn, req.ino)
         if not txn.delete(u64(req.ino) + req.name, db=self.db.xattrs):
             raise FsError(errno.ENODATA, f"no attribute {req.name!r}")
+        inode.xattr_count = max(0, inode.xattr_count - 1)
         inode.ctime_ns = time.time_ns()
         self.put(txn, req.ino, inode)
 

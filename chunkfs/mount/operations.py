@@ -290,9 +290,15 @@ class ChunkfsOperations(pyfuse3.Operations):
     @fuse_errors
     async def setxattr(self, inode, name, value, ctx):
         await self.meta.setxattr(inode, name, value)
+        if inode in self.open_files:
+            self.open_files[inode].attr.has_xattrs = True
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
+        open_file = self.open_files.get(inode)
+        if open_file is not None and not open_file.attr.has_xattrs:
+            # the kernel asks for security.capability before every write: answer it here
+            raise FsError(errno.ENODATA, "no extended attributes")
         return await self.meta.getxattr(inode, name)
 
     @fuse_errors

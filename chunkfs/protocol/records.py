@@ -23,6 +23,7 @@ class Attr(Struct, kw_only=True):
     rdev: int = 0
     goal: int = 0
     blocks: int = 0  # 512-byte units actually stored (sparse files count only their chunks)
+    has_xattrs: bool = False
 
 
 class DirEntry(Struct):
