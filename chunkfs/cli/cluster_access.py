@@ -60,7 +60,7 @@ def run_with_meta(access: ClusterAccess, fn: Callable[[MetaClient], Awaitable[T]
         fail(f"cannot read the cluster secret: {exc}")
 
     async def call() -> T:
-        http = SignedHttp(secret, retry_s=3)
+        http = SignedHttp(secret, retry_s=3, trio_native=True)
         try:
             return await fn(MetaClient(http, access.metaserver))
         finally:

@@ -99,14 +99,14 @@ def mount_options(config: MountConfig) -> set[str]:
 def run(config: MountConfig) -> None:
     setup_logging(config.log_level)
     secret = auth.load_secret(config.secret_file)
-    http = SignedHttp(secret, timeout_s=60, retry_s=config.retry_s)
+    http = SignedHttp(secret, timeout_s=60, retry_s=config.retry_s, trio_native=True)
     meta = MetaClient(http, config.metaserver)
     io = ChunkIO(meta, ChunkClient(http))
     cache = ChunkCache(io, config.cache_mem_mb * 1024 * 1024)
     ops = ChunkfsOperations(meta, io, cache, entry_timeout_s=config.entry_timeout_s,
                             attr_timeout_s=config.attr_timeout_s)
     try:
-        trio.run(check_cluster, MetaClient(SignedHttp(secret, retry_s=5), config.metaserver))
+        trio.run(check_cluster, MetaClient(SignedHttp(secret, retry_s=5, trio_native=True), config.metaserver))
     except (FsError, TransportError) as exc:
         click.echo(f"chunkfs-mount: cannot reach the metaserver at {config.metaserver}: {exc}", err=True)
         sys.exit(1)

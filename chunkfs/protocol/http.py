@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import errno
 import logging
+from urllib.parse import urlencode, urlsplit
 
-import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from chunkfs import auth
 from chunkfs.errors import FsError, TransportError
+from chunkfs.protocol.transport import HttpxTransport, Response, Transport, TransportFailure, TrioH11Transport
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +35,18 @@ class SignedHttp:
         connect_timeout_s: float = 3.0,
         retry_s: float = 15.0,
         max_connections: int = 64,
+        trio_native: bool = False,
     ) -> None:
+        """`trio_native` picks the lean h11 transport (trio only) over httpx (any event loop)."""
         self.secret = secret
         self.retry_s = retry_s
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        self.transport: Transport = (
+            TrioH11Transport(timeout_s, connect_timeout_s) if trio_native
+            else HttpxTransport(timeout_s, connect_timeout_s, max_connections)
         )
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self.transport.aclose()
 
     async def request(
         self,
@@ -54,7 +57,10 @@ class SignedHttp:
         params: dict | None = None,
         headers: dict | None = None,
         retry_s: float | None = None,
-    ) -> httpx.Response:
+    ) -> Response:
+        parts = urlsplit(url)
+        target = parts.path + (f"?{urlencode(params)}" if params else (f"?{parts.query}" if parts.query else ""))
+        body = bytes(content) if isinstance(content, (bytearray, memoryview)) else content
         retrying = AsyncRetrying(
             stop=stop_after_delay(self.retry_s if retry_s is None else retry_s),
             wait=wait_exponential_jitter(initial=0.05, max=2.0),
@@ -64,26 +70,25 @@ class SignedHttp:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._once(method, url, content, params, headers)
+                    return await self._once(method, parts.netloc, target, body, headers)
         except _Retryable as exc:
             raise TransportError(f"{method} {url}: {exc}") from None
         raise AssertionError("unreachable")
 
-    async def _once(self, method, url, content, params, headers) -> httpx.Response:
-        body = bytes(content) if isinstance(content, (bytearray, memoryview)) else content
-        request = self._http.build_request(method, url, content=body, params=params, headers=headers)
-        request.headers[auth.HEADER] = auth.sign(self.secret, method, request.url.raw_path.decode())
+    async def _once(self, method: str, address: str, target: str, body: bytes | None,
+                    headers: dict | None) -> Response:
+        all_headers = [(auth.HEADER, auth.sign(self.secret, method, target)), *(headers or {}).items()]
         try:
-            response = await self._http.send(request)
-        except (httpx.TransportError, httpx.TimeoutException) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+            response = await self.transport.send(method, address, target, all_headers, body)
+        except TransportFailure as exc:
+            raise _Retryable(str(exc)) from None
         if response.status_code in _RETRY_STATUS:
             raise _Retryable(f"HTTP {response.status_code}")
         if response.status_code == 401:
-            raise FsError(errno.EACCES, f"{url}: the server refused the cluster secret")
+            raise FsError(errno.EACCES, f"{address}: the server refused the cluster secret")
         if response.status_code >= 400:
             try:
                 raise FsError.from_json(response.json())
             except (ValueError, AttributeError):
-                raise FsError(errno.EIO, f"{url}: HTTP {response.status_code} {response.text[:200]}") from None
+                raise FsError(errno.EIO, f"{address}{target}: HTTP {response.status_code} {response.text[:200]}") from None
         return response

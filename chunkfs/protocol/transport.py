@@ -1,0 +1,143 @@
+"""HTTP/1.1 transports under `SignedHttp`: how bytes get to a server and back.
+
+- `HttpxTransport`: httpx, runs on asyncio and trio; used by the daemons' background work.
+- `TrioH11Transport`: h11 over trio sockets with a keep-alive pool per server; used on the
+  mount's hot path. Measured here on loopback: a metadata call took 1.8 ms through httpx on
+  trio and ~0.3 ms through this transport (a bare socket round trip is 0.16 ms).
+
+Both raise `TransportFailure` for anything worth retrying (refused, reset, time-out, a
+keep-alive connection the server closed) and return a `Response` otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import h11
+import httpx
+import trio
+
+RECEIVE_BYTES = 1 << 20
+
+
+class TransportFailure(Exception):
+    pass
+
+
+@dataclass
+class Response:
+    status_code: int
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+
+class Transport(Protocol):
+    async def send(self, method: str, address: str, target: str, headers: list[tuple[str, str]],
+                   body: bytes | None) -> Response: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpxTransport:
+    def __init__(self, timeout_s: float, connect_timeout_s: float, max_connections: int) -> None:
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    async def send(self, method, address, target, headers, body) -> Response:
+        try:
+            response = await self._http.request(method, f"http://{address}{target}", content=body,
+                                                headers=headers)
+        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            raise TransportFailure(f"{type(exc).__name__}: {exc}") from None
+        return Response(response.status_code, response.content)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class _Connection:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+
+
+class TrioH11Transport:
+    def __init__(self, timeout_s: float, connect_timeout_s: float, max_idle_per_server: int = 32) -> None:
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.max_idle_per_server = max_idle_per_server
+        self._idle: dict[str, list[_Connection]] = {}
+
+    async def _connect(self, address: str) -> _Connection:
+        host, _, port = address.rpartition(":")
+        try:
+            with trio.fail_after(self.connect_timeout_s):
+                return _Connection(await trio.open_tcp_stream(host.strip("[]"), int(port)))
+        except (OSError, trio.TooSlowError) as exc:
+            raise TransportFailure(f"connect to {address}: {exc or type(exc).__name__}") from None
+
+    async def send(self, method, address, target, headers, body) -> Response:
+        idle = self._idle.get(address)
+        conn = idle.pop() if idle else await self._connect(address)
+        try:
+            with trio.fail_after(self.timeout_s):
+                response = await self._exchange(conn, method, address, target, headers, body)
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,
+                h11.ProtocolError) as exc:
+            await trio.aclose_forcefully(conn.stream)
+            raise TransportFailure(f"{method} {address}{target}: {exc or type(exc).__name__}") from None
+        except BaseException:
+            await trio.aclose_forcefully(conn.stream)
+            raise
+        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
+            conn.h11.start_next_cycle()
+            pool = self._idle.setdefault(address, [])
+            if len(pool) < self.max_idle_per_server:
+                pool.append(conn)
+                return response
+        await trio.aclose_forcefully(conn.stream)
+        return response
+
+    async def _exchange(self, conn: _Connection, method, address, target, headers, body) -> Response:
+        all_headers = [("Host", address), ("Content-Length", str(len(body) if body else 0)), *headers]
+        out = conn.h11.send(h11.Request(method=method, target=target, headers=all_headers))
+        if body:
+            await conn.stream.send_all(out)
+            for piece in conn.h11.send_with_data_passthrough(h11.Data(data=body)):
+                await conn.stream.send_all(piece)
+            await conn.stream.send_all(conn.h11.send(h11.EndOfMessage()))
+        else:
+            await conn.stream.send_all(out + conn.h11.send(h11.EndOfMessage()))
+        status = 0
+        parts: list[bytes] = []
+        while True:
+            event = conn.h11.next_event()
+            if event is h11.NEED_DATA:
+                data = await conn.stream.receive_some(RECEIVE_BYTES)
+                if not data and conn.h11.their_state is h11.SEND_RESPONSE:
+                    raise trio.BrokenResourceError("server closed the connection")
+                conn.h11.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                parts.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return Response(status, parts[0] if len(parts) == 1 else b"".join(parts))
+            elif isinstance(event, h11.ConnectionClosed):
+                raise trio.BrokenResourceError("server closed the connection")
+
+    async def aclose(self) -> None:
+        for pool in self._idle.values():
+            for conn in pool:
+                await trio.aclose_forcefully(conn.stream)
+        self._idle.clear()
