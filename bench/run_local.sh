@@ -17,5 +17,5 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$LOCAL" "$TMPFS"
-"$CHUNKFS" up --dir "$ROOT/.chunkfs" --mount "$ROOT/mnt" --goal 2 --port 39520
+"$CHUNKFS" up --dir "$ROOT/.chunkfs" --mount "$ROOT/mnt" --goal 2 --port 19520
 "$CHUNKFS" bench "$ROOT/mnt" --compare "$LOCAL" --compare "$TMPFS" "$@"

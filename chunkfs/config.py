@@ -8,6 +8,7 @@ and validates every value, stopping the daemon with a one-line message naming th
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 import tomllib
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import click
+
+from chunkfs import service
 
 T = TypeVar("T")
 
@@ -77,11 +80,13 @@ def load(cls: type[T], file: Path | None, overrides: dict[str, Any]) -> T:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Log to stderr; under systemd, whose journal stamps each line itself, without the time."""
+    handler = logging.StreamHandler(sys.stderr)
+    if service.logging_to_journal():
+        handler.setFormatter(service.JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
@@ -117,6 +122,28 @@ def daemon_command(cls: type[T], help_text: str, positional: tuple[str, ...] = (
         return click.Command(run.__name__, callback=callback, params=params, help=help_text)
 
     return decorate
+
+
+def example(cls: type, header: str) -> str:
+    """A TOML file documenting every option of `cls`: its help, then the option commented out
+    at its default, so the file as written changes nothing and each line can be uncommented."""
+    lines = [f"# {line}" if line else "#" for line in header.strip().splitlines()]
+    for field in dataclasses.fields(cls):
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        lines += ["", f"# {field.metadata.get('help', '')}", f"#{field.name} = {_toml_value(default)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Path) and not value.parts:
+        return '""'  # no default: Path("") would print as "."
+    return json.dumps(str(value))
 
 
 def opt(default: Any, help: str) -> Any:

@@ -7,6 +7,7 @@ Every request but the public read-only paths must carry a valid `X-Chunkfs-Auth`
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any, TypeVar
 
 import msgspec
@@ -65,7 +66,25 @@ def make_app(secret: bytes, **kwargs) -> web.Application:
     return app
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to HOST:PORT and listening; stops the daemon with one line if it cannot."""
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as exc:
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
 def serve(app: web.Application, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT, then run the app's cleanup hooks."""
-    web.run_app(app, host=host, port=port, print=None, access_log=None,
+    """Serve until SIGTERM/SIGINT, then run the app's cleanup hooks.
+
+    The socket listens before the app's startup hooks run, so a hook that announces readiness
+    (`chunkfs.service.attach`) is true: connections made from then on are served."""
+    web.run_app(app, sock=listening_socket(host, port), print=None, access_log=None,
                 handle_signals=True, shutdown_timeout=5.0)

@@ -37,12 +37,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 def free_port_block(count: int) -> int:
-    """A base port with `count` free ports after it, on loopback."""
+    """A base port with `count` free ports after it (and base+100, the mount's metrics), on
+    loopback, below the kernel's ephemeral range: a connect to a free ephemeral port can
+    connect to itself and read its own request back."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
     for _ in range(200):
-        base = 20000 + int.from_bytes(os.urandom(2), "big") % 30000
+        base = 10000 + int.from_bytes(os.urandom(2), "big") % (low - 10000 - 200)
         socks = []
         try:
-            for port in range(base, base + count):
+            for port in [*range(base, base + count), base + 100]:
                 s = socket.socket()
                 s.bind(("127.0.0.1", port))
                 socks.append(s)
@@ -65,13 +68,15 @@ def chunkfs(*args: str, check: bool = True, timeout: float = 120) -> subprocess.
 class Cluster:
     """A local cluster under `root`: data in root/.chunkfs, mounted at root/mnt."""
 
-    def __init__(self, root: Path, chunkservers: int = 3, goal: int = 3, mount_options: str = "retry_s=5"):
+    def __init__(self, root: Path, chunkservers: int = 3, goal: int = 3, mount_options: str = "retry_s=5",
+                 up_options: tuple[str, ...] = ()):
         self.root = root
         self.dir = root / ".chunkfs"
         self.mnt = root / "mnt"
         self.chunkservers = chunkservers
         self.goal = goal
         self.mount_options = mount_options
+        self.up_options = up_options  # more `chunkfs up` flags, e.g. ("--heartbeat-timeout-s", "3")
         self.port = free_port_block(chunkservers + 1)
 
     @property
@@ -84,7 +89,7 @@ class Cluster:
 
     def up(self) -> None:
         chunkfs("up", "--dir", self.dir, "--mount", self.mnt, "--chunkservers", self.chunkservers,
-                "--goal", self.goal, "--port", self.port, "-o", self.mount_options)
+                "--goal", self.goal, "--port", self.port, "-o", self.mount_options, *self.up_options)
 
     def down(self) -> None:
         chunkfs("down", "--dir", self.dir)
@@ -149,6 +154,7 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture
-def fresh_cluster(tmp_path_factory):
-    """A cluster of its own, for tests that kill or restart things."""
-    yield from _cluster(tmp_path_factory)
+def fresh_cluster(tmp_path_factory, request):
+    """A cluster of its own, for tests that kill or restart things; `Cluster` arguments can be
+    given with `@pytest.mark.parametrize("fresh_cluster", [{...}], indirect=True)`."""
+    yield from _cluster(tmp_path_factory, **getattr(request, "param", {}))

@@ -1,4 +1,5 @@
-"""The chunkserver's HTTP routes: PUT, GET and DELETE of one chunk version."""
+"""The chunkserver's HTTP routes: PUT, GET and DELETE of one chunk version, and copying one from
+a peer (re-replication)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ import errno
 
 from aiohttp import web
 
-from chunkfs.errors import FsError
+from chunkfs import metrics
+from chunkfs.config import ConfigError, parse_address
+from chunkfs.errors import FsError, TransportError
 from chunkfs.httpserver import json_response, make_app
-from chunkfs.chunkserver.store import ChunkStore
-from chunkfs.protocol.chunk_client import CHECKSUM_HEADER
+from chunkfs.chunkserver.scrubber import CorruptionReporter
+from chunkfs.chunkserver.store import ChunkStore, CorruptChunk
+from chunkfs.protocol.chunk_client import CHECKSUM_HEADER, CHECKSUM_PARAM, ChunkClient
 from chunkfs import CHUNK_SIZE
 
 STORE = web.AppKey("store", ChunkStore)
+METRICS = web.AppKey("metrics", metrics.ChunkserverMetrics)
+PEERS = web.AppKey("peers", ChunkClient)
+CORRUPTION = web.AppKey("corruption", CorruptionReporter)
 
 
 def _chunk_key(request: web.Request) -> tuple[int, int]:
@@ -29,14 +36,48 @@ async def put_chunk(request: web.Request) -> web.Response:
     if not checksum:
         raise FsError(errno.EINVAL, f"missing {CHECKSUM_HEADER} header")
     data = await request.read()
-    await asyncio.to_thread(request.app[STORE].write, chunk_id, version, data, checksum)
+    counters = request.app[METRICS]
+    try:
+        await asyncio.to_thread(request.app[STORE].write, chunk_id, version, data, checksum)
+    except FsError as exc:
+        if exc.errno == errno.EBADMSG:
+            counters.checksum_failures.labels("upload").inc()
+        raise
+    counters.written_bytes.inc(len(data))
     return json_response({"ok": True})
 
 
 async def get_chunk(request: web.Request) -> web.Response:
     chunk_id, version = _chunk_key(request)
-    data = await asyncio.to_thread(request.app[STORE].read, chunk_id, version)
+    counters = request.app[METRICS]
+    try:
+        data = await asyncio.to_thread(request.app[STORE].read, chunk_id, version)
+    except CorruptChunk:
+        counters.checksum_failures.labels("disk").inc()
+        request.app[CORRUPTION].found(chunk_id, version)
+        raise
+    counters.read_bytes.inc(len(data))
     return web.Response(body=data, content_type="application/octet-stream")
+
+
+async def copy_chunk(request: web.Request) -> web.Response:
+    """Fetch a chunk version from the peer `?from=HOST:PORT` and store it here, checked against
+    `?checksum=` (the metaserver's record of it); answers once it is fsynced."""
+    chunk_id, version = _chunk_key(request)
+    source, checksum = request.query.get("from", ""), request.query.get(CHECKSUM_PARAM, "")
+    try:
+        parse_address(source)
+    except ConfigError as exc:
+        raise FsError(errno.EINVAL, f"copy source: {exc}") from None
+    if not checksum:
+        raise FsError(errno.EINVAL, f"missing {CHECKSUM_PARAM} parameter")
+    try:
+        data = await request.app[PEERS].get(source, chunk_id, version, retry_s=1.0)
+    except TransportError as exc:
+        raise FsError(errno.EHOSTUNREACH, f"copy source {source}: {exc}") from None
+    await asyncio.to_thread(request.app[STORE].write, chunk_id, version, data, checksum)
+    request.app[METRICS].written_bytes.inc(len(data))
+    return json_response({"ok": True, "bytes": len(data)})
 
 
 async def delete_chunk(request: web.Request) -> web.Response:
@@ -52,13 +93,20 @@ async def health(request: web.Request) -> web.Response:
                           "capacity_bytes": capacity, "used_bytes": used})
 
 
-def build_app(store: ChunkStore, secret: bytes, background) -> web.Application:
+def build_app(store: ChunkStore, secret: bytes, background, peers: ChunkClient,
+              corruption: CorruptionReporter) -> web.Application:
     app = make_app(secret, client_max_size=CHUNK_SIZE + 65536)
     app[STORE] = store
+    app[PEERS] = peers
+    app[CORRUPTION] = corruption
     route = "/v1/chunks/{chunk_id}/{version}"
     app.router.add_put(route, put_chunk)
     app.router.add_get(route, get_chunk)
     app.router.add_delete(route, delete_chunk)
+    app.router.add_post(route + "/copy", copy_chunk)
     app.router.add_get("/health", health)
+    registry = metrics.new_registry()
+    app[METRICS] = metrics.ChunkserverMetrics(registry, store)
+    metrics.install_http(app, registry)
     app.cleanup_ctx.append(background)
     return app

@@ -24,9 +24,9 @@ class Heartbeat:
 
     def hello(self, with_chunks: bool) -> r.ServerHello:
         capacity, used = self.store.capacity()
-        chunks = self.store.held(self.report_grace_s) if with_chunks else None
+        chunks, recent = self.store.inventory(self.report_grace_s) if with_chunks else (None, None)
         return r.ServerHello(id=self.store.server_id, address=self.address, capacity_bytes=capacity,
-                             used_bytes=used, chunks=chunks)
+                             used_bytes=used, chunks=chunks, recent_chunks=recent)
 
     async def run(self) -> None:
         while True:

@@ -41,7 +41,9 @@ class ChunkStore:
         self.chunks_dir = root / "chunks"
         self.chunks_dir.mkdir(parents=True, exist_ok=True)
         self.server_id = self._load_server_id()
-        self.used_bytes = sum(p.stat().st_size for p in self.chunks_dir.glob("*/*.chunk"))
+        sizes = [p.stat().st_size for p in self.chunks_dir.glob("*/*.chunk")]
+        self.used_bytes = sum(sizes)
+        self.chunk_count = len(sizes)
         for tmp in self.chunks_dir.glob("*/*.tmp"):
             tmp.unlink(missing_ok=True)
 
@@ -94,6 +96,7 @@ class ChunkStore:
             os.close(dir_fd)
         if not existed:
             self.used_bytes += HEADER_SIZE + len(data)
+            self.chunk_count += 1
 
     def read(self, chunk_id: int, version: int) -> bytes:
         path = self.path(chunk_id, version)
@@ -123,18 +126,19 @@ class ChunkStore:
         except FileNotFoundError:
             return False
         self.used_bytes -= size
+        self.chunk_count -= 1
         return True
 
-    def held(self, older_than_s: float) -> list[tuple[int, int]]:
-        """Chunk versions on disk not modified in the last `older_than_s` seconds."""
+    def inventory(self, older_than_s: float) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Every chunk version on disk: (those not modified in the last `older_than_s` seconds,
+        those that were)."""
         cutoff = time.time() - older_than_s
-        out = []
+        old, recent = [], []
         for path in self.chunks_dir.glob("*/*.chunk"):
             try:
-                if path.stat().st_mtime > cutoff:
-                    continue
+                modified = path.stat().st_mtime
                 cid, ver = path.stem.split("_")
-                out.append((int(cid, 16), int(ver, 16)))
+                (recent if modified > cutoff else old).append((int(cid, 16), int(ver, 16)))
             except (OSError, ValueError):
                 continue
-        return out
+        return old, recent

@@ -2,7 +2,9 @@
 
 - `local_cluster.py`: `up` and `down` (a whole cluster on this machine).
 - `admin.py`: `status`, `goal`, `info` (talk to a running cluster).
+- `drain_cmd.py`: `drain` (empty a chunkserver before taking it away).
 - `mount_cmd.py`: `mount` and `install` (clients and the mount(8) helper).
+- `deploy.py`: `config-example` and `install --units` (running the daemons under systemd).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 
 import click
 
-from chunkfs.cli import admin, bench_cmd, local_cluster, mount_cmd
+from chunkfs.cli import admin, bench_cmd, deploy, drain_cmd, local_cluster, mount_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,8 +22,8 @@ def cli() -> None:
     """chunkfs: a distributed filesystem you mount like any other."""
 
 
-for command in (local_cluster.up, local_cluster.down, admin.status, admin.goal, admin.info,
-                mount_cmd.mount, mount_cmd.install, bench_cmd.bench):
+for command in (local_cluster.up, local_cluster.down, admin.status, admin.goal, admin.info, drain_cmd.drain,
+                mount_cmd.mount, mount_cmd.install, deploy.config_example, bench_cmd.bench):
     cli.add_command(command)
 
 

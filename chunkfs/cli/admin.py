@@ -40,12 +40,15 @@ def status(data_dir: Path, metaserver: str | None, secret_file: Path | None, as_
     summary.add_row("files", f"{s.files} files, {s.directories} directories")
     summary.add_row("chunks", f"{s.chunks} ({s.chunks_under_goal} under goal)")
     summary.add_row("pending deletions", str(s.pending_deletions))
+    summary.add_row("repairs", f"{s.repairs_running} running, {s.chunks_replicated} chunks re-replicated, "
+                               f"{s.corrupt_found} corrupt found (since the metaserver started)")
     summary.add_row("default goal", str(s.default_goal))
     console.print(summary)
-    servers = Table("address", "id", "state", "used", "capacity", "last heartbeat")
+    servers = Table("address", "id", "state", "chunks", "used", "capacity", "last heartbeat")
     for srv in s.servers:
-        servers.add_row(srv.address, srv.id[:12], "[green]up[/]" if srv.alive else "[red]down[/]",
-                        _bytes(srv.used_bytes), _bytes(srv.capacity_bytes),
+        state = "[green]up[/]" if srv.alive else "[red]down[/]"
+        servers.add_row(srv.address, srv.id[:12], state + (", [yellow]draining[/]" if srv.draining else ""),
+                        str(srv.chunks), _bytes(srv.used_bytes), _bytes(srv.capacity_bytes),
                         f"{srv.last_seen_s:.1f} s ago" if srv.last_seen_s >= 0 else "never")
     console.print(servers)
 

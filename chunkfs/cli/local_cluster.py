@@ -47,28 +47,39 @@ def _alive_servers(access: ClusterAccess) -> int:
               help="Default replicas per chunk [default: 3, or what the cluster was made with].")
 @click.option("--port", type=click.IntRange(1, 65000), default=DEFAULT_METASERVER_PORT, show_default=True,
               help="Metaserver port; chunkservers take the ports after it.")
+@click.option("--heartbeat-timeout-s", type=click.FloatRange(0.5), default=None,
+              help="A chunkserver silent this long is down and its chunks are copied elsewhere "
+                   "[default: 10, or what the cluster was started with].")
+@click.option("--scrub-mb-per-s", type=click.FloatRange(0), default=None,
+              help="How fast each chunkserver re-verifies its chunks, 0 for never "
+                   "[default: 50, or what the cluster was started with].")
 @click.option("-o", "options", default="", help="Mount options, as for mount -o (see chunkfs-mount --help).")
-def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, port: int, options: str) -> None:
+def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, port: int,
+       heartbeat_timeout_s: float | None, scrub_mb_per_s: float | None, options: str) -> None:
     """Start a local cluster and mount it (keeps existing data)."""
     data_dir = data_dir.absolute()
     mountpoint = mountpoint.absolute()
     info_path = local_cluster_file(data_dir)
     previous = json.loads(info_path.read_text()) if info_path.exists() else {}
     goal = goal or previous.get("goal", 3)
+    heartbeat_timeout_s = heartbeat_timeout_s or previous.get("heartbeat_timeout_s", 10.0)
+    scrub_mb_per_s = previous.get("scrub_mb_per_s", 50.0) if scrub_mb_per_s is None else scrub_mb_per_s
     secret_file = data_dir / "secret"
     auth.create_secret(secret_file)
     logs, run = data_dir / "logs", data_dir / "run"
     metaserver = f"127.0.0.1:{port}"
     access = ClusterAccess(metaserver, secret_file)
     info = {"metaserver": metaserver, "secret_file": str(secret_file), "mountpoint": str(mountpoint),
-            "chunkservers": chunkservers, "goal": goal}
+            "chunkservers": chunkservers, "goal": goal, "heartbeat_timeout_s": heartbeat_timeout_s,
+            "scrub_mb_per_s": scrub_mb_per_s}
     info_path.parent.mkdir(parents=True, exist_ok=True)
     info_path.write_text(json.dumps(info, indent=2))
     try:
         if read_pid(run / "metaserver.pid") is None:
             proc = spawn(module_command("chunkfs.metaserver.main", "--listen", metaserver,
                                         "--data-dir", str(data_dir / "meta"), "--secret-file", str(secret_file),
-                                        "--default-goal", str(goal)),
+                                        "--default-goal", str(goal),
+                                        "--heartbeat-timeout-s", str(heartbeat_timeout_s)),
                          logs / "metaserver.log", run / "metaserver.pid")
             wait_for("metaserver", lambda: _health(metaserver), 30, proc, logs / "metaserver.log")
         for i in range(1, chunkservers + 1):
@@ -76,13 +87,16 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
             if read_pid(run / f"{name}.pid") is None:
                 spawn(module_command("chunkfs.chunkserver.main", "--listen", f"127.0.0.1:{port + i}",
                                      "--data-dir", str(data_dir / "chunkservers" / name),
-                                     "--metaserver", metaserver, "--secret-file", str(secret_file)),
+                                     "--metaserver", metaserver, "--secret-file", str(secret_file),
+                                     "--heartbeat-interval-s", str(min(2.0, heartbeat_timeout_s / 4)),
+                                     "--scrub-mb-per-s", str(scrub_mb_per_s)),
                       logs / f"{name}.log", run / f"{name}.pid")
         wait_for(f"{chunkservers} chunkservers", lambda: _alive_servers(access) >= chunkservers, 30,
                  log_path=logs / "cs1.log")
         mountpoint.mkdir(parents=True, exist_ok=True)
         if not mounts.is_mounted(mountpoint):
-            launch(metaserver, mountpoint, {**parse_options(options), "secret_file": str(secret_file)},
+            launch(metaserver, mountpoint, {"metrics_listen": f"127.0.0.1:{port + 100}", **parse_options(options),
+                                            "secret_file": str(secret_file)},
                    logs / "mount.log", run / "mount.pid")
     except (DaemonError, OptionError) as exc:
         fail(str(exc))

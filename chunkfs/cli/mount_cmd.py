@@ -1,4 +1,5 @@
-"""`chunkfs mount` (a client of a remote cluster) and `chunkfs install` (the mount(8) helper)."""
+"""`chunkfs mount` (a client of a remote cluster) and `chunkfs install` (the mount(8) helper and,
+with --units, the systemd units: see `deploy`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from chunkfs.cli import deploy
 from chunkfs.cli.cluster_access import fail
 from chunkfs.daemons import DaemonError
 from chunkfs.mount.helper import OptionError, launch, parse_options
@@ -37,8 +39,14 @@ def mount(metaserver: str, mountpoint: Path, secret_file: Path | None, options: 
 @click.command()
 @click.option("--helper", type=click.Path(path_type=Path), default=HELPER_PATH, show_default=True,
               help="Where to put the mount(8) helper.")
-def install(helper: Path) -> None:
-    """Install the `mount.chunkfs` helper so `mount -t chunkfs` and fstab work (needs root)."""
+@click.option("--units", is_flag=True,
+              help="Also install the systemd units, /usr/local/bin links and example configs in /etc/chunkfs.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"), show_default=True,
+              help="Install into this directory as if it were / (for images and packages).")
+def install(helper: Path, units: bool, root: Path) -> None:
+    """Install the `mount.chunkfs` helper so `mount -t chunkfs` and fstab work, and with --units
+    what systemd needs to run the daemons (needs root)."""
+    helper = root.absolute() / helper.absolute().relative_to("/")
     script = f"#!/bin/sh\n# installed by chunkfs install\nexec {sys.executable} -m chunkfs.mount.helper \"$@\"\n"
     try:
         helper.parent.mkdir(parents=True, exist_ok=True)
@@ -49,3 +57,9 @@ def install(helper: Path) -> None:
     except OSError as exc:
         fail(f"cannot write {helper}: {exc.strerror} (run as root)")
     click.echo(f"installed {helper}: mount -t chunkfs HOST:PORT DIR -o secret=FILE now works")
+    if units:
+        try:
+            for line in deploy.install_units(root.absolute()):
+                click.echo(line)
+        except (OSError, deploy.DeployError) as exc:
+            fail(f"cannot install the units: {exc}")

@@ -11,15 +11,19 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from chunkfs import metrics
 from chunkfs.errors import FsError
 from chunkfs.httpserver import json_response, make_app, read_body
+from chunkfs.metaserver.changes import ChangeFeed, affected
 from chunkfs.metaserver.chunk_table import ChunkTable
 from chunkfs.metaserver.db import GroupCommitter, MetaDB
 from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.registry import Registry
+from chunkfs.metaserver.replicator import Replicator
 from chunkfs.protocol import records as r
 from chunkfs.protocol.chunk_client import ChunkClient
+from chunkfs.protocol.meta_client import CLIENT_HEADER
 from chunkfs.protocol.http import SignedHttp
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,8 @@ class Metaserver:
     registry: Registry
     deleter: Deleter
     orphan_grace_s: float
+    replicator: Replicator
+    changes: ChangeFeed = field(default_factory=ChangeFeed)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -88,18 +94,24 @@ async def fs_operation(request: web.Request) -> web.Response:
         result = await m.committer.run(bind(m), req)
         if op in ("remove", "rename", "commit", "setattr"):
             m.deleter.wake.set()
+        m.changes.publish(request.headers.get(CLIENT_HEADER, ""), *affected(op, req, result))
         return json_response(result)
-    if op == "allocate":
-        return json_response(await allocate(m, await read_body(request, r.AllocateReq)))
+    if op == "reserve":
+        return json_response(await reserve(m, await read_body(request, r.ReserveReq)))
     raise FsError(errno.ENOSYS, f"unknown operation {op!r}")
 
 
-async def allocate(m: Metaserver, req: r.AllocateReq) -> r.Allocation:
-    chunk_id, version, goal = await m.committer.run(m.chunks.allocate, req.ino, req.index)
-    servers = m.registry.place(len(m.registry.servers), set(req.exclude))
+RESERVATION_VALID_S = 5.0
+
+
+async def reserve(m: Metaserver, req: r.ReserveReq) -> r.Reservation:
+    servers = m.registry.writable()
     if not servers:
         raise FsError(errno.ENOSPC, "no chunkserver with free space is alive")
-    return r.Allocation(chunk_id, version, goal, [r.ServerRef(s.id, s.address) for s in servers])
+    count = max(1, min(req.count, 4096))
+    first_version, first_chunk_id = await m.committer.run(m.chunks.reserve, count)
+    return r.Reservation(first_version, first_chunk_id, count,
+                         [r.ServerChoice(s.id, s.address, s.free_bytes) for s in servers], RESERVATION_VALID_S)
 
 
 async def server_hello(request: web.Request) -> web.Response:
@@ -116,22 +128,50 @@ async def server_hello(request: web.Request) -> web.Response:
         if delete:
             log.info("server %s holds %d unreferenced chunk versions; told to delete them",
                      hello.address, len(delete))
+        if hello.recent_chunks is not None:
+            await m.replicator.reconcile(hello.id, [*hello.chunks, *hello.recent_chunks])
     return json_response(r.HelloReply(delete))
 
 
-async def status(request: web.Request) -> web.Response:
-    m = request.app[STATE]
+async def corrupt_report(request: web.Request) -> web.Response:
+    """A chunkserver found copies failing their checksums: rebuild them elsewhere."""
+    report = await read_body(request, r.CorruptReport)
+    return json_response(r.CorruptReply(await request.app[STATE].replicator.corrupt(report)))
+
+
+async def drain(request: web.Request) -> web.Response:
+    return json_response(await request.app[STATE].replicator.drain(await read_body(request, r.DrainReq)))
+
+
+def cluster_status(m: Metaserver) -> r.ClusterStatus:
+    """What `chunkfs status` and the /metrics gauges show (full scans of the inode and chunk tables)."""
     alive = m.registry.alive_ids()
     total, free = m.registry.totals()
     with m.db.read() as txn:
         files, dirs = m.namespace.count(txn)
         chunks, under = m.chunks.count(txn, alive)
         pending = m.chunks.count_deletions(txn)
-    return json_response(r.ClusterStatus(
-        servers=m.registry.status(), files=files, directories=dirs, chunks=chunks,
+        per_server = m.replicator.edits.count_by_server(txn)
+    return r.ClusterStatus(
+        servers=m.registry.status(per_server), files=files, directories=dirs, chunks=chunks,
         chunks_under_goal=under, pending_deletions=pending, total_bytes=total, free_bytes=free,
-        default_goal=m.namespace.default_goal,
-    ))
+        default_goal=m.namespace.default_goal, repairs_running=m.replicator.running,
+        chunks_replicated=m.replicator.replicated, corrupt_found=m.replicator.corrupt_found,
+    )
+
+
+async def status(request: web.Request) -> web.Response:
+    return json_response(cluster_status(request.app[STATE]))
+
+
+async def changes(request: web.Request) -> web.Response:
+    """Long poll: the changes after `since`, waiting up to `wait_s` (at most 30) for one."""
+    try:
+        since = int(request.query.get("since", "0"))
+        wait_s = min(30.0, max(0.0, float(request.query.get("wait_s", "0"))))
+    except ValueError:
+        raise FsError(errno.EINVAL, "since and wait_s must be numbers") from None
+    return json_response(await request.app[STATE].changes.since(since, wait_s))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -143,14 +183,21 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp) -> web.Application
     app[STATE] = m
     app.router.add_post("/v1/fs/{op}", fs_operation)
     app.router.add_post("/v1/servers/hello", server_hello)
+    app.router.add_post("/v1/servers/corrupt", corrupt_report)
+    app.router.add_post("/v1/servers/drain", drain)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/changes", changes)
     app.router.add_get("/health", health)
+    registry = metrics.new_registry()
+    registry.register(metrics.ClusterCollector(lambda: cluster_status(m)))
+    metrics.install_http(app, registry, operations={*READS, *MUTATIONS, "reserve"})  # every op fs_operation knows
 
     async def background(app: web.Application):
-        task = asyncio.create_task(m.deleter.run())
+        tasks = [asyncio.create_task(m.deleter.run()), asyncio.create_task(m.replicator.run())]
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await http.aclose()
         m.committer.stop()
         m.db.close()

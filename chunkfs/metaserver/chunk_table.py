@@ -3,7 +3,7 @@ which dropped versions still have to be removed from chunkservers.
 
 Writes are copy-on-write: every upload of a chunk gets a new version (and lands in a new file on
 each chunkserver), and the commit that makes it part of the file queues the version it replaces
-for deletion. A reader therefore never sees a half-written chunk, and a chunkserver that missed
+for deletion; between clients the last commit wins. A reader therefore never sees a half-written chunk, and a chunkserver that missed
 a write can never serve a stale version: the version is part of every chunk request.
 """
 
@@ -52,13 +52,17 @@ class IdAllocator:
         self.next = self.limit = 0
 
     def take(self, txn: lmdb.Transaction) -> int:
-        if self.next >= self.limit:
+        return self.take_block(txn, 1)
+
+    def take_block(self, txn: lmdb.Transaction, count: int) -> int:
+        """The first of `count` consecutive fresh values."""
+        if self.next + count > self.limit:
             raw = txn.get(self.name, db=self.db.counters)
             start = max(read_u64(raw) if raw else 1, self.next)
-            self.next, self.limit = start, start + ID_RESERVE
+            self.next, self.limit = start, start + max(ID_RESERVE, count)
             txn.put(self.name, u64(self.limit), db=self.db.counters)
         value = self.next
-        self.next += 1
+        self.next += count
         return value
 
 
@@ -68,7 +72,7 @@ class ChunkTable:
         self.namespace = namespace
         self.chunk_ids = IdAllocator(db, b"next_chunk_id")
         self.versions = IdAllocator(db, b"next_version")
-        self.recent_allocations: dict[tuple[int, int], float] = {}
+        self.reservations: list[tuple[int, int, float]] = []  # (first, end) versions, when
         namespace.on_inode_freed = self.drop_file
 
     # ---- reading ----------------------------------------------------------------------------
@@ -109,18 +113,12 @@ class ChunkTable:
         return chunks, under
 
     # ---- writing ----------------------------------------------------------------------------
-    def allocate(self, txn: lmdb.Transaction, ino: int, index: int) -> tuple[int, int, int]:
-        """A fresh (chunk_id, version) for chunk `index` of `ino`, and the file's goal."""
-        inode = self.namespace.get(txn, ino)
-        if not stat.S_ISREG(inode.mode):
-            raise FsError(errno.EINVAL, f"inode {ino} is not a regular file")
-        if index < 0 or index > (1 << 40):
-            raise FsError(errno.EFBIG, f"chunk index {index} out of range")
-        raw = txn.get(chunk_key(ino, index), db=self.db.chunks)
-        chunk_id = _chunk_dec.decode(raw).chunk_id if raw else self.chunk_ids.take(txn)
-        version = self.versions.take(txn)
-        self.recent_allocations[(chunk_id, version)] = time.monotonic()
-        return chunk_id, version, inode.goal or self.namespace.default_goal
+    def reserve(self, txn: lmdb.Transaction, count: int) -> tuple[int, int]:
+        """`count` fresh versions and chunk ids for one client: (first version, first chunk id)."""
+        first_version = self.versions.take_block(txn, count)
+        first_chunk_id = self.chunk_ids.take_block(txn, count)
+        self.reservations.append((first_version, first_version + count, time.monotonic()))
+        return first_version, first_chunk_id
 
     def commit(self, txn: lmdb.Transaction, req: r.CommitReq) -> r.Attr:
         """Make uploaded chunk versions part of the file and set its size and mtime."""
@@ -132,14 +130,15 @@ class ChunkTable:
             raise FsError(errno.ESTALE, f"inode {req.ino} was removed while being written") from None
         if not stat.S_ISREG(inode.mode):
             raise FsError(errno.EINVAL, f"inode {req.ino} is not a regular file")
+        for ref in req.discard:
+            self.queue_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
         for ref in req.chunks:
             if ref.length > CHUNK_SIZE or ref.length < 0 or not ref.replicas:
                 raise FsError(errno.EINVAL, f"bad chunk {ref.index}: length {ref.length}")
             key = chunk_key(req.ino, ref.index)
             raw = txn.get(key, db=self.db.chunks)
             current = _chunk_dec.decode(raw) if raw else None
-            if current is not None and current.version >= ref.version:
-                self.queue_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
+            if current is not None and (current.chunk_id, current.version) == (ref.chunk_id, ref.version):
                 continue
             if current is not None:
                 inode.stored_bytes -= current.length
@@ -147,7 +146,6 @@ class ChunkTable:
             record = ChunkRecord(ref.chunk_id, ref.version, ref.length, ref.checksum, list(ref.replicas))
             txn.put(key, _enc.encode(record), db=self.db.chunks)
             inode.stored_bytes += ref.length
-            self.recent_allocations.pop((ref.chunk_id, ref.version), None)
         if req.size != inode.size:
             inode.stored_bytes = self.truncate(txn, req.ino, req.size)
         inode.size = req.size
@@ -213,7 +211,6 @@ class ChunkTable:
         about to commit: they are garbage on that server."""
         referenced = self.all_versions(txn)
         now = time.monotonic()
-        for key, t in list(self.recent_allocations.items()):
-            if now - t > grace_s:
-                del self.recent_allocations[key]
-        return [tuple(v) for v in held if tuple(v) not in referenced and tuple(v) not in self.recent_allocations]
+        self.reservations = [(lo, hi, t) for lo, hi, t in self.reservations if now - t <= grace_s]
+        return [(cid, ver) for cid, ver in held if (cid, ver) not in referenced
+                and not any(lo <= ver < hi for lo, hi, _t in self.reservations)]

@@ -46,6 +46,7 @@ class MetaDB:
         self.deletions = self.env.open_db(b"deletions")
         self.servers = self.env.open_db(b"servers")
         self.counters = self.env.open_db(b"counters")
+        self.draining = self.env.open_db(b"draining")  # server id -> b"" while it is being drained
 
     def read(self) -> lmdb.Transaction:
         return self.env.begin(buffers=False)

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from chunkfs import DEFAULT_METASERVER_PORT, auth
+from chunkfs import DEFAULT_METASERVER_PORT, auth, service
 from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setup_logging
 from chunkfs.httpserver import serve
 from chunkfs.metaserver.app import Metaserver, build_app
@@ -15,6 +15,7 @@ from chunkfs.metaserver.db import GroupCommitter, MetaDB
 from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.registry import Registry
+from chunkfs.metaserver.replicator import Replicator
 from chunkfs.protocol.chunk_client import ChunkClient
 from chunkfs.protocol.http import SignedHttp
 
@@ -30,6 +31,8 @@ class MetaserverConfig:
     heartbeat_timeout_s: float = opt(10.0, "a chunkserver silent this long is marked down")
     deletion_interval_s: float = opt(5.0, "seconds between passes removing dropped chunks")
     orphan_grace_s: float = opt(3600.0, "an unreferenced chunk this recently allocated is not garbage yet")
+    replication_per_s: float = opt(20.0, "chunk copies started per second at most, to bring chunks back to goal")
+    replication_in_flight: int = opt(8, "chunk copies under way at once at most")
     log_level: str = opt("info", "debug, info, warning or error")
 
     def validate(self) -> None:
@@ -38,6 +41,8 @@ class MetaserverConfig:
             raise ConfigError(f"option default_goal: {self.default_goal} is not between 1 and 16")
         if self.heartbeat_timeout_s <= 0:
             raise ConfigError("option heartbeat_timeout_s: must be positive")
+        if self.replication_per_s <= 0 or self.replication_in_flight < 1:
+            raise ConfigError("options replication_per_s and replication_in_flight: must be positive")
         if not self.secret_file.exists():
             raise ConfigError(f"option secret_file: {self.secret_file} does not exist")
 
@@ -56,9 +61,13 @@ def run(config: MetaserverConfig) -> None:
     registry = Registry(db, config.heartbeat_timeout_s)
     http = SignedHttp(secret, timeout_s=10, retry_s=1)
     deleter = Deleter(db, committer, chunks, registry, ChunkClient(http), config.deletion_interval_s)
-    state = Metaserver(db, committer, namespace, chunks, registry, deleter, config.orphan_grace_s)
+    replicator = Replicator(db, committer, chunks, registry, ChunkClient(http), deleter,
+                            config.replication_per_s, config.replication_in_flight)
+    state = Metaserver(db, committer, namespace, chunks, registry, deleter, config.orphan_grace_s, replicator)
     log.info("metaserver serving on %s:%d, data in %s", host, port, config.data_dir)
-    serve(build_app(state, secret, http), host, port)
+    app = build_app(state, secret, http)
+    service.attach(app, status=f"serving on {host}:{port}")
+    serve(app, host, port)
 
 
 def main() -> None:

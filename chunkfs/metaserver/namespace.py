@@ -169,9 +169,17 @@ class Namespace:
             raise FsError(errno.EINVAL, "only symlinks have a target")
         if stat.S_IFMT(req.mode) == 0:
             raise FsError(errno.EINVAL, "mode has no file type")
+        mode, gid = req.mode, req.gid
+        if parent.mode & stat.S_ISGID:
+            # BSD group semantics, as Linux filesystems do: the entry takes the directory's group,
+            # and a subdirectory passes the bit on (the kernel already strips it from files
+            # created by non-members)
+            gid = parent.gid
+            if is_dir:
+                mode |= stat.S_ISGID
         ino = self._next_ino(txn)
         inode = Inode(
-            mode=req.mode, uid=req.uid, gid=req.gid,
+            mode=mode, uid=req.uid, gid=gid,
             size=len(req.target) if req.target is not None else 0,
             atime_ns=now, mtime_ns=now, ctime_ns=now, nlink=2 if is_dir else 1,
             rdev=req.rdev, goal=parent.goal or self.default_goal,
@@ -198,7 +206,8 @@ class Namespace:
         self._touch_dir(txn, req.parent, parent, now)
         return self.attr(req.ino, inode)
 
-    def remove(self, txn: lmdb.Transaction, req: r.RemoveReq) -> None:
+    def remove(self, txn: lmdb.Transaction, req: r.RemoveReq) -> int:
+        """Remove an entry; returns the inode it named."""
         check_name(req.name)
         parent = self._dir(txn, req.parent)
         ino = self.child(txn, req.parent, req.name)
@@ -216,6 +225,7 @@ class Namespace:
         txn.delete(u64(req.parent) + req.name, db=self.db.dentries)
         self._touch_dir(txn, req.parent, parent, now, -1 if is_dir else 0)
         self._drop_link(txn, ino, inode, now)
+        return ino
 
     def _drop_link(self, txn: lmdb.Transaction, ino: int, inode: Inode, now: int) -> None:
         if stat.S_ISDIR(inode.mode):
@@ -243,7 +253,8 @@ class Namespace:
             ino = self.get(txn, ino).parent
         raise FsError(errno.ELOOP, "directory tree too deep")
 
-    def rename(self, txn: lmdb.Transaction, req: r.RenameReq) -> None:
+    def rename(self, txn: lmdb.Transaction, req: r.RenameReq) -> list[int]:
+        """Move an entry; returns the inodes moved or replaced."""
         check_name(req.old_name)
         check_name(req.new_name)
         if req.flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or req.flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
@@ -259,13 +270,14 @@ class Namespace:
         if req.flags & RENAME_EXCHANGE:
             if dst is None:
                 raise FsError(errno.ENOENT, f"{req.new_name!r} not found")
-            return self._exchange(txn, req, src, dst)
+            self._exchange(txn, req, src, dst)
+            return [src, dst]
         if dst is not None and req.flags & RENAME_NOREPLACE:
             raise FsError(errno.EEXIST, f"{req.new_name!r} exists")
         if src_is_dir and self._is_ancestor(txn, src, req.new_parent):
             raise FsError(errno.EINVAL, "cannot move a directory into itself")
         if dst == src:
-            return None
+            return [src]
         now = time.time_ns()
         if dst is not None:
             dst_inode = self.get(txn, dst)
@@ -292,7 +304,7 @@ class Namespace:
         if src_is_dir:
             src_inode.parent = req.new_parent
         self.put(txn, src, src_inode)
-        return None
+        return [src] if dst is None else [src, dst]
 
     def _exchange(self, txn: lmdb.Transaction, req: r.RenameReq, src: int, dst: int) -> None:
         src_inode, dst_inode = self.get(txn, src), self.get(txn, dst)

@@ -2,18 +2,19 @@
 
 A server is alive while its heartbeats keep coming (`heartbeat_timeout_s`). Addresses are kept
 in LMDB so replica lists (server ids) still resolve after a metaserver restart; liveness and
-free space are kept in memory and refreshed by every heartbeat.
+free space are kept in memory and refreshed by every heartbeat. A server being drained (`chunkfs
+drain`, kept in LMDB) gets no new chunks while the replicator moves its chunks elsewhere.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 
 import lmdb
 
 from chunkfs.metaserver.db import MetaDB
+from chunkfs.placement import weighted_order
 from chunkfs.protocol import records as r
 
 
@@ -38,6 +39,7 @@ class Registry:
         with db.read() as txn:
             for sid, address in txn.cursor(db=db.servers):
                 self.servers[sid.decode()] = ServerState(sid.decode(), address.decode())
+            self.draining: set[str] = {sid.decode() for sid, _ in txn.cursor(db=db.draining)}
 
     def is_alive(self, server: ServerState, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
@@ -67,30 +69,44 @@ class Registry:
         state.used_bytes = hello.used_bytes
         state.last_seen = time.monotonic()
 
+    def writable(self) -> list[ServerState]:
+        """Alive servers that have room for new chunks and are not being drained."""
+        return [s for s in self.alive() if s.free_bytes > 0 and s.id not in self.draining]
+
     def place(self, count: int, exclude: set[str] = frozenset()) -> list[ServerState]:
-        """Up to `count` distinct alive servers with room, drawn with weight by free space."""
-        candidates = [s for s in self.alive() if s.id not in exclude and s.free_bytes > 0]
-        chosen: list[ServerState] = []
-        for _ in range(min(count, len(candidates))):
-            total = sum(s.free_bytes for s in candidates)
-            pick = random.uniform(0, total)
-            for i, s in enumerate(candidates):
-                pick -= s.free_bytes
-                if pick <= 0 or i == len(candidates) - 1:
-                    chosen.append(candidates.pop(i))
-                    break
-        return chosen
+        """Up to `count` distinct writable servers, drawn with weight by free space."""
+        candidates = [s for s in self.writable() if s.id not in exclude]
+        return weighted_order(candidates, [s.free_bytes for s in candidates])[:count]
+
+    def find(self, name: str) -> ServerState | None:
+        """The server with this id or address."""
+        return self.servers.get(name) or next((s for s in self.servers.values() if s.address == name), None)
+
+    def save_draining(self, txn: lmdb.Transaction, server_id: str, draining: bool) -> None:
+        """Persist the flag; `draining` itself changes once that is committed (`set_draining`)."""
+        if draining:
+            txn.put(server_id.encode(), b"", db=self.db.draining)
+        else:
+            txn.delete(server_id.encode(), db=self.db.draining)
+
+    def set_draining(self, server_id: str, draining: bool) -> None:
+        if draining:
+            self.draining.add(server_id)
+        else:
+            self.draining.discard(server_id)
 
     def totals(self) -> tuple[int, int]:
         alive = self.alive()
         return sum(s.capacity_bytes for s in alive), sum(s.free_bytes for s in alive)
 
-    def status(self) -> list[r.ServerStatus]:
+    def status(self, chunk_counts: dict[str, int] | None = None) -> list[r.ServerStatus]:
         now = time.monotonic()
+        chunk_counts = chunk_counts or {}
         return [
             r.ServerStatus(id=s.id, address=s.address, capacity_bytes=s.capacity_bytes,
                            used_bytes=s.used_bytes,
                            last_seen_s=round(now - s.last_seen, 1) if s.last_seen else -1.0,
-                           alive=self.is_alive(s, now))
+                           alive=self.is_alive(s, now), chunks=chunk_counts.get(s.id, 0),
+                           draining=s.id in self.draining)
             for s in sorted(self.servers.values(), key=lambda s: s.address)
         ]

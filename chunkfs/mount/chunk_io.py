@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import errno
 import logging
+from dataclasses import dataclass
 
 import trio
 
 from chunkfs.checksum import chunk_checksum
 from chunkfs.errors import FsError, TransportError
+from chunkfs.placement import weighted_order
 from chunkfs.protocol import records as r
 from chunkfs.protocol.chunk_client import ChunkClient
 from chunkfs.protocol.meta_client import MetaClient
@@ -26,6 +28,7 @@ class ChunkIO:
     def __init__(self, meta: MetaClient, chunks: ChunkClient, replica_retry_s: float = 2.0) -> None:
         self.meta = meta
         self.chunks = chunks
+        self.reservations = Reservations(meta)
         self.replica_retry_s = replica_retry_s
         self.bytes_read = 0
         self.bytes_written = 0
@@ -50,31 +53,67 @@ class ChunkIO:
         log.error("chunk %d v%d unreadable: %s", ref.chunk_id, ref.version, "; ".join(problems))
         raise FsError(errno.EIO, f"chunk {ref.chunk_id} v{ref.version}: no replica could serve it")
 
-    async def upload(self, ino: int, index: int, data: bytes) -> r.ChunkRef:
-        """Store `data` as a new version of chunk `index`; returns once it is durable on every
-        replica that took it."""
-        alloc = await self.meta.allocate(ino, index)
+    async def upload(self, ino: int, index: int, data: bytes, slot: "UploadSlot") -> r.ChunkRef:
+        """Store `data` as version `slot.version` of chunk `index`; returns once it is durable on
+        every replica that took it (at least one, else EIO)."""
         checksum = chunk_checksum(data)
-        spares = iter(alloc.servers[alloc.goal:])
+        order = weighted_order(slot.servers, [s.free_bytes for s in slot.servers])
+        spares = iter(order[slot.goal:])
         stored: list[str] = []
 
-        async def one_replica(server: r.ServerRef) -> None:
+        async def one_replica(server: r.ServerChoice | None) -> None:
             while server is not None:
                 try:
-                    await self.chunks.put(server.address, alloc.chunk_id, alloc.version, data, checksum,
+                    await self.chunks.put(server.address, slot.chunk_id, slot.version, data, checksum,
                                           retry_s=self.replica_retry_s)
                     stored.append(server.id)
                     return
                 except (FsError, TransportError) as exc:
                     log.warning("chunk %d v%d: %s failed (%s); trying a spare",
-                                alloc.chunk_id, alloc.version, server.address, exc)
+                                slot.chunk_id, slot.version, server.address, exc)
                     server = next(spares, None)
 
         async with trio.open_nursery() as nursery:
-            for server in alloc.servers[:alloc.goal]:
+            for server in order[: slot.goal]:
                 nursery.start_soon(one_replica, server)
         if not stored:
             raise FsError(errno.EIO, f"chunk {index} of inode {ino}: no chunkserver stored it")
         self.bytes_written += len(data) * len(stored)
-        return r.ChunkRef(index=index, chunk_id=alloc.chunk_id, version=alloc.version,
+        return r.ChunkRef(index=index, chunk_id=slot.chunk_id, version=slot.version,
                           length=len(data), checksum=checksum, replicas=stored)
+
+
+@dataclass
+class UploadSlot:
+    """What one chunk upload writes: its chunk id and version, how many copies, where."""
+
+    chunk_id: int
+    version: int
+    goal: int
+    servers: list[r.ServerChoice]
+
+
+class Reservations:
+    """Versions, chunk ids and writable servers reserved from the metaserver in blocks, so an
+    upload costs no metadata round trip of its own. Slots are handed out in call order, so a
+    chunk written later on this client always gets the higher version."""
+
+    def __init__(self, meta: MetaClient, block: int = 64) -> None:
+        self.meta = meta
+        self.block = block
+        self._lock = trio.Lock()
+        self._reservation: r.Reservation | None = None
+        self._used = 0
+        self._taken_at = 0.0
+
+    async def slot(self, existing_chunk_id: int | None, goal: int) -> UploadSlot:
+        async with self._lock:
+            res = self._reservation
+            if res is None or self._used >= res.count or trio.current_time() - self._taken_at > res.valid_s:
+                res = self._reservation = await self.meta.reserve(self.block)
+                self._used = 0
+                self._taken_at = trio.current_time()
+            i = self._used
+            self._used += 1
+        chunk_id = existing_chunk_id if existing_chunk_id is not None else res.first_chunk_id + i
+        return UploadSlot(chunk_id, res.first_version + i, max(1, goal), res.servers)

@@ -191,18 +191,20 @@ class OpenFile:
     async def _start_upload(self, index: int) -> None:
         dirty = self.dirty[index]
         await self._ensure_based(index, dirty)
+        existing = self._committed_ref(index)
+        slot = await self.io.reservations.slot(existing.chunk_id if existing else None, self.attr.goal)
+        await self._upload_slots.acquire()
         del self.dirty[index]
         snapshot = bytes(dirty.data)
-        await self._upload_slots.acquire()
         self.uploading[index] = snapshot
         if self._inflight == 0:
             self._idle = trio.Event()
         self._inflight += 1
-        self.nursery.start_soon(self._upload, index, snapshot)
+        self.nursery.start_soon(self._upload, index, snapshot, slot)
 
-    async def _upload(self, index: int, snapshot: bytes) -> None:
+    async def _upload(self, index: int, snapshot: bytes, slot) -> None:
         try:
-            ref = await self.io.upload(self.ino, index, snapshot)
+            ref = await self.io.upload(self.ino, index, snapshot, slot)
             current = self.uploaded.get(index)
             if current is None or ref.version > current.version:
                 if current is not None:
@@ -240,8 +242,8 @@ class OpenFile:
             self._raise_pending_error()
             if not self.modified and not self.uploaded and not self.superseded:
                 return None
-            refs = list(self.uploaded.values()) + self.superseded
-            attr = await self.meta.commit(r.CommitReq(self.ino, self.size, self.mtime_ns, refs))
+            attr = await self.meta.commit(r.CommitReq(self.ino, self.size, self.mtime_ns,
+                                                      list(self.uploaded.values()), self.superseded))
             self.chunks.update(self.uploaded)
             self.uploaded.clear()
             self.superseded.clear()

@@ -73,6 +73,9 @@ class ChunkfsOperations(pyfuse3.Operations):
         self.handles: dict[int, OpenFile] = {}
         self.dirs: dict[int, DirListing] = {}
         self.seen_versions: dict[int, tuple[int, int]] = {}  # ino -> (mtime, size) last opened
+        # inodes whose last attributes said "no xattrs": getxattr answers ENODATA without a call
+        # (the kernel asks for security.capability on every write, ls -l for ACLs on every entry)
+        self.without_xattrs: set[int] = set()
         self._next_fh = 1
 
     # ---- helpers --------------------------------------------------------------------------
@@ -80,6 +83,10 @@ class ChunkfsOperations(pyfuse3.Operations):
         open_file = self.open_files.get(attr.ino)
         if open_file is not None:
             attr = open_file.local_attr(attr)
+        if attr.has_xattrs:
+            self.without_xattrs.discard(attr.ino)
+        else:
+            self.without_xattrs.add(attr.ino)
         e = pyfuse3.EntryAttributes()
         e.st_ino = attr.ino
         e.generation = 0
@@ -242,9 +249,22 @@ class ChunkfsOperations(pyfuse3.Operations):
     @fuse_errors
     async def open(self, inode, flags, ctx):
         fh, open_file = await self._open_file(inode)
-        if flags & os.O_TRUNC and open_file.size:
-            await open_file.truncate(0, None)
+        if flags & os.O_TRUNC:
+            await self._truncate_at_open(open_file, ctx)
         return self._file_info(fh, open_file.attr)
+
+    async def _truncate_at_open(self, open_file: OpenFile, ctx) -> None:
+        """With atomic O_TRUNC the kernel sends no setattr, so what its truncate would do is
+        ours: cut the file, and drop setuid (and setgid of a group-executable file) when the
+        opener is not root, as a local filesystem does."""
+        if open_file.size:
+            await open_file.truncate(0, None)
+        if ctx.uid == 0:
+            return
+        mode = (await self.meta.getattr(open_file.ino)).mode
+        kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
+        if mode & kill:
+            await self.meta.setattr(r.SetattrReq(ino=open_file.ino, mode=mode & ~kill))
 
     @fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -290,14 +310,13 @@ class ChunkfsOperations(pyfuse3.Operations):
     @fuse_errors
     async def setxattr(self, inode, name, value, ctx):
         await self.meta.setxattr(inode, name, value)
+        self.without_xattrs.discard(inode)
         if inode in self.open_files:
             self.open_files[inode].attr.has_xattrs = True
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
-        open_file = self.open_files.get(inode)
-        if open_file is not None and not open_file.attr.has_xattrs:
-            # the kernel asks for security.capability before every write: answer it here
+        if inode in self.without_xattrs:
             raise FsError(errno.ENODATA, "no extended attributes")
         return await self.meta.getxattr(inode, name)
 
@@ -321,5 +340,14 @@ class ChunkfsOperations(pyfuse3.Operations):
         out.f_namemax = MAX_NAME_BYTES
         return out
 
+    def forget_cached(self, inode: int) -> None:
+        """Drop what this client remembers of `inode` (another client changed it)."""
+        self.without_xattrs.discard(inode)
+        self.seen_versions.pop(inode, None)
+
+    def known_inodes(self) -> list[int]:
+        return list(self.seen_versions) + list(self.open_files)
+
     async def forget(self, inode_list):
-        return None
+        for inode, _nlookup in inode_list:
+            self.forget_cached(inode)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from chunkfs.protocol.http import SignedHttp
 
 CHECKSUM_HEADER = "X-Chunkfs-Checksum"
+CHECKSUM_PARAM = "checksum"
 
 
 def chunk_url(address: str, chunk_id: int, version: int) -> str:
@@ -31,3 +32,12 @@ class ChunkClient:
 
     async def delete(self, address: str, chunk_id: int, version: int, retry_s: float | None = None) -> None:
         await self.http.request("DELETE", chunk_url(address, chunk_id, version), retry_s=retry_s)
+
+    async def copy(self, address: str, chunk_id: int, version: int, source: str, checksum: str,
+                   retry_s: float | None = None) -> None:
+        """Have the server at `address` fetch the chunk version from `source` and store it,
+        checked against `checksum`; returns once it is fsynced there."""
+        await self.http.request(
+            "POST", f"{chunk_url(address, chunk_id, version)}/copy",
+            params={"from": source, CHECKSUM_PARAM: checksum}, retry_s=retry_s,
+        )

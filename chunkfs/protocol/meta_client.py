@@ -12,15 +12,19 @@ from chunkfs.protocol.http import SignedHttp
 T = TypeVar("T")
 
 
+CLIENT_HEADER = "X-Chunkfs-Client"
+
+
 class MetaClient:
-    def __init__(self, http: SignedHttp, address: str) -> None:
+    def __init__(self, http: SignedHttp, address: str, client_id: str = "") -> None:
+        """`client_id` names this client in the change feed, so it can skip its own changes."""
         self.http = http
         self.base = f"http://{address}"
+        self.headers = {"Content-Type": "application/json", CLIENT_HEADER: client_id}
 
     async def call(self, op: str, request: Any, reply_type: type[T] | None = None) -> T | None:
         response = await self.http.request(
-            "POST", f"{self.base}/v1/fs/{op}", content=r.json_encode(request),
-            headers={"Content-Type": "application/json"},
+            "POST", f"{self.base}/v1/fs/{op}", content=r.json_encode(request), headers=self.headers,
         )
         if reply_type is None:
             return None
@@ -77,8 +81,8 @@ class MetaClient:
     async def open_file(self, ino: int) -> r.FileLayout:
         return await self.call("open", r.InodeReq(ino), r.FileLayout)
 
-    async def allocate(self, ino: int, index: int, exclude: list[str] | None = None) -> r.Allocation:
-        return await self.call("allocate", r.AllocateReq(ino, index, exclude or []), r.Allocation)
+    async def reserve(self, count: int) -> r.Reservation:
+        return await self.call("reserve", r.ReserveReq(count), r.Reservation)
 
     async def commit(self, req: r.CommitReq) -> r.Attr:
         return await self.call("commit", req, r.Attr)
@@ -90,13 +94,28 @@ class MetaClient:
     async def set_goal(self, ino: int, goal: int, recursive: bool = False) -> r.Attr:
         return await self.call("goal", r.GoalReq(ino, goal, recursive), r.Attr)
 
+    async def changes(self, since: int, wait_s: float) -> r.ChangeBatch:
+        response = await self.http.request("GET", f"{self.base}/v1/changes",
+                                           params={"since": since, "wait_s": wait_s}, retry_s=wait_s + 5)
+        return msgspec.json.decode(response.content, type=r.ChangeBatch)
+
     async def status(self) -> r.ClusterStatus:
         response = await self.http.request("GET", f"{self.base}/v1/status")
         return msgspec.json.decode(response.content, type=r.ClusterStatus)
 
-    async def hello(self, hello: r.ServerHello) -> r.HelloReply:
+    async def servers_call(self, op: str, request: Any, reply_type: type[T]) -> T:
+        """`/v1/servers/{op}`: what chunkservers and admins tell the metaserver about servers."""
         response = await self.http.request(
-            "POST", f"{self.base}/v1/servers/hello", content=r.json_encode(hello),
+            "POST", f"{self.base}/v1/servers/{op}", content=r.json_encode(request),
             headers={"Content-Type": "application/json"},
         )
-        return msgspec.json.decode(response.content, type=r.HelloReply)
+        return msgspec.json.decode(response.content, type=reply_type)
+
+    async def hello(self, hello: r.ServerHello) -> r.HelloReply:
+        return await self.servers_call("hello", hello, r.HelloReply)
+
+    async def report_corrupt(self, report: r.CorruptReport) -> r.CorruptReply:
+        return await self.servers_call("corrupt", report, r.CorruptReply)
+
+    async def drain(self, server: str, draining: bool = True) -> r.ServerStatus:
+        return await self.servers_call("drain", r.DrainReq(server, draining), r.ServerStatus)

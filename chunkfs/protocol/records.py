@@ -53,14 +53,25 @@ class FileLayout(Struct):
     servers: dict[str, str]  # alive server id -> address
 
 
-class Allocation(Struct):
-    """A new chunk version to write: to `goal` of `servers` (in order), the rest are spares
-    to use in place of a server that fails."""
+class ServerChoice(Struct):
+    id: str
+    address: str
+    free_bytes: int
 
-    chunk_id: int
-    version: int
-    goal: int
-    servers: list[ServerRef]
+
+class Reservation(Struct):
+    """Chunk ids and versions reserved for one client, and the servers it may write to.
+
+    Versions `first_version .. first_version+count-1` and chunk ids `first_chunk_id ..
+    first_chunk_id+count-1` are this client's alone; a new version of an existing chunk keeps
+    its chunk id. `servers` are the alive chunkservers with room, with their free space for
+    weighting; the client refreshes a reservation once it is used up or `valid_s` old."""
+
+    first_version: int
+    first_chunk_id: int
+    count: int
+    servers: list[ServerChoice]
+    valid_s: float
 
 
 class Statfs(Struct):
@@ -135,17 +146,19 @@ class XattrReq(Struct):
     flags: int = 0
 
 
-class AllocateReq(Struct):
-    ino: int
-    index: int
-    exclude: list[str] = []
+class ReserveReq(Struct):
+    count: int
 
 
 class CommitReq(Struct):
+    """New chunk versions become the file's (the last commit wins); `discard` are versions this
+    client uploaded and then replaced itself, to be deleted."""
+
     ino: int
     size: int
     mtime_ns: int
     chunks: list[ChunkRef]
+    discard: list[ChunkRef] = []
 
 
 class GoalReq(Struct):
@@ -156,6 +169,19 @@ class GoalReq(Struct):
 
 class PathReq(Struct):
     path: bytes
+
+
+class Change(Struct, array_like=True):
+    seq: int
+    origin: str  # the client that made it (it skips its own changes)
+    inodes: list[int]
+    entries: list[tuple[int, bytes]]
+
+
+class ChangeBatch(Struct):
+    seq: int
+    changes: list[Change]
+    reset: bool = False
 
 
 # ---- chunkserver <-> metaserver -------------------------------------------------------------
@@ -169,6 +195,8 @@ class ServerHello(Struct, kw_only=True):
     capacity_bytes: int
     used_bytes: int
     chunks: list[tuple[int, int]] | None = None  # (chunk_id, version) on disk, sent at start
+    # the rest of what is on disk at start: too new to be offered for deletion, but held
+    recent_chunks: list[tuple[int, int]] | None = None
 
 
 class HelloReply(Struct):
@@ -182,7 +210,8 @@ class ServerStatus(Struct, kw_only=True):
     used_bytes: int
     last_seen_s: float
     alive: bool
-    chunks: int = 0
+    chunks: int = 0  # chunk versions whose records list this server
+    draining: bool = False
 
 
 class ClusterStatus(Struct, kw_only=True):
@@ -195,6 +224,25 @@ class ClusterStatus(Struct, kw_only=True):
     total_bytes: int
     free_bytes: int
     default_goal: int
+    repairs_running: int = 0  # chunk copies in flight (re-replication)
+    chunks_replicated: int = 0  # copies made since the metaserver started
+    corrupt_found: int = 0  # corrupt replicas reported since the metaserver started
+
+
+class CorruptReport(Struct):
+    """Chunk versions a chunkserver found failing their checksums (by scrub or on a read)."""
+
+    server_id: str
+    chunks: list[tuple[int, int]]
+
+
+class CorruptReply(Struct):
+    dropped: int  # replicas taken out of their records (and queued for deletion)
+
+
+class DrainReq(Struct):
+    server: str  # address (HOST:PORT) or id
+    draining: bool = True
 
 
 json_encode = msgspec.json.encode

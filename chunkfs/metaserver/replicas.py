@@ -1,0 +1,131 @@
+"""Changes to where a chunk version's replicas are, other than a client's commit: a copy added by
+re-replication, replicas trimmed once a chunk is at its goal, replicas found corrupt or missing.
+
+Every change is made against the record as it is in the writing transaction and applies only
+while that record still holds the same chunk version (a client's commit may have replaced it
+meanwhile). Nothing here takes the last replica out of a record: a chunk whose only copy is bad
+or gone is left for an operator to see rather than forgotten.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import lmdb
+import msgspec
+
+from chunkfs.metaserver.chunk_table import ChunkRecord, ChunkTable
+from chunkfs.metaserver.db import U64x2
+
+log = logging.getLogger(__name__)
+
+Version = tuple[int, int]  # (chunk_id, version)
+
+_enc = msgspec.msgpack.Encoder()
+_record_dec = msgspec.msgpack.Decoder(ChunkRecord)
+_servers_dec = msgspec.msgpack.Decoder(list[str])
+
+
+@dataclass
+class Dropped:
+    """What taking one server out of some records did."""
+
+    dropped: list[Version]  # taken out of their records
+    kept: list[Version]  # left in: that server held the record's only replica
+    unreferenced: list[Version]  # no record holds these versions
+
+
+class ReplicaEdits:
+    def __init__(self, chunks: ChunkTable) -> None:
+        self.chunks = chunks
+        self.db = chunks.db
+
+    # ---- reading (full scans, run them in a thread) ---------------------------------------------
+    def find(self, txn: lmdb.Transaction, matches: Callable[[ChunkRecord], bool]) -> dict[Version, bytes]:
+        """The chunk versions, with their record keys, of the records `matches` accepts."""
+        found = {}
+        for key, raw in txn.cursor(db=self.db.chunks):
+            rec = _record_dec.decode(raw)
+            if matches(rec):
+                found[(rec.chunk_id, rec.version)] = key
+        return found
+
+    def count_by_server(self, txn: lmdb.Transaction) -> dict[str, int]:
+        """How many chunk versions' records list each server (a full scan)."""
+        counts: dict[str, int] = {}
+        for _key, raw in txn.cursor(db=self.db.chunks):
+            for server_id in _record_dec.decode(raw).replicas:
+                counts[server_id] = counts.get(server_id, 0) + 1
+        return counts
+
+    def pending_deletion(self, txn: lmdb.Transaction, chunk_id: int, version: int) -> set[str]:
+        """Servers this chunk version is still queued to be deleted from."""
+        raw = txn.get(U64x2.pack(chunk_id, version), db=self.db.deletions)
+        return set(_servers_dec.decode(raw)) if raw else set()
+
+    # ---- mutations (through the group committer) ----------------------------------------------
+    def _current(self, txn: lmdb.Transaction, key: bytes, chunk_id: int, version: int) -> ChunkRecord | None:
+        raw = txn.get(key, db=self.db.chunks)
+        rec = _record_dec.decode(raw) if raw else None
+        return rec if rec is not None and (rec.chunk_id, rec.version) == (chunk_id, version) else None
+
+    def add(self, txn: lmdb.Transaction, key: bytes, chunk_id: int, version: int, server_id: str) -> bool:
+        """Record a copy made on `server_id`. A copy the record no longer wants (the version was
+        replaced or the file removed meanwhile, or a deletion of it from that server is still
+        queued) is queued for deletion instead; returns whether it was recorded."""
+        rec = self._current(txn, key, chunk_id, version)
+        if rec is None or server_id in self.pending_deletion(txn, chunk_id, version):
+            self.chunks.queue_deletion(txn, chunk_id, version, [server_id])
+            return False
+        if server_id not in rec.replicas:
+            rec.replicas.append(server_id)
+            txn.put(key, _enc.encode(rec), db=self.db.chunks)
+        return True
+
+    def trim(self, txn: lmdb.Transaction, key: bytes, chunk_id: int, version: int, keep: list[str]) -> list[str]:
+        """Keep only the replicas in `keep` (all of which must still be in the record) and queue
+        the others for deletion; returns the servers dropped."""
+        rec = self._current(txn, key, chunk_id, version)
+        if rec is None or not keep or not set(keep) <= set(rec.replicas):
+            return []
+        drop = [s for s in rec.replicas if s not in keep]
+        if drop:
+            rec.replicas = [s for s in rec.replicas if s in keep]
+            txn.put(key, _enc.encode(rec), db=self.db.chunks)
+            self.chunks.queue_deletion(txn, chunk_id, version, drop)
+        return drop
+
+    def drop_server(self, txn: lmdb.Transaction, server_id: str, found: dict[Version, bytes],
+                    queue_deletion: bool) -> Dropped:
+        """Take `server_id` out of the records at `found` (from `find`), queueing
+        the deletion of its copy if asked to."""
+        result = Dropped([], [], [])
+        for (chunk_id, version), key in found.items():
+            rec = self._current(txn, key, chunk_id, version)
+            if rec is None or server_id not in rec.replicas:
+                continue
+            if len(rec.replicas) == 1:
+                result.kept.append((chunk_id, version))
+                continue
+            rec.replicas.remove(server_id)
+            txn.put(key, _enc.encode(rec), db=self.db.chunks)
+            if queue_deletion:
+                self.chunks.queue_deletion(txn, chunk_id, version, [server_id])
+            result.dropped.append((chunk_id, version))
+        return result
+
+    def drop_corrupt(self, txn: lmdb.Transaction, server_id: str, corrupt: list[Version],
+                     found: dict[Version, bytes]) -> Dropped:
+        """Take the corrupt copies on `server_id` out of their records and queue every one of
+        them for deletion, but those that are their record's only replica."""
+        result = self.drop_server(txn, server_id, found, queue_deletion=False)
+        for chunk_id, version in corrupt:
+            if (chunk_id, version) in result.kept:
+                continue
+            self.chunks.queue_deletion(txn, chunk_id, version, [server_id])
+            if (chunk_id, version) not in found:
+                result.unreferenced.append((chunk_id, version))
+        return result
+

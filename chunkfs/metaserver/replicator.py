@@ -1,0 +1,304 @@
+"""Re-replication: keeps every chunk at its file's goal of healthy replicas, in the background.
+
+A replica is healthy while its server is alive (heard from within `heartbeat_timeout_s`) and not
+being drained. Each pass scans the chunk table:
+
+- a chunk with fewer healthy replicas than its goal is copied, most endangered first (fewest
+  healthy replicas), from a live server holding it to one that does not; the target fetches it
+  itself (`POST /v1/chunks/{id}/{version}/copy`) and checks it against the record's checksum.
+  The copy is recorded once it is fsynced there, and only if the record still holds that version;
+- a chunk with at least its goal of healthy replicas loses the others (dead, draining or extra
+  ones, extra ones from the fullest servers first). They are queued for deletion, so a dead
+  server's copies are removed when it comes back and a drained server ends up empty.
+
+Copies start at most `per_s` a second and at most `in_flight` at a time. A replica on a dead
+server stays in its record until the chunk is back at goal without it: while it is the only
+copy, the server's return is what brings the chunk back.
+
+Chunkservers' reports land here too: corrupt copies (from scrub or a failed read) and, at
+registration, recorded copies the server does not have. Both are taken out of their records, so
+the next pass rebuilds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import heapq
+import itertools
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import lmdb
+import msgspec
+
+from chunkfs.errors import FsError, TransportError
+from chunkfs.metaserver.chunk_table import ChunkRecord, ChunkTable
+from chunkfs.metaserver.db import U64x2, GroupCommitter, MetaDB
+from chunkfs.metaserver.deleter import Deleter
+from chunkfs.metaserver.registry import Registry, ServerState
+from chunkfs.metaserver.replicas import ReplicaEdits, Version
+from chunkfs.protocol import records as r
+from chunkfs.protocol.chunk_client import ChunkClient
+
+log = logging.getLogger(__name__)
+
+PASS_S = 10.0  # a pass starts at most this many seconds' worth of copies, then rescans
+IDLE_PAUSE_S = 2.0  # between passes that changed nothing (longer if scans are slow)
+MAX_TRIMS_PER_PASS = 10_000
+COPY_RETRY_S = 1.0
+
+_record_dec = msgspec.msgpack.Decoder(ChunkRecord)
+
+
+@dataclass
+class ServerSets:
+    """What one pass knows of the servers, taken at its start."""
+
+    healthy: set[str]  # alive and not draining: their replicas count towards goals
+    alive: set[str]  # can be copied from
+    writable: set[str]  # can be copied to
+    free: dict[str, int]  # free bytes of the alive ones
+
+
+@dataclass
+class Shortfall:
+    """A chunk with fewer healthy replicas than its goal."""
+
+    key: bytes
+    record: ChunkRecord
+    goal: int
+    healthy: int
+    busy: set[str]  # servers a deletion of this version is still queued for: not targets yet
+
+
+@dataclass
+class Trim:
+    key: bytes
+    chunk_id: int
+    version: int
+    keep: list[str]
+
+
+@dataclass
+class Copy:
+    chunk: Shortfall
+    source: ServerState
+    target: ServerState
+
+
+class Replicator:
+    def __init__(self, db: MetaDB, committer: GroupCommitter, chunks: ChunkTable, registry: Registry,
+                 client: ChunkClient, deleter: Deleter, per_s: float, in_flight: int) -> None:
+        self.db, self.committer, self.chunks = db, committer, chunks
+        self.registry, self.client, self.deleter = registry, client, deleter
+        self.per_s = per_s
+        self.edits = ReplicaEdits(chunks)
+        self.wake = asyncio.Event()
+        self.running = 0  # copies in flight
+        self.replicated = 0  # copies recorded since start
+        self.corrupt_found = 0  # corrupt copies reported since start
+        self._slots = asyncio.Semaphore(in_flight)
+        self._next_start = 0.0
+        self._scan_s = 0.0
+
+    async def run(self) -> None:
+        # Until every live server has had time to send a heartbeat, all look dead.
+        await asyncio.sleep(self.registry.heartbeat_timeout_s)
+        while True:
+            changed = False
+            try:
+                changed = await self.pass_once()
+            except Exception:
+                log.exception("re-replication pass failed; retrying later")
+            if not changed:
+                try:
+                    await asyncio.wait_for(self.wake.wait(), max(IDLE_PAUSE_S, 20 * self._scan_s))
+                except asyncio.TimeoutError:
+                    pass
+            self.wake.clear()
+
+    async def pass_once(self) -> bool:
+        """Scan, trim, copy; returns whether any record changed."""
+        alive = {s.id: s for s in self.registry.alive()}
+        servers = ServerSets(healthy=set(alive) - self.registry.draining, alive=set(alive),
+                             writable={s.id for s in self.registry.writable()},
+                             free={sid: s.free_bytes for sid, s in alive.items()})
+        budget = max(1, int(self.per_s * PASS_S))
+        started = time.monotonic()
+        short, trims, under = await asyncio.to_thread(self._scan, servers, budget)
+        self._scan_s = time.monotonic() - started
+        trimmed = await self._trim(trims)
+        copies = self._plan(short, alive)[:budget]
+        copied = await self._copy_all(copies)
+        if copies:
+            log.info("%d chunks under goal can be repaired now; made %d of %d copies", under, copied, len(copies))
+        return trimmed + copied > 0
+
+    # ---- scanning -------------------------------------------------------------------------------
+    def _scan(self, servers: ServerSets, limit: int) -> tuple[list[Shortfall], list[Trim], int]:
+        """The `limit` most endangered chunks under goal that can be repaired now (some live
+        server holds them, another could take a copy), the trims due, and how many chunks could
+        be repaired in all. Memory stays bounded however many there are."""
+        worst: list = []  # heap whose top is the least endangered kept so far
+        trims: list[Trim] = []
+        under = 0
+        goals: dict[int, int | None] = {}
+        order = itertools.count()
+        with self.db.read() as txn:
+            for key, raw in txn.cursor(db=self.db.chunks):
+                ino = U64x2.unpack(key)[0]
+                if ino not in goals:
+                    goals[ino] = self._goal(txn, ino)
+                goal = goals[ino]
+                if goal is None:
+                    continue
+                rec = _record_dec.decode(raw)
+                healthy = [s for s in rec.replicas if s in servers.healthy]
+                if len(healthy) < goal:
+                    if not servers.alive.intersection(rec.replicas):
+                        continue  # every copy is on a dead server: only its return helps
+                    busy = self.edits.pending_deletion(txn, rec.chunk_id, rec.version)
+                    if servers.writable <= set(rec.replicas) | busy:
+                        continue  # no server could take a copy now
+                    under += 1
+                    heapq.heappush(worst, (-len(healthy), goal - len(healthy), next(order),
+                                           Shortfall(key, rec, goal, len(healthy), busy)))
+                    if len(worst) > limit:
+                        heapq.heappop(worst)
+                elif len(rec.replicas) > goal and len(trims) < MAX_TRIMS_PER_PASS:
+                    keep = sorted(healthy, key=lambda s: -servers.free.get(s, 0))[:goal]
+                    trims.append(Trim(key, rec.chunk_id, rec.version, keep))
+        short = [item[-1] for item in sorted(worst, key=lambda item: (-item[0], -item[1], item[2]))]
+        return short, trims, under
+
+    def _goal(self, txn: lmdb.Transaction, ino: int) -> int | None:
+        try:
+            return self.chunks.namespace.get(txn, ino).goal or self.chunks.namespace.default_goal
+        except FsError:
+            return None  # removed while we scan
+
+    # ---- trimming -------------------------------------------------------------------------------
+    async def _trim(self, trims: list[Trim]) -> int:
+        if not trims:
+            return 0
+        dropped = await self.committer.run(self._apply_trims, trims)
+        if dropped:
+            log.info("dropped %d replicas of %d chunks at goal (over goal, dead or draining)",
+                     dropped, len(trims))
+            self.deleter.wake.set()
+        return dropped
+
+    def _apply_trims(self, txn: lmdb.Transaction, trims: list[Trim]) -> int:
+        return sum(len(self.edits.trim(txn, t.key, t.chunk_id, t.version, t.keep)) for t in trims)
+
+    # ---- copying --------------------------------------------------------------------------------
+    def _plan(self, short: list[Shortfall], alive: dict[str, ServerState]) -> list[Copy]:
+        copies = []
+        for chunk in short:
+            sources = [alive[sid] for sid in chunk.record.replicas if sid in alive]
+            targets = self.registry.place(chunk.goal - chunk.healthy, set(chunk.record.replicas) | chunk.busy)
+            copies.extend(Copy(chunk, random.choice(sources), target) for target in targets)
+        return copies
+
+    async def _copy_all(self, copies: list[Copy]) -> int:
+        tasks = []
+        async with asyncio.TaskGroup() as group:
+            for copy in copies:
+                await self._slots.acquire()
+                await self._pace()
+                tasks.append(group.create_task(self._copy(copy)))
+        return sum(task.result() for task in tasks)
+
+    async def _pace(self) -> None:
+        now = time.monotonic()
+        start = max(now, self._next_start)
+        self._next_start = start + 1.0 / self.per_s
+        if start > now:
+            await asyncio.sleep(start - now)
+
+    async def _copy(self, copy: Copy) -> bool:
+        """Make one copy and record it; never raises (a failed copy is retried by a later pass)."""
+        rec = copy.chunk.record
+        self.running += 1
+        try:
+            await self.client.copy(copy.target.address, rec.chunk_id, rec.version, copy.source.address,
+                                   rec.checksum, retry_s=COPY_RETRY_S)
+            added = await self.committer.run(self.edits.add, copy.chunk.key, rec.chunk_id, rec.version,
+                                             copy.target.id)
+        except (FsError, TransportError) as exc:
+            log.warning("copy of chunk %d v%d from %s to %s failed: %s", rec.chunk_id, rec.version,
+                        copy.source.address, copy.target.address, exc)
+            return False
+        except Exception:
+            log.exception("copy of chunk %d v%d to %s failed", rec.chunk_id, rec.version, copy.target.address)
+            return False
+        finally:
+            self.running -= 1
+            self._slots.release()
+        if added:
+            self.replicated += 1
+        else:
+            self.deleter.wake.set()  # the version went away meanwhile: the copy is garbage
+        return added
+
+    # ---- what chunkservers and admins report -------------------------------------------------------
+    async def corrupt(self, report: r.CorruptReport) -> int:
+        """Take corrupt copies out of their records (the next pass rebuilds them) and queue them
+        for deletion; returns how many records changed."""
+        corrupt = [(cid, ver) for cid, ver in report.chunks]
+        self.corrupt_found += len(corrupt)
+        wanted = set(corrupt)
+        found = await asyncio.to_thread(self._find, lambda rec: (rec.chunk_id, rec.version) in wanted)
+        result = await self.committer.run(self.edits.drop_corrupt, report.server_id, corrupt, found)
+        address = self._address(report.server_id)
+        log.warning("%s reports %d corrupt chunk versions: %d dropped from their records, %d unreferenced",
+                    address, len(corrupt), len(result.dropped), len(result.unreferenced))
+        for chunk_id, version in result.kept:
+            log.error("chunk %d v%d: its only replica, on %s, is corrupt; kept for salvage",
+                      chunk_id, version, address)
+        self.deleter.wake.set()
+        self.wake.set()
+        return len(result.dropped)
+
+    async def reconcile(self, server_id: str, held: list[Version]) -> int:
+        """At a server's registration: records that list it for versions it does not hold lose
+        it (a replaced disk is refilled by re-replication); returns how many.
+
+        A version written to the server after it listed its disk and committed before this runs
+        loses that replica too; re-replication makes it up, and the stray copy is removed at a
+        later registration once no file references its version."""
+        held_set = set(held)
+        missing = await asyncio.to_thread(
+            self._find, lambda rec: server_id in rec.replicas and (rec.chunk_id, rec.version) not in held_set)
+        if not missing:
+            return 0
+        result = await self.committer.run(self.edits.drop_server, server_id, missing, False)
+        log.warning("%s does not hold %d chunk versions recorded on it; dropped %d from their records "
+                    "(%d kept: their only replica)", self._address(server_id), len(missing),
+                    len(result.dropped), len(result.kept))
+        self.wake.set()
+        return len(result.dropped)
+
+    async def drain(self, req: r.DrainReq) -> r.ServerStatus:
+        """Mark a server draining (or not): it gets no new chunks and every pass moves its
+        chunks elsewhere, then drops it from their records."""
+        server = self.registry.find(req.server)
+        if server is None:
+            raise FsError(errno.ENOENT, f"no chunkserver {req.server!r} is known")
+        await self.committer.run(self.registry.save_draining, server.id, req.draining)
+        self.registry.set_draining(server.id, req.draining)
+        log.info("%s %s", server.address, "is being drained" if req.draining else "is no longer drained")
+        self.wake.set()
+        counts = {server.id: len(await asyncio.to_thread(self._find, lambda rec: server.id in rec.replicas))}
+        return next(s for s in self.registry.status(counts) if s.id == server.id)
+
+    def _find(self, matches) -> dict[Version, bytes]:
+        with self.db.read() as txn:
+            return self.edits.find(txn, matches)
+
+    def _address(self, server_id: str) -> str:
+        server = self.registry.servers.get(server_id)
+        return server.address if server else server_id
