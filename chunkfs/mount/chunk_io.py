@@ -25,31 +25,53 @@ log = logging.getLogger(__name__)
 
 
 class ChunkIO:
-    def __init__(self, meta: MetaClient, chunks: ChunkClient, replica_retry_s: float = 2.0) -> None:
+    def __init__(self, meta: MetaClient, chunks: ChunkClient, replica_retry_s: float = 2.0,
+                 suspect_s: float = 10.0) -> None:
         self.meta = meta
         self.chunks = chunks
         self.reservations = Reservations(meta)
         self.replica_retry_s = replica_retry_s
+        self.suspect_s = suspect_s
+        self._suspect_until: dict[str, float] = {}  # address -> when to trust it again
         self.bytes_read = 0
         self.bytes_written = 0
 
+    def _healthy_first(self, addresses: list[str]) -> list[str]:
+        """Servers that failed us lately go last, so one dead server costs one failed attempt,
+        not one per chunk, until the metaserver notices it is gone."""
+        now = trio.current_time()
+        return sorted(addresses, key=lambda a: self._suspect_until.get(a, 0.0) > now)
+
+    def _suspect(self, address: str) -> None:
+        self._suspect_until[address] = trio.current_time() + self.suspect_s
+
     async def fetch(self, ref: r.ChunkRef, servers: dict[str, str]) -> bytes:
-        """The stored bytes of `ref` (callers clip to `ref.length`)."""
-        candidates = [servers[s] for s in ref.replicas if s in servers]
+        """The stored bytes of `ref` (callers clip to `ref.length`). Every replica is tried once
+        at once; only if none answered are they tried again, with retries."""
+        candidates = self._healthy_first([servers[s] for s in ref.replicas if s in servers])
         if not candidates:
             raise FsError(errno.EIO, f"chunk {ref.chunk_id} v{ref.version}: no replica is alive")
         problems = []
-        for address in candidates:
-            try:
-                data = await self.chunks.get(address, ref.chunk_id, ref.version, retry_s=self.replica_retry_s)
-            except (FsError, TransportError) as exc:
-                problems.append(f"{address}: {exc}")
-                continue
-            if chunk_checksum(data) != ref.checksum:
-                problems.append(f"{address}: checksum mismatch")
-                continue
-            self.bytes_read += len(data)
-            return data
+        for retry_s in (0.0, self.replica_retry_s):
+            unreachable = False
+            for address in candidates:
+                try:
+                    data = await self.chunks.get(address, ref.chunk_id, ref.version, retry_s=retry_s)
+                except TransportError as exc:
+                    self._suspect(address)
+                    unreachable = True
+                    problems.append(f"{address}: {exc}")
+                    continue
+                except FsError as exc:
+                    problems.append(f"{address}: {exc}")
+                    continue
+                if chunk_checksum(data) != ref.checksum:
+                    problems.append(f"{address}: checksum mismatch")
+                    continue
+                self.bytes_read += len(data)
+                return data
+            if not unreachable:
+                break
         log.error("chunk %d v%d unreadable: %s", ref.chunk_id, ref.version, "; ".join(problems))
         raise FsError(errno.EIO, f"chunk {ref.chunk_id} v{ref.version}: no replica could serve it")
 
@@ -57,7 +79,9 @@ class ChunkIO:
         """Store `data` as version `slot.version` of chunk `index`; returns once it is durable on
         every replica that took it (at least one, else EIO)."""
         checksum = chunk_checksum(data)
-        order = weighted_order(slot.servers, [s.free_bytes for s in slot.servers])
+        weighted = weighted_order(slot.servers, [s.free_bytes for s in slot.servers])
+        healthy = self._healthy_first([s.address for s in weighted])
+        order = sorted(weighted, key=lambda s: healthy.index(s.address))
         spares = iter(order[slot.goal:])
         stored: list[str] = []
 
@@ -69,6 +93,8 @@ class ChunkIO:
                     stored.append(server.id)
                     return
                 except (FsError, TransportError) as exc:
+                    if isinstance(exc, TransportError):
+                        self._suspect(server.address)
                     log.warning("chunk %d v%d: %s failed (%s); trying a spare",
                                 slot.chunk_id, slot.version, server.address, exc)
                     server = next(spares, None)
