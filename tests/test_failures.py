@@ -160,3 +160,38 @@ def test_mount_t_chunkfs_and_fstab(cluster, helper_installed, tmp_path):
         assert not is_mounted(target)
     finally:
         _unmount_quietly(target)
+
+
+def test_chunkserver_partial_write_makes_a_new_version_from_the_old(fresh_cluster):
+    import trio
+
+    from chunkfs import auth
+    from chunkfs.checksum import chunk_checksum
+    from chunkfs.errors import FsError
+    from chunkfs.protocol.chunk_client import ChunkClient
+    from chunkfs.protocol.http import SignedHttp
+
+    address = f"127.0.0.1:{fresh_cluster.port + 1}"
+    base = os.urandom(100_000)
+    piece = b"patched!" * 1000
+
+    async def scenario():
+        http = SignedHttp(auth.load_secret(fresh_cluster.secret_file), retry_s=2, trio_native=True)
+        client = ChunkClient(http)
+        try:
+            await client.put(address, 77, 1, base, chunk_checksum(base))
+            checksum = await client.put_patch(address, 77, 2, 1, 50_000, piece, chunk_checksum(piece))
+            expected = base[:50_000] + piece + base[50_000 + len(piece):]
+            assert checksum == chunk_checksum(expected)
+            assert await client.get(address, 77, 2) == expected
+            assert await client.get(address, 77, 1) == base  # the old version is untouched
+            past_end = await client.put_patch(address, 77, 3, 2, 200_000, b"x", chunk_checksum(b"x"))
+            assert past_end == chunk_checksum(expected + bytes(100_000) + b"x")
+            with pytest.raises(FsError):
+                await client.put_patch(address, 77, 4, 1, 0, piece, "0" * 16)  # damaged in transit
+            with pytest.raises(FsError):
+                await client.put_patch(address, 77, 5, 999, 0, piece, chunk_checksum(piece))  # no base
+        finally:
+            await http.aclose()
+
+    trio.run(scenario)

@@ -37,6 +37,15 @@ async def put_chunk(request: web.Request) -> web.Response:
         raise FsError(errno.EINVAL, f"missing {CHECKSUM_HEADER} header")
     data = await request.read()
     counters = request.app[METRICS]
+    if "base_version" in request.query:
+        try:
+            base_version, offset = int(request.query["base_version"]), int(request.query.get("offset", "0"))
+        except ValueError:
+            raise FsError(errno.EINVAL, "base_version and offset must be integers") from None
+        new_checksum = await asyncio.to_thread(request.app[STORE].write_patch, chunk_id, version,
+                                               base_version, offset, data, checksum)
+        counters.written_bytes.inc(len(data))
+        return json_response({"ok": True, "checksum": new_checksum})
     try:
         await asyncio.to_thread(request.app[STORE].write, chunk_id, version, data, checksum)
     except FsError as exc:

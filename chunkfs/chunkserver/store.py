@@ -98,6 +98,22 @@ class ChunkStore:
             self.used_bytes += HEADER_SIZE + len(data)
             self.chunk_count += 1
 
+    def write_patch(self, chunk_id: int, version: int, base_version: int, offset: int, piece: bytes,
+                    piece_checksum: str) -> str:
+        """A partial write: new version `version` = version `base_version` (verified) with
+        `piece` written at `offset` (zeros fill any gap). Returns the new version's checksum."""
+        if chunk_checksum(piece) != piece_checksum:
+            raise FsError(errno.EBADMSG, "data does not match its checksum (damaged in transit)")
+        if offset < 0 or offset + len(piece) > CHUNK_SIZE:
+            raise FsError(errno.EINVAL, f"write at {offset} of {len(piece)} bytes leaves the chunk")
+        data = bytearray(self.read(chunk_id, base_version))
+        if offset > len(data):
+            data.extend(bytes(offset - len(data)))
+        data[offset:offset + len(piece)] = piece
+        checksum = chunk_checksum(data)
+        self.write(chunk_id, version, bytes(data), checksum)
+        return checksum
+
     def read(self, chunk_id: int, version: int) -> bytes:
         path = self.path(chunk_id, version)
         try:

@@ -25,6 +25,17 @@ class ChunkClient:
             retry_s=retry_s,
         )
 
+    async def put_patch(self, address: str, chunk_id: int, version: int, base_version: int, offset: int,
+                        piece: bytes, checksum: str) -> str:
+        """Make `version` from `base_version` with `piece` written at `offset`, on that server;
+        returns the checksum of the whole new version (compare it across replicas)."""
+        response = await self.http.request(
+            "PUT", chunk_url(address, chunk_id, version), content=piece,
+            params={"base_version": base_version, "offset": offset},
+            headers={CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"},
+        )
+        return response.json()["checksum"]
+
     async def get(self, address: str, chunk_id: int, version: int, retry_s: float | None = None) -> bytes:
         """The whole stored chunk, verified against its block checksums on the server."""
         response = await self.http.request("GET", chunk_url(address, chunk_id, version), retry_s=retry_s)

@@ -63,7 +63,7 @@ class SignedHttp:
         body = bytes(content) if isinstance(content, (bytearray, memoryview)) else content
         retrying = AsyncRetrying(
             stop=stop_after_delay(self.retry_s if retry_s is None else retry_s),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
             retry=retry_if_exception_type(_Retryable),
             reraise=True,
         )
