@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SECRET_KEY = web.AppKey("secret", bytes)
-PUBLIC_PATHS = frozenset({"/health", "/metrics"})
+PUBLIC_PATHS = frozenset({"/", "/health", "/metrics"})  # read-only: health, metrics, status page
 
 
 def json_response(obj: Any, status: int = 200) -> web.Response:

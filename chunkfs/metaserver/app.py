@@ -15,6 +15,7 @@ from chunkfs import metrics
 from chunkfs.errors import FsError
 from chunkfs.httpserver import json_response, make_app, read_body
 from chunkfs.metaserver.changes import ChangeFeed, affected
+from chunkfs.metaserver.status_page import render as render_status_page
 from chunkfs.metaserver.chunk_table import ChunkTable
 from chunkfs.metaserver.db import GroupCommitter, MetaDB
 from chunkfs.metaserver.deleter import Deleter
@@ -164,8 +165,15 @@ async def status(request: web.Request) -> web.Response:
     return json_response(cluster_status(request.app[STATE]))
 
 
+async def status_page(request: web.Request) -> web.Response:
+    m = request.app[STATE]
+    html = render_status_page(cluster_status(m), request.host, m.changes.clients_following())
+    return web.Response(text=html, content_type="text/html")
+
+
 async def changes(request: web.Request) -> web.Response:
     """Long poll: the changes after `since`, waiting up to `wait_s` (at most 30) for one."""
+    request.app[STATE].changes.seen(request.headers.get(CLIENT_HEADER, ""))
     try:
         since = int(request.query.get("since", "0"))
         wait_s = min(30.0, max(0.0, float(request.query.get("wait_s", "0"))))
@@ -187,6 +195,7 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp) -> web.Application
     app.router.add_post("/v1/servers/drain", drain)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/changes", changes)
+    app.router.add_get("/", status_page)
     app.router.add_get("/health", health)
     registry = metrics.new_registry()
     registry.register(metrics.ClusterCollector(lambda: cluster_status(m)))

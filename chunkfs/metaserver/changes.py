@@ -9,6 +9,7 @@ or a metaserver restart, is answered `reset` and the mount drops everything it c
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 from chunkfs.protocol import records as r
@@ -19,6 +20,19 @@ class ChangeFeed:
         self.seq = 0
         self._log: deque[r.Change] = deque(maxlen=capacity)
         self._wake = asyncio.Event()
+        self._clients: dict[str, float] = {}  # client id -> when it last asked for changes
+
+    def seen(self, client_id: str) -> None:
+        if client_id:
+            self._clients[client_id] = time.monotonic()
+
+    def clients_following(self, within_s: float = 60.0) -> int:
+        """Mounts that asked for changes lately: each one keeps a long poll open."""
+        now = time.monotonic()
+        for cid, t in list(self._clients.items()):
+            if now - t > within_s:
+                del self._clients[cid]
+        return len(self._clients)
 
     def publish(self, origin: str, inodes: list[int], entries: list[tuple[int, bytes]]) -> None:
         self.seq += 1

@@ -96,7 +96,8 @@ class MetaClient:
 
     async def changes(self, since: int, wait_s: float) -> r.ChangeBatch:
         response = await self.http.request("GET", f"{self.base}/v1/changes",
-                                           params={"since": since, "wait_s": wait_s}, retry_s=wait_s + 5)
+                                           params={"since": since, "wait_s": wait_s}, retry_s=wait_s + 5,
+                                           headers=self.headers)
         return msgspec.json.decode(response.content, type=r.ChangeBatch)
 
     async def status(self) -> r.ClusterStatus:
