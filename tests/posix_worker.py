@@ -75,26 +75,27 @@ def describe(path: str, st: os.stat_result, first_path_of_inode: dict[int, str],
 
 
 def snapshot(root: str) -> dict[str, dict]:
-    """Every entry under `root`, keyed by relative path, walked in sorted order."""
-    tree: dict[str, dict] = {}
+    """Every entry under `root` (and the root as "."), keyed by relative path, in sorted order."""
     inodes: dict[int, str] = {}
+    tree: dict[str, dict] = {}
     todo = [""]
     while todo:
         rel_dir = todo.pop(0)
+        names = ["."] if rel_dir == "" else []
         try:
-            names = sorted(os.listdir(os.path.join(root, rel_dir) if rel_dir else root))
+            names += sorted(os.listdir(os.path.join(root, rel_dir)))
         except OSError:
-            continue  # recorded as the directory's "entries" outcome
+            pass  # recorded as the directory's "entries" outcome
         for name in names:
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            path = os.path.join(root, rel)
+            rel = name if name == "." or not rel_dir else f"{rel_dir}/{name}"
+            path = root if name == "." else os.path.join(root, rel)
             try:
                 st = os.lstat(path)
-            except OSError as exc:  # a directory we may list but not search
+            except OSError as exc:  # in a directory we may list but not search
                 tree[rel] = {"lstat": ("err", errno.errorcode.get(exc.errno, str(exc.errno)))}
                 continue
             tree[rel] = describe(path, st, inodes, rel)
-            if stat.S_ISDIR(st.st_mode):
+            if stat.S_ISDIR(st.st_mode) and name != ".":
                 todo.append(rel)
     return tree
 
@@ -129,6 +130,8 @@ class Twin:
     def __init__(self, fs_root: str, ref_root: str) -> None:
         self.roots = (fs_root, ref_root)
         self.slots: dict[int, Slot] = {}
+        # a symlink to "." lets a test chmod or chown a root: reset puts them back
+        self.root_owners = [(st.st_uid, st.st_gid) for st in map(os.stat, self.roots)]
 
     # ---- plumbing ---------------------------------------------------------------------------
     def on_paths(self, fn: Callable[..., Any], *paths: str, rest: tuple = ()) -> list:
@@ -153,7 +156,10 @@ class Twin:
     def reset(self) -> None:
         for slot in list(self.slots):
             self.close_slot(slot)
-        for root in self.roots:
+        for root, (uid, gid) in zip(self.roots, self.root_owners):
+            if os.geteuid() == 0:
+                os.chown(root, uid, gid)
+            os.chmod(root, 0o755)
             clear(root)
 
     def snapshot(self) -> tuple[dict, dict, dict]:
@@ -231,6 +237,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "mkdir": os.mkdir,
     "mkfifo": os.mkfifo,
     "chmod": lambda path, mode, follow: os.chmod(path, mode, follow_symlinks=follow),
+    "chown": lambda path, uid, gid, follow: os.chown(path, uid, gid, follow_symlinks=follow),
     "symlink": lambda path, target: os.symlink(target, path),
     "readlink": os.readlink,
     "stat": stat_view,

@@ -117,9 +117,16 @@ class ChunkfsOperations(pyfuse3.Operations):
             raise FsError(errno.EBADF, f"unknown file handle {fh}") from None
 
     async def _open_file(self, ino: int, layout: r.FileLayout | None = None) -> tuple[int, OpenFile]:
+        """A handle on the one OpenFile of `ino`. The kernel sends RELEASE without waiting for it,
+        so the last release of a previous open may finish while the layout is fetched: the
+        OpenFile is looked up only after that, and a layout fetched while its final commit was
+        in flight is fetched again."""
+        while layout is None:
+            before = self.open_files.get(ino)
+            fetched = await self.meta.open_file(ino)
+            if before is None or self.open_files.get(ino) is before:
+                layout = fetched
         open_file = self.open_files.get(ino)
-        if layout is None:
-            layout = await self.meta.open_file(ino)
         if open_file is None:
             assert self.nursery is not None
             open_file = OpenFile(ino, layout, self.meta, self.io, self.cache, self.nursery)
