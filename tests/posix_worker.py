@@ -74,29 +74,29 @@ def describe(path: str, st: os.stat_result, first_path_of_inode: dict[int, str],
     return rec
 
 
-def snapshot(root: str) -> dict[str, dict]:
-    """Every entry under `root` (and the root as "."), keyed by relative path, in sorted order."""
+def snapshot(root: str, root_fd: int) -> dict[str, dict]:
+    """Every entry under `root` (and the root as "."), keyed by relative path, in sorted order.
+    The root itself is seen through `root_fd`: a relative root (".") and an absolute one need
+    different permissions to be named, their contents the same."""
     inodes: dict[int, str] = {}
-    tree: dict[str, dict] = {}
-    todo = [""]
+    st = os.fstat(root_fd)
+    tree = {".": {"type": "dir", "mode": oct(stat.S_IMODE(st.st_mode)), "nlink": st.st_nlink, "uid": st.st_uid,
+                  "gid": st.st_gid, "xattrs": outcome(lambda: user_xattrs(root_fd, True)),
+                  "entries": outcome(lambda: sorted(os.listdir(root_fd)))}}
+    todo = [("", tree["."]["entries"][1] if tree["."]["entries"][0] == "ok" else [])]
     while todo:
-        rel_dir = todo.pop(0)
-        names = ["."] if rel_dir == "" else []
-        try:
-            names += sorted(os.listdir(os.path.join(root, rel_dir)))
-        except OSError:
-            pass  # recorded as the directory's "entries" outcome
+        rel_dir, names = todo.pop(0)
         for name in names:
-            rel = name if name == "." or not rel_dir else f"{rel_dir}/{name}"
-            path = root if name == "." else os.path.join(root, rel)
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            path = os.path.join(root, rel)
             try:
                 st = os.lstat(path)
             except OSError as exc:  # in a directory we may list but not search
                 tree[rel] = {"lstat": ("err", errno.errorcode.get(exc.errno, str(exc.errno)))}
                 continue
-            tree[rel] = describe(path, st, inodes, rel)
-            if stat.S_ISDIR(st.st_mode) and name != ".":
-                todo.append(rel)
+            tree[rel] = rec = describe(path, st, inodes, rel)
+            if rec["type"] == "dir" and rec["entries"][0] == "ok":
+                todo.append((rel, rec["entries"][1]))
     return tree
 
 
@@ -131,7 +131,8 @@ class Twin:
         self.roots = (fs_root, ref_root)
         self.slots: dict[int, Slot] = {}
         # a symlink to "." lets a test chmod or chown a root: reset puts them back
-        self.root_owners = [(st.st_uid, st.st_gid) for st in map(os.stat, self.roots)]
+        self.root_fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY) for root in self.roots]
+        self.root_owners = [(st.st_uid, st.st_gid) for st in map(os.fstat, self.root_fds)]
 
     # ---- plumbing ---------------------------------------------------------------------------
     def on_paths(self, fn: Callable[..., Any], *paths: str, rest: tuple = ()) -> list:
@@ -156,15 +157,15 @@ class Twin:
     def reset(self) -> None:
         for slot in list(self.slots):
             self.close_slot(slot)
-        for root, (uid, gid) in zip(self.roots, self.root_owners):
+        for root, fd, (uid, gid) in zip(self.roots, self.root_fds, self.root_owners):
             if os.geteuid() == 0:
-                os.chown(root, uid, gid)
-            os.chmod(root, 0o755)
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, 0o755)
             clear(root)
 
     def snapshot(self) -> tuple[dict, dict, dict]:
         fds = {slot: [outcome(lambda fd=fd: fstat_view(fd)) for fd in s.fds] for slot, s in self.slots.items()}
-        return snapshot(self.roots[0]), snapshot(self.roots[1]), fds
+        return snapshot(self.roots[0], self.root_fds[0]), snapshot(self.roots[1], self.root_fds[1]), fds
 
     def open(self, slot: int, path: str, flags: int, mode: int) -> list:
         if slot in self.slots:

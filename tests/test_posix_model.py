@@ -468,3 +468,15 @@ def test_reopening_right_after_a_close_keeps_the_new_writes(cluster):
             assert path.read_bytes() == b"xy"
         finally:
             os.close(fd)
+
+
+def test_a_rewound_directory_handle_lists_the_directory_as_it_is_now(cluster):
+    """rewinddir() must show entries made since the handle was opened (os.listdir(fd) rewinds)."""
+    (cluster.mnt / "rewound").mkdir()
+    fd = os.open(cluster.mnt / "rewound", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert os.listdir(fd) == []
+        (cluster.mnt / "rewound" / "new").write_bytes(b"")
+        assert os.listdir(fd) == ["new"]
+    finally:
+        os.close(fd)

@@ -223,6 +223,9 @@ class ChunkfsOperations(pyfuse3.Operations):
     @fuse_errors
     async def readdir(self, fh, start_id, token):
         listing = self.dirs[fh]
+        if start_id == 0:
+            # the first read, or a rewind (rewinddir): POSIX wants the directory as it is now
+            listing.entries, listing.complete = [], False
         position = start_id
         for _ in range(1_000_000):
             while position >= len(listing.entries) and not listing.complete:
