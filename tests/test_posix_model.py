@@ -448,6 +448,9 @@ def test_differences_found_before_stay_fixed(twin):
     state.open(slot=0, path="d", flags="O_RDWR|O_CREAT|O_EXCL", mode=0o4755)
     state.open(slot=1, path="d", flags="O_RDONLY|O_TRUNC", mode=0o644)
     state.trees_match()
+    # attributes outside the user, trusted and security namespaces are refused
+    state.setxattr(path="d", name="foo.bar", value=b"v", flags=0, follow=True)
+    state.trees_match()
     state.teardown()
 
 

@@ -27,6 +27,7 @@ XATTR_CREATE = 1
 XATTR_REPLACE = 2
 MAX_XATTR_VALUE = 65536
 MAX_XATTR_NAME = 255
+XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
 
 
 class Inode(Struct, array_like=True):
@@ -408,6 +409,9 @@ class Namespace:
         if req.name.startswith(b"system."):
             # POSIX ACLs are not stored yet: refusing them makes cp/rsync fall back to chmod
             raise FsError(errno.EOPNOTSUPP, f"{req.name!r}: system attributes are not supported")
+        if not req.name.startswith(XATTR_NAMESPACES):
+            # Linux filesystems know only these namespaces; the kernel leaves the check to FUSE
+            raise FsError(errno.EOPNOTSUPP, f"{req.name!r}: not in the user, trusted or security namespace")
         if req.value is None or len(req.value) > MAX_XATTR_VALUE:
             raise FsError(errno.E2BIG, f"attribute value over {MAX_XATTR_VALUE} bytes")
         inode = self.get(txn, req.ino)
