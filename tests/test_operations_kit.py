@@ -15,7 +15,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
@@ -106,9 +106,10 @@ def test_example_configs_are_what_config_example_prints(daemon):
     values = tomllib.loads(uncommented)
     assert list(values) == [f.name for f in fields(cls)]
     for f in fields(cls):
-        default = f.default
+        default = f.default if f.default_factory is MISSING else f.default_factory()
         expected = "" if isinstance(default, Path) and not default.parts else \
-            str(default) if isinstance(default, Path) else default
+            str(default) if isinstance(default, Path) else \
+            [str(v) if isinstance(v, Path) else v for v in default] if isinstance(default, list) else default
         assert values[f.name] == expected, f.name
 
 
@@ -311,3 +312,11 @@ def test_the_mount_says_ready_once_mounted_and_stopping_when_told_to_stop(cluste
         if mounts.is_mounted(mountpoint):
             subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
         notify.close()
+
+
+@pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed (CI installs it)")
+def test_vagrantfile_is_valid():
+    result = subprocess.run(["vagrant", "validate"], cwd=REPO / "vagrant", capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "validated successfully" in result.stdout
