@@ -18,7 +18,7 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from chunkfs import service
+from chunkfs import request_id, service
 
 T = TypeVar("T")
 
@@ -80,12 +80,14 @@ def load(cls: type[T], file: Path | None, overrides: dict[str, Any]) -> T:
 
 
 def setup_logging(level: str) -> None:
-    """Log to stderr; under systemd, whose journal stamps each line itself, without the time."""
+    """Log to stderr; under systemd, whose journal stamps each line itself, without the time.
+    Lines are `<level> <logger>: <message>` then ` request_id=<id>` when written for a request."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(request_id.LogFilter())  # lines logged while serving a request name its id
     if service.logging_to_journal():
-        handler.setFormatter(service.JournalFormatter())
+        handler.setFormatter(service.JournalFormatter("%(levelname)s %(name)s: %(message)s%(request_tag)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s%(request_tag)s"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -2,7 +2,9 @@
 
 Servers raise `FsError(errno.X, message)`; the HTTP layer turns it into a 4xx/5xx answer with a
 JSON body `{"errno": "ENOENT", "message": ...}`; the protocol client turns that body back into
-the same `FsError`; the mount's edge turns it into `pyfuse3.FUSEError`.
+the same `FsError`; the mount's edge turns it into `pyfuse3.FUSEError`. An error that came over
+the wire keeps the call's `request_id` (see `chunkfs.request_id`); `str()` shows it, `message`
+does not (servers pass `message` on, and `request_id` is per call).
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ _HTTP_STATUS = {
 class FsError(Exception):
     """A failure with a POSIX meaning; `errno` is what the user's program will see."""
 
-    def __init__(self, err: int, message: str = "") -> None:
+    def __init__(self, err: int, message: str = "", request_id: str = "") -> None:
         super().__init__(message or errno.errorcode.get(err, str(err)))
         self.errno = err
         self.message = message or errno.errorcode.get(err, str(err))
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return f"{self.message} (request_id={self.request_id})" if self.request_id else self.message
 
     @property
     def name(self) -> str:
@@ -42,7 +48,7 @@ class FsError(Exception):
     @classmethod
     def from_json(cls, body: dict, default: int = errno.EIO) -> "FsError":
         err = getattr(errno, str(body.get("errno", "")), default)
-        return cls(err, str(body.get("message", "")))
+        return cls(err, str(body.get("message", "")), str(body.get("request_id", "")))
 
 
 class TransportError(Exception):

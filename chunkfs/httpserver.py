@@ -1,25 +1,34 @@
-"""What both aiohttp daemons share: the auth and error middlewares, JSON bodies, serving.
+"""What both aiohttp daemons share: the request-id, auth and error middlewares, JSON bodies, serving.
 
 Every request but the public read-only paths must carry a valid `X-Chunkfs-Auth` header
 (see `chunkfs.auth`); it is checked before any handler runs, so a refused request changes nothing.
+
+Every request is logged under its `X-Request-Id` (see `chunkfs.request_id`), which error replies
+also carry: each request at DEBUG (`request method=… path=… status=… duration_ms=…`), and every
+error reply at INFO (4xx) or ERROR (5xx, with the traceback) with its errno and message — but
+the routine answers an app names (`make_app(routine_error=…)`, such as ENOENT for a lookup).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
-from typing import Any, TypeVar
+import time
+from typing import Any, Callable, TypeVar
 
 import msgspec
 from aiohttp import web
 
-from chunkfs import auth
+from chunkfs import auth, request_id
 from chunkfs.errors import FsError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SECRET_KEY = web.AppKey("secret", bytes)
+ROUTINE_ERROR = web.AppKey("routine_error", Callable[[web.Request, FsError], bool])
+ERROR_KEY = web.RequestKey("chunkfs_error", FsError)  # the FsError a request was answered with
 PUBLIC_PATHS = frozenset({"/", "/health", "/metrics"})  # read-only: health, metrics, status page
 
 
@@ -28,7 +37,8 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
 
 
 def error_response(status: int, err: str, message: str) -> web.Response:
-    return json_response({"errno": err, "message": message}, status=status)
+    return json_response({"errno": err, "message": message, "request_id": request_id.current.get()},
+                         status=status)
 
 
 async def read_body(request: web.Request, record_type: type[T]) -> T:
@@ -36,6 +46,47 @@ async def read_body(request: web.Request, record_type: type[T]) -> T:
         return msgspec.json.decode(await request.read(), type=record_type)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise FsError(22, f"bad request body: {exc}") from None  # EINVAL
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler):
+    """Outermost of ours: the request's id is `request_id.current` while it is handled (log lines
+    and outgoing calls take it), comes back in the `X-Request-Id` reply header, and its outcome
+    is logged once here."""
+    rid = request_id.accept(request.headers.get(request_id.HEADER))
+    token = request_id.current.set(rid)
+    started = time.monotonic()
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            _log_request(request, exc.status, started)
+            raise
+        _log_request(request, response.status, started)
+        if not response.prepared:
+            response.headers[request_id.HEADER] = rid
+        return response
+    finally:
+        request_id.current.reset(token)
+
+
+def _log_request(request: web.Request, status: int, started: float) -> None:
+    line = f"request method={request.method} path={request.path} status={status} " \
+           f"duration_ms={(time.monotonic() - started) * 1000:.1f}"
+    error: FsError | None = request.get(ERROR_KEY)
+    if status < 400:
+        log.debug("%s", line)
+        return
+    if error is not None:
+        line += f" errno={error.name} message={json.dumps(error.message)}"
+    routine = error is not None and request.app.get(ROUTINE_ERROR, _never)(request, error)
+    logged = error is None and status >= 500  # the error middleware logged it with its traceback
+    level = logging.DEBUG if routine or logged else logging.ERROR if status >= 500 else logging.INFO
+    log.log(level, "%s", line)
+
+
+def _never(request: web.Request, error: FsError) -> bool:
+    return False
 
 
 @web.middleware
@@ -52,6 +103,7 @@ async def error_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except FsError as exc:
+        request[ERROR_KEY] = exc
         return error_response(exc.http_status(), exc.name, exc.message)
     except web.HTTPException:
         raise
@@ -60,9 +112,13 @@ async def error_middleware(request: web.Request, handler):
         return error_response(500, "EIO", "internal server error (see the server's log)")
 
 
-def make_app(secret: bytes, **kwargs) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, auth_middleware], **kwargs)
+def make_app(secret: bytes, routine_error: Callable[[web.Request, FsError], bool] = _never,
+             **kwargs) -> web.Application:
+    """`routine_error(request, error)` says which error replies are ordinary answers, logged at
+    DEBUG only (a lookup of a name that does not exist is not worth a line)."""
+    app = web.Application(middlewares=[request_id_middleware, error_middleware, auth_middleware], **kwargs)
     app[SECRET_KEY] = secret
+    app[ROUTINE_ERROR] = routine_error
     return app
 
 

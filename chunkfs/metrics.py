@@ -11,6 +11,9 @@ small one in a thread (the only thread the mount has besides `trio.to_thread`).
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
+import inspect
 import logging
 import time
 from typing import Any, Callable, Iterable, Iterator
@@ -124,37 +127,103 @@ class ClusterCollector(Collector):
             ("default_goal", "Replicas kept of a chunk unless its directory says otherwise", s.default_goal),
         ):
             yield GaugeMetricFamily(f"chunkfs_cluster_{name}", doc, value=value)
+        yield from _per_server(s.servers)
+        yield from _repair_and_gc(s)
+
+
+def _per_server(servers: list[r.ServerStatus]) -> Iterator[Metric]:
+    """What the metaserver knows of each chunkserver (down ones keep their last report)."""
+    families = [
+        (GaugeMetricFamily("chunkfs_cluster_chunkserver_chunks", "Chunk versions whose records list the server",
+                           labels=["id", "address"]), lambda s: s.chunks),
+        (GaugeMetricFamily("chunkfs_cluster_chunkserver_capacity_bytes",
+                           "A chunkserver's capacity (chunks plus free disk) as last reported", labels=["id", "address"]),
+         lambda s: s.capacity_bytes),
+        (GaugeMetricFamily("chunkfs_cluster_chunkserver_free_bytes", "A chunkserver's free space as last reported",
+                           labels=["id", "address"]), lambda s: max(0, s.capacity_bytes - s.used_bytes)),
+    ]
+    for family, value in families:
+        for server in servers:
+            family.add_metric([server.id, server.address], value(server))
+        yield family
+
+
+def _repair_and_gc(s: r.ClusterStatus) -> Iterator[Metric]:
+    """Re-replication and garbage collection: what was done since the metaserver started and
+    what is left (pending deletions are `chunkfs_cluster_pending_deletions`)."""
+    yield CounterMetricFamily("chunkfs_repair_copies_made", "Chunk copies made by re-replication",
+                              value=s.chunks_replicated)
+    yield GaugeMetricFamily("chunkfs_repair_copies_running", "Chunk copies in flight", value=s.repairs_running)
+    yield GaugeMetricFamily("chunkfs_repair_copies_pending",
+                            "Copies the last re-replication pass found needed and possible", value=s.repair_copies_pending)
+    yield CounterMetricFamily("chunkfs_repair_corrupt_replicas_found", "Corrupt replicas reported by chunkservers",
+                              value=s.corrupt_found)
+    yield CounterMetricFamily("chunkfs_gc_versions_deleted",
+                              "Chunk versions deleted from every chunkserver that held them", value=s.versions_deleted)
+    yield CounterMetricFamily("chunkfs_gc_replicas_deleted", "Chunk replicas deleted on chunkservers",
+                              value=s.replicas_deleted)
 
 
 # ---- chunkserver -------------------------------------------------------------------------------
 
+class Tally:
+    """A counter kept as a plain int, so more than the scrape can read it (heartbeats report
+    the chunkserver's bytes read and written to the metaserver)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
 class ChunkserverMetrics:
     """What a chunkserver's handlers count; its store's state is read at scrape time."""
 
-    def __init__(self, registry: CollectorRegistry, store: Any) -> None:
-        self.read_bytes = Counter("chunkfs_chunkserver_read_bytes", "Chunk bytes served to readers",
-                                  registry=registry)
-        self.written_bytes = Counter("chunkfs_chunkserver_written_bytes", "Chunk bytes stored",
-                                     registry=registry)
+    def __init__(self, store: Any) -> None:
+        self.registry = new_registry()
+        self.read_bytes = Tally()
+        self.written_bytes = Tally()
+        self.deleted_chunks = Tally()
         self.checksum_failures = Counter(
             "chunkfs_chunkserver_checksum_failures",
             "Checksum mismatches: where=disk for a stored block that reads back wrong, "
-            "where=upload for data damaged on its way here", ["where"], registry=registry)
+            "where=upload for data damaged on its way here", ["where"], registry=self.registry)
         for where in ("disk", "upload"):
             self.checksum_failures.labels(where)
-        registry.register(_StoreCollector(store))
+        self.registry.register(_ChunkserverCollector(self, store))
 
 
-class _StoreCollector(Collector):
-    def __init__(self, store: Any) -> None:
-        self.store = store
+class _ChunkserverCollector(Collector):
+    def __init__(self, counters: ChunkserverMetrics, store: Any) -> None:
+        self.counters, self.store = counters, store
 
     def collect(self) -> Iterator[Metric]:
+        c = self.counters
+        yield CounterMetricFamily("chunkfs_chunkserver_read_bytes", "Chunk bytes served to readers",
+                                  value=c.read_bytes.value)
+        yield CounterMetricFamily("chunkfs_chunkserver_written_bytes", "Chunk bytes stored",
+                                  value=c.written_bytes.value)
+        yield CounterMetricFamily("chunkfs_chunkserver_deleted_chunks", "Chunk versions deleted here",
+                                  value=c.deleted_chunks.value)
         capacity, used = self.store.capacity()
         yield GaugeMetricFamily("chunkfs_chunkserver_chunks", "Chunk versions stored", value=self.store.chunk_count)
         yield GaugeMetricFamily("chunkfs_chunkserver_used_bytes", "Bytes the stored chunks take", value=used)
         yield GaugeMetricFamily("chunkfs_chunkserver_capacity_bytes",
-                                "Bytes the chunks take plus what the disk still has free", value=capacity)
+                                "Bytes the chunks take plus what the disks still have free", value=capacity)
+        yield GaugeMetricFamily("chunkfs_chunkserver_free_bytes", "Bytes the disks still have free",
+                                value=capacity - used)
+        dirs = self.store.dir_usage()
+        for name, doc, field in (
+            ("chunks", "Chunk versions stored in a data directory", "chunks"),
+            ("used_bytes", "Bytes the chunks of a data directory take", "used_bytes"),
+            ("free_bytes", "Bytes free on the disk of a data directory", "free_bytes"),
+            ("capacity_bytes", "Size of the disk of a data directory", "disk_bytes"),
+        ):
+            family = GaugeMetricFamily(f"chunkfs_chunkserver_dir_{name}", doc, labels=["dir"])
+            for usage in dirs:
+                family.add_metric([usage.dir], getattr(usage, field))
+            yield family
 
 
 # ---- mount -------------------------------------------------------------------------------------
@@ -163,9 +232,10 @@ class MountCollector(Collector):
     """Reads the counters the chunk I/O and the chunk cache keep (`bytes_read`, `bytes_written`,
     `hits`, `misses`, `size_bytes`, `max_bytes`); plain ints, safe to read from the server thread."""
 
-    def __init__(self, io: Any, cache: Any) -> None:
+    def __init__(self, io: Any, cache: Any, write_back: Any = None) -> None:
         self.io = io
         self.cache = cache
+        self.write_back = write_back
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily("chunkfs_mount_read_bytes", "Chunk bytes fetched from chunkservers",
@@ -181,6 +251,26 @@ class MountCollector(Collector):
                                 value=self.cache.size_bytes)
         yield GaugeMetricFamily("chunkfs_mount_cache_capacity_bytes", "Most bytes of chunks held in memory",
                                 value=self.cache.max_bytes)
+        disk = self.cache.disk
+        if disk is not None:
+            yield CounterMetricFamily("chunkfs_mount_disk_cache_hits",
+                                      "Chunk reads answered from the local disk cache", value=disk.hits)
+            yield CounterMetricFamily("chunkfs_mount_disk_cache_stores", "Chunks stored in the local disk cache",
+                                      value=disk.stores)
+            yield CounterMetricFamily("chunkfs_mount_disk_cache_dropped_stores",
+                                      "Chunks not stored in the disk cache (writer busy or disk error)",
+                                      value=disk.dropped_stores)
+            yield GaugeMetricFamily("chunkfs_mount_disk_cache_size_bytes", "Bytes of chunks held on local disk",
+                                    value=disk.size_bytes)
+            yield GaugeMetricFamily("chunkfs_mount_disk_cache_capacity_bytes", "Most bytes of chunks held on local disk",
+                                    value=disk.capacity_bytes)
+        if self.write_back is not None:
+            yield GaugeMetricFamily("chunkfs_mount_dirty_bytes", "Written bytes held, buffered or uploading",
+                                    value=self.write_back.dirty_bytes)
+            yield GaugeMetricFamily("chunkfs_mount_dirty_capacity_bytes",
+                                    "Most written bytes held before writers wait", value=self.write_back.max_bytes)
+            yield CounterMetricFamily("chunkfs_mount_dirty_waits", "Writes that waited for uploads to free room",
+                                      value=self.write_back.waits)
 
 
 def serve_standalone(listen: str, registry: CollectorRegistry) -> Callable[[], None]:
@@ -197,13 +287,64 @@ def serve_standalone(listen: str, registry: CollectorRegistry) -> Callable[[], N
     return stop
 
 
-def start_mount_metrics(listen: str, io: Any, cache: Any) -> Callable[[], None]:
-    """The mount's metrics server on `listen` ("" for none); returns what stops it. A mount whose
-    metrics address is taken goes on without metrics rather than fail."""
+class FuseMetrics:
+    """FUSE requests by operation and result (`ok` or the errno name), their latency, and the
+    bytes applications read and wrote. Counted by wrapping the Operations instance's handlers
+    (`instrument`), so the FUSE edge itself stays free of metrics code."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("chunkfs_fuse_requests", "FUSE requests answered, by operation and result",
+                                ["op", "result"], registry=registry)
+        self.latency = Histogram("chunkfs_fuse_request_duration_seconds", "Time to answer a FUSE request",
+                                 ["op"], buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.read_bytes = Counter("chunkfs_fuse_read_bytes", "Bytes returned to applications' reads",
+                                  registry=registry)
+        self.written_bytes = Counter("chunkfs_fuse_written_bytes", "Bytes applications wrote", registry=registry)
+
+    def instrument(self, operations: Any) -> list[str]:
+        """Wrap every FUSE handler `operations` overrides; returns their names."""
+        import pyfuse3  # the mount's dependency only: the servers never load it
+
+        names = [name for name, base in vars(pyfuse3.Operations).items()
+                 if not name.startswith("_") and inspect.iscoroutinefunction(base)
+                 and getattr(type(operations), name) is not base]
+        for name in names:
+            setattr(operations, name, self._timed(name, getattr(operations, name), pyfuse3.FUSEError))
+        return names
+
+    def _timed(self, op: str, handler: Callable[..., Any], fuse_error: type[Exception]) -> Callable[..., Any]:
+        ok = self.requests.labels(op, "ok")
+        latency = self.latency.labels(op)
+        count_bytes = {"read": lambda result: self.read_bytes.inc(len(result)),
+                       "write": lambda result: self.written_bytes.inc(result)}.get(op)
+
+        @functools.wraps(handler)
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                result = await handler(*args, **kwargs)
+            except fuse_error as exc:
+                self.requests.labels(op, errno.errorcode.get(exc.errno, str(exc.errno))).inc()
+                raise
+            finally:
+                latency.observe(time.perf_counter() - start)
+            ok.inc()
+            if count_bytes is not None:
+                count_bytes(result)
+            return result
+
+        return timed
+
+
+def start_mount_metrics(listen: str, io: Any, cache: Any, operations: Any, write_back: Any = None) -> Callable[[], None]:
+    """The mount's metrics server on `listen` ("" for none: then nothing is counted either);
+    returns what stops it. A mount whose metrics address is taken goes on without metrics
+    rather than fail."""
     if not listen:
         return lambda: None
     registry = new_registry()
-    registry.register(MountCollector(io, cache))
+    registry.register(MountCollector(io, cache, write_back))
+    FuseMetrics(registry).instrument(operations)
     try:
         return serve_standalone(listen, registry)
     except OSError as exc:

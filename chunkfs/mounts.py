@@ -28,11 +28,13 @@ def _record_path(mountpoint: Path) -> Path:
     return runtime_dir() / "mounts" / f"{digest}.json"
 
 
-def record(mountpoint: Path, metaserver: str, secret_file: Path, pid: int) -> None:
+def record(mountpoint: Path, metaserver: str, secret_file: Path, pid: int, root_ino: int = 1) -> None:
+    """`root_ino` is the cluster's inode shown as the mount's root (a subdirectory mount)."""
     path = _record_path(mountpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"mountpoint": str(mountpoint), "metaserver": metaserver,
-                                "secret_file": str(Path(secret_file).resolve()), "pid": pid}))
+                                "secret_file": str(Path(secret_file).resolve()), "pid": pid,
+                                "root_ino": root_ino}))
 
 
 def forget(mountpoint: Path) -> None:

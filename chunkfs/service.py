@@ -106,8 +106,8 @@ class JournalFormatter(logging.Formatter):
 
     PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
-    def __init__(self) -> None:
-        super().__init__("%(levelname)s %(name)s: %(message)s")
+    def __init__(self, fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
+        super().__init__(fmt)
 
     def format(self, record: logging.LogRecord) -> str:
         priority = self.PRIORITIES.get(record.levelno, 6)

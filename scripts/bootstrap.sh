@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev rsync attr acl iproute2 sqlite3 git make)
+packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev rsync attr acl iproute2 nftables sqlite3 git make)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,9 +10,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from chunkfs.daemons import abort_fuse_connection, read_pid, stop_pid
 
@@ -56,6 +58,18 @@ def free_port_block(count: int) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no free port block")
+
+
+def metrics_of(address: str) -> dict[str, float]:
+    """`name{label="v",...}` -> value, from an unauthenticated GET /metrics."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
 
 
 def chunkfs(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -63,8 +63,32 @@ def test_bad_requests_get_a_4xx_with_a_message(fresh_cluster):
     assert "bad request body" in response.json()["message"]
 
 
+def create_as_retry(cluster, name: bytes, rid: str):
+    """A create sent the way the mount sends it, under a request id of our choosing."""
+    import trio
+
+    from chunkfs import auth, request_id
+    from chunkfs.protocol import records as r
+    from chunkfs.protocol.http import SignedHttp
+    from chunkfs.protocol.meta_client import MetaClient
+
+    async def create():
+        request_id.current.set(rid)
+        http = SignedHttp(auth.load_secret(cluster.secret_file), retry_s=2, trio_native=True)
+        try:
+            meta = MetaClient(http, cluster.metaserver, client_id="test-client")
+            return await meta.create(r.CreateReq(parent=1, name=name, mode=0o100644, uid=0, gid=0))
+        finally:
+            await http.aclose()
+
+    return trio.run(create)
+
+
 def test_metaserver_down_gives_eio_after_retries_and_the_mount_recovers(fresh_cluster):
+    from chunkfs.errors import FsError
+
     (fresh_cluster.mnt / "kept").write_text("still here")
+    first = create_as_retry(fresh_cluster, b"made-once", "req-1")
     fresh_cluster.kill("metaserver", signal.SIGKILL)
     time.sleep(1.5)  # let the kernel's attribute cache (1 s) run out
     started = time.monotonic()
@@ -77,6 +101,11 @@ def test_metaserver_down_gives_eio_after_retries_and_the_mount_recovers(fresh_cl
     assert (fresh_cluster.mnt / "kept").read_text() == "still here"
     (fresh_cluster.mnt / "after").write_text("written after the restart")
     assert (fresh_cluster.mnt / "after").read_text() == "written after the restart"
+    # the reply to a create was lost to the crash: its retry is answered, not run again (no EEXIST)
+    assert create_as_retry(fresh_cluster, b"made-once", "req-1").ino == first.ino
+    with pytest.raises(FsError) as again:
+        create_as_retry(fresh_cluster, b"made-once", "req-2")  # a new create of the same name
+    assert again.value.errno == errno.EEXIST
 
 
 def test_everything_survives_down_and_up(fresh_cluster):
@@ -160,6 +189,47 @@ def test_mount_t_chunkfs_and_fstab(cluster, helper_installed, tmp_path):
         assert not is_mounted(target)
     finally:
         _unmount_quietly(target)
+
+
+def test_subdirectory_and_read_only_mounts(cluster, helper_installed, tmp_path):
+    (cluster.mnt / "projects" / "web").mkdir(parents=True)
+    (cluster.mnt / "projects" / "web" / "index.html").write_text("<h1>hi</h1>")
+    (cluster.mnt / "outside").write_text("not visible below /projects")
+    sub, read_only = tmp_path / "sub", tmp_path / "ro"
+    sub.mkdir()
+    read_only.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "chunkfs", f"{cluster.metaserver}:/projects", str(sub),
+                        "-o", f"secret={cluster.secret_file}"], check=True, timeout=60)
+        assert sorted(os.listdir(sub)) == ["web"]
+        assert (sub / "web" / "index.html").read_text() == "<h1>hi</h1>"
+        assert os.path.realpath(sub / "..") == str(tmp_path)  # the kernel never leaves the mount's root
+        (sub / "web" / "new").write_text("written through the subdirectory mount")
+        assert (cluster.mnt / "projects" / "web" / "new").read_text() == "written through the subdirectory mount"
+        os.rename(sub / "web" / "new", sub / "moved")
+        assert (cluster.mnt / "projects" / "moved").exists()
+        assert "goal 3" in chunkfs("goal", sub).stdout  # the CLI maps the mount's root to /projects
+
+        fstab = tmp_path / "fstab"
+        fstab.write_text(f"{cluster.metaserver}:/projects/web {read_only} chunkfs ro,_netdev,noauto,"
+                         f"secret={cluster.secret_file} 0 0\n")
+        subprocess.run(["mount", "-T", str(fstab), str(read_only)], check=True, timeout=60)
+        assert (read_only / "index.html").read_text() == "<h1>hi</h1>"
+        for change in (lambda: (read_only / "x").write_text("x"), lambda: os.unlink(read_only / "index.html"),
+                       lambda: os.mkdir(read_only / "d"), lambda: os.chmod(read_only / "index.html", 0o600)):
+            with pytest.raises(OSError) as failure:
+                change()
+            assert failure.value.errno == errno.EROFS
+        assert (cluster.mnt / "projects" / "web" / "index.html").read_text() == "<h1>hi</h1>"
+
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        missing = subprocess.run(["mount", "-t", "chunkfs", f"{cluster.metaserver}:/no-such-dir", str(elsewhere),
+                                  "-o", f"secret={cluster.secret_file}"], capture_output=True, text=True, timeout=60)
+        assert missing.returncode != 0 and "no-such-dir" in missing.stderr
+    finally:
+        _unmount_quietly(sub)
+        _unmount_quietly(read_only)
 
 
 def test_chunkserver_partial_write_makes_a_new_version_from_the_old(fresh_cluster):

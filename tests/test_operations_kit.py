@@ -19,13 +19,12 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from chunkfs import mounts, service
 from chunkfs.cli import deploy
 from chunkfs.daemons import stop_pid
 
-from conftest import free_port_block
+from conftest import free_port_block, metrics_of
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
@@ -242,18 +241,6 @@ def test_without_notify_socket_nothing_is_sent(monkeypatch):
 
 
 # ---- a live cluster: /metrics and the mount's readiness ----------------------------------------
-
-def metrics_of(address: str) -> dict[str, float]:
-    """`name{label="v",...}` -> value, from an unauthenticated GET /metrics."""
-    status, text = get(f"http://{address}/metrics")
-    assert status == 200, text
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
-
 
 def test_metrics_answer_without_the_secret(cluster, tmp_path):
     data = os.urandom(5 * 1024 * 1024)

@@ -1,6 +1,7 @@
 """The metaserver's read-only status page: served without the secret, showing what matters."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,15 +24,45 @@ def test_status_page_shows_servers_and_health(fresh_cluster):
     assert httpx.post(url).status_code in (401, 405)  # read-only
 
 
+def headless(browser: str, *args: str) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                               f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=60)
+
+
+def bytes_written(cluster) -> float:
+    """The bytes the throughput history shows written (a sample every 5 s)."""
+    return sum(s["written_bytes_per_s"] * 5 for s in cluster.status()["throughput"]["samples"])
+
+
+def wait_for(check, timeout_s: float = 30.0):
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
+        time.sleep(1)
+    return check()
+
+
 def test_status_page_in_a_real_browser(fresh_cluster, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("chromium is not installed")
+    page = f"http://{fresh_cluster.metaserver}/"
+    assert 'id="throughput-empty"' in httpx.get(page).text  # no traffic, no samples yet
+    data = os.urandom(12 * 1024 * 1024)
+    (fresh_cluster.mnt / "traffic").write_bytes(data)
+    # goal 3: every replica counts; heartbeats bring the figures within seconds
+    assert wait_for(lambda: bytes_written(fresh_cluster) >= 3 * len(data) * 0.95), bytes_written(fresh_cluster)
+    status = fresh_cluster.status()["throughput"]
+    assert status["interval_s"] == 5 and status["window_s"] == 900
+
     shot = tmp_path / "status.png"
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                        f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1100,700",
-                        f"http://{fresh_cluster.metaserver}/"], capture_output=True, timeout=60)
+    headless(browser, f"--screenshot={shot}", "--window-size=1100,1000", page)
     assert shot.exists() and shot.stat().st_size > 5000
     print(f"status page screenshot: {shot}")
+    dom = headless(browser, "--dump-dom", page).stdout  # what the browser parsed: the chart is drawn
+    chart = re.search(r'<svg id="throughput".*?</svg>', dom, re.S)
+    assert chart, dom[-2000:]
+    assert re.search(r'<polyline class="write"[^>]* points="[0-9., ]+"', chart.group(0))
+    assert re.search(r'<polyline class="read"[^>]* points="[0-9., ]+"', chart.group(0))
+    assert "write " in chart.group(0) and "MB/s" in chart.group(0)

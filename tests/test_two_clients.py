@@ -16,7 +16,8 @@ from conftest import chunkfs
 @pytest.fixture
 def second_mount(cluster, tmp_path):
     target = tmp_path / "client-b"
-    chunkfs("mount", cluster.metaserver, target, "--secret-file", cluster.secret_file)
+    chunkfs("mount", cluster.metaserver, target, "--secret-file", cluster.secret_file,
+            "-o", f"cache_dir={tmp_path / 'cache-b'}")
     try:
         yield target
     finally:

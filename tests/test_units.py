@@ -69,3 +69,28 @@ def test_mount_options_ignore_fstab_words_and_refuse_unknown_ones():
         "secret_file": "/s", "cache_mem_mb": "64", "allow_other": "true"}
     with pytest.raises(OptionError, match="bogus"):
         parse_options("bogus=1")
+
+
+def test_reply_log_answers_a_retry_and_forgets_it_after_keep_s(tmp_path):
+    from chunkfs.metaserver.db import MetaDB
+    from chunkfs.metaserver.replies import KEEP_S, ReplyLog
+
+    now = [1_000_000.0]
+    db = MetaDB(tmp_path / "meta", map_size_bytes=1 << 24)
+    replies = ReplyLog(db, clock=lambda: now[0])
+    runs = []
+
+    def mutate(txn, req):
+        runs.append(req)
+        return {"made": req}
+
+    with db.env.begin(write=True) as txn:
+        assert replies.once(mutate, "client", "rid")(txn, 1) == (b'{"made":1}', {"made": 1})
+        now[0] += KEEP_S - 60
+        assert replies.once(mutate, "client", "rid")(txn, 1) == (b'{"made":1}', None)  # answered again
+        assert replies.once(mutate, "other-client", "rid")(txn, 2)[1] == {"made": 2}  # ids are per client
+        now[0] += 180
+        assert replies.prune(txn) == 1
+        assert replies.once(mutate, "client", "rid")(txn, 3)[1] == {"made": 3}
+    assert runs == [1, 2, 3]
+    db.close()

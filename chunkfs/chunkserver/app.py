@@ -14,6 +14,7 @@ from chunkfs.errors import FsError, TransportError
 from chunkfs.httpserver import json_response, make_app
 from chunkfs.chunkserver.scrubber import CorruptionReporter
 from chunkfs.chunkserver.store import ChunkStore, CorruptChunk
+from chunkfs.protocol import records as r
 from chunkfs.protocol.chunk_client import CHECKSUM_HEADER, CHECKSUM_PARAM, ChunkClient
 from chunkfs import CHUNK_SIZE
 
@@ -92,18 +93,41 @@ async def copy_chunk(request: web.Request) -> web.Response:
 async def delete_chunk(request: web.Request) -> web.Response:
     chunk_id, version = _chunk_key(request)
     removed = await asyncio.to_thread(request.app[STORE].delete, chunk_id, version)
+    if removed:
+        request.app[METRICS].deleted_chunks.inc()
     return json_response({"removed": removed})
+
+
+async def list_chunks(request: web.Request) -> web.Response:
+    """The chunk versions held here whose files are at least `?min_age_s=` old, with their sizes
+    (for `chunkfs gc`, through the metaserver)."""
+    try:
+        min_age_s = max(0.0, float(request.query.get("min_age_s", "0")))
+    except ValueError:
+        raise FsError(errno.EINVAL, "min_age_s must be a number") from None
+    return json_response(await asyncio.to_thread(_old_chunk_files, request.app[STORE], min_age_s))
+
+
+def _old_chunk_files(store: ChunkStore, min_age_s: float) -> list[r.ChunkFile]:
+    old, _recent = store.inventory(min_age_s)
+    files = []
+    for chunk_id, version in old:
+        try:
+            files.append(r.ChunkFile(chunk_id, version, store.path(chunk_id, version).stat().st_size))
+        except OSError:
+            continue  # deleted meanwhile
+    return files
 
 
 async def health(request: web.Request) -> web.Response:
     store = request.app[STORE]
     capacity, used = store.capacity()
     return json_response({"ok": True, "role": "chunkserver", "id": store.server_id,
-                          "capacity_bytes": capacity, "used_bytes": used})
+                          "capacity_bytes": capacity, "used_bytes": used, "dirs": store.dir_usage()})
 
 
 def build_app(store: ChunkStore, secret: bytes, background, peers: ChunkClient,
-              corruption: CorruptionReporter) -> web.Application:
+              corruption: CorruptionReporter, counters: metrics.ChunkserverMetrics) -> web.Application:
     app = make_app(secret, client_max_size=CHUNK_SIZE + 65536)
     app[STORE] = store
     app[PEERS] = peers
@@ -113,9 +137,9 @@ def build_app(store: ChunkStore, secret: bytes, background, peers: ChunkClient,
     app.router.add_get(route, get_chunk)
     app.router.add_delete(route, delete_chunk)
     app.router.add_post(route + "/copy", copy_chunk)
+    app.router.add_get("/v1/chunks", list_chunks)
     app.router.add_get("/health", health)
-    registry = metrics.new_registry()
-    app[METRICS] = metrics.ChunkserverMetrics(registry, store)
-    metrics.install_http(app, registry)
+    app[METRICS] = counters
+    metrics.install_http(app, counters.registry)
     app.cleanup_ctx.append(background)
     return app

@@ -1,6 +1,7 @@
-"""Registration and heartbeats: tells the metaserver this server is alive, where it listens and
-how much room it has; at start also which chunk versions it holds, and removes those the
-metaserver says no file references."""
+"""Registration and heartbeats: tells the metaserver this server is alive, where it listens, how
+much room it has and how many bytes it has read and written (the cluster's throughput history);
+at start also which chunk versions it holds, and removes those the metaserver says no file
+references."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import logging
 
 from chunkfs.chunkserver.store import ChunkStore
+from chunkfs.metrics import ChunkserverMetrics
 from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import MetaClient
@@ -17,8 +19,8 @@ log = logging.getLogger(__name__)
 
 class Heartbeat:
     def __init__(self, store: ChunkStore, meta: MetaClient, address: str, interval_s: float,
-                 report_grace_s: float = 300.0) -> None:
-        self.store, self.meta, self.address = store, meta, address
+                 counters: ChunkserverMetrics, report_grace_s: float = 300.0) -> None:
+        self.store, self.meta, self.address, self.counters = store, meta, address, counters
         self.interval_s, self.report_grace_s = interval_s, report_grace_s
         self.registered = False
 
@@ -26,7 +28,10 @@ class Heartbeat:
         capacity, used = self.store.capacity()
         chunks, recent = self.store.inventory(self.report_grace_s) if with_chunks else (None, None)
         return r.ServerHello(id=self.store.server_id, address=self.address, capacity_bytes=capacity,
-                             used_bytes=used, chunks=chunks, recent_chunks=recent)
+                             used_bytes=used, chunks=chunks, recent_chunks=recent,
+                             data_dirs=[str(d.root.absolute()) for d in self.store.dirs],
+                             read_bytes=self.counters.read_bytes.value,
+                             written_bytes=self.counters.written_bytes.value)
 
     async def run(self) -> None:
         while True:
@@ -37,7 +42,8 @@ class Heartbeat:
                     log.info("registered with the metaserver as %s (%s)", self.store.server_id, self.address)
                 self.registered = True
                 for chunk_id, version in reply.delete:
-                    await asyncio.to_thread(self.store.delete, chunk_id, version)
+                    if await asyncio.to_thread(self.store.delete, chunk_id, version):
+                        self.counters.deleted_chunks.inc()
             except (FsError, TransportError) as exc:
                 if self.registered:
                     log.warning("heartbeat failed: %s", exc)

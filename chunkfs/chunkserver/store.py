@@ -5,6 +5,10 @@ One file per chunk version, `chunks/<last 2 hex of id>/<id>_<version>.chunk`: a 
 goes to a temporary file, is fsynced and renamed into place (and the directory fsynced), so a
 chunk file is always whole. Every read re-verifies the blocks it returns; a mismatch is reported
 as corruption, never as data.
+
+A store may span several data directories, one per disk: a new chunk version goes to the one
+with the most free space, reads and deletes look in each, and every directory carries the
+server's id so a disk of another server is refused at start.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import shutil
 import struct
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from chunkfs import CHUNK_SIZE
@@ -35,33 +40,91 @@ class CorruptChunk(FsError):
         super().__init__(errno.EIO, message)
 
 
-class ChunkStore:
+@dataclass
+class DirUsage:
+    dir: str
+    chunks: int
+    used_bytes: int  # what its chunk files take
+    free_bytes: int  # what its disk still has free
+    disk_bytes: int  # the size of its disk
+
+
+class ChunkDir:
+    """One data directory: its chunk files and what they take."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.chunks_dir = root / "chunks"
         self.chunks_dir.mkdir(parents=True, exist_ok=True)
-        self.server_id = self._load_server_id()
         sizes = [p.stat().st_size for p in self.chunks_dir.glob("*/*.chunk")]
         self.used_bytes = sum(sizes)
         self.chunk_count = len(sizes)
+        self.device = os.stat(root).st_dev
         for tmp in self.chunks_dir.glob("*/*.tmp"):
             tmp.unlink(missing_ok=True)
-
-    def _load_server_id(self) -> str:
-        path = self.root / "server_id"
-        if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(uuid.uuid4().hex + "\n")
-            os.replace(tmp, path)
-        return path.read_text().strip()
 
     def path(self, chunk_id: int, version: int) -> Path:
         return self.chunks_dir / f"{chunk_id & 0xff:02x}" / f"{chunk_id:016x}_{version:016x}.chunk"
 
+    def usage(self) -> DirUsage:
+        disk = shutil.disk_usage(self.root)
+        return DirUsage(str(self.root), self.chunk_count, self.used_bytes, disk.free, disk.total)
+
+
+class ChunkStore:
+    def __init__(self, roots: Path | list[Path]) -> None:
+        roots = [roots] if isinstance(roots, Path) else list(roots)
+        if not roots:
+            raise ValueError("a chunk store needs at least one data directory")
+        self.dirs = [ChunkDir(root) for root in roots]
+        self.server_id = self._load_server_id()
+
+    def _load_server_id(self) -> str:
+        """The id in the data directories that have one (all must agree), written to those
+        without (new or replaced disks)."""
+        ids = {d.root: (d.root / "server_id").read_text().strip()
+               for d in self.dirs if (d.root / "server_id").exists()}
+        if len(set(ids.values())) > 1:
+            listing = ", ".join(f"{root} has {sid}" for root, sid in ids.items())
+            raise FsError(errno.EINVAL, f"data directories belong to different chunkservers: {listing}")
+        server_id = next(iter(ids.values()), None) or uuid.uuid4().hex
+        for d in self.dirs:
+            if d.root not in ids:
+                tmp = d.root / "server_id.tmp"
+                tmp.write_text(server_id + "\n")
+                os.replace(tmp, d.root / "server_id")
+        return server_id
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(d.used_bytes for d in self.dirs)
+
+    @property
+    def chunk_count(self) -> int:
+        return sum(d.chunk_count for d in self.dirs)
+
+    def _holder(self, chunk_id: int, version: int) -> ChunkDir | None:
+        return next((d for d in self.dirs if d.path(chunk_id, version).exists()), None)
+
+    def path(self, chunk_id: int, version: int) -> Path:
+        """Where the version is stored (in the first directory if nowhere)."""
+        return (self._holder(chunk_id, version) or self.dirs[0]).path(chunk_id, version)
+
+    def _dir_for_new(self) -> ChunkDir:
+        if len(self.dirs) == 1:
+            return self.dirs[0]
+        # ties (directories sharing a disk) go to the one holding least
+        return max(self.dirs, key=lambda d: (shutil.disk_usage(d.root).free, -d.used_bytes))
+
+    def dir_usage(self) -> list[DirUsage]:
+        return [d.usage() for d in self.dirs]
+
     def capacity(self) -> tuple[int, int]:
-        """(capacity, used): capacity is what chunks use plus what the disk still has free."""
-        usage = shutil.disk_usage(self.root)
-        return self.used_bytes + usage.free, self.used_bytes
+        """(capacity, used): capacity is what chunks use plus what the disks still have free
+        (a disk holding several of the directories counted once)."""
+        free = {d.device: shutil.disk_usage(d.root).free for d in self.dirs}
+        used = self.used_bytes
+        return used + sum(free.values()), used
 
     # ---- blocking work, run in threads --------------------------------------------------------
     def write(self, chunk_id: int, version: int, data: bytes, checksum: str) -> None:
@@ -69,7 +132,8 @@ class ChunkStore:
             raise FsError(errno.EFBIG, f"chunk of {len(data)} bytes is over {CHUNK_SIZE}")
         if chunk_checksum(data) != checksum:
             raise FsError(errno.EBADMSG, "data does not match its checksum (damaged in transit)")
-        path = self.path(chunk_id, version)
+        chunk_dir = self._holder(chunk_id, version) or self._dir_for_new()
+        path = chunk_dir.path(chunk_id, version)
         path.parent.mkdir(exist_ok=True)
         header = _HEAD.pack(MAGIC, len(data), checksum.encode()) + block_checksums(data)
         tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -95,8 +159,8 @@ class ChunkStore:
         finally:
             os.close(dir_fd)
         if not existed:
-            self.used_bytes += HEADER_SIZE + len(data)
-            self.chunk_count += 1
+            chunk_dir.used_bytes += HEADER_SIZE + len(data)
+            chunk_dir.chunk_count += 1
 
     def write_patch(self, chunk_id: int, version: int, base_version: int, offset: int, piece: bytes,
                     piece_checksum: str) -> str:
@@ -115,12 +179,15 @@ class ChunkStore:
         return checksum
 
     def read(self, chunk_id: int, version: int) -> bytes:
-        path = self.path(chunk_id, version)
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            raise FsError(errno.ENOENT, f"no chunk {chunk_id} version {version} here") from None
+        for chunk_dir in self.dirs:
+            try:
+                with open(chunk_dir.path(chunk_id, version), "rb") as f:
+                    raw = f.read()
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            raise FsError(errno.ENOENT, f"no chunk {chunk_id} version {version} here")
         if len(raw) < HEADER_SIZE:
             raise CorruptChunk(f"chunk {chunk_id} v{version}: short header")
         magic, length, _checksum = _HEAD.unpack_from(raw)
@@ -135,22 +202,24 @@ class ChunkStore:
         return raw[HEADER_SIZE:]
 
     def delete(self, chunk_id: int, version: int) -> bool:
-        path = self.path(chunk_id, version)
-        try:
-            size = path.stat().st_size
-            path.unlink()
-        except FileNotFoundError:
-            return False
-        self.used_bytes -= size
-        self.chunk_count -= 1
-        return True
+        for chunk_dir in self.dirs:
+            path = chunk_dir.path(chunk_id, version)
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            chunk_dir.used_bytes -= size
+            chunk_dir.chunk_count -= 1
+            return True
+        return False
 
     def inventory(self, older_than_s: float) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Every chunk version on disk: (those not modified in the last `older_than_s` seconds,
         those that were)."""
         cutoff = time.time() - older_than_s
         old, recent = [], []
-        for path in self.chunks_dir.glob("*/*.chunk"):
+        for path in (p for d in self.dirs for p in d.chunks_dir.glob("*/*.chunk")):
             try:
                 modified = path.stat().st_mtime
                 cid, ver = path.stem.split("_")

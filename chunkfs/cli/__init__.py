@@ -1,7 +1,10 @@
 """`chunkfs`: the command line.
 
 - `local_cluster.py`: `up` and `down` (a whole cluster on this machine).
-- `admin.py`: `status`, `goal`, `info` (talk to a running cluster).
+- `admin.py`: `status`, `servers`, `goal`, `info` (talk to a running cluster).
+- `fsck_cmd.py`, `gc_cmd.py`: `fsck` (every file's chunks checked) and `gc` (unreferenced chunks removed).
+- `output.py`: tables, `--json`, progress bars.
+- `backup_cmd.py`: `backup` (a consistent copy of the metaserver's database).
 - `drain_cmd.py`: `drain` (empty a chunkserver before taking it away).
 - `mount_cmd.py`: `mount` and `install` (clients and the mount(8) helper).
 - `deploy.py`: `config-example` and `install --units` (running the daemons under systemd).
@@ -13,7 +16,7 @@ import sys
 
 import click
 
-from chunkfs.cli import admin, bench_cmd, deploy, drain_cmd, local_cluster, mount_cmd
+from chunkfs.cli import admin, backup_cmd, bench_cmd, deploy, drain_cmd, fsck_cmd, gc_cmd, local_cluster, mount_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,8 +25,9 @@ def cli() -> None:
     """chunkfs: a distributed filesystem you mount like any other."""
 
 
-for command in (local_cluster.up, local_cluster.down, admin.status, admin.goal, admin.info, drain_cmd.drain,
-                mount_cmd.mount, mount_cmd.install, deploy.config_example, bench_cmd.bench):
+for command in (local_cluster.up, local_cluster.down, admin.status, admin.servers, admin.goal, admin.info,
+                fsck_cmd.fsck, gc_cmd.gc, drain_cmd.drain,
+                mount_cmd.mount, mount_cmd.install, deploy.config_example, bench_cmd.bench, backup_cmd.backup):
     cli.add_command(command)
 
 

@@ -1,4 +1,5 @@
-"""Commands that ask a running cluster: `status`, `goal`, `info`."""
+"""Commands that ask a running cluster: `status`, `servers`, `goal`, `info` (`fsck` and `gc`
+have modules of their own)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,12 @@ from pathlib import Path
 
 import click
 import msgspec
-from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from chunkfs import CHUNK_SIZE
 from chunkfs.cli.cluster_access import access_from, common_options, inode_of, run_with_meta
-
-console = Console()
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    return str(n)
+from chunkfs.cli.output import console, echo_json, human_bytes as _bytes
+from chunkfs.protocol import records as r
 
 
 @click.command()
@@ -43,6 +35,15 @@ def status(data_dir: Path, metaserver: str | None, secret_file: Path | None, as_
     summary.add_row("repairs", f"{s.repairs_running} running, {s.chunks_replicated} chunks re-replicated, "
                                f"{s.corrupt_found} corrupt found (since the metaserver started)")
     summary.add_row("default goal", str(s.default_goal))
+    for sb in s.standbys:
+        state = ("[green]in sync[/]" if sb.in_sync else "[red]out of sync[/]") if sb.synchronous else "asynchronous"
+        summary.add_row(f"standby {sb.name}", f"{state}, {sb.behind_batches} batches behind")
+    if s.quarantined_versions:
+        summary.add_row("quarantine", f"{s.quarantined_versions} unknown chunk versions kept after a restore")
+    for c in s.clients:  # each mount's chunk cache, as of its last change-feed poll
+        summary.add_row(f"client {c.host}:{c.mountpoint}",
+                        f"cache hits {c.cache.memory_hits} memory, {c.cache.disk_hits} disk; {c.cache.misses} misses; "
+                        f"disk {_bytes(c.cache.disk_bytes)} of {_bytes(c.cache.disk_capacity_bytes)}")
     console.print(summary)
     servers = Table("address", "id", "state", "chunks", "used", "capacity", "last heartbeat")
     for srv in s.servers:
@@ -51,6 +52,34 @@ def status(data_dir: Path, metaserver: str | None, secret_file: Path | None, as_
                         str(srv.chunks), _bytes(srv.used_bytes), _bytes(srv.capacity_bytes),
                         f"{srv.last_seen_s:.1f} s ago" if srv.last_seen_s >= 0 else "never")
     console.print(servers)
+
+
+def server_state(srv: r.ServerStatus) -> str:
+    return ("up" if srv.alive else "down") + (", draining" if srv.draining else "")
+
+
+@click.command()
+@common_options
+def servers(data_dir: Path, metaserver: str | None, secret_file: Path | None, as_json: bool) -> None:
+    """The chunkservers: state, chunks, space, last heartbeat and data directories."""
+    access = access_from(metaserver, secret_file, data_dir)
+    s = run_with_meta(access, lambda meta: meta.status())
+    if as_json:
+        echo_json([{**msgspec.to_builtins(srv), "state": server_state(srv),
+                    "free_bytes": max(0, srv.capacity_bytes - srv.used_bytes)} for srv in s.servers])
+        return
+    colours = {"up": "green", "down": "red"}
+    table = Table(Column("address", no_wrap=True), Column("id", no_wrap=True), Column("state", no_wrap=True),
+                  "chunks", "used", "free", "capacity", "heartbeat", Column("data dirs", overflow="fold"),
+                  title=f"{len(s.servers)} chunkservers of {access.metaserver}")
+    for srv in s.servers:
+        state = server_state(srv)
+        table.add_row(srv.address, srv.id[:8], f"[{colours.get(state.split(',')[0], 'yellow')}]{state}[/]",
+                      str(srv.chunks), _bytes(srv.used_bytes), _bytes(max(0, srv.capacity_bytes - srv.used_bytes)),
+                      _bytes(srv.capacity_bytes),
+                      f"{srv.last_seen_s:.1f} s ago" if srv.last_seen_s >= 0 else "never",
+                      "\n".join(srv.data_dirs) or "?")
+    console.print(table)
 
 
 @click.command()
@@ -86,8 +115,13 @@ def info(path: Path, data_dir: Path, metaserver: str | None, secret_file: Path |
 
     layout, s = run_with_meta(access, layout_and_status)
     addresses = {srv.id: srv.address for srv in s.servers}
-    if as_json:
-        click.echo(msgspec.json.encode(layout).decode())
+    if as_json:  # the layout, and for each chunk its replicas' addresses and whether they are up
+        data = msgspec.to_builtins(layout)
+        data["path"] = str(path)
+        for chunk, ref in zip(data["chunks"], layout.chunks):
+            chunk["replica_servers"] = [{"id": sid, "address": addresses.get(sid, ""), "up": sid in layout.servers}
+                                        for sid in ref.replicas]
+        echo_json(data)
         return
     console.print(f"{path}: inode {ino}, {layout.attr.size} bytes, goal {layout.attr.goal}, "
                   f"{len(layout.chunks)} chunks of {CHUNK_SIZE // 2**20} MiB")

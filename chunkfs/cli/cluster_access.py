@@ -53,11 +53,13 @@ def access_from(metaserver: str | None, secret_file: Path | None, data_dir: Path
                          Path(secret_file or "/etc/chunkfs/secret"))
 
 
-def run_with_meta(access: ClusterAccess, fn: Callable[[MetaClient], Awaitable[T]]) -> T:
+def run_with_meta(access: ClusterAccess, fn: Callable[[MetaClient], Awaitable[T]], error_code: int = 1) -> T:
+    """Run `fn` with a client of the metaserver; any failure ends the command with one line and
+    `error_code` (commands whose exit codes mean more pick another)."""
     try:
         secret = auth.load_secret(access.secret_file)
     except (OSError, ValueError) as exc:
-        fail(f"cannot read the cluster secret: {exc}")
+        fail(f"cannot read the cluster secret: {exc}", error_code)
 
     async def call() -> T:
         http = SignedHttp(secret, retry_s=3, trio_native=True)
@@ -69,18 +71,20 @@ def run_with_meta(access: ClusterAccess, fn: Callable[[MetaClient], Awaitable[T]
     try:
         return trio.run(call)
     except TransportError as exc:
-        fail(f"cannot reach the metaserver at {access.metaserver}: {exc}")
+        fail(f"cannot reach the metaserver at {access.metaserver}: {exc}", error_code)
     except FsError as exc:
-        fail(exc.message)
+        fail(str(exc), error_code)  # with the call's request_id, to find it in the server's log
     raise AssertionError("unreachable")
 
 
 def inode_of(path: Path) -> int:
+    """The cluster's inode of `path`; the root of a subdirectory mount is the subdirectory's."""
     try:
-        return os.lstat(path).st_ino
+        ino = os.lstat(path).st_ino
     except OSError as exc:
         fail(f"{path}: {exc.strerror}")
-    raise AssertionError("unreachable")
+    record = mounts.find(path) if ino == 1 else None
+    return record.get("root_ino", 1) if record else ino
 
 
 def is_dir(path: Path) -> bool:

@@ -11,6 +11,7 @@ import click
 import msgspec
 
 from chunkfs.cli.cluster_access import access_from, common_options, fail, run_with_meta
+from chunkfs.cli.output import progress
 from chunkfs.protocol import records as r
 
 POLL_S = 1.0
@@ -35,9 +36,13 @@ def drain(server: str, stop: bool, wait_s: float | None, data_dir: Path, metaser
     state = run_with_meta(access, lambda meta: meta.drain(server, not stop))
     if wait_s is not None and not stop:
         deadline = time.monotonic() + wait_s
-        while state.chunks and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-            state = _remaining(access, state.id)
+        with progress() as bar:
+            task = bar.add_task(f"moving chunks off {state.address}", total=state.chunks)
+            first = state.chunks
+            while state.chunks and time.monotonic() < deadline:
+                time.sleep(POLL_S)
+                state = _remaining(access, state.id)
+                bar.update(task, completed=max(0, first - state.chunks))
     if as_json:
         click.echo(msgspec.json.encode(state).decode())
     elif stop:

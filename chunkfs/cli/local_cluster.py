@@ -2,7 +2,7 @@
 this machine, its data kept under one directory so `down` then `up` finds every file again.
 
 Layout of `--dir` (default `./.chunkfs`): `secret` (0600), `meta/` (LMDB), `chunkservers/csN/`,
-`logs/*.log`, `run/*.pid` and `run/cluster.json` (what is running where).
+`cache/` (the mount's disk chunk cache), `logs/*.log`, `run/*.pid` and `run/cluster.json` (what is running where).
 """
 
 from __future__ import annotations
@@ -53,9 +53,13 @@ def _alive_servers(access: ClusterAccess) -> int:
 @click.option("--scrub-mb-per-s", type=click.FloatRange(0), default=None,
               help="How fast each chunkserver re-verifies its chunks, 0 for never "
                    "[default: 50, or what the cluster was started with].")
+@click.option("--client-timeout-s", type=click.FloatRange(0.5), default=None,
+              help="A mount silent this long is gone: files it had open after unlinking them are freed "
+                   "[default: the metaserver's, 90].")
 @click.option("-o", "options", default="", help="Mount options, as for mount -o (see chunkfs-mount --help).")
 def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, port: int,
-       heartbeat_timeout_s: float | None, scrub_mb_per_s: float | None, options: str) -> None:
+       heartbeat_timeout_s: float | None, scrub_mb_per_s: float | None, client_timeout_s: float | None,
+       options: str) -> None:
     """Start a local cluster and mount it (keeps existing data)."""
     data_dir = data_dir.absolute()
     mountpoint = mountpoint.absolute()
@@ -79,7 +83,8 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
             proc = spawn(module_command("chunkfs.metaserver.main", "--listen", metaserver,
                                         "--data-dir", str(data_dir / "meta"), "--secret-file", str(secret_file),
                                         "--default-goal", str(goal),
-                                        "--heartbeat-timeout-s", str(heartbeat_timeout_s)),
+                                        "--heartbeat-timeout-s", str(heartbeat_timeout_s),
+                                        *(("--client-timeout-s", str(client_timeout_s)) if client_timeout_s else ())),
                          logs / "metaserver.log", run / "metaserver.pid")
             wait_for("metaserver", lambda: _health(metaserver), 30, proc, logs / "metaserver.log")
         for i in range(1, chunkservers + 1):
@@ -95,7 +100,8 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                  log_path=logs / "cs1.log")
         mountpoint.mkdir(parents=True, exist_ok=True)
         if not mounts.is_mounted(mountpoint):
-            launch(metaserver, mountpoint, {"metrics_listen": f"127.0.0.1:{port + 100}", **parse_options(options),
+            launch(metaserver, mountpoint, {"metrics_listen": f"127.0.0.1:{port + 100}",
+                                            "cache_dir": str(data_dir / "cache"), **parse_options(options),
                                             "secret_file": str(secret_file)},
                    logs / "mount.log", run / "mount.pid")
     except (DaemonError, OptionError) as exc:

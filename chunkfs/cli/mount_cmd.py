@@ -12,19 +12,20 @@ import click
 from chunkfs.cli import deploy
 from chunkfs.cli.cluster_access import fail
 from chunkfs.daemons import DaemonError
-from chunkfs.mount.helper import OptionError, launch, parse_options
+from chunkfs.mount.helper import OptionError, launch, options_help, parse_options
 
 HELPER_PATH = Path("/sbin/mount.chunkfs")
 
 
-@click.command()
+@click.command(epilog="\b\nMount options (-o NAME=VALUE,..., also in fstab):\n" + options_help())
 @click.argument("metaserver")
 @click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--secret-file", type=click.Path(exists=True, path_type=Path), default=None,
               help="Cluster secret file [default: /etc/chunkfs/secret].")
-@click.option("-o", "options", default="", help="Mount options, as for mount -o (see chunkfs-mount --help).")
+@click.option("-o", "options", default="", help="Mount options, as for mount -o (listed below).")
 def mount(metaserver: str, mountpoint: Path, secret_file: Path | None, options: str) -> None:
-    """Mount the cluster whose metaserver is METASERVER (HOST:PORT) at MOUNTPOINT, in the background."""
+    """Mount the cluster whose metaserver is METASERVER (HOST:PORT, or HOST:PORT:/SUBDIR to show only
+    that directory) at MOUNTPOINT, in the background."""
     try:
         parsed = parse_options(options)
         if secret_file is not None:

@@ -9,19 +9,29 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import msgspec
 from aiohttp import web
 
-from chunkfs import metrics
+from chunkfs import metrics, request_id
 from chunkfs.errors import FsError
 from chunkfs.httpserver import json_response, make_app, read_body
 from chunkfs.metaserver.changes import ChangeFeed, affected
 from chunkfs.metaserver.status_page import render as render_status_page
 from chunkfs.metaserver.chunk_table import ChunkTable
 from chunkfs.metaserver.db import GroupCommitter, MetaDB
+from chunkfs.metaserver import fsck
 from chunkfs.metaserver.deleter import Deleter
+from chunkfs.metaserver.gc import GarbageCollector
 from chunkfs.metaserver.namespace import Namespace
+from chunkfs.metaserver.orphans import OrphanCollector
+from chunkfs.metaserver import backup
+from chunkfs.metaserver.quarantine import Quarantine
+from chunkfs.metaserver.replication_log import ReplicationLog
+from chunkfs.metaserver.replies import ReplyLog
+from chunkfs.protocol.replication_client import BACKUP_PATH, CHECKSUM_HEADER, REPLICATION_PATH
 from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
+from chunkfs.metaserver.throughput import ThroughputHistory
 from chunkfs.protocol import records as r
 from chunkfs.protocol.chunk_client import ChunkClient
 from chunkfs.protocol.meta_client import CLIENT_HEADER
@@ -43,7 +53,12 @@ class Metaserver:
     orphan_grace_s: float
     replicator: Replicator
     changes: ChangeFeed = field(default_factory=ChangeFeed)
+    throughput: ThroughputHistory = field(default_factory=ThroughputHistory)
     started: float = field(default_factory=time.monotonic)
+    orphans: OrphanCollector | None = None  # frees files unlinked while open on a client gone away
+    replication: ReplicationLog | None = None  # write sets for standbys
+    quarantine: Quarantine | None = None  # keeps unknown chunk versions after a restore
+    replies: ReplyLog | None = None  # answers a retried mutation instead of running it twice
 
 
 STATE = web.AppKey("metaserver", Metaserver)
@@ -72,6 +87,7 @@ MUTATIONS = {
     "removexattr": (r.XattrReq, lambda m: m.namespace.removexattr),
     "commit": (r.CommitReq, lambda m: m.chunks.commit),
     "goal": (r.GoalReq, lambda m: m.namespace.set_goal),
+    "release_orphan": (r.InodeReq, lambda m: lambda txn, q: m.namespace.release_orphan(txn, q.ino)),
 }
 
 
@@ -92,23 +108,42 @@ async def fs_operation(request: web.Request) -> web.Response:
     if op in MUTATIONS:
         record_type, bind = MUTATIONS[op]
         req = await read_body(request, record_type)
-        result = await m.committer.run(bind(m), req)
-        if op in ("remove", "rename", "commit", "setattr"):
+        client, rid = request.headers.get(CLIENT_HEADER, ""), request.headers.get(request_id.HEADER, "")
+        if m.replies is None or not client or not rid:
+            result = await m.committer.run(bind(m), req)
+            body = msgspec.json.encode(result)
+        else:
+            body, result = await m.committer.run(m.replies.once(bind(m), client, rid), req)
+            if result is None:  # a retry of a mutation already done: answer it again, changes nothing
+                return web.Response(body=body, content_type="application/json")
+        if op in ("remove", "rename", "commit", "setattr", "release_orphan"):
             m.deleter.wake.set()
-        m.changes.publish(request.headers.get(CLIENT_HEADER, ""), *affected(op, req, result))
-        return json_response(result)
+        m.changes.publish(client, *affected(op, req, result))
+        return web.Response(body=body, content_type="application/json")
     if op == "reserve":
         return json_response(await reserve(m, await read_body(request, r.ReserveReq)))
+    if op == "fsck":  # a page can take a while: off the event loop
+        req = await read_body(request, r.FsckReq)
+        return json_response(await asyncio.to_thread(fsck_page, m, m.registry.alive_ids(), req))
     raise FsError(errno.ENOSYS, f"unknown operation {op!r}")
+
+
+def fsck_page(m: Metaserver, alive: set[str], req: r.FsckReq) -> r.FsckPage:
+    with m.db.read() as txn:
+        return fsck.check_page(txn, m.namespace, m.chunks, alive, m.replicator.corrupt_reports, req)
 
 
 RESERVATION_VALID_S = 5.0
 
 
 async def reserve(m: Metaserver, req: r.ReserveReq) -> r.Reservation:
+    if m.registry.settling():  # answered 503, which clients retry (for up to their retry_s)
+        raise web.HTTPServiceUnavailable(text="chunkservers have not all reported since the metaserver started")
     servers = m.registry.writable()
     if not servers:
-        raise FsError(errno.ENOSPC, "no chunkserver with free space is alive")
+        if not m.registry.alive():
+            raise web.HTTPServiceUnavailable(text="no chunkserver is alive")
+        raise FsError(errno.ENOSPC, "every chunkserver alive is full")
     count = max(1, min(req.count, 4096))
     first_version, first_chunk_id = await m.committer.run(m.chunks.reserve, count)
     return r.Reservation(first_version, first_chunk_id, count,
@@ -122,10 +157,10 @@ async def server_hello(request: web.Request) -> web.Response:
     if m.registry.needs_saving(hello):
         await m.committer.run(m.registry.save, hello)
     m.registry.heartbeat(hello)
+    m.throughput.report(hello.id, hello.read_bytes, hello.written_bytes)
     delete: list[tuple[int, int]] = []
     if hello.chunks is not None:
-        delete = await m.committer.run(
-            lambda txn: m.chunks.unreferenced(txn, hello.chunks, m.orphan_grace_s))
+        delete = await m.committer.run(registration_garbage, m, hello)
         if delete:
             log.info("server %s holds %d unreferenced chunk versions; told to delete them",
                      hello.address, len(delete))
@@ -134,10 +169,53 @@ async def server_hello(request: web.Request) -> web.Response:
     return json_response(r.HelloReply(delete))
 
 
+def registration_garbage(txn, m: Metaserver, hello: r.ServerHello) -> list[tuple[int, int]]:
+    if m.quarantine is not None:
+        m.quarantine.screen(txn, hello.id, hello.chunks, hello.recent_chunks or [])
+    return m.chunks.unreferenced(txn, hello.chunks, m.orphan_grace_s)
+
+
+async def backup_copy(request: web.Request) -> web.StreamResponse:
+    """`chunkfs backup`, a standby's first copy: the whole database as of one instant."""
+    m = request.app[STATE]
+    data, checksum = await asyncio.to_thread(backup.make_copy, m.db)
+    try:
+        response = web.StreamResponse(headers={CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"})
+        response.content_length = data.stat().st_size
+        await response.prepare(request)
+        with open(data, "rb") as f:
+            while piece := await asyncio.to_thread(f.read, backup.PIECE_BYTES):
+                await response.write(piece)
+        await response.write_eof()
+        return response
+    finally:
+        await asyncio.to_thread(backup.discard_copy, data)
+
+
+async def replication_feed(request: web.Request) -> web.Response:
+    """A standby's long poll: it has applied every batch up to `since`; the batches after it."""
+    m, q = request.app[STATE], request.query
+    try:
+        since, wait_s = int(q.get("since", "0")), min(30.0, max(0.0, float(q.get("wait_s", "0"))))
+    except ValueError:
+        raise FsError(errno.EINVAL, "since and wait_s must be numbers") from None
+    feed = await m.replication.feed(q.get("standby", request.remote or "?"), q.get("history", ""), since,
+                                    q.get("sync") == "1", wait_s)
+    return web.Response(body=msgspec.msgpack.encode(feed), content_type="application/msgpack")
+
+
 async def corrupt_report(request: web.Request) -> web.Response:
     """A chunkserver found copies failing their checksums: rebuild them elsewhere."""
     report = await read_body(request, r.CorruptReport)
     return json_response(r.CorruptReply(await request.app[STATE].replicator.corrupt(report)))
+
+
+async def gc(request: web.Request) -> web.Response:
+    """`chunkfs gc`: find unreferenced chunk versions on the chunkservers now and queue them."""
+    m = request.app[STATE]
+    collector = GarbageCollector(m.db, m.committer, m.chunks, m.registry, m.deleter.client, m.deleter,
+                                 m.orphan_grace_s)
+    return json_response(await collector.run(await read_body(request, r.GcReq)))
 
 
 async def drain(request: web.Request) -> web.Response:
@@ -153,11 +231,17 @@ def cluster_status(m: Metaserver) -> r.ClusterStatus:
         chunks, under = m.chunks.count(txn, alive)
         pending = m.chunks.count_deletions(txn)
         per_server = m.replicator.edits.count_by_server(txn)
+        quarantined = m.quarantine.count(txn) if m.quarantine else 0
     return r.ClusterStatus(
         servers=m.registry.status(per_server), files=files, directories=dirs, chunks=chunks,
         chunks_under_goal=under, pending_deletions=pending, total_bytes=total, free_bytes=free,
         default_goal=m.namespace.default_goal, repairs_running=m.replicator.running,
         chunks_replicated=m.replicator.replicated, corrupt_found=m.replicator.corrupt_found,
+        repair_copies_pending=m.replicator.copies_pending, versions_deleted=m.deleter.versions_deleted,
+        replicas_deleted=m.deleter.deleted, throughput=m.throughput.snapshot(),
+        clients=m.changes.clients(),
+        standbys=m.replication.status() if m.replication else [],
+        quarantined_versions=quarantined,
     )
 
 
@@ -173,36 +257,67 @@ async def status_page(request: web.Request) -> web.Response:
 
 async def changes(request: web.Request) -> web.Response:
     """Long poll: the changes after `since`, waiting up to `wait_s` (at most 30) for one."""
-    request.app[STATE].changes.seen(request.headers.get(CLIENT_HEADER, ""))
+    feed, client = request.app[STATE].changes, request.headers.get(CLIENT_HEADER, "")
+    feed.seen(client)
     try:
         since = int(request.query.get("since", "0"))
         wait_s = min(30.0, max(0.0, float(request.query.get("wait_s", "0"))))
     except ValueError:
         raise FsError(errno.EINVAL, "since and wait_s must be numbers") from None
-    return json_response(await request.app[STATE].changes.since(since, wait_s))
+    if "client" in request.query:
+        try:
+            feed.report(client, r.json_decode(request.query["client"], type=r.ClientReport))
+        except msgspec.DecodeError as exc:
+            raise FsError(errno.EINVAL, f"client: {exc}") from None
+    feed.polling(client, +1)
+    try:
+        return json_response(await feed.since(since, wait_s, client))
+    finally:
+        feed.polling(client, -1)
+        feed.seen(client)
 
 
 async def health(request: web.Request) -> web.Response:
     return json_response({"ok": True, "role": "metaserver"})
 
 
+# Ordinary answers to filesystem calls (a lookup of a new name, a getxattr of an unset attribute):
+# logged at DEBUG only, as a local filesystem does not log a failed open.
+ROUTINE_ERRNOS = frozenset({errno.ENOENT, errno.ENODATA, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR,
+                            errno.EISDIR, errno.EOPNOTSUPP})
+
+
+def routine_error(request: web.Request, error: FsError) -> bool:
+    return request.path.startswith("/v1/fs/") and error.errno in ROUTINE_ERRNOS
+
+
 def build_app(m: Metaserver, secret: bytes, http: SignedHttp) -> web.Application:
-    app = make_app(secret, client_max_size=64 * 1024 * 1024)
+    app = make_app(secret, routine_error=routine_error, client_max_size=64 * 1024 * 1024)
     app[STATE] = m
     app.router.add_post("/v1/fs/{op}", fs_operation)
     app.router.add_post("/v1/servers/hello", server_hello)
     app.router.add_post("/v1/servers/corrupt", corrupt_report)
     app.router.add_post("/v1/servers/drain", drain)
+    app.router.add_post("/v1/servers/gc", gc)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/changes", changes)
     app.router.add_get("/", status_page)
     app.router.add_get("/health", health)
+    if m.replication is not None:
+        app.router.add_get(BACKUP_PATH, backup_copy)
+        app.router.add_get(REPLICATION_PATH, replication_feed)
     registry = metrics.new_registry()
     registry.register(metrics.ClusterCollector(lambda: cluster_status(m)))
-    metrics.install_http(app, registry, operations={*READS, *MUTATIONS, "reserve"})  # every op fs_operation knows
+    metrics.install_http(app, registry, operations={*READS, *MUTATIONS, "reserve", "fsck"})  # every op fs_operation knows
 
     async def background(app: web.Application):
-        tasks = [asyncio.create_task(m.deleter.run()), asyncio.create_task(m.replicator.run())]
+        tasks = [asyncio.create_task(job.run()) for job in (m.deleter, m.replicator, m.throughput)]
+        if m.orphans is not None:
+            tasks.append(asyncio.create_task(m.orphans.run()))
+        if m.quarantine is not None:
+            tasks.append(asyncio.create_task(m.quarantine.run()))
+        if m.replies is not None:
+            tasks.append(asyncio.create_task(m.replies.run()))
         yield
         for task in tasks:
             task.cancel()

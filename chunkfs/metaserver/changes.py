@@ -9,6 +9,7 @@ or a metaserver restart, is answered `reset` and the mount drops everything it c
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 
@@ -21,10 +22,44 @@ class ChangeFeed:
         self._log: deque[r.Change] = deque(maxlen=capacity)
         self._wake = asyncio.Event()
         self._clients: dict[str, float] = {}  # client id -> when it last asked for changes
+        self._polling: dict[str, int] = {}  # client id -> its long polls open now
+        self._reports: dict[str, r.ClientReport] = {}  # client id -> what it said of itself last
 
     def seen(self, client_id: str) -> None:
         if client_id:
             self._clients[client_id] = time.monotonic()
+
+    def polling(self, client_id: str, delta: int) -> None:
+        if client_id:
+            self._polling[client_id] = self._polling.get(client_id, 0) + delta
+            if self._polling[client_id] <= 0:
+                del self._polling[client_id]
+
+    def last_seen(self, client_id: str) -> float | None:
+        """When the client last followed the feed (now while one of its long polls is open):
+        a mount's session lives as long as it follows the feed."""
+        if client_id in self._polling:
+            return time.monotonic()
+        return self._clients.get(client_id)
+
+    def report(self, client_id: str, report: r.ClientReport) -> None:
+        if client_id:
+            self._reports[client_id] = report
+            if len(self._reports) > 10_000:
+                self.clients()  # drops the reports of mounts gone
+
+    def clients(self, within_s: float = 30.0) -> list[r.ClientStatus]:
+        """The mounts following the feed that reported on themselves, with their last report."""
+        now = time.monotonic()
+        out = []
+        for cid, report in list(self._reports.items()):
+            seen = self.last_seen(cid)
+            if seen is None or now - seen > within_s:
+                del self._reports[cid]
+                continue
+            out.append(r.ClientStatus(id=cid, host=report.host, mountpoint=report.mountpoint,
+                                      last_seen_s=round(now - seen, 1), cache=report.cache))
+        return out
 
     def clients_following(self, within_s: float = 60.0) -> int:
         """Mounts that asked for changes lately: each one keeps a long poll open."""
@@ -40,16 +75,31 @@ class ChangeFeed:
         self._wake.set()
         self._wake = asyncio.Event()
 
-    async def since(self, seq: int, wait_s: float) -> r.ChangeBatch:
-        """Changes after `seq`, waiting up to `wait_s` for the first one."""
-        if seq > self.seq or (self._log and seq < self._log[0].seq - 1):
-            return r.ChangeBatch(self.seq, [], reset=True)
-        if seq == self.seq and wait_s > 0:
+    def _after(self, seq: int) -> list[r.Change]:
+        """The changes after `seq`, in order. The log holds consecutive seqs ending at
+        `self.seq`, so this costs what it returns, not the length of the log (a scan of the
+        whole log on every wake-up made each mutation cost milliseconds under load)."""
+        return list(itertools.islice(reversed(self._log), self.seq - seq))[::-1]
+
+    async def since(self, seq: int, wait_s: float, client_id: str = "") -> r.ChangeBatch:
+        """Changes after `seq`, waiting up to `wait_s` for the first one. Changes made by
+        `client_id` itself are left out and do not end the wait: a mount's own changes need no
+        invalidation, and waking it for each one cost it a round trip per create."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        for _ in range(1_000_000):
+            if seq > self.seq or (self._log and seq < self._log[0].seq - 1):
+                return r.ChangeBatch(self.seq, [], reset=True)
+            changes = [c for c in self._after(seq) if not client_id or c.origin != client_id]
+            seq = self.seq
+            remaining = deadline - loop.time()
+            if changes or remaining <= 0:
+                break
             try:
-                await asyncio.wait_for(asyncio.shield(self._wake.wait()), wait_s)
+                await asyncio.wait_for(asyncio.shield(self._wake.wait()), remaining)
             except asyncio.TimeoutError:
                 pass
-        return r.ChangeBatch(self.seq, [c for c in self._log if c.seq > seq], reset=False)
+        return r.ChangeBatch(seq, changes, reset=False)
 
 
 def affected(op: str, req, result) -> tuple[list[int], list[tuple[int, bytes]]]:

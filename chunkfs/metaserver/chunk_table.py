@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import stat
 import time
+from typing import Callable
 
 import lmdb
 import msgspec
@@ -65,6 +66,19 @@ class IdAllocator:
         self.next += count
         return value
 
+    def skip_past(self, txn: lmdb.Transaction, value: int) -> None:
+        """Never hand out `value` or anything below it (a chunkserver holds it)."""
+        if value < self.next:
+            return
+        if value < self.limit:  # inside the block this process reserved
+            self.next = value + 1
+            return
+        raw = txn.get(self.name, db=self.db.counters)
+        if raw is not None and value < read_u64(raw):
+            return
+        self.next = self.limit = value + 1
+        txn.put(self.name, u64(value + 1), db=self.db.counters)
+
 
 class ChunkTable:
     def __init__(self, db: MetaDB, namespace: Namespace) -> None:
@@ -74,6 +88,7 @@ class ChunkTable:
         self.versions = IdAllocator(db, b"next_version")
         self.reservations: list[tuple[int, int, float]] = []  # (first, end) versions, when
         namespace.on_inode_freed = self.drop_file
+        self.holding_back: Callable[[], bool] = lambda: False  # nothing is garbage while true (quarantine.py)
 
     # ---- reading ----------------------------------------------------------------------------
     def records(self, txn: lmdb.Transaction, ino: int) -> list[tuple[int, ChunkRecord]]:
@@ -145,6 +160,7 @@ class ChunkTable:
                 self.queue_deletion(txn, current.chunk_id, current.version, current.replicas)
             record = ChunkRecord(ref.chunk_id, ref.version, ref.length, ref.checksum, list(ref.replicas))
             txn.put(key, _enc.encode(record), db=self.db.chunks)
+            self.cancel_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
             inode.stored_bytes += ref.length
         if req.size != inode.size:
             inode.stored_bytes = self.truncate(txn, req.ino, req.size)
@@ -183,6 +199,19 @@ class ChunkTable:
         pending = set(_servers_dec.decode(raw)) if raw else set()
         txn.put(key, _enc.encode(sorted(pending | set(servers))), db=self.db.deletions)
 
+    def cancel_deletion(self, txn: lmdb.Transaction, chunk_id: int, version: int, servers: list[str]) -> None:
+        """A version committed after it was queued as garbage (an upload older than the orphan
+        grace, `chunkfs gc`) is kept on the servers its record lists."""
+        key = U64x2.pack(chunk_id, version)
+        raw = txn.get(key, db=self.db.deletions)
+        if raw is None:
+            return
+        left = [s for s in _servers_dec.decode(raw) if s not in servers]
+        if left:
+            txn.put(key, _enc.encode(left), db=self.db.deletions)
+        else:
+            txn.delete(key, db=self.db.deletions)
+
     def pending_deletions(self, txn: lmdb.Transaction, limit: int) -> list[tuple[int, int, list[str]]]:
         out = []
         for key, raw in txn.cursor(db=self.db.deletions):
@@ -195,20 +224,24 @@ class ChunkTable:
     def count_deletions(self, txn: lmdb.Transaction) -> int:
         return txn.stat(self.db.deletions)["entries"]
 
-    def deletion_done(self, txn: lmdb.Transaction, chunk_id: int, version: int, server: str) -> None:
+    def deletion_done(self, txn: lmdb.Transaction, chunk_id: int, version: int, server: str) -> bool:
+        """Whether that was the version's last server to delete it on."""
         key = U64x2.pack(chunk_id, version)
         raw = txn.get(key, db=self.db.deletions)
         if raw is None:
-            return
+            return False
         left = [s for s in _servers_dec.decode(raw) if s != server]
         if left:
             txn.put(key, _enc.encode(left), db=self.db.deletions)
-        else:
-            txn.delete(key, db=self.db.deletions)
+            return False
+        txn.delete(key, db=self.db.deletions)
+        return True
 
     def unreferenced(self, txn: lmdb.Transaction, held: list[tuple[int, int]], grace_s: float) -> list[tuple[int, int]]:
         """Of the chunk versions a server holds, those no file references and no writer is
         about to commit: they are garbage on that server."""
+        if self.holding_back():
+            return []
         referenced = self.all_versions(txn)
         now = time.monotonic()
         self.reservations = [(lo, hi, t) for lo, hi, t in self.reservations if now - t <= grace_s]

@@ -47,6 +47,9 @@ class MetaDB:
         self.servers = self.env.open_db(b"servers")
         self.counters = self.env.open_db(b"counters")
         self.draining = self.env.open_db(b"draining")  # server id -> b"" while it is being drained
+        self.orphans = self.env.open_db(b"orphans")  # inode -> client id: unlinked, still open there
+        self.quarantine = self.env.open_db(b"quarantine")  # (chunk id, version) -> servers: kept after a restore
+        self.replies = self.env.open_db(b"replies")  # (minute, client, request id) -> reply: see replies.py
 
     def read(self) -> lmdb.Transaction:
         return self.env.begin(buffers=False)
@@ -56,8 +59,11 @@ class MetaDB:
 
 
 class GroupCommitter:
-    def __init__(self, db: MetaDB) -> None:
+    def __init__(self, db: MetaDB, write_log: Any = None) -> None:
+        """`write_log` (a `replication_log.ReplicationLog`) records each batch's write set for
+        standbys and may hold the batch's answers until a synchronous standby has it."""
         self.db = db
+        self.write_log = write_log
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="lmdb-writer", daemon=True)
         self._thread.start()
@@ -97,23 +103,32 @@ class GroupCommitter:
 
     def _commit(self, batch: list) -> None:
         outcomes = []
+        written: list = []  # the batch's write set, for standbys
+        seq = 0
         try:
             with self.db.env.begin(write=True) as txn:
                 for fn, args, future, loop in batch:
                     child = self.db.env.begin(write=True, parent=txn)
+                    ops: list = []
                     try:
-                        result = fn(child, *args)
+                        result = fn(child if self.write_log is None else self.write_log.recording(child, ops), *args)
                     except BaseException as exc:  # the caller gets it; the batch goes on
                         child.abort()
                         outcomes.append((future, loop, None, exc))
                     else:
                         child.commit()
+                        written += ops
                         outcomes.append((future, loop, result, None))
+                if written:
+                    seq = self.write_log.stamp(txn)
             self.commits += 1
             self.mutations += len(batch)
         except lmdb.Error as exc:
             log.error("LMDB commit of %d mutations failed: %s", len(batch), exc)
             outcomes = [(future, loop, None, exc) for _fn, _args, future, loop in batch]
+            seq = 0
+        if seq:
+            self.write_log.committed(seq, written)
         for future, loop, result, exc in outcomes:
             loop.call_soon_threadsafe(_resolve, future, result, exc)
 

@@ -25,7 +25,8 @@ class Deleter:
                  client: ChunkClient, interval_s: float) -> None:
         self.db, self.committer, self.chunks = db, committer, chunks
         self.registry, self.client, self.interval_s = registry, client, interval_s
-        self.deleted = 0
+        self.deleted = 0  # replicas deleted since start
+        self.versions_deleted = 0  # versions deleted from every server that held them
         self.wake = asyncio.Event()
 
     async def run(self) -> None:
@@ -48,13 +49,13 @@ class Deleter:
         results = await asyncio.gather(*(self._delete(alive[sid], cid, ver) for cid, ver, sid in jobs))
         done = [job for job, ok in zip(jobs, results) if ok]
         if done:
-            await self.committer.run(self._mark_done, done)
+            self.versions_deleted += await self.committer.run(self._mark_done, done)
         self.deleted += len(done)
         return len(done)
 
-    def _mark_done(self, txn, done) -> None:
-        for cid, ver, sid in done:
-            self.chunks.deletion_done(txn, cid, ver, sid)
+    def _mark_done(self, txn, done) -> int:
+        """Returns how many versions are now gone from every server."""
+        return sum(self.chunks.deletion_done(txn, cid, ver, sid) for cid, ver, sid in done)
 
     async def _delete(self, address: str, chunk_id: int, version: int) -> bool:
         try:

@@ -14,8 +14,13 @@ from chunkfs.metaserver.chunk_table import ChunkTable
 from chunkfs.metaserver.db import GroupCommitter, MetaDB
 from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.namespace import Namespace
+from chunkfs.metaserver.orphans import OrphanCollector
+from chunkfs.metaserver import backup, standby
+from chunkfs.metaserver.quarantine import Quarantine
+from chunkfs.metaserver.replication_log import ReplicationLog
 from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
+from chunkfs.metaserver.replies import ReplyLog
 from chunkfs.protocol.chunk_client import ChunkClient
 from chunkfs.protocol.http import SignedHttp
 
@@ -33,12 +38,28 @@ class MetaserverConfig:
     orphan_grace_s: float = opt(3600.0, "an unreferenced chunk this recently allocated is not garbage yet")
     replication_per_s: float = opt(20.0, "chunk copies started per second at most, to bring chunks back to goal")
     replication_in_flight: int = opt(8, "chunk copies under way at once at most")
+    client_timeout_s: float = opt(90.0, "a mount that stopped following the change feed this long is gone: "
+                                         "the files it kept open after unlinking them are freed")
+    standby_timeout_s: float = opt(5.0, "a synchronous standby that has not confirmed a change this long falls "
+                                        "out of sync: changes are acknowledged without it until it catches up")
+    restore_quarantine_s: float = opt(7 * 86400.0, "after starting on a restored backup or a promoted standby, "
+                                                   "chunk versions the database does not know are kept this long")
+    follow: str = opt("", "HOST:PORT of a metaserver to follow as a standby (empty: serve as the metaserver); "
+                          "restart without it to promote the standby")
+    synchronous: bool = opt(True, "as a standby: the metaserver acknowledges a change only once this standby "
+                                  "has it on disk (within standby_timeout_s)")
     log_level: str = opt("info", "debug, info, warning or error")
 
     def validate(self) -> None:
         parse_address(self.listen)
+        if self.follow:
+            parse_address(self.follow)
+        if self.standby_timeout_s <= 0 or self.restore_quarantine_s < 0:
+            raise ConfigError("options standby_timeout_s and restore_quarantine_s: must be positive")
         if not 1 <= self.default_goal <= 16:
             raise ConfigError(f"option default_goal: {self.default_goal} is not between 1 and 16")
+        if self.client_timeout_s <= 0:
+            raise ConfigError("option client_timeout_s: must be positive")
         if self.heartbeat_timeout_s <= 0:
             raise ConfigError("option heartbeat_timeout_s: must be positive")
         if self.replication_per_s <= 0 or self.replication_in_flight < 1:
@@ -52,18 +73,28 @@ def run(config: MetaserverConfig) -> None:
     setup_logging(config.log_level)
     secret = auth.load_secret(config.secret_file)
     host, port = parse_address(config.listen)
+    if config.follow:
+        standby.run(config.follow, config.data_dir, secret, host, port, config.synchronous)
+        return
     db = MetaDB(config.data_dir)
-    committer = GroupCommitter(db)
     namespace = Namespace(db, config.default_goal)
     chunks = ChunkTable(db, namespace)
     with db.env.begin(write=True) as txn:
         namespace.init_root(txn)
+        backup.start_primary(txn, db)
+    replication = ReplicationLog(db, config.standby_timeout_s)
+    committer = GroupCommitter(db, replication)
     registry = Registry(db, config.heartbeat_timeout_s)
     http = SignedHttp(secret, timeout_s=10, retry_s=1)
     deleter = Deleter(db, committer, chunks, registry, ChunkClient(http), config.deletion_interval_s)
     replicator = Replicator(db, committer, chunks, registry, ChunkClient(http), deleter,
                             config.replication_per_s, config.replication_in_flight)
     state = Metaserver(db, committer, namespace, chunks, registry, deleter, config.orphan_grace_s, replicator)
+    state.replication = replication
+    state.replies = ReplyLog(db, committer)
+    state.quarantine = Quarantine(db, committer, chunks, config.restore_quarantine_s)
+    state.orphans = OrphanCollector(db, committer, namespace, state.changes, config.client_timeout_s,
+                                    deleter.wake.set)
     log.info("metaserver serving on %s:%d, data in %s", host, port, config.data_dir)
     app = build_app(state, secret, http)
     service.attach(app, status=f"serving on {host}:{port}")

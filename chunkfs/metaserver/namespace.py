@@ -18,6 +18,7 @@ from msgspec import Struct
 
 from chunkfs import MAX_NAME_BYTES, ROOT_INODE
 from chunkfs.errors import FsError
+from chunkfs.metaserver import posix_acl
 from chunkfs.metaserver.db import MetaDB, read_u64, u64
 from chunkfs.protocol import records as r
 
@@ -170,7 +171,8 @@ class Namespace:
             raise FsError(errno.EINVAL, "only symlinks have a target")
         if stat.S_IFMT(req.mode) == 0:
             raise FsError(errno.EINVAL, "mode has no file type")
-        mode, gid = req.mode, req.gid
+        mode, acl_xattrs = self._inherit_acl(txn, req.parent, parent, req.mode, req.umask)
+        gid = req.gid
         if parent.mode & stat.S_ISGID:
             # BSD group semantics, as Linux filesystems do: the entry takes the directory's group,
             # and a subdirectory passes the bit on (the kernel already strips it from files
@@ -184,9 +186,11 @@ class Namespace:
             size=len(req.target) if req.target is not None else 0,
             atime_ns=now, mtime_ns=now, ctime_ns=now, nlink=2 if is_dir else 1,
             rdev=req.rdev, goal=parent.goal or self.default_goal,
-            parent=req.parent if is_dir else 0, target=req.target or b"",
+            parent=req.parent if is_dir else 0, target=req.target or b"", xattr_count=len(acl_xattrs),
         )
         self.put(txn, ino, inode)
+        for name, value in acl_xattrs:
+            txn.put(u64(ino) + name, value, db=self.db.xattrs)
         txn.put(u64(req.parent) + req.name, u64(ino), db=self.db.dentries)
         self._touch_dir(txn, req.parent, parent, now, 1 if is_dir else 0)
         return self.attr(ino, inode)
@@ -196,6 +200,8 @@ class Namespace:
         inode = self.get(txn, req.ino)
         if stat.S_ISDIR(inode.mode):
             raise FsError(errno.EPERM, "hard links to directories are not allowed")
+        if inode.nlink == 0:
+            raise FsError(errno.ENOENT, f"inode {req.ino} was removed")
         parent = self._dir(txn, req.parent)
         if self.child(txn, req.parent, req.name) is not None:
             raise FsError(errno.EEXIST, f"{req.name!r} exists")
@@ -225,18 +231,38 @@ class Namespace:
         now = time.time_ns()
         txn.delete(u64(req.parent) + req.name, db=self.db.dentries)
         self._touch_dir(txn, req.parent, parent, now, -1 if is_dir else 0)
-        self._drop_link(txn, ino, inode, now)
+        self._drop_link(txn, ino, inode, now, req.open_by if ino in req.open_here else "")
         return ino
 
-    def _drop_link(self, txn: lmdb.Transaction, ino: int, inode: Inode, now: int) -> None:
+    def _drop_link(self, txn: lmdb.Transaction, ino: int, inode: Inode, now: int, open_by: str = "") -> None:
+        """One name less; the inode goes with its last name unless client `open_by` has it
+        open: then it stays, with no name, until that client closes it (`release_orphan`) or
+        its session ends, as an unlinked open file does on a local filesystem."""
         if stat.S_ISDIR(inode.mode):
             inode.nlink = 0
         else:
             inode.nlink -= 1
-        if inode.nlink > 0:
+        if inode.nlink > 0 or (open_by and stat.S_ISREG(inode.mode)):
             inode.ctime_ns = now
             self.put(txn, ino, inode)
+            if inode.nlink == 0:
+                txn.put(u64(ino), open_by.encode(), db=self.db.orphans)
             return
+        self._free(txn, ino)
+
+    def release_orphan(self, txn: lmdb.Transaction, ino: int) -> bool:
+        """The last close of an unlinked file: free it. False if `ino` is not an orphan."""
+        if not txn.delete(u64(ino), db=self.db.orphans):
+            return False
+        if self.get(txn, ino).nlink == 0:
+            self._free(txn, ino)
+        return True
+
+    def orphans(self, txn: lmdb.Transaction) -> list[tuple[int, str]]:
+        """(inode, client id) of every unlinked file still open on some client."""
+        return [(read_u64(k), v.decode()) for k, v in txn.cursor(db=self.db.orphans)]
+
+    def _free(self, txn: lmdb.Transaction, ino: int) -> None:
         txn.delete(u64(ino), db=self.db.inodes)
         cursor = txn.cursor(db=self.db.xattrs)
         prefix = u64(ino)
@@ -292,7 +318,7 @@ class Namespace:
             if dst_is_dir:
                 new_parent = self.get(txn, req.new_parent)
                 self._touch_dir(txn, req.new_parent, new_parent, now, -1)
-            self._drop_link(txn, dst, dst_inode, now)
+            self._drop_link(txn, dst, dst_inode, now, req.open_by if dst in req.open_here else "")
         txn.delete(u64(req.old_parent) + req.old_name, db=self.db.dentries)
         txn.put(u64(req.new_parent) + req.new_name, u64(src), db=self.db.dentries)
         moved_dir = src_is_dir and req.old_parent != req.new_parent
@@ -338,6 +364,7 @@ class Namespace:
         now = time.time_ns()
         if req.mode is not None:
             inode.mode = stat.S_IFMT(inode.mode) | (req.mode & 0o7777)
+            self._acl_follows_mode(txn, req.ino, inode)
         if req.uid is not None:
             inode.uid = req.uid
         if req.gid is not None:
@@ -406,10 +433,9 @@ class Namespace:
     def setxattr(self, txn: lmdb.Transaction, req: r.XattrReq) -> None:
         if not req.name or len(req.name) > MAX_XATTR_NAME:
             raise FsError(errno.ERANGE, "attribute name must be 1 to 255 bytes")
-        if req.name.startswith(b"system."):
-            # POSIX ACLs are not stored yet: refusing them makes cp/rsync fall back to chmod
-            raise FsError(errno.EOPNOTSUPP, f"{req.name!r}: system attributes are not supported")
-        if not req.name.startswith(XATTR_NAMESPACES):
+        if req.name.startswith(b"system.") and req.name not in posix_acl.NAMES:
+            raise FsError(errno.EOPNOTSUPP, f"{req.name!r}: system attributes other than POSIX ACLs are not supported")
+        if not req.name.startswith(XATTR_NAMESPACES) and req.name not in posix_acl.NAMES:
             # Linux filesystems know only these namespaces; the kernel leaves the check to FUSE
             raise FsError(errno.EOPNOTSUPP, f"{req.name!r}: not in the user, trusted or security namespace")
         if req.value is None or len(req.value) > MAX_XATTR_VALUE:
@@ -421,10 +447,52 @@ class Namespace:
             raise FsError(errno.EEXIST, f"attribute {req.name!r} exists")
         if req.flags & XATTR_REPLACE and not exists:
             raise FsError(errno.ENODATA, f"no attribute {req.name!r}")
-        txn.put(key, req.value, db=self.db.xattrs)
-        inode.xattr_count += 0 if exists else 1
+        value: bytes | None = req.value
+        if req.name in posix_acl.NAMES:
+            value = self._acl_to_store(inode, req.name, req.value)
+        if value is None:  # an access ACL the mode says all of: nothing to keep, as on ext4
+            if exists:
+                txn.delete(key, db=self.db.xattrs)
+                inode.xattr_count = max(0, inode.xattr_count - 1)
+        else:
+            txn.put(key, value, db=self.db.xattrs)
+            inode.xattr_count += 0 if exists else 1
         inode.ctime_ns = time.time_ns()
         self.put(txn, req.ino, inode)
+
+    @staticmethod
+    def _acl_to_store(inode: Inode, name: bytes, value: bytes) -> bytes | None:
+        """A new access ACL sets the mode's permission bits (the kernel leaves that to us)."""
+        posix_acl.check_target(name, inode.mode)
+        entries = posix_acl.parse(value)
+        if name == posix_acl.DEFAULT:
+            return posix_acl.encode(entries)
+        inode.mode = (inode.mode & ~0o777) | posix_acl.permission_bits(entries)
+        return None if posix_acl.is_minimal(entries) else posix_acl.encode(entries)
+
+    def _acl_follows_mode(self, txn: lmdb.Transaction, ino: int, inode: Inode) -> None:
+        """chmod rewrites the access ACL's owner, mask (or group) and other entries."""
+        if not inode.xattr_count:
+            return
+        key = u64(ino) + posix_acl.ACCESS
+        raw = txn.get(key, db=self.db.xattrs)
+        if raw is not None:
+            txn.put(key, posix_acl.encode(posix_acl.with_mode(posix_acl.parse(raw), inode.mode)), db=self.db.xattrs)
+
+    def _inherit_acl(self, txn: lmdb.Transaction, parent_ino: int, parent: Inode, mode: int,
+                     umask: int) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """The mode of a new entry and the ACL xattrs it starts with: its directory's default
+        ACL if it has one (then the umask plays no part), else just the umask."""
+        if stat.S_ISLNK(mode):
+            return mode, []
+        raw = txn.get(u64(parent_ino) + posix_acl.DEFAULT, db=self.db.xattrs) if parent.xattr_count else None
+        if raw is None:
+            return mode & ~(umask & 0o777), []
+        access, mode = posix_acl.inherit(posix_acl.parse(raw), mode)
+        xattrs = [] if posix_acl.is_minimal(access) else [(posix_acl.ACCESS, posix_acl.encode(access))]
+        if stat.S_ISDIR(mode):
+            xattrs.append((posix_acl.DEFAULT, raw))
+        return mode, xattrs
 
     def removexattr(self, txn: lmdb.Transaction, req: r.XattrReq) -> None:
         inode = self.get(txn, req.ino)

@@ -13,9 +13,14 @@ from dataclasses import dataclass
 
 import lmdb
 
+from chunkfs import CHUNK_SIZE
 from chunkfs.metaserver.db import MetaDB
 from chunkfs.placement import weighted_order
 from chunkfs.protocol import records as r
+
+# a server with room for fewer chunks than this is full: it gets no new ones (writers already on
+# their way to it that get ENOSPC move to a spare)
+WRITABLE_MIN_FREE_BYTES = 2 * CHUNK_SIZE
 
 
 @dataclass
@@ -25,6 +30,7 @@ class ServerState:
     capacity_bytes: int = 0
     used_bytes: int = 0
     last_seen: float = 0.0  # time.monotonic() of the last heartbeat, 0 if none since start
+    data_dirs: tuple[str, ...] = ()  # as the server reports them
 
     @property
     def free_bytes(self) -> int:
@@ -36,6 +42,7 @@ class Registry:
         self.db = db
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.servers: dict[str, ServerState] = {}
+        self.started = time.monotonic()
         with db.read() as txn:
             for sid, address in txn.cursor(db=db.servers):
                 self.servers[sid.decode()] = ServerState(sid.decode(), address.decode())
@@ -67,11 +74,19 @@ class Registry:
         state.address = hello.address
         state.capacity_bytes = hello.capacity_bytes
         state.used_bytes = hello.used_bytes
+        state.data_dirs = tuple(hello.data_dirs)
         state.last_seen = time.monotonic()
+
+    def settling(self) -> bool:
+        """Just after the metaserver started: a server known from LMDB has not reported yet and
+        may well be alive. Placing chunks now would put them on the few that reported first."""
+        if time.monotonic() - self.started >= self.heartbeat_timeout_s:
+            return False
+        return any(s.last_seen == 0 and s.id not in self.draining for s in self.servers.values())
 
     def writable(self) -> list[ServerState]:
         """Alive servers that have room for new chunks and are not being drained."""
-        return [s for s in self.alive() if s.free_bytes > 0 and s.id not in self.draining]
+        return [s for s in self.alive() if s.free_bytes >= WRITABLE_MIN_FREE_BYTES and s.id not in self.draining]
 
     def place(self, count: int, exclude: set[str] = frozenset()) -> list[ServerState]:
         """Up to `count` distinct writable servers, drawn with weight by free space."""
@@ -107,6 +122,6 @@ class Registry:
                            used_bytes=s.used_bytes,
                            last_seen_s=round(now - s.last_seen, 1) if s.last_seen else -1.0,
                            alive=self.is_alive(s, now), chunks=chunk_counts.get(s.id, 0),
-                           draining=s.id in self.draining)
+                           draining=s.id in self.draining, data_dirs=list(s.data_dirs))
             for s in sorted(self.servers.values(), key=lambda s: s.address)
         ]

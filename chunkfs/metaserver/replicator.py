@@ -49,6 +49,7 @@ PASS_S = 10.0  # a pass starts at most this many seconds' worth of copies, then 
 IDLE_PAUSE_S = 2.0  # between passes that changed nothing (longer if scans are slow)
 MAX_TRIMS_PER_PASS = 10_000
 COPY_RETRY_S = 1.0
+MAX_CORRUPT_REPORTS = 100_000  # the oldest are forgotten beyond this
 
 _record_dec = msgspec.msgpack.Decoder(ChunkRecord)
 
@@ -100,6 +101,9 @@ class Replicator:
         self.running = 0  # copies in flight
         self.replicated = 0  # copies recorded since start
         self.corrupt_found = 0  # corrupt copies reported since start
+        # (chunk_id, version) -> servers that reported their copy corrupt, since start (for fsck)
+        self.corrupt_reports: dict[Version, set[str]] = {}
+        self.copies_pending = 0  # copies the last pass found needed and possible (bounded by its scan)
         self._slots = asyncio.Semaphore(in_flight)
         self._next_start = 0.0
         self._scan_s = 0.0
@@ -128,23 +132,24 @@ class Replicator:
                              free={sid: s.free_bytes for sid, s in alive.items()})
         budget = max(1, int(self.per_s * PASS_S))
         started = time.monotonic()
-        short, trims, under = await asyncio.to_thread(self._scan, servers, budget)
+        short, trims, under, missing = await asyncio.to_thread(self._scan, servers, budget)
         self._scan_s = time.monotonic() - started
         trimmed = await self._trim(trims)
         copies = self._plan(short, alive)[:budget]
         copied = await self._copy_all(copies)
+        self.copies_pending = max(0, missing - copied)
         if copies:
             log.info("%d chunks under goal can be repaired now; made %d of %d copies", under, copied, len(copies))
         return trimmed + copied > 0
 
     # ---- scanning -------------------------------------------------------------------------------
-    def _scan(self, servers: ServerSets, limit: int) -> tuple[list[Shortfall], list[Trim], int]:
+    def _scan(self, servers: ServerSets, limit: int) -> tuple[list[Shortfall], list[Trim], int, int]:
         """The `limit` most endangered chunks under goal that can be repaired now (some live
-        server holds them, another could take a copy), the trims due, and how many chunks could
-        be repaired in all. Memory stays bounded however many there are."""
+        server holds them, another could take a copy), the trims due, how many chunks could be
+        repaired in all and how many copies that takes. Memory stays bounded however many there are."""
         worst: list = []  # heap whose top is the least endangered kept so far
         trims: list[Trim] = []
-        under = 0
+        under = missing = 0
         goals: dict[int, int | None] = {}
         order = itertools.count()
         with self.db.read() as txn:
@@ -164,6 +169,7 @@ class Replicator:
                     if servers.writable <= set(rec.replicas) | busy:
                         continue  # no server could take a copy now
                     under += 1
+                    missing += goal - len(healthy)
                     heapq.heappush(worst, (-len(healthy), goal - len(healthy), next(order),
                                            Shortfall(key, rec, goal, len(healthy), busy)))
                     if len(worst) > limit:
@@ -172,7 +178,7 @@ class Replicator:
                     keep = sorted(healthy, key=lambda s: -servers.free.get(s, 0))[:goal]
                     trims.append(Trim(key, rec.chunk_id, rec.version, keep))
         short = [item[-1] for item in sorted(worst, key=lambda item: (-item[0], -item[1], item[2]))]
-        return short, trims, under
+        return short, trims, under, missing
 
     def _goal(self, txn: lmdb.Transaction, ino: int) -> int | None:
         try:
@@ -250,6 +256,10 @@ class Replicator:
         for deletion; returns how many records changed."""
         corrupt = [(cid, ver) for cid, ver in report.chunks]
         self.corrupt_found += len(corrupt)
+        for version in corrupt:
+            self.corrupt_reports.setdefault(version, set()).add(report.server_id)
+        while len(self.corrupt_reports) > MAX_CORRUPT_REPORTS:
+            del self.corrupt_reports[next(iter(self.corrupt_reports))]
         wanted = set(corrupt)
         found = await asyncio.to_thread(self._find, lambda rec: (rec.chunk_id, rec.version) in wanted)
         result = await self.committer.run(self.edits.drop_corrupt, report.server_id, corrupt, found)

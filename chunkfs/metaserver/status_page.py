@@ -1,10 +1,12 @@
 """The read-only status page served at `/` (what MooseFS's CGI monitor shows): servers,
-capacity, health, chunks under goal, repairs and the clients following the change feed.
+capacity, health, chunks under goal, repairs, the clients following the change feed and the
+chunk throughput of the last minutes (an inline SVG chart: the page loads nothing else).
 Rendered on the server from the same `ClusterStatus` that `chunkfs status` prints; it needs no
 secret, like /metrics, and changes nothing."""
 
 from __future__ import annotations
 
+import math
 from html import escape
 
 from chunkfs.protocol import records as r
@@ -18,6 +20,55 @@ def _size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+CHART_W, CHART_H, CHART_LEFT, CHART_BOTTOM = 760, 220, 60, 28
+READ_COLOUR, WRITE_COLOUR = "#1f77b4", "#e8710a"
+
+
+def _rate(bytes_per_s: float) -> str:
+    return f"{bytes_per_s / 1e6:.1f} MB/s" if bytes_per_s >= 1e5 else f"{bytes_per_s / 1e3:.0f} kB/s"
+
+
+def _nice_ceiling(value: float) -> float:
+    """The smallest 1, 2 or 5 times a power of ten at or above `value`."""
+    step = 10 ** math.floor(math.log10(value))
+    return next(m * step for m in (1, 2, 5, 10) if m * step >= value)
+
+
+def throughput_chart(history: r.Throughput | None) -> str:
+    """Read and write MB/s over the history window as an SVG line chart, newest at the right."""
+    samples = history.samples if history else []
+    if not samples:
+        return '<p id="throughput-empty">No throughput samples yet (one every few seconds).</p>'
+    plot_w, plot_h = CHART_W - CHART_LEFT - 10, CHART_H - CHART_BOTTOM - 10
+    end, window_s = samples[-1].time, history.window_s
+    top = _nice_ceiling(max(1e6, *(max(s.read_bytes_per_s, s.written_bytes_per_s) for s in samples)))
+
+    def point(sample: r.ThroughputSample, value: float) -> str:
+        x = CHART_LEFT + plot_w * (1 - (end - sample.time) / window_s)
+        return f"{x:.1f},{10 + plot_h * (1 - value / top):.1f}"
+
+    lines = "".join(
+        f'<polyline class="{name}" fill="none" stroke="{colour}" stroke-width="2" '
+        f'points="{" ".join(point(s, getattr(s, field)) for s in samples)}"/>'
+        for name, colour, field in (("read", READ_COLOUR, "read_bytes_per_s"),
+                                    ("write", WRITE_COLOUR, "written_bytes_per_s")))
+    grid = "".join(
+        f'<line x1="{CHART_LEFT}" x2="{CHART_W - 10}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>'
+        f'<text x="{CHART_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{top * f / 1e6:g} MB/s</text>'
+        for f in (0, 0.5, 1) for y in [10 + plot_h * (1 - f)])
+    minutes = window_s / 60
+    ticks = "".join(
+        f'<text x="{CHART_LEFT + plot_w * f:.1f}" y="{CHART_H - 8}" text-anchor="middle">'
+        f'{"now" if f == 1 else f"-{minutes * (1 - f):g} min"}</text>' for f in (0, 1 / 3, 2 / 3, 1))
+    legend = (f'<text x="{CHART_LEFT + 8}" y="24" fill="{READ_COLOUR}">read {_rate(samples[-1].read_bytes_per_s)}</text>'
+              f'<text x="{CHART_LEFT + 160}" y="24" fill="{WRITE_COLOUR}">'
+              f'write {_rate(samples[-1].written_bytes_per_s)}</text>')
+    return (f'<svg id="throughput" xmlns="http://www.w3.org/2000/svg" width="{CHART_W}" height="{CHART_H}" '
+            f'viewBox="0 0 {CHART_W} {CHART_H}" font-size="11" role="img" '
+            f'aria-label="chunk bytes read and written per second over the last {minutes:g} minutes">'
+            f'{grid}{ticks}{lines}{legend}</svg>')
 
 
 def render(status: r.ClusterStatus, address: str, clients: int) -> str:
@@ -59,5 +110,7 @@ table {{ border-collapse: collapse; margin: 1em 0; }} th, td {{ padding: .3em .8
 <h2>Chunkservers</h2>
 <table id="servers"><tr><th>address</th><th>id</th><th>state</th><th>chunks</th><th>used</th><th>capacity</th>
 <th>last heartbeat</th></tr>{rows}</table>
+<h2>Throughput</h2>
+{throughput_chart(status.throughput)}
 <p>Refreshes every {REFRESH_S} s. The same figures: <code>chunkfs status</code>, <a href="/metrics">/metrics</a>.</p>
 </body></html>"""

@@ -1,30 +1,48 @@
-"""Recently used chunks in memory, keyed by (chunk id, version).
+"""Chunks this client read or wrote lately: the hottest in memory, more on the local disk.
 
-A version's bytes never change, so a cached entry can only be unused, never stale: close-to-open
-is kept by asking for the version the metaserver names at open. Concurrent readers of a chunk
-share one fetch. Bounded by bytes; least recently used goes first.
+Keyed by (chunk id, version). A version's bytes never change, so a cached entry can only be
+unused, never stale: close-to-open is kept by asking for the version the metaserver names at
+open. A read looks in memory, then on disk (`disk_cache`), then fetches from a chunkserver;
+concurrent readers of a chunk share one lookup. Fetched chunks go to both tiers (the disk store
+happens in the background). Chunks this client uploaded go to memory only, into a small share
+of it (`UPLOADED_SHARE`) until they are read, so a big copy neither writes itself to the local
+disk nor pushes out what readers use; that share also keeps the base of a chunk rewritten in
+place (a database's) at hand. Memory is bounded by bytes, evicted by a segmented LRU
+(`cache_policy`): recency and frequency both count.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import trio
 
+from chunkfs.mount.cache_policy import SegmentedLru
 from chunkfs.mount.chunk_io import ChunkIO
+from chunkfs.mount.disk_cache import DiskChunkCache
 from chunkfs.protocol import records as r
 
 Key = tuple[int, int]
+ENTRY_OVERHEAD_BYTES = 256
+UPLOADED_SHARE = 8  # 1/8 of the memory tier holds uploaded chunks not read since
 
 
 class ChunkCache:
-    def __init__(self, io: ChunkIO, max_bytes: int) -> None:
+    def __init__(self, io: ChunkIO, max_bytes: int, disk: DiskChunkCache | None = None) -> None:
         self.io = io
         self.max_bytes = max_bytes
-        self.size_bytes = 0
-        self.hits = self.misses = 0
-        self._entries: OrderedDict[Key, bytes] = OrderedDict()
+        self.disk = disk
+        self.hits = self.misses = 0  # hits: in memory; misses: fetched from a chunkserver
+        self._uploaded: SegmentedLru[Key] = SegmentedLru(max_bytes // UPLOADED_SHARE)
+        self._policy: SegmentedLru[Key] = SegmentedLru(max_bytes - max_bytes // UPLOADED_SHARE)
+        self._entries: dict[Key, bytes] = {}
         self._fetching: dict[Key, trio.Event] = {}
+
+    @property
+    def size_bytes(self) -> int:
+        return self._policy.size_bytes + self._uploaded.size_bytes
+
+    @property
+    def disk_hits(self) -> int:
+        return self.disk.hits if self.disk is not None else 0
 
     def has(self, ref: r.ChunkRef) -> bool:
         key = (ref.chunk_id, ref.version)
@@ -35,17 +53,24 @@ class ChunkCache:
         for _ in range(3):
             data = self._entries.get(key)
             if data is not None:
-                self._entries.move_to_end(key)
+                if self._uploaded.remove(key) is not None:
+                    self._add(self._policy, key, data)  # read at last: a chunk like any other
+                else:
+                    self._policy.touch(key)
                 self.hits += 1
                 return data
             pending = self._fetching.get(key)
             if pending is None:
                 break
             await pending.wait()
-        self.misses += 1
         done = self._fetching[key] = trio.Event()
         try:
-            data = await self.io.fetch(ref, servers)
+            data = await self.disk.get(ref) if self.disk is not None else None
+            if data is None:
+                self.misses += 1
+                data = await self.io.fetch(ref, servers)
+                if self.disk is not None:
+                    self.disk.store(ref, data)
             self.put(ref, data)
             return data
         finally:
@@ -54,10 +79,23 @@ class ChunkCache:
 
     def put(self, ref: r.ChunkRef, data: bytes) -> None:
         key = (ref.chunk_id, ref.version)
-        if key in self._entries:
-            self.size_bytes -= len(self._entries.pop(key))
+        self._uploaded.remove(key)
+        self._add(self._policy, key, data)
+
+    def put_uploaded(self, ref: r.ChunkRef, data: bytes) -> None:
+        """`data` was just uploaded by this client as `ref`."""
+        key = (ref.chunk_id, ref.version)
+        if key not in self._entries:
+            self._add(self._uploaded, key, data)
+
+    def _add(self, policy: SegmentedLru[Key], key: Key, data: bytes) -> None:
         self._entries[key] = data
-        self.size_bytes += len(data)
-        while self.size_bytes > self.max_bytes and len(self._entries) > 1:
-            _key, old = self._entries.popitem(last=False)
-            self.size_bytes -= len(old)
+        for victim in policy.add(key, len(data) + ENTRY_OVERHEAD_BYTES):
+            del self._entries[victim]
+
+    def stats(self) -> r.CacheStats:
+        disk = self.disk
+        return r.CacheStats(memory_hits=self.hits, disk_hits=self.disk_hits, misses=self.misses,
+                            memory_bytes=self.size_bytes, memory_capacity_bytes=self.max_bytes,
+                            disk_bytes=disk.size_bytes if disk else 0,
+                            disk_capacity_bytes=disk.capacity_bytes if disk else 0)

@@ -3,7 +3,9 @@
 Reads go to the first replica that answers with bytes matching the chunk's checksum (a replica
 that is down, lacks the version or returns bad bytes is skipped at once, within the request).
 Writes go to all target replicas in parallel; a replica that fails is replaced by a spare, and
-the write succeeds as long as one replica stored it (the chunk is then under goal).
+the write succeeds as long as one replica stored it (the chunk is then under goal). A server that
+answers ENOSPC goes last for uploads for a while (until the metaserver stops offering it); if
+every server tried was full, the writer gets ENOSPC rather than EIO.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class ChunkIO:
         self.replica_retry_s = replica_retry_s
         self.suspect_s = suspect_s
         self._suspect_until: dict[str, float] = {}  # address -> when to trust it again
+        self._full_until: dict[str, float] = {}  # address -> when to offer it uploads again
         self.bytes_read = 0
         self.bytes_written = 0
 
@@ -81,9 +84,13 @@ class ChunkIO:
         checksum = chunk_checksum(data)
         weighted = weighted_order(slot.servers, [s.free_bytes for s in slot.servers])
         healthy = self._healthy_first([s.address for s in weighted])
-        order = sorted(weighted, key=lambda s: healthy.index(s.address))
+        now = trio.current_time()
+        order = sorted(weighted, key=lambda s: (self._full_until.get(s.address, 0.0) > now,
+                                                healthy.index(s.address)))
         spares = iter(order[slot.goal:])
         stored: list[str] = []
+        full: list[str] = []
+        failed: list[str] = []
 
         async def one_replica(server: r.ServerChoice | None) -> None:
             while server is not None:
@@ -93,8 +100,12 @@ class ChunkIO:
                     stored.append(server.id)
                     return
                 except (FsError, TransportError) as exc:
+                    failed.append(server.address)
                     if isinstance(exc, TransportError):
                         self._suspect(server.address)
+                    elif exc.errno == errno.ENOSPC:
+                        full.append(server.address)
+                        self._full_until[server.address] = trio.current_time() + self.suspect_s
                     log.warning("chunk %d v%d: %s failed (%s); trying a spare",
                                 slot.chunk_id, slot.version, server.address, exc)
                     server = next(spares, None)
@@ -103,6 +114,8 @@ class ChunkIO:
             for server in order[: slot.goal]:
                 nursery.start_soon(one_replica, server)
         if not stored:
+            if full and len(full) == len(failed):
+                raise FsError(errno.ENOSPC, f"chunk {index} of inode {ino}: every chunkserver tried is full")
             raise FsError(errno.EIO, f"chunk {index} of inode {ino}: no chunkserver stored it")
         self.bytes_written += len(data) * len(stored)
         return r.ChunkRef(index=index, chunk_id=slot.chunk_id, version=slot.version,

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from chunkfs import mounts
 from chunkfs.daemons import DaemonError, module_command, spawn, wait_for
@@ -19,12 +20,23 @@ from chunkfs.mount.main import MountConfig
 # options mount(8) and fstab pass that concern mount(8), not chunkfs
 IGNORED = {"defaults", "_netdev", "auto", "noauto", "nofail", "rw", "user", "users", "nouser", "owner",
            "exec", "noexec", "suid", "nosuid", "dev", "nodev", "async", "atime", "noatime", "relatime"}
-ALIASES = {"secret": "secret_file", "cache_size_mb": "cache_mem_mb"}
+ALIASES = {"secret": "secret_file", "ro": "read_only"}
 FIELDS = {f.name for f in dataclasses.fields(MountConfig)} - {"metaserver", "mountpoint"}
 
 
 class OptionError(ValueError):
     pass
+
+
+def options_help() -> str:
+    """Every `-o` option with its meaning and default, from MountConfig (for --help and the README)."""
+    lines = []
+    for field in dataclasses.fields(MountConfig):
+        if field.name in FIELDS:
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            aliases = "".join(f", {alias}" for alias, name in ALIASES.items() if name == field.name)
+            lines.append(f"{field.name}{aliases}: {field.metadata.get('help', '')} [default: {default}]")
+    return "\n".join(lines)
 
 
 def parse_options(option_string: str) -> dict[str, str]:
@@ -49,8 +61,9 @@ def default_log_path(mountpoint: Path) -> Path:
 
 
 def launch(spec: str, mountpoint: Path, options: dict[str, str], log_path: Path | None = None,
-           pid_path: Path | None = None, timeout_s: float = 30.0) -> int:
-    """Start the mount daemon for `spec` on `mountpoint`; return its pid once mounted."""
+           pid_path: Path | None = None, timeout_s: float = 30.0, command_prefix: Sequence[str] = ()) -> int:
+    """Start the mount daemon for `spec` on `mountpoint`; return its pid once mounted.
+    `command_prefix` runs it through another program that execs it (e.g. `nsenter --net=...`)."""
     mountpoint = mountpoint.absolute()
     if mounts.is_mounted(mountpoint):
         raise DaemonError(f"{mountpoint} is already a chunkfs mount")
@@ -58,7 +71,7 @@ def launch(spec: str, mountpoint: Path, options: dict[str, str], log_path: Path 
     for key, value in options.items():
         args += ["--" + key.replace("_", "-"), value]
     log_path = log_path or default_log_path(mountpoint)
-    proc = spawn(module_command("chunkfs.mount.main", *args), log_path, pid_path)
+    proc = spawn([*command_prefix, *module_command("chunkfs.mount.main", *args)], log_path, pid_path)
     wait_for(f"mount of {spec} on {mountpoint}", lambda: mounts.is_mounted(mountpoint), timeout_s, proc, log_path)
     return proc.pid
 

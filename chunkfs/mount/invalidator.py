@@ -17,6 +17,7 @@ import trio
 
 from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol import records as r
+from chunkfs.mount.meta_cache import MetadataCache
 from chunkfs.protocol.meta_client import MetaClient
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,15 @@ WAIT_S = 20.0
 
 class Invalidator:
     def __init__(self, meta: MetaClient, client_id: str, known_inodes: Callable[[], Iterable[int]],
-                 forget_inode: Callable[[int], None]) -> None:
+                 forget_inode: Callable[[int], None],
+                 report: Callable[[], r.ClientReport] | None = None,
+                 metadata: MetadataCache | None = None) -> None:
+        """`report` says how this mount is doing; it rides on every poll of the feed.
+        `metadata`, the mount's own cache of names and attributes, forgets what the kernel
+        forgets, first (so the kernel cannot fetch the old answer from it again)."""
+        self.metadata = metadata
         self.meta = meta
+        self.report = report
         self.client_id = client_id
         self.known_inodes = known_inodes
         self.forget_inode = forget_inode
@@ -38,13 +46,16 @@ class Invalidator:
         while True:
             try:
                 batch = await self.meta.changes(self.since if self.since is not None else 0,
-                                                0 if self.since is None else WAIT_S)
+                                                0 if self.since is None else WAIT_S,
+                                                self.report() if self.report is not None else None)
             except (FsError, TransportError) as exc:
                 log.warning("change feed unavailable (%s); retrying", exc)
                 await trio.sleep(1)
                 continue
             if self.since is not None and batch.reset:
                 log.warning("change feed was reset; dropping every cached attribute")
+                if self.metadata is not None:
+                    self.metadata.clear()
                 for ino in list(self.known_inodes()):
                     await self._inode(ino)
             elif self.since is not None:
@@ -55,12 +66,16 @@ class Invalidator:
 
     async def apply(self, change: r.Change) -> None:
         for parent, name in change.entries:
+            if self.metadata is not None:
+                self.metadata.forget_entry(parent, name)
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
         for ino in change.inodes:
             await self._inode(ino)
         self.applied += 1
 
     async def _inode(self, ino: int) -> None:
+        if self.metadata is not None:
+            self.metadata.forget_inode(ino)
         self.forget_inode(ino)
         try:
             await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)

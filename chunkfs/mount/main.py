@@ -10,54 +10,107 @@ import errno
 import logging
 import os
 import signal
+import socket
+import stat
 import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import click
 import pyfuse3
 import trio
 
-from chunkfs import DEFAULT_METASERVER_PORT, auth, metrics, mounts, service
+from chunkfs import CHUNK_SIZE, DEFAULT_METASERVER_PORT, auth, metrics, mounts, service
 from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setup_logging
 from chunkfs.errors import FsError, TransportError
 from chunkfs.mount.chunk_cache import ChunkCache
+from chunkfs.mount.disk_cache import CacheDirError, DiskChunkCache, auto_capacity_bytes, default_cache_dir
+from chunkfs.mount.prefetch import MAX_WINDOW
+from chunkfs.mount.write_back import WriteBack
 from chunkfs.mount.chunk_io import ChunkIO
 from chunkfs.mount.invalidator import Invalidator
+from chunkfs.mount.meta_cache import CachingMetaClient, MetadataCache
 from chunkfs.mount.operations import ChunkfsOperations
 from chunkfs.protocol.chunk_client import ChunkClient
 from chunkfs.protocol.http import SignedHttp
+from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import MetaClient
 
 log = logging.getLogger("chunkfs.mount")
+MiB = 1024 * 1024
 
 
 @dataclass
 class MountConfig:
-    metaserver: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT}", "HOST:PORT of the metaserver")
+    metaserver: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT}",
+                          "HOST:PORT of the metaserver, or HOST:PORT:/SUBDIR to mount a subdirectory")
     mountpoint: Path = opt(Path(""), "directory to mount on")
     secret_file: Path = opt(Path("/etc/chunkfs/secret"), "file holding the cluster secret")
-    cache_mem_mb: int = opt(256, "MiB of chunks kept in memory")
+    cache_mem_mb: int = opt(256, "MiB of chunks kept in memory (the hottest; the disk cache holds more)")
+    cache_dir: Path = opt(Path(""), "directory of the chunk cache on local disk (empty: "
+                                    "/var/cache/chunkfs/<metaserver>_<mountpoint>, ~/.cache/chunkfs/... if not root)")
+    cache_size_mb: int = opt(-1, "MiB of chunks kept on local disk (-1: 10% of the free space there, "
+                                 "at most 10 GiB; 0: no disk cache)")
+    prefetch: bool = opt(True, "fetch chunks ahead of readers (small files whole, sequential readers "
+                               "a growing window); off: only what is read")
+    max_dirty_mb: int = opt(256, "MiB of written data held before it is stored; writers wait beyond it")
     entry_timeout_s: float = opt(60.0, "seconds the kernel may cache a name lookup (other clients' changes are pushed)")
     attr_timeout_s: float = opt(60.0, "seconds the kernel may cache attributes (other clients' changes are pushed)")
     retry_s: float = opt(15.0, "seconds a metadata call is retried before it fails with EIO")
     read_ahead_kb: int = opt(1024, "kernel read-ahead for the mount (FUSE reads of this size)")
+    subdir: str = opt("/", "directory of the cluster shown as the mount's root")
+    read_only: bool = opt(False, "mount read-only: every change fails with EROFS (mount option ro)")
     allow_other: bool = opt(True, "let users other than the mounting one use the mount (root only)")
     max_tasks: int = opt(64, "FUSE requests served at once")
     metrics_listen: str = opt("", "HOST:PORT to serve Prometheus /metrics on (empty: no metrics server)")
     log_level: str = opt("info", "debug, info, warning or error")
 
     def validate(self) -> None:
+        address, _, subdir = self.metaserver.partition(":/")
+        if subdir:
+            self.metaserver, self.subdir = address, "/" + subdir
         parse_address(self.metaserver, DEFAULT_METASERVER_PORT)
+        if not self.subdir.startswith("/"):
+            raise ConfigError(f"option subdir: {self.subdir!r} must start with /")
         if not str(self.mountpoint) or not self.mountpoint.is_dir():
             raise ConfigError(f"option mountpoint: {self.mountpoint} is not a directory")
         if not self.secret_file.exists():
             raise ConfigError(f"option secret_file: {self.secret_file} does not exist")
         if self.cache_mem_mb < 8:
             raise ConfigError("option cache_mem_mb: at least 8")
+        if self.cache_size_mb < -1:
+            raise ConfigError("option cache_size_mb: -1 (automatic), 0 (no disk cache) or a size in MiB")
+        if self.max_dirty_mb < 16:
+            raise ConfigError("option max_dirty_mb: at least 16")
         if self.metrics_listen:
             parse_address(self.metrics_listen)
+
+
+def open_disk_cache(config: MountConfig, mountpoint: Path) -> DiskChunkCache | None:
+    """The disk tier as configured (None for cache_size_mb=0); exits with a message if its
+    directory cannot be used."""
+    if config.cache_size_mb == 0:
+        return None
+    directory = config.cache_dir if config.cache_dir.parts else default_cache_dir(config.metaserver, mountpoint)
+    directory = directory.absolute()
+    try:
+        capacity = config.cache_size_mb * MiB if config.cache_size_mb > 0 else auto_capacity_bytes(directory)
+        disk = DiskChunkCache(directory, capacity)
+        disk.open()
+    except (OSError, CacheDirError) as exc:
+        click.echo(f"chunkfs-mount: option cache_dir: {exc}", err=True)
+        sys.exit(2)
+    return disk
+
+
+def prefetch_chunks(config: MountConfig) -> int:
+    """The widest prefetch window: MAX_WINDOW chunks, but no more than half the memory cache,
+    so what is fetched ahead is still there when the reader gets to it."""
+    if not config.prefetch:
+        return 0
+    return max(1, min(MAX_WINDOW, config.cache_mem_mb * MiB // (2 * CHUNK_SIZE)))
 
 
 async def raise_read_ahead(mountpoint: Path, read_ahead_kb: int) -> None:
@@ -71,10 +124,12 @@ async def raise_read_ahead(mountpoint: Path, read_ahead_kb: int) -> None:
 
 
 async def serve(config: MountConfig, ops: ChunkfsOperations, http: SignedHttp,
-                invalidator: Invalidator) -> None:
+                invalidator: Invalidator, *background: Callable[[], Awaitable[None]]) -> None:
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
         nursery.start_soon(invalidator.run)
+        for task in background:
+            nursery.start_soon(task)
         nursery.start_soon(raise_read_ahead, config.mountpoint, config.read_ahead_kb)
         nursery.start_soon(stop_on_signal)
         nursery.start_soon(service.watchdog, trio.sleep)
@@ -92,13 +147,20 @@ async def stop_on_signal() -> None:
             return
 
 
-async def check_cluster(meta: MetaClient) -> None:
-    await meta.getattr(1)
+async def root_inode(meta: MetaClient, subdir: str) -> int:
+    """The inode shown as the mount's root; also proves the metaserver answers."""
+    attr = await meta.resolve(subdir.encode())
+    if not stat.S_ISDIR(attr.mode):
+        raise FsError(errno.ENOTDIR, f"{subdir} is not a directory")
+    return attr.ino
 
 
 def mount_options(config: MountConfig) -> set[str]:
     options = set(pyfuse3.default_options)
-    options |= {f"fsname=chunkfs:{config.metaserver}", "subtype=chunkfs", "noatime"}
+    subdir = "" if config.subdir == "/" else ":" + config.subdir
+    options |= {f"fsname=chunkfs:{config.metaserver}{subdir}", "subtype=chunkfs", "noatime"}
+    if config.read_only:
+        options.add("ro")
     if config.allow_other and os.geteuid() == 0:
         options.add("allow_other")
     return options
@@ -111,25 +173,39 @@ def run(config: MountConfig) -> None:
     secret = auth.load_secret(config.secret_file)
     http = SignedHttp(secret, timeout_s=60, retry_s=config.retry_s, trio_native=True)
     client_id = uuid.uuid4().hex
-    meta = MetaClient(http, config.metaserver, client_id)
-    io = ChunkIO(meta, ChunkClient(http))
-    cache = ChunkCache(io, config.cache_mem_mb * 1024 * 1024)
-    ops = ChunkfsOperations(meta, io, cache, entry_timeout_s=config.entry_timeout_s,
-                            attr_timeout_s=config.attr_timeout_s)
     try:
-        trio.run(check_cluster, MetaClient(SignedHttp(secret, retry_s=5, trio_native=True), config.metaserver))
-    except (FsError, TransportError) as exc:
+        root_ino = trio.run(root_inode, MetaClient(SignedHttp(secret, retry_s=5, trio_native=True),
+                                                   config.metaserver), config.subdir)
+    except TransportError as exc:
         click.echo(f"chunkfs-mount: cannot reach the metaserver at {config.metaserver}: {exc}", err=True)
         sys.exit(1)
+    except FsError as exc:
+        click.echo(f"chunkfs-mount: cannot mount {config.subdir}: {exc.message}", err=True)
+        sys.exit(1)
+    meta = CachingMetaClient(http, config.metaserver, client_id, root_ino=root_ino,
+                             cache=MetadataCache(config.entry_timeout_s, config.attr_timeout_s))
+    io = ChunkIO(meta, ChunkClient(http))
     mountpoint = config.mountpoint.resolve()
+    disk = open_disk_cache(config, mountpoint)
+    cache = ChunkCache(io, config.cache_mem_mb * MiB, disk)
+    write_back = WriteBack(config.max_dirty_mb * MiB)
+    ops = ChunkfsOperations(meta, io, cache, entry_timeout_s=config.entry_timeout_s,
+                            attr_timeout_s=config.attr_timeout_s,
+                            open_file_options={"write_back": write_back,
+                                               "prefetch_chunks": prefetch_chunks(config)})
     pyfuse3.init(ops, str(mountpoint), mount_options(config))
-    mounts.record(mountpoint, config.metaserver, config.secret_file.resolve(), os.getpid())
+    mounts.record(mountpoint, config.metaserver, config.secret_file.resolve(), os.getpid(), root_ino)
     log.info("mounted %s on %s", config.metaserver, config.mountpoint)
-    stop_metrics = metrics.start_mount_metrics(config.metrics_listen, io, cache)
+    stop_metrics = metrics.start_mount_metrics(config.metrics_listen, io, cache, ops, write_back)
     try:
-        invalidator = Invalidator(meta, client_id, ops.known_inodes, ops.forget_cached)
-        trio.run(serve, config, ops, http, invalidator)
+        host = socket.gethostname()
+        invalidator = Invalidator(meta, client_id, ops.known_inodes, ops.forget_cached,
+                                  lambda: r.ClientReport(host=host, mountpoint=str(mountpoint), cache=cache.stats()),
+                                  metadata=meta.cache)
+        trio.run(serve, config, ops, http, invalidator, write_back.run, *([disk.run] if disk else []))
     finally:
+        if disk is not None:
+            disk.close()
         stop_metrics()
         mounts.forget(mountpoint)
         pyfuse3.close(unmount=True)

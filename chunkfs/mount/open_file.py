@@ -2,7 +2,9 @@
 
 Promises:
 - Writes are buffered a chunk at a time; a chunk that fills up is uploaded in the background
-  (at most `max_uploads` per file at once, which bounds the memory a writer can pin).
+  (at most `max_uploads` per file at once). Buffered and uploading bytes count against the
+  mount's `WriteBack` bound: a write waits while the mount is over it, and `write_back()`
+  starts uploading partly written chunks when the mount needs the room.
 - `flush()` (close) and `fsync()` return only when every buffered chunk is stored on the disks
   of its replicas and the metaserver has durably committed the new chunk versions, size and
   mtime. An upload that failed makes the next flush/fsync fail with EIO.
@@ -22,7 +24,8 @@ from chunkfs import CHUNK_SIZE
 from chunkfs.errors import FsError
 from chunkfs.mount.chunk_cache import ChunkCache
 from chunkfs.mount.chunk_io import ChunkIO
-from chunkfs.mount.prefetch import prefetch_window
+from chunkfs.mount.prefetch import MAX_WINDOW, prefetch_window
+from chunkfs.mount.write_back import WriteBack
 from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import MetaClient
 
@@ -37,11 +40,14 @@ class DirtyChunk:
     data: bytearray
     based: bool
 
-    def write(self, offset: int, piece: bytes | memoryview) -> None:
+    def write(self, offset: int, piece: bytes | memoryview) -> int:
+        """Returns by how many bytes the buffer grew."""
+        before = len(self.data)
         end = offset + len(piece)
-        if offset > len(self.data):
-            self.data.extend(bytes(offset - len(self.data)))
+        if offset > before:
+            self.data.extend(bytes(offset - before))
         self.data[offset:end] = piece
+        return len(self.data) - before
 
     def complete(self) -> bool:
         return len(self.data) == CHUNK_SIZE
@@ -49,10 +55,15 @@ class DirtyChunk:
 
 class OpenFile:
     def __init__(self, ino: int, layout: r.FileLayout, meta: MetaClient, io: ChunkIO, cache: ChunkCache,
-                 nursery: trio.Nursery, max_uploads: int = 4) -> None:
+                 nursery: trio.Nursery, max_uploads: int = 4, *, write_back: WriteBack | None = None,
+                 prefetch_chunks: int = MAX_WINDOW) -> None:
+        """`prefetch_chunks`: most chunks fetched ahead of a sequential reader (0: no prefetch)."""
         self.ino = ino
         self.meta, self.io, self.cache, self.nursery = meta, io, cache, nursery
+        self.write_back_bound = write_back if write_back is not None else WriteBack(1 << 62)
+        self.prefetch_chunks = prefetch_chunks
         self.open_count = 0
+        self.unlinked = False  # lost its last name while open here: the last close frees it
         self.lock = trio.Lock()
         self.refresh(layout)
         self.dirty: dict[int, DirtyChunk] = {}
@@ -66,7 +77,7 @@ class OpenFile:
         self._inflight = 0
         self._idle = trio.Event()
         self._idle.set()
-        self._last_read_index = -2
+        self._last_read_index = -1  # a first read at offset 0 counts as sequential
         self._sequential_run = 0
 
     # ---- state ----------------------------------------------------------------------------
@@ -124,6 +135,7 @@ class OpenFile:
             finally:
                 self.dirty[index] = dirty
             base[: len(dirty.data)] = dirty.data
+            self.write_back_bound.add(len(base) - len(dirty.data))
             dirty.data = base
         dirty.based = True
 
@@ -144,13 +156,15 @@ class OpenFile:
         return b"".join(parts)
 
     def _prefetch(self, first: int, last: int) -> None:
+        if not self.prefetch_chunks:
+            return
         if first == self._last_read_index + 1:
             self._sequential_run += 1
         elif first != self._last_read_index:
             self._sequential_run = 0
         self._last_read_index = last
         total = (self.size + CHUNK_SIZE - 1) // CHUNK_SIZE
-        window = prefetch_window(total, self._sequential_run)
+        window = prefetch_window(total, self._sequential_run, self.prefetch_chunks)
         ahead = range(0, total) if total <= 3 else range(last + 1, min(total, last + 1 + window))
         for index in ahead:
             if index in self.dirty or index in self.uploading:
@@ -167,6 +181,7 @@ class OpenFile:
 
     # ---- writes ---------------------------------------------------------------------------
     async def write(self, offset: int, data: bytes) -> int:
+        await self.write_back_bound.wait_for_room()
         async with self.lock:
             self._raise_pending_error()
             view = memoryview(data)
@@ -179,14 +194,29 @@ class OpenFile:
                     dirty = self.dirty[index] = DirtyChunk(bytearray(), based=False)
                 if not dirty.based and within > len(dirty.data):
                     await self._ensure_based(index, dirty)
-                dirty.write(within, view[pos : pos + n])
+                self.write_back_bound.add(dirty.write(within, view[pos : pos + n]))
                 pos += n
                 if dirty.complete():
                     await self._start_upload(index)
             self.size = max(self.size, offset + len(view))
             self.modified = True
             self.mtime_ns = time.time_ns()
+            self.write_back_bound.buffering(self, bool(self.dirty))
         return len(view)
+
+    async def write_back(self) -> None:
+        """Start uploading every buffered chunk, partly written ones too (the mount needs room)."""
+        async with self.lock:
+            for index in sorted(self.dirty):
+                await self._start_upload(index)
+            self.write_back_bound.buffering(self, bool(self.dirty))
+
+    def drop_buffers(self) -> None:
+        """This OpenFile is being forgotten: what it still buffers (after a failed flush) is
+        lost, and no longer counts against the mount's bound."""
+        self.write_back_bound.add(-sum(len(d.data) for d in self.dirty.values()))
+        self.dirty.clear()
+        self.write_back_bound.buffering(self, False)
 
     async def _start_upload(self, index: int) -> None:
         dirty = self.dirty[index]
@@ -210,7 +240,7 @@ class OpenFile:
                 if current is not None:
                     self.superseded.append(current)
                 self.uploaded[index] = ref
-                self.cache.put(ref, snapshot)
+                self.cache.put_uploaded(ref, snapshot)
             else:
                 self.superseded.append(ref)
         except BaseException as exc:
@@ -221,6 +251,7 @@ class OpenFile:
         finally:
             if self.uploading.get(index) is snapshot:
                 del self.uploading[index]
+            self.write_back_bound.add(-len(snapshot))
             self._upload_slots.release()
             self._inflight -= 1
             if self._inflight == 0:
@@ -238,6 +269,7 @@ class OpenFile:
         async with self.lock:
             for index in sorted(self.dirty):
                 await self._start_upload(index)
+            self.write_back_bound.buffering(self, False)
             await self._idle.wait()
             self._raise_pending_error()
             if not self.modified and not self.uploaded and not self.superseded:

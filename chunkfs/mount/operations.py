@@ -28,6 +28,7 @@ from chunkfs.protocol.meta_client import MetaClient
 log = logging.getLogger(__name__)
 
 READDIR_PAGE = 1000
+RENAME_EXCHANGE = 2
 
 
 def fuse_errors(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -61,12 +62,15 @@ class DirListing:
 class ChunkfsOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
-    enable_acl = False
+    enable_acl = True  # the kernel enforces POSIX ACLs kept in system.posix_acl_* xattrs
 
     def __init__(self, meta: MetaClient, io: ChunkIO, cache: ChunkCache, *,
-                 entry_timeout_s: float, attr_timeout_s: float) -> None:
+                 entry_timeout_s: float, attr_timeout_s: float,
+                 open_file_options: dict[str, Any] | None = None) -> None:
+        """`open_file_options`: keyword arguments of every OpenFile (write-back bound, prefetch)."""
         super().__init__()
         self.meta, self.io, self.cache = meta, io, cache
+        self.open_file_options = open_file_options or {}
         self.entry_timeout_s, self.attr_timeout_s = entry_timeout_s, attr_timeout_s
         self.nursery: trio.Nursery | None = None  # set by main before serving
         self.open_files: dict[int, OpenFile] = {}
@@ -129,7 +133,8 @@ class ChunkfsOperations(pyfuse3.Operations):
         open_file = self.open_files.get(ino)
         if open_file is None:
             assert self.nursery is not None
-            open_file = OpenFile(ino, layout, self.meta, self.io, self.cache, self.nursery)
+            open_file = OpenFile(ino, layout, self.meta, self.io, self.cache, self.nursery,
+                                 **self.open_file_options)
             self.open_files[ino] = open_file
         elif not open_file.has_local_changes:
             open_file.refresh(layout)
@@ -176,18 +181,20 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     async def _create(self, parent: int, name: bytes, mode: int, ctx, rdev: int = 0,
                       target: bytes | None = None) -> r.Attr:
+        """With ACLs on, the umask is the metaserver's to apply: a directory's default ACL
+        replaces it."""
         if len(name) > MAX_NAME_BYTES:
             raise FsError(errno.ENAMETOOLONG, "name too long")
         return await self.meta.create(r.CreateReq(parent=parent, name=name, mode=mode, uid=ctx.uid,
-                                                  gid=ctx.gid, rdev=rdev, target=target))
+                                                  gid=ctx.gid, rdev=rdev, target=target, umask=ctx.umask))
 
     @fuse_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self.entry(await self._create(parent_inode, name, stat.S_IFDIR | (mode & 0o7777 & ~ctx.umask), ctx))
+        return self.entry(await self._create(parent_inode, name, stat.S_IFDIR | (mode & 0o7777), ctx))
 
     @fuse_errors
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        return self.entry(await self._create(parent_inode, name, mode & ~ctx.umask, ctx, rdev=rdev))
+        return self.entry(await self._create(parent_inode, name, mode, ctx, rdev=rdev))
 
     @fuse_errors
     async def symlink(self, parent_inode, name, target, ctx):
@@ -203,7 +210,10 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def unlink(self, parent_inode, name, ctx):
-        await self.meta.remove(parent_inode, name, is_dir=False)
+        open_here = list(self.open_files)
+        ino = await self.meta.remove(parent_inode, name, is_dir=False, open_here=open_here)
+        if ino in open_here:
+            await self._unlinked_while_open(ino)
 
     @fuse_errors
     async def rmdir(self, parent_inode, name, ctx):
@@ -211,7 +221,21 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        await self.meta.rename(r.RenameReq(parent_inode_old, name_old, parent_inode_new, name_new, flags))
+        open_here = list(self.open_files)
+        moved = await self.meta.rename(r.RenameReq(parent_inode_old, name_old, parent_inode_new, name_new, flags,
+                                                   self.meta.client_id if open_here else "", open_here))
+        if len(moved) == 2 and not flags & RENAME_EXCHANGE and moved[1] in open_here:
+            await self._unlinked_while_open(moved[1])
+
+    async def _unlinked_while_open(self, ino: int) -> None:
+        """The metaserver kept `ino` for this client (it was open here when its last name went,
+        or it has other names and this is only a hint); the last close frees it, and if that
+        close already happened meanwhile, it is freed now."""
+        open_file = self.open_files.get(ino)
+        if open_file is not None:
+            open_file.unlinked = True
+        else:
+            await self.meta.release_orphan(ino)
 
     # ---- directories ----------------------------------------------------------------------
     @fuse_errors
@@ -278,7 +302,7 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
-        attr = await self._create(parent_inode, name, stat.S_IFREG | (mode & 0o7777 & ~ctx.umask), ctx)
+        attr = await self._create(parent_inode, name, stat.S_IFREG | (mode & 0o7777), ctx)
         fh, _open_file = await self._open_file(attr.ino, r.FileLayout(attr, [], {}))
         return self._file_info(fh, attr), self.entry(attr)
 
@@ -315,6 +339,9 @@ class ChunkfsOperations(pyfuse3.Operations):
             finally:
                 if open_file.open_count == 0:
                     self.open_files.pop(open_file.ino, None)
+                    open_file.drop_buffers()
+                    if open_file.unlinked:
+                        await self.meta.release_orphan(open_file.ino)
 
     # ---- xattrs and the rest ---------------------------------------------------------------
     @fuse_errors

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import msgspec
+
+from chunkfs.protocol import records as r
 from chunkfs.protocol.http import SignedHttp
 
 CHECKSUM_HEADER = "X-Chunkfs-Checksum"
@@ -43,6 +46,12 @@ class ChunkClient:
 
     async def delete(self, address: str, chunk_id: int, version: int, retry_s: float | None = None) -> None:
         await self.http.request("DELETE", chunk_url(address, chunk_id, version), retry_s=retry_s)
+
+    async def inventory(self, address: str, min_age_s: float, retry_s: float | None = None) -> list[r.ChunkFile]:
+        """The chunk versions the server holds in files at least `min_age_s` old."""
+        response = await self.http.request("GET", f"http://{address}/v1/chunks", params={"min_age_s": min_age_s},
+                                           retry_s=retry_s)
+        return msgspec.json.decode(response.content, type=list[r.ChunkFile])
 
     async def copy(self, address: str, chunk_id: int, version: int, source: str, checksum: str,
                    retry_s: float | None = None) -> None:

@@ -3,6 +3,10 @@
 One `SignedHttp` per process talks to every server. Transient failures (connection refused,
 reset, time-out, 502/503/504) are retried with exponential backoff until `retry_s` runs out;
 then the caller gets `TransportError`. A 4xx with a chunkfs error body becomes `FsError`.
+
+Every call carries an `X-Request-Id` (see `chunkfs.request_id`), the same on each of its retries;
+the `FsError` or `TransportError` a call ends with names it, so a client's error message can be
+matched with the server's log line.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from urllib.parse import urlencode, urlsplit
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from chunkfs import auth
+from chunkfs import auth, request_id
 from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol.transport import HttpxTransport, Response, Transport, TransportFailure, TrioH11Transport
 
@@ -58,6 +62,8 @@ class SignedHttp:
         headers: dict | None = None,
         retry_s: float | None = None,
     ) -> Response:
+        rid = request_id.for_outgoing_call()
+        headers = {**(headers or {}), request_id.HEADER: rid}
         parts = urlsplit(url)
         target = parts.path + (f"?{urlencode(params)}" if params else (f"?{parts.query}" if parts.query else ""))
         body = bytes(content) if isinstance(content, (bytearray, memoryview)) else content
@@ -72,7 +78,10 @@ class SignedHttp:
                 with attempt:
                     return await self._once(method, parts.netloc, target, body, headers)
         except _Retryable as exc:
-            raise TransportError(f"{method} {url}: {exc}") from None
+            raise TransportError(f"{method} {url}: {exc} (request_id={rid})") from None
+        except FsError as exc:
+            exc.request_id = exc.request_id or rid
+            raise
         raise AssertionError("unreachable")
 
     async def _once(self, method: str, address: str, target: str, body: bytes | None,

@@ -13,22 +13,62 @@ T = TypeVar("T")
 
 
 CLIENT_HEADER = "X-Chunkfs-Client"
+ROOT_INO = 1
+INODE_FIELDS = ("ino", "parent", "old_parent", "new_parent")
+
+
+class SubtreeView:
+    """A mount of a subdirectory (`HOST:PORT:/sub`) shows directory `root_ino` as its root: the
+    kernel's inode 1 becomes `root_ino` on the way out and `root_ino` becomes 1 on the way in.
+    Names above the root are never asked for (the kernel resolves `..` of the root itself)."""
+
+    def __init__(self, root_ino: int = ROOT_INO) -> None:
+        self.root_ino = root_ino
+
+    def outgoing(self, request: Any) -> Any:
+        if self.root_ino == ROOT_INO or not isinstance(request, msgspec.Struct):
+            return request
+        changes = {f: self.root_ino for f in INODE_FIELDS if getattr(request, f, None) == ROOT_INO}
+        return msgspec.structs.replace(request, **changes) if changes else request
+
+    def ino_in(self, ino: int) -> int:
+        return ROOT_INO if ino == self.root_ino else ino
+
+    def incoming(self, reply: Any) -> Any:
+        if self.root_ino == ROOT_INO:
+            return reply
+        if isinstance(reply, r.Attr):
+            reply.ino = self.ino_in(reply.ino)
+        elif isinstance(reply, (r.DirEntry, r.FileLayout)):
+            self.incoming(reply.attr)
+        elif isinstance(reply, r.ChangeBatch):
+            for change in reply.changes:
+                change.inodes = [self.ino_in(ino) for ino in change.inodes]
+                change.entries = [(self.ino_in(parent), name) for parent, name in change.entries]
+        elif isinstance(reply, list):
+            for item in reply:
+                self.incoming(item)
+        return reply
 
 
 class MetaClient:
-    def __init__(self, http: SignedHttp, address: str, client_id: str = "") -> None:
-        """`client_id` names this client in the change feed, so it can skip its own changes."""
+    def __init__(self, http: SignedHttp, address: str, client_id: str = "", root_ino: int = ROOT_INO) -> None:
+        """`client_id` names this client in the change feed, so it can skip its own changes;
+        `root_ino` is the directory shown as the root (a subdirectory mount)."""
         self.http = http
         self.base = f"http://{address}"
+        self.client_id = client_id
         self.headers = {"Content-Type": "application/json", CLIENT_HEADER: client_id}
+        self.view = SubtreeView(root_ino)
 
     async def call(self, op: str, request: Any, reply_type: type[T] | None = None) -> T | None:
         response = await self.http.request(
-            "POST", f"{self.base}/v1/fs/{op}", content=r.json_encode(request), headers=self.headers,
+            "POST", f"{self.base}/v1/fs/{op}", content=r.json_encode(self.view.outgoing(request)),
+            headers=self.headers,
         )
         if reply_type is None:
             return None
-        return msgspec.json.decode(response.content, type=reply_type)
+        return self.view.incoming(msgspec.json.decode(response.content, type=reply_type))
 
     # -- namespace ------------------------------------------------------------------------
     async def lookup(self, parent: int, name: bytes) -> r.Attr:
@@ -46,17 +86,26 @@ class MetaClient:
     async def link(self, ino: int, parent: int, name: bytes) -> r.Attr:
         return await self.call("link", r.LinkReq(ino, parent, name), r.Attr)
 
-    async def remove(self, parent: int, name: bytes, is_dir: bool) -> None:
-        await self.call("remove", r.RemoveReq(parent, name, is_dir))
+    async def remove(self, parent: int, name: bytes, is_dir: bool, open_here: list[int] | None = None) -> int:
+        """Returns the inode the name was of. `open_here`: inodes this client has open, kept
+        as orphans if this was their last name."""
+        return await self.call("remove", r.RemoveReq(parent, name, is_dir, self.client_id if open_here else "",
+                                              open_here or []), int)
 
-    async def rename(self, req: r.RenameReq) -> None:
-        await self.call("rename", req)
+    async def release_orphan(self, ino: int) -> None:
+        """The last close of a file unlinked while open here: the metaserver frees it."""
+        await self.call("release_orphan", r.InodeReq(ino))
+
+    async def rename(self, req: r.RenameReq) -> list[int]:
+        """The inodes moved or replaced (see RenameReq.open_here for replaced open files)."""
+        return await self.call("rename", req, list[int])
 
     async def readdir(self, ino: int, after: bytes | None, limit: int = 1000) -> list[r.DirEntry]:
         return await self.call("readdir", r.ReaddirReq(ino, after, limit), list[r.DirEntry])
 
     async def parent(self, ino: int) -> r.Attr:
-        return await self.call("parent", r.InodeReq(ino), r.Attr)
+        """The root's parent is the root itself, also for a subdirectory mount."""
+        return await self.call("getattr" if ino == ROOT_INO else "parent", r.InodeReq(ino), r.Attr)
 
     async def readlink(self, ino: int) -> bytes:
         return await self.call("readlink", r.InodeReq(ino), bytes)
@@ -94,11 +143,14 @@ class MetaClient:
     async def set_goal(self, ino: int, goal: int, recursive: bool = False) -> r.Attr:
         return await self.call("goal", r.GoalReq(ino, goal, recursive), r.Attr)
 
-    async def changes(self, since: int, wait_s: float) -> r.ChangeBatch:
+    async def changes(self, since: int, wait_s: float, report: r.ClientReport | None = None) -> r.ChangeBatch:
+        """The changes after `since` (a long poll); `report` rides along for `chunkfs status`."""
+        params: dict = {"since": since, "wait_s": wait_s}
+        if report is not None:
+            params["client"] = r.json_encode(report).decode()
         response = await self.http.request("GET", f"{self.base}/v1/changes",
-                                           params={"since": since, "wait_s": wait_s}, retry_s=wait_s + 5,
-                                           headers=self.headers)
-        return msgspec.json.decode(response.content, type=r.ChangeBatch)
+                                           params=params, retry_s=wait_s + 5, headers=self.headers)
+        return self.view.incoming(msgspec.json.decode(response.content, type=r.ChangeBatch))
 
     async def status(self) -> r.ClusterStatus:
         response = await self.http.request("GET", f"{self.base}/v1/status")
@@ -117,6 +169,13 @@ class MetaClient:
 
     async def report_corrupt(self, report: r.CorruptReport) -> r.CorruptReply:
         return await self.servers_call("corrupt", report, r.CorruptReply)
+
+    async def gc(self, dry_run: bool = False, min_age_s: float = 300.0) -> r.GcReport:
+        return await self.servers_call("gc", r.GcReq(dry_run, min_age_s), r.GcReport)
+
+    async def fsck(self, root: int, cursor: list[r.FsckFrame], limit: int = 1000) -> r.FsckPage:
+        """One page of the check of every file under `root` (see `chunkfs.metaserver.fsck`)."""
+        return await self.call("fsck", r.FsckReq(root, cursor, limit), r.FsckPage)
 
     async def drain(self, server: str, draining: bool = True) -> r.ServerStatus:
         return await self.servers_call("drain", r.DrainReq(server, draining), r.ServerStatus)

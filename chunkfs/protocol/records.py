@@ -111,6 +111,7 @@ class CreateReq(Struct, kw_only=True):
     gid: int
     rdev: int = 0
     target: bytes | None = None  # symlinks only
+    umask: int = 0  # applied by the metaserver unless the directory has a default ACL
 
 
 class LinkReq(Struct):
@@ -120,9 +121,14 @@ class LinkReq(Struct):
 
 
 class RemoveReq(Struct):
+    """`open_here` are inodes client `open_by` has open: one of them losing its last name is
+    kept (an orphan) until that client closes it or its session ends."""
+
     parent: int
     name: bytes
     is_dir: bool
+    open_by: str = ""
+    open_here: list[int] = []
 
 
 class RenameReq(Struct):
@@ -131,6 +137,8 @@ class RenameReq(Struct):
     new_parent: int
     new_name: bytes
     flags: int = 0
+    open_by: str = ""  # as in RemoveReq, for the entry a rename replaces
+    open_here: list[int] = []
 
 
 class ReaddirReq(Struct):
@@ -197,6 +205,9 @@ class ServerHello(Struct, kw_only=True):
     chunks: list[tuple[int, int]] | None = None  # (chunk_id, version) on disk, sent at start
     # the rest of what is on disk at start: too new to be offered for deletion, but held
     recent_chunks: list[tuple[int, int]] | None = None
+    data_dirs: list[str] = []  # where it keeps its chunks (for `chunkfs servers`)
+    read_bytes: int = 0  # chunk bytes served since the chunkserver started
+    written_bytes: int = 0  # chunk bytes stored since the chunkserver started
 
 
 class HelloReply(Struct):
@@ -212,6 +223,7 @@ class ServerStatus(Struct, kw_only=True):
     alive: bool
     chunks: int = 0  # chunk versions whose records list this server
     draining: bool = False
+    data_dirs: list[str] = []
 
 
 class ClusterStatus(Struct, kw_only=True):
@@ -227,6 +239,58 @@ class ClusterStatus(Struct, kw_only=True):
     repairs_running: int = 0  # chunk copies in flight (re-replication)
     chunks_replicated: int = 0  # copies made since the metaserver started
     corrupt_found: int = 0  # corrupt replicas reported since the metaserver started
+    repair_copies_pending: int = 0  # copies the last re-replication pass found needed and possible
+    versions_deleted: int = 0  # chunk versions deleted everywhere since the metaserver started
+    replicas_deleted: int = 0  # chunk replicas deleted since the metaserver started
+    throughput: Throughput | None = None
+    clients: list[ClientStatus] = []  # mounts following the change feed, with their caches
+    standbys: list[StandbyStatus] = []  # metaserver standbys following this one
+    quarantined_versions: int = 0  # unknown chunk versions kept after a restore (not deleted)
+
+
+class ThroughputSample(Struct):
+    """Bytes per second the chunkservers read and wrote in the `interval_s` before `time`."""
+
+    time: float  # Unix time at the end of the interval
+    read_bytes_per_s: float
+    written_bytes_per_s: float
+
+
+class Throughput(Struct, kw_only=True):
+    """The cluster's chunk traffic over the last minutes, oldest sample first."""
+
+    interval_s: float
+    window_s: float
+    samples: list[ThroughputSample]
+
+
+class CacheStats(Struct, kw_only=True):
+    """A mount's chunk cache since it started: chunk reads answered from memory, from its local
+    disk, or fetched from a chunkserver (misses), and what each tier holds."""
+
+    memory_hits: int = 0
+    disk_hits: int = 0
+    misses: int = 0
+    memory_bytes: int = 0
+    memory_capacity_bytes: int = 0
+    disk_bytes: int = 0
+    disk_capacity_bytes: int = 0
+
+
+class ClientReport(Struct, kw_only=True):
+    """What a mount says of itself on each change-feed poll (so it adds no call of its own)."""
+
+    host: str
+    mountpoint: str
+    cache: CacheStats
+
+
+class ClientStatus(Struct, kw_only=True):
+    id: str
+    host: str
+    mountpoint: str
+    last_seen_s: float
+    cache: CacheStats
 
 
 class CorruptReport(Struct):
@@ -240,9 +304,99 @@ class CorruptReply(Struct):
     dropped: int  # replicas taken out of their records (and queued for deletion)
 
 
+class FsckReq(Struct):
+    """One page of a check of every file under directory (or file) `root`, depth first; `cursor`
+    is where the previous page stopped (empty: start at `root`)."""
+
+    root: int = 1
+    cursor: list[FsckFrame] = []
+    limit: int = 1000  # entries visited per page at most
+
+
+class FsckFrame(Struct, array_like=True):
+    """A directory the walk is inside: its inode, its name and the last entry done in it."""
+
+    ino: int
+    name: bytes
+    after: bytes | None = None
+
+
+class FileProblems(Struct, kw_only=True):
+    """What is wrong with one file's chunks (counts of chunks; a chunk counts once, under the
+    worst of missing > corrupt > under goal > over goal)."""
+
+    path: bytes
+    ino: int
+    goal: int
+    chunks: int
+    missing: int = 0  # no replica on a live server that was not reported corrupt
+    corrupt: int = 0  # a replica reported corrupt is still recorded, or the chunk is not yet rebuilt
+    under_goal: int = 0
+    over_goal: int = 0
+
+
+class FsckPage(Struct, kw_only=True):
+    files_checked: int
+    chunks_checked: int
+    problems: list[FileProblems]
+    cursor: list[FsckFrame]  # pass back for the next page; empty when the walk is done
+
+
+class GcReq(Struct):
+    dry_run: bool = False
+    min_age_s: float = 300.0  # chunk files written more recently are left alone (uploads in flight)
+
+
+class GcServer(Struct, kw_only=True):
+    id: str
+    address: str
+    versions: int = 0  # unreferenced chunk versions found there
+    bytes: int = 0
+    error: str = ""  # why the server could not be asked (down, unreachable)
+
+
+class GcReport(Struct, kw_only=True):
+    dry_run: bool
+    versions: int  # unreferenced chunk versions found (and queued for deletion unless dry_run)
+    bytes: int
+    servers: list[GcServer]
+
+
+class ChunkFile(Struct, array_like=True):
+    """A chunk version a chunkserver holds, with its size on disk."""
+
+    chunk_id: int
+    version: int
+    size_bytes: int
+
+
 class DrainReq(Struct):
     server: str  # address (HOST:PORT) or id
     draining: bool = True
+
+
+class ReplicationBatch(Struct, array_like=True):
+    """One committed batch's write set: (table, key, value, or None for a delete), in order."""
+
+    seq: int
+    ops: list[tuple[str, bytes, bytes | None]]
+
+
+class ReplicationFeed(Struct):
+    """`/v1/replication` (msgpack): the batches after the standby's `since`, oldest first."""
+
+    history: str
+    primary_seq: int  # the last batch committed on the primary
+    batches: list[ReplicationBatch]
+
+
+class StandbyStatus(Struct):
+    name: str
+    synchronous: bool
+    in_sync: bool  # a synchronous standby in sync: changes wait for it
+    acked_seq: int
+    behind_batches: int
+    last_poll_s: float
 
 
 json_encode = msgspec.json.encode

@@ -1,0 +1,36 @@
+"""How the admin commands print: rich tables on stdout, JSON for scripts (`--json`), and a
+progress bar on stderr for long work, only when stderr is a terminal (so pipes and logs stay clean)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+import msgspec
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+console = Console()
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def echo_json(data: Any) -> None:
+    """One JSON document on stdout: msgspec records, dicts and lists of them."""
+    click.echo(json.dumps(msgspec.to_builtins(data)))
+
+
+def progress() -> Progress:
+    """A progress display on stderr that shows nothing unless stderr is a terminal; a task
+    added with `total=None` pulses (work of unknown size)."""
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+                    disable=not sys.stderr.isatty())

@@ -1,0 +1,490 @@
+"""A chunkfs cluster spread over network namespaces, one per host, for fault-injection tests.
+
+Every daemon gets a namespace of its own (`<tag>-meta`, `<tag>-cs1`..., `<tag>-client1`...),
+joined to the others by a veth pair into a bridge that lives in a namespace of its own
+(`<tag>-br`); one more veth pair connects this (root) namespace to the bridge, so tests and
+`chunkfs status --metaserver ...` reach every daemon. Addresses come from a /24 in 10.0.0.0/8
+that no route here uses yet; the tag is random, so concurrent runs never share a name.
+
+Faults a test can inject, and undo: SIGKILL/stop/start any daemon, cut a link (the bridge side of
+its veth goes down), slow or drop packets on a link (netem when the kernel has it, else a tbf
+rate limit plus an nftables random drop), give a chunkserver a small tmpfs as its disk, wipe a
+chunkserver's disk. `cleanup()` unmounts, kills by pid and deletes every namespace, link and
+tmpfs it made, whatever state the cluster is in; it is safe to call twice.
+
+Daemons are started as `chunkfs up` starts them (`chunkfs.daemons.spawn`), through
+`nsenter --net=...` (which execs, so the pid is the daemon's, and keeps the mount namespace,
+so the clients' FUSE mounts are visible here), by a launcher process (see `Launcher` for why).
+
+From a shell:  `python tests/netns_cluster.py up DIR` / `python tests/netns_cluster.py down DIR`
+(or bench/netns_cluster.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from chunkfs import auth, mounts
+from chunkfs.daemons import abort_fuse_connection, log_tail, module_command, read_pid, stop_pid, unmount, wait_for
+from chunkfs.mount.helper import launch
+from chunkfs.protocol import records as r
+from chunkfs.protocol.http import SignedHttp
+from chunkfs.protocol.meta_client import MetaClient
+
+META_PORT = 9520
+CHUNK_PORT = 9521
+STATE_FILE = "netns-cluster.json"
+
+
+class NetnsError(RuntimeError):
+    pass
+
+
+# The launcher's side: one JSON request a line on stdin, one JSON answer a line on stdout.
+_LAUNCHER = """
+import json, os, subprocess, sys
+from pathlib import Path
+from chunkfs.daemons import spawn
+children = set()
+for line in sys.stdin:
+    req = json.loads(line)
+    try:
+        if req["op"] == "run":
+            done = subprocess.run(req["argv"], input=req.get("input"), capture_output=True, text=True,
+                                  timeout=req["timeout_s"])
+            answer = {"rc": done.returncode, "out": done.stdout, "err": done.stderr}
+        else:
+            proc = spawn(req["argv"], Path(req["log"]), Path(req["pid_file"]))
+            children.add(proc.pid)
+            answer = {"pid": proc.pid}
+    except (OSError, subprocess.SubprocessError) as exc:
+        answer = {"rc": 127, "out": "", "err": str(exc)}
+    for pid in list(children):  # reap the daemons that ended
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            children.discard(pid)
+    print(json.dumps(answer), flush=True)
+"""
+
+
+class Launcher:
+    """Runs every command and daemon the test process needs from a helper process started
+    before any file on the mounts was opened.
+
+    Why: when a process holding chunkfs files open forks, the child's copies of those files are
+    closed at exec, and each close is a FUSE flush that commits what the file has buffered, which
+    waits for the metaserver and chunkservers: the very things a fault test has killed or cut
+    off. Restarting the metaserver, or bringing a link back up, from such a process hangs until
+    the mount gives up (`retry_s`)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, close_fds=True)
+
+    def _ask(self, request: dict, timeout_s: float) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s + 5)
+        if not ready:
+            raise NetnsError(f"launcher: no answer to {request['argv'][:4]} in {timeout_s + 5:.0f} s")
+        return json.loads(self.proc.stdout.readline())
+
+    def run(self, command: list[str], input: str | None = None, timeout_s: float = 30) -> tuple[int, str, str]:
+        answer = self._ask({"op": "run", "argv": command, "input": input, "timeout_s": timeout_s}, timeout_s)
+        return answer["rc"], answer["out"], answer["err"]
+
+    def spawn(self, command: list[str], log_path: Path, pid_path: Path) -> int:
+        answer = self._ask({"op": "spawn", "argv": command, "log": str(log_path), "pid_file": str(pid_path)}, 10)
+        if "pid" not in answer:
+            raise NetnsError(f"cannot start {command[-1]}: {answer['err']}")
+        return answer["pid"]
+
+
+_launcher: Launcher | None = None
+
+
+def launcher() -> Launcher:
+    """The process's launcher, started at the first call: make that call before opening files
+    on a mount (NetnsCluster() does)."""
+    global _launcher
+    if _launcher is None or _launcher.proc.poll() is not None:
+        _launcher = Launcher()
+    return _launcher
+
+
+def run(*command: str, check: bool = True, timeout_s: float = 30, input: str | None = None) -> tuple[int, str]:
+    """(exit code, stdout) of `command`, run by the launcher; a failure raises unless `check` is off."""
+    code, out, err = launcher().run(list(command), input, timeout_s)
+    if check and code != 0:
+        raise NetnsError(f"{' '.join(command)}: {err.strip() or code}")
+    return code, out
+
+
+def _free_subnet() -> str:
+    """A 10.a.b.0/24 prefix ("10.a.b") that no address or route in this namespace overlaps."""
+    routes = run("ip", "-4", "route", "show", "table", "all")[1] + run("ip", "-4", "addr")[1]
+    for _ in range(100):
+        prefix = f"10.{random.randint(100, 250)}.{random.randint(0, 255)}"
+        if f"{prefix}." not in routes and " 10.0.0.0/8" not in routes:
+            return prefix
+    raise NetnsError("no free 10.x.y.0/24 subnet")
+
+
+@dataclass
+class Node:
+    name: str  # meta, cs1..csN, client1..clientN
+    netns: str
+    ip: str
+
+    @property
+    def enter(self) -> list[str]:
+        """A command prefix running a program in this node's network namespace."""
+        return ["nsenter", f"--net=/run/netns/{self.netns}"]
+
+
+class NetnsCluster:
+    def __init__(self, root: Path, chunkservers: int = 5, clients: int = 2, goal: int = 3,
+                 heartbeat_timeout_s: float = 3.0, scrub_mb_per_s: float = 0.0,
+                 disk_mb: dict[str, int] | None = None, mount_options: dict[str, str] | None = None,
+                 tag: str | None = None, subnet: str | None = None) -> None:
+        self.root = Path(root).absolute()
+        self.tag = tag or f"cfs{os.urandom(3).hex()}"
+        self.subnet = subnet or _free_subnet()
+        self.goal = goal
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.scrub_mb_per_s = scrub_mb_per_s
+        self.disk_mb = disk_mb or {}  # chunkserver -> size of the tmpfs it gets as its disk
+        self.mount_options = {"retry_s": "30", **(mount_options or {})}
+        self.bridge_ns = f"{self.tag}-br"
+        self.host_link = f"{self.tag}h"  # the root namespace's end, at most 15 characters
+        self.nodes: dict[str, Node] = {"meta": Node("meta", f"{self.tag}-meta", f"{self.subnet}.1")}
+        for i in range(1, chunkservers + 1):
+            self.nodes[f"cs{i}"] = Node(f"cs{i}", f"{self.tag}-cs{i}", f"{self.subnet}.{10 + i}")
+        for i in range(1, clients + 1):
+            self.nodes[f"client{i}"] = Node(f"client{i}", f"{self.tag}-client{i}", f"{self.subnet}.{100 + i}")
+        self.secret_file = self.root / "secret"
+        self.logs, self.run_dir = self.root / "logs", self.root / "run"
+        self.impaired: set[str] = set()
+
+    # ---- names ----------------------------------------------------------------------------------
+    @property
+    def chunkservers(self) -> list[str]:
+        return [n for n in self.nodes if n.startswith("cs")]
+
+    @property
+    def clients(self) -> list[str]:
+        return [n for n in self.nodes if n.startswith("client")]
+
+    @property
+    def metaserver(self) -> str:
+        return f"{self.nodes['meta'].ip}:{META_PORT}"
+
+    def address(self, name: str) -> str:
+        return f"{self.nodes[name].ip}:{CHUNK_PORT}"
+
+    def data_dir(self, name: str) -> Path:
+        return self.root / "chunkservers" / name
+
+    def mnt(self, client: str = "client1") -> Path:
+        return self.root / "mnt" / client
+
+    def pid(self, name: str) -> int | None:
+        return read_pid(self.run_dir / f"{name}.pid")
+
+    # ---- bring up, take down ------------------------------------------------------------------
+    def up(self) -> None:
+        """Network, metaserver, chunkservers, mounts; on any failure everything is taken down."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._save_state()
+            self._make_network()
+            auth.create_secret(self.secret_file)
+            self.start("meta")
+            for name in self.chunkservers:
+                self.start(name)
+            self.wait_alive(len(self.chunkservers))
+            for client in self.clients:
+                self.mount(client)
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def _save_state(self) -> None:
+        state = {"tag": self.tag, "subnet": self.subnet, "chunkservers": len(self.chunkservers),
+                 "clients": len(self.clients), "goal": self.goal, "disk_mb": self.disk_mb,
+                 "metaserver": self.metaserver, "secret_file": str(self.secret_file),
+                 "heartbeat_timeout_s": self.heartbeat_timeout_s, "scrub_mb_per_s": self.scrub_mb_per_s}
+        (self.root / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    @classmethod
+    def from_state(cls, root: Path) -> "NetnsCluster":
+        s = json.loads((Path(root) / STATE_FILE).read_text())
+        return cls(root, s["chunkservers"], s["clients"], s["goal"], s["heartbeat_timeout_s"],
+                   s["scrub_mb_per_s"], s["disk_mb"], tag=s["tag"], subnet=s["subnet"])
+
+    def _make_network(self) -> None:
+        run("ip", "netns", "add", self.bridge_ns)
+        run("ip", "-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
+        run("ip", "-n", self.bridge_ns, "link", "set", "br0", "up")
+        for node in self.nodes.values():
+            run("ip", "netns", "add", node.netns)
+            run("ip", "-n", node.netns, "link", "set", "lo", "up")
+            self._attach(f"v-{node.name}", node.netns, "eth0", node.ip)
+        self._attach("v-host", "1", self.host_link, f"{self.subnet}.254", peer_is_root=True)
+
+    def _attach(self, bridge_end: str, netns: str, dev: str, ip: str, peer_is_root: bool = False) -> None:
+        """A veth pair: `bridge_end` on the bridge, `dev` with address `ip` in `netns`."""
+        run("ip", "-n", self.bridge_ns, "link", "add", bridge_end, "type", "veth", "peer", "name", dev,
+            "netns", netns)
+        run("ip", "-n", self.bridge_ns, "link", "set", bridge_end, "master", "br0", "up")
+        in_ns = [] if peer_is_root else ["-n", netns]
+        run("ip", *in_ns, "addr", "add", f"{ip}/24", "dev", dev)
+        run("ip", *in_ns, "link", "set", dev, "up")
+
+    def cleanup(self) -> None:
+        """Unmount the clients, kill every daemon, delete the namespaces, links and tmpfs disks."""
+        for client in self.clients:
+            self.unmount(client)
+        for name in ["meta", *self.chunkservers]:
+            pid = self.pid(name)
+            if pid is not None:
+                stop_pid(pid, timeout_s=3)
+        for node in self.nodes.values():
+            run("ip", "netns", "del", node.netns, check=False)
+        run("ip", "netns", "del", self.bridge_ns, check=False)  # takes the host link's peer with it
+        run("ip", "link", "del", self.host_link, check=False)
+        for name in self.chunkservers:
+            if _is_mountpoint(self.data_dir(name)):
+                run("umount", "-l", str(self.data_dir(name)), check=False)
+
+    # ---- daemons --------------------------------------------------------------------------------
+    def start(self, name: str) -> None:
+        """Start a daemon that is not running (the metaserver: and wait until it answers)."""
+        if self.pid(name) is not None:
+            return
+        node = self.nodes[name]
+        log, pid_file = self.logs / f"{name}.log", self.run_dir / f"{name}.pid"
+        if name == "meta":
+            pid = launcher().spawn(node.enter + module_command(
+                "chunkfs.metaserver.main", "--listen", self.metaserver, "--data-dir", str(self.root / "meta"),
+                "--secret-file", str(self.secret_file), "--default-goal", str(self.goal),
+                "--heartbeat-timeout-s", str(self.heartbeat_timeout_s)), log, pid_file)
+            wait_for("metaserver", lambda: self._metaserver_answers(pid, log), 30, log_path=log)
+            return
+        data_dir = self.data_dir(name)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if name in self.disk_mb and not _is_mountpoint(data_dir):
+            run("mount", "-t", "tmpfs", "-o", f"size={self.disk_mb[name]}m,mode=0700", f"chunkfs-{name}",
+                str(data_dir))
+        launcher().spawn(node.enter + module_command(
+            "chunkfs.chunkserver.main", "--listen", self.address(name), "--data-dir", str(data_dir),
+            "--metaserver", self.metaserver, "--secret-file", str(self.secret_file),
+            "--heartbeat-interval-s", str(min(1.0, self.heartbeat_timeout_s / 4)),
+            "--scrub-mb-per-s", str(self.scrub_mb_per_s)), log, pid_file)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        pid = self.pid(name)
+        if pid is None:
+            raise NetnsError(f"{name} is not running")
+        os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while self.pid(name) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self, name: str) -> None:
+        pid = self.pid(name)
+        if pid is not None:
+            stop_pid(pid)
+
+    def mount(self, client: str) -> None:
+        mountpoint = self.mnt(client)
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        launch(self.metaserver, mountpoint, {**self.mount_options, "secret_file": str(self.secret_file)},
+               self.logs / f"{client}.log", self.run_dir / f"{client}.pid",
+               command_prefix=self.nodes[client].enter)
+
+    def unmount(self, client: str) -> None:
+        mountpoint = self.mnt(client)
+        try:
+            unmount(mountpoint)
+        except subprocess.TimeoutExpired:
+            abort_fuse_connection(mountpoint)
+        if _in_proc_mounts(mountpoint):
+            abort_fuse_connection(mountpoint)
+            run("umount", "-l", str(mountpoint), check=False)
+        pid = self.pid(client)
+        if pid is not None:
+            stop_pid(pid, timeout_s=5)
+
+    # ---- the network --------------------------------------------------------------------------
+    def link_down(self, name: str) -> None:
+        """Cut the node's cable: its packets go nowhere, its connections hang until they time out."""
+        run("ip", "-n", self.bridge_ns, "link", "set", f"v-{name}", "down")
+
+    def link_up(self, name: str) -> None:
+        run("ip", "-n", self.bridge_ns, "link", "set", f"v-{name}", "up")
+
+    def impair(self, name: str, delay_ms: int = 0, loss_pct: float = 0.0, rate_mbit: int = 0) -> str:
+        """Slow the node's link and/or drop a share of its packets, both ways. Uses netem where the
+        kernel has it; without netem, delay becomes a rate limit (`rate_mbit`, or 50 Mbit/s) and
+        loss an nftables random drop. Returns what was applied."""
+        node = self.nodes[name]
+        self.impaired.add(name)
+        ns = ["ip", "netns", "exec", node.netns]
+        netem = [*(["delay", f"{delay_ms}ms"] if delay_ms else []), *(["loss", f"{loss_pct}%"] if loss_pct else []),
+                 *(["rate", f"{rate_mbit}mbit"] if rate_mbit else [])]
+        if run(*ns, "tc", "qdisc", "add", "dev", "eth0", "root", "netem", *netem, check=False)[0] == 0:
+            run("ip", "netns", "exec", self.bridge_ns, "tc", "qdisc", "add", "dev", f"v-{name}", "root",
+                "netem", *netem)
+            return "netem " + " ".join(netem)
+        applied = []
+        if delay_ms or rate_mbit:
+            rate = rate_mbit or 50
+            for where, dev in ((node.netns, "eth0"), (self.bridge_ns, f"v-{name}")):
+                run("ip", "netns", "exec", where, "tc", "qdisc", "add", "dev", dev, "root", "tbf",
+                    "rate", f"{rate}mbit", "burst", "64kb", "latency", f"{max(delay_ms, 50)}ms")
+            applied.append(f"tbf rate {rate}mbit")
+        if loss_pct:
+            per_mille = int(loss_pct * 10)
+            rules = (f"table inet chunkfs_impair {{\n"
+                     f" chain input {{ type filter hook input priority 0; policy accept; iifname \"lo\" accept;"
+                     f" numgen random mod 1000 < {per_mille} drop; }}\n"
+                     f" chain output {{ type filter hook output priority 0; policy accept; oifname \"lo\" accept;"
+                     f" numgen random mod 1000 < {per_mille} drop; }}\n}}\n")
+            run(*ns, "nft", "-f", "-", input=rules)
+            applied.append(f"nft drop {loss_pct}%")
+        return ", ".join(applied)
+
+    def clear_impairment(self, name: str) -> None:
+        node = self.nodes[name]
+        run("ip", "netns", "exec", node.netns, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
+        run("ip", "netns", "exec", self.bridge_ns, "tc", "qdisc", "del", "dev", f"v-{name}", "root", check=False)
+        run("ip", "netns", "exec", node.netns, "nft", "delete", "table", "inet", "chunkfs_impair", check=False)
+        self.impaired.discard(name)
+
+    # ---- disks ----------------------------------------------------------------------------------
+    def chunk_files(self, name: str) -> list[Path]:
+        return sorted((self.data_dir(name) / "chunks").glob("*/*.chunk"))
+
+    def wipe_disk(self, name: str) -> None:
+        """A stopped chunkserver's disk replaced by an empty one that keeps the server's identity
+        (`server_id`, as a config-managed host would)."""
+        if self.pid(name) is not None:
+            raise NetnsError(f"{name} is running; stop it first")
+        shutil.rmtree(self.data_dir(name) / "chunks", ignore_errors=True)
+
+    def fill_disk(self, name: str, leave_bytes: int) -> None:
+        """Fill the chunkserver's disk (a tmpfs of `disk_mb`) with a ballast file, up to
+        `leave_bytes` free; the server learns of it only when its next write fails."""
+        if name not in self.disk_mb:
+            raise NetnsError(f"{name} has no disk of its own (give it one with disk_mb=)")
+        free = shutil.disk_usage(self.data_dir(name)).free
+        if free > leave_bytes:
+            fd = os.open(self.data_dir(name) / "ballast", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, free - leave_bytes)
+            finally:
+                os.close(fd)
+
+    def unfill_disk(self, name: str) -> None:
+        (self.data_dir(name) / "ballast").unlink(missing_ok=True)
+
+    # ---- asking the metaserver ----------------------------------------------------------------
+    def _metaserver_answers(self, pid: int, log: Path) -> bool:
+        if read_pid(self.run_dir / "meta.pid") != pid:
+            raise NetnsError(f"the metaserver exited:\n{log_tail(log)}")
+        try:
+            self.status(retry_s=0.5)
+            return True
+        except Exception:  # not up yet: refused, timed out, or answering 5xx
+            return False
+
+    def meta_call(self, fn, retry_s: float = 10.0):
+        """`await fn(MetaClient)` against this cluster's metaserver, from this process."""
+        secret = auth.load_secret(self.secret_file)
+
+        async def call():
+            http = SignedHttp(secret, retry_s=retry_s, connect_timeout_s=2, timeout_s=20, trio_native=True)
+            try:
+                return await fn(MetaClient(http, self.metaserver))
+            finally:
+                await http.aclose()
+        return trio.run(call)
+
+    def status(self, retry_s: float = 10.0) -> r.ClusterStatus:
+        return self.meta_call(lambda meta: meta.status(), retry_s)
+
+    def layout(self, path: Path) -> r.FileLayout:
+        ino = os.stat(path).st_ino
+        return self.meta_call(lambda meta: meta.open_file(ino))
+
+    def server_id(self, name: str) -> str:
+        return (self.data_dir(name) / "server_id").read_text().strip()
+
+    def wait_alive(self, count: int, timeout_s: float = 30) -> None:
+        addresses = {self.address(n) for n in self.chunkservers}
+        alive = lambda: sum(s.alive for s in self.status().servers if s.address in addresses)
+        wait_for(f"{count} chunkservers alive", lambda: alive() == count, timeout_s)
+
+
+def _in_proc_mounts(path: Path) -> bool:
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == str(path) for line in f)
+
+
+def _is_mountpoint(path: Path) -> bool:
+    return path.exists() and _in_proc_mounts(path.absolute())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="netns_cluster", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up_cmd = sub.add_parser("up", help="start a cluster in network namespaces with its data in DIR")
+    up_cmd.add_argument("dir", type=Path)
+    up_cmd.add_argument("--chunkservers", type=int, default=5)
+    up_cmd.add_argument("--clients", type=int, default=2)
+    up_cmd.add_argument("--goal", type=int, default=3)
+    up_cmd.add_argument("--heartbeat-timeout-s", type=float, default=3.0)
+    down_cmd = sub.add_parser("down", help="take the cluster in DIR down (its data stays)")
+    down_cmd.add_argument("dir", type=Path)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit("netns_cluster: needs root (network namespaces, mounts)")
+    if args.command == "down":
+        if not (args.dir / STATE_FILE).exists():
+            sys.exit(f"netns_cluster: no cluster in {args.dir}")
+        NetnsCluster.from_state(args.dir).cleanup()
+        (args.dir / STATE_FILE).unlink()
+        print(f"down; data kept in {args.dir}")
+        return
+    if (args.dir / STATE_FILE).exists():
+        sys.exit(f"netns_cluster: {args.dir} holds a cluster; take it down first")
+    cluster = NetnsCluster(args.dir, args.chunkservers, args.clients, args.goal, args.heartbeat_timeout_s)
+    try:
+        cluster.up()
+    except NetnsError as exc:
+        sys.exit(f"netns_cluster: {exc}")
+    print(f"metaserver   {cluster.metaserver}   (status page: http://{cluster.metaserver}/)")
+    for name in cluster.chunkservers:
+        print(f"{name:12} {cluster.address(name):20} netns {cluster.nodes[name].netns}  pid {cluster.pid(name)}")
+    for client in cluster.clients:
+        print(f"{client:12} {str(cluster.mnt(client)):20} netns {cluster.nodes[client].netns}")
+    print(f"status:      chunkfs status --metaserver {cluster.metaserver} --secret-file {cluster.secret_file}")
+    print(f"cut a link:  ip -n {cluster.bridge_ns} link set v-cs1 down")
+    print(f"take down:   {sys.executable} {Path(__file__).absolute()} down {args.dir}")
+
+
+if __name__ == "__main__":
+    main()

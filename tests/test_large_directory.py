@@ -1,0 +1,86 @@
+"""A directory with very many entries lists and looks up without a per-entry cost that grows
+with its size: the same lookups and a full listing are timed at 1,000 entries and again once
+the directory holds many more (100,000 with --long, 10,000 by default)."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+SAMPLE = 300
+
+
+def fill(directory, start: int, stop: int) -> None:
+    def make(block: range) -> None:
+        for i in block:
+            os.close(os.open(directory / f"entry-{i:06d}", os.O_CREAT | os.O_WRONLY, 0o644))
+
+    blocks = [range(b, min(b + 500, stop)) for b in range(start, stop, 500)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(make, blocks))
+
+
+def forget_dentries() -> None:
+    """Make the kernel ask the filesystem again for names (root only)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2")
+
+
+def timings(directory, count: int) -> dict[str, float]:
+    rng = random.Random(count)
+    names = [f"entry-{rng.randrange(count):06d}" for _ in range(SAMPLE)]
+    forget_dentries()
+    started = time.perf_counter()
+    for name in names:
+        os.stat(directory / name)
+    found = (time.perf_counter() - started) / SAMPLE
+    started = time.perf_counter()
+    for i in range(SAMPLE):
+        assert not os.path.exists(directory / f"missing-{i}")
+    missing = (time.perf_counter() - started) / SAMPLE
+    forget_dentries()
+    started = time.perf_counter()
+    with os.scandir(directory) as it:
+        listed = sum(1 for _ in it)
+    assert listed == count
+    listing = (time.perf_counter() - started) / count
+    return {"lookup_ms": found * 1e3, "missing_ms": missing * 1e3, "listing_us_per_entry": listing * 1e6}
+
+
+def check_scaling(cluster, big: int) -> None:
+    directory = cluster.mnt / f"large-{big}"
+    directory.mkdir()
+    try:
+        fill(directory, 0, 1000)
+        small = timings(directory, 1000)
+        started = time.perf_counter()
+        fill(directory, 1000, big)
+        create_s = time.perf_counter() - started
+        large = timings(directory, big)
+        print(f"\n1,000 entries: {small}\n{big:,} entries: {large}\n"
+              f"created {big - 1000:,} entries in {create_s:.1f} s ({(big - 1000) / create_s:.0f}/s)")
+        for key in small:
+            # lookups are a B-tree search and listings are pages of 1000: the per-entry cost
+            # stays flat; 3x leaves room for a busy machine
+            assert large[key] < 3 * small[key] + 0.2, (key, small, large)
+        assert os.stat(directory / "entry-000999").st_size == 0
+    finally:
+        for name in os.listdir(directory):
+            os.unlink(directory / name)
+        directory.rmdir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop the kernel's name cache")
+def test_directory_of_10k_entries(cluster):
+    check_scaling(cluster, 10_000)
+
+
+@pytest.mark.long
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop the kernel's name cache")
+def test_directory_of_100k_entries(cluster):
+    check_scaling(cluster, 100_000)

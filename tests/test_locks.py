@@ -1,0 +1,114 @@
+"""flock and fcntl (POSIX record) locks between processes of one client behave as on a local
+filesystem: the kernel keeps them (the mount implements no lock operations), so they hold
+between every process using this mount and are not seen by other clients (README)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+HOLDER = """
+import fcntl, os, sys, time
+kind, path = sys.argv[1], sys.argv[2]
+f = open(path, "r+b")
+if kind == "flock":
+    fcntl.flock(f, fcntl.LOCK_EX)
+elif kind == "range":
+    fcntl.lockf(f, fcntl.LOCK_EX, 100, 0)  # bytes 0..99 only
+else:
+    fcntl.lockf(f, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.fixture
+def locked_file(cluster):
+    path = cluster.mnt / "locked"
+    path.write_bytes(b"\0" * 4096)
+    holders = []
+
+    def hold(kind: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER, kind, str(path)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        holders.append(proc)
+        assert proc.stdout.readline().strip() == "locked"
+        return proc
+
+    yield path, hold
+    for proc in holders:
+        proc.kill()
+        proc.wait(timeout=10)
+    path.unlink()
+
+
+def test_flock_excludes_other_processes_until_released(locked_file):
+    path, hold = locked_file
+    holder = hold("flock")
+    with open(path, "r+b") as f:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while True:  # the holder's exit closes its descriptor, which releases its lock
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+
+
+def test_shared_flocks_coexist_and_exclude_writers(cluster):
+    path = cluster.mnt / "shared-lock"
+    path.write_bytes(b"x")
+    a, b, c = open(path, "rb"), open(path, "rb"), open(path, "r+b")
+    try:
+        fcntl.flock(a, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(b, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(c, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        for f in (a, b, c):
+            f.close()
+        path.unlink()
+
+
+def test_fcntl_record_locks_between_processes(locked_file):
+    path, hold = locked_file
+    hold("range")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with pytest.raises(OSError):
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 50)  # overlaps 0..99
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 100, 200)  # beyond it: free
+        # F_GETLK names the holder's range (struct flock: type, whence, start, len, pid)
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 10, 0)
+        answer = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, query))
+        assert answer[0] == fcntl.F_WRLCK and answer[2:4] == (0, 100)
+    finally:
+        os.close(fd)
+
+
+def test_a_blocking_lock_waits_for_the_holder(locked_file):
+    path, hold = locked_file
+    holder = hold("posix")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        started = time.monotonic()
+        release = threading.Timer(0.5, lambda: (holder.stdin.write("\n"), holder.stdin.flush()))
+        release.start()
+        fcntl.lockf(fd, fcntl.LOCK_EX)  # blocks until the holder is told to go and exits
+        assert time.monotonic() - started >= 0.4
+    finally:
+        release.cancel()
+        os.close(fd)

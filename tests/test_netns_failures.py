@@ -1,0 +1,389 @@
+"""Faults on a cluster spread over network namespaces (tests/netns_cluster.py): one metaserver,
+five chunkservers (goal 3) and two clients, each its own host. In every test a writer on one
+client and a reader on the other keep going through the fault; afterwards every file whose
+close() returned reads back, from both clients, with the checksum the writer had.
+
+The short versions run in the default suite on one shared cluster (each test puts it back as it
+found it); `--long` runs the same faults for a minute or more.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from chunkfs import CHUNK_SIZE
+from netns_cluster import NetnsCluster
+
+MiB = 1024 * 1024
+HEARTBEAT_TIMEOUT_S = 3.0
+DISK_MB = 512  # each chunkserver's disk is a tmpfs this big, so one can be filled in a moment
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("nsenter") is None or shutil.which("ip") is None,
+    reason="network namespaces need root, ip and nsenter")
+
+
+def fault_seconds(short: float, long: float):
+    """How long a fault lasts: `short` in the default suite, `long` with --long."""
+    return pytest.mark.parametrize("fault_s", [short, pytest.param(long, marks=pytest.mark.long)],
+                                   ids=["short", "long"])
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
+        time.sleep(0.3)
+    return time.monotonic() - started
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def drop_page_cache() -> None:
+    """Without a fork (see netns_cluster.Launcher)."""
+    Path("/proc/sys/vm/drop_caches").write_text("3")
+
+
+class Workload:
+    """A writer making files on one client and a reader checking them on the other, each in a
+    thread, until `stop()`. `acknowledged` holds each file whose fsync and close returned."""
+
+    def __init__(self, writer_dir: Path, reader_dir: Path, max_file_bytes: int = 2 * CHUNK_SIZE + 5000,
+                 pause_s: float = 0.05) -> None:
+        self.writer_dir, self.reader_dir = writer_dir, reader_dir
+        self.max_file_bytes, self.pause_s = max_file_bytes, pause_s
+        self.acknowledged: dict[str, str] = {}
+        self.errors: list[str] = []
+        self.writes = self.reads = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, args=(self._write_one,), daemon=True),
+                         threading.Thread(target=self._loop, args=(self._read_one,), daemon=True)]
+        self.started = time.monotonic()
+
+    def start(self) -> "Workload":
+        self.writer_dir.mkdir(exist_ok=True)
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _loop(self, step: Callable[[], None]) -> None:
+        while not self._stop.is_set():
+            try:
+                step()
+            except OSError as exc:
+                self.errors.append(f"{time.monotonic() - self.started:6.1f} s {step.__name__}: {exc}")
+            self._stop.wait(self.pause_s)
+
+    def _write_one(self) -> None:
+        name = f"f{self.writes:05d}"
+        data = os.urandom(random.randint(1, self.max_file_bytes))
+        with open(self.writer_dir / name, "wb") as f:
+            f.write(data)
+            os.fsync(f.fileno())
+        self.acknowledged[name] = sha256(data)
+        self.writes += 1
+
+    def _read_one(self) -> None:
+        if not self.acknowledged:
+            return
+        name = random.choice(list(self.acknowledged))
+        data = (self.reader_dir / name).read_bytes()
+        if sha256(data) != self.acknowledged[name]:
+            self.errors.append(f"{name}: read {len(data)} bytes that differ from what was written")
+        self.reads += 1
+
+    def progress(self) -> tuple[int, int]:
+        return self.writes, self.reads
+
+    def keeps_working(self, seconds: float) -> None:
+        """Wait `seconds`; both the writer and the reader must have finished something since."""
+        writes, reads = self.progress()
+        time.sleep(seconds)
+        deadline = time.monotonic() + 60
+        while (self.writes == writes or self.reads == reads) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert self.writes > writes and self.reads > reads, \
+            f"stalled: {self.writes - writes} writes, {self.reads - reads} reads in {seconds} s; {self.errors}"
+
+    def stop(self, timeout_s: float = 120) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout_s)
+            if thread.is_alive():
+                self.errors.append(f"{thread.name} still stuck after {timeout_s} s")
+
+    def verify(self) -> None:
+        """No error was seen, and every acknowledged file reads back right from both clients."""
+        assert not self.errors, "\n".join(self.errors)
+        assert self.writes > 0 and self.reads > 0
+        drop_page_cache()
+        for directory in (self.writer_dir, self.reader_dir):
+            for name, digest in self.acknowledged.items():
+                assert sha256((directory / name).read_bytes()) == digest, f"{directory / name}"
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory):
+    cluster = NetnsCluster(tmp_path_factory.mktemp("netns"), chunkservers=5, clients=2, goal=3,
+                           heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
+                           disk_mb={f"cs{i}": DISK_MB for i in range(1, 6)})
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+def restore(cluster: NetnsCluster) -> None:
+    """Every daemon running, every link up and clean, every disk free of ballast."""
+    for name in cluster.chunkservers + cluster.clients + ["meta"]:
+        cluster.link_up(name)
+        if name in cluster.impaired:
+            cluster.clear_impairment(name)
+    for name in cluster.chunkservers:
+        cluster.unfill_disk(name)
+    cluster.start("meta")
+    for name in cluster.chunkservers:
+        cluster.start(name)
+    cluster.wait_alive(len(cluster.chunkservers))
+
+
+@pytest.fixture
+def netns(shared_cluster):
+    """The shared cluster, whole, with every chunk at goal; put back so after the test."""
+    restore(shared_cluster)
+    wait_until(lambda: shared_cluster.status().chunks_under_goal == 0, 60, "every chunk at goal")
+    yield shared_cluster
+    restore(shared_cluster)
+
+
+@pytest.fixture
+def workload(netns, request):
+    """A writer on client1 and a reader on client2 in a directory of the test's own; its files
+    are removed afterwards (so the shared disks do not fill up)."""
+    name = request.node.name.replace("[", "-").replace("]", "")
+    load = Workload(netns.mnt("client1") / name, netns.mnt("client2") / name).start()
+    try:
+        yield load
+    finally:
+        load.stop()
+        shutil.rmtree(netns.mnt("client1") / name, ignore_errors=True)
+
+
+def at_goal(cluster: NetnsCluster, timeout_s: float = 90) -> float:
+    return wait_until(lambda: cluster.status().chunks_under_goal == 0, timeout_s, "every chunk back at goal")
+
+
+def replicas_of(cluster: NetnsCluster, path: Path) -> list[list[str]]:
+    return [chunk.replicas for chunk in cluster.layout(path).chunks]
+
+
+# ---- chunkservers dying ------------------------------------------------------------------------
+
+@fault_seconds(5, 60)
+def test_one_chunkserver_killed(netns, workload, fault_s):
+    workload.keeps_working(1)
+    netns.kill("cs2")
+    workload.keeps_working(fault_s)
+    at_goal(netns)  # copies made elsewhere while it is away
+    netns.start("cs2")
+    workload.keeps_working(1)
+    workload.stop()
+    workload.verify()
+
+
+@fault_seconds(5, 60)
+def test_two_chunkservers_killed(netns, workload, fault_s):
+    workload.keeps_working(1)
+    netns.kill("cs1")
+    netns.kill("cs4")
+    workload.keeps_working(fault_s)
+    at_goal(netns)  # three servers left: goal 3 can still be met
+    netns.start("cs1")
+    netns.start("cs4")
+    workload.keeps_working(1)
+    workload.stop()
+    workload.verify()
+
+
+# ---- the network ----------------------------------------------------------------------------
+
+@fault_seconds(6, 60)
+def test_link_cut_mid_write(netns, workload, fault_s):
+    workload.keeps_working(1)
+    netns.link_down("cs3")
+    workload.keeps_working(fault_s)
+    netns.link_up("cs3")
+    workload.keeps_working(2)
+    workload.stop()
+    at_goal(netns)
+    workload.verify()
+
+
+@fault_seconds(6, 60)
+def test_slow_lossy_link(netns, workload, fault_s):
+    workload.keeps_working(1)
+    applied = netns.impair("cs5", delay_ms=40, loss_pct=5)
+    print(f"cs5's link: {applied}")
+    workload.keeps_working(fault_s)
+    netns.clear_impairment("cs5")
+    workload.keeps_working(1)
+    workload.stop()
+    at_goal(netns)
+    workload.verify()
+
+
+@fault_seconds(6, 60)
+def test_client_link_cut_and_back(netns, workload, fault_s):
+    """The reader's client loses its network: its reads wait (retry_s) and go on once it is back."""
+    workload.keeps_working(1)
+    netns.link_down("client2")
+    time.sleep(fault_s)
+    netns.link_up("client2")
+    workload.keeps_working(2)
+    workload.stop()
+    workload.verify()
+
+
+# ---- disks --------------------------------------------------------------------------------------
+
+def test_disk_replaced_by_an_empty_one(netns, workload):
+    workload.keeps_working(2)
+    held = len(netns.chunk_files("cs4"))
+    netns.stop("cs4")
+    netns.wipe_disk("cs4")
+    netns.start("cs4")
+    workload.keeps_working(2)
+    wait_until(lambda: len(netns.chunk_files("cs4")) > 0, 30, "cs4 takes chunks again")
+    workload.stop()
+    took_s = at_goal(netns)
+    print(f"cs4 had {held} chunks; back at goal {took_s:.1f} s after it returned empty")
+    workload.verify()
+
+
+def test_flipped_byte_is_found_by_a_read_and_repaired(netns, workload):
+    workload.keeps_working(1)
+    path = netns.mnt("client1") / "precious"
+    data = os.urandom(CHUNK_SIZE + 1000)
+    path.write_bytes(data)
+    first = netns.layout(path).chunks[0]
+    by_id = {netns.server_id(name): name for name in netns.chunkservers}
+    victim_server = by_id[first.replicas[0]]  # the replica a reader tries first
+    victim = next(p for p in netns.chunk_files(victim_server)
+                  if p.name == f"{first.chunk_id:016x}_{first.version:016x}.chunk")
+    raw = bytearray(victim.read_bytes())
+    raw[4096 + 12345] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    corrupt_before = netns.status().corrupt_found
+    # client2 never read this file: its read goes to the servers, finds the bad copy, uses another
+    assert sha256((netns.mnt("client2") / "precious").read_bytes()) == sha256(data)
+    wait_until(lambda: netns.status().corrupt_found > corrupt_before, 30, "the bad copy reported")
+    wait_until(lambda: victim.exists() is False or victim.read_bytes() != bytes(raw), 30,
+               "the bad copy removed or rewritten")
+    at_goal(netns)
+    for replicas in replicas_of(netns, path):
+        assert len(replicas) == 3
+    workload.stop()
+    workload.verify()
+    path.unlink()
+
+
+def test_full_chunkserver_is_skipped_and_writers_move_elsewhere(netns, workload):
+    workload.keeps_working(1)
+    full_id = netns.server_id("cs5")
+    netns.fill_disk("cs5", leave_bytes=1 * MiB)
+    workload.keeps_working(3)  # writers that still send chunks to cs5 get ENOSPC and use a spare
+    wait_until(lambda: next(s for s in netns.status().servers if s.id == full_id).capacity_bytes
+               - next(s for s in netns.status().servers if s.id == full_id).used_bytes < 4 * MiB,
+               10, "cs5 reports its disk full")
+    time.sleep(6)  # reservations made before that run out (5 s)
+    marker = netns.mnt("client1") / "after-full"
+    marker.write_bytes(os.urandom(6 * CHUNK_SIZE))
+    assert all(full_id not in replicas for replicas in replicas_of(netns, marker)), "placed on a full server"
+    workload.keeps_working(1)
+    netns.unfill_disk("cs5")
+    workload.stop()
+    workload.verify()
+    log = (netns.logs / "client1.log").read_text(errors="replace")
+    print("client1 moved to a spare after ENOSPC" if "disk is full" in log else "client1 never hit cs5 while full")
+    marker.unlink()
+
+
+def test_every_chunkserver_full_gives_enospc(netns):
+    for name in netns.chunkservers:
+        netns.fill_disk(name, leave_bytes=1 * MiB)
+    try:
+        time.sleep(2 * HEARTBEAT_TIMEOUT_S / 4 + 6)  # heartbeats say so; reservations run out
+        with pytest.raises(OSError) as info:
+            with open(netns.mnt("client1") / "no-room", "wb") as f:
+                f.write(os.urandom(CHUNK_SIZE))
+                os.fsync(f.fileno())
+        assert info.value.errno == errno.ENOSPC
+    finally:
+        for name in netns.chunkservers:
+            netns.unfill_disk(name)
+    os.unlink(netns.mnt("client1") / "no-room")
+
+
+# ---- the metaserver -----------------------------------------------------------------------------
+
+@fault_seconds(3, 20)
+def test_metaserver_killed_and_restarted_with_files_open(netns, workload, fault_s):
+    workload.keeps_working(1)
+    kept_open = netns.mnt("client1") / "kept-open"
+    first, second = os.urandom(CHUNK_SIZE + 77), os.urandom(CHUNK_SIZE // 2)
+    reading = netns.mnt("client2") / "read-open"
+    (netns.mnt("client1") / "read-open").write_bytes(first)
+    with open(kept_open, "wb") as writer, open(reading, "rb") as reader:
+        writer.write(first)
+        writer.flush()
+        head = reader.read(1000)
+        netns.kill("meta")
+        time.sleep(fault_s)
+        started = time.monotonic()
+        netns.start("meta")
+        print(f"metaserver answering {time.monotonic() - started:.1f} s after its start")
+        writer.write(second)
+        os.fsync(writer.fileno())
+        assert head + reader.read() == first
+    workload.keeps_working(2)
+    workload.stop()
+    workload.verify()
+    drop_page_cache()
+    assert sha256((netns.mnt("client2") / "kept-open").read_bytes()) == sha256(first + second)
+
+
+# ---- deletion ------------------------------------------------------------------------------
+
+def test_delete_while_a_chunkserver_is_away(netns, workload):
+    path = netns.mnt("client1") / "doomed"
+    path.write_bytes(os.urandom(3 * CHUNK_SIZE))
+    versions = {f"{c.chunk_id:016x}_{c.version:016x}.chunk" for c in netns.layout(path).chunks}
+    holders = [name for name in netns.chunkservers
+               if versions & {p.name for p in netns.chunk_files(name)}]
+    away = holders[0]
+    netns.kill(away)
+    path.unlink()
+    workload.keeps_working(2)
+    still_there = lambda: versions & {p.name for p in netns.chunk_files(away)}
+    assert still_there()  # nobody could tell it yet
+    netns.start(away)
+    wait_until(lambda: not still_there(), 40, f"the deleted file's chunks gone from {away}")
+    for name in netns.chunkservers:
+        assert not versions & {p.name for p in netns.chunk_files(name)}, name
+    workload.stop()
+    workload.verify()

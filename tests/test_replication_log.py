@@ -1,0 +1,115 @@
+"""The primary's write-set log on its own: what a standby applies makes the same database, and
+the synchronous wait gives up after its time-out."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import time
+
+import pytest
+
+from chunkfs.errors import FsError
+from chunkfs.metaserver.db import GroupCommitter, MetaDB, u64
+from chunkfs.metaserver.replication_log import ReplicationLog
+
+
+def dump(db: MetaDB) -> dict:
+    """Every table's keys and values, without the replication bookkeeping."""
+    with db.read() as txn:
+        return {name: [(k, v) for k, v in txn.cursor(db=handle) if not k.startswith(b"replication_")]
+                for name, handle in vars(db).items() if isinstance(handle, type(db.counters))}
+
+
+def apply(db: MetaDB, batches) -> None:
+    with db.env.begin(write=True) as txn:
+        for batch in batches:
+            for table, key, value in batch.ops:
+                if value is None:
+                    txn.delete(key, db=getattr(db, table))
+                else:
+                    txn.put(key, value, db=getattr(db, table))
+
+
+@pytest.fixture
+def primary(tmp_path):
+    db = MetaDB(tmp_path / "primary")
+    with db.env.begin(write=True) as txn:
+        ReplicationLog.new_history(txn, db)
+    log = ReplicationLog(db, timeout_s=0.3)
+    committer = GroupCommitter(db, log)
+    yield db, log, committer
+    committer.stop()
+    db.close()
+
+
+def test_the_write_sets_rebuild_the_same_database(primary, tmp_path):
+    db, log, committer = primary
+
+    def fill(txn, n):
+        for i in range(n):
+            txn.put(u64(i), b"inode %d" % i, db=db.inodes)
+            txn.put(u64(i) + b"name", u64(i), db=db.dentries)
+
+    def prune(txn):
+        txn.delete(u64(3), db=db.inodes)
+        cursor = txn.cursor(db=db.dentries)
+        while cursor.set_range(u64(5)) and cursor.key() < u64(8):
+            cursor.delete()
+
+    def fails(txn):
+        txn.put(u64(99), b"never", db=db.inodes)
+        raise FsError(errno.EEXIST, "rolled back, and not replicated")
+
+    async def mutate():
+        await committer.run(fill, 10)
+        results = await asyncio.gather(committer.run(prune), committer.run(fails), return_exceptions=True)
+        assert isinstance(results[1], FsError)
+        await committer.run(lambda txn: txn.get(u64(1), db=db.inodes))  # reads only: no batch
+        return await log.feed("s1", log.history, 0, False, 0)
+
+    feed = asyncio.run(mutate())
+    assert [b.seq for b in feed.batches] == list(range(1, log.seq + 1)) and feed.primary_seq == log.seq
+    copy = MetaDB(tmp_path / "standby")
+    apply(copy, feed.batches)
+    assert dump(copy) == dump(db)
+    assert b"never" not in repr(dump(copy)).encode()
+    copy.close()
+
+
+def test_a_standby_of_another_history_or_too_far_behind_must_copy_again(primary):
+    db, log, committer = primary
+    small = ReplicationLog(db, timeout_s=0.3, keep_bytes=1)  # keeps only the last batch
+    small_committer = GroupCommitter(db, small)
+
+    async def run():
+        for i in range(3):
+            await small_committer.run(lambda txn, i=i: txn.put(u64(i), b"x" * 100, db=db.inodes))
+        for history, since in (("other", 0), (small.history, small.seq + 1), (small.history, 0)):
+            with pytest.raises(FsError) as info:
+                await small.feed("s", history, since, False, 0)
+            assert info.value.errno == errno.ESTALE
+        return await small.feed("s", small.history, small.seq - 1, False, 0)
+
+    try:
+        assert [b.seq for b in asyncio.run(run()).batches] == [small.seq]
+    finally:
+        small_committer.stop()
+
+
+def test_a_silent_synchronous_standby_holds_a_batch_for_the_time_out_only(primary):
+    db, log, committer = primary
+
+    async def run():
+        await log.feed("sync", log.history, log.seq, True, 0)  # caught up: now in sync
+        assert log.status()[0].in_sync
+        started = time.monotonic()
+        await committer.run(lambda txn: txn.put(b"a", b"1", db=db.inodes))
+        held = time.monotonic() - started
+        started = time.monotonic()
+        await committer.run(lambda txn: txn.put(b"b", b"2", db=db.inodes))
+        return held, time.monotonic() - started
+
+    held, next_one = asyncio.run(run())
+    assert 0.25 < held < 2 and next_one < 0.2
+    assert not log.status()[0].in_sync
