@@ -23,6 +23,7 @@ From a shell:  `python tests/netns_cluster.py up DIR` / `python tests/netns_clus
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import random
@@ -55,10 +56,10 @@ class NetnsError(RuntimeError):
 
 # The launcher's side: one JSON request a line on stdin, one JSON answer a line on stdout.
 _LAUNCHER = """
-import json, os, subprocess, sys
+import json, subprocess, sys
 from pathlib import Path
 from chunkfs.daemons import spawn
-children = set()
+children = []  # kept so the daemons that end are reaped (poll)
 for line in sys.stdin:
     req = json.loads(line)
     try:
@@ -68,13 +69,11 @@ for line in sys.stdin:
             answer = {"rc": done.returncode, "out": done.stdout, "err": done.stderr}
         else:
             proc = spawn(req["argv"], Path(req["log"]), Path(req["pid_file"]))
-            children.add(proc.pid)
+            children.append(proc)
             answer = {"pid": proc.pid}
     except (OSError, subprocess.SubprocessError) as exc:
         answer = {"rc": 127, "out": "", "err": str(exc)}
-    for pid in list(children):  # reap the daemons that ended
-        if os.waitpid(pid, os.WNOHANG)[0]:
-            children.discard(pid)
+    children = [proc for proc in children if proc.poll() is None]
     print(json.dumps(answer), flush=True)
 """
 
@@ -97,9 +96,11 @@ class Launcher:
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s + 5)
-        if not ready:
-            raise NetnsError(f"launcher: no answer to {request['argv'][:4]} in {timeout_s + 5:.0f} s")
-        return json.loads(self.proc.stdout.readline())
+        answer = self.proc.stdout.readline() if ready else ""
+        if not answer:
+            self.proc.kill()  # the next call starts a new one
+            raise NetnsError(f"launcher: no answer to {request['argv'][:4]}")
+        return json.loads(answer)
 
     def run(self, command: list[str], input: str | None = None, timeout_s: float = 30) -> tuple[int, str, str]:
         answer = self._ask({"op": "run", "argv": command, "input": input, "timeout_s": timeout_s}, timeout_s)
@@ -254,20 +255,23 @@ class NetnsCluster:
         run("ip", *in_ns, "link", "set", dev, "up")
 
     def cleanup(self) -> None:
-        """Unmount the clients, kill every daemon, delete the namespaces, links and tmpfs disks."""
-        for client in self.clients:
-            self.unmount(client)
-        for name in ["meta", *self.chunkservers]:
-            pid = self.pid(name)
-            if pid is not None:
-                stop_pid(pid, timeout_s=3)
-        for node in self.nodes.values():
-            run("ip", "netns", "del", node.netns, check=False)
-        run("ip", "netns", "del", self.bridge_ns, check=False)  # takes the host link's peer with it
-        run("ip", "link", "del", self.host_link, check=False)
-        for name in self.chunkservers:
-            if _is_mountpoint(self.data_dir(name)):
-                run("umount", "-l", str(self.data_dir(name)), check=False)
+        """Unmount the clients, kill every daemon, delete the namespaces, links and tmpfs disks;
+        each step is tried even when one before it failed."""
+        steps = [lambda client=client: self.unmount(client) for client in self.clients]
+        steps += [lambda name=name: self.stop(name, timeout_s=3) for name in ["meta", *self.chunkservers]]
+        steps += [lambda ns=node.netns: run("ip", "netns", "del", ns, check=False) for node in self.nodes.values()]
+        steps += [lambda: run("ip", "netns", "del", self.bridge_ns, check=False),  # with the host link's peer
+                  lambda: run("ip", "link", "del", self.host_link, check=False)]
+        steps += [lambda name=name: _is_mountpoint(self.data_dir(name))
+                  and run("umount", "-l", str(self.data_dir(name)), check=False) for name in self.chunkservers]
+        failures = []
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                failures.append(str(exc))
+        if failures:
+            raise NetnsError("cleanup: " + "; ".join(failures))
 
     # ---- daemons --------------------------------------------------------------------------------
     def start(self, name: str) -> None:
@@ -303,10 +307,11 @@ class NetnsCluster:
         while self.pid(name) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def stop(self, name: str) -> None:
+    def stop(self, name: str, timeout_s: float = 10) -> None:
+        """SIGTERM, then SIGKILL if it has not ended within `timeout_s`."""
         pid = self.pid(name)
         if pid is not None:
-            stop_pid(pid)
+            stop_pid(pid, timeout_s)
 
     def mount(self, client: str) -> None:
         mountpoint = self.mnt(client)
@@ -390,20 +395,26 @@ class NetnsCluster:
         `leave_bytes` free; the server learns of it only when its next write fails."""
         if name not in self.disk_mb:
             raise NetnsError(f"{name} has no disk of its own (give it one with disk_mb=)")
-        free = shutil.disk_usage(self.data_dir(name)).free
-        if free > leave_bytes:
-            fd = os.open(self.data_dir(name) / "ballast", os.O_WRONLY | os.O_CREAT, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, free - leave_bytes)
-            finally:
-                os.close(fd)
+        fd = os.open(self.data_dir(name) / "ballast", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            for _ in range(20):  # chunks written meanwhile take room too: try again with less
+                free = shutil.disk_usage(self.data_dir(name)).free
+                if free <= leave_bytes:
+                    return
+                try:
+                    os.posix_fallocate(fd, os.fstat(fd).st_size, free - leave_bytes)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+        finally:
+            os.close(fd)
 
     def unfill_disk(self, name: str) -> None:
         (self.data_dir(name) / "ballast").unlink(missing_ok=True)
 
     # ---- asking the metaserver ----------------------------------------------------------------
     def _metaserver_answers(self, pid: int, log: Path) -> bool:
-        if read_pid(self.run_dir / "meta.pid") != pid:
+        if _exited(pid):
             raise NetnsError(f"the metaserver exited:\n{log_tail(log)}")
         try:
             self.status(retry_s=0.5)
@@ -437,6 +448,14 @@ class NetnsCluster:
         addresses = {self.address(n) for n in self.chunkservers}
         alive = lambda: sum(s.alive for s in self.status().servers if s.address in addresses)
         wait_for(f"{count} chunkservers alive", lambda: alive() == count, timeout_s)
+
+
+def _exited(pid: int) -> bool:
+    """Gone or a zombie (`read_pid` is no help here: before nsenter execs, it is not chunkfs yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _in_proc_mounts(path: Path) -> bool:

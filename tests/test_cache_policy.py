@@ -1,5 +1,6 @@
 """Unit tests of the cache's eviction policy (segmented LRU) and the write-back bound."""
 
+import pytest
 import trio
 
 from chunkfs.mount.cache_policy import SegmentedLru
@@ -53,5 +54,63 @@ def test_writers_wait_for_room_and_wake_the_write_back():
                 await bound.wait_for_room()
             nursery.cancel_scope.cancel()
         assert file.written_back == 1 and bound.dirty_bytes == 4 and bound.waits == 1
+
+    trio.run(main)
+
+
+def test_disk_cache_keeps_verified_chunks_across_restarts_and_one_version_per_chunk(tmp_path):
+    from chunkfs.checksum import chunk_checksum
+    from chunkfs.mount.disk_cache import MIN_ENTRY_BYTES, CacheDirError, DiskChunkCache
+    from chunkfs.protocol import records as r
+
+    def ref(chunk_id: int, version: int, data: bytes) -> r.ChunkRef:
+        return r.ChunkRef(index=0, chunk_id=chunk_id, version=version, length=len(data),
+                          checksum=chunk_checksum(data), replicas=[])
+
+    one, two, three = b"1" * 1000, b"2" * 2000, b"3" * 3000
+
+    async def store_all(cache: DiskChunkCache, *items) -> None:
+        done_before = cache.stores + cache.dropped_stores
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cache.run)
+            for item in items:
+                cache.store(*item)
+            with trio.fail_after(10):
+                while cache.stores + cache.dropped_stores < done_before + len(items):
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    async def main():
+        cache = DiskChunkCache(tmp_path / "c", capacity_bytes=2 * MIN_ENTRY_BYTES)
+        cache.open()
+        with pytest.raises(CacheDirError, match="another running mount"):
+            second = DiskChunkCache(tmp_path / "c", 1 << 20)
+            import chunkfs.mount.disk_cache as dc
+            dc.LOCK_ATTEMPTS, saved = 1, dc.LOCK_ATTEMPTS
+            try:
+                second.open()
+            finally:
+                dc.LOCK_ATTEMPTS = saved
+        await store_all(cache, (ref(1, 1, one), one), (ref(2, 5, two), two))
+        assert await cache.get(ref(1, 1, one)) == one
+        assert await cache.get(ref(1, 2, one)) is None  # another version: a miss
+        await store_all(cache, (ref(1, 3, three), three))  # chunk 1's newer version replaces v1
+        assert await cache.get(ref(1, 1, one)) is None
+        assert await cache.get(ref(1, 3, three)) == three
+        assert cache.size_bytes == len(two) + len(three)
+        cache.close()
+
+        reopened = DiskChunkCache(tmp_path / "c", capacity_bytes=2 * MIN_ENTRY_BYTES)
+        reopened.open()
+        assert await reopened.get(ref(2, 5, two)) == two
+        path = tmp_path / "c" / "chunks" / "01" / "1.3"
+        path.write_bytes(b"X" + three[1:])  # damaged on disk: never returned
+        assert await reopened.get(ref(1, 3, three)) is None and not path.exists()
+        await store_all(reopened, (ref(7, 1, one), one), (ref(8, 1, one), one))  # over capacity
+        # chunk 2 was read since the restart (protected): the new chunk 7 goes, not chunk 2
+        assert reopened.size_bytes == len(two) + len(one)
+        assert await reopened.get(ref(7, 1, one)) is None
+        assert await reopened.get(ref(2, 5, two)) == two
+        reopened.close()
 
     trio.run(main)

@@ -1,6 +1,6 @@
 """A directory with very many entries lists and looks up without a per-entry cost that grows
 with its size: the same lookups and a full listing are timed at 1,000 entries and again once
-the directory holds many more (100,000 with --long, 10,000 by default)."""
+the directory holds many more (100,000 with --long, 5,000 by default)."""
 
 from __future__ import annotations
 
@@ -52,32 +52,43 @@ def timings(directory, count: int) -> dict[str, float]:
     return {"lookup_ms": found * 1e3, "missing_ms": missing * 1e3, "listing_us_per_entry": listing * 1e6}
 
 
+def best_of(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {key: min(r[key] for r in rounds) for key in rounds[0]}
+
+
 def check_scaling(cluster, big: int) -> None:
-    directory = cluster.mnt / f"large-{big}"
-    directory.mkdir()
+    """The small and the large directory are timed in turns, best of three: the machine's
+    load drifts, the comparison should not."""
+    small_dir, big_dir = cluster.mnt / "large-1000", cluster.mnt / f"large-{big}"
+    small_dir.mkdir()
+    big_dir.mkdir()
     try:
-        fill(directory, 0, 1000)
-        small = timings(directory, 1000)
+        fill(small_dir, 0, 1000)
         started = time.perf_counter()
-        fill(directory, 1000, big)
+        fill(big_dir, 0, big)
         create_s = time.perf_counter() - started
-        large = timings(directory, big)
+        small_rounds, big_rounds = [], []
+        for _ in range(3):
+            small_rounds.append(timings(small_dir, 1000))
+            big_rounds.append(timings(big_dir, big))
+        small, large = best_of(small_rounds), best_of(big_rounds)
         print(f"\n1,000 entries: {small}\n{big:,} entries: {large}\n"
-              f"created {big - 1000:,} entries in {create_s:.1f} s ({(big - 1000) / create_s:.0f}/s)")
+              f"created {big:,} entries in {create_s:.1f} s ({big / create_s:.0f}/s)")
         for key in small:
             # lookups are a B-tree search and listings are pages of 1000: the per-entry cost
-            # stays flat; 3x leaves room for a busy machine
-            assert large[key] < 3 * small[key] + 0.2, (key, small, large)
-        assert os.stat(directory / "entry-000999").st_size == 0
+            # stays flat; 2x leaves room for a busy machine
+            assert large[key] < 2 * small[key], (key, small, large)
+        assert os.stat(big_dir / f"entry-{big - 1:06d}").st_size == 0
     finally:
-        for name in os.listdir(directory):
-            os.unlink(directory / name)
-        directory.rmdir()
+        for directory in (small_dir, big_dir):
+            for name in os.listdir(directory):
+                os.unlink(directory / name)
+            directory.rmdir()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop the kernel's name cache")
-def test_directory_of_10k_entries(cluster):
-    check_scaling(cluster, 10_000)
+def test_directory_of_5k_entries(cluster):
+    check_scaling(cluster, 5_000)
 
 
 @pytest.mark.long

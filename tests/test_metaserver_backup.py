@@ -46,10 +46,10 @@ def chunk_files(cluster) -> int:
     return sum(1 for p in (cluster.dir / "chunkservers").rglob("*") if p.suffix == ".chunk")
 
 
-def restart_metaserver_on(cluster, database: Path) -> None:
-    """Stop the metaserver, put `database` in place of its LMDB, start it again."""
-    if cluster.pid("metaserver") is not None:
-        cluster.kill("metaserver", signal.SIGTERM)
+def restore(cluster, database: Path) -> None:
+    """As the README says: stop the cluster (the mount too: its kernel may cache names the backup
+    does not have), put `database` in place of the metaserver's LMDB, start the cluster."""
+    cluster.down()
     meta = cluster.dir / "meta"
     shutil.rmtree(meta, ignore_errors=True)
     meta.mkdir()
@@ -68,7 +68,7 @@ def test_a_restored_backup_serves_its_files_and_keeps_newer_chunks(fresh_cluster
     after = write_files(c.mnt, "after", 5)
     held = chunk_files(c)
 
-    restart_metaserver_on(c, copy)
+    restore(c, copy)
     drop_caches()
     check_files(c.mnt / "dir", before)
     assert os.readlink(c.mnt / "link") == "dir/before1"

@@ -94,3 +94,10 @@ def test_reply_log_answers_a_retry_and_forgets_it_after_keep_s(tmp_path):
         assert replies.once(mutate, "client", "rid")(txn, 3)[1] == {"made": 3}
     assert runs == [1, 2, 3]
     db.close()
+
+
+def test_readme_lists_every_mount_option_as_chunkfs_mount_help_does():
+    from chunkfs.mount.helper import options_markdown
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert options_markdown() in readme, "run .venv/bin/python scripts/update_readme_options.py"

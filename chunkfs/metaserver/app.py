@@ -213,7 +213,7 @@ async def corrupt_report(request: web.Request) -> web.Response:
 async def gc(request: web.Request) -> web.Response:
     """`chunkfs gc`: find unreferenced chunk versions on the chunkservers now and queue them."""
     m = request.app[STATE]
-    collector = GarbageCollector(m.db, m.committer, m.chunks, m.registry, m.deleter.client, m.deleter,
+    collector = GarbageCollector(m.committer, m.chunks, m.registry, m.deleter.client, m.deleter,
                                  m.orphan_grace_s)
     return json_response(await collector.run(await read_body(request, r.GcReq)))
 

@@ -19,7 +19,7 @@ import lmdb
 
 from chunkfs.errors import FsError, TransportError
 from chunkfs.metaserver.chunk_table import ChunkTable
-from chunkfs.metaserver.db import GroupCommitter, MetaDB
+from chunkfs.metaserver.db import GroupCommitter
 from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.registry import Registry
 from chunkfs.protocol import records as r
@@ -33,9 +33,9 @@ Holdings = dict[str, list[r.ChunkFile]]  # server id -> the old chunk files it h
 
 
 class GarbageCollector:
-    def __init__(self, db: MetaDB, committer: GroupCommitter, chunks: ChunkTable, registry: Registry,
+    def __init__(self, committer: GroupCommitter, chunks: ChunkTable, registry: Registry,
                  client: ChunkClient, deleter: Deleter, orphan_grace_s: float) -> None:
-        self.db, self.committer, self.chunks, self.registry = db, committer, chunks, registry
+        self.committer, self.chunks, self.registry = committer, chunks, registry
         self.client, self.deleter, self.orphan_grace_s = client, deleter, orphan_grace_s
 
     async def run(self, req: r.GcReq) -> r.GcReport:

@@ -103,7 +103,7 @@ class Replicator:
         self.corrupt_found = 0  # corrupt copies reported since start
         # (chunk_id, version) -> servers that reported their copy corrupt, since start (for fsck)
         self.corrupt_reports: dict[Version, set[str]] = {}
-        self.copies_pending = 0  # copies the last pass found needed and possible (bounded by its scan)
+        self.copies_pending = 0  # copies the last pass found needed and possible, less those it made
         self._slots = asyncio.Semaphore(in_flight)
         self._next_start = 0.0
         self._scan_s = 0.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 from dataclasses import dataclass
+from typing import Awaitable, TypeVar
 
 import trio
 
@@ -24,16 +25,18 @@ from chunkfs.protocol.chunk_client import ChunkClient
 from chunkfs.protocol.meta_client import MetaClient
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ChunkIO:
     def __init__(self, meta: MetaClient, chunks: ChunkClient, replica_retry_s: float = 2.0,
-                 suspect_s: float = 10.0) -> None:
+                 suspect_s: float = 10.0, replica_timeout_s: float = 10.0) -> None:
         self.meta = meta
         self.chunks = chunks
         self.reservations = Reservations(meta)
         self.replica_retry_s = replica_retry_s
         self.suspect_s = suspect_s
+        self.replica_timeout_s = replica_timeout_s
         self._suspect_until: dict[str, float] = {}  # address -> when to trust it again
         self._full_until: dict[str, float] = {}  # address -> when to offer it uploads again
         self.bytes_read = 0
@@ -48,6 +51,16 @@ class ChunkIO:
     def _suspect(self, address: str) -> None:
         self._suspect_until[address] = trio.current_time() + self.suspect_s
 
+    async def _within_timeout(self, request: Awaitable[T]) -> T:
+        """A replica that has not answered within `replica_timeout_s` counts as unreachable: over
+        a cut or lossy link, a request would otherwise hang for the transport's whole time-out
+        (60 s) before the next replica or a spare is tried."""
+        try:
+            with trio.fail_after(self.replica_timeout_s):
+                return await request
+        except trio.TooSlowError:
+            raise TransportError(f"no answer within {self.replica_timeout_s:.0f} s") from None
+
     async def fetch(self, ref: r.ChunkRef, servers: dict[str, str]) -> bytes:
         """The stored bytes of `ref` (callers clip to `ref.length`). Every replica is tried once
         at once; only if none answered are they tried again, with retries."""
@@ -59,7 +72,8 @@ class ChunkIO:
             unreachable = False
             for address in candidates:
                 try:
-                    data = await self.chunks.get(address, ref.chunk_id, ref.version, retry_s=retry_s)
+                    data = await self._within_timeout(
+                        self.chunks.get(address, ref.chunk_id, ref.version, retry_s=retry_s))
                 except TransportError as exc:
                     self._suspect(address)
                     unreachable = True
@@ -95,8 +109,8 @@ class ChunkIO:
         async def one_replica(server: r.ServerChoice | None) -> None:
             while server is not None:
                 try:
-                    await self.chunks.put(server.address, slot.chunk_id, slot.version, data, checksum,
-                                          retry_s=self.replica_retry_s)
+                    await self._within_timeout(self.chunks.put(
+                        server.address, slot.chunk_id, slot.version, data, checksum, retry_s=self.replica_retry_s))
                     stored.append(server.id)
                     return
                 except (FsError, TransportError) as exc:

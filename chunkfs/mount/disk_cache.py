@@ -107,6 +107,8 @@ class DiskChunkCache:
         self._lock_fd = fd
         found = []
         for sub in (self.directory / "chunks").glob("*"):
+            if not sub.is_dir():
+                continue
             for entry in os.scandir(sub):
                 match = _NAME.match(entry.name)
                 if match is None:

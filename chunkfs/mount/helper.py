@@ -28,14 +28,29 @@ class OptionError(ValueError):
     pass
 
 
-def options_help() -> str:
-    """Every `-o` option with its meaning and default, from MountConfig (for --help and the README)."""
-    lines = []
+def option_rows() -> list[tuple[list[str], str, str]]:
+    """(names, default, help) of every `-o` option, from MountConfig."""
+    rows = []
     for field in dataclasses.fields(MountConfig):
         if field.name in FIELDS:
             default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-            aliases = "".join(f", {alias}" for alias, name in ALIASES.items() if name == field.name)
-            lines.append(f"{field.name}{aliases}: {field.metadata.get('help', '')} [default: {default}]")
+            default = "" if default == Path("") else str(default).lower() if isinstance(default, bool) else default
+            names = [field.name, *(alias for alias, name in ALIASES.items() if name == field.name)]
+            rows.append((names, str(default), field.metadata.get("help", "")))
+    return rows
+
+
+def options_help() -> str:
+    """The options for `chunkfs mount --help`."""
+    return "\n".join(f"{', '.join(names)}: {help} [default: {default}]" for names, default, help in option_rows())
+
+
+def options_markdown() -> str:
+    """The options as the README's table (a test keeps the README equal to it)."""
+    lines = ["| option | default | what it does |", "|---|---|---|"]
+    for names, default, help in option_rows():
+        help = help.replace("<", "&lt;").replace(">", "&gt;")
+        lines.append(f"| {', '.join(f'`{n}`' for n in names)} | {f'`{default}`' if default else ''} | {help} |")
     return "\n".join(lines)
 
 

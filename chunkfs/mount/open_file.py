@@ -67,7 +67,7 @@ class OpenFile:
         self.lock = trio.Lock()
         self.refresh(layout)
         self.dirty: dict[int, DirtyChunk] = {}
-        self.uploading: dict[int, bytes] = {}
+        self.uploading: dict[int, bytes | bytearray] = {}
         self.uploaded: dict[int, r.ChunkRef] = {}
         self.superseded: list[r.ChunkRef] = []
         self.modified = False
@@ -225,14 +225,14 @@ class OpenFile:
         slot = await self.io.reservations.slot(existing.chunk_id if existing else None, self.attr.goal)
         await self._upload_slots.acquire()
         del self.dirty[index]
-        snapshot = bytes(dirty.data)
+        snapshot = dirty.data  # handed over: the DirtyChunk is gone, nothing writes to it again
         self.uploading[index] = snapshot
         if self._inflight == 0:
             self._idle = trio.Event()
         self._inflight += 1
         self.nursery.start_soon(self._upload, index, snapshot, slot)
 
-    async def _upload(self, index: int, snapshot: bytes, slot) -> None:
+    async def _upload(self, index: int, snapshot: bytes | bytearray, slot) -> None:
         try:
             ref = await self.io.upload(self.ino, index, snapshot, slot)
             current = self.uploaded.get(index)

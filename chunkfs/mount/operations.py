@@ -40,7 +40,7 @@ def fuse_errors(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitab
             raise
         except FsError as exc:
             if exc.errno not in (errno.ENOENT, errno.EEXIST, errno.ENODATA, errno.ENOTEMPTY):
-                log.info("%s: %s", handler.__name__, exc.message)
+                log.info("%s: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except TransportError as exc:
             log.error("%s: %s", handler.__name__, exc)
