@@ -7,6 +7,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -59,7 +60,10 @@ def test_status_page_in_a_real_browser(fresh_cluster, tmp_path):
     shot = tmp_path / "status.png"
     headless(browser, f"--screenshot={shot}", "--window-size=1100,1000", page)
     assert shot.exists() and shot.stat().st_size > 5000
-    print(f"status page screenshot: {shot}")
+    kept = Path(__file__).parent.parent / "test-output" / "status-page.png"  # outlives pytest's tmp dirs
+    kept.parent.mkdir(exist_ok=True)
+    shutil.copyfile(shot, kept)
+    print(f"status page screenshot: {kept}")
     dom = headless(browser, "--dump-dom", page).stdout  # what the browser parsed: the chart is drawn
     chart = re.search(r'<svg id="throughput".*?</svg>', dom, re.S)
     assert chart, dom[-2000:]
