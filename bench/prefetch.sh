@@ -3,7 +3,7 @@
 # files on a local cluster (3 chunkservers, goal 1), with `-o prefetch=on` and `-o prefetch=off`.
 # Every read is cold: a new mount (empty memory cache), no disk cache (cache_size_mb=0), and the
 # kernel page cache dropped (as root; the chunkservers' files too). Prints the median of REPEAT
-# reads. Environment: SIZES (chunks, default "1 3 6 24 256"), REPEAT (3), PORT (19620), ROOT.
+# reads. Environment: SIZES (chunks, default "1 3 6 24 256"), REPEAT (5), PORT (19620), ROOT.
 # The cluster goes down again however the script ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ CHUNKFS=.venv/bin/chunkfs
 ROOT=${ROOT:-/tmp/chunkfs-bench-prefetch}
 PORT=${PORT:-19620}
 SIZES=${SIZES:-"1 3 6 24 256"}
-REPEAT=${REPEAT:-3}
+REPEAT=${REPEAT:-5}
 CHUNK_MIB=4
 DIR="$ROOT/.chunkfs"
 MNT="$ROOT/mnt"
@@ -57,15 +57,16 @@ for n in $SIZES; do
 done
 
 declare -A seconds
-for setting in on off; do
-    for n in $SIZES; do
-        runs=()
-        for _ in $(seq "$REPEAT"); do
-            mount_with "$setting"
-            runs+=("$(cold_read_s "$MNT/f$n")")
-        done
-        seconds[$setting,$n]=$(printf '%s\n' "${runs[@]}" | median)
+for n in $SIZES; do
+    on_runs=() off_runs=()
+    for _ in $(seq "$REPEAT"); do  # on and off alternate, so a busy machine slows both alike
+        mount_with on
+        on_runs+=("$(cold_read_s "$MNT/f$n")")
+        mount_with off
+        off_runs+=("$(cold_read_s "$MNT/f$n")")
     done
+    seconds[on,$n]=$(printf '%s\n' "${on_runs[@]}" | median)
+    seconds[off,$n]=$(printf '%s\n' "${off_runs[@]}" | median)
 done
 
 [ "$(id -u)" = 0 ] || echo "(not root: the page cache was not dropped, reads are not cold)"

@@ -50,6 +50,7 @@ FIGURES = (
     Figure("random_read_iops", "random 4 KiB read, cold", "IOPS", True),
     Figure("create_files_s", "create 4 KiB files", "files/s", True),
     Figure("stat_files_s", "stat files", "files/s", True),
+    Figure("stat_cold_files_s", "stat files, kernel caches dropped", "files/s", True),
     Figure("unlink_files_s", "unlink files", "files/s", True),
     Figure("tree_cp_s", "tree: cp -a", "s", False),
     Figure("tree_rsync_s", "tree: rsync -a, no-op", "s", False),
@@ -64,6 +65,7 @@ class BenchSettings:
     random_read_limit: int = 20000
     random_read_time_s: float = 5.0
     command_timeout_s: float = 1800.0
+    groups: tuple[str, ...] = ("data", "small", "tree")  # which of GROUPS to run
 
 
 @dataclass
@@ -193,8 +195,11 @@ def _small_files(ws: _Workspace) -> dict[str, float]:
             os.close(fd)
 
     figures = {"create_files_s": _per_second(paths, create),
-               "stat_files_s": _per_second(paths, os.stat),
-               "unlink_files_s": _per_second(paths, os.unlink)}
+               "stat_files_s": _per_second(paths, os.stat)}
+    if not drop_page_cache():  # also drops the kernel's dentries and inodes
+        ws.page_cache_dropped = False
+    figures["stat_cold_files_s"] = _per_second(paths, os.stat)
+    figures["unlink_files_s"] = _per_second(paths, os.unlink)
     folder.rmdir()
     return figures
 
@@ -229,6 +234,12 @@ STEPS: tuple[tuple[str, Callable[[_Workspace], dict[str, float]]], ...] = (
     ("tree cp -a", _tree_cp),
     ("tree rsync -a", _tree_rsync),
 )
+GROUPS = {"data": STEPS[:4], "small": STEPS[4:5], "tree": STEPS[5:]}
+"""Steps that can be run alone (`chunkfs bench --only`): big-file data, small files, the tree."""
+
+
+def steps_of(settings: BenchSettings) -> list[tuple[str, Callable[[_Workspace], dict[str, float]]]]:
+    return [step for group in GROUPS if group in settings.groups for step in GROUPS[group]]
 
 StepHook = Callable[[int, str], None]
 """Called before each step with the number of steps done so far in the run and what starts."""
@@ -258,7 +269,7 @@ def measure(directory: Path, settings: BenchSettings, tree_source: Path,
     ws = _Workspace(scratch, settings, tree_source)
     result = DirectoryResult(directory)
     try:
-        for i, (name, step) in enumerate(STEPS):
+        for i, (name, step) in enumerate(steps_of(settings)):
             on_step(steps_before + i, f"{directory}: {name}")
             result.figures.update(step(ws))
     finally:
@@ -273,8 +284,10 @@ def run(directories: list[Path], settings: BenchSettings,
     temporary directory, and removed at the end."""
     tree_source = Path(tempfile.mkdtemp(prefix="chunkfs-bench-tree-"))
     try:
-        make_tree(tree_source, settings.tree_files)
-        return [measure(d, settings, tree_source, on_step, i * len(STEPS)) for i, d in enumerate(directories)]
+        if "tree" in settings.groups:
+            make_tree(tree_source, settings.tree_files)
+        steps = len(steps_of(settings))
+        return [measure(d, settings, tree_source, on_step, i * steps) for i, d in enumerate(directories)]
     finally:
         _remove(tree_source)
 

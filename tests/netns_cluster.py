@@ -38,9 +38,9 @@ from pathlib import Path
 
 import trio
 
-from chunkfs import auth, mounts
+from chunkfs import auth
 from chunkfs.daemons import abort_fuse_connection, log_tail, module_command, read_pid, stop_pid, unmount, wait_for
-from chunkfs.mount.helper import launch
+from chunkfs.mount.helper import FIELDS as MOUNT_FIELDS, launch
 from chunkfs.protocol import records as r
 from chunkfs.protocol.http import SignedHttp
 from chunkfs.protocol.meta_client import MetaClient
@@ -160,6 +160,7 @@ class NetnsCluster:
                  heartbeat_timeout_s: float = 3.0, scrub_mb_per_s: float = 0.0,
                  disk_mb: dict[str, int] | None = None, mount_options: dict[str, str] | None = None,
                  tag: str | None = None, subnet: str | None = None) -> None:
+        launcher()  # now, before this process opens files on the mounts
         self.root = Path(root).absolute()
         self.tag = tag or f"cfs{os.urandom(3).hex()}"
         self.subnet = subnet or _free_subnet()
@@ -316,8 +317,11 @@ class NetnsCluster:
     def mount(self, client: str) -> None:
         mountpoint = self.mnt(client)
         mountpoint.mkdir(parents=True, exist_ok=True)
-        launch(self.metaserver, mountpoint, {**self.mount_options, "secret_file": str(self.secret_file)},
-               self.logs / f"{client}.log", self.run_dir / f"{client}.pid",
+        options = {**self.mount_options, "secret_file": str(self.secret_file)}
+        if "cache_dir" in MOUNT_FIELDS:  # the disk cache goes with the cluster's directory, and is small
+            options.setdefault("cache_dir", str(self.root / "cache" / client))
+            options.setdefault("cache_size_mb", "256")
+        launch(self.metaserver, mountpoint, options, self.logs / f"{client}.log", self.run_dir / f"{client}.pid",
                command_prefix=self.nodes[client].enter)
 
     def unmount(self, client: str) -> None:

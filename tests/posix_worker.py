@@ -146,13 +146,6 @@ class Twin:
         s = self.slots.pop(slot)
         return [outcome(lambda fd=fd: os.close(fd)) for fd in s.fds]
 
-    def drop_unlinked(self) -> None:
-        """Files open but no longer linked anywhere are out of the model's scope: close them."""
-        for slot in list(self.slots):
-            fd = self.slots[slot].fds[1]
-            if os.fstat(fd).st_nlink == 0:
-                self.close_slot(slot)
-
     # ---- requests ---------------------------------------------------------------------------
     def reset(self) -> None:
         for slot in list(self.slots):
@@ -261,7 +254,6 @@ def serve(twin: Twin) -> None:
             return
         try:
             result = ("ok", getattr(twin, method)(*args))
-            twin.drop_unlinked()
             reply = (result, twin.open_slots())
         except Exception as exc:  # a bug in the worker itself: report it, keep serving
             reply = (("crash", f"{type(exc).__name__}: {exc}"), twin.open_slots())

@@ -9,13 +9,14 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from user_scenario import GROUP, OTHER_USER, PYTHON, SUPPLEMENTARY, USER, differences, run_scenario, twin_trees
+
 SCENARIO = Path(__file__).with_name("acl_scenario.py")
-USER, GROUP, SUPPLEMENTARY, OTHER_USER = 1000, 1000, 2001, 1001
-PYTHON = shutil.which("python3", path="/usr/bin:/bin")
 SETFACL, GETFACL = shutil.which("setfacl"), shutil.which("getfacl")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not (PYTHON and SETFACL and GETFACL),
@@ -63,21 +64,11 @@ def prepare(root: Path) -> None:
     setfacl(root, "-m", f"u:{OTHER_USER}:rw", "mine-acl")
 
 
-def run_scenario(root: Path) -> dict:
-    result = subprocess.run([PYTHON, "-", "."], input=SCENARIO.read_text(), capture_output=True, text=True,
-                            timeout=60, cwd=root, user=USER, group=GROUP, extra_groups=[SUPPLEMENTARY])
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 @pytest.fixture
 def trees(cluster, tmp_path):
-    fs_root, ref_root = cluster.mnt / "acl", tmp_path / "acl"
-    for root in (fs_root, ref_root):
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir()
-    yield fs_root, ref_root
-    shutil.rmtree(fs_root, ignore_errors=True)
+    yield from twin_trees(cluster.mnt, tmp_path, "acl")
 
 
 def test_acls_are_kept_enforced_and_inherited_as_on_ext4(trees):
@@ -85,10 +76,9 @@ def test_acls_are_kept_enforced_and_inherited_as_on_ext4(trees):
     for root in trees:
         prepare(root)
     assert getfacl(fs_root) == getfacl(ref_root)
-    chunkfs, local = run_scenario(fs_root), run_scenario(ref_root)
-    differences = {k: {"chunkfs": chunkfs.get(k), "local": local.get(k)}
-                   for k in sorted(set(chunkfs) | set(local)) if chunkfs.get(k) != local.get(k)}
-    assert differences == {}, json.dumps(differences, indent=1)
+    chunkfs, local = run_scenario(SCENARIO, fs_root), run_scenario(SCENARIO, ref_root)
+    found = differences(chunkfs, local)
+    assert found == {}, json.dumps(found, indent=1)
     assert local["read shared/doc"][0] == "ok" and local["read denied"] == ["err", "EACCES"]
     after_fs, after_ref = getfacl(fs_root), getfacl(ref_root)
     assert after_fs == after_ref, "\n".join(difflib.unified_diff(after_ref.splitlines(), after_fs.splitlines(),
@@ -109,3 +99,32 @@ def test_removing_acls_and_copying_them(trees):
     subprocess.run(["cp", "-a", str(ref_root / "grouped"), str(copy)], check=True, timeout=30)
     assert f"group:{SUPPLEMENTARY}:rw-" in subprocess.run([GETFACL, "-n", str(copy)], capture_output=True,
                                                         text=True, timeout=30).stdout
+
+
+def test_an_acl_set_on_one_client_is_enforced_on_another(cluster, tmp_path):
+    from chunkfs.daemons import unmount
+    from conftest import chunkfs
+
+    other = tmp_path / "client-b"
+    chunkfs("mount", cluster.metaserver, other, "--secret-file", cluster.secret_file,
+            "-o", f"cache_dir={tmp_path / 'cache-b'}")
+    path = cluster.mnt / "acl-two-clients"
+    try:
+        path.write_bytes(b"data")
+        os.chmod(path, 0o644)
+        can_read = lambda: subprocess.run([PYTHON, "-c", f"open({path.name!r}).read()"], cwd=other,
+                                          user=USER, group=GROUP, capture_output=True, timeout=30).returncode == 0
+        assert can_read()
+        setfacl(cluster.mnt, "-m", f"u:{USER}:---", path.name)
+        deadline = time.monotonic() + 2
+        while can_read() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not can_read(), "the other client still grants what the new ACL denies"
+        setfacl(cluster.mnt, "-b", path.name)
+        deadline = time.monotonic() + 2
+        while not can_read() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert can_read()
+    finally:
+        unmount(other)
+        path.unlink(missing_ok=True)

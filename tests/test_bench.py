@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 FIGURES = {"seq_write_mib_s", "cold_read_mib_s", "warm_read_mib_s", "random_read_iops", "create_files_s",
-           "stat_files_s", "unlink_files_s", "tree_cp_s", "tree_rsync_s"}
+           "stat_files_s", "stat_cold_files_s", "unlink_files_s", "tree_cp_s", "tree_rsync_s"}
 
 
 def test_bench_reports_every_figure_and_cleans_up(tmp_path):
@@ -37,4 +37,15 @@ def test_bench_refuses_the_same_directory_twice(tmp_path):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert "only once" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_runs_only_the_workloads_asked_for(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "chunkfs.cli", "bench", str(tmp_path), "--only", "small",
+                             "--only", "tree", "--files", "20", "--tree-files", "50", "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)["results"][str(tmp_path)]
+    assert set(figures) == {"create_files_s", "stat_files_s", "stat_cold_files_s", "unlink_files_s",
+                            "tree_cp_s", "tree_rsync_s"}
     assert list(tmp_path.iterdir()) == []

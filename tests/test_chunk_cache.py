@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from chunkfs.daemons import unmount
-from conftest import chunkfs
+from conftest import chunkfs, metrics_of
 
 MiB = 1024 * 1024
 
@@ -48,11 +47,7 @@ def remount(cluster) -> None:
 
 
 def metric(cluster, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.port + 100}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"{name} not in the mount's metrics")
+    return metrics_of(f"127.0.0.1:{cluster.port + 100}")[name]
 
 
 def test_remounted_client_reads_from_its_disk_cache_with_every_chunkserver_down(fresh_cluster):

@@ -174,7 +174,7 @@ def test_mount_t_chunkfs_and_fstab(cluster, helper_installed, tmp_path):
     target.mkdir()
     try:
         subprocess.run(["mount", "-t", "chunkfs", cluster.metaserver, str(target),
-                        "-o", f"secret={cluster.secret_file}"], check=True, timeout=60)
+                        "-o", f"secret={cluster.secret_file},cache_dir={tmp_path}/cache"], check=True, timeout=60)
         assert is_mounted(target)
         (target / "via-mount-t").write_text("hello")
         assert (cluster.mnt / "via-mount-t").read_text() == "hello"  # the other client sees it
@@ -182,7 +182,7 @@ def test_mount_t_chunkfs_and_fstab(cluster, helper_installed, tmp_path):
         assert not is_mounted(target)
 
         fstab = tmp_path / "fstab"
-        fstab.write_text(f"{cluster.metaserver} {target} chunkfs _netdev,noauto,secret={cluster.secret_file} 0 0\n")
+        fstab.write_text(f"{cluster.metaserver} {target} chunkfs _netdev,noauto,secret={cluster.secret_file},cache_dir={tmp_path}/cache 0 0\n")
         subprocess.run(["mount", "-T", str(fstab), str(target)], check=True, timeout=60)
         assert (target / "via-mount-t").read_text() == "hello"
         subprocess.run(["umount", str(target)], check=True, timeout=30)
@@ -200,7 +200,7 @@ def test_subdirectory_and_read_only_mounts(cluster, helper_installed, tmp_path):
     read_only.mkdir()
     try:
         subprocess.run(["mount", "-t", "chunkfs", f"{cluster.metaserver}:/projects", str(sub),
-                        "-o", f"secret={cluster.secret_file}"], check=True, timeout=60)
+                        "-o", f"secret={cluster.secret_file},cache_dir={tmp_path}/cache-sub"], check=True, timeout=60)
         assert sorted(os.listdir(sub)) == ["web"]
         assert (sub / "web" / "index.html").read_text() == "<h1>hi</h1>"
         assert os.path.realpath(sub / "..") == str(tmp_path)  # the kernel never leaves the mount's root
@@ -212,7 +212,7 @@ def test_subdirectory_and_read_only_mounts(cluster, helper_installed, tmp_path):
 
         fstab = tmp_path / "fstab"
         fstab.write_text(f"{cluster.metaserver}:/projects/web {read_only} chunkfs ro,_netdev,noauto,"
-                         f"secret={cluster.secret_file} 0 0\n")
+                         f"secret={cluster.secret_file},cache_dir={tmp_path}/cache-ro 0 0\n")
         subprocess.run(["mount", "-T", str(fstab), str(read_only)], check=True, timeout=60)
         assert (read_only / "index.html").read_text() == "<h1>hi</h1>"
         for change in (lambda: (read_only / "x").write_text("x"), lambda: os.unlink(read_only / "index.html"),
@@ -225,7 +225,7 @@ def test_subdirectory_and_read_only_mounts(cluster, helper_installed, tmp_path):
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         missing = subprocess.run(["mount", "-t", "chunkfs", f"{cluster.metaserver}:/no-such-dir", str(elsewhere),
-                                  "-o", f"secret={cluster.secret_file}"], capture_output=True, text=True, timeout=60)
+                                  "-o", f"secret={cluster.secret_file},cache_dir={tmp_path}/cache-x"], capture_output=True, text=True, timeout=60)
         assert missing.returncode != 0 and "no-such-dir" in missing.stderr
     finally:
         _unmount_quietly(sub)

@@ -132,5 +132,6 @@ def test_file_exerciser(cluster, request):
 
 
 @pytest.mark.long
+@pytest.mark.timeout(3600)
 def test_file_exerciser_long(cluster, request):
-    exercise(cluster, request, 30_000)
+    exercise(cluster, request, 20_000)

@@ -282,7 +282,7 @@ def test_the_mount_says_ready_once_mounted_and_stopping_when_told_to_stop(cluste
     mountpoint.mkdir()
     notify = NotifySocket(tmp_path / "notify.sock")
     proc = subprocess.Popen([BIN / "chunkfs-mount", cluster.metaserver, mountpoint,
-                             "--secret-file", cluster.secret_file, "--retry-s", "5"],
+                             "--secret-file", cluster.secret_file, "--retry-s", "5", "--cache-dir", tmp_path / "cache"],
                             env=notify.env(), stderr=subprocess.DEVNULL)
     try:
         notify.wait_for("READY=1")

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from user_scenario import (FOREIGN, GROUP, OTHER_USER, PYTHON, SUPPLEMENTARY, USER, differences,
+                           run_scenario, twin_trees)
+
 SCENARIO = Path(__file__).with_name("permission_scenario.py")
-USER, GROUP, SUPPLEMENTARY, FOREIGN, OTHER_USER = 1000, 1000, 2001, 2002, 1001
-PYTHON = shutil.which("python3", path="/usr/bin:/bin")
 
 
 def prepare(root: Path) -> None:
@@ -59,24 +58,11 @@ def prepare(root: Path) -> None:
     file("no-x/inside", 0o644)
 
 
-def run_scenario(root: Path) -> dict:
-    # the script comes on stdin and the tree is the working directory: the user need not be
-    # able to reach either by path (pytest's temporary directories are root's alone)
-    result = subprocess.run([PYTHON, "-", "."], input=SCENARIO.read_text(), capture_output=True, text=True,
-                            timeout=60, cwd=root, user=USER, group=GROUP, extra_groups=[SUPPLEMENTARY])
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 @pytest.fixture
 def trees(cluster, tmp_path):
-    fs_root = cluster.mnt / "permissions"
-    ref_root = tmp_path / "permissions"
-    for root in (fs_root, ref_root):
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir()
-    yield fs_root, ref_root
-    shutil.rmtree(fs_root, ignore_errors=True)
+    yield from twin_trees(cluster.mnt, tmp_path, "permissions")
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or PYTHON is None, reason="needs root (to act as other users) and python3")
@@ -84,9 +70,21 @@ def test_permissions_match_a_local_filesystem(trees):
     fs_root, ref_root = trees
     for root in trees:
         prepare(root)
-    chunkfs, local = run_scenario(fs_root), run_scenario(ref_root)
-    differences = {k: {"chunkfs": chunkfs.get(k), "local": local.get(k)}
-                   for k in sorted(set(chunkfs) | set(local)) if chunkfs.get(k) != local.get(k)}
-    assert differences == {}, json.dumps(differences, indent=1)
+    chunkfs, local = run_scenario(SCENARIO, fs_root), run_scenario(SCENARIO, ref_root)
+    found = differences(chunkfs, local)
+    assert found == {}, json.dumps(found, indent=1)
     assert local["chgrp to a supplementary group"] == ["ok", None]  # the scenario means what it says
     assert local["access group-r R"] and not local["access foreign-group-r R"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_chown_by_root_clears_setuid_and_setgid_as_locally(trees):
+    outcomes = []
+    for root in trees:
+        for name, mode in (("suid", 0o6755), ("sgid-noexec", 0o2644), ("dir", 0o2755)):
+            path = root / name
+            path.mkdir() if name == "dir" else path.write_bytes(b"x")
+            os.chmod(path, mode)
+            os.chown(path, OTHER_USER, SUPPLEMENTARY)
+        outcomes.append({p.name: oct(p.stat().st_mode) for p in sorted(root.iterdir())})
+    assert outcomes[0] == outcomes[1]

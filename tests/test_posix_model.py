@@ -5,7 +5,8 @@ trees (contents, sizes, modes, owners, link counts, listings, symlink targets, u
 The operations run in a worker process (tests/posix_worker.py) that keeps files open across
 steps; the non-root test runs that worker as `nobody`, so the kernel's permission checks on
 chunkfs's modes take part. Not compared: times, directory sizes, block counts. Not exercised:
-POSIX ACLs, files used after their last link is gone (the worker closes them).
+POSIX ACLs (tests/test_acl.py). Files and directories stay open across unlink, rmdir and
+rename, so their use after the last name is gone is compared too.
 `--long` runs many more and longer sequences.
 """
 

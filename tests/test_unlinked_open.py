@@ -4,7 +4,9 @@ with such a file open leaves it to the metaserver, which frees it when the clien
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -13,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from chunkfs import CHUNK_SIZE
-from chunkfs.daemons import abort_fuse_connection
-from conftest import _cluster
+from chunkfs.daemons import abort_fuse_connection, unmount
+from conftest import _cluster, chunkfs
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +93,47 @@ def test_hard_linked_file_unlinked_while_open_keeps_its_other_name(fresh_cluster
     assert os.stat(b).st_nlink == 1
     os.unlink(b)
     os.unlink(fresh_cluster.mnt / "config")
+    assert wait_until(lambda: chunk_files(fresh_cluster) == [])
+
+
+def test_removed_directory_open_here_stays_until_closed(fresh_cluster):
+    path = fresh_cluster.mnt / "gone"
+    path.mkdir()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.rmdir(path)
+        assert os.fstat(fd).st_nlink == 0
+        assert os.listdir(fd) == []
+        os.fchmod(fd, 0o700)
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o700
+        with pytest.raises(FileNotFoundError):
+            os.open("new", os.O_CREAT | os.O_WRONLY, dir_fd=fd)
+    finally:
+        os.close(fd)
+    assert wait_until(lambda: fresh_cluster.status()["directories"] == 1)  # only the root
+
+
+def test_unlink_on_another_client_ends_the_file_for_this_one(fresh_cluster, tmp_path):
+    """The documented difference (README): only the unlinking client's open files are kept."""
+    other = tmp_path / "client-b"
+    chunkfs("mount", fresh_cluster.metaserver, other, "--secret-file", fresh_cluster.secret_file,
+            "-o", f"cache_dir={tmp_path / 'cache-b'}")
+    try:
+        (fresh_cluster.mnt / "shared").write_bytes(b"shared data")
+        fd = os.open(other / "shared", os.O_RDWR)
+        try:
+            os.unlink(fresh_cluster.mnt / "shared")
+            os.pwrite(fd, b"more", 0)
+            with pytest.raises(OSError) as failure:
+                os.fsync(fd)
+            assert failure.value.errno in (errno.ESTALE, errno.ENOENT, errno.EIO)
+        finally:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    finally:
+        unmount(other)
     assert wait_until(lambda: chunk_files(fresh_cluster) == [])
 
 

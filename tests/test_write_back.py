@@ -9,10 +9,11 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import metrics_of
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -107,11 +108,7 @@ def test_copying_a_20_gib_file_keeps_the_mount_under_300_mib(big_copy_cluster, t
 
 
 def dirty_metric(cluster, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.port + 100}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"{name} not in the mount's metrics")
+    return metrics_of(f"127.0.0.1:{cluster.port + 100}")[name]
 
 
 @pytest.mark.parametrize("fresh_cluster", [{"mount_options": "retry_s=5,max_dirty_mb=16"}], indirect=True)

@@ -37,8 +37,10 @@ def _table(results: list[workloads.DirectoryResult], settings: workloads.BenchSe
     caption = "cold: page cache dropped" if subject.page_cache_dropped else "cold: page cache NOT dropped (needs root)"
     if others:
         caption += f"\nratio: {subject.directory.name}/other, green where {subject.directory.name} does better"
-    table = Table(title=f"chunkfs bench: {settings.size_mb} MiB file, {settings.files} small files, "
-                        f"{settings.tree_files}-file tree", caption=caption)
+    workload = {"data": f"{settings.size_mb} MiB file", "small": f"{settings.files} small files",
+                "tree": f"{settings.tree_files}-file tree"}
+    table = Table(title="chunkfs bench: " + ", ".join(workload[g] for g in workloads.GROUPS if g in settings.groups),
+                  caption=caption)
     table.add_column("figure", no_wrap=True)
     table.add_column("unit", no_wrap=True)
     for result in results:
@@ -47,6 +49,8 @@ def _table(results: list[workloads.DirectoryResult], settings: workloads.BenchSe
         table.add_column(f"{subject.directory.name}/{other.directory.name}", justify="right")
     compared = [workloads.ratios(subject, other) for other in others]
     for figure in workloads.FIGURES:
+        if figure.key not in subject.figures:
+            continue
         table.add_row(figure.label, figure.unit,
                       *(_value(r.figures[figure.key], figure.unit) for r in results),
                       *(_ratio(c[figure.key], figure.higher_is_better) for c in compared))
@@ -58,7 +62,7 @@ def _as_json(results: list[workloads.DirectoryResult], settings: workloads.Bench
     return json.dumps({
         "directory": str(subject.directory),
         "settings": {"size_mb": settings.size_mb, "files": settings.files, "tree_files": settings.tree_files},
-        "units": {f.key: f.unit for f in workloads.FIGURES},
+        "units": {f.key: f.unit for f in workloads.FIGURES if f.key in subject.figures},
         "results": {str(r.directory): r.figures for r in results},
         "page_cache_dropped": {str(r.directory): r.page_cache_dropped for r in results},
         "ratios": {str(other.directory): workloads.ratios(subject, other) for other in results[1:]},
@@ -75,9 +79,12 @@ def _as_json(results: list[workloads.DirectoryResult], settings: workloads.Bench
               help="How many 4 KiB files to create, stat and unlink.")
 @click.option("--tree-files", type=click.IntRange(1, 10_000_000), default=5000, show_default=True,
               help="How many files the tree copied with cp -a and rsync -a holds.")
+@click.option("--only", "groups", type=click.Choice(list(workloads.GROUPS)), multiple=True,
+              help="Run only these workloads (repeatable): data (big file), small (create/stat/unlink), "
+                   "tree (cp -a, no-op rsync -a). Default: all.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON dict instead of a table.")
 def bench(directory: Path, compare: tuple[Path, ...], size_mb: int, files: int, tree_files: int,
-          as_json: bool) -> None:
+          groups: tuple[str, ...], as_json: bool) -> None:
     """Time writes, reads, small files and tree copies in DIRECTORY (and each --compare one).
 
     Everything is made in a scratch directory inside each directory and removed afterwards.
@@ -86,12 +93,13 @@ def bench(directory: Path, compare: tuple[Path, ...], size_mb: int, files: int, 
     directories = [d.absolute() for d in (directory, *compare)]
     if len(set(directories)) != len(directories):
         fail("each directory may be given only once")
-    settings = workloads.BenchSettings(size_mb=size_mb, files=files, tree_files=tree_files)
+    settings = workloads.BenchSettings(size_mb=size_mb, files=files, tree_files=tree_files,
+                                       groups=groups or tuple(workloads.GROUPS))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=Console(stderr=True), transient=True)
     try:
         with progress:
-            task = progress.add_task("making the tree to copy", total=len(directories) * len(workloads.STEPS))
+            task = progress.add_task("making the tree to copy", total=len(directories) * len(workloads.steps_of(settings)))
             results = workloads.run(directories, settings,
                                     lambda done, what: progress.update(task, completed=done, description=what))
     except (OSError, workloads.BenchError) as exc:

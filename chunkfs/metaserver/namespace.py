@@ -242,7 +242,7 @@ class Namespace:
             inode.nlink = 0
         else:
             inode.nlink -= 1
-        if inode.nlink > 0 or (open_by and stat.S_ISREG(inode.mode)):
+        if inode.nlink > 0 or (open_by and (stat.S_ISREG(inode.mode) or stat.S_ISDIR(inode.mode))):
             inode.ctime_ns = now
             self.put(txn, ino, inode)
             if inode.nlink == 0:

@@ -9,7 +9,8 @@ Promises:
 - Every hit is checked against the chunk's checksum from the metaserver; a file that fails
   (torn, damaged, or left by another cluster on the same address) is deleted and counts as a miss.
 - Files are written to a temporary name and renamed, without fsync: a crash can lose cached
-  chunks, never return wrong ones. The index is rebuilt from the files at start.
+  chunks, never return wrong ones. The index is rebuilt from the files at start, least recently
+  used first (a hit touches its file's mtime).
 - Disk work runs in `trio.to_thread`; stores are queued to one writer task and dropped (not
   waited for) when the queue is full, so the cache never slows a reader down.
 - Bounded by `capacity_bytes` (segmented LRU, see `cache_policy`); a small chunk counts as at
@@ -182,6 +183,10 @@ class DiskChunkCache:
             log.warning("disk cache: %s does not match its checksum; deleted", path)
             path.unlink(missing_ok=True)
             return None
+        try:
+            os.utime(path)  # the order of use survives a restart
+        except OSError:
+            pass
         return data
 
     # ---- stores --------------------------------------------------------------------------------

@@ -13,28 +13,23 @@ same time-outs, in the mount, and is kept right the same way the kernel's is:
 - an answer to a call that was in flight while anything was forgotten is not stored (it may
   predate what was forgotten).
 
-It also knows directories whose every name it holds ("complete": made here with mkdir, or
-read whole by readdir since anything in them was forgotten): a name missing there is ENOENT
-without a call. That is what a negative dentry with pushed invalidation would give, and it
-spares `cp -a`, `tar x` and rsync a failing lookup before each file they create.
+It never answers that a name does not exist: a name made on another client must be found by
+an open() here as soon as that client closed the file (close-to-open), before the change feed
+can say so. So the failing lookup before each create (`cp -a`, `tar x`) stays a call.
 
-Size is bounded by `max_entries` names and as many attributes; the oldest go first (a
-directory that loses a name to eviction stops being complete).
+Size is bounded by `max_entries` names and as many attributes; the oldest go first.
 """
 
 from __future__ import annotations
 
-import errno
 import stat
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
-from chunkfs.errors import FsError
+import msgspec
+
 from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import MetaClient
-
-ABSENT = object()
-"""`lookup` answer: the name is known not to exist."""
 
 
 class MetadataCache:
@@ -43,10 +38,13 @@ class MetadataCache:
         self.entry_timeout_s, self.attr_timeout_s = entry_timeout_s, attr_timeout_s
         self.max_entries = max_entries
         self.clock = clock
-        self.generation = 0  # bumped by every forget: answers fetched across one are not stored
+        self.generation = 0  # counts forgets; a caller reads it before a call, to store its answer
         self._attrs: dict[int, tuple[r.Attr, float]] = {}  # ino -> (attributes, valid until)
         self._names: dict[tuple[int, bytes], tuple[int, float]] = {}  # (parent, name) -> (ino, valid until)
-        self._complete: dict[int, float] = {}  # directory -> valid until: every name of it is in _names
+        # ino or (parent, name) -> the generation it was last forgotten at; the oldest beyond
+        # max_entries are dropped, and then nothing fetched before `_floor` is stored
+        self._forgotten: dict[int | tuple[int, bytes], int] = {}
+        self._floor = 0
         self.hits = 0
         self.misses = 0
 
@@ -63,9 +61,8 @@ class MetadataCache:
         self.misses += 1
         return None
 
-    def lookup(self, parent: int, name: bytes) -> r.Attr | object | None:
-        """The attributes of `name` in `parent`, ABSENT if it is known not to exist there, or
-        None if this cache cannot tell."""
+    def lookup(self, parent: int, name: bytes) -> r.Attr | None:
+        """The attributes of `name` in `parent`, or None if this cache cannot tell."""
         now = self.clock()
         held = self._names.get((parent, name))
         if held is not None and held[1] > now:
@@ -73,17 +70,20 @@ class MetadataCache:
             if attr is not None and attr[1] > now:
                 self.hits += 1
                 return attr[0]
-        elif held is None and self._complete.get(parent, 0.0) > now:
-            self.hits += 1
-            return ABSENT
         self.misses += 1
         return None
 
     # ---- what calls answered -------------------------------------------------------------------
+    def unchanged_since(self, key: int | tuple[int, bytes], generation: int | None) -> bool:
+        """Nothing forgot `key` (an inode, or a name in a directory) after `generation`."""
+        if generation is None:
+            return True
+        return generation >= self._floor and self._forgotten.get(key, -1) <= generation
+
     def put_attr(self, attr: r.Attr, generation: int | None = None) -> None:
-        """Store `attr`, unless something was forgotten since `generation` was read (before the
-        call that fetched it)."""
-        if not self.enabled or (generation is not None and generation != self.generation):
+        """Store `attr`, unless its inode was forgotten after `generation` (read before the
+        call that fetched it: the answer may predate what was forgotten)."""
+        if not self.enabled or not self.unchanged_since(attr.ino, generation):
             return
         self._attrs.pop(attr.ino, None)
         self._attrs[attr.ino] = (attr, self.clock() + self.attr_timeout_s)
@@ -91,72 +91,52 @@ class MetadataCache:
             del self._attrs[next(iter(self._attrs))]
 
     def put_entry(self, parent: int, name: bytes, attr: r.Attr, generation: int | None = None) -> None:
-        """Store that `name` in `parent` is `attr` (a name this client made goes here too: a
-        complete directory that cannot take it stops being complete)."""
-        if not self.enabled or (generation is not None and generation != self.generation):
-            self._complete.pop(parent, None)
+        """Store that `name` in `parent` is `attr`, unless either was forgotten after `generation`."""
+        key = (parent, name)
+        if not self.enabled or not self.unchanged_since(key, generation) \
+                or not self.unchanged_since(attr.ino, generation):
             return
         self.put_attr(attr)
-        key = (parent, name)
         self._names.pop(key, None)
         self._names[key] = (attr.ino, self.clock() + self.entry_timeout_s)
         if len(self._names) > self.max_entries:
-            oldest = next(iter(self._names))
-            del self._names[oldest]
-            self._complete.pop(oldest[0], None)
+            del self._names[next(iter(self._names))]
 
-    def changed(self, ino: int) -> None:
-        """This client changed `ino` (a directory it made or removed a name in, an inode it
-        linked or set an xattr on) without being told the new attributes."""
-        self.generation += 1
-        self._attrs.pop(ino, None)
-
-    def created_directory(self, ino: int) -> None:
-        """`ino` was just made here by mkdir: empty, so every name of it is known."""
-        if self.enabled:
-            self._complete[ino] = self.clock() + self.entry_timeout_s
-
-    def listed_directory(self, ino: int, entries: list[r.DirEntry], generation: int) -> None:
-        """`entries` is the whole of directory `ino`, read while nothing was forgotten."""
-        if not self.enabled or generation != self.generation or len(entries) >= self.max_entries // 2:
-            return
+    def listed(self, ino: int, entries: list[r.DirEntry], generation: int) -> None:
+        """`entries` of directory `ino`, as read from `generation` on."""
         for entry in entries:
-            self.put_entry(ino, entry.name, entry.attr)
-        if generation == self.generation:
-            self._complete[ino] = self.clock() + self.entry_timeout_s
+            self.put_entry(ino, entry.name, entry.attr, generation)
 
     # ---- what changed ----------------------------------------------------------------------------
-    def forget_inode(self, ino: int) -> None:
-        """`ino`'s attributes changed; if it is a directory, its names may have too."""
+    def _forget(self, key: int | tuple[int, bytes]) -> None:
         self.generation += 1
+        self._forgotten.pop(key, None)
+        self._forgotten[key] = self.generation
+        if len(self._forgotten) > self.max_entries:
+            oldest = next(iter(self._forgotten))
+            self._floor = self._forgotten.pop(oldest)
+
+    def forget_inode(self, ino: int) -> None:
+        """`ino`'s attributes changed (by another client, or by this one without being told
+        the new ones)."""
+        self._forget(ino)
         self._attrs.pop(ino, None)
-        self._complete.pop(ino, None)
+
+    changed = forget_inode
 
     def forget_entry(self, parent: int, name: bytes) -> None:
         """`name` in `parent` was made, removed or now names another inode."""
-        self.generation += 1
+        self._forget((parent, name))
         held = self._names.pop((parent, name), None)
         if held is not None:
-            self._attrs.pop(held[0], None)
-        self._complete.pop(parent, None)
-
-    def forget_name(self, parent: int, name: bytes) -> None:
-        """This client removed or renamed `name` away: it is known gone, `parent` stays complete."""
-        self.generation += 1
-        held = self._names.pop((parent, name), None)
-        if held is not None:
-            self._attrs.pop(held[0], None)
-        self._attrs.pop(parent, None)
-
-    def cached_ino(self, parent: int, name: bytes) -> int | None:
-        held = self._names.get((parent, name))
-        return held[0] if held is not None else None
+            self.forget_inode(held[0])
 
     def clear(self) -> None:
         self.generation += 1
+        self._floor = self.generation
+        self._forgotten.clear()
         self._attrs.clear()
         self._names.clear()
-        self._complete.clear()
 
 
 class CachingMetaClient(MetaClient):
@@ -170,8 +150,6 @@ class CachingMetaClient(MetaClient):
     # ---- reads ---------------------------------------------------------------------------------
     async def lookup(self, parent: int, name: bytes) -> r.Attr:
         known = self.cache.lookup(parent, name)
-        if known is ABSENT:
-            raise FsError(errno.ENOENT, "no such entry")
         if known is not None:
             return known
         generation = self.cache.generation
@@ -191,11 +169,7 @@ class CachingMetaClient(MetaClient):
     async def readdir(self, ino: int, after: bytes | None, limit: int = 1000) -> list[r.DirEntry]:
         generation = self.cache.generation
         entries = await super().readdir(ino, after, limit)
-        if after is None and len(entries) < limit:
-            self.cache.listed_directory(ino, entries, generation)
-        else:
-            for entry in entries:
-                self.cache.put_entry(ino, entry.name, entry.attr, generation)
+        self.cache.listed(ino, entries, generation)
         return entries
 
     async def open_file(self, ino: int) -> r.FileLayout:
@@ -205,29 +179,40 @@ class CachingMetaClient(MetaClient):
         return layout
 
     # ---- changes made here ------------------------------------------------------------------------
-    async def setattr(self, req: r.SetattrReq) -> r.Attr:
-        self.cache.changed(req.ino)
+    async def _changing(self, ino: int, call: Awaitable[r.Attr]) -> r.Attr:
+        """`call` (not started yet) changes `ino` and answers its new attributes."""
+        self.cache.changed(ino)
         generation = self.cache.generation
-        attr = await super().setattr(req)
+        attr = await call
         self.cache.put_attr(attr, generation)
         return attr
+
+    async def setattr(self, req: r.SetattrReq) -> r.Attr:
+        return await self._changing(req.ino, super().setattr(req))
 
     async def commit(self, req: r.CommitReq) -> r.Attr:
-        self.cache.changed(req.ino)
-        generation = self.cache.generation
-        attr = await super().commit(req)
-        self.cache.put_attr(attr, generation)
-        return attr
+        return await self._changing(req.ino, super().commit(req))
 
     async def create(self, req: r.CreateReq) -> r.Attr:
+        """The directory's new attributes follow from the answer (the metaserver stamps the
+        directory's mtime and ctime with the new entry's ctime, and a subdirectory adds a
+        link), so the kernel's getattr of the directory after each create needs no call,
+        unless anything else changed it meanwhile."""
+        before = self.cache.attr(req.parent)
         self.cache.changed(req.parent)
+        generation = self.cache.generation
         try:
             attr = await super().create(req)
-        finally:
+        except BaseException:
+            self.cache.changed(req.parent)
+            raise
+        is_dir = stat.S_ISDIR(attr.mode)
+        if before is not None and self.cache.unchanged_since(req.parent, generation):
+            self.cache.put_attr(msgspec.structs.replace(before, mtime_ns=attr.ctime_ns, ctime_ns=attr.ctime_ns,
+                                                        nlink=before.nlink + is_dir))
+        else:
             self.cache.changed(req.parent)
         self.cache.put_entry(req.parent, req.name, attr)  # a new name: nothing older to be stale
-        if stat.S_ISDIR(attr.mode):
-            self.cache.created_directory(attr.ino)
         return attr
 
     async def link(self, ino: int, parent: int, name: bytes) -> r.Attr:
@@ -242,11 +227,9 @@ class CachingMetaClient(MetaClient):
     async def remove(self, parent: int, name: bytes, is_dir: bool, open_here: list[int] | None = None) -> int:
         try:
             ino = await super().remove(parent, name, is_dir, open_here)
-        except FsError as exc:
-            if exc.errno == errno.ENOENT:
-                self.cache.forget_entry(parent, name)
-            raise
-        self.cache.forget_name(parent, name)
+        finally:
+            self.cache.forget_entry(parent, name)
+            self.cache.changed(parent)
         self.cache.forget_inode(ino)
         return ino
 

@@ -77,7 +77,7 @@ class OpenFile:
         self._inflight = 0
         self._idle = trio.Event()
         self._idle.set()
-        self._last_read_index = -1  # a first read at offset 0 counts as sequential
+        self._last_read_index = -2
         self._sequential_run = 0
 
     # ---- state ----------------------------------------------------------------------------
@@ -158,13 +158,14 @@ class OpenFile:
     def _prefetch(self, first: int, last: int) -> None:
         if not self.prefetch_chunks:
             return
+        at_start = self._last_read_index == -2 and first == 0
         if first == self._last_read_index + 1:
             self._sequential_run += 1
         elif first != self._last_read_index:
             self._sequential_run = 0
         self._last_read_index = last
         total = (self.size + CHUNK_SIZE - 1) // CHUNK_SIZE
-        window = prefetch_window(total, self._sequential_run, self.prefetch_chunks)
+        window = prefetch_window(total, self._sequential_run, self.prefetch_chunks, at_start)
         ahead = range(0, total) if total <= 3 else range(last + 1, min(total, last + 1 + window))
         for index in ahead:
             if index in self.dirty or index in self.uploading:

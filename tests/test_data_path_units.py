@@ -1,9 +1,11 @@
-"""Unit tests of the cache's eviction policy (segmented LRU) and the write-back bound."""
+"""Unit tests of the mount's data path: cache eviction (segmented LRU), the disk cache, the
+prefetch window and the write-back bound."""
 
 import pytest
 import trio
 
 from chunkfs.mount.cache_policy import SegmentedLru
+from chunkfs.mount.prefetch import prefetch_window
 from chunkfs.mount.write_back import WriteBack
 
 
@@ -114,3 +116,10 @@ def test_disk_cache_keeps_verified_chunks_across_restarts_and_one_version_per_ch
         reopened.close()
 
     trio.run(main)
+
+
+def test_prefetch_starts_small_at_offset_0_and_is_off_when_asked():
+    assert prefetch_window(24, 0, at_start=True) == 1  # maybe a header: one chunk ahead only
+    assert [prefetch_window(24, run) for run in (1, 2, 3, 4)] == [4, 8, 16, 16]
+    assert prefetch_window(256, 3, max_window=8) == 8  # bounded by the memory cache
+    assert prefetch_window(2, 0, max_window=0) == 0 and prefetch_window(24, 3, max_window=0) == 0

@@ -1,0 +1,124 @@
+"""The mount's cache of names and attributes, and the change feed that keeps it right: what is
+answered without a call, and that every way a fact goes stale makes it forgotten."""
+
+from __future__ import annotations
+
+import asyncio
+
+from chunkfs.metaserver.changes import ChangeFeed
+from chunkfs.mount.meta_cache import MetadataCache
+from chunkfs.protocol import records as r
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def attr(ino: int, mode: int = 0o100644, size: int = 0) -> r.Attr:
+    return r.Attr(ino=ino, mode=mode, nlink=1, uid=0, gid=0, rdev=0, size=size, blocks=0,
+                  atime_ns=0, mtime_ns=0, ctime_ns=0)
+
+
+def cache(**kwargs) -> tuple[MetadataCache, Clock]:
+    clock = Clock()
+    return MetadataCache(60.0, 60.0, clock=clock, **kwargs), clock
+
+
+def test_answers_what_it_was_told_until_the_timeout():
+    c, clock = cache()
+    c.put_entry(1, b"a", attr(5))
+    assert c.lookup(1, b"a").ino == 5 and c.attr(5).ino == 5
+    assert c.lookup(1, b"b") is None  # unknown, not absent: the directory was never listed
+    clock.now += 61
+    assert c.lookup(1, b"a") is None and c.attr(5) is None
+
+
+def test_never_answers_that_a_name_is_missing():
+    c, _ = cache()
+    c.listed(9, [r.DirEntry(b"x", attr(10))], c.generation)
+    assert c.lookup(9, b"x").ino == 10
+    assert c.lookup(9, b"y") is None  # made on another client, maybe: close-to-open wants a call
+
+
+def test_another_clients_change_is_forgotten():
+    c, _ = cache()
+    c.put_entry(7, b"f", attr(8))
+    c.forget_entry(7, b"f")  # another client replaced 7/f
+    assert c.lookup(7, b"f") is None and c.attr(8) is None
+    c.put_entry(7, b"f", attr(8))
+    c.forget_inode(8)
+    assert c.attr(8) is None and c.lookup(7, b"f") is None
+    c.put_entry(7, b"f", attr(8))
+    c.clear()  # the feed was reset
+    assert c.lookup(7, b"f") is None
+
+
+def test_an_answer_fetched_across_a_forget_is_not_kept():
+    c, _ = cache()
+    generation = c.generation
+    c.forget_inode(5)  # arrives while the getattr of 5 is in flight
+    c.put_attr(attr(5), generation)
+    assert c.attr(5) is None
+    c.put_attr(attr(6), generation)  # another inode's answer is still good
+    assert c.attr(6).ino == 6
+    generation = c.generation
+    c.forget_entry(7, b"f")  # while the lookup of 7/f is in flight
+    c.put_entry(7, b"f", attr(8), generation)
+    assert c.lookup(7, b"f") is None
+
+
+def test_when_forgets_are_too_many_to_remember_old_answers_are_not_kept():
+    c, _ = cache(max_entries=3)
+    generation = c.generation
+    for ino in range(10, 20):
+        c.forget_inode(ino)
+    c.put_attr(attr(5), generation)
+    assert c.attr(5) is None
+    c.put_attr(attr(5), c.generation)
+    assert c.attr(5).ino == 5
+
+
+def test_eviction_bounds_the_cache():
+    c, _ = cache(max_entries=3)
+    for i in range(5):
+        c.put_entry(7, b"f%d" % i, attr(10 + i))
+    assert c.lookup(7, b"f0") is None
+    assert c.lookup(7, b"f4").ino == 14
+    assert len(c._names) <= 3 and len(c._attrs) <= 3
+
+
+def test_zero_timeouts_cache_nothing():
+    c = MetadataCache(0.0, 0.0)
+    c.put_entry(7, b"f", attr(8))
+    assert c.lookup(7, b"f") is None and c.attr(8) is None
+
+
+def test_change_feed_leaves_out_the_askers_own_changes():
+    async def scenario():
+        feed = ChangeFeed(capacity=10)
+        for i in range(5):
+            feed.publish("a", [i], [])
+        batch = await feed.since(0, 0, "b")
+        assert batch.seq == 5 and [c.seq for c in batch.changes] == [1, 2, 3, 4, 5]
+        batch = await feed.since(2, 0, "a")
+        assert batch.seq == 5 and batch.changes == [] and not batch.reset
+
+        async def later():
+            await asyncio.sleep(0.02)
+            feed.publish("a", [9], [])  # its own: does not end a's wait
+            await asyncio.sleep(0.02)
+            feed.publish("b", [10], [])
+
+        task = asyncio.get_running_loop().create_task(later())
+        batch = await feed.since(5, 5.0, "a")
+        await task
+        assert batch.seq == 7 and [c.seq for c in batch.changes] == [7]
+        for i in range(20):
+            feed.publish("b", [i], [])
+        assert (await feed.since(3, 0, "a")).reset  # fell out of the buffer
+
+    asyncio.run(scenario())
