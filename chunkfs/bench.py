@@ -13,12 +13,15 @@ import logging
 import os
 import random
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from chunkfs import mounts
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,7 @@ SMALL_FILE_BYTES = 4096
 RANDOM_READ_BYTES = 4096
 TREE_DIRS = 50
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+CLIENT_CACHE_DROP_S = 1.0
 
 
 class BenchError(RuntimeError):
@@ -93,9 +97,23 @@ class _Workspace:
         return self.scratch / "tree"
 
 
+def drop_client_cache(directory: Path) -> bool:
+    """Drop the chunk caches (memory and disk) of the chunkfs mount holding `directory`, if it is
+    one: SIGUSR1 to its daemon, which clears them within moments."""
+    record = mounts.find(directory)
+    if record is None:
+        return False
+    try:
+        os.kill(record["pid"], signal.SIGUSR1)
+    except OSError as exc:
+        log.warning("cannot drop the chunk cache of %s: %s", directory, exc)
+        return False
+    time.sleep(CLIENT_CACHE_DROP_S)
+    return True
+
+
 def drop_page_cache() -> bool:
-    """Drop the kernel's clean page cache, dentries and inodes (needs root). A chunkfs mount's
-    own client cache is not dropped: there is no command for that yet."""
+    """Drop the kernel's clean page cache, dentries and inodes (needs root)."""
     if os.geteuid() != 0:
         return False
     try:
@@ -145,6 +163,7 @@ def _sequential_write(ws: _Workspace) -> dict[str, float]:
 
 
 def _cold_read(ws: _Workspace) -> dict[str, float]:
+    drop_client_cache(ws.big_file.parent)
     ws.page_cache_dropped = drop_page_cache()
     return {"cold_read_mib_s": _read_through(ws.big_file, ws.settings.size_mb * MiB)}
 

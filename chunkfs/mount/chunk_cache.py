@@ -93,6 +93,15 @@ class ChunkCache:
         for victim in policy.add(key, len(data) + ENTRY_OVERHEAD_BYTES):
             del self._entries[victim]
 
+    async def drop(self) -> None:
+        """Forget every cached chunk, in memory and on disk: what `kill -USR1` on a mount does,
+        like writing 3 to /proc/sys/vm/drop_caches, so a benchmark can read cold."""
+        self._uploaded = SegmentedLru(self._uploaded.capacity_bytes)
+        self._policy = SegmentedLru(self._policy.capacity_bytes)
+        self._entries.clear()
+        if self.disk is not None:
+            await self.disk.drop()
+
     def stats(self) -> r.CacheStats:
         disk = self.disk
         return r.CacheStats(memory_hits=self.hits, disk_hits=self.disk_hits, misses=self.misses,

@@ -224,6 +224,13 @@ class DiskChunkCache:
             f.write(data)
         os.replace(tmp, path)
 
+    async def drop(self) -> None:
+        """Forget and delete every cached chunk file."""
+        keys = list(self._sizes)
+        for key in keys:
+            self._forget(key)
+        await trio.to_thread.run_sync(self._delete, keys)
+
     def _delete(self, keys: list[Key]) -> None:
         for key in keys:
             self._path(key).unlink(missing_ok=True)

@@ -132,12 +132,20 @@ async def serve(config: MountConfig, ops: ChunkfsOperations, http: SignedHttp,
             nursery.start_soon(task)
         nursery.start_soon(raise_read_ahead, config.mountpoint, config.read_ahead_kb)
         nursery.start_soon(stop_on_signal)
+        nursery.start_soon(drop_caches_on_sigusr1, ops.cache)
         nursery.start_soon(service.watchdog, trio.sleep)
         service.notify_ready(f"{config.metaserver} mounted on {config.mountpoint}")
         await pyfuse3.main(min_tasks=4, max_tasks=config.max_tasks)
         service.notify_stopping()
         nursery.cancel_scope.cancel()
     await http.aclose()
+
+
+async def drop_caches_on_sigusr1(cache: ChunkCache) -> None:
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _sig in signals:
+            await cache.drop()
+            log.info("chunk caches dropped (SIGUSR1)")
 
 
 async def stop_on_signal() -> None:
