@@ -72,7 +72,8 @@ def test_every_daemon_counts_requests_bytes_and_state(small_cache_cluster):
     meta = after["metaserver"]
     assert total(meta, "chunkfs_cluster_chunkservers", state="up") == 3
     assert total(meta, "chunkfs_cluster_chunks") >= 4
-    assert total(meta, "chunkfs_cluster_capacity_bytes") > total(meta, "chunkfs_cluster_free_bytes") > 0
+    # used space comes with the next heartbeat, which may not have been sent since the write
+    assert total(meta, "chunkfs_cluster_capacity_bytes") >= total(meta, "chunkfs_cluster_free_bytes") > 0
     for name in ("chunkfs_cluster_chunks_under_goal", "chunkfs_cluster_pending_deletions",
                  "chunkfs_repair_copies_made_total", "chunkfs_repair_copies_running",
                  "chunkfs_repair_copies_pending", "chunkfs_repair_corrupt_replicas_found_total",

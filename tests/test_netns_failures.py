@@ -322,16 +322,21 @@ def test_full_chunkserver_is_skipped_and_writers_move_elsewhere(netns, workload)
     full_id = netns.server_id("cs5")
     netns.fill_disk("cs5", leave_bytes=1 * MiB)
     workload.keeps_working(3)  # writers that still send chunks to cs5 get ENOSPC and use a spare
-    wait_until(lambda: next(s for s in netns.status().servers if s.id == full_id).capacity_bytes
-               - next(s for s in netns.status().servers if s.id == full_id).used_bytes < 4 * MiB,
-               10, "cs5 reports its disk full")
-    time.sleep(6)  # reservations made before that run out (5 s)
+    workload.stop()  # it deletes its old files, which would make room on cs5 again
+
+    def reports_full() -> bool:
+        netns.fill_disk("cs5", leave_bytes=1 * MiB)  # top up: queued deletions still free room
+        server = next(s for s in netns.status().servers if s.id == full_id)
+        return server.capacity_bytes - server.used_bytes < 4 * MiB
+
+    wait_until(reports_full, 20, "cs5 reports its disk full")
+    for _ in range(6):  # reservations made before that run out (5 s)
+        netns.fill_disk("cs5", leave_bytes=1 * MiB)
+        time.sleep(1)
     marker = netns.mnt("client1") / "after-full"
     marker.write_bytes(os.urandom(6 * CHUNK_SIZE))
     assert all(full_id not in replicas for replicas in replicas_of(netns, marker)), "placed on a full server"
-    workload.keeps_working(1)
     netns.unfill_disk("cs5")
-    workload.stop()
     workload.verify()
     log = (netns.logs / "client1.log").read_text(errors="replace")
     print("client1 moved to a spare after ENOSPC" if "disk is full" in log else "client1 never hit cs5 while full")
