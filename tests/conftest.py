@@ -72,6 +72,16 @@ def metrics_of(address: str) -> dict[str, float]:
     return out
 
 
+def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.3) -> float:
+    """Seconds until `condition()` held; fails the test after `timeout_s`."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
+        time.sleep(poll_s)
+    return time.monotonic() - started
+
+
 def chunkfs(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
     result = subprocess.run([*CHUNKFS, *map(str, args)], capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:

@@ -21,17 +21,9 @@ from chunkfs.metaserver.db import MetaDB
 from chunkfs.metaserver.fsck import check_page
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.protocol import records as r
-from conftest import chunkfs
+from conftest import chunkfs, wait_until
 
 FAST = {"up_options": ("--heartbeat-timeout-s", "3")}
-
-
-def wait_until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
-        time.sleep(0.3)
 
 
 def run_json(*args) -> dict | list:

@@ -12,6 +12,7 @@ import pytest
 
 from chunkfs.daemons import unmount
 from conftest import chunkfs, metrics_of
+from conftest import wait_until as conftest_wait_until
 
 MiB = 1024 * 1024
 
@@ -20,11 +21,8 @@ def cached_files(cache_dir: Path) -> list[Path]:
     return sorted(p for p in (cache_dir / "chunks").glob("*/*") if not p.name.endswith(".tmp"))
 
 
-def wait_until(check, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
-        time.sleep(0.05)
+def wait_until(condition, timeout_s: float, what: str) -> float:
+    return conftest_wait_until(condition, timeout_s, what, poll_s=0.05)
 
 
 def wait_exited(pid: int | None, timeout_s: float = 15) -> None:

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +20,7 @@ from chunkfs.metaserver.db import MetaDB
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.replicas import ReplicaEdits
 from conftest import chunkfs
+from conftest import wait_until as conftest_wait_until
 
 HEARTBEAT_TIMEOUT_S = "3"
 FAST = ("--heartbeat-timeout-s", HEARTBEAT_TIMEOUT_S)
@@ -31,14 +31,8 @@ scrubbing = pytest.mark.parametrize(
     "fresh_cluster", [{"up_options": (*FAST, "--scrub-mb-per-s", "1000")}], indirect=True)
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
-    """Seconds until `condition()` held; fails the test after `timeout_s`."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
-        time.sleep(0.5)
-    return time.monotonic() - started
+def wait_until(condition, timeout_s: float, what: str) -> float:
+    return conftest_wait_until(condition, timeout_s, what, poll_s=0.5)
 
 
 def write_files(cluster, sizes: dict[str, int]) -> dict[str, str]:

@@ -22,6 +22,7 @@ from typing import Callable
 import pytest
 
 from chunkfs import CHUNK_SIZE
+from conftest import wait_until
 from netns_cluster import NetnsCluster
 
 MiB = 1024 * 1024
@@ -38,15 +39,6 @@ def fault_seconds(short: float, long: float):
     """How long a fault lasts: `short` in the default suite, `long` with --long."""
     return pytest.mark.parametrize("fault_s", [short, pytest.param(long, marks=pytest.mark.long)],
                                    ids=["short", "long"])
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
-        time.sleep(0.3)
-    return time.monotonic() - started
 
 
 def sha256(data: bytes) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from chunkfs import CHUNK_SIZE
 from chunkfs.checksum import BLOCK_SIZE, DIGEST_SIZE, block_checksums, chunk_checksum, verify_blocks
+from chunkfs.durable_files import replace_durably
 from chunkfs.errors import FsError
 
 log = logging.getLogger(__name__)
@@ -152,12 +153,7 @@ class ChunkStore:
             raise
         os.close(fd)
         existed = path.exists()
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_durably(tmp, path)
         if not existed:
             chunk_dir.used_bytes += HEADER_SIZE + len(data)
             chunk_dir.chunk_count += 1

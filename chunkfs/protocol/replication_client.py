@@ -18,6 +18,7 @@ import msgspec
 import xxhash
 
 from chunkfs import auth
+from chunkfs.durable_files import replace_durably
 from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol import records as r
 from chunkfs.protocol.http import SignedHttp
@@ -72,12 +73,7 @@ def download_copy(metaserver: str, secret: bytes, dest: Path, timeout_s: float =
         partial.unlink(missing_ok=True)
         raise FsError(errno.EIO, f"the copy from {metaserver} arrived damaged (checksum {hasher.hexdigest()}, "
                                  f"expected {expected or 'none'})")
-    os.replace(partial, dest)
-    dir_fd = os.open(dest.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    replace_durably(partial, dest)
     return CopyInfo(dest, size, expected)
 
 
