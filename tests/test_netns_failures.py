@@ -348,6 +348,9 @@ def test_every_chunkserver_full_gives_enospc(netns):
     finally:
         for name in netns.chunkservers:
             netns.unfill_disk(name)
+        # the next test starts only once heartbeats have told the metaserver there is room again
+        wait_until(lambda: all(s.capacity_bytes - s.used_bytes >= 16 * MiB for s in netns.status().servers),
+                   4 * HEARTBEAT_TIMEOUT_S, "every chunkserver reports room again")
     os.unlink(netns.mnt("client1") / "no-room")
 
 
