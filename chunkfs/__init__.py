@@ -9,6 +9,11 @@ __version__ = "0.1.0"
 CHUNK_SIZE = 4 * 1024 * 1024
 """Every file is cut into chunks of this many bytes (the last one may be shorter)."""
 
+INLINE_MAX_BYTES = 64 * 1024
+"""A file no bigger than this is stored inline: its bytes live in the metaserver's database beside
+its attributes (as durable as the namespace itself) instead of in a chunk on chunkservers, so
+writing it is one commit and reading it comes with the open."""
+
 DEFAULT_METASERVER_PORT = 9520
 ROOT_INODE = 1
 MAX_NAME_BYTES = 255

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from chunkfs import INLINE_MAX_BYTES
 from chunkfs.daemons import unmount
 from conftest import chunkfs, metrics_of
 from conftest import wait_until as conftest_wait_until
@@ -51,9 +52,10 @@ def metric(cluster, name: str) -> float:
 def test_remounted_client_reads_from_its_disk_cache_with_every_chunkserver_down(fresh_cluster):
     cluster = fresh_cluster
     cache_dir = cluster.dir / "cache"
-    big, small = os.urandom(9 * MiB + 5), b"small file\n"
+    big, small, tiny = os.urandom(9 * MiB + 5), os.urandom(INLINE_MAX_BYTES + 5), b"tiny file\n"
     (cluster.mnt / "big").write_bytes(big)
     (cluster.mnt / "small").write_bytes(small)
+    (cluster.mnt / "tiny").write_bytes(tiny)  # kept inline by the metaserver: no chunk, nothing cached
     assert cached_files(cache_dir) == []  # written chunks are not copied to the local disk
 
     remount(cluster)
@@ -67,6 +69,7 @@ def test_remounted_client_reads_from_its_disk_cache_with_every_chunkserver_down(
         cluster.kill(name)
     assert (cluster.mnt / "big").read_bytes() == big
     assert (cluster.mnt / "small").read_bytes() == small
+    assert (cluster.mnt / "tiny").read_bytes() == tiny
     assert metric(cluster, "chunkfs_mount_disk_cache_hits_total") == 4
     assert metric(cluster, "chunkfs_mount_cache_misses_total") == 0
     assert metric(cluster, "chunkfs_mount_disk_cache_size_bytes") == len(big) + len(small)

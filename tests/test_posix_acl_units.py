@@ -1,4 +1,4 @@
-"""Unit tests of the ACL logic the metaserver applies (chunkfs/metaserver/posix_acl.py); the
+"""Unit tests of the ACL logic the metaserver applies (chunkfs/posix_acl.py); the
 end-to-end comparison with ext4 is tests/test_acl.py."""
 
 import errno
@@ -6,7 +6,7 @@ import errno
 import pytest
 
 from chunkfs.errors import FsError
-from chunkfs.metaserver import posix_acl as acl
+from chunkfs import posix_acl as acl
 
 U, NU, G, NG, M, O = acl.USER_OBJ, acl.USER, acl.GROUP_OBJ, acl.GROUP, acl.MASK, acl.OTHER
 X = acl.UNDEFINED_ID

@@ -71,25 +71,25 @@ def test_unlinked_open_file_lives_until_its_last_close(fresh_cluster):
 
 def test_rename_over_an_open_file_keeps_the_old_one_readable(fresh_cluster):
     target, new = fresh_cluster.mnt / "config", fresh_cluster.mnt / "config.new"
-    target.write_bytes(b"old " * 1000)
-    new.write_bytes(b"new " * 1000)
+    target.write_bytes(b"old " * 20000)
+    new.write_bytes(b"new " * 20000)
     with open(target, "rb") as old_reader:
         os.rename(new, target)
-        assert target.read_bytes() == b"new " * 1000
-        assert old_reader.read() == b"old " * 1000
+        assert target.read_bytes() == b"new " * 20000
+        assert old_reader.read() == b"old " * 20000
         assert os.fstat(old_reader.fileno()).st_nlink == 0
     assert wait_until(lambda: len(chunk_files(fresh_cluster)) == 1)
-    assert target.read_bytes() == b"new " * 1000
+    assert target.read_bytes() == b"new " * 20000
 
 
 def test_hard_linked_file_unlinked_while_open_keeps_its_other_name(fresh_cluster):
     a, b = fresh_cluster.mnt / "a", fresh_cluster.mnt / "b"
-    a.write_bytes(b"shared")
+    a.write_bytes(b"shared" * 20000)  # past the inline limit: in a chunk, freed with the file
     os.link(a, b)
     with open(a, "r+b") as f:
         os.unlink(a)
         f.write(b"SHARED")
-    assert b.read_bytes() == b"SHARED"
+    assert b.read_bytes() == b"SHARED" + b"shared" * 19999
     assert os.stat(b).st_nlink == 1
     os.unlink(b)
     os.unlink(fresh_cluster.mnt / "config")
@@ -119,7 +119,7 @@ def test_unlink_on_another_client_ends_the_file_for_this_one(fresh_cluster, tmp_
     chunkfs("mount", fresh_cluster.metaserver, other, "--secret-file", fresh_cluster.secret_file,
             "-o", f"cache_dir={tmp_path / 'cache-b'}")
     try:
-        (fresh_cluster.mnt / "shared").write_bytes(b"shared data")
+        (fresh_cluster.mnt / "shared").write_bytes(b"shared data" * 10000)
         fd = os.open(other / "shared", os.O_RDWR)
         try:
             os.unlink(fresh_cluster.mnt / "shared")

@@ -118,6 +118,7 @@ def info(path: Path, data_dir: Path, metaserver: str | None, secret_file: Path |
     if as_json:  # the layout, and for each chunk its replicas' addresses and whether they are up
         data = msgspec.to_builtins(layout)
         data["path"] = str(path)
+        data["inline"] = None if layout.inline is None else len(layout.inline)  # bytes kept inline, not the bytes
         for chunk, ref in zip(data["chunks"], layout.chunks):
             chunk["replica_servers"] = [{"id": sid, "address": addresses.get(sid, ""), "up": sid in layout.servers}
                                         for sid in ref.replicas]
@@ -125,6 +126,8 @@ def info(path: Path, data_dir: Path, metaserver: str | None, secret_file: Path |
         return
     console.print(f"{path}: inode {ino}, {layout.attr.size} bytes, goal {layout.attr.goal}, "
                   f"{len(layout.chunks)} chunks of {CHUNK_SIZE // 2**20} MiB")
+    if layout.inline is not None:
+        console.print(f"its first {len(layout.inline)} bytes are kept inline by the metaserver")
     table = Table("index", "chunk", "version", "length", "replicas")
     for c in layout.chunks:
         replicas = [(addresses.get(sid, sid[:12]), sid in layout.servers) for sid in c.replicas]

@@ -73,7 +73,8 @@ READS = {
     "getxattr": (r.XattrReq, lambda m, t, q: m.namespace.getxattr(t, q.ino, q.name)),
     "listxattr": (r.InodeReq, lambda m, t, q: m.namespace.listxattr(t, q.ino)),
     "open": (r.InodeReq, lambda m, t, q: r.FileLayout(
-        m.namespace.getattr(t, q.ino), m.chunks.refs(t, q.ino), m.registry.address_map())),
+        m.namespace.getattr(t, q.ino), m.chunks.refs(t, q.ino), m.registry.address_map(),
+        m.chunks.inline_data(t, q.ino))),
     "statfs": (r.InodeReq, lambda m, t, q: statfs(m, t)),
 }
 

@@ -18,7 +18,7 @@ import lmdb
 import msgspec
 from msgspec import Struct
 
-from chunkfs import CHUNK_SIZE
+from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
 from chunkfs.errors import FsError
 from chunkfs.metaserver.db import U64x2, MetaDB, read_u64, u64
 from chunkfs.metaserver.namespace import Namespace
@@ -109,6 +109,10 @@ class ChunkTable:
             for index, rec in self.records(txn, ino)
         ]
 
+    def inline_data(self, txn: lmdb.Transaction, ino: int) -> bytes | None:
+        """The bytes of a file stored inline (see INLINE_MAX_BYTES), or None: it has chunks."""
+        return txn.get(u64(ino), db=self.db.inline)
+
     def all_versions(self, txn: lmdb.Transaction) -> set[tuple[int, int]]:
         return {(rec.chunk_id, rec.version) for _k, raw in txn.cursor(db=self.db.chunks)
                 for rec in (_chunk_dec.decode(raw),)}
@@ -145,6 +149,10 @@ class ChunkTable:
             raise FsError(errno.ESTALE, f"inode {req.ino} was removed while being written") from None
         if not stat.S_ISREG(inode.mode):
             raise FsError(errno.EINVAL, f"inode {req.ino} is not a regular file")
+        if req.attrs is not None and (req.attrs.size is not None or req.attrs.ino != req.ino):
+            raise FsError(errno.EINVAL, "attributes committed with a file change its size or another file")
+        if req.inline is not None:
+            self._commit_inline(txn, req, inode)
         for ref in req.discard:
             self.queue_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
         for ref in req.chunks:
@@ -158,6 +166,8 @@ class ChunkTable:
             if current is not None:
                 inode.stored_bytes -= current.length
                 self.queue_deletion(txn, current.chunk_id, current.version, current.replicas)
+            if ref.index == 0:  # a chunk 0 replaces the inline bytes of a file that grew
+                inode.stored_bytes -= len(txn.pop(u64(req.ino), db=self.db.inline) or b"")
             record = ChunkRecord(ref.chunk_id, ref.version, ref.length, ref.checksum, list(ref.replicas))
             txn.put(key, _enc.encode(record), db=self.db.chunks)
             self.cancel_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
@@ -168,11 +178,32 @@ class ChunkTable:
         inode.mtime_ns = req.mtime_ns
         inode.ctime_ns = time.time_ns()
         self.namespace.put(txn, req.ino, inode)
+        if req.attrs is not None:
+            return self.namespace.setattr(txn, req.attrs, self.truncate)
         return self.namespace.attr(req.ino, inode)
 
+    def _commit_inline(self, txn: lmdb.Transaction, req: r.CommitReq, inode) -> None:
+        """The file's content becomes `req.inline`: its chunks go (queued for deletion)."""
+        if not len(req.inline) <= req.size <= INLINE_MAX_BYTES:
+            raise FsError(errno.EINVAL, f"inline content of {len(req.inline)} bytes for a file of {req.size}; "
+                                        f"at most {INLINE_MAX_BYTES} bytes are kept inline")
+        if req.chunks:
+            raise FsError(errno.EINVAL, "a commit carries either chunks or inline content")
+        self.drop_file(txn, req.ino)
+        txn.put(u64(req.ino), req.inline, db=self.db.inline)
+        inode.stored_bytes = len(req.inline)
+        inode.size = req.size  # truncate() below then has nothing left to cut
+
     def truncate(self, txn: lmdb.Transaction, ino: int, size: int) -> int:
-        """Drop chunks past `size` and shorten the last one; return the bytes still stored."""
+        """Drop chunks past `size` and shorten the last one (and the inline bytes, which stand
+        for chunk 0); return the bytes still stored."""
         stored = 0
+        inline = txn.get(u64(ino), db=self.db.inline)
+        if inline is not None:
+            if len(inline) > size:
+                inline = inline[:size]
+                txn.put(u64(ino), inline, db=self.db.inline)
+            stored += len(inline)
         for index, rec in self.records(txn, ino):
             start = index * CHUNK_SIZE
             if start >= size:
@@ -186,6 +217,7 @@ class ChunkTable:
         return stored
 
     def drop_file(self, txn: lmdb.Transaction, ino: int) -> None:
+        txn.delete(u64(ino), db=self.db.inline)
         for index, rec in self.records(txn, ino):
             txn.delete(chunk_key(ino, index), db=self.db.chunks)
             self.queue_deletion(txn, rec.chunk_id, rec.version, rec.replicas)

@@ -43,6 +43,7 @@ class MetaDB:
         self.dentries = self.env.open_db(b"dentries")
         self.xattrs = self.env.open_db(b"xattrs")
         self.chunks = self.env.open_db(b"chunks")
+        self.inline = self.env.open_db(b"inline")  # inode -> the bytes of a small file (no chunks then)
         self.deletions = self.env.open_db(b"deletions")
         self.servers = self.env.open_db(b"servers")
         self.counters = self.env.open_db(b"counters")

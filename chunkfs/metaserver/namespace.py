@@ -18,7 +18,7 @@ from msgspec import Struct
 
 from chunkfs import MAX_NAME_BYTES, ROOT_INODE
 from chunkfs.errors import FsError
-from chunkfs.metaserver import posix_acl
+from chunkfs import posix_acl
 from chunkfs.metaserver.db import MetaDB, read_u64, u64
 from chunkfs.protocol import records as r
 

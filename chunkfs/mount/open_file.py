@@ -9,6 +9,11 @@ Promises:
   of its replicas and the metaserver has durably committed the new chunk versions, size and
   mtime. An upload that failed makes the next flush/fsync fail with EIO.
 - Reads see this client's own writes at once (buffered, uploading or committed).
+- A file of at most INLINE_MAX_BYTES whose content is all here is committed inline: its bytes
+  travel in the commit itself, so a small file costs one call and no chunk upload.
+- Mode, owner and time changes of a file this client created are kept with its content and
+  committed with it (`defer_attrs`): they are as durable as its data, at close or fsync, and
+  this client sees them at once; other clients see them at that commit (close-to-open).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 
 import trio
 
-from chunkfs import CHUNK_SIZE
+from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
 from chunkfs.errors import FsError
 from chunkfs.mount.chunk_cache import ChunkCache
 from chunkfs.mount.chunk_io import ChunkIO
@@ -72,6 +77,9 @@ class OpenFile:
         self.superseded: list[r.ChunkRef] = []
         self.modified = False
         self.mtime_ns = self.attr.mtime_ns
+        self.created_here = False  # set by the mount's create: see defer_attrs
+        self.attr_changes: r.SetattrReq | None = None  # mode, owner, atime set since the last commit
+        self.changed_ns: int | None = None  # ctime of those changes, as this client sees it
         self.error: BaseException | None = None
         self._upload_slots = trio.Semaphore(max_uploads)
         self._inflight = 0
@@ -87,6 +95,7 @@ class OpenFile:
         self.size = layout.attr.size
         self.chunks = {c.index: c for c in layout.chunks}
         self.servers = layout.servers
+        self.inline = layout.inline  # the committed bytes of a small file, standing for chunk 0
 
     @property
     def has_local_changes(self) -> bool:
@@ -97,8 +106,37 @@ class OpenFile:
         if not self.has_local_changes:
             return attr
         stored = sum(len(d.data) for d in self.dirty.values()) + sum(c.length for c in self.chunks.values())
-        return r.Attr(**{**{f: getattr(attr, f) for f in attr.__struct_fields__},
-                         "size": self.size, "mtime_ns": self.mtime_ns, "blocks": (stored + 511) // 512})
+        if 0 not in self.dirty and 0 not in self.chunks and self.inline:
+            stored += len(self.inline)
+        local = {"size": self.size, "mtime_ns": self.mtime_ns, "blocks": (stored + 511) // 512}
+        changes = self.attr_changes
+        if changes is not None:
+            if changes.mode is not None:
+                local["mode"] = (attr.mode & ~0o7777) | (changes.mode & 0o7777)
+            local.update({f: getattr(changes, f) for f in ("uid", "gid", "atime_ns") if getattr(changes, f) is not None})
+            local["ctime_ns"] = max(attr.ctime_ns, self.changed_ns or 0)
+        return r.Attr(**{**{f: getattr(attr, f) for f in attr.__struct_fields__}, **local})
+
+    @property
+    def defers_attrs(self) -> bool:
+        return self.created_here
+
+    def defer_attrs(self, req: r.SetattrReq) -> r.Attr:
+        """Keep `req` (no size change) for the next commit instead of sending it now, and answer
+        the attributes as they are now here. Only for a file this client created and has open:
+        nobody else is working on it, and tools that build files (cp -a, tar, rsync) set mode,
+        owner and times on the open file right before they close it."""
+        changes = self.attr_changes or r.SetattrReq(ino=self.ino)
+        for name in ("mode", "uid", "gid", "atime_ns"):
+            value = getattr(req, name)
+            if value is not None:
+                setattr(changes, name, value)
+        if req.mtime_ns is not None:
+            self.mtime_ns = req.mtime_ns
+        self.attr_changes = changes
+        self.changed_ns = time.time_ns()
+        self.modified = True
+        return self.local_attr(self.attr)
 
     def _committed_ref(self, index: int) -> r.ChunkRef | None:
         return self.uploaded.get(index) or self.chunks.get(index)
@@ -113,6 +151,8 @@ class OpenFile:
         if snapshot is not None:
             return snapshot
         ref = self._committed_ref(index)
+        if ref is None and index == 0 and self.inline is not None:
+            return self.inline
         if ref is None or ref.length == 0:
             return b""
         data = await self.cache.get(ref, self.servers)
@@ -122,6 +162,8 @@ class OpenFile:
         if index in self.uploading:
             return len(self.uploading[index])
         ref = self._committed_ref(index)
+        if ref is None and index == 0 and self.inline is not None:
+            return len(self.inline)
         return ref.length if ref else 0
 
     async def _ensure_based(self, index: int, dirty: DirtyChunk) -> None:
@@ -265,22 +307,40 @@ class OpenFile:
                 raise FsError(exc.errno, f"an earlier write failed: {exc.message}")
             raise FsError(errno.EIO, f"an earlier write failed: {exc}")
 
+    async def _inline_content(self) -> bytes | None:
+        """The whole content of a small file whose only change is buffered here, or None."""
+        if self.size > INLINE_MAX_BYTES or list(self.dirty) != [0] or self.uploading or self.uploaded:
+            return None
+        dirty = self.dirty[0]
+        await self._ensure_based(0, dirty)
+        return bytes(dirty.data)
+
     async def flush(self) -> r.Attr | None:
         """Upload everything buffered and commit it; returns the committed attributes."""
         async with self.lock:
-            for index in sorted(self.dirty):
-                await self._start_upload(index)
+            inline = await self._inline_content()
+            if inline is None:
+                for index in sorted(self.dirty):
+                    await self._start_upload(index)
             self.write_back_bound.buffering(self, False)
             await self._idle.wait()
             self._raise_pending_error()
             if not self.modified and not self.uploaded and not self.superseded:
                 return None
             attr = await self.meta.commit(r.CommitReq(self.ino, self.size, self.mtime_ns,
-                                                      list(self.uploaded.values()), self.superseded))
+                                                      list(self.uploaded.values()), self.superseded,
+                                                      inline=inline, attrs=self.attr_changes))
+            if inline is not None:
+                self.write_back_bound.add(-len(self.dirty.pop(0).data))
+                self.chunks.clear()
+                self.inline = inline
+            elif 0 in self.uploaded:
+                self.inline = None
             self.chunks.update(self.uploaded)
             self.uploaded.clear()
             self.superseded.clear()
             self.modified = False
+            self.attr_changes = None
             self.attr = attr
             return attr
 

@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 import pyfuse3
 import trio
 
-from chunkfs import MAX_NAME_BYTES
+from chunkfs import INLINE_MAX_BYTES, MAX_NAME_BYTES, posix_acl
 from chunkfs.errors import FsError, TransportError
 from chunkfs.mount.chunk_cache import ChunkCache
 from chunkfs.mount.chunk_io import ChunkIO
@@ -175,6 +175,8 @@ class ChunkfsOperations(pyfuse3.Operations):
         if fields.update_mtime:
             req.mtime_ns = attr.st_mtime_ns
         open_file = self.open_files.get(inode)
+        if open_file is not None and open_file.defers_attrs and not fields.update_size:
+            return self.entry(open_file.defer_attrs(req))
         if fields.update_size:
             if open_file is not None:
                 await open_file.truncate(attr.st_size, req.mtime_ns)
@@ -189,8 +191,9 @@ class ChunkfsOperations(pyfuse3.Operations):
     def _upload_early(self, open_file: OpenFile) -> None:
         """A writer that sets times, mode or xattrs of an open file is usually done writing it
         (cp -a, tar): what it buffered starts uploading now, beside these calls, so its close
-        only commits. A later write buffers again, as after any upload."""
-        if open_file.dirty and self.nursery is not None:
+        only commits. A later write buffers again, as after any upload. A small file is
+        left alone: its close commits it inline."""
+        if open_file.dirty and open_file.size > INLINE_MAX_BYTES and self.nursery is not None:
             self.nursery.start_soon(self._write_back, open_file)
 
     async def _write_back(self, open_file: OpenFile) -> None:
@@ -337,7 +340,8 @@ class ChunkfsOperations(pyfuse3.Operations):
     @fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
         attr = await self._create(parent_inode, name, stat.S_IFREG | (mode & 0o7777), ctx)
-        fh, _open_file = await self._open_file(attr.ino, r.FileLayout(attr, [], {}))
+        fh, open_file = await self._open_file(attr.ino, r.FileLayout(attr, [], {}))
+        open_file.created_here = True
         return self._file_info(fh, attr), self.entry(attr)
 
     @fuse_errors
@@ -380,12 +384,29 @@ class ChunkfsOperations(pyfuse3.Operations):
     # ---- xattrs and the rest ---------------------------------------------------------------
     @fuse_errors
     async def setxattr(self, inode, name, value, ctx):
+        if self._acl_as_mode(inode, name, value):
+            return
         if inode in self.open_files:
             self._upload_early(self.open_files[inode])
         await self.meta.setxattr(inode, name, value)
         self.without_xattrs.discard(inode)
         if inode in self.open_files:
             self.open_files[inode].attr.has_xattrs = True
+
+    def _acl_as_mode(self, inode: int, name: bytes, value: bytes) -> bool:
+        """An access ACL that says no more than a mode, set on a file this client created and
+        has open (cp -a and tar copy ACLs so), is a mode change: kept for its commit, like a
+        chmod (see OpenFile.defer_attrs). True if it was taken so."""
+        open_file = self.open_files.get(inode)
+        if name != posix_acl.ACCESS or open_file is None or not open_file.defers_attrs \
+                or inode not in self.without_xattrs:
+            return False
+        entries = posix_acl.parse(value)
+        if not posix_acl.is_minimal(entries):
+            return False
+        mode = open_file.local_attr(open_file.attr).mode
+        open_file.defer_attrs(r.SetattrReq(ino=inode, mode=(mode & ~0o777) | posix_acl.permission_bits(entries)))
+        return True
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
@@ -399,6 +420,8 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def removexattr(self, inode, name, ctx):
+        if inode in self.without_xattrs:  # as getxattr: cp -a removes an ACL equal to the mode
+            raise FsError(errno.ENODATA, "no extended attributes")
         await self.meta.removexattr(inode, name)
 
     @fuse_errors

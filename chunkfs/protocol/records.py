@@ -51,6 +51,7 @@ class FileLayout(Struct):
     attr: Attr
     chunks: list[ChunkRef]
     servers: dict[str, str]  # alive server id -> address
+    inline: bytes | None = None  # a small file's bytes, kept by the metaserver (no chunks then)
 
 
 class ServerChoice(Struct):
@@ -160,13 +161,18 @@ class ReserveReq(Struct):
 
 class CommitReq(Struct):
     """New chunk versions become the file's (the last commit wins); `discard` are versions this
-    client uploaded and then replaced itself, to be deleted."""
+    client uploaded and then replaced itself, to be deleted. With `inline`, the file's whole
+    content is those bytes (zeros after them up to `size`, at most INLINE_MAX_BYTES) and its chunks
+    are dropped. `attrs` are changes made to the file while it was open and not yet committed
+    (mode, owner, times of a file this client created), applied after the new content."""
 
     ino: int
     size: int
     mtime_ns: int
     chunks: list[ChunkRef]
     discard: list[ChunkRef] = []
+    inline: bytes | None = None
+    attrs: SetattrReq | None = None
 
 
 class GoalReq(Struct):

@@ -1,0 +1,143 @@
+"""Small files: kept inline by the metaserver (one commit, no chunk upload), moved into chunks
+when they grow and back inline when rewritten small; the mode, owner and times that cp -a and
+tar set on a file they just created go with its close commit, so copying a file costs three
+metaserver calls (the kernel's lookup of the new name, create, commit)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+from pathlib import Path
+
+from chunkfs import INLINE_MAX_BYTES
+from chunkfs.daemons import unmount
+from conftest import chunkfs, metrics_of
+
+MiB = 1024 * 1024
+
+
+def info(cluster, path: Path) -> dict:
+    return json.loads(chunkfs("info", path, "--dir", cluster.dir, "--json").stdout)
+
+
+def metaserver_calls(cluster) -> dict[str, float]:
+    """Metaserver file-system calls answered so far, by operation."""
+    calls: dict[str, float] = {}
+    for key, value in metrics_of(cluster.metaserver).items():
+        if key.startswith("chunkfs_http_requests_total{") and 'route="/v1/fs/{op}"' in key:
+            op = key.split('op="', 1)[1].split('"', 1)[0]
+            calls[op] = calls.get(op, 0) + value
+    return calls
+
+
+def test_a_small_file_lives_inline_and_moves_to_chunks_when_it_grows(cluster):
+    path = cluster.mnt / "grows"
+    model = bytearray(os.urandom(3000))
+    path.write_bytes(model)
+    layout = info(cluster, path)
+    assert layout["inline"] == 3000 and layout["chunks"] == []
+    assert os.stat(path).st_blocks == (3000 + 511) // 512
+
+    with open(path, "r+b") as f:  # past the inline limit: chunk 0 goes to the chunkservers
+        f.seek(INLINE_MAX_BYTES + 10)
+        f.write(b"tail")
+    model += bytes(INLINE_MAX_BYTES + 10 - len(model)) + b"tail"
+    layout = info(cluster, path)
+    assert layout["inline"] is None and [c["index"] for c in layout["chunks"]] == [0]
+    assert path.read_bytes() == model
+
+    path.write_bytes(b"small again")  # O_TRUNC and a rewrite: inline once more, the chunk goes
+    layout = info(cluster, path)
+    assert layout["inline"] == len(b"small again") and layout["chunks"] == []
+    assert path.read_bytes() == b"small again"
+
+    os.truncate(path, 5)
+    assert path.read_bytes() == b"small"
+    os.truncate(path, 9 * MiB)  # a hole after the inline bytes reads as zeros
+    assert path.read_bytes() == b"small" + bytes(9 * MiB - 5)
+
+
+def test_inline_files_match_a_local_model_under_random_edits(cluster, tmp_path):
+    rng = random.Random(7)
+    subject, model = cluster.mnt / "edited", tmp_path / "model"
+    for path in (subject, model):
+        path.write_bytes(b"")
+    for step in range(60):
+        offset = rng.choice([0, rng.randrange(INLINE_MAX_BYTES), INLINE_MAX_BYTES - 2, rng.randrange(2 * INLINE_MAX_BYTES)])
+        data = os.urandom(rng.choice([1, 100, 5000, INLINE_MAX_BYTES // 2]))
+        cut = rng.random() < 0.2
+        size = rng.randrange(2 * INLINE_MAX_BYTES)
+        for path in (subject, model):
+            with open(path, "r+b") as f:
+                if cut:
+                    f.truncate(size)
+                else:
+                    f.seek(offset)
+                    f.write(data)
+        assert subject.read_bytes() == model.read_bytes(), f"differs after step {step}"
+        assert os.stat(subject).st_size == os.stat(model).st_size
+
+
+def test_a_small_file_reads_with_every_chunkserver_down(fresh_cluster):
+    (fresh_cluster.mnt / "note").write_bytes(b"kept by the metaserver\n")
+    for name in ("cs1", "cs2", "cs3"):
+        fresh_cluster.kill(name)
+    subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
+    assert (fresh_cluster.mnt / "note").read_bytes() == b"kept by the metaserver\n"
+
+
+def test_cp_a_costs_three_metaserver_calls_a_file_and_keeps_everything(cluster, tmp_path):
+    source = tmp_path / "tree"
+    (source / "sub").mkdir(parents=True)
+    files = 40
+    for i in range(files):
+        f = source / "sub" / f"f{i}"
+        f.write_bytes(os.urandom(i * 100))
+        os.chmod(f, [0o600, 0o640, 0o755, 0o4755][i % 4])
+        os.utime(f, ns=(1_000_000_000 * i, 1_500_000_000_123_456_789 + i))
+        os.chown(f, 1000 + i % 3, 2000 + i % 2)
+    before = metaserver_calls(cluster)
+    subprocess.run(["cp", "-a", str(source), str(cluster.mnt / "copy")], check=True)
+    after = metaserver_calls(cluster)
+    per_op = {op: after.get(op, 0) - before.get(op, 0) for op in after}
+    assert per_op.get("setattr", 0) <= 4 and per_op.get("setxattr", 0) <= 4  # the two directories only
+    assert sum(per_op.values()) <= 3 * files + 20, per_op
+
+    second = tmp_path / "second"  # what the commits stored, not this client's view
+    chunkfs("mount", cluster.metaserver, second, "--secret-file", cluster.secret_file,
+            "-o", f"cache_dir={tmp_path / 'cache-2'}")
+    try:
+        for i in range(files):
+            want, got = os.lstat(source / "sub" / f"f{i}"), os.lstat(second / "copy" / "sub" / f"f{i}")
+            assert (got.st_mode, got.st_uid, got.st_gid, got.st_size, got.st_mtime_ns) == \
+                (want.st_mode, want.st_uid, want.st_gid, want.st_size, want.st_mtime_ns), i
+            assert (second / "copy" / "sub" / f"f{i}").read_bytes() == (source / "sub" / f"f{i}").read_bytes()
+    finally:
+        unmount(second)
+
+
+def test_mode_set_on_an_open_new_file_shows_at_once_here_and_after_close_elsewhere(cluster, tmp_path):
+    path = cluster.mnt / "modes"
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    try:
+        os.write(fd, b"x" * 100)
+        os.fchmod(fd, 0o751)
+        os.utime(fd, ns=(5, 7))
+        st = os.fstat(fd)
+        assert (st.st_mode & 0o7777, st.st_mtime_ns, st.st_size) == (0o751, 7, 100)
+        assert os.stat(path).st_mode & 0o7777 == 0o751
+        os.write(fd, b"y")  # a write after utime: the file's mtime is the write's again
+        assert os.fstat(fd).st_mtime_ns > 7
+    finally:
+        os.close(fd)
+    second = tmp_path / "second"
+    chunkfs("mount", cluster.metaserver, second, "--secret-file", cluster.secret_file,
+            "-o", f"cache_dir={tmp_path / 'cache-2'}")
+    try:
+        st = os.stat(second / "modes")
+        assert (st.st_mode & 0o7777, st.st_size) == (0o751, 101) and st.st_mtime_ns > 7
+        assert st.st_mtime_ns == os.stat(path).st_mtime_ns
+    finally:
+        unmount(second)
