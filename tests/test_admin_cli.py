@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from chunkfs import CHUNK_SIZE
+from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
 from chunkfs.metaserver.chunk_table import ChunkRecord, ChunkTable, chunk_key
 from chunkfs.metaserver.db import MetaDB
 from chunkfs.metaserver.fsck import check_page
@@ -67,7 +67,7 @@ def test_fsck_of_a_healthy_cluster_is_clean(cluster):
     assert "0 missing" in result.stdout and "0 under goal" in result.stdout
     report = run_json("fsck", cluster.mnt / "tree", "--page", "2")  # many small pages
     assert report["exit_code"] == 0 and report["problems"] == []
-    assert report["files_checked"] == 4 and report["chunks_checked"] == 0 + 1 + 1 + 3
+    assert report["files_checked"] == 4 and report["chunks_checked"] == 0 + 0 + 1 + 3  # f1 is inline
     single = run_json("fsck", cluster.mnt / "tree" / "deep" / "er" / "f3")
     assert single["files_checked"] == 1 and single["chunks_checked"] == 3
 
@@ -104,7 +104,7 @@ def test_fsck_finds_chunks_under_goal_and_missing_when_a_chunkserver_stops(fresh
     (c.mnt / "three").write_bytes(os.urandom(2 * CHUNK_SIZE))
     (c.mnt / "one").mkdir()
     chunkfs("goal", c.mnt / "one", "1")
-    (c.mnt / "one" / "only").write_bytes(os.urandom(100))
+    (c.mnt / "one" / "only").write_bytes(os.urandom(INLINE_MAX_BYTES + 100))  # in one chunk, not inline
     assert chunkfs("fsck", "--dir", c.dir).returncode == 0
     [only_chunk] = run_json("info", c.mnt / "one" / "only")["chunks"]
     victim = server_names(c)[only_chunk["replicas"][0]]
