@@ -14,6 +14,10 @@ INLINE_MAX_BYTES = 64 * 1024
 its attributes (as durable as the namespace itself) instead of in a chunk on chunkservers, so
 writing it is one commit and reading it comes with the open."""
 
+LEASE_S = 10.0
+"""A directory lease lasts this long after its holder last polled the change feed (see
+chunkfs/metaserver/leases.py); the holder stops trusting it earlier."""
+
 DEFAULT_METASERVER_PORT = 9520
 ROOT_INODE = 1
 MAX_NAME_BYTES = 255

@@ -22,6 +22,7 @@ from chunkfs.metaserver.db import GroupCommitter, MetaDB
 from chunkfs.metaserver import fsck
 from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.gc import GarbageCollector
+from chunkfs.metaserver.leases import DirectoryLeases
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.orphans import OrphanCollector
 from chunkfs.metaserver import backup
@@ -34,7 +35,7 @@ from chunkfs.metaserver.replicator import Replicator
 from chunkfs.metaserver.throughput import ThroughputHistory
 from chunkfs.protocol import records as r
 from chunkfs.protocol.chunk_client import ChunkClient
-from chunkfs.protocol.meta_client import CLIENT_HEADER
+from chunkfs.protocol.meta_client import CLIENT_HEADER, named_inodes
 from chunkfs.protocol.http import SignedHttp
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,11 @@ class Metaserver:
     replication: ReplicationLog | None = None  # write sets for standbys
     quarantine: Quarantine | None = None  # keeps unknown chunk versions after a restore
     replies: ReplyLog | None = None  # answers a retried mutation instead of running it twice
+    leases: DirectoryLeases | None = None  # directories held by the client that made them
+
+    def __post_init__(self) -> None:
+        if self.leases is None:
+            self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
 
 
 STATE = web.AppKey("metaserver", Metaserver)
@@ -89,6 +95,7 @@ MUTATIONS = {
     "commit": (r.CommitReq, lambda m: m.chunks.commit),
     "goal": (r.GoalReq, lambda m: m.namespace.set_goal),
     "release_orphan": (r.InodeReq, lambda m: lambda txn, q: m.namespace.release_orphan(txn, q.ino)),
+    "reserve_inodes": (r.ReserveReq, lambda m: lambda txn, q: m.namespace.reserve_inodes(txn, max(1, min(q.count, 4096)))),
 }
 
 
@@ -101,28 +108,41 @@ def statfs(m: Metaserver, txn) -> r.Statfs:
 async def fs_operation(request: web.Request) -> web.Response:
     m = request.app[STATE]
     op = request.match_info["op"]
+    client = request.headers.get(CLIENT_HEADER, "")
     if op in READS:
         record_type, run = READS[op]
         req = await read_body(request, record_type)
+        await m.leases.clear_for(client, named_inodes(req))
         with m.db.read() as txn:
             return json_response(run(m, txn, req))
     if op in MUTATIONS:
         record_type, bind = MUTATIONS[op]
         req = await read_body(request, record_type)
-        client, rid = request.headers.get(CLIENT_HEADER, ""), request.headers.get(request_id.HEADER, "")
+        await m.leases.clear_for(client, named_inodes(req))
+        rid = request.headers.get(request_id.HEADER, "")
+        mutate = m.leases.creating(bind(m), client) if op == "create" else bind(m)
         if m.replies is None or not client or not rid:
-            result = await m.committer.run(bind(m), req)
+            result = await m.committer.run(mutate, req)
             body = msgspec.json.encode(result)
         else:
-            body, result = await m.committer.run(m.replies.once(bind(m), client, rid), req)
+            body, result = await m.committer.run(m.replies.once(mutate, client, rid), req)
             if result is None:  # a retry of a mutation already done: answer it again, changes nothing
                 return web.Response(body=body, content_type="application/json")
+        if op == "create":
+            m.leases.granted(req, result, client)
+        elif op == "remove":
+            m.leases.forget_removed(result)
         if op in ("remove", "rename", "commit", "setattr", "release_orphan"):
             m.deleter.wake.set()
-        m.changes.publish(client, *affected(op, req, result))
+        inodes, entries = affected(op, req, result)
+        if inodes or entries:
+            m.changes.publish(client, inodes, entries)
         return web.Response(body=body, content_type="application/json")
     if op == "reserve":
         return json_response(await reserve(m, await read_body(request, r.ReserveReq)))
+    if op == "release_leases":
+        await m.leases.release(client, (await read_body(request, r.LeaseReq)).inodes)
+        return json_response(None)
     if op == "fsck":  # a page can take a while: off the event loop
         req = await read_body(request, r.FsckReq)
         return json_response(await asyncio.to_thread(fsck_page, m, m.registry.alive_ids(), req))
@@ -270,9 +290,11 @@ async def changes(request: web.Request) -> web.Response:
             feed.report(client, r.json_decode(request.query["client"], type=r.ClientReport))
         except msgspec.DecodeError as exc:
             raise FsError(errno.EINVAL, f"client: {exc}") from None
+    leases = request.app[STATE].leases
+    leases.renew(client)
     feed.polling(client, +1)
     try:
-        return json_response(await feed.since(since, wait_s, client))
+        return json_response(await feed.since(since, wait_s, client, lambda: leases.recalled_of(client)))
     finally:
         feed.polling(client, -1)
         feed.seen(client)
@@ -309,7 +331,7 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp) -> web.Application
         app.router.add_get(REPLICATION_PATH, replication_feed)
     registry = metrics.new_registry()
     registry.register(metrics.ClusterCollector(lambda: cluster_status(m)))
-    metrics.install_http(app, registry, operations={*READS, *MUTATIONS, "reserve", "fsck"})  # every op fs_operation knows
+    metrics.install_http(app, registry, operations={*READS, *MUTATIONS, "reserve", "release_leases", "fsck"})  # every op fs_operation knows
 
     async def background(app: web.Application):
         tasks = [asyncio.create_task(job.run()) for job in (m.deleter, m.replicator, m.throughput)]

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
+from typing import Callable
 
 from chunkfs.protocol import records as r
 
@@ -72,6 +73,10 @@ class ChangeFeed:
     def publish(self, origin: str, inodes: list[int], entries: list[tuple[int, bytes]]) -> None:
         self.seq += 1
         self._log.append(r.Change(self.seq, origin, inodes, entries))
+        self.wake()
+
+    def wake(self) -> None:
+        """End every open long poll's wait (new changes, or a lease recall to hand out)."""
         self._wake.set()
         self._wake = asyncio.Event()
 
@@ -81,31 +86,38 @@ class ChangeFeed:
         whole log on every wake-up made each mutation cost milliseconds under load)."""
         return list(itertools.islice(reversed(self._log), self.seq - seq))[::-1]
 
-    async def since(self, seq: int, wait_s: float, client_id: str = "") -> r.ChangeBatch:
+    async def since(self, seq: int, wait_s: float, client_id: str = "",
+                    recalls: Callable[[], list[int]] = lambda: []) -> r.ChangeBatch:
         """Changes after `seq`, waiting up to `wait_s` for the first one. Changes made by
         `client_id` itself are left out and do not end the wait: a mount's own changes need no
-        invalidation, and waking it for each one cost it a round trip per create."""
+        invalidation, and waking it for each one cost it a round trip per create. `recalls`
+        says which of its leases the client is asked to give back; any end the wait."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         for _ in range(1_000_000):
             if seq > self.seq or (self._log and seq < self._log[0].seq - 1):
-                return r.ChangeBatch(self.seq, [], reset=True)
+                return r.ChangeBatch(self.seq, [], reset=True, recalls=recalls())
             changes = [c for c in self._after(seq) if not client_id or c.origin != client_id]
             seq = self.seq
             remaining = deadline - loop.time()
-            if changes or remaining <= 0:
+            wanted = recalls()
+            if changes or wanted or remaining <= 0:
                 break
             try:
                 await asyncio.wait_for(asyncio.shield(self._wake.wait()), remaining)
             except asyncio.TimeoutError:
                 pass
-        return r.ChangeBatch(seq, changes, reset=False)
+        return r.ChangeBatch(seq, changes, reset=False, recalls=wanted)
 
 
 def affected(op: str, req, result) -> tuple[list[int], list[tuple[int, bytes]]]:
     """The inodes whose attributes, and the entries whose targets, a mutation changed."""
+    if op == "reserve_inodes":
+        return [], []
     if op == "create":
         return [req.parent], [(req.parent, req.name)]
+    if op == "commit" and req.create is not None:
+        return [req.ino, req.create.parent], [(req.create.parent, req.create.name)]
     if op == "link":
         return [req.ino, req.parent], [(req.parent, req.name)]
     if op == "remove":

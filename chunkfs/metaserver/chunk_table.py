@@ -140,7 +140,12 @@ class ChunkTable:
         return first_version, first_chunk_id
 
     def commit(self, txn: lmdb.Transaction, req: r.CommitReq) -> r.Attr:
-        """Make uploaded chunk versions part of the file and set its size and mtime."""
+        """Make uploaded chunk versions part of the file and set its size and mtime (creating
+        the file first when the commit carries its create)."""
+        if req.create is not None:
+            if req.create.ino != req.ino or not stat.S_ISREG(req.create.mode):
+                raise FsError(errno.EINVAL, "a commit creates only its own regular file")
+            self.namespace.create(txn, req.create)
         try:
             inode = self.namespace.get(txn, req.ino)
         except FsError:

@@ -50,6 +50,7 @@ class MetaDB:
         self.draining = self.env.open_db(b"draining")  # server id -> b"" while it is being drained
         self.orphans = self.env.open_db(b"orphans")  # inode -> client id: unlinked, still open there
         self.quarantine = self.env.open_db(b"quarantine")  # (chunk id, version) -> servers: kept after a restore
+        self.leases = self.env.open_db(b"leases")  # directory -> the client holding it (leases.py)
         self.replies = self.env.open_db(b"replies")  # (minute, client, request id) -> reply: see replies.py
 
     def read(self) -> lmdb.Transaction:

@@ -22,8 +22,6 @@ from chunkfs import posix_acl
 from chunkfs.metaserver.db import MetaDB, read_u64, u64
 from chunkfs.protocol import records as r
 
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
 MAX_XATTR_VALUE = 65536
@@ -101,6 +99,18 @@ class Namespace:
         return ino
 
     # ---- directory entries ------------------------------------------------------------------
+    def reserve_inodes(self, txn: lmdb.Transaction, count: int) -> int:
+        """`count` inode numbers for a client to create files with (CreateReq.ino); the first."""
+        first = read_u64(txn.get(b"next_ino", db=self.db.counters))
+        txn.put(b"next_ino", u64(first + count), db=self.db.counters)
+        return first
+
+    def _reserved_ino(self, txn: lmdb.Transaction, ino: int) -> int:
+        if ino >= read_u64(txn.get(b"next_ino", db=self.db.counters)) or \
+                txn.get(u64(ino), db=self.db.inodes) is not None:
+            raise FsError(errno.EINVAL, f"inode {ino} was not reserved or is in use")
+        return ino
+
     def child(self, txn: lmdb.Transaction, parent: int, name: bytes) -> int | None:
         raw = txn.get(u64(parent) + name, db=self.db.dentries)
         return None if raw is None else read_u64(raw)
@@ -180,7 +190,7 @@ class Namespace:
             gid = parent.gid
             if is_dir:
                 mode |= stat.S_ISGID
-        ino = self._next_ino(txn)
+        ino = self._reserved_ino(txn, req.ino) if req.ino else self._next_ino(txn)
         inode = Inode(
             mode=mode, uid=req.uid, gid=gid,
             size=len(req.target) if req.target is not None else 0,
@@ -264,6 +274,7 @@ class Namespace:
 
     def _free(self, txn: lmdb.Transaction, ino: int) -> None:
         txn.delete(u64(ino), db=self.db.inodes)
+        txn.delete(u64(ino), db=self.db.leases)
         cursor = txn.cursor(db=self.db.xattrs)
         prefix = u64(ino)
         while cursor.set_range(prefix) and cursor.key().startswith(prefix):
@@ -284,7 +295,7 @@ class Namespace:
         """Move an entry; returns the inodes moved or replaced."""
         check_name(req.old_name)
         check_name(req.new_name)
-        if req.flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or req.flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+        if req.flags & ~(r.RENAME_NOREPLACE | r.RENAME_EXCHANGE) or req.flags == r.RENAME_NOREPLACE | r.RENAME_EXCHANGE:
             raise FsError(errno.EINVAL, f"unsupported rename flags {req.flags}")
         self._dir(txn, req.old_parent)
         self._dir(txn, req.new_parent)
@@ -294,12 +305,12 @@ class Namespace:
         dst = self.child(txn, req.new_parent, req.new_name)
         src_inode = self.get(txn, src)
         src_is_dir = stat.S_ISDIR(src_inode.mode)
-        if req.flags & RENAME_EXCHANGE:
+        if req.flags & r.RENAME_EXCHANGE:
             if dst is None:
                 raise FsError(errno.ENOENT, f"{req.new_name!r} not found")
             self._exchange(txn, req, src, dst)
             return [src, dst]
-        if dst is not None and req.flags & RENAME_NOREPLACE:
+        if dst is not None and req.flags & r.RENAME_NOREPLACE:
             raise FsError(errno.EEXIST, f"{req.new_name!r} exists")
         if src_is_dir and self._is_ancestor(txn, src, req.new_parent):
             raise FsError(errno.EINVAL, "cannot move a directory into itself")

@@ -17,6 +17,7 @@ import trio
 
 from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol import records as r
+from chunkfs.mount.leases import Leases
 from chunkfs.mount.meta_cache import MetadataCache
 from chunkfs.protocol.meta_client import MetaClient
 
@@ -29,11 +30,12 @@ class Invalidator:
     def __init__(self, meta: MetaClient, client_id: str, known_inodes: Callable[[], Iterable[int]],
                  forget_inode: Callable[[int], None],
                  report: Callable[[], r.ClientReport] | None = None,
-                 metadata: MetadataCache | None = None) -> None:
+                 metadata: MetadataCache | None = None, leases: Leases | None = None) -> None:
         """`report` says how this mount is doing; it rides on every poll of the feed.
         `metadata`, the mount's own cache of names and attributes, forgets what the kernel
         forgets, first (so the kernel cannot fetch the old answer from it again)."""
         self.metadata = metadata
+        self.leases = leases  # renewed by every answered poll; recalls arrive with the changes
         self.meta = meta
         self.report = report
         self.client_id = client_id
@@ -44,15 +46,23 @@ class Invalidator:
 
     async def run(self) -> None:
         while True:
+            wait_s = WAIT_S if self.leases is None or self.leases.feed_wait_s is None else self.leases.feed_wait_s
+            sent_at = trio.current_time()
             try:
                 batch = await self.meta.changes(self.since if self.since is not None else 0,
-                                                0 if self.since is None else WAIT_S,
+                                                0 if self.since is None else wait_s,
                                                 self.report() if self.report is not None else None)
             except (FsError, TransportError) as exc:
                 log.warning("change feed unavailable (%s); retrying", exc)
                 await trio.sleep(1)
                 continue
+            if self.leases is not None and not batch.reset:
+                self.leases.fed(sent_at)
+                if batch.recalls and not self.leases.recall(batch.recalls):
+                    await trio.sleep(0.01)  # being given back already: no busy polling meanwhile
             if self.since is not None and batch.reset:
+                if self.leases is not None:  # the metaserver restarted: give every lease back
+                    self.leases.recall(list(self.leases.held))
                 log.warning("change feed was reset; dropping every cached attribute")
                 if self.metadata is not None:
                     self.metadata.clear()

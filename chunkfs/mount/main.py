@@ -31,6 +31,7 @@ from chunkfs.mount.prefetch import MAX_WINDOW
 from chunkfs.mount.write_back import WriteBack
 from chunkfs.mount.chunk_io import ChunkIO
 from chunkfs.mount.invalidator import Invalidator
+from chunkfs.mount.leases import Leases
 from chunkfs.mount.meta_cache import CachingMetaClient, MetadataCache
 from chunkfs.mount.operations import ChunkfsOperations
 from chunkfs.protocol.chunk_client import ChunkClient
@@ -56,6 +57,8 @@ class MountConfig:
     prefetch: bool = opt(True, "fetch chunks ahead of readers (small files whole, sequential readers "
                                "a growing window); off: only what is read")
     max_dirty_mb: int = opt(256, "MiB of written data held before it is stored; writers wait beyond it")
+    dir_leases: bool = opt(True, "hold the directories this mount makes until another client needs them: "
+                                 "lookups of new names and file creates there cost no call")
     entry_timeout_s: float = opt(60.0, "seconds the kernel may cache a name lookup (other clients' changes are pushed)")
     attr_timeout_s: float = opt(60.0, "seconds the kernel may cache attributes (other clients' changes are pushed)")
     retry_s: float = opt(15.0, "seconds a metadata call is retried before it fails with EIO")
@@ -127,6 +130,8 @@ async def serve(config: MountConfig, ops: ChunkfsOperations, http: SignedHttp,
                 invalidator: Invalidator, *background: Callable[[], Awaitable[None]]) -> None:
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
+        if ops.leases is not None:
+            ops.leases.nursery = nursery
         nursery.start_soon(invalidator.run)
         for task in background:
             nursery.start_soon(task)
@@ -137,6 +142,9 @@ async def serve(config: MountConfig, ops: ChunkfsOperations, http: SignedHttp,
         service.notify_ready(f"{config.metaserver} mounted on {config.mountpoint}")
         await pyfuse3.main(min_tasks=4, max_tasks=config.max_tasks)
         service.notify_stopping()
+        if ops.leases is not None:  # others need not wait for them to run out
+            with trio.move_on_after(5):
+                await ops.leases.give_back_all()
         nursery.cancel_scope.cancel()
     await http.aclose()
 
@@ -197,10 +205,12 @@ def run(config: MountConfig) -> None:
     disk = open_disk_cache(config, mountpoint)
     cache = ChunkCache(io, config.cache_mem_mb * MiB, disk)
     write_back = WriteBack(config.max_dirty_mb * MiB)
+    leases = Leases(meta) if config.dir_leases and not config.read_only else None
+    meta.leases = leases
     ops = ChunkfsOperations(meta, io, cache, entry_timeout_s=config.entry_timeout_s,
                             attr_timeout_s=config.attr_timeout_s,
                             open_file_options={"write_back": write_back,
-                                               "prefetch_chunks": prefetch_chunks(config)})
+                                               "prefetch_chunks": prefetch_chunks(config)}, leases=leases)
     pyfuse3.init(ops, str(mountpoint), mount_options(config))
     mounts.record(mountpoint, config.metaserver, config.secret_file.resolve(), os.getpid(), root_ino)
     log.info("mounted %s on %s", config.metaserver, config.mountpoint)
@@ -209,7 +219,7 @@ def run(config: MountConfig) -> None:
         host = socket.gethostname()
         invalidator = Invalidator(meta, client_id, ops.known_inodes, ops.forget_cached,
                                   lambda: r.ClientReport(host=host, mountpoint=str(mountpoint), cache=cache.stats()),
-                                  metadata=meta.cache)
+                                  metadata=meta.cache, leases=leases)
         trio.run(serve, config, ops, http, invalidator, write_back.run, *([disk.run] if disk else []))
     finally:
         if disk is not None:

@@ -15,7 +15,8 @@ same time-outs, in the mount, and is kept right the same way the kernel's is:
 
 It never answers that a name does not exist: a name made on another client must be found by
 an open() here as soon as that client closed the file (close-to-open), before the change feed
-can say so. So the failing lookup before each create (`cp -a`, `tar x`) stays a call.
+can say so. Only in a directory leased to this mount (leases.py), where no other client can
+make a name without the lease being recalled first, is a missing name answered here.
 
 Size is bounded by `max_entries` names and as many attributes; the oldest go first.
 """
@@ -24,12 +25,16 @@ from __future__ import annotations
 
 import stat
 import time
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import msgspec
 
 from chunkfs.protocol import records as r
-from chunkfs.protocol.meta_client import MetaClient
+from chunkfs.protocol.meta_client import MetaClient, carries_create
+
+if TYPE_CHECKING:
+    from chunkfs.mount.leases import Leases
+
 
 
 class MetadataCache:
@@ -146,6 +151,20 @@ class CachingMetaClient(MetaClient):
     def __init__(self, *args: Any, cache: MetadataCache, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cache = cache
+        self.leases: Leases | None = None  # set by the mount when it holds directory leases
+
+    async def call(self, op: str, request: Any, reply_type: Any = None) -> Any:
+        """Every call goes out after the creates it depends on (see leases.py)."""
+        if self.leases is not None and not carries_create(op, request):
+            await self.leases.before(request)
+        return await super().call(op, request, reply_type)
+
+    def created_here(self, parent: int, attr: r.Attr) -> None:
+        """A file was created in leased directory `parent` without a call: the directory's
+        times move as the metaserver will move them."""
+        before = self.cache.attr(parent)
+        if before is not None:
+            self.cache.put_attr(msgspec.structs.replace(before, mtime_ns=attr.ctime_ns, ctime_ns=attr.ctime_ns))
 
     # ---- reads ---------------------------------------------------------------------------------
     async def lookup(self, parent: int, name: bytes) -> r.Attr:
@@ -191,7 +210,10 @@ class CachingMetaClient(MetaClient):
         return await self._changing(req.ino, super().setattr(req))
 
     async def commit(self, req: r.CommitReq) -> r.Attr:
-        return await self._changing(req.ino, super().commit(req))
+        attr = await self._changing(req.ino, super().commit(req))
+        if req.create is not None:  # the name is new, as in create()
+            self.cache.put_entry(req.create.parent, req.create.name, attr)
+        return attr
 
     async def create(self, req: r.CreateReq) -> r.Attr:
         """The directory's new attributes follow from the answer (the metaserver stamps the
@@ -213,6 +235,10 @@ class CachingMetaClient(MetaClient):
         else:
             self.cache.changed(req.parent)
         self.cache.put_entry(req.parent, req.name, attr)  # a new name: nothing older to be stale
+        if self.leases is not None:
+            self.leases.added(req.parent, req.name)
+            if req.lease and is_dir:
+                self.leases.granted(attr.ino)
         return attr
 
     async def link(self, ino: int, parent: int, name: bytes) -> r.Attr:
@@ -222,6 +248,8 @@ class CachingMetaClient(MetaClient):
         finally:
             self.cache.changed(parent)
         self.cache.put_entry(parent, name, attr)
+        if self.leases is not None:
+            self.leases.added(parent, name)
         return attr
 
     async def remove(self, parent: int, name: bytes, is_dir: bool, open_here: list[int] | None = None) -> int:
@@ -231,12 +259,21 @@ class CachingMetaClient(MetaClient):
             self.cache.forget_entry(parent, name)
             self.cache.changed(parent)
         self.cache.forget_inode(ino)
+        if self.leases is not None:
+            self.leases.removed(parent, name)
+            if is_dir:
+                self.leases.forget(ino)
         return ino
 
     async def rename(self, req: r.RenameReq) -> list[int]:
         moved: list[int] = []
         try:
             moved = await super().rename(req)
+            if self.leases is not None:
+                self.leases.removed(req.old_parent, req.old_name)
+                self.leases.added(req.new_parent, req.new_name)
+                if req.flags & r.RENAME_EXCHANGE:
+                    self.leases.added(req.old_parent, req.old_name)
             return moved
         finally:
             self.cache.forget_entry(req.old_parent, req.old_name)

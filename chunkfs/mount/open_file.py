@@ -22,6 +22,7 @@ import errno
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import trio
 
@@ -78,6 +79,9 @@ class OpenFile:
         self.modified = False
         self.mtime_ns = self.attr.mtime_ns
         self.created_here = False  # set by the mount's create: see defer_attrs
+        self.pending_create: r.CreateReq | None = None  # made in a leased directory, not sent yet
+        self.create_sent: Callable[["OpenFile"], None] = lambda f: None  # told when it is (or failed)
+        self._create_lock = trio.Lock()
         self.attr_changes: r.SetattrReq | None = None  # mode, owner, atime set since the last commit
         self.changed_ns: int | None = None  # ctime of those changes, as this client sees it
         self.error: BaseException | None = None
@@ -307,6 +311,36 @@ class OpenFile:
                 raise FsError(exc.errno, f"an earlier write failed: {exc.message}")
             raise FsError(errno.EIO, f"an earlier write failed: {exc}")
 
+    async def send_create(self) -> None:
+        """Send this file's pending create on its own (someone needs it before the commit)."""
+        async with self._create_lock:
+            if self.pending_create is None:
+                return
+            try:
+                await self.meta.create(self.pending_create)
+            except FsError:  # it will never exist: the commit must not try again
+                self._created()
+                raise
+            self._created()
+
+    def _created(self) -> None:
+        self.create_sent(self)
+        self.pending_create = None
+
+    async def _commit(self, req: r.CommitReq) -> r.Attr:
+        """The commit, carrying the file's create if that is still pending."""
+        async with self._create_lock:
+            req.create = self.pending_create
+            try:
+                attr = await self.meta.commit(req)
+            except FsError:
+                if req.create is not None:
+                    self._created()
+                raise
+            if req.create is not None:
+                self._created()
+            return attr
+
     async def _inline_content(self) -> bytes | None:
         """The whole content of a small file whose only change is buffered here, or None."""
         if self.size > INLINE_MAX_BYTES or list(self.dirty) != [0] or self.uploading or self.uploaded:
@@ -327,9 +361,9 @@ class OpenFile:
             self._raise_pending_error()
             if not self.modified and not self.uploaded and not self.superseded:
                 return None
-            attr = await self.meta.commit(r.CommitReq(self.ino, self.size, self.mtime_ns,
-                                                      list(self.uploaded.values()), self.superseded,
-                                                      inline=inline, attrs=self.attr_changes))
+            attr = await self._commit(r.CommitReq(self.ino, self.size, self.mtime_ns,
+                                                  list(self.uploaded.values()), self.superseded,
+                                                  inline=inline, attrs=self.attr_changes))
             if inline is not None:
                 self.write_back_bound.add(-len(self.dirty.pop(0).data))
                 self.chunks.clear()

@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -21,6 +22,7 @@ from chunkfs import INLINE_MAX_BYTES, MAX_NAME_BYTES, posix_acl
 from chunkfs.errors import FsError, TransportError
 from chunkfs.mount.chunk_cache import ChunkCache
 from chunkfs.mount.chunk_io import ChunkIO
+from chunkfs.mount.leases import Leases
 from chunkfs.mount.open_file import OpenFile
 from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import MetaClient
@@ -32,7 +34,6 @@ PREFERRED_IO_BYTES = 1 << 20
 log = logging.getLogger(__name__)
 
 READDIR_PAGE = 1000
-RENAME_EXCHANGE = 2
 
 
 def fuse_errors(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -71,10 +72,11 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     def __init__(self, meta: MetaClient, io: ChunkIO, cache: ChunkCache, *,
                  entry_timeout_s: float, attr_timeout_s: float,
-                 open_file_options: dict[str, Any] | None = None) -> None:
-        """`open_file_options`: keyword arguments of every OpenFile (write-back bound, prefetch)."""
+                 open_file_options: dict[str, Any] | None = None, leases: Leases | None = None) -> None:
+        """`open_file_options`: keyword arguments of every OpenFile (write-back bound, prefetch).
+        `leases`: the directories this mount holds (None: every create asks the metaserver)."""
         super().__init__()
-        self.meta, self.io, self.cache = meta, io, cache
+        self.meta, self.io, self.cache, self.leases = meta, io, cache, leases
         self.open_file_options = open_file_options or {}
         self.entry_timeout_s, self.attr_timeout_s = entry_timeout_s, attr_timeout_s
         self.nursery: trio.Nursery | None = None  # set by main before serving
@@ -155,10 +157,18 @@ class ChunkfsOperations(pyfuse3.Operations):
             return self.entry(await self.meta.getattr(parent_inode))
         if name == b"..":
             return self.entry(await self.meta.parent(parent_inode))
+        leased = self.leases.lease(parent_inode) if self.leases is not None else None
+        if leased is not None:  # every name in it is known here
+            if name in leased.pending:
+                return self.entry(leased.pending[name].attr)
+            if name not in leased.names:
+                raise FsError(errno.ENOENT, f"{name!r} not found")
         return self.entry(await self.meta.lookup(parent_inode, name))
 
     @fuse_errors
     async def getattr(self, inode, ctx):
+        if self.leases is not None and inode in self.leases.pending_files:
+            return self.entry(self.leases.pending_files[inode].attr)
         return self.entry(await self.meta.getattr(inode))
 
     @fuse_errors
@@ -211,7 +221,28 @@ class ChunkfsOperations(pyfuse3.Operations):
         if len(name) > MAX_NAME_BYTES:
             raise FsError(errno.ENAMETOOLONG, "name too long")
         return await self.meta.create(r.CreateReq(parent=parent, name=name, mode=mode, uid=ctx.uid,
-                                                  gid=ctx.gid, rdev=rdev, target=target, umask=ctx.umask))
+                                                  gid=ctx.gid, rdev=rdev, target=target, umask=ctx.umask,
+                                                  lease=self.leases is not None and stat.S_ISDIR(mode)))
+
+    async def _create_here(self, parent: int, name: bytes, mode: int, ctx) -> tuple[r.Attr, r.CreateReq] | None:
+        """A regular file made in a directory leased to this mount, without a call: its attributes
+        as the metaserver will make them, and the create to send with its first commit. None
+        where that cannot be known here (no lease, a default ACL or other xattrs on the
+        directory, no goal) and the metaserver must be asked."""
+        if self.leases is None or self.leases.lease(parent) is None or len(name) > MAX_NAME_BYTES:
+            return None
+        directory = await self.meta.getattr(parent)
+        if directory.has_xattrs or not directory.goal or self.leases.lease(parent) is None:
+            return None
+        if name in self.leases.lease(parent).names:
+            raise FsError(errno.EEXIST, f"{name!r} exists")
+        req = r.CreateReq(parent=parent, name=name, mode=mode, uid=ctx.uid, gid=ctx.gid, umask=ctx.umask,
+                          ino=await self.leases.inode_number())
+        now = time.time_ns()
+        attr = r.Attr(ino=req.ino, mode=mode & ~(ctx.umask & 0o777), uid=ctx.uid,
+                      gid=directory.gid if directory.mode & stat.S_ISGID else ctx.gid, size=0,
+                      atime_ns=now, mtime_ns=now, ctime_ns=now, nlink=1, goal=directory.goal)
+        return attr, req
 
     @fuse_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
@@ -252,7 +283,7 @@ class ChunkfsOperations(pyfuse3.Operations):
         open_here = self._open_inodes()
         moved = await self.meta.rename(r.RenameReq(parent_inode_old, name_old, parent_inode_new, name_new, flags,
                                                    self.meta.client_id if open_here else "", open_here))
-        if len(moved) == 2 and not flags & RENAME_EXCHANGE and moved[1] in open_here:
+        if len(moved) == 2 and not flags & r.RENAME_EXCHANGE and moved[1] in open_here:
             await self._unlinked_while_open(moved[1])
 
     def _open_inodes(self) -> list[int]:
@@ -307,7 +338,9 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def fsyncdir(self, fh, datasync):
-        return None
+        """Everything is durable when acknowledged, but files created here under a lease."""
+        if self.leases is not None:
+            await self.leases.send_pending(self.dirs[fh].ino)
 
     # ---- files ----------------------------------------------------------------------------
     def _file_info(self, fh: int, attr: r.Attr) -> pyfuse3.FileInfo:
@@ -339,9 +372,16 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
-        attr = await self._create(parent_inode, name, stat.S_IFREG | (mode & 0o7777), ctx)
+        mode = stat.S_IFREG | (mode & 0o7777)
+        here = await self._create_here(parent_inode, name, mode, ctx)
+        attr = here[0] if here is not None else await self._create(parent_inode, name, mode, ctx)
         fh, open_file = await self._open_file(attr.ino, r.FileLayout(attr, [], {}))
         open_file.created_here = True
+        if here is not None and self.leases is not None:
+            open_file.pending_create, open_file.modified = here[1], True
+            open_file.create_sent = self.leases.create_sent
+            self.leases.created_here(parent_inode, name, open_file)
+            self.meta.created_here(parent_inode, attr)
         return self._file_info(fh, attr), self.entry(attr)
 
     @fuse_errors

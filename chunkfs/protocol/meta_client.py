@@ -17,6 +17,20 @@ ROOT_INO = 1
 INODE_FIELDS = ("ino", "parent", "old_parent", "new_parent")
 
 
+def named_inodes(req: Any) -> set[int]:
+    """Every inode a request names (and the directory of the create a commit carries)."""
+    inodes = {value for f in INODE_FIELDS if isinstance(value := getattr(req, f, None), int)}
+    create = getattr(req, "create", None)
+    if create is not None:
+        inodes.add(create.parent)
+    return inodes
+
+
+def carries_create(op: str, req: Any) -> bool:
+    """A request that creates a file this client made under a lease (leases.py of the mount)."""
+    return (op == "create" and getattr(req, "ino", 0) != 0) or (op == "commit" and req.create is not None)
+
+
 class SubtreeView:
     """A mount of a subdirectory (`HOST:PORT:/sub`) shows directory `root_ino` as its root: the
     kernel's inode 1 becomes `root_ino` on the way out and `root_ino` becomes 1 on the way in.
@@ -29,6 +43,8 @@ class SubtreeView:
         if self.root_ino == ROOT_INO or not isinstance(request, msgspec.Struct):
             return request
         changes = {f: self.root_ino for f in INODE_FIELDS if getattr(request, f, None) == ROOT_INO}
+        if getattr(request, "create", None) is not None:
+            changes["create"] = self.outgoing(request.create)
         return msgspec.structs.replace(request, **changes) if changes else request
 
     def ino_in(self, ino: int) -> int:
@@ -129,6 +145,13 @@ class MetaClient:
     # -- file data --------------------------------------------------------------------------
     async def open_file(self, ino: int) -> r.FileLayout:
         return await self.call("open", r.InodeReq(ino), r.FileLayout)
+
+    async def reserve_inodes(self, count: int) -> int:
+        """The first of `count` inode numbers this client may create files with."""
+        return await self.call("reserve_inodes", r.ReserveReq(count), int)
+
+    async def release_leases(self, inodes: list[int]) -> None:
+        await self.call("release_leases", r.LeaseReq(inodes))
 
     async def reserve(self, count: int) -> r.Reservation:
         return await self.call("reserve", r.ReserveReq(count), r.Reservation)

@@ -113,6 +113,8 @@ class CreateReq(Struct, kw_only=True):
     rdev: int = 0
     target: bytes | None = None  # symlinks only
     umask: int = 0  # applied by the metaserver unless the directory has a default ACL
+    ino: int = 0  # the inode number, from the client's reserved block (0: the metaserver picks)
+    lease: bool = False  # a directory: its creator holds it alone until another client asks (leases.py)
 
 
 class LinkReq(Struct):
@@ -130,6 +132,9 @@ class RemoveReq(Struct):
     is_dir: bool
     open_by: str = ""
     open_here: list[int] = []
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # RenameReq.flags, as renameat2(2)
 
 
 class RenameReq(Struct):
@@ -173,6 +178,7 @@ class CommitReq(Struct):
     discard: list[ChunkRef] = []
     inline: bytes | None = None
     attrs: SetattrReq | None = None
+    create: CreateReq | None = None  # a file created in a leased directory: created by this commit
 
 
 class GoalReq(Struct):
@@ -196,6 +202,11 @@ class ChangeBatch(Struct):
     seq: int
     changes: list[Change]
     reset: bool = False
+    recalls: list[int] = []  # directories leased to this client that another client needs now
+
+
+class LeaseReq(Struct):
+    inodes: list[int]
 
 
 # ---- chunkserver <-> metaserver -------------------------------------------------------------
