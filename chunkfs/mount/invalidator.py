@@ -17,7 +17,7 @@ import trio
 
 from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol import records as r
-from chunkfs.mount.leases import Leases
+from chunkfs.mount.leases import FEED_WAIT_S, Leases
 from chunkfs.mount.meta_cache import MetadataCache
 from chunkfs.protocol.meta_client import MetaClient
 
@@ -46,7 +46,7 @@ class Invalidator:
 
     async def run(self) -> None:
         while True:
-            wait_s = WAIT_S if self.leases is None or self.leases.feed_wait_s is None else self.leases.feed_wait_s
+            wait_s = WAIT_S if self.leases is None else FEED_WAIT_S  # leases are renewed by each poll
             sent_at = trio.current_time()
             try:
                 batch = await self.meta.changes(self.since if self.since is not None else 0,

@@ -43,8 +43,10 @@ INODE_BLOCK = 256
 
 @dataclass
 class LeasedDirectory:
+    trusted_until: float  # trio time
     names: set[bytes] = field(default_factory=set)  # every name in it (it was empty when made)
     pending: dict[bytes, "OpenFile"] = field(default_factory=dict)  # created here, not yet sent
+    returning: bool = False  # being given back: not used, its pending creates are being sent
 
 
 class Leases:
@@ -52,7 +54,6 @@ class Leases:
         self.meta = meta
         self.held: OrderedDict[int, LeasedDirectory] = OrderedDict()
         self.pending_files: dict[int, "OpenFile"] = {}  # inode -> file whose create is not sent
-        self.trusted_until = 0.0
         self.nursery: trio.Nursery | None = None  # set by main: recalls are answered in it
         self._inodes = range(0)
         self._inode_lock = trio.Lock()
@@ -60,24 +61,23 @@ class Leases:
 
     # ---- trust --------------------------------------------------------------------------------
     def fed(self, poll_sent_at: float) -> None:
-        """A change-feed poll sent at `poll_sent_at` (trio time) was answered: leases renewed."""
-        self.trusted_until = max(self.trusted_until, poll_sent_at + LEASE_S - LEASE_MARGIN_S)
+        """A change-feed poll sent at `poll_sent_at` (trio time) was answered: the leases held
+        then were renewed by it."""
+        until = poll_sent_at + LEASE_S - LEASE_MARGIN_S
+        for leased in self.held.values():
+            leased.trusted_until = max(leased.trusted_until, until)
 
     def lease(self, ino: int) -> LeasedDirectory | None:
         """The lease on directory `ino`, if this mount holds it and may trust it now."""
         leased = self.held.get(ino)
-        if leased is None or trio.current_time() >= self.trusted_until:
+        if leased is None or leased.returning or trio.current_time() >= leased.trusted_until:
             return None
         return leased
 
-    @property
-    def feed_wait_s(self) -> float | None:
-        """How long the change-feed poll may wait: short while there are leases to renew."""
-        return FEED_WAIT_S if self.held else None
-
     # ---- what this mount does in leased directories ------------------------------------------------
-    def granted(self, ino: int) -> None:
-        self.held[ino] = LeasedDirectory()
+    def granted(self, ino: int, asked_at: float) -> None:
+        """Directory `ino`, made by a call sent at `asked_at`, is leased to this mount."""
+        self.held[ino] = LeasedDirectory(asked_at + LEASE_S - LEASE_MARGIN_S)
         if len(self.held) > MAX_LEASES and self.nursery is not None:
             oldest = [d for d, leased in list(self.held.items())[: MAX_LEASES // 10] if not leased.pending]
             self.nursery.start_soon(self.give_back, oldest)
@@ -143,12 +143,15 @@ class Leases:
     async def give_back(self, inodes: list[int]) -> None:
         """Stop using the leases on `inodes` at once, send their pending creates, then tell the
         metaserver (a recall, too many leases, a reset of the feed)."""
-        given = [ino for ino in inodes if ino in self.held]
-        leased = [self.held.pop(ino) for ino in given]
+        leased = [(ino, self.held[ino]) for ino in inodes if ino in self.held]
+        for _ino, directory in leased:
+            directory.returning = True
         try:
-            for directory in leased:
+            for ino, directory in leased:
                 for open_file in list(directory.pending.values()):
                     await open_file.send_create()
+                if self.held.get(ino) is directory:
+                    del self.held[ino]
             if inodes:
                 await self.meta.release_leases(list(inodes))
         except (FsError, TransportError) as exc:  # the metaserver takes them back when they run out

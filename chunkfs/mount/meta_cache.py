@@ -28,6 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import msgspec
+import trio
 
 from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import MetaClient, carries_create
@@ -223,6 +224,7 @@ class CachingMetaClient(MetaClient):
         before = self.cache.attr(req.parent)
         self.cache.changed(req.parent)
         generation = self.cache.generation
+        asked_at = trio.current_time()
         try:
             attr = await super().create(req)
         except BaseException:
@@ -238,7 +240,7 @@ class CachingMetaClient(MetaClient):
         if self.leases is not None:
             self.leases.added(req.parent, req.name)
             if req.lease and is_dir:
-                self.leases.granted(attr.ino)
+                self.leases.granted(attr.ino, asked_at)
         return attr
 
     async def link(self, ino: int, parent: int, name: bytes) -> r.Attr:

@@ -238,6 +238,8 @@ class ChunkfsOperations(pyfuse3.Operations):
             raise FsError(errno.EEXIST, f"{name!r} exists")
         req = r.CreateReq(parent=parent, name=name, mode=mode, uid=ctx.uid, gid=ctx.gid, umask=ctx.umask,
                           ino=await self.leases.inode_number())
+        if self.leases.lease(parent) is None:  # recalled meanwhile (no await from here to created_here)
+            return None
         now = time.time_ns()
         attr = r.Attr(ino=req.ino, mode=mode & ~(ctx.umask & 0o777), uid=ctx.uid,
                       gid=directory.gid if directory.mode & stat.S_ISGID else ctx.gid, size=0,
