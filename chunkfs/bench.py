@@ -1,7 +1,7 @@
 """The workloads of `chunkfs bench`: the same timed file operations in each directory, so a
 chunkfs mount's figures can be set beside a local disk's or a tmpfs's.
 
-Promises: wall time only (no CPU accounting); every loop has a fixed bound (a count, or a count
+Promises: wall time, and the CPU time of a chunkfs mount per GiB it wrote or read; every loop has a fixed bound (a count, or a count
 and a deadline; `cp` and `rsync` run under a time-out); and nothing is left behind: a
 directory's files live in one scratch directory made for the run and removed when the run ends
 there, whether it succeeded or failed.
@@ -49,7 +49,9 @@ class Figure:
 
 FIGURES = (
     Figure("seq_write_mib_s", "write, 1 MiB + fsync", "MiB/s", True),
+    Figure("seq_write_cpu_s_gib", "write: the mount's CPU", "s/GiB", False),
     Figure("cold_read_mib_s", "read, cold", "MiB/s", True),
+    Figure("cold_read_cpu_s_gib", "read, cold: the mount's CPU", "s/GiB", False),
     Figure("warm_read_mib_s", "read, warm", "MiB/s", True),
     Figure("random_read_iops", "random 4 KiB read, cold", "IOPS", True),
     Figure("create_files_s", "create 4 KiB files", "files/s", True),
@@ -124,6 +126,25 @@ def drop_page_cache() -> bool:
     return True
 
 
+def mount_cpu_s(directory: Path) -> float | None:
+    """CPU seconds (user + system) the chunkfs mount holding `directory` has used, if it is one."""
+    record = mounts.find(directory)
+    if record is None:
+        return None
+    try:
+        fields = Path(f"/proc/{record['pid']}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_per_gib(key: str, directory: Path, before: float | None, size_mb: int) -> dict[str, float]:
+    after = mount_cpu_s(directory)
+    if before is None or after is None:
+        return {}
+    return {key: (after - before) / (size_mb / 1024)}
+
+
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
         written = os.write(fd, data)
@@ -151,6 +172,7 @@ def _read_through(path: Path, expected_bytes: int) -> float:
 
 def _sequential_write(ws: _Workspace) -> dict[str, float]:
     block = memoryview(os.urandom(MiB))
+    cpu = mount_cpu_s(ws.scratch)
     start = time.perf_counter()
     fd = os.open(ws.big_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -159,13 +181,16 @@ def _sequential_write(ws: _Workspace) -> dict[str, float]:
         os.fsync(fd)
     finally:
         os.close(fd)
-    return {"seq_write_mib_s": ws.settings.size_mb / (time.perf_counter() - start)}
+    return {"seq_write_mib_s": ws.settings.size_mb / (time.perf_counter() - start),
+            **_cpu_per_gib("seq_write_cpu_s_gib", ws.scratch, cpu, ws.settings.size_mb)}
 
 
 def _cold_read(ws: _Workspace) -> dict[str, float]:
     drop_client_cache(ws.big_file.parent)
     ws.page_cache_dropped = drop_page_cache()
-    return {"cold_read_mib_s": _read_through(ws.big_file, ws.settings.size_mb * MiB)}
+    cpu = mount_cpu_s(ws.scratch)
+    return {"cold_read_mib_s": _read_through(ws.big_file, ws.settings.size_mb * MiB),
+            **_cpu_per_gib("cold_read_cpu_s_gib", ws.scratch, cpu, ws.settings.size_mb)}
 
 
 def _warm_read(ws: _Workspace) -> dict[str, float]:

@@ -72,6 +72,16 @@ def metrics_of(address: str) -> dict[str, float]:
     return out
 
 
+def metaserver_calls(cluster) -> dict[str, float]:
+    """File-system calls the metaserver answered so far, by operation (from its /metrics)."""
+    calls: dict[str, float] = {}
+    for key, value in metrics_of(cluster.metaserver).items():
+        if key.startswith("chunkfs_http_requests_total{") and 'route="/v1/fs/{op}"' in key:
+            op = key.split('op="', 1)[1].split('"', 1)[0]
+            calls[op] = calls.get(op, 0) + value
+    return calls
+
+
 def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.3) -> float:
     """Seconds until `condition()` held; fails the test after `timeout_s`."""
     started = time.monotonic()

@@ -49,3 +49,11 @@ def test_bench_runs_only_the_workloads_asked_for(tmp_path):
     assert set(figures) == {"create_files_s", "stat_files_s", "stat_cold_files_s", "unlink_files_s",
                             "tree_cp_s", "tree_rsync_s"}
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_of_a_mount_reports_its_cpu_per_gib(cluster):
+    result = subprocess.run([sys.executable, "-m", "chunkfs.cli", "bench", str(cluster.mnt), "--only", "data",
+                             "--size-mb", "16", "--json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)["results"][str(cluster.mnt)]
+    assert figures["seq_write_cpu_s_gib"] > 0 and figures["cold_read_cpu_s_gib"] >= 0

@@ -11,27 +11,8 @@ import time
 import pytest
 
 from chunkfs.daemons import unmount
-from conftest import chunkfs, metrics_of
-
-
-def metaserver_calls(cluster) -> dict[str, float]:
-    calls: dict[str, float] = {}
-    for key, value in metrics_of(cluster.metaserver).items():
-        if key.startswith("chunkfs_http_requests_total{") and 'route="/v1/fs/{op}"' in key:
-            op = key.split('op="', 1)[1].split('"', 1)[0]
-            calls[op] = calls.get(op, 0) + value
-    return calls
-
-
-@pytest.fixture
-def second(cluster, tmp_path):
-    target = tmp_path / "client-b"
-    chunkfs("mount", cluster.metaserver, target, "--secret-file", cluster.secret_file,
-            "-o", f"cache_dir={tmp_path / 'cache-b'}")
-    try:
-        yield target
-    finally:
-        unmount(target)
+from conftest import chunkfs, metaserver_calls
+from test_two_clients import second_mount  # noqa: F401 (a fixture)
 
 
 def test_files_made_in_a_new_directory_cost_one_call_each(cluster):
@@ -50,8 +31,8 @@ def test_files_made_in_a_new_directory_cost_one_call_each(cluster):
         open(folder / "f3", "xb")
 
 
-def test_another_client_sees_pending_creates_and_its_own_changes_reach_the_holder(cluster, second):
-    a, b = cluster.mnt / "shared-dir", second / "shared-dir"
+def test_another_client_sees_pending_creates_and_its_own_changes_reach_the_holder(cluster, second_mount):
+    a, b = cluster.mnt / "shared-dir", second_mount / "shared-dir"
     a.mkdir()
     (a / "closed").write_bytes(b"closed")
     writer = open(a / "open", "wb")  # created under the lease, not sent yet
@@ -70,8 +51,8 @@ def test_another_client_sees_pending_creates_and_its_own_changes_reach_the_holde
     assert sorted(os.listdir(a)) == ["closed", "from-b", "open"]
 
 
-def test_exclusive_create_between_clients_in_a_leased_directory(cluster, second):
-    a, b = cluster.mnt / "race", second / "race"
+def test_exclusive_create_between_clients_in_a_leased_directory(cluster, second_mount):
+    a, b = cluster.mnt / "race", second_mount / "race"
     a.mkdir()
     fd = os.open(a / "lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     try:

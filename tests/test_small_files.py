@@ -13,23 +13,13 @@ from pathlib import Path
 
 from chunkfs import INLINE_MAX_BYTES
 from chunkfs.daemons import unmount
-from conftest import chunkfs, metrics_of
+from conftest import chunkfs, metaserver_calls
 
 MiB = 1024 * 1024
 
 
 def info(cluster, path: Path) -> dict:
     return json.loads(chunkfs("info", path, "--dir", cluster.dir, "--json").stdout)
-
-
-def metaserver_calls(cluster) -> dict[str, float]:
-    """Metaserver file-system calls answered so far, by operation."""
-    calls: dict[str, float] = {}
-    for key, value in metrics_of(cluster.metaserver).items():
-        if key.startswith("chunkfs_http_requests_total{") and 'route="/v1/fs/{op}"' in key:
-            op = key.split('op="', 1)[1].split('"', 1)[0]
-            calls[op] = calls.get(op, 0) + value
-    return calls
 
 
 def test_a_small_file_lives_inline_and_moves_to_chunks_when_it_grows(cluster):

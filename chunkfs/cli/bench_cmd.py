@@ -17,8 +17,10 @@ from chunkfs.cli.cluster_access import fail
 DIRECTORY = click.Path(exists=True, file_okay=False, writable=True, path_type=Path)
 
 
-def _value(value: float, unit: str) -> str:
-    if unit == "s":
+def _value(value: float | None, unit: str) -> str:
+    if value is None:  # not measured there (the mount's CPU, in a directory that is no mount)
+        return "-"
+    if unit in ("s", "s/GiB"):
         return f"{value:.2f}"
     if unit == "MiB/s":
         return f"{value:,.1f}"
@@ -52,7 +54,7 @@ def _table(results: list[workloads.DirectoryResult], settings: workloads.BenchSe
         if figure.key not in subject.figures:
             continue
         table.add_row(figure.label, figure.unit,
-                      *(_value(r.figures[figure.key], figure.unit) for r in results),
+                      *(_value(r.figures.get(figure.key), figure.unit) for r in results),
                       *(_ratio(c[figure.key], figure.higher_is_better) for c in compared))
     return table
 
