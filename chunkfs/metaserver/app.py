@@ -105,34 +105,43 @@ def statfs(m: Metaserver, txn) -> r.Statfs:
                     chunks=txn.stat(m.db.chunks)["entries"])
 
 
+# May touch a whole subtree: committed in the writer thread, never on the event loop.
+LARGE_MUTATIONS = frozenset({"goal"})
+# After these, the deleter may have chunk versions to delete.
+WAKE_DELETER = frozenset({"remove", "rename", "commit", "setattr", "release_orphan"})
+
+
 async def fs_operation(request: web.Request) -> web.Response:
     m = request.app[STATE]
     op = request.match_info["op"]
     client = request.headers.get(CLIENT_HEADER, "")
-    if op in READS:
-        record_type, run = READS[op]
+    read = READS.get(op)
+    if read is not None:
+        record_type, run = read
         req = await read_body(request, record_type)
         await m.leases.clear_for(client, named_inodes(req))
         with m.db.read() as txn:
             return json_response(run(m, txn, req))
-    if op in MUTATIONS:
-        record_type, bind = MUTATIONS[op]
+    mutation = MUTATIONS.get(op)
+    if mutation is not None:
+        record_type, bind = mutation
         req = await read_body(request, record_type)
         await m.leases.clear_for(client, named_inodes(req))
         rid = request.headers.get(request_id.HEADER, "")
         mutate = m.leases.creating(bind(m), client) if op == "create" else bind(m)
+        commit = m.committer.run if op in LARGE_MUTATIONS else m.committer.run_small
         if m.replies is None or not client or not rid:
-            result = await m.committer.run(mutate, req)
+            result = await commit(mutate, req)
             body = msgspec.json.encode(result)
         else:
-            body, result = await m.committer.run(m.replies.once(mutate, client, rid), req)
+            body, result = await commit(m.replies.once(mutate, client, rid), req)
             if result is None:  # a retry of a mutation already done: answer it again, changes nothing
                 return web.Response(body=body, content_type="application/json")
         if op == "create":
             m.leases.granted(req, result, client)
         elif op == "remove":
             m.leases.forget_removed(result)
-        if op in ("remove", "rename", "commit", "setattr", "release_orphan"):
+        if op in WAKE_DELETER:
             m.deleter.wake.set()
         inodes, entries = affected(op, req, result)
         if inodes or entries:
