@@ -5,6 +5,11 @@ The sending side (`chunkfs.protocol.http.SignedHttp`) makes one id per call and 
 the call's retries; the receiving side (`chunkfs.httpserver`) logs it, echoes it in error replies
 and keeps it in `current` while the request is handled, so the calls a handler makes on its
 behalf (a chunkserver fetching a copy from a peer) carry the same id and its log lines name it.
+
+A call under an id it made itself also numbers its attempts (`X-Chunkfs-Attempt`: 1, 2, ...):
+attempt 1 of a new random id was never sent before, so a server that keeps replies by request id
+(the metaserver's reply log) need not look for one. A call under the id of the request being
+handled sends no number: that id may have been sent before.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import re
 import secrets
 
 HEADER = "X-Request-Id"
+ATTEMPT_HEADER = "X-Chunkfs-Attempt"
 _VALID = re.compile(r"[0-9A-Za-z_.-]{1,64}")
 
 current: contextvars.ContextVar[str] = contextvars.ContextVar("chunkfs_request_id", default="")
@@ -28,6 +34,12 @@ def new() -> str:
 def for_outgoing_call() -> str:
     """The id of the request being handled, if any (its calls are part of it), else a new one."""
     return current.get() or new()
+
+
+def for_outgoing_call_and_is_new() -> tuple[str, bool]:
+    """`for_outgoing_call()`, and whether the id was made just now (never sent before)."""
+    inherited = current.get()
+    return (inherited, False) if inherited else (new(), True)
 
 
 def accept(received: str | None) -> str:

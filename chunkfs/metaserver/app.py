@@ -134,7 +134,8 @@ async def fs_operation(request: web.Request) -> web.Response:
             result = await commit(mutate, req)
             body = msgspec.json.encode(result)
         else:
-            body, result = await commit(m.replies.once(mutate, client, rid), req)
+            first_attempt = request.headers.get(request_id.ATTEMPT_HEADER) == "1"
+            body, result = await commit(m.replies.once(mutate, client, rid, first_attempt), req)
             if result is None:  # a retry of a mutation already done: answer it again, changes nothing
                 return web.Response(body=body, content_type="application/json")
         if op == "create":

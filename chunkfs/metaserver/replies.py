@@ -6,7 +6,12 @@ after its commit and started again). Without this a retried create would find it
 fail with EEXIST, a retried unlink ENOENT, a retried rename ENOENT. The reply is stored in the
 mutation's own transaction, so it is exactly as durable as what it answers, and survives a
 restart of the metaserver. Keys start with the minute they were written in, so old ones are
-pruned by one cursor walk from the start of the table.
+pruned by one cursor walk from the start of the table (and a batch of mutations writes near one
+end of it).
+
+Looking a reply up means a probe per minute kept (16). A client's first attempt at a call
+(`X-Chunkfs-Attempt: 1`) cannot have one yet, so its mutation skips the probes; every later
+attempt, and a call that does not say, is looked up.
 """
 
 from __future__ import annotations
@@ -26,10 +31,6 @@ PRUNE_BATCH = 10_000
 PRUNE_EVERY_S = 60
 
 
-def _key(bucket: int, client: str, request_id: str) -> bytes:
-    return bucket.to_bytes(8, "big") + client.encode() + b"\0" + request_id.encode()
-
-
 class ReplyLog:
     def __init__(self, db: MetaDB, committer: GroupCommitter | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -45,21 +46,25 @@ class ReplyLog:
             while await self.committer.run(self.prune) == PRUNE_BATCH:
                 pass
 
-    def once(self, mutate: Callable[[Any, Any], Any], client: str, request_id: str
+    def once(self, mutate: Callable[[Any, Any], Any], client: str, request_id: str, first_attempt: bool = False
              ) -> Callable[[Any, Any], tuple[bytes, Any]]:
         """`mutate(txn, req)` made idempotent per (client, request id): the returned function
         gives (encoded reply, result), where result is None when the reply was stored before
-        (the mutation already ran and was acknowledged, or its acknowledgement was lost)."""
+        (the mutation already ran and was acknowledged, or its acknowledgement was lost).
+        `first_attempt`: the client says it never sent this request before (nothing to look up)."""
+        suffix = client.encode() + b"\0" + request_id.encode()
 
         def run(txn: lmdb.Transaction, req: Any) -> tuple[bytes, Any]:
             now = int(self.clock() // BUCKET_S)
-            for bucket in range(now, now - KEEP_S // BUCKET_S - 1, -1):
-                stored = txn.get(_key(bucket, client, request_id), db=self.db.replies)
-                if stored is not None:
-                    return bytes(stored), None
+            if not first_attempt:
+                get, table = txn.get, self.db.replies
+                for bucket in range(now, now - KEEP_S // BUCKET_S - 1, -1):
+                    stored = get(bucket.to_bytes(8, "big") + suffix, db=table)
+                    if stored is not None:
+                        return bytes(stored), None
             result = mutate(txn, req)
             body = msgspec.json.encode(result)
-            txn.put(_key(now, client, request_id), body, db=self.db.replies)
+            txn.put(now.to_bytes(8, "big") + suffix, body, db=self.db.replies)
             return body, result
 
         return run

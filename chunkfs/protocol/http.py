@@ -4,7 +4,8 @@ One `SignedHttp` per process talks to every server. Transient failures (connecti
 reset, time-out, 502/503/504) are retried with exponential backoff until `retry_s` runs out;
 then the caller gets `TransportError`. A 4xx with a chunkfs error body becomes `FsError`.
 
-Every call carries an `X-Request-Id` (see `chunkfs.request_id`), the same on each of its retries;
+Every call carries an `X-Request-Id` (see `chunkfs.request_id`), the same on each of its retries,
+and, when the id is the call's own, an `X-Chunkfs-Attempt` numbering them;
 the `FsError` or `TransportError` a call ends with names it, so a client's error message can be
 matched with the server's log line.
 """
@@ -63,7 +64,7 @@ class SignedHttp:
         headers: dict | None = None,
         retry_s: float | None = None,
     ) -> Response:
-        rid = request_id.for_outgoing_call()
+        rid, new_id = request_id.for_outgoing_call_and_is_new()
         headers = {**headers, request_id.HEADER: rid} if headers else {request_id.HEADER: rid}
         parts = urlsplit(url)
         target = parts.path + (f"?{urlencode(params)}" if params else (f"?{parts.query}" if parts.query else ""))
@@ -72,11 +73,11 @@ class SignedHttp:
         started = time.monotonic()
         try:
             try:  # the first attempt without the retry machinery: building it cost ~50 us a call
-                return await self._once(method, parts.netloc, target, body, headers)
+                return await self._once(method, parts.netloc, target, body, headers, 1 if new_id else 0)
             except _Retryable as exc:
                 first_failure = exc
             return await self._retry(first_failure, limit_s - (time.monotonic() - started),
-                                     method, parts.netloc, target, body, headers)
+                                     method, parts.netloc, target, body, headers, new_id)
         except _Retryable as exc:
             raise TransportError(f"{method} {url}: {exc} (request_id={rid})") from None
         except FsError as exc:
@@ -84,7 +85,7 @@ class SignedHttp:
             raise
 
     async def _retry(self, first_failure: _Retryable, remaining_s: float, method: str, address: str,
-                     target: str, body: bytes | None, headers: dict) -> Response:
+                     target: str, body: bytes | None, headers: dict, new_id: bool) -> Response:
         """The attempts after a failed first one, on the schedule a retry loop around all of
         them would keep: tenacity counts `first_failure` as its attempt 1 (without sending it
         again) and stops `remaining_s` after now, i.e. `retry_s` after the first attempt."""
@@ -99,12 +100,16 @@ class SignedHttp:
             with attempt:
                 if failures:
                     raise failures.pop()
-                return await self._once(method, address, target, body, headers)
+                return await self._once(method, address, target, body, headers,
+                                        attempt.retry_state.attempt_number if new_id else 0)
         raise AssertionError("unreachable")
 
     async def _once(self, method: str, address: str, target: str, body: bytes | None,
-                    headers: dict | None) -> Response:
-        all_headers = [(auth.HEADER, auth.sign(self.secret, method, target)), *(headers or {}).items()]
+                    headers: dict, attempt: int) -> Response:
+        """`attempt`: which attempt under a request id of the call's own, 0 for an inherited id."""
+        all_headers = [(auth.HEADER, auth.sign(self.secret, method, target)), *headers.items()]
+        if attempt:
+            all_headers.append((request_id.ATTEMPT_HEADER, str(attempt)))
         try:
             response = await self.transport.send(method, address, target, all_headers, body)
         except TransportFailure as exc:
