@@ -8,7 +8,6 @@ protected by its checksum, metadata bodies travel only with a signed path.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -40,7 +39,7 @@ def load_secret(path: Path | str) -> bytes:
 
 def _mac(secret: bytes, method: str, target: str, ts: str) -> str:
     msg = f"{method.upper()}\n{target}\n{ts}".encode()
-    return hmac.new(secret, msg, hashlib.sha256).hexdigest()
+    return hmac.digest(secret, msg, "sha256").hex()  # one C call, no HMAC object
 
 
 def sign(secret: bytes, method: str, target: str, now: float | None = None) -> str:

@@ -1,4 +1,4 @@
-"""What both aiohttp daemons share: the request-id, auth and error middlewares, JSON bodies, serving.
+"""What both aiohttp daemons share: the request-id, auth and error middleware, JSON bodies, serving.
 
 Every request but the public read-only paths must carry a valid `X-Chunkfs-Auth` header
 (see `chunkfs.auth`); it is checked before any handler runs, so a refused request changes nothing.
@@ -49,19 +49,32 @@ async def read_body(request: web.Request, record_type: type[T]) -> T:
 
 
 @web.middleware
-async def request_id_middleware(request: web.Request, handler):
-    """Outermost of ours: the request's id is `request_id.current` while it is handled (log lines
+async def chunkfs_middleware(request: web.Request, handler):
+    """Request id, auth and errors in one layer (a middleware each cost ~15 us a request).
+
+    Outermost of ours: the request's id is `request_id.current` while it is handled (log lines
     and outgoing calls take it), comes back in the `X-Request-Id` reply header, and its outcome
-    is logged once here."""
+    is logged once here. A request that fails the auth check is answered 401 before its handler
+    runs; an `FsError` becomes its errno's reply, any other exception a logged 500."""
     rid = request_id.accept(request.headers.get(request_id.HEADER))
     token = request_id.current.set(rid)
     started = time.monotonic()
     try:
         try:
-            response = await handler(request)
+            if request.path not in PUBLIC_PATHS and not auth.verify(
+                    request.app[SECRET_KEY], request.method, request.raw_path, request.headers.get(auth.HEADER)):
+                response = error_response(401, "EACCES", "missing or invalid X-Chunkfs-Auth header")
+            else:
+                response = await handler(request)
+        except FsError as exc:
+            request[ERROR_KEY] = exc
+            response = error_response(exc.http_status(), exc.name, exc.message)
         except web.HTTPException as exc:
             _log_request(request, exc.status, started)
             raise
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            response = error_response(500, "EIO", "internal server error (see the server's log)")
         _log_request(request, response.status, started)
         if not response.prepared:
             response.headers[request_id.HEADER] = rid
@@ -71,16 +84,18 @@ async def request_id_middleware(request: web.Request, handler):
 
 
 def _log_request(request: web.Request, status: int, started: float) -> None:
+    if status < 400:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request method=%s path=%s status=%d duration_ms=%.1f", request.method, request.path,
+                      status, (time.monotonic() - started) * 1000)
+        return
     line = f"request method={request.method} path={request.path} status={status} " \
            f"duration_ms={(time.monotonic() - started) * 1000:.1f}"
     error: FsError | None = request.get(ERROR_KEY)
-    if status < 400:
-        log.debug("%s", line)
-        return
     if error is not None:
         line += f" errno={error.name} message={json.dumps(error.message)}"
     routine = error is not None and request.app.get(ROUTINE_ERROR, _never)(request, error)
-    logged = error is None and status >= 500  # the error middleware logged it with its traceback
+    logged = error is None and status >= 500  # logged with its traceback where it was caught
     level = logging.DEBUG if routine or logged else logging.ERROR if status >= 500 else logging.INFO
     log.log(level, "%s", line)
 
@@ -89,34 +104,11 @@ def _never(request: web.Request, error: FsError) -> bool:
     return False
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler):
-    if request.path not in PUBLIC_PATHS:
-        if not auth.verify(request.app[SECRET_KEY], request.method, request.raw_path,
-                           request.headers.get(auth.HEADER)):
-            return error_response(401, "EACCES", "missing or invalid X-Chunkfs-Auth header")
-    return await handler(request)
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler):
-    try:
-        return await handler(request)
-    except FsError as exc:
-        request[ERROR_KEY] = exc
-        return error_response(exc.http_status(), exc.name, exc.message)
-    except web.HTTPException:
-        raise
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "EIO", "internal server error (see the server's log)")
-
-
 def make_app(secret: bytes, routine_error: Callable[[web.Request, FsError], bool] = _never,
              **kwargs) -> web.Application:
     """`routine_error(request, error)` says which error replies are ordinary answers, logged at
     DEBUG only (a lookup of a name that does not exist is not worth a line)."""
-    app = web.Application(middlewares=[request_id_middleware, error_middleware, auth_middleware], **kwargs)
+    app = web.Application(middlewares=[chunkfs_middleware], **kwargs)
     app[SECRET_KEY] = secret
     app[ROUTINE_ERROR] = routine_error
     return app

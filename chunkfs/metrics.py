@@ -53,6 +53,7 @@ class HttpMetrics:
                                 ["route", "op", "status"], registry=registry)
         self.latency = Histogram("chunkfs_http_request_duration_seconds", "Time to answer an HTTP request",
                                  ["route", "op"], buckets=LATENCY_BUCKETS_S, registry=registry)
+        self._children: dict[tuple[str, str, int], tuple[Callable[[], None], Callable[[float], None]]] = {}
 
     def labels(self, request: web.Request) -> tuple[str, str]:
         resource = getattr(request.match_info.route, "resource", None)
@@ -61,6 +62,19 @@ class HttpMetrics:
         if op is None:
             return route, request.method
         return route, op if op in self.operations else "unknown"  # bounded: a label per known op
+
+    def _count(self, request: web.Request, status: int, duration_s: float) -> None:
+        """The labelled children are looked up once per (route, op, status) and kept: prometheus'
+        `labels()` takes a lock and checks its arguments on every call."""
+        labels = self.labels(request)
+        key = (*labels, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(*labels, str(status)).inc,
+                                              self.latency.labels(*labels).observe)
+        count, observe = children
+        count()
+        observe(duration_s)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler) -> web.StreamResponse:
@@ -77,9 +91,7 @@ class HttpMetrics:
             status = 499  # the client went away
             raise
         finally:
-            route, op = self.labels(request)
-            self.requests.labels(route, op, str(status)).inc()
-            self.latency.labels(route, op).observe(time.perf_counter() - start)
+            self._count(request, status, time.perf_counter() - start)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
