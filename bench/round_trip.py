@@ -69,7 +69,7 @@ async def client_figures(address: str, secret: bytes, count: int) -> dict[str, f
 def mount_figures(mountpoint: Path, count: int) -> dict[str, float]:
     base = mountpoint / "round-trip-bench"
     base.mkdir(exist_ok=True)
-    missing = base / "missing"
+    missing = mountpoint / "round-trip-bench-missing"  # in the root: a directory this mount made it may answer itself
 
     def stat_missing(i: int) -> None:
         try:
