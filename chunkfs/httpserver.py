@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 import msgspec
+import uvloop
 from aiohttp import web
 
 from chunkfs import auth, request_id
@@ -135,4 +136,4 @@ def serve(app: web.Application, host: str, port: int) -> None:
     The socket listens before the app's startup hooks run, so a hook that announces readiness
     (`chunkfs.service.attach`) is true: connections made from then on are served."""
     web.run_app(app, sock=listening_socket(host, port), print=None, access_log=None,
-                handle_signals=True, shutdown_timeout=5.0)
+                handle_signals=True, shutdown_timeout=5.0, loop=uvloop.new_event_loop())
