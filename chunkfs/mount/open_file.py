@@ -176,7 +176,7 @@ class OpenFile:
 
     async def _prefetch_one(self, ref: r.ChunkRef) -> None:
         try:
-            await self.cache.get(ref, self.servers)
+            await self.cache.prefetch(ref, self.servers)
         except Exception as exc:  # a prefetch is only a hint; the real read reports errors
             log.debug("prefetch of chunk %d v%d failed: %s", ref.chunk_id, ref.version, exc)
 
