@@ -13,9 +13,10 @@ from chunkfs.config import ConfigError, parse_address
 from chunkfs.errors import FsError, TransportError
 from chunkfs.httpserver import json_response, make_app
 from chunkfs.chunkserver.scrubber import CorruptionReporter
-from chunkfs.chunkserver.store import ChunkStore, CorruptChunk
+from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
 from chunkfs.protocol import records as r
-from chunkfs.protocol.chunk_client import CHECKSUM_HEADER, CHECKSUM_PARAM, ChunkClient
+from chunkfs.protocol.chunk_client import CHECKSUM_HEADER, CHECKSUM_PARAM, CLIENT_VERIFIES_PARAM, ChunkClient
+from chunkfs.chunkserver.sendfile import FileRangeResponse
 from chunkfs import CHUNK_SIZE
 
 STORE = web.AppKey("store", ChunkStore)
@@ -31,12 +32,34 @@ def _chunk_key(request: web.Request) -> tuple[int, int]:
         raise FsError(errno.EINVAL, "chunk id and version must be integers") from None
 
 
+async def _read_chunk_body(request: web.Request) -> bytes | bytearray:
+    """The request body, received into one buffer of its Content-Length (aiohttp's
+    `request.read()` copies every byte twice more)."""
+    length = request.content_length
+    if length is None:
+        return await request.read()  # no Content-Length (chunked): bounded by client_max_size
+    if length > CHUNK_SIZE:
+        raise FsError(errno.EFBIG, f"chunk of {length} bytes is over {CHUNK_SIZE}")
+    request.content.set_read_chunk_size(length)  # no pausing the socket while a chunk arrives
+    body = bytearray(length)
+    view = memoryview(body)
+    received = 0
+    while piece := await request.content.readany():
+        if received + len(piece) > length:
+            raise FsError(errno.EINVAL, "body longer than its Content-Length")
+        view[received:received + len(piece)] = piece
+        received += len(piece)
+    if received != length:
+        raise FsError(errno.EINVAL, f"body of {received} bytes, Content-Length {length}")
+    return body
+
+
 async def put_chunk(request: web.Request) -> web.Response:
     chunk_id, version = _chunk_key(request)
     checksum = request.headers.get(CHECKSUM_HEADER)
     if not checksum:
         raise FsError(errno.EINVAL, f"missing {CHECKSUM_HEADER} header")
-    data = await request.read()
+    data = await _read_chunk_body(request)
     counters = request.app[METRICS]
     if "base_version" in request.query:
         try:
@@ -57,10 +80,16 @@ async def put_chunk(request: web.Request) -> web.Response:
     return json_response({"ok": True})
 
 
-async def get_chunk(request: web.Request) -> web.Response:
+async def get_chunk(request: web.Request) -> web.StreamResponse:
+    """The chunk's data: verified block by block here, or, for a client that verifies the whole
+    chunk itself (`?client_verifies=1`), sent from the file with sendfile."""
     chunk_id, version = _chunk_key(request)
     counters = request.app[METRICS]
     try:
+        if request.query.get(CLIENT_VERIFIES_PARAM) == "1":
+            f, length = await asyncio.to_thread(request.app[STORE].open_data, chunk_id, version)
+            counters.read_bytes.inc(length)
+            return FileRangeResponse(f, HEADER_SIZE, length)
         data = await asyncio.to_thread(request.app[STORE].read, chunk_id, version)
     except CorruptChunk:
         counters.checksum_failures.labels("disk").inc()

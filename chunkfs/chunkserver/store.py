@@ -9,6 +9,10 @@ as corruption, never as data.
 A store may span several data directories, one per disk: a new chunk version goes to the one
 with the most free space, reads and deletes look in each, and every directory carries the
 server's id so a disk of another server is refused at start.
+
+`open_data` is the other way to read: the data of a chunk file, unverified, for sending with
+`sendfile` to a client that checks the whole chunk's checksum itself (end to end) and asks
+again with verification if it does not match; the scrubber still verifies every block at rest.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from chunkfs import CHUNK_SIZE
 from chunkfs.checksum import BLOCK_SIZE, DIGEST_SIZE, block_checksums, chunk_checksum, verify_blocks
@@ -128,7 +133,7 @@ class ChunkStore:
         return used + sum(free.values()), used
 
     # ---- blocking work, run in threads --------------------------------------------------------
-    def write(self, chunk_id: int, version: int, data: bytes, checksum: str) -> None:
+    def write(self, chunk_id: int, version: int, data: bytes | bytearray, checksum: str) -> None:
         if len(data) > CHUNK_SIZE:
             raise FsError(errno.EFBIG, f"chunk of {len(data)} bytes is over {CHUNK_SIZE}")
         if chunk_checksum(data) != checksum:
@@ -171,7 +176,7 @@ class ChunkStore:
             data.extend(bytes(offset - len(data)))
         data[offset:offset + len(piece)] = piece
         checksum = chunk_checksum(data)
-        self.write(chunk_id, version, bytes(data), checksum)
+        self.write(chunk_id, version, data, checksum)
         return checksum
 
     def read(self, chunk_id: int, version: int) -> bytes:
@@ -196,6 +201,32 @@ class ChunkStore:
             log.error("chunk %d v%d: block %d fails its checksum", chunk_id, version, bad)
             raise CorruptChunk(f"chunk {chunk_id} v{version}: block {bad} fails its checksum")
         return raw[HEADER_SIZE:]
+
+    def open_data(self, chunk_id: int, version: int) -> tuple[BinaryIO, int]:
+        """(the open chunk file, its data length): the data starts at HEADER_SIZE and is not
+        verified here. The header is checked, and the data asked from the disk ahead (so the
+        `sendfile` that follows, on the event loop, seldom waits for it). The caller closes it."""
+        for chunk_dir in self.dirs:
+            try:
+                f = open(chunk_dir.path(chunk_id, version), "rb", buffering=0)
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            raise FsError(errno.ENOENT, f"no chunk {chunk_id} version {version} here")
+        try:
+            head = os.pread(f.fileno(), _HEAD.size, 0)
+            size = os.fstat(f.fileno()).st_size
+            if len(head) < _HEAD.size or size < HEADER_SIZE:
+                raise CorruptChunk(f"chunk {chunk_id} v{version}: short header")
+            magic, length, _checksum = _HEAD.unpack(head)
+            if magic != MAGIC or length != size - HEADER_SIZE:
+                raise CorruptChunk(f"chunk {chunk_id} v{version}: bad header or length")
+            os.posix_fadvise(f.fileno(), HEADER_SIZE, length, os.POSIX_FADV_WILLNEED)
+        except BaseException:
+            f.close()
+            raise
+        return f, length
 
     def delete(self, chunk_id: int, version: int) -> bool:
         for chunk_dir in self.dirs:

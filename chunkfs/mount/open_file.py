@@ -151,7 +151,7 @@ class OpenFile:
             start = max(offset, index * CHUNK_SIZE) - index * CHUNK_SIZE
             stop = min(end, (index + 1) * CHUNK_SIZE) - index * CHUNK_SIZE
             content = await self._content(index)
-            piece = content[start:stop]
+            piece = bytes(memoryview(content)[start:stop])  # one copy, if content is a bytearray too
             parts.append(piece if len(piece) == stop - start else bytes(piece) + bytes(stop - start - len(piece)))
         return b"".join(parts)
 
