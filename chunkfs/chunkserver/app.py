@@ -32,26 +32,21 @@ def _chunk_key(request: web.Request) -> tuple[int, int]:
         raise FsError(errno.EINVAL, "chunk id and version must be integers") from None
 
 
-async def _read_chunk_body(request: web.Request) -> bytes | bytearray:
-    """The request body, received into one buffer of its Content-Length (aiohttp's
-    `request.read()` copies every byte twice more)."""
+async def _read_chunk_body(request: web.Request) -> list[bytes]:
+    """The request body in the pieces it arrived in (joining them, as aiohttp's `read()` does,
+    copies every byte twice more; the store hashes and writes pieces as they are)."""
     length = request.content_length
-    if length is None:
-        return await request.read()  # no Content-Length (chunked): bounded by client_max_size
-    if length > CHUNK_SIZE:
+    if length is not None and length > CHUNK_SIZE:
         raise FsError(errno.EFBIG, f"chunk of {length} bytes is over {CHUNK_SIZE}")
-    request.content.set_read_chunk_size(length)  # no pausing the socket while a chunk arrives
-    body = bytearray(length)
-    view = memoryview(body)
+    request.content.set_read_chunk_size(CHUNK_SIZE)  # no pausing the socket while a chunk arrives
+    pieces = []
     received = 0
     while piece := await request.content.readany():
-        if received + len(piece) > length:
-            raise FsError(errno.EINVAL, "body longer than its Content-Length")
-        view[received:received + len(piece)] = piece
         received += len(piece)
-    if received != length:
-        raise FsError(errno.EINVAL, f"body of {received} bytes, Content-Length {length}")
-    return body
+        if received > CHUNK_SIZE:
+            raise FsError(errno.EFBIG, f"chunk of over {CHUNK_SIZE} bytes")
+        pieces.append(piece)
+    return pieces
 
 
 async def put_chunk(request: web.Request) -> web.Response:
@@ -59,7 +54,8 @@ async def put_chunk(request: web.Request) -> web.Response:
     checksum = request.headers.get(CHECKSUM_HEADER)
     if not checksum:
         raise FsError(errno.EINVAL, f"missing {CHECKSUM_HEADER} header")
-    data = await _read_chunk_body(request)
+    pieces = await _read_chunk_body(request)
+    length = sum(len(p) for p in pieces)
     counters = request.app[METRICS]
     if "base_version" in request.query:
         try:
@@ -67,16 +63,16 @@ async def put_chunk(request: web.Request) -> web.Response:
         except ValueError:
             raise FsError(errno.EINVAL, "base_version and offset must be integers") from None
         new_checksum = await asyncio.to_thread(request.app[STORE].write_patch, chunk_id, version,
-                                               base_version, offset, data, checksum)
-        counters.written_bytes.inc(len(data))
+                                               base_version, offset, b"".join(pieces), checksum)
+        counters.written_bytes.inc(length)
         return json_response({"ok": True, "checksum": new_checksum})
     try:
-        await asyncio.to_thread(request.app[STORE].write, chunk_id, version, data, checksum)
+        await asyncio.to_thread(request.app[STORE].write, chunk_id, version, pieces, checksum)
     except FsError as exc:
         if exc.errno == errno.EBADMSG:
             counters.checksum_failures.labels("upload").inc()
         raise
-    counters.written_bytes.inc(len(data))
+    counters.written_bytes.inc(length)
     return json_response({"ok": True})
 
 

@@ -26,10 +26,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Sequence
 
 from chunkfs import CHUNK_SIZE
-from chunkfs.checksum import BLOCK_SIZE, DIGEST_SIZE, block_checksums, chunk_checksum, verify_blocks
+from chunkfs.checksum import BLOCK_SIZE, DIGEST_SIZE, checksums_of_pieces, chunk_checksum, verify_blocks
 from chunkfs.durable_files import replace_durably
 from chunkfs.errors import FsError
 
@@ -133,22 +133,28 @@ class ChunkStore:
         return used + sum(free.values()), used
 
     # ---- blocking work, run in threads --------------------------------------------------------
-    def write(self, chunk_id: int, version: int, data: bytes | bytearray, checksum: str) -> None:
-        if len(data) > CHUNK_SIZE:
-            raise FsError(errno.EFBIG, f"chunk of {len(data)} bytes is over {CHUNK_SIZE}")
-        if chunk_checksum(data) != checksum:
+    def write(self, chunk_id: int, version: int, data: bytes | bytearray | Sequence[bytes], checksum: str) -> None:
+        """Store `data` (bytes, or the pieces a request body arrived in) as the version, checked
+        against `checksum`; returns once it is fsynced and renamed into place."""
+        pieces = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+        length = sum(len(p) for p in pieces)
+        if length > CHUNK_SIZE:
+            raise FsError(errno.EFBIG, f"chunk of {length} bytes is over {CHUNK_SIZE}")
+        whole, blocks = checksums_of_pieces(pieces)
+        if whole != checksum:
             raise FsError(errno.EBADMSG, "data does not match its checksum (damaged in transit)")
         chunk_dir = self._holder(chunk_id, version) or self._dir_for_new()
         path = chunk_dir.path(chunk_id, version)
-        path.parent.mkdir(exist_ok=True)
-        header = _HEAD.pack(MAGIC, len(data), checksum.encode()) + block_checksums(data)
+        if not path.parent.is_dir():
+            path.parent.mkdir(exist_ok=True)
+        header = _HEAD.pack(MAGIC, length, checksum.encode()) + blocks
         tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, header.ljust(HEADER_SIZE, b"\0"))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            for piece in (header.ljust(HEADER_SIZE, b"\0"), *pieces):
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view):]
             os.fsync(fd)
         except OSError as exc:
             os.close(fd)
@@ -160,7 +166,7 @@ class ChunkStore:
         existed = path.exists()
         replace_durably(tmp, path)
         if not existed:
-            chunk_dir.used_bytes += HEADER_SIZE + len(data)
+            chunk_dir.used_bytes += HEADER_SIZE + length
             chunk_dir.chunk_count += 1
 
     def write_patch(self, chunk_id: int, version: int, base_version: int, offset: int, piece: bytes,
