@@ -57,3 +57,38 @@ def test_bench_of_a_mount_reports_its_cpu_per_gib(cluster):
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)["results"][str(cluster.mnt)]
     assert figures["seq_write_cpu_s_gib"] > 0 and figures["cold_read_cpu_s_gib"] >= 0
+
+
+def test_bench_runs_every_workload_through_the_plain_passthrough(tmp_path):
+    """bench/passthrough.py, the yardstick of bench/run_local.sh, serves every workload; it
+    unmounts on SIGTERM, and is unmounted here whatever happens."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    source, mountpoint = tmp_path / "source", tmp_path / "mnt"
+    source.mkdir()
+    mountpoint.mkdir()
+    script = Path(__file__).resolve().parent.parent / "bench" / "passthrough.py"
+    daemon = subprocess.Popen([sys.executable, str(script), str(source), str(mountpoint)])
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.ismount(mountpoint):
+            assert daemon.poll() is None and time.monotonic() < deadline, "the passthrough did not mount"
+            time.sleep(0.05)
+        result = subprocess.run([sys.executable, "-m", "chunkfs.cli", "bench", str(mountpoint), "--size-mb", "8",
+                                 "--files", "50", "--tree-files", "200", "--json"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert set(json.loads(result.stdout)["results"][str(mountpoint)]) == FIGURES
+        assert list(source.iterdir()) == []
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+        assert not os.path.ismount(mountpoint)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        if os.path.ismount(mountpoint):
+            subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)

@@ -16,7 +16,7 @@ import pytest
 
 from chunkfs import CHUNK_SIZE
 from chunkfs.mounts import is_mounted
-from conftest import chunkfs
+from conftest import chunkfs, wait_until
 
 MiB = 1024 * 1024
 
@@ -146,6 +146,25 @@ def test_a_corrupt_replica_is_never_served(fresh_cluster):
     fresh_cluster.up()  # a new mount: nothing cached
     assert (fresh_cluster.mnt / "precious").read_bytes() == data
 
+
+
+@pytest.mark.parametrize("fresh_cluster", [{"up_options": ("--scrub-mb-per-s", "0")}], indirect=True)
+def test_a_read_of_a_chunk_corrupt_on_every_server_fails_and_the_read_reports_each_copy(fresh_cluster):
+    """Chunkservers send chunks unverified; the mount's checksum finds the damage, asks each
+    server again with its block checks, and that is how the servers learn of it (scrub is off)."""
+    (fresh_cluster.mnt / "doomed").write_bytes(os.urandom(CHUNK_SIZE))
+    copies = list((fresh_cluster.dir / "chunkservers").glob("cs*/chunks/*/*.chunk"))
+    assert len(copies) == 3
+    for chunk in copies:
+        raw = bytearray(chunk.read_bytes())
+        raw[4096 + 123_456] ^= 0x01
+        chunk.write_bytes(bytes(raw))
+    fresh_cluster.down()
+    fresh_cluster.up()
+    with pytest.raises(OSError) as failed:
+        (fresh_cluster.mnt / "doomed").read_bytes()
+    assert failed.value.errno == errno.EIO
+    wait_until(lambda: fresh_cluster.status()["corrupt_found"] >= 3, 30, "every corrupt copy reported")
 
 @pytest.fixture
 def helper_installed():

@@ -13,9 +13,10 @@ from chunkfs.config import ConfigError, parse_address
 from chunkfs.errors import FsError, TransportError
 from chunkfs.httpserver import json_response, make_app
 from chunkfs.chunkserver.scrubber import CorruptionReporter
-from chunkfs.chunkserver.store import ChunkStore, CorruptChunk
+from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
 from chunkfs.protocol import records as r
-from chunkfs.protocol.chunk_client import CHECKSUM_HEADER, CHECKSUM_PARAM, ChunkClient
+from chunkfs.protocol.chunk_client import CHECKSUM_HEADER, CHECKSUM_PARAM, CLIENT_VERIFIES_PARAM, ChunkClient
+from chunkfs.chunkserver.sendfile import FileRangeResponse
 from chunkfs import CHUNK_SIZE
 
 STORE = web.AppKey("store", ChunkStore)
@@ -31,12 +32,30 @@ def _chunk_key(request: web.Request) -> tuple[int, int]:
         raise FsError(errno.EINVAL, "chunk id and version must be integers") from None
 
 
+async def _read_chunk_body(request: web.Request) -> list[bytes]:
+    """The request body in the pieces it arrived in (joining them, as aiohttp's `read()` does,
+    copies every byte twice more; the store hashes and writes pieces as they are)."""
+    length = request.content_length
+    if length is not None and length > CHUNK_SIZE:
+        raise FsError(errno.EFBIG, f"chunk of {length} bytes is over {CHUNK_SIZE}")
+    request.content.set_read_chunk_size(CHUNK_SIZE)  # no pausing the socket while a chunk arrives
+    pieces = []
+    received = 0
+    while piece := await request.content.readany():
+        received += len(piece)
+        if received > CHUNK_SIZE:
+            raise FsError(errno.EFBIG, f"chunk of over {CHUNK_SIZE} bytes")
+        pieces.append(piece)
+    return pieces
+
+
 async def put_chunk(request: web.Request) -> web.Response:
     chunk_id, version = _chunk_key(request)
     checksum = request.headers.get(CHECKSUM_HEADER)
     if not checksum:
         raise FsError(errno.EINVAL, f"missing {CHECKSUM_HEADER} header")
-    data = await request.read()
+    pieces = await _read_chunk_body(request)
+    length = sum(len(p) for p in pieces)
     counters = request.app[METRICS]
     if "base_version" in request.query:
         try:
@@ -44,23 +63,29 @@ async def put_chunk(request: web.Request) -> web.Response:
         except ValueError:
             raise FsError(errno.EINVAL, "base_version and offset must be integers") from None
         new_checksum = await asyncio.to_thread(request.app[STORE].write_patch, chunk_id, version,
-                                               base_version, offset, data, checksum)
-        counters.written_bytes.inc(len(data))
+                                               base_version, offset, b"".join(pieces), checksum)
+        counters.written_bytes.inc(length)
         return json_response({"ok": True, "checksum": new_checksum})
     try:
-        await asyncio.to_thread(request.app[STORE].write, chunk_id, version, data, checksum)
+        await asyncio.to_thread(request.app[STORE].write, chunk_id, version, pieces, checksum)
     except FsError as exc:
         if exc.errno == errno.EBADMSG:
             counters.checksum_failures.labels("upload").inc()
         raise
-    counters.written_bytes.inc(len(data))
+    counters.written_bytes.inc(length)
     return json_response({"ok": True})
 
 
-async def get_chunk(request: web.Request) -> web.Response:
+async def get_chunk(request: web.Request) -> web.StreamResponse:
+    """The chunk's data: verified block by block here, or, for a client that verifies the whole
+    chunk itself (`?client_verifies=1`), sent from the file with sendfile."""
     chunk_id, version = _chunk_key(request)
     counters = request.app[METRICS]
     try:
+        if request.query.get(CLIENT_VERIFIES_PARAM) == "1":
+            f, length = await asyncio.to_thread(request.app[STORE].open_data, chunk_id, version)
+            counters.read_bytes.inc(length)
+            return FileRangeResponse(f, HEADER_SIZE, length)
         data = await asyncio.to_thread(request.app[STORE].read, chunk_id, version)
     except CorruptChunk:
         counters.checksum_failures.labels("disk").inc()

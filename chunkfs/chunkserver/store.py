@@ -9,6 +9,10 @@ as corruption, never as data.
 A store may span several data directories, one per disk: a new chunk version goes to the one
 with the most free space, reads and deletes look in each, and every directory carries the
 server's id so a disk of another server is refused at start.
+
+`open_data` is the other way to read: the data of a chunk file, unverified, for sending with
+`sendfile` to a client that checks the whole chunk's checksum itself (end to end) and asks
+again with verification if it does not match; the scrubber still verifies every block at rest.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Sequence
 
 from chunkfs import CHUNK_SIZE
-from chunkfs.checksum import BLOCK_SIZE, DIGEST_SIZE, block_checksums, chunk_checksum, verify_blocks
+from chunkfs.checksum import BLOCK_SIZE, DIGEST_SIZE, checksums_of_pieces, chunk_checksum, verify_blocks
 from chunkfs.durable_files import replace_durably
 from chunkfs.errors import FsError
 
@@ -128,22 +133,28 @@ class ChunkStore:
         return used + sum(free.values()), used
 
     # ---- blocking work, run in threads --------------------------------------------------------
-    def write(self, chunk_id: int, version: int, data: bytes, checksum: str) -> None:
-        if len(data) > CHUNK_SIZE:
-            raise FsError(errno.EFBIG, f"chunk of {len(data)} bytes is over {CHUNK_SIZE}")
-        if chunk_checksum(data) != checksum:
+    def write(self, chunk_id: int, version: int, data: bytes | bytearray | Sequence[bytes], checksum: str) -> None:
+        """Store `data` (bytes, or the pieces a request body arrived in) as the version, checked
+        against `checksum`; returns once it is fsynced and renamed into place."""
+        pieces = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+        length = sum(len(p) for p in pieces)
+        if length > CHUNK_SIZE:
+            raise FsError(errno.EFBIG, f"chunk of {length} bytes is over {CHUNK_SIZE}")
+        whole, blocks = checksums_of_pieces(pieces)
+        if whole != checksum:
             raise FsError(errno.EBADMSG, "data does not match its checksum (damaged in transit)")
         chunk_dir = self._holder(chunk_id, version) or self._dir_for_new()
         path = chunk_dir.path(chunk_id, version)
-        path.parent.mkdir(exist_ok=True)
-        header = _HEAD.pack(MAGIC, len(data), checksum.encode()) + block_checksums(data)
+        if not path.parent.is_dir():
+            path.parent.mkdir(exist_ok=True)
+        header = _HEAD.pack(MAGIC, length, checksum.encode()) + blocks
         tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, header.ljust(HEADER_SIZE, b"\0"))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            for piece in (header.ljust(HEADER_SIZE, b"\0"), *pieces):
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view):]
             os.fsync(fd)
         except OSError as exc:
             os.close(fd)
@@ -155,7 +166,7 @@ class ChunkStore:
         existed = path.exists()
         replace_durably(tmp, path)
         if not existed:
-            chunk_dir.used_bytes += HEADER_SIZE + len(data)
+            chunk_dir.used_bytes += HEADER_SIZE + length
             chunk_dir.chunk_count += 1
 
     def write_patch(self, chunk_id: int, version: int, base_version: int, offset: int, piece: bytes,
@@ -171,7 +182,7 @@ class ChunkStore:
             data.extend(bytes(offset - len(data)))
         data[offset:offset + len(piece)] = piece
         checksum = chunk_checksum(data)
-        self.write(chunk_id, version, bytes(data), checksum)
+        self.write(chunk_id, version, data, checksum)
         return checksum
 
     def read(self, chunk_id: int, version: int) -> bytes:
@@ -196,6 +207,32 @@ class ChunkStore:
             log.error("chunk %d v%d: block %d fails its checksum", chunk_id, version, bad)
             raise CorruptChunk(f"chunk {chunk_id} v{version}: block {bad} fails its checksum")
         return raw[HEADER_SIZE:]
+
+    def open_data(self, chunk_id: int, version: int) -> tuple[BinaryIO, int]:
+        """(the open chunk file, its data length): the data starts at HEADER_SIZE and is not
+        verified here. The header is checked, and the data asked from the disk ahead (so the
+        `sendfile` that follows, on the event loop, seldom waits for it). The caller closes it."""
+        for chunk_dir in self.dirs:
+            try:
+                f = open(chunk_dir.path(chunk_id, version), "rb", buffering=0)
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            raise FsError(errno.ENOENT, f"no chunk {chunk_id} version {version} here")
+        try:
+            head = os.pread(f.fileno(), _HEAD.size, 0)
+            size = os.fstat(f.fileno()).st_size
+            if len(head) < _HEAD.size or size < HEADER_SIZE:
+                raise CorruptChunk(f"chunk {chunk_id} v{version}: short header")
+            magic, length, _checksum = _HEAD.unpack(head)
+            if magic != MAGIC or length != size - HEADER_SIZE:
+                raise CorruptChunk(f"chunk {chunk_id} v{version}: bad header or length")
+            os.posix_fadvise(f.fileno(), HEADER_SIZE, length, os.POSIX_FADV_WILLNEED)
+        except BaseException:
+            f.close()
+            raise
+        return f, length
 
     def delete(self, chunk_id: int, version: int) -> bool:
         for chunk_dir in self.dirs:

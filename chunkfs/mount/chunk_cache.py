@@ -9,6 +9,12 @@ of it (`UPLOADED_SHARE`) until they are read, so a big copy neither writes itsel
 disk nor pushes out what readers use; that share also keeps the base of a chunk rewritten in
 place (a database's) at hand. Memory is bounded by bytes, evicted by a segmented LRU
 (`cache_policy`): recency and frequency both count.
+
+A use is what promotes an entry: reads of one chunk less than `CORRELATED_S` apart count as one
+use (a sequential reader takes a chunk in four 1 MiB reads; were each a use, every chunk of a scan
+would be promoted, and the protected chunks of the scan would push out of probation the chunks
+prefetched ahead of the reader before it gets to them, so each would be fetched again). A
+prefetched chunk is unused until its first read.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from chunkfs.protocol import records as r
 Key = tuple[int, int]
 ENTRY_OVERHEAD_BYTES = 256
 UPLOADED_SHARE = 8  # 1/8 of the memory tier holds uploaded chunks not read since
+CORRELATED_S = 1.0  # reads of a chunk this close together are one use
 
 
 class ChunkCache:
@@ -34,7 +41,14 @@ class ChunkCache:
         self._uploaded: SegmentedLru[Key] = SegmentedLru(max_bytes // UPLOADED_SHARE)
         self._policy: SegmentedLru[Key] = SegmentedLru(max_bytes - max_bytes // UPLOADED_SHARE)
         self._entries: dict[Key, bytes] = {}
+        self._last_use: dict[Key, float] = {}  # entries read since they were added: when
         self._fetching: dict[Key, trio.Event] = {}
+
+    @property
+    def probation_bytes(self) -> int:
+        """Room for chunks not used again yet (what a reader's prefetched chunks wait in), even
+        when the protected segment is full."""
+        return self._policy.capacity_bytes - self._policy.protected_bytes_max
 
     @property
     def size_bytes(self) -> int:
@@ -48,15 +62,19 @@ class ChunkCache:
         key = (ref.chunk_id, ref.version)
         return key in self._entries or key in self._fetching
 
-    async def get(self, ref: r.ChunkRef, servers: dict[str, str]) -> bytes:
+    async def prefetch(self, ref: r.ChunkRef, servers: dict[str, str]) -> None:
+        """Have `ref` cached for a read soon; not a use of it."""
+        await self.get(ref, servers, use=False)
+
+    async def get(self, ref: r.ChunkRef, servers: dict[str, str], use: bool = True) -> bytes:
         key = (ref.chunk_id, ref.version)
         for _ in range(3):
             data = self._entries.get(key)
             if data is not None:
                 if self._uploaded.remove(key) is not None:
                     self._add(self._policy, key, data)  # read at last: a chunk like any other
-                else:
-                    self._policy.touch(key)
+                if use:
+                    self._used(key)
                 self.hits += 1
                 return data
             pending = self._fetching.get(key)
@@ -72,10 +90,21 @@ class ChunkCache:
                 if self.disk is not None:
                     self.disk.store(ref, data)
             self.put(ref, data)
+            if use:
+                self._last_use[key] = trio.current_time()
             return data
         finally:
             del self._fetching[key]
             done.set()
+
+    def _used(self, key: Key) -> None:
+        """A read of a cached entry: promoted if it is a new use (see CORRELATED_S)."""
+        now = trio.current_time()
+        last = self._last_use.get(key)
+        if last is not None and now - last >= CORRELATED_S:
+            self._policy.touch(key)
+        if last is None or now - last >= CORRELATED_S:
+            self._last_use[key] = now
 
     def put(self, ref: r.ChunkRef, data: bytes) -> None:
         key = (ref.chunk_id, ref.version)
@@ -90,8 +119,10 @@ class ChunkCache:
 
     def _add(self, policy: SegmentedLru[Key], key: Key, data: bytes) -> None:
         self._entries[key] = data
+        self._last_use.pop(key, None)
         for victim in policy.add(key, len(data) + ENTRY_OVERHEAD_BYTES):
             del self._entries[victim]
+            self._last_use.pop(victim, None)
 
     async def drop(self) -> None:
         """Forget every cached chunk, in memory and on disk: what `kill -USR1` on a mount does,
@@ -99,6 +130,7 @@ class ChunkCache:
         self._uploaded = SegmentedLru(self._uploaded.capacity_bytes)
         self._policy = SegmentedLru(self._policy.capacity_bytes)
         self._entries.clear()
+        self._last_use.clear()
         if self.disk is not None:
             await self.disk.drop()
 

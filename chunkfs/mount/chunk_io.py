@@ -2,6 +2,9 @@
 
 Reads go to the first replica that answers with bytes matching the chunk's checksum (a replica
 that is down, lacks the version or returns bad bytes is skipped at once, within the request).
+This check is where reads are verified: chunkservers send chunks to the mount without checking
+their block checksums (sendfile), and check them only when the mount asks again after a
+mismatch; their scrubbers re-verify every chunk at rest.
 Writes go to all target replicas in parallel; a replica that fails is replaced by a spare, and
 the write succeeds as long as one replica stored it (the chunk is then under goal). A server that
 answers ENOSPC goes last for uploads for a while (until the metaserver stops offering it); if
@@ -61,7 +64,7 @@ class ChunkIO:
         except trio.TooSlowError:
             raise TransportError(f"no answer within {self.replica_timeout_s:.0f} s") from None
 
-    async def fetch(self, ref: r.ChunkRef, servers: dict[str, str]) -> bytes:
+    async def fetch(self, ref: r.ChunkRef, servers: dict[str, str]) -> bytes | bytearray:
         """The stored bytes of `ref` (callers clip to `ref.length`). Every replica is tried once
         at once; only if none answered are they tried again, with retries."""
         candidates = self._healthy_first([servers[s] for s in ref.replicas if s in servers])
@@ -72,8 +75,7 @@ class ChunkIO:
             unreachable = False
             for address in candidates:
                 try:
-                    data = await self._within_timeout(
-                        self.chunks.get(address, ref.chunk_id, ref.version, retry_s=retry_s))
+                    data = await self._within_timeout(self._fetch_verified(address, ref, retry_s))
                 except TransportError as exc:
                     self._suspect(address)
                     unreachable = True
@@ -82,7 +84,7 @@ class ChunkIO:
                 except FsError as exc:
                     problems.append(f"{address}: {exc}")
                     continue
-                if chunk_checksum(data) != ref.checksum:
+                if data is None:
                     problems.append(f"{address}: checksum mismatch")
                     continue
                 self.bytes_read += len(data)
@@ -92,10 +94,25 @@ class ChunkIO:
         log.error("chunk %d v%d unreadable: %s", ref.chunk_id, ref.version, "; ".join(problems))
         raise FsError(errno.EIO, f"chunk {ref.chunk_id} v{ref.version}: no replica could serve it")
 
-    async def upload(self, ino: int, index: int, data: bytes, slot: "UploadSlot") -> r.ChunkRef:
+    async def _fetch_verified(self, address: str, ref: r.ChunkRef, retry_s: float) -> bytes | bytearray | None:
+        """The chunk from one server, checked here against its checksum (None if it does not
+        match). The server sends it unverified; only bytes that fail here are asked for again
+        with the server's own block checks, which finds and reports a corrupt copy (it answers
+        an error then) or tells a transfer that went wrong from bad data on its disk."""
+        data = await self.chunks.get(address, ref.chunk_id, ref.version, retry_s=retry_s, client_verifies=True)
+        if chunk_checksum(data) == ref.checksum:
+            return data
+        log.warning("chunk %d v%d from %s does not match its checksum; asking again, verified there",
+                    ref.chunk_id, ref.version, address)
+        data = await self.chunks.get(address, ref.chunk_id, ref.version, retry_s=retry_s)
+        return data if chunk_checksum(data) == ref.checksum else None
+
+    async def upload(self, ino: int, index: int, data: bytes | bytearray, slot: "UploadSlot") -> r.ChunkRef:
         """Store `data` as version `slot.version` of chunk `index`; returns once it is durable on
         every replica that took it (at least one, else EIO)."""
         checksum = chunk_checksum(data)
+        if not isinstance(data, bytes):
+            data = bytes(data)  # once: the HTTP layer would copy a bytearray for each replica
         weighted = weighted_order(slot.servers, [s.free_bytes for s in slot.servers])
         healthy = self._healthy_first([s.address for s in weighted])
         now = trio.current_time()

@@ -11,8 +11,8 @@ Promises:
 - Files are written to a temporary name and renamed, without fsync: a crash can lose cached
   chunks, never return wrong ones. The index is rebuilt from the files at start, least recently
   used first (a hit touches its file's mtime).
-- Disk work runs in `trio.to_thread`; stores are queued to one writer task and dropped (not
-  waited for) when the queue is full, so the cache never slows a reader down.
+- Disk work runs in `trio.to_thread`; stores are queued to `WRITERS` writer tasks and dropped
+  (not waited for) when the queue is full, so the cache never slows a reader down.
 - Bounded by `capacity_bytes` (segmented LRU, see `cache_policy`); a small chunk counts as at
   least `MIN_ENTRY_BYTES`, which bounds the index's memory too.
 - One mount per directory: a second mount on the same directory is refused (flock) after
@@ -41,7 +41,8 @@ Key = tuple[int, int]
 MIN_ENTRY_BYTES = 256 * 1024
 AUTO_SHARE_OF_FREE = 0.10
 AUTO_MAX_BYTES = 10 * 1024**3
-QUEUED_STORES = 8
+QUEUED_STORES = 16
+WRITERS = 2  # stores written at once: one writer thread fell behind a cold read and dropped a third
 LOCK_ATTEMPTS = 100
 _NAME = re.compile(r"^(\d+)\.(\d+)$")
 
@@ -83,6 +84,7 @@ class DiskChunkCache:
         self._versions: dict[int, int] = {}  # chunk id -> the one version cached
         self._sizes: dict[Key, int] = {}
         self._lock_fd: int | None = None
+        self._storing: set[Key] = set()  # being written by a writer
         self._send, self._receive = trio.open_memory_channel[tuple[r.ChunkRef, bytes]](QUEUED_STORES)
 
     def _path(self, key: Key) -> Path:
@@ -200,17 +202,25 @@ class DiskChunkCache:
             self.dropped_stores += 1
 
     async def run(self) -> None:
-        """The writer: stores queued chunks one at a time and deletes what they evict."""
+        """The writers: store queued chunks, `WRITERS` at a time, and delete what they evict."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(WRITERS):
+                nursery.start_soon(self._writer)
+
+    async def _writer(self) -> None:
         async for ref, data in self._receive:
             key = (ref.chunk_id, ref.version)
-            if key in self._sizes:
+            if key in self._sizes or key in self._storing:
                 continue
+            self._storing.add(key)
             try:
                 await trio.to_thread.run_sync(self._write, key, data)
             except OSError as exc:
                 self.dropped_stores += 1
                 log.warning("disk cache: cannot store chunk %d v%d (%s)", key[0], key[1], exc.strerror)
                 continue
+            finally:
+                self._storing.discard(key)
             self.stores += 1
             gone = self._index(key, len(data))
             if gone:

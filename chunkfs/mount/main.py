@@ -108,12 +108,13 @@ def open_disk_cache(config: MountConfig, mountpoint: Path) -> DiskChunkCache | N
     return disk
 
 
-def prefetch_chunks(config: MountConfig) -> int:
-    """The widest prefetch window: MAX_WINDOW chunks, but no more than half the memory cache,
-    so what is fetched ahead is still there when the reader gets to it."""
+def prefetch_chunks(config: MountConfig, cache: ChunkCache) -> int:
+    """The widest prefetch window: MAX_WINDOW chunks, but no more than the memory cache keeps
+    for chunks not used yet (less one for the chunk being read), so what is fetched ahead is
+    still there when the reader gets to it."""
     if not config.prefetch:
         return 0
-    return max(1, min(MAX_WINDOW, config.cache_mem_mb * MiB // (2 * CHUNK_SIZE)))
+    return max(1, min(MAX_WINDOW, cache.probation_bytes // CHUNK_SIZE - 1))
 
 
 async def raise_read_ahead(mountpoint: Path, read_ahead_kb: int) -> None:
@@ -210,7 +211,7 @@ def run(config: MountConfig) -> None:
     ops = ChunkfsOperations(meta, io, cache, entry_timeout_s=config.entry_timeout_s,
                             attr_timeout_s=config.attr_timeout_s,
                             open_file_options={"write_back": write_back,
-                                               "prefetch_chunks": prefetch_chunks(config)}, leases=leases)
+                                               "prefetch_chunks": prefetch_chunks(config, cache)}, leases=leases)
     pyfuse3.init(ops, str(mountpoint), mount_options(config))
     mounts.record(mountpoint, config.metaserver, config.secret_file.resolve(), os.getpid(), root_ino)
     log.info("mounted %s on %s", config.metaserver, config.mountpoint)

@@ -197,7 +197,7 @@ class OpenFile:
             start = max(offset, index * CHUNK_SIZE) - index * CHUNK_SIZE
             stop = min(end, (index + 1) * CHUNK_SIZE) - index * CHUNK_SIZE
             content = await self._content(index)
-            piece = content[start:stop]
+            piece = bytes(memoryview(content)[start:stop])  # one copy, if content is a bytearray too
             parts.append(piece if len(piece) == stop - start else bytes(piece) + bytes(stop - start - len(piece)))
         return b"".join(parts)
 
@@ -222,7 +222,7 @@ class OpenFile:
 
     async def _prefetch_one(self, ref: r.ChunkRef) -> None:
         try:
-            await self.cache.get(ref, self.servers)
+            await self.cache.prefetch(ref, self.servers)
         except Exception as exc:  # a prefetch is only a hint; the real read reports errors
             log.debug("prefetch of chunk %d v%d failed: %s", ref.chunk_id, ref.version, exc)
 

@@ -9,6 +9,7 @@ from chunkfs.protocol.http import SignedHttp
 
 CHECKSUM_HEADER = "X-Chunkfs-Checksum"
 CHECKSUM_PARAM = "checksum"
+CLIENT_VERIFIES_PARAM = "client_verifies"  # GET: the server may skip its block checks (see get)
 
 
 def chunk_url(address: str, chunk_id: int, version: int) -> str:
@@ -39,9 +40,15 @@ class ChunkClient:
         )
         return response.json()["checksum"]
 
-    async def get(self, address: str, chunk_id: int, version: int, retry_s: float | None = None) -> bytes:
-        """The whole stored chunk, verified against its block checksums on the server."""
-        response = await self.http.request("GET", chunk_url(address, chunk_id, version), retry_s=retry_s)
+    async def get(self, address: str, chunk_id: int, version: int, retry_s: float | None = None,
+                  client_verifies: bool = False) -> bytes | bytearray:
+        """The whole stored chunk, verified against its block checksums on the server, or, with
+        `client_verifies`, sent from disk unverified (zero-copy): then the caller must check it
+        against the chunk's checksum, and ask again without `client_verifies` if it does not
+        match (the server then finds and reports a corrupt copy)."""
+        params = {CLIENT_VERIFIES_PARAM: 1} if client_verifies else None
+        response = await self.http.request("GET", chunk_url(address, chunk_id, version), params=params,
+                                           retry_s=retry_s)
         return response.content
 
     async def delete(self, address: str, chunk_id: int, version: int, retry_s: float | None = None) -> None:

@@ -7,6 +7,10 @@
 
 Both raise `TransportFailure` for anything worth retrying (refused, reset, time-out, a
 keep-alive connection the server closed) and return a `Response` otherwise.
+
+A large response body (a chunk) skips h11's buffers: `TrioH11Transport` receives it straight
+into one buffer of its Content-Length with `recv_into`, where h11 would copy every byte three
+times (into its receive buffer, out as a `Data` event, and into the joined body).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import httpx
 import trio
 
 RECEIVE_BYTES = 1 << 20
+DIRECT_BODY_BYTES = 64 * 1024  # bodies at least this long are received with recv_into
 
 
 class TransportFailure(Exception):
@@ -29,7 +34,7 @@ class TransportFailure(Exception):
 @dataclass
 class Response:
     status_code: int
-    content: bytes
+    content: bytes | bytearray  # a bytearray when received directly: callers must not change it
 
     def json(self) -> Any:
         return json.loads(self.content)
@@ -68,7 +73,24 @@ class HttpxTransport:
 class _Connection:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+        self.h11 = self._new_h11()
+        self.body_received_directly = False  # the response body went past h11 (see _receive_body)
+
+    @staticmethod
+    def _new_h11() -> h11.Connection:
+        return h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+
+    def reusable(self) -> bool:
+        """Whether the exchange ended cleanly with the connection kept alive; if so, ready for
+        the next one."""
+        if self.body_received_directly:
+            # h11 saw only the head; a fresh state machine is where a finished exchange leaves it
+            self.h11, self.body_received_directly = self._new_h11(), False
+            return True
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+            return True
+        return False
 
 
 class TrioH11Transport:
@@ -99,8 +121,7 @@ class TrioH11Transport:
         except BaseException:
             await trio.aclose_forcefully(conn.stream)
             raise
-        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
-            conn.h11.start_next_cycle()
+        if conn.reusable():
             pool = self._idle.setdefault(address, [])
             if len(pool) < self.max_idle_per_server:
                 pool.append(conn)
@@ -129,6 +150,9 @@ class TrioH11Transport:
                 conn.h11.receive_data(data)
             elif isinstance(event, h11.Response):
                 status = event.status_code
+                length = _direct_body_length(method, event)
+                if length is not None:
+                    return Response(status, await self._receive_body(conn, length))
             elif isinstance(event, h11.Data):
                 parts.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
@@ -136,8 +160,44 @@ class TrioH11Transport:
             elif isinstance(event, h11.ConnectionClosed):
                 raise trio.BrokenResourceError("server closed the connection")
 
+    @staticmethod
+    async def _receive_body(conn: _Connection, length: int) -> bytearray:
+        """The `length` bytes of body after the response head h11 just parsed, received in
+        place; the connection stays usable only if the server sent nothing beyond them."""
+        early, _closed = conn.h11.trailing_data
+        if len(early) > length:
+            raise h11.RemoteProtocolError("data after the response body")
+        body = bytearray(length)
+        view = memoryview(body)
+        view[: len(early)] = early
+        received = len(early)
+        sock = conn.stream.socket
+        while received < length:
+            n = await sock.recv_into(view[received:], length - received)
+            if n == 0:
+                raise trio.BrokenResourceError("server closed the connection within a body")
+            received += n
+        conn.body_received_directly = True
+        return body
+
     async def aclose(self) -> None:
         for pool in self._idle.values():
             for conn in pool:
                 await trio.aclose_forcefully(conn.stream)
         self._idle.clear()
+
+
+def _direct_body_length(method: str, response: h11.Response) -> int | None:
+    """The Content-Length of a response whose body `_receive_body` should take (a big one,
+    on a connection kept alive), else None (h11 reads it)."""
+    if method == "HEAD" or response.status_code in (204, 304) or response.http_version != b"1.1":
+        return None
+    length = None
+    for name, value in response.headers:
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"connection" and b"close" in value.lower():
+            return None
+        elif name == b"transfer-encoding":
+            return None
+    return length if length is not None and length >= DIRECT_BODY_BYTES else None
