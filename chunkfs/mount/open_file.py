@@ -121,10 +121,6 @@ class OpenFile:
             local["ctime_ns"] = max(attr.ctime_ns, self.changed_ns or 0)
         return r.Attr(**{**{f: getattr(attr, f) for f in attr.__struct_fields__}, **local})
 
-    @property
-    def defers_attrs(self) -> bool:
-        return self.created_here
-
     def defer_attrs(self, req: r.SetattrReq) -> r.Attr:
         """Keep `req` (no size change) for the next commit instead of sending it now, and answer
         the attributes as they are now here. Only for a file this client created and has open:

@@ -185,7 +185,7 @@ class ChunkfsOperations(pyfuse3.Operations):
         if fields.update_mtime:
             req.mtime_ns = attr.st_mtime_ns
         open_file = self.open_files.get(inode)
-        if open_file is not None and open_file.defers_attrs and not fields.update_size:
+        if open_file is not None and open_file.created_here and not fields.update_size:
             return self.entry(open_file.defer_attrs(req))
         if fields.update_size:
             if open_file is not None:
@@ -440,7 +440,7 @@ class ChunkfsOperations(pyfuse3.Operations):
         has open (cp -a and tar copy ACLs so), is a mode change: kept for its commit, like a
         chmod (see OpenFile.defer_attrs). True if it was taken so."""
         open_file = self.open_files.get(inode)
-        if name != posix_acl.ACCESS or open_file is None or not open_file.defers_attrs \
+        if name != posix_acl.ACCESS or open_file is None or not open_file.created_here \
                 or inode not in self.without_xattrs:
             return False
         entries = posix_acl.parse(value)
