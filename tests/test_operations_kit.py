@@ -303,7 +303,7 @@ def test_the_mount_says_ready_once_mounted_and_stopping_when_told_to_stop(cluste
 
 @pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed (CI installs it)")
 def test_vagrantfile_is_valid():
-    result = subprocess.run(["vagrant", "validate"], cwd=REPO / "vagrant", capture_output=True, text=True,
+    result = subprocess.run(["vagrant", "validate", "--ignore-provider"], cwd=REPO / "vagrant", capture_output=True, text=True,
                             timeout=120, env={**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "validated successfully" in result.stdout
