@@ -32,7 +32,6 @@ from chunkfs.protocol import records as r
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Lease:
     client: str
@@ -76,7 +75,7 @@ class DirectoryLeases:
 
         def run(txn: lmdb.Transaction, req: r.CreateReq) -> r.Attr:
             attr = create(txn, req)
-            if req.lease and client and stat.S_ISDIR(attr.mode):
+            if _leased(req, attr, client):
                 txn.put(u64(attr.ino), client.encode(), db=self.db.leases)
             return attr
 
@@ -84,7 +83,7 @@ class DirectoryLeases:
 
     def granted(self, req: r.CreateReq, attr: r.Attr, client: str) -> None:
         """After the commit of `creating`: the lease is in force."""
-        if req.lease and client and stat.S_ISDIR(attr.mode):
+        if _leased(req, attr, client):
             self._add(attr.ino, Lease(client, time.monotonic() + LEASE_S))
 
     # ---- the holder -------------------------------------------------------------------------------
@@ -141,3 +140,8 @@ class DirectoryLeases:
     def forget_removed(self, ino: int) -> None:
         """A directory removed needs no lease (its row went with it, see Namespace._free)."""
         self._drop(ino)
+
+
+def _leased(req: r.CreateReq, attr: r.Attr, client: str) -> bool:
+    """Whether the create asked for, and gets, a lease on the directory it made."""
+    return req.lease and bool(client) and stat.S_ISDIR(attr.mode)
