@@ -14,6 +14,7 @@ from aiohttp import web
 
 from chunkfs import metrics, request_id
 from chunkfs.errors import FsError
+from chunkfs.request_checks import client_id, query_float, query_int, request_id_header
 from chunkfs.httpserver import json_response, make_app, read_body
 from chunkfs.metaserver.changes import ChangeFeed, affected
 from chunkfs.metaserver.status_page import render as render_status_page
@@ -35,7 +36,7 @@ from chunkfs.metaserver.replicator import Replicator
 from chunkfs.metaserver.throughput import ThroughputHistory
 from chunkfs.protocol import records as r
 from chunkfs.protocol.chunk_client import ChunkClient
-from chunkfs.protocol.meta_client import CLIENT_HEADER, named_inodes
+from chunkfs.protocol.meta_client import named_inodes
 from chunkfs.protocol.http import SignedHttp
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ WAKE_DELETER = frozenset({"remove", "rename", "commit", "setattr", "release_orph
 async def fs_operation(request: web.Request) -> web.Response:
     m = request.app[STATE]
     op = request.match_info["op"]
-    client = request.headers.get(CLIENT_HEADER, "")
+    client = client_id(request)
     read = READS.get(op)
     if read is not None:
         record_type, run = read
@@ -127,7 +128,7 @@ async def fs_operation(request: web.Request) -> web.Response:
         record_type, bind = mutation
         req = await read_body(request, record_type)
         await m.leases.clear_for(client, named_inodes(req))
-        rid = request.headers.get(request_id.HEADER, "")
+        rid = request_id_header(request)
         mutate = m.leases.creating(bind(m), client) if op == "create" else bind(m)
         commit = m.committer.run if op in LARGE_MUTATIONS else m.committer.run_small
         if m.replies is None or not client or not rid:
@@ -185,6 +186,10 @@ async def server_hello(request: web.Request) -> web.Response:
     """Registration (with the chunk list, at a chunkserver's start) and heartbeats (without)."""
     m = request.app[STATE]
     hello = await read_body(request, r.ServerHello)
+    if hello.chunks is not None:
+        hello.chunks = m.chunks.in_range(hello.chunks, hello.address)
+    if hello.recent_chunks is not None:
+        hello.recent_chunks = m.chunks.in_range(hello.recent_chunks, hello.address)
     if m.registry.needs_saving(hello):
         await m.committer.run(m.registry.save, hello)
     m.registry.heartbeat(hello)
@@ -226,11 +231,8 @@ async def backup_copy(request: web.Request) -> web.StreamResponse:
 async def replication_feed(request: web.Request) -> web.Response:
     """A standby's long poll: it has applied every batch up to `since`; the batches after it."""
     m, q = request.app[STATE], request.query
-    try:
-        since, wait_s = int(q.get("since", "0")), min(30.0, max(0.0, float(q.get("wait_s", "0"))))
-    except ValueError:
-        raise FsError(errno.EINVAL, "since and wait_s must be numbers") from None
-    feed = await m.replication.feed(q.get("standby", request.remote or "?"), q.get("history", ""), since,
+    since, wait_s = query_int(request, "since", 0), query_float(request, "wait_s", 0.0, 0.0, 30.0)
+    feed = await m.replication.feed(q.get("standby", request.remote or "?")[:256], q.get("history", "")[:256], since,
                                     q.get("sync") == "1", wait_s)
     return web.Response(body=msgspec.msgpack.encode(feed), content_type="application/msgpack")
 
@@ -288,23 +290,20 @@ async def status_page(request: web.Request) -> web.Response:
 
 async def changes(request: web.Request) -> web.Response:
     """Long poll: the changes after `since`, waiting up to `wait_s` (at most 30) for one."""
-    feed, client = request.app[STATE].changes, request.headers.get(CLIENT_HEADER, "")
+    feed, client = request.app[STATE].changes, client_id(request)
+    since, wait_s = query_int(request, "since", 0), query_float(request, "wait_s", 0.0, 0.0, 30.0)
     feed.seen(client)
-    try:
-        since = int(request.query.get("since", "0"))
-        wait_s = min(30.0, max(0.0, float(request.query.get("wait_s", "0"))))
-    except ValueError:
-        raise FsError(errno.EINVAL, "since and wait_s must be numbers") from None
     if "client" in request.query:
         try:
             feed.report(client, r.json_decode(request.query["client"], type=r.ClientReport))
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise FsError(errno.EINVAL, f"client: {exc}") from None
     leases = request.app[STATE].leases
     leases.renew(client)
     feed.polling(client, +1)
     try:
-        return json_response(await feed.since(since, wait_s, client, lambda: leases.recalled_of(client)))
+        batch = await feed.since(since, wait_s, client, lambda: leases.recalled_of(client))
+        return web.Response(body=feed.encode_batch(batch), content_type="application/json")
     finally:
         feed.polling(client, -1)
         feed.seen(client)

@@ -10,6 +10,7 @@ a write can never serve a stale version: the version is part of every chunk requ
 from __future__ import annotations
 
 import errno
+import logging
 import stat
 import time
 from typing import Callable
@@ -23,6 +24,9 @@ from chunkfs.errors import FsError
 from chunkfs.metaserver.db import U64x2, MetaDB, read_u64, u64
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.protocol import records as r
+from chunkfs.protocol.limits import MAX_ID, in_id_range
+
+log = logging.getLogger(__name__)
 
 ID_RESERVE = 10_000
 
@@ -46,11 +50,23 @@ def chunk_key(ino: int, index: int) -> bytes:
 
 class IdAllocator:
     """Chunk ids and versions, unique forever: reserved in blocks so most allocations need no
-    write; a restart skips whatever was reserved and unused."""
+    write; a restart skips whatever was reserved and unused. Values stay in 1..MAX_ID: nothing
+    a chunkserver reports can push the counter past it (such values never get this far, see
+    `ChunkTable.in_range`), and a counter that was pushed past it before (by a chunk stored
+    under id 2^64-1) is brought back to just above what the tables hold, at start."""
 
     def __init__(self, db: MetaDB, name: bytes) -> None:
         self.db, self.name = db, name
         self.next = self.limit = 0
+
+    def repair(self, txn: lmdb.Transaction, highest_in_use: Callable[[], int]) -> None:
+        raw = txn.get(self.name, db=self.db.counters)
+        if raw is None or read_u64(raw) <= MAX_ID - ID_RESERVE:
+            return
+        value = highest_in_use() + 1
+        log.warning("the %s counter was at %d, past the largest id %d; set back to %d (one more than "
+                    "the largest in use)", self.name.decode(), read_u64(raw), MAX_ID, value)
+        txn.put(self.name, u64(value), db=self.db.counters)
 
     def take(self, txn: lmdb.Transaction) -> int:
         return self.take_block(txn, 1)
@@ -58,6 +74,8 @@ class IdAllocator:
     def take_block(self, txn: lmdb.Transaction, count: int) -> int:
         """The first of `count` consecutive fresh values."""
         if self.next + count > self.limit:
+            if max(self.next, self.limit) + count > MAX_ID:
+                raise FsError(errno.ENOSPC, f"every {self.name.decode()} up to {MAX_ID} was used")
             raw = txn.get(self.name, db=self.db.counters)
             start = max(read_u64(raw) if raw else 1, self.next)
             self.next, self.limit = start, start + max(ID_RESERVE, count)
@@ -68,6 +86,8 @@ class IdAllocator:
 
     def skip_past(self, txn: lmdb.Transaction, value: int) -> None:
         """Never hand out `value` or anything below it (a chunkserver holds it)."""
+        if not in_id_range(value):
+            return
         if value < self.next:
             return
         if value < self.limit:  # inside the block this process reserved
@@ -89,6 +109,33 @@ class ChunkTable:
         self.reservations: list[tuple[int, int, float]] = []  # (first, end) versions, when
         namespace.on_inode_freed = self.drop_file
         self.holding_back: Callable[[], bool] = lambda: False  # nothing is garbage while true (quarantine.py)
+        self._out_of_range_from: set[str] = set()  # servers whose out-of-range chunks were logged
+
+    def repair_counters(self, txn: lmdb.Transaction) -> None:
+        """At start: a counter left past MAX_ID by an earlier version is set back (see IdAllocator)."""
+        self.chunk_ids.repair(txn, lambda: self._highest(txn, 0))
+        self.versions.repair(txn, lambda: self._highest(txn, 1))
+
+    def _highest(self, txn: lmdb.Transaction, field: int) -> int:
+        """The largest chunk id (field 0) or version (1) any record or queued deletion holds."""
+        highest = 0
+        for _key, raw in txn.cursor(db=self.db.chunks):
+            rec = _chunk_dec.decode(raw)
+            highest = max(highest, (rec.chunk_id, rec.version)[field])
+        for key in txn.cursor(db=self.db.deletions).iternext(values=False):
+            highest = max(highest, U64x2.unpack(key)[field])
+        return min(highest, MAX_ID - ID_RESERVE)
+
+    def in_range(self, held: list[tuple[int, int]], server: str) -> list[tuple[int, int]]:
+        """The chunk versions of a server's list whose id and version chunkfs could have handed
+        out; the others (stored before ids were checked) are left out of everything the list
+        is used for (id counters, garbage, replica checks), and logged once per server."""
+        kept = [(cid, ver) for cid, ver in held if in_id_range(cid) and in_id_range(ver)]
+        if len(kept) < len(held) and server not in self._out_of_range_from:
+            self._out_of_range_from.add(server)
+            log.warning("server %s holds %d chunk versions with an id or version outside 1..%d: ignored",
+                        server, len(held) - len(kept), MAX_ID)
+        return kept
 
     # ---- reading ----------------------------------------------------------------------------
     def records(self, txn: lmdb.Transaction, ino: int) -> list[tuple[int, ChunkRecord]]:

@@ -52,7 +52,8 @@ class GarbageCollector:
             if isinstance(answer, str):
                 report[server.id].error = answer
             else:
-                holdings[server.id] = answer
+                in_range = set(self.chunks.in_range([(f.chunk_id, f.version) for f in answer], server.address))
+                holdings[server.id] = [f for f in answer if (f.chunk_id, f.version) in in_range]
         # a dry run goes through the writer thread too: `ChunkTable.unreferenced` prunes the
         # reservations, which only that thread may touch
         garbage = await self.committer.run(self._find, holdings, not req.dry_run)
