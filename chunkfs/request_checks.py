@@ -24,7 +24,7 @@ _MAX_DIGITS = 20  # more digits than any 64-bit number: refused before int() rea
 
 def parse_int(text: str, what: str, low: int, high: int) -> int:
     """A decimal integer in [low, high]."""
-    digits = text[1:] if text.startswith("-") else text
+    digits = text.removeprefix("-")
     if not digits or len(digits) > _MAX_DIGITS or not digits.isascii() or not digits.isdigit():
         raise FsError(errno.EINVAL, f"{what} must be an integer, not {text[:40]!r}")
     value = int(text)

@@ -86,17 +86,17 @@ READS = {
 }
 
 MUTATIONS = {
-    "create": (r.CreateReq, lambda m: m.namespace.create),
-    "link": (r.LinkReq, lambda m: m.namespace.link),
-    "remove": (r.RemoveReq, lambda m: m.namespace.remove),
-    "rename": (r.RenameReq, lambda m: m.namespace.rename),
-    "setattr": (r.SetattrReq, lambda m: lambda txn, q: m.namespace.setattr(txn, q, m.chunks.truncate)),
-    "setxattr": (r.XattrReq, lambda m: m.namespace.setxattr),
-    "removexattr": (r.XattrReq, lambda m: m.namespace.removexattr),
-    "commit": (r.CommitReq, lambda m: m.chunks.commit),
-    "goal": (r.GoalReq, lambda m: m.namespace.set_goal),
-    "release_orphan": (r.InodeReq, lambda m: lambda txn, q: m.namespace.release_orphan(txn, q.ino)),
-    "reserve_inodes": (r.ReserveReq, lambda m: lambda txn, q: m.namespace.reserve_inodes(txn, max(1, min(q.count, 4096)))),
+    "create": (r.CreateReq, lambda m, client: m.namespace.create),
+    "link": (r.LinkReq, lambda m, client: m.namespace.link),
+    "remove": (r.RemoveReq, lambda m, client: m.namespace.remove),
+    "rename": (r.RenameReq, lambda m, client: m.namespace.rename),
+    "setattr": (r.SetattrReq, lambda m, client: lambda txn, q: m.namespace.setattr(txn, q, m.chunks.truncate)),
+    "setxattr": (r.XattrReq, lambda m, client: m.namespace.setxattr),
+    "removexattr": (r.XattrReq, lambda m, client: m.namespace.removexattr),
+    "commit": (r.CommitReq, lambda m, client: lambda txn, q: m.chunks.commit(txn, q, client)),
+    "goal": (r.GoalReq, lambda m, client: m.namespace.set_goal),
+    "release_orphan": (r.InodeReq, lambda m, client: lambda txn, q: m.namespace.release_orphan(txn, q.ino)),
+    "reserve_inodes": (r.ReserveReq, lambda m, client: lambda txn, q: m.namespace.reserve_inodes(txn, max(1, min(q.count, 4096)))),
 }
 
 
@@ -129,7 +129,7 @@ async def fs_operation(request: web.Request) -> web.Response:
         req = await read_body(request, record_type)
         await m.leases.clear_for(client, named_inodes(req))
         rid = request_id_header(request)
-        mutate = m.leases.creating(bind(m), client) if op == "create" else bind(m)
+        mutate = m.leases.creating(bind(m, client), client) if op == "create" else bind(m, client)
         commit = m.committer.run if op in LARGE_MUTATIONS else m.committer.run_small
         if m.replies is None or not client or not rid:
             result = await commit(mutate, req)
@@ -150,7 +150,7 @@ async def fs_operation(request: web.Request) -> web.Response:
             m.changes.publish(client, inodes, entries)
         return web.Response(body=body, content_type="application/json")
     if op == "reserve":
-        return json_response(await reserve(m, await read_body(request, r.ReserveReq)))
+        return json_response(await reserve(m, client, await read_body(request, r.ReserveReq)))
     if op == "release_leases":
         await m.leases.release(client, (await read_body(request, r.LeaseReq)).inodes)
         return json_response(None)
@@ -168,7 +168,10 @@ def fsck_page(m: Metaserver, alive: set[str], req: r.FsckReq) -> r.FsckPage:
 RESERVATION_VALID_S = 5.0
 
 
-async def reserve(m: Metaserver, req: r.ReserveReq) -> r.Reservation:
+async def reserve(m: Metaserver, client: str, req: r.ReserveReq) -> r.Reservation:
+    """Versions and chunk ids for `client`'s uploads: only it may commit them (reservations.py)."""
+    if not client:
+        raise FsError(errno.EINVAL, "a reservation is made for a client: send X-Chunkfs-Client")
     if m.registry.settling():  # answered 503, which clients retry (for up to their retry_s)
         raise web.HTTPServiceUnavailable(text="chunkservers have not all reported since the metaserver started")
     servers = m.registry.writable()
@@ -177,7 +180,7 @@ async def reserve(m: Metaserver, req: r.ReserveReq) -> r.Reservation:
             raise web.HTTPServiceUnavailable(text="no chunkserver is alive")
         raise FsError(errno.ENOSPC, "every chunkserver alive is full")
     count = max(1, min(req.count, 4096))
-    first_version, first_chunk_id = await m.committer.run(m.chunks.reserve, count)
+    first_version, first_chunk_id = await m.committer.run(m.chunks.reserve, client, count)
     return r.Reservation(first_version, first_chunk_id, count,
                          [r.ServerChoice(s.id, s.address, s.free_bytes) for s in servers], RESERVATION_VALID_S)
 
@@ -208,7 +211,7 @@ async def server_hello(request: web.Request) -> web.Response:
 def registration_garbage(txn, m: Metaserver, hello: r.ServerHello) -> list[tuple[int, int]]:
     if m.quarantine is not None:
         m.quarantine.screen(txn, hello.id, hello.chunks, hello.recent_chunks or [])
-    return m.chunks.unreferenced(txn, hello.chunks, m.orphan_grace_s)
+    return m.chunks.unreferenced(txn, hello.chunks)
 
 
 async def backup_copy(request: web.Request) -> web.StreamResponse:
@@ -350,6 +353,10 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp) -> web.Application
             tasks.append(asyncio.create_task(m.quarantine.run()))
         if m.replies is not None:
             tasks.append(asyncio.create_task(m.replies.run()))
+        if m.orphans is not None:  # a client's reservations end with its session, as its orphans do
+            session_over = m.orphans.expired
+            tasks.append(asyncio.create_task(m.chunks.owners.run(
+                m.committer, lambda client: session_over(client, time.monotonic()))))
         yield
         for task in tasks:
             task.cancel()

@@ -23,6 +23,7 @@ from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
 from chunkfs.errors import FsError
 from chunkfs.metaserver.db import U64x2, MetaDB, read_u64, u64
 from chunkfs.metaserver.namespace import Namespace
+from chunkfs.metaserver.reservations import VersionReservations
 from chunkfs.protocol import records as r
 from chunkfs.protocol.limits import MAX_ID, in_id_range
 
@@ -84,6 +85,11 @@ class IdAllocator:
         self.next += count
         return value
 
+    def handed_out(self, txn: lmdb.Transaction, value: int) -> bool:
+        """Whether `value` may have been handed out (it is below the stored counter)."""
+        raw = txn.get(self.name, db=self.db.counters)
+        return 1 <= value < max(read_u64(raw) if raw else 1, self.next)
+
     def skip_past(self, txn: lmdb.Transaction, value: int) -> None:
         """Never hand out `value` or anything below it (a chunkserver holds it)."""
         if not in_id_range(value):
@@ -101,12 +107,13 @@ class IdAllocator:
 
 
 class ChunkTable:
-    def __init__(self, db: MetaDB, namespace: Namespace) -> None:
+    def __init__(self, db: MetaDB, namespace: Namespace, reservation_s: float = 3600.0) -> None:
+        """`reservation_s`: how long a client may take to commit the versions it reserved."""
         self.db = db
         self.namespace = namespace
         self.chunk_ids = IdAllocator(db, b"next_chunk_id")
         self.versions = IdAllocator(db, b"next_version")
-        self.reservations: list[tuple[int, int, float]] = []  # (first, end) versions, when
+        self.owners = VersionReservations(db, reservation_s)
         namespace.on_inode_freed = self.drop_file
         self.holding_back: Callable[[], bool] = lambda: False  # nothing is garbage while true (quarantine.py)
         self._out_of_range_from: set[str] = set()  # servers whose out-of-range chunks were logged
@@ -179,16 +186,21 @@ class ChunkTable:
         return chunks, under
 
     # ---- writing ----------------------------------------------------------------------------
-    def reserve(self, txn: lmdb.Transaction, count: int) -> tuple[int, int]:
-        """`count` fresh versions and chunk ids for one client: (first version, first chunk id)."""
+    def reserve(self, txn: lmdb.Transaction, client: str, count: int) -> tuple[int, int]:
+        """`count` fresh versions and chunk ids for `client`: (first version, first chunk id)."""
         first_version = self.versions.take_block(txn, count)
         first_chunk_id = self.chunk_ids.take_block(txn, count)
-        self.reservations.append((first_version, first_version + count, time.monotonic()))
+        self.owners.grant(txn, client, first_version, count)
         return first_version, first_chunk_id
 
-    def commit(self, txn: lmdb.Transaction, req: r.CommitReq) -> r.Attr:
+    def commit(self, txn: lmdb.Transaction, req: r.CommitReq, client: str) -> r.Attr:
         """Make uploaded chunk versions part of the file and set its size and mtime (creating
-        the file first when the commit carries its create)."""
+        the file first when the commit carries its create).
+
+        Every version named must be `client`'s (see reservations.py): one it reserved and has
+        not used for another file, or the version the file already has at that index (a retried
+        commit). A chunk id must be one chunkfs handed out. Anything else is refused with EPERM
+        and, as every failed mutation, changes nothing."""
         if req.create is not None:
             if req.create.ino != req.ino or not stat.S_ISREG(req.create.mode):
                 raise FsError(errno.EINVAL, "a commit creates only its own regular file")
@@ -206,7 +218,9 @@ class ChunkTable:
         if req.inline is not None:
             self._commit_inline(txn, req, inode)
         for ref in req.discard:
-            self.queue_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
+            self._check_chunk_id(txn, ref.chunk_id)
+            if self.owners.claim(txn, client, ref.version, req.ino):
+                self.queue_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
         for ref in req.chunks:
             if ref.length > CHUNK_SIZE or ref.length < 0 or not ref.replicas:
                 raise FsError(errno.EINVAL, f"bad chunk {ref.index}: length {ref.length}")
@@ -215,6 +229,9 @@ class ChunkTable:
             current = _chunk_dec.decode(raw) if raw else None
             if current is not None and (current.chunk_id, current.version) == (ref.chunk_id, ref.version):
                 continue
+            self._check_chunk_id(txn, ref.chunk_id)
+            if not self.owners.claim(txn, client, ref.version, req.ino):
+                raise FsError(errno.EPERM, f"chunk version {ref.version} was committed before and replaced")
             if current is not None:
                 inode.stored_bytes -= current.length
                 self.queue_deletion(txn, current.chunk_id, current.version, current.replicas)
@@ -233,6 +250,10 @@ class ChunkTable:
         if req.attrs is not None:
             return self.namespace.setattr(txn, req.attrs, self.truncate)
         return self.namespace.attr(req.ino, inode)
+
+    def _check_chunk_id(self, txn: lmdb.Transaction, chunk_id: int) -> None:
+        if not self.chunk_ids.handed_out(txn, chunk_id):
+            raise FsError(errno.EPERM, f"chunk id {chunk_id} was never handed out")
 
     def _commit_inline(self, txn: lmdb.Transaction, req: r.CommitReq, inode) -> None:
         """The file's content becomes `req.inline`: its chunks go (queued for deletion)."""
@@ -321,13 +342,12 @@ class ChunkTable:
         txn.delete(key, db=self.db.deletions)
         return True
 
-    def unreferenced(self, txn: lmdb.Transaction, held: list[tuple[int, int]], grace_s: float) -> list[tuple[int, int]]:
-        """Of the chunk versions a server holds, those no file references and no writer is
-        about to commit: they are garbage on that server."""
+    def unreferenced(self, txn: lmdb.Transaction, held: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Of the chunk versions a server holds, those no file references and no writer may
+        still commit (no live reservation holds them): they are garbage on that server."""
         if self.holding_back():
             return []
         referenced = self.all_versions(txn)
-        now = time.monotonic()
-        self.reservations = [(lo, hi, t) for lo, hi, t in self.reservations if now - t <= grace_s]
+        reserved = self.owners.ranges(txn)
         return [(cid, ver) for cid, ver in held if (cid, ver) not in referenced
-                and not any(lo <= ver < hi for lo, hi, _t in self.reservations)]
+                and not self.owners.holds(reserved, ver)]

@@ -83,6 +83,6 @@ class GarbageCollector:
 
     def _unreferenced(self, txn: lmdb.Transaction, holdings: Holdings) -> Holdings:
         held = list({(f.chunk_id, f.version) for files in holdings.values() for f in files})
-        unreferenced = set(self.chunks.unreferenced(txn, held, self.orphan_grace_s))
+        unreferenced = set(self.chunks.unreferenced(txn, held))
         return {sid: [f for f in files if (f.chunk_id, f.version) in unreferenced]
                 for sid, files in holdings.items()}
