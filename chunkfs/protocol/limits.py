@@ -88,3 +88,23 @@ def is_token(value: str) -> bool:
 
 def in_id_range(value: int) -> bool:
     return 1 <= value <= MAX_ID
+
+
+_U32, _S64 = (0, 2**32 - 1), (-(2**63), 2**63 - 1)
+_ATTR_RANGES = {"ino": (1, 2**64 - 1), "uid": _U32, "gid": _U32, "rdev": _U32, "nlink": _U32,
+                "size": (0, _S64[1]), "blocks": (0, _S64[1]), "atime_ns": _S64, "mtime_ns": _S64,
+                "ctime_ns": _S64}
+
+
+def unrepresentable(attr) -> str | None:
+    """Why the kernel could not take a file's attributes (an `Attr` stored before the servers
+    checked their input), or None if it can. A client refuses such a file alone (EIO), so one
+    bad entry cannot fail a whole listing or end a mount with an OverflowError."""
+    for name, (low, high) in _ATTR_RANGES.items():
+        value = getattr(attr, name)
+        if not low <= value <= high:
+            return f"{name} {value} is out of range"
+    kind = stat.S_IFMT(attr.mode)
+    if not 0 <= attr.mode <= MAX_MODE or kind not in FILE_TYPES:
+        return f"mode {attr.mode:#o} is not a valid file mode"
+    return None
