@@ -30,6 +30,7 @@ from chunkfs.protocol.limits import MAX_ID, in_id_range
 log = logging.getLogger(__name__)
 
 ID_RESERVE = 10_000
+MAX_SKIP = 2**40  # how far past its counter a chunkserver's ids may move an IdAllocator
 
 
 class ChunkRecord(Struct, array_like=True):
@@ -59,6 +60,7 @@ class IdAllocator:
     def __init__(self, db: MetaDB, name: bytes) -> None:
         self.db, self.name = db, name
         self.next = self.limit = 0
+        self._far_value_logged = False
 
     def repair(self, txn: lmdb.Transaction, highest_in_use: Callable[[], int]) -> None:
         raw = txn.get(self.name, db=self.db.counters)
@@ -90,17 +92,27 @@ class IdAllocator:
         raw = txn.get(self.name, db=self.db.counters)
         return 1 <= value < max(read_u64(raw) if raw else 1, self.next)
 
-    def skip_past(self, txn: lmdb.Transaction, value: int) -> None:
-        """Never hand out `value` or anything below it (a chunkserver holds it)."""
-        if not in_id_range(value):
+    def skip_past(self, txn: lmdb.Transaction, held: list[int]) -> None:
+        """Never hand out any of `held` or anything below them (a chunkserver holds them). A
+        value more than MAX_SKIP past what was handed out is not one chunkfs made (a chunk stored
+        under an id picked by hand): it is ignored, logged once, so it cannot use the ids up."""
+        raw = txn.get(self.name, db=self.db.counters)
+        stored = read_u64(raw) if raw else 1
+        ceiling = min(MAX_ID, max(stored, self.next) + MAX_SKIP)
+        plausible = [v for v in held if 1 <= v <= ceiling]
+        if len(plausible) < len(held) and not self._far_value_logged:
+            self._far_value_logged = True
+            log.warning("a chunkserver holds a %s far past any handed out (%d): the counter is not moved "
+                        "past it (a chunk stored by hand?)", self.name.decode(), max(held))
+        if not plausible:
             return
+        value = max(plausible)
         if value < self.next:
             return
         if value < self.limit:  # inside the block this process reserved
             self.next = value + 1
             return
-        raw = txn.get(self.name, db=self.db.counters)
-        if raw is not None and value < read_u64(raw):
+        if raw is not None and value < stored:
             return
         self.next = self.limit = value + 1
         txn.put(self.name, u64(value + 1), db=self.db.counters)
