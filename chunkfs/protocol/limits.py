@@ -104,7 +104,6 @@ def unrepresentable(attr) -> str | None:
         value = getattr(attr, name)
         if not low <= value <= high:
             return f"{name} {value} is out of range"
-    kind = stat.S_IFMT(attr.mode)
-    if not 0 <= attr.mode <= MAX_MODE or kind not in FILE_TYPES:
+    if not 0 <= attr.mode <= MAX_MODE or stat.S_IFMT(attr.mode) not in FILE_TYPES:
         return f"mode {attr.mode:#o} is not a valid file mode"
     return None
