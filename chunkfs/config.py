@@ -13,8 +13,9 @@ import logging
 import sys
 import tomllib
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import click
 

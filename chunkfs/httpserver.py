@@ -15,7 +15,8 @@ import json
 import logging
 import socket
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 import uvloop

@@ -7,7 +7,8 @@ servers for each chunk from its reservation, so consecutive chunks spread over t
 from __future__ import annotations
 
 import random
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -15,7 +16,7 @@ T = TypeVar("T")
 def weighted_order(items: Sequence[T], weights: Sequence[int], rng: random.Random | None = None) -> list[T]:
     """All `items` with weight > 0 in a random order where heavier items tend to come first."""
     rng = rng or random
-    pool = [(item, w) for item, w in zip(items, weights) if w > 0]
+    pool = [(item, w) for item, w in zip(items, weights, strict=True) if w > 0]
     order: list[T] = []
     while pool:
         pick = rng.uniform(0, sum(w for _i, w in pool))

@@ -34,7 +34,6 @@ from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
 from chunkfs.metaserver.throughput import ThroughputHistory
 from chunkfs.protocol import records as r
-from chunkfs.protocol.chunk_client import ChunkClient
 from chunkfs.protocol.meta_client import CLIENT_HEADER, named_inodes
 from chunkfs.protocol.http import SignedHttp
 
@@ -214,7 +213,7 @@ async def backup_copy(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"})
         response.content_length = data.stat().st_size
         await response.prepare(request)
-        with open(data, "rb") as f:
+        with await asyncio.to_thread(open, data, "rb") as f:
             while piece := await asyncio.to_thread(f.read, backup.PIECE_BYTES):
                 await response.write(piece)
         await response.write_eof()

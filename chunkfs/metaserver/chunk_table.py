@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import stat
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import lmdb
 import msgspec

@@ -14,8 +14,9 @@ import logging
 import queue
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lmdb
 
@@ -124,7 +125,7 @@ class GroupCommitter:
                 self._commit(batch, _resolve)
             except BaseException as exc:  # not the mutation's failure (that is its answer): the commit's
                 log.exception("commit on the event loop failed")
-                for _fn, _args, future, loop in batch:
+                for _fn, _args, future, _loop in batch:
                     if not future.done():
                         future.set_exception(exc)
         else:

@@ -48,7 +48,7 @@ class GarbageCollector:
                 report[s.id].error = "down"
         answers = await asyncio.gather(*(self._inventory(s.address, req.min_age_s) for s in asked))
         holdings: Holdings = {}
-        for server, answer in zip(asked, answers):
+        for server, answer in zip(asked, answers, strict=True):
             if isinstance(answer, str):
                 report[server.id].error = answer
             else:

@@ -17,11 +17,12 @@ with the directory's creation, so a metaserver that restarts still recalls them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import stat
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import lmdb
 
@@ -126,10 +127,8 @@ class DirectoryLeases:
             self.wake_feed()
         remaining = lease.expires - time.monotonic()
         if remaining > 0:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(lease.released.wait()), remaining)
-            except asyncio.TimeoutError:
-                pass
         if self._held.get(ino) is lease:
             log.warning("lease on directory %d: client %s did not give it back within %.0f s; taken back",
                         ino, lease.client, LEASE_S)

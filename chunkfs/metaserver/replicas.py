@@ -10,8 +10,8 @@ or gone is left for an operator to see rather than forgotten.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import lmdb
 import msgspec

@@ -19,6 +19,7 @@ Promises:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import logging
@@ -243,10 +244,8 @@ class ReplicationLog:
             if batches or remaining <= 0:
                 return r.ReplicationFeed(self.history, self.seq, batches)
             event = self._new_batch
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
 
     def _acknowledge(self, name: str, since: int, synchronous: bool) -> None:
         with self._lock:

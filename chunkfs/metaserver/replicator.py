@@ -23,6 +23,7 @@ the next pass rebuilds them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import heapq
 import itertools
@@ -118,10 +119,8 @@ class Replicator:
             except Exception:
                 log.exception("re-replication pass failed; retrying later")
             if not changed:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), max(IDLE_PAUSE_S, 20 * self._scan_s))
-                except asyncio.TimeoutError:
-                    pass
             self.wake.clear()
 
     async def pass_once(self) -> bool:

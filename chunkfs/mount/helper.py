@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from chunkfs import mounts
 from chunkfs.daemons import DaemonError, module_command, spawn, wait_for
@@ -60,7 +60,7 @@ def parse_options(option_string: str) -> dict[str, str]:
     for item in filter(None, option_string.split(",")):
         key, sep, value = item.partition("=")
         key = ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
-        if key in IGNORED or key.startswith("x_") or key.startswith("x-") or key == "comment":
+        if key in IGNORED or key.startswith(("x_", "x-")) or key == "comment":
             continue
         if key not in FIELDS:
             raise OptionError(f"unknown mount option {item.partition('=')[0]!r} "
