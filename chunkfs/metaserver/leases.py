@@ -24,10 +24,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import lmdb
-
 from chunkfs import LEASE_S
-from chunkfs.metaserver.db import GroupCommitter, MetaDB, read_u64, u64
+from chunkfs.metaserver.db import GroupCommitter, MetaDB, Txn, read_u64, u64
 from chunkfs.protocol import records as r
 
 log = logging.getLogger(__name__)
@@ -69,12 +67,12 @@ class DirectoryLeases:
         lease.released.set()
 
     # ---- granting -------------------------------------------------------------------------------
-    def creating(self, create: Callable[[lmdb.Transaction, r.CreateReq], r.Attr], client: str
-                 ) -> Callable[[lmdb.Transaction, r.CreateReq], r.Attr]:
+    def creating(self, create: Callable[[Txn, r.CreateReq], r.Attr], client: str
+                 ) -> Callable[[Txn, r.CreateReq], r.Attr]:
         """`create` that also leases a new directory to `client` when asked, in the same
         transaction."""
 
-        def run(txn: lmdb.Transaction, req: r.CreateReq) -> r.Attr:
+        def run(txn: Txn, req: r.CreateReq) -> r.Attr:
             attr = create(txn, req)
             if _leased(req, attr, client):
                 txn.put(u64(attr.ino), client.encode(), db=self.db.leases)
@@ -107,7 +105,7 @@ class DirectoryLeases:
             for ino in mine:
                 self._drop(ino)
 
-    def _delete_rows(self, txn: lmdb.Transaction, inodes: list[int]) -> None:
+    def _delete_rows(self, txn: Txn, inodes: list[int]) -> None:
         for ino in inodes:
             txn.delete(u64(ino), db=self.db.leases)
 
