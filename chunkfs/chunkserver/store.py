@@ -252,7 +252,8 @@ class ChunkStore:
         """Every chunk version on disk: (those not modified in the last `older_than_s` seconds,
         those that were)."""
         cutoff = time.time() - older_than_s
-        old, recent = [], []
+        old: list[tuple[int, int]] = []
+        recent: list[tuple[int, int]] = []
         for path in (p for d in self.dirs for p in d.chunks_dir.glob("*/*.chunk")):
             try:
                 modified = path.stat().st_mtime

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chunkfs import mounts
+from chunkfs.config import field_default
 from chunkfs.daemons import DaemonError, module_command, spawn, wait_for
 from chunkfs.mount.main import MountConfig
 
@@ -33,7 +34,7 @@ def option_rows() -> list[tuple[list[str], str, str]]:
     rows = []
     for field in dataclasses.fields(MountConfig):
         if field.name in FIELDS:
-            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            default = field_default(field)
             default = "" if default == Path("") else str(default).lower() if isinstance(default, bool) else default
             names = [field.name, *(alias for alias, name in ALIASES.items() if name == field.name)]
             rows.append((names, str(default), field.metadata.get("help", "")))
