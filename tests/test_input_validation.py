@@ -10,7 +10,6 @@ import errno
 import http.client
 import json
 import os
-import signal
 import stat
 import uuid
 from pathlib import Path

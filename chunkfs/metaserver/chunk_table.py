@@ -13,16 +13,15 @@ import errno
 import logging
 import stat
 import time
-from typing import Callable
+from collections.abc import Callable
 
-import lmdb
 import msgspec
 from msgspec import Struct
 
 from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
 from chunkfs.errors import FsError
-from chunkfs.metaserver.db import U64x2, MetaDB, read_u64, u64
-from chunkfs.metaserver.namespace import Namespace
+from chunkfs.metaserver.db import U64x2, MetaDB, Txn, read_u64, u64
+from chunkfs.metaserver.namespace import Inode, Namespace
 from chunkfs.metaserver.reservations import VersionReservations
 from chunkfs.protocol import records as r
 from chunkfs.protocol.limits import MAX_ID, in_id_range
@@ -62,7 +61,7 @@ class IdAllocator:
         self.next = self.limit = 0
         self._far_value_logged = False
 
-    def repair(self, txn: lmdb.Transaction, highest_in_use: Callable[[], int]) -> None:
+    def repair(self, txn: Txn, highest_in_use: Callable[[], int]) -> None:
         raw = txn.get(self.name, db=self.db.counters)
         if raw is None or read_u64(raw) <= MAX_ID - ID_RESERVE:
             return
@@ -71,10 +70,10 @@ class IdAllocator:
                     "the largest in use)", self.name.decode(), read_u64(raw), MAX_ID, value)
         txn.put(self.name, u64(value), db=self.db.counters)
 
-    def take(self, txn: lmdb.Transaction) -> int:
+    def take(self, txn: Txn) -> int:
         return self.take_block(txn, 1)
 
-    def take_block(self, txn: lmdb.Transaction, count: int) -> int:
+    def take_block(self, txn: Txn, count: int) -> int:
         """The first of `count` consecutive fresh values."""
         if self.next + count > self.limit:
             if max(self.next, self.limit) + count > MAX_ID:
@@ -87,12 +86,12 @@ class IdAllocator:
         self.next += count
         return value
 
-    def handed_out(self, txn: lmdb.Transaction, value: int) -> bool:
+    def handed_out(self, txn: Txn, value: int) -> bool:
         """Whether `value` may have been handed out (it is below the stored counter)."""
         raw = txn.get(self.name, db=self.db.counters)
         return 1 <= value < max(read_u64(raw) if raw else 1, self.next)
 
-    def skip_past(self, txn: lmdb.Transaction, held: list[int]) -> None:
+    def skip_past(self, txn: Txn, held: list[int]) -> None:
         """Never hand out any of `held` or anything below them (a chunkserver holds them). A
         value more than MAX_SKIP past what was handed out is not one chunkfs made (a chunk stored
         under an id picked by hand): it is ignored, logged once, so it cannot use the ids up."""
@@ -130,12 +129,12 @@ class ChunkTable:
         self.holding_back: Callable[[], bool] = lambda: False  # nothing is garbage while true (quarantine.py)
         self._out_of_range_from: set[str] = set()  # servers whose out-of-range chunks were logged
 
-    def repair_counters(self, txn: lmdb.Transaction) -> None:
+    def repair_counters(self, txn: Txn) -> None:
         """At start: a counter left past MAX_ID by an earlier version is set back (see IdAllocator)."""
         self.chunk_ids.repair(txn, lambda: self._highest(txn, 0))
         self.versions.repair(txn, lambda: self._highest(txn, 1))
 
-    def _highest(self, txn: lmdb.Transaction, field: int) -> int:
+    def _highest(self, txn: Txn, field: int) -> int:
         """The largest chunk id (field 0) or version (1) any record or queued deletion holds."""
         highest = 0
         for _key, raw in txn.cursor(db=self.db.chunks):
@@ -157,7 +156,7 @@ class ChunkTable:
         return kept
 
     # ---- reading ----------------------------------------------------------------------------
-    def records(self, txn: lmdb.Transaction, ino: int) -> list[tuple[int, ChunkRecord]]:
+    def records(self, txn: Txn, ino: int) -> list[tuple[int, ChunkRecord]]:
         prefix = u64(ino)
         cursor = txn.cursor(db=self.db.chunks)
         out = []
@@ -168,22 +167,22 @@ class ChunkTable:
                 out.append((U64x2.unpack(key)[1], _chunk_dec.decode(raw)))
         return out
 
-    def refs(self, txn: lmdb.Transaction, ino: int) -> list[r.ChunkRef]:
+    def refs(self, txn: Txn, ino: int) -> list[r.ChunkRef]:
         return [
             r.ChunkRef(index=index, chunk_id=rec.chunk_id, version=rec.version, length=rec.length,
                        checksum=rec.checksum, replicas=rec.replicas)
             for index, rec in self.records(txn, ino)
         ]
 
-    def inline_data(self, txn: lmdb.Transaction, ino: int) -> bytes | None:
+    def inline_data(self, txn: Txn, ino: int) -> bytes | None:
         """The bytes of a file stored inline (see INLINE_MAX_BYTES), or None: it has chunks."""
         return txn.get(u64(ino), db=self.db.inline)
 
-    def all_versions(self, txn: lmdb.Transaction) -> set[tuple[int, int]]:
+    def all_versions(self, txn: Txn) -> set[tuple[int, int]]:
         return {(rec.chunk_id, rec.version) for _k, raw in txn.cursor(db=self.db.chunks)
                 for rec in (_chunk_dec.decode(raw),)}
 
-    def count(self, txn: lmdb.Transaction, alive: set[str]) -> tuple[int, int]:
+    def count(self, txn: Txn, alive: set[str]) -> tuple[int, int]:
         """(chunks, chunks with fewer alive replicas than their file's goal) — a full scan."""
         chunks = under = 0
         goals: dict[int, int] = {}
@@ -198,14 +197,14 @@ class ChunkTable:
         return chunks, under
 
     # ---- writing ----------------------------------------------------------------------------
-    def reserve(self, txn: lmdb.Transaction, client: str, count: int) -> tuple[int, int]:
+    def reserve(self, txn: Txn, client: str, count: int) -> tuple[int, int]:
         """`count` fresh versions and chunk ids for `client`: (first version, first chunk id)."""
         first_version = self.versions.take_block(txn, count)
         first_chunk_id = self.chunk_ids.take_block(txn, count)
         self.owners.grant(txn, client, first_version, count)
         return first_version, first_chunk_id
 
-    def commit(self, txn: lmdb.Transaction, req: r.CommitReq, client: str) -> r.Attr:
+    def commit(self, txn: Txn, req: r.CommitReq, client: str) -> r.Attr:
         """Make uploaded chunk versions part of the file and set its size and mtime (creating
         the file first when the commit carries its create).
 
@@ -228,7 +227,7 @@ class ChunkTable:
         if req.attrs is not None and (req.attrs.size is not None or req.attrs.ino != req.ino):
             raise FsError(errno.EINVAL, "attributes committed with a file change its size or another file")
         if req.inline is not None:
-            self._commit_inline(txn, req, inode)
+            self._commit_inline(txn, req, req.inline, inode)
         for ref in req.discard:
             self._check_chunk_id(txn, ref.chunk_id)
             if self.owners.claim(txn, client, ref.version, req.ino):
@@ -263,23 +262,23 @@ class ChunkTable:
             return self.namespace.setattr(txn, req.attrs, self.truncate)
         return self.namespace.attr(req.ino, inode)
 
-    def _check_chunk_id(self, txn: lmdb.Transaction, chunk_id: int) -> None:
+    def _check_chunk_id(self, txn: Txn, chunk_id: int) -> None:
         if not self.chunk_ids.handed_out(txn, chunk_id):
             raise FsError(errno.EPERM, f"chunk id {chunk_id} was never handed out")
 
-    def _commit_inline(self, txn: lmdb.Transaction, req: r.CommitReq, inode) -> None:
-        """The file's content becomes `req.inline`: its chunks go (queued for deletion)."""
-        if not len(req.inline) <= req.size <= INLINE_MAX_BYTES:
-            raise FsError(errno.EINVAL, f"inline content of {len(req.inline)} bytes for a file of {req.size}; "
+    def _commit_inline(self, txn: Txn, req: r.CommitReq, inline: bytes, inode: Inode) -> None:
+        """The file's content becomes `inline` (`req.inline`): its chunks go (queued for deletion)."""
+        if not len(inline) <= req.size <= INLINE_MAX_BYTES:
+            raise FsError(errno.EINVAL, f"inline content of {len(inline)} bytes for a file of {req.size}; "
                                         f"at most {INLINE_MAX_BYTES} bytes are kept inline")
         if req.chunks:
             raise FsError(errno.EINVAL, "a commit carries either chunks or inline content")
         self.drop_file(txn, req.ino)
-        txn.put(u64(req.ino), req.inline, db=self.db.inline)
-        inode.stored_bytes = len(req.inline)
+        txn.put(u64(req.ino), inline, db=self.db.inline)
+        inode.stored_bytes = len(inline)
         inode.size = req.size  # truncate() below then has nothing left to cut
 
-    def truncate(self, txn: lmdb.Transaction, ino: int, size: int) -> int:
+    def truncate(self, txn: Txn, ino: int, size: int) -> int:
         """Drop chunks past `size` and shorten the last one (and the inline bytes, which stand
         for chunk 0); return the bytes still stored."""
         stored = 0
@@ -301,14 +300,14 @@ class ChunkTable:
             stored += rec.length
         return stored
 
-    def drop_file(self, txn: lmdb.Transaction, ino: int) -> None:
+    def drop_file(self, txn: Txn, ino: int) -> None:
         txn.delete(u64(ino), db=self.db.inline)
         for index, rec in self.records(txn, ino):
             txn.delete(chunk_key(ino, index), db=self.db.chunks)
             self.queue_deletion(txn, rec.chunk_id, rec.version, rec.replicas)
 
     # ---- deletions --------------------------------------------------------------------------
-    def queue_deletion(self, txn: lmdb.Transaction, chunk_id: int, version: int, servers: list[str]) -> None:
+    def queue_deletion(self, txn: Txn, chunk_id: int, version: int, servers: list[str]) -> None:
         if not servers:
             return
         key = U64x2.pack(chunk_id, version)
@@ -316,7 +315,7 @@ class ChunkTable:
         pending = set(_servers_dec.decode(raw)) if raw else set()
         txn.put(key, _enc.encode(sorted(pending | set(servers))), db=self.db.deletions)
 
-    def cancel_deletion(self, txn: lmdb.Transaction, chunk_id: int, version: int, servers: list[str]) -> None:
+    def cancel_deletion(self, txn: Txn, chunk_id: int, version: int, servers: list[str]) -> None:
         """A version committed after it was queued as garbage (an upload older than the orphan
         grace, `chunkfs gc`) is kept on the servers its record lists."""
         key = U64x2.pack(chunk_id, version)
@@ -329,7 +328,7 @@ class ChunkTable:
         else:
             txn.delete(key, db=self.db.deletions)
 
-    def pending_deletions(self, txn: lmdb.Transaction, limit: int) -> list[tuple[int, int, list[str]]]:
+    def pending_deletions(self, txn: Txn, limit: int) -> list[tuple[int, int, list[str]]]:
         out = []
         for key, raw in txn.cursor(db=self.db.deletions):
             chunk_id, version = U64x2.unpack(key)
@@ -338,10 +337,10 @@ class ChunkTable:
                 break
         return out
 
-    def count_deletions(self, txn: lmdb.Transaction) -> int:
+    def count_deletions(self, txn: Txn) -> int:
         return txn.stat(self.db.deletions)["entries"]
 
-    def deletion_done(self, txn: lmdb.Transaction, chunk_id: int, version: int, server: str) -> bool:
+    def deletion_done(self, txn: Txn, chunk_id: int, version: int, server: str) -> bool:
         """Whether that was the version's last server to delete it on."""
         key = U64x2.pack(chunk_id, version)
         raw = txn.get(key, db=self.db.deletions)
@@ -354,7 +353,7 @@ class ChunkTable:
         txn.delete(key, db=self.db.deletions)
         return True
 
-    def unreferenced(self, txn: lmdb.Transaction, held: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    def unreferenced(self, txn: Txn, held: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Of the chunk versions a server holds, those no file references and no writer may
         still commit (no live reservation holds them): they are garbage on that server."""
         if self.holding_back():

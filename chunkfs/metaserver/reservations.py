@@ -30,12 +30,12 @@ import logging
 import time
 from collections.abc import Callable
 
-import lmdb
+
 import msgspec
 from msgspec import Struct
 
 from chunkfs.errors import FsError
-from chunkfs.metaserver.db import GroupCommitter, MetaDB, read_u64, u64
+from chunkfs.metaserver.db import GroupCommitter, MetaDB, Txn, read_u64, u64
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class VersionReservations:
         self._last_block: dict[str, int] = {}  # client -> first version of its latest block (a hint)
 
     # ---- granting and claiming ---------------------------------------------------------------
-    def grant(self, txn: lmdb.Transaction, client: str, first: int, count: int) -> None:
+    def grant(self, txn: Txn, client: str, first: int, count: int) -> None:
         """Versions first .. first+count-1 are `client`'s to commit."""
         expires_at = time.time() + self.lifetime_s
         last = self._last_block.get(client)
@@ -73,7 +73,7 @@ class VersionReservations:
         txn.put(_BLOCK + u64(first), _enc.encode(Block(client, first + count, expires_at)), db=self.db.reservations)
         self._last_block[client] = first
 
-    def claim(self, txn: lmdb.Transaction, client: str, version: int, ino: int) -> bool:
+    def claim(self, txn: Txn, client: str, version: int, ino: int) -> bool:
         """Use `version` for file `ino`. True if it was unused; False if it was already used for
         `ino` (a retried commit); EPERM if `client` does not own it or used it for another file."""
         used = txn.get(_USED + u64(version), db=self.db.reservations)
@@ -88,7 +88,7 @@ class VersionReservations:
         txn.put(_USED + u64(version), u64(ino), db=self.db.reservations)
         return True
 
-    def _block_of(self, txn: lmdb.Transaction, version: int) -> Block | None:
+    def _block_of(self, txn: Txn, version: int) -> Block | None:
         """The block holding `version`, if any: the one with the greatest first version <= it
         (every b"s" key sorts after every b"r" key)."""
         target = _BLOCK + u64(version)
@@ -107,7 +107,7 @@ class VersionReservations:
         return block if version < block.end else None
 
     # ---- what is reserved --------------------------------------------------------------------
-    def ranges(self, txn: lmdb.Transaction) -> list[tuple[int, int]]:
+    def ranges(self, txn: Txn) -> list[tuple[int, int]]:
         """(first, end) of every live block, in order: versions that may still be committed."""
         out = []
         cursor = txn.cursor(db=self.db.reservations)
@@ -124,7 +124,7 @@ class VersionReservations:
         return i >= 0 and ranges[i][0] <= version < ranges[i][1]
 
     # ---- ending blocks -----------------------------------------------------------------------
-    def ended(self, txn: lmdb.Transaction, now: float, session_over: Callable[[str], bool]) -> list[int]:
+    def ended(self, txn: Txn, now: float, session_over: Callable[[str], bool]) -> list[int]:
         """First versions of the blocks that have run out or whose client has gone."""
         gone = []
         cursor = txn.cursor(db=self.db.reservations)
@@ -137,7 +137,7 @@ class VersionReservations:
                     gone.append(read_u64(key[1:]))
         return gone
 
-    def drop(self, txn: lmdb.Transaction, firsts: list[int]) -> None:
+    def drop(self, txn: Txn, firsts: list[int]) -> None:
         dropped = set(firsts)
         self._last_block = {c: f for c, f in self._last_block.items() if f not in dropped}
         for first in firsts:

@@ -13,9 +13,13 @@ from __future__ import annotations
 import errno
 import re
 import stat
+from typing import TYPE_CHECKING
 
 from chunkfs import CHUNK_SIZE, MAX_NAME_BYTES
 from chunkfs.errors import FsError
+
+if TYPE_CHECKING:
+    from chunkfs.protocol.records import Attr
 
 MAX_ID = 2**63 - 1
 """Inode numbers, chunk ids and chunk versions are 1..MAX_ID (version 0 and inode 0 mean "none";
@@ -96,12 +100,12 @@ _ATTR_RANGES = {"ino": (1, 2**64 - 1), "uid": _U32, "gid": _U32, "rdev": _U32, "
                 "ctime_ns": _S64}
 
 
-def unrepresentable(attr) -> str | None:
+def unrepresentable(attr: Attr) -> str | None:
     """Why the kernel could not take a file's attributes (an `Attr` stored before the servers
     checked their input), or None if it can. A client refuses such a file alone (EIO), so one
     bad entry cannot fail a whole listing or end a mount with an OverflowError."""
     for name, (low, high) in _ATTR_RANGES.items():
-        value = getattr(attr, name)
+        value: int = getattr(attr, name)
         if not low <= value <= high:
             return f"{name} {value} is out of range"
     if not 0 <= attr.mode <= MAX_MODE or stat.S_IFMT(attr.mode) not in FILE_TYPES:
