@@ -28,8 +28,7 @@ import bisect
 import errno
 import logging
 import time
-from collections.abc import Callable
-
+from collections.abc import Callable, Iterator
 
 import msgspec
 from msgspec import Struct
@@ -107,16 +106,18 @@ class VersionReservations:
         return block if version < block.end else None
 
     # ---- what is reserved --------------------------------------------------------------------
-    def ranges(self, txn: Txn) -> list[tuple[int, int]]:
-        """(first, end) of every live block, in order: versions that may still be committed."""
-        out = []
+    def _blocks(self, txn: Txn) -> Iterator[tuple[int, Block]]:
+        """(first version, block) of every live block, in order."""
         cursor = txn.cursor(db=self.db.reservations)
         if cursor.set_range(_BLOCK):
             for key, raw in cursor:
                 if not key.startswith(_BLOCK):
-                    break
-                out.append((read_u64(key[1:]), _dec.decode(raw).end))
-        return out
+                    return
+                yield read_u64(key[1:]), _dec.decode(raw)
+
+    def ranges(self, txn: Txn) -> list[tuple[int, int]]:
+        """(first, end) of every live block, in order: versions that may still be committed."""
+        return [(first, block.end) for first, block in self._blocks(txn)]
 
     @staticmethod
     def holds(ranges: list[tuple[int, int]], version: int) -> bool:
@@ -126,16 +127,8 @@ class VersionReservations:
     # ---- ending blocks -----------------------------------------------------------------------
     def ended(self, txn: Txn, now: float, session_over: Callable[[str], bool]) -> list[int]:
         """First versions of the blocks that have run out or whose client has gone."""
-        gone = []
-        cursor = txn.cursor(db=self.db.reservations)
-        if cursor.set_range(_BLOCK):
-            for key, raw in cursor:
-                if not key.startswith(_BLOCK):
-                    break
-                block = _dec.decode(raw)
-                if block.expires_at < now or session_over(block.client):
-                    gone.append(read_u64(key[1:]))
-        return gone
+        return [first for first, block in self._blocks(txn)
+                if block.expires_at < now or session_over(block.client)]
 
     def drop(self, txn: Txn, firsts: list[int]) -> None:
         dropped = set(firsts)
