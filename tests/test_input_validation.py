@@ -183,6 +183,10 @@ class Uploader:
 
     def __init__(self, api: RawApi, client: str) -> None:
         self.api, self.client = api, client
+        # a client's reservations last as long as its session: it follows the feed, as mounts do
+        status, _batch = api.call(api.cluster.metaserver, "GET", "/v1/changes?since=0&wait_s=0",
+                                  headers={"X-Chunkfs-Client": client})
+        assert status == 200
         status, self.reservation = api.fs("reserve", {"count": 4}, client=client)
         assert status == 200, self.reservation
         self.used = 0
