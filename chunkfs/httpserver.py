@@ -11,7 +11,7 @@ nothing:
   `body_timeout_s` (slow, or shorter than its Content-Length) is answered 408. These answers close
   the connection: what is left of the body is not read;
 - every request but the public read-only paths must carry a valid `X-Chunkfs-Auth` header (see
-  `chunkfs.auth`): its head is checked first (a request without the secret makes the server read
+  `chunkfs.auth`), signed for a Host that names this server (`own_host`): its head is checked first (a request without the secret makes the server read
   no body), then the body against the digest it signed (a chunk PUT's body is checked against its
   signed checksum header by the chunkserver as it stores it), then its nonce is used up; 401 else.
 
@@ -63,6 +63,7 @@ BODY_TIMEOUT_HELP = ("seconds a request body may take to arrive; a slower one, o
 VERIFIER = web.AppKey("verifier", auth.Verifier)
 BODY_LIMITS = web.AppKey("body_limits", dict)  # "METHOD /route/{as_added}" -> BodyLimit
 BODY_TIMEOUT_S = web.AppKey("body_timeout_s", float)
+OWN_HOST = web.AppKey("own_host", Callable[[str], bool])  # whether a Host header names this server
 ROUTINE_ERROR = web.AppKey("routine_error", Callable[[web.Request, FsError], bool])
 ERROR_KEY = web.RequestKey("chunkfs_error", FsError)  # the FsError a request was answered with
 PUBLIC_PATHS = frozenset({"/", "/health", "/metrics"})  # read-only: status page, health, metrics (README)
@@ -136,9 +137,12 @@ async def _refusal(request: web.Request) -> web.Response | None:
         raise BodyRefused(413, errno.EFBIG, f"request body of {length} bytes is over {limit.max_bytes}")
     if request.path in PUBLIC_PATHS:
         return None
+    host = request.headers.get(hdrs.HOST, "")
+    if not request.app[OWN_HOST](host):
+        return error_response(401, "EACCES", f"signed for another server (Host {printable(host)!r})")
     verifier = request.app[VERIFIER]
-    signed = verifier.check_head(request.method, request.raw_path, request.headers.get(hdrs.HOST, ""),
-                                 request.headers.items(), request.headers.get(auth.HEADER))
+    signed = verifier.check_head(request.method, request.raw_path, host, request.headers.items(),
+                                 request.headers.get(auth.HEADER))
     if signed is None or (signed.digest == auth.CHECKSUMMED) != limit.checksummed:
         return error_response(401, "EACCES", "missing or invalid X-Chunkfs-Auth header")
     if not limit.checksummed:
@@ -205,17 +209,31 @@ def _never(request: web.Request, error: FsError) -> bool:
     return False
 
 
+def any_host(host: str) -> bool:
+    return True
+
+
+def host_on_port(port: int) -> Callable[[str], bool]:
+    """For a server known by names it cannot list (a metaserver behind DNS): the port at least."""
+    suffix = f":{port}"
+    return lambda host: host.endswith(suffix)
+
+
 def make_app(secret: bytes, routine_error: Callable[[web.Request, FsError], bool] = _never, *,
-             body_limits: dict[str, BodyLimit] | None = None,
+             own_host: Callable[[str], bool] = any_host, body_limits: dict[str, BodyLimit] | None = None,
              body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> web.Application:
     """`routine_error(request, error)` says which error replies are ordinary answers, logged at
-    DEBUG only (a lookup of a name that does not exist is not worth a line). `body_limits`: the
+    DEBUG only (a lookup of a name that does not exist is not worth a line). `own_host(host)`:
+    whether a signed request's Host header names this server (the signature covers Host, so a
+    request signed for one server is refused by the others, whose nonces it never used).
+    `body_limits`: the
     `BodyLimit` of a route, by method and path as added (`POST /v1/fs/{op}`); DEFAULT_BODY for
     the others."""
     limits = body_limits or {}
     largest = max([DEFAULT_BODY.max_bytes, *(limit.max_bytes for limit in limits.values())])
     app = web.Application(middlewares=[chunkfs_middleware], client_max_size=largest)
     app[VERIFIER] = auth.Verifier(secret)
+    app[OWN_HOST] = own_host
     app[BODY_LIMITS] = limits
     app[BODY_TIMEOUT_S] = body_timeout_s
     app[ROUTINE_ERROR] = routine_error

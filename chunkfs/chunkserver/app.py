@@ -11,7 +11,8 @@ from aiohttp import web
 from chunkfs import metrics
 from chunkfs.config import ConfigError, parse_address
 from chunkfs.errors import FsError, TransportError
-from chunkfs.httpserver import DEFAULT_BODY_TIMEOUT_S, BodyLimit, json_response, make_app, read_body_pieces
+from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, BodyLimit, any_host, json_response, make_app,
+                                read_body_pieces)
 from chunkfs.chunkserver.scrubber import CorruptionReporter
 from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
 from chunkfs.protocol import records as r
@@ -142,8 +143,13 @@ BODY_LIMITS = {f"PUT {CHUNK_ROUTE}": BodyLimit(CHUNK_SIZE, checksummed=True)}
 
 def build_app(store: ChunkStore, secret: bytes, background, peers: ChunkClient,
               corruption: CorruptionReporter, counters: metrics.ChunkserverMetrics,
-              body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> web.Application:
-    app = make_app(secret, body_limits=BODY_LIMITS, body_timeout_s=body_timeout_s)
+              addresses: frozenset[str] = frozenset(), body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+              ) -> web.Application:
+    """`addresses`: the HOST:PORTs clients and peers reach this server by (the one it registers
+    with, its listen address); a request signed for another Host is refused (empty: any)."""
+    own = frozenset(a.lower() for a in addresses)
+    app = make_app(secret, own_host=(lambda host: host.lower() in own) if own else any_host,
+                   body_limits=BODY_LIMITS, body_timeout_s=body_timeout_s)
     app[STORE] = store
     app[PEERS] = peers
     app[CORRUPTION] = corruption

@@ -79,8 +79,8 @@ def run(config: ChunkserverConfig) -> None:
     counters = metrics.ChunkserverMetrics(store)
     http = SignedHttp(secret, timeout_s=10, retry_s=2)
     meta = MetaClient(http, config.metaserver)
-    heartbeat = Heartbeat(store, meta, config.advertise or f"{host}:{port}", config.heartbeat_interval_s,
-                          counters)
+    advertised = config.advertise or f"{host}:{port}"
+    heartbeat = Heartbeat(store, meta, advertised, config.heartbeat_interval_s, counters)
     corruption = CorruptionReporter(store, meta)
     scrubber = Scrubber(store, corruption, config.scrub_mb_per_s)
 
@@ -94,7 +94,8 @@ def run(config: ChunkserverConfig) -> None:
 
     log.info("chunkserver %s serving on %s:%d, data in %s", store.server_id, host, port,
              ", ".join(map(str, config.data_dirs)))
-    app = build_app(store, secret, background, ChunkClient(http), corruption, counters, config.body_timeout_s)
+    app = build_app(store, secret, background, ChunkClient(http), corruption, counters,
+                    frozenset({advertised, config.listen}), config.body_timeout_s)
     service.attach(app, status=f"serving on {host}:{port}")
     serve(app, host, port)
 

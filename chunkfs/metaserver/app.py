@@ -14,7 +14,8 @@ from aiohttp import web
 
 from chunkfs import metrics, request_id
 from chunkfs.errors import FsError
-from chunkfs.httpserver import DEFAULT_BODY_TIMEOUT_S, BodyLimit, json_response, make_app, read_body
+from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, BodyLimit, any_host, host_on_port, json_response,
+                                make_app, read_body)
 from chunkfs.metaserver.changes import ChangeFeed, affected
 from chunkfs.metaserver.status_page import render as render_status_page
 from chunkfs.metaserver.chunk_table import ChunkTable
@@ -331,9 +332,11 @@ def routine_error(request: web.Request, error: FsError) -> bool:
 BODY_LIMITS = {"POST /v1/fs/{op}": BodyLimit(16 << 20), "POST /v1/servers/hello": BodyLimit(64 << 20)}
 
 
-def build_app(m: Metaserver, secret: bytes, http: SignedHttp,
+def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None = None,
               body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> web.Application:
-    app = make_app(secret, routine_error=routine_error, body_limits=BODY_LIMITS, body_timeout_s=body_timeout_s)
+    """`port`: the one it listens on; a request signed for a Host on another port is refused."""
+    app = make_app(secret, routine_error=routine_error, own_host=any_host if port is None else host_on_port(port),
+                   body_limits=BODY_LIMITS, body_timeout_s=body_timeout_s)
     app[STATE] = m
     app.router.add_post("/v1/fs/{op}", fs_operation)
     app.router.add_post("/v1/servers/hello", server_hello)

@@ -99,7 +99,7 @@ def run(config: MetaserverConfig) -> None:
     state.orphans = OrphanCollector(db, committer, namespace, state.changes, config.client_timeout_s,
                                     deleter.wake.set)
     log.info("metaserver serving on %s:%d, data in %s", host, port, config.data_dir)
-    app = build_app(state, secret, http, config.body_timeout_s)
+    app = build_app(state, secret, http, port, config.body_timeout_s)
     service.attach(app, status=f"serving on {host}:{port}")
     serve(app, host, port)
 
