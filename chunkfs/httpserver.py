@@ -186,6 +186,9 @@ async def chunkfs_middleware(request: web.Request, handler):
         return response
     finally:
         request_id.current.reset(token)
+        # the body goes now, not when the request does: an error's traceback holds the request
+        # in a cycle, freed only at the next garbage collection (12 bodies of 14 MiB kept 200 MB)
+        request._read_bytes = None
 
 
 def _log_request(request: web.Request, status: int, started: float) -> None:
