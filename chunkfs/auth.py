@@ -37,7 +37,7 @@ import secrets
 import time
 from collections import deque
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 HEADER = "X-Chunkfs-Auth"
 CHECKSUM_HEADER = "X-Chunkfs-Checksum"  # a chunk's checksum, which the chunkserver verifies
@@ -109,7 +109,7 @@ def sign(secret: bytes, method: str, target: str, host: str, headers: Iterable[t
 class SignedRequest:
     """An `X-Chunkfs-Auth` value taken apart (`parse`), before anything is believed of it."""
 
-    __slots__ = ("ts", "nonce", "digest", "mac")
+    __slots__ = ("digest", "mac", "nonce", "ts")
 
     def __init__(self, ts: str, nonce: str, digest: str, mac: str) -> None:
         self.ts, self.nonce, self.digest, self.mac = ts, nonce, digest, mac

@@ -30,8 +30,9 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import uvloop
@@ -61,10 +62,10 @@ BODY_TIMEOUT_HELP = ("seconds a request body may take to arrive; a slower one, o
                      "Content-Length, is answered 408 and its connection closed")
 
 VERIFIER = web.AppKey("verifier", auth.Verifier)
-BODY_LIMITS = web.AppKey("body_limits", dict)  # "METHOD /route/{as_added}" -> BodyLimit
+BODY_LIMITS = web.AppKey[dict[str, "BodyLimit"]]("body_limits")  # "METHOD /route/{as_added}" -> BodyLimit
 BODY_TIMEOUT_S = web.AppKey("body_timeout_s", float)
-OWN_HOST = web.AppKey("own_host", Callable[[str], bool])  # whether a Host header names this server
-ROUTINE_ERROR = web.AppKey("routine_error", Callable[[web.Request, FsError], bool])
+OWN_HOST = web.AppKey[Callable[[str], bool]]("own_host")  # whether a Host header names this server
+ROUTINE_ERROR = web.AppKey[Callable[[web.Request, FsError], bool]]("routine_error")  # not a class: typed by subscript
 ERROR_KEY = web.RequestKey("chunkfs_error", FsError)  # the FsError a request was answered with
 PUBLIC_PATHS = frozenset({"/", "/health", "/metrics"})  # read-only: status page, health, metrics (README)
 

@@ -17,6 +17,7 @@ from chunkfs import CHUNK_SIZE, auth
 from chunkfs.log_lines import OneLinePerRecord
 from conftest import _cluster, wait_until
 from signed_requests import raw_connection, rss_kb, send, sign_headers
+import contextlib
 
 BODY_TIMEOUT_S = 2
 
@@ -82,18 +83,14 @@ def test_gzip_bombs_are_refused_unread_and_cost_no_memory(limited, secret):
         with raw_connection(meta) as sock:
             sock.sendall(head("POST", target, headers, len(bomb)))
             answers.append(read_answer(sock))  # answered from the head: the body is never read
-            try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 sock.sendall(bomb)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
             peak_kb[0] = max(peak_kb[0], rss_kb(pid))
 
     def bombard_blindly() -> None:  # all of it at once, before any answer
         with raw_connection(meta) as sock:
-            try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 sock.sendall(head("POST", target, headers, len(bomb)) + bomb)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
             peak_kb[0] = max(peak_kb[0], rss_kb(pid))
 
     for job in (bombard, bombard_blindly):
