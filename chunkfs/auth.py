@@ -80,15 +80,14 @@ def canonical_request(method: str, target: str, host: str, headers: Iterable[tup
                       digest: str, ts: str, nonce: str) -> bytes:
     """The bytes the HMAC is over (see the module's docstring); `target` is path?query."""
     path, _, query = target.partition("?")
-    signed = sorted((name.lower(), value) for name, value in headers
-                    if _is_signed(name.lower()))
-    lines = [method.upper(), path, query, host.lower(), *(f"{name}:{value}" for name, value in signed),
-             digest, ts, nonce]
-    return "\n".join(lines).encode("utf-8", "surrogateescape")
-
-
-def _is_signed(lower_name: str) -> bool:
-    return (lower_name.startswith(_SIGNED_PREFIX) and lower_name != _AUTH_LOWER) or lower_name in _ALSO_SIGNED
+    signed = []
+    for name, value in headers:
+        lower = name.lower()
+        if (lower.startswith(_SIGNED_PREFIX) and lower != _AUTH_LOWER) or lower in _ALSO_SIGNED:
+            signed.append(f"{lower}:{value}")
+    signed.sort()
+    return "\n".join((method.upper(), path, query, host.lower(), *signed, digest, ts, nonce)).encode(
+        "utf-8", "surrogateescape")
 
 
 def sign(secret: bytes, method: str, target: str, host: str, headers: Iterable[tuple[str, str]] = (),
