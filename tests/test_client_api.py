@@ -330,3 +330,13 @@ def test_importing_the_client_does_not_start_anything():
 def test_written_files_are_in_the_mount_too(cluster, fs, home):
     fs.put_file(Path(__file__), f"{home}/this.py")
     assert (cluster.mnt / home.lstrip("/") / "this.py").read_bytes() == Path(__file__).read_bytes()
+
+
+def test_the_readme_snippet_writes_a_csv(cluster, tmp_path):
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    snippet = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    snippet = snippet.replace('"127.0.0.1:9520"', repr(cluster.metaserver)).replace('".chunkfs/secret"',
+                                                                                    repr(str(cluster.secret_file)))
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[['region', 'units'], ['north', '120'], ['south', '95']]"
+    assert (cluster.mnt / "reports" / "sales.csv").read_bytes() == b"region,units\r\nnorth,120\r\nsouth,95\r\n"
