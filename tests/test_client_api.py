@@ -196,9 +196,8 @@ def test_a_closed_file_or_filesystem_refuses_calls_as_io_does(cluster, fs, home)
     for call in (lambda: f.write(b"x"), lambda: f.read(), f.tell, lambda: f.seek(0), f.flush):
         with pytest.raises(ValueError):
             call()
-    with fs.open(f"{home}/f", "rb") as f:
-        with pytest.raises(OSError):  # io.UnsupportedOperation
-            f.write(b"x")
+    with fs.open(f"{home}/f", "rb") as f, pytest.raises(OSError):  # io.UnsupportedOperation
+        f.write(b"x")
     other = chunkfs.client.connect(cluster.metaserver, secret_file=cluster.secret_file)
     still_open = other.open(f"{home}/g", "wb")
     still_open.write(b"kept")

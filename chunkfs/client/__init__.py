@@ -31,17 +31,26 @@ the synchronous face from a worker thread (`asyncio.to_thread`) instead.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from chunkfs.client.async_file import AsyncFile
 from chunkfs.client.blocking import File, Filesystem, TrioThread
 from chunkfs.client.filesystem import AsyncFilesystem, ConnectOptions, DirEntry
 from chunkfs.client.permissions import Identity
 
-__all__ = ["connect", "open_filesystem", "Filesystem", "AsyncFilesystem", "File", "AsyncFile", "DirEntry",
-           "Identity"]
+__all__ = [
+    "AsyncFile",
+    "AsyncFilesystem",
+    "DirEntry",
+    "File",
+    "Filesystem",
+    "Identity",
+    "connect",
+    "open_filesystem",
+]
 
 
 def _options(uid: int | None, gid: int | None, groups: list[int] | tuple[int, ...] | None,

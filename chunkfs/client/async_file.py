@@ -153,7 +153,7 @@ class AsyncFile:
 
     close = aclose
 
-    async def __aenter__(self) -> "AsyncFile":
+    async def __aenter__(self) -> AsyncFile:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
