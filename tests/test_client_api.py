@@ -65,6 +65,11 @@ def test_a_file_written_and_read_back_in_every_mode(fs, home):
     assert exc.value.errno == errno.EEXIST
     with fs.open(f"{home}/new", "xb") as f:
         f.write(b"x")
+    with fs.open(f"{home}/lines", "wb") as f:
+        f.write(b"one\ntwo\n" + b"x" * 100_000 + b"\nlast")
+    with fs.open(f"{home}/lines") as f:
+        assert f.readline() == b"one\n" and f.readline(2) == b"tw"
+        assert list(f) == [b"o\n", b"x" * 100_000 + b"\n", b"last"]
     with fs.open(f"{home}/f", "w+b") as f:
         assert f.read() == b""
         f.write(b"0123456789" * 1000)

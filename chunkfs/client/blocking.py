@@ -158,6 +158,11 @@ class File(io.RawIOBase):
     def readall(self) -> bytes:
         return self.read(-1)
 
+    def readline(self, size: int | None = -1) -> bytes:
+        """One hand-off a line (io's readline would make one a byte); iteration uses it."""
+        self._afile.readable()
+        return self._thread.call(self._afile.readline, size)
+
     def readinto(self, buffer: Any) -> int:
         self._afile.readable()
         return self._thread.call(self._afile.readinto, buffer)
