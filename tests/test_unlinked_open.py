@@ -114,6 +114,44 @@ def test_removed_directory_open_here_stays_until_closed(fresh_cluster):
     assert wait_until(lambda: fresh_cluster.status()["directories"] == 1)  # only the root
 
 
+@pytest.mark.parametrize("how", ["created in a directory made here", "created", "opened"])
+def test_attribute_changes_on_an_unlinked_open_file_keep_its_link_count(fresh_cluster, how):
+    """fchmod, fchown, futimens, ftruncate and a write + fsync of an open file whose names go
+    answer its attributes, and the kernel shows that answer to fstat: st_nlink must follow the
+    names (2, 1, then 0 as an orphan), as on ext4. A file created here keeps such changes for its
+    commit, and once answered them with the link count it was created with."""
+    where = fresh_cluster.mnt / "made-here" if how == "created in a directory made here" else fresh_cluster.mnt
+    where.mkdir(exist_ok=True)
+    path, other_name = where / "orphan", where / "other-name"
+    if how == "opened":
+        path.write_bytes(b"old")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.link(path, other_name)
+        steps = [("fchmod", lambda: os.fchmod(fd, 0o600)), ("fchown", lambda: os.fchown(fd, 1000, 1000)),
+                 ("futimens", lambda: os.utime(fd, ns=(10**9, 2 * 10**9))),
+                 ("ftruncate", lambda: os.ftruncate(fd, 10)),
+                 ("write + fsync", lambda: (os.pwrite(fd, b"more", 20), os.fsync(fd)))]
+        for unlinked, nlink in ((None, 2), (path, 1), (other_name, 0)):
+            if unlinked is not None:
+                os.unlink(unlinked)
+            assert os.fstat(fd).st_nlink == nlink, f"after unlinking {unlinked}"
+            for what, step in steps:
+                step()
+                assert os.fstat(fd).st_nlink == nlink, f"after {what}, {nlink} names left"
+        st = os.fstat(fd)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size) == (0o600, 1000, 1000, 24)
+        assert os.pread(fd, 30, 0) == (b"old" if how == "opened" else b"\0" * 3) + b"\0" * 17 + b"more"
+    finally:
+        os.close(fd)
+        for name in (path, other_name):
+            with contextlib.suppress(FileNotFoundError):
+                name.unlink()
+    assert wait_until(lambda: fresh_cluster.status()["files"] == 0), "the orphan is freed at its last close"
+    if where != fresh_cluster.mnt:
+        where.rmdir()
+
+
 def test_unlink_on_another_client_ends_the_file_for_this_one(fresh_cluster, tmp_path):
     """The documented difference (README): only the unlinking client's open files are kept."""
     other = tmp_path / "client-b"

@@ -160,7 +160,11 @@ class Client:
         return await self.meta.readlink(ino)
 
     async def link(self, ino: int, parent: int, name: bytes) -> r.Attr:
-        return self.attr_here(await self.meta.link(ino, parent, name))
+        attr = await self.meta.link(ino, parent, name)
+        open_file = self.open_files.get(ino)
+        if open_file is not None:
+            open_file.link_count_changed(attr.nlink)
+        return self.attr_here(attr)
 
     async def remove(self, parent: int, name: bytes, is_dir: bool) -> None:
         open_here = self._open_inodes()
@@ -186,6 +190,7 @@ class Client:
         open_file = self.open_files.get(ino)
         if open_file is not None:
             open_file.unlinked = True
+            open_file.link_count_changed(max(0, open_file.attr.nlink - 1))
         if ino in self.open_dirs:
             self.unlinked_dirs.add(ino)
         if open_file is None and ino not in self.open_dirs:

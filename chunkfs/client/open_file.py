@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 import trio
 
 from chunkfs.client.chunk_cache import ChunkCache
@@ -51,6 +52,12 @@ class OpenFile:
         self.chunks = {c.index: c for c in layout.chunks}
         self.servers = layout.servers
         self.inline = layout.inline  # the committed bytes of a small file, standing for chunk 0
+
+    def link_count_changed(self, nlink: int) -> None:
+        """This client made or removed a name of the file. `attr` answers for the changes kept
+        here (`defer_attrs`) until the next commit, so its link count must follow the names, as
+        a local filesystem's does: 0 once the file is an orphan (unlinked, still open)."""
+        self.attr = msgspec.structs.replace(self.attr, nlink=nlink)
 
     def committed(self, attr: r.Attr) -> None:
         """The writer's commit made the file `attr`: nothing is changed here any more."""
