@@ -58,12 +58,20 @@ def query_float(request: web.Request, name: str, default: float, low: float, hig
     return min(high, max(low, value))
 
 
-def token_header(request: web.Request, name: str) -> str:
-    """A header that names something (a client, a request): empty, or a short ASCII token."""
-    value = request.headers.get(name, "")
+def _token(value: str, name: str) -> str:
     if value and not limits.is_token(value):
         raise FsError(errno.EINVAL, f"{name} must be 1 to {limits.MAX_TOKEN_CHARS} of [0-9A-Za-z_.-]")
     return value
+
+
+def token_header(request: web.Request, name: str) -> str:
+    """A header that names something (a client, a request): empty, or a short ASCII token."""
+    return _token(request.headers.get(name, ""), name)
+
+
+def query_token(request: web.Request, name: str) -> str:
+    """A query parameter that names something (the change feed's epoch): empty, or a token."""
+    return _token(request.query.get(name, ""), name)
 
 
 def client_id(request: web.Request) -> str:

@@ -152,6 +152,8 @@ def test_ids_in_paths_and_query_parameters_are_checked(cluster, api):
         (cluster.metaserver, "GET", "/v1/changes?since=-1"),
         (cluster.metaserver, "GET", f"/v1/changes?since={'1' * 400}"),
         (cluster.metaserver, "GET", "/v1/changes?wait_s=inf"),
+        (cluster.metaserver, "GET", "/v1/changes?epoch=a%20b"),
+        (cluster.metaserver, "GET", f"/v1/changes?epoch={'e' * 65}"),
     ]
     for address, method, target in refused:
         headers = {CHECKSUM_HEADER: chunk_checksum(b"junk")} if method == "PUT" else {}

@@ -122,3 +122,20 @@ def test_change_feed_leaves_out_the_askers_own_changes():
         assert (await feed.since(3, 0, "a")).reset  # fell out of the buffer
 
     asyncio.run(scenario())
+
+
+def test_change_feed_resets_a_mount_that_asks_with_another_epoch():
+    """Seqs start from 1 at every metaserver start: only the epoch tells a restarted feed that
+    has already published as many changes as the mount had seen."""
+    async def scenario():
+        before, after = ChangeFeed(), ChangeFeed()
+        assert before.epoch != after.epoch
+        for i in range(5):
+            after.publish("b", [i], [])
+        batch = await after.since(3, 5.0, "a", epoch=before.epoch)  # at once, not after the wait
+        assert batch.reset and batch.seq == 5 and batch.epoch == after.epoch
+        batch = await after.since(3, 0, "a", epoch=after.epoch)
+        assert not batch.reset and [c.seq for c in batch.changes] == [4, 5] and batch.epoch == after.epoch
+        assert (await after.since(0, 0, "a")).epoch == after.epoch  # a mount's first poll: no epoch yet
+
+    asyncio.run(scenario())

@@ -4,8 +4,11 @@ answers so is what a fresh mount reads from the metaserver."""
 from __future__ import annotations
 
 import os
+import signal
+import stat
 
-from conftest import metrics_of
+from chunkfs.daemons import unmount
+from conftest import chunkfs, metrics_of, wait_until
 
 READ_OPS = ("getattr", "lookup")
 
@@ -59,3 +62,41 @@ def test_a_name_made_on_another_client_opens_here_at_once(cluster, second_mount)
     for i in range(20):
         (b / f"new{i}").write_text(f"closed on b {i}")
         assert (a / f"new{i}").read_text() == f"closed on b {i}"  # no wait for the change feed
+
+
+
+def mode_of(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_a_metaserver_restart_drops_the_cache_even_after_as_many_new_changes(fresh_cluster, tmp_path):
+    """The change feed counts from 1 again at each metaserver start. A mount that follows it
+    again only after the new metaserver published more changes than it had seen must still
+    drop what it cached (the feed's epoch changed): it once kept the old attributes until they
+    timed out (60 s), and the changes the new feed made before its seq were never sent to it."""
+    c, other = fresh_cluster, tmp_path / "other"
+    chunkfs("mount", c.metaserver, other, "--secret-file", c.secret_file,
+            "-o", f"cache_dir={tmp_path / 'cache-other'}")
+    try:
+        for name in ("watched", "probe", *(f"before{i}" for i in range(10))):
+            (c.mnt / name).write_bytes(b"x")
+            os.chmod(c.mnt / name, 0o644)
+        assert mode_of(c.mnt / "watched") == mode_of(c.mnt / "probe") == 0o644  # cached here now
+        os.chmod(other / "probe", 0o600)
+        wait_until(lambda: mode_of(c.mnt / "probe") == 0o600, 20,
+                   "the mount follows the feed past its own changes (its seq: about 40)")
+        mount_pid = c.pid("mount")
+        assert mount_pid is not None
+        os.kill(mount_pid, signal.SIGSTOP)  # it polls the feed again only once the changes are made
+        try:
+            c.kill("metaserver")
+            c.up()  # starts the metaserver again and leaves the mount as it is
+            os.chmod(other / "watched", 0o600)  # an early seq of the new feed
+            for i in range(40):
+                (other / f"after{i}").write_bytes(b"")  # 80 changes: past the mount's seq
+        finally:
+            os.kill(mount_pid, signal.SIGCONT)
+        wait_until(lambda: mode_of(c.mnt / "watched") == 0o600, 20,
+                   "the mount sees a change made on another client while it was away")
+    finally:
+        unmount(other)

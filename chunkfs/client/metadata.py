@@ -54,6 +54,7 @@ class Metadata:
         self.leases: Leases | None = Leases(server) if leases else None
         self.nursery: trio.Nursery | None = None  # set by the client core: recalls are answered in it
         self.feed_seq: int | None = None
+        self.feed_epoch = ""  # the feed's epoch feed_seq counts in (changes.py)
         self.changes_applied = 0
 
     @property
@@ -349,16 +350,19 @@ class Metadata:
             try:
                 batch = await self.server.changes(self.feed_seq if self.feed_seq is not None else 0,
                                                   0 if self.feed_seq is None else wait_s,
-                                                  report() if report is not None else None)
+                                                  report() if report is not None else None, self.feed_epoch)
             except (FsError, TransportError) as exc:
                 log.warning("change feed unavailable (%s); retrying", exc)
                 await trio.sleep(1)
                 continue
-            if self.leases is not None and not batch.reset:
+            # another epoch: the metaserver restarted (or another took over) and its seqs are
+            # not ours, whatever they say; the changes between are lost, as after `reset`
+            reset = batch.reset or (self.feed_seq is not None and batch.epoch != self.feed_epoch)
+            if self.leases is not None and not reset:
                 self.leases.fed(sent_at)
                 if batch.recalls and not self._recall(batch.recalls):
                     await trio.sleep(0.01)  # being given back already: no busy polling meanwhile
-            if self.feed_seq is not None and batch.reset:
+            if self.feed_seq is not None and reset:
                 if self.leases is not None:  # the metaserver restarted: give every lease back
                     self._recall(list(self.leases.held))
                 log.warning("change feed was reset; dropping every cached attribute")
@@ -369,7 +373,7 @@ class Metadata:
                 for change in batch.changes:
                     if change.origin != self.client_id:
                         await self._apply(change, listener)
-            self.feed_seq = batch.seq
+            self.feed_seq, self.feed_epoch = batch.seq, batch.epoch
 
     async def _apply(self, change: r.Change, listener: ChangeListener | None) -> None:
         for parent, name in change.entries:

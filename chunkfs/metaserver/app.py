@@ -16,7 +16,7 @@ from aiohttp import web
 
 from chunkfs import metrics, request_id
 from chunkfs.errors import FsError
-from chunkfs.request_checks import client_id, query_float, query_int, request_id_header
+from chunkfs.request_checks import client_id, query_float, query_int, query_token, request_id_header
 from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, BodyLimit, any_host, host_on_port, json_response,
                                 make_app, read_body)
 from chunkfs.metaserver.changes import ChangeFeed, affected
@@ -299,9 +299,10 @@ async def status_page(request: web.Request) -> web.Response:
 
 
 async def changes(request: web.Request) -> web.Response:
-    """Long poll: the changes after `since`, waiting up to `wait_s` (at most 30) for one."""
+    """Long poll: the changes after `since` of `epoch`, waiting up to `wait_s` (at most 30) for one."""
     feed, client = request.app[STATE].changes, client_id(request)
     since, wait_s = query_int(request, "since", 0), query_float(request, "wait_s", 0.0, 0.0, 30.0)
+    epoch = query_token(request, "epoch")
     feed.seen(client)
     if "client" in request.query:
         try:
@@ -312,7 +313,7 @@ async def changes(request: web.Request) -> web.Response:
     leases.renew(client)
     feed.polling(client, +1)
     try:
-        batch = await feed.since(since, wait_s, client, lambda: leases.recalled_of(client))
+        batch = await feed.since(since, wait_s, client, lambda: leases.recalled_of(client), epoch)
         return web.Response(body=feed.encode_batch(batch), content_type="application/json")
     finally:
         feed.polling(client, -1)

@@ -5,6 +5,14 @@ because this feed tells them, within a long-poll round trip, which inodes and di
 entries another client changed. The feed is in memory: a mount that falls behind the buffer,
 or a metaserver restart, is answered `reset` and the mount drops everything it can.
 
+Seqs count from 1 at every start, so a seq alone cannot tell a restart: a mount that comes back
+after the new metaserver published as many changes as it had seen would miss every change up
+to its seq. So each feed has an `epoch`, a random id drawn at its start and sent with every
+reply; a mount that asks with another epoch is answered `reset`, and a mount that gets another
+epoch than it had resets itself. It is random, not a counter kept in LMDB, because the database
+travels: a standby promoted, or a metaserver restored from a backup, starts from a copy of the
+old counter, and the old metaserver may have counted on meanwhile.
+
 One bad entry can never stop the feed: origins are client ids checked at the edge (and blanked
 here if one is not a token), and a change that still cannot be encoded is left out of the reply
 that holds it, logged once (`encode_batch`), instead of failing every poll that reaches it.
@@ -16,6 +24,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +39,7 @@ log = logging.getLogger(__name__)
 
 class ChangeFeed:
     def __init__(self, capacity: int = 100_000) -> None:
+        self.epoch = secrets.token_hex(8)  # this feed's seqs mean something only with it
         self.seq = 0
         self._log: deque[r.Change] = deque(maxlen=capacity)
         self._wake = asyncio.Event()
@@ -120,16 +130,18 @@ class ChangeFeed:
         return list(itertools.islice(reversed(self._log), self.seq - seq))[::-1]
 
     async def since(self, seq: int, wait_s: float, client_id: str = "",
-                    recalls: Callable[[], list[int]] = list) -> r.ChangeBatch:
-        """Changes after `seq`, waiting up to `wait_s` for the first one. Changes made by
-        `client_id` itself are left out and do not end the wait: a mount's own changes need no
-        invalidation, and waking it for each one cost it a round trip per create. `recalls`
-        says which of its leases the client is asked to give back; any end the wait."""
+                    recalls: Callable[[], list[int]] = list, epoch: str = "") -> r.ChangeBatch:
+        """Changes after `seq` of `epoch` (empty: the asker knows none yet), waiting up to
+        `wait_s` for the first one; `reset` at once if the asker's seq is of another epoch or
+        no longer in the log. Changes made by `client_id` itself are left out and do not end
+        the wait: a mount's own changes need no invalidation, and waking it for each one cost
+        it a round trip per create. `recalls` says which of its leases the client is asked to
+        give back; any end the wait."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         for _ in range(1_000_000):
-            if seq > self.seq or (self._log and seq < self._log[0].seq - 1):
-                return r.ChangeBatch(self.seq, [], reset=True, recalls=recalls())
+            if (epoch and epoch != self.epoch) or seq > self.seq or (self._log and seq < self._log[0].seq - 1):
+                return r.ChangeBatch(self.seq, [], reset=True, recalls=recalls(), epoch=self.epoch)
             changes = [c for c in self._after(seq) if not client_id or c.origin != client_id]
             seq = self.seq
             remaining = deadline - loop.time()
@@ -138,7 +150,7 @@ class ChangeFeed:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._wake.wait()), remaining)
-        return r.ChangeBatch(seq, changes, reset=False, recalls=wanted)
+        return r.ChangeBatch(seq, changes, reset=False, recalls=wanted, epoch=self.epoch)
 
 
 def affected(op: str, req, result) -> tuple[list[int], list[tuple[int, bytes]]]:

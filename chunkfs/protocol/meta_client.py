@@ -172,9 +172,13 @@ class MetaClient:
     async def set_goal(self, ino: int, goal: int, recursive: bool = False) -> r.Attr:
         return await self.call("goal", r.GoalReq(ino, goal, recursive), r.Attr)
 
-    async def changes(self, since: int, wait_s: float, report: r.ClientReport | None = None) -> r.ChangeBatch:
-        """The changes after `since` (a long poll); `report` rides along for `chunkfs status`."""
+    async def changes(self, since: int, wait_s: float, report: r.ClientReport | None = None,
+                      epoch: str = "") -> r.ChangeBatch:
+        """The changes after `since` of the feed's `epoch` (a long poll; empty: none known yet);
+        `report` rides along for `chunkfs status`."""
         params: dict[str, object] = {"since": since, "wait_s": wait_s}
+        if epoch:
+            params["epoch"] = epoch
         if report is not None:
             params["client"] = r.json_encode(report).decode()
         response = await self.http.request("GET", f"{self.base}/v1/changes",

@@ -264,6 +264,9 @@ class ChangeBatch(Struct):
     changes: list[Change]
     reset: bool = False
     recalls: list[int] = []  # directories leased to this client that another client needs now
+    # the feed's epoch: seqs count within one, and another one than before means the feed was
+    # cut (a metaserver restart or promotion), as `reset` does
+    epoch: str = ""
 
 
 class LeaseReq(Struct):
