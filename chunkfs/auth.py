@@ -140,12 +140,15 @@ class ReplayGuard:
     nonce can never be replayed. Under a load beyond max_nonces / (2 * MAX_SKEW_S) requests a second
     (333/s by default) the window a request must arrive in thereby shrinks from MAX_SKEW_S to how
     long the guard holds (40 s at 5,000 requests a second): clients sign just before sending, so
-    only a client whose clock is that far behind the server's is refused."""
+    only a client whose clock is that far behind the server's is refused. A restarted server
+    knows no nonce of its previous run, so it refuses every request signed before it started."""
 
-    def __init__(self, max_nonces: int = 200_000, skew_s: int = MAX_SKEW_S) -> None:
+    def __init__(self, max_nonces: int = 200_000, skew_s: int = MAX_SKEW_S, started_at: float | None = None) -> None:
         self.max_nonces = max_nonces
         self.skew_s = skew_s
-        self.floor_ts = 0  # requests signed at or before this second are refused
+        # requests signed at or before this second are refused: from the start, those signed
+        # before the second the server started (nonces a previous run saw are not known here)
+        self.floor_ts = int(time.time() if started_at is None else started_at) - 1
         self._ts: dict[str, int] = {}  # nonce -> its request's timestamp
         self._expiry: deque[tuple[float, str]] = deque()  # (forget at, nonce), in the order seen
 
@@ -184,7 +187,7 @@ class Verifier:
 
     def __init__(self, secret: bytes, replays: ReplayGuard | None = None) -> None:
         self.secret = secret
-        self.replays = replays or ReplayGuard()
+        self.replays = replays if replays is not None else ReplayGuard()
 
     def check_head(self, method: str, target: str, host: str, headers: Iterable[tuple[str, str]],
                    header: str | None, now: float | None = None) -> SignedRequest | None:
