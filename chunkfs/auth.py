@@ -157,7 +157,10 @@ class ReplayGuard:
 
     def fresh(self, ts: int, now: float) -> bool:
         """Whether a request signed at `ts` may still be accepted at `now` (if its nonce is new)."""
-        return ts > self.floor_ts and abs(now - ts) <= self.skew_s
+        return ts > self.floor_ts and self.within_skew(ts, now)
+
+    def within_skew(self, ts: int, now: float) -> bool:
+        return abs(now - ts) <= self.skew_s
 
     def first_use(self, nonce: str, ts: int, now: float) -> bool:
         """Record `nonce`; False if the request is not `fresh` or the nonce was used before."""
@@ -191,10 +194,19 @@ class Verifier:
 
     def check_head(self, method: str, target: str, host: str, headers: Iterable[tuple[str, str]],
                    header: str | None, now: float | None = None) -> SignedRequest | None:
+        """The signature if it is right for this request and within the skew window, else None.
+        Then see `too_early` (one of ours, but to be signed again) before the body is read."""
         signed = SignedRequest.parse(header)
-        if signed is None or not self.replays.fresh(int(signed.ts), time.time() if now is None else now):
+        if signed is None or not self.replays.within_skew(int(signed.ts), time.time() if now is None else now):
             return None
         return signed if signed.mac_matches(self.secret, method, target, host, headers) else None
+
+    def too_early(self, signed: SignedRequest) -> bool:
+        """Signed before the guard's floor (before this server started, or before the oldest nonce
+        it had to drop): it may be a replay it cannot tell, or a genuine request from a client
+        whose clock is a little behind; the server asks for it again (503, which clients retry
+        signing anew), so a restart never fails a client's call."""
+        return int(signed.ts) <= self.replays.floor_ts
 
     def first_use(self, signed: SignedRequest, now: float | None = None) -> bool:
         return self.replays.first_use(signed.nonce, int(signed.ts), time.time() if now is None else now)

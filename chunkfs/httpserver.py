@@ -12,8 +12,9 @@ nothing:
   401) close the connection, at most LINGER_S after the answer: until then what is still coming
   of the body is read and dropped, so the client reads the answer before the close;
 - every request but the public read-only paths must carry a valid `X-Chunkfs-Auth` header (see
-  `chunkfs.auth`), signed for a Host that names this server (`own_host`): its head is checked first (a request without the secret makes the server read
-  no body), then the body against the digest it signed (a chunk PUT's body is checked against its
+  `chunkfs.auth`), signed for a Host that names this server (`own_host`): its head is checked
+  first (a request without the secret makes the server read no body; one signed before the server
+  started is answered 503, which a client retries signed anew), then the body against the digest it signed (a chunk PUT's body is checked against its
   signed checksum header by the chunkserver as it stores it), then its nonce is used up; 401 else.
 
 Every request is logged under its `X-Request-Id` (see `chunkfs.request_id`), which error replies
@@ -148,6 +149,10 @@ async def _refusal(request: web.Request) -> web.Response | None:
                                  request.headers.get(auth.HEADER))
     if signed is None or (signed.digest == auth.CHECKSUMMED) != limit.checksummed:
         return _unauthorized("missing or invalid X-Chunkfs-Auth header")
+    if verifier.too_early(signed):
+        response = error_response(503, "EAGAIN", "signed before this server's replay window: sign it again")
+        response.force_close()
+        return response
     if not limit.checksummed:
         body = b"".join(await read_body_pieces(request))
         if not signed.body_matches(body):
