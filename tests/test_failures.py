@@ -33,8 +33,8 @@ def test_reads_and_writes_go_on_with_a_chunkserver_killed(fresh_cluster):
     assert (fresh_cluster.mnt / "before").read_bytes() == data
     (fresh_cluster.mnt / "during").write_bytes(data[::-1])
     assert (fresh_cluster.mnt / "during").read_bytes() == data[::-1]
-    fresh_cluster.wait_alive(2)
-    assert fresh_cluster.status()["chunks_under_goal"] >= 4
+    fresh_cluster.wait_alive(2)  # chunks under goal are counted by the replicator's next scan
+    wait_until(lambda: fresh_cluster.status()["chunks_under_goal"] >= 4, 30, "the chunks on cs2 under goal")
 
 
 def test_requests_without_the_secret_are_refused_and_change_nothing(fresh_cluster):

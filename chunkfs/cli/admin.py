@@ -29,7 +29,7 @@ def status(data_dir: Path, metaserver: str | None, secret_file: Path | None, as_
     summary = Table(title=f"chunkfs at {access.metaserver}", show_header=False)
     summary.add_row("servers", f"{alive} up, {len(s.servers) - alive} down")
     summary.add_row("capacity", f"{_bytes(s.total_bytes)} total, {_bytes(s.free_bytes)} free")
-    summary.add_row("files", f"{s.files} files, {s.directories} directories")
+    summary.add_row("files", f"{s.files} files, {s.directories} directories, {_bytes(s.file_bytes)}")
     summary.add_row("chunks", f"{s.chunks} ({s.chunks_under_goal} under goal)")
     summary.add_row("pending deletions", str(s.pending_deletions))
     summary.add_row("repairs", f"{s.repairs_running} running, {s.chunks_replicated} chunks re-replicated, "

@@ -103,8 +103,9 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver], Callable
 
 def statfs(m: Metaserver, txn: Txn) -> r.Statfs:
     total, free = m.registry.totals()
-    return r.Statfs(total_bytes=total, free_bytes=free, files=txn.stat(m.db.inodes)["entries"],
-                    chunks=txn.stat(m.db.chunks)["entries"])
+    counts = m.namespace.counts.read(txn)
+    return r.Statfs(total_bytes=total, free_bytes=free, files=counts.files + counts.directories,
+                    chunks=counts.chunks)
 
 
 # May touch a whole subtree: committed in the writer thread, never on the event loop.
@@ -259,18 +260,21 @@ async def drain(request: web.Request) -> web.Response:
 
 
 def cluster_status(m: Metaserver) -> r.ClusterStatus:
-    """What `chunkfs status` and the /metrics gauges show (full scans of the inode and chunk tables)."""
-    alive = m.registry.alive_ids()
+    """What `chunkfs status`, the status page and the /metrics gauges show: O(servers + clients),
+    never a scan of a table that grows with files (see table_counts.py; chunks under goal come
+    from the replicator's last scan)."""
     total, free = m.registry.totals()
     with m.db.read() as txn:
-        files, dirs = m.namespace.count(txn)
-        chunks, under = m.chunks.count(txn, alive)
+        counts = m.namespace.counts.read(txn)
         pending = m.chunks.count_deletions(txn)
-        per_server = m.replicator.edits.count_by_server(txn)
         quarantined = m.quarantine.count(txn) if m.quarantine else 0
+    under, counted_at = m.replicator.chunks_under_goal, m.replicator.under_goal_counted_at
     return r.ClusterStatus(
-        servers=m.registry.status(per_server), files=files, directories=dirs, chunks=chunks,
-        chunks_under_goal=under, pending_deletions=pending, total_bytes=total, free_bytes=free,
+        servers=m.registry.status(counts.replicas), files=counts.files, directories=counts.directories,
+        file_bytes=counts.file_bytes, chunks=counts.chunks, chunk_bytes=counts.chunk_bytes,
+        chunks_under_goal=max(0, under),
+        under_goal_counted_s_ago=round(time.monotonic() - counted_at, 1) if under >= 0 else -1.0,
+        pending_deletions=pending, total_bytes=total, free_bytes=free,
         default_goal=m.namespace.default_goal, repairs_running=m.replicator.running,
         chunks_replicated=m.replicator.replicated, corrupt_found=m.replicator.corrupt_found,
         repair_copies_pending=m.replicator.copies_pending, versions_deleted=m.deleter.versions_deleted,

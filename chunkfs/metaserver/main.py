@@ -81,6 +81,7 @@ def run(config: MetaserverConfig) -> None:
     chunks = ChunkTable(db, namespace)
     with db.env.begin(write=True) as txn:
         namespace.init_root(txn)
+        namespace.counts.ensure(txn, chunks.recount_all)
         backup.start_primary(txn, db)
     replication = ReplicationLog(db, config.standby_timeout_s)
     committer = GroupCommitter(db, replication)

@@ -248,7 +248,7 @@ class ClusterStatus(Struct, kw_only=True):
     files: int
     directories: int
     chunks: int
-    chunks_under_goal: int
+    chunks_under_goal: int  # as of the replicator's last scan, `under_goal_counted_s_ago`
     pending_deletions: int
     total_bytes: int
     free_bytes: int
@@ -263,6 +263,9 @@ class ClusterStatus(Struct, kw_only=True):
     clients: list[ClientStatus] = []  # mounts following the change feed, with their caches
     standbys: list[StandbyStatus] = []  # metaserver standbys following this one
     quarantined_versions: int = 0  # unknown chunk versions kept after a restore (not deleted)
+    file_bytes: int = 0  # sum of the regular files' sizes
+    chunk_bytes: int = 0  # sum of the chunks' lengths (one replica each)
+    under_goal_counted_s_ago: float = -1.0  # age of `chunks_under_goal` (-1: not counted yet)
 
 
 class ThroughputSample(Struct):
