@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from aiohttp import web
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, PlatformCollector,
                                ProcessCollector, disable_created_metrics, generate_latest, start_http_server)
@@ -147,6 +148,12 @@ class ClusterCollector(Collector):
             yield GaugeMetricFamily(f"chunkfs_cluster_{name}", doc, value=value)
         yield from _per_server(s.servers)
         yield from _repair_and_gc(s)
+        if s.memory is not None:
+            for name, value in msgspec.structs.asdict(s.memory).items():
+                yield GaugeMetricFamily(f"chunkfs_metaserver_memory_{name}", MEMORY_HELP, value=value)
+
+
+MEMORY_HELP = "The metaserver's memory and what holds it (see `chunkfs status --json`, memory)"
 
 
 def _per_server(servers: list[r.ServerStatus]) -> Iterator[Metric]:

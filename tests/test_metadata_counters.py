@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import stat
 
+import httpx
 import msgspec
 import pytest
 
@@ -204,3 +205,14 @@ def test_the_status_reads_counts_and_walks_no_table_that_grows_with_files(big_me
     assert status.files == 20_000 and status.chunks == 20_000 and status.file_bytes == 200_000
     assert opened and all(set(t.cursors) <= {"counters"} for t in opened), [t.cursors for t in opened]
     assert sum(t.gets for t in opened) <= 10
+
+
+def test_status_and_metrics_show_the_metaservers_memory(cluster):
+    (cluster.mnt / "memory-probe").write_bytes(b"x")
+    memory = cluster.status()["memory"]
+    assert memory["rss_anon_bytes"] > 0 and memory["lmdb_used_bytes"] > 0
+    assert memory["lmdb_map_bytes"] >= memory["lmdb_used_bytes"]
+    assert memory["replication_log_bytes"] == 0  # no standby follows this cluster
+    scrape = httpx.get(f"http://{cluster.metaserver}/metrics").text
+    for name in memory:
+        assert f"chunkfs_metaserver_memory_{name} " in scrape, name

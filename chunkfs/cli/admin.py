@@ -35,6 +35,9 @@ def status(data_dir: Path, metaserver: str | None, secret_file: Path | None, as_
     summary.add_row("repairs", f"{s.repairs_running} running, {s.chunks_replicated} chunks re-replicated, "
                                f"{s.corrupt_found} corrupt found (since the metaserver started)")
     summary.add_row("default goal", str(s.default_goal))
+    if (mem := s.memory) is not None:
+        summary.add_row("metaserver memory", f"{_bytes(mem.rss_anon_bytes)} own, {_bytes(mem.rss_file_bytes)} mapped; "
+                                             f"database {_bytes(mem.lmdb_used_bytes)} of {_bytes(mem.lmdb_map_bytes)}")
     for sb in s.standbys:
         state = ("[green]in sync[/]" if sb.in_sync else "[red]out of sync[/]") if sb.synchronous else "asynchronous"
         summary.add_row(f"standby {sb.name}", f"{state}, {sb.behind_batches} batches behind")

@@ -25,6 +25,7 @@ from chunkfs.metaserver import fsck
 from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.gc import GarbageCollector
 from chunkfs.metaserver.leases import DirectoryLeases
+from chunkfs.metaserver.memory import GC_PAUSES, memory_status
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.orphans import OrphanCollector
 from chunkfs.metaserver import backup
@@ -213,6 +214,8 @@ def registration_garbage(txn: Txn, m: Metaserver, server_id: str, held: list[tup
 async def backup_copy(request: web.Request) -> web.StreamResponse:
     """`chunkfs backup`, a standby's first copy: the whole database as of one instant."""
     m = request.app[STATE]
+    if m.replication is not None:
+        m.replication.standby_seen()
     data, checksum = await asyncio.to_thread(backup.make_copy, m.db)
     try:
         response = web.StreamResponse(headers={CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"})
@@ -238,7 +241,7 @@ async def replication_feed(request: web.Request) -> web.Response:
         raise FsError(errno.ENOSYS, "this metaserver keeps no replication log")
     feed = await m.replication.feed(q.get("standby", request.remote or "?"), q.get("history", ""), since,
                                     q.get("sync") == "1", wait_s)
-    return web.Response(body=msgspec.msgpack.encode(feed), content_type="application/msgpack")
+    return web.Response(body=feed, content_type="application/msgpack")
 
 
 async def corrupt_report(request: web.Request) -> web.Response:
@@ -282,6 +285,7 @@ def cluster_status(m: Metaserver) -> r.ClusterStatus:
         clients=m.changes.clients(),
         standbys=m.replication.status() if m.replication else [],
         quarantined_versions=quarantined,
+        memory=memory_status(m),
     )
 
 
@@ -350,6 +354,7 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp) -> web.Application
         app.router.add_get(REPLICATION_PATH, replication_feed)
     registry = metrics.new_registry()
     registry.register(metrics.ClusterCollector(lambda: cluster_status(m)))
+    GC_PAUSES.install()
     metrics.install_http(app, registry, operations={*READS, *MUTATIONS, "reserve", "release_leases", "fsck"})  # every op fs_operation knows
 
     async def background(app: web.Application):
@@ -360,6 +365,7 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp) -> web.Application
             tasks.append(asyncio.create_task(m.quarantine.run()))
         if m.replies is not None:
             tasks.append(asyncio.create_task(m.replies.run()))
+        tasks.append(asyncio.create_task(m.leases.run()))
         yield
         for task in tasks:
             task.cancel()

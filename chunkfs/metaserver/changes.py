@@ -18,18 +18,32 @@ from collections.abc import Callable
 from chunkfs.protocol import records as r
 
 
+FORGET_CLIENT_S = 3600.0  # a client silent this long is forgotten (its sessions ended long before)
+
+
 class ChangeFeed:
+    """Bounded: `capacity` changes, and the clients heard from within FORGET_CLIENT_S."""
+
     def __init__(self, capacity: int = 100_000) -> None:
         self.seq = 0
+        self.capacity = capacity
         self._log: deque[r.Change] = deque(maxlen=capacity)
         self._wake = asyncio.Event()
         self._clients: dict[str, float] = {}  # client id -> when it last asked for changes
         self._polling: dict[str, int] = {}  # client id -> its long polls open now
         self._reports: dict[str, r.ClientReport] = {}  # client id -> what it said of itself last
+        self._forget_at = time.monotonic() + FORGET_CLIENT_S
 
     def seen(self, client_id: str) -> None:
         if client_id:
-            self._clients[client_id] = time.monotonic()
+            now = self._clients[client_id] = time.monotonic()
+            if now > self._forget_at:
+                self.clients_following(FORGET_CLIENT_S)
+                self._forget_at = now + FORGET_CLIENT_S
+
+    def memory(self) -> tuple[int, int]:
+        """(changes kept, clients tracked)."""
+        return len(self._log), len(self._clients)
 
     def polling(self, client_id: str, delta: int) -> None:
         if client_id:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import stat
 import time
+from collections import deque
 from collections.abc import Callable
 
 import msgspec
@@ -87,7 +88,9 @@ class ChunkTable:
         self.namespace = namespace
         self.chunk_ids = IdAllocator(db, b"next_chunk_id")
         self.versions = IdAllocator(db, b"next_version")
-        self.reservations: list[tuple[int, int, float]] = []  # (first, end) versions, when
+        # (first, end) versions handed to a writer, when: oldest first, kept for the orphan grace
+        self.reservations: deque[tuple[int, int, float]] = deque()
+        self.reservation_keep_s = 3600.0  # the orphan grace (set by the metaserver)
         namespace.on_inode_freed = self.drop_file
         self.holding_back: Callable[[], bool] = lambda: False  # nothing is garbage while true (quarantine.py)
 
@@ -155,7 +158,10 @@ class ChunkTable:
         """`count` fresh versions and chunk ids for one client: (first version, first chunk id)."""
         first_version = self.versions.take_block(txn, count)
         first_chunk_id = self.chunk_ids.take_block(txn, count)
-        self.reservations.append((first_version, first_version + count, time.monotonic()))
+        now = time.monotonic()
+        while self.reservations and now - self.reservations[0][2] > self.reservation_keep_s:
+            self.reservations.popleft()
+        self.reservations.append((first_version, first_version + count, now))
         return first_version, first_chunk_id
 
     def commit(self, txn: Txn, req: r.CommitReq) -> r.Attr:
@@ -300,6 +306,6 @@ class ChunkTable:
             return []
         referenced = self.all_versions(txn)
         now = time.monotonic()
-        self.reservations = [(lo, hi, t) for lo, hi, t in self.reservations if now - t <= grace_s]
+        self.reservations = deque((lo, hi, t) for lo, hi, t in self.reservations if now - t <= grace_s)
         return [(cid, ver) for cid, ver in held if (cid, ver) not in referenced
                 and not any(lo <= ver < hi for lo, hi, _t in self.reservations)]

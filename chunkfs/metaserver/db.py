@@ -68,6 +68,13 @@ class MetaDB:
     def read(self) -> Txn:
         return self.env.begin(buffers=False)
 
+    def map_size_bytes(self) -> int:
+        return self.env.info()["map_size"]
+
+    def used_bytes(self) -> int:
+        """Bytes of the map in use (pages up to the highest ever written; freed pages are reused)."""
+        return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+
     def close(self) -> None:
         self.env.close()
 
@@ -172,6 +179,7 @@ class GroupCommitter:
 
     def _commit(self, batch: list, deliver: Callable[..., None]) -> None:
         outcomes: list[tuple[asyncio.Future[Any], asyncio.AbstractEventLoop, Any, BaseException | None]] = []
+        recording = self.write_log is not None and self.write_log.recording
         written: list = []  # the batch's write set, for standbys
         seq = 0
         try:
@@ -180,7 +188,8 @@ class GroupCommitter:
                     child = self.db.env.begin(write=True, parent=txn)
                     ops: list = []
                     try:
-                        result = fn(child if self.write_log is None else self.write_log.recording(child, ops), *args)
+                        result = fn(self.write_log.recording_txn(child, ops) if recording else child,  # type: ignore[union-attr]
+                                    *args)
                     except BaseException as exc:  # the caller gets it; the batch goes on
                         child.abort()
                         outcomes.append((future, loop, None, exc))
@@ -188,7 +197,9 @@ class GroupCommitter:
                         child.commit()
                         written += ops
                         outcomes.append((future, loop, result, None))
-                if written and self.write_log is not None:
+                # numbered even when not recorded (but for a batch of failures only): a standby
+                # that comes back after such a batch is told to take a new copy
+                if self.write_log is not None and (written or (not recording and any(o[3] is None for o in outcomes))):
                     seq = self.write_log.stamp(txn)
             self.commits += 1
             self.mutations += len(batch)
@@ -197,7 +208,7 @@ class GroupCommitter:
             outcomes = [(future, loop, None, exc) for _fn, _args, future, loop in batch]
             seq = 0
         if seq and self.write_log is not None:
-            self.write_log.committed(seq, written)
+            self.write_log.committed(seq, written if recording else None)
         for future, loop, result, error in outcomes:
             deliver(future, loop, result, error)
 

@@ -79,6 +79,7 @@ def run(config: MetaserverConfig) -> None:
     db = MetaDB(config.data_dir)
     namespace = Namespace(db, config.default_goal)
     chunks = ChunkTable(db, namespace)
+    chunks.reservation_keep_s = config.orphan_grace_s
     with db.env.begin(write=True) as txn:
         namespace.init_root(txn)
         namespace.counts.ensure(txn, chunks.recount_all)

@@ -266,6 +266,28 @@ class ClusterStatus(Struct, kw_only=True):
     file_bytes: int = 0  # sum of the regular files' sizes
     chunk_bytes: int = 0  # sum of the chunks' lengths (one replica each)
     under_goal_counted_s_ago: float = -1.0  # age of `chunks_under_goal` (-1: not counted yet)
+    memory: MemoryStatus | None = None  # the metaserver's own memory, and what holds it
+
+
+class MemoryStatus(Struct, kw_only=True):
+    """What the metaserver holds in memory: its process (from /proc), the LMDB map, and every
+    structure that grows with files or clients, each with its bound."""
+
+    rss_anon_bytes: int = 0  # the process's own memory (heap): what must stay bounded
+    rss_file_bytes: int = 0  # mapped files resident (mostly LMDB pages): page cache, reclaimable
+    lmdb_map_bytes: int = 0  # the LMDB map size (address space reserved, not memory)
+    lmdb_used_bytes: int = 0  # pages of the map in use
+    replication_log_bytes: int = 0  # write sets kept for standbys (real bytes; 0 without a standby)
+    replication_log_limit_bytes: int = 0
+    replication_log_batches: int = 0
+    change_feed_changes: int = 0
+    change_feed_limit: int = 0
+    clients_tracked: int = 0  # mounts heard from within the last hour
+    leases_held: int = 0  # directory leases held by clients
+    chunk_reservations: int = 0  # version blocks handed to writers within the orphan grace
+    corrupt_reports: int = 0  # corrupt copies remembered for fsck (at most 100,000)
+    gc_pause_max_s: float = 0.0  # the longest garbage-collector pass since start
+    gc_pause_last_s: float = 0.0
 
 
 class ThroughputSample(Struct):
