@@ -29,7 +29,7 @@ from aiohttp import web
 from chunkfs import service
 from chunkfs.errors import FsError, TransportError
 from chunkfs.httpserver import json_response, make_app, serve
-from chunkfs.metaserver.db import MetaDB, read_u64, u64
+from chunkfs.metaserver.db import DEFAULT_MAP_SIZE_BYTES, MetaDB, read_u64, u64
 from chunkfs.metaserver.replication_log import HISTORY_KEY, SEQ_KEY, table_names
 from chunkfs.protocol import records as r
 from chunkfs.protocol.http import SignedHttp
@@ -46,8 +46,10 @@ class NeedsCopy(Exception):
 
 
 class Standby:
-    def __init__(self, primary: str, data_dir: Path, secret: bytes, name: str, synchronous: bool) -> None:
+    def __init__(self, primary: str, data_dir: Path, secret: bytes, name: str, synchronous: bool,
+                 map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> None:
         self.primary, self.data_dir, self.secret = primary, data_dir, secret
+        self.map_size_bytes = map_size_bytes
         self.name, self.synchronous = name, synchronous
         self.db: MetaDB | None = None
         self._db_lock = threading.Lock()  # the database is opened, written and closed under it
@@ -60,7 +62,7 @@ class Standby:
     # ---- the database (blocking: called in a thread) ---------------------------------------------
     def _open(self) -> None:
         with self._db_lock:
-            self.db = MetaDB(self.data_dir)
+            self.db = MetaDB(self.data_dir, self.map_size_bytes)
             self.tables = {name: handle for handle, name in table_names(self.db).items()}
             with self.db.read() as txn:
                 history = txn.get(HISTORY_KEY, db=self.db.counters)
@@ -177,8 +179,9 @@ def build_app(standby: Standby, secret: bytes) -> web.Application:
     return app
 
 
-def run(primary: str, data_dir: Path, secret: bytes, host: str, port: int, synchronous: bool) -> None:
-    standby = Standby(primary, data_dir, secret, f"{socket.gethostname()}:{port}", synchronous)
+def run(primary: str, data_dir: Path, secret: bytes, host: str, port: int, synchronous: bool,
+        map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> None:
+    standby = Standby(primary, data_dir, secret, f"{socket.gethostname()}:{port}", synchronous, map_size_bytes)
     log.info("standby of %s serving /health on %s:%d, data in %s", primary, host, port, data_dir)
     app = build_app(standby, secret)
     service.attach(app, status=f"standby of {primary}")
