@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from chunkfs import CHUNK_SIZE
@@ -52,8 +53,7 @@ def restore(cluster, database: Path) -> None:
     cluster.down()
     meta = cluster.dir / "meta"
     shutil.rmtree(meta, ignore_errors=True)
-    meta.mkdir()
-    shutil.copyfile(database, meta / "data.mdb")
+    chunkfs("restore", database, meta)
     cluster.up()
 
 
@@ -84,6 +84,26 @@ def test_a_restored_backup_serves_its_files_and_keeps_newer_chunks(fresh_cluster
     check_files(c.mnt, fresh)
     check_files(c.mnt / "dir", before)
     assert chunk_files(c) > held
+
+
+def test_a_backup_streams_to_stdout_staging_nothing_and_restores(cluster, tmp_path):
+    (cluster.mnt / "streamed").write_bytes(b"x" * 100)
+    meta = cluster.dir / "meta"
+    before = sorted(p.name for p in meta.iterdir())
+    with open(tmp_path / "copy.zst", "wb") as out:
+        subprocess.run([*module_command("chunkfs.cli"), "backup", "-", "--dir", str(cluster.dir)], stdout=out,
+                       check=True, timeout=120)
+    assert sorted(p.name for p in meta.iterdir()) == before  # nothing staged beside the database
+    assert (tmp_path / "copy.zst").read_bytes()[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
+    result = subprocess.run([*module_command("chunkfs.cli"), "restore", "-", str(tmp_path / "restored")],
+                            stdin=open(tmp_path / "copy.zst", "rb"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    env = lmdb.open(str(tmp_path / "restored"), max_dbs=16, readonly=True)
+    with env.begin(db=env.open_db(b"counters", create=False)) as txn:
+        assert txn.get(b"copied_at_ns") is not None  # marked: a metaserver starting on it knows it is a copy
+        assert int.from_bytes(txn.get(b"count.files"), "big") >= 1
+    env.close()
+    assert chunkfs("restore", tmp_path / "copy.zst", meta, check=False).returncode == 1  # in use: refused
 
 
 def test_backup_needs_the_secret_and_a_writable_destination(fresh_cluster, tmp_path):

@@ -32,7 +32,7 @@ from chunkfs.metaserver import backup
 from chunkfs.metaserver.quarantine import Quarantine
 from chunkfs.metaserver.replication_log import ReplicationLog
 from chunkfs.metaserver.replies import ReplyLog
-from chunkfs.protocol.replication_client import BACKUP_PATH, CHECKSUM_HEADER, REPLICATION_PATH
+from chunkfs.protocol.replication_client import BACKUP_PATH, REPLICATION_PATH
 from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
 from chunkfs.metaserver.throughput import ThroughputHistory
@@ -212,22 +212,21 @@ def registration_garbage(txn: Txn, m: Metaserver, server_id: str, held: list[tup
 
 
 async def backup_copy(request: web.Request) -> web.StreamResponse:
-    """`chunkfs backup`, a standby's first copy: the whole database as of one instant."""
+    """`chunkfs backup`, a standby's first copy (`?standby=NAME`): the whole database as of one
+    instant, zstd-compressed, streamed as LMDB makes it (see backup.py)."""
     m = request.app[STATE]
-    if m.replication is not None:
-        m.replication.standby_seen()
-    data, checksum = await asyncio.to_thread(backup.make_copy, m.db)
+    if m.replication is not None and request.query.get("standby"):
+        m.replication.standby_seen()  # before the snapshot: every batch after it is kept
+    stream = await backup.open_copy(m.db, m.committer)
     try:
-        response = web.StreamResponse(headers={CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"})
-        response.content_length = data.stat().st_size
+        response = web.StreamResponse(headers={"Content-Type": backup.CONTENT_TYPE})
         await response.prepare(request)
-        with await asyncio.to_thread(open, data, "rb") as f:
-            while piece := await asyncio.to_thread(f.read, backup.PIECE_BYTES):
-                await response.write(piece)
+        while piece := await asyncio.to_thread(stream.read):
+            await response.write(piece)
         await response.write_eof()
         return response
     finally:
-        await asyncio.to_thread(backup.discard_copy, data)
+        await asyncio.to_thread(stream.close)
 
 
 async def replication_feed(request: web.Request) -> web.Response:
