@@ -46,7 +46,7 @@ def download_copy(metaserver: str, secret: bytes, out: BinaryIO, decompress: boo
     `decompress`, else as sent: zstd). `standby`: the name of a standby taking its first copy.
     Blocking; raises `FsError` (refused, damaged, incomplete) or `TransportError` (unreachable)."""
     target = BACKUP_PATH + (f"?{urlencode({'standby': standby})}" if standby else "")
-    headers = {auth.HEADER: auth.sign(secret, "GET", target)}
+    headers = {"Host": metaserver, auth.HEADER: auth.sign(secret, "GET", target, metaserver)}
     check = zstandard.ZstdDecompressor().decompressobj()
     received = database = 0
     try:
