@@ -151,10 +151,10 @@ def test_chunks_under_goal_come_from_the_replicators_scan(tmp_path):
 
 
 class CountingTxn:
-    """A read transaction that counts what is read through it, table by table."""
+    """A read transaction (`with db.read()`) that counts what is read through it, table by table."""
 
-    def __init__(self, txn, names) -> None:
-        self.txn, self.names, self.cursors, self.gets = txn, names, [], 0
+    def __init__(self, read, names) -> None:
+        self.read, self.names, self.cursors, self.gets = read, names, [], 0
 
     def cursor(self, db=None):
         self.cursors.append(self.names[db])
@@ -168,10 +168,11 @@ class CountingTxn:
         return getattr(self.txn, name)
 
     def __enter__(self):
+        self.txn = self.read.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self.txn.__exit__(*exc)
+        return self.read.__exit__(*exc)
 
 
 @pytest.fixture
