@@ -14,7 +14,7 @@ import pytest
 from chunkfs.errors import FsError
 from chunkfs.metaserver.app import Metaserver, cluster_status
 from chunkfs.metaserver.chunk_table import ChunkRecord, ChunkTable, chunk_key
-from chunkfs.metaserver.db import GroupCommitter, MetaDB, u64
+from chunkfs.metaserver.db import U64x2, GroupCommitter, MetaDB, u64
 from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.namespace import Inode, Namespace
 from chunkfs.metaserver.registry import Registry
@@ -36,10 +36,15 @@ class Tables:
         with self.db.env.begin(write=True) as txn:
             self.namespace.init_root(txn)
             self.namespace.counts.ensure(txn, self.chunks.recount_all)
+            self.chunks.ensure_version_index(txn)
 
     def check(self) -> None:
         with self.db.read() as txn:
             assert self.namespace.counts.read(txn) == self.chunks.recount_all(txn)
+            index = {bytes(k): bytes(v) for k, v in txn.cursor(db=self.db.versions)}
+            records = {U64x2.pack(rec.chunk_id, rec.version): bytes(key) for key, raw in txn.cursor(db=self.db.chunks)
+                       for rec in (msgspec.msgpack.decode(raw, type=ChunkRecord),)}
+            assert index == records  # the version index names every record's version, and nothing else
 
 
 def random_change(t: Tables, rng: random.Random, txn, live: list[int], dirs: list[int], version: list[int]) -> None:
@@ -121,13 +126,18 @@ def test_a_database_without_counts_is_counted_once_at_start(tmp_path):
     with t.db.env.begin(write=True) as txn:
         for ino in range(2, 102):
             t.namespace.create(txn, r.CreateReq(parent=1, name=b"f%d" % ino, mode=stat.S_IFREG | 0o644, uid=0, gid=0))
-        cursor = txn.cursor(db=t.db.counters)  # as an older metaserver left it: no counts
+            t.chunks.commit(txn, r.CommitReq(ino=ino, size=5, mtime_ns=1, chunks=[
+                r.ChunkRef(index=0, chunk_id=ino, version=ino, length=5, checksum="c", replicas=["s1"])]))
+        cursor = txn.cursor(db=t.db.counters)  # as an older metaserver left it: no counts, no index
         while cursor.set_range(b"count.") and cursor.key().startswith(b"count."):
             cursor.delete()
+        txn.delete(b"index.versions", db=t.db.counters)
+        txn.drop(t.db.versions, delete=False)
     t.db.close()
     t = Tables(tmp_path / "meta")
     with t.db.read() as txn:
         assert t.namespace.counts.read(txn).files == 100
+        assert t.chunks.referenced(txn, 50, 50) and not t.chunks.referenced(txn, 50, 51)
     t.check()
 
 

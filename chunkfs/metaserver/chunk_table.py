@@ -27,6 +27,7 @@ from chunkfs.metaserver.table_counts import TableCounts
 from chunkfs.protocol import records as r
 
 ID_RESERVE = 10_000
+VERSION_INDEX_MARK = b"index.versions"  # in `counters` once the version index is complete
 
 
 class ChunkRecord(Struct, array_like=True):
@@ -117,9 +118,20 @@ class ChunkTable:
         """The bytes of a file stored inline (see INLINE_MAX_BYTES), or None: it has chunks."""
         return txn.get(u64(ino), db=self.db.inline)
 
-    def all_versions(self, txn: Txn) -> set[tuple[int, int]]:
-        return {(rec.chunk_id, rec.version) for _k, raw in txn.cursor(db=self.db.chunks)
-                for rec in (_chunk_dec.decode(raw),)}
+    def referenced(self, txn: Txn, chunk_id: int, version: int) -> bool:
+        """Whether a file's chunk record holds this version: one look-up in the version index."""
+        return txn.get(U64x2.pack(chunk_id, version), db=self.db.versions) is not None
+
+    def ensure_version_index(self, txn: Txn) -> bool:
+        """Give a database written before the version index existed its index, from one scan of
+        the chunk table; returns whether it had to. Run once at start, before serving."""
+        if txn.get(VERSION_INDEX_MARK, db=self.db.counters) is not None:
+            return False
+        for key, raw in txn.cursor(db=self.db.chunks):
+            rec = _chunk_dec.decode(raw)
+            txn.put(U64x2.pack(rec.chunk_id, rec.version), key, db=self.db.versions)
+        txn.put(VERSION_INDEX_MARK, b"", db=self.db.counters)
+        return True
 
     def recount_all(self, txn: Txn) -> TableCounts:
         """Every table count from full scans of the inode and chunk tables."""
@@ -140,8 +152,9 @@ class ChunkTable:
 
     # ---- writing ----------------------------------------------------------------------------
     def write_record(self, txn: Txn, key: bytes, record: ChunkRecord | None) -> None:
-        """Put (or with None delete) the record at `key`, moving the table counts by the change.
-        Every change to the chunk table goes through here."""
+        """Put (or with None delete) the record at `key`, moving the table counts and the
+        version index (`versions`: which record holds a chunk version) with the change. Every
+        change to the chunk table goes through here."""
         counts = self.namespace.counts
         if record is None:
             raw = txn.pop(key, db=self.db.chunks)
@@ -149,6 +162,13 @@ class ChunkTable:
             raw = txn.get(key, db=self.db.chunks)
             txn.put(key, _enc.encode(record), db=self.db.chunks)
         before = _chunk_dec.decode(raw) if raw is not None else None
+        old_version = (before.chunk_id, before.version) if before else None
+        new_version = (record.chunk_id, record.version) if record else None
+        if old_version != new_version:
+            if old_version is not None:
+                txn.delete(U64x2.pack(*old_version), db=self.db.versions)
+            if new_version is not None:
+                txn.put(U64x2.pack(*new_version), key, db=self.db.versions)
         if (before is None) != (record is None):
             counts.add(txn, table_counts.CHUNKS, 1 if before is None else -1)
         counts.add(txn, table_counts.CHUNK_BYTES, (record.length if record else 0) - (before.length if before else 0))
@@ -304,8 +324,7 @@ class ChunkTable:
         about to commit: they are garbage on that server."""
         if self.holding_back():
             return []
-        referenced = self.all_versions(txn)
         now = time.monotonic()
         self.reservations = deque((lo, hi, t) for lo, hi, t in self.reservations if now - t <= grace_s)
-        return [(cid, ver) for cid, ver in held if (cid, ver) not in referenced
+        return [(cid, ver) for cid, ver in held if not self.referenced(txn, cid, ver)
                 and not any(lo <= ver < hi for lo, hi, _t in self.reservations)]

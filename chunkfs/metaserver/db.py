@@ -129,6 +129,7 @@ class MetaDB:
         self.quarantine = self.env.open_db(b"quarantine")  # (chunk id, version) -> servers: kept after a restore
         self.leases = self.env.open_db(b"leases")  # directory -> the client holding it (leases.py)
         self.replies = self.env.open_db(b"replies")  # (minute, client, request id) -> reply: see replies.py
+        self.versions = self.env.open_db(b"versions")  # (chunk id, version) -> its chunk record's key
 
     def read(self) -> ReadTxn:
         return ReadTxn(self)

@@ -104,6 +104,7 @@ def run(config: MetaserverConfig) -> None:
     with db.env.begin(write=True) as txn:
         namespace.init_root(txn)
         namespace.counts.ensure(txn, chunks.recount_all)
+        chunks.ensure_version_index(txn)
         backup.start_primary(txn, db)
     replication = ReplicationLog(db, config.standby_timeout_s)
     committer = GroupCommitter(db, replication)

@@ -290,9 +290,17 @@ class Namespace:
             self._free(txn, ino)
         return True
 
-    def orphans(self, txn: Txn) -> list[tuple[int, str]]:
-        """(inode, client id) of every unlinked file still open on some client."""
-        return [(read_u64(k), v.decode()) for k, v in txn.cursor(db=self.db.orphans)]
+    def orphans(self, txn: Txn, after: int = 0, limit: int = 10_000) -> list[tuple[int, str]]:
+        """(inode, client id) of unlinked files still open on some client, from inode `after` on,
+        at most `limit` of them (in inode order)."""
+        out: list[tuple[int, str]] = []
+        cursor = txn.cursor(db=self.db.orphans)
+        if cursor.set_range(u64(after)):
+            for key, value in cursor:
+                if len(out) >= limit:
+                    break
+                out.append((read_u64(key), value.decode()))
+        return out
 
     def _free(self, txn: Txn, ino: int) -> None:
         raw = txn.pop(u64(ino), db=self.db.inodes)
