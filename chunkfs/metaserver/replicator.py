@@ -273,8 +273,9 @@ class Replicator:
             self.corrupt_reports.setdefault(version, set()).add(report.server_id)
         while len(self.corrupt_reports) > MAX_CORRUPT_REPORTS:
             del self.corrupt_reports[next(iter(self.corrupt_reports))]
-        wanted = set(corrupt)
-        found = await asyncio.to_thread(self._find, lambda rec: (rec.chunk_id, rec.version) in wanted)
+        with self.db.read() as txn:  # a look-up in the version index each
+            found = {version: bytes(key) for version in corrupt
+                     if (key := txn.get(U64x2.pack(*version), db=self.db.versions)) is not None}
         result = await self.committer.run(self.edits.drop_corrupt, report.server_id, corrupt, found)
         address = self._address(report.server_id)
         log.warning("%s reports %d corrupt chunk versions: %d dropped from their records, %d unreferenced",
