@@ -8,7 +8,7 @@ import asyncio
 import msgspec
 
 from chunkfs.metaserver.changes import ChangeFeed
-from chunkfs.mount.meta_cache import MetadataCache
+from chunkfs.client.metadata_cache import MetadataCache
 from chunkfs.protocol import records as r
 
 
