@@ -7,22 +7,14 @@ import itertools
 import signal
 import threading
 import time
-import urllib.request
 
 import h11
 import pytest
 import trio
 
+from chunkfs.cli.local_cluster import _health
 from chunkfs.protocol.http import SignedHttp
 from conftest import chunkfs, free_port_block, wait_until
-
-
-def healthy(address: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{address}/health", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("fresh_cluster", [{"mount_options": "retry_s=120"}], indirect=True)
@@ -52,7 +44,7 @@ def test_a_copy_pauses_for_a_metaserver_restart_and_goes_on(fresh_cluster):
         killed = time.monotonic()
         c.kill("metaserver", signal.SIGTERM)
         chunkfs("up", "--dir", c.dir, "--mount", c.mnt, "--port", c.port, "-o", c.mount_options)
-        wait_until(lambda: healthy(c.metaserver), 60, "the metaserver back")
+        wait_until(lambda: _health(c.metaserver), 60, "the metaserver back")
         restart_s = time.monotonic() - killed
         count = len(done)
         wait_until(lambda: len(done) >= count + 20 or errors, 60, "the copy going on")
