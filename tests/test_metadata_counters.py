@@ -23,6 +23,7 @@ from chunkfs.metaserver.replicator import Replicator, ServerSets
 from chunkfs.protocol import records as r
 
 SERVERS = ["s1", "s2", "s3", "s4"]
+CLIENT = "counting-client"
 
 
 class Tables:
@@ -47,7 +48,7 @@ class Tables:
             assert index == records  # the version index names every record's version, and nothing else
 
 
-def random_change(t: Tables, rng: random.Random, txn, live: list[int], dirs: list[int], version: list[int]) -> None:
+def random_change(t: Tables, rng: random.Random, txn, live: list[int], dirs: list[int]) -> None:
     ns, chunks = t.namespace, t.chunks
     what = rng.choice(["create", "create", "mkdir", "write", "write", "truncate", "unlink", "goal", "replicas",
                        "inline"])
@@ -60,17 +61,16 @@ def random_change(t: Tables, rng: random.Random, txn, live: list[int], dirs: lis
         return
     ino = rng.choice(files)
     if what == "write":
-        refs = []
-        for index in rng.sample(range(4), rng.randint(1, 3)):
-            version[0] += 1
-            refs.append(r.ChunkRef(index=index, chunk_id=version[0], version=version[0],
-                                   length=rng.randint(1, 4 << 20), checksum="c",
-                                   replicas=rng.sample(SERVERS, rng.randint(1, 3))))
+        indexes = rng.sample(range(4), rng.randint(1, 3))
+        first_version, first_chunk_id = chunks.reserve(txn, CLIENT, len(indexes))
+        refs = [r.ChunkRef(index=index, chunk_id=first_chunk_id + n, version=first_version + n,
+                           length=rng.randint(1, 4 << 20), checksum="c", replicas=rng.sample(SERVERS, rng.randint(1, 3)))
+                for n, index in enumerate(indexes)]
         size = max(ns.get(txn, ino).size, max(ref.index for ref in refs) * (4 << 20) + refs[-1].length)
-        chunks.commit(txn, r.CommitReq(ino=ino, chunks=refs, size=size, mtime_ns=1))
+        chunks.commit(txn, r.CommitReq(ino=ino, chunks=refs, size=size, mtime_ns=1), CLIENT)
     elif what == "inline":
         data = b"x" * rng.randint(0, 1000)
-        chunks.commit(txn, r.CommitReq(ino=ino, chunks=[], size=len(data), mtime_ns=1, inline=data))
+        chunks.commit(txn, r.CommitReq(ino=ino, chunks=[], size=len(data), mtime_ns=1, inline=data), CLIENT)
     elif what == "truncate":
         ns.setattr(txn, r.SetattrReq(ino=ino, size=rng.randint(0, 9 << 20)), chunks.truncate)
     elif what == "unlink":
@@ -102,11 +102,10 @@ def test_counts_match_a_full_scan_after_random_changes_and_restarts(tmp_path):
     t = Tables(tmp_path / "meta")
     live: list[int] = []
     dirs = [1]
-    version = [0]
     for step in range(600):
         try:
             with t.db.env.begin(write=True) as txn:
-                random_change(t, rng, txn, live, dirs, version)
+                random_change(t, rng, txn, live, dirs)
         except FsError:  # a change refused (EISDIR, ...) rolls back with its counts
             live[:] = [ino for ino in live if ino_exists(t, ino)]
         if step % 50 == 0:
@@ -126,8 +125,12 @@ def test_a_database_without_counts_is_counted_once_at_start(tmp_path):
     with t.db.env.begin(write=True) as txn:
         for ino in range(2, 102):
             t.namespace.create(txn, r.CreateReq(parent=1, name=b"f%d" % ino, mode=stat.S_IFREG | 0o644, uid=0, gid=0))
+            version, chunk_id = t.chunks.reserve(txn, CLIENT, 1)
             t.chunks.commit(txn, r.CommitReq(ino=ino, size=5, mtime_ns=1, chunks=[
-                r.ChunkRef(index=0, chunk_id=ino, version=ino, length=5, checksum="c", replicas=["s1"])]))
+                r.ChunkRef(index=0, chunk_id=chunk_id, version=version, length=5, checksum="c", replicas=["s1"])]),
+                CLIENT)
+            if ino == 50:
+                fiftieth = (chunk_id, version)
         cursor = txn.cursor(db=t.db.counters)  # as an older metaserver left it: no counts, no index
         while cursor.set_range(b"count.") and cursor.key().startswith(b"count."):
             cursor.delete()
@@ -137,7 +140,7 @@ def test_a_database_without_counts_is_counted_once_at_start(tmp_path):
     t = Tables(tmp_path / "meta")
     with t.db.read() as txn:
         assert t.namespace.counts.read(txn).files == 100
-        assert t.chunks.referenced(txn, 50, 50) and not t.chunks.referenced(txn, 50, 51)
+        assert t.chunks.referenced(txn, *fiftieth) and not t.chunks.referenced(txn, fiftieth[0], fiftieth[1] + 10**6)
     t.check()
 
 
@@ -147,9 +150,10 @@ def test_chunks_under_goal_come_from_the_replicators_scan(tmp_path):
         d = t.namespace.create(txn, r.CreateReq(parent=1, name=b"d", mode=stat.S_IFDIR | 0o755, uid=0, gid=0)).ino
         for i in range(30):
             ino = t.namespace.create(txn, r.CreateReq(parent=d, name=b"f%d" % i, mode=stat.S_IFREG | 0o644, uid=0, gid=0)).ino
+            version, chunk_id = t.chunks.reserve(txn, CLIENT, 1)
             t.chunks.commit(txn, r.CommitReq(ino=ino, size=5, mtime_ns=1, chunks=[
-                r.ChunkRef(index=0, chunk_id=i + 1, version=i + 1, length=5, checksum="c",
-                           replicas=SERVERS[: 1 + i % 3])]))
+                r.ChunkRef(index=0, chunk_id=chunk_id, version=version, length=5, checksum="c",
+                           replicas=SERVERS[: 1 + i % 3])]), CLIENT)
     replicator = Replicator(t.db, None, t.chunks, None, None, None, 1.0, 1)  # type: ignore[arg-type]
     alive = {"s1", "s2"}
     servers = ServerSets(healthy=alive, alive=alive, writable=alive, free={})

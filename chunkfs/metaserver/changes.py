@@ -6,6 +6,11 @@ entries another client changed. The feed is in memory: a mount that falls behind
 or a metaserver restart, is answered `reset` and the mount drops everything it can. Each change
 is kept as its encoded JSON (with its number and origin, to pick what a client is sent): about
 half the memory of the records, and nothing the garbage collector has to walk.
+
+One bad entry can never stop the feed: origins are client ids checked at the edge (and blanked
+here if one is not a token), and a change that cannot be encoded is logged and kept as a gap
+(its mount then misses one invalidation, as if the change had fallen off the log) instead of
+failing every poll that reaches it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,6 +26,9 @@ from collections.abc import Callable
 import msgspec
 
 from chunkfs.protocol import records as r
+from chunkfs.protocol.limits import is_token
+
+log = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 
@@ -102,8 +111,19 @@ class ChangeFeed:
 
     def publish(self, origin: str, inodes: list[int], entries: list[tuple[int, bytes]]) -> None:
         self.seq += 1
-        self._log.append((self.seq, origin, _encode(r.Change(self.seq, origin, inodes, entries))))
+        origin = origin if is_token(origin) else ""
+        try:
+            encoded = _encode(r.Change(self.seq, origin, inodes, entries))
+        except (msgspec.EncodeError, UnicodeEncodeError, OverflowError, TypeError) as exc:
+            log.error("change %d cannot be sent (%s); left out of the feed", self.seq, exc)
+            encoded = b""  # a gap: the log's numbers stay consecutive
+        self._log.append((self.seq, origin, encoded))
         self.wake()
+
+    @staticmethod
+    def encode_batch(batch: EncodedChangeBatch) -> bytes:
+        """The reply's JSON (its changes were encoded as they were published)."""
+        return msgspec.json.encode(batch)
 
     def wake(self) -> None:
         """End every open long poll's wait (new changes, or a lease recall to hand out)."""
@@ -128,7 +148,7 @@ class ChangeFeed:
             if seq > self.seq or (self._log and seq < self._log[0][0] - 1):
                 return EncodedChangeBatch(self.seq, [], reset=True, recalls=recalls())
             changes = [msgspec.Raw(encoded) for _seq, origin, encoded in self._after(seq)
-                       if not client_id or origin != client_id]
+                       if encoded and (not client_id or origin != client_id)]
             seq = self.seq
             remaining = deadline - loop.time()
             wanted = recalls()

@@ -130,6 +130,7 @@ class MetaDB:
         self.leases = self.env.open_db(b"leases")  # directory -> the client holding it (leases.py)
         self.replies = self.env.open_db(b"replies")  # (minute, client, request id) -> reply: see replies.py
         self.versions = self.env.open_db(b"versions")  # (chunk id, version) -> its chunk record's key
+        self.reservations = self.env.open_db(b"reservations")  # chunk versions each client may commit: reservations.py
 
     def read(self) -> ReadTxn:
         return ReadTxn(self)
