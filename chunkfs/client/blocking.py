@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 import trio
 
 from chunkfs.client.async_file import AsyncFile
-from chunkfs.client.filesystem import AsyncFilesystem, DirEntry, Progress
+from chunkfs.client.filesystem import AsyncFilesystem, DirEntry
+from chunkfs.client.transfers import Progress
 from chunkfs.client.paths import PathLike
 
 T = TypeVar("T")
