@@ -148,7 +148,7 @@ def test_the_namespace_calls(fs, home):
     assert exc.value.errno == errno.ENOENT and exc.value.filename == f"{home}/a/d"
 
 
-def test_xattrs_goal_and_statvfs(fs, home):
+def test_xattrs_goal_and_statvfs(cluster, fs, home):
     with fs.open(f"{home}/f", "wb") as f:
         f.write(b"x")
     fs.setxattr(f"{home}/f", "user.color", b"blue")
@@ -162,9 +162,19 @@ def test_xattrs_goal_and_statvfs(fs, home):
         fs.getxattr(f"{home}/f", "user.color")
     assert exc.value.errno == errno.ENODATA
     fs.set_goal(home, 2, recursive=True)
-    assert fs.stat(f"{home}/f").st_size == 1
+    assert layout_of(cluster, f"{home}/f")["attr"]["goal"] == 2
     info = fs.statvfs()
     assert info.f_blocks > 0 and info.f_bfree <= info.f_blocks and info.f_namemax == 255
+
+
+def test_files_made_with_a_goal_option_keep_that_many_copies(cluster, fs, home):
+    with chunkfs.client.connect(cluster.metaserver, secret_file=cluster.secret_file, goal=1) as one_copy:
+        with one_copy.open(f"{home}/single", "wb") as f:
+            f.write(os.urandom(5 * MiB))
+        one_copy.mkdir(f"{home}/single-dir")
+    layout = layout_of(cluster, f"{home}/single")
+    assert layout["attr"]["goal"] == 1 and [len(c["replicas"]) for c in layout["chunks"]] == [1, 1]
+    assert layout_of(cluster, f"{home}/single-dir")["attr"]["goal"] == 1
 
 
 def test_the_api_and_a_mount_see_the_same_files_close_to_open(fs, home, cluster):
