@@ -11,14 +11,21 @@ import time
 import pytest
 
 from chunkfs.daemons import unmount
-from conftest import chunkfs, metaserver_calls
+from conftest import chunkfs, metaserver_calls, metrics_of, wait_until
 from test_two_clients import second_mount  # noqa: F401 (a fixture)
+
+
+def feed_polls(cluster) -> float:
+    """Change-feed polls the metaserver answered (a poll in flight at a change is answered by it)."""
+    return sum(value for key, value in metrics_of(cluster.metaserver).items()
+               if key.startswith("chunkfs_http_requests_total{") and 'route="/v1/changes"' in key)
 
 
 def test_files_made_in_a_new_directory_cost_one_call_each(cluster):
     folder = cluster.mnt / "fresh"
     folder.mkdir()
-    time.sleep(0.5)  # the mount's first feed poll since the mkdir renews its leases
+    polls = feed_polls(cluster)  # the mount's first feed poll sent after the mkdir renews its leases:
+    wait_until(lambda: feed_polls(cluster) >= polls + 2, 10, "two change-feed polls answered after the mkdir")
     before = metaserver_calls(cluster)
     for i in range(30):
         with open(folder / f"f{i}", "xb") as f:
