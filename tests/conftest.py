@@ -116,6 +116,30 @@ def metaserver_calls(cluster) -> dict[str, float]:
     return calls
 
 
+def chunkserver_reads(cluster) -> dict[str, float]:
+    """csN -> bytes it has served (its chunkfs_chunkserver_read_bytes_total); a server that is
+    down is left out."""
+    reads = {}
+    for i in range(1, cluster.chunkservers + 1):
+        try:
+            reads[f"cs{i}"] = metrics_of(f"127.0.0.1:{cluster.port + i}")["chunkfs_chunkserver_read_bytes_total"]
+        except OSError:
+            continue
+    return reads
+
+
+def drop_caches(cluster) -> None:
+    """Make the next read go to the servers: the kernel's page cache dropped, and the mount's
+    chunk caches in memory and on disk (SIGUSR1 to it, as `chunkfs bench` does), waited for."""
+    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=True)
+    os.kill(cluster.pid("mount"), signal.SIGUSR1)
+    mount_metrics = f"127.0.0.1:{cluster.port + 100}"
+    disk_cache = cluster.dir / "cache" / "chunks"
+    wait_until(lambda: metrics_of(mount_metrics)["chunkfs_mount_cache_size_bytes"] == 0
+               and not any(p for p in disk_cache.glob("*/*") if not p.name.endswith(".tmp")),
+               10, "the mount's chunk caches (memory and disk) dropped")
+
+
 def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.3) -> float:
     """Seconds until `condition()` held; fails the test after `timeout_s`."""
     started = time.monotonic()
@@ -131,6 +155,36 @@ def chunkfs(*args: str, check: bool = True, timeout: float = 120) -> subprocess.
     if check and result.returncode != 0:
         raise AssertionError(f"chunkfs {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+HOLD_OPEN = """
+import sys
+f = open(sys.argv[1], "wb", buffering=0)
+print("open", flush=True)
+for line in sys.stdin:
+    command, _, text = line.rstrip("\\n").partition(" ")
+    f.write(text.encode()) if command == "write" else f.close()
+    print("done", flush=True)
+"""
+
+
+class OpenFileElsewhere:
+    """A file held open by a process of its own: a descriptor in the test's process would be
+    inherited (and closed, so flushed) by every subprocess the test starts."""
+
+    def __init__(self, path) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(path)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout.readline() == "open\n"
+
+    def ask(self, line: str) -> None:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        assert self.process.stdout.readline() == "done\n"
+
+    def end(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
 
 
 class Cluster:

@@ -9,6 +9,9 @@ import pytest
 
 from chunkfs.daemons import unmount
 from conftest import chunkfs, wait_until
+from feed_gate import FeedGate
+
+MiB = 1024 * 1024
 
 
 @pytest.fixture
@@ -61,3 +64,38 @@ def test_big_file_rewritten_elsewhere_is_read_whole(cluster, second_mount):
     a.write_bytes(second)
     eventually(lambda: b.stat().st_mtime_ns == a.stat().st_mtime_ns, "b sees the rewrite's mtime")
     assert b.read_bytes() == second
+
+
+@pytest.fixture
+def unpushed_mount(cluster, tmp_path):
+    """A second mount whose change feed the test can hold back (`gate.closed()`)."""
+    gate = FeedGate(cluster.metaserver).start()
+    target = tmp_path / "client-c"
+    try:
+        chunkfs("mount", gate.address, target, "--secret-file", cluster.secret_file,
+                "-o", f"cache_dir={tmp_path / 'cache-c'}")
+        try:
+            yield target, gate
+        finally:
+            unmount(target)
+    finally:
+        gate.stop()
+
+
+@pytest.mark.parametrize("size", [3 * MiB, 9 * MiB + 7], ids=["same size", "longer"])
+def test_close_to_open_without_the_push(cluster, unpushed_mount, size):
+    """A client with the file in its page cache and chunk cache, told nothing by the change
+    feed, still reads the whole new content after the writer's close: the open asks."""
+    target, gate = unpushed_mount
+    a, c = cluster.mnt / f"c2o-{size}", target / f"c2o-{size}"
+    first = os.urandom(3 * MiB)
+    a.write_bytes(first)
+    assert c.read_bytes() == first  # warm: pages, chunks, the kernel's attributes
+    os.stat(c)
+    with gate.closed():
+        answered = gate.feed_answers
+        second = os.urandom(size)
+        a.write_bytes(second)
+        assert c.read_bytes() == second
+        assert os.stat(c).st_size == size
+        assert gate.feed_answers == answered, "nothing was pushed meanwhile"

@@ -341,6 +341,9 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp) -> web.Application
         app.router.add_get(REPLICATION_PATH, replication_feed)
     registry = metrics.new_registry()
     registry.register(metrics.ClusterCollector(lambda: cluster_status(m)))
+    leases = m.leases
+    assert leases is not None  # made in __post_init__
+    registry.register(metrics.LeaseCollector(lambda: (len(leases), leases.recalls, leases.expired)))
     metrics.install_http(app, registry, operations={*READS, *MUTATIONS, "reserve", "release_leases", "fsck"})  # every op fs_operation knows
 
     async def background(app: web.Application):

@@ -354,10 +354,17 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def open(self, inode, flags, ctx):
+        seen = self.seen_versions.get(inode)
         fh, open_file = await self._open_file(inode)
         if flags & os.O_TRUNC:
             await self._truncate_at_open(open_file, ctx)
-        return self._file_info(fh, open_file.attr)
+        info = self._file_info(fh, open_file.attr)
+        if seen is not None and not info.keep_cache:
+            # changed elsewhere since this client last opened it, and maybe not pushed yet: the
+            # kernel must ask for the size again too, or it ends reads at the old one. Only the
+            # attributes (no page locks), from a worker thread, so this cannot deadlock.
+            await trio.to_thread.run_sync(functools.partial(pyfuse3.invalidate_inode, inode, attr_only=True))
+        return info
 
     async def _truncate_at_open(self, open_file: OpenFile, ctx) -> None:
         """With atomic O_TRUNC the kernel sends no setattr, so what its truncate would do is
