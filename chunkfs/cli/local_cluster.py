@@ -56,10 +56,13 @@ def _alive_servers(access: ClusterAccess) -> int:
 @click.option("--client-timeout-s", type=click.FloatRange(0.5), default=None,
               help="A mount silent this long is gone: files it had open after unlinking them are freed "
                    "[default: the metaserver's, 90].")
+@click.option("--orphan-grace-s", type=click.FloatRange(0), default=None,
+              help="An upload no commit names is garbage (for `chunkfs gc`) this long after its reservation "
+                   "[default: the metaserver's, 3600].")
 @click.option("-o", "options", default="", help="Mount options, as for mount -o (see chunkfs-mount --help).")
 def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, port: int,
        heartbeat_timeout_s: float | None, scrub_mb_per_s: float | None, client_timeout_s: float | None,
-       options: str) -> None:
+       orphan_grace_s: float | None, options: str) -> None:
     """Start a local cluster and mount it (keeps existing data)."""
     data_dir = data_dir.absolute()
     mountpoint = mountpoint.absolute()
@@ -84,7 +87,8 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                         "--data-dir", str(data_dir / "meta"), "--secret-file", str(secret_file),
                                         "--default-goal", str(goal),
                                         "--heartbeat-timeout-s", str(heartbeat_timeout_s),
-                                        *(("--client-timeout-s", str(client_timeout_s)) if client_timeout_s else ())),
+                                        *(("--client-timeout-s", str(client_timeout_s)) if client_timeout_s else ()),
+                                        *(("--orphan-grace-s", str(orphan_grace_s)) if orphan_grace_s is not None else ())),
                          logs / "metaserver.log", run / "metaserver.pid")
             wait_for("metaserver", lambda: _health(metaserver), 30, proc, logs / "metaserver.log")
         for i in range(1, chunkservers + 1):
