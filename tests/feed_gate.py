@@ -1,7 +1,8 @@
 """An HTTP proxy between one mount and the metaserver that can hold back the change feed, so a
 test can see what a client does when nothing is pushed to it (close-to-open alone).
 
-Every request is passed on unchanged (the HMAC signs the method and path, not the address).
+Every request is passed on as it came, signed again for the metaserver (a signature names the
+server it is for).
 While the gate is closed, polls of `/v1/changes` wait at the gate, and a poll already passed on
 is answered 503 instead of with what the metaserver sent (the mount retries it later, from the
 same place in the feed, so it misses nothing once the gate opens)."""
@@ -15,14 +16,17 @@ from typing import Iterator
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
+
+from chunkfs import auth
 
 FEED = "/v1/changes"
-HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", auth.HEADER.lower()}
 
 
 class FeedGate:
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
+    def __init__(self, upstream: str, secret: bytes) -> None:
+        self.upstream, self.secret = upstream, secret
         self.address = ""
         self.feed_answers = 0  # feed polls answered with the metaserver's reply
         self._loop = asyncio.new_event_loop()
@@ -49,7 +53,10 @@ class FeedGate:
 
     async def _forward(self, request: web.Request, body: bytes) -> web.Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        async with self._session.request(request.method, f"http://{self.upstream}{request.path_qs}",
+        headers[auth.HEADER] = auth.sign(self.secret, request.method, request.raw_path, self.upstream,
+                                         headers.items(), body)
+        headers["Host"] = self.upstream
+        async with self._session.request(request.method, URL(f"http://{self.upstream}{request.raw_path}", encoded=True),
                                          headers=headers, data=body) as answer:
             payload = await answer.read()
             return web.Response(status=answer.status, body=payload,

@@ -14,7 +14,6 @@ import pytest
 from chunkfs import mounts
 from chunkfs.daemons import unmount
 from conftest import OpenFileElsewhere, chunkfs, metaserver_calls, metrics_of, wait_until
-from test_two_clients import second_mount  # noqa: F401 (a fixture)
 
 
 def feed_polls(cluster) -> float:

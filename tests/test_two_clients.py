@@ -7,22 +7,12 @@ import os
 
 import pytest
 
+from chunkfs import auth
 from chunkfs.daemons import unmount
 from conftest import chunkfs, wait_until
 from feed_gate import FeedGate
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def second_mount(cluster, tmp_path):
-    target = tmp_path / "client-b"
-    chunkfs("mount", cluster.metaserver, target, "--secret-file", cluster.secret_file,
-            "-o", f"cache_dir={tmp_path / 'cache-b'}")
-    try:
-        yield target
-    finally:
-        unmount(target)
 
 
 def eventually(check, what: str) -> None:
@@ -69,7 +59,7 @@ def test_big_file_rewritten_elsewhere_is_read_whole(cluster, second_mount):
 @pytest.fixture
 def unpushed_mount(cluster, tmp_path):
     """A second mount whose change feed the test can hold back (`gate.closed()`)."""
-    gate = FeedGate(cluster.metaserver).start()
+    gate = FeedGate(cluster.metaserver, auth.load_secret(cluster.secret_file)).start()
     target = tmp_path / "client-c"
     try:
         chunkfs("mount", gate.address, target, "--secret-file", cluster.secret_file,

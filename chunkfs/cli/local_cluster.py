@@ -56,13 +56,15 @@ def _alive_servers(access: ClusterAccess) -> int:
 @click.option("--client-timeout-s", type=click.FloatRange(0.5), default=None,
               help="A mount silent this long is gone: files it had open after unlinking them are freed "
                    "[default: the metaserver's, 90].")
+@click.option("--body-timeout-s", type=click.FloatRange(0.1), default=None,
+              help="Seconds a request body may take to reach a server [default: the daemons', 30].")
 @click.option("--orphan-grace-s", type=click.FloatRange(0), default=None,
               help="An upload no commit names is garbage (for `chunkfs gc`) this long after its reservation "
                    "[default: the metaserver's, 3600].")
 @click.option("-o", "options", default="", help="Mount options, as for mount -o (see chunkfs-mount --help).")
 def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, port: int,
        heartbeat_timeout_s: float | None, scrub_mb_per_s: float | None, client_timeout_s: float | None,
-       orphan_grace_s: float | None, options: str) -> None:
+       body_timeout_s: float | None, orphan_grace_s: float | None, options: str) -> None:
     """Start a local cluster and mount it (keeps existing data)."""
     data_dir = data_dir.absolute()
     mountpoint = mountpoint.absolute()
@@ -76,6 +78,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
     logs, run = data_dir / "logs", data_dir / "run"
     metaserver = f"127.0.0.1:{port}"
     access = ClusterAccess(metaserver, secret_file)
+    body_timeout = ("--body-timeout-s", str(body_timeout_s)) if body_timeout_s else ()
     info = {"metaserver": metaserver, "secret_file": str(secret_file), "mountpoint": str(mountpoint),
             "chunkservers": chunkservers, "goal": goal, "heartbeat_timeout_s": heartbeat_timeout_s,
             "scrub_mb_per_s": scrub_mb_per_s}
@@ -88,6 +91,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                         "--default-goal", str(goal),
                                         "--heartbeat-timeout-s", str(heartbeat_timeout_s),
                                         *(("--client-timeout-s", str(client_timeout_s)) if client_timeout_s else ()),
+                                        *body_timeout,
                                         *(("--orphan-grace-s", str(orphan_grace_s)) if orphan_grace_s is not None else ())),
                          logs / "metaserver.log", run / "metaserver.pid")
             wait_for("metaserver", lambda: _health(metaserver), 30, proc, logs / "metaserver.log")
@@ -98,7 +102,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                      "--data-dir", str(data_dir / "chunkservers" / name),
                                      "--metaserver", metaserver, "--secret-file", str(secret_file),
                                      "--heartbeat-interval-s", str(min(2.0, heartbeat_timeout_s / 4)),
-                                     "--scrub-mb-per-s", str(scrub_mb_per_s)),
+                                     "--scrub-mb-per-s", str(scrub_mb_per_s), *body_timeout),
                       logs / f"{name}.log", run / f"{name}.pid")
         wait_for(f"{chunkservers} chunkservers", lambda: _alive_servers(access) >= chunkservers, 30,
                  log_path=logs / "cs1.log")
@@ -132,7 +136,7 @@ def down(data_dir: Path) -> None:
     info = json.loads(info_path.read_text())
     run = data_dir / "run"
     unmount(Path(info["mountpoint"]))
-    names = ["mount"] + sorted(p.stem for p in run.glob("cs*.pid")) + ["metaserver"]
+    names = ["mount", *sorted(p.stem for p in run.glob("cs*.pid")), "metaserver"]
     for name in names:
         pid = read_pid(run / f"{name}.pid")
         if pid is not None:

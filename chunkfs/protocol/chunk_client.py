@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import msgspec
 
+from chunkfs import auth
 from chunkfs.protocol import records as r
 from chunkfs.protocol.http import SignedHttp
 
-CHECKSUM_HEADER = "X-Chunkfs-Checksum"
+CHECKSUM_HEADER = auth.CHECKSUM_HEADER  # signed, and standing for the body in the signature (see auth)
 CHECKSUM_PARAM = "checksum"
 CLIENT_VERIFIES_PARAM = "client_verifies"  # GET: the server may skip its block checks (see get)
 
@@ -38,7 +39,8 @@ class ChunkClient:
             params={"base_version": base_version, "offset": offset},
             headers={CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"},
         )
-        return response.json()["checksum"]
+        new_checksum: str = response.json()["checksum"]
+        return new_checksum
 
     async def get(self, address: str, chunk_id: int, version: int, retry_s: float | None = None,
                   client_verifies: bool = False) -> bytes | bytearray:
