@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from collections.abc import Iterator
 
 import aiohttp
 from aiohttp import web
@@ -34,7 +34,7 @@ class FeedGate:
         self._open: asyncio.Event
         self._closed: asyncio.Event
 
-    def start(self) -> "FeedGate":
+    def start(self) -> FeedGate:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
         return self
