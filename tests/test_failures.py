@@ -29,7 +29,10 @@ def served_since(cluster, before: dict[str, float]) -> dict[str, float]:
     return {name: read - before.get(name, 0) for name, read in chunkserver_reads(cluster).items()}
 
 
+@pytest.mark.parametrize("fresh_cluster", [{"up_options": ("--heartbeat-timeout-s", "30")}], indirect=True)
 def test_reads_and_writes_go_on_with_a_chunkserver_killed(fresh_cluster):
+    """The mount fails over by itself: the metaserver still counts the killed server alive (its
+    heartbeat time-out is 30 s here) when the file is read again."""
     data = os.urandom(3 * CHUNK_SIZE + 1234)
     (fresh_cluster.mnt / "before").write_bytes(data)
     drop_caches(fresh_cluster)
@@ -43,11 +46,12 @@ def test_reads_and_writes_go_on_with_a_chunkserver_killed(fresh_cluster):
     drop_caches(fresh_cluster)
     before = chunkserver_reads(fresh_cluster)
     assert victim not in before
+    assert sum(s["alive"] for s in fresh_cluster.status()["servers"]) == 3, "the metaserver has not noticed"
     assert (fresh_cluster.mnt / "before").read_bytes() == data
     assert sum(served_since(fresh_cluster, before).values()) >= len(data), "the other replicas served every byte"
     (fresh_cluster.mnt / "during").write_bytes(data[::-1])
     assert (fresh_cluster.mnt / "during").read_bytes() == data[::-1]
-    fresh_cluster.wait_alive(2)
+    fresh_cluster.wait_alive(2, timeout_s=90)
     assert fresh_cluster.status()["chunks_under_goal"] >= 4
 
 
