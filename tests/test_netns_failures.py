@@ -322,6 +322,7 @@ def test_full_chunkserver_is_skipped_and_writers_move_elsewhere(netns, workload)
     full_id = netns.server_id("cs5")
     log = netns.logs / "client1.log"
     since = log.stat().st_size
+    repaired = netns.status().chunks_replicated
     netns.fill_disk("cs5", leave_bytes=1 * MiB)
     # the writer's next chunks placed on cs5 are refused there, and each goes to a spare
     wait_until(lambda: refused_as_full(log, since), 30, "a chunk of client1's writer refused by the full cs5")
@@ -333,6 +334,7 @@ def test_full_chunkserver_is_skipped_and_writers_move_elsewhere(netns, workload)
     assert moved, "the refused chunks belong to files the writer kept"
     for chunk_id in moved:
         assert len(kept[chunk_id]) == 3 and full_id not in kept[chunk_id], (chunk_id, kept[chunk_id])
+    assert netns.status().chunks_replicated == repaired, "stored at goal by the writer, not by re-replication"
 
     def reports_full() -> bool:
         netns.fill_disk("cs5", leave_bytes=1 * MiB)  # top up: queued deletions still free room
