@@ -189,6 +189,23 @@ def _repair_and_gc(s: r.ClusterStatus) -> Iterator[Metric]:
                               value=s.replicas_deleted)
 
 
+class LeaseCollector(Collector):
+    """Directory leases (`chunkfs.metaserver.leases`): held now, and recalled or taken back since
+    the metaserver started; they show a lease kept across a restart and who had to wait for it."""
+
+    def __init__(self, leases: Callable[[], tuple[int, int, int]]) -> None:
+        self.leases = leases  # -> (held, recalled, taken back)
+
+    def collect(self) -> Iterator[Metric]:
+        held, recalled, taken_back = self.leases()
+        yield GaugeMetricFamily("chunkfs_leases_held", "Directories leased to a mount now", value=held)
+        yield CounterMetricFamily("chunkfs_lease_recalls", "Leases recalled for another client's request",
+                                  value=recalled)
+        yield CounterMetricFamily("chunkfs_lease_expirations",
+                                  "Leases taken back because their holder did not give them back in time",
+                                  value=taken_back)
+
+
 # ---- chunkserver -------------------------------------------------------------------------------
 
 class Tally:

@@ -368,6 +368,8 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
     registry = metrics.new_registry()
     registry.register(metrics.ClusterCollector(lambda: cluster_status(m)))
     GC_PAUSES.install()
+    leases = m.leases
+    registry.register(metrics.LeaseCollector(lambda: (len(leases), leases.recalls, leases.expired)))
     metrics.install_http(app, registry, operations={*READS, *MUTATIONS, "reserve", "release_leases", "fsck"})  # every op fs_operation knows
 
     async def background(app: web.Application):

@@ -57,6 +57,10 @@ class DirectoryLeases:
             for key, value in txn.cursor(db=db.leases):
                 self._add(read_u64(key), Lease(bytes(value).decode(), time.monotonic() + LEASE_S))
 
+    def __len__(self) -> int:
+        """Leases held now."""
+        return len(self._held)
+
     def _add(self, ino: int, lease: Lease) -> None:
         self._held[ino] = lease
         self._by_client.setdefault(lease.client, set()).add(ino)
