@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
+
 from chunkfs.metaserver.changes import ChangeFeed
 from chunkfs.client.metadata_cache import MetadataCache
 from chunkfs.protocol import records as r
@@ -97,9 +99,23 @@ def test_zero_timeouts_cache_nothing():
     assert c.lookup(7, b"f") is None and c.attr(8) is None
 
 
+class Decoded:
+    """A change feed as a mount receives it: its replies through JSON."""
+
+    def __init__(self, feed: ChangeFeed) -> None:
+        self.feed = feed
+
+    async def since(self, *args, **kwargs) -> r.ChangeBatch:
+        sent = msgspec.json.encode(await self.feed.since(*args, **kwargs))
+        return msgspec.json.decode(sent, type=r.ChangeBatch)
+
+    def publish(self, *args) -> None:
+        self.feed.publish(*args)
+
+
 def test_change_feed_leaves_out_the_askers_own_changes():
     async def scenario():
-        feed = ChangeFeed(capacity=10)
+        feed = Decoded(ChangeFeed(capacity=10))
         for i in range(5):
             feed.publish("a", [i], [])
         batch = await feed.since(0, 0, "b")
@@ -128,14 +144,14 @@ def test_change_feed_resets_a_mount_that_asks_with_another_epoch():
     """Seqs start from 1 at every metaserver start: only the epoch tells a restarted feed that
     has already published as many changes as the mount had seen."""
     async def scenario():
-        before, after = ChangeFeed(), ChangeFeed()
-        assert before.epoch != after.epoch
+        before, after = ChangeFeed().epoch, Decoded(ChangeFeed())
+        assert before != after.feed.epoch
         for i in range(5):
             after.publish("b", [i], [])
-        batch = await after.since(3, 5.0, "a", epoch=before.epoch)  # at once, not after the wait
-        assert batch.reset and batch.seq == 5 and batch.epoch == after.epoch
-        batch = await after.since(3, 0, "a", epoch=after.epoch)
-        assert not batch.reset and [c.seq for c in batch.changes] == [4, 5] and batch.epoch == after.epoch
-        assert (await after.since(0, 0, "a")).epoch == after.epoch  # a mount's first poll: no epoch yet
+        batch = await after.since(3, 5.0, "a", epoch=before)  # at once, not after the wait
+        assert batch.reset and batch.seq == 5 and batch.epoch == after.feed.epoch
+        batch = await after.since(3, 0, "a", epoch=after.feed.epoch)
+        assert not batch.reset and [c.seq for c in batch.changes] == [4, 5] and batch.epoch == after.feed.epoch
+        assert (await after.since(0, 0, "a")).epoch == after.feed.epoch  # a mount's first poll: no epoch yet
 
     asyncio.run(scenario())
