@@ -12,9 +12,10 @@ from chunkfs import metrics
 from chunkfs.config import ConfigError, parse_address
 from chunkfs.errors import FsError, TransportError
 from chunkfs.httpserver import json_response, make_app
-from chunkfs.chunkserver.scrubber import CorruptionReporter
+from chunkfs.chunkserver.scrubber import CorruptionReporter, corrupt_copies
 from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
 from chunkfs.protocol import records as r
+from chunkfs.protocol.disk_check import BUCKETS, INVENTORY_PATH, Inventory
 from chunkfs.protocol.chunk_client import CHECKSUM_HEADER, CHECKSUM_PARAM, CLIENT_VERIFIES_PARAM, ChunkClient
 from chunkfs.chunkserver.sendfile import FileRangeResponse
 from chunkfs import CHUNK_SIZE
@@ -144,6 +145,28 @@ def _old_chunk_files(store: ChunkStore, min_age_s: float) -> list[r.ChunkFile]:
     return files
 
 
+async def inventory(request: web.Request) -> web.Response:
+    """The chunk versions held in buckets `?first_bucket=` .. + `?buckets=` - 1, split at
+    `?min_age_s=`, with those known corrupt; `?verify=1` re-reads each of them first (`chunkfs
+    fsck --verify`; slow: every byte of the page is read)."""
+    q = request.query
+    try:
+        first, count = int(q.get("first_bucket", "0")), int(q.get("buckets", str(BUCKETS)))
+        min_age_s = max(0.0, float(q.get("min_age_s", "0")))
+    except ValueError:
+        raise FsError(errno.EINVAL, "first_bucket, buckets and min_age_s must be numbers") from None
+    if not 0 <= first < BUCKETS or not 0 < count <= BUCKETS - first:
+        raise FsError(errno.EINVAL, f"buckets {first}+{count} are not within 0..{BUCKETS - 1}")
+    store, reporter = request.app[STORE], request.app[CORRUPTION]
+    old, recent = await asyncio.to_thread(store.inventory_of_buckets, range(first, first + count), min_age_s)
+    if q.get("verify") == "1":
+        bad = await asyncio.to_thread(corrupt_copies, store, old + recent)
+        for key in bad:
+            reporter.found(*key)
+    corrupt = reporter.known_corrupt(old + recent)  # stats only the few found corrupt
+    return json_response(Inventory(old=old, recent=recent, corrupt=corrupt))
+
+
 async def health(request: web.Request) -> web.Response:
     store = request.app[STORE]
     capacity, used = store.capacity()
@@ -163,6 +186,7 @@ def build_app(store: ChunkStore, secret: bytes, background, peers: ChunkClient,
     app.router.add_delete(route, delete_chunk)
     app.router.add_post(route + "/copy", copy_chunk)
     app.router.add_get("/v1/chunks", list_chunks)
+    app.router.add_get(INVENTORY_PATH, inventory)
     app.router.add_get("/health", health)
     app[METRICS] = counters
     metrics.install_http(app, counters.registry)

@@ -21,6 +21,7 @@ from chunkfs.metaserver.chunk_table import ChunkTable
 from chunkfs.metaserver.db import GroupCommitter, MetaDB
 from chunkfs.metaserver import fsck
 from chunkfs.metaserver.deleter import Deleter
+from chunkfs.metaserver.disk_check import DiskCheck
 from chunkfs.metaserver.gc import GarbageCollector
 from chunkfs.metaserver.leases import DirectoryLeases
 from chunkfs.metaserver.namespace import Namespace
@@ -35,6 +36,7 @@ from chunkfs.metaserver.replicator import Replicator
 from chunkfs.metaserver.throughput import ThroughputHistory
 from chunkfs.protocol import records as r
 from chunkfs.protocol.chunk_client import ChunkClient
+from chunkfs.protocol.disk_check import DiskCheckReq
 from chunkfs.protocol.meta_client import CLIENT_HEADER, named_inodes
 from chunkfs.protocol.http import SignedHttp
 
@@ -249,6 +251,13 @@ async def gc(request: web.Request) -> web.Response:
     return json_response(await collector.run(await read_body(request, r.GcReq)))
 
 
+async def disk_check(request: web.Request) -> web.Response:
+    """`chunkfs fsck`: one page of the check of the chunkservers' disks against the records."""
+    m = request.app[STATE]
+    check = DiskCheck(m.db, m.committer, m.chunks, m.registry, m.replicator, m.deleter, m.deleter.client)
+    return json_response(await check.run(await read_body(request, DiskCheckReq)))
+
+
 async def drain(request: web.Request) -> web.Response:
     return json_response(await request.app[STATE].replicator.drain(await read_body(request, r.DrainReq)))
 
@@ -332,6 +341,7 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp) -> web.Application
     app.router.add_post("/v1/servers/corrupt", corrupt_report)
     app.router.add_post("/v1/servers/drain", drain)
     app.router.add_post("/v1/servers/gc", gc)
+    app.router.add_post("/v1/servers/fsck", disk_check)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/changes", changes)
     app.router.add_get("/", status_page)
