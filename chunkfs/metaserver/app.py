@@ -101,6 +101,10 @@ MUTATIONS = {
 }
 
 
+# every op `fs_operation` knows (the metrics label them; the route fuzzer calls each)
+FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "reserve", "release_leases", "fsck"})
+
+
 def statfs(m: Metaserver, txn) -> r.Statfs:
     total, free = m.registry.totals()
     return r.Statfs(total_bytes=total, free_bytes=free, files=txn.stat(m.db.inodes)["entries"],
@@ -351,7 +355,7 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp) -> web.Application
         app.router.add_get(REPLICATION_PATH, replication_feed)
     registry = metrics.new_registry()
     registry.register(metrics.ClusterCollector(lambda: cluster_status(m)))
-    metrics.install_http(app, registry, operations={*READS, *MUTATIONS, "reserve", "release_leases", "fsck"})  # every op fs_operation knows
+    metrics.install_http(app, registry, operations=FS_OPERATIONS)
 
     async def background(app: web.Application):
         tasks = [asyncio.create_task(job.run()) for job in (m.deleter, m.replicator, m.throughput)]
