@@ -20,7 +20,7 @@ from chunkfs.metaserver import app as metaserver_app
 from chunkfs.protocol import records as r
 
 TIMEOUT_S = 5.0
-SHORT_BODY_WAIT_S = 2.0
+SHORT_BODY_WAIT_S = 0.5  # how long a short body waits for a reply before it gives up
 
 # the ops of `/v1/fs/{op}` that are not in READS or MUTATIONS, with what they read; an op
 # added to `FS_OPERATIONS` and not here is fuzzed with bodies of every record

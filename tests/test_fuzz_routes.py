@@ -237,13 +237,18 @@ class Tally:
     statuses: collections.Counter = field(default_factory=collections.Counter)
     server_errors: list[str] = field(default_factory=list)  # the requests answered 5xx
     first_500_per_route: dict[str, str] = field(default_factory=dict)
+    no_http_reply: collections.Counter = field(default_factory=collections.Counter)  # (route, what happened)
+    seconds: collections.Counter = field(default_factory=collections.Counter)  # per route
     requests: int = 0
 
     def add(self, planned: Planned, outcome: wire.Outcome, started_at: float) -> None:
         self.requests += 1
         self.per_route[planned.route.label] += 1
         self.statuses[outcome.status] += 1
+        self.seconds[planned.route.label] += outcome.seconds
         status = outcome.status
+        if isinstance(status, str):
+            self.no_http_reply[(planned.route.label, status + (" (short body)" if planned.short_by else ""))] += 1
         if isinstance(status, int) and status >= 500 and not (status == 503 and started_at < STARTING_S):
             headers = {k: v if len(v) < 40 else f"{v[:20]}...({len(v)} chars)" for k, v in planned.headers.items()}
             short = f" (short by {planned.short_by})" if planned.short_by else ""
@@ -263,6 +268,8 @@ def print_summary(tally: Tally, rss: dict[str, list[tuple[int, int]]], took_s: f
     for label, count in sorted(tally.per_route.items()):
         print(f"  {count:6d}  {label}")
     print("  status counts:", dict(sorted(tally.statuses.items(), key=str)))
+    print("  no HTTP reply:", dict(sorted(tally.no_http_reply.items())))
+    print("  slowest routes (s in all):", ", ".join(f"{label} {s:.1f}" for label, s in tally.seconds.most_common(5)))
     print(f"  5xx (but 503 while starting): {len(tally.server_errors)}")
     for label, what in sorted(tally.first_500_per_route.items()):
         print(f"    first on {label}: {what}")
@@ -270,6 +277,22 @@ def print_summary(tally: Tally, rss: dict[str, list[tuple[int, int]]], took_s: f
     for name, samples in rss.items():
         before, peak, after = samples[0][0], max(hwm for _, hwm in samples), samples[-1][0]
         print(f"    {name:10s} {before / 1024:7.1f} / {peak / 1024:7.1f} / {after / 1024:7.1f}")
+
+
+def server_error_causes(cluster) -> collections.Counter:
+    """(daemon, request, the exception that ended it) of every 500 the daemons logged."""
+    causes: collections.Counter = collections.Counter()
+    for log in sorted((cluster.dir / "logs").glob("*.log")):
+        request, in_traceback = None, False
+        for line in log.read_text(errors="replace").splitlines():
+            if "unhandled error in " in line:
+                request = " ".join(line.split("unhandled error in ", 1)[1].split()[:2])
+            elif line.startswith("Traceback"):
+                in_traceback = request is not None
+            elif in_traceback and line and not line.startswith(" "):
+                causes[(log.stem, request, line[:160])] += 1
+                request, in_traceback = None, False
+    return causes
 
 
 def memory_of(pids: dict[str, int]) -> dict[str, tuple[int, int]]:
@@ -335,6 +358,10 @@ def test_fuzz_every_route_of_every_daemon(fresh_cluster, request):
             for name, m in memory_of(pids).items():
                 rss[name].append(m)
         print_summary(tally, rss, time.monotonic() - fuzz_started)
+        causes = server_error_causes(c)
+        print(f"  500s by cause, from the daemons' logs ({len(causes)} kinds):")
+        for (daemon, what, cause), count in sorted(causes.items()):
+            print(f"    {count:4d}  {daemon} {what}: {cause}")
     assert all(alive.values()), f"daemons gone: {alive}"
     assert daemon_pids(c) == pids, "a daemon was restarted"
     peaks = {name: max(hwm for _, hwm in samples) // 1024 for name, samples in rss.items()}
