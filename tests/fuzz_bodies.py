@@ -56,7 +56,7 @@ def _bytes_text() -> st.SearchStrategy[str]:
 
 
 def _text() -> st.SearchStrategy[str]:
-    return st.one_of(st.text(max_size=40), st.sampled_from([t for t in WEIRD_TEXT if "\ud7ff" != t]),
+    return st.one_of(st.text(max_size=40), st.sampled_from([t for t in WEIRD_TEXT if t != "\ud7ff"]),
                      st.from_regex(r"[a-z0-9-]{1,16}", fullmatch=True))
 
 
@@ -95,7 +95,7 @@ def valid(tp: Any, depth: int = 0) -> st.SearchStrategy[Any]:
     if origin is tuple:
         return st.tuples(*(valid(arg, depth + 1) for arg in typing.get_args(tp))).map(list)
     if origin is dict:
-        key, value = typing.get_args(tp)
+        _key, value = typing.get_args(tp)
         return st.dictionaries(_text(), valid(value, depth + 1), max_size=3)
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         return _struct(tp, depth)

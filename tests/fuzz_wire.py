@@ -63,7 +63,7 @@ def _routes_of(daemon: str, app: Any) -> list[Route]:
     for route in app.router.routes():
         template = route.resource.canonical
         if "{op}" in template:
-            for op in sorted(metaserver_app.FS_OPERATIONS) + ["no_such_op"]:
+            for op in [*sorted(metaserver_app.FS_OPERATIONS), "no_such_op"]:
                 known = {**metaserver_app.READS, **metaserver_app.MUTATIONS}.get(op)
                 body = known[0] if known else EXTRA_OP_BODIES.get(op)
                 routes.append(Route(daemon, route.method, template.replace("{op}", op), body))
@@ -116,7 +116,7 @@ class Sender:
             status: int | str = response.status
             if response.will_close:
                 self.close()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             self.close()
             status = "timeout"
         except (ConnectionError, http.client.HTTPException, OSError):
@@ -138,7 +138,7 @@ class Sender:
                 reply = sock.recv(100)
                 if reply.startswith(b"HTTP/1.1 "):
                     status = int(reply[9:12])
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             pass
         except (ConnectionError, OSError, ValueError):
             status = "conn-error"

@@ -20,6 +20,7 @@ figures: requests per route, status counts, 5xx, RSS before, peak and after per 
 from __future__ import annotations
 
 import collections
+import contextlib
 import gzip
 import hashlib
 import json
@@ -303,10 +304,8 @@ def drop_caches(cluster) -> None:
     """Make the reads below come from the chunkservers: the mount's chunk caches (SIGUSR1) and,
     when allowed, the kernel's page cache."""
     os.kill(cluster.pid("mount"), signal.SIGUSR1)
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        pass
 
 
 def clean_up_playground(cluster) -> None:

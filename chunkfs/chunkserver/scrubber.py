@@ -13,7 +13,7 @@ import asyncio
 import errno
 import logging
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
 from chunkfs.errors import FsError, TransportError

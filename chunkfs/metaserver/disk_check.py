@@ -29,16 +29,14 @@ a fixed number of scans, whatever the size of the cluster.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 from dataclasses import dataclass, field
 
-import lmdb
 import msgspec
 
 from chunkfs.errors import FsError, TransportError
 from chunkfs.metaserver.chunk_table import ChunkRecord, ChunkTable
-from chunkfs.metaserver.db import U64x2, GroupCommitter, MetaDB
+from chunkfs.metaserver.db import GroupCommitter, MetaDB, Txn, U64x2
 from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
@@ -92,8 +90,6 @@ class DiskCheck:
         self.replicator, self.deleter, self.client = replicator, deleter, client
 
     async def run(self, req: d.DiskCheckReq) -> d.DiskCheckPage:
-        if not 0 <= req.first_bucket < d.BUCKETS or not 0 < req.buckets:
-            raise FsError(errno.EINVAL, f"buckets from {req.first_bucket}: not within 0..{d.BUCKETS - 1}")
         buckets = range(req.first_bucket, min(d.BUCKETS, req.first_bucket + req.buckets))
         alive = self.registry.alive_ids()
         servers = sorted(self.registry.servers.values(), key=lambda s: s.address)
@@ -128,10 +124,10 @@ class DiskCheck:
                 server.state = str(exc)
                 return None
         answers = await asyncio.gather(*(ask(s) for s in servers))
-        for server, answer in zip(servers, answers):
+        for server, answer in zip(servers, answers, strict=True):
             if answer is not None:
                 server.held = len(answer.old) + len(answer.recent)
-        return {s.id: a for s, a in zip(servers, answers) if a is not None}
+        return {s.id: a for s, a in zip(servers, answers, strict=True) if a is not None}
 
     # ---- the first reading: compare ----------------------------------------------------------
     def _first_reading(self, buckets: range, held: dict[str, d.Inventory], min_age_s: float) -> FirstReading:
@@ -192,7 +188,7 @@ class DiskCheck:
         """Servers holding a corrupt copy of `version` that its record does not list."""
         return [sid for sid, (_held, corrupt) in sets.items() if version in corrupt and sid not in replicas]
 
-    def _goal(self, txn: lmdb.Transaction, ino: int, goals: dict[int, int]) -> int:
+    def _goal(self, txn: Txn, ino: int, goals: dict[int, int]) -> int:
         if ino not in goals:
             try:
                 goals[ino] = self.chunks.namespace.get(txn, ino).goal or self.chunks.namespace.default_goal
@@ -205,7 +201,7 @@ class DiskCheck:
         with self.db.read() as txn:
             self._settle(txn, page, first, again, False)
 
-    def _settle(self, txn: lmdb.Transaction, page: d.DiskCheckPage, first: FirstReading,
+    def _settle(self, txn: Txn, page: d.DiskCheckPage, first: FirstReading,
                 again: dict[str, d.Inventory], repair: bool) -> None:
         """Keep the candidates that still hold, count them into `page` with the files they leave
         short, and (with `repair`) queue their fixes in `txn`."""
@@ -236,7 +232,7 @@ class DiskCheck:
         ranked = sorted(files.values(), key=lambda f: (-f.chunks_lost, -f.chunks_unavailable, f.ino))
         page.files = ranked[:MAX_DETAILS]
 
-    def _still_holds(self, txn: lmdb.Transaction, c: Candidate, again: dict[str, d.Inventory]) -> bool:
+    def _still_holds(self, txn: Txn, c: Candidate, again: dict[str, d.Inventory]) -> bool:
         inventory = again.get(c.server_id)
         if inventory is None:
             return False  # did not answer the second time: nothing is known of it
@@ -252,7 +248,7 @@ class DiskCheck:
             return version in inventory.corrupt or (listed and not held)
         return listed and not held
 
-    def _record(self, txn: lmdb.Transaction, key: bytes | None, version: Version) -> ChunkRecord | None:
+    def _record(self, txn: Txn, key: bytes | None, version: Version) -> ChunkRecord | None:
         """The record at `key` if it still holds `version`; for an unknown version (no key), any
         record of it found in its file's chunks is not looked for: none held it a moment ago, and a
         commit of it now cancels a queued deletion (`ChunkTable.cancel_deletion`)."""
@@ -268,7 +264,7 @@ class DiskCheck:
             page.replicas.append(d.DiskReplica(chunk_id=c.chunk_id, version=c.version, server_id=c.server_id,
                                                state=c.state, ino=ino, index=index))
 
-    def _repair(self, txn: lmdb.Transaction, c: Candidate) -> int:
+    def _repair(self, txn: Txn, c: Candidate) -> int:
         """Queue the fix of one confirmed replica; returns 1 if one was queued."""
         version = (c.chunk_id, c.version)
         if c.state == "unknown":
@@ -298,7 +294,7 @@ class DiskCheck:
                     parent = int.from_bytes(key[:8], "big")
                     f.path = b"/".join([*self._dir_path(txn, parent), key[8:]])
 
-    def _dir_path(self, txn: lmdb.Transaction, ino: int) -> list[bytes]:
+    def _dir_path(self, txn: Txn, ino: int) -> list[bytes]:
         names: list[bytes] = []
         while ino != ROOT_INO and len(names) < 4096:
             parent = self.chunks.namespace.get(txn, ino).parent

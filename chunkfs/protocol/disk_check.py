@@ -9,7 +9,9 @@ time: neither ever holds a whole cluster's inventory.
 
 from __future__ import annotations
 
-from msgspec import Struct
+from typing import Annotated
+
+from msgspec import Meta, Struct
 
 BUCKETS = 256
 INVENTORY_PATH = "/v1/inventory"
@@ -32,11 +34,11 @@ class Inventory(Struct, kw_only=True):
 class DiskCheckReq(Struct, kw_only=True):
     """One page of the disk check: buckets `first_bucket .. first_bucket + buckets - 1`."""
 
-    first_bucket: int = 0
-    buckets: int = 16
+    first_bucket: Annotated[int, Meta(ge=0, lt=BUCKETS)] = 0
+    buckets: Annotated[int, Meta(ge=1, le=BUCKETS)] = 16  # a page past the last bucket ends there
     verify: bool = False  # the chunkservers re-read every chunk of the page now (slow: reads all data)
     repair: bool = False  # queue the copies and deletions that make the disks agree with the records
-    min_age_s: float = 300.0  # a chunk file younger than this is never called unknown (uploads in flight)
+    min_age_s: Annotated[float, Meta(ge=0, le=1e9)] = 300.0  # younger chunk files are never unknown (uploads)
 
 
 class DiskServer(Struct, kw_only=True):
