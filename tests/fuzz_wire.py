@@ -85,7 +85,11 @@ def every_route() -> list[Route]:
 def signed_headers(secret: bytes, method: str, target: str, host: str, body: bytes,
                    headers: dict[str, str]) -> dict[str, str]:
     """The headers that make a request pass the daemons' authentication: the one place the
-    fuzzer signs (through `chunkfs.auth`, as every client of the cluster does)."""
+    fuzzer signs (through `chunkfs.auth`, as every client of the cluster does). `auth.sign` signs
+    the whole request (host, chunkfs headers, body) where it takes them; the older scheme signed
+    method, path and query only."""
+    if "host" in inspect.signature(auth.sign).parameters:
+        return {**headers, auth.HEADER: auth.sign(secret, method, target, host, list(headers.items()), body)}
     return {**headers, auth.HEADER: auth.sign(secret, method, target)}
 
 
