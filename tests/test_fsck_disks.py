@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -121,3 +122,19 @@ def test_an_unknown_chunk_file_is_reported_and_removed_by_repair(fresh_cluster):
     wait_until(lambda: not planted.exists(), 30, "the unknown chunk file deleted")
     wait_until(lambda: is_clean(c), 20, "fsck clean")
     assert model.exists()
+
+
+@pytest.mark.parametrize("fresh_cluster", [FAST], indirect=True)
+def test_a_chunkserver_down_is_reported_and_its_replicas_are_not_called_missing(fresh_cluster):
+    c = fresh_cluster
+    (c.mnt / "f").write_bytes(os.urandom(2 * CHUNK_SIZE))
+    c.kill("cs2", signal.SIGKILL)
+    c.wait_alive(2, timeout_s=20)
+    report = fsck_json(c)
+    assert report["exit_code"] == EXIT_PROBLEMS  # under goal, every chunk still readable
+    disks = report["disks"]
+    down = [s for s in disks["servers"].values() if s["state"] != "up"]
+    assert [s["address"] for s in down] == [f"127.0.0.1:{c.port + 2}"] and down[0]["state"] == "down"
+    assert disks["unreachable"] == 2 and disks["missing"] == 0 and disks["replicas"] == []
+    [short] = disks["files"].values()
+    assert short["path"] == "/f" and short["chunks_under_goal"] == 2 and short["chunks_lost"] == 0
