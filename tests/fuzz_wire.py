@@ -89,7 +89,10 @@ def signed_headers(secret: bytes, method: str, target: str, host: str, body: byt
     the whole request (host, chunkfs headers, body) where it takes them; the older scheme signed
     method, path and query only."""
     if "host" in inspect.signature(auth.sign).parameters:
-        return {**headers, auth.HEADER: auth.sign(secret, method, target, host, list(headers.items()), body)}
+        # signed as the server reads them: the bytes sent (latin-1, as http.client encodes
+        # them) decoded as UTF-8 with surrogate escapes, as aiohttp does
+        as_read = [(k, v.encode("latin-1").decode("utf-8", "surrogateescape")) for k, v in headers.items()]
+        return {**headers, auth.HEADER: auth.sign(secret, method, target, host, as_read, body)}
     return {**headers, auth.HEADER: auth.sign(secret, method, target)}
 
 

@@ -284,15 +284,16 @@ def server_error_causes(cluster) -> collections.Counter:
     """(daemon, request, the exception that ended it) of every 500 the daemons logged."""
     causes: collections.Counter = collections.Counter()
     for log in sorted((cluster.dir / "logs").glob("*.log")):
-        request, in_traceback = None, False
-        for line in log.read_text(errors="replace").splitlines():
-            if "unhandled error in " in line:
-                request = " ".join(line.split("unhandled error in ", 1)[1].split()[:2])
-            elif line.startswith("Traceback"):
-                in_traceback = request is not None
-            elif in_traceback and line and not line.startswith(" "):
-                causes[(log.stem, request, line[:160])] += 1
-                request, in_traceback = None, False
+        request, last = None, ""
+        for line in [*log.read_text(errors="replace").splitlines(), "0 (end)"]:
+            if line[:1].isdigit():  # a new log line ends the traceback before it
+                if request is not None:
+                    causes[(log.stem, request, last.strip()[:160])] += 1
+                request = None
+                if "unhandled error in " in line:
+                    request = " ".join(line.split("unhandled error in ", 1)[1].split()[:2]).split("?")[0]
+            elif line.strip():
+                last = line
     return causes
 
 
@@ -357,6 +358,7 @@ def test_fuzz_every_route_of_every_daemon(fresh_cluster, request):
             for name, m in memory_of(pids).items():
                 rss[name].append(m)
         print_summary(tally, rss, time.monotonic() - fuzz_started)
+        print(f"  the daemons' logs: {c.dir / 'logs'}")
         causes = server_error_causes(c)
         print(f"  500s by cause, from the daemons' logs ({len(causes)} kinds):")
         for (daemon, what, cause), count in sorted(causes.items()):
