@@ -356,7 +356,7 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp) -> web.Application
     app.router.add_get("/", status_page)
     app.router.add_get("/health", health)
     if m.replication is not None:
-        app.router.add_get(BACKUP_PATH, backup_copy)
+        app.router.add_get(BACKUP_PATH, backup_copy, allow_head=False)  # a HEAD would stream the body
         app.router.add_get(REPLICATION_PATH, replication_feed)
     registry = metrics.new_registry()
     registry.register(metrics.ClusterCollector(lambda: cluster_status(m)))
