@@ -59,6 +59,10 @@ RECORD_TYPES = sorted(
 QUERY_NAMES = ["since", "wait_s", "client", "min_age_s", "first_bucket", "buckets", "verify", "from", "checksum",
                "base_version", "offset", "client_verifies", "standby", "history", "sync"]
 JUNK_TEXT = ["", "-1", "0", "1e309", "nan", "-inf", "1" * 400, "0x10", "\u00e9", "%00", "[]", "{}", "a b"]
+INFLATED_BYTES = 10 * 2**20
+# gzip members in a row are one gzip stream: a body followed by this inflates by INFLATED_BYTES
+SPACES_GZIP = gzip.compress(b" " * INFLATED_BYTES, compresslevel=9)
+HUGE_BODY = b"[" + b"1234567890," * (8 * 2**20 // 11) + b"0]"  # 8 MiB of JSON numbers
 CLIENT_IDS = ["fuzz-a", "fuzz-b", "", "\u00e9", "x" * 300, "a\tb", "\u00ff\u00fe"]
 
 
@@ -217,13 +221,16 @@ def draw_request(data, ctx: Context) -> Planned:
     if data.draw(st.booleans()):
         headers[REQUEST_ID_HEADER] = data.draw(st.sampled_from(["req-1", "req-2", "\u00e9", "x" * 300]))
         headers[ATTEMPT_HEADER] = data.draw(st.sampled_from(["1", "2", "-1", "x"]))
-    wire_damage = data.draw(st.sampled_from(["none"] * 12 + ["gzip header", "gzip", "short"]), label="wire")
+    wire_damage = data.draw(st.sampled_from(["none"] * 40 + ["gzip header"] * 3 + ["gzip"] * 2 + ["gzip bomb"]
+                                            + ["short"] * 3 + ["huge"]), label="wire")
     short_by = 0
     if wire_damage == "gzip header":
         headers["Content-Encoding"] = "gzip"
-    elif wire_damage == "gzip":
+    elif wire_damage in ("gzip", "gzip bomb"):
         headers["Content-Encoding"] = "gzip"
-        body = gzip.compress(body + (b" " * data.draw(st.sampled_from([0, 10_000_000]))))
+        body = gzip.compress(body) + (SPACES_GZIP if wire_damage == "gzip bomb" else b"")
+    elif wire_damage == "huge" and route.method in ("POST", "PUT"):
+        body = HUGE_BODY
     elif wire_damage == "short" and body:
         short_by = data.draw(st.sampled_from([1, 1000]))
     return Planned(route, sender, target, body, headers, short_by)
