@@ -4,16 +4,28 @@ every replica is gone is named as lost."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import signal
+import stat
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from chunkfs import CHUNK_SIZE
+from chunkfs.metaserver.chunk_table import ChunkRecord, ChunkTable, chunk_key
+from chunkfs.metaserver.db import GroupCommitter, MetaDB
+from chunkfs.metaserver.deleter import Deleter
+from chunkfs.metaserver.disk_check import DiskCheck
+from chunkfs.metaserver.namespace import Namespace
+from chunkfs.metaserver.registry import Registry
+from chunkfs.metaserver.replicator import Replicator
+from chunkfs.protocol import records as r
+from chunkfs.protocol.disk_check import DiskCheckReq, Inventory
 from conftest import chunkfs, wait_until
 
 FAST = {"up_options": ("--heartbeat-timeout-s", "3")}
@@ -138,3 +150,54 @@ def test_a_chunkserver_down_is_reported_and_its_replicas_are_not_called_missing(
     assert disks["unreachable"] == 2 and disks["missing"] == 0 and disks["replicas"] == []
     [short] = disks["files"].values()
     assert short["path"] == "/f" and short["chunks_under_goal"] == 2 and short["chunks_lost"] == 0
+
+
+# ---- the comparison, without servers: scripted inventories ------------------------------------
+
+
+class ScriptedServers:
+    """Stands for the chunkservers: each call to a server answers its next scripted inventory."""
+
+    def __init__(self, answers: dict[str, list[Inventory]]) -> None:
+        self.answers = answers
+
+    async def inventory_of_buckets(self, address, buckets, min_age_s, verify=False, retry_s=None) -> Inventory:
+        return self.answers[address].pop(0)
+
+
+def held(*versions, corrupt=()) -> Inventory:
+    return Inventory(old=list(versions), recent=[], corrupt=list(corrupt))
+
+
+def test_only_findings_that_hold_at_a_second_reading_are_reported(tmp_path):
+    db = MetaDB(tmp_path / "meta", map_size_bytes=1 << 24)
+    namespace = Namespace(db, 2)
+    chunks = ChunkTable(db, namespace)
+    committer = GroupCommitter(db)
+    registry = Registry(db, heartbeat_timeout_s=60)
+    for sid in ("a", "b", "c"):
+        registry.heartbeat(r.ServerHello(id=sid, address=sid, capacity_bytes=1 << 40, used_bytes=0))
+    with db.env.begin(write=True) as txn:
+        namespace.init_root(txn)
+        ino = namespace.create(txn, r.CreateReq(parent=1, name=b"f", mode=stat.S_IFREG | 0o644, uid=0, gid=0)).ino
+        for index, (cid, replicas) in enumerate([(1, ["a", "b"]), (2, ["a", "b"]), (3, ["a", "b"])]):
+            txn.put(chunk_key(ino, index), msgspec.msgpack.encode(ChunkRecord(cid, 7, 10, "x", replicas)),
+                    db=db.chunks)
+    servers = ScriptedServers({
+        # first reading: a lacks chunk 1 (written meanwhile: held at the second reading) and chunk 2
+        # (really gone); c holds an unknown version 9 (deleted meanwhile) and version 10 (still there)
+        "a": [held((3, 7)), held((1, 7), (3, 7))],
+        "b": [held((1, 7), (2, 7), (3, 7), corrupt=[(3, 7)]), held((1, 7), (2, 7), (3, 7), corrupt=[(3, 7)])],
+        "c": [held((9, 1), (10, 1)), held((10, 1))],
+    })
+    deleter = Deleter(db, committer, chunks, registry, servers, 1.0)
+    replicator = Replicator(db, committer, chunks, registry, servers, deleter, 20, 4)
+    check = DiskCheck(db, committer, chunks, registry, replicator, deleter, servers)
+    page = asyncio.run(check.run(DiskCheckReq(first_bucket=0, buckets=256, min_age_s=0)))
+    found = sorted((rep.chunk_id, rep.server_id, rep.state) for rep in page.replicas)
+    assert found == [(2, "a", "missing"), (3, "b", "corrupt"), (10, "c", "unknown")]
+    assert (page.missing, page.corrupt, page.unknown, page.unreachable) == (1, 1, 1, 0)
+    [short] = page.files
+    assert (short.path, short.chunks_under_goal, short.chunks_lost) == (b"f", 2, 0)
+    committer.stop()
+    db.close()
