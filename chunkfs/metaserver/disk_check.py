@@ -13,10 +13,12 @@ A version a server holds that no record lists there is *unknown* (files younger 
 `min_age_s`, uploads about to be committed, and versions queued for deletion there are not). A
 chunk with no good replica is *lost* when none is unreachable, else *unavailable*.
 
-The lists and the records are read at different instants, and writes go on meanwhile, so every
-finding is a candidate until confirmed: the servers are asked again and the records read again,
-and only what still holds is reported (a replica recorded after the first listing is held at the
-second; one deleted legitimately has left its record first). With `repair`, that second reading is
+The lists and the records are read at different instants, and writes go on meanwhile, so a
+replica found missing or unknown is a candidate until confirmed: the servers are asked again and
+the records read again, and only what still holds is reported (a replica recorded after the first
+listing is held at the second; one deleted legitimately has left its record first). A corrupt copy
+is a fact (chunk files are only replaced whole), reported even if it is gone by then: its server
+reports it to the metaserver too, which has it deleted. With `repair`, that second reading is
 the write transaction that queues the fixes, so nothing changed between them: missing and corrupt
 replicas leave their records (re-replication makes new copies from good ones; the last replica of
 a chunk is never dropped) and unknown ones are queued for deletion.
@@ -99,7 +101,7 @@ class DiskCheck:
         held = await self._inventories(asked, buckets, req.min_age_s, req.verify)
         first = await asyncio.to_thread(self._first_reading, buckets, held, req.min_age_s)
         page.chunks_checked = first.chunks_checked
-        suspected = {c.server_id for c in first.candidates}
+        suspected = {c.server_id for c in first.candidates if c.state != "corrupt"}
         again = await self._inventories([s for s in asked if s.id in suspected], buckets, 0.0, False)
         if req.repair:
             await self.committer.run(self._settle, page, first, again, True)
@@ -233,6 +235,10 @@ class DiskCheck:
         page.files = ranked[:MAX_DETAILS]
 
     def _still_holds(self, txn: Txn, c: Candidate, again: dict[str, d.Inventory]) -> bool:
+        if c.state == "corrupt":
+            # a fact, not a race: chunk files are only ever replaced whole. Its copy may be gone by
+            # now: the server reported it and the metaserver had it deleted
+            return True
         inventory = again.get(c.server_id)
         if inventory is None:
             return False  # did not answer the second time: nothing is known of it
@@ -243,10 +249,7 @@ class DiskCheck:
             pending = self.replicator.edits.pending_deletion(txn, c.chunk_id, c.version)
             listed = rec is not None and c.server_id in rec.replicas
             return held and not listed and c.server_id not in pending
-        listed = rec is not None and c.server_id in rec.replicas
-        if c.state == "corrupt":
-            return version in inventory.corrupt or (listed and not held)
-        return listed and not held
+        return rec is not None and c.server_id in rec.replicas and not held
 
     def _record(self, txn: Txn, key: bytes | None, version: Version) -> ChunkRecord | None:
         """The record at `key` if it still holds `version`; for an unknown version (no key), any
