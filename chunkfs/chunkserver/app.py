@@ -17,6 +17,7 @@ from chunkfs.chunkserver.scrubber import CorruptionReporter, corrupt_copies
 from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
 from chunkfs.protocol import records as r
 from chunkfs.protocol.disk_check import BUCKETS, INVENTORY_PATH, Inventory
+from chunkfs.request_checks import path_id, query_float, query_int
 from chunkfs.protocol.chunk_client import CHECKSUM_HEADER, CHECKSUM_PARAM, CLIENT_VERIFIES_PARAM, ChunkClient
 from chunkfs.chunkserver.sendfile import FileRangeResponse
 from chunkfs import CHUNK_SIZE
@@ -28,10 +29,7 @@ CORRUPTION = web.AppKey("corruption", CorruptionReporter)
 
 
 def _chunk_key(request: web.Request) -> tuple[int, int]:
-    try:
-        return int(request.match_info["chunk_id"]), int(request.match_info["version"])
-    except ValueError:
-        raise FsError(errno.EINVAL, "chunk id and version must be integers") from None
+    return path_id(request, "chunk_id"), path_id(request, "version")
 
 
 async def put_chunk(request: web.Request) -> web.Response:
@@ -43,10 +41,8 @@ async def put_chunk(request: web.Request) -> web.Response:
     length = sum(len(p) for p in pieces)
     counters = request.app[METRICS]
     if "base_version" in request.query:
-        try:
-            base_version, offset = int(request.query["base_version"]), int(request.query.get("offset", "0"))
-        except ValueError:
-            raise FsError(errno.EINVAL, "base_version and offset must be integers") from None
+        base_version = query_int(request, "base_version", 0, low=1)
+        offset = query_int(request, "offset", 0, high=CHUNK_SIZE)
         new_checksum = await asyncio.to_thread(request.app[STORE].write_patch, chunk_id, version,
                                                base_version, offset, b"".join(pieces), checksum)
         counters.written_bytes.inc(length)
@@ -111,10 +107,7 @@ async def delete_chunk(request: web.Request) -> web.Response:
 async def list_chunks(request: web.Request) -> web.Response:
     """The chunk versions held here whose files are at least `?min_age_s=` old, with their sizes
     (for `chunkfs gc`, through the metaserver)."""
-    try:
-        min_age_s = max(0.0, float(request.query.get("min_age_s", "0")))
-    except ValueError:
-        raise FsError(errno.EINVAL, "min_age_s must be a number") from None
+    min_age_s = query_float(request, "min_age_s", 0.0, 0.0, 1e9)
     return json_response(await asyncio.to_thread(_old_chunk_files, request.app[STORE], min_age_s))
 
 
@@ -133,17 +126,12 @@ async def inventory(request: web.Request) -> web.Response:
     """The chunk versions held in buckets `?first_bucket=` .. + `?buckets=` - 1, split at
     `?min_age_s=`, with those known corrupt; `?verify=1` re-reads each of them first (`chunkfs
     fsck --verify`; slow: every byte of the page is read)."""
-    q = request.query
-    try:
-        first, count = int(q.get("first_bucket", "0")), int(q.get("buckets", str(BUCKETS)))
-        min_age_s = max(0.0, float(q.get("min_age_s", "0")))
-    except ValueError:
-        raise FsError(errno.EINVAL, "first_bucket, buckets and min_age_s must be numbers") from None
-    if not 0 <= first < BUCKETS or not 0 < count <= BUCKETS - first:
-        raise FsError(errno.EINVAL, f"buckets {first}+{count} are not within 0..{BUCKETS - 1}")
+    first = query_int(request, "first_bucket", 0, high=BUCKETS - 1)
+    count = query_int(request, "buckets", BUCKETS - first, low=1, high=BUCKETS - first)
+    min_age_s = query_float(request, "min_age_s", 0.0, 0.0, 1e9)
     store, reporter = request.app[STORE], request.app[CORRUPTION]
     old, recent = await asyncio.to_thread(store.inventory_of_buckets, range(first, first + count), min_age_s)
-    if q.get("verify") == "1":
+    if request.query.get("verify") == "1":
         bad = await asyncio.to_thread(corrupt_copies, store, old + recent)
         for key in bad:
             reporter.found(*key)

@@ -27,6 +27,7 @@ from chunkfs.mount.leases import Leases
 from chunkfs.mount.meta_cache import CachingMetaClient
 from chunkfs.mount.open_file import OpenFile
 from chunkfs.protocol import records as r
+from chunkfs.protocol.limits import check_name, unrepresentable
 
 # st_blksize: cp, stdio and Python size their buffers by it; 1 MiB writes cost a third less CPU
 # per GB in the mount than the 128 KiB ones a 64 KiB blksize gets
@@ -95,6 +96,10 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     # ---- helpers --------------------------------------------------------------------------
     def entry(self, attr: r.Attr) -> pyfuse3.EntryAttributes:
+        """The kernel's view of `attr`; EIO for attributes it cannot take (see `unrepresentable`)."""
+        problem = unrepresentable(attr)
+        if problem is not None:
+            raise FsError(errno.EIO, f"inode {attr.ino}: {problem}")
         open_file = self.open_files.get(attr.ino)
         if open_file is not None:
             attr = open_file.local_attr(attr)
@@ -333,7 +338,14 @@ class ChunkfsOperations(pyfuse3.Operations):
             if position >= len(listing.entries):
                 return
             item = listing.entries[position]
-            if not pyfuse3.readdir_reply(token, item.name, self.entry(item.attr), position + 1):
+            try:
+                check_name(item.name)  # one stored before names were checked (a NUL in it)
+                attributes = self.entry(item.attr)
+            except FsError as exc:  # that entry is left out; the listing goes on
+                log.error("readdir of inode %d: %r left out: %s", listing.ino, item.name, exc)
+                position += 1
+                continue
+            if not pyfuse3.readdir_reply(token, item.name, attributes, position + 1):
                 return
             position += 1
 
