@@ -324,6 +324,7 @@ def clean_up_playground(cluster) -> None:
 # ---- the test ------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(5400)  # for --long (~30 min on a busy 2-core machine); the short run takes ~1.5 min
 @pytest.mark.parametrize("fresh_cluster", [CLUSTER], indirect=True)
 def test_fuzz_every_route_of_every_daemon(fresh_cluster, request):
     c = fresh_cluster

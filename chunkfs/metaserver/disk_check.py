@@ -121,7 +121,7 @@ class DiskCheck:
             try:
                 return await self.client.inventory_of_buckets(server.address, buckets, min_age_s, verify,
                                                               retry_s=INVENTORY_RETRY_S)
-            except (FsError, TransportError) as exc:
+            except (FsError, TransportError, ValueError) as exc:  # ValueError: an address that is none
                 log.warning("fsck: cannot list the chunks of %s: %s", server.address, exc)
                 server.state = str(exc)
                 return None
