@@ -52,9 +52,10 @@ def chunk_key(ino: int, index: int) -> bytes:
 class IdAllocator:
     """Chunk ids and versions, unique forever: reserved in blocks so most allocations need no
     write; a restart skips whatever was reserved and unused. Values stay in 1..MAX_ID: nothing
-    a chunkserver reports can push the counter past it (such values never get this far, see
-    `ChunkTable.in_range`), and a counter that was pushed past it before (by a chunk stored
-    under id 2^64-1) is brought back to just above what the tables hold, at start."""
+    a chunkserver reports can push the counter past it (ids out of range are left out by
+    `ChunkTable.in_range`, ids far past the counter by `skip_past`), and a counter that was
+    pushed past it before (by a chunk stored under id 2^64-1) is brought back to just above what
+    the tables hold, at start."""
 
     def __init__(self, db: MetaDB, name: bytes) -> None:
         self.db, self.name = db, name

@@ -21,6 +21,7 @@ Promises:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -32,7 +33,7 @@ from pathlib import Path
 import trio
 
 from chunkfs.checksum import chunk_checksum
-from chunkfs.mount.cache_policy import SegmentedLru
+from chunkfs.client.cache_policy import SegmentedLru
 from chunkfs.protocol import records as r
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class DiskChunkCache:
         self._sizes: dict[Key, int] = {}
         self._lock_fd: int | None = None
         self._storing: set[Key] = set()  # being written by a writer
-        self._send, self._receive = trio.open_memory_channel[tuple[r.ChunkRef, bytes]](QUEUED_STORES)
+        self._send, self._receive = trio.open_memory_channel[tuple[r.ChunkRef, bytes | bytearray]](QUEUED_STORES)
 
     def _path(self, key: Key) -> Path:
         return self.directory / "chunks" / f"{key[0] % 256:02x}" / f"{key[0]}.{key[1]}"
@@ -185,14 +186,12 @@ class DiskChunkCache:
             log.warning("disk cache: %s does not match its checksum; deleted", path)
             path.unlink(missing_ok=True)
             return None
-        try:
+        with contextlib.suppress(OSError):
             os.utime(path)  # the order of use survives a restart
-        except OSError:
-            pass
         return data
 
     # ---- stores --------------------------------------------------------------------------------
-    def store(self, ref: r.ChunkRef, data: bytes) -> None:
+    def store(self, ref: r.ChunkRef, data: bytes | bytearray) -> None:
         """Keep `data` (verified bytes of `ref`) once the writer gets to it; never waits."""
         if (ref.chunk_id, ref.version) in self._sizes or _cost(len(data)) > self.capacity_bytes:
             return
@@ -226,7 +225,7 @@ class DiskChunkCache:
             if gone:
                 await trio.to_thread.run_sync(self._delete, gone)
 
-    def _write(self, key: Key, data: bytes) -> None:
+    def _write(self, key: Key, data: bytes | bytearray) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")

@@ -16,7 +16,8 @@ from __future__ import annotations
 import errno
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import trio
 
@@ -25,14 +26,14 @@ from chunkfs.errors import FsError, TransportError
 from chunkfs.placement import weighted_order
 from chunkfs.protocol import records as r
 from chunkfs.protocol.chunk_client import ChunkClient
-from chunkfs.protocol.meta_client import MetaClient
+from chunkfs.client.metadata import Metadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class ChunkIO:
-    def __init__(self, meta: MetaClient, chunks: ChunkClient, replica_retry_s: float = 2.0,
+    def __init__(self, meta: Metadata, chunks: ChunkClient, replica_retry_s: float = 2.0,
                  suspect_s: float = 10.0, replica_timeout_s: float = 10.0) -> None:
         self.meta = meta
         self.chunks = chunks
@@ -107,7 +108,7 @@ class ChunkIO:
         data = await self.chunks.get(address, ref.chunk_id, ref.version, retry_s=retry_s)
         return data if chunk_checksum(data) == ref.checksum else None
 
-    async def upload(self, ino: int, index: int, data: bytes | bytearray, slot: "UploadSlot") -> r.ChunkRef:
+    async def upload(self, ino: int, index: int, data: bytes | bytearray, slot: UploadSlot) -> r.ChunkRef:
         """Store `data` as version `slot.version` of chunk `index`; returns once it is durable on
         every replica that took it (at least one, else EIO)."""
         checksum = chunk_checksum(data)
@@ -168,7 +169,7 @@ class Reservations:
     upload costs no metadata round trip of its own. Slots are handed out in call order, so a
     chunk written later on this client always gets the higher version."""
 
-    def __init__(self, meta: MetaClient, block: int = 64) -> None:
+    def __init__(self, meta: Metadata, block: int = 64) -> None:
         self.meta = meta
         self.block = block
         self._lock = trio.Lock()

@@ -1,0 +1,117 @@
+"""One inode open on this client: what it is (attributes, committed chunks) as this client sees
+it, with its writer (`writer.py`) and its reader (`reader.py`).
+
+There is one OpenFile per inode, whatever opened it (the mount's file handles, the API's file
+objects); it lives from the first open to the last release.
+
+Promises (beside the writer's and the reader's):
+- `local_attr` is the file as this client sees it: with the size, mtime and blocks of writes not
+  committed yet, and the attribute changes kept for the commit.
+- Mode, owner and time changes of a file this client created are kept with its content and
+  committed with it (`defer_attrs`): they are as durable as its data, at close or fsync, and
+  this client sees them at once; other clients see them at that commit (close-to-open).
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from chunkfs.client.chunk_cache import ChunkCache
+from chunkfs.client.chunk_io import ChunkIO
+from chunkfs.client.metadata import Metadata
+from chunkfs.client.prefetch import MAX_WINDOW
+from chunkfs.client.reader import FileReader
+from chunkfs.client.write_back import WriteBack
+from chunkfs.client.writer import FileWriter
+from chunkfs.protocol import records as r
+
+
+class OpenFile:
+    def __init__(self, ino: int, layout: r.FileLayout, meta: Metadata, io: ChunkIO, cache: ChunkCache,
+                 nursery: trio.Nursery, *, write_back: WriteBack, prefetch_chunks: int = MAX_WINDOW,
+                 max_uploads: int = 4) -> None:
+        self.ino = ino
+        self.open_count = 0
+        self.unlinked = False  # lost its last name while open here: the last close frees it
+        self.created_here = False  # made by this client and open since: see defer_attrs
+        self.refresh(layout)
+        self.modified = False  # content or attributes changed here since the last commit
+        self.mtime_ns = self.attr.mtime_ns
+        self.attr_changes: r.SetattrReq | None = None  # mode, owner, atime set since the last commit
+        self.changed_ns: int | None = None  # ctime of those changes, as this client sees it
+        self.writer = FileWriter(self, meta, io, cache, nursery, write_back, max_uploads)
+        self.reader = FileReader(self, cache, nursery, prefetch_chunks)
+
+    def refresh(self, layout: r.FileLayout) -> None:
+        """Take the committed state the metaserver gave at open (close-to-open)."""
+        self.attr = layout.attr
+        self.size = layout.attr.size
+        self.chunks = {c.index: c for c in layout.chunks}
+        self.servers = layout.servers
+        self.inline = layout.inline  # the committed bytes of a small file, standing for chunk 0
+
+    def committed(self, attr: r.Attr) -> None:
+        """The writer's commit made the file `attr`: nothing is changed here any more."""
+        self.modified = False
+        self.attr_changes = None
+        self.attr = attr
+
+    @property
+    def has_local_changes(self) -> bool:
+        return self.modified or self.writer.has_data
+
+    @property
+    def dirty(self) -> bool:
+        """Data buffered here, not being uploaded yet."""
+        return bool(self.writer.dirty)
+
+    def local_attr(self, attr: r.Attr) -> r.Attr:
+        """`attr` as this client sees it: with the size and mtime of uncommitted writes."""
+        if not self.has_local_changes:
+            return attr
+        stored = self.writer.buffered_bytes + sum(c.length for c in self.chunks.values())
+        if 0 not in self.writer.dirty and 0 not in self.chunks and self.inline:
+            stored += len(self.inline)
+        local = {"size": self.size, "mtime_ns": self.mtime_ns, "blocks": (stored + 511) // 512}
+        changes = self.attr_changes
+        if changes is not None:
+            if changes.mode is not None:
+                local["mode"] = (attr.mode & ~0o7777) | (changes.mode & 0o7777)
+            local.update({f: getattr(changes, f) for f in ("uid", "gid", "atime_ns") if getattr(changes, f) is not None})
+            local["ctime_ns"] = max(attr.ctime_ns, self.changed_ns or 0)
+        return r.Attr(**{**{f: getattr(attr, f) for f in attr.__struct_fields__}, **local})
+
+    def defer_attrs(self, req: r.SetattrReq) -> r.Attr:
+        """Keep `req` (no size change) for the next commit instead of sending it now, and answer
+        the attributes as they are now here. Only for a file this client created and has open:
+        nobody else is working on it, and tools that build files (cp -a, tar, rsync) set mode,
+        owner and times on the open file right before they close it."""
+        changes = self.attr_changes or r.SetattrReq(ino=self.ino)
+        for name in ("mode", "uid", "gid", "atime_ns"):
+            value = getattr(req, name)
+            if value is not None:
+                setattr(changes, name, value)
+        if req.mtime_ns is not None:
+            self.mtime_ns = req.mtime_ns
+        self.attr_changes = changes
+        self.changed_ns = time.time_ns()
+        self.modified = True
+        return self.local_attr(self.attr)
+
+    # ---- the writer's and the reader's --------------------------------------------------------
+    async def read(self, offset: int, size: int) -> bytes:
+        return await self.reader.read(offset, size)
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        return await self.writer.write(offset, data)
+
+    async def flush(self) -> r.Attr | None:
+        return await self.writer.flush()
+
+    async def write_back(self) -> None:
+        await self.writer.write_back()
+
+    async def truncate(self, size: int, mtime_ns: int | None) -> r.Attr:
+        return await self.writer.truncate(size, mtime_ns)
