@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import stat
+from collections import deque
 
 import msgspec
 import pytest
@@ -158,6 +159,16 @@ def test_versions_are_committed_only_by_the_client_that_reserved_them(db):
         assert owners.ranges(txn) == [] and txn.get(b"s" + u64(119), db=db.reservations) is None
         with pytest.raises(FsError):
             owners.claim(txn, "a", 101, ino=7)  # its reservation ended
+
+
+def test_a_client_holds_a_bounded_number_of_reservations(db):
+    owners = VersionReservations(db, lifetime_s=3600, max_blocks_per_client=2)
+    with db.env.begin(write=True) as txn:
+        for first in (10, 30, 50):  # not consecutive: three blocks
+            owners.grant(txn, "a", first, 5)
+        owners.grant(txn, "b", 70, 5)
+        assert owners.ranges(txn) == [(30, 35), (50, 55), (70, 75)]
+    assert VersionReservations(db, lifetime_s=3600)._blocks_of == {"a": deque([30, 50]), "b": deque([70])}
 
 
 def test_id_counters_ignore_ids_far_past_those_handed_out(db, caplog):

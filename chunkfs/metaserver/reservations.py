@@ -15,7 +15,8 @@ a metaserver restart can still be committed after it, and standbys have them too
 `lifetime_s` from its last grant (the orphan grace: an upload older than that may be collected as
 garbage anyway) and ends earlier with its client's session (`session_over`, the same test the
 orphan collector uses). One client's consecutive blocks are merged, so a busy writer holds one
-block rather than one per reservation. A used version is remembered with the inode it went to
+block rather than one per reservation, and a client holds at most `max_blocks_per_client` (its
+oldest goes first). A used version is remembered with the inode it went to
 until its block ends, so a retried commit is answered the same way as the first.
 
 Keys: b"r" + u64(first version) -> Block; b"s" + u64(version) -> u64(inode) it was used for.
@@ -28,6 +29,7 @@ import bisect
 import errno
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 
 import msgspec
@@ -39,6 +41,7 @@ from chunkfs.metaserver.db import GroupCommitter, MetaDB, Txn, read_u64, u64
 log = logging.getLogger(__name__)
 
 SWEEP_S = 30.0
+MAX_BLOCKS_PER_CLIENT = 100_000  # ~5 MB of records; a single writer's blocks merge into one
 _BLOCK, _USED = b"r", b"s"
 
 
@@ -53,24 +56,30 @@ _dec = msgspec.msgpack.Decoder(Block)
 
 
 class VersionReservations:
-    def __init__(self, db: MetaDB, lifetime_s: float) -> None:
-        self.db, self.lifetime_s = db, lifetime_s
-        self._last_block: dict[str, int] = {}  # client -> first version of its latest block (a hint)
+    def __init__(self, db: MetaDB, lifetime_s: float, max_blocks_per_client: int = MAX_BLOCKS_PER_CLIENT) -> None:
+        self.db, self.lifetime_s, self.max_blocks_per_client = db, lifetime_s, max_blocks_per_client
+        self._blocks_of: dict[str, deque[int]] = {}  # client -> first versions of its blocks, oldest first
+        with db.read() as txn:
+            for first, block in self._blocks(txn):
+                self._blocks_of.setdefault(block.client, deque()).append(first)
 
     # ---- granting and claiming ---------------------------------------------------------------
     def grant(self, txn: Txn, client: str, first: int, count: int) -> None:
-        """Versions first .. first+count-1 are `client`'s to commit."""
+        """Versions first .. first+count-1 are `client`'s to commit. A client holding
+        `max_blocks_per_client` blocks loses its oldest (bounded however often it reserves)."""
         expires_at = time.time() + self.lifetime_s
-        last = self._last_block.get(client)
-        if last is not None:
-            raw = txn.get(_BLOCK + u64(last), db=self.db.reservations)
+        mine = self._blocks_of.setdefault(client, deque())
+        if mine:
+            raw = txn.get(_BLOCK + u64(mine[-1]), db=self.db.reservations)
             block = _dec.decode(raw) if raw else None
             if block is not None and block.client == client and block.end == first:
-                txn.put(_BLOCK + u64(last), _enc.encode(Block(client, first + count, expires_at)),
+                txn.put(_BLOCK + u64(mine[-1]), _enc.encode(Block(client, first + count, expires_at)),
                         db=self.db.reservations)
                 return
         txn.put(_BLOCK + u64(first), _enc.encode(Block(client, first + count, expires_at)), db=self.db.reservations)
-        self._last_block[client] = first
+        mine.append(first)
+        if len(mine) > self.max_blocks_per_client:
+            self._delete(txn, mine.popleft())
 
     def claim(self, txn: Txn, client: str, version: int, ino: int) -> bool:
         """Use `version` for file `ino`. True if it was unused; False if it was already used for
@@ -132,15 +141,24 @@ class VersionReservations:
 
     def drop(self, txn: Txn, firsts: list[int]) -> None:
         dropped = set(firsts)
-        self._last_block = {c: f for c, f in self._last_block.items() if f not in dropped}
+        for client in list(self._blocks_of):
+            kept = deque(f for f in self._blocks_of[client] if f not in dropped)
+            if kept:
+                self._blocks_of[client] = kept
+            else:
+                del self._blocks_of[client]
         for first in firsts:
-            raw = txn.pop(_BLOCK + u64(first), db=self.db.reservations)
-            if raw is None:
-                continue
-            end = _dec.decode(raw).end
-            cursor = txn.cursor(db=self.db.reservations)
-            while cursor.set_range(_USED + u64(first)) and cursor.key() < _USED + u64(end):
-                cursor.delete()
+            self._delete(txn, first)
+
+    def _delete(self, txn: Txn, first: int) -> None:
+        """The block starting at `first` and the record of which of its versions were used."""
+        raw = txn.pop(_BLOCK + u64(first), db=self.db.reservations)
+        if raw is None:
+            return
+        end = _dec.decode(raw).end
+        cursor = txn.cursor(db=self.db.reservations)
+        while cursor.set_range(_USED + u64(first)) and cursor.key() < _USED + u64(end):
+            cursor.delete()
 
     async def run(self, committer: GroupCommitter, session_over: Callable[[str], bool]) -> None:
         """End blocks that ran out or whose client went away, for the life of the metaserver."""
