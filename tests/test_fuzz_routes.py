@@ -385,5 +385,14 @@ def test_fuzz_every_route_of_every_daemon(fresh_cluster, request):
     for path, digest in kept.digests.items():
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"{path} changed"
     clean_up_playground(c)
-    wait_until(lambda: chunkfs("fsck", "--dir", c.dir, check=False).returncode == 0, 120,
-               "fsck clean after the fuzzing")
+    last_fsck: list[str] = []
+
+    def fsck_clean() -> bool:
+        result = chunkfs("fsck", "--dir", c.dir, check=False)
+        last_fsck[:] = [result.stdout[-3000:]]
+        return result.returncode == 0
+
+    try:
+        wait_until(fsck_clean, 120, "fsck clean after the fuzzing")
+    finally:
+        print("  the last fsck said:", *last_fsck)
