@@ -12,6 +12,7 @@ import socket
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
+from unittest.mock import MagicMock
 from typing import Any
 
 from chunkfs import auth, metrics
@@ -74,9 +75,9 @@ def _routes_of(daemon: str, app: Any) -> list[Route]:
 
 def every_route() -> list[Route]:
     """Every route both daemons serve, from the apps they build (built here with stand-ins for
-    their state: no handler runs)."""
+    their state, which answer anything asked: no handler runs)."""
     secret = b"0" * 32
-    meta = metaserver_app.build_app(SimpleNamespace(replication=object()), secret, None)
+    meta = metaserver_app.build_app(MagicMock(), secret, None)
     chunk = chunkserver_app.build_app(None, secret, None, None, None,
                                       SimpleNamespace(registry=metrics.new_registry()))
     return _routes_of("metaserver", meta) + _routes_of("chunkserver", chunk)
