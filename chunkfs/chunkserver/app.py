@@ -13,9 +13,10 @@ from chunkfs.config import ConfigError, parse_address
 from chunkfs.errors import FsError, TransportError
 from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, BodyLimit, any_host, json_response, make_app,
                                 read_body_pieces)
-from chunkfs.chunkserver.scrubber import CorruptionReporter
+from chunkfs.chunkserver.scrubber import CorruptionReporter, corrupt_copies
 from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
 from chunkfs.protocol import records as r
+from chunkfs.protocol.disk_check import BUCKETS, INVENTORY_PATH, Inventory
 from chunkfs.request_checks import path_id, query_float, query_int
 from chunkfs.protocol.chunk_client import CHECKSUM_HEADER, CHECKSUM_PARAM, CLIENT_VERIFIES_PARAM, ChunkClient
 from chunkfs.chunkserver.sendfile import FileRangeResponse
@@ -121,6 +122,23 @@ def _old_chunk_files(store: ChunkStore, min_age_s: float) -> list[r.ChunkFile]:
     return files
 
 
+async def inventory(request: web.Request) -> web.Response:
+    """The chunk versions held in buckets `?first_bucket=` .. + `?buckets=` - 1, split at
+    `?min_age_s=`, with those known corrupt; `?verify=1` re-reads each of them first (`chunkfs
+    fsck --verify`; slow: every byte of the page is read)."""
+    first = query_int(request, "first_bucket", 0, high=BUCKETS - 1)
+    count = query_int(request, "buckets", BUCKETS - first, low=1, high=BUCKETS - first)
+    min_age_s = query_float(request, "min_age_s", 0.0, 0.0, 1e9)
+    store, reporter = request.app[STORE], request.app[CORRUPTION]
+    old, recent = await asyncio.to_thread(store.inventory_of_buckets, range(first, first + count), min_age_s)
+    if request.query.get("verify") == "1":
+        bad = await asyncio.to_thread(corrupt_copies, store, old + recent)
+        for key in bad:
+            reporter.found(*key)
+    corrupt = reporter.known_corrupt(old + recent)  # stats only the few found corrupt
+    return json_response(Inventory(old=old, recent=recent, corrupt=corrupt))
+
+
 async def health(request: web.Request) -> web.Response:
     store = request.app[STORE]
     capacity, used = store.capacity()
@@ -152,6 +170,7 @@ def build_app(store: ChunkStore, secret: bytes, background, peers: ChunkClient,
     app.router.add_delete(route, delete_chunk)
     app.router.add_post(route + "/copy", copy_chunk)
     app.router.add_get("/v1/chunks", list_chunks)
+    app.router.add_get(INVENTORY_PATH, inventory)
     app.router.add_get("/health", health)
     app[METRICS] = counters
     metrics.install_http(app, counters.registry)

@@ -13,6 +13,7 @@ import asyncio
 import errno
 import logging
 import time
+from collections.abc import Iterable
 
 from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
 from chunkfs.errors import FsError, TransportError
@@ -45,6 +46,15 @@ class CorruptionReporter:
             return
         self.pending.add(key)
         self.wake.set()
+
+    def known_corrupt(self, versions: Iterable[Version]) -> list[Version]:
+        """Of `versions`, those found corrupt here whose file is still on disk (waiting to be
+        reported, or reported and not deleted yet)."""
+        return [key for key in versions if key in self.pending or self._reported_file_still_here(key)]
+
+    def _reported_file_still_here(self, key: Version) -> bool:
+        reported = self.reported.get(key)
+        return reported is not None and reported == self._file_id(key)
 
     def _file_id(self, key: Version) -> tuple[int, int] | None:
         try:
@@ -96,7 +106,7 @@ class Scrubber:
         started = time.monotonic()
         done_bytes = corrupt = 0
         for chunk_id, version in old + recent:
-            size, bad = await asyncio.to_thread(self._verify, chunk_id, version)
+            size, bad = await asyncio.to_thread(verify_copy, self.store, chunk_id, version)
             if bad:
                 corrupt += 1
                 self.reporter.found(chunk_id, version)
@@ -110,13 +120,20 @@ class Scrubber:
                   len(old) + len(recent), done_bytes, corrupt, time.monotonic() - started)
         return corrupt
 
-    def _verify(self, chunk_id: int, version: int) -> tuple[int, bool]:
-        """(bytes read, whether the copy is corrupt); a copy deleted meanwhile reads as nothing."""
-        try:
-            return HEADER_SIZE + len(self.store.read(chunk_id, version)), False
-        except CorruptChunk:
-            return HEADER_SIZE, True
-        except FsError as exc:
-            if exc.errno == errno.ENOENT:
-                return 0, False
-            raise
+
+def verify_copy(store: ChunkStore, chunk_id: int, version: int) -> tuple[int, bool]:
+    """(bytes read, whether the copy is corrupt); a copy deleted meanwhile reads as nothing."""
+    try:
+        return HEADER_SIZE + len(store.read(chunk_id, version)), False
+    except CorruptChunk:
+        return HEADER_SIZE, True
+    except FsError as exc:
+        if exc.errno == errno.ENOENT:
+            return 0, False
+        raise
+
+
+def corrupt_copies(store: ChunkStore, versions: Iterable[Version]) -> list[Version]:
+    """Of `versions`, those whose copy here fails its checksums, all re-read now (blocking: run it
+    in a thread; the caller reports them, as a scrub would)."""
+    return [key for key in versions if verify_copy(store, *key)[1]]

@@ -24,7 +24,7 @@ import shutil
 import struct
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -253,10 +253,21 @@ class ChunkStore:
     def inventory(self, older_than_s: float) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Every chunk version on disk: (those not modified in the last `older_than_s` seconds,
         those that were)."""
+        return self._split_by_age((p for d in self.dirs for p in d.chunks_dir.glob("*/*.chunk")), older_than_s)
+
+    def inventory_of_buckets(self, buckets: range, older_than_s: float) -> tuple[list[tuple[int, int]],
+                                                                                 list[tuple[int, int]]]:
+        """As `inventory`, of the chunk ids whose last byte is in `buckets` only (their files are
+        in those buckets' directories: a few directories read, whatever the store holds)."""
+        paths = (p for d in self.dirs for b in buckets for p in (d.chunks_dir / f"{b:02x}").glob("*.chunk"))
+        return self._split_by_age(paths, older_than_s)
+
+    def _split_by_age(self, paths: Iterable[Path], older_than_s: float) -> tuple[list[tuple[int, int]],
+                                                                           list[tuple[int, int]]]:
         cutoff = time.time() - older_than_s
         old: list[tuple[int, int]] = []
         recent: list[tuple[int, int]] = []
-        for path in (p for d in self.dirs for p in d.chunks_dir.glob("*/*.chunk")):
+        for path in paths:
             try:
                 modified = path.stat().st_mtime
                 cid, ver = path.stem.split("_")

@@ -25,6 +25,7 @@ from chunkfs.metaserver.chunk_table import ChunkTable
 from chunkfs.metaserver.db import GroupCommitter, MetaDB, Txn
 from chunkfs.metaserver import fsck
 from chunkfs.metaserver.deleter import Deleter
+from chunkfs.metaserver.disk_check import DiskCheck
 from chunkfs.metaserver.gc import GarbageCollector
 from chunkfs.metaserver.leases import DirectoryLeases
 from chunkfs.metaserver.memory import GC_PAUSES, memory_status
@@ -39,6 +40,7 @@ from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
 from chunkfs.metaserver.throughput import ThroughputHistory
 from chunkfs.protocol import records as r
+from chunkfs.protocol.disk_check import DiskCheckReq
 from chunkfs.protocol.meta_client import named_inodes
 from chunkfs.protocol.http import SignedHttp
 
@@ -103,6 +105,10 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Cal
     "release_orphan": (r.InodeReq, lambda m, client: lambda txn, q: m.namespace.release_orphan(txn, q.ino)),
     "reserve_inodes": (r.ReserveReq, lambda m, client: lambda txn, q: m.namespace.reserve_inodes(txn, max(1, min(q.count, 4096)))),
 }
+
+
+# every op `fs_operation` knows (the metrics label them; the route fuzzer calls each)
+FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "reserve", "release_leases", "fsck"})
 
 
 def statfs(m: Metaserver, txn: Txn) -> r.Statfs:
@@ -264,6 +270,13 @@ async def gc(request: web.Request) -> web.Response:
     return json_response(await collector.run(await read_body(request, r.GcReq)))
 
 
+async def disk_check(request: web.Request) -> web.Response:
+    """`chunkfs fsck`: one page of the check of the chunkservers' disks against the records."""
+    m = request.app[STATE]
+    check = DiskCheck(m.db, m.committer, m.chunks, m.registry, m.replicator, m.deleter, m.deleter.client)
+    return json_response(await check.run(await read_body(request, DiskCheckReq)))
+
+
 async def drain(request: web.Request) -> web.Response:
     return json_response(await request.app[STATE].replicator.drain(await read_body(request, r.DrainReq)))
 
@@ -359,19 +372,20 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
     app.router.add_post("/v1/servers/corrupt", corrupt_report)
     app.router.add_post("/v1/servers/drain", drain)
     app.router.add_post("/v1/servers/gc", gc)
+    app.router.add_post("/v1/servers/fsck", disk_check)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/changes", changes)
     app.router.add_get("/", status_page)
     app.router.add_get("/health", health)
     if m.replication is not None:
-        app.router.add_get(BACKUP_PATH, backup_copy)
+        app.router.add_get(BACKUP_PATH, backup_copy, allow_head=False)  # a HEAD would stream the body
         app.router.add_get(REPLICATION_PATH, replication_feed)
     registry = metrics.new_registry()
     registry.register(metrics.ClusterCollector(lambda: cluster_status(m)))
     GC_PAUSES.install()
     leases = m.leases
     registry.register(metrics.LeaseCollector(lambda: (len(leases), leases.recalls, leases.expired)))
-    metrics.install_http(app, registry, operations={*READS, *MUTATIONS, "reserve", "release_leases", "fsck"})  # every op fs_operation knows
+    metrics.install_http(app, registry, operations=FS_OPERATIONS)
 
     async def background(app: web.Application):
         tasks = [asyncio.create_task(job.run()) for job in (m.deleter, m.replicator, m.throughput)]

@@ -256,12 +256,21 @@ class Replicator:
             self._slots.release()
         if added:
             self.replicated += 1
+            self._corrupt_copy_replaced(rec.chunk_id, rec.version, copy.target.id)
             copy.chunk.alive += 1
             if copy.chunk.alive == copy.chunk.goal and self.chunks_under_goal > 0:
                 self.chunks_under_goal -= 1
         else:
             self.deleter.wake.set()  # the version went away meanwhile: the copy is garbage
         return added
+
+    def _corrupt_copy_replaced(self, chunk_id: int, version: int, server_id: str) -> None:
+        """A good copy now stands where a corrupt one was reported: fsck no longer counts it."""
+        reported = self.corrupt_reports.get((chunk_id, version))
+        if reported is not None:
+            reported.discard(server_id)
+            if not reported:
+                del self.corrupt_reports[(chunk_id, version)]
 
     # ---- what chunkservers and admins report -------------------------------------------------------
     async def corrupt(self, report: r.CorruptReport) -> int:

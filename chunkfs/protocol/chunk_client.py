@@ -6,6 +6,7 @@ import msgspec
 
 from chunkfs import auth
 from chunkfs.protocol import records as r
+from chunkfs.protocol.disk_check import INVENTORY_PATH, Inventory
 from chunkfs.protocol.http import SignedHttp
 
 CHECKSUM_HEADER = auth.CHECKSUM_HEADER  # signed, and standing for the body in the signature (see auth)
@@ -61,6 +62,16 @@ class ChunkClient:
         response = await self.http.request("GET", f"http://{address}/v1/chunks", params={"min_age_s": min_age_s},
                                            retry_s=retry_s)
         return msgspec.json.decode(response.content, type=list[r.ChunkFile])
+
+    async def inventory_of_buckets(self, address: str, buckets: range, min_age_s: float, verify: bool = False,
+                                   retry_s: float | None = None) -> Inventory:
+        """The chunk versions the server holds in `buckets` (see `chunkfs.protocol.disk_check`);
+        `verify` has it re-read each of them first."""
+        params = {"first_bucket": buckets.start, "buckets": len(buckets), "min_age_s": min_age_s,
+                  "verify": int(verify)}
+        response = await self.http.request("GET", f"http://{address}{INVENTORY_PATH}", params=params,
+                                           retry_s=retry_s)
+        return msgspec.json.decode(response.content, type=Inventory)
 
     async def copy(self, address: str, chunk_id: int, version: int, source: str, checksum: str,
                    retry_s: float | None = None) -> None:

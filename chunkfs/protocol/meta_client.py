@@ -7,6 +7,7 @@ from typing import Any, TypeVar, overload
 import msgspec
 
 from chunkfs.protocol import records as r
+from chunkfs.protocol.disk_check import DiskCheckPage, DiskCheckReq
 from chunkfs.protocol.http import SignedHttp
 
 T = TypeVar("T")
@@ -209,6 +210,10 @@ class MetaClient:
     async def fsck(self, root: int, cursor: list[r.FsckFrame], limit: int = 1000) -> r.FsckPage:
         """One page of the check of every file under `root` (see `chunkfs.metaserver.fsck`)."""
         return await self.call("fsck", r.FsckReq(root, cursor, limit), r.FsckPage)
+
+    async def check_disks(self, req: DiskCheckReq) -> DiskCheckPage:
+        """One page of the check of the chunkservers' disks (see `chunkfs.metaserver.disk_check`)."""
+        return await self.servers_call("fsck", req, DiskCheckPage)
 
     async def drain(self, server: str, draining: bool = True) -> r.ServerStatus:
         return await self.servers_call("drain", r.DrainReq(server, draining), r.ServerStatus)
