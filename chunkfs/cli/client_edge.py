@@ -1,0 +1,138 @@
+"""The one error edge of the file commands (`put`, `get`, `cat`, `ls`, `rm`, `size`, `mkdir`,
+`mv`): they talk to the cluster through `chunkfs.client`, and every failure leaves here as one
+line on stderr and an exit code a script can act on:
+
+| exit | meaning |
+|---|---|
+| 0 | everything was done |
+| 1 | an operation failed (no such file, permission denied, no space, ...): one line per path |
+| 2 | usage: a wrong flag or argument (click's own code) |
+| 3 | the cluster cannot be used: unreachable, the secret refused, or no secret to read |
+| 130 | interrupted (Ctrl-C); a `put` leaves nothing half-written under the target name |
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, NoReturn
+
+import click
+import trio
+
+from chunkfs import auth
+from chunkfs.cli.cluster_access import ClusterAccess
+
+if TYPE_CHECKING:
+    from chunkfs.client import AsyncFilesystem
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CLUSTER = 3
+EXIT_INTERRUPTED = 130
+
+CLUSTER_ERRNOS = frozenset({errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED,
+                            errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
+"""Errnos that say the cluster, not a path, is the trouble."""
+
+
+class ClusterUnusable(Exception):
+    """The cluster cannot be reached or refused us: the command cannot do anything (exit 3)."""
+
+
+@dataclass
+class Failures:
+    """Per-path failures of one command: each is printed at once, the command goes on with the
+    other paths (as cp and rm do) and exits 1 at the end."""
+
+    command: str
+    count: int = 0
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+    def report(self, path: str, exc: OSError) -> None:
+        if exc.errno in CLUSTER_ERRNOS:
+            raise ClusterUnusable(describe(exc)) from exc
+        self.count += 1
+        reason = describe(exc)
+        self.messages.append({"path": path, "error": reason, "errno": errno.errorcode.get(exc.errno or 0, "")})
+        click.echo(f"chunkfs: {self.command}: {path}: {reason}", err=True)
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, in the words of strerror where there is an errno."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.strerror or os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
+
+
+def _exit(command: str, message: str, code: int) -> NoReturn:
+    click.echo(f"chunkfs: {command}: {message}", err=True)
+    sys.exit(code)
+
+
+@asynccontextmanager
+async def open_cluster(command: str, access: ClusterAccess) -> AsyncIterator[AsyncFilesystem]:
+    """The cluster as an async filesystem, checked to answer before a command relies on it: a
+    wrong secret or a metaserver that is down is told apart from a missing path that way."""
+    from chunkfs import client  # the client core is imported only by the commands that use it
+
+    try:
+        auth.load_secret(access.secret_file)
+    except (OSError, ValueError) as exc:
+        raise ClusterUnusable(f"cannot read the cluster secret {access.secret_file}: {describe(exc)}") from exc
+    async with AsyncExitStack() as stack:
+        try:
+            fs = await stack.enter_async_context(
+                client.open_filesystem(access.metaserver, secret_file=str(access.secret_file)))
+            await fs.stat("/")
+        except OSError as exc:
+            raise ClusterUnusable(f"cannot use the cluster at {access.metaserver}: {describe(exc)}") from exc
+        yield fs
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _most_telling(exc: BaseException) -> BaseException:
+    """Of the failures of parallel transfers, the one that decides the exit code: an interrupt,
+    then a cluster that cannot be used, then anything else."""
+    leaves = _leaves(exc)
+    for kind in (KeyboardInterrupt, ClusterUnusable):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0]
+
+
+def run_command(command: str, access: ClusterAccess,
+                job: Callable[[AsyncFilesystem, Failures], Awaitable[Any]]) -> Any:
+    """Run `job` on the cluster under trio and map what escapes it to one line and an exit code
+    (see the module's table). `job` reports failures of single paths to `Failures` and goes on."""
+    failures = Failures(command)
+
+    async def main() -> Any:
+        async with open_cluster(command, access) as fs:
+            return await job(fs, failures)
+
+    try:
+        result = trio.run(main)
+    except BaseException as raised:  # noqa: B036 - this is the edge: everything ends here
+        exc = _most_telling(raised)
+        if isinstance(exc, ClusterUnusable):
+            _exit(command, str(exc), EXIT_CLUSTER)
+        if isinstance(exc, KeyboardInterrupt):
+            _exit(command, "interrupted", EXIT_INTERRUPTED)
+        if isinstance(exc, OSError):  # a failure no single path owns
+            if exc.errno in CLUSTER_ERRNOS:
+                _exit(command, f"cannot use the cluster at {access.metaserver}: {describe(exc)}", EXIT_CLUSTER)
+            _exit(command, (f"{exc.filename}: " if exc.filename else "") + describe(exc), EXIT_FAILED)
+        raise exc from None
+    if failures.count:
+        sys.exit(EXIT_FAILED)
+    return result
