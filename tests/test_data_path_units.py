@@ -4,9 +4,9 @@ prefetch window and the write-back bound."""
 import pytest
 import trio
 
-from chunkfs.mount.cache_policy import SegmentedLru
-from chunkfs.mount.prefetch import prefetch_window
-from chunkfs.mount.write_back import WriteBack
+from chunkfs.client.cache_policy import SegmentedLru
+from chunkfs.client.prefetch import prefetch_window
+from chunkfs.client.write_back import WriteBack
 
 
 def test_new_keys_go_first_and_a_key_used_twice_outlives_a_scan():
@@ -62,7 +62,7 @@ def test_writers_wait_for_room_and_wake_the_write_back():
 
 def test_disk_cache_keeps_verified_chunks_across_restarts_and_one_version_per_chunk(tmp_path):
     from chunkfs.checksum import chunk_checksum
-    from chunkfs.mount.disk_cache import MIN_ENTRY_BYTES, CacheDirError, DiskChunkCache
+    from chunkfs.client.disk_cache import MIN_ENTRY_BYTES, CacheDirError, DiskChunkCache
     from chunkfs.protocol import records as r
 
     def ref(chunk_id: int, version: int, data: bytes) -> r.ChunkRef:
@@ -87,7 +87,7 @@ def test_disk_cache_keeps_verified_chunks_across_restarts_and_one_version_per_ch
         cache.open()
         with pytest.raises(CacheDirError, match="another running mount"):
             second = DiskChunkCache(tmp_path / "c", 1 << 20)
-            import chunkfs.mount.disk_cache as dc
+            import chunkfs.client.disk_cache as dc
             dc.LOCK_ATTEMPTS, saved = 1, dc.LOCK_ATTEMPTS
             try:
                 second.open()
@@ -130,7 +130,7 @@ def test_a_sequential_scan_does_not_push_out_the_chunks_prefetched_ahead_of_it()
     """A reader takes each chunk in several reads in quick succession: one use, so the scan stays
     on probation and the chunks fetched ahead are still there when it gets to them."""
     from chunkfs import CHUNK_SIZE
-    from chunkfs.mount.chunk_cache import ChunkCache, ENTRY_OVERHEAD_BYTES
+    from chunkfs.client.chunk_cache import ChunkCache, ENTRY_OVERHEAD_BYTES
     from chunkfs.protocol import records as r
 
     class Fetcher:  # stands in for ChunkIO: counts the chunks it was asked for

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from chunkfs.metaserver.changes import ChangeFeed
-from chunkfs.mount.meta_cache import MetadataCache
+from chunkfs.client.metadata_cache import MetadataCache
 from chunkfs.protocol import records as r
 
 

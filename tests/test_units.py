@@ -9,7 +9,7 @@ from chunkfs import auth
 from chunkfs.checksum import BLOCK_SIZE, block_checksums, verify_blocks
 from chunkfs.config import ConfigError, load, opt, parse_address
 from chunkfs.mount.helper import OptionError, parse_options
-from chunkfs.mount.prefetch import floor_window, prefetch_window
+from chunkfs.client.prefetch import floor_window, prefetch_window
 
 
 def test_floor_follows_the_size_rule():

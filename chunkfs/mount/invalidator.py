@@ -17,8 +17,8 @@ import trio
 
 from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol import records as r
-from chunkfs.mount.leases import FEED_WAIT_S, Leases
-from chunkfs.mount.meta_cache import MetadataCache
+from chunkfs.client.leases import FEED_WAIT_S, Leases
+from chunkfs.client.metadata_cache import MetadataCache
 from chunkfs.protocol.meta_client import MetaClient
 
 log = logging.getLogger(__name__)

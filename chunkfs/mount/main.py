@@ -25,14 +25,14 @@ import trio
 from chunkfs import CHUNK_SIZE, DEFAULT_METASERVER_PORT, auth, metrics, mounts, service
 from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setup_logging
 from chunkfs.errors import FsError, TransportError
-from chunkfs.mount.chunk_cache import ChunkCache
-from chunkfs.mount.disk_cache import CacheDirError, DiskChunkCache, auto_capacity_bytes, default_cache_dir
-from chunkfs.mount.prefetch import MAX_WINDOW
-from chunkfs.mount.write_back import WriteBack
-from chunkfs.mount.chunk_io import ChunkIO
+from chunkfs.client.chunk_cache import ChunkCache
+from chunkfs.client.disk_cache import CacheDirError, DiskChunkCache, auto_capacity_bytes, default_cache_dir
+from chunkfs.client.prefetch import MAX_WINDOW
+from chunkfs.client.write_back import WriteBack
+from chunkfs.client.chunk_io import ChunkIO
 from chunkfs.mount.invalidator import Invalidator
-from chunkfs.mount.leases import Leases
-from chunkfs.mount.meta_cache import CachingMetaClient, MetadataCache
+from chunkfs.client.leases import Leases
+from chunkfs.client.metadata_cache import CachingMetaClient, MetadataCache
 from chunkfs.mount.operations import ChunkfsOperations
 from chunkfs.protocol.chunk_client import ChunkClient
 from chunkfs.protocol.http import SignedHttp

@@ -20,10 +20,10 @@ import trio
 
 from chunkfs import INLINE_MAX_BYTES, MAX_NAME_BYTES, posix_acl
 from chunkfs.errors import FsError, TransportError
-from chunkfs.mount.chunk_cache import ChunkCache
-from chunkfs.mount.chunk_io import ChunkIO
-from chunkfs.mount.leases import Leases
-from chunkfs.mount.open_file import OpenFile
+from chunkfs.client.chunk_cache import ChunkCache
+from chunkfs.client.chunk_io import ChunkIO
+from chunkfs.client.leases import Leases
+from chunkfs.client.open_file import OpenFile
 from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import MetaClient
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import trio
 
-from chunkfs.mount.cache_policy import SegmentedLru
-from chunkfs.mount.chunk_io import ChunkIO
-from chunkfs.mount.disk_cache import DiskChunkCache
+from chunkfs.client.cache_policy import SegmentedLru
+from chunkfs.client.chunk_io import ChunkIO
+from chunkfs.client.disk_cache import DiskChunkCache
 from chunkfs.protocol import records as r
 
 Key = tuple[int, int]

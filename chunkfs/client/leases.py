@@ -30,7 +30,7 @@ from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol.meta_client import named_inodes
 
 if TYPE_CHECKING:
-    from chunkfs.mount.open_file import OpenFile
+    from chunkfs.client.open_file import OpenFile
     from chunkfs.protocol.meta_client import MetaClient
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import MetaClient, carries_create
 
 if TYPE_CHECKING:
-    from chunkfs.mount.leases import Leases
+    from chunkfs.client.leases import Leases
 
 
 

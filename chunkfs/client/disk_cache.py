@@ -32,7 +32,7 @@ from pathlib import Path
 import trio
 
 from chunkfs.checksum import chunk_checksum
-from chunkfs.mount.cache_policy import SegmentedLru
+from chunkfs.client.cache_policy import SegmentedLru
 from chunkfs.protocol import records as r
 
 log = logging.getLogger(__name__)

@@ -28,10 +28,10 @@ import trio
 
 from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
 from chunkfs.errors import FsError
-from chunkfs.mount.chunk_cache import ChunkCache
-from chunkfs.mount.chunk_io import ChunkIO
-from chunkfs.mount.prefetch import MAX_WINDOW, prefetch_window
-from chunkfs.mount.write_back import WriteBack
+from chunkfs.client.chunk_cache import ChunkCache
+from chunkfs.client.chunk_io import ChunkIO
+from chunkfs.client.prefetch import MAX_WINDOW, prefetch_window
+from chunkfs.client.write_back import WriteBack
 from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import MetaClient
 

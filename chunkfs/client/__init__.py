@@ -1,0 +1,77 @@
+"""The chunkfs client: the one client core, and the Python API on it.
+
+The core (no FUSE in it; the mount in `chunkfs/mount/` is one door on it, this API another):
+- `core.py`: `Client`, what a client does by inode: names, open files and their handles, the
+  permission checks and the identity of the caller, creates in leased directories;
+- `metadata.py`: `Metadata`, the metadata façade: the metaserver client with the metadata cache
+  (`metadata_cache.py`), directory leases and pending creates (`leases.py`) and the change feed;
+- `open_file.py`: one inode open on this client, its `writer.py` (buffering, parallel uploads,
+  inline small files, the commit, under the `write_back.py` bound) and its `reader.py` (reads,
+  `prefetch.py`);
+- `chunk_cache.py` (memory) over `disk_cache.py` (local disk), both evicting by `cache_policy.py`;
+  `chunk_io.py`: chunk transfers with replica fail-over and checksum checks.
+
+The Python API (`paths.py` checks paths; `filesystem.py` is the async face, `async_file.py` its
+files; `blocking.py` the synchronous face):
+
+    import chunkfs.client
+    with chunkfs.client.connect("127.0.0.1:9520", secret_file=".chunkfs/secret") as fs:
+        with fs.open("/data/out.csv", "wb") as f:
+            f.write(b"a,b\\n1,2\\n")
+
+    async with chunkfs.client.open_filesystem("127.0.0.1:9520", secret_file=...) as afs:
+        async with await afs.open("/data/out.csv") as f:
+            print(await f.read())
+
+Why trio and not anyio: the core is trio (the mount needs it: pyfuse3 runs on trio), and the
+synchronous face drives it from one background thread. anyio would let asyncio programs await
+the API directly, at a cost on the hot path measured here (see below); asyncio programs can use
+the synchronous face from a worker thread (`asyncio.to_thread`) instead.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from chunkfs.client.async_file import AsyncFile
+from chunkfs.client.blocking import File, Filesystem, TrioThread
+from chunkfs.client.filesystem import AsyncFilesystem, ConnectOptions, DirEntry, Identity
+
+__all__ = ["connect", "open_filesystem", "Filesystem", "AsyncFilesystem", "File", "AsyncFile", "DirEntry",
+           "Identity"]
+
+
+def _options(uid: int | None, gid: int | None, groups: list[int] | tuple[int, ...] | None,
+             options: dict[str, Any]) -> ConnectOptions:
+    config = ConnectOptions(**options)
+    if uid is not None or gid is not None or groups is not None:
+        own = config.identity
+        config.identity = Identity(own.uid if uid is None else uid, own.gid if gid is None else gid,
+                                   tuple(own.groups if groups is None else groups), own.umask)
+    return config
+
+
+@asynccontextmanager
+async def open_filesystem(address: str, secret_file: str | Path = "/etc/chunkfs/secret", *,
+                          uid: int | None = None, gid: int | None = None,
+                          groups: list[int] | tuple[int, ...] | None = None,
+                          **options: Any) -> AsyncIterator[AsyncFilesystem]:
+    """The cluster whose metaserver is at `address` ("HOST:PORT"), on trio, for this block.
+    `options`: goal, retry_s, cache_mem_mb, prefetch, max_dirty_mb, dir_leases (as the mount's).
+    `uid`, `gid`, `groups`: who the calls are made as (default: this process's user)."""
+    from chunkfs.client.filesystem import connected
+
+    async with connected(address, Path(secret_file), _options(uid, gid, groups, options)) as afs:
+        yield afs
+
+
+def connect(address: str, secret_file: str | Path = "/etc/chunkfs/secret", *,
+            uid: int | None = None, gid: int | None = None, groups: list[int] | tuple[int, ...] | None = None,
+            **options: Any) -> Filesystem:
+    """A `Filesystem` for blocking code (also a context manager; `close()` when done). Same
+    arguments as `open_filesystem`. Raises PermissionError for a missing or refused secret,
+    OSError(EIO/ETIMEDOUT) if the cluster does not answer within `retry_s`."""
+    thread = TrioThread(lambda: open_filesystem(address, secret_file, uid=uid, gid=gid, groups=groups, **options))
+    return Filesystem(thread, thread.start())

@@ -1,0 +1,157 @@
+"""`AsyncFile`: a file opened through the Python API, on trio.
+
+Binary only, with a position of its own, like a file object of `open(path, "rb")`. It is a
+handle on the client's one open file of the inode (the mount's and the API's share it), so
+its promises are the writer's and the reader's: reads see this client's writes at once;
+`flush()` and `close()` return when what was written is durable on its replicas and committed
+(like `fsync`); another client sees it from its next `open` on (close-to-open).
+A call on a closed file raises ValueError, as `io` does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chunkfs.client.core import Caller, Client
+    from chunkfs.client.open_file import OpenFile
+
+MODES = {  # mode -> (readable, writable, create, truncate, exclusive, append)
+    "rb": (True, False, False, False, False, False),
+    "r+b": (True, True, False, False, False, False),
+    "wb": (False, True, True, True, False, False),
+    "w+b": (True, True, True, True, False, False),
+    "xb": (False, True, True, False, True, False),
+    "x+b": (True, True, True, False, True, False),
+    "ab": (False, True, True, False, False, True),
+    "a+b": (True, True, True, False, False, True),
+}
+
+
+def normal_mode(mode: str) -> str:
+    """`mode` spelled as MODES has it ("br" -> "rb", "rb+" -> "r+b"); ValueError for text modes."""
+    letters = set(mode)
+    if len(letters) != len(mode) or "b" not in letters or not letters <= set("rwxab+") \
+            or len(letters & set("rwxa")) != 1:
+        raise ValueError(f"invalid mode {mode!r}: chunkfs files are binary (rb, wb, ab, xb, r+b, w+b)")
+    kind = (letters & set("rwxa")).pop()
+    return f"{kind}+b" if "+" in letters else f"{kind}b"
+
+
+class AsyncFile:
+    def __init__(self, client: "Client", open_file: "OpenFile", name: str, mode: str, caller: "Caller") -> None:
+        self._client, self._file, self._caller = client, open_file, caller
+        self.name, self.mode = name, mode
+        self._readable, self._writable, *_unused, self._append = MODES[mode]
+        self._position = 0
+        self.closed = False
+
+    # ---- what it is ----------------------------------------------------------------------------
+    def readable(self) -> bool:
+        self._check_open()
+        return self._readable
+
+    def writable(self) -> bool:
+        self._check_open()
+        return self._writable
+
+    def seekable(self) -> bool:
+        self._check_open()
+        return True
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._position
+
+    @property
+    def size(self) -> int:
+        """The file's size as this client sees it (with its own writes)."""
+        return self._file.size
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+
+    def _check(self, readable: bool = False, writable: bool = False) -> None:
+        self._check_open()
+        if readable and not self._readable:
+            raise OSError(errno.EBADF, "file not open for reading")  # io.UnsupportedOperation is too vague
+        if writable and not self._writable:
+            raise OSError(errno.EBADF, "file not open for writing")
+
+    # ---- data -----------------------------------------------------------------------------------
+    async def read(self, size: int | None = -1) -> bytes:
+        """Up to `size` bytes from the position (all to the end for -1 or None); b"" at the end."""
+        self._check(readable=True)
+        if size is None or size < 0:
+            size = max(0, self._file.size - self._position)
+        data = await self._client.read(self._file, self._position, size)
+        self._position += len(data)
+        return data
+
+    async def readall(self) -> bytes:
+        return await self.read(-1)
+
+    async def readinto(self, buffer: bytearray | memoryview) -> int:
+        view = memoryview(buffer).cast("B")
+        data = await self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._check(writable=True)
+        if self._append:
+            self._position = self._file.size
+        written = await self._client.write(self._file, self._position, bytes(data) if not isinstance(data, bytes) else data)
+        self._position += written
+        return written
+
+    async def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._check_open()
+        if whence == os.SEEK_SET:
+            position = offset
+        elif whence == os.SEEK_CUR:
+            position = self._position + offset
+        elif whence == os.SEEK_END:
+            position = self._file.size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
+        if position < 0:
+            raise OSError(errno.EINVAL, "negative seek position")
+        self._position = position
+        return position
+
+    async def truncate(self, size: int | None = None) -> int:
+        """Cut (or extend with zeros) the file to `size` (the position if None); the position stays."""
+        self._check(writable=True)
+        size = self._position if size is None else size
+        if size < 0:
+            raise OSError(errno.EINVAL, "negative size")
+        await self._client.truncate_open(self._file, size)
+        return size
+
+    async def flush(self) -> None:
+        """Durable, like fsync: what was written is stored on its replicas and committed."""
+        self._check_open()
+        if self._writable:
+            await self._client.flush(self._file)
+
+    async def aclose(self) -> None:
+        """Durable (the last close of the inode on this client commits it). A second close does nothing."""
+        if self.closed:
+            return
+        self.closed = True
+        await self._client.release(self._file)
+
+    close = aclose
+
+    async def __aenter__(self) -> "AsyncFile":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<chunkfs AsyncFile {self.name!r} mode={self.mode!r}{' closed' if self.closed else ''}>"

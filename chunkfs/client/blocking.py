@@ -1,0 +1,302 @@
+"""The synchronous face of the Python API: `connect()` gives a `Filesystem` for scripts.
+
+The trio core runs in one background thread that the Filesystem owns (`TrioThread`); each call
+is handed to it and waited for. A KeyboardInterrupt (Ctrl-C) while a call waits cancels that
+call in the core first (so `put_file` removes its half-written upload) and is then raised.
+`close()` (or leaving the `with` block) commits nothing by itself: files still open are closed
+(durably) first, then the connection ends and the thread with it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import os
+import threading
+from pathlib import Path
+from typing import Any, AsyncContextManager, Awaitable, Callable, Iterator, TypeVar
+
+import trio
+
+from chunkfs.client.async_file import AsyncFile
+from chunkfs.client.filesystem import AsyncFilesystem, DirEntry, Progress
+from chunkfs.client.paths import PathLike
+
+T = TypeVar("T")
+
+
+class _Call:
+    """One call handed to the trio thread: its outcome, and the scope that cancels it."""
+
+    def __init__(self) -> None:
+        self.outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.scope: trio.CancelScope | None = None
+
+
+class TrioThread:
+    """A thread running trio with one AsyncFilesystem open, until `stop()`."""
+
+    def __init__(self, opener: Callable[[], AsyncContextManager[AsyncFilesystem]]) -> None:
+        self._opener = opener
+        self._opened: concurrent.futures.Future[AsyncFilesystem] = concurrent.futures.Future()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stopped: trio.Event | None = None
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), name="chunkfs-client", daemon=True)
+
+    def start(self) -> AsyncFilesystem:
+        """Open the filesystem in the thread; its error (no such cluster, bad secret) is raised here."""
+        self._thread.start()
+        try:
+            return self._opened.result()
+        except BaseException:
+            self._thread.join()
+            raise
+
+    async def _main(self) -> None:
+        try:
+            async with self._opener() as afs, trio.open_nursery() as nursery:
+                self._token = trio.lowlevel.current_trio_token()
+                self._nursery, self._stopped = nursery, trio.Event()
+                self._opened.set_result(afs)
+                await self._stopped.wait()
+                nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            if not self._opened.done():
+                self._opened.set_exception(exc)
+                return
+            raise
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """`await fn(*args)` in the trio thread; its result or exception here."""
+        if self._token is None or self._stopped is None or self._stopped.is_set():
+            raise ValueError("the chunkfs filesystem is closed")
+        call = _Call()
+        try:
+            self._token.run_sync_soon(self._start, call, fn, args)
+        except trio.RunFinishedError:
+            raise ValueError("the chunkfs filesystem is closed") from None
+        try:
+            return call.outcome.result()
+        except KeyboardInterrupt:
+            self._token.run_sync_soon(self._cancel, call)
+            concurrent.futures.wait([call.outcome])  # its clean-up is done before Ctrl-C goes on
+            raise
+
+    def _start(self, call: _Call, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run, call, fn, args)
+
+    @staticmethod
+    def _cancel(call: _Call) -> None:
+        if call.scope is not None:
+            call.scope.cancel()
+
+    @staticmethod
+    async def _run(call: _Call, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        with trio.CancelScope() as scope:
+            call.scope = scope
+            try:
+                call.outcome.set_result(await fn(*args))
+            except trio.Cancelled:
+                call.outcome.set_exception(KeyboardInterrupt())
+                raise
+            except BaseException as exc:
+                call.outcome.set_exception(exc)
+        if not call.outcome.done():
+            call.outcome.set_exception(KeyboardInterrupt())
+
+    def stop(self) -> None:
+        token, stopped = self._token, self._stopped
+        if token is not None and stopped is not None and not stopped.is_set():
+            try:
+                token.run_sync_soon(stopped.set)
+            except trio.RunFinishedError:
+                pass
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+
+class File(io.RawIOBase):
+    """A chunkfs file for blocking code: a binary file object (readinto, read, write, seek, ...
+    and a context manager). `flush()` and `close()` are durable, like fsync."""
+
+    def __init__(self, thread: TrioThread, afile: AsyncFile) -> None:
+        super().__init__()
+        self._thread, self._afile = thread, afile
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self._afile.name
+
+    @property
+    def mode(self) -> str:
+        return self._afile.mode
+
+    @property
+    def closed(self) -> bool:  # type: ignore[override]
+        return self._afile.closed
+
+    def readable(self) -> bool:
+        return self._afile.readable()
+
+    def writable(self) -> bool:
+        return self._afile.writable()
+
+    def seekable(self) -> bool:
+        return self._afile.seekable()
+
+    def tell(self) -> int:
+        return self._afile.tell()
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._afile.readable()  # ValueError once closed, before any hand-off
+        return self._thread.call(self._afile.read, size)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        self._afile.readable()
+        return self._thread.call(self._afile.readinto, buffer)
+
+    def write(self, data: Any) -> int:
+        self._afile.writable()
+        return self._thread.call(self._afile.write, data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._afile.seekable()
+        return self._thread.call(self._afile.seek, offset, whence)
+
+    def truncate(self, size: int | None = None) -> int:
+        self._afile.writable()
+        return self._thread.call(self._afile.truncate, size)
+
+    def flush(self) -> None:
+        if not self._afile.closed:
+            self._thread.call(self._afile.flush)
+
+    def close(self) -> None:
+        if not self._afile.closed:
+            try:
+                self._thread.call(self._afile.aclose)
+            except ValueError:  # the filesystem was closed first (and closed this file)
+                pass
+
+    def __del__(self) -> None:
+        pass  # io's finalizer would close from the garbage collector; Filesystem.close() does it
+
+    def __repr__(self) -> str:
+        return f"<chunkfs File {self.name!r} mode={self.mode!r}{' closed' if self.closed else ''}>"
+
+
+class Filesystem:
+    """A connection to one cluster for blocking code; see `connect`. Methods as in `os`, by cluster path."""
+
+    def __init__(self, thread: TrioThread, afs: AsyncFilesystem) -> None:
+        self._thread, self._afs = thread, afs
+
+    def open(self, path: PathLike, mode: str = "rb") -> File:
+        return File(self._thread, self._thread.call(self._afs.open, path, mode))
+
+    def stat(self, path: PathLike) -> os.stat_result:
+        return self._thread.call(self._afs.stat, path)
+
+    def lstat(self, path: PathLike) -> os.stat_result:
+        return self._thread.call(self._afs.lstat, path)
+
+    def scandir(self, path: PathLike = "/") -> Iterator[DirEntry]:
+        return iter(self._thread.call(self._afs.scandir, path))
+
+    def listdir(self, path: PathLike = "/") -> list[str]:
+        return self._thread.call(self._afs.listdir, path)
+
+    def walk(self, top: PathLike) -> Iterator[tuple[str, list[str], list[str]]]:
+        """Like os.walk (top-down): the lists of names may be pruned to skip directories."""
+        pending = [self._afs.canonical(top)]
+        while pending:
+            directory = pending.pop()
+            try:
+                entries = list(self.scandir(directory))
+            except OSError:
+                continue
+            dirs = [e.name for e in entries if e.is_dir()]
+            files = [e.name for e in entries if not e.is_dir()]
+            yield directory, dirs, files
+            pending.extend(reversed([f"{directory.rstrip('/')}/{d}" for d in dirs]))
+
+    def exists(self, path: PathLike) -> bool:
+        return self._thread.call(self._afs.exists, path)
+
+    def mkdir(self, path: PathLike, mode: int = 0o777) -> None:
+        self._thread.call(self._afs.mkdir, path, mode)
+
+    def makedirs(self, path: PathLike, mode: int = 0o777, exist_ok: bool = False) -> None:
+        self._thread.call(self._afs.makedirs, path, mode, exist_ok)
+
+    def remove(self, path: PathLike) -> None:
+        self._thread.call(self._afs.remove, path)
+
+    unlink = remove
+
+    def rmdir(self, path: PathLike) -> None:
+        self._thread.call(self._afs.rmdir, path)
+
+    def rename(self, src: PathLike, dst: PathLike) -> None:
+        self._thread.call(self._afs.rename, src, dst)
+
+    def symlink(self, target: PathLike, linkpath: PathLike) -> None:
+        self._thread.call(self._afs.symlink, target, linkpath)
+
+    def readlink(self, path: PathLike) -> str:
+        return self._thread.call(self._afs.readlink, path)
+
+    def chmod(self, path: PathLike, mode: int) -> None:
+        self._thread.call(self._afs.chmod, path, mode)
+
+    def chown(self, path: PathLike, uid: int, gid: int) -> None:
+        self._thread.call(self._afs.chown, path, uid, gid)
+
+    def utime(self, path: PathLike, times: tuple[float, float] | None = None, *,
+              ns: tuple[int, int] | None = None) -> None:
+        self._thread.call(lambda: self._afs.utime(path, times, ns=ns))
+
+    def truncate(self, path: PathLike, size: int) -> None:
+        self._thread.call(self._afs.truncate, path, size)
+
+    def getxattr(self, path: PathLike, name: str | bytes) -> bytes:
+        return self._thread.call(self._afs.getxattr, path, name)
+
+    def setxattr(self, path: PathLike, name: str | bytes, value: bytes, flags: int = 0) -> None:
+        self._thread.call(self._afs.setxattr, path, name, value, flags)
+
+    def listxattr(self, path: PathLike) -> list[str]:
+        return self._thread.call(self._afs.listxattr, path)
+
+    def removexattr(self, path: PathLike, name: str | bytes) -> None:
+        self._thread.call(self._afs.removexattr, path, name)
+
+    def set_goal(self, path: PathLike, goal: int, recursive: bool = False) -> None:
+        self._thread.call(self._afs.set_goal, path, goal, recursive)
+
+    def statvfs(self) -> os.statvfs_result:
+        return self._thread.call(self._afs.statvfs)
+
+    def put_file(self, local_path: str | Path, remote_path: PathLike, progress: Progress | None = None, *,
+                 exclusive: bool = False) -> None:
+        """See AsyncFilesystem.put_file; `progress` is called from the client's thread."""
+        self._thread.call(lambda: self._afs.put_file(local_path, remote_path, progress, exclusive=exclusive))
+
+    def get_file(self, remote_path: PathLike, local_path: str | Path, progress: Progress | None = None) -> None:
+        """See AsyncFilesystem.get_file; `progress` is called from the client's thread."""
+        self._thread.call(self._afs.get_file, remote_path, local_path, progress)
+
+    def close(self) -> None:
+        """Close every file still open (durably), end the connection and its thread."""
+        self._thread.stop()
+
+    def __enter__(self) -> "Filesystem":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
