@@ -54,11 +54,14 @@ class ChunkfsFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has
     blocksize = CHUNK_SIZE
 
     def __init__(self, address: str | None = None, secret_file: str | None = None, goal: int | None = None,
-                 retry_s: float = 15.0, **kwargs: Any) -> None:
+                 retry_s: float = 15.0, auto_mkdir: bool = True, **kwargs: Any) -> None:
+        """`auto_mkdir`: a file written makes its missing parent directories (as object stores
+        and fsspec's local files with auto_mkdir=True behave, which data tools expect)."""
         super().__init__(**kwargs)
         from chunkfs import client
 
         self.address = address or DEFAULT_ADDRESS
+        self.auto_mkdir = auto_mkdir
         self.client = client.connect(self.address, secret_file=secret_file_for(secret_file), goal=goal,
                                      retry_s=retry_s)
 
@@ -170,11 +173,17 @@ class ChunkfsFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has
     def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:
         path = self._strip_protocol(path)
         if truncate or not self.exists(path):
+            self.make_parent(path)
             self.client.open(path, "wb").close()
         else:
             self.client.utime(path)
 
     # -- data
+
+    def make_parent(self, path: str) -> None:
+        """Before a file is written: its parent directories, with `auto_mkdir`."""
+        if self.auto_mkdir:
+            self.client.makedirs(self._parent(path), exist_ok=True)
 
     def _open(self, path: str, mode: str = "rb", block_size: int | None = None, autocommit: bool = True,
               cache_options: dict[str, Any] | None = None, **kwargs: Any) -> ChunkfsFile:
@@ -186,6 +195,7 @@ class ChunkfsFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has
         if self.isdir(path1):
             self.makedirs(path2, exist_ok=True)
             return
+        self.make_parent(path2)
         with self.client.open(path1, "rb") as source, self.client.open(path2, "wb") as target:
             while data := source.read(self.blocksize):
                 target.write(data)
@@ -198,7 +208,7 @@ class ChunkfsFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has
         if os.path.isdir(lpath):
             self.makedirs(rpath, exist_ok=True)
             return
-        self.makedirs(self._parent(rpath), exist_ok=True)
+        self.make_parent(rpath)
         if callback is not None:
             callback.set_size(os.path.getsize(lpath))
         self.client.put_file(os.fspath(lpath), rpath, callback.relative_update if callback else None,
@@ -231,6 +241,13 @@ class ChunkfsFile(AbstractBufferedFile):  # type: ignore[misc]
         super().__init__(fs, path, mode, **kwargs)
         self._written_path = path if self.autocommit else posixpath.join(
             posixpath.dirname(path), f".{posixpath.basename(path)}.fsspec-{os.urandom(4).hex()}")
+        if self.writable():  # opened now, so "xb" on an existing file fails at open, as open() does
+            fs.make_parent(path)
+            try:
+                self._client_file = self.fs.client.open(self._written_path, self.mode)
+            except BaseException:
+                self.closed = True
+                raise
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         if self._client_file is None:
@@ -239,7 +256,7 @@ class ChunkfsFile(AbstractBufferedFile):  # type: ignore[misc]
         return bytes(self._client_file.read(end - start))
 
     def _initiate_upload(self) -> None:
-        self._client_file = self.fs.client.open(self._written_path, {"wb": "wb", "xb": "xb", "ab": "ab"}[self.mode])
+        """The client file is already open (see __init__)."""
 
     def _upload_chunk(self, final: bool = False) -> bool:
         self._client_file.write(self.buffer.getvalue())
