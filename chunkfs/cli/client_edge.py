@@ -74,7 +74,7 @@ def _exit(command: str, message: str, code: int) -> NoReturn:
 
 
 @asynccontextmanager
-async def open_cluster(command: str, access: ClusterAccess) -> AsyncIterator[AsyncFilesystem]:
+async def open_cluster(access: ClusterAccess, retry_s: float) -> AsyncIterator[AsyncFilesystem]:
     """The cluster as an async filesystem, checked to answer before a command relies on it: a
     wrong secret or a metaserver that is down is told apart from a missing path that way."""
     from chunkfs import client  # the client core is imported only by the commands that use it
@@ -86,7 +86,7 @@ async def open_cluster(command: str, access: ClusterAccess) -> AsyncIterator[Asy
     async with AsyncExitStack() as stack:
         try:
             fs = await stack.enter_async_context(
-                client.open_filesystem(access.metaserver, secret_file=str(access.secret_file)))
+                client.open_filesystem(access.metaserver, secret_file=access.secret_file, retry_s=retry_s))
             await fs.stat("/")
         except OSError as exc:
             raise ClusterUnusable(f"cannot use the cluster at {access.metaserver}: {describe(exc)}") from exc
@@ -110,14 +110,14 @@ def _most_telling(exc: BaseException) -> BaseException:
     return leaves[0]
 
 
-def run_command(command: str, access: ClusterAccess,
-                job: Callable[[AsyncFilesystem, Failures], Awaitable[Any]]) -> Any:
+def run_command(command: str, access: ClusterAccess, job: Callable[[AsyncFilesystem, Failures], Awaitable[Any]],
+                retry_s: float = 15.0) -> Any:
     """Run `job` on the cluster under trio and map what escapes it to one line and an exit code
     (see the module's table). `job` reports failures of single paths to `Failures` and goes on."""
     failures = Failures(command)
 
     async def main() -> Any:
-        async with open_cluster(command, access) as fs:
+        async with open_cluster(access, retry_s) as fs:
             return await job(fs, failures)
 
     try:

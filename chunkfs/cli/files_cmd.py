@@ -9,6 +9,7 @@ in `client_edge` (exit 1: an operation failed, 2: usage, 3: cluster unusable, 13
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import posixpath
@@ -16,15 +17,16 @@ import pwd
 import stat
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import click
 import trio
 
 from chunkfs.cli import transfer
 from chunkfs.cli.client_edge import Failures, run_command
-from chunkfs.cli.cluster_access import access_from, common_options
+from chunkfs.cli.cluster_access import ClusterAccess, access_from, common_options
 from chunkfs.cli.output import echo_json, human_bytes
 
 if TYPE_CHECKING:
@@ -41,9 +43,30 @@ def cluster_path(path: str) -> str:
     return path if path.startswith("/") else "/" + path
 
 
-def _on_cluster(command: str, data_dir: Path, metaserver: str | None, secret_file: Path | None,
-                job: Callable[[AsyncFilesystem, Failures], Any]) -> Any:
-    return run_command(command, access_from(metaserver, secret_file, data_dir), job)
+@dataclass(frozen=True)
+class Where:
+    """The cluster a command works on and how it answers (the options every file command takes)."""
+
+    access: ClusterAccess
+    retry_s: float
+    as_json: bool
+
+    def run(self, command: str, job: Callable[[AsyncFilesystem, Failures], Awaitable[Any]]) -> Any:
+        return run_command(command, self.access, job, self.retry_s)
+
+
+def cluster_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--dir, --metaserver, --secret-file, --json (as the admin commands) and --retry-s, given
+    to the command as one `where`."""
+
+    @common_options
+    @click.option("--retry-s", type=click.FloatRange(0.5), default=15.0, show_default=True,
+                  help="How long a call is retried while the cluster does not answer (then exit 3).")
+    @functools.wraps(fn)
+    def with_where(*args: Any, data_dir: Path, metaserver: str | None, secret_file: Path | None, as_json: bool,
+                   retry_s: float, **kwargs: Any) -> Any:
+        return fn(*args, where=Where(access_from(metaserver, secret_file, data_dir), retry_s, as_json), **kwargs)
+    return with_where
 
 
 def _copies_json(done: list[transfer.Copy], failures: Failures) -> dict[str, Any]:
@@ -61,9 +84,8 @@ def _split_sources(paths: tuple[str, ...]) -> tuple[list[str], str]:
 @click.argument("paths", nargs=-1, metavar="LOCAL... REMOTE")
 @RECURSIVE
 @JOBS
-@common_options
-def put(paths: tuple[str, ...], recursive: bool, jobs: int, data_dir: Path, metaserver: str | None,
-        secret_file: Path | None, as_json: bool) -> None:
+@cluster_options
+def put(paths: tuple[str, ...], recursive: bool, jobs: int, where: Where) -> None:
     """Copy local files onto the cluster. REMOTE ending in / (made if missing) or naming a
     directory receives the files under their names. A file appears under its name only once it
     is whole; an interrupted put leaves nothing there."""
@@ -80,19 +102,18 @@ def put(paths: tuple[str, ...], recursive: bool, jobs: int, data_dir: Path, meta
             await fs.put_file(c.source, c.target, progress)
 
         done = await transfer.run(plan, make_directory, copy, jobs, failures, "put")
-        if as_json:
+        if where.as_json:
             echo_json(_copies_json(done, failures))
 
-    _on_cluster("put", data_dir, metaserver, secret_file, job)
+    where.run("put", job)
 
 
 @click.command()
 @click.argument("paths", nargs=-1, metavar="REMOTE... LOCAL")
 @RECURSIVE
 @JOBS
-@common_options
-def get(paths: tuple[str, ...], recursive: bool, jobs: int, data_dir: Path, metaserver: str | None,
-        secret_file: Path | None, as_json: bool) -> None:
+@cluster_options
+def get(paths: tuple[str, ...], recursive: bool, jobs: int, where: Where) -> None:
     """Copy files from the cluster to local disk. LOCAL ending in / (made if missing) or naming
     a directory receives the files under their names."""
     sources, target = _split_sources(paths)
@@ -108,17 +129,16 @@ def get(paths: tuple[str, ...], recursive: bool, jobs: int, data_dir: Path, meta
             await fs.get_file(c.source, c.target, progress)
 
         done = await transfer.run(plan, make_directory, copy, jobs, failures, "get")
-        if as_json:
+        if where.as_json:
             echo_json(_copies_json(done, failures))
 
-    _on_cluster("get", data_dir, metaserver, secret_file, job)
+    where.run("get", job)
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, metavar="REMOTE...")
-@common_options
-def cat(paths: tuple[str, ...], data_dir: Path, metaserver: str | None, secret_file: Path | None,
-        as_json: bool) -> None:
+@cluster_options
+def cat(paths: tuple[str, ...], where: Where) -> None:
     """Write files of the cluster to stdout, one after the other."""
     out = sys.stdout.buffer
 
@@ -133,7 +153,7 @@ def cat(paths: tuple[str, ...], data_dir: Path, metaserver: str | None, secret_f
         out.flush()
 
     try:
-        _on_cluster("cat", data_dir, metaserver, secret_file, job)
+        where.run("cat", job)
     except BrokenPipeError:  # the reader went away (`| head`): as cat does, say nothing
         sys.stderr.close()
         sys.exit(0)
@@ -168,9 +188,8 @@ def _long_line(record: dict[str, Any], st: os.stat_result) -> str:
 @click.command(name="ls")
 @click.argument("path", default="/", metavar="[PATH]")
 @click.option("-l", "long", is_flag=True, help="Mode, links, owner, group, size, time of change.")
-@common_options
-def ls(path: str, long: bool, data_dir: Path, metaserver: str | None, secret_file: Path | None,
-       as_json: bool) -> None:
+@cluster_options
+def ls(path: str, long: bool, where: Where) -> None:
     """List a directory of the cluster (or show one file)."""
     path = cluster_path(path)
 
@@ -188,12 +207,12 @@ def ls(path: str, long: bool, data_dir: Path, metaserver: str | None, secret_fil
         except OSError as exc:
             failures.report(path, exc)
             return
-        if as_json:
+        if where.as_json:
             echo_json([r for r, _ in records])
-        for record, entry_st in [] if as_json else records:
+        for record, entry_st in [] if where.as_json else records:
             click.echo(_long_line(record, entry_st) if long else record["name"])
 
-    _on_cluster("ls", data_dir, metaserver, secret_file, job)
+    where.run("ls", job)
 
 
 async def _remove_tree(fs: AsyncFilesystem, top: str) -> None:
@@ -210,9 +229,8 @@ async def _remove_tree(fs: AsyncFilesystem, top: str) -> None:
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option("-r", "--recursive", is_flag=True, help="Remove directories and all below them.")
 @click.option("-f", "--force", is_flag=True, help="A missing path is no error.")
-@common_options
-def rm(paths: tuple[str, ...], recursive: bool, force: bool, data_dir: Path, metaserver: str | None,
-       secret_file: Path | None, as_json: bool) -> None:
+@cluster_options
+def rm(paths: tuple[str, ...], recursive: bool, force: bool, where: Where) -> None:
     """Remove files (and with -r directories) from the cluster."""
 
     async def job(fs: AsyncFilesystem, failures: Failures) -> None:
@@ -232,10 +250,10 @@ def rm(paths: tuple[str, ...], recursive: bool, force: bool, data_dir: Path, met
                     failures.report(path, FileNotFoundError(2, os.strerror(2)))
             except OSError as exc:
                 failures.report(path, exc)
-        if as_json:
+        if where.as_json:
             echo_json({"removed": removed, "failed": failures.messages})
 
-    _on_cluster("rm", data_dir, metaserver, secret_file, job)
+    where.run("rm", job)
 
 
 async def _bytes_below(fs: AsyncFilesystem, path: str) -> int:
@@ -252,9 +270,8 @@ async def _bytes_below(fs: AsyncFilesystem, path: str) -> int:
 @click.command(context_settings={"help_option_names": ["--help"]})
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option("-h", "--human", is_flag=True, help="KiB, MiB, GiB instead of bytes.")
-@common_options
-def size(paths: tuple[str, ...], human: bool, data_dir: Path, metaserver: str | None,
-         secret_file: Path | None, as_json: bool) -> None:
+@cluster_options
+def size(paths: tuple[str, ...], human: bool, where: Where) -> None:
     """Size in bytes of a file, or of all files below a directory."""
 
     async def job(fs: AsyncFilesystem, failures: Failures) -> None:
@@ -264,22 +281,21 @@ def size(paths: tuple[str, ...], human: bool, data_dir: Path, metaserver: str | 
                 sizes[path] = await _bytes_below(fs, path.rstrip("/") or "/")
             except OSError as exc:
                 failures.report(path, exc)
-        if as_json:
+        if where.as_json:
             echo_json([{"path": p, "bytes": n} for p, n in sizes.items()])
             return
         for path, n in sizes.items():
             shown = human_bytes(n) if human else str(n)
             click.echo(shown if len(paths) == 1 else f"{shown}\t{path}")
 
-    _on_cluster("size", data_dir, metaserver, secret_file, job)
+    where.run("size", job)
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option("-p", "--parents", is_flag=True, help="Make missing parents too; an existing directory is no error.")
-@common_options
-def mkdir(paths: tuple[str, ...], parents: bool, data_dir: Path, metaserver: str | None,
-          secret_file: Path | None, as_json: bool) -> None:
+@cluster_options
+def mkdir(paths: tuple[str, ...], parents: bool, where: Where) -> None:
     """Make directories on the cluster."""
 
     async def job(fs: AsyncFilesystem, failures: Failures) -> None:
@@ -292,15 +308,14 @@ def mkdir(paths: tuple[str, ...], parents: bool, data_dir: Path, metaserver: str
             except OSError as exc:
                 failures.report(path, exc)
 
-    _on_cluster("mkdir", data_dir, metaserver, secret_file, job)
+    where.run("mkdir", job)
 
 
 @click.command()
 @click.argument("source", metavar="SRC")
 @click.argument("target", metavar="DST")
-@common_options
-def mv(source: str, target: str, data_dir: Path, metaserver: str | None, secret_file: Path | None,
-       as_json: bool) -> None:
+@cluster_options
+def mv(source: str, target: str, where: Where) -> None:
     """Rename SRC to DST on the cluster (into DST if it is a directory); one atomic rename."""
     source, target = cluster_path(source), cluster_path(target)
 
@@ -313,10 +328,10 @@ def mv(source: str, target: str, data_dir: Path, metaserver: str | None, secret_
         except OSError as exc:
             failures.report(source, exc)
             return
-        if as_json:
+        if where.as_json:
             echo_json({"source": source, "target": destination})
 
-    _on_cluster("mv", data_dir, metaserver, secret_file, job)
+    where.run("mv", job)
 
 
 COMMANDS = (put, get, cat, ls, rm, size, mkdir, mv)
