@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: deps up down test test-long status install
+.PHONY: deps up down test test-long lint status install
 
 deps:
 	@bash scripts/bootstrap.sh
@@ -21,6 +21,11 @@ test: deps
 
 test-long: deps
 	$(BIN)/pytest -q --long
+
+# ruff and mypy settings live in pyproject.toml; .ci/run runs this before the tests.
+lint: deps
+	$(BIN)/ruff check chunkfs tests bench
+	$(BIN)/mypy chunkfs
 
 install: deps
 	$(BIN)/chunkfs install

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from netns_cluster import NetnsCluster  # noqa: E402
+from netns_cluster import NetnsCluster
 
 MiB = 1024 * 1024
 FILE_BYTES = 64 * MiB

@@ -12,6 +12,7 @@ the mean over `--count` calls one at a time (a round trip, not throughput). The 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -48,10 +49,8 @@ async def client_figures(address: str, secret: bytes, count: int) -> dict[str, f
         root = await meta.getattr(ROOT_INO)
 
         async def lookup_missing(i: int) -> None:
-            try:
+            with contextlib.suppress(FsError):
                 await meta.lookup(ROOT_INO, b"round-trip-bench-missing")
-            except FsError:
-                pass
 
         async def setattr(i: int) -> None:
             await meta.setattr(r.SetattrReq(ino=ROOT_INO, mode=root.mode))
@@ -72,10 +71,8 @@ def mount_figures(mountpoint: Path, count: int) -> dict[str, float]:
     missing = mountpoint / "round-trip-bench-missing"  # in the root: a directory this mount made it may answer itself
 
     def stat_missing(i: int) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.stat(missing)
-        except FileNotFoundError:
-            pass
 
     files = [base / f"f{i}" for i in range(count)]
     dirs = [base / f"d{i}" for i in range(count)]

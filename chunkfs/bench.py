@@ -18,9 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from chunkfs import mounts
 
@@ -220,8 +221,9 @@ def _random_reads(ws: _Workspace) -> dict[str, float]:
     try:
         start = time.perf_counter()
         deadline = start + ws.settings.random_read_time_s
-        for reads in range(1, ws.settings.random_read_limit + 1):
+        while reads < ws.settings.random_read_limit:
             os.pread(fd, RANDOM_READ_BYTES, rng.randrange(blocks) * RANDOM_READ_BYTES)
+            reads += 1
             if time.perf_counter() >= deadline:
                 break
         elapsed = time.perf_counter() - start
@@ -265,9 +267,9 @@ def _timed_command(command: list[str], timeout_s: float) -> float:
     try:
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.CalledProcessError as exc:
-        raise BenchError(f"{' '.join(command)} exited with {exc.returncode}: {exc.stderr.strip()[-500:]}")
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"{' '.join(command)} took longer than {timeout_s:.0f} s")
+        raise BenchError(f"{' '.join(command)} exited with {exc.returncode}: {exc.stderr.strip()[-500:]}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{' '.join(command)} took longer than {timeout_s:.0f} s") from exc
     return time.perf_counter() - start
 
 

@@ -6,7 +6,7 @@ xxh3-64 per `BLOCK_SIZE` block so a partial read verifies only the blocks it tou
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import xxhash
 

@@ -13,14 +13,18 @@ import logging
 import sys
 import tomllib
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from chunkfs import request_id, service
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # a config: a dataclass whose fields are made by `opt`
 
 
 class ConfigError(ValueError):
@@ -116,7 +120,7 @@ def daemon_command(cls: type[T], help_text: str, positional: tuple[str, ...] = (
         for field in dataclasses.fields(cls):
             if field.name in positional:
                 continue
-            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            default = field_default(field)
             params.append(click.Option(
                 ["--" + field.name.replace("_", "-"), field.name], default=None,
                 help=f"{field.metadata.get('help', '')} [default: {default}]".strip(),
@@ -131,7 +135,7 @@ def example(cls: type, header: str) -> str:
     at its default, so the file as written changes nothing and each line can be uncommented."""
     lines = [f"# {line}" if line else "#" for line in header.strip().splitlines()]
     for field in dataclasses.fields(cls):
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        default = field_default(field)
         lines += ["", f"# {field.metadata.get('help', '')}", f"#{field.name} = {_toml_value(default)}"]
     return "\n".join(lines) + "\n"
 
@@ -146,6 +150,13 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, Path) and not value.parts:
         return '""'  # no default: Path("") would print as "."
     return json.dumps(str(value))
+
+
+def field_default(field: dataclasses.Field[Any]) -> Any:
+    """The value a config field has when nothing sets it (`opt` gives every field one)."""
+    if callable(field.default_factory):
+        return field.default_factory()
+    return field.default
 
 
 def opt(default: Any, help: str) -> Any:

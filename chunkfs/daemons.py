@@ -7,13 +7,14 @@ the tail of its log.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from chunkfs import mounts
 
@@ -97,10 +98,8 @@ def _is_zombie(pid: int) -> bool:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def unmount(mountpoint: Path, timeout_s: float = 10.0) -> None:
@@ -122,10 +121,8 @@ def abort_fuse_connection(mountpoint: Path) -> None:
         for line in f:
             fields = line.split()
             if fields[4] == str(Path(mountpoint).absolute()):
-                major, minor = fields[2].split(":")
+                _major, minor = fields[2].split(":")
                 abort = Path(f"/sys/fs/fuse/connections/{minor}/abort")
-                try:
+                with contextlib.suppress(OSError):
                     abort.write_text("1")
-                except OSError:
-                    pass
                 return

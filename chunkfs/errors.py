@@ -46,7 +46,7 @@ class FsError(Exception):
         return {"errno": self.name, "message": self.message}
 
     @classmethod
-    def from_json(cls, body: dict, default: int = errno.EIO) -> "FsError":
+    def from_json(cls, body: dict, default: int = errno.EIO) -> FsError:
         err = getattr(errno, str(body.get("errno", "")), default)
         return cls(err, str(body.get("message", "")), str(body.get("request_id", "")))
 

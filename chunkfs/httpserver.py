@@ -15,7 +15,8 @@ import json
 import logging
 import socket
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 import uvloop
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SECRET_KEY = web.AppKey("secret", bytes)
-ROUTINE_ERROR = web.AppKey("routine_error", Callable[[web.Request, FsError], bool])
+ROUTINE_ERROR = web.AppKey[Callable[[web.Request, FsError], bool]]("routine_error")  # not a class: typed by subscript
 ERROR_KEY = web.RequestKey("chunkfs_error", FsError)  # the FsError a request was answered with
 PUBLIC_PATHS = frozenset({"/", "/health", "/metrics"})  # read-only: health, metrics, status page
 

@@ -16,7 +16,8 @@ import functools
 import inspect
 import logging
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, PlatformCollector,
@@ -26,6 +27,9 @@ from prometheus_client.registry import Collector
 
 from chunkfs.config import parse_address
 from chunkfs.protocol import records as r
+
+if TYPE_CHECKING:  # the mount's dependency only: the servers never load it
+    import pyfuse3
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
@@ -324,7 +328,7 @@ class FuseMetrics:
             setattr(operations, name, self._timed(name, getattr(operations, name), pyfuse3.FUSEError))
         return names
 
-    def _timed(self, op: str, handler: Callable[..., Any], fuse_error: type[Exception]) -> Callable[..., Any]:
+    def _timed(self, op: str, handler: Callable[..., Any], fuse_error: type[pyfuse3.FUSEError]) -> Callable[..., Any]:
         ok = self.requests.labels(op, "ok")
         latency = self.latency.labels(op)
         count_bytes = {"read": lambda result: self.read_bytes.inc(len(result)),

@@ -7,18 +7,19 @@ servers for each chunk from its reservation, so consecutive chunks spread over t
 from __future__ import annotations
 
 import random
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 T = TypeVar("T")
 
 
 def weighted_order(items: Sequence[T], weights: Sequence[int], rng: random.Random | None = None) -> list[T]:
     """All `items` with weight > 0 in a random order where heavier items tend to come first."""
-    rng = rng or random
-    pool = [(item, w) for item, w in zip(items, weights) if w > 0]
+    uniform = rng.uniform if rng is not None else random.uniform
+    pool = [(item, w) for item, w in zip(items, weights, strict=True) if w > 0]
     order: list[T] = []
     while pool:
-        pick = rng.uniform(0, sum(w for _i, w in pool))
+        pick = uniform(0, sum(w for _i, w in pool))
         for i, (item, w) in enumerate(pool):
             pick -= w
             if pick <= 0 or i == len(pool) - 1:

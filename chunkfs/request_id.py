@@ -53,7 +53,6 @@ class LogFilter(logging.Filter):
     line written while a request is handled can be grepped for (or parsed as key=value)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
-            record.request_id = current.get()
-        record.request_tag = f" request_id={record.request_id}" if record.request_id else ""
+        rid = vars(record).setdefault("request_id", current.get())
+        record.request_tag = f" request_id={rid}" if rid else ""
         return True

@@ -16,7 +16,8 @@ import asyncio
 import logging
 import os
 import sys
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import ClassVar
 
 import sdnotify
 from aiohttp import web
@@ -104,7 +105,7 @@ class JournalFormatter(logging.Formatter):
     """No timestamp (journald adds its own) and a `<N>` syslog priority prefix, so
     `journalctl -p err` finds the errors."""
 
-    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+    PRIORITIES: ClassVar[dict[int, int]] = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
     def __init__(self, fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
         super().__init__(fmt)

@@ -29,8 +29,8 @@ def main(root: str) -> None:
     for name in ("shared/doc", "denied", "grouped", "masked", "plain"):
         for label, flag in (("R", os.R_OK), ("W", os.W_OK)):
             out[f"access {name} {label}"] = os.access(p(name), flag)
-        out[f"read {name}"] = outcome(lambda: open(p(name), "rb").read().decode())
-        out[f"write {name}"] = outcome(lambda: open(p(name), "ab").write(b"+"))
+        out[f"read {name}"] = outcome(lambda name=name: open(p(name), "rb").read().decode())
+        out[f"write {name}"] = outcome(lambda name=name: open(p(name), "ab").write(b"+"))
     out["list shared"] = outcome(lambda: sorted(os.listdir(p("shared"))))
     out["create in shared"] = outcome(lambda: touch(p("shared", "mine")))
     out["mkdir in inherit"] = outcome(lambda: os.mkdir(p("inherit", "sub"), 0o777))

@@ -3,6 +3,7 @@ temporary directory; every fixture takes it all down again, even when the test f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chunkfs.daemons import abort_fuse_connection, read_pid, stop_pid
+from chunkfs.daemons import abort_fuse_connection, read_pid, stop_pid, unmount
 
 CHUNKFS = [sys.executable, "-m", "chunkfs.cli"]
 
@@ -153,10 +154,8 @@ class Cluster:
 
     def cleanup(self) -> None:
         """Take everything down, whatever state the test left it in."""
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             chunkfs("down", "--dir", self.dir, check=False, timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
         if os.path.ismount(self.mnt) or _in_proc_mounts(self.mnt):
             abort_fuse_connection(self.mnt)
             subprocess.run(["fusermount3", "-uz", str(self.mnt)], capture_output=True)
@@ -192,3 +191,15 @@ def fresh_cluster(tmp_path_factory, request):
     """A cluster of its own, for tests that kill or restart things; `Cluster` arguments can be
     given with `@pytest.mark.parametrize("fresh_cluster", [{...}], indirect=True)`."""
     yield from _cluster(tmp_path_factory, **getattr(request, "param", {}))
+
+
+@pytest.fixture
+def second_mount(cluster, tmp_path):
+    """A second client: `cluster`'s filesystem mounted again, with a cache of its own."""
+    target = tmp_path / "client-b"
+    chunkfs("mount", cluster.metaserver, target, "--secret-file", cluster.secret_file,
+            "-o", f"cache_dir={tmp_path / 'cache-b'}")
+    try:
+        yield target
+    finally:
+        unmount(target)

@@ -231,7 +231,7 @@ class NetnsCluster:
         (self.root / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     @classmethod
-    def from_state(cls, root: Path) -> "NetnsCluster":
+    def from_state(cls, root: Path) -> NetnsCluster:
         s = json.loads((Path(root) / STATE_FILE).read_text())
         return cls(root, s["chunkservers"], s["clients"], s["goal"], s["heartbeat_timeout_s"],
                    s["scrub_mb_per_s"], s["disk_mb"], tag=s["tag"], subnet=s["subnet"])
@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in cluster.chunkservers:
         print(f"{name:12} {cluster.address(name):20} netns {cluster.nodes[name].netns}  pid {cluster.pid(name)}")
     for client in cluster.clients:
-        print(f"{client:12} {str(cluster.mnt(client)):20} netns {cluster.nodes[client].netns}")
+        print(f"{client:12} {cluster.mnt(client)!s:20} netns {cluster.nodes[client].netns}")
     print(f"status:      chunkfs status --metaserver {cluster.metaserver} --secret-file {cluster.secret_file}")
     print(f"cut a link:  ip -n {cluster.bridge_ns} link set v-cs1 down")
     print(f"take down:   {sys.executable} {Path(__file__).absolute()} down {args.dir}")

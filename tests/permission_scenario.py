@@ -75,8 +75,8 @@ def main(root: str) -> None:
     for name in ("group-r", "group-rw", "other-r", "foreign-group-r", "owner-none"):
         for label, flag in (("R", os.R_OK), ("W", os.W_OK), ("X", os.X_OK)):
             out[f"access {name} {label}"] = os.access(p(name), flag)
-        out[f"open {name} for reading"] = outcome(lambda: os.close(os.open(p(name), os.O_RDONLY)))
-        out[f"open {name} for writing"] = outcome(lambda: os.close(os.open(p(name), os.O_WRONLY)))
+        out[f"open {name} for reading"] = outcome(lambda name=name: os.close(os.open(p(name), os.O_RDONLY)))
+        out[f"open {name} for writing"] = outcome(lambda name=name: os.close(os.open(p(name), os.O_WRONLY)))
     out["list a group-only dir"] = outcome(lambda: sorted(os.listdir(p("group-dir"))))
     out["create in a group-only dir"] = outcome(lambda: os.close(os.open(p("group-dir", "new"), os.O_CREAT | os.O_WRONLY)))
     out["traverse a dir without x"] = outcome(lambda: os.stat(p("no-x", "inside")).st_size)

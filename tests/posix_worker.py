@@ -18,7 +18,8 @@ import os
 import pickle
 import stat
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -102,7 +103,7 @@ def snapshot(root: str, root_fd: int) -> dict[str, dict]:
 
 def clear(root: str) -> None:
     """Remove everything under `root`, giving ourselves back the permissions a test took away."""
-    for dirpath, dirnames, filenames in os.walk(root, topdown=True, onerror=None):
+    for dirpath, dirnames, _filenames in os.walk(root, topdown=True, onerror=None):
         for d in dirnames:
             p = os.path.join(dirpath, d)
             if not os.path.islink(p):
@@ -150,7 +151,7 @@ class Twin:
     def reset(self) -> None:
         for slot in list(self.slots):
             self.close_slot(slot)
-        for root, fd, (uid, gid) in zip(self.roots, self.root_fds, self.root_owners):
+        for root, fd, (uid, gid) in zip(self.roots, self.root_fds, self.root_owners, strict=True):
             if os.geteuid() == 0:
                 os.fchown(fd, uid, gid)
             os.fchmod(fd, 0o755)

@@ -31,7 +31,7 @@ def two_disks(tmp_path):
     disks = [tmp_path / "disk-small", tmp_path / "disk-big"]
     mounted = []
     try:
-        for disk, size in zip(disks, ("48m", "64m")):
+        for disk, size in zip(disks, ("48m", "64m"), strict=True):
             disk.mkdir()
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], check=True)
             mounted.append(disk)

@@ -78,7 +78,7 @@ def test_disk_cache_keeps_verified_chunks_across_restarts_and_one_version_per_ch
             for item in items:
                 cache.store(*item)
             with trio.fail_after(10):
-                while cache.stores + cache.dropped_stores < done_before + len(items):
+                while cache.stores + cache.dropped_stores < done_before + len(items):  # noqa: ASYNC110 (counters)
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
 

@@ -7,10 +7,8 @@ import hashlib
 import os
 import random
 import shutil
-import signal
 import stat
 import subprocess
-import time
 
 import pytest
 

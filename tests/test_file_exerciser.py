@@ -103,7 +103,7 @@ class Exerciser:
     def run(self, operations: int) -> None:
         ops = [(self.write, 30), (self.read, 30), (self.truncate, 5), (self.mmap_write, 10),
                (self.mmap_read, 8), (self.stat, 10), (self.fsync, 1), (self.reopen, 1)]
-        choices, weights = zip(*ops)
+        choices, weights = zip(*ops, strict=True)
         for _ in range(operations):
             self.rng.choices(choices, weights)[0]()
         self.reopen()

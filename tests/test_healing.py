@@ -8,8 +8,8 @@ import json
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import msgspec
 import pytest

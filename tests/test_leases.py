@@ -12,7 +12,6 @@ import pytest
 
 from chunkfs.daemons import unmount
 from conftest import chunkfs, metaserver_calls
-from test_two_clients import second_mount  # noqa: F401 (a fixture)
 
 
 def test_files_made_in_a_new_directory_cost_one_call_each(cluster):

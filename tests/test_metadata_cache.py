@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 from conftest import metrics_of
-from test_two_clients import second_mount  # noqa: F401 (a fixture)
 
 READ_OPS = ("getattr", "lookup")
 

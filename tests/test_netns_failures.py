@@ -16,8 +16,8 @@ import random
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -68,7 +68,7 @@ class Workload:
                          threading.Thread(target=self._loop, args=(self._read_one,), daemon=True)]
         self.started = time.monotonic()
 
-    def start(self) -> "Workload":
+    def start(self) -> Workload:
         self.writer_dir.mkdir(exist_ok=True)
         for thread in self._threads:
             thread.start()
@@ -340,10 +340,9 @@ def test_every_chunkserver_full_gives_enospc(netns):
         netns.fill_disk(name, leave_bytes=1 * MiB)
     try:
         time.sleep(2 * HEARTBEAT_TIMEOUT_S / 4 + 6)  # heartbeats say so; reservations run out
-        with pytest.raises(OSError) as info:
-            with open(netns.mnt("client1") / "no-room", "wb") as f:
-                f.write(os.urandom(CHUNK_SIZE))
-                os.fsync(f.fileno())
+        with pytest.raises(OSError) as info, open(netns.mnt("client1") / "no-room", "wb") as f:
+            f.write(os.urandom(CHUNK_SIZE))
+            os.fsync(f.fileno())
         assert info.value.errno == errno.ENOSPC
     finally:
         for name in netns.chunkservers:

@@ -169,7 +169,7 @@ class NotifySocket:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 message = self.sock.recv(4096).decode()
-            except socket.timeout:
+            except TimeoutError:
                 break
             if word in message.split("\n") or message.startswith(word):
                 return message
@@ -217,7 +217,7 @@ def test_servers_say_ready_only_when_serving_ping_the_watchdog_and_say_stopping(
         assert get(f"http://127.0.0.1:{port + 1}/health")[0] == 200
         cs_notify.wait_for("WATCHDOG=1")
 
-        for proc, sock in zip(procs, (notify, cs_notify)):
+        for proc, sock in zip(procs, (notify, cs_notify), strict=True):
             proc.send_signal(signal.SIGTERM)
             sock.wait_for("STOPPING=1")
             assert proc.wait(timeout=30) == 0

@@ -8,7 +8,7 @@ import pytest
 from chunkfs.errors import FsError
 from chunkfs import posix_acl as acl
 
-U, NU, G, NG, M, O = acl.USER_OBJ, acl.USER, acl.GROUP_OBJ, acl.GROUP, acl.MASK, acl.OTHER
+U, NU, G, NG, M, O = acl.USER_OBJ, acl.USER, acl.GROUP_OBJ, acl.GROUP, acl.MASK, acl.OTHER  # noqa: E741 (O: the ACL's other)
 X = acl.UNDEFINED_ID
 DEFAULT = [(U, 7, X), (NU, 7, 1001), (G, 5, X), (NG, 6, 2001), (M, 7, X), (O, 0, X)]
 

@@ -78,7 +78,7 @@ def test_the_write_sets_rebuild_the_same_database(primary, tmp_path):
 
 
 def test_a_standby_of_another_history_or_too_far_behind_must_copy_again(primary):
-    db, log, committer = primary
+    db, _log, _committer = primary
     small = ReplicationLog(db, timeout_s=0.3, keep_bytes=1)  # keeps only the last batch
     small_committer = GroupCommitter(db, small)
 

@@ -5,23 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
-
-import pytest
-
-from chunkfs.daemons import unmount
-from conftest import chunkfs
-
-
-@pytest.fixture
-def second_mount(cluster, tmp_path):
-    target = tmp_path / "client-b"
-    chunkfs("mount", cluster.metaserver, target, "--secret-file", cluster.secret_file,
-            "-o", f"cache_dir={tmp_path / 'cache-b'}")
-    try:
-        yield target
-    finally:
-        unmount(target)
 
 
 def eventually(check, timeout_s: float = 1.0) -> None:

@@ -4,6 +4,7 @@ with such a file open leaves it to the metaserver, which frees it when the clien
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -128,10 +129,8 @@ def test_unlink_on_another_client_ends_the_file_for_this_one(fresh_cluster, tmp_
                 os.fsync(fd)
             assert failure.value.errno in (errno.ESTALE, errno.ENOENT, errno.EIO)
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
     finally:
         unmount(other)
     assert wait_until(lambda: chunk_files(fresh_cluster) == [])

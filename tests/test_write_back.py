@@ -47,7 +47,7 @@ class ProcessWatch:
             if self._stop.wait(0.1):
                 return
 
-    def __enter__(self) -> "ProcessWatch":
+    def __enter__(self) -> ProcessWatch:
         self._cpu_start = self._cpu_s()
         self._thread.start()
         return self

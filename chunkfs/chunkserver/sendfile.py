@@ -44,6 +44,6 @@ class FileRangeResponse(web.StreamResponse):
                 piece = await asyncio.to_thread(os.pread, self._file.fileno(),
                                                 min(FALLBACK_PIECE_BYTES, self._count - sent), self._offset + sent)
                 if not piece:
-                    raise ConnectionResetError("file shorter than its range")
+                    raise ConnectionResetError("file shorter than its range") from None
                 await writer.write(piece)
                 sent += len(piece)

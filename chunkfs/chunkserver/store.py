@@ -24,9 +24,10 @@ import shutil
 import struct
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import BinaryIO
 
 from chunkfs import CHUNK_SIZE
 from chunkfs.checksum import BLOCK_SIZE, DIGEST_SIZE, checksums_of_pieces, chunk_checksum, verify_blocks
@@ -214,7 +215,7 @@ class ChunkStore:
         `sendfile` that follows, on the event loop, seldom waits for it). The caller closes it."""
         for chunk_dir in self.dirs:
             try:
-                f = open(chunk_dir.path(chunk_id, version), "rb", buffering=0)
+                f = open(chunk_dir.path(chunk_id, version), "rb", buffering=0)  # noqa: SIM115 (returned open)
                 break
             except FileNotFoundError:
                 continue
@@ -251,7 +252,8 @@ class ChunkStore:
         """Every chunk version on disk: (those not modified in the last `older_than_s` seconds,
         those that were)."""
         cutoff = time.time() - older_than_s
-        old, recent = [], []
+        old: list[tuple[int, int]] = []
+        recent: list[tuple[int, int]] = []
         for path in (p for d in self.dirs for p in d.chunks_dir.glob("*/*.chunk")):
             try:
                 modified = path.stat().st_mtime

@@ -119,7 +119,7 @@ def info(path: Path, data_dir: Path, metaserver: str | None, secret_file: Path |
         data = msgspec.to_builtins(layout)
         data["path"] = str(path)
         data["inline"] = None if layout.inline is None else len(layout.inline)  # bytes kept inline, not the bytes
-        for chunk, ref in zip(data["chunks"], layout.chunks):
+        for chunk, ref in zip(data["chunks"], layout.chunks, strict=True):
             chunk["replica_servers"] = [{"id": sid, "address": addresses.get(sid, ""), "up": sid in layout.servers}
                                         for sid in ref.replicas]
         echo_json(data)

@@ -7,9 +7,10 @@ import json
 import os
 import stat
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import trio
@@ -29,7 +30,7 @@ class ClusterAccess:
     secret_file: Path
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"chunkfs: {message}", err=True)
     sys.exit(code)
 

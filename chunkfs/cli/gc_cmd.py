@@ -36,8 +36,9 @@ def gc(dry_run: bool, min_age_s: float, wait_s: float | None, data_dir: Path, me
         with progress() as bar:
             bar.add_task("asking the chunkservers", total=None)
             report = await meta.gc(dry_run, min_age_s)
-        waited = wait_s is not None and not dry_run
-        return report, await _wait_for_deletions(meta, wait_s) if waited else None
+        if wait_s is None or dry_run:
+            return report, None
+        return report, await _wait_for_deletions(meta, wait_s)
 
     report, pending = run_with_meta(access, collect)
     if as_json:

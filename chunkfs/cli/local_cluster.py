@@ -128,7 +128,7 @@ def down(data_dir: Path) -> None:
     info = json.loads(info_path.read_text())
     run = data_dir / "run"
     unmount(Path(info["mountpoint"]))
-    names = ["mount"] + sorted(p.stem for p in run.glob("cs*.pid")) + ["metaserver"]
+    names = ["mount", *sorted(p.stem for p in run.glob("cs*.pid")), "metaserver"]
     for name in names:
         pid = read_pid(run / f"{name}.pid")
         if pid is not None:

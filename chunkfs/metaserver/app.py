@@ -7,7 +7,9 @@ import asyncio
 import errno
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import msgspec
 from aiohttp import web
@@ -18,7 +20,7 @@ from chunkfs.httpserver import json_response, make_app, read_body
 from chunkfs.metaserver.changes import ChangeFeed, affected
 from chunkfs.metaserver.status_page import render as render_status_page
 from chunkfs.metaserver.chunk_table import ChunkTable
-from chunkfs.metaserver.db import GroupCommitter, MetaDB
+from chunkfs.metaserver.db import GroupCommitter, MetaDB, Txn
 from chunkfs.metaserver import fsck
 from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.gc import GarbageCollector
@@ -34,7 +36,6 @@ from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
 from chunkfs.metaserver.throughput import ThroughputHistory
 from chunkfs.protocol import records as r
-from chunkfs.protocol.chunk_client import ChunkClient
 from chunkfs.protocol.meta_client import CLIENT_HEADER, named_inodes
 from chunkfs.protocol.http import SignedHttp
 
@@ -60,16 +61,16 @@ class Metaserver:
     replication: ReplicationLog | None = None  # write sets for standbys
     quarantine: Quarantine | None = None  # keeps unknown chunk versions after a restore
     replies: ReplyLog | None = None  # answers a retried mutation instead of running it twice
-    leases: DirectoryLeases | None = None  # directories held by the client that made them
+    leases: DirectoryLeases = field(init=False)  # directories held by the client that made them
 
     def __post_init__(self) -> None:
-        if self.leases is None:
-            self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
+        self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
 
 
 STATE = web.AppKey("metaserver", Metaserver)
 
-READS = {
+# op -> (its request record, the read it runs): (metaserver, read transaction, request) -> answer
+READS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, Txn, Any], Any]]] = {
     "lookup": (r.LookupReq, lambda m, t, q: m.namespace.lookup(t, q.parent, q.name)),
     "getattr": (r.InodeReq, lambda m, t, q: m.namespace.getattr(t, q.ino)),
     "readdir": (r.ReaddirReq, lambda m, t, q: m.namespace.readdir(t, q.ino, q.after, min(q.limit, 10000))),
@@ -84,7 +85,8 @@ READS = {
     "statfs": (r.InodeReq, lambda m, t, q: statfs(m, t)),
 }
 
-MUTATIONS = {
+# op -> (its request record, the mutation for this metaserver): (write transaction, request) -> answer
+MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver], Callable[[Txn, Any], Any]]]] = {
     "create": (r.CreateReq, lambda m: m.namespace.create),
     "link": (r.LinkReq, lambda m: m.namespace.link),
     "remove": (r.RemoveReq, lambda m: m.namespace.remove),
@@ -99,7 +101,7 @@ MUTATIONS = {
 }
 
 
-def statfs(m: Metaserver, txn) -> r.Statfs:
+def statfs(m: Metaserver, txn: Txn) -> r.Statfs:
     total, free = m.registry.totals()
     return r.Statfs(total_bytes=total, free_bytes=free, files=txn.stat(m.db.inodes)["entries"],
                     chunks=txn.stat(m.db.chunks)["entries"])
@@ -139,7 +141,7 @@ async def fs_operation(request: web.Request) -> web.Response:
             if result is None:  # a retry of a mutation already done: answer it again, changes nothing
                 return web.Response(body=body, content_type="application/json")
         if op == "create":
-            m.leases.granted(req, result, client)
+            m.leases.granted(cast(r.CreateReq, req), result, client)
         elif op == "remove":
             m.leases.forget_removed(result)
         if op in WAKE_DELETER:
@@ -154,8 +156,8 @@ async def fs_operation(request: web.Request) -> web.Response:
         await m.leases.release(client, (await read_body(request, r.LeaseReq)).inodes)
         return json_response(None)
     if op == "fsck":  # a page can take a while: off the event loop
-        req = await read_body(request, r.FsckReq)
-        return json_response(await asyncio.to_thread(fsck_page, m, m.registry.alive_ids(), req))
+        page_req = await read_body(request, r.FsckReq)
+        return json_response(await asyncio.to_thread(fsck_page, m, m.registry.alive_ids(), page_req))
     raise FsError(errno.ENOSYS, f"unknown operation {op!r}")
 
 
@@ -191,7 +193,7 @@ async def server_hello(request: web.Request) -> web.Response:
     m.throughput.report(hello.id, hello.read_bytes, hello.written_bytes)
     delete: list[tuple[int, int]] = []
     if hello.chunks is not None:
-        delete = await m.committer.run(registration_garbage, m, hello)
+        delete = await m.committer.run(registration_garbage, m, hello.id, hello.chunks, hello.recent_chunks or [])
         if delete:
             log.info("server %s holds %d unreferenced chunk versions; told to delete them",
                      hello.address, len(delete))
@@ -200,10 +202,11 @@ async def server_hello(request: web.Request) -> web.Response:
     return json_response(r.HelloReply(delete))
 
 
-def registration_garbage(txn, m: Metaserver, hello: r.ServerHello) -> list[tuple[int, int]]:
+def registration_garbage(txn: Txn, m: Metaserver, server_id: str, held: list[tuple[int, int]],
+                         recent: list[tuple[int, int]]) -> list[tuple[int, int]]:
     if m.quarantine is not None:
-        m.quarantine.screen(txn, hello.id, hello.chunks, hello.recent_chunks or [])
-    return m.chunks.unreferenced(txn, hello.chunks, m.orphan_grace_s)
+        m.quarantine.screen(txn, server_id, held, recent)
+    return m.chunks.unreferenced(txn, held, m.orphan_grace_s)
 
 
 async def backup_copy(request: web.Request) -> web.StreamResponse:
@@ -214,7 +217,7 @@ async def backup_copy(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"})
         response.content_length = data.stat().st_size
         await response.prepare(request)
-        with open(data, "rb") as f:
+        with await asyncio.to_thread(open, data, "rb") as f:
             while piece := await asyncio.to_thread(f.read, backup.PIECE_BYTES):
                 await response.write(piece)
         await response.write_eof()
@@ -230,6 +233,8 @@ async def replication_feed(request: web.Request) -> web.Response:
         since, wait_s = int(q.get("since", "0")), min(30.0, max(0.0, float(q.get("wait_s", "0"))))
     except ValueError:
         raise FsError(errno.EINVAL, "since and wait_s must be numbers") from None
+    if m.replication is None:
+        raise FsError(errno.ENOSYS, "this metaserver keeps no replication log")
     feed = await m.replication.feed(q.get("standby", request.remote or "?"), q.get("history", ""), since,
                                     q.get("sync") == "1", wait_s)
     return web.Response(body=msgspec.msgpack.encode(feed), content_type="application/msgpack")

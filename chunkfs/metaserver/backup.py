@@ -23,7 +23,7 @@ from pathlib import Path
 import lmdb
 import xxhash
 
-from chunkfs.metaserver.db import MetaDB, read_u64, u64
+from chunkfs.metaserver.db import MetaDB, Txn, read_u64, u64
 from chunkfs.metaserver.replication_log import HISTORY_KEY, ReplicationLog
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def discard_copy(data: Path) -> None:
     shutil.rmtree(data.parent, ignore_errors=True)
 
 
-def start_primary(txn: lmdb.Transaction, db: MetaDB) -> bool:
+def start_primary(txn: Txn, db: MetaDB) -> bool:
     """At a metaserver's start, before it serves: give a new database its replication history,
     and make a copy safe to serve (see the module's doc). Returns whether it was a copy."""
     for stale in Path(db.env.path()).glob(WORK_PREFIX + "*"):

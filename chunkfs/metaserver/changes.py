@@ -9,10 +9,11 @@ or a metaserver restart, is answered `reset` and the mount drops everything it c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from chunkfs.protocol import records as r
 
@@ -87,7 +88,7 @@ class ChangeFeed:
         return list(itertools.islice(reversed(self._log), self.seq - seq))[::-1]
 
     async def since(self, seq: int, wait_s: float, client_id: str = "",
-                    recalls: Callable[[], list[int]] = lambda: []) -> r.ChangeBatch:
+                    recalls: Callable[[], list[int]] = list) -> r.ChangeBatch:
         """Changes after `seq`, waiting up to `wait_s` for the first one. Changes made by
         `client_id` itself are left out and do not end the wait: a mount's own changes need no
         invalidation, and waking it for each one cost it a round trip per create. `recalls`
@@ -103,10 +104,8 @@ class ChangeFeed:
             wanted = recalls()
             if changes or wanted or remaining <= 0:
                 break
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._wake.wait()), remaining)
-            except asyncio.TimeoutError:
-                pass
         return r.ChangeBatch(seq, changes, reset=False, recalls=wanted)
 
 

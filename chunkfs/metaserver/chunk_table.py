@@ -12,16 +12,15 @@ from __future__ import annotations
 import errno
 import stat
 import time
-from typing import Callable
+from collections.abc import Callable
 
-import lmdb
 import msgspec
 from msgspec import Struct
 
 from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
 from chunkfs.errors import FsError
-from chunkfs.metaserver.db import U64x2, MetaDB, read_u64, u64
-from chunkfs.metaserver.namespace import Namespace
+from chunkfs.metaserver.db import U64x2, MetaDB, Txn, read_u64, u64
+from chunkfs.metaserver.namespace import Inode, Namespace
 from chunkfs.protocol import records as r
 
 ID_RESERVE = 10_000
@@ -52,10 +51,10 @@ class IdAllocator:
         self.db, self.name = db, name
         self.next = self.limit = 0
 
-    def take(self, txn: lmdb.Transaction) -> int:
+    def take(self, txn: Txn) -> int:
         return self.take_block(txn, 1)
 
-    def take_block(self, txn: lmdb.Transaction, count: int) -> int:
+    def take_block(self, txn: Txn, count: int) -> int:
         """The first of `count` consecutive fresh values."""
         if self.next + count > self.limit:
             raw = txn.get(self.name, db=self.db.counters)
@@ -66,7 +65,7 @@ class IdAllocator:
         self.next += count
         return value
 
-    def skip_past(self, txn: lmdb.Transaction, value: int) -> None:
+    def skip_past(self, txn: Txn, value: int) -> None:
         """Never hand out `value` or anything below it (a chunkserver holds it)."""
         if value < self.next:
             return
@@ -91,7 +90,7 @@ class ChunkTable:
         self.holding_back: Callable[[], bool] = lambda: False  # nothing is garbage while true (quarantine.py)
 
     # ---- reading ----------------------------------------------------------------------------
-    def records(self, txn: lmdb.Transaction, ino: int) -> list[tuple[int, ChunkRecord]]:
+    def records(self, txn: Txn, ino: int) -> list[tuple[int, ChunkRecord]]:
         prefix = u64(ino)
         cursor = txn.cursor(db=self.db.chunks)
         out = []
@@ -102,22 +101,22 @@ class ChunkTable:
                 out.append((U64x2.unpack(key)[1], _chunk_dec.decode(raw)))
         return out
 
-    def refs(self, txn: lmdb.Transaction, ino: int) -> list[r.ChunkRef]:
+    def refs(self, txn: Txn, ino: int) -> list[r.ChunkRef]:
         return [
             r.ChunkRef(index=index, chunk_id=rec.chunk_id, version=rec.version, length=rec.length,
                        checksum=rec.checksum, replicas=rec.replicas)
             for index, rec in self.records(txn, ino)
         ]
 
-    def inline_data(self, txn: lmdb.Transaction, ino: int) -> bytes | None:
+    def inline_data(self, txn: Txn, ino: int) -> bytes | None:
         """The bytes of a file stored inline (see INLINE_MAX_BYTES), or None: it has chunks."""
         return txn.get(u64(ino), db=self.db.inline)
 
-    def all_versions(self, txn: lmdb.Transaction) -> set[tuple[int, int]]:
+    def all_versions(self, txn: Txn) -> set[tuple[int, int]]:
         return {(rec.chunk_id, rec.version) for _k, raw in txn.cursor(db=self.db.chunks)
                 for rec in (_chunk_dec.decode(raw),)}
 
-    def count(self, txn: lmdb.Transaction, alive: set[str]) -> tuple[int, int]:
+    def count(self, txn: Txn, alive: set[str]) -> tuple[int, int]:
         """(chunks, chunks with fewer alive replicas than their file's goal) — a full scan."""
         chunks = under = 0
         goals: dict[int, int] = {}
@@ -132,14 +131,14 @@ class ChunkTable:
         return chunks, under
 
     # ---- writing ----------------------------------------------------------------------------
-    def reserve(self, txn: lmdb.Transaction, count: int) -> tuple[int, int]:
+    def reserve(self, txn: Txn, count: int) -> tuple[int, int]:
         """`count` fresh versions and chunk ids for one client: (first version, first chunk id)."""
         first_version = self.versions.take_block(txn, count)
         first_chunk_id = self.chunk_ids.take_block(txn, count)
         self.reservations.append((first_version, first_version + count, time.monotonic()))
         return first_version, first_chunk_id
 
-    def commit(self, txn: lmdb.Transaction, req: r.CommitReq) -> r.Attr:
+    def commit(self, txn: Txn, req: r.CommitReq) -> r.Attr:
         """Make uploaded chunk versions part of the file and set its size and mtime (creating
         the file first when the commit carries its create)."""
         if req.create is not None:
@@ -157,7 +156,7 @@ class ChunkTable:
         if req.attrs is not None and (req.attrs.size is not None or req.attrs.ino != req.ino):
             raise FsError(errno.EINVAL, "attributes committed with a file change its size or another file")
         if req.inline is not None:
-            self._commit_inline(txn, req, inode)
+            self._commit_inline(txn, req, req.inline, inode)
         for ref in req.discard:
             self.queue_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
         for ref in req.chunks:
@@ -187,19 +186,19 @@ class ChunkTable:
             return self.namespace.setattr(txn, req.attrs, self.truncate)
         return self.namespace.attr(req.ino, inode)
 
-    def _commit_inline(self, txn: lmdb.Transaction, req: r.CommitReq, inode) -> None:
-        """The file's content becomes `req.inline`: its chunks go (queued for deletion)."""
-        if not len(req.inline) <= req.size <= INLINE_MAX_BYTES:
-            raise FsError(errno.EINVAL, f"inline content of {len(req.inline)} bytes for a file of {req.size}; "
+    def _commit_inline(self, txn: Txn, req: r.CommitReq, inline: bytes, inode: Inode) -> None:
+        """The file's content becomes `inline` (`req.inline`): its chunks go (queued for deletion)."""
+        if not len(inline) <= req.size <= INLINE_MAX_BYTES:
+            raise FsError(errno.EINVAL, f"inline content of {len(inline)} bytes for a file of {req.size}; "
                                         f"at most {INLINE_MAX_BYTES} bytes are kept inline")
         if req.chunks:
             raise FsError(errno.EINVAL, "a commit carries either chunks or inline content")
         self.drop_file(txn, req.ino)
-        txn.put(u64(req.ino), req.inline, db=self.db.inline)
-        inode.stored_bytes = len(req.inline)
+        txn.put(u64(req.ino), inline, db=self.db.inline)
+        inode.stored_bytes = len(inline)
         inode.size = req.size  # truncate() below then has nothing left to cut
 
-    def truncate(self, txn: lmdb.Transaction, ino: int, size: int) -> int:
+    def truncate(self, txn: Txn, ino: int, size: int) -> int:
         """Drop chunks past `size` and shorten the last one (and the inline bytes, which stand
         for chunk 0); return the bytes still stored."""
         stored = 0
@@ -221,14 +220,14 @@ class ChunkTable:
             stored += rec.length
         return stored
 
-    def drop_file(self, txn: lmdb.Transaction, ino: int) -> None:
+    def drop_file(self, txn: Txn, ino: int) -> None:
         txn.delete(u64(ino), db=self.db.inline)
         for index, rec in self.records(txn, ino):
             txn.delete(chunk_key(ino, index), db=self.db.chunks)
             self.queue_deletion(txn, rec.chunk_id, rec.version, rec.replicas)
 
     # ---- deletions --------------------------------------------------------------------------
-    def queue_deletion(self, txn: lmdb.Transaction, chunk_id: int, version: int, servers: list[str]) -> None:
+    def queue_deletion(self, txn: Txn, chunk_id: int, version: int, servers: list[str]) -> None:
         if not servers:
             return
         key = U64x2.pack(chunk_id, version)
@@ -236,7 +235,7 @@ class ChunkTable:
         pending = set(_servers_dec.decode(raw)) if raw else set()
         txn.put(key, _enc.encode(sorted(pending | set(servers))), db=self.db.deletions)
 
-    def cancel_deletion(self, txn: lmdb.Transaction, chunk_id: int, version: int, servers: list[str]) -> None:
+    def cancel_deletion(self, txn: Txn, chunk_id: int, version: int, servers: list[str]) -> None:
         """A version committed after it was queued as garbage (an upload older than the orphan
         grace, `chunkfs gc`) is kept on the servers its record lists."""
         key = U64x2.pack(chunk_id, version)
@@ -249,7 +248,7 @@ class ChunkTable:
         else:
             txn.delete(key, db=self.db.deletions)
 
-    def pending_deletions(self, txn: lmdb.Transaction, limit: int) -> list[tuple[int, int, list[str]]]:
+    def pending_deletions(self, txn: Txn, limit: int) -> list[tuple[int, int, list[str]]]:
         out = []
         for key, raw in txn.cursor(db=self.db.deletions):
             chunk_id, version = U64x2.unpack(key)
@@ -258,10 +257,10 @@ class ChunkTable:
                 break
         return out
 
-    def count_deletions(self, txn: lmdb.Transaction) -> int:
+    def count_deletions(self, txn: Txn) -> int:
         return txn.stat(self.db.deletions)["entries"]
 
-    def deletion_done(self, txn: lmdb.Transaction, chunk_id: int, version: int, server: str) -> bool:
+    def deletion_done(self, txn: Txn, chunk_id: int, version: int, server: str) -> bool:
         """Whether that was the version's last server to delete it on."""
         key = U64x2.pack(chunk_id, version)
         raw = txn.get(key, db=self.db.deletions)
@@ -274,7 +273,7 @@ class ChunkTable:
         txn.delete(key, db=self.db.deletions)
         return True
 
-    def unreferenced(self, txn: lmdb.Transaction, held: list[tuple[int, int]], grace_s: float) -> list[tuple[int, int]]:
+    def unreferenced(self, txn: Txn, held: list[tuple[int, int]], grace_s: float) -> list[tuple[int, int]]:
         """Of the chunk versions a server holds, those no file references and no writer is
         about to commit: they are garbage on that server."""
         if self.holding_back():

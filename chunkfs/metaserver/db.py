@@ -14,10 +14,14 @@ import logging
 import queue
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lmdb
+
+if TYPE_CHECKING:  # replication_log imports this module
+    from chunkfs.metaserver.replication_log import ReplicationLog
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,13 @@ def u64(n: int) -> bytes:
 
 def read_u64(b: bytes) -> int:
     return U64.unpack(b)[0]
+
+
+# A transaction on the metaserver's database. All are opened with buffers=False (lmdb's default),
+# so what they read is bytes; lmdb's stubs say bytes | memoryview unless the type says which.
+Txn: TypeAlias = "lmdb.Transaction[bytes]"
+# The handle of one table (lmdb's class for it has a private name).
+Table: TypeAlias = "lmdb._Database"
 
 
 class MetaDB:
@@ -54,7 +65,7 @@ class MetaDB:
         self.leases = self.env.open_db(b"leases")  # directory -> the client holding it (leases.py)
         self.replies = self.env.open_db(b"replies")  # (minute, client, request id) -> reply: see replies.py
 
-    def read(self) -> lmdb.Transaction:
+    def read(self) -> Txn:
         return self.env.begin(buffers=False)
 
     def close(self) -> None:
@@ -69,8 +80,8 @@ class GroupCommitter:
     commits on the event loop itself when nothing else is being committed, saving the two
     thread hand-offs (a wake-up each way plus the GIL) a lone mutation would otherwise pay."""
 
-    def __init__(self, db: MetaDB, write_log: Any = None) -> None:
-        """`write_log` (a `replication_log.ReplicationLog`) records each batch's write set for
+    def __init__(self, db: MetaDB, write_log: ReplicationLog | None = None) -> None:
+        """`write_log` records each batch's write set for
         standbys and may hold the batch's answers until a synchronous standby has it."""
         self.db = db
         self.write_log = write_log
@@ -124,7 +135,7 @@ class GroupCommitter:
                 self._commit(batch, _resolve)
             except BaseException as exc:  # not the mutation's failure (that is its answer): the commit's
                 log.exception("commit on the event loop failed")
-                for _fn, _args, future, loop in batch:
+                for _fn, _args, future, _loop in batch:
                     if not future.done():
                         future.set_exception(exc)
         else:
@@ -133,8 +144,7 @@ class GroupCommitter:
     def _may_wait_for_standby(self) -> bool:
         """A synchronous standby's acknowledgement comes in through the event loop: a commit that
         waits for one must not block the loop."""
-        followers = getattr(self.write_log, "followers", None)
-        return bool(followers) and any(f.synchronous for f in followers.values())
+        return self.write_log is not None and any(f.synchronous for f in self.write_log.followers.values())
 
     def _work(self) -> None:
         while True:
@@ -161,7 +171,7 @@ class GroupCommitter:
                 return
 
     def _commit(self, batch: list, deliver: Callable[..., None]) -> None:
-        outcomes = []
+        outcomes: list[tuple[asyncio.Future[Any], asyncio.AbstractEventLoop, Any, BaseException | None]] = []
         written: list = []  # the batch's write set, for standbys
         seq = 0
         try:
@@ -178,7 +188,7 @@ class GroupCommitter:
                         child.commit()
                         written += ops
                         outcomes.append((future, loop, result, None))
-                if written:
+                if written and self.write_log is not None:
                     seq = self.write_log.stamp(txn)
             self.commits += 1
             self.mutations += len(batch)
@@ -186,10 +196,10 @@ class GroupCommitter:
             log.error("LMDB commit of %d mutations failed: %s", len(batch), exc)
             outcomes = [(future, loop, None, exc) for _fn, _args, future, loop in batch]
             seq = 0
-        if seq:
+        if seq and self.write_log is not None:
             self.write_log.committed(seq, written)
-        for future, loop, result, exc in outcomes:
-            deliver(future, loop, result, exc)
+        for future, loop, result, error in outcomes:
+            deliver(future, loop, result, error)
 
 
 def _resolve_from_thread(future: asyncio.Future, loop: asyncio.AbstractEventLoop, result: Any,

@@ -7,6 +7,7 @@ server is down is retried on the next pass and survives metaserver restarts: nev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from chunkfs.errors import FsError, TransportError
@@ -35,10 +36,8 @@ class Deleter:
                 await self.pass_once()
             except Exception:
                 log.exception("deletion pass failed; retrying later")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.interval_s)
-            except asyncio.TimeoutError:
-                pass
             self.wake.clear()
 
     async def pass_once(self) -> int:
@@ -47,7 +46,7 @@ class Deleter:
         alive = {s.id: s.address for s in self.registry.alive()}
         jobs = [(cid, ver, sid) for cid, ver, servers in pending for sid in servers if sid in alive]
         results = await asyncio.gather(*(self._delete(alive[sid], cid, ver) for cid, ver, sid in jobs))
-        done = [job for job, ok in zip(jobs, results) if ok]
+        done = [job for job, ok in zip(jobs, results, strict=True) if ok]
         if done:
             self.versions_deleted += await self.committer.run(self._mark_done, done)
         self.deleted += len(done)

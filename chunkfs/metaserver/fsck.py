@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import stat
 
-import lmdb
-
 from chunkfs.metaserver.chunk_table import ChunkTable
+from chunkfs.metaserver.db import Txn
 from chunkfs.metaserver.namespace import Inode, Namespace
 from chunkfs.protocol import records as r
 
@@ -27,7 +26,7 @@ MAX_PAGE_ENTRIES = 10_000
 Version = tuple[int, int]
 
 
-def check_page(txn: lmdb.Transaction, namespace: Namespace, chunks: ChunkTable, alive: set[str],
+def check_page(txn: Txn, namespace: Namespace, chunks: ChunkTable, alive: set[str],
                corrupt_reports: dict[Version, set[str]], req: r.FsckReq) -> r.FsckPage:
     limit = max(1, min(req.limit, MAX_PAGE_ENTRIES))
     root = namespace.get(txn, req.root)
@@ -58,7 +57,7 @@ def check_page(txn: lmdb.Transaction, namespace: Namespace, chunks: ChunkTable, 
     return page
 
 
-def _check(page: r.FsckPage, txn: lmdb.Transaction, namespace: Namespace, chunks: ChunkTable,
+def _check(page: r.FsckPage, txn: Txn, namespace: Namespace, chunks: ChunkTable,
            alive: set[str], corrupt_reports: dict[Version, set[str]], path: bytes, ino: int,
            inode: Inode) -> None:
     goal = inode.goal or namespace.default_goal

@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import lmdb
-
 from chunkfs.errors import FsError, TransportError
 from chunkfs.metaserver.chunk_table import ChunkTable
-from chunkfs.metaserver.db import GroupCommitter
+from chunkfs.metaserver.db import GroupCommitter, Txn
 from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.registry import Registry
 from chunkfs.protocol import records as r
@@ -48,7 +46,7 @@ class GarbageCollector:
                 report[s.id].error = "down"
         answers = await asyncio.gather(*(self._inventory(s.address, req.min_age_s) for s in asked))
         holdings: Holdings = {}
-        for server, answer in zip(asked, answers):
+        for server, answer in zip(asked, answers, strict=True):
             if isinstance(answer, str):
                 report[server.id].error = answer
             else:
@@ -73,14 +71,14 @@ class GarbageCollector:
             log.warning("gc: cannot list the chunks of %s: %s", address, exc)
             return str(exc)
 
-    def _find(self, txn: lmdb.Transaction, holdings: Holdings, queue: bool) -> Holdings:
+    def _find(self, txn: Txn, holdings: Holdings, queue: bool) -> Holdings:
         garbage = self._unreferenced(txn, holdings)
         for server_id, files in garbage.items() if queue else ():
             for f in files:
                 self.chunks.queue_deletion(txn, f.chunk_id, f.version, [server_id])
         return garbage
 
-    def _unreferenced(self, txn: lmdb.Transaction, holdings: Holdings) -> Holdings:
+    def _unreferenced(self, txn: Txn, holdings: Holdings) -> Holdings:
         held = list({(f.chunk_id, f.version) for files in holdings.values() for f in files})
         unreferenced = set(self.chunks.unreferenced(txn, held, self.orphan_grace_s))
         return {sid: [f for f in files if (f.chunk_id, f.version) in unreferenced]

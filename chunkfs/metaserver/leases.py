@@ -17,16 +17,15 @@ with the directory's creation, so a metaserver that restarts still recalls them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import stat
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
-
-import lmdb
 
 from chunkfs import LEASE_S
-from chunkfs.metaserver.db import GroupCommitter, MetaDB, read_u64, u64
+from chunkfs.metaserver.db import GroupCommitter, MetaDB, Txn, read_u64, u64
 from chunkfs.protocol import records as r
 
 log = logging.getLogger(__name__)
@@ -68,12 +67,12 @@ class DirectoryLeases:
         lease.released.set()
 
     # ---- granting -------------------------------------------------------------------------------
-    def creating(self, create: Callable[[lmdb.Transaction, r.CreateReq], r.Attr], client: str
-                 ) -> Callable[[lmdb.Transaction, r.CreateReq], r.Attr]:
+    def creating(self, create: Callable[[Txn, r.CreateReq], r.Attr], client: str
+                 ) -> Callable[[Txn, r.CreateReq], r.Attr]:
         """`create` that also leases a new directory to `client` when asked, in the same
         transaction."""
 
-        def run(txn: lmdb.Transaction, req: r.CreateReq) -> r.Attr:
+        def run(txn: Txn, req: r.CreateReq) -> r.Attr:
             attr = create(txn, req)
             if _leased(req, attr, client):
                 txn.put(u64(attr.ino), client.encode(), db=self.db.leases)
@@ -106,7 +105,7 @@ class DirectoryLeases:
             for ino in mine:
                 self._drop(ino)
 
-    def _delete_rows(self, txn: lmdb.Transaction, inodes: list[int]) -> None:
+    def _delete_rows(self, txn: Txn, inodes: list[int]) -> None:
         for ino in inodes:
             txn.delete(u64(ino), db=self.db.leases)
 
@@ -126,10 +125,8 @@ class DirectoryLeases:
             self.wake_feed()
         remaining = lease.expires - time.monotonic()
         if remaining > 0:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(lease.released.wait()), remaining)
-            except asyncio.TimeoutError:
-                pass
         if self._held.get(ino) is lease:
             log.warning("lease on directory %d: client %s did not give it back within %.0f s; taken back",
                         ino, lease.client, LEASE_S)

@@ -10,16 +10,15 @@ from __future__ import annotations
 import errno
 import stat
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
-import lmdb
 import msgspec
 from msgspec import Struct
 
 from chunkfs import MAX_NAME_BYTES, ROOT_INODE
 from chunkfs.errors import FsError
 from chunkfs import posix_acl
-from chunkfs.metaserver.db import MetaDB, read_u64, u64
+from chunkfs.metaserver.db import MetaDB, Txn, read_u64, u64
 from chunkfs.protocol import records as r
 
 XATTR_CREATE = 1
@@ -64,7 +63,7 @@ class Namespace:
         self.on_inode_freed = lambda txn, ino: None  # set by the chunk table
 
     # ---- records ----------------------------------------------------------------------------
-    def init_root(self, txn: lmdb.Transaction) -> None:
+    def init_root(self, txn: Txn) -> None:
         if txn.get(u64(ROOT_INODE), db=self.db.inodes) is None:
             now = time.time_ns()
             root = Inode(stat.S_IFDIR | 0o755, 0, 0, 0, now, now, now, 2, goal=self.default_goal,
@@ -72,13 +71,13 @@ class Namespace:
             self.put(txn, ROOT_INODE, root)
             txn.put(b"next_ino", u64(ROOT_INODE + 1), db=self.db.counters)
 
-    def get(self, txn: lmdb.Transaction, ino: int) -> Inode:
+    def get(self, txn: Txn, ino: int) -> Inode:
         raw = txn.get(u64(ino), db=self.db.inodes)
         if raw is None:
             raise FsError(errno.ENOENT, f"no inode {ino}")
         return _dec.decode(raw)
 
-    def put(self, txn: lmdb.Transaction, ino: int, inode: Inode) -> None:
+    def put(self, txn: Txn, ino: int, inode: Inode) -> None:
         txn.put(u64(ino), _enc.encode(inode), db=self.db.inodes)
 
     def attr(self, ino: int, inode: Inode) -> r.Attr:
@@ -90,32 +89,39 @@ class Namespace:
             (len(inode.target) + 511) // 512,
         )
 
-    def getattr(self, txn: lmdb.Transaction, ino: int) -> r.Attr:
+    def getattr(self, txn: Txn, ino: int) -> r.Attr:
         return self.attr(ino, self.get(txn, ino))
 
-    def _next_ino(self, txn: lmdb.Transaction) -> int:
-        ino = read_u64(txn.get(b"next_ino", db=self.db.counters))
+    def _ino_counter(self, txn: Txn) -> int:
+        """The lowest inode number not handed out yet (the counter is written with the root)."""
+        raw = txn.get(b"next_ino", db=self.db.counters)
+        if raw is None:
+            raise FsError(errno.EIO, "the database has no inode counter")
+        return read_u64(raw)
+
+    def _next_ino(self, txn: Txn) -> int:
+        ino = self._ino_counter(txn)
         txn.put(b"next_ino", u64(ino + 1), db=self.db.counters)
         return ino
 
     # ---- directory entries ------------------------------------------------------------------
-    def reserve_inodes(self, txn: lmdb.Transaction, count: int) -> int:
+    def reserve_inodes(self, txn: Txn, count: int) -> int:
         """`count` inode numbers for a client to create files with (CreateReq.ino); the first."""
-        first = read_u64(txn.get(b"next_ino", db=self.db.counters))
+        first = self._ino_counter(txn)
         txn.put(b"next_ino", u64(first + count), db=self.db.counters)
         return first
 
-    def _reserved_ino(self, txn: lmdb.Transaction, ino: int) -> int:
-        if ino >= read_u64(txn.get(b"next_ino", db=self.db.counters)) or \
+    def _reserved_ino(self, txn: Txn, ino: int) -> int:
+        if ino >= self._ino_counter(txn) or \
                 txn.get(u64(ino), db=self.db.inodes) is not None:
             raise FsError(errno.EINVAL, f"inode {ino} was not reserved or is in use")
         return ino
 
-    def child(self, txn: lmdb.Transaction, parent: int, name: bytes) -> int | None:
+    def child(self, txn: Txn, parent: int, name: bytes) -> int | None:
         raw = txn.get(u64(parent) + name, db=self.db.dentries)
         return None if raw is None else read_u64(raw)
 
-    def lookup(self, txn: lmdb.Transaction, parent: int, name: bytes) -> r.Attr:
+    def lookup(self, txn: Txn, parent: int, name: bytes) -> r.Attr:
         check_name(name)
         self._dir(txn, parent)
         ino = self.child(txn, parent, name)
@@ -123,16 +129,16 @@ class Namespace:
             raise FsError(errno.ENOENT, f"{name!r} not found")
         return self.getattr(txn, ino)
 
-    def parent(self, txn: lmdb.Transaction, ino: int) -> r.Attr:
+    def parent(self, txn: Txn, ino: int) -> r.Attr:
         return self.getattr(txn, self._dir(txn, ino).parent)
 
-    def resolve(self, txn: lmdb.Transaction, path: bytes) -> r.Attr:
+    def resolve(self, txn: Txn, path: bytes) -> r.Attr:
         ino = ROOT_INODE
         for part in [p for p in path.split(b"/") if p and p != b"."]:
             ino = self.lookup(txn, ino, part).ino
         return self.getattr(txn, ino)
 
-    def entries(self, txn: lmdb.Transaction, parent: int, after: bytes | None) -> Iterator[tuple[bytes, int]]:
+    def entries(self, txn: Txn, parent: int, after: bytes | None) -> Iterator[tuple[bytes, int]]:
         prefix = u64(parent)
         cursor = txn.cursor(db=self.db.dentries)
         start = prefix + (after or b"")
@@ -146,7 +152,7 @@ class Namespace:
                 continue
             yield name, read_u64(value)
 
-    def readdir(self, txn: lmdb.Transaction, ino: int, after: bytes | None, limit: int) -> list[r.DirEntry]:
+    def readdir(self, txn: Txn, ino: int, after: bytes | None, limit: int) -> list[r.DirEntry]:
         self._dir(txn, ino)
         out = []
         for name, child in self.entries(txn, ino, after):
@@ -155,22 +161,22 @@ class Namespace:
                 break
         return out
 
-    def is_empty(self, txn: lmdb.Transaction, ino: int) -> bool:
+    def is_empty(self, txn: Txn, ino: int) -> bool:
         return next(self.entries(txn, ino, None), None) is None
 
-    def _dir(self, txn: lmdb.Transaction, ino: int) -> Inode:
+    def _dir(self, txn: Txn, ino: int) -> Inode:
         inode = self.get(txn, ino)
         if not stat.S_ISDIR(inode.mode):
             raise FsError(errno.ENOTDIR, f"inode {ino} is not a directory")
         return inode
 
-    def _touch_dir(self, txn: lmdb.Transaction, ino: int, inode: Inode, now: int, nlink_delta: int = 0) -> None:
+    def _touch_dir(self, txn: Txn, ino: int, inode: Inode, now: int, nlink_delta: int = 0) -> None:
         inode.mtime_ns = inode.ctime_ns = now
         inode.nlink += nlink_delta
         self.put(txn, ino, inode)
 
     # ---- mutations --------------------------------------------------------------------------
-    def create(self, txn: lmdb.Transaction, req: r.CreateReq) -> r.Attr:
+    def create(self, txn: Txn, req: r.CreateReq) -> r.Attr:
         check_name(req.name)
         parent = self._dir(txn, req.parent)
         if self.child(txn, req.parent, req.name) is not None:
@@ -205,7 +211,7 @@ class Namespace:
         self._touch_dir(txn, req.parent, parent, now, 1 if is_dir else 0)
         return self.attr(ino, inode)
 
-    def link(self, txn: lmdb.Transaction, req: r.LinkReq) -> r.Attr:
+    def link(self, txn: Txn, req: r.LinkReq) -> r.Attr:
         check_name(req.name)
         inode = self.get(txn, req.ino)
         if stat.S_ISDIR(inode.mode):
@@ -223,7 +229,7 @@ class Namespace:
         self._touch_dir(txn, req.parent, parent, now)
         return self.attr(req.ino, inode)
 
-    def remove(self, txn: lmdb.Transaction, req: r.RemoveReq) -> int:
+    def remove(self, txn: Txn, req: r.RemoveReq) -> int:
         """Remove an entry; returns the inode it named."""
         check_name(req.name)
         parent = self._dir(txn, req.parent)
@@ -244,7 +250,7 @@ class Namespace:
         self._drop_link(txn, ino, inode, now, req.open_by if ino in req.open_here else "")
         return ino
 
-    def _drop_link(self, txn: lmdb.Transaction, ino: int, inode: Inode, now: int, open_by: str = "") -> None:
+    def _drop_link(self, txn: Txn, ino: int, inode: Inode, now: int, open_by: str = "") -> None:
         """One name less; the inode goes with its last name unless client `open_by` has it
         open: then it stays, with no name, until that client closes it (`release_orphan`) or
         its session ends, as an unlinked open file does on a local filesystem."""
@@ -260,7 +266,7 @@ class Namespace:
             return
         self._free(txn, ino)
 
-    def release_orphan(self, txn: lmdb.Transaction, ino: int) -> bool:
+    def release_orphan(self, txn: Txn, ino: int) -> bool:
         """The last close of an unlinked file: free it. False if `ino` is not an orphan."""
         if not txn.delete(u64(ino), db=self.db.orphans):
             return False
@@ -268,11 +274,11 @@ class Namespace:
             self._free(txn, ino)
         return True
 
-    def orphans(self, txn: lmdb.Transaction) -> list[tuple[int, str]]:
+    def orphans(self, txn: Txn) -> list[tuple[int, str]]:
         """(inode, client id) of every unlinked file still open on some client."""
         return [(read_u64(k), v.decode()) for k, v in txn.cursor(db=self.db.orphans)]
 
-    def _free(self, txn: lmdb.Transaction, ino: int) -> None:
+    def _free(self, txn: Txn, ino: int) -> None:
         txn.delete(u64(ino), db=self.db.inodes)
         txn.delete(u64(ino), db=self.db.leases)
         cursor = txn.cursor(db=self.db.xattrs)
@@ -281,7 +287,7 @@ class Namespace:
             cursor.delete()
         self.on_inode_freed(txn, ino)
 
-    def _is_ancestor(self, txn: lmdb.Transaction, ancestor: int, ino: int) -> bool:
+    def _is_ancestor(self, txn: Txn, ancestor: int, ino: int) -> bool:
         """True if `ancestor` is `ino` or one of its parents (directories only)."""
         for _ in range(4096):
             if ino == ancestor:
@@ -291,7 +297,7 @@ class Namespace:
             ino = self.get(txn, ino).parent
         raise FsError(errno.ELOOP, "directory tree too deep")
 
-    def rename(self, txn: lmdb.Transaction, req: r.RenameReq) -> list[int]:
+    def rename(self, txn: Txn, req: r.RenameReq) -> list[int]:
         """Move an entry; returns the inodes moved or replaced."""
         check_name(req.old_name)
         check_name(req.new_name)
@@ -344,7 +350,7 @@ class Namespace:
         self.put(txn, src, src_inode)
         return [src] if dst is None else [src, dst]
 
-    def _exchange(self, txn: lmdb.Transaction, req: r.RenameReq, src: int, dst: int) -> None:
+    def _exchange(self, txn: Txn, req: r.RenameReq, src: int, dst: int) -> None:
         src_inode, dst_inode = self.get(txn, src), self.get(txn, dst)
         src_is_dir, dst_is_dir = stat.S_ISDIR(src_inode.mode), stat.S_ISDIR(dst_inode.mode)
         if src_is_dir and self._is_ancestor(txn, src, req.new_parent):
@@ -370,7 +376,7 @@ class Namespace:
                 inode.parent = parent
             self.put(txn, ino, inode)
 
-    def setattr(self, txn: lmdb.Transaction, req: r.SetattrReq, truncate) -> r.Attr:
+    def setattr(self, txn: Txn, req: r.SetattrReq, truncate) -> r.Attr:
         inode = self.get(txn, req.ino)
         now = time.time_ns()
         if req.mode is not None:
@@ -399,13 +405,13 @@ class Namespace:
         self.put(txn, req.ino, inode)
         return self.attr(req.ino, inode)
 
-    def readlink(self, txn: lmdb.Transaction, ino: int) -> bytes:
+    def readlink(self, txn: Txn, ino: int) -> bytes:
         inode = self.get(txn, ino)
         if not stat.S_ISLNK(inode.mode):
             raise FsError(errno.EINVAL, "not a symlink")
         return inode.target
 
-    def set_goal(self, txn: lmdb.Transaction, req: r.GoalReq) -> r.Attr:
+    def set_goal(self, txn: Txn, req: r.GoalReq) -> r.Attr:
         if not 1 <= req.goal <= 16:
             raise FsError(errno.EINVAL, f"goal must be between 1 and 16, not {req.goal}")
         todo = [req.ino]
@@ -422,14 +428,14 @@ class Namespace:
         return self.getattr(txn, req.ino)
 
     # ---- xattrs -----------------------------------------------------------------------------
-    def getxattr(self, txn: lmdb.Transaction, ino: int, name: bytes) -> bytes:
+    def getxattr(self, txn: Txn, ino: int, name: bytes) -> bytes:
         self.get(txn, ino)
         value = txn.get(u64(ino) + name, db=self.db.xattrs)
         if value is None:
             raise FsError(errno.ENODATA, f"no attribute {name!r}")
         return value
 
-    def listxattr(self, txn: lmdb.Transaction, ino: int) -> list[bytes]:
+    def listxattr(self, txn: Txn, ino: int) -> list[bytes]:
         self.get(txn, ino)
         prefix = u64(ino)
         cursor = txn.cursor(db=self.db.xattrs)
@@ -441,7 +447,7 @@ class Namespace:
                 names.append(key[8:])
         return names
 
-    def setxattr(self, txn: lmdb.Transaction, req: r.XattrReq) -> None:
+    def setxattr(self, txn: Txn, req: r.XattrReq) -> None:
         if not req.name or len(req.name) > MAX_XATTR_NAME:
             raise FsError(errno.ERANGE, "attribute name must be 1 to 255 bytes")
         if req.name.startswith(b"system.") and req.name not in posix_acl.NAMES:
@@ -481,7 +487,7 @@ class Namespace:
         inode.mode = (inode.mode & ~0o777) | posix_acl.permission_bits(entries)
         return None if posix_acl.is_minimal(entries) else posix_acl.encode(entries)
 
-    def _acl_follows_mode(self, txn: lmdb.Transaction, ino: int, inode: Inode) -> None:
+    def _acl_follows_mode(self, txn: Txn, ino: int, inode: Inode) -> None:
         """chmod rewrites the access ACL's owner, mask (or group) and other entries."""
         if not inode.xattr_count:
             return
@@ -490,7 +496,7 @@ class Namespace:
         if raw is not None:
             txn.put(key, posix_acl.encode(posix_acl.with_mode(posix_acl.parse(raw), inode.mode)), db=self.db.xattrs)
 
-    def _inherit_acl(self, txn: lmdb.Transaction, parent_ino: int, parent: Inode, mode: int,
+    def _inherit_acl(self, txn: Txn, parent_ino: int, parent: Inode, mode: int,
                      umask: int) -> tuple[int, list[tuple[bytes, bytes]]]:
         """The mode of a new entry and the ACL xattrs it starts with: its directory's default
         ACL if it has one (then the umask plays no part), else just the umask."""
@@ -505,7 +511,7 @@ class Namespace:
             xattrs.append((posix_acl.DEFAULT, raw))
         return mode, xattrs
 
-    def removexattr(self, txn: lmdb.Transaction, req: r.XattrReq) -> None:
+    def removexattr(self, txn: Txn, req: r.XattrReq) -> None:
         inode = self.get(txn, req.ino)
         if not txn.delete(u64(req.ino) + req.name, db=self.db.xattrs):
             raise FsError(errno.ENODATA, f"no attribute {req.name!r}")
@@ -514,7 +520,7 @@ class Namespace:
         self.put(txn, req.ino, inode)
 
     # ---- counts -----------------------------------------------------------------------------
-    def count(self, txn: lmdb.Transaction) -> tuple[int, int]:
+    def count(self, txn: Txn) -> tuple[int, int]:
         """(files, directories) — a full scan, for status pages only."""
         files = dirs = 0
         for _key, raw in txn.cursor(db=self.db.inodes):

@@ -18,12 +18,11 @@ import asyncio
 import logging
 import time
 
-import lmdb
 import msgspec
 
 from chunkfs.metaserver.backup import RESTORED_AT
 from chunkfs.metaserver.chunk_table import ChunkTable
-from chunkfs.metaserver.db import U64x2, GroupCommitter, MetaDB, read_u64
+from chunkfs.metaserver.db import U64x2, GroupCommitter, MetaDB, Txn, read_u64
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class Quarantine:
     def active(self) -> bool:
         return self.until is not None and time.time() < self.until
 
-    def screen(self, txn: lmdb.Transaction, server_id: str, held: list[tuple[int, int]],
+    def screen(self, txn: Txn, server_id: str, held: list[tuple[int, int]],
                recent: list[tuple[int, int]]) -> None:
         """At a server's registration: move the id counters past what it holds (`held` and the
         `recent` files it does not offer for deletion yet) and, while a restore's quarantine
@@ -62,14 +61,14 @@ class Quarantine:
             if server_id not in servers:
                 txn.put(key, _enc.encode(sorted(servers | {server_id})), db=self.db.quarantine)
 
-    def count(self, txn: lmdb.Transaction) -> int:
+    def count(self, txn: Txn) -> int:
         return txn.stat(self.db.quarantine)["entries"]
 
     async def run(self) -> None:
         """Wait out the quarantine, then queue what it kept for deletion."""
         if self.until is None:
             return
-        while self.active():
+        while self.active():  # noqa: ASYNC110 (waits for a wall-clock time, not for an event)
             await asyncio.sleep(min(60.0, max(0.1, self.until - time.time())))
         try:
             released = await self.committer.run(self._release)
@@ -80,7 +79,7 @@ class Quarantine:
         log.warning("quarantine after the restore is over: %d chunk versions no file references are "
                     "queued for deletion", released)
 
-    def _release(self, txn: lmdb.Transaction) -> int:
+    def _release(self, txn: Txn) -> int:
         referenced = self.chunks.all_versions(txn)
         released = 0
         cursor = txn.cursor(db=self.db.quarantine)

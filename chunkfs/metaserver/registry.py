@@ -9,12 +9,11 @@ drain`, kept in LMDB) gets no new chunks while the replicator moves its chunks e
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
-import lmdb
-
 from chunkfs import CHUNK_SIZE
-from chunkfs.metaserver.db import MetaDB
+from chunkfs.metaserver.db import MetaDB, Txn
 from chunkfs.placement import weighted_order
 from chunkfs.protocol import records as r
 
@@ -66,7 +65,7 @@ class Registry:
         known = self.servers.get(hello.id)
         return known is None or known.address != hello.address
 
-    def save(self, txn: lmdb.Transaction, hello: r.ServerHello) -> None:
+    def save(self, txn: Txn, hello: r.ServerHello) -> None:
         txn.put(hello.id.encode(), hello.address.encode(), db=self.db.servers)
 
     def heartbeat(self, hello: r.ServerHello) -> None:
@@ -88,7 +87,7 @@ class Registry:
         """Alive servers that have room for new chunks and are not being drained."""
         return [s for s in self.alive() if s.free_bytes >= WRITABLE_MIN_FREE_BYTES and s.id not in self.draining]
 
-    def place(self, count: int, exclude: set[str] = frozenset()) -> list[ServerState]:
+    def place(self, count: int, exclude: Collection[str] = frozenset()) -> list[ServerState]:
         """Up to `count` distinct writable servers, drawn with weight by free space."""
         candidates = [s for s in self.writable() if s.id not in exclude]
         return weighted_order(candidates, [s.free_bytes for s in candidates])[:count]
@@ -97,7 +96,7 @@ class Registry:
         """The server with this id or address."""
         return self.servers.get(name) or next((s for s in self.servers.values() if s.address == name), None)
 
-    def save_draining(self, txn: lmdb.Transaction, server_id: str, draining: bool) -> None:
+    def save_draining(self, txn: Txn, server_id: str, draining: bool) -> None:
         """Persist the flag; `draining` itself changes once that is committed (`set_draining`)."""
         if draining:
             txn.put(server_id.encode(), b"", db=self.db.draining)

@@ -10,14 +10,13 @@ or gone is left for an operator to see rather than forgotten.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-import lmdb
 import msgspec
 
 from chunkfs.metaserver.chunk_table import ChunkRecord, ChunkTable
-from chunkfs.metaserver.db import U64x2
+from chunkfs.metaserver.db import U64x2, Txn
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ class ReplicaEdits:
         self.db = chunks.db
 
     # ---- reading (full scans, run them in a thread) ---------------------------------------------
-    def find(self, txn: lmdb.Transaction, matches: Callable[[ChunkRecord], bool]) -> dict[Version, bytes]:
+    def find(self, txn: Txn, matches: Callable[[ChunkRecord], bool]) -> dict[Version, bytes]:
         """The chunk versions, with their record keys, of the records `matches` accepts."""
         found = {}
         for key, raw in txn.cursor(db=self.db.chunks):
@@ -52,7 +51,7 @@ class ReplicaEdits:
                 found[(rec.chunk_id, rec.version)] = key
         return found
 
-    def count_by_server(self, txn: lmdb.Transaction) -> dict[str, int]:
+    def count_by_server(self, txn: Txn) -> dict[str, int]:
         """How many chunk versions' records list each server (a full scan)."""
         counts: dict[str, int] = {}
         for _key, raw in txn.cursor(db=self.db.chunks):
@@ -60,18 +59,18 @@ class ReplicaEdits:
                 counts[server_id] = counts.get(server_id, 0) + 1
         return counts
 
-    def pending_deletion(self, txn: lmdb.Transaction, chunk_id: int, version: int) -> set[str]:
+    def pending_deletion(self, txn: Txn, chunk_id: int, version: int) -> set[str]:
         """Servers this chunk version is still queued to be deleted from."""
         raw = txn.get(U64x2.pack(chunk_id, version), db=self.db.deletions)
         return set(_servers_dec.decode(raw)) if raw else set()
 
     # ---- mutations (through the group committer) ----------------------------------------------
-    def _current(self, txn: lmdb.Transaction, key: bytes, chunk_id: int, version: int) -> ChunkRecord | None:
+    def _current(self, txn: Txn, key: bytes, chunk_id: int, version: int) -> ChunkRecord | None:
         raw = txn.get(key, db=self.db.chunks)
         rec = _record_dec.decode(raw) if raw else None
         return rec if rec is not None and (rec.chunk_id, rec.version) == (chunk_id, version) else None
 
-    def add(self, txn: lmdb.Transaction, key: bytes, chunk_id: int, version: int, server_id: str) -> bool:
+    def add(self, txn: Txn, key: bytes, chunk_id: int, version: int, server_id: str) -> bool:
         """Record a copy made on `server_id`. A copy the record no longer wants (the version was
         replaced or the file removed meanwhile, or a deletion of it from that server is still
         queued) is queued for deletion instead; returns whether it was recorded."""
@@ -84,7 +83,7 @@ class ReplicaEdits:
             txn.put(key, _enc.encode(rec), db=self.db.chunks)
         return True
 
-    def trim(self, txn: lmdb.Transaction, key: bytes, chunk_id: int, version: int, keep: list[str]) -> list[str]:
+    def trim(self, txn: Txn, key: bytes, chunk_id: int, version: int, keep: list[str]) -> list[str]:
         """Keep only the replicas in `keep` (all of which must still be in the record) and queue
         the others for deletion; returns the servers dropped."""
         rec = self._current(txn, key, chunk_id, version)
@@ -97,7 +96,7 @@ class ReplicaEdits:
             self.chunks.queue_deletion(txn, chunk_id, version, drop)
         return drop
 
-    def drop_server(self, txn: lmdb.Transaction, server_id: str, found: dict[Version, bytes],
+    def drop_server(self, txn: Txn, server_id: str, found: dict[Version, bytes],
                     queue_deletion: bool) -> Dropped:
         """Take `server_id` out of the records at `found` (from `find`), queueing
         the deletion of its copy if asked to."""
@@ -116,7 +115,7 @@ class ReplicaEdits:
             result.dropped.append((chunk_id, version))
         return result
 
-    def drop_corrupt(self, txn: lmdb.Transaction, server_id: str, corrupt: list[Version],
+    def drop_corrupt(self, txn: Txn, server_id: str, corrupt: list[Version],
                      found: dict[Version, bytes]) -> Dropped:
         """Take the corrupt copies on `server_id` out of their records and queue every one of
         them for deletion, but those that are their record's only replica."""

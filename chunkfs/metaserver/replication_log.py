@@ -19,6 +19,7 @@ Promises:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import logging
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import lmdb
 
 from chunkfs.errors import FsError
-from chunkfs.metaserver.db import MetaDB, read_u64, u64
+from chunkfs.metaserver.db import MetaDB, Table, Txn, read_u64, u64
 from chunkfs.protocol import records as r
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ FEED_BYTES = 16 * 1024 * 1024  # at most this much per answer (one batch more if
 Op = tuple[str, bytes, "bytes | None"]
 
 
-def table_names(db: MetaDB) -> dict[object, str]:
+def table_names(db: MetaDB) -> dict[Table, str]:
     """Every table handle of `db` by the attribute naming it; the same names on every metaserver."""
     return {handle: name for name, handle in vars(db).items() if isinstance(handle, type(db.counters))}
 
@@ -97,7 +98,7 @@ class RecordingCursor:
 class RecordingTxn:
     """A write transaction that records what it writes; reads pass straight through."""
 
-    def __init__(self, txn: lmdb.Transaction, names: dict[object, str], ops: list[Op]) -> None:
+    def __init__(self, txn: Txn, names: dict[Table, str], ops: list[Op]) -> None:
         self._txn, self._names, self._ops = txn, names, ops
 
     def _table(self, db) -> str:
@@ -173,7 +174,7 @@ class ReplicationLog:
         self._new_batch: asyncio.Event | None = None
 
     @staticmethod
-    def new_history(txn: lmdb.Transaction, db: MetaDB) -> str:
+    def new_history(txn: Txn, db: MetaDB) -> str:
         """Start a new line of batches (a new database, or one restored from a copy): standbys of
         another line must take a new copy."""
         history = secrets.token_hex(8)
@@ -181,10 +182,10 @@ class ReplicationLog:
         return history
 
     # ---- the writer thread -------------------------------------------------------------------
-    def recording(self, txn: lmdb.Transaction, ops: list[Op]) -> RecordingTxn:
+    def recording(self, txn: Txn, ops: list[Op]) -> RecordingTxn:
         return RecordingTxn(txn, self.names, ops)
 
-    def stamp(self, txn: lmdb.Transaction) -> int:
+    def stamp(self, txn: Txn) -> int:
         """The sequence number of the batch being committed in `txn`, stored with it."""
         seq = self.seq + 1
         txn.put(SEQ_KEY, u64(seq), db=self.db.counters)
@@ -229,7 +230,7 @@ class ReplicationLog:
     async def feed(self, name: str, history: str, since: int, synchronous: bool, wait_s: float) -> r.ReplicationFeed:
         """Record that standby `name` has everything up to `since`; answer what follows (waiting
         up to `wait_s` for a batch if there is none yet)."""
-        if self._loop is None:
+        if self._new_batch is None:  # the first poll: from now on a commit wakes the pollers
             self._loop = asyncio.get_running_loop()
             self._new_batch = asyncio.Event()
         if history != self.history:
@@ -243,10 +244,8 @@ class ReplicationLog:
             if batches or remaining <= 0:
                 return r.ReplicationFeed(self.history, self.seq, batches)
             event = self._new_batch
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
 
     def _acknowledge(self, name: str, since: int, synchronous: bool) -> None:
         with self._lock:

@@ -23,6 +23,7 @@ the next pass rebuilds them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import heapq
 import itertools
@@ -31,12 +32,11 @@ import random
 import time
 from dataclasses import dataclass
 
-import lmdb
 import msgspec
 
 from chunkfs.errors import FsError, TransportError
 from chunkfs.metaserver.chunk_table import ChunkRecord, ChunkTable
-from chunkfs.metaserver.db import U64x2, GroupCommitter, MetaDB
+from chunkfs.metaserver.db import U64x2, GroupCommitter, MetaDB, Txn
 from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.registry import Registry, ServerState
 from chunkfs.metaserver.replicas import ReplicaEdits, Version
@@ -118,10 +118,8 @@ class Replicator:
             except Exception:
                 log.exception("re-replication pass failed; retrying later")
             if not changed:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), max(IDLE_PAUSE_S, 20 * self._scan_s))
-                except asyncio.TimeoutError:
-                    pass
             self.wake.clear()
 
     async def pass_once(self) -> bool:
@@ -180,7 +178,7 @@ class Replicator:
         short = [item[-1] for item in sorted(worst, key=lambda item: (-item[0], -item[1], item[2]))]
         return short, trims, under, missing
 
-    def _goal(self, txn: lmdb.Transaction, ino: int) -> int | None:
+    def _goal(self, txn: Txn, ino: int) -> int | None:
         try:
             return self.chunks.namespace.get(txn, ino).goal or self.chunks.namespace.default_goal
         except FsError:
@@ -197,12 +195,12 @@ class Replicator:
             self.deleter.wake.set()
         return dropped
 
-    def _apply_trims(self, txn: lmdb.Transaction, trims: list[Trim]) -> int:
+    def _apply_trims(self, txn: Txn, trims: list[Trim]) -> int:
         return sum(len(self.edits.trim(txn, t.key, t.chunk_id, t.version, t.keep)) for t in trims)
 
     # ---- copying --------------------------------------------------------------------------------
     def _plan(self, short: list[Shortfall], alive: dict[str, ServerState]) -> list[Copy]:
-        copies = []
+        copies: list[Copy] = []
         for chunk in short:
             sources = [alive[sid] for sid in chunk.record.replicas if sid in alive]
             targets = self.registry.place(chunk.goal - chunk.healthy, set(chunk.record.replicas) | chunk.busy)

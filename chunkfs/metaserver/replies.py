@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-import lmdb
 import msgspec
 
-from chunkfs.metaserver.db import GroupCommitter, MetaDB
+from chunkfs.metaserver.db import GroupCommitter, MetaDB, Txn
 
 BUCKET_S = 60
 KEEP_S = 900  # longer than any client's retry_s is sensibly set to
@@ -54,7 +54,7 @@ class ReplyLog:
         `first_attempt`: the client says it never sent this request before (nothing to look up)."""
         suffix = client.encode() + b"\0" + request_id.encode()
 
-        def run(txn: lmdb.Transaction, req: Any) -> tuple[bytes, Any]:
+        def run(txn: Txn, req: Any) -> tuple[bytes, Any]:
             now = int(self.clock() // BUCKET_S)
             if not first_attempt:
                 get, table = txn.get, self.db.replies
@@ -69,10 +69,10 @@ class ReplyLog:
 
         return run
 
-    def prune(self, txn: lmdb.Transaction) -> int:
+    def prune(self, txn: Txn) -> int:
         """Drop replies older than KEEP_S (at most PRUNE_BATCH per call); returns how many."""
         cutoff = (int(self.clock() // BUCKET_S) - KEEP_S // BUCKET_S - 1).to_bytes(8, "big")
-        old = []
+        old: list[bytes] = []
         with txn.cursor(db=self.db.replies) as cursor:
             for key in cursor.iternext(keys=True, values=False):
                 if key[:8] >= cutoff or len(old) >= PRUNE_BATCH:

@@ -38,10 +38,10 @@ def _nice_ceiling(value: float) -> float:
 
 def throughput_chart(history: r.Throughput | None) -> str:
     """Read and write MB/s over the history window as an SVG line chart, newest at the right."""
-    samples = history.samples if history else []
-    if not samples:
+    if history is None or not history.samples:
         return '<p id="throughput-empty">No throughput samples yet (one every few seconds).</p>'
     plot_w, plot_h = CHART_W - CHART_LEFT - 10, CHART_H - CHART_BOTTOM - 10
+    samples = history.samples
     end, window_s = samples[-1].time, history.window_s
     top = _nice_ceiling(max(1e6, *(max(s.read_bytes_per_s, s.written_bytes_per_s) for s in samples)))
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from chunkfs import mounts
+from chunkfs.config import field_default
 from chunkfs.daemons import DaemonError, module_command, spawn, wait_for
 from chunkfs.mount.main import MountConfig
 
@@ -33,7 +34,7 @@ def option_rows() -> list[tuple[list[str], str, str]]:
     rows = []
     for field in dataclasses.fields(MountConfig):
         if field.name in FIELDS:
-            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            default = field_default(field)
             default = "" if default == Path("") else str(default).lower() if isinstance(default, bool) else default
             names = [field.name, *(alias for alias, name in ALIASES.items() if name == field.name)]
             rows.append((names, str(default), field.metadata.get("help", "")))
@@ -60,7 +61,7 @@ def parse_options(option_string: str) -> dict[str, str]:
     for item in filter(None, option_string.split(",")):
         key, sep, value = item.partition("=")
         key = ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
-        if key in IGNORED or key.startswith("x_") or key.startswith("x-") or key == "comment":
+        if key in IGNORED or key.startswith(("x_", "x-")) or key == "comment":
             continue
         if key not in FIELDS:
             raise OptionError(f"unknown mount option {item.partition('=')[0]!r} "

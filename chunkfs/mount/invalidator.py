@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import pyfuse3
 import trio

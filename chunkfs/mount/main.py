@@ -14,9 +14,9 @@ import socket
 import stat
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import click
 import pyfuse3

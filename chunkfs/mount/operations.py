@@ -12,8 +12,9 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -24,8 +25,8 @@ from chunkfs.client.chunk_cache import ChunkCache
 from chunkfs.client.chunk_io import ChunkIO
 from chunkfs.client.leases import Leases
 from chunkfs.client.open_file import OpenFile
+from chunkfs.client.metadata_cache import CachingMetaClient
 from chunkfs.protocol import records as r
-from chunkfs.protocol.meta_client import MetaClient
 
 # st_blksize: cp, stdio and Python size their buffers by it; 1 MiB writes cost a third less CPU
 # per GB in the mount than the 128 KiB ones a 64 KiB blksize gets
@@ -35,10 +36,13 @@ log = logging.getLogger(__name__)
 
 READDIR_PAGE = 1000
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-def fuse_errors(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+
+def fuse_errors(handler: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     @functools.wraps(handler)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -70,7 +74,7 @@ class ChunkfsOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = True  # the kernel enforces POSIX ACLs kept in system.posix_acl_* xattrs
 
-    def __init__(self, meta: MetaClient, io: ChunkIO, cache: ChunkCache, *,
+    def __init__(self, meta: CachingMetaClient, io: ChunkIO, cache: ChunkCache, *,
                  entry_timeout_s: float, attr_timeout_s: float,
                  open_file_options: dict[str, Any] | None = None, leases: Leases | None = None) -> None:
         """`open_file_options`: keyword arguments of every OpenFile (write-back bound, prefetch).
@@ -232,9 +236,10 @@ class ChunkfsOperations(pyfuse3.Operations):
         if self.leases is None or self.leases.lease(parent) is None or len(name) > MAX_NAME_BYTES:
             return None
         directory = await self.meta.getattr(parent)
-        if directory.has_xattrs or not directory.goal or self.leases.lease(parent) is None:
+        lease = self.leases.lease(parent)  # after the await: it may have been recalled meanwhile
+        if directory.has_xattrs or not directory.goal or lease is None:
             return None
-        if name in self.leases.lease(parent).names:
+        if name in lease.names:
             raise FsError(errno.EEXIST, f"{name!r} exists")
         req = r.CreateReq(parent=parent, name=name, mode=mode, uid=ctx.uid, gid=ctx.gid, umask=ctx.umask,
                           ino=await self.leases.inode_number())

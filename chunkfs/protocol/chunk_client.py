@@ -38,7 +38,8 @@ class ChunkClient:
             params={"base_version": base_version, "offset": offset},
             headers={CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"},
         )
-        return response.json()["checksum"]
+        new_checksum: str = response.json()["checksum"]
+        return new_checksum
 
     async def get(self, address: str, chunk_id: int, version: int, retry_s: float | None = None,
                   client_verifies: bool = False) -> bytes | bytearray:

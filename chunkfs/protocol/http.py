@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Mapping
 from urllib.parse import urlencode, urlsplit
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
@@ -60,8 +61,8 @@ class SignedHttp:
         url: str,
         *,
         content: bytes | bytearray | memoryview | None = None,
-        params: dict | None = None,
-        headers: dict | None = None,
+        params: Mapping[str, object] | None = None,
+        headers: dict[str, str] | None = None,
         retry_s: float | None = None,
     ) -> Response:
         rid, new_id = request_id.for_outgoing_call_and_is_new()
@@ -85,7 +86,7 @@ class SignedHttp:
             raise
 
     async def _retry(self, first_failure: _Retryable, remaining_s: float, method: str, address: str,
-                     target: str, body: bytes | None, headers: dict, new_id: bool) -> Response:
+                     target: str, body: bytes | None, headers: dict[str, str], new_id: bool) -> Response:
         """The attempts after a failed first one, on the schedule a retry loop around all of
         them would keep: tenacity counts `first_failure` as its attempt 1 (without sending it
         again) and stops `remaining_s` after now, i.e. `retry_s` after the first attempt."""
@@ -105,7 +106,7 @@ class SignedHttp:
         raise AssertionError("unreachable")
 
     async def _once(self, method: str, address: str, target: str, body: bytes | None,
-                    headers: dict, attempt: int) -> Response:
+                    headers: dict[str, str], attempt: int) -> Response:
         """`attempt`: which attempt under a request id of the call's own, 0 for an inherited id."""
         all_headers = [(auth.HEADER, auth.sign(self.secret, method, target)), *headers.items()]
         if attempt:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import msgspec
 
@@ -42,15 +42,16 @@ class SubtreeView:
     def outgoing(self, request: Any) -> Any:
         if self.root_ino == ROOT_INO or not isinstance(request, msgspec.Struct):
             return request
-        changes = {f: self.root_ino for f in INODE_FIELDS if getattr(request, f, None) == ROOT_INO}
-        if getattr(request, "create", None) is not None:
-            changes["create"] = self.outgoing(request.create)
+        changes: dict[str, Any] = {f: self.root_ino for f in INODE_FIELDS if getattr(request, f, None) == ROOT_INO}
+        create = getattr(request, "create", None)
+        if create is not None:
+            changes["create"] = self.outgoing(create)
         return msgspec.structs.replace(request, **changes) if changes else request
 
     def ino_in(self, ino: int) -> int:
         return ROOT_INO if ino == self.root_ino else ino
 
-    def incoming(self, reply: Any) -> Any:
+    def incoming(self, reply: T) -> T:
         if self.root_ino == ROOT_INO:
             return reply
         if isinstance(reply, r.Attr):
@@ -76,6 +77,11 @@ class MetaClient:
         self.client_id = client_id
         self.headers = {"Content-Type": "application/json", CLIENT_HEADER: client_id}
         self.view = SubtreeView(root_ino)
+
+    @overload
+    async def call(self, op: str, request: Any) -> None: ...
+    @overload
+    async def call(self, op: str, request: Any, reply_type: type[T]) -> T: ...
 
     async def call(self, op: str, request: Any, reply_type: type[T] | None = None) -> T | None:
         response = await self.http.request(
@@ -168,7 +174,7 @@ class MetaClient:
 
     async def changes(self, since: int, wait_s: float, report: r.ClientReport | None = None) -> r.ChangeBatch:
         """The changes after `since` (a long poll); `report` rides along for `chunkfs status`."""
-        params: dict = {"since": since, "wait_s": wait_s}
+        params: dict[str, object] = {"since": since, "wait_s": wait_s}
         if report is not None:
             params["client"] = r.json_encode(report).decode()
         response = await self.http.request("GET", f"{self.base}/v1/changes",

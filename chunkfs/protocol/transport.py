@@ -58,7 +58,8 @@ class HttpxTransport:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
 
-    async def send(self, method, address, target, headers, body) -> Response:
+    async def send(self, method: str, address: str, target: str, headers: list[tuple[str, str]],
+                   body: bytes | None) -> Response:
         try:
             response = await self._http.request(method, f"http://{address}{target}", content=body,
                                                 headers=headers)
@@ -108,7 +109,8 @@ class TrioH11Transport:
         except (OSError, trio.TooSlowError) as exc:
             raise TransportFailure(f"connect to {address}: {exc or type(exc).__name__}") from None
 
-    async def send(self, method, address, target, headers, body) -> Response:
+    async def send(self, method: str, address: str, target: str, headers: list[tuple[str, str]],
+                   body: bytes | None) -> Response:
         idle = self._idle.get(address)
         conn = idle.pop() if idle else await self._connect(address)
         try:
@@ -129,12 +131,14 @@ class TrioH11Transport:
         await trio.aclose_forcefully(conn.stream)
         return response
 
-    async def _exchange(self, conn: _Connection, method, address, target, headers, body) -> Response:
+    async def _exchange(self, conn: _Connection, method: str, address: str, target: str,
+                        headers: list[tuple[str, str]], body: bytes | None) -> Response:
         all_headers = [("Host", address), ("Content-Length", str(len(body) if body else 0)), *headers]
         out = conn.h11.send(h11.Request(method=method, target=target, headers=all_headers))
         if body:
             await conn.stream.send_all(out)
-            for piece in conn.h11.send_with_data_passthrough(h11.Data(data=body)):
+            # h11 types this Optional for any event (send() has overloads); None is for ConnectionClosed only
+            for piece in conn.h11.send_with_data_passthrough(h11.Data(data=body)):  # type: ignore[union-attr]
                 await conn.stream.send_all(piece)
             await conn.stream.send_all(conn.h11.send(h11.EndOfMessage()))
         else:
