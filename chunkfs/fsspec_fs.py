@@ -23,8 +23,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
-from fsspec.utils import stringify_path
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem  # type: ignore[import-untyped]
+from fsspec.utils import stringify_path  # type: ignore[import-untyped]
 
 from chunkfs import CHUNK_SIZE, DEFAULT_METASERVER_PORT
 
@@ -46,7 +46,7 @@ def secret_file_for(given: str | os.PathLike[str] | None) -> str:
     return str(SECRET_FILES[-1])
 
 
-class ChunkfsFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no type hints
+class ChunkfsFileSystem(AbstractFileSystem):
     """One cluster, one client connection (fsspec keeps one instance per address and options)."""
 
     protocol = "chunkfs"
@@ -120,10 +120,10 @@ class ChunkfsFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has
 
     def created(self, path: str) -> datetime.datetime:
         """chunkfs keeps no birth time: the last change of the inode (as fsspec's local files)."""
-        return datetime.datetime.fromtimestamp(self.info(path)["ctime"], tz=datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(self.info(path)["ctime"], tz=datetime.UTC)
 
     def modified(self, path: str) -> datetime.datetime:
-        return datetime.datetime.fromtimestamp(self.info(path)["mtime"], tz=datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(self.info(path)["mtime"], tz=datetime.UTC)
 
     # -- changing the namespace
 
@@ -229,7 +229,7 @@ class ChunkfsFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has
         self.client.get_file(rpath, os.fspath(lpath), callback.relative_update if callback else None)
 
 
-class ChunkfsFile(AbstractBufferedFile):  # type: ignore[misc]
+class ChunkfsFile(AbstractBufferedFile):
     """fsspec's buffered file over one client file: reads fetch ranges of an open client file,
     writes go to a client file opened at the first flush. With `autocommit=False` (fsspec
     transactions) the data is written under a temporary name and `commit()` renames it."""

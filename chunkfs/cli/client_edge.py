@@ -16,9 +16,10 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import trio
@@ -122,7 +123,7 @@ def run_command(command: str, access: ClusterAccess, job: Callable[[AsyncFilesys
 
     try:
         result = trio.run(main)
-    except BaseException as raised:  # noqa: B036 - this is the edge: everything ends here
+    except BaseException as raised:
         exc = _most_telling(raised)
         if isinstance(exc, ClusterUnusable):
             _exit(command, str(exc), EXIT_CLUSTER)

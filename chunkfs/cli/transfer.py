@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -80,7 +81,8 @@ class ClusterSide:
         pending = [top]
         while pending:
             directory = pending.pop(0)
-            files, subdirs = [], []
+            files: list[str] = []
+            subdirs: list[str] = []
             for entry in await self.fs.scandir(directory):
                 (subdirs if entry.is_dir() else files).append(entry.name)
             found.append((directory, sorted(files)))
