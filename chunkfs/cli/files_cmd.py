@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import trio
 
 from chunkfs.cli import transfer
 from chunkfs.cli.client_edge import Failures, run_command
@@ -93,16 +92,9 @@ def put(paths: tuple[str, ...], recursive: bool, jobs: int, where: Where) -> Non
     sources, target = _split_sources(paths)
 
     async def job(fs: AsyncFilesystem, failures: Failures) -> None:
-        plan = await transfer.plan(sources, cluster_path(target), transfer.LocalSide(), transfer.ClusterSide(fs),
-                                   recursive, failures)
-
-        async def make_directory(path: str) -> None:
-            await fs.makedirs(path, exist_ok=True)
-
-        async def copy(c: transfer.Copy, progress: transfer.Progress) -> None:
-            await fs.put_file(c.source, c.target, progress)
-
-        done = await transfer.run(plan, make_directory, copy, jobs, failures, "put")
+        done = await transfer.copy_all(sources, cluster_path(target), transfer.LocalSide(), transfer.ClusterSide(fs),
+                                       lambda c, progress: fs.put_file(c.source, c.target, progress),
+                                       recursive, jobs, failures, "put")
         if where.as_json:
             echo_json(_copies_json(done, failures))
 
@@ -120,16 +112,9 @@ def get(paths: tuple[str, ...], recursive: bool, jobs: int, where: Where) -> Non
     sources, target = _split_sources(paths)
 
     async def job(fs: AsyncFilesystem, failures: Failures) -> None:
-        plan = await transfer.plan([cluster_path(s) for s in sources], target, transfer.ClusterSide(fs),
-                                   transfer.LocalSide(), recursive, failures)
-
-        async def make_directory(path: str) -> None:
-            await trio.to_thread.run_sync(lambda: os.makedirs(path, exist_ok=True))
-
-        async def copy(c: transfer.Copy, progress: transfer.Progress) -> None:
-            await fs.get_file(c.source, c.target, progress)
-
-        done = await transfer.run(plan, make_directory, copy, jobs, failures, "get")
+        done = await transfer.copy_all([cluster_path(s) for s in sources], target, transfer.ClusterSide(fs),
+                                       transfer.LocalSide(), lambda c, progress: fs.get_file(c.source, c.target, progress),
+                                       recursive, jobs, failures, "get")
         if where.as_json:
             echo_json(_copies_json(done, failures))
 

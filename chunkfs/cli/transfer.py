@@ -39,6 +39,9 @@ class Side(Protocol):
     async def size(self, path: str) -> int:
         ...
 
+    async def make_directory(self, path: str) -> None:
+        """`path` and its missing parents; one that is there is no error."""
+
 
 def _kind(mode: int) -> str:
     return "dir" if stat.S_ISDIR(mode) else "file"
@@ -64,6 +67,9 @@ class LocalSide:
 
     async def size(self, path: str) -> int:
         return (await trio.to_thread.run_sync(os.stat, path)).st_size
+
+    async def make_directory(self, path: str) -> None:
+        await trio.to_thread.run_sync(lambda: os.makedirs(path, exist_ok=True))
 
 
 class ClusterSide:
@@ -91,6 +97,9 @@ class ClusterSide:
 
     async def size(self, path: str) -> int:
         return (await self.fs.stat(path)).st_size
+
+    async def make_directory(self, path: str) -> None:
+        await self.fs.makedirs(path, exist_ok=True)
 
 
 @dataclass(frozen=True)
@@ -146,9 +155,18 @@ async def _plan_tree(source: str, destination: str, source_side: Side, result: P
             result.copies.append(Copy(path, posixpath.join(made, name), await source_side.size(path)))
 
 
-async def run(plan: Plan, make_directory: Callable[[str], Awaitable[None]],
-              copy: Callable[[Copy, Progress], Awaitable[None]], jobs: int, failures: Failures,
-              what: str) -> list[Copy]:
+CopyOne = Callable[[Copy, Progress], Awaitable[None]]
+
+
+async def copy_all(sources: list[str], target: str, source_side: Side, target_side: Side, copy: CopyOne,
+                   recursive: bool, jobs: int, failures: Failures, what: str) -> list[Copy]:
+    """Plan, then run: the copies done."""
+    return await run(await plan(sources, target, source_side, target_side, recursive, failures),
+                     target_side.make_directory, copy, jobs, failures, what)
+
+
+async def run(plan: Plan, make_directory: Callable[[str], Awaitable[None]], copy: CopyOne, jobs: int,
+              failures: Failures, what: str) -> list[Copy]:
     """Make the plan's directories, then its copies `jobs` at a time; the copies done. A copy
     that fails is reported and the others go on; Ctrl-C cancels them all (each `copy` promises
     to leave nothing half-written under its target name)."""
