@@ -126,6 +126,33 @@ def test_failures_are_one_line_each_and_exit_1(cluster, remote, tmp_path):
     assert run(cluster, "ls", "--no-such-flag", check=False).returncode == 2
 
 
+@pytest.fixture
+def world_readable(tmp_path_factory):
+    """A directory everyone may read (pytest's own are root's alone), removed after the test."""
+    path = tmp_path_factory.mktemp("shared")
+    for p in (path, *path.parents):
+        if p == Path("/tmp") or p == Path("/"):
+            break
+        p.chmod(0o755)
+    return path
+
+
+def test_permission_denied_is_exit_1_naming_the_path(cluster, remote, world_readable):
+    """As an unprivileged user (the API acts as the calling user, as a mount does) in a
+    directory of root's."""
+    secret = world_readable / "secret"
+    secret.write_bytes(cluster.secret_file.read_bytes())
+    secret.chmod(0o644)
+    local = random_file(world_readable / "mine", 100)
+    local.chmod(0o644)
+    run(cluster, "mkdir", remote)
+    as_nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", CHUNKFS_SCRIPT,
+                                "put", str(local), f"{remote}/", "--metaserver", cluster.metaserver,
+                                "--secret-file", str(secret)], capture_output=True, text=True, timeout=120)
+    assert (as_nobody.returncode, as_nobody.stderr) == (1, f"chunkfs: put: {remote}/mine: Permission denied\n")
+    assert json.loads(run(cluster, "ls", "--json", remote).stdout) == []
+
+
 def test_wrong_secret_exits_3(cluster, tmp_path):
     wrong = tmp_path / "secret"
     wrong.write_text("0" * 64 + "\n")
