@@ -253,7 +253,14 @@ class ChunkfsFile(AbstractBufferedFile):
         if self._client_file is None:
             self._client_file = self.fs.client.open(self.path, "rb")
         self._client_file.seek(start)
-        return bytes(self._client_file.read(end - start))
+        pieces, wanted = [], end - start
+        while wanted > 0:  # a raw file may return less than asked before the end
+            piece = self._client_file.read(wanted)
+            if not piece:
+                break
+            pieces.append(piece)
+            wanted -= len(piece)
+        return b"".join(pieces)
 
     def _initiate_upload(self) -> None:
         """The client file is already open (see __init__)."""
