@@ -1,21 +1,53 @@
-"""Cluster-secret authentication: every request carries an HMAC of what it asks for.
+"""Cluster-secret authentication: every request carries an HMAC of all of itself, usable once.
 
-The header `X-Chunkfs-Auth: <unix-seconds>.<hex hmac-sha256(secret, "METHOD\\npath?query\\nts")>`
-proves the sender holds the cluster secret; a request whose header is missing, wrong or more than
-`MAX_SKEW_S` old is refused with 401 before any handler runs. Bodies are not signed: chunk data is
-protected by its checksum, metadata bodies travel only with a signed path.
+A request carries `X-Chunkfs-Auth: <unix-seconds>.<nonce>.<body-digest>.<hmac>`, where `hmac`
+is HMAC-SHA256 keyed with the cluster secret over the canonical request (`canonical_request`):
+
+    METHOD
+    path                       as sent, percent-encoding and all
+    query                      as sent (empty if none)
+    host                       the Host header, lower-cased
+    name:value                 one line per X-Chunkfs-* header and X-Request-Id, names lower-cased,
+    ...                        sorted (the auth header itself excepted)
+    body-digest                sha256 of the body (hex), or "x-chunkfs-checksum" (below)
+    unix-seconds
+    nonce                      24 hex digits: 96 random bits, new for every attempt
+
+So a captured signature is worth nothing for another method, path, query, server, chunkfs header,
+request id or body, and the server refuses it also for the same request a second time: a nonce
+seen within the skew window is refused (`ReplayGuard`). A request older or newer than
+`MAX_SKEW_S` is refused too, which is how long a nonce must be remembered.
+
+The body of a chunk PUT (a PUT carrying `X-Chunkfs-Checksum`) is bound by that header instead of
+a second hash of its 4 MiB: the header is signed, and the chunkserver stores the bytes only if
+they match it. That binding is as strong as the checksum (xxh3-128, not a cryptographic hash)
+against someone who can change a request in flight; replay needs a fresh nonce either way.
+
+`sign` is the one signing function (the clients and the tests use it, given everything a request
+carries); `Verifier` is the server's side.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
+from collections import deque
 from pathlib import Path
+from collections.abc import Iterable
 
 HEADER = "X-Chunkfs-Auth"
+CHECKSUM_HEADER = "X-Chunkfs-Checksum"  # a chunk's checksum, which the chunkserver verifies
+CHECKSUMMED = "x-chunkfs-checksum"  # the body digest of a body bound by its checksum header
 MAX_SKEW_S = 300
+NONCE_BYTES = 12
+_SIGNED_PREFIX = "x-chunkfs-"
+_ALSO_SIGNED = frozenset({"x-request-id"})  # the reply log answers retries by it
+_AUTH_LOWER = HEADER.lower()
+_HEADER_FORMAT = re.compile(r"(\d{1,12})\.([0-9a-f]{24})\.([0-9a-f]{64}|" + CHECKSUMMED + r")\.([0-9a-f]{64})")
 
 
 def create_secret(path: Path) -> bytes:
@@ -37,22 +69,129 @@ def load_secret(path: Path | str) -> bytes:
     return secret
 
 
-def _mac(secret: bytes, method: str, target: str, ts: str) -> str:
-    msg = f"{method.upper()}\n{target}\n{ts}".encode()
-    return hmac.digest(secret, msg, "sha256").hex()  # one C call, no HMAC object
+def body_digest(method: str, headers: Iterable[tuple[str, str]], body: bytes | None) -> str:
+    """What the signature says of the body: CHECKSUMMED for a chunk PUT, else its sha256."""
+    if method.upper() == "PUT" and any(name.lower() == CHECKSUM_HEADER.lower() for name, _ in headers):
+        return CHECKSUMMED
+    return hashlib.sha256(body or b"").hexdigest()
 
 
-def sign(secret: bytes, method: str, target: str, now: float | None = None) -> str:
+def canonical_request(method: str, target: str, host: str, headers: Iterable[tuple[str, str]],
+                      digest: str, ts: str, nonce: str) -> bytes:
+    """The bytes the HMAC is over (see the module's docstring); `target` is path?query."""
+    path, _, query = target.partition("?")
+    signed = []
+    for name, value in headers:
+        lower = name.lower()
+        if (lower.startswith(_SIGNED_PREFIX) and lower != _AUTH_LOWER) or lower in _ALSO_SIGNED:
+            signed.append(f"{lower}:{value}")
+    signed.sort()
+    return "\n".join((method.upper(), path, query, host.lower(), *signed, digest, ts, nonce)).encode(
+        "utf-8", "surrogateescape")
+
+
+def sign(secret: bytes, method: str, target: str, host: str, headers: Iterable[tuple[str, str]] = (),
+         body: bytes | None = None, *, digest: str | None = None, now: float | None = None,
+         nonce: str | None = None) -> str:
+    """The `X-Chunkfs-Auth` value for a request: `target` is path?query as sent, `host` the Host
+    header, `headers` all the others it carries (those not signed are skipped), `body` its body
+    (or `digest`, its `body_digest` if already known: a retry need not hash it again).
+    Call it once per attempt: every call takes a new nonce (`nonce` and `now` are for tests)."""
+    headers = list(headers)
     ts = str(int(now if now is not None else time.time()))
-    return f"{ts}.{_mac(secret, method, target, ts)}"
+    nonce = nonce or secrets.token_hex(NONCE_BYTES)
+    digest = digest or body_digest(method, headers, body)
+    mac = hmac.digest(secret, canonical_request(method, target, host, headers, digest, ts, nonce), "sha256")
+    return f"{ts}.{nonce}.{digest}.{mac.hex()}"
 
 
-def verify(secret: bytes, method: str, target: str, header: str | None, now: float | None = None) -> bool:
-    if not header or "." not in header:
-        return False
-    ts, mac = header.split(".", 1)
-    try:
-        age = abs((now if now is not None else time.time()) - int(ts))
-    except ValueError:
-        return False
-    return age <= MAX_SKEW_S and hmac.compare_digest(mac, _mac(secret, method, target, ts))
+class SignedRequest:
+    """An `X-Chunkfs-Auth` value taken apart (`parse`), before anything is believed of it."""
+
+    __slots__ = ("digest", "mac", "nonce", "ts")
+
+    def __init__(self, ts: str, nonce: str, digest: str, mac: str) -> None:
+        self.ts, self.nonce, self.digest, self.mac = ts, nonce, digest, mac
+
+    @classmethod
+    def parse(cls, header: str | None) -> SignedRequest | None:
+        match = _HEADER_FORMAT.fullmatch(header) if header else None
+        return cls(*match.groups()) if match else None
+
+    def mac_matches(self, secret: bytes, method: str, target: str, host: str,
+                    headers: Iterable[tuple[str, str]]) -> bool:
+        """Whether the HMAC is right for this request with the body digest the header claims
+        (the caller checks the body against `digest`)."""
+        expected = hmac.digest(secret, canonical_request(method, target, host, headers, self.digest, self.ts,
+                                                         self.nonce), "sha256").hex()
+        return hmac.compare_digest(self.mac, expected)
+
+    def body_matches(self, body: bytes) -> bool:
+        return self.digest != CHECKSUMMED and hmac.compare_digest(self.digest, hashlib.sha256(body).hexdigest())
+
+
+class ReplayGuard:
+    """The nonces of accepted requests, so that each request is accepted once.
+
+    A request is accepted only while its timestamp is within MAX_SKEW_S of now, so a nonce need be
+    remembered only 2 * MAX_SKEW_S after it was seen. Memory is bounded: at most `max_nonces`
+    (200,000 by default, about 40 MB at ~200 bytes each). When full, the oldest nonce is dropped
+    and every request signed no later than it is refused from then on (`floor_ts`), so a dropped
+    nonce can never be replayed. Under a load beyond max_nonces / (2 * MAX_SKEW_S) requests a second
+    (333/s by default) the window a request must arrive in thereby shrinks from MAX_SKEW_S to how
+    long the guard holds (40 s at 5,000 requests a second): clients sign just before sending, so
+    only a client whose clock is that far behind the server's is refused."""
+
+    def __init__(self, max_nonces: int = 200_000, skew_s: int = MAX_SKEW_S) -> None:
+        self.max_nonces = max_nonces
+        self.skew_s = skew_s
+        self.floor_ts = 0  # requests signed at or before this second are refused
+        self._ts: dict[str, int] = {}  # nonce -> its request's timestamp
+        self._expiry: deque[tuple[float, str]] = deque()  # (forget at, nonce), in the order seen
+
+    def __len__(self) -> int:
+        return len(self._ts)
+
+    def fresh(self, ts: int, now: float) -> bool:
+        """Whether a request signed at `ts` may still be accepted at `now` (if its nonce is new)."""
+        return ts > self.floor_ts and abs(now - ts) <= self.skew_s
+
+    def first_use(self, nonce: str, ts: int, now: float) -> bool:
+        """Record `nonce`; False if the request is not `fresh` or the nonce was used before."""
+        self._forget_expired(now)
+        if not self.fresh(ts, now) or nonce in self._ts:
+            return False
+        if len(self._ts) >= self.max_nonces:
+            _, oldest = self._expiry.popleft()
+            self.floor_ts = max(self.floor_ts, self._ts.pop(oldest))
+        self._ts[nonce] = ts
+        self._expiry.append((now + 2 * self.skew_s, nonce))
+        return True
+
+    def _forget_expired(self, now: float) -> None:
+        expiry = self._expiry
+        while expiry and expiry[0][0] < now:
+            del self._ts[expiry.popleft()[1]]
+
+
+class Verifier:
+    """The server's side: is a request signed with the secret, unchanged and new?
+
+    `check_head` is cheap and comes first (before any body is read, so a request without the
+    secret makes the server read nothing); the caller then compares the body with the digest the
+    head vouched for (`SignedRequest.body_matches`), and `first_use` consumes the nonce last, so a
+    request with a swapped body does not burn the nonce of the genuine one."""
+
+    def __init__(self, secret: bytes, replays: ReplayGuard | None = None) -> None:
+        self.secret = secret
+        self.replays = replays or ReplayGuard()
+
+    def check_head(self, method: str, target: str, host: str, headers: Iterable[tuple[str, str]],
+                   header: str | None, now: float | None = None) -> SignedRequest | None:
+        signed = SignedRequest.parse(header)
+        if signed is None or not self.replays.fresh(int(signed.ts), time.time() if now is None else now):
+            return None
+        return signed if signed.mac_matches(self.secret, method, target, host, headers) else None
+
+    def first_use(self, signed: SignedRequest, now: float | None = None) -> bool:
+        return self.replays.first_use(signed.nonce, int(signed.ts), time.time() if now is None else now)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from chunkfs import request_id, service
+from chunkfs.log_lines import OneLinePerRecord
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -85,8 +86,10 @@ def load(cls: type[T], file: Path | None, overrides: dict[str, Any]) -> T:
 
 def setup_logging(level: str) -> None:
     """Log to stderr; under systemd, whose journal stamps each line itself, without the time.
-    Lines are `<level> <logger>: <message>` then ` request_id=<id>` when written for a request."""
+    Lines are `<level> <logger>: <message>` then ` request_id=<id>` when written for a request;
+    one record is one line (tracebacks indented under it), whatever a request carried."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(OneLinePerRecord())
     handler.addFilter(request_id.LogFilter())  # lines logged while serving a request name its id
     if service.logging_to_journal():
         handler.setFormatter(service.JournalFormatter("%(levelname)s %(name)s: %(message)s%(request_tag)s"))

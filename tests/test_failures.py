@@ -55,9 +55,10 @@ def test_requests_without_the_secret_are_refused_and_change_nothing(fresh_cluste
 def test_bad_requests_get_a_4xx_with_a_message(fresh_cluster):
     from chunkfs import auth
     secret = auth.load_secret(fresh_cluster.secret_file)
-    target = "/v1/fs/create"
-    response = httpx.post(f"http://{fresh_cluster.metaserver}{target}", content=b"{not json",
-                          headers={auth.HEADER: auth.sign(secret, "POST", target)})
+    target, body = "/v1/fs/create", b"{not json"
+    response = httpx.post(f"http://{fresh_cluster.metaserver}{target}", content=body,
+                          headers={auth.HEADER: auth.sign(secret, "POST", target, fresh_cluster.metaserver,
+                                                          body=body)})
     assert 400 <= response.status_code < 500
     assert "bad request body" in response.json()["message"]
 

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from chunkfs import auth
 from chunkfs.checksum import BLOCK_SIZE, block_checksums, verify_blocks
 from chunkfs.config import ConfigError, load, opt, parse_address
 from chunkfs.mount.helper import OptionError, parse_options
@@ -23,17 +22,6 @@ def test_sequential_readers_grow_and_random_readers_get_nothing():
     assert prefetch_window(24, 2) == 8
     assert prefetch_window(256, 10) == 16
     assert prefetch_window(5, 1) == 3
-
-
-def test_signatures_verify_only_for_the_same_request_and_secret():
-    secret = b"s" * 32
-    header = auth.sign(secret, "POST", "/v1/fs/lookup")
-    assert auth.verify(secret, "POST", "/v1/fs/lookup", header)
-    assert not auth.verify(secret, "POST", "/v1/fs/create", header)
-    assert not auth.verify(b"t" * 32, "POST", "/v1/fs/lookup", header)
-    assert not auth.verify(secret, "POST", "/v1/fs/lookup", None)
-    old = auth.sign(secret, "GET", "/x", now=1000)
-    assert not auth.verify(secret, "GET", "/x", old, now=1000 + auth.MAX_SKEW_S + 1)
 
 
 def test_block_checksums_find_the_bad_block():

@@ -11,7 +11,8 @@ from aiohttp import web
 from chunkfs import metrics
 from chunkfs.config import ConfigError, parse_address
 from chunkfs.errors import FsError, TransportError
-from chunkfs.httpserver import json_response, make_app
+from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, BodyLimit, any_host, json_response, make_app,
+                                read_body_pieces)
 from chunkfs.chunkserver.scrubber import CorruptionReporter
 from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
 from chunkfs.protocol import records as r
@@ -32,29 +33,12 @@ def _chunk_key(request: web.Request) -> tuple[int, int]:
         raise FsError(errno.EINVAL, "chunk id and version must be integers") from None
 
 
-async def _read_chunk_body(request: web.Request) -> list[bytes]:
-    """The request body in the pieces it arrived in (joining them, as aiohttp's `read()` does,
-    copies every byte twice more; the store hashes and writes pieces as they are)."""
-    length = request.content_length
-    if length is not None and length > CHUNK_SIZE:
-        raise FsError(errno.EFBIG, f"chunk of {length} bytes is over {CHUNK_SIZE}")
-    request.content.set_read_chunk_size(CHUNK_SIZE)  # no pausing the socket while a chunk arrives
-    pieces = []
-    received = 0
-    while piece := await request.content.readany():
-        received += len(piece)
-        if received > CHUNK_SIZE:
-            raise FsError(errno.EFBIG, f"chunk of over {CHUNK_SIZE} bytes")
-        pieces.append(piece)
-    return pieces
-
-
 async def put_chunk(request: web.Request) -> web.Response:
     chunk_id, version = _chunk_key(request)
     checksum = request.headers.get(CHECKSUM_HEADER)
     if not checksum:
         raise FsError(errno.EINVAL, f"missing {CHECKSUM_HEADER} header")
-    pieces = await _read_chunk_body(request)
+    pieces = await read_body_pieces(request)  # within the route's BodyLimit and time-out
     length = sum(len(p) for p in pieces)
     counters = request.app[METRICS]
     if "base_version" in request.query:
@@ -151,13 +135,25 @@ async def health(request: web.Request) -> web.Response:
                           "capacity_bytes": capacity, "used_bytes": used, "dirs": store.dir_usage()})
 
 
+CHUNK_ROUTE = "/v1/chunks/{chunk_id}/{version}"
+# a chunk PUT's body is the chunk (whole, or the piece of a partial write) and nothing else; the
+# store keeps it only if it matches the signed X-Chunkfs-Checksum, which stands for it in the signature
+BODY_LIMITS = {f"PUT {CHUNK_ROUTE}": BodyLimit(CHUNK_SIZE, checksummed=True)}
+
+
 def build_app(store: ChunkStore, secret: bytes, background, peers: ChunkClient,
-              corruption: CorruptionReporter, counters: metrics.ChunkserverMetrics) -> web.Application:
-    app = make_app(secret, client_max_size=CHUNK_SIZE + 65536)
+              corruption: CorruptionReporter, counters: metrics.ChunkserverMetrics,
+              addresses: frozenset[str] = frozenset(), body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+              ) -> web.Application:
+    """`addresses`: the HOST:PORTs clients and peers reach this server by (the one it registers
+    with, its listen address); a request signed for another Host is refused (empty: any)."""
+    own = frozenset(a.lower() for a in addresses)
+    app = make_app(secret, own_host=(lambda host: host.lower() in own) if own else any_host,
+                   body_limits=BODY_LIMITS, body_timeout_s=body_timeout_s)
     app[STORE] = store
     app[PEERS] = peers
     app[CORRUPTION] = corruption
-    route = "/v1/chunks/{chunk_id}/{version}"
+    route = CHUNK_ROUTE
     app.router.add_put(route, put_chunk)
     app.router.add_get(route, get_chunk)
     app.router.add_delete(route, delete_chunk)

@@ -17,7 +17,7 @@ from chunkfs.chunkserver.scrubber import CorruptionReporter, Scrubber
 from chunkfs.chunkserver.store import ChunkStore
 from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setup_logging
 from chunkfs.errors import FsError
-from chunkfs.httpserver import serve
+from chunkfs.httpserver import BODY_TIMEOUT_HELP, DEFAULT_BODY_TIMEOUT_S, serve
 from chunkfs.protocol.chunk_client import ChunkClient
 from chunkfs.protocol.http import SignedHttp
 from chunkfs.protocol.meta_client import MetaClient
@@ -39,6 +39,7 @@ class ChunkserverConfig:
     secret_file: Path = opt(Path("/etc/chunkfs/secret"), "file holding the cluster secret")
     heartbeat_interval_s: float = opt(2.0, "seconds between heartbeats to the metaserver")
     scrub_mb_per_s: float = opt(50.0, "MiB/s at most re-read to verify stored chunks in the background; 0 is off")
+    body_timeout_s: float = opt(DEFAULT_BODY_TIMEOUT_S, BODY_TIMEOUT_HELP)
     log_level: str = opt("info", "debug, info, warning or error")
 
     def validate(self) -> None:
@@ -57,6 +58,8 @@ class ChunkserverConfig:
             parse_address(self.advertise)
         if self.heartbeat_interval_s <= 0:
             raise ConfigError("option heartbeat_interval_s: must be positive")
+        if self.body_timeout_s <= 0:
+            raise ConfigError("option body_timeout_s: must be positive")
         if self.scrub_mb_per_s < 0:
             raise ConfigError("option scrub_mb_per_s: must not be negative")
         if not self.secret_file.exists():
@@ -76,8 +79,8 @@ def run(config: ChunkserverConfig) -> None:
     counters = metrics.ChunkserverMetrics(store)
     http = SignedHttp(secret, timeout_s=10, retry_s=2)
     meta = MetaClient(http, config.metaserver)
-    heartbeat = Heartbeat(store, meta, config.advertise or f"{host}:{port}", config.heartbeat_interval_s,
-                          counters)
+    advertised = config.advertise or f"{host}:{port}"
+    heartbeat = Heartbeat(store, meta, advertised, config.heartbeat_interval_s, counters)
     corruption = CorruptionReporter(store, meta)
     scrubber = Scrubber(store, corruption, config.scrub_mb_per_s)
 
@@ -91,7 +94,8 @@ def run(config: ChunkserverConfig) -> None:
 
     log.info("chunkserver %s serving on %s:%d, data in %s", store.server_id, host, port,
              ", ".join(map(str, config.data_dirs)))
-    app = build_app(store, secret, background, ChunkClient(http), corruption, counters)
+    app = build_app(store, secret, background, ChunkClient(http), corruption, counters,
+                    frozenset({advertised, config.listen}), config.body_timeout_s)
     service.attach(app, status=f"serving on {host}:{port}")
     serve(app, host, port)
 

@@ -56,10 +56,12 @@ def _alive_servers(access: ClusterAccess) -> int:
 @click.option("--client-timeout-s", type=click.FloatRange(0.5), default=None,
               help="A mount silent this long is gone: files it had open after unlinking them are freed "
                    "[default: the metaserver's, 90].")
+@click.option("--body-timeout-s", type=click.FloatRange(0.1), default=None,
+              help="Seconds a request body may take to reach a server [default: the daemons', 30].")
 @click.option("-o", "options", default="", help="Mount options, as for mount -o (see chunkfs-mount --help).")
 def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, port: int,
        heartbeat_timeout_s: float | None, scrub_mb_per_s: float | None, client_timeout_s: float | None,
-       options: str) -> None:
+       body_timeout_s: float | None, options: str) -> None:
     """Start a local cluster and mount it (keeps existing data)."""
     data_dir = data_dir.absolute()
     mountpoint = mountpoint.absolute()
@@ -73,6 +75,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
     logs, run = data_dir / "logs", data_dir / "run"
     metaserver = f"127.0.0.1:{port}"
     access = ClusterAccess(metaserver, secret_file)
+    body_timeout = ("--body-timeout-s", str(body_timeout_s)) if body_timeout_s else ()
     info = {"metaserver": metaserver, "secret_file": str(secret_file), "mountpoint": str(mountpoint),
             "chunkservers": chunkservers, "goal": goal, "heartbeat_timeout_s": heartbeat_timeout_s,
             "scrub_mb_per_s": scrub_mb_per_s}
@@ -84,7 +87,8 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                         "--data-dir", str(data_dir / "meta"), "--secret-file", str(secret_file),
                                         "--default-goal", str(goal),
                                         "--heartbeat-timeout-s", str(heartbeat_timeout_s),
-                                        *(("--client-timeout-s", str(client_timeout_s)) if client_timeout_s else ())),
+                                        *(("--client-timeout-s", str(client_timeout_s)) if client_timeout_s else ()),
+                                        *body_timeout),
                          logs / "metaserver.log", run / "metaserver.pid")
             wait_for("metaserver", lambda: _health(metaserver), 30, proc, logs / "metaserver.log")
         for i in range(1, chunkservers + 1):
@@ -94,7 +98,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                      "--data-dir", str(data_dir / "chunkservers" / name),
                                      "--metaserver", metaserver, "--secret-file", str(secret_file),
                                      "--heartbeat-interval-s", str(min(2.0, heartbeat_timeout_s / 4)),
-                                     "--scrub-mb-per-s", str(scrub_mb_per_s)),
+                                     "--scrub-mb-per-s", str(scrub_mb_per_s), *body_timeout),
                       logs / f"{name}.log", run / f"{name}.pid")
         wait_for(f"{chunkservers} chunkservers", lambda: _alive_servers(access) >= chunkservers, 30,
                  log_path=logs / "cs1.log")

@@ -16,7 +16,8 @@ from aiohttp import web
 
 from chunkfs import metrics, request_id
 from chunkfs.errors import FsError
-from chunkfs.httpserver import json_response, make_app, read_body
+from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, BodyLimit, any_host, host_on_port, json_response,
+                                make_app, read_body)
 from chunkfs.metaserver.changes import ChangeFeed, affected
 from chunkfs.metaserver.status_page import render as render_status_page
 from chunkfs.metaserver.chunk_table import ChunkTable
@@ -329,8 +330,18 @@ def routine_error(request: web.Request, error: FsError) -> bool:
     return request.path.startswith("/v1/fs/") and error.errno in ROUTINE_ERRNOS
 
 
-def build_app(m: Metaserver, secret: bytes, http: SignedHttp) -> web.Application:
-    app = make_app(secret, routine_error=routine_error, client_max_size=64 * 1024 * 1024)
+# Request bodies (DEFAULT_BODY, 1 MiB, for every other route): a filesystem call's record is small
+# but a commit names every chunk written since the file's last flush (~200 bytes each: 16 MiB is
+# ~80,000 chunks, ~320 GiB); a chunkserver's registration lists every chunk version it holds
+# (~25 bytes each: 64 MiB is ~2.6 million, 10 TiB of full chunks).
+BODY_LIMITS = {"POST /v1/fs/{op}": BodyLimit(16 << 20), "POST /v1/servers/hello": BodyLimit(64 << 20)}
+
+
+def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None = None,
+              body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> web.Application:
+    """`port`: the one it listens on; a request signed for a Host on another port is refused."""
+    app = make_app(secret, routine_error=routine_error, own_host=any_host if port is None else host_on_port(port),
+                   body_limits=BODY_LIMITS, body_timeout_s=body_timeout_s)
     app[STATE] = m
     app.router.add_post("/v1/fs/{op}", fs_operation)
     app.router.add_post("/v1/servers/hello", server_hello)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from chunkfs import DEFAULT_METASERVER_PORT, auth, service
 from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setup_logging
-from chunkfs.httpserver import serve
+from chunkfs.httpserver import BODY_TIMEOUT_HELP, DEFAULT_BODY_TIMEOUT_S, serve
 from chunkfs.metaserver.app import Metaserver, build_app
 from chunkfs.metaserver.chunk_table import ChunkTable
 from chunkfs.metaserver.db import GroupCommitter, MetaDB
@@ -48,10 +48,13 @@ class MetaserverConfig:
                           "restart without it to promote the standby")
     synchronous: bool = opt(True, "as a standby: the metaserver acknowledges a change only once this standby "
                                   "has it on disk (within standby_timeout_s)")
+    body_timeout_s: float = opt(DEFAULT_BODY_TIMEOUT_S, BODY_TIMEOUT_HELP)
     log_level: str = opt("info", "debug, info, warning or error")
 
     def validate(self) -> None:
         parse_address(self.listen)
+        if self.body_timeout_s <= 0:
+            raise ConfigError("option body_timeout_s: must be positive")
         if self.follow:
             parse_address(self.follow)
         if self.standby_timeout_s <= 0 or self.restore_quarantine_s < 0:
@@ -96,7 +99,7 @@ def run(config: MetaserverConfig) -> None:
     state.orphans = OrphanCollector(db, committer, namespace, state.changes, config.client_timeout_s,
                                     deleter.wake.set)
     log.info("metaserver serving on %s:%d, data in %s", host, port, config.data_dir)
-    app = build_app(state, secret, http)
+    app = build_app(state, secret, http, port, config.body_timeout_s)
     service.attach(app, status=f"serving on {host}:{port}")
     serve(app, host, port)
 

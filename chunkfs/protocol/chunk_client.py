@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import msgspec
 
+from chunkfs import auth
 from chunkfs.protocol import records as r
 from chunkfs.protocol.http import SignedHttp
 
-CHECKSUM_HEADER = "X-Chunkfs-Checksum"
+CHECKSUM_HEADER = auth.CHECKSUM_HEADER  # signed, and standing for the body in the signature (see auth)
 CHECKSUM_PARAM = "checksum"
 CLIENT_VERIFIES_PARAM = "client_verifies"  # GET: the server may skip its block checks (see get)
 

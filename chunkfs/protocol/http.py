@@ -8,6 +8,9 @@ Every call carries an `X-Request-Id` (see `chunkfs.request_id`), the same on eac
 and, when the id is the call's own, an `X-Chunkfs-Attempt` numbering them;
 the `FsError` or `TransportError` a call ends with names it, so a client's error message can be
 matched with the server's log line.
+
+Every attempt is signed anew (`chunkfs.auth.sign`: a new nonce, so the server, which refuses a
+nonce it has seen, takes a retry of a request that did arrive); the body is hashed once per call.
 """
 
 from __future__ import annotations
@@ -73,12 +76,13 @@ class SignedHttp:
         limit_s = self.retry_s if retry_s is None else retry_s
         started = time.monotonic()
         try:
+            digest = auth.body_digest(method, headers.items(), body)
             try:  # the first attempt without the retry machinery: building it cost ~50 us a call
-                return await self._once(method, parts.netloc, target, body, headers, 1 if new_id else 0)
+                return await self._once(method, parts.netloc, target, body, digest, headers, 1 if new_id else 0)
             except _Retryable as exc:
                 first_failure = exc
             return await self._retry(first_failure, limit_s - (time.monotonic() - started),
-                                     method, parts.netloc, target, body, headers, new_id)
+                                     method, parts.netloc, target, body, digest, headers, new_id)
         except _Retryable as exc:
             raise TransportError(f"{method} {url}: {exc} (request_id={rid})") from None
         except FsError as exc:
@@ -86,7 +90,7 @@ class SignedHttp:
             raise
 
     async def _retry(self, first_failure: _Retryable, remaining_s: float, method: str, address: str,
-                     target: str, body: bytes | None, headers: dict[str, str], new_id: bool) -> Response:
+                     target: str, body: bytes | None, digest: str, headers: dict[str, str], new_id: bool) -> Response:
         """The attempts after a failed first one, on the schedule a retry loop around all of
         them would keep: tenacity counts `first_failure` as its attempt 1 (without sending it
         again) and stops `remaining_s` after now, i.e. `retry_s` after the first attempt."""
@@ -101,16 +105,19 @@ class SignedHttp:
             with attempt:
                 if failures:
                     raise failures.pop()
-                return await self._once(method, address, target, body, headers,
+                return await self._once(method, address, target, body, digest, headers,
                                         attempt.retry_state.attempt_number if new_id else 0)
         raise AssertionError("unreachable")
 
-    async def _once(self, method: str, address: str, target: str, body: bytes | None,
+    async def _once(self, method: str, address: str, target: str, body: bytes | None, digest: str,
                     headers: dict[str, str], attempt: int) -> Response:
-        """`attempt`: which attempt under a request id of the call's own, 0 for an inherited id."""
-        all_headers = [(auth.HEADER, auth.sign(self.secret, method, target)), *headers.items()]
+        """`attempt`: which attempt under a request id of the call's own, 0 for an inherited id;
+        `digest`: the body's (`auth.body_digest`)."""
+        all_headers = [("Host", address), *headers.items()]
         if attempt:
             all_headers.append((request_id.ATTEMPT_HEADER, str(attempt)))
+        all_headers.append((auth.HEADER, auth.sign(self.secret, method, target, address, all_headers, body,
+                                                   digest=digest)))
         try:
             response = await self.transport.send(method, address, target, all_headers, body)
         except TransportFailure as exc:

@@ -41,7 +41,7 @@ class CopyInfo:
 def download_copy(metaserver: str, secret: bytes, dest: Path, timeout_s: float = 60.0) -> CopyInfo:
     """Blocking; raises `FsError` (refused, damaged) or `TransportError` (unreachable)."""
     partial = dest.with_name(dest.name + ".partial")
-    headers = {auth.HEADER: auth.sign(secret, "GET", BACKUP_PATH)}
+    headers = {"Host": metaserver, auth.HEADER: auth.sign(secret, "GET", BACKUP_PATH, metaserver)}
     hasher = xxhash.xxh3_128()
     size = 0
     try:

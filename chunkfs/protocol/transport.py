@@ -5,7 +5,7 @@
   mount's hot path. Measured here on loopback: a metadata call took 1.8 ms through httpx on
   trio and ~0.3 ms through this transport (a bare socket round trip is 0.16 ms).
 
-Both raise `TransportFailure` for anything worth retrying (refused, reset, time-out, a
+`headers` include Host (it is signed). Both raise `TransportFailure` for anything worth retrying (refused, reset, time-out, a
 keep-alive connection the server closed) and return a `Response` otherwise.
 
 A large response body (a chunk) skips h11's buffers: `TrioH11Transport` receives it straight
@@ -133,7 +133,7 @@ class TrioH11Transport:
 
     async def _exchange(self, conn: _Connection, method: str, address: str, target: str,
                         headers: list[tuple[str, str]], body: bytes | None) -> Response:
-        all_headers = [("Host", address), ("Content-Length", str(len(body) if body else 0)), *headers]
+        all_headers = [("Content-Length", str(len(body) if body else 0)), *headers]
         out = conn.h11.send(h11.Request(method=method, target=target, headers=all_headers))
         if body:
             await conn.stream.send_all(out)
