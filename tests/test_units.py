@@ -90,3 +90,36 @@ def test_readme_lists_every_mount_option_as_chunkfs_mount_help_does():
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert options_markdown() in readme, "run .venv/bin/python scripts/update_readme_options.py"
+
+
+def test_readme_module_map_lists_every_module_under_chunkfs():
+    """The README's "How it works" map names every module, each under its package."""
+    import re
+
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text()
+    block = readme.split("## How it works", 1)[1].split("```", 2)[1]
+    listed: dict[str, set[str]] = {"": set()}
+    package = ""
+    for line in block.splitlines()[2:]:
+        heading = re.match(r"^  (\w+)/", line)
+        if heading:
+            package = heading.group(1)
+        elif re.match(r"^  \S", line):
+            package = ""
+        listed.setdefault(package, set()).update(re.findall(r"\b(\w+)\.py\b", line))
+    for path in sorted((root / "chunkfs").rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        package = path.parent.relative_to(root / "chunkfs").as_posix().replace(".", "")
+        assert path.stem in listed.get(package, set()), f"README's module map does not list chunkfs/{package}/{path.name}".replace("//", "/")
+
+
+def test_importing_the_client_loads_no_fuse():
+    """The client core and the Python API work where there is no FUSE: pyfuse3 is the mount's."""
+    import subprocess
+    import sys
+
+    code = "import sys, chunkfs.client, chunkfs.client.core; print(sorted(m for m in sys.modules if 'fuse' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -37,7 +37,8 @@ from typing import Any, AsyncIterator
 
 from chunkfs.client.async_file import AsyncFile
 from chunkfs.client.blocking import File, Filesystem, TrioThread
-from chunkfs.client.filesystem import AsyncFilesystem, ConnectOptions, DirEntry, Identity
+from chunkfs.client.filesystem import AsyncFilesystem, ConnectOptions, DirEntry
+from chunkfs.client.permissions import Identity
 
 __all__ = ["connect", "open_filesystem", "Filesystem", "AsyncFilesystem", "File", "AsyncFile", "DirEntry",
            "Identity"]

@@ -11,12 +11,12 @@ A call on a closed file raises ValueError, as `io` does.
 from __future__ import annotations
 
 import errno
+import io
 import os
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from chunkfs.client.core import Caller, Client
-    from chunkfs.client.open_file import OpenFile
+from chunkfs.client.core import Client
+from chunkfs.client.open_file import OpenFile
+from chunkfs.client.os_errors import raises_os_errors
 
 MODES = {  # mode -> (readable, writable, create, truncate, exclusive, append)
     "rb": (True, False, False, False, False, False),
@@ -41,8 +41,8 @@ def normal_mode(mode: str) -> str:
 
 
 class AsyncFile:
-    def __init__(self, client: "Client", open_file: "OpenFile", name: str, mode: str, caller: "Caller") -> None:
-        self._client, self._file, self._caller = client, open_file, caller
+    def __init__(self, client: Client, open_file: OpenFile, name: str, mode: str) -> None:
+        self._client, self.open_file = client, open_file
         self.name, self.mode = name, mode
         self._readable, self._writable, *_unused, self._append = MODES[mode]
         self._position = 0
@@ -68,7 +68,7 @@ class AsyncFile:
     @property
     def size(self) -> int:
         """The file's size as this client sees it (with its own writes)."""
-        return self._file.size
+        return self.open_file.size
 
     def _check_open(self) -> None:
         if self.closed:
@@ -77,34 +77,37 @@ class AsyncFile:
     def _check(self, readable: bool = False, writable: bool = False) -> None:
         self._check_open()
         if readable and not self._readable:
-            raise OSError(errno.EBADF, "file not open for reading")  # io.UnsupportedOperation is too vague
+            raise io.UnsupportedOperation("File not open for reading")  # as io says
         if writable and not self._writable:
-            raise OSError(errno.EBADF, "file not open for writing")
+            raise io.UnsupportedOperation("File not open for writing")
 
     # ---- data -----------------------------------------------------------------------------------
+    @raises_os_errors
     async def read(self, size: int | None = -1) -> bytes:
         """Up to `size` bytes from the position (all to the end for -1 or None); b"" at the end."""
         self._check(readable=True)
         if size is None or size < 0:
-            size = max(0, self._file.size - self._position)
-        data = await self._client.read(self._file, self._position, size)
+            size = max(0, self.open_file.size - self._position)
+        data = await self.open_file.read(self._position, size)
         self._position += len(data)
         return data
 
     async def readall(self) -> bytes:
         return await self.read(-1)
 
+    @raises_os_errors
     async def readinto(self, buffer: bytearray | memoryview) -> int:
         view = memoryview(buffer).cast("B")
         data = await self.read(len(view))
         view[: len(data)] = data
         return len(data)
 
+    @raises_os_errors
     async def write(self, data: bytes | bytearray | memoryview) -> int:
         self._check(writable=True)
         if self._append:
-            self._position = self._file.size
-        written = await self._client.write(self._file, self._position, bytes(data) if not isinstance(data, bytes) else data)
+            self._position = self.open_file.size
+        written = await self.open_file.write(self._position, data)
         self._position += written
         return written
 
@@ -115,7 +118,7 @@ class AsyncFile:
         elif whence == os.SEEK_CUR:
             position = self._position + offset
         elif whence == os.SEEK_END:
-            position = self._file.size + offset
+            position = self.open_file.size + offset
         else:
             raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
         if position < 0:
@@ -123,27 +126,30 @@ class AsyncFile:
         self._position = position
         return position
 
+    @raises_os_errors
     async def truncate(self, size: int | None = None) -> int:
         """Cut (or extend with zeros) the file to `size` (the position if None); the position stays."""
         self._check(writable=True)
         size = self._position if size is None else size
         if size < 0:
             raise OSError(errno.EINVAL, "negative size")
-        await self._client.truncate_open(self._file, size)
+        await self.open_file.truncate(size, None)
         return size
 
+    @raises_os_errors
     async def flush(self) -> None:
         """Durable, like fsync: what was written is stored on its replicas and committed."""
         self._check_open()
         if self._writable:
-            await self._client.flush(self._file)
+            await self.open_file.flush()
 
+    @raises_os_errors
     async def aclose(self) -> None:
         """Durable (the last close of the inode on this client commits it). A second close does nothing."""
         if self.closed:
             return
         self.closed = True
-        await self._client.release(self._file)
+        await self._client.release(self.open_file)
 
     close = aclose
 

@@ -77,7 +77,8 @@ class TrioThread:
         except trio.RunFinishedError:
             raise ValueError("the chunkfs filesystem is closed") from None
         try:
-            return call.outcome.result()
+            result: T = call.outcome.result()
+            return result
         except KeyboardInterrupt:
             self._token.run_sync_soon(self._cancel, call)
             concurrent.futures.wait([call.outcome])  # its clean-up is done before Ctrl-C goes on
@@ -126,7 +127,7 @@ class File(io.RawIOBase):
         self._thread, self._afile = thread, afile
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return self._afile.name
 
     @property
@@ -134,7 +135,7 @@ class File(io.RawIOBase):
         return self._afile.mode
 
     @property
-    def closed(self) -> bool:  # type: ignore[override]
+    def closed(self) -> bool:
         return self._afile.closed
 
     def readable(self) -> bool:
@@ -173,8 +174,8 @@ class File(io.RawIOBase):
         return self._thread.call(self._afile.truncate, size)
 
     def flush(self) -> None:
-        if not self._afile.closed:
-            self._thread.call(self._afile.flush)
+        self._afile.seekable()  # ValueError once closed, as io
+        self._thread.call(self._afile.flush)
 
     def close(self) -> None:
         if not self._afile.closed:

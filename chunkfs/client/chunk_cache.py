@@ -27,6 +27,7 @@ from chunkfs.client.disk_cache import DiskChunkCache
 from chunkfs.protocol import records as r
 
 Key = tuple[int, int]
+Chunk = bytes | bytearray  # a chunk's stored bytes; a bytearray only once nothing writes to it
 ENTRY_OVERHEAD_BYTES = 256
 UPLOADED_SHARE = 8  # 1/8 of the memory tier holds uploaded chunks not read since
 CORRELATED_S = 1.0  # reads of a chunk this close together are one use
@@ -40,7 +41,7 @@ class ChunkCache:
         self.hits = self.misses = 0  # hits: in memory; misses: fetched from a chunkserver
         self._uploaded: SegmentedLru[Key] = SegmentedLru(max_bytes // UPLOADED_SHARE)
         self._policy: SegmentedLru[Key] = SegmentedLru(max_bytes - max_bytes // UPLOADED_SHARE)
-        self._entries: dict[Key, bytes] = {}
+        self._entries: dict[Key, Chunk] = {}
         self._last_use: dict[Key, float] = {}  # entries read since they were added: when
         self._fetching: dict[Key, trio.Event] = {}
 
@@ -66,7 +67,7 @@ class ChunkCache:
         """Have `ref` cached for a read soon; not a use of it."""
         await self.get(ref, servers, use=False)
 
-    async def get(self, ref: r.ChunkRef, servers: dict[str, str], use: bool = True) -> bytes:
+    async def get(self, ref: r.ChunkRef, servers: dict[str, str], use: bool = True) -> Chunk:
         key = (ref.chunk_id, ref.version)
         for _ in range(3):
             data = self._entries.get(key)
@@ -106,18 +107,19 @@ class ChunkCache:
         if last is None or now - last >= CORRELATED_S:
             self._last_use[key] = now
 
-    def put(self, ref: r.ChunkRef, data: bytes) -> None:
+    def put(self, ref: r.ChunkRef, data: Chunk) -> None:
         key = (ref.chunk_id, ref.version)
         self._uploaded.remove(key)
         self._add(self._policy, key, data)
 
-    def put_uploaded(self, ref: r.ChunkRef, data: bytes) -> None:
-        """`data` was just uploaded by this client as `ref`."""
+    def put_uploaded(self, ref: r.ChunkRef, data: Chunk) -> None:
+        """`data` was just uploaded by this client as `ref` (a bytearray is handed over: nothing
+        changes it any more)."""
         key = (ref.chunk_id, ref.version)
         if key not in self._entries:
             self._add(self._uploaded, key, data)
 
-    def _add(self, policy: SegmentedLru[Key], key: Key, data: bytes) -> None:
+    def _add(self, policy: SegmentedLru[Key], key: Key, data: Chunk) -> None:
         self._entries[key] = data
         self._last_use.pop(key, None)
         for victim in policy.add(key, len(data) + ENTRY_OVERHEAD_BYTES):

@@ -25,14 +25,14 @@ from chunkfs.errors import FsError, TransportError
 from chunkfs.placement import weighted_order
 from chunkfs.protocol import records as r
 from chunkfs.protocol.chunk_client import ChunkClient
-from chunkfs.protocol.meta_client import MetaClient
+from chunkfs.client.metadata import Metadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class ChunkIO:
-    def __init__(self, meta: MetaClient, chunks: ChunkClient, replica_retry_s: float = 2.0,
+    def __init__(self, meta: Metadata, chunks: ChunkClient, replica_retry_s: float = 2.0,
                  suspect_s: float = 10.0, replica_timeout_s: float = 10.0) -> None:
         self.meta = meta
         self.chunks = chunks
@@ -168,7 +168,7 @@ class Reservations:
     upload costs no metadata round trip of its own. Slots are handed out in call order, so a
     chunk written later on this client always gets the higher version."""
 
-    def __init__(self, meta: MetaClient, block: int = 64) -> None:
+    def __init__(self, meta: Metadata, block: int = 64) -> None:
         self.meta = meta
         self.block = block
         self._lock = trio.Lock()

@@ -85,7 +85,7 @@ class DiskChunkCache:
         self._sizes: dict[Key, int] = {}
         self._lock_fd: int | None = None
         self._storing: set[Key] = set()  # being written by a writer
-        self._send, self._receive = trio.open_memory_channel[tuple[r.ChunkRef, bytes]](QUEUED_STORES)
+        self._send, self._receive = trio.open_memory_channel[tuple[r.ChunkRef, bytes | bytearray]](QUEUED_STORES)
 
     def _path(self, key: Key) -> Path:
         return self.directory / "chunks" / f"{key[0] % 256:02x}" / f"{key[0]}.{key[1]}"
@@ -192,7 +192,7 @@ class DiskChunkCache:
         return data
 
     # ---- stores --------------------------------------------------------------------------------
-    def store(self, ref: r.ChunkRef, data: bytes) -> None:
+    def store(self, ref: r.ChunkRef, data: bytes | bytearray) -> None:
         """Keep `data` (verified bytes of `ref`) once the writer gets to it; never waits."""
         if (ref.chunk_id, ref.version) in self._sizes or _cost(len(data)) > self.capacity_bytes:
             return
@@ -226,7 +226,7 @@ class DiskChunkCache:
             if gone:
                 await trio.to_thread.run_sync(self._delete, gone)
 
-    def _write(self, key: Key, data: bytes) -> None:
+    def _write(self, key: Key, data: bytes | bytearray) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")

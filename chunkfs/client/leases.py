@@ -1,8 +1,9 @@
-"""The directories this mount holds leases on (see chunkfs/metaserver/leases.py), and the files it
-created in them without asking the metaserver yet.
+"""What a client knows of the directories it holds leases on (see chunkfs/metaserver/leases.py),
+and the files it created in them without asking the metaserver yet. Bookkeeping only: the
+metadata façade (`metadata.py`) sends the pending creates and gives leases back.
 
 A directory this mount makes comes leased to it: nobody else reads or changes its entries until
-the metaserver recalls it. So, while the lease is trusted, the mount knows every name in it:
+the metaserver recalls it. So, while the lease is trusted, the client knows every name in it:
 - a lookup of a missing name is answered here (ENOENT), with no call;
 - a new regular file is created here, under an inode number reserved in advance, and its create
   goes to the metaserver with the file's first commit (its close or fsync): one call a file.
@@ -18,22 +19,14 @@ Promises:
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import trio
 
 from chunkfs import LEASE_S
-from chunkfs.errors import FsError, TransportError
-from chunkfs.protocol.meta_client import named_inodes
-
-if TYPE_CHECKING:
-    from chunkfs.client.open_file import OpenFile
-    from chunkfs.protocol.meta_client import MetaClient
-
-log = logging.getLogger(__name__)
+from chunkfs.protocol import records as r
+from chunkfs.protocol.meta_client import MetaClient
 
 LEASE_MARGIN_S = 3.0
 FEED_WAIT_S = 2.0  # the change-feed poll of a mount holding leases: renews them this often
@@ -42,22 +35,34 @@ INODE_BLOCK = 256
 
 
 @dataclass
+class PendingCreate:
+    """A regular file created here in a leased directory, its create not sent yet: the request
+    to send (with the file's first commit, or before anything that needs it) and the file's
+    attributes as they were made. `sent` once the metaserver has it (or refused it for good)."""
+
+    req: r.CreateReq
+    attr: r.Attr
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    sent: bool = False
+
+
+@dataclass
 class LeasedDirectory:
     trusted_until: float  # trio time
     names: set[bytes] = field(default_factory=set)  # every name in it (it was empty when made)
-    pending: dict[bytes, "OpenFile"] = field(default_factory=dict)  # created here, not yet sent
+    pending: dict[bytes, PendingCreate] = field(default_factory=dict)  # created here, not yet sent
     returning: bool = False  # being given back: not used, its pending creates are being sent
 
 
 class Leases:
-    def __init__(self, meta: "MetaClient") -> None:
+    def __init__(self, meta: MetaClient) -> None:
+        """`meta`: the plain metaserver client (inode numbers are reserved through it)."""
         self.meta = meta
         self.held: OrderedDict[int, LeasedDirectory] = OrderedDict()
-        self.pending_files: dict[int, "OpenFile"] = {}  # inode -> file whose create is not sent
-        self.nursery: trio.Nursery | None = None  # set by main: recalls are answered in it
+        self.pending_files: dict[int, PendingCreate] = {}  # inode -> its create, not sent yet
+        self.giving_back: set[int] = set()  # recalled, being given back
         self._inodes = range(0)
         self._inode_lock = trio.Lock()
-        self._giving_back: set[int] = set()
 
     # ---- trust --------------------------------------------------------------------------------
     def fed(self, poll_sent_at: float) -> None:
@@ -75,12 +80,13 @@ class Leases:
         return leased
 
     # ---- what this mount does in leased directories ------------------------------------------------
-    def granted(self, ino: int, asked_at: float) -> None:
-        """Directory `ino`, made by a call sent at `asked_at`, is leased to this mount."""
+    def granted(self, ino: int, asked_at: float) -> list[int]:
+        """Directory `ino`, made by a call sent at `asked_at`, is leased to this mount. Returns
+        the leases to give back now (the oldest idle ones, past MAX_LEASES)."""
         self.held[ino] = LeasedDirectory(asked_at + LEASE_S - LEASE_MARGIN_S)
-        if len(self.held) > MAX_LEASES and self.nursery is not None:
-            oldest = [d for d, leased in list(self.held.items())[: MAX_LEASES // 10] if not leased.pending]
-            self.nursery.start_soon(self.give_back, oldest)
+        if len(self.held) <= MAX_LEASES:
+            return []
+        return [d for d, leased in list(self.held.items())[: MAX_LEASES // 10] if not leased.pending]
 
     def added(self, parent: int, name: bytes) -> None:
         leased = self.held.get(parent)
@@ -106,72 +112,24 @@ class Leases:
             ino, self._inodes = self._inodes[0], self._inodes[1:]
             return ino
 
-    def created_here(self, parent: int, name: bytes, open_file: "OpenFile") -> None:
-        leased = self.held[parent]
-        leased.names.add(name)
-        leased.pending[name] = open_file
-        self.pending_files[open_file.ino] = open_file
+    def created_here(self, pending: PendingCreate) -> None:
+        leased = self.held[pending.req.parent]
+        leased.names.add(pending.req.name)
+        leased.pending[pending.req.name] = pending
+        self.pending_files[pending.attr.ino] = pending
 
-    def create_sent(self, open_file: "OpenFile") -> None:
-        """`open_file`'s create reached the metaserver (or failed for good: it does not exist)."""
-        self.pending_files.pop(open_file.ino, None)
-        req = open_file.pending_create
-        if req is None:
-            return
-        leased = self.held.get(req.parent)
-        if leased is not None and leased.pending.get(req.name) is open_file:
-            del leased.pending[req.name]
+    def create_sent(self, pending: PendingCreate) -> None:
+        """`pending` reached the metaserver (or failed for good: the file does not exist)."""
+        pending.sent = True
+        self.pending_files.pop(pending.attr.ino, None)
+        leased = self.held.get(pending.req.parent)
+        if leased is not None and leased.pending.get(pending.req.name) is pending:
+            del leased.pending[pending.req.name]
 
-    # ---- sending pending creates ----------------------------------------------------------------------
-    async def before(self, request: Any) -> None:
-        """Send the pending creates `request` depends on: those in a directory it names, and
-        its inode's own."""
-        if not self.pending_files:
-            return
-        for ino in named_inodes(request):
-            await self.send_pending(ino)
-
-    async def send_pending(self, ino: int) -> None:
-        """Send the create of file `ino`, or of every file pending in directory `ino`."""
+    def pending_in(self, ino: int) -> list[PendingCreate]:
+        """The creates a request naming `ino` needs first: those in directory `ino`, or its own."""
         leased = self.held.get(ino)
-        files = list(leased.pending.values()) if leased is not None else []
+        found = list(leased.pending.values()) if leased is not None else []
         if ino in self.pending_files:
-            files.append(self.pending_files[ino])
-        for open_file in files:
-            await open_file.send_create()
-
-    async def give_back(self, inodes: list[int]) -> None:
-        """Stop using the leases on `inodes` at once, send their pending creates, then tell the
-        metaserver (a recall, too many leases, a reset of the feed)."""
-        leased = [(ino, self.held[ino]) for ino in inodes if ino in self.held]
-        for _ino, directory in leased:
-            directory.returning = True
-        try:
-            for ino, directory in leased:
-                for open_file in list(directory.pending.values()):
-                    await open_file.send_create()
-                if self.held.get(ino) is directory:
-                    del self.held[ino]
-            if inodes:
-                await self.meta.release_leases(list(inodes))
-        except (FsError, TransportError) as exc:  # the metaserver takes them back when they run out
-            log.warning("giving back %d directory leases failed: %s", len(inodes), exc)
-
-    def recall(self, inodes: list[int]) -> bool:
-        """The metaserver wants these back: answered in the background, the feed goes on.
-        False if every one of them is being given back already."""
-        new = [ino for ino in inodes if ino not in self._giving_back]
-        if not new or self.nursery is None:
-            return False
-        self._giving_back.update(new)
-        self.nursery.start_soon(self._answer_recall, new)
-        return True
-
-    async def _answer_recall(self, inodes: list[int]) -> None:
-        try:
-            await self.give_back(inodes)
-        finally:
-            self._giving_back.difference_update(inodes)
-
-    async def give_back_all(self) -> None:
-        await self.give_back(list(self.held))
+            found.append(self.pending_files[ino])
+        return found

@@ -4,7 +4,7 @@ The kernel keeps names and attributes for `entry_timeout_s`/`attr_timeout_s`, bu
 them on its own: after every write to a file (its attributes), under memory pressure and on
 `drop_caches` (its dentries and inodes). Each of those became a metadata call: a stat of every
 file just copied, every name rsync looks at again. This cache keeps the same facts for the
-same time-outs, in the mount, and is kept right the same way the kernel's is:
+same time-outs, in the client (the metadata façade, `metadata.py`, keeps it), and is kept right the same way the kernel's is:
 
 - every change this client makes updates it (the result of the call) or drops what it changed
   (the parent directory's attributes after a create or remove, the inode's after a setxattr);
@@ -23,19 +23,10 @@ Size is bounded by `max_entries` names and as many attributes; the oldest go fir
 
 from __future__ import annotations
 
-import stat
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
-
-import msgspec
-import trio
+from typing import Callable
 
 from chunkfs.protocol import records as r
-from chunkfs.protocol.meta_client import MetaClient, carries_create
-
-if TYPE_CHECKING:
-    from chunkfs.client.leases import Leases
-
 
 
 class MetadataCache:
@@ -143,156 +134,3 @@ class MetadataCache:
         self._forgotten.clear()
         self._attrs.clear()
         self._names.clear()
-
-
-class CachingMetaClient(MetaClient):
-    """The metaserver client of a mount, answering lookups and getattrs from a MetadataCache
-    where it can and keeping the cache right with every change this client makes."""
-
-    def __init__(self, *args: Any, cache: MetadataCache, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.cache = cache
-        self.leases: Leases | None = None  # set by the mount when it holds directory leases
-
-    async def call(self, op: str, request: Any, reply_type: Any = None) -> Any:
-        """Every call goes out after the creates it depends on (see leases.py)."""
-        if self.leases is not None and not carries_create(op, request):
-            await self.leases.before(request)
-        return await super().call(op, request, reply_type)
-
-    def created_here(self, parent: int, attr: r.Attr) -> None:
-        """A file was created in leased directory `parent` without a call: the directory's
-        times move as the metaserver will move them."""
-        before = self.cache.attr(parent)
-        if before is not None:
-            self.cache.put_attr(msgspec.structs.replace(before, mtime_ns=attr.ctime_ns, ctime_ns=attr.ctime_ns))
-
-    # ---- reads ---------------------------------------------------------------------------------
-    async def lookup(self, parent: int, name: bytes) -> r.Attr:
-        known = self.cache.lookup(parent, name)
-        if known is not None:
-            return known
-        generation = self.cache.generation
-        attr = await super().lookup(parent, name)
-        self.cache.put_entry(parent, name, attr, generation)
-        return attr
-
-    async def getattr(self, ino: int) -> r.Attr:
-        known = self.cache.attr(ino)
-        if known is not None:
-            return known
-        generation = self.cache.generation
-        attr = await super().getattr(ino)
-        self.cache.put_attr(attr, generation)
-        return attr
-
-    async def readdir(self, ino: int, after: bytes | None, limit: int = 1000) -> list[r.DirEntry]:
-        generation = self.cache.generation
-        entries = await super().readdir(ino, after, limit)
-        self.cache.listed(ino, entries, generation)
-        return entries
-
-    async def open_file(self, ino: int) -> r.FileLayout:
-        generation = self.cache.generation
-        layout = await super().open_file(ino)
-        self.cache.put_attr(layout.attr, generation)
-        return layout
-
-    # ---- changes made here ------------------------------------------------------------------------
-    async def _changing(self, ino: int, call: Awaitable[r.Attr]) -> r.Attr:
-        """`call` (not started yet) changes `ino` and answers its new attributes."""
-        self.cache.changed(ino)
-        generation = self.cache.generation
-        attr = await call
-        self.cache.put_attr(attr, generation)
-        return attr
-
-    async def setattr(self, req: r.SetattrReq) -> r.Attr:
-        return await self._changing(req.ino, super().setattr(req))
-
-    async def commit(self, req: r.CommitReq) -> r.Attr:
-        attr = await self._changing(req.ino, super().commit(req))
-        if req.create is not None:  # the name is new, as in create()
-            self.cache.put_entry(req.create.parent, req.create.name, attr)
-        return attr
-
-    async def create(self, req: r.CreateReq) -> r.Attr:
-        """The directory's new attributes follow from the answer (the metaserver stamps the
-        directory's mtime and ctime with the new entry's ctime, and a subdirectory adds a
-        link), so the kernel's getattr of the directory after each create needs no call,
-        unless anything else changed it meanwhile."""
-        before = self.cache.attr(req.parent)
-        self.cache.changed(req.parent)
-        generation = self.cache.generation
-        asked_at = trio.current_time()
-        try:
-            attr = await super().create(req)
-        except BaseException:
-            self.cache.changed(req.parent)
-            raise
-        is_dir = stat.S_ISDIR(attr.mode)
-        if before is not None and self.cache.unchanged_since(req.parent, generation):
-            self.cache.put_attr(msgspec.structs.replace(before, mtime_ns=attr.ctime_ns, ctime_ns=attr.ctime_ns,
-                                                        nlink=before.nlink + is_dir))
-        else:
-            self.cache.changed(req.parent)
-        self.cache.put_entry(req.parent, req.name, attr)  # a new name: nothing older to be stale
-        if self.leases is not None:
-            self.leases.added(req.parent, req.name)
-            if req.lease and is_dir:
-                self.leases.granted(attr.ino, asked_at)
-        return attr
-
-    async def link(self, ino: int, parent: int, name: bytes) -> r.Attr:
-        self.cache.changed(ino)
-        try:
-            attr = await super().link(ino, parent, name)
-        finally:
-            self.cache.changed(parent)
-        self.cache.put_entry(parent, name, attr)
-        if self.leases is not None:
-            self.leases.added(parent, name)
-        return attr
-
-    async def remove(self, parent: int, name: bytes, is_dir: bool, open_here: list[int] | None = None) -> int:
-        try:
-            ino = await super().remove(parent, name, is_dir, open_here)
-        finally:
-            self.cache.forget_entry(parent, name)
-            self.cache.changed(parent)
-        self.cache.forget_inode(ino)
-        if self.leases is not None:
-            self.leases.removed(parent, name)
-            if is_dir:
-                self.leases.forget(ino)
-        return ino
-
-    async def rename(self, req: r.RenameReq) -> list[int]:
-        moved: list[int] = []
-        try:
-            moved = await super().rename(req)
-            if self.leases is not None:
-                self.leases.removed(req.old_parent, req.old_name)
-                self.leases.added(req.new_parent, req.new_name)
-                if req.flags & r.RENAME_EXCHANGE:
-                    self.leases.added(req.old_parent, req.old_name)
-            return moved
-        finally:
-            self.cache.forget_entry(req.old_parent, req.old_name)
-            self.cache.forget_entry(req.new_parent, req.new_name)
-            for ino in (req.old_parent, req.new_parent, *moved):
-                self.cache.forget_inode(ino)
-
-    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
-        self.cache.changed(ino)
-        try:
-            await super().setxattr(ino, name, value, flags)
-        finally:
-            self.cache.changed(ino)
-
-    async def removexattr(self, ino: int, name: bytes) -> None:
-        self.cache.changed(ino)
-        try:
-            await super().removexattr(ino, name)
-        finally:
-            self.cache.changed(ino)

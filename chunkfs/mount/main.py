@@ -22,19 +22,14 @@ import click
 import pyfuse3
 import trio
 
-from chunkfs import CHUNK_SIZE, DEFAULT_METASERVER_PORT, auth, metrics, mounts, service
+from chunkfs import DEFAULT_METASERVER_PORT, auth, metrics, mounts, service
 from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setup_logging
 from chunkfs.errors import FsError, TransportError
 from chunkfs.client.chunk_cache import ChunkCache
+from chunkfs.client.core import build_client
 from chunkfs.client.disk_cache import CacheDirError, DiskChunkCache, auto_capacity_bytes, default_cache_dir
-from chunkfs.client.prefetch import MAX_WINDOW
-from chunkfs.client.write_back import WriteBack
-from chunkfs.client.chunk_io import ChunkIO
-from chunkfs.mount.invalidator import Invalidator
-from chunkfs.client.leases import Leases
-from chunkfs.client.metadata_cache import CachingMetaClient, MetadataCache
+from chunkfs.mount.invalidator import KernelInvalidator
 from chunkfs.mount.operations import ChunkfsOperations
-from chunkfs.protocol.chunk_client import ChunkClient
 from chunkfs.protocol.http import SignedHttp
 from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import MetaClient
@@ -108,15 +103,6 @@ def open_disk_cache(config: MountConfig, mountpoint: Path) -> DiskChunkCache | N
     return disk
 
 
-def prefetch_chunks(config: MountConfig, cache: ChunkCache) -> int:
-    """The widest prefetch window: MAX_WINDOW chunks, but no more than the memory cache keeps
-    for chunks not used yet (less one for the chunk being read), so what is fetched ahead is
-    still there when the reader gets to it."""
-    if not config.prefetch:
-        return 0
-    return max(1, min(MAX_WINDOW, cache.probation_bytes // CHUNK_SIZE - 1))
-
-
 async def raise_read_ahead(mountpoint: Path, read_ahead_kb: int) -> None:
     """FUSE reads arrive in 128 KiB requests unless the mount's bdi read-ahead is raised."""
     try:
@@ -128,24 +114,20 @@ async def raise_read_ahead(mountpoint: Path, read_ahead_kb: int) -> None:
 
 
 async def serve(config: MountConfig, ops: ChunkfsOperations, http: SignedHttp,
-                invalidator: Invalidator, *background: Callable[[], Awaitable[None]]) -> None:
+                report: Callable[[], r.ClientReport], *background: Callable[[], Awaitable[None]]) -> None:
+    client = ops.client
     async with trio.open_nursery() as nursery:
-        ops.nursery = nursery
-        if ops.leases is not None:
-            ops.leases.nursery = nursery
-        nursery.start_soon(invalidator.run)
-        for task in background:
-            nursery.start_soon(task)
+        await nursery.start(client.run, *background)
+        nursery.start_soon(client.meta.follow_changes, KernelInvalidator(ops), report)
         nursery.start_soon(raise_read_ahead, config.mountpoint, config.read_ahead_kb)
         nursery.start_soon(stop_on_signal)
-        nursery.start_soon(drop_caches_on_sigusr1, ops.cache)
+        nursery.start_soon(drop_caches_on_sigusr1, client.cache)
         nursery.start_soon(service.watchdog, trio.sleep)
         service.notify_ready(f"{config.metaserver} mounted on {config.mountpoint}")
         await pyfuse3.main(min_tasks=4, max_tasks=config.max_tasks)
         service.notify_stopping()
-        if ops.leases is not None:  # others need not wait for them to run out
-            with trio.move_on_after(5):
-                await ops.leases.give_back_all()
+        with trio.move_on_after(5):  # others need not wait for the leases to run out
+            await client.meta.give_back_all()
         nursery.cancel_scope.cancel()
     await http.aclose()
 
@@ -199,29 +181,24 @@ def run(config: MountConfig) -> None:
     except FsError as exc:
         click.echo(f"chunkfs-mount: cannot mount {config.subdir}: {exc.message}", err=True)
         sys.exit(1)
-    meta = CachingMetaClient(http, config.metaserver, client_id, root_ino=root_ino,
-                             cache=MetadataCache(config.entry_timeout_s, config.attr_timeout_s))
-    io = ChunkIO(meta, ChunkClient(http))
     mountpoint = config.mountpoint.resolve()
     disk = open_disk_cache(config, mountpoint)
-    cache = ChunkCache(io, config.cache_mem_mb * MiB, disk)
-    write_back = WriteBack(config.max_dirty_mb * MiB)
-    leases = Leases(meta) if config.dir_leases and not config.read_only else None
-    meta.leases = leases
-    ops = ChunkfsOperations(meta, io, cache, entry_timeout_s=config.entry_timeout_s,
-                            attr_timeout_s=config.attr_timeout_s,
-                            open_file_options={"write_back": write_back,
-                                               "prefetch_chunks": prefetch_chunks(config, cache)}, leases=leases)
+    client = build_client(http, config.metaserver, client_id=client_id, root_ino=root_ino,
+                          entry_timeout_s=config.entry_timeout_s, attr_timeout_s=config.attr_timeout_s,
+                          cache_mem_bytes=config.cache_mem_mb * MiB, disk=disk,
+                          max_dirty_bytes=config.max_dirty_mb * MiB,
+                          dir_leases=config.dir_leases and not config.read_only, prefetch=config.prefetch)
+    ops = ChunkfsOperations(client, entry_timeout_s=config.entry_timeout_s, attr_timeout_s=config.attr_timeout_s)
     pyfuse3.init(ops, str(mountpoint), mount_options(config))
     mounts.record(mountpoint, config.metaserver, config.secret_file.resolve(), os.getpid(), root_ino)
     log.info("mounted %s on %s", config.metaserver, config.mountpoint)
-    stop_metrics = metrics.start_mount_metrics(config.metrics_listen, io, cache, ops, write_back)
+    stop_metrics = metrics.start_mount_metrics(config.metrics_listen, client.io, client.cache, ops,
+                                               client.write_back)
     try:
         host = socket.gethostname()
-        invalidator = Invalidator(meta, client_id, ops.known_inodes, ops.forget_cached,
-                                  lambda: r.ClientReport(host=host, mountpoint=str(mountpoint), cache=cache.stats()),
-                                  metadata=meta.cache, leases=leases)
-        trio.run(serve, config, ops, http, invalidator, write_back.run, *([disk.run] if disk else []))
+        trio.run(serve, config, ops, http,
+                 lambda: r.ClientReport(host=host, mountpoint=str(mountpoint), cache=client.cache.stats()),
+                 *([disk.run] if disk else []))
     finally:
         if disk is not None:
             disk.close()

@@ -1,0 +1,382 @@
+"""The metadata façade: the one object through which the client core talks to the metaserver.
+
+It owns, and alone changes:
+- the metadata cache (`metadata_cache.py`): lookups and getattrs answered without a call where
+  it can, kept right with every change this client makes and every change the feed reports;
+- the directory leases and the creates pending in them (`leases.py`): every call goes out after
+  the pending creates it depends on (those in a directory it names, or of the inode it names);
+  a file's own create rides on its first commit;
+- the change feed (`follow_changes`): it renews the leases, answers recalls, drops from the
+  cache what other clients changed, and tells a listener (the mount's kernel invalidation).
+
+It calls the plain metaserver client (`protocol.meta_client`) and nothing above it: no open
+file, no door. Callers name inodes as the client sees them (1 is the client's root).
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from typing import Awaitable, Callable, Protocol, TypeVar
+
+import msgspec
+import trio
+
+from chunkfs.client.leases import FEED_WAIT_S, Leases, PendingCreate
+from chunkfs.client.metadata_cache import MetadataCache
+from chunkfs.errors import FsError, TransportError
+from chunkfs.protocol import records as r
+from chunkfs.protocol.meta_client import MetaClient, named_inodes
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+WAIT_S = 20.0  # the change-feed poll of a client without leases
+
+
+class ChangeListener(Protocol):
+    """Told what other clients changed, after the cache forgot it (the mount's kernel caches)."""
+
+    async def entry_changed(self, parent: int, name: bytes) -> None: ...
+
+    async def inode_changed(self, ino: int) -> None: ...
+
+    async def feed_reset(self) -> None:
+        """The feed was cut (metaserver restart): anything may have changed."""
+
+
+class Metadata:
+    def __init__(self, server: MetaClient, cache: MetadataCache, *, leases: bool = True) -> None:
+        """`leases`: hold the directories this client makes (see leases.py)."""
+        self.server = server
+        self.cache = cache
+        self.leases: Leases | None = Leases(server) if leases else None
+        self.nursery: trio.Nursery | None = None  # set by the client core: recalls are answered in it
+        self.feed_seq: int | None = None
+        self.changes_applied = 0
+
+    @property
+    def client_id(self) -> str:
+        return self.server.client_id
+
+    # ---- pending creates ----------------------------------------------------------------------------
+    async def _before(self, *inodes: int) -> None:
+        """Send the pending creates a request naming `inodes` depends on."""
+        if self.leases is None or not self.leases.pending_files:
+            return
+        for ino in inodes:
+            await self.send_pending(ino)
+
+    async def send_pending(self, ino: int) -> None:
+        """Send the create of file `ino`, or of every file pending in directory `ino` (fsyncdir)."""
+        if self.leases is not None:
+            for pending in self.leases.pending_in(ino):
+                await self._send_create(pending)
+
+    async def _send_create(self, pending: PendingCreate) -> None:
+        async with pending.lock:
+            if pending.sent:
+                return
+            assert self.leases is not None
+            try:
+                await self._create(pending.req)
+            except FsError:  # it will never exist: its commit must not try again
+                self.leases.create_sent(pending)
+                raise
+            self.leases.create_sent(pending)
+
+    def pending_attr(self, ino: int) -> r.Attr | None:
+        """The attributes file `ino` was created with here, if its create is not sent yet."""
+        pending = self.leases.pending_files.get(ino) if self.leases is not None else None
+        return pending.attr if pending is not None else None
+
+    def created_here(self, req: r.CreateReq, attr: r.Attr) -> None:
+        """A file was created in leased directory `req.parent` without a call: its create is
+        sent with its first commit, or before anything that needs it. The directory's times
+        move as the metaserver will move them."""
+        assert self.leases is not None
+        self.leases.created_here(PendingCreate(req, attr))
+        before = self.cache.attr(req.parent)
+        if before is not None:
+            self.cache.put_attr(msgspec.structs.replace(before, mtime_ns=attr.ctime_ns, ctime_ns=attr.ctime_ns))
+
+    # ---- reads ------------------------------------------------------------------------------------
+    async def lookup(self, parent: int, name: bytes) -> r.Attr:
+        known = self.cache.lookup(parent, name)
+        if known is not None:
+            return known
+        await self._before(parent)
+        generation = self.cache.generation
+        attr = await self.server.lookup(parent, name)
+        self.cache.put_entry(parent, name, attr, generation)
+        return attr
+
+    async def getattr(self, ino: int) -> r.Attr:
+        known = self.cache.attr(ino)
+        if known is not None:
+            return known
+        await self._before(ino)
+        generation = self.cache.generation
+        attr = await self.server.getattr(ino)
+        self.cache.put_attr(attr, generation)
+        return attr
+
+    async def readdir(self, ino: int, after: bytes | None, limit: int = 1000) -> list[r.DirEntry]:
+        await self._before(ino)
+        generation = self.cache.generation
+        entries = await self.server.readdir(ino, after, limit)
+        self.cache.listed(ino, entries, generation)
+        return entries
+
+    async def open_file(self, ino: int) -> r.FileLayout:
+        await self._before(ino)
+        generation = self.cache.generation
+        layout = await self.server.open_file(ino)
+        self.cache.put_attr(layout.attr, generation)
+        return layout
+
+    async def _plain(self, ino: int, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, after the creates a request naming `ino` needs; nothing cached changes."""
+        await self._before(ino)
+        return await call()
+
+    async def parent(self, ino: int) -> r.Attr:
+        return await self._plain(ino, lambda: self.server.parent(ino))
+
+    async def readlink(self, ino: int) -> bytes:
+        return await self._plain(ino, lambda: self.server.readlink(ino))
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        return await self._plain(ino, lambda: self.server.getxattr(ino, name))
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return await self._plain(ino, lambda: self.server.listxattr(ino))
+
+    async def statfs(self) -> r.Statfs:
+        return await self.server.statfs()
+
+    async def reserve(self, count: int) -> r.Reservation:
+        return await self.server.reserve(count)
+
+    async def release_orphan(self, ino: int) -> None:
+        await self._plain(ino, lambda: self.server.release_orphan(ino))
+
+    # ---- changes made here ---------------------------------------------------------------------------
+    async def _changing(self, ino: int, call: Callable[[], Awaitable[r.Attr]]) -> r.Attr:
+        """`call()` changes `ino` and answers its new attributes."""
+        self.cache.changed(ino)
+        generation = self.cache.generation
+        attr = await call()
+        self.cache.put_attr(attr, generation)
+        return attr
+
+    async def setattr(self, req: r.SetattrReq) -> r.Attr:
+        await self._before(req.ino)
+        return await self._changing(req.ino, lambda: self.server.setattr(req))
+
+    async def set_goal(self, ino: int, goal: int, recursive: bool = False) -> r.Attr:
+        await self._before(ino)
+        return await self._changing(ino, lambda: self.server.set_goal(ino, goal, recursive))
+
+    async def commit(self, req: r.CommitReq) -> r.Attr:
+        """Commit a file's new content; its create goes with it if that is still pending."""
+        pending = self.leases.pending_files.get(req.ino) if self.leases is not None else None
+        if pending is None:
+            await self._before(*named_inodes(req))
+            return await self._commit(req)
+        assert self.leases is not None
+        async with pending.lock:
+            req.create = None if pending.sent else pending.req
+            try:
+                attr = await self._commit(req)
+            except FsError:  # a create refused: the file does not exist, never send it again
+                if req.create is not None:
+                    self.leases.create_sent(pending)
+                raise
+            if req.create is not None:
+                self.leases.create_sent(pending)
+            return attr
+
+    async def _commit(self, req: r.CommitReq) -> r.Attr:
+        attr = await self._changing(req.ino, lambda: self.server.commit(req))
+        if req.create is not None:  # the name is new, as in create()
+            self.cache.put_entry(req.create.parent, req.create.name, attr)
+        return attr
+
+    async def create(self, req: r.CreateReq) -> r.Attr:
+        await self._before(req.parent)
+        return await self._create(req)
+
+    async def _create(self, req: r.CreateReq) -> r.Attr:
+        """The directory's new attributes follow from the answer (the metaserver stamps the
+        directory's mtime and ctime with the new entry's ctime, and a subdirectory adds a
+        link), so the kernel's getattr of the directory after each create needs no call,
+        unless anything else changed it meanwhile."""
+        before = self.cache.attr(req.parent)
+        self.cache.changed(req.parent)
+        generation = self.cache.generation
+        asked_at = trio.current_time()
+        try:
+            attr = await self.server.create(req)
+        except BaseException:
+            self.cache.changed(req.parent)
+            raise
+        is_dir = stat.S_ISDIR(attr.mode)
+        if before is not None and self.cache.unchanged_since(req.parent, generation):
+            self.cache.put_attr(msgspec.structs.replace(before, mtime_ns=attr.ctime_ns, ctime_ns=attr.ctime_ns,
+                                                        nlink=before.nlink + is_dir))
+        else:
+            self.cache.changed(req.parent)
+        self.cache.put_entry(req.parent, req.name, attr)  # a new name: nothing older to be stale
+        if self.leases is not None:
+            self.leases.added(req.parent, req.name)
+            if req.lease and is_dir:
+                surplus = self.leases.granted(attr.ino, asked_at)
+                if surplus and self.nursery is not None:
+                    self.nursery.start_soon(self.give_back, surplus)
+        return attr
+
+    async def link(self, ino: int, parent: int, name: bytes) -> r.Attr:
+        await self._before(ino, parent)
+        self.cache.changed(ino)
+        try:
+            attr = await self.server.link(ino, parent, name)
+        finally:
+            self.cache.changed(parent)
+        self.cache.put_entry(parent, name, attr)
+        if self.leases is not None:
+            self.leases.added(parent, name)
+        return attr
+
+    async def remove(self, parent: int, name: bytes, is_dir: bool, open_here: list[int] | None = None) -> int:
+        await self._before(parent)
+        try:
+            ino = await self.server.remove(parent, name, is_dir, open_here)
+        finally:
+            self.cache.forget_entry(parent, name)
+            self.cache.changed(parent)
+        self.cache.forget_inode(ino)
+        if self.leases is not None:
+            self.leases.removed(parent, name)
+            if is_dir:
+                self.leases.forget(ino)
+        return ino
+
+    async def rename(self, req: r.RenameReq) -> list[int]:
+        await self._before(req.old_parent, req.new_parent)
+        moved: list[int] = []
+        try:
+            moved = await self.server.rename(req)
+            if self.leases is not None:
+                self.leases.removed(req.old_parent, req.old_name)
+                self.leases.added(req.new_parent, req.new_name)
+                if req.flags & r.RENAME_EXCHANGE:
+                    self.leases.added(req.old_parent, req.old_name)
+            return moved
+        finally:
+            self.cache.forget_entry(req.old_parent, req.old_name)
+            self.cache.forget_entry(req.new_parent, req.new_name)
+            for ino in (req.old_parent, req.new_parent, *moved):
+                self.cache.forget_inode(ino)
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        await self._before(ino)
+        self.cache.changed(ino)
+        try:
+            await self.server.setxattr(ino, name, value, flags)
+        finally:
+            self.cache.changed(ino)
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        await self._before(ino)
+        self.cache.changed(ino)
+        try:
+            await self.server.removexattr(ino, name)
+        finally:
+            self.cache.changed(ino)
+
+    # ---- leases -------------------------------------------------------------------------------------
+    async def give_back(self, inodes: list[int]) -> None:
+        """Stop using the leases on `inodes` at once, send their pending creates, then tell the
+        metaserver (a recall, too many leases, a reset of the feed, the end of the client)."""
+        if self.leases is None:
+            return
+        leased = [(ino, self.leases.held[ino]) for ino in inodes if ino in self.leases.held]
+        for _ino, directory in leased:
+            directory.returning = True
+        try:
+            for ino, directory in leased:
+                for pending in list(directory.pending.values()):
+                    await self._send_create(pending)
+                if self.leases.held.get(ino) is directory:
+                    del self.leases.held[ino]
+            if inodes:
+                await self.server.release_leases(list(inodes))
+        except (FsError, TransportError) as exc:  # the metaserver takes them back when they run out
+            log.warning("giving back %d directory leases failed: %s", len(inodes), exc)
+
+    async def give_back_all(self) -> None:
+        if self.leases is not None:
+            await self.give_back(list(self.leases.held))
+
+    def _recall(self, inodes: list[int]) -> bool:
+        """The metaserver wants these back: answered in the background, the feed goes on.
+        False if every one of them is being given back already."""
+        assert self.leases is not None
+        new = [ino for ino in inodes if ino not in self.leases.giving_back]
+        if not new or self.nursery is None:
+            return False
+        self.leases.giving_back.update(new)
+        self.nursery.start_soon(self._answer_recall, new)
+        return True
+
+    async def _answer_recall(self, inodes: list[int]) -> None:
+        assert self.leases is not None
+        try:
+            await self.give_back(inodes)
+        finally:
+            self.leases.giving_back.difference_update(inodes)
+
+    # ---- the change feed -------------------------------------------------------------------------------
+    async def follow_changes(self, listener: ChangeListener | None = None,
+                             report: Callable[[], r.ClientReport] | None = None) -> None:
+        """Follow the metaserver's change feed for as long as the client runs. `report` (how this
+        client is doing) rides on every poll, for `chunkfs status`."""
+        while True:
+            wait_s = WAIT_S if self.leases is None else FEED_WAIT_S  # leases are renewed by each poll
+            sent_at = trio.current_time()
+            try:
+                batch = await self.server.changes(self.feed_seq if self.feed_seq is not None else 0,
+                                                  0 if self.feed_seq is None else wait_s,
+                                                  report() if report is not None else None)
+            except (FsError, TransportError) as exc:
+                log.warning("change feed unavailable (%s); retrying", exc)
+                await trio.sleep(1)
+                continue
+            if self.leases is not None and not batch.reset:
+                self.leases.fed(sent_at)
+                if batch.recalls and not self._recall(batch.recalls):
+                    await trio.sleep(0.01)  # being given back already: no busy polling meanwhile
+            if self.feed_seq is not None and batch.reset:
+                if self.leases is not None:  # the metaserver restarted: give every lease back
+                    self._recall(list(self.leases.held))
+                log.warning("change feed was reset; dropping every cached attribute")
+                self.cache.clear()
+                if listener is not None:
+                    await listener.feed_reset()
+            elif self.feed_seq is not None:
+                for change in batch.changes:
+                    if change.origin != self.client_id:
+                        await self._apply(change, listener)
+            self.feed_seq = batch.seq
+
+    async def _apply(self, change: r.Change, listener: ChangeListener | None) -> None:
+        for parent, name in change.entries:
+            self.cache.forget_entry(parent, name)
+            if listener is not None:
+                await listener.entry_changed(parent, name)
+        for ino in change.inodes:
+            self.cache.forget_inode(ino)
+            if listener is not None:
+                await listener.inode_changed(ino)
+        self.changes_applied += 1

@@ -1,0 +1,260 @@
+"""Writes of one open file: buffering, parallel chunk uploads, inline small files, the commit.
+
+Promises:
+- Writes are buffered a chunk at a time; a chunk that fills up is uploaded in the background
+  (at most `max_uploads` per file at once) to `goal` replicas in parallel, a spare taking over
+  from a replica that fails (`chunk_io`). Buffered and uploading bytes count against the
+  client's `WriteBack` bound: a write waits while the client is over it, and `write_back()`
+  starts uploading partly written chunks when the client needs the room.
+- `flush()` (close, fsync) returns only when every buffered chunk is stored on the disks of its
+  replicas and the metaserver has durably committed the new chunk versions, size and mtime (and
+  the file's create, if it was made in a leased directory and is still pending: the metadata
+  façade attaches it). An upload that failed makes the next write or flush fail (EIO, ENOSPC).
+- A file of at most INLINE_MAX_BYTES whose content is all here is committed inline: its bytes
+  travel in the commit itself, so a small file costs one call and no chunk upload.
+- What this writer holds (buffered or uploading) is what readers of the file see (`held_content`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
+from chunkfs.client.chunk_cache import ChunkCache
+from chunkfs.client.chunk_io import ChunkIO, UploadSlot
+from chunkfs.client.metadata import Metadata
+from chunkfs.client.write_back import WriteBack
+from chunkfs.errors import FsError
+from chunkfs.protocol import records as r
+
+if TYPE_CHECKING:
+    from chunkfs.client.open_file import OpenFile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DirtyChunk:
+    """A chunk being written. Until `based`, only bytes [0, len(data)) were written (a sequential
+    writer from the chunk's start); the old content is merged in only when it is needed."""
+
+    data: bytearray
+    based: bool
+
+    def write(self, offset: int, piece: bytes | memoryview) -> int:
+        """Returns by how many bytes the buffer grew."""
+        before = len(self.data)
+        end = offset + len(piece)
+        if offset > before:
+            self.data.extend(bytes(offset - before))
+        self.data[offset:end] = piece
+        return len(self.data) - before
+
+    def complete(self) -> bool:
+        return len(self.data) == CHUNK_SIZE
+
+
+class FileWriter:
+    def __init__(self, file: "OpenFile", meta: Metadata, io: ChunkIO, cache: ChunkCache, nursery: trio.Nursery,
+                 write_back: WriteBack, max_uploads: int = 4) -> None:
+        self.file = file
+        self.meta, self.io, self.cache, self.nursery = meta, io, cache, nursery
+        self.write_back_bound = write_back
+        self.lock = trio.Lock()
+        self.dirty: dict[int, DirtyChunk] = {}
+        self.uploading: dict[int, bytes | bytearray] = {}
+        self.uploaded: dict[int, r.ChunkRef] = {}
+        self.superseded: list[r.ChunkRef] = []
+        self.error: BaseException | None = None
+        self._upload_slots = trio.Semaphore(max_uploads)
+        self._inflight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    # ---- what it holds ------------------------------------------------------------------------
+    @property
+    def has_data(self) -> bool:
+        """Anything written here and not committed yet (buffered, uploading or uploaded)."""
+        return bool(self.dirty or self.uploading or self.uploaded)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return sum(len(d.data) for d in self.dirty.values())
+
+    def holds(self, index: int) -> bool:
+        """Chunk `index` is buffered or uploading here: its stored version is not its content."""
+        return index in self.dirty or index in self.uploading
+
+    def stored_ref(self, index: int) -> r.ChunkRef | None:
+        """The newest stored version of chunk `index`: uploaded here, else committed."""
+        return self.uploaded.get(index) or self.file.chunks.get(index)
+
+    async def held_content(self, index: int) -> bytes | bytearray | None:
+        """The bytes of chunk `index` if this writer holds them (None: read what is stored)."""
+        dirty = self.dirty.get(index)
+        if dirty is not None:
+            await self._ensure_based(index, dirty)
+            return dirty.data
+        return self.uploading.get(index)
+
+    def _stored_length(self, index: int) -> int:
+        if index in self.uploading:
+            return len(self.uploading[index])
+        ref = self.stored_ref(index)
+        if ref is None and index == 0 and self.file.inline is not None:
+            return len(self.file.inline)
+        return ref.length if ref else 0
+
+    async def _ensure_based(self, index: int, dirty: DirtyChunk) -> None:
+        """Merge the chunk's old content under what was written of it, once it is needed."""
+        if dirty.based:
+            return
+        if self._stored_length(index) > len(dirty.data):
+            snapshot = self.uploading.get(index)
+            base = bytearray(snapshot if snapshot is not None else await self.file.reader.stored_content(index))
+            if dirty.based:  # merged by another caller meanwhile
+                return
+            base[: len(dirty.data)] = dirty.data
+            self.write_back_bound.add(len(base) - len(dirty.data))
+            dirty.data = base
+        dirty.based = True
+
+    # ---- writes ---------------------------------------------------------------------------
+    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        await self.write_back_bound.wait_for_room()
+        file = self.file
+        async with self.lock:
+            self._raise_pending_error()
+            view = memoryview(data)
+            pos = 0
+            while pos < len(view):
+                index, within = divmod(offset + pos, CHUNK_SIZE)
+                n = min(CHUNK_SIZE - within, len(view) - pos)
+                dirty = self.dirty.get(index)
+                if dirty is None:
+                    dirty = self.dirty[index] = DirtyChunk(bytearray(), based=False)
+                if not dirty.based and within > len(dirty.data):
+                    await self._ensure_based(index, dirty)
+                self.write_back_bound.add(dirty.write(within, view[pos : pos + n]))
+                pos += n
+                if dirty.complete():
+                    await self._start_upload(index)
+            file.size = max(file.size, offset + len(view))
+            file.modified = True
+            file.mtime_ns = time.time_ns()
+            self.write_back_bound.buffering(self, bool(self.dirty))
+        return len(view)
+
+    async def write_back(self) -> None:
+        """Start uploading every buffered chunk, partly written ones too (the client needs room)."""
+        async with self.lock:
+            for index in sorted(self.dirty):
+                await self._start_upload(index)
+            self.write_back_bound.buffering(self, bool(self.dirty))
+
+    def drop_buffers(self) -> None:
+        """The file is being forgotten: what it still buffers (after a failed flush) is lost,
+        and no longer counts against the client's bound."""
+        self.write_back_bound.add(-self.buffered_bytes)
+        self.dirty.clear()
+        self.write_back_bound.buffering(self, False)
+
+    async def _start_upload(self, index: int) -> None:
+        dirty = self.dirty[index]
+        await self._ensure_based(index, dirty)
+        existing = self.stored_ref(index)
+        slot = await self.io.reservations.slot(existing.chunk_id if existing else None, self.file.attr.goal)
+        await self._upload_slots.acquire()
+        del self.dirty[index]
+        snapshot = dirty.data  # handed over: the DirtyChunk is gone, nothing writes to it again
+        self.uploading[index] = snapshot
+        if self._inflight == 0:
+            self._idle = trio.Event()
+        self._inflight += 1
+        self.nursery.start_soon(self._upload, index, snapshot, slot)
+
+    async def _upload(self, index: int, snapshot: bytes | bytearray, slot: UploadSlot) -> None:
+        try:
+            ref = await self.io.upload(self.file.ino, index, snapshot, slot)
+            current = self.uploaded.get(index)
+            if current is None or ref.version > current.version:
+                if current is not None:
+                    self.superseded.append(current)
+                self.uploaded[index] = ref
+                self.cache.put_uploaded(ref, snapshot)
+            else:
+                self.superseded.append(ref)
+        except BaseException as exc:
+            log.error("upload of chunk %d of inode %d failed: %s", index, self.file.ino, exc)
+            self.error = exc
+            if isinstance(exc, trio.Cancelled):
+                raise
+        finally:
+            if self.uploading.get(index) is snapshot:
+                del self.uploading[index]
+            self.write_back_bound.add(-len(snapshot))
+            self._upload_slots.release()
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    def _raise_pending_error(self) -> None:
+        if self.error is not None:
+            exc, self.error = self.error, None
+            if isinstance(exc, FsError):
+                raise FsError(exc.errno, f"an earlier write failed: {exc.message}")
+            raise FsError(errno.EIO, f"an earlier write failed: {exc}")
+
+    # ---- the commit -------------------------------------------------------------------------
+    async def _inline_content(self) -> bytes | None:
+        """The whole content of a small file whose only change is buffered here, or None."""
+        if self.file.size > INLINE_MAX_BYTES or list(self.dirty) != [0] or self.uploading or self.uploaded:
+            return None
+        dirty = self.dirty[0]
+        await self._ensure_based(0, dirty)
+        return bytes(dirty.data)
+
+    async def flush(self) -> r.Attr | None:
+        """Upload everything buffered and commit it; returns the committed attributes (None if
+        there was nothing to commit)."""
+        file = self.file
+        async with self.lock:
+            inline = await self._inline_content()
+            if inline is None:
+                for index in sorted(self.dirty):
+                    await self._start_upload(index)
+            self.write_back_bound.buffering(self, False)
+            await self._idle.wait()
+            self._raise_pending_error()
+            if not file.modified and not self.uploaded and not self.superseded:
+                return None
+            attr = await self.meta.commit(r.CommitReq(file.ino, file.size, file.mtime_ns,
+                                                      list(self.uploaded.values()), self.superseded,
+                                                      inline=inline, attrs=file.attr_changes))
+            if inline is not None:
+                self.write_back_bound.add(-len(self.dirty.pop(0).data))
+                file.chunks.clear()
+                file.inline = inline
+            elif 0 in self.uploaded:
+                file.inline = None
+            file.chunks.update(self.uploaded)
+            self.uploaded.clear()
+            self.superseded.clear()
+            file.committed(attr)
+            return attr
+
+    async def truncate(self, size: int, mtime_ns: int | None) -> r.Attr:
+        """Commit what is buffered, then cut the file at `size` on the metaserver."""
+        await self.flush()
+        file = self.file
+        async with self.lock:
+            attr = await self.meta.setattr(r.SetattrReq(ino=file.ino, size=size, mtime_ns=mtime_ns))
+            file.refresh(await self.meta.open_file(file.ino))
+            file.mtime_ns = file.attr.mtime_ns
+            return attr

@@ -1,0 +1,332 @@
+"""The in-process layer: the client core and its Python API against real daemons, no FUSE.
+
+`chunkfs.client.connect` is used as a script would use it; the cluster's mount is there only to
+check that the API and a mount see the same files (close-to-open) and the same attributes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import trio
+
+import chunkfs.client
+from conftest import free_port_block, metaserver_calls, wait_until
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def fs(cluster):
+    with chunkfs.client.connect(cluster.metaserver, secret_file=cluster.secret_file, retry_s=5) as filesystem:
+        yield filesystem
+
+
+@pytest.fixture
+def home(fs, request):
+    """A directory of the test's own in the cluster."""
+    path = f"/{request.node.name[:60]}"
+    fs.makedirs(path, exist_ok=True)
+    return path
+
+
+def test_a_file_written_and_read_back_in_every_mode(fs, home):
+    with fs.open(f"{home}/f", "wb") as f:
+        assert (f.writable(), f.readable(), f.seekable()) == (True, False, True)
+        assert f.name == f"{home}/f" and not f.closed
+        assert f.write(b"hello ") == 6 and f.write(bytearray(b"world")) == 5
+        assert f.tell() == 11
+    assert f.closed
+    with fs.open(f"{home}/f", "rb") as f:
+        assert f.read(5) == b"hello" and f.tell() == 5
+        buffer = bytearray(3)
+        assert f.readinto(buffer) == 3 and buffer == b" wo"
+        assert f.readall() == b"rld" and f.read() == b""
+        assert f.seek(-5, os.SEEK_END) == 6 and f.read() == b"world"
+    with fs.open(f"{home}/f", "ab") as f:
+        f.write(b"!")
+    with fs.open(f"{home}/f", "r+b") as f:
+        f.seek(0)
+        f.write(b"J")
+        f.truncate(8)
+        f.flush()
+        assert fs.stat(f"{home}/f").st_size == 8
+    with fs.open(f"{home}/f", "rb") as f:
+        assert f.read() == b"Jello wo"
+    with pytest.raises(FileExistsError) as exc:
+        fs.open(f"{home}/f", "xb")
+    assert exc.value.errno == errno.EEXIST
+    with fs.open(f"{home}/new", "xb") as f:
+        f.write(b"x")
+    with fs.open(f"{home}/f", "w+b") as f:
+        assert f.read() == b""
+        f.write(b"0123456789" * 1000)
+        f.seek(5)
+        assert f.read(5) == b"56789"  # its own writes, before they are stored
+    assert fs.stat(f"{home}/f").st_size == 10_000
+    with pytest.raises(ValueError):
+        fs.open(f"{home}/f", "r")  # text mode: binary only
+
+
+def test_a_multi_chunk_file_with_a_rewrite_in_its_middle(fs, home):
+    data = bytearray(os.urandom(9 * MiB + 123))
+    with fs.open(f"{home}/big", "wb") as f:
+        for start in range(0, len(data), MiB):
+            f.write(data[start : start + MiB])
+    with fs.open(f"{home}/big", "r+b") as f:
+        f.seek(4 * MiB - 10)
+        f.write(b"x" * 20)
+    data[4 * MiB - 10 : 4 * MiB + 10] = b"x" * 20
+    with fs.open(f"{home}/big", "rb") as f:
+        assert f.read() == data
+
+
+def test_the_namespace_calls(fs, home):
+    fs.makedirs(f"{home}/a/b/c")
+    fs.makedirs(f"{home}/a/b", exist_ok=True)
+    with pytest.raises(FileExistsError) as exc:
+        fs.makedirs(f"{home}/a/b")
+    assert exc.value.errno == errno.EEXIST
+    fs.mkdir(f"{home}/a/d", 0o700)
+    assert stat.S_IMODE(fs.stat(f"{home}/a/d").st_mode) == 0o700
+    with fs.open(f"{home}/a/file", "wb") as f:
+        f.write(b"data")
+    assert sorted(fs.listdir(f"{home}/a")) == ["b", "d", "file"]
+    entries = {e.name: e for e in fs.scandir(f"{home}/a")}
+    assert entries["b"].is_dir() and entries["file"].is_file() and not entries["file"].is_symlink()
+    assert entries["file"].stat().st_size == 4 and entries["file"].path == f"{home}/a/file"
+    assert list(fs.walk(f"{home}/a")) == [(f"{home}/a", ["b", "d"], ["file"]), (f"{home}/a/b", ["c"], []),
+                                         (f"{home}/a/b/c", [], []), (f"{home}/a/d", [], [])]
+    assert fs.exists(f"{home}/a/file") and not fs.exists(f"{home}/a/nothing") and not fs.exists(f"{home}/a/file/x")
+    fs.symlink("file", f"{home}/a/link")
+    assert fs.readlink(f"{home}/a/link") == "file"
+    assert stat.S_ISLNK(fs.lstat(f"{home}/a/link").st_mode) and fs.stat(f"{home}/a/link").st_size == 4
+    with fs.open(f"{home}/a/link") as f:
+        assert f.read() == b"data"
+    fs.rename(f"{home}/a/file", f"{home}/a/d/moved")
+    assert fs.listdir(f"{home}/a/d") == ["moved"] and not fs.exists(f"{home}/a/file")
+    fs.chmod(f"{home}/a/d/moved", 0o640)
+    fs.chown(f"{home}/a/d/moved", 1234, 5678)
+    fs.utime(f"{home}/a/d/moved", ns=(1_000_000_000, 2_000_000_000))
+    st = fs.stat(f"{home}/a/d/moved")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns) == \
+        (0o640, 1234, 5678, 1_000_000_000, 2_000_000_000)
+    fs.utime(f"{home}/a/d/moved")
+    assert fs.stat(f"{home}/a/d/moved").st_mtime_ns > 2_000_000_000
+    fs.truncate(f"{home}/a/d/moved", 2)
+    with fs.open(f"{home}/a/d/moved") as f:
+        assert f.read() == b"da"
+    with pytest.raises(OSError) as exc:
+        fs.rmdir(f"{home}/a/d")
+    assert exc.value.errno == errno.ENOTEMPTY
+    with pytest.raises(IsADirectoryError) as exc:
+        fs.remove(f"{home}/a/d")
+    assert exc.value.errno == errno.EISDIR
+    fs.remove(f"{home}/a/d/moved")
+    fs.rmdir(f"{home}/a/d")
+    with pytest.raises(NotADirectoryError) as exc:
+        fs.rmdir(f"{home}/a/link")
+    assert exc.value.errno == errno.ENOTDIR
+    with pytest.raises(FileNotFoundError) as exc:
+        fs.stat(f"{home}/a/d")
+    assert exc.value.errno == errno.ENOENT and exc.value.filename == f"{home}/a/d"
+
+
+def test_xattrs_goal_and_statvfs(fs, home):
+    with fs.open(f"{home}/f", "wb") as f:
+        f.write(b"x")
+    fs.setxattr(f"{home}/f", "user.color", b"blue")
+    assert fs.getxattr(f"{home}/f", "user.color") == b"blue"
+    assert "user.color" in fs.listxattr(f"{home}/f")
+    with pytest.raises(FileExistsError) as exc:
+        fs.setxattr(f"{home}/f", "user.color", b"red", os.XATTR_CREATE)
+    assert exc.value.errno == errno.EEXIST
+    fs.removexattr(f"{home}/f", "user.color")
+    with pytest.raises(OSError) as exc:
+        fs.getxattr(f"{home}/f", "user.color")
+    assert exc.value.errno == errno.ENODATA
+    fs.set_goal(home, 2, recursive=True)
+    assert fs.stat(f"{home}/f").st_size == 1
+    info = fs.statvfs()
+    assert info.f_blocks > 0 and info.f_bfree <= info.f_blocks and info.f_namemax == 255
+
+
+def test_the_api_and_a_mount_see_the_same_files_close_to_open(fs, home, cluster):
+    local = cluster.mnt / home.lstrip("/")
+    with fs.open(f"{home}/from-api", "wb") as f:
+        f.write(b"written through the API" * 1000)
+    assert (local / "from-api").read_bytes() == b"written through the API" * 1000
+    (local / "from-mount").write_bytes(b"written on the mount")
+    with fs.open(f"{home}/from-mount") as f:
+        assert f.read() == b"written on the mount"
+    with fs.open(f"{home}/from-api", "wb") as f:  # again, over what the mount has read before
+        f.write(b"second version")
+    assert (local / "from-api").read_bytes() == b"second version"
+    api, mount = fs.stat(f"{home}/from-api"), os.stat(local / "from-api")
+    for field in ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size", "st_mtime_ns", "st_ctime_ns",
+                  "st_blksize", "st_blocks"):
+        assert getattr(api, field) == getattr(mount, field), field
+
+
+def test_bad_paths_are_refused_before_any_call(fs, cluster):
+    before = metaserver_calls(cluster)
+    for path, err in [("/..", errno.EINVAL), ("/a/../../b", errno.EINVAL), ("/a\0b", errno.EINVAL),
+                      ("/" + "n" * 256, errno.ENAMETOOLONG)]:
+        with pytest.raises(OSError) as exc:
+            fs.stat(path)
+        assert exc.value.errno == err, path
+        with pytest.raises(OSError) as exc:
+            fs.open(path, "wb")
+        assert exc.value.errno == err, path
+    assert metaserver_calls(cluster) == before
+    assert fs.stat("relative/..").st_ino == fs.stat("/").st_ino == 1  # a relative path is from the root
+
+
+def test_a_closed_file_or_filesystem_refuses_calls_as_io_does(cluster, fs, home):
+    f = fs.open(f"{home}/f", "wb")
+    f.close()
+    f.close()  # a second close does nothing
+    for call in (lambda: f.write(b"x"), lambda: f.read(), f.tell, lambda: f.seek(0), f.flush):
+        with pytest.raises(ValueError):
+            call()
+    with fs.open(f"{home}/f", "rb") as f:
+        with pytest.raises(OSError):  # io.UnsupportedOperation
+            f.write(b"x")
+    other = chunkfs.client.connect(cluster.metaserver, secret_file=cluster.secret_file)
+    still_open = other.open(f"{home}/g", "wb")
+    still_open.write(b"kept")
+    other.close()  # closes (commits) what is still open
+    assert fs.open(f"{home}/g").read() == b"kept"
+    with pytest.raises(ValueError):
+        other.stat("/")
+
+
+def test_a_missing_or_wrong_secret_is_refused_clearly(cluster, tmp_path):
+    with pytest.raises(PermissionError) as exc:
+        chunkfs.client.connect(cluster.metaserver, secret_file=tmp_path / "none")
+    assert exc.value.errno == errno.EACCES and "secret" in str(exc.value)
+    wrong = tmp_path / "wrong"
+    wrong.write_text("x" * 64)
+    with pytest.raises(PermissionError) as exc:
+        chunkfs.client.connect(cluster.metaserver, secret_file=wrong)
+    assert exc.value.errno == errno.EACCES and "refused the cluster secret" in str(exc.value)
+
+
+def test_a_cluster_that_is_down_fails_after_retry_s(cluster):
+    nobody = f"127.0.0.1:{free_port_block(1)}"
+    with pytest.raises(OSError) as exc:
+        chunkfs.client.connect(nobody, secret_file=cluster.secret_file, retry_s=1)
+    assert exc.value.errno in (errno.EIO, errno.ETIMEDOUT) and "cannot reach" in str(exc.value)
+
+
+def test_permissions_are_the_ones_a_mount_applies(cluster, fs, home):
+    fs.chmod(home, 0o755)
+    with fs.open(f"{home}/private", "wb") as f:
+        f.write(b"secret")
+    fs.chmod(f"{home}/private", 0o600)
+    with chunkfs.client.connect(cluster.metaserver, secret_file=cluster.secret_file, uid=4321, gid=4321,
+                                groups=[]) as user:
+        with pytest.raises(PermissionError) as exc:
+            user.open(f"{home}/private")
+        assert exc.value.errno == errno.EACCES
+        with pytest.raises(PermissionError) as exc:
+            user.open(f"{home}/mine", "wb")  # no write permission on the directory
+        assert exc.value.errno == errno.EACCES
+        with pytest.raises(PermissionError) as exc:
+            user.chmod(f"{home}/private", 0o644)
+        assert exc.value.errno == errno.EPERM
+        fs.mkdir(f"{home}/open", 0o777)
+        fs.chmod(f"{home}/open", 0o777)
+        with user.open(f"{home}/open/mine", "wb") as f:
+            f.write(b"mine")
+        st = fs.stat(f"{home}/open/mine")
+        assert (st.st_uid, st.st_gid) == (4321, 4321)
+
+
+def test_put_and_get_a_file_with_progress(fs, home, tmp_path):
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(10 * MiB + 7))
+    moved: list[int] = []
+    fs.put_file(source, f"{home}/copy", moved.append)
+    assert sum(moved) == source.stat().st_size
+    assert fs.listdir(home) == ["copy"]  # nothing left under a temporary name
+    with pytest.raises(FileExistsError) as exc:
+        fs.put_file(source, f"{home}/copy", exclusive=True)
+    assert exc.value.errno == errno.EEXIST
+    back = tmp_path / "back"
+    got: list[int] = []
+    fs.get_file(f"{home}/copy", back, got.append)
+    assert back.read_bytes() == source.read_bytes() and sum(got) == source.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back", "source"]
+
+
+def test_a_file_changing_while_put_reads_it_fails_and_stores_nothing(fs, home, tmp_path):
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(9 * MiB))
+
+    def grow(_moved: int) -> None:
+        with open(source, "ab") as f:
+            f.write(b"more")
+
+    with pytest.raises(OSError) as exc:
+        fs.put_file(source, f"{home}/copy", grow)
+    assert exc.value.errno == errno.EBUSY and "changed while it was read" in str(exc.value)
+    assert fs.listdir(home) == []
+
+
+def test_ctrl_c_during_put_leaves_nothing_under_the_target_name(cluster, fs, home, tmp_path):
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(24 * MiB))
+    before = cluster.status()["chunks"]
+    script = textwrap.dedent(f"""
+        import os, signal, chunkfs.client
+        fs = chunkfs.client.connect({cluster.metaserver!r}, secret_file={str(cluster.secret_file)!r})
+        moved = []
+        def progress(n):
+            moved.append(n)
+            if len(moved) == 3:  # a few chunks in: the user presses Ctrl-C
+                os.kill(os.getpid(), signal.SIGINT)
+        try:
+            fs.put_file({str(source)!r}, {home + "/big"!r}, progress)
+        except KeyboardInterrupt:
+            print("interrupted after", sum(moved), flush=True)
+        fs.close()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "interrupted after" in result.stdout, result.stderr
+    assert fs.listdir(home) == []
+    wait_until(lambda: cluster.status()["chunks"] <= before, 30, "the interrupted upload's chunks collected")
+
+
+def test_the_async_face(cluster):
+    async def main() -> None:
+        async with chunkfs.client.open_filesystem(cluster.metaserver, secret_file=cluster.secret_file) as afs:
+            await afs.makedirs("/async", exist_ok=True)
+            async with await afs.open("/async/f", "wb") as f:
+                await f.write(b"from trio")
+            async with await afs.open("/async/f") as f:
+                assert await f.read(4) == b"from"
+                await f.seek(5)
+                assert await f.read() == b"trio"
+            assert (await afs.stat("/async/f")).st_size == 9
+            assert [d async for d in afs.walk("/async")] == [("/async", [], ["f"])]
+
+    trio.run(main)
+
+
+def test_importing_the_client_does_not_start_anything():
+    code = "import threading, chunkfs.client; print(threading.active_count())"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "1"
+
+
+def test_written_files_are_in_the_mount_too(cluster, fs, home):
+    fs.put_file(Path(__file__), f"{home}/this.py")
+    assert (cluster.mnt / home.lstrip("/") / "this.py").read_bytes() == Path(__file__).read_bytes()
