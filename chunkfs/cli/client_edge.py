@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -52,18 +53,33 @@ class Failures:
     command: str
     count: int = 0
     messages: list[dict[str, str]] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C: what fails from now on fails because it was cancelled
 
-    def report(self, path: str, exc: OSError) -> None:
+    def report(self, path: str, exc: OSError, hint: str = "") -> None:
+        """`path` failed with `exc`, said in the words of strerror (and `hint`, what to do)."""
+        if self.interrupted:
+            return
         if exc.errno in CLUSTER_ERRNOS:
             raise ClusterUnusable(describe(exc)) from exc
         self.count += 1
-        reason = describe(exc)
+        reason = reason_of(exc) + (f" ({hint})" if hint else "")
         self.messages.append({"path": path, "error": reason, "errno": errno.errorcode.get(exc.errno or 0, "")})
         click.echo(f"chunkfs: {self.command}: {path}: {reason}", err=True)
 
 
+def reason_of(exc: OSError) -> str:
+    """Why a path failed, as `ls` or `cp` would say it: strerror of the errno; for an I/O error
+    also what the cluster said (with its request_id, to find it in the servers' logs)."""
+    if not exc.errno:
+        return str(exc) or type(exc).__name__
+    reason = os.strerror(exc.errno)
+    if exc.errno == errno.EIO and exc.strerror and exc.strerror != reason:
+        reason += f": {exc.strerror}"
+    return reason
+
+
 def describe(exc: BaseException) -> str:
-    """What went wrong, in the words of strerror where there is an errno."""
+    """What went wrong with the cluster as a whole, in the client's own words."""
     if isinstance(exc, OSError) and exc.errno:
         return exc.strerror or os.strerror(exc.errno)
     return str(exc) or type(exc).__name__
@@ -111,6 +127,18 @@ def _most_telling(exc: BaseException) -> BaseException:
     return leaves[0]
 
 
+async def _cancel_on_ctrl_c(scope: trio.CancelScope, failures: Failures) -> None:
+    """Ctrl-C cancels the command's work as a whole, so every copy under way cleans up as it
+    does on cancellation (a put removes its temporary file). Without this, trio raises
+    KeyboardInterrupt in whichever task runs, deep inside the client, where it is no clean
+    cancellation. A second Ctrl-C during the clean-up ends the command at once."""
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async for _ in signals:
+            failures.interrupted = True
+            scope.cancel()
+            return
+
+
 def run_command(command: str, access: ClusterAccess, job: Callable[[AsyncFilesystem, Failures], Awaitable[Any]],
                 retry_s: float = 15.0) -> Any:
     """Run `job` on the cluster under trio and map what escapes it to one line and an exit code
@@ -118,8 +146,15 @@ def run_command(command: str, access: ClusterAccess, job: Callable[[AsyncFilesys
     failures = Failures(command)
 
     async def main() -> Any:
-        async with open_cluster(access, retry_s) as fs:
-            return await job(fs, failures)
+        result = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_ctrl_c, nursery.cancel_scope, failures)
+            async with open_cluster(access, retry_s) as fs:
+                result = await job(fs, failures)
+            nursery.cancel_scope.cancel()
+        if failures.interrupted:
+            raise KeyboardInterrupt
+        return result
 
     try:
         result = trio.run(main)
@@ -132,7 +167,7 @@ def run_command(command: str, access: ClusterAccess, job: Callable[[AsyncFilesys
         if isinstance(exc, OSError):  # a failure no single path owns
             if exc.errno in CLUSTER_ERRNOS:
                 _exit(command, f"cannot use the cluster at {access.metaserver}: {describe(exc)}", EXIT_CLUSTER)
-            _exit(command, (f"{exc.filename}: " if exc.filename else "") + describe(exc), EXIT_FAILED)
+            _exit(command, (f"{exc.filename}: " if exc.filename else "") + reason_of(exc), EXIT_FAILED)
         raise exc from None
     if failures.count:
         sys.exit(EXIT_FAILED)

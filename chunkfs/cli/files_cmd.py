@@ -9,6 +9,7 @@ in `client_edge` (exit 1: an operation failed, 2: usage, 3: cluster unusable, 13
 
 from __future__ import annotations
 
+import errno
 import functools
 import grp
 import os
@@ -229,11 +230,12 @@ def rm(paths: tuple[str, ...], recursive: bool, force: bool, where: Where) -> No
                 elif recursive:
                     await _remove_tree(fs, path.rstrip("/") or "/")
                 else:
-                    raise IsADirectoryError(21, "Is a directory (use -r)")
+                    failures.report(path, IsADirectoryError(errno.EISDIR, "Is a directory"), hint="use -r")
+                    continue
                 removed.append(path)
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
                 if not force:
-                    failures.report(path, FileNotFoundError(2, os.strerror(2)))
+                    failures.report(path, exc)
             except OSError as exc:
                 failures.report(path, exc)
         if where.as_json:

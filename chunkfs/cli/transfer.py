@@ -9,6 +9,7 @@ if missing); otherwise the one source is copied to the target name. A directory 
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import stat
@@ -129,17 +130,17 @@ async def plan(sources: list[str], target: str, source_side: Side, target_side: 
     if into and target_kind is None:
         result.directories.append(target)
     elif into and target_kind != "dir":
-        failures.report(target, NotADirectoryError(20, os.strerror(20)))
+        failures.report(target, NotADirectoryError(errno.ENOTDIR, "Not a directory"))
         return result
     for source in sources:
         kind = await source_side.kind(source)
         destination = posixpath.join(target, posixpath.basename(source.rstrip("/")) or "/") if into else target
         if kind is None:
-            failures.report(source, FileNotFoundError(2, os.strerror(2)))
+            failures.report(source, FileNotFoundError(errno.ENOENT, "No such file or directory"))
         elif kind == "file":
             result.copies.append(Copy(source, destination, await source_side.size(source)))
         elif not recursive:
-            failures.report(source, IsADirectoryError(21, "Is a directory (use -r)"))
+            failures.report(source, IsADirectoryError(errno.EISDIR, "Is a directory"), hint="use -r")
         else:
             await _plan_tree(source.rstrip("/") or "/", destination, source_side, result)
     return result
@@ -189,8 +190,8 @@ async def run(plan: Plan, make_directory: Callable[[str], Awaitable[None]], copy
             async with limiter:
                 try:
                     await copy(c, advance)
-                except OSError as exc:
-                    failures.report(exc.filename or c.source, exc)
+                except OSError as exc:  # named by what the user named: the source, or the target
+                    failures.report(c.source if exc.filename == c.source else c.target, exc)
                     return
             done.append(c)
 
