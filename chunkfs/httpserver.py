@@ -140,20 +140,28 @@ async def _refusal(request: web.Request) -> web.Response | None:
         return None
     host = request.headers.get(hdrs.HOST, "")
     if not request.app[OWN_HOST](host):
-        return error_response(401, "EACCES", f"signed for another server (Host {printable(host)!r})")
+        return _unauthorized(f"signed for another server (Host {printable(host)!r})")
     verifier = request.app[VERIFIER]
     signed = verifier.check_head(request.method, request.raw_path, host, request.headers.items(),
                                  request.headers.get(auth.HEADER))
     if signed is None or (signed.digest == auth.CHECKSUMMED) != limit.checksummed:
-        return error_response(401, "EACCES", "missing or invalid X-Chunkfs-Auth header")
+        return _unauthorized("missing or invalid X-Chunkfs-Auth header")
     if not limit.checksummed:
         body = b"".join(await read_body_pieces(request))
         if not signed.body_matches(body):
-            return error_response(401, "EACCES", "the body is not the one signed in X-Chunkfs-Auth")
+            return _unauthorized("the body is not the one signed in X-Chunkfs-Auth")
         request._read_bytes = body  # what request.read() answers (aiohttp keeps the body there)
     if not verifier.first_use(signed):
-        return error_response(401, "EACCES", "X-Chunkfs-Auth was used before (a replay)")
+        return _unauthorized("X-Chunkfs-Auth was used before (a replay)")
     return None
+
+
+def _unauthorized(message: str) -> web.Response:
+    """401, closing the connection: a body not read yet is not worth reading (a chunkfs client
+    that is refused has the wrong secret, and reconnects)."""
+    response = error_response(401, "EACCES", message)
+    response.force_close()
+    return response
 
 
 @web.middleware

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import re
 import secrets
+
+from chunkfs.protocol.limits import TOKEN
 
 HEADER = "X-Request-Id"
 ATTEMPT_HEADER = "X-Chunkfs-Attempt"
-_VALID = re.compile(r"[0-9A-Za-z_.-]{1,64}")
+_VALID = TOKEN
 
 current: contextvars.ContextVar[str] = contextvars.ContextVar("chunkfs_request_id", default="")
 

@@ -65,6 +65,11 @@ def test_a_file_written_and_read_back_in_every_mode(fs, home):
     assert exc.value.errno == errno.EEXIST
     with fs.open(f"{home}/new", "xb") as f:
         f.write(b"x")
+    with fs.open(f"{home}/lines", "wb") as f:
+        f.write(b"one\ntwo\n" + b"x" * 100_000 + b"\nlast")
+    with fs.open(f"{home}/lines") as f:
+        assert f.readline() == b"one\n" and f.readline(2) == b"tw"
+        assert list(f) == [b"o\n", b"x" * 100_000 + b"\n", b"last"]
     with fs.open(f"{home}/f", "w+b") as f:
         assert f.read() == b""
         f.write(b"0123456789" * 1000)
@@ -196,9 +201,8 @@ def test_a_closed_file_or_filesystem_refuses_calls_as_io_does(cluster, fs, home)
     for call in (lambda: f.write(b"x"), lambda: f.read(), f.tell, lambda: f.seek(0), f.flush):
         with pytest.raises(ValueError):
             call()
-    with fs.open(f"{home}/f", "rb") as f:
-        with pytest.raises(OSError):  # io.UnsupportedOperation
-            f.write(b"x")
+    with fs.open(f"{home}/f", "rb") as f, pytest.raises(OSError):  # io.UnsupportedOperation
+        f.write(b"x")
     other = chunkfs.client.connect(cluster.metaserver, secret_file=cluster.secret_file)
     still_open = other.open(f"{home}/g", "wb")
     still_open.write(b"kept")
@@ -330,3 +334,13 @@ def test_importing_the_client_does_not_start_anything():
 def test_written_files_are_in_the_mount_too(cluster, fs, home):
     fs.put_file(Path(__file__), f"{home}/this.py")
     assert (cluster.mnt / home.lstrip("/") / "this.py").read_bytes() == Path(__file__).read_bytes()
+
+
+def test_the_readme_snippet_writes_a_csv(cluster, tmp_path):
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    snippet = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    snippet = snippet.replace('"127.0.0.1:9520"', repr(cluster.metaserver)).replace('".chunkfs/secret"',
+                                                                                    repr(str(cluster.secret_file)))
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[['region', 'units'], ['north', '120'], ['south', '95']]"
+    assert (cluster.mnt / "reports" / "sales.csv").read_bytes() == b"region,units\r\nnorth,120\r\nsouth,95\r\n"

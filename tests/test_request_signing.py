@@ -250,6 +250,13 @@ def test_a_chunk_put_or_delete_signature_reused_elsewhere_changes_no_replica(clu
         assert send(other, "PUT", target, put, junk)[0] == 401
     status, reply = send(holder, "PUT", target, put, junk)  # bytes that do not match the signed checksum
     assert status == 400 and json.loads(reply)["errno"] == "EBADMSG", reply
+    # a partial write (a new version from this one) whose piece does not match its signed checksum
+    newer = f"/v1/chunks/{ref.chunk_id}/{ref.version + 1}"
+    patch = f"{newer}?base_version={ref.version}&offset=0"
+    signed_patch = sign_headers(secret, holder, "PUT", patch, b"x" * 100, ((auth.CHECKSUM_HEADER, chunk_checksum(b"x" * 100)),))
+    status, reply = send(holder, "PUT", patch, signed_patch, b"y" * 100)
+    assert status == 400 and json.loads(reply)["errno"] == "EBADMSG", reply
+    assert send(holder, "GET", newer, sign_headers(secret, holder, "GET", newer))[0] == 404
     # a DELETE signed for another version, or for one server, used at another
     other_version = f"/v1/chunks/{ref.chunk_id}/{ref.version + 1000}"
     delete = sign_headers(secret, holder, "DELETE", other_version)

@@ -16,6 +16,7 @@ from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, BodyLimit, any_host, jso
 from chunkfs.chunkserver.scrubber import CorruptionReporter
 from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
 from chunkfs.protocol import records as r
+from chunkfs.request_checks import path_id, query_float, query_int
 from chunkfs.protocol.chunk_client import CHECKSUM_HEADER, CHECKSUM_PARAM, CLIENT_VERIFIES_PARAM, ChunkClient
 from chunkfs.chunkserver.sendfile import FileRangeResponse
 from chunkfs import CHUNK_SIZE
@@ -27,10 +28,7 @@ CORRUPTION = web.AppKey("corruption", CorruptionReporter)
 
 
 def _chunk_key(request: web.Request) -> tuple[int, int]:
-    try:
-        return int(request.match_info["chunk_id"]), int(request.match_info["version"])
-    except ValueError:
-        raise FsError(errno.EINVAL, "chunk id and version must be integers") from None
+    return path_id(request, "chunk_id"), path_id(request, "version")
 
 
 async def put_chunk(request: web.Request) -> web.Response:
@@ -42,10 +40,8 @@ async def put_chunk(request: web.Request) -> web.Response:
     length = sum(len(p) for p in pieces)
     counters = request.app[METRICS]
     if "base_version" in request.query:
-        try:
-            base_version, offset = int(request.query["base_version"]), int(request.query.get("offset", "0"))
-        except ValueError:
-            raise FsError(errno.EINVAL, "base_version and offset must be integers") from None
+        base_version = query_int(request, "base_version", 0, low=1)
+        offset = query_int(request, "offset", 0, high=CHUNK_SIZE)
         new_checksum = await asyncio.to_thread(request.app[STORE].write_patch, chunk_id, version,
                                                base_version, offset, b"".join(pieces), checksum)
         counters.written_bytes.inc(length)
@@ -110,10 +106,7 @@ async def delete_chunk(request: web.Request) -> web.Response:
 async def list_chunks(request: web.Request) -> web.Response:
     """The chunk versions held here whose files are at least `?min_age_s=` old, with their sizes
     (for `chunkfs gc`, through the metaserver)."""
-    try:
-        min_age_s = max(0.0, float(request.query.get("min_age_s", "0")))
-    except ValueError:
-        raise FsError(errno.EINVAL, "min_age_s must be a number") from None
+    min_age_s = query_float(request, "min_age_s", 0.0, 0.0, 1e9)
     return json_response(await asyncio.to_thread(_old_chunk_files, request.app[STORE], min_age_s))
 
 

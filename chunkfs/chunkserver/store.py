@@ -33,6 +33,7 @@ from chunkfs import CHUNK_SIZE
 from chunkfs.checksum import BLOCK_SIZE, DIGEST_SIZE, checksums_of_pieces, chunk_checksum, verify_blocks
 from chunkfs.durable_files import replace_durably
 from chunkfs.errors import FsError
+from chunkfs.protocol.limits import in_id_range
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class ChunkStore:
             raise ValueError("a chunk store needs at least one data directory")
         self.dirs = [ChunkDir(root) for root in roots]
         self.server_id = self._load_server_id()
+        self._reported_out_of_range: set[Path] = set()
 
     def _load_server_id(self) -> str:
         """The id in the data directories that have one (all must agree), written to those
@@ -258,7 +260,19 @@ class ChunkStore:
             try:
                 modified = path.stat().st_mtime
                 cid, ver = path.stem.split("_")
-                (recent if modified > cutoff else old).append((int(cid, 16), int(ver, 16)))
+                key = int(cid, 16), int(ver, 16)
             except (OSError, ValueError):
                 continue
+            if not (in_id_range(key[0]) and in_id_range(key[1])):
+                self._out_of_range(path)
+                continue
+            (recent if modified > cutoff else old).append(key)
         return old, recent
+
+    def _out_of_range(self, path: Path) -> None:
+        """A chunk file whose id or version chunkfs never hands out (stored before ids were
+        checked): left on disk, never reported, logged once."""
+        if path not in self._reported_out_of_range:
+            self._reported_out_of_range.add(path)
+            log.warning("chunk file %s has an id or version outside 1..2^63-1: not reported to the "
+                        "metaserver (remove it by hand)", path)

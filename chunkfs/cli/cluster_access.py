@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+import msgspec
 import trio
 
 from chunkfs import DEFAULT_METASERVER_PORT, auth, mounts
@@ -75,6 +76,8 @@ def run_with_meta(access: ClusterAccess, fn: Callable[[MetaClient], Awaitable[T]
         fail(f"cannot reach the metaserver at {access.metaserver}: {exc}", error_code)
     except FsError as exc:
         fail(str(exc), error_code)  # with the call's request_id, to find it in the server's log
+    except msgspec.ValidationError as exc:  # a value stored before the metaserver checked its input
+        fail(f"the metaserver answered a value this client cannot take: {exc}", error_code)
     raise AssertionError("unreachable")
 
 

@@ -1,8 +1,8 @@
 """The chunkfs client: the one client core, and the Python API on it.
 
 The core (no FUSE in it; the mount in `chunkfs/mount/` is one door on it, this API another):
-- `core.py`: `Client`, what a client does by inode: names, open files and their handles, the
-  permission checks and the identity of the caller, creates in leased directories;
+- `core.py`: `Client`, what a client does by inode for every door: names, the open files (one
+  per inode), creates in leased directories, removes of files open here, the end of a client;
 - `metadata.py`: `Metadata`, the metadata façade: the metaserver client with the metadata cache
   (`metadata_cache.py`), directory leases and pending creates (`leases.py`) and the change feed;
 - `open_file.py`: one inode open on this client, its `writer.py` (buffering, parallel uploads,
@@ -11,7 +11,8 @@ The core (no FUSE in it; the mount in `chunkfs/mount/` is one door on it, this A
 - `chunk_cache.py` (memory) over `disk_cache.py` (local disk), both evicting by `cache_policy.py`;
   `chunk_io.py`: chunk transfers with replica fail-over and checksum checks.
 
-The Python API (`paths.py` checks paths; `filesystem.py` is the async face, `async_file.py` its
+The Python API (`paths.py` checks paths, `permissions.py` makes the checks a mount's kernel
+makes, `os_errors.py` is its errno edge; `filesystem.py` is the async face, `async_file.py` its
 files; `blocking.py` the synchronous face):
 
     import chunkfs.client
@@ -24,24 +25,41 @@ files; `blocking.py` the synchronous face):
             print(await f.read())
 
 Why trio and not anyio: the core is trio (the mount needs it: pyfuse3 runs on trio), and the
-synchronous face drives it from one background thread. anyio would let asyncio programs await
-the API directly, at a cost on the hot path measured here (see below); asyncio programs can use
-the synchronous face from a worker thread (`asyncio.to_thread`) instead.
+synchronous face drives it from one background thread it owns (a trio token; no asyncio).
+anyio would let asyncio programs await the API directly, at a cost on the hot path, measured
+with `bench/api_loop_cost.py` (CPU time per operation, on the shared 2-core test machine at a
+load of ~9, so noisy; two runs):
+- a lock taken around a checkpoint (what a write goes through): trio 14-20 us, anyio on trio
+  16-22 us (+1.5-2 us, about +10%), anyio on asyncio 22 us;
+- a 4 KiB read of a cached file through the async API: 9-12 us (no checkpoint, no lock), so an
+  anyio layer would be a tenth or more of a small write and buys nothing for reads;
+- one call through the synchronous face (the thread hand-off): 170-190 us, which dwarfs either.
+So the core stays on trio alone; asyncio programs use the synchronous face from a worker
+thread (`asyncio.to_thread`), and big reads and writes (a chunk a call) make the hand-off cheap.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from chunkfs.client.async_file import AsyncFile
 from chunkfs.client.blocking import File, Filesystem, TrioThread
 from chunkfs.client.filesystem import AsyncFilesystem, ConnectOptions, DirEntry
 from chunkfs.client.permissions import Identity
 
-__all__ = ["connect", "open_filesystem", "Filesystem", "AsyncFilesystem", "File", "AsyncFile", "DirEntry",
-           "Identity"]
+__all__ = [
+    "AsyncFile",
+    "AsyncFilesystem",
+    "DirEntry",
+    "File",
+    "Filesystem",
+    "Identity",
+    "connect",
+    "open_filesystem",
+]
 
 
 def _options(uid: int | None, gid: int | None, groups: list[int] | tuple[int, ...] | None,

@@ -18,6 +18,7 @@ from chunkfs.client.core import Client
 from chunkfs.client.open_file import OpenFile
 from chunkfs.client.os_errors import raises_os_errors
 
+LINE_PIECE_BYTES = 64 * 1024  # what readline asks the reader for at a time
 MODES = {  # mode -> (readable, writable, create, truncate, exclusive, append)
     "rb": (True, False, False, False, False, False),
     "r+b": (True, True, False, False, False, False),
@@ -92,6 +93,24 @@ class AsyncFile:
         self._position += len(data)
         return data
 
+    @raises_os_errors
+    async def readline(self, size: int | None = -1) -> bytes:
+        """Up to and including the next b"\\n" (at most `size` bytes); b"" at the end."""
+        self._check(readable=True)
+        limit = self.open_file.size - self._position if size is None or size < 0 else size
+        line = bytearray()
+        while len(line) < limit:
+            piece = await self.open_file.read(self._position, min(LINE_PIECE_BYTES, limit - len(line)))
+            if not piece:
+                break
+            end = piece.find(b"\n")
+            piece = piece if end < 0 else piece[: end + 1]
+            line += piece
+            self._position += len(piece)
+            if end >= 0:
+                break
+        return bytes(line)
+
     async def readall(self) -> bytes:
         return await self.read(-1)
 
@@ -153,7 +172,7 @@ class AsyncFile:
 
     close = aclose
 
-    async def __aenter__(self) -> "AsyncFile":
+    async def __aenter__(self) -> AsyncFile:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

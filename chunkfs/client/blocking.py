@@ -10,11 +10,14 @@ call in the core first (so `put_file` removes its half-written upload) and is th
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
 import os
 import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, AsyncContextManager, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -36,7 +39,7 @@ class _Call:
 class TrioThread:
     """A thread running trio with one AsyncFilesystem open, until `stop()`."""
 
-    def __init__(self, opener: Callable[[], AsyncContextManager[AsyncFilesystem]]) -> None:
+    def __init__(self, opener: Callable[[], AbstractAsyncContextManager[AsyncFilesystem]]) -> None:
         self._opener = opener
         self._opened: concurrent.futures.Future[AsyncFilesystem] = concurrent.futures.Future()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -110,10 +113,8 @@ class TrioThread:
     def stop(self) -> None:
         token, stopped = self._token, self._stopped
         if token is not None and stopped is not None and not stopped.is_set():
-            try:
+            with contextlib.suppress(trio.RunFinishedError):  # ended already
                 token.run_sync_soon(stopped.set)
-            except trio.RunFinishedError:
-                pass
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
 
@@ -157,6 +158,11 @@ class File(io.RawIOBase):
     def readall(self) -> bytes:
         return self.read(-1)
 
+    def readline(self, size: int | None = -1) -> bytes:
+        """One hand-off a line (io's readline would make one a byte); iteration uses it."""
+        self._afile.readable()
+        return self._thread.call(self._afile.readline, size)
+
     def readinto(self, buffer: Any) -> int:
         self._afile.readable()
         return self._thread.call(self._afile.readinto, buffer)
@@ -179,10 +185,8 @@ class File(io.RawIOBase):
 
     def close(self) -> None:
         if not self._afile.closed:
-            try:
+            with contextlib.suppress(ValueError):  # the filesystem was closed first (and closed this file)
                 self._thread.call(self._afile.aclose)
-            except ValueError:  # the filesystem was closed first (and closed this file)
-                pass
 
     def __del__(self) -> None:
         pass  # io's finalizer would close from the garbage collector; Filesystem.close() does it
@@ -296,7 +300,7 @@ class Filesystem:
         """Close every file still open (durably), end the connection and its thread."""
         self._thread.stop()
 
-    def __enter__(self) -> "Filesystem":
+    def __enter__(self) -> Filesystem:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

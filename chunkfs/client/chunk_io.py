@@ -16,7 +16,8 @@ from __future__ import annotations
 import errno
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import trio
 
@@ -107,7 +108,7 @@ class ChunkIO:
         data = await self.chunks.get(address, ref.chunk_id, ref.version, retry_s=retry_s)
         return data if chunk_checksum(data) == ref.checksum else None
 
-    async def upload(self, ino: int, index: int, data: bytes | bytearray, slot: "UploadSlot") -> r.ChunkRef:
+    async def upload(self, ino: int, index: int, data: bytes | bytearray, slot: UploadSlot) -> r.ChunkRef:
         """Store `data` as version `slot.version` of chunk `index`; returns once it is durable on
         every replica that took it (at least one, else EIO)."""
         checksum = chunk_checksum(data)

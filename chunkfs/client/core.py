@@ -79,7 +79,7 @@ class Client:
         self.open_dirs: dict[int, int] = {}  # directory inode -> how many times open here
         self.unlinked_dirs: set[int] = set()  # removed while open here: the last release frees it
 
-    async def run(self, *background: "BackgroundTask", task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    async def run(self, *background: BackgroundTask, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Serve until cancelled: the client's background work (uploads, prefetches, the
         write-back bound, lease recalls) and `background` tasks run in its nursery."""

@@ -21,6 +21,7 @@ Promises:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -185,10 +186,8 @@ class DiskChunkCache:
             log.warning("disk cache: %s does not match its checksum; deleted", path)
             path.unlink(missing_ok=True)
             return None
-        try:
+        with contextlib.suppress(OSError):
             os.utime(path)  # the order of use survives a restart
-        except OSError:
-            pass
         return data
 
     # ---- stores --------------------------------------------------------------------------------

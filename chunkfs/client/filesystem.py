@@ -24,7 +24,7 @@ import weakref
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 import trio
 
@@ -533,7 +533,7 @@ class AsyncFilesystem:
         self.closed = True
         await self.client.close()
 
-    async def __aenter__(self) -> "AsyncFilesystem":
+    async def __aenter__(self) -> AsyncFilesystem:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import stat
-from typing import Awaitable, Callable, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 import msgspec
 import trio

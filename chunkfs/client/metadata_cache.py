@@ -24,7 +24,7 @@ Size is bounded by `max_entries` names and as many attributes; the oldest go fir
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from chunkfs.protocol import records as r
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import errno
 import functools
 import os
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from chunkfs.errors import FsError, TransportError
 

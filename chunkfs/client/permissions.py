@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import stat
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from chunkfs import posix_acl
 from chunkfs.errors import FsError

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class FileReader:
-    def __init__(self, file: "OpenFile", cache: ChunkCache, nursery: trio.Nursery,
+    def __init__(self, file: OpenFile, cache: ChunkCache, nursery: trio.Nursery,
                  prefetch_chunks: int = MAX_WINDOW) -> None:
         """`prefetch_chunks`: most chunks fetched ahead of a sequential reader (0: no prefetch)."""
         self.file, self.cache, self.nursery = file, cache, nursery
@@ -79,7 +79,7 @@ class FileReader:
         self._last_read_index = last
         total = (self.file.size + CHUNK_SIZE - 1) // CHUNK_SIZE
         window = prefetch_window(total, self._sequential_run, self.prefetch_chunks, at_start)
-        ahead = range(0, total) if total <= 3 else range(last + 1, min(total, last + 1 + window))
+        ahead = range(total) if total <= 3 else range(last + 1, min(total, last + 1 + window))
         writer = self.file.writer
         for index in ahead:
             if writer.holds(index):

@@ -61,7 +61,7 @@ class DirtyChunk:
 
 
 class FileWriter:
-    def __init__(self, file: "OpenFile", meta: Metadata, io: ChunkIO, cache: ChunkCache, nursery: trio.Nursery,
+    def __init__(self, file: OpenFile, meta: Metadata, io: ChunkIO, cache: ChunkCache, nursery: trio.Nursery,
                  write_back: WriteBack, max_uploads: int = 4) -> None:
         self.file = file
         self.meta, self.io, self.cache, self.nursery = meta, io, cache, nursery

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from chunkfs import metrics, request_id
 from chunkfs.errors import FsError
+from chunkfs.request_checks import client_id, query_float, query_int, request_id_header
 from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, BodyLimit, any_host, host_on_port, json_response,
                                 make_app, read_body)
 from chunkfs.metaserver.changes import ChangeFeed, affected
@@ -37,7 +38,7 @@ from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
 from chunkfs.metaserver.throughput import ThroughputHistory
 from chunkfs.protocol import records as r
-from chunkfs.protocol.meta_client import CLIENT_HEADER, named_inodes
+from chunkfs.protocol.meta_client import named_inodes
 from chunkfs.protocol.http import SignedHttp
 
 log = logging.getLogger(__name__)
@@ -86,19 +87,20 @@ READS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, Txn, Any], An
     "statfs": (r.InodeReq, lambda m, t, q: statfs(m, t)),
 }
 
-# op -> (its request record, the mutation for this metaserver): (write transaction, request) -> answer
-MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver], Callable[[Txn, Any], Any]]]] = {
-    "create": (r.CreateReq, lambda m: m.namespace.create),
-    "link": (r.LinkReq, lambda m: m.namespace.link),
-    "remove": (r.RemoveReq, lambda m: m.namespace.remove),
-    "rename": (r.RenameReq, lambda m: m.namespace.rename),
-    "setattr": (r.SetattrReq, lambda m: lambda txn, q: m.namespace.setattr(txn, q, m.chunks.truncate)),
-    "setxattr": (r.XattrReq, lambda m: m.namespace.setxattr),
-    "removexattr": (r.XattrReq, lambda m: m.namespace.removexattr),
-    "commit": (r.CommitReq, lambda m: m.chunks.commit),
-    "goal": (r.GoalReq, lambda m: m.namespace.set_goal),
-    "release_orphan": (r.InodeReq, lambda m: lambda txn, q: m.namespace.release_orphan(txn, q.ino)),
-    "reserve_inodes": (r.ReserveReq, lambda m: lambda txn, q: m.namespace.reserve_inodes(txn, max(1, min(q.count, 4096)))),
+# op -> (its request record, the mutation for this metaserver and the calling client):
+# (write transaction, request) -> answer
+MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Callable[[Txn, Any], Any]]]] = {
+    "create": (r.CreateReq, lambda m, client: m.namespace.create),
+    "link": (r.LinkReq, lambda m, client: m.namespace.link),
+    "remove": (r.RemoveReq, lambda m, client: m.namespace.remove),
+    "rename": (r.RenameReq, lambda m, client: m.namespace.rename),
+    "setattr": (r.SetattrReq, lambda m, client: lambda txn, q: m.namespace.setattr(txn, q, m.chunks.truncate)),
+    "setxattr": (r.XattrReq, lambda m, client: m.namespace.setxattr),
+    "removexattr": (r.XattrReq, lambda m, client: m.namespace.removexattr),
+    "commit": (r.CommitReq, lambda m, client: lambda txn, q: m.chunks.commit(txn, q, client)),
+    "goal": (r.GoalReq, lambda m, client: m.namespace.set_goal),
+    "release_orphan": (r.InodeReq, lambda m, client: lambda txn, q: m.namespace.release_orphan(txn, q.ino)),
+    "reserve_inodes": (r.ReserveReq, lambda m, client: lambda txn, q: m.namespace.reserve_inodes(txn, max(1, min(q.count, 4096)))),
 }
 
 
@@ -117,7 +119,7 @@ WAKE_DELETER = frozenset({"remove", "rename", "commit", "setattr", "release_orph
 async def fs_operation(request: web.Request) -> web.Response:
     m = request.app[STATE]
     op = request.match_info["op"]
-    client = request.headers.get(CLIENT_HEADER, "")
+    client = client_id(request)
     read = READS.get(op)
     if read is not None:
         record_type, run = read
@@ -130,8 +132,8 @@ async def fs_operation(request: web.Request) -> web.Response:
         record_type, bind = mutation
         req = await read_body(request, record_type)
         await m.leases.clear_for(client, named_inodes(req))
-        rid = request.headers.get(request_id.HEADER, "")
-        mutate = m.leases.creating(bind(m), client) if op == "create" else bind(m)
+        rid = request_id_header(request)
+        mutate = m.leases.creating(bind(m, client), client) if op == "create" else bind(m, client)
         commit = m.committer.run if op in LARGE_MUTATIONS else m.committer.run_small
         if m.replies is None or not client or not rid:
             result = await commit(mutate, req)
@@ -152,7 +154,7 @@ async def fs_operation(request: web.Request) -> web.Response:
             m.changes.publish(client, inodes, entries)
         return web.Response(body=body, content_type="application/json")
     if op == "reserve":
-        return json_response(await reserve(m, await read_body(request, r.ReserveReq)))
+        return json_response(await reserve(m, client, await read_body(request, r.ReserveReq)))
     if op == "release_leases":
         await m.leases.release(client, (await read_body(request, r.LeaseReq)).inodes)
         return json_response(None)
@@ -170,7 +172,10 @@ def fsck_page(m: Metaserver, alive: set[str], req: r.FsckReq) -> r.FsckPage:
 RESERVATION_VALID_S = 5.0
 
 
-async def reserve(m: Metaserver, req: r.ReserveReq) -> r.Reservation:
+async def reserve(m: Metaserver, client: str, req: r.ReserveReq) -> r.Reservation:
+    """Versions and chunk ids for `client`'s uploads: only it may commit them (reservations.py)."""
+    if not client:
+        raise FsError(errno.EINVAL, "a reservation is made for a client: send X-Chunkfs-Client")
     if m.registry.settling():  # answered 503, which clients retry (for up to their retry_s)
         raise web.HTTPServiceUnavailable(text="chunkservers have not all reported since the metaserver started")
     servers = m.registry.writable()
@@ -179,7 +184,7 @@ async def reserve(m: Metaserver, req: r.ReserveReq) -> r.Reservation:
             raise web.HTTPServiceUnavailable(text="no chunkserver is alive")
         raise FsError(errno.ENOSPC, "every chunkserver alive is full")
     count = max(1, min(req.count, 4096))
-    first_version, first_chunk_id = await m.committer.run(m.chunks.reserve, count)
+    first_version, first_chunk_id = await m.committer.run(m.chunks.reserve, client, count)
     return r.Reservation(first_version, first_chunk_id, count,
                          [r.ServerChoice(s.id, s.address, s.free_bytes) for s in servers], RESERVATION_VALID_S)
 
@@ -188,6 +193,10 @@ async def server_hello(request: web.Request) -> web.Response:
     """Registration (with the chunk list, at a chunkserver's start) and heartbeats (without)."""
     m = request.app[STATE]
     hello = await read_body(request, r.ServerHello)
+    if hello.chunks is not None:
+        hello.chunks = m.chunks.in_range(hello.chunks, hello.address)
+    if hello.recent_chunks is not None:
+        hello.recent_chunks = m.chunks.in_range(hello.recent_chunks, hello.address)
     if m.registry.needs_saving(hello):
         await m.committer.run(m.registry.save, hello)
     m.registry.heartbeat(hello)
@@ -207,7 +216,7 @@ def registration_garbage(txn: Txn, m: Metaserver, server_id: str, held: list[tup
                          recent: list[tuple[int, int]]) -> list[tuple[int, int]]:
     if m.quarantine is not None:
         m.quarantine.screen(txn, server_id, held, recent)
-    return m.chunks.unreferenced(txn, held, m.orphan_grace_s)
+    return m.chunks.unreferenced(txn, held)
 
 
 async def backup_copy(request: web.Request) -> web.StreamResponse:
@@ -230,13 +239,10 @@ async def backup_copy(request: web.Request) -> web.StreamResponse:
 async def replication_feed(request: web.Request) -> web.Response:
     """A standby's long poll: it has applied every batch up to `since`; the batches after it."""
     m, q = request.app[STATE], request.query
-    try:
-        since, wait_s = int(q.get("since", "0")), min(30.0, max(0.0, float(q.get("wait_s", "0"))))
-    except ValueError:
-        raise FsError(errno.EINVAL, "since and wait_s must be numbers") from None
+    since, wait_s = query_int(request, "since", 0), query_float(request, "wait_s", 0.0, 0.0, 30.0)
     if m.replication is None:
         raise FsError(errno.ENOSYS, "this metaserver keeps no replication log")
-    feed = await m.replication.feed(q.get("standby", request.remote or "?"), q.get("history", ""), since,
+    feed = await m.replication.feed(q.get("standby", request.remote or "?")[:256], q.get("history", "")[:256], since,
                                     q.get("sync") == "1", wait_s)
     return web.Response(body=msgspec.msgpack.encode(feed), content_type="application/msgpack")
 
@@ -294,23 +300,20 @@ async def status_page(request: web.Request) -> web.Response:
 
 async def changes(request: web.Request) -> web.Response:
     """Long poll: the changes after `since`, waiting up to `wait_s` (at most 30) for one."""
-    feed, client = request.app[STATE].changes, request.headers.get(CLIENT_HEADER, "")
+    feed, client = request.app[STATE].changes, client_id(request)
+    since, wait_s = query_int(request, "since", 0), query_float(request, "wait_s", 0.0, 0.0, 30.0)
     feed.seen(client)
-    try:
-        since = int(request.query.get("since", "0"))
-        wait_s = min(30.0, max(0.0, float(request.query.get("wait_s", "0"))))
-    except ValueError:
-        raise FsError(errno.EINVAL, "since and wait_s must be numbers") from None
     if "client" in request.query:
         try:
             feed.report(client, r.json_decode(request.query["client"], type=r.ClientReport))
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise FsError(errno.EINVAL, f"client: {exc}") from None
     leases = request.app[STATE].leases
     leases.renew(client)
     feed.polling(client, +1)
     try:
-        return json_response(await feed.since(since, wait_s, client, lambda: leases.recalled_of(client)))
+        batch = await feed.since(since, wait_s, client, lambda: leases.recalled_of(client))
+        return web.Response(body=feed.encode_batch(batch), content_type="application/json")
     finally:
         feed.polling(client, -1)
         feed.seen(client)
@@ -367,6 +370,10 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
             tasks.append(asyncio.create_task(m.quarantine.run()))
         if m.replies is not None:
             tasks.append(asyncio.create_task(m.replies.run()))
+        if m.orphans is not None:  # a client's reservations end with its session, as its orphans do
+            session_over = m.orphans.expired
+            tasks.append(asyncio.create_task(m.chunks.owners.run(
+                m.committer, lambda client: session_over(client, time.monotonic()))))
         yield
         for task in tasks:
             task.cancel()

@@ -4,6 +4,10 @@ Mounts let the kernel cache names and attributes for a long time (see the mount'
 because this feed tells them, within a long-poll round trip, which inodes and directory
 entries another client changed. The feed is in memory: a mount that falls behind the buffer,
 or a metaserver restart, is answered `reset` and the mount drops everything it can.
+
+One bad entry can never stop the feed: origins are client ids checked at the edge (and blanked
+here if one is not a token), and a change that still cannot be encoded is left out of the reply
+that holds it, logged once (`encode_batch`), instead of failing every poll that reaches it.
 """
 
 from __future__ import annotations
@@ -11,11 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 
+import msgspec
+
 from chunkfs.protocol import records as r
+from chunkfs.protocol.limits import is_token
+
+log = logging.getLogger(__name__)
 
 
 class ChangeFeed:
@@ -26,6 +36,7 @@ class ChangeFeed:
         self._clients: dict[str, float] = {}  # client id -> when it last asked for changes
         self._polling: dict[str, int] = {}  # client id -> its long polls open now
         self._reports: dict[str, r.ClientReport] = {}  # client id -> what it said of itself last
+        self._unencodable: set[int] = set()  # seqs of changes left out of replies (logged once each)
 
     def seen(self, client_id: str) -> None:
         if client_id:
@@ -73,8 +84,29 @@ class ChangeFeed:
 
     def publish(self, origin: str, inodes: list[int], entries: list[tuple[int, bytes]]) -> None:
         self.seq += 1
-        self._log.append(r.Change(self.seq, origin, inodes, entries))
+        self._log.append(r.Change(self.seq, origin if is_token(origin) else "", inodes, entries))
         self.wake()
+
+    def encode_batch(self, batch: r.ChangeBatch) -> bytes:
+        """The reply's JSON; a change that cannot be encoded is left out (its mount then misses
+        one invalidation, as if the change had fallen off the log) and logged the first time."""
+        try:
+            return msgspec.json.encode(batch)
+        except (msgspec.EncodeError, UnicodeEncodeError, OverflowError, TypeError):
+            pass
+        kept = []
+        for change in batch.changes:
+            try:
+                msgspec.json.encode(change)
+            except (msgspec.EncodeError, UnicodeEncodeError, OverflowError, TypeError) as exc:
+                if change.seq not in self._unencodable:
+                    self._unencodable.add(change.seq)
+                    log.error("change %d cannot be sent (%s); left out of the feed", change.seq, exc)
+                continue
+            kept.append(change)
+        if len(self._unencodable) > 10_000:
+            self._unencodable.clear()
+        return msgspec.json.encode(msgspec.structs.replace(batch, changes=kept))
 
     def wake(self) -> None:
         """End every open long poll's wait (new changes, or a lease recall to hand out)."""

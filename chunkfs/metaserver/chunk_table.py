@@ -10,6 +10,7 @@ a write can never serve a stale version: the version is part of every chunk requ
 from __future__ import annotations
 
 import errno
+import logging
 import stat
 import time
 from collections.abc import Callable
@@ -21,9 +22,14 @@ from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
 from chunkfs.errors import FsError
 from chunkfs.metaserver.db import U64x2, MetaDB, Txn, read_u64, u64
 from chunkfs.metaserver.namespace import Inode, Namespace
+from chunkfs.metaserver.reservations import VersionReservations
 from chunkfs.protocol import records as r
+from chunkfs.protocol.limits import MAX_ID, in_id_range
+
+log = logging.getLogger(__name__)
 
 ID_RESERVE = 10_000
+MAX_SKIP = 2**40  # how far past its counter a chunkserver's ids may move an IdAllocator
 
 
 class ChunkRecord(Struct, array_like=True):
@@ -45,11 +51,25 @@ def chunk_key(ino: int, index: int) -> bytes:
 
 class IdAllocator:
     """Chunk ids and versions, unique forever: reserved in blocks so most allocations need no
-    write; a restart skips whatever was reserved and unused."""
+    write; a restart skips whatever was reserved and unused. Values stay in 1..MAX_ID: nothing
+    a chunkserver reports can push the counter past it (ids out of range are left out by
+    `ChunkTable.in_range`, ids far past the counter by `skip_past`), and a counter that was
+    pushed past it before (by a chunk stored under id 2^64-1) is brought back to just above what
+    the tables hold, at start."""
 
     def __init__(self, db: MetaDB, name: bytes) -> None:
         self.db, self.name = db, name
         self.next = self.limit = 0
+        self._far_value_logged = False
+
+    def repair(self, txn: Txn, highest_in_use: Callable[[], int]) -> None:
+        raw = txn.get(self.name, db=self.db.counters)
+        if raw is None or read_u64(raw) <= MAX_ID - ID_RESERVE:
+            return
+        value = highest_in_use() + 1
+        log.warning("the %s counter was at %d, past the largest id %d; set back to %d (one more than "
+                    "the largest in use)", self.name.decode(), read_u64(raw), MAX_ID, value)
+        txn.put(self.name, u64(value), db=self.db.counters)
 
     def take(self, txn: Txn) -> int:
         return self.take_block(txn, 1)
@@ -57,6 +77,8 @@ class IdAllocator:
     def take_block(self, txn: Txn, count: int) -> int:
         """The first of `count` consecutive fresh values."""
         if self.next + count > self.limit:
+            if max(self.next, self.limit) + count > MAX_ID:
+                raise FsError(errno.ENOSPC, f"every {self.name.decode()} up to {MAX_ID} was used")
             raw = txn.get(self.name, db=self.db.counters)
             start = max(read_u64(raw) if raw else 1, self.next)
             self.next, self.limit = start, start + max(ID_RESERVE, count)
@@ -65,29 +87,74 @@ class IdAllocator:
         self.next += count
         return value
 
-    def skip_past(self, txn: Txn, value: int) -> None:
-        """Never hand out `value` or anything below it (a chunkserver holds it)."""
+    def handed_out(self, txn: Txn, value: int) -> bool:
+        """Whether `value` may have been handed out (it is below the stored counter)."""
+        raw = txn.get(self.name, db=self.db.counters)
+        return 1 <= value < max(read_u64(raw) if raw else 1, self.next)
+
+    def skip_past(self, txn: Txn, held: list[int]) -> None:
+        """Never hand out any of `held` or anything below them (a chunkserver holds them). A
+        value more than MAX_SKIP past what was handed out is not one chunkfs made (a chunk stored
+        under an id picked by hand): it is ignored, logged once, so it cannot use the ids up."""
+        raw = txn.get(self.name, db=self.db.counters)
+        stored = read_u64(raw) if raw else 1
+        ceiling = min(MAX_ID, max(stored, self.next) + MAX_SKIP)
+        plausible = [v for v in held if 1 <= v <= ceiling]
+        if len(plausible) < len(held) and not self._far_value_logged:
+            self._far_value_logged = True
+            log.warning("a chunkserver holds a %s far past any handed out (%d): the counter is not moved "
+                        "past it (a chunk stored by hand?)", self.name.decode(), max(held))
+        if not plausible:
+            return
+        value = max(plausible)
         if value < self.next:
             return
         if value < self.limit:  # inside the block this process reserved
             self.next = value + 1
             return
-        raw = txn.get(self.name, db=self.db.counters)
-        if raw is not None and value < read_u64(raw):
+        if raw is not None and value < stored:
             return
         self.next = self.limit = value + 1
         txn.put(self.name, u64(value + 1), db=self.db.counters)
 
 
 class ChunkTable:
-    def __init__(self, db: MetaDB, namespace: Namespace) -> None:
+    def __init__(self, db: MetaDB, namespace: Namespace, reservation_s: float = 3600.0) -> None:
+        """`reservation_s`: how long a client may take to commit the versions it reserved."""
         self.db = db
         self.namespace = namespace
         self.chunk_ids = IdAllocator(db, b"next_chunk_id")
         self.versions = IdAllocator(db, b"next_version")
-        self.reservations: list[tuple[int, int, float]] = []  # (first, end) versions, when
+        self.owners = VersionReservations(db, reservation_s)
         namespace.on_inode_freed = self.drop_file
         self.holding_back: Callable[[], bool] = lambda: False  # nothing is garbage while true (quarantine.py)
+        self._out_of_range_from: set[str] = set()  # servers whose out-of-range chunks were logged
+
+    def repair_counters(self, txn: Txn) -> None:
+        """At start: a counter left past MAX_ID by an earlier version is set back (see IdAllocator)."""
+        self.chunk_ids.repair(txn, lambda: self._highest(txn, 0))
+        self.versions.repair(txn, lambda: self._highest(txn, 1))
+
+    def _highest(self, txn: Txn, field: int) -> int:
+        """The largest chunk id (field 0) or version (1) any record or queued deletion holds."""
+        highest = 0
+        for _key, raw in txn.cursor(db=self.db.chunks):
+            rec = _chunk_dec.decode(raw)
+            highest = max(highest, (rec.chunk_id, rec.version)[field])
+        for key in txn.cursor(db=self.db.deletions).iternext(values=False):
+            highest = max(highest, U64x2.unpack(key)[field])
+        return min(highest, MAX_ID - ID_RESERVE)
+
+    def in_range(self, held: list[tuple[int, int]], server: str) -> list[tuple[int, int]]:
+        """The chunk versions of a server's list whose id and version chunkfs could have handed
+        out; the others (stored before ids were checked) are left out of everything the list
+        is used for (id counters, garbage, replica checks), and logged once per server."""
+        kept = [(cid, ver) for cid, ver in held if in_id_range(cid) and in_id_range(ver)]
+        if len(kept) < len(held) and server not in self._out_of_range_from:
+            self._out_of_range_from.add(server)
+            log.warning("server %s holds %d chunk versions with an id or version outside 1..%d: ignored",
+                        server, len(held) - len(kept), MAX_ID)
+        return kept
 
     # ---- reading ----------------------------------------------------------------------------
     def records(self, txn: Txn, ino: int) -> list[tuple[int, ChunkRecord]]:
@@ -131,16 +198,21 @@ class ChunkTable:
         return chunks, under
 
     # ---- writing ----------------------------------------------------------------------------
-    def reserve(self, txn: Txn, count: int) -> tuple[int, int]:
-        """`count` fresh versions and chunk ids for one client: (first version, first chunk id)."""
+    def reserve(self, txn: Txn, client: str, count: int) -> tuple[int, int]:
+        """`count` fresh versions and chunk ids for `client`: (first version, first chunk id)."""
         first_version = self.versions.take_block(txn, count)
         first_chunk_id = self.chunk_ids.take_block(txn, count)
-        self.reservations.append((first_version, first_version + count, time.monotonic()))
+        self.owners.grant(txn, client, first_version, count)
         return first_version, first_chunk_id
 
-    def commit(self, txn: Txn, req: r.CommitReq) -> r.Attr:
+    def commit(self, txn: Txn, req: r.CommitReq, client: str) -> r.Attr:
         """Make uploaded chunk versions part of the file and set its size and mtime (creating
-        the file first when the commit carries its create)."""
+        the file first when the commit carries its create).
+
+        Every version named must be `client`'s (see reservations.py): one it reserved and has
+        not used for another file, or the version the file already has at that index (a retried
+        commit). A chunk id must be one chunkfs handed out. Anything else is refused with EPERM
+        and, as every failed mutation, changes nothing."""
         if req.create is not None:
             if req.create.ino != req.ino or not stat.S_ISREG(req.create.mode):
                 raise FsError(errno.EINVAL, "a commit creates only its own regular file")
@@ -158,7 +230,9 @@ class ChunkTable:
         if req.inline is not None:
             self._commit_inline(txn, req, req.inline, inode)
         for ref in req.discard:
-            self.queue_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
+            self._check_chunk_id(txn, ref.chunk_id)
+            if self.owners.claim(txn, client, ref.version, req.ino):
+                self.queue_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
         for ref in req.chunks:
             if ref.length > CHUNK_SIZE or ref.length < 0 or not ref.replicas:
                 raise FsError(errno.EINVAL, f"bad chunk {ref.index}: length {ref.length}")
@@ -167,6 +241,9 @@ class ChunkTable:
             current = _chunk_dec.decode(raw) if raw else None
             if current is not None and (current.chunk_id, current.version) == (ref.chunk_id, ref.version):
                 continue
+            self._check_chunk_id(txn, ref.chunk_id)
+            if not self.owners.claim(txn, client, ref.version, req.ino):
+                raise FsError(errno.EPERM, f"chunk version {ref.version} was committed before and replaced")
             if current is not None:
                 inode.stored_bytes -= current.length
                 self.queue_deletion(txn, current.chunk_id, current.version, current.replicas)
@@ -185,6 +262,10 @@ class ChunkTable:
         if req.attrs is not None:
             return self.namespace.setattr(txn, req.attrs, self.truncate)
         return self.namespace.attr(req.ino, inode)
+
+    def _check_chunk_id(self, txn: Txn, chunk_id: int) -> None:
+        if not self.chunk_ids.handed_out(txn, chunk_id):
+            raise FsError(errno.EPERM, f"chunk id {chunk_id} was never handed out")
 
     def _commit_inline(self, txn: Txn, req: r.CommitReq, inline: bytes, inode: Inode) -> None:
         """The file's content becomes `inline` (`req.inline`): its chunks go (queued for deletion)."""
@@ -273,13 +354,12 @@ class ChunkTable:
         txn.delete(key, db=self.db.deletions)
         return True
 
-    def unreferenced(self, txn: Txn, held: list[tuple[int, int]], grace_s: float) -> list[tuple[int, int]]:
-        """Of the chunk versions a server holds, those no file references and no writer is
-        about to commit: they are garbage on that server."""
+    def unreferenced(self, txn: Txn, held: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Of the chunk versions a server holds, those no file references and no writer may
+        still commit (no live reservation holds them): they are garbage on that server."""
         if self.holding_back():
             return []
         referenced = self.all_versions(txn)
-        now = time.monotonic()
-        self.reservations = [(lo, hi, t) for lo, hi, t in self.reservations if now - t <= grace_s]
+        reserved = self.owners.ranges(txn)
         return [(cid, ver) for cid, ver in held if (cid, ver) not in referenced
-                and not any(lo <= ver < hi for lo, hi, _t in self.reservations)]
+                and not self.owners.holds(reserved, ver)]

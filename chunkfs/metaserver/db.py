@@ -64,6 +64,7 @@ class MetaDB:
         self.quarantine = self.env.open_db(b"quarantine")  # (chunk id, version) -> servers: kept after a restore
         self.leases = self.env.open_db(b"leases")  # directory -> the client holding it (leases.py)
         self.replies = self.env.open_db(b"replies")  # (minute, client, request id) -> reply: see replies.py
+        self.reservations = self.env.open_db(b"reservations")  # chunk versions each client may commit: reservations.py
 
     def read(self) -> Txn:
         return self.env.begin(buffers=False)

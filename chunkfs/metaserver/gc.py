@@ -50,7 +50,8 @@ class GarbageCollector:
             if isinstance(answer, str):
                 report[server.id].error = answer
             else:
-                holdings[server.id] = answer
+                in_range = set(self.chunks.in_range([(f.chunk_id, f.version) for f in answer], server.address))
+                holdings[server.id] = [f for f in answer if (f.chunk_id, f.version) in in_range]
         # a dry run goes through the writer thread too: `ChunkTable.unreferenced` prunes the
         # reservations, which only that thread may touch
         garbage = await self.committer.run(self._find, holdings, not req.dry_run)
@@ -80,6 +81,6 @@ class GarbageCollector:
 
     def _unreferenced(self, txn: Txn, holdings: Holdings) -> Holdings:
         held = list({(f.chunk_id, f.version) for files in holdings.values() for f in files})
-        unreferenced = set(self.chunks.unreferenced(txn, held, self.orphan_grace_s))
+        unreferenced = set(self.chunks.unreferenced(txn, held))
         return {sid: [f for f in files if (f.chunk_id, f.version) in unreferenced]
                 for sid, files in holdings.items()}

@@ -35,7 +35,8 @@ class MetaserverConfig:
     default_goal: int = opt(3, "replicas kept of each chunk unless a directory sets its own goal")
     heartbeat_timeout_s: float = opt(10.0, "a chunkserver silent this long is marked down")
     deletion_interval_s: float = opt(5.0, "seconds between passes removing dropped chunks")
-    orphan_grace_s: float = opt(3600.0, "an unreferenced chunk this recently allocated is not garbage yet")
+    orphan_grace_s: float = opt(3600.0, "an unreferenced chunk this recently allocated is not garbage yet; also "
+                                        "how long a client may take to commit the chunk versions it reserved")
     replication_per_s: float = opt(20.0, "chunk copies started per second at most, to bring chunks back to goal")
     replication_in_flight: int = opt(8, "chunk copies under way at once at most")
     client_timeout_s: float = opt(90.0, "a mount that stopped following the change feed this long is gone: "
@@ -81,9 +82,10 @@ def run(config: MetaserverConfig) -> None:
         return
     db = MetaDB(config.data_dir)
     namespace = Namespace(db, config.default_goal)
-    chunks = ChunkTable(db, namespace)
+    chunks = ChunkTable(db, namespace, config.orphan_grace_s)
     with db.env.begin(write=True) as txn:
         namespace.init_root(txn)
+        chunks.repair_counters(txn)
         backup.start_primary(txn, db)
     replication = ReplicationLog(db, config.standby_timeout_s)
     committer = GroupCommitter(db, replication)

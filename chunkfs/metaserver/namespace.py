@@ -15,16 +15,15 @@ from collections.abc import Iterator
 import msgspec
 from msgspec import Struct
 
-from chunkfs import MAX_NAME_BYTES, ROOT_INODE
+from chunkfs import ROOT_INODE
 from chunkfs.errors import FsError
 from chunkfs import posix_acl
 from chunkfs.metaserver.db import MetaDB, Txn, read_u64, u64
 from chunkfs.protocol import records as r
+from chunkfs.protocol.limits import check_name, check_xattr
 
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
-MAX_XATTR_VALUE = 65536
-MAX_XATTR_NAME = 255
 XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
 
 
@@ -47,13 +46,6 @@ class Inode(Struct, array_like=True):
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(Inode)
-
-
-def check_name(name: bytes) -> None:
-    if len(name) > MAX_NAME_BYTES:
-        raise FsError(errno.ENAMETOOLONG, f"name is {len(name)} bytes, the limit is {MAX_NAME_BYTES}")
-    if not name or b"/" in name or name in (b".", b".."):
-        raise FsError(errno.EINVAL, f"invalid name {name!r}")
 
 
 class Namespace:
@@ -391,8 +383,6 @@ class Namespace:
                 raise FsError(errno.EISDIR, "cannot truncate a directory")
             if not stat.S_ISREG(inode.mode):
                 raise FsError(errno.EINVAL, "only regular files can be truncated")
-            if req.size < 0:
-                raise FsError(errno.EINVAL, "negative size")
             if req.size != inode.size:
                 inode.stored_bytes = truncate(txn, req.ino, req.size)
                 inode.size = req.size
@@ -448,15 +438,14 @@ class Namespace:
         return names
 
     def setxattr(self, txn: Txn, req: r.XattrReq) -> None:
-        if not req.name or len(req.name) > MAX_XATTR_NAME:
-            raise FsError(errno.ERANGE, "attribute name must be 1 to 255 bytes")
+        check_xattr(req.name, req.value)
         if req.name.startswith(b"system.") and req.name not in posix_acl.NAMES:
             raise FsError(errno.EOPNOTSUPP, f"{req.name!r}: system attributes other than POSIX ACLs are not supported")
         if not req.name.startswith(XATTR_NAMESPACES) and req.name not in posix_acl.NAMES:
             # Linux filesystems know only these namespaces; the kernel leaves the check to FUSE
             raise FsError(errno.EOPNOTSUPP, f"{req.name!r}: not in the user, trusted or security namespace")
-        if req.value is None or len(req.value) > MAX_XATTR_VALUE:
-            raise FsError(errno.E2BIG, f"attribute value over {MAX_XATTR_VALUE} bytes")
+        if req.value is None:
+            raise FsError(errno.EINVAL, "setxattr without a value")
         inode = self.get(txn, req.ino)
         key = u64(req.ino) + req.name
         exists = txn.get(key, db=self.db.xattrs) is not None

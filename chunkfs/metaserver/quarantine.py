@@ -46,9 +46,8 @@ class Quarantine:
         """At a server's registration: move the id counters past what it holds (`held` and the
         `recent` files it does not offer for deletion yet) and, while a restore's quarantine
         lasts, list the versions of `held` that no file references."""
-        if held or recent:
-            self.chunks.chunk_ids.skip_past(txn, max(cid for cid, _ver in [*held, *recent]))
-            self.chunks.versions.skip_past(txn, max(ver for _cid, ver in [*held, *recent]))
+        self.chunks.chunk_ids.skip_past(txn, [cid for cid, _ver in [*held, *recent]])
+        self.chunks.versions.skip_past(txn, [ver for _cid, ver in [*held, *recent]])
         if not held or not self.active():
             return
         referenced = self.chunks.all_versions(txn)

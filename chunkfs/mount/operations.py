@@ -14,8 +14,9 @@ import functools
 import logging
 import os
 import stat
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pyfuse3
 
@@ -23,6 +24,7 @@ from chunkfs.client.core import PREFERRED_IO_BYTES, Client, statvfs_numbers
 from chunkfs.client.open_file import OpenFile
 from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol import records as r
+from chunkfs.protocol.limits import check_name, unrepresentable
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,10 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     # ---- helpers --------------------------------------------------------------------------
     def entry(self, attr: r.Attr) -> pyfuse3.EntryAttributes:
+        """The kernel's view of `attr`; EIO for attributes it cannot take (see `unrepresentable`)."""
+        problem = unrepresentable(attr)
+        if problem is not None:
+            raise FsError(errno.EIO, f"inode {attr.ino}: {problem}")
         if attr.has_xattrs:
             self.without_xattrs.discard(attr.ino)
         else:
@@ -199,7 +205,14 @@ class ChunkfsOperations(pyfuse3.Operations):
             if position >= len(listing.entries):
                 return
             item = listing.entries[position]
-            if not pyfuse3.readdir_reply(token, item.name, self.entry(item.attr), position + 1):
+            try:
+                check_name(item.name)  # one stored before names were checked (a NUL in it)
+                attributes = self.entry(item.attr)
+            except FsError as exc:  # that entry is left out; the listing goes on
+                log.error("readdir of inode %d: %r left out: %s", listing.ino, item.name, exc)
+                position += 1
+                continue
+            if not pyfuse3.readdir_reply(token, item.name, attributes, position + 1):
                 return
             position += 1
 

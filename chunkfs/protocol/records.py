@@ -2,12 +2,42 @@
 
 Encoded as JSON with msgspec (names are bytes, sent as base64). A request that does not decode
 into its record is answered 400 with msgspec's message, before any handler runs.
+
+Request records carry the limits of `limits.py`: ranges as msgspec constraints (checked when a
+server decodes a request: EINVAL), and the checks that have an errno of their own (a name too
+long, a size too large, a bad mode) in `__post_init__`, which msgspec runs after decoding and
+which raises `FsError` (it also runs when a client builds the record, so a client finds out
+before sending). Replies are not constrained: a client checks what it cannot represent per
+entry (see the mount's attributes), so one bad stored value cannot fail a whole listing.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
-from msgspec import Struct
+from msgspec import Meta, Struct
+
+from chunkfs import CHUNK_SIZE, MAX_NAME_BYTES
+from chunkfs.protocol import limits
+
+Ino = Annotated[int, Meta(ge=1, le=limits.MAX_ID)]
+NewIno = Annotated[int, Meta(ge=0, le=limits.MAX_ID)]  # 0: the metaserver picks one
+ChunkId = Annotated[int, Meta(ge=1, le=limits.MAX_ID)]
+Version = Annotated[int, Meta(ge=1, le=limits.MAX_ID)]
+ChunkIndex = Annotated[int, Meta(ge=0, le=limits.MAX_CHUNK_INDEX)]
+ChunkLength = Annotated[int, Meta(ge=0, le=CHUNK_SIZE)]
+Uid = Annotated[int, Meta(ge=0, le=limits.MAX_UID)]
+Mode = Annotated[int, Meta(ge=0, le=limits.MAX_MODE)]
+TimeNs = Annotated[int, Meta(ge=limits.MIN_TIME_NS, le=limits.MAX_TIME_NS)]
+Name = Annotated[bytes, Meta(max_length=MAX_NAME_BYTES)]
+Token = Annotated[str, Meta(max_length=limits.MAX_TOKEN_CHARS, pattern=f"^{limits.TOKEN.pattern}$")]
+OptionalToken = Annotated[str, Meta(max_length=limits.MAX_TOKEN_CHARS, pattern=f"^({limits.TOKEN.pattern})?$")]
+Address = Annotated[str, Meta(max_length=256)]
+Checksum = Annotated[str, Meta(max_length=128)]
+Count = Annotated[int, Meta(ge=0, le=2**31)]
+Bytes64 = Annotated[int, Meta(ge=0, le=limits.MAX_ID)]
+Seconds = Annotated[float, Meta(ge=0, le=1e9)]
 
 
 class Attr(Struct, kw_only=True):
@@ -34,12 +64,12 @@ class DirEntry(Struct):
 class ChunkRef(Struct, kw_only=True):
     """One chunk of one file: `length` is its logical length, `checksum` covers the stored bytes."""
 
-    index: int
-    chunk_id: int
-    version: int
-    length: int
-    checksum: str
-    replicas: list[str]
+    index: ChunkIndex
+    chunk_id: ChunkId
+    version: Version
+    length: ChunkLength
+    checksum: Checksum
+    replicas: Annotated[list[Token], Meta(max_length=64)]
 
 
 class ServerRef(Struct):
@@ -86,82 +116,110 @@ class Statfs(Struct):
 
 
 class InodeReq(Struct):
-    ino: int
+    ino: Ino
 
 
 class LookupReq(Struct):
-    parent: int
+    parent: Ino
     name: bytes
+
+    def __post_init__(self) -> None:
+        limits.check_name(self.name)
 
 
 class SetattrReq(Struct, kw_only=True):
-    ino: int
+    ino: Ino
     mode: int | None = None
-    uid: int | None = None
-    gid: int | None = None
+    uid: Uid | None = None
+    gid: Uid | None = None
     size: int | None = None
-    atime_ns: int | None = None
-    mtime_ns: int | None = None
+    atime_ns: TimeNs | None = None
+    mtime_ns: TimeNs | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode is not None:
+            limits.check_mode(self.mode, needs_type=False)
+        if self.size is not None:
+            limits.check_size(self.size)
 
 
 class CreateReq(Struct, kw_only=True):
-    parent: int
+    parent: Ino
     name: bytes
     mode: int
-    uid: int
-    gid: int
-    rdev: int = 0
+    uid: Uid
+    gid: Uid
+    rdev: Uid = 0
     target: bytes | None = None  # symlinks only
-    umask: int = 0  # applied by the metaserver unless the directory has a default ACL
-    ino: int = 0  # the inode number, from the client's reserved block (0: the metaserver picks)
+    umask: Annotated[int, Meta(ge=0, le=0o7777)] = 0  # applied by the metaserver unless the directory has a default ACL
+    ino: NewIno = 0  # the inode number, from the client's reserved block (0: the metaserver picks)
     lease: bool = False  # a directory: its creator holds it alone until another client asks (leases.py)
+
+    def __post_init__(self) -> None:
+        limits.check_name(self.name)
+        limits.check_mode(self.mode, needs_type=True)
+        if self.target is not None:
+            limits.check_symlink_target(self.target)
 
 
 class LinkReq(Struct):
-    ino: int
-    parent: int
+    ino: Ino
+    parent: Ino
     name: bytes
+
+    def __post_init__(self) -> None:
+        limits.check_name(self.name)
 
 
 class RemoveReq(Struct):
     """`open_here` are inodes client `open_by` has open: one of them losing its last name is
     kept (an orphan) until that client closes it or its session ends."""
 
-    parent: int
+    parent: Ino
     name: bytes
     is_dir: bool
-    open_by: str = ""
-    open_here: list[int] = []
+    open_by: OptionalToken = ""
+    open_here: list[Ino] = []
+
+    def __post_init__(self) -> None:
+        limits.check_name(self.name)
 
 
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # RenameReq.flags, as renameat2(2)
 
 
 class RenameReq(Struct):
-    old_parent: int
+    old_parent: Ino
     old_name: bytes
-    new_parent: int
+    new_parent: Ino
     new_name: bytes
-    flags: int = 0
-    open_by: str = ""  # as in RemoveReq, for the entry a rename replaces
-    open_here: list[int] = []
+    flags: Annotated[int, Meta(ge=0, le=2**31)] = 0
+    open_by: OptionalToken = ""  # as in RemoveReq, for the entry a rename replaces
+    open_here: list[Ino] = []
+
+    def __post_init__(self) -> None:
+        limits.check_name(self.old_name)
+        limits.check_name(self.new_name)
 
 
 class ReaddirReq(Struct):
-    ino: int
-    after: bytes | None = None
-    limit: int = 1000
+    ino: Ino
+    after: Name | None = None  # not checked as a new name: a listing goes on after any stored name
+    limit: Annotated[int, Meta(ge=1, le=2**31)] = 1000
 
 
 class XattrReq(Struct):
-    ino: int
+    ino: Ino
     name: bytes
     value: bytes | None = None
-    flags: int = 0
+    flags: Annotated[int, Meta(ge=0, le=3)] = 0
+
+    def __post_init__(self) -> None:
+        limits.check_xattr(self.name, self.value)
 
 
 class ReserveReq(Struct):
-    count: int
+    count: Annotated[int, Meta(ge=1, le=2**31)]
 
 
 class CommitReq(Struct):
@@ -171,24 +229,27 @@ class CommitReq(Struct):
     are dropped. `attrs` are changes made to the file while it was open and not yet committed
     (mode, owner, times of a file this client created), applied after the new content."""
 
-    ino: int
+    ino: Ino
     size: int
-    mtime_ns: int
+    mtime_ns: TimeNs
     chunks: list[ChunkRef]
     discard: list[ChunkRef] = []
     inline: bytes | None = None
     attrs: SetattrReq | None = None
     create: CreateReq | None = None  # a file created in a leased directory: created by this commit
 
+    def __post_init__(self) -> None:
+        limits.check_size(self.size)
+
 
 class GoalReq(Struct):
-    ino: int
-    goal: int
+    ino: Ino
+    goal: Annotated[int, Meta(ge=1, le=16)]
     recursive: bool = False
 
 
 class PathReq(Struct):
-    path: bytes
+    path: Annotated[bytes, Meta(max_length=limits.MAX_PATH_BYTES)]
 
 
 class Change(Struct, array_like=True):
@@ -206,7 +267,7 @@ class ChangeBatch(Struct):
 
 
 class LeaseReq(Struct):
-    inodes: list[int]
+    inodes: list[Ino]
 
 
 # ---- chunkserver <-> metaserver -------------------------------------------------------------
@@ -215,16 +276,18 @@ class LeaseReq(Struct):
 class ServerHello(Struct, kw_only=True):
     """A chunkserver's registration: who it is, where it listens, and (at start) what it holds."""
 
-    id: str
-    address: str
-    capacity_bytes: int
-    used_bytes: int
-    chunks: list[tuple[int, int]] | None = None  # (chunk_id, version) on disk, sent at start
+    id: Token
+    address: Address
+    capacity_bytes: Bytes64
+    used_bytes: Bytes64
+    # (chunk_id, version) on disk, sent at start; not constrained here: the metaserver leaves
+    # out (and logs) ids out of range, so one bad file name cannot stop a registration
+    chunks: list[tuple[int, int]] | None = None
     # the rest of what is on disk at start: too new to be offered for deletion, but held
     recent_chunks: list[tuple[int, int]] | None = None
-    data_dirs: list[str] = []  # where it keeps its chunks (for `chunkfs servers`)
-    read_bytes: int = 0  # chunk bytes served since the chunkserver started
-    written_bytes: int = 0  # chunk bytes stored since the chunkserver started
+    data_dirs: list[Annotated[str, Meta(max_length=limits.MAX_PATH_BYTES)]] = []  # where it keeps its chunks
+    read_bytes: Bytes64 = 0  # chunk bytes served since the chunkserver started
+    written_bytes: Bytes64 = 0  # chunk bytes stored since the chunkserver started
 
 
 class HelloReply(Struct):
@@ -285,20 +348,20 @@ class CacheStats(Struct, kw_only=True):
     """A mount's chunk cache since it started: chunk reads answered from memory, from its local
     disk, or fetched from a chunkserver (misses), and what each tier holds."""
 
-    memory_hits: int = 0
-    disk_hits: int = 0
-    misses: int = 0
-    memory_bytes: int = 0
-    memory_capacity_bytes: int = 0
-    disk_bytes: int = 0
-    disk_capacity_bytes: int = 0
+    memory_hits: Bytes64 = 0
+    disk_hits: Bytes64 = 0
+    misses: Bytes64 = 0
+    memory_bytes: Bytes64 = 0
+    memory_capacity_bytes: Bytes64 = 0
+    disk_bytes: Bytes64 = 0
+    disk_capacity_bytes: Bytes64 = 0
 
 
 class ClientReport(Struct, kw_only=True):
     """What a mount says of itself on each change-feed poll (so it adds no call of its own)."""
 
-    host: str
-    mountpoint: str
+    host: Address
+    mountpoint: Annotated[str, Meta(max_length=limits.MAX_PATH_BYTES)]
     cache: CacheStats
 
 
@@ -313,8 +376,8 @@ class ClientStatus(Struct, kw_only=True):
 class CorruptReport(Struct):
     """Chunk versions a chunkserver found failing their checksums (by scrub or on a read)."""
 
-    server_id: str
-    chunks: list[tuple[int, int]]
+    server_id: Token
+    chunks: list[tuple[ChunkId, Version]]
 
 
 class CorruptReply(Struct):
@@ -325,17 +388,17 @@ class FsckReq(Struct):
     """One page of a check of every file under directory (or file) `root`, depth first; `cursor`
     is where the previous page stopped (empty: start at `root`)."""
 
-    root: int = 1
-    cursor: list[FsckFrame] = []
-    limit: int = 1000  # entries visited per page at most
+    root: Ino = 1
+    cursor: Annotated[list[FsckFrame], Meta(max_length=4096)] = []
+    limit: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000  # entries visited per page at most
 
 
 class FsckFrame(Struct, array_like=True):
     """A directory the walk is inside: its inode, its name and the last entry done in it."""
 
-    ino: int
-    name: bytes
-    after: bytes | None = None
+    ino: Ino
+    name: Name
+    after: Name | None = None
 
 
 class FileProblems(Struct, kw_only=True):
@@ -361,7 +424,7 @@ class FsckPage(Struct, kw_only=True):
 
 class GcReq(Struct):
     dry_run: bool = False
-    min_age_s: float = 300.0  # chunk files written more recently are left alone (uploads in flight)
+    min_age_s: Seconds = 300.0  # chunk files written more recently are left alone (uploads in flight)
 
 
 class GcServer(Struct, kw_only=True):
@@ -388,7 +451,7 @@ class ChunkFile(Struct, array_like=True):
 
 
 class DrainReq(Struct):
-    server: str  # address (HOST:PORT) or id
+    server: Address  # address (HOST:PORT) or id
     draining: bool = True
 
 
