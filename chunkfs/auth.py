@@ -140,12 +140,15 @@ class ReplayGuard:
     nonce can never be replayed. Under a load beyond max_nonces / (2 * MAX_SKEW_S) requests a second
     (333/s by default) the window a request must arrive in thereby shrinks from MAX_SKEW_S to how
     long the guard holds (40 s at 5,000 requests a second): clients sign just before sending, so
-    only a client whose clock is that far behind the server's is refused."""
+    only a client whose clock is that far behind the server's is refused. A restarted server
+    knows no nonce of its previous run, so it refuses every request signed before it started."""
 
-    def __init__(self, max_nonces: int = 200_000, skew_s: int = MAX_SKEW_S) -> None:
+    def __init__(self, max_nonces: int = 200_000, skew_s: int = MAX_SKEW_S, started_at: float | None = None) -> None:
         self.max_nonces = max_nonces
         self.skew_s = skew_s
-        self.floor_ts = 0  # requests signed at or before this second are refused
+        # requests signed at or before this second are refused: from the start, those signed
+        # before the second the server started (nonces a previous run saw are not known here)
+        self.floor_ts = int(time.time() if started_at is None else started_at) - 1
         self._ts: dict[str, int] = {}  # nonce -> its request's timestamp
         self._expiry: deque[tuple[float, str]] = deque()  # (forget at, nonce), in the order seen
 
@@ -154,7 +157,10 @@ class ReplayGuard:
 
     def fresh(self, ts: int, now: float) -> bool:
         """Whether a request signed at `ts` may still be accepted at `now` (if its nonce is new)."""
-        return ts > self.floor_ts and abs(now - ts) <= self.skew_s
+        return ts > self.floor_ts and self.within_skew(ts, now)
+
+    def within_skew(self, ts: int, now: float) -> bool:
+        return abs(now - ts) <= self.skew_s
 
     def first_use(self, nonce: str, ts: int, now: float) -> bool:
         """Record `nonce`; False if the request is not `fresh` or the nonce was used before."""
@@ -184,14 +190,23 @@ class Verifier:
 
     def __init__(self, secret: bytes, replays: ReplayGuard | None = None) -> None:
         self.secret = secret
-        self.replays = replays or ReplayGuard()
+        self.replays = replays if replays is not None else ReplayGuard()
 
     def check_head(self, method: str, target: str, host: str, headers: Iterable[tuple[str, str]],
                    header: str | None, now: float | None = None) -> SignedRequest | None:
+        """The signature if it is right for this request and within the skew window, else None.
+        Then see `too_early` (one of ours, but to be signed again) before the body is read."""
         signed = SignedRequest.parse(header)
-        if signed is None or not self.replays.fresh(int(signed.ts), time.time() if now is None else now):
+        if signed is None or not self.replays.within_skew(int(signed.ts), time.time() if now is None else now):
             return None
         return signed if signed.mac_matches(self.secret, method, target, host, headers) else None
+
+    def too_early(self, signed: SignedRequest) -> bool:
+        """Signed before the guard's floor (before this server started, or before the oldest nonce
+        it had to drop): it may be a replay it cannot tell, or a genuine request from a client
+        whose clock is a little behind; the server asks for it again (503, which clients retry
+        signing anew), so a restart never fails a client's call."""
+        return int(signed.ts) <= self.replays.floor_ts
 
     def first_use(self, signed: SignedRequest, now: float | None = None) -> bool:
         return self.replays.first_use(signed.nonce, int(signed.ts), time.time() if now is None else now)

@@ -8,11 +8,13 @@ nothing:
 - a body longer than its route allows (`BodyLimit`, given per route to `make_app`, DEFAULT_BODY
   for the rest) is answered 413 from its Content-Length before it is read, or once it passes the
   limit while being read (no Content-Length); a body that has not fully arrived within
-  `body_timeout_s` (slow, or shorter than its Content-Length) is answered 408. These answers close
-  the connection: what is left of the body is not read;
+  `body_timeout_s` (slow, or shorter than its Content-Length) is answered 408. These answers (and
+  401) close the connection, at most LINGER_S after the answer: until then what is still coming
+  of the body is read and dropped, so the client reads the answer before the close;
 - every request but the public read-only paths must carry a valid `X-Chunkfs-Auth` header (see
-  `chunkfs.auth`), signed for a Host that names this server (`own_host`): its head is checked first (a request without the secret makes the server read
-  no body), then the body against the digest it signed (a chunk PUT's body is checked against its
+  `chunkfs.auth`), signed for a Host that names this server (`own_host`): its head is checked
+  first (a request without the secret makes the server read no body; one signed before the server
+  started is answered 503, which a client retries signed anew), then the body against the digest it signed (a chunk PUT's body is checked against its
   signed checksum header by the chunkserver as it stores it), then its nonce is used up; 401 else.
 
 Every request is logged under its `X-Request-Id` (see `chunkfs.request_id`), which error replies
@@ -58,6 +60,7 @@ class BodyLimit:
 
 DEFAULT_BODY = BodyLimit(1 << 20)  # 1 MiB: every route not given a limit of its own
 DEFAULT_BODY_TIMEOUT_S = 30.0
+LINGER_S = 2.0  # aiohttp's default is 10 s
 BODY_TIMEOUT_HELP = ("seconds a request body may take to arrive; a slower one, or one shorter than its "
                      "Content-Length, is answered 408 and its connection closed")
 
@@ -146,6 +149,10 @@ async def _refusal(request: web.Request) -> web.Response | None:
                                  request.headers.get(auth.HEADER))
     if signed is None or (signed.digest == auth.CHECKSUMMED) != limit.checksummed:
         return _unauthorized("missing or invalid X-Chunkfs-Auth header")
+    if verifier.too_early(signed):
+        response = error_response(503, "EAGAIN", "signed before this server's replay window: sign it again")
+        response.force_close()
+        return response
     if not limit.checksummed:
         body = b"".join(await read_body_pieces(request))
         if not signed.body_matches(body):
@@ -273,4 +280,4 @@ def serve(app: web.Application, host: str, port: int) -> None:
     The socket listens before the app's startup hooks run, so a hook that announces readiness
     (`chunkfs.service.attach`) is true: connections made from then on are served."""
     web.run_app(app, sock=listening_socket(host, port), print=None, access_log=None, auto_decompress=False,
-                handle_signals=True, shutdown_timeout=5.0, loop=uvloop.new_event_loop())
+                lingering_time=LINGER_S, handle_signals=True, shutdown_timeout=5.0, loop=uvloop.new_event_loop())

@@ -22,21 +22,55 @@ from chunkfs.daemons import abort_fuse_connection, read_pid, stop_pid, unmount
 CHUNKFS = [sys.executable, "-m", "chunkfs.cli"]
 
 
+IN_CI = os.environ.get("CHUNKFS_CI") == "1"
+"""Set by .ci/run: CI installed every tool and runs as root, so a test that skips for want of
+something in its environment (root, a tool, network namespaces, xattrs, a browser) fails there."""
+
+
 def pytest_addoption(parser):
     parser.addoption("--long", action="store_true", help="run the long randomized and large-file tests")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "long: only with --long")
+    config.addinivalue_line("markers", "long: only with --long (deselected, not skipped, without it)")
+    config.stash[_deselected_long] = 0
+
+
+_deselected_long = pytest.StashKey[int]()
 
 
 def pytest_collection_modifyitems(config, items):
+    """Without --long, the long tests are deselected (reported as such), so a skip always means
+    a test could not run here."""
     if config.getoption("--long"):
         return
-    skip = pytest.mark.skip(reason="long test: run with --long")
-    for item in items:
-        if "long" in item.keywords:
-            item.add_marker(skip)
+    long_items = [item for item in items if "long" in item.keywords]
+    if long_items:
+        config.hook.pytest_deselected(items=long_items)
+        items[:] = [item for item in items if "long" not in item.keywords]
+    config.stash[_deselected_long] = len(long_items)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CHUNKFS_CI=1 a skip is a failure: CI must show that every test ran."""
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CHUNKFS_CI=1, where every test must run: {reason}"
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """One line CI can be read by: how many tests skipped (0 in CI), how many long ones were left
+    out, and the random order's seed to run it again."""
+    skipped = len(terminalreporter.stats.get("skipped", []))
+    seed = getattr(config.option, "randomly_seed", None)
+    order = f"random order, again with -p randomly --randomly-seed={seed}" if seed is not None else "file order"
+    terminalreporter.write_line(
+        f"chunkfs tests: {skipped} skipped, {config.stash[_deselected_long]} long tests deselected "
+        f"(make test-long runs them); {order}")
 
 
 def free_port_block(count: int) -> int:
@@ -83,6 +117,30 @@ def metaserver_calls(cluster) -> dict[str, float]:
     return calls
 
 
+def chunkserver_reads(cluster) -> dict[str, float]:
+    """csN -> bytes it has served (its chunkfs_chunkserver_read_bytes_total); a server that is
+    down is left out."""
+    reads = {}
+    for i in range(1, cluster.chunkservers + 1):
+        try:
+            reads[f"cs{i}"] = metrics_of(f"127.0.0.1:{cluster.port + i}")["chunkfs_chunkserver_read_bytes_total"]
+        except OSError:
+            continue
+    return reads
+
+
+def drop_caches(cluster) -> None:
+    """Make the next read go to the servers: the kernel's page cache dropped, and the mount's
+    chunk caches in memory and on disk (SIGUSR1 to it, as `chunkfs bench` does), waited for."""
+    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=True)
+    os.kill(cluster.pid("mount"), signal.SIGUSR1)
+    mount_metrics = f"127.0.0.1:{cluster.port + 100}"
+    disk_cache = cluster.dir / "cache" / "chunks"
+    wait_until(lambda: metrics_of(mount_metrics)["chunkfs_mount_cache_size_bytes"] == 0
+               and not any(p for p in disk_cache.glob("*/*") if not p.name.endswith(".tmp")),
+               10, "the mount's chunk caches (memory and disk) dropped")
+
+
 def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.3) -> float:
     """Seconds until `condition()` held; fails the test after `timeout_s`."""
     started = time.monotonic()
@@ -98,6 +156,36 @@ def chunkfs(*args: str, check: bool = True, timeout: float = 120) -> subprocess.
     if check and result.returncode != 0:
         raise AssertionError(f"chunkfs {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+HOLD_OPEN = """
+import sys
+f = open(sys.argv[1], "wb", buffering=0)
+print("open", flush=True)
+for line in sys.stdin:
+    command, _, text = line.rstrip("\\n").partition(" ")
+    f.write(text.encode()) if command == "write" else f.close()
+    print("done", flush=True)
+"""
+
+
+class OpenFileElsewhere:
+    """A file held open by a process of its own: a descriptor in the test's process would be
+    inherited (and closed, so flushed) by every subprocess the test starts."""
+
+    def __init__(self, path) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(path)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout.readline() == "open\n"
+
+    def ask(self, line: str) -> None:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        assert self.process.stdout.readline() == "done\n"
+
+    def end(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
 
 
 class Cluster:

@@ -15,13 +15,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
+from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES, mounts
+from chunkfs.daemons import unmount
 from chunkfs.metaserver.chunk_table import ChunkRecord, ChunkTable, chunk_key
 from chunkfs.metaserver.db import MetaDB
 from chunkfs.metaserver.fsck import check_page
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.protocol import records as r
-from conftest import chunkfs, wait_until
+from conftest import OpenFileElsewhere, chunkfs, wait_until
 
 FAST = {"up_options": ("--heartbeat-timeout-s", "3")}
 
@@ -148,7 +149,7 @@ def test_gc_removes_an_orphan_chunk_and_never_a_referenced_one(fresh_cluster):
     dry = run_json("gc", "--dir", c.dir, "--dry-run")
     assert dry["dry_run"] and dry["versions"] == 1 and dry["bytes"] == orphan.stat().st_size
     assert [s["versions"] for s in dry["servers"]] == [1, 0, 0]
-    time.sleep(1)
+    assert c.status()["pending_deletions"] == 0  # a dry run queued nothing: nothing can go
     assert orphan.exists()
 
     table = chunkfs("gc", "--dir", c.dir, "--wait", "30").stdout
@@ -202,3 +203,35 @@ def test_fsck_pages_visit_every_file_once(tmp_path):
                           r.FsckReq(namespace.resolve(txn, b"d0/f1").ino))
         assert page.problems[0].corrupt == 1 and page.problems[0].path == b""
     db.close()
+
+
+@pytest.mark.parametrize("fresh_cluster", [{"up_options": ("--orphan-grace-s", "2")}], indirect=True)
+def test_a_mount_killed_mid_upload_leaves_chunks_that_gc_collects(fresh_cluster, tmp_path):
+    """A mount that dies while a file is being written has stored chunks no commit will ever
+    name; a garbage collection removes them once their reservation is past the grace (an hour
+    by default, 2 s here) (README: Deletion, `chunkfs gc`)."""
+    c = fresh_cluster
+    dying = tmp_path / "dying"
+    chunkfs("mount", c.metaserver, dying, "--secret-file", c.secret_file,
+            "-o", f"cache_dir={tmp_path / 'cache-d'},max_dirty_mb=16")
+    stored = lambda: list((c.dir / "chunkservers").glob("*/chunks/*/*.chunk"))
+    writer = None
+    try:
+        writer = OpenFileElsewhere(dying / "unfinished")
+        for _ in range(10):  # 40 MiB through a mount holding at most 16: chunks are uploaded before any close
+            writer.ask("write " + "x" * (4 * 1024 * 1024))
+        wait_until(lambda: len(stored()) >= 3, 30, "a chunk of the open file stored on the chunkservers")
+        os.kill(mounts.find(dying)["pid"], signal.SIGKILL)
+    finally:
+        if writer is not None:
+            writer.end()
+        unmount(dying)
+    assert os.stat(c.mnt / "unfinished").st_size == 0  # nothing was committed
+    left = len(stored())
+
+    def collected() -> bool:  # each pass queues what is past the grace, and waits for its deletion
+        report = run_json("gc", "--dir", c.dir, "--min-age-s", "0", "--wait", "30")
+        assert report["pending_deletions"] == 0, report
+        return stored() == []
+
+    wait_until(collected, 30, f"gc removes the {left} chunk files the dead mount uploaded", poll_s=1)

@@ -56,7 +56,8 @@ def test_bench_of_a_mount_reports_its_cpu_per_gib(cluster):
                              "--size-mb", "16", "--json"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)["results"][str(cluster.mnt)]
-    assert figures["seq_write_cpu_s_gib"] > 0 and figures["cold_read_cpu_s_gib"] >= 0
+    assert figures["seq_write_cpu_s_gib"] > 0
+    assert figures["cold_read_cpu_s_gib"] > 0  # the cold read went through the mount (caches dropped)
 
 
 def test_bench_runs_every_workload_through_the_plain_passthrough(tmp_path):

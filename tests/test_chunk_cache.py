@@ -5,25 +5,19 @@ damaged cache file is fetched again, and `chunkfs status` shows each mount's cac
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from chunkfs import INLINE_MAX_BYTES
 from chunkfs.daemons import unmount
-from conftest import chunkfs, metrics_of
-from conftest import wait_until as conftest_wait_until
+from conftest import chunkfs, metrics_of, wait_until
 
 MiB = 1024 * 1024
 
 
 def cached_files(cache_dir: Path) -> list[Path]:
     return sorted(p for p in (cache_dir / "chunks").glob("*/*") if not p.name.endswith(".tmp"))
-
-
-def wait_until(condition, timeout_s: float, what: str) -> float:
-    return conftest_wait_until(condition, timeout_s, what, poll_s=0.05)
 
 
 def wait_exited(pid: int | None, timeout_s: float = 15) -> None:
@@ -158,10 +152,8 @@ def test_a_file_changed_by_another_client_is_never_served_from_a_stale_cache(clu
 def test_a_cache_directory_serves_one_mount_at_a_time(cluster, other_client, tmp_path):
     third = tmp_path / "client-c"
     third.mkdir()
-    start = time.monotonic()
     result = chunkfs("mount", cluster.metaserver, third, "--secret-file", cluster.secret_file,
                      "-o", f"cache_dir={other_client.cache}", check=False, timeout=60)
     assert result.returncode != 0
     assert "cache of another running mount" in result.stderr + result.stdout
-    assert time.monotonic() - start < 40
     assert not os.path.ismount(third)

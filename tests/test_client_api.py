@@ -7,7 +7,9 @@ check that the API and a mount see the same files (close-to-open) and the same a
 from __future__ import annotations
 
 import errno
+import json
 import os
+import random
 import stat
 import subprocess
 import sys
@@ -18,6 +20,8 @@ import pytest
 import trio
 
 import chunkfs.client
+from chunkfs import INLINE_MAX_BYTES
+from conftest import chunkfs as chunkfs_command
 from conftest import free_port_block, metaserver_calls, wait_until
 
 MiB = 1 << 20
@@ -144,7 +148,7 @@ def test_the_namespace_calls(fs, home):
     assert exc.value.errno == errno.ENOENT and exc.value.filename == f"{home}/a/d"
 
 
-def test_xattrs_goal_and_statvfs(fs, home):
+def test_xattrs_goal_and_statvfs(cluster, fs, home):
     with fs.open(f"{home}/f", "wb") as f:
         f.write(b"x")
     fs.setxattr(f"{home}/f", "user.color", b"blue")
@@ -158,9 +162,19 @@ def test_xattrs_goal_and_statvfs(fs, home):
         fs.getxattr(f"{home}/f", "user.color")
     assert exc.value.errno == errno.ENODATA
     fs.set_goal(home, 2, recursive=True)
-    assert fs.stat(f"{home}/f").st_size == 1
+    assert layout_of(cluster, f"{home}/f")["attr"]["goal"] == 2
     info = fs.statvfs()
     assert info.f_blocks > 0 and info.f_bfree <= info.f_blocks and info.f_namemax == 255
+
+
+def test_files_made_with_a_goal_option_keep_that_many_copies(cluster, fs, home):
+    with chunkfs.client.connect(cluster.metaserver, secret_file=cluster.secret_file, goal=1) as one_copy:
+        with one_copy.open(f"{home}/single", "wb") as f:
+            f.write(os.urandom(5 * MiB))
+        one_copy.mkdir(f"{home}/single-dir")
+    layout = layout_of(cluster, f"{home}/single")
+    assert layout["attr"]["goal"] == 1 and [len(c["replicas"]) for c in layout["chunks"]] == [1, 1]
+    assert layout_of(cluster, f"{home}/single-dir")["attr"]["goal"] == 1
 
 
 def test_the_api_and_a_mount_see_the_same_files_close_to_open(fs, home, cluster):
@@ -325,6 +339,19 @@ def test_the_async_face(cluster):
     trio.run(main)
 
 
+def test_a_script_that_forgets_to_close_still_stores_its_file(cluster, fs, home):
+    script = textwrap.dedent(f"""
+        import chunkfs.client
+        fs = chunkfs.client.connect({cluster.metaserver!r}, secret_file={str(cluster.secret_file)!r})
+        f = fs.open({home + "/kept"!r}, "wb")
+        f.write(b"committed at exit")
+        fs.open({home + "/dropped"!r}, "wb").write(b"committed when dropped")
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert fs.open(f"{home}/kept").read() == b"committed at exit"
+    assert fs.open(f"{home}/dropped").read() == b"committed when dropped"
+
+
 def test_importing_the_client_does_not_start_anything():
     code = "import threading, chunkfs.client; print(threading.active_count())"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -344,3 +371,76 @@ def test_the_readme_snippet_writes_a_csv(cluster, tmp_path):
     result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[['region', 'units'], ['north', '120'], ['south', '95']]"
     assert (cluster.mnt / "reports" / "sales.csv").read_bytes() == b"region,units\r\nnorth,120\r\nsouth,95\r\n"
+
+
+# ---- the core's behaviour, checked without FUSE (moved here from the mount's tests) ----------------
+
+def layout_of(cluster, path: str) -> dict:
+    """What `chunkfs info` says of a file (through the cluster's mount, which only names it)."""
+    return json.loads(chunkfs_command("info", cluster.mnt / path.lstrip("/"), "--dir", cluster.dir, "--json").stdout)
+
+
+def test_a_small_file_lives_inline_and_moves_to_chunks_when_it_grows(cluster, fs, home):
+    path = f"{home}/grows"
+    model = bytearray(os.urandom(3000))
+    with fs.open(path, "wb") as f:
+        f.write(model)
+    layout = layout_of(cluster, path)
+    assert layout["inline"] == 3000 and layout["chunks"] == []
+    assert fs.stat(path).st_blocks == (3000 + 511) // 512
+
+    with fs.open(path, "r+b") as f:  # past the inline limit: chunk 0 goes to the chunkservers
+        f.seek(INLINE_MAX_BYTES + 10)
+        f.write(b"tail")
+    model += bytes(INLINE_MAX_BYTES + 10 - len(model)) + b"tail"
+    layout = layout_of(cluster, path)
+    assert layout["inline"] is None and [c["index"] for c in layout["chunks"]] == [0]
+    assert fs.open(path).read() == model
+
+    with fs.open(path, "wb") as f:  # truncated at open and rewritten: inline once more, the chunk goes
+        f.write(b"small again")
+    layout = layout_of(cluster, path)
+    assert layout["inline"] == len(b"small again") and layout["chunks"] == []
+    assert fs.open(path).read() == b"small again"
+
+    fs.truncate(path, 5)
+    assert fs.open(path).read() == b"small"
+    fs.truncate(path, 9 * MiB)  # a hole after the inline bytes reads as zeros
+    assert fs.open(path).read() == b"small" + bytes(9 * MiB - 5)
+
+
+def test_inline_files_match_a_local_model_under_random_edits(fs, home, tmp_path):
+    rng = random.Random(7)
+    subject, model = f"{home}/edited", tmp_path / "model"
+    fs.open(subject, "wb").close()
+    model.write_bytes(b"")
+    for step in range(60):
+        offset = rng.choice([0, rng.randrange(INLINE_MAX_BYTES), INLINE_MAX_BYTES - 2, rng.randrange(2 * INLINE_MAX_BYTES)])
+        data = os.urandom(rng.choice([1, 100, 5000, INLINE_MAX_BYTES // 2]))
+        cut = rng.random() < 0.2
+        size = rng.randrange(2 * INLINE_MAX_BYTES)
+        with fs.open(subject, "r+b") as remote, open(model, "r+b") as local:
+            for f in (remote, local):
+                if cut:
+                    f.truncate(size)
+                else:
+                    f.seek(offset)
+                    f.write(data)
+        with fs.open(subject) as remote:
+            assert remote.read() == model.read_bytes(), f"differs after step {step}"
+        assert fs.stat(subject).st_size == model.stat().st_size
+
+
+def test_files_made_in_a_directory_made_here_cost_one_call_each(cluster, fs, home):
+    fs.mkdir(f"{home}/fresh")
+    before = metaserver_calls(cluster)
+    for i in range(30):
+        with fs.open(f"{home}/fresh/f{i}", "xb") as f:
+            f.write(b"x" * 100)
+    after = metaserver_calls(cluster)
+    made = {op: after.get(op, 0) - before.get(op, 0) for op in after if after.get(op, 0) != before.get(op, 0)}
+    assert made.get("commit") == 30 and not made.get("lookup") and not made.get("create"), made
+    assert sorted(fs.listdir(f"{home}/fresh")) == sorted(f"f{i}" for i in range(30))
+    with pytest.raises(FileExistsError) as exc:
+        fs.open(f"{home}/fresh/f3", "xb")
+    assert exc.value.errno == errno.EEXIST

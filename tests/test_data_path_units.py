@@ -3,6 +3,7 @@ prefetch window and the write-back bound."""
 
 import pytest
 import trio
+import trio.testing
 
 from chunkfs.client.cache_policy import SegmentedLru
 from chunkfs.client.prefetch import prefetch_window
@@ -156,10 +157,10 @@ def test_a_sequential_scan_does_not_push_out_the_chunks_prefetched_ahead_of_it()
             for _piece in range(4):
                 await cache.get(ref(i), {})
         assert fetcher.fetched == list(range(40))  # each chunk once: none was fetched again
-        await trio.sleep(1.1)  # a read a while later is a use: protected from the next scan
+        await trio.sleep(1.1)  # a read a while later (on the test's clock) is a use: protected from the next scan
         await cache.get(ref(39), {})
         for i in range(100, 120):
             await cache.get(ref(i), {})
         assert cache.has(ref(39)) and not cache.has(ref(38))
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -51,8 +51,9 @@ def test_lone_mutations_commit_on_the_loop_and_concurrent_ones_share_a_commit(co
                                        committer.run_small(fails, committer), return_exceptions=True)
         assert results[:20] == list(range(5, 25)) and isinstance(results[20], FsError)
         assert committer.commits == before + 1 and committer.commits_on_loop == 5
-        with pytest.raises(FsError):
+        with pytest.raises(FsError) as alone:
             await committer.run_small(fails, committer)
+        assert alone.value.errno == errno.EEXIST
         assert await committer.run(put, committer, 25) == 25
 
     asyncio.run(session())

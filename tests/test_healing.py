@@ -19,8 +19,7 @@ from chunkfs.metaserver.chunk_table import ChunkRecord, ChunkTable, chunk_key
 from chunkfs.metaserver.db import MetaDB
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.replicas import ReplicaEdits
-from conftest import chunkfs
-from conftest import wait_until as conftest_wait_until
+from conftest import chunkfs, wait_until
 
 HEARTBEAT_TIMEOUT_S = "3"
 FAST = ("--heartbeat-timeout-s", HEARTBEAT_TIMEOUT_S)
@@ -29,10 +28,6 @@ four_servers = pytest.mark.parametrize(
 three_servers = pytest.mark.parametrize("fresh_cluster", [{"up_options": FAST}], indirect=True)
 scrubbing = pytest.mark.parametrize(
     "fresh_cluster", [{"up_options": (*FAST, "--scrub-mb-per-s", "1000")}], indirect=True)
-
-
-def wait_until(condition, timeout_s: float, what: str) -> float:
-    return conftest_wait_until(condition, timeout_s, what, poll_s=0.5)
 
 
 def write_files(cluster, sizes: dict[str, int]) -> dict[str, str]:

@@ -4,6 +4,7 @@ between every process using this mount and are not seen by other clients (README
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
@@ -88,8 +89,9 @@ def test_fcntl_record_locks_between_processes(locked_file):
     hold("range")
     fd = os.open(path, os.O_RDWR)
     try:
-        with pytest.raises(OSError):
+        with pytest.raises(OSError) as held:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 50)  # overlaps 0..99
+        assert held.value.errno == errno.EAGAIN  # what Linux's F_SETLK answers to a conflict
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 100, 200)  # beyond it: free
         # F_GETLK names the holder's range (struct flock: type, whence, start, len, pid)
         query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 10, 0)

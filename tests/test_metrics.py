@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import _cluster, metrics_of as scrape
+from conftest import _cluster, metrics_of as scrape, wait_until
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "chunkfs-dashboard.json"
 MiB = 1024 * 1024
@@ -41,15 +40,6 @@ def drop_page_cache(path: Path) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-
-
-def wait_until(check, timeout_s: float = 20.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.3)
 
 
 def test_every_daemon_counts_requests_bytes_and_state(small_cache_cluster):
@@ -115,9 +105,9 @@ def test_every_daemon_counts_requests_bytes_and_state(small_cache_cluster):
     assert total(scrape(where["mount"]), "chunkfs_fuse_requests_total", op="lookup", result="ENOENT") >= 1
 
     path.unlink()  # deletion is garbage collection's to finish
-    gc = wait_until(lambda: total(scrape(where["metaserver"]), "chunkfs_gc_versions_deleted_total")
-                    - total(meta, "chunkfs_gc_versions_deleted_total") >= 4)
-    assert gc, "the deleted file's chunk versions were not collected"
+    wait_until(lambda: total(scrape(where["metaserver"]), "chunkfs_gc_versions_deleted_total")
+               - total(meta, "chunkfs_gc_versions_deleted_total") >= 4, 20,
+               "the deleted file's 4 chunk versions collected (chunkfs_gc_versions_deleted_total)")
     assert total(scrape(where["chunkserver"]), "chunkfs_chunkserver_deleted_chunks_total") >= 4
 
 

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import random
+import re
 import shutil
 import threading
 import time
@@ -309,12 +310,31 @@ def test_flipped_byte_is_found_and_repaired(netns, workload):
     path.unlink()
 
 
+def refused_as_full(log: Path, since: int) -> set[int]:
+    """Chunks whose upload a full chunkserver refused (ENOSPC) in the mount's log after byte
+    `since`; the mount logs each as it tries a spare instead."""
+    text = log.read_bytes()[since:].decode(errors="replace")
+    return {int(c) for c in re.findall(r"chunk (\d+) v\d+: \S+ failed \(chunkserver disk is full", text)}
+
+
 def test_full_chunkserver_is_skipped_and_writers_move_elsewhere(netns, workload):
     workload.keeps_working(1)
     full_id = netns.server_id("cs5")
+    log = netns.logs / "client1.log"
+    since = log.stat().st_size
+    repaired = netns.status().chunks_replicated
     netns.fill_disk("cs5", leave_bytes=1 * MiB)
-    workload.keeps_working(3)  # writers that still send chunks to cs5 get ENOSPC and use a spare
+    # the writer's next chunks placed on cs5 are refused there, and each goes to a spare
+    wait_until(lambda: refused_as_full(log, since), 30, "a chunk of client1's writer refused by the full cs5")
+    workload.keeps_working(3)
     workload.stop()  # it deletes its old files, which would make room on cs5 again
+    kept = {chunk.chunk_id: chunk.replicas for path in workload.writer_dir.iterdir()
+            for chunk in netns.layout(path).chunks}
+    moved = refused_as_full(log, since) & kept.keys()
+    assert moved, "the refused chunks belong to files the writer kept"
+    for chunk_id in moved:
+        assert len(kept[chunk_id]) == 3 and full_id not in kept[chunk_id], (chunk_id, kept[chunk_id])
+    assert netns.status().chunks_replicated == repaired, "stored at goal by the writer, not by re-replication"
 
     def reports_full() -> bool:
         netns.fill_disk("cs5", leave_bytes=1 * MiB)  # top up: queued deletions still free room
@@ -330,8 +350,6 @@ def test_full_chunkserver_is_skipped_and_writers_move_elsewhere(netns, workload)
     assert all(full_id not in replicas for replicas in replicas_of(netns, marker)), "placed on a full server"
     netns.unfill_disk("cs5")
     workload.verify()
-    log = (netns.logs / "client1.log").read_text(errors="replace")
-    print("client1 moved to a spare after ENOSPC" if "disk is full" in log else "client1 never hit cs5 while full")
     marker.unlink()
 
 

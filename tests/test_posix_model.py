@@ -19,7 +19,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -398,39 +400,56 @@ def model_class(twin: Twin) -> type[PosixModel]:
 
 
 # ---- the tests ------------------------------------------------------------------------------------
+@contextmanager
+def reference_root(parent: str) -> Iterator[str]:
+    """A new local directory for the reference tree, on a filesystem with user xattrs: under
+    `parent` if that has them, else on a tmpfs mounted for the test (root only)."""
+    probe = tempfile.mkdtemp(prefix="chunkfs-model-", dir=parent)
+    if supports_user_xattrs(probe) or os.geteuid() != 0:
+        try:
+            yield probe
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+        return
+    os.rmdir(probe)
+    tmpfs = tempfile.mkdtemp(prefix="chunkfs-model-tmpfs-", dir=parent)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m,mode=0755", "chunkfs-model", tmpfs], check=True)
+    try:
+        os.mkdir(os.path.join(tmpfs, "local"))
+        yield os.path.join(tmpfs, "local")
+    finally:
+        subprocess.run(["umount", "-l", tmpfs], check=False)
+        os.rmdir(tmpfs)
+
+
 @pytest.fixture(params=["root", "nobody"])
 def twin(cluster, tmp_path, request):
     """A worker for a fresh chunkfs directory and a fresh local one, run as root or as `nobody`.
     `nobody` starts in its chunkfs directory (the mount's parents are root's) and keeps its
-    local tree in a new directory under the system temp dir."""
+    local tree in a new directory under the system temp dir (root's under pytest's)."""
     fs_root = tempfile.mkdtemp(prefix="model-", dir=cluster.mnt)
     if request.param == "root":
-        ref_root = str(tmp_path / "local")
-        os.mkdir(ref_root)
-        python, user, cwd = sys.executable, None, None
+        parent, python, user, cwd = str(tmp_path), sys.executable, None, None
     else:
         if os.geteuid() != 0:
             pytest.skip("needs root to switch to nobody")
         python = python_for(NOBODY)
         if python is None:
             pytest.skip("no python3 that nobody may run")
-        ref_root = tempfile.mkdtemp(prefix="chunkfs-model-")
-        for root in (fs_root, ref_root):
-            os.chown(root, NOBODY, NOBODY)
-        user, cwd = NOBODY, fs_root
-    try:
+        parent, user, cwd = tempfile.gettempdir(), NOBODY, fs_root
+    with reference_root(parent) as ref_root:
+        if not supports_user_xattrs(ref_root):
+            pytest.skip(f"{ref_root} has no user xattrs to compare with, and a tmpfs for it needs root")
+        if user is not None:
+            for root in (fs_root, ref_root):
+                os.chown(root, NOBODY, NOBODY)
         for root in (fs_root, ref_root):
             os.chmod(root, 0o755)
-        if not supports_user_xattrs(ref_root):
-            pytest.skip(f"{ref_root} has no user xattrs to compare with")
         worker = Twin("." if user else fs_root, ref_root, python, user=user, cwd=cwd)
         try:
             yield worker
         finally:
             worker.close()
-    finally:
-        if user is not None:
-            shutil.rmtree(ref_root, ignore_errors=True)
 
 
 @pytest.mark.timeout(3600)  # for --long; the short run takes well under a minute

@@ -4,8 +4,10 @@ chunks, and right after a restart no chunk is placed until the known servers had
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 from chunkfs import CHUNK_SIZE
+from chunkfs.metaserver import registry
 from chunkfs.metaserver.db import MetaDB
 from chunkfs.metaserver.registry import WRITABLE_MIN_FREE_BYTES, Registry
 from chunkfs.protocol import records as r
@@ -30,7 +32,7 @@ def test_a_full_server_is_not_writable_and_never_placed(tmp_path):
     db.close()
 
 
-def test_placement_waits_after_a_restart_until_known_servers_report(tmp_path):
+def test_placement_waits_after_a_restart_until_known_servers_report(tmp_path, monkeypatch):
     db = MetaDB(tmp_path / "meta", map_size_bytes=1 << 24)
     with db.env.begin(write=True) as txn:
         first = Registry(db, heartbeat_timeout_s=0.5)
@@ -44,6 +46,8 @@ def test_placement_waits_after_a_restart_until_known_servers_report(tmp_path):
     assert not restarted.settling()
     silent = Registry(db, heartbeat_timeout_s=0.5)
     silent.heartbeat(hello("a", GiB))
-    time.sleep(0.6)  # b never reports: after heartbeat_timeout_s it is down, placement goes on
+    assert silent.settling()
+    later = time.monotonic() + 0.6  # b never reports: after heartbeat_timeout_s it is down, placement goes on
+    monkeypatch.setattr(registry, "time", SimpleNamespace(monotonic=lambda: later))  # its clock only
     assert not silent.settling()
     db.close()

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import time
 
+import msgspec
 import pytest
 
 from chunkfs.errors import FsError
 from chunkfs.metaserver.db import GroupCommitter, MetaDB, u64
 from chunkfs.metaserver.replication_log import ReplicationLog
+from chunkfs.protocol import records as r
+
+decode = msgspec.msgpack.Decoder(r.ReplicationFeed).decode
 
 
 def dump(db: MetaDB) -> dict:
@@ -37,6 +40,7 @@ def primary(tmp_path):
     with db.env.begin(write=True) as txn:
         ReplicationLog.new_history(txn, db)
     log = ReplicationLog(db, timeout_s=0.3)
+    log.standby_seen()  # as the first copy of a standby does: write sets are kept from now on
     committer = GroupCommitter(db, log)
     yield db, log, committer
     committer.stop()
@@ -68,7 +72,7 @@ def test_the_write_sets_rebuild_the_same_database(primary, tmp_path):
         await committer.run(lambda txn: txn.get(u64(1), db=db.inodes))  # reads only: no batch
         return await log.feed("s1", log.history, 0, False, 0)
 
-    feed = asyncio.run(mutate())
+    feed = decode(asyncio.run(mutate()))
     assert [b.seq for b in feed.batches] == list(range(1, log.seq + 1)) and feed.primary_seq == log.seq
     copy = MetaDB(tmp_path / "standby")
     apply(copy, feed.batches)
@@ -80,6 +84,7 @@ def test_the_write_sets_rebuild_the_same_database(primary, tmp_path):
 def test_a_standby_of_another_history_or_too_far_behind_must_copy_again(primary):
     db, _log, _committer = primary
     small = ReplicationLog(db, timeout_s=0.3, keep_bytes=1)  # keeps only the last batch
+    small.standby_seen()
     small_committer = GroupCommitter(db, small)
 
     async def run():
@@ -92,24 +97,52 @@ def test_a_standby_of_another_history_or_too_far_behind_must_copy_again(primary)
         return await small.feed("s", small.history, small.seq - 1, False, 0)
 
     try:
-        assert [b.seq for b in asyncio.run(run()).batches] == [small.seq]
+        assert [b.seq for b in decode(asyncio.run(run())).batches] == [small.seq]
     finally:
         small_committer.stop()
 
 
-def test_a_silent_synchronous_standby_holds_a_batch_for_the_time_out_only(primary):
+def test_a_silent_synchronous_standby_holds_a_batch_for_the_time_out_only(primary, monkeypatch):
+    """Counted, not timed: the first commit waits for the standby's confirmation until the
+    time-out (the wait returns unconfirmed), the next one does not wait at all."""
     db, log, committer = primary
+    waits: list[tuple[float | None, bool]] = []
+    wait_for = log._lock.wait_for
+
+    def counted_wait_for(predicate, timeout=None):
+        confirmed = wait_for(predicate, timeout)
+        waits.append((timeout, confirmed))
+        return confirmed
+
+    monkeypatch.setattr(log._lock, "wait_for", counted_wait_for)
 
     async def run():
         await log.feed("sync", log.history, log.seq, True, 0)  # caught up: now in sync
         assert log.status()[0].in_sync
-        started = time.monotonic()
         await committer.run(lambda txn: txn.put(b"a", b"1", db=db.inodes))
-        held = time.monotonic() - started
-        started = time.monotonic()
+        assert waits == [(log.timeout_s, False)]  # held for the whole time-out, then let go
         await committer.run(lambda txn: txn.put(b"b", b"2", db=db.inodes))
-        return held, time.monotonic() - started
+        assert waits == [(log.timeout_s, False)]  # out of sync: not waited for
 
-    held, next_one = asyncio.run(run())
-    assert 0.25 < held < 2 and next_one < 0.2
+    asyncio.run(run())
     assert not log.status()[0].in_sync
+
+
+def test_without_a_standby_nothing_is_kept_and_one_coming_back_copies_again(primary):
+    db, log, committer = primary
+    log.recording_until = 0.0  # no standby polled within idle_s
+
+    async def run():
+        since = log.seq
+        for i in range(3):
+            await committer.run(lambda txn, i=i: txn.put(u64(i), b"x" * 1000, db=db.inodes))
+        assert log.kept_batches == 0 and log.kept_bytes == 0 and log.seq == since + 3
+        with pytest.raises(FsError) as info:  # it missed batches nobody kept
+            await log.feed("s", log.history, since, False, 0)
+        assert info.value.errno == errno.ESTALE
+        assert log.recording  # its poll turned recording on: after a new copy it can follow
+        await committer.run(lambda txn: txn.put(b"k", b"v" * 5000, db=db.inodes))
+        assert log.kept_batches == 1 and 5000 < log.kept_bytes < 5200
+        return decode(await log.feed("s", log.history, log.seq - 1, False, 0))
+
+    assert [b.seq for b in asyncio.run(run()).batches] == [log.seq]

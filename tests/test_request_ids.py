@@ -45,8 +45,9 @@ def test_one_id_per_call_kept_across_retries_and_named_in_errors(caplog):
         try:
             with pytest.raises(FsError) as raised:
                 await http.request("POST", f"http://{address}/x")
-            with pytest.raises(FsError):
+            with pytest.raises(FsError) as again:
                 await http.request("POST", f"http://{address}/x")
+            assert again.value.errno == errno.EINVAL
         finally:
             await http.aclose()
             await runner.cleanup()

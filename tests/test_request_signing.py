@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 
 import pytest
 import trio
@@ -62,8 +63,16 @@ def test_a_signature_is_refused_with_another_secret_too_old_or_malformed():
     header = auth.sign(SECRET, "GET", "/x", HOST)
     assert not verified(header, method="GET", target="/x", body=b"", verifier=auth.Verifier(b"t" * 32))
     old = auth.sign(SECRET, "GET", "/x", HOST, now=1000)
-    assert not auth.Verifier(SECRET).check_head("GET", "/x", HOST, [], old, now=1000 + auth.MAX_SKEW_S + 1)
-    assert auth.Verifier(SECRET).check_head("GET", "/x", HOST, [], old, now=1000 + auth.MAX_SKEW_S)
+    since_0 = auth.Verifier(SECRET, auth.ReplayGuard(started_at=0))
+    assert not since_0.check_head("GET", "/x", HOST, [], old, now=1000 + auth.MAX_SKEW_S + 1)
+    assert since_0.check_head("GET", "/x", HOST, [], old, now=1000 + auth.MAX_SKEW_S)
+    # a server started after it was signed never saw its nonce: asked for it again, never taken
+    later = auth.Verifier(SECRET, auth.ReplayGuard(started_at=1001))
+    signed = later.check_head("GET", "/x", HOST, [], old, now=1002)
+    assert signed is not None and later.too_early(signed) and not later.first_use(signed, now=1002)
+    same_second = auth.Verifier(SECRET, auth.ReplayGuard(started_at=1000))
+    signed = same_second.check_head("GET", "/x", HOST, [], old, now=1002)
+    assert signed is not None and not same_second.too_early(signed) and same_second.first_use(signed, now=1002)
     for bad in (None, "", "garbage", header + "0", header.replace(".", "", 1), "1.2.3.4"):
         assert not verified(bad, method="GET", target="/x", body=b"")
 
@@ -98,7 +107,7 @@ def test_a_chunk_put_is_bound_by_its_signed_checksum_header():
 
 
 def test_the_replay_guard_forgets_after_the_window_and_stays_within_its_bound():
-    guard = auth.ReplayGuard(max_nonces=100, skew_s=10)
+    guard = auth.ReplayGuard(max_nonces=100, skew_s=10, started_at=0)
     now = 1_000_000.0
     assert guard.first_use("n0", int(now), now)
     assert not guard.first_use("n0", int(now), now + 5)
@@ -297,3 +306,17 @@ def test_open_routes_answer_without_a_signature_and_show_no_secret(cluster, secr
         assert status == 200, target
         assert secret not in page
     assert send(cluster.metaserver, "GET", "/v1/status", [("Host", cluster.metaserver)])[0] == 401
+
+
+def test_a_restarted_metaserver_asks_again_for_requests_signed_before_it_started(fresh_cluster):
+    import signal
+    secret = auth.load_secret(fresh_cluster.secret_file)
+    meta, target, body = fresh_cluster.metaserver, "/v1/fs/getattr", r.json_encode(r.InodeReq(1))
+    # signed (a second back, so a restart within the second does not matter) and never sent
+    captured = [("Host", meta), (auth.HEADER, auth.sign(secret, "POST", target, meta, [("Host", meta)], body,
+                                                         now=time.time() - 1))]
+    fresh_cluster.kill("metaserver", signal.SIGTERM)
+    fresh_cluster.up()
+    status, reply = send(meta, "POST", target, captured, body)
+    assert status == 503 and json.loads(reply)["errno"] == "EAGAIN", reply  # a client signs again
+    assert send(meta, "POST", target, sign_headers(secret, meta, "POST", target, body), body)[0] == 200

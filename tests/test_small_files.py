@@ -1,19 +1,20 @@
 """Small files: kept inline by the metaserver (one commit, no chunk upload), moved into chunks
 when they grow and back inline when rewritten small; the mode, owner and times that cp -a and
 tar set on a file they just created go with its close commit, so copying a file costs three
-metaserver calls (the kernel's lookup of the new name, create, commit)."""
+metaserver calls (the kernel's lookup of the new name, create, commit).
+
+How inline files grow into chunks and back is tested through the Python API, in
+test_client_api.py (no FUSE needed)."""
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 from pathlib import Path
 
-from chunkfs import INLINE_MAX_BYTES
 from chunkfs.daemons import unmount
-from conftest import chunkfs, metaserver_calls
+from conftest import chunkfs, drop_caches, metaserver_calls
 
 MiB = 1024 * 1024
 
@@ -22,60 +23,15 @@ def info(cluster, path: Path) -> dict:
     return json.loads(chunkfs("info", path, "--dir", cluster.dir, "--json").stdout)
 
 
-def test_a_small_file_lives_inline_and_moves_to_chunks_when_it_grows(cluster):
-    path = cluster.mnt / "grows"
-    model = bytearray(os.urandom(3000))
-    path.write_bytes(model)
-    layout = info(cluster, path)
-    assert layout["inline"] == 3000 and layout["chunks"] == []
-    assert os.stat(path).st_blocks == (3000 + 511) // 512
-
-    with open(path, "r+b") as f:  # past the inline limit: chunk 0 goes to the chunkservers
-        f.seek(INLINE_MAX_BYTES + 10)
-        f.write(b"tail")
-    model += bytes(INLINE_MAX_BYTES + 10 - len(model)) + b"tail"
-    layout = info(cluster, path)
-    assert layout["inline"] is None and [c["index"] for c in layout["chunks"]] == [0]
-    assert path.read_bytes() == model
-
-    path.write_bytes(b"small again")  # O_TRUNC and a rewrite: inline once more, the chunk goes
-    layout = info(cluster, path)
-    assert layout["inline"] == len(b"small again") and layout["chunks"] == []
-    assert path.read_bytes() == b"small again"
-
-    os.truncate(path, 5)
-    assert path.read_bytes() == b"small"
-    os.truncate(path, 9 * MiB)  # a hole after the inline bytes reads as zeros
-    assert path.read_bytes() == b"small" + bytes(9 * MiB - 5)
-
-
-def test_inline_files_match_a_local_model_under_random_edits(cluster, tmp_path):
-    rng = random.Random(7)
-    subject, model = cluster.mnt / "edited", tmp_path / "model"
-    for path in (subject, model):
-        path.write_bytes(b"")
-    for step in range(60):
-        offset = rng.choice([0, rng.randrange(INLINE_MAX_BYTES), INLINE_MAX_BYTES - 2, rng.randrange(2 * INLINE_MAX_BYTES)])
-        data = os.urandom(rng.choice([1, 100, 5000, INLINE_MAX_BYTES // 2]))
-        cut = rng.random() < 0.2
-        size = rng.randrange(2 * INLINE_MAX_BYTES)
-        for path in (subject, model):
-            with open(path, "r+b") as f:
-                if cut:
-                    f.truncate(size)
-                else:
-                    f.seek(offset)
-                    f.write(data)
-        assert subject.read_bytes() == model.read_bytes(), f"differs after step {step}"
-        assert os.stat(subject).st_size == os.stat(model).st_size
-
-
 def test_a_small_file_reads_with_every_chunkserver_down(fresh_cluster):
     (fresh_cluster.mnt / "note").write_bytes(b"kept by the metaserver\n")
+    assert info(fresh_cluster, fresh_cluster.mnt / "note")["chunks"] == []
     for name in ("cs1", "cs2", "cs3"):
         fresh_cluster.kill(name)
-    subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
+    drop_caches(fresh_cluster)  # nothing cached here: the bytes must come with the open
+    before = metaserver_calls(fresh_cluster)
     assert (fresh_cluster.mnt / "note").read_bytes() == b"kept by the metaserver\n"
+    assert metaserver_calls(fresh_cluster).get("open", 0) == before.get("open", 0) + 1
 
 
 def test_cp_a_costs_three_metaserver_calls_a_file_and_keeps_everything(cluster, tmp_path):

@@ -6,11 +6,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from conftest import wait_until
 
 
 def test_status_page_shows_servers_and_health(fresh_cluster):
@@ -37,13 +38,6 @@ def bytes_written(cluster) -> float:
     return sum(s["written_bytes_per_s"] * 5 for s in cluster.status()["throughput"]["samples"])
 
 
-def wait_for(check, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while not check() and time.monotonic() < deadline:
-        time.sleep(1)
-    return check()
-
-
 def test_status_page_in_a_real_browser(fresh_cluster, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
@@ -53,7 +47,8 @@ def test_status_page_in_a_real_browser(fresh_cluster, tmp_path):
     data = os.urandom(12 * 1024 * 1024)
     (fresh_cluster.mnt / "traffic").write_bytes(data)
     # goal 3: every replica counts; heartbeats bring the figures within seconds
-    assert wait_for(lambda: bytes_written(fresh_cluster) >= 3 * len(data) * 0.95), bytes_written(fresh_cluster)
+    wait_until(lambda: bytes_written(fresh_cluster) >= 3 * len(data) * 0.95, 30,
+               f"the throughput history shows the {3 * len(data)} bytes written to the replicas")
     status = fresh_cluster.status()["throughput"]
     assert status["interval_s"] == 5 and status["window_s"] == 900
 

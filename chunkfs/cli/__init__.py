@@ -4,7 +4,7 @@
 - `admin.py`: `status`, `servers`, `goal`, `info` (talk to a running cluster).
 - `fsck_cmd.py`, `gc_cmd.py`: `fsck` (every file's chunks checked) and `gc` (unreferenced chunks removed).
 - `output.py`: tables, `--json`, progress bars.
-- `backup_cmd.py`: `backup` (a consistent copy of the metaserver's database).
+- `backup_cmd.py`: `backup` (a consistent copy of the metaserver's database) and `restore`.
 - `drain_cmd.py`: `drain` (empty a chunkserver before taking it away).
 - `mount_cmd.py`: `mount` and `install` (clients and the mount(8) helper).
 - `deploy.py`: `config-example` and `install --units` (running the daemons under systemd).
@@ -31,7 +31,7 @@ def cli() -> None:
 for command in (local_cluster.up, local_cluster.down, admin.status, admin.servers, admin.goal, admin.info,
                 fsck_cmd.fsck, gc_cmd.gc, drain_cmd.drain,
                 mount_cmd.mount, mount_cmd.install, deploy.config_example, bench_cmd.bench, backup_cmd.backup,
-                *files_cmd.COMMANDS):
+                backup_cmd.restore, *files_cmd.COMMANDS):
     cli.add_command(command)
 
 

@@ -29,12 +29,15 @@ def status(data_dir: Path, metaserver: str | None, secret_file: Path | None, as_
     summary = Table(title=f"chunkfs at {access.metaserver}", show_header=False)
     summary.add_row("servers", f"{alive} up, {len(s.servers) - alive} down")
     summary.add_row("capacity", f"{_bytes(s.total_bytes)} total, {_bytes(s.free_bytes)} free")
-    summary.add_row("files", f"{s.files} files, {s.directories} directories")
+    summary.add_row("files", f"{s.files} files, {s.directories} directories, {_bytes(s.file_bytes)}")
     summary.add_row("chunks", f"{s.chunks} ({s.chunks_under_goal} under goal)")
     summary.add_row("pending deletions", str(s.pending_deletions))
     summary.add_row("repairs", f"{s.repairs_running} running, {s.chunks_replicated} chunks re-replicated, "
                                f"{s.corrupt_found} corrupt found (since the metaserver started)")
     summary.add_row("default goal", str(s.default_goal))
+    if (mem := s.memory) is not None:
+        summary.add_row("metaserver memory", f"{_bytes(mem.rss_anon_bytes)} own, {_bytes(mem.rss_file_bytes)} mapped; "
+                                             f"database {_bytes(mem.lmdb_used_bytes)} of {_bytes(mem.lmdb_map_bytes)}")
     for sb in s.standbys:
         state = ("[green]in sync[/]" if sb.in_sync else "[red]out of sync[/]") if sb.synchronous else "asynchronous"
         summary.add_row(f"standby {sb.name}", f"{state}, {sb.behind_batches} batches behind")

@@ -58,10 +58,13 @@ def _alive_servers(access: ClusterAccess) -> int:
                    "[default: the metaserver's, 90].")
 @click.option("--body-timeout-s", type=click.FloatRange(0.1), default=None,
               help="Seconds a request body may take to reach a server [default: the daemons', 30].")
+@click.option("--orphan-grace-s", type=click.FloatRange(0), default=None,
+              help="An upload no commit names is garbage (for `chunkfs gc`) this long after its reservation "
+                   "[default: the metaserver's, 3600].")
 @click.option("-o", "options", default="", help="Mount options, as for mount -o (see chunkfs-mount --help).")
 def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, port: int,
        heartbeat_timeout_s: float | None, scrub_mb_per_s: float | None, client_timeout_s: float | None,
-       body_timeout_s: float | None, options: str) -> None:
+       body_timeout_s: float | None, orphan_grace_s: float | None, options: str) -> None:
     """Start a local cluster and mount it (keeps existing data)."""
     data_dir = data_dir.absolute()
     mountpoint = mountpoint.absolute()
@@ -88,7 +91,8 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                         "--default-goal", str(goal),
                                         "--heartbeat-timeout-s", str(heartbeat_timeout_s),
                                         *(("--client-timeout-s", str(client_timeout_s)) if client_timeout_s else ()),
-                                        *body_timeout),
+                                        *body_timeout,
+                                        *(("--orphan-grace-s", str(orphan_grace_s)) if orphan_grace_s is not None else ())),
                          logs / "metaserver.log", run / "metaserver.pid")
             wait_for("metaserver", lambda: _health(metaserver), 30, proc, logs / "metaserver.log")
         for i in range(1, chunkservers + 1):

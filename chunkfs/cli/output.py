@@ -24,9 +24,9 @@ def human_bytes(n: float) -> str:
     return str(n)
 
 
-def echo_json(data: Any) -> None:
-    """One JSON document on stdout: msgspec records, dicts and lists of them."""
-    click.echo(json.dumps(msgspec.to_builtins(data)))
+def echo_json(data: Any, err: bool = False) -> None:
+    """One JSON document on stdout (stderr with `err`): msgspec records, dicts and lists of them."""
+    click.echo(json.dumps(msgspec.to_builtins(data)), err=err)
 
 
 def progress() -> Progress:

@@ -40,6 +40,7 @@ thread (`asyncio.to_thread`), and big reads and writes (a chunk a call) make the
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -93,4 +94,6 @@ def connect(address: str, secret_file: str | Path = "/etc/chunkfs/secret", *,
     arguments as `open_filesystem`. Raises PermissionError for a missing or refused secret,
     OSError(EIO/ETIMEDOUT) if the cluster does not answer within `retry_s`."""
     thread = TrioThread(lambda: open_filesystem(address, secret_file, uid=uid, gid=gid, groups=groups, **options))
-    return Filesystem(thread, thread.start())
+    filesystem = Filesystem(thread, thread.start())
+    weakref.finalize(filesystem, thread.stop)  # at exit too: what is still open is committed
+    return filesystem

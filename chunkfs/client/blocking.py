@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import io
 import os
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -22,10 +23,12 @@ from typing import Any, TypeVar
 import trio
 
 from chunkfs.client.async_file import AsyncFile
-from chunkfs.client.filesystem import AsyncFilesystem, DirEntry, Progress
+from chunkfs.client.filesystem import AsyncFilesystem, DirEntry
+from chunkfs.client.transfers import Progress
 from chunkfs.client.paths import PathLike
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class _Call:
@@ -62,8 +65,7 @@ class TrioThread:
                 self._token = trio.lowlevel.current_trio_token()
                 self._nursery, self._stopped = nursery, trio.Event()
                 self._opened.set_result(afs)
-                await self._stopped.wait()
-                nursery.cancel_scope.cancel()
+                await self._stopped.wait()  # then the calls still running finish (a close commits)
         except BaseException as exc:
             if not self._opened.done():
                 self._opened.set_exception(exc)
@@ -86,6 +88,21 @@ class TrioThread:
             self._token.run_sync_soon(self._cancel, call)
             concurrent.futures.wait([call.outcome])  # its clean-up is done before Ctrl-C goes on
             raise
+
+    def call_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start `await fn(*args)` in the trio thread and return at once (from any thread, the
+        garbage collector's too); its errors are logged."""
+        if self._token is None or self._stopped is None or self._stopped.is_set():
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._start, _Call(), self._logged, (fn, *args))
+
+    @staticmethod
+    async def _logged(fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        try:
+            await fn(*args)
+        except Exception as exc:
+            log.error("%s: %s", getattr(fn, "__qualname__", fn), exc)
 
     def _start(self, call: _Call, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         assert self._nursery is not None
@@ -189,7 +206,10 @@ class File(io.RawIOBase):
                 self._thread.call(self._afile.aclose)
 
     def __del__(self) -> None:
-        pass  # io's finalizer would close from the garbage collector; Filesystem.close() does it
+        """A file dropped without close() is closed (durably) as io's are, but in the client's
+        thread, without waiting here: the garbage collector may run in any thread."""
+        if not self._afile.closed:
+            self._thread.call_soon(self._afile.aclose)
 
     def __repr__(self) -> str:
         return f"<chunkfs File {self.name!r} mode={self.mode!r}{' closed' if self.closed else ''}>"

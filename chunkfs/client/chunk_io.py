@@ -2,6 +2,9 @@
 
 Reads go to the first replica that answers with bytes matching the chunk's checksum (a replica
 that is down, lacks the version or returns bad bytes is skipped at once, within the request).
+When every replica answers that it does not hold the version, the version was deleted (another
+client removed or rewrote the file): the reader gets ESTALE, as NFS gives for a removed file;
+any other failure of every replica is EIO.
 This check is where reads are verified: chunkservers send chunks to the mount without checking
 their block checksums (sendfile), and check them only when the mount asks again after a
 mismatch; their scrubbers re-verify every chunk at rest.
@@ -72,6 +75,7 @@ class ChunkIO:
         if not candidates:
             raise FsError(errno.EIO, f"chunk {ref.chunk_id} v{ref.version}: no replica is alive")
         problems = []
+        gone_everywhere = True  # every replica said it does not hold the version (no other error)
         for retry_s in (0.0, self.replica_retry_s):
             unreachable = False
             for address in candidates:
@@ -79,19 +83,23 @@ class ChunkIO:
                     data = await self._within_timeout(self._fetch_verified(address, ref, retry_s))
                 except TransportError as exc:
                     self._suspect(address)
-                    unreachable = True
+                    unreachable, gone_everywhere = True, False
                     problems.append(f"{address}: {exc}")
                     continue
                 except FsError as exc:
+                    gone_everywhere = gone_everywhere and exc.errno == errno.ENOENT
                     problems.append(f"{address}: {exc}")
                     continue
                 if data is None:
+                    gone_everywhere = False
                     problems.append(f"{address}: checksum mismatch")
                     continue
                 self.bytes_read += len(data)
                 return data
             if not unreachable:
                 break
+        if gone_everywhere:  # deleted: the file was removed (or rewritten) by another client
+            raise FsError(errno.ESTALE, f"chunk {ref.chunk_id} v{ref.version}: no replica holds it any more")
         log.error("chunk %d v%d unreadable: %s", ref.chunk_id, ref.version, "; ".join(problems))
         raise FsError(errno.EIO, f"chunk {ref.chunk_id} v{ref.version}: no replica could serve it")
 

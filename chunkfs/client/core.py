@@ -306,7 +306,7 @@ class Client:
         finally:
             if open_file.open_count == 0 and self.open_files.get(open_file.ino) is open_file:
                 del self.open_files[open_file.ino]
-                open_file.writer.drop_buffers()
+                open_file.drop_buffers()
                 if open_file.unlinked:
                     await self.meta.release_orphan(open_file.ino)
 

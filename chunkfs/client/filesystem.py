@@ -12,10 +12,8 @@ Symlinks are followed inside the cluster: an absolute target is taken from the c
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import os
-import secrets
 import socket
 import stat
 import time
@@ -24,15 +22,16 @@ import weakref
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import trio
 
-from chunkfs import CHUNK_SIZE, MAX_NAME_BYTES, auth, posix_acl
+from chunkfs import auth, posix_acl
 from chunkfs.client.async_file import MODES, AsyncFile, normal_mode
 from chunkfs.client.core import PREFERRED_IO_BYTES, Client, build_client, statvfs_numbers
 from chunkfs.client.os_errors import os_error, raises_os_errors
 from chunkfs.client.paths import PathLike, join, split_path
+from chunkfs.client.transfers import Progress, download, upload
 from chunkfs.client.permissions import (READ, SEARCH, WRITE, Identity, check_access, check_chown, check_owner,
                                         check_sticky, check_xattr, mode_for_chmod)
 from chunkfs.errors import FsError, TransportError
@@ -42,7 +41,6 @@ from chunkfs.protocol.meta_client import ROOT_INO
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int], None]  # told each time more bytes were moved: the number of new bytes
 MAX_SYMLINKS = 40  # as Linux: more on one path is ELOOP
 
 
@@ -170,7 +168,7 @@ class AsyncFilesystem:
     async def _resolve(self, path: PathLike, follow: bool = True) -> r.Attr:
         return await self._walk(split_path(path), follow)
 
-    async def _parent(self, path: PathLike, root_errno: int) -> tuple[r.Attr, bytes]:
+    async def parent_of(self, path: PathLike, root_errno: int) -> tuple[r.Attr, bytes]:
         """The directory holding the last name of `path`, and that name (`root_errno` for the
         root, which has none)."""
         names = split_path(path)
@@ -185,7 +183,7 @@ class AsyncFilesystem:
         """A name is made or removed in `directory`: write and search permission."""
         await self._check(directory, WRITE | SEARCH)
 
-    async def _lookup(self, directory: r.Attr, name: bytes) -> r.Attr | None:
+    async def entry_in(self, directory: r.Attr, name: bytes) -> r.Attr | None:
         try:
             return await self.client.lookup(directory.ino, name)
         except FsError as exc:
@@ -204,9 +202,9 @@ class AsyncFilesystem:
         """`mode`: "rb", "wb", "ab", "r+b", "xb", "w+b" (also "x+b", "a+b"; binary only)."""
         mode = normal_mode(mode)
         readable, writable, create, truncate, exclusive, _append = MODES[mode]
-        directory, name = await self._parent(path, errno.EISDIR)
+        directory, name = await self.parent_of(path, errno.EISDIR)
         await self._check(directory, SEARCH)
-        attr = await self._lookup(directory, name)
+        attr = await self.entry_in(directory, name)
         if attr is not None and stat.S_ISLNK(attr.mode):
             attr = await self._resolve(path, follow=True)
         if attr is None:
@@ -376,7 +374,7 @@ class AsyncFilesystem:
 
     @raises_os_errors
     async def mkdir(self, path: PathLike, mode: int = 0o777) -> None:
-        directory, name = await self._parent(path, errno.EEXIST)
+        directory, name = await self.parent_of(path, errno.EEXIST)
         await self._changing_entries(directory)
         attr = await self.client.make(directory.ino, name, stat.S_IFDIR | (mode & 0o7777), self.identity)
         await self._apply_goal(attr.ino)
@@ -397,7 +395,7 @@ class AsyncFilesystem:
             raise FsError(errno.EEXIST, "the root exists")
 
     async def _removable(self, path: PathLike) -> tuple[r.Attr, bytes, r.Attr]:
-        directory, name = await self._parent(path, errno.EBUSY)
+        directory, name = await self.parent_of(path, errno.EBUSY)
         await self._changing_entries(directory)
         victim = await self.client.lookup(directory.ino, name)
         check_sticky(directory, victim, self.identity, "remove")
@@ -426,9 +424,9 @@ class AsyncFilesystem:
 
     async def _rename(self, src: PathLike, dst: PathLike, flags: int) -> None:
         old_dir, old_name, moved = await self._removable(src)
-        new_dir, new_name = await self._parent(dst, errno.EBUSY)
+        new_dir, new_name = await self.parent_of(dst, errno.EBUSY)
         await self._changing_entries(new_dir)
-        replaced = await self._lookup(new_dir, new_name)
+        replaced = await self.entry_in(new_dir, new_name)
         if replaced is not None:
             check_sticky(new_dir, replaced, self.identity, "rename over")
         if stat.S_ISDIR(moved.mode) and new_dir.ino != old_dir.ino:
@@ -437,7 +435,7 @@ class AsyncFilesystem:
 
     @raises_os_errors
     async def symlink(self, target: PathLike, linkpath: PathLike) -> None:
-        directory, name = await self._parent(linkpath, errno.EEXIST)
+        directory, name = await self.parent_of(linkpath, errno.EEXIST)
         await self._changing_entries(directory)
         await self.client.make(directory.ino, name, stat.S_IFLNK | 0o777, self.identity, target=os.fsencode(target))
 
@@ -452,73 +450,14 @@ class AsyncFilesystem:
     @raises_os_errors
     async def put_file(self, local_path: str | Path, remote_path: PathLike, progress: Progress | None = None, *,
                        exclusive: bool = False) -> None:
-        """Upload a local file whole, through the writer (parallel chunk uploads). It is written
-        under a temporary name beside the target and renamed into place at the end, so a half
-        written upload is never visible under the target name; on any error, KeyboardInterrupt
-        or cancellation the temporary file is removed (and its chunks collected). `exclusive`:
-        FileExistsError if the target exists (also if it appears meanwhile). A local file that
-        changes while it is read fails the upload with OSError(EBUSY), nothing stored."""
-        directory, name = await self._parent(remote_path, errno.EISDIR)
-        existing = await self._lookup(directory, name)
-        if existing is not None and exclusive:
-            raise FsError(errno.EEXIST, "file exists")
-        if existing is not None and stat.S_ISDIR(existing.mode):
-            raise FsError(errno.EISDIR, "is a directory")
-        temp_name = _temporary_name(name)
-        temp_path = join([*split_path(remote_path)[:-1], temp_name])
-        local = await trio.to_thread.run_sync(open, local_path, "rb")
-        try:
-            before = os.fstat(local.fileno())
-            afile = await self.open(temp_path, "xb")
-            try:
-                copied = await _copy_into(local, before.st_size, afile, progress)
-                after = os.fstat(local.fileno())
-                if copied != before.st_size or _version(before) != _version(after):
-                    raise FsError(errno.EBUSY, f"{local_path} changed while it was read; nothing was stored "
-                                               f"under {self.canonical(remote_path)} (upload it again)")
-                await afile.aclose()
-                await self.client.rename(directory.ino, temp_name, directory.ino, name,
-                                         r.RENAME_NOREPLACE if exclusive else 0)
-            except BaseException:
-                with trio.CancelScope(shield=True), trio.move_on_after(2 * self.options.retry_s + 5):
-                    await self._discard(afile, directory.ino, temp_name)
-                raise
-        finally:
-            local.close()
-
-    async def _discard(self, afile: AsyncFile, directory: int, name: bytes) -> None:
-        """A half-written upload goes: its name first, then its last close frees it and its chunks."""
-        try:
-            afile.open_file.writer.drop_buffers()
-            await self.client.remove(directory, name, is_dir=False)
-        except (FsError, TransportError) as exc:
-            log.warning("could not remove the unfinished upload %r: %s", name, exc)
-        try:
-            await afile.aclose()
-        except (FsError, TransportError, OSError) as exc:
-            log.warning("could not close the unfinished upload %r: %s", name, exc)
+        """Upload a local file whole (see `transfers.upload`): never visible half-written under
+        `remote_path`, removed on error or Ctrl-C; OSError(EBUSY) if it changes while read."""
+        await upload(self, Path(local_path), remote_path, progress, exclusive)
 
     @raises_os_errors
     async def get_file(self, remote_path: PathLike, local_path: str | Path, progress: Progress | None = None) -> None:
-        """Download a file whole (read ahead with prefetch), to a temporary name beside
-        `local_path`, renamed into place when complete."""
-        afile = await self.open(remote_path, "rb")
-        try:
-            target = Path(local_path)
-            temp = target.with_name(f".{target.name}.chunkfs-get-{secrets.token_hex(4)}")
-            local = await trio.to_thread.run_sync(open, temp, "wb")
-            try:
-                with local:
-                    while data := await afile.read(CHUNK_SIZE):
-                        await trio.to_thread.run_sync(local.write, data)
-                        if progress is not None:
-                            progress(len(data))
-                await trio.to_thread.run_sync(os.replace, temp, target)
-            except BaseException:
-                temp.unlink(missing_ok=True)
-                raise
-        finally:
-            await afile.aclose()
+        """Download a file whole (see `transfers.download`), read ahead with prefetch."""
+        await download(self, remote_path, Path(local_path), progress)
 
     # ---- the end ----------------------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -538,32 +477,6 @@ class AsyncFilesystem:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-def _temporary_name(name: bytes) -> bytes:
-    suffix = b".chunkfs-put-" + secrets.token_hex(6).encode()
-    return b"." + name[: MAX_NAME_BYTES - len(suffix) - 1] + suffix
-
-
-def _version(st: os.stat_result) -> tuple[int, int, int, int]:
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
-async def _copy_into(local: io.BufferedReader, size: int, afile: AsyncFile, progress: Progress | None) -> int:
-    """Copy the first `size` bytes of a local binary file into `afile` a chunk at a time
-    (fewer if it ends sooner); returns the bytes copied."""
-    buffer = bytearray(CHUNK_SIZE)
-    view = memoryview(buffer)
-    copied = 0
-    while copied < size:
-        n = await trio.to_thread.run_sync(local.readinto, view[: min(CHUNK_SIZE, size - copied)])
-        if not n:
-            return copied
-        await afile.write(view[:n])
-        copied += n
-        if progress is not None:
-            progress(n)
-    return copied
 
 
 def _load_secret(secret_file: Path) -> bytes:

@@ -115,3 +115,7 @@ class OpenFile:
 
     async def truncate(self, size: int, mtime_ns: int | None) -> r.Attr:
         return await self.writer.truncate(size, mtime_ns)
+
+    def drop_buffers(self) -> None:
+        """Forget what is buffered and not uploaded yet (the file is being forgotten or thrown away)."""
+        self.writer.drop_buffers()

@@ -27,13 +27,14 @@ from chunkfs.metaserver import fsck
 from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.gc import GarbageCollector
 from chunkfs.metaserver.leases import DirectoryLeases
+from chunkfs.metaserver.memory import GC_PAUSES, memory_status
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.orphans import OrphanCollector
 from chunkfs.metaserver import backup
 from chunkfs.metaserver.quarantine import Quarantine
 from chunkfs.metaserver.replication_log import ReplicationLog
 from chunkfs.metaserver.replies import ReplyLog
-from chunkfs.protocol.replication_client import BACKUP_PATH, CHECKSUM_HEADER, REPLICATION_PATH
+from chunkfs.protocol.replication_client import BACKUP_PATH, REPLICATION_PATH
 from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
 from chunkfs.metaserver.throughput import ThroughputHistory
@@ -106,8 +107,9 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Cal
 
 def statfs(m: Metaserver, txn: Txn) -> r.Statfs:
     total, free = m.registry.totals()
-    return r.Statfs(total_bytes=total, free_bytes=free, files=txn.stat(m.db.inodes)["entries"],
-                    chunks=txn.stat(m.db.chunks)["entries"])
+    counts = m.namespace.counts.read(txn)
+    return r.Statfs(total_bytes=total, free_bytes=free, files=counts.files + counts.directories,
+                    chunks=counts.chunks)
 
 
 # May touch a whole subtree: committed in the writer thread, never on the event loop.
@@ -220,20 +222,21 @@ def registration_garbage(txn: Txn, m: Metaserver, server_id: str, held: list[tup
 
 
 async def backup_copy(request: web.Request) -> web.StreamResponse:
-    """`chunkfs backup`, a standby's first copy: the whole database as of one instant."""
+    """`chunkfs backup`, a standby's first copy (`?standby=NAME`): the whole database as of one
+    instant, zstd-compressed, streamed as LMDB makes it (see backup.py)."""
     m = request.app[STATE]
-    data, checksum = await asyncio.to_thread(backup.make_copy, m.db)
+    if m.replication is not None and request.query.get("standby"):
+        m.replication.standby_seen()  # before the snapshot: every batch after it is kept
+    stream = await backup.open_copy(m.db, m.committer)
     try:
-        response = web.StreamResponse(headers={CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"})
-        response.content_length = data.stat().st_size
+        response = web.StreamResponse(headers={"Content-Type": backup.CONTENT_TYPE})
         await response.prepare(request)
-        with await asyncio.to_thread(open, data, "rb") as f:
-            while piece := await asyncio.to_thread(f.read, backup.PIECE_BYTES):
-                await response.write(piece)
+        while piece := await asyncio.to_thread(stream.read):
+            await response.write(piece)
         await response.write_eof()
         return response
     finally:
-        await asyncio.to_thread(backup.discard_copy, data)
+        await asyncio.to_thread(stream.close)
 
 
 async def replication_feed(request: web.Request) -> web.Response:
@@ -244,7 +247,7 @@ async def replication_feed(request: web.Request) -> web.Response:
         raise FsError(errno.ENOSYS, "this metaserver keeps no replication log")
     feed = await m.replication.feed(q.get("standby", request.remote or "?")[:256], q.get("history", "")[:256], since,
                                     q.get("sync") == "1", wait_s)
-    return web.Response(body=msgspec.msgpack.encode(feed), content_type="application/msgpack")
+    return web.Response(body=feed, content_type="application/msgpack")
 
 
 async def corrupt_report(request: web.Request) -> web.Response:
@@ -266,18 +269,21 @@ async def drain(request: web.Request) -> web.Response:
 
 
 def cluster_status(m: Metaserver) -> r.ClusterStatus:
-    """What `chunkfs status` and the /metrics gauges show (full scans of the inode and chunk tables)."""
-    alive = m.registry.alive_ids()
+    """What `chunkfs status`, the status page and the /metrics gauges show: O(servers + clients),
+    never a scan of a table that grows with files (see table_counts.py; chunks under goal come
+    from the replicator's last scan)."""
     total, free = m.registry.totals()
     with m.db.read() as txn:
-        files, dirs = m.namespace.count(txn)
-        chunks, under = m.chunks.count(txn, alive)
+        counts = m.namespace.counts.read(txn)
         pending = m.chunks.count_deletions(txn)
-        per_server = m.replicator.edits.count_by_server(txn)
         quarantined = m.quarantine.count(txn) if m.quarantine else 0
+    under, counted_at = m.replicator.chunks_under_goal, m.replicator.under_goal_counted_at
     return r.ClusterStatus(
-        servers=m.registry.status(per_server), files=files, directories=dirs, chunks=chunks,
-        chunks_under_goal=under, pending_deletions=pending, total_bytes=total, free_bytes=free,
+        servers=m.registry.status(counts.replicas), files=counts.files, directories=counts.directories,
+        file_bytes=counts.file_bytes, chunks=counts.chunks, chunk_bytes=counts.chunk_bytes,
+        chunks_under_goal=max(0, under),
+        under_goal_counted_s_ago=round(time.monotonic() - counted_at, 1) if under >= 0 else -1.0,
+        pending_deletions=pending, total_bytes=total, free_bytes=free,
         default_goal=m.namespace.default_goal, repairs_running=m.replicator.running,
         chunks_replicated=m.replicator.replicated, corrupt_found=m.replicator.corrupt_found,
         repair_copies_pending=m.replicator.copies_pending, versions_deleted=m.deleter.versions_deleted,
@@ -285,6 +291,7 @@ def cluster_status(m: Metaserver) -> r.ClusterStatus:
         clients=m.changes.clients(),
         standbys=m.replication.status() if m.replication else [],
         quarantined_versions=quarantined,
+        memory=memory_status(m),
     )
 
 
@@ -360,6 +367,9 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
         app.router.add_get(REPLICATION_PATH, replication_feed)
     registry = metrics.new_registry()
     registry.register(metrics.ClusterCollector(lambda: cluster_status(m)))
+    GC_PAUSES.install()
+    leases = m.leases
+    registry.register(metrics.LeaseCollector(lambda: (len(leases), leases.recalls, leases.expired)))
     metrics.install_http(app, registry, operations={*READS, *MUTATIONS, "reserve", "release_leases", "fsck"})  # every op fs_operation knows
 
     async def background(app: web.Application):
@@ -370,6 +380,7 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
             tasks.append(asyncio.create_task(m.quarantine.run()))
         if m.replies is not None:
             tasks.append(asyncio.create_task(m.replies.run()))
+        tasks.append(asyncio.create_task(m.leases.run()))
         if m.orphans is not None:  # a client's reservations end with its session, as its orphans do
             session_over = m.orphans.expired
             tasks.append(asyncio.create_task(m.chunks.owners.run(

@@ -1,10 +1,18 @@
 """Consistent copies of the metadata database (`chunkfs backup`, a standby's first copy), and what
 a metaserver does when it starts on such a copy (a restored backup or a promoted standby).
 
-A copy is made with LMDB's own copy (compacting), which reads one snapshot: it holds every batch
-up to the one it ends with (`replication_seq` in it) and nothing after. Every copy is marked
-(`COPY_MARK`); a metaserver that starts on a marked database knows the cluster may have moved on
-since the copy was taken, and before serving:
+A copy is LMDB's own compacting copy of one read snapshot, streamed as it is made (`CopyStream`:
+LMDB writes it into a pipe, zstd compresses what comes out, the HTTP response sends each piece),
+so nothing is staged on the metaserver's disk and its memory holds a piece at a time. The zstd
+frame carries a checksum of the whole copy, which the receiver checks, and ends only if the copy
+was complete: a copy that fails midway is cut off, never ended cleanly.
+
+The snapshot holds every batch up to the one it ends with (`replication_seq` in it) and nothing
+after. Every copy is marked (`COPY_MARK`): the mark is committed, the snapshot opened, the mark
+deleted again, so it is in the copy and gone from the database within a commit or two (a
+metaserver restarted in between starts as on a copy: safe, only noisy). A metaserver that starts
+on a marked database knows the cluster may have moved on since the copy was taken, and before
+serving:
 - moves its inode, chunk id and version counters far ahead, so nothing it hands out can collide
   with what was handed out after the copy (chunkservers may still hold such chunk versions);
 - begins a new replication history (standbys of the old one take a new copy);
@@ -15,15 +23,16 @@ since the copy was taken, and before serving:
 from __future__ import annotations
 
 import logging
+import os
 import shutil
-import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
 
-import lmdb
-import xxhash
+import zstandard
 
-from chunkfs.metaserver.db import MetaDB, Txn, read_u64, u64
+from chunkfs.metaserver.db import GroupCommitter, MetaDB, Txn, read_u64, u64
 from chunkfs.metaserver.replication_log import HISTORY_KEY, ReplicationLog
 
 log = logging.getLogger(__name__)
@@ -33,43 +42,66 @@ RESTORED_AT = b"restored_at_ns"  # in `counters`: when this database last starte
 ID_JUMP = 1 << 40  # chunk ids and versions skipped after a restore
 INODE_JUMP = 1 << 32  # inode numbers skipped after a restore
 COUNTERS = (b"next_ino", b"next_chunk_id", b"next_version")  # see Namespace and ChunkTable
-WORK_PREFIX = ".backup-"
+WORK_PREFIX = ".backup-"  # copies staged by older versions (removed at start)
 PIECE_BYTES = 1 << 20
+CONTENT_TYPE = "application/zstd"
+ZSTD_LEVEL = 3  # ~3x on a namespace at the speed of a disk; level 1 is barely faster here
 
 
-def copy_checksum(path: Path) -> str:
-    """xxh3-128 of a copy's file, sent with it so a damaged transfer is noticed."""
-    hasher = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while piece := f.read(PIECE_BYTES):
-            hasher.update(piece)
-    return hasher.hexdigest()
+class CopyStream:
+    """The zstd-compressed compact copy of snapshot `txn`, read piece by piece (`read` blocks:
+    call it in a thread). Owns `txn` (and its place in the database's transaction gate) and
+    ends it at `close`."""
 
+    def __init__(self, db: MetaDB, txn: Txn) -> None:
+        self.db, self.txn = db, txn
+        self.error: BaseException | None = None
+        read_fd, self._write_fd = os.pipe()
+        self._pipe: BinaryIO = os.fdopen(read_fd, "rb")
+        self._compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).stream_reader(self._pipe)
+        self._writer = threading.Thread(target=self._copy, name="lmdb-copy", daemon=True)
+        self._writer.start()
 
-def make_copy(db: MetaDB) -> tuple[Path, str]:
-    """A marked, compact copy of the whole database as of one instant, in a new directory under
-    the database's own (remove it with `discard_copy`); returns its data file and checksum.
-    Blocking: run it in a thread."""
-    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=db.env.path()))
-    try:
-        db.env.copy(str(work), compact=True)
-        copy = lmdb.open(str(work), max_dbs=16, map_size=db.env.info()["map_size"])
+    def _copy(self) -> None:
         try:
-            counters = copy.open_db(b"counters")
-            with copy.begin(write=True) as txn:
-                txn.put(COPY_MARK, u64(time.time_ns()), db=counters)
+            self.db.env.copyfd(self._write_fd, compact=True, txn=self.txn)
+        except BaseException as exc:  # the reader raises it: the stream must not end cleanly
+            self.error = exc
         finally:
-            copy.close()
-        (work / "lock.mdb").unlink(missing_ok=True)
-        data = work / "data.mdb"
-        return data, copy_checksum(data)
+            os.close(self._write_fd)
+
+    def read(self) -> bytes:
+        """The next compressed piece; b"" once the copy is complete and the frame ended."""
+        piece = self._compressed.read(PIECE_BYTES)
+        if not piece or self.error is not None:
+            self._writer.join()
+            if self.error is not None:
+                raise RuntimeError(f"the copy of the database failed: {self.error}") from self.error
+        return piece
+
+    def close(self) -> None:
+        self._pipe.close()  # a writer still copying gets EPIPE and ends
+        self._writer.join()
+        self.txn.abort()
+        self.db.gate.leave()
+
+
+async def open_copy(db: MetaDB, committer: GroupCommitter) -> CopyStream:
+    """A marked copy of the database as of now, to stream (see the module's doc)."""
+    await committer.run(lambda txn: txn.put(COPY_MARK, u64(time.time_ns()), db=db.counters))
+    db.gate.enter()
+    try:
+        snapshot = db.env.begin(buffers=False)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        db.gate.leave()
         raise
-
-
-def discard_copy(data: Path) -> None:
-    shutil.rmtree(data.parent, ignore_errors=True)
+    try:
+        await committer.run(lambda txn: txn.delete(COPY_MARK, db=db.counters))
+        return CopyStream(db, snapshot)
+    except BaseException:
+        snapshot.abort()
+        db.gate.leave()
+        raise
 
 
 def start_primary(txn: Txn, db: MetaDB) -> bool:

@@ -21,7 +21,9 @@ from msgspec import Struct
 from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
 from chunkfs.errors import FsError
 from chunkfs.metaserver.db import U64x2, MetaDB, Txn, read_u64, u64
+from chunkfs.metaserver import table_counts
 from chunkfs.metaserver.namespace import Inode, Namespace
+from chunkfs.metaserver.table_counts import TableCounts
 from chunkfs.metaserver.reservations import VersionReservations
 from chunkfs.protocol import records as r
 from chunkfs.protocol.limits import MAX_ID, in_id_range
@@ -29,6 +31,7 @@ from chunkfs.protocol.limits import MAX_ID, in_id_range
 log = logging.getLogger(__name__)
 
 ID_RESERVE = 10_000
+VERSION_INDEX_MARK = b"index.versions"  # in `counters` once the version index is complete
 MAX_SKIP = 2**40  # how far past its counter a chunkserver's ids may move an IdAllocator
 
 
@@ -179,25 +182,62 @@ class ChunkTable:
         """The bytes of a file stored inline (see INLINE_MAX_BYTES), or None: it has chunks."""
         return txn.get(u64(ino), db=self.db.inline)
 
-    def all_versions(self, txn: Txn) -> set[tuple[int, int]]:
-        return {(rec.chunk_id, rec.version) for _k, raw in txn.cursor(db=self.db.chunks)
-                for rec in (_chunk_dec.decode(raw),)}
+    def referenced(self, txn: Txn, chunk_id: int, version: int) -> bool:
+        """Whether a file's chunk record holds this version: one look-up in the version index."""
+        return txn.get(U64x2.pack(chunk_id, version), db=self.db.versions) is not None
 
-    def count(self, txn: Txn, alive: set[str]) -> tuple[int, int]:
-        """(chunks, chunks with fewer alive replicas than their file's goal) — a full scan."""
-        chunks = under = 0
-        goals: dict[int, int] = {}
+    def ensure_version_index(self, txn: Txn) -> bool:
+        """Give a database written before the version index existed its index, from one scan of
+        the chunk table; returns whether it had to. Run once at start, before serving."""
+        if txn.get(VERSION_INDEX_MARK, db=self.db.counters) is not None:
+            return False
         for key, raw in txn.cursor(db=self.db.chunks):
-            ino = U64x2.unpack(key)[0]
-            if ino not in goals:
-                goals[ino] = self.namespace.get(txn, ino).goal or self.namespace.default_goal
             rec = _chunk_dec.decode(raw)
-            chunks += 1
-            if sum(1 for s in rec.replicas if s in alive) < goals[ino]:
-                under += 1
-        return chunks, under
+            txn.put(U64x2.pack(rec.chunk_id, rec.version), key, db=self.db.versions)
+        txn.put(VERSION_INDEX_MARK, b"", db=self.db.counters)
+        return True
+
+    def recount_all(self, txn: Txn) -> TableCounts:
+        """Every table count from full scans of the inode and chunk tables."""
+        counts = TableCounts()
+        self.namespace.recount(txn, counts)
+        self.recount(txn, counts)
+        return counts
+
+    def recount(self, txn: Txn, counts: TableCounts) -> None:
+        """Chunks, chunk bytes and replicas per server into `counts`, from a full scan of the
+        chunk table (see `Namespace.recount`)."""
+        for _key, raw in txn.cursor(db=self.db.chunks):
+            rec = _chunk_dec.decode(raw)
+            counts.chunks += 1
+            counts.chunk_bytes += rec.length
+            for server in rec.replicas:
+                counts.replicas[server] = counts.replicas.get(server, 0) + 1
 
     # ---- writing ----------------------------------------------------------------------------
+    def write_record(self, txn: Txn, key: bytes, record: ChunkRecord | None) -> None:
+        """Put (or with None delete) the record at `key`, moving the table counts and the
+        version index (`versions`: which record holds a chunk version) with the change. Every
+        change to the chunk table goes through here."""
+        counts = self.namespace.counts
+        if record is None:
+            raw = txn.pop(key, db=self.db.chunks)
+        else:
+            raw = txn.get(key, db=self.db.chunks)
+            txn.put(key, _enc.encode(record), db=self.db.chunks)
+        before = _chunk_dec.decode(raw) if raw is not None else None
+        old_version = (before.chunk_id, before.version) if before else None
+        new_version = (record.chunk_id, record.version) if record else None
+        if old_version != new_version:
+            if old_version is not None:
+                txn.delete(U64x2.pack(*old_version), db=self.db.versions)
+            if new_version is not None:
+                txn.put(U64x2.pack(*new_version), key, db=self.db.versions)
+        if (before is None) != (record is None):
+            counts.add(txn, table_counts.CHUNKS, 1 if before is None else -1)
+        counts.add(txn, table_counts.CHUNK_BYTES, (record.length if record else 0) - (before.length if before else 0))
+        counts.replicas_moved(txn, before.replicas if before else [], record.replicas if record else [])
+
     def reserve(self, txn: Txn, client: str, count: int) -> tuple[int, int]:
         """`count` fresh versions and chunk ids for `client`: (first version, first chunk id)."""
         first_version = self.versions.take_block(txn, count)
@@ -250,7 +290,7 @@ class ChunkTable:
             if ref.index == 0:  # a chunk 0 replaces the inline bytes of a file that grew
                 inode.stored_bytes -= len(txn.pop(u64(req.ino), db=self.db.inline) or b"")
             record = ChunkRecord(ref.chunk_id, ref.version, ref.length, ref.checksum, list(ref.replicas))
-            txn.put(key, _enc.encode(record), db=self.db.chunks)
+            self.write_record(txn, key, record)
             self.cancel_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
             inode.stored_bytes += ref.length
         if req.size != inode.size:
@@ -292,19 +332,19 @@ class ChunkTable:
         for index, rec in self.records(txn, ino):
             start = index * CHUNK_SIZE
             if start >= size:
-                txn.delete(chunk_key(ino, index), db=self.db.chunks)
+                self.write_record(txn, chunk_key(ino, index), None)
                 self.queue_deletion(txn, rec.chunk_id, rec.version, rec.replicas)
                 continue
             if start + rec.length > size:
                 rec.length = size - start
-                txn.put(chunk_key(ino, index), _enc.encode(rec), db=self.db.chunks)
+                self.write_record(txn, chunk_key(ino, index), rec)
             stored += rec.length
         return stored
 
     def drop_file(self, txn: Txn, ino: int) -> None:
         txn.delete(u64(ino), db=self.db.inline)
         for index, rec in self.records(txn, ino):
-            txn.delete(chunk_key(ino, index), db=self.db.chunks)
+            self.write_record(txn, chunk_key(ino, index), None)
             self.queue_deletion(txn, rec.chunk_id, rec.version, rec.replicas)
 
     # ---- deletions --------------------------------------------------------------------------
@@ -359,7 +399,6 @@ class ChunkTable:
         still commit (no live reservation holds them): they are garbage on that server."""
         if self.holding_back():
             return []
-        referenced = self.all_versions(txn)
         reserved = self.owners.ranges(txn)
-        return [(cid, ver) for cid, ver in held if (cid, ver) not in referenced
+        return [(cid, ver) for cid, ver in held if not self.referenced(txn, cid, ver)
                 and not self.owners.holds(reserved, ver)]

@@ -10,15 +10,19 @@ acknowledged change is never lost on a crash, and a failed mutation rolls back a
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import queue
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lmdb
+
+from chunkfs.errors import FsError
 
 if TYPE_CHECKING:  # replication_log imports this module
     from chunkfs.metaserver.replication_log import ReplicationLog
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 U64 = struct.Struct(">Q")
 U64x2 = struct.Struct(">QQ")
 MAX_BATCH = 512
+DEFAULT_MAP_SIZE_BYTES = 1 << 40  # address space only: the file grows as pages are used
+FULL_WARNING_RATIO = 0.9  # warn once the map is this full
 
 
 def u64(n: int) -> bytes:
@@ -45,12 +51,71 @@ Txn: TypeAlias = "lmdb.Transaction[bytes]"
 Table: TypeAlias = "lmdb._Database"
 
 
-class MetaDB:
-    """Opens the environment and names its tables; owns nothing else."""
+class TxnGate:
+    """Counts the transactions open in this process, so the map can be resized when there are
+    none (LMDB's rule for mdb_env_set_mapsize). Entering costs one uncontended lock."""
 
-    def __init__(self, path: Path, map_size_bytes: int = 1 << 36) -> None:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.open = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.open += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+    def when_idle(self, fn: Callable[[], None], timeout_s: float) -> bool:
+        """Run `fn` at a moment no transaction is open (new ones wait for it); False if no such
+        moment came within `timeout_s`. Blocking: polls, never holds others back while waiting."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                if self.open == 0:
+                    fn()
+                    return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+
+
+class ReadTxn:
+    """`with db.read() as txn`: a read transaction, counted by the gate while open."""
+
+    __slots__ = ("db", "txn")
+
+    def __init__(self, db: MetaDB) -> None:
+        self.db = db
+
+    def __enter__(self) -> Txn:
+        self.db.gate.enter()
+        try:
+            self.txn = self.db.env.begin(buffers=False)
+        except BaseException:
+            self.db.gate.leave()
+            raise
+        return self.txn
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.txn.abort()
+        finally:
+            self.db.gate.leave()
+
+
+class MetaDB:
+    """Opens the environment and names its tables; owns nothing else.
+
+    The map size (`map_size_bytes`) is the most the database can grow to; reserving it costs
+    address space only, so the default is large. It can be raised while serving (`grow_map`)."""
+
+    def __init__(self, path: Path, map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(str(path), max_dbs=16, map_size=map_size_bytes, sync=True, metasync=True)
+        self.gate = TxnGate()
+        self.full_warned = False
         self.inodes = self.env.open_db(b"inodes")
         self.dentries = self.env.open_db(b"dentries")
         self.xattrs = self.env.open_db(b"xattrs")
@@ -64,10 +129,38 @@ class MetaDB:
         self.quarantine = self.env.open_db(b"quarantine")  # (chunk id, version) -> servers: kept after a restore
         self.leases = self.env.open_db(b"leases")  # directory -> the client holding it (leases.py)
         self.replies = self.env.open_db(b"replies")  # (minute, client, request id) -> reply: see replies.py
+        self.versions = self.env.open_db(b"versions")  # (chunk id, version) -> its chunk record's key
         self.reservations = self.env.open_db(b"reservations")  # chunk versions each client may commit: reservations.py
 
-    def read(self) -> Txn:
-        return self.env.begin(buffers=False)
+    def read(self) -> ReadTxn:
+        return ReadTxn(self)
+
+    def grow_map(self, size_bytes: int, timeout_s: float = 60.0) -> bool:
+        """Raise the map size to `size_bytes` while serving (never lowers it). Blocking: waits
+        for a moment with no transaction open; False if none came within `timeout_s`."""
+        if size_bytes <= self.map_size_bytes():
+            return True
+        if not self.gate.when_idle(lambda: self.env.set_mapsize(size_bytes), timeout_s):
+            return False
+        self.full_warned = False
+        log.warning("the database's map size is now %d GiB", size_bytes >> 30)
+        return True
+
+    def check_fill(self) -> None:
+        """Log once when the map is nearly full (the metric shows it all along)."""
+        used, size = self.used_bytes(), self.map_size_bytes()
+        if used > FULL_WARNING_RATIO * size and not self.full_warned:
+            self.full_warned = True
+            log.error("the metadata database uses %d of its %d GiB map (%.0f%%): raise map_size_gib in the "
+                      "metaserver's config and reload it (systemctl reload, or kill -HUP) before changes fail "
+                      "with ENOSPC", used >> 30, size >> 30, 100 * used / size)
+
+    def map_size_bytes(self) -> int:
+        return self.env.info()["map_size"]
+
+    def used_bytes(self) -> int:
+        """Bytes of the map in use (pages up to the highest ever written; freed pages are reused)."""
+        return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
 
     def close(self) -> None:
         self.env.close()
@@ -95,6 +188,7 @@ class GroupCommitter:
         self.commits = 0
         self.mutations = 0
         self.commits_on_loop = 0
+        self._full_logged = -1e9
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn(txn, *args)` in its own transaction in the writer thread; return once it is
@@ -173,34 +267,56 @@ class GroupCommitter:
 
     def _commit(self, batch: list, deliver: Callable[..., None]) -> None:
         outcomes: list[tuple[asyncio.Future[Any], asyncio.AbstractEventLoop, Any, BaseException | None]] = []
+        recording = self.write_log is not None and self.write_log.recording
         written: list = []  # the batch's write set, for standbys
         seq = 0
+        self.db.gate.enter()
         try:
             with self.db.env.begin(write=True) as txn:
                 for fn, args, future, loop in batch:
                     child = self.db.env.begin(write=True, parent=txn)
                     ops: list = []
                     try:
-                        result = fn(child if self.write_log is None else self.write_log.recording(child, ops), *args)
+                        result = fn(self.write_log.recording_txn(child, ops) if recording else child,  # type: ignore[union-attr]
+                                    *args)
                     except BaseException as exc:  # the caller gets it; the batch goes on
                         child.abort()
-                        outcomes.append((future, loop, None, exc))
+                        outcomes.append((future, loop, None, self._full(exc)))
                     else:
                         child.commit()
                         written += ops
                         outcomes.append((future, loop, result, None))
-                if written and self.write_log is not None:
+                # numbered even when not recorded (but for a batch of failures only): a standby
+                # that comes back after such a batch is told to take a new copy
+                if self.write_log is not None and (written or (not recording and any(o[3] is None for o in outcomes))):
                     seq = self.write_log.stamp(txn)
             self.commits += 1
             self.mutations += len(batch)
         except lmdb.Error as exc:
-            log.error("LMDB commit of %d mutations failed: %s", len(batch), exc)
-            outcomes = [(future, loop, None, exc) for _fn, _args, future, loop in batch]
+            if not isinstance(exc, lmdb.MapFullError):
+                log.error("LMDB commit of %d mutations failed: %s", len(batch), exc)
+            outcomes = [(future, loop, None, self._full(exc)) for _fn, _args, future, loop in batch]
             seq = 0
+        finally:
+            self.db.gate.leave()
+        if self.commits % 1000 == 1:
+            self.db.check_fill()
         if seq and self.write_log is not None:
-            self.write_log.committed(seq, written)
+            self.write_log.committed(seq, written if recording else None)
         for future, loop, result, error in outcomes:
             deliver(future, loop, result, error)
+
+
+    def _full(self, exc: BaseException) -> BaseException:
+        """A full map is the clients' ENOSPC, logged once a minute at most."""
+        if not isinstance(exc, lmdb.MapFullError):
+            return exc
+        now = time.monotonic()
+        if now - self._full_logged > 60:
+            self._full_logged = now
+            log.error("the metadata database is full (map size %d GiB): changes fail with ENOSPC until "
+                      "map_size_gib is raised in the metaserver's config and reloaded", self.db.map_size_bytes() >> 30)
+        return FsError(errno.ENOSPC, "the metadata database is full")
 
 
 def _resolve_from_thread(future: asyncio.Future, loop: asyncio.AbstractEventLoop, result: Any,

@@ -12,6 +12,10 @@ for D and gives the lease back, and the request goes on. A holder that does not 
 lease LEASE_S after it last polled its feed (it stops trusting the lease before that, see the
 mount's leases.py), so a client gone away delays others by at most that. Leases are kept in LMDB
 with the directory's creation, so a metaserver that restarts still recalls them.
+
+Memory: `run` takes back, every LEASE_S, the leases whose holder stopped polling (they were
+already worth nothing to it), and a client holding more than MAX_PER_CLIENT is asked to give its
+oldest back, so what is held in memory is bounded by the live clients times MAX_PER_CLIENT.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from chunkfs.metaserver.db import GroupCommitter, MetaDB, Txn, read_u64, u64
 from chunkfs.protocol import records as r
 
 log = logging.getLogger(__name__)
+
+MAX_PER_CLIENT = 10_000  # beyond this a client's oldest leases are recalled
 
 
 @dataclass
@@ -50,6 +56,10 @@ class DirectoryLeases:
         with db.read() as txn:  # after a restart: each runs LEASE_S more unless its holder polls
             for key, value in txn.cursor(db=db.leases):
                 self._add(read_u64(key), Lease(bytes(value).decode(), time.monotonic() + LEASE_S))
+
+    def __len__(self) -> int:
+        """Leases held now."""
+        return len(self._held)
 
     def _add(self, ino: int, lease: Lease) -> None:
         self._held[ino] = lease
@@ -84,6 +94,44 @@ class DirectoryLeases:
         """After the commit of `creating`: the lease is in force."""
         if _leased(req, attr, client):
             self._add(attr.ino, Lease(client, time.monotonic() + LEASE_S))
+            held = self._by_client[client]
+            if len(held) > MAX_PER_CLIENT:
+                for ino in sorted(held)[: len(held) - MAX_PER_CLIENT]:  # inode numbers grow: the oldest
+                    self._ask_back(self._held[ino])
+
+    def _ask_back(self, lease: Lease) -> None:
+        if not lease.recalled:
+            lease.recalled = True
+            lease.expires = min(lease.expires, time.monotonic() + LEASE_S)
+            self.recalls += 1
+            self.wake_feed()
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    async def run(self) -> None:
+        """Take back, every LEASE_S, the leases whose holder has stopped following its feed."""
+        while True:
+            await asyncio.sleep(LEASE_S)
+            now = time.monotonic()
+            overdue = [ino for ino, lease in self._held.items() if lease.expires < now]
+            if overdue:
+                try:
+                    await self.committer.run(self._delete_rows, overdue)
+                except Exception:
+                    log.exception("could not take back %d overdue leases; retrying later", len(overdue))
+                    continue
+                now = time.monotonic()
+                renewed = [(ino, lease.client) for ino in overdue
+                           if (lease := self._held.get(ino)) is not None and lease.expires >= now]
+                if renewed:  # its holder came back while the rows went: they are its again
+                    await self.committer.run(self._put_rows, renewed)
+                for ino in overdue:
+                    if (lease := self._held.get(ino)) is not None and lease.expires < now:
+                        self._drop(ino)
+                self.expired += len(overdue) - len(renewed)
+                log.info("took back %d leases of clients that stopped following the change feed", len(overdue))
 
     # ---- the holder -------------------------------------------------------------------------------
     def renew(self, client: str) -> None:
@@ -105,6 +153,10 @@ class DirectoryLeases:
             for ino in mine:
                 self._drop(ino)
 
+    def _put_rows(self, txn: Txn, leases: list[tuple[int, str]]) -> None:
+        for ino, client in leases:
+            txn.put(u64(ino), client.encode(), db=self.db.leases)
+
     def _delete_rows(self, txn: Txn, inodes: list[int]) -> None:
         for ino in inodes:
             txn.delete(u64(ino), db=self.db.leases)
@@ -118,11 +170,7 @@ class DirectoryLeases:
                 await self._recall(ino, lease)
 
     async def _recall(self, ino: int, lease: Lease) -> None:
-        if not lease.recalled:
-            lease.recalled = True
-            lease.expires = min(lease.expires, time.monotonic() + LEASE_S)
-            self.recalls += 1
-            self.wake_feed()
+        self._ask_back(lease)
         remaining = lease.expires - time.monotonic()
         if remaining > 0:
             with contextlib.suppress(TimeoutError):

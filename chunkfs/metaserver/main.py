@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
+import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
+from aiohttp import web
+
 from chunkfs import DEFAULT_METASERVER_PORT, auth, service
-from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setup_logging
+from chunkfs.config import ConfigError, daemon_command, load, opt, parse_address, setup_logging
 from chunkfs.httpserver import BODY_TIMEOUT_HELP, DEFAULT_BODY_TIMEOUT_S, serve
 from chunkfs.metaserver.app import Metaserver, build_app
 from chunkfs.metaserver.chunk_table import ChunkTable
@@ -31,6 +38,10 @@ log = logging.getLogger("chunkfs.metaserver")
 class MetaserverConfig:
     listen: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT}", "HOST:PORT to serve the API, /metrics and the status page on")
     data_dir: Path = opt(Path("/var/lib/chunkfs/meta"), "directory of the LMDB metadata database")
+    map_size_gib: float = opt(1024.0, "the most the metadata database may grow to, in GiB (LMDB's map size: "
+                                      "address space reserved, not memory or disk; ~500 bytes a file). Raise it "
+                                      "while serving: edit this file, then systemctl reload (SIGHUP). Past it, "
+                                      "changes fail with ENOSPC; an ERROR is logged at 90%")
     secret_file: Path = opt(Path("/etc/chunkfs/secret"), "file holding the cluster secret")
     default_goal: int = opt(3, "replicas kept of each chunk unless a directory sets its own goal")
     heartbeat_timeout_s: float = opt(10.0, "a chunkserver silent this long is marked down")
@@ -52,12 +63,18 @@ class MetaserverConfig:
     body_timeout_s: float = opt(DEFAULT_BODY_TIMEOUT_S, BODY_TIMEOUT_HELP)
     log_level: str = opt("info", "debug, info, warning or error")
 
+    @property
+    def map_size_bytes(self) -> int:
+        return int(self.map_size_gib * (1 << 30))
+
     def validate(self) -> None:
         parse_address(self.listen)
         if self.body_timeout_s <= 0:
             raise ConfigError("option body_timeout_s: must be positive")
         if self.follow:
             parse_address(self.follow)
+        if not 0.01 <= self.map_size_gib <= (1 << 20):
+            raise ConfigError(f"option map_size_gib: {self.map_size_gib} is not between 0.01 and 1048576")
         if self.standby_timeout_s <= 0 or self.restore_quarantine_s < 0:
             raise ConfigError("options standby_timeout_s and restore_quarantine_s: must be positive")
         if not 1 <= self.default_goal <= 16:
@@ -78,14 +95,17 @@ def run(config: MetaserverConfig) -> None:
     secret = auth.load_secret(config.secret_file)
     host, port = parse_address(config.listen)
     if config.follow:
-        standby.run(config.follow, config.data_dir, secret, host, port, config.synchronous)
+        standby.run(config.follow, config.data_dir, secret, host, port, config.synchronous,
+                    config.map_size_bytes)
         return
-    db = MetaDB(config.data_dir)
+    db = MetaDB(config.data_dir, config.map_size_bytes)
     namespace = Namespace(db, config.default_goal)
     chunks = ChunkTable(db, namespace, config.orphan_grace_s)
     with db.env.begin(write=True) as txn:
         namespace.init_root(txn)
         chunks.repair_counters(txn)
+        namespace.counts.ensure(txn, chunks.recount_all)
+        chunks.ensure_version_index(txn)
         backup.start_primary(txn, db)
     replication = ReplicationLog(db, config.standby_timeout_s)
     committer = GroupCommitter(db, replication)
@@ -102,8 +122,47 @@ def run(config: MetaserverConfig) -> None:
                                     deleter.wake.set)
     log.info("metaserver serving on %s:%d, data in %s", host, port, config.data_dir)
     app = build_app(state, secret, http, port, config.body_timeout_s)
+    app.on_startup.append(reload_on_sighup(db, reloaded_config()))
     service.attach(app, status=f"serving on {host}:{port}")
+    gc.freeze()  # what start-up made lives as long as the process: no collection walks it again
     serve(app, host, port)
+
+
+def reloaded_config() -> Callable[[], MetaserverConfig]:
+    """Reads the configuration again as it was given (file, then flags), for SIGHUP."""
+    params = dict(click.get_current_context().params)
+    config_file = params.pop("config_file", None)
+    return lambda: load(MetaserverConfig, config_file, params)
+
+
+def reload_on_sighup(db: MetaDB, reload: Callable[[], MetaserverConfig]
+                     ) -> Callable[[web.Application], Awaitable[None]]:
+    """SIGHUP (systemctl reload) applies a new `map_size_gib` without a restart; the other
+    options need one."""
+
+    async def grow() -> None:
+        try:
+            size = reload().map_size_bytes
+        except ConfigError as exc:
+            log.error("reload: %s; nothing changed", exc)
+            return
+        if size < db.map_size_bytes():
+            log.warning("reload: map_size_gib is below the current map size; it is lowered only by a restart")
+        elif not await asyncio.to_thread(db.grow_map, size):
+            log.error("reload: no moment without an open transaction came within a minute; map size unchanged")
+
+    async def install(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task] = set()
+
+        def on_sighup() -> None:
+            task = loop.create_task(grow())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+
+    return install
 
 
 def main() -> None:

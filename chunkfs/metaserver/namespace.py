@@ -19,6 +19,8 @@ from chunkfs import ROOT_INODE
 from chunkfs.errors import FsError
 from chunkfs import posix_acl
 from chunkfs.metaserver.db import MetaDB, Txn, read_u64, u64
+from chunkfs.metaserver import table_counts
+from chunkfs.metaserver.table_counts import Counts, TableCounts
 from chunkfs.protocol import records as r
 from chunkfs.protocol.limits import check_name, check_xattr
 
@@ -53,6 +55,7 @@ class Namespace:
         self.db = db
         self.default_goal = default_goal
         self.on_inode_freed = lambda txn, ino: None  # set by the chunk table
+        self.counts = Counts(db)
 
     # ---- records ----------------------------------------------------------------------------
     def init_root(self, txn: Txn) -> None:
@@ -60,6 +63,8 @@ class Namespace:
             now = time.time_ns()
             root = Inode(stat.S_IFDIR | 0o755, 0, 0, 0, now, now, now, 2, goal=self.default_goal,
                          parent=ROOT_INODE)
+            if txn.stat(self.db.inodes)["entries"] == 0:  # a new database: counted from its first row
+                self.counts.write(txn, TableCounts())
             self.put(txn, ROOT_INODE, root)
             txn.put(b"next_ino", u64(ROOT_INODE + 1), db=self.db.counters)
 
@@ -70,7 +75,18 @@ class Namespace:
         return _dec.decode(raw)
 
     def put(self, txn: Txn, ino: int, inode: Inode) -> None:
-        txn.put(u64(ino), _enc.encode(inode), db=self.db.inodes)
+        """Write the inode's row (new or replacing one) and move the table counts by the change."""
+        key = u64(ino)
+        raw = txn.get(key, db=self.db.inodes)
+        txn.put(key, _enc.encode(inode), db=self.db.inodes)
+        self._count(txn, None if raw is None else _dec.decode(raw), inode)
+
+    def _count(self, txn: Txn, before: Inode | None, after: Inode | None) -> None:
+        for inode, sign in ((before, -1), (after, 1)):
+            if inode is not None and (before is None or after is None):
+                self.counts.add(txn, table_counts.DIRECTORIES if stat.S_ISDIR(inode.mode) else table_counts.FILES, sign)
+        size = lambda inode: inode.size if inode is not None and stat.S_ISREG(inode.mode) else 0  # noqa: E731
+        self.counts.add(txn, table_counts.FILE_BYTES, size(after) - size(before))
 
     def attr(self, ino: int, inode: Inode) -> r.Attr:
         return r.Attr(
@@ -266,12 +282,22 @@ class Namespace:
             self._free(txn, ino)
         return True
 
-    def orphans(self, txn: Txn) -> list[tuple[int, str]]:
-        """(inode, client id) of every unlinked file still open on some client."""
-        return [(read_u64(k), v.decode()) for k, v in txn.cursor(db=self.db.orphans)]
+    def orphans(self, txn: Txn, after: int = 0, limit: int = 10_000) -> list[tuple[int, str]]:
+        """(inode, client id) of unlinked files still open on some client, from inode `after` on,
+        at most `limit` of them (in inode order)."""
+        out: list[tuple[int, str]] = []
+        cursor = txn.cursor(db=self.db.orphans)
+        if cursor.set_range(u64(after)):
+            for key, value in cursor:
+                if len(out) >= limit:
+                    break
+                out.append((read_u64(key), value.decode()))
+        return out
 
     def _free(self, txn: Txn, ino: int) -> None:
-        txn.delete(u64(ino), db=self.db.inodes)
+        raw = txn.pop(u64(ino), db=self.db.inodes)
+        if raw is not None:
+            self._count(txn, _dec.decode(raw), None)
         txn.delete(u64(ino), db=self.db.leases)
         cursor = txn.cursor(db=self.db.xattrs)
         prefix = u64(ino)
@@ -509,14 +535,15 @@ class Namespace:
         self.put(txn, req.ino, inode)
 
     # ---- counts -----------------------------------------------------------------------------
-    def count(self, txn: Txn) -> tuple[int, int]:
-        """(files, directories) — a full scan, for status pages only."""
-        files = dirs = 0
+    def recount(self, txn: Txn, counts: TableCounts) -> None:
+        """Files, directories and file bytes into `counts`, from a full scan of the inode table:
+        for a database without counts (`Counts.ensure`) and for checking them, never serving."""
         for _key, raw in txn.cursor(db=self.db.inodes):
-            if stat.S_ISDIR(_dec.decode(raw).mode):
-                dirs += 1
+            inode = _dec.decode(raw)
+            if stat.S_ISDIR(inode.mode):
+                counts.directories += 1
             else:
-                files += 1
-        return files, dirs
+                counts.files += 1
+                counts.file_bytes += inode.size if stat.S_ISREG(inode.mode) else 0
 
 

@@ -19,6 +19,8 @@ from chunkfs.metaserver.namespace import Namespace
 
 log = logging.getLogger(__name__)
 
+PAGE = 10_000
+
 
 class OrphanCollector:
     def __init__(self, db: MetaDB, committer: GroupCommitter, namespace: Namespace, changes: ChangeFeed,
@@ -28,6 +30,7 @@ class OrphanCollector:
         self.on_freed = on_freed  # wakes the deleter
         self.started = time.monotonic()
         self.collected = 0
+        self._next = 0  # the inode the next pass starts at
 
     async def run(self) -> None:
         while True:
@@ -42,8 +45,11 @@ class OrphanCollector:
         return now - seen > self.session_timeout_s
 
     async def pass_once(self) -> int:
+        """One page of the orphans table (PAGE rows, on the event loop), where the last pass
+        stopped: a pass costs the same however many files are open unlinked."""
         with self.db.read() as txn:
-            orphans = self.namespace.orphans(txn)
+            orphans = self.namespace.orphans(txn, self._next, PAGE)
+        self._next = orphans[-1][0] + 1 if len(orphans) == PAGE else 0
         now = time.monotonic()
         gone = [(ino, client) for ino, client in orphans if self.expired(client, now)]
         if not gone:

@@ -50,9 +50,8 @@ class Quarantine:
         self.chunks.versions.skip_past(txn, [ver for _cid, ver in [*held, *recent]])
         if not held or not self.active():
             return
-        referenced = self.chunks.all_versions(txn)
         for chunk_id, version in held:
-            if (chunk_id, version) in referenced:
+            if self.chunks.referenced(txn, chunk_id, version):
                 continue
             key = U64x2.pack(chunk_id, version)
             raw = txn.get(key, db=self.db.quarantine)
@@ -79,14 +78,13 @@ class Quarantine:
                     "queued for deletion", released)
 
     def _release(self, txn: Txn) -> int:
-        referenced = self.chunks.all_versions(txn)
         released = 0
         cursor = txn.cursor(db=self.db.quarantine)
         while cursor.first():
             chunk_id, version = U64x2.unpack(cursor.key())
             servers = _servers.decode(cursor.value())
             cursor.delete()
-            if (chunk_id, version) not in referenced:
+            if not self.chunks.referenced(txn, chunk_id, version):
                 self.chunks.queue_deletion(txn, chunk_id, version, servers)
                 released += 1
         txn.delete(RESTORED_AT, db=self.db.counters)

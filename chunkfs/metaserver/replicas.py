@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 Version = tuple[int, int]  # (chunk_id, version)
 
-_enc = msgspec.msgpack.Encoder()
 _record_dec = msgspec.msgpack.Decoder(ChunkRecord)
 _servers_dec = msgspec.msgpack.Decoder(list[str])
 
@@ -51,14 +50,6 @@ class ReplicaEdits:
                 found[(rec.chunk_id, rec.version)] = key
         return found
 
-    def count_by_server(self, txn: Txn) -> dict[str, int]:
-        """How many chunk versions' records list each server (a full scan)."""
-        counts: dict[str, int] = {}
-        for _key, raw in txn.cursor(db=self.db.chunks):
-            for server_id in _record_dec.decode(raw).replicas:
-                counts[server_id] = counts.get(server_id, 0) + 1
-        return counts
-
     def pending_deletion(self, txn: Txn, chunk_id: int, version: int) -> set[str]:
         """Servers this chunk version is still queued to be deleted from."""
         raw = txn.get(U64x2.pack(chunk_id, version), db=self.db.deletions)
@@ -80,7 +71,7 @@ class ReplicaEdits:
             return False
         if server_id not in rec.replicas:
             rec.replicas.append(server_id)
-            txn.put(key, _enc.encode(rec), db=self.db.chunks)
+            self.chunks.write_record(txn, key, rec)
         return True
 
     def trim(self, txn: Txn, key: bytes, chunk_id: int, version: int, keep: list[str]) -> list[str]:
@@ -92,7 +83,7 @@ class ReplicaEdits:
         drop = [s for s in rec.replicas if s not in keep]
         if drop:
             rec.replicas = [s for s in rec.replicas if s in keep]
-            txn.put(key, _enc.encode(rec), db=self.db.chunks)
+            self.chunks.write_record(txn, key, rec)
             self.chunks.queue_deletion(txn, chunk_id, version, drop)
         return drop
 
@@ -109,7 +100,7 @@ class ReplicaEdits:
                 result.kept.append((chunk_id, version))
                 continue
             rec.replicas.remove(server_id)
-            txn.put(key, _enc.encode(rec), db=self.db.chunks)
+            self.chunks.write_record(txn, key, rec)
             if queue_deletion:
                 self.chunks.queue_deletion(txn, chunk_id, version, [server_id])
             result.dropped.append((chunk_id, version))

@@ -14,6 +14,13 @@ Promises:
 - With a synchronous standby in sync, a batch's callers are answered only once that standby
   acknowledged it. A standby that does not within `timeout_s` falls out of sync (logged as an
   error) and changes are acknowledged without it until it has caught up again (logged too).
+
+Memory: write sets are recorded and kept only while a standby follows (it polled, or took its
+first copy, within `idle_s`); otherwise every batch is still numbered (so a standby that comes
+back after a gap is told to take a new copy) but nothing is kept. Each kept batch is one msgpack
+`bytes` object, encoded in the writer thread: `keep_bytes` bounds the real memory held (the
+objects' own size), and the garbage collector never walks them (bytes hold no references), so a
+full log costs the serving thread no GC pause.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ import itertools
 import logging
 import secrets
 import threading
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
 
 import lmdb
+import msgspec
 
 from chunkfs.errors import FsError
 from chunkfs.metaserver.db import MetaDB, Table, Txn, read_u64, u64
@@ -41,8 +50,18 @@ SEQ_KEY = b"replication_seq"
 HISTORY_KEY = b"replication_history"
 KEEP_BYTES = 256 * 1024 * 1024  # write sets kept in memory for standbys that fall behind
 FEED_BYTES = 16 * 1024 * 1024  # at most this much per answer (one batch more if it is bigger)
+IDLE_S = 300.0  # no standby polled (or took a copy) this long: stop recording, free the log
+BYTES_OVERHEAD = sys.getsizeof(b"")  # a bytes object's header, counted with its length
 
 Op = tuple[str, bytes, "bytes | None"]
+
+
+class EncodedFeed(msgspec.Struct):
+    """`records.ReplicationFeed` as sent: its batches already encoded (the same bytes on the wire)."""
+
+    history: str
+    primary_seq: int
+    batches: list[msgspec.Raw]
 
 
 def table_names(db: MetaDB) -> dict[Table, str]:
@@ -154,10 +173,12 @@ class ReplicationLog:
     """Numbers and keeps the write sets of committed batches (the writer thread adds, the event
     loop serves them); tracks the standbys following them."""
 
-    def __init__(self, db: MetaDB, timeout_s: float, keep_bytes: int = KEEP_BYTES) -> None:
+    def __init__(self, db: MetaDB, timeout_s: float, keep_bytes: int = KEEP_BYTES, idle_s: float = IDLE_S) -> None:
         self.db = db
         self.timeout_s = timeout_s
         self.keep_bytes = keep_bytes
+        self.idle_s = idle_s
+        self.recording_until = 0.0  # time.monotonic(): write sets are recorded until then
         self.names = table_names(db)
         with db.read() as txn:
             raw_seq = txn.get(SEQ_KEY, db=db.counters)
@@ -166,7 +187,7 @@ class ReplicationLog:
             raise RuntimeError("the database has no replication history; call new_history() at start")
         self.history = raw_history.decode()
         self.seq = read_u64(raw_seq) if raw_seq else 0
-        self._batches: deque[r.ReplicationBatch] = deque()
+        self._batches: deque[tuple[int, bytes]] = deque()  # (seq, the encoded ReplicationBatch)
         self._kept_bytes = 0
         self._lock = threading.Condition()
         self.followers: dict[str, Follower] = {}
@@ -181,8 +202,28 @@ class ReplicationLog:
         txn.put(HISTORY_KEY, history.encode(), db=db.counters)
         return history
 
+    def standby_seen(self) -> None:
+        """A standby polled or is taking its first copy: record (or go on recording) write sets.
+        Called before the copy's snapshot is taken, so every batch after it is kept."""
+        with self._lock:
+            if not self.recording:
+                log.info("a standby follows: keeping write sets (at most %d MiB)", self.keep_bytes >> 20)
+            self.recording_until = time.monotonic() + self.idle_s
+
+    @property
+    def recording(self) -> bool:
+        return time.monotonic() < self.recording_until
+
+    @property
+    def kept_bytes(self) -> int:
+        return self._kept_bytes
+
+    @property
+    def kept_batches(self) -> int:
+        return len(self._batches)
+
     # ---- the writer thread -------------------------------------------------------------------
-    def recording(self, txn: Txn, ops: list[Op]) -> RecordingTxn:
+    def recording_txn(self, txn: Txn, ops: list[Op]) -> RecordingTxn:
         return RecordingTxn(txn, self.names, ops)
 
     def stamp(self, txn: Txn) -> int:
@@ -191,18 +232,21 @@ class ReplicationLog:
         txn.put(SEQ_KEY, u64(seq), db=self.db.counters)
         return seq
 
-    def committed(self, seq: int, ops: list[Op]) -> None:
-        """Called once batch `seq` is durable here, before its callers are answered: keeps it for
-        standbys and waits for the synchronous ones in sync (at most `timeout_s`)."""
-        batch = r.ReplicationBatch(seq, ops)
-        size = sum(len(k) + len(v or b"") + 16 for _t, k, v in ops)
+    def committed(self, seq: int, ops: list[Op] | None) -> None:
+        """Called once batch `seq` is durable here, before its callers are answered: keeps its
+        write set `ops` for standbys (None: it was not recorded; what is kept ends before it) and
+        waits for the synchronous ones in sync (at most `timeout_s`)."""
+        encoded = None if ops is None else msgspec.msgpack.encode(r.ReplicationBatch(seq, ops))
         with self._lock:
             self.seq = seq
-            self._batches.append(batch)
-            self._kept_bytes += size
-            while self._kept_bytes > self.keep_bytes and len(self._batches) > 1:
-                old = self._batches.popleft()
-                self._kept_bytes -= sum(len(k) + len(v or b"") + 16 for _t, k, v in old.ops)
+            if encoded is None:
+                self._batches.clear()
+                self._kept_bytes = 0
+            else:
+                self._batches.append((seq, encoded))
+                self._kept_bytes += len(encoded) + BYTES_OVERHEAD
+                while self._kept_bytes > self.keep_bytes and len(self._batches) > 1:
+                    self._kept_bytes -= len(self._batches.popleft()[1]) + BYTES_OVERHEAD
             waiting_for = [f for f in self.followers.values() if f.synchronous and f.in_sync]
         self._wake_pollers()
         if not waiting_for:
@@ -227,22 +271,23 @@ class ReplicationLog:
             self._new_batch = asyncio.Event()
 
     # ---- the event loop ----------------------------------------------------------------------
-    async def feed(self, name: str, history: str, since: int, synchronous: bool, wait_s: float) -> r.ReplicationFeed:
+    async def feed(self, name: str, history: str, since: int, synchronous: bool, wait_s: float) -> bytes:
         """Record that standby `name` has everything up to `since`; answer what follows (waiting
-        up to `wait_s` for a batch if there is none yet)."""
+        up to `wait_s` for a batch if there is none yet), encoded as a `records.ReplicationFeed`."""
         if self._new_batch is None:  # the first poll: from now on a commit wakes the pollers
             self._loop = asyncio.get_running_loop()
             self._new_batch = asyncio.Event()
         if history != self.history:
             raise FsError(errno.ESTALE, f"the standby follows history {history or '(none)'}, this metaserver "
                                         f"{self.history}: take a new copy")
+        self.standby_seen()
         self._acknowledge(name, since, synchronous)
         deadline = time.monotonic() + wait_s
         while True:
             batches = self._after(since)
             remaining = deadline - time.monotonic()
             if batches or remaining <= 0:
-                return r.ReplicationFeed(self.history, self.seq, batches)
+                return msgspec.msgpack.encode(EncodedFeed(self.history, self.seq, batches))
             event = self._new_batch
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), remaining)
@@ -252,7 +297,7 @@ class ReplicationLog:
             if since > self.seq:
                 raise FsError(errno.ESTALE, f"the standby is at batch {since}, past this metaserver's {self.seq}: "
                                             "take a new copy")
-            first_kept = self._batches[0].seq if self._batches else self.seq + 1
+            first_kept = self._batches[0][0] if self._batches else self.seq + 1
             if since + 1 < first_kept:
                 raise FsError(errno.ESTALE, f"batches after {since} are no longer kept (oldest {first_kept}): "
                                             "take a new copy")
@@ -268,15 +313,15 @@ class ReplicationLog:
                 log.warning("synchronous standby %s is in sync: changes are acknowledged once it has them", name)
             self._lock.notify_all()
 
-    def _after(self, since: int) -> list[r.ReplicationBatch]:
-        out: list[r.ReplicationBatch] = []
+    def _after(self, since: int) -> list[msgspec.Raw]:
+        out: list[msgspec.Raw] = []
         size = 0
         with self._lock:
             if not self._batches:
                 return out
-            for batch in itertools.islice(self._batches, max(0, since + 1 - self._batches[0].seq), None):
-                out.append(batch)
-                size += sum(len(k) + len(v or b"") for _t, k, v in batch.ops)
+            for _seq, encoded in itertools.islice(self._batches, max(0, since + 1 - self._batches[0][0]), None):
+                out.append(msgspec.Raw(encoded))
+                size += len(encoded)
                 if size >= FEED_BYTES:
                     break
         return out

@@ -73,6 +73,7 @@ class Shortfall:
     goal: int
     healthy: int
     busy: set[str]  # servers a deletion of this version is still queued for: not targets yet
+    alive: int = 0  # replicas on live servers (draining ones too), as `chunks_under_goal` counts them
 
 
 @dataclass
@@ -104,6 +105,12 @@ class Replicator:
         # (chunk_id, version) -> servers that reported their copy corrupt, since start (for fsck)
         self.corrupt_reports: dict[Version, set[str]] = {}
         self.copies_pending = 0  # copies the last pass found needed and possible, less those it made
+        # Chunks with fewer live replicas than their goal, counted by each pass's scan (in a
+        # thread, off the event loop) and lowered as copies are recorded: which servers are alive
+        # changes with no transaction (a heartbeat that stops coming), so no count kept in LMDB
+        # can follow it; the scan the replicator makes anyway can. -1 until the first scan.
+        self.chunks_under_goal = -1
+        self.under_goal_counted_at = 0.0  # time.monotonic() of that scan
         self._slots = asyncio.Semaphore(in_flight)
         self._next_start = 0.0
         self._scan_s = 0.0
@@ -130,8 +137,9 @@ class Replicator:
                              free={sid: s.free_bytes for sid, s in alive.items()})
         budget = max(1, int(self.per_s * PASS_S))
         started = time.monotonic()
-        short, trims, under, missing = await asyncio.to_thread(self._scan, servers, budget)
+        short, trims, under, missing, below_goal = await asyncio.to_thread(self._scan, servers, budget)
         self._scan_s = time.monotonic() - started
+        self.chunks_under_goal, self.under_goal_counted_at = below_goal, started
         trimmed = await self._trim(trims)
         copies = self._plan(short, alive)[:budget]
         copied = await self._copy_all(copies)
@@ -141,24 +149,28 @@ class Replicator:
         return trimmed + copied > 0
 
     # ---- scanning -------------------------------------------------------------------------------
-    def _scan(self, servers: ServerSets, limit: int) -> tuple[list[Shortfall], list[Trim], int, int]:
+    def _scan(self, servers: ServerSets, limit: int) -> tuple[list[Shortfall], list[Trim], int, int, int]:
         """The `limit` most endangered chunks under goal that can be repaired now (some live
         server holds them, another could take a copy), the trims due, how many chunks could be
-        repaired in all and how many copies that takes. Memory stays bounded however many there are."""
+        repaired in all, how many copies that takes and how many chunks have fewer live replicas
+        than their goal. Memory stays bounded however many there are (records come in inode
+        order, so only the current file's goal is kept)."""
         worst: list = []  # heap whose top is the least endangered kept so far
         trims: list[Trim] = []
-        under = missing = 0
-        goals: dict[int, int | None] = {}
+        under = missing = below_goal = 0
+        goal_of: tuple[int, int | None] = (0, None)
         order = itertools.count()
         with self.db.read() as txn:
             for key, raw in txn.cursor(db=self.db.chunks):
                 ino = U64x2.unpack(key)[0]
-                if ino not in goals:
-                    goals[ino] = self._goal(txn, ino)
-                goal = goals[ino]
+                if ino != goal_of[0]:
+                    goal_of = (ino, self._goal(txn, ino))
+                goal = goal_of[1]
                 if goal is None:
                     continue
                 rec = _record_dec.decode(raw)
+                alive = sum(1 for s in rec.replicas if s in servers.alive)
+                below_goal += alive < goal
                 healthy = [s for s in rec.replicas if s in servers.healthy]
                 if len(healthy) < goal:
                     if not servers.alive.intersection(rec.replicas):
@@ -169,14 +181,14 @@ class Replicator:
                     under += 1
                     missing += goal - len(healthy)
                     heapq.heappush(worst, (-len(healthy), goal - len(healthy), next(order),
-                                           Shortfall(key, rec, goal, len(healthy), busy)))
+                                           Shortfall(key, rec, goal, len(healthy), busy, alive)))
                     if len(worst) > limit:
                         heapq.heappop(worst)
                 elif len(rec.replicas) > goal and len(trims) < MAX_TRIMS_PER_PASS:
                     keep = sorted(healthy, key=lambda s: -servers.free.get(s, 0))[:goal]
                     trims.append(Trim(key, rec.chunk_id, rec.version, keep))
         short = [item[-1] for item in sorted(worst, key=lambda item: (-item[0], -item[1], item[2]))]
-        return short, trims, under, missing
+        return short, trims, under, missing, below_goal
 
     def _goal(self, txn: Txn, ino: int) -> int | None:
         try:
@@ -244,6 +256,9 @@ class Replicator:
             self._slots.release()
         if added:
             self.replicated += 1
+            copy.chunk.alive += 1
+            if copy.chunk.alive == copy.chunk.goal and self.chunks_under_goal > 0:
+                self.chunks_under_goal -= 1
         else:
             self.deleter.wake.set()  # the version went away meanwhile: the copy is garbage
         return added
@@ -258,8 +273,9 @@ class Replicator:
             self.corrupt_reports.setdefault(version, set()).add(report.server_id)
         while len(self.corrupt_reports) > MAX_CORRUPT_REPORTS:
             del self.corrupt_reports[next(iter(self.corrupt_reports))]
-        wanted = set(corrupt)
-        found = await asyncio.to_thread(self._find, lambda rec: (rec.chunk_id, rec.version) in wanted)
+        with self.db.read() as txn:  # a look-up in the version index each
+            found = {version: bytes(key) for version in corrupt
+                     if (key := txn.get(U64x2.pack(*version), db=self.db.versions)) is not None}
         result = await self.committer.run(self.edits.drop_corrupt, report.server_id, corrupt, found)
         address = self._address(report.server_id)
         log.warning("%s reports %d corrupt chunk versions: %d dropped from their records, %d unreferenced",
@@ -300,7 +316,8 @@ class Replicator:
         self.registry.set_draining(server.id, req.draining)
         log.info("%s %s", server.address, "is being drained" if req.draining else "is no longer drained")
         self.wake.set()
-        counts = {server.id: len(await asyncio.to_thread(self._find, lambda rec: server.id in rec.replicas))}
+        with self.db.read() as txn:
+            counts = self.chunks.namespace.counts.read(txn).replicas
         return next(s for s in self.registry.status(counts) if s.id == server.id)
 
     def _find(self, matches) -> dict[Version, bytes]:

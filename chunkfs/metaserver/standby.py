@@ -29,11 +29,12 @@ from aiohttp import web
 from chunkfs import service
 from chunkfs.errors import FsError, TransportError
 from chunkfs.httpserver import json_response, make_app, serve
-from chunkfs.metaserver.db import MetaDB, read_u64, u64
+from chunkfs.metaserver.backup import COPY_MARK
+from chunkfs.metaserver.db import DEFAULT_MAP_SIZE_BYTES, MetaDB, read_u64, u64
 from chunkfs.metaserver.replication_log import HISTORY_KEY, SEQ_KEY, table_names
 from chunkfs.protocol import records as r
 from chunkfs.protocol.http import SignedHttp
-from chunkfs.protocol.replication_client import ReplicationClient, download_copy
+from chunkfs.protocol.replication_client import ReplicationClient, save_copy
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,10 @@ class NeedsCopy(Exception):
 
 
 class Standby:
-    def __init__(self, primary: str, data_dir: Path, secret: bytes, name: str, synchronous: bool) -> None:
+    def __init__(self, primary: str, data_dir: Path, secret: bytes, name: str, synchronous: bool,
+                 map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> None:
         self.primary, self.data_dir, self.secret = primary, data_dir, secret
+        self.map_size_bytes = map_size_bytes
         self.name, self.synchronous = name, synchronous
         self.db: MetaDB | None = None
         self._db_lock = threading.Lock()  # the database is opened, written and closed under it
@@ -60,7 +63,7 @@ class Standby:
     # ---- the database (blocking: called in a thread) ---------------------------------------------
     def _open(self) -> None:
         with self._db_lock:
-            self.db = MetaDB(self.data_dir)
+            self.db = MetaDB(self.data_dir, self.map_size_bytes)
             self.tables = {name: handle for handle, name in table_names(self.db).items()}
             with self.db.read() as txn:
                 history = txn.get(HISTORY_KEY, db=self.db.counters)
@@ -77,11 +80,12 @@ class Standby:
     def _copy(self) -> None:
         self.close()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        info = download_copy(self.primary, self.secret, self.data_dir / "data.mdb")
+        info = save_copy(self.primary, self.secret, self.data_dir / "data.mdb", decompress=True, standby=self.name)
         (self.data_dir / "lock.mdb").unlink(missing_ok=True)
         self.copies += 1
         self._open()
-        log.info("took a copy of %s's database (%d bytes), at batch %d", self.primary, info.size_bytes, self.seq)
+        log.info("took a copy of %s's database (%d bytes, %d sent), at batch %d", self.primary, info.database_bytes,
+                 info.size_bytes, self.seq)
 
     def _apply(self, batches: list[r.ReplicationBatch]) -> None:
         """All of `batches` in one durable transaction, with the number of the last."""
@@ -94,6 +98,8 @@ class Standby:
                     if batch.seq != expected:
                         raise NeedsCopy(f"batch {batch.seq} came where {expected} was due")
                     for table, key, value in batch.ops:
+                        if table == "counters" and key == COPY_MARK:
+                            continue  # a backup's mark, there and gone on the primary; this copy keeps its own
                         handle = self.tables.get(table)
                         if handle is None:
                             raise NeedsCopy(f"table {table!r} is unknown here: is this standby's chunkfs older?")
@@ -177,8 +183,9 @@ def build_app(standby: Standby, secret: bytes) -> web.Application:
     return app
 
 
-def run(primary: str, data_dir: Path, secret: bytes, host: str, port: int, synchronous: bool) -> None:
-    standby = Standby(primary, data_dir, secret, f"{socket.gethostname()}:{port}", synchronous)
+def run(primary: str, data_dir: Path, secret: bytes, host: str, port: int, synchronous: bool,
+        map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> None:
+    standby = Standby(primary, data_dir, secret, f"{socket.gethostname()}:{port}", synchronous, map_size_bytes)
     log.info("standby of %s serving /health on %s:%d, data in %s", primary, host, port, data_dir)
     app = build_app(standby, secret)
     service.attach(app, status=f"standby of {primary}")

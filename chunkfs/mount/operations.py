@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyfuse3
+import trio
 
 from chunkfs.client.core import PREFERRED_IO_BYTES, Client, statvfs_numbers
 from chunkfs.client.open_file import OpenFile
@@ -229,8 +230,15 @@ class ChunkfsOperations(pyfuse3.Operations):
     # ---- files ----------------------------------------------------------------------------
     @fuse_errors
     async def open(self, inode, flags, ctx):
+        seen = self.seen_versions.get(inode)
         open_file = await self.client.open(inode, ctx, truncate=bool(flags & os.O_TRUNC))
-        return self._file_info(open_file, open_file.attr)
+        info = self._file_info(open_file, open_file.attr)
+        if seen is not None and not info.keep_cache:
+            # changed elsewhere since this mount last opened it, and maybe not pushed yet: the
+            # kernel must ask for the size again too, or it ends reads at the old one. Only the
+            # attributes (no page locks), from a worker thread, so this cannot deadlock.
+            await trio.to_thread.run_sync(functools.partial(pyfuse3.invalidate_inode, inode, attr_only=True))
+        return info
 
     @fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):

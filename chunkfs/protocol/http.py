@@ -3,6 +3,10 @@
 One `SignedHttp` per process talks to every server. Transient failures (connection refused,
 reset, time-out, 502/503/504) are retried with exponential backoff until `retry_s` runs out;
 then the caller gets `TransportError`. A 4xx with a chunkfs error body becomes `FsError`.
+A kept-alive connection that breaks (a server restarted) takes every idle connection to that
+server with it and the call is made again at once on a new one: after a restart the first call
+pays one reconnect, not a back-off per pooled connection, and the pause a client sees is the
+restart plus at most the back-off's 2 s ceiling.
 
 Every call carries an `X-Request-Id` (see `chunkfs.request_id`), the same on each of its retries,
 and, when the id is the call's own, an `X-Chunkfs-Attempt` numbering them;
@@ -33,7 +37,9 @@ _RETRY_STATUS = {502, 503, 504}
 
 
 class _Retryable(Exception):
-    pass
+    def __init__(self, message: str, stale: bool = False) -> None:
+        super().__init__(message)
+        self.stale = stale  # see TransportFailure
 
 
 class SignedHttp:
@@ -81,6 +87,11 @@ class SignedHttp:
                 return await self._once(method, parts.netloc, target, body, digest, headers, 1 if new_id else 0)
             except _Retryable as exc:
                 first_failure = exc
+            if first_failure.stale:  # a kept-alive connection broke: reconnect once, at once
+                try:
+                    return await self._once(method, parts.netloc, target, body, digest, headers, 2 if new_id else 0)
+                except _Retryable as exc:
+                    first_failure = exc
             return await self._retry(first_failure, limit_s - (time.monotonic() - started),
                                      method, parts.netloc, target, body, digest, headers, new_id)
         except _Retryable as exc:
@@ -121,7 +132,7 @@ class SignedHttp:
         try:
             response = await self.transport.send(method, address, target, all_headers, body)
         except TransportFailure as exc:
-            raise _Retryable(str(exc)) from None
+            raise _Retryable(str(exc), exc.stale) from None
         if response.status_code in _RETRY_STATUS:
             raise _Retryable(f"HTTP {response.status_code}")
         if response.status_code == 401:

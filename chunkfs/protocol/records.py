@@ -311,7 +311,7 @@ class ClusterStatus(Struct, kw_only=True):
     files: int
     directories: int
     chunks: int
-    chunks_under_goal: int
+    chunks_under_goal: int  # as of the replicator's last scan, `under_goal_counted_s_ago`
     pending_deletions: int
     total_bytes: int
     free_bytes: int
@@ -326,6 +326,30 @@ class ClusterStatus(Struct, kw_only=True):
     clients: list[ClientStatus] = []  # mounts following the change feed, with their caches
     standbys: list[StandbyStatus] = []  # metaserver standbys following this one
     quarantined_versions: int = 0  # unknown chunk versions kept after a restore (not deleted)
+    file_bytes: int = 0  # sum of the regular files' sizes
+    chunk_bytes: int = 0  # sum of the chunks' lengths (one replica each)
+    under_goal_counted_s_ago: float = -1.0  # age of `chunks_under_goal` (-1: not counted yet)
+    memory: MemoryStatus | None = None  # the metaserver's own memory, and what holds it
+
+
+class MemoryStatus(Struct, kw_only=True):
+    """What the metaserver holds in memory: its process (from /proc), the LMDB map, and every
+    structure that grows with files or clients, each with its bound."""
+
+    rss_anon_bytes: int = 0  # the process's own memory (heap): what must stay bounded
+    rss_file_bytes: int = 0  # mapped files resident (mostly LMDB pages): page cache, reclaimable
+    lmdb_map_bytes: int = 0  # the LMDB map size (address space reserved, not memory)
+    lmdb_used_bytes: int = 0  # pages of the map in use
+    replication_log_bytes: int = 0  # write sets kept for standbys (real bytes; 0 without a standby)
+    replication_log_limit_bytes: int = 0
+    replication_log_batches: int = 0
+    change_feed_changes: int = 0
+    change_feed_limit: int = 0
+    clients_tracked: int = 0  # mounts heard from within the last hour
+    leases_held: int = 0  # directory leases held by clients
+    corrupt_reports: int = 0  # corrupt copies remembered for fsck (at most 100,000)
+    gc_pause_max_s: float = 0.0  # the longest garbage-collector pass since start
+    gc_pause_last_s: float = 0.0
 
 
 class ThroughputSample(Struct):

@@ -1,9 +1,11 @@
 """Client side of the metaserver's copy and replication endpoints: `chunkfs backup` downloads a
 copy, a standby downloads one and then follows the write sets.
 
-`download_copy` streams `/v1/backup` to a file next to `dest` and renames it into place only once
-it is complete, on disk (fsync) and matches the checksum the metaserver sent, so `dest` is never
-a partial copy.
+A copy comes as one zstd frame (see the metaserver's backup.py). `download_copy` writes it as it
+comes, compressed or not, and checks the frame while it does: its checksum over the whole copy,
+and that it ended (a copy the metaserver could not finish is cut off before its end).
+`save_copy` writes a file next to `dest` and renames it into place only once it is complete, on
+disk (fsync) and checked, so `dest` is never a partial copy.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlencode
 
 import httpx
 import msgspec
-import xxhash
+import zstandard
 
 from chunkfs import auth
 from chunkfs.durable_files import replace_durably
@@ -23,7 +27,6 @@ from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol import records as r
 from chunkfs.protocol.http import SignedHttp
 
-CHECKSUM_HEADER = "X-Chunkfs-Checksum"  # xxh3-128 of the whole copy
 BACKUP_PATH = "/v1/backup"
 REPLICATION_PATH = "/v1/replication"
 PIECE_BYTES = 1 << 20
@@ -33,19 +36,21 @@ _feed = msgspec.msgpack.Decoder(r.ReplicationFeed)
 
 @dataclass
 class CopyInfo:
-    path: Path
-    size_bytes: int
-    checksum: str
+    size_bytes: int  # as received (compressed)
+    database_bytes: int  # the database file it holds
 
 
-def download_copy(metaserver: str, secret: bytes, dest: Path, timeout_s: float = 60.0) -> CopyInfo:
-    """Blocking; raises `FsError` (refused, damaged) or `TransportError` (unreachable)."""
-    partial = dest.with_name(dest.name + ".partial")
-    headers = {"Host": metaserver, auth.HEADER: auth.sign(secret, "GET", BACKUP_PATH, metaserver)}
-    hasher = xxhash.xxh3_128()
-    size = 0
+def download_copy(metaserver: str, secret: bytes, out: BinaryIO, decompress: bool, standby: str = "",
+                  timeout_s: float = 60.0) -> CopyInfo:
+    """Stream a copy of the metaserver's database into `out` (the database file itself with
+    `decompress`, else as sent: zstd). `standby`: the name of a standby taking its first copy.
+    Blocking; raises `FsError` (refused, damaged, incomplete) or `TransportError` (unreachable)."""
+    target = BACKUP_PATH + (f"?{urlencode({'standby': standby})}" if standby else "")
+    headers = {"Host": metaserver, auth.HEADER: auth.sign(secret, "GET", target, metaserver)}
+    check = zstandard.ZstdDecompressor().decompressobj()
+    received = database = 0
     try:
-        with httpx.stream("GET", f"http://{metaserver}{BACKUP_PATH}", headers=headers,
+        with httpx.stream("GET", f"http://{metaserver}{target}", headers=headers,
                           timeout=httpx.Timeout(timeout_s, connect=5.0)) as response:
             if response.status_code == 401:
                 raise FsError(errno.EACCES, f"{metaserver}: the metaserver refused the cluster secret")
@@ -55,26 +60,34 @@ def download_copy(metaserver: str, secret: bytes, dest: Path, timeout_s: float =
                     raise FsError.from_json(response.json())
                 except ValueError:
                     raise FsError(errno.EIO, f"{metaserver}: HTTP {response.status_code}") from None
-            expected = response.headers.get(CHECKSUM_HEADER, "")
-            with open(partial, "wb") as f:
-                for piece in response.iter_bytes(PIECE_BYTES):
-                    f.write(piece)
-                    hasher.update(piece)
-                    size += len(piece)
-                f.flush()
-                os.fsync(f.fileno())
+            for piece in response.iter_bytes(PIECE_BYTES):
+                data = check.decompress(piece)
+                out.write(data if decompress else piece)
+                received += len(piece)
+                database += len(data)
     except httpx.HTTPError as exc:
-        partial.unlink(missing_ok=True)
-        raise TransportError(f"GET {metaserver}{BACKUP_PATH}: {type(exc).__name__}: {exc}") from None
+        raise TransportError(f"GET {metaserver}{BACKUP_PATH}: {type(exc).__name__}: {exc} "
+                             f"(after {received} bytes)") from None
+    except zstandard.ZstdError as exc:
+        raise FsError(errno.EIO, f"the copy from {metaserver} arrived damaged: {exc}") from None
+    if not check.eof:
+        raise FsError(errno.EIO, f"the copy from {metaserver} arrived incomplete ({received} bytes)")
+    return CopyInfo(received, database)
+
+
+def save_copy(metaserver: str, secret: bytes, dest: Path, decompress: bool, standby: str = "") -> CopyInfo:
+    """`download_copy` into the file `dest`, put in place only once complete and durable."""
+    partial = dest.with_name(dest.name + ".partial")
+    try:
+        with open(partial, "wb") as f:
+            info = download_copy(metaserver, secret, f, decompress, standby)
+            f.flush()
+            os.fsync(f.fileno())
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    if hasher.hexdigest() != expected:
-        partial.unlink(missing_ok=True)
-        raise FsError(errno.EIO, f"the copy from {metaserver} arrived damaged (checksum {hasher.hexdigest()}, "
-                                 f"expected {expected or 'none'})")
     replace_durably(partial, dest)
-    return CopyInfo(dest, size, expected)
+    return info
 
 
 class ReplicationClient:

@@ -28,7 +28,12 @@ DIRECT_BODY_BYTES = 64 * 1024  # bodies at least this long are received with rec
 
 
 class TransportFailure(Exception):
-    pass
+    def __init__(self, message: str, stale: bool = False) -> None:
+        """`stale`: a kept-alive connection broke (the server restarted, or closed it idle); the
+        other idle ones to that server were dropped with it, so a new attempt connects afresh
+        and may be made at once."""
+        super().__init__(message)
+        self.stale = stale
 
 
 @dataclass
@@ -112,6 +117,7 @@ class TrioH11Transport:
     async def send(self, method: str, address: str, target: str, headers: list[tuple[str, str]],
                    body: bytes | None) -> Response:
         idle = self._idle.get(address)
+        pooled = bool(idle)
         conn = idle.pop() if idle else await self._connect(address)
         try:
             with trio.fail_after(self.timeout_s):
@@ -119,7 +125,11 @@ class TrioH11Transport:
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,
                 h11.ProtocolError) as exc:
             await trio.aclose_forcefully(conn.stream)
-            raise TransportFailure(f"{method} {address}{target}: {exc or type(exc).__name__}") from None
+            stale = pooled and not isinstance(exc, trio.TooSlowError)
+            if stale:  # its siblings were opened to the same server process: as dead, most likely
+                for other in self._idle.pop(address, []):
+                    await trio.aclose_forcefully(other.stream)
+            raise TransportFailure(f"{method} {address}{target}: {exc or type(exc).__name__}", stale) from None
         except BaseException:
             await trio.aclose_forcefully(conn.stream)
             raise

@@ -1,0 +1,363 @@
+"""Metadata at scale: N empty files created through the metaserver's API, and what each decade costs.
+
+    .venv/bin/python bench/scale.py --files 1000000 [--callers 8] [--per-dir 1000] [--dir /tmp/scale]
+
+Starts a lone metaserver of its own (no chunkservers: the files are empty, so every figure is the
+namespace's) on a free port, and talks to it with the mount's own client (MetaClient over the
+h11-on-trio transport), `--callers` calls at a time. Files go 1,000 (`--per-dir`) to a directory.
+At each decade (1k, 10k, 100k, ...) it reports the create rate since the previous one,
+getattr/lookup p50/p99 (2,000 random files, `--callers` at a time), the time to list a directory of
+`--per-dir` entries, the metaserver's resident memory (anonymous: its own; file: mapped LMDB pages,
+from /proc/PID/status and smaps_rollup), LMDB bytes per file (pages in use / files), and how long
+/v1/status and /metrics take to answer. At the end: getattr p99 while /metrics is scraped in a
+loop, `chunkfs fsck`, `chunkfs backup`, `chunkfs status`, the status page, and the time a restart
+takes until a getattr is answered again. Prints a markdown table; `--json FILE` writes the rows.
+The machine's load average is printed with each row: figures from a shared machine are noisy.
+
+`--api-per-decade K` makes large runs affordable on a slow machine: before each decade only its
+last K files are created through the API (the create rate is theirs, measured at that size); the
+others are written straight into the metaserver's LMDB by this process, through the metaserver's
+own `Namespace.create` (the same rows and counts; LMDB lets two processes write in turn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import stat
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import trio
+
+from chunkfs import auth
+from chunkfs.daemons import module_command
+from chunkfs.errors import FsError
+from chunkfs.protocol import records as r
+from chunkfs.protocol.http import SignedHttp
+from chunkfs.protocol.meta_client import ROOT_INO, MetaClient
+
+SAMPLES = 2000
+
+
+class Metaserver:
+    """A lone `chunkfs-metaserver` in `root`, started and stopped by the bench."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data_dir = root / "meta"
+        self.secret_file = root / "secret"
+        if not self.secret_file.exists():
+            self.secret_file.write_text(os.urandom(32).hex())
+            self.secret_file.chmod(0o600)
+        self.secret = auth.load_secret(self.secret_file)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.address = f"127.0.0.1:{s.getsockname()[1]}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> float:
+        """Seconds until /health answers."""
+        started = time.monotonic()
+        with open(self.root / "metaserver.log", "ab") as log:
+            self.proc = subprocess.Popen(module_command("chunkfs.metaserver.main", "--listen", self.address,
+                                                        "--data-dir", str(self.data_dir),
+                                                        "--secret-file", str(self.secret_file)),
+                                         stdout=log, stderr=log)
+        while True:
+            try:
+                if httpx.get(f"http://{self.address}/health", timeout=1).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the metaserver exited: see {self.root / 'metaserver.log'}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def memory(self) -> dict[str, int]:
+        """Resident bytes: anon and file (status), and smaps_rollup's Rss and Anonymous."""
+        assert self.proc is not None
+        out: dict[str, int] = {}
+        for name, keys in (("status", ("RssAnon", "RssFile")), ("smaps_rollup", ("Rss", "Anonymous"))):
+            for line in Path(f"/proc/{self.proc.pid}/{name}").read_text().splitlines():
+                key, _, rest = line.partition(":")
+                if key in keys:
+                    out[key] = int(rest.split()[0]) * 1024
+        return out
+
+    def metrics_ms(self, path: str = "/metrics") -> float:
+        """Median of 5 answers to GET `path` (public: /metrics, the status page), on one connection."""
+        took = []
+        with httpx.Client(timeout=120) as client:
+            for _ in range(5):
+                started = time.perf_counter()
+                client.get(f"http://{self.address}{path}").raise_for_status()
+                took.append(time.perf_counter() - started)
+        return statistics.median(took) * 1000
+
+    def metric(self, name: str) -> float:
+        for line in httpx.get(f"http://{self.address}/metrics", timeout=120).text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(name)
+
+    def cli_seconds(self, *args: str) -> float:
+        started = time.perf_counter()
+        subprocess.run(module_command("chunkfs.cli", *args, "--metaserver", self.address,
+                                      "--secret-file", str(self.secret_file)),
+                       check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=3600)
+        return time.perf_counter() - started
+
+
+def quantiles(samples: list[float]) -> tuple[float, float]:
+    """(p50, p99) in milliseconds."""
+    cuts = statistics.quantiles(samples, n=100)
+    return cuts[49] * 1000, cuts[98] * 1000
+
+
+class Bench:
+    def __init__(self, server: Metaserver, callers: int, per_dir: int) -> None:
+        self.server, self.callers, self.per_dir = server, callers, per_dir
+        self.http = SignedHttp(server.secret, trio_native=True, retry_s=30)
+        self.meta = MetaClient(self.http, server.address, client_id="scale-bench")
+        self.inodes = array.array("Q")  # file i's inode
+        self.dirs = array.array("Q")  # directory k's inode
+
+    async def make_dirs(self, count: int) -> None:
+        while len(self.dirs) < count:
+            k = len(self.dirs)
+            attr = await self.meta.create(r.CreateReq(parent=ROOT_INO, name=b"d%d" % k, mode=stat.S_IFDIR | 0o755,
+                                                      uid=0, gid=0))
+            self.dirs.append(attr.ino)
+
+    def fill_directly(self, end: int) -> None:
+        """Files up to `end` written straight into LMDB (blocking), as the metaserver's create does."""
+        from chunkfs.metaserver.db import MetaDB
+        from chunkfs.metaserver.namespace import Namespace
+
+        db = MetaDB(self.server.data_dir)
+        namespace = Namespace(db, 3)
+        try:
+            while len(self.inodes) < end:
+                with db.env.begin(write=True) as txn:
+                    for i in range(len(self.inodes), min(end, len(self.inodes) + 10_000)):
+                        attr = namespace.create(txn, r.CreateReq(parent=self.dirs[i // self.per_dir], name=b"f%d" % i,
+                                                                 mode=stat.S_IFREG | 0o644, uid=0, gid=0))
+                        self.inodes.append(attr.ino)
+        finally:
+            db.close()
+
+    async def create(self, end: int, through_api: int = 0) -> float:
+        """Files up to `end` (all through the API, or only the last `through_api`); the rate
+        of those made through the API (files a second)."""
+        await self.make_dirs((end + self.per_dir - 1) // self.per_dir)
+        if through_api:
+            await trio.to_thread.run_sync(self.fill_directly, max(len(self.inodes), end - through_api))
+        start = len(self.inodes)
+        self.inodes.extend([0] * (end - start))
+        todo = iter(range(start, end))
+
+        async def caller() -> None:
+            for i in todo:
+                attr = await self.meta.create(r.CreateReq(parent=self.dirs[i // self.per_dir], name=b"f%d" % i,
+                                                          mode=stat.S_IFREG | 0o644, uid=0, gid=0))
+                self.inodes[i] = attr.ino
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.callers):
+                nursery.start_soon(caller)
+        return (end - start) / (time.perf_counter() - started)
+
+    async def latencies(self, call) -> tuple[float, float]:
+        """(p50, p99) ms of `call(i)` for SAMPLES random files, `callers` at a time."""
+        picks = iter([random.randrange(len(self.inodes)) for _ in range(SAMPLES)])
+        took: list[float] = []
+
+        async def caller() -> None:
+            for i in picks:
+                started = time.perf_counter()
+                await call(i)
+                took.append(time.perf_counter() - started)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.callers):
+                nursery.start_soon(caller)
+        return quantiles(took)
+
+    async def getattr(self, i: int) -> None:
+        await self.meta.getattr(self.inodes[i])
+
+    async def lookup(self, i: int) -> None:
+        await self.meta.lookup(self.dirs[i // self.per_dir], b"f%d" % i)
+
+    async def status_ms(self) -> float:
+        """Median of 5 answers to /v1/status, through the same client as the getattrs."""
+        took = []
+        for _ in range(5):
+            started = time.perf_counter()
+            await self.meta.status()
+            took.append(time.perf_counter() - started)
+        return statistics.median(took) * 1000
+
+    async def readdir_ms(self) -> float:
+        """A whole directory of `per_dir` files listed, as a mount does (pages until one is empty)."""
+        took = []
+        for _ in range(5):
+            d = self.dirs[random.randrange(len(self.inodes) // self.per_dir)]
+            started = time.perf_counter()
+            after = None
+            while page := await self.meta.readdir(d, after, 1000):
+                after = page[-1].name
+            took.append(time.perf_counter() - started)
+        return statistics.median(took) * 1000
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+async def decade_row(bench: Bench, files: int, rate: float) -> dict:
+    server = bench.server
+    getattr_p50, getattr_p99 = await bench.latencies(bench.getattr)
+    lookup_p50, lookup_p99 = await bench.latencies(bench.lookup)
+    memory = server.memory()
+    used = server.metric("chunkfs_metaserver_memory_lmdb_used_bytes")
+    return {
+        "files": files, "create_per_s": round(rate), "getattr_p50_ms": round(getattr_p50, 2),
+        "getattr_p99_ms": round(getattr_p99, 2), "lookup_p50_ms": round(lookup_p50, 2),
+        "lookup_p99_ms": round(lookup_p99, 2), "readdir_ms": round(await bench.readdir_ms(), 1),
+        "rss_anon_mib": round(memory["RssAnon"] / 2**20, 1), "rss_file_mib": round(memory["RssFile"] / 2**20, 1),
+        "smaps_anonymous_mib": round(memory["Anonymous"] / 2**20, 1),
+        "lmdb_bytes_per_file": round(used / files), "status_ms": round(await bench.status_ms(), 1),
+        "metrics_ms": round(server.metrics_ms(), 1),
+        "load": round(load(), 1),
+    }
+
+
+async def getattr_under_scrapes(bench: Bench) -> tuple[float, float, int]:
+    """getattr (p50, p99) while another thread scrapes /metrics in a loop; the scrapes made."""
+    stop = threading.Event()
+    scrapes = [0]
+
+    def scrape() -> None:
+        with httpx.Client() as client:
+            while not stop.is_set():
+                client.get(f"http://{bench.server.address}/metrics", timeout=120)
+                scrapes[0] += 1
+
+    thread = threading.Thread(target=scrape)
+    thread.start()
+    try:
+        p50, p99 = await bench.latencies(bench.getattr)
+    finally:
+        stop.set()
+        thread.join()
+    return p50, p99, scrapes[0]
+
+
+async def restart_seconds(bench: Bench) -> float:
+    """SIGTERM to the first getattr answered by the new process."""
+    started = time.perf_counter()
+    bench.server.stop()
+    bench.server.start()
+    while True:
+        try:
+            await bench.meta.getattr(bench.inodes[0])
+            return time.perf_counter() - started
+        except FsError:
+            await trio.sleep(0.01)
+
+
+async def run(args: argparse.Namespace, root: Path) -> tuple[list[dict], dict]:
+    server = Metaserver(root)
+    server.start()
+    bench = Bench(server, args.callers, args.per_dir)
+    rows = []
+    marks = [n for n in (10**k for k in range(3, 12)) if n < args.files] + [args.files]
+    try:
+        for mark in marks:
+            rate = await bench.create(mark, args.api_per_decade)
+            rows.append(await decade_row(bench, mark, rate))
+            print(json.dumps(rows[-1]), flush=True)
+        p50, p99, scrapes = await getattr_under_scrapes(bench)
+        backup = root / "backup.mdb.zst"
+        end = {
+            "getattr_p50_ms_during_metrics_scrapes": round(p50, 2), "getattr_p99_ms_during_metrics_scrapes": round(p99, 2),
+            "metrics_scrapes_meanwhile": scrapes,
+            "status_page_ms": round(server.metrics_ms("/"), 1),
+            "chunkfs_status_s": round(server.cli_seconds("status", "--json"), 2),
+            "chunkfs_fsck_s": round(server.cli_seconds("fsck", "--json"), 1),
+            "chunkfs_backup_s": round(server.cli_seconds("backup", str(backup)), 1),
+            "backup_mib": round(backup.stat().st_size / 2**20, 1) if backup.exists() else None,
+            "database_mib": round((server.data_dir / "data.mdb").stat().st_blocks * 512 / 2**20, 1),
+            "restart_s": round(await restart_seconds(bench), 2),
+            "load": round(load(), 1),
+        }
+        print(json.dumps(end), flush=True)
+    finally:
+        await bench.http.aclose()
+        server.stop()
+    return rows, end
+
+
+def print_table(rows: list[dict], end: dict) -> None:
+    columns = list(rows[0])
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(str(row[c]) for c in columns) + " |")
+    print()
+    for key, value in end.items():
+        print(f"- {key}: {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--callers", type=int, default=8)
+    parser.add_argument("--per-dir", type=int, default=1000)
+    parser.add_argument("--dir", help="where the metaserver keeps its database (default: a new temporary one)")
+    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument("--api-per-decade", type=int, default=0,
+                        help="create only the last K files of each decade through the API (0: all)")
+    args = parser.parse_args()
+    if args.files < 1000:
+        parser.error("--files: at least 1000")
+    root = Path(args.dir or tempfile.mkdtemp(prefix="chunkfs-scale-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        rows, end = trio.run(run, args, root)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print_table(rows, end)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"decades": rows, "end": end}, indent=1))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

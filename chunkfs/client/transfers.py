@@ -1,0 +1,132 @@
+"""Whole-file transfers between a local file and the cluster, for `put_file` and `get_file`.
+
+Promises:
+- An upload goes through the writer (chunks uploaded to their replicas in parallel, as a mount's
+  writes) under a temporary name beside the target (`.NAME.chunkfs-put-RANDOM`), closed
+  (durable) and only then renamed onto the target: the target name never shows a half-written
+  file. On any error, KeyboardInterrupt or cancellation the temporary file is removed, and its
+  last close frees it and its chunks.
+- The local file is read up to the size it had at the start; if its size, mtime, ctime or inode
+  moved meanwhile the upload fails with OSError(EBUSY) and nothing is stored (no torn copy).
+- A download reads the file in chunk-sized pieces (prefetch keeps the next chunks coming) into a
+  temporary file beside the local target, renamed onto it when complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from chunkfs import CHUNK_SIZE, MAX_NAME_BYTES
+from chunkfs.client.async_file import AsyncFile
+from chunkfs.client.paths import PathLike, join, split_path
+from chunkfs.errors import FsError, TransportError
+from chunkfs.protocol import records as r
+
+if TYPE_CHECKING:
+    from chunkfs.client.filesystem import AsyncFilesystem
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]  # told each time more bytes were moved: the number of new bytes
+
+
+async def upload(afs: AsyncFilesystem, local_path: Path, remote_path: PathLike, progress: Progress | None,
+                 exclusive: bool) -> None:
+    """`local_path` stored as `remote_path`; `exclusive`: EEXIST if the target exists (also if
+    it appears meanwhile)."""
+    directory, name = await afs.parent_of(remote_path, errno.EISDIR)
+    existing = await afs.entry_in(directory, name)
+    if existing is not None and exclusive:
+        raise FsError(errno.EEXIST, "file exists")
+    if existing is not None and stat.S_ISDIR(existing.mode):
+        raise FsError(errno.EISDIR, "is a directory")
+    temp_name = _temporary_name(name)
+    temp_path = join([*split_path(remote_path)[:-1], temp_name])
+    local = await trio.to_thread.run_sync(open, local_path, "rb")
+    try:
+        before = os.fstat(local.fileno())
+        afile = await afs.open(temp_path, "xb")
+        try:
+            copied = await _copy_into(local, before.st_size, afile, progress)
+            after = os.fstat(local.fileno())
+            if copied != before.st_size or _version(before) != _version(after):
+                raise FsError(errno.EBUSY, f"{local_path} changed while it was read; nothing was stored "
+                                           f"under {afs.canonical(remote_path)} (upload it again)")
+            await afile.aclose()
+            await afs.client.rename(directory.ino, temp_name, directory.ino, name,
+                                    r.RENAME_NOREPLACE if exclusive else 0)
+        except BaseException:
+            with trio.CancelScope(shield=True), trio.move_on_after(2 * afs.options.retry_s + 5):
+                await _discard(afs, afile, directory.ino, temp_name)
+            raise
+    finally:
+        local.close()
+
+
+async def _discard(afs: AsyncFilesystem, afile: AsyncFile, directory: int, name: bytes) -> None:
+    """A half-written upload goes: its name first, then its last close frees it and its chunks."""
+    try:
+        afile.open_file.drop_buffers()
+        await afs.client.remove(directory, name, is_dir=False)
+    except (FsError, TransportError) as exc:
+        log.warning("could not remove the unfinished upload %r: %s", name, exc)
+    try:
+        await afile.aclose()
+    except (FsError, TransportError, OSError) as exc:
+        log.warning("could not close the unfinished upload %r: %s", name, exc)
+
+
+async def download(afs: AsyncFilesystem, remote_path: PathLike, local_path: Path, progress: Progress | None) -> None:
+    afile = await afs.open(remote_path, "rb")
+    try:
+        target = local_path
+        temp = target.with_name(f".{target.name}.chunkfs-get-{secrets.token_hex(4)}")
+        local = await trio.to_thread.run_sync(open, temp, "wb")
+        try:
+            with local:
+                while data := await afile.read(CHUNK_SIZE):
+                    await trio.to_thread.run_sync(local.write, data)
+                    if progress is not None:
+                        progress(len(data))
+            await trio.to_thread.run_sync(os.replace, temp, target)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+    finally:
+        await afile.aclose()
+
+
+def _temporary_name(name: bytes) -> bytes:
+    suffix = b".chunkfs-put-" + secrets.token_hex(6).encode()
+    return b"." + name[: MAX_NAME_BYTES - len(suffix) - 1] + suffix
+
+
+def _version(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+async def _copy_into(local: io.BufferedReader, size: int, afile: AsyncFile, progress: Progress | None) -> int:
+    """Copy the first `size` bytes of a local binary file into `afile` a chunk at a time
+    (fewer if it ends sooner); returns the bytes copied."""
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    copied = 0
+    while copied < size:
+        n = await trio.to_thread.run_sync(local.readinto, view[: min(CHUNK_SIZE, size - copied)])
+        if not n:
+            return copied
+        await afile.write(view[:n])
+        copied += n
+        if progress is not None:
+            progress(n)
+    return copied
