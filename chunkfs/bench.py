@@ -15,15 +15,18 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from chunkfs import mounts
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MiB = 1024 * 1024
 SMALL_FILE_BYTES = 4096
@@ -60,7 +63,16 @@ FIGURES = (
     Figure("unlink_files_s", "unlink files", "files/s", True),
     Figure("tree_cp_s", "tree: cp -a", "s", False),
     Figure("tree_rsync_s", "tree: rsync -a, no-op", "s", False),
+    Figure("cp_in_mib_s", "cp of a local file into it", "MiB/s", True),
+    Figure("put_mib_s", "chunkfs put (CLI, no mount)", "MiB/s", True),
+    Figure("get_mib_s", "chunkfs get (CLI, no mount)", "MiB/s", True),
+    Figure("api_write_mib_s", "API write, 1 MiB + close", "MiB/s", True),
+    Figure("api_read_mib_s", "API read, new client", "MiB/s", True),
+    Figure("api_create_files_s", "API create 4 KiB files", "files/s", True),
 )
+"""The last six: the same cluster through its other doors (`client` group). `cp` is timed in
+every directory; put/get and the API only where the directory is a chunkfs mount, on the
+cluster behind it, so they stand in its column beside the mount's own figures."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +83,7 @@ class BenchSettings:
     random_read_limit: int = 20000
     random_read_time_s: float = 5.0
     command_timeout_s: float = 1800.0
-    groups: tuple[str, ...] = ("data", "small", "tree")  # which of GROUPS to run
+    groups: tuple[str, ...] = ("data", "small", "tree", "client")  # which of GROUPS to run
 
 
 @dataclass
@@ -88,6 +100,7 @@ class _Workspace:
     scratch: Path
     settings: BenchSettings
     tree_source: Path
+    local_file: Path  # size_mb MiB on local disk, made once a run for the `client` group
     page_cache_dropped: bool = True
 
     @property
@@ -219,7 +232,7 @@ def _random_reads(ws: _Workspace) -> dict[str, float]:
     return {"random_read_iops": reads / elapsed}
 
 
-def _per_second(paths: list[Path], operation: Callable[[Path], object]) -> float:
+def _per_second(paths: list[T], operation: Callable[[T], object]) -> float:
     start = time.perf_counter()
     for path in paths:
         operation(path)
@@ -270,6 +283,71 @@ def _tree_rsync(ws: _Workspace) -> dict[str, float]:
                                            ws.settings.command_timeout_s)}
 
 
+def _cp_in(ws: _Workspace) -> dict[str, float]:
+    """`cp` of a local file (in the page cache) into the directory: what a user compares `put` with."""
+    target = ws.scratch / "cp-in"
+    elapsed = _timed_command(["cp", str(ws.local_file), str(target)], ws.settings.command_timeout_s)
+    target.unlink()
+    return {"cp_in_mib_s": ws.settings.size_mb / elapsed}
+
+
+def _cluster_behind(directory: Path) -> tuple[str, str, str] | None:
+    """(metaserver, secret file, cluster path of `directory`) if it is in a chunkfs mount of a
+    cluster's root."""
+    record = mounts.find(directory)
+    if record is None or record.get("root_ino", 1) != 1:
+        return None
+    below = os.path.relpath(directory, record["mountpoint"])
+    return record["metaserver"], record["secret_file"], "/" + ("" if below == "." else below)
+
+
+def _client_doors(ws: _Workspace) -> dict[str, float]:
+    """The CLI's put and get (whole commands, the interpreter's start included) and the Python
+    API's sequential write, read and small-file creates, on the cluster behind the mount."""
+    cluster = _cluster_behind(ws.scratch)
+    if cluster is None:
+        return {}
+    from chunkfs import client
+
+    metaserver, secret_file, scratch = cluster
+    cli = [sys.executable, "-m", "chunkfs.cli"]
+    where = ["--metaserver", metaserver, "--secret-file", secret_file]
+    size_mb, timeout_s = ws.settings.size_mb, ws.settings.command_timeout_s
+    figures = {"put_mib_s": size_mb / _timed_command([*cli, "put", str(ws.local_file), f"{scratch}/put", *where],
+                                                     timeout_s)}
+    back = ws.local_file.with_name("got")
+    try:
+        figures["get_mib_s"] = size_mb / _timed_command([*cli, "get", f"{scratch}/put", str(back), *where], timeout_s)
+    finally:
+        back.unlink(missing_ok=True)
+    block = memoryview(os.urandom(MiB))
+    with client.connect(metaserver, secret_file=secret_file) as fs:
+        start = time.perf_counter()
+        with fs.open(f"{scratch}/api", "wb") as f:
+            for _ in range(size_mb):
+                f.write(block)
+        figures["api_write_mib_s"] = size_mb / (time.perf_counter() - start)
+        fs.mkdir(f"{scratch}/api-small")
+        small = block[:SMALL_FILE_BYTES]
+
+        def create(path: str) -> None:
+            with fs.open(path, "xb") as f:
+                f.write(small)
+        figures["api_create_files_s"] = _per_second([f"{scratch}/api-small/f{i:06d}" for i in range(ws.settings.files)],
+                                                    create)
+    with client.connect(metaserver, secret_file=secret_file) as fs:  # a new client: nothing cached
+        buffer = bytearray(MiB)
+        total = 0
+        start = time.perf_counter()
+        with fs.open(f"{scratch}/api", "rb") as f:
+            while n := f.readinto(buffer):
+                total += n
+        figures["api_read_mib_s"] = total / MiB / (time.perf_counter() - start)
+    if total != size_mb * MiB:
+        raise BenchError(f"API read {total} bytes of {size_mb * MiB}")
+    return figures
+
+
 STEPS: tuple[tuple[str, Callable[[_Workspace], dict[str, float]]], ...] = (
     ("sequential write", _sequential_write),
     ("cold read", _cold_read),
@@ -278,9 +356,12 @@ STEPS: tuple[tuple[str, Callable[[_Workspace], dict[str, float]]], ...] = (
     ("small files", _small_files),
     ("tree cp -a", _tree_cp),
     ("tree rsync -a", _tree_rsync),
+    ("cp of a local file", _cp_in),
+    ("put, get and the API", _client_doors),
 )
-GROUPS = {"data": STEPS[:4], "small": STEPS[4:5], "tree": STEPS[5:]}
-"""Steps that can be run alone (`chunkfs bench --only`): big-file data, small files, the tree."""
+GROUPS = {"data": STEPS[:4], "small": STEPS[4:5], "tree": STEPS[5:7], "client": STEPS[7:]}
+"""Steps that can be run alone (`chunkfs bench --only`): big-file data, small files, the tree,
+the cluster's other doors (CLI and API) beside `cp`."""
 
 
 def steps_of(settings: BenchSettings) -> list[tuple[str, Callable[[_Workspace], dict[str, float]]]]:
@@ -307,11 +388,11 @@ def _remove(path: Path) -> None:
         log.warning("could not remove %s: %s", path, exc)
 
 
-def measure(directory: Path, settings: BenchSettings, tree_source: Path,
+def measure(directory: Path, settings: BenchSettings, tree_source: Path, local_file: Path,
             on_step: StepHook, steps_before: int = 0) -> DirectoryResult:
     """Every step in a fresh scratch directory under `directory`, removed afterwards."""
     scratch = Path(tempfile.mkdtemp(prefix=".chunkfs-bench-", dir=directory))
-    ws = _Workspace(scratch, settings, tree_source)
+    ws = _Workspace(scratch, settings, tree_source, local_file)
     result = DirectoryResult(directory)
     try:
         for i, (name, step) in enumerate(steps_of(settings)):
@@ -325,16 +406,31 @@ def measure(directory: Path, settings: BenchSettings, tree_source: Path,
 
 def run(directories: list[Path], settings: BenchSettings,
         on_step: StepHook = lambda done, what: None) -> list[DirectoryResult]:
-    """The workloads in each directory in turn; the tree to copy is made once, in the system's
-    temporary directory, and removed at the end."""
+    """The workloads in each directory in turn; the tree to copy and the local file to put are
+    made once, in the system's temporary directory, and removed at the end."""
     tree_source = Path(tempfile.mkdtemp(prefix="chunkfs-bench-tree-"))
+    local_files = Path(tempfile.mkdtemp(prefix="chunkfs-bench-local-"))
     try:
         if "tree" in settings.groups:
             make_tree(tree_source, settings.tree_files)
+        if "client" in settings.groups:
+            make_local_file(local_files / "source", settings.size_mb)
         steps = len(steps_of(settings))
-        return [measure(d, settings, tree_source, on_step, i * steps) for i, d in enumerate(directories)]
+        return [measure(d, settings, tree_source, local_files / "source", on_step, i * steps)
+                for i, d in enumerate(directories)]
     finally:
         _remove(tree_source)
+        _remove(local_files)
+
+
+def make_local_file(path: Path, size_mb: int) -> None:
+    block = memoryview(os.urandom(MiB))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for _ in range(size_mb):
+            _write_all(fd, block)
+    finally:
+        os.close(fd)
 
 
 def ratios(subject: DirectoryResult, other: DirectoryResult) -> dict[str, float | None]:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 FIGURES = {"seq_write_mib_s", "cold_read_mib_s", "warm_read_mib_s", "random_read_iops", "create_files_s",
-           "stat_files_s", "stat_cold_files_s", "unlink_files_s", "tree_cp_s", "tree_rsync_s"}
+           "stat_files_s", "stat_cold_files_s", "unlink_files_s", "tree_cp_s", "tree_rsync_s", "cp_in_mib_s"}
 
 
 def test_bench_reports_every_figure_and_cleans_up(tmp_path):
@@ -93,3 +93,14 @@ def test_bench_runs_every_workload_through_the_plain_passthrough(tmp_path):
             daemon.wait()
         if os.path.ismount(mountpoint):
             subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
+
+
+def test_bench_of_a_mount_sets_put_get_and_the_api_beside_it(cluster):
+    result = subprocess.run([sys.executable, "-m", "chunkfs.cli", "bench", str(cluster.mnt), "--only", "client",
+                             "--size-mb", "16", "--files", "20", "--json"], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)["results"][str(cluster.mnt)]
+    assert set(figures) == {"cp_in_mib_s", "put_mib_s", "get_mib_s", "api_write_mib_s", "api_read_mib_s",
+                            "api_create_files_s"}
+    assert all(value > 0 for value in figures.values())
+    assert [p.name for p in cluster.mnt.iterdir()] == []

@@ -40,7 +40,7 @@ def _table(results: list[workloads.DirectoryResult], settings: workloads.BenchSe
     if others:
         caption += f"\nratio: {subject.directory.name}/other, green where {subject.directory.name} does better"
     workload = {"data": f"{settings.size_mb} MiB file", "small": f"{settings.files} small files",
-                "tree": f"{settings.tree_files}-file tree"}
+                "tree": f"{settings.tree_files}-file tree", "client": "put/get and the API"}
     table = Table(title="chunkfs bench: " + ", ".join(workload[g] for g in workloads.GROUPS if g in settings.groups),
                   caption=caption)
     table.add_column("figure", no_wrap=True)
@@ -83,7 +83,8 @@ def _as_json(results: list[workloads.DirectoryResult], settings: workloads.Bench
               help="How many files the tree copied with cp -a and rsync -a holds.")
 @click.option("--only", "groups", type=click.Choice(list(workloads.GROUPS)), multiple=True,
               help="Run only these workloads (repeatable): data (big file), small (create/stat/unlink), "
-                   "tree (cp -a, no-op rsync -a). Default: all.")
+                   "tree (cp -a, no-op rsync -a), client (cp of a local file in; on a chunkfs mount also "
+                   "chunkfs put/get and the Python API on its cluster). Default: all.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON dict instead of a table.")
 def bench(directory: Path, compare: tuple[Path, ...], size_mb: int, files: int, tree_files: int,
           groups: tuple[str, ...], as_json: bool) -> None:

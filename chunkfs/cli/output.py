@@ -10,7 +10,8 @@ from typing import Any
 import click
 import msgspec
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
 console = Console()
 
@@ -34,3 +35,11 @@ def progress() -> Progress:
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=Console(stderr=True), transient=True,
                     disable=not sys.stderr.isatty())
+
+
+def transfer_progress() -> Progress:
+    """A byte-counting progress bar on stderr (bytes done of all, rate, time left), shown only
+    when stderr is a terminal."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                    transient=True, disable=not sys.stderr.isatty())
