@@ -68,7 +68,7 @@ class GarbageCollector:
     async def _inventory(self, address: str, min_age_s: float) -> list[r.ChunkFile] | str:
         try:
             return await self.client.inventory(address, min_age_s, retry_s=INVENTORY_RETRY_S)
-        except (FsError, TransportError) as exc:
+        except (FsError, TransportError, ValueError) as exc:  # ValueError: an address that is none
             log.warning("gc: cannot list the chunks of %s: %s", address, exc)
             return str(exc)
 
