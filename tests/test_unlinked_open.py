@@ -21,13 +21,13 @@ from chunkfs.daemons import abort_fuse_connection, unmount
 from conftest import _cluster, chunkfs, wait_until
 
 
-ONE_SERVER = {"chunkservers": 1, "goal": 1, "up_options": ("--client-timeout-s", "3", "--orphan-grace-s", "1")}
+ONE_SERVER = {"chunkservers": 1, "goal": 1, "up_options": ("--client-timeout-s", "3", "--orphan-grace-s", "4")}
 
 
 @pytest.fixture(scope="module")
 def shared_cluster(tmp_path_factory):
     """One chunkserver (one chunk file per chunk) and a metaserver that ends a silent client's
-    session after 3 s and lets gc take an uncommitted upload 1 s after its reservation. Each test looks only at its own files, so any order works."""
+    session after 3 s and lets gc take an uncommitted upload 4 s after its reservation. Each test looks only at its own files, so any order works."""
     yield from _cluster(tmp_path_factory, **ONE_SERVER)
 
 
@@ -203,7 +203,7 @@ def test_unlink_on_another_client_ends_the_file_for_this_one(shared_cluster, tmp
                 os.close(fd)
     finally:
         unmount(other)
-    # what b uploaded and never committed is left to garbage collection (after a grace of 1 s here)
+    # what b uploaded and never committed is left to garbage collection (after a grace of 4 s here)
     def collected() -> bool:
         chunkfs("gc", "--min-age-s", "0", "--wait", "30", "--dir", fresh_cluster.dir)
         return chunk_files(fresh_cluster, ids) == []

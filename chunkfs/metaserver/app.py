@@ -194,7 +194,10 @@ async def reserve(m: Metaserver, client: str, req: r.ReserveReq) -> r.Reservatio
     count = max(1, min(req.count, 4096))
     first_version, first_chunk_id = await m.committer.run(m.chunks.reserve, client, count)
     return r.Reservation(first_version, first_chunk_id, count,
-                         [r.ServerChoice(s.id, s.address, s.free_bytes) for s in servers], RESERVATION_VALID_S)
+                         [r.ServerChoice(s.id, s.address, s.free_bytes) for s in servers],
+                         # a client must not hand out a slot after the block's grace has run out
+                         # (its commit would be refused): a short orphan grace shortens the validity
+                         min(RESERVATION_VALID_S, m.orphan_grace_s / 4))
 
 
 async def server_hello(request: web.Request) -> web.Response:
