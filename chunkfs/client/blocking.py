@@ -74,6 +74,8 @@ class TrioThread:
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """`await fn(*args)` in the trio thread; its result or exception here."""
+        if self.in_client_thread():
+            raise RuntimeError("a blocking chunkfs call from the client's own thread would wait for itself")
         if self._token is None or self._stopped is None or self._stopped.is_set():
             raise ValueError("the chunkfs filesystem is closed")
         call = _Call()
@@ -88,6 +90,10 @@ class TrioThread:
             self._token.run_sync_soon(self._cancel, call)
             concurrent.futures.wait([call.outcome])  # its clean-up is done before Ctrl-C goes on
             raise
+
+    def in_client_thread(self) -> bool:
+        """Whether the caller runs in the trio thread (a finalizer the garbage collector ran there)."""
+        return threading.current_thread() is self._thread
 
     def call_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Start `await fn(*args)` in the trio thread and return at once (from any thread, the
@@ -202,6 +208,9 @@ class File(io.RawIOBase):
 
     def close(self) -> None:
         if not self._afile.closed:
+            if self._thread.in_client_thread():  # closed by a finalizer in the client's thread: do not wait
+                self._thread.call_soon(self._afile.aclose)
+                return
             with contextlib.suppress(ValueError):  # the filesystem was closed first (and closed this file)
                 self._thread.call(self._afile.aclose)
 
