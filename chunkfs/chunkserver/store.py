@@ -10,6 +10,9 @@ A store may span several data directories, one per disk: a new chunk version goe
 with the most free space, reads and deletes look in each, and every directory carries the
 server's id so a disk of another server is refused at start.
 
+`read_blocks` reads and verifies only the blocks a ranged read asks for, and returns their
+block checksums with them, so the mount checks what arrives against them.
+
 `open_data` is the other way to read: the data of a chunk file, unverified, for sending with
 `sendfile` to a client that checks the whole chunk's checksum itself (end to end) and asks
 again with verification if it does not match; the scrubber still verifies every block at rest.
@@ -211,18 +214,47 @@ class ChunkStore:
             raise CorruptChunk(f"chunk {chunk_id} v{version}: block {bad} fails its checksum")
         return raw[HEADER_SIZE:]
 
+    def read_blocks(self, chunk_id: int, version: int, offset: int, length: int) -> tuple[bytes, bytes]:
+        """(`length` bytes of the data from `offset`, clipped to the chunk's end; their blocks'
+        xxh3s, 8 bytes each): a ranged read. `offset` is a multiple of BLOCK_SIZE; only the
+        blocks returned are read and verified (a mismatch is CorruptChunk, never data)."""
+        if offset % BLOCK_SIZE or length <= 0:
+            raise FsError(errno.EINVAL, f"a ranged read starts at a block ({BLOCK_SIZE} bytes) and is not empty")
+        with self._open_chunk(chunk_id, version) as f:
+            fd = f.fileno()
+            head = os.pread(fd, _HEAD.size + DIGEST_SIZE * MAX_BLOCKS, 0)
+            size = os.fstat(fd).st_size
+            if len(head) < _HEAD.size or size < HEADER_SIZE:
+                raise CorruptChunk(f"chunk {chunk_id} v{version}: short header")
+            magic, stored_length, _checksum = _HEAD.unpack_from(head)
+            if magic != MAGIC or stored_length != size - HEADER_SIZE:
+                raise CorruptChunk(f"chunk {chunk_id} v{version}: bad header or length")
+            if offset >= stored_length:
+                raise FsError(errno.EINVAL, f"chunk {chunk_id} v{version} has {stored_length} bytes, none at {offset}")
+            length = min(length, stored_length - offset)
+            data = os.pread(fd, length, HEADER_SIZE + offset)
+        first = offset // BLOCK_SIZE
+        sums = head[_HEAD.size + DIGEST_SIZE * first:_HEAD.size + DIGEST_SIZE * (first + (length + BLOCK_SIZE - 1) // BLOCK_SIZE)]
+        bad = verify_blocks(data, head[_HEAD.size:], first) if len(data) == length else first
+        if bad is not None:
+            log.error("chunk %d v%d: block %d fails its checksum", chunk_id, version, bad)
+            raise CorruptChunk(f"chunk {chunk_id} v{version}: block {bad} fails its checksum")
+        return data, sums
+
+    def _open_chunk(self, chunk_id: int, version: int) -> BinaryIO:
+        """The version's chunk file, open for reading (unbuffered), from whichever directory holds it."""
+        for chunk_dir in self.dirs:
+            try:
+                return open(chunk_dir.path(chunk_id, version), "rb", buffering=0)
+            except FileNotFoundError:
+                continue
+        raise FsError(errno.ENOENT, f"no chunk {chunk_id} version {version} here")
+
     def open_data(self, chunk_id: int, version: int) -> tuple[BinaryIO, int]:
         """(the open chunk file, its data length): the data starts at HEADER_SIZE and is not
         verified here. The header is checked, and the data asked from the disk ahead (so the
         `sendfile` that follows, on the event loop, seldom waits for it). The caller closes it."""
-        for chunk_dir in self.dirs:
-            try:
-                f = open(chunk_dir.path(chunk_id, version), "rb", buffering=0)  # noqa: SIM115 (returned open)
-                break
-            except FileNotFoundError:
-                continue
-        else:
-            raise FsError(errno.ENOENT, f"no chunk {chunk_id} version {version} here")
+        f = self._open_chunk(chunk_id, version)
         try:
             head = os.pread(f.fileno(), _HEAD.size, 0)
             size = os.fstat(f.fileno()).st_size
