@@ -82,6 +82,7 @@ class FileLayout(Struct):
     chunks: list[ChunkRef]
     servers: dict[str, str]  # alive server id -> address
     inline: bytes | None = None  # a small file's bytes, kept by the metaserver (no chunks then)
+    leased: bool = False  # the client holds an open lease on it (metaserver/open_leases.py)
 
 
 class ServerChoice(Struct):
@@ -117,6 +118,10 @@ class Statfs(Struct):
 
 class InodeReq(Struct):
     ino: Ino
+
+
+class OpenReq(InodeReq):
+    lease: bool = False  # ask for an open lease (metaserver/open_leases.py)
 
 
 class LookupReq(Struct):
