@@ -46,6 +46,21 @@ _HEAD = struct.Struct(">8sQ16s")
 MAX_BLOCKS = CHUNK_SIZE // BLOCK_SIZE
 
 
+def _pread(fd: int, length: int, offset: int, cached_only: bool) -> bytes | None:
+    """`length` bytes at `offset` (fewer at the end of the file); with `cached_only`, None if
+    they are not all in the page cache."""
+    if not cached_only:
+        return os.pread(fd, length, offset)
+    buffer = bytearray(length)
+    try:
+        got = os.preadv(fd, [buffer], offset, os.RWF_NOWAIT)
+    except (BlockingIOError, OSError):
+        return None
+    if got < length and got < os.fstat(fd).st_size - offset:
+        return None  # partly cached: read it all in a thread
+    return bytes(memoryview(buffer)[:got])
+
+
 class CorruptChunk(FsError):
     def __init__(self, message: str) -> None:
         super().__init__(errno.EIO, message)
@@ -218,11 +233,24 @@ class ChunkStore:
         """(`length` bytes of the data from `offset`, clipped to the chunk's end; their blocks'
         xxh3s, 8 bytes each): a ranged read. `offset` is a multiple of BLOCK_SIZE; only the
         blocks returned are read and verified (a mismatch is CorruptChunk, never data)."""
+        found = self._read_blocks(chunk_id, version, offset, length, cached_only=False)
+        assert found is not None  # only a cached_only read gives up
+        return found
+
+    def read_cached_blocks(self, chunk_id: int, version: int, offset: int, length: int) -> tuple[bytes, bytes] | None:
+        """As `read_blocks`, but None unless every byte needed is in the page cache
+        (RWF_NOWAIT), so it can run on the event loop without waiting for a disk."""
+        return self._read_blocks(chunk_id, version, offset, length, cached_only=True)
+
+    def _read_blocks(self, chunk_id: int, version: int, offset: int, length: int, cached_only: bool
+                     ) -> tuple[bytes, bytes] | None:
         if offset % BLOCK_SIZE or length <= 0:
             raise FsError(errno.EINVAL, f"a ranged read starts at a block ({BLOCK_SIZE} bytes) and is not empty")
         with self._open_chunk(chunk_id, version) as f:
             fd = f.fileno()
-            head = os.pread(fd, _HEAD.size + DIGEST_SIZE * MAX_BLOCKS, 0)
+            head = _pread(fd, _HEAD.size + DIGEST_SIZE * MAX_BLOCKS, 0, cached_only)
+            if head is None:
+                return None
             size = os.fstat(fd).st_size
             if len(head) < _HEAD.size or size < HEADER_SIZE:
                 raise CorruptChunk(f"chunk {chunk_id} v{version}: short header")
@@ -232,7 +260,9 @@ class ChunkStore:
             if offset >= stored_length:
                 raise FsError(errno.EINVAL, f"chunk {chunk_id} v{version} has {stored_length} bytes, none at {offset}")
             length = min(length, stored_length - offset)
-            data = os.pread(fd, length, HEADER_SIZE + offset)
+            data = _pread(fd, length, HEADER_SIZE + offset, cached_only)
+            if data is None:
+                return None
         first = offset // BLOCK_SIZE
         sums = head[_HEAD.size + DIGEST_SIZE * first:_HEAD.size + DIGEST_SIZE * (first + (length + BLOCK_SIZE - 1) // BLOCK_SIZE)]
         bad = verify_blocks(data, head[_HEAD.size:], first) if len(data) == length else first
