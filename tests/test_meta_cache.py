@@ -155,3 +155,21 @@ def test_change_feed_resets_a_mount_that_asks_with_another_epoch():
         assert (await after.since(0, 0, "a")).epoch == after.feed.epoch  # a mount's first poll: no epoch yet
 
     asyncio.run(scenario())
+
+
+def test_a_leased_layout_is_forgotten_with_its_inode_and_kept_at_most_the_attribute_time_out():
+    c, clock = cache()
+    layout = r.FileLayout(attr(5), [], {}, inline=b"small", leased=True)
+    generation = c.generation
+    c.put_layout(layout, generation)
+    assert c.layout(5) is layout
+    c.forget_inode(5)  # changed elsewhere (the feed) or here
+    assert c.layout(5) is None
+    c.put_layout(layout, generation)  # fetched before that change: not kept
+    assert c.layout(5) is None
+    c.put_layout(layout, c.generation)
+    clock.now += 61  # replicas may have moved meanwhile: ask again
+    assert c.layout(5) is None
+    c.put_layout(layout, c.generation)
+    c.clear()  # the feed was reset
+    assert c.layout(5) is None and not c.has_layouts

@@ -52,7 +52,8 @@ class MetadataCache:
         # max_entries are dropped, and then nothing fetched before `_floor` is stored
         self._forgotten: dict[int | tuple[int, bytes], int] = {}
         self._floor = 0
-        self._layouts: OrderedDict[int, r.FileLayout] = OrderedDict()  # ino -> leased layout, oldest grant first
+        # ino -> (leased layout, kept until), oldest grant first
+        self._layouts: OrderedDict[int, tuple[r.FileLayout, float]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -70,8 +71,11 @@ class MetadataCache:
         return None
 
     def layout(self, ino: int) -> r.FileLayout | None:
-        """The layout of file `ino` as its open lease was granted (the caller checks the lease is trusted)."""
-        return self._layouts.get(ino)
+        """The layout of file `ino` as its open lease was granted (the caller checks the lease is
+        trusted). Kept for `attr_timeout_s` at most: the lease says the file did not change, but
+        its replicas may have moved (re-replication is not on the feed)."""
+        held = self._layouts.get(ino)
+        return held[0] if held is not None and held[1] > self.clock() else None
 
     @property
     def has_layouts(self) -> bool:
@@ -83,7 +87,7 @@ class MetadataCache:
         if not self.enabled or not self.unchanged_since(ino, generation) or len(layout.chunks) > MAX_LAYOUT_CHUNKS:
             return
         self._layouts.pop(ino, None)
-        self._layouts[ino] = layout
+        self._layouts[ino] = (layout, self.clock() + self.attr_timeout_s)
         if len(self._layouts) > MAX_LAYOUTS:
             self._layouts.popitem(last=False)
 
