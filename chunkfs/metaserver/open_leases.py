@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from chunkfs import LEASE_S, OPEN_TRUST_S
+
+log = logging.getLogger(__name__)
 
 MAX_PER_CLIENT = 20_000
 
@@ -66,6 +69,8 @@ class OpenLeases:
         while len(holder.inodes) > MAX_PER_CLIENT:
             self._drop(next(iter(holder.inodes)), client)
         self.granted += 1
+        if self.granted % 1000 == 0:
+            self._prune()
         return True
 
     def polled(self, client: str, since: int) -> None:
@@ -92,6 +97,7 @@ class OpenLeases:
                     self._drop(ino, client)
                     waiting.add(client)
         for client in waiting:
+            log.debug("change %d of inodes %s waits for client %s to apply it", seq, inodes, client)
             await self._applied(client, seq)
 
     async def _applied(self, client: str, seq: int) -> None:
@@ -113,9 +119,14 @@ class OpenLeases:
             if not holders:
                 del self._by_inode[ino]
         holder = self._holders.get(client)
-        if holder is not None:
+        if holder is not None:  # kept while it has none: a change may be waiting for it to apply
             holder.inodes.pop(ino, None)
-            if not holder.inodes:
+
+    def _prune(self) -> None:
+        """Forget the clients holding nothing that stopped following their feed."""
+        now = time.monotonic()
+        for client, holder in list(self._holders.items()):
+            if not holder.inodes and holder.polled_at + LEASE_S < now:
                 del self._holders[client]
 
     def _forget(self, client: str) -> None:
