@@ -43,9 +43,9 @@ def served(cluster) -> int:
 def big_file(fresh_cluster):
     """FILE_BYTES of random data at /big, written through the API; its bytes."""
     data = os.urandom(FILE_BYTES)
-    with chunkfs.client.connect(fresh_cluster.metaserver, secret_file=fresh_cluster.secret_file) as fs:
-        with fs.open("/big", "wb") as f:
-            f.write(data)
+    with chunkfs.client.connect(fresh_cluster.metaserver, secret_file=fresh_cluster.secret_file) as fs, \
+            fs.open("/big", "wb") as f:
+        f.write(data)
     return data
 
 
