@@ -59,7 +59,7 @@ class FileReader:
             return b""
         first, last = offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE
         whole = self._sequential(offset, end)
-        self._prefetch(first, last)
+        self._prefetch(first, last, whole)
         parts = []
         for index in range(first, last + 1):
             start = max(offset, index * CHUNK_SIZE) - index * CHUNK_SIZE
@@ -89,13 +89,16 @@ class FileReader:
         self._next_offset = end
         return sequential
 
-    def _prefetch(self, first: int, last: int) -> None:
+    def _prefetch(self, first: int, last: int, sequential: bool) -> None:
+        """`sequential`: this read continues the last one (`_sequential`); only such a step into
+        the next chunk widens the window: a random reader lands in the chunk after its last one
+        now and then (one read in 256 in a 1 GiB file), which must not fetch 4 chunks ahead."""
         if not self.prefetch_chunks:
             return
         at_start = self._last_read_index == -2 and first == 0
-        if first == self._last_read_index + 1:
+        if first == self._last_read_index + 1 and sequential:
             self._sequential_run += 1
-        elif first != self._last_read_index:
+        elif first != self._last_read_index or not sequential:
             self._sequential_run = 0
         self._last_read_index = last
         total = (self.file.size + CHUNK_SIZE - 1) // CHUNK_SIZE
