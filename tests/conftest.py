@@ -151,6 +151,13 @@ def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.3) -> f
     return time.monotonic() - started
 
 
+def sigint_as_at_a_terminal() -> None:
+    """A `preexec_fn` for a child that a test interrupts with SIGINT (Ctrl-C): a shell running
+    the tests in the background (`nohup ... &`) starts them with SIGINT ignored, which a child
+    would inherit, and Python then raises no KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def chunkfs(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
     result = subprocess.run([*CHUNKFS, *map(str, args)], capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
