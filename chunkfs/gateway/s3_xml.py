@@ -1,0 +1,105 @@
+"""The XML bodies of S3's answers and the one request body it parses (DeleteObjects)."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import quote
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape
+
+from chunkfs.gateway.objects import ListPage, ObjectInfo
+from chunkfs.gateway.s3_errors import S3Error
+
+NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
+MAX_DELETE_KEYS = 1000
+
+
+def iso_time(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9)) + f".{(ns // 1_000_000) % 1000:03d}Z"
+
+
+def _tag(name: str, value: object) -> str:
+    return f"<{name}>{escape(str(value))}</{name}>"
+
+
+def list_buckets(buckets: list[tuple[str, int]], owner: str) -> bytes:
+    items = "".join(f"<Bucket>{_tag('Name', n)}{_tag('CreationDate', iso_time(c))}</Bucket>" for n, c in buckets)
+    return (f'{HEAD}<ListAllMyBucketsResult xmlns="{NS}"><Owner>{_tag("ID", owner)}{_tag("DisplayName", owner)}'
+            f"</Owner><Buckets>{items}</Buckets></ListAllMyBucketsResult>").encode()
+
+
+def _contents(info: ObjectInfo, encode: bool) -> str:
+    return (f"<Contents>{_tag('Key', quote(info.key, safe='/') if encode else info.key)}"
+            f"{_tag('LastModified', iso_time(info.mtime_ns))}{_tag('ETag', chr(34) + info.etag + chr(34))}"
+            f"{_tag('Size', info.size)}<StorageClass>STANDARD</StorageClass></Contents>")
+
+
+def list_objects(bucket: str, page: ListPage, params: dict[str, str], v2: bool, max_keys: int) -> bytes:
+    """ListBucketResult of ListObjects (v1) or ListObjectsV2 (`params`: the request's, echoed)."""
+    encode = params.get("encoding-type") == "url"
+
+    def echo(value: str) -> str:
+        return quote(value, safe="/") if encode else value
+
+    parts = [_tag("Name", bucket), _tag("Prefix", echo(params.get("prefix", ""))), _tag("MaxKeys", max_keys),
+             _tag("IsTruncated", "true" if page.truncated else "false")]
+    if params.get("delimiter"):
+        parts.append(_tag("Delimiter", echo(params["delimiter"])))
+    if encode:
+        parts.append(_tag("EncodingType", "url"))
+    if v2:
+        parts.append(_tag("KeyCount", len(page.objects) + len(page.prefixes)))
+        if "continuation-token" in params:
+            parts.append(_tag("ContinuationToken", params["continuation-token"]))
+        if "start-after" in params:
+            parts.append(_tag("StartAfter", echo(params["start-after"])))
+        if page.truncated:
+            parts.append(_tag("NextContinuationToken", continuation_token(page.last)))
+    else:
+        parts.append(_tag("Marker", echo(params.get("marker", ""))))
+        if page.truncated and params.get("delimiter"):
+            parts.append(_tag("NextMarker", echo(page.last)))
+    parts += [_contents(o, encode) for o in page.objects]
+    parts += [f"<CommonPrefixes>{_tag('Prefix', echo(p))}</CommonPrefixes>" for p in page.prefixes]
+    return f'{HEAD}<ListBucketResult xmlns="{NS}">{"".join(parts)}</ListBucketResult>'.encode()
+
+
+def continuation_token(last: str) -> str:
+    return last.encode().hex()
+
+
+def after_token(token: str) -> str:
+    try:
+        return bytes.fromhex(token).decode()
+    except ValueError:
+        raise S3Error("InvalidArgument", "the continuation token provided is incorrect") from None
+
+
+def copy_result(info: ObjectInfo) -> bytes:
+    return (f'{HEAD}<CopyObjectResult xmlns="{NS}">{_tag("LastModified", iso_time(info.mtime_ns))}'
+            f'{_tag("ETag", chr(34) + info.etag + chr(34))}</CopyObjectResult>').encode()
+
+
+def location() -> bytes:
+    return f'{HEAD}<LocationConstraint xmlns="{NS}"></LocationConstraint>'.encode()
+
+
+def delete_request(body: bytes) -> tuple[list[str], bool]:
+    """The keys of a DeleteObjects body, and whether it asked for a quiet answer."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        raise S3Error("MalformedXML", "the XML you provided was not well-formed") from None
+    strip = lambda tag: tag.rpartition("}")[2]  # noqa: E731
+    keys = [el.text or "" for obj in root if strip(obj.tag) == "Object" for el in obj if strip(el.tag) == "Key"]
+    quiet = any(strip(el.tag) == "Quiet" and (el.text or "").lower() == "true" for el in root)
+    if not keys or len(keys) > MAX_DELETE_KEYS:
+        raise S3Error("MalformedXML", "1 to 1,000 keys can be deleted at once")
+    return keys, quiet
+
+
+def delete_result(deleted: list[str], errors: list[tuple[str, S3Error]], quiet: bool) -> bytes:
+    parts = [] if quiet else [f"<Deleted>{_tag('Key', k)}</Deleted>" for k in deleted]
+    parts += [f"<Error>{_tag('Key', k)}{_tag('Code', e.code)}{_tag('Message', e.message)}</Error>" for k, e in errors]
+    return f'{HEAD}<DeleteResult xmlns="{NS}">{"".join(parts)}</DeleteResult>'.encode()
