@@ -33,6 +33,11 @@ class Access:
     def objects_for(self, key: AccessKey) -> ObjectStore:
         return ObjectStore(self.filesystem_for(key))
 
+    def credentials(self, access_key_id: str) -> tuple[AccessKey, str] | None:
+        """The key with this id and its secret (what SigV4 signs with), or None."""
+        key = self.keys.by_access_key(access_key_id)
+        return None if key is None else (key, key.secret(self.server_key))
+
     def key_for_token(self, access_key_id: str, secret: str) -> AccessKey | None:
         """The key whose id and secret these are (the REST API's bearer token), or None."""
         key = self.keys.by_access_key(access_key_id)

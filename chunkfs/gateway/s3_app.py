@@ -151,7 +151,7 @@ class S3App:
             checked = sigv4.RequestToCheck(request.method, request.scope.get("raw_path") or request.scope["path"].encode(),
                                            query, [(k.decode("latin-1").lower(), v.decode("latin-1"))
                                                    for k, v in request.scope["headers"]])
-            verified = sigv4.verify(checked, self.access.keys, self.access.server_key)
+            verified = sigv4.verify(checked, self.access.credentials)
             call = S3Call(request, verified, self.access.objects_for(verified.key), bucket, key, dict(query))
             operation = self._operation(call)
             operation_name = operation.__name__

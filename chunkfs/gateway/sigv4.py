@@ -17,6 +17,7 @@ import calendar
 import hashlib
 import hmac
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
@@ -24,7 +25,9 @@ from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from chunkfs.gateway.keys import AccessKey, KeyStore
+from chunkfs.gateway.keys import AccessKey
+
+SecretLookup = Callable[[str], "tuple[AccessKey, str] | None"]  # access key id -> (key, its secret)
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 MAX_SKEW_S = 15 * 60
@@ -94,17 +97,17 @@ def string_to_sign(timestamp: str, scope: str, canonical: str) -> str:
     return "\n".join([ALGORITHM, timestamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
 
 
-def _parse_credential(credential: str, keys: KeyStore) -> tuple[AccessKey, str, str, str]:
+def _parse_credential(credential: str, credentials: SecretLookup) -> tuple[AccessKey, str, str, str, str]:
     parts = credential.split("/")
     if len(parts) != 5 or parts[4] != "aws4_request":
         raise AuthError("AuthorizationHeaderMalformed", f"malformed credential {credential!r}")
     access_key_id, date, region, service = parts[:4]
     if service != "s3":
         raise AuthError("AuthorizationHeaderMalformed", f"the credential names service {service!r}, not s3")
-    key = keys.by_access_key(access_key_id)
-    if key is None:
+    found = credentials(access_key_id)
+    if found is None:
         raise AuthError("InvalidAccessKeyId", "the access key id you provided does not exist in our records")
-    return key, date, region, service
+    return found[0], found[1], date, region, service
 
 
 def _epoch(timestamp: str) -> float:
@@ -114,7 +117,7 @@ def _epoch(timestamp: str) -> float:
         raise AuthError("AccessDenied", f"bad x-amz-date {timestamp!r}") from None
 
 
-def verify(req: RequestToCheck, keys: KeyStore, server_key: bytes, now: float | None = None) -> Verified:
+def verify(req: RequestToCheck, credentials: SecretLookup, now: float | None = None) -> Verified:
     """The key `req` is signed with; AuthError when it is not signed, or not right."""
     now = time.time() if now is None else now
     headers = dict(req.headers)
@@ -152,13 +155,13 @@ def verify(req: RequestToCheck, keys: KeyStore, server_key: bytes, now: float | 
         raise AuthError("AuthorizationQueryParametersError", "only AWS4-HMAC-SHA256 presigned URLs are accepted")
     else:
         raise AuthError("AccessDenied", "anonymous requests are not accepted: sign it with an access key")
-    key, date, region, service = _parse_credential(credential, keys)
+    key, secret, date, region, service = _parse_credential(credential, credentials)
     if date != timestamp[:8]:
         raise AuthError("SignatureDoesNotMatch", "the credential's date is not the request's date")
     scope = f"{date}/{region}/{service}/aws4_request"
     canonical = canonical_request(req, signed.split(";"), presigned)
     to_sign = string_to_sign(timestamp, scope, canonical)
-    key_bytes = signing_key(key.secret(server_key), date, region, service)
+    key_bytes = signing_key(secret, date, region, service)
     if not hmac.compare_digest(sign(key_bytes, to_sign), signature):
         raise AuthError("SignatureDoesNotMatch",
                         "the request signature we calculated does not match the signature you provided")
