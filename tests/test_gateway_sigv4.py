@@ -100,7 +100,7 @@ def chunked_request() -> sigv4.RequestToCheck:
 def chunked_body(signatures: list[str]) -> bytes:
     sizes = [65536, 1024, 0]
     return b"".join(f"{size:x};chunk-signature={sig}\r\n".encode() + b"a" * size + b"\r\n"
-                    for size, sig in zip(sizes, signatures))
+                    for size, sig in zip(sizes, signatures, strict=True))
 
 
 async def decode(body: bytes, verified: sigv4.Verified, checksums: BodyChecksums) -> bytes:

@@ -98,28 +98,28 @@ def _etag_from(stored: bytes | None, ino: int, size: int, mtime_ns: int) -> str:
 class StoredFile:
     size: int
     mtime_ns: int
-    md5: str
+    etag: str  # the body's MD5 (hex) unless the caller chose it
 
 
 async def store_file(afs: AsyncFilesystem, path: str, body: AsyncIterator[bytes], checksums: BodyChecksums,
                      exclusive: bool = False, content_type: str | None = None,
-                     metadata: dict[str, str] | None = None) -> StoredFile:
+                     metadata: dict[str, str] | None = None, etag: str | None = None) -> StoredFile:
     """Write `body` as the file `path` (its directory must exist), atomically: the name shows
-    the new file only once every byte is durable and every checksum held; with its ETag,
-    content type and metadata in its xattrs."""
+    the new file only once every byte is durable and every checksum held; with its ETag (the
+    body's MD5 unless `etag` is given), content type and metadata in its xattrs."""
     async with staged_file(afs, path, exclusive) as afile:
         size = await write_body(afile, body, checksums.update)
-        md5 = checksums.finish()
+        etag = etag or checksums.finish()
         await afile.flush()  # committed: the file exists on the metaserver, with its final mtime
         ino = afile.open_file.ino
         mtime_ns = (await afs.client.getattr(ino)).mtime_ns
-        values = {XATTR_ETAG: f"{md5} {size} {mtime_ns}",
+        values = {XATTR_ETAG: f"{etag} {size} {mtime_ns}",
                   **{XATTR_META + k.lower(): v for k, v in (metadata or {}).items()}}
         if content_type:
             values[XATTR_CONTENT_TYPE] = content_type
         for name, value in values.items():  # on a file this caller just made (its owner): no check needed
             await afs.client.setxattr(ino, name.encode(), value.encode())
-    return StoredFile(size, mtime_ns, md5)
+    return StoredFile(size, mtime_ns, etag)
 
 
 async def describe_file(afs: AsyncFilesystem, path: str, key: str, st: os.stat_result) -> ObjectInfo:
@@ -191,7 +191,8 @@ class ObjectStore:
         return info, afile
 
     async def put(self, bucket: str, key: str, body: AsyncIterator[bytes], checksums: BodyChecksums,
-                  content_type: str | None, metadata: dict[str, str], exclusive: bool = False) -> ObjectInfo:
+                  content_type: str | None, metadata: dict[str, str], exclusive: bool = False,
+                  etag: str | None = None) -> ObjectInfo:
         """Store `body` as the object, visible only once complete and checked."""
         path = self.path(bucket, key)
         if not await self.bucket_exists(bucket):
@@ -204,8 +205,8 @@ class ObjectStore:
             await self.afs.makedirs(path, exist_ok=True)
             return ObjectInfo(key, 0, 0, EMPTY_MD5)
         await self.afs.makedirs(parent, exist_ok=True)
-        stored = await store_file(self.afs, path, body, checksums, exclusive, content_type, metadata)
-        return ObjectInfo(key, stored.size, stored.mtime_ns, stored.md5, content_type or DEFAULT_CONTENT_TYPE, metadata)
+        stored = await store_file(self.afs, path, body, checksums, exclusive, content_type, metadata, etag)
+        return ObjectInfo(key, stored.size, stored.mtime_ns, stored.etag, content_type or DEFAULT_CONTENT_TYPE, metadata)
 
     async def copy(self, source: tuple[str, str], bucket: str, key: str, replace: tuple[str | None, dict[str, str]] | None
                    ) -> ObjectInfo:

@@ -110,7 +110,7 @@ class RestApi:
     async def health(self, request: Request) -> Response:
         try:
             status = await self.access.afs.client.meta.server.status()
-        except Exception as exc:  # noqa: BLE001 - health answers whatever went wrong
+        except Exception as exc:
             return JSONResponse({"status": "down", "metaserver": {"reachable": False, "error": str(exc)}},
                                 status_code=503)
         servers = [{"id": s.id, "address": s.address, "alive": s.alive} for s in status.servers]
@@ -189,8 +189,8 @@ class RestApi:
         await afs.makedirs(path.rsplit("/", 1)[0] or "/", exist_ok=True)
         stored = await store_file(afs, path, self.metrics.counted_in(request.stream()), BodyChecksums(request.headers),
                                   content_type=request.headers.get("content-type"))
-        return JSONResponse({"path": path, "size": stored.size, "md5": stored.md5}, status_code=201,
-                            headers={"ETag": f'"{stored.md5}"'})
+        return JSONResponse({"path": path, "size": stored.size, "md5": stored.etag}, status_code=201,
+                            headers={"ETag": f'"{stored.etag}"'})
 
     async def delete_file(self, request: Request, afs: AsyncFilesystem) -> Response:
         path = self._path(request)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -26,6 +26,7 @@ from chunkfs.gateway.aws_chunked import STREAMING_FORMS, ChunkedBody
 from chunkfs.gateway.checksums import BodyChecksums
 from chunkfs.gateway.lifespan import serve_lifespan
 from chunkfs.gateway.metrics import GatewayMetrics
+from chunkfs.gateway.multipart import MultipartUploads, Upload
 from chunkfs.gateway.objects import InvalidName, ObjectInfo, ObjectStore
 from chunkfs.gateway.s3_errors import S3Error, from_os_error
 from chunkfs.gateway.streams import RangeNotSatisfiable, parse_range, read_body
@@ -34,8 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_KEYS = 1000
 MAX_XML_BODY_BYTES = 2 << 20
-UNSUPPORTED_SUBRESOURCES = ("acl", "tagging", "versioning", "policy", "cors", "lifecycle", "website", "uploads",
-                            "uploadId", "partNumber", "versions", "replication", "encryption", "object-lock",
+UNSUPPORTED_SUBRESOURCES = ("acl", "tagging", "versioning", "policy", "cors", "lifecycle", "website", "versions", "replication", "encryption", "object-lock",
                             "retention", "legal-hold", "notification", "logging", "ownershipControls",
                             "publicAccessBlock", "accelerate", "requestPayment", "analytics", "metrics",
                             "inventory", "intelligent-tiering", "select", "restore", "torrent", "attributes")
@@ -201,10 +201,19 @@ class S3App:
         if call.bucket is None:
             table: dict[str, Operation] = {"GET": self.list_buckets}
         elif call.key is None:
-            table = {"GET": self.get_bucket_location if "location" in query else self.list_objects,
+            table = {"GET": self.get_bucket_location if "location" in query
+                     else self.list_multipart_uploads if "uploads" in query else self.list_objects,
                      "PUT": self.create_bucket, "HEAD": self.head_bucket, "DELETE": self.delete_bucket}
             if "delete" in query:
                 table["POST"] = self.delete_objects
+        elif "uploadId" in query:
+            if "partNumber" in query and "x-amz-copy-source" in call.request.headers:
+                raise S3Error("NotImplemented", "UploadPartCopy is not implemented by the chunkfs gateway yet",
+                              call.resource)
+            table = {"PUT": self.upload_part, "POST": self.complete_multipart, "DELETE": self.abort_multipart,
+                     "GET": self.list_parts}
+        elif "uploads" in query:
+            table = {"POST": self.create_multipart}
         else:
             table = {"GET": self.get_object, "HEAD": self.head_object, "DELETE": self.delete_object,
                      "PUT": self.copy_object if "x-amz-copy-source" in call.request.headers else self.put_object}
@@ -302,13 +311,18 @@ class S3App:
         return StreamingResponse(read_body(afile, byte_range, self.metrics.bytes_out), status_code=status,
                                  headers=headers)
 
+    def _body(self, call: S3Call) -> tuple[AsyncIterator[bytes], BodyChecksums]:
+        """The request's body, decoded (aws-chunked) and counted, and the checks it must pass."""
+        checksums = BodyChecksums(call.request.headers)
+        body = call.request.stream()
+        if call.verified.payload_hash in STREAMING_FORMS:
+            body = ChunkedBody(body, call.verified, checksums).data()
+        return self.metrics.counted_in(body), checksums
+
     async def put_object(self, call: S3Call) -> Response:
         assert call.bucket is not None and call.key is not None
         request = call.request
-        checksums = BodyChecksums(request.headers)
-        body = request.stream()
-        if call.verified.payload_hash in STREAMING_FORMS:
-            body = ChunkedBody(body, call.verified, checksums).data()
+        body, checksums = self._body(call)
         if "if-match" in request.headers:
             current = await call.objects.head(call.bucket, call.key)
             if not _etag_matches(request.headers["if-match"], current.etag):
@@ -316,7 +330,7 @@ class S3App:
         exclusive = request.headers.get("if-none-match", "").strip() == "*"
         content_type, metadata = _request_metadata(request)
         try:
-            info = await call.objects.put(call.bucket, call.key, self.metrics.counted_in(body), checksums,
+            info = await call.objects.put(call.bucket, call.key, body, checksums,
                                           content_type, metadata, exclusive)
         except FileExistsError:
             if not exclusive:
@@ -344,3 +358,55 @@ class S3App:
         assert call.bucket is not None and call.key is not None
         await call.objects.delete(call.bucket, call.key)
         return Response(status_code=204)
+
+    # ---- multipart uploads ---------------------------------------------------------------------------
+    def _uploads(self, call: S3Call) -> MultipartUploads:
+        return MultipartUploads(call.objects, self.access.afs)
+
+    async def create_multipart(self, call: S3Call) -> Response:
+        assert call.bucket is not None and call.key is not None
+        content_type, metadata = _request_metadata(call.request)
+        upload_id = await self._uploads(call).create(call.bucket, call.key, content_type, metadata)
+        return Response(s3_xml.initiate_multipart(call.bucket, call.key, upload_id), media_type="application/xml")
+
+    async def _upload(self, call: S3Call) -> tuple[MultipartUploads, Upload]:
+        assert call.bucket is not None and call.key is not None
+        uploads = self._uploads(call)
+        return uploads, await uploads.get(call.bucket, call.key, call.query["uploadId"])
+
+    async def upload_part(self, call: S3Call) -> Response:
+        uploads, upload = await self._upload(call)
+        try:
+            number = int(call.query["partNumber"])
+        except ValueError:
+            raise S3Error("InvalidArgument", "Part number must be an integer", call.resource) from None
+        body, checksums = self._body(call)
+        etag = await uploads.put_part(upload, number, body, checksums)
+        return Response(headers={"ETag": f'"{etag}"'})
+
+    async def complete_multipart(self, call: S3Call) -> Response:
+        uploads, upload = await self._upload(call)
+        body = await call.request.body()
+        if len(body) > MAX_XML_BODY_BYTES:
+            raise S3Error("MalformedXML", "the complete request is too large", call.resource)
+        info = await uploads.complete(upload, s3_xml.complete_request(body))
+        return Response(s3_xml.complete_result(call.resource, upload.bucket, upload.key, info.etag),
+                        media_type="application/xml")
+
+    async def abort_multipart(self, call: S3Call) -> Response:
+        uploads, upload = await self._upload(call)
+        await uploads.abort(upload)
+        return Response(status_code=204)
+
+    async def list_parts(self, call: S3Call) -> Response:
+        uploads, upload = await self._upload(call)
+        parts = [(p.number, p.etag, p.size, p.mtime_ns) for p in await uploads.parts(upload)]
+        return Response(s3_xml.list_parts(upload.bucket, upload.key, upload.upload_id, parts),
+                        media_type="application/xml")
+
+    async def list_multipart_uploads(self, call: S3Call) -> Response:
+        assert call.bucket is not None
+        await self.head_bucket(call)
+        found = await self._uploads(call).list(call.bucket, call.query.get("prefix", ""))
+        return Response(s3_xml.list_uploads(call.bucket, [(u.key, u.upload_id, u.initiated_ns) for u in found]),
+                        media_type="application/xml")

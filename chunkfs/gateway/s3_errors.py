@@ -15,7 +15,8 @@ STATUS = {
     "MissingContentLength": 411, "NoSuchBucket": 404, "NoSuchKey": 404, "NoSuchUpload": 404,
     "NotImplemented": 501, "PreconditionFailed": 412, "NotModified": 304, "RequestTimeTooSkewed": 403,
     "ServiceUnavailable": 503, "SignatureDoesNotMatch": 403, "SlowDown": 503,
-    "XAmzContentSHA256Mismatch": 400, "ObjectConflict": 409, "InsufficientStorage": 507,
+    "XAmzContentSHA256Mismatch": 400, "InvalidPart": 400, "InvalidPartOrder": 400,
+    "EntityTooSmall": 400, "ObjectConflict": 409, "InsufficientStorage": 507,
 }
 
 

@@ -103,3 +103,46 @@ def delete_result(deleted: list[str], errors: list[tuple[str, S3Error]], quiet: 
     parts = [] if quiet else [f"<Deleted>{_tag('Key', k)}</Deleted>" for k in deleted]
     parts += [f"<Error>{_tag('Key', k)}{_tag('Code', e.code)}{_tag('Message', e.message)}</Error>" for k, e in errors]
     return f'{HEAD}<DeleteResult xmlns="{NS}">{"".join(parts)}</DeleteResult>'.encode()
+
+
+def initiate_multipart(bucket: str, key: str, upload_id: str) -> bytes:
+    return (f'{HEAD}<InitiateMultipartUploadResult xmlns="{NS}">{_tag("Bucket", bucket)}{_tag("Key", key)}'
+            f'{_tag("UploadId", upload_id)}</InitiateMultipartUploadResult>').encode()
+
+
+def complete_request(body: bytes) -> list[tuple[int, str]]:
+    """(part number, ETag) of each part a CompleteMultipartUpload body names, in its order."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        raise S3Error("MalformedXML", "the XML you provided was not well-formed") from None
+    strip = lambda tag: tag.rpartition("}")[2]  # noqa: E731
+    parts = []
+    for part in root:
+        if strip(part.tag) != "Part":
+            continue
+        fields = {strip(el.tag): (el.text or "") for el in part}
+        try:
+            parts.append((int(fields["PartNumber"]), fields["ETag"]))
+        except (KeyError, ValueError):
+            raise S3Error("MalformedXML", "each Part needs a PartNumber and an ETag") from None
+    return parts
+
+
+def complete_result(location: str, bucket: str, key: str, etag: str) -> bytes:
+    return (f'{HEAD}<CompleteMultipartUploadResult xmlns="{NS}">{_tag("Location", location)}{_tag("Bucket", bucket)}'
+            f'{_tag("Key", key)}{_tag("ETag", chr(34) + etag + chr(34))}</CompleteMultipartUploadResult>').encode()
+
+
+def list_parts(bucket: str, key: str, upload_id: str, parts: list[tuple[int, str, int, int]]) -> bytes:
+    items = "".join(f"<Part>{_tag('PartNumber', n)}{_tag('LastModified', iso_time(m))}"
+                    f"{_tag('ETag', chr(34) + e + chr(34))}{_tag('Size', s)}</Part>" for n, e, s, m in parts)
+    return (f'{HEAD}<ListPartsResult xmlns="{NS}">{_tag("Bucket", bucket)}{_tag("Key", key)}'
+            f'{_tag("UploadId", upload_id)}<IsTruncated>false</IsTruncated>{items}</ListPartsResult>').encode()
+
+
+def list_uploads(bucket: str, uploads: list[tuple[str, str, int]]) -> bytes:
+    items = "".join(f"<Upload>{_tag('Key', k)}{_tag('UploadId', u)}{_tag('Initiated', iso_time(t))}"
+                    "<StorageClass>STANDARD</StorageClass></Upload>" for k, u, t in uploads)
+    return (f'{HEAD}<ListMultipartUploadsResult xmlns="{NS}">{_tag("Bucket", bucket)}'
+            f'<IsTruncated>false</IsTruncated>{items}</ListMultipartUploadsResult>').encode()
