@@ -28,7 +28,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from chunkfs.client import AsyncFile, AsyncFilesystem, DirEntry
+from chunkfs.client.os_errors import os_error
 from chunkfs.client.transfers import is_staged_name, staged_file
+from chunkfs.errors import FsError, TransportError
 from chunkfs.gateway.checksums import BodyChecksums
 from chunkfs.gateway.streams import write_body
 
@@ -94,6 +96,21 @@ def _etag_from(stored: bytes | None, ino: int, size: int, mtime_ns: int) -> str:
     return _fallback_etag(ino, size, mtime_ns)
 
 
+async def make_directories(afs: AsyncFilesystem, path: str) -> None:
+    """`path` and the directories above it, those missing made (only those: a caller may write
+    in a directory it could not have made)."""
+    try:
+        if stat.S_ISDIR((await afs.stat(path)).st_mode):
+            return
+    except FileNotFoundError:
+        pass
+    await make_directories(afs, path.rsplit("/", 1)[0] or "/")
+    try:
+        await afs.mkdir(path)
+    except FileExistsError:
+        pass
+
+
 @dataclass(frozen=True)
 class StoredFile:
     size: int
@@ -107,18 +124,21 @@ async def store_file(afs: AsyncFilesystem, path: str, body: AsyncIterator[bytes]
     """Write `body` as the file `path` (its directory must exist), atomically: the name shows
     the new file only once every byte is durable and every checksum held; with its ETag (the
     body's MD5 unless `etag` is given), content type and metadata in its xattrs."""
-    async with staged_file(afs, path, exclusive) as afile:
-        size = await write_body(afile, body, checksums.update)
-        etag = etag or checksums.finish()
-        await afile.flush()  # committed: the file exists on the metaserver, with its final mtime
-        ino = afile.open_file.ino
-        mtime_ns = (await afs.client.getattr(ino)).mtime_ns
-        values = {XATTR_ETAG: f"{etag} {size} {mtime_ns}",
-                  **{XATTR_META + k.lower(): v for k, v in (metadata or {}).items()}}
-        if content_type:
-            values[XATTR_CONTENT_TYPE] = content_type
-        for name, value in values.items():  # on a file this caller just made (its owner): no check needed
-            await afs.client.setxattr(ino, name.encode(), value.encode())
+    try:
+        async with staged_file(afs, path, exclusive) as afile:
+            size = await write_body(afile, body, checksums.update)
+            etag = etag or checksums.finish()
+            await afile.flush()  # committed: the file exists on the metaserver, with its final mtime
+            ino = afile.open_file.ino
+            mtime_ns = (await afs.client.getattr(ino)).mtime_ns
+            values = {XATTR_ETAG: f"{etag} {size} {mtime_ns}",
+                      **{XATTR_META + k.lower(): v for k, v in (metadata or {}).items()}}
+            if content_type:
+                values[XATTR_CONTENT_TYPE] = content_type
+            for name, value in values.items():  # on a file this caller just made (its owner): no check needed
+                await afs.client.setxattr(ino, name.encode(), value.encode())
+    except (FsError, TransportError) as exc:  # the core's own errors, from the calls made by inode
+        raise os_error(exc, path) from None
     return StoredFile(size, mtime_ns, etag)
 
 
@@ -202,9 +222,9 @@ class ObjectStore:
             async for piece in body:
                 checksums.update(piece)
             checksums.finish()
-            await self.afs.makedirs(path, exist_ok=True)
+            await make_directories(self.afs, path)
             return ObjectInfo(key, 0, 0, EMPTY_MD5)
-        await self.afs.makedirs(parent, exist_ok=True)
+        await make_directories(self.afs, parent)
         stored = await store_file(self.afs, path, body, checksums, exclusive, content_type, metadata, etag)
         return ObjectInfo(key, stored.size, stored.mtime_ns, stored.etag, content_type or DEFAULT_CONTENT_TYPE, metadata)
 
@@ -299,7 +319,7 @@ class ObjectStore:
             if entry.is_dir():
                 if after > key and not after.startswith(key):
                     continue  # every key below it sorts before `after`
-                if delimiter == "/" and key.startswith(prefix):
+                if delimiter == "/" and key.startswith(prefix) and len(key) > len(prefix):
                     yield key, entry  # folded into a common prefix by the caller
                     continue
                 empty = True

@@ -33,11 +33,13 @@ from starlette.routing import Route
 
 from chunkfs import CHUNK_SIZE
 from chunkfs.client import AsyncFilesystem
+from chunkfs.client.os_errors import os_error
+from chunkfs.errors import FsError, TransportError
 from chunkfs.gateway.access import Access
 from chunkfs.gateway.checksums import BodyChecksums
 from chunkfs.gateway.keys import AccessKey
 from chunkfs.gateway.metrics import GatewayMetrics
-from chunkfs.gateway.objects import describe_file, store_file
+from chunkfs.gateway.objects import describe_file, make_directories, store_file
 from chunkfs.gateway.s3_errors import S3Error
 from chunkfs.gateway.streams import RangeNotSatisfiable, parse_range, read_body
 
@@ -59,6 +61,8 @@ class RestError(Exception):
 
 def _error(exc: Exception) -> RestError:
     """The REST door's one error edge."""
+    if isinstance(exc, (FsError, TransportError)):
+        exc = os_error(exc)
     if isinstance(exc, RestError):
         return exc
     if isinstance(exc, RangeNotSatisfiable):
@@ -186,7 +190,7 @@ class RestApi:
         path = self._path(request)
         if path == "/":
             raise RestError(400, "BadPath", "a file needs a name")
-        await afs.makedirs(path.rsplit("/", 1)[0] or "/", exist_ok=True)
+        await make_directories(afs, path.rsplit("/", 1)[0] or "/")
         stored = await store_file(afs, path, self.metrics.counted_in(request.stream()), BodyChecksums(request.headers),
                                   content_type=request.headers.get("content-type"))
         return JSONResponse({"path": path, "size": stored.size, "md5": stored.etag}, status_code=201,

@@ -16,10 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from chunkfs.client.os_errors import os_error
+from chunkfs.errors import FsError, TransportError
 from chunkfs.gateway import s3_xml, sigv4
 from chunkfs.gateway.access import Access
 from chunkfs.gateway.aws_chunked import STREAMING_FORMS, ChunkedBody
@@ -168,6 +170,10 @@ class S3App:
 
     async def _s3_error(self, exc: Exception, call: S3Call | None, bucket: str | None, key: str | None) -> S3Error:
         resource = "/" + "/".join(p for p in (bucket, key) if p)
+        if isinstance(exc, (FsError, TransportError)):
+            exc = os_error(exc)
+        if isinstance(exc, ClientDisconnect):
+            return S3Error("IncompleteBody", "the client went away before the end of the body", resource)
         if isinstance(exc, S3Error):
             return exc
         if isinstance(exc, sigv4.AuthError):
