@@ -33,7 +33,7 @@ def _store(data_dir: Path, keys_file: Path | None, secret_file: Path | None) -> 
     return KeyStore(keys_file or DEFAULT_KEYS_FILE), secret_file or Path("/etc/chunkfs/secret")
 
 
-def _options(fn):  # type: ignore[no-untyped-def]
+def _options(fn):
     fn = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
     fn = click.option("--secret-file", type=click.Path(path_type=Path), help="Cluster secret file.")(fn)
     fn = click.option("--keys-file", type=click.Path(path_type=Path),
@@ -82,7 +82,7 @@ def add(name: str, uid: int, gid: int | None, data_dir: Path, keys_file: Path | 
 def list_keys(data_dir: Path, keys_file: Path | None, secret_file: Path | None, as_json: bool) -> None:
     """The access keys (ids and who they act as; never the secrets)."""
     store, _ = _store(data_dir, keys_file, secret_file)
-    records = [{"name": k.name, "access_key_id": k.access_key_id, "uid": k.uid, "gid": k.gid} for k in store.list()]
+    records = [{"name": k.name, "access_key_id": k.access_key_id, "uid": k.uid, "gid": k.gid} for k in store.all()]
     if as_json:
         echo_json(records)
         return

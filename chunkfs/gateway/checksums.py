@@ -13,7 +13,7 @@ import base64
 import binascii
 import hashlib
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from chunkfs.gateway.s3_errors import S3Error
@@ -36,7 +36,7 @@ class _Crc32:
         return self.value.to_bytes(4, "big")
 
 
-CHECKED_ALGORITHMS = {"crc32": _Crc32, "sha1": hashlib.sha1, "sha256": hashlib.sha256}
+CHECKED_ALGORITHMS: dict[str, Callable[[], _Digest]] = {"crc32": _Crc32, "sha1": hashlib.sha1, "sha256": hashlib.sha256}
 HEADER_PREFIX = "x-amz-checksum-"
 
 

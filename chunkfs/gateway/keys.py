@@ -9,7 +9,8 @@ signature; deriving it gives that without a table of secrets to leak: the keys f
 new salt) makes its old secret worthless. The cost: rotating the cluster secret changes every
 access key's secret.
 
-The file is JSON, written atomically (temp file + rename, 0600); the gateway re-reads it when
+The file is JSON, written atomically (temp file + rename, 0600, owned by the owner of its
+directory: under systemd the gateway's user `chunkfs`, even when root adds the key); the gateway re-reads it when
 its mtime changes, so `chunkfs gateway key add/remove` takes effect without a restart.
 """
 
@@ -72,12 +73,12 @@ class KeyStore:
         self._load()
         return self._keys.get(access_key_id)
 
-    def list(self) -> list[AccessKey]:
+    def all(self) -> list[AccessKey]:
         self._load()
         return sorted(self._keys.values(), key=lambda k: k.name)
 
     def add(self, name: str, uid: int, gid: int) -> AccessKey:
-        keys = self.list()
+        keys = self.all()
         if any(k.name == name for k in keys):
             raise KeyStoreError(f"a key named {name!r} exists (remove it first)")
         key = AccessKey(name=name, access_key_id="CK" + "".join(secrets.choice(ACCESS_KEY_ALPHABET) for _ in range(18)),
@@ -86,7 +87,7 @@ class KeyStore:
         return key
 
     def remove(self, name_or_id: str) -> AccessKey:
-        keys = self.list()
+        keys = self.all()
         gone = [k for k in keys if name_or_id in (k.name, k.access_key_id)]
         if not gone:
             raise KeyStoreError(f"no key named {name_or_id!r}")
@@ -101,5 +102,8 @@ class KeyStore:
             json.dump([asdict(k) for k in keys], f, indent=2)
             f.flush()
             os.fsync(f.fileno())
+        parent = self.path.parent.stat()
+        if os.geteuid() == 0:  # root adding a key for a gateway that runs as the directory's owner
+            os.chown(tmp, parent.st_uid, parent.st_gid)
         os.replace(tmp, self.path)
         self._stamp = None

@@ -19,6 +19,7 @@ ACLs, as the client core checks them) decide; errors are the core's OSErrors.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -105,10 +106,8 @@ async def make_directories(afs: AsyncFilesystem, path: str) -> None:
     except FileNotFoundError:
         pass
     await make_directories(afs, path.rsplit("/", 1)[0] or "/")
-    try:
+    with contextlib.suppress(FileExistsError):  # made meanwhile by another request
         await afs.mkdir(path)
-    except FileExistsError:
-        pass
 
 
 @dataclass(frozen=True)

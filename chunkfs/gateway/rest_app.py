@@ -138,7 +138,8 @@ class RestApi:
     # ---- files -----------------------------------------------------------------------------------------
     @staticmethod
     def _path(request: Request) -> str:
-        return "/" + request.path_params["path"].strip("/")
+        path: str = request.path_params["path"]
+        return "/" + path.strip("/")
 
     async def get_file(self, request: Request, afs: AsyncFilesystem) -> Response:
         path = self._path(request)

@@ -320,7 +320,7 @@ class S3App:
     def _body(self, call: S3Call) -> tuple[AsyncIterator[bytes], BodyChecksums]:
         """The request's body, decoded (aws-chunked) and counted, and the checks it must pass."""
         checksums = BodyChecksums(call.request.headers)
-        body = call.request.stream()
+        body: AsyncIterator[bytes] = call.request.stream()
         if call.verified.payload_hash in STREAMING_FORMS:
             body = ChunkedBody(body, call.verified, checksums).data()
         return self.metrics.counted_in(body), checksums

@@ -85,15 +85,19 @@ def location() -> bytes:
     return f'{HEAD}<LocationConstraint xmlns="{NS}"></LocationConstraint>'.encode()
 
 
+def _local_name(tag: str) -> str:
+    """An element's name without its namespace ({http://s3...}Key -> Key)."""
+    return tag.rpartition("}")[2]
+
+
 def delete_request(body: bytes) -> tuple[list[str], bool]:
     """The keys of a DeleteObjects body, and whether it asked for a quiet answer."""
     try:
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError:
         raise S3Error("MalformedXML", "the XML you provided was not well-formed") from None
-    strip = lambda tag: tag.rpartition("}")[2]  # noqa: E731
-    keys = [el.text or "" for obj in root if strip(obj.tag) == "Object" for el in obj if strip(el.tag) == "Key"]
-    quiet = any(strip(el.tag) == "Quiet" and (el.text or "").lower() == "true" for el in root)
+    keys = [el.text or "" for obj in root if _local_name(obj.tag) == "Object" for el in obj if _local_name(el.tag) == "Key"]
+    quiet = any(_local_name(el.tag) == "Quiet" and (el.text or "").lower() == "true" for el in root)
     if not keys or len(keys) > MAX_DELETE_KEYS:
         raise S3Error("MalformedXML", "1 to 1,000 keys can be deleted at once")
     return keys, quiet
@@ -116,12 +120,11 @@ def complete_request(body: bytes) -> list[tuple[int, str]]:
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError:
         raise S3Error("MalformedXML", "the XML you provided was not well-formed") from None
-    strip = lambda tag: tag.rpartition("}")[2]  # noqa: E731
     parts = []
     for part in root:
-        if strip(part.tag) != "Part":
+        if _local_name(part.tag) != "Part":
             continue
-        fields = {strip(el.tag): (el.text or "") for el in part}
+        fields = {_local_name(el.tag): (el.text or "") for el in part}
         try:
             parts.append((int(fields["PartNumber"]), fields["ETag"]))
         except (KeyError, ValueError):
