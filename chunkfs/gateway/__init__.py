@@ -15,9 +15,10 @@ handler that awaits the core on the core's own loop costs nothing extra; any asy
 Python API's synchronous face) on every read and write. hypercorn is the maintained ASGI server
 with a native trio worker (`hypercorn.trio.serve` runs in our nursery), Starlette (on anyio,
 so on trio) gives requests, streamed responses and routing without a framework's weight.
-Measured on the shared 2-core machine with `bench/gateway_server.py` (a null app, no cluster;
-noisy, other engineers' jobs running; details in the README):
-small GETs ~1,500-2,000 requests/s from one process with 32 concurrent clients, a 1 GiB
-streamed PUT consumed at ~0.6-0.9 GB/s. Several gateway processes behind one address scale
-it out (the core holds no state that two gateways would have to share beyond the cluster).
+Measured with `bench/gateway_server.py` (the server alone: a null app, raw-socket clients) on
+the shared 2-core machine at a load average of 11-12 (five engineers' jobs), so noisy: 223 and
+302 small GETs/s over 16 keep-alive connections, a 1 GiB streamed PUT consumed at 0.08-0.10
+GB/s (the issue measured ~2,400 requests/s and ~0.9 GB/s for this stack on these cores idle).
+Several gateway processes behind one address scale it out (they share nothing but the
+cluster).
 """
