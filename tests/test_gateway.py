@@ -366,3 +366,60 @@ def test_chunkfs_up_starts_a_gateway_and_down_stops_it(fresh_cluster):
     assert not Path(f"/proc/{pid}").exists() or fresh_cluster.pid("gateway") is None
     with contextlib.suppress(OSError):
         assert not _healthy(rest)
+
+
+def _tus(gateway: Gateway, key: dict, method: str, path: str, body: bytes = b"", **headers: str):
+    import http.client
+
+    host, port = gateway.rest.removeprefix("http://").split("/")[0].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    token = f"{key['access_key_id']}:{key['secret_access_key']}"
+    conn.request(method, path, body=body, headers={"Tus-Resumable": "1.0.0", "Authorization": f"Bearer {token}",
+                                                   **{k.replace("_", "-"): v for k, v in headers.items()}})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response
+
+
+def test_tus_upload_interrupted_and_resumed(gateway_cluster, gateway):
+    import base64
+
+    key = gateway.key("tus")
+    data = os.urandom(3 * MiB + 5)
+    options = _tus(gateway, key, "OPTIONS", "/api/v1/uploads/")
+    assert options.status == 204 and "creation" in options.getheader("Tus-Extension")
+    target = base64.b64encode(b"/tus/deep/file.bin").decode()
+    created = _tus(gateway, key, "POST", "/api/v1/uploads/", Upload_Length=str(len(data)),
+                   Upload_Metadata=f"path {target}")
+    assert created.status == 201
+    location = created.getheader("Location")
+    first = _tus(gateway, key, "PATCH", location, data[:MiB], Upload_Offset="0",
+                 Content_Type="application/offset+octet-stream")
+    assert (first.status, first.getheader("Upload-Offset")) == (204, str(MiB))
+    assert _tus(gateway, key, "PATCH", location, b"x", Upload_Offset="0",
+                Content_Type="application/offset+octet-stream").status == 409
+    host, port = gateway.rest.removeprefix("http://").split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:  # a PATCH cut off mid-body
+        conn.sendall(f"PATCH {location} HTTP/1.1\r\nHost: {host}\r\nTus-Resumable: 1.0.0\r\n"
+                     f"Authorization: Bearer {key['access_key_id']}:{key['secret_access_key']}\r\n"
+                     f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {MiB}\r\n"
+                     f"Content-Length: {len(data) - MiB}\r\n\r\n".encode() + data[MiB: MiB + 512 * 1024])
+
+    def offset() -> int:
+        return int(_tus(gateway, key, "HEAD", location).getheader("Upload-Offset"))
+    wait_until(lambda: offset() > MiB, 30, "the bytes that arrived before the cut are kept")
+    assert not (gateway_cluster.mnt / "tus/deep/file.bin").exists()
+    resumed_at = offset()
+    last = _tus(gateway, key, "PATCH", location, data[resumed_at:], Upload_Offset=str(resumed_at),
+                Content_Type="application/offset+octet-stream")
+    assert (last.status, last.getheader("Upload-Offset")) == (204, str(len(data)))
+    assert (gateway_cluster.mnt / "tus/deep/file.bin").read_bytes() == data
+    assert _tus(gateway, key, "HEAD", location).status == 404
+
+    other = _tus(gateway, key, "POST", "/api/v1/uploads/", Upload_Length="10",
+                 Upload_Metadata=f"path {base64.b64encode(b'/tus/other').decode()}").getheader("Location")
+    assert _tus(gateway, key, "DELETE", other).status == 204
+    assert _tus(gateway, key, "HEAD", other).status == 404
+    assert not (gateway_cluster.mnt / "tus/other").exists()
+    assert _tus(gateway, {"access_key_id": "x", "secret_access_key": "y"}, "HEAD", other).status == 401

@@ -62,25 +62,27 @@ def _no_upload(upload_id: str) -> S3Error:
                                    "may have been aborted or completed.", upload_id)
 
 
+async def ensure_uploads_dir(root: AsyncFilesystem) -> None:
+    """/.chunkfs-uploads, made by root, writable by all and sticky (each removes only its own)."""
+    if not await root.exists(UPLOADS_DIR):
+        try:
+            await root.mkdir(UPLOADS_DIR, 0o1777)
+        except FileExistsError:
+            return
+        await root.chmod(UPLOADS_DIR, 0o1777)
+
+
 class MultipartUploads:
     """The uploads as one caller sees them (`objects` is that caller's ObjectStore)."""
 
     def __init__(self, objects: ObjectStore, root: AsyncFilesystem) -> None:
         self.objects, self.afs, self.root = objects, objects.afs, root
 
-    async def _ensure_uploads_dir(self) -> None:
-        if not await self.root.exists(UPLOADS_DIR):
-            try:
-                await self.root.mkdir(UPLOADS_DIR, 0o1777)
-            except FileExistsError:
-                return
-            await self.root.chmod(UPLOADS_DIR, 0o1777)
-
     async def create(self, bucket: str, key: str, content_type: str | None, metadata: dict[str, str]) -> str:
         check_key(key)
         if not await self.objects.bucket_exists(bucket):
             raise FileNotFoundError(errno.ENOENT, "no such bucket", bucket)
-        await self._ensure_uploads_dir()
+        await ensure_uploads_dir(self.root)
         upload_id = secrets.token_hex(16)
         path = f"{UPLOADS_DIR}/{upload_id}"
         await self.afs.mkdir(path, 0o700)

@@ -13,6 +13,7 @@ one edge (`_error`).
     GET    /api/v1/files/{path}?status  size, chunks, replicas, chunks under goal
     HEAD   /api/v1/files/{path}         size, ETag, Last-Modified
     DELETE /api/v1/files/{path}         a file, or an empty directory
+    /api/v1/uploads/                    tus 1.0 resumable uploads (tus.py)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from chunkfs.gateway.metrics import GatewayMetrics
 from chunkfs.gateway.objects import describe_file, make_directories, store_file
 from chunkfs.gateway.s3_errors import S3Error
 from chunkfs.gateway.streams import RangeNotSatisfiable, parse_range, read_body
+from chunkfs.gateway.tus import TusError, TusUploads
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ def _error(exc: Exception) -> RestError:
         exc = os_error(exc)
     if isinstance(exc, RestError):
         return exc
+    if isinstance(exc, TusError):
+        return RestError(exc.status, "TusError", exc.message)
     if isinstance(exc, RangeNotSatisfiable):
         return RestError(416, "InvalidRange", "the range is not satisfiable")
     if isinstance(exc, S3Error):
@@ -214,4 +218,5 @@ class RestApi:
             Route(files, self.route("get", self.get_file), methods=["GET", "HEAD"]),
             Route(files, self.route("put", self.put_file), methods=["PUT"]),
             Route(files, self.route("delete", self.delete_file), methods=["DELETE"]),
+            *TusUploads(self.access.afs).routes(self.route),
         ])
