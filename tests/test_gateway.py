@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from chunkfs.daemons import stop_pid
-from conftest import _cluster, chunkfs, metrics_of, wait_until
+from conftest import _cluster, chunkfs, free_port_block, metrics_of, wait_until
 
 boto3 = pytest.importorskip("boto3")
 from botocore.config import Config  # noqa: E402
@@ -62,26 +63,40 @@ def gateway_cluster(tmp_path_factory):
     yield from _cluster(tmp_path_factory, up_options=("--no-gateway",))
 
 
-@pytest.fixture(scope="module")
-def gateway(gateway_cluster, tmp_path_factory):
-    """chunkfs-gateway as a process of its own, on the ports free_port_block kept for it;
-    stopped by its pid whatever happens."""
-    state = tmp_path_factory.mktemp("gateway")
-    port = gateway_cluster.port
-    gw = Gateway(f"http://127.0.0.1:{port + 60}", f"http://127.0.0.1:{port + 61}/api/v1", state / "keys.json",
-                 gateway_cluster.secret_file, state / "gateway.log")
+@contextlib.contextmanager
+def running_gateway(cluster, state: Path, s3_port: int, rest_port: int, *options: str, scheme: str = "http"):
+    """chunkfs-gateway as a process of its own, stopped by its pid whatever happens."""
+    gw = Gateway(f"{scheme}://127.0.0.1:{s3_port}", f"{scheme}://127.0.0.1:{rest_port}/api/v1", state / "keys.json",
+                 cluster.secret_file, state / "gateway.log")
     with open(gw.log, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "chunkfs.gateway.main", "--s3-listen", f"127.0.0.1:{port + 60}",
-                                    "--rest-listen", f"127.0.0.1:{port + 61}", "--metaserver", gateway_cluster.metaserver,
+        process = subprocess.Popen([sys.executable, "-m", "chunkfs.gateway.main", "--s3-listen", f"127.0.0.1:{s3_port}",
+                                    "--rest-listen", f"127.0.0.1:{rest_port}", "--metaserver", cluster.metaserver,
                                     "--secret-file", str(gw.secret_file), "--keys-file", str(gw.keys_file),
-                                    "--retry-s", "5"], stdout=log, stderr=subprocess.STDOUT)
+                                    "--retry-s", "5", *options], stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: _healthy(gw.rest) or process.poll() is not None, 30, "the gateway answers /health")
+        wait_until(lambda: _listening(rest_port) or process.poll() is not None, 30, "the gateway listens")
         assert process.poll() is None, gw.log.read_text()
         yield gw
     finally:
         stop_pid(process.pid)
         process.wait(timeout=10)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_cluster, tmp_path_factory):
+    """The gateway of these tests, on the ports free_port_block kept for it."""
+    port = gateway_cluster.port
+    with running_gateway(gateway_cluster, tmp_path_factory.mktemp("gateway"), port + 60, port + 61) as gw:
+        wait_until(lambda: _healthy(gw.rest), 30, "the gateway answers /health")
+        yield gw
 
 
 @pytest.fixture(scope="module")
@@ -423,3 +438,27 @@ def test_tus_upload_interrupted_and_resumed(gateway_cluster, gateway):
     assert _tus(gateway, key, "HEAD", other).status == 404
     assert not (gateway_cluster.mnt / "tus/other").exists()
     assert _tus(gateway, {"access_key_id": "x", "secret_access_key": "y"}, "HEAD", other).status == 401
+
+
+@pytest.mark.filterwarnings("ignore:Unverified HTTPS request")
+def test_boto3_over_tls_sends_aws_chunked_bodies_with_a_checksum_trailer(gateway_cluster, tmp_path):
+    """Over HTTPS boto3 streams PUT bodies as aws-chunked with an x-amz-checksum-crc32 trailer
+    (STREAMING-UNSIGNED-PAYLOAD-TRAILER); a second gateway on the same cluster serves TLS."""
+    cert, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key_file), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    base = free_port_block(2)
+    with running_gateway(gateway_cluster, tmp_path, base, base + 1, "--tls-cert-file", str(cert),
+                         "--tls-key-file", str(key_file), scheme="https") as tls:
+        s3 = boto3.client("s3", endpoint_url=tls.s3, verify=False, region_name="us-east-1",
+                          aws_access_key_id=(k := tls.key("tls"))["access_key_id"],
+                          aws_secret_access_key=k["secret_access_key"])
+        sent = []
+        s3.meta.events.register("before-send.s3.PutObject",
+                                lambda request, **_: sent.append(request.headers.get("x-amz-content-sha256")))
+        s3.create_bucket(Bucket="tls")
+        body = os.urandom(2 * MiB + 1)
+        s3.put_object(Bucket="tls", Key="streamed.bin", Body=io.BytesIO(body))
+        assert sent == [b"STREAMING-UNSIGNED-PAYLOAD-TRAILER"]
+        assert (gateway_cluster.mnt / "tls/streamed.bin").read_bytes() == body
+        assert s3.get_object(Bucket="tls", Key="streamed.bin")["Body"].read() == body

@@ -44,6 +44,8 @@ class GatewayConfig:
                             "file holding the cluster secret (also the key access-key secrets are derived with)")
     keys_file: Path = opt(DEFAULT_KEYS_FILE, "the access keys (`chunkfs gateway key add`); re-read when it changes")
     domain: str = opt("", "virtual-host style addressing: a request to BUCKET.DOMAIN addresses BUCKET")
+    tls_cert_file: Path = opt(Path(""), "PEM certificate (chain): serve both APIs over HTTPS [default: plain HTTP]")
+    tls_key_file: Path = opt(Path(""), "PEM private key of tls_cert_file")
     cache_mem_mb: int = opt(256, "MiB of chunks the gateway's client core caches in memory")
     max_dirty_mb: int = opt(256, "MiB of written data buffered before writers wait for uploads")
     retry_s: float = opt(15.0, "seconds a call to the cluster is retried before it fails")
@@ -58,11 +60,19 @@ class GatewayConfig:
             raise ConfigError("options cache_mem_mb, max_dirty_mb, retry_s: must be positive")
         if not self.secret_file.exists():
             raise ConfigError(f"option secret_file: {self.secret_file} does not exist")
+        if bool(self.tls_cert_file.parts) != bool(self.tls_key_file.parts):
+            raise ConfigError("options tls_cert_file and tls_key_file: give both, or neither")
+        for name in ("tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            if path.parts and not path.is_file():
+                raise ConfigError(f"option {name}: {path} is not a file")
 
 
-def _hypercorn_config(listen: str) -> HypercornConfig:
+def _hypercorn_config(listen: str, gateway: GatewayConfig) -> HypercornConfig:
     host, port = parse_address(listen)
     config = HypercornConfig()
+    if gateway.tls_cert_file.parts:
+        config.certfile, config.keyfile = str(gateway.tls_cert_file), str(gateway.tls_key_file)
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("chunkfs.gateway.http")
@@ -82,7 +92,7 @@ async def serve(config: GatewayConfig) -> None:
         async with trio.open_nursery() as nursery:
             for app, listen in ((S3App(access, metrics, config.domain), config.s3_listen),
                                 (RestApi(access, metrics).app(), config.rest_listen)):
-                await nursery.start(functools.partial(hypercorn_serve, app, _hypercorn_config(listen),  # type: ignore[arg-type]
+                await nursery.start(functools.partial(hypercorn_serve, app, _hypercorn_config(listen, config),  # type: ignore[arg-type]
                                                       shutdown_trigger=stopped.wait))
             log.info("gateway serving S3 on %s and REST on %s for the metaserver %s", config.s3_listen,
                      config.rest_listen, config.metaserver)
