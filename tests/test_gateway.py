@@ -18,14 +18,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
 import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from chunkfs.daemons import stop_pid
 from conftest import _cluster, chunkfs, free_port_block, metrics_of, wait_until
-
-boto3 = pytest.importorskip("boto3")
-from botocore.config import Config  # noqa: E402
-from botocore.exceptions import ClientError  # noqa: E402
 
 MiB = 1 << 20
 
@@ -247,6 +246,15 @@ def test_multipart_upload_through_boto3(gateway_cluster, gateway, root_key, tmp_
     assert etag.endswith('-3"')
     assert (gateway_cluster.mnt / "multipart/deep/big.bin").read_bytes() == local.read_bytes()
     assert os.listdir(gateway_cluster.mnt / ".chunkfs-uploads") == []  # the upload is gone once complete
+
+    copied = s3.create_multipart_upload(Bucket="multipart", Key="copied")
+    parts = [s3.upload_part_copy(Bucket="multipart", Key="copied", UploadId=copied["UploadId"], PartNumber=n,
+                                 CopySource={"Bucket": "multipart", "Key": "deep/big.bin"},
+                                 CopySourceRange=f"bytes={start}-{end}")["CopyPartResult"]["ETag"]
+             for n, (start, end) in enumerate([(0, 5 * MiB - 1), (5 * MiB, 6 * MiB)], start=1)]
+    s3.complete_multipart_upload(Bucket="multipart", Key="copied", UploadId=copied["UploadId"], MultipartUpload={
+        "Parts": [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(parts, start=1)]})
+    assert (gateway_cluster.mnt / "multipart/copied").read_bytes() == local.read_bytes()[: 6 * MiB + 1]
 
     upload = s3.create_multipart_upload(Bucket="multipart", Key="aborted")
     s3.upload_part(Bucket="multipart", Key="aborted", UploadId=upload["UploadId"], PartNumber=1, Body=b"x")

@@ -33,7 +33,7 @@ from chunkfs.client.os_errors import os_error
 from chunkfs.client.transfers import is_staged_name, staged_file
 from chunkfs.errors import FsError, TransportError
 from chunkfs.gateway.checksums import BodyChecksums
-from chunkfs.gateway.streams import write_body
+from chunkfs.gateway.streams import read_body, write_body
 
 XATTR_ETAG = "user.s3.etag"
 XATTR_CONTENT_TYPE = "user.s3.content-type"
@@ -231,16 +231,8 @@ class ObjectStore:
                    ) -> ObjectInfo:
         """Copy an object (its content type and metadata too, unless `replace` gives new ones)."""
         info, afile = await self.open(*source)
-
-        async def content() -> AsyncIterator[bytes]:
-            try:
-                while data := await afile.read(4 << 20):
-                    yield data
-            finally:
-                await afile.aclose()
-
         content_type, metadata = replace if replace is not None else (info.content_type, info.metadata)
-        return await self.put(bucket, key, content(), BodyChecksums({}), content_type, metadata)
+        return await self.put(bucket, key, read_body(afile, None), BodyChecksums({}), content_type, metadata)
 
     async def delete(self, bucket: str, key: str) -> None:
         """Remove the object (nothing to do if it is not there), then the directories it leaves empty."""

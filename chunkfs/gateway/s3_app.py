@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -98,6 +99,22 @@ def _since(value: str | None) -> float | None:
 
 def _etag_matches(header: str, etag: str) -> bool:
     return any(t.strip().strip('"') in ("*", etag) for t in header.split(","))
+
+
+def _copy_source(call: S3Call) -> tuple[str, str]:
+    """The (bucket, key) of x-amz-copy-source ("/bucket/key" or "bucket/key", percent-encoded)."""
+    source = unquote(call.request.headers["x-amz-copy-source"]).partition("?")[0].lstrip("/")
+    bucket, _, key = source.partition("/")
+    if not bucket or not key:
+        raise S3Error("InvalidArgument", "x-amz-copy-source must be BUCKET/KEY", call.resource)
+    return bucket, key
+
+
+def _part_number(call: S3Call) -> int:
+    try:
+        return int(call.query["partNumber"])
+    except ValueError:
+        raise S3Error("InvalidArgument", "Part number must be an integer", call.resource) from None
 
 
 def check_conditions(request: Request, info: ObjectInfo) -> Response | None:
@@ -213,10 +230,8 @@ class S3App:
             if "delete" in query:
                 table["POST"] = self.delete_objects
         elif "uploadId" in query:
-            if "partNumber" in query and "x-amz-copy-source" in call.request.headers:
-                raise S3Error("NotImplemented", "UploadPartCopy is not implemented by the chunkfs gateway yet",
-                              call.resource)
-            table = {"PUT": self.upload_part, "POST": self.complete_multipart, "DELETE": self.abort_multipart,
+            copying = "x-amz-copy-source" in call.request.headers
+            table = {"PUT": self.upload_part_copy if copying else self.upload_part, "POST": self.complete_multipart, "DELETE": self.abort_multipart,
                      "GET": self.list_parts}
         elif "uploads" in query:
             table = {"POST": self.create_multipart}
@@ -347,10 +362,7 @@ class S3App:
 
     async def copy_object(self, call: S3Call) -> Response:
         assert call.bucket is not None and call.key is not None
-        source = unquote(call.request.headers["x-amz-copy-source"]).partition("?")[0].lstrip("/")
-        source_bucket, _, source_key = source.partition("/")
-        if not source_bucket or not source_key:
-            raise S3Error("InvalidArgument", "x-amz-copy-source must be BUCKET/KEY", call.resource)
+        source_bucket, source_key = _copy_source(call)
         replace = None
         if call.request.headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE":
             replace = _request_metadata(call.request)
@@ -382,13 +394,26 @@ class S3App:
 
     async def upload_part(self, call: S3Call) -> Response:
         uploads, upload = await self._upload(call)
-        try:
-            number = int(call.query["partNumber"])
-        except ValueError:
-            raise S3Error("InvalidArgument", "Part number must be an integer", call.resource) from None
         body, checksums = self._body(call)
-        etag = await uploads.put_part(upload, number, body, checksums)
+        etag = await uploads.put_part(upload, _part_number(call), body, checksums)
         return Response(headers={"ETag": f'"{etag}"'})
+
+    async def upload_part_copy(self, call: S3Call) -> Response:
+        """A part copied from an object (all of it, or x-amz-copy-source-range)."""
+        uploads, upload = await self._upload(call)
+        number = _part_number(call)
+        info, afile = await call.objects.open(*_copy_source(call))
+        try:
+            wanted = call.request.headers.get("x-amz-copy-source-range")
+            byte_range = parse_range(wanted, info.size) if wanted else None
+            if wanted and byte_range is None:
+                raise S3Error("InvalidArgument", "x-amz-copy-source-range must be bytes=FIRST-LAST", call.resource)
+        except BaseException:
+            await afile.aclose()
+            raise
+        etag = await uploads.put_part(upload, number, read_body(afile, byte_range), BodyChecksums({}))
+        return Response(s3_xml.copy_result(ObjectInfo("", 0, time.time_ns(), etag), "CopyPartResult"),
+                        media_type="application/xml")
 
     async def complete_multipart(self, call: S3Call) -> Response:
         uploads, upload = await self._upload(call)

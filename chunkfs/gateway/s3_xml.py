@@ -76,9 +76,10 @@ def after_token(token: str) -> str:
         raise S3Error("InvalidArgument", "the continuation token provided is incorrect") from None
 
 
-def copy_result(info: ObjectInfo) -> bytes:
-    return (f'{HEAD}<CopyObjectResult xmlns="{NS}">{_tag("LastModified", iso_time(info.mtime_ns))}'
-            f'{_tag("ETag", chr(34) + info.etag + chr(34))}</CopyObjectResult>').encode()
+def copy_result(info: ObjectInfo, element: str = "CopyObjectResult") -> bytes:
+    """CopyObjectResult (CopyPartResult for UploadPartCopy)."""
+    return (f'{HEAD}<{element} xmlns="{NS}">{_tag("LastModified", iso_time(info.mtime_ns))}'
+            f'{_tag("ETag", chr(34) + info.etag + chr(34))}</{element}>').encode()
 
 
 def location() -> bytes:

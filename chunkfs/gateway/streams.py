@@ -74,7 +74,7 @@ async def write_body(afile: AsyncFile, body: AsyncIterator[bytes], seen: Callabl
     return written
 
 
-async def read_body(afile: AsyncFile, byte_range: ByteRange | None, counted: Callable[[int], None]
+async def read_body(afile: AsyncFile, byte_range: ByteRange | None, counted: Callable[[int], None] | None = None
                     ) -> AsyncIterator[bytes]:
     """The file's bytes (or `byte_range` of them), a chunk at a time; the file is closed at the
     end, also when the client goes away mid-way."""
@@ -88,7 +88,8 @@ async def read_body(afile: AsyncFile, byte_range: ByteRange | None, counted: Cal
                 break
             remaining -= len(data)
             position += len(data)
-            counted(len(data))
+            if counted is not None:
+                counted(len(data))
             yield data
     finally:
         with trio.CancelScope(shield=True):
