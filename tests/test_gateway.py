@@ -381,6 +381,13 @@ def test_chunkfs_up_starts_a_gateway_and_down_stops_it(fresh_cluster):
     s3.create_bucket(Bucket="upped")
     s3.put_object(Bucket="upped", Key="k", Body=b"through chunkfs up's gateway")
     assert (fresh_cluster.mnt / "upped/k").read_bytes() == b"through chunkfs up's gateway"
+    before = os.urandom(6 * MiB)
+    s3.put_object(Bucket="upped", Key="before", Body=before)
+    fresh_cluster.kill("cs1")  # with a chunkserver gone, GETs read the other replicas and PUTs land
+    assert s3.get_object(Bucket="upped", Key="before")["Body"].read() == before
+    after = os.urandom(6 * MiB)
+    s3.put_object(Bucket="upped", Key="after", Body=after)
+    assert (fresh_cluster.mnt / "upped/after").read_bytes() == after
     listed = json.loads(chunkfs("gateway", "key", "list", "--dir", fresh_cluster.dir, "--json").stdout)
     assert [k["name"] for k in listed] == ["me"] and "secret_access_key" not in listed[0]
     chunkfs("gateway", "key", "remove", "me", "--dir", fresh_cluster.dir)
