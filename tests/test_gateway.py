@@ -477,3 +477,17 @@ def test_boto3_over_tls_sends_aws_chunked_bodies_with_a_checksum_trailer(gateway
         assert sent == [b"STREAMING-UNSIGNED-PAYLOAD-TRAILER"]
         assert (gateway_cluster.mnt / "tls/streamed.bin").read_bytes() == body
         assert s3.get_object(Bucket="tls", Key="streamed.bin")["Body"].read() == body
+
+
+def test_abandoned_uploads_are_collected(gateway_cluster, tmp_path):
+    """An upload untouched for upload_expiry_s goes (here 2 s, on a gateway of its own)."""
+    base = free_port_block(2)
+    with running_gateway(gateway_cluster, tmp_path, base, base + 1, "--upload-expiry-s", "2") as expiring:
+        s3 = expiring.client(expiring.key("expiring"))
+        s3.create_bucket(Bucket="abandoned")
+        upload = s3.create_multipart_upload(Bucket="abandoned", Key="never-completed")
+        s3.upload_part(Bucket="abandoned", Key="never-completed", UploadId=upload["UploadId"], PartNumber=1, Body=b"x")
+        wait_until(lambda: "Uploads" not in s3.list_multipart_uploads(Bucket="abandoned"), 30,
+                   "the abandoned upload is collected")
+        assert _code(lambda: s3.list_parts(Bucket="abandoned", Key="never-completed", UploadId=upload["UploadId"])
+                     ) == "NoSuchUpload"

@@ -25,6 +25,7 @@ from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setu
 from chunkfs.gateway.access import Access
 from chunkfs.gateway.keys import KeyStore
 from chunkfs.gateway.metrics import GatewayMetrics
+from chunkfs.gateway.multipart import collect_abandoned_forever
 from chunkfs.gateway.rest_app import RestApi
 from chunkfs.gateway.s3_app import S3App
 
@@ -46,6 +47,7 @@ class GatewayConfig:
     domain: str = opt("", "virtual-host style addressing: a request to BUCKET.DOMAIN addresses BUCKET")
     tls_cert_file: Path = opt(Path(""), "PEM certificate (chain): serve both APIs over HTTPS [default: plain HTTP]")
     tls_key_file: Path = opt(Path(""), "PEM private key of tls_cert_file")
+    upload_expiry_s: float = opt(86400.0, "multipart and tus uploads untouched this long are removed")
     cache_mem_mb: int = opt(256, "MiB of chunks the gateway's client core caches in memory")
     max_dirty_mb: int = opt(256, "MiB of written data buffered before writers wait for uploads")
     retry_s: float = opt(15.0, "seconds a call to the cluster is retried before it fails")
@@ -56,8 +58,8 @@ class GatewayConfig:
             parse_address(getattr(self, name))
         if self.s3_listen == self.rest_listen:
             raise ConfigError("options s3_listen and rest_listen: the two APIs need two ports")
-        if self.cache_mem_mb < 0 or self.max_dirty_mb <= 0 or self.retry_s <= 0:
-            raise ConfigError("options cache_mem_mb, max_dirty_mb, retry_s: must be positive")
+        if self.cache_mem_mb < 0 or self.max_dirty_mb <= 0 or self.retry_s <= 0 or self.upload_expiry_s <= 0:
+            raise ConfigError("options cache_mem_mb, max_dirty_mb, retry_s, upload_expiry_s: must be positive")
         if not self.secret_file.exists():
             raise ConfigError(f"option secret_file: {self.secret_file} does not exist")
         if bool(self.tls_cert_file.parts) != bool(self.tls_key_file.parts):
@@ -98,6 +100,7 @@ async def serve(config: GatewayConfig) -> None:
                      config.rest_listen, config.metaserver)
             service.notify_ready(f"S3 on {config.s3_listen}, REST on {config.rest_listen}")
             nursery.start_soon(service.watchdog, trio.sleep)
+            nursery.start_soon(collect_abandoned_forever, afs, config.upload_expiry_s)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     break

@@ -4,7 +4,8 @@ An upload is a directory `/.chunkfs-uploads/UPLOAD_ID/` (the parent is made once
 /tmp, so every key's uploads are its own and only theirs), made by the caller, with the target
 (bucket, key, content type, metadata) in its `user.s3.upload` xattr and each part stored as a
 file `part-NNNNN` the way an object is (atomically, its MD5 in its ETag xattr). So an upload
-survives a gateway restart and shows nothing under its key until Complete. Complete checks
+survives a gateway restart and shows nothing under its key until Complete. An upload untouched
+for `upload_expiry_s` (24 h by default) is removed by the gateway (`collect_abandoned`). Complete checks
 the list (ascending part numbers, each part there with that ETag, every part but the last at
 least 5 MiB), then writes the parts in order as the object (`ObjectStore.put`: atomic, as a
 rename) with the `md5-of-md5s-N` ETag S3 clients expect, and removes the upload.
@@ -19,15 +20,21 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import secrets
 import stat
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+
+import trio
 
 from chunkfs.client import AsyncFilesystem
 from chunkfs.gateway.checksums import BodyChecksums
 from chunkfs.gateway.objects import XATTR_ETAG, ObjectInfo, ObjectStore, check_key, store_file
 from chunkfs.gateway.s3_errors import S3Error
+
+log = logging.getLogger(__name__)
 
 UPLOADS_DIR = "/.chunkfs-uploads"
 XATTR_UPLOAD = "user.s3.upload"
@@ -70,6 +77,42 @@ async def ensure_uploads_dir(root: AsyncFilesystem) -> None:
         except FileExistsError:
             return
         await root.chmod(UPLOADS_DIR, 0o1777)
+
+
+async def collect_abandoned(root: AsyncFilesystem, expiry_s: float) -> int:
+    """Remove the uploads (multipart and tus) untouched for `expiry_s`; how many went. An
+    upload's directory or file changes with every part or PATCH, so its mtime is its last use."""
+    if not await root.exists(UPLOADS_DIR):
+        return 0
+    cutoff_ns = time.time_ns() - int(expiry_s * 1e9)
+    removed = 0
+    for entry in await root.scandir(UPLOADS_DIR):
+        if entry.stat().st_mtime_ns > cutoff_ns:
+            continue
+        try:
+            if entry.is_dir():
+                for part in await root.scandir(entry.path):
+                    await root.remove(part.path)
+                await root.rmdir(entry.path)
+            else:
+                await root.remove(entry.path)
+            removed += 1
+        except FileNotFoundError:  # completed or aborted meanwhile
+            continue
+    return removed
+
+
+async def collect_abandoned_forever(root: AsyncFilesystem, expiry_s: float) -> None:
+    """Every quarter of `expiry_s` (at most hourly), `collect_abandoned`; runs until cancelled."""
+    while True:
+        await trio.sleep(min(expiry_s / 4, 3600.0))
+        try:
+            removed = await collect_abandoned(root, expiry_s)
+        except OSError as exc:  # the cluster away for a while: try again next round
+            log.warning("collecting abandoned uploads: %s", exc)
+            continue
+        if removed:
+            log.info("removed %d upload(s) abandoned for more than %g s", removed, expiry_s)
 
 
 class MultipartUploads:
