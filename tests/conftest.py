@@ -74,7 +74,8 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 def free_port_block(count: int) -> int:
-    """A base port with `count` free ports after it (and base+100, the mount's metrics), on
+    """A base port with `count` free ports after it (and base+60 and +61, the gateway's S3 and
+    REST ports, and base+100, the mount's metrics), on
     loopback, below the kernel's ephemeral range: a connect to a free ephemeral port can
     connect to itself and read its own request back."""
     low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
@@ -82,7 +83,7 @@ def free_port_block(count: int) -> int:
         base = 10000 + int.from_bytes(os.urandom(2), "big") % (low - 10000 - 200)
         socks = []
         try:
-            for port in [*range(base, base + count), base + 100]:
+            for port in [*range(base, base + count), base + 60, base + 61, base + 100]:
                 s = socket.socket()
                 s.bind(("127.0.0.1", port))
                 socks.append(s)
