@@ -22,7 +22,7 @@ import trio
 import chunkfs.client
 from chunkfs import INLINE_MAX_BYTES
 from conftest import chunkfs as chunkfs_command
-from conftest import free_port_block, metaserver_calls, wait_until
+from conftest import free_port_block, metaserver_calls, sigint_as_at_a_terminal, wait_until
 
 MiB = 1 << 20
 
@@ -317,7 +317,8 @@ def test_ctrl_c_during_put_leaves_nothing_under_the_target_name(cluster, fs, hom
             print("interrupted after", sum(moved), flush=True)
         fs.close()
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            preexec_fn=sigint_as_at_a_terminal)
     assert "interrupted after" in result.stdout, result.stderr
     assert fs.listdir(home) == []
     wait_until(lambda: cluster.status()["chunks"] <= before, 30, "the interrupted upload's chunks collected")

@@ -124,6 +124,8 @@ def test_change_feed_leaves_out_the_askers_own_changes():
         assert batch.seq == 5 and batch.changes == [] and not batch.reset
 
         async def later():
+            # durations, not waits: published while a's poll waits (more likely so), its own
+            # change wakes it and it waits again; the answer is the same either way
             await asyncio.sleep(0.02)
             feed.publish("a", [9], [])  # its own: does not end a's wait
             await asyncio.sleep(0.02)

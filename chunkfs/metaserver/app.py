@@ -34,6 +34,7 @@ from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.orphans import OrphanCollector
 from chunkfs.metaserver import backup
 from chunkfs.metaserver.quarantine import Quarantine
+from chunkfs.metaserver.registration import Registration
 from chunkfs.metaserver.replication_log import ReplicationLog
 from chunkfs.metaserver.replies import ReplyLog
 from chunkfs.protocol.replication_client import BACKUP_PATH, REPLICATION_PATH
@@ -210,30 +211,24 @@ async def server_hello(request: web.Request) -> web.Response:
     """Registration (with the chunk list, at a chunkserver's start) and heartbeats (without)."""
     m = request.app[STATE]
     hello = await read_body(request, r.ServerHello)
+    registration = Registration(m.committer, m.chunks, m.quarantine)
     if hello.chunks is not None:
-        hello.chunks = m.chunks.in_range(hello.chunks, hello.address)
+        hello.chunks = await registration.in_range(hello.chunks, hello.address)
     if hello.recent_chunks is not None:
-        hello.recent_chunks = m.chunks.in_range(hello.recent_chunks, hello.address)
+        hello.recent_chunks = await registration.in_range(hello.recent_chunks, hello.address)
     if m.registry.needs_saving(hello):
         await m.committer.run(m.registry.save, hello)
     m.registry.heartbeat(hello)
     m.throughput.report(hello.id, hello.read_bytes, hello.written_bytes)
     delete: list[tuple[int, int]] = []
     if hello.chunks is not None:
-        delete = await m.committer.run(registration_garbage, m, hello.id, hello.chunks, hello.recent_chunks or [])
+        delete = await registration.garbage(hello.id, hello.chunks, hello.recent_chunks or [])
         if delete:
             log.info("server %s holds %d unreferenced chunk versions; told to delete them",
                      hello.address, len(delete))
         if hello.recent_chunks is not None:
             await m.replicator.reconcile(hello.id, [*hello.chunks, *hello.recent_chunks])
     return json_response(r.HelloReply(delete))
-
-
-def registration_garbage(txn: Txn, m: Metaserver, server_id: str, held: list[tuple[int, int]],
-                         recent: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    if m.quarantine is not None:
-        m.quarantine.screen(txn, server_id, held, recent)
-    return m.chunks.unreferenced(txn, held)
 
 
 async def backup_copy(request: web.Request) -> web.StreamResponse:
@@ -392,11 +387,12 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
         app.router.add_get(BACKUP_PATH, backup_copy, allow_head=False)  # a HEAD would stream the body
         app.router.add_get(REPLICATION_PATH, replication_feed)
     registry = metrics.new_registry()
-    registry.register(metrics.ClusterCollector(lambda: cluster_status(m)))
+    cluster = metrics.ClusterCollector(lambda: cluster_status(m))
+    registry.register(cluster)
     GC_PAUSES.install()
     leases = m.leases
     registry.register(metrics.LeaseCollector(lambda: (len(leases), leases.recalls, leases.expired)))
-    metrics.install_http(app, registry, operations=FS_OPERATIONS)
+    metrics.install_http(app, registry, operations=FS_OPERATIONS, prepare=cluster.refresh)
 
     async def background(app: web.Application):
         tasks = [asyncio.create_task(job.run()) for job in (m.deleter, m.replicator, m.throughput)]
