@@ -4,6 +4,7 @@ permissions), and S3's own XML errors for bad requests."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +122,9 @@ def test_boto3_objects_are_the_mounts_files(gateway_cluster, s3):
     got = s3.get_object(Bucket="boto", Key="dir/sub/one.bin")
     assert got["Body"].read() == body
     assert (got["ContentType"], got["Metadata"], got["ETag"]) == ("application/x-test", {"colour": "blue"}, put["ETag"])
+    checked = s3.get_object(Bucket="boto", Key="dir/sub/one.bin", ChecksumMode="ENABLED")  # boto3 checks the body
+    assert checked["ChecksumCRC32"] == base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    assert checked["Body"].read() == body
     (mnt / "boto/from-mount.txt").write_bytes(b"written on the mount")
     assert s3.get_object(Bucket="boto", Key="from-mount.txt")["Body"].read() == b"written on the mount"
     assert "boto" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
@@ -214,6 +219,12 @@ def test_presigned_urls(s3):
     url = s3.generate_presigned_url("get_object", Params={"Bucket": "presigned", "Key": "p.txt"}, ExpiresIn=300)
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.read() == b"presigned body"
+    download = s3.generate_presigned_url("get_object", ExpiresIn=300, Params={
+        "Bucket": "presigned", "Key": "p.txt", "ResponseContentType": "text/x-chosen",
+        "ResponseContentDisposition": 'attachment; filename="p.txt"'})
+    with urllib.request.urlopen(download, timeout=10) as response:
+        assert response.headers["Content-Type"] == "text/x-chosen"
+        assert response.headers["Content-Disposition"] == 'attachment; filename="p.txt"'
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(url.replace("X-Amz-Expires=300", "X-Amz-Expires=301"), timeout=10)
     assert caught.value.code == 403 and b"SignatureDoesNotMatch" in caught.value.read()
@@ -413,8 +424,6 @@ def _tus(gateway: Gateway, key: dict, method: str, path: str, body: bytes = b"",
 
 
 def test_tus_upload_interrupted_and_resumed(gateway_cluster, gateway):
-    import base64
-
     key = gateway.key("tus")
     data = os.urandom(3 * MiB + 5)
     options = _tus(gateway, key, "OPTIONS", "/api/v1/uploads/")

@@ -38,6 +38,7 @@ from chunkfs.gateway.streams import read_body, write_body
 XATTR_ETAG = "user.s3.etag"
 XATTR_CONTENT_TYPE = "user.s3.content-type"
 XATTR_META = "user.s3.meta."
+XATTR_CHECKSUM = "user.s3.checksum."
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 MAX_KEY_BYTES = 1024
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -60,6 +61,7 @@ class ObjectInfo:
     etag: str  # without the quotes
     content_type: str = DEFAULT_CONTENT_TYPE
     metadata: dict[str, str] = field(default_factory=dict)
+    checksums: dict[str, str] = field(default_factory=dict)  # algorithm -> base64, those checked at upload
 
 
 @dataclass
@@ -131,7 +133,8 @@ async def store_file(afs: AsyncFilesystem, path: str, body: AsyncIterator[bytes]
             ino = afile.open_file.ino
             mtime_ns = (await afs.client.getattr(ino)).mtime_ns
             values = {XATTR_ETAG: f"{etag} {size} {mtime_ns}",
-                      **{XATTR_META + k.lower(): v for k, v in (metadata or {}).items()}}
+                      **{XATTR_META + k.lower(): v for k, v in (metadata or {}).items()},
+                      **{XATTR_CHECKSUM + k: v for k, v in checksums.verified.items()}}
             if content_type:
                 values[XATTR_CONTENT_TYPE] = content_type
             for name, value in values.items():  # on a file this caller just made (its owner): no check needed
@@ -154,6 +157,8 @@ async def describe_file(afs: AsyncFilesystem, path: str, key: str, st: os.stat_r
             info.content_type = value.decode(errors="replace")
         elif name.startswith(XATTR_META):
             info.metadata[name[len(XATTR_META):]] = value.decode(errors="replace")
+        elif name.startswith(XATTR_CHECKSUM):
+            info.checksums[name[len(XATTR_CHECKSUM):]] = value.decode(errors="replace")
     return info
 
 
