@@ -95,7 +95,8 @@ def _listening(port: int) -> bool:
 def gateway(gateway_cluster, tmp_path_factory):
     """The gateway of these tests, on the ports free_port_block kept for it."""
     port = gateway_cluster.port
-    with running_gateway(gateway_cluster, tmp_path_factory.mktemp("gateway"), port + 60, port + 61) as gw:
+    with running_gateway(gateway_cluster, tmp_path_factory.mktemp("gateway"), port + 60, port + 61,
+                         "--domain", "s3.test") as gw:
         wait_until(lambda: _healthy(gw.rest), 30, "the gateway answers /health")
         yield gw
 
@@ -500,3 +501,24 @@ def test_abandoned_uploads_are_collected(gateway_cluster, tmp_path):
                    "the abandoned upload is collected")
         assert _code(lambda: s3.list_parts(Bucket="abandoned", Key="never-completed", UploadId=upload["UploadId"])
                      ) == "NoSuchUpload"
+
+
+def test_virtual_host_style_addressing(gateway, s3, root_key):
+    """With `domain` set, BUCKET.DOMAIN/KEY is the object BUCKET/KEY (signed for that host)."""
+    import http.client
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    s3.create_bucket(Bucket="vhost")
+    s3.put_object(Bucket="vhost", Key="dir/v.txt", Body=b"virtual host")
+    request = AWSRequest(method="GET", url="http://vhost.s3.test/dir/v.txt")
+    S3SigV4Auth(Credentials(root_key["access_key_id"], root_key["secret_access_key"]), "s3", "us-east-1"
+                ).add_auth(request)
+    host, port = gateway.s3.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/dir/v.txt", headers={**dict(request.headers.items()), "Host": "vhost.s3.test"})
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (200, b"virtual host")
+    conn.close()
