@@ -61,7 +61,7 @@ def _healthy(rest: str) -> bool:
 @pytest.fixture(scope="module")
 def gateway_cluster(tmp_path_factory):
     """A cluster without `chunkfs up`'s gateway: the `gateway` fixture runs its own."""
-    yield from _cluster(tmp_path_factory, up_options=("--no-gateway",))
+    yield from _cluster(tmp_path_factory)
 
 
 @contextlib.contextmanager
@@ -382,6 +382,7 @@ def test_rest_api_with_curl(gateway_cluster, gateway, tmp_path):
     assert missing.stdout == b"404"
 
 
+@pytest.mark.parametrize("fresh_cluster", [{"gateway": True}], indirect=True)
 def test_chunkfs_up_starts_a_gateway_and_down_stops_it(fresh_cluster):
     rest = f"http://127.0.0.1:{fresh_cluster.port + 61}/api/v1"
     assert _healthy(rest)
