@@ -152,6 +152,13 @@ def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.3) -> f
     return time.monotonic() - started
 
 
+def sigint_as_at_a_terminal() -> None:
+    """A `preexec_fn` for a child that a test interrupts with SIGINT (Ctrl-C): a shell running
+    the tests in the background (`nohup ... &`) starts them with SIGINT ignored, which a child
+    would inherit, and Python then raises no KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def chunkfs(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
     result = subprocess.run([*CHUNKFS, *map(str, args)], capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
@@ -226,24 +233,18 @@ class Cluster:
         return read_pid(self.dir / "run" / f"{name}.pid")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signals `name` and waits until it has ended (SIGTERM: its shutdown has run)."""
         pid = self.pid(name)
         assert pid is not None, f"{name} is not running"
         os.kill(pid, sig)
-        for _ in range(100):
-            if read_pid(self.dir / "run" / f"{name}.pid") is None:
-                return
-            time.sleep(0.05)
+        wait_until(lambda: self.pid(name) is None, 30, f"{name} ended after signal {sig}", poll_s=0.05)
 
     def status(self) -> dict:
         return json.loads(chunkfs("status", "--dir", self.dir, "--json").stdout)
 
     def wait_alive(self, count: int, timeout_s: float = 30) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if sum(s["alive"] for s in self.status()["servers"]) == count:
-                return
-            time.sleep(0.3)
-        raise AssertionError(f"expected {count} chunkservers alive: {self.status()['servers']}")
+        wait_until(lambda: sum(s["alive"] for s in self.status()["servers"]) == count, timeout_s,
+                   f"{count} chunkservers alive (as `chunkfs status` says)")
 
     def cleanup(self) -> None:
         """Take everything down, whatever state the test left it in."""
