@@ -19,6 +19,7 @@ ACLs, as the client core checks them) decide; errors are the core's OSErrors.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import hashlib
@@ -33,6 +34,7 @@ from chunkfs.client.os_errors import os_error
 from chunkfs.client.transfers import is_staged_name, staged_file
 from chunkfs.errors import FsError, TransportError
 from chunkfs.gateway.checksums import BodyChecksums
+from chunkfs.gateway.listing_cache import DirectorySnapshots
 from chunkfs.gateway.streams import read_body, write_body
 
 XATTR_ETAG = "user.s3.etag"
@@ -165,8 +167,9 @@ async def describe_file(afs: AsyncFilesystem, path: str, key: str, st: os.stat_r
 class ObjectStore:
     """Buckets and objects as the identity of `afs` sees them."""
 
-    def __init__(self, afs: AsyncFilesystem) -> None:
+    def __init__(self, afs: AsyncFilesystem, snapshots: DirectorySnapshots | None = None) -> None:
         self.afs = afs
+        self.snapshots = snapshots or DirectorySnapshots()
 
     # ---- buckets ---------------------------------------------------------------------------------
     async def list_buckets(self) -> list[tuple[str, int]]:
@@ -301,13 +304,13 @@ class ObjectStore:
         """(key, entry) below `dir_key` in key order, pruned to what can match `prefix` and come
         after `after`; a directory a "/" delimiter folds into a common prefix is not entered."""
         try:
-            entries = await self.afs.scandir(f"/{bucket}/{dir_key}")
+            named = await self.snapshots.sorted_entries(self.afs, f"/{bucket}/{dir_key}")
         except PermissionError:
             if not dir_key:
                 raise
             return
-        named = sorted((e.name + "/" if e.is_dir() else e.name, e) for e in entries
-                       if not is_staged_name(os.fsencode(e.name)))
+        if after.startswith(dir_key):  # skip what sorts before `after` (the checks below decide)
+            named = named[bisect.bisect_left(named, (after[len(dir_key):].split("/")[0],)):]
         for name, entry in named:
             key = dir_key + name
             if not (key.startswith(prefix) or (entry.is_dir() and prefix.startswith(key))):
