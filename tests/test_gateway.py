@@ -202,6 +202,10 @@ def test_bad_requests_get_s3_errors(gateway, s3, root_key):
     assert _code(lambda: s3.create_bucket(Bucket="errors")) == "BucketAlreadyOwnedByYou"
     assert _code(lambda: s3.put_object(Bucket="errors", Key="a/../b", Body=b"")) == "InvalidArgument"
     assert _code(lambda: s3.put_object(Bucket="errors", Key="x" * 1025, Body=b"")) == "KeyTooLongError"
+    assert _code(lambda: s3.put_object(Bucket="errors", Key="k/under-a-file", Body=b"")) == "ObjectConflict"
+    s3.put_object(Bucket="errors", Key="dir/inside", Body=b"")
+    assert _code(lambda: s3.put_object(Bucket="errors", Key="dir", Body=b"")) == "ObjectConflict"
+    s3.delete_object(Bucket="errors", Key="dir/inside")
     assert _code(lambda: s3.put_object(Bucket="errors", Key="md5", Body=b"abc", ContentMD5="AAAAAAAAAAAAAAAAAAAAAA==")
                  ) == "BadDigest"
     wrong = gateway.client({**root_key, "secret_access_key": "not-the-secret"})

@@ -107,6 +107,7 @@ async def make_directories(afs: AsyncFilesystem, path: str) -> None:
     try:
         if stat.S_ISDIR((await afs.stat(path)).st_mode):
             return
+        raise FileExistsError(errno.EEXIST, f"{path} is a file, so it cannot hold other files or keys", path)
     except FileNotFoundError:
         pass
     await make_directories(afs, path.rsplit("/", 1)[0] or "/")
@@ -232,7 +233,10 @@ class ObjectStore:
             await make_directories(self.afs, path)
             return ObjectInfo(key, 0, 0, EMPTY_MD5)
         await make_directories(self.afs, parent)
-        stored = await store_file(self.afs, path, body, checksums, exclusive, content_type, metadata, etag)
+        try:
+            stored = await store_file(self.afs, path, body, checksums, exclusive, content_type, metadata, etag)
+        except IsADirectoryError:  # a key that other keys are under: S3 allows both, a filesystem cannot
+            raise FileExistsError(errno.EEXIST, f"{key} is a prefix of other keys (a directory)", key) from None
         return ObjectInfo(key, stored.size, stored.mtime_ns, stored.etag, content_type or DEFAULT_CONTENT_TYPE, metadata)
 
     async def copy(self, source: tuple[str, str], bucket: str, key: str, replace: tuple[str | None, dict[str, str]] | None
