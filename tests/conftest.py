@@ -200,7 +200,7 @@ class Cluster:
     """A local cluster under `root`: data in root/.chunkfs, mounted at root/mnt."""
 
     def __init__(self, root: Path, chunkservers: int = 3, goal: int = 3, mount_options: str = "retry_s=5",
-                 up_options: tuple[str, ...] = ()):
+                 up_options: tuple[str, ...] = (), gateway: bool = False):
         self.root = root
         self.dir = root / ".chunkfs"
         self.mnt = root / "mnt"
@@ -208,6 +208,9 @@ class Cluster:
         self.goal = goal
         self.mount_options = mount_options
         self.up_options = up_options  # more `chunkfs up` flags, e.g. ("--heartbeat-timeout-s", "3")
+        # `chunkfs up` starts a gateway unless told not to; a test cluster has none unless it asks
+        # (the gateway's client polls the change feed, which tests of the mount's polls count)
+        self.gateway = gateway
         self.port = free_port_block(chunkservers + 1)
 
     @property
@@ -220,7 +223,8 @@ class Cluster:
 
     def up(self) -> None:
         chunkfs("up", "--dir", self.dir, "--mount", self.mnt, "--chunkservers", self.chunkservers,
-                "--goal", self.goal, "--port", self.port, "-o", self.mount_options, *self.up_options)
+                "--goal", self.goal, "--port", self.port, "-o", self.mount_options, *self.up_options,
+                *(() if self.gateway else ("--no-gateway",)))
 
     def down(self) -> None:
         chunkfs("down", "--dir", self.dir)
