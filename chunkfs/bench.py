@@ -69,10 +69,30 @@ FIGURES = (
     Figure("api_write_mib_s", "API write, 1 MiB + close", "MiB/s", True),
     Figure("api_read_mib_s", "API read, new client", "MiB/s", True),
     Figure("api_create_files_s", "API create 4 KiB files", "files/s", True),
+    Figure("put_per_cp_in", "put / cp into the mount", "×", True),
+    Figure("get_per_cold_read", "get / the mount's cold read", "×", True),
+    Figure("api_write_per_seq_write", "API write / the mount's write", "×", True),
+    Figure("api_read_per_cold_read", "API read / the mount's cold read", "×", True),
+    Figure("api_creates_per_creates", "API creates / the mount's creates", "×", True),
 )
-"""The last six: the same cluster through its other doors (`client` group). `cp` is timed in
+"""From `cp_in` on: the same cluster through its other doors (`client` group). `cp` is timed in
 every directory; put/get and the API only where the directory is a chunkfs mount, on the
-cluster behind it, so they stand in its column beside the mount's own figures."""
+cluster behind it, so they stand in its column beside the mount's own figures, and the last five
+set each door beside the mount (`DOOR_RATIOS`: where both figures were measured in the run)."""
+
+DOOR_RATIOS = {
+    "put_per_cp_in": ("put_mib_s", "cp_in_mib_s"),
+    "get_per_cold_read": ("get_mib_s", "cold_read_mib_s"),
+    "api_write_per_seq_write": ("api_write_mib_s", "seq_write_mib_s"),
+    "api_read_per_cold_read": ("api_read_mib_s", "cold_read_mib_s"),
+    "api_creates_per_creates": ("api_create_files_s", "create_files_s"),
+}
+"""A door's figure over the mount's figure for the same work (>= 1: the door is as fast or faster)."""
+
+
+def door_ratios(figures: dict[str, float]) -> dict[str, float]:
+    return {key: figures[door] / figures[mount] for key, (door, mount) in DOOR_RATIOS.items()
+            if figures.get(door) and figures.get(mount)}
 
 
 @dataclass(frozen=True)
@@ -284,10 +304,10 @@ def _tree_rsync(ws: _Workspace) -> dict[str, float]:
 
 
 def _cp_in(ws: _Workspace) -> dict[str, float]:
-    """`cp` of a local file (in the page cache) into the directory: what a user compares `put` with."""
-    target = ws.scratch / "cp-in"
-    elapsed = _timed_command(["cp", str(ws.local_file), str(target)], ws.settings.command_timeout_s)
-    target.unlink()
+    """`cp` of a local file (in the page cache) into the directory: what a user compares `put`
+    with. The copy stays until the scratch directory goes: removed here, its chunks would be
+    deleted on the chunkservers while `put` is timed right after."""
+    elapsed = _timed_command(["cp", str(ws.local_file), str(ws.scratch / "cp-in")], ws.settings.command_timeout_s)
     return {"cp_in_mib_s": ws.settings.size_mb / elapsed}
 
 
@@ -301,6 +321,13 @@ def _cluster_behind(directory: Path) -> tuple[str, str, str] | None:
     return record["metaserver"], record["secret_file"], "/" + ("" if below == "." else below)
 
 
+def _chunkfs_command() -> list[str]:
+    """The `chunkfs` command as a user runs it: the script installed beside this interpreter
+    (else the same code through `python -m chunkfs.cli`)."""
+    script = Path(sys.executable).with_name("chunkfs")
+    return [str(script)] if os.access(script, os.X_OK) else [sys.executable, "-m", "chunkfs.cli"]
+
+
 def _client_doors(ws: _Workspace) -> dict[str, float]:
     """The CLI's put and get (whole commands, the interpreter's start included) and the Python
     API's sequential write, read and small-file creates, on the cluster behind the mount."""
@@ -310,7 +337,7 @@ def _client_doors(ws: _Workspace) -> dict[str, float]:
     from chunkfs import client
 
     metaserver, secret_file, scratch = cluster
-    cli = [sys.executable, "-m", "chunkfs.cli"]
+    cli = _chunkfs_command()
     where = ["--metaserver", metaserver, "--secret-file", secret_file]
     size_mb, timeout_s = ws.settings.size_mb, ws.settings.command_timeout_s
     figures = {"put_mib_s": size_mb / _timed_command([*cli, "put", str(ws.local_file), f"{scratch}/put", *where],
@@ -398,6 +425,7 @@ def measure(directory: Path, settings: BenchSettings, tree_source: Path, local_f
         for i, (name, step) in enumerate(steps_of(settings)):
             on_step(steps_before + i, f"{directory}: {name}")
             result.figures.update(step(ws))
+        result.figures.update(door_ratios(result.figures))
     finally:
         _remove(scratch)
     result.page_cache_dropped = ws.page_cache_dropped

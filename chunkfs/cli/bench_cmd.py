@@ -24,6 +24,8 @@ def _value(value: float | None, unit: str) -> str:
         return f"{value:.2f}"
     if unit == "MiB/s":
         return f"{value:,.1f}"
+    if unit == "×":
+        return f"{value:.2f}×"
     return f"{value:,.0f}"
 
 
