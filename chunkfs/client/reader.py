@@ -54,19 +54,29 @@ class FileReader:
         return held if held is not None else await self.stored_content(index)
 
     async def read(self, offset: int, size: int) -> bytes:
+        return b"".join(await self.read_parts(offset, size))  # the one copy of the bytes read
+
+    async def read_parts(self, offset: int, size: int) -> list[bytes | memoryview]:
+        """The bytes of `read(offset, size)` as the pieces they are in, without copying them:
+        views of stored chunks (nothing changes those), copies of what the writer still
+        buffers (it may change or grow that buffer meanwhile), zeros past a short chunk."""
         end = min(offset + size, self.file.size)
         if offset >= end:
-            return b""
+            return []
         first, last = offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE
         self._prefetch(first, last)
-        parts = []
+        parts: list[bytes | memoryview] = []
         for index in range(first, last + 1):
             start = max(offset, index * CHUNK_SIZE) - index * CHUNK_SIZE
             stop = min(end, (index + 1) * CHUNK_SIZE) - index * CHUNK_SIZE
             content = await self.content(index)
-            piece = bytes(memoryview(content)[start:stop])  # one copy, if content is a bytearray too
-            parts.append(piece if len(piece) == stop - start else bytes(piece) + bytes(stop - start - len(piece)))
-        return b"".join(parts)
+            piece: bytes | memoryview = memoryview(content)[start:stop]
+            if index in self.file.writer.dirty:
+                piece = bytes(piece)
+            parts.append(piece)
+            if len(piece) < stop - start:
+                parts.append(bytes(stop - start - len(piece)))
+        return parts
 
     def _prefetch(self, first: int, last: int) -> None:
         if not self.prefetch_chunks:
