@@ -64,6 +64,7 @@ FIGURES = (
     Figure("tree_cp_s", "tree: cp -a", "s", False),
     Figure("tree_rsync_s", "tree: rsync -a, no-op", "s", False),
     Figure("cp_in_mib_s", "cp of a local file into it", "MiB/s", True),
+    Figure("cp_out_mib_s", "cp of a file out of it to local disk, cold", "MiB/s", True),
     Figure("put_mib_s", "chunkfs put (CLI, no mount)", "MiB/s", True),
     Figure("get_mib_s", "chunkfs get (CLI, no mount)", "MiB/s", True),
     Figure("api_write_mib_s", "API write, 1 MiB + close", "MiB/s", True),
@@ -71,18 +72,22 @@ FIGURES = (
     Figure("api_create_files_s", "API create 4 KiB files", "files/s", True),
     Figure("put_per_cp_in", "put / cp into the mount", "×", True),
     Figure("get_per_cold_read", "get / the mount's cold read", "×", True),
+    Figure("get_per_cp_out", "get / cp out of the mount", "×", True),
     Figure("api_write_per_seq_write", "API write / the mount's write", "×", True),
     Figure("api_read_per_cold_read", "API read / the mount's cold read", "×", True),
     Figure("api_creates_per_creates", "API creates / the mount's creates", "×", True),
 )
-"""From `cp_in` on: the same cluster through its other doors (`client` group). `cp` is timed in
-every directory; put/get and the API only where the directory is a chunkfs mount, on the
-cluster behind it, so they stand in its column beside the mount's own figures, and the last five
-set each door beside the mount (`DOOR_RATIOS`: where both figures were measured in the run)."""
+"""From `cp_in` on: the same cluster through its other doors (`client` group). `cp` in and out is
+timed in every directory; put/get and the API only where the directory is a chunkfs mount, on
+the cluster behind it, so they stand in its column beside the mount's own figures, and the last
+six set each door beside the mount (`DOOR_RATIOS`: where both figures were measured in the run).
+`get` writes a local file, as `cp` out of the mount does and the cold read (to nowhere) does not:
+get/cp_out compares the same work."""
 
 DOOR_RATIOS = {
     "put_per_cp_in": ("put_mib_s", "cp_in_mib_s"),
     "get_per_cold_read": ("get_mib_s", "cold_read_mib_s"),
+    "get_per_cp_out": ("get_mib_s", "cp_out_mib_s"),
     "api_write_per_seq_write": ("api_write_mib_s", "seq_write_mib_s"),
     "api_read_per_cold_read": ("api_read_mib_s", "cold_read_mib_s"),
     "api_creates_per_creates": ("api_create_files_s", "create_files_s"),
@@ -311,6 +316,20 @@ def _cp_in(ws: _Workspace) -> dict[str, float]:
     return {"cp_in_mib_s": ws.settings.size_mb / elapsed}
 
 
+def _cp_out(ws: _Workspace) -> dict[str, float]:
+    """`cp` of the file `_cp_in` made out to local disk, its caches dropped first (the mount's
+    and, as root, the kernel's): what a user compares `get` with."""
+    drop_client_cache(ws.scratch)
+    if not drop_page_cache():
+        ws.page_cache_dropped = False
+    target = ws.local_file.with_name("cp-out")
+    try:
+        elapsed = _timed_command(["cp", str(ws.scratch / "cp-in"), str(target)], ws.settings.command_timeout_s)
+    finally:
+        target.unlink(missing_ok=True)
+    return {"cp_out_mib_s": ws.settings.size_mb / elapsed}
+
+
 def _cluster_behind(directory: Path) -> tuple[str, str, str] | None:
     """(metaserver, secret file, cluster path of `directory`) if it is in a chunkfs mount of a
     cluster's root."""
@@ -343,6 +362,7 @@ def _client_doors(ws: _Workspace) -> dict[str, float]:
     figures = {"put_mib_s": size_mb / _timed_command([*cli, "put", str(ws.local_file), f"{scratch}/put", *where],
                                                      timeout_s)}
     back = ws.local_file.with_name("got")
+    drop_page_cache()  # cold, as the mount's cold read and cp out (the new process has no chunk cache)
     try:
         figures["get_mib_s"] = size_mb / _timed_command([*cli, "get", f"{scratch}/put", str(back), *where], timeout_s)
     finally:
@@ -383,7 +403,8 @@ STEPS: tuple[tuple[str, Callable[[_Workspace], dict[str, float]]], ...] = (
     ("small files", _small_files),
     ("tree cp -a", _tree_cp),
     ("tree rsync -a", _tree_rsync),
-    ("cp of a local file", _cp_in),
+    ("cp of a local file in", _cp_in),
+    ("cp of a file out", _cp_out),
     ("put, get and the API", _client_doors),
 )
 GROUPS = {"data": STEPS[:4], "small": STEPS[4:5], "tree": STEPS[5:7], "client": STEPS[7:]}

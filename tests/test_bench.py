@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 FIGURES = {"seq_write_mib_s", "cold_read_mib_s", "warm_read_mib_s", "random_read_iops", "create_files_s",
-           "stat_files_s", "stat_cold_files_s", "unlink_files_s", "tree_cp_s", "tree_rsync_s", "cp_in_mib_s"}
+           "stat_files_s", "stat_cold_files_s", "unlink_files_s", "tree_cp_s", "tree_rsync_s", "cp_in_mib_s",
+           "cp_out_mib_s"}
 
 
 def test_bench_reports_every_figure_and_cleans_up(tmp_path):
@@ -100,8 +101,8 @@ def test_bench_of_a_mount_sets_put_get_and_the_api_beside_it(cluster):
                              "--size-mb", "16", "--files", "20", "--json"], capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)["results"][str(cluster.mnt)]
-    assert set(figures) == {"cp_in_mib_s", "put_mib_s", "get_mib_s", "api_write_mib_s", "api_read_mib_s",
-                            "api_create_files_s", "put_per_cp_in"}
+    assert set(figures) == {"cp_in_mib_s", "cp_out_mib_s", "put_mib_s", "get_mib_s", "api_write_mib_s",
+                            "api_read_mib_s", "api_create_files_s", "put_per_cp_in", "get_per_cp_out"}
     assert figures["put_per_cp_in"] == figures["put_mib_s"] / figures["cp_in_mib_s"]
     assert all(value > 0 for value in figures.values())
     assert [p.name for p in cluster.mnt.iterdir()] == []
