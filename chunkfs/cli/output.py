@@ -49,14 +49,12 @@ def echo_json(data: Any, err: bool = False) -> None:
 
 
 def progress() -> Progress:
-    """A progress display on stderr that shows nothing unless stderr is a terminal; a task
-    added with `total=None` pulses (work of unknown size)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    """A progress display on stderr that shows nothing unless stderr is a terminal: items done
+    of all, their rate, time spent and left; a task added with `total=None` pulses (work of
+    unknown size)."""
+    from chunkfs.cli.progress_bars import item_progress
 
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=True,
-                    disable=not sys.stderr.isatty())
+    return item_progress()
 
 
 class ByteProgress:
@@ -93,10 +91,6 @@ def transfer_progress(description: str, total_bytes: int) -> ByteProgress:
     a terminal; otherwise one that shows and costs nothing (rich is not even imported)."""
     if not sys.stderr.isatty():
         return ByteProgress()
-    from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from chunkfs.cli.progress_bars import byte_progress
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
-                   TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-    return _ByteProgressBar(bar, description, total_bytes)
+    return _ByteProgressBar(byte_progress(), description, total_bytes)
