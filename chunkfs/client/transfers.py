@@ -14,10 +14,10 @@ Promises:
 Speed (a 1 GiB file, as `chunkfs bench` times `put` against `cp` onto a mount): the local file
 is read a chunk at a time into a new bytes object that the writer takes as it is
 (`FileWriter.write` keeps a whole-chunk write without copying it) and the upload sends as it is;
-a download writes the cached chunks themselves (`FileReader.read_parts`, `os.writev`). Each
-byte is copied once in this process either way, where a chunk buffer in between cost two more
-copies (and their page faults); the local file's reads and writes go to a worker thread while
-the uploads and prefetches go on.
+a download writes the cached chunks themselves (`FileReader.read_parts`, `os.writev`) while it
+reads the next ones. Each byte is copied once in this process either way, where a chunk buffer
+in between cost two more copies (and their page faults); the local file's reads and writes go to
+a worker thread while the uploads and prefetches go on.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEMPORARY_MARK = b".chunkfs-put-"
+WRITES_AHEAD = 2  # chunks a download has read and not yet written to the local file, at most
 Progress = Callable[[int], None]  # told each time more bytes were moved: the number of new bytes
 
 
@@ -120,18 +121,35 @@ async def download(afs: AsyncFilesystem, remote_path: PathLike, local_path: Path
         local = await trio.to_thread.run_sync(open, temp, "wb", 0)
         try:
             with local:
-                reader, offset = afile.open_file.reader, 0
-                while parts := await reader.read_parts(offset, CHUNK_SIZE):
-                    written = await trio.to_thread.run_sync(_write_parts, local.fileno(), parts)
-                    offset += written
-                    if progress is not None:
-                        progress(written)
+                await _copy_out(afile, local.fileno(), progress)
             await trio.to_thread.run_sync(os.replace, temp, target)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
     finally:
         await afile.aclose()
+
+
+async def _copy_out(afile: AsyncFile, fd: int, progress: Progress | None) -> None:
+    """The file's bytes written to `fd`, a chunk at a time. The next chunk is read while the
+    last one is written (a worker thread writes; `WRITES_AHEAD` chunks wait at most), so the
+    local disk and the chunkservers work at once."""
+    send, receive = trio.open_memory_channel[list[bytes | memoryview]](WRITES_AHEAD)
+
+    async def write_all() -> None:
+        async with receive:
+            async for parts in receive:
+                written = await trio.to_thread.run_sync(_write_parts, fd, parts)
+                if progress is not None:
+                    progress(written)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write_all)
+        async with send:
+            reader, offset = afile.open_file.reader, 0
+            while parts := await reader.read_parts(offset, CHUNK_SIZE):
+                offset += sum(len(p) for p in parts)
+                await send.send(parts)
 
 
 def _temporary_name(name: bytes) -> bytes:
