@@ -5,6 +5,11 @@ is handed to it and waited for. A KeyboardInterrupt (Ctrl-C) while a call waits 
 call in the core first (so `put_file` removes its half-written upload) and is then raised.
 `close()` (or leaving the `with` block) commits nothing by itself: files still open are closed
 (durably) first, then the connection ends and the thread with it.
+
+What the hand-off costs: a `stat` answered from the metadata cache took ~190 us of CPU a call
+here against ~7 us through the async face (2,000 calls each, a loaded 2-core machine, load ~12).
+So a script moving much data does well with large reads and writes (a chunk, 4 MiB, at a time)
+and `put_file`/`get_file` (one call a file), and one making many small calls with the async face.
 """
 
 from __future__ import annotations
