@@ -356,54 +356,100 @@ def reference_copy(bench: Bench, root: Path) -> Bench:
     return reference
 
 
+def files_of(server: Metaserver, per_dir: int) -> tuple[array.array, array.array]:
+    """(every inode, the directories d0, d1, ... in order) of a database made by an earlier run,
+    read straight from LMDB (`--resume`); getattrs then pick among all inodes."""
+    from chunkfs.metaserver.db import MetaDB, read_u64, u64
+
+    db = MetaDB(server.data_dir)
+    try:
+        with db.read() as txn:
+            inodes = array.array("Q", (read_u64(k) for k in txn.cursor(db=db.inodes).iternext(values=False)))
+            named = {}
+            cursor = txn.cursor(db=db.dentries)
+            cursor.set_range(u64(ROOT_INO))
+            for key, value in cursor:
+                if read_u64(key[:8]) != ROOT_INO:
+                    break
+                if key[8:9] == b"d" and key[9:].isdigit():
+                    named[int(key[9:])] = read_u64(value)
+    finally:
+        db.close()
+    return inodes, array.array("Q", (named[k] for k in range(len(named))))
+
+
+async def build(args: argparse.Namespace, root: Path, bench: Bench, rows: list[dict]) -> Bench:
+    """Files up to `--files`, a row at each decade; the reference copy taken at `--reference`."""
+    reference = None
+    marks = sorted({n for n in (10**k for k in range(3, 12)) if n < args.files} | {args.files, args.reference})
+    for mark in marks:
+        rate = await bench.create(mark, args.api_per_decade if mark > args.api_until else 0)
+        rows.append(await decade_row(bench, mark, rate))
+        print(json.dumps(rows[-1]), flush=True)
+        if mark == args.reference:
+            reference = reference_copy(bench, root / "reference")
+    assert reference is not None
+    return reference
+
+
+def resumed(args: argparse.Namespace, root: Path, bench: Bench, rows: list[dict]) -> Bench:
+    """The metaservers of an earlier run's `--dir` (kept with `--keep`) and its rows (from the
+    log it printed, `--resume LOG`)."""
+    rows += [json.loads(line) for line in Path(args.resume).read_text().splitlines() if line.startswith('{"files"')]
+    bench.inodes, bench.dirs = files_of(bench.server, args.per_dir)
+    reference = Bench(Metaserver(root / "reference"), args.callers, args.per_dir)
+    reference.inodes, reference.dirs = files_of(reference.server, args.per_dir)
+    reference.server.start()
+    return reference
+
+
+def note(end: dict, **figures) -> None:
+    """Figures into `end`, printed at once (a long run's later steps may not be reached)."""
+    end.update(figures)
+    print(json.dumps({**figures, "load": round(load(), 1)}), flush=True)
+
+
 async def run(args: argparse.Namespace, root: Path) -> tuple[list[dict], dict]:
     server = Metaserver(root)
     server.start()
     bench = Bench(server, args.callers, args.per_dir)
     reference: Bench | None = None
     rows: list[dict] = []
-    marks = sorted({n for n in (10**k for k in range(3, 12)) if n < args.files} | {args.files, args.reference})
+    end: dict = {"reference_files": args.reference}
     try:
-        for mark in marks:
-            rate = await bench.create(mark, args.api_per_decade if mark > args.api_until else 0)
-            rows.append(await decade_row(bench, mark, rate))
-            print(json.dumps(rows[-1]), flush=True)
-            if mark == args.reference:
-                reference = reference_copy(bench, root / "reference")
-        assert reference is not None
-        compared = await compare(reference, bench, args.windows, args.window_creates)
-        scraped = await scrape_windows(bench, args.windows)
-        backup = root / "backup.mdb.zst"
-        fsck_s, fsck_out = server.cli("fsck", "--json")
-        cli_status = {"reference": [], "full": []}
+        reference = resumed(args, root, bench, rows) if args.resume else await build(args, root, bench, rows)
+        note(end, compared=await compare(reference, bench, args.windows, args.window_creates))
+        note(end, scrape_windows=await scrape_windows(bench, args.windows))
+        cli_status: dict[str, list[float]] = {"reference": [], "full": []}
         for _ in range(3):
             cli_status["reference"].append(reference.server.cli_seconds("status", "--json"))
             cli_status["full"].append(server.cli_seconds("status", "--json"))
-        end = {
-            "reference_files": args.reference, "compared": compared, "scrape_windows": scraped,
-            "status_ms": round(await bench.status_ms(), 1), "metrics_ms": round(server.metrics_ms(), 1),
-            "status_page_ms": round(server.metrics_ms("/"), 1),
-            "chunkfs_status_s": round(statistics.median(cli_status["full"]), 2),
-            "chunkfs_status_s_reference": round(statistics.median(cli_status["reference"]), 2),
-            "chunkfs_fsck_s": round(fsck_s, 1),
-            "chunkfs_fsck_files_per_s": json.loads(fsck_out).get("files_per_s") if fsck_out.strip() else None,
-            "chunkfs_backup_s": round(server.cli_seconds("backup", str(backup)), 1),
-            "backup_mib": round(backup.stat().st_size / 2**20, 1) if backup.exists() else None,
-            "database_mib": round((server.data_dir / "data.mdb").stat().st_blocks * 512 / 2**20, 1),
-            "restart_s": round(await restart_seconds(bench), 2),
-            "load": round(load(), 1),
-        }
-        print(json.dumps(end), flush=True)
+        note(end, status_ms=round(await bench.status_ms(), 1), metrics_ms=round(server.metrics_ms(), 1),
+             status_page_ms=round(server.metrics_ms("/"), 1),
+             chunkfs_status_s=round(statistics.median(cli_status["full"]), 2),
+             chunkfs_status_s_reference=round(statistics.median(cli_status["reference"]), 2))
+        note(end, restart_s=round(await restart_seconds(bench), 2))
+        await reference.http.aclose()
+        reference.server.stop()
+        reference = None
+        if args.restart_pause:
+            server.stop()
+            note(end, restart_pause=restart_pause(root, random.randrange(20000, 29000)))
+            server.start()
+        backup = root / "backup.mdb.zst"
+        note(end, chunkfs_backup_s=round(server.cli_seconds("backup", str(backup)), 1),
+             backup_mib=round(backup.stat().st_size / 2**20, 1) if backup.exists() else None,
+             database_mib=round((server.data_dir / "data.mdb").stat().st_blocks * 512 / 2**20, 1))
+        fsck_s, fsck_out = server.cli("fsck", "--json")
+        note(end, chunkfs_fsck_s=round(fsck_s, 1),
+             chunkfs_fsck_files_per_s=json.loads(fsck_out).get("files_per_s") if fsck_out.strip() else None)
+        end["load"] = round(load(), 1)
     finally:
         await bench.http.aclose()
         server.stop()
         if reference is not None:
             await reference.http.aclose()
             reference.server.stop()
-    if args.restart_pause:
-        end["restart_pause"] = restart_pause(root, random.randrange(20000, 29000))
-        end["restart_pause"]["load"] = round(load(), 1)
-        print(json.dumps(end["restart_pause"]), flush=True)
     return rows, end
 
 
@@ -496,6 +542,9 @@ def main() -> None:
                              "full one is compared with")
     parser.add_argument("--windows", type=int, default=5, help="measuring windows of each kind")
     parser.add_argument("--window-creates", type=int, default=2000, help="API creates in a window")
+    parser.add_argument("--resume", metavar="LOG",
+                        help="measure the end of an earlier run again: its --dir (kept with --keep) and the "
+                             "log it printed (for its rows); nothing is created but the windows' files")
     parser.add_argument("--restart-pause", action="store_true",
                         help="at the end, restart the metaserver while a mount copies files (needs FUSE)")
     args = parser.parse_args()
