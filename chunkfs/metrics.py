@@ -262,6 +262,7 @@ class ChunkserverMetrics:
     def __init__(self, store: Any) -> None:
         self.registry = new_registry()
         self.read_bytes = Tally()
+        self.ranged_reads = Tally()
         self.written_bytes = Tally()
         self.deleted_chunks = Tally()
         self.checksum_failures = Counter(
@@ -281,6 +282,8 @@ class _ChunkserverCollector(Collector):
         c = self.counters
         yield CounterMetricFamily("chunkfs_chunkserver_read_bytes", "Chunk bytes served to readers",
                                   value=c.read_bytes.value)
+        yield CounterMetricFamily("chunkfs_chunkserver_ranged_reads", "Reads of some blocks of a chunk",
+                                  value=c.ranged_reads.value)
         yield CounterMetricFamily("chunkfs_chunkserver_written_bytes", "Chunk bytes stored",
                                   value=c.written_bytes.value)
         yield CounterMetricFamily("chunkfs_chunkserver_deleted_chunks", "Chunk versions deleted here",

@@ -9,31 +9,14 @@ from __future__ import annotations
 import math
 import os
 import random
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from bench.large_directory import fill, forget_dentries
 from conftest import metaserver_calls
 
 SAMPLE = 300
 PAGE = 1000  # entries per readdir call
-
-
-def fill(directory, start: int, stop: int) -> None:
-    def make(block: range) -> None:
-        for i in block:
-            os.close(os.open(directory / f"entry-{i:06d}", os.O_CREAT | os.O_WRONLY, 0o644))
-
-    blocks = [range(b, min(b + 500, stop)) for b in range(start, stop, 500)]
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(make, blocks))
-
-
-def forget_dentries() -> None:
-    """Make the kernel ask the filesystem again for names (root only)."""
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("2")
 
 
 def calls_made(cluster, action) -> dict[str, float]:

@@ -11,9 +11,10 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
+
+from conftest import wait_until
 
 HOLDER = """
 import fcntl, os, sys, time
@@ -59,14 +60,15 @@ def test_flock_excludes_other_processes_until_released(locked_file):
         holder.stdin.write("\n")
         holder.stdin.flush()
         holder.wait(timeout=10)
-        deadline = time.monotonic() + 5
-        while True:  # the holder's exit closes its descriptor, which releases its lock
+
+        def locked_here() -> bool:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return True
             except BlockingIOError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+                return False
+
+        wait_until(locked_here, 10, "the holder's exit closed its descriptor, which released its lock", poll_s=0.05)
 
 
 def test_shared_flocks_coexist_and_exclude_writers(cluster):
@@ -101,16 +103,34 @@ def test_fcntl_record_locks_between_processes(locked_file):
         os.close(fd)
 
 
+SYS_FCNTL = {"x86_64": 72, "aarch64": 25}
+
+
+def blocked_in_fcntl(thread: threading.Thread) -> bool:
+    """Whether `thread` sits in the fcntl system call (what /proc says it is in); False once it
+    has ended."""
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/syscall") as f:
+            return f.read().split()[0] == str(SYS_FCNTL[os.uname().machine])
+    except FileNotFoundError:
+        return False
+
+
 def test_a_blocking_lock_waits_for_the_holder(locked_file):
     path, hold = locked_file
     holder = hold("posix")
     fd = os.open(path, os.O_RDWR)
+    locker = threading.Thread(target=fcntl.lockf, args=(fd, fcntl.LOCK_EX))
     try:
-        started = time.monotonic()
-        release = threading.Timer(0.5, lambda: (holder.stdin.write("\n"), holder.stdin.flush()))
-        release.start()
-        fcntl.lockf(fd, fcntl.LOCK_EX)  # blocks until the holder is told to go and exits
-        assert time.monotonic() - started >= 0.4
+        locker.start()
+        wait_until(lambda: blocked_in_fcntl(locker), 10, "the second locker blocked in fcntl(F_SETLKW)")
+        assert locker.is_alive()
+        holder.stdin.write("\n")  # the holder goes: its exit releases its lock
+        holder.stdin.flush()
+        locker.join(30)
+        assert not locker.is_alive(), "the lock was not granted once its holder had gone"
     finally:
-        release.cancel()
+        if locker.is_alive():  # the holder never went: end it, which ends the wait
+            holder.kill()
+            locker.join(30)
         os.close(fd)

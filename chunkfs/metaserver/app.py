@@ -28,6 +28,7 @@ from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.disk_check import DiskCheck
 from chunkfs.metaserver.gc import GarbageCollector
 from chunkfs.metaserver.leases import DirectoryLeases
+from chunkfs.metaserver.open_leases import OpenLeases
 from chunkfs.metaserver.memory import GC_PAUSES, memory_status
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.orphans import OrphanCollector
@@ -68,6 +69,7 @@ class Metaserver:
     quarantine: Quarantine | None = None  # keeps unknown chunk versions after a restore
     replies: ReplyLog | None = None  # answers a retried mutation instead of running it twice
     leases: DirectoryLeases = field(init=False)  # directories held by the client that made them
+    open_leases: OpenLeases = field(default_factory=OpenLeases)  # files mounts may open again without a call
 
     def __post_init__(self) -> None:
         self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
@@ -85,7 +87,7 @@ READS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, Txn, Any], An
     "resolve": (r.PathReq, lambda m, t, q: m.namespace.resolve(t, q.path)),
     "getxattr": (r.XattrReq, lambda m, t, q: m.namespace.getxattr(t, q.ino, q.name)),
     "listxattr": (r.InodeReq, lambda m, t, q: m.namespace.listxattr(t, q.ino)),
-    "open": (r.InodeReq, lambda m, t, q: r.FileLayout(
+    "open": (r.OpenReq, lambda m, t, q: r.FileLayout(
         m.namespace.getattr(t, q.ino), m.chunks.refs(t, q.ino), m.registry.address_map(),
         m.chunks.inline_data(t, q.ino))),
     "statfs": (r.InodeReq, lambda m, t, q: statfs(m, t)),
@@ -135,7 +137,10 @@ async def fs_operation(request: web.Request) -> web.Response:
         req = await read_body(request, record_type)
         await m.leases.clear_for(client, named_inodes(req))
         with m.db.read() as txn:
-            return json_response(run(m, txn, req))
+            answer = run(m, txn, req)
+        if isinstance(req, r.OpenReq) and req.lease:
+            answer.leased = m.open_leases.grant(client, req.ino, m.changes.seq)
+        return json_response(answer)
     mutation = MUTATIONS.get(op)
     if mutation is not None:
         record_type, bind = mutation
@@ -161,6 +166,7 @@ async def fs_operation(request: web.Request) -> web.Response:
         inodes, entries = affected(op, req, result)
         if inodes or entries:
             m.changes.publish(client, inodes, entries)
+            await m.open_leases.settle(client, inodes, m.changes.seq)
         return web.Response(body=body, content_type="application/json")
     if op == "reserve":
         return json_response(await reserve(m, client, await read_body(request, r.ReserveReq)))
@@ -329,6 +335,8 @@ async def changes(request: web.Request) -> web.Response:
             raise FsError(errno.EINVAL, f"client: {exc}") from None
     leases = request.app[STATE].leases
     leases.renew(client)
+    if epoch == feed.epoch:
+        request.app[STATE].open_leases.polled(client, since)
     feed.polling(client, +1)
     try:
         batch = await feed.since(since, wait_s, client, lambda: leases.recalled_of(client), epoch)
