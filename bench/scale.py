@@ -44,7 +44,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -270,25 +269,36 @@ async def decade_row(bench: Bench, files: int, rate: float) -> dict:
     }
 
 
+SCRAPER = """
+import signal, sys, httpx
+count = 0
+signal.signal(signal.SIGTERM, lambda *_: (print(count, flush=True), sys.exit(0)))
+with httpx.Client(timeout=120) as client:
+    while True:
+        client.get(sys.argv[1])
+        if count == 0:
+            print("scraping", flush=True)
+        count += 1
+"""
+
+
 async def getattr_under_scrapes(bench: Bench) -> tuple[float, float, int]:
-    """getattr (p50, p99) while another thread scrapes /metrics in a loop; the scrapes made."""
-    stop = threading.Event()
-    scrapes = [0]
-
-    def scrape() -> None:
-        with httpx.Client() as client:
-            while not stop.is_set():
-                client.get(f"http://{bench.server.address}/metrics", timeout=120)
-                scrapes[0] += 1
-
-    thread = threading.Thread(target=scrape)
-    thread.start()
+    """getattr (p50, p99) while another process scrapes /metrics in a loop (a thread of this one
+    would hold the GIL the getattrs' own event loop needs); the scrapes made."""
+    scraper = await trio.lowlevel.open_process([sys.executable, "-c", SCRAPER, f"http://{bench.server.address}/metrics"],
+                                               stdout=subprocess.PIPE)
+    assert scraper.stdout is not None
+    said = b""
     try:
+        while b"scraping" not in said:
+            said += await scraper.stdout.receive_some()
         p50, p99 = await bench.latencies(bench.getattr)
     finally:
-        stop.set()
-        thread.join()
-    return p50, p99, scrapes[0]
+        scraper.terminate()
+        while piece := await scraper.stdout.receive_some():
+            said += piece
+        await scraper.wait()
+    return p50, p99, int(said.split()[-1])
 
 
 async def window(bench: Bench, creates: int) -> dict:
@@ -422,9 +432,9 @@ async def run(args: argparse.Namespace, root: Path) -> tuple[list[dict], dict]:
     try:
         reference = resumed(args, root, bench, rows) if args.resume else await build(args, root, bench, rows)
         note(end, compared=await compare(reference, bench, args.windows, args.window_creates, args.warmup_windows))
-        if args.compare_only:
-            return rows, end
         note(end, scrape_windows=await scrape_windows(bench, args.windows))
+        if args.windows_only:
+            return rows, end
         cli_status: dict[str, list[float]] = {"reference": [], "full": []}
         for _ in range(3):
             cli_status["reference"].append(reference.server.cli_seconds("status", "--json"))
@@ -558,7 +568,7 @@ def main() -> None:
     parser.add_argument("--window-creates", type=int, default=2000, help="API creates in a window")
     parser.add_argument("--warmup-windows", type=int, default=1,
                         help="windows of each metaserver measured first and kept apart (see compare)")
-    parser.add_argument("--compare-only", action="store_true",
+    parser.add_argument("--windows-only", action="store_true",
                         help="stop after the alternating windows (with --resume: measure them again)")
     parser.add_argument("--resume", metavar="LOG",
                         help="measure the end of an earlier run again: its --dir (kept with --keep) and the "
