@@ -416,4 +416,9 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
         m.db.close()
 
     app.cleanup_ctx.append(background)
+
+    async def end_long_polls(app: web.Application) -> None:
+        m.changes.close()
+
+    app.on_shutdown.append(end_long_polls)
     return app
