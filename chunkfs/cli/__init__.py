@@ -1,7 +1,7 @@
 """`chunkfs`: the command line.
 
 - `local_cluster.py`: `up` and `down` (a whole cluster on this machine).
-- `admin.py`: `status`, `servers`, `goal`, `info` (talk to a running cluster).
+- `admin.py`: `status`, `servers`, `goal`, `info`, `locks` (talk to a running cluster).
 - `fsck_cmd.py`, `gc_cmd.py`: `fsck` (every file's chunks checked) and `gc` (unreferenced chunks removed).
 - `output.py`: tables, `--json`, progress bars.
 - `backup_cmd.py`: `backup` (a consistent copy of the metaserver's database) and `restore`.
@@ -28,7 +28,7 @@ def cli() -> None:
     """chunkfs: a distributed filesystem you mount like any other."""
 
 
-for command in (local_cluster.up, local_cluster.down, admin.status, admin.servers, admin.goal, admin.info,
+for command in (local_cluster.up, local_cluster.down, admin.status, admin.servers, admin.goal, admin.info, admin.locks,
                 fsck_cmd.fsck, gc_cmd.gc, drain_cmd.drain,
                 mount_cmd.mount, mount_cmd.install, deploy.config_example, bench_cmd.bench, backup_cmd.backup,
                 backup_cmd.restore, *files_cmd.COMMANDS):
