@@ -37,6 +37,7 @@ from chunkfs.client.write_back import WriteBack
 from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol import records as r
 from chunkfs.protocol.chunk_client import ChunkClient
+from chunkfs.protocol.limits import check_name
 from chunkfs.protocol.http import SignedHttp
 from chunkfs.protocol.meta_client import ROOT_INO, MetaClient
 
@@ -106,6 +107,7 @@ class Client:
             return await self.meta.parent(parent)
         leased = self.meta.leases.lease(parent) if self.meta.leases is not None else None
         if leased is not None:  # every name in it is known here
+            check_name(name)  # what the metaserver would answer first (ENAMETOOLONG, EINVAL)
             if name in leased.pending:
                 return self.attr_here(leased.pending[name].attr)
             if name not in leased.names:
