@@ -50,13 +50,16 @@ libc = ctypes.CDLL(None, use_errno=True)
 signal.signal(signal.SIGUSR1, lambda *_: None)  # interrupts a wait (no SA_RESTART)
 fd = os.open(sys.argv[1], os.O_RDWR)
 TYPES = {"r": 0, "w": 1, "u": 2}
-F_GETLK, F_SETLK, F_SETLKW = 5, 6, 7
+F_GETLK, F_SETLK, F_SETLKW, F_OFD_SETLK = 5, 6, 7, 37
 print("ready", flush=True)
 for line in sys.stdin:
     words = line.split()
     if words[0] == "posix":  # posix r|w|u START LEN wait|nowait
         lock = Flock(TYPES[words[1]], 0, int(words[2]), int(words[3]), 0)
         result = libc.fcntl(fd, F_SETLKW if words[4] == "wait" else F_SETLK, ctypes.byref(lock))
+    elif words[0] == "ofd":  # ofd r|w|u START LEN: a lock of the open file description
+        lock = Flock(TYPES[words[1]], 0, int(words[2]), int(words[3]), 0)
+        result = libc.fcntl(fd, F_OFD_SETLK, ctypes.byref(lock))
     elif words[0] == "getlk":  # getlk r|w START LEN
         lock = Flock(TYPES[words[1]], 0, int(words[2]), int(words[3]), 0)
         result = libc.fcntl(fd, F_GETLK, ctypes.byref(lock))
@@ -402,6 +405,21 @@ def test_locks_listed_by_the_cli(cluster, lockers):
     listed = chunkfs("locks", path, "--json").stdout
     assert '"start": 10' in listed and '"end": 14' in listed and f'"pid": {a.process.pid}' in listed
     assert chunkfs("status", "--dir", cluster.dir, "--json").stdout.count('"locks_held"') == 1
+
+
+def test_ofd_locks_hold_between_clients_and_end_with_their_open_file(cluster, second_mount, lockers):
+    (cluster.mnt / "ofd").write_bytes(b"x")
+    a, b = lockers(cluster.mnt / "ofd"), lockers(second_mount / "ofd")
+    assert a.do("ofd w 0 10 nowait") == "ok"
+    assert b.do("ofd w 5 1 nowait") == "err EAGAIN"
+    assert b.do("posix w 5 1 nowait") == "err EAGAIN"
+    assert b.do("ofd w 10 1 nowait") == "ok"
+    assert a.do("close") == "ok"  # its open file's last close: the lock goes
+
+    def free() -> bool:  # the kernel sends the release after close() returned
+        return b.do("ofd w 0 10 nowait") == "ok"
+
+    wait_until(free, 20, "a's OFD lock ends with its open file", poll_s=0.05)
 
 
 # ---- a client that dies -------------------------------------------------------------------------------

@@ -76,6 +76,7 @@ class ChunkfsOperations(pyfuse3.Operations):
         self.client = client
         self.entry_timeout_s, self.attr_timeout_s = entry_timeout_s, attr_timeout_s
         self.handles: dict[int, OpenFile] = {}
+        self.posix_owners: dict[int, set[int]] = {}  # file handle -> owners of POSIX locks taken through it
         self.dirs: dict[int, DirListing] = {}
         self.seen_versions: dict[int, tuple[int, int]] = {}  # ino -> (mtime, size) last opened
         # inodes whose last attributes said "no xattrs": getxattr answers ENODATA without a call
@@ -288,6 +289,10 @@ class ChunkfsOperations(pyfuse3.Operations):
             finally:
                 if flock_owner:  # the last close of an open file that took flock locks
                     await self.client.locks.drop_flock(open_file.ino, flock_owner)
+                # POSIX locks taken through this open file and still held are OFD locks (owned by
+                # the open file, not a process; a process's went at its close): they end here
+                for owner in self.posix_owners.pop(fh, ()):
+                    await self.client.locks.drop_posix(open_file.ino, owner)
 
     # ---- locks: every client's, kept by the metaserver --------------------------------------
     @fuse_errors
@@ -300,6 +305,8 @@ class ChunkfsOperations(pyfuse3.Operations):
     async def setlk(self, inode, fh, owner, lock_type, start, end, pid, sleep):
         await self._lock(fh, r.LockReq(ino=inode, owner=owner, type=lock_type, start=start, end=end, pid=pid,
                                        wait=sleep))
+        if lock_type != r.F_UNLCK:
+            self.posix_owners.setdefault(fh, set()).add(owner)
 
     @fuse_errors
     async def flock(self, inode, fh, owner, op):
