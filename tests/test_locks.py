@@ -422,6 +422,28 @@ def test_ofd_locks_hold_between_clients_and_end_with_their_open_file(cluster, se
     wait_until(free, 20, "a's OFD lock ends with its open file", poll_s=0.05)
 
 
+def test_the_python_api_locks_against_a_mount(cluster, lockers):
+    import chunkfs.client
+
+    (cluster.mnt / "api-locked").write_bytes(b"0")
+    mounted = lockers(cluster.mnt / "api-locked")
+    with chunkfs.client.connect(cluster.metaserver, secret_file=cluster.secret_file, retry_s=5) as fs:
+        with fs.open("/api-locked", "r+b") as f:
+            f.lock(start=0, length=10)
+            assert mounted.do("posix w 5 1 nowait") == "err EAGAIN"
+            assert mounted.do("getlk w 0 0") == "lock w 0 10 0"
+            assert mounted.do("posix w 10 5 nowait") == "ok"
+            with pytest.raises(BlockingIOError):
+                f.lock(blocking=False, start=12, length=1)
+            f.seek(0)
+            f.write(b"1")
+            f.unlock(start=0, length=10)  # commits the write first
+            assert mounted.do("posix w 0 10 nowait") == "ok"
+            assert (cluster.mnt / "api-locked").read_bytes() == b"1"
+            f.lock(exclusive=False, start=100, length=1)
+        assert mounted.do("posix w 100 1 nowait") == "ok"  # its locks went with its close
+
+
 # ---- a client that dies -------------------------------------------------------------------------------
 @pytest.mark.parametrize("fresh_cluster", [{"up_options": ("--client-timeout-s", "3")}], indirect=True)
 def test_the_locks_of_a_killed_client_go_when_its_session_times_out(fresh_cluster, tmp_path, lockers):
