@@ -9,8 +9,7 @@ import os
 
 import pytest
 
-from chunkfs.daemons import unmount
-from conftest import chunkfs
+from conftest import another_mount
 
 LONG = "n" * 256  # one byte past NAME_MAX
 LONGEST = "n" * 255
@@ -61,13 +60,8 @@ EXPECTED = {name: errno.ENAMETOOLONG for name in (
 
 @pytest.fixture
 def unleased_mount(cluster, tmp_path):
-    target = tmp_path / "no-leases"
-    chunkfs("mount", cluster.metaserver, target, "--secret-file", cluster.secret_file,
-            "-o", f"cache_dir={tmp_path / 'cache'},dir_leases=false")
-    try:
+    with another_mount(cluster, tmp_path / "no-leases", "dir_leases=false") as target:
         yield target
-    finally:
-        unmount(target)
 
 
 def test_the_errnos_are_the_same_with_and_without_a_lease(cluster, unleased_mount):

@@ -19,8 +19,7 @@ import pyfuse3
 import pytest
 
 from chunkfs import mounts
-from chunkfs.daemons import unmount
-from conftest import chunkfs, wait_until
+from conftest import another_mount, chunkfs, wait_until
 
 HOLDER = """
 import fcntl, os, sys, time
@@ -449,10 +448,7 @@ def test_the_python_api_locks_against_a_mount(cluster, lockers):
 def test_the_locks_of_a_killed_client_go_when_its_session_times_out(fresh_cluster, tmp_path, lockers):
     cluster = fresh_cluster
     (cluster.mnt / "orphaned").write_bytes(b"x")
-    doomed = tmp_path / "doomed"
-    chunkfs("mount", cluster.metaserver, doomed, "--secret-file", cluster.secret_file,
-            "-o", f"cache_dir={tmp_path / 'cache'}")
-    try:
+    with another_mount(cluster, tmp_path / "doomed") as doomed:
         holder = lockers(doomed / "orphaned")
         assert holder.do("flock ex nowait") == "ok"
         assert holder.do("posix w 0 0 nowait") == "ok"
@@ -463,8 +459,6 @@ def test_the_locks_of_a_killed_client_go_when_its_session_times_out(fresh_cluste
         assert other.do("flock ex nowait") == "err EAGAIN"
         wait_until(lambda: other.do("flock ex nowait") == "ok", 60, "the dead client's flock is dropped")
         assert other.do("posix w 0 0 nowait") == "ok"
-    finally:
-        unmount(doomed)
 
 
 def test_the_cost_of_an_uncontended_lock(cluster, capsys):
