@@ -309,11 +309,11 @@ class ChunkfsOperations(pyfuse3.Operations):
             self.posix_owners.setdefault(fh, set()).add(owner)
 
     @fuse_errors
-    async def flock(self, inode, fh, owner, op):
+    async def flock(self, inode, fh, owner, op, pid=0):
         lock_type = FLOCK_TYPES.get(op & ~fcntl.LOCK_NB)
         if lock_type is None:
             raise FsError(errno.EINVAL, f"flock operation {op}")
-        await self._lock(fh, r.LockReq(ino=inode, owner=owner, type=lock_type, flock=True,
+        await self._lock(fh, r.LockReq(ino=inode, owner=owner, type=lock_type, flock=True, pid=pid,
                                        wait=not op & fcntl.LOCK_NB))
 
     async def _lock(self, fh: int, req: r.LockReq) -> None:
