@@ -14,10 +14,19 @@ loop, `chunkfs fsck`, `chunkfs backup`, `chunkfs status`, the status page, and t
 takes until a getattr is answered again. Prints a markdown table; `--json FILE` writes the rows.
 The machine's load average is printed with each row: figures from a shared machine are noisy.
 
-`--api-per-decade K` makes large runs affordable on a slow machine: before each decade only its
-last K files are created through the API (the create rate is theirs, measured at that size); the
-others are written straight into the metaserver's LMDB by this process, through the metaserver's
-own `Namespace.create` (the same rows and counts; LMDB lets two processes write in turn).
+The acceptance figures are compared against a second metaserver on a copy of the database as it
+was at `--reference` files (100,000): at the end the two are measured in turn, `--windows` times each
+(`--window-creates` API creates and 2,000 getattrs a window), so load that drifts during a long
+run hits both alike; the table gives the median and the worst window of each. getattr p99 with
+and without `/metrics` being scraped is measured the same way, in alternating windows. Last,
+`--restart-pause` restarts the metaserver while a mount copies files into it (see
+bench/restart_pause.py).
+
+`--api-per-decade K` makes large runs affordable on a slow machine: before each decade (past
+`--api-until` files, which all go through the API) only its last K files are created through
+the API (the create rate is theirs, measured at that size); the others are written straight
+into the metaserver's LMDB by this process, through the metaserver's own `Namespace.create` (the
+same rows and counts; LMDB lets two processes write in turn).
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from chunkfs.errors import FsError
 from chunkfs.protocol import records as r
 from chunkfs.protocol.http import SignedHttp
 from chunkfs.protocol.meta_client import ROOT_INO, MetaClient
+from restart_pause import measure as restart_pause
 
 SAMPLES = 2000
 
@@ -123,11 +133,15 @@ class Metaserver:
         raise KeyError(name)
 
     def cli_seconds(self, *args: str) -> float:
+        return self.cli(*args)[0]
+
+    def cli(self, *args: str) -> tuple[float, str]:
+        """(seconds, stdout) of `chunkfs ARGS` against this metaserver."""
         started = time.perf_counter()
-        subprocess.run(module_command("chunkfs.cli", *args, "--metaserver", self.address,
-                                      "--secret-file", str(self.secret_file)),
-                       check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=3600)
-        return time.perf_counter() - started
+        done = subprocess.run(module_command("chunkfs.cli", *args, "--metaserver", self.address,
+                                             "--secret-file", str(self.secret_file)),
+                              check=False, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=3600)
+        return time.perf_counter() - started, done.stdout.decode(errors="replace")
 
 
 def quantiles(samples: list[float]) -> tuple[float, float]:
@@ -251,7 +265,7 @@ async def decade_row(bench: Bench, files: int, rate: float) -> dict:
         "rss_anon_mib": round(memory["RssAnon"] / 2**20, 1), "rss_file_mib": round(memory["RssFile"] / 2**20, 1),
         "smaps_anonymous_mib": round(memory["Anonymous"] / 2**20, 1),
         "lmdb_bytes_per_file": round(used / files), "status_ms": round(await bench.status_ms(), 1),
-        "metrics_ms": round(server.metrics_ms(), 1),
+        "metrics_ms": round(server.metrics_ms(), 1), "status_page_ms": round(server.metrics_ms("/"), 1),
         "load": round(load(), 1),
     }
 
@@ -277,6 +291,39 @@ async def getattr_under_scrapes(bench: Bench) -> tuple[float, float, int]:
     return p50, p99, scrapes[0]
 
 
+async def window(bench: Bench, creates: int) -> dict:
+    """One measuring window: `creates` files through the API, then getattr p50/p99."""
+    rate = await bench.create(len(bench.inodes) + creates)
+    p50, p99 = await bench.latencies(bench.getattr)
+    return {"create_per_s": rate, "getattr_p50_ms": p50, "getattr_p99_ms": p99, "load": load()}
+
+
+async def compare(reference: Bench, bench: Bench, windows: int, creates: int) -> dict:
+    """The two metaservers measured in alternating windows (which goes first alternates too)."""
+    taken: dict[str, list[dict]] = {"reference": [], "full": []}
+    for w in range(windows):
+        order = [("reference", reference), ("full", bench)]
+        for name, b in order if w % 2 == 0 else order[::-1]:
+            taken[name].append(await window(b, creates))
+    return taken
+
+
+async def scrape_windows(bench: Bench, windows: int) -> dict:
+    """getattr (p50, p99) in alternating windows without and with /metrics scraped in a loop."""
+    taken: dict[str, list] = {"quiet": [], "scraped": [], "scrapes": []}
+    for _ in range(windows):
+        taken["quiet"].append(await bench.latencies(bench.getattr))
+        p50, p99, scrapes = await getattr_under_scrapes(bench)
+        taken["scraped"].append((p50, p99))
+        taken["scrapes"].append(scrapes)
+    return taken
+
+
+def spread(values: list[float], worst=max) -> str:
+    """'median (worst)' of a measure's windows."""
+    return f"{statistics.median(values):.1f} ({worst(values):.1f})"
+
+
 async def restart_seconds(bench: Bench) -> float:
     """SIGTERM to the first getattr answered by the new process."""
     started = time.perf_counter()
@@ -290,25 +337,56 @@ async def restart_seconds(bench: Bench) -> float:
             await trio.sleep(0.01)
 
 
+def reference_copy(bench: Bench, root: Path) -> Bench:
+    """A second metaserver on a copy of `bench`'s database as it is now (LMDB copies a live
+    database consistently), with the same files to pick from."""
+    from chunkfs.metaserver.db import MetaDB
+
+    (root / "meta").mkdir(parents=True)
+    db = MetaDB(bench.server.data_dir)
+    try:
+        db.env.copy(str(root / "meta"), compact=True)
+    finally:
+        db.close()
+    shutil.copy(bench.server.secret_file, root / "secret")
+    server = Metaserver(root)
+    server.start()
+    reference = Bench(server, bench.callers, bench.per_dir)
+    reference.inodes, reference.dirs = array.array("Q", bench.inodes), array.array("Q", bench.dirs)
+    return reference
+
+
 async def run(args: argparse.Namespace, root: Path) -> tuple[list[dict], dict]:
     server = Metaserver(root)
     server.start()
     bench = Bench(server, args.callers, args.per_dir)
-    rows = []
-    marks = [n for n in (10**k for k in range(3, 12)) if n < args.files] + [args.files]
+    reference: Bench | None = None
+    rows: list[dict] = []
+    marks = sorted({n for n in (10**k for k in range(3, 12)) if n < args.files} | {args.files, args.reference})
     try:
         for mark in marks:
-            rate = await bench.create(mark, args.api_per_decade)
+            rate = await bench.create(mark, args.api_per_decade if mark > args.api_until else 0)
             rows.append(await decade_row(bench, mark, rate))
             print(json.dumps(rows[-1]), flush=True)
-        p50, p99, scrapes = await getattr_under_scrapes(bench)
+            if mark == args.reference:
+                reference = reference_copy(bench, root / "reference")
+        assert reference is not None
+        compared = await compare(reference, bench, args.windows, args.window_creates)
+        scraped = await scrape_windows(bench, args.windows)
         backup = root / "backup.mdb.zst"
+        fsck_s, fsck_out = server.cli("fsck", "--json")
+        cli_status = {"reference": [], "full": []}
+        for _ in range(3):
+            cli_status["reference"].append(reference.server.cli_seconds("status", "--json"))
+            cli_status["full"].append(server.cli_seconds("status", "--json"))
         end = {
-            "getattr_p50_ms_during_metrics_scrapes": round(p50, 2), "getattr_p99_ms_during_metrics_scrapes": round(p99, 2),
-            "metrics_scrapes_meanwhile": scrapes,
+            "reference_files": args.reference, "compared": compared, "scrape_windows": scraped,
+            "status_ms": round(await bench.status_ms(), 1), "metrics_ms": round(server.metrics_ms(), 1),
             "status_page_ms": round(server.metrics_ms("/"), 1),
-            "chunkfs_status_s": round(server.cli_seconds("status", "--json"), 2),
-            "chunkfs_fsck_s": round(server.cli_seconds("fsck", "--json"), 1),
+            "chunkfs_status_s": round(statistics.median(cli_status["full"]), 2),
+            "chunkfs_status_s_reference": round(statistics.median(cli_status["reference"]), 2),
+            "chunkfs_fsck_s": round(fsck_s, 1),
+            "chunkfs_fsck_files_per_s": json.loads(fsck_out).get("files_per_s") if fsck_out.strip() else None,
             "chunkfs_backup_s": round(server.cli_seconds("backup", str(backup)), 1),
             "backup_mib": round(backup.stat().st_size / 2**20, 1) if backup.exists() else None,
             "database_mib": round((server.data_dir / "data.mdb").stat().st_blocks * 512 / 2**20, 1),
@@ -319,18 +397,86 @@ async def run(args: argparse.Namespace, root: Path) -> tuple[list[dict], dict]:
     finally:
         await bench.http.aclose()
         server.stop()
+        if reference is not None:
+            await reference.http.aclose()
+            reference.server.stop()
+    if args.restart_pause:
+        end["restart_pause"] = restart_pause(root, random.randrange(20000, 29000))
+        end["restart_pause"]["load"] = round(load(), 1)
+        print(json.dumps(end["restart_pause"]), flush=True)
     return rows, end
 
 
+COLUMNS = {"files": "files", "create_per_s": "creates/s", "getattr_p50_ms": "getattr p50 ms",
+           "getattr_p99_ms": "getattr p99 ms", "lookup_p50_ms": "lookup p50 ms", "lookup_p99_ms": "lookup p99 ms",
+           "readdir_ms": "readdir ms", "rss_anon_mib": "RSS anon MiB", "rss_file_mib": "RSS file MiB",
+           "smaps_anonymous_mib": "smaps anon MiB", "lmdb_bytes_per_file": "LMDB B/file",
+           "status_ms": "/v1/status ms", "metrics_ms": "/metrics ms", "status_page_ms": "status page ms",
+           "load": "load"}
+
+
+def criteria(rows: list[dict], end: dict) -> list[tuple[str, str, str, str]]:
+    """The issue's acceptance points: (what, the baseline, at the full size, holds?)."""
+    ref, full = end["compared"]["reference"], end["compared"]["full"]
+    out = []
+
+    def ratio(name: str, key: str, higher_is_better: bool) -> None:
+        a = statistics.median(w[key] for w in ref)
+        b = statistics.median(w[key] for w in full)
+        worst = min if higher_is_better else max
+        ok = b >= 0.8 * a if higher_is_better else b <= 1.2 * a
+        out.append((f"{name}, median (worst) of {len(ref)} windows", spread([w[key] for w in ref], worst),
+                    spread([w[key] for w in full], worst), f"{'holds' if ok else 'fails'}: {b / a:.2f}×"))
+
+    ratio("creates/s", "create_per_s", True)
+    ratio("getattr p99 ms", "getattr_p99_ms", False)
+    by_files = {row["files"]: row for row in rows}
+    last = rows[-1]
+    base = by_files.get(last["files"] // 10)
+    if base is not None:
+        a, b = base["rss_anon_mib"], last["rss_anon_mib"]
+        out.append((f"RSS anon MiB ({base['files']:,} → {last['files']:,})", f"{a}", f"{b}",
+                    f"{'holds' if b <= 1.2 * a and b < 300 else 'fails'}: {b / a:.2f}×, < 300"))
+    for key, name in (("status_ms", "/v1/status (chunkfs status' request) ms"), ("metrics_ms", "/metrics ms"),
+                      ("status_page_ms", "status page ms")):
+        out.append((name, "", f"{end[key]}", "holds" if end[key] < 50 else "fails"))
+    a, b = end["chunkfs_status_s_reference"], end["chunkfs_status_s"]
+    out.append(("`chunkfs status --json` s, the whole command (median of 3 each)", f"{a}", f"{b}",
+                f"{b / a:.2f}× (Python's start-up; its request is /v1/status)"))
+    scraped = end["scrape_windows"]
+    quiet_p99 = [p99 for _p50, p99 in scraped["quiet"]]
+    busy_p99 = [p99 for _p50, p99 in scraped["scraped"]]
+    a, b = statistics.median(quiet_p99), statistics.median(busy_p99)
+    out.append((f"getattr p99 ms without / during /metrics scrapes ({sum(scraped['scrapes'])} scrapes)",
+                spread(quiet_p99), spread(busy_p99), f"{'holds' if b <= 1.2 * a else 'fails'}: {b / a:.2f}×"))
+    pause = end.get("restart_pause")
+    if pause:
+        ok = pause["copier_longest_gap_s"] <= pause["restart_s"] + 2 and not pause["copier_errors"]
+        out.append(("restart under a copier: restart s / longest gap s / errors",
+                    f"{pause['restart_s']}", f"{pause['copier_longest_gap_s']} / {pause['copier_errors']} errors "
+                    f"({pause['copier_files']} files)", "holds" if ok else "fails"))
+    return out
+
+
 def print_table(rows: list[dict], end: dict) -> None:
-    columns = list(rows[0])
-    print("| " + " | ".join(columns) + " |")
+    columns = [c for c in COLUMNS if c in rows[0]]
+    print("| " + " | ".join(COLUMNS[c] for c in columns) + " |")
     print("|" + "---|" * len(columns))
     for row in rows:
-        print("| " + " | ".join(str(row[c]) for c in columns) + " |")
+        print("| " + " | ".join(f"{row[c]:,}" if c == "files" else str(row[c]) for c in columns) + " |")
+    print()
+    loads = [w["load"] for ws in end["compared"].values() for w in ws]
+    print(f"Acceptance ({end['reference_files']:,} files against {rows[-1]['files']:,}; "
+          f"load {min(loads):.1f} to {max(loads):.1f} during the windows, {end['load']} at the end):")
+    print()
+    print("| criterion | baseline | at full size | verdict |")
+    print("|---|---|---|---|")
+    for row in criteria(rows, end):
+        print("| " + " | ".join(row) + " |")
     print()
     for key, value in end.items():
-        print(f"- {key}: {value}")
+        if key not in ("compared", "scrape_windows"):
+            print(f"- {key}: {value}")
 
 
 def main() -> None:
@@ -343,9 +489,18 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--api-per-decade", type=int, default=0,
                         help="create only the last K files of each decade through the API (0: all)")
+    parser.add_argument("--api-until", type=int, default=0,
+                        help="files up to this many all go through the API (fills the change feed to its bound)")
+    parser.add_argument("--reference", type=int, default=100_000,
+                        help="files on the reference metaserver (a copy of the database at that size) the "
+                             "full one is compared with")
+    parser.add_argument("--windows", type=int, default=5, help="measuring windows of each kind")
+    parser.add_argument("--window-creates", type=int, default=2000, help="API creates in a window")
+    parser.add_argument("--restart-pause", action="store_true",
+                        help="at the end, restart the metaserver while a mount copies files (needs FUSE)")
     args = parser.parse_args()
-    if args.files < 1000:
-        parser.error("--files: at least 1000")
+    if args.files < 1000 or args.reference < 1000:
+        parser.error("--files, --reference: at least 1000")
     root = Path(args.dir or tempfile.mkdtemp(prefix="chunkfs-scale-"))
     root.mkdir(parents=True, exist_ok=True)
     try:

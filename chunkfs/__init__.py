@@ -15,6 +15,9 @@ its attributes (as durable as the namespace itself) instead of in a chunk on chu
 writing it is one commit and reading it comes with the open."""
 
 LEASE_S = 10.0
+# a mount trusts its open leases this long past the send of its last answered change-feed poll;
+# a metaserver answers no mutation this long after its start (metaserver/open_leases.py)
+OPEN_TRUST_S = 3.0
 """A directory lease lasts this long after its holder last polled the change feed (see
 chunkfs/metaserver/leases.py); the holder stops trusting it earlier."""
 

@@ -8,9 +8,16 @@ nothing:
 - a body longer than its route allows (`BodyLimit`, given per route to `make_app`, DEFAULT_BODY
   for the rest) is answered 413 from its Content-Length before it is read, or once it passes the
   limit while being read (no Content-Length); a body that has not fully arrived within
-  `body_timeout_s` (slow, or shorter than its Content-Length) is answered 408. These answers (and
-  401) close the connection, at most LINGER_S after the answer: until then what is still coming
-  of the body is read and dropped, so the client reads the answer before the close;
+  `body_timeout_s` (slow, or shorter than its Content-Length) is answered 408, one whose sender
+  hangs up before it has all arrived is logged as a 400 (ECONNRESET) in one line. These answers
+  (and 401) close the connection, at most LINGER_S after the answer: until then what is still
+  coming of the body is read and dropped, so the client reads the answer before the close;
+- a request head (request line and headers) must have arrived `body_timeout_s` after the
+  connection was opened or its previous answer sent, else the connection is closed unanswered: a
+  client sending a head a byte at a time holds a connection that long at most. This is aiohttp's
+  keep-alive timer (`keepalive_timeout`, see `serve`), which closes a connection still waiting
+  for a whole head when it fires, so an idle kept-alive connection is closed after as long (the
+  chunkfs clients reconnect at once, see `chunkfs.protocol.transport`);
 - every request but the public read-only paths must carry a valid `X-Chunkfs-Auth` header (see
   `chunkfs.auth`), signed for a Host that names this server (`own_host`): its head is checked
   first (a request without the secret makes the server read no body; one signed before the server
@@ -61,8 +68,9 @@ class BodyLimit:
 DEFAULT_BODY = BodyLimit(1 << 20)  # 1 MiB: every route not given a limit of its own
 DEFAULT_BODY_TIMEOUT_S = 30.0
 LINGER_S = 2.0  # aiohttp's default is 10 s
-BODY_TIMEOUT_HELP = ("seconds a request body may take to arrive; a slower one, or one shorter than its "
-                     "Content-Length, is answered 408 and its connection closed")
+BODY_TIMEOUT_HELP = ("seconds a request head, and then its body, may take to arrive: a connection with a slower "
+                     "head (or idle that long) is closed; a slower body, or one shorter than its Content-Length, "
+                     "is answered 408 and its connection closed")
 
 VERIFIER = web.AppKey("verifier", auth.Verifier)
 BODY_LIMITS = web.AppKey[dict[str, "BodyLimit"]]("body_limits")  # "METHOD /route/{as_added}" -> BodyLimit
@@ -126,6 +134,9 @@ async def read_body_pieces(request: web.Request) -> list[bytes]:
     except TimeoutError:
         raise BodyRefused(408, errno.ETIMEDOUT, f"request body not received within "
                                                 f"{request.app[BODY_TIMEOUT_S]:g} s") from None
+    except ConnectionResetError:  # aiohttp's word for a sender gone before its Content-Length arrived
+        raise BodyRefused(400, errno.ECONNRESET, f"the connection closed after {received} bytes of the "
+                                                 f"request body") from None
     return pieces
 
 
@@ -278,6 +289,9 @@ def serve(app: web.Application, host: str, port: int) -> None:
     """Serve until SIGTERM/SIGINT, then run the app's cleanup hooks.
 
     The socket listens before the app's startup hooks run, so a hook that announces readiness
-    (`chunkfs.service.attach`) is true: connections made from then on are served."""
+    (`chunkfs.service.attach`) is true: connections made from then on are served. A request
+    head has the app's body time-out to arrive (aiohttp's keep-alive timer, armed when a
+    connection opens and after each answer, closes a connection still short of a whole head)."""
     web.run_app(app, sock=listening_socket(host, port), print=None, access_log=None, auto_decompress=False,
-                lingering_time=LINGER_S, handle_signals=True, shutdown_timeout=5.0, loop=uvloop.new_event_loop())
+                lingering_time=LINGER_S, keepalive_timeout=app[BODY_TIMEOUT_S], handle_signals=True,
+                shutdown_timeout=5.0, loop=uvloop.new_event_loop())

@@ -99,14 +99,45 @@ class HttpMetrics:
             self._count(request, status, time.perf_counter() - start)
 
 
+class Exposition:
+    """The text GET /metrics answers, made so that a scrape does not hold up the requests the
+    event loop serves meanwhile.
+
+    `prepare` runs on the event loop and takes what the collectors need of state only the loop
+    may touch (a snapshot); the registry is then rendered in a thread (prometheus_client's
+    metrics are thread-safe), so the loop goes on serving, held back at most by the GIL's switch
+    interval. Scrapes that come while a render runs share it: scrapers in a tight loop keep one
+    render going, not one each."""
+
+    def __init__(self, registry: CollectorRegistry, prepare: Callable[[], None] = lambda: None) -> None:
+        self.registry, self.prepare = registry, prepare
+        self._rendering: asyncio.Future[bytes] | None = None
+
+    async def text(self) -> bytes:
+        if self._rendering is None:
+            self.prepare()
+            self._rendering = asyncio.ensure_future(asyncio.to_thread(generate_latest, self.registry))
+            self._rendering.add_done_callback(self._rendered)
+        return await asyncio.shield(self._rendering)
+
+    def _rendered(self, _future: asyncio.Future[bytes]) -> None:
+        self._rendering = None
+
+
+EXPOSITION = web.AppKey("metrics_exposition", Exposition)
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(request.app[REGISTRY]), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=await request.app[EXPOSITION].text(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def install_http(app: web.Application, registry: CollectorRegistry, operations: Iterable[str] = ()) -> None:
+def install_http(app: web.Application, registry: CollectorRegistry, operations: Iterable[str] = (),
+                 prepare: Callable[[], None] = lambda: None) -> None:
     """Count and time every request of `app` (outermost middleware, so refused and failed
-    requests count too) and serve `registry` at GET /metrics (public: see `httpserver.PUBLIC_PATHS`)."""
+    requests count too) and serve `registry` at GET /metrics (public: see `httpserver.PUBLIC_PATHS`),
+    rendered off the event loop after `prepare` (see `Exposition`)."""
     app[REGISTRY] = registry
+    app[EXPOSITION] = Exposition(registry, prepare)
     app.middlewares.insert(0, HttpMetrics(registry, operations).middleware)
     app.router.add_get("/metrics", metrics_handler)
 
@@ -119,9 +150,15 @@ class ClusterCollector(Collector):
 
     def __init__(self, status: Callable[[], r.ClusterStatus]) -> None:
         self.status = status
+        self.latest: r.ClusterStatus | None = None
+
+    def refresh(self) -> None:
+        """Take the status now (on the event loop: it reads the loop's state); the next collect
+        shows it (see `Exposition`)."""
+        self.latest = self.status()
 
     def collect(self) -> Iterator[Metric]:
-        s = self.status()
+        s, self.latest = self.latest or self.status(), None
         up = sum(1 for server in s.servers if server.alive)
         servers = GaugeMetricFamily("chunkfs_cluster_chunkservers", "Chunkservers the metaserver knows, by state",
                                     labels=["state"])
@@ -227,6 +264,7 @@ class ChunkserverMetrics:
     def __init__(self, store: Any) -> None:
         self.registry = new_registry()
         self.read_bytes = Tally()
+        self.ranged_reads = Tally()
         self.written_bytes = Tally()
         self.deleted_chunks = Tally()
         self.checksum_failures = Counter(
@@ -246,6 +284,8 @@ class _ChunkserverCollector(Collector):
         c = self.counters
         yield CounterMetricFamily("chunkfs_chunkserver_read_bytes", "Chunk bytes served to readers",
                                   value=c.read_bytes.value)
+        yield CounterMetricFamily("chunkfs_chunkserver_ranged_reads", "Reads of some blocks of a chunk",
+                                  value=c.ranged_reads.value)
         yield CounterMetricFamily("chunkfs_chunkserver_written_bytes", "Chunk bytes stored",
                                   value=c.written_bytes.value)
         yield CounterMetricFamily("chunkfs_chunkserver_deleted_chunks", "Chunk versions deleted here",

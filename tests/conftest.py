@@ -74,7 +74,8 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 def free_port_block(count: int) -> int:
-    """A base port with `count` free ports after it (and base+100, the mount's metrics), on
+    """A base port with `count` free ports after it (and base+60 and +61, the gateway's S3 and
+    REST ports, and base+100, the mount's metrics), on
     loopback, below the kernel's ephemeral range: a connect to a free ephemeral port can
     connect to itself and read its own request back."""
     low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
@@ -82,7 +83,7 @@ def free_port_block(count: int) -> int:
         base = 10000 + int.from_bytes(os.urandom(2), "big") % (low - 10000 - 200)
         socks = []
         try:
-            for port in [*range(base, base + count), base + 100]:
+            for port in [*range(base, base + count), base + 60, base + 61, base + 100]:
                 s = socket.socket()
                 s.bind(("127.0.0.1", port))
                 socks.append(s)
@@ -149,6 +150,13 @@ def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.3) -> f
             raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
         time.sleep(poll_s)
     return time.monotonic() - started
+
+
+def sigint_as_at_a_terminal() -> None:
+    """A `preexec_fn` for a child that a test interrupts with SIGINT (Ctrl-C): a shell running
+    the tests in the background (`nohup ... &`) starts them with SIGINT ignored, which a child
+    would inherit, and Python then raises no KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def chunkfs(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -221,24 +229,18 @@ class Cluster:
         return read_pid(self.dir / "run" / f"{name}.pid")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signals `name` and waits until it has ended (SIGTERM: its shutdown has run)."""
         pid = self.pid(name)
         assert pid is not None, f"{name} is not running"
         os.kill(pid, sig)
-        for _ in range(100):
-            if read_pid(self.dir / "run" / f"{name}.pid") is None:
-                return
-            time.sleep(0.05)
+        wait_until(lambda: self.pid(name) is None, 30, f"{name} ended after signal {sig}", poll_s=0.05)
 
     def status(self) -> dict:
         return json.loads(chunkfs("status", "--dir", self.dir, "--json").stdout)
 
     def wait_alive(self, count: int, timeout_s: float = 30) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if sum(s["alive"] for s in self.status()["servers"]) == count:
-                return
-            time.sleep(0.3)
-        raise AssertionError(f"expected {count} chunkservers alive: {self.status()['servers']}")
+        wait_until(lambda: sum(s["alive"] for s in self.status()["servers"]) == count, timeout_s,
+                   f"{count} chunkservers alive (as `chunkfs status` says)")
 
     def cleanup(self) -> None:
         """Take everything down, whatever state the test left it in."""

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+from conftest import wait_until
+
 FIGURES = {"seq_write_mib_s", "cold_read_mib_s", "warm_read_mib_s", "random_read_iops", "create_files_s",
            "stat_files_s", "stat_cold_files_s", "unlink_files_s", "tree_cp_s", "tree_rsync_s", "cp_in_mib_s"}
 
@@ -65,7 +67,6 @@ def test_bench_runs_every_workload_through_the_plain_passthrough(tmp_path):
     unmounts on SIGTERM, and is unmounted here whatever happens."""
     import os
     import signal
-    import time
     from pathlib import Path
 
     source, mountpoint = tmp_path / "source", tmp_path / "mnt"
@@ -74,10 +75,9 @@ def test_bench_runs_every_workload_through_the_plain_passthrough(tmp_path):
     script = Path(__file__).resolve().parent.parent / "bench" / "passthrough.py"
     daemon = subprocess.Popen([sys.executable, str(script), str(source), str(mountpoint)])
     try:
-        deadline = time.monotonic() + 10
-        while not os.path.ismount(mountpoint):
-            assert daemon.poll() is None and time.monotonic() < deadline, "the passthrough did not mount"
-            time.sleep(0.05)
+        wait_until(lambda: os.path.ismount(mountpoint) or daemon.poll() is not None, 10, "the passthrough mounted",
+                   poll_s=0.05)
+        assert daemon.poll() is None, "the passthrough ended without mounting"
         result = subprocess.run([sys.executable, "-m", "chunkfs.cli", "bench", str(mountpoint), "--size-mb", "8",
                                  "--files", "50", "--tree-files", "200", "--json"],
                                 capture_output=True, text=True, timeout=120)

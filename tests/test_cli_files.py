@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port_block, wait_until
+from conftest import free_port_block, sigint_as_at_a_terminal, wait_until
 
 CHUNKFS_SCRIPT = str(Path(sys.executable).parent / "chunkfs")
 MiB = 1024 * 1024
@@ -183,7 +183,8 @@ def test_ctrl_c_during_put_leaves_nothing_under_the_target(cluster, remote, tmp_
     big = random_file(tmp_path / "big", 400 * MiB)
     run(cluster, "mkdir", remote)
     put = subprocess.Popen([CHUNKFS_SCRIPT, "put", str(big), f"{remote}/big", "--dir", str(cluster.dir)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=sigint_as_at_a_terminal)
     try:
         wait_until(lambda: put.poll() is not None or _bytes_read(put.pid) > 24 * MiB, 60, "the put is under way")
         assert put.poll() is None, f"the put ended before it was interrupted: {put.stderr.read()}"

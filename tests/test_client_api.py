@@ -22,7 +22,7 @@ import trio
 import chunkfs.client
 from chunkfs import INLINE_MAX_BYTES
 from conftest import chunkfs as chunkfs_command
-from conftest import free_port_block, metaserver_calls, wait_until
+from conftest import free_port_block, metaserver_calls, sigint_as_at_a_terminal, wait_until
 
 MiB = 1 << 20
 
@@ -317,7 +317,8 @@ def test_ctrl_c_during_put_leaves_nothing_under_the_target_name(cluster, fs, hom
             print("interrupted after", sum(moved), flush=True)
         fs.close()
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            preexec_fn=sigint_as_at_a_terminal)
     assert "interrupted after" in result.stdout, result.stderr
     assert fs.listdir(home) == []
     wait_until(lambda: cluster.status()["chunks"] <= before, 30, "the interrupted upload's chunks collected")
@@ -444,3 +445,39 @@ def test_files_made_in_a_directory_made_here_cost_one_call_each(cluster, fs, hom
     with pytest.raises(FileExistsError) as exc:
         fs.open(f"{home}/fresh/f3", "xb")
     assert exc.value.errno == errno.EEXIST
+
+
+def test_an_unchanged_file_opens_and_reads_without_a_call_until_another_client_changes_it(cluster, fs, home):
+    """Open leases: a client that opened a file opens it again, and reads it if it is inline,
+    with no metaserver call while nobody changed it; once another client's close returned, the
+    next open sees the new version (close-to-open)."""
+    inline, chunked = f"{home}/inline", f"{home}/chunked"
+    small, big = b"tiny" * 100, os.urandom(INLINE_MAX_BYTES + 1000)
+    with fs.open(inline, "wb") as f:
+        f.write(small)
+    with fs.open(chunked, "wb") as f:
+        f.write(big)
+    with chunkfs.client.connect(cluster.metaserver, secret_file=cluster.secret_file, retry_s=5) as other:
+        def read_both() -> tuple[bytes, bytes]:
+            with other.open(inline) as a, other.open(chunked) as b:
+                return a.read(), b.read()
+
+        assert read_both() == (small, big)
+
+        def without_calls() -> bool:
+            before = metaserver_calls(cluster)
+            assert read_both() == (small, big)
+            after = metaserver_calls(cluster)
+            return all(after[op] == before.get(op, 0) for op in after)
+
+        # (a first open may fall between two answers of the new client's feed: then it asks)
+        wait_until(without_calls, 30, "opens and reads of two unchanged files made without a call")
+        with fs.open(inline, "wb") as f:
+            f.write(b"changed")
+        with other.open(inline) as a:
+            assert a.read() == b"changed"
+        with fs.open(chunked, "r+b") as f:
+            f.seek(10)
+            f.write(b"X")
+        with other.open(chunked) as b:
+            assert b.read() == big[:10] + b"X" + big[11:]

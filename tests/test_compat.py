@@ -78,7 +78,7 @@ def test_make_builds_and_rebuilds_only_what_changed(workdir):
     run(MAKE, "-s", cwd=workdir)
     assert run(workdir / "prog", cwd=workdir) == "hello\n"
     assert subprocess.run([MAKE, "-q"], cwd=workdir).returncode == 0  # up to date: mtimes hold
-    time.sleep(0.02)
+    time.sleep(0.02)  # a duration, not a wait: the edited greet.c must be newer than greet.o by its mtime
     (workdir / "greet.c").write_text('#include "greet.h"\nconst char *greeting(void) { return "again"; }\n')
     out = run(MAKE, cwd=workdir)
     assert "greet.c" in out and "main.c" not in out
@@ -98,7 +98,7 @@ while time.monotonic() < deadline:
     seen = rows
     if rows >= int(sys.argv[2]):
         break
-    time.sleep(0.005)
+    time.sleep(0.005)  # the reader's pace between looks, not a wait for the writer
 print(seen)
 """
 

@@ -183,12 +183,14 @@ def test_only_findings_that_hold_at_a_second_reading_are_reported(tmp_path):
         for index, (cid, replicas) in enumerate([(1, ["a", "b"]), (2, ["a", "b"]), (3, ["a", "b"])]):
             txn.put(chunk_key(ino, index), msgspec.msgpack.encode(ChunkRecord(cid, 7, 10, "x", replicas)),
                     db=db.chunks)
+        chunks.owners.grant(txn, "a-writer", 20, 5)  # versions 20..24: uploads it may still commit
     servers = ScriptedServers({
         # first reading: a lacks chunk 1 (written meanwhile: held at the second reading) and chunk 2
-        # (really gone); c holds an unknown version 9 (deleted meanwhile) and version 10 (still there)
+        # (really gone); c holds an unknown version 9 (deleted meanwhile), version 10 (still
+        # there) and (11, 22), an upload under a live reservation (not unknown: gc keeps it too)
         "a": [held((3, 7)), held((1, 7), (3, 7))],
         "b": [held((1, 7), (2, 7), (3, 7), corrupt=[(3, 7)]), held((1, 7), (2, 7), (3, 7), corrupt=[(3, 7)])],
-        "c": [held((9, 1), (10, 1)), held((10, 1))],
+        "c": [held((9, 1), (10, 1), (11, 22)), held((10, 1), (11, 22))],
     })
     deleter = Deleter(db, committer, chunks, registry, servers, 1.0)
     replicator = Replicator(db, committer, chunks, registry, servers, deleter, 20, 4)

@@ -266,9 +266,10 @@ def test_ids_out_of_range_on_disk_and_reservations_over_restarts(fresh_cluster):
     status, _ = api.call(api.chunkserver(1), "PUT", f"/v1/chunks/{2**63 - 1}/1", b"x",
                          {CHECKSUM_HEADER: chunk_checksum(b"x")})
     assert status == 200
-    planted = chunk_file_path(cluster, "cs1", 2**64 - 1, 1)
-    planted.parent.mkdir(parents=True, exist_ok=True)
-    planted.write_bytes(chunk_file_path(cluster, "cs1", 2**63 - 1, 1).read_bytes())
+    for bad_id in (2**64 - 1, -1):  # row 3, and row 5's "gc once a chunk id -1 is stored"
+        planted = chunk_file_path(cluster, "cs1", bad_id, 1)
+        planted.parent.mkdir(parents=True, exist_ok=True)
+        planted.write_bytes(chunk_file_path(cluster, "cs1", 2**63 - 1, 1).read_bytes())
 
     uploader = Uploader(api, CLIENT)
     mine = uploader.upload(0, b"before the restart")
@@ -286,8 +287,12 @@ def test_ids_out_of_range_on_disk_and_reservations_over_restarts(fresh_cluster):
                "the mount read the commit made after the restart")
     status, reservation = api.fs("reserve", {"count": 1})
     assert status == 200 and reservation["first_chunk_id"] < 2**62 and reservation["first_version"] < 2**62
+    for _ in range(2):  # gc asks every chunkserver for its inventory
+        status, _report = api.call(cluster.metaserver, "POST", "/v1/servers/gc", b'{"dry_run": true}',
+                                   {"Content-Type": "application/json"})
+        assert status == 200
     cs_log = (cluster.dir / "logs" / "cs1.log").read_text()
-    assert cs_log.count("outside 1..2^63-1") == 1, cs_log  # left out of its inventory, logged once
+    assert cs_log.count("outside 1..2^63-1") == 2, cs_log  # left out of its inventory, each logged once
     meta_log = (cluster.dir / "logs" / "metaserver.log").read_text()
     assert meta_log.count("far past any handed out") == 1, meta_log  # id 2^63-1 moved no counter
     assert "Traceback" not in meta_log

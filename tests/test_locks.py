@@ -210,11 +210,14 @@ def test_a_blocking_lock_waits_for_the_holder(locked_file, cluster):
         waiter.start()
         wait_until(lambda: lock_waits(cluster) == 1, 20, "the metaserver holds the request waiting")
         assert not got.is_set()
-        holder.stdin.write("\n")
+        holder.stdin.write("\n")  # the holder goes: its exit releases its lock
         holder.stdin.flush()
         waiter.join(timeout=30)
         assert got.is_set(), "woken when the holder exited"
     finally:
+        if waiter.is_alive():  # the holder never went: end it, which ends the wait
+            holder.kill()
+            waiter.join(30)
         os.close(fd)
 
 

@@ -124,6 +124,8 @@ def test_change_feed_leaves_out_the_askers_own_changes():
         assert batch.seq == 5 and batch.changes == [] and not batch.reset
 
         async def later():
+            # durations, not waits: published while a's poll waits (more likely so), its own
+            # change wakes it and it waits again; the answer is the same either way
             await asyncio.sleep(0.02)
             feed.publish("a", [9], [])  # its own: does not end a's wait
             await asyncio.sleep(0.02)
@@ -153,5 +155,48 @@ def test_change_feed_resets_a_mount_that_asks_with_another_epoch():
         batch = await after.since(3, 0, "a", epoch=after.feed.epoch)
         assert not batch.reset and [c.seq for c in batch.changes] == [4, 5] and batch.epoch == after.feed.epoch
         assert (await after.since(0, 0, "a")).epoch == after.feed.epoch  # a mount's first poll: no epoch yet
+
+    asyncio.run(scenario())
+
+
+def test_a_leased_layout_is_forgotten_with_its_inode_and_kept_at_most_the_attribute_time_out():
+    c, clock = cache()
+    layout = r.FileLayout(attr(5), [], {}, inline=b"small", leased=True)
+    generation = c.generation
+    c.put_layout(layout, generation)
+    assert c.layout(5) is layout
+    c.forget_inode(5)  # changed elsewhere (the feed) or here
+    assert c.layout(5) is None
+    c.put_layout(layout, generation)  # fetched before that change: not kept
+    assert c.layout(5) is None
+    c.put_layout(layout, c.generation)
+    clock.now += 61  # replicas may have moved meanwhile: ask again
+    assert c.layout(5) is None
+    c.put_layout(layout, c.generation)
+    c.clear()  # the feed was reset
+    assert c.layout(5) is None and not c.has_layouts
+
+
+def test_a_change_is_answered_once_every_other_holder_of_an_open_lease_applied_it():
+    from chunkfs import LEASE_S, OPEN_TRUST_S
+    from chunkfs.metaserver.open_leases import OpenLeases
+
+    async def scenario() -> None:
+        leases = OpenLeases()
+        leases.started -= OPEN_TRUST_S  # past the hold-off after a start
+        assert leases.grant("b", 7, seq=1)
+        settled = asyncio.ensure_future(leases.settle("a", [7], 2))
+        await asyncio.sleep(0.05)
+        leases.polled("b", 1)  # b follows its feed, but has not got to change 2
+        await asyncio.sleep(0.05)
+        assert not settled.done()
+        leases.polled("b", 2)
+        await asyncio.wait_for(settled, 1)
+        await asyncio.wait_for(leases.settle("a", [7], 3), 1)  # b's lease ended with change 2
+        leases.grant("a", 8, 3)
+        await asyncio.wait_for(leases.settle("a", [8], 4), 1)  # a's own change waits for nobody
+        leases.grant("b", 9, 4)
+        leases._holders["b"].polled_at -= LEASE_S  # b stopped following its feed: not waited for
+        await asyncio.wait_for(leases.settle("a", [9], 5), 1)
 
     asyncio.run(scenario())

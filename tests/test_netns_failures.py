@@ -117,12 +117,9 @@ class Workload:
     def keeps_working(self, seconds: float) -> None:
         """Wait `seconds`; both the writer and the reader must have finished something since."""
         writes, reads = self.progress()
-        time.sleep(seconds)
-        deadline = time.monotonic() + 60
-        while (self.writes == writes or self.reads == reads) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert self.writes > writes and self.reads > reads, \
-            f"stalled: {self.writes - writes} writes, {self.reads - reads} reads in {seconds} s; {self.errors}"
+        time.sleep(seconds)  # a duration: the workload runs this long under the current conditions
+        wait_until(lambda: self.writes > writes and self.reads > reads, 60,
+                   f"the writer and the reader each finished something after {seconds} s (errors: {self.errors})")
 
     def stop(self, timeout_s: float = 120) -> None:
         self._stop.set()
@@ -258,7 +255,7 @@ def test_client_link_cut_and_back(netns, workload, fault_s):
     go on once it is back (longer, they would fail with EIO, as the README says)."""
     workload.keeps_working(1)
     netns.link_down("client2")
-    time.sleep(fault_s)
+    time.sleep(fault_s)  # the fault's duration (a parameter of the test), not a wait
     netns.link_up("client2")
     workload.keeps_working(2)
     workload.stop()
@@ -342,7 +339,7 @@ def test_full_chunkserver_is_skipped_and_writers_move_elsewhere(netns, workload)
         return server.capacity_bytes - server.used_bytes < 4 * MiB
 
     wait_until(reports_full, 20, "cs5 reports its disk full")
-    for _ in range(6):  # reservations made before that run out (5 s)
+    for _ in range(6):  # a duration, not a wait: reservations made before that run out (5 s)
         netns.fill_disk("cs5", leave_bytes=1 * MiB)
         time.sleep(1)
     marker = netns.mnt("client1") / "after-full"
@@ -357,7 +354,8 @@ def test_every_chunkserver_full_gives_enospc(netns):
     for name in netns.chunkservers:
         netns.fill_disk(name, leave_bytes=1 * MiB)
     try:
-        time.sleep(2 * HEARTBEAT_TIMEOUT_S / 4 + 6)  # heartbeats say so; reservations run out
+        # a duration, not a wait: two heartbeats say so, and reservations made before run out (5 s)
+        time.sleep(2 * HEARTBEAT_TIMEOUT_S / 4 + 6)
         with pytest.raises(OSError) as info, open(netns.mnt("client1") / "no-room", "wb") as f:
             f.write(os.urandom(CHUNK_SIZE))
             os.fsync(f.fileno())
@@ -385,7 +383,7 @@ def test_metaserver_killed_and_restarted_with_files_open(netns, workload, fault_
         writer.flush()
         head = reader.read(1000)
         netns.kill("meta")
-        time.sleep(fault_s)
+        time.sleep(fault_s)  # the fault's duration (a parameter of the test), not a wait
         started = time.monotonic()
         netns.start("meta")
         print(f"metaserver answering {time.monotonic() - started:.1f} s after its start")

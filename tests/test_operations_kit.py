@@ -29,7 +29,7 @@ from conftest import free_port_block, metrics_of
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
 BIN = Path(sys.executable).parent
-SERVER_UNITS = ("chunkfs-metaserver.service", "chunkfs-chunkserver@.service")
+SERVER_UNITS = ("chunkfs-metaserver.service", "chunkfs-chunkserver@.service", "chunkfs-gateway.service")
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_systemd_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
 

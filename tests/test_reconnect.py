@@ -98,17 +98,21 @@ def test_after_a_restart_one_stale_connection_is_tried_then_a_new_one():
         url = f"http://127.0.0.1:{port}/v1/x"
         async with trio.open_nursery() as nursery:
             first = trio.CancelScope()
+            first_gone = trio.Event()
 
             async def first_server(task_status=trio.TASK_STATUS_IGNORED):
-                with first:
-                    await serve_ok(port, task_status=task_status)
+                try:
+                    with first:
+                        await serve_ok(port, task_status=task_status)
+                finally:
+                    first_gone.set()  # its listener and every connection it served are closed
 
             await nursery.start(first_server)
             async with trio.open_nursery() as callers:  # 8 at once: 8 connections pooled
                 for _ in range(8):
                     callers.start_soon(http.request, "GET", url)
             first.cancel()  # the server goes, and its connections with it
-            await trio.sleep(0.1)
+            await first_gone.wait()
             await nursery.start(serve_ok, port)
             attempts = 0
             await http.request("GET", url)

@@ -148,13 +148,13 @@ def test_a_retried_call_keeps_its_request_id_and_signs_each_attempt_anew():
         await http.request("POST", f"http://{HOST}/v1/fs/setattr", content=b"{}",
                            headers={"X-Chunkfs-Client": "c1"})
 
+    verifier = auth.Verifier(SECRET)  # up before the call, as a server is: it refuses what was signed before it started
     trio.run(call)
     assert len(sent) == 2
     assert sent[0][request_id.HEADER] == sent[1][request_id.HEADER]
     assert [s["X-Chunkfs-Attempt"] for s in sent] == ["1", "2"]
     nonces = [s[auth.HEADER].split(".")[1] for s in sent]
     assert nonces[0] != nonces[1]
-    verifier = auth.Verifier(SECRET)
     for headers in sent:
         signed = verifier.check_head("POST", "/v1/fs/setattr", headers["Host"], headers.items(), headers[auth.HEADER])
         assert signed is not None and signed.body_matches(b"{}") and verifier.first_use(signed)

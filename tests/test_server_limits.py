@@ -9,6 +9,7 @@ import json
 import logging
 import socket
 import threading
+import time
 import zlib
 
 import pytest
@@ -38,8 +39,9 @@ def head(method: str, target: str, headers: list[tuple[str, str]], length: int) 
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def read_answer(sock: socket.socket) -> tuple[int, bytes, bool]:
-    """(status, body, whether the server closed the connection after it)."""
+def read_answer(sock: socket.socket, see_close: bool = True) -> tuple[int, bytes, bool]:
+    """(status, body, whether the server closed the connection after it: False unless
+    `see_close`, which waits for the close)."""
     data = b""
     while b"\r\n\r\n" not in data:
         piece = sock.recv(65536)
@@ -51,6 +53,8 @@ def read_answer(sock: socket.socket) -> tuple[int, bytes, bool]:
                   if line.lower().startswith(b"content-length:"))
     while len(rest) < length:
         rest += sock.recv(65536)
+    if not see_close:
+        return status, rest[:length], False
     try:
         closed = sock.recv(1) == b""
     except ConnectionResetError:
@@ -157,6 +161,58 @@ def test_a_body_shorter_than_its_length_is_answered_and_closed_within_the_time_o
         sock.sendall(body[:10])
         status, reply, closed = read_answer(sock)
     assert status == 408 and json.loads(reply)["errno"] == "ETIMEDOUT" and closed
+
+
+SLOW_HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 4000
+
+
+def dribble_until_closed(sock: socket.socket, data: bytes, give_up_s: float) -> bool:
+    """Sends `data` a byte every 0.25 s (the pace is the recv's wait); True if the server closed
+    the connection before all of it was sent or `give_up_s` passed."""
+    sock.settimeout(0.25)
+    deadline = time.monotonic() + give_up_s
+    for byte in data:
+        if time.monotonic() > deadline:
+            return False
+        try:
+            sock.send(bytes([byte]))
+            if sock.recv(1000) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("server", ["metaserver", "chunkserver"])
+def test_a_request_head_sent_a_byte_at_a_time_is_cut_after_the_time_out(limited, server):
+    """Slowloris: a head that never ends holds its connection BODY_TIMEOUT_S at most, on a new
+    connection and on one kept alive after an answer (the bound here is generous: a busy machine)."""
+    address = limited.metaserver if server == "metaserver" else f"127.0.0.1:{limited.port + 1}"
+    with raw_connection(address) as sock:
+        started = time.monotonic()
+        assert dribble_until_closed(sock, SLOW_HEAD, BODY_TIMEOUT_S + 20), "a slow head was not cut"
+        print(f"{server}: a slow head on a new connection cut after {time.monotonic() - started:.1f} s")
+    with raw_connection(address) as sock:
+        sock.sendall(f"GET /health HTTP/1.1\r\nHost: {address}\r\n\r\n".encode())
+        status, _body, _closed = read_answer(sock, see_close=False)
+        assert status == 200
+        assert dribble_until_closed(sock, SLOW_HEAD, BODY_TIMEOUT_S + 20), "a slow second head was not cut"
+
+
+def test_a_sender_gone_within_its_body_is_one_log_line_not_a_traceback(limited, secret):
+    address = f"127.0.0.1:{limited.port + 2}"
+    target = "/v1/chunks/78/1/copy"
+    body = b'{"x": 1}' + b" " * 1000
+    headers = sign_headers(secret, address, "POST", target, body)
+    with raw_connection(address) as sock:
+        sock.sendall(head("POST", target, headers, len(body)) + body[:100])
+    log = limited.dir / "logs" / "cs2.log"
+    wait_until(lambda: f"path={target} status=400" in log.read_text(errors="replace"), 10,
+               "the hang-up logged")
+    text = log.read_text(errors="replace")
+    assert "errno=ECONNRESET" in text and "Traceback" not in text and "unhandled error" not in text, text
 
 
 def test_memory_returns_after_large_requests(limited, secret):

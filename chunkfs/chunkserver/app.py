@@ -18,7 +18,8 @@ from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
 from chunkfs.protocol import records as r
 from chunkfs.protocol.disk_check import BUCKETS, INVENTORY_PATH, Inventory
 from chunkfs.request_checks import path_id, query_float, query_int
-from chunkfs.protocol.chunk_client import CHECKSUM_HEADER, CHECKSUM_PARAM, CLIENT_VERIFIES_PARAM, ChunkClient
+from chunkfs.protocol.chunk_client import (BLOCK_SUMS_HEADER, CHECKSUM_HEADER, CHECKSUM_PARAM, CLIENT_VERIFIES_PARAM,
+                                           LENGTH_PARAM, OFFSET_PARAM, ChunkClient)
 from chunkfs.chunkserver.sendfile import FileRangeResponse
 from chunkfs import CHUNK_SIZE
 
@@ -59,10 +60,25 @@ async def put_chunk(request: web.Request) -> web.Response:
 
 async def get_chunk(request: web.Request) -> web.StreamResponse:
     """The chunk's data: verified block by block here, or, for a client that verifies the whole
-    chunk itself (`?client_verifies=1`), sent from the file with sendfile."""
+    chunk itself (`?client_verifies=1`), sent from the file with sendfile. A ranged read
+    (`?offset=&length=`, in the signed query; the offset at a block) gets only the blocks it
+    covers, verified here, with their checksums in BLOCK_SUMS_HEADER for the client to check."""
     chunk_id, version = _chunk_key(request)
     counters = request.app[METRICS]
     try:
+        if OFFSET_PARAM in request.query:
+            offset = query_int(request, OFFSET_PARAM, 0, high=CHUNK_SIZE - 1)
+            length = query_int(request, LENGTH_PARAM, CHUNK_SIZE, low=1, high=CHUNK_SIZE)
+            store = request.app[STORE]
+            # cached blocks are read here (a thread hop costs more than the read); others in a thread
+            found = store.read_cached_blocks(chunk_id, version, offset, length)
+            if found is None:
+                found = await asyncio.to_thread(store.read_blocks, chunk_id, version, offset, length)
+            data, sums = found
+            counters.read_bytes.inc(len(data))
+            counters.ranged_reads.inc()
+            return web.Response(body=data, content_type="application/octet-stream",
+                                headers={BLOCK_SUMS_HEADER: sums.hex()})
         if request.query.get(CLIENT_VERIFIES_PARAM) == "1":
             f, length = await asyncio.to_thread(request.app[STORE].open_data, chunk_id, version)
             counters.read_bytes.inc(length)

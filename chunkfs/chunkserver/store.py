@@ -10,6 +10,9 @@ A store may span several data directories, one per disk: a new chunk version goe
 with the most free space, reads and deletes look in each, and every directory carries the
 server's id so a disk of another server is refused at start.
 
+`read_blocks` reads and verifies only the blocks a ranged read asks for, and returns their
+block checksums with them, so the mount checks what arrives against them.
+
 `open_data` is the other way to read: the data of a chunk file, unverified, for sending with
 `sendfile` to a client that checks the whole chunk's checksum itself (end to end) and asks
 again with verification if it does not match; the scrubber still verifies every block at rest.
@@ -41,6 +44,21 @@ MAGIC = b"CHUNKFS1"
 HEADER_SIZE = 4096
 _HEAD = struct.Struct(">8sQ16s")
 MAX_BLOCKS = CHUNK_SIZE // BLOCK_SIZE
+
+
+def _pread(fd: int, length: int, offset: int, cached_only: bool) -> bytes | None:
+    """`length` bytes at `offset` (fewer at the end of the file); with `cached_only`, None if
+    they are not all in the page cache."""
+    if not cached_only:
+        return os.pread(fd, length, offset)
+    buffer = bytearray(length)
+    try:
+        got = os.preadv(fd, [buffer], offset, os.RWF_NOWAIT)
+    except (BlockingIOError, OSError):
+        return None
+    if got < length and got < os.fstat(fd).st_size - offset:
+        return None  # partly cached: read it all in a thread
+    return bytes(memoryview(buffer)[:got])
 
 
 class CorruptChunk(FsError):
@@ -211,18 +229,62 @@ class ChunkStore:
             raise CorruptChunk(f"chunk {chunk_id} v{version}: block {bad} fails its checksum")
         return raw[HEADER_SIZE:]
 
+    def read_blocks(self, chunk_id: int, version: int, offset: int, length: int) -> tuple[bytes, bytes]:
+        """(`length` bytes of the data from `offset`, clipped to the chunk's end; their blocks'
+        xxh3s, 8 bytes each): a ranged read. `offset` is a multiple of BLOCK_SIZE; only the
+        blocks returned are read and verified (a mismatch is CorruptChunk, never data)."""
+        found = self._read_blocks(chunk_id, version, offset, length, cached_only=False)
+        assert found is not None  # only a cached_only read gives up
+        return found
+
+    def read_cached_blocks(self, chunk_id: int, version: int, offset: int, length: int) -> tuple[bytes, bytes] | None:
+        """As `read_blocks`, but None unless every byte needed is in the page cache
+        (RWF_NOWAIT), so it can run on the event loop without waiting for a disk."""
+        return self._read_blocks(chunk_id, version, offset, length, cached_only=True)
+
+    def _read_blocks(self, chunk_id: int, version: int, offset: int, length: int, cached_only: bool
+                     ) -> tuple[bytes, bytes] | None:
+        if offset % BLOCK_SIZE or length <= 0:
+            raise FsError(errno.EINVAL, f"a ranged read starts at a block ({BLOCK_SIZE} bytes) and is not empty")
+        with self._open_chunk(chunk_id, version) as f:
+            fd = f.fileno()
+            head = _pread(fd, _HEAD.size + DIGEST_SIZE * MAX_BLOCKS, 0, cached_only)
+            if head is None:
+                return None
+            size = os.fstat(fd).st_size
+            if len(head) < _HEAD.size or size < HEADER_SIZE:
+                raise CorruptChunk(f"chunk {chunk_id} v{version}: short header")
+            magic, stored_length, _checksum = _HEAD.unpack_from(head)
+            if magic != MAGIC or stored_length != size - HEADER_SIZE:
+                raise CorruptChunk(f"chunk {chunk_id} v{version}: bad header or length")
+            if offset >= stored_length:
+                raise FsError(errno.EINVAL, f"chunk {chunk_id} v{version} has {stored_length} bytes, none at {offset}")
+            length = min(length, stored_length - offset)
+            data = _pread(fd, length, HEADER_SIZE + offset, cached_only)
+            if data is None:
+                return None
+        first = offset // BLOCK_SIZE
+        sums = head[_HEAD.size + DIGEST_SIZE * first:_HEAD.size + DIGEST_SIZE * (first + (length + BLOCK_SIZE - 1) // BLOCK_SIZE)]
+        bad = verify_blocks(data, head[_HEAD.size:], first) if len(data) == length else first
+        if bad is not None:
+            log.error("chunk %d v%d: block %d fails its checksum", chunk_id, version, bad)
+            raise CorruptChunk(f"chunk {chunk_id} v{version}: block {bad} fails its checksum")
+        return data, sums
+
+    def _open_chunk(self, chunk_id: int, version: int) -> BinaryIO:
+        """The version's chunk file, open for reading (unbuffered), from whichever directory holds it."""
+        for chunk_dir in self.dirs:
+            try:
+                return open(chunk_dir.path(chunk_id, version), "rb", buffering=0)
+            except FileNotFoundError:
+                continue
+        raise FsError(errno.ENOENT, f"no chunk {chunk_id} version {version} here")
+
     def open_data(self, chunk_id: int, version: int) -> tuple[BinaryIO, int]:
         """(the open chunk file, its data length): the data starts at HEADER_SIZE and is not
         verified here. The header is checked, and the data asked from the disk ahead (so the
         `sendfile` that follows, on the event loop, seldom waits for it). The caller closes it."""
-        for chunk_dir in self.dirs:
-            try:
-                f = open(chunk_dir.path(chunk_id, version), "rb", buffering=0)  # noqa: SIM115 (returned open)
-                break
-            except FileNotFoundError:
-                continue
-        else:
-            raise FsError(errno.ENOENT, f"no chunk {chunk_id} version {version} here")
+        f = self._open_chunk(chunk_id, version)
         try:
             head = os.pread(f.fileno(), _HEAD.size, 0)
             size = os.fstat(f.fileno()).st_size

@@ -8,6 +8,7 @@
 - `drain_cmd.py`: `drain` (empty a chunkserver before taking it away).
 - `mount_cmd.py`: `mount` and `install` (clients and the mount(8) helper).
 - `deploy.py`: `config-example` and `install --units` (running the daemons under systemd).
+- `gateway_cmd.py`: `gateway key add|list|remove` (the S3/REST gateway's access keys).
 - `files_cmd.py`: `put`, `get`, `cat`, `ls`, `rm`, `size`, `mkdir`, `mv` (files, straight through
   `chunkfs.client`); `transfer.py` plans and runs put/get; `client_edge.py` maps their errors to exit codes.
 """
@@ -18,8 +19,8 @@ import sys
 
 import click
 
-from chunkfs.cli import (admin, backup_cmd, bench_cmd, deploy, drain_cmd, files_cmd, fsck_cmd, gc_cmd, local_cluster,
-                         mount_cmd)
+from chunkfs.cli import (admin, backup_cmd, bench_cmd, deploy, drain_cmd, files_cmd, fsck_cmd, gateway_cmd, gc_cmd,
+                         local_cluster, mount_cmd)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,7 +32,7 @@ def cli() -> None:
 for command in (local_cluster.up, local_cluster.down, admin.status, admin.servers, admin.goal, admin.info, admin.locks,
                 fsck_cmd.fsck, gc_cmd.gc, drain_cmd.drain,
                 mount_cmd.mount, mount_cmd.install, deploy.config_example, bench_cmd.bench, backup_cmd.backup,
-                backup_cmd.restore, *files_cmd.COMMANDS):
+                backup_cmd.restore, gateway_cmd.gateway, *files_cmd.COMMANDS):
     cli.add_command(command)
 
 

@@ -20,6 +20,7 @@ import click
 import chunkfs
 from chunkfs import config
 from chunkfs.chunkserver.main import ChunkserverConfig
+from chunkfs.gateway.main import GatewayConfig
 from chunkfs.metaserver.main import MetaserverConfig
 from chunkfs.mount.main import MountConfig
 
@@ -27,10 +28,11 @@ EXAMPLES: dict[str, tuple[type, str]] = {
     "metaserver": (MetaserverConfig, "/etc/chunkfs/metaserver.toml: read by chunkfs-metaserver.service."),
     "chunkserver": (ChunkserverConfig, "Copy to /etc/chunkfs/chunkserver-NAME.toml for chunkfs-chunkserver@NAME.service\n"
                                        "(several on one node need their own listen and data_dir)."),
+    "gateway": (GatewayConfig, "/etc/chunkfs/gateway.toml: read by chunkfs-gateway.service."),
     "mount": (MountConfig, "Copy to /etc/chunkfs/mount-NAME.toml for chunkfs-mount@NAME.service;\n"
                            "metaserver and mountpoint must be set."),
 }
-COMMANDS = ("chunkfs", "chunkfs-metaserver", "chunkfs-chunkserver", "chunkfs-mount")
+COMMANDS = ("chunkfs", "chunkfs-metaserver", "chunkfs-chunkserver", "chunkfs-mount", "chunkfs-gateway")
 SYSUSERS_LINE = 'u chunkfs - "chunkfs servers" /var/lib/chunkfs\n'
 
 

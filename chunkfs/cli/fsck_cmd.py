@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -95,8 +96,13 @@ class FsckResult:
     corrupt: int = 0
     under_goal: int = 0
     over_goal: int = 0
+    files_s: float = 0.0  # how long the walk of the files took
     problems: list[dict] = field(default_factory=list)
     disks: DiskResult = field(default_factory=DiskResult)
+
+    @property
+    def files_per_s(self) -> float:
+        return self.files_checked / self.files_s if self.files_s else 0.0
 
     def add(self, page: r.FsckPage, base: str) -> None:
         self.files_checked += page.files_checked
@@ -127,7 +133,8 @@ class FsckResult:
     def summary(self) -> str:
         return (f"{self.files_checked} files, {self.chunks_checked} chunks checked: "
                 f"{len(self.problems)} files with problems; chunks {self.missing} missing, "
-                f"{self.corrupt} corrupt, {self.under_goal} under goal, {self.over_goal} over goal")
+                f"{self.corrupt} corrupt, {self.under_goal} under goal, {self.over_goal} over goal "
+                f"({self.files_s:.1f} s, {self.files_per_s:,.0f} files/s)")
 
 
 @click.command()
@@ -157,6 +164,7 @@ def fsck(path: Path | None, page_entries: int, repair: bool, verify: bool, min_a
                               min_age_s=min_age_s)
 
     async def walk(meta) -> None:
+        started = time.monotonic()
         with progress() as bar:
             total = (await meta.status()).files if root == 1 and not bar.disable else None
             task = bar.add_task("checking files", total=total)
@@ -168,6 +176,7 @@ def fsck(path: Path | None, page_entries: int, repair: bool, verify: bool, min_a
                 cursor = page.cursor
                 if not cursor:
                     break
+            result.files_s = time.monotonic() - started
             if path is not None:
                 return
             task = bar.add_task("checking the disks", total=d.BUCKETS)
@@ -179,8 +188,8 @@ def fsck(path: Path | None, page_entries: int, repair: bool, verify: bool, min_a
 
     run_with_meta(access, walk, error_code=CHECK_FAILED)
     if as_json:
-        echo_json({"path": base, **asdict(result), "lost_files": result.disks.lost_files,
-                   "exit_code": result.worst})
+        echo_json({"path": base, **asdict(result), "files_per_s": round(result.files_per_s),
+                   "lost_files": result.disks.lost_files, "exit_code": result.worst})
         sys.exit(result.worst)
     _print(result)
     sys.exit(result.worst)

@@ -2,7 +2,7 @@
 this machine, its data kept under one directory so `down` then `up` finds every file again.
 
 Layout of `--dir` (default `./.chunkfs`): `secret` (0600), `meta/` (LMDB), `chunkservers/csN/`,
-`cache/` (the mount's disk chunk cache), `logs/*.log`, `run/*.pid` and `run/cluster.json` (what is running where).
+`cache/` (the mount's disk chunk cache), `gateway/keys.json` (the gateway's access keys), `logs/*.log`, `run/*.pid` and `run/cluster.json` (what is running where).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from rich.table import Table
 
 from chunkfs import DEFAULT_METASERVER_PORT, auth, mounts
 from chunkfs.cli.cluster_access import DEFAULT_DIR, ClusterAccess, fail, local_cluster_file, run_with_meta
+from chunkfs.cli.gateway_cmd import local_keys_file
+from chunkfs.gateway.main import REST_PORT_OFFSET, S3_PORT_OFFSET
 from chunkfs.daemons import DaemonError, module_command, read_pid, spawn, stop_pid, unmount, wait_for
 from chunkfs.mount.helper import OptionError, launch, parse_options
 
@@ -35,6 +37,14 @@ def _alive_servers(access: ClusterAccess) -> int:
     async def count(meta):
         return sum(1 for s in (await meta.status()).servers if s.alive)
     return run_with_meta(access, count)
+
+
+def _start_gateway(gateway: dict[str, str], metaserver: str, secret_file: Path, logs: Path, run: Path) -> None:
+    proc = spawn(module_command("chunkfs.gateway.main", "--s3-listen", gateway["s3"], "--rest-listen", gateway["rest"],
+                                "--metaserver", metaserver, "--secret-file", str(secret_file),
+                                "--keys-file", gateway["keys_file"]),
+                 logs / "gateway.log", run / "gateway.pid")
+    wait_for("gateway", lambda: _health(f"{gateway['rest']}/api/v1"), 30, proc, logs / "gateway.log")
 
 
 @click.command()
@@ -62,9 +72,11 @@ def _alive_servers(access: ClusterAccess) -> int:
               help="An upload no commit names is garbage (for `chunkfs gc`) this long after its reservation "
                    "[default: the metaserver's, 3600].")
 @click.option("-o", "options", default="", help="Mount options, as for mount -o (see chunkfs-mount --help).")
+@click.option("--no-gateway", is_flag=True, help="Do not start the S3/REST gateway "
+              f"(S3 on port +{S3_PORT_OFFSET}, REST on +{REST_PORT_OFFSET} from --port: 9580 and 9581 by default).")
 def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, port: int,
        heartbeat_timeout_s: float | None, scrub_mb_per_s: float | None, client_timeout_s: float | None,
-       body_timeout_s: float | None, orphan_grace_s: float | None, options: str) -> None:
+       body_timeout_s: float | None, orphan_grace_s: float | None, options: str, no_gateway: bool) -> None:
     """Start a local cluster and mount it (keeps existing data)."""
     data_dir = data_dir.absolute()
     mountpoint = mountpoint.absolute()
@@ -79,9 +91,12 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
     metaserver = f"127.0.0.1:{port}"
     access = ClusterAccess(metaserver, secret_file)
     body_timeout = ("--body-timeout-s", str(body_timeout_s)) if body_timeout_s else ()
+    gateway = None if no_gateway else {"s3": f"127.0.0.1:{port + S3_PORT_OFFSET}",
+                                       "rest": f"127.0.0.1:{port + REST_PORT_OFFSET}",
+                                       "keys_file": str(local_keys_file(data_dir))}
     info = {"metaserver": metaserver, "secret_file": str(secret_file), "mountpoint": str(mountpoint),
             "chunkservers": chunkservers, "goal": goal, "heartbeat_timeout_s": heartbeat_timeout_s,
-            "scrub_mb_per_s": scrub_mb_per_s}
+            "scrub_mb_per_s": scrub_mb_per_s, "gateway": gateway}
     info_path.parent.mkdir(parents=True, exist_ok=True)
     info_path.write_text(json.dumps(info, indent=2))
     try:
@@ -112,12 +127,17 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                             "cache_dir": str(data_dir / "cache"), **parse_options(options),
                                             "secret_file": str(secret_file)},
                    logs / "mount.log", run / "mount.pid")
+        if gateway is not None and read_pid(run / "gateway.pid") is None:
+            _start_gateway(gateway, metaserver, secret_file, logs, run)
     except (DaemonError, OptionError) as exc:
         fail(str(exc))
     table = Table(title="chunkfs is up", show_header=False)
     table.add_row("mounted at", str(mountpoint))
     table.add_row("metaserver", f"{metaserver}  (status page and API)")
     table.add_row("chunkservers", ", ".join(f"127.0.0.1:{port + i}" for i in range(1, chunkservers + 1)))
+    if gateway is not None:
+        table.add_row("gateway", f"S3 http://{gateway['s3']}  REST http://{gateway['rest']}/api/v1/  "
+                                 "(keys: chunkfs gateway key add NAME)")
     table.add_row("goal", str(goal))
     table.add_row("data", str(data_dir))
     table.add_row("logs", str(logs))
@@ -136,7 +156,7 @@ def down(data_dir: Path) -> None:
     info = json.loads(info_path.read_text())
     run = data_dir / "run"
     unmount(Path(info["mountpoint"]))
-    names = ["mount", *sorted(p.stem for p in run.glob("cs*.pid")), "metaserver"]
+    names = ["gateway", "mount", *sorted(p.stem for p in run.glob("cs*.pid")), "metaserver"]
     for name in names:
         pid = read_pid(run / f"{name}.pid")
         if pid is not None:

@@ -10,8 +10,9 @@ from typing import Any
 import click
 import msgspec
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn,
+                           Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
+from rich.text import Text
 
 console = Console()
 
@@ -29,12 +30,20 @@ def echo_json(data: Any, err: bool = False) -> None:
     click.echo(json.dumps(msgspec.to_builtins(data)), err=err)
 
 
+class RateColumn(ProgressColumn):
+    """Items done a second (rich's estimate over the last half minute)."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f}/s" if task.speed else "", style="progress.data.speed")
+
+
 def progress() -> Progress:
-    """A progress display on stderr that shows nothing unless stderr is a terminal; a task
-    added with `total=None` pulses (work of unknown size)."""
+    """A progress display on stderr that shows nothing unless stderr is a terminal: items done
+    of all, their rate, time spent and left; a task added with `total=None` pulses (work of
+    unknown size)."""
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=True,
-                    disable=not sys.stderr.isatty())
+                    RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                    transient=True, disable=not sys.stderr.isatty())
 
 
 def transfer_progress() -> Progress:

@@ -7,7 +7,10 @@ client removed or rewrote the file): the reader gets ESTALE, as NFS gives for a 
 any other failure of every replica is EIO.
 This check is where reads are verified: chunkservers send chunks to the mount without checking
 their block checksums (sendfile), and check them only when the mount asks again after a
-mismatch; their scrubbers re-verify every chunk at rest.
+mismatch; their scrubbers re-verify every chunk at rest. A ranged read (`fetch_blocks`: some
+64 KiB blocks of a chunk) is verified twice: by the chunkserver against its block checksums
+before it answers (a corrupt block is reported there, and the answer is an error: the next
+replica is tried, as for a whole chunk), and here against the block checksums sent with it.
 Writes go to all target replicas in parallel; a replica that fails is replaced by a spare, and
 the write succeeds as long as one replica stored it (the chunk is then under goal). A server that
 answers ENOSPC goes last for uploads for a while (until the metaserver stops offering it); if
@@ -19,12 +22,12 @@ from __future__ import annotations
 import errno
 import logging
 from dataclasses import dataclass
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import trio
 
-from chunkfs.checksum import chunk_checksum
+from chunkfs.checksum import BLOCK_SIZE, DIGEST_SIZE, chunk_checksum, verify_blocks
 from chunkfs.errors import FsError, TransportError
 from chunkfs.placement import weighted_order
 from chunkfs.protocol import records as r
@@ -69,8 +72,35 @@ class ChunkIO:
             raise TransportError(f"no answer within {self.replica_timeout_s:.0f} s") from None
 
     async def fetch(self, ref: r.ChunkRef, servers: dict[str, str]) -> bytes | bytearray:
-        """The stored bytes of `ref` (callers clip to `ref.length`). Every replica is tried once
-        at once; only if none answered are they tried again, with retries."""
+        """The stored bytes of `ref` (callers clip to `ref.length`)."""
+        return await self._from_replicas(ref, servers, lambda address, retry_s: self._fetch_verified(address, ref, retry_s))
+
+    async def fetch_blocks(self, ref: r.ChunkRef, servers: dict[str, str], first_block: int, blocks: int
+                           ) -> bytes | bytearray:
+        """Blocks `first_block` .. `first_block + blocks - 1` of `ref` (clipped to `ref.length`),
+        each verified against its block checksum: a ranged read."""
+        offset = first_block * BLOCK_SIZE
+        length = min(blocks * BLOCK_SIZE, ref.length - offset)
+        if length <= 0:
+            return b""
+
+        async def one(address: str, retry_s: float) -> bytes | bytearray | None:
+            data, sums = await self.chunks.get_blocks(address, ref.chunk_id, ref.version, offset, length, retry_s)
+            if len(data) == length and len(sums) == DIGEST_SIZE * ((length + BLOCK_SIZE - 1) // BLOCK_SIZE) \
+                    and verify_blocks(memoryview(data), sums, 0) is None:
+                return data
+            log.warning("chunk %d v%d from %s: blocks from %d do not match their checksums (damaged on the way)",
+                        ref.chunk_id, ref.version, address, first_block)
+            return None
+
+        return await self._from_replicas(ref, servers, one)
+
+    async def _from_replicas(self, ref: r.ChunkRef, servers: dict[str, str],
+                             fetch_one: Callable[[str, float], Awaitable[bytes | bytearray | None]]
+                             ) -> bytes | bytearray:
+        """What `fetch_one(address, retry_s)` gets (verified bytes, or None if they failed their
+        check) from the first replica of `ref` that answers. Every replica is tried once at once;
+        only if none answered are they tried again, with retries."""
         candidates = self._healthy_first([servers[s] for s in ref.replicas if s in servers])
         if not candidates:
             raise FsError(errno.EIO, f"chunk {ref.chunk_id} v{ref.version}: no replica is alive")
@@ -80,7 +110,7 @@ class ChunkIO:
             unreachable = False
             for address in candidates:
                 try:
-                    data = await self._within_timeout(self._fetch_verified(address, ref, retry_s))
+                    data = await self._within_timeout(fetch_one(address, retry_s))
                 except TransportError as exc:
                     self._suspect(address)
                     unreachable, gone_everywhere = True, False

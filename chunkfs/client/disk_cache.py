@@ -159,6 +159,10 @@ class DiskChunkCache:
             del self._versions[key[0]]
 
     # ---- reads ---------------------------------------------------------------------------------
+    def holds(self, ref: r.ChunkRef) -> bool:
+        """`ref` is cached here (not yet checked: `get` may still find it damaged)."""
+        return (ref.chunk_id, ref.version) in self._sizes
+
     async def get(self, ref: r.ChunkRef) -> bytes | None:
         """The stored bytes of `ref` if cached and intact, else None."""
         key = (ref.chunk_id, ref.version)

@@ -93,6 +93,11 @@ class DirEntry:
     def inode(self) -> int:
         return self._attr.ino
 
+    @property
+    def has_xattrs(self) -> bool:
+        """Whether it has extended attributes (a listing can skip asking for them)."""
+        return self._attr.has_xattrs
+
     def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
         return stat_result(self._attr)
 

@@ -7,7 +7,9 @@ It owns, and alone changes:
   the pending creates it depends on (those in a directory it names, or of the inode it names);
   a file's own create rides on its first commit;
 - the change feed (`follow_changes`): it renews the leases, answers recalls, drops from the
-  cache what other clients changed, and tells a listener (the mount's kernel invalidation).
+  cache what other clients changed, and tells a listener (the mount's kernel invalidation);
+- open leases (`open_file`): the layouts of files opened here, kept in the metadata cache, so
+  an open of a file that did not change, and the read of an inline one, need no call.
 
 It calls the plain metaserver client (`protocol.meta_client`) and nothing above it: no open
 file, no door. Callers name inodes as the client sees them (1 is the client's root).
@@ -23,6 +25,7 @@ from typing import Protocol, TypeVar
 import msgspec
 import trio
 
+from chunkfs import OPEN_TRUST_S
 from chunkfs.client.leases import FEED_WAIT_S, Leases, PendingCreate
 from chunkfs.client.metadata_cache import MetadataCache
 from chunkfs.errors import FsError, TransportError
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WAIT_S = 20.0  # the change-feed poll of a client without leases
+OPEN_POLL_S = 1.0  # ... of a client holding open leases (answered within OPEN_TRUST_S, see open_file)
 
 
 class ChangeListener(Protocol):
@@ -57,6 +61,8 @@ class Metadata:
         self.feed_epoch = ""  # the feed's epoch feed_seq counts in (changes.py)
         self.changes_applied = 0
         self._feed_advanced = trio.Event()  # set (and replaced) each time feed_seq moves on
+        self.opens_leased = 0  # opens answered from an open lease, without a call
+        self._feed_trusted_until = 0.0  # trio time: open leases are trusted until then
 
     @property
     def client_id(self) -> str:
@@ -132,10 +138,21 @@ class Metadata:
         return entries
 
     async def open_file(self, ino: int) -> r.FileLayout:
+        """The committed state of file `ino` (close-to-open): from the open lease this client
+        holds on it while the change feed is answered (no call; another client's change is
+        applied here before its writer's call returns, see metaserver/open_leases.py), else
+        from the metaserver, with a new lease."""
+        if trio.current_time() < self._feed_trusted_until:
+            layout = self.cache.layout(ino)
+            if layout is not None:
+                self.opens_leased += 1
+                return layout
         await self._before(ino)
         generation = self.cache.generation
-        layout = await self.server.open_file(ino)
+        layout = await self.server.open_file(ino, lease=self.cache.enabled)
         self.cache.put_attr(layout.attr, generation)
+        if layout.leased:
+            self.cache.put_layout(layout, generation)
         return layout
 
     async def _plain(self, ino: int, call: Callable[[], Awaitable[T]]) -> T:
@@ -346,19 +363,24 @@ class Metadata:
         """Follow the metaserver's change feed for as long as the client runs. `report` (how this
         client is doing) rides on every poll, for `chunkfs status`."""
         while True:
-            wait_s = WAIT_S if self.leases is None else FEED_WAIT_S  # leases are renewed by each poll
+            # leases are renewed by each poll; open leases are trusted OPEN_TRUST_S from the send
+            # of the last poll answered, so it must be answered well within that
+            wait_s = OPEN_POLL_S if self.cache.has_layouts else WAIT_S if self.leases is None else FEED_WAIT_S
             sent_at = trio.current_time()
             try:
                 batch = await self.server.changes(self.feed_seq if self.feed_seq is not None else 0,
                                                   0 if self.feed_seq is None else wait_s,
                                                   report() if report is not None else None, self.feed_epoch)
             except (FsError, TransportError) as exc:
+                self._feed_trusted_until = 0.0
                 log.warning("change feed unavailable (%s); retrying", exc)
                 await trio.sleep(1)
                 continue
             # another epoch: the metaserver restarted (or another took over) and its seqs are
             # not ours, whatever they say; the changes between are lost, as after `reset`
             reset = batch.reset or (self.feed_seq is not None and batch.epoch != self.feed_epoch)
+            if not reset:
+                self._feed_trusted_until = sent_at + OPEN_TRUST_S
             if self.leases is not None and not reset:
                 self.leases.fed(sent_at)
                 if batch.recalls and not self._recall(batch.recalls):

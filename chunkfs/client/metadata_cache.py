@@ -18,15 +18,25 @@ an open() here as soon as that client closed the file (close-to-open), before th
 can say so. Only in a directory leased to this mount (leases.py), where no other client can
 make a name without the lease being recalled first, is a missing name answered here.
 
+It also keeps the layouts (chunks, or inline bytes) of files this client holds open leases on
+(see chunkfs/metaserver/open_leases.py), dropped by the same forgets as their attributes; the
+metadata façade trusts them only while its change feed is answered. At most `MAX_LAYOUTS`, in the
+order they were granted (the metaserver keeps at least twice as many leases a client), and only
+layouts of up to `MAX_LAYOUT_CHUNKS` chunks: what a small file's open and read need.
+
 Size is bounded by `max_entries` names and as many attributes; the oldest go first.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from chunkfs.protocol import records as r
+
+MAX_LAYOUTS = 10_000
+MAX_LAYOUT_CHUNKS = 64
 
 
 class MetadataCache:
@@ -42,6 +52,8 @@ class MetadataCache:
         # max_entries are dropped, and then nothing fetched before `_floor` is stored
         self._forgotten: dict[int | tuple[int, bytes], int] = {}
         self._floor = 0
+        # ino -> (leased layout, kept until), oldest grant first
+        self._layouts: OrderedDict[int, tuple[r.FileLayout, float]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -57,6 +69,27 @@ class MetadataCache:
             return held[0]
         self.misses += 1
         return None
+
+    def layout(self, ino: int) -> r.FileLayout | None:
+        """The layout of file `ino` as its open lease was granted (the caller checks the lease is
+        trusted). Kept for `attr_timeout_s` at most: the lease says the file did not change, but
+        its replicas may have moved (re-replication is not on the feed)."""
+        held = self._layouts.get(ino)
+        return held[0] if held is not None and held[1] > self.clock() else None
+
+    @property
+    def has_layouts(self) -> bool:
+        return bool(self._layouts)
+
+    def put_layout(self, layout: r.FileLayout, generation: int) -> None:
+        """Keep the layout of a file opened with a lease, unless it was forgotten after `generation`."""
+        ino = layout.attr.ino
+        if not self.enabled or not self.unchanged_since(ino, generation) or len(layout.chunks) > MAX_LAYOUT_CHUNKS:
+            return
+        self._layouts.pop(ino, None)
+        self._layouts[ino] = (layout, self.clock() + self.attr_timeout_s)
+        if len(self._layouts) > MAX_LAYOUTS:
+            self._layouts.popitem(last=False)
 
     def lookup(self, parent: int, name: bytes) -> r.Attr | None:
         """The attributes of `name` in `parent`, or None if this cache cannot tell."""
@@ -118,6 +151,7 @@ class MetadataCache:
         the new ones)."""
         self._forget(ino)
         self._attrs.pop(ino, None)
+        self._layouts.pop(ino, None)
 
     changed = forget_inode
 
@@ -134,3 +168,4 @@ class MetadataCache:
         self._forgotten.clear()
         self._attrs.clear()
         self._names.clear()
+        self._layouts.clear()

@@ -4,6 +4,8 @@ Promises:
 - A read sees this client's own writes at once (buffered, uploading or committed): the writer
   is asked first for each chunk it holds; the rest comes from the chunk versions the metaserver
   named at open (close-to-open), from memory, the local disk or a chunkserver (`chunk_cache`).
+- A sequential reader gets whole chunks; a read that jumps (a random reader) fetches only the
+  64 KiB blocks it covers, verified block by block, cached by block (`ChunkCache.read_range`).
 - Prefetch (`prefetch.py`) fetches ahead in the background: a file of up to 3 chunks whole at the
   first read, a sequential reader a window growing to `prefetch_chunks`; a prefetch that fails is
   only a hint lost (the read itself reports errors).
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SEQUENTIAL_SLACK_BYTES = 2 << 20  # two of the kernel's read-ahead requests (read_ahead_kb 1024)
+
 
 class FileReader:
     def __init__(self, file: OpenFile, cache: ChunkCache, nursery: trio.Nursery,
@@ -35,6 +39,7 @@ class FileReader:
         self.prefetch_chunks = prefetch_chunks
         self._last_read_index = -2
         self._sequential_run = 0
+        self._next_offset = -1  # where the last read ended (-1: no read yet)
 
     async def stored_content(self, index: int) -> bytes | bytearray:
         """The bytes of chunk `index` as stored (uploaded here or committed; may be shorter
@@ -48,33 +53,52 @@ class FileReader:
         data = await self.cache.get(ref, file.servers)
         return data if len(data) == ref.length else data[: ref.length]
 
-    async def content(self, index: int) -> bytes | bytearray:
-        """The current bytes of chunk `index`: the writer's if it holds them, else as stored."""
-        held = await self.file.writer.held_content(index)
-        return held if held is not None else await self.stored_content(index)
-
     async def read(self, offset: int, size: int) -> bytes:
         end = min(offset + size, self.file.size)
         if offset >= end:
             return b""
         first, last = offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE
-        self._prefetch(first, last)
+        whole = self._sequential(offset, end)
+        self._prefetch(first, last, whole)
         parts = []
         for index in range(first, last + 1):
             start = max(offset, index * CHUNK_SIZE) - index * CHUNK_SIZE
             stop = min(end, (index + 1) * CHUNK_SIZE) - index * CHUNK_SIZE
-            content = await self.content(index)
-            piece = bytes(memoryview(content)[start:stop])  # one copy, if content is a bytearray too
+            piece = await self._piece(index, start, stop, whole)
             parts.append(piece if len(piece) == stop - start else bytes(piece) + bytes(stop - start - len(piece)))
         return b"".join(parts)
 
-    def _prefetch(self, first: int, last: int) -> None:
+    async def _piece(self, index: int, start: int, stop: int, whole: bool) -> bytes:
+        """Bytes `start` .. `stop` of chunk `index` as this client sees it (fewer where the chunk
+        is shorter: the rest reads as zeros). A stored chunk is fetched whole for a sequential
+        reader, else only the blocks the read covers (`ChunkCache.read_range`)."""
+        held = await self.file.writer.held_content(index)
+        if held is None:
+            ref = self.file.writer.stored_ref(index)
+            if ref is not None and ref.length and not whole:
+                return await self.cache.read_range(ref, self.file.servers, start, stop)
+            held = await self.stored_content(index)
+        return bytes(memoryview(held)[start:stop])  # one copy, if held is a bytearray too
+
+    def _sequential(self, offset: int, end: int) -> bool:
+        """Whether this read continues the last one (within SEQUENTIAL_SLACK_BYTES: the kernel's
+        read-ahead has several reads in flight, which may arrive out of order), or is the first
+        read, at the start: whole chunks then; a read elsewhere fetches only its blocks."""
+        sequential = abs(offset - self._next_offset) <= SEQUENTIAL_SLACK_BYTES if self._next_offset >= 0 \
+            else offset == 0
+        self._next_offset = end
+        return sequential
+
+    def _prefetch(self, first: int, last: int, sequential: bool) -> None:
+        """`sequential`: this read continues the last one (`_sequential`); only such a step into
+        the next chunk widens the window: a random reader lands in the chunk after its last one
+        now and then (one read in 256 in a 1 GiB file), which must not fetch 4 chunks ahead."""
         if not self.prefetch_chunks:
             return
         at_start = self._last_read_index == -2 and first == 0
-        if first == self._last_read_index + 1:
+        if first == self._last_read_index + 1 and sequential:
             self._sequential_run += 1
-        elif first != self._last_read_index:
+        elif first != self._last_read_index or not sequential:
             self._sequential_run = 0
         self._last_read_index = last
         total = (self.file.size + CHUNK_SIZE - 1) // CHUNK_SIZE

@@ -20,7 +20,8 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+TEMPORARY_MARK = b".chunkfs-put-"
 Progress = Callable[[int], None]  # told each time more bytes were moved: the number of new bytes
 
 
@@ -44,6 +46,26 @@ async def upload(afs: AsyncFilesystem, local_path: Path, remote_path: PathLike, 
                  exclusive: bool) -> None:
     """`local_path` stored as `remote_path`; `exclusive`: EEXIST if the target exists (also if
     it appears meanwhile)."""
+    local = await trio.to_thread.run_sync(open, local_path, "rb")
+    try:
+        before = os.fstat(local.fileno())
+        async with staged_file(afs, remote_path, exclusive) as afile:
+            copied = await _copy_into(local, before.st_size, afile, progress)
+            after = os.fstat(local.fileno())
+            if copied != before.st_size or _version(before) != _version(after):
+                raise FsError(errno.EBUSY, f"{local_path} changed while it was read; nothing was stored "
+                                           f"under {afs.canonical(remote_path)} (upload it again)")
+    finally:
+        local.close()
+
+
+@asynccontextmanager
+async def staged_file(afs: AsyncFilesystem, remote_path: PathLike, exclusive: bool = False
+                      ) -> AsyncIterator[AsyncFile]:
+    """A new file to write whole, under a temporary name beside `remote_path`: when the block
+    ends normally it is closed (durable) and renamed onto `remote_path`; when it raises (or is
+    cancelled) it is removed and nothing appears. Every door that stores whole files (put_file,
+    the gateway's PUT) goes through here. `exclusive`: EEXIST if the target exists."""
     directory, name = await afs.parent_of(remote_path, errno.EISDIR)
     existing = await afs.entry_in(directory, name)
     if existing is not None and exclusive:
@@ -51,26 +73,21 @@ async def upload(afs: AsyncFilesystem, local_path: Path, remote_path: PathLike, 
     if existing is not None and stat.S_ISDIR(existing.mode):
         raise FsError(errno.EISDIR, "is a directory")
     temp_name = _temporary_name(name)
-    temp_path = join([*split_path(remote_path)[:-1], temp_name])
-    local = await trio.to_thread.run_sync(open, local_path, "rb")
+    afile = await afs.open(join([*split_path(remote_path)[:-1], temp_name]), "xb")
     try:
-        before = os.fstat(local.fileno())
-        afile = await afs.open(temp_path, "xb")
-        try:
-            copied = await _copy_into(local, before.st_size, afile, progress)
-            after = os.fstat(local.fileno())
-            if copied != before.st_size or _version(before) != _version(after):
-                raise FsError(errno.EBUSY, f"{local_path} changed while it was read; nothing was stored "
-                                           f"under {afs.canonical(remote_path)} (upload it again)")
-            await afile.aclose()
-            await afs.client.rename(directory.ino, temp_name, directory.ino, name,
-                                    r.RENAME_NOREPLACE if exclusive else 0)
-        except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(2 * afs.options.retry_s + 5):
-                await _discard(afs, afile, directory.ino, temp_name)
-            raise
-    finally:
-        local.close()
+        yield afile
+        await afile.aclose()
+        await afs.client.rename(directory.ino, temp_name, directory.ino, name,
+                                r.RENAME_NOREPLACE if exclusive else 0)
+    except BaseException:
+        with trio.CancelScope(shield=True), trio.move_on_after(2 * afs.options.retry_s + 5):
+            await _discard(afs, afile, directory.ino, temp_name)
+        raise
+
+
+def is_staged_name(name: bytes) -> bool:
+    """Whether `name` is the temporary name of a file being stored (listings leave it out)."""
+    return name.startswith(b".") and TEMPORARY_MARK in name
 
 
 async def _discard(afs: AsyncFilesystem, afile: AsyncFile, directory: int, name: bytes) -> None:
@@ -107,7 +124,7 @@ async def download(afs: AsyncFilesystem, remote_path: PathLike, local_path: Path
 
 
 def _temporary_name(name: bytes) -> bytes:
-    suffix = b".chunkfs-put-" + secrets.token_hex(6).encode()
+    suffix = TEMPORARY_MARK + secrets.token_hex(6).encode()
     return b"." + name[: MAX_NAME_BYTES - len(suffix) - 1] + suffix
 
 

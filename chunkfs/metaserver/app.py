@@ -28,12 +28,14 @@ from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.disk_check import DiskCheck
 from chunkfs.metaserver.gc import GarbageCollector
 from chunkfs.metaserver.leases import DirectoryLeases
+from chunkfs.metaserver.open_leases import OpenLeases
 from chunkfs.metaserver.locks import LockTable
 from chunkfs.metaserver.memory import GC_PAUSES, memory_status
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.orphans import OrphanCollector
 from chunkfs.metaserver import backup
 from chunkfs.metaserver.quarantine import Quarantine
+from chunkfs.metaserver.registration import Registration
 from chunkfs.metaserver.replication_log import ReplicationLog
 from chunkfs.metaserver.replies import ReplyLog
 from chunkfs.protocol.replication_client import BACKUP_PATH, REPLICATION_PATH
@@ -69,6 +71,7 @@ class Metaserver:
     replies: ReplyLog | None = None  # answers a retried mutation instead of running it twice
     leases: DirectoryLeases = field(init=False)  # directories held by the client that made them
     locks: LockTable = field(default_factory=LockTable)  # flock and POSIX locks of every client
+    open_leases: OpenLeases = field(default_factory=OpenLeases)  # files mounts may open again without a call
 
     def __post_init__(self) -> None:
         self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
@@ -86,7 +89,7 @@ READS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, Txn, Any], An
     "resolve": (r.PathReq, lambda m, t, q: m.namespace.resolve(t, q.path)),
     "getxattr": (r.XattrReq, lambda m, t, q: m.namespace.getxattr(t, q.ino, q.name)),
     "listxattr": (r.InodeReq, lambda m, t, q: m.namespace.listxattr(t, q.ino)),
-    "open": (r.InodeReq, lambda m, t, q: r.FileLayout(
+    "open": (r.OpenReq, lambda m, t, q: r.FileLayout(
         m.namespace.getattr(t, q.ino), m.chunks.refs(t, q.ino), m.registry.address_map(),
         m.chunks.inline_data(t, q.ino))),
     "statfs": (r.InodeReq, lambda m, t, q: statfs(m, t)),
@@ -170,7 +173,10 @@ async def fs_operation(request: web.Request) -> web.Response:
         req = await read_body(request, record_type)
         await m.leases.clear_for(client, named_inodes(req))
         with m.db.read() as txn:
-            return json_response(run(m, txn, req))
+            answer = run(m, txn, req)
+        if isinstance(req, r.OpenReq) and req.lease:
+            answer.leased = m.open_leases.grant(client, req.ino, m.changes.seq)
+        return json_response(answer)
     mutation = MUTATIONS.get(op)
     if mutation is not None:
         record_type, bind = mutation
@@ -196,6 +202,7 @@ async def fs_operation(request: web.Request) -> web.Response:
         inodes, entries = affected(op, req, result)
         if inodes or entries:
             m.changes.publish(client, inodes, entries)
+            await m.open_leases.settle(client, inodes, m.changes.seq)
         return web.Response(body=body, content_type="application/json")
     if op == "reserve":
         return json_response(await reserve(m, client, await read_body(request, r.ReserveReq)))
@@ -242,30 +249,24 @@ async def server_hello(request: web.Request) -> web.Response:
     """Registration (with the chunk list, at a chunkserver's start) and heartbeats (without)."""
     m = request.app[STATE]
     hello = await read_body(request, r.ServerHello)
+    registration = Registration(m.committer, m.chunks, m.quarantine)
     if hello.chunks is not None:
-        hello.chunks = m.chunks.in_range(hello.chunks, hello.address)
+        hello.chunks = await registration.in_range(hello.chunks, hello.address)
     if hello.recent_chunks is not None:
-        hello.recent_chunks = m.chunks.in_range(hello.recent_chunks, hello.address)
+        hello.recent_chunks = await registration.in_range(hello.recent_chunks, hello.address)
     if m.registry.needs_saving(hello):
         await m.committer.run(m.registry.save, hello)
     m.registry.heartbeat(hello)
     m.throughput.report(hello.id, hello.read_bytes, hello.written_bytes)
     delete: list[tuple[int, int]] = []
     if hello.chunks is not None:
-        delete = await m.committer.run(registration_garbage, m, hello.id, hello.chunks, hello.recent_chunks or [])
+        delete = await registration.garbage(hello.id, hello.chunks, hello.recent_chunks or [])
         if delete:
             log.info("server %s holds %d unreferenced chunk versions; told to delete them",
                      hello.address, len(delete))
         if hello.recent_chunks is not None:
             await m.replicator.reconcile(hello.id, [*hello.chunks, *hello.recent_chunks])
     return json_response(r.HelloReply(delete))
-
-
-def registration_garbage(txn: Txn, m: Metaserver, server_id: str, held: list[tuple[int, int]],
-                         recent: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    if m.quarantine is not None:
-        m.quarantine.screen(txn, server_id, held, recent)
-    return m.chunks.unreferenced(txn, held)
 
 
 async def backup_copy(request: web.Request) -> web.StreamResponse:
@@ -374,6 +375,8 @@ async def changes(request: web.Request) -> web.Response:
             raise FsError(errno.EINVAL, f"client: {exc}") from None
     leases = request.app[STATE].leases
     leases.renew(client)
+    if epoch == feed.epoch:
+        request.app[STATE].open_leases.polled(client, since)
     feed.polling(client, +1)
     try:
         batch = await feed.since(since, wait_s, client, lambda: leases.recalled_of(client), epoch)
@@ -424,11 +427,12 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
         app.router.add_get(BACKUP_PATH, backup_copy, allow_head=False)  # a HEAD would stream the body
         app.router.add_get(REPLICATION_PATH, replication_feed)
     registry = metrics.new_registry()
-    registry.register(metrics.ClusterCollector(lambda: cluster_status(m)))
+    cluster = metrics.ClusterCollector(lambda: cluster_status(m))
+    registry.register(cluster)
     GC_PAUSES.install()
     leases = m.leases
     registry.register(metrics.LeaseCollector(lambda: (len(leases), leases.recalls, leases.expired)))
-    metrics.install_http(app, registry, operations=FS_OPERATIONS)
+    metrics.install_http(app, registry, operations=FS_OPERATIONS, prepare=cluster.refresh)
 
     async def background(app: web.Application):
         tasks = [asyncio.create_task(job.run()) for job in (m.deleter, m.replicator, m.throughput)]

@@ -10,7 +10,9 @@ scanned once, and each recorded replica is
 - *unreachable*: its server is down or did not answer: its state is not known.
 
 A version a server holds that no record lists there is *unknown* (files younger than
-`min_age_s`, uploads about to be committed, and versions queued for deletion there are not). A
+`min_age_s`, versions queued for deletion there, and versions a live reservation holds are not:
+an upload its client may still commit, which gc keeps for the same reason, so that `--repair`
+never deletes what a commit is about to name, and a check after gc is clean). A
 chunk with no good replica is *lost* when none is unreachable, else *unavailable*.
 
 The lists and the records are read at different instants, and writes go on meanwhile, so a
@@ -208,8 +210,9 @@ class DiskCheck:
         """Keep the candidates that still hold, count them into `page` with the files they leave
         short, and (with `repair`) queue their fixes in `txn`."""
         confirmed: set[tuple[Version, str]] = set()
+        reserved = self.chunks.owners.ranges(txn)
         for c in first.candidates:
-            if self._still_holds(txn, c, again):
+            if self._still_holds(txn, c, again, reserved):
                 confirmed.add(((c.chunk_id, c.version), c.server_id))
                 self._count(page, c)
                 if repair:
@@ -234,7 +237,10 @@ class DiskCheck:
         ranked = sorted(files.values(), key=lambda f: (-f.chunks_lost, -f.chunks_unavailable, f.ino))
         page.files = ranked[:MAX_DETAILS]
 
-    def _still_holds(self, txn: Txn, c: Candidate, again: dict[str, d.Inventory]) -> bool:
+    def _still_holds(self, txn: Txn, c: Candidate, again: dict[str, d.Inventory],
+                     reserved: list[tuple[int, int]]) -> bool:
+        """Whether a candidate is confirmed at the second reading (`reserved`: the versions live
+        reservations hold, `VersionReservations.ranges`)."""
         if c.state == "corrupt":
             # a fact, not a race: chunk files are only ever replaced whole. Its copy may be gone by
             # now: the server reported it and the metaserver had it deleted
@@ -246,6 +252,8 @@ class DiskCheck:
         held = version in inventory.old or version in inventory.recent
         rec = self._record(txn, c.key, version)
         if c.state == "unknown":
+            if self.chunks.owners.holds(reserved, c.version):
+                return False  # an upload that may still be committed (gc keeps it too)
             pending = self.replicator.edits.pending_deletion(txn, c.chunk_id, c.version)
             listed = rec is not None and c.server_id in rec.replicas
             return held and not listed and c.server_id not in pending

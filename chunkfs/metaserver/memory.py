@@ -67,7 +67,7 @@ def memory_status(m: Metaserver) -> r.MemoryStatus:
         replication_log_bytes=log.kept_bytes if log else 0, replication_log_limit_bytes=log.keep_bytes if log else 0,
         replication_log_batches=log.kept_batches if log else 0,
         change_feed_changes=changes, change_feed_limit=m.changes.capacity, clients_tracked=clients,
-        leases_held=m.leases.held,
+        leases_held=m.leases.held, open_leases_held=len(m.open_leases),
         corrupt_reports=len(m.replicator.corrupt_reports),
         gc_pause_max_s=round(GC_PAUSES.max_s, 4), gc_pause_last_s=round(GC_PAUSES.last_s, 4),
     )

@@ -10,7 +10,8 @@ or gone is left for an operator to see rather than forgotten.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import msgspec
@@ -40,15 +41,42 @@ class ReplicaEdits:
         self.chunks = chunks
         self.db = chunks.db
 
-    # ---- reading (full scans, run them in a thread) ---------------------------------------------
+    # ---- reading (run them in a thread) --------------------------------------------------------
     def find(self, txn: Txn, matches: Callable[[ChunkRecord], bool]) -> dict[Version, bytes]:
-        """The chunk versions, with their record keys, of the records `matches` accepts."""
+        """The chunk versions, with their record keys, of the records `matches` accepts: a full scan."""
+        return self.find_page(txn, matches, None, sys.maxsize)[0]
+
+    def find_page(self, txn: Txn, matches: Callable[[ChunkRecord], bool], after: bytes | None,
+                  limit: int) -> tuple[dict[Version, bytes], bytes | None]:
+        """`find` over the next `limit` records after the key `after` (None: from the start);
+        with the last key looked at, None once the table is done. One page, one short transaction."""
         found = {}
-        for key, raw in txn.cursor(db=self.db.chunks):
-            rec = _record_dec.decode(raw)
+        cursor = txn.cursor(db=self.db.chunks)
+        positioned = cursor.set_range(after) if after is not None else cursor.first()
+        if positioned and after is not None and cursor.key() == after:
+            positioned = cursor.next()
+        seen, last = 0, None
+        while positioned and seen < limit:
+            last = cursor.key()
+            rec = _record_dec.decode(cursor.value())
             if matches(rec):
-                found[(rec.chunk_id, rec.version)] = key
-        return found
+                found[(rec.chunk_id, rec.version)] = last
+            seen += 1
+            positioned = cursor.next()
+        return found, last if positioned else None
+
+    def listing(self, txn: Txn, server_id: str, versions: Iterable[Version]) -> int:
+        """How many of `versions` (distinct) a record lists on `server_id`: one look-up in the
+        version index and one record read each."""
+        listed = 0
+        for chunk_id, version in versions:
+            key = txn.get(U64x2.pack(chunk_id, version), db=self.db.versions)
+            raw = txn.get(key, db=self.db.chunks) if key is not None else None
+            if raw is None:
+                continue
+            rec = _record_dec.decode(raw)
+            listed += (rec.chunk_id, rec.version) == (chunk_id, version) and server_id in rec.replicas
+        return listed
 
     def pending_deletion(self, txn: Txn, chunk_id: int, version: int) -> set[str]:
         """Servers this chunk version is still queued to be deleted from."""

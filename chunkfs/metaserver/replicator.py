@@ -50,6 +50,7 @@ IDLE_PAUSE_S = 2.0  # between passes that changed nothing (longer if scans are s
 MAX_TRIMS_PER_PASS = 10_000
 COPY_RETRY_S = 1.0
 MAX_CORRUPT_REPORTS = 100_000  # the oldest are forgotten beyond this
+STALE_SCAN_PAGE = 10_000  # chunk records a read transaction looks at when a registration finds stale ones
 
 _record_dec = msgspec.msgpack.Decoder(ChunkRecord)
 
@@ -303,9 +304,7 @@ class Replicator:
         A version written to the server after it listed its disk and committed before this runs
         loses that replica too; re-replication makes it up, and the stray copy is removed at a
         later registration once no file references its version."""
-        held_set = set(held)
-        missing = await asyncio.to_thread(
-            self._find, lambda rec: server_id in rec.replicas and (rec.chunk_id, rec.version) not in held_set)
+        missing = await asyncio.to_thread(self._stale, server_id, set(held))
         if not missing:
             return 0
         result = await self.committer.run(self.edits.drop_server, server_id, missing, False)
@@ -329,9 +328,26 @@ class Replicator:
             counts = self.chunks.namespace.counts.read(txn).replicas
         return next(s for s in self.registry.status(counts) if s.id == server.id)
 
-    def _find(self, matches) -> dict[Version, bytes]:
+    def _stale(self, server_id: str, held: set[Version]) -> dict[Version, bytes]:
+        """The records that list `server_id` for a version not in `held` (blocking). If as many
+        of `held` are listed on it as the table's count of records listing it (one snapshot),
+        there are none: O(held) look-ups. Else the chunk table is scanned for them, a page at a
+        time (short read transactions)."""
         with self.db.read() as txn:
-            return self.edits.find(txn, matches)
+            listed = self.edits.listing(txn, server_id, held)
+            recorded = self.chunks.namespace.counts.read(txn).replicas.get(server_id, 0)
+        if listed == recorded:
+            return {}
+        stale: dict[Version, bytes] = {}
+        after: bytes | None = None
+        while True:
+            with self.db.read() as txn:
+                page, after = self.edits.find_page(
+                    txn, lambda rec: server_id in rec.replicas and (rec.chunk_id, rec.version) not in held,
+                    after, STALE_SCAN_PAGE)
+            stale.update(page)
+            if after is None:
+                return stale
 
     def _address(self, server_id: str) -> str:
         server = self.registry.servers.get(server_id)

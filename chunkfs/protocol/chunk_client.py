@@ -12,6 +12,8 @@ from chunkfs.protocol.http import SignedHttp
 CHECKSUM_HEADER = auth.CHECKSUM_HEADER  # signed, and standing for the body in the signature (see auth)
 CHECKSUM_PARAM = "checksum"
 CLIENT_VERIFIES_PARAM = "client_verifies"  # GET: the server may skip its block checks (see get)
+OFFSET_PARAM, LENGTH_PARAM = "offset", "length"  # a ranged GET: in the query, which is signed (see auth)
+BLOCK_SUMS_HEADER = "X-Chunkfs-Block-Sums"  # a ranged GET's answer: its blocks' xxh3s, hex
 
 
 def chunk_url(address: str, chunk_id: int, version: int) -> str:
@@ -53,6 +55,20 @@ class ChunkClient:
         response = await self.http.request("GET", chunk_url(address, chunk_id, version), params=params,
                                            retry_s=retry_s)
         return response.content
+
+    async def get_blocks(self, address: str, chunk_id: int, version: int, offset: int, length: int,
+                         retry_s: float | None = None) -> tuple[bytes | bytearray, bytes]:
+        """(`length` bytes of the chunk from `offset`, clipped to its end; their blocks' xxh3s,
+        8 bytes a block): a ranged read. `offset` is at a block (`checksum.BLOCK_SIZE`). The
+        server verified those blocks before it answered; the caller checks the bytes against
+        the sums (`checksum.verify_blocks`), which catches what went wrong on the way."""
+        response = await self.http.request("GET", chunk_url(address, chunk_id, version),
+                                           params={OFFSET_PARAM: offset, LENGTH_PARAM: length}, retry_s=retry_s)
+        try:
+            sums = bytes.fromhex(response.header(BLOCK_SUMS_HEADER) or "")
+        except ValueError:
+            sums = b""  # fails the caller's check
+        return response.content, sums
 
     async def delete(self, address: str, chunk_id: int, version: int, retry_s: float | None = None) -> None:
         await self.http.request("DELETE", chunk_url(address, chunk_id, version), retry_s=retry_s)

@@ -150,8 +150,9 @@ class MetaClient:
         await self.call("removexattr", r.XattrReq(ino, name))
 
     # -- file data --------------------------------------------------------------------------
-    async def open_file(self, ino: int) -> r.FileLayout:
-        return await self.call("open", r.InodeReq(ino), r.FileLayout)
+    async def open_file(self, ino: int, lease: bool = False) -> r.FileLayout:
+        """The file's committed state; with `lease`, also an open lease on it if the answer says `leased`."""
+        return await self.call("open", r.OpenReq(ino, lease), r.FileLayout)
 
     async def reserve_inodes(self, count: int) -> int:
         """The first of `count` inode numbers this client may create files with."""

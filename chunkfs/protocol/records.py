@@ -84,6 +84,7 @@ class FileLayout(Struct):
     chunks: list[ChunkRef]
     servers: dict[str, str]  # alive server id -> address
     inline: bytes | None = None  # a small file's bytes, kept by the metaserver (no chunks then)
+    leased: bool = False  # the client holds an open lease on it (metaserver/open_leases.py)
 
 
 class ServerChoice(Struct):
@@ -119,6 +120,10 @@ class Statfs(Struct):
 
 class InodeReq(Struct):
     ino: Ino
+
+
+class OpenReq(InodeReq):
+    lease: bool = False  # ask for an open lease (metaserver/open_leases.py)
 
 
 class LookupReq(Struct):
@@ -422,6 +427,7 @@ class MemoryStatus(Struct, kw_only=True):
     change_feed_limit: int = 0
     clients_tracked: int = 0  # mounts heard from within the last hour
     leases_held: int = 0  # directory leases held by clients
+    open_leases_held: int = 0  # open leases held by clients (at most 20,000 a client)
     corrupt_reports: int = 0  # corrupt copies remembered for fsck (at most 100,000)
     gc_pause_max_s: float = 0.0  # the longest garbage-collector pass since start
     gc_pause_last_s: float = 0.0

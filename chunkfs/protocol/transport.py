@@ -16,6 +16,7 @@ times (into its receive buffer, out as a `Data` event, and into the joined body)
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +41,12 @@ class TransportFailure(Exception):
 class Response:
     status_code: int
     content: bytes | bytearray  # a bytearray when received directly: callers must not change it
+    raw_headers: Sequence[tuple[bytes, bytes]] = ()
+
+    def header(self, name: str) -> str | None:
+        """The value of header `name` (any case), or None."""
+        wanted = name.lower().encode()
+        return next((value.decode("latin-1") for key, value in self.raw_headers if key.lower() == wanted), None)
 
     def json(self) -> Any:
         return json.loads(self.content)
@@ -70,7 +77,7 @@ class HttpxTransport:
                                                 headers=headers)
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             raise TransportFailure(f"{type(exc).__name__}: {exc}") from None
-        return Response(response.status_code, response.content)
+        return Response(response.status_code, response.content, response.headers.raw)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -154,6 +161,7 @@ class TrioH11Transport:
         else:
             await conn.stream.send_all(out + conn.h11.send(h11.EndOfMessage()))
         status = 0
+        head: Sequence[tuple[bytes, bytes]] = ()
         parts: list[bytes] = []
         while True:
             event = conn.h11.next_event()
@@ -163,14 +171,14 @@ class TrioH11Transport:
                     raise trio.BrokenResourceError("server closed the connection")
                 conn.h11.receive_data(data)
             elif isinstance(event, h11.Response):
-                status = event.status_code
+                status, head = event.status_code, event.headers
                 length = _direct_body_length(method, event)
                 if length is not None:
-                    return Response(status, await self._receive_body(conn, length))
+                    return Response(status, await self._receive_body(conn, length), head)
             elif isinstance(event, h11.Data):
                 parts.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
-                return Response(status, parts[0] if len(parts) == 1 else b"".join(parts))
+                return Response(status, parts[0] if len(parts) == 1 else b"".join(parts), head)
             elif isinstance(event, h11.ConnectionClosed):
                 raise trio.BrokenResourceError("server closed the connection")
 

@@ -1,0 +1,46 @@
+"""Who a request acts as: an access key's filesystem view, one per key, on the gateway's one
+client core (one set of open files, caches and leases for every caller; only the identity the
+permission checks use differs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+
+from chunkfs.client import AsyncFilesystem, Identity
+from chunkfs.gateway.keys import AccessKey, KeyStore
+from chunkfs.gateway.objects import ObjectStore
+
+GATEWAY_UMASK = 0o022
+
+
+class Access:
+    def __init__(self, afs: AsyncFilesystem, keys: KeyStore, server_key: bytes) -> None:
+        self.afs, self.keys, self.server_key = afs, keys, server_key
+        self._views: dict[tuple[str, int, int], AsyncFilesystem] = {}
+
+    def filesystem_for(self, key: AccessKey) -> AsyncFilesystem:
+        """The core as `key`'s uid/gid sees it (made once per key; never closed on its own: the
+        gateway's filesystem closes the core)."""
+        index = (key.access_key_id, key.uid, key.gid)
+        view = self._views.get(index)
+        if view is None:
+            identity = Identity(key.uid, key.gid, (), GATEWAY_UMASK)
+            view = AsyncFilesystem(self.afs.client, dataclasses.replace(self.afs.options, identity=identity))
+            self._views[index] = view
+        return view
+
+    def objects_for(self, key: AccessKey) -> ObjectStore:
+        return ObjectStore(self.filesystem_for(key))
+
+    def credentials(self, access_key_id: str) -> tuple[AccessKey, str] | None:
+        """The key with this id and its secret (what SigV4 signs with), or None."""
+        key = self.keys.by_access_key(access_key_id)
+        return None if key is None else (key, key.secret(self.server_key))
+
+    def key_for_token(self, access_key_id: str, secret: str) -> AccessKey | None:
+        """The key whose id and secret these are (the REST API's bearer token), or None."""
+        key = self.keys.by_access_key(access_key_id)
+        if key is None or not hmac.compare_digest(key.secret(self.server_key), secret):
+            return None
+        return key

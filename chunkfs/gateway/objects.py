@@ -1,0 +1,323 @@
+"""Buckets and objects on the namespace, as one caller sees them (the S3 door's model).
+
+A bucket is a directory at the root; an object's key is a path below it: `photos/2024/a.jpg`
+in bucket `b` is the file /b/photos/2024/a.jpg that every mount shows. A key ending in `/` is
+a directory (a "folder" made by a client). Writing a key makes its directories; deleting the
+last key below a directory removes the directories it leaves empty (up to the bucket), so a
+prefix disappears with its last object as it does in S3.
+
+What S3 has and a file does not is kept in the file's xattrs, visible on the mount too:
+`user.s3.etag` (the MD5 of the body, with the size and mtime it belongs to: a file changed
+later through the mount no longer matches and gets an ETag made from its inode, size and mtime
+instead, marked as not an MD5 by a `-1` suffix), `user.s3.content-type`, `user.s3.meta.NAME`.
+
+An object appears only when its PUT completed: bodies are written under a temporary name and
+renamed into place (`chunkfs.client.transfers.staged_file`), and listings skip those names.
+Every call is made with the caller's identity, so the namespace's permissions (mode bits and
+ACLs, as the client core checks them) decide; errors are the core's OSErrors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from chunkfs.client import AsyncFile, AsyncFilesystem, DirEntry
+from chunkfs.client.os_errors import os_error
+from chunkfs.client.transfers import is_staged_name, staged_file
+from chunkfs.errors import FsError, TransportError
+from chunkfs.gateway.checksums import BodyChecksums
+from chunkfs.gateway.streams import read_body, write_body
+
+XATTR_ETAG = "user.s3.etag"
+XATTR_CONTENT_TYPE = "user.s3.content-type"
+XATTR_META = "user.s3.meta."
+DEFAULT_CONTENT_TYPE = "binary/octet-stream"
+MAX_KEY_BYTES = 1024
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+EMPTY_MD5 = hashlib.md5(b"").hexdigest()
+
+
+class InvalidName(ValueError):
+    """A bucket name or key that cannot name anything here (`too_long` for a key past 1,024 bytes)."""
+
+    def __init__(self, message: str, too_long: bool = False) -> None:
+        super().__init__(message)
+        self.too_long = too_long
+
+
+@dataclass
+class ObjectInfo:
+    key: str
+    size: int
+    mtime_ns: int
+    etag: str  # without the quotes
+    content_type: str = DEFAULT_CONTENT_TYPE
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ListPage:
+    objects: list[ObjectInfo]
+    prefixes: list[str]
+    truncated: bool
+    last: str  # the last key or prefix in the page: where the next page starts after
+
+
+def check_bucket_name(name: str) -> None:
+    if not BUCKET_NAME.match(name) or ".." in name:
+        raise InvalidName(f"bucket name {name!r}: 3-63 characters, lower-case letters, digits, '.' and '-'")
+
+
+def check_key(key: str) -> None:
+    if not key:
+        raise InvalidName("an empty key")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidName("the key is longer than 1,024 bytes", too_long=True)
+    names = key.rstrip("/").split("/")
+    if "\0" in key or key.startswith("/") or any(n in ("", ".", "..") for n in names):
+        raise InvalidName(f"key {key!r}: no NUL, no empty, '.' or '..' part, no leading '/'")
+
+
+def _fallback_etag(ino: int, size: int, mtime_ns: int) -> str:
+    return hashlib.md5(f"{ino}:{size}:{mtime_ns}".encode()).hexdigest() + "-1"
+
+
+def _etag_from(stored: bytes | None, ino: int, size: int, mtime_ns: int) -> str:
+    if stored:
+        md5, _, belongs_to = stored.decode().partition(" ")
+        if belongs_to == f"{size} {mtime_ns}":
+            return md5
+    return _fallback_etag(ino, size, mtime_ns)
+
+
+async def make_directories(afs: AsyncFilesystem, path: str) -> None:
+    """`path` and the directories above it, those missing made (only those: a caller may write
+    in a directory it could not have made)."""
+    try:
+        if stat.S_ISDIR((await afs.stat(path)).st_mode):
+            return
+    except FileNotFoundError:
+        pass
+    await make_directories(afs, path.rsplit("/", 1)[0] or "/")
+    with contextlib.suppress(FileExistsError):  # made meanwhile by another request
+        await afs.mkdir(path)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    size: int
+    mtime_ns: int
+    etag: str  # the body's MD5 (hex) unless the caller chose it
+
+
+async def store_file(afs: AsyncFilesystem, path: str, body: AsyncIterator[bytes], checksums: BodyChecksums,
+                     exclusive: bool = False, content_type: str | None = None,
+                     metadata: dict[str, str] | None = None, etag: str | None = None) -> StoredFile:
+    """Write `body` as the file `path` (its directory must exist), atomically: the name shows
+    the new file only once every byte is durable and every checksum held; with its ETag (the
+    body's MD5 unless `etag` is given), content type and metadata in its xattrs."""
+    try:
+        async with staged_file(afs, path, exclusive) as afile:
+            size = await write_body(afile, body, checksums.update)
+            etag = etag or checksums.finish()
+            await afile.flush()  # committed: the file exists on the metaserver, with its final mtime
+            ino = afile.open_file.ino
+            mtime_ns = (await afs.client.getattr(ino)).mtime_ns
+            values = {XATTR_ETAG: f"{etag} {size} {mtime_ns}",
+                      **{XATTR_META + k.lower(): v for k, v in (metadata or {}).items()}}
+            if content_type:
+                values[XATTR_CONTENT_TYPE] = content_type
+            for name, value in values.items():  # on a file this caller just made (its owner): no check needed
+                await afs.client.setxattr(ino, name.encode(), value.encode())
+    except (FsError, TransportError) as exc:  # the core's own errors, from the calls made by inode
+        raise os_error(exc, path) from None
+    return StoredFile(size, mtime_ns, etag)
+
+
+async def describe_file(afs: AsyncFilesystem, path: str, key: str, st: os.stat_result) -> ObjectInfo:
+    """The object `path` is (`st`: its stat), with what its xattrs say."""
+    info = ObjectInfo(key, st.st_size, st.st_mtime_ns, _fallback_etag(st.st_ino, st.st_size, st.st_mtime_ns))
+    for name in await afs.listxattr(path):
+        if not name.startswith("user.s3."):
+            continue
+        value = await afs.getxattr(path, name)
+        if name == XATTR_ETAG:
+            info.etag = _etag_from(value, st.st_ino, st.st_size, st.st_mtime_ns)
+        elif name == XATTR_CONTENT_TYPE:
+            info.content_type = value.decode(errors="replace")
+        elif name.startswith(XATTR_META):
+            info.metadata[name[len(XATTR_META):]] = value.decode(errors="replace")
+    return info
+
+
+class ObjectStore:
+    """Buckets and objects as the identity of `afs` sees them."""
+
+    def __init__(self, afs: AsyncFilesystem) -> None:
+        self.afs = afs
+
+    # ---- buckets ---------------------------------------------------------------------------------
+    async def list_buckets(self) -> list[tuple[str, int]]:
+        """(name, ctime_ns) of every directory at the root."""
+        return sorted((e.name, e.stat().st_ctime_ns) for e in await self.afs.scandir("/")
+                      if e.is_dir() and not e.name.startswith("."))
+
+    async def bucket_exists(self, bucket: str) -> bool:
+        try:
+            st = await self.afs.stat(f"/{bucket}")
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return stat.S_ISDIR(st.st_mode)
+
+    async def create_bucket(self, bucket: str) -> None:
+        check_bucket_name(bucket)
+        await self.afs.mkdir(f"/{bucket}")
+
+    async def delete_bucket(self, bucket: str) -> None:
+        entries = [e for e in await self.afs.scandir(f"/{bucket}")]
+        if any(not is_staged_name(os.fsencode(e.name)) for e in entries):
+            raise OSError(errno.ENOTEMPTY, "the bucket you tried to delete is not empty")
+        await self.afs.rmdir(f"/{bucket}")
+
+    # ---- objects ----------------------------------------------------------------------------------
+    @staticmethod
+    def path(bucket: str, key: str) -> str:
+        check_key(key)
+        return f"/{bucket}/{key.rstrip('/')}"
+
+    async def head(self, bucket: str, key: str) -> ObjectInfo:
+        path = self.path(bucket, key)
+        st = await self.afs.stat(path)
+        if stat.S_ISDIR(st.st_mode) != key.endswith("/"):
+            raise FileNotFoundError(errno.ENOENT, "no such key", key)
+        if stat.S_ISDIR(st.st_mode):
+            return ObjectInfo(key, 0, st.st_mtime_ns, EMPTY_MD5)
+        return await describe_file(self.afs, path, key, st)
+
+    async def open(self, bucket: str, key: str) -> tuple[ObjectInfo, AsyncFile]:
+        """The object's description and the file open for reading (the caller closes it)."""
+        info = await self.head(bucket, key)
+        if key.endswith("/"):
+            raise FileNotFoundError(errno.ENOENT, "a directory has no body", key)
+        afile = await self.afs.open(self.path(bucket, key), "rb")
+        return info, afile
+
+    async def put(self, bucket: str, key: str, body: AsyncIterator[bytes], checksums: BodyChecksums,
+                  content_type: str | None, metadata: dict[str, str], exclusive: bool = False,
+                  etag: str | None = None) -> ObjectInfo:
+        """Store `body` as the object, visible only once complete and checked."""
+        path = self.path(bucket, key)
+        if not await self.bucket_exists(bucket):
+            raise FileNotFoundError(errno.ENOENT, "no such bucket", bucket)
+        parent = path.rsplit("/", 1)[0]
+        if key.endswith("/"):
+            async for piece in body:
+                checksums.update(piece)
+            checksums.finish()
+            await make_directories(self.afs, path)
+            return ObjectInfo(key, 0, 0, EMPTY_MD5)
+        await make_directories(self.afs, parent)
+        stored = await store_file(self.afs, path, body, checksums, exclusive, content_type, metadata, etag)
+        return ObjectInfo(key, stored.size, stored.mtime_ns, stored.etag, content_type or DEFAULT_CONTENT_TYPE, metadata)
+
+    async def copy(self, source: tuple[str, str], bucket: str, key: str, replace: tuple[str | None, dict[str, str]] | None
+                   ) -> ObjectInfo:
+        """Copy an object (its content type and metadata too, unless `replace` gives new ones)."""
+        info, afile = await self.open(*source)
+        content_type, metadata = replace if replace is not None else (info.content_type, info.metadata)
+        return await self.put(bucket, key, read_body(afile, None), BodyChecksums({}), content_type, metadata)
+
+    async def delete(self, bucket: str, key: str) -> None:
+        """Remove the object (nothing to do if it is not there), then the directories it leaves empty."""
+        path = self.path(bucket, key)
+        try:
+            if key.endswith("/"):
+                await self.afs.rmdir(path)
+            else:
+                await self.afs.remove(path)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            if not await self.bucket_exists(bucket):
+                raise
+            return
+        parts = key.rstrip("/").split("/")[:-1]
+        while parts:
+            try:
+                await self.afs.rmdir(f"/{bucket}/{'/'.join(parts)}")
+            except OSError:
+                return
+            parts.pop()
+
+    # ---- listing -----------------------------------------------------------------------------------
+    async def list(self, bucket: str, prefix: str, delimiter: str, after: str, max_keys: int) -> ListPage:
+        """Keys in UTF-8 byte order (as S3 sorts them), from just after `after`."""
+        if not await self.bucket_exists(bucket):
+            raise FileNotFoundError(errno.ENOENT, "no such bucket", bucket)
+        page = ListPage([], [], False, "")
+        if max_keys <= 0:
+            return page
+        async for key, entry in self._keys(bucket, "", prefix, delimiter, after):
+            rest = key[len(prefix):]
+            cut = rest.find(delimiter) if delimiter else -1
+            common = prefix + rest[: cut + len(delimiter)] if cut >= 0 else None
+            if common is not None and (common <= after or common == page.last):
+                continue
+            if len(page.objects) + len(page.prefixes) == max_keys:
+                page.truncated = True
+                break
+            if common is not None:
+                page.prefixes.append(common)
+                page.last = common
+            else:
+                page.objects.append(await self._listed(key, entry))
+                page.last = key
+        return page
+
+    async def _listed(self, key: str, entry: DirEntry | None) -> ObjectInfo:
+        if entry is None or entry.is_dir():
+            return ObjectInfo(key, 0, entry.stat().st_mtime_ns if entry else 0, EMPTY_MD5)
+        st = entry.stat()
+        stored = None
+        if entry.has_xattrs:
+            try:
+                stored = await self.afs.getxattr(entry.path, XATTR_ETAG)
+            except OSError:
+                stored = None
+        return ObjectInfo(key, st.st_size, st.st_mtime_ns, _etag_from(stored, st.st_ino, st.st_size, st.st_mtime_ns))
+
+    async def _keys(self, bucket: str, dir_key: str, prefix: str, delimiter: str, after: str
+                    ) -> AsyncIterator[tuple[str, DirEntry | None]]:
+        """(key, entry) below `dir_key` in key order, pruned to what can match `prefix` and come
+        after `after`; a directory a "/" delimiter folds into a common prefix is not entered."""
+        try:
+            entries = await self.afs.scandir(f"/{bucket}/{dir_key}")
+        except PermissionError:
+            if not dir_key:
+                raise
+            return
+        named = sorted((e.name + "/" if e.is_dir() else e.name, e) for e in entries
+                       if not is_staged_name(os.fsencode(e.name)))
+        for name, entry in named:
+            key = dir_key + name
+            if not (key.startswith(prefix) or (entry.is_dir() and prefix.startswith(key))):
+                continue
+            if entry.is_dir():
+                if after > key and not after.startswith(key):
+                    continue  # every key below it sorts before `after`
+                if delimiter == "/" and key.startswith(prefix) and len(key) > len(prefix):
+                    yield key, entry  # folded into a common prefix by the caller
+                    continue
+                empty = True
+                async for below in self._keys(bucket, key, prefix, delimiter, after):
+                    empty = False
+                    yield below
+                if empty and key.startswith(prefix) and key > after:
+                    yield key, entry
+            elif key > after:
+                yield key, entry

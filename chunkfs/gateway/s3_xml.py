@@ -1,0 +1,152 @@
+"""The XML bodies of S3's answers and the one request body it parses (DeleteObjects)."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import quote
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape
+
+from chunkfs.gateway.objects import ListPage, ObjectInfo
+from chunkfs.gateway.s3_errors import S3Error
+
+NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
+MAX_DELETE_KEYS = 1000
+
+
+def iso_time(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9)) + f".{(ns // 1_000_000) % 1000:03d}Z"
+
+
+def _tag(name: str, value: object) -> str:
+    return f"<{name}>{escape(str(value))}</{name}>"
+
+
+def list_buckets(buckets: list[tuple[str, int]], owner: str) -> bytes:
+    items = "".join(f"<Bucket>{_tag('Name', n)}{_tag('CreationDate', iso_time(c))}</Bucket>" for n, c in buckets)
+    return (f'{HEAD}<ListAllMyBucketsResult xmlns="{NS}"><Owner>{_tag("ID", owner)}{_tag("DisplayName", owner)}'
+            f"</Owner><Buckets>{items}</Buckets></ListAllMyBucketsResult>").encode()
+
+
+def _contents(info: ObjectInfo, encode: bool) -> str:
+    return (f"<Contents>{_tag('Key', quote(info.key, safe='/') if encode else info.key)}"
+            f"{_tag('LastModified', iso_time(info.mtime_ns))}{_tag('ETag', chr(34) + info.etag + chr(34))}"
+            f"{_tag('Size', info.size)}<StorageClass>STANDARD</StorageClass></Contents>")
+
+
+def list_objects(bucket: str, page: ListPage, params: dict[str, str], v2: bool, max_keys: int) -> bytes:
+    """ListBucketResult of ListObjects (v1) or ListObjectsV2 (`params`: the request's, echoed)."""
+    encode = params.get("encoding-type") == "url"
+
+    def echo(value: str) -> str:
+        return quote(value, safe="/") if encode else value
+
+    parts = [_tag("Name", bucket), _tag("Prefix", echo(params.get("prefix", ""))), _tag("MaxKeys", max_keys),
+             _tag("IsTruncated", "true" if page.truncated else "false")]
+    if params.get("delimiter"):
+        parts.append(_tag("Delimiter", echo(params["delimiter"])))
+    if encode:
+        parts.append(_tag("EncodingType", "url"))
+    if v2:
+        parts.append(_tag("KeyCount", len(page.objects) + len(page.prefixes)))
+        if "continuation-token" in params:
+            parts.append(_tag("ContinuationToken", params["continuation-token"]))
+        if "start-after" in params:
+            parts.append(_tag("StartAfter", echo(params["start-after"])))
+        if page.truncated:
+            parts.append(_tag("NextContinuationToken", continuation_token(page.last)))
+    else:
+        parts.append(_tag("Marker", echo(params.get("marker", ""))))
+        if page.truncated and params.get("delimiter"):
+            parts.append(_tag("NextMarker", echo(page.last)))
+    parts += [_contents(o, encode) for o in page.objects]
+    parts += [f"<CommonPrefixes>{_tag('Prefix', echo(p))}</CommonPrefixes>" for p in page.prefixes]
+    return f'{HEAD}<ListBucketResult xmlns="{NS}">{"".join(parts)}</ListBucketResult>'.encode()
+
+
+def continuation_token(last: str) -> str:
+    return last.encode().hex()
+
+
+def after_token(token: str) -> str:
+    try:
+        return bytes.fromhex(token).decode()
+    except ValueError:
+        raise S3Error("InvalidArgument", "the continuation token provided is incorrect") from None
+
+
+def copy_result(info: ObjectInfo, element: str = "CopyObjectResult") -> bytes:
+    """CopyObjectResult (CopyPartResult for UploadPartCopy)."""
+    return (f'{HEAD}<{element} xmlns="{NS}">{_tag("LastModified", iso_time(info.mtime_ns))}'
+            f'{_tag("ETag", chr(34) + info.etag + chr(34))}</{element}>').encode()
+
+
+def location() -> bytes:
+    return f'{HEAD}<LocationConstraint xmlns="{NS}"></LocationConstraint>'.encode()
+
+
+def _local_name(tag: str) -> str:
+    """An element's name without its namespace ({http://s3...}Key -> Key)."""
+    return tag.rpartition("}")[2]
+
+
+def delete_request(body: bytes) -> tuple[list[str], bool]:
+    """The keys of a DeleteObjects body, and whether it asked for a quiet answer."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        raise S3Error("MalformedXML", "the XML you provided was not well-formed") from None
+    keys = [el.text or "" for obj in root if _local_name(obj.tag) == "Object" for el in obj if _local_name(el.tag) == "Key"]
+    quiet = any(_local_name(el.tag) == "Quiet" and (el.text or "").lower() == "true" for el in root)
+    if not keys or len(keys) > MAX_DELETE_KEYS:
+        raise S3Error("MalformedXML", "1 to 1,000 keys can be deleted at once")
+    return keys, quiet
+
+
+def delete_result(deleted: list[str], errors: list[tuple[str, S3Error]], quiet: bool) -> bytes:
+    parts = [] if quiet else [f"<Deleted>{_tag('Key', k)}</Deleted>" for k in deleted]
+    parts += [f"<Error>{_tag('Key', k)}{_tag('Code', e.code)}{_tag('Message', e.message)}</Error>" for k, e in errors]
+    return f'{HEAD}<DeleteResult xmlns="{NS}">{"".join(parts)}</DeleteResult>'.encode()
+
+
+def initiate_multipart(bucket: str, key: str, upload_id: str) -> bytes:
+    return (f'{HEAD}<InitiateMultipartUploadResult xmlns="{NS}">{_tag("Bucket", bucket)}{_tag("Key", key)}'
+            f'{_tag("UploadId", upload_id)}</InitiateMultipartUploadResult>').encode()
+
+
+def complete_request(body: bytes) -> list[tuple[int, str]]:
+    """(part number, ETag) of each part a CompleteMultipartUpload body names, in its order."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        raise S3Error("MalformedXML", "the XML you provided was not well-formed") from None
+    parts = []
+    for part in root:
+        if _local_name(part.tag) != "Part":
+            continue
+        fields = {_local_name(el.tag): (el.text or "") for el in part}
+        try:
+            parts.append((int(fields["PartNumber"]), fields["ETag"]))
+        except (KeyError, ValueError):
+            raise S3Error("MalformedXML", "each Part needs a PartNumber and an ETag") from None
+    return parts
+
+
+def complete_result(location: str, bucket: str, key: str, etag: str) -> bytes:
+    return (f'{HEAD}<CompleteMultipartUploadResult xmlns="{NS}">{_tag("Location", location)}{_tag("Bucket", bucket)}'
+            f'{_tag("Key", key)}{_tag("ETag", chr(34) + etag + chr(34))}</CompleteMultipartUploadResult>').encode()
+
+
+def list_parts(bucket: str, key: str, upload_id: str, parts: list[tuple[int, str, int, int]]) -> bytes:
+    items = "".join(f"<Part>{_tag('PartNumber', n)}{_tag('LastModified', iso_time(m))}"
+                    f"{_tag('ETag', chr(34) + e + chr(34))}{_tag('Size', s)}</Part>" for n, e, s, m in parts)
+    return (f'{HEAD}<ListPartsResult xmlns="{NS}">{_tag("Bucket", bucket)}{_tag("Key", key)}'
+            f'{_tag("UploadId", upload_id)}<IsTruncated>false</IsTruncated>{items}</ListPartsResult>').encode()
+
+
+def list_uploads(bucket: str, uploads: list[tuple[str, str, int]]) -> bytes:
+    items = "".join(f"<Upload>{_tag('Key', k)}{_tag('UploadId', u)}{_tag('Initiated', iso_time(t))}"
+                    "<StorageClass>STANDARD</StorageClass></Upload>" for k, u, t in uploads)
+    return (f'{HEAD}<ListMultipartUploadsResult xmlns="{NS}">{_tag("Bucket", bucket)}'
+            f'<IsTruncated>false</IsTruncated>{items}</ListMultipartUploadsResult>').encode()

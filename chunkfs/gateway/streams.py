@@ -1,0 +1,96 @@
+"""Bodies in and out of the gateway, for both doors: a request body written into a file, a
+file (or a byte range of it) streamed out, and Range headers.
+
+Writes are gathered into pieces of WRITE_PIECE_BYTES before they reach the writer (an HTTP
+server hands a body over in pieces of ~64 KiB, and each write takes the file's lock); reads go
+out a chunk at a time, so the reader's prefetch keeps the next chunks coming.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import trio
+
+from chunkfs import CHUNK_SIZE
+from chunkfs.client import AsyncFile
+
+WRITE_PIECE_BYTES = 1 << 20
+RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class RangeNotSatisfiable(ValueError):
+    """A Range that selects no byte of the file (416 in both doors)."""
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive, as in Content-Range
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+    def content_range(self, size: int) -> str:
+        return f"bytes {self.start}-{self.end}/{size}"
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The one range a Range header asks for, None for the whole file (no header, or one
+    this does not understand, such as several ranges: RFC 9110 lets a server ignore it)."""
+    if not header:
+        return None
+    match = RANGE.match(header.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == "":
+        length = int(last)
+        if length == 0 or size == 0:
+            raise RangeNotSatisfiable(header)
+        return ByteRange(max(0, size - length), size - 1)
+    start = int(first)
+    end = size - 1 if last == "" else min(int(last), size - 1)
+    if start >= size or (last != "" and int(last) < start):
+        raise RangeNotSatisfiable(header)
+    return ByteRange(start, end)
+
+
+async def write_body(afile: AsyncFile, body: AsyncIterator[bytes], seen: Callable[[bytes], None]) -> int:
+    """Write every piece of `body` into `afile` (each also given to `seen`); the bytes written."""
+    pending = bytearray()
+    written = 0
+    async for piece in body:
+        seen(piece)
+        pending += piece
+        if len(pending) >= WRITE_PIECE_BYTES:
+            written += await afile.write(pending)
+            pending = bytearray()
+    if pending:
+        written += await afile.write(pending)
+    return written
+
+
+async def read_body(afile: AsyncFile, byte_range: ByteRange | None, counted: Callable[[int], None] | None = None
+                    ) -> AsyncIterator[bytes]:
+    """The file's bytes (or `byte_range` of them), a chunk at a time; the file is closed at the
+    end, also when the client goes away mid-way."""
+    try:
+        position = 0 if byte_range is None else byte_range.start
+        remaining = afile.size - position if byte_range is None else byte_range.length
+        await afile.seek(position)
+        while remaining > 0:
+            data = await afile.read(min(CHUNK_SIZE - position % CHUNK_SIZE, remaining))
+            if not data:
+                break
+            remaining -= len(data)
+            position += len(data)
+            if counted is not None:
+                counted(len(data))
+            yield data
+    finally:
+        with trio.CancelScope(shield=True):
+            await afile.aclose()
