@@ -140,8 +140,11 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
                 raise FsError(errno.EINTR, "the lock wait was withdrawn") from None
             raise
         m.locks.claimed(client, req.wait_id)
-    with m.db.read() as txn:  # as of the grant: the client drops what it cached of older versions
-        attr = m.namespace.getattr(txn, req.ino)
+    try:  # as of the grant: the client drops what it cached of older versions
+        with m.db.read() as txn:
+            attr: r.Attr | None = m.namespace.getattr(txn, req.ino)
+    except FsError:  # removed while the lock was waited for: granted all the same (its close drops it)
+        attr = None
     return r.LockReply(granted=True, attr=attr, feed_seq=m.changes.last_change_not_by(client),
                        feed_epoch=m.changes.epoch)
 
