@@ -370,13 +370,15 @@ def test_sqlite_on_two_clients_at_once(cluster, second_mount):
     writers, which no network filesystem gives: README.)"""
     import sqlite3
 
-    path = cluster.mnt / "shared.db"
+    (cluster.mnt / "sqlite").mkdir()  # leased to this mount: the database is created without a call
+    path = cluster.mnt / "sqlite" / "shared.db"
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, writer INTEGER, n INTEGER, payload BLOB)")
     db.commit()
     db.close()
     rows = 150
-    writers = [subprocess.Popen([sys.executable, "-c", SQLITE_WRITER, str(mnt / "shared.db"), str(w), str(rows)],
+    writers = [subprocess.Popen([sys.executable, "-c", SQLITE_WRITER, str(mnt / "sqlite" / "shared.db"), str(w),
+                                 str(rows)],
                                 stdout=subprocess.PIPE, text=True)
                for w, mnt in enumerate((cluster.mnt, second_mount))]
     acknowledged: list[set[int]] = [set(), set()]
@@ -391,7 +393,7 @@ def test_sqlite_on_two_clients_at_once(cluster, second_mount):
             writer.wait()
     assert acknowledged == [set(range(rows))] * 2
     for mnt in (cluster.mnt, second_mount):
-        db = sqlite3.connect(mnt / "shared.db")
+        db = sqlite3.connect(mnt / "sqlite" / "shared.db")
         try:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
             stored = db.execute("SELECT writer, n FROM t").fetchall()

@@ -326,6 +326,7 @@ class Client:
         taken, this client reads the file as the metaserver has it then, and has applied the
         changes other clients made before (a file they removed is gone here too). True if the file
         changed since this client cached it (the door drops its own caches of it)."""
+        await self.meta.send_pending(req.ino)  # made here in a leased directory: it must exist there first
         if req.type == r.F_UNLCK:
             await open_file.flush()
             await self.locks.lock(req)
@@ -341,6 +342,7 @@ class Client:
         return True
 
     async def test_lock(self, req: r.LockReq) -> r.LockInfo:
+        await self.meta.send_pending(req.ino)
         return await self.locks.test(req)
 
     # ---- xattrs and the rest ------------------------------------------------------------------------------
