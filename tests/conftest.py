@@ -287,13 +287,20 @@ def fresh_cluster(tmp_path_factory, request):
     yield from _cluster(tmp_path_factory, **getattr(request, "param", {}))
 
 
-@pytest.fixture
-def second_mount(cluster, tmp_path):
-    """A second client: `cluster`'s filesystem mounted again, with a cache of its own."""
-    target = tmp_path / "client-b"
+@contextlib.contextmanager
+def another_mount(cluster, target: Path, options: str = ""):
+    """`cluster`'s filesystem mounted on `target` by a client of its own (its cache beside
+    `target`, mount `options` added), unmounted at the end whatever happened."""
     chunkfs("mount", cluster.metaserver, target, "--secret-file", cluster.secret_file,
-            "-o", f"cache_dir={tmp_path / 'cache-b'}")
+            "-o", ",".join([f"cache_dir={target}-cache", *filter(None, [options])]))
     try:
         yield target
     finally:
         unmount(target)
+
+
+@pytest.fixture
+def second_mount(cluster, tmp_path):
+    """A second client: `cluster`'s filesystem mounted again, with a cache of its own."""
+    with another_mount(cluster, tmp_path / "client-b") as target:
+        yield target

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import io
 import os
 import logging
@@ -210,6 +211,14 @@ class File(io.RawIOBase):
     def flush(self) -> None:
         self._afile.seekable()  # ValueError once closed, as io
         self._thread.call(self._afile.flush)
+
+    def lock(self, exclusive: bool = True, *, blocking: bool = True, start: int = 0, length: int = 0) -> None:
+        """See AsyncFile.lock: a byte-range lock held between every client, this file object's."""
+        self._thread.call(functools.partial(self._afile.lock, exclusive, blocking=blocking, start=start,
+                                            length=length))
+
+    def unlock(self, start: int = 0, length: int = 0) -> None:
+        self._thread.call(self._afile.unlock, start, length)
 
     def close(self) -> None:
         if not self._afile.closed:

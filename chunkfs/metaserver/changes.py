@@ -138,6 +138,14 @@ class ChangeFeed:
         self._log.append((self.seq, origin, encoded))
         self.wake()
 
+    def last_change_not_by(self, client_id: str, scan: int = 1000) -> int:
+        """The seq of the newest change another client than `client_id` made, looking at most
+        `scan` changes back (past them: the seq just before the oldest one looked at)."""
+        for seq, origin, _encoded in itertools.islice(reversed(self._log), scan):
+            if origin != client_id:
+                return seq
+        return max(0, self.seq - scan)
+
     @staticmethod
     def encode_batch(batch: EncodedChangeBatch) -> bytes:
         """The reply's JSON (its changes were encoded as they were published)."""
