@@ -123,3 +123,22 @@ def test_importing_the_client_loads_no_fuse():
     code = "import sys, chunkfs.client, chunkfs.client.core; print(sorted(m for m in sys.modules if 'fuse' in m))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("address", ["\U0001f600:1", "a\x00b:1", "[::1:5"])
+def test_an_address_that_is_none_is_a_value_error_of_the_httpx_transport(address):
+    """What fsck and gc catch for a chunkserver registered with an address that is none (the
+    route fuzzer registered one as an emoji, and fsck answered 500: httpx's InvalidURL is no
+    ValueError)."""
+    import trio
+
+    from chunkfs.protocol.transport import HttpxTransport
+
+    async def send(transport) -> None:
+        try:
+            await transport.send("GET", address, "/health", [("Host", address)], None)
+        finally:
+            await transport.aclose()
+
+    with pytest.raises(ValueError, match="is not an address"):
+        trio.run(send, HttpxTransport(5, 5, 1))

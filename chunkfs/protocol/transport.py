@@ -6,7 +6,8 @@
   trio and ~0.3 ms through this transport (a bare socket round trip is 0.16 ms).
 
 `headers` include Host (it is signed). Both raise `TransportFailure` for anything worth retrying (refused, reset, time-out, a
-keep-alive connection the server closed) and return a `Response` otherwise.
+keep-alive connection the server closed), ValueError for an address that is none (a server may
+register with anything), and return a `Response` otherwise.
 
 A large response body (a chunk) skips h11's buffers: `TrioH11Transport` receives it straight
 into one buffer of its Content-Length with `recv_into`, where h11 would copy every byte three
@@ -83,6 +84,8 @@ class HttpxTransport:
                                                 headers=headers)
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             raise TransportFailure(f"{type(exc).__name__}: {exc}") from None
+        except httpx.InvalidURL as exc:  # not a ValueError in httpx; the trio transport's is one
+            raise ValueError(f"{address!r} is not an address: {exc}") from None
         return Response(response.status_code, response.content, response.headers.raw)
 
     async def aclose(self) -> None:
