@@ -44,7 +44,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -270,25 +269,36 @@ async def decade_row(bench: Bench, files: int, rate: float) -> dict:
     }
 
 
+SCRAPER = """
+import signal, sys, httpx
+count = 0
+signal.signal(signal.SIGTERM, lambda *_: (print(count, flush=True), sys.exit(0)))
+with httpx.Client(timeout=120) as client:
+    while True:
+        client.get(sys.argv[1])
+        if count == 0:
+            print("scraping", flush=True)
+        count += 1
+"""
+
+
 async def getattr_under_scrapes(bench: Bench) -> tuple[float, float, int]:
-    """getattr (p50, p99) while another thread scrapes /metrics in a loop; the scrapes made."""
-    stop = threading.Event()
-    scrapes = [0]
-
-    def scrape() -> None:
-        with httpx.Client() as client:
-            while not stop.is_set():
-                client.get(f"http://{bench.server.address}/metrics", timeout=120)
-                scrapes[0] += 1
-
-    thread = threading.Thread(target=scrape)
-    thread.start()
+    """getattr (p50, p99) while another process scrapes /metrics in a loop (a thread of this one
+    would hold the GIL the getattrs' own event loop needs); the scrapes made."""
+    scraper = await trio.lowlevel.open_process([sys.executable, "-c", SCRAPER, f"http://{bench.server.address}/metrics"],
+                                               stdout=subprocess.PIPE)
+    assert scraper.stdout is not None
+    said = b""
     try:
+        while b"scraping" not in said:
+            said += await scraper.stdout.receive_some()
         p50, p99 = await bench.latencies(bench.getattr)
     finally:
-        stop.set()
-        thread.join()
-    return p50, p99, scrapes[0]
+        scraper.terminate()
+        while piece := await scraper.stdout.receive_some():
+            said += piece
+        await scraper.wait()
+    return p50, p99, int(said.split()[-1])
 
 
 async def window(bench: Bench, creates: int) -> dict:
@@ -298,13 +308,16 @@ async def window(bench: Bench, creates: int) -> dict:
     return {"create_per_s": rate, "getattr_p50_ms": p50, "getattr_p99_ms": p99, "load": load()}
 
 
-async def compare(reference: Bench, bench: Bench, windows: int, creates: int) -> dict:
-    """The two metaservers measured in alternating windows (which goes first alternates too)."""
-    taken: dict[str, list[dict]] = {"reference": [], "full": []}
-    for w in range(windows):
+async def compare(reference: Bench, bench: Bench, windows: int, creates: int, warmup: int) -> dict:
+    """The two metaservers measured in alternating windows (which goes first alternates too).
+    The first `warmup` windows of each are kept apart: a metaserver just started maps the pages
+    of its database as getattrs first touch them (from disk if the page cache lost them), a
+    one-off cost after a start that grows with the database, not a per-call one."""
+    taken: dict[str, list[dict]] = {"reference": [], "full": [], "warmup_reference": [], "warmup_full": []}
+    for w in range(warmup + windows):
         order = [("reference", reference), ("full", bench)]
         for name, b in order if w % 2 == 0 else order[::-1]:
-            taken[name].append(await window(b, creates))
+            taken[name if w >= warmup else f"warmup_{name}"].append(await window(b, creates))
     return taken
 
 
@@ -356,54 +369,102 @@ def reference_copy(bench: Bench, root: Path) -> Bench:
     return reference
 
 
+def files_of(server: Metaserver, per_dir: int) -> tuple[array.array, array.array]:
+    """(every inode, the directories d0, d1, ... in order) of a database made by an earlier run,
+    read straight from LMDB (`--resume`); getattrs then pick among all inodes."""
+    from chunkfs.metaserver.db import MetaDB, read_u64, u64
+
+    db = MetaDB(server.data_dir)
+    try:
+        with db.read() as txn:
+            inodes = array.array("Q", (read_u64(k) for k in txn.cursor(db=db.inodes).iternext(values=False)))
+            named = {}
+            cursor = txn.cursor(db=db.dentries)
+            cursor.set_range(u64(ROOT_INO))
+            for key, value in cursor:
+                if read_u64(key[:8]) != ROOT_INO:
+                    break
+                if key[8:9] == b"d" and key[9:].isdigit():
+                    named[int(key[9:])] = read_u64(value)
+    finally:
+        db.close()
+    return inodes, array.array("Q", (named[k] for k in range(len(named))))
+
+
+async def build(args: argparse.Namespace, root: Path, bench: Bench, rows: list[dict]) -> Bench:
+    """Files up to `--files`, a row at each decade; the reference copy taken at `--reference`."""
+    reference = None
+    marks = sorted({n for n in (10**k for k in range(3, 12)) if n < args.files} | {args.files, args.reference})
+    for mark in marks:
+        rate = await bench.create(mark, args.api_per_decade if mark > args.api_until else 0)
+        rows.append(await decade_row(bench, mark, rate))
+        print(json.dumps(rows[-1]), flush=True)
+        if mark == args.reference:
+            reference = reference_copy(bench, root / "reference")
+    assert reference is not None
+    return reference
+
+
+def resumed(args: argparse.Namespace, root: Path, bench: Bench, rows: list[dict]) -> Bench:
+    """The metaservers of an earlier run's `--dir` (kept with `--keep`) and its rows (from the
+    log it printed, `--resume LOG`)."""
+    rows += [json.loads(line) for line in Path(args.resume).read_text().splitlines() if line.startswith('{"files"')]
+    bench.inodes, bench.dirs = files_of(bench.server, args.per_dir)
+    reference = Bench(Metaserver(root / "reference"), args.callers, args.per_dir)
+    reference.inodes, reference.dirs = files_of(reference.server, args.per_dir)
+    reference.server.start()
+    return reference
+
+
+def note(end: dict, **figures) -> None:
+    """Figures into `end`, printed at once (a long run's later steps may not be reached)."""
+    end.update(figures)
+    print(json.dumps({**figures, "load": round(load(), 1)}), flush=True)
+
+
 async def run(args: argparse.Namespace, root: Path) -> tuple[list[dict], dict]:
     server = Metaserver(root)
     server.start()
     bench = Bench(server, args.callers, args.per_dir)
     reference: Bench | None = None
     rows: list[dict] = []
-    marks = sorted({n for n in (10**k for k in range(3, 12)) if n < args.files} | {args.files, args.reference})
+    end: dict = {"reference_files": args.reference}
     try:
-        for mark in marks:
-            rate = await bench.create(mark, args.api_per_decade if mark > args.api_until else 0)
-            rows.append(await decade_row(bench, mark, rate))
-            print(json.dumps(rows[-1]), flush=True)
-            if mark == args.reference:
-                reference = reference_copy(bench, root / "reference")
-        assert reference is not None
-        compared = await compare(reference, bench, args.windows, args.window_creates)
-        scraped = await scrape_windows(bench, args.windows)
-        backup = root / "backup.mdb.zst"
-        fsck_s, fsck_out = server.cli("fsck", "--json")
-        cli_status = {"reference": [], "full": []}
+        reference = resumed(args, root, bench, rows) if args.resume else await build(args, root, bench, rows)
+        note(end, compared=await compare(reference, bench, args.windows, args.window_creates, args.warmup_windows))
+        note(end, scrape_windows=await scrape_windows(bench, args.windows))
+        if args.windows_only:
+            return rows, end
+        cli_status: dict[str, list[float]] = {"reference": [], "full": []}
         for _ in range(3):
             cli_status["reference"].append(reference.server.cli_seconds("status", "--json"))
             cli_status["full"].append(server.cli_seconds("status", "--json"))
-        end = {
-            "reference_files": args.reference, "compared": compared, "scrape_windows": scraped,
-            "status_ms": round(await bench.status_ms(), 1), "metrics_ms": round(server.metrics_ms(), 1),
-            "status_page_ms": round(server.metrics_ms("/"), 1),
-            "chunkfs_status_s": round(statistics.median(cli_status["full"]), 2),
-            "chunkfs_status_s_reference": round(statistics.median(cli_status["reference"]), 2),
-            "chunkfs_fsck_s": round(fsck_s, 1),
-            "chunkfs_fsck_files_per_s": json.loads(fsck_out).get("files_per_s") if fsck_out.strip() else None,
-            "chunkfs_backup_s": round(server.cli_seconds("backup", str(backup)), 1),
-            "backup_mib": round(backup.stat().st_size / 2**20, 1) if backup.exists() else None,
-            "database_mib": round((server.data_dir / "data.mdb").stat().st_blocks * 512 / 2**20, 1),
-            "restart_s": round(await restart_seconds(bench), 2),
-            "load": round(load(), 1),
-        }
-        print(json.dumps(end), flush=True)
+        note(end, status_ms=round(await bench.status_ms(), 1), metrics_ms=round(server.metrics_ms(), 1),
+             status_page_ms=round(server.metrics_ms("/"), 1),
+             chunkfs_status_s=round(statistics.median(cli_status["full"]), 2),
+             chunkfs_status_s_reference=round(statistics.median(cli_status["reference"]), 2))
+        note(end, restart_s=round(await restart_seconds(bench), 2))
+        await reference.http.aclose()
+        reference.server.stop()
+        reference = None
+        if args.restart_pause:
+            server.stop()
+            note(end, restart_pause=restart_pause(root, random.randrange(20000, 29000)))
+            server.start()
+        backup = root / "backup.mdb.zst"
+        note(end, chunkfs_backup_s=round(server.cli_seconds("backup", str(backup)), 1),
+             backup_mib=round(backup.stat().st_size / 2**20, 1) if backup.exists() else None,
+             database_mib=round((server.data_dir / "data.mdb").stat().st_blocks * 512 / 2**20, 1))
+        fsck_s, fsck_out = server.cli("fsck", "--json")
+        note(end, chunkfs_fsck_s=round(fsck_s, 1),
+             chunkfs_fsck_files_per_s=json.loads(fsck_out).get("files_per_s") if fsck_out.strip() else None)
+        end["load"] = round(load(), 1)
     finally:
         await bench.http.aclose()
         server.stop()
         if reference is not None:
             await reference.http.aclose()
             reference.server.stop()
-    if args.restart_pause:
-        end["restart_pause"] = restart_pause(root, random.randrange(20000, 29000))
-        end["restart_pause"]["load"] = round(load(), 1)
-        print(json.dumps(end["restart_pause"]), flush=True)
     return rows, end
 
 
@@ -430,6 +491,11 @@ def criteria(rows: list[dict], end: dict) -> list[tuple[str, str, str, str]]:
 
     ratio("creates/s", "create_per_s", True)
     ratio("getattr p99 ms", "getattr_p99_ms", False)
+    warm_ref, warm_full = end["compared"].get("warmup_reference"), end["compared"].get("warmup_full")
+    if warm_ref and warm_full:
+        out.append(("first window after the start (kept apart): creates/s, getattr p99 ms",
+                    ", ".join(f"{w['create_per_s']:.0f}, {w['getattr_p99_ms']:.1f}" for w in warm_ref),
+                    ", ".join(f"{w['create_per_s']:.0f}, {w['getattr_p99_ms']:.1f}" for w in warm_full), ""))
     by_files = {row["files"]: row for row in rows}
     last = rows[-1]
     base = by_files.get(last["files"] // 10)
@@ -439,11 +505,15 @@ def criteria(rows: list[dict], end: dict) -> list[tuple[str, str, str, str]]:
                     f"{'holds' if b <= 1.2 * a and b < 300 else 'fails'}: {b / a:.2f}×, < 300"))
     for key, name in (("status_ms", "/v1/status (chunkfs status' request) ms"), ("metrics_ms", "/metrics ms"),
                       ("status_page_ms", "status page ms")):
-        out.append((name, "", f"{end[key]}", "holds" if end[key] < 50 else "fails"))
-    a, b = end["chunkfs_status_s_reference"], end["chunkfs_status_s"]
-    out.append(("`chunkfs status --json` s, the whole command (median of 3 each)", f"{a}", f"{b}",
-                f"{b / a:.2f}× (Python's start-up; its request is /v1/status)"))
-    scraped = end["scrape_windows"]
+        if key in end:
+            out.append((name, "", f"{end[key]}", "holds" if end[key] < 50 else "fails"))
+    if "chunkfs_status_s" in end:
+        a, b = end["chunkfs_status_s_reference"], end["chunkfs_status_s"]
+        out.append(("`chunkfs status --json` s, the whole command (median of 3 each)", f"{a}", f"{b}",
+                    f"{b / a:.2f}× (Python's start-up; its request is /v1/status)"))
+    scraped = end.get("scrape_windows")
+    if not scraped:
+        return out
     quiet_p99 = [p99 for _p50, p99 in scraped["quiet"]]
     busy_p99 = [p99 for _p50, p99 in scraped["scraped"]]
     a, b = statistics.median(quiet_p99), statistics.median(busy_p99)
@@ -467,7 +537,7 @@ def print_table(rows: list[dict], end: dict) -> None:
     print()
     loads = [w["load"] for ws in end["compared"].values() for w in ws]
     print(f"Acceptance ({end['reference_files']:,} files against {rows[-1]['files']:,}; "
-          f"load {min(loads):.1f} to {max(loads):.1f} during the windows, {end['load']} at the end):")
+          f"load {min(loads):.1f} to {max(loads):.1f} during the windows, {end.get('load')} at the end):")
     print()
     print("| criterion | baseline | at full size | verdict |")
     print("|---|---|---|---|")
@@ -496,6 +566,13 @@ def main() -> None:
                              "full one is compared with")
     parser.add_argument("--windows", type=int, default=5, help="measuring windows of each kind")
     parser.add_argument("--window-creates", type=int, default=2000, help="API creates in a window")
+    parser.add_argument("--warmup-windows", type=int, default=1,
+                        help="windows of each metaserver measured first and kept apart (see compare)")
+    parser.add_argument("--windows-only", action="store_true",
+                        help="stop after the alternating windows (with --resume: measure them again)")
+    parser.add_argument("--resume", metavar="LOG",
+                        help="measure the end of an earlier run again: its --dir (kept with --keep) and the "
+                             "log it printed (for its rows); nothing is created but the windows' files")
     parser.add_argument("--restart-pause", action="store_true",
                         help="at the end, restart the metaserver while a mount copies files (needs FUSE)")
     args = parser.parse_args()

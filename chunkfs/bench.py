@@ -64,15 +64,40 @@ FIGURES = (
     Figure("tree_cp_s", "tree: cp -a", "s", False),
     Figure("tree_rsync_s", "tree: rsync -a, no-op", "s", False),
     Figure("cp_in_mib_s", "cp of a local file into it", "MiB/s", True),
+    Figure("cp_out_mib_s", "cp of a file out of it to local disk, cold", "MiB/s", True),
     Figure("put_mib_s", "chunkfs put (CLI, no mount)", "MiB/s", True),
     Figure("get_mib_s", "chunkfs get (CLI, no mount)", "MiB/s", True),
     Figure("api_write_mib_s", "API write, 1 MiB + close", "MiB/s", True),
     Figure("api_read_mib_s", "API read, new client", "MiB/s", True),
     Figure("api_create_files_s", "API create 4 KiB files", "files/s", True),
+    Figure("put_per_cp_in", "put / cp into the mount", "×", True),
+    Figure("get_per_cold_read", "get / the mount's cold read", "×", True),
+    Figure("get_per_cp_out", "get / cp out of the mount", "×", True),
+    Figure("api_write_per_seq_write", "API write / the mount's write", "×", True),
+    Figure("api_read_per_cold_read", "API read / the mount's cold read", "×", True),
+    Figure("api_creates_per_creates", "API creates / the mount's creates", "×", True),
 )
-"""The last six: the same cluster through its other doors (`client` group). `cp` is timed in
-every directory; put/get and the API only where the directory is a chunkfs mount, on the
-cluster behind it, so they stand in its column beside the mount's own figures."""
+"""From `cp_in` on: the same cluster through its other doors (`client` group). `cp` in and out is
+timed in every directory; put/get and the API only where the directory is a chunkfs mount, on
+the cluster behind it, so they stand in its column beside the mount's own figures, and the last
+six set each door beside the mount (`DOOR_RATIOS`: where both figures were measured in the run).
+`get` writes a local file, as `cp` out of the mount does and the cold read (to nowhere) does not:
+get/cp_out compares the same work."""
+
+DOOR_RATIOS = {
+    "put_per_cp_in": ("put_mib_s", "cp_in_mib_s"),
+    "get_per_cold_read": ("get_mib_s", "cold_read_mib_s"),
+    "get_per_cp_out": ("get_mib_s", "cp_out_mib_s"),
+    "api_write_per_seq_write": ("api_write_mib_s", "seq_write_mib_s"),
+    "api_read_per_cold_read": ("api_read_mib_s", "cold_read_mib_s"),
+    "api_creates_per_creates": ("api_create_files_s", "create_files_s"),
+}
+"""A door's figure over the mount's figure for the same work (>= 1: the door is as fast or faster)."""
+
+
+def door_ratios(figures: dict[str, float]) -> dict[str, float]:
+    return {key: figures[door] / figures[mount] for key, (door, mount) in DOOR_RATIOS.items()
+            if figures.get(door) and figures.get(mount)}
 
 
 @dataclass(frozen=True)
@@ -284,11 +309,25 @@ def _tree_rsync(ws: _Workspace) -> dict[str, float]:
 
 
 def _cp_in(ws: _Workspace) -> dict[str, float]:
-    """`cp` of a local file (in the page cache) into the directory: what a user compares `put` with."""
-    target = ws.scratch / "cp-in"
-    elapsed = _timed_command(["cp", str(ws.local_file), str(target)], ws.settings.command_timeout_s)
-    target.unlink()
+    """`cp` of a local file (in the page cache) into the directory: what a user compares `put`
+    with. The copy stays until the scratch directory goes: removed here, its chunks would be
+    deleted on the chunkservers while `put` is timed right after."""
+    elapsed = _timed_command(["cp", str(ws.local_file), str(ws.scratch / "cp-in")], ws.settings.command_timeout_s)
     return {"cp_in_mib_s": ws.settings.size_mb / elapsed}
+
+
+def _cp_out(ws: _Workspace) -> dict[str, float]:
+    """`cp` of the file `_cp_in` made out to local disk, its caches dropped first (the mount's
+    and, as root, the kernel's): what a user compares `get` with."""
+    drop_client_cache(ws.scratch)
+    if not drop_page_cache():
+        ws.page_cache_dropped = False
+    target = ws.local_file.with_name("cp-out")
+    try:
+        elapsed = _timed_command(["cp", str(ws.scratch / "cp-in"), str(target)], ws.settings.command_timeout_s)
+    finally:
+        target.unlink(missing_ok=True)
+    return {"cp_out_mib_s": ws.settings.size_mb / elapsed}
 
 
 def _cluster_behind(directory: Path) -> tuple[str, str, str] | None:
@@ -301,6 +340,13 @@ def _cluster_behind(directory: Path) -> tuple[str, str, str] | None:
     return record["metaserver"], record["secret_file"], "/" + ("" if below == "." else below)
 
 
+def _chunkfs_command() -> list[str]:
+    """The `chunkfs` command as a user runs it: the script installed beside this interpreter
+    (else the same code through `python -m chunkfs.cli`)."""
+    script = Path(sys.executable).with_name("chunkfs")
+    return [str(script)] if os.access(script, os.X_OK) else [sys.executable, "-m", "chunkfs.cli"]
+
+
 def _client_doors(ws: _Workspace) -> dict[str, float]:
     """The CLI's put and get (whole commands, the interpreter's start included) and the Python
     API's sequential write, read and small-file creates, on the cluster behind the mount."""
@@ -310,12 +356,14 @@ def _client_doors(ws: _Workspace) -> dict[str, float]:
     from chunkfs import client
 
     metaserver, secret_file, scratch = cluster
-    cli = [sys.executable, "-m", "chunkfs.cli"]
+    cli = _chunkfs_command()
     where = ["--metaserver", metaserver, "--secret-file", secret_file]
     size_mb, timeout_s = ws.settings.size_mb, ws.settings.command_timeout_s
     figures = {"put_mib_s": size_mb / _timed_command([*cli, "put", str(ws.local_file), f"{scratch}/put", *where],
                                                      timeout_s)}
     back = ws.local_file.with_name("got")
+    if drop_page_cache():  # cold data, as the mount's cold read and cp out (a new process has no chunk cache)
+        _timed_command([*cli, "ls", scratch, *where], timeout_s)  # but the CLI's own code read back, as a user has it
     try:
         figures["get_mib_s"] = size_mb / _timed_command([*cli, "get", f"{scratch}/put", str(back), *where], timeout_s)
     finally:
@@ -356,7 +404,8 @@ STEPS: tuple[tuple[str, Callable[[_Workspace], dict[str, float]]], ...] = (
     ("small files", _small_files),
     ("tree cp -a", _tree_cp),
     ("tree rsync -a", _tree_rsync),
-    ("cp of a local file", _cp_in),
+    ("cp of a local file in", _cp_in),
+    ("cp of a file out", _cp_out),
     ("put, get and the API", _client_doors),
 )
 GROUPS = {"data": STEPS[:4], "small": STEPS[4:5], "tree": STEPS[5:7], "client": STEPS[7:]}
@@ -398,6 +447,7 @@ def measure(directory: Path, settings: BenchSettings, tree_source: Path, local_f
         for i, (name, step) in enumerate(steps_of(settings)):
             on_step(steps_before + i, f"{directory}: {name}")
             result.figures.update(step(ws))
+        result.figures.update(door_ratios(result.figures))
     finally:
         _remove(scratch)
     result.page_cache_dropped = ws.page_cache_dropped

@@ -181,6 +181,8 @@ class ClusterCollector(Collector):
             ("capacity_bytes", "Capacity of the live chunkservers", s.total_bytes),
             ("free_bytes", "Free space of the live chunkservers", s.free_bytes),
             ("default_goal", "Replicas kept of a chunk unless its directory says otherwise", s.default_goal),
+            ("locks_held", "flock and fcntl locks held by clients", s.locks_held),
+            ("lock_waits", "Lock requests waiting for a conflicting lock to go", s.lock_waits),
         ):
             yield GaugeMetricFamily(f"chunkfs_cluster_{name}", doc, value=value)
         yield from _per_server(s.servers)

@@ -20,9 +20,24 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PYTHON=${PYTHON:-python3}
+PYFUSE3_VERSION=3.5.0  # as setup.cfg pins it: patches/pyfuse3-locks.patch is made against it
+PYFUSE3_LOCKS_REVISION=2  # the patch's pyfuse3.LOCK_HANDLERS: a changed patch is built again
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+# pyfuse3 with lock handlers (getlk/setlk/flock; no release has them): its source release,
+# pinned, with patches/pyfuse3-locks.patch applied, built here (Cython, 1-4 min), before the
+# install below, which then finds pyfuse3==3.5.0 there
+if ! .venv/bin/python -c "import pyfuse3, sys; sys.exit(getattr(pyfuse3, 'LOCK_HANDLERS', 0) != $PYFUSE3_LOCKS_REVISION)" 2>/dev/null; then
+  echo "building pyfuse3 $PYFUSE3_VERSION with lock handlers"
+  build=$(mktemp -d)
+  trap 'rm -rf "$build"' EXIT
+  .venv/bin/pip download -q --no-deps --no-binary pyfuse3 "pyfuse3==$PYFUSE3_VERSION" -d "$build"
+  tar -xzf "$build/pyfuse3-$PYFUSE3_VERSION.tar.gz" -C "$build"
+  (cd "$build/pyfuse3-$PYFUSE3_VERSION" && git apply -p1 "$OLDPWD/patches/pyfuse3-locks.patch")
+  .venv/bin/pip install -q --no-deps --force-reinstall "$build/pyfuse3-$PYFUSE3_VERSION"
+fi
+
 stamp=.venv/.chunkfs-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip

@@ -200,7 +200,7 @@ class Cluster:
     """A local cluster under `root`: data in root/.chunkfs, mounted at root/mnt."""
 
     def __init__(self, root: Path, chunkservers: int = 3, goal: int = 3, mount_options: str = "retry_s=5",
-                 up_options: tuple[str, ...] = ()):
+                 up_options: tuple[str, ...] = (), gateway: bool = False):
         self.root = root
         self.dir = root / ".chunkfs"
         self.mnt = root / "mnt"
@@ -208,6 +208,9 @@ class Cluster:
         self.goal = goal
         self.mount_options = mount_options
         self.up_options = up_options  # more `chunkfs up` flags, e.g. ("--heartbeat-timeout-s", "3")
+        # `chunkfs up` starts a gateway unless told not to; a test cluster has none unless it asks
+        # (the gateway's client polls the change feed, which tests of the mount's polls count)
+        self.gateway = gateway
         self.port = free_port_block(chunkservers + 1)
 
     @property
@@ -220,7 +223,8 @@ class Cluster:
 
     def up(self) -> None:
         chunkfs("up", "--dir", self.dir, "--mount", self.mnt, "--chunkservers", self.chunkservers,
-                "--goal", self.goal, "--port", self.port, "-o", self.mount_options, *self.up_options)
+                "--goal", self.goal, "--port", self.port, "-o", self.mount_options, *self.up_options,
+                *(() if self.gateway else ("--no-gateway",)))
 
     def down(self) -> None:
         chunkfs("down", "--dir", self.dir)
@@ -283,13 +287,20 @@ def fresh_cluster(tmp_path_factory, request):
     yield from _cluster(tmp_path_factory, **getattr(request, "param", {}))
 
 
-@pytest.fixture
-def second_mount(cluster, tmp_path):
-    """A second client: `cluster`'s filesystem mounted again, with a cache of its own."""
-    target = tmp_path / "client-b"
+@contextlib.contextmanager
+def another_mount(cluster, target: Path, options: str = ""):
+    """`cluster`'s filesystem mounted on `target` by a client of its own (its cache beside
+    `target`, mount `options` added), unmounted at the end whatever happened."""
     chunkfs("mount", cluster.metaserver, target, "--secret-file", cluster.secret_file,
-            "-o", f"cache_dir={tmp_path / 'cache-b'}")
+            "-o", ",".join([f"cache_dir={target}-cache", *filter(None, [options])]))
     try:
         yield target
     finally:
         unmount(target)
+
+
+@pytest.fixture
+def second_mount(cluster, tmp_path):
+    """A second client: `cluster`'s filesystem mounted again, with a cache of its own."""
+    with another_mount(cluster, tmp_path / "client-b") as target:
+        yield target

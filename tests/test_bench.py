@@ -10,7 +10,8 @@ import sys
 from conftest import wait_until
 
 FIGURES = {"seq_write_mib_s", "cold_read_mib_s", "warm_read_mib_s", "random_read_iops", "create_files_s",
-           "stat_files_s", "stat_cold_files_s", "unlink_files_s", "tree_cp_s", "tree_rsync_s", "cp_in_mib_s"}
+           "stat_files_s", "stat_cold_files_s", "unlink_files_s", "tree_cp_s", "tree_rsync_s", "cp_in_mib_s",
+           "cp_out_mib_s"}
 
 
 def test_bench_reports_every_figure_and_cleans_up(tmp_path):
@@ -100,7 +101,16 @@ def test_bench_of_a_mount_sets_put_get_and_the_api_beside_it(cluster):
                              "--size-mb", "16", "--files", "20", "--json"], capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)["results"][str(cluster.mnt)]
-    assert set(figures) == {"cp_in_mib_s", "put_mib_s", "get_mib_s", "api_write_mib_s", "api_read_mib_s",
-                            "api_create_files_s"}
+    assert set(figures) == {"cp_in_mib_s", "cp_out_mib_s", "put_mib_s", "get_mib_s", "api_write_mib_s",
+                            "api_read_mib_s", "api_create_files_s", "put_per_cp_in", "get_per_cp_out"}
+    assert figures["put_per_cp_in"] == figures["put_mib_s"] / figures["cp_in_mib_s"]
     assert all(value > 0 for value in figures.values())
     assert [p.name for p in cluster.mnt.iterdir()] == []
+
+
+def test_door_ratios_set_each_door_beside_the_mount_where_both_were_measured():
+    from chunkfs.bench import door_ratios
+
+    figures = {"put_mib_s": 50.0, "cp_in_mib_s": 100.0, "get_mib_s": 300.0, "api_read_mib_s": 200.0,
+               "cold_read_mib_s": 200.0, "api_create_files_s": 10.0}
+    assert door_ratios(figures) == {"put_per_cp_in": 0.5, "get_per_cold_read": 1.5, "api_read_per_cold_read": 1.0}

@@ -20,7 +20,7 @@ import pytest
 import trio
 
 import chunkfs.client
-from chunkfs import INLINE_MAX_BYTES
+from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
 from conftest import chunkfs as chunkfs_command
 from conftest import free_port_block, metaserver_calls, sigint_as_at_a_terminal, wait_until
 
@@ -95,6 +95,32 @@ def test_a_multi_chunk_file_with_a_rewrite_in_its_middle(fs, home):
     data[4 * MiB - 10 : 4 * MiB + 10] = b"x" * 20
     with fs.open(f"{home}/big", "rb") as f:
         assert f.read() == data
+
+
+def test_writes_that_cover_whole_chunks_read_back_and_take_later_writes(fs, home):
+    """A write covering a chunk whole is kept as written (bytes) or copied once (a buffer the
+    caller goes on using): later writes into that chunk and reads before close see it all."""
+    chunk = CHUNK_SIZE
+    first, buffer = os.urandom(chunk), bytearray(os.urandom(chunk))
+    expected = bytearray(first + buffer)
+    with fs.open(f"{home}/f", "w+b") as f:
+        f.write(first)
+        f.write(buffer)
+        buffer[:] = bytes(chunk)  # the caller reuses its buffer: what was written stays
+        f.seek(10)
+        f.write(b"patch")
+        expected[10:15] = b"patch"
+        f.seek(0)
+        assert f.read() == expected
+        span = os.urandom(2 * chunk + 100)  # chunks 3 and 4 whole, inside one unaligned write
+        f.seek(3 * chunk - 50)
+        f.write(memoryview(span))
+        expected += bytes(chunk - 50) + span
+        f.seek(3 * chunk + 7)
+        f.write(b"again")
+        expected[3 * chunk + 7 : 3 * chunk + 12] = b"again"
+    with fs.open(f"{home}/f", "rb") as f:
+        assert f.read() == expected
 
 
 def test_the_namespace_calls(fs, home):

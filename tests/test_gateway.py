@@ -4,6 +4,7 @@ permissions), and S3's own XML errors for bad requests."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +61,7 @@ def _healthy(rest: str) -> bool:
 @pytest.fixture(scope="module")
 def gateway_cluster(tmp_path_factory):
     """A cluster without `chunkfs up`'s gateway: the `gateway` fixture runs its own."""
-    yield from _cluster(tmp_path_factory, up_options=("--no-gateway",))
+    yield from _cluster(tmp_path_factory)
 
 
 @contextlib.contextmanager
@@ -93,7 +95,8 @@ def _listening(port: int) -> bool:
 def gateway(gateway_cluster, tmp_path_factory):
     """The gateway of these tests, on the ports free_port_block kept for it."""
     port = gateway_cluster.port
-    with running_gateway(gateway_cluster, tmp_path_factory.mktemp("gateway"), port + 60, port + 61) as gw:
+    with running_gateway(gateway_cluster, tmp_path_factory.mktemp("gateway"), port + 60, port + 61,
+                         "--domain", "s3.test") as gw:
         wait_until(lambda: _healthy(gw.rest), 30, "the gateway answers /health")
         yield gw
 
@@ -120,6 +123,9 @@ def test_boto3_objects_are_the_mounts_files(gateway_cluster, s3):
     got = s3.get_object(Bucket="boto", Key="dir/sub/one.bin")
     assert got["Body"].read() == body
     assert (got["ContentType"], got["Metadata"], got["ETag"]) == ("application/x-test", {"colour": "blue"}, put["ETag"])
+    checked = s3.get_object(Bucket="boto", Key="dir/sub/one.bin", ChecksumMode="ENABLED")  # boto3 checks the body
+    assert checked["ChecksumCRC32"] == base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    assert checked["Body"].read() == body
     (mnt / "boto/from-mount.txt").write_bytes(b"written on the mount")
     assert s3.get_object(Bucket="boto", Key="from-mount.txt")["Body"].read() == b"written on the mount"
     assert "boto" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
@@ -196,6 +202,10 @@ def test_bad_requests_get_s3_errors(gateway, s3, root_key):
     assert _code(lambda: s3.create_bucket(Bucket="errors")) == "BucketAlreadyOwnedByYou"
     assert _code(lambda: s3.put_object(Bucket="errors", Key="a/../b", Body=b"")) == "InvalidArgument"
     assert _code(lambda: s3.put_object(Bucket="errors", Key="x" * 1025, Body=b"")) == "KeyTooLongError"
+    assert _code(lambda: s3.put_object(Bucket="errors", Key="k/under-a-file", Body=b"")) == "ObjectConflict"
+    s3.put_object(Bucket="errors", Key="dir/inside", Body=b"")
+    assert _code(lambda: s3.put_object(Bucket="errors", Key="dir", Body=b"")) == "ObjectConflict"
+    s3.delete_object(Bucket="errors", Key="dir/inside")
     assert _code(lambda: s3.put_object(Bucket="errors", Key="md5", Body=b"abc", ContentMD5="AAAAAAAAAAAAAAAAAAAAAA==")
                  ) == "BadDigest"
     wrong = gateway.client({**root_key, "secret_access_key": "not-the-secret"})
@@ -214,6 +224,12 @@ def test_presigned_urls(s3):
     url = s3.generate_presigned_url("get_object", Params={"Bucket": "presigned", "Key": "p.txt"}, ExpiresIn=300)
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.read() == b"presigned body"
+    download = s3.generate_presigned_url("get_object", ExpiresIn=300, Params={
+        "Bucket": "presigned", "Key": "p.txt", "ResponseContentType": "text/x-chosen",
+        "ResponseContentDisposition": 'attachment; filename="p.txt"'})
+    with urllib.request.urlopen(download, timeout=10) as response:
+        assert response.headers["Content-Type"] == "text/x-chosen"
+        assert response.headers["Content-Disposition"] == 'attachment; filename="p.txt"'
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(url.replace("X-Amz-Expires=300", "X-Amz-Expires=301"), timeout=10)
     assert caught.value.code == 403 and b"SignatureDoesNotMatch" in caught.value.read()
@@ -370,6 +386,7 @@ def test_rest_api_with_curl(gateway_cluster, gateway, tmp_path):
     assert missing.stdout == b"404"
 
 
+@pytest.mark.parametrize("fresh_cluster", [{"gateway": True}], indirect=True)
 def test_chunkfs_up_starts_a_gateway_and_down_stops_it(fresh_cluster):
     rest = f"http://127.0.0.1:{fresh_cluster.port + 61}/api/v1"
     assert _healthy(rest)
@@ -413,8 +430,6 @@ def _tus(gateway: Gateway, key: dict, method: str, path: str, body: bytes = b"",
 
 
 def test_tus_upload_interrupted_and_resumed(gateway_cluster, gateway):
-    import base64
-
     key = gateway.key("tus")
     data = os.urandom(3 * MiB + 5)
     options = _tus(gateway, key, "OPTIONS", "/api/v1/uploads/")
@@ -491,3 +506,24 @@ def test_abandoned_uploads_are_collected(gateway_cluster, tmp_path):
                    "the abandoned upload is collected")
         assert _code(lambda: s3.list_parts(Bucket="abandoned", Key="never-completed", UploadId=upload["UploadId"])
                      ) == "NoSuchUpload"
+
+
+def test_virtual_host_style_addressing(gateway, s3, root_key):
+    """With `domain` set, BUCKET.DOMAIN/KEY is the object BUCKET/KEY (signed for that host)."""
+    import http.client
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    s3.create_bucket(Bucket="vhost")
+    s3.put_object(Bucket="vhost", Key="dir/v.txt", Body=b"virtual host")
+    request = AWSRequest(method="GET", url="http://vhost.s3.test/dir/v.txt")
+    S3SigV4Auth(Credentials(root_key["access_key_id"], root_key["secret_access_key"]), "s3", "us-east-1"
+                ).add_auth(request)
+    host, port = gateway.s3.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/dir/v.txt", headers={**dict(request.headers.items()), "Host": "vhost.s3.test"})
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (200, b"virtual host")
+    conn.close()

@@ -1,20 +1,26 @@
-"""flock and fcntl (POSIX record) locks between processes of one client behave as on a local
-filesystem: the kernel keeps them (the mount implements no lock operations), so they hold
-between every process using this mount and are not seen by other clients (README)."""
+"""flock and fcntl (POSIX record) locks hold between processes and between clients: the mount
+passes every lock request to the metaserver, which keeps the locks of every client (README,
+"Consistency"). Processes of one mount, and of two mounts of one cluster, exclude each other as
+on a local filesystem."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
+import signal
 import struct
 import subprocess
 import sys
 import threading
+import time
 
+import pyfuse3
 import pytest
 
-from conftest import wait_until
+from chunkfs import mounts
+from conftest import another_mount, chunkfs, wait_until
 
 HOLDER = """
 import fcntl, os, sys, time
@@ -30,7 +36,98 @@ print("locked", flush=True)
 sys.stdin.readline()
 """
 
+# A process that locks as told on stdin, one command a line, and answers each with "ok",
+# "err ERRNO-NAME" or (getlk) "lock TYPE START LEN PID". The calls go straight to libc (ctypes),
+# so an interrupted wait shows the kernel's EINTR (Python's own calls would retry it).
+LOCKER = r"""
+import ctypes, errno, os, signal, sys
 
+class Flock(ctypes.Structure):
+    _fields_ = [("l_type", ctypes.c_short), ("l_whence", ctypes.c_short), ("l_start", ctypes.c_longlong),
+                ("l_len", ctypes.c_longlong), ("l_pid", ctypes.c_int)]
+
+libc = ctypes.CDLL(None, use_errno=True)
+signal.signal(signal.SIGUSR1, lambda *_: None)  # interrupts a wait (no SA_RESTART)
+fd = os.open(sys.argv[1], os.O_RDWR)
+TYPES = {"r": 0, "w": 1, "u": 2}
+F_GETLK, F_SETLK, F_SETLKW, F_OFD_SETLK = 5, 6, 7, 37
+print("ready", flush=True)
+for line in sys.stdin:
+    words = line.split()
+    if words[0] == "posix":  # posix r|w|u START LEN wait|nowait
+        lock = Flock(TYPES[words[1]], 0, int(words[2]), int(words[3]), 0)
+        result = libc.fcntl(fd, F_SETLKW if words[4] == "wait" else F_SETLK, ctypes.byref(lock))
+    elif words[0] == "ofd":  # ofd r|w|u START LEN: a lock of the open file description
+        lock = Flock(TYPES[words[1]], 0, int(words[2]), int(words[3]), 0)
+        result = libc.fcntl(fd, F_OFD_SETLK, ctypes.byref(lock))
+    elif words[0] == "getlk":  # getlk r|w START LEN
+        lock = Flock(TYPES[words[1]], 0, int(words[2]), int(words[3]), 0)
+        result = libc.fcntl(fd, F_GETLK, ctypes.byref(lock))
+        if result == 0:
+            print(f"lock {'rwu'[lock.l_type]} {lock.l_start} {lock.l_len} {lock.l_pid}", flush=True)
+            continue
+    elif words[0] == "flock":  # flock sh|ex|un wait|nowait
+        op = {"sh": 1, "ex": 2, "un": 8}[words[1]] | (0 if words[2] == "wait" else 4)
+        result = libc.flock(fd, op)
+    elif words[0] == "close":
+        os.close(fd)
+        result = 0
+    print("ok" if result == 0 else f"err {errno.errorcode[ctypes.get_errno()]}", flush=True)
+"""
+
+
+class Locker:
+    """A process taking locks on `path` on command: `do` sends one and returns its answer;
+    `send` and `answer` split that for a call that blocks."""
+
+    def __init__(self, path) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", LOCKER, str(path)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout.readline() == "ready\n"
+
+    def send(self, command: str) -> None:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def answer(self) -> str:
+        return self.process.stdout.readline().strip()
+
+    def do(self, command: str) -> str:
+        self.send(command)
+        return self.answer()
+
+    def end(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def lockers():
+    """Makes Lockers; every one is killed at the end, whatever happened."""
+    made: list[Locker] = []
+
+    def make(path) -> Locker:
+        made.append(Locker(path))
+        return made[-1]
+
+    yield make
+    for locker in made:
+        locker.end()
+
+
+def lock_waits(cluster) -> int:
+    return cluster.status()["lock_waits"]
+
+
+def test_the_installed_pyfuse3_passes_lock_requests_on():
+    """scripts/bootstrap.sh builds pyfuse3 with patches/pyfuse3-locks.patch; without it the
+    kernel keeps locks to itself and they hold on one client only."""
+    assert getattr(pyfuse3, "LOCK_HANDLERS", 0) == 2, "pyfuse3 lacks the lock handlers (or has older ones): make deps"
+    for handler in ("getlk", "setlk", "flock"):
+        assert handler in vars(pyfuse3.Operations)
+
+
+# ---- one client, several processes -----------------------------------------------------------------
 @pytest.fixture
 def locked_file(cluster):
     path = cluster.mnt / "locked"
@@ -61,14 +158,14 @@ def test_flock_excludes_other_processes_until_released(locked_file):
         holder.stdin.flush()
         holder.wait(timeout=10)
 
-        def locked_here() -> bool:
+        def free() -> bool:  # the holder's exit closes its descriptor, which releases its lock
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return True
             except BlockingIOError:
                 return False
 
-        wait_until(locked_here, 10, "the holder's exit closed its descriptor, which released its lock", poll_s=0.05)
+        wait_until(free, 10, "the flock is free once its holder exited", poll_s=0.05)
 
 
 def test_shared_flocks_coexist_and_exclude_writers(cluster):
@@ -103,34 +200,294 @@ def test_fcntl_record_locks_between_processes(locked_file):
         os.close(fd)
 
 
-SYS_FCNTL = {"x86_64": 72, "aarch64": 25}
-
-
-def blocked_in_fcntl(thread: threading.Thread) -> bool:
-    """Whether `thread` sits in the fcntl system call (what /proc says it is in); False once it
-    has ended."""
-    try:
-        with open(f"/proc/self/task/{thread.native_id}/syscall") as f:
-            return f.read().split()[0] == str(SYS_FCNTL[os.uname().machine])
-    except FileNotFoundError:
-        return False
-
-
-def test_a_blocking_lock_waits_for_the_holder(locked_file):
+def test_a_blocking_lock_waits_for_the_holder(locked_file, cluster):
     path, hold = locked_file
     holder = hold("posix")
     fd = os.open(path, os.O_RDWR)
-    locker = threading.Thread(target=fcntl.lockf, args=(fd, fcntl.LOCK_EX))
+    got = threading.Event()
+    waiter = threading.Thread(target=lambda: (fcntl.lockf(fd, fcntl.LOCK_EX), got.set()), daemon=True)
     try:
-        locker.start()
-        wait_until(lambda: blocked_in_fcntl(locker), 10, "the second locker blocked in fcntl(F_SETLKW)")
-        assert locker.is_alive()
+        waiter.start()
+        wait_until(lambda: lock_waits(cluster) == 1, 20, "the metaserver holds the request waiting")
+        assert not got.is_set()
         holder.stdin.write("\n")  # the holder goes: its exit releases its lock
         holder.stdin.flush()
-        locker.join(30)
-        assert not locker.is_alive(), "the lock was not granted once its holder had gone"
+        waiter.join(timeout=30)
+        assert got.is_set(), "woken when the holder exited"
     finally:
-        if locker.is_alive():  # the holder never went: end it, which ends the wait
+        if waiter.is_alive():  # the holder never went: end it, which ends the wait
             holder.kill()
-            locker.join(30)
+            waiter.join(30)
         os.close(fd)
+
+
+def test_locks_of_a_process_go_with_its_close(cluster, lockers):
+    path = cluster.mnt / "closed"
+    path.write_bytes(b"x" * 10)
+    a, b = lockers(path), lockers(path)
+    assert a.do("posix w 0 0 nowait") == "ok"
+    assert b.do("posix w 0 0 nowait") == "err EAGAIN"
+    assert a.do("close") == "ok"  # POSIX: any close by the process drops its locks on the file
+    assert b.do("posix w 0 0 nowait") == "ok"
+
+
+# ---- two clients ------------------------------------------------------------------------------------
+def test_flock_excludes_between_clients(cluster, second_mount, lockers):
+    (cluster.mnt / "flocked").write_bytes(b"x")
+    a, b = lockers(cluster.mnt / "flocked"), lockers(second_mount / "flocked")
+    assert a.do("flock ex nowait") == "ok"
+    assert b.do("flock ex nowait") == "err EAGAIN"
+    assert b.do("flock sh nowait") == "err EAGAIN"
+    assert a.do("flock un nowait") == "ok"
+    assert b.do("flock ex nowait") == "ok"
+    assert a.do("flock sh nowait") == "err EAGAIN"
+
+
+def test_shared_locks_between_clients(cluster, second_mount, lockers):
+    (cluster.mnt / "shared").write_bytes(b"x")
+    a, b = lockers(cluster.mnt / "shared"), lockers(second_mount / "shared")
+    c = lockers(second_mount / "shared")
+    assert a.do("flock sh nowait") == "ok"
+    assert b.do("flock sh nowait") == "ok"
+    assert c.do("flock ex nowait") == "err EAGAIN"
+    assert a.do("posix r 0 100 nowait") == "ok"
+    assert b.do("posix r 50 100 nowait") == "ok"
+    assert c.do("posix w 0 1 nowait") == "err EAGAIN"
+    assert c.do("posix w 200 1 nowait") == "ok"
+
+
+def test_fcntl_ranges_split_between_clients(cluster, second_mount, lockers):
+    (cluster.mnt / "ranges").write_bytes(b"x" * 1000)
+    a, b = lockers(cluster.mnt / "ranges"), lockers(second_mount / "ranges")
+    assert a.do("posix w 0 100 nowait") == "ok"
+    assert a.do("posix u 40 20 nowait") == "ok"  # unlock the middle: 0..39 and 60..99 stay locked
+    assert b.do("posix w 40 20 nowait") == "ok"
+    assert b.do("posix w 39 1 nowait") == "err EAGAIN"
+    assert b.do("posix w 60 1 nowait") == "err EAGAIN"
+    # F_GETLK on the other client names the conflicting range; its pid is 0 (not a process here)
+    assert b.do("getlk w 0 10") == "lock w 0 40 0"
+    assert b.do("getlk w 60 100") == "lock w 60 40 0"
+    assert b.do("getlk w 100 10") == "lock u 100 10 0"
+    assert a.do("posix r 0 40 nowait") == "ok"  # a downgrade: readers may share 0..39 now
+    assert b.do("posix r 0 40 nowait") == "ok"
+
+
+def test_a_blocking_wait_is_woken_when_the_other_client_releases(cluster, second_mount, lockers):
+    (cluster.mnt / "woken").write_bytes(b"x")
+    a, b = lockers(cluster.mnt / "woken"), lockers(second_mount / "woken")
+    assert a.do("flock ex nowait") == "ok"
+    assert a.do("posix w 0 0 nowait") == "ok"
+    b.send("flock ex wait")
+    wait_until(lambda: lock_waits(cluster) == 1, 20, "b's flock waits at the metaserver")
+    assert a.do("flock un nowait") == "ok"
+    assert b.answer() == "ok"
+    b.send("posix w 0 0 wait")
+    wait_until(lambda: lock_waits(cluster) == 1, 20, "b's fcntl lock waits at the metaserver")
+    assert a.do("posix u 0 0 nowait") == "ok"
+    assert b.answer() == "ok"
+
+
+def test_a_signal_interrupts_a_wait_with_eintr(cluster, second_mount, lockers):
+    (cluster.mnt / "interrupted").write_bytes(b"x")
+    a, b = lockers(cluster.mnt / "interrupted"), lockers(second_mount / "interrupted")
+    assert a.do("posix w 0 0 nowait") == "ok"
+    for command in ("posix w 0 0 wait", "flock ex wait"):
+        if command.startswith("flock"):
+            assert a.do("flock ex nowait") == "ok"
+        b.send(command)
+        wait_until(lambda: lock_waits(cluster) == 1, 20, f"{command} waits at the metaserver")
+        b.process.send_signal(signal.SIGUSR1)
+        assert b.answer() == "err EINTR"
+        wait_until(lambda: lock_waits(cluster) == 0, 20, "the interrupted wait is withdrawn")
+    assert a.do("posix u 0 0 nowait") == "ok"
+    assert a.do("flock un nowait") == "ok"
+    assert a.do("getlk w 0 0") == "lock u 0 0 0"  # the interrupted process got nothing
+
+
+def test_a_wait_that_would_deadlock_is_edeadlk(cluster, second_mount, lockers):
+    (cluster.mnt / "deadlock").write_bytes(b"x" * 10)
+    a, b = lockers(cluster.mnt / "deadlock"), lockers(second_mount / "deadlock")
+    assert a.do("posix w 0 1 nowait") == "ok"
+    assert b.do("posix w 1 1 nowait") == "ok"
+    a.send("posix w 1 1 wait")  # a waits for b
+    wait_until(lambda: lock_waits(cluster) == 1, 20, "a waits for b's byte")
+    # b waiting for a would close the cycle (errorcode names EDEADLK by its alias EDEADLOCK)
+    assert b.do("posix w 0 1 wait") == f"err {errno.errorcode[errno.EDEADLK]}"
+    assert b.do("posix u 1 1 nowait") == "ok"
+    assert a.answer() == "ok"
+
+
+COUNTER = """
+import fcntl, sys
+path, times, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with open(path, "r+b", buffering=0) as f:
+    for _ in range(times):
+        fcntl.lockf(f, fcntl.LOCK_EX) if kind == "posix" else fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        value = int(f.read() or b"0")
+        f.seek(0)
+        f.write(b"%d" % (value + 1))
+        fcntl.lockf(f, fcntl.LOCK_UN) if kind == "posix" else fcntl.flock(f, fcntl.LOCK_UN)
+"""
+
+
+@pytest.mark.parametrize("kind", ["posix", "flock"])
+def test_a_counter_under_a_lock_counts_every_increment_of_two_clients(cluster, second_mount, kind):
+    """Unlocking commits what was written; locking reads what the last holder committed."""
+    path = cluster.mnt / f"counter-{kind}"
+    path.write_bytes(b"0")
+    times = 1000
+    workers = [subprocess.Popen([sys.executable, "-c", COUNTER, str(mnt / path.name), str(times), kind])
+               for mnt in (cluster.mnt, second_mount)]
+    try:
+        for worker in workers:
+            assert worker.wait(timeout=600) == 0
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    assert path.read_bytes() == b"%d" % (2 * times)
+    assert (second_mount / path.name).read_bytes() == b"%d" % (2 * times)
+
+
+SQLITE_WRITER = """
+import sqlite3, sys
+path, writer, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+db = sqlite3.connect(path, timeout=60, isolation_level=None)
+db.execute("PRAGMA journal_mode=DELETE")
+for i in range(rows):
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT INTO t (writer, n, payload) VALUES (?, ?, randomblob(200))", (writer, i))
+    db.execute("COMMIT")
+    print(i, flush=True)  # acknowledged: committed
+db.close()
+"""
+
+
+def test_sqlite_on_two_clients_at_once(cluster, second_mount):
+    """Two writers on two mounts insert into one database in rollback-journal mode; every row
+    acknowledged is there and the database is whole. (WAL needs shared memory between the
+    writers, which no network filesystem gives: README.)"""
+    import sqlite3
+
+    (cluster.mnt / "sqlite").mkdir()  # leased to this mount: the database is created without a call
+    path = cluster.mnt / "sqlite" / "shared.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, writer INTEGER, n INTEGER, payload BLOB)")
+    db.commit()
+    db.close()
+    rows = 150
+    writers = [subprocess.Popen([sys.executable, "-c", SQLITE_WRITER, str(mnt / "sqlite" / "shared.db"), str(w),
+                                 str(rows)],
+                                stdout=subprocess.PIPE, text=True)
+               for w, mnt in enumerate((cluster.mnt, second_mount))]
+    acknowledged: list[set[int]] = [set(), set()]
+    try:
+        for w, writer in enumerate(writers):
+            out, _ = writer.communicate(timeout=600)
+            acknowledged[w] = {int(line) for line in out.split()}
+            assert writer.returncode == 0
+    finally:
+        for writer in writers:
+            writer.kill()
+            writer.wait()
+    assert acknowledged == [set(range(rows))] * 2
+    for mnt in (cluster.mnt, second_mount):
+        db = sqlite3.connect(mnt / "sqlite" / "shared.db")
+        try:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            stored = db.execute("SELECT writer, n FROM t").fetchall()
+        finally:
+            db.close()
+        assert sorted(stored) == sorted((w, n) for w in (0, 1) for n in range(rows))
+
+
+def test_locks_listed_by_the_cli(cluster, lockers):
+    path = cluster.mnt / "listed"
+    path.write_bytes(b"x")
+    a = lockers(path)
+    assert a.do("posix w 10 5 nowait") == "ok"
+    assert a.do("flock sh nowait") == "ok"
+    listed = json.loads(chunkfs("locks", path, "--json").stdout)
+    assert sorted((lock["flock"], lock["type"], lock["start"], lock["end"], lock["pid"]) for lock in listed) == [
+        (False, fcntl.F_WRLCK, 10, 14, a.process.pid), (True, fcntl.F_RDLCK, 0, 2**63 - 1, a.process.pid)]
+    assert chunkfs("status", "--dir", cluster.dir, "--json").stdout.count('"locks_held"') == 1
+
+
+def test_ofd_locks_hold_between_clients_and_end_with_their_open_file(cluster, second_mount, lockers):
+    (cluster.mnt / "ofd").write_bytes(b"x")
+    a, b = lockers(cluster.mnt / "ofd"), lockers(second_mount / "ofd")
+    assert a.do("ofd w 0 10 nowait") == "ok"
+    assert b.do("ofd w 5 1 nowait") == "err EAGAIN"
+    assert b.do("posix w 5 1 nowait") == "err EAGAIN"
+    assert b.do("ofd w 10 1 nowait") == "ok"
+    assert a.do("close") == "ok"  # its open file's last close: the lock goes
+
+    def free() -> bool:  # the kernel sends the release after close() returned
+        return b.do("ofd w 0 10 nowait") == "ok"
+
+    wait_until(free, 20, "a's OFD lock ends with its open file", poll_s=0.05)
+
+
+def test_the_python_api_locks_against_a_mount(cluster, lockers):
+    import chunkfs.client
+
+    (cluster.mnt / "api-locked").write_bytes(b"0")
+    mounted = lockers(cluster.mnt / "api-locked")
+    with chunkfs.client.connect(cluster.metaserver, secret_file=cluster.secret_file, retry_s=5) as fs:
+        with fs.open("/api-locked", "r+b") as f:
+            f.lock(start=0, length=10)
+            assert mounted.do("posix w 5 1 nowait") == "err EAGAIN"
+            assert mounted.do("getlk w 0 0") == "lock w 0 10 0"
+            assert mounted.do("posix w 10 5 nowait") == "ok"
+            with pytest.raises(BlockingIOError):
+                f.lock(blocking=False, start=12, length=1)
+            f.seek(0)
+            f.write(b"1")
+            f.unlock(start=0, length=10)  # commits the write first
+            assert mounted.do("posix w 0 10 nowait") == "ok"
+            assert (cluster.mnt / "api-locked").read_bytes() == b"1"
+            f.lock(exclusive=False, start=100, length=1)
+        assert mounted.do("posix w 100 1 nowait") == "ok"  # its locks went with its close
+
+
+# ---- a client that dies -------------------------------------------------------------------------------
+@pytest.mark.parametrize("fresh_cluster", [{"up_options": ("--client-timeout-s", "3")}], indirect=True)
+def test_the_locks_of_a_killed_client_go_when_its_session_times_out(fresh_cluster, tmp_path, lockers):
+    cluster = fresh_cluster
+    (cluster.mnt / "orphaned").write_bytes(b"x")
+    with another_mount(cluster, tmp_path / "doomed") as doomed:
+        holder = lockers(doomed / "orphaned")
+        assert holder.do("flock ex nowait") == "ok"
+        assert holder.do("posix w 0 0 nowait") == "ok"
+        record = mounts.find(doomed)
+        assert record is not None
+        os.kill(record["pid"], signal.SIGKILL)  # the client dies holding both locks
+        other = lockers(cluster.mnt / "orphaned")
+        assert other.do("flock ex nowait") == "err EAGAIN"
+        wait_until(lambda: other.do("flock ex nowait") == "ok", 60, "the dead client's flock is dropped")
+        assert other.do("posix w 0 0 nowait") == "ok"
+
+
+def test_the_cost_of_an_uncontended_lock(cluster, capsys):
+    """Not a speed test (the machine is shared): prints what a lock and an unlock cost, beside a
+    statvfs (one plain metaserver round trip) for scale."""
+    path = cluster.mnt / "timed"
+    path.write_bytes(b"x")
+    rounds = 200
+    spent = {"fcntl lock": 0.0, "fcntl unlock": 0.0, "flock lock": 0.0, "flock unlock": 0.0, "statvfs": 0.0}
+
+    def timed(what: str, call) -> None:
+        started = time.perf_counter()
+        call()
+        spent[what] += time.perf_counter() - started
+
+    with open(path, "r+b") as f:
+        for _ in range(rounds):
+            timed("fcntl lock", lambda: fcntl.lockf(f, fcntl.LOCK_EX))
+            timed("fcntl unlock", lambda: fcntl.lockf(f, fcntl.LOCK_UN))
+            timed("flock lock", lambda: fcntl.flock(f, fcntl.LOCK_EX))
+            timed("flock unlock", lambda: fcntl.flock(f, fcntl.LOCK_UN))
+            timed("statvfs", lambda: os.statvfs(cluster.mnt))
+    with capsys.disabled():
+        print("\nuncontended, ms each: " + ", ".join(f"{what} {s / rounds * 1e3:.2f}" for what, s in spent.items()))

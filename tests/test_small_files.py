@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from chunkfs.daemons import unmount
-from conftest import chunkfs, drop_caches, metaserver_calls
+from conftest import chunkfs, drop_caches, metaserver_calls, wait_until
 
 MiB = 1024 * 1024
 
@@ -87,3 +87,19 @@ def test_mode_set_on_an_open_new_file_shows_at_once_here_and_after_close_elsewhe
         assert st.st_mtime_ns == os.stat(path).st_mtime_ns
     finally:
         unmount(second)
+
+
+def test_an_unchanged_small_file_opens_and_reads_again_without_a_call(cluster):
+    """Open leases: once this mount opened a file, opening and reading it again cost no
+    metaserver call while nobody changes it (close-to-open with another client: test_two_clients)."""
+    note = cluster.mnt / "read-again"
+    note.write_bytes(b"read again and again\n")
+    assert note.read_bytes() == b"read again and again\n"  # asks, and takes an open lease
+
+    def without_calls() -> bool:
+        before = metaserver_calls(cluster)
+        assert note.read_bytes() == b"read again and again\n"
+        return metaserver_calls(cluster) == before
+
+    # (an open between two answers of the mount's change feed may still ask)
+    wait_until(without_calls, 30, "an unchanged small file opened and read without a call")

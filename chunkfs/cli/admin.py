@@ -1,5 +1,5 @@
-"""Commands that ask a running cluster: `status`, `servers`, `goal`, `info` (`fsck` and `gc`
-have modules of their own)."""
+"""Commands that ask a running cluster: `status`, `servers`, `goal`, `info`, `locks` (`fsck` and
+`gc` have modules of their own)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def status(data_dir: Path, metaserver: str | None, secret_file: Path | None, as_
     summary.add_row("repairs", f"{s.repairs_running} running, {s.chunks_replicated} chunks re-replicated, "
                                f"{s.corrupt_found} corrupt found (since the metaserver started)")
     summary.add_row("default goal", str(s.default_goal))
+    summary.add_row("file locks", f"{s.locks_held} held, {s.lock_waits} waiting (`chunkfs locks` lists them)")
     if (mem := s.memory) is not None:
         summary.add_row("metaserver memory", f"{_bytes(mem.rss_anon_bytes)} own, {_bytes(mem.rss_file_bytes)} mapped; "
                                              f"database {_bytes(mem.lmdb_used_bytes)} of {_bytes(mem.lmdb_map_bytes)}")
@@ -136,4 +137,32 @@ def info(path: Path, data_dir: Path, metaserver: str | None, secret_file: Path |
         replicas = [(addresses.get(sid, sid[:12]), sid in layout.servers) for sid in c.replicas]
         table.add_row(str(c.index), str(c.chunk_id), str(c.version), str(c.length),
                       ", ".join(f"{a}" if up else f"[red]{a} (down)[/]" for a, up in replicas))
+    console.print(table)
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path), required=False)
+@common_options
+def locks(path: Path | None, data_dir: Path, metaserver: str | None, secret_file: Path | None,
+          as_json: bool) -> None:
+    """The flock and fcntl locks held (and waited for) on PATH, or on every file: which client,
+    which process of it, which bytes."""
+    access = access_from(metaserver, secret_file, data_dir, path)
+    ino = inode_of(path) if path is not None else 0
+
+    async def locks_and_clients(meta):
+        return await meta.locks(ino), await meta.status()
+
+    held, s = run_with_meta(access, locks_and_clients)
+    if as_json:
+        echo_json(held)
+        return
+    hosts = {c.id: f"{c.host}:{c.mountpoint}" for c in s.clients}
+    table = Table("inode", "kind", "type", "bytes", "client", "pid", "state",
+                  title=f"{len(held)} locks" + (f" on {path}" if path is not None else f" in {access.metaserver}"))
+    for lock in held:
+        end = "EOF" if lock.end == r.OFFSET_MAX else str(lock.end)
+        table.add_row(str(lock.ino), "flock" if lock.flock else "fcntl", "exclusive" if lock.type == r.F_WRLCK else "shared",
+                      "all" if lock.flock else f"{lock.start}-{end}", hosts.get(lock.client, lock.client[:12]),
+                      str(lock.pid), "waiting" if lock.waiting else "held")
     console.print(table)

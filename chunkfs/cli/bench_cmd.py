@@ -24,6 +24,8 @@ def _value(value: float | None, unit: str) -> str:
         return f"{value:.2f}"
     if unit == "MiB/s":
         return f"{value:,.1f}"
+    if unit == "×":
+        return f"{value:.2f}×"
     return f"{value:,.0f}"
 
 
@@ -83,7 +85,7 @@ def _as_json(results: list[workloads.DirectoryResult], settings: workloads.Bench
               help="How many files the tree copied with cp -a and rsync -a holds.")
 @click.option("--only", "groups", type=click.Choice(list(workloads.GROUPS)), multiple=True,
               help="Run only these workloads (repeatable): data (big file), small (create/stat/unlink), "
-                   "tree (cp -a, no-op rsync -a), client (cp of a local file in; on a chunkfs mount also "
+                   "tree (cp -a, no-op rsync -a), client (cp of a file in and out; on a chunkfs mount also "
                    "chunkfs put/get and the Python API on its cluster). Default: all.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON dict instead of a table.")
 def bench(directory: Path, compare: tuple[Path, ...], size_mb: int, files: int, tree_files: int,

@@ -9,6 +9,7 @@ A running gateway sees a change at its next request.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -55,17 +56,17 @@ def key() -> None:
 
 @key.command("add")
 @click.argument("name")
-@click.option("--uid", type=click.IntRange(0), default=0, show_default=True, help="uid the key's requests act as.")
-@click.option("--gid", type=click.IntRange(0), default=None, help="gid they act as [default: the uid].")
+@click.option("--uid", type=click.IntRange(0), default=None, help="uid the key's requests act as [default: yours].")
+@click.option("--gid", type=click.IntRange(0), default=None, help="gid they act as [default: yours].")
 @_options
-def add(name: str, uid: int, gid: int | None, data_dir: Path, keys_file: Path | None, secret_file: Path | None,
+def add(name: str, uid: int | None, gid: int | None, data_dir: Path, keys_file: Path | None, secret_file: Path | None,
         as_json: bool) -> None:
     """Make an access key NAME; prints its id and secret (the secret is not stored: it is derived
     again from the cluster secret whenever needed)."""
     store, secret_path = _store(data_dir, keys_file, secret_file)
     try:
         server_key = auth.load_secret(secret_path)
-        made = store.add(name, uid, uid if gid is None else gid)
+        made = store.add(name, os.getuid() if uid is None else uid, os.getgid() if gid is None else gid)
     except (OSError, ValueError, KeyStoreError) as exc:
         fail(str(exc))
     record = {"name": made.name, "access_key_id": made.access_key_id, "secret_access_key": made.secret(server_key),

@@ -179,17 +179,13 @@ async def run(plan: Plan, make_directory: Callable[[str], Awaitable[None]], copy
             return []
     done: list[Copy] = []
     limiter = trio.CapacityLimiter(jobs)
-    with transfer_progress() as progress:
-        task = progress.add_task(f"{what} {len(plan.copies)} file{'s' * (len(plan.copies) != 1)}",
-                                 total=plan.total_bytes)
-
-        def advance(delta: int) -> None:
-            progress.update(task, advance=delta)
+    description = f"{what} {len(plan.copies)} file{'s' * (len(plan.copies) != 1)}"
+    with transfer_progress(description, plan.total_bytes) as progress:
 
         async def one(c: Copy) -> None:
             async with limiter:
                 try:
-                    await copy(c, advance)
+                    await copy(c, progress.add)
                 except OSError as exc:  # named by what the user named: the source, or the target
                     failures.report(c.source if exc.filename == c.source else c.target, exc)
                     return

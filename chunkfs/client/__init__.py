@@ -5,6 +5,8 @@ The core (no FUSE in it; the mount in `chunkfs/mount/` is one door on it, this A
   per inode), creates in leased directories, removes of files open here, the end of a client;
 - `metadata.py`: `Metadata`, the metadata façade: the metaserver client with the metadata cache
   (`metadata_cache.py`), directory leases and pending creates (`leases.py`) and the change feed;
+- `locks.py`: the flock and POSIX locks of this client, kept by the metaserver (the core makes a
+  lock a consistency point: unlock commits first, a granted lock refreshes the file);
 - `open_file.py`: one inode open on this client, its `writer.py` (buffering, parallel uploads,
   inline small files, the commit, under the `write_back.py` bound) and its `reader.py` (reads,
   `prefetch.py`);

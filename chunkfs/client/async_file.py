@@ -5,7 +5,8 @@ handle on the client's one open file of the inode (the mount's and the API's sha
 its promises are the writer's and the reader's: reads see this client's writes at once;
 `flush()` and `close()` return when what was written is durable on its replicas and committed
 (like `fsync`); another client sees it from its next `open` on (close-to-open).
-A call on a closed file raises ValueError, as `io` does.
+A call on a closed file raises ValueError, as `io` does. `lock`/`unlock` take byte-range locks
+that hold between every client (mounts and API), as fcntl's do.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 from chunkfs.client.core import Client
 from chunkfs.client.open_file import OpenFile
 from chunkfs.client.os_errors import raises_os_errors
+from chunkfs.errors import FsError
+from chunkfs.protocol import records as r
 
 LINE_PIECE_BYTES = 64 * 1024  # what readline asks the reader for at a time
 MODES = {  # mode -> (readable, writable, create, truncate, exclusive, append)
@@ -163,12 +166,37 @@ class AsyncFile:
             await self.open_file.flush()
 
     @raises_os_errors
+    async def lock(self, exclusive: bool = True, *, blocking: bool = True, start: int = 0, length: int = 0) -> None:
+        """Lock bytes `start` .. `start + length - 1` (`length` 0: to the end, however the file
+        grows), shared or exclusive, as fcntl's F_SETLKW (F_SETLK if not `blocking`: a conflict is
+        BlockingIOError), for every client of the cluster. The owner is this file object (as an
+        OFD lock: another file object conflicts, also in this process); its locks go at close.
+        Taking a lock reads what the last holder committed; `unlock` commits first."""
+        await self._lock(r.F_WRLCK if exclusive else r.F_RDLCK, blocking, start, length)
+
+    @raises_os_errors
+    async def unlock(self, start: int = 0, length: int = 0) -> None:
+        await self._lock(r.F_UNLCK, False, start, length)
+
+    async def _lock(self, lock_type: int, blocking: bool, start: int, length: int) -> None:
+        self._check_open()
+        if start < 0 or length < 0:
+            raise FsError(errno.EINVAL, "a lock's start and length are not negative")
+        end = r.OFFSET_MAX if length == 0 else start + length - 1
+        await self._client.lock(self.open_file, r.LockReq(ino=self.open_file.ino, owner=id(self), type=lock_type,
+                                                          start=start, end=min(end, r.OFFSET_MAX), pid=os.getpid(),
+                                                          wait=blocking))
+
+    @raises_os_errors
     async def aclose(self) -> None:
         """Durable (the last close of the inode on this client commits it). A second close does nothing."""
         if self.closed:
             return
         self.closed = True
-        await self._client.release(self.open_file)
+        try:
+            await self._client.release(self.open_file)
+        finally:
+            await self._client.locks.drop_posix(self.open_file.ino, id(self))
 
     close = aclose
 

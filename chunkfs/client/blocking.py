@@ -5,12 +5,18 @@ is handed to it and waited for. A KeyboardInterrupt (Ctrl-C) while a call waits 
 call in the core first (so `put_file` removes its half-written upload) and is then raised.
 `close()` (or leaving the `with` block) commits nothing by itself: files still open are closed
 (durably) first, then the connection ends and the thread with it.
+
+What the hand-off costs: a `stat` answered from the metadata cache took ~190 us of CPU a call
+here against ~7 us through the async face (2,000 calls each, a loaded 2-core machine, load ~12).
+So a script moving much data does well with large reads and writes (a chunk, 4 MiB, at a time)
+and `put_file`/`get_file` (one call a file), and one making many small calls with the async face.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import io
 import os
 import logging
@@ -205,6 +211,14 @@ class File(io.RawIOBase):
     def flush(self) -> None:
         self._afile.seekable()  # ValueError once closed, as io
         self._thread.call(self._afile.flush)
+
+    def lock(self, exclusive: bool = True, *, blocking: bool = True, start: int = 0, length: int = 0) -> None:
+        """See AsyncFile.lock: a byte-range lock held between every client, this file object's."""
+        self._thread.call(functools.partial(self._afile.lock, exclusive, blocking=blocking, start=start,
+                                            length=length))
+
+    def unlock(self, start: int = 0, length: int = 0) -> None:
+        self._thread.call(self._afile.unlock, start, length)
 
     def close(self) -> None:
         if not self._afile.closed:

@@ -28,6 +28,7 @@ from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES, MAX_NAME_BYTES, posix_acl
 from chunkfs.client.chunk_cache import ChunkCache
 from chunkfs.client.chunk_io import ChunkIO
 from chunkfs.client.disk_cache import DiskChunkCache
+from chunkfs.client.locks import FileLocks
 from chunkfs.client.metadata import Metadata
 from chunkfs.client.metadata_cache import MetadataCache
 from chunkfs.client.open_file import OpenFile
@@ -36,6 +37,7 @@ from chunkfs.client.write_back import WriteBack
 from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol import records as r
 from chunkfs.protocol.chunk_client import ChunkClient
+from chunkfs.protocol.limits import check_name
 from chunkfs.protocol.http import SignedHttp
 from chunkfs.protocol.meta_client import ROOT_INO, MetaClient
 
@@ -78,6 +80,7 @@ class Client:
         self.open_files: dict[int, OpenFile] = {}
         self.open_dirs: dict[int, int] = {}  # directory inode -> how many times open here
         self.unlinked_dirs: set[int] = set()  # removed while open here: the last release frees it
+        self.locks = FileLocks(meta.server)
 
     async def run(self, *background: BackgroundTask, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -104,6 +107,7 @@ class Client:
             return await self.meta.parent(parent)
         leased = self.meta.leases.lease(parent) if self.meta.leases is not None else None
         if leased is not None:  # every name in it is known here
+            check_name(name)  # what the metaserver would answer first (ENAMETOOLONG, EINVAL)
             if name in leased.pending:
                 return self.attr_here(leased.pending[name].attr)
             if name not in leased.names:
@@ -314,6 +318,32 @@ class Client:
                 open_file.drop_buffers()
                 if open_file.unlinked:
                     await self.meta.release_orphan(open_file.ino)
+
+    # ---- locks (locks.py) ---------------------------------------------------------------------------------
+    async def lock(self, open_file: OpenFile, req: r.LockReq) -> bool:
+        """Take or drop a lock on an open file, as NFS does for consistency: before a lock is
+        dropped, what was written here is committed (the next holder reads it); once one is
+        taken, this client reads the file as the metaserver has it then, and has applied the
+        changes other clients made before (a file they removed is gone here too). True if the file
+        changed since this client cached it (the door drops its own caches of it)."""
+        await self.meta.send_pending(req.ino)  # made here in a leased directory: it must exist there first
+        if req.type == r.F_UNLCK:
+            await open_file.flush()
+            await self.locks.lock(req)
+            return False
+        granted = await self.locks.lock(req)
+        await self.meta.caught_up(granted.feed_seq, granted.feed_epoch)
+        attr = granted.attr
+        if attr is None or open_file.has_local_changes or (attr.mtime_ns, attr.size) == (
+                open_file.attr.mtime_ns, open_file.attr.size):
+            return False
+        self.meta.cache.forget_inode(open_file.ino)
+        open_file.refresh(await self.meta.open_file(open_file.ino))
+        return True
+
+    async def test_lock(self, req: r.LockReq) -> r.LockInfo:
+        await self.meta.send_pending(req.ino)
+        return await self.locks.test(req)
 
     # ---- xattrs and the rest ------------------------------------------------------------------------------
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> bool:

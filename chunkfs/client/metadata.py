@@ -60,6 +60,7 @@ class Metadata:
         self.feed_seq: int | None = None
         self.feed_epoch = ""  # the feed's epoch feed_seq counts in (changes.py)
         self.changes_applied = 0
+        self._feed_advanced = trio.Event()  # set (and replaced) each time feed_seq moves on
         self.opens_leased = 0  # opens answered from an open lease, without a call
         self._feed_trusted_until = 0.0  # trio time: open leases are trusted until then
 
@@ -396,6 +397,16 @@ class Metadata:
                     if change.origin != self.client_id:
                         await self._apply(change, listener)
             self.feed_seq, self.feed_epoch = batch.seq, batch.epoch
+            self._feed_advanced.set()
+            self._feed_advanced = trio.Event()
+
+    async def caught_up(self, seq: int, epoch: str, timeout_s: float = 5.0) -> None:
+        """Return once the changes of the feed up to `seq` of `epoch` are applied here (a lock
+        taken after another client's changes sees them), or at once if this client does not
+        follow that feed; after `timeout_s` in any case (the feed is late: as without locks)."""
+        with trio.move_on_after(timeout_s):
+            while self.feed_seq is not None and self.feed_epoch == epoch and self.feed_seq < seq:
+                await self._feed_advanced.wait()
 
     async def _apply(self, change: r.Change, listener: ChangeListener | None) -> None:
         for parent, name in change.entries:

@@ -54,31 +54,43 @@ class FileReader:
         return data if len(data) == ref.length else data[: ref.length]
 
     async def read(self, offset: int, size: int) -> bytes:
+        return b"".join(await self.read_parts(offset, size))  # the one copy of the bytes read
+
+    async def read_parts(self, offset: int, size: int) -> list[bytes | memoryview]:
+        """The bytes of `read(offset, size)` as the pieces they are in, without copying them:
+        views of stored chunks (nothing changes those), copies of what the writer still
+        buffers (it may change or grow that buffer meanwhile), zeros past a short chunk."""
         end = min(offset + size, self.file.size)
         if offset >= end:
-            return b""
+            return []
         first, last = offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE
         whole = self._sequential(offset, end)
         self._prefetch(first, last, whole)
-        parts = []
+        parts: list[bytes | memoryview] = []
         for index in range(first, last + 1):
             start = max(offset, index * CHUNK_SIZE) - index * CHUNK_SIZE
             stop = min(end, (index + 1) * CHUNK_SIZE) - index * CHUNK_SIZE
             piece = await self._piece(index, start, stop, whole)
-            parts.append(piece if len(piece) == stop - start else bytes(piece) + bytes(stop - start - len(piece)))
-        return b"".join(parts)
+            parts.append(piece)
+            if len(piece) < stop - start:
+                parts.append(bytes(stop - start - len(piece)))
+        return parts
 
-    async def _piece(self, index: int, start: int, stop: int, whole: bool) -> bytes:
+    async def _piece(self, index: int, start: int, stop: int, whole: bool) -> bytes | memoryview:
         """Bytes `start` .. `stop` of chunk `index` as this client sees it (fewer where the chunk
         is shorter: the rest reads as zeros). A stored chunk is fetched whole for a sequential
-        reader, else only the blocks the read covers (`ChunkCache.read_range`)."""
-        held = await self.file.writer.held_content(index)
+        reader, else only the blocks the read covers (`ChunkCache.read_range`). Not copied but
+        what the writer still buffers (it may change or grow that buffer meanwhile)."""
+        writer = self.file.writer
+        held = await writer.held_content(index)
+        if held is not None and index in writer.dirty:
+            return bytes(memoryview(held)[start:stop])
         if held is None:
-            ref = self.file.writer.stored_ref(index)
+            ref = writer.stored_ref(index)
             if ref is not None and ref.length and not whole:
                 return await self.cache.read_range(ref, self.file.servers, start, stop)
             held = await self.stored_content(index)
-        return bytes(memoryview(held)[start:stop])  # one copy, if held is a bytearray too
+        return memoryview(held)[start:stop]
 
     def _sequential(self, offset: int, end: int) -> bool:
         """Whether this read continues the last one (within SEQUENTIAL_SLACK_BYTES: the kernel's

@@ -42,13 +42,17 @@ log = logging.getLogger(__name__)
 @dataclass
 class DirtyChunk:
     """A chunk being written. Until `based`, only bytes [0, len(data)) were written (a sequential
-    writer from the chunk's start); the old content is merged in only when it is needed."""
+    writer from the chunk's start); the old content is merged in only when it is needed.
+    `data` is bytes when the chunk was written whole in one write (see `FileWriter.write`): it
+    is uploaded as it is, and turned into a bytearray only if it is written to again first."""
 
-    data: bytearray
+    data: bytearray | bytes
     based: bool
 
     def write(self, offset: int, piece: bytes | memoryview) -> int:
         """Returns by how many bytes the buffer grew."""
+        if isinstance(self.data, bytes):
+            self.data = bytearray(self.data)
         before = len(self.data)
         end = offset + len(piece)
         if offset > before:
@@ -58,6 +62,15 @@ class DirtyChunk:
 
     def complete(self) -> bool:
         return len(self.data) == CHUNK_SIZE
+
+
+def _whole_chunk(data: bytes | bytearray | memoryview, view: memoryview, pos: int) -> bytes:
+    """The chunk at `pos` of a write that covers it whole, as bytes that nothing changes: `data`
+    itself if it is exactly that chunk (no copy: `chunkfs put`, an API write of a chunk), else
+    one copy (the caller may reuse its buffer), which is also the copy the upload needs."""
+    if type(data) is bytes and pos == 0 and len(data) == CHUNK_SIZE:
+        return data
+    return bytes(view[pos : pos + CHUNK_SIZE])
 
 
 class FileWriter:
@@ -137,11 +150,15 @@ class FileWriter:
                 index, within = divmod(offset + pos, CHUNK_SIZE)
                 n = min(CHUNK_SIZE - within, len(view) - pos)
                 dirty = self.dirty.get(index)
-                if dirty is None:
-                    dirty = self.dirty[index] = DirtyChunk(bytearray(), based=False)
-                if not dirty.based and within > len(dirty.data):
-                    await self._ensure_based(index, dirty)
-                self.write_back_bound.add(dirty.write(within, view[pos : pos + n]))
+                if dirty is None and n == CHUNK_SIZE:
+                    dirty = self.dirty[index] = DirtyChunk(_whole_chunk(data, view, pos), based=True)
+                    self.write_back_bound.add(CHUNK_SIZE)
+                else:
+                    if dirty is None:
+                        dirty = self.dirty[index] = DirtyChunk(bytearray(), based=False)
+                    if not dirty.based and within > len(dirty.data):
+                        await self._ensure_based(index, dirty)
+                    self.write_back_bound.add(dirty.write(within, view[pos : pos + n]))
                 pos += n
                 if dirty.complete():
                     await self._start_upload(index)

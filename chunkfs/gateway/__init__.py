@@ -4,10 +4,13 @@ core (`chunkfs/client/`) like the mount.
 - `main.py`: the daemon (`chunkfs-gateway`): config, the client core, two hypercorn servers;
 - `s3_app.py`: the S3 door (operations, the error edge), `s3_xml.py` its XML, `s3_errors.py`
   its error codes; `sigv4.py` (signatures, by botocore's canonicalization), `aws_chunked.py`
-  (streamed bodies), `checksums.py` (MD5 ETags, Content-MD5, x-amz-checksum-*);
-- `rest_app.py`: the REST door (`/api/v1/`);
-- `objects.py`: buckets and keys on the namespace (the S3 model), `streams.py`: bodies in and
-  out and Range; `access.py`: an access key's view of the core; `keys.py`: the access keys.
+  (streamed bodies), `checksums.py` (MD5 ETags, Content-MD5, x-amz-checksum-*),
+  `multipart.py` (multipart uploads, and the collection of abandoned uploads);
+- `rest_app.py`: the REST door (`/api/v1/`), `tus.py` its resumable uploads;
+- `objects.py`: buckets and keys on the namespace (the S3 model), `listing_cache.py` (a
+  directory kept for a listing's next page), `streams.py`: bodies in and out and Range;
+  `access.py`: an access key's view of the core; `keys.py`: the access keys; `metrics.py`,
+  `lifespan.py`.
 
 Why Starlette on hypercorn's trio worker: the client core is trio (the mount needs it), and a
 handler that awaits the core on the core's own loop costs nothing extra; any asyncio server

@@ -9,6 +9,7 @@ import hmac
 
 from chunkfs.client import AsyncFilesystem, Identity
 from chunkfs.gateway.keys import AccessKey, KeyStore
+from chunkfs.gateway.listing_cache import DirectorySnapshots
 from chunkfs.gateway.objects import ObjectStore
 
 GATEWAY_UMASK = 0o022
@@ -18,6 +19,7 @@ class Access:
     def __init__(self, afs: AsyncFilesystem, keys: KeyStore, server_key: bytes) -> None:
         self.afs, self.keys, self.server_key = afs, keys, server_key
         self._views: dict[tuple[str, int, int], AsyncFilesystem] = {}
+        self._snapshots: dict[tuple[int, int], DirectorySnapshots] = {}  # by uid, gid: what they may list
 
     def filesystem_for(self, key: AccessKey) -> AsyncFilesystem:
         """The core as `key`'s uid/gid sees it (made once per key; never closed on its own: the
@@ -31,7 +33,8 @@ class Access:
         return view
 
     def objects_for(self, key: AccessKey) -> ObjectStore:
-        return ObjectStore(self.filesystem_for(key))
+        snapshots = self._snapshots.setdefault((key.uid, key.gid), DirectorySnapshots())
+        return ObjectStore(self.filesystem_for(key), snapshots)
 
     def credentials(self, access_key_id: str) -> tuple[AccessKey, str] | None:
         """The key with this id and its secret (what SigV4 signs with), or None."""

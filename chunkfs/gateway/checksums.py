@@ -1,6 +1,10 @@
 """Digests of an uploaded body: the MD5 every object's ETag is, and the checks the client asked
 for (Content-MD5, a hex x-amz-content-sha256, x-amz-checksum-* in a header or a trailer).
 
+The checksums that held are stored with the object (`user.s3.checksum.ALGORITHM` xattrs) and
+returned with GetObject/HeadObject when the client asks (`x-amz-checksum-mode: ENABLED`), so
+an SDK checks the body it downloads against what it uploaded.
+
 Every check happens before the object is renamed into place: a mismatch raises S3Error
 (BadDigest, XAmzContentSHA256Mismatch) and the staged file is dropped, so nothing is stored.
 CRC32, SHA-1 and SHA-256 checksums are checked; CRC32C and CRC64NVME (no maintained pure
@@ -50,6 +54,7 @@ class BodyChecksums:
         self._content_sha256 = payload.lower() if len(payload) == 64 else None
         self._sha256 = hashlib.sha256() if self._content_sha256 else None
         self._expected: dict[str, str] = {}
+        self.verified: dict[str, str] = {}  # algorithm -> base64 value, of the checks that held
         self._digests: dict[str, _Digest] = {}
         for name, value in headers.items():
             if name.startswith(HEADER_PREFIX) and name != HEADER_PREFIX + "algorithm" \
@@ -94,4 +99,5 @@ class BodyChecksums:
         for algorithm, expected in self._expected.items():
             if base64.b64encode(self._digests[algorithm].digest()).decode() != expected:
                 raise S3Error("BadDigest", f"the {algorithm.upper()} you specified did not match the calculated checksum")
+            self.verified[algorithm] = expected
         return md5.hex()

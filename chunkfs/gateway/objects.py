@@ -19,6 +19,7 @@ ACLs, as the client core checks them) decide; errors are the core's OSErrors.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import hashlib
@@ -33,11 +34,13 @@ from chunkfs.client.os_errors import os_error
 from chunkfs.client.transfers import is_staged_name, staged_file
 from chunkfs.errors import FsError, TransportError
 from chunkfs.gateway.checksums import BodyChecksums
+from chunkfs.gateway.listing_cache import DirectorySnapshots
 from chunkfs.gateway.streams import read_body, write_body
 
 XATTR_ETAG = "user.s3.etag"
 XATTR_CONTENT_TYPE = "user.s3.content-type"
 XATTR_META = "user.s3.meta."
+XATTR_CHECKSUM = "user.s3.checksum."
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 MAX_KEY_BYTES = 1024
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -60,6 +63,7 @@ class ObjectInfo:
     etag: str  # without the quotes
     content_type: str = DEFAULT_CONTENT_TYPE
     metadata: dict[str, str] = field(default_factory=dict)
+    checksums: dict[str, str] = field(default_factory=dict)  # algorithm -> base64, those checked at upload
 
 
 @dataclass
@@ -103,6 +107,7 @@ async def make_directories(afs: AsyncFilesystem, path: str) -> None:
     try:
         if stat.S_ISDIR((await afs.stat(path)).st_mode):
             return
+        raise FileExistsError(errno.EEXIST, f"{path} is a file, so it cannot hold other files or keys", path)
     except FileNotFoundError:
         pass
     await make_directories(afs, path.rsplit("/", 1)[0] or "/")
@@ -131,7 +136,8 @@ async def store_file(afs: AsyncFilesystem, path: str, body: AsyncIterator[bytes]
             ino = afile.open_file.ino
             mtime_ns = (await afs.client.getattr(ino)).mtime_ns
             values = {XATTR_ETAG: f"{etag} {size} {mtime_ns}",
-                      **{XATTR_META + k.lower(): v for k, v in (metadata or {}).items()}}
+                      **{XATTR_META + k.lower(): v for k, v in (metadata or {}).items()},
+                      **{XATTR_CHECKSUM + k: v for k, v in checksums.verified.items()}}
             if content_type:
                 values[XATTR_CONTENT_TYPE] = content_type
             for name, value in values.items():  # on a file this caller just made (its owner): no check needed
@@ -154,14 +160,17 @@ async def describe_file(afs: AsyncFilesystem, path: str, key: str, st: os.stat_r
             info.content_type = value.decode(errors="replace")
         elif name.startswith(XATTR_META):
             info.metadata[name[len(XATTR_META):]] = value.decode(errors="replace")
+        elif name.startswith(XATTR_CHECKSUM):
+            info.checksums[name[len(XATTR_CHECKSUM):]] = value.decode(errors="replace")
     return info
 
 
 class ObjectStore:
     """Buckets and objects as the identity of `afs` sees them."""
 
-    def __init__(self, afs: AsyncFilesystem) -> None:
+    def __init__(self, afs: AsyncFilesystem, snapshots: DirectorySnapshots | None = None) -> None:
         self.afs = afs
+        self.snapshots = snapshots or DirectorySnapshots()
 
     # ---- buckets ---------------------------------------------------------------------------------
     async def list_buckets(self) -> list[tuple[str, int]]:
@@ -224,7 +233,10 @@ class ObjectStore:
             await make_directories(self.afs, path)
             return ObjectInfo(key, 0, 0, EMPTY_MD5)
         await make_directories(self.afs, parent)
-        stored = await store_file(self.afs, path, body, checksums, exclusive, content_type, metadata, etag)
+        try:
+            stored = await store_file(self.afs, path, body, checksums, exclusive, content_type, metadata, etag)
+        except IsADirectoryError:  # a key that other keys are under: S3 allows both, a filesystem cannot
+            raise FileExistsError(errno.EEXIST, f"{key} is a prefix of other keys (a directory)", key) from None
         return ObjectInfo(key, stored.size, stored.mtime_ns, stored.etag, content_type or DEFAULT_CONTENT_TYPE, metadata)
 
     async def copy(self, source: tuple[str, str], bucket: str, key: str, replace: tuple[str | None, dict[str, str]] | None
@@ -296,13 +308,13 @@ class ObjectStore:
         """(key, entry) below `dir_key` in key order, pruned to what can match `prefix` and come
         after `after`; a directory a "/" delimiter folds into a common prefix is not entered."""
         try:
-            entries = await self.afs.scandir(f"/{bucket}/{dir_key}")
+            named = await self.snapshots.sorted_entries(self.afs, f"/{bucket}/{dir_key}")
         except PermissionError:
             if not dir_key:
                 raise
             return
-        named = sorted((e.name + "/" if e.is_dir() else e.name, e) for e in entries
-                       if not is_staged_name(os.fsencode(e.name)))
+        if after.startswith(dir_key):  # skip what sorts before `after` (the checks below decide)
+            named = named[bisect.bisect_left(named, (after[len(dir_key):].split("/")[0],)):]
         for name, entry in named:
             key = dir_key + name
             if not (key.startswith(prefix) or (entry.is_dir() and prefix.startswith(key))):

@@ -76,10 +76,21 @@ def _http_date(ns: int) -> str:
     return email.utils.formatdate(ns / 1e9, usegmt=True)
 
 
-def _object_headers(info: ObjectInfo) -> dict[str, str]:
+RESPONSE_OVERRIDES = {"response-content-type": "Content-Type", "response-content-language": "Content-Language",
+                      "response-expires": "Expires", "response-cache-control": "Cache-Control",
+                      "response-content-disposition": "Content-Disposition",
+                      "response-content-encoding": "Content-Encoding"}
+
+
+def _object_headers(call: S3Call, info: ObjectInfo, whole: bool = True) -> dict[str, str]:
+    """The headers that describe an object: its own, the checksums stored with it when asked for
+    (and the whole body is sent), and the response-* overrides of the query."""
     headers = {"ETag": f'"{info.etag}"', "Last-Modified": _http_date(info.mtime_ns), "Accept-Ranges": "bytes",
                "Content-Type": info.content_type, "Content-Length": str(info.size)}
     headers.update({f"x-amz-meta-{k}": v for k, v in info.metadata.items()})
+    if whole and call.request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+        headers.update({f"x-amz-checksum-{k}": v for k, v in info.checksums.items()})
+    headers.update({header: call.query[name] for name, header in RESPONSE_OVERRIDES.items() if name in call.query})
     return headers
 
 
@@ -309,7 +320,7 @@ class S3App:
     async def head_object(self, call: S3Call) -> Response:
         assert call.bucket is not None and call.key is not None
         info = await call.objects.head(call.bucket, call.key)
-        return check_conditions(call.request, info) or Response(headers=_object_headers(info))
+        return check_conditions(call.request, info) or Response(headers=_object_headers(call, info))
 
     async def get_object(self, call: S3Call) -> Response:
         assert call.bucket is not None and call.key is not None
@@ -323,7 +334,7 @@ class S3App:
         if early is not None:
             await afile.aclose()
             return early
-        headers = _object_headers(info)
+        headers = _object_headers(call, info, whole=byte_range is None)
         status = 200
         if byte_range is not None:
             headers["Content-Range"] = byte_range.content_range(info.size)

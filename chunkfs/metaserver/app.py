@@ -29,6 +29,7 @@ from chunkfs.metaserver.disk_check import DiskCheck
 from chunkfs.metaserver.gc import GarbageCollector
 from chunkfs.metaserver.leases import DirectoryLeases
 from chunkfs.metaserver.open_leases import OpenLeases
+from chunkfs.metaserver.locks import LockTable
 from chunkfs.metaserver.memory import GC_PAUSES, memory_status
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.orphans import OrphanCollector
@@ -69,6 +70,7 @@ class Metaserver:
     quarantine: Quarantine | None = None  # keeps unknown chunk versions after a restore
     replies: ReplyLog | None = None  # answers a retried mutation instead of running it twice
     leases: DirectoryLeases = field(init=False)  # directories held by the client that made them
+    locks: LockTable = field(default_factory=LockTable)  # flock and POSIX locks of every client
     open_leases: OpenLeases = field(default_factory=OpenLeases)  # files mounts may open again without a call
 
     def __post_init__(self) -> None:
@@ -110,8 +112,45 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Cal
 }
 
 
+LOCK_OPERATIONS = frozenset({"lock", "testlock", "cancel_lock", "locks"})
+LOCK_POLL_S = 10.0  # a waiting lock request is answered "not yet" after this long (and asked again)
+
+
+async def lock_operation(m: Metaserver, op: str, client: str, request: web.Request) -> Any:
+    """File locks (locks.py): every one is a client's, so a request without a client id is EINVAL."""
+    if op == "locks":
+        return m.locks.listing((await read_body(request, r.LocksReq)).ino)
+    if not client:
+        raise FsError(errno.EINVAL, "a lock is held by a client: send X-Chunkfs-Client")
+    if op == "cancel_lock":
+        return m.locks.cancel(client, (await read_body(request, r.LockCancelReq)).wait_id)
+    req = await read_body(request, r.LockReq)
+    with m.db.read() as txn:
+        m.namespace.getattr(txn, req.ino)  # ENOENT for a file that is not there
+    if op == "testlock":
+        return m.locks.test(client, req)
+    waiter = m.locks.request(client, req)
+    if waiter is not None:
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter.granted), LOCK_POLL_S)
+        except TimeoutError:
+            return r.LockReply(granted=False)
+        except asyncio.CancelledError:
+            if waiter.granted.cancelled():  # withdrawn (cancel_lock) or its client's session ended
+                raise FsError(errno.EINTR, "the lock wait was withdrawn") from None
+            raise
+        m.locks.claimed(client, req.wait_id)
+    try:  # as of the grant: the client drops what it cached of older versions
+        with m.db.read() as txn:
+            attr: r.Attr | None = m.namespace.getattr(txn, req.ino)
+    except FsError:  # removed while the lock was waited for: granted all the same (its close drops it)
+        attr = None
+    return r.LockReply(granted=True, attr=attr, feed_seq=m.changes.last_change_not_by(client),
+                       feed_epoch=m.changes.epoch)
+
+
 # every op `fs_operation` knows (the metrics label them; the route fuzzer calls each)
-FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "reserve", "release_leases", "fsck"})
+FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "reserve", "release_leases", "fsck", *LOCK_OPERATIONS})
 
 
 def statfs(m: Metaserver, txn: Txn) -> r.Statfs:
@@ -173,6 +212,8 @@ async def fs_operation(request: web.Request) -> web.Response:
     if op == "release_leases":
         await m.leases.release(client, (await read_body(request, r.LeaseReq)).inodes)
         return json_response(None)
+    if op in LOCK_OPERATIONS:
+        return json_response(await lock_operation(m, op, client, request))
     if op == "fsck":  # a page can take a while: off the event loop
         page_req = await read_body(request, r.FsckReq)
         return json_response(await asyncio.to_thread(fsck_page, m, m.registry.alive_ids(), page_req))
@@ -309,6 +350,8 @@ def cluster_status(m: Metaserver) -> r.ClusterStatus:
         standbys=m.replication.status() if m.replication else [],
         quarantined_versions=quarantined,
         memory=memory_status(m),
+        locks_held=m.locks.count(),
+        lock_waits=m.locks.waiting(),
     )
 
 
@@ -353,7 +396,7 @@ async def health(request: web.Request) -> web.Response:
 # Ordinary answers to filesystem calls (a lookup of a new name, a getxattr of an unset attribute):
 # logged at DEBUG only, as a local filesystem does not log a failed open.
 ROUTINE_ERRNOS = frozenset({errno.ENOENT, errno.ENODATA, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR,
-                            errno.EISDIR, errno.EOPNOTSUPP})
+                            errno.EISDIR, errno.EOPNOTSUPP, errno.EAGAIN, errno.EDEADLK})
 
 
 def routine_error(request: web.Request, error: FsError) -> bool:
@@ -403,8 +446,10 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
         if m.replies is not None:
             tasks.append(asyncio.create_task(m.replies.run()))
         tasks.append(asyncio.create_task(m.leases.run()))
-        if m.orphans is not None:  # a client's reservations end with its session, as its orphans do
+        if m.orphans is not None:  # a client's reservations and locks end with its session, as its orphans do
             session_over = m.orphans.expired
+            tasks.append(asyncio.create_task(m.locks.run(lambda client: session_over(client, time.monotonic()),
+                                                         max(0.5, min(5.0, m.orphans.session_timeout_s / 4)))))
             tasks.append(asyncio.create_task(m.chunks.owners.run(
                 m.committer, lambda client: session_over(client, time.monotonic()))))
         yield
@@ -416,4 +461,9 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
         m.db.close()
 
     app.cleanup_ctx.append(background)
+
+    async def end_long_polls(app: web.Application) -> None:
+        m.changes.close()
+
+    app.on_shutdown.append(end_long_polls)
     return app

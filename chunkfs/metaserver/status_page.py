@@ -93,6 +93,7 @@ def render(status: r.ClusterStatus, address: str, clients: int) -> str:
                     f"{status.corrupt_found} corrupt replicas found"),
         ("pending deletions", str(status.pending_deletions)),
         ("clients mounted", str(clients)),
+        ("file locks", f"{status.locks_held} held, {status.lock_waits} waiting"),
     ]
     summary = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in facts)
     return f"""<!doctype html>

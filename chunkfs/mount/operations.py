@@ -10,6 +10,7 @@ ever ends the mount.
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import logging
 import os
@@ -30,6 +31,7 @@ from chunkfs.protocol.limits import check_name, unrepresentable
 log = logging.getLogger(__name__)
 
 READDIR_PAGE = 1000
+FLOCK_TYPES = {fcntl.LOCK_SH: r.F_RDLCK, fcntl.LOCK_EX: r.F_WRLCK, fcntl.LOCK_UN: r.F_UNLCK}
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -43,7 +45,7 @@ def fuse_errors(handler: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Cor
         except pyfuse3.FUSEError:
             raise
         except FsError as exc:
-            if exc.errno not in (errno.ENOENT, errno.EEXIST, errno.ENODATA, errno.ENOTEMPTY):
+            if exc.errno not in (errno.ENOENT, errno.EEXIST, errno.ENODATA, errno.ENOTEMPTY, errno.EAGAIN):
                 log.info("%s: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except TransportError as exc:
@@ -67,12 +69,14 @@ class ChunkfsOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
     enable_acl = True  # the kernel enforces POSIX ACLs kept in system.posix_acl_* xattrs
+    enable_locks = True  # flock and fcntl locks come here and are kept by the metaserver (pyfuse3 patched)
 
     def __init__(self, client: Client, *, entry_timeout_s: float, attr_timeout_s: float) -> None:
         super().__init__()
         self.client = client
         self.entry_timeout_s, self.attr_timeout_s = entry_timeout_s, attr_timeout_s
         self.handles: dict[int, OpenFile] = {}
+        self.posix_owners: dict[int, set[int]] = {}  # file handle -> owners of POSIX locks taken through it
         self.dirs: dict[int, DirListing] = {}
         self.seen_versions: dict[int, tuple[int, int]] = {}  # ino -> (mtime, size) last opened
         # inodes whose last attributes said "no xattrs": getxattr answers ENODATA without a call
@@ -263,18 +267,61 @@ class ChunkfsOperations(pyfuse3.Operations):
             self.seen_versions[attr.ino] = (attr.mtime_ns, attr.size)
 
     @fuse_errors
-    async def flush(self, fh):
-        await self._flush(fh)
+    async def flush(self, fh, lock_owner=0):
+        """A close: what was written is committed, then the POSIX locks of the closing process
+        on the file go (the kernel leaves that to the filesystem when it keeps the locks)."""
+        try:
+            await self._flush(fh)
+        finally:
+            if lock_owner:
+                await self.client.locks.drop_posix(self._handle(fh).ino, lock_owner)
 
     @fuse_errors
     async def fsync(self, fh, datasync):
         await self._flush(fh)
 
     @fuse_errors
-    async def release(self, fh):
+    async def release(self, fh, flock_owner=0):
         open_file = self.handles.pop(fh, None)
         if open_file is not None:
-            await self.client.release(open_file)
+            try:
+                await self.client.release(open_file)
+            finally:
+                if flock_owner:  # the last close of an open file that took flock locks
+                    await self.client.locks.drop_flock(open_file.ino, flock_owner)
+                # POSIX locks taken through this open file and still held are OFD locks (owned by
+                # the open file, not a process; a process's went at its close): they end here
+                for owner in self.posix_owners.pop(fh, ()):
+                    await self.client.locks.drop_posix(open_file.ino, owner)
+
+    # ---- locks: every client's, kept by the metaserver --------------------------------------
+    @fuse_errors
+    async def getlk(self, inode, fh, owner, lock_type, start, end, pid):
+        found = await self.client.test_lock(r.LockReq(ino=inode, owner=owner, type=lock_type, start=start,
+                                                      end=end, pid=pid))
+        return found.type, found.start, found.end, found.pid
+
+    @fuse_errors
+    async def setlk(self, inode, fh, owner, lock_type, start, end, pid, sleep):
+        await self._lock(fh, r.LockReq(ino=inode, owner=owner, type=lock_type, start=start, end=end, pid=pid,
+                                       wait=sleep))
+        if lock_type != r.F_UNLCK:
+            self.posix_owners.setdefault(fh, set()).add(owner)
+
+    @fuse_errors
+    async def flock(self, inode, fh, owner, op, pid=0):
+        lock_type = FLOCK_TYPES.get(op & ~fcntl.LOCK_NB)
+        if lock_type is None:
+            raise FsError(errno.EINVAL, f"flock operation {op}")
+        await self._lock(fh, r.LockReq(ino=inode, owner=owner, type=lock_type, flock=True, pid=pid,
+                                       wait=not op & fcntl.LOCK_NB))
+
+    async def _lock(self, fh: int, req: r.LockReq) -> None:
+        if await self.client.lock(self._handle(fh), req):
+            # another client changed the file: the kernel drops its pages and attributes of it
+            # (from a worker thread, so this cannot deadlock with a read being served)
+            self.seen_versions.pop(req.ino, None)
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, req.ino)
 
     # ---- xattrs and the rest ---------------------------------------------------------------
     @fuse_errors

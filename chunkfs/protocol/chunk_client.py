@@ -57,15 +57,20 @@ class ChunkClient:
         return response.content
 
     async def get_blocks(self, address: str, chunk_id: int, version: int, offset: int, length: int,
-                         retry_s: float | None = None) -> tuple[bytes | bytearray, bytes]:
+                         retry_s: float | None = None) -> tuple[bytes | bytearray, bytes | None]:
         """(`length` bytes of the chunk from `offset`, clipped to its end; their blocks' xxh3s,
         8 bytes a block): a ranged read. `offset` is at a block (`checksum.BLOCK_SIZE`). The
         server verified those blocks before it answered; the caller checks the bytes against
-        the sums (`checksum.verify_blocks`), which catches what went wrong on the way."""
+        the sums (`checksum.verify_blocks`), which catches what went wrong on the way.
+        Sums None: a chunkserver older than ranged reads ignored the range and sent the whole
+        chunk (a rolling upgrade that reached clients first), to be checked as a whole."""
         response = await self.http.request("GET", chunk_url(address, chunk_id, version),
                                            params={OFFSET_PARAM: offset, LENGTH_PARAM: length}, retry_s=retry_s)
+        header = response.header(BLOCK_SUMS_HEADER)
+        if header is None:
+            return response.content, None
         try:
-            sums = bytes.fromhex(response.header(BLOCK_SUMS_HEADER) or "")
+            sums = bytes.fromhex(header)
         except ValueError:
             sums = b""  # fails the caller's check
         return response.content, sums

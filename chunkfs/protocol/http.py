@@ -6,7 +6,7 @@ then the caller gets `TransportError`. A 4xx with a chunkfs error body becomes `
 A kept-alive connection that breaks (a server restarted) takes every idle connection to that
 server with it and the call is made again at once on a new one: after a restart the first call
 pays one reconnect, not a back-off per pooled connection, and the pause a client sees is the
-restart plus at most the back-off's 2 s ceiling.
+restart plus at most the back-off's ceiling (`RETRY_WAIT_MAX_S`).
 
 Every call carries an `X-Request-Id` (see `chunkfs.request_id`), the same on each of its retries,
 and, when the id is the call's own, an `X-Chunkfs-Attempt` numbering them;
@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 _RETRY_STATUS = {502, 503, 504}
 
+
+# The longest wait between two attempts: once a restarted server answers, a caller waiting
+# this long finds out (a dead server costs a refused connection per caller per wait; cheap).
+RETRY_WAIT_MAX_S = 0.5
 
 class _Retryable(Exception):
     def __init__(self, message: str, stale: bool = False) -> None:
@@ -107,7 +111,7 @@ class SignedHttp:
         again) and stops `remaining_s` after now, i.e. `retry_s` after the first attempt."""
         retrying = AsyncRetrying(
             stop=stop_after_delay(max(0.0, remaining_s)),
-            wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
+            wait=wait_exponential_jitter(multiplier=0.05, max=RETRY_WAIT_MAX_S, jitter=0.1),
             retry=retry_if_exception_type(_Retryable),
             reraise=True,
         )

@@ -167,6 +167,22 @@ class MetaClient:
     async def commit(self, req: r.CommitReq) -> r.Attr:
         return await self.call("commit", req, r.Attr)
 
+    # -- file locks (chunkfs/metaserver/locks.py) ---------------------------------------------
+    async def lock(self, req: r.LockReq) -> r.LockReply:
+        """Take or drop a lock; a waiting one is a long poll: ask again until `granted`."""
+        return await self.call("lock", req, r.LockReply)
+
+    async def test_lock(self, req: r.LockReq) -> r.LockInfo:
+        return await self.call("testlock", req, r.LockInfo)
+
+    async def cancel_lock(self, wait_id: int) -> bool:
+        """Withdraw a wait: true if it was not granted (false: the lock was, or the wait is unknown)."""
+        return await self.call("cancel_lock", r.LockCancelReq(wait_id), bool)
+
+    async def locks(self, ino: int = 0) -> list[r.LockInfo]:
+        """The locks held and waited for on `ino` (0: on every file)."""
+        return await self.call("locks", r.LocksReq(ino), list[r.LockInfo])
+
     # -- cluster ----------------------------------------------------------------------------
     async def statfs(self) -> r.Statfs:
         return await self.call("statfs", r.InodeReq(1), r.Statfs)

@@ -13,12 +13,14 @@ entry (see the mount's attributes), so one bad stored value cannot fail a whole 
 
 from __future__ import annotations
 
+import errno
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta, Struct
 
 from chunkfs import CHUNK_SIZE, MAX_NAME_BYTES
+from chunkfs.errors import FsError
 from chunkfs.protocol import limits
 
 Ino = Annotated[int, Meta(ge=1, le=limits.MAX_ID)]
@@ -278,6 +280,74 @@ class LeaseReq(Struct):
     inodes: list[Ino]
 
 
+# ---- file locks (chunkfs/metaserver/locks.py) ------------------------------------------------
+
+F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2  # a lock's type, as Linux numbers them
+OFFSET_MAX = 2**63 - 1  # a lock's end "to the end of the file", as the kernel's
+LockType = Annotated[int, Meta(ge=F_RDLCK, le=F_UNLCK)]
+Offset = Annotated[int, Meta(ge=0, le=OFFSET_MAX)]
+MAX_LOCK_OWNER = 2**64 - 1  # the kernel's lock_owner: any 64-bit number (checked in __post_init__:
+LockOwner = Annotated[int, Meta(ge=0)]  # msgspec's bounds stop at 2**63 - 1)
+Pid = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+
+
+class LockReq(Struct, kw_only=True):
+    """Take (F_RDLCK, F_WRLCK) or drop (F_UNLCK) a lock for `owner` of the calling client:
+    a POSIX record lock on bytes `start`..`end` (inclusive), or a whole-file flock. With `wait`,
+    a conflict waits (the call is a long poll: asked again with the same `wait_id` until
+    `LockReply.granted`); without, it is EAGAIN. Also F_GETLK's question (op `testlock`)."""
+
+    ino: Ino
+    owner: LockOwner
+    type: LockType
+    flock: bool = False
+    start: Offset = 0
+    end: Offset = OFFSET_MAX
+    pid: Pid = 0  # the caller's process, for F_GETLK answers and `chunkfs locks`
+    wait: bool = False
+    wait_id: Bytes64 = 0  # the client's number for this wait (0: none)
+
+    def __post_init__(self) -> None:
+        if self.owner > MAX_LOCK_OWNER:
+            raise FsError(errno.EINVAL, f"a lock owner is a 64-bit number, not {self.owner}")
+        if self.start > self.end:
+            raise FsError(errno.EINVAL, f"a lock's start {self.start} is past its end {self.end}")
+
+
+class LockReply(Struct):
+    """`granted` false: still waiting (ask again). `attr`: the file as the metaserver has it
+    now, so the client can drop what it cached of an older version."""
+
+    granted: bool
+    attr: Attr | None = None
+    # the change feed as of the grant: the newest change another client made, which the
+    # client applies before it goes on (it sees the names the previous holder changed)
+    feed_seq: int = 0
+    feed_epoch: str = ""
+
+
+class LockCancelReq(Struct):
+    wait_id: Bytes64
+
+
+class LocksReq(Struct):
+    ino: Annotated[int, Meta(ge=0, le=limits.MAX_ID)] = 0  # 0: every file
+
+
+class LockInfo(Struct, kw_only=True):
+    """A lock held (or waited for, `waiting`); type F_UNLCK in a F_GETLK answer: nothing conflicts."""
+
+    type: int
+    start: int
+    end: int
+    pid: int = 0  # 0 when the holder is another client (its pids mean nothing here)
+    ino: int = 0
+    client: str = ""
+    owner: int = 0
+    flock: bool = False
+    waiting: bool = False
+
+
 # ---- chunkserver <-> metaserver -------------------------------------------------------------
 
 
@@ -338,6 +408,8 @@ class ClusterStatus(Struct, kw_only=True):
     chunk_bytes: int = 0  # sum of the chunks' lengths (one replica each)
     under_goal_counted_s_ago: float = -1.0  # age of `chunks_under_goal` (-1: not counted yet)
     memory: MemoryStatus | None = None  # the metaserver's own memory, and what holds it
+    locks_held: int = 0  # file locks held by clients (flock and POSIX), `chunkfs locks` lists them
+    lock_waits: int = 0  # lock requests waiting now
 
 
 class MemoryStatus(Struct, kw_only=True):
