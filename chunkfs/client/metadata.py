@@ -137,12 +137,12 @@ class Metadata:
         self.cache.listed(ino, entries, generation)
         return entries
 
-    async def open_file(self, ino: int) -> r.FileLayout:
+    async def open_file(self, ino: int, leased_ok: bool = True) -> r.FileLayout:
         """The committed state of file `ino` (close-to-open): from the open lease this client
         holds on it while the change feed is answered (no call; another client's change is
         applied here before its writer's call returns, see metaserver/open_leases.py), else
-        from the metaserver, with a new lease."""
-        if trio.current_time() < self._feed_trusted_until:
+        from the metaserver, with a new lease. `leased_ok=False` always asks the metaserver."""
+        if leased_ok and trio.current_time() < self._feed_trusted_until:
             layout = self.cache.layout(ino)
             if layout is not None:
                 self.opens_leased += 1
