@@ -307,11 +307,12 @@ def test_flipped_byte_is_found_and_repaired(netns, workload):
     path.unlink()
 
 
-def refused_as_full(log: Path, since: int) -> set[int]:
-    """Chunks whose upload a full chunkserver refused (ENOSPC) in the mount's log after byte
-    `since`; the mount logs each as it tries a spare instead."""
+def refused_as_full(log: Path, since: int) -> set[tuple[int, int]]:
+    """Chunk versions whose upload a full chunkserver refused (ENOSPC) in the mount's log after
+    byte `since`; the mount logs each as it tries a spare instead. (By version: a later version
+    of the same chunk may go to that server once deletions made room on it again.)"""
     text = log.read_bytes()[since:].decode(errors="replace")
-    return {int(c) for c in re.findall(r"chunk (\d+) v\d+: \S+ failed \(chunkserver disk is full", text)}
+    return {(int(c), int(v)) for c, v in re.findall(r"chunk (\d+) v(\d+): \S+ failed \(chunkserver disk is full", text)}
 
 
 def test_full_chunkserver_is_skipped_and_writers_move_elsewhere(netns, workload):
@@ -325,12 +326,12 @@ def test_full_chunkserver_is_skipped_and_writers_move_elsewhere(netns, workload)
     wait_until(lambda: refused_as_full(log, since), 30, "a chunk of client1's writer refused by the full cs5")
     workload.keeps_working(3)
     workload.stop()  # it deletes its old files, which would make room on cs5 again
-    kept = {chunk.chunk_id: chunk.replicas for path in workload.writer_dir.iterdir()
+    kept = {(chunk.chunk_id, chunk.version): chunk.replicas for path in workload.writer_dir.iterdir()
             for chunk in netns.layout(path).chunks}
     moved = refused_as_full(log, since) & kept.keys()
-    assert moved, "the refused chunks belong to files the writer kept"
-    for chunk_id in moved:
-        assert len(kept[chunk_id]) == 3 and full_id not in kept[chunk_id], (chunk_id, kept[chunk_id])
+    assert moved, "the refused chunk versions belong to files the writer kept"
+    for version in moved:
+        assert len(kept[version]) == 3 and full_id not in kept[version], (version, kept[version])
     assert netns.status().chunks_replicated == repaired, "stored at goal by the writer, not by re-replication"
 
     def reports_full() -> bool:
