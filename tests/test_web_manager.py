@@ -139,25 +139,26 @@ def test_the_file_manager_in_a_browser(web_cluster, browser, tmp_path):
 
     # the link in a fresh context: no login, no cookies
     stranger = browser.new_context(accept_downloads=True)
-    with stranger.new_page() as link_page:
-        with link_page.expect_download() as shared:
-            try:
-                link_page.goto(url)
-            except playwright_api.Error:  # a download ends the navigation
-                pass
-        fetched = tmp_path / "shared.bin"
-        shared.value.save_as(str(fetched))
-        assert md5(fetched) == md5(big)
+    link_page = stranger.new_page()
+    with link_page.expect_download() as shared:
+        try:
+            link_page.goto(url)
+        except playwright_api.Error:  # a download ends the navigation
+            pass
+    fetched = tmp_path / "shared.bin"
+    shared.value.save_as(str(fetched))
+    assert md5(fetched) == md5(big)
+    link_page.close()
     assert httpx.head(url).status_code == 200
 
     # revoke it on the page: the link answers 410 with a page that says so
     page.click(f"#shares tr button:has-text('Revoke')")
     page.wait_for_function("!document.querySelector('#shares').textContent.includes('active')")
-    with stranger.new_page() as link_page:
-        answer = link_page.goto(url)
-        assert answer.status == 410
-        assert "revoked" in link_page.text_content("h1")
-        shot(link_page, "revoked-link")
+    link_page = stranger.new_page()
+    answer = link_page.goto(url)
+    assert answer is not None and answer.status == 410
+    assert "revoked" in link_page.text_content("h1")
+    shot(link_page, "revoked-link")
     stranger.close()
 
     # log out: the page asks for a login again, and the session's cookie no longer works

@@ -73,7 +73,8 @@ def user() -> None:
 
 @user.command("add")
 @click.argument("name")
-@click.option("--uid", type=click.IntRange(1), help=f"Numeric user id [default: the next free from {FIRST_UID}].")
+@click.option("--uid", type=click.IntRange(0), help=f"Numeric user id [default: the next free from {FIRST_UID}; "
+              "0 makes an admin, who sees the web page's admin view].")
 @click.option("--gid", type=click.IntRange(0), help="Primary group id [default: the uid].")
 @click.option("--groups", default="", help="Supplementary group ids, comma-separated.")
 @click.option("--home", help=f"Home directory in the cluster [default: {HOME_ROOT}/NAME].")

@@ -41,6 +41,7 @@ from chunkfs.gateway.access import Access
 from chunkfs.gateway.auth_api import small_form, text_field
 from chunkfs.gateway.callers import basic_credentials, caller_in
 from chunkfs.gateway.downloads import file_response
+from chunkfs.gateway.login_throttle import LoginThrottle
 from chunkfs.gateway.rest_errors import RestError
 from chunkfs.gateway.streams import RangeNotSatisfiable
 from chunkfs.gateway.tokens import TokenIssuer
@@ -83,6 +84,7 @@ class ShareLinks:
     def __init__(self, access: Access, accounts: AccountsClient, tokens: TokenIssuer,
                  bytes_out: Callable[[int], None]) -> None:
         self.access, self.accounts, self.tokens, self.bytes_out = access, accounts, tokens, bytes_out
+        self.throttle = LoginThrottle()  # guesses at a link's password, as at a user's
 
     # ---- the API of the links' makers ---------------------------------------------------------------
     async def create(self, request: Request, afs: AsyncFilesystem) -> Response:
@@ -192,8 +194,17 @@ class ShareLinks:
             return True
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "basic":  # curl -u :PASSWORD
-            password = basic_credentials(credentials).partition(":")[2]
-            return await trio.to_thread.run_sync(verify_password, share.password_hash, password)
+            return await self._password_holds(request, share, basic_credentials(credentials).partition(":")[2])
+        return False
+
+    async def _password_holds(self, request: Request, share: Share, password: str) -> bool:
+        """The link's password check, slowed down after repeated failures for the link and the address."""
+        address = request.client.host if request.client else "?"
+        if self.throttle.wait_s(f"share:{share.id}", address) > 0:
+            return False
+        if await trio.to_thread.run_sync(verify_password, share.password_hash, password):
+            return True
+        self.throttle.failed(f"share:{share.id}", address)
         return False
 
     async def _password_form(self, request: Request) -> Response:
@@ -209,8 +220,8 @@ class ShareLinks:
             password = text_field(await small_form(request), "password", MAX_PASSWORD_CHARS)
         except RestError:
             password = ""
-        if not await trio.to_thread.run_sync(verify_password, use.share.password_hash, password):
-            return _password_page(token, 401, "That password is not right.")
+        if not await self._password_holds(request, use.share, password):
+            return _password_page(token, 401, "That password is not right (or too many tries: wait a little).")
         response = RedirectResponse(f"/s/{quote(token)}", status_code=303)
         response.set_cookie(_pass_cookie(use.share.id), self.tokens.share_pass(use.share.id, PASS_COOKIE_TTL_S),
                             max_age=PASS_COOKIE_TTL_S, path=f"/s/{token}", httponly=True, samesite="lax",
