@@ -21,7 +21,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from chunkfs.protocol.http import SignedHttp
-from chunkfs.protocol.records import Uid
+from chunkfs.protocol.records import Ino, Uid
 
 T = TypeVar("T")
 
@@ -29,6 +29,7 @@ UserName = Annotated[str, Meta(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]  # useradd'
 RecordId = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$")]
 PasswordHash = Annotated[str, Meta(max_length=512)]
 ClusterPath = Annotated[str, Meta(min_length=1, max_length=4096, pattern=r"^/")]
+Timestamp = Annotated[float, Meta(ge=0, le=1e11)]  # seconds since the epoch
 
 
 class User(Struct, kw_only=True):
@@ -41,7 +42,7 @@ class User(Struct, kw_only=True):
     home: ClusterPath
     password_hash: PasswordHash = ""  # argon2id, PHC string; "": no login (keys only)
     disabled: bool = False
-    created_at: float = 0.0
+    created_at: Timestamp = 0.0
 
 
 class Session(Struct, kw_only=True):
@@ -50,8 +51,8 @@ class Session(Struct, kw_only=True):
     id: RecordId
     user: UserName
     refresh_sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]  # of the current refresh token
-    created_at: float
-    expires_at: float
+    created_at: Timestamp
+    expires_at: Timestamp
 
 
 class Share(Struct, kw_only=True):
@@ -60,17 +61,17 @@ class Share(Struct, kw_only=True):
 
     id: RecordId
     path: ClusterPath
-    ino: int  # the file the link was made for: another file put at the path later is not served
+    ino: Ino  # the file the link was made for: another file put at the path later is not served
     is_dir: bool
-    owner: str  # the user who made it ("" for an admin's `chunkfs share`)
+    owner: Annotated[str, Meta(max_length=64)]  # the user who made it ("" for an admin's `chunkfs share`)
     uid: Uid  # downloads act as this identity, so the namespace's permissions still decide
     gid: Uid
     groups: list[Uid] = []
-    created_at: float = 0.0
-    expires_at: float
+    created_at: Timestamp = 0.0
+    expires_at: Timestamp
     password_hash: PasswordHash = ""
     max_downloads: Annotated[int, Meta(ge=0, le=2**31)] = 0  # 0: no limit
-    downloads: int = 0
+    downloads: Annotated[int, Meta(ge=0, le=2**62)] = 0
     revoked: bool = False
 
 
@@ -94,7 +95,7 @@ class IdReq(Struct):
 
 
 class SharesReq(Struct):
-    owner: str | None = None  # None: every share
+    owner: Annotated[str, Meta(max_length=64)] | None = None  # None: every share
 
 
 class ShareUseReq(Struct):
