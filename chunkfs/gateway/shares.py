@@ -320,12 +320,11 @@ async def zip_stream(afs: AsyncFilesystem, top: str) -> AsyncIterator[bytes]:
     """The directory `top` as a zip (stored, zip64), streamed as it is read: files the identity
     cannot read are left out."""
     sink = _Sink()
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:  # type: ignore[arg-type]
         async for path, name, st in _walk(afs, top.rstrip("/") or "/"):
             info = zipfile.ZipInfo(name, time.gmtime(max(st.st_mtime, 315532800))[:6])
             if name.endswith("/"):
                 archive.writestr(info, b"")
-                yield sink.take()
                 continue
             try:
                 afile = await afs.open(path, "rb")
@@ -339,4 +338,6 @@ async def zip_stream(afs: AsyncFilesystem, top: str) -> AsyncIterator[bytes]:
             finally:
                 with trio.CancelScope(shield=True):
                     await afile.aclose()
-    yield sink.take()
+            if sink.buffer:
+                yield sink.take()
+    yield sink.take()  # the central directory
