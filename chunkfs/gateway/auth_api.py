@@ -35,7 +35,7 @@ from chunkfs.gateway.keys import KeyStore
 from chunkfs.gateway.login_throttle import LoginThrottle
 from chunkfs.gateway.rest_errors import RestError
 from chunkfs.gateway.tokens import ACCESS_TTL_S, REFRESH_TTL_S, TokenError, refresh_digest
-from chunkfs.passwords import MAX_PASSWORD_CHARS, dummy_verify, verify_password
+from chunkfs.passwords import MAX_PASSWORD_CHARS, USER_NAME, dummy_verify, verify_password
 from chunkfs.protocol.accounts import AccountsClient, Session, User
 
 REFRESH_COOKIE_PATH = "/api/v1/auth/"
@@ -88,7 +88,7 @@ class AuthApi:
         wait_s = self.throttle.wait_s(name, address)
         if wait_s > 0:
             raise RestError(429, "TooManyFailedLogins", f"too many failed logins: try again in {wait_s:.0f} s")
-        user = await self._user(name) if name else None
+        user = await self._user(name) if USER_NAME.fullmatch(name) else None  # a bad name: as an unknown one
         if user is None:
             await trio.to_thread.run_sync(dummy_verify, password)
             ok = False

@@ -286,11 +286,14 @@ class _Sink:
     def __init__(self) -> None:
         self.buffer = bytearray()
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes, /) -> int:
         self.buffer += data
         return len(data)
 
     def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
     def take(self) -> bytes:
@@ -320,7 +323,7 @@ async def zip_stream(afs: AsyncFilesystem, top: str) -> AsyncIterator[bytes]:
     """The directory `top` as a zip (stored, zip64), streamed as it is read: files the identity
     cannot read are left out."""
     sink = _Sink()
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:  # type: ignore[arg-type]
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         async for path, name, st in _walk(afs, top.rstrip("/") or "/"):
             info = zipfile.ZipInfo(name, time.gmtime(max(st.st_mtime, 315532800))[:6])
             if name.endswith("/"):
