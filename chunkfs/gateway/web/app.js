@@ -122,7 +122,7 @@ async function openDir(path) {
 
 function drawCrumbs(path) {
   const nav = $("crumbs");
-  nav.replaceChildren(el("a", { href: "#", onclick: (e) => { e.preventDefault(); openDir("/"); } }, "/"));
+  nav.replaceChildren(el("a", { href: "#", onclick: (e) => { e.preventDefault(); openDir("/"); } }, "/"), " ");
   let sofar = "";
   for (const part of path.split("/").filter(Boolean)) {
     sofar += "/" + part;
