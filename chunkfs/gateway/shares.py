@@ -138,7 +138,9 @@ class ShareLinks:
             return await self._serve(request)
         except RangeNotSatisfiable:
             return Response(status_code=416, headers={"Content-Range": "bytes */*"})
-        except (PermissionError, FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError):
+            return page("Not found", "<p>There is no such file in the shared folder.</p>", 404)
+        except PermissionError:
             return page("Not available", "<p>This file cannot be read through this link (any more).</p>", 403)
         except (FsError, TransportError):
             log.exception("a share link could not be served")
