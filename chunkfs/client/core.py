@@ -235,10 +235,7 @@ class Client:
         fetched while its final commit was in flight is fetched again."""
         while layout is None:
             before = self.open_files.get(ino)
-            # Only root's opens are answered from an open lease for now: with the lease alone, an
-            # ACL that another client set was not enforced on a non-root opener here
-            # (tests/test_acl.py, the two-client case), while the metaserver's open was.
-            fetched = await self.meta.open_file(ino, leased_ok=caller.uid == 0)
+            fetched = await self.meta.open_file(ino)
             if before is None or self.open_files.get(ino) is before:
                 layout = fetched
         open_file = self.open_files.get(ino)

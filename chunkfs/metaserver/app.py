@@ -38,7 +38,7 @@ from chunkfs.metaserver import backup
 from chunkfs.metaserver.quarantine import Quarantine
 from chunkfs.metaserver.registration import Registration
 from chunkfs.metaserver.replication_log import ReplicationLog
-from chunkfs.metaserver.replies import ReplyLog
+from chunkfs.metaserver.replies import REPLAYED, ReplyLog
 from chunkfs.protocol.replication_client import BACKUP_PATH, REPLICATION_PATH
 from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
@@ -204,7 +204,7 @@ async def fs_operation(request: web.Request) -> web.Response:
         else:
             first_attempt = request.headers.get(request_id.ATTEMPT_HEADER) == "1"
             body, result = await commit(m.replies.once(mutate, client, rid, first_attempt), req)
-            if result is None:  # a retry of a mutation already done: answer it again, changes nothing
+            if result is REPLAYED:  # a retry of a mutation already done: answer it again, changes nothing
                 return web.Response(body=body, content_type="application/json")
         if op == "create":
             m.leases.granted(cast(r.CreateReq, req), result, client)
