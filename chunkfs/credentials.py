@@ -95,7 +95,7 @@ class CredentialStore:
     def get(self, key_id: str) -> Credential | None:
         return self._by_id.get(key_id)
 
-    def list(self) -> list[Credential]:
+    def listing(self) -> list[Credential]:
         return sorted(self._by_id.values(), key=lambda c: (c.role, c.name, c.created))
 
     def add(self, role: str, name: str, export: Export | None = None) -> tuple[Credential, str]:
@@ -140,7 +140,7 @@ class CredentialStore:
         tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump([asdict(c) for c in self.list()], f, indent=1)
+            json.dump([asdict(c) for c in self.listing()], f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         replace_durably(tmp, self.path)

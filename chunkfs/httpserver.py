@@ -301,7 +301,7 @@ def make_app(keys: auth.KeyRing | bytes, routine_error: Callable[[web.Request, F
              own_host: Callable[[str], bool] = any_host, body_limits: dict[str, BodyLimit] | None = None,
              body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
              authorize: Callable[[web.Request, str], str | None] = any_role,
-             status_open: Callable[[web.Request], bool] = status_access("open")) -> web.Application:
+             status_open: Callable[[web.Request], bool] | None = None) -> web.Application:
     """`routine_error(request, error)` says which error replies are ordinary answers, logged at
     DEBUG only (a lookup of a name that does not exist is not worth a line). `own_host(host)`:
     whether a signed request's Host header names this server (the signature covers Host, so a
@@ -315,7 +315,7 @@ def make_app(keys: auth.KeyRing | bytes, routine_error: Callable[[web.Request, F
     app = web.Application(middlewares=[chunkfs_middleware], client_max_size=largest)
     app[VERIFIER] = auth.Verifier(keys)
     app[AUTHORIZE] = authorize
-    app[STATUS_OPEN] = status_open
+    app[STATUS_OPEN] = status_open or status_access("open")
     app[OWN_HOST] = own_host
     app[BODY_LIMITS] = limits
     app[BODY_TIMEOUT_S] = body_timeout_s

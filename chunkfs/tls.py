@@ -88,7 +88,7 @@ def init_certs(directory: Path, names: tuple[str, ...] = NAMES, hosts: list[str]
 
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def save_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

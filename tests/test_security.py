@@ -12,7 +12,6 @@ import os
 import stat
 import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import msgspec

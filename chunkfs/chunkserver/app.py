@@ -13,7 +13,7 @@ from chunkfs import metrics
 from chunkfs.config import ConfigError, parse_address
 from chunkfs.errors import FsError, TransportError
 from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, TOKEN_CHECK, BodyLimit, any_host, json_response, make_app,
-                                read_body_pieces, status_access)
+                                read_body_pieces)
 from chunkfs.chunkserver.access import CHUNK_KEYS, ChunkKeys, token_check
 from chunkfs.chunkserver.scrubber import CorruptionReporter, corrupt_copies
 from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
@@ -175,7 +175,7 @@ BODY_LIMITS = {f"PUT {CHUNK_ROUTE}": BodyLimit(CHUNK_SIZE, checksummed=True)}
 def build_app(store: ChunkStore, keys: ChunkKeys, background, peers: ChunkClient,
               corruption: CorruptionReporter, counters: metrics.ChunkserverMetrics,
               addresses: frozenset[str] = frozenset(), body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-              status_open: Callable[[web.Request], bool] = status_access("open")) -> web.Application:
+              status_open: Callable[[web.Request], bool] | None = None) -> web.Application:
     """`addresses`: the HOST:PORTs clients and peers reach this server by (the one it registers
     with, its listen address); a request signed for another Host is refused (empty: any).
     `keys`: the chunk key, once learnt (who is served: see access.py)."""

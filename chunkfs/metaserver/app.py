@@ -21,7 +21,7 @@ from chunkfs.metaserver.exports import ExportGuard
 from chunkfs.errors import FsError
 from chunkfs.request_checks import client_id, query_float, query_int, query_token, request_id_header
 from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, SIGNER, VERIFIER, BodyLimit, any_host, host_on_port,
-                                json_response, make_app, read_body, status_access)
+                                json_response, make_app, read_body)
 from chunkfs.metaserver import access_policy, credentials_api
 from chunkfs.metaserver.changes import ChangeFeed, affected
 from chunkfs.metaserver.status_page import render as render_status_page
@@ -485,7 +485,7 @@ BODY_LIMITS = {"POST /v1/fs/{op}": BodyLimit(16 << 20), "POST /v1/servers/hello"
 
 def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None = None,
               body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-              status_open: Callable[[web.Request], bool] = status_access("open")) -> web.Application:
+              status_open: Callable[[web.Request], bool] | None = None) -> web.Application:
     """`port`: the one it listens on; a request signed for a Host on another port is refused.
     Signatures are checked with `m.credentials` if it has them (the cluster secret and the role
     keys; each role only on its routes, access_policy.py), else with the cluster secret alone."""

@@ -19,7 +19,7 @@ CREDENTIALS = web.AppKey("credentials", CredentialStore)
 
 
 async def list_credentials(request: web.Request) -> web.Response:
-    return json_response([c.public() for c in request.app[CREDENTIALS].list()])
+    return json_response([c.public() for c in request.app[CREDENTIALS].listing()])
 
 
 async def change_credentials(request: web.Request) -> web.Response:

@@ -190,7 +190,7 @@ class TrioH11Transport:
                 data = await conn.stream.receive_some(RECEIVE_BYTES)
                 if not data and conn.h11.their_state is h11.SEND_RESPONSE:
                     raise trio.BrokenResourceError("server closed the connection")
-                conn.h11.receive_data(data)
+                conn.h11.receive_data(data if isinstance(data, bytes) else bytes(data))  # TLS: a bytearray
             elif isinstance(event, h11.Response):
                 status, head = event.status_code, event.headers
                 length = _direct_body_length(method, event)
