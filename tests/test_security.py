@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import ssl
 import stat
 import subprocess
 import time
@@ -331,7 +332,8 @@ def test_tls_on_every_link_refuses_plain_http(fresh_cluster, tmp_path):
         with pytest.raises(httpx.HTTPError):  # plain HTTP: the handshake fails, no answer
             httpx.get(f"http://{address}/health", timeout=5)
         with pytest.raises(httpx.HTTPError):  # TLS without a certificate of the cluster CA
-            httpx.get(f"https://{address}/health", verify=str(tls_dir / "ca.pem"), timeout=5)
+            httpx.get(f"https://{address}/health", verify=ssl.create_default_context(cafile=tls_dir / "ca.pem"),
+                      timeout=5)
         context = TlsFiles(tls_dir, "admin").client_context()
         assert httpx.get(f"https://{address}/health", verify=context, timeout=5).status_code == 200
     with another_mount(c, tmp_path / "second", f"tls_dir={tls_dir}") as second:
