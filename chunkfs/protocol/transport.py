@@ -12,7 +12,7 @@ register with anything), and return a `Response` otherwise.
 A large response body (a chunk) skips h11's buffers: `TrioH11Transport` receives it straight
 into one buffer of its Content-Length with `recv_into`, where h11 would copy every byte three
 times (into its receive buffer, out as a `Data` event, and into the joined body); over TLS
-(`tls`, see chunkfs.tls) it is received in the pieces the TLS layer decrypts.
+(`tls`, see chunkfs.tls) it is decrypted into place (`tls_stream.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import h11
 import trio
+
+from chunkfs.protocol.tls_stream import TlsSocketStream
 
 RECEIVE_BYTES = 1 << 20
 DIRECT_BODY_BYTES = 64 * 1024  # bodies at least this long are received with recv_into
@@ -98,7 +100,7 @@ class HttpxTransport:
 
 
 class _Connection:
-    def __init__(self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> None:
+    def __init__(self, stream: trio.SocketStream | TlsSocketStream) -> None:
         self.stream = stream
         self.h11 = self._new_h11()
         self.body_received_directly = False  # the response body went past h11 (see _receive_body)
@@ -136,8 +138,12 @@ class TrioH11Transport:
                 stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
                 if self.tls is None:
                     return _Connection(stream)
-                secure = trio.SSLStream(stream, self.tls, server_hostname=host.strip("[]"), https_compatible=True)
-                await secure.do_handshake()
+                secure = TlsSocketStream(stream, self.tls, host.strip("[]"))
+                try:
+                    await secure.do_handshake()
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
                 return _Connection(secure)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             raise TransportFailure(f"connect to {address}: {exc or type(exc).__name__}") from None
@@ -190,7 +196,7 @@ class TrioH11Transport:
                 data = await conn.stream.receive_some(RECEIVE_BYTES)
                 if not data and conn.h11.their_state is h11.SEND_RESPONSE:
                     raise trio.BrokenResourceError("server closed the connection")
-                conn.h11.receive_data(data if isinstance(data, bytes) else bytes(data))  # TLS: a bytearray
+                conn.h11.receive_data(data)
             elif isinstance(event, h11.Response):
                 status, head = event.status_code, event.headers
                 length = _direct_body_length(method, event)
@@ -218,10 +224,8 @@ class TrioH11Transport:
         while received < length:
             if isinstance(stream, trio.SocketStream):
                 n = await stream.socket.recv_into(view[received:], length - received)
-            else:  # TLS: decrypted pieces, copied in
-                piece = await stream.receive_some(min(RECEIVE_BYTES, length - received))
-                n = len(piece)
-                view[received:received + n] = piece
+            else:  # TLS: decrypted into place
+                n = await stream.receive_into(view[received:])
             if n == 0:
                 raise trio.BrokenResourceError("server closed the connection within a body")
             received += n
