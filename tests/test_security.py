@@ -12,6 +12,7 @@ import os
 import ssl
 import stat
 import subprocess
+import sys
 import time
 
 import httpx
@@ -21,7 +22,7 @@ import pytest
 from chunkfs import auth, chunk_tokens
 from chunkfs.protocol import records as r
 from chunkfs.tls import TlsFiles
-from conftest import Cluster, _cluster, another_mount, chunkfs, wait_until
+from conftest import Cluster, _cluster, another_mount, chunkfs, free_port_block, wait_until
 
 ROLES = ("client", "chunkserver", "gateway", "admin")
 
@@ -339,3 +340,33 @@ def test_tls_on_every_link_refuses_plain_http(fresh_cluster, tmp_path):
     with another_mount(c, tmp_path / "second", f"tls_dir={tls_dir}") as second:
         assert (second / "over-tls.bin").read_bytes() == data
 
+
+
+def test_status_access_signed_leaves_only_health_open(tmp_path):
+    """A metaserver with `status_access = signed`: /health open, /metrics and / need an admin's
+    (here the cluster secret's) signature; a client key is refused them."""
+    port = free_port_block(1)
+    secret_file = tmp_path / "secret"
+    auth.create_secret(secret_file)
+    address = f"127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-m", "chunkfs.metaserver.main", "--listen", address,
+                                "--data-dir", str(tmp_path / "meta"), "--secret-file", str(secret_file),
+                                "--status-access", "signed"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _answers(f"http://{address}/health"), 30, "the metaserver answers /health")
+        assert httpx.get(f"http://{address}/metrics").status_code == 401
+        assert httpx.get(f"http://{address}/").status_code == 401
+        secret = auth.load_secret(secret_file)
+        assert call(address, secret, "GET", "/metrics").status_code == 200
+        made = call(address, secret, "POST", "/v1/credentials/add", r.CredentialReq(role="client", name="c")).json()
+        assert call(address, made["credential"].encode(), "GET", "/metrics").status_code == 403
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
