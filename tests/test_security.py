@@ -7,6 +7,7 @@ nothing stored changed.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import ssl
@@ -285,6 +286,9 @@ def test_exports_read_only_subtree_and_root_squash(secured, tmp_path):
         "reserve (read-only)": call(c.metaserver, ro, "POST", "/v1/fs/reserve", r.ReserveReq(4)),
         "setattr in /projects (read-only)": call(c.metaserver, ro, "POST", "/v1/fs/setattr",
                                                  r.SetattrReq(ino=projects_ino, mode=0o777)),
+        "lock of /home/secret.txt": call(c.metaserver, ro, "POST", "/v1/fs/lock",
+                                         r.LockReq(ino=secret_ino, owner=1, type=fcntl.F_WRLCK, start=0, end=0),
+                                         headers={"X-Chunkfs-Client": "lock-thief"}),
     }
     for what, response in refused.items():
         print(f"{what}: {response.status_code} {errno_of(response)}")

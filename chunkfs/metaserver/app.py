@@ -125,15 +125,17 @@ LOCK_OPERATIONS = frozenset({"lock", "testlock", "cancel_lock", "locks"})
 LOCK_POLL_S = 10.0  # a waiting lock request is answered "not yet" after this long (and asked again)
 
 
-async def lock_operation(m: Metaserver, op: str, client: str, request: web.Request) -> Any:
-    """File locks (locks.py): every one is a client's, so a request without a client id is EINVAL."""
+async def lock_operation(m: Metaserver, op: str, client: str, request: web.Request,
+                         export: tuple[str, Export] | None = None) -> Any:
+    """File locks (locks.py): every one is a client's, so a request without a client id is EINVAL;
+    a lock on a file outside the caller's export is EACCES."""
     if op == "locks":
         return m.locks.listing((await read_body(request, r.LocksReq)).ino)
     if not client:
         raise FsError(errno.EINVAL, "a lock is held by a client: send X-Chunkfs-Client")
     if op == "cancel_lock":
         return m.locks.cancel(client, (await read_body(request, r.LockCancelReq)).wait_id)
-    req = await read_body(request, r.LockReq)
+    req = admitted(m, export, op, await read_body(request, r.LockReq))
     with m.db.read() as txn:
         m.namespace.getattr(txn, req.ino)  # ENOENT for a file that is not there
     if op == "testlock":
@@ -276,7 +278,7 @@ async def fs_operation(request: web.Request) -> web.Response:
         await m.leases.release(client, (await read_body(request, r.LeaseReq)).inodes)
         return json_response(None)
     if op in LOCK_OPERATIONS:
-        return json_response(await lock_operation(m, op, client, request))
+        return json_response(await lock_operation(m, op, client, request, export))
     if op == "fsck":  # a page can take a while: off the event loop
         page_req = await read_body(request, r.FsckReq)
         return json_response(await asyncio.to_thread(fsck_page, m, m.registry.alive_ids(), page_req))

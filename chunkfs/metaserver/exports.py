@@ -2,7 +2,7 @@
 every filesystem call, so hand-made requests get no more than the export allows (the kernel's
 `default_permissions` on an honest mount is no boundary). As an exports file's line:
 
-- `subtree`: every inode a call names must be inside it. A directory is inside when its chain
+- `subtree`: every inode a call names (locks too) must be inside it. A directory is inside when its chain
   of parents reaches the subtree's directory; a file (which keeps no parent) when this
   credential was shown it inside: in an answer to a lookup, readdir, create or link made inside,
   or a `resolve` of a path below the subtree (the mount's start). So a file's inode number
