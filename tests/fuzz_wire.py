@@ -18,6 +18,7 @@ from typing import Any
 from chunkfs import auth, metrics
 from chunkfs.chunkserver import app as chunkserver_app
 from chunkfs.chunkserver.access import ChunkKeys
+from chunkfs.metaserver import accounts
 from chunkfs.metaserver import app as metaserver_app
 from chunkfs.protocol import records as r
 
@@ -66,7 +67,10 @@ def _routes_of(daemon: str, app: Any) -> list[Route]:
     routes = []
     for route in app.router.routes():
         template = route.resource.canonical
-        if "{op}" in template:
+        if template == "/v1/accounts/{op}":
+            for op, (body, _mutates, _bind) in [*accounts.OPERATIONS.items(), ("no_such_op", (None, False, None))]:
+                routes.append(Route(daemon, route.method, template.replace("{op}", op), body))
+        elif "{op}" in template:
             for op in [*sorted(metaserver_app.FS_OPERATIONS), "no_such_op"]:
                 known = {**metaserver_app.READS, **metaserver_app.MUTATIONS}.get(op)
                 body = known[0] if known else EXTRA_OP_BODIES.get(op)

@@ -183,6 +183,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
     if gateway is not None:
         table.add_row("gateway", f"S3 http://{gateway['s3']}  REST http://{gateway['rest']}/api/v1/  "
                                  "(keys: chunkfs gateway key add NAME)")
+        table.add_row("web", f"http://{gateway['rest']}/  (users: chunkfs user add NAME)")
     table.add_row("goal", str(goal))
     table.add_row("data", str(data_dir))
     table.add_row("logs", str(logs))

@@ -36,6 +36,7 @@ ROUTE_ROLES: dict[str, frozenset[str]] = {
     "POST /v1/servers/fsck": ADMIN,
     f"GET {BACKUP_PATH}": ADMIN,
     f"GET {REPLICATION_PATH}": ADMIN,
+    "POST /v1/accounts/{op}": frozenset({"gateway", "admin"}),  # users, logins, share links (accounts.py)
     "GET /v1/credentials": ADMIN,
     "POST /v1/credentials/{action}": ADMIN,
     "GET /metrics": ADMIN,  # when /metrics and the status page are not open (see status_access)

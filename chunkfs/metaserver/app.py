@@ -22,7 +22,7 @@ from chunkfs.errors import FsError
 from chunkfs.request_checks import client_id, query_float, query_int, query_token, request_id_header
 from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, SIGNER, VERIFIER, BodyLimit, any_host, host_on_port,
                                 json_response, make_app, read_body)
-from chunkfs.metaserver import access_policy, credentials_api
+from chunkfs.metaserver import access_policy, accounts, credentials_api
 from chunkfs.metaserver.changes import ChangeFeed, affected
 from chunkfs.metaserver.status_page import render as render_status_page
 from chunkfs.metaserver.chunk_table import ChunkTable
@@ -504,6 +504,7 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
     app.router.add_post("/v1/servers/fsck", disk_check)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/changes", changes)
+    accounts.add_routes(app, m.db, m.committer)
     app.router.add_get("/", status_page)
     app.router.add_get("/health", health)
     if m.credentials is not None:

@@ -38,6 +38,7 @@ from chunkfs.protocol.http import SignedHttp
 log = logging.getLogger("chunkfs.metaserver")
 
 LOOP_GIL_WAIT_S = 0.0005  # see sys.setswitchinterval in main
+OPEN_LEASES_TRUST_RECORD = "open-leases-trust-end"  # see open_leases.OpenLeases.resume
 
 
 @dataclass
@@ -157,6 +158,13 @@ def run(config: MetaserverConfig) -> None:
                                     deleter.wake.set)
     log.info("metaserver serving on %s:%d, data in %s", host, port, config.data_dir)
     app = build_app(state, secret, http, port, config.body_timeout_s, status_access(config.status_access))
+    trust_record = config.data_dir / OPEN_LEASES_TRUST_RECORD
+    state.open_leases.resume(trust_record)
+
+    async def save_trust_end(app: web.Application) -> None:
+        state.open_leases.save_trust_end(trust_record)
+
+    app.on_cleanup.append(save_trust_end)
     app.on_startup.append(reload_on_sighup(db, reloaded_config()))
     service.attach(app, status=f"serving on {host}:{port}")
     gc.freeze()  # what start-up made lives as long as the process: no collection walks it again
