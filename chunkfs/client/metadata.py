@@ -180,6 +180,9 @@ class Metadata:
     async def reserve(self, count: int) -> r.Reservation:
         return await self.server.reserve(count)
 
+    async def read_tokens(self, chunks: list[tuple[int, int]]) -> list[str]:
+        return await self.server.read_tokens(chunks)
+
     async def release_orphan(self, ino: int) -> None:
         await self._plain(ino, lambda: self.server.release_orphan(ino))
 
