@@ -19,6 +19,7 @@ from chunkfs.protocol.chunk_client import ChunkClient
 log = logging.getLogger(__name__)
 
 BATCH = 256
+WAKE_COALESCE_S = 0.1
 PER_SERVER = 4
 """DELETEs in flight to one chunkserver at a time. A pass over 256 versions used to send all
 768 at once: the metaserver's connection pool (64) timed most of them out, each failure was
@@ -47,6 +48,9 @@ class Deleter:
                     continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.interval_s)
+                # woken by a mutation: the others arriving meanwhile share the pass (an rm -rf
+                # woke it once per unlink, 3% of the metaserver's CPU for passes finding nothing)
+                await asyncio.sleep(WAKE_COALESCE_S)
             self.wake.clear()
 
     async def pass_once(self) -> int:
