@@ -72,6 +72,7 @@ class Metaserver:
     leases: DirectoryLeases = field(init=False)  # directories held by the client that made them
     locks: LockTable = field(default_factory=LockTable)  # flock and POSIX locks of every client
     open_leases: OpenLeases = field(default_factory=OpenLeases)  # files mounts may open again without a call
+    failover: Callable[[], r.FailoverStatus] | None = None  # with etcd: the election's state (failover.py)
 
     def __post_init__(self) -> None:
         self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
@@ -352,6 +353,7 @@ def cluster_status(m: Metaserver) -> r.ClusterStatus:
         memory=memory_status(m),
         locks_held=m.locks.count(),
         lock_waits=m.locks.waiting(),
+        failover=m.failover() if m.failover is not None else None,
     )
 
 
@@ -390,7 +392,12 @@ async def changes(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    return json_response({"ok": True, "role": "metaserver"})
+    m = request.app[STATE]
+    if m.failover is None:
+        return json_response({"ok": True, "role": "metaserver"})
+    election = m.failover()
+    return json_response({"ok": True, "role": "primary" if election.lease_left_s > 0 else "fenced",
+                          "epoch": election.epoch})
 
 
 # Ordinary answers to filesystem calls (a lookup of a new name, a getxattr of an unset attribute):

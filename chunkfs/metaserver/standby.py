@@ -27,8 +27,8 @@ import lmdb
 from aiohttp import web
 
 from chunkfs import service
-from chunkfs.errors import FsError, TransportError
-from chunkfs.httpserver import json_response, make_app, serve
+from chunkfs.errors import PRIMARY_HEADER, FsError, TransportError
+from chunkfs.httpserver import error_response, json_response, make_app, serve
 from chunkfs.metaserver.backup import COPY_MARK
 from chunkfs.metaserver.db import DEFAULT_MAP_SIZE_BYTES, MetaDB, read_u64, u64
 from chunkfs.metaserver.replication_log import HISTORY_KEY, SEQ_KEY, table_names
@@ -167,10 +167,18 @@ async def health(request: web.Request) -> web.Response:
     return json_response(request.app[STANDBY].health())
 
 
+async def not_primary(request: web.Request) -> web.Response:
+    """Every API call: 503 naming the primary, which chunkfs clients retry there."""
+    primary = request.app[STANDBY].primary
+    return error_response(503, "EAGAIN", f"this metaserver is a standby of {primary}",
+                          headers={PRIMARY_HEADER: primary})
+
+
 def build_app(standby: Standby, secret: bytes) -> web.Application:
     app = make_app(secret)
     app[STANDBY] = standby
     app.router.add_get("/health", health)
+    app.router.add_route("*", "/v1/{call:.*}", not_primary)
 
     async def background(app: web.Application):
         task = asyncio.create_task(standby.follow())

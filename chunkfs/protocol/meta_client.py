@@ -9,11 +9,13 @@ import msgspec
 from chunkfs.protocol import records as r
 from chunkfs.protocol.disk_check import DiskCheckPage, DiskCheckReq
 from chunkfs.protocol.http import SignedHttp
+from chunkfs.protocol.metaserver_addresses import MetaserverAddresses
 
 T = TypeVar("T")
 
 
 CLIENT_HEADER = "X-Chunkfs-Client"
+STEP_DOWN_PATH = "/v1/ha/step-down"  # with etcd failover: the primary gives its role up
 ROOT_INO = 1
 INODE_FIELDS = ("ino", "parent", "old_parent", "new_parent")
 
@@ -71,10 +73,12 @@ class SubtreeView:
 
 class MetaClient:
     def __init__(self, http: SignedHttp, address: str, client_id: str = "", root_ino: int = ROOT_INO) -> None:
-        """`client_id` names this client in the change feed, so it can skip its own changes;
+        """`address`: HOST:PORT of the metaserver, or several (`a:9520,b:9520`) of which the
+        primary is found and followed across failovers (metaserver_addresses.py);
+        `client_id` names this client in the change feed, so it can skip its own changes;
         `root_ino` is the directory shown as the root (a subdirectory mount)."""
         self.http = http
-        self.base = f"http://{address}"
+        self.servers = MetaserverAddresses(address)
         self.client_id = client_id
         self.headers = {"Content-Type": "application/json", CLIENT_HEADER: client_id}
         self.view = SubtreeView(root_ino)
@@ -86,8 +90,8 @@ class MetaClient:
 
     async def call(self, op: str, request: Any, reply_type: type[T] | None = None) -> T | None:
         response = await self.http.request(
-            "POST", f"{self.base}/v1/fs/{op}", content=r.json_encode(self.view.outgoing(request)),
-            headers=self.headers,
+            "POST", f"/v1/fs/{op}", content=r.json_encode(self.view.outgoing(request)),
+            headers=self.headers, servers=self.servers,
         )
         if reply_type is None:
             return None
@@ -199,19 +203,27 @@ class MetaClient:
             params["epoch"] = epoch
         if report is not None:
             params["client"] = r.json_encode(report).decode()
-        response = await self.http.request("GET", f"{self.base}/v1/changes",
-                                           params=params, retry_s=wait_s + 5, headers=self.headers)
+        response = await self.http.request("GET", "/v1/changes", params=params, retry_s=wait_s + 5,
+                                           headers=self.headers, servers=self.servers)
         return self.view.incoming(msgspec.json.decode(response.content, type=r.ChangeBatch))
 
     async def status(self) -> r.ClusterStatus:
-        response = await self.http.request("GET", f"{self.base}/v1/status")
+        response = await self.http.request("GET", "/v1/status", servers=self.servers)
         return msgspec.json.decode(response.content, type=r.ClusterStatus)
+
+    async def step_down(self, primary: str) -> str:
+        """The primary gives its leader key up (a switchover); the address it had. `primary`:
+        the one meant (from `status().failover`), so a retry that reaches the next primary after
+        the switchover does not make it step down too (it answers EINVAL)."""
+        response = await self.http.request("POST", STEP_DOWN_PATH, params={"primary": primary},
+                                           servers=self.servers)
+        return str(response.json()["stepped_down"])
 
     async def servers_call(self, op: str, request: Any, reply_type: type[T]) -> T:
         """`/v1/servers/{op}`: what chunkservers and admins tell the metaserver about servers."""
         response = await self.http.request(
-            "POST", f"{self.base}/v1/servers/{op}", content=r.json_encode(request),
-            headers={"Content-Type": "application/json"},
+            "POST", f"/v1/servers/{op}", content=r.json_encode(request),
+            headers={"Content-Type": "application/json"}, servers=self.servers,
         )
         return msgspec.json.decode(response.content, type=reply_type)
 
