@@ -14,7 +14,9 @@ import time
 
 import pytest
 
+import chunkfs.client
 from conftest import wait_until
+from metadata_history import MetadataHistory
 from netns_cluster import NetnsCluster
 from test_netns_failures import Workload
 
@@ -66,6 +68,23 @@ def workload(ha, request):
         shutil.rmtree(ha.mnt("client1") / name, ignore_errors=True)
 
 
+@pytest.fixture
+def history(ha, request):
+    """Metadata operations through the Python API (no cache between them and the metaserver),
+    checked against a sequential model (metadata_history.py), and the end state from a new client."""
+    root = "/history-" + request.node.name
+    with chunkfs.client.connect(ha.metaserver, ha.secret_file, retry_s=30, dir_leases=False) as fs:
+        ops = MetadataHistory(fs, root).start()
+        try:
+            yield ops
+        finally:
+            ops.stop()
+    with chunkfs.client.connect(ha.metaserver, ha.secret_file, retry_s=30) as fresh:
+        violations = ops.final_violations(fresh.listdir(root))
+    print(f"metadata history: {len(ops.history)} operations, {len(violations)} violations")
+    assert not violations, "\n".join(violations)
+
+
 def new_primary(cluster: NetnsCluster, old: str, timeout_s: float = 60) -> str:
     wait_until(lambda: cluster.primary() not in (None, old), timeout_s, f"a primary other than {old}")
     primary = cluster.primary()
@@ -80,7 +99,7 @@ def report(workload: Workload, what: str, fault_at: float, primary_at: float) ->
           f"{workload.longest_write_gap_s(fault_at - 5):.1f} s; {workload.writes} writes, {workload.reads} reads")
 
 
-def test_primary_killed(ha, workload):
+def test_primary_killed(ha, workload, history):
     workload.keeps_working(2)
     old = ha.primary()
     assert old is not None
@@ -120,7 +139,7 @@ def test_primary_stopped_past_its_lease_acknowledges_nothing_after(ha, workload)
     workload.verify()
 
 
-def test_switchover_under_load(ha, workload):
+def test_switchover_under_load(ha, workload, history):
     workload.keeps_working(2)
     old = ha.primary()
     assert old is not None

@@ -59,10 +59,13 @@ class Standby:
         self.primary_seq = 0
         self.copies = 0
         self.reachable = False
+        self.stopped = False
 
     # ---- the database (blocking: called in a thread) ---------------------------------------------
     def _open(self) -> None:
         with self._db_lock:
+            if self.stopped:  # a copy that finished after the standby stopped: the next role opens it
+                raise NeedsCopy("the standby has stopped")
             self.db = MetaDB(self.data_dir, self.map_size_bytes)
             self.tables = {name: handle for handle, name in table_names(self.db).items()}
             with self.db.read() as txn:
@@ -70,6 +73,12 @@ class Standby:
                 seq = txn.get(SEQ_KEY, db=self.db.counters)
             self.history = history.decode() if history else ""
             self.seq = read_u64(seq) if seq else 0
+
+    def stop(self) -> None:
+        """Close the database for good (a thread still applying or copying finds it so)."""
+        with self._db_lock:
+            self.stopped = True
+        self.close()
 
     def close(self) -> None:
         with self._db_lock:
@@ -185,7 +194,7 @@ def build_app(standby: Standby, secret: bytes) -> web.Application:
         yield
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await asyncio.to_thread(standby.close)
+        await asyncio.to_thread(standby.stop)
 
     app.cleanup_ctx.append(background)
     return app

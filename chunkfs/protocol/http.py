@@ -105,7 +105,8 @@ class SignedHttp:
             return await self._retry(first_failure, limit_s - (time.monotonic() - started),
                                      method, address, target, body, digest, headers, new_id)
         except _Retryable as exc:
-            raise TransportError(f"{method} {url}: {exc} (request_id={rid})") from None
+            where = url if servers is None else f"{servers}{url}"
+            raise TransportError(f"{method} {where}: {exc} (request_id={rid})") from None
         except FsError as exc:
             exc.request_id = exc.request_id or rid
             raise
