@@ -434,6 +434,19 @@ class NetnsCluster:
         run("ip", "netns", "exec", node.netns, "nft", "delete", "table", "inet", "chunkfs_impair", check=False)
         self.impaired.discard(name)
 
+    def cut_between(self, name: str, others: list[str]) -> None:
+        """Drop every packet between `name` and `others`, both ways (an nftables table in
+        `name`'s namespace): a partition that leaves its other links alone."""
+        addresses = ", ".join(self.nodes[other].ip for other in others)
+        rules = (f"table inet chunkfs_cut {{\n"
+                 f" chain input {{ type filter hook input priority 0; policy accept; ip saddr {{ {addresses} }} drop; }}\n"
+                 f" chain output {{ type filter hook output priority 0; policy accept; ip daddr {{ {addresses} }} drop; }}\n}}\n")
+        run("ip", "netns", "exec", self.nodes[name].netns, "nft", "-f", "-", input=rules)
+
+    def heal_cut(self, name: str) -> None:
+        run("ip", "netns", "exec", self.nodes[name].netns, "nft", "delete", "table", "inet", "chunkfs_cut",
+            check=False)
+
     # ---- disks ----------------------------------------------------------------------------------
     def chunk_files(self, name: str) -> list[Path]:
         return sorted((self.data_dir(name) / "chunks").glob("*/*.chunk"))

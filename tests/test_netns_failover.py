@@ -165,3 +165,42 @@ def test_one_etcd_member_killed_changes_nothing(ha, workload):
         ha.start("etcd1")
     workload.stop()
     workload.verify()
+
+
+def test_primary_cut_off_from_etcd_while_clients_reach_it(ha, workload):
+    workload.keeps_working(2)
+    old = ha.primary()
+    assert old is not None
+    etcd = [name for name in ha.nodes if name.startswith("etcd")]
+    cut_at = time.monotonic()
+    ha.cut_between(old, etcd)
+    try:
+        primary = new_primary(ha, old)
+        took_over_at = time.monotonic()
+        workload.keeps_working(2)
+        assert ha.role(old) != "primary"  # it fenced itself: clients reaching it are sent on
+    finally:
+        ha.heal_cut(old)
+    report(workload, "the primary cut off from etcd", cut_at, took_over_at)
+    wait_until(lambda: ha.role(old) == "standby" and standby_in_sync(ha), 90, f"{old} a standby in sync")
+    assert ha.primary() == primary
+    workload.stop()
+    workload.verify()
+
+
+def test_link_between_the_metaservers_cut(ha, workload):
+    workload.keeps_working(2)
+    primary = ha.primary()
+    assert primary is not None
+    standby = next(name for name in ha.metaservers if name != primary)
+    ha.cut_between(primary, [standby])
+    try:
+        # the primary stops waiting for the standby (once, standby_timeout_s) and names it no more in etcd
+        wait_until(lambda: not standby_in_sync(ha), 60, "the standby out of sync")
+        workload.keeps_working(2)
+        assert ha.primary() == primary  # the standby, behind, does not take over
+    finally:
+        ha.heal_cut(primary)
+    wait_until(lambda: standby_in_sync(ha), 90, "the standby caught up and named in etcd again")
+    workload.stop()
+    workload.verify()
