@@ -193,6 +193,15 @@ class GroupCommitter:
         # commit, before its callers are answered (a fenced primary answers NotPrimary instead)
         self.may_acknowledge: Callable[[], bool] | None = None
 
+    def everywhere(self, seq: int) -> bool:
+        """Whether what batch `seq` (and those before it) changed may be acted on outside the
+        database, e.g. chunk versions it dropped deleted from chunkservers: it is on every standby
+        that could take over, and this metaserver still holds its leader key. A batch a
+        failover loses must leave nothing behind that the new primary's database still names."""
+        if self.may_acknowledge is not None and not self.may_acknowledge():
+            return False
+        return self.write_log is None or self.write_log.confirmed(seq)
+
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn(txn, *args)` in its own transaction in the writer thread; return once it is
         durable."""

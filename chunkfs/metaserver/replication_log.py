@@ -342,6 +342,17 @@ class ReplicationLog:
                     break
         return out
 
+    @staticmethod
+    def snapshot_seq(txn: Txn, db: MetaDB) -> int:
+        """The last batch a read transaction's snapshot holds."""
+        raw = txn.get(SEQ_KEY, db=db.counters)
+        return read_u64(raw) if raw else 0
+
+    def confirmed(self, seq: int) -> bool:
+        """Whether every synchronous standby in sync has batch `seq` (so could take over with it)."""
+        with self._lock:
+            return all(f.acked >= seq for f in self.followers.values() if f.synchronous and f.in_sync)
+
     def in_sync(self) -> list[str]:
         """The synchronous standbys holding every acknowledged change."""
         with self._lock:
