@@ -265,6 +265,8 @@ async def server_hello(request: web.Request) -> web.Response:
     delete: list[tuple[int, int]] = []
     if hello.chunks is not None:
         delete = await registration.garbage(hello.id, hello.chunks, hello.recent_chunks or [])
+        if delete and m.replication is not None and not m.committer.everywhere(m.replication.seq):
+            delete = []  # not all on the standbys yet: a failover could bring these references back
         if delete:
             log.info("server %s holds %d unreferenced chunk versions; told to delete them",
                      hello.address, len(delete))
