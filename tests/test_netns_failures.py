@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import random
 import re
@@ -117,7 +118,7 @@ class Workload:
         """The longest time between two acknowledged writes (from `after` on): the pause the
         writing application saw."""
         times = [t for t in self.write_done_at if t >= after]
-        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
     def first_write_after(self, moment: float) -> float | None:
         return next((t for t in self.write_done_at if t > moment), None)

@@ -7,6 +7,7 @@ Layout of `--dir` (default `./.chunkfs`): `secret` (0600), `meta/` (LMDB), `chun
 
 from __future__ import annotations
 
+import functools
 import json
 import urllib.request
 from pathlib import Path
@@ -62,7 +63,7 @@ def _start_etcd(port: int, data_dir: Path, logs: Path, run: Path) -> str:
     except RuntimeError as exc:  # etcd is not installed
         fail(str(exc))
     for i, member in enumerate(members, 1):
-        wait_for(f"etcd{i}", lambda member=member: _health(f"127.0.0.1:{member.client_port}"), 30,
+        wait_for(f"etcd{i}", functools.partial(_health, f"127.0.0.1:{member.client_port}"), 30,
                  log_path=logs / f"etcd{i}.log")
     return etcd_endpoints(members)
 
@@ -139,7 +140,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                             *body_timeout,
                                             *(("--orphan-grace-s", str(orphan_grace_s)) if orphan_grace_s is not None else ())),
                              logs / f"{name}.log", run / f"{name}.pid")
-                wait_for(name, lambda address=address: _health(address), 30, proc, logs / f"{name}.log")
+                wait_for(name, functools.partial(_health, address), 30, proc, logs / f"{name}.log")
         for i in range(1, chunkservers + 1):
             name = f"cs{i}"
             if read_pid(run / f"{name}.pid") is None:

@@ -25,6 +25,7 @@ Promises:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -130,10 +131,8 @@ class Election:
         """Renew the lease until it is lost or `giving_up` ends (then the key is given up at
         once); returns fenced (`holds()` False)."""
         while self.holds():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(giving_up), self.ttl_s / 3)
-            except TimeoutError:
-                pass
             if giving_up.done():
                 await self.resign()
                 return
@@ -166,10 +165,8 @@ class Election:
 
     async def _revoke(self, lease: int) -> None:
         if lease:
-            try:
+            with contextlib.suppress(EtcdUnavailable):  # else it lapses by itself
                 await self.etcd.revoke(lease)
-            except EtcdUnavailable:
-                pass  # it lapses by itself
 
     async def publish_sync(self, state: SyncState) -> bool:
         """Write `sync` while holding the leader key; False (and fenced) when it cannot be."""

@@ -20,6 +20,7 @@ wait and a primary fence itself once its lease has run out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
@@ -97,10 +98,8 @@ class Roles:
             await self.etcd.aclose()
 
     async def _pause(self) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), POLL_S)
-        except TimeoutError:
-            pass
 
     async def _one_role(self) -> None:
         leader = await self.election.leader()
