@@ -80,9 +80,12 @@ class SignedHttp:
         headers: dict[str, str] | None = None,
         retry_s: float | None = None,
         servers: MetaserverAddresses | None = None,
+        attempt_timeout_s: float | None = None,
     ) -> Response:
         """`servers`: the call goes to whichever of them is current at each attempt (the URL's
-        HOST:PORT is not used), and a retried failure moves them on (see MetaserverAddresses)."""
+        HOST:PORT is not used), and a retried failure moves them on (see MetaserverAddresses);
+        `attempt_timeout_s`: how long one attempt may wait for its answer (default: the
+        transport's `timeout_s`)."""
         rid, new_id = request_id.for_outgoing_call_and_is_new()
         headers = {**headers, request_id.HEADER: rid} if headers else {request_id.HEADER: rid}
         parts = urlsplit(url)
@@ -94,16 +97,18 @@ class SignedHttp:
         try:
             digest = auth.body_digest(method, headers.items(), body)
             try:  # the first attempt without the retry machinery: building it cost ~50 us a call
-                return await self._once(method, address, target, body, digest, headers, 1 if new_id else 0)
+                return await self._once(method, address, target, body, digest, headers, 1 if new_id else 0,
+                                        attempt_timeout_s)
             except _Retryable as exc:
                 first_failure = exc
             if first_failure.stale:  # a kept-alive connection broke: reconnect once, at once
                 try:
-                    return await self._once(method, address, target, body, digest, headers, 2 if new_id else 0)
+                    return await self._once(method, address, target, body, digest, headers, 2 if new_id else 0,
+                                            attempt_timeout_s)
                 except _Retryable as exc:
                     first_failure = exc
             return await self._retry(first_failure, limit_s - (time.monotonic() - started),
-                                     method, address, target, body, digest, headers, new_id)
+                                     method, address, target, body, digest, headers, new_id, attempt_timeout_s)
         except _Retryable as exc:
             where = url if servers is None else f"{servers}{url}"
             raise TransportError(f"{method} {where}: {exc} (request_id={rid})") from None
@@ -113,7 +118,8 @@ class SignedHttp:
 
     async def _retry(self, first_failure: _Retryable, remaining_s: float, method: str,
                      address: str | MetaserverAddresses,
-                     target: str, body: bytes | None, digest: str, headers: dict[str, str], new_id: bool) -> Response:
+                     target: str, body: bytes | None, digest: str, headers: dict[str, str], new_id: bool,
+                     attempt_timeout_s: float | None = None) -> Response:
         """The attempts after a failed first one, on the schedule a retry loop around all of
         them would keep: tenacity counts `first_failure` as its attempt 1 (without sending it
         again) and stops `remaining_s` after now, i.e. `retry_s` after the first attempt."""
@@ -129,33 +135,34 @@ class SignedHttp:
                 if failures:
                     raise failures.pop()
                 return await self._once(method, address, target, body, digest, headers,
-                                        attempt.retry_state.attempt_number if new_id else 0)
+                                        attempt.retry_state.attempt_number if new_id else 0, attempt_timeout_s)
         raise AssertionError("unreachable")
 
     async def _once(self, method: str, address: str | MetaserverAddresses, target: str, body: bytes | None,
-                    digest: str, headers: dict[str, str], attempt: int) -> Response:
+                    digest: str, headers: dict[str, str], attempt: int,
+                    attempt_timeout_s: float | None = None) -> Response:
         """`attempt`: which attempt under a request id of the call's own, 0 for an inherited id;
         `digest`: the body's (`auth.body_digest`); `address`: HOST:PORT, or the metaservers
         whose current one is called (and moved on if this attempt fails)."""
         if isinstance(address, str):
-            return await self._send(method, address, target, body, digest, headers, attempt)
+            return await self._send(method, address, target, body, digest, headers, attempt, attempt_timeout_s)
         server = address.current
         try:
-            return await self._send(method, server, target, body, digest, headers, attempt)
+            return await self._send(method, server, target, body, digest, headers, attempt, attempt_timeout_s)
         except _Retryable as exc:
             if not exc.stale:  # a kept-alive connection that broke is tried again there first
                 address.failed(server, exc.primary)
             raise
 
     async def _send(self, method: str, address: str, target: str, body: bytes | None, digest: str,
-                    headers: dict[str, str], attempt: int) -> Response:
+                    headers: dict[str, str], attempt: int, attempt_timeout_s: float | None) -> Response:
         all_headers = [("Host", address), *headers.items()]
         if attempt:
             all_headers.append((request_id.ATTEMPT_HEADER, str(attempt)))
         all_headers.append((auth.HEADER, auth.sign(self.secret, method, target, address, all_headers, body,
                                                    digest=digest)))
         try:
-            response = await self.transport.send(method, address, target, all_headers, body)
+            response = await self.transport.send(method, address, target, all_headers, body, attempt_timeout_s)
         except TransportFailure as exc:
             raise _Retryable(str(exc), exc.stale) from None
         if response.status_code in _RETRY_STATUS:

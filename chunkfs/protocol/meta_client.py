@@ -16,6 +16,11 @@ T = TypeVar("T")
 
 CLIENT_HEADER = "X-Chunkfs-Client"
 STEP_DOWN_PATH = "/v1/ha/step-down"  # with etcd failover: the primary gives its role up
+FAILOVER_ATTEMPT_S = 8.0
+"""With several metaservers, how long one attempt waits for its answer before the call is tried
+on the next: a primary that hangs (SIGSTOP, a dead disk) is left after this, within the
+clients' `retry_s` (15 s). With one metaserver an attempt waits the transport's time-out."""
+LONG_POLL_OPS = {"lock": 10.0, "fsck": 30.0}  # seconds these may take by design, added to the above
 ROOT_INO = 1
 INODE_FIELDS = ("ino", "parent", "old_parent", "new_parent")
 
@@ -79,6 +84,7 @@ class MetaClient:
         `root_ino` is the directory shown as the root (a subdirectory mount)."""
         self.http = http
         self.servers = MetaserverAddresses(address)
+        self.attempt_timeout_s = FAILOVER_ATTEMPT_S if len(self.servers.addresses) > 1 else None
         self.client_id = client_id
         self.headers = {"Content-Type": "application/json", CLIENT_HEADER: client_id}
         self.view = SubtreeView(root_ino)
@@ -89,9 +95,12 @@ class MetaClient:
     async def call(self, op: str, request: Any, reply_type: type[T]) -> T: ...
 
     async def call(self, op: str, request: Any, reply_type: type[T] | None = None) -> T | None:
+        attempt_timeout_s = self.attempt_timeout_s
+        if attempt_timeout_s is not None and op in LONG_POLL_OPS:
+            attempt_timeout_s += LONG_POLL_OPS[op]
         response = await self.http.request(
             "POST", f"/v1/fs/{op}", content=r.json_encode(self.view.outgoing(request)),
-            headers=self.headers, servers=self.servers,
+            headers=self.headers, servers=self.servers, attempt_timeout_s=attempt_timeout_s,
         )
         if reply_type is None:
             return None
@@ -203,12 +212,14 @@ class MetaClient:
             params["epoch"] = epoch
         if report is not None:
             params["client"] = r.json_encode(report).decode()
-        response = await self.http.request("GET", "/v1/changes", params=params, retry_s=wait_s + 5,
-                                           headers=self.headers, servers=self.servers)
+        response = await self.http.request(
+            "GET", "/v1/changes", params=params, retry_s=wait_s + 5, headers=self.headers, servers=self.servers,
+            attempt_timeout_s=None if self.attempt_timeout_s is None else wait_s + self.attempt_timeout_s)
         return self.view.incoming(msgspec.json.decode(response.content, type=r.ChangeBatch))
 
     async def status(self) -> r.ClusterStatus:
-        response = await self.http.request("GET", "/v1/status", servers=self.servers)
+        response = await self.http.request("GET", "/v1/status", servers=self.servers,
+                                           attempt_timeout_s=self.attempt_timeout_s)
         return msgspec.json.decode(response.content, type=r.ClusterStatus)
 
     async def step_down(self, primary: str) -> str:
@@ -224,7 +235,7 @@ class MetaClient:
         response = await self.http.request(
             "POST", f"/v1/servers/{op}", content=r.json_encode(request),
             headers={"Content-Type": "application/json"}, servers=self.servers,
-        )
+        )  # an admin's gc or drain may take long: the transport's time-out
         return msgspec.json.decode(response.content, type=reply_type)
 
     async def hello(self, hello: r.ServerHello) -> r.HelloReply:
