@@ -59,7 +59,13 @@ class Registry:
         return {s.id for s in self.alive()}
 
     def address_map(self) -> dict[str, str]:
-        return {s.id: s.address for s in self.alive()}
+        """Where readers may find replicas: the servers alive, and just after the start (a restart,
+        a failover) those known that have not reported yet: they may well be alive, and a reader
+        tries another replica where one is not."""
+        now = time.monotonic()
+        settling = now - self.started < self.heartbeat_timeout_s
+        return {s.id: s.address for s in self.servers.values()
+                if self.is_alive(s, now) or (settling and s.last_seen == 0)}
 
     def needs_saving(self, hello: r.ServerHello) -> bool:
         known = self.servers.get(hello.id)
