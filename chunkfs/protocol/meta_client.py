@@ -20,6 +20,7 @@ FAILOVER_ATTEMPT_S = 8.0
 """With several metaservers, how long one attempt waits for its answer before the call is tried
 on the next: a primary that hangs (SIGSTOP, a dead disk) is left after this, within the
 clients' `retry_s` (15 s). With one metaserver an attempt waits the transport's time-out."""
+QUICK_SERVER_OPS = frozenset({"hello", "corrupt"})  # a chunkserver's: answered at once (the others are admins')
 LONG_POLL_OPS = {"lock": 10.0, "fsck": 30.0}  # seconds these may take by design, added to the above
 ROOT_INO = 1
 INODE_FIELDS = ("ino", "parent", "old_parent", "new_parent")
@@ -235,6 +236,7 @@ class MetaClient:
         response = await self.http.request(
             "POST", f"/v1/servers/{op}", content=r.json_encode(request),
             headers={"Content-Type": "application/json"}, servers=self.servers,
+            attempt_timeout_s=self.attempt_timeout_s if op in QUICK_SERVER_OPS else None,
         )  # an admin's gc or drain may take long: the transport's time-out
         return msgspec.json.decode(response.content, type=reply_type)
 

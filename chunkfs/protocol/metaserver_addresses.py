@@ -3,7 +3,8 @@
 With automatic failover (the metaserver's election.py) one of them is the primary and the others
 are standbys, which answer every call 503 naming the primary. A client calls the address that
 answered last; when a call there fails in a way that is retried (refused, timed out, 503), the
-next attempt goes to the primary the answer named, else to the next address in the list. So a
+next attempt goes to the primary the answer named (unless that one just did not answer: then the
+client stays and asks again), else to the next address in the list. So a
 client whose primary is gone finds the new one within its `retry_s`, and one that starts on a
 standby is sent on at once. With one address, every attempt goes to it (as without failover).
 """
@@ -11,6 +12,12 @@ standby is sent on at once. With one address, every attempt goes to it (as witho
 from __future__ import annotations
 
 import threading
+import time
+
+SUSPECT_S = 10.0
+"""A metaserver that did not answer is not gone back to on a standby's word for this long: the
+standby names the old primary until its lease lapses, and a client sent back to a hung one would
+wait out another attempt there."""
 
 
 def split_addresses(value: str) -> list[str]:
@@ -26,6 +33,7 @@ class MetaserverAddresses:
         self.addresses = listed
         self._current = 0
         self._lock = threading.Lock()  # the blocking API calls from several threads
+        self._unanswered: dict[str, float] = {}  # address -> time.monotonic() it last did not answer
         self.switches = 0
 
     def __str__(self) -> str:
@@ -36,13 +44,19 @@ class MetaserverAddresses:
         return self.addresses[self._current]
 
     def failed(self, address: str, primary: str | None = None) -> None:
-        """A call to `address` failed (retried); `primary`: the address its answer named."""
+        """A call to `address` failed (retried); `primary`: the address its answer (a standby's
+        503) named, None when it did not answer (refused, timed out)."""
         if len(self.addresses) == 1 and not primary:
             return
+        now = time.monotonic()
         with self._lock:
+            if primary is None:
+                self._unanswered[address] = now
             if self.addresses[self._current] != address:
                 return  # another call moved on already
             if primary and primary != address:
+                if now - self._unanswered.get(primary, -SUSPECT_S) < SUSPECT_S:
+                    return  # the standby still names a primary that did not answer: wait here for the election
                 if primary not in self.addresses:
                     self.addresses.append(primary)  # a metaserver added since this client started
                 self._current = self.addresses.index(primary)
