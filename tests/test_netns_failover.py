@@ -204,3 +204,15 @@ def test_link_between_the_metaservers_cut(ha, workload):
     wait_until(lambda: standby_in_sync(ha), 90, "the standby caught up and named in etcd again")
     workload.stop()
     workload.verify()
+
+
+def test_both_metaservers_killed_and_restarted(ha, workload):
+    workload.keeps_working(2)
+    for name in ha.metaservers:
+        ha.kill(name)
+    for name in ha.metaservers:
+        ha.start(name)  # whichever etcd's sync record names takes the key
+    wait_until(lambda: ha.primary() is not None and standby_in_sync(ha), 90, "a primary and a standby in sync")
+    workload.keeps_working(2)
+    workload.stop()
+    workload.verify()
