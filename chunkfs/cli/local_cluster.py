@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import urllib.request
 from pathlib import Path
 
 import click
@@ -21,20 +20,12 @@ from chunkfs.cli.cluster_access import DEFAULT_DIR, ClusterAccess, fail, local_c
 from chunkfs.cli.gateway_cmd import local_keys_file
 from chunkfs.gateway.main import REST_PORT_OFFSET, S3_PORT_OFFSET
 from chunkfs.etcd_members import EtcdMember, endpoints as etcd_endpoints, member_command
-from chunkfs.daemons import DaemonError, module_command, read_pid, spawn, stop_pid, unmount, wait_for
+from chunkfs.daemons import DaemonError, answers_health, module_command, read_pid, spawn, stop_pid, unmount, wait_for
 from chunkfs.mount.helper import OptionError, launch, parse_options
 
 console = Console()
 HA_SECOND_OFFSET = 40  # `up --ha`: the second metaserver's port, from --port
 HA_ETCD_OFFSET = 200  # `up --ha`: etcd members' client ports +201..+203, peer ports +211..+213
-
-
-def _health(address: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{address}/health", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _alive_servers(access: ClusterAccess) -> int:
@@ -48,7 +39,7 @@ def _start_gateway(gateway: dict[str, str], metaserver: str, secret_file: Path, 
                                 "--metaserver", metaserver, "--secret-file", str(secret_file),
                                 "--keys-file", gateway["keys_file"]),
                  logs / "gateway.log", run / "gateway.pid")
-    wait_for("gateway", lambda: _health(f"{gateway['rest']}/api/v1"), 30, proc, logs / "gateway.log")
+    wait_for("gateway", lambda: answers_health(f"http://{gateway['rest']}/api/v1/health"), 30, proc, logs / "gateway.log")
 
 
 def _start_etcd(port: int, data_dir: Path, logs: Path, run: Path) -> str:
@@ -63,7 +54,7 @@ def _start_etcd(port: int, data_dir: Path, logs: Path, run: Path) -> str:
     except RuntimeError as exc:  # etcd is not installed
         fail(str(exc))
     for i, member in enumerate(members, 1):
-        wait_for(f"etcd{i}", functools.partial(_health, f"127.0.0.1:{member.client_port}"), 30,
+        wait_for(f"etcd{i}", functools.partial(answers_health, f"{member.client_url}/health"), 30,
                  log_path=logs / f"etcd{i}.log")
     return etcd_endpoints(members)
 
@@ -140,7 +131,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                             *body_timeout,
                                             *(("--orphan-grace-s", str(orphan_grace_s)) if orphan_grace_s is not None else ())),
                              logs / f"{name}.log", run / f"{name}.pid")
-                wait_for(name, functools.partial(_health, address), 30, proc, logs / f"{name}.log")
+                wait_for(name, functools.partial(answers_health, f"http://{address}/health"), 30, proc, logs / f"{name}.log")
         for i in range(1, chunkservers + 1):
             name = f"cs{i}"
             if read_pid(run / f"{name}.pid") is None:
@@ -170,6 +161,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
     if gateway is not None:
         table.add_row("gateway", f"S3 http://{gateway['s3']}  REST http://{gateway['rest']}/api/v1/  "
                                  "(keys: chunkfs gateway key add NAME)")
+        table.add_row("web", f"http://{gateway['rest']}/  (users: chunkfs user add NAME)")
     table.add_row("goal", str(goal))
     table.add_row("data", str(data_dir))
     table.add_row("logs", str(logs))
