@@ -21,7 +21,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 import chunkfs.client
 from chunkfs import DEFAULT_METASERVER_PORT, auth, service
-from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setup_logging
+from chunkfs.config import ConfigError, daemon_command, opt, parse_address, parse_addresses, setup_logging
 from chunkfs.gateway.access import Access
 from chunkfs.gateway.keys import KeyStore
 from chunkfs.gateway.metrics import GatewayMetrics
@@ -40,7 +40,7 @@ class GatewayConfig:
     s3_listen: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT + S3_PORT_OFFSET}", "HOST:PORT of the S3 API")
     rest_listen: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT + REST_PORT_OFFSET}",
                            "HOST:PORT of the REST API (/api/v1/) and /metrics")
-    metaserver: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT}", "HOST:PORT of the metaserver")
+    metaserver: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT}", "HOST:PORT of the metaserver (with failover: of each, comma-separated)")
     secret_file: Path = opt(Path("/etc/chunkfs/secret"),
                             "file holding the cluster secret (also the key access-key secrets are derived with)")
     keys_file: Path = opt(DEFAULT_KEYS_FILE, "the access keys (`chunkfs gateway key add`); re-read when it changes")
@@ -56,8 +56,9 @@ class GatewayConfig:
     log_level: str = opt("info", "debug, info, warning or error")
 
     def validate(self) -> None:
-        for name in ("s3_listen", "rest_listen", "metaserver"):
+        for name in ("s3_listen", "rest_listen"):
             parse_address(getattr(self, name))
+        parse_addresses(self.metaserver)
         if self.s3_listen == self.rest_listen:
             raise ConfigError("options s3_listen and rest_listen: the two APIs need two ports")
         if self.cache_mem_mb < 0 or self.max_dirty_mb <= 0 or self.retry_s <= 0 or self.upload_expiry_s <= 0:

@@ -92,7 +92,7 @@ class RestApi:
     def __init__(self, access: Access, metrics: GatewayMetrics) -> None:
         self.access, self.metrics = access, metrics
         server = access.afs.client.meta.server
-        self.accounts = AccountsClient(server.http, server.base)
+        self.accounts = AccountsClient(server.http, server.servers)
         self.tokens = TokenIssuer(access.server_key)
         self.authenticator = Authenticator(access, self.tokens, SessionCheck(self.accounts))
         self.auth = AuthApi(self.accounts, self.authenticator, access.keys)

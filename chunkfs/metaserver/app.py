@@ -82,6 +82,7 @@ class Metaserver:
     tokens: TokenIssuer | None = None  # chunk tokens for the layouts and reservations it hands out
     credentials: CredentialStore | None = None  # the role keys it accepts (besides the cluster secret)
     exports: ExportGuard = field(init=False)  # what each client credential may reach
+    failover: Callable[[], r.FailoverStatus] | None = None  # with etcd: the election's state (failover.py)
 
     def __post_init__(self) -> None:
         self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
@@ -341,6 +342,8 @@ async def server_hello(request: web.Request) -> web.Response:
     delete: list[tuple[int, int]] = []
     if hello.chunks is not None:
         delete = await registration.garbage(hello.id, hello.chunks, hello.recent_chunks or [])
+        if delete and m.replication is not None and not m.committer.everywhere(m.replication.seq):
+            delete = []  # not all on the standbys yet: a failover could bring these references back
         if delete:
             log.info("server %s holds %d unreferenced chunk versions; told to delete them",
                      hello.address, len(delete))
@@ -437,6 +440,7 @@ def cluster_status(m: Metaserver) -> r.ClusterStatus:
         memory=memory_status(m),
         locks_held=m.locks.count(),
         lock_waits=m.locks.waiting(),
+        failover=m.failover() if m.failover is not None else None,
     )
 
 
@@ -476,7 +480,12 @@ async def changes(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    return json_response({"ok": True, "role": "metaserver"})
+    m = request.app[STATE]
+    if m.failover is None:
+        return json_response({"ok": True, "role": "metaserver"})
+    election = m.failover()
+    return json_response({"ok": True, "role": "primary" if election.lease_left_s > 0 else "fenced",
+                          "epoch": election.epoch})
 
 
 # Ordinary answers to filesystem calls (a lookup of a new name, a getxattr of an unset attribute):

@@ -461,6 +461,7 @@ class ClusterStatus(Struct, kw_only=True):
     memory: MemoryStatus | None = None  # the metaserver's own memory, and what holds it
     locks_held: int = 0  # file locks held by clients (flock and POSIX), `chunkfs locks` lists them
     lock_waits: int = 0  # lock requests waiting now
+    failover: FailoverStatus | None = None  # with etcd: the election's state (None: no etcd)
 
 
 class MemoryStatus(Struct, kw_only=True):
@@ -624,6 +625,24 @@ class ReplicationFeed(Struct):
     history: str
     primary_seq: int  # the last batch committed on the primary
     batches: list[ReplicationBatch]
+
+
+class EtcdMemberStatus(Struct):
+    endpoint: str
+    healthy: bool
+    version: str = ""
+    leader: bool = False  # the etcd cluster's Raft leader
+    error: str = ""
+
+
+class FailoverStatus(Struct):
+    """The primary's view of the election (the metaserver's election.py)."""
+
+    primary: str  # this metaserver's advertised address
+    epoch: int  # the leader key's create_revision: the fencing epoch
+    lease_left_s: float  # how long it may go on acknowledging without renewing its lease
+    in_sync: list[str] = []  # the standbys etcd's sync record names: each may take over
+    etcd: list[EtcdMemberStatus] = []  # as of the last check (every few seconds)
 
 
 class StandbyStatus(Struct):
