@@ -330,6 +330,10 @@ class Filesystem:
     def statvfs(self) -> os.statvfs_result:
         return self._thread.call(self._afs.statvfs)
 
+    def concat(self, path: PathLike, sources: list[PathLike]) -> None:
+        """See AsyncFilesystem.concat: the sources' chunks appended to `path`, not copied."""
+        self._thread.call(self._afs.concat, path, sources)
+
     def put_file(self, local_path: str | Path, remote_path: PathLike, progress: Progress | None = None, *,
                  exclusive: bool = False) -> None:
         """See AsyncFilesystem.put_file; `progress` is called from the client's thread."""

@@ -30,9 +30,11 @@ class _Snapshot:
 
 
 class DirectorySnapshots:
-    def __init__(self) -> None:
+    def __init__(self, with_xattr: str | None = None) -> None:
+        """`with_xattr`: an xattr whose value each entry brings along (read in the same calls)."""
         self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
         self._entries = 0
+        self.with_xattr = with_xattr
 
     async def sorted_entries(self, afs: AsyncFilesystem, path: str) -> list[tuple[str, DirEntry]]:
         """The entries of `path` (not uploads being staged) by key order, as `afs`'s caller sees them."""
@@ -42,7 +44,7 @@ class DirectorySnapshots:
         if cached is not None and cached.stamp == stamp and time.monotonic() - cached.taken_s < TTL_S:
             self._snapshots.move_to_end(path)
             return cached.entries
-        entries = sorted((e.name + "/" if e.is_dir() else e.name, e) for e in await afs.scandir(path)
+        entries = sorted((e.name + "/" if e.is_dir() else e.name, e) for e in await afs.scandir(path, self.with_xattr)
                          if not is_staged_name(os.fsencode(e.name)))
         self._keep(path, _Snapshot(stamp, time.monotonic(), entries))
         return entries

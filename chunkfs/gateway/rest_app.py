@@ -84,8 +84,9 @@ Handler = Callable[[Request, AsyncFilesystem], Awaitable[Response]]
 
 
 class RestApi:
-    def __init__(self, access: Access, metrics: GatewayMetrics) -> None:
-        self.access, self.metrics = access, metrics
+    def __init__(self, access: Access, metrics: GatewayMetrics, upload_expiry_s: float = 86400.0) -> None:
+        """`upload_expiry_s`: how long an unfinished tus upload is kept after its last PATCH."""
+        self.access, self.metrics, self.upload_expiry_s = access, metrics, upload_expiry_s
 
     def key_of(self, request: Request) -> AccessKey:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
@@ -218,5 +219,5 @@ class RestApi:
             Route(files, self.route("get", self.get_file), methods=["GET", "HEAD"]),
             Route(files, self.route("put", self.put_file), methods=["PUT"]),
             Route(files, self.route("delete", self.delete_file), methods=["DELETE"]),
-            *TusUploads(self.access.afs).routes(self.route),
+            *TusUploads(self.access.afs, self.upload_expiry_s).routes(self.route),
         ])

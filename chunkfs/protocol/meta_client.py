@@ -123,8 +123,10 @@ class MetaClient:
         """The inodes moved or replaced (see RenameReq.open_here for replaced open files)."""
         return await self.call("rename", req, list[int])
 
-    async def readdir(self, ino: int, after: bytes | None, limit: int = 1000) -> list[r.DirEntry]:
-        return await self.call("readdir", r.ReaddirReq(ino, after, limit), list[r.DirEntry])
+    async def readdir(self, ino: int, after: bytes | None, limit: int = 1000, xattr: bytes | None = None
+                      ) -> list[r.DirEntry]:
+        """A page of entries after `after`; with `xattr`, each entry's value of it (None: unset)."""
+        return await self.call("readdir", r.ReaddirReq(ino, after, limit, xattr), list[r.DirEntry])
 
     async def parent(self, ino: int) -> r.Attr:
         """The root's parent is the root itself, also for a subdirectory mount."""
@@ -166,6 +168,10 @@ class MetaClient:
 
     async def commit(self, req: r.CommitReq) -> r.Attr:
         return await self.call("commit", req, r.Attr)
+
+    async def concat(self, req: r.ConcatReq) -> r.Attr:
+        """Append the sources' chunks to the file by reference (see ConcatReq); its new attributes."""
+        return await self.call("concat", req, r.Attr)
 
     # -- file locks (chunkfs/metaserver/locks.py) ---------------------------------------------
     async def lock(self, req: r.LockReq) -> r.LockReply:
