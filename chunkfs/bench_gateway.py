@@ -22,7 +22,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -157,7 +156,7 @@ def _rss_bytes(rest: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def _zeros(size_mb: int) -> Iterator[bytes]:
+def _body(size_mb: int) -> Iterator[bytes]:
     block = os.urandom(MiB)
     for _ in range(size_mb):
         yield block
@@ -166,19 +165,17 @@ def _zeros(size_mb: int) -> Iterator[bytes]:
 def rss_under_uploads(target: GatewayTarget, bucket: str, clients: int, size_mb: int, timeout_s: float
                       ) -> dict[str, float]:
     """The gateway's peak RSS (sampled from its /metrics) while `clients` clients each stream
-    a `size_mb` object to it at once (REST PUT, chunked)."""
+    a `size_mb` object to it at once (REST PUT)."""
     peak = _rss_bytes(target.rest)
-    done = threading.Event()
 
     def upload(n: int) -> None:
-        response = httpx.put(f"{target.rest}/api/v1/files/{bucket}/rss/{n}.bin", content=_zeros(size_mb),
+        response = httpx.put(f"{target.rest}/api/v1/files/{bucket}/rss/{n}.bin", content=_body(size_mb),
                              headers={"Authorization": f"Bearer {target.token}"}, timeout=timeout_s)
         response.raise_for_status()
 
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         futures = [pool.submit(upload, n) for n in range(clients)]
-        pool.submit(lambda: [f.result() for f in futures]).add_done_callback(lambda _: done.set())
-        while not done.wait(RSS_SAMPLE_S):
+        while concurrent.futures.wait(futures, timeout=RSS_SAMPLE_S).not_done:
             peak = max(peak, _rss_bytes(target.rest))
         for future in futures:
             future.result()

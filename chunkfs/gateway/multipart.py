@@ -21,17 +21,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from chunkfs.client import AsyncFilesystem
-from chunkfs.client.upload_sessions import MAX_PART_NUMBER as SESSION_MAX_PART, StoredPart, UploadSessions, part_path
+from chunkfs.client.upload_sessions import StoredPart, UploadSessions, part_path
+from chunkfs.errors import FsError
 from chunkfs.gateway.checksums import BodyChecksums
-from chunkfs.gateway.objects import (DEFAULT_CONTENT_TYPE, XATTR_ETAG, ObjectInfo, ObjectStore, check_key, make_directories, object_xattrs,
-                                     store_file)
+from chunkfs.gateway.objects import (DEFAULT_CONTENT_TYPE, XATTR_ETAG, ObjectInfo, ObjectStore, check_key,
+                                     make_directories, object_xattrs, store_file)
 from chunkfs.gateway.s3_errors import S3Error
 
 log = logging.getLogger(__name__)
 
-MAX_PART_NUMBER = 10_000
+MAX_PART_NUMBER = 10_000  # S3's; the sessions take up to 99,999
 MIN_PART_BYTES = 5 << 20
-assert MAX_PART_NUMBER <= SESSION_MAX_PART
 
 
 @dataclass
@@ -128,10 +128,15 @@ class MultipartUploads:
         if not await self.objects.bucket_exists(upload.bucket):
             raise FileNotFoundError(errno.ENOENT, "no such bucket", upload.bucket)
         await make_directories(self.afs, path.rsplit("/", 1)[0])
-        async with self.sessions.assembled(upload.upload_id, [p.stored for p in chosen], path) as done:
-            for name, value in object_xattrs(etag, done.size, done.mtime_ns, upload.content_type,
-                                             upload.metadata).items():
-                await self.afs.client.setxattr(done.ino, name.encode(), value.encode())
+        try:
+            async with self.sessions.assembled(upload.upload_id, [p.stored for p in chosen], path) as done:
+                for name, value in object_xattrs(etag, done.size, done.mtime_ns, upload.content_type,
+                                                 upload.metadata).items():
+                    await self.afs.client.setxattr(done.ino, name.encode(), value.encode())
+        except FsError as exc:
+            if exc.errno == errno.EISDIR:  # a key other keys are under: S3 allows both, a filesystem cannot
+                raise FileExistsError(errno.EEXIST, f"{upload.key} is a prefix of other keys", upload.key) from None
+            raise
         if done.copied_bytes:
             log.info("multipart upload %s: %d of %d parts linked, %d bytes copied (parts not whole chunks)",
                      upload.upload_id, done.linked_parts, len(chosen), done.copied_bytes)

@@ -193,18 +193,23 @@ class TusUploads:
     async def _write(self, afs: AsyncFilesystem, upload_id: str, request: Request, size: int, length: int) -> int:
         """Append the body (durably); the new size. A client gone mid-body: what was written is
         kept, it resumes from HEAD's offset, unless the PATCH had a checksum (it cannot hold for
-        part of the body): then, as on a mismatch, the upload is cut back to `size`."""
+        part of the body): then, as on a mismatch or a body past Upload-Length, the upload is
+        cut back to `size`."""
         expected = _checksum(request.headers.get("upload-checksum"))
         digest = TUS_ALGORITHMS[expected[0]]() if expected else None
         whole = True
-        async with await afs.open(self._path(upload_id), "ab") as afile:
-            try:
-                async for piece in _at_most(request, length - size):
-                    if digest is not None:
-                        digest.update(piece)
-                    await afile.write(piece)
-            except ClientDisconnect:
-                whole = False
+        try:
+            async with await afs.open(self._path(upload_id), "ab") as afile:
+                try:
+                    async for piece in _at_most(request, length - size):
+                        if digest is not None:
+                            digest.update(piece)
+                        await afile.write(piece)
+                except ClientDisconnect:
+                    whole = False
+        except TusError:
+            await afs.truncate(self._path(upload_id), size)
+            raise
         if expected is not None and digest is not None and (not whole or digest.digest() != expected[1]):
             await afs.truncate(self._path(upload_id), size)
             if whole:
