@@ -19,8 +19,13 @@ from pathlib import Path
 
 import pytest
 
+import test_gateway
 from conftest import chunkfs, free_port_block, metrics_of, wait_until
-from test_gateway import _code, _tus, gateway, gateway_cluster, root_key, running_gateway, s3  # noqa: F401
+from test_gateway import _code, _tus, running_gateway
+
+# the fixtures of test_gateway.py, for a cluster and gateway of this module's own
+gateway_cluster, gateway, root_key, s3 = (test_gateway.gateway_cluster, test_gateway.gateway, test_gateway.root_key,
+                                          test_gateway.s3)
 
 MiB = 1 << 20
 CHUNK = 4 * MiB
@@ -84,18 +89,19 @@ def test_multipart_complete_moves_the_parts_chunks(gateway_cluster, s3):
 
 @pytest.mark.parametrize("algorithm", ["CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"])
 def test_flexible_checksums_are_verified_stored_and_returned(s3, algorithm):
-    s3.create_bucket(Bucket="checksums")
+    bucket = f"checksums-{algorithm.lower()}"
+    s3.create_bucket(Bucket=bucket)
     body = os.urandom(MiB + 3)
-    s3.put_object(Bucket="checksums", Key=algorithm, Body=body, ChecksumAlgorithm=algorithm)
-    head = s3.head_object(Bucket="checksums", Key=algorithm, ChecksumMode="ENABLED")
+    s3.put_object(Bucket=bucket, Key=algorithm, Body=body, ChecksumAlgorithm=algorithm)
+    head = s3.head_object(Bucket=bucket, Key=algorithm, ChecksumMode="ENABLED")
     assert head[f"Checksum{algorithm}"]
-    got = s3.get_object(Bucket="checksums", Key=algorithm, ChecksumMode="ENABLED")  # boto3 checks it
+    got = s3.get_object(Bucket=bucket, Key=algorithm, ChecksumMode="ENABLED")  # boto3 checks it
     assert got["Body"].read() == body
     wrong = {"CRC32": "AAAAAA==", "CRC32C": "AAAAAA==", "CRC64NVME": "AAAAAAAAAAA=",
              "SHA1": base64.b64encode(b"\0" * 20).decode(), "SHA256": base64.b64encode(b"\0" * 32).decode()}
-    assert _code(lambda: s3.put_object(Bucket="checksums", Key=f"bad-{algorithm}", Body=body,
+    assert _code(lambda: s3.put_object(Bucket=bucket, Key=f"bad-{algorithm}", Body=body,
                                        **{f"Checksum{algorithm}": wrong[algorithm]})) == "BadDigest"
-    assert _code(lambda: s3.head_object(Bucket="checksums", Key=f"bad-{algorithm}")) == "404"
+    assert _code(lambda: s3.head_object(Bucket=bucket, Key=f"bad-{algorithm}")) == "404"
 
 
 @pytest.mark.skipif(_tool("rclone") is None, reason="rclone is not installed")

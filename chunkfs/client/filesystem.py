@@ -22,7 +22,7 @@ import weakref
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import trio
 
@@ -474,7 +474,7 @@ class AsyncFilesystem:
         return os.fsdecode(await self.client.readlink(attr.ino))
 
     @raises_os_errors
-    async def concat(self, path: PathLike, sources: list[PathLike]) -> None:
+    async def concat(self, path: PathLike, sources: Sequence[PathLike]) -> None:
         """Append the files `sources` to the file `path` without copying their bytes: their
         chunks become its chunks, and they are left empty (the caller removes them). As HDFS's
         concat, only whole chunks move: `path` and every source but the last must be a multiple
@@ -498,7 +498,7 @@ class AsyncFilesystem:
         file of RESUMABLE_FROM_BYTES or more goes in parts through an upload session
         (`upload_sessions.resumable_upload`): a put that was killed or cut off, run again,
         stores only what the first run had not."""
-        if Path(local_path).stat().st_size >= RESUMABLE_FROM_BYTES:
+        if os.stat(local_path).st_size >= RESUMABLE_FROM_BYTES:  # one stat; the upload reads the file in a thread
             try:
                 await resumable_upload(self, Path(local_path), self.canonical(remote_path), progress, exclusive)
                 return

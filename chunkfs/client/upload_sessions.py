@@ -13,8 +13,9 @@ Committing (`assembled`) moves the parts' chunks into a new file by reference (t
 metaserver's concat, `records.ConcatReq`): no byte is read or written again. A file's chunk i
 holds its bytes [i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE), so a part's chunks can become the
 object's chunks only where the part starts on a chunk boundary: every part before it must be a
-whole number of chunks long. Parts of 8 MiB (awscli, boto3) or any multiple of 4 MiB (`chunkfs
-put`'s, rclone with `--s3-chunk-size 8M`) are all linked; from the first part that is not
+whole number of chunks long (the last part may have any length). Parts of 8 MiB (awscli, boto3)
+or any multiple of 4 MiB (`chunkfs put`'s, rclone with `--s3-chunk-size 8M`) are all linked;
+from the first part but the last that is not
 (rclone's default 5 MiB, s3cmd's 15 MiB) on, the parts are copied once into one file (the
 "tail", in the session until committed), and that tail is linked after the whole-chunk parts.
 A tail small enough to be kept inline (not in chunks) takes the part before it too, so the
@@ -87,11 +88,14 @@ class Assembly:
 
 def links_for(sizes: list[int]) -> int:
     """How many leading parts (of these sizes, in order) a commit links by reference: the
-    leading run of whole-chunk parts, less the last of them when what follows is small enough
-    to be kept inline (it would be in no chunk); none if that leaves nothing to link."""
+    leading run of whole-chunk parts and, if only the last part is left, that one too (its
+    last chunk may be short); else less the last whole-chunk part when what follows is small
+    enough to be kept inline (it would be in no chunk); none if that leaves nothing to link."""
     linked = 0
     while linked < len(sizes) and sizes[linked] > 0 and sizes[linked] % CHUNK_SIZE == 0:
         linked += 1
+    if linked == len(sizes) - 1 and sizes[-1] > INLINE_MAX_BYTES:
+        return len(sizes)
     rest = sum(sizes[linked:])
     if linked and 0 < rest <= INLINE_MAX_BYTES:
         linked -= 1

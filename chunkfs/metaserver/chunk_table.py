@@ -312,7 +312,7 @@ class ChunkTable:
         if len(set(req.sources)) != len(req.sources) or req.ino in req.sources:
             raise FsError(errno.EINVAL, "concat names a file twice")
         target = self._regular(txn, req.ino)
-        if target.size % CHUNK_SIZE or self.inline_data(txn, req.ino) is not None and target.size:
+        if target.size % CHUNK_SIZE or (self.inline_data(txn, req.ino) is not None and target.size):
             raise FsError(errno.EINVAL, f"file {req.ino} does not end on a chunk boundary ({target.size} bytes)")
         txn.delete(u64(req.ino), db=self.db.inline)  # an empty file's (empty) inline bytes
         size = target.size
