@@ -254,7 +254,7 @@ def test_chunkfs_put_killed_half_way_resumes(gateway_cluster, tmp_path):
     local = tmp_path / "large.bin"
     local.write_bytes(os.urandom(136 * MiB))  # parts of 64 MiB: 64 + 64 + 8
     where = ("--dir", str(gateway_cluster.dir))
-    process = _put_process(str(local), "/resumed/large.bin", *where)
+    process = _put_process(str(local), "/resumed/", *where)
     try:
         uploads = mnt / ".chunkfs-uploads"
         wait_until(lambda: any(uploads.glob("put-*/part-00001")), 120, "the put stored its first part")
@@ -265,7 +265,7 @@ def test_chunkfs_put_killed_half_way_resumes(gateway_cluster, tmp_path):
     first_chunks = _chunk_ids(first_part)
     assert len(first_chunks) == 16
     assert not (mnt / "resumed/large.bin").exists()
-    result = chunkfs("put", str(local), "/resumed/large.bin", *where, timeout=300)
+    result = chunkfs("put", str(local), "/resumed/", *where, timeout=300)
     assert result.returncode == 0
     assert _chunk_ids(mnt / "resumed/large.bin")[:16] == first_chunks  # not sent again
     assert subprocess.run(["cmp", str(local), str(mnt / "resumed/large.bin")]).returncode == 0

@@ -288,6 +288,7 @@ async def resumable_upload(afs: AsyncFilesystem, local_path: Path, remote_path: 
     the local file changes while read; a caller that may not make the sessions directory
     (not root, and none there yet) gets PermissionError: upload in one go then."""
     target = afs.canonical(remote_path)
+    await afs.parent_of(target, errno.EISDIR)  # no directory to put it in: say so before any part is sent
     local = await trio.to_thread.run_sync(open_for_reading, local_path)
     try:
         before = os.fstat(local.fileno())
