@@ -23,6 +23,7 @@ from chunkfs.metaserver.db import GroupCommitter, MetaDB
 from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.orphans import OrphanCollector
+from chunkfs.metaserver.pinned_pages import PinnedPages
 from chunkfs.metaserver import backup, standby
 from chunkfs.metaserver.quarantine import Quarantine
 from chunkfs.metaserver.replication_log import ReplicationLog
@@ -35,6 +36,7 @@ from chunkfs.protocol.http import SignedHttp
 log = logging.getLogger("chunkfs.metaserver")
 
 LOOP_GIL_WAIT_S = 0.0005  # see sys.setswitchinterval in main
+OPEN_LEASES_TRUST_RECORD = "open-leases-trust-end"  # see open_leases.OpenLeases.resume
 
 
 @dataclass
@@ -45,6 +47,9 @@ class MetaserverConfig:
                                       "address space reserved, not memory or disk; ~500 bytes a file). Raise it "
                                       "while serving: edit this file, then systemctl reload (SIGHUP). Past it, "
                                       "changes fail with ENOSPC; an ERROR is logged at 90%")
+    pin_db_in_memory: bool = opt(True, "keep the metadata database's pages in memory (mlock), so a getattr "
+                                       "never waits for the disk after the kernel reclaimed a cold page; needs "
+                                       "the memory lock limit to allow the database's size")
     secret_file: Path = opt(Path("/etc/chunkfs/secret"), "file holding the cluster secret")
     default_goal: int = opt(3, "replicas kept of each chunk unless a directory sets its own goal")
     heartbeat_timeout_s: float = opt(10.0, "a chunkserver silent this long is marked down")
@@ -53,6 +58,8 @@ class MetaserverConfig:
                                         "how long a client may take to commit the chunk versions it reserved")
     replication_per_s: float = opt(20.0, "chunk copies started per second at most, to bring chunks back to goal")
     replication_in_flight: int = opt(8, "chunk copies under way at once at most")
+    lock_grace_s: float = opt(15.0, "after a start, new file locks wait up to this long for the clients that held "
+                                    "locks before to reclaim theirs (less when all of them have)")
     client_timeout_s: float = opt(90.0, "a mount that stopped following the change feed this long is gone: "
                                          "the files it kept open after unlinking them are freed")
     standby_timeout_s: float = opt(5.0, "a synchronous standby that has not confirmed a change this long falls "
@@ -82,6 +89,8 @@ class MetaserverConfig:
             raise ConfigError("options standby_timeout_s and restore_quarantine_s: must be positive")
         if not 1 <= self.default_goal <= 16:
             raise ConfigError(f"option default_goal: {self.default_goal} is not between 1 and 16")
+        if self.lock_grace_s < 0:
+            raise ConfigError("option lock_grace_s: must not be negative")
         if self.client_timeout_s <= 0:
             raise ConfigError("option client_timeout_s: must be positive")
         if self.heartbeat_timeout_s <= 0:
@@ -102,6 +111,8 @@ def run(config: MetaserverConfig) -> None:
                     config.map_size_bytes)
         return
     db = MetaDB(config.data_dir, config.map_size_bytes)
+    if config.pin_db_in_memory:
+        PinnedPages(config.data_dir / "data.mdb").start()
     namespace = Namespace(db, config.default_goal)
     chunks = ChunkTable(db, namespace, config.orphan_grace_s)
     with db.env.begin(write=True) as txn:
@@ -117,7 +128,8 @@ def run(config: MetaserverConfig) -> None:
     deleter = Deleter(db, committer, chunks, registry, ChunkClient(http), config.deletion_interval_s)
     replicator = Replicator(db, committer, chunks, registry, ChunkClient(http), deleter,
                             config.replication_per_s, config.replication_in_flight)
-    state = Metaserver(db, committer, namespace, chunks, registry, deleter, config.orphan_grace_s, replicator)
+    state = Metaserver(db, committer, namespace, chunks, registry, deleter, config.orphan_grace_s, replicator,
+                       lock_grace_s=config.lock_grace_s)
     state.replication = replication
     state.replies = ReplyLog(db, committer)
     state.quarantine = Quarantine(db, committer, chunks, config.restore_quarantine_s)
@@ -125,6 +137,13 @@ def run(config: MetaserverConfig) -> None:
                                     deleter.wake.set)
     log.info("metaserver serving on %s:%d, data in %s", host, port, config.data_dir)
     app = build_app(state, secret, http, port, config.body_timeout_s)
+    trust_record = config.data_dir / OPEN_LEASES_TRUST_RECORD
+    state.open_leases.resume(trust_record)
+
+    async def save_trust_end(app: web.Application) -> None:
+        state.open_leases.save_trust_end(trust_record)
+
+    app.on_cleanup.append(save_trust_end)
     app.on_startup.append(reload_on_sighup(db, reloaded_config()))
     service.attach(app, status=f"serving on {host}:{port}")
     gc.freeze()  # what start-up made lives as long as the process: no collection walks it again
