@@ -96,7 +96,7 @@ STATE = web.AppKey("metaserver", Metaserver)
 READS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, Txn, Any], Any]]] = {
     "lookup": (r.LookupReq, lambda m, t, q: m.namespace.lookup(t, q.parent, q.name)),
     "getattr": (r.InodeReq, lambda m, t, q: m.namespace.getattr(t, q.ino)),
-    "readdir": (r.ReaddirReq, lambda m, t, q: m.namespace.readdir(t, q.ino, q.after, min(q.limit, 10000))),
+    "readdir": (r.ReaddirReq, lambda m, t, q: m.namespace.readdir(t, q.ino, q.after, min(q.limit, 10000), q.xattr)),
     "parent": (r.InodeReq, lambda m, t, q: m.namespace.parent(t, q.ino)),
     "readlink": (r.InodeReq, lambda m, t, q: m.namespace.readlink(t, q.ino)),
     "resolve": (r.PathReq, lambda m, t, q: m.namespace.resolve(t, q.path)),
@@ -119,6 +119,7 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Cal
     "setxattr": (r.XattrReq, lambda m, client: m.namespace.setxattr),
     "removexattr": (r.XattrReq, lambda m, client: m.namespace.removexattr),
     "commit": (r.CommitReq, lambda m, client: lambda txn, q: m.chunks.commit(txn, q, client)),
+    "concat": (r.ConcatReq, lambda m, client: m.chunks.concat),
     "goal": (r.GoalReq, lambda m, client: m.namespace.set_goal),
     "release_orphan": (r.InodeReq, lambda m, client: lambda txn, q: m.namespace.release_orphan(txn, q.ino)),
     "reserve_inodes": (r.ReserveReq, lambda m, client: lambda txn, q: m.namespace.reserve_inodes(txn, max(1, min(q.count, 4096)))),

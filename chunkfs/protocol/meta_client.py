@@ -137,8 +137,10 @@ class MetaClient:
         """The inodes moved or replaced (see RenameReq.open_here for replaced open files)."""
         return await self.call("rename", req, list[int])
 
-    async def readdir(self, ino: int, after: bytes | None, limit: int = 1000) -> list[r.DirEntry]:
-        return await self.call("readdir", r.ReaddirReq(ino, after, limit), list[r.DirEntry])
+    async def readdir(self, ino: int, after: bytes | None, limit: int = 1000, xattr: bytes | None = None
+                      ) -> list[r.DirEntry]:
+        """A page of entries after `after`; with `xattr`, each entry's value of it (None: unset)."""
+        return await self.call("readdir", r.ReaddirReq(ino, after, limit, xattr), list[r.DirEntry])
 
     async def parent(self, ino: int) -> r.Attr:
         """The root's parent is the root itself, also for a subdirectory mount."""
@@ -184,6 +186,10 @@ class MetaClient:
     async def read_tokens(self, chunks: list[tuple[int, int]]) -> list[str]:
         """New read tokens for these chunk versions (chunkfs.chunk_tokens), in their order."""
         return await self.call("tokens", r.TokensReq(chunks), list[str])
+
+    async def concat(self, req: r.ConcatReq) -> r.Attr:
+        """Append the sources' chunks to the file by reference (see ConcatReq); its new attributes."""
+        return await self.call("concat", req, r.Attr)
 
     # -- file locks (chunkfs/metaserver/locks.py) ---------------------------------------------
     async def lock(self, req: r.LockReq) -> r.LockReply:

@@ -61,6 +61,7 @@ class Attr(Struct, kw_only=True):
 class DirEntry(Struct):
     name: bytes
     attr: Attr
+    xattr: bytes | None = None  # the value of the xattr the listing asked for (ReaddirReq.xattr), if set
 
 
 class ChunkRef(Struct, kw_only=True):
@@ -215,6 +216,7 @@ class ReaddirReq(Struct):
     ino: Ino
     after: Name | None = None  # not checked as a new name: a listing goes on after any stored name
     limit: Annotated[int, Meta(ge=1, le=2**31)] = 1000
+    xattr: Name | None = None  # also each entry's value of this xattr (one call lists a bucket's ETags)
 
 
 class XattrReq(Struct):
@@ -249,6 +251,19 @@ class CommitReq(Struct):
 
     def __post_init__(self) -> None:
         limits.check_size(self.size)
+
+
+class ConcatReq(Struct):
+    """The chunks of `sources` (regular files, in this order) appended to file `ino` by
+    reference: no byte is copied, the chunk records change owner, and the sources are left empty.
+    Chunk i of a file holds its bytes [i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE), so the target's
+    size and the size of every source but the last must be multiples of CHUNK_SIZE, and no
+    source may be kept inline (EINVAL otherwise, and nothing changes). What upload sessions
+    (S3 multipart Complete, a resumed `chunkfs put`) are committed with."""
+
+    ino: Ino
+    sources: Annotated[list[Ino], Meta(min_length=1, max_length=10_000)]
+    mtime_ns: TimeNs
 
 
 class GoalReq(Struct):
