@@ -152,6 +152,13 @@ class TusUploads:
 
     async def head(self, request: Request, afs: AsyncFilesystem) -> Response:
         upload_id = request.path_params["upload_id"]
+        lock = self._locks.get(upload_id)
+        if lock is not None:
+            # a PATCH is under way, or one cut off is being wound up: its offset once it ends
+            # (as tusd locks an upload for HEAD too), so a resume sent at once is not refused
+            # with 409 by a PATCH that has not let go yet
+            async with lock:
+                pass
         record, size = await self._record(afs, upload_id)
         return Response(headers=_headers({"Upload-Offset": str(size), "Upload-Length": str(record["length"]),
                                           **await self._expires(afs, upload_id)}))
