@@ -82,12 +82,23 @@ def _number(request: Request, header: str) -> int:
     return value
 
 
+class _RunningPatch:
+    """A PATCH of one upload in this gateway: held while it runs; `receiving` while its body
+    still arrives. Another PATCH is refused with 409 while one receives (as tusd does), but
+    waits for one that is only being wound up (its client gone, the file being closed), as a
+    HEAD does, so a client that resumes at once sees the offset the cut-off PATCH left."""
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()
+        self.receiving = False
+
+
 class TusUploads:
     """The routes of /api/v1/uploads/ (each handler gets the caller's view of the core)."""
 
     def __init__(self, root: AsyncFilesystem, expiry_s: float) -> None:
         self.root, self.expiry_s = root, expiry_s
-        self._locks: dict[str, trio.Lock] = {}  # one PATCH at a time per upload, in this gateway
+        self._patches: dict[str, _RunningPatch] = {}  # one PATCH at a time per upload, in this gateway
 
     @staticmethod
     def _path(upload_id: str) -> str:
@@ -152,12 +163,12 @@ class TusUploads:
 
     async def head(self, request: Request, afs: AsyncFilesystem) -> Response:
         upload_id = request.path_params["upload_id"]
-        lock = self._locks.get(upload_id)
-        if lock is not None:
-            # a PATCH is under way, or one cut off is being wound up: its offset once it ends
-            # (as tusd locks an upload for HEAD too), so a resume sent at once is not refused
-            # with 409 by a PATCH that has not let go yet
-            async with lock:
+        running = self._patches.get(upload_id)
+        if running is not None and not running.receiving:
+            # a PATCH whose body ended (or was cut off) is being wound up: the offset it leaves,
+            # so the resume a client sends next starts there; a PATCH still receiving is not
+            # waited for, its progress shows as it goes
+            async with running.lock:
                 pass
         record, size = await self._record(afs, upload_id)
         return Response(headers=_headers({"Upload-Offset": str(size), "Upload-Length": str(record["length"]),
@@ -175,29 +186,35 @@ class TusUploads:
     async def _append(self, afs: AsyncFilesystem, upload_id: str, offset: int, request: Request | None = None) -> int:
         """Write the body at `offset` (which must be the stored size) and close (durable);
         what arrived before a disconnect stays. Finishes the upload when it is complete."""
-        lock = self._locks.setdefault(upload_id, trio.Lock())
-        if lock.locked():
+        running = self._patches.setdefault(upload_id, _RunningPatch())
+        if running.receiving:
             raise TusError(409, "another PATCH of this upload is running")
         try:
-            return await self._append_locked(afs, upload_id, offset, request, lock)
+            return await self._append_locked(afs, upload_id, offset, request, running)
         finally:
-            if not lock.locked():
-                self._locks.pop(upload_id, None)
+            if not running.lock.locked() and not running.lock.statistics().tasks_waiting:
+                self._patches.pop(upload_id, None)
 
     async def _append_locked(self, afs: AsyncFilesystem, upload_id: str, offset: int, request: Request | None,
-                             lock: trio.Lock) -> int:
-        async with lock:
+                             running: _RunningPatch) -> int:
+        # a PATCH being wound up (its body over) is waited for: then the offset is the one it left
+        async with running.lock:
             record, size = await self._record(afs, upload_id)
             if offset != size:
                 raise TusError(409, f"Upload-Offset {offset} is not the upload's offset {size}")
             length = int(str(record["length"]))
             if request is not None:
-                size = await self._write(afs, upload_id, request, size, length)
+                running.receiving = True
+                try:
+                    size = await self._write(afs, upload_id, request, size, length, running)
+                finally:
+                    running.receiving = False
             if size == length:
                 await self._finish(afs, upload_id, length)
             return size
 
-    async def _write(self, afs: AsyncFilesystem, upload_id: str, request: Request, size: int, length: int) -> int:
+    async def _write(self, afs: AsyncFilesystem, upload_id: str, request: Request, size: int, length: int,
+                     running: _RunningPatch) -> int:
         """Append the body (durably); the new size. A client gone mid-body: what was written is
         kept, it resumes from HEAD's offset, unless the PATCH had a checksum (it cannot hold for
         part of the body): then, as on a mismatch or a body past Upload-Length, the upload is
@@ -214,6 +231,7 @@ class TusUploads:
                         await afile.write(piece)
                 except ClientDisconnect:
                     whole = False
+                running.receiving = False  # the body is over: what is left is closing the file
         except TusError:
             await afs.truncate(self._path(upload_id), size)
             raise
