@@ -119,6 +119,15 @@ def metaserver_calls(cluster) -> dict[str, float]:
     return calls
 
 
+def calls_made(cluster, action) -> dict[str, float]:
+    """The file-system calls the metaserver answered while `action()` ran, by operation (those
+    of every client: the cluster's other clients should be idle)."""
+    before = metaserver_calls(cluster)
+    action()
+    after = metaserver_calls(cluster)
+    return {op: after[op] - before.get(op, 0) for op in after if after[op] != before.get(op, 0)}
+
+
 def chunkserver_reads(cluster) -> dict[str, float]:
     """csN -> bytes it has served (its chunkfs_chunkserver_read_bytes_total); a server that is
     down is left out."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import AsyncIterator, Sequence
 
+import msgspec
 import trio
 
 from chunkfs import auth, posix_acl, tls
@@ -365,7 +366,7 @@ class AsyncFilesystem:
                 for e in page:
                     if e.name in (b".", b".."):
                         continue
-                    value = e.xattr if xattr is not None and await self._may_read_xattr(e.attr, xattr) else None
+                    value = e.xattr if xattr is not None and await self._may_read_xattr(e, xattr) else None
                     entries.append(DirEntry(os.fsdecode(e.name), f"{base}/{os.fsdecode(e.name)}", e.attr, value))
                 if len(page) < READDIR_PAGE:
                     return entries
@@ -373,14 +374,21 @@ class AsyncFilesystem:
         finally:
             await self.client.release_directory(attr.ino)
 
-    async def _may_read_xattr(self, attr: r.Attr, name: bytes) -> bool:
-        """Whether getxattr of `name` on `attr` would be allowed to this caller."""
+    async def _may_read_xattr(self, entry: r.DirEntry, name: bytes) -> bool:
+        """Whether getxattr of `name` on the listed `entry` would be allowed to this caller (by
+        the access ACL that came with it: no call per entry; asked for where it did not come)."""
+        attr = entry.attr
         if not attr.has_xattrs:
             return False
+        acl = entry.acl
+
+        async def listed_acl(ino: int) -> bytes | None:
+            return await self._access_acl(ino) if isinstance(acl, msgspec.UnsetType) else acl
+
         try:
             want = check_xattr(attr, self.identity, name, writing=False)
             if want:
-                await self._check(attr, want)
+                await check_access(attr, self.identity, want, listed_acl)
         except FsError:
             return False
         return True

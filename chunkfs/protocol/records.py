@@ -62,6 +62,9 @@ class DirEntry(Struct):
     name: bytes
     attr: Attr
     xattr: bytes | None = None  # the value of the xattr the listing asked for (ReaddirReq.xattr), if set
+    # with ReaddirReq.xattr: the entry's access ACL too (None: it has none), which decides whether
+    # the caller may read that xattr (no getxattr per entry); unset from a metaserver that does not send it
+    acl: bytes | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class ChunkRef(Struct, kw_only=True):
@@ -216,7 +219,7 @@ class ReaddirReq(Struct):
     ino: Ino
     after: Name | None = None  # not checked as a new name: a listing goes on after any stored name
     limit: Annotated[int, Meta(ge=1, le=2**31)] = 1000
-    xattr: Name | None = None  # also each entry's value of this xattr (one call lists a bucket's ETags)
+    xattr: Name | None = None  # also each entry's value of this xattr and its access ACL (one call lists a bucket's ETags)
 
 
 class XattrReq(Struct):
