@@ -285,7 +285,7 @@ class NetnsCluster:
             pid = launcher().spawn(node.enter + module_command(
                 "chunkfs.metaserver.main", "--listen", self.metaserver, "--data-dir", str(self.root / "meta"),
                 "--secret-file", str(self.secret_file), "--default-goal", str(self.goal),
-                "--heartbeat-timeout-s", str(self.heartbeat_timeout_s)), log, pid_file)
+                "--heartbeat-timeout-s", str(self.heartbeat_timeout_s), "--trash-time-s", "0"), log, pid_file)
             wait_for("metaserver", lambda: self._metaserver_answers(pid, log), 30, log_path=log)
             return
         data_dir = self.data_dir(name)

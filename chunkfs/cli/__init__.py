@@ -9,6 +9,10 @@
 - `mount_cmd.py`: `mount` and `install` (clients and the mount(8) helper).
 - `deploy.py`: `config-example` and `install --units` (running the daemons under systemd).
 - `gateway_cmd.py`: `gateway key add|list|remove` (the S3/REST gateway's access keys).
+- `quota_cmd.py`: `quota set|get|list|remove` (directory quotas on bytes and inodes).
+- `trash_cmd.py`: `trash list|restore|purge`, `trash-time` (removed files kept for a while);
+  `amounts.py`: the sizes, counts and durations they take.
+- `snapshot_cmd.py`: `snapshot` (a copy of a tree that shares its chunks).
 - `files_cmd.py`: `put`, `get`, `cat`, `ls`, `rm`, `size`, `mkdir`, `mv` (files, straight through
   `chunkfs.client`); `transfer.py` plans and runs put/get; `client_edge.py` maps their errors to exit codes.
 
@@ -32,7 +36,8 @@ COMMANDS = {
     "fsck": "fsck_cmd:fsck", "gc": "gc_cmd:gc", "drain": "drain_cmd:drain",
     "mount": "mount_cmd:mount", "install": "mount_cmd:install", "config-example": "deploy:config_example",
     "bench": "bench_cmd:bench", "backup": "backup_cmd:backup", "restore": "backup_cmd:restore",
-    "gateway": "gateway_cmd:gateway",
+    "gateway": "gateway_cmd:gateway", "quota": "quota_cmd:quota",
+    "trash": "trash_cmd:trash", "trash-time": "trash_cmd:trash_time", "snapshot": "snapshot_cmd:snapshot",
     **{name: f"files_cmd:{name}" for name in ("put", "get", "cat", "ls", "rm", "size", "mkdir", "mv")},
 }
 """Command name -> `module:attribute` under `chunkfs.cli`."""

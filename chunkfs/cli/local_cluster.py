@@ -71,12 +71,16 @@ def _start_gateway(gateway: dict[str, str], metaserver: str, secret_file: Path, 
 @click.option("--orphan-grace-s", type=click.FloatRange(0), default=None,
               help="An upload no commit names is garbage (for `chunkfs gc`) this long after its reservation "
                    "[default: the metaserver's, 3600].")
+@click.option("--trash-time-s", type=click.FloatRange(0), default=None,
+              help="Removed files stay in the trash this long unless a directory says otherwise "
+                   "[default: the metaserver's, 86400; 0: not kept].")
 @click.option("-o", "options", default="", help="Mount options, as for mount -o (see chunkfs-mount --help).")
 @click.option("--no-gateway", is_flag=True, help="Do not start the S3/REST gateway "
               f"(S3 on port +{S3_PORT_OFFSET}, REST on +{REST_PORT_OFFSET} from --port: 9580 and 9581 by default).")
 def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, port: int,
        heartbeat_timeout_s: float | None, scrub_mb_per_s: float | None, client_timeout_s: float | None,
-       body_timeout_s: float | None, orphan_grace_s: float | None, options: str, no_gateway: bool) -> None:
+       body_timeout_s: float | None, orphan_grace_s: float | None, trash_time_s: float | None, options: str,
+       no_gateway: bool) -> None:
     """Start a local cluster and mount it (keeps existing data)."""
     data_dir = data_dir.absolute()
     mountpoint = mountpoint.absolute()
@@ -107,7 +111,8 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                         "--heartbeat-timeout-s", str(heartbeat_timeout_s),
                                         *(("--client-timeout-s", str(client_timeout_s)) if client_timeout_s else ()),
                                         *body_timeout,
-                                        *(("--orphan-grace-s", str(orphan_grace_s)) if orphan_grace_s is not None else ())),
+                                        *(("--orphan-grace-s", str(orphan_grace_s)) if orphan_grace_s is not None else ()),
+                                        *(("--trash-time-s", str(trash_time_s)) if trash_time_s is not None else ())),
                          logs / "metaserver.log", run / "metaserver.pid")
             wait_for("metaserver", lambda: _health(metaserver), 30, proc, logs / "metaserver.log")
         for i in range(1, chunkservers + 1):

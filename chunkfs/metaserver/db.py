@@ -113,7 +113,7 @@ class MetaDB:
 
     def __init__(self, path: Path, map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(path), max_dbs=16, map_size=map_size_bytes, sync=True, metasync=True)
+        self.env = lmdb.open(str(path), max_dbs=32, map_size=map_size_bytes, sync=True, metasync=True)
         self.gate = TxnGate()
         self.full_warned = False
         self.inodes = self.env.open_db(b"inodes")
@@ -131,6 +131,11 @@ class MetaDB:
         self.replies = self.env.open_db(b"replies")  # (minute, client, request id) -> reply: see replies.py
         self.versions = self.env.open_db(b"versions")  # (chunk id, version) -> its chunk record's key
         self.reservations = self.env.open_db(b"reservations")  # chunk versions each client may commit: reservations.py
+        self.quotas = self.env.open_db(b"quotas")  # directory -> its limits and usage: quotas.py
+        self.trash = self.env.open_db(b"trash")  # removed file kept -> where it was, until when: trash.py
+        # (chunk id, version, record key) -> b"": every record holding a version more than one
+        # record holds (a snapshot's files share their source's chunks): chunk_table.py
+        self.holders = self.env.open_db(b"holders")
 
     def read(self) -> ReadTxn:
         return ReadTxn(self)
