@@ -153,7 +153,8 @@ def test_bad_quotas_are_refused_and_one_below_usage_is_taken(cluster, home):
     assert chunkfs("quota", "set", q / "f", "--bytes", "1k", check=False).returncode == 1
     assert chunkfs("quota", "set", q, check=False).returncode == 1  # no limit given
     chunkfs("quota", "set", q, "--bytes", "1k")  # below the 5000 bytes stored: taken
-    edquot(lambda: write(q / "f", b"x" * 6000))
+    edquot(lambda: write(q / "f", b"x" * 6000, "r+b"))  # growing in place: refused, the file as it was
+    assert (q / "f").stat().st_size == 5000
     os.truncate(q / "f", 4000)  # shrinking is always allowed
     edquot(lambda: os.truncate(q / "f", 4500))
     assert quota_get(cluster, q)["used_bytes"] == 4000

@@ -13,7 +13,7 @@ Promises:
 - A file of at most INLINE_MAX_BYTES whose content is all here is committed inline: its bytes
   travel in the commit itself, so a small file costs one call and no chunk upload.
 - A write that grows a file past a directory quota's hard limit on bytes fails with EDQUOT
-  (nothing of it is taken). The limit is asked for once the file grows past its first chunk (a
+  (nothing of it is taken); a commit the quota refuses drops what it carried. The limit is asked for once the file grows past its first chunk (a
   small file costs no call) and again when a write would pass it; the metaserver's check at
   the commit is the one that counts (another writer may have used the room meanwhile).
 - What this writer holds (buffered or uploading) is what readers of the file see (`held_content`).
@@ -268,9 +268,14 @@ class FileWriter:
             self._raise_pending_error()
             if not file.modified and not self.uploaded and not self.superseded:
                 return None
-            attr = await self.meta.commit(r.CommitReq(file.ino, file.size, file.mtime_ns,
-                                                      list(self.uploaded.values()), self.superseded,
-                                                      inline=inline, attrs=file.attr_changes))
+            try:
+                attr = await self.meta.commit(r.CommitReq(file.ino, file.size, file.mtime_ns,
+                                                          list(self.uploaded.values()), self.superseded,
+                                                          inline=inline, attrs=file.attr_changes))
+            except FsError as exc:
+                if exc.errno == errno.EDQUOT:
+                    self._forget_refused()
+                raise
             if inline is not None:
                 self.write_back_bound.add(-len(self.dirty.pop(0).data))
                 file.chunks.clear()
@@ -282,6 +287,17 @@ class FileWriter:
             self.superseded.clear()
             file.committed(attr)
             return attr
+
+    def _forget_refused(self) -> None:
+        """A quota refused the commit: what it carried is dropped, as a local filesystem drops a
+        write refused with EDQUOT. The file is back at its committed size; its uploads are
+        discarded by the next commit (which carries no growth, so the quota lets it through,
+        with any attribute changes still waiting)."""
+        self.superseded += self.uploaded.values()
+        self.uploaded.clear()
+        self.drop_buffers()
+        self.file.size = self.file.attr.size
+        self.file.mtime_ns = self.file.attr.mtime_ns
 
     async def truncate(self, size: int, mtime_ns: int | None) -> r.Attr:
         """Commit what is buffered, then cut the file at `size` on the metaserver."""

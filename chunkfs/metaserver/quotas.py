@@ -115,8 +115,11 @@ class DirectoryQuotas:
         return self.info(txn, ino, rec)
 
     def listing(self, txn: Txn, over_soft_only: bool = False) -> list[r.QuotaInfo]:
-        """Every quota (or those past a soft limit: the status page's, O(quotas) when none is)."""
-        out = []
+        """Every quota (or those past a soft limit: the status page's, O(quotas), no cursor at
+        all while there is none)."""
+        out: list[r.QuotaInfo] = []
+        if not self.any(txn):
+            return out
         for key, raw in txn.cursor(db=self.db.quotas):
             rec = _dec.decode(raw)
             if not over_soft_only or over_soft(rec):

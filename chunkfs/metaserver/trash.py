@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import logging
 import stat
 import time
@@ -148,7 +149,7 @@ class Trash:
             return len(req.ids)
         if not req.everything:
             return 0
-        ids = [read_u64(key) for (key, _raw), _ in zip(txn.cursor(db=self.db.trash), range(PURGE_PAGE))]
+        ids = [read_u64(key) for key in itertools.islice(txn.cursor(db=self.db.trash).iternext(values=False), PURGE_PAGE)]
         for ino in ids:
             self._free(txn, ino)
         return len(ids)
