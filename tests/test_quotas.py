@@ -17,7 +17,7 @@ import pytest
 import trio
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from chunkfs import auth
 from chunkfs.client import connect
@@ -197,9 +197,6 @@ def test_rmdir_of_a_quota_directory_drops_its_quota(cluster, home):
 
 # ---- the model ------------------------------------------------------------------------------------
 NAMES = ("a", "b", "c")
-PATHS = [*NAMES, *(f"{x}/{y}" for x in NAMES for y in NAMES), *(f"{x}/{y}/{z}" for x in NAMES for y in NAMES
-                                                                   for z in NAMES)]
-paths = st.sampled_from(PATHS)
 
 
 class QuotaMachine(RuleBasedStateMachine):
@@ -228,27 +225,52 @@ class QuotaMachine(RuleBasedStateMachine):
             return
         assert not refused, f"{what}: done, where the model says EDQUOT\n" + "\n".join(self.story)
 
+    def pick(self, data, kind: str) -> str | None:
+        """A path drawn from the model as it is now: "new" (a name in a directory, which may
+        be taken), "file", "node" (anything but the top) or "dir" (the top too, as "")."""
+        nodes = list(self.model.walk())
+        if kind == "new":
+            parent = data.draw(st.sampled_from(["", *(p for p, n in nodes if isinstance(n, MDir) and p.count("/") < 2)]))
+            name = data.draw(st.sampled_from(NAMES))
+            return f"{parent}/{name}" if parent else name
+        choices = {"file": [p for p, n in nodes if isinstance(n, MFile)], "node": [p for p, _n in nodes],
+                   "dir": ["", *(p for p, n in nodes if isinstance(n, MDir))]}[kind]
+        return data.draw(st.sampled_from(choices)) if choices else None
+
     def new_place(self, path: str) -> MDir | None:
         parent, name = self.model.split(path)
         return parent if parent is not None and name not in parent.children else None
 
-    @rule(path=paths)
-    def mkdir(self, path):
+    @initialize(limit_bytes=st.sampled_from([2000, 9000]), limit_inodes=st.sampled_from([3, 6, 0]))
+    def quota_on_top(self, limit_bytes, limit_inodes):
+        """Every run starts under a quota, so that refusals are common."""
+        self.model.root.quota = (limit_bytes, limit_inodes)
+        self.story.append(f"quota on the top: {limit_bytes} bytes {limit_inodes} inodes")
+        req = r.QuotaSetReq(ino=self.top.stat().st_ino, bytes_hard=limit_bytes, inodes_hard=limit_inodes)
+        meta(self.cluster, lambda m: m.quota_set(req))
+
+    @rule(data=st.data())
+    def mkdir(self, data):
+        path = self.pick(data, "new")
         parent = self.new_place(path)
         if parent is not None:
             self.run(f"mkdir {path}", self.model.mkdir(parent, path.rpartition("/")[2]),
                      lambda: os.mkdir(self.real(path)))
 
-    @rule(path=paths)
-    def create(self, path):
+    @rule(data=st.data())
+    def create(self, data):
+        path = self.pick(data, "new")
         parent = self.new_place(path)
         if parent is not None:
             def create_file():
                 os.close(os.open(self.real(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
             self.run(f"create {path}", self.model.create(parent, path.rpartition("/")[2]), create_file)
 
-    @rule(path=paths, offset=st.sampled_from([0, 1000, 4000]), length=st.sampled_from([1, 1500, 5000]))
-    def write(self, path, offset, length):
+    @rule(data=st.data(), offset=st.sampled_from([0, 1000, 4000]), length=st.sampled_from([1, 1500, 5000]))
+    def write(self, data, offset, length):
+        path = self.pick(data, "file")
+        if path is None:
+            return
         f = self.model.lookup(path)
         if isinstance(f, MFile):
             def write_file():
@@ -259,14 +281,20 @@ class QuotaMachine(RuleBasedStateMachine):
                     os.close(fd)
             self.run(f"write {path} {offset}+{length}", self.model.resize(f, max(f.size, offset + length)), write_file)
 
-    @rule(path=paths, size=st.sampled_from([0, 500, 6000]))
-    def truncate(self, path, size):
+    @rule(data=st.data(), size=st.sampled_from([0, 500, 6000]))
+    def truncate(self, data, size):
+        path = self.pick(data, "file")
+        if path is None:
+            return
         f = self.model.lookup(path)
         if isinstance(f, MFile):
             self.run(f"truncate {path} {size}", self.model.resize(f, size), lambda: os.truncate(self.real(path), size))
 
-    @rule(path=paths)
-    def remove(self, path):
+    @rule(data=st.data())
+    def remove(self, data):
+        path = self.pick(data, "node")
+        if path is None:
+            return
         parent, name = self.model.split(path)
         node = parent.children.get(name) if parent is not None else None
         if isinstance(node, MFile):
@@ -301,8 +329,11 @@ class QuotaMachine(RuleBasedStateMachine):
             del self.model.trash[ino]
             assert meta(self.cluster, lambda m: m.trash_purge(r.TrashPurgeReq(ids=[ino]))) == 1
 
-    @rule(src=paths, dst=paths)
-    def rename(self, src, dst):
+    @rule(data=st.data())
+    def rename(self, data):
+        src, dst = self.pick(data, "node"), self.pick(data, "new")
+        if src is None:
+            return
         src_parent, src_name = self.model.split(src)
         dst_parent, dst_name = self.model.split(dst)
         node = src_parent.children.get(src_name) if src_parent is not None else None
@@ -316,16 +347,22 @@ class QuotaMachine(RuleBasedStateMachine):
         self.run(f"rename {src} {dst}", self.model.rename(src_parent, src_name, dst_parent, dst_name, dst_ino),
                  lambda: os.rename(self.real(src), self.real(dst)))
 
-    @rule(src=paths, dst=paths)
-    def link(self, src, dst):
+    @rule(data=st.data())
+    def link(self, data):
+        src, dst = self.pick(data, "file"), self.pick(data, "new")
+        if src is None:
+            return
         f = self.model.lookup(src)
         parent = self.new_place(dst)
         if isinstance(f, MFile) and parent is not None:
             self.run(f"link {src} {dst}", self.model.link(f, parent, dst.rpartition("/")[2]),
                      lambda: os.link(self.real(src), self.real(dst)))
 
-    @rule(src=paths, dst=paths)
-    def snapshot(self, src, dst):
+    @rule(data=st.data())
+    def snapshot(self, data):
+        src, dst = self.pick(data, "node"), self.pick(data, "new")
+        if src is None:
+            return
         node = self.model.lookup(src)
         parent = self.new_place(dst)
         if node is None or parent is None or dst.startswith(src + "/"):
@@ -342,8 +379,9 @@ class QuotaMachine(RuleBasedStateMachine):
         assert not expected, f"snapshot {src} {dst}: done, where the model says EDQUOT\n" + "\n".join(self.story)
         wait_until(lambda: self.real(dst).exists(), 10, f"the snapshot {dst} seen by the mount")
 
-    @rule(path=paths, limit_bytes=st.sampled_from([0, 3000, 8000]), limit_inodes=st.sampled_from([0, 3, 6]))
-    def set_quota(self, path, limit_bytes, limit_inodes):
+    @rule(data=st.data(), limit_bytes=st.sampled_from([0, 1000, 5000]), limit_inodes=st.sampled_from([0, 2, 4]))
+    def set_quota(self, data, limit_bytes, limit_inodes):
+        path = self.pick(data, "dir")
         d = self.model.lookup(path)
         if isinstance(d, MDir) and (limit_bytes or limit_inodes):
             self.story.append(f"quota {path} {limit_bytes} bytes {limit_inodes} inodes")
@@ -351,8 +389,9 @@ class QuotaMachine(RuleBasedStateMachine):
             req = r.QuotaSetReq(ino=self.real(path).stat().st_ino, bytes_hard=limit_bytes, inodes_hard=limit_inodes)
             meta(self.cluster, lambda m: m.quota_set(req))
 
-    @rule(path=paths)
-    def remove_quota(self, path):
+    @rule(data=st.data())
+    def remove_quota(self, data):
+        path = self.pick(data, "dir")
         d = self.model.lookup(path)
         if isinstance(d, MDir) and d.quota is not None:
             self.story.append(f"no quota on {path}")
@@ -395,7 +434,7 @@ class QuotaMachine(RuleBasedStateMachine):
         shutil.rmtree(self.top, ignore_errors=True)
 
 
-MODEL_RUN = settings(max_examples=15, stateful_step_count=25, deadline=None, database=None,
+MODEL_RUN = settings(max_examples=40, stateful_step_count=50, deadline=None, database=None,
                      suppress_health_check=list(HealthCheck), derandomize=True)
 
 
