@@ -17,6 +17,7 @@ _HTTP_STATUS = {
     errno.ENOTEMPTY: 409,
     errno.EACCES: 403,
     errno.EPERM: 403,
+    errno.EKEYEXPIRED: 403,  # a chunk token past its time (chunkfs.chunk_tokens)
     errno.ENOSPC: 507,
     errno.EIO: 500,
     errno.ESTALE: 410,

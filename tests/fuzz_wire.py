@@ -17,6 +17,8 @@ from typing import Any
 
 from chunkfs import auth, metrics
 from chunkfs.chunkserver import app as chunkserver_app
+from chunkfs.chunkserver.access import ChunkKeys
+from chunkfs.metaserver import accounts
 from chunkfs.metaserver import app as metaserver_app
 from chunkfs.protocol import records as r
 
@@ -27,7 +29,8 @@ SHORT_BODY_WAIT_S = 0.5  # how long a short body waits for a reply before it giv
 # added to `FS_OPERATIONS` and not here is fuzzed with bodies of every record
 EXTRA_OP_BODIES: dict[str, type] = {"reserve": r.ReserveReq, "release_leases": r.LeaseReq, "fsck": r.FsckReq,
                                     "lock": r.LockReq, "testlock": r.LockReq, "cancel_lock": r.LockCancelReq,
-                                    "locks": r.LocksReq, "quota_check": r.InodeReq, "sharing_check": r.InodeReq}
+                                    "locks": r.LocksReq, "reclaim_locks": r.LockReclaimReq,
+                                    "quota_check": r.InodeReq, "sharing_check": r.InodeReq}
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,10 @@ def _routes_of(daemon: str, app: Any) -> list[Route]:
     routes = []
     for route in app.router.routes():
         template = route.resource.canonical
-        if "{op}" in template:
+        if template == "/v1/accounts/{op}":
+            for op, (body, _mutates, _bind) in [*accounts.OPERATIONS.items(), ("no_such_op", (None, False, None))]:
+                routes.append(Route(daemon, route.method, template.replace("{op}", op), body))
+        elif "{op}" in template:
             for op in [*sorted(metaserver_app.FS_OPERATIONS), "no_such_op"]:
                 known = {**metaserver_app.READS, **metaserver_app.MUTATIONS}.get(op)
                 body = known[0] if known else EXTRA_OP_BODIES.get(op)
@@ -80,7 +86,7 @@ def every_route() -> list[Route]:
     their state, which answer anything asked: no handler runs)."""
     secret = b"0" * 32
     meta = metaserver_app.build_app(MagicMock(), secret, None)
-    chunk = chunkserver_app.build_app(None, secret, None, None, None,
+    chunk = chunkserver_app.build_app(None, ChunkKeys(secret), None, None, None,
                                       SimpleNamespace(registry=metrics.new_registry()))
     return _routes_of("metaserver", meta) + _routes_of("chunkserver", chunk)
 

@@ -9,6 +9,9 @@
 - `mount_cmd.py`: `mount` and `install` (clients and the mount(8) helper).
 - `deploy.py`: `config-example` and `install --units` (running the daemons under systemd).
 - `gateway_cmd.py`: `gateway key add|list|remove` (the S3/REST gateway's access keys).
+- `user_cmd.py`: `user add|list|passwd|disable|remove|keys`; `share_cmd.py`: `share PATH`,
+  `share list|revoke` (people and their share links, kept by the metaserver).
+- `credentials_cmd.py`: `credentials add|list|revoke` (the role keys); `certs_cmd.py`: `certs init` (TLS).
 - `quota_cmd.py`: `quota set|get|list|remove` (directory quotas on bytes and inodes).
 - `trash_cmd.py`: `trash list|restore|purge`, `trash-time` (removed files kept for a while);
   `amounts.py`: the sizes, counts and durations they take.
@@ -36,7 +39,9 @@ COMMANDS = {
     "fsck": "fsck_cmd:fsck", "gc": "gc_cmd:gc", "drain": "drain_cmd:drain",
     "mount": "mount_cmd:mount", "install": "mount_cmd:install", "config-example": "deploy:config_example",
     "bench": "bench_cmd:bench", "backup": "backup_cmd:backup", "restore": "backup_cmd:restore",
-    "gateway": "gateway_cmd:gateway", "quota": "quota_cmd:quota",
+    "gateway": "gateway_cmd:gateway", "user": "user_cmd:user", "share": "share_cmd:share",
+    "credentials": "credentials_cmd:credentials", "certs": "certs_cmd:certs",
+    "quota": "quota_cmd:quota",
     "trash": "trash_cmd:trash", "trash-time": "trash_cmd:trash_time", "snapshot": "snapshot_cmd:snapshot",
     **{name: f"files_cmd:{name}" for name in ("put", "get", "cat", "ls", "rm", "size", "mkdir", "mv")},
 }

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from chunkfs import auth, posix_acl
+from chunkfs import auth, posix_acl, tls
 from chunkfs.client.async_file import MODES, AsyncFile, normal_mode
 from chunkfs.client.core import PREFERRED_IO_BYTES, Client, build_client, statvfs_numbers
 from chunkfs.client.os_errors import os_error, raises_os_errors
@@ -62,6 +62,8 @@ class ConnectOptions:
     max_dirty_mb: int = 256
     dir_leases: bool = True
     identity: Identity = field(default_factory=identity_of_this_process)
+    tls_dir: str = ""  # connect with TLS, with the certificate `tls_name` there (chunkfs.tls)
+    tls_name: str = "client"
 
 
 def stat_result(attr: r.Attr) -> os.stat_result:
@@ -497,7 +499,12 @@ def _load_secret(secret_file: Path) -> bytes:
 async def connected(address: str, secret_file: Path, options: ConnectOptions) -> AsyncIterator[AsyncFilesystem]:
     """An AsyncFilesystem on a client core of its own, for this block."""
     secret = _load_secret(secret_file)
-    http = SignedHttp(secret, timeout_s=60, retry_s=options.retry_s, trio_native=True)
+    try:
+        files = tls.tls_files(options.tls_dir, options.tls_name)
+    except ValueError as exc:
+        raise PermissionError(errno.EACCES, str(exc)) from None
+    http = SignedHttp(secret, timeout_s=60, retry_s=options.retry_s, trio_native=True,
+                      tls=files.client_context() if files else None)
     try:
         client = build_client(http, address, client_id=uuid.uuid4().hex, cache_mem_bytes=options.cache_mem_mb << 20,
                               max_dirty_bytes=options.max_dirty_mb << 20, dir_leases=options.dir_leases,

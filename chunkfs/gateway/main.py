@@ -47,6 +47,8 @@ class GatewayConfig:
     domain: str = opt("", "virtual-host style addressing: a request to BUCKET.DOMAIN addresses BUCKET")
     tls_cert_file: Path = opt(Path(""), "PEM certificate (chain): serve both APIs over HTTPS [default: plain HTTP]")
     tls_key_file: Path = opt(Path(""), "PEM private key of tls_cert_file")
+    tls_dir: str = opt("", "directory made by chunkfs certs init: reach the cluster with TLS, showing its gateway "
+                           "certificate")
     upload_expiry_s: float = opt(86400.0, "multipart and tus uploads untouched this long are removed")
     cache_mem_mb: int = opt(256, "MiB of chunks the gateway's client core caches in memory")
     max_dirty_mb: int = opt(256, "MiB of written data buffered before writers wait for uploads")
@@ -87,7 +89,8 @@ async def serve(config: GatewayConfig) -> None:
     secret = auth.load_secret(config.secret_file)
     async with chunkfs.client.open_filesystem(config.metaserver, config.secret_file, uid=0, gid=0, groups=(),
                                               cache_mem_mb=config.cache_mem_mb, max_dirty_mb=config.max_dirty_mb,
-                                              retry_s=config.retry_s) as afs:
+                                              retry_s=config.retry_s, tls_dir=config.tls_dir,
+                                              tls_name="gateway") as afs:
         access = Access(afs, KeyStore(config.keys_file), secret)
         metrics = GatewayMetrics()
         stopped = trio.Event()

@@ -14,11 +14,15 @@ from typing import Any, cast
 import msgspec
 from aiohttp import web
 
-from chunkfs import metrics, request_id
+from chunkfs import chunk_tokens, metrics, request_id
+from chunkfs.chunk_tokens import TokenIssuer
+from chunkfs.credentials import CredentialStore, Export
+from chunkfs.metaserver.exports import ExportGuard
 from chunkfs.errors import FsError
 from chunkfs.request_checks import client_id, query_float, query_int, query_token, request_id_header
-from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, BodyLimit, any_host, host_on_port, json_response,
-                                make_app, read_body)
+from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, SIGNER, VERIFIER, BodyLimit, any_host, host_on_port,
+                                json_response, make_app, read_body)
+from chunkfs.metaserver import access_policy, accounts, credentials_api
 from chunkfs.metaserver.changes import ChangeFeed, affected
 from chunkfs.metaserver.status_page import render as render_status_page
 from chunkfs.metaserver.chunk_table import ChunkTable
@@ -30,6 +34,7 @@ from chunkfs.metaserver.gc import GarbageCollector
 from chunkfs.metaserver.leases import DirectoryLeases
 from chunkfs.metaserver.open_leases import OpenLeases
 from chunkfs.metaserver.locks import LockTable
+from chunkfs.metaserver.lock_reclaim import LockReclaim
 from chunkfs.metaserver.memory import GC_PAUSES, memory_status
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.orphans import OrphanCollector
@@ -37,7 +42,7 @@ from chunkfs.metaserver import backup
 from chunkfs.metaserver.quarantine import Quarantine
 from chunkfs.metaserver.registration import Registration
 from chunkfs.metaserver.replication_log import ReplicationLog
-from chunkfs.metaserver.replies import ReplyLog
+from chunkfs.metaserver.replies import REPLAYED, ReplyLog
 from chunkfs.protocol.replication_client import BACKUP_PATH, REPLICATION_PATH
 from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
@@ -75,9 +80,16 @@ class Metaserver:
     leases: DirectoryLeases = field(init=False)  # directories held by the client that made them
     locks: LockTable = field(default_factory=LockTable)  # flock and POSIX locks of every client
     open_leases: OpenLeases = field(default_factory=OpenLeases)  # files mounts may open again without a call
+    lock_grace_s: float = 15.0  # after a start, new locks wait this long for old holders to reclaim theirs
+    reclaim: LockReclaim = field(init=False)  # locks given back after a restart or checked after a cut session
+    tokens: TokenIssuer | None = None  # chunk tokens for the layouts and reservations it hands out
+    credentials: CredentialStore | None = None  # the role keys it accepts (besides the cluster secret)
+    exports: ExportGuard = field(init=False)  # what each client credential may reach
 
     def __post_init__(self) -> None:
         self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
+        self.reclaim = LockReclaim(self.db, self.committer, self.locks, self.changes.epoch, self.lock_grace_s)
+        self.exports = ExportGuard(self.namespace)
         self.leases.recall_at_once = self.namespace.quotas.covers
 
 
@@ -94,7 +106,7 @@ READS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, Txn, Any], An
     "getxattr": (r.XattrReq, lambda m, t, q: m.namespace.getxattr(t, q.ino, q.name)),
     "listxattr": (r.InodeReq, lambda m, t, q: m.namespace.listxattr(t, q.ino)),
     "open": (r.OpenReq, lambda m, t, q: r.FileLayout(
-        m.namespace.getattr(t, q.ino), m.chunks.refs(t, q.ino), m.registry.address_map(),
+        m.namespace.getattr(t, q.ino), with_read_tokens(m, m.chunks.refs(t, q.ino)), m.registry.address_map(),
         m.chunks.inline_data(t, q.ino))),
     "statfs": (r.InodeReq, lambda m, t, q: statfs(m, t, q.ino)),
     "quota_get": (r.InodeReq, lambda m, t, q: m.namespace.quotas.get(t, q.ino)),
@@ -127,23 +139,32 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Cal
 }
 
 
-LOCK_OPERATIONS = frozenset({"lock", "testlock", "cancel_lock", "locks"})
+EXPORTED_ROLES = frozenset({"client", "gateway"})  # whose credentials carry an export (exports.py)
+LOCK_OPERATIONS = frozenset({"lock", "testlock", "cancel_lock", "locks", "reclaim_locks"})
 LOCK_POLL_S = 10.0  # a waiting lock request is answered "not yet" after this long (and asked again)
 
 
-async def lock_operation(m: Metaserver, op: str, client: str, request: web.Request) -> Any:
-    """File locks (locks.py): every one is a client's, so a request without a client id is EINVAL."""
+async def lock_operation(m: Metaserver, op: str, client: str, request: web.Request,
+                         export: tuple[str, Export] | None = None) -> Any:
+    """File locks (locks.py): every one is a client's, so a request without a client id is EINVAL;
+    a lock on a file outside the caller's export is EACCES."""
     if op == "locks":
         return m.locks.listing((await read_body(request, r.LocksReq)).ino)
     if not client:
         raise FsError(errno.EINVAL, "a lock is held by a client: send X-Chunkfs-Client")
     if op == "cancel_lock":
         return m.locks.cancel(client, (await read_body(request, r.LockCancelReq)).wait_id)
-    req = await read_body(request, r.LockReq)
+    if op == "reclaim_locks":
+        return await m.reclaim.reclaim(client, await read_body(request, r.LockReclaimReq))
+    req = admitted(m, export, op, await read_body(request, r.LockReq))
     with m.db.read() as txn:
         m.namespace.getattr(txn, req.ino)  # ENOENT for a file that is not there
+    if req.type != r.F_UNLCK:
+        await m.reclaim.grace_over()  # after a restart, the locks held before are given back first
     if op == "testlock":
         return m.locks.test(client, req)
+    if req.type != r.F_UNLCK:
+        await m.reclaim.record(client)
     waiter = m.locks.request(client, req)
     if waiter is not None:
         try:
@@ -165,8 +186,51 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
 
 
 # every op `fs_operation` knows (the metrics label them; the route fuzzer calls each)
-FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "reserve", "release_leases", "fsck", "quota_check",
+FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "reserve", "release_leases", "fsck", "tokens", "quota_check",
                            "sharing_check", *LOCK_OPERATIONS})
+
+
+def with_read_tokens(m: Metaserver, refs: list[r.ChunkRef]) -> list[r.ChunkRef]:
+    """`refs`, each with a token to read its version (chunkfs.chunk_tokens)."""
+    if m.tokens is not None:
+        for ref in refs:
+            ref.token = m.tokens.issue(chunk_tokens.READ, ref.chunk_id, ref.version)
+    return refs
+
+
+def read_tokens(m: Metaserver, txn: Txn, req: r.TokensReq, export: tuple[str, Export] | None) -> list[str]:
+    """New read tokens for chunk versions some file references (a client's expired): ESTALE for
+    a version no file references (deleted, or never made), EACCES for one of a file outside the
+    caller's export."""
+    if m.tokens is None:
+        raise FsError(errno.ENOSYS, "this metaserver issues no chunk tokens")
+    tokens = []
+    for chunk_id, version in req.chunks:
+        ino = m.chunks.inode_of_version(txn, chunk_id, version)
+        if ino is None:
+            raise FsError(errno.ESTALE, f"chunk {chunk_id} v{version} is no file's any more")
+        if export is not None and not m.exports.inode_inside(txn, *export, ino):
+            raise FsError(errno.EACCES, f"chunk {chunk_id} v{version} is outside this credential's export")
+        tokens.append(m.tokens.issue(chunk_tokens.READ, chunk_id, version))
+    return tokens
+
+
+def caller_export(m: Metaserver, request: web.Request) -> tuple[str, Export] | None:
+    """(key id, export) of a client's or gateway's credential that signed the request; None for
+    the cluster secret and admins (no export: everything)."""
+    signed = request.get(SIGNER)
+    if signed is None or m.credentials is None or signed.role not in EXPORTED_ROLES:
+        return None
+    credential = m.credentials.get(signed.key_id)
+    return None if credential is None else (signed.key_id, credential.export)
+
+
+def admitted(m: Metaserver, export: tuple[str, Export] | None, op: str, req: Any) -> Any:
+    """`req` as the caller's export lets it through (see exports.py), or FsError."""
+    if export is None:
+        return req
+    with m.db.read() as txn:
+        return m.exports.admit(txn, export[0], export[1], op, req)
 
 
 def statfs(m: Metaserver, txn: Txn, ino: int) -> r.Statfs:
@@ -189,19 +253,23 @@ async def fs_operation(request: web.Request) -> web.Response:
     op = request.match_info["op"]
     client = client_id(request)
     read = READS.get(op)
+    export = caller_export(m, request)
     if read is not None:
         record_type, run = read
         req = await read_body(request, record_type)
+        req = admitted(m, export, op, req)
         await m.leases.clear_for(client, named_inodes(req))
         with m.db.read() as txn:
             answer = run(m, txn, req)
+        if export is not None:
+            m.exports.shown(*export, answer)
         if isinstance(req, r.OpenReq) and req.lease:
             answer.leased = m.open_leases.grant(client, req.ino, m.changes.seq)
         return json_response(answer)
     mutation = MUTATIONS.get(op)
     if mutation is not None:
         record_type, bind = mutation
-        req = await read_body(request, record_type)
+        req = admitted(m, export, op, await read_body(request, record_type))
         await m.leases.clear_for(client, named_inodes(req) | restored_into(m, req))
         rid = request_id_header(request)
         mutate = m.leases.creating(bind(m, client), client) if op == "create" else bind(m, client)
@@ -212,8 +280,10 @@ async def fs_operation(request: web.Request) -> web.Response:
         else:
             first_attempt = request.headers.get(request_id.ATTEMPT_HEADER) == "1"
             body, result = await commit(m.replies.once(mutate, client, rid, first_attempt), req)
-            if result is None:  # a retry of a mutation already done: answer it again, changes nothing
+            if result is REPLAYED:  # a retry of a mutation already done: answer it again, changes nothing
                 return web.Response(body=body, content_type="application/json")
+        if export is not None and op in ("create", "link", "commit"):
+            m.exports.shown(*export, result)
         if op == "create":
             m.leases.granted(cast(r.CreateReq, req), result, client)
         elif op == "quota_set":  # creates held by a mount would be charged only when they arrive
@@ -229,12 +299,17 @@ async def fs_operation(request: web.Request) -> web.Response:
             await m.open_leases.settle(client, inodes, m.changes.seq)
         return web.Response(body=body, content_type="application/json")
     if op == "reserve":
-        return json_response(await reserve(m, client, await read_body(request, r.ReserveReq)))
+        reserve_req = admitted(m, export, op, await read_body(request, r.ReserveReq))
+        return json_response(await reserve(m, client, reserve_req))
+    if op == "tokens":
+        tokens_req = await read_body(request, r.TokensReq)
+        with m.db.read() as txn:
+            return json_response(read_tokens(m, txn, tokens_req, export))
     if op == "release_leases":
         await m.leases.release(client, (await read_body(request, r.LeaseReq)).inodes)
         return json_response(None)
     if op in LOCK_OPERATIONS:
-        return json_response(await lock_operation(m, op, client, request))
+        return json_response(await lock_operation(m, op, client, request, export))
     if op == "quota_check":  # counts every quota's tree: off the event loop
         return json_response(await asyncio.to_thread(quota_check, m))
     if op == "sharing_check":  # scans the chunk table: off the event loop
@@ -285,11 +360,13 @@ async def reserve(m: Metaserver, client: str, req: r.ReserveReq) -> r.Reservatio
         raise FsError(errno.ENOSPC, "every chunkserver alive is full")
     count = max(1, min(req.count, 4096))
     first_version, first_chunk_id = await m.committer.run(m.chunks.reserve, client, count)
+    token = "" if m.tokens is None else m.tokens.issue(chunk_tokens.READ + chunk_tokens.WRITE, None, first_version,
+                                                       first_version + count - 1)
     return r.Reservation(first_version, first_chunk_id, count,
                          [r.ServerChoice(s.id, s.address, s.free_bytes) for s in servers],
                          # a client must not hand out a slot after the block's grace has run out
                          # (its commit would be refused): a short orphan grace shortens the validity
-                         min(RESERVATION_VALID_S, m.orphan_grace_s / 4))
+                         min(RESERVATION_VALID_S, m.orphan_grace_s / 4), token)
 
 
 async def server_hello(request: web.Request) -> web.Response:
@@ -313,7 +390,15 @@ async def server_hello(request: web.Request) -> web.Response:
                      hello.address, len(delete))
         if hello.recent_chunks is not None:
             await m.replicator.reconcile(hello.id, [*hello.chunks, *hello.recent_chunks])
-    return json_response(r.HelloReply(delete))
+    return json_response(r.HelloReply(delete, *chunk_key_for(m, request)))
+
+
+def chunk_key_for(m: Metaserver, request: web.Request) -> tuple[str, str]:
+    """(nonce, chunk key) wrapped with the key the request was signed with (see chunk_tokens)."""
+    if m.tokens is None:
+        return "", ""
+    found = request.app[VERIFIER].keys.key(request[SIGNER].key_id)
+    return ("", "") if found is None else chunk_tokens.wrap(m.tokens.key, found[0])
 
 
 async def backup_copy(request: web.Request) -> web.StreamResponse:
@@ -432,6 +517,7 @@ async def changes(request: web.Request) -> web.Response:
     feed.polling(client, +1)
     try:
         batch = await feed.since(since, wait_s, client, lambda: leases.recalled_of(client), epoch)
+        batch.locks_lost = request.app[STATE].reclaim.lost_locks(client)
         return web.Response(body=feed.encode_batch(batch), content_type="application/json")
     finally:
         feed.polling(client, -1)
@@ -460,10 +546,15 @@ BODY_LIMITS = {"POST /v1/fs/{op}": BodyLimit(16 << 20), "POST /v1/servers/hello"
 
 
 def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None = None,
-              body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> web.Application:
-    """`port`: the one it listens on; a request signed for a Host on another port is refused."""
-    app = make_app(secret, routine_error=routine_error, own_host=any_host if port is None else host_on_port(port),
-                   body_limits=BODY_LIMITS, body_timeout_s=body_timeout_s)
+              body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+              status_open: Callable[[web.Request], bool] | None = None) -> web.Application:
+    """`port`: the one it listens on; a request signed for a Host on another port is refused.
+    Signatures are checked with `m.credentials` if it has them (the cluster secret and the role
+    keys; each role only on its routes, access_policy.py), else with the cluster secret alone."""
+    app = make_app(m.credentials or secret, routine_error=routine_error,
+                   own_host=any_host if port is None else host_on_port(port),
+                   body_limits=BODY_LIMITS, body_timeout_s=body_timeout_s, authorize=access_policy.refusal,
+                   status_open=status_open)
     app[STATE] = m
     app.router.add_post("/v1/fs/{op}", fs_operation)
     app.router.add_post("/v1/servers/hello", server_hello)
@@ -473,8 +564,11 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
     app.router.add_post("/v1/servers/fsck", disk_check)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/changes", changes)
+    accounts.add_routes(app, m.db, m.committer)
     app.router.add_get("/", status_page)
     app.router.add_get("/health", health)
+    if m.credentials is not None:
+        credentials_api.add_routes(app, m.credentials)
     if m.replication is not None:
         app.router.add_get(BACKUP_PATH, backup_copy, allow_head=False)  # a HEAD would stream the body
         app.router.add_get(REPLICATION_PATH, replication_feed)
@@ -499,8 +593,8 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
         tasks.append(asyncio.create_task(m.leases.run()))
         if m.orphans is not None:  # a client's reservations and locks end with its session, as its orphans do
             session_over = m.orphans.expired
-            tasks.append(asyncio.create_task(m.locks.run(lambda client: session_over(client, time.monotonic()),
-                                                         max(0.5, min(5.0, m.orphans.session_timeout_s / 4)))))
+            tasks.append(asyncio.create_task(m.reclaim.run(lambda client: session_over(client, time.monotonic()),
+                                                           max(0.5, min(5.0, m.orphans.session_timeout_s / 4)))))
             tasks.append(asyncio.create_task(m.chunks.owners.run(
                 m.committer, lambda client: session_over(client, time.monotonic()))))
         yield

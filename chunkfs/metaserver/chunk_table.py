@@ -187,6 +187,11 @@ class ChunkTable:
         """Whether a file's chunk record holds this version: one look-up in the version index."""
         return txn.get(U64x2.pack(chunk_id, version), db=self.db.versions) is not None
 
+    def inode_of_version(self, txn: Txn, chunk_id: int, version: int) -> int | None:
+        """The file whose chunk record holds this version (the version index), or None."""
+        key = txn.get(U64x2.pack(chunk_id, version), db=self.db.versions)
+        return None if key is None else U64x2.unpack(bytes(key))[0]
+
     def ensure_version_index(self, txn: Txn) -> bool:
         """Give a database written before the version index existed its index, from one scan of
         the chunk table; returns whether it had to. Run once at start, before serving."""

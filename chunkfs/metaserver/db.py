@@ -131,6 +131,9 @@ class MetaDB:
         self.replies = self.env.open_db(b"replies")  # (minute, client, request id) -> reply: see replies.py
         self.versions = self.env.open_db(b"versions")  # (chunk id, version) -> its chunk record's key
         self.reservations = self.env.open_db(b"reservations")  # chunk versions each client may commit: reservations.py
+        self.users = self.env.open_db(b"users")  # name -> user record (accounts.py)
+        self.sessions = self.env.open_db(b"sessions")  # id -> login session (accounts.py)
+        self.shares = self.env.open_db(b"shares")  # id -> share link (accounts.py)
         self.quotas = self.env.open_db(b"quotas")  # directory -> its limits and usage: quotas.py
         self.trash = self.env.open_db(b"trash")  # removed file kept -> where it was, until when: trash.py
         # (chunk id, version, record key) -> b"": every record holding a version more than one

@@ -14,9 +14,11 @@ from pathlib import Path
 import click
 from aiohttp import web
 
-from chunkfs import DEFAULT_METASERVER_PORT, auth, service
+from chunkfs import DEFAULT_METASERVER_PORT, auth, chunk_tokens, service, tls
 from chunkfs.config import ConfigError, daemon_command, load, opt, parse_address, setup_logging
-from chunkfs.httpserver import BODY_TIMEOUT_HELP, DEFAULT_BODY_TIMEOUT_S, serve
+from chunkfs.credentials import CredentialStore
+from chunkfs.httpserver import (BODY_TIMEOUT_HELP, DEFAULT_BODY_TIMEOUT_S, STATUS_ACCESS, STATUS_ACCESS_HELP, serve,
+                                status_access)
 from chunkfs.metaserver.app import Metaserver, build_app
 from chunkfs.metaserver.chunk_table import ChunkTable
 from chunkfs.metaserver.db import GroupCommitter, MetaDB
@@ -38,6 +40,7 @@ from chunkfs.protocol.http import SignedHttp
 log = logging.getLogger("chunkfs.metaserver")
 
 LOOP_GIL_WAIT_S = 0.0005  # see sys.setswitchinterval in main
+OPEN_LEASES_TRUST_RECORD = "open-leases-trust-end"  # see open_leases.OpenLeases.resume
 
 
 @dataclass
@@ -52,6 +55,12 @@ class MetaserverConfig:
                                        "never waits for the disk after the kernel reclaimed a cold page; needs "
                                        "the memory lock limit to allow the database's size")
     secret_file: Path = opt(Path("/etc/chunkfs/secret"), "file holding the cluster secret")
+    credentials_file: Path = opt(Path(""), "the role credentials (chunkfs credentials add/list/revoke) "
+                                           "[default: credentials.json in data_dir]")
+    chunk_token_ttl_s: float = opt(chunk_tokens.DEFAULT_TTL_S, "seconds a chunk token is valid (clients renew theirs)")
+    status_access: str = opt("loopback", STATUS_ACCESS_HELP)
+    tls_dir: Path = opt(Path(""), "directory made by chunkfs certs init: serve and connect with TLS only, "
+                                  "peers must show a certificate of its CA (empty: plain HTTP)")
     default_goal: int = opt(3, "replicas kept of each chunk unless a directory sets its own goal")
     trash_time_s: float = opt(86400.0, "removed files stay in the trash this long unless their directory says "
                                        "otherwise (chunkfs trash-time); 0: not kept")
@@ -61,6 +70,8 @@ class MetaserverConfig:
                                         "how long a client may take to commit the chunk versions it reserved")
     replication_per_s: float = opt(20.0, "chunk copies started per second at most, to bring chunks back to goal")
     replication_in_flight: int = opt(8, "chunk copies under way at once at most")
+    lock_grace_s: float = opt(15.0, "after a start, new file locks wait up to this long for the clients that held "
+                                    "locks before to reclaim theirs (less when all of them have)")
     client_timeout_s: float = opt(90.0, "a mount that stopped following the change feed this long is gone: "
                                          "the files it kept open after unlinking them are freed")
     standby_timeout_s: float = opt(5.0, "a synchronous standby that has not confirmed a change this long falls "
@@ -90,6 +101,8 @@ class MetaserverConfig:
             raise ConfigError("options standby_timeout_s and restore_quarantine_s: must be positive")
         if not 1 <= self.default_goal <= 16:
             raise ConfigError(f"option default_goal: {self.default_goal} is not between 1 and 16")
+        if self.lock_grace_s < 0:
+            raise ConfigError("option lock_grace_s: must not be negative")
         if not 0 <= self.trash_time_s <= MAX_TRASH_S:
             raise ConfigError(f"option trash_time_s: {self.trash_time_s} is not between 0 and {MAX_TRASH_S}")
         if self.client_timeout_s <= 0:
@@ -100,12 +113,25 @@ class MetaserverConfig:
             raise ConfigError("options replication_per_s and replication_in_flight: must be positive")
         if not self.secret_file.exists():
             raise ConfigError(f"option secret_file: {self.secret_file} does not exist")
+        if self.status_access not in STATUS_ACCESS:
+            raise ConfigError(f"option status_access: one of {', '.join(STATUS_ACCESS)}")
+        if not 10 <= self.chunk_token_ttl_s <= 7 * 86400:
+            raise ConfigError("option chunk_token_ttl_s: between 10 s and 7 days")
+        if self.tls_dir.parts:
+            try:
+                tls.tls_files(self.tls_dir, "metaserver")
+            except ValueError as exc:
+                raise ConfigError(f"option tls_dir: {exc}") from None
+        if not self.credentials_file.parts:
+            self.credentials_file = self.data_dir / "credentials.json"
 
 
 @daemon_command(MetaserverConfig, "Run the chunkfs metadata server.")
 def run(config: MetaserverConfig) -> None:
     setup_logging(config.log_level)
     secret = auth.load_secret(config.secret_file)
+    if auth.split_credential(secret)[0] is not None:
+        raise SystemExit(f"{config.secret_file} holds a credential: the metaserver needs the cluster secret")
     host, port = parse_address(config.listen)
     if config.follow:
         standby.run(config.follow, config.data_dir, secret, host, port, config.synchronous,
@@ -125,11 +151,17 @@ def run(config: MetaserverConfig) -> None:
     replication = ReplicationLog(db, config.standby_timeout_s)
     committer = GroupCommitter(db, replication)
     registry = Registry(db, config.heartbeat_timeout_s)
-    http = SignedHttp(secret, timeout_s=10, retry_s=1)
+    tokens = chunk_tokens.TokenIssuer(chunk_tokens.chunk_key(secret), config.chunk_token_ttl_s)
+    files = tls.tls_files(config.tls_dir if config.tls_dir.parts else None, "metaserver")
+    http = SignedHttp(chunk_tokens.metaserver_credential(tokens.key), timeout_s=10, retry_s=1,  # to chunkservers
+                      tls=files.client_context() if files else None)
     deleter = Deleter(db, committer, chunks, registry, ChunkClient(http), config.deletion_interval_s)
     replicator = Replicator(db, committer, chunks, registry, ChunkClient(http), deleter,
-                            config.replication_per_s, config.replication_in_flight)
-    state = Metaserver(db, committer, namespace, chunks, registry, deleter, config.orphan_grace_s, replicator)
+                            config.replication_per_s, config.replication_in_flight, tokens)
+    state = Metaserver(db, committer, namespace, chunks, registry, deleter, config.orphan_grace_s, replicator,
+                       lock_grace_s=config.lock_grace_s)
+    state.tokens = tokens
+    state.credentials = CredentialStore(config.credentials_file, secret)
     state.replication = replication
     state.replies = ReplyLog(db, committer)
     state.quarantine = Quarantine(db, committer, chunks, config.restore_quarantine_s)
@@ -137,7 +169,14 @@ def run(config: MetaserverConfig) -> None:
     state.orphans = OrphanCollector(db, committer, namespace, state.changes, config.client_timeout_s,
                                     deleter.wake.set)
     log.info("metaserver serving on %s:%d, data in %s", host, port, config.data_dir)
-    app = build_app(state, secret, http, port, config.body_timeout_s)
+    app = build_app(state, secret, http, port, config.body_timeout_s, status_access(config.status_access))
+    trust_record = config.data_dir / OPEN_LEASES_TRUST_RECORD
+    state.open_leases.resume(trust_record)
+
+    async def save_trust_end(app: web.Application) -> None:
+        state.open_leases.save_trust_end(trust_record)
+
+    app.on_cleanup.append(save_trust_end)
     app.on_startup.append(reload_on_sighup(db, reloaded_config()))
     service.attach(app, status=f"serving on {host}:{port}")
     gc.freeze()  # what start-up made lives as long as the process: no collection walks it again
@@ -146,7 +185,7 @@ def run(config: MetaserverConfig) -> None:
     # loop wakes for a request: 5 ms by default, added to that request. 0.5 ms bounds it at the
     # cost of more GIL hand-offs in those threads.
     sys.setswitchinterval(LOOP_GIL_WAIT_S)
-    serve(app, host, port)
+    serve(app, host, port, files.server_context() if files else None)
 
 
 def reloaded_config() -> Callable[[], MetaserverConfig]:

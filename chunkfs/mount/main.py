@@ -22,7 +22,7 @@ import click
 import pyfuse3
 import trio
 
-from chunkfs import DEFAULT_METASERVER_PORT, auth, metrics, mounts, service
+from chunkfs import DEFAULT_METASERVER_PORT, auth, metrics, mounts, service, tls
 from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setup_logging
 from chunkfs.errors import FsError, TransportError
 from chunkfs.client.chunk_cache import ChunkCache
@@ -63,6 +63,7 @@ class MountConfig:
     allow_other: bool = opt(True, "let users other than the mounting one use the mount (root only)")
     max_tasks: int = opt(64, "FUSE requests served at once")
     metrics_listen: str = opt("", "HOST:PORT to serve Prometheus /metrics on (empty: no metrics server)")
+    tls_dir: str = opt("", "directory made by chunkfs certs init: connect with TLS, showing its client certificate")
     log_level: str = opt("info", "debug, info, warning or error")
 
     def validate(self) -> None:
@@ -84,6 +85,10 @@ class MountConfig:
             raise ConfigError("option max_dirty_mb: at least 16")
         if self.metrics_listen:
             parse_address(self.metrics_listen)
+        try:
+            tls.tls_files(self.tls_dir, "client")
+        except ValueError as exc:
+            raise ConfigError(f"option tls_dir: {exc}") from None
 
 
 def open_disk_cache(config: MountConfig, mountpoint: Path) -> DiskChunkCache | None:
@@ -170,10 +175,12 @@ def mount_options(config: MountConfig) -> set[str]:
 def run(config: MountConfig) -> None:
     setup_logging(config.log_level)
     secret = auth.load_secret(config.secret_file)
-    http = SignedHttp(secret, timeout_s=60, retry_s=config.retry_s, trio_native=True)
+    files = tls.tls_files(config.tls_dir, "client")
+    context = files.client_context() if files else None
+    http = SignedHttp(secret, timeout_s=60, retry_s=config.retry_s, trio_native=True, tls=context)
     client_id = uuid.uuid4().hex
     try:
-        root_ino = trio.run(root_inode, MetaClient(SignedHttp(secret, retry_s=5, trio_native=True),
+        root_ino = trio.run(root_inode, MetaClient(SignedHttp(secret, retry_s=5, trio_native=True, tls=context),
                                                    config.metaserver), config.subdir)
     except TransportError as exc:
         click.echo(f"chunkfs-mount: cannot reach the metaserver at {config.metaserver}: {exc}", err=True)
@@ -190,7 +197,8 @@ def run(config: MountConfig) -> None:
                           dir_leases=config.dir_leases and not config.read_only, prefetch=config.prefetch)
     ops = ChunkfsOperations(client, entry_timeout_s=config.entry_timeout_s, attr_timeout_s=config.attr_timeout_s)
     pyfuse3.init(ops, str(mountpoint), mount_options(config))
-    mounts.record(mountpoint, config.metaserver, config.secret_file.resolve(), os.getpid(), root_ino)
+    mounts.record(mountpoint, config.metaserver, config.secret_file.resolve(), os.getpid(), root_ino,
+                  str(Path(config.tls_dir).resolve()) if config.tls_dir else "")
     log.info("mounted %s on %s", config.metaserver, config.mountpoint)
     stop_metrics = metrics.start_mount_metrics(config.metrics_listen, client.io, client.cache, ops,
                                                client.write_back)

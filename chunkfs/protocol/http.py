@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import ssl
 import time
 from collections.abc import Mapping
 from urllib.parse import urlencode, urlsplit
@@ -56,13 +57,15 @@ class SignedHttp:
         retry_s: float = 15.0,
         max_connections: int = 64,
         trio_native: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """`trio_native` picks the lean h11 transport (trio only) over httpx (any event loop)."""
+        """`trio_native` picks the lean h11 transport (trio only) over httpx (any event loop);
+        `tls`: connect with TLS (chunkfs.tls: the cluster CA, this part's certificate)."""
         self.secret = secret
         self.retry_s = retry_s
         self.transport: Transport = (
-            TrioH11Transport(timeout_s, connect_timeout_s) if trio_native
-            else HttpxTransport(timeout_s, connect_timeout_s, max_connections)
+            TrioH11Transport(timeout_s, connect_timeout_s, tls=tls) if trio_native
+            else HttpxTransport(timeout_s, connect_timeout_s, max_connections, tls=tls)
         )
 
     async def aclose(self) -> None:
@@ -77,7 +80,9 @@ class SignedHttp:
         params: Mapping[str, object] | None = None,
         headers: dict[str, str] | None = None,
         retry_s: float | None = None,
+        signed: bool = True,
     ) -> Response:
+        """`signed` False: sent without X-Chunkfs-Auth (a request a chunk token admits)."""
         rid, new_id = request_id.for_outgoing_call_and_is_new()
         headers = {**headers, request_id.HEADER: rid} if headers else {request_id.HEADER: rid}
         parts = urlsplit(url)
@@ -86,7 +91,7 @@ class SignedHttp:
         limit_s = self.retry_s if retry_s is None else retry_s
         started = time.monotonic()
         try:
-            digest = auth.body_digest(method, headers.items(), body)
+            digest = auth.body_digest(method, headers.items(), body) if signed else ""
             try:  # the first attempt without the retry machinery: building it cost ~50 us a call
                 return await self._once(method, parts.netloc, target, body, digest, headers, 1 if new_id else 0)
             except _Retryable as exc:
@@ -127,12 +132,13 @@ class SignedHttp:
     async def _once(self, method: str, address: str, target: str, body: bytes | None, digest: str,
                     headers: dict[str, str], attempt: int) -> Response:
         """`attempt`: which attempt under a request id of the call's own, 0 for an inherited id;
-        `digest`: the body's (`auth.body_digest`)."""
+        `digest`: the body's (`auth.body_digest`), "" for a request sent unsigned."""
         all_headers = [("Host", address), *headers.items()]
         if attempt:
             all_headers.append((request_id.ATTEMPT_HEADER, str(attempt)))
-        all_headers.append((auth.HEADER, auth.sign(self.secret, method, target, address, all_headers, body,
-                                                   digest=digest)))
+        if digest:
+            all_headers.append((auth.HEADER, auth.sign(self.secret, method, target, address, all_headers, body,
+                                                       digest=digest)))
         try:
             response = await self.transport.send(method, address, target, all_headers, body)
         except TransportFailure as exc:
@@ -140,7 +146,7 @@ class SignedHttp:
         if response.status_code in _RETRY_STATUS:
             raise _Retryable(f"HTTP {response.status_code}")
         if response.status_code == 401:
-            raise FsError(errno.EACCES, f"{address}: the server refused the cluster secret")
+            raise FsError(errno.EACCES, f"{address}: the server refused the cluster secret or credential")
         if response.status_code >= 400:
             try:
                 raise FsError.from_json(response.json())

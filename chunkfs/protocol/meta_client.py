@@ -167,6 +167,10 @@ class MetaClient:
     async def commit(self, req: r.CommitReq) -> r.Attr:
         return await self.call("commit", req, r.Attr)
 
+    async def read_tokens(self, chunks: list[tuple[int, int]]) -> list[str]:
+        """New read tokens for these chunk versions (chunkfs.chunk_tokens), in their order."""
+        return await self.call("tokens", r.TokensReq(chunks), list[str])
+
     # -- file locks (chunkfs/metaserver/locks.py) ---------------------------------------------
     async def lock(self, req: r.LockReq) -> r.LockReply:
         """Take or drop a lock; a waiting one is a long poll: ask again until `granted`."""
@@ -178,6 +182,11 @@ class MetaClient:
     async def cancel_lock(self, wait_id: int) -> bool:
         """Withdraw a wait: true if it was not granted (false: the lock was, or the wait is unknown)."""
         return await self.call("cancel_lock", r.LockCancelReq(wait_id), bool)
+
+    async def reclaim_locks(self, epoch: str, locks: list[r.LockReq]) -> r.LockReclaimReply:
+        """Give back (after a restart) or check (after a cut feed) the locks this client holds."""
+        return await self.call("reclaim_locks", r.LockReclaimReq(epoch, [self.view.outgoing(lock) for lock in locks]),
+                               r.LockReclaimReply)
 
     async def locks(self, ino: int = 0) -> list[r.LockInfo]:
         """The locks held and waited for on `ino` (0: on every file)."""
@@ -283,3 +292,15 @@ class MetaClient:
 
     async def drain(self, server: str, draining: bool = True) -> r.ServerStatus:
         return await self.servers_call("drain", r.DrainReq(server, draining), r.ServerStatus)
+
+    # -- credentials (admin keys only) --------------------------------------------------------
+    async def credentials(self) -> list[dict[str, Any]]:
+        response = await self.http.request("GET", f"{self.base}/v1/credentials")
+        listing: list[dict[str, Any]] = response.json()
+        return listing
+
+    async def change_credentials(self, action: str, request: r.CredentialReq | r.RevokeReq) -> Any:
+        """`add` (answers the credential, with the text its holder's secret file holds) or `revoke`."""
+        response = await self.http.request("POST", f"{self.base}/v1/credentials/{action}",
+                                           content=r.json_encode(request), headers={"Content-Type": "application/json"})
+        return response.json()

@@ -72,6 +72,7 @@ class ChunkRef(Struct, kw_only=True):
     length: ChunkLength
     checksum: Checksum
     replicas: Annotated[list[Token], Meta(max_length=64)]
+    token: Annotated[str, Meta(max_length=128)] = ""  # for the chunkservers (chunkfs.chunk_tokens)
 
 
 class ServerRef(Struct):
@@ -106,6 +107,7 @@ class Reservation(Struct):
     count: int
     servers: list[ServerChoice]
     valid_s: float
+    token: str = ""  # reads and writes of these versions, of any chunk id (chunkfs.chunk_tokens)
 
 
 class Statfs(Struct):
@@ -379,6 +381,9 @@ class ChangeBatch(Struct):
     # the feed's epoch: seqs count within one, and another one than before means the feed was
     # cut (a metaserver restart or promotion), as `reset` does
     epoch: str = ""
+    # this client's session ended since it last checked its locks (they were dropped): it checks
+    # them now (chunkfs/metaserver/lock_reclaim.py), as after a cut of its feed
+    locks_lost: bool = False
 
 
 class LeaseReq(Struct):
@@ -439,6 +444,19 @@ class LocksReq(Struct):
     ino: Annotated[int, Meta(ge=0, le=limits.MAX_ID)] = 0  # 0: every file
 
 
+class LockReclaimReq(Struct):
+    """The locks a client holds, as granted in feed epoch `epoch` (chunkfs/metaserver/lock_reclaim.py):
+    given back to a restarted metaserver, or checked after the client's feed was cut."""
+
+    epoch: Annotated[str, Meta(max_length=64)]
+    locks: Annotated[list[LockReq], Meta(max_length=100_000)]
+
+
+class LockReclaimReply(Struct):
+    lost: list[int]  # the indexes in `locks` of those not held (any more)
+    epoch: str  # the metaserver's feed epoch: the others are held in it
+
+
 class LockInfo(Struct, kw_only=True):
     """A lock held (or waited for, `waiting`); type F_UNLCK in a F_GETLK answer: nothing conflicts."""
 
@@ -472,9 +490,42 @@ class ServerHello(Struct, kw_only=True):
     read_bytes: Bytes64 = 0  # chunk bytes served since the chunkserver started
     written_bytes: Bytes64 = 0  # chunk bytes stored since the chunkserver started
 
+    def __post_init__(self) -> None:
+        limits.check_server_address(self.address)
+        if self.used_bytes > self.capacity_bytes:
+            raise FsError(errno.EINVAL, f"used_bytes {self.used_bytes} is over capacity_bytes {self.capacity_bytes}")
+
 
 class HelloReply(Struct):
     delete: list[tuple[int, int]]  # chunks the server holds that no file references
+    # the key chunk tokens are made with, wrapped with the key the hello was signed with
+    # (chunkfs.chunk_tokens.wrap); empty from a metaserver that issues no tokens
+    chunk_key_nonce: str = ""
+    chunk_key: str = ""
+
+
+class TokensReq(Struct):
+    """New read tokens for chunk versions some file references (a client's expired)."""
+
+    chunks: Annotated[list[tuple[ChunkId, Version]], Meta(max_length=4096)]
+
+
+class CredentialReq(Struct, kw_only=True):
+    """`chunkfs credentials add`: a key for `role` named `name`; an export for a client's."""
+
+    role: Annotated[str, Meta(max_length=32)]
+    name: Token
+    subtree: Annotated[str, Meta(max_length=limits.MAX_PATH_BYTES, pattern="^/")] = "/"
+    read_only: bool = False
+    maproot: Annotated[int, Meta(ge=-1, le=limits.MAX_UID)] = -1
+
+
+class RevokeReq(Struct, kw_only=True):
+    """`chunkfs credentials revoke`: the key `key_id`, or every key of `role` named `name`."""
+
+    key_id: OptionalToken = ""
+    role: Annotated[str, Meta(max_length=32)] = ""
+    name: OptionalToken = ""
 
 
 class ServerStatus(Struct, kw_only=True):
