@@ -115,9 +115,12 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(obj), status=status, content_type="application/json")
 
 
-def error_response(status: int, err: str, message: str) -> web.Response:
-    return json_response({"errno": err, "message": message, "request_id": request_id.current.get()},
-                         status=status)
+def error_response(status: int, err: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    response = json_response({"errno": err, "message": message, "request_id": request_id.current.get()},
+                             status=status)
+    if headers:
+        response.headers.update(headers)
+    return response
 
 
 async def read_body(request: web.Request, record_type: type[T]) -> T:
@@ -355,7 +358,24 @@ def serve(app: web.Application, host: str, port: int, tls: ssl.SSLContext | None
     (`chunkfs.service.attach`) is true: connections made from then on are served. A request
     head has the app's body time-out to arrive (aiohttp's keep-alive timer, armed when a
     connection opens and after each answer, closes a connection still short of a whole head)."""
-    web.run_app(app, sock=listening_socket(host, port), print=None, access_log=None, auto_decompress=False,
-                ssl_context=tls,
-                lingering_time=LINGER_S, keepalive_timeout=app[BODY_TIMEOUT_S], handle_signals=True,
-                shutdown_timeout=5.0, loop=uvloop.new_event_loop())
+    web.run_app(app, sock=listening_socket(host, port), print=None, handle_signals=True, ssl_context=tls,
+                loop=uvloop.new_event_loop(), **runner_options(app))
+
+
+def runner_options(app: web.Application) -> dict[str, Any]:
+    """How every chunkfs server runs an app (`serve`, and the metaserver's changing roles)."""
+    return {"access_log": None, "auto_decompress": False, "lingering_time": LINGER_S,
+            "keepalive_timeout": app[BODY_TIMEOUT_S], "shutdown_timeout": 5.0}
+
+
+async def start_serving(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve `app` on HOST:PORT from within a running event loop until the runner's `cleanup()`
+    (which runs the app's cleanup hooks and closes the socket)."""
+    runner = web.AppRunner(app, **runner_options(app))
+    await runner.setup()
+    try:
+        await web.SockSite(runner, listening_socket(host, port), shutdown_timeout=5.0).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner

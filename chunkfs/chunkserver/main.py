@@ -15,7 +15,7 @@ from chunkfs.chunkserver.app import build_app
 from chunkfs.chunkserver.heartbeat import Heartbeat
 from chunkfs.chunkserver.scrubber import CorruptionReporter, Scrubber
 from chunkfs.chunkserver.store import ChunkStore
-from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setup_logging
+from chunkfs.config import ConfigError, daemon_command, opt, parse_address, parse_addresses, setup_logging
 from chunkfs.errors import FsError
 from chunkfs.chunkserver.access import ChunkKeys
 from chunkfs.httpserver import (BODY_TIMEOUT_HELP, DEFAULT_BODY_TIMEOUT_S, STATUS_ACCESS, STATUS_ACCESS_HELP, serve,
@@ -37,7 +37,7 @@ class ChunkserverConfig:
                                 "directories the chunks are stored in, one per disk; a new chunk goes to the "
                                 "one with the most free space")
     data_dir: Path = opt(Path(""), "a single directory for the chunks: the same as data_dirs = [data_dir]")
-    metaserver: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT}", "HOST:PORT of the metaserver")
+    metaserver: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT}", "HOST:PORT of the metaserver (with failover: of each, comma-separated)")
     secret_file: Path = opt(Path("/etc/chunkfs/secret"),
                             "file holding this chunkserver's credential (chunkfs credentials add chunkserver NAME) "
                             "or the cluster secret")
@@ -60,7 +60,7 @@ class ChunkserverConfig:
         if len(set(resolved)) < len(resolved):
             raise ConfigError("option data_dirs: a directory is listed twice")
         parse_address(self.listen)
-        parse_address(self.metaserver)
+        parse_addresses(self.metaserver)
         if self.advertise:
             parse_address(self.advertise)
         if self.heartbeat_interval_s <= 0:

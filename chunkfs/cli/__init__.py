@@ -9,6 +9,7 @@
 - `mount_cmd.py`: `mount` and `install` (clients and the mount(8) helper).
 - `deploy.py`: `config-example` and `install --units` (running the daemons under systemd).
 - `gateway_cmd.py`: `gateway key add|list|remove` (the S3/REST gateway's access keys).
+- `metaserver_cmd.py`: `metaserver switchover` (move the primary role, with etcd failover).
 - `user_cmd.py`: `user add|list|passwd|disable|remove|keys`; `share_cmd.py`: `share PATH`,
   `share list|revoke` (people and their share links, kept by the metaserver).
 - `credentials_cmd.py`: `credentials add|list|revoke` (the role keys); `certs_cmd.py`: `certs init` (TLS).
@@ -43,6 +44,7 @@ COMMANDS = {
     "credentials": "credentials_cmd:credentials", "certs": "certs_cmd:certs",
     "quota": "quota_cmd:quota",
     "trash": "trash_cmd:trash", "trash-time": "trash_cmd:trash_time", "snapshot": "snapshot_cmd:snapshot",
+    "metaserver": "metaserver_cmd:metaserver",
     **{name: f"files_cmd:{name}" for name in ("put", "get", "cat", "ls", "rm", "size", "mkdir", "mv")},
 }
 """Command name -> `module:attribute` under `chunkfs.cli`."""

@@ -61,6 +61,19 @@ def access_from(metaserver: str | None, secret_file: Path | None, data_dir: Path
                          Path(secret_file or "/etc/chunkfs/secret"))
 
 
+def primary_address(access: ClusterAccess) -> str:
+    """The metaserver that answers calls (with several, the primary: the one a status call
+    ended at); for what is not a MetaClient call (a backup's download)."""
+    if "," not in access.metaserver:
+        return access.metaserver
+
+    async def answering(meta: MetaClient) -> str:
+        await meta.status()
+        return meta.servers.current
+
+    return run_with_meta(access, answering)
+
+
 def run_with_meta(access: ClusterAccess, fn: Callable[[MetaClient], Awaitable[T]], error_code: int = 1) -> T:
     """Run `fn` with a client of the metaserver; any failure ends the command with one line and
     `error_code` (commands whose exit codes mean more pick another)."""
@@ -105,7 +118,7 @@ def is_dir(path: Path) -> bool:
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
     fn = click.option("--secret-file", type=click.Path(path_type=Path), help="Cluster secret file.")(fn)
-    fn = click.option("--metaserver", help="HOST:PORT of the metaserver.")(fn)
+    fn = click.option("--metaserver", help="HOST:PORT of the metaserver (with failover: of each, comma-separated).")(fn)
     fn = click.option("--dir", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DIR,
                       show_default=True, help="Local cluster directory (from `chunkfs up`).")(fn)
     return fn

@@ -8,6 +8,7 @@ role credential of each part, 0600), `meta/` (LMDB), `chunkservers/csN/`,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -20,12 +21,15 @@ from chunkfs import DEFAULT_METASERVER_PORT, auth, mounts
 from chunkfs.cli.cluster_access import DEFAULT_DIR, ClusterAccess, fail, local_cluster_file, run_with_meta
 from chunkfs.cli.gateway_cmd import local_keys_file
 from chunkfs.gateway.main import REST_PORT_OFFSET, S3_PORT_OFFSET
+from chunkfs.etcd_members import EtcdMember, endpoints as etcd_endpoints, member_command
 from chunkfs.daemons import DaemonError, answers_health, module_command, read_pid, spawn, stop_pid, unmount, wait_for
 from chunkfs.mount.helper import OptionError, launch, parse_options
 from chunkfs.protocol import records as r
 from chunkfs.tls import TlsFiles, init_certs
 
 console = Console()
+HA_SECOND_OFFSET = 40  # `up --ha`: the second metaserver's port, from --port
+HA_ETCD_OFFSET = 200  # `up --ha`: etcd members' client ports +201..+203, peer ports +211..+213
 
 
 def _alive_servers(access: ClusterAccess) -> int:
@@ -59,6 +63,23 @@ def _start_gateway(gateway: dict[str, str], metaserver: str, secret_file: Path, 
     wait_for("gateway", lambda: answers_health(f"http://{gateway['rest']}/api/v1/health"), 30, proc, logs / "gateway.log")
 
 
+def _start_etcd(port: int, data_dir: Path, logs: Path, run: Path) -> str:
+    """Three etcd members on this machine for `up --ha`; their endpoints, once they answer."""
+    members = [EtcdMember(f"chunkfs-etcd{i}", "127.0.0.1", port + HA_ETCD_OFFSET + i, port + HA_ETCD_OFFSET + 10 + i)
+               for i in (1, 2, 3)]
+    try:
+        for i, member in enumerate(members, 1):
+            if read_pid(run / f"etcd{i}.pid") is None:
+                spawn(member_command(member, members, data_dir / "etcd" / f"etcd{i}", "chunkfs-local"),
+                      logs / f"etcd{i}.log", run / f"etcd{i}.pid")
+    except RuntimeError as exc:  # etcd is not installed
+        fail(str(exc))
+    for i, member in enumerate(members, 1):
+        wait_for(f"etcd{i}", functools.partial(answers_health, f"{member.client_url}/health"), 30,
+                 log_path=logs / f"etcd{i}.log")
+    return etcd_endpoints(members)
+
+
 @click.command()
 @click.option("--dir", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DIR, show_default=True,
               help="Where the cluster keeps its data, logs and pid files.")
@@ -86,6 +107,9 @@ def _start_gateway(gateway: dict[str, str], metaserver: str, secret_file: Path, 
 @click.option("--trash-time-s", type=click.FloatRange(0), default=None,
               help="Removed files stay in the trash this long unless a directory says otherwise "
                    "[default: the metaserver's, 86400; 0: not kept].")
+@click.option("--ha", is_flag=True, help="Failover: three etcd members (ports +201..+203) and two metaservers "
+              "(--port and +40) electing their primary; kill -9 the primary and the other takes over "
+              "(needs etcd: apt-get install etcd-server). Remembered for the next `up`.")
 @click.option("-o", "options", default="", help="Mount options, as for mount -o (see chunkfs-mount --help).")
 @click.option("--no-gateway", is_flag=True, help="Do not start the S3/REST gateway "
               f"(S3 on port +{S3_PORT_OFFSET}, REST on +{REST_PORT_OFFSET} from --port: 9580 and 9581 by default).")
@@ -97,8 +121,8 @@ def _start_gateway(gateway: dict[str, str], metaserver: str, secret_file: Path, 
                    "(in DIR/credentials/) instead of the cluster secret [default: as the cluster was started].")
 def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, port: int,
        heartbeat_timeout_s: float | None, scrub_mb_per_s: float | None, client_timeout_s: float | None,
-       body_timeout_s: float | None, orphan_grace_s: float | None, trash_time_s: float | None, options: str,
-       no_gateway: bool, use_tls: bool | None, roles: bool | None) -> None:
+       body_timeout_s: float | None, orphan_grace_s: float | None, trash_time_s: float | None, ha: bool,
+       options: str, no_gateway: bool, use_tls: bool | None, roles: bool | None) -> None:
     """Start a local cluster and mount it (keeps existing data)."""
     data_dir = data_dir.absolute()
     mountpoint = mountpoint.absolute()
@@ -116,7 +140,12 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
     secret_file = data_dir / "secret"
     auth.create_secret(secret_file)
     logs, run = data_dir / "logs", data_dir / "run"
-    metaserver = f"127.0.0.1:{port}"
+    ha = ha or previous.get("ha", False)
+    if ha and tls_dir is not None:
+        fail("--ha and --tls: failover does not serve TLS yet; start with one of them")
+    metaservers = {"metaserver": f"127.0.0.1:{port}", **({"metaserver2": f"127.0.0.1:{port + HA_SECOND_OFFSET}"}
+                                                          if ha else {})}
+    metaserver = ",".join(metaservers.values())
     access = ClusterAccess(metaserver, secret_file, str(tls_dir or ""))
     body_timeout = ("--body-timeout-s", str(body_timeout_s)) if body_timeout_s else ()
     gateway = None if no_gateway else {"s3": f"127.0.0.1:{port + S3_PORT_OFFSET}",
@@ -124,22 +153,29 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                        "keys_file": str(local_keys_file(data_dir))}
     info = {"metaserver": metaserver, "secret_file": str(secret_file), "mountpoint": str(mountpoint),
             "chunkservers": chunkservers, "goal": goal, "heartbeat_timeout_s": heartbeat_timeout_s,
-            "scrub_mb_per_s": scrub_mb_per_s, "gateway": gateway, "roles": roles, "tls_dir": str(tls_dir or "")}
+            "scrub_mb_per_s": scrub_mb_per_s, "gateway": gateway, "roles": roles, "tls_dir": str(tls_dir or ""),
+            "ha": ha}
     info_path.parent.mkdir(parents=True, exist_ok=True)
     info_path.write_text(json.dumps(info, indent=2))
     try:
-        if read_pid(run / "metaserver.pid") is None:
-            proc = spawn(module_command("chunkfs.metaserver.main", "--listen", metaserver,
-                                        "--data-dir", str(data_dir / "meta"), "--secret-file", str(secret_file),
-                                        "--default-goal", str(goal),
-                                        "--heartbeat-timeout-s", str(heartbeat_timeout_s),
-                                        *(("--client-timeout-s", str(client_timeout_s)) if client_timeout_s else ()),
-                                        *body_timeout,
-                                        *(("--orphan-grace-s", str(orphan_grace_s)) if orphan_grace_s is not None else ()),
-                                        *(("--trash-time-s", str(trash_time_s)) if trash_time_s is not None else ()),
-                                        *tls_args),
-                         logs / "metaserver.log", run / "metaserver.pid")
-            wait_for("metaserver", lambda: answers_health(f"{'https' if admin_tls else 'http'}://{metaserver}/health", context=admin_tls), 30, proc, logs / "metaserver.log")
+        etcd = _start_etcd(port, data_dir, logs, run) if ha else ""
+        scheme = "https" if admin_tls else "http"
+        for name, address in metaservers.items():
+            if read_pid(run / f"{name}.pid") is None:
+                proc = spawn(module_command("chunkfs.metaserver.main", "--listen", address,
+                                            "--data-dir", str(data_dir / name.replace("metaserver", "meta")),
+                                            "--secret-file", str(secret_file),
+                                            "--default-goal", str(goal),
+                                            "--heartbeat-timeout-s", str(heartbeat_timeout_s),
+                                            *(("--etcd", etcd) if etcd else ()),
+                                            *(("--client-timeout-s", str(client_timeout_s)) if client_timeout_s else ()),
+                                            *body_timeout,
+                                            *(("--orphan-grace-s", str(orphan_grace_s)) if orphan_grace_s is not None else ()),
+                                            *(("--trash-time-s", str(trash_time_s)) if trash_time_s is not None else ()),
+                                            *tls_args),
+                             logs / f"{name}.log", run / f"{name}.pid")
+                wait_for(name, functools.partial(answers_health, f"{scheme}://{address}/health", context=admin_tls),
+                         30, proc, logs / f"{name}.log")
 
         def key_of(role: str, name: str) -> Path:
             return _credential(access, data_dir, role, name) if roles else secret_file
@@ -171,7 +207,8 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
         fail(str(exc))
     table = Table(title="chunkfs is up", show_header=False)
     table.add_row("mounted at", str(mountpoint))
-    table.add_row("metaserver", f"{metaserver}  (status page and API)")
+    table.add_row("metaserver", f"{metaserver}  (status page and API)" + ("; the primary is elected through etcd "
+                                                                          "(chunkfs status shows which)" if ha else ""))
     table.add_row("chunkservers", ", ".join(f"127.0.0.1:{port + i}" for i in range(1, chunkservers + 1)))
     if gateway is not None:
         table.add_row("gateway", f"S3 http://{gateway['s3']}  REST http://{gateway['rest']}/api/v1/  "
@@ -195,7 +232,8 @@ def down(data_dir: Path) -> None:
     info = json.loads(info_path.read_text())
     run = data_dir / "run"
     unmount(Path(info["mountpoint"]))
-    names = ["gateway", "mount", *sorted(p.stem for p in run.glob("cs*.pid")), "metaserver"]
+    names = ["gateway", "mount", *sorted(p.stem for p in run.glob("cs*.pid")), "metaserver", "metaserver2",
+             *sorted(p.stem for p in run.glob("etcd*.pid"))]
     for name in names:
         pid = read_pid(run / f"{name}.pid")
         if pid is not None:

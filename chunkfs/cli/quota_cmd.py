@@ -13,6 +13,7 @@ from typing import Any
 import click
 import msgspec
 
+from chunkfs import ROOT_INODE
 from chunkfs.cli.amounts import BYTES, COUNT
 from chunkfs.cli.cluster_access import access_from, common_options, fail, inode_of, is_dir, run_with_meta
 from chunkfs.cli.output import console, echo_json, human_bytes
@@ -60,11 +61,15 @@ def get_quota(path: Path, data_dir: Path, metaserver: str | None, secret_file: P
 
 
 @quota.command("list")
+@click.argument("path", type=click.Path(exists=True, path_type=Path), required=False)
 @common_options
-def list_quotas(data_dir: Path, metaserver: str | None, secret_file: Path | None, as_json: bool) -> None:
-    """Every directory quota of the cluster."""
-    access = access_from(metaserver, secret_file, data_dir)
-    _show(run_with_meta(access, lambda meta: meta.quota_list()), as_json)
+def list_quotas(path: Path | None, data_dir: Path, metaserver: str | None, secret_file: Path | None,
+                as_json: bool) -> None:
+    """Every directory quota of the cluster, or those on directory PATH and below it (as a
+    credential exported for a subtree must ask)."""
+    access = access_from(metaserver, secret_file, data_dir, path)
+    under = _directory(path) if path is not None else ROOT_INODE
+    _show(run_with_meta(access, lambda meta: meta.quota_list(under)), as_json)
 
 
 @quota.command("remove")

@@ -19,6 +19,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from chunkfs.auth import CLUSTER_ROLE
+from chunkfs.protocol.meta_client import STEP_DOWN_PATH
 from chunkfs.protocol.replication_client import BACKUP_PATH, REPLICATION_PATH
 
 CLIENTS = frozenset({"client", "gateway", "admin"})
@@ -36,6 +37,7 @@ ROUTE_ROLES: dict[str, frozenset[str]] = {
     "POST /v1/servers/fsck": ADMIN,
     f"GET {BACKUP_PATH}": ADMIN,
     f"GET {REPLICATION_PATH}": ADMIN,
+    f"POST {STEP_DOWN_PATH}": ADMIN,  # chunkfs metaserver switchover (failover.py)
     "POST /v1/accounts/{op}": frozenset({"gateway", "admin"}),  # users, logins, share links (accounts.py)
     "GET /v1/credentials": ADMIN,
     "POST /v1/credentials/{action}": ADMIN,

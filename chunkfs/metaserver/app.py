@@ -85,6 +85,7 @@ class Metaserver:
     tokens: TokenIssuer | None = None  # chunk tokens for the layouts and reservations it hands out
     credentials: CredentialStore | None = None  # the role keys it accepts (besides the cluster secret)
     exports: ExportGuard = field(init=False)  # what each client credential may reach
+    failover: Callable[[], r.FailoverStatus] | None = None  # with etcd: the election's state (failover.py)
 
     def __post_init__(self) -> None:
         self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
@@ -99,7 +100,7 @@ STATE = web.AppKey("metaserver", Metaserver)
 READS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, Txn, Any], Any]]] = {
     "lookup": (r.LookupReq, lambda m, t, q: m.namespace.lookup(t, q.parent, q.name)),
     "getattr": (r.InodeReq, lambda m, t, q: m.namespace.getattr(t, q.ino)),
-    "readdir": (r.ReaddirReq, lambda m, t, q: m.namespace.readdir(t, q.ino, q.after, min(q.limit, 10000))),
+    "readdir": (r.ReaddirReq, lambda m, t, q: m.namespace.readdir(t, q.ino, q.after, min(q.limit, 10000), q.xattr)),
     "parent": (r.InodeReq, lambda m, t, q: m.namespace.parent(t, q.ino)),
     "readlink": (r.InodeReq, lambda m, t, q: m.namespace.readlink(t, q.ino)),
     "resolve": (r.PathReq, lambda m, t, q: m.namespace.resolve(t, q.path)),
@@ -110,7 +111,7 @@ READS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, Txn, Any], An
         m.chunks.inline_data(t, q.ino))),
     "statfs": (r.InodeReq, lambda m, t, q: statfs(m, t, q.ino)),
     "quota_get": (r.InodeReq, lambda m, t, q: m.namespace.quotas.get(t, q.ino)),
-    "quota_list": (r.InodeReq, lambda m, t, q: m.namespace.quotas.listing(t)),
+    "quota_list": (r.InodeReq, lambda m, t, q: m.namespace.quotas.listing(t, under=q.ino)),
     "trash_list": (r.TrashListReq, lambda m, t, q: m.namespace.trash.listing(t, q)),
     "trash_time_of": (r.InodeReq, lambda m, t, q: m.namespace.get(t, q.ino).trash_s),
     "quota_size_limit": (r.QuotaLimitReq, lambda m, t, q: m.namespace.quotas.size_limit(t, q)),
@@ -127,6 +128,7 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Cal
     "setxattr": (r.XattrReq, lambda m, client: m.namespace.setxattr),
     "removexattr": (r.XattrReq, lambda m, client: m.namespace.removexattr),
     "commit": (r.CommitReq, lambda m, client: lambda txn, q: m.chunks.commit(txn, q, client)),
+    "concat": (r.ConcatReq, lambda m, client: m.chunks.concat),
     "goal": (r.GoalReq, lambda m, client: m.namespace.set_goal),
     "release_orphan": (r.InodeReq, lambda m, client: lambda txn, q: m.namespace.release_orphan(txn, q.ino)),
     "reserve_inodes": (r.ReserveReq, lambda m, client: lambda txn, q: m.namespace.reserve_inodes(txn, max(1, min(q.count, 4096)))),
@@ -200,16 +202,16 @@ def with_read_tokens(m: Metaserver, refs: list[r.ChunkRef]) -> list[r.ChunkRef]:
 
 def read_tokens(m: Metaserver, txn: Txn, req: r.TokensReq, export: tuple[str, Export] | None) -> list[str]:
     """New read tokens for chunk versions some file references (a client's expired): ESTALE for
-    a version no file references (deleted, or never made), EACCES for one of a file outside the
-    caller's export."""
+    a version no file references (deleted, or never made), EACCES for one no file inside the
+    caller's export holds (a version a snapshot shares is the copy's too)."""
     if m.tokens is None:
         raise FsError(errno.ENOSYS, "this metaserver issues no chunk tokens")
     tokens = []
     for chunk_id, version in req.chunks:
-        ino = m.chunks.inode_of_version(txn, chunk_id, version)
-        if ino is None:
+        inodes = m.chunks.inodes_of_version(txn, chunk_id, version)
+        if not inodes:
             raise FsError(errno.ESTALE, f"chunk {chunk_id} v{version} is no file's any more")
-        if export is not None and not m.exports.inode_inside(txn, *export, ino):
+        if export is not None and not any(m.exports.inode_inside(txn, *export, ino) for ino in inodes):
             raise FsError(errno.EACCES, f"chunk {chunk_id} v{version} is outside this credential's export")
         tokens.append(m.tokens.issue(chunk_tokens.READ, chunk_id, version))
     return tokens
@@ -282,7 +284,7 @@ async def fs_operation(request: web.Request) -> web.Response:
             body, result = await commit(m.replies.once(mutate, client, rid, first_attempt), req)
             if result is REPLAYED:  # a retry of a mutation already done: answer it again, changes nothing
                 return web.Response(body=body, content_type="application/json")
-        if export is not None and op in ("create", "link", "commit"):
+        if export is not None and op in ("create", "link", "commit", "snapshot"):
             m.exports.shown(*export, result)
         if op == "create":
             m.leases.granted(cast(r.CreateReq, req), result, client)
@@ -385,6 +387,8 @@ async def server_hello(request: web.Request) -> web.Response:
     delete: list[tuple[int, int]] = []
     if hello.chunks is not None:
         delete = await registration.garbage(hello.id, hello.chunks, hello.recent_chunks or [])
+        if delete and m.replication is not None and not m.committer.everywhere(m.replication.seq):
+            delete = []  # not all on the standbys yet: a failover could bring these references back
         if delete:
             log.info("server %s holds %d unreferenced chunk versions; told to delete them",
                      hello.address, len(delete))
@@ -486,6 +490,7 @@ def cluster_status(m: Metaserver) -> r.ClusterStatus:
         quotas_over_soft=over_soft,
         trash_files=trash_files,
         default_trash_s=m.namespace.trash.default_trash_s,
+        failover=m.failover() if m.failover is not None else None,
     )
 
 
@@ -525,7 +530,12 @@ async def changes(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    return json_response({"ok": True, "role": "metaserver"})
+    m = request.app[STATE]
+    if m.failover is None:
+        return json_response({"ok": True, "role": "metaserver"})
+    election = m.failover()
+    return json_response({"ok": True, "role": "primary" if election.lease_left_s > 0 else "fenced",
+                          "epoch": election.epoch})
 
 
 # Ordinary answers to filesystem calls (a lookup of a new name, a getxattr of an unset attribute):

@@ -26,7 +26,7 @@ from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.orphans import OrphanCollector
 from chunkfs.metaserver.pinned_pages import PinnedPages
-from chunkfs.metaserver import backup, standby
+from chunkfs.metaserver import backup, failover, standby
 from chunkfs.metaserver.quarantine import Quarantine
 from chunkfs.metaserver.replication_log import ReplicationLog
 from chunkfs.metaserver.registry import Registry
@@ -82,8 +82,20 @@ class MetaserverConfig:
                           "restart without it to promote the standby")
     synchronous: bool = opt(True, "as a standby: the metaserver acknowledges a change only once this standby "
                                   "has it on disk (within standby_timeout_s)")
+    etcd: str = opt("", "etcd endpoints (http://HOST:2379,...) for automatic failover: the metaservers "
+                        "configured with them elect the primary; the others follow it as standbys "
+                        "(empty: no etcd, `follow` says the role)")
+    etcd_prefix: str = opt("/chunkfs", "the etcd keys of this cluster start with it (one per cluster)")
+    etcd_ttl_s: int = opt(5, "with etcd: the primary's lease; a primary silent this long is replaced, and "
+                             "stops acknowledging changes a second before (sets the failover time)")
+    advertise: str = opt("", "with etcd: HOST:PORT clients and standbys reach this metaserver at "
+                             "(empty: listen)")
     body_timeout_s: float = opt(DEFAULT_BODY_TIMEOUT_S, BODY_TIMEOUT_HELP)
     log_level: str = opt("info", "debug, info, warning or error")
+
+    @property
+    def advertised(self) -> str:
+        return self.advertise or self.listen
 
     @property
     def map_size_bytes(self) -> int:
@@ -95,6 +107,14 @@ class MetaserverConfig:
             raise ConfigError("option body_timeout_s: must be positive")
         if self.follow:
             parse_address(self.follow)
+        if self.etcd and self.follow:
+            raise ConfigError("options etcd and follow: with etcd the primary is elected; give one of them")
+        if self.etcd and self.tls_dir.parts:
+            raise ConfigError("options etcd and tls_dir: failover does not serve TLS yet; give one of them")
+        if self.advertise:
+            parse_address(self.advertise)
+        if not 2 <= self.etcd_ttl_s <= 600:
+            raise ConfigError(f"option etcd_ttl_s: {self.etcd_ttl_s} is not between 2 and 600")
         if not 0.01 <= self.map_size_gib <= (1 << 20):
             raise ConfigError(f"option map_size_gib: {self.map_size_gib} is not between 0.01 and 1048576")
         if self.standby_timeout_s <= 0 or self.restore_quarantine_s < 0:
@@ -133,13 +153,33 @@ def run(config: MetaserverConfig) -> None:
     if auth.split_credential(secret)[0] is not None:
         raise SystemExit(f"{config.secret_file} holds a credential: the metaserver needs the cluster secret")
     host, port = parse_address(config.listen)
+    if config.etcd:
+        reload = reloaded_config()
+        failover.run(config, secret, lambda promoted: build_primary(config, secret, reload, promoted))
+        return
     if config.follow:
         standby.run(config.follow, config.data_dir, secret, host, port, config.synchronous,
                     config.map_size_bytes)
         return
+    app = build_primary(config, secret, reloaded_config())
+    # A thread doing Python work (a /metrics render, an fsck page, the replicator's scan, a
+    # registration's pages) keeps the GIL until the switch interval runs out each time the event
+    # loop wakes for a request: 5 ms by default, added to that request. 0.5 ms bounds it at the
+    # cost of more GIL hand-offs in those threads.
+    sys.setswitchinterval(LOOP_GIL_WAIT_S)
+    files = tls.tls_files(config.tls_dir if config.tls_dir.parts else None, "metaserver")
+    serve(app, host, port, files.server_context() if files else None)
+
+
+def build_primary(config: MetaserverConfig, secret: bytes, reload: Callable[[], MetaserverConfig],
+                  promoted: bool = False) -> web.Application:
+    """Open the database and build the serving metaserver's app (its cleanup closes them).
+    `promoted`: a standby in sync becomes the primary (see `backup.start_primary`)."""
+    host, port = parse_address(config.listen)
     db = MetaDB(config.data_dir, config.map_size_bytes)
-    if config.pin_db_in_memory:
-        PinnedPages(config.data_dir / "data.mdb").start()
+    pinned = PinnedPages(config.data_dir / "data.mdb") if config.pin_db_in_memory else None
+    if pinned is not None:
+        pinned.start()
     namespace = Namespace(db, config.default_goal, int(config.trash_time_s))
     chunks = ChunkTable(db, namespace, config.orphan_grace_s)
     with db.env.begin(write=True) as txn:
@@ -147,7 +187,7 @@ def run(config: MetaserverConfig) -> None:
         chunks.repair_counters(txn)
         namespace.counts.ensure(txn, chunks.recount_all)
         chunks.ensure_version_index(txn)
-        backup.start_primary(txn, db)
+        backup.start_primary(txn, db, in_sync=promoted)
     replication = ReplicationLog(db, config.standby_timeout_s)
     committer = GroupCommitter(db, replication)
     registry = Registry(db, config.heartbeat_timeout_s)
@@ -177,15 +217,12 @@ def run(config: MetaserverConfig) -> None:
         state.open_leases.save_trust_end(trust_record)
 
     app.on_cleanup.append(save_trust_end)
-    app.on_startup.append(reload_on_sighup(db, reloaded_config()))
+    app.on_startup.append(reload_on_sighup(db, reload))
+    if pinned is not None:  # a metaserver that stops being the primary (failover.py) lets its pages go
+        app.on_cleanup.append(lambda app: asyncio.to_thread(pinned.stop))
     service.attach(app, status=f"serving on {host}:{port}")
     gc.freeze()  # what start-up made lives as long as the process: no collection walks it again
-    # A thread doing Python work (a /metrics render, an fsck page, the replicator's scan, a
-    # registration's pages) keeps the GIL until the switch interval runs out each time the event
-    # loop wakes for a request: 5 ms by default, added to that request. 0.5 ms bounds it at the
-    # cost of more GIL hand-offs in those threads.
-    sys.setswitchinterval(LOOP_GIL_WAIT_S)
-    serve(app, host, port, files.server_context() if files else None)
+    return app
 
 
 def reloaded_config() -> Callable[[], MetaserverConfig]:

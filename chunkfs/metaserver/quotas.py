@@ -114,16 +114,16 @@ class DirectoryQuotas:
             raise FsError(errno.ENODATA, f"directory {ino} has no quota")
         return self.info(txn, ino, rec)
 
-    def listing(self, txn: Txn, over_soft_only: bool = False) -> list[r.QuotaInfo]:
-        """Every quota (or those past a soft limit: the status page's, O(quotas), no cursor at
-        all while there is none)."""
+    def listing(self, txn: Txn, over_soft_only: bool = False, under: int = ROOT_INODE) -> list[r.QuotaInfo]:
+        """Every quota on directory `under` or below it (or those past a soft limit: the status
+        page's, O(quotas), no cursor at all while there is none)."""
         out: list[r.QuotaInfo] = []
         if not self.any(txn):
             return out
         for key, raw in txn.cursor(db=self.db.quotas):
-            rec = _dec.decode(raw)
-            if not over_soft_only or over_soft(rec):
-                out.append(self.info(txn, read_u64(key), rec))
+            rec, ino = _dec.decode(raw), read_u64(key)
+            if (not over_soft_only or over_soft(rec)) and (under == ROOT_INODE or self.namespace.inside(txn, under, ino)):
+                out.append(self.info(txn, ino, rec))
         return out
 
     def subtree_usage(self, txn: Txn, directory: int) -> tuple[int, int]:

@@ -10,7 +10,7 @@ Promises:
 - Names: EEXIST if DST exists, EINVAL for a copy of a directory into itself or below it.
 - Hard links inside the tree stay links between the copies; the copies are charged to the
   quotas above DST (EDQUOT) and take their sources' modes, owners, times, goals, trash times and
-  xattrs.
+  xattrs (for a root-squashed caller, `root_owner`: owner or group 0 becomes that id).
 - It copies what the metaserver has: a file being written elsewhere is copied as of its last
   commit, as any reader would see it.
 """
@@ -26,7 +26,7 @@ import msgspec
 from chunkfs.errors import FsError
 from chunkfs.metaserver.chunk_table import ChunkTable
 from chunkfs.metaserver.db import Txn
-from chunkfs.metaserver.namespace import Namespace
+from chunkfs.metaserver.namespace import Inode, Namespace
 from chunkfs.protocol import records as r
 from chunkfs.protocol.limits import check_name
 
@@ -55,7 +55,8 @@ class Snapshots:
                 continue
             inode = namespace.get(txn, ino)
             is_dir = stat.S_ISDIR(inode.mode)
-            copy = msgspec.structs.replace(inode, nlink=2 if is_dir else 1, parent=parent, ctime_ns=now)
+            copy = msgspec.structs.replace(inode, nlink=2 if is_dir else 1, parent=parent, ctime_ns=now,
+                                           **_squashed_owner(inode, req.root_owner))
             new = namespace.insert(txn, parent, name, copy, xattrs_of=ino if inode.xattr_count else 0)
             if is_dir:
                 todo.extend((child, new, child_name) for child_name, child in list(namespace.entries(txn, ino, None)))
@@ -64,3 +65,10 @@ class Snapshots:
                 if stat.S_ISREG(inode.mode):
                     self.chunks.copy_records(txn, ino, new)
         return namespace.getattr(txn, namespace.child(txn, req.parent, req.name) or 0)
+
+
+def _squashed_owner(inode: Inode, root_owner: int) -> dict[str, int]:
+    """The owner fields of a copy made for a root-squashed caller (none changed otherwise)."""
+    if root_owner < 0:
+        return {}
+    return {field: root_owner for field in ("uid", "gid") if getattr(inode, field) == 0}

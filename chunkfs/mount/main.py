@@ -23,7 +23,7 @@ import pyfuse3
 import trio
 
 from chunkfs import DEFAULT_METASERVER_PORT, auth, metrics, mounts, service, tls
-from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setup_logging
+from chunkfs.config import ConfigError, daemon_command, opt, parse_address, parse_addresses, setup_logging
 from chunkfs.errors import FsError, TransportError
 from chunkfs.client.chunk_cache import ChunkCache
 from chunkfs.client.core import build_client
@@ -41,7 +41,7 @@ MiB = 1024 * 1024
 @dataclass
 class MountConfig:
     metaserver: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT}",
-                          "HOST:PORT of the metaserver, or HOST:PORT:/SUBDIR to mount a subdirectory")
+                          "HOST:PORT of the metaserver (with failover: of each, comma-separated), or HOST:PORT:/SUBDIR to mount a subdirectory")
     mountpoint: Path = opt(Path(""), "directory to mount on")
     secret_file: Path = opt(Path("/etc/chunkfs/secret"), "file holding the cluster secret")
     cache_mem_mb: int = opt(256, "MiB of chunks kept in memory (the hottest; the disk cache holds more)")
@@ -70,7 +70,7 @@ class MountConfig:
         address, _, subdir = self.metaserver.partition(":/")
         if subdir:
             self.metaserver, self.subdir = address, "/" + subdir
-        parse_address(self.metaserver, DEFAULT_METASERVER_PORT)
+        parse_addresses(self.metaserver, DEFAULT_METASERVER_PORT)
         if not self.subdir.startswith("/"):
             raise ConfigError(f"option subdir: {self.subdir!r} must start with /")
         if not str(self.mountpoint) or not self.mountpoint.is_dir():
@@ -162,7 +162,9 @@ async def root_inode(meta: MetaClient, subdir: str) -> int:
 def mount_options(config: MountConfig) -> set[str]:
     options = set(pyfuse3.default_options)
     subdir = "" if config.subdir == "/" else ":" + config.subdir
-    options |= {f"fsname=chunkfs:{config.metaserver}{subdir}", "subtype=chunkfs", "noatime"}
+    # a comma would end the option (libfuse splits -o at unescaped commas): a list of metaservers is escaped
+    fsname = f"chunkfs:{config.metaserver}{subdir}".replace(",", "\\,")
+    options |= {f"fsname={fsname}", "subtype=chunkfs", "noatime"}
     if config.read_only:
         options.add("ro")
     if config.allow_other and os.geteuid() == 0:

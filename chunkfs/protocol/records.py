@@ -61,6 +61,7 @@ class Attr(Struct, kw_only=True):
 class DirEntry(Struct):
     name: bytes
     attr: Attr
+    xattr: bytes | None = None  # the value of the xattr the listing asked for (ReaddirReq.xattr), if set
 
 
 class ChunkRef(Struct, kw_only=True):
@@ -215,6 +216,7 @@ class ReaddirReq(Struct):
     ino: Ino
     after: Name | None = None  # not checked as a new name: a listing goes on after any stored name
     limit: Annotated[int, Meta(ge=1, le=2**31)] = 1000
+    xattr: Name | None = None  # also each entry's value of this xattr (one call lists a bucket's ETags)
 
 
 class XattrReq(Struct):
@@ -251,6 +253,19 @@ class CommitReq(Struct):
         limits.check_size(self.size)
 
 
+class ConcatReq(Struct):
+    """The chunks of `sources` (regular files, in this order) appended to file `ino` by
+    reference: no byte is copied, the chunk records change owner, and the sources are left empty.
+    Chunk i of a file holds its bytes [i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE), so the target's
+    size and the size of every source but the last must be multiples of CHUNK_SIZE, and no
+    source may be kept inline (EINVAL otherwise, and nothing changes). What upload sessions
+    (S3 multipart Complete, a resumed `chunkfs put`) are committed with."""
+
+    ino: Ino
+    sources: Annotated[list[Ino], Meta(min_length=1, max_length=10_000)]
+    mtime_ns: TimeNs
+
+
 class GoalReq(Struct):
     ino: Ino
     goal: Annotated[int, Meta(ge=1, le=16)]
@@ -273,6 +288,7 @@ class SnapshotReq(Struct):
     ino: Ino
     parent: Ino
     name: bytes
+    root_owner: Annotated[int, Meta(ge=-1, le=limits.MAX_UID)] = -1  # >= 0: copies of uid/gid 0 get it (root squash)
 
     def __post_init__(self) -> None:
         limits.check_name(self.name)
@@ -569,6 +585,7 @@ class ClusterStatus(Struct, kw_only=True):
     quotas_over_soft: list[QuotaInfo] = []  # directory quotas past a soft limit
     trash_files: int = 0  # removed files kept in the trash (their chunks too)
     default_trash_s: int = 0  # how long removed files are kept where no directory says otherwise
+    failover: FailoverStatus | None = None  # with etcd: the election's state (None: no etcd)
 
 
 class MemoryStatus(Struct, kw_only=True):
@@ -732,6 +749,24 @@ class ReplicationFeed(Struct):
     history: str
     primary_seq: int  # the last batch committed on the primary
     batches: list[ReplicationBatch]
+
+
+class EtcdMemberStatus(Struct):
+    endpoint: str
+    healthy: bool
+    version: str = ""
+    leader: bool = False  # the etcd cluster's Raft leader
+    error: str = ""
+
+
+class FailoverStatus(Struct):
+    """The primary's view of the election (the metaserver's election.py)."""
+
+    primary: str  # this metaserver's advertised address
+    epoch: int  # the leader key's create_revision: the fencing epoch
+    lease_left_s: float  # how long it may go on acknowledging without renewing its lease
+    in_sync: list[str] = []  # the standbys etcd's sync record names: each may take over
+    etcd: list[EtcdMemberStatus] = []  # as of the last check (every few seconds)
 
 
 class StandbyStatus(Struct):

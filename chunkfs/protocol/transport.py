@@ -62,7 +62,9 @@ class Response:
 
 class Transport(Protocol):
     async def send(self, method: str, address: str, target: str, headers: list[tuple[str, str]],
-                   body: bytes | None) -> Response: ...
+                   body: bytes | None, timeout_s: float | None = None) -> Response:
+        """`timeout_s`: this exchange's, instead of the transport's."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -83,12 +85,14 @@ class HttpxTransport:
         )
 
     async def send(self, method: str, address: str, target: str, headers: list[tuple[str, str]],
-                   body: bytes | None) -> Response:
+                   body: bytes | None, timeout_s: float | None = None) -> Response:
         import httpx
 
         try:
-            response = await self._http.request(method, f"{self._scheme}://{address}{target}", content=body,
-                                                headers=headers)
+            response = await self._http.request(
+                method, f"{self._scheme}://{address}{target}", content=body, headers=headers,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout_s is None
+                else httpx.Timeout(timeout_s, connect=self._http.timeout.connect))
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             raise TransportFailure(f"{type(exc).__name__}: {exc}") from None
         except httpx.InvalidURL as exc:  # not a ValueError in httpx; the trio transport's is one
@@ -149,12 +153,12 @@ class TrioH11Transport:
             raise TransportFailure(f"connect to {address}: {exc or type(exc).__name__}") from None
 
     async def send(self, method: str, address: str, target: str, headers: list[tuple[str, str]],
-                   body: bytes | None) -> Response:
+                   body: bytes | None, timeout_s: float | None = None) -> Response:
         idle = self._idle.get(address)
         pooled = bool(idle)
         conn = idle.pop() if idle else await self._connect(address)
         try:
-            with trio.fail_after(self.timeout_s):
+            with trio.fail_after(self.timeout_s if timeout_s is None else timeout_s):
                 response = await self._exchange(conn, method, address, target, headers, body)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,
                 h11.ProtocolError) as exc:
