@@ -292,12 +292,13 @@ with httpx.Client(timeout=120) as client:
 SCRAPE_PAUSE_S = 0.02  # between one scrape's answer and the next: 20-30 scrapes a second
 
 
-async def getattr_under_scrapes(bench: Bench, path: str) -> tuple[float, float, int, int]:
+async def getattr_under_scrapes(bench: Bench, path: str) -> tuple[float, float, int, int, float]:
     """getattr (p50, p99) of the getattrs issued while a GET of `path` was under way (another
     process GETs it every SCRAPE_PAUSE_S after the last answer; a thread of this one would hold
     the GIL the getattrs' own event loop needs, and a scraper in a tight loop would also be two
     processes' worth of CPU load on the machine, not the scrape's cost); the GETs made and
-    the getattrs counted (issued during one). CLOCK_MONOTONIC is one clock for both processes."""
+    the getattrs counted (issued during one), and the median ms a GET took. CLOCK_MONOTONIC is
+    one clock for both processes."""
     scraper = await trio.lowlevel.open_process([sys.executable, "-c", SCRAPER, f"http://{bench.server.address}{path}",
                                                 str(SCRAPE_PAUSE_S)], stdout=subprocess.PIPE)
     assert scraper.stdout is not None
@@ -319,7 +320,7 @@ async def getattr_under_scrapes(bench: Bench, path: str) -> tuple[float, float, 
         return i >= 0 and t <= scrapes[i][1]
     during = [took for started, took in calls if during_a_scrape(started)]
     p50, p99 = quantiles(during)
-    return p50, p99, len(scrapes), len(during)
+    return p50, p99, len(scrapes), len(during), statistics.median(b - a for a, b in scrapes) * 1000
 
 
 async def window(bench: Bench, creates: int) -> dict:
@@ -347,14 +348,15 @@ async def scrape_windows(bench: Bench, windows: int) -> dict:
     issued during a /metrics scrape ("scraped"); of those issued during a GET /health made at
     the same pace ("polled"): what any other client process polling the metaserver costs the
     getattrs on this 2-core machine (its CPU, the loop answering it), whatever it asks."""
-    taken: dict[str, list] = {"quiet": [], "scraped": [], "scrapes": [], "during": [], "polled": []}
+    taken: dict[str, list] = {"quiet": [], "scraped": [], "scrapes": [], "during": [], "scrape_ms": [], "polled": []}
     for _ in range(windows):
         taken["quiet"].append(await bench.latencies(bench.getattr))
-        p50, p99, scrapes, during = await getattr_under_scrapes(bench, "/metrics")
+        p50, p99, scrapes, during, scrape_ms = await getattr_under_scrapes(bench, "/metrics")
         taken["scraped"].append((p50, p99))
         taken["scrapes"].append(scrapes)
         taken["during"].append(during)
-        p50, p99, _polls, _during = await getattr_under_scrapes(bench, "/health")
+        taken["scrape_ms"].append(scrape_ms)
+        p50, p99, _polls, _during, _poll_ms = await getattr_under_scrapes(bench, "/health")
         taken["polled"].append((p50, p99))
     return taken
 
@@ -545,7 +547,8 @@ def criteria(rows: list[dict], end: dict) -> list[tuple[str, str, str, str]]:
     busy_p99 = [p99 for _p50, p99 in scraped["scraped"]]
     a, b = statistics.median(quiet_p99), statistics.median(busy_p99)
     out.append((f"getattr p99 ms without / during /metrics scrapes ({sum(scraped['scrapes'])} scrapes, "
-                f"{sum(scraped.get('during', [0]))} getattrs issued during one)",
+                f"{sum(scraped.get('during', [0]))} getattrs issued during one; a scrape took "
+                f"{spread(scraped.get('scrape_ms', [0.0]))} ms)",
                 spread(quiet_p99), spread(busy_p99), f"{'holds' if b <= 1.2 * a else 'fails'}: {b / a:.2f}×"))
     if scraped.get("polled"):
         polled_p99 = [p99 for _p50, p99 in scraped["polled"]]
