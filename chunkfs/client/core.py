@@ -409,6 +409,9 @@ class Client:
     async def set_goal(self, ino: int, goal: int, recursive: bool = False) -> r.Attr:
         return await self.meta.set_goal(ino, goal, recursive)
 
+    async def set_trash_time(self, ino: int, seconds: int, recursive: bool = False) -> r.Attr:
+        return await self.meta.set_trash_time(ino, seconds, recursive)
+
     async def close(self) -> None:
         """The end of the client: every file still open here is committed (errors logged), and
         the leases are given back so other clients need not wait for them to run out."""

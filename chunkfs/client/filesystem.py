@@ -311,6 +311,14 @@ class AsyncFilesystem:
         await self.client.set_goal(attr.ino, goal, recursive)
 
     @raises_os_errors
+    async def set_trash_time(self, path: PathLike, seconds: int, recursive: bool = False) -> None:
+        """Files removed from this directory (with `recursive`, from every one under it) stay in
+        the trash `seconds` (0: freed at once); what is made in it inherits the time."""
+        attr = await self._resolve(path)
+        check_owner(attr, self.identity, "set the trash time")
+        await self.client.set_trash_time(attr.ino, seconds, recursive)
+
+    @raises_os_errors
     async def statvfs(self) -> os.statvfs_result:
         return os.statvfs_result(statvfs_numbers(await self.client.statfs()))
 
