@@ -232,7 +232,7 @@ class AsyncFilesystem:
             if stat.S_ISDIR(attr.mode):
                 raise FsError(errno.EISDIR, "is a directory")
             await self._check(attr, (READ if readable else 0) | (WRITE if writable else 0))
-            open_file = await self.client.open(attr.ino, self.identity, truncate=truncate)
+            open_file = await self.client.open(attr.ino, self.identity, truncate=truncate, writing=writable)
         afile = AsyncFile(self.client, open_file, self.canonical(path), mode)
         self._files.add(afile)
         return afile

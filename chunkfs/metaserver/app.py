@@ -139,6 +139,7 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Cal
     "trash_restore": (r.TrashRestoreReq, lambda m, client: m.namespace.trash.restore),
     "trash_purge": (r.TrashPurgeReq, lambda m, client: m.namespace.trash.purge),
     "snapshot": (r.SnapshotReq, lambda m, client: Snapshots(m.namespace, m.chunks).snapshot),
+    "read_only": (r.ReadOnlyReq, lambda m, client: m.namespace.set_read_only),
 }
 
 
@@ -246,7 +247,7 @@ def statfs(m: Metaserver, txn: Txn, ino: int) -> r.Statfs:
 
 
 # May touch a whole subtree: committed in the writer thread, never on the event loop.
-LARGE_MUTATIONS = frozenset({"goal", "quota_set", "trash_time", "trash_purge", "snapshot"})
+LARGE_MUTATIONS = frozenset({"goal", "quota_set", "trash_time", "trash_purge", "snapshot", "read_only"})
 # After these, the deleter may have chunk versions to delete.
 WAKE_DELETER = frozenset({"remove", "rename", "commit", "setattr", "release_orphan", "trash_purge"})
 

@@ -37,7 +37,7 @@ from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import named_inodes
 
 CHANGES = frozenset({"create", "link", "remove", "rename", "setattr", "setxattr", "removexattr", "commit", "goal",
-                     "reserve", "reserve_inodes", "release_orphan", "snapshot", "trash_time"})
+                     "reserve", "reserve_inodes", "release_orphan", "snapshot", "trash_time", "read_only"})
 WHOLE_CLUSTER = frozenset({"statfs", "release_leases", "reserve", "reserve_inodes", "locks", "cancel_lock"})
 MAX_DEPTH = 4096
 
