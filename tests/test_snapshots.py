@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,30 @@ def _snapshot_errno(src: Path, dst: Path) -> None:
     done = chunkfs("snapshot", src, dst, check=False)
     if done.returncode:
         raise OSError(errno.EROFS if "read-only" in done.stderr else errno.EIO, done.stderr)
+
+
+def test_a_shared_chunk_keeps_the_highest_goal_of_its_holders(cluster, home):
+    """The source's goal lowered to 1 after a snapshot: its chunk is the copy's too, so the
+    replicator keeps it at the copy's goal (3) instead of trimming it for the source."""
+    (home / "src").write_bytes(os.urandom(MiB))
+    chunkfs("snapshot", home / "src", home / "copy")
+    chunkfs("goal", home / "src", "1")
+    changed = time.monotonic()
+    first = _replicator_pass_after(cluster, changed)
+    _replicator_pass_after(cluster, first)  # the first pass's trims are done by the next one's start
+    for name in ("src", "copy"):
+        layout = json.loads(chunkfs("info", home / name, "--json").stdout)
+        assert [len(c["replicas"]) for c in layout["chunks"]] == [3], (name, layout["chunks"])
+    fsck_clean(cluster)
+
+
+def _replicator_pass_after(cluster, since: float) -> float:
+    """Wait for a re-replication scan that started after `since` (time.monotonic()); its start."""
+    def started() -> float:
+        ago = cluster.status()["under_goal_counted_s_ago"]
+        return time.monotonic() - ago if ago >= 0 else 0.0
+    wait_until(lambda: started() > since + 0.2, 60, "a re-replication pass")
+    return started()
 
 
 def test_bad_snapshots_are_refused(cluster, home):
