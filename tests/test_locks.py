@@ -9,6 +9,7 @@ import errno
 import fcntl
 import json
 import os
+import shlex
 import signal
 import struct
 import subprocess
@@ -20,7 +21,7 @@ import pyfuse3
 import pytest
 
 from chunkfs import mounts
-from conftest import another_mount, chunkfs, wait_until
+from conftest import another_mount, chunkfs, metrics_of, wait_until
 from line_process import LineProcess, Locker
 
 HOLDER = """
@@ -170,6 +171,33 @@ def test_flock_excludes_between_clients(cluster, second_mount, lockers):
     assert a.do("flock un nowait") == "ok"
     assert b.do("flock ex nowait") == "ok"
     assert a.do("flock sh nowait") == "err EAGAIN"
+
+
+def test_the_flock_command_on_one_mount_holds_off_the_other(cluster, second_mount):
+    """The acceptance as a user tries it, with util-linux flock(1): `flock FILE -c CMD` on mount A
+    holds the lock while CMD runs; `flock -n` on mount B fails meanwhile, and a blocking `flock`
+    on B gets the lock once A's command ended, seeing what it wrote last."""
+    a, b = cluster.mnt / "lockfile", second_mount / "lockfile"
+    holder = subprocess.Popen(["flock", a, "-c", f"echo held; sleep 3; echo done > {shlex.quote(str(a))}"],
+                              stdout=subprocess.PIPE, text=True)
+    waiter = None
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"  # A's command runs
+        tried = subprocess.run(["flock", "-n", b, "true"], timeout=30)
+        assert tried.returncode == 1  # flock -n: the lock is held elsewhere (its -E default, 1)
+        assert holder.poll() is None, "A's command was still running when B was refused"
+        waiter = subprocess.Popen(["flock", b, "-c", f"cat {shlex.quote(str(b))}"], stdout=subprocess.PIPE, text=True)
+        wait_until(lambda: metrics_of(cluster.metaserver)["chunkfs_cluster_lock_waits"] == 1, 10,
+                   "B's flock waits at the metaserver", poll_s=0.05)
+        assert holder.poll() is None, "B's flock was waiting while A's command ran"
+        assert holder.wait(timeout=30) == 0
+        out, _ = waiter.communicate(timeout=30)
+        assert waiter.returncode == 0 and out == "done\n"  # after A's last write: once A's command ended
+    finally:
+        for process in (holder, waiter):
+            if process is not None:
+                process.kill()
+                process.wait()
 
 
 def test_shared_locks_between_clients(cluster, second_mount, lockers):
