@@ -145,8 +145,6 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
     auth.create_secret(secret_file)
     logs, run = data_dir / "logs", data_dir / "run"
     ha = ha or previous.get("ha", False)
-    if ha and tls_dir is not None:
-        fail("--ha and --tls: failover does not serve TLS yet; start with one of them")
     metaservers = {"metaserver": f"127.0.0.1:{port}", **({"metaserver2": f"127.0.0.1:{port + HA_SECOND_OFFSET}"}
                                                           if ha else {})}
     metaserver = ",".join(metaservers.values())

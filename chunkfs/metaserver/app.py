@@ -87,6 +87,7 @@ class Metaserver:
     credentials: CredentialStore | None = None  # the role keys it accepts (besides the cluster secret)
     exports: ExportGuard = field(init=False)  # what each client credential may reach
     failover: Callable[[], r.FailoverStatus] | None = None  # with etcd: the election's state (failover.py)
+    epoch: int = 0  # with etcd: this primary's fencing epoch, told to chunkservers (chunkserver/fencing.py)
 
     def __post_init__(self) -> None:
         self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
@@ -410,7 +411,7 @@ async def server_hello(request: web.Request) -> web.Response:
                      hello.address, len(delete))
         if hello.recent_chunks is not None:
             await m.replicator.reconcile(hello.id, [*hello.chunks, *hello.recent_chunks])
-    return json_response(r.HelloReply(delete, *chunk_key_for(m, request)))
+    return json_response(r.HelloReply(delete, *chunk_key_for(m, request), epoch=m.epoch))
 
 
 def chunk_key_for(m: Metaserver, request: web.Request) -> tuple[str, str]:

@@ -518,6 +518,7 @@ class HelloReply(Struct):
     # (chunkfs.chunk_tokens.wrap); empty from a metaserver that issues no tokens
     chunk_key_nonce: str = ""
     chunk_key: str = ""
+    epoch: int = 0  # the primary's fencing epoch (chunkserver/fencing.py); 0: no election
 
 
 class TokensReq(Struct):
