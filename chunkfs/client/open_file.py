@@ -114,8 +114,8 @@ class OpenFile:
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
         return await self.writer.write(offset, data)
 
-    async def flush(self) -> r.Attr | None:
-        return await self.writer.flush()
+    async def flush(self, behind: bool = False) -> r.Attr | None:
+        return await self.writer.flush(behind)
 
     async def write_back(self) -> None:
         await self.writer.write_back()

@@ -150,7 +150,7 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
 
 
 # every op `fs_operation` knows (the metrics label them; the route fuzzer calls each)
-FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "reserve", "release_leases", "fsck", *LOCK_OPERATIONS})
+FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "batch", "reserve", "release_leases", "fsck", *LOCK_OPERATIONS})
 
 
 def statfs(m: Metaserver, txn: Txn) -> r.Statfs:
@@ -180,13 +180,11 @@ async def fs_operation(request: web.Request) -> web.Response:
         if isinstance(req, r.OpenReq) and req.lease:
             answer.leased = m.open_leases.grant(client, req.ino, m.changes.seq)
         return json_response(answer)
-    mutation = MUTATIONS.get(op)
-    if mutation is not None:
-        record_type, bind = mutation
-        req = await read_body(request, record_type)
+    if op in MUTATIONS:
+        req = await read_body(request, MUTATIONS[op][0])
         await m.leases.clear_for(client, named_inodes(req))
         rid = request_id_header(request)
-        mutate = m.leases.creating(bind(m, client), client) if op == "create" else bind(m, client)
+        mutate = mutation_of(m, op, client)
         commit = m.committer.run if op in LARGE_MUTATIONS else m.committer.run_small
         if m.replies is None or not client or not rid:
             result = await commit(mutate, req)
@@ -196,17 +194,12 @@ async def fs_operation(request: web.Request) -> web.Response:
             body, result = await commit(m.replies.once(mutate, client, rid, first_attempt), req)
             if result is None:  # a retry of a mutation already done: answer it again, changes nothing
                 return web.Response(body=body, content_type="application/json")
-        if op == "create":
-            m.leases.granted(cast(r.CreateReq, req), result, client)
-        elif op == "remove":
-            m.leases.forget_removed(result)
-        if op in WAKE_DELETER:
-            m.deleter.wake.set()
-        inodes, entries = affected(op, req, result)
-        if inodes or entries:
-            m.changes.publish(client, inodes, entries)
+        inodes = mutated(m, op, client, req, result)
+        if inodes:
             await m.open_leases.settle(client, inodes, m.changes.seq)
         return web.Response(body=body, content_type="application/json")
+    if op == "batch":
+        return json_response(await apply_batch(m, client, request))
     if op == "reserve":
         return json_response(await reserve(m, client, await read_body(request, r.ReserveReq)))
     if op == "release_leases":
@@ -218,6 +211,87 @@ async def fs_operation(request: web.Request) -> web.Response:
         page_req = await read_body(request, r.FsckReq)
         return json_response(await asyncio.to_thread(fsck_page, m, m.registry.alive_ids(), page_req))
     raise FsError(errno.ENOSYS, f"unknown operation {op!r}")
+
+
+def mutation_of(m: Metaserver, op: str, client: str) -> Callable[[Txn, Any], Any]:
+    """The mutation `op` runs for `client` in its transaction (a create also leases the
+    directory it makes, when asked, in the same transaction)."""
+    bind = MUTATIONS[op][1]
+    return m.leases.creating(bind(m, client), client) if op == "create" else bind(m, client)
+
+
+def mutated(m: Metaserver, op: str, client: str, req: Any, result: Any) -> list[int]:
+    """What follows a durable mutation: leases granted or gone, the deleter woken, the change
+    published on the feed. Returns the inodes whose open leases must settle before the answer."""
+    if op == "create":
+        m.leases.granted(cast(r.CreateReq, req), result, client)
+    elif op == "remove":
+        m.leases.forget_removed(result)
+    if op in WAKE_DELETER:
+        m.deleter.wake.set()
+    inodes, entries = affected(op, req, result)
+    if inodes or entries:
+        m.changes.publish(client, inodes, entries)
+    return inodes
+
+
+# What a batch may carry: every mutation but those that may touch a whole subtree and those
+# that hand something out (a client asks for those on their own).
+BATCHABLE = frozenset(MUTATIONS) - LARGE_MUTATIONS - {"reserve_inodes"}
+
+
+def decode_batch_op(item: r.BatchOp) -> Any:
+    if item.op not in BATCHABLE:
+        raise FsError(errno.EINVAL, f"operation {item.op!r} cannot be batched")
+    try:
+        return msgspec.json.decode(item.req, type=MUTATIONS[item.op][0])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise FsError(errno.EINVAL, f"bad {item.op} in a batch: {exc}") from None
+
+
+async def apply_batch(m: Metaserver, client: str, request: web.Request) -> list[r.BatchOutcome]:
+    """A client's write-behind batch (BatchReq): each mutation as its own call would run it, in
+    order, all in one durable transaction; answered once that is durable. A retried batch (same
+    request id) is answered from the reply log for the mutations it had already applied."""
+    items = (await read_body(request, r.BatchReq)).ops
+    reqs = [decode_batch_op(item) for item in items]
+    for req in reqs:
+        await m.leases.clear_for(client, named_inodes(req))
+    rid = request_id_header(request)
+    first_attempt = request.headers.get(request_id.ATTEMPT_HEADER) == "1"
+    calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+    for i, (item, req) in enumerate(zip(items, reqs, strict=True)):
+        mutate = mutation_of(m, item.op, client)
+        if m.replies is not None and client and rid:
+            calls.append((m.replies.once(mutate, client, f"{rid}.{i}", first_attempt), (req,)))
+        else:
+            calls.append((encoded(mutate), (req,)))
+    outcomes: list[r.BatchOutcome] = []
+    settle: list[int] = []
+    for item, req, (done, error) in zip(items, reqs, await m.committer.run_together(calls), strict=True):
+        if error is not None:
+            if not isinstance(error, FsError):
+                log.error("%s in a batch of client %s failed: %r", item.op, client, error)
+                error = FsError(errno.EIO, f"{item.op}: {error}")
+            outcomes.append(r.BatchOutcome(error.errno, error.message))
+            continue
+        body, result = done
+        if result is not None:  # None: applied before (a retried batch), answered again
+            settle += mutated(m, item.op, client, req, result)
+        outcomes.append(r.BatchOutcome(reply=msgspec.Raw(body)))
+    if settle:
+        await m.open_leases.settle(client, sorted(set(settle)), m.changes.seq)
+    return outcomes
+
+
+def encoded(mutate: Callable[[Txn, Any], Any]) -> Callable[[Txn, Any], tuple[bytes, Any]]:
+    """`mutate` answering (its encoded reply, its result), as `ReplyLog.once` does."""
+
+    def run(txn: Txn, req: Any) -> tuple[bytes, Any]:
+        result = mutate(txn, req)
+        return msgspec.json.encode(result), result
+
+    return run
 
 
 def fsck_page(m: Metaserver, alive: set[str], req: r.FsckReq) -> r.FsckPage:

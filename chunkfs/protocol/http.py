@@ -77,8 +77,11 @@ class SignedHttp:
         params: Mapping[str, object] | None = None,
         headers: dict[str, str] | None = None,
         retry_s: float | None = None,
+        call_id: tuple[str, bool] | None = None,
     ) -> Response:
-        rid, new_id = request_id.for_outgoing_call_and_is_new()
+        """`call_id`: (the request id to send, whether it was never sent before), for a call the
+        caller makes again under the same id after it failed (a write-behind batch)."""
+        rid, new_id = call_id or request_id.for_outgoing_call_and_is_new()
         headers = {**headers, request_id.HEADER: rid} if headers else {request_id.HEADER: rid}
         parts = urlsplit(url)
         target = parts.path + (f"?{urlencode(params)}" if params else (f"?{parts.query}" if parts.query else ""))

@@ -6,6 +6,7 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 
+from chunkfs.errors import FsError
 from chunkfs.protocol import records as r
 from chunkfs.protocol.disk_check import DiskCheckPage, DiskCheckReq
 from chunkfs.protocol.http import SignedHttp
@@ -166,6 +167,23 @@ class MetaClient:
 
     async def commit(self, req: r.CommitReq) -> r.Attr:
         return await self.call("commit", req, r.Attr)
+
+    async def batch(self, ops: list[tuple[str, Any]], call_id: tuple[str, bool]) -> list[r.BatchOutcome]:
+        """Mutations applied in order in one durable transaction (see BatchReq); `call_id` as
+        SignedHttp.request's, the same each time the batch is sent again. Decode each reply with
+        `batch_reply`."""
+        body = r.BatchReq([r.BatchOp(op, msgspec.Raw(r.json_encode(self.view.outgoing(req)))) for op, req in ops])
+        response = await self.http.request("POST", f"{self.base}/v1/fs/batch", content=r.json_encode(body),
+                                           headers=self.headers, call_id=call_id)
+        return msgspec.json.decode(response.content, type=list[r.BatchOutcome])
+
+    def batch_reply(self, outcome: r.BatchOutcome, reply_type: type[T] | None) -> T | None:
+        """One mutation's answer in a batch, as its own call would have given it (FsError if it failed)."""
+        if outcome.errno:
+            raise FsError(outcome.errno, outcome.message)
+        if reply_type is None:
+            return None
+        return self.view.incoming(msgspec.json.decode(outcome.reply, type=reply_type))
 
     # -- file locks (chunkfs/metaserver/locks.py) ---------------------------------------------
     async def lock(self, req: r.LockReq) -> r.LockReply:
