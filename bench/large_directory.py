@@ -41,6 +41,19 @@ def fill(directory: Path, start: int, stop: int) -> None:
         list(pool.map(make, blocks))
 
 
+def empty(directory: Path) -> None:
+    """Remove every entry of `directory` (files), several unlinks at once as `fill` creates them:
+    one at a time, a 100,000-entry directory took most of an hour on a loaded machine."""
+    names = os.listdir(directory)
+
+    def remove(block: list[str]) -> None:
+        for name in block:
+            os.unlink(directory / name)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(remove, [names[b:b + 500] for b in range(0, len(names), 500)]))
+
+
 def forget_dentries() -> None:
     """Make the kernel ask the filesystem again for names (root only)."""
     os.sync()

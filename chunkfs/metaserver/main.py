@@ -23,6 +23,7 @@ from chunkfs.metaserver.db import GroupCommitter, MetaDB
 from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.orphans import OrphanCollector
+from chunkfs.metaserver.pinned_pages import PinnedPages
 from chunkfs.metaserver import backup, standby
 from chunkfs.metaserver.quarantine import Quarantine
 from chunkfs.metaserver.replication_log import ReplicationLog
@@ -45,6 +46,9 @@ class MetaserverConfig:
                                       "address space reserved, not memory or disk; ~500 bytes a file). Raise it "
                                       "while serving: edit this file, then systemctl reload (SIGHUP). Past it, "
                                       "changes fail with ENOSPC; an ERROR is logged at 90%")
+    pin_db_in_memory: bool = opt(True, "keep the metadata database's pages in memory (mlock), so a getattr "
+                                       "never waits for the disk after the kernel reclaimed a cold page; needs "
+                                       "the memory lock limit to allow the database's size")
     secret_file: Path = opt(Path("/etc/chunkfs/secret"), "file holding the cluster secret")
     default_goal: int = opt(3, "replicas kept of each chunk unless a directory sets its own goal")
     heartbeat_timeout_s: float = opt(10.0, "a chunkserver silent this long is marked down")
@@ -102,6 +106,8 @@ def run(config: MetaserverConfig) -> None:
                     config.map_size_bytes)
         return
     db = MetaDB(config.data_dir, config.map_size_bytes)
+    if config.pin_db_in_memory:
+        PinnedPages(config.data_dir / "data.mdb").start()
     namespace = Namespace(db, config.default_goal)
     chunks = ChunkTable(db, namespace, config.orphan_grace_s)
     with db.env.begin(write=True) as txn:
