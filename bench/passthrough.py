@@ -155,11 +155,11 @@ class Passthrough(pyfuse3.Operations):
     async def fsync(self, fh, datasync):
         os.fsync(fh)
 
-    async def flush(self, fh, lock_owner=0):  # chunkfs's pyfuse3 passes the lock owner
+    async def flush(self, fh):
         pass
 
     @_os_errors
-    async def release(self, fh, flock_owner=0):
+    async def release(self, fh):
         os.close(fh)
 
     @_os_errors

@@ -104,12 +104,15 @@ def measure(data_dir: Path, port: int, before_s: float = 5.0, after_s: float = 1
         stopped_s = time.monotonic() - restart_began
         spawn(command, data_dir / "logs" / "metaserver.log", pid_file)
         _wait("the metaserver's start", lambda: _healthy(address), 120)
-        restart_s = time.monotonic() - restart_began
+        healthy_at = time.monotonic()
+        restart_s = healthy_at - restart_began
         time.sleep(after_s)
         copier.stopping.set()
         copier.join(60)
         return {"restart_s": round(restart_s, 2), "stop_s": round(stopped_s, 2),
                 "copier_longest_gap_s": round(copier.longest_gap_s(restart_began - before_s), 2),
+                "first_copy_after_healthy_s": round(min((t for t in copier.done_at if t >= healthy_at),
+                                                        default=float("nan")) - healthy_at, 2),
                 "copier_files": len(copier.done_at), "copier_errors": len(copier.errors),
                 "copier_error_samples": copier.errors[:5]}
     finally:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,6 +58,16 @@ def wait_for(what: str, ready: Callable[[], bool], timeout_s: float, proc: subpr
             raise DaemonError(f"{what}: the process exited with code {proc.returncode}\n{tail}")
         time.sleep(0.1)
     raise DaemonError(f"{what}: not ready after {timeout_s:.0f} s" + (f"\n{log_tail(log_path)}" if log_path else ""))
+
+
+def answers_health(url: str, timeout_s: float = 1.0) -> bool:
+    """Whether `url` (a daemon's whole /health address, http://HOST:PORT[/prefix]/health)
+    answers 200: what `chunkfs up` and the tests wait for after starting a daemon."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def read_pid(pid_path: Path) -> int | None:

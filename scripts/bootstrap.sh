@@ -21,7 +21,7 @@ fi
 
 PYTHON=${PYTHON:-python3}
 PYFUSE3_VERSION=3.5.0  # as setup.cfg pins it: patches/pyfuse3-locks.patch is made against it
-PYFUSE3_LOCKS_REVISION=2  # the patch's pyfuse3.LOCK_HANDLERS: a changed patch is built again
+PYFUSE3_LOCKS_REVISION=3  # the patch's pyfuse3.LOCK_HANDLERS: a changed patch is built again
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

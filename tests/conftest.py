@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chunkfs.daemons import abort_fuse_connection, read_pid, stop_pid, unmount
+from line_process import LineProcess
 
 CHUNKFS = [sys.executable, "-m", "chunkfs.cli"]
 
@@ -177,23 +178,14 @@ for line in sys.stdin:
 """
 
 
-class OpenFileElsewhere:
-    """A file held open by a process of its own: a descriptor in the test's process would be
-    inherited (and closed, so flushed) by every subprocess the test starts."""
+class OpenFileElsewhere(LineProcess):
+    """A file held open for writing by a process of its own (see line_process.py)."""
 
     def __init__(self, path) -> None:
-        self.process = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(path)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout.readline() == "open\n"
+        super().__init__(HOLD_OPEN, path, ready="open")
 
     def ask(self, line: str) -> None:
-        self.process.stdin.write(line + "\n")
-        self.process.stdin.flush()
-        assert self.process.stdout.readline() == "done\n"
-
-    def end(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=30)
+        assert self.do(line) == "done"
 
 
 class Cluster:

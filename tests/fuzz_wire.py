@@ -17,6 +17,7 @@ from typing import Any
 
 from chunkfs import auth, metrics
 from chunkfs.chunkserver import app as chunkserver_app
+from chunkfs.metaserver import accounts
 from chunkfs.metaserver import app as metaserver_app
 from chunkfs.protocol import records as r
 
@@ -27,7 +28,7 @@ SHORT_BODY_WAIT_S = 0.5  # how long a short body waits for a reply before it giv
 # added to `FS_OPERATIONS` and not here is fuzzed with bodies of every record
 EXTRA_OP_BODIES: dict[str, type] = {"reserve": r.ReserveReq, "release_leases": r.LeaseReq, "fsck": r.FsckReq,
                                     "lock": r.LockReq, "testlock": r.LockReq, "cancel_lock": r.LockCancelReq,
-                                    "locks": r.LocksReq, "batch": r.BatchReq}
+                                    "locks": r.LocksReq, "reclaim_locks": r.LockReclaimReq, "batch": r.BatchReq}
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,10 @@ def _routes_of(daemon: str, app: Any) -> list[Route]:
     routes = []
     for route in app.router.routes():
         template = route.resource.canonical
-        if "{op}" in template:
+        if template == "/v1/accounts/{op}":
+            for op, (body, _mutates, _bind) in [*accounts.OPERATIONS.items(), ("no_such_op", (None, False, None))]:
+                routes.append(Route(daemon, route.method, template.replace("{op}", op), body))
+        elif "{op}" in template:
             for op in [*sorted(metaserver_app.FS_OPERATIONS), "no_such_op"]:
                 known = {**metaserver_app.READS, **metaserver_app.MUTATIONS}.get(op)
                 body = known[0] if known else EXTRA_OP_BODIES.get(op)

@@ -159,7 +159,8 @@ class NetnsCluster:
     def __init__(self, root: Path, chunkservers: int = 5, clients: int = 2, goal: int = 3,
                  heartbeat_timeout_s: float = 3.0, scrub_mb_per_s: float = 0.0,
                  disk_mb: dict[str, int] | None = None, mount_options: dict[str, str] | None = None,
-                 tag: str | None = None, subnet: str | None = None) -> None:
+                 tag: str | None = None, subnet: str | None = None,
+                 metaserver_options: dict[str, str] | None = None) -> None:
         launcher()  # now, before this process opens files on the mounts
         self.root = Path(root).absolute()
         self.tag = tag or f"cfs{os.urandom(3).hex()}"
@@ -169,6 +170,7 @@ class NetnsCluster:
         self.scrub_mb_per_s = scrub_mb_per_s
         self.disk_mb = disk_mb or {}  # chunkserver -> size of the tmpfs it gets as its disk
         self.mount_options = {"retry_s": "30", **(mount_options or {})}
+        self.metaserver_options = metaserver_options or {}  # more flags, e.g. {"client-timeout-s": "5"}
         self.bridge_ns = f"{self.tag}-br"
         self.host_link = f"{self.tag}h"  # the root namespace's end, at most 15 characters
         self.nodes: dict[str, Node] = {"meta": Node("meta", f"{self.tag}-meta", f"{self.subnet}.1")}
@@ -227,14 +229,16 @@ class NetnsCluster:
         state = {"tag": self.tag, "subnet": self.subnet, "chunkservers": len(self.chunkservers),
                  "clients": len(self.clients), "goal": self.goal, "disk_mb": self.disk_mb,
                  "metaserver": self.metaserver, "secret_file": str(self.secret_file),
-                 "heartbeat_timeout_s": self.heartbeat_timeout_s, "scrub_mb_per_s": self.scrub_mb_per_s}
+                 "heartbeat_timeout_s": self.heartbeat_timeout_s, "scrub_mb_per_s": self.scrub_mb_per_s,
+                 "metaserver_options": self.metaserver_options}
         (self.root / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     @classmethod
     def from_state(cls, root: Path) -> NetnsCluster:
         s = json.loads((Path(root) / STATE_FILE).read_text())
         return cls(root, s["chunkservers"], s["clients"], s["goal"], s["heartbeat_timeout_s"],
-                   s["scrub_mb_per_s"], s["disk_mb"], tag=s["tag"], subnet=s["subnet"])
+                   s["scrub_mb_per_s"], s["disk_mb"], tag=s["tag"], subnet=s["subnet"],
+                   metaserver_options=s.get("metaserver_options"))
 
     def _make_network(self) -> None:
         run("ip", "netns", "add", self.bridge_ns)
@@ -285,7 +289,9 @@ class NetnsCluster:
             pid = launcher().spawn(node.enter + module_command(
                 "chunkfs.metaserver.main", "--listen", self.metaserver, "--data-dir", str(self.root / "meta"),
                 "--secret-file", str(self.secret_file), "--default-goal", str(self.goal),
-                "--heartbeat-timeout-s", str(self.heartbeat_timeout_s)), log, pid_file)
+                "--heartbeat-timeout-s", str(self.heartbeat_timeout_s),
+                *(arg for name, value in self.metaserver_options.items() for arg in (f"--{name}", value))),
+                log, pid_file)
             wait_for("metaserver", lambda: self._metaserver_answers(pid, log), 30, log_path=log)
             return
         data_dir = self.data_dir(name)

@@ -25,7 +25,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from chunkfs.daemons import stop_pid
+from chunkfs.daemons import answers_health, stop_pid
 from conftest import _cluster, chunkfs, free_port_block, metrics_of, wait_until
 
 MiB = 1 << 20
@@ -48,14 +48,6 @@ class Gateway:
         return boto3.client("s3", endpoint_url=self.s3, aws_access_key_id=key["access_key_id"],
                             aws_secret_access_key=key["secret_access_key"], region_name="us-east-1",
                             config=Config(retries={"max_attempts": 1}, signature_version="s3v4", **config))
-
-
-def _healthy(rest: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{rest}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +89,7 @@ def gateway(gateway_cluster, tmp_path_factory):
     port = gateway_cluster.port
     with running_gateway(gateway_cluster, tmp_path_factory.mktemp("gateway"), port + 60, port + 61,
                          "--domain", "s3.test") as gw:
-        wait_until(lambda: _healthy(gw.rest), 30, "the gateway answers /health")
+        wait_until(lambda: answers_health(f"{gw.rest}/health", timeout_s=2), 30, "the gateway answers /health")
         yield gw
 
 
@@ -389,7 +381,7 @@ def test_rest_api_with_curl(gateway_cluster, gateway, tmp_path):
 @pytest.mark.parametrize("fresh_cluster", [{"gateway": True}], indirect=True)
 def test_chunkfs_up_starts_a_gateway_and_down_stops_it(fresh_cluster):
     rest = f"http://127.0.0.1:{fresh_cluster.port + 61}/api/v1"
-    assert _healthy(rest)
+    assert answers_health(f"{rest}/health", timeout_s=2)
     pid = fresh_cluster.pid("gateway")
     assert pid is not None
     key = json.loads(chunkfs("gateway", "key", "add", "me", "--dir", fresh_cluster.dir, "--json").stdout)
@@ -412,7 +404,7 @@ def test_chunkfs_up_starts_a_gateway_and_down_stops_it(fresh_cluster):
     fresh_cluster.down()
     assert not Path(f"/proc/{pid}").exists() or fresh_cluster.pid("gateway") is None
     with contextlib.suppress(OSError):
-        assert not _healthy(rest)
+        assert not answers_health(f"{rest}/health", timeout_s=2)
 
 
 def _tus(gateway: Gateway, key: dict, method: str, path: str, body: bytes = b"", **headers: str):

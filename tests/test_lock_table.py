@@ -135,3 +135,86 @@ def test_lock_records_refuse_what_the_kernel_cannot_send():
     assert bad.value.errno == errno.EINVAL
     with pytest.raises(FsError):
         r.LockReq(ino=1, owner=2**64, type=W)
+
+
+# ---- after a restart: reclaim (lock_reclaim.py) --------------------------------------------------------
+def reclaims(tmp_path, grace_s: float, test) -> None:
+    """Runs `test(start)`, where `start()` makes the lock state of a metaserver starting on the
+    database in tmp_path (the records of clients that held locks survive; the table does not)."""
+    from chunkfs.metaserver.db import GroupCommitter, MetaDB
+    from chunkfs.metaserver.lock_reclaim import LockReclaim
+
+    db = MetaDB(tmp_path / "meta", map_size_bytes=1 << 24)
+    committer = GroupCommitter(db)
+    starts = iter(range(1, 100))
+
+    def start() -> tuple[LockTable, LockReclaim]:
+        table = LockTable()
+        return table, LockReclaim(db, committer, table, f"epoch{next(starts)}", grace_s)
+
+    try:
+        asyncio.run(test(start))
+    finally:
+        committer.stop()
+        db.close()
+
+
+def test_a_restart_gives_the_holders_their_locks_back_first(tmp_path):
+    async def test(start):
+        table, reclaim = start()
+        assert not reclaim.in_grace()  # nobody ever held a lock: no grace at all
+        for client, lock in (("a", req(1, W, 0, 99)), ("b", req(2, R, 200, 299))):
+            await reclaim.record(client)
+            assert table.request(client, lock) is None
+        await reclaim.record("c")  # held a lock once, holds none now
+        table, reclaim = start()  # a restart: the table is empty
+        assert reclaim.in_grace()
+        waiting = asyncio.create_task(reclaim.grace_over())  # a new lock waits...
+        await asyncio.sleep(0)
+        reply = await reclaim.reclaim("a", r.LockReclaimReq("epoch1", [req(1, W, 0, 99)]))
+        assert reply == r.LockReclaimReply(lost=[], epoch="epoch2")
+        await reclaim.reclaim("b", r.LockReclaimReq("epoch1", [req(2, R, 200, 299), req(2, W, 50, 50)]))
+        assert not waiting.done()  # ...until c said it has nothing either
+        assert (await reclaim.reclaim("c", r.LockReclaimReq("epoch1", []))).lost == []
+        await asyncio.wait_for(waiting, 5)
+        assert held(table) == [("a", 1, W, 0, 99), ("b", 2, R, 200, 299)]  # b's second one conflicted: lost
+        late = await reclaim.reclaim("d", r.LockReclaimReq("epoch1", [req(4, R, 500, 500)]))
+        assert late.lost == [0]  # after the grace: lost
+
+    reclaims(tmp_path, 30.0, test)
+
+
+def test_the_grace_ends_for_a_holder_that_never_comes_back(tmp_path):
+    async def test(start):
+        _table, reclaim = start()
+        await reclaim.record("gone")
+        _table, reclaim = start()
+        assert reclaim.in_grace()
+        await asyncio.wait_for(reclaim.grace_over(), 5)  # its grace_s: 0.2
+        assert not reclaim.in_grace()
+
+    reclaims(tmp_path, 0.2, test)
+
+
+def test_a_client_whose_session_ended_is_told_its_locks_are_lost(tmp_path):
+    async def test(start):
+        table, reclaim = start()
+        await reclaim.record("cut")
+        assert table.request("cut", req(1, W)) is None
+        checked = await reclaim.reclaim("cut", r.LockReclaimReq("epoch1", [req(1, W)]))
+        assert checked.lost == []  # still held
+        runner = asyncio.create_task(reclaim.run(lambda client: client == "cut", 0.05))
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if not table.count():
+                    break
+        finally:
+            runner.cancel()
+        assert table.count() == 0
+        assert table.request("other", req(2, W)) is None
+        told = await reclaim.reclaim("cut", r.LockReclaimReq("epoch1", [req(1, W)]))
+        assert told.lost == [0]
+        assert (await reclaim.reclaim("cut", r.LockReclaimReq("epoch1", []))).lost == []  # told once
+
+    reclaims(tmp_path, 30.0, test)

@@ -21,6 +21,7 @@ import pytest
 
 from chunkfs import mounts
 from conftest import another_mount, chunkfs, wait_until
+from line_process import LineProcess, Locker
 
 HOLDER = """
 import fcntl, os, sys, time
@@ -35,71 +36,6 @@ else:
 print("locked", flush=True)
 sys.stdin.readline()
 """
-
-# A process that locks as told on stdin, one command a line, and answers each with "ok",
-# "err ERRNO-NAME" or (getlk) "lock TYPE START LEN PID". The calls go straight to libc (ctypes),
-# so an interrupted wait shows the kernel's EINTR (Python's own calls would retry it).
-LOCKER = r"""
-import ctypes, errno, os, signal, sys
-
-class Flock(ctypes.Structure):
-    _fields_ = [("l_type", ctypes.c_short), ("l_whence", ctypes.c_short), ("l_start", ctypes.c_longlong),
-                ("l_len", ctypes.c_longlong), ("l_pid", ctypes.c_int)]
-
-libc = ctypes.CDLL(None, use_errno=True)
-signal.signal(signal.SIGUSR1, lambda *_: None)  # interrupts a wait (no SA_RESTART)
-fd = os.open(sys.argv[1], os.O_RDWR)
-TYPES = {"r": 0, "w": 1, "u": 2}
-F_GETLK, F_SETLK, F_SETLKW, F_OFD_SETLK = 5, 6, 7, 37
-print("ready", flush=True)
-for line in sys.stdin:
-    words = line.split()
-    if words[0] == "posix":  # posix r|w|u START LEN wait|nowait
-        lock = Flock(TYPES[words[1]], 0, int(words[2]), int(words[3]), 0)
-        result = libc.fcntl(fd, F_SETLKW if words[4] == "wait" else F_SETLK, ctypes.byref(lock))
-    elif words[0] == "ofd":  # ofd r|w|u START LEN: a lock of the open file description
-        lock = Flock(TYPES[words[1]], 0, int(words[2]), int(words[3]), 0)
-        result = libc.fcntl(fd, F_OFD_SETLK, ctypes.byref(lock))
-    elif words[0] == "getlk":  # getlk r|w START LEN
-        lock = Flock(TYPES[words[1]], 0, int(words[2]), int(words[3]), 0)
-        result = libc.fcntl(fd, F_GETLK, ctypes.byref(lock))
-        if result == 0:
-            print(f"lock {'rwu'[lock.l_type]} {lock.l_start} {lock.l_len} {lock.l_pid}", flush=True)
-            continue
-    elif words[0] == "flock":  # flock sh|ex|un wait|nowait
-        op = {"sh": 1, "ex": 2, "un": 8}[words[1]] | (0 if words[2] == "wait" else 4)
-        result = libc.flock(fd, op)
-    elif words[0] == "close":
-        os.close(fd)
-        result = 0
-    print("ok" if result == 0 else f"err {errno.errorcode[ctypes.get_errno()]}", flush=True)
-"""
-
-
-class Locker:
-    """A process taking locks on `path` on command: `do` sends one and returns its answer;
-    `send` and `answer` split that for a call that blocks."""
-
-    def __init__(self, path) -> None:
-        self.process = subprocess.Popen([sys.executable, "-c", LOCKER, str(path)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout.readline() == "ready\n"
-
-    def send(self, command: str) -> None:
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-
-    def answer(self) -> str:
-        return self.process.stdout.readline().strip()
-
-    def do(self, command: str) -> str:
-        self.send(command)
-        return self.answer()
-
-    def end(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=30)
-
 
 @pytest.fixture
 def lockers():
@@ -122,7 +58,7 @@ def lock_waits(cluster) -> int:
 def test_the_installed_pyfuse3_passes_lock_requests_on():
     """scripts/bootstrap.sh builds pyfuse3 with patches/pyfuse3-locks.patch; without it the
     kernel keeps locks to itself and they hold on one client only."""
-    assert getattr(pyfuse3, "LOCK_HANDLERS", 0) == 2, "pyfuse3 lacks the lock handlers (or has older ones): make deps"
+    assert getattr(pyfuse3, "LOCK_HANDLERS", 0) == 3, "pyfuse3 lacks the lock handlers (or has older ones): make deps"
     for handler in ("getlk", "setlk", "flock"):
         assert handler in vars(pyfuse3.Operations)
 
@@ -134,17 +70,13 @@ def locked_file(cluster):
     path.write_bytes(b"\0" * 4096)
     holders = []
 
-    def hold(kind: str) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-c", HOLDER, kind, str(path)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
-        holders.append(proc)
-        assert proc.stdout.readline().strip() == "locked"
-        return proc
+    def hold(kind: str) -> LineProcess:
+        holders.append(LineProcess(HOLDER, kind, path, ready="locked"))
+        return holders[-1]
 
     yield path, hold
-    for proc in holders:
-        proc.kill()
-        proc.wait(timeout=10)
+    for holder in holders:
+        holder.end()
     path.unlink()
 
 
@@ -154,9 +86,7 @@ def test_flock_excludes_other_processes_until_released(locked_file):
     with open(path, "r+b") as f:
         with pytest.raises(BlockingIOError):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        holder.wait(timeout=10)
+        holder.finish()
 
         def free() -> bool:  # the holder's exit closes its descriptor, which releases its lock
             try:
@@ -210,13 +140,12 @@ def test_a_blocking_lock_waits_for_the_holder(locked_file, cluster):
         waiter.start()
         wait_until(lambda: lock_waits(cluster) == 1, 20, "the metaserver holds the request waiting")
         assert not got.is_set()
-        holder.stdin.write("\n")  # the holder goes: its exit releases its lock
-        holder.stdin.flush()
+        holder.finish()  # the holder goes: its exit releases its lock
         waiter.join(timeout=30)
         assert got.is_set(), "woken when the holder exited"
     finally:
         if waiter.is_alive():  # the holder never went: end it, which ends the wait
-            holder.kill()
+            holder.end()
             waiter.join(30)
         os.close(fd)
 
@@ -351,23 +280,39 @@ def test_a_counter_under_a_lock_counts_every_increment_of_two_clients(cluster, s
 
 
 SQLITE_WRITER = """
-import sqlite3, sys
-path, writer, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-db = sqlite3.connect(path, timeout=60, isolation_level=None)
+import sqlite3, sys, time
+path, writer, duration_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+db = sqlite3.connect(path, timeout=2, isolation_level=None)
 db.execute("PRAGMA journal_mode=DELETE")
-for i in range(rows):
-    db.execute("BEGIN IMMEDIATE")
+deadline, i, busy = time.monotonic() + duration_s, 0, 0
+while time.monotonic() < deadline:
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:  # the other writer holds the database: try again
+        assert "locked" in str(exc), exc
+        busy += 1
+        continue
     db.execute("INSERT INTO t (writer, n, payload) VALUES (?, ?, randomblob(200))", (writer, i))
-    db.execute("COMMIT")
+    while True:  # a COMMIT refused as busy (the other writer reading) leaves the transaction open
+        try:
+            db.execute("COMMIT")
+            break
+        except sqlite3.OperationalError as exc:
+            assert "locked" in str(exc), exc
+            busy += 1
     print(i, flush=True)  # acknowledged: committed
+    i += 1
 db.close()
+print(f"busy {busy}", file=sys.stderr)
 """
 
 
-def test_sqlite_on_two_clients_at_once(cluster, second_mount):
-    """Two writers on two mounts insert into one database in rollback-journal mode; every row
-    acknowledged is there and the database is whole. (WAL needs shared memory between the
-    writers, which no network filesystem gives: README.)"""
+@pytest.mark.parametrize("duration_s", [60, pytest.param(300, marks=pytest.mark.long)], ids=["minute", "long"])
+def test_sqlite_on_two_clients_at_once(cluster, second_mount, duration_s):
+    """Two writers on two mounts insert into one database in rollback-journal mode for a
+    minute (each until its deadline, whatever the other does); then the database is whole and
+    holds exactly the rows acknowledged. (WAL needs shared memory between the writers, which no
+    network filesystem gives: README.)"""
     import sqlite3
 
     (cluster.mnt / "sqlite").mkdir()  # leased to this mount: the database is created without a call
@@ -376,22 +321,23 @@ def test_sqlite_on_two_clients_at_once(cluster, second_mount):
     db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, writer INTEGER, n INTEGER, payload BLOB)")
     db.commit()
     db.close()
-    rows = 150
     writers = [subprocess.Popen([sys.executable, "-c", SQLITE_WRITER, str(mnt / "sqlite" / "shared.db"), str(w),
-                                 str(rows)],
-                                stdout=subprocess.PIPE, text=True)
+                                 str(duration_s)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for w, mnt in enumerate((cluster.mnt, second_mount))]
-    acknowledged: list[set[int]] = [set(), set()]
+    acknowledged: list[list[int]] = [[], []]
     try:
         for w, writer in enumerate(writers):
-            out, _ = writer.communicate(timeout=600)
-            acknowledged[w] = {int(line) for line in out.split()}
-            assert writer.returncode == 0
+            out, err = writer.communicate(timeout=duration_s + 120)  # a commit under way at the deadline ends
+            assert writer.returncode == 0, err
+            acknowledged[w] = [int(line) for line in out.split()]
+            print(f"writer {w}: {len(acknowledged[w])} rows, {err.strip()}")
     finally:
         for writer in writers:
             writer.kill()
             writer.wait()
-    assert acknowledged == [set(range(rows))] * 2
+    assert all(acknowledged), "both writers got rows in"
+    expected = sorted((w, n) for w in (0, 1) for n in acknowledged[w])
     for mnt in (cluster.mnt, second_mount):
         db = sqlite3.connect(mnt / "sqlite" / "shared.db")
         try:
@@ -399,7 +345,7 @@ def test_sqlite_on_two_clients_at_once(cluster, second_mount):
             stored = db.execute("SELECT writer, n FROM t").fetchall()
         finally:
             db.close()
-        assert sorted(stored) == sorted((w, n) for w in (0, 1) for n in range(rows))
+        assert sorted(stored) == expected
 
 
 def test_locks_listed_by_the_cli(cluster, lockers):
@@ -467,6 +413,77 @@ def test_the_locks_of_a_killed_client_go_when_its_session_times_out(fresh_cluste
         assert other.do("flock ex nowait") == "err EAGAIN"
         wait_until(lambda: other.do("flock ex nowait") == "ok", 60, "the dead client's flock is dropped")
         assert other.do("posix w 0 0 nowait") == "ok"
+
+
+# ---- a metaserver restart ------------------------------------------------------------------------------
+def test_a_restarted_metaserver_gets_every_lock_back_before_it_grants_a_new_one(fresh_cluster, tmp_path):
+    """Locks live in the metaserver's memory; after a restart (SIGKILL here) each client gives
+    back what it holds (reclaim) and a new lock waits until they have: the holders keep their
+    locks, nobody else gets them in between (README, "Locks")."""
+    cluster = fresh_cluster
+    (cluster.mnt / "kept").write_bytes(b"x" * 200)
+    with another_mount(cluster, tmp_path / "b") as b_mnt:
+        a, b, other = Locker(cluster.mnt / "kept"), Locker(b_mnt / "kept"), Locker(b_mnt / "kept")
+        try:
+            assert a.do("posix w 0 100 nowait") == "ok"
+            assert a.do("flock sh nowait") == "ok"
+            assert b.do("posix r 150 10 nowait") == "ok"
+            cluster.kill("metaserver")
+            cluster.up()  # starts what is not running: the metaserver
+            assert other.do("posix w 50 1 nowait") == "err EAGAIN"  # a's, given back by its client
+            assert other.do("posix w 155 1 nowait") == "err EAGAIN"  # b's
+            assert other.do("flock ex nowait") == "err EAGAIN"
+            assert other.do("flock sh nowait") == "ok"
+            assert other.do("posix r 120 10 nowait") == "ok"
+            listed = json.loads(chunkfs("locks", cluster.mnt / "kept", "--json").stdout)
+            assert {(lock["flock"], lock["type"], lock["start"], lock["end"]) for lock in listed
+                    if lock["pid"] == a.process.pid} == {(False, fcntl.F_WRLCK, 0, 99), (True, fcntl.F_RDLCK, 0, 2**63 - 1)}
+            assert a.do("posix u 0 0 nowait") == "ok"
+            assert other.do("posix w 50 1 nowait") == "ok"
+            assert a.do("write 0 still-mine") == "ok"  # nothing was lost: its file works on
+        finally:
+            for locker in (a, b, other):
+                locker.end()
+
+
+# ---- many waiters ----------------------------------------------------------------------------------
+CROWD = """
+import fcntl, sys, threading
+path, count = sys.argv[1], int(sys.argv[2])
+files = [open(path, "rb") for _ in range(count)]  # each open file is a flock owner of its own
+print("ready", flush=True)
+sys.stdin.readline()
+def take(f):
+    fcntl.flock(f, fcntl.LOCK_EX)
+    fcntl.flock(f, fcntl.LOCK_UN)
+threads = [threading.Thread(target=take, args=(f,)) for f in files]
+for thread in threads:
+    thread.start()
+print("waiting", flush=True)
+for thread in threads:
+    thread.join()
+print("all", flush=True)
+"""
+
+
+def test_a_hundred_waiters_on_one_mount(cluster, lockers):
+    """A waiting lock request holds none of the mount's request workers (max_tasks, 64): a
+    hundred processes wait on one file and the mount answers everything else meanwhile."""
+    path = cluster.mnt / "crowded"
+    path.write_bytes(b"x")
+    holder = lockers(path)
+    assert holder.do("flock ex nowait") == "ok"
+    crowd = LineProcess(CROWD, path, 100, ready="ready")
+    try:
+        assert crowd.do("go") == "waiting"
+        wait_until(lambda: lock_waits(cluster) == 100, 60, "100 flock waits at the metaserver")
+        assert subprocess.run(["cat", str(path)], capture_output=True, timeout=30).stdout == b"x"
+        assert holder.do("posix w 0 0 nowait") == "ok"  # other lock requests are answered
+        assert holder.do("flock un nowait") == "ok"
+        assert crowd.answer() == "all"  # each took the lock in turn
+        assert lock_waits(cluster) == 0
+    finally:
+        crowd.end()
 
 
 def test_the_cost_of_an_uncontended_lock(cluster, capsys):

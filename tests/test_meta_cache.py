@@ -183,7 +183,7 @@ def test_a_change_is_answered_once_every_other_holder_of_an_open_lease_applied_i
 
     async def scenario() -> None:
         leases = OpenLeases()
-        leases.started -= OPEN_TRUST_S  # past the hold-off after a start
+        leases.hold_until -= OPEN_TRUST_S  # past the hold-off after a start
         assert leases.grant("b", 7, seq=1)
         settled = asyncio.ensure_future(leases.settle("a", [7], 2))
         await asyncio.sleep(0.05)
@@ -200,3 +200,34 @@ def test_a_change_is_answered_once_every_other_holder_of_an_open_lease_applied_i
         await asyncio.wait_for(leases.settle("a", [9], 5), 1)
 
     asyncio.run(scenario())
+
+
+def test_a_clean_stop_tells_the_next_metaserver_when_the_trust_it_gave_ends(tmp_path):
+    """After a crash a new metaserver holds mutations off OPEN_TRUST_S; after a clean stop only
+    until the last lease the process before gave is no longer trusted; the record is used once."""
+    import time
+
+    from chunkfs import OPEN_TRUST_S
+    from chunkfs.metaserver.open_leases import OpenLeases
+
+    record = tmp_path / "open-leases-trust-end"
+    crashed = OpenLeases()
+    crashed.resume(record)  # no record: as after a crash
+    assert crashed.hold_until - time.monotonic() > OPEN_TRUST_S - 1
+
+    idle = OpenLeases()  # nobody holds a lease: the next one need not wait at all
+    idle.save_trust_end(record)
+    after_idle = OpenLeases()
+    after_idle.resume(record)
+    assert after_idle.hold_until <= time.monotonic() and not record.exists()
+
+    busy = OpenLeases()
+    busy.grant("b", 7, seq=1)
+    busy._holders["b"].polled_at -= 1.0  # b's last poll came a second ago
+    busy.save_trust_end(record)
+    after_busy = OpenLeases()
+    after_busy.resume(record)
+    assert OPEN_TRUST_S - 1.5 < after_busy.hold_until - time.monotonic() <= OPEN_TRUST_S - 1.0
+    again = OpenLeases()
+    again.resume(record)  # used: a crash after that start must wait the whole time again
+    assert again.hold_until - time.monotonic() > OPEN_TRUST_S - 1

@@ -12,7 +12,7 @@ import h11
 import pytest
 import trio
 
-from chunkfs.cli.local_cluster import _health
+from chunkfs.daemons import answers_health
 from chunkfs.protocol.http import SignedHttp
 from conftest import chunkfs, free_port_block, wait_until
 
@@ -44,7 +44,7 @@ def test_a_copy_pauses_for_a_metaserver_restart_and_goes_on(fresh_cluster):
         killed = time.monotonic()
         c.kill("metaserver", signal.SIGTERM)
         chunkfs("up", "--dir", c.dir, "--mount", c.mnt, "--port", c.port, "-o", c.mount_options)
-        wait_until(lambda: _health(c.metaserver), 60, "the metaserver back")
+        wait_until(lambda: answers_health(f"http://{c.metaserver}/health"), 60, "the metaserver back")
         restart_s = time.monotonic() - killed
         count = len(done)
         wait_until(lambda: len(done) >= count + 20 or errors, 60, "the copy going on")

@@ -13,8 +13,11 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from chunkfs.daemons import unmount
 from conftest import chunkfs, drop_caches, metaserver_calls, wait_until
+from user_scenario import GROUP, PYTHON, USER
 
 MiB = 1024 * 1024
 
@@ -103,3 +106,28 @@ def test_an_unchanged_small_file_opens_and_reads_again_without_a_call(cluster):
 
     # (an open between two answers of the mount's change feed may still ask)
     wait_until(without_calls, 30, "an unchanged small file opened and read without a call")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not PYTHON, reason="needs root (to run as another user) and python3")
+def test_another_users_open_of_an_unchanged_file_costs_no_call_either(cluster):
+    """Open leases answer every user's opens: the kernel checks the opener's permission (mode and
+    ACLs), from attributes the change feed keeps right (test_acl.py: an ACL set on another client
+    is enforced here)."""
+    note = cluster.mnt / "read-by-a-user"
+    note.write_bytes(b"read by a user\n")
+    os.chmod(note, 0o644)
+
+    def read_as_user() -> bytes:
+        # (cwd: the user may not pass the test's temporary directories above the mount)
+        return subprocess.run([PYTHON, "-c", f"import sys; sys.stdout.write(open({note.name!r}).read())"],
+                              cwd=cluster.mnt, user=USER, group=GROUP, capture_output=True, check=True,
+                              timeout=30).stdout
+
+    assert read_as_user() == b"read by a user\n"
+
+    def without_calls() -> bool:
+        before = metaserver_calls(cluster)
+        assert read_as_user() == b"read by a user\n"
+        return metaserver_calls(cluster) == before
+
+    wait_until(without_calls, 30, "an unchanged file opened and read by another user without a call")

@@ -3,6 +3,7 @@ each kernel caches names and attributes for a minute."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -42,6 +43,27 @@ def test_changes_on_one_client_show_on_the_other_within_a_second(cluster, second
     eventually(lambda: not (b / "h").exists(), "h unlinked on a is gone on b")
     os.chmod(a / "f", 0o600)
     eventually(lambda: os.stat(b / "f").st_mode & 0o777 == 0o600, "b sees the chmod")
+
+
+def test_xattrs_set_and_removed_on_one_client_show_on_the_other(cluster, second_mount):
+    """An xattr change is pushed as any other: the other mount answers "no such attribute" from
+    what it knows of a file, so it must hear of it (an ACL is one: test_acl.py)."""
+    a, b = cluster.mnt / "tagged", second_mount / "tagged"
+    a.write_bytes(b"x")
+    eventually(lambda: b.exists(), "b sees the file")
+
+    def value_on_b() -> bytes | None:
+        try:
+            return os.getxattr(b, "user.tag")
+        except OSError as exc:
+            assert exc.errno == errno.ENODATA
+            return None
+
+    assert value_on_b() is None  # b now knows the file has no xattrs
+    os.setxattr(a, "user.tag", b"one")
+    eventually(lambda: value_on_b() == b"one", "b sees the xattr set on a")
+    os.removexattr(a, "user.tag")
+    eventually(lambda: value_on_b() is None, "b sees the xattr removed on a")
 
 
 def test_big_file_rewritten_elsewhere_is_read_whole(cluster, second_mount):

@@ -61,7 +61,7 @@ def test_mount_options_ignore_fstab_words_and_refuse_unknown_ones():
 
 def test_reply_log_answers_a_retry_and_forgets_it_after_keep_s(tmp_path):
     from chunkfs.metaserver.db import MetaDB
-    from chunkfs.metaserver.replies import KEEP_S, ReplyLog
+    from chunkfs.metaserver.replies import KEEP_S, REPLAYED, ReplyLog
 
     now = [1_000_000.0]
     db = MetaDB(tmp_path / "meta", map_size_bytes=1 << 24)
@@ -76,7 +76,7 @@ def test_reply_log_answers_a_retry_and_forgets_it_after_keep_s(tmp_path):
         # a first attempt (X-Chunkfs-Attempt: 1) is stored without a look-up; its retry is looked up
         assert replies.once(mutate, "client", "rid", first_attempt=True)(txn, 1) == (b'{"made":1}', {"made": 1})
         now[0] += KEEP_S - 60
-        assert replies.once(mutate, "client", "rid")(txn, 1) == (b'{"made":1}', None)  # answered again
+        assert replies.once(mutate, "client", "rid")(txn, 1) == (b'{"made":1}', REPLAYED)  # answered again
         assert replies.once(mutate, "other-client", "rid")(txn, 2)[1] == {"made": 2}  # ids are per client
         now[0] += 180
         assert replies.prune(txn) == 1

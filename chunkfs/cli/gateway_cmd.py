@@ -26,7 +26,7 @@ def local_keys_file(data_dir: Path) -> Path:
     return data_dir / "gateway" / "keys.json"
 
 
-def _store(data_dir: Path, keys_file: Path | None, secret_file: Path | None) -> tuple[KeyStore, Path]:
+def key_store(data_dir: Path, keys_file: Path | None, secret_file: Path | None) -> tuple[KeyStore, Path]:
     info = local_cluster_file(data_dir.absolute())
     if keys_file is None and info.exists():
         keys_file = local_keys_file(data_dir.absolute())
@@ -63,7 +63,7 @@ def add(name: str, uid: int | None, gid: int | None, data_dir: Path, keys_file: 
         as_json: bool) -> None:
     """Make an access key NAME; prints its id and secret (the secret is not stored: it is derived
     again from the cluster secret whenever needed)."""
-    store, secret_path = _store(data_dir, keys_file, secret_file)
+    store, secret_path = key_store(data_dir, keys_file, secret_file)
     try:
         server_key = auth.load_secret(secret_path)
         made = store.add(name, os.getuid() if uid is None else uid, os.getgid() if gid is None else gid)
@@ -82,7 +82,7 @@ def add(name: str, uid: int | None, gid: int | None, data_dir: Path, keys_file: 
 @_options
 def list_keys(data_dir: Path, keys_file: Path | None, secret_file: Path | None, as_json: bool) -> None:
     """The access keys (ids and who they act as; never the secrets)."""
-    store, _ = _store(data_dir, keys_file, secret_file)
+    store, _ = key_store(data_dir, keys_file, secret_file)
     records = [{"name": k.name, "access_key_id": k.access_key_id, "uid": k.uid, "gid": k.gid} for k in store.all()]
     if as_json:
         echo_json(records)
@@ -96,7 +96,7 @@ def list_keys(data_dir: Path, keys_file: Path | None, secret_file: Path | None, 
 @_options
 def remove(name: str, data_dir: Path, keys_file: Path | None, secret_file: Path | None, as_json: bool) -> None:
     """Remove the access key NAME (or with that id): its requests fail from now on."""
-    store, _ = _store(data_dir, keys_file, secret_file)
+    store, _ = key_store(data_dir, keys_file, secret_file)
     try:
         gone = store.remove(name)
     except (OSError, KeyStoreError) as exc:

@@ -8,7 +8,6 @@ Layout of `--dir` (default `./.chunkfs`): `secret` (0600), `meta/` (LMDB), `chun
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 
 import click
@@ -19,18 +18,10 @@ from chunkfs import DEFAULT_METASERVER_PORT, auth, mounts
 from chunkfs.cli.cluster_access import DEFAULT_DIR, ClusterAccess, fail, local_cluster_file, run_with_meta
 from chunkfs.cli.gateway_cmd import local_keys_file
 from chunkfs.gateway.main import REST_PORT_OFFSET, S3_PORT_OFFSET
-from chunkfs.daemons import DaemonError, module_command, read_pid, spawn, stop_pid, unmount, wait_for
+from chunkfs.daemons import DaemonError, answers_health, module_command, read_pid, spawn, stop_pid, unmount, wait_for
 from chunkfs.mount.helper import OptionError, launch, parse_options
 
 console = Console()
-
-
-def _health(address: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{address}/health", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _alive_servers(access: ClusterAccess) -> int:
@@ -44,7 +35,7 @@ def _start_gateway(gateway: dict[str, str], metaserver: str, secret_file: Path, 
                                 "--metaserver", metaserver, "--secret-file", str(secret_file),
                                 "--keys-file", gateway["keys_file"]),
                  logs / "gateway.log", run / "gateway.pid")
-    wait_for("gateway", lambda: _health(f"{gateway['rest']}/api/v1"), 30, proc, logs / "gateway.log")
+    wait_for("gateway", lambda: answers_health(f"http://{gateway['rest']}/api/v1/health"), 30, proc, logs / "gateway.log")
 
 
 @click.command()
@@ -109,7 +100,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                         *body_timeout,
                                         *(("--orphan-grace-s", str(orphan_grace_s)) if orphan_grace_s is not None else ())),
                          logs / "metaserver.log", run / "metaserver.pid")
-            wait_for("metaserver", lambda: _health(metaserver), 30, proc, logs / "metaserver.log")
+            wait_for("metaserver", lambda: answers_health(f"http://{metaserver}/health"), 30, proc, logs / "metaserver.log")
         for i in range(1, chunkservers + 1):
             name = f"cs{i}"
             if read_pid(run / f"{name}.pid") is None:
@@ -138,6 +129,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
     if gateway is not None:
         table.add_row("gateway", f"S3 http://{gateway['s3']}  REST http://{gateway['rest']}/api/v1/  "
                                  "(keys: chunkfs gateway key add NAME)")
+        table.add_row("web", f"http://{gateway['rest']}/  (users: chunkfs user add NAME)")
     table.add_row("goal", str(goal))
     table.add_row("data", str(data_dir))
     table.add_row("logs", str(logs))

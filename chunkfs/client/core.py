@@ -94,6 +94,7 @@ class Client:
         async with trio.open_nursery() as nursery:
             self.nursery = self.meta.nursery = nursery
             nursery.start_soon(self.write_back.run)
+            nursery.start_soon(self.locks.keep, self.meta.feed_changed, self._locks_lost)
             if self.meta.write_behind is not None:
                 nursery.start_soon(self.meta.write_behind.run)
             for task in background:
@@ -255,10 +256,7 @@ class Client:
         fetched while its final commit was in flight is fetched again."""
         while layout is None:
             before = self.open_files.get(ino)
-            # Only root's opens are answered from an open lease for now: with the lease alone, an
-            # ACL that another client set was not enforced on a non-root opener here
-            # (tests/test_acl.py, the two-client case), while the metaserver's open was.
-            fetched = await self.meta.open_file(ino, leased_ok=caller.uid == 0)
+            fetched = await self.meta.open_file(ino)
             if before is None or self.open_files.get(ino) is before:
                 layout = fetched
         open_file = self.open_files.get(ino)
@@ -352,10 +350,13 @@ class Client:
         changed since this client cached it (the door drops its own caches of it)."""
         await self.meta.send_pending(req.ino)  # made here in a leased directory: it must exist there first
         if req.type == r.F_UNLCK:
-            await open_file.flush()
+            if not open_file.locks_lost:  # what was written after the lock was lost is not committed
+                await open_file.flush()
             await self.locks.lock(req)
             return False
         granted = await self.locks.lock(req)
+        if not open_file.has_local_changes:  # what was written while the lock was lost stays uncommitted
+            open_file.locks_lost = False
         await self.meta.caught_up(granted.feed_seq, granted.feed_epoch)
         attr = granted.attr
         if attr is None or open_file.has_local_changes or (attr.mtime_ns, attr.size) == (
@@ -364,6 +365,14 @@ class Client:
         self.meta.cache.forget_inode(open_file.ino)
         open_file.refresh(await self.meta.open_file(open_file.ino))
         return True
+
+    def _locks_lost(self, inodes: set[int]) -> None:
+        """Locks held here on `inodes` were lost (see FileLocks.keep): their files fail with EIO
+        from now on, so no program goes on as if it still held them."""
+        for ino in inodes:
+            open_file = self.open_files.get(ino)
+            if open_file is not None:
+                open_file.locks_lost = True
 
     async def test_lock(self, req: r.LockReq) -> r.LockInfo:
         await self.meta.send_pending(req.ino)

@@ -74,6 +74,8 @@ class Metadata:
         self.feed_epoch = ""  # the feed's epoch feed_seq counts in (changes.py)
         self.changes_applied = 0
         self._feed_advanced = trio.Event()  # set (and replaced) each time feed_seq moves on
+        self.feed_cuts = 0  # polls of the change feed that failed
+        self._cuts_answered = 0  # feed_cuts as of the last poll answered
         self.opens_leased = 0  # opens answered from an open lease, without a call
         self._feed_trusted_until = 0.0  # trio time: open leases are trusted until then
 
@@ -541,6 +543,7 @@ class Metadata:
                                                   report() if report is not None else None, self.feed_epoch)
             except (FsError, TransportError) as exc:
                 self._feed_trusted_until = 0.0
+                self.feed_cuts += 1
                 log.warning("change feed unavailable (%s); retrying", exc)
                 await trio.sleep(1)
                 continue
@@ -564,9 +567,19 @@ class Metadata:
                 for change in batch.changes:
                     if change.origin != self.client_id:
                         await self._apply(change, listener)
+            if batch.locks_lost:  # this client's session was over meanwhile: as a cut of the feed
+                self.feed_cuts += 1
             self.feed_seq, self.feed_epoch = batch.seq, batch.epoch
+            self._cuts_answered = self.feed_cuts
             self._feed_advanced.set()
             self._feed_advanced = trio.Event()
+
+    async def feed_changed(self, epoch: str, cuts: int) -> tuple[str, int]:
+        """The feed's (epoch, cuts) as of its last answered poll, once they are no longer
+        (`epoch`, `cuts`): it is answered by another metaserver, or again after a cut."""
+        while (self.feed_epoch, self._cuts_answered) == (epoch, cuts):
+            await self._feed_advanced.wait()
+        return self.feed_epoch, self._cuts_answered
 
     async def caught_up(self, seq: int, epoch: str, timeout_s: float = 5.0) -> None:
         """Return once the changes of the feed up to `seq` of `epoch` are applied here (a lock

@@ -14,6 +14,7 @@ Promises (beside the writer's and the reader's):
 
 from __future__ import annotations
 
+import errno
 import time
 
 import msgspec
@@ -26,6 +27,7 @@ from chunkfs.client.prefetch import MAX_WINDOW
 from chunkfs.client.reader import FileReader
 from chunkfs.client.write_back import WriteBack
 from chunkfs.client.writer import FileWriter
+from chunkfs.errors import FsError
 from chunkfs.protocol import records as r
 
 
@@ -37,6 +39,11 @@ class OpenFile:
         self.open_count = 0
         self.unlinked = False  # lost its last name while open here: the last close frees it
         self.created_here = False  # made by this client and open since: see defer_attrs
+        # a lock held here on it was lost (this client's session was cut, or a restarted metaserver
+        # did not take it back): reads, writes and flushes fail with EIO until it is closed by all
+        # (or locked again, if nothing written here waits to be committed), so nobody writes on
+        # as if the lock still protected the file, and nothing written unprotected is committed
+        self.locks_lost = False
         self.refresh(layout)
         self.modified = False  # content or attributes changed here since the last commit
         self.mtime_ns = self.attr.mtime_ns
@@ -108,13 +115,20 @@ class OpenFile:
         return self.local_attr(self.attr)
 
     # ---- the writer's and the reader's --------------------------------------------------------
+    def _check_locks(self) -> None:
+        if self.locks_lost:
+            raise FsError(errno.EIO, f"inode {self.ino}: a lock held on it was lost")
+
     async def read(self, offset: int, size: int) -> bytes:
+        self._check_locks()
         return await self.reader.read(offset, size)
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        self._check_locks()
         return await self.writer.write(offset, data)
 
     async def flush(self, behind: bool = False) -> r.Attr | None:
+        self._check_locks()
         return await self.writer.flush(behind)
 
     async def write_back(self) -> None:

@@ -10,7 +10,11 @@ core (`chunkfs/client/`) like the mount.
 - `objects.py`: buckets and keys on the namespace (the S3 model), `listing_cache.py` (a
   directory kept for a listing's next page), `streams.py`: bodies in and out and Range;
   `access.py`: an access key's view of the core; `keys.py`: the access keys; `metrics.py`,
-  `lifespan.py`.
+  `lifespan.py`;
+- users on the REST door: `callers.py` (who a request acts as: key, token, cookie), `tokens.py`,
+  `login_throttle.py`, `auth_api.py` (/api/v1/auth), `shares.py` (share links), `tree_api.py`
+  (mkdir, move, usage), `downloads.py`, `rest_errors.py`, `web_pages.py` and `web/` (the web
+  file manager).
 
 Why Starlette on hypercorn's trio worker: the client core is trio (the mount needs it), and a
 handler that awaits the core on the core's own loop costs nothing extra; any asyncio server

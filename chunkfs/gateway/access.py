@@ -18,16 +18,21 @@ GATEWAY_UMASK = 0o022
 class Access:
     def __init__(self, afs: AsyncFilesystem, keys: KeyStore, server_key: bytes) -> None:
         self.afs, self.keys, self.server_key = afs, keys, server_key
-        self._views: dict[tuple[str, int, int], AsyncFilesystem] = {}
+        self._views: dict[tuple[int, int, tuple[int, ...]], AsyncFilesystem] = {}
         self._snapshots: dict[tuple[int, int], DirectorySnapshots] = {}  # by uid, gid: what they may list
 
     def filesystem_for(self, key: AccessKey) -> AsyncFilesystem:
         """The core as `key`'s uid/gid sees it (made once per key; never closed on its own: the
         gateway's filesystem closes the core)."""
-        index = (key.access_key_id, key.uid, key.gid)
+        return self.filesystem_as(key.uid, key.gid)
+
+    def filesystem_as(self, uid: int, gid: int, groups: tuple[int, ...] = ()) -> AsyncFilesystem:
+        """The core as this identity sees it (a logged-in user's, a share link's maker's); made
+        once per identity."""
+        index = (uid, gid, groups)
         view = self._views.get(index)
         if view is None:
-            identity = Identity(key.uid, key.gid, (), GATEWAY_UMASK)
+            identity = Identity(uid, gid, groups, GATEWAY_UMASK)
             view = AsyncFilesystem(self.afs.client, dataclasses.replace(self.afs.options, identity=identity))
             self._views[index] = view
         return view

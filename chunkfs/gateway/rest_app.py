@@ -1,9 +1,11 @@
 """The REST door (`/api/v1/`, JSON): health and stats of the cluster, and files by path.
 
-Every route but /health (and /metrics) needs an access key, as a bearer token `ID:SECRET`
-(`Authorization: Bearer ID:SECRET`) or HTTP basic auth (`curl -u ID:SECRET`), and acts as that
-key's uid/gid. Errors are JSON `{"error": CODE, "message": ...}` with the HTTP status, mapped at
-one edge (`_error`).
+Every route but /health (and /metrics, login, share links and the web page's files) needs a
+caller (callers.py): an access key, as a bearer token `ID:SECRET` (`Authorization: Bearer
+ID:SECRET`) or HTTP basic auth (`curl -u ID:SECRET`), or a user's access token from
+`POST /api/v1/auth/login` (`Authorization: Bearer JWT`, or the web page's cookie), and acts as
+that caller's uid/gid/groups. Errors are JSON `{"error": CODE, "message": ...}` with the HTTP
+status, mapped at one edge (`_error`).
 
     GET    /api/v1/health               metaserver and chunkservers: up or not (no key needed)
     GET    /api/v1/stats                chunk size, capacity, files, gateway throughput
@@ -14,22 +16,23 @@ one edge (`_error`).
     HEAD   /api/v1/files/{path}         size, ETag, Last-Modified
     DELETE /api/v1/files/{path}         a file, or an empty directory
     /api/v1/uploads/                    tus 1.0 resumable uploads (tus.py)
+    /api/v1/auth/, /api/v1/users        login, refresh, logout, who am I, the users (auth_api.py)
+    /api/v1/dirs/, /api/v1/move, /api/v1/usage   mkdir, rename/move, bytes below a path (tree_api.py)
+    /api/v1/shares, /s/{token}          share links and their downloads (shares.py)
+    /, /static/                         the web file manager (web_pages.py, web/)
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import errno
 import logging
 import stat
-import time
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from chunkfs import CHUNK_SIZE
@@ -38,12 +41,20 @@ from chunkfs.client.os_errors import os_error
 from chunkfs.errors import FsError, TransportError
 from chunkfs.gateway.access import Access
 from chunkfs.gateway.checksums import BodyChecksums
-from chunkfs.gateway.keys import AccessKey
+from chunkfs.gateway.auth_api import AuthApi
+from chunkfs.gateway.callers import Authenticator, SessionCheck
+from chunkfs.gateway.downloads import file_response
 from chunkfs.gateway.metrics import GatewayMetrics
-from chunkfs.gateway.objects import describe_file, make_directories, store_file
+from chunkfs.gateway.objects import make_directories, store_file
+from chunkfs.gateway.rest_errors import RestError
 from chunkfs.gateway.s3_errors import S3Error
-from chunkfs.gateway.streams import RangeNotSatisfiable, parse_range, read_body
+from chunkfs.gateway.shares import ShareLinks
+from chunkfs.gateway.streams import RangeNotSatisfiable
+from chunkfs.gateway.tokens import TokenIssuer
+from chunkfs.gateway.tree_api import make_directory, move, usage
 from chunkfs.gateway.tus import TusError, TusUploads
+from chunkfs.gateway import web_pages as pages
+from chunkfs.protocol.accounts import AccountsClient
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +64,6 @@ ERRNO_STATUS = {errno.ENOENT: (404, "NotFound"), errno.ENOTDIR: (404, "NotFound"
                 errno.EISDIR: (409, "IsADirectory"), errno.EINVAL: (400, "BadPath"),
                 errno.ENAMETOOLONG: (400, "BadPath"), errno.ENOSPC: (507, "NoSpace"),
                 errno.EIO: (503, "Unavailable"), errno.ETIMEDOUT: (503, "Unavailable")}
-
-
-class RestError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 def _error(exc: Exception) -> RestError:
@@ -86,33 +91,34 @@ Handler = Callable[[Request, AsyncFilesystem], Awaitable[Response]]
 class RestApi:
     def __init__(self, access: Access, metrics: GatewayMetrics) -> None:
         self.access, self.metrics = access, metrics
+        server = access.afs.client.meta.server
+        self.accounts = AccountsClient(server.http, server.base)
+        self.tokens = TokenIssuer(access.server_key)
+        self.authenticator = Authenticator(access, self.tokens, SessionCheck(self.accounts))
+        self.auth = AuthApi(self.accounts, self.authenticator, access.keys)
+        self.shares = ShareLinks(access, self.accounts, self.tokens, metrics.bytes_out)
 
-    def key_of(self, request: Request) -> AccessKey:
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "basic":
-            try:
-                credentials = base64.b64decode(credentials, validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                credentials = ""
-        elif scheme.lower() != "bearer":
-            raise RestError(401, "Unauthorized", "an access key is needed: Authorization: Bearer ID:SECRET")
-        access_key_id, _, secret = credentials.partition(":")
-        key = self.access.key_for_token(access_key_id, secret)
-        if key is None:
-            raise RestError(401, "Unauthorized", "unknown access key or wrong secret")
-        return key
-
-    def route(self, operation: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    def public(self, operation: str, handler: Callable[[Request], Awaitable[Response]]
+               ) -> Callable[[Request], Awaitable[Response]]:
+        """`handler` behind the door's error edge and metrics (it finds its caller itself, if any)."""
         async def endpoint(request: Request) -> Response:
             try:
                 with self.metrics.timed("rest", operation):
-                    return await handler(request, self.access.filesystem_for(self.key_of(request)))
+                    return await handler(request)
             except Exception as exc:
                 error = _error(exc)
                 self.metrics.error("rest", operation, error.code)
                 return JSONResponse({"error": error.code, "message": error.message}, status_code=error.status,
                                     headers={"WWW-Authenticate": "Bearer"} if error.status == 401 else None)
         return endpoint
+
+    def route(self, operation: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """`handler` for an authenticated caller (an access key or a logged-in user: callers.py),
+        given the core as that caller sees it; the caller is `request.state.caller`."""
+        async def authenticated(request: Request) -> Response:
+            caller = request.state.caller = await self.authenticator.caller_of(request)
+            return await handler(request, self.access.filesystem_as(caller.uid, caller.gid, caller.groups))
+        return self.public(operation, authenticated)
 
     # ---- the cluster ------------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
@@ -152,19 +158,8 @@ class RestApi:
         st = await afs.stat(path)
         if "list" in request.query_params or stat.S_ISDIR(st.st_mode):
             return await self._listing(request, afs, path)
-        info = await describe_file(afs, path, path, st)
-        byte_range = parse_range(request.headers.get("range"), info.size)
-        headers = {"ETag": f'"{info.etag}"', "Content-Length": str(info.size), "Accept-Ranges": "bytes",
-                   "Last-Modified": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(info.mtime_ns / 1e9))}
-        status = 200
-        if byte_range is not None:
-            headers.update({"Content-Range": byte_range.content_range(info.size), "Content-Length": str(byte_range.length)})
-            status = 206
-        if request.method == "HEAD":
-            return Response(headers=headers, status_code=status)
-        afile = await afs.open(path, "rb")
-        return StreamingResponse(read_body(afile, byte_range, self.metrics.bytes_out), status_code=status,
-                                 headers=headers, media_type=info.content_type)
+        attachment = path.rsplit("/", 1)[-1] if "download" in request.query_params else None
+        return await file_response(request, afs, path, st, self.metrics.bytes_out, attachment)
 
     async def _listing(self, request: Request, afs: AsyncFilesystem, path: str) -> Response:
         try:
@@ -175,7 +170,8 @@ class RestApi:
         entries = sorted((e for e in await afs.scandir(path) if e.name > after), key=lambda e: e.name)
         page = entries[:limit]
         listed = [{"name": e.name, "type": "directory" if e.is_dir() else "symlink" if e.is_symlink() else "file",
-                   "size": e.stat().st_size, "mtime": e.stat().st_mtime} for e in page]
+                   "size": e.stat().st_size, "mtime": e.stat().st_mtime, "uid": e.stat().st_uid,
+                   "gid": e.stat().st_gid, "mode": stat.S_IMODE(e.stat().st_mode)} for e in page]
         return JSONResponse({"path": path, "entries": listed,
                              "next": page[-1].name if len(entries) > limit else None})
 
@@ -219,4 +215,16 @@ class RestApi:
             Route(files, self.route("put", self.put_file), methods=["PUT"]),
             Route(files, self.route("delete", self.delete_file), methods=["DELETE"]),
             *TusUploads(self.access.afs).routes(self.route),
+            Route("/api/v1/auth/login", self.public("login", self.auth.login), methods=["POST"]),
+            Route("/api/v1/auth/refresh", self.public("refresh", self.auth.refresh), methods=["POST"]),
+            Route("/api/v1/auth/logout", self.public("logout", self.auth.logout), methods=["POST"]),
+            Route("/api/v1/auth/me", self.route("me", self.auth.me), methods=["GET"]),
+            Route("/api/v1/users", self.route("users", self.auth.users), methods=["GET"]),
+            Route("/api/v1/keys", self.route("keys", self.auth.access_keys), methods=["GET"]),
+            Route("/api/v1/dirs/{path:path}", self.route("mkdir", make_directory), methods=["POST"]),
+            Route("/api/v1/move", self.route("move", move), methods=["POST"]),
+            Route("/api/v1/usage", self.route("usage", usage), methods=["GET"]),
+            *self.shares.routes(self.route),
+            Route("/", pages.index, methods=["GET"]),
+            Route("/static/{name}", pages.static_file, methods=["GET"]),
         ])

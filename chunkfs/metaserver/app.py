@@ -19,6 +19,7 @@ from chunkfs.errors import FsError
 from chunkfs.request_checks import client_id, query_float, query_int, query_token, request_id_header
 from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, BodyLimit, any_host, host_on_port, json_response,
                                 make_app, read_body)
+from chunkfs.metaserver import accounts
 from chunkfs.metaserver.changes import ChangeFeed, affected
 from chunkfs.metaserver.status_page import render as render_status_page
 from chunkfs.metaserver.chunk_table import ChunkTable
@@ -30,6 +31,7 @@ from chunkfs.metaserver.gc import GarbageCollector
 from chunkfs.metaserver.leases import DirectoryLeases
 from chunkfs.metaserver.open_leases import OpenLeases
 from chunkfs.metaserver.locks import LockTable
+from chunkfs.metaserver.lock_reclaim import LockReclaim
 from chunkfs.metaserver.memory import GC_PAUSES, memory_status
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.orphans import OrphanCollector
@@ -37,7 +39,7 @@ from chunkfs.metaserver import backup
 from chunkfs.metaserver.quarantine import Quarantine
 from chunkfs.metaserver.registration import Registration
 from chunkfs.metaserver.replication_log import ReplicationLog
-from chunkfs.metaserver.replies import ReplyLog
+from chunkfs.metaserver.replies import REPLAYED, ReplyLog
 from chunkfs.protocol.replication_client import BACKUP_PATH, REPLICATION_PATH
 from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
@@ -72,9 +74,12 @@ class Metaserver:
     leases: DirectoryLeases = field(init=False)  # directories held by the client that made them
     locks: LockTable = field(default_factory=LockTable)  # flock and POSIX locks of every client
     open_leases: OpenLeases = field(default_factory=OpenLeases)  # files mounts may open again without a call
+    lock_grace_s: float = 15.0  # after a start, new locks wait this long for old holders to reclaim theirs
+    reclaim: LockReclaim = field(init=False)  # locks given back after a restart or checked after a cut session
 
     def __post_init__(self) -> None:
         self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
+        self.reclaim = LockReclaim(self.db, self.committer, self.locks, self.changes.epoch, self.lock_grace_s)
 
 
 STATE = web.AppKey("metaserver", Metaserver)
@@ -112,7 +117,7 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Cal
 }
 
 
-LOCK_OPERATIONS = frozenset({"lock", "testlock", "cancel_lock", "locks"})
+LOCK_OPERATIONS = frozenset({"lock", "testlock", "cancel_lock", "locks", "reclaim_locks"})
 LOCK_POLL_S = 10.0  # a waiting lock request is answered "not yet" after this long (and asked again)
 
 
@@ -124,11 +129,17 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
         raise FsError(errno.EINVAL, "a lock is held by a client: send X-Chunkfs-Client")
     if op == "cancel_lock":
         return m.locks.cancel(client, (await read_body(request, r.LockCancelReq)).wait_id)
+    if op == "reclaim_locks":
+        return await m.reclaim.reclaim(client, await read_body(request, r.LockReclaimReq))
     req = await read_body(request, r.LockReq)
     with m.db.read() as txn:
         m.namespace.getattr(txn, req.ino)  # ENOENT for a file that is not there
+    if req.type != r.F_UNLCK:
+        await m.reclaim.grace_over()  # after a restart, the locks held before are given back first
     if op == "testlock":
         return m.locks.test(client, req)
+    if req.type != r.F_UNLCK:
+        await m.reclaim.record(client)
     waiter = m.locks.request(client, req)
     if waiter is not None:
         try:
@@ -192,7 +203,7 @@ async def fs_operation(request: web.Request) -> web.Response:
         else:
             first_attempt = request.headers.get(request_id.ATTEMPT_HEADER) == "1"
             body, result = await commit(m.replies.once(mutate, client, rid, first_attempt), req)
-            if result is None:  # a retry of a mutation already done: answer it again, changes nothing
+            if result is REPLAYED:  # a retry of a mutation already done: answer it again, changes nothing
                 return web.Response(body=body, content_type="application/json")
         inodes = mutated(m, op, client, req, result)
         if inodes:
@@ -276,7 +287,7 @@ async def apply_batch(m: Metaserver, client: str, request: web.Request) -> list[
             outcomes.append(r.BatchOutcome(error.errno, error.message))
             continue
         body, result = done
-        if result is not None:  # None: applied before (a retried batch), answered again
+        if result is not REPLAYED:  # applied before (a retried batch): answered again, not published again
             settle += mutated(m, item.op, client, req, result)
         outcomes.append(r.BatchOutcome(reply=msgspec.Raw(body)))
     if settle:
@@ -457,6 +468,7 @@ async def changes(request: web.Request) -> web.Response:
     feed.polling(client, +1)
     try:
         batch = await feed.since(since, wait_s, client, lambda: leases.recalled_of(client), epoch)
+        batch.locks_lost = request.app[STATE].reclaim.lost_locks(client)
         return web.Response(body=feed.encode_batch(batch), content_type="application/json")
     finally:
         feed.polling(client, -1)
@@ -498,6 +510,7 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
     app.router.add_post("/v1/servers/fsck", disk_check)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/changes", changes)
+    accounts.add_routes(app, m.db, m.committer)
     app.router.add_get("/", status_page)
     app.router.add_get("/health", health)
     if m.replication is not None:
@@ -522,8 +535,8 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
         tasks.append(asyncio.create_task(m.leases.run()))
         if m.orphans is not None:  # a client's reservations and locks end with its session, as its orphans do
             session_over = m.orphans.expired
-            tasks.append(asyncio.create_task(m.locks.run(lambda client: session_over(client, time.monotonic()),
-                                                         max(0.5, min(5.0, m.orphans.session_timeout_s / 4)))))
+            tasks.append(asyncio.create_task(m.reclaim.run(lambda client: session_over(client, time.monotonic()),
+                                                           max(0.5, min(5.0, m.orphans.session_timeout_s / 4)))))
             tasks.append(asyncio.create_task(m.chunks.owners.run(
                 m.committer, lambda client: session_over(client, time.monotonic()))))
         yield

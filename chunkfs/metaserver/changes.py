@@ -50,6 +50,7 @@ class EncodedChangeBatch(msgspec.Struct):
     reset: bool = False
     recalls: list[int] = []
     epoch: str = ""
+    locks_lost: bool = False
 
 
 FORGET_CLIENT_S = 3600.0  # a client silent this long is forgotten (its sessions ended long before)

@@ -113,7 +113,7 @@ class MetaDB:
 
     def __init__(self, path: Path, map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(path), max_dbs=16, map_size=map_size_bytes, sync=True, metasync=True)
+        self.env = lmdb.open(str(path), max_dbs=32, map_size=map_size_bytes, sync=True, metasync=True)
         self.gate = TxnGate()
         self.full_warned = False
         self.inodes = self.env.open_db(b"inodes")
@@ -131,6 +131,9 @@ class MetaDB:
         self.replies = self.env.open_db(b"replies")  # (minute, client, request id) -> reply: see replies.py
         self.versions = self.env.open_db(b"versions")  # (chunk id, version) -> its chunk record's key
         self.reservations = self.env.open_db(b"reservations")  # chunk versions each client may commit: reservations.py
+        self.users = self.env.open_db(b"users")  # name -> user record (accounts.py)
+        self.sessions = self.env.open_db(b"sessions")  # id -> login session (accounts.py)
+        self.shares = self.env.open_db(b"shares")  # id -> share link (accounts.py)
 
     def read(self) -> ReadTxn:
         return ReadTxn(self)

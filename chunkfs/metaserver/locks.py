@@ -7,15 +7,15 @@ flock and POSIX locks never conflict with each other (as on Linux); within one k
 of different owners conflict where their byte ranges overlap and one is exclusive.
 
 Promises:
-- POSIX: a lock replaces, merges with and splits the owner's own locks as fcntl does (a range
-  unlocked in the middle of a lock leaves two; adjacent locks of one type become one); a change
-  of type is atomic (a refused upgrade keeps the old lock).
-- flock: one lock per owner on a file; a conversion first drops the old lock, as Linux does.
+- POSIX and flock locks replace, split and merge as `chunkfs/lock_ranges.py` says (as Linux);
+  a change of a POSIX lock's type is atomic (a refused upgrade keeps the old lock); a flock
+  conversion first drops the old lock, as Linux does.
 - A blocked request waits in its inode's queue and is granted, in queue order where it can be,
   the moment a conflicting lock goes: the waiter's pending call (a long poll) is answered then.
 - A POSIX wait that would close a cycle of owners waiting on each other is EDEADLK at once.
 - Everything a client holds or waits for goes when its session ends (`drop_client`).
-Locks live in memory only: a metaserver restart or a standby's promotion drops them (README).
+Locks live in memory: after a restart (or a standby's promotion) the clients give theirs back
+(`reclaim`, during the grace period of `lock_reclaim.py`).
 """
 
 from __future__ import annotations
@@ -24,37 +24,19 @@ import asyncio
 import errno
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import msgspec
 
 from chunkfs.errors import FsError
+from chunkfs.lock_ranges import HeldLock, Owner, applied
 from chunkfs.protocol import records as r
 
 log = logging.getLogger(__name__)
 
 F_RDLCK, F_WRLCK, F_UNLCK = r.F_RDLCK, r.F_WRLCK, r.F_UNLCK
 WAITER_KEPT_S = 30.0  # a waiter whose client stopped asking for it this long is dropped
-
-
-@dataclass(frozen=True)
-class Owner:
-    client: str
-    number: int  # the client's lock owner (the kernel's lock_owner)
-
-
-@dataclass
-class HeldLock:
-    owner: Owner
-    flock: bool
-    exclusive: bool
-    start: int
-    end: int  # inclusive; r.OFFSET_MAX: to the end of the file, however long it grows
-    pid: int
-
-    def overlaps(self, start: int, end: int) -> bool:
-        return self.start <= end and start <= self.end
 
 
 @dataclass
@@ -136,6 +118,14 @@ class LockTable:
     def claimed(self, client: str, wait_id: int) -> None:
         """The client was answered that its wait was granted: the wait is over."""
         self._waiters.pop((client, wait_id), None)
+
+    def reclaim(self, client: str, req: r.LockReq) -> bool:
+        """A lock `client` held before a restart, given back to it: False if another lock
+        reclaimed before conflicts with it (then it is not granted)."""
+        try:
+            return self.request(client, msgspec.structs.replace(req, wait=False, wait_id=0)) is None
+        except FsError:
+            return False
 
     def drop_client(self, client: str) -> int:
         """Every lock and wait of `client` goes (its session ended). Returns the locks dropped."""
@@ -230,28 +220,7 @@ class LockTable:
 
     @staticmethod
     def _apply(locks: InodeLocks, owner: Owner, req: r.LockReq) -> None:
-        """`req` granted: the owner's locks in its range are replaced (POSIX), or its lock is
-        (flock, whose old lock `request` already took away)."""
-        if req.flock:
-            if req.type != F_UNLCK:
-                locks.held.append(HeldLock(owner, True, req.type == F_WRLCK, 0, r.OFFSET_MAX, req.pid))
-            return
-        kept: list[HeldLock] = []
-        mine: list[HeldLock] = []
-        for held in locks.held:
-            if held.flock or held.owner != owner:
-                kept.append(held)
-                continue
-            if not held.overlaps(req.start, req.end):
-                mine.append(held)
-                continue
-            if held.start < req.start:  # the part before the new range stays
-                mine.append(HeldLock(owner, False, held.exclusive, held.start, req.start - 1, held.pid))
-            if held.end > req.end:  # and the part after it
-                mine.append(HeldLock(owner, False, held.exclusive, req.end + 1, held.end, held.pid))
-        if req.type != F_UNLCK:
-            mine.append(HeldLock(owner, False, req.type == F_WRLCK, req.start, req.end, req.pid))
-        locks.held = kept + _merged(mine)
+        locks.held = applied(locks.held, owner, req)
 
     def _wake(self, ino: int) -> None:
         """Grant, in queue order, every waiter on `ino` that nothing blocks any more."""
@@ -283,25 +252,3 @@ class LockTable:
         locks = self._inodes.get(ino)
         if locks is not None and not locks.held and not locks.waiters:
             del self._inodes[ino]
-
-    async def run(self, session_over: Callable[[str], bool], interval_s: float) -> None:
-        """Every `interval_s`: drop the locks of clients whose session ended, and forgotten waits."""
-        while True:
-            await asyncio.sleep(interval_s)
-            self.drop_stale_waiters(time.monotonic())
-            for client in sorted(self.clients()):
-                if session_over(client):
-                    dropped = self.drop_client(client)
-                    log.warning("client %s went away: dropped its %d locks", client, dropped)
-
-
-def _merged(locks: list[HeldLock]) -> list[HeldLock]:
-    """One owner's POSIX locks with overlapping or adjacent ranges of one type made one."""
-    out: list[HeldLock] = []
-    for lock in sorted(locks, key=lambda h: (h.exclusive, h.start)):
-        last = out[-1] if out else None
-        if last is not None and last.exclusive == lock.exclusive and lock.start <= last.end + 1:
-            last.end = max(last.end, lock.end)
-        else:
-            out.append(lock)
-    return out

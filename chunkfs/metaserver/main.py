@@ -36,6 +36,7 @@ from chunkfs.protocol.http import SignedHttp
 log = logging.getLogger("chunkfs.metaserver")
 
 LOOP_GIL_WAIT_S = 0.0005  # see sys.setswitchinterval in main
+OPEN_LEASES_TRUST_RECORD = "open-leases-trust-end"  # see open_leases.OpenLeases.resume
 
 
 @dataclass
@@ -57,6 +58,8 @@ class MetaserverConfig:
                                         "how long a client may take to commit the chunk versions it reserved")
     replication_per_s: float = opt(20.0, "chunk copies started per second at most, to bring chunks back to goal")
     replication_in_flight: int = opt(8, "chunk copies under way at once at most")
+    lock_grace_s: float = opt(15.0, "after a start, new file locks wait up to this long for the clients that held "
+                                    "locks before to reclaim theirs (less when all of them have)")
     client_timeout_s: float = opt(90.0, "a mount that stopped following the change feed this long is gone: "
                                          "the files it kept open after unlinking them are freed")
     standby_timeout_s: float = opt(5.0, "a synchronous standby that has not confirmed a change this long falls "
@@ -86,6 +89,8 @@ class MetaserverConfig:
             raise ConfigError("options standby_timeout_s and restore_quarantine_s: must be positive")
         if not 1 <= self.default_goal <= 16:
             raise ConfigError(f"option default_goal: {self.default_goal} is not between 1 and 16")
+        if self.lock_grace_s < 0:
+            raise ConfigError("option lock_grace_s: must not be negative")
         if self.client_timeout_s <= 0:
             raise ConfigError("option client_timeout_s: must be positive")
         if self.heartbeat_timeout_s <= 0:
@@ -123,7 +128,8 @@ def run(config: MetaserverConfig) -> None:
     deleter = Deleter(db, committer, chunks, registry, ChunkClient(http), config.deletion_interval_s)
     replicator = Replicator(db, committer, chunks, registry, ChunkClient(http), deleter,
                             config.replication_per_s, config.replication_in_flight)
-    state = Metaserver(db, committer, namespace, chunks, registry, deleter, config.orphan_grace_s, replicator)
+    state = Metaserver(db, committer, namespace, chunks, registry, deleter, config.orphan_grace_s, replicator,
+                       lock_grace_s=config.lock_grace_s)
     state.replication = replication
     state.replies = ReplyLog(db, committer)
     state.quarantine = Quarantine(db, committer, chunks, config.restore_quarantine_s)
@@ -131,6 +137,13 @@ def run(config: MetaserverConfig) -> None:
                                     deleter.wake.set)
     log.info("metaserver serving on %s:%d, data in %s", host, port, config.data_dir)
     app = build_app(state, secret, http, port, config.body_timeout_s)
+    trust_record = config.data_dir / OPEN_LEASES_TRUST_RECORD
+    state.open_leases.resume(trust_record)
+
+    async def save_trust_end(app: web.Application) -> None:
+        state.open_leases.save_trust_end(trust_record)
+
+    app.on_cleanup.append(save_trust_end)
     app.on_startup.append(reload_on_sighup(db, reloaded_config()))
     service.attach(app, status=f"serving on {host}:{port}")
     gc.freeze()  # what start-up made lives as long as the process: no collection walks it again

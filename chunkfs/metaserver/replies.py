@@ -29,6 +29,7 @@ BUCKET_S = 60
 KEEP_S = 900  # longer than any client's retry_s is sensibly set to
 PRUNE_BATCH = 10_000
 PRUNE_EVERY_S = 60
+REPLAYED = object()  # `once`'s result for a mutation answered before: it is not run (or published) again
 
 
 class ReplyLog:
@@ -49,8 +50,9 @@ class ReplyLog:
     def once(self, mutate: Callable[[Any, Any], Any], client: str, request_id: str, first_attempt: bool = False
              ) -> Callable[[Any, Any], tuple[bytes, Any]]:
         """`mutate(txn, req)` made idempotent per (client, request id): the returned function
-        gives (encoded reply, result), where result is None when the reply was stored before
-        (the mutation already ran and was acknowledged, or its acknowledgement was lost).
+        gives (encoded reply, result), where result is REPLAYED when the reply was stored before
+        (the mutation already ran and was acknowledged, or its acknowledgement was lost). Not
+        None: a mutation that answers None (setxattr) ran all the same, and is published.
         `first_attempt`: the client says it never sent this request before (nothing to look up)."""
         suffix = client.encode() + b"\0" + request_id.encode()
 
@@ -61,7 +63,7 @@ class ReplyLog:
                 for bucket in range(now, now - KEEP_S // BUCKET_S - 1, -1):
                     stored = get(bucket.to_bytes(8, "big") + suffix, db=table)
                     if stored is not None:
-                        return bytes(stored), None
+                        return bytes(stored), REPLAYED
             result = mutate(txn, req)
             body = msgspec.json.encode(result)
             txn.put(now.to_bytes(8, "big") + suffix, body, db=self.db.replies)

@@ -197,6 +197,11 @@ class MetaClient:
         """Withdraw a wait: true if it was not granted (false: the lock was, or the wait is unknown)."""
         return await self.call("cancel_lock", r.LockCancelReq(wait_id), bool)
 
+    async def reclaim_locks(self, epoch: str, locks: list[r.LockReq]) -> r.LockReclaimReply:
+        """Give back (after a restart) or check (after a cut feed) the locks this client holds."""
+        return await self.call("reclaim_locks", r.LockReclaimReq(epoch, [self.view.outgoing(lock) for lock in locks]),
+                               r.LockReclaimReply)
+
     async def locks(self, ino: int = 0) -> list[r.LockInfo]:
         """The locks held and waited for on `ino` (0: on every file)."""
         return await self.call("locks", r.LocksReq(ino), list[r.LockInfo])

@@ -274,6 +274,9 @@ class ChangeBatch(Struct):
     # the feed's epoch: seqs count within one, and another one than before means the feed was
     # cut (a metaserver restart or promotion), as `reset` does
     epoch: str = ""
+    # this client's session ended since it last checked its locks (they were dropped): it checks
+    # them now (chunkfs/metaserver/lock_reclaim.py), as after a cut of its feed
+    locks_lost: bool = False
 
 
 class LeaseReq(Struct):
@@ -362,6 +365,19 @@ class LockCancelReq(Struct):
 
 class LocksReq(Struct):
     ino: Annotated[int, Meta(ge=0, le=limits.MAX_ID)] = 0  # 0: every file
+
+
+class LockReclaimReq(Struct):
+    """The locks a client holds, as granted in feed epoch `epoch` (chunkfs/metaserver/lock_reclaim.py):
+    given back to a restarted metaserver, or checked after the client's feed was cut."""
+
+    epoch: Annotated[str, Meta(max_length=64)]
+    locks: Annotated[list[LockReq], Meta(max_length=100_000)]
+
+
+class LockReclaimReply(Struct):
+    lost: list[int]  # the indexes in `locks` of those not held (any more)
+    epoch: str  # the metaserver's feed epoch: the others are held in it
 
 
 class LockInfo(Struct, kw_only=True):
