@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chunkfs.cli.local_cluster import _health
+from chunkfs.daemons import answers_health
 from conftest import another_mount, chunkfs, metaserver_calls, wait_until
 
 
@@ -168,7 +168,7 @@ def test_a_metaserver_sigkill_loses_nothing_a_client_was_told(fresh_cluster, tmp
         c.kill("metaserver", signal.SIGKILL)
         killed_s = time.monotonic() - started
         chunkfs("up", "--dir", c.dir, "--mount", c.mnt, "--port", c.port, "-o", c.mount_options, "--no-gateway")
-        wait_until(lambda: _health(c.metaserver), 60, "the metaserver back")
+        wait_until(lambda: answers_health(f"http://{c.metaserver}/health"), 60, "the metaserver back")
         print(f"killed after {killed_s:.1f} s, back after {time.monotonic() - started:.1f} s; "
               f"{len(closed) - told} files closed meanwhile")
         wait_until(lambda: len(closed) >= told + 50, 180, "the copy going on")
