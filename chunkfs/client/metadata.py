@@ -403,7 +403,9 @@ class Metadata:
             elif result is not None and not behind.touches((req.ino,)):
                 self.cache.put_attr(result)
 
-        behind.add("commit", req, r.Attr, applied=applied)
+        home = self.leases.homes.get(req.ino)  # a listing of it carries the file's attributes: it waits too
+        behind.add("commit", req, r.Attr, also=() if home is None else (home,), applied=applied)
+        self.cache.forget_inode(req.ino)  # its open-lease layout is the old content
         self.cache.put_attr(attr)
         if create is not None:
             self.cache.put_entry(create.parent, create.name, attr)
@@ -424,7 +426,8 @@ class Metadata:
         if req.mode is not None:
             changes["mode"] = stat.S_IFMT(before.mode) | (req.mode & 0o7777)
         attr = msgspec.structs.replace(before, ctime_ns=time.time_ns(), **changes)
-        self.write_behind.add("setattr", req, r.Attr)
+        self.write_behind.add("setattr", req, r.Attr, also=(self.leases.homes[req.ino],))  # as in commit_behind
+        self.cache.forget_inode(req.ino)  # and the open-lease layout with the old attributes
         self.cache.put_attr(attr)
         return attr
 
