@@ -1,7 +1,12 @@
-"""Cluster-secret authentication: every request carries an HMAC of all of itself, usable once.
+"""Request authentication: every request carries an HMAC of all of itself, usable once.
 
-A request carries `X-Chunkfs-Auth: <unix-seconds>.<nonce>.<body-digest>.<hmac>`, where `hmac`
-is HMAC-SHA256 keyed with the cluster secret over the canonical request (`canonical_request`):
+A request carries `X-Chunkfs-Auth: [<key-id>:]<unix-seconds>.<nonce>.<body-digest>.<hmac>`, where
+`hmac` is HMAC-SHA256 keyed with the sender's key over the canonical request (`canonical_request`).
+The key is the cluster secret (no key id: the set-up of one secret for everything, which may do
+anything) or a role credential (`Credential`: a key id the server looks up in its `KeyRing`, which
+tells it the key and the role; see `chunkfs.credentials`). A secret file holds either: a
+credential is written `ck1:<key-id>:<key>`, so every daemon's `--secret-file` takes both.
+The canonical request:
 
     METHOD
     path                       as sent, percent-encoding and all
@@ -29,6 +34,7 @@ carries); `Verifier` is the server's side.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -38,6 +44,7 @@ import time
 from collections import deque
 from pathlib import Path
 from collections.abc import Iterable
+from typing import Protocol
 
 HEADER = "X-Chunkfs-Auth"
 CHECKSUM_HEADER = "X-Chunkfs-Checksum"  # a chunk's checksum, which the chunkserver verifies
@@ -47,7 +54,10 @@ NONCE_BYTES = 12
 _SIGNED_PREFIX = "x-chunkfs-"
 _ALSO_SIGNED = frozenset({"x-request-id"})  # the reply log answers retries by it
 _AUTH_LOWER = HEADER.lower()
-_HEADER_FORMAT = re.compile(r"(\d{1,12})\.([0-9a-f]{24})\.([0-9a-f]{64}|" + CHECKSUMMED + r")\.([0-9a-f]{64})")
+CREDENTIAL_PREFIX = "ck1:"
+KEY_ID = re.compile(r"[0-9A-Za-z_-]{1,40}")
+CLUSTER_ROLE = "cluster"  # the role of the cluster secret: every route (the set-up before roles)
+_HEADER_FORMAT = re.compile(r"(?:(" + KEY_ID.pattern + r"):)?(\d{1,12})\.([0-9a-f]{24})\.([0-9a-f]{64}|" + CHECKSUMMED + r")\.([0-9a-f]{64})")
 
 
 def create_secret(path: Path) -> bytes:
@@ -63,10 +73,30 @@ def create_secret(path: Path) -> bytes:
 
 
 def load_secret(path: Path | str) -> bytes:
+    """The secret file's content: a cluster secret, or a credential (`ck1:<key-id>:<key>`, which
+    `sign` recognises and signs with under its key id)."""
     secret = Path(path).read_text().strip().encode()
     if len(secret) < 16:
         raise ValueError(f"cluster secret in {path} is too short (need at least 16 characters)")
+    if secret.startswith(CREDENTIAL_PREFIX.encode()) and split_credential(secret)[0] is None:
+        raise ValueError(f"{path} is not a credential (ck1:KEY-ID:KEY)")
     return secret
+
+
+@functools.lru_cache(maxsize=16)
+def split_credential(secret: bytes) -> tuple[str | None, bytes]:
+    """(key id, key) of what a secret file holds: (None, the secret) for a cluster secret."""
+    if not secret.startswith(CREDENTIAL_PREFIX.encode()):
+        return None, secret
+    key_id, _, key = secret.decode(errors="replace")[len(CREDENTIAL_PREFIX):].partition(":")
+    if not KEY_ID.fullmatch(key_id) or len(key) < 16:
+        return None, secret
+    return key_id, key.encode()
+
+
+def credential_text(key_id: str, key: str) -> str:
+    """What a credential's holder puts in its secret file."""
+    return f"{CREDENTIAL_PREFIX}{key_id}:{key}"
 
 
 def body_digest(method: str, headers: Iterable[tuple[str, str]], body: bytes | None) -> str:
@@ -96,22 +126,26 @@ def sign(secret: bytes, method: str, target: str, host: str, headers: Iterable[t
     """The `X-Chunkfs-Auth` value for a request: `target` is path?query as sent, `host` the Host
     header, `headers` all the others it carries (those not signed are skipped), `body` its body
     (or `digest`, its `body_digest` if already known: a retry need not hash it again).
-    Call it once per attempt: every call takes a new nonce (`nonce` and `now` are for tests)."""
+    Call it once per attempt: every call takes a new nonce (`nonce` and `now` are for tests).
+    `secret` is what a secret file holds: a credential is signed with its key under its key id."""
+    key_id, secret = split_credential(secret)
     headers = list(headers)
     ts = str(int(now if now is not None else time.time()))
     nonce = nonce or secrets.token_hex(NONCE_BYTES)
     digest = digest or body_digest(method, headers, body)
     mac = hmac.digest(secret, canonical_request(method, target, host, headers, digest, ts, nonce), "sha256")
-    return f"{ts}.{nonce}.{digest}.{mac.hex()}"
+    return f"{key_id + ':' if key_id else ''}{ts}.{nonce}.{digest}.{mac.hex()}"
 
 
 class SignedRequest:
     """An `X-Chunkfs-Auth` value taken apart (`parse`), before anything is believed of it."""
 
-    __slots__ = ("digest", "mac", "nonce", "ts")
+    __slots__ = ("digest", "key_id", "mac", "nonce", "role", "ts")
 
-    def __init__(self, ts: str, nonce: str, digest: str, mac: str) -> None:
+    def __init__(self, key_id: str | None, ts: str, nonce: str, digest: str, mac: str) -> None:
+        self.key_id = key_id or ""  # "": the cluster secret
         self.ts, self.nonce, self.digest, self.mac = ts, nonce, digest, mac
+        self.role = ""  # the signer's, once the signature is checked (`Verifier.check_head`)
 
     @classmethod
     def parse(cls, header: str | None) -> SignedRequest | None:
@@ -180,16 +214,35 @@ class ReplayGuard:
             del self._ts[expiry.popleft()[1]]
 
 
-class Verifier:
-    """The server's side: is a request signed with the secret, unchanged and new?
+class KeyRing(Protocol):
+    """The keys a server accepts signatures of: a key id ("" for the cluster secret) to its key
+    and its holder's role, or None (unknown, revoked: refused)."""
 
-    `check_head` is cheap and comes first (before any body is read, so a request without the
-    secret makes the server read nothing); the caller then compares the body with the digest the
+    def key(self, key_id: str) -> tuple[bytes, str] | None: ...
+
+
+class SingleKey:
+    """A server that accepts one key (the cluster secret, or one role credential's)."""
+
+    def __init__(self, secret: bytes, role: str = CLUSTER_ROLE) -> None:
+        self.key_id, self.secret = split_credential(secret)
+        self.key_id = self.key_id or ""
+        self.role = role
+
+    def key(self, key_id: str) -> tuple[bytes, str] | None:
+        return (self.secret, self.role) if key_id == self.key_id else None
+
+
+class Verifier:
+    """The server's side: is a request signed with a key it accepts, unchanged and new?
+
+    `check_head` is cheap and comes first (before any body is read, so a request without a
+    key makes the server read nothing); the caller then compares the body with the digest the
     head vouched for (`SignedRequest.body_matches`), and `first_use` consumes the nonce last, so a
     request with a swapped body does not burn the nonce of the genuine one."""
 
-    def __init__(self, secret: bytes, replays: ReplayGuard | None = None) -> None:
-        self.secret = secret
+    def __init__(self, keys: KeyRing | bytes, replays: ReplayGuard | None = None) -> None:
+        self.keys: KeyRing = SingleKey(keys) if isinstance(keys, bytes) else keys
         self.replays = replays if replays is not None else ReplayGuard()
 
     def check_head(self, method: str, target: str, host: str, headers: Iterable[tuple[str, str]],
@@ -199,7 +252,11 @@ class Verifier:
         signed = SignedRequest.parse(header)
         if signed is None or not self.replays.within_skew(int(signed.ts), time.time() if now is None else now):
             return None
-        return signed if signed.mac_matches(self.secret, method, target, host, headers) else None
+        found = self.keys.key(signed.key_id)
+        if found is None or not signed.mac_matches(found[0], method, target, host, headers):
+            return None
+        signed.role = found[1]
+        return signed
 
     def too_early(self, signed: SignedRequest) -> bool:
         """Signed before the guard's floor (before this server started, or before the oldest nonce

@@ -77,6 +77,18 @@ FIGURES = (
     Figure("api_write_per_seq_write", "API write / the mount's write", "×", True),
     Figure("api_read_per_cold_read", "API read / the mount's cold read", "×", True),
     Figure("api_creates_per_creates", "API creates / the mount's creates", "×", True),
+    Figure("gw_curl_put_mib_s", "gateway: curl PUT (REST)", "MiB/s", True),
+    Figure("gw_curl_get_mib_s", "gateway: curl GET (REST)", "MiB/s", True),
+    Figure("gw_aws_put_mib_s", "gateway: aws s3 cp in (multipart)", "MiB/s", True),
+    Figure("gw_aws_get_mib_s", "gateway: aws s3 cp out", "MiB/s", True),
+    Figure("gw_put_objects_s", "gateway: 4 KiB object PUTs (S3)", "objects/s", True),
+    Figure("gw_list_s", "gateway: list a prefix (10,000 keys unless told), 1,000 a page", "s", False),
+    Figure("gw_rss_mib", "gateway: peak RSS under parallel uploads", "MiB", False),
+    Figure("gw_put_per_seq_write", "gateway curl PUT / the mount's write", "×", True),
+    Figure("gw_aws_put_per_seq_write", "gateway aws cp in / the mount's write", "×", True),
+    Figure("gw_get_per_cold_read", "gateway curl GET / the mount's cold read", "×", True),
+    Figure("gw_aws_get_per_cold_read", "gateway aws cp out / the mount's cold read", "×", True),
+    Figure("gw_creates_per_creates", "gateway 4 KiB PUTs / the mount's creates", "×", True),
 )
 """From `cp_in` on: the same cluster through its other doors (`client` group). `cp` in and out is
 timed in every directory; put/get and the API only where the directory is a chunkfs mount, on
@@ -92,6 +104,11 @@ DOOR_RATIOS = {
     "api_write_per_seq_write": ("api_write_mib_s", "seq_write_mib_s"),
     "api_read_per_cold_read": ("api_read_mib_s", "cold_read_mib_s"),
     "api_creates_per_creates": ("api_create_files_s", "create_files_s"),
+    "gw_put_per_seq_write": ("gw_curl_put_mib_s", "seq_write_mib_s"),
+    "gw_aws_put_per_seq_write": ("gw_aws_put_mib_s", "seq_write_mib_s"),
+    "gw_get_per_cold_read": ("gw_curl_get_mib_s", "cold_read_mib_s"),
+    "gw_aws_get_per_cold_read": ("gw_aws_get_mib_s", "cold_read_mib_s"),
+    "gw_creates_per_creates": ("gw_put_objects_s", "create_files_s"),
 }
 """A door's figure over the mount's figure for the same work (>= 1: the door is as fast or faster)."""
 
@@ -109,7 +126,11 @@ class BenchSettings:
     random_read_limit: int = 20000
     random_read_time_s: float = 5.0
     command_timeout_s: float = 1800.0
-    groups: tuple[str, ...] = ("data", "small", "tree", "client")  # which of GROUPS to run
+    groups: tuple[str, ...] = ("data", "small", "tree", "client", "gateway")  # which of GROUPS to run
+    gateway: str = ""  # the gateway's S3 address (http://HOST:PORT) for the `gateway` group ("": none)
+    gateway_key: str = ""  # its access key, ID:SECRET
+    gateway_clients: int = 8  # parallel uploads while the gateway's RSS is watched (0: not measured)
+    gateway_list_keys: int = 10_000  # keys in the prefix whose listing is timed
 
 
 @dataclass
@@ -401,6 +422,22 @@ def _client_doors(ws: _Workspace) -> dict[str, float]:
     return figures
 
 
+def _gateway(ws: _Workspace) -> dict[str, float]:
+    """The gateway's workloads (`bench_gateway.py`) on the cluster behind the mount, when given one."""
+    if not ws.settings.gateway:
+        return {}
+    from chunkfs import bench_gateway
+
+    record = mounts.find(ws.scratch)
+    target = bench_gateway.GatewayTarget.parse(ws.settings.gateway, ws.settings.gateway_key)
+    try:
+        return bench_gateway.run(target, Path(record["mountpoint"]) if record else None, ws.local_file,
+                                 ws.settings.size_mb, ws.settings.files, ws.settings.gateway_clients,
+                                 ws.settings.gateway_list_keys, ws.settings.command_timeout_s)
+    except bench_gateway.GatewayBenchError as exc:
+        raise BenchError(str(exc)) from exc
+
+
 STEPS: tuple[tuple[str, Callable[[_Workspace], dict[str, float]]], ...] = (
     ("sequential write", _sequential_write),
     ("cold read", _cold_read),
@@ -413,8 +450,9 @@ STEPS: tuple[tuple[str, Callable[[_Workspace], dict[str, float]]], ...] = (
     ("cp of a local file in", _cp_in),
     ("cp of a file out", _cp_out),
     ("put, get and the API", _client_doors),
+    ("the gateway", _gateway),
 )
-GROUPS = {"data": STEPS[:4], "small": STEPS[4:5], "tree": STEPS[5:8], "client": STEPS[8:]}
+GROUPS = {"data": STEPS[:4], "small": STEPS[4:5], "tree": STEPS[5:8], "client": STEPS[8:11], "gateway": STEPS[11:]}
 """Steps that can be run alone (`chunkfs bench --only`): big-file data, small files, the tree,
 the cluster's other doors (CLI and API) beside `cp`."""
 
@@ -469,7 +507,7 @@ def run(directories: list[Path], settings: BenchSettings,
     try:
         if "tree" in settings.groups:
             make_tree(tree_source, settings.tree_files)
-        if "client" in settings.groups:
+        if "client" in settings.groups or "gateway" in settings.groups:
             make_local_file(local_files / "source", settings.size_mb)
         steps = len(steps_of(settings))
         return [measure(d, settings, tree_source, local_files / "source", on_step, i * steps)

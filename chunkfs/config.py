@@ -43,6 +43,14 @@ def parse_address(value: str, default_port: int | None = None) -> tuple[str, int
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def parse_addresses(value: str, default_port: int | None = None) -> list[tuple[str, int]]:
+    """`HOST:PORT[,HOST:PORT...]`: the metaservers of a cluster with failover, or its one."""
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise ConfigError(f"{value!r} names no HOST:PORT")
+    return [parse_address(item, default_port) for item in items]
+
+
 def _coerce(name: str, kind: Any, value: Any) -> Any:
     try:
         if kind is bool:

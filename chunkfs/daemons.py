@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -60,11 +61,12 @@ def wait_for(what: str, ready: Callable[[], bool], timeout_s: float, proc: subpr
     raise DaemonError(f"{what}: not ready after {timeout_s:.0f} s" + (f"\n{log_tail(log_path)}" if log_path else ""))
 
 
-def answers_health(url: str, timeout_s: float = 1.0) -> bool:
-    """Whether `url` (a daemon's whole /health address, http://HOST:PORT[/prefix]/health)
-    answers 200: what `chunkfs up` and the tests wait for after starting a daemon."""
+def answers_health(url: str, timeout_s: float = 1.0, context: ssl.SSLContext | None = None) -> bool:
+    """Whether `url` (a daemon's whole /health address, http[s]://HOST:PORT[/prefix]/health)
+    answers 200: what `chunkfs up` and the tests wait for after starting a daemon. `context`:
+    the TLS client context for an https URL (a cluster with `tls_dir`)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:
             return response.status == 200
     except OSError:
         return False

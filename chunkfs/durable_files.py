@@ -11,7 +11,12 @@ def replace_durably(tmp: Path, dest: Path) -> None:
     """Rename the already fsynced `tmp` over `dest`, then fsync the directory so the rename
     itself is on disk."""
     os.replace(tmp, dest)
-    dir_fd = os.open(dest.parent, os.O_RDONLY)
+    fsync_directory(dest.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make the renames, creates and unlinks done in `directory` durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

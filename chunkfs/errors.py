@@ -17,6 +17,7 @@ _HTTP_STATUS = {
     errno.ENOTEMPTY: 409,
     errno.EACCES: 403,
     errno.EPERM: 403,
+    errno.EKEYEXPIRED: 403,  # a chunk token past its time (chunkfs.chunk_tokens)
     errno.ENOSPC: 507,
     errno.EIO: 500,
     errno.ESTALE: 410,
@@ -53,3 +54,18 @@ class FsError(Exception):
 
 class TransportError(Exception):
     """A server could not be reached or answered garbage after all retries: EIO for users."""
+
+
+class NotPrimary(FsError):
+    """This metaserver may not answer the call: it is a standby, or a primary that lost its
+    leader key (fenced). Answered 503, which every chunkfs client retries, trying the other
+    metaservers it knows; a standby's answer names the primary (`PRIMARY_HEADER`)."""
+
+    def __init__(self, message: str = "this metaserver is not the primary") -> None:
+        super().__init__(errno.EAGAIN, message)
+
+    def http_status(self) -> int:
+        return 503
+
+
+PRIMARY_HEADER = "X-Chunkfs-Primary"  # in a standby's 503: HOST:PORT of the primary it follows

@@ -18,11 +18,18 @@ nothing:
   keep-alive timer (`keepalive_timeout`, see `serve`), which closes a connection still waiting
   for a whole head when it fires, so an idle kept-alive connection is closed after as long (the
   chunkfs clients reconnect at once, see `chunkfs.protocol.transport`);
-- every request but the public read-only paths must carry a valid `X-Chunkfs-Auth` header (see
-  `chunkfs.auth`), signed for a Host that names this server (`own_host`): its head is checked
-  first (a request without the secret makes the server read no body; one signed before the server
+- `/health` is open; `/metrics` and the status page `/` are open to whom `status_open` says
+  (`status_access`: loopback peers only by default), the others need an admin's signature;
+- a request carrying a chunk token (`chunkfs.chunk_tokens`, on a chunkserver's chunk routes) is
+  admitted by its token alone, signed or not (`token_check`: 403 for a bad or expired one);
+- every other request must carry a valid `X-Chunkfs-Auth` header (see
+  `chunkfs.auth`), signed for a Host that names this server (`own_host`) with a key the server's
+  `KeyRing` holds: its head is checked
+  first (a request without a key makes the server read no body; one signed before the server
   started is answered 503, which a client retries signed anew), then the body against the digest it signed (a chunk PUT's body is checked against its
   signed checksum header by the chunkserver as it stores it), then its nonce is used up; 401 else.
+  Last, the signer's role must be allowed the route (`authorize`, the metaserver's
+  `access_policy`): 403 else.
 
 Every request is logged under its `X-Request-Id` (see `chunkfs.request_id`), which error replies
 also carry: each request at DEBUG (`request method=… path=… status=… duration_ms=…`, the path as
@@ -35,9 +42,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import json
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +57,7 @@ import uvloop
 from aiohttp import hdrs, web
 
 from chunkfs import auth, request_id
+from chunkfs.chunk_tokens import TOKEN_HEADER
 from chunkfs.errors import FsError
 from chunkfs.log_lines import printable
 
@@ -78,7 +88,15 @@ BODY_TIMEOUT_S = web.AppKey("body_timeout_s", float)
 OWN_HOST = web.AppKey[Callable[[str], bool]]("own_host")  # whether a Host header names this server
 ROUTINE_ERROR = web.AppKey[Callable[[web.Request, FsError], bool]]("routine_error")  # not a class: typed by subscript
 ERROR_KEY = web.RequestKey("chunkfs_error", FsError)  # the FsError a request was answered with
-PUBLIC_PATHS = frozenset({"/", "/health", "/metrics"})  # read-only: status page, health, metrics (README)
+SIGNER = web.RequestKey("chunkfs_signer", auth.SignedRequest)  # the checked signature of a signed request
+AUTHORIZE = web.AppKey[Callable[[web.Request, str], str | None]]("authorize")  # (request, role) -> why not
+TOKEN_CHECK = web.AppKey[Callable[[web.Request], FsError | None]]("token_check")  # a chunk token's verdict
+STATUS_OPEN = web.AppKey[Callable[[web.Request], bool]]("status_open")  # /metrics and / without a key?
+OPEN_PATHS = frozenset({"/health"})  # always open: liveness, no secrets (README)
+STATUS_PATHS = frozenset({"/", "/metrics"})  # read-only: status page, metrics (README)
+STATUS_ACCESS = ("loopback", "open", "signed")
+STATUS_ACCESS_HELP = ("who may read /metrics and the status page without a key: loopback (peers on this host; "
+                      "others need an admin key), open (everyone) or signed (only requests signed by an admin key)")
 
 
 class BodyRefused(FsError):
@@ -97,9 +115,12 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(obj), status=status, content_type="application/json")
 
 
-def error_response(status: int, err: str, message: str) -> web.Response:
-    return json_response({"errno": err, "message": message, "request_id": request_id.current.get()},
-                         status=status)
+def error_response(status: int, err: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    response = json_response({"errno": err, "message": message, "request_id": request_id.current.get()},
+                             status=status)
+    if headers:
+        response.headers.update(headers)
+    return response
 
 
 async def read_body(request: web.Request, record_type: type[T]) -> T:
@@ -160,8 +181,12 @@ async def _refusal(request: web.Request) -> web.Response | None:
     length = request.content_length
     if length is not None and length > limit.max_bytes:
         raise BodyRefused(413, errno.EFBIG, f"request body of {length} bytes is over {limit.max_bytes}")
-    if request.path in PUBLIC_PATHS:
+    if request.path in OPEN_PATHS or (request.path in STATUS_PATHS and request.app[STATUS_OPEN](request)):
         return None
+    token_check = request.app.get(TOKEN_CHECK)
+    if token_check is not None and TOKEN_HEADER in request.headers:
+        refused = token_check(request)
+        return None if refused is None else error_response(refused.http_status(), refused.name, refused.message)
     host = request.headers.get(hdrs.HOST, "")
     if not request.app[OWN_HOST](host):
         return _unauthorized(f"signed for another server (Host {printable(host)!r})")
@@ -181,6 +206,10 @@ async def _refusal(request: web.Request) -> web.Response | None:
         request._read_bytes = body  # what request.read() answers (aiohttp keeps the body there)
     if not verifier.first_use(signed):
         return _unauthorized("X-Chunkfs-Auth was used before (a replay)")
+    request[SIGNER] = signed
+    why_not = request.app[AUTHORIZE](request, signed.role)
+    if why_not is not None:
+        return error_response(403, "EPERM", why_not)
     return None
 
 
@@ -253,26 +282,53 @@ def any_host(host: str) -> bool:
     return True
 
 
+def any_role(request: web.Request, role: str) -> str | None:
+    return None
+
+
+def status_access(mode: str) -> Callable[[web.Request], bool]:
+    """`STATUS_OPEN` for a `status_access` option (STATUS_ACCESS_HELP)."""
+    if mode not in STATUS_ACCESS:
+        raise ValueError(f"status_access must be one of {', '.join(STATUS_ACCESS)}, not {mode!r}")
+    if mode == "open":
+        return lambda request: True
+    if mode == "signed":
+        return lambda request: False
+    return lambda request: _is_loopback(request.remote)
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def host_on_port(port: int) -> Callable[[str], bool]:
     """For a server known by names it cannot list (a metaserver behind DNS): the port at least."""
     suffix = f":{port}"
     return lambda host: host.endswith(suffix)
 
 
-def make_app(secret: bytes, routine_error: Callable[[web.Request, FsError], bool] = _never, *,
+def make_app(keys: auth.KeyRing | bytes, routine_error: Callable[[web.Request, FsError], bool] = _never, *,
              own_host: Callable[[str], bool] = any_host, body_limits: dict[str, BodyLimit] | None = None,
-             body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> web.Application:
+             body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+             authorize: Callable[[web.Request, str], str | None] = any_role,
+             status_open: Callable[[web.Request], bool] | None = None) -> web.Application:
     """`routine_error(request, error)` says which error replies are ordinary answers, logged at
     DEBUG only (a lookup of a name that does not exist is not worth a line). `own_host(host)`:
     whether a signed request's Host header names this server (the signature covers Host, so a
     request signed for one server is refused by the others, whose nonces it never used).
     `body_limits`: the
     `BodyLimit` of a route, by method and path as added (`POST /v1/fs/{op}`); DEFAULT_BODY for
-    the others."""
+    the others. `keys`: whose signatures are accepted (a secret: that one only); `authorize`:
+    which role may make which request; `status_open`: see STATUS_OPEN."""
     limits = body_limits or {}
     largest = max([DEFAULT_BODY.max_bytes, *(limit.max_bytes for limit in limits.values())])
     app = web.Application(middlewares=[chunkfs_middleware], client_max_size=largest)
-    app[VERIFIER] = auth.Verifier(secret)
+    app[VERIFIER] = auth.Verifier(keys)
+    app[AUTHORIZE] = authorize
+    app[STATUS_OPEN] = status_open or status_access("open")
     app[OWN_HOST] = own_host
     app[BODY_LIMITS] = limits
     app[BODY_TIMEOUT_S] = body_timeout_s
@@ -295,13 +351,31 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: web.Application, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT, then run the app's cleanup hooks.
+def serve(app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then run the app's cleanup hooks; with `tls`, TLS only.
 
     The socket listens before the app's startup hooks run, so a hook that announces readiness
     (`chunkfs.service.attach`) is true: connections made from then on are served. A request
     head has the app's body time-out to arrive (aiohttp's keep-alive timer, armed when a
     connection opens and after each answer, closes a connection still short of a whole head)."""
-    web.run_app(app, sock=listening_socket(host, port), print=None, access_log=None, auto_decompress=False,
-                lingering_time=LINGER_S, keepalive_timeout=app[BODY_TIMEOUT_S], handle_signals=True,
-                shutdown_timeout=5.0, loop=uvloop.new_event_loop())
+    web.run_app(app, sock=listening_socket(host, port), print=None, handle_signals=True, ssl_context=tls,
+                loop=uvloop.new_event_loop(), **runner_options(app))
+
+
+def runner_options(app: web.Application) -> dict[str, Any]:
+    """How every chunkfs server runs an app (`serve`, and the metaserver's changing roles)."""
+    return {"access_log": None, "auto_decompress": False, "lingering_time": LINGER_S,
+            "keepalive_timeout": app[BODY_TIMEOUT_S], "shutdown_timeout": 5.0}
+
+
+async def start_serving(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve `app` on HOST:PORT from within a running event loop until the runner's `cleanup()`
+    (which runs the app's cleanup hooks and closes the socket)."""
+    runner = web.AppRunner(app, **runner_options(app))
+    await runner.setup()
+    try:
+        await web.SockSite(runner, listening_socket(host, port), shutdown_timeout=5.0).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner

@@ -134,7 +134,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
 def install_http(app: web.Application, registry: CollectorRegistry, operations: Iterable[str] = (),
                  prepare: Callable[[], None] = lambda: None) -> None:
     """Count and time every request of `app` (outermost middleware, so refused and failed
-    requests count too) and serve `registry` at GET /metrics (public: see `httpserver.PUBLIC_PATHS`),
+    requests count too) and serve `registry` at GET /metrics (open or not: see `httpserver.STATUS_OPEN`),
     rendered off the event loop after `prepare` (see `Exposition`)."""
     app[REGISTRY] = registry
     app[EXPOSITION] = Exposition(registry, prepare)

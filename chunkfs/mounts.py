@@ -28,13 +28,15 @@ def _record_path(mountpoint: Path) -> Path:
     return runtime_dir() / "mounts" / f"{digest}.json"
 
 
-def record(mountpoint: Path, metaserver: str, secret_file: Path, pid: int, root_ino: int = 1) -> None:
-    """`root_ino` is the cluster's inode shown as the mount's root (a subdirectory mount)."""
+def record(mountpoint: Path, metaserver: str, secret_file: Path, pid: int, root_ino: int = 1,
+           tls_dir: str = "") -> None:
+    """`root_ino` is the cluster's inode shown as the mount's root (a subdirectory mount);
+    `tls_dir` its TLS directory (chunkfs.tls), for the commands that find the cluster by it."""
     path = _record_path(mountpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"mountpoint": str(mountpoint), "metaserver": metaserver,
                                 "secret_file": str(Path(secret_file).resolve()), "pid": pid,
-                                "root_ino": root_ino}))
+                                "root_ino": root_ino, "tls_dir": tls_dir}))
 
 
 def forget(mountpoint: Path) -> None:

@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev rsync attr acl iproute2 nftables sqlite3 git make)
+# etcd-server, etcd-client (3.4): the metaservers' leader election, for failover (`chunkfs up --ha`)
+packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev rsync attr acl iproute2 nftables sqlite3 git make
+          etcd-server etcd-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -17,6 +17,7 @@ from typing import Any
 
 from chunkfs import auth, metrics
 from chunkfs.chunkserver import app as chunkserver_app
+from chunkfs.chunkserver.access import ChunkKeys
 from chunkfs.metaserver import accounts
 from chunkfs.metaserver import app as metaserver_app
 from chunkfs.protocol import records as r
@@ -84,7 +85,7 @@ def every_route() -> list[Route]:
     their state, which answer anything asked: no handler runs)."""
     secret = b"0" * 32
     meta = metaserver_app.build_app(MagicMock(), secret, None)
-    chunk = chunkserver_app.build_app(None, secret, None, None, None,
+    chunk = chunkserver_app.build_app(None, ChunkKeys(secret), None, None, None,
                                       SimpleNamespace(registry=metrics.new_registry()))
     return _routes_of("metaserver", meta) + _routes_of("chunkserver", chunk)
 

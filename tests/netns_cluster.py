@@ -36,9 +36,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import trio
 
 from chunkfs import auth
+from chunkfs.etcd_members import EtcdMember, endpoints as etcd_endpoints, member_command
 from chunkfs.daemons import abort_fuse_connection, log_tail, module_command, read_pid, stop_pid, unmount, wait_for
 from chunkfs.mount.helper import FIELDS as MOUNT_FIELDS, launch
 from chunkfs.protocol import records as r
@@ -46,6 +48,9 @@ from chunkfs.protocol.http import SignedHttp
 from chunkfs.protocol.meta_client import MetaClient
 
 META_PORT = 9520
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+ETCD_MEMBERS = 3
 CHUNK_PORT = 9521
 STATE_FILE = "netns-cluster.json"
 
@@ -160,7 +165,9 @@ class NetnsCluster:
                  heartbeat_timeout_s: float = 3.0, scrub_mb_per_s: float = 0.0,
                  disk_mb: dict[str, int] | None = None, mount_options: dict[str, str] | None = None,
                  tag: str | None = None, subnet: str | None = None,
-                 metaserver_options: dict[str, str] | None = None) -> None:
+                 metaserver_options: dict[str, str] | None = None, ha: bool = False) -> None:
+        """`ha`: two metaservers electing their primary through three etcd members (each its
+        own node), instead of one metaserver."""
         launcher()  # now, before this process opens files on the mounts
         self.root = Path(root).absolute()
         self.tag = tag or f"cfs{os.urandom(3).hex()}"
@@ -173,7 +180,12 @@ class NetnsCluster:
         self.metaserver_options = metaserver_options or {}  # more flags, e.g. {"client-timeout-s": "5"}
         self.bridge_ns = f"{self.tag}-br"
         self.host_link = f"{self.tag}h"  # the root namespace's end, at most 15 characters
-        self.nodes: dict[str, Node] = {"meta": Node("meta", f"{self.tag}-meta", f"{self.subnet}.1")}
+        self.ha = ha
+        metaservers = ["meta1", "meta2"] if ha else ["meta"]
+        self.nodes: dict[str, Node] = {name: Node(name, f"{self.tag}-{name}", f"{self.subnet}.{i}")
+                                       for i, name in enumerate(metaservers, 1)}
+        for i in range(1, ETCD_MEMBERS + 1 if ha else 1):
+            self.nodes[f"etcd{i}"] = Node(f"etcd{i}", f"{self.tag}-etcd{i}", f"{self.subnet}.{200 + i}")
         for i in range(1, chunkservers + 1):
             self.nodes[f"cs{i}"] = Node(f"cs{i}", f"{self.tag}-cs{i}", f"{self.subnet}.{10 + i}")
         for i in range(1, clients + 1):
@@ -192,8 +204,33 @@ class NetnsCluster:
         return [n for n in self.nodes if n.startswith("client")]
 
     @property
+    def metaservers(self) -> list[str]:
+        return [n for n in self.nodes if n.startswith("meta")]
+
+    @property
+    def etcd_members(self) -> list[EtcdMember]:
+        return [EtcdMember(f"chunkfs-{n}", self.nodes[n].ip, ETCD_CLIENT_PORT, ETCD_PEER_PORT)
+                for n in self.nodes if n.startswith("etcd")]
+
+    @property
     def metaserver(self) -> str:
-        return f"{self.nodes['meta'].ip}:{META_PORT}"
+        """What clients are given: every metaserver's address."""
+        return ",".join(self.meta_address(name) for name in self.metaservers)
+
+    def meta_address(self, name: str) -> str:
+        return f"{self.nodes[name].ip}:{META_PORT}"
+
+    def role(self, name: str) -> str:
+        """A metaserver's role from its /health (primary, standby, waiting; "down": no answer)."""
+        try:
+            answer = httpx.get(f"http://{self.meta_address(name)}/health", timeout=2)
+            return str(answer.json().get("role", "?"))
+        except (httpx.HTTPError, ValueError):
+            return "down"
+
+    def primary(self) -> str | None:
+        """The metaserver serving as the primary now, if one is."""
+        return next((name for name in self.metaservers if self.role(name) in ("primary", "metaserver")), None)
 
     def address(self, name: str) -> str:
         return f"{self.nodes[name].ip}:{CHUNK_PORT}"
@@ -215,7 +252,11 @@ class NetnsCluster:
             self._save_state()
             self._make_network()
             auth.create_secret(self.secret_file)
-            self.start("meta")
+            for name in self.nodes:
+                if name.startswith("etcd"):
+                    self.start(name)
+            for name in self.metaservers:
+                self.start(name)
             for name in self.chunkservers:
                 self.start(name)
             self.wait_alive(len(self.chunkservers))
@@ -230,7 +271,7 @@ class NetnsCluster:
                  "clients": len(self.clients), "goal": self.goal, "disk_mb": self.disk_mb,
                  "metaserver": self.metaserver, "secret_file": str(self.secret_file),
                  "heartbeat_timeout_s": self.heartbeat_timeout_s, "scrub_mb_per_s": self.scrub_mb_per_s,
-                 "metaserver_options": self.metaserver_options}
+                 "metaserver_options": self.metaserver_options, "ha": self.ha}
         (self.root / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     @classmethod
@@ -238,7 +279,7 @@ class NetnsCluster:
         s = json.loads((Path(root) / STATE_FILE).read_text())
         return cls(root, s["chunkservers"], s["clients"], s["goal"], s["heartbeat_timeout_s"],
                    s["scrub_mb_per_s"], s["disk_mb"], tag=s["tag"], subnet=s["subnet"],
-                   metaserver_options=s.get("metaserver_options"))
+                   metaserver_options=s.get("metaserver_options"), ha=s.get("ha", False))
 
     def _make_network(self) -> None:
         run("ip", "netns", "add", self.bridge_ns)
@@ -263,7 +304,8 @@ class NetnsCluster:
         """Unmount the clients, kill every daemon, delete the namespaces, links and tmpfs disks;
         each step is tried even when one before it failed."""
         steps = [lambda client=client: self.unmount(client) for client in self.clients]
-        steps += [lambda name=name: self.stop(name, timeout_s=3) for name in ["meta", *self.chunkservers]]
+        steps += [lambda name=name: self.stop(name, timeout_s=3)
+                  for name in [*self.metaservers, *self.chunkservers, *(n for n in self.nodes if n.startswith("etcd"))]]
         steps += [lambda ns=node.netns: run("ip", "netns", "del", ns, check=False) for node in self.nodes.values()]
         steps += [lambda: run("ip", "netns", "del", self.bridge_ns, check=False),  # with the host link's peer
                   lambda: run("ip", "link", "del", self.host_link, check=False)]
@@ -285,14 +327,22 @@ class NetnsCluster:
             return
         node = self.nodes[name]
         log, pid_file = self.logs / f"{name}.log", self.run_dir / f"{name}.pid"
-        if name == "meta":
+        if name.startswith("etcd"):
+            members = self.etcd_members
+            member = next(m for m in members if m.name == f"chunkfs-{name}")
+            launcher().spawn(node.enter + member_command(member, members, self.root / name, self.tag), log, pid_file)
+            return
+        if name.startswith("meta"):
+            ha = ["--etcd", etcd_endpoints(self.etcd_members), "--etcd-prefix", f"/{self.tag}"] if self.ha else []
             pid = launcher().spawn(node.enter + module_command(
-                "chunkfs.metaserver.main", "--listen", self.metaserver, "--data-dir", str(self.root / "meta"),
+                "chunkfs.metaserver.main", "--listen", self.meta_address(name), "--data-dir", str(self.root / name),
                 "--secret-file", str(self.secret_file), "--default-goal", str(self.goal),
-                "--heartbeat-timeout-s", str(self.heartbeat_timeout_s),
-                *(arg for name, value in self.metaserver_options.items() for arg in (f"--{name}", value))),
+                "--heartbeat-timeout-s", str(self.heartbeat_timeout_s), *ha,
+                *(arg for option, value in self.metaserver_options.items() for arg in (f"--{option}", value))),
                 log, pid_file)
-            wait_for("metaserver", lambda: self._metaserver_answers(pid, log), 30, log_path=log)
+            if self.ha:
+                wait_for(f"{name} answering", lambda: self.role(name) != "down", 30, log_path=log)
+            wait_for("a primary metaserver", lambda: self._metaserver_answers(pid, log), 60, log_path=log)
             return
         data_dir = self.data_dir(name)
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -388,6 +438,19 @@ class NetnsCluster:
         run("ip", "netns", "exec", self.bridge_ns, "tc", "qdisc", "del", "dev", f"v-{name}", "root", check=False)
         run("ip", "netns", "exec", node.netns, "nft", "delete", "table", "inet", "chunkfs_impair", check=False)
         self.impaired.discard(name)
+
+    def cut_between(self, name: str, others: list[str]) -> None:
+        """Drop every packet between `name` and `others`, both ways (an nftables table in
+        `name`'s namespace): a partition that leaves its other links alone."""
+        addresses = ", ".join(self.nodes[other].ip for other in others)
+        rules = (f"table inet chunkfs_cut {{\n"
+                 f" chain input {{ type filter hook input priority 0; policy accept; ip saddr {{ {addresses} }} drop; }}\n"
+                 f" chain output {{ type filter hook output priority 0; policy accept; ip daddr {{ {addresses} }} drop; }}\n}}\n")
+        run("ip", "netns", "exec", self.nodes[name].netns, "nft", "-f", "-", input=rules)
+
+    def heal_cut(self, name: str) -> None:
+        run("ip", "netns", "exec", self.nodes[name].netns, "nft", "delete", "table", "inet", "chunkfs_cut",
+            check=False)
 
     # ---- disks ----------------------------------------------------------------------------------
     def chunk_files(self, name: str) -> list[Path]:

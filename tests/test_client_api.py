@@ -507,3 +507,36 @@ def test_an_unchanged_file_opens_and_reads_without_a_call_until_another_client_c
             f.write(b"X")
         with other.open(chunked) as b:
             assert b.read() == big[:10] + b"X" + big[11:]
+
+
+def test_concat_moves_whole_chunks_and_refuses_what_would_need_a_copy(fs, home, cluster):
+    """concat appends files by moving their chunks: the target reads as the sources in order,
+    the sources are left empty. A source that is not a whole number of chunks (but the last),
+    or one kept inline, is EINVAL and nothing changes."""
+    pieces = [os.urandom(2 * CHUNK_SIZE), os.urandom(CHUNK_SIZE), os.urandom(CHUNK_SIZE // 2 + 3)]
+    for n, data in enumerate(pieces):
+        with fs.open(f"{home}/part{n}", "wb") as f:
+            f.write(data)
+    with fs.open(f"{home}/target", "wb"):
+        pass
+    fs.concat(f"{home}/target", [f"{home}/part0", f"{home}/part1", f"{home}/part2"])
+    with fs.open(f"{home}/target", "rb") as f:
+        assert f.readall() == b"".join(pieces)
+    assert (cluster.mnt / home.lstrip("/") / "target").read_bytes() == b"".join(pieces)
+    assert [fs.stat(f"{home}/part{n}").st_size for n in range(3)] == [0, 0, 0]
+
+    with fs.open(f"{home}/uneven", "wb") as f:
+        f.write(os.urandom(CHUNK_SIZE + 1))
+    with fs.open(f"{home}/small", "wb") as f:
+        f.write(b"inline" * 10)
+    assert INLINE_MAX_BYTES > 60
+    with fs.open(f"{home}/second", "wb"):
+        pass
+    for sources in ([f"{home}/uneven", f"{home}/small"], [f"{home}/small"], [f"{home}/second", f"{home}/second"]):
+        with pytest.raises(OSError) as refused:
+            fs.concat(f"{home}/second", sources)
+        assert refused.value.errno == errno.EINVAL
+    assert fs.stat(f"{home}/uneven").st_size == CHUNK_SIZE + 1 and fs.stat(f"{home}/second").st_size == 0
+    with pytest.raises(OSError) as not_aligned:  # the target must end on a chunk boundary
+        fs.concat(f"{home}/uneven", [f"{home}/target"])
+    assert not_aligned.value.errno == errno.EINVAL

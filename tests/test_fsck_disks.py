@@ -162,7 +162,7 @@ class ScriptedServers:
         self.answers = answers
 
     async def inventory_of_buckets(self, address, buckets, min_age_s, verify=False, retry_s=None) -> Inventory:
-        return self.answers[address].pop(0)
+        return self.answers[address.partition(":")[0]].pop(0)
 
 
 def held(*versions, corrupt=()) -> Inventory:
@@ -176,7 +176,7 @@ def test_only_findings_that_hold_at_a_second_reading_are_reported(tmp_path):
     committer = GroupCommitter(db)
     registry = Registry(db, heartbeat_timeout_s=60)
     for sid in ("a", "b", "c"):
-        registry.heartbeat(r.ServerHello(id=sid, address=sid, capacity_bytes=1 << 40, used_bytes=0))
+        registry.heartbeat(r.ServerHello(id=sid, address=f"{sid}:9521", capacity_bytes=1 << 40, used_bytes=0))
     with db.env.begin(write=True) as txn:
         namespace.init_root(txn)
         ino = namespace.create(txn, r.CreateReq(parent=1, name=b"f", mode=stat.S_IFREG | 0o644, uid=0, gid=0)).ino

@@ -41,6 +41,7 @@ import fuzz_bodies as bodies
 import fuzz_wire as wire
 from chunkfs import CHUNK_SIZE
 from chunkfs.checksum import chunk_checksum
+from chunkfs.chunk_tokens import chunk_key, metaserver_credential
 from chunkfs.protocol import disk_check, records
 from chunkfs.protocol.meta_client import CLIENT_HEADER
 from chunkfs.request_id import ATTEMPT_HEADER, HEADER as REQUEST_ID_HEADER
@@ -347,7 +348,9 @@ def test_fuzz_every_route_of_every_daemon(fresh_cluster, request):
     secret = c.secret_file.read_text().strip().encode()
     servers = [s["address"] for s in c.status()["servers"]]
     ctx = Context(wire.every_route(), wire.Sender(c.metaserver, secret),
-                  [wire.Sender(address, secret) for address in servers], known, kept.protected)
+                  # a chunkserver takes the metaserver's key (chunk_tokens.py), not the cluster secret
+                  [wire.Sender(address, metaserver_credential(chunk_key(secret))) for address in servers],
+                  known, kept.protected)
     pids = daemon_pids(c)
     rss = {name: [m] for name, m in memory_of(pids).items()}
     tally = Tally()

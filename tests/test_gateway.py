@@ -28,6 +28,7 @@ from botocore.exceptions import ClientError
 from chunkfs.daemons import answers_health, stop_pid
 from conftest import _cluster, chunkfs, free_port_block, metrics_of, wait_until
 
+FEED_DELAY_S = 10  # bound on another client's change reaching the mount's cache, on a loaded machine
 MiB = 1 << 20
 
 
@@ -127,13 +128,14 @@ def test_boto3_objects_are_the_mounts_files(gateway_cluster, s3):
     assert (mnt / "boto/copy.bin").read_bytes() == body
     assert s3.head_object(Bucket="boto", Key="copy.bin")["Metadata"] == {"colour": "blue"}
 
+    # the mount hears of another client's changes through the change feed, a moment later
     s3.delete_object(Bucket="boto", Key="dir/sub/one.bin")
-    assert not (mnt / "boto/dir").exists()  # the directories it left empty went with it
+    wait_until(lambda: not (mnt / "boto/dir").exists(), FEED_DELAY_S, "the directories it left empty went with it")
     deleted = s3.delete_objects(Bucket="boto", Delete={"Objects": [{"Key": "copy.bin"}, {"Key": "from-mount.txt"}]})
     assert sorted(d["Key"] for d in deleted["Deleted"]) == ["copy.bin", "from-mount.txt"]
-    assert os.listdir(mnt / "boto") == []
+    wait_until(lambda: os.listdir(mnt / "boto") == [], FEED_DELAY_S, "the mount sees the bucket emptied")
     s3.delete_bucket(Bucket="boto")
-    assert not (mnt / "boto").exists()
+    wait_until(lambda: not (mnt / "boto").exists(), FEED_DELAY_S, "the mount sees the bucket gone")
 
 
 def test_listing_prefix_delimiter_pages_and_start_after(gateway_cluster, s3):

@@ -51,7 +51,7 @@ class Tables:
 def random_change(t: Tables, rng: random.Random, txn, live: list[int], dirs: list[int]) -> None:
     ns, chunks = t.namespace, t.chunks
     what = rng.choice(["create", "create", "mkdir", "write", "write", "truncate", "unlink", "goal", "replicas",
-                       "inline"])
+                       "inline", "concat"])
     files = [ino for ino in live if stat.S_ISREG(ns.get(txn, ino).mode)]
     if what in ("create", "mkdir") or not files:
         parent = rng.choice(dirs)
@@ -78,6 +78,13 @@ def random_change(t: Tables, rng: random.Random, txn, live: list[int], dirs: lis
                             if k[:8] == u64(p) and v == u64(ino))
         ns.remove(txn, r.RemoveReq(parent, name, False))
         live.remove(ino)
+    elif what == "concat":  # refused (EINVAL) unless the boundaries are whole chunks; then chunks move
+        sources = rng.sample([f for f in files if f != ino], min(len(files) - 1, rng.randint(1, 2)))
+        if sources and rng.random() < 0.7:  # most of the time: boundaries made whole chunks first
+            for aligned in [ino, *sources[:-1]]:
+                ns.setattr(txn, r.SetattrReq(ino=aligned, size=rng.randint(0, 2) * (4 << 20)), chunks.truncate)
+        if sources:
+            chunks.concat(txn, r.ConcatReq(ino=ino, sources=sources, mtime_ns=1))
     elif what == "goal":
         ns.set_goal(txn, r.GoalReq(rng.choice(dirs), rng.randint(1, 4), recursive=True))
     else:  # re-replication adds a copy, trims, or drops a server's copies

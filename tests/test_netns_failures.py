@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import random
 import re
@@ -64,6 +65,7 @@ class Workload:
         self._sizes: dict[str, int] = {}
         self.errors: list[str] = []
         self.writes = self.reads = 0
+        self.write_done_at: list[float] = []  # time.monotonic() of each acknowledged write
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, args=(self._write_one,), daemon=True),
                          threading.Thread(target=self._loop, args=(self._read_one,), daemon=True)]
@@ -92,6 +94,7 @@ class Workload:
         self.acknowledged[name] = sha256(data)
         self._sizes[name] = len(data)
         self.writes += 1
+        self.write_done_at.append(time.monotonic())
         while sum(self._sizes.values()) > self.keep_bytes:
             oldest = next(iter(self._sizes))
             del self.acknowledged[oldest], self._sizes[oldest]
@@ -110,6 +113,15 @@ class Workload:
         if sha256(data) != self.acknowledged.get(name, sha256(data)):
             self.errors.append(f"{name}: read {len(data)} bytes that differ from what was written")
         self.reads += 1
+
+    def longest_write_gap_s(self, after: float = 0.0) -> float:
+        """The longest time between two acknowledged writes (from `after` on): the pause the
+        writing application saw."""
+        times = [t for t in self.write_done_at if t >= after]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+    def first_write_after(self, moment: float) -> float | None:
+        return next((t for t in self.write_done_at if t > moment), None)
 
     def progress(self) -> tuple[int, int]:
         return self.writes, self.reads

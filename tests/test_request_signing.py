@@ -133,7 +133,7 @@ def test_a_retried_call_keeps_its_request_id_and_signs_each_attempt_anew():
     sent: list[dict[str, str]] = []
 
     class FlakyTransport:
-        async def send(self, method, address, target, headers, body):
+        async def send(self, method, address, target, headers, body, timeout_s=None):
             sent.append(dict(headers))
             if len(sent) == 1:
                 raise TransportFailure("reset after the server got it")

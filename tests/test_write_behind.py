@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chunkfs.daemons import answers_health
-from conftest import another_mount, chunkfs, metaserver_calls, wait_until
+from conftest import another_mount, chunkfs, fsync_directory, metaserver_calls, wait_until
 
 
 def calls_made(cluster, action) -> dict[str, float]:
@@ -26,14 +26,6 @@ def calls_made(cluster, action) -> dict[str, float]:
     action()
     after = metaserver_calls(cluster)
     return {op: after[op] - before.get(op, 0) for op in after if after[op] != before.get(op, 0)}
-
-
-def fsync_directory(path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def test_changes_in_a_leased_directory_go_in_batches(cluster):

@@ -5,21 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from collections.abc import Callable
 
 from aiohttp import web
 
 from chunkfs import metrics
 from chunkfs.config import ConfigError, parse_address
 from chunkfs.errors import FsError, TransportError
-from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, BodyLimit, any_host, json_response, make_app,
+from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, TOKEN_CHECK, BodyLimit, any_host, json_response, make_app,
                                 read_body_pieces)
+from chunkfs.chunkserver.access import CHUNK_KEYS, ChunkKeys, token_check
 from chunkfs.chunkserver.scrubber import CorruptionReporter, corrupt_copies
 from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
 from chunkfs.protocol import records as r
 from chunkfs.protocol.disk_check import BUCKETS, INVENTORY_PATH, Inventory
 from chunkfs.request_checks import path_id, query_float, query_int
 from chunkfs.protocol.chunk_client import (BLOCK_SUMS_HEADER, CHECKSUM_HEADER, CHECKSUM_PARAM, CLIENT_VERIFIES_PARAM,
-                                           LENGTH_PARAM, OFFSET_PARAM, ChunkClient)
+                                           LENGTH_PARAM, OFFSET_PARAM, TOKEN_PARAM, ChunkClient)
 from chunkfs.chunkserver.sendfile import FileRangeResponse
 from chunkfs import CHUNK_SIZE
 
@@ -94,9 +96,11 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
 
 async def copy_chunk(request: web.Request) -> web.Response:
     """Fetch a chunk version from the peer `?from=HOST:PORT` and store it here, checked against
-    `?checksum=` (the metaserver's record of it); answers once it is fsynced."""
+    `?checksum=` (the metaserver's record of it), with the read token `?token=` the metaserver
+    issued for the copy; answers once it is fsynced."""
     chunk_id, version = _chunk_key(request)
     source, checksum = request.query.get("from", ""), request.query.get(CHECKSUM_PARAM, "")
+    token = request.query.get(TOKEN_PARAM, "")
     try:
         parse_address(source)
     except ConfigError as exc:
@@ -104,7 +108,7 @@ async def copy_chunk(request: web.Request) -> web.Response:
     if not checksum:
         raise FsError(errno.EINVAL, f"missing {CHECKSUM_PARAM} parameter")
     try:
-        data = await request.app[PEERS].get(source, chunk_id, version, retry_s=1.0)
+        data = await request.app[PEERS].get(source, chunk_id, version, retry_s=1.0, token=token)
     except TransportError as exc:
         raise FsError(errno.EHOSTUNREACH, f"copy source {source}: {exc}") from None
     await asyncio.to_thread(request.app[STORE].write, chunk_id, version, data, checksum)
@@ -168,15 +172,18 @@ CHUNK_ROUTE = "/v1/chunks/{chunk_id}/{version}"
 BODY_LIMITS = {f"PUT {CHUNK_ROUTE}": BodyLimit(CHUNK_SIZE, checksummed=True)}
 
 
-def build_app(store: ChunkStore, secret: bytes, background, peers: ChunkClient,
+def build_app(store: ChunkStore, keys: ChunkKeys, background, peers: ChunkClient,
               corruption: CorruptionReporter, counters: metrics.ChunkserverMetrics,
-              addresses: frozenset[str] = frozenset(), body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
-              ) -> web.Application:
+              addresses: frozenset[str] = frozenset(), body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+              status_open: Callable[[web.Request], bool] | None = None) -> web.Application:
     """`addresses`: the HOST:PORTs clients and peers reach this server by (the one it registers
-    with, its listen address); a request signed for another Host is refused (empty: any)."""
+    with, its listen address); a request signed for another Host is refused (empty: any).
+    `keys`: the chunk key, once learnt (who is served: see access.py)."""
     own = frozenset(a.lower() for a in addresses)
-    app = make_app(secret, own_host=(lambda host: host.lower() in own) if own else any_host,
-                   body_limits=BODY_LIMITS, body_timeout_s=body_timeout_s)
+    app = make_app(keys, own_host=(lambda host: host.lower() in own) if own else any_host,
+                   body_limits=BODY_LIMITS, body_timeout_s=body_timeout_s, status_open=status_open)
+    app[CHUNK_KEYS] = keys
+    app[TOKEN_CHECK] = token_check
     app[STORE] = store
     app[PEERS] = peers
     app[CORRUPTION] = corruption

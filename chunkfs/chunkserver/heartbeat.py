@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from chunkfs.chunkserver.store import ChunkStore
 from chunkfs.metrics import ChunkserverMetrics
@@ -19,8 +20,11 @@ log = logging.getLogger(__name__)
 
 class Heartbeat:
     def __init__(self, store: ChunkStore, meta: MetaClient, address: str, interval_s: float,
-                 counters: ChunkserverMetrics, report_grace_s: float = 300.0) -> None:
+                 counters: ChunkserverMetrics, on_reply: Callable[[r.HelloReply], None] = lambda reply: None,
+                 report_grace_s: float = 300.0) -> None:
+        """`on_reply`: told every answer (it carries the chunk key, see access.py)."""
         self.store, self.meta, self.address, self.counters = store, meta, address, counters
+        self.on_reply = on_reply
         self.interval_s, self.report_grace_s = interval_s, report_grace_s
         self.registered = False
 
@@ -38,6 +42,7 @@ class Heartbeat:
             try:
                 hello = await asyncio.to_thread(self.hello, not self.registered)
                 reply = await self.meta.hello(hello)
+                self.on_reply(reply)
                 if not self.registered:
                     log.info("registered with the metaserver as %s (%s)", self.store.server_id, self.address)
                 self.registered = True

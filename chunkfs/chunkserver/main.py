@@ -10,14 +10,16 @@ from pathlib import Path
 
 import click
 
-from chunkfs import DEFAULT_METASERVER_PORT, auth, metrics, service
+from chunkfs import DEFAULT_METASERVER_PORT, auth, metrics, service, tls
 from chunkfs.chunkserver.app import build_app
 from chunkfs.chunkserver.heartbeat import Heartbeat
 from chunkfs.chunkserver.scrubber import CorruptionReporter, Scrubber
 from chunkfs.chunkserver.store import ChunkStore
-from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setup_logging
+from chunkfs.config import ConfigError, daemon_command, opt, parse_address, parse_addresses, setup_logging
 from chunkfs.errors import FsError
-from chunkfs.httpserver import BODY_TIMEOUT_HELP, DEFAULT_BODY_TIMEOUT_S, serve
+from chunkfs.chunkserver.access import ChunkKeys
+from chunkfs.httpserver import (BODY_TIMEOUT_HELP, DEFAULT_BODY_TIMEOUT_S, STATUS_ACCESS, STATUS_ACCESS_HELP, serve,
+                                status_access)
 from chunkfs.protocol.chunk_client import ChunkClient
 from chunkfs.protocol.http import SignedHttp
 from chunkfs.protocol.meta_client import MetaClient
@@ -35,8 +37,13 @@ class ChunkserverConfig:
                                 "directories the chunks are stored in, one per disk; a new chunk goes to the "
                                 "one with the most free space")
     data_dir: Path = opt(Path(""), "a single directory for the chunks: the same as data_dirs = [data_dir]")
-    metaserver: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT}", "HOST:PORT of the metaserver")
-    secret_file: Path = opt(Path("/etc/chunkfs/secret"), "file holding the cluster secret")
+    metaserver: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT}", "HOST:PORT of the metaserver (with failover: of each, comma-separated)")
+    secret_file: Path = opt(Path("/etc/chunkfs/secret"),
+                            "file holding this chunkserver's credential (chunkfs credentials add chunkserver NAME) "
+                            "or the cluster secret")
+    status_access: str = opt("loopback", STATUS_ACCESS_HELP)
+    tls_dir: Path = opt(Path(""), "directory made by chunkfs certs init: serve and connect with TLS only, "
+                                  "peers must show a certificate of its CA (empty: plain HTTP)")
     heartbeat_interval_s: float = opt(2.0, "seconds between heartbeats to the metaserver")
     scrub_mb_per_s: float = opt(50.0, "MiB/s at most re-read to verify stored chunks in the background; 0 is off")
     body_timeout_s: float = opt(DEFAULT_BODY_TIMEOUT_S, BODY_TIMEOUT_HELP)
@@ -53,7 +60,7 @@ class ChunkserverConfig:
         if len(set(resolved)) < len(resolved):
             raise ConfigError("option data_dirs: a directory is listed twice")
         parse_address(self.listen)
-        parse_address(self.metaserver)
+        parse_addresses(self.metaserver)
         if self.advertise:
             parse_address(self.advertise)
         if self.heartbeat_interval_s <= 0:
@@ -64,6 +71,13 @@ class ChunkserverConfig:
             raise ConfigError("option scrub_mb_per_s: must not be negative")
         if not self.secret_file.exists():
             raise ConfigError(f"option secret_file: {self.secret_file} does not exist")
+        if self.tls_dir.parts:
+            try:
+                tls.tls_files(self.tls_dir, "chunkserver")
+            except ValueError as exc:
+                raise ConfigError(f"option tls_dir: {exc}") from None
+        if self.status_access not in STATUS_ACCESS:
+            raise ConfigError(f"option status_access: one of {', '.join(STATUS_ACCESS)}")
 
 
 @daemon_command(ChunkserverConfig, "Run a chunkfs chunk server.")
@@ -77,10 +91,12 @@ def run(config: ChunkserverConfig) -> None:
         click.echo(f"chunkfs-chunkserver: option data_dirs: {exc}", err=True)
         sys.exit(2)
     counters = metrics.ChunkserverMetrics(store)
-    http = SignedHttp(secret, timeout_s=10, retry_s=2)
+    files = tls.tls_files(config.tls_dir if config.tls_dir.parts else None, "chunkserver")
+    http = SignedHttp(secret, timeout_s=10, retry_s=2, tls=files.client_context() if files else None)
     meta = MetaClient(http, config.metaserver)
     advertised = config.advertise or f"{host}:{port}"
-    heartbeat = Heartbeat(store, meta, advertised, config.heartbeat_interval_s, counters)
+    keys = ChunkKeys(secret)
+    heartbeat = Heartbeat(store, meta, advertised, config.heartbeat_interval_s, counters, keys.learn)
     corruption = CorruptionReporter(store, meta)
     scrubber = Scrubber(store, corruption, config.scrub_mb_per_s)
 
@@ -94,10 +110,10 @@ def run(config: ChunkserverConfig) -> None:
 
     log.info("chunkserver %s serving on %s:%d, data in %s", store.server_id, host, port,
              ", ".join(map(str, config.data_dirs)))
-    app = build_app(store, secret, background, ChunkClient(http), corruption, counters,
-                    frozenset({advertised, config.listen}), config.body_timeout_s)
+    app = build_app(store, keys, background, ChunkClient(http), corruption, counters,
+                    frozenset({advertised, config.listen}), config.body_timeout_s, status_access(config.status_access))
     service.attach(app, status=f"serving on {host}:{port}")
-    serve(app, host, port)
+    serve(app, host, port, files.server_context() if files else None)
 
 
 def main() -> None:

@@ -9,8 +9,10 @@
 - `mount_cmd.py`: `mount` and `install` (clients and the mount(8) helper).
 - `deploy.py`: `config-example` and `install --units` (running the daemons under systemd).
 - `gateway_cmd.py`: `gateway key add|list|remove` (the S3/REST gateway's access keys).
+- `metaserver_cmd.py`: `metaserver switchover` (move the primary role, with etcd failover).
 - `user_cmd.py`: `user add|list|passwd|disable|remove|keys`; `share_cmd.py`: `share PATH`,
   `share list|revoke` (people and their share links, kept by the metaserver).
+- `credentials_cmd.py`: `credentials add|list|revoke` (the role keys); `certs_cmd.py`: `certs init` (TLS).
 - `files_cmd.py`: `put`, `get`, `cat`, `ls`, `rm`, `size`, `mkdir`, `mv` (files, straight through
   `chunkfs.client`); `transfer.py` plans and runs put/get; `client_edge.py` maps their errors to exit codes.
 
@@ -35,6 +37,8 @@ COMMANDS = {
     "mount": "mount_cmd:mount", "install": "mount_cmd:install", "config-example": "deploy:config_example",
     "bench": "bench_cmd:bench", "backup": "backup_cmd:backup", "restore": "backup_cmd:restore",
     "gateway": "gateway_cmd:gateway", "user": "user_cmd:user", "share": "share_cmd:share",
+    "credentials": "credentials_cmd:credentials", "certs": "certs_cmd:certs",
+    "metaserver": "metaserver_cmd:metaserver",
     **{name: f"files_cmd:{name}" for name in ("put", "get", "cat", "ls", "rm", "size", "mkdir", "mv")},
 }
 """Command name -> `module:attribute` under `chunkfs.cli`."""

@@ -39,9 +39,17 @@ def status(data_dir: Path, metaserver: str | None, secret_file: Path | None, as_
     if (mem := s.memory) is not None:
         summary.add_row("metaserver memory", f"{_bytes(mem.rss_anon_bytes)} own, {_bytes(mem.rss_file_bytes)} mapped; "
                                              f"database {_bytes(mem.lmdb_used_bytes)} of {_bytes(mem.lmdb_map_bytes)}")
+    if (ha := s.failover) is not None:
+        summary.add_row("primary", f"{ha.primary} (epoch {ha.epoch}, lease {ha.lease_left_s:.1f} s left)")
+        healthy = sum(1 for m in ha.etcd if m.healthy)
+        summary.add_row("etcd", f"{healthy} of {len(ha.etcd)} members healthy: " + ", ".join(
+            f"{m.endpoint} " + (f"[green]up[/] {m.version}" + (" leader" if m.leader else "") if m.healthy
+                                 else f"[red]down[/] ({m.error[:60]})") for m in ha.etcd))
     for sb in s.standbys:
         state = ("[green]in sync[/]" if sb.in_sync else "[red]out of sync[/]") if sb.synchronous else "asynchronous"
-        summary.add_row(f"standby {sb.name}", f"{state}, {sb.behind_batches} batches behind")
+        may_take_over = ha is not None and sb.name in ha.in_sync
+        summary.add_row(f"standby {sb.name}", f"{state}, {sb.behind_batches} batches behind, last poll "
+                                              f"{sb.last_poll_s:.1f} s ago" + (", may take over" if may_take_over else ""))
     if s.quarantined_versions:
         summary.add_row("quarantine", f"{s.quarantined_versions} unknown chunk versions kept after a restore")
     for c in s.clients:  # each mount's chunk cache, as of its last change-feed poll

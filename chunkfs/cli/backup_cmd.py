@@ -15,7 +15,7 @@ import click
 import zstandard
 
 from chunkfs import auth
-from chunkfs.cli.cluster_access import access_from, common_options, fail
+from chunkfs.cli.cluster_access import primary_address, access_from, common_options, fail
 from chunkfs.cli.output import console, echo_json, human_bytes
 from chunkfs.durable_files import replace_durably
 from chunkfs.errors import FsError, TransportError
@@ -40,12 +40,13 @@ def backup(dest: Path, data_dir: Path, metaserver: str | None, secret_file: Path
         fail(f"{dest.parent}: no such directory")
     started = time.monotonic()
     info: CopyInfo
+    primary = primary_address(access)
     try:
         if to_stdout:
-            info = download_copy(access.metaserver, secret, sys.stdout.buffer, decompress=False)
+            info = download_copy(primary, secret, sys.stdout.buffer, decompress=False)
             sys.stdout.buffer.flush()
         else:
-            info = save_copy(access.metaserver, secret, dest, decompress=False)
+            info = save_copy(primary, secret, dest, decompress=False)
     except TransportError as exc:
         fail(f"cannot reach the metaserver at {access.metaserver}: {exc}")
     except FsError as exc:

@@ -42,7 +42,8 @@ def _table(results: list[workloads.DirectoryResult], settings: workloads.BenchSe
     if others:
         caption += f"\nratio: {subject.directory.name}/other, green where {subject.directory.name} does better"
     workload = {"data": f"{settings.size_mb} MiB file", "small": f"{settings.files} small files",
-                "tree": f"{settings.tree_files}-file tree", "client": "put/get and the API"}
+                "tree": f"{settings.tree_files}-file tree", "client": "put/get and the API",
+                "gateway": "the gateway" if settings.gateway else "no gateway"}
     table = Table(title="chunkfs bench: " + ", ".join(workload[g] for g in workloads.GROUPS if g in settings.groups),
                   caption=caption)
     table.add_column("figure", no_wrap=True)
@@ -86,10 +87,21 @@ def _as_json(results: list[workloads.DirectoryResult], settings: workloads.Bench
 @click.option("--only", "groups", type=click.Choice(list(workloads.GROUPS)), multiple=True,
               help="Run only these workloads (repeatable): data (big file), small (create/stat/unlink), "
                    "tree (cp -a, no-op rsync -a), client (cp of a file in and out; on a chunkfs mount also "
-                   "chunkfs put/get and the Python API on its cluster). Default: all.")
+                   "chunkfs put/get and the Python API on its cluster), gateway (with --gateway: its S3 "
+                   "and REST doors beside the mount). Default: all.")
+@click.option("--gateway", default="", metavar="URL",
+              help="Also through the gateway of the mount's cluster (group gateway): its S3 address, "
+                   "http://HOST:9580 (REST on the next port); needs --gateway-key.")
+@click.option("--gateway-key", default="", envvar="CHUNKFS_GATEWAY_KEY", metavar="ID:SECRET",
+              help="An access key for --gateway (`chunkfs gateway key add`) [env CHUNKFS_GATEWAY_KEY].")
+@click.option("--gateway-clients", type=click.IntRange(0, 64), default=8, show_default=True,
+              help="Parallel uploads of --size-mb each while the gateway's RSS is watched (0: skip).")
+@click.option("--gateway-list-keys", type=click.IntRange(1, 1_000_000), default=10_000, show_default=True,
+              help="Keys in the prefix whose S3 listing (1,000 a page) is timed.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON dict instead of a table.")
 def bench(directory: Path, compare: tuple[Path, ...], size_mb: int, files: int, tree_files: int,
-          groups: tuple[str, ...], as_json: bool) -> None:
+          groups: tuple[str, ...], gateway: str, gateway_key: str, gateway_clients: int, gateway_list_keys: int,
+          as_json: bool) -> None:
     """Time writes, reads, small files and tree copies in DIRECTORY (and each --compare one).
 
     Everything is made in a scratch directory inside each directory and removed afterwards.
@@ -98,8 +110,12 @@ def bench(directory: Path, compare: tuple[Path, ...], size_mb: int, files: int, 
     directories = [d.absolute() for d in (directory, *compare)]
     if len(set(directories)) != len(directories):
         fail("each directory may be given only once")
+    if gateway and not gateway_key:
+        fail("--gateway needs --gateway-key ID:SECRET (chunkfs gateway key add NAME)")
     settings = workloads.BenchSettings(size_mb=size_mb, files=files, tree_files=tree_files,
-                                       groups=groups or tuple(workloads.GROUPS))
+                                       groups=groups or tuple(workloads.GROUPS), gateway=gateway,
+                                       gateway_key=gateway_key, gateway_clients=gateway_clients,
+                                       gateway_list_keys=gateway_list_keys)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=Console(stderr=True), transient=True)
     try:

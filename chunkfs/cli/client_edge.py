@@ -103,7 +103,8 @@ async def open_cluster(access: ClusterAccess, retry_s: float) -> AsyncIterator[A
     async with AsyncExitStack() as stack:
         try:
             fs = await stack.enter_async_context(
-                client.open_filesystem(access.metaserver, secret_file=access.secret_file, retry_s=retry_s))
+                client.open_filesystem(access.metaserver, secret_file=access.secret_file, retry_s=retry_s,
+                                       tls_dir=access.tls_dir))
             await fs.stat("/")
         except OSError as exc:
             raise ClusterUnusable(f"cannot use the cluster at {access.metaserver}: {describe(exc)}") from exc

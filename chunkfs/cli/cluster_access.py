@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import stat
 import sys
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ import click
 import msgspec
 import trio
 
-from chunkfs import DEFAULT_METASERVER_PORT, auth, mounts
+from chunkfs import DEFAULT_METASERVER_PORT, auth, mounts, tls
 from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol.http import SignedHttp
 from chunkfs.protocol.meta_client import MetaClient
@@ -29,6 +30,11 @@ DEFAULT_DIR = Path(".chunkfs")
 class ClusterAccess:
     metaserver: str
     secret_file: Path
+    tls_dir: str = ""  # connect with TLS, as an admin (chunkfs.tls), or as the mount found did
+
+    def tls_context(self, name: str = "admin") -> ssl.SSLContext | None:
+        files = tls.tls_files(self.tls_dir, name)
+        return files.client_context() if files else None
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -46,13 +52,26 @@ def access_from(metaserver: str | None, secret_file: Path | None, data_dir: Path
         record = mounts.find(path)
         if record is None:
             fail(f"{path} is not inside a chunkfs mount")
-        return ClusterAccess(record["metaserver"], Path(record["secret_file"]))
+        return ClusterAccess(record["metaserver"], Path(record["secret_file"]), record.get("tls_dir", ""))
     info = local_cluster_file(data_dir)
     if metaserver is None and info.exists():
         data = json.loads(info.read_text())
-        return ClusterAccess(data["metaserver"], Path(secret_file or data["secret_file"]))
+        return ClusterAccess(data["metaserver"], Path(secret_file or data["secret_file"]), data.get("tls_dir", ""))
     return ClusterAccess(metaserver or f"127.0.0.1:{DEFAULT_METASERVER_PORT}",
                          Path(secret_file or "/etc/chunkfs/secret"))
+
+
+def primary_address(access: ClusterAccess) -> str:
+    """The metaserver that answers calls (with several, the primary: the one a status call
+    ended at); for what is not a MetaClient call (a backup's download)."""
+    if "," not in access.metaserver:
+        return access.metaserver
+
+    async def answering(meta: MetaClient) -> str:
+        await meta.status()
+        return meta.servers.current
+
+    return run_with_meta(access, answering)
 
 
 def run_with_meta(access: ClusterAccess, fn: Callable[[MetaClient], Awaitable[T]], error_code: int = 1) -> T:
@@ -60,11 +79,12 @@ def run_with_meta(access: ClusterAccess, fn: Callable[[MetaClient], Awaitable[T]
     `error_code` (commands whose exit codes mean more pick another)."""
     try:
         secret = auth.load_secret(access.secret_file)
+        context = access.tls_context()
     except (OSError, ValueError) as exc:
         fail(f"cannot read the cluster secret: {exc}", error_code)
 
     async def call() -> T:
-        http = SignedHttp(secret, retry_s=3, trio_native=True)
+        http = SignedHttp(secret, retry_s=3, trio_native=True, tls=context)
         try:
             return await fn(MetaClient(http, access.metaserver))
         finally:
@@ -98,7 +118,7 @@ def is_dir(path: Path) -> bool:
 def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
     fn = click.option("--secret-file", type=click.Path(path_type=Path), help="Cluster secret file.")(fn)
-    fn = click.option("--metaserver", help="HOST:PORT of the metaserver.")(fn)
+    fn = click.option("--metaserver", help="HOST:PORT of the metaserver (with failover: of each, comma-separated).")(fn)
     fn = click.option("--dir", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_DIR,
                       show_default=True, help="Local cluster directory (from `chunkfs up`).")(fn)
     return fn

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from chunkfs.cli import transfer
-from chunkfs.cli.client_edge import Failures, run_command
+from chunkfs.cli.client_edge import EXIT_CLUSTER, EXIT_FAILED, EXIT_INTERRUPTED, Failures, run_command
 from chunkfs.cli.cluster_access import ClusterAccess, access_from, common_options
 from chunkfs.cli.output import echo_json, human_bytes
 
@@ -85,12 +85,21 @@ def _split_sources(paths: tuple[str, ...]) -> tuple[list[str], str]:
 @click.argument("paths", nargs=-1, metavar="LOCAL... REMOTE")
 @RECURSIVE
 @JOBS
+@click.option("--url", help="Put through the gateway's REST API at URL (http://HOST:9581) instead of the "
+                            "cluster itself: needs only an access key (--key), no cluster secret.")
+@click.option("--key", envvar="CHUNKFS_GATEWAY_KEY", help="The access key for --url, as ID:SECRET "
+                                                         "(`chunkfs gateway key add`) [env CHUNKFS_GATEWAY_KEY].")
 @cluster_options
-def put(paths: tuple[str, ...], recursive: bool, jobs: int, where: Where) -> None:
+def put(paths: tuple[str, ...], recursive: bool, jobs: int, url: str | None, key: str | None, where: Where) -> None:
     """Copy local files onto the cluster. REMOTE ending in / (made if missing) or naming a
     directory receives the files under their names. A file appears under its name only once it
-    is whole; an interrupted put leaves nothing there."""
+    is whole; an interrupted put leaves nothing there. A put of a large file (128 MiB or
+    more) that was killed or cut off, run again, resumes: it stores only what the first run had
+    not (through --url too)."""
     sources, target = _split_sources(paths)
+    if url is not None:
+        _put_through_gateway(sources, cluster_path(target), url, key, recursive, where.as_json)
+        return
 
     async def job(fs: AsyncFilesystem, failures: Failures) -> None:
         done = await transfer.copy_all(sources, cluster_path(target), transfer.LocalSide(), transfer.ClusterSide(fs),
@@ -100,6 +109,47 @@ def put(paths: tuple[str, ...], recursive: bool, jobs: int, where: Where) -> Non
             echo_json(_copies_json(done, failures))
 
     where.run("put", job)
+
+
+def _put_through_gateway(sources: list[str], target: str, url: str, key: str | None, recursive: bool,
+                         as_json: bool) -> None:
+    """`put --url`: each file a resumable tus upload to the gateway (http_put.py); the exit
+    codes of the file commands (3: the gateway unreachable or the key refused)."""
+    from chunkfs.cli.http_put import HttpPutError, gateway_put
+
+    if key is None:
+        raise click.UsageError("--url needs an access key: --key ID:SECRET (or CHUNKFS_GATEWAY_KEY)")
+    if recursive or any(os.path.isdir(s) for s in sources):
+        raise click.UsageError("--url puts files, not directories (use a mount or the cluster for a tree)")
+    failures = Failures("put")
+    done = []
+    with gateway_put(url, key) as gateway:
+        for source in sources:
+            remote = target
+            if target.endswith("/") or len(sources) > 1:
+                remote = target.rstrip("/") + "/" + os.path.basename(source)
+            try:
+                resumed = gateway.put(Path(source), remote)
+            except OSError as exc:
+                failures.report(source, exc)
+                continue
+            except HttpPutError as exc:
+                if exc.status in (0, 401):
+                    click.echo(f"chunkfs: put: {exc}", err=True)
+                    sys.exit(EXIT_CLUSTER)
+                failures.count += 1
+                failures.messages.append({"path": source, "error": str(exc), "errno": ""})
+                click.echo(f"chunkfs: put: {source}: {exc}", err=True)
+                continue
+            except KeyboardInterrupt:
+                click.echo("chunkfs: put: interrupted (run it again to resume)", err=True)
+                sys.exit(EXIT_INTERRUPTED)
+            done.append({"source": source, "target": remote, "bytes": os.path.getsize(source),
+                         "resumed_from": resumed})
+    if as_json:
+        echo_json({"copied": done, "failed": failures.messages})
+    if failures.count:
+        sys.exit(EXIT_FAILED)
 
 
 @click.command()

@@ -30,7 +30,9 @@ def key_store(data_dir: Path, keys_file: Path | None, secret_file: Path | None) 
     info = local_cluster_file(data_dir.absolute())
     if keys_file is None and info.exists():
         keys_file = local_keys_file(data_dir.absolute())
-        secret_file = secret_file or Path(json.loads(info.read_text())["secret_file"])
+        cluster = json.loads(info.read_text())
+        # the key the gateway derives access-key secrets with: its credential under `up --roles`
+        secret_file = secret_file or Path((cluster.get("gateway") or {}).get("secret_file") or cluster["secret_file"])
     return KeyStore(keys_file or DEFAULT_KEYS_FILE), secret_file or Path("/etc/chunkfs/secret")
 
 

@@ -35,7 +35,7 @@ def _run(access: ClusterAccess, fn: Callable[[AccountsClient], Awaitable[Any]]) 
 
 
 def accounts_of(meta: MetaClient) -> AccountsClient:
-    return AccountsClient(meta.http, meta.base)
+    return AccountsClient(meta.http, meta.servers)
 
 
 def _public(user: User) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import io
 import os
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -329,6 +329,10 @@ class Filesystem:
 
     def statvfs(self) -> os.statvfs_result:
         return self._thread.call(self._afs.statvfs)
+
+    def concat(self, path: PathLike, sources: Sequence[PathLike]) -> None:
+        """See AsyncFilesystem.concat: the sources' chunks appended to `path`, not copied."""
+        self._thread.call(self._afs.concat, path, sources)
 
     def put_file(self, local_path: str | Path, remote_path: PathLike, progress: Progress | None = None, *,
                  exclusive: bool = False) -> None:

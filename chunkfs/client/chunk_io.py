@@ -11,6 +11,10 @@ mismatch; their scrubbers re-verify every chunk at rest. A ranged read (`fetch_b
 64 KiB blocks of a chunk) is verified twice: by the chunkserver against its block checksums
 before it answers (a corrupt block is reported there, and the answer is an error: the next
 replica is tried, as for a whole chunk), and here against the block checksums sent with it.
+Every request to a chunkserver carries a chunk token (`chunkfs.chunk_tokens`): a read the one
+that came with the file's layout, a write the one of its reservation. A token about to expire
+(by this client's clock) or that a chunkserver calls expired is renewed from the metaserver
+first (`tokens`, once per chunk version and expiry).
 Writes go to all target replicas in parallel; a replica that fails is replaced by a spare, and
 the write succeeds as long as one replica stored it (the chunk is then under goal). A server that
 answers ENOSPC goes last for uploads for a while (until the metaserver stops offering it); if
@@ -21,12 +25,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from dataclasses import dataclass
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import trio
 
+from chunkfs import chunk_tokens
 from chunkfs.checksum import BLOCK_SIZE, DIGEST_SIZE, chunk_checksum, verify_blocks
 from chunkfs.errors import FsError, TransportError
 from chunkfs.placement import weighted_order
@@ -85,7 +91,8 @@ class ChunkIO:
             return b""
 
         async def one(address: str, retry_s: float) -> bytes | bytearray | None:
-            data, sums = await self.chunks.get_blocks(address, ref.chunk_id, ref.version, offset, length, retry_s)
+            data, sums = await self.chunks.get_blocks(address, ref.chunk_id, ref.version, offset, length, retry_s,
+                                                      token=ref.token)
             if sums is None:  # an older chunkserver sent the whole chunk: checked as a whole
                 whole = data if chunk_checksum(data) == ref.checksum else await self._fetch_verified(address, ref, retry_s)
                 return None if whole is None else whole[offset:offset + length]
@@ -107,13 +114,21 @@ class ChunkIO:
         candidates = self._healthy_first([servers[s] for s in ref.replicas if s in servers])
         if not candidates:
             raise FsError(errno.EIO, f"chunk {ref.chunk_id} v{ref.version}: no replica is alive")
+        if chunk_tokens.expires_at(ref.token) < time.time() + chunk_tokens.REFRESH_MARGIN_S:
+            await self._renew_token(ref)
         problems = []
         gone_everywhere = True  # every replica said it does not hold the version (no other error)
         for retry_s in (0.0, self.replica_retry_s):
             unreachable = False
             for address in candidates:
                 try:
-                    data = await self._within_timeout(fetch_one(address, retry_s))
+                    try:
+                        data = await self._within_timeout(fetch_one(address, retry_s))
+                    except FsError as exc:
+                        if exc.errno != errno.EKEYEXPIRED:
+                            raise
+                        await self._renew_token(ref)  # expired by the chunkserver's clock: once more
+                        data = await self._within_timeout(fetch_one(address, retry_s))
                 except TransportError as exc:
                     self._suspect(address)
                     unreachable, gone_everywhere = True, False
@@ -136,17 +151,22 @@ class ChunkIO:
         log.error("chunk %d v%d unreadable: %s", ref.chunk_id, ref.version, "; ".join(problems))
         raise FsError(errno.EIO, f"chunk {ref.chunk_id} v{ref.version}: no replica could serve it")
 
+    async def _renew_token(self, ref: r.ChunkRef) -> None:
+        """A new read token for `ref` (ESTALE if no file has its version any more)."""
+        (ref.token,) = await self.meta.read_tokens([(ref.chunk_id, ref.version)])
+
     async def _fetch_verified(self, address: str, ref: r.ChunkRef, retry_s: float) -> bytes | bytearray | None:
         """The chunk from one server, checked here against its checksum (None if it does not
         match). The server sends it unverified; only bytes that fail here are asked for again
         with the server's own block checks, which finds and reports a corrupt copy (it answers
         an error then) or tells a transfer that went wrong from bad data on its disk."""
-        data = await self.chunks.get(address, ref.chunk_id, ref.version, retry_s=retry_s, client_verifies=True)
+        data = await self.chunks.get(address, ref.chunk_id, ref.version, retry_s=retry_s, client_verifies=True,
+                                     token=ref.token)
         if chunk_checksum(data) == ref.checksum:
             return data
         log.warning("chunk %d v%d from %s does not match its checksum; asking again, verified there",
                     ref.chunk_id, ref.version, address)
-        data = await self.chunks.get(address, ref.chunk_id, ref.version, retry_s=retry_s)
+        data = await self.chunks.get(address, ref.chunk_id, ref.version, retry_s=retry_s, token=ref.token)
         return data if chunk_checksum(data) == ref.checksum else None
 
     async def upload(self, ino: int, index: int, data: bytes | bytearray, slot: UploadSlot) -> r.ChunkRef:
@@ -169,7 +189,8 @@ class ChunkIO:
             while server is not None:
                 try:
                     await self._within_timeout(self.chunks.put(
-                        server.address, slot.chunk_id, slot.version, data, checksum, retry_s=self.replica_retry_s))
+                        server.address, slot.chunk_id, slot.version, data, checksum, retry_s=self.replica_retry_s,
+                        token=slot.token))
                     stored.append(server.id)
                     return
                 except (FsError, TransportError) as exc:
@@ -192,7 +213,7 @@ class ChunkIO:
             raise FsError(errno.EIO, f"chunk {index} of inode {ino}: no chunkserver stored it")
         self.bytes_written += len(data) * len(stored)
         return r.ChunkRef(index=index, chunk_id=slot.chunk_id, version=slot.version,
-                          length=len(data), checksum=checksum, replicas=stored)
+                          length=len(data), checksum=checksum, replicas=stored, token=slot.token)
 
 
 @dataclass
@@ -203,6 +224,7 @@ class UploadSlot:
     version: int
     goal: int
     servers: list[r.ServerChoice]
+    token: str = ""  # the reservation's (chunkfs.chunk_tokens): writes and reads of its versions
 
 
 class Reservations:
@@ -228,4 +250,4 @@ class Reservations:
             i = self._used
             self._used += 1
         chunk_id = existing_chunk_id if existing_chunk_id is not None else res.first_chunk_id + i
-        return UploadSlot(chunk_id, res.first_version + i, max(1, goal), res.servers)
+        return UploadSlot(chunk_id, res.first_version + i, max(1, goal), res.servers, res.token)

@@ -158,6 +158,15 @@ class Client:
         except Exception:  # a background task: never let it end the client
             log.exception("early upload of inode %d failed", open_file.ino)
 
+    async def concat(self, ino: int, sources: list[int]) -> r.Attr:
+        """Append the chunks of files `sources` to file `ino` without copying them (see
+        `records.ConcatReq` for what must hold); the sources are left empty. EBUSY for a file
+        open here: its buffers and cached layout would be of the file before."""
+        busy = [i for i in (ino, *sources) if i in self.open_files]
+        if busy:
+            raise FsError(errno.EBUSY, f"inode {busy[0]} is open")
+        return await self.meta.concat(r.ConcatReq(ino=ino, sources=sources, mtime_ns=time.time_ns()))
+
     async def make(self, parent: int, name: bytes, mode: int, caller: Caller, rdev: int = 0,
                    target: bytes | None = None) -> r.Attr:
         """A new directory, node or symlink (`mode` says which). With ACLs on, the umask is the
@@ -222,8 +231,10 @@ class Client:
             self.unlinked_dirs.discard(ino)
             await self.meta.release_orphan(ino)
 
-    async def readdir(self, ino: int, after: bytes | None, limit: int) -> list[r.DirEntry]:
-        entries = await self.meta.readdir(ino, after, limit)
+    async def readdir(self, ino: int, after: bytes | None, limit: int, xattr: bytes | None = None
+                      ) -> list[r.DirEntry]:
+        """A page of the directory; with `xattr`, each entry's value of it too (one call)."""
+        entries = await self.meta.readdir(ino, after, limit, xattr)
         for entry in entries:
             entry.attr = self.attr_here(entry.attr)
         return entries

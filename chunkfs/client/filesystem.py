@@ -22,16 +22,17 @@ import weakref
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import trio
 
-from chunkfs import auth, posix_acl
+from chunkfs import auth, posix_acl, tls
 from chunkfs.client.async_file import MODES, AsyncFile, normal_mode
 from chunkfs.client.core import PREFERRED_IO_BYTES, Client, build_client, statvfs_numbers
 from chunkfs.client.os_errors import os_error, raises_os_errors
 from chunkfs.client.paths import PathLike, join, split_path
 from chunkfs.client.transfers import Progress, download, upload
+from chunkfs.client.upload_sessions import RESUMABLE_FROM_BYTES, resumable_upload
 from chunkfs.client.permissions import (READ, SEARCH, WRITE, Identity, check_access, check_chown, check_owner,
                                         check_sticky, check_xattr, mode_for_chmod)
 from chunkfs.errors import FsError, TransportError
@@ -42,6 +43,7 @@ from chunkfs.protocol.meta_client import ROOT_INO
 log = logging.getLogger(__name__)
 
 MAX_SYMLINKS = 40  # as Linux: more on one path is ELOOP
+READDIR_PAGE = 1000  # entries a scandir asks the metaserver for at once
 
 
 def identity_of_this_process() -> Identity:
@@ -62,6 +64,9 @@ class ConnectOptions:
     max_dirty_mb: int = 256
     dir_leases: bool = True
     identity: Identity = field(default_factory=identity_of_this_process)
+    tls_dir: str = ""  # connect with TLS, with the certificate `tls_name` there (chunkfs.tls)
+    tls_name: str = "client"
+    report_as: str = ""  # what this client calls itself in the metaserver's client list (default: python-api pid N)
 
 
 def stat_result(attr: r.Attr) -> os.stat_result:
@@ -78,8 +83,9 @@ class DirEntry:
     """One entry of `scandir`, like `os.DirEntry`: its attributes came with the listing
     (`follow_symlinks` is not followed: a symlink's entry describes the link)."""
 
-    def __init__(self, name: str, path: str, attr: r.Attr) -> None:
+    def __init__(self, name: str, path: str, attr: r.Attr, xattr: bytes | None = None) -> None:
         self.name, self.path, self._attr = name, path, attr
+        self.xattr = xattr  # the value of the xattr scandir was asked for (with_xattr), if any
 
     def is_dir(self, *, follow_symlinks: bool = True) -> bool:
         return stat.S_ISDIR(self._attr.mode)
@@ -340,8 +346,10 @@ class AsyncFilesystem:
 
     # ---- directories ----------------------------------------------------------------------------------
     @raises_os_errors
-    async def scandir(self, path: PathLike = "/") -> list[DirEntry]:
-        """Every entry of a directory (not . and ..), with its attributes."""
+    async def scandir(self, path: PathLike = "/", with_xattr: str | None = None) -> list[DirEntry]:
+        """Every entry of a directory (not . and ..), with its attributes; `with_xattr`: and
+        each entry's value of that xattr (`DirEntry.xattr`, None where unset or where the caller
+        could not read it with getxattr), in the same calls."""
         attr = await self._resolve(path)
         if not stat.S_ISDIR(attr.mode):
             raise FsError(errno.ENOTDIR, "not a directory")
@@ -349,17 +357,33 @@ class AsyncFilesystem:
         base = self.canonical(path).rstrip("/")
         entries: list[DirEntry] = []
         after: bytes | None = None
+        xattr = os.fsencode(with_xattr) if with_xattr is not None else None
         self.client.open_directory(attr.ino)
         try:
             while True:
-                page = await self.client.readdir(attr.ino, after, 1000)
-                entries.extend(DirEntry(os.fsdecode(e.name), f"{base}/{os.fsdecode(e.name)}", e.attr)
-                               for e in page if e.name not in (b".", b".."))
-                if len(page) < 1000:
+                page = await self.client.readdir(attr.ino, after, READDIR_PAGE, xattr)
+                for e in page:
+                    if e.name in (b".", b".."):
+                        continue
+                    value = e.xattr if xattr is not None and await self._may_read_xattr(e.attr, xattr) else None
+                    entries.append(DirEntry(os.fsdecode(e.name), f"{base}/{os.fsdecode(e.name)}", e.attr, value))
+                if len(page) < READDIR_PAGE:
                     return entries
                 after = page[-1].name
         finally:
             await self.client.release_directory(attr.ino)
+
+    async def _may_read_xattr(self, attr: r.Attr, name: bytes) -> bool:
+        """Whether getxattr of `name` on `attr` would be allowed to this caller."""
+        if not attr.has_xattrs:
+            return False
+        try:
+            want = check_xattr(attr, self.identity, name, writing=False)
+            if want:
+                await self._check(attr, want)
+        except FsError:
+            return False
+        return True
 
     async def listdir(self, path: PathLike = "/") -> list[str]:
         return [entry.name for entry in await self.scandir(path)]
@@ -451,12 +475,37 @@ class AsyncFilesystem:
             raise FsError(errno.EINVAL, "not a symbolic link")
         return os.fsdecode(await self.client.readlink(attr.ino))
 
+    @raises_os_errors
+    async def concat(self, path: PathLike, sources: Sequence[PathLike]) -> None:
+        """Append the files `sources` to the file `path` without copying their bytes: their
+        chunks become its chunks, and they are left empty (the caller removes them). As HDFS's
+        concat, only whole chunks move: `path` and every source but the last must be a multiple
+        of CHUNK_SIZE long and no source may be kept inline (EINVAL otherwise, nothing changed).
+        Write permission is needed on all of them (the sources lose their content)."""
+        target = await self._resolve(path)
+        await self._check(target, WRITE)
+        inodes = []
+        for source in sources:
+            attr = await self._resolve(source)
+            await self._check(attr, WRITE)
+            inodes.append(attr.ino)
+        await self.client.concat(target.ino, inodes)
+
     # ---- whole files -----------------------------------------------------------------------------------
     @raises_os_errors
     async def put_file(self, local_path: str | Path, remote_path: PathLike, progress: Progress | None = None, *,
                        exclusive: bool = False) -> None:
         """Upload a local file whole (see `transfers.upload`): never visible half-written under
-        `remote_path`, removed on error or Ctrl-C; OSError(EBUSY) if it changes while read."""
+        `remote_path`, removed on error or Ctrl-C; OSError(EBUSY) if it changes while read. A
+        file of RESUMABLE_FROM_BYTES or more goes in parts through an upload session
+        (`upload_sessions.resumable_upload`): a put that was killed or cut off, run again,
+        stores only what the first run had not."""
+        if os.stat(local_path).st_size >= RESUMABLE_FROM_BYTES:  # one stat; the upload reads the file in a thread
+            try:
+                await resumable_upload(self, Path(local_path), self.canonical(remote_path), progress, exclusive)
+                return
+            except PermissionError:  # no sessions directory, and this caller may not make it
+                pass
         await upload(self, Path(local_path), remote_path, progress, exclusive)
 
     @raises_os_errors
@@ -497,7 +546,12 @@ def _load_secret(secret_file: Path) -> bytes:
 async def connected(address: str, secret_file: Path, options: ConnectOptions) -> AsyncIterator[AsyncFilesystem]:
     """An AsyncFilesystem on a client core of its own, for this block."""
     secret = _load_secret(secret_file)
-    http = SignedHttp(secret, timeout_s=60, retry_s=options.retry_s, trio_native=True)
+    try:
+        files = tls.tls_files(options.tls_dir, options.tls_name)
+    except ValueError as exc:
+        raise PermissionError(errno.EACCES, str(exc)) from None
+    http = SignedHttp(secret, timeout_s=60, retry_s=options.retry_s, trio_native=True,
+                      tls=files.client_context() if files else None)
     try:
         client = build_client(http, address, client_id=uuid.uuid4().hex, cache_mem_bytes=options.cache_mem_mb << 20,
                               max_dirty_bytes=options.max_dirty_mb << 20, dir_leases=options.dir_leases,
@@ -515,7 +569,8 @@ async def connected(address: str, secret_file: Path, options: ConnectOptions) ->
         host = socket.gethostname()
 
         def report() -> r.ClientReport:
-            return r.ClientReport(host=host, mountpoint=f"python-api pid {os.getpid()}", cache=client.cache.stats())
+            return r.ClientReport(host=host, mountpoint=options.report_as or f"python-api pid {os.getpid()}",
+                                  cache=client.cache.stats())
 
         async with trio.open_nursery() as nursery:
             await nursery.start(client.run)

@@ -173,10 +173,11 @@ class Metadata:
         self.cache.put_attr(attr, generation)
         return attr
 
-    async def readdir(self, ino: int, after: bytes | None, limit: int = 1000) -> list[r.DirEntry]:
+    async def readdir(self, ino: int, after: bytes | None, limit: int = 1000, xattr: bytes | None = None
+                      ) -> list[r.DirEntry]:
         await self._before(ino)
         generation = self.cache.generation
-        entries = await self.server.readdir(ino, after, limit)
+        entries = await self.server.readdir(ino, after, limit, xattr)
         self.cache.listed(ino, entries, generation)
         return entries
 
@@ -220,6 +221,9 @@ class Metadata:
 
     async def reserve(self, count: int) -> r.Reservation:
         return await self.server.reserve(count)
+
+    async def read_tokens(self, chunks: list[tuple[int, int]]) -> list[str]:
+        return await self.server.read_tokens(chunks)
 
     async def release_orphan(self, ino: int) -> None:
         await self._before_change(ino)
@@ -266,6 +270,13 @@ class Metadata:
             if req.create is not None:
                 self.leases.create_sent(pending)
             return attr
+
+    async def concat(self, req: r.ConcatReq) -> r.Attr:
+        """Append the sources' chunks to `req.ino` by reference (the metaserver's concat)."""
+        await self._before_change(req.ino, *req.sources)
+        for source in req.sources:
+            self.cache.changed(source)
+        return await self._changing(req.ino, lambda: self.server.concat(req))
 
     async def _commit(self, req: r.CommitReq) -> r.Attr:
         attr = await self._changing(req.ino, lambda: self.server.commit(req))

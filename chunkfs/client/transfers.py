@@ -56,13 +56,13 @@ async def upload(afs: AsyncFilesystem, local_path: Path, remote_path: PathLike, 
                  exclusive: bool) -> None:
     """`local_path` stored as `remote_path`; `exclusive`: EEXIST if the target exists (also if
     it appears meanwhile)."""
-    local = await trio.to_thread.run_sync(_open_for_reading, local_path)
+    local = await trio.to_thread.run_sync(open_for_reading, local_path)
     try:
         before = os.fstat(local.fileno())
         async with staged_file(afs, remote_path, exclusive) as afile:
-            copied = await _copy_into(local, before.st_size, afile, progress)
+            copied = await copy_into(local, before.st_size, afile, progress)
             after = os.fstat(local.fileno())
-            if copied != before.st_size or _version(before) != _version(after):
+            if copied != before.st_size or file_version(before) != file_version(after):
                 raise FsError(errno.EBUSY, f"{local_path} changed while it was read; nothing was stored "
                                            f"under {afs.canonical(remote_path)} (upload it again)")
     finally:
@@ -157,11 +157,11 @@ def _temporary_name(name: bytes) -> bytes:
     return b"." + name[: MAX_NAME_BYTES - len(suffix) - 1] + suffix
 
 
-def _version(st: os.stat_result) -> tuple[int, int, int, int]:
+def file_version(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def _open_for_reading(path: Path) -> io.FileIO:
+def open_for_reading(path: Path) -> io.FileIO:
     """`path` unbuffered (each read a chunk straight into its own bytes), read-ahead widened."""
     local = io.FileIO(path, "r")
     with contextlib.suppress(OSError):  # only advice: a file that takes none is read all the same
@@ -191,7 +191,7 @@ def _write_parts(fd: int, parts: list[bytes | memoryview]) -> int:
     return total
 
 
-async def _copy_into(local: io.FileIO, size: int, afile: AsyncFile, progress: Progress | None) -> int:
+async def copy_into(local: io.FileIO, size: int, afile: AsyncFile, progress: Progress | None) -> int:
     """Copy the first `size` bytes of a local binary file into `afile` a chunk at a time
     (fewer if it ends sooner); returns the bytes copied. Each chunk is read into a new bytes
     object that the writer keeps as it is (see the module's "Speed")."""

@@ -10,7 +10,7 @@ import hmac
 from chunkfs.client import AsyncFilesystem, Identity
 from chunkfs.gateway.keys import AccessKey, KeyStore
 from chunkfs.gateway.listing_cache import DirectorySnapshots
-from chunkfs.gateway.objects import ObjectStore
+from chunkfs.gateway.objects import XATTR_ETAG, ObjectStore
 
 GATEWAY_UMASK = 0o022
 
@@ -38,7 +38,7 @@ class Access:
         return view
 
     def objects_for(self, key: AccessKey) -> ObjectStore:
-        snapshots = self._snapshots.setdefault((key.uid, key.gid), DirectorySnapshots())
+        snapshots = self._snapshots.setdefault((key.uid, key.gid), DirectorySnapshots(XATTR_ETAG))
         return ObjectStore(self.filesystem_for(key), snapshots)
 
     def credentials(self, access_key_id: str) -> tuple[AccessKey, str] | None:

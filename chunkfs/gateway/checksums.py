@@ -7,8 +7,10 @@ an SDK checks the body it downloads against what it uploaded.
 
 Every check happens before the object is renamed into place: a mismatch raises S3Error
 (BadDigest, XAmzContentSHA256Mismatch) and the staged file is dropped, so nothing is stored.
-CRC32, SHA-1 and SHA-256 checksums are checked; CRC32C and CRC64NVME (no maintained pure
-library here yet) are accepted unchecked.
+CRC32, CRC32C, CRC64NVME, SHA-1 and SHA-256 checksums are checked (the CRCs S3 clients use
+beside zlib's CRC32 come from awscrt, the AWS common runtime's C code that botocore itself
+uses for them, hardware-accelerated). A checksum header of an algorithm not among these is
+InvalidRequest, as S3 answers it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import base64
 import binascii
 import hashlib
 import zlib
+
+import awscrt.checksums
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -40,7 +44,23 @@ class _Crc32:
         return self.value.to_bytes(4, "big")
 
 
-CHECKED_ALGORITHMS: dict[str, Callable[[], _Digest]] = {"crc32": _Crc32, "sha1": hashlib.sha1, "sha256": hashlib.sha256}
+class _AwsCrc:
+    """CRC32C or CRC64NVME (awscrt's), big-endian as S3 encodes them."""
+
+    def __init__(self, function: Callable[[bytes, int], int], width_bytes: int) -> None:
+        self.function, self.width_bytes, self.value = function, width_bytes, 0
+
+    def update(self, data: bytes) -> None:
+        self.value = self.function(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(self.width_bytes, "big")
+
+
+CHECKED_ALGORITHMS: dict[str, Callable[[], _Digest]] = {
+    "crc32": _Crc32, "crc32c": lambda: _AwsCrc(awscrt.checksums.crc32c, 4),
+    "crc64nvme": lambda: _AwsCrc(awscrt.checksums.crc64nvme, 8), "sha1": hashlib.sha1, "sha256": hashlib.sha256}
+TUS_ALGORITHMS: dict[str, Callable[[], _Digest]] = {"md5": hashlib.md5, **CHECKED_ALGORITHMS}
 HEADER_PREFIX = "x-amz-checksum-"
 
 
@@ -66,10 +86,11 @@ class BodyChecksums:
                 self._expect(name[len(HEADER_PREFIX):], None)
 
     def _expect(self, algorithm: str, value: str | None) -> None:
-        if algorithm in CHECKED_ALGORITHMS:
-            self._digests[algorithm] = CHECKED_ALGORITHMS[algorithm]()
-            if value is not None:
-                self._expected[algorithm] = value
+        if algorithm not in CHECKED_ALGORITHMS:
+            raise S3Error("InvalidRequest", f"the checksum algorithm {algorithm!r} is not supported")
+        self._digests[algorithm] = CHECKED_ALGORITHMS[algorithm]()
+        if value is not None:
+            self._expected[algorithm] = value
 
     def update(self, data: bytes) -> None:
         self.md5.update(data)

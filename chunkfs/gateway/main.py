@@ -20,12 +20,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 import chunkfs.client
+from chunkfs.client.upload_sessions import collect_abandoned_forever, count_sessions
 from chunkfs import DEFAULT_METASERVER_PORT, auth, service
-from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setup_logging
+from chunkfs.config import ConfigError, daemon_command, opt, parse_address, parse_addresses, setup_logging
 from chunkfs.gateway.access import Access
 from chunkfs.gateway.keys import KeyStore
-from chunkfs.gateway.metrics import GatewayMetrics
-from chunkfs.gateway.multipart import collect_abandoned_forever
+from chunkfs.gateway.metrics import SESSIONS_COUNT_S, GatewayMetrics
 from chunkfs.gateway.rest_app import RestApi
 from chunkfs.gateway.s3_app import S3App
 
@@ -40,13 +40,15 @@ class GatewayConfig:
     s3_listen: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT + S3_PORT_OFFSET}", "HOST:PORT of the S3 API")
     rest_listen: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT + REST_PORT_OFFSET}",
                            "HOST:PORT of the REST API (/api/v1/) and /metrics")
-    metaserver: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT}", "HOST:PORT of the metaserver")
+    metaserver: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT}", "HOST:PORT of the metaserver (with failover: of each, comma-separated)")
     secret_file: Path = opt(Path("/etc/chunkfs/secret"),
                             "file holding the cluster secret (also the key access-key secrets are derived with)")
     keys_file: Path = opt(DEFAULT_KEYS_FILE, "the access keys (`chunkfs gateway key add`); re-read when it changes")
     domain: str = opt("", "virtual-host style addressing: a request to BUCKET.DOMAIN addresses BUCKET")
     tls_cert_file: Path = opt(Path(""), "PEM certificate (chain): serve both APIs over HTTPS [default: plain HTTP]")
     tls_key_file: Path = opt(Path(""), "PEM private key of tls_cert_file")
+    tls_dir: str = opt("", "directory made by chunkfs certs init: reach the cluster with TLS, showing its gateway "
+                           "certificate")
     upload_expiry_s: float = opt(86400.0, "multipart and tus uploads untouched this long are removed")
     cache_mem_mb: int = opt(256, "MiB of chunks the gateway's client core caches in memory")
     max_dirty_mb: int = opt(256, "MiB of written data buffered before writers wait for uploads")
@@ -54,8 +56,9 @@ class GatewayConfig:
     log_level: str = opt("info", "debug, info, warning or error")
 
     def validate(self) -> None:
-        for name in ("s3_listen", "rest_listen", "metaserver"):
+        for name in ("s3_listen", "rest_listen"):
             parse_address(getattr(self, name))
+        parse_addresses(self.metaserver)
         if self.s3_listen == self.rest_listen:
             raise ConfigError("options s3_listen and rest_listen: the two APIs need two ports")
         if self.cache_mem_mb < 0 or self.max_dirty_mb <= 0 or self.retry_s <= 0 or self.upload_expiry_s <= 0:
@@ -87,13 +90,16 @@ async def serve(config: GatewayConfig) -> None:
     secret = auth.load_secret(config.secret_file)
     async with chunkfs.client.open_filesystem(config.metaserver, config.secret_file, uid=0, gid=0, groups=(),
                                               cache_mem_mb=config.cache_mem_mb, max_dirty_mb=config.max_dirty_mb,
-                                              retry_s=config.retry_s) as afs:
+                                              retry_s=config.retry_s, tls_dir=config.tls_dir,
+                                              tls_name="gateway",
+                                              report_as=f"gateway S3 {config.s3_listen}, REST {config.rest_listen}"
+                                              ) as afs:
         access = Access(afs, KeyStore(config.keys_file), secret)
         metrics = GatewayMetrics()
         stopped = trio.Event()
         async with trio.open_nursery() as nursery:
             for app, listen in ((S3App(access, metrics, config.domain), config.s3_listen),
-                                (RestApi(access, metrics).app(), config.rest_listen)):
+                                (RestApi(access, metrics, config.upload_expiry_s).app(), config.rest_listen)):
                 await nursery.start(functools.partial(hypercorn_serve, app, _hypercorn_config(listen, config),  # type: ignore[arg-type]
                                                       shutdown_trigger=stopped.wait))
             log.info("gateway serving S3 on %s and REST on %s for the metaserver %s", config.s3_listen,
@@ -101,12 +107,23 @@ async def serve(config: GatewayConfig) -> None:
             service.notify_ready(f"S3 on {config.s3_listen}, REST on {config.rest_listen}")
             nursery.start_soon(service.watchdog, trio.sleep)
             nursery.start_soon(collect_abandoned_forever, afs, config.upload_expiry_s)
+            nursery.start_soon(_count_sessions_forever, afs, metrics)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     break
             service.notify_stopping()
             stopped.set()
             nursery.cancel_scope.deadline = trio.current_time() + 15
+
+
+async def _count_sessions_forever(root: chunkfs.client.AsyncFilesystem, metrics: GatewayMetrics) -> None:
+    """Keep the open-upload-sessions gauge current (until cancelled)."""
+    while True:
+        try:
+            metrics.upload_sessions.set(await count_sessions(root))
+        except OSError as exc:
+            log.debug("counting upload sessions: %s", exc)
+        await trio.sleep(SESSIONS_COUNT_S)
 
 
 @daemon_command(GatewayConfig, "Run the chunkfs gateway: the namespace over S3 and a REST API.")

@@ -1,5 +1,5 @@
 """The gateway's Prometheus metrics (served at the REST port's /metrics, without a key):
-requests, errors and latency per door and operation, bytes in and out."""
+requests, errors and latency per door and operation, bytes in and out, upload sessions open."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from chunkfs.metrics import LATENCY_BUCKETS_S, new_registry
+
+
+SESSIONS_COUNT_S = 15.0
 
 
 class GatewayMetrics:
@@ -23,6 +26,9 @@ class GatewayMetrics:
                                  ["door", "operation"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
         self.bytes_in_total = Counter("chunkfs_gateway_received_bytes", "Body bytes received", registry=self.registry)
         self.bytes_out_total = Counter("chunkfs_gateway_sent_bytes", "Body bytes sent", registry=self.registry)
+        self.upload_sessions = Gauge("chunkfs_gateway_upload_sessions",
+                                     "Upload sessions open (S3 multipart, tus, resumable puts), counted every "
+                                     f"{SESSIONS_COUNT_S:g} s", registry=self.registry)
         self.received_bytes = self.sent_bytes = 0  # the same, for /api/v1/stats
 
     @contextmanager

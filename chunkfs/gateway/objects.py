@@ -115,6 +115,18 @@ async def make_directories(afs: AsyncFilesystem, path: str) -> None:
         await afs.mkdir(path)
 
 
+def object_xattrs(etag: str, size: int, mtime_ns: int, content_type: str | None, metadata: dict[str, str] | None,
+                  checksums: dict[str, str] | None = None) -> dict[str, str]:
+    """The xattrs that describe an object: its ETag (valid for this size and mtime: a change
+    through a mount makes it stale), user metadata, verified checksums, content type."""
+    values = {XATTR_ETAG: f"{etag} {size} {mtime_ns}",
+              **{XATTR_META + k.lower(): v for k, v in (metadata or {}).items()},
+              **{XATTR_CHECKSUM + k: v for k, v in (checksums or {}).items()}}
+    if content_type:
+        values[XATTR_CONTENT_TYPE] = content_type
+    return values
+
+
 @dataclass(frozen=True)
 class StoredFile:
     size: int
@@ -135,11 +147,7 @@ async def store_file(afs: AsyncFilesystem, path: str, body: AsyncIterator[bytes]
             await afile.flush()  # committed: the file exists on the metaserver, with its final mtime
             ino = afile.open_file.ino
             mtime_ns = (await afs.client.getattr(ino)).mtime_ns
-            values = {XATTR_ETAG: f"{etag} {size} {mtime_ns}",
-                      **{XATTR_META + k.lower(): v for k, v in (metadata or {}).items()},
-                      **{XATTR_CHECKSUM + k: v for k, v in checksums.verified.items()}}
-            if content_type:
-                values[XATTR_CONTENT_TYPE] = content_type
+            values = object_xattrs(etag, size, mtime_ns, content_type, metadata, checksums.verified)
             for name, value in values.items():  # on a file this caller just made (its owner): no check needed
                 await afs.client.setxattr(ino, name.encode(), value.encode())
     except (FsError, TransportError) as exc:  # the core's own errors, from the calls made by inode
@@ -170,7 +178,7 @@ class ObjectStore:
 
     def __init__(self, afs: AsyncFilesystem, snapshots: DirectorySnapshots | None = None) -> None:
         self.afs = afs
-        self.snapshots = snapshots or DirectorySnapshots()
+        self.snapshots = snapshots or DirectorySnapshots(XATTR_ETAG)
 
     # ---- buckets ---------------------------------------------------------------------------------
     async def list_buckets(self) -> list[tuple[str, int]]:
@@ -287,21 +295,16 @@ class ObjectStore:
                 page.prefixes.append(common)
                 page.last = common
             else:
-                page.objects.append(await self._listed(key, entry))
+                page.objects.append(self._listed(key, entry))
                 page.last = key
         return page
 
-    async def _listed(self, key: str, entry: DirEntry | None) -> ObjectInfo:
+    @staticmethod
+    def _listed(key: str, entry: DirEntry | None) -> ObjectInfo:
         if entry is None or entry.is_dir():
             return ObjectInfo(key, 0, entry.stat().st_mtime_ns if entry else 0, EMPTY_MD5)
-        st = entry.stat()
-        stored = None
-        if entry.has_xattrs:
-            try:
-                stored = await self.afs.getxattr(entry.path, XATTR_ETAG)
-            except OSError:
-                stored = None
-        return ObjectInfo(key, st.st_size, st.st_mtime_ns, _etag_from(stored, st.st_ino, st.st_size, st.st_mtime_ns))
+        st = entry.stat()  # the ETag came with the listing (DirectorySnapshots' with_xattr): no call per key
+        return ObjectInfo(key, st.st_size, st.st_mtime_ns, _etag_from(entry.xattr, st.st_ino, st.st_size, st.st_mtime_ns))
 
     async def _keys(self, bucket: str, dir_key: str, prefix: str, delimiter: str, after: str
                     ) -> AsyncIterator[tuple[str, DirEntry | None]]:

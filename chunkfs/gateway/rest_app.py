@@ -89,10 +89,11 @@ Handler = Callable[[Request, AsyncFilesystem], Awaitable[Response]]
 
 
 class RestApi:
-    def __init__(self, access: Access, metrics: GatewayMetrics) -> None:
-        self.access, self.metrics = access, metrics
+    def __init__(self, access: Access, metrics: GatewayMetrics, upload_expiry_s: float = 86400.0) -> None:
+        """`upload_expiry_s`: how long an unfinished tus upload is kept after its last PATCH."""
+        self.access, self.metrics, self.upload_expiry_s = access, metrics, upload_expiry_s
         server = access.afs.client.meta.server
-        self.accounts = AccountsClient(server.http, server.base)
+        self.accounts = AccountsClient(server.http, server.servers)
         self.tokens = TokenIssuer(access.server_key)
         self.authenticator = Authenticator(access, self.tokens, SessionCheck(self.accounts))
         self.auth = AuthApi(self.accounts, self.authenticator, access.keys)
@@ -214,7 +215,7 @@ class RestApi:
             Route(files, self.route("get", self.get_file), methods=["GET", "HEAD"]),
             Route(files, self.route("put", self.put_file), methods=["PUT"]),
             Route(files, self.route("delete", self.delete_file), methods=["DELETE"]),
-            *TusUploads(self.access.afs).routes(self.route),
+            *TusUploads(self.access.afs, self.upload_expiry_s).routes(self.route),
             Route("/api/v1/auth/login", self.public("login", self.auth.login), methods=["POST"]),
             Route("/api/v1/auth/refresh", self.public("refresh", self.auth.refresh), methods=["POST"]),
             Route("/api/v1/auth/logout", self.public("logout", self.auth.logout), methods=["POST"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from urllib.parse import quote
 from xml.etree import ElementTree
@@ -15,8 +16,15 @@ HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
 MAX_DELETE_KEYS = 1000
 
 
+@functools.lru_cache(maxsize=4096)
+def _iso_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
 def iso_time(ns: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9)) + f".{(ns // 1_000_000) % 1000:03d}Z"
+    """ns as S3's time stamps (the seconds' part remembered: a listing's keys share few seconds,
+    and strftime was a tenth of a 1,000-key page's CPU)."""
+    return f"{_iso_second(ns // 1_000_000_000)}.{(ns // 1_000_000) % 1000:03d}Z"
 
 
 def _tag(name: str, value: object) -> str:

@@ -14,12 +14,15 @@ from typing import Any, cast
 import msgspec
 from aiohttp import web
 
-from chunkfs import metrics, request_id
-from chunkfs.errors import FsError
+from chunkfs import chunk_tokens, metrics, request_id
+from chunkfs.chunk_tokens import TokenIssuer
+from chunkfs.credentials import CredentialStore, Export
+from chunkfs.metaserver.exports import ExportGuard
+from chunkfs.errors import FsError, NotPrimary
 from chunkfs.request_checks import client_id, query_float, query_int, query_token, request_id_header
-from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, BodyLimit, any_host, host_on_port, json_response,
-                                make_app, read_body)
-from chunkfs.metaserver import accounts
+from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, SIGNER, VERIFIER, BodyLimit, any_host, host_on_port,
+                                json_response, make_app, read_body)
+from chunkfs.metaserver import access_policy, accounts, credentials_api
 from chunkfs.metaserver.changes import ChangeFeed, affected
 from chunkfs.metaserver.status_page import render as render_status_page
 from chunkfs.metaserver.chunk_table import ChunkTable
@@ -76,10 +79,15 @@ class Metaserver:
     open_leases: OpenLeases = field(default_factory=OpenLeases)  # files mounts may open again without a call
     lock_grace_s: float = 15.0  # after a start, new locks wait this long for old holders to reclaim theirs
     reclaim: LockReclaim = field(init=False)  # locks given back after a restart or checked after a cut session
+    tokens: TokenIssuer | None = None  # chunk tokens for the layouts and reservations it hands out
+    credentials: CredentialStore | None = None  # the role keys it accepts (besides the cluster secret)
+    exports: ExportGuard = field(init=False)  # what each client credential may reach
+    failover: Callable[[], r.FailoverStatus] | None = None  # with etcd: the election's state (failover.py)
 
     def __post_init__(self) -> None:
         self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
         self.reclaim = LockReclaim(self.db, self.committer, self.locks, self.changes.epoch, self.lock_grace_s)
+        self.exports = ExportGuard(self.namespace)
 
 
 STATE = web.AppKey("metaserver", Metaserver)
@@ -88,14 +96,14 @@ STATE = web.AppKey("metaserver", Metaserver)
 READS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, Txn, Any], Any]]] = {
     "lookup": (r.LookupReq, lambda m, t, q: m.namespace.lookup(t, q.parent, q.name)),
     "getattr": (r.InodeReq, lambda m, t, q: m.namespace.getattr(t, q.ino)),
-    "readdir": (r.ReaddirReq, lambda m, t, q: m.namespace.readdir(t, q.ino, q.after, min(q.limit, 10000))),
+    "readdir": (r.ReaddirReq, lambda m, t, q: m.namespace.readdir(t, q.ino, q.after, min(q.limit, 10000), q.xattr)),
     "parent": (r.InodeReq, lambda m, t, q: m.namespace.parent(t, q.ino)),
     "readlink": (r.InodeReq, lambda m, t, q: m.namespace.readlink(t, q.ino)),
     "resolve": (r.PathReq, lambda m, t, q: m.namespace.resolve(t, q.path)),
     "getxattr": (r.XattrReq, lambda m, t, q: m.namespace.getxattr(t, q.ino, q.name)),
     "listxattr": (r.InodeReq, lambda m, t, q: m.namespace.listxattr(t, q.ino)),
     "open": (r.OpenReq, lambda m, t, q: r.FileLayout(
-        m.namespace.getattr(t, q.ino), m.chunks.refs(t, q.ino), m.registry.address_map(),
+        m.namespace.getattr(t, q.ino), with_read_tokens(m, m.chunks.refs(t, q.ino)), m.registry.address_map(),
         m.chunks.inline_data(t, q.ino))),
     "statfs": (r.InodeReq, lambda m, t, q: statfs(m, t)),
 }
@@ -111,18 +119,22 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Cal
     "setxattr": (r.XattrReq, lambda m, client: m.namespace.setxattr),
     "removexattr": (r.XattrReq, lambda m, client: m.namespace.removexattr),
     "commit": (r.CommitReq, lambda m, client: lambda txn, q: m.chunks.commit(txn, q, client)),
+    "concat": (r.ConcatReq, lambda m, client: m.chunks.concat),
     "goal": (r.GoalReq, lambda m, client: m.namespace.set_goal),
     "release_orphan": (r.InodeReq, lambda m, client: lambda txn, q: m.namespace.release_orphan(txn, q.ino)),
     "reserve_inodes": (r.ReserveReq, lambda m, client: lambda txn, q: m.namespace.reserve_inodes(txn, max(1, min(q.count, 4096)))),
 }
 
 
+EXPORTED_ROLES = frozenset({"client", "gateway"})  # whose credentials carry an export (exports.py)
 LOCK_OPERATIONS = frozenset({"lock", "testlock", "cancel_lock", "locks", "reclaim_locks"})
 LOCK_POLL_S = 10.0  # a waiting lock request is answered "not yet" after this long (and asked again)
 
 
-async def lock_operation(m: Metaserver, op: str, client: str, request: web.Request) -> Any:
-    """File locks (locks.py): every one is a client's, so a request without a client id is EINVAL."""
+async def lock_operation(m: Metaserver, op: str, client: str, request: web.Request,
+                         export: tuple[str, Export] | None = None) -> Any:
+    """File locks (locks.py): every one is a client's, so a request without a client id is EINVAL;
+    a lock on a file outside the caller's export is EACCES."""
     if op == "locks":
         return m.locks.listing((await read_body(request, r.LocksReq)).ino)
     if not client:
@@ -131,7 +143,7 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
         return m.locks.cancel(client, (await read_body(request, r.LockCancelReq)).wait_id)
     if op == "reclaim_locks":
         return await m.reclaim.reclaim(client, await read_body(request, r.LockReclaimReq))
-    req = await read_body(request, r.LockReq)
+    req = admitted(m, export, op, await read_body(request, r.LockReq))
     with m.db.read() as txn:
         m.namespace.getattr(txn, req.ino)  # ENOENT for a file that is not there
     if req.type != r.F_UNLCK:
@@ -161,7 +173,50 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
 
 
 # every op `fs_operation` knows (the metrics label them; the route fuzzer calls each)
-FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "batch", "reserve", "release_leases", "fsck", *LOCK_OPERATIONS})
+FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "batch", "reserve", "release_leases", "fsck", "tokens", *LOCK_OPERATIONS})
+
+
+def with_read_tokens(m: Metaserver, refs: list[r.ChunkRef]) -> list[r.ChunkRef]:
+    """`refs`, each with a token to read its version (chunkfs.chunk_tokens)."""
+    if m.tokens is not None:
+        for ref in refs:
+            ref.token = m.tokens.issue(chunk_tokens.READ, ref.chunk_id, ref.version)
+    return refs
+
+
+def read_tokens(m: Metaserver, txn: Txn, req: r.TokensReq, export: tuple[str, Export] | None) -> list[str]:
+    """New read tokens for chunk versions some file references (a client's expired): ESTALE for
+    a version no file references (deleted, or never made), EACCES for one of a file outside the
+    caller's export."""
+    if m.tokens is None:
+        raise FsError(errno.ENOSYS, "this metaserver issues no chunk tokens")
+    tokens = []
+    for chunk_id, version in req.chunks:
+        ino = m.chunks.inode_of_version(txn, chunk_id, version)
+        if ino is None:
+            raise FsError(errno.ESTALE, f"chunk {chunk_id} v{version} is no file's any more")
+        if export is not None and not m.exports.inode_inside(txn, *export, ino):
+            raise FsError(errno.EACCES, f"chunk {chunk_id} v{version} is outside this credential's export")
+        tokens.append(m.tokens.issue(chunk_tokens.READ, chunk_id, version))
+    return tokens
+
+
+def caller_export(m: Metaserver, request: web.Request) -> tuple[str, Export] | None:
+    """(key id, export) of a client's or gateway's credential that signed the request; None for
+    the cluster secret and admins (no export: everything)."""
+    signed = request.get(SIGNER)
+    if signed is None or m.credentials is None or signed.role not in EXPORTED_ROLES:
+        return None
+    credential = m.credentials.get(signed.key_id)
+    return None if credential is None else (signed.key_id, credential.export)
+
+
+def admitted(m: Metaserver, export: tuple[str, Export] | None, op: str, req: Any) -> Any:
+    """`req` as the caller's export lets it through (see exports.py), or FsError."""
+    if export is None:
+        return req
+    with m.db.read() as txn:
+        return m.exports.admit(txn, export[0], export[1], op, req)
 
 
 def statfs(m: Metaserver, txn: Txn) -> r.Statfs:
@@ -173,6 +228,8 @@ def statfs(m: Metaserver, txn: Txn) -> r.Statfs:
 
 # May touch a whole subtree: committed in the writer thread, never on the event loop.
 LARGE_MUTATIONS = frozenset({"goal"})
+# Their answer shows the caller a file (exports.py).
+SHOWING_MUTATIONS = frozenset({"create", "link", "commit"})
 # After these, the deleter may have chunk versions to delete.
 WAKE_DELETER = frozenset({"remove", "rename", "commit", "setattr", "release_orphan"})
 
@@ -182,17 +239,21 @@ async def fs_operation(request: web.Request) -> web.Response:
     op = request.match_info["op"]
     client = client_id(request)
     read = READS.get(op)
+    export = caller_export(m, request)
     if read is not None:
         record_type, run = read
         req = await read_body(request, record_type)
+        req = admitted(m, export, op, req)
         await m.leases.clear_for(client, named_inodes(req))
         with m.db.read() as txn:
             answer = run(m, txn, req)
+        if export is not None:
+            m.exports.shown(*export, answer)
         if isinstance(req, r.OpenReq) and req.lease:
             answer.leased = m.open_leases.grant(client, req.ino, m.changes.seq)
         return json_response(answer)
     if op in MUTATIONS:
-        req = await read_body(request, MUTATIONS[op][0])
+        req = admitted(m, export, op, await read_body(request, MUTATIONS[op][0]))
         await m.leases.clear_for(client, named_inodes(req))
         rid = request_id_header(request)
         mutate = mutation_of(m, op, client)
@@ -205,19 +266,24 @@ async def fs_operation(request: web.Request) -> web.Response:
             body, result = await commit(m.replies.once(mutate, client, rid, first_attempt), req)
             if result is REPLAYED:  # a retry of a mutation already done: answer it again, changes nothing
                 return web.Response(body=body, content_type="application/json")
-        inodes = mutated(m, op, client, req, result)
+        inodes = mutated(m, op, client, req, result, export)
         if inodes:
             await m.open_leases.settle(client, inodes, m.changes.seq)
         return web.Response(body=body, content_type="application/json")
     if op == "batch":
-        return json_response(await apply_batch(m, client, request))
+        return json_response(await apply_batch(m, client, request, export))
     if op == "reserve":
-        return json_response(await reserve(m, client, await read_body(request, r.ReserveReq)))
+        reserve_req = admitted(m, export, op, await read_body(request, r.ReserveReq))
+        return json_response(await reserve(m, client, reserve_req))
+    if op == "tokens":
+        tokens_req = await read_body(request, r.TokensReq)
+        with m.db.read() as txn:
+            return json_response(read_tokens(m, txn, tokens_req, export))
     if op == "release_leases":
         await m.leases.release(client, (await read_body(request, r.LeaseReq)).inodes)
         return json_response(None)
     if op in LOCK_OPERATIONS:
-        return json_response(await lock_operation(m, op, client, request))
+        return json_response(await lock_operation(m, op, client, request, export))
     if op == "fsck":  # a page can take a while: off the event loop
         page_req = await read_body(request, r.FsckReq)
         return json_response(await asyncio.to_thread(fsck_page, m, m.registry.alive_ids(), page_req))
@@ -231,9 +297,13 @@ def mutation_of(m: Metaserver, op: str, client: str) -> Callable[[Txn, Any], Any
     return m.leases.creating(bind(m, client), client) if op == "create" else bind(m, client)
 
 
-def mutated(m: Metaserver, op: str, client: str, req: Any, result: Any) -> list[int]:
-    """What follows a durable mutation: leases granted or gone, the deleter woken, the change
-    published on the feed. Returns the inodes whose open leases must settle before the answer."""
+def mutated(m: Metaserver, op: str, client: str, req: Any, result: Any, export: tuple[str, Export] | None
+            ) -> list[int]:
+    """What follows a durable mutation: the files it made shown to the caller's export, leases
+    granted or gone, the deleter woken, the change published on the feed. Returns the inodes
+    whose open leases must settle before the answer."""
+    if export is not None and op in SHOWING_MUTATIONS:
+        m.exports.shown(*export, result)
     if op == "create":
         m.leases.granted(cast(r.CreateReq, req), result, client)
     elif op == "remove":
@@ -246,9 +316,10 @@ def mutated(m: Metaserver, op: str, client: str, req: Any, result: Any) -> list[
     return inodes
 
 
-# What a batch may carry: every mutation but those that may touch a whole subtree and those
-# that hand something out (a client asks for those on their own).
-BATCHABLE = frozenset(MUTATIONS) - LARGE_MUTATIONS - {"reserve_inodes"}
+# What a batch may carry: the changes a mount answers itself and sends behind (write_behind.py)
+# and the other small namespace changes; not one that may touch a whole subtree (goal), hands
+# something out (reserve_inodes) or moves chunks between files (concat): those come on their own.
+BATCHABLE = frozenset({"create", "link", "remove", "rename", "setattr", "setxattr", "removexattr", "commit"})
 
 
 def decode_batch_op(item: r.BatchOp) -> Any:
@@ -260,39 +331,99 @@ def decode_batch_op(item: r.BatchOp) -> Any:
         raise FsError(errno.EINVAL, f"bad {item.op} in a batch: {exc}") from None
 
 
-async def apply_batch(m: Metaserver, client: str, request: web.Request) -> list[r.BatchOutcome]:
+async def apply_batch(m: Metaserver, client: str, request: web.Request, export: tuple[str, Export] | None
+                      ) -> list[r.BatchOutcome]:
     """A client's write-behind batch (BatchReq): each mutation as its own call would run it, in
-    order, all in one durable transaction; answered once that is durable. A retried batch (same
-    request id) is answered from the reply log for the mutations it had already applied."""
+    order, all in one durable transaction; answered once that is durable. Each one passes the
+    checks its own call would (the caller's export: `admit_batch`, then again in the transaction,
+    in the state the mutations before it left); one refused is that one's error. A retried batch
+    (same request id) is answered from the reply log for the mutations it had already applied.
+    Not acknowledged here (NotPrimary, answered 503): the client sends the batch again, to the
+    primary."""
     items = (await read_body(request, r.BatchReq)).ops
     reqs = [decode_batch_op(item) for item in items]
-    for req in reqs:
-        await m.leases.clear_for(client, named_inodes(req))
+    refused = admit_batch(m, export, items, reqs)
+    for i, req in enumerate(reqs):
+        if i not in refused:
+            await m.leases.clear_for(client, named_inodes(req))
     rid = request_id_header(request)
     first_attempt = request.headers.get(request_id.ATTEMPT_HEADER) == "1"
+    made: set[int] = set()  # files the batch's mutations made so far (see checked_in_batch)
     calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
     for i, (item, req) in enumerate(zip(items, reqs, strict=True)):
+        if i in refused:
+            continue
         mutate = mutation_of(m, item.op, client)
         if m.replies is not None and client and rid:
-            calls.append((m.replies.once(mutate, client, f"{rid}.{i}", first_attempt), (req,)))
+            answered = m.replies.once(mutate, client, f"{rid}.{i}", first_attempt)
         else:
-            calls.append((encoded(mutate), (req,)))
+            answered = encoded(mutate)
+        calls.append((checked_in_batch(m, export, item.op, answered, made), (req,)))
+    results = iter(await m.committer.run_together(calls))
     outcomes: list[r.BatchOutcome] = []
     settle: list[int] = []
-    for item, req, (done, error) in zip(items, reqs, await m.committer.run_together(calls), strict=True):
+    for i, (item, req) in enumerate(zip(items, reqs, strict=True)):
+        done, error = (None, refused[i]) if i in refused else next(results)  # done: (body, result)
+        if isinstance(error, NotPrimary):  # the whole transaction is unacknowledged here
+            raise error
         if error is not None:
             if not isinstance(error, FsError):
                 log.error("%s in a batch of client %s failed: %r", item.op, client, error)
                 error = FsError(errno.EIO, f"{item.op}: {error}")
             outcomes.append(r.BatchOutcome(error.errno, error.message))
             continue
-        body, result = done
+        body, result = cast(tuple[bytes, Any], done)
         if result is not REPLAYED:  # applied before (a retried batch): answered again, not published again
-            settle += mutated(m, item.op, client, req, result)
+            settle += mutated(m, item.op, client, req, result, export)
+        elif export is not None and item.op in SHOWING_MUTATIONS:  # shown again (the metaserver may have restarted)
+            m.exports.shown(*export, msgspec.json.decode(body, type=r.Attr))
         outcomes.append(r.BatchOutcome(reply=msgspec.Raw(body)))
     if settle:
         await m.open_leases.settle(client, sorted(set(settle)), m.changes.seq)
     return outcomes
+
+
+def admit_batch(m: Metaserver, export: tuple[str, Export] | None, items: list[r.BatchOp], reqs: list[Any]
+                ) -> dict[int, FsError]:
+    """Check each mutation of a batch against the caller's export before anything happens (no
+    lease is recalled for one refused), as its own call would be checked, counting the files the
+    creates before it would make as shown; `reqs` become what the export lets through (root
+    squashed). Returns the refused ones' errors by index. The transaction checks again
+    (`checked_in_batch`): this is the early door, that the exact one."""
+    refused: dict[int, FsError] = {}
+    if export is None:
+        return refused
+    made: set[int] = set()
+    with m.db.read() as txn:
+        for i, (item, req) in enumerate(zip(items, reqs, strict=True)):
+            try:
+                reqs[i] = m.exports.admit(txn, export[0], export[1], item.op, req, made)
+            except FsError as exc:
+                refused[i] = exc
+                continue
+            create = req if isinstance(req, r.CreateReq) else getattr(req, "create", None)
+            if isinstance(create, r.CreateReq) and create.ino and not m.namespace.exists(txn, create.ino):
+                made.add(create.ino)
+    return refused
+
+
+def checked_in_batch(m: Metaserver, export: tuple[str, Export] | None, op: str,
+                     answered: Callable[[Txn, Any], tuple[bytes, Any]], made: set[int]
+                     ) -> Callable[[Txn, Any], tuple[bytes, Any]]:
+    """`answered` (a mutation giving (encoded reply, result)) run once the caller's export admits
+    its request in the batch's transaction, i.e. in the state the mutations before it left, the
+    files they made counting as shown (`made`, which this one's file joins)."""
+    if export is None:
+        return answered
+    key_id, granted = export
+
+    def run(txn: Txn, req: Any) -> tuple[bytes, Any]:
+        body, result = answered(txn, m.exports.admit(txn, key_id, granted, op, req, made))
+        if op in SHOWING_MUTATIONS:
+            made.add(result.ino if isinstance(result, r.Attr) else msgspec.json.decode(body, type=r.Attr).ino)
+        return body, result
+
+    return run
 
 
 def encoded(mutate: Callable[[Txn, Any], Any]) -> Callable[[Txn, Any], tuple[bytes, Any]]:
@@ -326,11 +457,13 @@ async def reserve(m: Metaserver, client: str, req: r.ReserveReq) -> r.Reservatio
         raise FsError(errno.ENOSPC, "every chunkserver alive is full")
     count = max(1, min(req.count, 4096))
     first_version, first_chunk_id = await m.committer.run(m.chunks.reserve, client, count)
+    token = "" if m.tokens is None else m.tokens.issue(chunk_tokens.READ + chunk_tokens.WRITE, None, first_version,
+                                                       first_version + count - 1)
     return r.Reservation(first_version, first_chunk_id, count,
                          [r.ServerChoice(s.id, s.address, s.free_bytes) for s in servers],
                          # a client must not hand out a slot after the block's grace has run out
                          # (its commit would be refused): a short orphan grace shortens the validity
-                         min(RESERVATION_VALID_S, m.orphan_grace_s / 4))
+                         min(RESERVATION_VALID_S, m.orphan_grace_s / 4), token)
 
 
 async def server_hello(request: web.Request) -> web.Response:
@@ -349,12 +482,22 @@ async def server_hello(request: web.Request) -> web.Response:
     delete: list[tuple[int, int]] = []
     if hello.chunks is not None:
         delete = await registration.garbage(hello.id, hello.chunks, hello.recent_chunks or [])
+        if delete and m.replication is not None and not m.committer.everywhere(m.replication.seq):
+            delete = []  # not all on the standbys yet: a failover could bring these references back
         if delete:
             log.info("server %s holds %d unreferenced chunk versions; told to delete them",
                      hello.address, len(delete))
         if hello.recent_chunks is not None:
             await m.replicator.reconcile(hello.id, [*hello.chunks, *hello.recent_chunks])
-    return json_response(r.HelloReply(delete))
+    return json_response(r.HelloReply(delete, *chunk_key_for(m, request)))
+
+
+def chunk_key_for(m: Metaserver, request: web.Request) -> tuple[str, str]:
+    """(nonce, chunk key) wrapped with the key the request was signed with (see chunk_tokens)."""
+    if m.tokens is None:
+        return "", ""
+    found = request.app[VERIFIER].keys.key(request[SIGNER].key_id)
+    return ("", "") if found is None else chunk_tokens.wrap(m.tokens.key, found[0])
 
 
 async def backup_copy(request: web.Request) -> web.StreamResponse:
@@ -437,6 +580,7 @@ def cluster_status(m: Metaserver) -> r.ClusterStatus:
         memory=memory_status(m),
         locks_held=m.locks.count(),
         lock_waits=m.locks.waiting(),
+        failover=m.failover() if m.failover is not None else None,
     )
 
 
@@ -476,7 +620,12 @@ async def changes(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    return json_response({"ok": True, "role": "metaserver"})
+    m = request.app[STATE]
+    if m.failover is None:
+        return json_response({"ok": True, "role": "metaserver"})
+    election = m.failover()
+    return json_response({"ok": True, "role": "primary" if election.lease_left_s > 0 else "fenced",
+                          "epoch": election.epoch})
 
 
 # Ordinary answers to filesystem calls (a lookup of a new name, a getxattr of an unset attribute):
@@ -497,10 +646,15 @@ BODY_LIMITS = {"POST /v1/fs/{op}": BodyLimit(16 << 20), "POST /v1/servers/hello"
 
 
 def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None = None,
-              body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> web.Application:
-    """`port`: the one it listens on; a request signed for a Host on another port is refused."""
-    app = make_app(secret, routine_error=routine_error, own_host=any_host if port is None else host_on_port(port),
-                   body_limits=BODY_LIMITS, body_timeout_s=body_timeout_s)
+              body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+              status_open: Callable[[web.Request], bool] | None = None) -> web.Application:
+    """`port`: the one it listens on; a request signed for a Host on another port is refused.
+    Signatures are checked with `m.credentials` if it has them (the cluster secret and the role
+    keys; each role only on its routes, access_policy.py), else with the cluster secret alone."""
+    app = make_app(m.credentials or secret, routine_error=routine_error,
+                   own_host=any_host if port is None else host_on_port(port),
+                   body_limits=BODY_LIMITS, body_timeout_s=body_timeout_s, authorize=access_policy.refusal,
+                   status_open=status_open)
     app[STATE] = m
     app.router.add_post("/v1/fs/{op}", fs_operation)
     app.router.add_post("/v1/servers/hello", server_hello)
@@ -513,6 +667,8 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
     accounts.add_routes(app, m.db, m.committer)
     app.router.add_get("/", status_page)
     app.router.add_get("/health", health)
+    if m.credentials is not None:
+        credentials_api.add_routes(app, m.credentials)
     if m.replication is not None:
         app.router.add_get(BACKUP_PATH, backup_copy, allow_head=False)  # a HEAD would stream the body
         app.router.add_get(REPLICATION_PATH, replication_feed)

@@ -104,9 +104,15 @@ async def open_copy(db: MetaDB, committer: GroupCommitter) -> CopyStream:
         raise
 
 
-def start_primary(txn: Txn, db: MetaDB) -> bool:
+def start_primary(txn: Txn, db: MetaDB, in_sync: bool = False) -> bool:
     """At a metaserver's start, before it serves: give a new database its replication history,
-    and make a copy safe to serve (see the module's doc). Returns whether it was a copy."""
+    and make a copy safe to serve (see the module's doc). Returns whether it was a copy.
+
+    `in_sync`: a synchronous standby in sync promoted by the election (election.py): its copy
+    holds every acknowledged change, so nothing the chunkservers hold beyond it was ever
+    acknowledged and no quarantine is kept; the counters jump and a new history begins all the
+    same (the old primary may have handed out ids, and committed a batch, that it never
+    acknowledged)."""
     for stale in Path(db.env.path()).glob(WORK_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)  # copies a crash left behind
     if txn.get(HISTORY_KEY, db=db.counters) is None:
@@ -119,9 +125,13 @@ def start_primary(txn: Txn, db: MetaDB) -> bool:
         raw = txn.get(name, db=db.counters)
         jump = INODE_JUMP if name == b"next_ino" else ID_JUMP
         txn.put(name, u64((read_u64(raw) if raw else 1) + jump), db=db.counters)
-    txn.put(RESTORED_AT, u64(time.time_ns()), db=db.counters)
     txn.delete(COPY_MARK, db=db.counters)
     ReplicationLog.new_history(txn, db)
+    if in_sync:
+        log.warning("a standby in sync becomes the primary: its copy (first taken at %s) holds every "
+                    "acknowledged change", copied_at)
+        return True
+    txn.put(RESTORED_AT, u64(time.time_ns()), db=db.counters)
     log.warning("this database is a copy first taken at %s (a restored backup or a promoted standby): what "
                 "changed after its last update is not in it; chunk versions the chunkservers hold that it does "
                 "not know are kept in quarantine, not deleted", copied_at)

@@ -196,6 +196,8 @@ def affected(op: str, req, result) -> tuple[list[int], list[tuple[int, bytes]]]:
         return [req.parent], [(req.parent, req.name)]
     if op == "commit" and req.create is not None:
         return [req.ino, req.create.parent], [(req.create.parent, req.create.name)]
+    if op == "concat":
+        return [req.ino, *req.sources], []
     if op == "link":
         return [req.ino, req.parent], [(req.parent, req.name)]
     if op == "remove":

@@ -26,6 +26,7 @@ from chunkfs.metaserver.namespace import Inode, Namespace
 from chunkfs.metaserver.table_counts import TableCounts
 from chunkfs.metaserver.reservations import VersionReservations
 from chunkfs.protocol import records as r
+from chunkfs.protocol import limits
 from chunkfs.protocol.limits import MAX_ID, in_id_range
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,11 @@ class ChunkTable:
         """Whether a file's chunk record holds this version: one look-up in the version index."""
         return txn.get(U64x2.pack(chunk_id, version), db=self.db.versions) is not None
 
+    def inode_of_version(self, txn: Txn, chunk_id: int, version: int) -> int | None:
+        """The file whose chunk record holds this version (the version index), or None."""
+        key = txn.get(U64x2.pack(chunk_id, version), db=self.db.versions)
+        return None if key is None else U64x2.unpack(bytes(key))[0]
+
     def ensure_version_index(self, txn: Txn) -> bool:
         """Give a database written before the version index existed its index, from one scan of
         the chunk table; returns whether it had to. Run once at start, before serving."""
@@ -302,6 +308,57 @@ class ChunkTable:
         if req.attrs is not None:
             return self.namespace.setattr(txn, req.attrs, self.truncate)
         return self.namespace.attr(req.ino, inode)
+
+    def concat(self, txn: Txn, req: r.ConcatReq) -> r.Attr:
+        """Append the chunks of `req.sources` to file `req.ino` by moving their records (see
+        ConcatReq): no chunkserver is asked anything and no version is queued for deletion;
+        the sources end empty (size 0, no chunks). Refused with EINVAL, changing nothing, when a
+        boundary is not on a chunk boundary, a source is inline, or a file is named twice."""
+        if len(set(req.sources)) != len(req.sources) or req.ino in req.sources:
+            raise FsError(errno.EINVAL, "concat names a file twice")
+        target = self._regular(txn, req.ino)
+        if target.size % CHUNK_SIZE or (self.inline_data(txn, req.ino) is not None and target.size):
+            raise FsError(errno.EINVAL, f"file {req.ino} does not end on a chunk boundary ({target.size} bytes)")
+        txn.delete(u64(req.ino), db=self.db.inline)  # an empty file's (empty) inline bytes
+        size = target.size
+        for position, source_ino in enumerate(req.sources):
+            source = self._regular(txn, source_ino)
+            if source.size and self.inline_data(txn, source_ino) is not None:
+                raise FsError(errno.EINVAL, f"file {source_ino} is kept inline: its bytes are in no chunk")
+            if position < len(req.sources) - 1 and source.size % CHUNK_SIZE:
+                raise FsError(errno.EINVAL, f"file {source_ino} does not end on a chunk boundary")
+            first_index = size // CHUNK_SIZE
+            moved = 0
+            for index, rec in self.records(txn, source_ino):
+                if index * CHUNK_SIZE >= source.size:
+                    continue  # past the end (never there after a truncate; kept out all the same)
+                self.write_record(txn, chunk_key(source_ino, index), None)
+                key = chunk_key(req.ino, first_index + index)
+                stale = txn.get(key, db=self.db.chunks)  # none past a file's end; if one were, it goes
+                if stale is not None:
+                    old = _chunk_dec.decode(stale)
+                    target.stored_bytes -= old.length
+                    self.queue_deletion(txn, old.chunk_id, old.version, old.replicas)
+                self.write_record(txn, key, rec)
+                moved += rec.length
+            txn.delete(u64(source_ino), db=self.db.inline)
+            target.stored_bytes += moved
+            size += source.size
+            source.size = source.stored_bytes = 0
+            source.mtime_ns = source.ctime_ns = time.time_ns()
+            self.namespace.put(txn, source_ino, source)
+        limits.check_size(size)
+        target.size = size
+        target.mtime_ns = req.mtime_ns
+        target.ctime_ns = time.time_ns()
+        self.namespace.put(txn, req.ino, target)
+        return self.namespace.attr(req.ino, target)
+
+    def _regular(self, txn: Txn, ino: int) -> Inode:
+        inode = self.namespace.get(txn, ino)
+        if not stat.S_ISREG(inode.mode):
+            raise FsError(errno.EINVAL, f"inode {ino} is not a regular file")
+        return inode
 
     def _check_chunk_id(self, txn: Txn, chunk_id: int) -> None:
         if not self.chunk_ids.handed_out(txn, chunk_id):

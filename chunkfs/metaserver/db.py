@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lmdb
 
-from chunkfs.errors import FsError
+from chunkfs.errors import FsError, NotPrimary
 
 if TYPE_CHECKING:  # replication_log imports this module
     from chunkfs.metaserver.replication_log import ReplicationLog
@@ -192,6 +192,18 @@ class GroupCommitter:
         self.mutations = 0
         self.commits_on_loop = 0
         self._full_logged = -1e9
+        # with etcd (election.py): whether this metaserver may acknowledge now; checked after each
+        # commit, before its callers are answered (a fenced primary answers NotPrimary instead)
+        self.may_acknowledge: Callable[[], bool] | None = None
+
+    def everywhere(self, seq: int) -> bool:
+        """Whether what batch `seq` (and those before it) changed may be acted on outside the
+        database, e.g. chunk versions it dropped deleted from chunkservers: it is on every standby
+        that could take over, and this metaserver still holds its leader key. A batch a
+        failover loses must leave nothing behind that the new primary's database still names."""
+        if self.may_acknowledge is not None and not self.may_acknowledge():
+            return False
+        return self.write_log is None or self.write_log.confirmed(seq)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn(txn, *args)` in its own transaction in the writer thread; return once it is
@@ -323,8 +335,13 @@ class GroupCommitter:
             self.db.gate.leave()
         if self.commits % 1000 == 1:
             self.db.check_fill()
-        if seq and self.write_log is not None:
-            self.write_log.committed(seq, written if recording else None)
+        try:
+            if seq and self.write_log is not None:
+                self.write_log.committed(seq, written if recording else None)
+            if self.may_acknowledge is not None and not self.may_acknowledge():
+                raise NotPrimary("this metaserver lost its leader key: the change is not acknowledged here")
+        except NotPrimary as exc:  # durable here, not acknowledged: the client retries on the new primary
+            outcomes = [(future, loop, None, exc) for future, loop, _result, _error in outcomes]
         for future, loop, result, error in outcomes:
             deliver(future, loop, result, error)
 

@@ -14,9 +14,11 @@ from pathlib import Path
 import click
 from aiohttp import web
 
-from chunkfs import DEFAULT_METASERVER_PORT, auth, service
+from chunkfs import DEFAULT_METASERVER_PORT, auth, chunk_tokens, service, tls
 from chunkfs.config import ConfigError, daemon_command, load, opt, parse_address, setup_logging
-from chunkfs.httpserver import BODY_TIMEOUT_HELP, DEFAULT_BODY_TIMEOUT_S, serve
+from chunkfs.credentials import CredentialStore
+from chunkfs.httpserver import (BODY_TIMEOUT_HELP, DEFAULT_BODY_TIMEOUT_S, STATUS_ACCESS, STATUS_ACCESS_HELP, serve,
+                                status_access)
 from chunkfs.metaserver.app import Metaserver, build_app
 from chunkfs.metaserver.chunk_table import ChunkTable
 from chunkfs.metaserver.db import GroupCommitter, MetaDB
@@ -24,7 +26,7 @@ from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.orphans import OrphanCollector
 from chunkfs.metaserver.pinned_pages import PinnedPages
-from chunkfs.metaserver import backup, standby
+from chunkfs.metaserver import backup, failover, standby
 from chunkfs.metaserver.quarantine import Quarantine
 from chunkfs.metaserver.replication_log import ReplicationLog
 from chunkfs.metaserver.registry import Registry
@@ -51,6 +53,12 @@ class MetaserverConfig:
                                        "never waits for the disk after the kernel reclaimed a cold page; needs "
                                        "the memory lock limit to allow the database's size")
     secret_file: Path = opt(Path("/etc/chunkfs/secret"), "file holding the cluster secret")
+    credentials_file: Path = opt(Path(""), "the role credentials (chunkfs credentials add/list/revoke) "
+                                           "[default: credentials.json in data_dir]")
+    chunk_token_ttl_s: float = opt(chunk_tokens.DEFAULT_TTL_S, "seconds a chunk token is valid (clients renew theirs)")
+    status_access: str = opt("loopback", STATUS_ACCESS_HELP)
+    tls_dir: Path = opt(Path(""), "directory made by chunkfs certs init: serve and connect with TLS only, "
+                                  "peers must show a certificate of its CA (empty: plain HTTP)")
     default_goal: int = opt(3, "replicas kept of each chunk unless a directory sets its own goal")
     heartbeat_timeout_s: float = opt(10.0, "a chunkserver silent this long is marked down")
     deletion_interval_s: float = opt(5.0, "seconds between passes removing dropped chunks")
@@ -70,8 +78,20 @@ class MetaserverConfig:
                           "restart without it to promote the standby")
     synchronous: bool = opt(True, "as a standby: the metaserver acknowledges a change only once this standby "
                                   "has it on disk (within standby_timeout_s)")
+    etcd: str = opt("", "etcd endpoints (http://HOST:2379,...) for automatic failover: the metaservers "
+                        "configured with them elect the primary; the others follow it as standbys "
+                        "(empty: no etcd, `follow` says the role)")
+    etcd_prefix: str = opt("/chunkfs", "the etcd keys of this cluster start with it (one per cluster)")
+    etcd_ttl_s: int = opt(5, "with etcd: the primary's lease; a primary silent this long is replaced, and "
+                             "stops acknowledging changes a second before (sets the failover time)")
+    advertise: str = opt("", "with etcd: HOST:PORT clients and standbys reach this metaserver at "
+                             "(empty: listen)")
     body_timeout_s: float = opt(DEFAULT_BODY_TIMEOUT_S, BODY_TIMEOUT_HELP)
     log_level: str = opt("info", "debug, info, warning or error")
+
+    @property
+    def advertised(self) -> str:
+        return self.advertise or self.listen
 
     @property
     def map_size_bytes(self) -> int:
@@ -83,6 +103,14 @@ class MetaserverConfig:
             raise ConfigError("option body_timeout_s: must be positive")
         if self.follow:
             parse_address(self.follow)
+        if self.etcd and self.follow:
+            raise ConfigError("options etcd and follow: with etcd the primary is elected; give one of them")
+        if self.etcd and self.tls_dir.parts:
+            raise ConfigError("options etcd and tls_dir: failover does not serve TLS yet; give one of them")
+        if self.advertise:
+            parse_address(self.advertise)
+        if not 2 <= self.etcd_ttl_s <= 600:
+            raise ConfigError(f"option etcd_ttl_s: {self.etcd_ttl_s} is not between 2 and 600")
         if not 0.01 <= self.map_size_gib <= (1 << 20):
             raise ConfigError(f"option map_size_gib: {self.map_size_gib} is not between 0.01 and 1048576")
         if self.standby_timeout_s <= 0 or self.restore_quarantine_s < 0:
@@ -99,20 +127,53 @@ class MetaserverConfig:
             raise ConfigError("options replication_per_s and replication_in_flight: must be positive")
         if not self.secret_file.exists():
             raise ConfigError(f"option secret_file: {self.secret_file} does not exist")
+        if self.status_access not in STATUS_ACCESS:
+            raise ConfigError(f"option status_access: one of {', '.join(STATUS_ACCESS)}")
+        if not 10 <= self.chunk_token_ttl_s <= 7 * 86400:
+            raise ConfigError("option chunk_token_ttl_s: between 10 s and 7 days")
+        if self.tls_dir.parts:
+            try:
+                tls.tls_files(self.tls_dir, "metaserver")
+            except ValueError as exc:
+                raise ConfigError(f"option tls_dir: {exc}") from None
+        if not self.credentials_file.parts:
+            self.credentials_file = self.data_dir / "credentials.json"
 
 
 @daemon_command(MetaserverConfig, "Run the chunkfs metadata server.")
 def run(config: MetaserverConfig) -> None:
     setup_logging(config.log_level)
     secret = auth.load_secret(config.secret_file)
+    if auth.split_credential(secret)[0] is not None:
+        raise SystemExit(f"{config.secret_file} holds a credential: the metaserver needs the cluster secret")
     host, port = parse_address(config.listen)
+    if config.etcd:
+        reload = reloaded_config()
+        failover.run(config, secret, lambda promoted: build_primary(config, secret, reload, promoted))
+        return
     if config.follow:
         standby.run(config.follow, config.data_dir, secret, host, port, config.synchronous,
                     config.map_size_bytes)
         return
+    app = build_primary(config, secret, reloaded_config())
+    # A thread doing Python work (a /metrics render, an fsck page, the replicator's scan, a
+    # registration's pages) keeps the GIL until the switch interval runs out each time the event
+    # loop wakes for a request: 5 ms by default, added to that request. 0.5 ms bounds it at the
+    # cost of more GIL hand-offs in those threads.
+    sys.setswitchinterval(LOOP_GIL_WAIT_S)
+    files = tls.tls_files(config.tls_dir if config.tls_dir.parts else None, "metaserver")
+    serve(app, host, port, files.server_context() if files else None)
+
+
+def build_primary(config: MetaserverConfig, secret: bytes, reload: Callable[[], MetaserverConfig],
+                  promoted: bool = False) -> web.Application:
+    """Open the database and build the serving metaserver's app (its cleanup closes them).
+    `promoted`: a standby in sync becomes the primary (see `backup.start_primary`)."""
+    host, port = parse_address(config.listen)
     db = MetaDB(config.data_dir, config.map_size_bytes)
-    if config.pin_db_in_memory:
-        PinnedPages(config.data_dir / "data.mdb").start()
+    pinned = PinnedPages(config.data_dir / "data.mdb") if config.pin_db_in_memory else None
+    if pinned is not None:
+        pinned.start()
     namespace = Namespace(db, config.default_goal)
     chunks = ChunkTable(db, namespace, config.orphan_grace_s)
     with db.env.begin(write=True) as txn:
@@ -120,23 +181,28 @@ def run(config: MetaserverConfig) -> None:
         chunks.repair_counters(txn)
         namespace.counts.ensure(txn, chunks.recount_all)
         chunks.ensure_version_index(txn)
-        backup.start_primary(txn, db)
+        backup.start_primary(txn, db, in_sync=promoted)
     replication = ReplicationLog(db, config.standby_timeout_s)
     committer = GroupCommitter(db, replication)
     registry = Registry(db, config.heartbeat_timeout_s)
-    http = SignedHttp(secret, timeout_s=10, retry_s=1)
+    tokens = chunk_tokens.TokenIssuer(chunk_tokens.chunk_key(secret), config.chunk_token_ttl_s)
+    files = tls.tls_files(config.tls_dir if config.tls_dir.parts else None, "metaserver")
+    http = SignedHttp(chunk_tokens.metaserver_credential(tokens.key), timeout_s=10, retry_s=1,  # to chunkservers
+                      tls=files.client_context() if files else None)
     deleter = Deleter(db, committer, chunks, registry, ChunkClient(http), config.deletion_interval_s)
     replicator = Replicator(db, committer, chunks, registry, ChunkClient(http), deleter,
-                            config.replication_per_s, config.replication_in_flight)
+                            config.replication_per_s, config.replication_in_flight, tokens)
     state = Metaserver(db, committer, namespace, chunks, registry, deleter, config.orphan_grace_s, replicator,
                        lock_grace_s=config.lock_grace_s)
+    state.tokens = tokens
+    state.credentials = CredentialStore(config.credentials_file, secret)
     state.replication = replication
     state.replies = ReplyLog(db, committer)
     state.quarantine = Quarantine(db, committer, chunks, config.restore_quarantine_s)
     state.orphans = OrphanCollector(db, committer, namespace, state.changes, config.client_timeout_s,
                                     deleter.wake.set)
     log.info("metaserver serving on %s:%d, data in %s", host, port, config.data_dir)
-    app = build_app(state, secret, http, port, config.body_timeout_s)
+    app = build_app(state, secret, http, port, config.body_timeout_s, status_access(config.status_access))
     trust_record = config.data_dir / OPEN_LEASES_TRUST_RECORD
     state.open_leases.resume(trust_record)
 
@@ -144,15 +210,12 @@ def run(config: MetaserverConfig) -> None:
         state.open_leases.save_trust_end(trust_record)
 
     app.on_cleanup.append(save_trust_end)
-    app.on_startup.append(reload_on_sighup(db, reloaded_config()))
+    app.on_startup.append(reload_on_sighup(db, reload))
+    if pinned is not None:  # a metaserver that stops being the primary (failover.py) lets its pages go
+        app.on_cleanup.append(lambda app: asyncio.to_thread(pinned.stop))
     service.attach(app, status=f"serving on {host}:{port}")
     gc.freeze()  # what start-up made lives as long as the process: no collection walks it again
-    # A thread doing Python work (a /metrics render, an fsck page, the replicator's scan, a
-    # registration's pages) keeps the GIL until the switch interval runs out each time the event
-    # loop wakes for a request: 5 ms by default, added to that request. 0.5 ms bounds it at the
-    # cost of more GIL hand-offs in those threads.
-    sys.setswitchinterval(LOOP_GIL_WAIT_S)
-    serve(app, host, port)
+    return app
 
 
 def reloaded_config() -> Callable[[], MetaserverConfig]:

@@ -74,6 +74,9 @@ class Namespace:
             raise FsError(errno.ENOENT, f"no inode {ino}")
         return _dec.decode(raw)
 
+    def exists(self, txn: Txn, ino: int) -> bool:
+        return txn.get(u64(ino), db=self.db.inodes) is not None
+
     def put(self, txn: Txn, ino: int, inode: Inode) -> None:
         """Write the inode's row (new or replacing one) and move the table counts by the change."""
         key = u64(ino)
@@ -160,11 +163,14 @@ class Namespace:
                 continue
             yield name, read_u64(value)
 
-    def readdir(self, txn: Txn, ino: int, after: bytes | None, limit: int) -> list[r.DirEntry]:
+    def readdir(self, txn: Txn, ino: int, after: bytes | None, limit: int, xattr: bytes | None = None
+                ) -> list[r.DirEntry]:
+        """Entries after `after`, with their attributes (and their value of `xattr`, if asked)."""
         self._dir(txn, ino)
         out = []
         for name, child in self.entries(txn, ino, after):
-            out.append(r.DirEntry(name, self.getattr(txn, child)))
+            value = txn.get(u64(child) + xattr, db=self.db.xattrs) if xattr else None
+            out.append(r.DirEntry(name, self.getattr(txn, child), value))
             if len(out) >= limit:
                 break
         return out

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chunkfs import LEASE_S, OPEN_TRUST_S
-from chunkfs.durable_files import replace_durably
+from chunkfs.durable_files import fsync_directory, replace_durably
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,7 @@ class OpenLeases:
         except (OSError, ValueError):
             return
         record.unlink()
-        directory = os.open(record.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # gone for good before any lease of this process is given
-        finally:
-            os.close(directory)
+        fsync_directory(record.parent)  # gone for good before any lease of this process is given
         remaining = min(max(0.0, trust_end - time.time()), OPEN_TRUST_S)
         self.hold_until = time.monotonic() + remaining
 

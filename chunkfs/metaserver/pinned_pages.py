@@ -85,7 +85,7 @@ class PinnedPages:
             os.close(fd)
         self._mappings.append((address, length))
         if not self.pinned_bytes:
-            log.info("the metadata database is kept in memory (%d MiB so far)", size >> 20)
+            log.debug("the metadata database is kept in memory (%d MiB so far)", size >> 20)
         self.pinned_bytes = size
 
     def _give_up(self, call: str, errno: int) -> None:

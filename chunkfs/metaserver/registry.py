@@ -36,6 +36,12 @@ class ServerState:
         return max(0, self.capacity_bytes - self.used_bytes)
 
 
+UNHEARD_READABLE_S = 30.0
+"""After a start, how long readers are also given the servers that have not reported yet: a
+chunkserver that was waiting on a hung primary (its heartbeat's attempt time-out, 8 s) reaches a
+new one late, and its replicas must still be readable meanwhile."""
+
+
 class Registry:
     def __init__(self, db: MetaDB, heartbeat_timeout_s: float) -> None:
         self.db = db
@@ -59,7 +65,13 @@ class Registry:
         return {s.id for s in self.alive()}
 
     def address_map(self) -> dict[str, str]:
-        return {s.id: s.address for s in self.alive()}
+        """Where readers may find replicas: the servers alive, and just after the start (a restart,
+        a failover) those known that have not reported yet: they may well be alive, and a reader
+        tries another replica where one is not."""
+        now = time.monotonic()
+        settling = now - self.started < max(self.heartbeat_timeout_s, UNHEARD_READABLE_S)
+        return {s.id: s.address for s in self.servers.values()
+                if self.is_alive(s, now) or (settling and s.last_seen == 0)}
 
     def needs_saving(self, hello: r.ServerHello) -> bool:
         known = self.servers.get(hello.id)

@@ -36,11 +36,12 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 import lmdb
 import msgspec
 
-from chunkfs.errors import FsError
+from chunkfs.errors import FsError, NotPrimary
 from chunkfs.metaserver.db import MetaDB, Table, Txn, read_u64, u64
 from chunkfs.protocol import records as r
 
@@ -160,6 +161,14 @@ class RecordingTxn:
         return getattr(self._txn, name)
 
 
+class SyncRecord(Protocol):
+    """Where the names of the standbys in sync are kept for failover (election.SyncPublisher)."""
+
+    def joined(self) -> None: ...
+
+    def dropped(self) -> bool: ...
+
+
 @dataclass
 class Follower:
     name: str
@@ -193,6 +202,7 @@ class ReplicationLog:
         self.followers: dict[str, Follower] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._new_batch: asyncio.Event | None = None
+        self.sync_record: SyncRecord | None = None  # with etcd: told whenever the standbys in sync change
 
     @staticmethod
     def new_history(txn: Txn, db: MetaDB) -> str:
@@ -253,13 +263,16 @@ class ReplicationLog:
             return
         with self._lock:
             confirmed = self._lock.wait_for(lambda: all(f.acked >= seq for f in waiting_for), self.timeout_s)
-            if not confirmed:
-                for f in waiting_for:
-                    if f.acked < seq and f.in_sync:
-                        f.in_sync = False
-                        log.error("synchronous standby %s did not confirm batch %d within %.1f s: changes are "
-                                  "acknowledged WITHOUT it until it catches up (a failover now may lose them)",
-                                  f.name, seq, self.timeout_s)
+            late = [] if confirmed else [f for f in waiting_for if f.acked < seq and f.in_sync]
+            for f in late:
+                f.in_sync = False
+                log.error("synchronous standby %s did not confirm batch %d within %.1f s: changes are "
+                          "acknowledged WITHOUT it until it catches up (a failover now may lose them)",
+                          f.name, seq, self.timeout_s)
+        # with etcd, the standby may no longer become the primary before anything is acknowledged
+        # without it (this thread is the only committer, so nothing is meanwhile)
+        if late and self.sync_record is not None and not self.sync_record.dropped():
+            raise NotPrimary("could not record in etcd that a synchronous standby fell behind")
 
     def _wake_pollers(self) -> None:
         if self._loop is not None:
@@ -308,10 +321,13 @@ class ReplicationLog:
                          "synchronous" if synchronous else "asynchronous")
             follower.acked = max(follower.acked, since)
             follower.last_poll = time.monotonic()
-            if synchronous and not follower.in_sync and since == self.seq:
+            joined = synchronous and not follower.in_sync and since == self.seq
+            if joined:
                 follower.in_sync = True
                 log.warning("synchronous standby %s is in sync: changes are acknowledged once it has them", name)
             self._lock.notify_all()
+        if joined and self.sync_record is not None:
+            self.sync_record.joined()
 
     def _after(self, since: int) -> list[msgspec.Raw]:
         out: list[msgspec.Raw] = []
@@ -325,6 +341,22 @@ class ReplicationLog:
                 if size >= FEED_BYTES:
                     break
         return out
+
+    @staticmethod
+    def snapshot_seq(txn: Txn, db: MetaDB) -> int:
+        """The last batch a read transaction's snapshot holds."""
+        raw = txn.get(SEQ_KEY, db=db.counters)
+        return read_u64(raw) if raw else 0
+
+    def confirmed(self, seq: int) -> bool:
+        """Whether every synchronous standby in sync has batch `seq` (so could take over with it)."""
+        with self._lock:
+            return all(f.acked >= seq for f in self.followers.values() if f.synchronous and f.in_sync)
+
+    def in_sync(self) -> list[str]:
+        """The synchronous standbys holding every acknowledged change."""
+        with self._lock:
+            return [f.name for f in self.followers.values() if f.synchronous and f.in_sync]
 
     def status(self) -> list[r.StandbyStatus]:
         now = time.monotonic()

@@ -41,6 +41,7 @@ from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.registry import Registry, ServerState
 from chunkfs.metaserver.replicas import ReplicaEdits, Version
 from chunkfs.protocol import records as r
+from chunkfs.chunk_tokens import READ, TokenIssuer
 from chunkfs.protocol.chunk_client import ChunkClient
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,11 @@ class Copy:
 
 class Replicator:
     def __init__(self, db: MetaDB, committer: GroupCommitter, chunks: ChunkTable, registry: Registry,
-                 client: ChunkClient, deleter: Deleter, per_s: float, in_flight: int) -> None:
+                 client: ChunkClient, deleter: Deleter, per_s: float, in_flight: int,
+                 tokens: TokenIssuer | None = None) -> None:
+        """`tokens`: issues the read token a copy's target fetches its source with."""
         self.db, self.committer, self.chunks = db, committer, chunks
+        self.tokens = tokens
         self.registry, self.client, self.deleter = registry, client, deleter
         self.per_s = per_s
         self.edits = ReplicaEdits(chunks)
@@ -241,8 +245,9 @@ class Replicator:
         rec = copy.chunk.record
         self.running += 1
         try:
+            token = "" if self.tokens is None else self.tokens.issue(READ, rec.chunk_id, rec.version)
             await self.client.copy(copy.target.address, rec.chunk_id, rec.version, copy.source.address,
-                                   rec.checksum, retry_s=COPY_RETRY_S)
+                                   rec.checksum, retry_s=COPY_RETRY_S, source_token=token)
             added = await self.committer.run(self.edits.add, copy.chunk.key, rec.chunk_id, rec.version,
                                              copy.target.id)
         except (FsError, TransportError) as exc:

@@ -27,8 +27,8 @@ import lmdb
 from aiohttp import web
 
 from chunkfs import service
-from chunkfs.errors import FsError, TransportError
-from chunkfs.httpserver import json_response, make_app, serve
+from chunkfs.errors import PRIMARY_HEADER, FsError, TransportError
+from chunkfs.httpserver import error_response, json_response, make_app, serve
 from chunkfs.metaserver.backup import COPY_MARK
 from chunkfs.metaserver.db import DEFAULT_MAP_SIZE_BYTES, MetaDB, read_u64, u64
 from chunkfs.metaserver.replication_log import HISTORY_KEY, SEQ_KEY, table_names
@@ -59,10 +59,13 @@ class Standby:
         self.primary_seq = 0
         self.copies = 0
         self.reachable = False
+        self.stopped = False
 
     # ---- the database (blocking: called in a thread) ---------------------------------------------
     def _open(self) -> None:
         with self._db_lock:
+            if self.stopped:  # a copy that finished after the standby stopped: the next role opens it
+                raise NeedsCopy("the standby has stopped")
             self.db = MetaDB(self.data_dir, self.map_size_bytes)
             self.tables = {name: handle for handle, name in table_names(self.db).items()}
             with self.db.read() as txn:
@@ -70,6 +73,12 @@ class Standby:
                 seq = txn.get(SEQ_KEY, db=self.db.counters)
             self.history = history.decode() if history else ""
             self.seq = read_u64(seq) if seq else 0
+
+    def stop(self) -> None:
+        """Close the database for good (a thread still applying or copying finds it so)."""
+        with self._db_lock:
+            self.stopped = True
+        self.close()
 
     def close(self) -> None:
         with self._db_lock:
@@ -167,17 +176,25 @@ async def health(request: web.Request) -> web.Response:
     return json_response(request.app[STANDBY].health())
 
 
+async def not_primary(request: web.Request) -> web.Response:
+    """Every API call: 503 naming the primary, which chunkfs clients retry there."""
+    primary = request.app[STANDBY].primary
+    return error_response(503, "EAGAIN", f"this metaserver is a standby of {primary}",
+                          headers={PRIMARY_HEADER: primary})
+
+
 def build_app(standby: Standby, secret: bytes) -> web.Application:
     app = make_app(secret)
     app[STANDBY] = standby
     app.router.add_get("/health", health)
+    app.router.add_route("*", "/v1/{call:.*}", not_primary)
 
     async def background(app: web.Application):
         task = asyncio.create_task(standby.follow())
         yield
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await asyncio.to_thread(standby.close)
+        await asyncio.to_thread(standby.stop)
 
     app.cleanup_ctx.append(background)
     return app

@@ -71,6 +71,15 @@ def throughput_chart(history: r.Throughput | None) -> str:
             f'{grid}{ticks}{lines}{legend}</svg>')
 
 
+GATEWAY_MARK = "gateway "  # how a gateway's client core names itself (ClientReport.mountpoint)
+
+
+def _gateways(status: r.ClusterStatus) -> str:
+    """The gateways following the change feed: how many and where they serve S3 and REST."""
+    gateways = sorted(c.mountpoint[len(GATEWAY_MARK):] for c in status.clients if c.mountpoint.startswith(GATEWAY_MARK))
+    return f"{len(gateways)}" + (": " + "; ".join(gateways) if gateways else "")
+
+
 def render(status: r.ClusterStatus, address: str, clients: int) -> str:
     up = sum(s.alive for s in status.servers)
     down = len(status.servers) - up
@@ -93,6 +102,7 @@ def render(status: r.ClusterStatus, address: str, clients: int) -> str:
                     f"{status.corrupt_found} corrupt replicas found"),
         ("pending deletions", str(status.pending_deletions)),
         ("clients mounted", str(clients)),
+        ("gateways", _gateways(status)),
         ("file locks", f"{status.locks_held} held, {status.lock_waits} waiting"),
     ]
     summary = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in facts)

@@ -22,8 +22,8 @@ import click
 import pyfuse3
 import trio
 
-from chunkfs import DEFAULT_METASERVER_PORT, auth, metrics, mounts, service
-from chunkfs.config import ConfigError, daemon_command, opt, parse_address, setup_logging
+from chunkfs import DEFAULT_METASERVER_PORT, auth, metrics, mounts, service, tls
+from chunkfs.config import ConfigError, daemon_command, opt, parse_address, parse_addresses, setup_logging
 from chunkfs.errors import FsError, TransportError
 from chunkfs.client.chunk_cache import ChunkCache
 from chunkfs.client.core import build_client
@@ -41,7 +41,7 @@ MiB = 1024 * 1024
 @dataclass
 class MountConfig:
     metaserver: str = opt(f"127.0.0.1:{DEFAULT_METASERVER_PORT}",
-                          "HOST:PORT of the metaserver, or HOST:PORT:/SUBDIR to mount a subdirectory")
+                          "HOST:PORT of the metaserver (with failover: of each, comma-separated), or HOST:PORT:/SUBDIR to mount a subdirectory")
     mountpoint: Path = opt(Path(""), "directory to mount on")
     secret_file: Path = opt(Path("/etc/chunkfs/secret"), "file holding the cluster secret")
     cache_mem_mb: int = opt(256, "MiB of chunks kept in memory (the hottest; the disk cache holds more)")
@@ -67,13 +67,14 @@ class MountConfig:
     allow_other: bool = opt(True, "let users other than the mounting one use the mount (root only)")
     max_tasks: int = opt(64, "FUSE requests served at once")
     metrics_listen: str = opt("", "HOST:PORT to serve Prometheus /metrics on (empty: no metrics server)")
+    tls_dir: str = opt("", "directory made by chunkfs certs init: connect with TLS, showing its client certificate")
     log_level: str = opt("info", "debug, info, warning or error")
 
     def validate(self) -> None:
         address, _, subdir = self.metaserver.partition(":/")
         if subdir:
             self.metaserver, self.subdir = address, "/" + subdir
-        parse_address(self.metaserver, DEFAULT_METASERVER_PORT)
+        parse_addresses(self.metaserver, DEFAULT_METASERVER_PORT)
         if not self.subdir.startswith("/"):
             raise ConfigError(f"option subdir: {self.subdir!r} must start with /")
         if not str(self.mountpoint) or not self.mountpoint.is_dir():
@@ -90,6 +91,10 @@ class MountConfig:
             raise ConfigError("option max_dirty_mb: at least 16")
         if self.metrics_listen:
             parse_address(self.metrics_listen)
+        try:
+            tls.tls_files(self.tls_dir, "client")
+        except ValueError as exc:
+            raise ConfigError(f"option tls_dir: {exc}") from None
 
 
 def open_disk_cache(config: MountConfig, mountpoint: Path) -> DiskChunkCache | None:
@@ -167,7 +172,9 @@ async def root_inode(meta: MetaClient, subdir: str) -> int:
 def mount_options(config: MountConfig) -> set[str]:
     options = set(pyfuse3.default_options)
     subdir = "" if config.subdir == "/" else ":" + config.subdir
-    options |= {f"fsname=chunkfs:{config.metaserver}{subdir}", "subtype=chunkfs", "noatime"}
+    # a comma would end the option (libfuse splits -o at unescaped commas): a list of metaservers is escaped
+    fsname = f"chunkfs:{config.metaserver}{subdir}".replace(",", "\\,")
+    options |= {f"fsname={fsname}", "subtype=chunkfs", "noatime"}
     if config.read_only:
         options.add("ro")
     if config.allow_other and os.geteuid() == 0:
@@ -180,10 +187,12 @@ def mount_options(config: MountConfig) -> set[str]:
 def run(config: MountConfig) -> None:
     setup_logging(config.log_level)
     secret = auth.load_secret(config.secret_file)
-    http = SignedHttp(secret, timeout_s=60, retry_s=config.retry_s, trio_native=True)
+    files = tls.tls_files(config.tls_dir, "client")
+    context = files.client_context() if files else None
+    http = SignedHttp(secret, timeout_s=60, retry_s=config.retry_s, trio_native=True, tls=context)
     client_id = uuid.uuid4().hex
     try:
-        root_ino = trio.run(root_inode, MetaClient(SignedHttp(secret, retry_s=5, trio_native=True),
+        root_ino = trio.run(root_inode, MetaClient(SignedHttp(secret, retry_s=5, trio_native=True, tls=context),
                                                    config.metaserver), config.subdir)
     except TransportError as exc:
         click.echo(f"chunkfs-mount: cannot reach the metaserver at {config.metaserver}: {exc}", err=True)
@@ -201,7 +210,8 @@ def run(config: MountConfig) -> None:
                           write_behind_s=config.write_behind_s, sync_close=config.sync_close)
     ops = ChunkfsOperations(client, entry_timeout_s=config.entry_timeout_s, attr_timeout_s=config.attr_timeout_s)
     pyfuse3.init(ops, str(mountpoint), mount_options(config))
-    mounts.record(mountpoint, config.metaserver, config.secret_file.resolve(), os.getpid(), root_ino)
+    mounts.record(mountpoint, config.metaserver, config.secret_file.resolve(), os.getpid(), root_ino,
+                  str(Path(config.tls_dir).resolve()) if config.tls_dir else "")
     log.info("mounted %s on %s", config.metaserver, config.mountpoint)
     stop_metrics = metrics.start_mount_metrics(config.metrics_listen, client.io, client.cache, ops,
                                                client.write_back)

@@ -21,6 +21,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from chunkfs.protocol.http import SignedHttp
+from chunkfs.protocol.metaserver_addresses import MetaserverAddresses
 from chunkfs.protocol.records import Ino, Uid
 
 T = TypeVar("T")
@@ -113,14 +114,14 @@ class ShareUse(Struct):
 class AccountsClient:
     """One method per operation of `/v1/accounts/{op}` (signed like every call to the metaserver)."""
 
-    def __init__(self, http: SignedHttp, base: str) -> None:
-        """`base`: the metaserver as `http://HOST:PORT`."""
-        self.http, self.base = http, base
+    def __init__(self, http: SignedHttp, servers: MetaserverAddresses) -> None:
+        """`servers`: the metaserver(s), as a MetaClient has them (`meta.servers`: calls follow
+        the primary across failovers)."""
+        self.http, self.servers = http, servers
 
     async def _call(self, op: str, request: Any, reply_type: type[T]) -> T:
-        response = await self.http.request("POST", f"{self.base}/v1/accounts/{op}",
-                                           content=msgspec.json.encode(request),
-                                           headers={"Content-Type": "application/json"})
+        response = await self.http.request("POST", f"/v1/accounts/{op}", content=msgspec.json.encode(request),
+                                           headers={"Content-Type": "application/json"}, servers=self.servers)
         return msgspec.json.decode(response.content, type=reply_type)
 
     # ---- users --------------------------------------------------------------------------------------

@@ -1,10 +1,15 @@
-"""Client for the chunkservers' API: put, get and delete one version of one chunk."""
+"""Client for the chunkservers' API: put, get and delete one version of one chunk.
+
+A call given a chunk token (`chunkfs.chunk_tokens`: a client's, from the metaserver) is sent with
+it and unsigned, as the chunkserver admits it by the token alone (signing would cost ~20 us of
+CPU for nothing); a call without one is signed (the metaserver's, with the chunk key)."""
 
 from __future__ import annotations
 
 import msgspec
 
 from chunkfs import auth
+from chunkfs.chunk_tokens import BASE_TOKEN_HEADER, TOKEN_HEADER
 from chunkfs.protocol import records as r
 from chunkfs.protocol.disk_check import INVENTORY_PATH, Inventory
 from chunkfs.protocol.http import SignedHttp
@@ -14,10 +19,15 @@ CHECKSUM_PARAM = "checksum"
 CLIENT_VERIFIES_PARAM = "client_verifies"  # GET: the server may skip its block checks (see get)
 OFFSET_PARAM, LENGTH_PARAM = "offset", "length"  # a ranged GET: in the query, which is signed (see auth)
 BLOCK_SUMS_HEADER = "X-Chunkfs-Block-Sums"  # a ranged GET's answer: its blocks' xxh3s, hex
+TOKEN_PARAM = "token"  # a copy's: the read token for its source
 
 
 def chunk_url(address: str, chunk_id: int, version: int) -> str:
     return f"http://{address}/v1/chunks/{chunk_id}/{version}"
+
+
+def _with_token(headers: dict[str, str] | None, token: str) -> dict[str, str] | None:
+    return {**(headers or {}), TOKEN_HEADER: token} if token else headers
 
 
 class ChunkClient:
@@ -25,39 +35,43 @@ class ChunkClient:
         self.http = http
 
     async def put(self, address: str, chunk_id: int, version: int, data: bytes, checksum: str,
-                  retry_s: float | None = None) -> None:
+                  retry_s: float | None = None, token: str = "") -> None:
         """Store `data` as a new chunk version; returns once it is fsynced on that server."""
         await self.http.request(
             "PUT", chunk_url(address, chunk_id, version), content=data,
-            headers={CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"},
-            retry_s=retry_s,
+            headers=_with_token({CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"}, token),
+            retry_s=retry_s, signed=not token,
         )
 
     async def put_patch(self, address: str, chunk_id: int, version: int, base_version: int, offset: int,
-                        piece: bytes, checksum: str) -> str:
+                        piece: bytes, checksum: str, token: str = "", base_token: str = "") -> str:
         """Make `version` from `base_version` with `piece` written at `offset`, on that server;
-        returns the checksum of the whole new version (compare it across replicas)."""
+        returns the checksum of the whole new version (compare it across replicas). With a
+        write `token`, a read `base_token` of the base version."""
+        headers = {CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"}
+        if base_token:
+            headers[BASE_TOKEN_HEADER] = base_token
         response = await self.http.request(
             "PUT", chunk_url(address, chunk_id, version), content=piece,
             params={"base_version": base_version, "offset": offset},
-            headers={CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"},
+            headers=_with_token(headers, token), signed=not token,
         )
         new_checksum: str = response.json()["checksum"]
         return new_checksum
 
     async def get(self, address: str, chunk_id: int, version: int, retry_s: float | None = None,
-                  client_verifies: bool = False) -> bytes | bytearray:
+                  client_verifies: bool = False, token: str = "") -> bytes | bytearray:
         """The whole stored chunk, verified against its block checksums on the server, or, with
         `client_verifies`, sent from disk unverified (zero-copy): then the caller must check it
         against the chunk's checksum, and ask again without `client_verifies` if it does not
         match (the server then finds and reports a corrupt copy)."""
         params = {CLIENT_VERIFIES_PARAM: 1} if client_verifies else None
         response = await self.http.request("GET", chunk_url(address, chunk_id, version), params=params,
-                                           retry_s=retry_s)
+                                           retry_s=retry_s, headers=_with_token(None, token), signed=not token)
         return response.content
 
     async def get_blocks(self, address: str, chunk_id: int, version: int, offset: int, length: int,
-                         retry_s: float | None = None) -> tuple[bytes | bytearray, bytes | None]:
+                         retry_s: float | None = None, token: str = "") -> tuple[bytes | bytearray, bytes | None]:
         """(`length` bytes of the chunk from `offset`, clipped to its end; their blocks' xxh3s,
         8 bytes a block): a ranged read. `offset` is at a block (`checksum.BLOCK_SIZE`). The
         server verified those blocks before it answered; the caller checks the bytes against
@@ -65,7 +79,8 @@ class ChunkClient:
         Sums None: a chunkserver older than ranged reads ignored the range and sent the whole
         chunk (a rolling upgrade that reached clients first), to be checked as a whole."""
         response = await self.http.request("GET", chunk_url(address, chunk_id, version),
-                                           params={OFFSET_PARAM: offset, LENGTH_PARAM: length}, retry_s=retry_s)
+                                           params={OFFSET_PARAM: offset, LENGTH_PARAM: length}, retry_s=retry_s,
+                                           headers=_with_token(None, token), signed=not token)
         header = response.header(BLOCK_SUMS_HEADER)
         if header is None:
             return response.content, None
@@ -75,8 +90,10 @@ class ChunkClient:
             sums = b""  # fails the caller's check
         return response.content, sums
 
-    async def delete(self, address: str, chunk_id: int, version: int, retry_s: float | None = None) -> None:
-        await self.http.request("DELETE", chunk_url(address, chunk_id, version), retry_s=retry_s)
+    async def delete(self, address: str, chunk_id: int, version: int, retry_s: float | None = None,
+                     token: str = "") -> None:
+        await self.http.request("DELETE", chunk_url(address, chunk_id, version), retry_s=retry_s,
+                                headers=_with_token(None, token), signed=not token)
 
     async def inventory(self, address: str, min_age_s: float, retry_s: float | None = None) -> list[r.ChunkFile]:
         """The chunk versions the server holds in files at least `min_age_s` old."""
@@ -95,10 +112,11 @@ class ChunkClient:
         return msgspec.json.decode(response.content, type=Inventory)
 
     async def copy(self, address: str, chunk_id: int, version: int, source: str, checksum: str,
-                   retry_s: float | None = None) -> None:
-        """Have the server at `address` fetch the chunk version from `source` and store it,
-        checked against `checksum`; returns once it is fsynced there."""
+                   retry_s: float | None = None, source_token: str = "") -> None:
+        """Have the server at `address` fetch the chunk version from `source` (with the read
+        token `source_token`) and store it, checked against `checksum`; returns once it is
+        fsynced there."""
         await self.http.request(
             "POST", f"{chunk_url(address, chunk_id, version)}/copy",
-            params={"from": source, CHECKSUM_PARAM: checksum}, retry_s=retry_s,
+            params={"from": source, CHECKSUM_PARAM: checksum, TOKEN_PARAM: source_token}, retry_s=retry_s,
         )

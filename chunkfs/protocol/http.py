@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import ssl
 import time
 from collections.abc import Mapping
 from urllib.parse import urlencode, urlsplit
@@ -28,7 +29,8 @@ from urllib.parse import urlencode, urlsplit
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from chunkfs import auth, request_id
-from chunkfs.errors import FsError, TransportError
+from chunkfs.errors import PRIMARY_HEADER, FsError, TransportError
+from chunkfs.protocol.metaserver_addresses import MetaserverAddresses
 from chunkfs.protocol.transport import HttpxTransport, Response, Transport, TransportFailure, TrioH11Transport
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,10 @@ _RETRY_STATUS = {502, 503, 504}
 RETRY_WAIT_MAX_S = 0.5
 
 class _Retryable(Exception):
-    def __init__(self, message: str, stale: bool = False) -> None:
+    def __init__(self, message: str, stale: bool = False, primary: str | None = None) -> None:
         super().__init__(message)
         self.stale = stale  # see TransportFailure
+        self.primary = primary  # a standby's 503 names the primary (metaserver_addresses.py)
 
 
 class SignedHttp:
@@ -56,13 +59,15 @@ class SignedHttp:
         retry_s: float = 15.0,
         max_connections: int = 64,
         trio_native: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """`trio_native` picks the lean h11 transport (trio only) over httpx (any event loop)."""
+        """`trio_native` picks the lean h11 transport (trio only) over httpx (any event loop);
+        `tls`: connect with TLS (chunkfs.tls: the cluster CA, this part's certificate)."""
         self.secret = secret
         self.retry_s = retry_s
         self.transport: Transport = (
-            TrioH11Transport(timeout_s, connect_timeout_s) if trio_native
-            else HttpxTransport(timeout_s, connect_timeout_s, max_connections)
+            TrioH11Transport(timeout_s, connect_timeout_s, tls=tls) if trio_native
+            else HttpxTransport(timeout_s, connect_timeout_s, max_connections, tls=tls)
         )
 
     async def aclose(self) -> None:
@@ -78,9 +83,17 @@ class SignedHttp:
         headers: dict[str, str] | None = None,
         retry_s: float | None = None,
         call_id: tuple[str, bool] | None = None,
+        signed: bool = True,
+        servers: MetaserverAddresses | None = None,
+        attempt_timeout_s: float | None = None,
     ) -> Response:
         """`call_id`: (the request id to send, whether it was never sent before), for a call the
-        caller makes again under the same id after it failed (a write-behind batch)."""
+        caller makes again under the same id after it failed (a write-behind batch).
+        `signed` False: sent without X-Chunkfs-Auth (a request a chunk token admits).
+        `servers`: the call goes to whichever of them is current at each attempt (the URL's
+        HOST:PORT is not used), and a retried failure moves them on (see MetaserverAddresses);
+        `attempt_timeout_s`: how long one attempt may wait for its answer (default: the
+        transport's `timeout_s`)."""
         rid, new_id = call_id or request_id.for_outgoing_call_and_is_new()
         headers = {**headers, request_id.HEADER: rid} if headers else {request_id.HEADER: rid}
         parts = urlsplit(url)
@@ -88,27 +101,33 @@ class SignedHttp:
         body = bytes(content) if isinstance(content, (bytearray, memoryview)) else content
         limit_s = self.retry_s if retry_s is None else retry_s
         started = time.monotonic()
+        address = parts.netloc if servers is None else servers
         try:
-            digest = auth.body_digest(method, headers.items(), body)
+            digest = auth.body_digest(method, headers.items(), body) if signed else ""
             try:  # the first attempt without the retry machinery: building it cost ~50 us a call
-                return await self._once(method, parts.netloc, target, body, digest, headers, 1 if new_id else 0)
+                return await self._once(method, address, target, body, digest, headers, 1 if new_id else 0,
+                                        attempt_timeout_s)
             except _Retryable as exc:
                 first_failure = exc
             if first_failure.stale:  # a kept-alive connection broke: reconnect once, at once
                 try:
-                    return await self._once(method, parts.netloc, target, body, digest, headers, 2 if new_id else 0)
+                    return await self._once(method, address, target, body, digest, headers, 2 if new_id else 0,
+                                            attempt_timeout_s)
                 except _Retryable as exc:
                     first_failure = exc
             return await self._retry(first_failure, limit_s - (time.monotonic() - started),
-                                     method, parts.netloc, target, body, digest, headers, new_id)
+                                     method, address, target, body, digest, headers, new_id, attempt_timeout_s)
         except _Retryable as exc:
-            raise TransportError(f"{method} {url}: {exc} (request_id={rid})") from None
+            where = url if servers is None else f"{servers}{url}"
+            raise TransportError(f"{method} {where}: {exc} (request_id={rid})") from None
         except FsError as exc:
             exc.request_id = exc.request_id or rid
             raise
 
-    async def _retry(self, first_failure: _Retryable, remaining_s: float, method: str, address: str,
-                     target: str, body: bytes | None, digest: str, headers: dict[str, str], new_id: bool) -> Response:
+    async def _retry(self, first_failure: _Retryable, remaining_s: float, method: str,
+                     address: str | MetaserverAddresses,
+                     target: str, body: bytes | None, digest: str, headers: dict[str, str], new_id: bool,
+                     attempt_timeout_s: float | None = None) -> Response:
         """The attempts after a failed first one, on the schedule a retry loop around all of
         them would keep: tenacity counts `first_failure` as its attempt 1 (without sending it
         again) and stops `remaining_s` after now, i.e. `retry_s` after the first attempt."""
@@ -124,26 +143,41 @@ class SignedHttp:
                 if failures:
                     raise failures.pop()
                 return await self._once(method, address, target, body, digest, headers,
-                                        attempt.retry_state.attempt_number if new_id else 0)
+                                        attempt.retry_state.attempt_number if new_id else 0, attempt_timeout_s)
         raise AssertionError("unreachable")
 
-    async def _once(self, method: str, address: str, target: str, body: bytes | None, digest: str,
-                    headers: dict[str, str], attempt: int) -> Response:
+    async def _once(self, method: str, address: str | MetaserverAddresses, target: str, body: bytes | None,
+                    digest: str, headers: dict[str, str], attempt: int,
+                    attempt_timeout_s: float | None = None) -> Response:
         """`attempt`: which attempt under a request id of the call's own, 0 for an inherited id;
-        `digest`: the body's (`auth.body_digest`)."""
+        `digest`: the body's (`auth.body_digest`), "" for a request sent unsigned; `address`: HOST:PORT, or the metaservers
+        whose current one is called (and moved on if this attempt fails)."""
+        if isinstance(address, str):
+            return await self._send(method, address, target, body, digest, headers, attempt, attempt_timeout_s)
+        server = address.current
+        try:
+            return await self._send(method, server, target, body, digest, headers, attempt, attempt_timeout_s)
+        except _Retryable as exc:
+            if not exc.stale:  # a kept-alive connection that broke is tried again there first
+                address.failed(server, exc.primary)
+            raise
+
+    async def _send(self, method: str, address: str, target: str, body: bytes | None, digest: str,
+                    headers: dict[str, str], attempt: int, attempt_timeout_s: float | None) -> Response:
         all_headers = [("Host", address), *headers.items()]
         if attempt:
             all_headers.append((request_id.ATTEMPT_HEADER, str(attempt)))
-        all_headers.append((auth.HEADER, auth.sign(self.secret, method, target, address, all_headers, body,
-                                                   digest=digest)))
+        if digest:
+            all_headers.append((auth.HEADER, auth.sign(self.secret, method, target, address, all_headers, body,
+                                                       digest=digest)))
         try:
-            response = await self.transport.send(method, address, target, all_headers, body)
+            response = await self.transport.send(method, address, target, all_headers, body, attempt_timeout_s)
         except TransportFailure as exc:
             raise _Retryable(str(exc), exc.stale) from None
         if response.status_code in _RETRY_STATUS:
-            raise _Retryable(f"HTTP {response.status_code}")
+            raise _Retryable(f"{address}: HTTP {response.status_code}", primary=response.header(PRIMARY_HEADER))
         if response.status_code == 401:
-            raise FsError(errno.EACCES, f"{address}: the server refused the cluster secret")
+            raise FsError(errno.EACCES, f"{address}: the server refused the cluster secret or credential")
         if response.status_code >= 400:
             try:
                 raise FsError.from_json(response.json())

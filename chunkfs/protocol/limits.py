@@ -11,6 +11,7 @@ kernel cannot take is refused for that entry, not for the whole call).
 from __future__ import annotations
 
 import errno
+import ipaddress
 import re
 import stat
 from typing import TYPE_CHECKING
@@ -84,6 +85,27 @@ def check_xattr(name: bytes, value: bytes | None) -> None:
         raise FsError(errno.ERANGE, f"attribute name must be 1 to {MAX_XATTR_NAME_BYTES} bytes without NUL")
     if value is not None and len(value) > MAX_XATTR_VALUE_BYTES:
         raise FsError(errno.E2BIG, f"attribute value over {MAX_XATTR_VALUE_BYTES} bytes")
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def check_server_address(address: str) -> None:
+    """A chunkserver's address as it registers it, for clients and peers to connect to: HOST:PORT
+    with a host name, an IPv4 address or a bracketed IPv6 address, and a port 1-65535; EINVAL else
+    (a registration with anything else would be handed to every client as a place to write to)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or len(port) > 5 or not 1 <= int(port) <= 65535:
+        raise FsError(errno.EINVAL, f"server address {address[:80]!r} is not HOST:PORT with a port 1-65535")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+            return
+        except ValueError:
+            pass
+    elif host.isascii() and _HOSTNAME.fullmatch(host):
+        return  # a name, or an IPv4 address (digits and dots are a valid name too)
+    raise FsError(errno.EINVAL, f"server address {address[:80]!r}: {host[:64]!r} is not a host name or IP address")
 
 
 def is_token(value: str) -> bool:

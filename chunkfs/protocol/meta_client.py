@@ -10,11 +10,20 @@ from chunkfs.errors import FsError
 from chunkfs.protocol import records as r
 from chunkfs.protocol.disk_check import DiskCheckPage, DiskCheckReq
 from chunkfs.protocol.http import SignedHttp
+from chunkfs.protocol.metaserver_addresses import MetaserverAddresses
+from chunkfs.protocol.transport import Response
 
 T = TypeVar("T")
 
 
 CLIENT_HEADER = "X-Chunkfs-Client"
+STEP_DOWN_PATH = "/v1/ha/step-down"  # with etcd failover: the primary gives its role up
+FAILOVER_ATTEMPT_S = 8.0
+"""With several metaservers, how long one attempt waits for its answer before the call is tried
+on the next: a primary that hangs (SIGSTOP, a dead disk) is left after this, within the
+clients' `retry_s` (15 s). With one metaserver an attempt waits the transport's time-out."""
+QUICK_SERVER_OPS = frozenset({"hello", "corrupt"})  # a chunkserver's: answered at once (the others are admins')
+LONG_POLL_OPS = {"lock": 10.0, "fsck": 30.0}  # seconds these may take by design, added to the above
 ROOT_INO = 1
 INODE_FIELDS = ("ino", "parent", "old_parent", "new_parent")
 
@@ -72,10 +81,13 @@ class SubtreeView:
 
 class MetaClient:
     def __init__(self, http: SignedHttp, address: str, client_id: str = "", root_ino: int = ROOT_INO) -> None:
-        """`client_id` names this client in the change feed, so it can skip its own changes;
+        """`address`: HOST:PORT of the metaserver, or several (`a:9520,b:9520`) of which the
+        primary is found and followed across failovers (metaserver_addresses.py);
+        `client_id` names this client in the change feed, so it can skip its own changes;
         `root_ino` is the directory shown as the root (a subdirectory mount)."""
         self.http = http
-        self.base = f"http://{address}"
+        self.servers = MetaserverAddresses(address)
+        self.attempt_timeout_s = FAILOVER_ATTEMPT_S if len(self.servers.addresses) > 1 else None
         self.client_id = client_id
         self.headers = {"Content-Type": "application/json", CLIENT_HEADER: client_id}
         self.view = SubtreeView(root_ino)
@@ -86,13 +98,20 @@ class MetaClient:
     async def call(self, op: str, request: Any, reply_type: type[T]) -> T: ...
 
     async def call(self, op: str, request: Any, reply_type: type[T] | None = None) -> T | None:
-        response = await self.http.request(
-            "POST", f"{self.base}/v1/fs/{op}", content=r.json_encode(self.view.outgoing(request)),
-            headers=self.headers,
-        )
+        response = await self._post_fs(op, r.json_encode(self.view.outgoing(request)))
         if reply_type is None:
             return None
         return self.view.incoming(msgspec.json.decode(response.content, type=reply_type))
+
+    async def _post_fs(self, op: str, content: bytes, call_id: tuple[str, bool] | None = None) -> Response:
+        """`/v1/fs/{op}` on the current primary, moved on across failovers."""
+        attempt_timeout_s = self.attempt_timeout_s
+        if attempt_timeout_s is not None and op in LONG_POLL_OPS:
+            attempt_timeout_s += LONG_POLL_OPS[op]
+        return await self.http.request(
+            "POST", f"/v1/fs/{op}", content=content, headers=self.headers, call_id=call_id,
+            servers=self.servers, attempt_timeout_s=attempt_timeout_s,
+        )
 
     # -- namespace ------------------------------------------------------------------------
     async def lookup(self, parent: int, name: bytes) -> r.Attr:
@@ -124,8 +143,10 @@ class MetaClient:
         """The inodes moved or replaced (see RenameReq.open_here for replaced open files)."""
         return await self.call("rename", req, list[int])
 
-    async def readdir(self, ino: int, after: bytes | None, limit: int = 1000) -> list[r.DirEntry]:
-        return await self.call("readdir", r.ReaddirReq(ino, after, limit), list[r.DirEntry])
+    async def readdir(self, ino: int, after: bytes | None, limit: int = 1000, xattr: bytes | None = None
+                      ) -> list[r.DirEntry]:
+        """A page of entries after `after`; with `xattr`, each entry's value of it (None: unset)."""
+        return await self.call("readdir", r.ReaddirReq(ino, after, limit, xattr), list[r.DirEntry])
 
     async def parent(self, ino: int) -> r.Attr:
         """The root's parent is the root itself, also for a subdirectory mount."""
@@ -173,8 +194,7 @@ class MetaClient:
         SignedHttp.request's, the same each time the batch is sent again. Decode each reply with
         `batch_reply`."""
         body = r.BatchReq([r.BatchOp(op, msgspec.Raw(r.json_encode(self.view.outgoing(req)))) for op, req in ops])
-        response = await self.http.request("POST", f"{self.base}/v1/fs/batch", content=r.json_encode(body),
-                                           headers=self.headers, call_id=call_id)
+        response = await self._post_fs("batch", r.json_encode(body), call_id)
         return msgspec.json.decode(response.content, type=list[r.BatchOutcome])
 
     def batch_reply(self, outcome: r.BatchOutcome, reply_type: type[T] | None) -> T | None:
@@ -184,6 +204,14 @@ class MetaClient:
         if reply_type is None:
             return None
         return self.view.incoming(msgspec.json.decode(outcome.reply, type=reply_type))
+
+    async def read_tokens(self, chunks: list[tuple[int, int]]) -> list[str]:
+        """New read tokens for these chunk versions (chunkfs.chunk_tokens), in their order."""
+        return await self.call("tokens", r.TokensReq(chunks), list[str])
+
+    async def concat(self, req: r.ConcatReq) -> r.Attr:
+        """Append the sources' chunks to the file by reference (see ConcatReq); its new attributes."""
+        return await self.call("concat", req, r.Attr)
 
     # -- file locks (chunkfs/metaserver/locks.py) ---------------------------------------------
     async def lock(self, req: r.LockReq) -> r.LockReply:
@@ -222,20 +250,31 @@ class MetaClient:
             params["epoch"] = epoch
         if report is not None:
             params["client"] = r.json_encode(report).decode()
-        response = await self.http.request("GET", f"{self.base}/v1/changes",
-                                           params=params, retry_s=wait_s + 5, headers=self.headers)
+        response = await self.http.request(
+            "GET", "/v1/changes", params=params, retry_s=wait_s + 5, headers=self.headers, servers=self.servers,
+            attempt_timeout_s=None if self.attempt_timeout_s is None else wait_s + self.attempt_timeout_s)
         return self.view.incoming(msgspec.json.decode(response.content, type=r.ChangeBatch))
 
     async def status(self) -> r.ClusterStatus:
-        response = await self.http.request("GET", f"{self.base}/v1/status")
+        response = await self.http.request("GET", "/v1/status", servers=self.servers,
+                                           attempt_timeout_s=self.attempt_timeout_s)
         return msgspec.json.decode(response.content, type=r.ClusterStatus)
+
+    async def step_down(self, primary: str) -> str:
+        """The primary gives its leader key up (a switchover); the address it had. `primary`:
+        the one meant (from `status().failover`), so a retry that reaches the next primary after
+        the switchover does not make it step down too (it answers EINVAL)."""
+        response = await self.http.request("POST", STEP_DOWN_PATH, params={"primary": primary},
+                                           servers=self.servers)
+        return str(response.json()["stepped_down"])
 
     async def servers_call(self, op: str, request: Any, reply_type: type[T]) -> T:
         """`/v1/servers/{op}`: what chunkservers and admins tell the metaserver about servers."""
         response = await self.http.request(
-            "POST", f"{self.base}/v1/servers/{op}", content=r.json_encode(request),
-            headers={"Content-Type": "application/json"},
-        )
+            "POST", f"/v1/servers/{op}", content=r.json_encode(request),
+            headers={"Content-Type": "application/json"}, servers=self.servers,
+            attempt_timeout_s=self.attempt_timeout_s if op in QUICK_SERVER_OPS else None,
+        )  # an admin's gc or drain may take long: the transport's time-out
         return msgspec.json.decode(response.content, type=reply_type)
 
     async def hello(self, hello: r.ServerHello) -> r.HelloReply:
@@ -257,3 +296,15 @@ class MetaClient:
 
     async def drain(self, server: str, draining: bool = True) -> r.ServerStatus:
         return await self.servers_call("drain", r.DrainReq(server, draining), r.ServerStatus)
+
+    # -- credentials (admin keys only) --------------------------------------------------------
+    async def credentials(self) -> list[dict[str, Any]]:
+        response = await self.http.request("GET", "/v1/credentials", servers=self.servers)
+        listing: list[dict[str, Any]] = response.json()
+        return listing
+
+    async def change_credentials(self, action: str, request: r.CredentialReq | r.RevokeReq) -> Any:
+        """`add` (answers the credential, with the text its holder's secret file holds) or `revoke`."""
+        response = await self.http.request("POST", f"/v1/credentials/{action}", servers=self.servers,
+                                           content=r.json_encode(request), headers={"Content-Type": "application/json"})
+        return response.json()

@@ -61,6 +61,7 @@ class Attr(Struct, kw_only=True):
 class DirEntry(Struct):
     name: bytes
     attr: Attr
+    xattr: bytes | None = None  # the value of the xattr the listing asked for (ReaddirReq.xattr), if set
 
 
 class ChunkRef(Struct, kw_only=True):
@@ -72,6 +73,7 @@ class ChunkRef(Struct, kw_only=True):
     length: ChunkLength
     checksum: Checksum
     replicas: Annotated[list[Token], Meta(max_length=64)]
+    token: Annotated[str, Meta(max_length=128)] = ""  # for the chunkservers (chunkfs.chunk_tokens)
 
 
 class ServerRef(Struct):
@@ -106,6 +108,7 @@ class Reservation(Struct):
     count: int
     servers: list[ServerChoice]
     valid_s: float
+    token: str = ""  # reads and writes of these versions, of any chunk id (chunkfs.chunk_tokens)
 
 
 class Statfs(Struct):
@@ -213,6 +216,7 @@ class ReaddirReq(Struct):
     ino: Ino
     after: Name | None = None  # not checked as a new name: a listing goes on after any stored name
     limit: Annotated[int, Meta(ge=1, le=2**31)] = 1000
+    xattr: Name | None = None  # also each entry's value of this xattr (one call lists a bucket's ETags)
 
 
 class XattrReq(Struct):
@@ -247,6 +251,19 @@ class CommitReq(Struct):
 
     def __post_init__(self) -> None:
         limits.check_size(self.size)
+
+
+class ConcatReq(Struct):
+    """The chunks of `sources` (regular files, in this order) appended to file `ino` by
+    reference: no byte is copied, the chunk records change owner, and the sources are left empty.
+    Chunk i of a file holds its bytes [i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE), so the target's
+    size and the size of every source but the last must be multiples of CHUNK_SIZE, and no
+    source may be kept inline (EINVAL otherwise, and nothing changes). What upload sessions
+    (S3 multipart Complete, a resumed `chunkfs put`) are committed with."""
+
+    ino: Ino
+    sources: Annotated[list[Ino], Meta(min_length=1, max_length=10_000)]
+    mtime_ns: TimeNs
 
 
 class GoalReq(Struct):
@@ -413,9 +430,42 @@ class ServerHello(Struct, kw_only=True):
     read_bytes: Bytes64 = 0  # chunk bytes served since the chunkserver started
     written_bytes: Bytes64 = 0  # chunk bytes stored since the chunkserver started
 
+    def __post_init__(self) -> None:
+        limits.check_server_address(self.address)
+        if self.used_bytes > self.capacity_bytes:
+            raise FsError(errno.EINVAL, f"used_bytes {self.used_bytes} is over capacity_bytes {self.capacity_bytes}")
+
 
 class HelloReply(Struct):
     delete: list[tuple[int, int]]  # chunks the server holds that no file references
+    # the key chunk tokens are made with, wrapped with the key the hello was signed with
+    # (chunkfs.chunk_tokens.wrap); empty from a metaserver that issues no tokens
+    chunk_key_nonce: str = ""
+    chunk_key: str = ""
+
+
+class TokensReq(Struct):
+    """New read tokens for chunk versions some file references (a client's expired)."""
+
+    chunks: Annotated[list[tuple[ChunkId, Version]], Meta(max_length=4096)]
+
+
+class CredentialReq(Struct, kw_only=True):
+    """`chunkfs credentials add`: a key for `role` named `name`; an export for a client's."""
+
+    role: Annotated[str, Meta(max_length=32)]
+    name: Token
+    subtree: Annotated[str, Meta(max_length=limits.MAX_PATH_BYTES, pattern="^/")] = "/"
+    read_only: bool = False
+    maproot: Annotated[int, Meta(ge=-1, le=limits.MAX_UID)] = -1
+
+
+class RevokeReq(Struct, kw_only=True):
+    """`chunkfs credentials revoke`: the key `key_id`, or every key of `role` named `name`."""
+
+    key_id: OptionalToken = ""
+    role: Annotated[str, Meta(max_length=32)] = ""
+    name: OptionalToken = ""
 
 
 class ServerStatus(Struct, kw_only=True):
@@ -456,6 +506,7 @@ class ClusterStatus(Struct, kw_only=True):
     memory: MemoryStatus | None = None  # the metaserver's own memory, and what holds it
     locks_held: int = 0  # file locks held by clients (flock and POSIX), `chunkfs locks` lists them
     lock_waits: int = 0  # lock requests waiting now
+    failover: FailoverStatus | None = None  # with etcd: the election's state (None: no etcd)
 
 
 class MemoryStatus(Struct, kw_only=True):
@@ -619,6 +670,24 @@ class ReplicationFeed(Struct):
     history: str
     primary_seq: int  # the last batch committed on the primary
     batches: list[ReplicationBatch]
+
+
+class EtcdMemberStatus(Struct):
+    endpoint: str
+    healthy: bool
+    version: str = ""
+    leader: bool = False  # the etcd cluster's Raft leader
+    error: str = ""
+
+
+class FailoverStatus(Struct):
+    """The primary's view of the election (the metaserver's election.py)."""
+
+    primary: str  # this metaserver's advertised address
+    epoch: int  # the leader key's create_revision: the fencing epoch
+    lease_left_s: float  # how long it may go on acknowledging without renewing its lease
+    in_sync: list[str] = []  # the standbys etcd's sync record names: each may take over
+    etcd: list[EtcdMemberStatus] = []  # as of the last check (every few seconds)
 
 
 class StandbyStatus(Struct):

@@ -11,18 +11,22 @@ register with anything), and return a `Response` otherwise.
 
 A large response body (a chunk) skips h11's buffers: `TrioH11Transport` receives it straight
 into one buffer of its Content-Length with `recv_into`, where h11 would copy every byte three
-times (into its receive buffer, out as a `Data` event, and into the joined body).
+times (into its receive buffer, out as a `Data` event, and into the joined body); over TLS
+(`tls`, see chunkfs.tls) it is decrypted into place (`tls_stream.py`).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import h11
 import trio
+
+from chunkfs.protocol.tls_stream import TlsSocketStream
 
 RECEIVE_BYTES = 1 << 20
 DIRECT_BODY_BYTES = 64 * 1024  # bodies at least this long are received with recv_into
@@ -58,7 +62,9 @@ class Response:
 
 class Transport(Protocol):
     async def send(self, method: str, address: str, target: str, headers: list[tuple[str, str]],
-                   body: bytes | None) -> Response: ...
+                   body: bytes | None, timeout_s: float | None = None) -> Response:
+        """`timeout_s`: this exchange's, instead of the transport's."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -67,21 +73,26 @@ class HttpxTransport:
     """httpx is imported when the first one is made: the trio-only clients (the CLI's file
     commands, the mount) never use it, and importing it costs ~0.2 s of CPU at their start."""
 
-    def __init__(self, timeout_s: float, connect_timeout_s: float, max_connections: int) -> None:
+    def __init__(self, timeout_s: float, connect_timeout_s: float, max_connections: int,
+                 tls: ssl.SSLContext | None = None) -> None:
         import httpx
 
+        self._scheme = "https" if tls is not None else "http"
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            verify=tls if tls is not None else True,
         )
 
     async def send(self, method: str, address: str, target: str, headers: list[tuple[str, str]],
-                   body: bytes | None) -> Response:
+                   body: bytes | None, timeout_s: float | None = None) -> Response:
         import httpx
 
         try:
-            response = await self._http.request(method, f"http://{address}{target}", content=body,
-                                                headers=headers)
+            response = await self._http.request(
+                method, f"{self._scheme}://{address}{target}", content=body, headers=headers,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout_s is None
+                else httpx.Timeout(timeout_s, connect=self._http.timeout.connect))
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             raise TransportFailure(f"{type(exc).__name__}: {exc}") from None
         except httpx.InvalidURL as exc:  # not a ValueError in httpx; the trio transport's is one
@@ -93,7 +104,7 @@ class HttpxTransport:
 
 
 class _Connection:
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream | TlsSocketStream) -> None:
         self.stream = stream
         self.h11 = self._new_h11()
         self.body_received_directly = False  # the response body went past h11 (see _receive_body)
@@ -116,7 +127,9 @@ class _Connection:
 
 
 class TrioH11Transport:
-    def __init__(self, timeout_s: float, connect_timeout_s: float, max_idle_per_server: int = 32) -> None:
+    def __init__(self, timeout_s: float, connect_timeout_s: float, max_idle_per_server: int = 32,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.max_idle_per_server = max_idle_per_server
@@ -126,17 +139,26 @@ class TrioH11Transport:
         host, _, port = address.rpartition(":")
         try:
             with trio.fail_after(self.connect_timeout_s):
-                return _Connection(await trio.open_tcp_stream(host.strip("[]"), int(port)))
-        except (OSError, trio.TooSlowError) as exc:
+                stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+                if self.tls is None:
+                    return _Connection(stream)
+                secure = TlsSocketStream(stream, self.tls, host.strip("[]"))
+                try:
+                    await secure.do_handshake()
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+                return _Connection(secure)
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             raise TransportFailure(f"connect to {address}: {exc or type(exc).__name__}") from None
 
     async def send(self, method: str, address: str, target: str, headers: list[tuple[str, str]],
-                   body: bytes | None) -> Response:
+                   body: bytes | None, timeout_s: float | None = None) -> Response:
         idle = self._idle.get(address)
         pooled = bool(idle)
         conn = idle.pop() if idle else await self._connect(address)
         try:
-            with trio.fail_after(self.timeout_s):
+            with trio.fail_after(self.timeout_s if timeout_s is None else timeout_s):
                 response = await self._exchange(conn, method, address, target, headers, body)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,
                 h11.ProtocolError) as exc:
@@ -202,9 +224,12 @@ class TrioH11Transport:
         view = memoryview(body)
         view[: len(early)] = early
         received = len(early)
-        sock = conn.stream.socket
+        stream = conn.stream
         while received < length:
-            n = await sock.recv_into(view[received:], length - received)
+            if isinstance(stream, trio.SocketStream):
+                n = await stream.socket.recv_into(view[received:], length - received)
+            else:  # TLS: decrypted into place
+                n = await stream.receive_into(view[received:])
             if n == 0:
                 raise trio.BrokenResourceError("server closed the connection within a body")
             received += n

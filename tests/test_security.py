@@ -1,0 +1,458 @@
+"""Security between the parts, against real daemons: role credentials, chunk tokens, exports,
+TLS and the open endpoints. Every refusal is made with hand-made HTTP requests (httpx and
+`chunkfs.auth.sign`, as an attacker holding one role's key would), and each test checks that
+nothing stored changed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import ssl
+import stat
+import subprocess
+import sys
+import time
+
+import httpx
+import msgspec
+import pytest
+
+from chunkfs import auth, chunk_tokens
+from chunkfs.protocol import records as r
+from chunkfs.tls import TlsFiles
+from conftest import Cluster, _cluster, another_mount, chunkfs, free_port_block, fsync_directory, wait_until
+
+ROLES = ("client", "chunkserver", "gateway", "admin")
+
+
+def call(address: str, key: bytes | None, method: str, path: str, record=None, headers=None,
+         body: bytes | None = None, sign_body: bytes | None = None) -> httpx.Response:
+    """One request as sent by hand: signed with `key` (a secret file's content) unless None;
+    `sign_body` signs another body than the one sent (a changed body under a signature)."""
+    content = r.json_encode(record) if record is not None else (body or b"")
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    if key is not None:
+        signed_body = content if sign_body is None else sign_body
+        sent[auth.HEADER] = auth.sign(key, method, path, address, list(sent.items()), signed_body)
+    return httpx.request(method, f"http://{address}{path}", content=content, headers=sent, timeout=30)
+
+
+def errno_of(response: httpx.Response) -> str:
+    return response.json().get("errno", "") if response.content else ""
+
+
+# ---- units ----------------------------------------------------------------------------------
+
+def test_a_credential_signs_under_its_key_id_and_only_its_key_verifies():
+    key_id, key = "Kabc123", "k" * 64
+    text = auth.credential_text(key_id, key).encode()
+    header = auth.sign(text, "POST", "/v1/fs/getattr", "h:1", [], b"{}")
+    assert header.startswith(key_id + ":")
+
+    class Ring:
+        def key(self, asked: str):
+            return (key.encode(), "client") if asked == key_id else None
+
+    signed = auth.Verifier(Ring()).check_head("POST", "/v1/fs/getattr", "h:1", [], header)
+    assert signed is not None and signed.role == "client" and signed.key_id == key_id
+    forged = header.replace(key_id, "Kother", 1)
+    assert auth.Verifier(Ring()).check_head("POST", "/v1/fs/getattr", "h:1", [], forged) is None
+    # the cluster secret signs without a key id, as before roles
+    plain = auth.sign(b"s" * 32, "POST", "/v1/fs/getattr", "h:1", [], b"{}")
+    assert ":" not in plain and auth.Verifier(b"s" * 32).check_head("POST", "/v1/fs/getattr", "h:1", [], plain).role \
+        == auth.CLUSTER_ROLE
+
+
+def test_a_chunk_token_allows_its_operation_chunk_and_versions_until_it_expires():
+    key = chunk_tokens.chunk_key(b"s" * 32)
+    issuer = chunk_tokens.TokenIssuer(key, ttl_s=60)
+    read = issuer.issue(chunk_tokens.READ, 7, 3, now=1000)
+    assert chunk_tokens.refusal(key, read, chunk_tokens.READ, 7, 3, now=1050) is None
+    refused = {
+        "other chunk": chunk_tokens.refusal(key, read, chunk_tokens.READ, 8, 3, now=1050),
+        "other version": chunk_tokens.refusal(key, read, chunk_tokens.READ, 7, 4, now=1050),
+        "delete": chunk_tokens.refusal(key, read, chunk_tokens.DELETE, 7, 3, now=1050),
+        "expired": chunk_tokens.refusal(key, read, chunk_tokens.READ, 7, 3, now=1061),
+        "other key": chunk_tokens.refusal(chunk_tokens.chunk_key(b"t" * 32), read, chunk_tokens.READ, 7, 3, now=1050),
+        "changed": chunk_tokens.refusal(key, read.replace("r.", "rwd.", 1), chunk_tokens.DELETE, 7, 3, now=1050),
+        "junk": chunk_tokens.refusal(key, "r.7.3.3.1060.zz", chunk_tokens.READ, 7, 3, now=1050),
+    }
+    assert {what: e.errno for what, e in refused.items()} == {
+        **{what: errno.EACCES for what in refused}, "expired": errno.EKEYEXPIRED}
+    reserved = issuer.issue(chunk_tokens.READ + chunk_tokens.WRITE, None, 100, 163, now=1000)
+    assert chunk_tokens.refusal(key, reserved, chunk_tokens.WRITE, 12345, 163, now=1000) is None
+    assert chunk_tokens.refusal(key, reserved, chunk_tokens.WRITE, 12345, 164, now=1000) is not None
+    nonce, wrapped = chunk_tokens.wrap(key, b"cs-key")
+    assert chunk_tokens.unwrap(nonce, wrapped, b"cs-key") == key and bytes.fromhex(wrapped) != key
+    assert chunk_tokens.unwrap(nonce, wrapped, b"other") != key
+
+
+def test_a_server_address_must_be_host_and_port():
+    from chunkfs.errors import FsError
+    from chunkfs.protocol.limits import check_server_address
+
+    for good in ["10.0.0.1:9521", "cs-1.example.org:1", "[::1]:9521", "localhost:65535"]:
+        check_server_address(good)
+    for bad in ["not a url", "🙂:80", "host", "h:0", "h:65536", "[zz]:1", "a..b:1", "http://h:1", "-h:1", ":80"]:
+        with pytest.raises(FsError) as err:
+            check_server_address(bad)
+        assert err.value.errno == errno.EINVAL, bad
+
+
+# ---- a cluster whose parts run on role keys -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory):
+    """A cluster whose chunkservers and mount run with role credentials of their own (`up --roles`)."""
+    yield from _cluster(tmp_path_factory, chunkservers=2, goal=2, up_options=("--roles",))
+
+
+def credential(cluster: Cluster, role: str, name: str, *options: str) -> bytes:
+    """A new credential (made with the cluster secret, as an operator would); its file's content."""
+    out = cluster.root / f"key-{role}-{name}-{os.urandom(3).hex()}"
+    chunkfs("credentials", "add", role, name, "--out", out, *options, "--dir", cluster.dir)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    return auth.load_secret(out)
+
+
+def stored_state(cluster: Cluster) -> tuple:
+    """What a refused request must not change: servers, counts, the root's names."""
+    status = cluster.status()
+    return (sorted((s["id"], s["address"]) for s in status["servers"]), status["files"], status["directories"],
+            sorted(os.listdir(cluster.mnt)))
+
+
+def hello(server_id: str, address: str) -> r.ServerHello:
+    return r.ServerHello(id=server_id, address=address, capacity_bytes=1 << 30, used_bytes=0)
+
+
+def test_each_role_is_refused_the_other_roles_routes(secured):
+    c = secured
+    (c.mnt / "kept.txt").write_text("kept")
+    keys = {role: credential(c, role, f"t-{role}") for role in ROLES}
+    before = stored_state(c)
+    create = r.CreateReq(parent=1, name=b"evil", mode=stat.S_IFREG | 0o644, uid=0, gid=0)
+    # (method, path, record, the roles it is allowed to)
+    routes = [
+        ("POST", "/v1/fs/getattr", r.InodeReq(1), {"client", "gateway", "admin"}),
+        ("POST", "/v1/fs/create", create, {"client", "gateway", "admin"}),
+        ("POST", "/v1/fs/fsck", r.FsckReq(), {"admin"}),
+        ("GET", "/v1/status", None, {"client", "gateway", "admin"}),
+        ("POST", "/v1/servers/hello", hello("evil-server", "10.9.9.9:9521"), {"chunkserver"}),
+        ("POST", "/v1/servers/gc", r.GcReq(dry_run=True), {"admin"}),
+        ("POST", "/v1/servers/drain", r.DrainReq("no-such-server"), {"admin"}),
+        ("GET", "/v1/credentials", None, {"admin"}),
+        ("POST", "/v1/credentials/add", r.CredentialReq(role="admin", name="evil"), {"admin"}),
+        ("GET", "/v1/backup", None, {"admin"}),
+    ]
+    refused = []
+    for role, key in keys.items():
+        for method, path, record, allowed in routes:
+            if role in allowed:
+                continue  # the allowed calls are made by the daemons themselves (and below)
+            response = call(c.metaserver, key, method, path, record)
+            assert response.status_code == 403 and errno_of(response) == "EPERM", (role, path, response.text)
+            refused.append(f"{role} {method} {path}")
+    print(f"{len(refused)} calls refused 403 EPERM:", *refused, sep="\n  ")
+    assert stored_state(c) == before
+    listing = call(c.metaserver, keys["admin"], "GET", "/v1/credentials").json()
+    assert "evil" not in {entry["name"] for entry in listing} and all("salt" not in e for e in listing)
+    # the allowed ones work: the client reads, the admin lists; the chunkservers run on their keys
+    assert call(c.metaserver, keys["client"], "POST", "/v1/fs/getattr", r.InodeReq(1)).status_code == 200
+    assert (c.mnt / "kept.txt").read_text() == "kept"
+    assert sum(s["alive"] for s in c.status()["servers"]) == 2
+
+
+def test_a_revoked_key_is_refused_at_once(secured):
+    c = secured
+    key = credential(c, "client", "soon-revoked")
+    assert call(c.metaserver, key, "POST", "/v1/fs/getattr", r.InodeReq(1)).status_code == 200
+    key_id = auth.split_credential(key)[0]
+    chunkfs("credentials", "revoke", key_id, "--dir", c.dir)
+    # refused from the very next request on: the revoke answers once the metaserver dropped the key
+    refused = call(c.metaserver, key, "POST", "/v1/fs/getattr", r.InodeReq(1))
+    assert refused.status_code == 401, refused.text
+    listed = json.loads(chunkfs("credentials", "list", "--json", "--dir", c.dir).stdout)
+    assert key_id not in {entry["key_id"] for entry in listed}
+
+
+def test_a_registration_with_junk_is_refused_and_nothing_is_stored(secured):
+    c = secured
+    key = credential(c, "chunkserver", "junk-sender")
+    before = stored_state(c)
+    for address in ["not a url", "🙂:80", "host", "10.0.0.1:0", "10.0.0.1:99999", "[zz::1]:80", "a..b:80",
+                    "http://10.0.0.1:80", "-x:1", "x" * 250 + ":1"]:
+        body = json.dumps({"id": "junk", "address": address, "capacity_bytes": 1, "used_bytes": 0}).encode()
+        response = call(c.metaserver, key, "POST", "/v1/servers/hello", body=body)
+        assert response.status_code == 400 and errno_of(response) == "EINVAL", (address, response.text)
+    body = json.dumps({"id": "junk", "address": "10.0.0.1:80", "capacity_bytes": 1, "used_bytes": 2}).encode()
+    assert call(c.metaserver, key, "POST", "/v1/servers/hello", body=body).status_code == 400
+    assert stored_state(c) == before
+
+
+def test_replays_and_changed_bodies_are_refused(secured):
+    c = secured
+    key = credential(c, "client", "replayer")
+    create = r.CreateReq(parent=1, name=b"replayed", mode=stat.S_IFREG | 0o644, uid=0, gid=0)
+    content = r.json_encode(create)
+    headers = {"Content-Type": "application/json"}
+    headers[auth.HEADER] = auth.sign(key, "POST", "/v1/fs/create", c.metaserver, list(headers.items()), content)
+    first = httpx.post(f"http://{c.metaserver}/v1/fs/create", content=content, headers=headers)
+    assert first.status_code == 200
+    again = httpx.post(f"http://{c.metaserver}/v1/fs/create", content=content, headers=headers)
+    assert again.status_code == 401 and "replay" in again.text
+    other = r.json_encode(r.CreateReq(parent=1, name=b"changed", mode=stat.S_IFREG | 0o644, uid=0, gid=0))
+    changed = call(c.metaserver, key, "POST", "/v1/fs/create", body=other, sign_body=content)
+    assert changed.status_code == 401
+    wait_until(lambda: "replayed" in os.listdir(c.mnt), 10, "the one create seen")
+    assert "changed" not in os.listdir(c.mnt)
+
+
+def _layout(c: Cluster, key: bytes, name: bytes) -> r.FileLayout:
+    attr = call(c.metaserver, key, "POST", "/v1/fs/lookup", r.LookupReq(1, name)).json()
+    response = call(c.metaserver, key, "POST", "/v1/fs/open", r.OpenReq(attr["ino"]))
+    assert response.status_code == 200, response.text
+    return msgspec.json.decode(response.content, type=r.FileLayout)
+
+
+def test_chunk_tokens_are_checked_by_the_chunkservers(secured):
+    c = secured
+    (c.mnt / "a.bin").write_bytes(os.urandom(200_000))
+    (c.mnt / "b.bin").write_bytes(os.urandom(200_000))
+    client_key = credential(c, "client", "token-tester")
+    a, b = _layout(c, client_key, b"a.bin"), _layout(c, client_key, b"b.bin")
+    ref_a, ref_b = a.chunks[0], b.chunks[0]
+    server = a.servers[ref_a.replicas[0]]
+
+    def chunk(ref: r.ChunkRef, token: str | None, method: str = "GET", version: int | None = None,
+              key: bytes | None = None) -> httpx.Response:
+        headers = {chunk_tokens.TOKEN_HEADER: token} if token is not None else {}
+        return call(server, key, method, f"/v1/chunks/{ref.chunk_id}/{version or ref.version}", headers=headers)
+
+    good = chunk(ref_a, ref_a.token)
+    assert good.status_code == 200 and len(good.content) == ref_a.length  # the control
+    outcomes = {
+        "token of chunk B for chunk A": chunk(ref_a, ref_b.token),
+        "token for another version": chunk(ref_a, ref_a.token, version=ref_a.version + 1),
+        "read token used to delete": chunk(ref_a, ref_a.token, "DELETE"),
+        "read token used to write": chunk(ref_a, ref_a.token, "PUT"),
+        "token with its expiry changed": chunk(ref_a, _with_expiry(ref_a.token, int(time.time()) + 10_000)),
+        "no token, unsigned": chunk(ref_a, None),
+        "no token, signed with a client's key": chunk(ref_a, None, key=client_key),
+        "no token, signed with the cluster secret": chunk(ref_a, None, key=c.secret_file.read_bytes().strip()),
+    }
+    # an expired token, made with the real chunk key (as only the metaserver could)
+    issuer = chunk_tokens.TokenIssuer(chunk_tokens.chunk_key(c.secret_file.read_bytes().strip()), ttl_s=-5)
+    outcomes["expired token"] = chunk(ref_a, issuer.issue(chunk_tokens.READ, ref_a.chunk_id, ref_a.version))
+    for what, response in outcomes.items():
+        print(f"{what}: {response.status_code} {errno_of(response) if response.content[:1] == b'{' else ''}")
+        assert response.status_code in (401, 403), (what, response.status_code, response.text)
+    assert errno_of(outcomes["expired token"]) == "EKEYEXPIRED"
+    assert errno_of(outcomes["token of chunk B for chunk A"]) == "EACCES"
+    assert chunk(ref_a, ref_a.token).status_code == 200  # nothing was deleted
+    assert (c.mnt / "a.bin").stat().st_size == 200_000
+
+
+def _with_expiry(token: str, expires: int) -> str:
+    ops, chunk, first, last, _, mac = token.split(".")
+    return f"{ops}.{chunk}.{first}.{last}.{expires}.{mac}"
+
+
+def test_exports_read_only_subtree_and_root_squash(secured, tmp_path):
+    c = secured
+    (c.mnt / "projects").mkdir(exist_ok=True)
+    (c.mnt / "home").mkdir(exist_ok=True)
+    (c.mnt / "projects" / "plan.txt").write_text("plan")
+    (c.mnt / "home" / "secret.txt").write_text("home secret")
+    for directory in ("projects", "home"):  # written behind: on the metaserver before its state is compared
+        fsync_directory(c.mnt / directory)
+    home_ino = os.stat(c.mnt / "home").st_ino
+    secret_ino = os.stat(c.mnt / "home" / "secret.txt").st_ino
+    projects_ino = os.stat(c.mnt / "projects").st_ino
+    ro = credential(c, "client", "ro-projects", "--subtree", "/projects", "--read-only")
+    before = stored_state(c)
+    refused = {
+        "lookup in / (outside)": call(c.metaserver, ro, "POST", "/v1/fs/lookup", r.LookupReq(1, b"home")),
+        "getattr of /home by inode number": call(c.metaserver, ro, "POST", "/v1/fs/getattr", r.InodeReq(home_ino)),
+        "open of /home/secret.txt by inode": call(c.metaserver, ro, "POST", "/v1/fs/open", r.OpenReq(secret_ino)),
+        "readdir of /home": call(c.metaserver, ro, "POST", "/v1/fs/readdir", r.ReaddirReq(home_ino)),
+        "resolve /home": call(c.metaserver, ro, "POST", "/v1/fs/resolve", r.PathReq(b"/home")),
+        "resolve /projects/../home": call(c.metaserver, ro, "POST", "/v1/fs/resolve", r.PathReq(b"/projects/../home")),
+        "parent of /projects (..)": call(c.metaserver, ro, "POST", "/v1/fs/parent", r.InodeReq(projects_ino)),
+        "create in /projects (read-only)": call(c.metaserver, ro, "POST", "/v1/fs/create",
+                                                r.CreateReq(parent=projects_ino, name=b"x", mode=stat.S_IFREG | 0o644,
+                                                            uid=0, gid=0)),
+        "reserve (read-only)": call(c.metaserver, ro, "POST", "/v1/fs/reserve", r.ReserveReq(4)),
+        "setattr in /projects (read-only)": call(c.metaserver, ro, "POST", "/v1/fs/setattr",
+                                                 r.SetattrReq(ino=projects_ino, mode=0o777)),
+        "lock of /home/secret.txt": call(c.metaserver, ro, "POST", "/v1/fs/lock",
+                                         r.LockReq(ino=secret_ino, owner=1, type=fcntl.F_WRLCK, start=0, end=0),
+                                         headers={"X-Chunkfs-Client": "lock-thief"}),
+    }
+    for what, response in refused.items():
+        print(f"{what}: {response.status_code} {errno_of(response)}")
+        assert errno_of(response) in ("EACCES", "EROFS"), (what, response.text)
+    assert stored_state(c) == before
+    # the honest way in works: mount /projects with the read-only key, read, fail to write
+    key_file = tmp_path / "ro.key"
+    key_file.write_bytes(ro + b"\n")
+    key_file.chmod(0o600)
+    target = tmp_path / "ro-mount"
+    target.mkdir()
+    chunkfs("mount", f"{c.metaserver}:/projects", target, "--secret-file", key_file, "-o", f"cache_dir={target}-cache")
+    try:
+        assert (target / "plan.txt").read_text() == "plan"
+        with pytest.raises(OSError) as err:
+            (target / "new.txt").write_text("no")
+        assert err.value.errno in (errno.EROFS, errno.EACCES, errno.EIO)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(target)], check=False)
+    squash = credential(c, "client", "squashed", "--maproot", "65534")
+    made = call(c.metaserver, squash, "POST", "/v1/fs/create",
+                r.CreateReq(parent=projects_ino, name=b"by-root", mode=stat.S_IFREG | 0o644, uid=0, gid=0))
+    assert made.status_code == 200 and made.json()["uid"] == 65534 and made.json()["gid"] == 65534
+    chown = call(c.metaserver, squash, "POST", "/v1/fs/setattr", r.SetattrReq(ino=made.json()["ino"], uid=0))
+    assert chown.status_code == 403 and errno_of(chown) == "EPERM"
+    assert os.stat(c.mnt / "projects" / "by-root").st_uid == 65534
+
+
+def batch(c: Cluster, key: bytes, *ops: tuple[str, object]) -> list[tuple[int, str, object]]:
+    """A write-behind batch sent by hand: each change's (errno, message, reply)."""
+    body = r.BatchReq([r.BatchOp(op, msgspec.Raw(r.json_encode(req))) for op, req in ops])
+    response = call(c.metaserver, key, "POST", "/v1/fs/batch", body=r.json_encode(body),
+                    headers={"X-Chunkfs-Client": "batcher"})
+    assert response.status_code == 200, response.text
+    return [tuple(outcome) for outcome in response.json()]
+
+
+def test_a_batch_is_no_way_around_exports(secured, tmp_path):
+    """Each change of a batch passes the checks its own call would: read-only, subtree (in the
+    state the changes before it in the batch left) and root squash; the refused ones change
+    nothing, the others are applied. A mount on a subtree key makes, renames and chmods files
+    behind (write-behind) without a write-back error."""
+    c = secured
+    for directory in ("inside", "outside"):
+        (c.mnt / directory).mkdir(exist_ok=True)
+    (c.mnt / "outside" / "kept.txt").write_text("kept")
+    fsync_directory(c.mnt / "outside")
+    inside, outside = os.stat(c.mnt / "inside").st_ino, os.stat(c.mnt / "outside").st_ino
+    kept, kept_mode = os.stat(c.mnt / "outside" / "kept.txt").st_ino, os.stat(c.mnt / "outside" / "kept.txt").st_mode
+    ro = credential(c, "client", "batch-ro", "--subtree", "/inside", "--read-only")
+    sub = credential(c, "client", "batch-sub", "--subtree", "/inside", "--maproot", "65534")
+    before = stored_state(c)
+    refused = batch(c, ro, ("setattr", r.SetattrReq(ino=inside, mode=0o777)),
+                    ("create", r.CreateReq(parent=inside, name=b"ro", mode=stat.S_IFREG | 0o644, uid=1, gid=1)))
+    assert [e for e, _, _ in refused] == [errno.EROFS, errno.EROFS], refused
+    refused = batch(c, sub, ("setattr", r.SetattrReq(ino=kept, mode=0o777)),
+                    ("remove", r.RemoveReq(outside, b"kept.txt", False)),
+                    ("rename", r.RenameReq(outside, b"kept.txt", inside, b"stolen")),
+                    ("link", r.LinkReq(kept, inside, b"linked")),
+                    ("setxattr", r.XattrReq(kept, b"user.x", b"1")))
+    assert [e for e, _, _ in refused] == [errno.EACCES] * 5, refused
+    assert stored_state(c) == before
+    assert (c.mnt / "outside" / "kept.txt").read_text() == "kept"
+    assert os.stat(c.mnt / "outside" / "kept.txt").st_mode == kept_mode
+    # not batchable: what hands out or moves chunks, or may touch a subtree, comes on its own
+    refused_whole = call(c.metaserver, sub, "POST", "/v1/fs/batch", body=r.json_encode(r.BatchReq(
+        [r.BatchOp("concat", msgspec.Raw(r.json_encode(r.ConcatReq(ino=kept, sources=[kept], mtime_ns=1))))])))
+    assert refused_whole.status_code == 400 and errno_of(refused_whole) == "EINVAL"
+    # inside: a file the batch makes is the caller's for the changes after it; root is squashed
+    first = call(c.metaserver, sub, "POST", "/v1/fs/reserve_inodes", r.ReserveReq(1)).json()
+    made = batch(c, sub, ("create", r.CreateReq(parent=inside, name=b"new", mode=stat.S_IFREG | 0o644, uid=0, gid=0,
+                                                ino=first)),
+                 ("setattr", r.SetattrReq(ino=first, mode=0o600)),
+                 ("setattr", r.SetattrReq(ino=first, uid=0)))
+    assert [e for e, _, _ in made] == [0, 0, errno.EPERM], made
+    assert made[0][2]["uid"] == 65534 and made[1][2]["mode"] & 0o777 == 0o600
+    assert os.stat(c.mnt / "inside" / "new").st_uid == 65534
+    # the honest way: a mount of /inside on that key answers its changes itself and sends them behind
+    key_file = tmp_path / "sub.key"
+    key_file.write_bytes(sub + b"\n")
+    key_file.chmod(0o600)
+    target = tmp_path / "sub-mount"
+    target.mkdir()
+    chunkfs("mount", f"{c.metaserver}:/inside", target, "--secret-file", key_file, "-o", f"cache_dir={target}-cache")
+    try:
+        (target / "made").mkdir()
+        for i in range(5):
+            (target / "made" / f"f{i}").write_bytes(b"%d" % i)
+        os.chmod(target / "made" / "f1", 0o600)
+        os.rename(target / "made" / "f2", target / "made" / "moved")
+        os.unlink(target / "made" / "f3")
+        fsync_directory(target / "made")  # a write-back error would be raised here
+    finally:
+        subprocess.run(["fusermount3", "-u", str(target)], check=False)
+    assert sorted(os.listdir(c.mnt / "inside" / "made")) == ["f0", "f1", "f4", "moved"]
+    assert (c.mnt / "inside" / "made" / "moved").read_bytes() == b"2"
+    assert stat.S_IMODE(os.stat(c.mnt / "inside" / "made" / "f1").st_mode) == 0o600
+
+
+def test_a_batch_is_refused_to_the_roles_without_filesystem_calls(secured):
+    c = secured
+    body = r.json_encode(r.BatchReq([r.BatchOp("setattr", msgspec.Raw(r.json_encode(r.SetattrReq(ino=1, mode=0o777))))]))
+    for role in ("chunkserver",):
+        response = call(c.metaserver, credential(c, role, f"batch-{role}"), "POST", "/v1/fs/batch", body=body)
+        assert response.status_code == 403 and errno_of(response) == "EPERM", response.text
+    assert stat.S_IMODE(os.stat(c.mnt).st_mode) != 0o777
+
+
+def test_health_is_open_and_the_status_page_loopback_only_by_default(secured):
+    c = secured
+    assert httpx.get(f"http://{c.metaserver}/health").status_code == 200
+    assert httpx.get(f"http://{c.metaserver}/metrics").status_code == 200  # from loopback
+    assert "secret" not in httpx.get(f"http://{c.metaserver}/").text.lower()
+
+
+@pytest.mark.parametrize("fresh_cluster", [{"chunkservers": 2, "goal": 2, "up_options": ("--tls", "--roles")}],
+                         indirect=True)
+def test_tls_on_every_link_refuses_plain_http(fresh_cluster, tmp_path):
+    c = fresh_cluster
+    tls_dir = c.dir / "tls"
+    data = os.urandom(3 << 20) + b"PLAINTEXT-MARKER-" * 1000
+    (c.mnt / "over-tls.bin").write_bytes(data)
+    servers = [s["address"] for s in c.status()["servers"]]
+    assert len(servers) == 2 and all(s["alive"] for s in c.status()["servers"])
+    for address in [c.metaserver, *servers]:
+        with pytest.raises(httpx.HTTPError):  # plain HTTP: the handshake fails, no answer
+            httpx.get(f"http://{address}/health", timeout=5)
+        with pytest.raises(httpx.HTTPError):  # TLS without a certificate of the cluster CA
+            httpx.get(f"https://{address}/health", verify=ssl.create_default_context(cafile=tls_dir / "ca.pem"),
+                      timeout=5)
+        context = TlsFiles(tls_dir, "admin").client_context()
+        assert httpx.get(f"https://{address}/health", verify=context, timeout=5).status_code == 200
+    with another_mount(c, tmp_path / "second", f"tls_dir={tls_dir}") as second:
+        assert (second / "over-tls.bin").read_bytes() == data
+
+
+
+def test_status_access_signed_leaves_only_health_open(tmp_path):
+    """A metaserver with `status_access = signed`: /health open, /metrics and / need an admin's
+    (here the cluster secret's) signature; a client key is refused them."""
+    port = free_port_block(1)
+    secret_file = tmp_path / "secret"
+    auth.create_secret(secret_file)
+    address = f"127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-m", "chunkfs.metaserver.main", "--listen", address,
+                                "--data-dir", str(tmp_path / "meta"), "--secret-file", str(secret_file),
+                                "--status-access", "signed"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _answers(f"http://{address}/health"), 30, "the metaserver answers /health")
+        assert httpx.get(f"http://{address}/metrics").status_code == 401
+        assert httpx.get(f"http://{address}/").status_code == 401
+        secret = auth.load_secret(secret_file)
+        assert call(address, secret, "GET", "/metrics").status_code == 200
+        made = call(address, secret, "POST", "/v1/credentials/add", r.CredentialReq(role="client", name="c")).json()
+        assert call(address, made["credential"].encode(), "GET", "/metrics").status_code == 403
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
