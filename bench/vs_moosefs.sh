@@ -14,6 +14,8 @@ ROOT=${CHUNKFS_BENCH_ROOT:-/tmp/chunkfs-vs-moosefs}
 PORT=${CHUNKFS_BENCH_PORT:-19720}
 MFS_PORT=${MFS_BENCH_PORT:-19820}  # master: +0 chunkservers, +1 clients, +2 admin; chunkservers +3..+5
 MFS=$ROOT/moosefs
+# a chunkserver refuses a loopback master address: the host's first other address
+MFS_HOST=${MFS_BENCH_HOST:-$(hostname -I | awk '{print $1}')}
 PASSTHROUGH_SOURCE=$ROOT/passthrough-source
 PASSTHROUGH=$ROOT/passthrough
 passthrough_pid=
@@ -44,7 +46,7 @@ mkdir -p "$MFS/master" "$MFS/mnt"
 cp /var/lib/mfs/metadata.mfs.empty "$MFS/master/metadata.mfs" 2>/dev/null \
     || cp /usr/share/doc/moosefs-master/examples/metadata.mfs.empty "$MFS/master/metadata.mfs" 2>/dev/null \
     || printf 'MFSM NEW' > "$MFS/master/metadata.mfs"
-echo "127.0.0.1/32 / rw,alldirs,maproot=0" > "$MFS/exports.cfg"
+echo "$MFS_HOST/32 / rw,alldirs,maproot=0" > "$MFS/exports.cfg"
 cat > "$MFS/master.cfg" <<EOF
 DATA_PATH = $MFS/master
 EXPORTS_FILENAME = $MFS/exports.cfg
@@ -61,14 +63,14 @@ for i in 1 2 3; do
     cat > "$MFS/cs$i.cfg" <<EOF
 DATA_PATH = $MFS/cs$i/data
 HDD_CONF_FILENAME = $MFS/cs$i/hdd.cfg
-MASTER_HOST = 127.0.0.1
+MASTER_HOST = $MFS_HOST
 MASTER_PORT = $MFS_PORT
 CSSERV_LISTEN_PORT = $((MFS_PORT + 2 + i))
 EOF
     chown -R mfs:mfs "$MFS/cs$i" 2>/dev/null || true
     mfschunkserver -c "$MFS/cs$i.cfg" start
 done
-mfsmount "$MFS/mnt" -H 127.0.0.1 -P $((MFS_PORT + 1)) -S /
+mfsmount "$MFS/mnt" -H "$MFS_HOST" -P $((MFS_PORT + 1)) -S /
 sleep 3  # the chunkservers register with the master
 mfssetgoal -r 2 "$MFS/mnt" >/dev/null
 
