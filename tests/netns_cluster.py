@@ -337,7 +337,7 @@ class NetnsCluster:
             pid = launcher().spawn(node.enter + module_command(
                 "chunkfs.metaserver.main", "--listen", self.meta_address(name), "--data-dir", str(self.root / name),
                 "--secret-file", str(self.secret_file), "--default-goal", str(self.goal),
-                "--heartbeat-timeout-s", str(self.heartbeat_timeout_s), *ha,
+                "--heartbeat-timeout-s", str(self.heartbeat_timeout_s), "--trash-time-s", "0", *ha,
                 *(arg for option, value in self.metaserver_options.items() for arg in (f"--{option}", value))),
                 log, pid_file)
             if self.ha:

@@ -15,6 +15,10 @@ Promises:
 - `flush(behind=True)` (a close, with write-behind on) of such a file made here in a directory
   leased here does not wait: its commit is queued (`write_behind.py`) and the file is answered
   as it will be; the next durability point (fsync, fsyncdir, the time bound) makes it durable.
+- A write that grows a file past a directory quota's hard limit on bytes fails with EDQUOT
+  (nothing of it is taken); a commit the quota refuses drops what it carried. The limit is asked for once the file grows past its first chunk (a
+  small file costs no call) and again when a write would pass it; the metaserver's check at
+  the commit is the one that counts (another writer may have used the room meanwhile).
 - What this writer holds (buffered or uploading) is what readers of the file see (`held_content`).
 """
 
@@ -93,6 +97,7 @@ class FileWriter:
         self._inflight = 0
         self._idle = trio.Event()
         self._idle.set()
+        self._size_limit: int | None = None  # under the quotas above the file (-1: none), once asked
 
     # ---- what it holds ------------------------------------------------------------------------
     @property
@@ -144,6 +149,9 @@ class FileWriter:
 
     # ---- writes ---------------------------------------------------------------------------
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        end = offset + len(data)
+        if end > max(self.file.size, CHUNK_SIZE):
+            await self._check_quota(end)
         await self.write_back_bound.wait_for_room()
         file = self.file
         async with self.lock:
@@ -178,6 +186,15 @@ class FileWriter:
             for index in sorted(self.dirty):
                 await self._start_upload(index)
             self.write_back_bound.buffering(self, bool(self.dirty))
+
+    async def _check_quota(self, end: int) -> None:
+        """EDQUOT if growing the file to `end` bytes passes a quota's hard limit on bytes."""
+        if self._size_limit is not None and (self._size_limit < 0 or end <= self._size_limit):
+            return
+        self._size_limit = await self.meta.quota_size_limit(self.file.ino)
+        if 0 <= self._size_limit < end:
+            raise FsError(errno.EDQUOT, f"a directory quota lets inode {self.file.ino} grow to "
+                                        f"{self._size_limit} bytes, not {end}")
 
     def drop_buffers(self) -> None:
         """The file is being forgotten: what it still buffers (after a failed flush) is lost,
@@ -261,7 +278,12 @@ class FileWriter:
             empty = file.size == 0 and not self.uploaded and not file.chunks and not file.inline
             if behind and (inline is not None or empty) and not self.superseded:
                 queued = await self.meta.commit_behind(req, self._committed_here(inline or b""))
-            attr = queued if queued is not None else await self.meta.commit(req)
+            try:
+                attr = queued if queued is not None else await self.meta.commit(req)
+            except FsError as exc:
+                if exc.errno == errno.EDQUOT:
+                    self._forget_refused()
+                raise
             if inline is not None:
                 self.write_back_bound.add(-len(self.dirty.pop(0).data))
                 file.chunks.clear()
@@ -279,6 +301,17 @@ class FileWriter:
         attr = self.file.local_attr(self.file.attr)
         return msgspec.structs.replace(attr, size=self.file.size, mtime_ns=self.file.mtime_ns,
                                        ctime_ns=max(attr.ctime_ns, time.time_ns()), blocks=(len(inline) + 511) // 512)
+
+    def _forget_refused(self) -> None:
+        """A quota refused the commit: what it carried is dropped, as a local filesystem drops a
+        write refused with EDQUOT. The file is back at its committed size; its uploads are
+        discarded by the next commit (which carries no growth, so the quota lets it through,
+        with any attribute changes still waiting)."""
+        self.superseded += self.uploaded.values()
+        self.uploaded.clear()
+        self.drop_buffers()
+        self.file.size = self.file.attr.size
+        self.file.mtime_ns = self.file.attr.mtime_ns
 
     async def truncate(self, size: int, mtime_ns: int | None) -> r.Attr:
         """Commit what is buffered, then cut the file at `size` on the metaserver."""

@@ -32,6 +32,8 @@ from chunkfs.metaserver.replication_log import ReplicationLog
 from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
 from chunkfs.metaserver.replies import ReplyLog
+from chunkfs.metaserver.trash import TrashCollector
+from chunkfs.protocol.records import MAX_TRASH_S
 from chunkfs.protocol.chunk_client import ChunkClient
 from chunkfs.protocol.http import SignedHttp
 
@@ -60,6 +62,8 @@ class MetaserverConfig:
     tls_dir: Path = opt(Path(""), "directory made by chunkfs certs init: serve and connect with TLS only, "
                                   "peers must show a certificate of its CA (empty: plain HTTP)")
     default_goal: int = opt(3, "replicas kept of each chunk unless a directory sets its own goal")
+    trash_time_s: float = opt(86400.0, "removed files stay in the trash this long unless their directory says "
+                                       "otherwise (chunkfs trash-time); 0: not kept")
     heartbeat_timeout_s: float = opt(10.0, "a chunkserver silent this long is marked down")
     deletion_interval_s: float = opt(5.0, "seconds between passes removing dropped chunks")
     orphan_grace_s: float = opt(3600.0, "an unreferenced chunk this recently allocated is not garbage yet; also "
@@ -119,6 +123,8 @@ class MetaserverConfig:
             raise ConfigError(f"option default_goal: {self.default_goal} is not between 1 and 16")
         if self.lock_grace_s < 0:
             raise ConfigError("option lock_grace_s: must not be negative")
+        if not 0 <= self.trash_time_s <= MAX_TRASH_S:
+            raise ConfigError(f"option trash_time_s: {self.trash_time_s} is not between 0 and {MAX_TRASH_S}")
         if self.client_timeout_s <= 0:
             raise ConfigError("option client_timeout_s: must be positive")
         if self.heartbeat_timeout_s <= 0:
@@ -174,7 +180,7 @@ def build_primary(config: MetaserverConfig, secret: bytes, reload: Callable[[], 
     pinned = PinnedPages(config.data_dir / "data.mdb") if config.pin_db_in_memory else None
     if pinned is not None:
         pinned.start()
-    namespace = Namespace(db, config.default_goal)
+    namespace = Namespace(db, config.default_goal, int(config.trash_time_s))
     chunks = ChunkTable(db, namespace, config.orphan_grace_s)
     with db.env.begin(write=True) as txn:
         namespace.init_root(txn)
@@ -199,6 +205,7 @@ def build_primary(config: MetaserverConfig, secret: bytes, reload: Callable[[], 
     state.replication = replication
     state.replies = ReplyLog(db, committer)
     state.quarantine = Quarantine(db, committer, chunks, config.restore_quarantine_s)
+    state.trash = TrashCollector(db, committer, namespace.trash, deleter.wake.set)
     state.orphans = OrphanCollector(db, committer, namespace, state.changes, config.client_timeout_s,
                                     deleter.wake.set)
     log.info("metaserver serving on %s:%d, data in %s", host, port, config.data_dir)
