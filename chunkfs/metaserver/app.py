@@ -87,6 +87,7 @@ class Metaserver:
     credentials: CredentialStore | None = None  # the role keys it accepts (besides the cluster secret)
     exports: ExportGuard = field(init=False)  # what each client credential may reach
     failover: Callable[[], r.FailoverStatus] | None = None  # with etcd: the election's state (failover.py)
+    epoch: int = 0  # with etcd: this primary's fencing epoch, told to chunkservers (chunkserver/fencing.py)
 
     def __post_init__(self) -> None:
         self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
@@ -139,6 +140,7 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Cal
     "trash_restore": (r.TrashRestoreReq, lambda m, client: m.namespace.trash.restore),
     "trash_purge": (r.TrashPurgeReq, lambda m, client: m.namespace.trash.purge),
     "snapshot": (r.SnapshotReq, lambda m, client: Snapshots(m.namespace, m.chunks).snapshot),
+    "read_only": (r.ReadOnlyReq, lambda m, client: m.namespace.set_read_only),
 }
 
 
@@ -150,7 +152,8 @@ LOCK_POLL_S = 10.0  # a waiting lock request is answered "not yet" after this lo
 async def lock_operation(m: Metaserver, op: str, client: str, request: web.Request,
                          export: tuple[str, Export] | None = None) -> Any:
     """File locks (locks.py): every one is a client's, so a request without a client id is EINVAL;
-    a lock on a file outside the caller's export is EACCES."""
+    a lock on a file outside the caller's export is EACCES (a POSIX write lock of a read-only
+    export EBADF), and a reclaim of one is answered as lost."""
     if op == "locks":
         return m.locks.listing((await read_body(request, r.LocksReq)).ino)
     if not client:
@@ -158,7 +161,8 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
     if op == "cancel_lock":
         return m.locks.cancel(client, (await read_body(request, r.LockCancelReq)).wait_id)
     if op == "reclaim_locks":
-        return await m.reclaim.reclaim(client, await read_body(request, r.LockReclaimReq))
+        reclaim_req = await read_body(request, r.LockReclaimReq)
+        return await m.reclaim.reclaim(client, reclaim_req, await refused_reclaims(m, export, reclaim_req))
     req = admitted(m, export, op, await read_body(request, r.LockReq))
     with m.db.read() as txn:
         m.namespace.getattr(txn, req.ino)  # ENOENT for a file that is not there
@@ -186,6 +190,19 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
         attr = None
     return r.LockReply(granted=True, attr=attr, feed_seq=m.changes.last_change_not_by(client),
                        feed_epoch=m.changes.epoch)
+
+
+async def refused_reclaims(m: Metaserver, export: tuple[str, Export] | None, req: r.LockReclaimReq) -> set[int]:
+    """The indexes of the locks in `req` that the caller's export refuses, as it would refuse
+    them as new locks (exports.py); looked at only where the reclaim would grant them."""
+    if export is None or not m.reclaim.grants(req):
+        return set()
+
+    def refused() -> set[int]:  # may walk the export's subtree: off the event loop
+        with m.db.read() as txn:
+            return m.exports.refused_locks(txn, *export, req.locks)
+
+    return await asyncio.to_thread(refused)
 
 
 # every op `fs_operation` knows (the metrics label them; the route fuzzer calls each)
@@ -246,7 +263,7 @@ def statfs(m: Metaserver, txn: Txn, ino: int) -> r.Statfs:
 
 
 # May touch a whole subtree: committed in the writer thread, never on the event loop.
-LARGE_MUTATIONS = frozenset({"goal", "quota_set", "trash_time", "trash_purge", "snapshot"})
+LARGE_MUTATIONS = frozenset({"goal", "quota_set", "trash_time", "trash_purge", "snapshot", "read_only"})
 # Their answer shows the caller a file (exports.py).
 SHOWING_MUTATIONS = frozenset({"create", "link", "commit", "snapshot"})
 # After these, the deleter may have chunk versions to delete.
@@ -534,7 +551,7 @@ async def server_hello(request: web.Request) -> web.Response:
                      hello.address, len(delete))
         if hello.recent_chunks is not None:
             await m.replicator.reconcile(hello.id, [*hello.chunks, *hello.recent_chunks])
-    return json_response(r.HelloReply(delete, *chunk_key_for(m, request)))
+    return json_response(r.HelloReply(delete, *chunk_key_for(m, request), epoch=m.epoch))
 
 
 def chunk_key_for(m: Metaserver, request: web.Request) -> tuple[str, str]:
