@@ -81,6 +81,9 @@ class Namespace:
             raise FsError(errno.ENOENT, f"no inode {ino}")
         return _dec.decode(raw)
 
+    def exists(self, txn: Txn, ino: int) -> bool:
+        return txn.get(u64(ino), db=self.db.inodes) is not None
+
     @staticmethod
     def decode(raw: bytes) -> Inode:
         return _dec.decode(raw)

@@ -93,16 +93,19 @@ class SignedHttp:
         params: Mapping[str, object] | None = None,
         headers: dict[str, str] | None = None,
         retry_s: float | None = None,
+        call_id: tuple[str, bool] | None = None,
         signed: bool = True,
         servers: MetaserverAddresses | None = None,
         attempt_timeout_s: float | None = None,
     ) -> Response:
-        """`signed` False: sent without X-Chunkfs-Auth (a request a chunk token admits).
+        """`call_id`: (the request id to send, whether it was never sent before), for a call the
+        caller makes again under the same id after it failed (a write-behind batch).
+        `signed` False: sent without X-Chunkfs-Auth (a request a chunk token admits).
         `servers`: the call goes to whichever of them is current at each attempt (the URL's
         HOST:PORT is not used), and a retried failure moves them on (see MetaserverAddresses);
         `attempt_timeout_s`: how long one attempt may wait for its answer (default: the
         transport's `timeout_s`)."""
-        rid, new_id = request_id.for_outgoing_call_and_is_new()
+        rid, new_id = call_id or request_id.for_outgoing_call_and_is_new()
         headers = {**headers, request_id.HEADER: rid} if headers else {request_id.HEADER: rid}
         parts = urlsplit(url)
         target = parts.path + (f"?{urlencode(params)}" if params else (f"?{parts.query}" if parts.query else ""))

@@ -416,6 +416,36 @@ class LeaseReq(Struct):
     inodes: list[Ino]
 
 
+# ---- write-behind batches (chunkfs/client/write_behind.py) -------------------------------------
+
+MAX_BATCH_OPS = 1000
+OpName = Annotated[str, Meta(max_length=32)]
+
+
+class BatchOp(Struct, array_like=True):
+    """One mutation of a batch: its operation's name (as in /v1/fs/{op}) and its request record,
+    encoded as that operation's body is."""
+
+    op: OpName
+    req: msgspec.Raw
+
+
+class BatchReq(Struct):
+    """Mutations a client made in order and sends together: the metaserver applies them in that
+    order, each on its own (one failing changes nothing of it and does not stop the others), all
+    in one durable transaction, and answers once it is durable."""
+
+    ops: Annotated[list[BatchOp], Meta(max_length=MAX_BATCH_OPS)]
+
+
+class BatchOutcome(Struct, array_like=True):
+    """What one mutation of a batch answered: its reply (as the single call's body), or its error."""
+
+    errno: int = 0
+    message: str = ""
+    reply: msgspec.Raw = msgspec.Raw(b"null")
+
+
 # ---- file locks (chunkfs/metaserver/locks.py) ------------------------------------------------
 
 F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2  # a lock's type, as Linux numbers them
