@@ -152,6 +152,15 @@ def drop_caches(cluster) -> None:
                10, "the mount's chunk caches (memory and disk) dropped")
 
 
+def fsync_directory(path) -> None:
+    """A durability point for everything the mount answered itself (write-behind) so far."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.3) -> float:
     """Seconds until `condition()` held; fails the test after `timeout_s`."""
     started = time.monotonic()

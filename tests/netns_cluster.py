@@ -266,6 +266,13 @@ class NetnsCluster:
             self.cleanup()
             raise
 
+    def __enter__(self) -> NetnsCluster:
+        self.up()  # which takes down what it started if it fails
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
+
     def _save_state(self) -> None:
         state = {"tag": self.tag, "subnet": self.subnet, "chunkservers": len(self.chunkservers),
                  "clients": len(self.clients), "goal": self.goal, "disk_mb": self.disk_mb,

@@ -23,7 +23,7 @@ import pytest
 from chunkfs import auth, chunk_tokens
 from chunkfs.protocol import records as r
 from chunkfs.tls import TlsFiles
-from conftest import Cluster, _cluster, another_mount, chunkfs, free_port_block, wait_until
+from conftest import Cluster, _cluster, another_mount, chunkfs, free_port_block, fsync_directory, wait_until
 
 ROLES = ("client", "chunkserver", "gateway", "admin")
 
@@ -267,6 +267,8 @@ def test_exports_read_only_subtree_and_root_squash(secured, tmp_path):
     (c.mnt / "home").mkdir(exist_ok=True)
     (c.mnt / "projects" / "plan.txt").write_text("plan")
     (c.mnt / "home" / "secret.txt").write_text("home secret")
+    for directory in ("projects", "home"):  # written behind: on the metaserver before its state is compared
+        fsync_directory(c.mnt / directory)
     home_ino = os.stat(c.mnt / "home").st_ino
     secret_ino = os.stat(c.mnt / "home" / "secret.txt").st_ino
     projects_ino = os.stat(c.mnt / "projects").st_ino
@@ -317,6 +319,158 @@ def test_exports_read_only_subtree_and_root_squash(secured, tmp_path):
     assert os.stat(c.mnt / "projects" / "by-root").st_uid == 65534
 
 
+def batch(c: Cluster, key: bytes, *ops: tuple[str, object]) -> list[tuple[int, str, object]]:
+    """A write-behind batch sent by hand: each change's (errno, message, reply)."""
+    body = r.BatchReq([r.BatchOp(op, msgspec.Raw(r.json_encode(req))) for op, req in ops])
+    response = call(c.metaserver, key, "POST", "/v1/fs/batch", body=r.json_encode(body),
+                    headers={"X-Chunkfs-Client": "batcher"})
+    assert response.status_code == 200, response.text
+    return [tuple(outcome) for outcome in response.json()]
+
+
+def test_a_batch_is_no_way_around_exports(secured, tmp_path):
+    """Each change of a batch passes the checks its own call would: read-only, subtree (in the
+    state the changes before it in the batch left) and root squash; the refused ones change
+    nothing, the others are applied. A mount on a subtree key makes, renames and chmods files
+    behind (write-behind) without a write-back error."""
+    c = secured
+    for directory in ("inside", "outside"):
+        (c.mnt / directory).mkdir(exist_ok=True)
+    (c.mnt / "outside" / "kept.txt").write_text("kept")
+    fsync_directory(c.mnt / "outside")
+    inside, outside = os.stat(c.mnt / "inside").st_ino, os.stat(c.mnt / "outside").st_ino
+    kept, kept_mode = os.stat(c.mnt / "outside" / "kept.txt").st_ino, os.stat(c.mnt / "outside" / "kept.txt").st_mode
+    ro = credential(c, "client", "batch-ro", "--subtree", "/inside", "--read-only")
+    sub = credential(c, "client", "batch-sub", "--subtree", "/inside", "--maproot", "65534")
+    before = stored_state(c)
+    refused = batch(c, ro, ("setattr", r.SetattrReq(ino=inside, mode=0o777)),
+                    ("create", r.CreateReq(parent=inside, name=b"ro", mode=stat.S_IFREG | 0o644, uid=1, gid=1)))
+    assert [e for e, _, _ in refused] == [errno.EROFS, errno.EROFS], refused
+    refused = batch(c, sub, ("setattr", r.SetattrReq(ino=kept, mode=0o777)),
+                    ("remove", r.RemoveReq(outside, b"kept.txt", False)),
+                    ("rename", r.RenameReq(outside, b"kept.txt", inside, b"stolen")),
+                    ("link", r.LinkReq(kept, inside, b"linked")),
+                    ("setxattr", r.XattrReq(kept, b"user.x", b"1")))
+    assert [e for e, _, _ in refused] == [errno.EACCES] * 5, refused
+    assert stored_state(c) == before
+    assert (c.mnt / "outside" / "kept.txt").read_text() == "kept"
+    assert os.stat(c.mnt / "outside" / "kept.txt").st_mode == kept_mode
+    # not batchable: what hands out or moves chunks, or may touch a subtree, comes on its own
+    refused_whole = call(c.metaserver, sub, "POST", "/v1/fs/batch", body=r.json_encode(r.BatchReq(
+        [r.BatchOp("concat", msgspec.Raw(r.json_encode(r.ConcatReq(ino=kept, sources=[kept], mtime_ns=1))))])))
+    assert refused_whole.status_code == 400 and errno_of(refused_whole) == "EINVAL"
+    # inside: a file the batch makes is the caller's for the changes after it; root is squashed
+    first = call(c.metaserver, sub, "POST", "/v1/fs/reserve_inodes", r.ReserveReq(1)).json()
+    made = batch(c, sub, ("create", r.CreateReq(parent=inside, name=b"new", mode=stat.S_IFREG | 0o644, uid=0, gid=0,
+                                                ino=first)),
+                 ("setattr", r.SetattrReq(ino=first, mode=0o600)),
+                 ("setattr", r.SetattrReq(ino=first, uid=0)))
+    assert [e for e, _, _ in made] == [0, 0, errno.EPERM], made
+    assert made[0][2]["uid"] == 65534 and made[1][2]["mode"] & 0o777 == 0o600
+    assert os.stat(c.mnt / "inside" / "new").st_uid == 65534
+    # the honest way: a mount of /inside on that key answers its changes itself and sends them behind
+    key_file = tmp_path / "sub.key"
+    key_file.write_bytes(sub + b"\n")
+    key_file.chmod(0o600)
+    target = tmp_path / "sub-mount"
+    target.mkdir()
+    chunkfs("mount", f"{c.metaserver}:/inside", target, "--secret-file", key_file, "-o", f"cache_dir={target}-cache")
+    try:
+        (target / "made").mkdir()
+        for i in range(5):
+            (target / "made" / f"f{i}").write_bytes(b"%d" % i)
+        os.chmod(target / "made" / "f1", 0o600)
+        os.rename(target / "made" / "f2", target / "made" / "moved")
+        os.unlink(target / "made" / "f3")
+        fsync_directory(target / "made")  # a write-back error would be raised here
+    finally:
+        subprocess.run(["fusermount3", "-u", str(target)], check=False)
+    assert sorted(os.listdir(c.mnt / "inside" / "made")) == ["f0", "f1", "f4", "moved"]
+    assert (c.mnt / "inside" / "made" / "moved").read_bytes() == b"2"
+    assert stat.S_IMODE(os.stat(c.mnt / "inside" / "made" / "f1").st_mode) == 0o600
+
+
+def test_a_batch_is_refused_to_the_roles_without_filesystem_calls(secured):
+    c = secured
+    body = r.json_encode(r.BatchReq([r.BatchOp("setattr", msgspec.Raw(r.json_encode(r.SetattrReq(ino=1, mode=0o777))))]))
+    for role in ("chunkserver",):
+        response = call(c.metaserver, credential(c, role, f"batch-{role}"), "POST", "/v1/fs/batch", body=body)
+        assert response.status_code == 403 and errno_of(response) == "EPERM", response.text
+    assert stat.S_IMODE(os.stat(c.mnt).st_mode) != 0o777
+
+
+def lock_call(cluster: Cluster, key: bytes, client: str, op: str, record) -> httpx.Response:
+    """A lock operation (`lock`, `testlock`, `reclaim_locks`, `locks`) as client `client`."""
+    return call(cluster.metaserver, key, "POST", f"/v1/fs/{op}", record, headers={"X-Chunkfs-Client": client})
+
+
+def test_a_read_only_export_locks_as_a_read_only_mount_does(secured):
+    """Read locks and flock locks (shared or exclusive) are granted; a POSIX write lock is EBADF,
+    Linux's answer for a descriptor not open for writing, which is all a read-only filesystem
+    gives (NFSv4 answers so too)."""
+    c = secured
+    (c.mnt / "projects").mkdir(exist_ok=True)
+    (c.mnt / "projects" / "ro-locked.txt").write_text("x")
+    ro = credential(c, "client", "ro-locks", "--subtree", "/projects", "--read-only")
+    projects_ino = os.stat(c.mnt / "projects").st_ino
+    looked_up = call(c.metaserver, ro, "POST", "/v1/fs/lookup", r.LookupReq(projects_ino, b"ro-locked.txt"))
+    ino = looked_up.json()["ino"]
+
+    def lock(op: str, kind: int, flock: bool = False) -> httpx.Response:
+        return lock_call(c, ro, "ro-reader", op, r.LockReq(ino=ino, owner=7, type=kind, flock=flock))
+
+    write_lock = lock("lock", fcntl.F_WRLCK)
+    assert write_lock.status_code != 200 and errno_of(write_lock) == "EBADF", write_lock.text
+    for granted in (lock("lock", fcntl.F_RDLCK), lock("lock", fcntl.F_WRLCK, flock=True)):
+        assert granted.status_code == 200 and granted.json()["granted"], granted.text
+    assert lock("testlock", fcntl.F_WRLCK).json()["type"] == fcntl.F_UNLCK  # F_GETLK asks, takes nothing
+    held = lock_call(c, auth.load_secret(c.secret_file), "admin", "locks", r.LocksReq(ino)).json()
+    assert sorted((info["flock"], info["type"]) for info in held) == [(False, fcntl.F_RDLCK), (True, fcntl.F_WRLCK)]
+    for flock in (False, True):
+        assert lock("lock", fcntl.F_UNLCK, flock=flock).status_code == 200
+
+
+@pytest.mark.parametrize("fresh_cluster", [{"chunkservers": 1, "goal": 1,
+                                            "up_options": ("--roles", "--lock-grace-s", "120")}], indirect=True)
+def test_a_reclaim_gets_back_only_what_the_export_allows(fresh_cluster):
+    """After a metaserver restart each client gives back the locks it held (reclaim, in the grace
+    period); each is checked as a new lock would be: a hand-made reclaim gets no lock outside
+    the credential's subtree, and no POSIX write lock of a read-only export. Files inside are
+    given back although the restart forgot which files the credential had been shown."""
+    c = fresh_cluster
+    (c.mnt / "projects" / "deep").mkdir(parents=True)
+    (c.mnt / "home").mkdir()
+    names = ("projects/plan.txt", "projects/deep/notes.txt", "projects/shared.txt", "home/secret.txt", "elsewhere")
+    for name in names:
+        (c.mnt / name).write_text("x")
+    fsync_directory(c.mnt / "projects")  # what the mount answered itself is on the metaserver before it is killed
+    ino = {name: os.stat(c.mnt / name).st_ino for name in names}
+    inside = credential(c, "client", "projects", "--subtree", "/projects")
+    ro = credential(c, "client", "projects-ro", "--subtree", "/projects", "--read-only")
+    secret = auth.load_secret(c.secret_file)
+
+    def lock(name: str, kind: int, flock: bool = False) -> r.LockReq:
+        return r.LockReq(ino=ino[name], owner=1, type=kind, flock=flock)
+
+    # a client that held a lock and will not come back: the grace lasts its 120 s
+    assert lock_call(c, secret, "gone", "lock", lock("elsewhere", fcntl.F_WRLCK)).json()["granted"]
+    c.kill("metaserver")
+    c.up()
+    thief = lock_call(c, inside, "thief", "reclaim_locks", r.LockReclaimReq("before", [
+        lock("home/secret.txt", fcntl.F_WRLCK), lock("projects/plan.txt", fcntl.F_WRLCK),
+        lock("projects/deep/notes.txt", fcntl.F_WRLCK)]))
+    assert thief.status_code == 200 and thief.json()["lost"] == [0], thief.text  # outside its subtree
+    reader = lock_call(c, ro, "reader", "reclaim_locks", r.LockReclaimReq("before", [
+        lock("projects/shared.txt", fcntl.F_WRLCK), lock("projects/shared.txt", fcntl.F_RDLCK),
+        lock("projects/shared.txt", fcntl.F_WRLCK, flock=True)]))
+    assert reader.status_code == 200 and reader.json()["lost"] == [0], reader.text  # a write lock, read-only
+    held = lock_call(c, secret, "admin", "locks", r.LocksReq(0)).json()
+    by_name = {number: name for name, number in ino.items()}
+    assert sorted((info["client"], by_name[info["ino"]], info["flock"], info["type"]) for info in held) == [
+        ("reader", "projects/shared.txt", False, fcntl.F_RDLCK), ("reader", "projects/shared.txt", True, fcntl.F_WRLCK),
+        ("thief", "projects/deep/notes.txt", False, fcntl.F_WRLCK), ("thief", "projects/plan.txt", False, fcntl.F_WRLCK)]
+
+
 def test_quotas_trash_and_snapshots_keep_to_roles_and_exports(secured):
     """The storage-safety calls: quota limits and the trash are an admin's; snapshots, trash
     times and quota reads stay inside a client's export, none on a read-only one, and a
@@ -326,6 +480,8 @@ def test_quotas_trash_and_snapshots_keep_to_roles_and_exports(secured):
         (c.mnt / name).mkdir(exist_ok=True)
     (c.mnt / "home" / "secret.txt").write_text("home secret")
     (c.mnt / "projects" / "plan.txt").write_text("plan")
+    for name in ("projects", "home"):  # written behind: on the metaserver before its state is compared
+        fsync_directory(c.mnt / name)
     projects_ino, home_ino = os.stat(c.mnt / "projects").st_ino, os.stat(c.mnt / "home").st_ino
     secret_ino = os.stat(c.mnt / "home" / "secret.txt").st_ino
     admin = credential(c, "admin", "quota-admin")

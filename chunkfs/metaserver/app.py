@@ -18,7 +18,7 @@ from chunkfs import chunk_tokens, metrics, request_id
 from chunkfs.chunk_tokens import TokenIssuer
 from chunkfs.credentials import CredentialStore, Export
 from chunkfs.metaserver.exports import ExportGuard
-from chunkfs.errors import FsError
+from chunkfs.errors import FsError, NotPrimary
 from chunkfs.request_checks import client_id, query_float, query_int, query_token, request_id_header
 from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, SIGNER, VERIFIER, BodyLimit, any_host, host_on_port,
                                 json_response, make_app, read_body)
@@ -87,6 +87,7 @@ class Metaserver:
     credentials: CredentialStore | None = None  # the role keys it accepts (besides the cluster secret)
     exports: ExportGuard = field(init=False)  # what each client credential may reach
     failover: Callable[[], r.FailoverStatus] | None = None  # with etcd: the election's state (failover.py)
+    epoch: int = 0  # with etcd: this primary's fencing epoch, told to chunkservers (chunkserver/fencing.py)
 
     def __post_init__(self) -> None:
         self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
@@ -139,6 +140,7 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Cal
     "trash_restore": (r.TrashRestoreReq, lambda m, client: m.namespace.trash.restore),
     "trash_purge": (r.TrashPurgeReq, lambda m, client: m.namespace.trash.purge),
     "snapshot": (r.SnapshotReq, lambda m, client: Snapshots(m.namespace, m.chunks).snapshot),
+    "read_only": (r.ReadOnlyReq, lambda m, client: m.namespace.set_read_only),
 }
 
 
@@ -150,7 +152,8 @@ LOCK_POLL_S = 10.0  # a waiting lock request is answered "not yet" after this lo
 async def lock_operation(m: Metaserver, op: str, client: str, request: web.Request,
                          export: tuple[str, Export] | None = None) -> Any:
     """File locks (locks.py): every one is a client's, so a request without a client id is EINVAL;
-    a lock on a file outside the caller's export is EACCES."""
+    a lock on a file outside the caller's export is EACCES (a POSIX write lock of a read-only
+    export EBADF), and a reclaim of one is answered as lost."""
     if op == "locks":
         return m.locks.listing((await read_body(request, r.LocksReq)).ino)
     if not client:
@@ -158,7 +161,8 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
     if op == "cancel_lock":
         return m.locks.cancel(client, (await read_body(request, r.LockCancelReq)).wait_id)
     if op == "reclaim_locks":
-        return await m.reclaim.reclaim(client, await read_body(request, r.LockReclaimReq))
+        reclaim_req = await read_body(request, r.LockReclaimReq)
+        return await m.reclaim.reclaim(client, reclaim_req, await refused_reclaims(m, export, reclaim_req))
     req = admitted(m, export, op, await read_body(request, r.LockReq))
     with m.db.read() as txn:
         m.namespace.getattr(txn, req.ino)  # ENOENT for a file that is not there
@@ -188,8 +192,21 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
                        feed_epoch=m.changes.epoch)
 
 
+async def refused_reclaims(m: Metaserver, export: tuple[str, Export] | None, req: r.LockReclaimReq) -> set[int]:
+    """The indexes of the locks in `req` that the caller's export refuses, as it would refuse
+    them as new locks (exports.py); looked at only where the reclaim would grant them."""
+    if export is None or not m.reclaim.grants(req):
+        return set()
+
+    def refused() -> set[int]:  # may walk the export's subtree: off the event loop
+        with m.db.read() as txn:
+            return m.exports.refused_locks(txn, *export, req.locks)
+
+    return await asyncio.to_thread(refused)
+
+
 # every op `fs_operation` knows (the metrics label them; the route fuzzer calls each)
-FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "reserve", "release_leases", "fsck", "tokens", "quota_check",
+FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "batch", "reserve", "release_leases", "fsck", "tokens", "quota_check",
                            "sharing_check", *LOCK_OPERATIONS})
 
 
@@ -246,7 +263,9 @@ def statfs(m: Metaserver, txn: Txn, ino: int) -> r.Statfs:
 
 
 # May touch a whole subtree: committed in the writer thread, never on the event loop.
-LARGE_MUTATIONS = frozenset({"goal", "quota_set", "trash_time", "trash_purge", "snapshot"})
+LARGE_MUTATIONS = frozenset({"goal", "quota_set", "trash_time", "trash_purge", "snapshot", "read_only"})
+# Their answer shows the caller a file (exports.py).
+SHOWING_MUTATIONS = frozenset({"create", "link", "commit", "snapshot"})
 # After these, the deleter may have chunk versions to delete.
 WAKE_DELETER = frozenset({"remove", "rename", "commit", "setattr", "release_orphan", "trash_purge"})
 
@@ -269,13 +288,11 @@ async def fs_operation(request: web.Request) -> web.Response:
         if isinstance(req, r.OpenReq) and req.lease:
             answer.leased = m.open_leases.grant(client, req.ino, m.changes.seq)
         return json_response(answer)
-    mutation = MUTATIONS.get(op)
-    if mutation is not None:
-        record_type, bind = mutation
-        req = admitted(m, export, op, await read_body(request, record_type))
+    if op in MUTATIONS:
+        req = admitted(m, export, op, await read_body(request, MUTATIONS[op][0]))
         await m.leases.clear_for(client, named_inodes(req) | restored_into(m, req))
         rid = request_id_header(request)
-        mutate = m.leases.creating(bind(m, client), client) if op == "create" else bind(m, client)
+        mutate = mutation_of(m, op, client)
         commit = m.committer.run if op in LARGE_MUTATIONS else m.committer.run_small
         if m.replies is None or not client or not rid:
             result = await commit(mutate, req)
@@ -285,22 +302,12 @@ async def fs_operation(request: web.Request) -> web.Response:
             body, result = await commit(m.replies.once(mutate, client, rid, first_attempt), req)
             if result is REPLAYED:  # a retry of a mutation already done: answer it again, changes nothing
                 return web.Response(body=body, content_type="application/json")
-        if export is not None and op in ("create", "link", "commit", "snapshot"):
-            m.exports.shown(*export, result)
-        if op == "create":
-            m.leases.granted(cast(r.CreateReq, req), result, client)
-        elif op == "quota_set":  # creates held by a mount would be charged only when they arrive
-            with m.db.read() as txn:
-                m.leases.ask_back_where(lambda ino: m.namespace.quotas.covers(txn, ino))
-        elif op == "remove":
-            m.leases.forget_removed(result)
-        if op in WAKE_DELETER:
-            m.deleter.wake.set()
-        inodes, entries = affected(op, req, result)
-        if inodes or entries:
-            m.changes.publish(client, inodes, entries)
+        inodes = mutated(m, op, client, req, result, export)
+        if inodes:
             await m.open_leases.settle(client, inodes, m.changes.seq)
         return web.Response(body=body, content_type="application/json")
+    if op == "batch":
+        return json_response(await apply_batch(m, client, request, export))
     if op == "reserve":
         reserve_req = admitted(m, export, op, await read_body(request, r.ReserveReq))
         return json_response(await reserve(m, client, reserve_req))
@@ -321,6 +328,155 @@ async def fs_operation(request: web.Request) -> web.Response:
         page_req = await read_body(request, r.FsckReq)
         return json_response(await asyncio.to_thread(fsck_page, m, m.registry.alive_ids(), page_req))
     raise FsError(errno.ENOSYS, f"unknown operation {op!r}")
+
+
+def mutation_of(m: Metaserver, op: str, client: str) -> Callable[[Txn, Any], Any]:
+    """The mutation `op` runs for `client` in its transaction (a create also leases the
+    directory it makes, when asked, in the same transaction)."""
+    bind = MUTATIONS[op][1]
+    return m.leases.creating(bind(m, client), client) if op == "create" else bind(m, client)
+
+
+def mutated(m: Metaserver, op: str, client: str, req: Any, result: Any, export: tuple[str, Export] | None
+            ) -> list[int]:
+    """What follows a durable mutation: the files it made shown to the caller's export, leases
+    granted or gone, the deleter woken, the change published on the feed. Returns the inodes
+    whose open leases must settle before the answer."""
+    if export is not None and op in SHOWING_MUTATIONS:
+        m.exports.shown(*export, result)
+    if op == "create":
+        m.leases.granted(cast(r.CreateReq, req), result, client)
+    elif op == "quota_set":  # creates held by a mount would be charged only when they arrive
+        with m.db.read() as txn:
+            m.leases.ask_back_where(lambda ino: m.namespace.quotas.covers(txn, ino))
+    elif op == "remove":
+        m.leases.forget_removed(result)
+    if op in WAKE_DELETER:
+        m.deleter.wake.set()
+    inodes, entries = affected(op, req, result)
+    if inodes or entries:
+        m.changes.publish(client, inodes, entries)
+    return inodes
+
+
+# What a batch may carry: the changes a mount answers itself and sends behind (write_behind.py)
+# and the other small namespace changes; not one that may touch a whole subtree (goal), hands
+# something out (reserve_inodes) or moves chunks between files (concat): those come on their own.
+BATCHABLE = frozenset({"create", "link", "remove", "rename", "setattr", "setxattr", "removexattr", "commit"})
+
+
+def decode_batch_op(item: r.BatchOp) -> Any:
+    if item.op not in BATCHABLE:
+        raise FsError(errno.EINVAL, f"operation {item.op!r} cannot be batched")
+    try:
+        return msgspec.json.decode(item.req, type=MUTATIONS[item.op][0])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise FsError(errno.EINVAL, f"bad {item.op} in a batch: {exc}") from None
+
+
+async def apply_batch(m: Metaserver, client: str, request: web.Request, export: tuple[str, Export] | None
+                      ) -> list[r.BatchOutcome]:
+    """A client's write-behind batch (BatchReq): each mutation as its own call would run it, in
+    order, all in one durable transaction; answered once that is durable. Each one passes the
+    checks its own call would (the caller's export: `admit_batch`, then again in the transaction,
+    in the state the mutations before it left); one refused is that one's error. A retried batch
+    (same request id) is answered from the reply log for the mutations it had already applied.
+    Not acknowledged here (NotPrimary, answered 503): the client sends the batch again, to the
+    primary."""
+    items = (await read_body(request, r.BatchReq)).ops
+    reqs = [decode_batch_op(item) for item in items]
+    refused = admit_batch(m, export, items, reqs)
+    for i, req in enumerate(reqs):
+        if i not in refused:
+            await m.leases.clear_for(client, named_inodes(req) | restored_into(m, req))
+    rid = request_id_header(request)
+    first_attempt = request.headers.get(request_id.ATTEMPT_HEADER) == "1"
+    made: set[int] = set()  # files the batch's mutations made so far (see checked_in_batch)
+    calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+    for i, (item, req) in enumerate(zip(items, reqs, strict=True)):
+        if i in refused:
+            continue
+        mutate = mutation_of(m, item.op, client)
+        if m.replies is not None and client and rid:
+            answered = m.replies.once(mutate, client, f"{rid}.{i}", first_attempt)
+        else:
+            answered = encoded(mutate)
+        calls.append((checked_in_batch(m, export, item.op, answered, made), (req,)))
+    results = iter(await m.committer.run_together(calls))
+    outcomes: list[r.BatchOutcome] = []
+    settle: list[int] = []
+    for i, (item, req) in enumerate(zip(items, reqs, strict=True)):
+        done, error = (None, refused[i]) if i in refused else next(results)  # done: (body, result)
+        if isinstance(error, NotPrimary):  # the whole transaction is unacknowledged here
+            raise error
+        if error is not None:
+            if not isinstance(error, FsError):
+                log.error("%s in a batch of client %s failed: %r", item.op, client, error)
+                error = FsError(errno.EIO, f"{item.op}: {error}")
+            outcomes.append(r.BatchOutcome(error.errno, error.message))
+            continue
+        body, result = cast(tuple[bytes, Any], done)
+        if result is not REPLAYED:  # applied before (a retried batch): answered again, not published again
+            settle += mutated(m, item.op, client, req, result, export)
+        elif export is not None and item.op in SHOWING_MUTATIONS:  # shown again (the metaserver may have restarted)
+            m.exports.shown(*export, msgspec.json.decode(body, type=r.Attr))
+        outcomes.append(r.BatchOutcome(reply=msgspec.Raw(body)))
+    if settle:
+        await m.open_leases.settle(client, sorted(set(settle)), m.changes.seq)
+    return outcomes
+
+
+def admit_batch(m: Metaserver, export: tuple[str, Export] | None, items: list[r.BatchOp], reqs: list[Any]
+                ) -> dict[int, FsError]:
+    """Check each mutation of a batch against the caller's export before anything happens (no
+    lease is recalled for one refused), as its own call would be checked, counting the files the
+    creates before it would make as shown; `reqs` become what the export lets through (root
+    squashed). Returns the refused ones' errors by index. The transaction checks again
+    (`checked_in_batch`): this is the early door, that the exact one."""
+    refused: dict[int, FsError] = {}
+    if export is None:
+        return refused
+    made: set[int] = set()
+    with m.db.read() as txn:
+        for i, (item, req) in enumerate(zip(items, reqs, strict=True)):
+            try:
+                reqs[i] = m.exports.admit(txn, export[0], export[1], item.op, req, made)
+            except FsError as exc:
+                refused[i] = exc
+                continue
+            create = req if isinstance(req, r.CreateReq) else getattr(req, "create", None)
+            if isinstance(create, r.CreateReq) and create.ino and not m.namespace.exists(txn, create.ino):
+                made.add(create.ino)
+    return refused
+
+
+def checked_in_batch(m: Metaserver, export: tuple[str, Export] | None, op: str,
+                     answered: Callable[[Txn, Any], tuple[bytes, Any]], made: set[int]
+                     ) -> Callable[[Txn, Any], tuple[bytes, Any]]:
+    """`answered` (a mutation giving (encoded reply, result)) run once the caller's export admits
+    its request in the batch's transaction, i.e. in the state the mutations before it left, the
+    files they made counting as shown (`made`, which this one's file joins)."""
+    if export is None:
+        return answered
+    key_id, granted = export
+
+    def run(txn: Txn, req: Any) -> tuple[bytes, Any]:
+        body, result = answered(txn, m.exports.admit(txn, key_id, granted, op, req, made))
+        if op in SHOWING_MUTATIONS:
+            made.add(result.ino if isinstance(result, r.Attr) else msgspec.json.decode(body, type=r.Attr).ino)
+        return body, result
+
+    return run
+
+
+def encoded(mutate: Callable[[Txn, Any], Any]) -> Callable[[Txn, Any], tuple[bytes, Any]]:
+    """`mutate` answering (its encoded reply, its result), as `ReplyLog.once` does."""
+
+    def run(txn: Txn, req: Any) -> tuple[bytes, Any]:
+        result = mutate(txn, req)
+        return msgspec.json.encode(result), result
+
+    return run
 
 
 def fsck_page(m: Metaserver, alive: set[str], req: r.FsckReq) -> r.FsckPage:
@@ -395,7 +551,7 @@ async def server_hello(request: web.Request) -> web.Response:
                      hello.address, len(delete))
         if hello.recent_chunks is not None:
             await m.replicator.reconcile(hello.id, [*hello.chunks, *hello.recent_chunks])
-    return json_response(r.HelloReply(delete, *chunk_key_for(m, request)))
+    return json_response(r.HelloReply(delete, *chunk_key_for(m, request), epoch=m.epoch))
 
 
 def chunk_key_for(m: Metaserver, request: web.Request) -> tuple[str, str]:

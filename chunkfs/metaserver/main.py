@@ -109,8 +109,6 @@ class MetaserverConfig:
             parse_address(self.follow)
         if self.etcd and self.follow:
             raise ConfigError("options etcd and follow: with etcd the primary is elected; give one of them")
-        if self.etcd and self.tls_dir.parts:
-            raise ConfigError("options etcd and tls_dir: failover does not serve TLS yet; give one of them")
         if self.advertise:
             parse_address(self.advertise)
         if not 2 <= self.etcd_ttl_s <= 600:
@@ -155,11 +153,11 @@ def run(config: MetaserverConfig) -> None:
     host, port = parse_address(config.listen)
     if config.etcd:
         reload = reloaded_config()
-        failover.run(config, secret, lambda promoted: build_primary(config, secret, reload, promoted))
+        failover.run(config, secret, lambda promoted, epoch: build_primary(config, secret, reload, promoted, epoch))
         return
     if config.follow:
         standby.run(config.follow, config.data_dir, secret, host, port, config.synchronous,
-                    config.map_size_bytes)
+                    config.map_size_bytes, config.tls_dir if config.tls_dir.parts else None)
         return
     app = build_primary(config, secret, reloaded_config())
     # A thread doing Python work (a /metrics render, an fsck page, the replicator's scan, a
@@ -172,9 +170,10 @@ def run(config: MetaserverConfig) -> None:
 
 
 def build_primary(config: MetaserverConfig, secret: bytes, reload: Callable[[], MetaserverConfig],
-                  promoted: bool = False) -> web.Application:
+                  promoted: bool = False, epoch: int = 0) -> web.Application:
     """Open the database and build the serving metaserver's app (its cleanup closes them).
-    `promoted`: a standby in sync becomes the primary (see `backup.start_primary`)."""
+    `promoted`: a standby in sync becomes the primary (see `backup.start_primary`). `epoch`: the
+    elected primary's (failover.py; 0 without etcd), which chunkservers check (their fencing.py)."""
     host, port = parse_address(config.listen)
     db = MetaDB(config.data_dir, config.map_size_bytes)
     pinned = PinnedPages(config.data_dir / "data.mdb") if config.pin_db_in_memory else None
@@ -195,12 +194,13 @@ def build_primary(config: MetaserverConfig, secret: bytes, reload: Callable[[], 
     files = tls.tls_files(config.tls_dir if config.tls_dir.parts else None, "metaserver")
     http = SignedHttp(chunk_tokens.metaserver_credential(tokens.key), timeout_s=10, retry_s=1,  # to chunkservers
                       tls=files.client_context() if files else None)
-    deleter = Deleter(db, committer, chunks, registry, ChunkClient(http), config.deletion_interval_s)
-    replicator = Replicator(db, committer, chunks, registry, ChunkClient(http), deleter,
+    deleter = Deleter(db, committer, chunks, registry, ChunkClient(http, epoch), config.deletion_interval_s)
+    replicator = Replicator(db, committer, chunks, registry, ChunkClient(http, epoch), deleter,
                             config.replication_per_s, config.replication_in_flight, tokens)
     state = Metaserver(db, committer, namespace, chunks, registry, deleter, config.orphan_grace_s, replicator,
                        lock_grace_s=config.lock_grace_s)
     state.tokens = tokens
+    state.epoch = epoch
     state.credentials = CredentialStore(config.credentials_file, secret)
     state.replication = replication
     state.replies = ReplyLog(db, committer)

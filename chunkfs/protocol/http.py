@@ -49,6 +49,17 @@ class _Retryable(Exception):
         self.primary = primary  # a standby's 503 names the primary (metaserver_addresses.py)
 
 
+def _why(response: Response) -> str:
+    """": <message>" of a chunkfs error answer (a metaserver's 503 says why it may not answer,
+    which is what a caller that gives up reads in its error), else ""."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    message = body.get("message") if isinstance(body, dict) else None
+    return f": {str(message)[:300]}" if message else ""
+
+
 class SignedHttp:
     def __init__(
         self,
@@ -82,16 +93,19 @@ class SignedHttp:
         params: Mapping[str, object] | None = None,
         headers: dict[str, str] | None = None,
         retry_s: float | None = None,
+        call_id: tuple[str, bool] | None = None,
         signed: bool = True,
         servers: MetaserverAddresses | None = None,
         attempt_timeout_s: float | None = None,
     ) -> Response:
-        """`signed` False: sent without X-Chunkfs-Auth (a request a chunk token admits).
+        """`call_id`: (the request id to send, whether it was never sent before), for a call the
+        caller makes again under the same id after it failed (a write-behind batch).
+        `signed` False: sent without X-Chunkfs-Auth (a request a chunk token admits).
         `servers`: the call goes to whichever of them is current at each attempt (the URL's
         HOST:PORT is not used), and a retried failure moves them on (see MetaserverAddresses);
         `attempt_timeout_s`: how long one attempt may wait for its answer (default: the
         transport's `timeout_s`)."""
-        rid, new_id = request_id.for_outgoing_call_and_is_new()
+        rid, new_id = call_id or request_id.for_outgoing_call_and_is_new()
         headers = {**headers, request_id.HEADER: rid} if headers else {request_id.HEADER: rid}
         parts = urlsplit(url)
         target = parts.path + (f"?{urlencode(params)}" if params else (f"?{parts.query}" if parts.query else ""))
@@ -172,7 +186,8 @@ class SignedHttp:
         except TransportFailure as exc:
             raise _Retryable(str(exc), exc.stale) from None
         if response.status_code in _RETRY_STATUS:
-            raise _Retryable(f"{address}: HTTP {response.status_code}", primary=response.header(PRIMARY_HEADER))
+            raise _Retryable(f"{address}: HTTP {response.status_code}{_why(response)}",
+                             primary=response.header(PRIMARY_HEADER))
         if response.status_code == 401:
             raise FsError(errno.EACCES, f"{address}: the server refused the cluster secret or credential")
         if response.status_code >= 400:

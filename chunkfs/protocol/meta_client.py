@@ -6,10 +6,12 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 
+from chunkfs.errors import FsError
 from chunkfs.protocol import records as r
 from chunkfs.protocol.disk_check import DiskCheckPage, DiskCheckReq
 from chunkfs.protocol.http import SignedHttp
 from chunkfs.protocol.metaserver_addresses import MetaserverAddresses
+from chunkfs.protocol.transport import Response
 
 T = TypeVar("T")
 
@@ -96,16 +98,20 @@ class MetaClient:
     async def call(self, op: str, request: Any, reply_type: type[T]) -> T: ...
 
     async def call(self, op: str, request: Any, reply_type: type[T] | None = None) -> T | None:
-        attempt_timeout_s = self.attempt_timeout_s
-        if attempt_timeout_s is not None and op in LONG_POLL_OPS:
-            attempt_timeout_s += LONG_POLL_OPS[op]
-        response = await self.http.request(
-            "POST", f"/v1/fs/{op}", content=r.json_encode(self.view.outgoing(request)),
-            headers=self.headers, servers=self.servers, attempt_timeout_s=attempt_timeout_s,
-        )
+        response = await self._post_fs(op, r.json_encode(self.view.outgoing(request)))
         if reply_type is None:
             return None
         return self.view.incoming(msgspec.json.decode(response.content, type=reply_type))
+
+    async def _post_fs(self, op: str, content: bytes, call_id: tuple[str, bool] | None = None) -> Response:
+        """`/v1/fs/{op}` on the current primary, moved on across failovers."""
+        attempt_timeout_s = self.attempt_timeout_s
+        if attempt_timeout_s is not None and op in LONG_POLL_OPS:
+            attempt_timeout_s += LONG_POLL_OPS[op]
+        return await self.http.request(
+            "POST", f"/v1/fs/{op}", content=content, headers=self.headers, call_id=call_id,
+            servers=self.servers, attempt_timeout_s=attempt_timeout_s,
+        )
 
     # -- namespace ------------------------------------------------------------------------
     async def lookup(self, parent: int, name: bytes) -> r.Attr:
@@ -183,6 +189,22 @@ class MetaClient:
     async def commit(self, req: r.CommitReq) -> r.Attr:
         return await self.call("commit", req, r.Attr)
 
+    async def batch(self, ops: list[tuple[str, Any]], call_id: tuple[str, bool]) -> list[r.BatchOutcome]:
+        """Mutations applied in order in one durable transaction (see BatchReq); `call_id` as
+        SignedHttp.request's, the same each time the batch is sent again. Decode each reply with
+        `batch_reply`."""
+        body = r.BatchReq([r.BatchOp(op, msgspec.Raw(r.json_encode(self.view.outgoing(req)))) for op, req in ops])
+        response = await self._post_fs("batch", r.json_encode(body), call_id)
+        return msgspec.json.decode(response.content, type=list[r.BatchOutcome])
+
+    def batch_reply(self, outcome: r.BatchOutcome, reply_type: type[T] | None) -> T | None:
+        """One mutation's answer in a batch, as its own call would have given it (FsError if it failed)."""
+        if outcome.errno:
+            raise FsError(outcome.errno, outcome.message)
+        if reply_type is None:
+            return None
+        return self.view.incoming(msgspec.json.decode(outcome.reply, type=reply_type))
+
     async def read_tokens(self, chunks: list[tuple[int, int]]) -> list[str]:
         """New read tokens for these chunk versions (chunkfs.chunk_tokens), in their order."""
         return await self.call("tokens", r.TokensReq(chunks), list[str])
@@ -219,9 +241,14 @@ class MetaClient:
     async def set_goal(self, ino: int, goal: int, recursive: bool = False) -> r.Attr:
         return await self.call("goal", r.GoalReq(ino, goal, recursive), r.Attr)
 
-    async def snapshot(self, ino: int, parent: int, name: bytes) -> r.Attr:
-        """A copy of `ino` as `name` in `parent` sharing its chunks (chunkfs/metaserver/snapshots.py)."""
-        return await self.call("snapshot", r.SnapshotReq(ino, parent, name), r.Attr)
+    async def snapshot(self, ino: int, parent: int, name: bytes, read_only: bool = False) -> r.Attr:
+        """A copy of `ino` as `name` in `parent` sharing its chunks (chunkfs/metaserver/snapshots.py);
+        `read_only`: every change to the copy is EROFS."""
+        return await self.call("snapshot", r.SnapshotReq(ino, parent, name, read_only=read_only), r.Attr)
+
+    async def set_read_only(self, ino: int, read_only: bool, recursive: bool = False) -> r.Attr:
+        """Mark `ino` (its tree with `recursive`) read-only or writable again (an admin's call)."""
+        return await self.call("read_only", r.ReadOnlyReq(ino, read_only, recursive), r.Attr)
 
     async def sharing_check(self) -> list[str]:
         """What is wrong with the chunk versions several files share (none: all right)."""

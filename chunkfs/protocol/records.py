@@ -56,6 +56,7 @@ class Attr(Struct, kw_only=True):
     goal: int = 0
     blocks: int = 0  # 512-byte units actually stored (sparse files count only their chunks)
     has_xattrs: bool = False
+    read_only: bool = False  # in a read-only snapshot: every change is EROFS
 
 
 class DirEntry(Struct):
@@ -292,9 +293,18 @@ class SnapshotReq(Struct):
     parent: Ino
     name: bytes
     root_owner: Annotated[int, Meta(ge=-1, le=limits.MAX_UID)] = -1  # >= 0: copies of uid/gid 0 get it (root squash)
+    read_only: bool = False  # the copy refuses every change with EROFS
 
     def __post_init__(self) -> None:
         limits.check_name(self.name)
+
+
+class ReadOnlyReq(Struct):
+    """Mark `ino` (and with `recursive` its tree) read-only, or writable again."""
+
+    ino: Ino
+    read_only: bool
+    recursive: bool = False
 
 
 MAX_TRASH_S = 100 * 365 * 86400
@@ -409,6 +419,36 @@ class LeaseReq(Struct):
     inodes: list[Ino]
 
 
+# ---- write-behind batches (chunkfs/client/write_behind.py) -------------------------------------
+
+MAX_BATCH_OPS = 1000
+OpName = Annotated[str, Meta(max_length=32)]
+
+
+class BatchOp(Struct, array_like=True):
+    """One mutation of a batch: its operation's name (as in /v1/fs/{op}) and its request record,
+    encoded as that operation's body is."""
+
+    op: OpName
+    req: msgspec.Raw
+
+
+class BatchReq(Struct):
+    """Mutations a client made in order and sends together: the metaserver applies them in that
+    order, each on its own (one failing changes nothing of it and does not stop the others), all
+    in one durable transaction, and answers once it is durable."""
+
+    ops: Annotated[list[BatchOp], Meta(max_length=MAX_BATCH_OPS)]
+
+
+class BatchOutcome(Struct, array_like=True):
+    """What one mutation of a batch answered: its reply (as the single call's body), or its error."""
+
+    errno: int = 0
+    message: str = ""
+    reply: msgspec.Raw = msgspec.Raw(b"null")
+
+
 # ---- file locks (chunkfs/metaserver/locks.py) ------------------------------------------------
 
 F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2  # a lock's type, as Linux numbers them
@@ -521,6 +561,7 @@ class HelloReply(Struct):
     # (chunkfs.chunk_tokens.wrap); empty from a metaserver that issues no tokens
     chunk_key_nonce: str = ""
     chunk_key: str = ""
+    epoch: int = 0  # the primary's fencing epoch (chunkserver/fencing.py); 0: no election
 
 
 class TokensReq(Struct):
