@@ -414,6 +414,16 @@ class HelloReply(Struct):
     chunk_key: str = ""
 
 
+class TokenKey(Struct):
+    """The caller's token key (chunkfs.chunk_tokens.holder_key), which its chunk requests
+    presenting a token are signed with, under `key_id`: wrapped with the key the request for it
+    was signed with (chunkfs.chunk_tokens.wrap); empty from a metaserver that issues no tokens."""
+
+    key_id: str = ""
+    nonce: str = ""
+    wrapped: str = ""
+
+
 class TokensReq(Struct):
     """New read tokens for chunk versions some file references (a client's expired)."""
 
