@@ -151,9 +151,10 @@ def run(config: MetaserverConfig) -> None:
         reload = reloaded_config()
         failover.run(config, secret, lambda promoted: build_primary(config, secret, reload, promoted))
         return
+    files = tls.tls_files(config.tls_dir if config.tls_dir.parts else None, "metaserver")
     if config.follow:
         standby.run(config.follow, config.data_dir, secret, host, port, config.synchronous,
-                    config.map_size_bytes)
+                    config.map_size_bytes, files)
         return
     app = build_primary(config, secret, reloaded_config())
     # A thread doing Python work (a /metrics render, an fsck page, the replicator's scan, a
@@ -161,7 +162,6 @@ def run(config: MetaserverConfig) -> None:
     # loop wakes for a request: 5 ms by default, added to that request. 0.5 ms bounds it at the
     # cost of more GIL hand-offs in those threads.
     sys.setswitchinterval(LOOP_GIL_WAIT_S)
-    files = tls.tls_files(config.tls_dir if config.tls_dir.parts else None, "metaserver")
     serve(app, host, port, files.server_context() if files else None)
 
 

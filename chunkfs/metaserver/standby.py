@@ -20,6 +20,7 @@ import asyncio
 import errno
 import logging
 import socket
+import ssl
 import threading
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from chunkfs.metaserver.db import DEFAULT_MAP_SIZE_BYTES, MetaDB, read_u64, u64
 from chunkfs.metaserver.replication_log import HISTORY_KEY, SEQ_KEY, table_names
 from chunkfs.protocol import records as r
 from chunkfs.protocol.http import SignedHttp
+from chunkfs.tls import TlsFiles
 from chunkfs.protocol.replication_client import ReplicationClient, save_copy
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,10 @@ class NeedsCopy(Exception):
 
 class Standby:
     def __init__(self, primary: str, data_dir: Path, secret: bytes, name: str, synchronous: bool,
-                 map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> None:
+                 map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES, tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: the primary serves TLS (chunkfs.tls: the cluster CA, this metaserver's certificate)."""
         self.primary, self.data_dir, self.secret = primary, data_dir, secret
+        self.tls = tls
         self.map_size_bytes = map_size_bytes
         self.name, self.synchronous = name, synchronous
         self.db: MetaDB | None = None
@@ -89,7 +93,8 @@ class Standby:
     def _copy(self) -> None:
         self.close()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        info = save_copy(self.primary, self.secret, self.data_dir / "data.mdb", decompress=True, standby=self.name)
+        info = save_copy(self.primary, self.secret, self.data_dir / "data.mdb", decompress=True, standby=self.name,
+                         tls=self.tls)
         (self.data_dir / "lock.mdb").unlink(missing_ok=True)
         self.copies += 1
         self._open()
@@ -122,7 +127,7 @@ class Standby:
 
     # ---- following ---------------------------------------------------------------------------------
     async def follow(self) -> None:
-        http = SignedHttp(self.secret, timeout_s=POLL_WAIT_S + 10, retry_s=1.0)
+        http = SignedHttp(self.secret, timeout_s=POLL_WAIT_S + 10, retry_s=1.0, tls=self.tls)
         client = ReplicationClient(http, self.primary)
         await asyncio.to_thread(self._open)
         needs_copy = not self.history
@@ -201,9 +206,11 @@ def build_app(standby: Standby, secret: bytes) -> web.Application:
 
 
 def run(primary: str, data_dir: Path, secret: bytes, host: str, port: int, synchronous: bool,
-        map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> None:
-    standby = Standby(primary, data_dir, secret, f"{socket.gethostname()}:{port}", synchronous, map_size_bytes)
+        map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES, tls_files: TlsFiles | None = None) -> None:
+    """`tls_files`: the cluster runs TLS; the standby follows the primary over it and serves it."""
+    standby = Standby(primary, data_dir, secret, f"{socket.gethostname()}:{port}", synchronous, map_size_bytes,
+                      tls_files.client_context() if tls_files else None)
     log.info("standby of %s serving /health on %s:%d, data in %s", primary, host, port, data_dir)
     app = build_app(standby, secret)
     service.attach(app, status=f"standby of {primary}")
-    serve(app, host, port)
+    serve(app, host, port, tls_files.server_context() if tls_files else None)
