@@ -35,7 +35,7 @@ from chunkfs.metaserver.leases import DirectoryLeases
 from chunkfs.metaserver.open_leases import OpenLeases
 from chunkfs.metaserver.locks import LockTable
 from chunkfs.metaserver.lock_reclaim import LockReclaim
-from chunkfs.metaserver.memory import GC_PAUSES, memory_status
+from chunkfs.metaserver.memory import GC_PAUSES, ProcessMemory, memory_status, read_process_memory
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.orphans import OrphanCollector
 from chunkfs.metaserver import backup
@@ -46,6 +46,7 @@ from chunkfs.metaserver.replies import REPLAYED, ReplyLog
 from chunkfs.protocol.replication_client import BACKUP_PATH, REPLICATION_PATH
 from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
+from chunkfs.metaserver.table_counts import TableCounts
 from chunkfs.metaserver.throughput import ThroughputHistory
 from chunkfs.protocol import records as r
 from chunkfs.protocol.disk_check import DiskCheckReq
@@ -389,15 +390,38 @@ async def drain(request: web.Request) -> web.Response:
     return json_response(await request.app[STATE].replicator.drain(await read_body(request, r.DrainReq)))
 
 
-def cluster_status(m: Metaserver) -> r.ClusterStatus:
-    """What `chunkfs status`, the status page and the /metrics gauges show: O(servers + clients),
-    never a scan of a table that grows with files (see table_counts.py; chunks under goal come
-    from the replicator's last scan)."""
-    total, free = m.registry.totals()
+@dataclass(frozen=True)
+class StoredCounts:
+    """What the cluster status reads from LMDB and /proc: `read_stored_counts` may run in a
+    thread, so a status or a scrape does not hold up the event loop with it."""
+
+    counts: TableCounts
+    pending_deletions: int
+    quarantined: int
+    process: ProcessMemory
+
+
+def read_stored_counts(m: Metaserver) -> StoredCounts:
     with m.db.read() as txn:
         counts = m.namespace.counts.read(txn)
         pending = m.chunks.count_deletions(txn)
         quarantined = m.quarantine.count(txn) if m.quarantine else 0
+    return StoredCounts(counts, pending, quarantined, read_process_memory(m.db))
+
+
+async def cluster_status_now(m: Metaserver) -> r.ClusterStatus:
+    """`cluster_status`, its reads of LMDB and /proc done in a thread (from the event loop)."""
+    return cluster_status(m, await asyncio.to_thread(read_stored_counts, m))
+
+
+def cluster_status(m: Metaserver, stored: StoredCounts | None = None) -> r.ClusterStatus:
+    """What `chunkfs status`, the status page and the /metrics gauges show: O(servers + clients),
+    never a scan of a table that grows with files (see table_counts.py; chunks under goal come
+    from the replicator's last scan). The loop's own state is read here, on the loop; `stored`
+    (read now if not given) is what LMDB and /proc hold."""
+    stored = stored or read_stored_counts(m)
+    counts, pending, quarantined = stored.counts, stored.pending_deletions, stored.quarantined
+    total, free = m.registry.totals()
     under, counted_at = m.replicator.chunks_under_goal, m.replicator.under_goal_counted_at
     return r.ClusterStatus(
         servers=m.registry.status(counts.replicas), files=counts.files, directories=counts.directories,
@@ -412,7 +436,7 @@ def cluster_status(m: Metaserver) -> r.ClusterStatus:
         clients=m.changes.clients(),
         standbys=m.replication.status() if m.replication else [],
         quarantined_versions=quarantined,
-        memory=memory_status(m),
+        memory=memory_status(m, stored.process),
         locks_held=m.locks.count(),
         lock_waits=m.locks.waiting(),
         failover=m.failover() if m.failover is not None else None,
@@ -420,12 +444,12 @@ def cluster_status(m: Metaserver) -> r.ClusterStatus:
 
 
 async def status(request: web.Request) -> web.Response:
-    return json_response(cluster_status(request.app[STATE]))
+    return json_response(await cluster_status_now(request.app[STATE]))
 
 
 async def status_page(request: web.Request) -> web.Response:
     m = request.app[STATE]
-    html = render_status_page(cluster_status(m), request.host, m.changes.clients_following())
+    html = render_status_page(await cluster_status_now(m), request.host, m.changes.clients_following())
     return web.Response(text=html, content_type="text/html")
 
 
@@ -508,7 +532,7 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
         app.router.add_get(BACKUP_PATH, backup_copy, allow_head=False)  # a HEAD would stream the body
         app.router.add_get(REPLICATION_PATH, replication_feed)
     registry = metrics.new_registry()
-    cluster = metrics.ClusterCollector(lambda: cluster_status(m))
+    cluster = metrics.ClusterCollector(lambda: cluster_status_now(m))
     registry.register(cluster)
     GC_PAUSES.install()
     leases = m.leases
