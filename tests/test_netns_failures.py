@@ -249,6 +249,34 @@ def test_link_cut_mid_write(netns, workload, fault_s):
 
 
 @fault_seconds(6, 60)
+def test_with_tls_a_link_cut_and_a_chunkserver_killed(tmp_path, fault_s):
+    """The same faults on a cluster run with TLS on every link (`tls_dir` on every daemon and
+    mount, as `chunkfs up --tls`): a chunkserver's cable cut mid-write, then a chunkserver
+    killed; the writer and the reader keep going, and every acknowledged file reads back."""
+    cluster = NetnsCluster(tmp_path / "tls", chunkservers=3, clients=2, goal=2,
+                           heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, tls=True)
+    try:
+        cluster.up()
+        load = Workload(cluster.mnt("client1") / "tls", cluster.mnt("client2") / "tls").start()
+        try:
+            load.keeps_working(1)
+            cluster.link_down("cs3")
+            load.keeps_working(fault_s)
+            cluster.link_up("cs3")
+            load.keeps_working(2)
+            cluster.kill("cs1")
+            load.keeps_working(fault_s)
+            cluster.start("cs1")
+            load.keeps_working(1)
+        finally:
+            load.stop()
+        at_goal(cluster)
+        load.verify()
+    finally:
+        cluster.cleanup()
+
+
+@fault_seconds(6, 60)
 def test_slow_lossy_link(netns, workload, fault_s):
     workload.keeps_working(1)
     applied = netns.impair("cs5", delay_ms=40, loss_pct=5)
