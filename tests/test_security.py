@@ -362,6 +362,23 @@ def test_exports_read_only_subtree_and_root_squash(secured, tmp_path):
     assert os.stat(c.mnt / "projects" / "by-root").st_uid == 65534
 
 
+def test_exports_limit_the_goals_set_and_the_networks_requests_come_from(secured):
+    c = secured
+    (c.mnt / "goals").mkdir(exist_ok=True)
+    ino = os.stat(c.mnt / "goals").st_ino
+    goals = credential(c, "client", "goals-2-3", "--goals", "2-3")
+    too_many = call(c.metaserver, goals, "POST", "/v1/fs/goal", r.GoalReq(ino=ino, goal=5))
+    assert too_many.status_code == 403 and errno_of(too_many) == "EPERM", too_many.text
+    assert call(c.metaserver, goals, "POST", "/v1/fs/goal", r.GoalReq(ino=ino, goal=2)).status_code == 200
+    elsewhere = credential(c, "client", "from-elsewhere", "--network", "10.99.0.0/16")
+    refused = call(c.metaserver, elsewhere, "POST", "/v1/fs/getattr", r.InodeReq(1))
+    assert errno_of(refused) == "EACCES" and "127.0.0.1" in refused.text, refused.text
+    here = credential(c, "client", "from-here", "--network", "10.99.0.0/16", "--network", "127.0.0.0/8")
+    assert call(c.metaserver, here, "POST", "/v1/fs/getattr", r.InodeReq(1)).status_code == 200
+    bad = chunkfs("credentials", "add", "client", "bad", "--network", "not-a-net", "--dir", c.dir, check=False)
+    assert bad.returncode != 0 and "not a network" in bad.stderr
+
+
 def test_the_python_api_on_a_subtree_export_sees_its_subtree_only(secured, tmp_path):
     """`chunkfs.client` with a client credential exported `/projects` (read-write): it connects
     to `HOST:PORT:/projects` only (the whole cluster and `/home` are EACCES), sees that directory

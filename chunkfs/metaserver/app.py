@@ -185,7 +185,11 @@ def caller_export(m: Metaserver, request: web.Request) -> tuple[str, Export] | N
     if signed is None or m.credentials is None or signed.role not in EXPORTED_ROLES:
         return None
     credential = m.credentials.get(signed.key_id)
-    return None if credential is None else (signed.key_id, credential.export)
+    if credential is None:
+        return None
+    if not credential.export.allows_address(request.remote):
+        raise FsError(errno.EACCES, f"this credential's export is not for requests from {request.remote}")
+    return signed.key_id, credential.export
 
 
 def admitted(m: Metaserver, export: tuple[str, Export] | None, op: str, req: Any) -> Any:
