@@ -414,6 +414,61 @@ def test_the_python_api_on_a_subtree_export_sees_its_subtree_only(secured, tmp_p
     assert (inside / "written.txt").read_bytes() == b"by the api" * 100_000
 
 
+def test_quotas_trash_and_snapshots_keep_to_roles_and_exports(secured):
+    """The storage-safety calls: quota limits and the trash are an admin's; snapshots, trash
+    times and quota reads stay inside a client's export, none on a read-only one, and a
+    root-squashed snapshot gives root's files to the squashed uid."""
+    c = secured
+    for name in ("projects", "home"):
+        (c.mnt / name).mkdir(exist_ok=True)
+    (c.mnt / "home" / "secret.txt").write_text("home secret")
+    (c.mnt / "projects" / "plan.txt").write_text("plan")
+    projects_ino, home_ino = os.stat(c.mnt / "projects").st_ino, os.stat(c.mnt / "home").st_ino
+    secret_ino = os.stat(c.mnt / "home" / "secret.txt").st_ino
+    admin = credential(c, "admin", "quota-admin")
+    rw = credential(c, "client", "rw-projects", "--subtree", "/projects")
+    ro = credential(c, "client", "ro-projects2", "--subtree", "/projects", "--read-only")
+    assert call(c.metaserver, admin, "POST", "/v1/fs/quota_set",
+                r.QuotaSetReq(ino=projects_ino, inodes_hard=1000)).status_code == 200
+    before = stored_state(c)
+    refused = {
+        ("quota_set by a client", "EPERM"): call(c.metaserver, rw, "POST", "/v1/fs/quota_set",
+                                                 r.QuotaSetReq(ino=projects_ino, bytes_hard=1)),
+        ("trash_list by a client", "EPERM"): call(c.metaserver, rw, "POST", "/v1/fs/trash_list", r.TrashListReq()),
+        ("trash_purge by a client", "EPERM"): call(c.metaserver, rw, "POST", "/v1/fs/trash_purge",
+                                                   r.TrashPurgeReq(everything=True)),
+        ("snapshot of /home/secret.txt into /projects", "EACCES"): call(
+            c.metaserver, rw, "POST", "/v1/fs/snapshot", r.SnapshotReq(secret_ino, projects_ino, b"stolen")),
+        ("snapshot of /projects into /home", "EACCES"): call(
+            c.metaserver, rw, "POST", "/v1/fs/snapshot", r.SnapshotReq(projects_ino, home_ino, b"copy")),
+        ("trash_time of /home", "EACCES"): call(c.metaserver, rw, "POST", "/v1/fs/trash_time",
+                                                r.TrashTimeReq(home_ino, 0)),
+        ("quota_list of the whole cluster", "EACCES"): call(c.metaserver, rw, "POST", "/v1/fs/quota_list",
+                                                            r.InodeReq(1)),
+        ("snapshot on a read-only export", "EROFS"): call(
+            c.metaserver, ro, "POST", "/v1/fs/snapshot", r.SnapshotReq(projects_ino, projects_ino, b"copy")),
+        ("trash_time on a read-only export", "EROFS"): call(c.metaserver, ro, "POST", "/v1/fs/trash_time",
+                                                            r.TrashTimeReq(projects_ino, 0)),
+    }
+    for (what, expected), response in refused.items():
+        print(f"{what}: {response.status_code} {errno_of(response)}")
+        assert errno_of(response) == expected, (what, response.text)
+    assert stored_state(c) == before
+    # inside the export: its quotas, and a write's size limit asked with no directory (parent 0)
+    listed = call(c.metaserver, rw, "POST", "/v1/fs/quota_list", r.InodeReq(projects_ino))
+    assert listed.status_code == 200 and [q["ino"] for q in listed.json()] == [projects_ino], listed.text
+    lookup = call(c.metaserver, rw, "POST", "/v1/fs/lookup", r.LookupReq(projects_ino, b"plan.txt")).json()
+    limit = call(c.metaserver, rw, "POST", "/v1/fs/quota_size_limit", r.QuotaLimitReq(lookup["ino"]))
+    assert limit.status_code == 200 and limit.json() == -1, limit.text
+    squash = credential(c, "client", "squashed-snap", "--maproot", "65534")
+    plan = os.stat(c.mnt / "projects" / "plan.txt")
+    assert (plan.st_uid, plan.st_gid) == (0, 0)
+    copy = call(c.metaserver, squash, "POST", "/v1/fs/snapshot", r.SnapshotReq(plan.st_ino, projects_ino, b"plan-copy"))
+    assert copy.status_code == 200 and (copy.json()["uid"], copy.json()["gid"]) == (65534, 65534), copy.text
+    wait_until(lambda: (c.mnt / "projects" / "plan-copy").exists(), 30, "the mount sees the snapshot")
+    assert (c.mnt / "projects" / "plan-copy").read_text() == "plan"
+
+
 def test_health_is_open_and_the_status_page_loopback_only_by_default(secured):
     c = secured
     assert httpx.get(f"http://{c.metaserver}/health").status_code == 200

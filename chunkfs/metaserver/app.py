@@ -46,8 +46,10 @@ from chunkfs.metaserver.replies import REPLAYED, ReplyLog
 from chunkfs.protocol.replication_client import BACKUP_PATH, REPLICATION_PATH
 from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
+from chunkfs.metaserver.snapshots import Snapshots
 from chunkfs.metaserver.table_counts import TableCounts
 from chunkfs.metaserver.throughput import ThroughputHistory
+from chunkfs.metaserver.trash import TrashCollector
 from chunkfs.protocol import records as r
 from chunkfs.protocol.disk_check import DiskCheckReq
 from chunkfs.protocol.meta_client import named_inodes
@@ -74,6 +76,7 @@ class Metaserver:
     orphans: OrphanCollector | None = None  # frees files unlinked while open on a client gone away
     replication: ReplicationLog | None = None  # write sets for standbys
     quarantine: Quarantine | None = None  # keeps unknown chunk versions after a restore
+    trash: TrashCollector | None = None  # frees the files whose time in the trash ran out
     replies: ReplyLog | None = None  # answers a retried mutation instead of running it twice
     leases: DirectoryLeases = field(init=False)  # directories held by the client that made them
     locks: LockTable = field(default_factory=LockTable)  # flock and POSIX locks of every client
@@ -84,11 +87,13 @@ class Metaserver:
     credentials: CredentialStore | None = None  # the role keys it accepts (besides the cluster secret)
     exports: ExportGuard = field(init=False)  # what each client credential may reach
     failover: Callable[[], r.FailoverStatus] | None = None  # with etcd: the election's state (failover.py)
+    epoch: int = 0  # with etcd: this primary's fencing epoch, told to chunkservers (chunkserver/fencing.py)
 
     def __post_init__(self) -> None:
         self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
         self.reclaim = LockReclaim(self.db, self.committer, self.locks, self.changes.epoch, self.lock_grace_s)
         self.exports = ExportGuard(self.namespace)
+        self.leases.recall_at_once = self.namespace.quotas.covers
 
 
 STATE = web.AppKey("metaserver", Metaserver)
@@ -106,7 +111,12 @@ READS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, Txn, Any], An
     "open": (r.OpenReq, lambda m, t, q: r.FileLayout(  # its tokens are added for the caller (fs_operation)
         m.namespace.getattr(t, q.ino), m.chunks.refs(t, q.ino), m.registry.address_map(),
         m.chunks.inline_data(t, q.ino))),
-    "statfs": (r.InodeReq, lambda m, t, q: statfs(m, t)),
+    "statfs": (r.InodeReq, lambda m, t, q: statfs(m, t, q.ino)),
+    "quota_get": (r.InodeReq, lambda m, t, q: m.namespace.quotas.get(t, q.ino)),
+    "quota_list": (r.InodeReq, lambda m, t, q: m.namespace.quotas.listing(t, under=q.ino)),
+    "trash_list": (r.TrashListReq, lambda m, t, q: m.namespace.trash.listing(t, q)),
+    "trash_time_of": (r.InodeReq, lambda m, t, q: m.namespace.get(t, q.ino).trash_s),
+    "quota_size_limit": (r.QuotaLimitReq, lambda m, t, q: m.namespace.quotas.size_limit(t, q)),
 }
 
 # op -> (its request record, the mutation for this metaserver and the calling client):
@@ -124,6 +134,12 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Cal
     "goal": (r.GoalReq, lambda m, client: m.namespace.set_goal),
     "release_orphan": (r.InodeReq, lambda m, client: lambda txn, q: m.namespace.release_orphan(txn, q.ino)),
     "reserve_inodes": (r.ReserveReq, lambda m, client: lambda txn, q: m.namespace.reserve_inodes(txn, max(1, min(q.count, 4096)))),
+    "quota_set": (r.QuotaSetReq, lambda m, client: m.namespace.quotas.set),
+    "quota_remove": (r.InodeReq, lambda m, client: lambda txn, q: m.namespace.quotas.remove(txn, q.ino)),
+    "trash_time": (r.TrashTimeReq, lambda m, client: m.namespace.set_trash_time),
+    "trash_restore": (r.TrashRestoreReq, lambda m, client: m.namespace.trash.restore),
+    "trash_purge": (r.TrashPurgeReq, lambda m, client: m.namespace.trash.purge),
+    "snapshot": (r.SnapshotReq, lambda m, client: Snapshots(m.namespace, m.chunks).snapshot),
 }
 
 
@@ -175,7 +191,7 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
 
 # every op `fs_operation` knows (the metrics label them; the route fuzzer calls each)
 FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "reserve", "release_leases", "fsck", "tokens", "token_key",
-                           *LOCK_OPERATIONS})
+                           "quota_check", "sharing_check", *LOCK_OPERATIONS})
 
 
 def caller_export(m: Metaserver, request: web.Request) -> tuple[str, Export] | None:
@@ -200,17 +216,19 @@ def admitted(m: Metaserver, export: tuple[str, Export] | None, op: str, req: Any
         return m.exports.admit(txn, export[0], export[1], op, req)
 
 
-def statfs(m: Metaserver, txn: Txn) -> r.Statfs:
+def statfs(m: Metaserver, txn: Txn, ino: int) -> r.Statfs:
+    """The cluster's space, or for a mount of a directory with a quota on bytes, the quota's."""
     total, free = m.registry.totals()
     counts = m.namespace.counts.read(txn)
-    return r.Statfs(total_bytes=total, free_bytes=free, files=counts.files + counts.directories,
-                    chunks=counts.chunks)
+    cluster = r.Statfs(total_bytes=total, free_bytes=free, files=counts.files + counts.directories,
+                       chunks=counts.chunks)
+    return m.namespace.quotas.statfs(txn, ino, cluster)
 
 
 # May touch a whole subtree: committed in the writer thread, never on the event loop.
-LARGE_MUTATIONS = frozenset({"goal"})
+LARGE_MUTATIONS = frozenset({"goal", "quota_set", "trash_time", "trash_purge", "snapshot"})
 # After these, the deleter may have chunk versions to delete.
-WAKE_DELETER = frozenset({"remove", "rename", "commit", "setattr", "release_orphan"})
+WAKE_DELETER = frozenset({"remove", "rename", "commit", "setattr", "release_orphan", "trash_purge"})
 
 
 async def fs_operation(request: web.Request) -> web.Response:
@@ -237,7 +255,7 @@ async def fs_operation(request: web.Request) -> web.Response:
     if mutation is not None:
         record_type, bind = mutation
         req = admitted(m, export, op, await read_body(request, record_type))
-        await m.leases.clear_for(client, named_inodes(req))
+        await m.leases.clear_for(client, named_inodes(req) | restored_into(m, req))
         rid = request_id_header(request)
         mutate = m.leases.creating(bind(m, client), client) if op == "create" else bind(m, client)
         commit = m.committer.run if op in LARGE_MUTATIONS else m.committer.run_small
@@ -249,10 +267,13 @@ async def fs_operation(request: web.Request) -> web.Response:
             body, result = await commit(m.replies.once(mutate, client, rid, first_attempt), req)
             if result is REPLAYED:  # a retry of a mutation already done: answer it again, changes nothing
                 return web.Response(body=body, content_type="application/json")
-        if export is not None and op in ("create", "link", "commit"):
+        if export is not None and op in ("create", "link", "commit", "snapshot"):
             m.exports.shown(*export, result)
         if op == "create":
             m.leases.granted(cast(r.CreateReq, req), result, client)
+        elif op == "quota_set":  # creates held by a mount would be charged only when they arrive
+            with m.db.read() as txn:
+                m.leases.ask_back_where(lambda ino: m.namespace.quotas.covers(txn, ino))
         elif op == "remove":
             m.leases.forget_removed(result)
         if op in WAKE_DELETER:
@@ -277,6 +298,10 @@ async def fs_operation(request: web.Request) -> web.Response:
         return json_response(None)
     if op in LOCK_OPERATIONS:
         return json_response(await lock_operation(m, op, client, request, export))
+    if op == "quota_check":  # counts every quota's tree: off the event loop
+        return json_response(await asyncio.to_thread(quota_check, m))
+    if op == "sharing_check":  # scans the chunk table: off the event loop
+        return json_response(await asyncio.to_thread(sharing_check, m))
     if op == "fsck":  # a page can take a while: off the event loop
         page_req = await read_body(request, r.FsckReq)
         return json_response(await asyncio.to_thread(fsck_page, m, m.registry.alive_ids(), page_req))
@@ -286,6 +311,25 @@ async def fs_operation(request: web.Request) -> web.Response:
 def fsck_page(m: Metaserver, alive: set[str], req: r.FsckReq) -> r.FsckPage:
     with m.db.read() as txn:
         return fsck.check_page(txn, m.namespace, m.chunks, alive, m.replicator.corrupt_reports, req)
+
+
+def restored_into(m: Metaserver, req: Any) -> set[int]:
+    """The directory a trash restore without a place puts its file back in (its lease is
+    recalled first, as for any request naming it)."""
+    if not isinstance(req, r.TrashRestoreReq) or req.parent:
+        return set()
+    with m.db.read() as txn:
+        return {m.namespace.trash.where(txn, req.id)}
+
+
+def quota_check(m: Metaserver) -> list[r.QuotaCheck]:
+    with m.db.read() as txn:
+        return m.namespace.quotas.check(txn)
+
+
+def sharing_check(m: Metaserver) -> list[str]:
+    with m.db.read() as txn:
+        return m.chunks.sharing_problems(txn)
 
 
 RESERVATION_VALID_S = 5.0
@@ -337,7 +381,7 @@ async def server_hello(request: web.Request) -> web.Response:
                      hello.address, len(delete))
         if hello.recent_chunks is not None:
             await m.replicator.reconcile(hello.id, [*hello.chunks, *hello.recent_chunks])
-    return json_response(r.HelloReply(delete, *token_grants.chunk_key_for(m.tokens, request)))
+    return json_response(r.HelloReply(delete, *token_grants.chunk_key_for(m.tokens, request), epoch=m.epoch))
 
 
 async def backup_copy(request: web.Request) -> web.StreamResponse:
@@ -403,6 +447,8 @@ class StoredCounts:
     pending_deletions: int
     quarantined: int
     process: ProcessMemory
+    quotas_over_soft: list[r.QuotaInfo]
+    trash_files: int
 
 
 def read_stored_counts(m: Metaserver) -> StoredCounts:
@@ -410,7 +456,9 @@ def read_stored_counts(m: Metaserver) -> StoredCounts:
         counts = m.namespace.counts.read(txn)
         pending = m.chunks.count_deletions(txn)
         quarantined = m.quarantine.count(txn) if m.quarantine else 0
-    return StoredCounts(counts, pending, quarantined, read_process_memory(m.db))
+        over_soft = m.namespace.quotas.listing(txn, over_soft_only=True)
+        trash_files = m.namespace.trash.count(txn)
+    return StoredCounts(counts, pending, quarantined, read_process_memory(m.db), over_soft, trash_files)
 
 
 async def cluster_status_now(m: Metaserver) -> r.ClusterStatus:
@@ -443,6 +491,9 @@ def cluster_status(m: Metaserver, stored: StoredCounts | None = None) -> r.Clust
         memory=memory_status(m, stored.process),
         locks_held=m.locks.count(),
         lock_waits=m.locks.waiting(),
+        quotas_over_soft=stored.quotas_over_soft,
+        trash_files=stored.trash_files,
+        default_trash_s=m.namespace.trash.default_trash_s,
         failover=m.failover() if m.failover is not None else None,
     )
 
@@ -549,6 +600,8 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
             tasks.append(asyncio.create_task(m.orphans.run()))
         if m.quarantine is not None:
             tasks.append(asyncio.create_task(m.quarantine.run()))
+        if m.trash is not None:
+            tasks.append(asyncio.create_task(m.trash.run()))
         if m.replies is not None:
             tasks.append(asyncio.create_task(m.replies.run()))
         tasks.append(asyncio.create_task(m.leases.run()))

@@ -11,7 +11,8 @@ every filesystem call, so hand-made requests get no more than the export allows 
 - `read_only`: every change is EROFS (creates, writes' reservations and commits, setattr,
   xattrs, renames, removes, goals).
 - `maproot`: root squash. What such a client creates as uid or gid 0 is owned by `maproot`
-  instead, and it cannot chown or chgrp anything to 0 (EPERM).
+  instead (a snapshot's copies of root's files too), and it cannot chown or chgrp anything to 0
+  (EPERM).
 
 What is not covered (yet): the change feed tells every client the inode numbers and names that
 changed anywhere (not file content), and the seen files of a credential are kept in memory only
@@ -36,7 +37,7 @@ from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import named_inodes
 
 CHANGES = frozenset({"create", "link", "remove", "rename", "setattr", "setxattr", "removexattr", "commit", "goal",
-                     "reserve", "reserve_inodes", "release_orphan"})
+                     "reserve", "reserve_inodes", "release_orphan", "snapshot", "trash_time"})
 WHOLE_CLUSTER = frozenset({"statfs", "release_leases", "reserve", "reserve_inodes", "locks", "cancel_lock"})
 MAX_DEPTH = 4096
 
@@ -60,7 +61,7 @@ class ExportGuard:
 
     def shown(self, key_id: str, export: Export, answer: Any) -> None:
         """Remember the files an answer showed this credential (its request was inside): the
-        answer of a lookup, readdir, resolve, create, link or commit."""
+        answer of a lookup, readdir, resolve, create, link, commit or snapshot."""
         if export.subtree == "/":
             return
         seen = self._seen.setdefault(key_id, set())
@@ -117,6 +118,8 @@ class ExportGuard:
             create = req.create and ExportGuard._squashed("create", req.create, maproot)
             attrs = req.attrs and ExportGuard._squashed("setattr", req.attrs, maproot)
             return msgspec.structs.replace(req, create=create, attrs=attrs)
+        if isinstance(req, r.SnapshotReq):  # copies of root's files are the squashed uid's
+            return msgspec.structs.replace(req, root_owner=maproot)
         return req
 
 
@@ -127,4 +130,6 @@ def _existing_inodes_named(op: str, req: Any) -> set[int]:
         return {req.parent}
     if isinstance(req, r.CommitReq) and req.create is not None:
         return {req.create.parent}
-    return named_inodes(req)
+    if isinstance(req, r.QuotaLimitReq) and req.parent:  # a file its client still holds the create of
+        return {req.parent}
+    return named_inodes(req) - {0}  # 0: a field left out (a restore's place, a limit's parent)

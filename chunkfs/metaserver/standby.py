@@ -27,7 +27,7 @@ from pathlib import Path
 import lmdb
 from aiohttp import web
 
-from chunkfs import service
+from chunkfs import service, tls as tls_files
 from chunkfs.errors import PRIMARY_HEADER, FsError, TransportError
 from chunkfs.httpserver import error_response, json_response, make_app, serve
 from chunkfs.metaserver.backup import COPY_MARK
@@ -35,7 +35,6 @@ from chunkfs.metaserver.db import DEFAULT_MAP_SIZE_BYTES, MetaDB, read_u64, u64
 from chunkfs.metaserver.replication_log import HISTORY_KEY, SEQ_KEY, table_names
 from chunkfs.protocol import records as r
 from chunkfs.protocol.http import SignedHttp
-from chunkfs.tls import TlsFiles
 from chunkfs.protocol.replication_client import ReplicationClient, save_copy
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ class NeedsCopy(Exception):
 class Standby:
     def __init__(self, primary: str, data_dir: Path, secret: bytes, name: str, synchronous: bool,
                  map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES, tls: ssl.SSLContext | None = None) -> None:
-        """`tls`: the primary serves TLS (chunkfs.tls: the cluster CA, this metaserver's certificate)."""
+        """`tls`: the client context the primary is reached with, in a cluster with TLS."""
         self.primary, self.data_dir, self.secret = primary, data_dir, secret
         self.tls = tls
         self.map_size_bytes = map_size_bytes
@@ -63,6 +62,7 @@ class Standby:
         self.primary_seq = 0
         self.copies = 0
         self.reachable = False
+        self.note = ""  # said with every 503 (with failover: that etcd does not answer)
         self.stopped = False
 
     # ---- the database (blocking: called in a thread) ---------------------------------------------
@@ -183,9 +183,10 @@ async def health(request: web.Request) -> web.Response:
 
 async def not_primary(request: web.Request) -> web.Response:
     """Every API call: 503 naming the primary, which chunkfs clients retry there."""
-    primary = request.app[STANDBY].primary
-    return error_response(503, "EAGAIN", f"this metaserver is a standby of {primary}",
-                          headers={PRIMARY_HEADER: primary})
+    standby = request.app[STANDBY]
+    note = f" ({standby.note})" if standby.note else ""
+    return error_response(503, "EAGAIN", f"this metaserver is a standby of {standby.primary}{note}",
+                          headers={PRIMARY_HEADER: standby.primary})
 
 
 def build_app(standby: Standby, secret: bytes) -> web.Application:
@@ -206,11 +207,13 @@ def build_app(standby: Standby, secret: bytes) -> web.Application:
 
 
 def run(primary: str, data_dir: Path, secret: bytes, host: str, port: int, synchronous: bool,
-        map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES, tls_files: TlsFiles | None = None) -> None:
-    """`tls_files`: the cluster runs TLS; the standby follows the primary over it and serves it."""
+        map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES, tls_dir: Path | None = None) -> None:
+    """`tls_dir`: a cluster with TLS (chunkfs certs init): the primary is reached, and /health
+    served, with the metaserver's certificate."""
+    files = tls_files.tls_files(tls_dir, "metaserver")
     standby = Standby(primary, data_dir, secret, f"{socket.gethostname()}:{port}", synchronous, map_size_bytes,
-                      tls_files.client_context() if tls_files else None)
+                      files.client_context() if files else None)
     log.info("standby of %s serving /health on %s:%d, data in %s", primary, host, port, data_dir)
     app = build_app(standby, secret)
     service.attach(app, status=f"standby of {primary}")
-    serve(app, host, port, tls_files.server_context() if tls_files else None)
+    serve(app, host, port, files.server_context() if files else None)

@@ -58,15 +58,15 @@ def read_tokens(tokens: TokenIssuer | None, chunks: ChunkTable, exports: ExportG
                 req: r.TokensReq, export: tuple[str, Export] | None, to: str) -> list[str]:
     """New read tokens for chunk versions some file references (a client's expired), for the
     holder `to`: ESTALE for a version no file references (deleted, or never made), EACCES for
-    one of a file outside the caller's export."""
+    one no file inside the caller's export holds (a version a snapshot shares is the copy's too)."""
     if tokens is None:
         raise FsError(errno.ENOSYS, "this metaserver issues no chunk tokens")
     issued = []
     for chunk_id, version in req.chunks:
-        ino = chunks.inode_of_version(txn, chunk_id, version)
-        if ino is None:
+        inodes = chunks.inodes_of_version(txn, chunk_id, version)
+        if not inodes:
             raise FsError(errno.ESTALE, f"chunk {chunk_id} v{version} is no file's any more")
-        if export is not None and not exports.inode_inside(txn, *export, ino):
+        if export is not None and not any(exports.inode_inside(txn, *export, ino) for ino in inodes):
             raise FsError(errno.EACCES, f"chunk {chunk_id} v{version} is outside this credential's export")
         issued.append(tokens.issue(chunk_tokens.READ, chunk_id, version, holder=to))
     return issued

@@ -45,7 +45,7 @@ def download_copy(metaserver: str, secret: bytes, out: BinaryIO, decompress: boo
                   timeout_s: float = 60.0, tls: ssl.SSLContext | None = None) -> CopyInfo:
     """Stream a copy of the metaserver's database into `out` (the database file itself with
     `decompress`, else as sent: zstd). `standby`: the name of a standby taking its first copy;
-    `tls`: the metaserver serves TLS (chunkfs.tls: the cluster CA, this part's certificate).
+    `tls`: the client context of a cluster with TLS (chunkfs.tls).
     Blocking; raises `FsError` (refused, damaged, incomplete) or `TransportError` (unreachable)."""
     target = BACKUP_PATH + (f"?{urlencode({'standby': standby})}" if standby else "")
     headers = {"Host": metaserver, auth.HEADER: auth.sign(secret, "GET", target, metaserver)}
