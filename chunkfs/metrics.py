@@ -99,25 +99,21 @@ class HttpMetrics:
             self._count(request, status, time.perf_counter() - start)
 
 
-RENDER_GIL_SHARE = 0.1  # of the time a render takes, the part it runs Python (holds the GIL)...
-RENDER_PAUSES_S = 0.02  # ...while its pauses add up to no more than this (a scrape answers in < 50 ms)
-
-
 class Exposition:
     """The text GET /metrics answers, made so that a scrape does not hold up the requests the
     event loop serves meanwhile.
 
     `prepare` takes what the collectors need of state only the loop may touch (a snapshot; it
-    does its slow reads, of files and LMDB, in a thread); the registry is then rendered in a
-    thread (prometheus_client's metrics are thread-safe), so the loop goes on serving. A thread
-    still takes the GIL from the loop, so the render pauses after each metric family (`_Paced`)
-    to run Python at most RENDER_GIL_SHARE of its time, its pauses capped so a scrape still
-    answers at once. At 10M files, with a scrape every 20 ms and the getattrs issued during one
-    counted (bench/scale.py): unpaced, their p99 was 1.6x that of quiet windows and 1.4x that of
-    getattrs issued during GET /health polls at the same pace; paced, 1.1-1.3x and 0.85-0.95x
-    (what is left is what any client polling the metaserver costs on 2 cores). A short switch
-    interval while rendering did not help. Scrapes that come while a render runs share it:
-    scrapers in a tight loop keep one render going, not one each."""
+    does its slow reads, of files and LMDB, in a thread). Then the registry is rendered on the
+    loop one metric family at a time (prometheus_client's own text format, a family each), the
+    loop serving what waits between two: a request waits at most one family's rendering (tens of
+    us), where a render in a thread took the GIL from the loop again and again. At 10M files,
+    with a scrape every 20 ms and the getattrs issued during one counted (bench/scale.py), a
+    render in a thread made their p99 1.6x that of quiet windows (1.4x that of getattrs issued
+    during GET /health polls at the same pace); paced there, 1.1-1.3x (0.85-1.07x); a family at
+    a time on the loop, 0.95x (0.86x) at load 14, where paced in a thread was 1.01x (0.77x) and
+    a scrape took 103 ms against 169. Scrapes that come while a render runs share
+    it: scrapers in a tight loop keep one render going, not one each."""
 
     def __init__(self, registry: CollectorRegistry, prepare: Callable[[], Awaitable[None]] | None = None) -> None:
         self.registry, self.prepare = registry, prepare
@@ -132,28 +128,24 @@ class Exposition:
     async def _render(self) -> bytes:
         if self.prepare is not None:
             await self.prepare()
-        return await asyncio.to_thread(generate_latest, _Paced(self.registry))
+        families = []
+        for metric in self.registry.collect():
+            families.append(generate_latest(_OneFamily(metric)))
+            await asyncio.sleep(0)  # what waits on the loop goes first
+        return b"".join(families)
 
     def _rendered(self, _future: asyncio.Future[bytes]) -> None:
         self._rendering = None
 
 
-class _Paced:
-    """The registry as `generate_latest` reads it (its `collect`), pausing after each metric
-    family (once `generate_latest` has formatted it) for as long as RENDER_GIL_SHARE asks."""
+class _OneFamily:
+    """A registry as `generate_latest` reads it (its `collect`) of one metric family."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
 
-    def collect(self) -> Iterator[Metric]:
-        pauses_left = RENDER_PAUSES_S
-        worked_from = time.perf_counter()
-        for metric in self.registry.collect():
-            yield metric
-            pause = min(pauses_left, (time.perf_counter() - worked_from) * (1 / RENDER_GIL_SHARE - 1))
-            time.sleep(pause)
-            pauses_left -= pause
-            worked_from = time.perf_counter()
+    def collect(self) -> list[Metric]:
+        return [self.metric]
 
 
 EXPOSITION = web.AppKey("metrics_exposition", Exposition)

@@ -414,6 +414,77 @@ def test_the_python_api_on_a_subtree_export_sees_its_subtree_only(secured, tmp_p
     assert (inside / "written.txt").read_bytes() == b"by the api" * 100_000
 
 
+def lock_call(cluster: Cluster, key: bytes, client: str, op: str, record) -> httpx.Response:
+    """A lock operation (`lock`, `testlock`, `reclaim_locks`, `locks`) as client `client`."""
+    return call(cluster.metaserver, key, "POST", f"/v1/fs/{op}", record, headers={"X-Chunkfs-Client": client})
+
+
+def test_a_read_only_export_locks_as_a_read_only_mount_does(secured):
+    """Read locks and flock locks (shared or exclusive) are granted; a POSIX write lock is EBADF,
+    Linux's answer for a descriptor not open for writing, which is all a read-only filesystem
+    gives (NFSv4 answers so too)."""
+    c = secured
+    (c.mnt / "projects").mkdir(exist_ok=True)
+    (c.mnt / "projects" / "ro-locked.txt").write_text("x")
+    ro = credential(c, "client", "ro-locks", "--subtree", "/projects", "--read-only")
+    projects_ino = os.stat(c.mnt / "projects").st_ino
+    looked_up = call(c.metaserver, ro, "POST", "/v1/fs/lookup", r.LookupReq(projects_ino, b"ro-locked.txt"))
+    ino = looked_up.json()["ino"]
+
+    def lock(op: str, kind: int, flock: bool = False) -> httpx.Response:
+        return lock_call(c, ro, "ro-reader", op, r.LockReq(ino=ino, owner=7, type=kind, flock=flock))
+
+    write_lock = lock("lock", fcntl.F_WRLCK)
+    assert write_lock.status_code != 200 and errno_of(write_lock) == "EBADF", write_lock.text
+    for granted in (lock("lock", fcntl.F_RDLCK), lock("lock", fcntl.F_WRLCK, flock=True)):
+        assert granted.status_code == 200 and granted.json()["granted"], granted.text
+    assert lock("testlock", fcntl.F_WRLCK).json()["type"] == fcntl.F_UNLCK  # F_GETLK asks, takes nothing
+    held = lock_call(c, auth.load_secret(c.secret_file), "admin", "locks", r.LocksReq(ino)).json()
+    assert sorted((info["flock"], info["type"]) for info in held) == [(False, fcntl.F_RDLCK), (True, fcntl.F_WRLCK)]
+    for flock in (False, True):
+        assert lock("lock", fcntl.F_UNLCK, flock=flock).status_code == 200
+
+
+@pytest.mark.parametrize("fresh_cluster", [{"chunkservers": 1, "goal": 1,
+                                            "up_options": ("--roles", "--lock-grace-s", "120")}], indirect=True)
+def test_a_reclaim_gets_back_only_what_the_export_allows(fresh_cluster):
+    """After a metaserver restart each client gives back the locks it held (reclaim, in the grace
+    period); each is checked as a new lock would be: a hand-made reclaim gets no lock outside
+    the credential's subtree, and no POSIX write lock of a read-only export. Files inside are
+    given back although the restart forgot which files the credential had been shown."""
+    c = fresh_cluster
+    (c.mnt / "projects" / "deep").mkdir(parents=True)
+    (c.mnt / "home").mkdir()
+    names = ("projects/plan.txt", "projects/deep/notes.txt", "projects/shared.txt", "home/secret.txt", "elsewhere")
+    for name in names:
+        (c.mnt / name).write_text("x")
+    ino = {name: os.stat(c.mnt / name).st_ino for name in names}
+    inside = credential(c, "client", "projects", "--subtree", "/projects")
+    ro = credential(c, "client", "projects-ro", "--subtree", "/projects", "--read-only")
+    secret = auth.load_secret(c.secret_file)
+
+    def lock(name: str, kind: int, flock: bool = False) -> r.LockReq:
+        return r.LockReq(ino=ino[name], owner=1, type=kind, flock=flock)
+
+    # a client that held a lock and will not come back: the grace lasts its 120 s
+    assert lock_call(c, secret, "gone", "lock", lock("elsewhere", fcntl.F_WRLCK)).json()["granted"]
+    c.kill("metaserver")
+    c.up()
+    thief = lock_call(c, inside, "thief", "reclaim_locks", r.LockReclaimReq("before", [
+        lock("home/secret.txt", fcntl.F_WRLCK), lock("projects/plan.txt", fcntl.F_WRLCK),
+        lock("projects/deep/notes.txt", fcntl.F_WRLCK)]))
+    assert thief.status_code == 200 and thief.json()["lost"] == [0], thief.text  # outside its subtree
+    reader = lock_call(c, ro, "reader", "reclaim_locks", r.LockReclaimReq("before", [
+        lock("projects/shared.txt", fcntl.F_WRLCK), lock("projects/shared.txt", fcntl.F_RDLCK),
+        lock("projects/shared.txt", fcntl.F_WRLCK, flock=True)]))
+    assert reader.status_code == 200 and reader.json()["lost"] == [0], reader.text  # a write lock, read-only
+    held = lock_call(c, secret, "admin", "locks", r.LocksReq(0)).json()
+    by_name = {number: name for name, number in ino.items()}
+    assert sorted((info["client"], by_name[info["ino"]], info["flock"], info["type"]) for info in held) == [
+        ("reader", "projects/shared.txt", False, fcntl.F_RDLCK), ("reader", "projects/shared.txt", True, fcntl.F_WRLCK),
+        ("thief", "projects/deep/notes.txt", False, fcntl.F_WRLCK), ("thief", "projects/plan.txt", False, fcntl.F_WRLCK)]
+
+
 def test_quotas_trash_and_snapshots_keep_to_roles_and_exports(secured):
     """The storage-safety calls: quota limits and the trash are an admin's; snapshots, trash
     times and quota reads stay inside a client's export, none on a read-only one, and a

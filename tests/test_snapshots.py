@@ -4,11 +4,13 @@ Snapshots against a model (with quotas and the trash): tests/test_quotas.py."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,80 @@ def test_removing_the_source_keeps_the_snapshot_whole(cluster, home):
     fsck_clean(cluster)  # the disks still hold every chunk the copy's records name
     for name, data in contents.items():
         assert (home / "copy" / name).read_bytes() == data
+
+
+def test_a_read_only_snapshot_refuses_every_change_with_erofs(cluster, home):
+    contents = make_tree(home / "doc")
+    (home / "doc" / "empty-dir").mkdir()
+    made = chunkfs("snapshot", home / "doc", home / "frozen", "--read-only", "--json")
+    assert json.loads(made.stdout)["read_only"] is True
+    frozen = home / "frozen"
+    changes = {
+        "write": lambda: (frozen / "c").write_bytes(b"no"),
+        "append": lambda: open(frozen / "a" / "small", "ab").close(),
+        "truncate": lambda: os.truncate(frozen / "c", 0),
+        "create": lambda: (frozen / "new").write_bytes(b"no"),
+        "mkdir": lambda: (frozen / "a" / "new-dir").mkdir(),
+        "unlink": lambda: (frozen / "c").unlink(),
+        "rmdir of an empty directory": lambda: (frozen / "empty-dir").rmdir(),
+        "rename inside": lambda: os.rename(frozen / "c", frozen / "c2"),
+        "rename out": lambda: os.rename(frozen / "c", home / "c-out"),
+        "rename of the snapshot": lambda: os.rename(frozen, home / "thawed"),
+        "rename over a file in it": lambda: os.rename(home / "doc" / "c", frozen / "to-small"),
+        "chmod": lambda: os.chmod(frozen / "c", 0o600),
+        "utime": lambda: os.utime(frozen / "c", (0, 0)),
+        "setxattr": lambda: os.setxattr(frozen / "c", "user.note", b"x"),
+        "hard link into it": lambda: os.link(home / "doc" / "c", frozen / "link"),
+        "hard link out of it": lambda: os.link(frozen / "c", home / "link-out"),
+        "symlink": lambda: os.symlink("c", frozen / "sym"),
+        "snapshot into it": lambda: _snapshot_errno(home / "doc" / "c", frozen / "again"),
+    }
+    for what, change in changes.items():
+        with pytest.raises(OSError) as err:
+            change()
+        assert err.value.errno == errno.EROFS, (what, err.value)
+    for name, data in contents.items():
+        assert (frozen / name).read_bytes() == data
+    # the source stays writable, a writable copy of the frozen one too
+    (home / "doc" / "c").write_bytes(b"changed")
+    chunkfs("snapshot", frozen, home / "thawed")
+    (home / "thawed" / "c").write_bytes(b"the copy's own")
+    assert (frozen / "c").read_bytes() == contents["c"]
+    # removed with the admin's command only (the test cluster's key is the cluster secret)
+    assert chunkfs("snapshot-remove", frozen).returncode == 0
+    assert not frozen.exists()
+    fsck_clean(cluster)
+
+
+def _snapshot_errno(src: Path, dst: Path) -> None:
+    """`chunkfs snapshot` as an OSError with the errno its message names (EROFS)."""
+    done = chunkfs("snapshot", src, dst, check=False)
+    if done.returncode:
+        raise OSError(errno.EROFS if "read-only" in done.stderr else errno.EIO, done.stderr)
+
+
+def test_a_shared_chunk_keeps_the_highest_goal_of_its_holders(cluster, home):
+    """The source's goal lowered to 1 after a snapshot: its chunk is the copy's too, so the
+    replicator keeps it at the copy's goal (3) instead of trimming it for the source."""
+    (home / "src").write_bytes(os.urandom(MiB))
+    chunkfs("snapshot", home / "src", home / "copy")
+    chunkfs("goal", home / "src", "1")
+    changed = time.monotonic()
+    first = _replicator_pass_after(cluster, changed)
+    _replicator_pass_after(cluster, first)  # the first pass's trims are done by the next one's start
+    for name in ("src", "copy"):
+        layout = json.loads(chunkfs("info", home / name, "--json").stdout)
+        assert [len(c["replicas"]) for c in layout["chunks"]] == [3], (name, layout["chunks"])
+    fsck_clean(cluster)
+
+
+def _replicator_pass_after(cluster, since: float) -> float:
+    """Wait for a re-replication scan that started after `since` (time.monotonic()); its start."""
+    def started() -> float:
+        ago = cluster.status()["under_goal_counted_s_ago"]
+        return time.monotonic() - ago if ago >= 0 else 0.0
+    wait_until(lambda: started() > since + 0.2, 60, "a re-replication pass")
+    return started()
 
 
 def test_bad_snapshots_are_refused(cluster, home):

@@ -16,7 +16,7 @@
 - `quota_cmd.py`: `quota set|get|list|remove` (directory quotas on bytes and inodes).
 - `trash_cmd.py`: `trash list|restore|purge`, `trash-time` (removed files kept for a while);
   `amounts.py`: the sizes, counts and durations they take.
-- `snapshot_cmd.py`: `snapshot` (a copy of a tree that shares its chunks).
+- `snapshot_cmd.py`: `snapshot` (a copy of a tree that shares its chunks, `--read-only`), `snapshot-remove`.
 - `files_cmd.py`: `put`, `get`, `cat`, `ls`, `rm`, `size`, `mkdir`, `mv` (files, straight through
   `chunkfs.client`); `transfer.py` plans and runs put/get; `client_edge.py` maps their errors to exit codes.
 
@@ -44,6 +44,7 @@ COMMANDS = {
     "credentials": "credentials_cmd:credentials", "certs": "certs_cmd:certs",
     "quota": "quota_cmd:quota",
     "trash": "trash_cmd:trash", "trash-time": "trash_cmd:trash_time", "snapshot": "snapshot_cmd:snapshot",
+    "snapshot-remove": "snapshot_cmd:snapshot_remove",
     "metaserver": "metaserver_cmd:metaserver",
     **{name: f"files_cmd:{name}" for name in ("put", "get", "cat", "ls", "rm", "size", "mkdir", "mv")},
 }

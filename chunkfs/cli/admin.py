@@ -141,7 +141,8 @@ def info(path: Path, data_dir: Path, metaserver: str | None, secret_file: Path |
         echo_json(data)
         return
     console.print(f"{path}: inode {ino}, {layout.attr.size} bytes, goal {layout.attr.goal}, "
-                  f"{len(layout.chunks)} chunks of {CHUNK_SIZE // 2**20} MiB")
+                  f"{len(layout.chunks)} chunks of {CHUNK_SIZE // 2**20} MiB"
+                  + (" (read-only snapshot)" if layout.attr.read_only else ""))
     if layout.inline is not None:
         console.print(f"its first {len(layout.inline)} bytes are kept inline by the metaserver")
     table = Table("index", "chunk", "version", "length", "replicas")

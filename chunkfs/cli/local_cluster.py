@@ -108,6 +108,9 @@ def _start_etcd(port: int, data_dir: Path, logs: Path, run: Path) -> str:
 @click.option("--orphan-grace-s", type=click.FloatRange(0), default=None,
               help="An upload no commit names is garbage (for `chunkfs gc`) this long after its reservation "
                    "[default: the metaserver's, 3600].")
+@click.option("--lock-grace-s", type=click.FloatRange(0), default=None,
+              help="After a metaserver start, new file locks wait up to this long for the clients that held "
+                   "locks to reclaim them [default: the metaserver's, 15].")
 @click.option("--trash-time-s", type=click.FloatRange(0), default=None,
               help="Removed files stay in the trash this long unless a directory says otherwise "
                    "[default: the metaserver's, 86400; 0: not kept].")
@@ -125,7 +128,8 @@ def _start_etcd(port: int, data_dir: Path, logs: Path, run: Path) -> str:
                    "(in DIR/credentials/) instead of the cluster secret [default: as the cluster was started].")
 def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, port: int,
        heartbeat_timeout_s: float | None, scrub_mb_per_s: float | None, client_timeout_s: float | None,
-       body_timeout_s: float | None, orphan_grace_s: float | None, trash_time_s: float | None, ha: bool,
+       body_timeout_s: float | None, orphan_grace_s: float | None, lock_grace_s: float | None,
+       trash_time_s: float | None, ha: bool,
        options: str, no_gateway: bool, use_tls: bool | None, roles: bool | None) -> None:
     """Start a local cluster and mount it (keeps existing data)."""
     data_dir = data_dir.absolute()
@@ -173,6 +177,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                             *(("--client-timeout-s", str(client_timeout_s)) if client_timeout_s else ()),
                                             *body_timeout,
                                             *(("--orphan-grace-s", str(orphan_grace_s)) if orphan_grace_s is not None else ()),
+                                            *(("--lock-grace-s", str(lock_grace_s)) if lock_grace_s is not None else ()),
                                             *(("--trash-time-s", str(trash_time_s)) if trash_time_s is not None else ()),
                                             *tls_args),
                              logs / f"{name}.log", run / f"{name}.pid")

@@ -214,6 +214,10 @@ class Metadata:
         await self._before(ino)
         return await self._changing(ino, lambda: self.server.set_goal(ino, goal, recursive))
 
+    async def set_trash_time(self, ino: int, seconds: int, recursive: bool = False) -> r.Attr:
+        await self._before(ino)
+        return await self._changing(ino, lambda: self.server.trash_time(ino, seconds, recursive))
+
     async def commit(self, req: r.CommitReq) -> r.Attr:
         """Commit a file's new content; its create goes with it if that is still pending."""
         pending = self.leases.pending_files.get(req.ino) if self.leases is not None else None

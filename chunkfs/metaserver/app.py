@@ -140,6 +140,7 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Cal
     "trash_restore": (r.TrashRestoreReq, lambda m, client: m.namespace.trash.restore),
     "trash_purge": (r.TrashPurgeReq, lambda m, client: m.namespace.trash.purge),
     "snapshot": (r.SnapshotReq, lambda m, client: Snapshots(m.namespace, m.chunks).snapshot),
+    "read_only": (r.ReadOnlyReq, lambda m, client: m.namespace.set_read_only),
 }
 
 
@@ -151,7 +152,8 @@ LOCK_POLL_S = 10.0  # a waiting lock request is answered "not yet" after this lo
 async def lock_operation(m: Metaserver, op: str, client: str, request: web.Request,
                          export: tuple[str, Export] | None = None) -> Any:
     """File locks (locks.py): every one is a client's, so a request without a client id is EINVAL;
-    a lock on a file outside the caller's export is EACCES."""
+    a lock on a file outside the caller's export is EACCES (a POSIX write lock of a read-only
+    export EBADF), and a reclaim of one is answered as lost."""
     if op == "locks":
         return m.locks.listing((await read_body(request, r.LocksReq)).ino)
     if not client:
@@ -159,7 +161,8 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
     if op == "cancel_lock":
         return m.locks.cancel(client, (await read_body(request, r.LockCancelReq)).wait_id)
     if op == "reclaim_locks":
-        return await m.reclaim.reclaim(client, await read_body(request, r.LockReclaimReq))
+        reclaim_req = await read_body(request, r.LockReclaimReq)
+        return await m.reclaim.reclaim(client, reclaim_req, await refused_reclaims(m, export, reclaim_req))
     req = admitted(m, export, op, await read_body(request, r.LockReq))
     with m.db.read() as txn:
         m.namespace.getattr(txn, req.ino)  # ENOENT for a file that is not there
@@ -187,6 +190,19 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
         attr = None
     return r.LockReply(granted=True, attr=attr, feed_seq=m.changes.last_change_not_by(client),
                        feed_epoch=m.changes.epoch)
+
+
+async def refused_reclaims(m: Metaserver, export: tuple[str, Export] | None, req: r.LockReclaimReq) -> set[int]:
+    """The indexes of the locks in `req` that the caller's export refuses, as it would refuse
+    them as new locks (exports.py); looked at only where the reclaim would grant them."""
+    if export is None or not m.reclaim.grants(req):
+        return set()
+
+    def refused() -> set[int]:  # may walk the export's subtree: off the event loop
+        with m.db.read() as txn:
+            return m.exports.refused_locks(txn, *export, req.locks)
+
+    return await asyncio.to_thread(refused)
 
 
 # every op `fs_operation` knows (the metrics label them; the route fuzzer calls each)
@@ -226,7 +242,7 @@ def statfs(m: Metaserver, txn: Txn, ino: int) -> r.Statfs:
 
 
 # May touch a whole subtree: committed in the writer thread, never on the event loop.
-LARGE_MUTATIONS = frozenset({"goal", "quota_set", "trash_time", "trash_purge", "snapshot"})
+LARGE_MUTATIONS = frozenset({"goal", "quota_set", "trash_time", "trash_purge", "snapshot", "read_only"})
 # After these, the deleter may have chunk versions to delete.
 WAKE_DELETER = frozenset({"remove", "rename", "commit", "setattr", "release_orphan", "trash_purge"})
 

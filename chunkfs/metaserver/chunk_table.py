@@ -265,6 +265,20 @@ class ChunkTable:
         txn.put(index_key + primary, b"", db=self.db.holders)
         txn.put(index_key + key, b"", db=self.db.holders)
 
+    def any_shared(self, txn: Txn) -> bool:
+        """Whether any version is held by several records (one stat of the holders table)."""
+        return txn.stat(self.db.holders)["entries"] > 0
+
+    def shared_goal(self, txn: Txn, chunk_id: int, version: int, goal: int) -> int:
+        """The replicas a version is kept at: `goal` (its file's), or for a version several files
+        hold (a snapshot's), the highest of their goals, since every holder's record lists the
+        same replicas and a trim for one would take copies another's goal needs."""
+        for key in self.holders(txn, chunk_id, version):
+            raw = txn.get(u64(U64x2.unpack(bytes(key))[0]), db=self.db.inodes)
+            if raw is not None:
+                goal = max(goal, self.namespace.decode(raw).goal or self.namespace.default_goal)
+        return goal
+
     def holders(self, txn: Txn, chunk_id: int, version: int) -> list[bytes]:
         """The record keys holding a version several records hold (empty: one or none does)."""
         prefix = U64x2.pack(chunk_id, version)

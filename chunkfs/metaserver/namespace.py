@@ -47,6 +47,7 @@ class Inode(Struct, array_like=True):
     stored_bytes: int = 0  # sum of chunk lengths, for st_blocks
     xattr_count: int = 0  # lets clients answer "no such attribute" without asking
     trash_s: int = -1  # how long a file stays in the trash once removed (trash.py); -1: the default
+    read_only: bool = False  # in a read-only snapshot: no change but its settings (`Namespace.put`)
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -86,10 +87,14 @@ class Namespace:
 
     def put(self, txn: Txn, ino: int, inode: Inode) -> None:
         """Write the inode's row (new or replacing one) and move the table counts and the quotas
-        above it by the change (EDQUOT: past a quota's hard limit, nothing written)."""
+        above it by the change (EDQUOT: past a quota's hard limit, nothing written). A read-only
+        inode changes only in its settings (goal, trash time, the mark itself): anything else,
+        its content, attributes, xattrs, names or entries, is EROFS, whichever call tried."""
         key = u64(ino)
         raw = txn.get(key, db=self.db.inodes)
         before = None if raw is None else _dec.decode(raw)
+        if before is not None and before.read_only and not _settings_only(before, inode):
+            raise FsError(errno.EROFS, f"inode {ino} is in a read-only snapshot")
         self.quotas.changed(txn, ino, before, inode)
         txn.put(key, _enc.encode(inode), db=self.db.inodes)
         self._count(txn, before, inode)
@@ -106,6 +111,7 @@ class Namespace:
             ino=ino, mode=inode.mode, uid=inode.uid, gid=inode.gid, size=inode.size,
             atime_ns=inode.atime_ns, mtime_ns=inode.mtime_ns, ctime_ns=inode.ctime_ns,
             nlink=inode.nlink, rdev=inode.rdev, goal=inode.goal, has_xattrs=inode.xattr_count > 0,
+            read_only=inode.read_only,
             blocks=(inode.stored_bytes + 511) // 512 if stat.S_ISREG(inode.mode) else
             (len(inode.target) + 511) // 512,
         )
@@ -296,7 +302,9 @@ class Namespace:
         client `open_by` has it open: then it stays, with no name, until that client closes it
         (`release_orphan`) or its session ends, as an unlinked open file does on a local
         filesystem. A regular file may go to the trash instead (trash.py), open or not. A file
-        losing the name its quotas are charged through is charged nowhere."""
+        losing the name its quotas are charged through is charged nowhere. A read-only inode
+        keeps its names (EROFS)."""
+        _check_writable(inode, name)
         if stat.S_ISDIR(inode.mode):
             inode.nlink = 0
         else:
@@ -422,6 +430,7 @@ class Namespace:
             raise FsError(errno.ENOENT, f"{req.old_name!r} not found")
         dst = self.child(txn, req.new_parent, req.new_name)
         src_inode = self.get(txn, src)
+        _check_writable(src_inode, req.old_name)  # the root of a read-only snapshot too: it keeps its name
         src_is_dir = stat.S_ISDIR(src_inode.mode)
         if req.flags & r.RENAME_EXCHANGE:
             if dst is None:
@@ -465,6 +474,8 @@ class Namespace:
 
     def _exchange(self, txn: Txn, req: r.RenameReq, src: int, dst: int) -> None:
         src_inode, dst_inode = self.get(txn, src), self.get(txn, dst)
+        _check_writable(src_inode, req.old_name)
+        _check_writable(dst_inode, req.new_name)
         src_is_dir, dst_is_dir = stat.S_ISDIR(src_inode.mode), stat.S_ISDIR(dst_inode.mode)
         if src_is_dir and self._is_ancestor(txn, src, req.new_parent):
             raise FsError(errno.EINVAL, "cannot move a directory into itself")
@@ -526,6 +537,10 @@ class Namespace:
         if not 1 <= req.goal <= 16:
             raise FsError(errno.EINVAL, f"goal must be between 1 and 16, not {req.goal}")
         return self._set_in_tree(txn, req.ino, req.recursive, lambda inode: setattr(inode, "goal", req.goal))
+
+    def set_read_only(self, txn: Txn, req: r.ReadOnlyReq) -> r.Attr:
+        """Mark a tree read-only, or (`chunkfs snapshot-remove`, an admin's) writable again."""
+        return self._set_in_tree(txn, req.ino, req.recursive, lambda inode: setattr(inode, "read_only", req.read_only))
 
     def set_trash_time(self, txn: Txn, req: r.TrashTimeReq) -> r.Attr:
         """How long files removed from `req.ino` (and what is made in it) stay in the trash."""
@@ -650,3 +665,14 @@ class Namespace:
                 counts.file_bytes += inode.size if stat.S_ISREG(inode.mode) else 0
 
 
+def _check_writable(inode: Inode, name: bytes) -> None:
+    """EROFS for an inode of a read-only snapshot losing or changing its name (a change its own
+    row may not show: a rename in the same directory, the last name of a file going)."""
+    if inode.read_only:
+        raise FsError(errno.EROFS, f"{name!r} is in a read-only snapshot")
+
+
+def _settings_only(before: Inode, after: Inode) -> bool:
+    """Whether `after` differs from `before` in its settings and change time only."""
+    return msgspec.structs.replace(after, goal=before.goal, trash_s=before.trash_s, ctime_ns=before.ctime_ns,
+                                   read_only=before.read_only) == before

@@ -8,6 +8,8 @@ Promises:
 - All or nothing: the whole copy is one LMDB transaction (a metaserver killed during it leaves
   no part of it), committed in the writer thread.
 - Names: EEXIST if DST exists, EINVAL for a copy of a directory into itself or below it.
+- `read_only`: every copy is marked read-only once the tree is whole, so any later change to
+  it is EROFS (`Namespace.put`); copies of a read-only snapshot are writable unless asked.
 - Hard links inside the tree stay links between the copies; the copies are charged to the
   quotas above DST (EDQUOT) and take their sources' modes, owners, times, goals, trash times and
   xattrs (for a root-squashed caller, `root_owner`: owner or group 0 becomes that id).
@@ -47,6 +49,7 @@ class Snapshots:
             raise FsError(errno.EINVAL, "a snapshot of a directory cannot go inside it")
         now = time.time_ns()
         copies: dict[int, int] = {}  # source file -> its copy, for hard links inside the tree
+        made: list[int] = []  # every copy, to be marked read-only once the tree is whole
         todo = [(req.ino, req.parent, req.name)]
         while todo:
             ino, parent, name = todo.pop()
@@ -56,14 +59,18 @@ class Snapshots:
             inode = namespace.get(txn, ino)
             is_dir = stat.S_ISDIR(inode.mode)
             copy = msgspec.structs.replace(inode, nlink=2 if is_dir else 1, parent=parent, ctime_ns=now,
-                                           **_squashed_owner(inode, req.root_owner))
+                                           read_only=False, **_squashed_owner(inode, req.root_owner))
             new = namespace.insert(txn, parent, name, copy, xattrs_of=ino if inode.xattr_count else 0)
+            made.append(new)
             if is_dir:
                 todo.extend((child, new, child_name) for child_name, child in list(namespace.entries(txn, ino, None)))
             else:
                 copies[ino] = new
                 if stat.S_ISREG(inode.mode):
                     self.chunks.copy_records(txn, ino, new)
+        if req.read_only:
+            for ino in made:
+                namespace.put(txn, ino, msgspec.structs.replace(namespace.get(txn, ino), read_only=True))
         return namespace.getattr(txn, namespace.child(txn, req.parent, req.name) or 0)
 
 

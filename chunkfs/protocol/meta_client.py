@@ -242,9 +242,14 @@ class MetaClient:
     async def set_goal(self, ino: int, goal: int, recursive: bool = False) -> r.Attr:
         return await self.call("goal", r.GoalReq(ino, goal, recursive), r.Attr)
 
-    async def snapshot(self, ino: int, parent: int, name: bytes) -> r.Attr:
-        """A copy of `ino` as `name` in `parent` sharing its chunks (chunkfs/metaserver/snapshots.py)."""
-        return await self.call("snapshot", r.SnapshotReq(ino, parent, name), r.Attr)
+    async def snapshot(self, ino: int, parent: int, name: bytes, read_only: bool = False) -> r.Attr:
+        """A copy of `ino` as `name` in `parent` sharing its chunks (chunkfs/metaserver/snapshots.py);
+        `read_only`: every change to the copy is EROFS."""
+        return await self.call("snapshot", r.SnapshotReq(ino, parent, name, read_only=read_only), r.Attr)
+
+    async def set_read_only(self, ino: int, read_only: bool, recursive: bool = False) -> r.Attr:
+        """Mark `ino` (its tree with `recursive`) read-only or writable again (an admin's call)."""
+        return await self.call("read_only", r.ReadOnlyReq(ino, read_only, recursive), r.Attr)
 
     async def sharing_check(self) -> list[str]:
         """What is wrong with the chunk versions several files share (none: all right)."""

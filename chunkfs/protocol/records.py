@@ -57,6 +57,7 @@ class Attr(Struct, kw_only=True):
     goal: int = 0
     blocks: int = 0  # 512-byte units actually stored (sparse files count only their chunks)
     has_xattrs: bool = False
+    read_only: bool = False  # in a read-only snapshot: every change is EROFS
 
 
 class DirEntry(Struct):
@@ -290,9 +291,18 @@ class SnapshotReq(Struct):
     parent: Ino
     name: bytes
     root_owner: Annotated[int, Meta(ge=-1, le=limits.MAX_UID)] = -1  # >= 0: copies of uid/gid 0 get it (root squash)
+    read_only: bool = False  # the copy refuses every change with EROFS
 
     def __post_init__(self) -> None:
         limits.check_name(self.name)
+
+
+class ReadOnlyReq(Struct):
+    """Mark `ino` (and with `recursive` its tree) read-only, or writable again."""
+
+    ino: Ino
+    read_only: bool
+    recursive: bool = False
 
 
 MAX_TRASH_S = 100 * 365 * 86400
