@@ -233,6 +233,9 @@ class Metadata:
     async def read_tokens(self, chunks: list[tuple[int, int]]) -> list[str]:
         return await self.server.read_tokens(chunks)
 
+    async def token_credential(self) -> bytes | None:
+        return await self.server.token_credential()
+
     async def release_orphan(self, ino: int) -> None:
         await self._before_change(ino)
         await self.server.release_orphan(ino)

@@ -20,9 +20,9 @@ from chunkfs.credentials import CredentialStore, Export
 from chunkfs.metaserver.exports import ExportGuard
 from chunkfs.errors import FsError, NotPrimary
 from chunkfs.request_checks import client_id, query_float, query_int, query_token, request_id_header
-from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, SIGNER, VERIFIER, BodyLimit, any_host, host_on_port,
+from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, SIGNER, BodyLimit, any_host, host_on_port,
                                 json_response, make_app, read_body)
-from chunkfs.metaserver import access_policy, accounts, credentials_api
+from chunkfs.metaserver import access_policy, accounts, credentials_api, token_grants
 from chunkfs.metaserver.changes import ChangeFeed, affected
 from chunkfs.metaserver.status_page import render as render_status_page
 from chunkfs.metaserver.chunk_table import ChunkTable
@@ -108,8 +108,8 @@ READS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, Txn, Any], An
     "resolve": (r.PathReq, lambda m, t, q: m.namespace.resolve(t, q.path)),
     "getxattr": (r.XattrReq, lambda m, t, q: m.namespace.getxattr(t, q.ino, q.name)),
     "listxattr": (r.InodeReq, lambda m, t, q: m.namespace.listxattr(t, q.ino)),
-    "open": (r.OpenReq, lambda m, t, q: r.FileLayout(
-        m.namespace.getattr(t, q.ino), with_read_tokens(m, m.chunks.refs(t, q.ino)), m.registry.address_map(),
+    "open": (r.OpenReq, lambda m, t, q: r.FileLayout(  # its tokens are added for the caller (fs_operation)
+        m.namespace.getattr(t, q.ino), m.chunks.refs(t, q.ino), m.registry.address_map(),
         m.chunks.inline_data(t, q.ino))),
     "statfs": (r.InodeReq, lambda m, t, q: statfs(m, t, q.ino)),
     "quota_get": (r.InodeReq, lambda m, t, q: m.namespace.quotas.get(t, q.ino)),
@@ -206,33 +206,8 @@ async def refused_reclaims(m: Metaserver, export: tuple[str, Export] | None, req
 
 
 # every op `fs_operation` knows (the metrics label them; the route fuzzer calls each)
-FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "batch", "reserve", "release_leases", "fsck", "tokens", "quota_check",
-                           "sharing_check", *LOCK_OPERATIONS})
-
-
-def with_read_tokens(m: Metaserver, refs: list[r.ChunkRef]) -> list[r.ChunkRef]:
-    """`refs`, each with a token to read its version (chunkfs.chunk_tokens)."""
-    if m.tokens is not None:
-        for ref in refs:
-            ref.token = m.tokens.issue(chunk_tokens.READ, ref.chunk_id, ref.version)
-    return refs
-
-
-def read_tokens(m: Metaserver, txn: Txn, req: r.TokensReq, export: tuple[str, Export] | None) -> list[str]:
-    """New read tokens for chunk versions some file references (a client's expired): ESTALE for
-    a version no file references (deleted, or never made), EACCES for one no file inside the
-    caller's export holds (a version a snapshot shares is the copy's too)."""
-    if m.tokens is None:
-        raise FsError(errno.ENOSYS, "this metaserver issues no chunk tokens")
-    tokens = []
-    for chunk_id, version in req.chunks:
-        inodes = m.chunks.inodes_of_version(txn, chunk_id, version)
-        if not inodes:
-            raise FsError(errno.ESTALE, f"chunk {chunk_id} v{version} is no file's any more")
-        if export is not None and not any(m.exports.inode_inside(txn, *export, ino) for ino in inodes):
-            raise FsError(errno.EACCES, f"chunk {chunk_id} v{version} is outside this credential's export")
-        tokens.append(m.tokens.issue(chunk_tokens.READ, chunk_id, version))
-    return tokens
+FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "batch", "reserve", "release_leases", "fsck", "tokens", "token_key",
+                           "quota_check", "sharing_check", *LOCK_OPERATIONS})
 
 
 def caller_export(m: Metaserver, request: web.Request) -> tuple[str, Export] | None:
@@ -242,7 +217,11 @@ def caller_export(m: Metaserver, request: web.Request) -> tuple[str, Export] | N
     if signed is None or m.credentials is None or signed.role not in EXPORTED_ROLES:
         return None
     credential = m.credentials.get(signed.key_id)
-    return None if credential is None else (signed.key_id, credential.export)
+    if credential is None:
+        return None
+    if not credential.export.allows_address(request.remote):
+        raise FsError(errno.EACCES, f"this credential's export is not for requests from {request.remote}")
+    return signed.key_id, credential.export
 
 
 def admitted(m: Metaserver, export: tuple[str, Export] | None, op: str, req: Any) -> Any:
@@ -283,6 +262,8 @@ async def fs_operation(request: web.Request) -> web.Response:
         await m.leases.clear_for(client, named_inodes(req))
         with m.db.read() as txn:
             answer = run(m, txn, req)
+        if isinstance(answer, r.FileLayout):
+            token_grants.with_read_tokens(m.tokens, answer.chunks, token_grants.holder(request))
         if export is not None:
             m.exports.shown(*export, answer)
         if isinstance(req, r.OpenReq) and req.lease:
@@ -310,11 +291,14 @@ async def fs_operation(request: web.Request) -> web.Response:
         return json_response(await apply_batch(m, client, request, export))
     if op == "reserve":
         reserve_req = admitted(m, export, op, await read_body(request, r.ReserveReq))
-        return json_response(await reserve(m, client, reserve_req))
+        return json_response(await reserve(m, client, reserve_req, token_grants.holder(request)))
     if op == "tokens":
         tokens_req = await read_body(request, r.TokensReq)
         with m.db.read() as txn:
-            return json_response(read_tokens(m, txn, tokens_req, export))
+            return json_response(token_grants.read_tokens(m.tokens, m.chunks, m.exports, txn, tokens_req, export,
+                                                          token_grants.holder(request)))
+    if op == "token_key":
+        return json_response(token_grants.token_key_for(m.tokens, request))
     if op == "release_leases":
         await m.leases.release(client, (await read_body(request, r.LeaseReq)).inodes)
         return json_response(None)
@@ -506,8 +490,9 @@ def sharing_check(m: Metaserver) -> list[str]:
 RESERVATION_VALID_S = 5.0
 
 
-async def reserve(m: Metaserver, client: str, req: r.ReserveReq) -> r.Reservation:
-    """Versions and chunk ids for `client`'s uploads: only it may commit them (reservations.py)."""
+async def reserve(m: Metaserver, client: str, req: r.ReserveReq, holder: str) -> r.Reservation:
+    """Versions and chunk ids for `client`'s uploads: only it may commit them (reservations.py),
+    with a token for them issued to `holder` (the credential that asked)."""
     if not client:
         raise FsError(errno.EINVAL, "a reservation is made for a client: send X-Chunkfs-Client")
     if m.registry.settling():  # answered 503, which clients retry (for up to their retry_s)
@@ -520,7 +505,7 @@ async def reserve(m: Metaserver, client: str, req: r.ReserveReq) -> r.Reservatio
     count = max(1, min(req.count, 4096))
     first_version, first_chunk_id = await m.committer.run(m.chunks.reserve, client, count)
     token = "" if m.tokens is None else m.tokens.issue(chunk_tokens.READ + chunk_tokens.WRITE, None, first_version,
-                                                       first_version + count - 1)
+                                                       first_version + count - 1, holder=holder)
     return r.Reservation(first_version, first_chunk_id, count,
                          [r.ServerChoice(s.id, s.address, s.free_bytes) for s in servers],
                          # a client must not hand out a slot after the block's grace has run out
@@ -551,15 +536,7 @@ async def server_hello(request: web.Request) -> web.Response:
                      hello.address, len(delete))
         if hello.recent_chunks is not None:
             await m.replicator.reconcile(hello.id, [*hello.chunks, *hello.recent_chunks])
-    return json_response(r.HelloReply(delete, *chunk_key_for(m, request), epoch=m.epoch))
-
-
-def chunk_key_for(m: Metaserver, request: web.Request) -> tuple[str, str]:
-    """(nonce, chunk key) wrapped with the key the request was signed with (see chunk_tokens)."""
-    if m.tokens is None:
-        return "", ""
-    found = request.app[VERIFIER].keys.key(request[SIGNER].key_id)
-    return ("", "") if found is None else chunk_tokens.wrap(m.tokens.key, found[0])
+    return json_response(r.HelloReply(delete, *token_grants.chunk_key_for(m.tokens, request), epoch=m.epoch))
 
 
 async def backup_copy(request: web.Request) -> web.StreamResponse:

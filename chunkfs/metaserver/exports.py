@@ -65,6 +65,8 @@ class ExportGuard:
         before `req` in a batch made, in the batch's transaction `txn`)."""
         if export.read_only and op in CHANGES:
             raise FsError(errno.EROFS, "this credential's export is read-only")
+        if op == "goal" and not export.min_goal <= req.goal <= export.max_goal:
+            raise FsError(errno.EPERM, f"this credential's export sets goals {export.min_goal}-{export.max_goal} only")
         if export.maproot >= 0:
             req = self._squashed(op, req, export.maproot)
         if export.subtree != "/" and op not in WHOLE_CLUSTER:

@@ -6,12 +6,10 @@ until unmounted (`fusermount3 -u`, `umount`) or sent SIGTERM/SIGINT.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
 import socket
-import stat
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -161,14 +159,6 @@ async def stop_on_signal() -> None:
             return
 
 
-async def root_inode(meta: MetaClient, subdir: str) -> int:
-    """The inode shown as the mount's root; also proves the metaserver answers."""
-    attr = await meta.resolve(subdir.encode())
-    if not stat.S_ISDIR(attr.mode):
-        raise FsError(errno.ENOTDIR, f"{subdir} is not a directory")
-    return attr.ino
-
-
 def mount_options(config: MountConfig) -> set[str]:
     options = set(pyfuse3.default_options)
     subdir = "" if config.subdir == "/" else ":" + config.subdir
@@ -192,8 +182,8 @@ def run(config: MountConfig) -> None:
     http = SignedHttp(secret, timeout_s=60, retry_s=config.retry_s, trio_native=True, tls=context)
     client_id = uuid.uuid4().hex
     try:
-        root_ino = trio.run(root_inode, MetaClient(SignedHttp(secret, retry_s=5, trio_native=True, tls=context),
-                                                   config.metaserver), config.subdir)
+        root_ino = trio.run(MetaClient(SignedHttp(secret, retry_s=5, trio_native=True, tls=context),
+                                       config.metaserver).subtree_root, config.subdir)
     except TransportError as exc:
         click.echo(f"chunkfs-mount: cannot reach the metaserver at {config.metaserver}: {exc}", err=True)
         sys.exit(1)

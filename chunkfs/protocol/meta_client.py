@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import stat
 from typing import Any, TypeVar, overload
 
 import msgspec
 
+from chunkfs import auth, chunk_tokens
 from chunkfs.errors import FsError
 from chunkfs.protocol import records as r
 from chunkfs.protocol.disk_check import DiskCheckPage, DiskCheckReq
@@ -158,6 +161,15 @@ class MetaClient:
     async def resolve(self, path: bytes) -> r.Attr:
         return await self.call("resolve", r.PathReq(path), r.Attr)
 
+    async def subtree_root(self, subdir: str) -> int:
+        """The inode of the directory `subdir`, to be shown as a client's root (a mount of a
+        subdirectory, an API client of one): ENOTDIR if it is not a directory, EACCES if it is
+        outside the export of the credential this client signs with."""
+        attr = await self.resolve(subdir.encode())
+        if not stat.S_ISDIR(attr.mode):
+            raise FsError(errno.ENOTDIR, f"{subdir} is not a directory")
+        return attr.ino
+
     # -- xattrs -----------------------------------------------------------------------------
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         return await self.call("getxattr", r.XattrReq(ino, name), bytes)
@@ -208,6 +220,16 @@ class MetaClient:
     async def read_tokens(self, chunks: list[tuple[int, int]]) -> list[str]:
         """New read tokens for these chunk versions (chunkfs.chunk_tokens), in their order."""
         return await self.call("tokens", r.TokensReq(chunks), list[str])
+
+    async def token_credential(self) -> bytes | None:
+        """What this client signs its chunk requests presenting a token with (the token key of
+        the credential it signs with here, `chunkfs.chunk_tokens.holder_credential`), unwrapped
+        with that credential's key; None from a metaserver that issues no tokens."""
+        found = await self.call("token_key", None, r.TokenKey)
+        if not found.key_id:
+            return None
+        key = chunk_tokens.unwrap(found.nonce, found.wrapped, auth.split_credential(self.http.secret)[1])
+        return auth.credential_text(found.key_id, key.decode(errors="replace")).encode()
 
     async def concat(self, req: r.ConcatReq) -> r.Attr:
         """Append the sources' chunks to the file by reference (see ConcatReq); its new attributes."""

@@ -14,6 +14,7 @@ entry (see the mount's attributes), so one bad stored value cannot fail a whole 
 from __future__ import annotations
 
 import errno
+import ipaddress
 from typing import Annotated
 
 import msgspec
@@ -564,6 +565,16 @@ class HelloReply(Struct):
     epoch: int = 0  # the primary's fencing epoch (chunkserver/fencing.py); 0: no election
 
 
+class TokenKey(Struct):
+    """The caller's token key (chunkfs.chunk_tokens.holder_key), which its chunk requests
+    presenting a token are signed with, under `key_id`: wrapped with the key the request for it
+    was signed with (chunkfs.chunk_tokens.wrap); empty from a metaserver that issues no tokens."""
+
+    key_id: str = ""
+    nonce: str = ""
+    wrapped: str = ""
+
+
 class TokensReq(Struct):
     """New read tokens for chunk versions some file references (a client's expired)."""
 
@@ -578,6 +589,18 @@ class CredentialReq(Struct, kw_only=True):
     subtree: Annotated[str, Meta(max_length=limits.MAX_PATH_BYTES, pattern="^/")] = "/"
     read_only: bool = False
     maproot: Annotated[int, Meta(ge=-1, le=limits.MAX_UID)] = -1
+    min_goal: Annotated[int, Meta(ge=1, le=16)] = 1  # the goals the export may set
+    max_goal: Annotated[int, Meta(ge=1, le=16)] = 16
+    networks: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=64)] = []  # CIDRs; empty: any
+
+    def __post_init__(self) -> None:
+        if self.min_goal > self.max_goal:
+            raise FsError(errno.EINVAL, f"min_goal {self.min_goal} is over max_goal {self.max_goal}")
+        for network in self.networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise FsError(errno.EINVAL, f"{network!r} is not a network (CIDR)") from None
 
 
 class RevokeReq(Struct, kw_only=True):
