@@ -37,6 +37,7 @@ from netns_workload import Workload, during_fault, workload_in
 from signed_requests import raw_connection, sign_headers
 
 TTL_S = 5  # the metaservers' default etcd_ttl_s
+STOPPED_S = 30  # how long the SIGSTOP test keeps the primary stopped (the issue: 30 s)
 HISTORY_CLIENTS = 3
 
 pytestmark = pytest.mark.skipif(
@@ -214,14 +215,19 @@ def test_primary_stopped_past_its_lease_is_fenced(ha, workload, history):
     kept = ha.mnt("client1") / "kept"
     kept.write_bytes(os.urandom(CHUNK_SIZE + 1000))
     stopped: list[int] = []
+    stopped_at: list[float] = []
 
     def stop(name: str) -> None:
         pid = ha.pid(name)
         assert pid is not None
         stopped.append(pid)
+        stopped_at.append(time.monotonic())
         os.kill(pid, signal.SIGSTOP)
 
     def cont(name: str) -> None:
+        # the fault's duration: stopped STOPPED_S in all, well past its lease, however soon the
+        # standby took over
+        time.sleep(max(0.0, STOPPED_S - (time.monotonic() - stopped_at[0])))
         for pid in stopped:
             os.kill(pid, signal.SIGCONT)
 
