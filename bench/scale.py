@@ -9,8 +9,8 @@ At each decade (1k, 10k, 100k, ...) it reports the create rate since the previou
 getattr/lookup p50/p99 (2,000 random files, `--callers` at a time), the time to list a directory of
 `--per-dir` entries, the metaserver's resident memory (anonymous: its own; file: mapped LMDB pages,
 from /proc/PID/status and smaps_rollup), LMDB bytes per file (pages in use / files), and how long
-/v1/status and /metrics take to answer. At the end: getattr p99 while /metrics is scraped in a
-loop, `chunkfs fsck`, `chunkfs backup`, `chunkfs status`, the status page, and the time a restart
+/v1/status and /metrics take to answer. At the end: getattr p99 of getattrs issued while /metrics is scraped (every 20 ms)
+and not, `chunkfs fsck`, `chunkfs backup`, `chunkfs status`, the status page, and the time a restart
 takes until a getattr is answered again. Prints a markdown table; `--json FILE` writes the rows.
 The machine's load average is printed with each row: figures from a shared machine are noisy.
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import bisect
 import json
 import os
 import random
@@ -205,19 +206,24 @@ class Bench:
 
     async def latencies(self, call) -> tuple[float, float]:
         """(p50, p99) ms of `call(i)` for SAMPLES random files, `callers` at a time."""
+        return quantiles([took for _started, took in await self.timed_calls(call)])
+
+    async def timed_calls(self, call) -> list[tuple[float, float]]:
+        """(time.monotonic() at the call, seconds it took) of `call(i)` for SAMPLES random files,
+        `callers` at a time."""
         picks = iter([random.randrange(len(self.inodes)) for _ in range(SAMPLES)])
-        took: list[float] = []
+        calls: list[tuple[float, float]] = []
 
         async def caller() -> None:
             for i in picks:
-                started = time.perf_counter()
+                started = time.monotonic()
                 await call(i)
-                took.append(time.perf_counter() - started)
+                calls.append((started, time.monotonic() - started))
 
         async with trio.open_nursery() as nursery:
             for _ in range(self.callers):
                 nursery.start_soon(caller)
-        return quantiles(took)
+        return calls
 
     async def getattr(self, i: int) -> None:
         await self.meta.getattr(self.inodes[i])
@@ -270,35 +276,51 @@ async def decade_row(bench: Bench, files: int, rate: float) -> dict:
 
 
 SCRAPER = """
-import signal, sys, httpx
-count = 0
-signal.signal(signal.SIGTERM, lambda *_: (print(count, flush=True), sys.exit(0)))
+import signal, sys, time, httpx
+pause_s = float(sys.argv[2])
+scrapes = []
+signal.signal(signal.SIGTERM, lambda *_: (print(*(f"{a} {b}" for a, b in scrapes), sep="\\n", flush=True), sys.exit(0)))
 with httpx.Client(timeout=120) as client:
     while True:
+        started = time.monotonic()
         client.get(sys.argv[1])
-        if count == 0:
+        scrapes.append((started, time.monotonic()))
+        if len(scrapes) == 1:
             print("scraping", flush=True)
-        count += 1
+        time.sleep(pause_s)
 """
+SCRAPE_PAUSE_S = 0.02  # between one scrape's answer and the next: 20-30 scrapes a second
 
 
-async def getattr_under_scrapes(bench: Bench) -> tuple[float, float, int]:
-    """getattr (p50, p99) while another process scrapes /metrics in a loop (a thread of this one
-    would hold the GIL the getattrs' own event loop needs); the scrapes made."""
-    scraper = await trio.lowlevel.open_process([sys.executable, "-c", SCRAPER, f"http://{bench.server.address}/metrics"],
-                                               stdout=subprocess.PIPE)
+async def getattr_under_scrapes(bench: Bench, path: str) -> tuple[float, float, int, int, float]:
+    """getattr (p50, p99) of the getattrs issued while a GET of `path` was under way (another
+    process GETs it every SCRAPE_PAUSE_S after the last answer; a thread of this one would hold
+    the GIL the getattrs' own event loop needs, and a scraper in a tight loop would also be two
+    processes' worth of CPU load on the machine, not the scrape's cost); the GETs made and
+    the getattrs counted (issued during one), and the median ms a GET took. CLOCK_MONOTONIC is
+    one clock for both processes."""
+    scraper = await trio.lowlevel.open_process([sys.executable, "-c", SCRAPER, f"http://{bench.server.address}{path}",
+                                                str(SCRAPE_PAUSE_S)], stdout=subprocess.PIPE)
     assert scraper.stdout is not None
     said = b""
     try:
         while b"scraping" not in said:
             said += await scraper.stdout.receive_some()
-        p50, p99 = await bench.latencies(bench.getattr)
+        calls = await bench.timed_calls(bench.getattr)
     finally:
         scraper.terminate()
         while piece := await scraper.stdout.receive_some():
             said += piece
         await scraper.wait()
-    return p50, p99, int(said.split()[-1])
+    scrapes = sorted(tuple(map(float, line.split())) for line in said.decode().splitlines()[1:] if line.strip())
+    starts = [a for a, _b in scrapes]
+
+    def during_a_scrape(t: float) -> bool:
+        i = bisect.bisect_right(starts, t) - 1
+        return i >= 0 and t <= scrapes[i][1]
+    during = [took for started, took in calls if during_a_scrape(started)]
+    p50, p99 = quantiles(during)
+    return p50, p99, len(scrapes), len(during), statistics.median(b - a for a, b in scrapes) * 1000
 
 
 async def window(bench: Bench, creates: int) -> dict:
@@ -322,13 +344,20 @@ async def compare(reference: Bench, bench: Bench, windows: int, creates: int, wa
 
 
 async def scrape_windows(bench: Bench, windows: int) -> dict:
-    """getattr (p50, p99) in alternating windows without and with /metrics scraped in a loop."""
-    taken: dict[str, list] = {"quiet": [], "scraped": [], "scrapes": []}
+    """getattr (p50, p99) in alternating windows: without scrapes ("quiet"); of the getattrs
+    issued during a /metrics scrape ("scraped"); of those issued during a GET /health made at
+    the same pace ("polled"): what any other client process polling the metaserver costs the
+    getattrs on this 2-core machine (its CPU, the loop answering it), whatever it asks."""
+    taken: dict[str, list] = {"quiet": [], "scraped": [], "scrapes": [], "during": [], "scrape_ms": [], "polled": []}
     for _ in range(windows):
         taken["quiet"].append(await bench.latencies(bench.getattr))
-        p50, p99, scrapes = await getattr_under_scrapes(bench)
+        p50, p99, scrapes, during, scrape_ms = await getattr_under_scrapes(bench, "/metrics")
         taken["scraped"].append((p50, p99))
         taken["scrapes"].append(scrapes)
+        taken["during"].append(during)
+        taken["scrape_ms"].append(scrape_ms)
+        p50, p99, _polls, _during, _poll_ms = await getattr_under_scrapes(bench, "/health")
+        taken["polled"].append((p50, p99))
     return taken
 
 
@@ -517,8 +546,15 @@ def criteria(rows: list[dict], end: dict) -> list[tuple[str, str, str, str]]:
     quiet_p99 = [p99 for _p50, p99 in scraped["quiet"]]
     busy_p99 = [p99 for _p50, p99 in scraped["scraped"]]
     a, b = statistics.median(quiet_p99), statistics.median(busy_p99)
-    out.append((f"getattr p99 ms without / during /metrics scrapes ({sum(scraped['scrapes'])} scrapes)",
+    out.append((f"getattr p99 ms without / during /metrics scrapes ({sum(scraped['scrapes'])} scrapes, "
+                f"{sum(scraped.get('during', [0]))} getattrs issued during one; a scrape took "
+                f"{spread(scraped.get('scrape_ms', [0.0]))} ms)",
                 spread(quiet_p99), spread(busy_p99), f"{'holds' if b <= 1.2 * a else 'fails'}: {b / a:.2f}×"))
+    if scraped.get("polled"):
+        polled_p99 = [p99 for _p50, p99 in scraped["polled"]]
+        c = statistics.median(polled_p99)
+        out.append(("getattr p99 ms during GET /health polls at the same pace / during /metrics scrapes",
+                    spread(polled_p99), spread(busy_p99), f"{'holds' if b <= 1.2 * c else 'fails'}: {b / c:.2f}×"))
     pause = end.get("restart_pause")
     if pause:
         ok = pause["copier_longest_gap_s"] <= pause["restart_s"] + 2 and not pause["copier_errors"]

@@ -214,8 +214,11 @@ class Cluster:
         return self.dir / "secret"
 
     def up(self) -> None:
+        """Removed files are freed at once (no trash) unless `up_options` say otherwise: tests
+        of deletion and space see chunks go as they did before the trash existed."""
         chunkfs("up", "--dir", self.dir, "--mount", self.mnt, "--chunkservers", self.chunkservers,
-                "--goal", self.goal, "--port", self.port, "-o", self.mount_options, *self.up_options,
+                "--goal", self.goal, "--port", self.port, "-o", self.mount_options, "--trash-time-s", "0",
+                *self.up_options,
                 *(() if self.gateway else ("--no-gateway",)))
 
     def down(self) -> None:

@@ -29,7 +29,8 @@ SHORT_BODY_WAIT_S = 0.5  # how long a short body waits for a reply before it giv
 # added to `FS_OPERATIONS` and not here is fuzzed with bodies of every record
 EXTRA_OP_BODIES: dict[str, type] = {"reserve": r.ReserveReq, "release_leases": r.LeaseReq, "fsck": r.FsckReq,
                                     "lock": r.LockReq, "testlock": r.LockReq, "cancel_lock": r.LockCancelReq,
-                                    "locks": r.LocksReq, "reclaim_locks": r.LockReclaimReq}
+                                    "locks": r.LocksReq, "reclaim_locks": r.LockReclaimReq,
+                                    "quota_check": r.InodeReq, "sharing_check": r.InodeReq}
 
 
 @dataclass(frozen=True)

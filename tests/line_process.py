@@ -49,6 +49,10 @@ class LineProcess:
             self._lines.put("")  # and every later answer says so too
         return line
 
+    def answered(self) -> bool:
+        """Whether an answer (or its end) is there to read, without waiting for one."""
+        return not self._lines.empty()
+
     def do(self, line: str, timeout_s: float = ANSWER_TIMEOUT_S) -> str:
         self.send(line)
         return self.answer(timeout_s)

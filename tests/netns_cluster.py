@@ -266,6 +266,13 @@ class NetnsCluster:
             self.cleanup()
             raise
 
+    def __enter__(self) -> NetnsCluster:
+        self.up()  # which takes down what it started if it fails
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
+
     def _save_state(self) -> None:
         state = {"tag": self.tag, "subnet": self.subnet, "chunkservers": len(self.chunkservers),
                  "clients": len(self.clients), "goal": self.goal, "disk_mb": self.disk_mb,
@@ -337,7 +344,7 @@ class NetnsCluster:
             pid = launcher().spawn(node.enter + module_command(
                 "chunkfs.metaserver.main", "--listen", self.meta_address(name), "--data-dir", str(self.root / name),
                 "--secret-file", str(self.secret_file), "--default-goal", str(self.goal),
-                "--heartbeat-timeout-s", str(self.heartbeat_timeout_s), *ha,
+                "--heartbeat-timeout-s", str(self.heartbeat_timeout_s), "--trash-time-s", "0", *ha,
                 *(arg for option, value in self.metaserver_options.items() for arg in (f"--{option}", value))),
                 log, pid_file)
             if self.ha:

@@ -521,3 +521,12 @@ def test_virtual_host_style_addressing(gateway, s3, root_key):
     response = conn.getresponse()
     assert (response.status, response.read()) == (200, b"virtual host")
     conn.close()
+
+
+def test_a_quota_on_a_bucket_refuses_a_put_past_it(gateway_cluster, s3):
+    """EDQUOT from a directory quota is S3's QuotaExceeded (507)."""
+    s3.create_bucket(Bucket="quota")
+    chunkfs("quota", "set", gateway_cluster.mnt / "quota", "--bytes", "1M")
+    s3.put_object(Bucket="quota", Key="small", Body=b"x" * 1000)
+    assert _code(lambda: s3.put_object(Bucket="quota", Key="big", Body=os.urandom(2 * MiB))) == "QuotaExceeded"
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="quota")["Contents"]] == ["small"]

@@ -5,10 +5,12 @@ on a local filesystem."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import fcntl
 import json
 import os
+import shlex
 import signal
 import struct
 import subprocess
@@ -19,9 +21,12 @@ import time
 import pyfuse3
 import pytest
 
-from chunkfs import mounts
-from conftest import another_mount, chunkfs, wait_until
+from chunkfs import auth, mounts
+from chunkfs.daemons import answers_health
+from chunkfs.protocol import records as r
+from conftest import another_mount, chunkfs, metrics_of, wait_until
 from line_process import LineProcess, Locker
+from signed_requests import send, sign_headers
 
 HOLDER = """
 import fcntl, os, sys, time
@@ -170,6 +175,33 @@ def test_flock_excludes_between_clients(cluster, second_mount, lockers):
     assert a.do("flock un nowait") == "ok"
     assert b.do("flock ex nowait") == "ok"
     assert a.do("flock sh nowait") == "err EAGAIN"
+
+
+def test_the_flock_command_on_one_mount_holds_off_the_other(cluster, second_mount):
+    """The acceptance as a user tries it, with util-linux flock(1): `flock FILE -c CMD` on mount A
+    holds the lock while CMD runs; `flock -n` on mount B fails meanwhile, and a blocking `flock`
+    on B gets the lock once A's command ended, seeing what it wrote last."""
+    a, b = cluster.mnt / "lockfile", second_mount / "lockfile"
+    holder = subprocess.Popen(["flock", a, "-c", f"echo held; sleep 3; echo done > {shlex.quote(str(a))}"],
+                              stdout=subprocess.PIPE, text=True)
+    waiter = None
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"  # A's command runs
+        tried = subprocess.run(["flock", "-n", b, "true"], timeout=30)
+        assert tried.returncode == 1  # flock -n: the lock is held elsewhere (its -E default, 1)
+        assert holder.poll() is None, "A's command was still running when B was refused"
+        waiter = subprocess.Popen(["flock", b, "-c", f"cat {shlex.quote(str(b))}"], stdout=subprocess.PIPE, text=True)
+        wait_until(lambda: metrics_of(cluster.metaserver)["chunkfs_cluster_lock_waits"] == 1, 10,
+                   "B's flock waits at the metaserver", poll_s=0.05)
+        assert holder.poll() is None, "B's flock was waiting while A's command ran"
+        assert holder.wait(timeout=30) == 0
+        out, _ = waiter.communicate(timeout=30)
+        assert waiter.returncode == 0 and out == "done\n"  # after A's last write: once A's command ended
+    finally:
+        for process in (holder, waiter):
+            if process is not None:
+                process.kill()
+                process.wait()
 
 
 def test_shared_locks_between_clients(cluster, second_mount, lockers):
@@ -416,20 +448,63 @@ def test_the_locks_of_a_killed_client_go_when_its_session_times_out(fresh_cluste
 
 
 # ---- a metaserver restart ------------------------------------------------------------------------------
-def test_a_restarted_metaserver_gets_every_lock_back_before_it_grants_a_new_one(fresh_cluster, tmp_path):
+GRACE_S = 4.0  # the metaserver's lock_grace_s in the restart test (15 by default)
+
+
+def restarted_metaserver(cluster, work: concurrent.futures.ThreadPoolExecutor) -> tuple[float, concurrent.futures.Future]:
+    """The metaserver killed and started again (`chunkfs up`, in `work`); returns when it answers
+    (time.monotonic()) and the `up` under way (it waits for the chunkservers after that)."""
+    cluster.kill("metaserver")
+    up = work.submit(cluster.up)
+    wait_until(lambda: up.done() or answers_health(f"http://{cluster.metaserver}/health", timeout_s=0.5), 60,
+               "the restarted metaserver answers", poll_s=0.02)
+    return time.monotonic(), up
+
+
+def lock_as_a_client_gone(cluster, req: r.LockReq) -> None:
+    """`req` granted to a client that will not come back (a hand-made request: no mount to kill)."""
+    body = r.json_encode(req)
+    headers = sign_headers(auth.load_secret(cluster.secret_file), cluster.metaserver, "POST", "/v1/fs/lock", body,
+                           (("Content-Type", "application/json"), ("X-Chunkfs-Client", "gone")))
+    status, answer = send(cluster.metaserver, "POST", "/v1/fs/lock", headers, body)
+    assert status == 200 and json.loads(answer)["granted"], answer
+
+
+@pytest.mark.parametrize("fresh_cluster", [{"up_options": ("--lock-grace-s", str(GRACE_S))}], indirect=True)
+def test_a_restarted_metaserver_gets_every_lock_back_before_it_grants_a_new_one(fresh_cluster, tmp_path, capsys):
     """Locks live in the metaserver's memory; after a restart (SIGKILL here) each client gives
     back what it holds (reclaim) and a new lock waits until they have: the holders keep their
-    locks, nobody else gets them in between (README, "Locks")."""
+    locks, nobody else gets them in between (README, "Locks"). One client that held a lock never
+    comes back, so new locks wait the whole grace (lock_grace_s); were every holder alive, the
+    grace would end with the last reclaim. Prints both times (not a speed test: a shared
+    machine), counted from the restarted metaserver's first answer."""
     cluster = fresh_cluster
     (cluster.mnt / "kept").write_bytes(b"x" * 200)
+    for name in ("new", "abandoned"):
+        (cluster.mnt / name).write_bytes(b"x")
+    waited: dict[str, float] = {}
+
+    def locks_held() -> float:
+        return metrics_of(cluster.metaserver)["chunkfs_cluster_locks_held"]
+
     with another_mount(cluster, tmp_path / "b") as b_mnt:
         a, b, other = Locker(cluster.mnt / "kept"), Locker(b_mnt / "kept"), Locker(b_mnt / "kept")
+        newcomer = Locker(cluster.mnt / "new")
         try:
             assert a.do("posix w 0 100 nowait") == "ok"
             assert a.do("flock sh nowait") == "ok"
             assert b.do("posix r 150 10 nowait") == "ok"
-            cluster.kill("metaserver")
-            cluster.up()  # starts what is not running: the metaserver
+            lock_as_a_client_gone(cluster, r.LockReq(ino=os.stat(cluster.mnt / "abandoned").st_ino, owner=1,
+                                                     type=r.F_WRLCK))
+            with concurrent.futures.ThreadPoolExecutor(1) as work:
+                answered, up = restarted_metaserver(cluster, work)
+                newcomer.send("posix w 0 0 wait")
+                wait_until(lambda: locks_held() == 3, 30, "the live holders' locks reclaimed", poll_s=0.02)
+                waited["the live holders' reclaims served"] = time.monotonic() - answered
+                assert not newcomer.answered(), "a new lock waits while the grace lasts"
+                assert newcomer.answer() == "ok"
+                waited["a new lock granted (one holder gone)"] = time.monotonic() - answered
+                up.result()
             assert other.do("posix w 50 1 nowait") == "err EAGAIN"  # a's, given back by its client
             assert other.do("posix w 155 1 nowait") == "err EAGAIN"  # b's
             assert other.do("flock ex nowait") == "err EAGAIN"
@@ -442,8 +517,11 @@ def test_a_restarted_metaserver_gets_every_lock_back_before_it_grants_a_new_one(
             assert other.do("posix w 50 1 nowait") == "ok"
             assert a.do("write 0 still-mine") == "ok"  # nothing was lost: its file works on
         finally:
-            for locker in (a, b, other):
+            for locker in (a, b, other, newcomer):
                 locker.end()
+    with capsys.disabled():
+        print(f"\nafter a restart (lock_grace_s {GRACE_S:.0f}), s from the metaserver's first answer: "
+              + ", ".join(f"{what} {s:.2f}" for what, s in waited.items()))
 
 
 # ---- many waiters ----------------------------------------------------------------------------------

@@ -1,26 +1,43 @@
 """Metaserver failover through etcd, on a cluster in network namespaces (tests/netns_cluster.py
 with `ha=True`): three etcd members, two metaservers, three chunkservers and two clients, each its
 own host. In every test a writer on one client and a reader on the other keep going through the
-fault (test_netns_failures.Workload); afterwards every file whose close() returned reads back,
-from both clients, with the checksum the writer had, and no application call failed.
+fault (netns_workload.during_fault); afterwards every file whose close() returned reads back,
+from both clients, with the checksum the writer had, and no application call failed. Several
+clients of the Python API make a history of metadata operations meanwhile, checked for
+linearizability (metadata_history.py) where the fault may lose or reorder an acknowledgement.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import os
 import shutil
 import signal
+import stat
+import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
+import httpx
 import pytest
 
 import chunkfs.client
+from chunkfs import CHUNK_SIZE, auth
+from chunkfs.errors import FsError
+from chunkfs.protocol import records as r
+from chunkfs.protocol.chunk_client import ChunkClient
+from chunkfs.protocol.http import SignedHttp
 from conftest import wait_until
 from metadata_history import MetadataHistory
 from netns_cluster import NetnsCluster
-from test_netns_failures import Workload
+from netns_workload import Workload, during_fault, workload_in
+from signed_requests import raw_connection, sign_headers
 
 TTL_S = 5  # the metaservers' default etcd_ttl_s
+HISTORY_CLIENTS = 3
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("nsenter") is None or shutil.which("ip") is None
@@ -30,13 +47,10 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def ha_cluster(tmp_path_factory):
-    cluster = NetnsCluster(tmp_path_factory.mktemp("ha"), chunkservers=3, clients=2, goal=2,
-                           heartbeat_timeout_s=3.0, ha=True)
-    try:
-        cluster.up()
+    # deletion passes often, so one falls inside a test's window (test_removal_waits_for_the_standby)
+    with NetnsCluster(tmp_path_factory.mktemp("ha"), chunkservers=3, clients=2, goal=2,
+                     heartbeat_timeout_s=3.0, ha=True, metaserver_options={"deletion-interval-s": "0.5"}) as cluster:
         yield cluster
-    finally:
-        cluster.cleanup()
 
 
 def standby_in_sync(cluster: NetnsCluster) -> bool:
@@ -49,40 +63,43 @@ def standby_in_sync(cluster: NetnsCluster) -> bool:
 @pytest.fixture
 def ha(ha_cluster):
     """The cluster with both metaservers running and the standby in sync; so again afterwards."""
+    for name in ha_cluster.nodes:
+        if name.startswith("etcd"):
+            ha_cluster.start(name)
     for name in ha_cluster.metaservers:
         ha_cluster.start(name)
     wait_until(lambda: standby_in_sync(ha_cluster), 90, "a standby in sync, named in etcd")
     yield ha_cluster
-    for name in ha_cluster.metaservers:
+    for name in [*(n for n in ha_cluster.nodes if n.startswith("etcd")), *ha_cluster.metaservers]:
         ha_cluster.start(name)
 
 
 @pytest.fixture
 def workload(ha, request):
-    name = request.node.name.replace("[", "-").replace("]", "")
-    load = Workload(ha.mnt("client1") / name, ha.mnt("client2") / name).start()
-    try:
+    with workload_in(ha, request.node.name) as load:
         yield load
-    finally:
-        load.stop()
-        shutil.rmtree(ha.mnt("client1") / name, ignore_errors=True)
 
 
 @pytest.fixture
 def history(ha, request):
-    """Metadata operations through the Python API (no cache between them and the metaserver),
-    checked against a sequential model (metadata_history.py), and the end state from a new client."""
+    """Metadata operations of several Python API clients (no cache between them and the
+    metaserver) in one directory, checked for linearizability (metadata_history.py) with the
+    end state as a new client lists it."""
     root = "/history-" + request.node.name
-    with chunkfs.client.connect(ha.metaserver, ha.secret_file, retry_s=30, dir_leases=False) as fs:
-        ops = MetadataHistory(fs, root).start()
+    with contextlib.ExitStack() as clients:
+        filesystems = [clients.enter_context(chunkfs.client.connect(ha.metaserver, ha.secret_file, retry_s=30,
+                                                                    dir_leases=False))
+                       for _ in range(HISTORY_CLIENTS)]
+        ops = MetadataHistory(filesystems, root).start()
         try:
             yield ops
         finally:
             ops.stop()
     with chunkfs.client.connect(ha.metaserver, ha.secret_file, retry_s=30) as fresh:
-        violations = ops.final_violations(fresh.listdir(root))
-    print(f"metadata history: {len(ops.history)} operations, {len(violations)} violations")
-    assert not violations, "\n".join(violations)
+        violations = ops.check(fresh.listdir(root))
+    print(f"metadata history: {len(ops.history)} operations of {HISTORY_CLIENTS} clients, "
+          f"{len(violations)} violations")
+    assert not violations, "\n".join(violations[:50])
 
 
 def new_primary(cluster: NetnsCluster, old: str, timeout_s: float = 60) -> str:
@@ -92,127 +109,259 @@ def new_primary(cluster: NetnsCluster, old: str, timeout_s: float = 60) -> str:
     return primary
 
 
-def report(workload: Workload, what: str, fault_at: float, primary_at: float) -> None:
+@dataclass
+class Takeover:
+    old: str
+    new: str = ""
+    fault_at: float = 0.0
+    took_over_at: float = 0.0
+
+
+def report(workload: Workload, what: str, fault_at: float, back_at: float, back: str = "new primary") -> None:
     first = workload.first_write_after(fault_at)
-    print(f"\n{what}: new primary after {primary_at - fault_at:.1f} s; first acknowledged write after "
+    print(f"\n{what}: {back} after {back_at - fault_at:.1f} s; first acknowledged write after "
           f"{(first - fault_at) if first else float('nan'):.1f} s; longest writer pause "
           f"{workload.longest_write_gap_s(fault_at - 5):.1f} s; {workload.writes} writes, {workload.reads} reads")
 
 
-def test_primary_killed(ha, workload, history):
-    workload.keeps_working(2)
+@contextlib.contextmanager
+def primary_replaced(ha: NetnsCluster, workload: Workload, what: str, fault: Callable[[str], None],
+                     heal: Callable[[str], None] = lambda name: None, timeout_s: float = 60) -> Iterator[Takeover]:
+    """`during_fault` with `fault(primary)`: the other metaserver takes over and the workload goes
+    on under it before the with-body runs; after `heal(old primary)` the old one is a standby in
+    sync of the new one, which is still the primary."""
     old = ha.primary()
     assert old is not None
-    killed_at = time.monotonic()
-    ha.kill(old, signal.SIGKILL)
-    primary = new_primary(ha, old)
-    took_over_at = time.monotonic()
-    workload.keeps_working(2)
-    report(workload, "SIGKILL of the primary", killed_at, took_over_at)
-    ha.start(old)  # it comes back as a standby of the new primary, with a new copy
-    wait_until(lambda: ha.role(old) == "standby" and standby_in_sync(ha), 90, f"{old} a standby in sync")
-    assert ha.primary() == primary
-    workload.stop()
-    workload.verify()
+    takeover = Takeover(old)
 
+    def recovered() -> None:
+        report(workload, what, takeover.fault_at, takeover.took_over_at)
+        wait_until(lambda: ha.role(old) == "standby" and standby_in_sync(ha), 90, f"{old} a standby in sync again")
+        assert ha.primary() == takeover.new
 
-def test_primary_stopped_past_its_lease_acknowledges_nothing_after(ha, workload):
-    workload.keeps_working(2)
-    old = ha.primary()
-    assert old is not None
-    pid = ha.pid(old)
-    assert pid is not None
-    stopped_at = time.monotonic()
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        primary = new_primary(ha, old)
-        took_over_at = time.monotonic()
+    with during_fault(workload, lambda: fault(old), lambda: heal(old), recovered) as fault_at:
+        takeover.fault_at = fault_at
+        takeover.new = new_primary(ha, old, timeout_s)
+        takeover.took_over_at = time.monotonic()
         workload.keeps_working(2)
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    # woken past its lease, it must not answer as the primary: it fences itself, then follows
-    wait_until(lambda: ha.role(old) in ("standby", "waiting", "fenced", "down"), 30, f"{old} not primary")
-    assert ha.primary() == primary
-    report(workload, "SIGSTOP of the primary", stopped_at, took_over_at)
-    wait_until(lambda: ha.role(old) == "standby" and standby_in_sync(ha), 90, f"{old} a standby in sync again")
-    workload.stop()
-    workload.verify()
+        yield takeover
+
+
+def test_primary_killed(ha, workload, history):
+    # it comes back as a standby of the new primary, with a new copy
+    with primary_replaced(ha, workload, "SIGKILL of the primary", ha.kill, ha.start):
+        pass
+
+
+def epoch_of(cluster: NetnsCluster) -> int:
+    failover = cluster.status().failover
+    assert failover is not None
+    return failover.epoch
+
+
+def fencing_epochs(cluster: NetnsCluster) -> set[int]:
+    """The primary's epoch each chunkserver obeys (chunkserver/fencing.py), from its /health."""
+    return {httpx.get(f"http://{cluster.address(name)}/health", timeout=5).json()["fencing_epoch"]
+            for name in cluster.chunkservers}
+
+
+def sent_unanswered_mkdir(cluster: NetnsCluster, metaserver: str, name: str):
+    """A mkdir of /`name` sent on a connection of its own to `metaserver`, its answer not read
+    (to a stopped process it waits in the socket): the connection, to read the answer from."""
+    address = cluster.meta_address(metaserver)
+    body = r.json_encode(r.CreateReq(parent=1, name=name.encode(), mode=stat.S_IFDIR | 0o755, uid=0, gid=0))
+    headers = sign_headers(auth.load_secret(cluster.secret_file), address, "POST", "/v1/fs/mkdir", body,
+                           (("Content-Type", "application/json"),))
+    request = ["POST /v1/fs/mkdir HTTP/1.1", *(f"{k}: {v}" for k, v in headers), f"Content-Length: {len(body)}",
+               "Connection: close"]
+    connection = raw_connection(address, timeout_s=60)
+    connection.sendall(("\r\n".join(request) + "\r\n\r\n").encode() + body)
+    return connection
+
+
+def answer_status(connection) -> int | None:
+    """The HTTP status the connection was answered with; None when it was closed unanswered."""
+    with connection:
+        first_line = connection.makefile("rb").readline()
+    return int(first_line.split()[1]) if first_line.startswith(b"HTTP/") else None
+
+
+def refused_as_former_primary(cluster: NetnsCluster, path, epoch: int) -> None:
+    """A DELETE of one of `path`'s chunk versions signed as the primary of `epoch` is refused by
+    its chunkserver (ESTALE), which keeps the version."""
+    chunk = cluster.layout(path).chunks[0]
+    holder = next(name for name in cluster.chunkservers if cluster.server_id(name) in chunk.replicas)
+    http = SignedHttp(auth.load_secret(cluster.secret_file), retry_s=0)
+
+    async def delete() -> None:
+        try:
+            await ChunkClient(http, fencing_epoch=epoch).delete(cluster.address(holder), chunk.chunk_id, chunk.version)
+        finally:
+            await http.aclose()
+
+    with pytest.raises(FsError) as refused:
+        asyncio.run(delete())
+    assert refused.value.errno == errno.ESTALE
+    assert f"{chunk.chunk_id:016x}_{chunk.version:016x}.chunk" in {p.name for p in cluster.chunk_files(holder)}
+
+
+def test_primary_stopped_past_its_lease_is_fenced(ha, workload, history):
+    """SIGSTOP of the primary for longer than its lease, then SIGCONT: the standby took over and
+    the woken one acknowledges nothing. A mkdir that reached it while it was stopped is refused
+    when it wakes (and is nowhere); the chunkservers obey the new primary's epoch and refuse a
+    DELETE signed with the old one."""
+    old_epoch = epoch_of(ha)
+    kept = ha.mnt("client1") / "kept"
+    kept.write_bytes(os.urandom(CHUNK_SIZE + 1000))
+    stopped: list[int] = []
+
+    def stop(name: str) -> None:
+        pid = ha.pid(name)
+        assert pid is not None
+        stopped.append(pid)
+        os.kill(pid, signal.SIGSTOP)
+
+    def cont(name: str) -> None:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+
+    with primary_replaced(ha, workload, "SIGSTOP of the primary", stop, cont) as takeover:
+        new_epoch = epoch_of(ha)
+        assert new_epoch > old_epoch
+        wait_until(lambda: fencing_epochs(ha) == {new_epoch}, 30, f"every chunkserver obeying epoch {new_epoch}")
+        waiting = sent_unanswered_mkdir(ha, takeover.old, "sent-to-the-stopped-primary")
+    assert answer_status(waiting) in (503, None)  # refused, or cut off unanswered: never acknowledged
+    assert "sent-to-the-stopped-primary" not in os.listdir(ha.mnt("client2"))
+    refused_as_former_primary(ha, kept, old_epoch)
+    kept.unlink()
 
 
 def test_switchover_under_load(ha, workload, history):
-    workload.keeps_working(2)
-    old = ha.primary()
-    assert old is not None
-    asked_at = time.monotonic()
-    assert ha.meta_call(lambda meta: meta.step_down(ha.meta_address(old))) == ha.meta_address(old)
-    primary = new_primary(ha, old, timeout_s=30)
-    took_over_at = time.monotonic()
-    workload.keeps_working(2)
-    report(workload, "switchover", asked_at, took_over_at)
-    wait_until(lambda: ha.role(old) == "standby" and standby_in_sync(ha), 90, f"{old} a standby in sync")
-    assert ha.primary() == primary
-    workload.stop()
-    workload.verify()
+    def step_down(old: str) -> None:
+        assert ha.meta_call(lambda meta: meta.step_down(ha.meta_address(old))) == ha.meta_address(old)
+
+    with primary_replaced(ha, workload, "switchover", step_down, timeout_s=30):
+        pass
 
 
 def test_one_etcd_member_killed_changes_nothing(ha, workload):
     primary = ha.primary()
-    ha.kill("etcd1")
-    try:
+    with during_fault(workload, lambda: ha.kill("etcd1"), lambda: ha.start("etcd1")):
         workload.keeps_working(3 * TTL_S)  # several lease renewals without that member
         assert ha.primary() == primary
-    finally:
-        ha.start("etcd1")
-    workload.stop()
-    workload.verify()
+
+
+def gives_up(cluster: NetnsCluster, retry_s: float = 3) -> OSError | None:
+    """The error a Python API client that waits only `retry_s` for a mkdir gets (None: none)."""
+    try:
+        with chunkfs.client.connect(cluster.metaserver, cluster.secret_file, retry_s=retry_s) as fs:
+            fs.mkdir("/made-without-a-primary")
+    except OSError as exc:
+        return exc
+    return None
+
+
+def test_etcd_majority_lost_nothing_is_acknowledged_until_it_is_back(ha, workload, history):
+    """Two of the three etcd members killed: no metaserver can renew or take the leader key. The
+    primary stops acknowledging within its lease and says why to a client that gives up; the
+    mounts wait (inside their retry_s); once the members are back a primary is elected again and
+    writes go on; nothing acknowledged is lost (the workload's and the history's checks)."""
+    primary = ha.primary()
+    assert primary is not None
+    members = ["etcd1", "etcd2"]
+    healed_at = []
+
+    def heal() -> None:
+        healed_at.append(time.monotonic())
+        for name in members:
+            ha.start(name)
+
+    def recovered() -> None:
+        wait_until(lambda: ha.primary() is not None, 60, "a primary again")
+        report(workload, "two of three etcd members killed, then started again", healed_at[0], time.monotonic(),
+               "a primary again")
+
+    with during_fault(workload, lambda: [ha.kill(name) for name in members], heal, recovered) as lost_at:
+        wait_until(lambda: ha.role(primary) != "primary", 30, f"{primary} no longer the primary")
+        print(f"\nthe primary stopped serving {time.monotonic() - lost_at:.1f} s after the etcd majority was lost")
+        errors: list[OSError | None] = []
+        asking = threading.Thread(target=lambda: errors.append(gives_up(ha)))
+        asking.start()
+        writes = workload.writes  # past its lease since the loss
+        time.sleep(3)  # the fault's duration: nothing may be acknowledged meanwhile
+        assert workload.writes == writes, "a write was acknowledged without an etcd majority"
+        assert ha.primary() is None
+        asking.join(30)
+        error = errors[0] if errors else None
+        assert error is not None and error.errno == errno.EIO and "etcd does not answer" in str(error), error
+    assert "made-without-a-primary" not in os.listdir(ha.mnt("client2"))
 
 
 def test_primary_cut_off_from_etcd_while_clients_reach_it(ha, workload):
-    workload.keeps_working(2)
-    old = ha.primary()
-    assert old is not None
     etcd = [name for name in ha.nodes if name.startswith("etcd")]
-    cut_at = time.monotonic()
-    ha.cut_between(old, etcd)
-    try:
-        primary = new_primary(ha, old)
-        took_over_at = time.monotonic()
-        workload.keeps_working(2)
-        assert ha.role(old) != "primary"  # it fenced itself: clients reaching it are sent on
-    finally:
-        ha.heal_cut(old)
-    report(workload, "the primary cut off from etcd", cut_at, took_over_at)
-    wait_until(lambda: ha.role(old) == "standby" and standby_in_sync(ha), 90, f"{old} a standby in sync")
-    assert ha.primary() == primary
-    workload.stop()
-    workload.verify()
+    with primary_replaced(ha, workload, "the primary cut off from etcd", lambda old: ha.cut_between(old, etcd),
+                          ha.heal_cut) as takeover:
+        assert ha.role(takeover.old) != "primary"  # it fenced itself: clients reaching it are sent on
 
 
 def test_link_between_the_metaservers_cut(ha, workload):
-    workload.keeps_working(2)
     primary = ha.primary()
     assert primary is not None
     standby = next(name for name in ha.metaservers if name != primary)
-    ha.cut_between(primary, [standby])
-    try:
+    with during_fault(workload, lambda: ha.cut_between(primary, [standby]), lambda: ha.heal_cut(primary),
+                      recovered=lambda: wait_until(lambda: standby_in_sync(ha), 90,
+                                                   "the standby caught up and named in etcd again")):
         # the primary stops waiting for the standby (once, standby_timeout_s) and names it no more in etcd
         wait_until(lambda: not standby_in_sync(ha), 60, "the standby out of sync")
         workload.keeps_working(2)
         assert ha.primary() == primary  # the standby, behind, does not take over
-    finally:
-        ha.heal_cut(primary)
-    wait_until(lambda: standby_in_sync(ha), 90, "the standby caught up and named in etcd again")
-    workload.stop()
-    workload.verify()
 
 
 def test_both_metaservers_killed_and_restarted(ha, workload):
-    workload.keeps_working(2)
-    for name in ha.metaservers:
-        ha.kill(name)
-    for name in ha.metaservers:
-        ha.start(name)  # whichever etcd's sync record names takes the key
-    wait_until(lambda: ha.primary() is not None and standby_in_sync(ha), 90, "a primary and a standby in sync")
-    workload.keeps_working(2)
-    workload.stop()
-    workload.verify()
+    def restart() -> None:
+        for name in ha.metaservers:
+            ha.kill(name)
+        for name in ha.metaservers:
+            ha.start(name)  # whichever etcd's sync record names takes the key
+
+    with during_fault(workload, restart, lambda: None):
+        wait_until(lambda: ha.primary() is not None and standby_in_sync(ha), 90, "a primary and a standby in sync")
+
+
+def test_removal_waits_for_the_standby(ha):
+    """The chunks a removal drops are deleted from the chunkservers only once every standby that
+    could take over has the removal. With the standby stopped (for less than standby_timeout_s,
+    5 s, so it still counts) the unlink waits and its chunks stay, though the deleter passes every
+    0.5 s and the removal is already in the primary's database; once the standby is woken and has
+    it, the unlink returns and the chunks go."""
+    path = ha.mnt("client1") / "removed-while-the-standby-is-stopped"
+    path.write_bytes(os.urandom(2 * CHUNK_SIZE + 1000))
+    versions = {f"{c.chunk_id:016x}_{c.version:016x}.chunk" for c in ha.layout(path).chunks}
+    copies = lambda: {(name, p.name) for name in ha.chunkservers for p in ha.chunk_files(name) if p.name in versions}
+    before = copies()
+    primary = ha.primary()
+    standby = next(name for name in ha.metaservers if name != primary)
+    pid = ha.pid(standby)
+    assert pid is not None and before
+    failed: list[OSError] = []
+
+    def unlink() -> None:
+        try:
+            path.unlink()
+        except OSError as exc:
+            failed.append(exc)
+
+    unlinked = threading.Thread(target=unlink)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        unlinked.start()
+        stopped_until = time.monotonic() + 3  # the fault's duration, within standby_timeout_s
+        while time.monotonic() < stopped_until:
+            assert copies() == before, "chunks deleted before the standby had the removal"
+            time.sleep(0.2)  # how often the chunkservers' disks are looked at meanwhile
+        assert unlinked.is_alive(), "the unlink was acknowledged without the standby"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    unlinked.join(60)
+    assert not unlinked.is_alive() and not failed, failed
+    wait_until(lambda: not copies(), 30, "the removed file's chunks deleted once the standby had the removal")

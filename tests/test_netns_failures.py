@@ -10,15 +10,10 @@ found it); `--long` runs the same faults for a minute or more.
 from __future__ import annotations
 
 import errno
-import hashlib
-import itertools
 import os
-import random
 import re
 import shutil
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,8 +21,8 @@ import pytest
 from chunkfs import CHUNK_SIZE
 from conftest import wait_until
 from netns_cluster import NetnsCluster
+from netns_workload import MiB, drop_page_cache, during_fault, sha256, workload_in
 
-MiB = 1024 * 1024
 HEARTBEAT_TIMEOUT_S = 3.0
 DISK_MB = 512  # each chunkserver's disk is a tmpfs this big, so one can be filled in a moment
 SCRUB_MB_PER_S = 20  # a pass over a server's chunks takes seconds
@@ -43,123 +38,12 @@ def fault_seconds(short: float, long: float):
                                    ids=["short", "long"])
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def drop_page_cache() -> None:
-    """Without a fork (see netns_cluster.Launcher)."""
-    Path("/proc/sys/vm/drop_caches").write_text("3")
-
-
-class Workload:
-    """A writer making files on one client and a reader checking them on the other, each in a
-    thread, until `stop()`. `acknowledged` holds each file whose fsync and close returned; past
-    `keep_bytes` of them the writer removes the oldest (so long runs fit the disks)."""
-
-    def __init__(self, writer_dir: Path, reader_dir: Path, max_file_bytes: int = 2 * CHUNK_SIZE + 5000,
-                 pause_s: float = 0.05, keep_bytes: int = 160 * MiB) -> None:
-        self.writer_dir, self.reader_dir = writer_dir, reader_dir
-        self.max_file_bytes, self.pause_s, self.keep_bytes = max_file_bytes, pause_s, keep_bytes
-        self.acknowledged: dict[str, str] = {}
-        self._sizes: dict[str, int] = {}
-        self.errors: list[str] = []
-        self.writes = self.reads = 0
-        self.write_done_at: list[float] = []  # time.monotonic() of each acknowledged write
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, args=(self._write_one,), daemon=True),
-                         threading.Thread(target=self._loop, args=(self._read_one,), daemon=True)]
-        self.started = time.monotonic()
-
-    def start(self) -> Workload:
-        self.writer_dir.mkdir(exist_ok=True)
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def _loop(self, step: Callable[[], None]) -> None:
-        while not self._stop.is_set():
-            try:
-                step()
-            except OSError as exc:
-                self.errors.append(f"{time.monotonic() - self.started:6.1f} s {step.__name__}: {exc}")
-            self._stop.wait(self.pause_s)
-
-    def _write_one(self) -> None:
-        name = f"f{self.writes:05d}"
-        data = os.urandom(random.randint(1, self.max_file_bytes))
-        with open(self.writer_dir / name, "wb") as f:
-            f.write(data)
-            os.fsync(f.fileno())
-        self.acknowledged[name] = sha256(data)
-        self._sizes[name] = len(data)
-        self.writes += 1
-        self.write_done_at.append(time.monotonic())
-        while sum(self._sizes.values()) > self.keep_bytes:
-            oldest = next(iter(self._sizes))
-            del self.acknowledged[oldest], self._sizes[oldest]
-            os.unlink(self.writer_dir / oldest)
-
-    def _read_one(self) -> None:
-        if not self.acknowledged:
-            return
-        name = random.choice(list(self.acknowledged))
-        try:
-            data = (self.reader_dir / name).read_bytes()
-        except FileNotFoundError:
-            if name not in self.acknowledged:
-                return  # the writer removed it meanwhile
-            raise
-        if sha256(data) != self.acknowledged.get(name, sha256(data)):
-            self.errors.append(f"{name}: read {len(data)} bytes that differ from what was written")
-        self.reads += 1
-
-    def longest_write_gap_s(self, after: float = 0.0) -> float:
-        """The longest time between two acknowledged writes (from `after` on): the pause the
-        writing application saw."""
-        times = [t for t in self.write_done_at if t >= after]
-        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
-
-    def first_write_after(self, moment: float) -> float | None:
-        return next((t for t in self.write_done_at if t > moment), None)
-
-    def progress(self) -> tuple[int, int]:
-        return self.writes, self.reads
-
-    def keeps_working(self, seconds: float) -> None:
-        """Wait `seconds`; both the writer and the reader must have finished something since."""
-        writes, reads = self.progress()
-        time.sleep(seconds)  # a duration: the workload runs this long under the current conditions
-        wait_until(lambda: self.writes > writes and self.reads > reads, 60,
-                   f"the writer and the reader each finished something after {seconds} s (errors: {self.errors})")
-
-    def stop(self, timeout_s: float = 120) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout_s)
-            if thread.is_alive():
-                self.errors.append(f"{thread.name} still stuck after {timeout_s} s")
-
-    def verify(self) -> None:
-        """No error was seen, and every acknowledged file reads back right from both clients."""
-        assert not self.errors, "\n".join(self.errors)
-        assert self.writes > 0 and self.reads > 0
-        drop_page_cache()
-        for directory in (self.writer_dir, self.reader_dir):
-            for name, digest in self.acknowledged.items():
-                assert sha256((directory / name).read_bytes()) == digest, f"{directory / name}"
-
-
 @pytest.fixture(scope="module")
 def shared_cluster(tmp_path_factory):
-    cluster = NetnsCluster(tmp_path_factory.mktemp("netns"), chunkservers=5, clients=2, goal=3,
-                           heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, scrub_mb_per_s=SCRUB_MB_PER_S,
-                           disk_mb={f"cs{i}": DISK_MB for i in range(1, 6)})
-    try:
-        cluster.up()
+    with NetnsCluster(tmp_path_factory.mktemp("netns"), chunkservers=5, clients=2, goal=3,
+                     heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, scrub_mb_per_s=SCRUB_MB_PER_S,
+                     disk_mb={f"cs{i}": DISK_MB for i in range(1, 6)}) as cluster:
         yield cluster
-    finally:
-        cluster.cleanup()
 
 
 def restore(cluster: NetnsCluster) -> None:
@@ -187,15 +71,8 @@ def netns(shared_cluster):
 
 @pytest.fixture
 def workload(netns, request):
-    """A writer on client1 and a reader on client2 in a directory of the test's own; its files
-    are removed afterwards (so the shared disks do not fill up)."""
-    name = request.node.name.replace("[", "-").replace("]", "")
-    load = Workload(netns.mnt("client1") / name, netns.mnt("client2") / name).start()
-    try:
+    with workload_in(netns, request.node.name) as load:
         yield load
-    finally:
-        load.stop()
-        shutil.rmtree(netns.mnt("client1") / name, ignore_errors=True)
 
 
 def at_goal(cluster: NetnsCluster, timeout_s: float = 90) -> float:
@@ -210,68 +87,42 @@ def replicas_of(cluster: NetnsCluster, path: Path) -> list[list[str]]:
 
 @fault_seconds(5, 60)
 def test_one_chunkserver_killed(netns, workload, fault_s):
-    workload.keeps_working(1)
-    netns.kill("cs2")
-    workload.keeps_working(fault_s)
-    at_goal(netns)  # copies made elsewhere while it is away
-    netns.start("cs2")
-    workload.keeps_working(1)
-    workload.stop()
-    workload.verify()
+    with during_fault(workload, lambda: netns.kill("cs2"), lambda: netns.start("cs2"), before_s=1, after_s=1):
+        workload.keeps_working(fault_s)
+        at_goal(netns)  # copies made elsewhere while it is away
 
 
 @fault_seconds(5, 60)
 def test_two_chunkservers_killed(netns, workload, fault_s):
-    workload.keeps_working(1)
-    netns.kill("cs1")
-    netns.kill("cs4")
-    workload.keeps_working(fault_s)
-    at_goal(netns)  # three servers left: goal 3 can still be met
-    netns.start("cs1")
-    netns.start("cs4")
-    workload.keeps_working(1)
-    workload.stop()
-    workload.verify()
+    with during_fault(workload, lambda: [netns.kill(name) for name in ("cs1", "cs4")],
+                      lambda: [netns.start(name) for name in ("cs1", "cs4")], before_s=1, after_s=1):
+        workload.keeps_working(fault_s)
+        at_goal(netns)  # three servers left: goal 3 can still be met
 
 
 # ---- the network ----------------------------------------------------------------------------
 
 @fault_seconds(6, 60)
 def test_link_cut_mid_write(netns, workload, fault_s):
-    workload.keeps_working(1)
-    netns.link_down("cs3")
-    workload.keeps_working(fault_s)
-    netns.link_up("cs3")
-    workload.keeps_working(2)
-    workload.stop()
+    with during_fault(workload, lambda: netns.link_down("cs3"), lambda: netns.link_up("cs3"), before_s=1):
+        workload.keeps_working(fault_s)
     at_goal(netns)
-    workload.verify()
 
 
 @fault_seconds(6, 60)
 def test_slow_lossy_link(netns, workload, fault_s):
-    workload.keeps_working(1)
-    applied = netns.impair("cs5", delay_ms=40, loss_pct=5)
-    print(f"cs5's link: {applied}")
-    workload.keeps_working(fault_s)
-    netns.clear_impairment("cs5")
-    workload.keeps_working(1)
-    workload.stop()
+    impair = lambda: print(f"cs5's link: {netns.impair('cs5', delay_ms=40, loss_pct=5)}")
+    with during_fault(workload, impair, lambda: netns.clear_impairment("cs5"), before_s=1, after_s=1):
+        workload.keeps_working(fault_s)
     at_goal(netns)
-    workload.verify()
 
 
 @fault_seconds(6, 25)
 def test_client_link_cut_and_back(netns, workload, fault_s):
     """The reader's client loses its network for less than its retry_s (30 s): its reads wait and
     go on once it is back (longer, they would fail with EIO, as the README says)."""
-    workload.keeps_working(1)
-    netns.link_down("client2")
-    time.sleep(fault_s)  # the fault's duration (a parameter of the test), not a wait
-    netns.link_up("client2")
-    workload.keeps_working(2)
-    workload.stop()
-    workload.verify()
+    with during_fault(workload, lambda: netns.link_down("client2"), lambda: netns.link_up("client2"), before_s=1):
+        time.sleep(fault_s)  # the fault's duration (a parameter of the test), not a wait
 
 
 # ---- disks --------------------------------------------------------------------------------------

@@ -24,13 +24,9 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def netns(tmp_path_factory):
-    cluster = NetnsCluster(tmp_path_factory.mktemp("netns-locks"), chunkservers=1, clients=2, goal=1,
-                           metaserver_options={"client-timeout-s": str(CLIENT_TIMEOUT_S)})
-    try:
-        cluster.up()
+    with NetnsCluster(tmp_path_factory.mktemp("netns-locks"), chunkservers=1, clients=2, goal=1,
+                      metaserver_options={"client-timeout-s": str(CLIENT_TIMEOUT_S)}) as cluster:
         yield cluster
-    finally:
-        cluster.cleanup()
 
 
 def test_a_cut_off_holder_loses_its_locks_to_the_waiter_and_gets_eio(netns):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import threading
 
 import msgspec
 import pytest
@@ -126,6 +127,42 @@ def test_a_silent_synchronous_standby_holds_a_batch_for_the_time_out_only(primar
 
     asyncio.run(run())
     assert not log.status()[0].in_sync
+
+
+class HeldSyncRecord:
+    """etcd's sync record (election.SyncPublisher) whose write of a standby's drop waits for the
+    test's word."""
+
+    def __init__(self) -> None:
+        self.writing, self.written = threading.Event(), threading.Event()
+
+    def joined(self) -> None:
+        pass
+
+    def dropped(self) -> bool:
+        self.writing.set()
+        return self.written.wait(10)
+
+
+def test_a_standby_falling_behind_still_counts_until_etcd_no_longer_names_it(primary):
+    """What the deleter asks (`confirmed`) before acting on a batch outside the database: a
+    standby that timed out may still take over until the sync record without it is written, so
+    until then a batch it has not confirmed is not on every standby that could take over."""
+    db, log, committer = primary
+    record = HeldSyncRecord()
+    log.sync_record = record
+
+    async def run():
+        await log.feed("sync", log.history, log.seq, True, 0)  # caught up: now in sync
+        commit = asyncio.ensure_future(committer.run(lambda txn: txn.put(b"a", b"1", db=db.inodes)))
+        assert await asyncio.to_thread(record.writing.wait, 10)  # timed out: etcd is being told
+        assert not log.status()[0].in_sync
+        assert not log.confirmed(log.seq)
+        record.written.set()
+        await commit
+        assert log.confirmed(log.seq)  # etcd no longer names it: it cannot take over
+
+    asyncio.run(run())
 
 
 def test_without_a_standby_nothing_is_kept_and_one_coming_back_copies_again(primary):

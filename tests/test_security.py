@@ -317,6 +317,132 @@ def test_exports_read_only_subtree_and_root_squash(secured, tmp_path):
     assert os.stat(c.mnt / "projects" / "by-root").st_uid == 65534
 
 
+def lock_call(cluster: Cluster, key: bytes, client: str, op: str, record) -> httpx.Response:
+    """A lock operation (`lock`, `testlock`, `reclaim_locks`, `locks`) as client `client`."""
+    return call(cluster.metaserver, key, "POST", f"/v1/fs/{op}", record, headers={"X-Chunkfs-Client": client})
+
+
+def test_a_read_only_export_locks_as_a_read_only_mount_does(secured):
+    """Read locks and flock locks (shared or exclusive) are granted; a POSIX write lock is EBADF,
+    Linux's answer for a descriptor not open for writing, which is all a read-only filesystem
+    gives (NFSv4 answers so too)."""
+    c = secured
+    (c.mnt / "projects").mkdir(exist_ok=True)
+    (c.mnt / "projects" / "ro-locked.txt").write_text("x")
+    ro = credential(c, "client", "ro-locks", "--subtree", "/projects", "--read-only")
+    projects_ino = os.stat(c.mnt / "projects").st_ino
+    looked_up = call(c.metaserver, ro, "POST", "/v1/fs/lookup", r.LookupReq(projects_ino, b"ro-locked.txt"))
+    ino = looked_up.json()["ino"]
+
+    def lock(op: str, kind: int, flock: bool = False) -> httpx.Response:
+        return lock_call(c, ro, "ro-reader", op, r.LockReq(ino=ino, owner=7, type=kind, flock=flock))
+
+    write_lock = lock("lock", fcntl.F_WRLCK)
+    assert write_lock.status_code != 200 and errno_of(write_lock) == "EBADF", write_lock.text
+    for granted in (lock("lock", fcntl.F_RDLCK), lock("lock", fcntl.F_WRLCK, flock=True)):
+        assert granted.status_code == 200 and granted.json()["granted"], granted.text
+    assert lock("testlock", fcntl.F_WRLCK).json()["type"] == fcntl.F_UNLCK  # F_GETLK asks, takes nothing
+    held = lock_call(c, auth.load_secret(c.secret_file), "admin", "locks", r.LocksReq(ino)).json()
+    assert sorted((info["flock"], info["type"]) for info in held) == [(False, fcntl.F_RDLCK), (True, fcntl.F_WRLCK)]
+    for flock in (False, True):
+        assert lock("lock", fcntl.F_UNLCK, flock=flock).status_code == 200
+
+
+@pytest.mark.parametrize("fresh_cluster", [{"chunkservers": 1, "goal": 1,
+                                            "up_options": ("--roles", "--lock-grace-s", "120")}], indirect=True)
+def test_a_reclaim_gets_back_only_what_the_export_allows(fresh_cluster):
+    """After a metaserver restart each client gives back the locks it held (reclaim, in the grace
+    period); each is checked as a new lock would be: a hand-made reclaim gets no lock outside
+    the credential's subtree, and no POSIX write lock of a read-only export. Files inside are
+    given back although the restart forgot which files the credential had been shown."""
+    c = fresh_cluster
+    (c.mnt / "projects" / "deep").mkdir(parents=True)
+    (c.mnt / "home").mkdir()
+    names = ("projects/plan.txt", "projects/deep/notes.txt", "projects/shared.txt", "home/secret.txt", "elsewhere")
+    for name in names:
+        (c.mnt / name).write_text("x")
+    ino = {name: os.stat(c.mnt / name).st_ino for name in names}
+    inside = credential(c, "client", "projects", "--subtree", "/projects")
+    ro = credential(c, "client", "projects-ro", "--subtree", "/projects", "--read-only")
+    secret = auth.load_secret(c.secret_file)
+
+    def lock(name: str, kind: int, flock: bool = False) -> r.LockReq:
+        return r.LockReq(ino=ino[name], owner=1, type=kind, flock=flock)
+
+    # a client that held a lock and will not come back: the grace lasts its 120 s
+    assert lock_call(c, secret, "gone", "lock", lock("elsewhere", fcntl.F_WRLCK)).json()["granted"]
+    c.kill("metaserver")
+    c.up()
+    thief = lock_call(c, inside, "thief", "reclaim_locks", r.LockReclaimReq("before", [
+        lock("home/secret.txt", fcntl.F_WRLCK), lock("projects/plan.txt", fcntl.F_WRLCK),
+        lock("projects/deep/notes.txt", fcntl.F_WRLCK)]))
+    assert thief.status_code == 200 and thief.json()["lost"] == [0], thief.text  # outside its subtree
+    reader = lock_call(c, ro, "reader", "reclaim_locks", r.LockReclaimReq("before", [
+        lock("projects/shared.txt", fcntl.F_WRLCK), lock("projects/shared.txt", fcntl.F_RDLCK),
+        lock("projects/shared.txt", fcntl.F_WRLCK, flock=True)]))
+    assert reader.status_code == 200 and reader.json()["lost"] == [0], reader.text  # a write lock, read-only
+    held = lock_call(c, secret, "admin", "locks", r.LocksReq(0)).json()
+    by_name = {number: name for name, number in ino.items()}
+    assert sorted((info["client"], by_name[info["ino"]], info["flock"], info["type"]) for info in held) == [
+        ("reader", "projects/shared.txt", False, fcntl.F_RDLCK), ("reader", "projects/shared.txt", True, fcntl.F_WRLCK),
+        ("thief", "projects/deep/notes.txt", False, fcntl.F_WRLCK), ("thief", "projects/plan.txt", False, fcntl.F_WRLCK)]
+
+
+def test_quotas_trash_and_snapshots_keep_to_roles_and_exports(secured):
+    """The storage-safety calls: quota limits and the trash are an admin's; snapshots, trash
+    times and quota reads stay inside a client's export, none on a read-only one, and a
+    root-squashed snapshot gives root's files to the squashed uid."""
+    c = secured
+    for name in ("projects", "home"):
+        (c.mnt / name).mkdir(exist_ok=True)
+    (c.mnt / "home" / "secret.txt").write_text("home secret")
+    (c.mnt / "projects" / "plan.txt").write_text("plan")
+    projects_ino, home_ino = os.stat(c.mnt / "projects").st_ino, os.stat(c.mnt / "home").st_ino
+    secret_ino = os.stat(c.mnt / "home" / "secret.txt").st_ino
+    admin = credential(c, "admin", "quota-admin")
+    rw = credential(c, "client", "rw-projects", "--subtree", "/projects")
+    ro = credential(c, "client", "ro-projects2", "--subtree", "/projects", "--read-only")
+    assert call(c.metaserver, admin, "POST", "/v1/fs/quota_set",
+                r.QuotaSetReq(ino=projects_ino, inodes_hard=1000)).status_code == 200
+    before = stored_state(c)
+    refused = {
+        ("quota_set by a client", "EPERM"): call(c.metaserver, rw, "POST", "/v1/fs/quota_set",
+                                                 r.QuotaSetReq(ino=projects_ino, bytes_hard=1)),
+        ("trash_list by a client", "EPERM"): call(c.metaserver, rw, "POST", "/v1/fs/trash_list", r.TrashListReq()),
+        ("trash_purge by a client", "EPERM"): call(c.metaserver, rw, "POST", "/v1/fs/trash_purge",
+                                                   r.TrashPurgeReq(everything=True)),
+        ("snapshot of /home/secret.txt into /projects", "EACCES"): call(
+            c.metaserver, rw, "POST", "/v1/fs/snapshot", r.SnapshotReq(secret_ino, projects_ino, b"stolen")),
+        ("snapshot of /projects into /home", "EACCES"): call(
+            c.metaserver, rw, "POST", "/v1/fs/snapshot", r.SnapshotReq(projects_ino, home_ino, b"copy")),
+        ("trash_time of /home", "EACCES"): call(c.metaserver, rw, "POST", "/v1/fs/trash_time",
+                                                r.TrashTimeReq(home_ino, 0)),
+        ("quota_list of the whole cluster", "EACCES"): call(c.metaserver, rw, "POST", "/v1/fs/quota_list",
+                                                            r.InodeReq(1)),
+        ("snapshot on a read-only export", "EROFS"): call(
+            c.metaserver, ro, "POST", "/v1/fs/snapshot", r.SnapshotReq(projects_ino, projects_ino, b"copy")),
+        ("trash_time on a read-only export", "EROFS"): call(c.metaserver, ro, "POST", "/v1/fs/trash_time",
+                                                            r.TrashTimeReq(projects_ino, 0)),
+    }
+    for (what, expected), response in refused.items():
+        print(f"{what}: {response.status_code} {errno_of(response)}")
+        assert errno_of(response) == expected, (what, response.text)
+    assert stored_state(c) == before
+    # inside the export: its quotas, and a write's size limit asked with no directory (parent 0)
+    listed = call(c.metaserver, rw, "POST", "/v1/fs/quota_list", r.InodeReq(projects_ino))
+    assert listed.status_code == 200 and [q["ino"] for q in listed.json()] == [projects_ino], listed.text
+    lookup = call(c.metaserver, rw, "POST", "/v1/fs/lookup", r.LookupReq(projects_ino, b"plan.txt")).json()
+    limit = call(c.metaserver, rw, "POST", "/v1/fs/quota_size_limit", r.QuotaLimitReq(lookup["ino"]))
+    assert limit.status_code == 200 and limit.json() == -1, limit.text
+    squash = credential(c, "client", "squashed-snap", "--maproot", "65534")
+    plan = os.stat(c.mnt / "projects" / "plan.txt")
+    assert (plan.st_uid, plan.st_gid) == (0, 0)
+    copy = call(c.metaserver, squash, "POST", "/v1/fs/snapshot", r.SnapshotReq(plan.st_ino, projects_ino, b"plan-copy"))
+    assert copy.status_code == 200 and (copy.json()["uid"], copy.json()["gid"]) == (65534, 65534), copy.text
+    wait_until(lambda: (c.mnt / "projects" / "plan-copy").exists(), 30, "the mount sees the snapshot")
+    assert (c.mnt / "projects" / "plan-copy").read_text() == "plan"
+
+
 def test_health_is_open_and_the_status_page_loopback_only_by_default(secured):
     c = secured
     assert httpx.get(f"http://{c.metaserver}/health").status_code == 200

@@ -66,6 +66,36 @@ def test_xattrs_set_and_removed_on_one_client_show_on_the_other(cluster, second_
     eventually(lambda: value_on_b() is None, "b sees the xattr removed on a")
 
 
+def test_an_xattr_change_changes_ctime_here_and_on_the_other(cluster, second_mount):
+    """POSIX: setting or removing an extended attribute changes the file's ctime (not its mtime),
+    as a chmod does: at once on this client (closed, open, and just created here in a directory
+    it leases), and on the other client once pushed."""
+    a, b = cluster.mnt / "ctime-tagged", second_mount / "ctime-tagged"
+    a.write_bytes(b"x")
+    eventually(lambda: b.exists(), "b sees the file")
+
+    def changes_ctime(stat_it, change) -> int:
+        before = stat_it()
+        change()
+        after = stat_it()
+        assert after.st_ctime_ns > before.st_ctime_ns, change
+        assert after.st_mtime_ns == before.st_mtime_ns, change
+        return after.st_ctime_ns
+
+    for change in (lambda: os.setxattr(a, "user.tag", b"one"), lambda: os.removexattr(a, "user.tag")):
+        os.stat(b)  # b's kernel caches the file's attributes
+        ctime_ns = changes_ctime(lambda: os.stat(a), change)
+        eventually(lambda ctime_ns=ctime_ns: os.stat(b).st_ctime_ns == ctime_ns, "b sees the new ctime")
+    with open(a, "r+b") as f:
+        f.write(b"y")  # not committed yet: the attributes are this client's
+        changes_ctime(lambda: os.fstat(f.fileno()), lambda: os.setxattr(f.fileno(), "user.open", b"1"))
+        changes_ctime(lambda: os.fstat(f.fileno()), lambda: os.removexattr(f.fileno(), "user.open"))
+    (cluster.mnt / "ctime-leased").mkdir()
+    with open(cluster.mnt / "ctime-leased" / "new", "wb") as f:  # created here, not sent yet
+        changes_ctime(lambda: os.fstat(f.fileno()), lambda: os.setxattr(f.fileno(), "user.new", b"1"))
+        changes_ctime(lambda: os.fstat(f.fileno()), lambda: os.removexattr(f.fileno(), "user.new"))
+
+
 def test_big_file_rewritten_elsewhere_is_read_whole(cluster, second_mount):
     a, b = cluster.mnt / "big-shared", second_mount / "big-shared"
     first = os.urandom(9 * 1024 * 1024)

@@ -15,6 +15,7 @@ from chunkfs.errors import FsError, TransportError
 from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, TOKEN_CHECK, BodyLimit, any_host, json_response, make_app,
                                 read_body_pieces)
 from chunkfs.chunkserver.access import CHUNK_KEYS, ChunkKeys, token_check
+from chunkfs.chunkserver.fencing import FENCE, Fence
 from chunkfs.chunkserver.scrubber import CorruptionReporter, corrupt_copies
 from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
 from chunkfs.protocol import records as r
@@ -99,6 +100,7 @@ async def copy_chunk(request: web.Request) -> web.Response:
     `?checksum=` (the metaserver's record of it), with the read token `?token=` the metaserver
     issued for the copy; answers once it is fsynced."""
     chunk_id, version = _chunk_key(request)
+    request.app[FENCE].admit(request)
     source, checksum = request.query.get("from", ""), request.query.get(CHECKSUM_PARAM, "")
     token = request.query.get(TOKEN_PARAM, "")
     try:
@@ -118,6 +120,7 @@ async def copy_chunk(request: web.Request) -> web.Response:
 
 async def delete_chunk(request: web.Request) -> web.Response:
     chunk_id, version = _chunk_key(request)
+    request.app[FENCE].admit(request)
     removed = await asyncio.to_thread(request.app[STORE].delete, chunk_id, version)
     if removed:
         request.app[METRICS].deleted_chunks.inc()
@@ -163,7 +166,8 @@ async def health(request: web.Request) -> web.Response:
     store = request.app[STORE]
     capacity, used = store.capacity()
     return json_response({"ok": True, "role": "chunkserver", "id": store.server_id,
-                          "capacity_bytes": capacity, "used_bytes": used, "dirs": store.dir_usage()})
+                          "capacity_bytes": capacity, "used_bytes": used, "dirs": store.dir_usage(),
+                          "fencing_epoch": request.app[FENCE].epoch})
 
 
 CHUNK_ROUTE = "/v1/chunks/{chunk_id}/{version}"
@@ -175,10 +179,12 @@ BODY_LIMITS = {f"PUT {CHUNK_ROUTE}": BodyLimit(CHUNK_SIZE, checksummed=True)}
 def build_app(store: ChunkStore, keys: ChunkKeys, background, peers: ChunkClient,
               corruption: CorruptionReporter, counters: metrics.ChunkserverMetrics,
               addresses: frozenset[str] = frozenset(), body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-              status_open: Callable[[web.Request], bool] | None = None) -> web.Application:
+              status_open: Callable[[web.Request], bool] | None = None, fence: Fence | None = None
+              ) -> web.Application:
     """`addresses`: the HOST:PORTs clients and peers reach this server by (the one it registers
     with, its listen address); a request signed for another Host is refused (empty: any).
-    `keys`: the chunk key, once learnt (who is served: see access.py)."""
+    `keys`: the chunk key, once learnt (who is served: see access.py). `fence`: the newest
+    primary metaserver's epoch, as the heartbeats learn it (fencing.py)."""
     own = frozenset(a.lower() for a in addresses)
     app = make_app(keys, own_host=(lambda host: host.lower() in own) if own else any_host,
                    body_limits=BODY_LIMITS, body_timeout_s=body_timeout_s, status_open=status_open)
@@ -187,6 +193,7 @@ def build_app(store: ChunkStore, keys: ChunkKeys, background, peers: ChunkClient
     app[STORE] = store
     app[PEERS] = peers
     app[CORRUPTION] = corruption
+    app[FENCE] = fence or Fence()
     route = CHUNK_ROUTE
     app.router.add_put(route, put_chunk)
     app.router.add_get(route, get_chunk)

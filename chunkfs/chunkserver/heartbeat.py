@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from chunkfs.chunkserver.fencing import Fence
 from chunkfs.chunkserver.store import ChunkStore
 from chunkfs.metrics import ChunkserverMetrics
 from chunkfs.errors import FsError, TransportError
@@ -21,10 +22,12 @@ log = logging.getLogger(__name__)
 class Heartbeat:
     def __init__(self, store: ChunkStore, meta: MetaClient, address: str, interval_s: float,
                  counters: ChunkserverMetrics, on_reply: Callable[[r.HelloReply], None] = lambda reply: None,
-                 report_grace_s: float = 300.0) -> None:
-        """`on_reply`: told every answer (it carries the chunk key, see access.py)."""
+                 report_grace_s: float = 300.0, fence: Fence | None = None) -> None:
+        """`on_reply`: told every answer (it carries the chunk key, see access.py); `fence`
+        learns the primary's epoch from each (fencing.py)."""
         self.store, self.meta, self.address, self.counters = store, meta, address, counters
         self.on_reply = on_reply
+        self.fence = fence or Fence()
         self.interval_s, self.report_grace_s = interval_s, report_grace_s
         self.registered = False
 
@@ -42,13 +45,11 @@ class Heartbeat:
             try:
                 hello = await asyncio.to_thread(self.hello, not self.registered)
                 reply = await self.meta.hello(hello)
-                self.on_reply(reply)
-                if not self.registered:
-                    log.info("registered with the metaserver as %s (%s)", self.store.server_id, self.address)
-                self.registered = True
-                for chunk_id, version in reply.delete:
-                    if await asyncio.to_thread(self.store.delete, chunk_id, version):
-                        self.counters.deleted_chunks.inc()
+                if self.fence.learn(reply.epoch):
+                    await self._obey(reply)
+                else:
+                    log.error("a former primary metaserver answered (epoch %d; the primary's is %d): its answer "
+                              "is ignored", reply.epoch, self.fence.epoch)
             except (FsError, TransportError) as exc:
                 if self.registered:
                     log.warning("heartbeat failed: %s", exc)
@@ -56,3 +57,12 @@ class Heartbeat:
             except Exception:
                 log.exception("heartbeat failed")
             await asyncio.sleep(self.interval_s)
+
+    async def _obey(self, reply: r.HelloReply) -> None:
+        self.on_reply(reply)
+        if not self.registered:
+            log.info("registered with the metaserver as %s (%s)", self.store.server_id, self.address)
+        self.registered = True
+        for chunk_id, version in reply.delete:
+            if await asyncio.to_thread(self.store.delete, chunk_id, version):
+                self.counters.deleted_chunks.inc()

@@ -18,6 +18,7 @@ from chunkfs.chunkserver.store import ChunkStore
 from chunkfs.config import ConfigError, daemon_command, opt, parse_address, parse_addresses, setup_logging
 from chunkfs.errors import FsError
 from chunkfs.chunkserver.access import ChunkKeys
+from chunkfs.chunkserver.fencing import Fence
 from chunkfs.httpserver import (BODY_TIMEOUT_HELP, DEFAULT_BODY_TIMEOUT_S, STATUS_ACCESS, STATUS_ACCESS_HELP, serve,
                                 status_access)
 from chunkfs.protocol.chunk_client import ChunkClient
@@ -96,7 +97,8 @@ def run(config: ChunkserverConfig) -> None:
     meta = MetaClient(http, config.metaserver)
     advertised = config.advertise or f"{host}:{port}"
     keys = ChunkKeys(secret)
-    heartbeat = Heartbeat(store, meta, advertised, config.heartbeat_interval_s, counters, keys.learn)
+    fence = Fence()
+    heartbeat = Heartbeat(store, meta, advertised, config.heartbeat_interval_s, counters, keys.learn, fence=fence)
     corruption = CorruptionReporter(store, meta)
     scrubber = Scrubber(store, corruption, config.scrub_mb_per_s)
 
@@ -111,7 +113,8 @@ def run(config: ChunkserverConfig) -> None:
     log.info("chunkserver %s serving on %s:%d, data in %s", store.server_id, host, port,
              ", ".join(map(str, config.data_dirs)))
     app = build_app(store, keys, background, ChunkClient(http), corruption, counters,
-                    frozenset({advertised, config.listen}), config.body_timeout_s, status_access(config.status_access))
+                    frozenset({advertised, config.listen}), config.body_timeout_s, status_access(config.status_access),
+                    fence)
     service.attach(app, status=f"serving on {host}:{port}")
     serve(app, host, port, files.server_context() if files else None)
 

@@ -13,6 +13,10 @@
 - `user_cmd.py`: `user add|list|passwd|disable|remove|keys`; `share_cmd.py`: `share PATH`,
   `share list|revoke` (people and their share links, kept by the metaserver).
 - `credentials_cmd.py`: `credentials add|list|revoke` (the role keys); `certs_cmd.py`: `certs init` (TLS).
+- `quota_cmd.py`: `quota set|get|list|remove` (directory quotas on bytes and inodes).
+- `trash_cmd.py`: `trash list|restore|purge`, `trash-time` (removed files kept for a while);
+  `amounts.py`: the sizes, counts and durations they take.
+- `snapshot_cmd.py`: `snapshot` (a copy of a tree that shares its chunks, `--read-only`), `snapshot-remove`.
 - `files_cmd.py`: `put`, `get`, `cat`, `ls`, `rm`, `size`, `mkdir`, `mv` (files, straight through
   `chunkfs.client`); `transfer.py` plans and runs put/get; `client_edge.py` maps their errors to exit codes.
 
@@ -38,6 +42,9 @@ COMMANDS = {
     "bench": "bench_cmd:bench", "backup": "backup_cmd:backup", "restore": "backup_cmd:restore",
     "gateway": "gateway_cmd:gateway", "user": "user_cmd:user", "share": "share_cmd:share",
     "credentials": "credentials_cmd:credentials", "certs": "certs_cmd:certs",
+    "quota": "quota_cmd:quota",
+    "trash": "trash_cmd:trash", "trash-time": "trash_cmd:trash_time", "snapshot": "snapshot_cmd:snapshot",
+    "snapshot-remove": "snapshot_cmd:snapshot_remove",
     "metaserver": "metaserver_cmd:metaserver",
     **{name: f"files_cmd:{name}" for name in ("put", "get", "cat", "ls", "rm", "size", "mkdir", "mv")},
 }

@@ -32,6 +32,7 @@ def status(data_dir: Path, metaserver: str | None, secret_file: Path | None, as_
     summary.add_row("files", f"{s.files} files, {s.directories} directories, {_bytes(s.file_bytes)}")
     summary.add_row("chunks", f"{s.chunks} ({s.chunks_under_goal} under goal)")
     summary.add_row("pending deletions", str(s.pending_deletions))
+    summary.add_row("trash", f"{s.trash_files} removed files kept (`chunkfs trash list`)")
     summary.add_row("repairs", f"{s.repairs_running} running, {s.chunks_replicated} chunks re-replicated, "
                                f"{s.corrupt_found} corrupt found (since the metaserver started)")
     summary.add_row("default goal", str(s.default_goal))
@@ -50,6 +51,9 @@ def status(data_dir: Path, metaserver: str | None, secret_file: Path | None, as_
         may_take_over = ha is not None and sb.name in ha.in_sync
         summary.add_row(f"standby {sb.name}", f"{state}, {sb.behind_batches} batches behind, last poll "
                                               f"{sb.last_poll_s:.1f} s ago" + (", may take over" if may_take_over else ""))
+    for q in s.quotas_over_soft:
+        summary.add_row(f"quota {q.path.decode(errors='replace')}",
+                        f"[yellow]over its soft limit on {' and '.join(q.over_soft)}[/] (`chunkfs quota list`)")
     if s.quarantined_versions:
         summary.add_row("quarantine", f"{s.quarantined_versions} unknown chunk versions kept after a restore")
     for c in s.clients:  # each mount's chunk cache, as of its last change-feed poll
@@ -137,7 +141,8 @@ def info(path: Path, data_dir: Path, metaserver: str | None, secret_file: Path |
         echo_json(data)
         return
     console.print(f"{path}: inode {ino}, {layout.attr.size} bytes, goal {layout.attr.goal}, "
-                  f"{len(layout.chunks)} chunks of {CHUNK_SIZE // 2**20} MiB")
+                  f"{len(layout.chunks)} chunks of {CHUNK_SIZE // 2**20} MiB"
+                  + (" (read-only snapshot)" if layout.attr.read_only else ""))
     if layout.inline is not None:
         console.print(f"its first {len(layout.inline)} bytes are kept inline by the metaserver")
     table = Table("index", "chunk", "version", "length", "replicas")

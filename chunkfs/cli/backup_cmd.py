@@ -43,10 +43,10 @@ def backup(dest: Path, data_dir: Path, metaserver: str | None, secret_file: Path
     primary = primary_address(access)
     try:
         if to_stdout:
-            info = download_copy(primary, secret, sys.stdout.buffer, decompress=False)
+            info = download_copy(primary, secret, sys.stdout.buffer, decompress=False, tls=access.tls_context())
             sys.stdout.buffer.flush()
         else:
-            info = save_copy(primary, secret, dest, decompress=False)
+            info = save_copy(primary, secret, dest, decompress=False, tls=access.tls_context())
     except TransportError as exc:
         fail(f"cannot reach the metaserver at {access.metaserver}: {exc}")
     except FsError as exc:

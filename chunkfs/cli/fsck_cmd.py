@@ -99,6 +99,9 @@ class FsckResult:
     files_s: float = 0.0  # how long the walk of the files took
     problems: list[dict] = field(default_factory=list)
     disks: DiskResult = field(default_factory=DiskResult)
+    quotas_checked: bool = False
+    quotas_wrong: list[dict] = field(default_factory=list)  # usage recorded != recounted (quotas.py)
+    sharing_wrong: list[str] = field(default_factory=list)  # shared chunk versions' bookkeeping (snapshots)
 
     @property
     def files_per_s(self) -> float:
@@ -121,7 +124,11 @@ class FsckResult:
     def exit_code(self) -> int:
         if self.missing:
             return 2
-        return 1 if self.corrupt or self.under_goal or self.over_goal else 0
+        return 1 if self.corrupt or self.under_goal or self.over_goal or self.quotas_wrong or self.sharing_wrong else 0
+
+    def add_quotas(self, wrong: list[r.QuotaCheck]) -> None:
+        self.quotas_checked = True
+        self.quotas_wrong = [{**msgspec.to_builtins(q), "path": os.fsdecode(q.path)} for q in wrong]
 
     def add_disks(self, page: d.DiskCheckPage) -> None:
         self.disks.add(page)
@@ -179,6 +186,8 @@ def fsck(path: Path | None, page_entries: int, repair: bool, verify: bool, min_a
             result.files_s = time.monotonic() - started
             if path is not None:
                 return
+            result.add_quotas(await meta.quota_check())
+            result.sharing_wrong = await meta.sharing_check()
             task = bar.add_task("checking the disks", total=d.BUCKETS)
             while disk_req.first_bucket < d.BUCKETS:
                 disk_page = await meta.check_disks(disk_req)
@@ -205,6 +214,15 @@ def _print(result: FsckResult) -> None:
                           *(f"[yellow]{p[k]}[/]" if p[k] else "0" for k in ("under_goal", "over_goal")))
         console.print(table)
     console.print(f"[{colours[result.exit_code]}]{result.summary()}[/]", soft_wrap=True)
+    for q in result.quotas_wrong:
+        console.print(f"[yellow]quota of {q['path']}: records {q['recorded_bytes']} bytes, {q['recorded_inodes']} "
+                      f"inodes; its tree holds {q['counted_bytes']} bytes, {q['counted_inodes']} inodes[/]",
+                      soft_wrap=True)
+    for problem in result.sharing_wrong:
+        console.print(f"[yellow]shared chunks: {problem}[/]", soft_wrap=True)
+    if result.quotas_checked:
+        console.print(f"quotas: {len(result.quotas_wrong)} with usage other than their trees hold; "
+                      f"shared chunk versions: {len(result.sharing_wrong)} problems", soft_wrap=True)
     disks = result.disks
     if not disks.checked:
         return

@@ -104,6 +104,12 @@ def _start_etcd(port: int, data_dir: Path, logs: Path, run: Path) -> str:
 @click.option("--orphan-grace-s", type=click.FloatRange(0), default=None,
               help="An upload no commit names is garbage (for `chunkfs gc`) this long after its reservation "
                    "[default: the metaserver's, 3600].")
+@click.option("--lock-grace-s", type=click.FloatRange(0), default=None,
+              help="After a metaserver start, new file locks wait up to this long for the clients that held "
+                   "locks to reclaim them [default: the metaserver's, 15].")
+@click.option("--trash-time-s", type=click.FloatRange(0), default=None,
+              help="Removed files stay in the trash this long unless a directory says otherwise "
+                   "[default: the metaserver's, 86400; 0: not kept].")
 @click.option("--ha", is_flag=True, help="Failover: three etcd members (ports +201..+203) and two metaservers "
               "(--port and +40) electing their primary; kill -9 the primary and the other takes over "
               "(needs etcd: apt-get install etcd-server). Remembered for the next `up`.")
@@ -118,8 +124,9 @@ def _start_etcd(port: int, data_dir: Path, logs: Path, run: Path) -> str:
                    "(in DIR/credentials/) instead of the cluster secret [default: as the cluster was started].")
 def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, port: int,
        heartbeat_timeout_s: float | None, scrub_mb_per_s: float | None, client_timeout_s: float | None,
-       body_timeout_s: float | None, orphan_grace_s: float | None, ha: bool, options: str, no_gateway: bool,
-       use_tls: bool | None, roles: bool | None) -> None:
+       body_timeout_s: float | None, orphan_grace_s: float | None, lock_grace_s: float | None,
+       trash_time_s: float | None, ha: bool,
+       options: str, no_gateway: bool, use_tls: bool | None, roles: bool | None) -> None:
     """Start a local cluster and mount it (keeps existing data)."""
     data_dir = data_dir.absolute()
     mountpoint = mountpoint.absolute()
@@ -138,8 +145,6 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
     auth.create_secret(secret_file)
     logs, run = data_dir / "logs", data_dir / "run"
     ha = ha or previous.get("ha", False)
-    if ha and tls_dir is not None:
-        fail("--ha and --tls: failover does not serve TLS yet; start with one of them")
     metaservers = {"metaserver": f"127.0.0.1:{port}", **({"metaserver2": f"127.0.0.1:{port + HA_SECOND_OFFSET}"}
                                                           if ha else {})}
     metaserver = ",".join(metaservers.values())
@@ -168,6 +173,8 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                             *(("--client-timeout-s", str(client_timeout_s)) if client_timeout_s else ()),
                                             *body_timeout,
                                             *(("--orphan-grace-s", str(orphan_grace_s)) if orphan_grace_s is not None else ()),
+                                            *(("--lock-grace-s", str(lock_grace_s)) if lock_grace_s is not None else ()),
+                                            *(("--trash-time-s", str(trash_time_s)) if trash_time_s is not None else ()),
                                             *tls_args),
                              logs / f"{name}.log", run / f"{name}.pid")
                 wait_for(name, functools.partial(answers_health, f"{scheme}://{address}/health", context=admin_tls),

@@ -327,6 +327,9 @@ class Filesystem:
     def set_goal(self, path: PathLike, goal: int, recursive: bool = False) -> None:
         self._thread.call(self._afs.set_goal, path, goal, recursive)
 
+    def set_trash_time(self, path: PathLike, seconds: int, recursive: bool = False) -> None:
+        self._thread.call(self._afs.set_trash_time, path, seconds, recursive)
+
     def statvfs(self) -> os.statvfs_result:
         return self._thread.call(self._afs.statvfs)
 

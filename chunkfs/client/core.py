@@ -238,17 +238,21 @@ class Client:
 
     # ---- files ------------------------------------------------------------------------------------------
     async def open(self, ino: int, caller: Caller, truncate: bool = False,
-                   layout: r.FileLayout | None = None) -> OpenFile:
+                   layout: r.FileLayout | None = None, writing: bool = False) -> OpenFile:
         """The one OpenFile of `ino`, counted open once more (each open needs a `release`).
         The committed state comes from the metaserver at each open (close-to-open). The last
         release of a previous open may finish while the layout is fetched (the kernel sends
         RELEASE without waiting for it): the OpenFile is looked up only after that, and a layout
-        fetched while its final commit was in flight is fetched again."""
+        fetched while its final commit was in flight is fetched again. `writing` a file of a
+        read-only snapshot is EROFS here, at the open, as on a read-only filesystem (the
+        metaserver would refuse its commit anyway)."""
         while layout is None:
             before = self.open_files.get(ino)
             fetched = await self.meta.open_file(ino)
             if before is None or self.open_files.get(ino) is before:
                 layout = fetched
+        if (writing or truncate) and layout.attr.read_only:
+            raise FsError(errno.EROFS, f"inode {ino} is in a read-only snapshot")
         open_file = self.open_files.get(ino)
         if open_file is None:
             assert self.nursery is not None, "the client is not running"
@@ -408,6 +412,9 @@ class Client:
 
     async def set_goal(self, ino: int, goal: int, recursive: bool = False) -> r.Attr:
         return await self.meta.set_goal(ino, goal, recursive)
+
+    async def set_trash_time(self, ino: int, seconds: int, recursive: bool = False) -> r.Attr:
+        return await self.meta.set_trash_time(ino, seconds, recursive)
 
     async def close(self) -> None:
         """The end of the client: every file still open here is committed (errors logged), and

@@ -232,7 +232,7 @@ class AsyncFilesystem:
             if stat.S_ISDIR(attr.mode):
                 raise FsError(errno.EISDIR, "is a directory")
             await self._check(attr, (READ if readable else 0) | (WRITE if writable else 0))
-            open_file = await self.client.open(attr.ino, self.identity, truncate=truncate)
+            open_file = await self.client.open(attr.ino, self.identity, truncate=truncate, writing=writable)
         afile = AsyncFile(self.client, open_file, self.canonical(path), mode)
         self._files.add(afile)
         return afile
@@ -309,6 +309,14 @@ class AsyncFilesystem:
         attr = await self._resolve(path)
         check_owner(attr, self.identity, "set goal")
         await self.client.set_goal(attr.ino, goal, recursive)
+
+    @raises_os_errors
+    async def set_trash_time(self, path: PathLike, seconds: int, recursive: bool = False) -> None:
+        """Files removed from this directory (with `recursive`, from every one under it) stay in
+        the trash `seconds` (0: freed at once); what is made in it inherits the time."""
+        attr = await self._resolve(path)
+        check_owner(attr, self.identity, "set the trash time")
+        await self.client.set_trash_time(attr.ino, seconds, recursive)
 
     @raises_os_errors
     async def statvfs(self) -> os.statvfs_result:

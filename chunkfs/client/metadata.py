@@ -181,6 +181,13 @@ class Metadata:
     async def reserve(self, count: int) -> r.Reservation:
         return await self.server.reserve(count)
 
+    async def quota_size_limit(self, ino: int) -> int:
+        """The size file `ino` may grow to under the quotas above it (-1: no limit); a file
+        whose create is pending here is asked for by its directory (the create stays pending)."""
+        pending = self.leases.pending_files.get(ino) if self.leases is not None else None
+        parent = pending.req.parent if pending is not None and not pending.sent else 0
+        return await self.server.quota_size_limit(ino, parent)
+
     async def read_tokens(self, chunks: list[tuple[int, int]]) -> list[str]:
         return await self.server.read_tokens(chunks)
 
@@ -203,6 +210,10 @@ class Metadata:
     async def set_goal(self, ino: int, goal: int, recursive: bool = False) -> r.Attr:
         await self._before(ino)
         return await self._changing(ino, lambda: self.server.set_goal(ino, goal, recursive))
+
+    async def set_trash_time(self, ino: int, seconds: int, recursive: bool = False) -> r.Attr:
+        await self._before(ino)
+        return await self._changing(ino, lambda: self.server.trash_time(ino, seconds, recursive))
 
     async def commit(self, req: r.CommitReq) -> r.Attr:
         """Commit a file's new content; its create goes with it if that is still pending."""

@@ -115,13 +115,16 @@ def part_path(session_id: str, number: int) -> str:
 
 
 async def ensure_sessions_dir(root: AsyncFilesystem) -> None:
-    """/.chunkfs-uploads, made by root, writable by all and sticky (each removes only its own)."""
+    """/.chunkfs-uploads, made by root, writable by all and sticky (each removes only its own),
+    its trash time 0: parts removed after their commit (empty then) or with their session go at
+    once, not to the trash."""
     if not await root.exists(SESSIONS_DIR):
         try:
             await root.mkdir(SESSIONS_DIR, 0o1777)
         except FileExistsError:
             return
         await root.chmod(SESSIONS_DIR, 0o1777)
+        await root.set_trash_time(SESSIONS_DIR, 0)
 
 
 class UploadSessions:

@@ -12,6 +12,10 @@ Promises:
   façade attaches it). An upload that failed makes the next write or flush fail (EIO, ENOSPC).
 - A file of at most INLINE_MAX_BYTES whose content is all here is committed inline: its bytes
   travel in the commit itself, so a small file costs one call and no chunk upload.
+- A write that grows a file past a directory quota's hard limit on bytes fails with EDQUOT
+  (nothing of it is taken); a commit the quota refuses drops what it carried. The limit is asked for once the file grows past its first chunk (a
+  small file costs no call) and again when a write would pass it; the metaserver's check at
+  the commit is the one that counts (another writer may have used the room meanwhile).
 - What this writer holds (buffered or uploading) is what readers of the file see (`held_content`).
 """
 
@@ -89,6 +93,7 @@ class FileWriter:
         self._inflight = 0
         self._idle = trio.Event()
         self._idle.set()
+        self._size_limit: int | None = None  # under the quotas above the file (-1: none), once asked
 
     # ---- what it holds ------------------------------------------------------------------------
     @property
@@ -140,6 +145,9 @@ class FileWriter:
 
     # ---- writes ---------------------------------------------------------------------------
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        end = offset + len(data)
+        if end > max(self.file.size, CHUNK_SIZE):
+            await self._check_quota(end)
         await self.write_back_bound.wait_for_room()
         file = self.file
         async with self.lock:
@@ -174,6 +182,15 @@ class FileWriter:
             for index in sorted(self.dirty):
                 await self._start_upload(index)
             self.write_back_bound.buffering(self, bool(self.dirty))
+
+    async def _check_quota(self, end: int) -> None:
+        """EDQUOT if growing the file to `end` bytes passes a quota's hard limit on bytes."""
+        if self._size_limit is not None and (self._size_limit < 0 or end <= self._size_limit):
+            return
+        self._size_limit = await self.meta.quota_size_limit(self.file.ino)
+        if 0 <= self._size_limit < end:
+            raise FsError(errno.EDQUOT, f"a directory quota lets inode {self.file.ino} grow to "
+                                        f"{self._size_limit} bytes, not {end}")
 
     def drop_buffers(self) -> None:
         """The file is being forgotten: what it still buffers (after a failed flush) is lost,
@@ -251,9 +268,14 @@ class FileWriter:
             self._raise_pending_error()
             if not file.modified and not self.uploaded and not self.superseded:
                 return None
-            attr = await self.meta.commit(r.CommitReq(file.ino, file.size, file.mtime_ns,
-                                                      list(self.uploaded.values()), self.superseded,
-                                                      inline=inline, attrs=file.attr_changes))
+            try:
+                attr = await self.meta.commit(r.CommitReq(file.ino, file.size, file.mtime_ns,
+                                                          list(self.uploaded.values()), self.superseded,
+                                                          inline=inline, attrs=file.attr_changes))
+            except FsError as exc:
+                if exc.errno == errno.EDQUOT:
+                    self._forget_refused()
+                raise
             if inline is not None:
                 self.write_back_bound.add(-len(self.dirty.pop(0).data))
                 file.chunks.clear()
@@ -265,6 +287,17 @@ class FileWriter:
             self.superseded.clear()
             file.committed(attr)
             return attr
+
+    def _forget_refused(self) -> None:
+        """A quota refused the commit: what it carried is dropped, as a local filesystem drops a
+        write refused with EDQUOT. The file is back at its committed size; its uploads are
+        discarded by the next commit (which carries no growth, so the quota lets it through,
+        with any attribute changes still waiting)."""
+        self.superseded += self.uploaded.values()
+        self.uploaded.clear()
+        self.drop_buffers()
+        self.file.size = self.file.attr.size
+        self.file.mtime_ns = self.file.attr.mtime_ns
 
     async def truncate(self, size: int, mtime_ns: int | None) -> r.Attr:
         """Commit what is buffered, then cut the file at `size` on the metaserver."""

@@ -63,6 +63,7 @@ ERRNO_STATUS = {errno.ENOENT: (404, "NotFound"), errno.ENOTDIR: (404, "NotFound"
                 errno.EPERM: (403, "Forbidden"), errno.EEXIST: (409, "Exists"), errno.ENOTEMPTY: (409, "NotEmpty"),
                 errno.EISDIR: (409, "IsADirectory"), errno.EINVAL: (400, "BadPath"),
                 errno.ENAMETOOLONG: (400, "BadPath"), errno.ENOSPC: (507, "NoSpace"),
+                errno.EDQUOT: (507, "QuotaExceeded"), errno.EROFS: (403, "ReadOnly"),
                 errno.EIO: (503, "Unavailable"), errno.ETIMEDOUT: (503, "Unavailable")}
 
 

@@ -17,6 +17,7 @@ STATUS = {
     "ServiceUnavailable": 503, "SignatureDoesNotMatch": 403, "SlowDown": 503,
     "XAmzContentSHA256Mismatch": 400, "InvalidPart": 400, "InvalidPartOrder": 400,
     "EntityTooSmall": 400, "ObjectConflict": 409, "InsufficientStorage": 507,
+    "QuotaExceeded": 507,  # a directory quota's hard limit (EDQUOT), as MinIO's bucket quotas answer
 }
 
 
@@ -43,7 +44,7 @@ def from_os_error(exc: OSError, resource: str, missing: str = "NoSuchKey") -> S3
         errno.EACCES: "AccessDenied", errno.EPERM: "AccessDenied", errno.EROFS: "AccessDenied",
         errno.ENOTEMPTY: "BucketNotEmpty", errno.EEXIST: "ObjectConflict",
         errno.ENAMETOOLONG: "KeyTooLongError", errno.EINVAL: "InvalidArgument",
-        errno.ENOSPC: "InsufficientStorage", errno.EDQUOT: "InsufficientStorage",
+        errno.ENOSPC: "InsufficientStorage", errno.EDQUOT: "QuotaExceeded",
         errno.EIO: "ServiceUnavailable", errno.ETIMEDOUT: "ServiceUnavailable", errno.EAGAIN: "SlowDown",
         errno.EBUSY: "SlowDown",
     }.get(exc.errno or 0, "InternalError")

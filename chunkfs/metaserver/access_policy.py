@@ -44,7 +44,11 @@ ROUTE_ROLES: dict[str, frozenset[str]] = {
     "GET /metrics": ADMIN,  # when /metrics and the status page are not open (see status_access)
     "GET /": ADMIN,
 }
-ADMIN_FS_OPERATIONS = frozenset({"fsck"})  # /v1/fs/{op} only an admin may call
+# /v1/fs/{op} only an admin may call: fsck and its checks, quotas' limits, the trash (like the
+# meta mount of other systems: it lists and brings back anybody's removed files), and marking a
+# tree read-only or writable again (a read-only snapshot stays so against every client key)
+ADMIN_FS_OPERATIONS = frozenset({"fsck", "quota_check", "sharing_check", "quota_set", "quota_remove", "trash_list",
+                                 "trash_restore", "trash_purge", "read_only"})
 
 
 def refusal(request: web.Request, role: str) -> str | None:

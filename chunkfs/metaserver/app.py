@@ -35,7 +35,7 @@ from chunkfs.metaserver.leases import DirectoryLeases
 from chunkfs.metaserver.open_leases import OpenLeases
 from chunkfs.metaserver.locks import LockTable
 from chunkfs.metaserver.lock_reclaim import LockReclaim
-from chunkfs.metaserver.memory import GC_PAUSES, memory_status
+from chunkfs.metaserver.memory import GC_PAUSES, ProcessMemory, memory_status, read_process_memory
 from chunkfs.metaserver.namespace import Namespace
 from chunkfs.metaserver.orphans import OrphanCollector
 from chunkfs.metaserver import backup
@@ -46,7 +46,10 @@ from chunkfs.metaserver.replies import REPLAYED, ReplyLog
 from chunkfs.protocol.replication_client import BACKUP_PATH, REPLICATION_PATH
 from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
+from chunkfs.metaserver.snapshots import Snapshots
+from chunkfs.metaserver.table_counts import TableCounts
 from chunkfs.metaserver.throughput import ThroughputHistory
+from chunkfs.metaserver.trash import TrashCollector
 from chunkfs.protocol import records as r
 from chunkfs.protocol.disk_check import DiskCheckReq
 from chunkfs.protocol.meta_client import named_inodes
@@ -73,6 +76,7 @@ class Metaserver:
     orphans: OrphanCollector | None = None  # frees files unlinked while open on a client gone away
     replication: ReplicationLog | None = None  # write sets for standbys
     quarantine: Quarantine | None = None  # keeps unknown chunk versions after a restore
+    trash: TrashCollector | None = None  # frees the files whose time in the trash ran out
     replies: ReplyLog | None = None  # answers a retried mutation instead of running it twice
     leases: DirectoryLeases = field(init=False)  # directories held by the client that made them
     locks: LockTable = field(default_factory=LockTable)  # flock and POSIX locks of every client
@@ -83,11 +87,13 @@ class Metaserver:
     credentials: CredentialStore | None = None  # the role keys it accepts (besides the cluster secret)
     exports: ExportGuard = field(init=False)  # what each client credential may reach
     failover: Callable[[], r.FailoverStatus] | None = None  # with etcd: the election's state (failover.py)
+    epoch: int = 0  # with etcd: this primary's fencing epoch, told to chunkservers (chunkserver/fencing.py)
 
     def __post_init__(self) -> None:
         self.leases = DirectoryLeases(self.db, self.committer, self.changes.wake)
         self.reclaim = LockReclaim(self.db, self.committer, self.locks, self.changes.epoch, self.lock_grace_s)
         self.exports = ExportGuard(self.namespace)
+        self.leases.recall_at_once = self.namespace.quotas.covers
 
 
 STATE = web.AppKey("metaserver", Metaserver)
@@ -105,7 +111,12 @@ READS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, Txn, Any], An
     "open": (r.OpenReq, lambda m, t, q: r.FileLayout(
         m.namespace.getattr(t, q.ino), with_read_tokens(m, m.chunks.refs(t, q.ino)), m.registry.address_map(),
         m.chunks.inline_data(t, q.ino))),
-    "statfs": (r.InodeReq, lambda m, t, q: statfs(m, t)),
+    "statfs": (r.InodeReq, lambda m, t, q: statfs(m, t, q.ino)),
+    "quota_get": (r.InodeReq, lambda m, t, q: m.namespace.quotas.get(t, q.ino)),
+    "quota_list": (r.InodeReq, lambda m, t, q: m.namespace.quotas.listing(t, under=q.ino)),
+    "trash_list": (r.TrashListReq, lambda m, t, q: m.namespace.trash.listing(t, q)),
+    "trash_time_of": (r.InodeReq, lambda m, t, q: m.namespace.get(t, q.ino).trash_s),
+    "quota_size_limit": (r.QuotaLimitReq, lambda m, t, q: m.namespace.quotas.size_limit(t, q)),
 }
 
 # op -> (its request record, the mutation for this metaserver and the calling client):
@@ -123,6 +134,13 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Cal
     "goal": (r.GoalReq, lambda m, client: m.namespace.set_goal),
     "release_orphan": (r.InodeReq, lambda m, client: lambda txn, q: m.namespace.release_orphan(txn, q.ino)),
     "reserve_inodes": (r.ReserveReq, lambda m, client: lambda txn, q: m.namespace.reserve_inodes(txn, max(1, min(q.count, 4096)))),
+    "quota_set": (r.QuotaSetReq, lambda m, client: m.namespace.quotas.set),
+    "quota_remove": (r.InodeReq, lambda m, client: lambda txn, q: m.namespace.quotas.remove(txn, q.ino)),
+    "trash_time": (r.TrashTimeReq, lambda m, client: m.namespace.set_trash_time),
+    "trash_restore": (r.TrashRestoreReq, lambda m, client: m.namespace.trash.restore),
+    "trash_purge": (r.TrashPurgeReq, lambda m, client: m.namespace.trash.purge),
+    "snapshot": (r.SnapshotReq, lambda m, client: Snapshots(m.namespace, m.chunks).snapshot),
+    "read_only": (r.ReadOnlyReq, lambda m, client: m.namespace.set_read_only),
 }
 
 
@@ -134,7 +152,8 @@ LOCK_POLL_S = 10.0  # a waiting lock request is answered "not yet" after this lo
 async def lock_operation(m: Metaserver, op: str, client: str, request: web.Request,
                          export: tuple[str, Export] | None = None) -> Any:
     """File locks (locks.py): every one is a client's, so a request without a client id is EINVAL;
-    a lock on a file outside the caller's export is EACCES."""
+    a lock on a file outside the caller's export is EACCES (a POSIX write lock of a read-only
+    export EBADF), and a reclaim of one is answered as lost."""
     if op == "locks":
         return m.locks.listing((await read_body(request, r.LocksReq)).ino)
     if not client:
@@ -142,7 +161,8 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
     if op == "cancel_lock":
         return m.locks.cancel(client, (await read_body(request, r.LockCancelReq)).wait_id)
     if op == "reclaim_locks":
-        return await m.reclaim.reclaim(client, await read_body(request, r.LockReclaimReq))
+        reclaim_req = await read_body(request, r.LockReclaimReq)
+        return await m.reclaim.reclaim(client, reclaim_req, await refused_reclaims(m, export, reclaim_req))
     req = admitted(m, export, op, await read_body(request, r.LockReq))
     with m.db.read() as txn:
         m.namespace.getattr(txn, req.ino)  # ENOENT for a file that is not there
@@ -172,8 +192,22 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
                        feed_epoch=m.changes.epoch)
 
 
+async def refused_reclaims(m: Metaserver, export: tuple[str, Export] | None, req: r.LockReclaimReq) -> set[int]:
+    """The indexes of the locks in `req` that the caller's export refuses, as it would refuse
+    them as new locks (exports.py); looked at only where the reclaim would grant them."""
+    if export is None or not m.reclaim.grants(req):
+        return set()
+
+    def refused() -> set[int]:  # may walk the export's subtree: off the event loop
+        with m.db.read() as txn:
+            return m.exports.refused_locks(txn, *export, req.locks)
+
+    return await asyncio.to_thread(refused)
+
+
 # every op `fs_operation` knows (the metrics label them; the route fuzzer calls each)
-FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "reserve", "release_leases", "fsck", "tokens", *LOCK_OPERATIONS})
+FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "reserve", "release_leases", "fsck", "tokens", "quota_check",
+                           "sharing_check", *LOCK_OPERATIONS})
 
 
 def with_read_tokens(m: Metaserver, refs: list[r.ChunkRef]) -> list[r.ChunkRef]:
@@ -186,16 +220,16 @@ def with_read_tokens(m: Metaserver, refs: list[r.ChunkRef]) -> list[r.ChunkRef]:
 
 def read_tokens(m: Metaserver, txn: Txn, req: r.TokensReq, export: tuple[str, Export] | None) -> list[str]:
     """New read tokens for chunk versions some file references (a client's expired): ESTALE for
-    a version no file references (deleted, or never made), EACCES for one of a file outside the
-    caller's export."""
+    a version no file references (deleted, or never made), EACCES for one no file inside the
+    caller's export holds (a version a snapshot shares is the copy's too)."""
     if m.tokens is None:
         raise FsError(errno.ENOSYS, "this metaserver issues no chunk tokens")
     tokens = []
     for chunk_id, version in req.chunks:
-        ino = m.chunks.inode_of_version(txn, chunk_id, version)
-        if ino is None:
+        inodes = m.chunks.inodes_of_version(txn, chunk_id, version)
+        if not inodes:
             raise FsError(errno.ESTALE, f"chunk {chunk_id} v{version} is no file's any more")
-        if export is not None and not m.exports.inode_inside(txn, *export, ino):
+        if export is not None and not any(m.exports.inode_inside(txn, *export, ino) for ino in inodes):
             raise FsError(errno.EACCES, f"chunk {chunk_id} v{version} is outside this credential's export")
         tokens.append(m.tokens.issue(chunk_tokens.READ, chunk_id, version))
     return tokens
@@ -219,17 +253,19 @@ def admitted(m: Metaserver, export: tuple[str, Export] | None, op: str, req: Any
         return m.exports.admit(txn, export[0], export[1], op, req)
 
 
-def statfs(m: Metaserver, txn: Txn) -> r.Statfs:
+def statfs(m: Metaserver, txn: Txn, ino: int) -> r.Statfs:
+    """The cluster's space, or for a mount of a directory with a quota on bytes, the quota's."""
     total, free = m.registry.totals()
     counts = m.namespace.counts.read(txn)
-    return r.Statfs(total_bytes=total, free_bytes=free, files=counts.files + counts.directories,
-                    chunks=counts.chunks)
+    cluster = r.Statfs(total_bytes=total, free_bytes=free, files=counts.files + counts.directories,
+                       chunks=counts.chunks)
+    return m.namespace.quotas.statfs(txn, ino, cluster)
 
 
 # May touch a whole subtree: committed in the writer thread, never on the event loop.
-LARGE_MUTATIONS = frozenset({"goal"})
+LARGE_MUTATIONS = frozenset({"goal", "quota_set", "trash_time", "trash_purge", "snapshot", "read_only"})
 # After these, the deleter may have chunk versions to delete.
-WAKE_DELETER = frozenset({"remove", "rename", "commit", "setattr", "release_orphan"})
+WAKE_DELETER = frozenset({"remove", "rename", "commit", "setattr", "release_orphan", "trash_purge"})
 
 
 async def fs_operation(request: web.Request) -> web.Response:
@@ -254,7 +290,7 @@ async def fs_operation(request: web.Request) -> web.Response:
     if mutation is not None:
         record_type, bind = mutation
         req = admitted(m, export, op, await read_body(request, record_type))
-        await m.leases.clear_for(client, named_inodes(req))
+        await m.leases.clear_for(client, named_inodes(req) | restored_into(m, req))
         rid = request_id_header(request)
         mutate = m.leases.creating(bind(m, client), client) if op == "create" else bind(m, client)
         commit = m.committer.run if op in LARGE_MUTATIONS else m.committer.run_small
@@ -266,10 +302,13 @@ async def fs_operation(request: web.Request) -> web.Response:
             body, result = await commit(m.replies.once(mutate, client, rid, first_attempt), req)
             if result is REPLAYED:  # a retry of a mutation already done: answer it again, changes nothing
                 return web.Response(body=body, content_type="application/json")
-        if export is not None and op in ("create", "link", "commit"):
+        if export is not None and op in ("create", "link", "commit", "snapshot"):
             m.exports.shown(*export, result)
         if op == "create":
             m.leases.granted(cast(r.CreateReq, req), result, client)
+        elif op == "quota_set":  # creates held by a mount would be charged only when they arrive
+            with m.db.read() as txn:
+                m.leases.ask_back_where(lambda ino: m.namespace.quotas.covers(txn, ino))
         elif op == "remove":
             m.leases.forget_removed(result)
         if op in WAKE_DELETER:
@@ -291,6 +330,10 @@ async def fs_operation(request: web.Request) -> web.Response:
         return json_response(None)
     if op in LOCK_OPERATIONS:
         return json_response(await lock_operation(m, op, client, request, export))
+    if op == "quota_check":  # counts every quota's tree: off the event loop
+        return json_response(await asyncio.to_thread(quota_check, m))
+    if op == "sharing_check":  # scans the chunk table: off the event loop
+        return json_response(await asyncio.to_thread(sharing_check, m))
     if op == "fsck":  # a page can take a while: off the event loop
         page_req = await read_body(request, r.FsckReq)
         return json_response(await asyncio.to_thread(fsck_page, m, m.registry.alive_ids(), page_req))
@@ -300,6 +343,25 @@ async def fs_operation(request: web.Request) -> web.Response:
 def fsck_page(m: Metaserver, alive: set[str], req: r.FsckReq) -> r.FsckPage:
     with m.db.read() as txn:
         return fsck.check_page(txn, m.namespace, m.chunks, alive, m.replicator.corrupt_reports, req)
+
+
+def restored_into(m: Metaserver, req: Any) -> set[int]:
+    """The directory a trash restore without a place puts its file back in (its lease is
+    recalled first, as for any request naming it)."""
+    if not isinstance(req, r.TrashRestoreReq) or req.parent:
+        return set()
+    with m.db.read() as txn:
+        return {m.namespace.trash.where(txn, req.id)}
+
+
+def quota_check(m: Metaserver) -> list[r.QuotaCheck]:
+    with m.db.read() as txn:
+        return m.namespace.quotas.check(txn)
+
+
+def sharing_check(m: Metaserver) -> list[str]:
+    with m.db.read() as txn:
+        return m.chunks.sharing_problems(txn)
 
 
 RESERVATION_VALID_S = 5.0
@@ -350,7 +412,7 @@ async def server_hello(request: web.Request) -> web.Response:
                      hello.address, len(delete))
         if hello.recent_chunks is not None:
             await m.replicator.reconcile(hello.id, [*hello.chunks, *hello.recent_chunks])
-    return json_response(r.HelloReply(delete, *chunk_key_for(m, request)))
+    return json_response(r.HelloReply(delete, *chunk_key_for(m, request), epoch=m.epoch))
 
 
 def chunk_key_for(m: Metaserver, request: web.Request) -> tuple[str, str]:
@@ -415,15 +477,42 @@ async def drain(request: web.Request) -> web.Response:
     return json_response(await request.app[STATE].replicator.drain(await read_body(request, r.DrainReq)))
 
 
-def cluster_status(m: Metaserver) -> r.ClusterStatus:
-    """What `chunkfs status`, the status page and the /metrics gauges show: O(servers + clients),
-    never a scan of a table that grows with files (see table_counts.py; chunks under goal come
-    from the replicator's last scan)."""
-    total, free = m.registry.totals()
+@dataclass(frozen=True)
+class StoredCounts:
+    """What the cluster status reads from LMDB and /proc: `read_stored_counts` may run in a
+    thread, so a status or a scrape does not hold up the event loop with it."""
+
+    counts: TableCounts
+    pending_deletions: int
+    quarantined: int
+    process: ProcessMemory
+    quotas_over_soft: list[r.QuotaInfo]
+    trash_files: int
+
+
+def read_stored_counts(m: Metaserver) -> StoredCounts:
     with m.db.read() as txn:
         counts = m.namespace.counts.read(txn)
         pending = m.chunks.count_deletions(txn)
         quarantined = m.quarantine.count(txn) if m.quarantine else 0
+        over_soft = m.namespace.quotas.listing(txn, over_soft_only=True)
+        trash_files = m.namespace.trash.count(txn)
+    return StoredCounts(counts, pending, quarantined, read_process_memory(m.db), over_soft, trash_files)
+
+
+async def cluster_status_now(m: Metaserver) -> r.ClusterStatus:
+    """`cluster_status`, its reads of LMDB and /proc done in a thread (from the event loop)."""
+    return cluster_status(m, await asyncio.to_thread(read_stored_counts, m))
+
+
+def cluster_status(m: Metaserver, stored: StoredCounts | None = None) -> r.ClusterStatus:
+    """What `chunkfs status`, the status page and the /metrics gauges show: O(servers + clients),
+    never a scan of a table that grows with files (see table_counts.py; chunks under goal come
+    from the replicator's last scan). The loop's own state is read here, on the loop; `stored`
+    (read now if not given) is what LMDB and /proc hold."""
+    stored = stored or read_stored_counts(m)
+    counts, pending, quarantined = stored.counts, stored.pending_deletions, stored.quarantined
+    total, free = m.registry.totals()
     under, counted_at = m.replicator.chunks_under_goal, m.replicator.under_goal_counted_at
     return r.ClusterStatus(
         servers=m.registry.status(counts.replicas), files=counts.files, directories=counts.directories,
@@ -438,20 +527,23 @@ def cluster_status(m: Metaserver) -> r.ClusterStatus:
         clients=m.changes.clients(),
         standbys=m.replication.status() if m.replication else [],
         quarantined_versions=quarantined,
-        memory=memory_status(m),
+        memory=memory_status(m, stored.process),
         locks_held=m.locks.count(),
         lock_waits=m.locks.waiting(),
+        quotas_over_soft=stored.quotas_over_soft,
+        trash_files=stored.trash_files,
+        default_trash_s=m.namespace.trash.default_trash_s,
         failover=m.failover() if m.failover is not None else None,
     )
 
 
 async def status(request: web.Request) -> web.Response:
-    return json_response(cluster_status(request.app[STATE]))
+    return json_response(await cluster_status_now(request.app[STATE]))
 
 
 async def status_page(request: web.Request) -> web.Response:
     m = request.app[STATE]
-    html = render_status_page(cluster_status(m), request.host, m.changes.clients_following())
+    html = render_status_page(await cluster_status_now(m), request.host, m.changes.clients_following())
     return web.Response(text=html, content_type="text/html")
 
 
@@ -534,7 +626,7 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
         app.router.add_get(BACKUP_PATH, backup_copy, allow_head=False)  # a HEAD would stream the body
         app.router.add_get(REPLICATION_PATH, replication_feed)
     registry = metrics.new_registry()
-    cluster = metrics.ClusterCollector(lambda: cluster_status(m))
+    cluster = metrics.ClusterCollector(lambda: cluster_status_now(m))
     registry.register(cluster)
     GC_PAUSES.install()
     leases = m.leases
@@ -547,6 +639,8 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
             tasks.append(asyncio.create_task(m.orphans.run()))
         if m.quarantine is not None:
             tasks.append(asyncio.create_task(m.quarantine.run()))
+        if m.trash is not None:
+            tasks.append(asyncio.create_task(m.trash.run()))
         if m.replies is not None:
             tasks.append(asyncio.create_task(m.replies.run()))
         tasks.append(asyncio.create_task(m.leases.run()))

@@ -190,8 +190,12 @@ class ChangeFeed:
 
 def affected(op: str, req, result) -> tuple[list[int], list[tuple[int, bytes]]]:
     """The inodes whose attributes, and the entries whose targets, a mutation changed."""
-    if op == "reserve_inodes":
+    if op in ("reserve_inodes", "trash_purge"):
         return [], []
+    if op == "snapshot":
+        return [req.parent], [(req.parent, req.name)]
+    if op == "trash_restore":
+        return [result.parent, result.attr.ino], [(result.parent, result.name)]
     if op == "create":
         return [req.parent], [(req.parent, req.name)]
     if op == "commit" and req.create is not None:

@@ -3,7 +3,8 @@ which dropped versions still have to be removed from chunkservers.
 
 Writes are copy-on-write: every upload of a chunk gets a new version (and lands in a new file on
 each chunkserver), and the commit that makes it part of the file queues the version it replaces
-for deletion; between clients the last commit wins. A reader therefore never sees a half-written chunk, and a chunkserver that missed
+for deletion, unless another record still holds it (a snapshot shares its source's chunk
+versions: see `write_record`); between clients the last commit wins. A reader therefore never sees a half-written chunk, and a chunkserver that missed
 a write can never serve a stale version: the version is part of every chunk request.
 """
 
@@ -187,10 +188,14 @@ class ChunkTable:
         """Whether a file's chunk record holds this version: one look-up in the version index."""
         return txn.get(U64x2.pack(chunk_id, version), db=self.db.versions) is not None
 
-    def inode_of_version(self, txn: Txn, chunk_id: int, version: int) -> int | None:
-        """The file whose chunk record holds this version (the version index), or None."""
+    def inodes_of_version(self, txn: Txn, chunk_id: int, version: int) -> list[int]:
+        """The files whose chunk records hold this version (several: a snapshot shares it; none:
+        no file does)."""
+        shared = self.holders(txn, chunk_id, version)
+        if shared:
+            return [U64x2.unpack(bytes(key))[0] for key in shared]
         key = txn.get(U64x2.pack(chunk_id, version), db=self.db.versions)
-        return None if key is None else U64x2.unpack(bytes(key))[0]
+        return [] if key is None else [U64x2.unpack(bytes(key))[0]]
 
     def ensure_version_index(self, txn: Txn) -> bool:
         """Give a database written before the version index existed its index, from one scan of
@@ -236,13 +241,110 @@ class ChunkTable:
         new_version = (record.chunk_id, record.version) if record else None
         if old_version != new_version:
             if old_version is not None:
-                txn.delete(U64x2.pack(*old_version), db=self.db.versions)
+                self._unhold(txn, old_version, key)
             if new_version is not None:
-                txn.put(U64x2.pack(*new_version), key, db=self.db.versions)
+                self._hold(txn, new_version, key)
+        elif record is not None and before is not None and before.replicas != record.replicas:
+            self._share_replicas(txn, key, record)
         if (before is None) != (record is None):
             counts.add(txn, table_counts.CHUNKS, 1 if before is None else -1)
         counts.add(txn, table_counts.CHUNK_BYTES, (record.length if record else 0) - (before.length if before else 0))
         counts.replicas_moved(txn, before.replicas if before else [], record.replicas if record else [])
+
+    # ---- versions several records hold --------------------------------------------------------
+    # The version index names one record per version; a version more records hold (a snapshot's
+    # copies) also has a `holders` row per record, so the last one to let it go is known and
+    # every holder's replica list stays the same (re-replication, trims and drains edit one).
+
+    def _hold(self, txn: Txn, version: tuple[int, int], key: bytes) -> None:
+        index_key = U64x2.pack(*version)
+        primary = txn.get(index_key, db=self.db.versions)
+        if primary is None or primary == key:
+            txn.put(index_key, key, db=self.db.versions)
+            return
+        txn.put(index_key + primary, b"", db=self.db.holders)
+        txn.put(index_key + key, b"", db=self.db.holders)
+
+    def any_shared(self, txn: Txn) -> bool:
+        """Whether any version is held by several records (one stat of the holders table)."""
+        return txn.stat(self.db.holders)["entries"] > 0
+
+    def shared_goal(self, txn: Txn, chunk_id: int, version: int, goal: int) -> int:
+        """The replicas a version is kept at: `goal` (its file's), or for a version several files
+        hold (a snapshot's), the highest of their goals, since every holder's record lists the
+        same replicas and a trim for one would take copies another's goal needs."""
+        for key in self.holders(txn, chunk_id, version):
+            raw = txn.get(u64(U64x2.unpack(bytes(key))[0]), db=self.db.inodes)
+            if raw is not None:
+                goal = max(goal, self.namespace.decode(raw).goal or self.namespace.default_goal)
+        return goal
+
+    def holders(self, txn: Txn, chunk_id: int, version: int) -> list[bytes]:
+        """The record keys holding a version several records hold (empty: one or none does)."""
+        prefix = U64x2.pack(chunk_id, version)
+        cursor = txn.cursor(db=self.db.holders)
+        out = []
+        if cursor.set_range(prefix):
+            for row in cursor.iternext(values=False):
+                if not row.startswith(prefix):
+                    break
+                out.append(row[16:])
+        return out
+
+    def _unhold(self, txn: Txn, version: tuple[int, int], key: bytes) -> None:
+        index_key = U64x2.pack(*version)
+        if not txn.delete(index_key + key, db=self.db.holders):  # the only holder
+            txn.delete(index_key, db=self.db.versions)
+            return
+        others = self.holders(txn, *version)
+        if len(others) == 1:
+            txn.delete(index_key + others[0], db=self.db.holders)
+        if others and txn.get(index_key, db=self.db.versions) == key:
+            txn.put(index_key, others[0], db=self.db.versions)
+
+    def _share_replicas(self, txn: Txn, key: bytes, record: ChunkRecord) -> None:
+        for other in self.holders(txn, record.chunk_id, record.version):
+            raw = txn.get(other, db=self.db.chunks)
+            rec = _chunk_dec.decode(raw) if other != key and raw is not None else None
+            if rec is not None and (rec.chunk_id, rec.version) == (record.chunk_id, record.version) \
+                    and rec.replicas != record.replicas:
+                rec.replicas = list(record.replicas)
+                self.write_record(txn, other, rec)
+
+    def release(self, txn: Txn, chunk_id: int, version: int, servers: list[str]) -> None:
+        """A record let go of this version: queue it for deletion unless another still holds it."""
+        if not self.referenced(txn, chunk_id, version):
+            self.queue_deletion(txn, chunk_id, version, servers)
+
+    def copy_records(self, txn: Txn, src: int, dst: int) -> None:
+        """File `dst` gets `src`'s content: the same chunk versions (shared) or inline bytes."""
+        inline = txn.get(u64(src), db=self.db.inline)
+        if inline is not None:
+            txn.put(u64(dst), inline, db=self.db.inline)
+        for index, rec in self.records(txn, src):
+            self.write_record(txn, chunk_key(dst, index), rec)
+
+    def sharing_problems(self, txn: Txn) -> list[str]:
+        """What is wrong in the version index and the holders rows, from a scan of the chunk
+        table (`chunkfs fsck`): every version a record holds is indexed, and a version more
+        records hold has exactly their rows."""
+        held: dict[tuple[int, int], list[bytes]] = {}
+        for key, raw in txn.cursor(db=self.db.chunks):
+            rec = _chunk_dec.decode(raw)
+            held.setdefault((rec.chunk_id, rec.version), []).append(bytes(key))
+        problems = []
+        for version, keys in held.items():
+            primary = txn.get(U64x2.pack(*version), db=self.db.versions)
+            if primary not in keys:
+                problems.append(f"chunk {version[0]} v{version[1]}: the version index names no record holding it")
+            rows = sorted(self.holders(txn, *version))
+            if (sorted(keys) if len(keys) > 1 else []) != rows:
+                problems.append(f"chunk {version[0]} v{version[1]}: held by {len(keys)} records, "
+                                f"{len(rows)} holder rows")
+        for row in txn.cursor(db=self.db.holders).iternext(values=False):
+            if U64x2.unpack(row[:16]) not in held:
+                problems.append(f"chunk {U64x2.unpack(row[:16])}: holder rows for a version no record holds")
+        return problems
 
     def reserve(self, txn: Txn, client: str, count: int) -> tuple[int, int]:
         """`count` fresh versions and chunk ids for `client`: (first version, first chunk id)."""
@@ -290,13 +392,13 @@ class ChunkTable:
             self._check_chunk_id(txn, ref.chunk_id)
             if not self.owners.claim(txn, client, ref.version, req.ino):
                 raise FsError(errno.EPERM, f"chunk version {ref.version} was committed before and replaced")
-            if current is not None:
-                inode.stored_bytes -= current.length
-                self.queue_deletion(txn, current.chunk_id, current.version, current.replicas)
             if ref.index == 0:  # a chunk 0 replaces the inline bytes of a file that grew
                 inode.stored_bytes -= len(txn.pop(u64(req.ino), db=self.db.inline) or b"")
             record = ChunkRecord(ref.chunk_id, ref.version, ref.length, ref.checksum, list(ref.replicas))
             self.write_record(txn, key, record)
+            if current is not None:
+                inode.stored_bytes -= current.length
+                self.release(txn, current.chunk_id, current.version, current.replicas)
             self.cancel_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
             inode.stored_bytes += ref.length
         if req.size != inode.size:
@@ -338,7 +440,7 @@ class ChunkTable:
                 if stale is not None:
                     old = _chunk_dec.decode(stale)
                     target.stored_bytes -= old.length
-                    self.queue_deletion(txn, old.chunk_id, old.version, old.replicas)
+                    self.release(txn, old.chunk_id, old.version, old.replicas)
                 self.write_record(txn, key, rec)
                 moved += rec.length
             txn.delete(u64(source_ino), db=self.db.inline)
@@ -390,7 +492,7 @@ class ChunkTable:
             start = index * CHUNK_SIZE
             if start >= size:
                 self.write_record(txn, chunk_key(ino, index), None)
-                self.queue_deletion(txn, rec.chunk_id, rec.version, rec.replicas)
+                self.release(txn, rec.chunk_id, rec.version, rec.replicas)
                 continue
             if start + rec.length > size:
                 rec.length = size - start
@@ -402,7 +504,7 @@ class ChunkTable:
         txn.delete(u64(ino), db=self.db.inline)
         for index, rec in self.records(txn, ino):
             self.write_record(txn, chunk_key(ino, index), None)
-            self.queue_deletion(txn, rec.chunk_id, rec.version, rec.replicas)
+            self.release(txn, rec.chunk_id, rec.version, rec.replicas)
 
     # ---- deletions --------------------------------------------------------------------------
     def queue_deletion(self, txn: Txn, chunk_id: int, version: int, servers: list[str]) -> None:

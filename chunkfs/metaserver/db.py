@@ -134,6 +134,11 @@ class MetaDB:
         self.users = self.env.open_db(b"users")  # name -> user record (accounts.py)
         self.sessions = self.env.open_db(b"sessions")  # id -> login session (accounts.py)
         self.shares = self.env.open_db(b"shares")  # id -> share link (accounts.py)
+        self.quotas = self.env.open_db(b"quotas")  # directory -> its limits and usage: quotas.py
+        self.trash = self.env.open_db(b"trash")  # removed file kept -> where it was, until when: trash.py
+        # (chunk id, version, record key) -> b"": every record holding a version more than one
+        # record holds (a snapshot's files share their source's chunks): chunk_table.py
+        self.holders = self.env.open_db(b"holders")
 
     def read(self) -> ReadTxn:
         return ReadTxn(self)

@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 
 MAX_DETAILS = 1000  # replicas and files described per page (the counts are always whole)
 INVENTORY_RETRY_S = 2.0
-ROOT_INO = 1
 
 Version = d.Version
 _record_dec = msgspec.msgpack.Decoder(ChunkRecord)
@@ -295,23 +294,13 @@ class DiskCheck:
 
     # ---- names -------------------------------------------------------------------------------------
     def _name_files(self, files: list[d.DiskFile]) -> None:
-        """One path of each file, found by one scan of the directory entries (files keep no
-        parent; directories do)."""
+        """One path of each file, found by one scan of the directory entries (a file's `parent`
+        is its quota anchor, which a hard-linked file may lack; directories know theirs)."""
         wanted = {f.ino: f for f in files}
         with self.db.read() as txn:
             for key, value in txn.cursor(db=self.db.dentries):
                 f = wanted.get(int.from_bytes(value, "big"))
                 if f is not None and not f.path:
                     parent = int.from_bytes(key[:8], "big")
-                    f.path = b"/".join([*self._dir_path(txn, parent), key[8:]])
+                    f.path = b"/".join([*self.chunks.namespace.dir_names(txn, parent), key[8:]])
 
-    def _dir_path(self, txn: Txn, ino: int) -> list[bytes]:
-        names: list[bytes] = []
-        while ino != ROOT_INO and len(names) < 4096:
-            parent = self.chunks.namespace.get(txn, ino).parent
-            name = next((n for n, child in self.chunks.namespace.entries(txn, parent, None) if child == ino), None)
-            if name is None:
-                break
-            names.append(name)
-            ino = parent
-        return names[::-1]

@@ -9,14 +9,23 @@ every filesystem call, so hand-made requests get no more than the export allows 
   learnt elsewhere, or guessed, is refused (EACCES), and so is the parent of the subtree's root
   (`..` above the export). `statfs` is answered for the whole cluster.
 - `read_only`: every change is EROFS (creates, writes' reservations and commits, setattr,
-  xattrs, renames, removes, goals).
+  xattrs, renames, removes, goals). File locks are as on a read-only mount: read locks and
+  flock locks (shared or exclusive: flock does not look at the open mode) are granted, a POSIX
+  write lock is EBADF, as Linux answers F_SETLK for a descriptor not open for writing (on a
+  read-only filesystem none can be); NFSv4 answers it so too.
 - `maproot`: root squash. What such a client creates as uid or gid 0 is owned by `maproot`
-  instead, and it cannot chown or chgrp anything to 0 (EPERM).
+  instead (a snapshot's copies of root's files too), and it cannot chown or chgrp anything to 0
+  (EPERM).
+
+A reclaim of locks after a metaserver restart (`lock_reclaim.py`) is checked lock by lock as
+a `lock` would be; one refused is not given back (it is lost). The files this credential was
+shown went with the restart, so for a reclaim those not shown since are looked for below the
+subtree (a walk of at most MAX_WALK entries, once), and remembered as shown when found there.
 
 What is not covered (yet): the change feed tells every client the inode numbers and names that
 changed anywhere (not file content), and the seen files of a credential are kept in memory only
 (after a metaserver restart a client looks its files up again; until its kernel does, a call on
-an inode it cached is EACCES).
+an inode it cached is EACCES, but for the files it reclaims locks on).
 """
 
 from __future__ import annotations
@@ -36,9 +45,10 @@ from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import named_inodes
 
 CHANGES = frozenset({"create", "link", "remove", "rename", "setattr", "setxattr", "removexattr", "commit", "goal",
-                     "reserve", "reserve_inodes", "release_orphan"})
+                     "reserve", "reserve_inodes", "release_orphan", "snapshot", "trash_time", "read_only"})
 WHOLE_CLUSTER = frozenset({"statfs", "release_leases", "reserve", "reserve_inodes", "locks", "cancel_lock"})
 MAX_DEPTH = 4096
+MAX_WALK = 200_000  # directory entries a reclaim's look for unseen files reads at most
 
 
 class ExportGuard:
@@ -47,18 +57,22 @@ class ExportGuard:
         self._seen: dict[str, set[int]] = {}  # key id -> files shown to it inside its subtree
 
     def admit(self, txn: Txn, key_id: str, export: Export, op: str, req: Any) -> Any:
-        """`req` as the export lets it through (root squashed), or FsError (EROFS, EPERM, EACCES)."""
+        """`req` as the export lets it through (root squashed), or FsError (EROFS, EPERM, EACCES;
+        EBADF for a POSIX write lock of a read-only export, inside it)."""
         if export.read_only and op in CHANGES:
             raise FsError(errno.EROFS, "this credential's export is read-only")
         if export.maproot >= 0:
             req = self._squashed(op, req, export.maproot)
         if export.subtree != "/" and op not in WHOLE_CLUSTER:
             self._check_inside(txn, key_id, export, op, req)
+        if export.read_only and op == "lock" and req.type == r.F_WRLCK and not req.flock:
+            raise FsError(errno.EBADF, "this credential's export is read-only: no descriptor is open for writing, "
+                                       "so no POSIX write lock (read locks and flock are granted)")
         return req
 
     def shown(self, key_id: str, export: Export, answer: Any) -> None:
         """Remember the files an answer showed this credential (its request was inside): the
-        answer of a lookup, readdir, resolve, create, link or commit."""
+        answer of a lookup, readdir, resolve, create, link, commit or snapshot."""
         if export.subtree == "/":
             return
         seen = self._seen.setdefault(key_id, set())
@@ -66,6 +80,41 @@ class ExportGuard:
             seen.add(answer.ino)
         elif isinstance(answer, list):
             seen.update(entry.attr.ino for entry in answer if isinstance(entry, r.DirEntry))
+
+    def refused_locks(self, txn: Txn, key_id: str, export: Export, locks: list[r.LockReq]) -> set[int]:
+        """The indexes in `locks` (a reclaim's) that this export refuses, each as a `lock` of it
+        would be. Files not shown to this credential since the start are looked for first
+        (`_look_for`). Runs in a thread (the walk reads LMDB): it only adds to the seen sets."""
+        if export.subtree != "/":
+            self._look_for(txn, key_id, export, {lock.ino for lock in locks})
+        refused = set()
+        for index, lock in enumerate(locks):
+            try:
+                self.admit(txn, key_id, export, "lock", lock)
+            except FsError:
+                refused.add(index)
+        return refused
+
+    def _look_for(self, txn: Txn, key_id: str, export: Export, inodes: set[int]) -> None:
+        """Those of `inodes` found below the subtree (a walk of its directories, MAX_WALK
+        entries at most) are remembered as shown to this credential."""
+        seen = self._seen.setdefault(key_id, set())
+        try:
+            top = self.namespace.resolve(txn, export.subtree.encode()).ino
+        except FsError:
+            return
+        wanted = {ino for ino in inodes - seen if not self._dir_inside(txn, ino, top)}
+        directories, read = [top], 0
+        while directories and wanted:
+            for _name, child in self.namespace.entries(txn, directories.pop(), None):
+                read += 1
+                if read > MAX_WALK:
+                    return
+                if child in wanted:
+                    seen.add(child)
+                    wanted.discard(child)
+                elif stat.S_ISDIR(self.namespace.get(txn, child).mode):
+                    directories.append(child)
 
     def inode_inside(self, txn: Txn, key_id: str, export: Export, ino: int) -> bool:
         if export.subtree == "/" or ino in self._seen.get(key_id, ()):
@@ -115,6 +164,8 @@ class ExportGuard:
             create = req.create and ExportGuard._squashed("create", req.create, maproot)
             attrs = req.attrs and ExportGuard._squashed("setattr", req.attrs, maproot)
             return msgspec.structs.replace(req, create=create, attrs=attrs)
+        if isinstance(req, r.SnapshotReq):  # copies of root's files are the squashed uid's
+            return msgspec.structs.replace(req, root_owner=maproot)
         return req
 
 
@@ -125,4 +176,6 @@ def _existing_inodes_named(op: str, req: Any) -> set[int]:
         return {req.parent}
     if isinstance(req, r.CommitReq) and req.create is not None:
         return {req.create.parent}
-    return named_inodes(req)
+    if isinstance(req, r.QuotaLimitReq) and req.parent:  # a file its client still holds the create of
+        return {req.parent}
+    return named_inodes(req) - {0}  # 0: a field left out (a restore's place, a limit's parent)

@@ -14,7 +14,9 @@ Each metaserver runs this loop, serving one role at a time on its listen address
   acknowledged change), it waits, answering 503, for one that has.
 
 Every wait is bounded by `POLL_S` and etcd's time-outs; etcd being unreachable makes a standby
-wait and a primary fence itself once its lease has run out.
+wait and a primary fence itself once its lease has run out. A metaserver that cannot reach a
+majority of the etcd members and follows no primary answers API calls with 503 saying so (what a
+client that gives up before etcd is back reads in its error), not with a closed port.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import lmdb
 import uvloop
 from aiohttp import web
 
-from chunkfs import service
+from chunkfs import service, tls
 from chunkfs.errors import FsError, NotPrimary
 from chunkfs.config import parse_address
 from chunkfs.httpserver import json_response, make_app, start_serving
@@ -56,6 +58,7 @@ POLL_S = 0.5  # how often a standby looks at the leader key
 HEALTH_EVERY_S = 5.0  # how often the primary asks the etcd members how they are
 STEP_DOWN_PAUSE_S = 3 * POLL_S  # after giving the key up, the standbys' turn to take it
 LOOP_GIL_WAIT_S = 0.0005  # as main.py's
+ETCD_DOWN = "etcd does not answer: no metaserver may act as the primary until a majority of its members answer"
 
 
 def database_position(data_dir: Path, map_size_bytes: int) -> tuple[str, int]:
@@ -76,7 +79,7 @@ class Roles:
     """The loop described in the module's doc, for one metaserver."""
 
     def __init__(self, config: MetaserverConfig, secret: bytes,
-                 build_primary: Callable[[bool], web.Application]) -> None:
+                 build_primary: Callable[[bool, int], web.Application]) -> None:
         self.config, self.secret, self.build_primary = config, secret, build_primary
         self.host, self.port = parse_address(config.listen)
         self.name = config.advertised
@@ -85,6 +88,10 @@ class Roles:
         self.stopping = asyncio.Event()  # SIGTERM: the primary gives its key up at once
         self.step_down = asyncio.Event()  # a switchover: the same, and then it follows the new primary
         self.role = "starting"
+        files = tls.tls_files(config.tls_dir if config.tls_dir.parts else None, "metaserver")
+        # with TLS every role serves it, and a standby reaches its primary with it
+        self.server_tls = files.server_context() if files else None
+        self.client_tls = files.client_context() if files else None
 
     async def run(self) -> None:
         try:
@@ -93,7 +100,7 @@ class Roles:
                     await self._one_role()
                 except EtcdUnavailable as exc:
                     log.warning("etcd: %s; trying again", exc)
-                    await self._pause()
+                    await self._serve_waiting(ETCD_DOWN, self._etcd_answers)
         finally:
             await self.etcd.aclose()
 
@@ -107,7 +114,8 @@ class Roles:
             await self._serve_standby(leader[0].address, leader[1])
             return
         if leader is not None:  # our own key from before a restart: its lease still runs
-            await self._serve_waiting("waiting for the leader key of an earlier run to lapse")
+            await self._serve_waiting("waiting for the leader key of an earlier run to lapse", self._no_leader,
+                                      self._lease_polls)
             return
         history, seq = await asyncio.to_thread(database_position, self.config.data_dir, self.config.map_size_bytes)
         if await self.election.campaign(history):
@@ -116,13 +124,13 @@ class Roles:
         sync, _ = await self.election.sync_state()
         if not self.election.eligible(sync, self.name, history):
             await self._serve_waiting(f"not eligible (history {history or '(none)'} at batch {seq}): "
-                                      "waiting for a primary to follow")
+                                      "waiting for a primary to follow", self._no_leader, self._lease_polls)
 
     # ---- the roles ----------------------------------------------------------------------------
     async def _serve_primary(self, promoted: bool) -> None:
         self.role = "primary"
         try:
-            app = self.build_primary(promoted)  # the database's start-up checks, before serving
+            app = self.build_primary(promoted, self.election.epoch)  # the database's start-up checks, before serving
         except (lmdb.Error, OSError) as exc:
             log.error("cannot open the database as the primary: %s", exc)
             await self.election.resign()
@@ -144,7 +152,7 @@ class Roles:
             return
         replication.sync_record = publisher
         self.step_down.clear()
-        runner = await start_serving(app, self.host, self.port)
+        runner = await start_serving(app, self.host, self.port, self.server_tls)
         log.warning("serving as the primary (epoch %d, history %s)", self.election.epoch, replication.history)
         try:
             giving_up = asyncio.create_task(_first_of(self.stopping, self.step_down))
@@ -170,10 +178,10 @@ class Roles:
     async def _serve_standby(self, primary: str, epoch: int) -> None:
         self.role = "standby"
         follower = standby_role.Standby(primary, self.config.data_dir, self.secret, self.name, synchronous=True,
-                                        map_size_bytes=self.config.map_size_bytes)
+                                        map_size_bytes=self.config.map_size_bytes, tls=self.client_tls)
         app = standby_role.build_app(follower, self.secret)
         service.attach(app, status=f"standby of {primary}")
-        runner = await start_serving(app, self.host, self.port)
+        runner = await start_serving(app, self.host, self.port, self.server_tls)
         try:
             while not self.stopping.is_set():
                 await self._pause()
@@ -181,7 +189,9 @@ class Roles:
                     leader = await self.election.leader()
                 except EtcdUnavailable as exc:
                     log.warning("etcd: %s; following %s meanwhile", exc, primary)
+                    follower.note = ETCD_DOWN
                     continue
+                follower.note = ""
                 if leader is None or leader[1] != epoch:
                     log.warning("the primary %s (epoch %d) is gone%s", primary, epoch,
                                 "" if leader is None else f"; {leader[0].address} is primary now")
@@ -189,7 +199,23 @@ class Roles:
         finally:
             await runner.cleanup()
 
-    async def _serve_waiting(self, why: str) -> None:
+    @property
+    def _lease_polls(self) -> int:
+        return int(2 * self.config.etcd_ttl_s / POLL_S)
+
+    async def _no_leader(self) -> bool:
+        return await self.election.leader() is None
+
+    async def _etcd_answers(self) -> bool:
+        try:
+            await self.election.leader()
+        except EtcdUnavailable:
+            return False
+        return True
+
+    async def _serve_waiting(self, why: str, over: Callable[[], Awaitable[bool]], max_polls: int = 0) -> None:
+        """Answer 503 saying `why` until `over()` (asked every `POLL_S`), SIGTERM, or `max_polls`
+        polls (0: no limit); etcd's errors in `over()` end it (the caller tries again)."""
         self.role = "waiting"
         log.warning("%s", why)
         app = make_app(self.secret)
@@ -203,11 +229,13 @@ class Roles:
         app.router.add_get("/health", health)
         app.router.add_route("*", "/v1/{call:.*}", refuse)
         service.attach(app, status="waiting for a primary")
-        runner = await start_serving(app, self.host, self.port)
+        runner = await start_serving(app, self.host, self.port, self.server_tls)
         try:
-            for _ in range(int(2 * self.config.etcd_ttl_s / POLL_S)):
+            polls = 0
+            while not self.stopping.is_set() and (max_polls == 0 or polls < max_polls):
                 await self._pause()
-                if self.stopping.is_set() or await self.election.leader() is None:
+                polls += 1
+                if not self.stopping.is_set() and await over():
                     return
         finally:
             await runner.cleanup()
@@ -260,7 +288,7 @@ def _fence(holds: Callable[[], bool]) -> Callable[..., Awaitable[web.StreamRespo
     return fence
 
 
-def run(config: MetaserverConfig, secret: bytes, build_primary: Callable[[bool], web.Application]) -> None:
+def run(config: MetaserverConfig, secret: bytes, build_primary: Callable[[bool, int], web.Application]) -> None:
     """Serve in whichever role the election gives, until SIGTERM/SIGINT."""
     sys.setswitchinterval(LOOP_GIL_WAIT_S)
     loop = uvloop.new_event_loop()

@@ -60,10 +60,12 @@ def check_page(txn: Txn, namespace: Namespace, chunks: ChunkTable, alive: set[st
 def _check(page: r.FsckPage, txn: Txn, namespace: Namespace, chunks: ChunkTable,
            alive: set[str], corrupt_reports: dict[Version, set[str]], path: bytes, ino: int,
            inode: Inode) -> None:
-    goal = inode.goal or namespace.default_goal
-    found = r.FileProblems(path=path, ino=ino, goal=goal, chunks=0)
+    own_goal = inode.goal or namespace.default_goal
+    found = r.FileProblems(path=path, ino=ino, goal=own_goal, chunks=0)
+    shared = chunks.any_shared(txn)
     for _index, rec in chunks.records(txn, ino):
         found.chunks += 1
+        goal = chunks.shared_goal(txn, rec.chunk_id, rec.version, own_goal) if shared else own_goal
         reported = corrupt_reports.get((rec.chunk_id, rec.version), set())
         live = sum(1 for s in rec.replicas if s in alive and s not in reported)
         if live == 0:

@@ -53,6 +53,10 @@ class DirectoryLeases:
         self._by_client: dict[str, set[int]] = {}
         self.recalls = 0
         self.expired = 0
+        # whether a directory made in this one is recalled as soon as it is granted: one under a
+        # quota (a create held by its mount would be charged, and refused, only at its commit)
+        self.recall_at_once: Callable[[Txn, int], bool] = lambda txn, parent: False
+        self._to_recall: set[int] = set()
         with db.read() as txn:  # after a restart: each runs LEASE_S more unless its holder polls
             for key, value in txn.cursor(db=db.leases):
                 self._add(read_u64(key), Lease(bytes(value).decode(), time.monotonic() + LEASE_S))
@@ -86,6 +90,8 @@ class DirectoryLeases:
             attr = create(txn, req)
             if _leased(req, attr, client):
                 txn.put(u64(attr.ino), client.encode(), db=self.db.leases)
+                if self.recall_at_once(txn, req.parent):
+                    self._to_recall.add(attr.ino)
             return attr
 
         return run
@@ -94,6 +100,9 @@ class DirectoryLeases:
         """After the commit of `creating`: the lease is in force."""
         if _leased(req, attr, client):
             self._add(attr.ino, Lease(client, time.monotonic() + LEASE_S))
+            if attr.ino in self._to_recall:
+                self._to_recall.discard(attr.ino)
+                self._ask_back(self._held[attr.ino])
             held = self._by_client[client]
             if len(held) > MAX_PER_CLIENT:
                 for ino in sorted(held)[: len(held) - MAX_PER_CLIENT]:  # inode numbers grow: the oldest
@@ -105,6 +114,12 @@ class DirectoryLeases:
             lease.expires = min(lease.expires, time.monotonic() + LEASE_S)
             self.recalls += 1
             self.wake_feed()
+
+    def ask_back_where(self, wanted: Callable[[int], bool]) -> None:
+        """Ask back every lease on a directory `wanted` says (it will not wait for them)."""
+        for ino, lease in list(self._held.items()):
+            if wanted(ino):
+                self._ask_back(lease)
 
     @property
     def held(self) -> int:
@@ -183,7 +198,7 @@ class DirectoryLeases:
             self._drop(ino)
 
     def forget_removed(self, ino: int) -> None:
-        """A directory removed needs no lease (its row went with it, see Namespace._free)."""
+        """A directory removed needs no lease (its row went with it, see Namespace.free)."""
         self._drop(ino)
 
 

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Set
 
 import msgspec
 
@@ -94,10 +94,17 @@ class LockReclaim:
         checked them since (its feed polls say so, until it does)."""
         return client in self._dropped
 
-    async def reclaim(self, client: str, req: r.LockReclaimReq) -> r.LockReclaimReply:
+    def grants(self, req: r.LockReclaimReq) -> bool:
+        """Whether `reclaim` would grant `req`'s locks (a give-back in the grace period), not
+        just check them or answer that they are lost."""
+        return req.epoch != self.epoch and self.in_grace()
+
+    async def reclaim(self, client: str, req: r.LockReclaimReq, refused: Set[int] = frozenset()
+                      ) -> r.LockReclaimReply:
         """`req.locks`: what `client` holds as of feed epoch `req.epoch`. In this epoch, a check:
         all are lost if they were dropped at the end of its session. From an earlier one, they
-        are granted again in the grace period (but for conflicts) and lost after it."""
+        are granted again in the grace period (but for conflicts, and those at the indexes
+        `refused`: the client's export does not allow them) and lost after it."""
         everything = list(range(len(req.locks)))
         if req.epoch == self.epoch:
             lost = everything if client in self._dropped else []
@@ -105,7 +112,10 @@ class LockReclaim:
         elif self.in_grace():
             if req.locks:
                 await self.record(client)
-            lost = [i for i, lock in enumerate(req.locks) if not self.table.reclaim(client, lock)]
+            if refused:
+                log.warning("client %s may not reclaim %d of its locks (outside its export, or a write lock of a "
+                            "read-only one)", client, len(refused))
+            lost = [i for i, lock in enumerate(req.locks) if i in refused or not self.table.reclaim(client, lock)]
             self.awaited.discard(client)
             if not self.awaited:
                 self._end_grace()

@@ -32,6 +32,8 @@ from chunkfs.metaserver.replication_log import ReplicationLog
 from chunkfs.metaserver.registry import Registry
 from chunkfs.metaserver.replicator import Replicator
 from chunkfs.metaserver.replies import ReplyLog
+from chunkfs.metaserver.trash import TrashCollector
+from chunkfs.protocol.records import MAX_TRASH_S
 from chunkfs.protocol.chunk_client import ChunkClient
 from chunkfs.protocol.http import SignedHttp
 
@@ -60,6 +62,8 @@ class MetaserverConfig:
     tls_dir: Path = opt(Path(""), "directory made by chunkfs certs init: serve and connect with TLS only, "
                                   "peers must show a certificate of its CA (empty: plain HTTP)")
     default_goal: int = opt(3, "replicas kept of each chunk unless a directory sets its own goal")
+    trash_time_s: float = opt(86400.0, "removed files stay in the trash this long unless their directory says "
+                                       "otherwise (chunkfs trash-time); 0: not kept")
     heartbeat_timeout_s: float = opt(10.0, "a chunkserver silent this long is marked down")
     deletion_interval_s: float = opt(5.0, "seconds between passes removing dropped chunks")
     orphan_grace_s: float = opt(3600.0, "an unreferenced chunk this recently allocated is not garbage yet; also "
@@ -105,8 +109,6 @@ class MetaserverConfig:
             parse_address(self.follow)
         if self.etcd and self.follow:
             raise ConfigError("options etcd and follow: with etcd the primary is elected; give one of them")
-        if self.etcd and self.tls_dir.parts:
-            raise ConfigError("options etcd and tls_dir: failover does not serve TLS yet; give one of them")
         if self.advertise:
             parse_address(self.advertise)
         if not 2 <= self.etcd_ttl_s <= 600:
@@ -119,6 +121,8 @@ class MetaserverConfig:
             raise ConfigError(f"option default_goal: {self.default_goal} is not between 1 and 16")
         if self.lock_grace_s < 0:
             raise ConfigError("option lock_grace_s: must not be negative")
+        if not 0 <= self.trash_time_s <= MAX_TRASH_S:
+            raise ConfigError(f"option trash_time_s: {self.trash_time_s} is not between 0 and {MAX_TRASH_S}")
         if self.client_timeout_s <= 0:
             raise ConfigError("option client_timeout_s: must be positive")
         if self.heartbeat_timeout_s <= 0:
@@ -149,11 +153,11 @@ def run(config: MetaserverConfig) -> None:
     host, port = parse_address(config.listen)
     if config.etcd:
         reload = reloaded_config()
-        failover.run(config, secret, lambda promoted: build_primary(config, secret, reload, promoted))
+        failover.run(config, secret, lambda promoted, epoch: build_primary(config, secret, reload, promoted, epoch))
         return
     if config.follow:
         standby.run(config.follow, config.data_dir, secret, host, port, config.synchronous,
-                    config.map_size_bytes)
+                    config.map_size_bytes, config.tls_dir if config.tls_dir.parts else None)
         return
     app = build_primary(config, secret, reloaded_config())
     # A thread doing Python work (a /metrics render, an fsck page, the replicator's scan, a
@@ -166,15 +170,16 @@ def run(config: MetaserverConfig) -> None:
 
 
 def build_primary(config: MetaserverConfig, secret: bytes, reload: Callable[[], MetaserverConfig],
-                  promoted: bool = False) -> web.Application:
+                  promoted: bool = False, epoch: int = 0) -> web.Application:
     """Open the database and build the serving metaserver's app (its cleanup closes them).
-    `promoted`: a standby in sync becomes the primary (see `backup.start_primary`)."""
+    `promoted`: a standby in sync becomes the primary (see `backup.start_primary`). `epoch`: the
+    elected primary's (failover.py; 0 without etcd), which chunkservers check (their fencing.py)."""
     host, port = parse_address(config.listen)
     db = MetaDB(config.data_dir, config.map_size_bytes)
     pinned = PinnedPages(config.data_dir / "data.mdb") if config.pin_db_in_memory else None
     if pinned is not None:
         pinned.start()
-    namespace = Namespace(db, config.default_goal)
+    namespace = Namespace(db, config.default_goal, int(config.trash_time_s))
     chunks = ChunkTable(db, namespace, config.orphan_grace_s)
     with db.env.begin(write=True) as txn:
         namespace.init_root(txn)
@@ -189,16 +194,18 @@ def build_primary(config: MetaserverConfig, secret: bytes, reload: Callable[[], 
     files = tls.tls_files(config.tls_dir if config.tls_dir.parts else None, "metaserver")
     http = SignedHttp(chunk_tokens.metaserver_credential(tokens.key), timeout_s=10, retry_s=1,  # to chunkservers
                       tls=files.client_context() if files else None)
-    deleter = Deleter(db, committer, chunks, registry, ChunkClient(http), config.deletion_interval_s)
-    replicator = Replicator(db, committer, chunks, registry, ChunkClient(http), deleter,
+    deleter = Deleter(db, committer, chunks, registry, ChunkClient(http, epoch), config.deletion_interval_s)
+    replicator = Replicator(db, committer, chunks, registry, ChunkClient(http, epoch), deleter,
                             config.replication_per_s, config.replication_in_flight, tokens)
     state = Metaserver(db, committer, namespace, chunks, registry, deleter, config.orphan_grace_s, replicator,
                        lock_grace_s=config.lock_grace_s)
     state.tokens = tokens
+    state.epoch = epoch
     state.credentials = CredentialStore(config.credentials_file, secret)
     state.replication = replication
     state.replies = ReplyLog(db, committer)
     state.quarantine = Quarantine(db, committer, chunks, config.restore_quarantine_s)
+    state.trash = TrashCollector(db, committer, namespace.trash, deleter.wake.set)
     state.orphans = OrphanCollector(db, committer, namespace, state.changes, config.client_timeout_s,
                                     deleter.wake.set)
     log.info("metaserver serving on %s:%d, data in %s", host, port, config.data_dir)

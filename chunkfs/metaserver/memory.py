@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from chunkfs.protocol import records as r
 
 if TYPE_CHECKING:
     from chunkfs.metaserver.app import Metaserver
+    from chunkfs.metaserver.db import MetaDB
 
 
 class GcPauses:
@@ -57,13 +59,30 @@ def process_rss(status: Path = Path("/proc/self/status")) -> tuple[int, int]:
     return anon, mapped
 
 
-def memory_status(m: Metaserver) -> r.MemoryStatus:
+@dataclass(frozen=True)
+class ProcessMemory:
+    """What /proc and LMDB say of the process's memory: read by `read_process_memory`, which may
+    run in a thread (reading /proc/self/status took 0.3-1.3 ms a scrape on the event loop)."""
+
+    rss_anon_bytes: int
+    rss_file_bytes: int
+    lmdb_used_bytes: int
+    lmdb_map_bytes: int
+
+
+def read_process_memory(db: MetaDB) -> ProcessMemory:
     anon, mapped = process_rss()
-    used, size = m.db.used_bytes(), m.db.map_size_bytes()
+    return ProcessMemory(anon, mapped, db.used_bytes(), db.map_size_bytes())
+
+
+def memory_status(m: Metaserver, process: ProcessMemory) -> r.MemoryStatus:
+    """The memory section of the status: `process` as read (see `read_process_memory`), and the
+    structures of the event loop's own state, read now (so: on the loop)."""
     changes, clients = m.changes.memory()
     log = m.replication
     return r.MemoryStatus(
-        rss_anon_bytes=anon, rss_file_bytes=mapped, lmdb_map_bytes=size, lmdb_used_bytes=used,
+        rss_anon_bytes=process.rss_anon_bytes, rss_file_bytes=process.rss_file_bytes,
+        lmdb_map_bytes=process.lmdb_map_bytes, lmdb_used_bytes=process.lmdb_used_bytes,
         replication_log_bytes=log.kept_bytes if log else 0, replication_log_limit_bytes=log.keep_bytes if log else 0,
         replication_log_batches=log.kept_batches if log else 0,
         change_feed_changes=changes, change_feed_limit=m.changes.capacity, clients_tracked=clients,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import msgspec
 from msgspec import Struct
@@ -19,6 +19,8 @@ from chunkfs import ROOT_INODE
 from chunkfs.errors import FsError
 from chunkfs import posix_acl
 from chunkfs.metaserver.db import MetaDB, Txn, read_u64, u64
+from chunkfs.metaserver.quotas import DirectoryQuotas
+from chunkfs.metaserver.trash import Trash
 from chunkfs.metaserver import table_counts
 from chunkfs.metaserver.table_counts import Counts, TableCounts
 from chunkfs.protocol import records as r
@@ -40,10 +42,12 @@ class Inode(Struct, array_like=True):
     nlink: int
     rdev: int = 0
     goal: int = 0
-    parent: int = 0  # directories only
+    parent: int = 0  # a directory's parent; a file's quota anchor (quotas.py), 0: none
     target: bytes = b""  # symlinks only
     stored_bytes: int = 0  # sum of chunk lengths, for st_blocks
     xattr_count: int = 0  # lets clients answer "no such attribute" without asking
+    trash_s: int = -1  # how long a file stays in the trash once removed (trash.py); -1: the default
+    read_only: bool = False  # in a read-only snapshot: no change but its settings (`Namespace.put`)
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -51,11 +55,14 @@ _dec = msgspec.msgpack.Decoder(Inode)
 
 
 class Namespace:
-    def __init__(self, db: MetaDB, default_goal: int) -> None:
+    def __init__(self, db: MetaDB, default_goal: int, default_trash_s: int = 0) -> None:
+        """`default_trash_s`: how long removed files are kept where no directory says (0: not)."""
         self.db = db
         self.default_goal = default_goal
         self.on_inode_freed = lambda txn, ino: None  # set by the chunk table
         self.counts = Counts(db)
+        self.quotas = DirectoryQuotas(self)
+        self.trash = Trash(self, default_trash_s)
 
     # ---- records ----------------------------------------------------------------------------
     def init_root(self, txn: Txn) -> None:
@@ -74,12 +81,23 @@ class Namespace:
             raise FsError(errno.ENOENT, f"no inode {ino}")
         return _dec.decode(raw)
 
+    @staticmethod
+    def decode(raw: bytes) -> Inode:
+        return _dec.decode(raw)
+
     def put(self, txn: Txn, ino: int, inode: Inode) -> None:
-        """Write the inode's row (new or replacing one) and move the table counts by the change."""
+        """Write the inode's row (new or replacing one) and move the table counts and the quotas
+        above it by the change (EDQUOT: past a quota's hard limit, nothing written). A read-only
+        inode changes only in its settings (goal, trash time, the mark itself): anything else,
+        its content, attributes, xattrs, names or entries, is EROFS, whichever call tried."""
         key = u64(ino)
         raw = txn.get(key, db=self.db.inodes)
+        before = None if raw is None else _dec.decode(raw)
+        if before is not None and before.read_only and not _settings_only(before, inode):
+            raise FsError(errno.EROFS, f"inode {ino} is in a read-only snapshot")
+        self.quotas.changed(txn, ino, before, inode)
         txn.put(key, _enc.encode(inode), db=self.db.inodes)
-        self._count(txn, None if raw is None else _dec.decode(raw), inode)
+        self._count(txn, before, inode)
 
     def _count(self, txn: Txn, before: Inode | None, after: Inode | None) -> None:
         for inode, sign in ((before, -1), (after, 1)):
@@ -93,6 +111,7 @@ class Namespace:
             ino=ino, mode=inode.mode, uid=inode.uid, gid=inode.gid, size=inode.size,
             atime_ns=inode.atime_ns, mtime_ns=inode.mtime_ns, ctime_ns=inode.ctime_ns,
             nlink=inode.nlink, rdev=inode.rdev, goal=inode.goal, has_xattrs=inode.xattr_count > 0,
+            read_only=inode.read_only,
             blocks=(inode.stored_bytes + 511) // 512 if stat.S_ISREG(inode.mode) else
             (len(inode.target) + 511) // 512,
         )
@@ -172,6 +191,22 @@ class Namespace:
                 break
         return out
 
+    def dir_names(self, txn: Txn, ino: int) -> list[bytes]:
+        """The names on the path from the root to directory `ino` (directories know their
+        parent; the name is found in the parent's entries)."""
+        names: list[bytes] = []
+        while ino != ROOT_INODE and len(names) < 4096:
+            parent = self.get(txn, ino).parent
+            name = next((n for n, child in self.entries(txn, parent, None) if child == ino), None)
+            if name is None:
+                break
+            names.append(name)
+            ino = parent
+        return names[::-1]
+
+    def path_of_dir(self, txn: Txn, ino: int) -> bytes:
+        return b"/" + b"/".join(self.dir_names(txn, ino))
+
     def is_empty(self, txn: Txn, ino: int) -> bool:
         return next(self.entries(txn, ino, None), None) is None
 
@@ -213,7 +248,7 @@ class Namespace:
             size=len(req.target) if req.target is not None else 0,
             atime_ns=now, mtime_ns=now, ctime_ns=now, nlink=2 if is_dir else 1,
             rdev=req.rdev, goal=parent.goal or self.default_goal,
-            parent=req.parent if is_dir else 0, target=req.target or b"", xattr_count=len(acl_xattrs),
+            parent=req.parent, target=req.target or b"", xattr_count=len(acl_xattrs), trash_s=parent.trash_s,
         )
         self.put(txn, ino, inode)
         for name, value in acl_xattrs:
@@ -258,31 +293,82 @@ class Namespace:
         now = time.time_ns()
         txn.delete(u64(req.parent) + req.name, db=self.db.dentries)
         self._touch_dir(txn, req.parent, parent, now, -1 if is_dir else 0)
-        self._drop_link(txn, ino, inode, now, req.open_by if ino in req.open_here else "")
+        self._drop_link(txn, ino, inode, now, req.parent, req.name, req.open_by if ino in req.open_here else "")
         return ino
 
-    def _drop_link(self, txn: Txn, ino: int, inode: Inode, now: int, open_by: str = "") -> None:
-        """One name less; the inode goes with its last name unless client `open_by` has it
-        open: then it stays, with no name, until that client closes it (`release_orphan`) or
-        its session ends, as an unlinked open file does on a local filesystem."""
+    def _drop_link(self, txn: Txn, ino: int, inode: Inode, now: int, directory: int, name: bytes,
+                   open_by: str = "") -> None:
+        """One name less (`name` in `directory`); the inode goes with its last name unless
+        client `open_by` has it open: then it stays, with no name, until that client closes it
+        (`release_orphan`) or its session ends, as an unlinked open file does on a local
+        filesystem. A regular file may go to the trash instead (trash.py), open or not. A file
+        losing the name its quotas are charged through is charged nowhere. A read-only inode
+        keeps its names (EROFS)."""
+        _check_writable(inode, name)
         if stat.S_ISDIR(inode.mode):
             inode.nlink = 0
         else:
             inode.nlink -= 1
-        if inode.nlink > 0 or (open_by and (stat.S_ISREG(inode.mode) or stat.S_ISDIR(inode.mode))):
+            if inode.parent == directory:
+                inode.parent = 0
+        open_here = bool(open_by) and (stat.S_ISREG(inode.mode) or stat.S_ISDIR(inode.mode))
+        trashed = inode.nlink == 0 and self.trash.keep(txn, ino, inode, directory, name, now)
+        if trashed or inode.nlink > 0 or open_here:
             inode.ctime_ns = now
             self.put(txn, ino, inode)
-            if inode.nlink == 0:
+            if inode.nlink == 0 and open_here:
                 txn.put(u64(ino), open_by.encode(), db=self.db.orphans)
             return
-        self._free(txn, ino)
+        self.free(txn, ino)
+
+    def insert(self, txn: Txn, parent: int, name: bytes, inode: Inode, xattrs_of: int = 0) -> int:
+        """A new inode `inode` under the new name `name` in directory `parent` (the caller
+        checked both), with the xattrs of inode `xattrs_of` copied; returns its number. For
+        snapshots: the new inode is charged to the quotas there (EDQUOT)."""
+        ino = self._next_ino(txn)
+        self.put(txn, ino, inode)
+        if xattrs_of:
+            prefix = u64(xattrs_of)
+            cursor = txn.cursor(db=self.db.xattrs)
+            copied = []
+            if cursor.set_range(prefix):
+                for key, value in cursor:
+                    if not key.startswith(prefix):
+                        break
+                    copied.append((u64(ino) + key[8:], value))
+            for key, value in copied:
+                txn.put(key, value, db=self.db.xattrs)
+        txn.put(u64(parent) + name, u64(ino), db=self.db.dentries)
+        self._touch_dir(txn, parent, self.get(txn, parent), inode.ctime_ns, 1 if stat.S_ISDIR(inode.mode) else 0)
+        return ino
+
+    def add_name(self, txn: Txn, ino: int, parent: int, name: bytes) -> None:
+        """One more name for file `ino` (a hard link a snapshot copies)."""
+        inode = self.get(txn, ino)
+        inode.nlink += 1
+        self.put(txn, ino, inode)
+        txn.put(u64(parent) + name, u64(ino), db=self.db.dentries)
+        self._touch_dir(txn, parent, self.get(txn, parent), inode.ctime_ns)
+
+    def relink(self, txn: Txn, ino: int, parent: int, name: bytes) -> r.Attr:
+        """Give a file kept with no name (in the trash) the name `name` in directory `parent`
+        (the caller checked both), charged to the quotas there."""
+        inode = self.get(txn, ino)
+        if inode.nlink != 0 or not stat.S_ISREG(inode.mode):
+            raise FsError(errno.EINVAL, f"inode {ino} is not a file without a name")
+        now = time.time_ns()
+        inode.nlink, inode.parent, inode.ctime_ns = 1, parent, now
+        self.put(txn, ino, inode)
+        txn.put(u64(parent) + name, u64(ino), db=self.db.dentries)
+        self._touch_dir(txn, parent, self.get(txn, parent), now)
+        return self.attr(ino, inode)
 
     def release_orphan(self, txn: Txn, ino: int) -> bool:
         """The last close of an unlinked file: free it. False if `ino` is not an orphan."""
         if not txn.delete(u64(ino), db=self.db.orphans):
             return False
-        if self.get(txn, ino).nlink == 0:
-            self._free(txn, ino)
+        if self.get(txn, ino).nlink == 0 and not self.trash.holds(txn, ino):
+            self.free(txn, ino)
         return True
 
     def orphans(self, txn: Txn, after: int = 0, limit: int = 10_000) -> list[tuple[int, str]]:
@@ -297,10 +383,14 @@ class Namespace:
                 out.append((read_u64(key), value.decode()))
         return out
 
-    def _free(self, txn: Txn, ino: int) -> None:
+    def free(self, txn: Txn, ino: int) -> None:
         raw = txn.pop(u64(ino), db=self.db.inodes)
         if raw is not None:
-            self._count(txn, _dec.decode(raw), None)
+            before = _dec.decode(raw)
+            self.quotas.changed(txn, ino, before, None)
+            self._count(txn, before, None)
+        self.quotas.forget(txn, ino)
+        txn.delete(u64(ino), db=self.db.trash)
         txn.delete(u64(ino), db=self.db.leases)
         cursor = txn.cursor(db=self.db.xattrs)
         prefix = u64(ino)
@@ -318,6 +408,15 @@ class Namespace:
             ino = self.get(txn, ino).parent
         raise FsError(errno.ELOOP, "directory tree too deep")
 
+    def inside(self, txn: Txn, ancestor: int, directory: int) -> bool:
+        """Whether `directory` is `ancestor` or below it; False if it is gone."""
+        try:
+            return self._is_ancestor(txn, ancestor, directory)
+        except FsError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+
     def rename(self, txn: Txn, req: r.RenameReq) -> list[int]:
         """Move an entry; returns the inodes moved or replaced."""
         check_name(req.old_name)
@@ -331,6 +430,7 @@ class Namespace:
             raise FsError(errno.ENOENT, f"{req.old_name!r} not found")
         dst = self.child(txn, req.new_parent, req.new_name)
         src_inode = self.get(txn, src)
+        _check_writable(src_inode, req.old_name)  # the root of a read-only snapshot too: it keeps its name
         src_is_dir = stat.S_ISDIR(src_inode.mode)
         if req.flags & r.RENAME_EXCHANGE:
             if dst is None:
@@ -356,7 +456,8 @@ class Namespace:
             if dst_is_dir:
                 new_parent = self.get(txn, req.new_parent)
                 self._touch_dir(txn, req.new_parent, new_parent, now, -1)
-            self._drop_link(txn, dst, dst_inode, now, req.open_by if dst in req.open_here else "")
+            self._drop_link(txn, dst, dst_inode, now, req.new_parent, req.new_name,
+                            req.open_by if dst in req.open_here else "")
         txn.delete(u64(req.old_parent) + req.old_name, db=self.db.dentries)
         txn.put(u64(req.new_parent) + req.new_name, u64(src), db=self.db.dentries)
         moved_dir = src_is_dir and req.old_parent != req.new_parent
@@ -366,13 +467,15 @@ class Namespace:
         self._touch_dir(txn, req.new_parent, new_parent, now, 1 if moved_dir else 0)
         src_inode = self.get(txn, src)
         src_inode.ctime_ns = now
-        if src_is_dir:
+        if src_is_dir or src_inode.parent == req.old_parent:
             src_inode.parent = req.new_parent
         self.put(txn, src, src_inode)
         return [src] if dst is None else [src, dst]
 
     def _exchange(self, txn: Txn, req: r.RenameReq, src: int, dst: int) -> None:
         src_inode, dst_inode = self.get(txn, src), self.get(txn, dst)
+        _check_writable(src_inode, req.old_name)
+        _check_writable(dst_inode, req.new_name)
         src_is_dir, dst_is_dir = stat.S_ISDIR(src_inode.mode), stat.S_ISDIR(dst_inode.mode)
         if src_is_dir and self._is_ancestor(txn, src, req.new_parent):
             raise FsError(errno.EINVAL, "cannot move a directory into itself")
@@ -390,11 +493,11 @@ class Namespace:
         else:
             for parent in {req.old_parent, req.new_parent}:
                 self._touch_dir(txn, parent, self.get(txn, parent), now)
-        for ino, parent in ((src, req.new_parent), (dst, req.old_parent)):
+        for ino, was_in, now_in in ((src, req.old_parent, req.new_parent), (dst, req.new_parent, req.old_parent)):
             inode = self.get(txn, ino)
             inode.ctime_ns = now
-            if stat.S_ISDIR(inode.mode):
-                inode.parent = parent
+            if stat.S_ISDIR(inode.mode) or inode.parent == was_in:
+                inode.parent = now_in
             self.put(txn, ino, inode)
 
     def setattr(self, txn: Txn, req: r.SetattrReq, truncate) -> r.Attr:
@@ -433,18 +536,30 @@ class Namespace:
     def set_goal(self, txn: Txn, req: r.GoalReq) -> r.Attr:
         if not 1 <= req.goal <= 16:
             raise FsError(errno.EINVAL, f"goal must be between 1 and 16, not {req.goal}")
-        todo = [req.ino]
+        return self._set_in_tree(txn, req.ino, req.recursive, lambda inode: setattr(inode, "goal", req.goal))
+
+    def set_read_only(self, txn: Txn, req: r.ReadOnlyReq) -> r.Attr:
+        """Mark a tree read-only, or (`chunkfs snapshot-remove`, an admin's) writable again."""
+        return self._set_in_tree(txn, req.ino, req.recursive, lambda inode: setattr(inode, "read_only", req.read_only))
+
+    def set_trash_time(self, txn: Txn, req: r.TrashTimeReq) -> r.Attr:
+        """How long files removed from `req.ino` (and what is made in it) stay in the trash."""
+        return self._set_in_tree(txn, req.ino, req.recursive, lambda inode: setattr(inode, "trash_s", req.seconds))
+
+    def _set_in_tree(self, txn: Txn, ino: int, recursive: bool, change: Callable[[Inode], object]) -> r.Attr:
+        """`change` inode `ino`, and with `recursive` everything below it (inherited settings)."""
+        todo = [ino]
         for _ in range(10_000_000):
             if not todo:
                 break
-            ino = todo.pop()
-            inode = self.get(txn, ino)
-            inode.goal = req.goal
+            at = todo.pop()
+            inode = self.get(txn, at)
+            change(inode)
             inode.ctime_ns = time.time_ns()
-            self.put(txn, ino, inode)
-            if req.recursive and stat.S_ISDIR(inode.mode):
-                todo.extend(child for _name, child in self.entries(txn, ino, None))
-        return self.getattr(txn, req.ino)
+            self.put(txn, at, inode)
+            if recursive and stat.S_ISDIR(inode.mode):
+                todo.extend(child for _name, child in self.entries(txn, at, None))
+        return self.getattr(txn, ino)
 
     # ---- xattrs -----------------------------------------------------------------------------
     def getxattr(self, txn: Txn, ino: int, name: bytes) -> bytes:
@@ -550,3 +665,14 @@ class Namespace:
                 counts.file_bytes += inode.size if stat.S_ISREG(inode.mode) else 0
 
 
+def _check_writable(inode: Inode, name: bytes) -> None:
+    """EROFS for an inode of a read-only snapshot losing or changing its name (a change its own
+    row may not show: a rename in the same directory, the last name of a file going)."""
+    if inode.read_only:
+        raise FsError(errno.EROFS, f"{name!r} is in a read-only snapshot")
+
+
+def _settings_only(before: Inode, after: Inode) -> bool:
+    """Whether `after` differs from `before` in its settings and change time only."""
+    return msgspec.structs.replace(after, goal=before.goal, trash_s=before.trash_s, ctime_ns=before.ctime_ns,
+                                   read_only=before.read_only) == before

@@ -176,6 +176,13 @@ class Follower:
     acked: int = 0
     in_sync: bool = False
     last_poll: float = 0.0
+    # out of sync, but etcd's sync record may still name it (so it may still take over) until
+    # the record without it is written: what it has not confirmed is not on every standby yet
+    leaving: bool = False
+
+    @property
+    def may_take_over(self) -> bool:
+        return self.synchronous and (self.in_sync or self.leaving)
 
 
 class ReplicationLog:
@@ -266,13 +273,19 @@ class ReplicationLog:
             late = [] if confirmed else [f for f in waiting_for if f.acked < seq and f.in_sync]
             for f in late:
                 f.in_sync = False
+                f.leaving = self.sync_record is not None
                 log.error("synchronous standby %s did not confirm batch %d within %.1f s: changes are "
                           "acknowledged WITHOUT it until it catches up (a failover now may lose them)",
                           f.name, seq, self.timeout_s)
         # with etcd, the standby may no longer become the primary before anything is acknowledged
-        # without it (this thread is the only committer, so nothing is meanwhile)
-        if late and self.sync_record is not None and not self.sync_record.dropped():
-            raise NotPrimary("could not record in etcd that a synchronous standby fell behind")
+        # without it (this thread is the only committer, so nothing is meanwhile), nor acted on
+        # outside the database (`confirmed`)
+        if late and self.sync_record is not None:
+            if not self.sync_record.dropped():
+                raise NotPrimary("could not record in etcd that a synchronous standby fell behind")
+            with self._lock:
+                for f in late:
+                    f.leaving = False
 
     def _wake_pollers(self) -> None:
         if self._loop is not None:
@@ -349,9 +362,10 @@ class ReplicationLog:
         return read_u64(raw) if raw else 0
 
     def confirmed(self, seq: int) -> bool:
-        """Whether every synchronous standby in sync has batch `seq` (so could take over with it)."""
+        """Whether every standby that could take over has batch `seq`: the synchronous ones in
+        sync, and those that fell out of sync while etcd's sync record may still name them."""
         with self._lock:
-            return all(f.acked >= seq for f in self.followers.values() if f.synchronous and f.in_sync)
+            return all(f.acked >= seq for f in self.followers.values() if f.may_take_over)
 
     def in_sync(self) -> list[str]:
         """The synchronous standbys holding every acknowledged change."""

@@ -166,6 +166,7 @@ class Replicator:
         goal_of: tuple[int, int | None] = (0, None)
         order = itertools.count()
         with self.db.read() as txn:
+            shared = self.chunks.any_shared(txn)  # no look-up per record while nothing is shared
             for key, raw in txn.cursor(db=self.db.chunks):
                 ino = U64x2.unpack(key)[0]
                 if ino != goal_of[0]:
@@ -174,6 +175,8 @@ class Replicator:
                 if goal is None:
                     continue
                 rec = _record_dec.decode(raw)
+                if shared:
+                    goal = self.chunks.shared_goal(txn, rec.chunk_id, rec.version, goal)
                 alive = sum(1 for s in rec.replicas if s in servers.alive)
                 below_goal += alive < goal
                 healthy = [s for s in rec.replicas if s in servers.healthy]

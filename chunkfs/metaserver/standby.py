@@ -20,13 +20,14 @@ import asyncio
 import errno
 import logging
 import socket
+import ssl
 import threading
 from pathlib import Path
 
 import lmdb
 from aiohttp import web
 
-from chunkfs import service
+from chunkfs import service, tls as tls_files
 from chunkfs.errors import PRIMARY_HEADER, FsError, TransportError
 from chunkfs.httpserver import error_response, json_response, make_app, serve
 from chunkfs.metaserver.backup import COPY_MARK
@@ -48,8 +49,10 @@ class NeedsCopy(Exception):
 
 class Standby:
     def __init__(self, primary: str, data_dir: Path, secret: bytes, name: str, synchronous: bool,
-                 map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> None:
+                 map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES, tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: the client context the primary is reached with, in a cluster with TLS."""
         self.primary, self.data_dir, self.secret = primary, data_dir, secret
+        self.tls = tls
         self.map_size_bytes = map_size_bytes
         self.name, self.synchronous = name, synchronous
         self.db: MetaDB | None = None
@@ -59,6 +62,7 @@ class Standby:
         self.primary_seq = 0
         self.copies = 0
         self.reachable = False
+        self.note = ""  # said with every 503 (with failover: that etcd does not answer)
         self.stopped = False
 
     # ---- the database (blocking: called in a thread) ---------------------------------------------
@@ -89,7 +93,8 @@ class Standby:
     def _copy(self) -> None:
         self.close()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        info = save_copy(self.primary, self.secret, self.data_dir / "data.mdb", decompress=True, standby=self.name)
+        info = save_copy(self.primary, self.secret, self.data_dir / "data.mdb", decompress=True, standby=self.name,
+                         tls=self.tls)
         (self.data_dir / "lock.mdb").unlink(missing_ok=True)
         self.copies += 1
         self._open()
@@ -122,7 +127,7 @@ class Standby:
 
     # ---- following ---------------------------------------------------------------------------------
     async def follow(self) -> None:
-        http = SignedHttp(self.secret, timeout_s=POLL_WAIT_S + 10, retry_s=1.0)
+        http = SignedHttp(self.secret, timeout_s=POLL_WAIT_S + 10, retry_s=1.0, tls=self.tls)
         client = ReplicationClient(http, self.primary)
         await asyncio.to_thread(self._open)
         needs_copy = not self.history
@@ -178,9 +183,10 @@ async def health(request: web.Request) -> web.Response:
 
 async def not_primary(request: web.Request) -> web.Response:
     """Every API call: 503 naming the primary, which chunkfs clients retry there."""
-    primary = request.app[STANDBY].primary
-    return error_response(503, "EAGAIN", f"this metaserver is a standby of {primary}",
-                          headers={PRIMARY_HEADER: primary})
+    standby = request.app[STANDBY]
+    note = f" ({standby.note})" if standby.note else ""
+    return error_response(503, "EAGAIN", f"this metaserver is a standby of {standby.primary}{note}",
+                          headers={PRIMARY_HEADER: standby.primary})
 
 
 def build_app(standby: Standby, secret: bytes) -> web.Application:
@@ -201,9 +207,13 @@ def build_app(standby: Standby, secret: bytes) -> web.Application:
 
 
 def run(primary: str, data_dir: Path, secret: bytes, host: str, port: int, synchronous: bool,
-        map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> None:
-    standby = Standby(primary, data_dir, secret, f"{socket.gethostname()}:{port}", synchronous, map_size_bytes)
+        map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES, tls_dir: Path | None = None) -> None:
+    """`tls_dir`: a cluster with TLS (chunkfs certs init): the primary is reached, and /health
+    served, with the metaserver's certificate."""
+    files = tls_files.tls_files(tls_dir, "metaserver")
+    standby = Standby(primary, data_dir, secret, f"{socket.gethostname()}:{port}", synchronous, map_size_bytes,
+                      files.client_context() if files else None)
     log.info("standby of %s serving /health on %s:%d, data in %s", primary, host, port, data_dir)
     app = build_app(standby, secret)
     service.attach(app, status=f"standby of {primary}")
-    serve(app, host, port)
+    serve(app, host, port, files.server_context() if files else None)

@@ -104,6 +104,8 @@ def render(status: r.ClusterStatus, address: str, clients: int) -> str:
         ("clients mounted", str(clients)),
         ("gateways", _gateways(status)),
         ("file locks", f"{status.locks_held} held, {status.lock_waits} waiting"),
+        *((f"quota {q.path.decode(errors='replace')}", f"over its soft limit on {' and '.join(q.over_soft)}: "
+           f"{_size(q.used_bytes)}, {q.used_inodes} inodes") for q in status.quotas_over_soft),
     ]
     summary = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in facts)
     return f"""<!doctype html>

@@ -238,7 +238,8 @@ class ChunkfsOperations(pyfuse3.Operations):
     @fuse_errors
     async def open(self, inode, flags, ctx):
         seen = self.seen_versions.get(inode)
-        open_file = await self.client.open(inode, ctx, truncate=bool(flags & os.O_TRUNC))
+        open_file = await self.client.open(inode, ctx, truncate=bool(flags & os.O_TRUNC),
+                                           writing=flags & os.O_ACCMODE != os.O_RDONLY)
         info = self._file_info(open_file, open_file.attr)
         if seen is not None and not info.keep_cache:
             # changed elsewhere since this mount last opened it, and maybe not pushed yet: the

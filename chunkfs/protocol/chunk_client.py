@@ -20,6 +20,7 @@ CLIENT_VERIFIES_PARAM = "client_verifies"  # GET: the server may skip its block 
 OFFSET_PARAM, LENGTH_PARAM = "offset", "length"  # a ranged GET: in the query, which is signed (see auth)
 BLOCK_SUMS_HEADER = "X-Chunkfs-Block-Sums"  # a ranged GET's answer: its blocks' xxh3s, hex
 TOKEN_PARAM = "token"  # a copy's: the read token for its source
+EPOCH_HEADER = "X-Chunkfs-Epoch"  # a metaserver's DELETE or copy: its primary epoch (chunkserver/fencing.py)
 
 
 def chunk_url(address: str, chunk_id: int, version: int) -> str:
@@ -31,8 +32,16 @@ def _with_token(headers: dict[str, str] | None, token: str) -> dict[str, str] | 
 
 
 class ChunkClient:
-    def __init__(self, http: SignedHttp) -> None:
+    def __init__(self, http: SignedHttp, fencing_epoch: int = 0) -> None:
+        """`fencing_epoch`: a primary metaserver's epoch (election.py), sent with the requests it
+        signs that change what a chunkserver holds, so a former primary's are refused there."""
         self.http = http
+        self.fencing_epoch = fencing_epoch
+
+    def _fenced(self, headers: dict[str, str] | None, token: str) -> dict[str, str] | None:
+        if token or not self.fencing_epoch:
+            return headers
+        return {**(headers or {}), EPOCH_HEADER: str(self.fencing_epoch)}
 
     async def put(self, address: str, chunk_id: int, version: int, data: bytes, checksum: str,
                   retry_s: float | None = None, token: str = "") -> None:
@@ -93,7 +102,7 @@ class ChunkClient:
     async def delete(self, address: str, chunk_id: int, version: int, retry_s: float | None = None,
                      token: str = "") -> None:
         await self.http.request("DELETE", chunk_url(address, chunk_id, version), retry_s=retry_s,
-                                headers=_with_token(None, token), signed=not token)
+                                headers=_with_token(self._fenced(None, token), token), signed=not token)
 
     async def inventory(self, address: str, min_age_s: float, retry_s: float | None = None) -> list[r.ChunkFile]:
         """The chunk versions the server holds in files at least `min_age_s` old."""
@@ -119,4 +128,5 @@ class ChunkClient:
         await self.http.request(
             "POST", f"{chunk_url(address, chunk_id, version)}/copy",
             params={"from": source, CHECKSUM_PARAM: checksum, TOKEN_PARAM: source_token}, retry_s=retry_s,
+            headers=self._fenced(None, ""),
         )

@@ -49,6 +49,17 @@ class _Retryable(Exception):
         self.primary = primary  # a standby's 503 names the primary (metaserver_addresses.py)
 
 
+def _why(response: Response) -> str:
+    """": <message>" of a chunkfs error answer (a metaserver's 503 says why it may not answer,
+    which is what a caller that gives up reads in its error), else ""."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    message = body.get("message") if isinstance(body, dict) else None
+    return f": {str(message)[:300]}" if message else ""
+
+
 class SignedHttp:
     def __init__(
         self,
@@ -172,7 +183,8 @@ class SignedHttp:
         except TransportFailure as exc:
             raise _Retryable(str(exc), exc.stale) from None
         if response.status_code in _RETRY_STATUS:
-            raise _Retryable(f"{address}: HTTP {response.status_code}", primary=response.header(PRIMARY_HEADER))
+            raise _Retryable(f"{address}: HTTP {response.status_code}{_why(response)}",
+                             primary=response.header(PRIMARY_HEADER))
         if response.status_code == 401:
             raise FsError(errno.EACCES, f"{address}: the server refused the cluster secret or credential")
         if response.status_code >= 400:

@@ -219,6 +219,61 @@ class MetaClient:
     async def set_goal(self, ino: int, goal: int, recursive: bool = False) -> r.Attr:
         return await self.call("goal", r.GoalReq(ino, goal, recursive), r.Attr)
 
+    async def snapshot(self, ino: int, parent: int, name: bytes, read_only: bool = False) -> r.Attr:
+        """A copy of `ino` as `name` in `parent` sharing its chunks (chunkfs/metaserver/snapshots.py);
+        `read_only`: every change to the copy is EROFS."""
+        return await self.call("snapshot", r.SnapshotReq(ino, parent, name, read_only=read_only), r.Attr)
+
+    async def set_read_only(self, ino: int, read_only: bool, recursive: bool = False) -> r.Attr:
+        """Mark `ino` (its tree with `recursive`) read-only or writable again (an admin's call)."""
+        return await self.call("read_only", r.ReadOnlyReq(ino, read_only, recursive), r.Attr)
+
+    async def sharing_check(self) -> list[str]:
+        """What is wrong with the chunk versions several files share (none: all right)."""
+        return await self.call("sharing_check", r.InodeReq(ROOT_INO), list[str])
+
+    # -- the trash (chunkfs/metaserver/trash.py) -------------------------------------------------
+    async def trash_time(self, ino: int, seconds: int, recursive: bool = False) -> r.Attr:
+        return await self.call("trash_time", r.TrashTimeReq(ino, seconds, recursive), r.Attr)
+
+    async def trash_time_of(self, ino: int) -> int:
+        """The retention set on `ino` (-1: none, the metaserver's default applies)."""
+        return await self.call("trash_time_of", r.InodeReq(ino), int)
+
+    async def trash_list(self, after: int = 0, limit: int = 1000, under: int = 0) -> list[r.TrashItem]:
+        """Files in the trash with ids above `after`; `under`: removed from that directory or below."""
+        return await self.call("trash_list", r.TrashListReq(after, limit, under), list[r.TrashItem])
+
+    async def trash_restore(self, req: r.TrashRestoreReq) -> r.TrashRestored:
+        return await self.call("trash_restore", req, r.TrashRestored)
+
+    async def trash_purge(self, req: r.TrashPurgeReq) -> int:
+        return await self.call("trash_purge", req, int)
+
+    # -- directory quotas (chunkfs/metaserver/quotas.py) ---------------------------------------
+    async def quota_set(self, req: r.QuotaSetReq) -> r.QuotaInfo:
+        return await self.call("quota_set", req, r.QuotaInfo)
+
+    async def quota_get(self, ino: int) -> r.QuotaInfo:
+        """ENODATA: the directory has no quota."""
+        return await self.call("quota_get", r.InodeReq(ino), r.QuotaInfo)
+
+    async def quota_remove(self, ino: int) -> None:
+        await self.call("quota_remove", r.InodeReq(ino))
+
+    async def quota_size_limit(self, ino: int, parent: int = 0) -> int:
+        """The size file `ino` may grow to under the hard limits on bytes above it (-1: none);
+        `parent`: its directory, for a file whose create has not been sent yet."""
+        return await self.call("quota_size_limit", r.QuotaLimitReq(ino, parent), int)
+
+    async def quota_list(self, under: int = ROOT_INO) -> list[r.QuotaInfo]:
+        """The quotas on directory `under` and below it."""
+        return await self.call("quota_list", r.InodeReq(under), list[r.QuotaInfo])
+
+    async def quota_check(self) -> list[r.QuotaCheck]:
+        """The quotas whose usage differs from a recount of their trees (none: all right)."""
+        return await self.call("quota_check", r.InodeReq(ROOT_INO), list[r.QuotaCheck])
+
     async def changes(self, since: int, wait_s: float, report: r.ClientReport | None = None,
                       epoch: str = "") -> r.ChangeBatch:
         """The changes after `since` of the feed's `epoch` (a long poll; empty: none known yet);

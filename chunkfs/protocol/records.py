@@ -56,6 +56,7 @@ class Attr(Struct, kw_only=True):
     goal: int = 0
     blocks: int = 0  # 512-byte units actually stored (sparse files count only their chunks)
     has_xattrs: bool = False
+    read_only: bool = False  # in a read-only snapshot: every change is EROFS
 
 
 class DirEntry(Struct):
@@ -272,6 +273,121 @@ class GoalReq(Struct):
     recursive: bool = False
 
 
+class QuotaSetReq(Struct, kw_only=True):
+    """Limits of directory `ino`'s quota (metaserver/quotas.py); 0 is no limit, one at least is set."""
+
+    ino: Ino
+    bytes_hard: Bytes64 = 0
+    bytes_soft: Bytes64 = 0
+    inodes_hard: Bytes64 = 0
+    inodes_soft: Bytes64 = 0
+
+
+class SnapshotReq(Struct):
+    """A copy of file or directory `ino` as `name` in directory `parent`, sharing its chunks."""
+
+    ino: Ino
+    parent: Ino
+    name: bytes
+    root_owner: Annotated[int, Meta(ge=-1, le=limits.MAX_UID)] = -1  # >= 0: copies of uid/gid 0 get it (root squash)
+    read_only: bool = False  # the copy refuses every change with EROFS
+
+    def __post_init__(self) -> None:
+        limits.check_name(self.name)
+
+
+class ReadOnlyReq(Struct):
+    """Mark `ino` (and with `recursive` its tree) read-only, or writable again."""
+
+    ino: Ino
+    read_only: bool
+    recursive: bool = False
+
+
+MAX_TRASH_S = 100 * 365 * 86400
+
+
+class TrashTimeReq(Struct):
+    """How long files removed from directory (or file) `ino` stay in the trash (0: not kept)."""
+
+    ino: Ino
+    seconds: Annotated[int, Meta(ge=0, le=MAX_TRASH_S)]
+    recursive: bool = False
+
+
+class TrashListReq(Struct):
+    after: Annotated[int, Meta(ge=0, le=limits.MAX_ID)] = 0  # ids above this one (0: from the first)
+    limit: Annotated[int, Meta(ge=1, le=10_000)] = 1000
+    under: NewIno = 0  # only files removed from this directory or below it (0: all)
+
+
+class TrashItem(Struct, kw_only=True):
+    id: int  # what `trash restore` and `trash purge` take (the file's inode number)
+    path: bytes  # where it was: its directory's path as it is now, and its name
+    size: int
+    deleted_ns: int
+    expires_ns: int
+
+
+class TrashRestoreReq(Struct, kw_only=True):
+    """Put file `id` back: in directory `parent` under `name` (0 / empty: where it was)."""
+
+    id: Ino
+    parent: NewIno = 0
+    name: Name = b""
+
+
+class TrashRestored(Struct):
+    parent: int
+    name: bytes
+    attr: Attr
+
+
+class TrashPurgeReq(Struct, kw_only=True):
+    """Free files of the trash now: those named, or with `everything` a page of all of them."""
+
+    ids: Annotated[list[Ino], Meta(max_length=10_000)] = []
+    everything: bool = False
+
+
+class QuotaLimitReq(Struct):
+    """How big file `ino` may grow under the quotas above it; `parent`: the directory of a file
+    whose create the client still holds (leases), for a file the metaserver has not seen yet."""
+
+    ino: Ino
+    parent: NewIno = 0
+
+
+class QuotaInfo(Struct, kw_only=True):
+    """A directory's quota: its limits (0: none) and the logical bytes and inodes below it."""
+
+    ino: int
+    path: bytes
+    bytes_hard: int = 0
+    bytes_soft: int = 0
+    inodes_hard: int = 0
+    inodes_soft: int = 0
+    used_bytes: int = 0
+    used_inodes: int = 0
+
+    @property
+    def over_soft(self) -> list[str]:
+        """The soft limits passed ("bytes", "inodes")."""
+        return [what for what, used, soft in (("bytes", self.used_bytes, self.bytes_soft),
+                                              ("inodes", self.used_inodes, self.inodes_soft)) if soft and used > soft]
+
+
+class QuotaCheck(Struct, kw_only=True):
+    """A quota whose recorded usage differs from a recount of its tree (`chunkfs fsck`)."""
+
+    ino: int
+    path: bytes
+    recorded_bytes: int
+    recorded_inodes: int
+    counted_bytes: int
+    counted_inodes: int
+
+
 class PathReq(Struct):
     path: Annotated[bytes, Meta(max_length=limits.MAX_PATH_BYTES)]
 
@@ -412,6 +528,7 @@ class HelloReply(Struct):
     # (chunkfs.chunk_tokens.wrap); empty from a metaserver that issues no tokens
     chunk_key_nonce: str = ""
     chunk_key: str = ""
+    epoch: int = 0  # the primary's fencing epoch (chunkserver/fencing.py); 0: no election
 
 
 class TokensReq(Struct):
@@ -476,6 +593,9 @@ class ClusterStatus(Struct, kw_only=True):
     memory: MemoryStatus | None = None  # the metaserver's own memory, and what holds it
     locks_held: int = 0  # file locks held by clients (flock and POSIX), `chunkfs locks` lists them
     lock_waits: int = 0  # lock requests waiting now
+    quotas_over_soft: list[QuotaInfo] = []  # directory quotas past a soft limit
+    trash_files: int = 0  # removed files kept in the trash (their chunks too)
+    default_trash_s: int = 0  # how long removed files are kept where no directory says otherwise
     failover: FailoverStatus | None = None  # with etcd: the election's state (None: no etcd)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -41,17 +42,18 @@ class CopyInfo:
 
 
 def download_copy(metaserver: str, secret: bytes, out: BinaryIO, decompress: bool, standby: str = "",
-                  timeout_s: float = 60.0) -> CopyInfo:
+                  timeout_s: float = 60.0, tls: ssl.SSLContext | None = None) -> CopyInfo:
     """Stream a copy of the metaserver's database into `out` (the database file itself with
-    `decompress`, else as sent: zstd). `standby`: the name of a standby taking its first copy.
+    `decompress`, else as sent: zstd). `standby`: the name of a standby taking its first copy;
+    `tls`: the client context of a cluster with TLS (chunkfs.tls).
     Blocking; raises `FsError` (refused, damaged, incomplete) or `TransportError` (unreachable)."""
     target = BACKUP_PATH + (f"?{urlencode({'standby': standby})}" if standby else "")
     headers = {"Host": metaserver, auth.HEADER: auth.sign(secret, "GET", target, metaserver)}
     check = zstandard.ZstdDecompressor().decompressobj()
     received = database = 0
     try:
-        with httpx.stream("GET", f"http://{metaserver}{target}", headers=headers,
-                          timeout=httpx.Timeout(timeout_s, connect=5.0)) as response:
+        with httpx.stream("GET", f"{'https' if tls else 'http'}://{metaserver}{target}", headers=headers,
+                          timeout=httpx.Timeout(timeout_s, connect=5.0), verify=tls or True) as response:
             if response.status_code == 401:
                 raise FsError(errno.EACCES, f"{metaserver}: the metaserver refused the cluster secret")
             if response.status_code != 200:
@@ -75,12 +77,13 @@ def download_copy(metaserver: str, secret: bytes, out: BinaryIO, decompress: boo
     return CopyInfo(received, database)
 
 
-def save_copy(metaserver: str, secret: bytes, dest: Path, decompress: bool, standby: str = "") -> CopyInfo:
+def save_copy(metaserver: str, secret: bytes, dest: Path, decompress: bool, standby: str = "",
+              tls: ssl.SSLContext | None = None) -> CopyInfo:
     """`download_copy` into the file `dest`, put in place only once complete and durable."""
     partial = dest.with_name(dest.name + ".partial")
     try:
         with open(partial, "wb") as f:
-            info = download_copy(metaserver, secret, f, decompress, standby)
+            info = download_copy(metaserver, secret, f, decompress, standby, tls=tls)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
