@@ -63,6 +63,7 @@ FIGURES = (
     Figure("unlink_files_s", "unlink files", "files/s", True),
     Figure("tree_cp_s", "tree: cp -a", "s", False),
     Figure("tree_rsync_s", "tree: rsync -a, no-op", "s", False),
+    Figure("tree_rm_s", "tree: rm -rf", "s", False),
     Figure("cp_in_mib_s", "cp of a local file into it", "MiB/s", True),
     Figure("cp_out_mib_s", "cp of a file out of it to local disk, cold", "MiB/s", True),
     Figure("put_mib_s", "chunkfs put (CLI, no mount)", "MiB/s", True),
@@ -329,6 +330,10 @@ def _tree_rsync(ws: _Workspace) -> dict[str, float]:
                                            ws.settings.command_timeout_s)}
 
 
+def _tree_rm(ws: _Workspace) -> dict[str, float]:
+    return {"tree_rm_s": _timed_command(["rm", "-rf", str(ws.tree_copy)], ws.settings.command_timeout_s)}
+
+
 def _cp_in(ws: _Workspace) -> dict[str, float]:
     """`cp` of a local file (in the page cache) into the directory: what a user compares `put`
     with. The copy stays until the scratch directory goes: removed here, its chunks would be
@@ -441,12 +446,13 @@ STEPS: tuple[tuple[str, Callable[[_Workspace], dict[str, float]]], ...] = (
     ("small files", _small_files),
     ("tree cp -a", _tree_cp),
     ("tree rsync -a", _tree_rsync),
+    ("tree rm -rf", _tree_rm),
     ("cp of a local file in", _cp_in),
     ("cp of a file out", _cp_out),
     ("put, get and the API", _client_doors),
     ("the gateway", _gateway),
 )
-GROUPS = {"data": STEPS[:4], "small": STEPS[4:5], "tree": STEPS[5:7], "client": STEPS[7:10], "gateway": STEPS[10:]}
+GROUPS = {"data": STEPS[:4], "small": STEPS[4:5], "tree": STEPS[5:8], "client": STEPS[8:11], "gateway": STEPS[11:]}
 """Steps that can be run alone (`chunkfs bench --only`): big-file data, small files, the tree,
 the cluster's other doors (CLI and API) beside `cp`."""
 

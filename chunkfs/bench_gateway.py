@@ -125,25 +125,39 @@ def small_objects(target: GatewayTarget, bucket: str, count: int) -> dict[str, f
     return {"gw_put_objects_s": count / (time.perf_counter() - start)}
 
 
-def listing(target: GatewayTarget, bucket: str, keys: int) -> dict[str, float]:
-    """`keys` keys under one prefix (made with PUT_THREADS writers, not timed), then the whole
-    prefix listed in pages of LIST_PAGE (timed)."""
+def put_keys(target: GatewayTarget, bucket: str, keys: list[str]) -> None:
+    """A one-byte object at each of `keys`, PUT_THREADS writers at once (not timed)."""
     s3 = target.s3_client()
 
-    def put(i: int) -> None:
-        s3.put_object(Bucket=bucket, Key=f"listed/{i:07d}", Body=b"x")
+    def put(key: str) -> None:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
 
     with concurrent.futures.ThreadPoolExecutor(PUT_THREADS) as pool:
-        list(pool.map(put, range(keys)))
-    start = time.perf_counter()
-    seen, token = 0, None
+        list(pool.map(put, keys))
+
+
+def list_keys(s3: Any, bucket: str, prefix: str, page_keys: int = LIST_PAGE) -> list[str]:
+    """Every key under `prefix`, by ListObjectsV2 in pages of `page_keys` (continuation tokens,
+    as boto3's paginator and awscli go), in the order the gateway gave them (`s3`: a client
+    made beforehand, so making it is not timed)."""
+    keys: list[str] = []
+    token = None
     while True:
-        page = s3.list_objects_v2(Bucket=bucket, Prefix="listed/", MaxKeys=LIST_PAGE,
+        page = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=page_keys,
                                   **({"ContinuationToken": token} if token else {}))
-        seen += page.get("KeyCount", 0)
+        keys += [item["Key"] for item in page.get("Contents", [])]
         token = page.get("NextContinuationToken")
         if not page.get("IsTruncated"):
-            break
+            return keys
+
+
+def listing(target: GatewayTarget, bucket: str, keys: int) -> dict[str, float]:
+    """`keys` keys under one prefix (not timed), then the whole prefix listed in pages of
+    LIST_PAGE (timed)."""
+    put_keys(target, bucket, [f"listed/{i:07d}" for i in range(keys)])
+    s3 = target.s3_client()
+    start = time.perf_counter()
+    seen = len(list_keys(s3, bucket, "listed/"))
     elapsed = time.perf_counter() - start
     if seen != keys:
         raise GatewayBenchError(f"the listing returned {seen} keys of {keys}")

@@ -19,6 +19,7 @@ edited or restored by hand takes effect within a second too.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import os
 import secrets
@@ -37,12 +38,26 @@ _LABEL = b"chunkfs credential"
 @dataclass(frozen=True)
 class Export:
     """What a client or gateway credential may reach (as a line of an exports file): the subtree
-    it may mount and name, read-only or not, and the uid root is mapped to (`maproot`: root
-    squash when 65534; -1 keeps root)."""
+    it may mount and name, read-only or not, the uid root is mapped to (`maproot`: root squash
+    when 65534; -1 keeps root), the goals it may set (`min_goal`..`max_goal`) and the networks
+    its requests may come from (`networks`, CIDRs; empty: any)."""
 
     subtree: str = "/"
     read_only: bool = False
     maproot: int = -1
+    min_goal: int = 1
+    max_goal: int = 16
+    networks: tuple[str, ...] | list[str] = ()
+
+    def allows_address(self, address: str | None) -> bool:
+        """Whether a request from `address` (the peer's IP) may use this export."""
+        if not self.networks:
+            return True
+        try:
+            peer = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        return any(peer in ipaddress.ip_network(network, strict=False) for network in self.networks)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ nothing:
 - `/health` is open; `/metrics` and the status page `/` are open to whom `status_open` says
   (`status_access`: loopback peers only by default), the others need an admin's signature;
 - a request carrying a chunk token (`chunkfs.chunk_tokens`, on a chunkserver's chunk routes) is
-  admitted by its token alone, signed or not (`token_check`: 403 for a bad or expired one);
+  admitted by its token (`token_check`: 403 for a bad or expired one, checked first) and a
+  signature, as below, with the token key of the holder the token was issued to (403 for
+  another signer's); its role is not asked;
 - every other request must carry a valid `X-Chunkfs-Auth` header (see
   `chunkfs.auth`), signed for a Host that names this server (`own_host`) with a key the server's
   `KeyRing` holds: its head is checked
@@ -90,7 +92,7 @@ ROUTINE_ERROR = web.AppKey[Callable[[web.Request, FsError], bool]]("routine_erro
 ERROR_KEY = web.RequestKey("chunkfs_error", FsError)  # the FsError a request was answered with
 SIGNER = web.RequestKey("chunkfs_signer", auth.SignedRequest)  # the checked signature of a signed request
 AUTHORIZE = web.AppKey[Callable[[web.Request, str], str | None]]("authorize")  # (request, role) -> why not
-TOKEN_CHECK = web.AppKey[Callable[[web.Request], FsError | None]]("token_check")  # a chunk token's verdict
+TOKEN_CHECK = web.AppKey[Callable[[web.Request], FsError | str]]("token_check")  # a chunk token's verdict: its holder's key id
 STATUS_OPEN = web.AppKey[Callable[[web.Request], bool]]("status_open")  # /metrics and / without a key?
 OPEN_PATHS = frozenset({"/health"})  # always open: liveness, no secrets (README)
 STATUS_PATHS = frozenset({"/", "/metrics"})  # read-only: status page, metrics (README)
@@ -184,9 +186,12 @@ async def _refusal(request: web.Request) -> web.Response | None:
     if request.path in OPEN_PATHS or (request.path in STATUS_PATHS and request.app[STATUS_OPEN](request)):
         return None
     token_check = request.app.get(TOKEN_CHECK)
+    token_holder = None  # the key id a request presenting a chunk token must be signed with
     if token_check is not None and TOKEN_HEADER in request.headers:
-        refused = token_check(request)
-        return None if refused is None else error_response(refused.http_status(), refused.name, refused.message)
+        verdict = token_check(request)
+        if isinstance(verdict, FsError):
+            return error_response(verdict.http_status(), verdict.name, verdict.message)
+        token_holder = verdict
     host = request.headers.get(hdrs.HOST, "")
     if not request.app[OWN_HOST](host):
         return _unauthorized(f"signed for another server (Host {printable(host)!r})")
@@ -207,6 +212,10 @@ async def _refusal(request: web.Request) -> web.Response | None:
     if not verifier.first_use(signed):
         return _unauthorized("X-Chunkfs-Auth was used before (a replay)")
     request[SIGNER] = signed
+    if token_holder is not None:
+        if signed.key_id != token_holder:
+            return error_response(403, "EACCES", "the chunk token was issued to another holder than the signer")
+        return None
     why_not = request.app[AUTHORIZE](request, signed.role)
     if why_not is not None:
         return error_response(403, "EPERM", why_not)

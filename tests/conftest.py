@@ -119,6 +119,15 @@ def metaserver_calls(cluster) -> dict[str, float]:
     return calls
 
 
+def calls_made(cluster, action) -> dict[str, float]:
+    """The file-system calls the metaserver answered while `action()` ran, by operation (those
+    of every client: the cluster's other clients should be idle)."""
+    before = metaserver_calls(cluster)
+    action()
+    after = metaserver_calls(cluster)
+    return {op: after[op] - before.get(op, 0) for op in after if after[op] != before.get(op, 0)}
+
+
 def chunkserver_reads(cluster) -> dict[str, float]:
     """csN -> bytes it has served (its chunkfs_chunkserver_read_bytes_total); a server that is
     down is left out."""
@@ -141,6 +150,15 @@ def drop_caches(cluster) -> None:
     wait_until(lambda: metrics_of(mount_metrics)["chunkfs_mount_cache_size_bytes"] == 0
                and not any(p for p in disk_cache.glob("*/*") if not p.name.endswith(".tmp")),
                10, "the mount's chunk caches (memory and disk) dropped")
+
+
+def fsync_directory(path) -> None:
+    """A durability point for everything the mount answered itself (write-behind) so far."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.3) -> float:

@@ -29,7 +29,7 @@ SHORT_BODY_WAIT_S = 0.5  # how long a short body waits for a reply before it giv
 # added to `FS_OPERATIONS` and not here is fuzzed with bodies of every record
 EXTRA_OP_BODIES: dict[str, type] = {"reserve": r.ReserveReq, "release_leases": r.LeaseReq, "fsck": r.FsckReq,
                                     "lock": r.LockReq, "testlock": r.LockReq, "cancel_lock": r.LockCancelReq,
-                                    "locks": r.LocksReq, "reclaim_locks": r.LockReclaimReq,
+                                    "locks": r.LocksReq, "reclaim_locks": r.LockReclaimReq, "batch": r.BatchReq,
                                     "quota_check": r.InodeReq, "sharing_check": r.InodeReq}
 
 
@@ -39,6 +39,7 @@ class Route:
     method: str
     path: str  # the route's template, `{op}` filled in for the metaserver's file-system calls
     body_type: type | None  # the record its handler reads, if known
+    template: str = ""  # the route's template as the daemon has it (`{op}` too)
 
     @property
     def label(self) -> str:
@@ -70,14 +71,14 @@ def _routes_of(daemon: str, app: Any) -> list[Route]:
         template = route.resource.canonical
         if template == "/v1/accounts/{op}":
             for op, (body, _mutates, _bind) in [*accounts.OPERATIONS.items(), ("no_such_op", (None, False, None))]:
-                routes.append(Route(daemon, route.method, template.replace("{op}", op), body))
+                routes.append(Route(daemon, route.method, template.replace("{op}", op), body, template))
         elif "{op}" in template:
             for op in [*sorted(metaserver_app.FS_OPERATIONS), "no_such_op"]:
                 known = {**metaserver_app.READS, **metaserver_app.MUTATIONS}.get(op)
                 body = known[0] if known else EXTRA_OP_BODIES.get(op)
-                routes.append(Route(daemon, route.method, template.replace("{op}", op), body))
+                routes.append(Route(daemon, route.method, template.replace("{op}", op), body, template))
         else:
-            routes.append(Route(daemon, route.method, template, _body_type_of(route.handler)))
+            routes.append(Route(daemon, route.method, template, _body_type_of(route.handler), template))
     return routes
 
 
@@ -91,12 +92,14 @@ def every_route() -> list[Route]:
     return _routes_of("metaserver", meta) + _routes_of("chunkserver", chunk)
 
 
-def signed_headers(secret: bytes, method: str, target: str, host: str, body: bytes,
+def signed_headers(secret: bytes | None, method: str, target: str, host: str, body: bytes,
                    headers: dict[str, str]) -> dict[str, str]:
     """The headers that make a request pass the daemons' authentication: the one place the
     fuzzer signs (through `chunkfs.auth`, as every client of the cluster does). `auth.sign` signs
     the whole request (host, chunkfs headers, body) where it takes them; the older scheme signed
-    method, path and query only."""
+    method, path and query only. No `secret`: sent unsigned."""
+    if secret is None:
+        return dict(headers)
     if "host" in inspect.signature(auth.sign).parameters:
         # signed as the server reads them: the bytes sent (latin-1, as http.client encodes
         # them) decoded as UTF-8 with surrogate escapes, as aiohttp does
@@ -109,12 +112,13 @@ def signed_headers(secret: bytes, method: str, target: str, host: str, body: byt
 class Outcome:
     status: int | str  # the HTTP status, or "timeout", "no-reply", "conn-error"
     seconds: float
+    detail: bytes = b""  # the start of the answer's body (of its head too, for a short body's)
 
 
 class Sender:
     """Sends requests to one daemon over a keep-alive connection, made again when it breaks."""
 
-    def __init__(self, address: str, secret: bytes) -> None:
+    def __init__(self, address: str, secret: bytes | None) -> None:
         host, port = address.rsplit(":", 1)
         self.address, self.host, self.port, self.secret = address, host, int(port), secret
         self.conn: http.client.HTTPConnection | None = None
@@ -128,17 +132,17 @@ class Sender:
             self.conn.request(method, target, body=body if body or method in ("POST", "PUT") else None,
                               headers=signed)
             response = self.conn.getresponse()
-            response.read()
+            detail = response.read()[:300]
             status: int | str = response.status
             if response.will_close:
                 self.close()
         except TimeoutError:
             self.close()
-            status = "timeout"
+            status, detail = "timeout", b""
         except (ConnectionError, http.client.HTTPException, OSError):
             self.close()
-            status = "conn-error"
-        return Outcome(status, time.monotonic() - started)
+            status, detail = "conn-error", b""
+        return Outcome(status, time.monotonic() - started, detail)
 
     def send_short(self, method: str, target: str, body: bytes, headers: dict[str, str], missing: int) -> Outcome:
         """A request whose body is `missing` bytes shorter than its Content-Length: the server
@@ -148,17 +152,18 @@ class Sender:
         head = [f"{method} {target} HTTP/1.1", f"Host: {self.address}", f"Content-Length: {len(body) + missing}",
                 *(f"{k}: {v}" for k, v in signed.items()), "", ""]
         status: int | str = "no-reply"
+        reply = b""
         try:
             with socket.create_connection((self.host, self.port), timeout=SHORT_BODY_WAIT_S) as sock:
                 sock.sendall("\r\n".join(head).encode("latin-1") + body)
-                reply = sock.recv(100)
+                reply = sock.recv(4096)
                 if reply.startswith(b"HTTP/1.1 "):
                     status = int(reply[9:12])
         except TimeoutError:
             pass
         except (ConnectionError, OSError, ValueError):
             status = "conn-error"
-        return Outcome(status, time.monotonic() - started)
+        return Outcome(status, time.monotonic() - started, reply)
 
     def close(self) -> None:
         if self.conn is not None:

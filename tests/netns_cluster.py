@@ -30,6 +30,7 @@ import random
 import select
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ from chunkfs.mount.helper import FIELDS as MOUNT_FIELDS, launch
 from chunkfs.protocol import records as r
 from chunkfs.protocol.http import SignedHttp
 from chunkfs.protocol.meta_client import MetaClient
+from chunkfs.tls import TlsFiles, init_certs
 
 META_PORT = 9520
 ETCD_CLIENT_PORT = 2379
@@ -165,9 +167,10 @@ class NetnsCluster:
                  heartbeat_timeout_s: float = 3.0, scrub_mb_per_s: float = 0.0,
                  disk_mb: dict[str, int] | None = None, mount_options: dict[str, str] | None = None,
                  tag: str | None = None, subnet: str | None = None,
-                 metaserver_options: dict[str, str] | None = None, ha: bool = False) -> None:
+                 metaserver_options: dict[str, str] | None = None, ha: bool = False, tls: bool = False) -> None:
         """`ha`: two metaservers electing their primary through three etcd members (each its
-        own node), instead of one metaserver."""
+        own node), instead of one metaserver. `tls`: every daemon and mount given `tls_dir`
+        (certificates for every node's address, made at `up`), as `chunkfs up --tls` runs."""
         launcher()  # now, before this process opens files on the mounts
         self.root = Path(root).absolute()
         self.tag = tag or f"cfs{os.urandom(3).hex()}"
@@ -191,6 +194,7 @@ class NetnsCluster:
         for i in range(1, clients + 1):
             self.nodes[f"client{i}"] = Node(f"client{i}", f"{self.tag}-client{i}", f"{self.subnet}.{100 + i}")
         self.secret_file = self.root / "secret"
+        self.tls_dir = self.root / "tls" if tls else None
         self.logs, self.run_dir = self.root / "logs", self.root / "run"
         self.impaired: set[str] = set()
 
@@ -223,7 +227,9 @@ class NetnsCluster:
     def role(self, name: str) -> str:
         """A metaserver's role from its /health (primary, standby, waiting; "down": no answer)."""
         try:
-            answer = httpx.get(f"http://{self.meta_address(name)}/health", timeout=2)
+            context = self.tls_context()
+            answer = httpx.get(f"{'https' if context else 'http'}://{self.meta_address(name)}/health", timeout=2,
+                               verify=context or True)
             return str(answer.json().get("role", "?"))
         except (httpx.HTTPError, ValueError):
             return "down"
@@ -252,6 +258,8 @@ class NetnsCluster:
             self._save_state()
             self._make_network()
             auth.create_secret(self.secret_file)
+            if self.tls_dir is not None:
+                init_certs(self.tls_dir, hosts=["127.0.0.1", "localhost", *(n.ip for n in self.nodes.values())])
             for name in self.nodes:
                 if name.startswith("etcd"):
                     self.start(name)
@@ -344,7 +352,7 @@ class NetnsCluster:
             pid = launcher().spawn(node.enter + module_command(
                 "chunkfs.metaserver.main", "--listen", self.meta_address(name), "--data-dir", str(self.root / name),
                 "--secret-file", str(self.secret_file), "--default-goal", str(self.goal),
-                "--heartbeat-timeout-s", str(self.heartbeat_timeout_s), "--trash-time-s", "0", *ha,
+                "--heartbeat-timeout-s", str(self.heartbeat_timeout_s), "--trash-time-s", "0", *ha, *self._tls_args(),
                 *(arg for option, value in self.metaserver_options.items() for arg in (f"--{option}", value))),
                 log, pid_file)
             if self.ha:
@@ -360,7 +368,14 @@ class NetnsCluster:
             "chunkfs.chunkserver.main", "--listen", self.address(name), "--data-dir", str(data_dir),
             "--metaserver", self.metaserver, "--secret-file", str(self.secret_file),
             "--heartbeat-interval-s", str(min(1.0, self.heartbeat_timeout_s / 4)),
-            "--scrub-mb-per-s", str(self.scrub_mb_per_s)), log, pid_file)
+            "--scrub-mb-per-s", str(self.scrub_mb_per_s), *self._tls_args()), log, pid_file)
+
+    def _tls_args(self) -> list[str]:
+        return [] if self.tls_dir is None else ["--tls-dir", str(self.tls_dir)]
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """What this process connects with (as an admin), with TLS."""
+        return None if self.tls_dir is None else TlsFiles(self.tls_dir, "admin").client_context()
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         pid = self.pid(name)
@@ -380,7 +395,8 @@ class NetnsCluster:
     def mount(self, client: str) -> None:
         mountpoint = self.mnt(client)
         mountpoint.mkdir(parents=True, exist_ok=True)
-        options = {**self.mount_options, "secret_file": str(self.secret_file)}
+        options = {**self.mount_options, "secret_file": str(self.secret_file),
+                   **({"tls_dir": str(self.tls_dir)} if self.tls_dir else {})}
         if "cache_dir" in MOUNT_FIELDS:  # the disk cache goes with the cluster's directory, and is small
             options.setdefault("cache_dir", str(self.root / "cache" / client))
             options.setdefault("cache_size_mb", "256")
@@ -507,7 +523,8 @@ class NetnsCluster:
         secret = auth.load_secret(self.secret_file)
 
         async def call():
-            http = SignedHttp(secret, retry_s=retry_s, connect_timeout_s=2, timeout_s=20, trio_native=True)
+            http = SignedHttp(secret, retry_s=retry_s, connect_timeout_s=2, timeout_s=20, trio_native=True,
+                              tls=self.tls_context())
             try:
                 return await fn(MetaClient(http, self.metaserver))
             finally:

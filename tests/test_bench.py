@@ -10,7 +10,7 @@ import sys
 from conftest import wait_until
 
 FIGURES = {"seq_write_mib_s", "cold_read_mib_s", "warm_read_mib_s", "random_read_iops", "create_files_s",
-           "stat_files_s", "stat_cold_files_s", "unlink_files_s", "tree_cp_s", "tree_rsync_s", "cp_in_mib_s",
+           "stat_files_s", "stat_cold_files_s", "unlink_files_s", "tree_cp_s", "tree_rsync_s", "tree_rm_s", "cp_in_mib_s",
            "cp_out_mib_s"}
 
 
@@ -50,7 +50,7 @@ def test_bench_runs_only_the_workloads_asked_for(tmp_path):
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)["results"][str(tmp_path)]
     assert set(figures) == {"create_files_s", "stat_files_s", "stat_cold_files_s", "unlink_files_s",
-                            "tree_cp_s", "tree_rsync_s"}
+                            "tree_cp_s", "tree_rsync_s", "tree_rm_s"}
     assert list(tmp_path.iterdir()) == []
 
 

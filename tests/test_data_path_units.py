@@ -120,6 +120,53 @@ def test_disk_cache_keeps_verified_chunks_across_restarts_and_one_version_per_ch
     trio.run(main)
 
 
+def test_disk_cache_serves_blocks_each_checked_and_drops_a_damaged_file(tmp_path):
+    """A random reader's blocks come from the cached file (not the whole chunk), each checked
+    against the block checksums stored with it; a damaged block is never returned (the file
+    goes), and a file of the older layout (no block checksums) is a miss."""
+    import os
+
+    from chunkfs.checksum import BLOCK_SIZE, chunk_checksum
+    from chunkfs.client.disk_cache import DiskChunkCache
+    from chunkfs.protocol import records as r
+
+    data = os.urandom(3 * BLOCK_SIZE + 1000)
+    ref = r.ChunkRef(index=0, chunk_id=9, version=2, length=len(data), checksum=chunk_checksum(data), replicas=[])
+    old = b"o" * 1000
+    old_ref = r.ChunkRef(index=0, chunk_id=10, version=1, length=len(old), checksum=chunk_checksum(old), replicas=[])
+
+    async def main():
+        cache = DiskChunkCache(tmp_path / "c", capacity_bytes=16 << 20)
+        cache.open()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cache.run)
+            cache.store(ref, data)
+            with trio.fail_after(10):
+                while not cache.holds(ref):  # noqa: ASYNC110 (the writer's index)
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        assert await cache.get_blocks(ref, 1, 1) == data[BLOCK_SIZE:2 * BLOCK_SIZE]
+        assert await cache.get_blocks(ref, 2, 5) == data[2 * BLOCK_SIZE:]  # clipped to the chunk
+        assert await cache.get(ref) == data
+        assert cache.size_bytes == len(data)
+        path = tmp_path / "c" / "chunks" / "09" / "9.2"
+        damaged = bytearray(path.read_bytes())
+        damaged[2 * BLOCK_SIZE + 5] ^= 1
+        path.write_bytes(damaged)
+        assert await cache.get_blocks(ref, 0, 2) == data[:2 * BLOCK_SIZE]  # the blocks still intact
+        assert await cache.get_blocks(ref, 2, 1) is None and not path.exists() and not cache.holds(ref)
+        cache.close()
+        older = tmp_path / "c" / "chunks" / "0a" / "10.1"
+        older.parent.mkdir(parents=True, exist_ok=True)
+        older.write_bytes(old)  # as a mount before block checksums stored it
+        reopened = DiskChunkCache(tmp_path / "c", capacity_bytes=16 << 20)
+        reopened.open()
+        assert await reopened.get_blocks(old_ref, 0, 1) is None and not older.exists()
+        reopened.close()
+
+    trio.run(main)
+
+
 def test_prefetch_starts_small_at_offset_0_and_is_off_when_asked():
     assert prefetch_window(24, 0, at_start=True) == 1  # maybe a header: one chunk ahead only
     assert [prefetch_window(24, run) for run in (1, 2, 3, 4)] == [4, 8, 16, 16]

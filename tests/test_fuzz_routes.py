@@ -15,6 +15,12 @@ their chunk ids or versions (and the root's inode, which names them) is replaced
 is sent, and their names are never drawn, so whatever a request does, it does to something else
 (the `play/` directory the fuzzer is given, or what it makes there). Run with `-s` to see the
 figures: requests per route, status counts, 5xx, RSS before, peak and after per daemon.
+
+`test_fuzz_with_each_role_key` sends the same requests signed with each role's credential in turn
+(admin, client, chunkserver, gateway) and unsigned, to a cluster running on role credentials: no
+5xx, and no request reaches a handler its role may not call (`access_policy.ROUTE_ROLES`; a
+chunkserver serves no role's key). It runs `ROLE_REQUESTS` a role (seconds each), and
+`LONG_ROLE_REQUESTS` under `--long`.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ import shutil
 import signal
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -39,13 +47,14 @@ from hypothesis import strategies as st
 
 import fuzz_bodies as bodies
 import fuzz_wire as wire
-from chunkfs import CHUNK_SIZE
+from chunkfs import CHUNK_SIZE, auth, credentials, httpserver
 from chunkfs.checksum import chunk_checksum
 from chunkfs.chunk_tokens import chunk_key, metaserver_credential
+from chunkfs.metaserver import access_policy
 from chunkfs.protocol import disk_check, records
 from chunkfs.protocol.meta_client import CLIENT_HEADER
 from chunkfs.request_id import ATTEMPT_HEADER, HEADER as REQUEST_ID_HEADER
-from conftest import chunkfs, wait_until
+from conftest import _cluster, chunkfs, wait_until
 
 SHORT_REQUESTS = 400
 LONG_REQUESTS = 20_000
@@ -75,7 +84,7 @@ class Kept:
     """The files written before the fuzzing, and every number that could name them."""
 
     digests: dict[Path, str]
-    protected: set[int]
+    protected: set[int | str]  # inode, chunk and version numbers; names (of credentials) kept out of bodies
 
 
 def write_kept_files(cluster) -> Kept:
@@ -104,14 +113,17 @@ def make_playground(cluster) -> list[int]:
     return [os.stat(p).st_ino for p in (play, play / "sub", play / "small", play / "big")]
 
 
-def scrub(value, protected: set[int]):
-    """`value` with every integer naming a kept file moved out of the way."""
+def scrub(value, protected: set):
+    """`value` with every integer naming a kept file moved out of the way (and every name in
+    `protected`: the cluster's own credentials, which an admin's fuzzed revoke must not hit)."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
         while value in protected:
             value += 1 << 20
         return value
+    if isinstance(value, str):
+        return value + "~" if value in protected else value
     if isinstance(value, list):
         return [scrub(v, protected) for v in value]
     if isinstance(value, dict):
@@ -337,6 +349,26 @@ def collect_garbage(cluster) -> int:
 # ---- the test ------------------------------------------------------------------------------------
 
 
+def send(planned: Planned) -> wire.Outcome:
+    if planned.short_by:
+        return planned.sender.send_short(planned.route.method, planned.target, planned.body, planned.headers,
+                                         planned.short_by)
+    return planned.sender.send(planned.route.method, planned.target, planned.body, planned.headers)
+
+
+def fuzzing(ctx: Context, requests: int, on_reply) -> Callable[[], None]:
+    """A function that sends `requests` drawn requests, calling `on_reply(planned, outcome)` after each."""
+
+    @settings(max_examples=requests, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def one_request(data):
+        planned = draw_request(data, ctx)
+        on_reply(planned, send(planned))
+
+    return one_request
+
+
 @pytest.mark.timeout(5400)  # for the long variant (~30 min on a busy 2-core machine); the short run takes ~1.5 min
 @pytest.mark.parametrize("requests", [SHORT_REQUESTS, pytest.param(LONG_REQUESTS, marks=pytest.mark.long)],
                          ids=["short", "long"])
@@ -356,21 +388,13 @@ def test_fuzz_every_route_of_every_daemon(fresh_cluster, requests):
     rss = {name: [m] for name, m in memory_of(pids).items()}
     tally = Tally()
 
-    @settings(max_examples=requests, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
-    @given(st.data())
-    def one_request(data):
-        planned = draw_request(data, ctx)
-        if planned.short_by:
-            outcome = planned.sender.send_short(planned.route.method, planned.target, planned.body, planned.headers,
-                                                planned.short_by)
-        else:
-            outcome = planned.sender.send(planned.route.method, planned.target, planned.body, planned.headers)
+    def on_reply(planned: Planned, outcome: wire.Outcome) -> None:
         tally.add(planned, outcome, time.monotonic() - started)
         if tally.requests % 50 == 0:
             for name, m in memory_of(pids).items():  # raises if a daemon is gone
                 rss[name].append(m)
 
+    one_request = fuzzing(ctx, requests, on_reply)
     fuzz_started = time.monotonic()
     try:
         one_request()
@@ -424,3 +448,111 @@ def test_fuzz_every_route_of_every_daemon(fresh_cluster, requests):
         wait_until(fsck_clean, 120, "fsck clean after the fuzzing")
     finally:
         print("  the last fsck said:", *last_fsck)
+
+
+# ---- every role's key in turn ------------------------------------------------------------------------
+
+ROLE_REQUESTS = 60  # per role: seconds each on the busy 2-core test machine
+LONG_ROLE_REQUESTS = 3000
+FUZZED_ROLES = ("admin", "client", "chunkserver", "gateway", None)  # None: no credential (unsigned)
+GATE_STATUSES = frozenset({401, 408, 413, 415})  # answers the gate (chunkfs.httpserver) gives before a handler
+
+
+@dataclass
+class RoleFuzzing:
+    cluster: Any
+    kept: Kept
+    known: list[int]
+    servers: list[str]
+    keys: dict[str, bytes]  # role -> its credential (a secret file's content)
+
+
+@pytest.fixture(scope="module")
+def role_fuzzing(tmp_path_factory):
+    """A cluster whose daemons run on role credentials (`up --roles`), with kept files, a
+    playground and a credential of each role for the fuzzer. The cluster's own credentials'
+    names are kept out of the bodies (an admin's fuzzed revoke must not stop a chunkserver)."""
+    with contextlib.contextmanager(_cluster)(tmp_path_factory, chunkservers=2, goal=2,
+                                             up_options=(*CLUSTER["up_options"], "--roles")) as c:
+        kept = write_kept_files(c)
+        known = make_playground(c)
+        keys = {}
+        for role in credentials.ROLES:
+            out = c.root / f"fuzz-{role}.key"
+            chunkfs("credentials", "add", role, f"fuzz-{role}", "--out", out, "--dir", c.dir)
+            keys[role] = auth.load_secret(out)
+        kept.protected.update(path.name for path in (c.dir / "credentials").iterdir())
+        kept.protected.update(f"fuzz-{role}" for role in credentials.ROLES)
+        yield RoleFuzzing(c, kept, known, [s["address"] for s in c.status()["servers"]], keys)
+
+
+def allowed(route: wire.Route, role: str | None) -> bool:
+    """Whether a request to `route` signed with a `role` key (None: unsigned) may reach its
+    handler: the open paths (the status ones from loopback, status_access's default), and on the
+    metaserver what `access_policy.ROUTE_ROLES` gives the role. A chunkserver serves only the
+    metaserver's key and chunk tokens, no role's key."""
+    if route.path in httpserver.OPEN_PATHS | httpserver.STATUS_PATHS:
+        return True
+    if role is None or route.daemon == "chunkserver":
+        return False
+    roles = access_policy.ROUTE_ROLES.get(f"{route.method} {route.template}", frozenset())
+    if route.template == "/v1/fs/{op}" and route.path.rsplit("/", 1)[1] in access_policy.ADMIN_FS_OPERATIONS:
+        roles = roles & access_policy.ADMIN
+    return role in roles
+
+
+def reached_a_handler(planned: Planned, outcome: wire.Outcome) -> bool:
+    """Whether the answer came from past the gate: not a refusal of the signature, the role or
+    the body's size, encoding or pace, nor the HTTP parser's 400, nor no answer at all. (A HEAD's
+    403 comes without its body: no role is given a HEAD route, so it is the gate's.)"""
+    status, detail = outcome.status, outcome.detail
+    if not isinstance(status, int) or status in GATE_STATUSES:
+        return False
+    if status == 403:
+        return planned.route.method != "HEAD" and b"may not call" not in detail
+    if status == 400:
+        return b'"errno"' in detail and b"ECONNRESET" not in detail
+    if status == 503:
+        return b"sign it again" not in detail
+    return True
+
+
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("requests", [pytest.param(ROLE_REQUESTS, id="short"),
+                                      pytest.param(LONG_ROLE_REQUESTS, id="long", marks=pytest.mark.long)])
+@pytest.mark.parametrize("role", FUZZED_ROLES, ids=lambda role: role or "no-credential")
+def test_fuzz_with_each_role_key(role_fuzzing, role, requests):
+    """The fuzzer's requests signed with one role's key (or none) to every route of every daemon:
+    no 5xx, and no request reaches a handler its role is not allowed (ROUTE_ROLES); the kept
+    files are unchanged."""
+    f = role_fuzzing
+    key = None if role is None else f.keys[role]
+    ctx = Context(wire.every_route(), wire.Sender(f.cluster.metaserver, key),
+                  [wire.Sender(address, key) for address in f.servers], f.known, f.kept.protected)
+    pids = daemon_pids(f.cluster)
+    tally = Tally()
+    outside: list[str] = []
+    handled = collections.Counter()
+
+    def on_reply(planned: Planned, outcome: wire.Outcome) -> None:
+        tally.add(planned, outcome, STARTING_S)  # the cluster is up: no 503 is excused
+        reached = reached_a_handler(planned, outcome)
+        handled[reached] += 1
+        if reached and not allowed(planned.route, role):
+            outside.append(f"{outcome.status} {planned.route.method} {planned.target[:150]}: {outcome.detail[:150]!r}")
+
+    started = time.monotonic()
+    try:
+        fuzzing(ctx, requests, on_reply)()
+    finally:
+        for sender in (ctx.metaserver, *ctx.chunkservers):
+            sender.close()
+        print(f"\n==== {role or 'no credential'}: {tally.requests} requests in {time.monotonic() - started:.1f} s "
+              f"(a shared, busy machine): {handled[True]} handled, {handled[False]} refused at the gate or "
+              f"unanswered; statuses {dict(sorted(tally.statuses.items(), key=str))}")
+    assert daemon_pids(f.cluster) == pids, "a daemon exited or was restarted"
+    assert not tally.server_errors, f"{len(tally.server_errors)} requests answered 5xx, e.g.\n" + \
+        "\n".join(tally.first_500_per_route.values())
+    assert not outside, f"{len(outside)} requests reached a route outside the {role} role's:\n" + "\n".join(outside[:20])
+    for path, digest in f.kept.digests.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"{path} changed"

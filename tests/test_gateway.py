@@ -26,7 +26,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from chunkfs.daemons import answers_health, stop_pid
-from conftest import _cluster, chunkfs, free_port_block, metrics_of, wait_until
+from bench.large_directory import fill
+from conftest import _cluster, calls_made, chunkfs, free_port_block, metrics_of, wait_until
 
 FEED_DELAY_S = 10  # bound on another client's change reaching the mount's cache, on a loaded machine
 MiB = 1 << 20
@@ -156,6 +157,51 @@ def test_listing_prefix_delimiter_pages_and_start_after(gateway_cluster, s3):
     assert [o["Key"] for o in s3.list_objects_v2(Bucket="listing", StartAfter="a/b/2")["Contents"]][:2] == ["a/c", "b"]
     v1 = s3.list_objects(Bucket="listing", Marker="b", MaxKeys=1)
     assert [o["Key"] for o in v1["Contents"]] == ["c/d/e/f"] and v1["IsTruncated"]
+
+
+def _paged_listing(cluster, client, bucket: str, page_keys: int) -> tuple[dict[str, str], dict[str, float]]:
+    """key -> ETag of the whole bucket as boto3's paginator lists it, and the metaserver calls it took."""
+    listed: dict[str, str] = {}
+
+    def list_all() -> None:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, PaginationConfig={"PageSize": page_keys})
+        listed.update((o["Key"], o["ETag"]) for page in pages for o in page.get("Contents", []))
+
+    return listed, calls_made(cluster, list_all)
+
+
+def test_paged_listing_of_thousands_of_keys(gateway_cluster, gateway, s3):
+    """boto3's paginator over 2,100 keys in one prefix and 600 under 20 more, in pages that do
+    not fall on the metaserver's pages of 1,000: every key once, in S3's order. The whole listing
+    reads each directory from the metaserver about once (not once a page: a page starts where the
+    last ended, in the directory read for it) and no key's xattrs one by one: its ETag, and the
+    ACL that says whether the caller may read it, come with the directory (a user who owns none
+    of the keys is no exception: it gets the stored ETags, but where an ACL denies it the file)."""
+    s3.create_bucket(Bucket="many")
+    root = gateway_cluster.mnt / "many"
+    (root / "flat").mkdir()
+    fill(root / "flat", 0, 2100)
+    subdirs = [root / f"tree/p{p:02d}" for p in range(20)]
+    for directory in subdirs:
+        directory.mkdir(parents=True)
+        fill(directory, 0, 30)
+    etags = {key: s3.put_object(Bucket="many", Key=key, Body=key.encode())["ETag"]  # kept in xattrs
+             for key in ("flat/entry-000999", "flat/entry-002099", "tree/p07/entry-000003")}
+    subprocess.run(["setfacl", "-m", "u:1000:-", root / "flat/entry-002099"], check=True)
+    expected = sorted([f"flat/entry-{i:06d}" for i in range(2100)]
+                      + [f"tree/p{p:02d}/entry-{i:06d}" for p in range(20) for i in range(30)], key=str.encode)
+    reads_once = 1 + 3 + 1 + len(subdirs)  # the bucket, flat (3 metaserver pages), tree, its subdirectories
+    for client in (s3, gateway.client(gateway.key("lister1000", uid=1000, gid=1000))):
+        listed, calls = _paged_listing(gateway_cluster, client, "many", 700)
+        assert list(listed) == expected
+        assert calls.get("readdir", 0) < 2 * reads_once, calls
+        assert not {"getxattr", "listxattr"} & set(calls), calls
+        assert listed["flat/entry-000999"] == etags["flat/entry-000999"]
+        assert listed["tree/p07/entry-000003"] == etags["tree/p07/entry-000003"]
+        denied = client is not s3
+        assert (listed["flat/entry-002099"] == etags["flat/entry-002099"]) != denied
+    under_tree = s3.list_objects_v2(Bucket="many", Prefix="tree/", StartAfter="tree/p12/entry-000029", MaxKeys=31)
+    assert [o["Key"] for o in under_tree["Contents"]] == expected[2100 + 13 * 30:2100 + 13 * 30 + 31]
 
 
 def test_ranges_and_conditions(s3):

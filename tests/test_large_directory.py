@@ -13,17 +13,10 @@ import random
 import pytest
 
 from bench.large_directory import empty, fill, forget_dentries
-from conftest import metaserver_calls
+from conftest import calls_made
 
 SAMPLE = 300
 PAGE = 1000  # entries per readdir call
-
-
-def calls_made(cluster, action) -> dict[str, float]:
-    before = metaserver_calls(cluster)
-    action()
-    after = metaserver_calls(cluster)
-    return {op: after[op] - before.get(op, 0) for op in after if after[op] != before.get(op, 0)}
 
 
 def check_costs(cluster, directory, count: int) -> None:

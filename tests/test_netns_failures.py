@@ -21,7 +21,7 @@ import pytest
 from chunkfs import CHUNK_SIZE
 from conftest import wait_until
 from netns_cluster import NetnsCluster
-from netns_workload import MiB, drop_page_cache, during_fault, sha256, workload_in
+from netns_workload import MiB, Workload, drop_page_cache, during_fault, sha256, workload_in
 
 HEARTBEAT_TIMEOUT_S = 3.0
 DISK_MB = 512  # each chunkserver's disk is a tmpfs this big, so one can be filled in a moment
@@ -107,6 +107,30 @@ def test_link_cut_mid_write(netns, workload, fault_s):
     with during_fault(workload, lambda: netns.link_down("cs3"), lambda: netns.link_up("cs3"), before_s=1):
         workload.keeps_working(fault_s)
     at_goal(netns)
+
+
+@fault_seconds(6, 60)
+def test_with_tls_a_link_cut_and_a_chunkserver_killed(tmp_path, fault_s):
+    """The same faults on a cluster run with TLS on every link (`tls_dir` on every daemon and
+    mount, as `chunkfs up --tls`): a chunkserver's cable cut mid-write, then a chunkserver
+    killed; the writer and the reader keep going, and every acknowledged file reads back."""
+    with NetnsCluster(tmp_path / "tls", chunkservers=3, clients=2, goal=2, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
+                      tls=True) as cluster:
+        load = Workload(cluster.mnt("client1") / "tls", cluster.mnt("client2") / "tls").start()
+        try:
+            load.keeps_working(1)
+            cluster.link_down("cs3")
+            load.keeps_working(fault_s)
+            cluster.link_up("cs3")
+            load.keeps_working(2)
+            cluster.kill("cs1")
+            load.keeps_working(fault_s)
+            cluster.start("cs1")
+            load.keeps_working(1)
+        finally:
+            load.stop()
+        at_goal(cluster)
+        load.verify()
 
 
 @fault_seconds(6, 60)

@@ -15,15 +15,20 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import msgspec
 import pytest
 
+from chunkfs import client as chunkfs_api
 from chunkfs import auth, chunk_tokens
+from chunkfs.errors import FsError
 from chunkfs.protocol import records as r
+from chunkfs.cli.cluster_access import local_cluster_file
+from chunkfs.daemons import module_command, read_pid, spawn, stop_pid
 from chunkfs.tls import TlsFiles
-from conftest import Cluster, _cluster, another_mount, chunkfs, free_port_block, wait_until
+from conftest import Cluster, _cluster, another_mount, chunkfs, free_port_block, fsync_directory, wait_until
 
 ROLES = ("client", "chunkserver", "gateway", "admin")
 
@@ -66,11 +71,12 @@ def test_a_credential_signs_under_its_key_id_and_only_its_key_verifies():
         == auth.CLUSTER_ROLE
 
 
-def test_a_chunk_token_allows_its_operation_chunk_and_versions_until_it_expires():
+def test_a_chunk_token_allows_its_operation_chunk_and_versions_until_it_expires_to_its_holder():
     key = chunk_tokens.chunk_key(b"s" * 32)
     issuer = chunk_tokens.TokenIssuer(key, ttl_s=60)
-    read = issuer.issue(chunk_tokens.READ, 7, 3, now=1000)
-    assert chunk_tokens.refusal(key, read, chunk_tokens.READ, 7, 3, now=1050) is None
+    read = issuer.issue(chunk_tokens.READ, 7, 3, holder="Kholder1", now=1000)
+    # good: the answer is the key id the request presenting it must be signed with
+    assert chunk_tokens.refusal(key, read, chunk_tokens.READ, 7, 3, now=1050) == "T-Kholder1"
     refused = {
         "other chunk": chunk_tokens.refusal(key, read, chunk_tokens.READ, 8, 3, now=1050),
         "other version": chunk_tokens.refusal(key, read, chunk_tokens.READ, 7, 4, now=1050),
@@ -78,13 +84,20 @@ def test_a_chunk_token_allows_its_operation_chunk_and_versions_until_it_expires(
         "expired": chunk_tokens.refusal(key, read, chunk_tokens.READ, 7, 3, now=1061),
         "other key": chunk_tokens.refusal(chunk_tokens.chunk_key(b"t" * 32), read, chunk_tokens.READ, 7, 3, now=1050),
         "changed": chunk_tokens.refusal(key, read.replace("r.", "rwd.", 1), chunk_tokens.DELETE, 7, 3, now=1050),
-        "junk": chunk_tokens.refusal(key, "r.7.3.3.1060.zz", chunk_tokens.READ, 7, 3, now=1050),
+        "junk": chunk_tokens.refusal(key, "r.7.3.3.1060.Kholder1.zz", chunk_tokens.READ, 7, 3, now=1050),
+        "another holder": chunk_tokens.refusal(key, read.replace("Kholder1", "Kholder2"), chunk_tokens.READ, 7, 3,
+                                               now=1050),
     }
     assert {what: e.errno for what, e in refused.items()} == {
         **{what: errno.EACCES for what in refused}, "expired": errno.EKEYEXPIRED}
-    reserved = issuer.issue(chunk_tokens.READ + chunk_tokens.WRITE, None, 100, 163, now=1000)
-    assert chunk_tokens.refusal(key, reserved, chunk_tokens.WRITE, 12345, 163, now=1000) is None
-    assert chunk_tokens.refusal(key, reserved, chunk_tokens.WRITE, 12345, 164, now=1000) is not None
+    reserved = issuer.issue(chunk_tokens.READ + chunk_tokens.WRITE, None, 100, 163, holder="cluster", now=1000)
+    assert chunk_tokens.refusal(key, reserved, chunk_tokens.WRITE, 12345, 163, now=1000) == "T-cluster"
+    assert isinstance(chunk_tokens.refusal(key, reserved, chunk_tokens.WRITE, 12345, 164, now=1000), FsError)
+    # the holder's token key: what its requests are signed with, derived by the chunkservers
+    holders = chunk_tokens.HolderKeys(key)
+    assert holders.key("T-Kholder1") == (chunk_tokens.holder_key(key, "Kholder1"), chunk_tokens.HOLDER_ROLE)
+    assert holders.key("Kholder1") is None and holders.key("T-") is None
+    assert chunk_tokens.holder_key(key, "Kholder1") != chunk_tokens.holder_key(key, "Kholder2")
     nonce, wrapped = chunk_tokens.wrap(key, b"cs-key")
     assert chunk_tokens.unwrap(nonce, wrapped, b"cs-key") == key and bytes.fromhex(wrapped) != key
     assert chunk_tokens.unwrap(nonce, wrapped, b"other") != key
@@ -116,6 +129,13 @@ def credential(cluster: Cluster, role: str, name: str, *options: str) -> bytes:
     chunkfs("credentials", "add", role, name, "--out", out, *options, "--dir", cluster.dir)
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     return auth.load_secret(out)
+
+
+def secret_file(path: Path, content: bytes) -> Path:
+    """A secret file holding `content` (a credential), as its holder keeps it (0600)."""
+    path.write_bytes(content + b"\n")
+    path.chmod(0o600)
+    return path
 
 
 def stored_state(cluster: Cluster) -> tuple:
@@ -218,47 +238,74 @@ def _layout(c: Cluster, key: bytes, name: bytes) -> r.FileLayout:
     return msgspec.json.decode(response.content, type=r.FileLayout)
 
 
-def test_chunk_tokens_are_checked_by_the_chunkservers(secured):
+def _token_credential(c: Cluster, key: bytes) -> bytes:
+    """The token key of `key`'s holder, as the metaserver hands it out (wrapped with `key`)."""
+    found = msgspec.json.decode(call(c.metaserver, key, "POST", "/v1/fs/token_key", body=b"{}").content,
+                                type=r.TokenKey)
+    unwrapped = chunk_tokens.unwrap(found.nonce, found.wrapped, auth.split_credential(key)[1])
+    return auth.credential_text(found.key_id, unwrapped.decode()).encode()
+
+
+def test_chunk_tokens_are_checked_by_the_chunkservers_and_serve_only_their_holder(secured):
     c = secured
     (c.mnt / "a.bin").write_bytes(os.urandom(200_000))
     (c.mnt / "b.bin").write_bytes(os.urandom(200_000))
     client_key = credential(c, "client", "token-tester")
+    other_key = credential(c, "client", "token-thief")
     a, b = _layout(c, client_key, b"a.bin"), _layout(c, client_key, b"b.bin")
     ref_a, ref_b = a.chunks[0], b.chunks[0]
     server = a.servers[ref_a.replicas[0]]
+    presenter = _token_credential(c, client_key)
+    assert presenter.startswith(f"ck1:T-{auth.split_credential(client_key)[0]}:".encode())
+    thief = _token_credential(c, other_key)
 
     def chunk(ref: r.ChunkRef, token: str | None, method: str = "GET", version: int | None = None,
-              key: bytes | None = None) -> httpx.Response:
+              key: bytes | None = presenter) -> httpx.Response:
         headers = {chunk_tokens.TOKEN_HEADER: token} if token is not None else {}
         return call(server, key, method, f"/v1/chunks/{ref.chunk_id}/{version or ref.version}", headers=headers)
 
     good = chunk(ref_a, ref_a.token)
     assert good.status_code == 200 and len(good.content) == ref_a.length  # the control
+    # a request captured on the wire, sent again as it was
+    captured_headers = {"Content-Type": "application/json", chunk_tokens.TOKEN_HEADER: ref_a.token}
+    target = f"/v1/chunks/{ref_a.chunk_id}/{ref_a.version}"
+    captured_headers[auth.HEADER] = auth.sign(presenter, "GET", target, server, list(captured_headers.items()), b"")
+    assert httpx.get(f"http://{server}{target}", headers=captured_headers).status_code == 200
     outcomes = {
         "token of chunk B for chunk A": chunk(ref_a, ref_b.token),
         "token for another version": chunk(ref_a, ref_a.token, version=ref_a.version + 1),
         "read token used to delete": chunk(ref_a, ref_a.token, "DELETE"),
         "read token used to write": chunk(ref_a, ref_a.token, "PUT"),
         "token with its expiry changed": chunk(ref_a, _with_expiry(ref_a.token, int(time.time()) + 10_000)),
-        "no token, unsigned": chunk(ref_a, None),
+        "token presented unsigned": chunk(ref_a, ref_a.token, key=None),
+        "token presented by another client (its own token key)": chunk(ref_a, ref_a.token, key=thief),
+        "token signed with the holder's credential key, not its token key": chunk(ref_a, ref_a.token, key=client_key),
+        "a captured request with its token, sent again": httpx.get(f"http://{server}{target}",
+                                                                    headers=captured_headers),
+        "no token, unsigned": chunk(ref_a, None, key=None),
+        "no token, signed with the holder's token key": chunk(ref_a, None),
         "no token, signed with a client's key": chunk(ref_a, None, key=client_key),
         "no token, signed with the cluster secret": chunk(ref_a, None, key=c.secret_file.read_bytes().strip()),
     }
     # an expired token, made with the real chunk key (as only the metaserver could)
     issuer = chunk_tokens.TokenIssuer(chunk_tokens.chunk_key(c.secret_file.read_bytes().strip()), ttl_s=-5)
-    outcomes["expired token"] = chunk(ref_a, issuer.issue(chunk_tokens.READ, ref_a.chunk_id, ref_a.version))
+    holder = auth.split_credential(client_key)[0]
+    outcomes["expired token"] = chunk(ref_a, issuer.issue(chunk_tokens.READ, ref_a.chunk_id, ref_a.version,
+                                                          holder=holder))
     for what, response in outcomes.items():
         print(f"{what}: {response.status_code} {errno_of(response) if response.content[:1] == b'{' else ''}")
         assert response.status_code in (401, 403), (what, response.status_code, response.text)
     assert errno_of(outcomes["expired token"]) == "EKEYEXPIRED"
     assert errno_of(outcomes["token of chunk B for chunk A"]) == "EACCES"
+    assert outcomes["token presented by another client (its own token key)"].status_code == 403
+    assert "another holder" in outcomes["token presented by another client (its own token key)"].text
     assert chunk(ref_a, ref_a.token).status_code == 200  # nothing was deleted
     assert (c.mnt / "a.bin").stat().st_size == 200_000
 
 
 def _with_expiry(token: str, expires: int) -> str:
-    ops, chunk, first, last, _, mac = token.split(".")
-    return f"{ops}.{chunk}.{first}.{last}.{expires}.{mac}"
+    ops, chunk, first, last, _, holder, mac = token.split(".")
+    return f"{ops}.{chunk}.{first}.{last}.{expires}.{holder}.{mac}"
 
 
 def test_exports_read_only_subtree_and_root_squash(secured, tmp_path):
@@ -267,6 +314,8 @@ def test_exports_read_only_subtree_and_root_squash(secured, tmp_path):
     (c.mnt / "home").mkdir(exist_ok=True)
     (c.mnt / "projects" / "plan.txt").write_text("plan")
     (c.mnt / "home" / "secret.txt").write_text("home secret")
+    for directory in ("projects", "home"):  # written behind: on the metaserver before its state is compared
+        fsync_directory(c.mnt / directory)
     home_ino = os.stat(c.mnt / "home").st_ino
     secret_ino = os.stat(c.mnt / "home" / "secret.txt").st_ino
     projects_ino = os.stat(c.mnt / "projects").st_ino
@@ -295,9 +344,7 @@ def test_exports_read_only_subtree_and_root_squash(secured, tmp_path):
         assert errno_of(response) in ("EACCES", "EROFS"), (what, response.text)
     assert stored_state(c) == before
     # the honest way in works: mount /projects with the read-only key, read, fail to write
-    key_file = tmp_path / "ro.key"
-    key_file.write_bytes(ro + b"\n")
-    key_file.chmod(0o600)
+    key_file = secret_file(tmp_path / "ro.key", ro)
     target = tmp_path / "ro-mount"
     target.mkdir()
     chunkfs("mount", f"{c.metaserver}:/projects", target, "--secret-file", key_file, "-o", f"cache_dir={target}-cache")
@@ -315,6 +362,138 @@ def test_exports_read_only_subtree_and_root_squash(secured, tmp_path):
     chown = call(c.metaserver, squash, "POST", "/v1/fs/setattr", r.SetattrReq(ino=made.json()["ino"], uid=0))
     assert chown.status_code == 403 and errno_of(chown) == "EPERM"
     assert os.stat(c.mnt / "projects" / "by-root").st_uid == 65534
+
+
+def batch(c: Cluster, key: bytes, *ops: tuple[str, object]) -> list[tuple[int, str, object]]:
+    """A write-behind batch sent by hand: each change's (errno, message, reply)."""
+    body = r.BatchReq([r.BatchOp(op, msgspec.Raw(r.json_encode(req))) for op, req in ops])
+    response = call(c.metaserver, key, "POST", "/v1/fs/batch", body=r.json_encode(body),
+                    headers={"X-Chunkfs-Client": "batcher"})
+    assert response.status_code == 200, response.text
+    return [tuple(outcome) for outcome in response.json()]
+
+
+def test_a_batch_is_no_way_around_exports(secured, tmp_path):
+    """Each change of a batch passes the checks its own call would: read-only, subtree (in the
+    state the changes before it in the batch left) and root squash; the refused ones change
+    nothing, the others are applied. A mount on a subtree key makes, renames and chmods files
+    behind (write-behind) without a write-back error."""
+    c = secured
+    for directory in ("inside", "outside"):
+        (c.mnt / directory).mkdir(exist_ok=True)
+    (c.mnt / "outside" / "kept.txt").write_text("kept")
+    fsync_directory(c.mnt / "outside")
+    inside, outside = os.stat(c.mnt / "inside").st_ino, os.stat(c.mnt / "outside").st_ino
+    kept, kept_mode = os.stat(c.mnt / "outside" / "kept.txt").st_ino, os.stat(c.mnt / "outside" / "kept.txt").st_mode
+    ro = credential(c, "client", "batch-ro", "--subtree", "/inside", "--read-only")
+    sub = credential(c, "client", "batch-sub", "--subtree", "/inside", "--maproot", "65534")
+    before = stored_state(c)
+    refused = batch(c, ro, ("setattr", r.SetattrReq(ino=inside, mode=0o777)),
+                    ("create", r.CreateReq(parent=inside, name=b"ro", mode=stat.S_IFREG | 0o644, uid=1, gid=1)))
+    assert [e for e, _, _ in refused] == [errno.EROFS, errno.EROFS], refused
+    refused = batch(c, sub, ("setattr", r.SetattrReq(ino=kept, mode=0o777)),
+                    ("remove", r.RemoveReq(outside, b"kept.txt", False)),
+                    ("rename", r.RenameReq(outside, b"kept.txt", inside, b"stolen")),
+                    ("link", r.LinkReq(kept, inside, b"linked")),
+                    ("setxattr", r.XattrReq(kept, b"user.x", b"1")))
+    assert [e for e, _, _ in refused] == [errno.EACCES] * 5, refused
+    assert stored_state(c) == before
+    assert (c.mnt / "outside" / "kept.txt").read_text() == "kept"
+    assert os.stat(c.mnt / "outside" / "kept.txt").st_mode == kept_mode
+    # not batchable: what hands out or moves chunks, or may touch a subtree, comes on its own
+    refused_whole = call(c.metaserver, sub, "POST", "/v1/fs/batch", body=r.json_encode(r.BatchReq(
+        [r.BatchOp("concat", msgspec.Raw(r.json_encode(r.ConcatReq(ino=kept, sources=[kept], mtime_ns=1))))])))
+    assert refused_whole.status_code == 400 and errno_of(refused_whole) == "EINVAL"
+    # inside: a file the batch makes is the caller's for the changes after it; root is squashed
+    first = call(c.metaserver, sub, "POST", "/v1/fs/reserve_inodes", r.ReserveReq(1)).json()
+    made = batch(c, sub, ("create", r.CreateReq(parent=inside, name=b"new", mode=stat.S_IFREG | 0o644, uid=0, gid=0,
+                                                ino=first)),
+                 ("setattr", r.SetattrReq(ino=first, mode=0o600)),
+                 ("setattr", r.SetattrReq(ino=first, uid=0)))
+    assert [e for e, _, _ in made] == [0, 0, errno.EPERM], made
+    assert made[0][2]["uid"] == 65534 and made[1][2]["mode"] & 0o777 == 0o600
+    assert os.stat(c.mnt / "inside" / "new").st_uid == 65534
+    # the honest way: a mount of /inside on that key answers its changes itself and sends them behind
+    key_file = tmp_path / "sub.key"
+    key_file.write_bytes(sub + b"\n")
+    key_file.chmod(0o600)
+    target = tmp_path / "sub-mount"
+    target.mkdir()
+    chunkfs("mount", f"{c.metaserver}:/inside", target, "--secret-file", key_file, "-o", f"cache_dir={target}-cache")
+    try:
+        (target / "made").mkdir()
+        for i in range(5):
+            (target / "made" / f"f{i}").write_bytes(b"%d" % i)
+        os.chmod(target / "made" / "f1", 0o600)
+        os.rename(target / "made" / "f2", target / "made" / "moved")
+        os.unlink(target / "made" / "f3")
+        fsync_directory(target / "made")  # a write-back error would be raised here
+    finally:
+        subprocess.run(["fusermount3", "-u", str(target)], check=False)
+    assert sorted(os.listdir(c.mnt / "inside" / "made")) == ["f0", "f1", "f4", "moved"]
+    assert (c.mnt / "inside" / "made" / "moved").read_bytes() == b"2"
+    assert stat.S_IMODE(os.stat(c.mnt / "inside" / "made" / "f1").st_mode) == 0o600
+
+
+def test_a_batch_is_refused_to_the_roles_without_filesystem_calls(secured):
+    c = secured
+    body = r.json_encode(r.BatchReq([r.BatchOp("setattr", msgspec.Raw(r.json_encode(r.SetattrReq(ino=1, mode=0o777))))]))
+    for role in ("chunkserver",):
+        response = call(c.metaserver, credential(c, role, f"batch-{role}"), "POST", "/v1/fs/batch", body=body)
+        assert response.status_code == 403 and errno_of(response) == "EPERM", response.text
+    assert stat.S_IMODE(os.stat(c.mnt).st_mode) != 0o777
+
+
+def test_exports_limit_the_goals_set_and_the_networks_requests_come_from(secured):
+    c = secured
+    (c.mnt / "goals").mkdir(exist_ok=True)
+    ino = os.stat(c.mnt / "goals").st_ino
+    goals = credential(c, "client", "goals-2-3", "--goals", "2-3")
+    too_many = call(c.metaserver, goals, "POST", "/v1/fs/goal", r.GoalReq(ino=ino, goal=5))
+    assert too_many.status_code == 403 and errno_of(too_many) == "EPERM", too_many.text
+    assert call(c.metaserver, goals, "POST", "/v1/fs/goal", r.GoalReq(ino=ino, goal=2)).status_code == 200
+    elsewhere = credential(c, "client", "from-elsewhere", "--network", "10.99.0.0/16")
+    refused = call(c.metaserver, elsewhere, "POST", "/v1/fs/getattr", r.InodeReq(1))
+    assert errno_of(refused) == "EACCES" and "127.0.0.1" in refused.text, refused.text
+    here = credential(c, "client", "from-here", "--network", "10.99.0.0/16", "--network", "127.0.0.0/8")
+    assert call(c.metaserver, here, "POST", "/v1/fs/getattr", r.InodeReq(1)).status_code == 200
+    bad = chunkfs("credentials", "add", "client", "bad", "--network", "not-a-net", "--dir", c.dir, check=False)
+    assert bad.returncode != 0 and "not a network" in bad.stderr
+
+
+def test_the_python_api_on_a_subtree_export_sees_its_subtree_only(secured, tmp_path):
+    """`chunkfs.client` with a client credential exported `/projects` (read-write): it connects
+    to `HOST:PORT:/projects` only (the whole cluster and `/home` are EACCES), sees that directory
+    as its root, and every way out of it ends inside it (ENOENT: absolute and relative symlinks)
+    or is refused before a call (EINVAL: a path through `..` above the root)."""
+    c = secured
+    inside = c.mnt / "projects" / "api"
+    inside.mkdir(parents=True, exist_ok=True)
+    (inside / "notes.txt").write_text("notes")
+    (c.mnt / "home").mkdir(exist_ok=True)
+    (c.mnt / "home" / "secret.txt").write_text("home secret")
+    for name, target in (("abs-link", "/home/secret.txt"), ("rel-link", "../../home/secret.txt")):
+        if not (inside / name).is_symlink():
+            os.symlink(target, inside / name)
+    key_file = secret_file(tmp_path / "projects.key", credential(c, "client", "api-projects", "--subtree", "/projects"))
+    for outside in (c.metaserver, f"{c.metaserver}:/home"):
+        with pytest.raises(PermissionError) as err:
+            chunkfs_api.connect(outside, secret_file=key_file, retry_s=5)
+        assert err.value.errno == errno.EACCES and "export" in str(err.value), (outside, err.value)
+    with chunkfs_api.connect(f"{c.metaserver}:/projects", secret_file=key_file, retry_s=5) as fs:
+        assert "api" in fs.listdir("/") and "home" not in fs.listdir("/")
+        with fs.open("/api/notes.txt") as f:
+            assert f.read() == b"notes"
+        # a symlink's `..` stops at the root, an absolute one starts there: both end inside
+        for path, expected in (("/home/secret.txt", errno.ENOENT), ("/api/abs-link", errno.ENOENT),
+                               ("/api/rel-link", errno.ENOENT), ("/../home/secret.txt", errno.EINVAL),
+                               ("/api/../../home/secret.txt", errno.EINVAL)):
+            with pytest.raises(OSError) as err:
+                fs.open(path).close()
+            assert err.value.errno == expected, (path, err.value)
+        with fs.open("/api/written.txt", "wb") as f:  # the export is read-write: chunks go through its tokens
+            f.write(b"by the api" * 100_000)
+    assert (inside / "written.txt").read_bytes() == b"by the api" * 100_000
 
 
 def lock_call(cluster: Cluster, key: bytes, client: str, op: str, record) -> httpx.Response:
@@ -361,6 +540,7 @@ def test_a_reclaim_gets_back_only_what_the_export_allows(fresh_cluster):
     names = ("projects/plan.txt", "projects/deep/notes.txt", "projects/shared.txt", "home/secret.txt", "elsewhere")
     for name in names:
         (c.mnt / name).write_text("x")
+    fsync_directory(c.mnt / "projects")  # what the mount answered itself is on the metaserver before it is killed
     ino = {name: os.stat(c.mnt / name).st_ino for name in names}
     inside = credential(c, "client", "projects", "--subtree", "/projects")
     ro = credential(c, "client", "projects-ro", "--subtree", "/projects", "--read-only")
@@ -397,6 +577,8 @@ def test_quotas_trash_and_snapshots_keep_to_roles_and_exports(secured):
         (c.mnt / name).mkdir(exist_ok=True)
     (c.mnt / "home" / "secret.txt").write_text("home secret")
     (c.mnt / "projects" / "plan.txt").write_text("plan")
+    for name in ("projects", "home"):  # written behind: on the metaserver before its state is compared
+        fsync_directory(c.mnt / name)
     projects_ino, home_ino = os.stat(c.mnt / "projects").st_ino, os.stat(c.mnt / "home").st_ino
     secret_ino = os.stat(c.mnt / "home" / "secret.txt").st_ino
     admin = credential(c, "admin", "quota-admin")
@@ -450,25 +632,52 @@ def test_health_is_open_and_the_status_page_loopback_only_by_default(secured):
     assert "secret" not in httpx.get(f"http://{c.metaserver}/").text.lower()
 
 
-@pytest.mark.parametrize("fresh_cluster", [{"chunkservers": 2, "goal": 2, "up_options": ("--tls", "--roles")}],
-                         indirect=True)
+@pytest.mark.parametrize("fresh_cluster", [{"chunkservers": 2, "goal": 2, "gateway": True,
+                                            "up_options": ("--tls", "--roles")}], indirect=True)
 def test_tls_on_every_link_refuses_plain_http(fresh_cluster, tmp_path):
+    """Every listener of a cluster run with `--tls` serves TLS only: the metaserver, the
+    chunkservers, a standby following the metaserver (and the copy it takes), `chunkfs backup`'s
+    download, and the gateway's S3 and REST doors (with the cluster's gateway certificate)."""
     c = fresh_cluster
     tls_dir = c.dir / "tls"
     data = os.urandom(3 << 20) + b"PLAINTEXT-MARKER-" * 1000
     (c.mnt / "over-tls.bin").write_bytes(data)
     servers = [s["address"] for s in c.status()["servers"]]
     assert len(servers) == 2 and all(s["alive"] for s in c.status()["servers"])
+    context = TlsFiles(tls_dir, "admin").client_context()
     for address in [c.metaserver, *servers]:
         with pytest.raises(httpx.HTTPError):  # plain HTTP: the handshake fails, no answer
             httpx.get(f"http://{address}/health", timeout=5)
         with pytest.raises(httpx.HTTPError):  # TLS without a certificate of the cluster CA
             httpx.get(f"https://{address}/health", verify=ssl.create_default_context(cafile=tls_dir / "ca.pem"),
                       timeout=5)
-        context = TlsFiles(tls_dir, "admin").client_context()
         assert httpx.get(f"https://{address}/health", verify=context, timeout=5).status_code == 200
     with another_mount(c, tmp_path / "second", f"tls_dir={tls_dir}") as second:
         assert (second / "over-tls.bin").read_bytes() == data
+    # the gateway's doors: HTTPS with a certificate of the cluster CA; plain HTTP gets no answer
+    gateway = json.loads(local_cluster_file(c.dir).read_text())["gateway"]
+    ca_only = ssl.create_default_context(cafile=tls_dir / "ca.pem")  # an S3 client shows no certificate
+    for url in (f"{gateway['rest']}/api/v1/health", gateway["s3"]):
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{url}", timeout=5)
+        assert httpx.get(f"https://{url}", verify=ca_only, timeout=5).status_code < 500
+    # a backup's download and a standby's link to the metaserver
+    chunkfs("backup", tmp_path / "over-tls.mdb.zst", "--dir", c.dir)
+    assert (tmp_path / "over-tls.mdb.zst").stat().st_size > 0
+    standby = f"127.0.0.1:{free_port_block(1)}"
+    spawn(module_command("chunkfs.metaserver.main", "--follow", c.metaserver, "--listen", standby,
+                         "--data-dir", str(tmp_path / "standby"), "--secret-file", str(c.secret_file),
+                         "--tls-dir", str(tls_dir)), tmp_path / "standby.log", tmp_path / "standby.pid")
+    try:
+        wait_until(lambda: any(s["in_sync"] for s in c.status()["standbys"]), 60,
+                   f"the standby in sync over TLS (its log: {tmp_path / 'standby.log'})")
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{standby}/health", timeout=5)
+        assert httpx.get(f"https://{standby}/health", verify=context, timeout=5).json()["role"] == "standby"
+    finally:
+        pid = read_pid(tmp_path / "standby.pid")
+        if pid is not None:
+            stop_pid(pid, timeout_s=10)
 
 
 

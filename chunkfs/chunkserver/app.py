@@ -14,7 +14,7 @@ from chunkfs.config import ConfigError, parse_address
 from chunkfs.errors import FsError, TransportError
 from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, TOKEN_CHECK, BodyLimit, any_host, json_response, make_app,
                                 read_body_pieces)
-from chunkfs.chunkserver.access import CHUNK_KEYS, ChunkKeys, token_check
+from chunkfs.chunkserver.access import CHUNK_KEYS, ChunkKeys, authorize, token_check
 from chunkfs.chunkserver.fencing import FENCE, Fence
 from chunkfs.chunkserver.scrubber import CorruptionReporter, corrupt_copies
 from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
@@ -98,7 +98,7 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
 async def copy_chunk(request: web.Request) -> web.Response:
     """Fetch a chunk version from the peer `?from=HOST:PORT` and store it here, checked against
     `?checksum=` (the metaserver's record of it), with the read token `?token=` the metaserver
-    issued for the copy; answers once it is fsynced."""
+    issued to the chunkservers for the copy; answers once it is fsynced."""
     chunk_id, version = _chunk_key(request)
     request.app[FENCE].admit(request)
     source, checksum = request.query.get("from", ""), request.query.get(CHECKSUM_PARAM, "")
@@ -110,7 +110,8 @@ async def copy_chunk(request: web.Request) -> web.Response:
     if not checksum:
         raise FsError(errno.EINVAL, f"missing {CHECKSUM_PARAM} parameter")
     try:
-        data = await request.app[PEERS].get(source, chunk_id, version, retry_s=1.0, token=token)
+        peers = request.app[PEERS].presenting_tokens_as(request.app[CHUNK_KEYS].copier_credential())
+        data = await peers.get(source, chunk_id, version, retry_s=1.0, token=token)
     except TransportError as exc:
         raise FsError(errno.EHOSTUNREACH, f"copy source {source}: {exc}") from None
     await asyncio.to_thread(request.app[STORE].write, chunk_id, version, data, checksum)
@@ -187,7 +188,8 @@ def build_app(store: ChunkStore, keys: ChunkKeys, background, peers: ChunkClient
     primary metaserver's epoch, as the heartbeats learn it (fencing.py)."""
     own = frozenset(a.lower() for a in addresses)
     app = make_app(keys, own_host=(lambda host: host.lower() in own) if own else any_host,
-                   body_limits=BODY_LIMITS, body_timeout_s=body_timeout_s, status_open=status_open)
+                   body_limits=BODY_LIMITS, body_timeout_s=body_timeout_s, authorize=authorize,
+                   status_open=status_open)
     app[CHUNK_KEYS] = keys
     app[TOKEN_CHECK] = token_check
     app[STORE] = store

@@ -3,6 +3,7 @@ else the mount holding a path, else the defaults."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import ssl
@@ -102,13 +103,31 @@ def run_with_meta(access: ClusterAccess, fn: Callable[[MetaClient], Awaitable[T]
 
 
 def inode_of(path: Path) -> int:
-    """The cluster's inode of `path`; the root of a subdirectory mount is the subdirectory's."""
+    """The cluster's inode of `path`; the root of a subdirectory mount is the subdirectory's.
+    What the mount answered itself and has not sent yet (write-behind) is sent first, so the
+    metaserver, which the command asks next, knows what the mount shows."""
     try:
-        ino = os.lstat(path).st_ino
+        st = os.lstat(path)
     except OSError as exc:
         fail(f"{path}: {exc.strerror}")
-    record = mounts.find(path) if ino == 1 else None
-    return record.get("root_ino", 1) if record else ino
+    record = mounts.find(path)
+    if record is not None and not stat.S_ISLNK(st.st_mode):
+        sync_mount_changes(path)
+    return record.get("root_ino", 1) if record and st.st_ino == 1 else st.st_ino
+
+
+def sync_mount_changes(path: Path) -> None:
+    """An fsync of `path`: a durability point of its mount, which sends every change it
+    answered itself. A write-back error it reports is shown, not fatal."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM):  # not readable by this user: the mount sends them within its bound
+            click.echo(f"chunkfs: {path}: the mount's pending changes: {exc.strerror}", err=True)
 
 
 def is_dir(path: Path) -> bool:

@@ -18,6 +18,7 @@ from rich.table import Table
 from chunkfs.cli.cluster_access import access_from, common_options, fail, run_with_meta
 from chunkfs.cli.output import console, echo_json
 from chunkfs.credentials import ROLES
+from chunkfs.errors import FsError
 from chunkfs.protocol import records as r
 
 
@@ -34,12 +35,22 @@ def credentials() -> None:
 @click.option("--read-only", is_flag=True, help="A client's export: no changes.")
 @click.option("--maproot", type=click.IntRange(-1, 2**32 - 1), default=-1, show_default=True,
               help="A client's export: the uid root acts as (65534: root squash; -1: root stays root).")
+@click.option("--goals", default="1-16", show_default=True, metavar="MIN-MAX",
+              help="A client's export: the goals it may set.")
+@click.option("--network", "networks", multiple=True, metavar="CIDR",
+              help="A client's export: a network its requests may come from (repeat; default: any).")
 @common_options
-def add(role: str, name: str, out: Path | None, subtree: str, read_only: bool, maproot: int, data_dir: Path,
-        metaserver: str | None, secret_file: Path | None, as_json: bool) -> None:
+def add(role: str, name: str, out: Path | None, subtree: str, read_only: bool, maproot: int, goals: str,
+        networks: tuple[str, ...], data_dir: Path, metaserver: str | None, secret_file: Path | None,
+        as_json: bool) -> None:
     """Make a key for ROLE named NAME (a second one for the same name rotates it: revoke the old)."""
     access = access_from(metaserver, secret_file, data_dir)
-    req = r.CredentialReq(role=role, name=name, subtree=subtree, read_only=read_only, maproot=maproot)
+    low, _, high = goals.partition("-")
+    try:
+        req = r.CredentialReq(role=role, name=name, subtree=subtree, read_only=read_only, maproot=maproot,
+                              min_goal=int(low), max_goal=int(high or low), networks=list(networks))
+    except (ValueError, FsError) as exc:
+        fail(f"--goals {goals} / --network: {exc}")
     made: dict[str, Any] = run_with_meta(access, lambda meta: meta.change_credentials("add", req))
     text = made.pop("credential")
     if out is not None:
@@ -70,7 +81,9 @@ def list_credentials(data_dir: Path, metaserver: str | None, secret_file: Path |
         export = c.get("export", {})
         table.add_row(c["key_id"], c["role"], c["name"],
                       f"{export.get('subtree', '/')} {'ro' if export.get('read_only') else 'rw'}"
-                      + (f" maproot={export['maproot']}" if export.get("maproot", -1) >= 0 else ""))
+                      + (f" maproot={export['maproot']}" if export.get("maproot", -1) >= 0 else "")
+                      + (f" goals={export['min_goal']}-{export['max_goal']}" if "min_goal" in export else "")
+                      + (f" from {','.join(export['networks'])}" if export.get("networks") else ""))
     console.print(table)
 
 

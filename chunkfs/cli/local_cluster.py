@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import ssl
 from pathlib import Path
 
 import click
@@ -55,12 +56,15 @@ def _credential(access: ClusterAccess, data_dir: Path, role: str, name: str) -> 
 
 
 def _start_gateway(gateway: dict[str, str], metaserver: str, secret_file: Path, logs: Path, run: Path,
-                   tls_args: tuple[str, ...] = ()) -> None:
+                   tls_args: tuple[str, ...] = (), context: ssl.SSLContext | None = None) -> None:
+    """`context`: with TLS (`tls_args`), the gateway serves HTTPS too; what checks its certificate."""
     proc = spawn(module_command("chunkfs.gateway.main", "--s3-listen", gateway["s3"], "--rest-listen", gateway["rest"],
                                 "--metaserver", metaserver, "--secret-file", str(secret_file),
                                 "--keys-file", gateway["keys_file"], *tls_args),
                  logs / "gateway.log", run / "gateway.pid")
-    wait_for("gateway", lambda: answers_health(f"http://{gateway['rest']}/api/v1/health"), 30, proc, logs / "gateway.log")
+    scheme = "https" if context else "http"
+    wait_for("gateway", lambda: answers_health(f"{scheme}://{gateway['rest']}/api/v1/health", context=context), 30,
+             proc, logs / "gateway.log")
 
 
 def _start_etcd(port: int, data_dir: Path, logs: Path, run: Path) -> str:
@@ -205,7 +209,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
             gateway["secret_file"] = str(key_of("gateway", "gateway"))
             info_path.write_text(json.dumps(info, indent=2))  # for `chunkfs gateway key` (see gateway_cmd)
             if read_pid(run / "gateway.pid") is None:
-                _start_gateway(gateway, metaserver, Path(gateway["secret_file"]), logs, run, tls_args)
+                _start_gateway(gateway, metaserver, Path(gateway["secret_file"]), logs, run, tls_args, admin_tls)
     except (DaemonError, OptionError) as exc:
         fail(str(exc))
     table = Table(title="chunkfs is up", show_header=False)
@@ -214,9 +218,10 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                                                           "(chunkfs status shows which)" if ha else ""))
     table.add_row("chunkservers", ", ".join(f"127.0.0.1:{port + i}" for i in range(1, chunkservers + 1)))
     if gateway is not None:
-        table.add_row("gateway", f"S3 http://{gateway['s3']}  REST http://{gateway['rest']}/api/v1/  "
+        web = "https" if tls_dir else "http"  # with --tls, a certificate of the cluster CA (DIR/tls/ca.pem)
+        table.add_row("gateway", f"S3 {web}://{gateway['s3']}  REST {web}://{gateway['rest']}/api/v1/  "
                                  "(keys: chunkfs gateway key add NAME)")
-        table.add_row("web", f"http://{gateway['rest']}/  (users: chunkfs user add NAME)")
+        table.add_row("web", f"{web}://{gateway['rest']}/  (users: chunkfs user add NAME)")
     table.add_row("goal", str(goal))
     table.add_row("data", str(data_dir))
     table.add_row("logs", str(logs))

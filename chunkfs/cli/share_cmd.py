@@ -53,9 +53,10 @@ def _gateway_url(data_dir: Path, url: str | None) -> str:
         return url.rstrip("/")
     info = local_cluster_file(data_dir.absolute())
     if info.exists():
-        gateway = json.loads(info.read_text()).get("gateway")
-        if gateway:
-            return f"http://{gateway['rest']}"
+        cluster = json.loads(info.read_text())
+        gateway = cluster.get("gateway")
+        if gateway:  # a local cluster with --tls: its gateway serves HTTPS
+            return f"{'https' if cluster.get('tls_dir') else 'http'}://{gateway['rest']}"
     return f"http://127.0.0.1:{9520 + REST_PORT_OFFSET}"
 
 

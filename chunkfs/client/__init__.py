@@ -80,8 +80,9 @@ async def open_filesystem(address: str, secret_file: str | Path = "/etc/chunkfs/
                           uid: int | None = None, gid: int | None = None,
                           groups: list[int] | tuple[int, ...] | None = None,
                           **options: Any) -> AsyncIterator[AsyncFilesystem]:
-    """The cluster whose metaserver is at `address` ("HOST:PORT"), on trio, for this block.
-    `options`: goal, retry_s, cache_mem_mb, prefetch, max_dirty_mb, dir_leases (as the mount's).
+    """The cluster whose metaserver is at `address` ("HOST:PORT"; "HOST:PORT:/SUBDIR" shows
+    directory SUBDIR as the root, as a mount of a subdirectory does), on trio, for this block.
+    `options`: goal, retry_s, cache_mem_mb, prefetch, max_dirty_mb, dir_leases, subdir (as the mount's).
     `uid`, `gid`, `groups`: who the calls are made as (default: this process's user)."""
     from chunkfs.client.filesystem import connected
 

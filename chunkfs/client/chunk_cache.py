@@ -1,8 +1,9 @@
 """Chunks this client read or wrote lately: the hottest in memory, more on the local disk.
 
 Keyed by (chunk id, version, block): a whole chunk is block `WHOLE`, and a ranged read
-(`read_range`) fetches and keeps only the 64 KiB blocks it needs, each one entry, counted in
-the same memory bound; a whole chunk cached replaces its blocks. A version's bytes never change, so a cached entry can only be
+(`read_range`) fetches (from the local disk if the chunk is there, else from a chunkserver) and
+keeps only the 64 KiB blocks it needs, each one entry, counted in the same memory bound; a whole
+chunk cached replaces its blocks. A version's bytes never change, so a cached entry can only be
 unused, never stale: close-to-open is kept by asking for the version the metaserver names at
 open. A read looks in memory, then on disk (`disk_cache`), then fetches from a chunkserver;
 concurrent readers of a chunk share one lookup. Fetched chunks go to both tiers (the disk store
@@ -71,12 +72,12 @@ class ChunkCache:
 
     async def read_range(self, ref: r.ChunkRef, servers: dict[str, str], start: int, stop: int) -> bytes:
         """Bytes `start` .. `stop` of `ref`'s stored bytes (fewer past `ref.length`), fetching
-        only the blocks they cover, unless the whole chunk is at hand: in memory, being fetched
-        (a prefetch), or on the local disk (read whole, as `get`)."""
+        only the blocks they cover (from the local disk or a chunkserver), unless the whole chunk
+        is at hand: in memory or being fetched (a prefetch)."""
         stop = min(stop, ref.length)
         if start >= stop:
             return b""
-        if self.has(ref) or (self.disk is not None and self.disk.holds(ref)):
+        if self.has(ref):
             return bytes(memoryview(await self.get(ref, servers))[start:stop])
         first, last = start // BLOCK_SIZE, (stop - 1) // BLOCK_SIZE
         blocks = await self._blocks(ref, servers, first, last)
@@ -124,9 +125,11 @@ class ChunkCache:
         for key in keys:
             self._fetching[key] = done
         try:
-            self.misses += 1
-            self.block_misses += 1
-            data = await self.io.fetch_blocks(ref, servers, first, last - first + 1)
+            data = await self.disk.get_blocks(ref, first, last - first + 1) if self.disk is not None else None
+            if data is None:
+                self.misses += 1
+                self.block_misses += 1
+                data = await self.io.fetch_blocks(ref, servers, first, last - first + 1)
             view = memoryview(data)
             blocks: dict[int, Chunk] = {}
             for i, key in enumerate(keys):

@@ -12,7 +12,8 @@ mismatch; their scrubbers re-verify every chunk at rest. A ranged read (`fetch_b
 before it answers (a corrupt block is reported there, and the answer is an error: the next
 replica is tried, as for a whole chunk), and here against the block checksums sent with it.
 Every request to a chunkserver carries a chunk token (`chunkfs.chunk_tokens`): a read the one
-that came with the file's layout, a write the one of its reservation. A token about to expire
+that came with the file's layout, a write the one of its reservation; it is signed with this
+client's token key, asked for once (a token serves only the client it was issued to). A token about to expire
 (by this client's clock) or that a chunkserver calls expired is renewed from the metaserver
 first (`tokens`, once per chunk version and expiry).
 Writes go to all target replicas in parallel; a replica that fails is replaced by a spare, and
@@ -57,6 +58,13 @@ class ChunkIO:
         self._full_until: dict[str, float] = {}  # address -> when to offer it uploads again
         self.bytes_read = 0
         self.bytes_written = 0
+        self._presenting_tokens = False  # self.chunks signs token calls with this client's token key
+
+    async def _present_tokens(self) -> None:
+        """Before the first chunk call: the token key from the metaserver (once)."""
+        if not self._presenting_tokens:
+            self.chunks = self.chunks.presenting_tokens_as(await self.meta.token_credential())
+            self._presenting_tokens = True
 
     def _healthy_first(self, addresses: list[str]) -> list[str]:
         """Servers that failed us lately go last, so one dead server costs one failed attempt,
@@ -114,6 +122,7 @@ class ChunkIO:
         candidates = self._healthy_first([servers[s] for s in ref.replicas if s in servers])
         if not candidates:
             raise FsError(errno.EIO, f"chunk {ref.chunk_id} v{ref.version}: no replica is alive")
+        await self._present_tokens()
         if chunk_tokens.expires_at(ref.token) < time.time() + chunk_tokens.REFRESH_MARGIN_S:
             await self._renew_token(ref)
         problems = []
@@ -172,6 +181,7 @@ class ChunkIO:
     async def upload(self, ino: int, index: int, data: bytes | bytearray, slot: UploadSlot) -> r.ChunkRef:
         """Store `data` as version `slot.version` of chunk `index`; returns once it is durable on
         every replica that took it (at least one, else EIO)."""
+        await self._present_tokens()
         checksum = chunk_checksum(data)
         if not isinstance(data, bytes):
             data = bytes(data)  # once: the HTTP layer would copy a bytearray for each replica

@@ -8,9 +8,13 @@ attribute changes of files being written. Doors translate their requests into th
 the `FsError`s they raise into their own errors; permission checks are the door's (the kernel
 makes them for the mount).
 
-Every call that changes something is durable when it returns, but for the content and attribute
-changes of an open file, durable at its `flush()` (close, fsync) and for a file created in a
-leased directory, at its first flush or when its directory is synced (`sync_directory`).
+Durability (the README's model): `flush(durable=True)` (fsync) and `sync_directory` (fsyncdir)
+are durability points: they return once everything they cover is durable on the metaserver. A
+close (`flush()`) publishes the file to other clients (close-to-open) but, with write-behind on,
+does not wait for the metaserver's disk where the change could be answered here (a small file
+made in a directory leased here); `ClientOptions.sync_close` makes every close a durability
+point. Changes answered here reach the metaserver's disk within the write-behind bound. Every
+other call that changes something is durable when it returns.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class ClientOptions:
 
     prefetch_chunks: int = MAX_WINDOW  # 0: no prefetch
     max_uploads_per_file: int = 4
+    sync_close: bool = False  # every close waits until the file is durable, as an fsync
 
 
 class Client:
@@ -90,6 +95,8 @@ class Client:
             self.nursery = self.meta.nursery = nursery
             nursery.start_soon(self.write_back.run)
             nursery.start_soon(self.locks.keep, self.meta.feed_changed, self._locks_lost)
+            if self.meta.write_behind is not None:
+                nursery.start_soon(self.meta.write_behind.run)
             for task in background:
                 nursery.start_soon(task)
             task_status.started()
@@ -233,8 +240,22 @@ class Client:
         return entries
 
     async def sync_directory(self, ino: int) -> None:
-        """Everything is durable when acknowledged, but files created here under a lease."""
+        """fsyncdir: a durability point for everything this mount answered itself (and the
+        creates pending in directory `ino`); raises a write-back error of a change in it."""
         await self.meta.send_pending(ino)
+        await self.meta.sync(ino)
+
+    async def flush(self, open_file: OpenFile, durable: bool = False) -> r.Attr | None:
+        """A close (`durable=False`: published, durable within the write-behind bound unless
+        `sync_close`) or an fsync (`durable`) of `open_file`; raises the write-back error of an
+        earlier change of the file. Returns the attributes committed (None: nothing was)."""
+        durable = durable or self.options.sync_close
+        attr = await open_file.flush(behind=not durable)
+        if durable:
+            await self.meta.sync(open_file.ino)
+        else:
+            self.meta.take_error(open_file.ino)
+        return attr
 
     # ---- files ------------------------------------------------------------------------------------------
     async def open(self, ino: int, caller: Caller, truncate: bool = False,
@@ -452,10 +473,12 @@ def prefetch_chunks(prefetch: bool, cache: ChunkCache) -> int:
 def build_client(http: SignedHttp, metaserver: str, *, client_id: str, root_ino: int = ROOT_INO,
                  entry_timeout_s: float = 60.0, attr_timeout_s: float = 60.0, cache_mem_bytes: int = 256 << 20,
                  disk: DiskChunkCache | None = None, max_dirty_bytes: int = 256 << 20, dir_leases: bool = True,
-                 prefetch: bool = True) -> Client:
-    """A client core talking to `metaserver` through `http` (run it with `Client.run`)."""
+                 prefetch: bool = True, write_behind_s: float = 0.0, sync_close: bool = False) -> Client:
+    """A client core talking to `metaserver` through `http` (run it with `Client.run`).
+    `write_behind_s`: the bound on changes answered here (0: none are, every change waits)."""
     meta = Metadata(MetaClient(http, metaserver, client_id, root_ino=root_ino),
-                    MetadataCache(entry_timeout_s, attr_timeout_s), leases=dir_leases)
+                    MetadataCache(entry_timeout_s, attr_timeout_s), leases=dir_leases, write_behind_s=write_behind_s)
     io = ChunkIO(meta, ChunkClient(http))
     cache = ChunkCache(io, cache_mem_bytes, disk)
-    return Client(meta, io, cache, WriteBack(max_dirty_bytes), ClientOptions(prefetch_chunks(prefetch, cache)))
+    return Client(meta, io, cache, WriteBack(max_dirty_bytes),
+                  ClientOptions(prefetch_chunks(prefetch, cache), sync_close=sync_close))

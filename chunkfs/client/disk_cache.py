@@ -5,13 +5,17 @@ Promises:
 - One file per chunk version, `chunks/<xx>/<chunk id>.<version>`: a version's bytes never change,
   and a reader asks for the version the metaserver named at open, so a file changed elsewhere
   misses here instead of being served stale. Older versions of a chunk are dropped when a newer
-  one is stored.
-- Every hit is checked against the chunk's checksum from the metaserver; a file that fails
-  (torn, damaged, or left by another cluster on the same address) is deleted and counts as a miss.
+  one is stored. The file holds the chunk's bytes, then its block checksums (one xxh3 per 64 KiB
+  block, `checksum.block_checksums`, made from bytes that matched the chunk's checksum).
+- Every hit is checked: a whole chunk against the chunk's checksum from the metaserver, a ranged
+  read (`get_blocks`: a random reader's few blocks) block by block against the checksums stored
+  with it. A file that fails (torn, damaged, left by another cluster on the same address, or of
+  an older layout without block checksums) is deleted and counts as a miss.
 - Files are written to a temporary name and renamed, without fsync: a crash can lose cached
   chunks, never return wrong ones. The index is rebuilt from the files at start, least recently
   used first (a hit touches its file's mtime).
-- Disk work runs in `trio.to_thread`; stores are queued to `WRITERS` writer tasks and dropped
+- Disk work runs in `trio.to_thread`, but for a ranged read whose bytes are in the page cache
+  (read at once, `RWF_NOWAIT`: a thread hop would cost more than the read); stores are queued to `WRITERS` writer tasks and dropped
   (not waited for) when the queue is full, so the cache never slows a reader down.
 - Bounded by `capacity_bytes` (segmented LRU, see `cache_policy`); a small chunk counts as at
   least `MIN_ENTRY_BYTES`, which bounds the index's memory too.
@@ -22,6 +26,7 @@ Promises:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -32,7 +37,7 @@ from pathlib import Path
 
 import trio
 
-from chunkfs.checksum import chunk_checksum
+from chunkfs.checksum import BLOCK_SIZE, DIGEST_SIZE, block_checksums, chunk_checksum, verify_blocks
 from chunkfs.client.cache_policy import SegmentedLru
 from chunkfs.protocol import records as r
 
@@ -73,6 +78,16 @@ def auto_capacity_bytes(directory: Path) -> int:
 
 def _cost(size_bytes: int) -> int:
     return max(size_bytes, MIN_ENTRY_BYTES)
+
+
+def _sums_bytes(length: int) -> int:
+    """The block checksums' bytes after a chunk of `length` bytes in its file."""
+    return DIGEST_SIZE * ((length + BLOCK_SIZE - 1) // BLOCK_SIZE)
+
+
+def _chunk_bytes(file_size: int) -> int:
+    """The chunk's bytes in a file of `file_size` bytes (its block checksums follow them)."""
+    return file_size - DIGEST_SIZE * ((file_size + BLOCK_SIZE + DIGEST_SIZE - 1) // (BLOCK_SIZE + DIGEST_SIZE))
 
 
 class DiskChunkCache:
@@ -119,7 +134,7 @@ class DiskChunkCache:
                     os.unlink(entry.path)  # an unfinished store
                     continue
                 st = entry.stat()
-                found.append((st.st_mtime_ns, (int(match[1]), int(match[2])), st.st_size))
+                found.append((st.st_mtime_ns, (int(match[1]), int(match[2])), _chunk_bytes(st.st_size)))
         gone = []
         for _mtime, key, size in sorted(found):
             gone += self._index(key, size)
@@ -169,7 +184,7 @@ class DiskChunkCache:
         if key not in self._sizes:
             self.misses += 1
             return None
-        data = await trio.to_thread.run_sync(self._read_verified, key, ref.checksum)
+        data = await trio.to_thread.run_sync(self._read_verified, key, ref.length, ref.checksum)
         if data is None:
             self._forget(key)
             self.misses += 1
@@ -179,11 +194,11 @@ class DiskChunkCache:
         self.hits += 1
         return data
 
-    def _read_verified(self, key: Key, checksum: str) -> bytes | None:
+    def _read_verified(self, key: Key, length: int, checksum: str) -> bytes | None:
         path = self._path(key)
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                data = f.read(length)
         except OSError:
             return None
         if chunk_checksum(data) != checksum:
@@ -192,6 +207,33 @@ class DiskChunkCache:
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # the order of use survives a restart
+        return data
+
+    async def get_blocks(self, ref: r.ChunkRef, first_block: int, blocks: int) -> bytes | bytearray | None:
+        """Blocks `first_block` .. `first_block + blocks - 1` of `ref` (clipped to its length) if
+        cached and intact, each checked against its stored block checksum, else None."""
+        key = (ref.chunk_id, ref.version)
+        if key not in self._sizes:
+            self.misses += 1
+            return None
+        path = self._path(key)
+        try:
+            try:
+                data = _read_blocks(path, ref.length, first_block, blocks, os.RWF_NOWAIT)
+            except BlockingIOError:  # not all in the page cache: read in a thread
+                data = await trio.to_thread.run_sync(_read_blocks, path, ref.length, first_block, blocks, 0)
+        except OSError:  # evicted meanwhile
+            self.misses += 1
+            return None
+        if data is None:
+            log.warning("disk cache: %s does not match its block checksums; deleted", path)
+            path.unlink(missing_ok=True)
+            self._forget(key)
+            self.misses += 1
+            return None
+        if key in self._sizes:
+            self._policy.touch(key)
+        self.hits += 1
         return data
 
     # ---- stores --------------------------------------------------------------------------------
@@ -235,6 +277,7 @@ class DiskChunkCache:
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             f.write(data)
+            f.write(block_checksums(data))
         os.replace(tmp, path)
 
     async def drop(self) -> None:
@@ -247,3 +290,41 @@ class DiskChunkCache:
     def _delete(self, keys: list[Key]) -> None:
         for key in keys:
             self._path(key).unlink(missing_ok=True)
+
+
+def _read_blocks(path: Path, length: int, first_block: int, blocks: int, flags: int) -> bytes | bytearray | None:
+    """Blocks of a cache file whose chunk has `length` bytes, checked against the checksums
+    stored after them; None if they do not match (or the file is not of this layout).
+    `flags` os.RWF_NOWAIT: BlockingIOError unless every byte is in the page cache.
+    OSError if the file cannot be opened (evicted meanwhile)."""
+    offset = first_block * BLOCK_SIZE
+    size = max(0, min(blocks * BLOCK_SIZE, length - offset))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if os.fstat(fd).st_size != length + _sums_bytes(length):
+            return None
+        data = _pread(fd, size, offset, flags)
+        sums = _pread(fd, _sums_bytes(size), length + first_block * DIGEST_SIZE, flags)
+    except BlockingIOError:
+        if flags:
+            raise
+        return None
+    except OSError as exc:
+        if flags and exc.errno == errno.EOPNOTSUPP:  # a filesystem without RWF_NOWAIT
+            raise BlockingIOError from None
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) == size and verify_blocks(memoryview(data), bytes(sums), 0) is None else None
+
+
+def _pread(fd: int, size: int, offset: int, flags: int) -> bytearray:
+    """`size` bytes at `offset` (fewer at the end of the file); with RWF_NOWAIT, BlockingIOError
+    if only some of them are in the page cache."""
+    buffer = bytearray(size)
+    got = os.preadv(fd, [buffer], offset, flags) if size else 0
+    if got < size:
+        if flags:
+            raise BlockingIOError
+        del buffer[got:]
+    return buffer

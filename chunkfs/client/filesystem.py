@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import AsyncIterator, Sequence
 
+import msgspec
 import trio
 
 from chunkfs import auth, posix_acl, tls
@@ -38,7 +39,7 @@ from chunkfs.client.permissions import (READ, SEARCH, WRITE, Identity, check_acc
 from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol import records as r
 from chunkfs.protocol.http import SignedHttp
-from chunkfs.protocol.meta_client import ROOT_INO
+from chunkfs.protocol.meta_client import ROOT_INO, MetaClient
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class ConnectOptions:
     tls_dir: str = ""  # connect with TLS, with the certificate `tls_name` there (chunkfs.tls)
     tls_name: str = "client"
     report_as: str = ""  # what this client calls itself in the metaserver's client list (default: python-api pid N)
+    subdir: str = "/"  # the cluster's directory shown as this client's root (as the mount's `subdir`)
 
 
 def stat_result(attr: r.Attr) -> os.stat_result:
@@ -373,7 +375,7 @@ class AsyncFilesystem:
                 for e in page:
                     if e.name in (b".", b".."):
                         continue
-                    value = e.xattr if xattr is not None and await self._may_read_xattr(e.attr, xattr) else None
+                    value = e.xattr if xattr is not None and await self._may_read_xattr(e, xattr) else None
                     entries.append(DirEntry(os.fsdecode(e.name), f"{base}/{os.fsdecode(e.name)}", e.attr, value))
                 if len(page) < READDIR_PAGE:
                     return entries
@@ -381,14 +383,21 @@ class AsyncFilesystem:
         finally:
             await self.client.release_directory(attr.ino)
 
-    async def _may_read_xattr(self, attr: r.Attr, name: bytes) -> bool:
-        """Whether getxattr of `name` on `attr` would be allowed to this caller."""
+    async def _may_read_xattr(self, entry: r.DirEntry, name: bytes) -> bool:
+        """Whether getxattr of `name` on the listed `entry` would be allowed to this caller (by
+        the access ACL that came with it: no call per entry; asked for where it did not come)."""
+        attr = entry.attr
         if not attr.has_xattrs:
             return False
+        acl = entry.acl
+
+        async def listed_acl(ino: int) -> bytes | None:
+            return await self._access_acl(ino) if isinstance(acl, msgspec.UnsetType) else acl
+
         try:
             want = check_xattr(attr, self.identity, name, writing=False)
             if want:
-                await self._check(attr, want)
+                await check_access(attr, self.identity, want, listed_acl)
         except FsError:
             return False
         return True
@@ -558,17 +567,22 @@ async def connected(address: str, secret_file: Path, options: ConnectOptions) ->
         files = tls.tls_files(options.tls_dir, options.tls_name)
     except ValueError as exc:
         raise PermissionError(errno.EACCES, str(exc)) from None
+    address, _, subdir = address.partition(":/")
+    subdir = "/" + subdir if subdir else options.subdir
     http = SignedHttp(secret, timeout_s=60, retry_s=options.retry_s, trio_native=True,
                       tls=files.client_context() if files else None)
     try:
-        client = build_client(http, address, client_id=uuid.uuid4().hex, cache_mem_bytes=options.cache_mem_mb << 20,
-                              max_dirty_bytes=options.max_dirty_mb << 20, dir_leases=options.dir_leases,
-                              prefetch=options.prefetch)
         try:
-            await client.meta.getattr(ROOT_INO)  # the metaserver answers, and takes the secret
+            # the root: proves the metaserver answers and takes the secret (and, for a
+            # subdirectory, that the credential's export reaches it)
+            root_ino = ROOT_INO if subdir == "/" else await MetaClient(http, address).subtree_root(subdir)
+            client = build_client(http, address, client_id=uuid.uuid4().hex, root_ino=root_ino,
+                                  cache_mem_bytes=options.cache_mem_mb << 20, max_dirty_bytes=options.max_dirty_mb << 20,
+                                  dir_leases=options.dir_leases, prefetch=options.prefetch)
+            await client.meta.getattr(ROOT_INO)
         except FsError as exc:
             if exc.errno == errno.EACCES:
-                raise PermissionError(errno.EACCES, f"the metaserver at {address} refused the cluster secret",
+                raise PermissionError(errno.EACCES, f"the metaserver at {address}: {exc.message}",
                                       str(secret_file)) from None
             raise OSError(exc.errno, f"{address}: {exc}") from None
         except TransportError as exc:

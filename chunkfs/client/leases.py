@@ -51,6 +51,7 @@ class LeasedDirectory:
     trusted_until: float  # trio time
     names: set[bytes] = field(default_factory=set)  # every name in it (it was empty when made)
     pending: dict[bytes, PendingCreate] = field(default_factory=dict)  # created here, not yet sent
+    known: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # name -> (inode, mode) of those made here
     returning: bool = False  # being given back: not used, its pending creates are being sent
 
 
@@ -61,6 +62,8 @@ class Leases:
         self.held: OrderedDict[int, LeasedDirectory] = OrderedDict()
         self.pending_files: dict[int, PendingCreate] = {}  # inode -> its create, not sent yet
         self.giving_back: set[int] = set()  # recalled, being given back
+        # what this mount made in a leased directory -> that directory (its only name is there)
+        self.homes: dict[int, int] = {}
         self._inodes = range(0)
         self._inode_lock = trio.Lock()
 
@@ -88,20 +91,51 @@ class Leases:
             return []
         return [d for d, leased in list(self.held.items())[: MAX_LEASES // 10] if not leased.pending]
 
-    def added(self, parent: int, name: bytes) -> None:
+    def added(self, parent: int, name: bytes, known: tuple[int, int] | None = None) -> None:
+        """`name` was made in `parent` by this mount; `known`: the (inode, mode) it names, if
+        known here."""
         leased = self.held.get(parent)
         if leased is not None:
             leased.names.add(name)
+            if known is not None:
+                self._know(parent, leased, name, *known)
+
+    def _know(self, parent: int, leased: LeasedDirectory, name: bytes, ino: int, mode: int) -> None:
+        leased.known[name] = (ino, mode)
+        self.homes[ino] = parent
 
     def removed(self, parent: int, name: bytes) -> None:
         leased = self.held.get(parent)
         if leased is not None:
             leased.names.discard(name)
             leased.pending.pop(name, None)
+            known = leased.known.pop(name, None)
+            if known is not None and self.homes.get(known[0]) == parent:
+                del self.homes[known[0]]
+
+    def linked(self, ino: int) -> None:
+        """`ino` got another name: its home is not its only one any more."""
+        self.homes.pop(ino, None)
 
     def forget(self, ino: int) -> None:
-        """Directory `ino` is gone: its lease with it."""
-        self.held.pop(ino, None)
+        """Directory `ino` is gone, or its lease is: what this mount knew of it with it."""
+        leased = self.held.pop(ino, None)
+        if leased is not None:
+            for child, _mode in leased.known.values():
+                if self.homes.get(child) == ino:
+                    del self.homes[child]
+
+    def known(self, parent: int, name: bytes) -> tuple[int, int] | None:
+        """(inode, mode) of `name` in `parent`, if `parent`'s lease is trusted and this mount
+        made that entry."""
+        leased = self.lease(parent)
+        return leased.known.get(name) if leased is not None else None
+
+    def home(self, ino: int) -> int | None:
+        """The directory holding the only name of `ino`, if this mount made it there and holds
+        that directory's lease (nobody else can reach it then without a recall)."""
+        parent = self.homes.get(ino)
+        return parent if parent is not None and self.lease(parent) is not None else None
 
     async def inode_number(self) -> int:
         """A fresh inode number from the block reserved for this mount."""
@@ -116,6 +150,7 @@ class Leases:
         leased = self.held[pending.req.parent]
         leased.names.add(pending.req.name)
         leased.pending[pending.req.name] = pending
+        self._know(pending.req.parent, leased, pending.req.name, pending.attr.ino, pending.attr.mode)
         self.pending_files[pending.attr.ino] = pending
 
     def create_sent(self, pending: PendingCreate) -> None:

@@ -9,7 +9,15 @@ It owns, and alone changes:
 - the change feed (`follow_changes`): it renews the leases, answers recalls, drops from the
   cache what other clients changed, and tells a listener (the mount's kernel invalidation);
 - open leases (`open_file`): the layouts of files opened here, kept in the metadata cache, so
-  an open of a file that did not change, and the read of an inline one, need no call.
+  an open of a file that did not change, and the read of an inline one, need no call;
+- write-behind (`write_behind.py`, when the mount's `write_behind_s` is above 0): the commit of
+  a small file made here in a leased directory, and unlinks, rmdirs, renames and attribute
+  changes of what this mount made in directories it holds the lease on, are answered here at
+  once and sent in ordered batches. Nobody else can see those directories before a recall, and a
+  recall (or a lapse, a give-back, fsync, fsyncdir, the time bound) sends the queue first. A
+  request that names an inode a queued change names goes after the queue; a change the
+  metaserver must answer goes after the whole queue, so the metaserver sees this mount's changes
+  in the order they were made.
 
 It calls the plain metaserver client (`protocol.meta_client`) and nothing above it: no open
 file, no door. Callers name inodes as the client sees them (1 is the client's root).
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -28,6 +37,7 @@ import trio
 from chunkfs import OPEN_TRUST_S
 from chunkfs.client.leases import FEED_WAIT_S, Leases, PendingCreate
 from chunkfs.client.metadata_cache import MetadataCache
+from chunkfs.client.write_behind import WriteBehind
 from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import MetaClient, named_inodes
@@ -51,11 +61,14 @@ class ChangeListener(Protocol):
 
 
 class Metadata:
-    def __init__(self, server: MetaClient, cache: MetadataCache, *, leases: bool = True) -> None:
-        """`leases`: hold the directories this client makes (see leases.py)."""
+    def __init__(self, server: MetaClient, cache: MetadataCache, *, leases: bool = True,
+                 write_behind_s: float = 0.0) -> None:
+        """`leases`: hold the directories this client makes (see leases.py); `write_behind_s`:
+        answer changes in them here and send them within that many seconds (0: none)."""
         self.server = server
         self.cache = cache
         self.leases: Leases | None = Leases(server) if leases else None
+        self.write_behind = WriteBehind(server, write_behind_s) if leases and write_behind_s > 0 else None
         self.nursery: trio.Nursery | None = None  # set by the client core: recalls are answered in it
         self.feed_seq: int | None = None
         self.feed_epoch = ""  # the feed's epoch feed_seq counts in (changes.py)
@@ -72,17 +85,39 @@ class Metadata:
 
     # ---- pending creates ----------------------------------------------------------------------------
     async def _before(self, *inodes: int) -> None:
-        """Send the pending creates a request naming `inodes` depends on."""
+        """Send the queued changes and pending creates a request naming `inodes` depends on."""
+        behind = self.write_behind
+        if behind is not None and not behind.idle and behind.touches(inodes):
+            await behind.flush()
         if self.leases is None or not self.leases.pending_files:
             return
         for ino in inodes:
-            await self.send_pending(ino)
-
-    async def send_pending(self, ino: int) -> None:
-        """Send the create of file `ino`, or of every file pending in directory `ino` (fsyncdir)."""
-        if self.leases is not None:
             for pending in self.leases.pending_in(ino):
                 await self._send_create(pending)
+
+    async def _before_change(self, *inodes: int) -> None:
+        """Before a change the metaserver answers: everything queued, then what `_before` sends."""
+        if self.write_behind is not None:
+            await self.write_behind.flush()
+        await self._before(*inodes)
+
+    async def send_pending(self, ino: int) -> None:
+        """Send every change queued here, and the create of file `ino` or of every file pending
+        in directory `ino` (fsyncdir, a lock)."""
+        await self._before_change(ino)
+
+    async def sync(self, *inodes: int) -> None:
+        """A durability point (fsync, fsyncdir): return once every change answered here is
+        durable on the metaserver, and raise the write-back error of a change that named one
+        of `inodes` (once)."""
+        if self.write_behind is not None:
+            await self.write_behind.flush()
+            self.write_behind.take_error(*inodes)
+
+    def take_error(self, ino: int) -> None:
+        """Raise (once) the write-back error of a change that named `ino` (a close reports it)."""
+        if self.write_behind is not None:
+            self.write_behind.take_error(ino)
 
     async def _send_create(self, pending: PendingCreate) -> None:
         async with pending.lock:
@@ -107,9 +142,15 @@ class Metadata:
         move as the metaserver will move them."""
         assert self.leases is not None
         self.leases.created_here(PendingCreate(req, attr))
-        before = self.cache.attr(req.parent)
+        self._directory_changed_here(req.parent, attr.ctime_ns)
+
+    def _directory_changed_here(self, ino: int, when_ns: int, links: int = 0) -> None:
+        """An entry of directory `ino` was made or removed here without a call: its times (and
+        link count) move as the metaserver will move them."""
+        before = self.cache.attr(ino)
         if before is not None:
-            self.cache.put_attr(msgspec.structs.replace(before, mtime_ns=attr.ctime_ns, ctime_ns=attr.ctime_ns))
+            self.cache.put_attr(msgspec.structs.replace(before, mtime_ns=when_ns, ctime_ns=when_ns,
+                                                        nlink=before.nlink + links))
 
     # ---- reads ------------------------------------------------------------------------------------
     async def lookup(self, parent: int, name: bytes) -> r.Attr:
@@ -184,6 +225,7 @@ class Metadata:
     async def quota_size_limit(self, ino: int) -> int:
         """The size file `ino` may grow to under the quotas above it (-1: no limit); a file
         whose create is pending here is asked for by its directory (the create stays pending)."""
+        await self._before(ino)  # a queued commit (write-behind) of it goes first
         pending = self.leases.pending_files.get(ino) if self.leases is not None else None
         parent = pending.req.parent if pending is not None and not pending.sent else 0
         return await self.server.quota_size_limit(ino, parent)
@@ -191,8 +233,12 @@ class Metadata:
     async def read_tokens(self, chunks: list[tuple[int, int]]) -> list[str]:
         return await self.server.read_tokens(chunks)
 
+    async def token_credential(self) -> bytes | None:
+        return await self.server.token_credential()
+
     async def release_orphan(self, ino: int) -> None:
-        await self._plain(ino, lambda: self.server.release_orphan(ino))
+        await self._before_change(ino)
+        await self.server.release_orphan(ino)
 
     # ---- changes made here ---------------------------------------------------------------------------
     async def _changing(self, ino: int, call: Callable[[], Awaitable[r.Attr]]) -> r.Attr:
@@ -204,11 +250,16 @@ class Metadata:
         return attr
 
     async def setattr(self, req: r.SetattrReq) -> r.Attr:
-        await self._before(req.ino)
+        if self.write_behind is not None:
+            await self.write_behind.room()
+            attr = self._setattr_here(req)
+            if attr is not None:
+                return attr
+        await self._before_change(req.ino)
         return await self._changing(req.ino, lambda: self.server.setattr(req))
 
     async def set_goal(self, ino: int, goal: int, recursive: bool = False) -> r.Attr:
-        await self._before(ino)
+        await self._before_change(ino)
         return await self._changing(ino, lambda: self.server.set_goal(ino, goal, recursive))
 
     async def set_trash_time(self, ino: int, seconds: int, recursive: bool = False) -> r.Attr:
@@ -219,9 +270,10 @@ class Metadata:
         """Commit a file's new content; its create goes with it if that is still pending."""
         pending = self.leases.pending_files.get(req.ino) if self.leases is not None else None
         if pending is None:
-            await self._before(*named_inodes(req))
+            await self._before_change(*named_inodes(req))
             return await self._commit(req)
         assert self.leases is not None
+        await self._before_change()
         async with pending.lock:
             req.create = None if pending.sent else pending.req
             try:
@@ -236,7 +288,7 @@ class Metadata:
 
     async def concat(self, req: r.ConcatReq) -> r.Attr:
         """Append the sources' chunks to `req.ino` by reference (the metaserver's concat)."""
-        await self._before(req.ino, *req.sources)
+        await self._before_change(req.ino, *req.sources)
         for source in req.sources:
             self.cache.changed(source)
         return await self._changing(req.ino, lambda: self.server.concat(req))
@@ -248,7 +300,7 @@ class Metadata:
         return attr
 
     async def create(self, req: r.CreateReq) -> r.Attr:
-        await self._before(req.parent)
+        await self._before_change(req.parent)
         return await self._create(req)
 
     async def _create(self, req: r.CreateReq) -> r.Attr:
@@ -273,7 +325,7 @@ class Metadata:
             self.cache.changed(req.parent)
         self.cache.put_entry(req.parent, req.name, attr)  # a new name: nothing older to be stale
         if self.leases is not None:
-            self.leases.added(req.parent, req.name)
+            self.leases.added(req.parent, req.name, (attr.ino, attr.mode))
             if req.lease and is_dir:
                 surplus = self.leases.granted(attr.ino, asked_at)
                 if surplus and self.nursery is not None:
@@ -281,7 +333,7 @@ class Metadata:
         return attr
 
     async def link(self, ino: int, parent: int, name: bytes) -> r.Attr:
-        await self._before(ino, parent)
+        await self._before_change(ino, parent)
         self.cache.changed(ino)
         try:
             attr = await self.server.link(ino, parent, name)
@@ -289,11 +341,17 @@ class Metadata:
             self.cache.changed(parent)
         self.cache.put_entry(parent, name, attr)
         if self.leases is not None:
+            self.leases.linked(ino)
             self.leases.added(parent, name)
         return attr
 
     async def remove(self, parent: int, name: bytes, is_dir: bool, open_here: list[int] | None = None) -> int:
-        await self._before(parent)
+        if self.write_behind is not None:
+            await self.write_behind.room()
+            removed = self._remove_here(parent, name, is_dir, open_here or [])
+            if removed is not None:
+                return removed
+        await self._before_change(parent)
         try:
             ino = await self.server.remove(parent, name, is_dir, open_here)
         finally:
@@ -307,7 +365,12 @@ class Metadata:
         return ino
 
     async def rename(self, req: r.RenameReq) -> list[int]:
-        await self._before(req.old_parent, req.new_parent)
+        if self.write_behind is not None:
+            await self.write_behind.room()
+            renamed = self._rename_here(req)
+            if renamed is not None:
+                return renamed
+        await self._before_change(req.old_parent, req.new_parent)
         moved: list[int] = []
         try:
             moved = await self.server.rename(req)
@@ -324,7 +387,7 @@ class Metadata:
                 self.cache.forget_inode(ino)
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
-        await self._before(ino)
+        await self._before_change(ino)
         self.cache.changed(ino)
         try:
             await self.server.setxattr(ino, name, value, flags)
@@ -332,12 +395,122 @@ class Metadata:
             self.cache.changed(ino)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
-        await self._before(ino)
+        await self._before_change(ino)
         self.cache.changed(ino)
         try:
             await self.server.removexattr(ino, name)
         finally:
             self.cache.changed(ino)
+
+    # ---- changes answered here (write-behind) --------------------------------------------------------
+    async def commit_behind(self, req: r.CommitReq, attr: r.Attr) -> r.Attr | None:
+        """Queue the commit of a small file (`req.inline`) made here in a leased directory and
+        answer `attr`, the file as it will be; None where the metaserver must answer now (no
+        write-behind, the file is not in a directory leased here, its create being sent)."""
+        if self.write_behind is None or self.leases is None:
+            return None
+        await self.write_behind.room()
+        pending = self.leases.pending_files.get(req.ino)
+        if pending is not None:
+            if pending.lock.locked() or self.leases.lease(pending.req.parent) is None:
+                return None
+            req.create = pending.req
+            self.leases.create_sent(pending)  # it travels in the queue: what needs it waits for the queue
+        elif self.leases.home(req.ino) is None:
+            return None
+        behind = self.write_behind
+        create = req.create
+
+        def applied(result: r.Attr | None, error: FsError | None) -> None:
+            if error is not None and create is not None:  # never made: forget it here too
+                self.cache.forget_entry(create.parent, create.name)
+                assert self.leases is not None
+                self.leases.removed(create.parent, create.name)
+            elif result is not None and not behind.touches((req.ino,)):
+                self.cache.put_attr(result)
+
+        home = self.leases.homes.get(req.ino)  # a listing of it carries the file's attributes: it waits too
+        behind.add("commit", req, r.Attr, also=() if home is None else (home,), applied=applied)
+        self.cache.forget_inode(req.ino)  # its open-lease layout is the old content
+        self.cache.put_attr(attr)
+        if create is not None:
+            self.cache.put_entry(create.parent, create.name, attr)
+        return attr
+
+    def _setattr_here(self, req: r.SetattrReq) -> r.Attr | None:
+        """Mode, owner or time changes of what this mount made in a directory leased here (its
+        only name), queued; None where the metaserver must answer (a size change, xattrs (an
+        ACL follows the mode there), attributes not at hand)."""
+        assert self.leases is not None and self.write_behind is not None
+        before = self.cache.attr(req.ino)
+        if req.size is not None or before is None or before.has_xattrs or self.leases.home(req.ino) is None:
+            return None
+        if stat.S_ISDIR(before.mode) and self.leases.lease(req.ino) is None:  # another client may know it
+            return None
+        changes = {name: value for name in ("uid", "gid", "atime_ns", "mtime_ns")
+                   if (value := getattr(req, name)) is not None}
+        if req.mode is not None:
+            changes["mode"] = stat.S_IFMT(before.mode) | (req.mode & 0o7777)
+        attr = msgspec.structs.replace(before, ctime_ns=time.time_ns(), **changes)
+        self.write_behind.add("setattr", req, r.Attr, also=(self.leases.homes[req.ino],))  # as in commit_behind
+        self.cache.forget_inode(req.ino)  # and the open-lease layout with the old attributes
+        self.cache.put_attr(attr)
+        return attr
+
+    def _remove_here(self, parent: int, name: bytes, is_dir: bool, open_here: list[int]) -> int | None:
+        """An unlink (or rmdir of an empty directory leased here) of an entry this mount made
+        in a directory leased here, queued; None where the metaserver must answer (anything
+        else, a mismatch of type that it answers with an errno, an inode open here)."""
+        assert self.leases is not None and self.write_behind is not None
+        known = self.leases.known(parent, name)
+        if known is None or name in self.leases.held[parent].pending:
+            return None
+        ino, mode = known
+        if ino in open_here or stat.S_ISDIR(mode) != is_dir:
+            return None
+        if is_dir:
+            emptied = self.leases.lease(ino)
+            if emptied is None or emptied.names:
+                return None
+        self.write_behind.add("remove", r.RemoveReq(parent, name, is_dir, "", []), int, also=(ino,))
+        self.cache.forget_entry(parent, name)
+        self.cache.forget_inode(ino)
+        self.leases.removed(parent, name)
+        if is_dir:
+            self.leases.forget(ino)
+        self._directory_changed_here(parent, time.time_ns(), -1 if is_dir else 0)
+        return ino
+
+    def _rename_here(self, req: r.RenameReq) -> list[int] | None:
+        """A rename of a file (not a directory) this mount made, within or between directories
+        leased here, over nothing or over another such file, queued; None where the metaserver
+        must answer. Answers as the metaserver does: the inodes moved and replaced."""
+        assert self.leases is not None and self.write_behind is not None
+        leases = self.leases
+        moved = leases.known(req.old_parent, req.old_name)
+        target = leases.lease(req.new_parent)
+        if moved is None or target is None or stat.S_ISDIR(moved[1]) or req.flags & ~r.RENAME_NOREPLACE \
+                or (req.old_parent, req.old_name) == (req.new_parent, req.new_name) \
+                or req.old_name in leases.held[req.old_parent].pending:
+            return None
+        replaced = target.known.get(req.new_name)
+        if req.new_name in target.names and (req.flags or replaced is None or stat.S_ISDIR(replaced[1])
+                                             or replaced[0] in req.open_here or req.new_name in target.pending):
+            return None
+        answer = [moved[0], *([replaced[0]] if replaced is not None else [])]
+        self.write_behind.add("rename", req, list[int], also=answer)
+        attr = self.cache.attr(moved[0])
+        now = time.time_ns()
+        self.cache.forget_entry(req.old_parent, req.old_name)
+        self.cache.forget_entry(req.new_parent, req.new_name)
+        leases.removed(req.old_parent, req.old_name)
+        leases.removed(req.new_parent, req.new_name)
+        leases.added(req.new_parent, req.new_name, moved)
+        if attr is not None:
+            self.cache.put_entry(req.new_parent, req.new_name, msgspec.structs.replace(attr, ctime_ns=now))
+        for directory in {req.old_parent, req.new_parent}:
+            self._directory_changed_here(directory, now)
+        return answer
 
     # ---- leases -------------------------------------------------------------------------------------
     async def give_back(self, inodes: list[int]) -> None:
@@ -349,11 +522,13 @@ class Metadata:
         for _ino, directory in leased:
             directory.returning = True
         try:
+            if self.write_behind is not None:
+                await self.write_behind.flush()
             for ino, directory in leased:
                 for pending in list(directory.pending.values()):
                     await self._send_create(pending)
                 if self.leases.held.get(ino) is directory:
-                    del self.leases.held[ino]
+                    self.leases.forget(ino)
             if inodes:
                 await self.server.release_leases(list(inodes))
         except (FsError, TransportError) as exc:  # the metaserver takes them back when they run out

@@ -127,9 +127,9 @@ class OpenFile:
         self._check_locks()
         return await self.writer.write(offset, data)
 
-    async def flush(self) -> r.Attr | None:
+    async def flush(self, behind: bool = False) -> r.Attr | None:
         self._check_locks()
-        return await self.writer.flush()
+        return await self.writer.flush(behind)
 
     async def write_back(self) -> None:
         await self.writer.write_back()

@@ -12,6 +12,9 @@ Promises:
   façade attaches it). An upload that failed makes the next write or flush fail (EIO, ENOSPC).
 - A file of at most INLINE_MAX_BYTES whose content is all here is committed inline: its bytes
   travel in the commit itself, so a small file costs one call and no chunk upload.
+- `flush(behind=True)` (a close, with write-behind on) of such a file made here in a directory
+  leased here does not wait: its commit is queued (`write_behind.py`) and the file is answered
+  as it will be; the next durability point (fsync, fsyncdir, the time bound) makes it durable.
 - A write that grows a file past a directory quota's hard limit on bytes fails with EDQUOT
   (nothing of it is taken); a commit the quota refuses drops what it carried. The limit is asked for once the file grows past its first chunk (a
   small file costs no call) and again when a write would pass it; the metaserver's check at
@@ -27,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import msgspec
 import trio
 
 from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
@@ -254,9 +258,9 @@ class FileWriter:
         await self._ensure_based(0, dirty)
         return bytes(dirty.data)
 
-    async def flush(self) -> r.Attr | None:
+    async def flush(self, behind: bool = False) -> r.Attr | None:
         """Upload everything buffered and commit it; returns the committed attributes (None if
-        there was nothing to commit)."""
+        there was nothing to commit). `behind`: a small file's commit may be queued (see above)."""
         file = self.file
         async with self.lock:
             inline = await self._inline_content()
@@ -268,10 +272,14 @@ class FileWriter:
             self._raise_pending_error()
             if not file.modified and not self.uploaded and not self.superseded:
                 return None
+            req = r.CommitReq(file.ino, file.size, file.mtime_ns, list(self.uploaded.values()), self.superseded,
+                              inline=inline, attrs=file.attr_changes)
+            queued = None
+            empty = file.size == 0 and not self.uploaded and not file.chunks and not file.inline
+            if behind and (inline is not None or empty) and not self.superseded:
+                queued = await self.meta.commit_behind(req, self._committed_here(inline or b""))
             try:
-                attr = await self.meta.commit(r.CommitReq(file.ino, file.size, file.mtime_ns,
-                                                          list(self.uploaded.values()), self.superseded,
-                                                          inline=inline, attrs=file.attr_changes))
+                attr = queued if queued is not None else await self.meta.commit(req)
             except FsError as exc:
                 if exc.errno == errno.EDQUOT:
                     self._forget_refused()
@@ -287,6 +295,12 @@ class FileWriter:
             self.superseded.clear()
             file.committed(attr)
             return attr
+
+    def _committed_here(self, inline: bytes) -> r.Attr:
+        """The file as the metaserver will make it by committing `inline` (ctime its own clock's)."""
+        attr = self.file.local_attr(self.file.attr)
+        return msgspec.structs.replace(attr, size=self.file.size, mtime_ns=self.file.mtime_ns,
+                                       ctime_ns=max(attr.ctime_ns, time.time_ns()), blocks=(len(inline) + 511) // 512)
 
     def _forget_refused(self) -> None:
         """A quota refused the commit: what it carried is dropped, as a local filesystem drops a

@@ -21,7 +21,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 import chunkfs.client
 from chunkfs.client.upload_sessions import collect_abandoned_forever, count_sessions
-from chunkfs import DEFAULT_METASERVER_PORT, auth, service
+from chunkfs import DEFAULT_METASERVER_PORT, auth, service, tls
 from chunkfs.config import ConfigError, daemon_command, opt, parse_address, parse_addresses, setup_logging
 from chunkfs.gateway.access import Access
 from chunkfs.gateway.keys import KeyStore
@@ -45,10 +45,11 @@ class GatewayConfig:
                             "file holding the cluster secret (also the key access-key secrets are derived with)")
     keys_file: Path = opt(DEFAULT_KEYS_FILE, "the access keys (`chunkfs gateway key add`); re-read when it changes")
     domain: str = opt("", "virtual-host style addressing: a request to BUCKET.DOMAIN addresses BUCKET")
-    tls_cert_file: Path = opt(Path(""), "PEM certificate (chain): serve both APIs over HTTPS [default: plain HTTP]")
+    tls_cert_file: Path = opt(Path(""), "PEM certificate (chain): serve both APIs over HTTPS [default: with tls_dir, "
+                                        "its gateway certificate; else plain HTTP]")
     tls_key_file: Path = opt(Path(""), "PEM private key of tls_cert_file")
     tls_dir: str = opt("", "directory made by chunkfs certs init: reach the cluster with TLS, showing its gateway "
-                           "certificate")
+                           "certificate, and serve both APIs over HTTPS with it (unless tls_cert_file is given)")
     upload_expiry_s: float = opt(86400.0, "multipart and tus uploads untouched this long are removed")
     cache_mem_mb: int = opt(256, "MiB of chunks the gateway's client core caches in memory")
     max_dirty_mb: int = opt(256, "MiB of written data buffered before writers wait for uploads")
@@ -71,6 +72,10 @@ class GatewayConfig:
             path = getattr(self, name)
             if path.parts and not path.is_file():
                 raise ConfigError(f"option {name}: {path} is not a file")
+        try:
+            tls.tls_files(self.tls_dir, "gateway")
+        except ValueError as exc:
+            raise ConfigError(f"option tls_dir: {exc}") from None
 
 
 def _hypercorn_config(listen: str, gateway: GatewayConfig) -> HypercornConfig:
@@ -78,6 +83,10 @@ def _hypercorn_config(listen: str, gateway: GatewayConfig) -> HypercornConfig:
     config = HypercornConfig()
     if gateway.tls_cert_file.parts:
         config.certfile, config.keyfile = str(gateway.tls_cert_file), str(gateway.tls_key_file)
+    elif (files := tls.tls_files(gateway.tls_dir, "gateway")) is not None:
+        # the cluster runs TLS: so do its S3 and REST doors, with the cluster CA's certificate (no
+        # client certificate asked: S3 and REST callers prove who they are by their keys)
+        config.certfile, config.keyfile = str(files.cert), str(files.key)
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("chunkfs.gateway.http")

@@ -18,11 +18,11 @@ from chunkfs import chunk_tokens, metrics, request_id
 from chunkfs.chunk_tokens import TokenIssuer
 from chunkfs.credentials import CredentialStore, Export
 from chunkfs.metaserver.exports import ExportGuard
-from chunkfs.errors import FsError
+from chunkfs.errors import FsError, NotPrimary
 from chunkfs.request_checks import client_id, query_float, query_int, query_token, request_id_header
-from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, SIGNER, VERIFIER, BodyLimit, any_host, host_on_port,
+from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, SIGNER, BodyLimit, any_host, host_on_port,
                                 json_response, make_app, read_body)
-from chunkfs.metaserver import access_policy, accounts, credentials_api
+from chunkfs.metaserver import access_policy, accounts, credentials_api, token_grants
 from chunkfs.metaserver.changes import ChangeFeed, affected
 from chunkfs.metaserver.status_page import render as render_status_page
 from chunkfs.metaserver.chunk_table import ChunkTable
@@ -108,8 +108,8 @@ READS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, Txn, Any], An
     "resolve": (r.PathReq, lambda m, t, q: m.namespace.resolve(t, q.path)),
     "getxattr": (r.XattrReq, lambda m, t, q: m.namespace.getxattr(t, q.ino, q.name)),
     "listxattr": (r.InodeReq, lambda m, t, q: m.namespace.listxattr(t, q.ino)),
-    "open": (r.OpenReq, lambda m, t, q: r.FileLayout(
-        m.namespace.getattr(t, q.ino), with_read_tokens(m, m.chunks.refs(t, q.ino)), m.registry.address_map(),
+    "open": (r.OpenReq, lambda m, t, q: r.FileLayout(  # its tokens are added for the caller (fs_operation)
+        m.namespace.getattr(t, q.ino), m.chunks.refs(t, q.ino), m.registry.address_map(),
         m.chunks.inline_data(t, q.ino))),
     "statfs": (r.InodeReq, lambda m, t, q: statfs(m, t, q.ino)),
     "quota_get": (r.InodeReq, lambda m, t, q: m.namespace.quotas.get(t, q.ino)),
@@ -206,33 +206,8 @@ async def refused_reclaims(m: Metaserver, export: tuple[str, Export] | None, req
 
 
 # every op `fs_operation` knows (the metrics label them; the route fuzzer calls each)
-FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "reserve", "release_leases", "fsck", "tokens", "quota_check",
-                           "sharing_check", *LOCK_OPERATIONS})
-
-
-def with_read_tokens(m: Metaserver, refs: list[r.ChunkRef]) -> list[r.ChunkRef]:
-    """`refs`, each with a token to read its version (chunkfs.chunk_tokens)."""
-    if m.tokens is not None:
-        for ref in refs:
-            ref.token = m.tokens.issue(chunk_tokens.READ, ref.chunk_id, ref.version)
-    return refs
-
-
-def read_tokens(m: Metaserver, txn: Txn, req: r.TokensReq, export: tuple[str, Export] | None) -> list[str]:
-    """New read tokens for chunk versions some file references (a client's expired): ESTALE for
-    a version no file references (deleted, or never made), EACCES for one no file inside the
-    caller's export holds (a version a snapshot shares is the copy's too)."""
-    if m.tokens is None:
-        raise FsError(errno.ENOSYS, "this metaserver issues no chunk tokens")
-    tokens = []
-    for chunk_id, version in req.chunks:
-        inodes = m.chunks.inodes_of_version(txn, chunk_id, version)
-        if not inodes:
-            raise FsError(errno.ESTALE, f"chunk {chunk_id} v{version} is no file's any more")
-        if export is not None and not any(m.exports.inode_inside(txn, *export, ino) for ino in inodes):
-            raise FsError(errno.EACCES, f"chunk {chunk_id} v{version} is outside this credential's export")
-        tokens.append(m.tokens.issue(chunk_tokens.READ, chunk_id, version))
-    return tokens
+FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "batch", "reserve", "release_leases", "fsck", "tokens", "token_key",
+                           "quota_check", "sharing_check", *LOCK_OPERATIONS})
 
 
 def caller_export(m: Metaserver, request: web.Request) -> tuple[str, Export] | None:
@@ -242,7 +217,11 @@ def caller_export(m: Metaserver, request: web.Request) -> tuple[str, Export] | N
     if signed is None or m.credentials is None or signed.role not in EXPORTED_ROLES:
         return None
     credential = m.credentials.get(signed.key_id)
-    return None if credential is None else (signed.key_id, credential.export)
+    if credential is None:
+        return None
+    if not credential.export.allows_address(request.remote):
+        raise FsError(errno.EACCES, f"this credential's export is not for requests from {request.remote}")
+    return signed.key_id, credential.export
 
 
 def admitted(m: Metaserver, export: tuple[str, Export] | None, op: str, req: Any) -> Any:
@@ -264,6 +243,8 @@ def statfs(m: Metaserver, txn: Txn, ino: int) -> r.Statfs:
 
 # May touch a whole subtree: committed in the writer thread, never on the event loop.
 LARGE_MUTATIONS = frozenset({"goal", "quota_set", "trash_time", "trash_purge", "snapshot", "read_only"})
+# Their answer shows the caller a file (exports.py).
+SHOWING_MUTATIONS = frozenset({"create", "link", "commit", "snapshot"})
 # After these, the deleter may have chunk versions to delete.
 WAKE_DELETER = frozenset({"remove", "rename", "commit", "setattr", "release_orphan", "trash_purge"})
 
@@ -281,18 +262,18 @@ async def fs_operation(request: web.Request) -> web.Response:
         await m.leases.clear_for(client, named_inodes(req))
         with m.db.read() as txn:
             answer = run(m, txn, req)
+        if isinstance(answer, r.FileLayout):
+            token_grants.with_read_tokens(m.tokens, answer.chunks, token_grants.holder(request))
         if export is not None:
             m.exports.shown(*export, answer)
         if isinstance(req, r.OpenReq) and req.lease:
             answer.leased = m.open_leases.grant(client, req.ino, m.changes.seq)
         return json_response(answer)
-    mutation = MUTATIONS.get(op)
-    if mutation is not None:
-        record_type, bind = mutation
-        req = admitted(m, export, op, await read_body(request, record_type))
+    if op in MUTATIONS:
+        req = admitted(m, export, op, await read_body(request, MUTATIONS[op][0]))
         await m.leases.clear_for(client, named_inodes(req) | restored_into(m, req))
         rid = request_id_header(request)
-        mutate = m.leases.creating(bind(m, client), client) if op == "create" else bind(m, client)
+        mutate = mutation_of(m, op, client)
         commit = m.committer.run if op in LARGE_MUTATIONS else m.committer.run_small
         if m.replies is None or not client or not rid:
             result = await commit(mutate, req)
@@ -302,29 +283,22 @@ async def fs_operation(request: web.Request) -> web.Response:
             body, result = await commit(m.replies.once(mutate, client, rid, first_attempt), req)
             if result is REPLAYED:  # a retry of a mutation already done: answer it again, changes nothing
                 return web.Response(body=body, content_type="application/json")
-        if export is not None and op in ("create", "link", "commit", "snapshot"):
-            m.exports.shown(*export, result)
-        if op == "create":
-            m.leases.granted(cast(r.CreateReq, req), result, client)
-        elif op == "quota_set":  # creates held by a mount would be charged only when they arrive
-            with m.db.read() as txn:
-                m.leases.ask_back_where(lambda ino: m.namespace.quotas.covers(txn, ino))
-        elif op == "remove":
-            m.leases.forget_removed(result)
-        if op in WAKE_DELETER:
-            m.deleter.wake.set()
-        inodes, entries = affected(op, req, result)
-        if inodes or entries:
-            m.changes.publish(client, inodes, entries)
+        inodes = mutated(m, op, client, req, result, export)
+        if inodes:
             await m.open_leases.settle(client, inodes, m.changes.seq)
         return web.Response(body=body, content_type="application/json")
+    if op == "batch":
+        return json_response(await apply_batch(m, client, request, export))
     if op == "reserve":
         reserve_req = admitted(m, export, op, await read_body(request, r.ReserveReq))
-        return json_response(await reserve(m, client, reserve_req))
+        return json_response(await reserve(m, client, reserve_req, token_grants.holder(request)))
     if op == "tokens":
         tokens_req = await read_body(request, r.TokensReq)
         with m.db.read() as txn:
-            return json_response(read_tokens(m, txn, tokens_req, export))
+            return json_response(token_grants.read_tokens(m.tokens, m.chunks, m.exports, txn, tokens_req, export,
+                                                          token_grants.holder(request)))
+    if op == "token_key":
+        return json_response(token_grants.token_key_for(m.tokens, request))
     if op == "release_leases":
         await m.leases.release(client, (await read_body(request, r.LeaseReq)).inodes)
         return json_response(None)
@@ -338,6 +312,155 @@ async def fs_operation(request: web.Request) -> web.Response:
         page_req = await read_body(request, r.FsckReq)
         return json_response(await asyncio.to_thread(fsck_page, m, m.registry.alive_ids(), page_req))
     raise FsError(errno.ENOSYS, f"unknown operation {op!r}")
+
+
+def mutation_of(m: Metaserver, op: str, client: str) -> Callable[[Txn, Any], Any]:
+    """The mutation `op` runs for `client` in its transaction (a create also leases the
+    directory it makes, when asked, in the same transaction)."""
+    bind = MUTATIONS[op][1]
+    return m.leases.creating(bind(m, client), client) if op == "create" else bind(m, client)
+
+
+def mutated(m: Metaserver, op: str, client: str, req: Any, result: Any, export: tuple[str, Export] | None
+            ) -> list[int]:
+    """What follows a durable mutation: the files it made shown to the caller's export, leases
+    granted or gone, the deleter woken, the change published on the feed. Returns the inodes
+    whose open leases must settle before the answer."""
+    if export is not None and op in SHOWING_MUTATIONS:
+        m.exports.shown(*export, result)
+    if op == "create":
+        m.leases.granted(cast(r.CreateReq, req), result, client)
+    elif op == "quota_set":  # creates held by a mount would be charged only when they arrive
+        with m.db.read() as txn:
+            m.leases.ask_back_where(lambda ino: m.namespace.quotas.covers(txn, ino))
+    elif op == "remove":
+        m.leases.forget_removed(result)
+    if op in WAKE_DELETER:
+        m.deleter.wake.set()
+    inodes, entries = affected(op, req, result)
+    if inodes or entries:
+        m.changes.publish(client, inodes, entries)
+    return inodes
+
+
+# What a batch may carry: the changes a mount answers itself and sends behind (write_behind.py)
+# and the other small namespace changes; not one that may touch a whole subtree (goal), hands
+# something out (reserve_inodes) or moves chunks between files (concat): those come on their own.
+BATCHABLE = frozenset({"create", "link", "remove", "rename", "setattr", "setxattr", "removexattr", "commit"})
+
+
+def decode_batch_op(item: r.BatchOp) -> Any:
+    if item.op not in BATCHABLE:
+        raise FsError(errno.EINVAL, f"operation {item.op!r} cannot be batched")
+    try:
+        return msgspec.json.decode(item.req, type=MUTATIONS[item.op][0])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise FsError(errno.EINVAL, f"bad {item.op} in a batch: {exc}") from None
+
+
+async def apply_batch(m: Metaserver, client: str, request: web.Request, export: tuple[str, Export] | None
+                      ) -> list[r.BatchOutcome]:
+    """A client's write-behind batch (BatchReq): each mutation as its own call would run it, in
+    order, all in one durable transaction; answered once that is durable. Each one passes the
+    checks its own call would (the caller's export: `admit_batch`, then again in the transaction,
+    in the state the mutations before it left); one refused is that one's error. A retried batch
+    (same request id) is answered from the reply log for the mutations it had already applied.
+    Not acknowledged here (NotPrimary, answered 503): the client sends the batch again, to the
+    primary."""
+    items = (await read_body(request, r.BatchReq)).ops
+    reqs = [decode_batch_op(item) for item in items]
+    refused = admit_batch(m, export, items, reqs)
+    for i, req in enumerate(reqs):
+        if i not in refused:
+            await m.leases.clear_for(client, named_inodes(req) | restored_into(m, req))
+    rid = request_id_header(request)
+    first_attempt = request.headers.get(request_id.ATTEMPT_HEADER) == "1"
+    made: set[int] = set()  # files the batch's mutations made so far (see checked_in_batch)
+    calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+    for i, (item, req) in enumerate(zip(items, reqs, strict=True)):
+        if i in refused:
+            continue
+        mutate = mutation_of(m, item.op, client)
+        if m.replies is not None and client and rid:
+            answered = m.replies.once(mutate, client, f"{rid}.{i}", first_attempt)
+        else:
+            answered = encoded(mutate)
+        calls.append((checked_in_batch(m, export, item.op, answered, made), (req,)))
+    results = iter(await m.committer.run_together(calls))
+    outcomes: list[r.BatchOutcome] = []
+    settle: list[int] = []
+    for i, (item, req) in enumerate(zip(items, reqs, strict=True)):
+        done, error = (None, refused[i]) if i in refused else next(results)  # done: (body, result)
+        if isinstance(error, NotPrimary):  # the whole transaction is unacknowledged here
+            raise error
+        if error is not None:
+            if not isinstance(error, FsError):
+                log.error("%s in a batch of client %s failed: %r", item.op, client, error)
+                error = FsError(errno.EIO, f"{item.op}: {error}")
+            outcomes.append(r.BatchOutcome(error.errno, error.message))
+            continue
+        body, result = cast(tuple[bytes, Any], done)
+        if result is not REPLAYED:  # applied before (a retried batch): answered again, not published again
+            settle += mutated(m, item.op, client, req, result, export)
+        elif export is not None and item.op in SHOWING_MUTATIONS:  # shown again (the metaserver may have restarted)
+            m.exports.shown(*export, msgspec.json.decode(body, type=r.Attr))
+        outcomes.append(r.BatchOutcome(reply=msgspec.Raw(body)))
+    if settle:
+        await m.open_leases.settle(client, sorted(set(settle)), m.changes.seq)
+    return outcomes
+
+
+def admit_batch(m: Metaserver, export: tuple[str, Export] | None, items: list[r.BatchOp], reqs: list[Any]
+                ) -> dict[int, FsError]:
+    """Check each mutation of a batch against the caller's export before anything happens (no
+    lease is recalled for one refused), as its own call would be checked, counting the files the
+    creates before it would make as shown; `reqs` become what the export lets through (root
+    squashed). Returns the refused ones' errors by index. The transaction checks again
+    (`checked_in_batch`): this is the early door, that the exact one."""
+    refused: dict[int, FsError] = {}
+    if export is None:
+        return refused
+    made: set[int] = set()
+    with m.db.read() as txn:
+        for i, (item, req) in enumerate(zip(items, reqs, strict=True)):
+            try:
+                reqs[i] = m.exports.admit(txn, export[0], export[1], item.op, req, made)
+            except FsError as exc:
+                refused[i] = exc
+                continue
+            create = req if isinstance(req, r.CreateReq) else getattr(req, "create", None)
+            if isinstance(create, r.CreateReq) and create.ino and not m.namespace.exists(txn, create.ino):
+                made.add(create.ino)
+    return refused
+
+
+def checked_in_batch(m: Metaserver, export: tuple[str, Export] | None, op: str,
+                     answered: Callable[[Txn, Any], tuple[bytes, Any]], made: set[int]
+                     ) -> Callable[[Txn, Any], tuple[bytes, Any]]:
+    """`answered` (a mutation giving (encoded reply, result)) run once the caller's export admits
+    its request in the batch's transaction, i.e. in the state the mutations before it left, the
+    files they made counting as shown (`made`, which this one's file joins)."""
+    if export is None:
+        return answered
+    key_id, granted = export
+
+    def run(txn: Txn, req: Any) -> tuple[bytes, Any]:
+        body, result = answered(txn, m.exports.admit(txn, key_id, granted, op, req, made))
+        if op in SHOWING_MUTATIONS:
+            made.add(result.ino if isinstance(result, r.Attr) else msgspec.json.decode(body, type=r.Attr).ino)
+        return body, result
+
+    return run
+
+
+def encoded(mutate: Callable[[Txn, Any], Any]) -> Callable[[Txn, Any], tuple[bytes, Any]]:
+    """`mutate` answering (its encoded reply, its result), as `ReplyLog.once` does."""
+
+    def run(txn: Txn, req: Any) -> tuple[bytes, Any]:
+        result = mutate(txn, req)
+        return msgspec.json.encode(result), result
+
+    return run
 
 
 def fsck_page(m: Metaserver, alive: set[str], req: r.FsckReq) -> r.FsckPage:
@@ -367,8 +490,9 @@ def sharing_check(m: Metaserver) -> list[str]:
 RESERVATION_VALID_S = 5.0
 
 
-async def reserve(m: Metaserver, client: str, req: r.ReserveReq) -> r.Reservation:
-    """Versions and chunk ids for `client`'s uploads: only it may commit them (reservations.py)."""
+async def reserve(m: Metaserver, client: str, req: r.ReserveReq, holder: str) -> r.Reservation:
+    """Versions and chunk ids for `client`'s uploads: only it may commit them (reservations.py),
+    with a token for them issued to `holder` (the credential that asked)."""
     if not client:
         raise FsError(errno.EINVAL, "a reservation is made for a client: send X-Chunkfs-Client")
     if m.registry.settling():  # answered 503, which clients retry (for up to their retry_s)
@@ -381,7 +505,7 @@ async def reserve(m: Metaserver, client: str, req: r.ReserveReq) -> r.Reservatio
     count = max(1, min(req.count, 4096))
     first_version, first_chunk_id = await m.committer.run(m.chunks.reserve, client, count)
     token = "" if m.tokens is None else m.tokens.issue(chunk_tokens.READ + chunk_tokens.WRITE, None, first_version,
-                                                       first_version + count - 1)
+                                                       first_version + count - 1, holder=holder)
     return r.Reservation(first_version, first_chunk_id, count,
                          [r.ServerChoice(s.id, s.address, s.free_bytes) for s in servers],
                          # a client must not hand out a slot after the block's grace has run out
@@ -412,15 +536,7 @@ async def server_hello(request: web.Request) -> web.Response:
                      hello.address, len(delete))
         if hello.recent_chunks is not None:
             await m.replicator.reconcile(hello.id, [*hello.chunks, *hello.recent_chunks])
-    return json_response(r.HelloReply(delete, *chunk_key_for(m, request), epoch=m.epoch))
-
-
-def chunk_key_for(m: Metaserver, request: web.Request) -> tuple[str, str]:
-    """(nonce, chunk key) wrapped with the key the request was signed with (see chunk_tokens)."""
-    if m.tokens is None:
-        return "", ""
-    found = request.app[VERIFIER].keys.key(request[SIGNER].key_id)
-    return ("", "") if found is None else chunk_tokens.wrap(m.tokens.key, found[0])
+    return json_response(r.HelloReply(delete, *token_grants.chunk_key_for(m.tokens, request), epoch=m.epoch))
 
 
 async def backup_copy(request: web.Request) -> web.StreamResponse:

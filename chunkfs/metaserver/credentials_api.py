@@ -29,7 +29,8 @@ async def change_credentials(request: web.Request) -> web.Response:
         req = await read_body(request, r.CredentialReq)
         if req.role not in ROLES:
             raise FsError(errno.EINVAL, f"role {req.role!r} is not one of {', '.join(ROLES)}")
-        credential, text = store.add(req.role, req.name, Export(req.subtree, req.read_only, req.maproot))
+        credential, text = store.add(req.role, req.name, Export(req.subtree, req.read_only, req.maproot, req.min_goal,
+                                                                req.max_goal, tuple(req.networks)))
         log.info("credential %s added (%s %s) by %s", credential.key_id, credential.role, credential.name, signer)
         return json_response({**credential.public(), "credential": text})
     if action == "revoke":

@@ -233,6 +233,25 @@ class GroupCommitter:
         self._small.append((fn, args, future, loop))
         return await future
 
+    async def run_together(self, calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+                           ) -> list[tuple[Any, BaseException | None]]:
+        """Run each `fn(txn, *args)` of `calls` in order, each in its own nested transaction (one
+        failing rolls back alone), all in one outer transaction with one durable commit; return
+        once that is durable, with each call's (result, None) or (None, its exception). A client's
+        write-behind batch comes this way: however many changes it holds, one flush."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in calls]
+        if not calls:
+            return []
+        self._to_thread([(fn, args, future, loop) for (fn, args), future in zip(calls, futures, strict=True)])
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        for future in futures:
+            try:
+                outcomes.append((await future, None))
+            except Exception as exc:  # that call's own failure: the others stand
+                outcomes.append((None, exc))
+        return outcomes
+
     def stop(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import stat
+from collections.abc import Collection
 from typing import Any
 
 import msgspec
@@ -44,8 +45,8 @@ from chunkfs.metaserver.namespace import Namespace
 from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import named_inodes
 
-CHANGES = frozenset({"create", "link", "remove", "rename", "setattr", "setxattr", "removexattr", "commit", "goal",
-                     "reserve", "reserve_inodes", "release_orphan", "snapshot", "trash_time", "read_only"})
+CHANGES = frozenset({"create", "link", "remove", "rename", "setattr", "setxattr", "removexattr", "commit", "concat",
+                     "goal", "reserve", "reserve_inodes", "release_orphan", "snapshot", "trash_time", "read_only"})
 WHOLE_CLUSTER = frozenset({"statfs", "release_leases", "reserve", "reserve_inodes", "locks", "cancel_lock"})
 MAX_DEPTH = 4096
 MAX_WALK = 200_000  # directory entries a reclaim's look for unseen files reads at most
@@ -56,15 +57,20 @@ class ExportGuard:
         self.namespace = namespace
         self._seen: dict[str, set[int]] = {}  # key id -> files shown to it inside its subtree
 
-    def admit(self, txn: Txn, key_id: str, export: Export, op: str, req: Any) -> Any:
+    def admit(self, txn: Txn, key_id: str, export: Export, op: str, req: Any,
+              also_seen: Collection[int] = ()) -> Any:
         """`req` as the export lets it through (root squashed), or FsError (EROFS, EPERM, EACCES;
-        EBADF for a POSIX write lock of a read-only export, inside it)."""
+        EBADF for a POSIX write lock of a read-only export, inside it). `also_seen`: files
+        counted as shown to this credential besides those it was (the files the mutations
+        before `req` in a batch made, in the batch's transaction `txn`)."""
         if export.read_only and op in CHANGES:
             raise FsError(errno.EROFS, "this credential's export is read-only")
+        if op == "goal" and not export.min_goal <= req.goal <= export.max_goal:
+            raise FsError(errno.EPERM, f"this credential's export sets goals {export.min_goal}-{export.max_goal} only")
         if export.maproot >= 0:
             req = self._squashed(op, req, export.maproot)
         if export.subtree != "/" and op not in WHOLE_CLUSTER:
-            self._check_inside(txn, key_id, export, op, req)
+            self._check_inside(txn, key_id, export, op, req, also_seen)
         if export.read_only and op == "lock" and req.type == r.F_WRLCK and not req.flock:
             raise FsError(errno.EBADF, "this credential's export is read-only: no descriptor is open for writing, "
                                        "so no POSIX write lock (read locks and flock are granted)")
@@ -122,7 +128,8 @@ class ExportGuard:
         top = self.namespace.resolve(txn, export.subtree.encode()).ino
         return self._dir_inside(txn, ino, top)
 
-    def _check_inside(self, txn: Txn, key_id: str, export: Export, op: str, req: Any) -> None:
+    def _check_inside(self, txn: Txn, key_id: str, export: Export, op: str, req: Any,
+                      also_seen: Collection[int]) -> None:
         if op == "resolve":
             path = b"/" + b"/".join(p for p in req.path.split(b"/") if p and p != b".")
             top_path = export.subtree.rstrip("/").encode()
@@ -137,7 +144,7 @@ class ExportGuard:
             raise FsError(errno.EACCES, "the parent of the export's root is outside it")
         seen = self._seen.get(key_id, set())
         for ino in _existing_inodes_named(op, req):
-            if ino not in seen and not self._dir_inside(txn, ino, top):
+            if ino not in seen and ino not in also_seen and not self._dir_inside(txn, ino, top):
                 raise FsError(errno.EACCES, f"inode {ino} is outside this credential's export {export.subtree}")
 
     def _dir_inside(self, txn: Txn, ino: int, top: int) -> bool:
@@ -176,6 +183,8 @@ def _existing_inodes_named(op: str, req: Any) -> set[int]:
         return {req.parent}
     if isinstance(req, r.CommitReq) and req.create is not None:
         return {req.create.parent}
+    if isinstance(req, r.ConcatReq):  # the sources' chunks become the target's: every one is read
+        return {req.ino, *req.sources}
     if isinstance(req, r.QuotaLimitReq) and req.parent:  # a file its client still holds the create of
         return {req.parent}
     return named_inodes(req) - {0}  # 0: a field left out (a restore's place, a limit's parent)

@@ -81,6 +81,9 @@ class Namespace:
             raise FsError(errno.ENOENT, f"no inode {ino}")
         return _dec.decode(raw)
 
+    def exists(self, txn: Txn, ino: int) -> bool:
+        return txn.get(u64(ino), db=self.db.inodes) is not None
+
     @staticmethod
     def decode(raw: bytes) -> Inode:
         return _dec.decode(raw)
@@ -181,12 +184,20 @@ class Namespace:
 
     def readdir(self, txn: Txn, ino: int, after: bytes | None, limit: int, xattr: bytes | None = None
                 ) -> list[r.DirEntry]:
-        """Entries after `after`, with their attributes (and their value of `xattr`, if asked)."""
+        """Entries after `after`, with their attributes; with `xattr`, also their value of it and
+        their access ACL (what a caller's permission to read that xattr depends on)."""
         self._dir(txn, ino)
         out = []
         for name, child in self.entries(txn, ino, after):
-            value = txn.get(u64(child) + xattr, db=self.db.xattrs) if xattr else None
-            out.append(r.DirEntry(name, self.getattr(txn, child), value))
+            attr = self.getattr(txn, child)
+            if xattr is None:
+                out.append(r.DirEntry(name, attr))
+            elif not attr.has_xattrs:
+                out.append(r.DirEntry(name, attr, None, None))
+            else:
+                key = u64(child)
+                out.append(r.DirEntry(name, attr, txn.get(key + xattr, db=self.db.xattrs),
+                                      txn.get(key + posix_acl.ACCESS, db=self.db.xattrs)))
             if len(out) >= limit:
                 break
         return out

@@ -41,7 +41,7 @@ from chunkfs.metaserver.deleter import Deleter
 from chunkfs.metaserver.registry import Registry, ServerState
 from chunkfs.metaserver.replicas import ReplicaEdits, Version
 from chunkfs.protocol import records as r
-from chunkfs.chunk_tokens import READ, TokenIssuer
+from chunkfs.chunk_tokens import CHUNKSERVERS_HOLDER, READ, TokenIssuer
 from chunkfs.protocol.chunk_client import ChunkClient
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,8 @@ class Replicator:
         rec = copy.chunk.record
         self.running += 1
         try:
-            token = "" if self.tokens is None else self.tokens.issue(READ, rec.chunk_id, rec.version)
+            token = "" if self.tokens is None else self.tokens.issue(READ, rec.chunk_id, rec.version,
+                                                                    holder=CHUNKSERVERS_HOLDER)
             await self.client.copy(copy.target.address, rec.chunk_id, rec.version, copy.source.address,
                                    rec.checksum, retry_s=COPY_RETRY_S, source_token=token)
             added = await self.committer.run(self.edits.add, copy.chunk.key, rec.chunk_id, rec.version,

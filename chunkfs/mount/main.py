@@ -6,12 +6,10 @@ until unmounted (`fusermount3 -u`, `umount`) or sent SIGTERM/SIGINT.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
 import socket
-import stat
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -54,6 +52,10 @@ class MountConfig:
     max_dirty_mb: int = opt(256, "MiB of written data held before it is stored; writers wait beyond it")
     dir_leases: bool = opt(True, "hold the directories this mount makes until another client needs them: "
                                  "lookups of new names and file creates there cost no call")
+    write_behind_s: float = opt(1.0, "seconds within which changes this mount answers itself (small files closed, "
+                                     "unlinks, renames and attribute changes in directories it holds the lease on) "
+                                     "reach the metaserver's disk; 0: every change waits for it, as fsync does")
+    sync_close: bool = opt(False, "every close waits until the file is durable on the metaserver, as an fsync")
     entry_timeout_s: float = opt(60.0, "seconds the kernel may cache a name lookup (other clients' changes are pushed)")
     attr_timeout_s: float = opt(60.0, "seconds the kernel may cache attributes (other clients' changes are pushed)")
     retry_s: float = opt(15.0, "seconds a metadata call is retried before it fails with EIO")
@@ -81,6 +83,8 @@ class MountConfig:
             raise ConfigError("option cache_mem_mb: at least 8")
         if self.cache_size_mb < -1:
             raise ConfigError("option cache_size_mb: -1 (automatic), 0 (no disk cache) or a size in MiB")
+        if not 0 <= self.write_behind_s <= 5:
+            raise ConfigError("option write_behind_s: 0 (off) to 5 seconds (a lease is trusted for 7)")
         if self.max_dirty_mb < 16:
             raise ConfigError("option max_dirty_mb: at least 16")
         if self.metrics_listen:
@@ -131,8 +135,12 @@ async def serve(config: MountConfig, ops: ChunkfsOperations, http: SignedHttp,
         service.notify_ready(f"{config.metaserver} mounted on {config.mountpoint}")
         await pyfuse3.main(min_tasks=4, max_tasks=config.max_tasks)
         service.notify_stopping()
-        with trio.move_on_after(5):  # others need not wait for the leases to run out
+        with trio.move_on_after(5):  # others need not wait for the leases to run out (sends the queue first)
             await client.meta.give_back_all()
+        behind = client.meta.write_behind
+        if behind is not None and not behind.idle:
+            log.error("unmounted with %d changes answered here and never sent (the metaserver did not take them "
+                      "within 5 s): they are lost", len(behind.queue) + len(behind.in_flight))
         nursery.cancel_scope.cancel()
     await http.aclose()
 
@@ -149,14 +157,6 @@ async def stop_on_signal() -> None:
         async for _sig in signals:
             pyfuse3.terminate()
             return
-
-
-async def root_inode(meta: MetaClient, subdir: str) -> int:
-    """The inode shown as the mount's root; also proves the metaserver answers."""
-    attr = await meta.resolve(subdir.encode())
-    if not stat.S_ISDIR(attr.mode):
-        raise FsError(errno.ENOTDIR, f"{subdir} is not a directory")
-    return attr.ino
 
 
 def mount_options(config: MountConfig) -> set[str]:
@@ -182,8 +182,8 @@ def run(config: MountConfig) -> None:
     http = SignedHttp(secret, timeout_s=60, retry_s=config.retry_s, trio_native=True, tls=context)
     client_id = uuid.uuid4().hex
     try:
-        root_ino = trio.run(root_inode, MetaClient(SignedHttp(secret, retry_s=5, trio_native=True, tls=context),
-                                                   config.metaserver), config.subdir)
+        root_ino = trio.run(MetaClient(SignedHttp(secret, retry_s=5, trio_native=True, tls=context),
+                                       config.metaserver).subtree_root, config.subdir)
     except TransportError as exc:
         click.echo(f"chunkfs-mount: cannot reach the metaserver at {config.metaserver}: {exc}", err=True)
         sys.exit(1)
@@ -196,7 +196,8 @@ def run(config: MountConfig) -> None:
                           entry_timeout_s=config.entry_timeout_s, attr_timeout_s=config.attr_timeout_s,
                           cache_mem_bytes=config.cache_mem_mb * MiB, disk=disk,
                           max_dirty_bytes=config.max_dirty_mb * MiB,
-                          dir_leases=config.dir_leases and not config.read_only, prefetch=config.prefetch)
+                          dir_leases=config.dir_leases and not config.read_only, prefetch=config.prefetch,
+                          write_behind_s=config.write_behind_s, sync_close=config.sync_close)
     ops = ChunkfsOperations(client, entry_timeout_s=config.entry_timeout_s, attr_timeout_s=config.attr_timeout_s)
     pyfuse3.init(ops, str(mountpoint), mount_options(config))
     mounts.record(mountpoint, config.metaserver, config.secret_file.resolve(), os.getpid(), root_ino,

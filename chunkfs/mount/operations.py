@@ -262,8 +262,8 @@ class ChunkfsOperations(pyfuse3.Operations):
     async def write(self, fh, off, buf):
         return await self._handle(fh).write(off, buf)
 
-    async def _flush(self, fh: int) -> None:
-        attr = await self._handle(fh).flush()
+    async def _flush(self, fh: int, durable: bool) -> None:
+        attr = await self.client.flush(self._handle(fh), durable)
         if attr is not None:
             self.seen_versions[attr.ino] = (attr.mtime_ns, attr.size)
 
@@ -272,14 +272,14 @@ class ChunkfsOperations(pyfuse3.Operations):
         """A close: what was written is committed, then the POSIX locks of the closing process
         on the file go (the kernel leaves that to the filesystem when it keeps the locks)."""
         try:
-            await self._flush(fh)
+            await self._flush(fh, durable=False)
         finally:
             if lock_owner:
                 await self.client.locks.drop_posix(self._handle(fh).ino, lock_owner)
 
     @fuse_errors
     async def fsync(self, fh, datasync):
-        await self._flush(fh)
+        await self._flush(fh, durable=True)
 
     @fuse_errors
     async def release(self, fh, flock_owner=0):

@@ -1,8 +1,9 @@
 """Client for the chunkservers' API: put, get and delete one version of one chunk.
 
 A call given a chunk token (`chunkfs.chunk_tokens`: a client's, from the metaserver) is sent with
-it and unsigned, as the chunkserver admits it by the token alone (signing would cost ~20 us of
-CPU for nothing); a call without one is signed (the metaserver's, with the chunk key)."""
+it, signed with the token key of its holder (`presenting_tokens_as`: the chunkserver admits it
+only from the client the token was issued to); a call without one is signed with the client's
+own key (the metaserver's: the chunk key)."""
 
 from __future__ import annotations
 
@@ -32,11 +33,23 @@ def _with_token(headers: dict[str, str] | None, token: str) -> dict[str, str] | 
 
 
 class ChunkClient:
-    def __init__(self, http: SignedHttp, fencing_epoch: int = 0) -> None:
+    def __init__(self, http: SignedHttp, fencing_epoch: int = 0, token_http: SignedHttp | None = None) -> None:
         """`fencing_epoch`: a primary metaserver's epoch (election.py), sent with the requests it
-        signs that change what a chunkserver holds, so a former primary's are refused there."""
+        signs that change what a chunkserver holds, so a former primary's are refused there.
+        `token_http`: what signs the calls that present a chunk token (`presenting_tokens_as`)."""
         self.http = http
         self.fencing_epoch = fencing_epoch
+        self.token_http = token_http or http
+
+    def presenting_tokens_as(self, holder_credential: bytes | None) -> ChunkClient:
+        """This client, signing the calls that present a token with `holder_credential` (the
+        holder's token key: `chunk_tokens.holder_credential`); None: with its own key."""
+        if holder_credential is None:
+            return ChunkClient(self.http, self.fencing_epoch)
+        return ChunkClient(self.http, self.fencing_epoch, self.http.signing_with(holder_credential))
+
+    def _for(self, token: str) -> SignedHttp:
+        return self.token_http if token else self.http
 
     def _fenced(self, headers: dict[str, str] | None, token: str) -> dict[str, str] | None:
         if token or not self.fencing_epoch:
@@ -46,10 +59,10 @@ class ChunkClient:
     async def put(self, address: str, chunk_id: int, version: int, data: bytes, checksum: str,
                   retry_s: float | None = None, token: str = "") -> None:
         """Store `data` as a new chunk version; returns once it is fsynced on that server."""
-        await self.http.request(
+        await self._for(token).request(
             "PUT", chunk_url(address, chunk_id, version), content=data,
             headers=_with_token({CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"}, token),
-            retry_s=retry_s, signed=not token,
+            retry_s=retry_s,
         )
 
     async def put_patch(self, address: str, chunk_id: int, version: int, base_version: int, offset: int,
@@ -60,10 +73,9 @@ class ChunkClient:
         headers = {CHECKSUM_HEADER: checksum, "Content-Type": "application/octet-stream"}
         if base_token:
             headers[BASE_TOKEN_HEADER] = base_token
-        response = await self.http.request(
+        response = await self._for(token).request(
             "PUT", chunk_url(address, chunk_id, version), content=piece,
-            params={"base_version": base_version, "offset": offset},
-            headers=_with_token(headers, token), signed=not token,
+            params={"base_version": base_version, "offset": offset}, headers=_with_token(headers, token),
         )
         new_checksum: str = response.json()["checksum"]
         return new_checksum
@@ -75,8 +87,8 @@ class ChunkClient:
         against the chunk's checksum, and ask again without `client_verifies` if it does not
         match (the server then finds and reports a corrupt copy)."""
         params = {CLIENT_VERIFIES_PARAM: 1} if client_verifies else None
-        response = await self.http.request("GET", chunk_url(address, chunk_id, version), params=params,
-                                           retry_s=retry_s, headers=_with_token(None, token), signed=not token)
+        response = await self._for(token).request("GET", chunk_url(address, chunk_id, version), params=params,
+                                                  retry_s=retry_s, headers=_with_token(None, token))
         return response.content
 
     async def get_blocks(self, address: str, chunk_id: int, version: int, offset: int, length: int,
@@ -87,9 +99,9 @@ class ChunkClient:
         the sums (`checksum.verify_blocks`), which catches what went wrong on the way.
         Sums None: a chunkserver older than ranged reads ignored the range and sent the whole
         chunk (a rolling upgrade that reached clients first), to be checked as a whole."""
-        response = await self.http.request("GET", chunk_url(address, chunk_id, version),
-                                           params={OFFSET_PARAM: offset, LENGTH_PARAM: length}, retry_s=retry_s,
-                                           headers=_with_token(None, token), signed=not token)
+        response = await self._for(token).request("GET", chunk_url(address, chunk_id, version),
+                                                  params={OFFSET_PARAM: offset, LENGTH_PARAM: length},
+                                                  retry_s=retry_s, headers=_with_token(None, token))
         header = response.header(BLOCK_SUMS_HEADER)
         if header is None:
             return response.content, None
@@ -101,8 +113,8 @@ class ChunkClient:
 
     async def delete(self, address: str, chunk_id: int, version: int, retry_s: float | None = None,
                      token: str = "") -> None:
-        await self.http.request("DELETE", chunk_url(address, chunk_id, version), retry_s=retry_s,
-                                headers=_with_token(self._fenced(None, token), token), signed=not token)
+        await self._for(token).request("DELETE", chunk_url(address, chunk_id, version), retry_s=retry_s,
+                                       headers=_with_token(self._fenced(None, token), token))
 
     async def inventory(self, address: str, min_age_s: float, retry_s: float | None = None) -> list[r.ChunkFile]:
         """The chunk versions the server holds in files at least `min_age_s` old."""

@@ -19,6 +19,7 @@ nonce it has seen, takes a retry of a request that did arrive); the body is hash
 
 from __future__ import annotations
 
+import copy
 import errno
 import logging
 import ssl
@@ -81,6 +82,12 @@ class SignedHttp:
             else HttpxTransport(timeout_s, connect_timeout_s, max_connections, tls=tls)
         )
 
+    def signing_with(self, secret: bytes) -> SignedHttp:
+        """This client signing with another key, over the same connections (closed with this one)."""
+        other = copy.copy(self)
+        other.secret = secret
+        return other
+
     async def aclose(self) -> None:
         await self.transport.aclose()
 
@@ -93,16 +100,17 @@ class SignedHttp:
         params: Mapping[str, object] | None = None,
         headers: dict[str, str] | None = None,
         retry_s: float | None = None,
-        signed: bool = True,
+        call_id: tuple[str, bool] | None = None,
         servers: MetaserverAddresses | None = None,
         attempt_timeout_s: float | None = None,
     ) -> Response:
-        """`signed` False: sent without X-Chunkfs-Auth (a request a chunk token admits).
+        """`call_id`: (the request id to send, whether it was never sent before), for a call the
+        caller makes again under the same id after it failed (a write-behind batch).
         `servers`: the call goes to whichever of them is current at each attempt (the URL's
         HOST:PORT is not used), and a retried failure moves them on (see MetaserverAddresses);
         `attempt_timeout_s`: how long one attempt may wait for its answer (default: the
         transport's `timeout_s`)."""
-        rid, new_id = request_id.for_outgoing_call_and_is_new()
+        rid, new_id = call_id or request_id.for_outgoing_call_and_is_new()
         headers = {**headers, request_id.HEADER: rid} if headers else {request_id.HEADER: rid}
         parts = urlsplit(url)
         target = parts.path + (f"?{urlencode(params)}" if params else (f"?{parts.query}" if parts.query else ""))
@@ -111,7 +119,7 @@ class SignedHttp:
         started = time.monotonic()
         address = parts.netloc if servers is None else servers
         try:
-            digest = auth.body_digest(method, headers.items(), body) if signed else ""
+            digest = auth.body_digest(method, headers.items(), body)
             try:  # the first attempt without the retry machinery: building it cost ~50 us a call
                 return await self._once(method, address, target, body, digest, headers, 1 if new_id else 0,
                                         attempt_timeout_s)
@@ -158,7 +166,7 @@ class SignedHttp:
                     digest: str, headers: dict[str, str], attempt: int,
                     attempt_timeout_s: float | None = None) -> Response:
         """`attempt`: which attempt under a request id of the call's own, 0 for an inherited id;
-        `digest`: the body's (`auth.body_digest`), "" for a request sent unsigned; `address`: HOST:PORT, or the metaservers
+        `digest`: the body's (`auth.body_digest`); `address`: HOST:PORT, or the metaservers
         whose current one is called (and moved on if this attempt fails)."""
         if isinstance(address, str):
             return await self._send(method, address, target, body, digest, headers, attempt, attempt_timeout_s)
@@ -175,9 +183,8 @@ class SignedHttp:
         all_headers = [("Host", address), *headers.items()]
         if attempt:
             all_headers.append((request_id.ATTEMPT_HEADER, str(attempt)))
-        if digest:
-            all_headers.append((auth.HEADER, auth.sign(self.secret, method, target, address, all_headers, body,
-                                                       digest=digest)))
+        all_headers.append((auth.HEADER, auth.sign(self.secret, method, target, address, all_headers, body,
+                                                   digest=digest)))
         try:
             response = await self.transport.send(method, address, target, all_headers, body, attempt_timeout_s)
         except TransportFailure as exc:

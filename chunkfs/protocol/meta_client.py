@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import stat
 from typing import Any, TypeVar, overload
 
 import msgspec
 
+from chunkfs import auth, chunk_tokens
+from chunkfs.errors import FsError
 from chunkfs.protocol import records as r
 from chunkfs.protocol.disk_check import DiskCheckPage, DiskCheckReq
 from chunkfs.protocol.http import SignedHttp
 from chunkfs.protocol.metaserver_addresses import MetaserverAddresses
+from chunkfs.protocol.transport import Response
 
 T = TypeVar("T")
 
@@ -96,16 +101,20 @@ class MetaClient:
     async def call(self, op: str, request: Any, reply_type: type[T]) -> T: ...
 
     async def call(self, op: str, request: Any, reply_type: type[T] | None = None) -> T | None:
-        attempt_timeout_s = self.attempt_timeout_s
-        if attempt_timeout_s is not None and op in LONG_POLL_OPS:
-            attempt_timeout_s += LONG_POLL_OPS[op]
-        response = await self.http.request(
-            "POST", f"/v1/fs/{op}", content=r.json_encode(self.view.outgoing(request)),
-            headers=self.headers, servers=self.servers, attempt_timeout_s=attempt_timeout_s,
-        )
+        response = await self._post_fs(op, r.json_encode(self.view.outgoing(request)))
         if reply_type is None:
             return None
         return self.view.incoming(msgspec.json.decode(response.content, type=reply_type))
+
+    async def _post_fs(self, op: str, content: bytes, call_id: tuple[str, bool] | None = None) -> Response:
+        """`/v1/fs/{op}` on the current primary, moved on across failovers."""
+        attempt_timeout_s = self.attempt_timeout_s
+        if attempt_timeout_s is not None and op in LONG_POLL_OPS:
+            attempt_timeout_s += LONG_POLL_OPS[op]
+        return await self.http.request(
+            "POST", f"/v1/fs/{op}", content=content, headers=self.headers, call_id=call_id,
+            servers=self.servers, attempt_timeout_s=attempt_timeout_s,
+        )
 
     # -- namespace ------------------------------------------------------------------------
     async def lookup(self, parent: int, name: bytes) -> r.Attr:
@@ -152,6 +161,15 @@ class MetaClient:
     async def resolve(self, path: bytes) -> r.Attr:
         return await self.call("resolve", r.PathReq(path), r.Attr)
 
+    async def subtree_root(self, subdir: str) -> int:
+        """The inode of the directory `subdir`, to be shown as a client's root (a mount of a
+        subdirectory, an API client of one): ENOTDIR if it is not a directory, EACCES if it is
+        outside the export of the credential this client signs with."""
+        attr = await self.resolve(subdir.encode())
+        if not stat.S_ISDIR(attr.mode):
+            raise FsError(errno.ENOTDIR, f"{subdir} is not a directory")
+        return attr.ino
+
     # -- xattrs -----------------------------------------------------------------------------
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         return await self.call("getxattr", r.XattrReq(ino, name), bytes)
@@ -183,9 +201,35 @@ class MetaClient:
     async def commit(self, req: r.CommitReq) -> r.Attr:
         return await self.call("commit", req, r.Attr)
 
+    async def batch(self, ops: list[tuple[str, Any]], call_id: tuple[str, bool]) -> list[r.BatchOutcome]:
+        """Mutations applied in order in one durable transaction (see BatchReq); `call_id` as
+        SignedHttp.request's, the same each time the batch is sent again. Decode each reply with
+        `batch_reply`."""
+        body = r.BatchReq([r.BatchOp(op, msgspec.Raw(r.json_encode(self.view.outgoing(req)))) for op, req in ops])
+        response = await self._post_fs("batch", r.json_encode(body), call_id)
+        return msgspec.json.decode(response.content, type=list[r.BatchOutcome])
+
+    def batch_reply(self, outcome: r.BatchOutcome, reply_type: type[T] | None) -> T | None:
+        """One mutation's answer in a batch, as its own call would have given it (FsError if it failed)."""
+        if outcome.errno:
+            raise FsError(outcome.errno, outcome.message)
+        if reply_type is None:
+            return None
+        return self.view.incoming(msgspec.json.decode(outcome.reply, type=reply_type))
+
     async def read_tokens(self, chunks: list[tuple[int, int]]) -> list[str]:
         """New read tokens for these chunk versions (chunkfs.chunk_tokens), in their order."""
         return await self.call("tokens", r.TokensReq(chunks), list[str])
+
+    async def token_credential(self) -> bytes | None:
+        """What this client signs its chunk requests presenting a token with (the token key of
+        the credential it signs with here, `chunkfs.chunk_tokens.holder_credential`), unwrapped
+        with that credential's key; None from a metaserver that issues no tokens."""
+        found = await self.call("token_key", None, r.TokenKey)
+        if not found.key_id:
+            return None
+        key = chunk_tokens.unwrap(found.nonce, found.wrapped, auth.split_credential(self.http.secret)[1])
+        return auth.credential_text(found.key_id, key.decode(errors="replace")).encode()
 
     async def concat(self, req: r.ConcatReq) -> r.Attr:
         """Append the sources' chunks to the file by reference (see ConcatReq); its new attributes."""

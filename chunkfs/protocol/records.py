@@ -14,6 +14,7 @@ entry (see the mount's attributes), so one bad stored value cannot fail a whole 
 from __future__ import annotations
 
 import errno
+import ipaddress
 from typing import Annotated
 
 import msgspec
@@ -63,6 +64,9 @@ class DirEntry(Struct):
     name: bytes
     attr: Attr
     xattr: bytes | None = None  # the value of the xattr the listing asked for (ReaddirReq.xattr), if set
+    # with ReaddirReq.xattr: the entry's access ACL too (None: it has none), which decides whether
+    # the caller may read that xattr (no getxattr per entry); unset from a metaserver that does not send it
+    acl: bytes | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class ChunkRef(Struct, kw_only=True):
@@ -217,7 +221,7 @@ class ReaddirReq(Struct):
     ino: Ino
     after: Name | None = None  # not checked as a new name: a listing goes on after any stored name
     limit: Annotated[int, Meta(ge=1, le=2**31)] = 1000
-    xattr: Name | None = None  # also each entry's value of this xattr (one call lists a bucket's ETags)
+    xattr: Name | None = None  # also each entry's value of this xattr and its access ACL (one call lists a bucket's ETags)
 
 
 class XattrReq(Struct):
@@ -416,6 +420,36 @@ class LeaseReq(Struct):
     inodes: list[Ino]
 
 
+# ---- write-behind batches (chunkfs/client/write_behind.py) -------------------------------------
+
+MAX_BATCH_OPS = 1000
+OpName = Annotated[str, Meta(max_length=32)]
+
+
+class BatchOp(Struct, array_like=True):
+    """One mutation of a batch: its operation's name (as in /v1/fs/{op}) and its request record,
+    encoded as that operation's body is."""
+
+    op: OpName
+    req: msgspec.Raw
+
+
+class BatchReq(Struct):
+    """Mutations a client made in order and sends together: the metaserver applies them in that
+    order, each on its own (one failing changes nothing of it and does not stop the others), all
+    in one durable transaction, and answers once it is durable."""
+
+    ops: Annotated[list[BatchOp], Meta(max_length=MAX_BATCH_OPS)]
+
+
+class BatchOutcome(Struct, array_like=True):
+    """What one mutation of a batch answered: its reply (as the single call's body), or its error."""
+
+    errno: int = 0
+    message: str = ""
+    reply: msgspec.Raw = msgspec.Raw(b"null")
+
+
 # ---- file locks (chunkfs/metaserver/locks.py) ------------------------------------------------
 
 F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2  # a lock's type, as Linux numbers them
@@ -531,6 +565,16 @@ class HelloReply(Struct):
     epoch: int = 0  # the primary's fencing epoch (chunkserver/fencing.py); 0: no election
 
 
+class TokenKey(Struct):
+    """The caller's token key (chunkfs.chunk_tokens.holder_key), which its chunk requests
+    presenting a token are signed with, under `key_id`: wrapped with the key the request for it
+    was signed with (chunkfs.chunk_tokens.wrap); empty from a metaserver that issues no tokens."""
+
+    key_id: str = ""
+    nonce: str = ""
+    wrapped: str = ""
+
+
 class TokensReq(Struct):
     """New read tokens for chunk versions some file references (a client's expired)."""
 
@@ -545,6 +589,18 @@ class CredentialReq(Struct, kw_only=True):
     subtree: Annotated[str, Meta(max_length=limits.MAX_PATH_BYTES, pattern="^/")] = "/"
     read_only: bool = False
     maproot: Annotated[int, Meta(ge=-1, le=limits.MAX_UID)] = -1
+    min_goal: Annotated[int, Meta(ge=1, le=16)] = 1  # the goals the export may set
+    max_goal: Annotated[int, Meta(ge=1, le=16)] = 16
+    networks: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=64)] = []  # CIDRs; empty: any
+
+    def __post_init__(self) -> None:
+        if self.min_goal > self.max_goal:
+            raise FsError(errno.EINVAL, f"min_goal {self.min_goal} is over max_goal {self.max_goal}")
+        for network in self.networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise FsError(errno.EINVAL, f"{network!r} is not a network (CIDR)") from None
 
 
 class RevokeReq(Struct, kw_only=True):

@@ -16,6 +16,9 @@ from typing import cast
 import trio
 
 RAW_RECEIVE_BYTES = 1 << 20
+# Encrypting and copying out a 4 MiB chunk took 3.2 ms of CPU whole, 2.3-2.6 ms in pieces of
+# 64-256 KiB (TLS 1.3, AES-256-GCM over memory BIOs, at load 16 on the shared 2-core machine)
+SEND_PIECE_BYTES = 256 << 10
 
 
 class TlsSocketStream(trio.abc.AsyncResource):
@@ -37,8 +40,12 @@ class TlsSocketStream(trio.abc.AsyncResource):
         await self._flush()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self._tls.write(data)
-        await self._flush()
+        """Encrypted and sent SEND_PIECE_BYTES at a time: OpenSSL's output buffer and the copy
+        out of it stay small (a whole 4 MiB chunk at once cost ~30% more CPU, see SEND_PIECE_BYTES)."""
+        view = memoryview(data)
+        for start in range(0, len(view), SEND_PIECE_BYTES):
+            self._tls.write(view[start:start + SEND_PIECE_BYTES])
+            await self._flush()
 
     async def receive_some(self, max_bytes: int = RAW_RECEIVE_BYTES) -> bytes:
         """Up to `max_bytes` decrypted bytes, at least one; b"" at the end of the stream."""
