@@ -3,7 +3,7 @@
 Routes come from the daemons' own route tables (`fuzz_wire.every_route`), bodies from the wire
 records (`fuzz_bodies`), broken on purpose: wrong types, numbers out of range, unicode and NUL,
 missing and unknown fields, huge lists, bad compression headers, short bodies. A short profile runs
-by default (`SHORT_REQUESTS`), `--long` sends `LONG_REQUESTS`.
+by default (`SHORT_REQUESTS`); its `long` variant (run by `make test-long`) sends `LONG_REQUESTS`.
 
 It passes when no request got a 5xx (a 503 only while the cluster starts), no daemon exited, every
 daemon's memory stayed under `RSS_LIMIT_MIB`, and afterwards every file written before the fuzzing
@@ -369,12 +369,13 @@ def fuzzing(ctx: Context, requests: int, on_reply) -> Callable[[], None]:
     return one_request
 
 
-@pytest.mark.timeout(5400)  # for --long (~30 min on a busy 2-core machine); the short run takes ~1.5 min
+@pytest.mark.timeout(5400)  # for the long variant (~30 min on a busy 2-core machine); the short run takes ~1.5 min
+@pytest.mark.parametrize("requests", [SHORT_REQUESTS, pytest.param(LONG_REQUESTS, marks=pytest.mark.long)],
+                         ids=["short", "long"])
 @pytest.mark.parametrize("fresh_cluster", [CLUSTER], indirect=True)
-def test_fuzz_every_route_of_every_daemon(fresh_cluster, request):
+def test_fuzz_every_route_of_every_daemon(fresh_cluster, requests):
     c = fresh_cluster
     started = time.monotonic()
-    requests = LONG_REQUESTS if request.config.getoption("--long") else SHORT_REQUESTS
     kept = write_kept_files(c)
     known = make_playground(c)
     secret = c.secret_file.read_text().strip().encode()

@@ -7,7 +7,7 @@ steps; the non-root test runs that worker as `nobody`, so the kernel's permissio
 chunkfs's modes take part. Not compared: times, directory sizes, block counts. Not exercised:
 POSIX ACLs (tests/test_acl.py). Files and directories stay open across unlink, rmdir and
 rename, so their use after the last name is gone is compared too.
-`--long` runs many more and longer sequences.
+The `long` variant (run by `make test-long`) runs many more and longer sequences.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ NOBODY = 65534
 MiB = 1024 * 1024
 
 # The default run (CI's) is derandomized: the same sequences every run, so a red CI means a
-# change broke one of them, never that this run drew a new one. `--long` explores at random
+# change broke one of them, never that this run drew a new one. The long variant explores at random
 # (as does any run given `--hypothesis-seed`, to replay a sequence found that way).
 SHORT = settings(max_examples=25, stateful_step_count=30, deadline=None, database=None,
                  suppress_health_check=list(HealthCheck), derandomize=True)
@@ -455,9 +455,9 @@ def twin(cluster, tmp_path, request):
             worker.close()
 
 
-@pytest.mark.timeout(3600)  # for --long; the short run takes well under a minute
-def test_chunkfs_matches_a_local_filesystem(twin, request):
-    profile = LONG if request.config.getoption("--long") else SHORT
+@pytest.mark.timeout(3600)  # for the long variant; the short run takes well under a minute
+@pytest.mark.parametrize("profile", [SHORT, pytest.param(LONG, marks=pytest.mark.long)], ids=["short", "long"])
+def test_chunkfs_matches_a_local_filesystem(twin, profile, request):
     if request.config.getoption("--hypothesis-seed") is not None:  # derandomize would ignore it
         profile = settings(profile, derandomize=False)
     run_state_machine_as_test(model_class(twin), settings=profile)

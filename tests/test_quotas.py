@@ -434,13 +434,14 @@ class QuotaMachine(RuleBasedStateMachine):
         shutil.rmtree(self.top, ignore_errors=True)
 
 
-# the suite's run (~1 min here); --long runs 200 random ones
+# the suite's run (~1 min here); the long variant (make test-long) runs 200 random ones
 MODEL_RUN = settings(max_examples=12, stateful_step_count=40, deadline=None, database=None,
                      suppress_health_check=list(HealthCheck), derandomize=True)
+LONG_MODEL_RUN = settings(MODEL_RUN, max_examples=200, derandomize=False)
 
 
 @pytest.mark.timeout(1800)
-def test_quotas_match_a_model(cluster, request):
-    profile = MODEL_RUN if not request.config.getoption("--long") else settings(MODEL_RUN, max_examples=200,
-                                                                                 derandomize=False)
+@pytest.mark.parametrize("profile", [MODEL_RUN, pytest.param(LONG_MODEL_RUN, marks=pytest.mark.long)],
+                         ids=["short", "long"])
+def test_quotas_match_a_model(cluster, profile):
     run_state_machine_as_test(type("Machine", (QuotaMachine,), {"cluster": cluster}), settings=profile)
