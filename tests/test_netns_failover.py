@@ -242,6 +242,7 @@ def test_primary_stopped_past_its_lease_is_fenced(ha, workload, history):
     kept.unlink()
 
 
+@pytest.mark.long  # make test-long: the suite's 45-minute CI budget keeps the core faults
 def test_switchover_under_load(ha, workload, history):
     def step_down(old: str) -> None:
         assert ha.meta_call(lambda meta: meta.step_down(ha.meta_address(old))) == ha.meta_address(old)
@@ -250,6 +251,7 @@ def test_switchover_under_load(ha, workload, history):
         pass
 
 
+@pytest.mark.long  # make test-long: the suite's 45-minute CI budget keeps the core faults
 def test_one_etcd_member_killed_changes_nothing(ha, workload):
     primary = ha.primary()
     with during_fault(workload, lambda: ha.kill("etcd1"), lambda: ha.start("etcd1")):
@@ -303,6 +305,7 @@ def test_etcd_majority_lost_nothing_is_acknowledged_until_it_is_back(ha, workloa
     assert "made-without-a-primary" not in os.listdir(ha.mnt("client2"))
 
 
+@pytest.mark.long  # make test-long: the suite's 45-minute CI budget keeps the core faults
 def test_primary_cut_off_from_etcd_while_clients_reach_it(ha, workload):
     etcd = [name for name in ha.nodes if name.startswith("etcd")]
     with primary_replaced(ha, workload, "the primary cut off from etcd", lambda old: ha.cut_between(old, etcd),
@@ -310,6 +313,7 @@ def test_primary_cut_off_from_etcd_while_clients_reach_it(ha, workload):
         assert ha.role(takeover.old) != "primary"  # it fenced itself: clients reaching it are sent on
 
 
+@pytest.mark.long  # make test-long: the suite's 45-minute CI budget keeps the core faults
 def test_link_between_the_metaservers_cut(ha, workload):
     primary = ha.primary()
     assert primary is not None
@@ -323,6 +327,7 @@ def test_link_between_the_metaservers_cut(ha, workload):
         assert ha.primary() == primary  # the standby, behind, does not take over
 
 
+@pytest.mark.long  # make test-long: the suite's 45-minute CI budget keeps the core faults
 def test_both_metaservers_killed_and_restarted(ha, workload):
     def restart() -> None:
         for name in ha.metaservers:
@@ -334,6 +339,7 @@ def test_both_metaservers_killed_and_restarted(ha, workload):
         wait_until(lambda: ha.primary() is not None and standby_in_sync(ha), 90, "a primary and a standby in sync")
 
 
+@pytest.mark.long  # make test-long: the suite's 45-minute CI budget keeps the core faults
 def test_removal_waits_for_the_standby(ha):
     """The chunks a removal drops are deleted from the chunkservers only once every standby that
     could take over has the removal. With the standby stopped (for less than standby_timeout_s,

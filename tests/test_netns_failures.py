@@ -92,6 +92,7 @@ def test_one_chunkserver_killed(netns, workload, fault_s):
         at_goal(netns)  # copies made elsewhere while it is away
 
 
+@pytest.mark.long  # make test-long: the suite's 45-minute CI budget keeps the core faults
 @fault_seconds(5, 60)
 def test_two_chunkservers_killed(netns, workload, fault_s):
     with during_fault(workload, lambda: [netns.kill(name) for name in ("cs1", "cs4")],
@@ -109,6 +110,7 @@ def test_link_cut_mid_write(netns, workload, fault_s):
     at_goal(netns)
 
 
+@pytest.mark.long  # make test-long: the suite's 45-minute CI budget keeps the core faults
 @fault_seconds(6, 60)
 def test_with_tls_a_link_cut_and_a_chunkserver_killed(tmp_path, fault_s):
     """The same faults on a cluster run with TLS on every link (`tls_dir` on every daemon and
@@ -133,6 +135,7 @@ def test_with_tls_a_link_cut_and_a_chunkserver_killed(tmp_path, fault_s):
         load.verify()
 
 
+@pytest.mark.long  # make test-long: the suite's 45-minute CI budget keeps the core faults
 @fault_seconds(6, 60)
 def test_slow_lossy_link(netns, workload, fault_s):
     impair = lambda: print(f"cs5's link: {netns.impair('cs5', delay_ms=40, loss_pct=5)}")
@@ -151,6 +154,7 @@ def test_client_link_cut_and_back(netns, workload, fault_s):
 
 # ---- disks --------------------------------------------------------------------------------------
 
+@pytest.mark.long  # make test-long: the suite's 45-minute CI budget keeps the core faults
 def test_disk_replaced_by_an_empty_one(netns, workload):
     workload.keeps_working(2)
     held = len(netns.chunk_files("cs4"))
