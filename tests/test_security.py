@@ -527,6 +527,7 @@ def test_a_read_only_export_locks_as_a_read_only_mount_does(secured):
         assert lock("lock", fcntl.F_UNLCK, flock=flock).status_code == 200
 
 
+@pytest.mark.long  # make test-long: a cluster of its own and a restart (~60 s), past the suite's CI budget
 @pytest.mark.parametrize("fresh_cluster", [{"chunkservers": 1, "goal": 1,
                                             "up_options": ("--roles", "--lock-grace-s", "120")}], indirect=True)
 def test_a_reclaim_gets_back_only_what_the_export_allows(fresh_cluster):
