@@ -185,14 +185,18 @@ class DiskChunkCache:
             self.misses += 1
             return None
         data = await trio.to_thread.run_sync(self._read_verified, key, ref.length, ref.checksum)
-        if data is None:
+        self._count(key, hit=data is not None)
+        return data
+
+    def _count(self, key: Key, hit: bool) -> None:
+        """A read of `key` counted: a hit is a use; a miss (a bad file) forgets it."""
+        if not hit:
             self._forget(key)
             self.misses += 1
-            return None
+            return
         if key in self._sizes:
             self._policy.touch(key)
         self.hits += 1
-        return data
 
     def _read_verified(self, key: Key, length: int, checksum: str) -> bytes | None:
         path = self._path(key)
@@ -228,12 +232,7 @@ class DiskChunkCache:
         if data is None:
             log.warning("disk cache: %s does not match its block checksums; deleted", path)
             path.unlink(missing_ok=True)
-            self._forget(key)
-            self.misses += 1
-            return None
-        if key in self._sizes:
-            self._policy.touch(key)
-        self.hits += 1
+        self._count(key, hit=data is not None)
         return data
 
     # ---- stores --------------------------------------------------------------------------------

@@ -462,23 +462,21 @@ class Metadata:
         in a directory leased here, queued; None where the metaserver must answer (anything
         else, a mismatch of type that it answers with an errno, an inode open here)."""
         assert self.leases is not None and self.write_behind is not None
-        known = self.leases.known(parent, name)
-        if known is None or name in self.leases.held[parent].pending:
-            return None
-        ino, mode = known
-        if ino in open_here or stat.S_ISDIR(mode) != is_dir:
-            return None
         if is_dir:
             # the metaserver answers an rmdir: answered here, the parent's link count was seen
             # one too high afterwards (the POSIX model: mkdir b, mkdir b/b, rmdir b/b, stat b)
             return None
-        self.write_behind.add("remove", r.RemoveReq(parent, name, is_dir, "", []), int, also=(ino,))
+        known = self.leases.known(parent, name)
+        if known is None or name in self.leases.held[parent].pending:
+            return None
+        ino, mode = known
+        if ino in open_here or stat.S_ISDIR(mode):
+            return None
+        self.write_behind.add("remove", r.RemoveReq(parent, name, False, "", []), int, also=(ino,))
         self.cache.forget_entry(parent, name)
         self.cache.forget_inode(ino)
         self.leases.removed(parent, name)
-        if is_dir:
-            self.leases.forget(ino)
-        self._directory_changed_here(parent, time.time_ns(), -1 if is_dir else 0)
+        self._directory_changed_here(parent, time.time_ns())
         return ino
 
     def _rename_here(self, req: r.RenameReq) -> list[int] | None:
