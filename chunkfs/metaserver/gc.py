@@ -4,7 +4,8 @@ Chunkservers report what they hold only when they register; a chunk version left
 (an upload whose client died before committing, a copy whose deletion was lost) would stay until
 the server restarts. A pass asks every live chunkserver for its chunk files older than
 `min_age_s` and, in one write transaction, queues for deletion those no file references and no
-writer holds a fresh reservation for (`ChunkTable.unreferenced`, as at registration); the
+writer holds a live reservation for (`ChunkTable.unreferenced`, as at registration; reservations
+that ran out or whose client has gone are ended first, `VersionReservations.prune`); the
 `Deleter` then removes them. Because the check and the queueing share a transaction, a version a
 commit made part of a file is never queued, and one queued is never referenced after: nothing
 referenced is ever removed. A dry run only counts.
@@ -52,8 +53,8 @@ class GarbageCollector:
             else:
                 in_range = set(self.chunks.in_range([(f.chunk_id, f.version) for f in answer], server.address))
                 holdings[server.id] = [f for f in answer if (f.chunk_id, f.version) in in_range]
-        # a dry run goes through the writer thread too: `ChunkTable.unreferenced` prunes the
-        # reservations, which only that thread may touch
+        # a dry run goes through the writer thread too: `_find` ends the reservations that ran
+        # out (their versions count as garbage), which only that thread may do
         garbage = await self.committer.run(self._find, holdings, not req.dry_run)
         for server_id, files in garbage.items():
             report[server_id].versions = len(files)
@@ -73,6 +74,7 @@ class GarbageCollector:
             return str(exc)
 
     def _find(self, txn: Txn, holdings: Holdings, queue: bool) -> Holdings:
+        self.chunks.owners.prune(txn)  # an upload whose reservation ended is garbage now
         garbage = self._unreferenced(txn, holdings)
         for server_id, files in garbage.items() if queue else ():
             for f in files:

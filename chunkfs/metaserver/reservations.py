@@ -59,6 +59,7 @@ class VersionReservations:
     def __init__(self, db: MetaDB, lifetime_s: float, max_blocks_per_client: int = MAX_BLOCKS_PER_CLIENT) -> None:
         self.db, self.lifetime_s, self.max_blocks_per_client = db, lifetime_s, max_blocks_per_client
         self._blocks_of: dict[str, deque[int]] = {}  # client -> first versions of its blocks, oldest first
+        self.session_over: Callable[[str], bool] = lambda client: False  # set by `run`
         with db.read() as txn:
             for first, block in self._blocks(txn):
                 self._blocks_of.setdefault(block.client, deque()).append(first)
@@ -139,6 +140,15 @@ class VersionReservations:
         return [first for first, block in self._blocks(txn)
                 if block.expires_at < now or session_over(block.client)]
 
+    def prune(self, txn: Txn) -> int:
+        """End now (in the writer's `txn`) the blocks that ran out or whose client has gone, as
+        the sweep would at its next turn; `chunkfs gc` does this first, so what such a block
+        held is garbage at once rather than up to `SWEEP_S` later. How many ended."""
+        gone = self.ended(txn, time.time(), self.session_over)
+        if gone:
+            self.drop(txn, gone)
+        return len(gone)
+
     def drop(self, txn: Txn, firsts: list[int]) -> None:
         dropped = set(firsts)
         for client in list(self._blocks_of):
@@ -162,6 +172,7 @@ class VersionReservations:
 
     async def run(self, committer: GroupCommitter, session_over: Callable[[str], bool]) -> None:
         """End blocks that ran out or whose client went away, for the life of the metaserver."""
+        self.session_over = session_over
         while True:
             await asyncio.sleep(SWEEP_S)
             try:
