@@ -33,7 +33,7 @@ from chunkfs.protocol.http import SignedHttp
 from conftest import wait_until
 from metadata_history import MetadataHistory
 from netns_cluster import NetnsCluster
-from netns_workload import Workload, during_fault, workload_in
+from netns_workload import Workload, during_fault, sha256, workload_in
 from signed_requests import raw_connection, sign_headers
 
 TTL_S = 5  # the metaservers' default etcd_ttl_s
@@ -269,11 +269,65 @@ def gives_up(cluster: NetnsCluster, retry_s: float = 3) -> OSError | None:
     return None
 
 
-def test_etcd_majority_lost_nothing_is_acknowledged_until_it_is_back(ha, workload, history):
+class CachedReader:
+    """Files a mount wrote, then opened again and read in full, kept open: what that mount holds
+    of them (their layouts, inline bytes and chunks) must go on reading while no metaserver
+    answers. Each read first drops the kernel's pages of the file, so it reaches the mount. Only
+    the open descriptors are used: a path's lookup, or another client's change of the files
+    (which would make the kernel ask for their attributes again), could need the metaserver."""
+
+    def __init__(self, directory, sizes: list[int]) -> None:
+        self.digests: dict[str, str] = {}
+        self.sizes: dict[str, int] = {}
+        self.fds: dict[str, int] = {}
+        for i, size in enumerate(sizes):
+            data = os.urandom(size)
+            (directory / f"cached{i}").write_bytes(data)
+            self.digests[f"cached{i}"], self.sizes[f"cached{i}"] = sha256(data), size
+        for name in self.digests:
+            self.fds[name] = os.open(directory / name, os.O_RDONLY)
+        self.reads_all()  # now in the mount's caches
+
+    def read(self, name: str) -> str:
+        """sha256 of the file read in full through its open descriptor."""
+        fd, size = self.fds[name], self.sizes[name]
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        data = bytearray()
+        while len(data) < size:
+            piece = os.pread(fd, size - len(data), len(data))
+            if not piece:
+                break
+            data += piece
+        return sha256(bytes(data))
+
+    def reads_all(self) -> None:
+        for name, digest in self.digests.items():
+            assert self.read(name) == digest, f"{name}: what was read differs from what was written"
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+
+
+@pytest.fixture
+def cached_reader(ha):
+    """An inline file and files of one and of two chunks, written, read and held open on client2."""
+    directory = ha.mnt("client2") / "cached"
+    directory.mkdir()
+    reader = CachedReader(directory, [20_000, CHUNK_SIZE // 2, CHUNK_SIZE + 5000])
+    try:
+        yield reader
+    finally:
+        reader.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_etcd_majority_lost_nothing_is_acknowledged_until_it_is_back(ha, workload, history, cached_reader):
     """Two of the three etcd members killed: no metaserver can renew or take the leader key. The
     primary stops acknowledging within its lease and says why to a client that gives up; the
-    mounts wait (inside their retry_s); once the members are back a primary is elected again and
-    writes go on; nothing acknowledged is lost (the workload's and the history's checks)."""
+    mounts wait (inside their retry_s), and a mount that had read files before reads them on (from
+    what it holds of them and the chunkservers); once the members are back a primary is elected
+    again and writes go on; nothing acknowledged is lost (the workload's and the history's checks)."""
     primary = ha.primary()
     assert primary is not None
     members = ["etcd1", "etcd2"]
@@ -296,13 +350,16 @@ def test_etcd_majority_lost_nothing_is_acknowledged_until_it_is_back(ha, workloa
         asking = threading.Thread(target=lambda: errors.append(gives_up(ha)))
         asking.start()
         writes = workload.writes  # past its lease since the loss
+        cached_reader.reads_all()  # no metaserver answers
         time.sleep(3)  # the fault's duration: nothing may be acknowledged meanwhile
         assert workload.writes == writes, "a write was acknowledged without an etcd majority"
         assert ha.primary() is None
+        cached_reader.reads_all()
         asking.join(30)
         error = errors[0] if errors else None
         assert error is not None and error.errno == errno.EIO and "etcd does not answer" in str(error), error
     assert "made-without-a-primary" not in os.listdir(ha.mnt("client2"))
+    cached_reader.reads_all()  # and after
 
 
 @pytest.mark.long  # make test-long: the suite's 45-minute CI budget keeps the core faults

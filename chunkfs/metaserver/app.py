@@ -18,7 +18,7 @@ from chunkfs import chunk_tokens, metrics, request_id
 from chunkfs.chunk_tokens import TokenIssuer
 from chunkfs.credentials import CredentialStore, Export
 from chunkfs.metaserver.exports import ExportGuard
-from chunkfs.errors import FsError, NotPrimary
+from chunkfs.errors import RETRY_HERE, FsError, NotPrimary
 from chunkfs.request_checks import client_id, query_float, query_int, query_token, request_id_header
 from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, SIGNER, BodyLimit, any_host, host_on_port,
                                 json_response, make_app, read_body)
@@ -496,11 +496,12 @@ async def reserve(m: Metaserver, client: str, req: r.ReserveReq, holder: str) ->
     if not client:
         raise FsError(errno.EINVAL, "a reservation is made for a client: send X-Chunkfs-Client")
     if m.registry.settling():  # answered 503, which clients retry (for up to their retry_s)
-        raise web.HTTPServiceUnavailable(text="chunkservers have not all reported since the metaserver started")
+        raise web.HTTPServiceUnavailable(text="chunkservers have not all reported since the metaserver started",
+                                         headers=RETRY_HERE)
     servers = m.registry.writable()
     if not servers:
         if not m.registry.alive():
-            raise web.HTTPServiceUnavailable(text="no chunkserver is alive")
+            raise web.HTTPServiceUnavailable(text="no chunkserver is alive", headers=RETRY_HERE)
         raise FsError(errno.ENOSPC, "every chunkserver alive is full")
     count = max(1, min(req.count, 4096))
     first_version, first_chunk_id = await m.committer.run(m.chunks.reserve, client, count)

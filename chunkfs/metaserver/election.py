@@ -67,10 +67,19 @@ class Election:
         self.lease = 0
         self.epoch = 0  # create_revision of the leader key this metaserver holds; 0: none
         self.valid_until = 0.0  # time.monotonic() until which it may acknowledge
+        self.took_at = 0.0  # time.monotonic() when etcd answered that this one took the key
 
     def holds(self) -> bool:
         """Whether this metaserver may acknowledge a change now (cheap: called for every batch)."""
         return self.epoch != 0 and time.monotonic() < self.valid_until
+
+    def earlier_trust_ends(self, trust_s: float) -> float:
+        """time.monotonic() by which no client trusts an answer of an earlier primary any more,
+        when a client trusts an answer `trust_s` past sending its call. Every earlier primary
+        answered its last call at the latest when it stopped acknowledging (`holds()` false),
+        which was `margin_s` before etcd could let its key go (its lease's end, or `resign`'s
+        delete), which was before etcd answered this one's campaign."""
+        return self.took_at + trust_s - self.margin_s
 
     def lose(self, why: str) -> None:
         if self.epoch:
@@ -122,6 +131,7 @@ class Election:
         if kv is None:
             await self._revoke(lease)
             return False
+        self.took_at = time.monotonic()
         self.lease, self.epoch = lease, kv.create_revision
         self.valid_until = sent + self.ttl_s - self.margin_s
         log.warning("took the leader key: primary from now on (epoch %d)", self.epoch)
@@ -157,6 +167,7 @@ class Election:
         epoch, lease = self.epoch, self.lease
         self.lose("resigned")
         if epoch:
+            await asyncio.sleep(self.margin_s)  # as a lapsed lease: see earlier_trust_ends
             try:
                 await self.etcd.delete_if_held(self.leader_key, epoch)
             except EtcdUnavailable as exc:

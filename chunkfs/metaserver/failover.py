@@ -36,10 +36,10 @@ import lmdb
 import uvloop
 from aiohttp import web
 
-from chunkfs import service, tls
+from chunkfs import OPEN_TRUST_S, service, tls
 from chunkfs.errors import FsError, NotPrimary
 from chunkfs.config import parse_address
-from chunkfs.httpserver import json_response, make_app, start_serving
+from chunkfs.httpserver import json_response, listening_socket, make_app, start_serving
 from chunkfs.metaserver import standby as standby_role
 from chunkfs.metaserver.app import STATE
 from chunkfs.metaserver.db import MetaDB, read_u64
@@ -81,7 +81,9 @@ class Roles:
     def __init__(self, config: MetaserverConfig, secret: bytes,
                  build_primary: Callable[[bool, int], web.Application]) -> None:
         self.config, self.secret, self.build_primary = config, secret, build_primary
-        self.host, self.port = parse_address(config.listen)
+        host, port = parse_address(config.listen)
+        # one listening socket for every role in turn: between two roles connections wait, not refused
+        self.socket = listening_socket(host, port)
         self.name = config.advertised
         self.etcd = EtcdClient(parse_endpoints(config.etcd))
         self.election = Election(self.etcd, config.etcd_prefix, self.name, self.name, config.etcd_ttl_s)
@@ -103,6 +105,7 @@ class Roles:
                     await self._serve_waiting(ETCD_DOWN, self._etcd_answers)
         finally:
             await self.etcd.aclose()
+            self.socket.close()
 
     async def _pause(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -137,6 +140,8 @@ class Roles:
             await self._pause()
             return
         state = app[STATE]
+        # no mutation answered while a mount may still trust an open lease of an earlier primary
+        state.open_leases.hold_until = self.election.earlier_trust_ends(OPEN_TRUST_S)
         replication = state.replication
         assert replication is not None
         state.committer.may_acknowledge = self.election.holds
@@ -152,7 +157,7 @@ class Roles:
             return
         replication.sync_record = publisher
         self.step_down.clear()
-        runner = await start_serving(app, self.host, self.port, self.server_tls)
+        runner = await start_serving(app, self.socket, self.server_tls)
         log.warning("serving as the primary (epoch %d, history %s)", self.election.epoch, replication.history)
         try:
             giving_up = asyncio.create_task(_first_of(self.stopping, self.step_down))
@@ -181,7 +186,7 @@ class Roles:
                                         map_size_bytes=self.config.map_size_bytes, tls=self.client_tls)
         app = standby_role.build_app(follower, self.secret)
         service.attach(app, status=f"standby of {primary}")
-        runner = await start_serving(app, self.host, self.port, self.server_tls)
+        runner = await start_serving(app, self.socket, self.server_tls)
         try:
             while not self.stopping.is_set():
                 await self._pause()
@@ -229,7 +234,7 @@ class Roles:
         app.router.add_get("/health", health)
         app.router.add_route("*", "/v1/{call:.*}", refuse)
         service.attach(app, status="waiting for a primary")
-        runner = await start_serving(app, self.host, self.port, self.server_tls)
+        runner = await start_serving(app, self.socket, self.server_tls)
         try:
             polls = 0
             while not self.stopping.is_set() and (max_polls == 0 or polls < max_polls):

@@ -17,6 +17,10 @@ writes down when the last trust it gave ends (`save_trust_end`, once it answers 
 and the next one waits only until then (`resume`): after a restart longer than OPEN_TRUST_S, not
 at all. Without that record (a crash) it waits the whole OPEN_TRUST_S. That wait was most of the
 pause a copying mount saw across a restart (2.8 s after the new process answered).
+With failover through etcd the election bounds it instead, for every earlier primary at once
+(that record speaks only of this process's last run, maybe long before another primary's): the
+new primary waits until `Election.earlier_trust_ends`, OPEN_TRUST_S less the lease's margin
+after it took the key.
 
 Memory: at most MAX_PER_CLIENT leases a client (beyond, its oldest are dropped; the mount keeps
 at most half as many layouts, in the order they were granted, so it never trusts a dropped

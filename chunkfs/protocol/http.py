@@ -30,7 +30,7 @@ from urllib.parse import urlencode, urlsplit
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from chunkfs import auth, request_id
-from chunkfs.errors import PRIMARY_HEADER, FsError, TransportError
+from chunkfs.errors import PRIMARY_HEADER, RETRY_HERE_HEADER, FsError, TransportError
 from chunkfs.protocol.metaserver_addresses import MetaserverAddresses
 from chunkfs.protocol.transport import HttpxTransport, Response, Transport, TransportFailure, TrioH11Transport
 
@@ -44,10 +44,12 @@ _RETRY_STATUS = {502, 503, 504}
 RETRY_WAIT_MAX_S = 0.5
 
 class _Retryable(Exception):
-    def __init__(self, message: str, stale: bool = False, primary: str | None = None) -> None:
+    def __init__(self, message: str, stale: bool = False, primary: str | None = None,
+                 retry_here: bool = False) -> None:
         super().__init__(message)
         self.stale = stale  # see TransportFailure
         self.primary = primary  # a standby's 503 names the primary (metaserver_addresses.py)
+        self.retry_here = retry_here  # a 503 saying to ask this server again (RETRY_HERE_HEADER)
 
 
 def _why(response: Response) -> str:
@@ -175,7 +177,7 @@ class SignedHttp:
             return await self._send(method, server, target, body, digest, headers, attempt, attempt_timeout_s)
         except _Retryable as exc:
             if not exc.stale:  # a kept-alive connection that broke is tried again there first
-                address.failed(server, exc.primary)
+                address.failed(server, exc.primary, exc.retry_here)
             raise
 
     async def _send(self, method: str, address: str, target: str, body: bytes | None, digest: str,
@@ -191,7 +193,8 @@ class SignedHttp:
             raise _Retryable(str(exc), exc.stale) from None
         if response.status_code in _RETRY_STATUS:
             raise _Retryable(f"{address}: HTTP {response.status_code}{_why(response)}",
-                             primary=response.header(PRIMARY_HEADER))
+                             primary=response.header(PRIMARY_HEADER),
+                             retry_here=response.header(RETRY_HERE_HEADER) is not None)
         if response.status_code == 401:
             raise FsError(errno.EACCES, f"{address}: the server refused the cluster secret or credential")
         if response.status_code >= 400:
