@@ -70,7 +70,7 @@ class NotPrimary(FsError):
 
 PRIMARY_HEADER = "X-Chunkfs-Primary"  # in a standby's 503: HOST:PORT of the primary it follows
 RETRY_HERE_HEADER = "X-Chunkfs-Retry-Here"
-"""In a 503 of a server that is the one to ask, again in a moment (it started a moment ago, or
-waits for its chunkservers to report): a client of several metaservers does not move on to
+"""In a 503 of a metaserver that is the one to ask, again in a moment (the primary, waiting for its
+chunkservers to report after its start): a client of several metaservers does not move on to
 another, which may be a hung former primary (metaserver_addresses.py)."""
 RETRY_HERE = {RETRY_HERE_HEADER: "1"}

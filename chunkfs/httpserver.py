@@ -60,7 +60,7 @@ from aiohttp import hdrs, web
 
 from chunkfs import auth, request_id
 from chunkfs.chunk_tokens import TOKEN_HEADER
-from chunkfs.errors import RETRY_HERE, FsError
+from chunkfs.errors import FsError
 from chunkfs.log_lines import printable
 
 log = logging.getLogger(__name__)
@@ -201,8 +201,7 @@ async def _refusal(request: web.Request) -> web.Response | None:
     if signed is None or (signed.digest == auth.CHECKSUMMED) != limit.checksummed:
         return _unauthorized("missing or invalid X-Chunkfs-Auth header")
     if verifier.too_early(signed):
-        response = error_response(503, "EAGAIN", "signed before this server's replay window: sign it again",
-                                  RETRY_HERE)
+        response = error_response(503, "EAGAIN", "signed before this server's replay window: sign it again")
         response.force_close()
         return response
     if not limit.checksummed:

@@ -55,7 +55,7 @@ def called(answers: dict[str, list[Response | TransportFailure]]) -> list[str]:
 
 
 def test_a_primary_that_says_to_ask_it_again_is_asked_again():
-    # a primary just promoted (its replay window starts now) or waiting for its chunkservers:
+    # a primary waiting for its chunkservers to report after its start:
     # the other address may be the former primary, hung, which would hold the call an attempt's
     # whole time-out
     assert called({"a": [unavailable((RETRY_HERE_HEADER, "1")), unavailable((RETRY_HERE_HEADER, "1")), OK],

@@ -39,7 +39,8 @@ from aiohttp import web
 from chunkfs import OPEN_TRUST_S, service, tls
 from chunkfs.errors import FsError, NotPrimary
 from chunkfs.config import parse_address
-from chunkfs.httpserver import json_response, listening_socket, make_app, start_serving
+from chunkfs.auth import ReplayGuard
+from chunkfs.httpserver import VERIFIER, json_response, listening_socket, make_app, start_serving
 from chunkfs.metaserver import standby as standby_role
 from chunkfs.metaserver.app import STATE
 from chunkfs.metaserver.db import MetaDB, read_u64
@@ -82,8 +83,12 @@ class Roles:
                  build_primary: Callable[[bool, int], web.Application]) -> None:
         self.config, self.secret, self.build_primary = config, secret, build_primary
         host, port = parse_address(config.listen)
-        # one listening socket for every role in turn: between two roles connections wait, not refused
+        # one listening socket and one replay guard for every role in turn: between two roles a
+        # connection waits (not refused), and a request signed a moment before a role began is
+        # not "signed before this server's replay window" (either would send a client of several
+        # metaservers to another one, maybe a hung former primary, for a whole attempt)
         self.socket = listening_socket(host, port)
+        self.replays = ReplayGuard()
         self.name = config.advertised
         self.etcd = EtcdClient(parse_endpoints(config.etcd))
         self.election = Election(self.etcd, config.etcd_prefix, self.name, self.name, config.etcd_ttl_s)
@@ -106,6 +111,10 @@ class Roles:
         finally:
             await self.etcd.aclose()
             self.socket.close()
+
+    async def _serve(self, app: web.Application) -> web.AppRunner:
+        app[VERIFIER].replays = self.replays
+        return await start_serving(app, self.socket, self.server_tls)
 
     async def _pause(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -157,7 +166,7 @@ class Roles:
             return
         replication.sync_record = publisher
         self.step_down.clear()
-        runner = await start_serving(app, self.socket, self.server_tls)
+        runner = await self._serve(app)
         log.warning("serving as the primary (epoch %d, history %s)", self.election.epoch, replication.history)
         try:
             giving_up = asyncio.create_task(_first_of(self.stopping, self.step_down))
@@ -186,7 +195,7 @@ class Roles:
                                         map_size_bytes=self.config.map_size_bytes, tls=self.client_tls)
         app = standby_role.build_app(follower, self.secret)
         service.attach(app, status=f"standby of {primary}")
-        runner = await start_serving(app, self.socket, self.server_tls)
+        runner = await self._serve(app)
         try:
             while not self.stopping.is_set():
                 await self._pause()
@@ -234,7 +243,7 @@ class Roles:
         app.router.add_get("/health", health)
         app.router.add_route("*", "/v1/{call:.*}", refuse)
         service.attach(app, status="waiting for a primary")
-        runner = await start_serving(app, self.socket, self.server_tls)
+        runner = await self._serve(app)
         try:
             polls = 0
             while not self.stopping.is_set() and (max_polls == 0 or polls < max_polls):

@@ -6,8 +6,8 @@ answered last; when a call there fails in a way that is retried (refused, timed 
 next attempt goes to the primary the answer named (unless that one just did not answer: then the
 client stays and asks again), else to the next address in the list. So a
 client whose primary is gone finds the new one within its `retry_s`, and one that starts on a
-standby is sent on at once; a 503 saying to ask again there (`RETRY_HERE_HEADER`: a primary that
-started a moment ago) keeps it there. With one address, every attempt goes to it (as without
+standby is sent on at once; a 503 saying to ask again there (`RETRY_HERE_HEADER`: a primary
+waiting for its chunkservers to report) keeps it there. With one address, every attempt goes to it (as without
 failover).
 """
 
@@ -48,7 +48,7 @@ class MetaserverAddresses:
     def failed(self, address: str, primary: str | None = None, retry_here: bool = False) -> None:
         """A call to `address` failed (retried); `primary`: the address its answer (a standby's
         503) named, None when it did not answer (refused, timed out); `retry_here`: its answer
-        (a 503 of a primary just started, or waiting for its chunkservers) said to ask it again:
+        (a 503 of a primary waiting for its chunkservers) said to ask it again:
         the client stays (moving on could take it to a hung former primary, for an attempt's
         whole time-out)."""
         if retry_here or (len(self.addresses) == 1 and not primary):
