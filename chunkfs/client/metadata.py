@@ -348,15 +348,19 @@ class Metadata:
     async def remove(self, parent: int, name: bytes, is_dir: bool, open_here: list[int] | None = None) -> int:
         if self.write_behind is not None:
             await self.write_behind.room()
-            removed = self._remove_here(parent, name, is_dir, open_here or [])
-            if removed is not None:
-                return removed
+            answered_here = self._remove_here(parent, name, is_dir, open_here or [])
+            if answered_here is not None:
+                return answered_here
         await self._before_change(parent)
+        self.cache.changed(parent)
+        generation = self.cache.generation
         try:
-            ino = await self.server.remove(parent, name, is_dir, open_here)
+            removed = await self.server.remove(parent, name, is_dir, open_here)
         finally:
             self.cache.forget_entry(parent, name)
-            self.cache.changed(parent)
+        # the directory as the remove left it, unless another client's change was heard of meanwhile
+        self.cache.put_attr(removed.parent, generation)
+        ino = removed.ino
         self.cache.forget_inode(ino)
         if self.leases is not None:
             self.leases.removed(parent, name)
@@ -472,7 +476,7 @@ class Metadata:
         ino, mode = known
         if ino in open_here or stat.S_ISDIR(mode):
             return None
-        self.write_behind.add("remove", r.RemoveReq(parent, name, False, "", []), int, also=(ino,))
+        self.write_behind.add("remove", r.RemoveReq(parent, name, False, "", []), r.Removed, also=(ino,))
         self.cache.forget_entry(parent, name)
         self.cache.forget_inode(ino)
         self.leases.removed(parent, name)

@@ -132,11 +132,12 @@ class MetaClient:
     async def link(self, ino: int, parent: int, name: bytes) -> r.Attr:
         return await self.call("link", r.LinkReq(ino, parent, name), r.Attr)
 
-    async def remove(self, parent: int, name: bytes, is_dir: bool, open_here: list[int] | None = None) -> int:
-        """Returns the inode the name was of. `open_here`: inodes this client has open, kept
-        as orphans if this was their last name."""
+    async def remove(self, parent: int, name: bytes, is_dir: bool, open_here: list[int] | None = None
+                     ) -> r.Removed:
+        """The inode the name was of and the directory's new attributes. `open_here`: inodes
+        this client has open, kept as orphans if this was their last name."""
         return await self.call("remove", r.RemoveReq(parent, name, is_dir, self.client_id if open_here else "",
-                                              open_here or []), int)
+                                              open_here or []), r.Removed)
 
     async def release_orphan(self, ino: int) -> None:
         """The last close of a file unlinked while open here: the metaserver frees it."""
