@@ -428,8 +428,13 @@ class Namespace:
                 return False
             raise
 
-    def rename(self, txn: Txn, req: r.RenameReq) -> list[int]:
-        """Move an entry; returns the inodes moved or replaced."""
+    def rename(self, txn: Txn, req: r.RenameReq) -> r.Renamed:
+        """Move an entry; returns the inodes moved or replaced and the directories' new attributes."""
+        moved = self._rename(txn, req)
+        parents = dict.fromkeys((req.old_parent, req.new_parent))
+        return r.Renamed(moved, [self.attr(ino, self.get(txn, ino)) for ino in parents])
+
+    def _rename(self, txn: Txn, req: r.RenameReq) -> list[int]:
         check_name(req.old_name)
         check_name(req.new_name)
         if req.flags & ~(r.RENAME_NOREPLACE | r.RENAME_EXCHANGE) or req.flags == r.RENAME_NOREPLACE | r.RENAME_EXCHANGE:

@@ -143,9 +143,10 @@ class MetaClient:
         """The last close of a file unlinked while open here: the metaserver frees it."""
         await self.call("release_orphan", r.InodeReq(ino))
 
-    async def rename(self, req: r.RenameReq) -> list[int]:
-        """The inodes moved or replaced (see RenameReq.open_here for replaced open files)."""
-        return await self.call("rename", req, list[int])
+    async def rename(self, req: r.RenameReq) -> r.Renamed:
+        """The inodes moved or replaced (see RenameReq.open_here for replaced open files) and
+        the directories' new attributes."""
+        return await self.call("rename", req, r.Renamed)
 
     async def readdir(self, ino: int, after: bytes | None, limit: int = 1000, xattr: bytes | None = None
                       ) -> list[r.DirEntry]:

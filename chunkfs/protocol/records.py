@@ -195,6 +195,14 @@ class Removed(Struct):
     parent: Attr
 
 
+class Renamed(Struct):
+    """What a rename did: the inodes moved or replaced, and the attributes of the directories
+    it changed, after it (none if it changed nothing), for the same reason as `Removed`."""
+
+    moved: list[Ino]
+    parents: list[Attr]
+
+
 class RemoveReq(Struct):
     """`open_here` are inodes client `open_by` has open: one of them losing its last name is
     kept (an orphan) until that client closes it or its session ends."""
