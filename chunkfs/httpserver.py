@@ -377,17 +377,14 @@ def runner_options(app: web.Application) -> dict[str, Any]:
             "keepalive_timeout": app[BODY_TIMEOUT_S], "shutdown_timeout": 5.0}
 
 
-async def start_serving(app: web.Application, sock: socket.socket, tls: ssl.SSLContext | None = None
+async def start_serving(app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None
                         ) -> web.AppRunner:
-    """Serve `app` on the listening socket `sock` (`listening_socket`) from within a running event
-    loop until the runner's `cleanup()`, which runs the app's cleanup hooks and closes its own
-    duplicate of `sock`, not `sock`: a connection made before the next app serves on it waits in
-    its backlog, where a closed port would refuse it (a client refused moves on to another
-    metaserver, maybe a hung one); with `tls`, TLS only."""
+    """Serve `app` on HOST:PORT from within a running event loop until the runner's `cleanup()`
+    (which runs the app's cleanup hooks and closes the socket); with `tls`, TLS only."""
     runner = web.AppRunner(app, **runner_options(app))
     await runner.setup()
     try:
-        await web.SockSite(runner, sock.dup(), shutdown_timeout=5.0, ssl_context=tls).start()
+        await web.SockSite(runner, listening_socket(host, port), shutdown_timeout=5.0, ssl_context=tls).start()
     except BaseException:
         await runner.cleanup()
         raise

@@ -1,18 +1,14 @@
-"""Pieces of metaserver failover without a cluster: which metaserver a client of several calls
-after a failed attempt (chunkfs/protocol/metaserver_addresses.py, through `SignedHttp` with a
-transport that answers as the test says), and the one listening socket a metaserver serves its
-roles on in turn (failover.py). The failovers themselves: tests/test_netns_failover.py."""
+"""Which metaserver a client of several calls after a failed attempt
+(chunkfs/protocol/metaserver_addresses.py), through `SignedHttp` with a transport that answers as
+the test says: no cluster. The failovers themselves: tests/test_netns_failover.py."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import trio
-from aiohttp import web
 
 from chunkfs.errors import PRIMARY_HEADER, RETRY_HERE_HEADER
-from chunkfs.httpserver import listening_socket, make_app, start_serving
 from chunkfs.protocol.http import SignedHttp
 from chunkfs.protocol.metaserver_addresses import MetaserverAddresses
 from chunkfs.protocol.transport import Response, TransportFailure
@@ -74,34 +70,3 @@ def test_a_standby_naming_a_primary_that_did_not_answer_is_asked_again():
                    "b": [unavailable((PRIMARY_HEADER, "a")), unavailable((PRIMARY_HEADER, "a")), OK]}
                   ) == ["a", "b", "b", "b"]
 
-
-def test_a_connection_made_between_two_roles_waits_for_the_next_one():
-    # refused, a client would move on to the other metaserver, maybe the hung former primary
-    async def run() -> bytes:
-        sock = listening_socket("127.0.0.1", 0)
-        port = sock.getsockname()[1]
-
-        def role(name: str) -> web.Application:
-            app = make_app(os.urandom(32))
-
-            async def health(request: web.Request) -> web.Response:
-                return web.Response(text=name)
-
-            app.router.add_get("/health", health)
-            return app
-
-        try:
-            first = await start_serving(role("standby"), sock)
-            await first.cleanup()
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # no role serves now
-            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            second = await start_serving(role("primary"), sock)
-            try:
-                return await reader.read()
-            finally:
-                writer.close()
-                await second.cleanup()
-        finally:
-            sock.close()
-
-    assert asyncio.run(run()).endswith(b"primary")

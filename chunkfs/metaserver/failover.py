@@ -40,7 +40,7 @@ from chunkfs import OPEN_TRUST_S, service, tls
 from chunkfs.errors import FsError, NotPrimary
 from chunkfs.config import parse_address
 from chunkfs.auth import ReplayGuard
-from chunkfs.httpserver import VERIFIER, json_response, listening_socket, make_app, start_serving
+from chunkfs.httpserver import VERIFIER, json_response, make_app, start_serving
 from chunkfs.metaserver import standby as standby_role
 from chunkfs.metaserver.app import STATE
 from chunkfs.metaserver.db import MetaDB, read_u64
@@ -82,12 +82,10 @@ class Roles:
     def __init__(self, config: MetaserverConfig, secret: bytes,
                  build_primary: Callable[[bool, int], web.Application]) -> None:
         self.config, self.secret, self.build_primary = config, secret, build_primary
-        host, port = parse_address(config.listen)
-        # one listening socket and one replay guard for every role in turn: between two roles a
-        # connection waits (not refused), and a request signed a moment before a role began is
-        # not "signed before this server's replay window" (either would send a client of several
+        self.host, self.port = parse_address(config.listen)
+        # one replay guard for every role in turn: a request signed a moment before a role began
+        # is not "signed before this server's replay window" (which would send a client of several
         # metaservers to another one, maybe a hung former primary, for a whole attempt)
-        self.socket = listening_socket(host, port)
         self.replays = ReplayGuard()
         self.name = config.advertised
         self.etcd = EtcdClient(parse_endpoints(config.etcd))
@@ -110,11 +108,10 @@ class Roles:
                     await self._serve_waiting(ETCD_DOWN, self._etcd_answers)
         finally:
             await self.etcd.aclose()
-            self.socket.close()
 
     async def _serve(self, app: web.Application) -> web.AppRunner:
         app[VERIFIER].replays = self.replays
-        return await start_serving(app, self.socket, self.server_tls)
+        return await start_serving(app, self.host, self.port, self.server_tls)
 
     async def _pause(self) -> None:
         with contextlib.suppress(TimeoutError):
