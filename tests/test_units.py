@@ -78,10 +78,11 @@ def test_reply_log_answers_a_retry_and_forgets_it_after_keep_s(tmp_path):
         now[0] += KEEP_S - 60
         assert replies.once(mutate, "client", "rid")(txn, 1) == (b'{"made":1}', REPLAYED)  # answered again
         assert replies.once(mutate, "other-client", "rid")(txn, 2)[1] == {"made": 2}  # ids are per client
+        assert replies.once(mutate, "client", "rid", signer="Kother")(txn, 4)[1] == {"made": 4}  # and credential
         now[0] += 180
         assert replies.prune(txn) == 1
         assert replies.once(mutate, "client", "rid")(txn, 3)[1] == {"made": 3}
-    assert runs == [1, 2, 3]
+    assert runs == [1, 2, 4, 3]
     db.close()
 
 
