@@ -6,9 +6,10 @@ and place in the change feed under that id. The id travels in the clear without 
 credential naming another's client could release its leases, unlock its locks or acknowledge
 its feed. So an id belongs to the credential that signed the first request made under it (in
 this metaserver's run), and a request under it signed by another credential is refused (403
-EPERM, before anything is done). The cluster secret may act under any id (it may do everything)
-without taking it. An id unused for `forget_s` is forgotten (a mount polls the feed all the
-time, so this is one gone away).
+EPERM, before anything is done). The cluster secret takes the ids it uses first as any
+credential does, and may also act under one another credential took (it may do everything).
+An id unused for `forget_s` is forgotten (a mount polls the feed all the time, so this is one
+gone away).
 
 A restart forgets every owner: the first request under an id after it takes the id again. A
 credential that knows another's id and is first after a restart takes it, and the other client
