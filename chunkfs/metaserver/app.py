@@ -358,11 +358,11 @@ def mutated(m: Metaserver, op: str, client: str, req: Any, result: Any, export: 
         with m.db.read() as txn:
             m.leases.ask_back_where(lambda ino: m.namespace.quotas.covers(txn, ino))
     elif op == "remove":
-        m.leases.forget_removed(result)
+        m.leases.forget_removed(result.ino)
     elif op == "rename":  # a file moved out of a subtree is no longer seen by the exports of it
-        rename = cast(r.RenameReq, req)
-        exchanged = [(result[1], rename.old_parent)] if rename.flags & r.RENAME_EXCHANGE else []
-        m.exports.moved(m.db, [(result[0], rename.new_parent), *exchanged])
+        rename, moved = cast(r.RenameReq, req), cast(r.Renamed, result).moved
+        exchanged = [(moved[1], rename.old_parent)] if rename.flags & r.RENAME_EXCHANGE else []
+        m.exports.moved(m.db, [(moved[0], rename.new_parent), *exchanged])
     if op in WAKE_DELETER:
         m.deleter.wake.set()
     inodes, entries = affected(op, req, result)
