@@ -719,7 +719,9 @@ async def changes(request: web.Request) -> web.Response:
         m.open_leases.polled(client, since)
     feed.polling(client, +1)
     try:
-        view = None if export is None else functools.partial(m.exports.visible_changes, m.db, *export)
+        view = None  # told everything (no export, or one of "/"): nothing decoded for it
+        if export is not None and export[1].subtree != "/":
+            view = functools.partial(m.exports.visible_changes, m.db, *export)
         batch = await feed.since(since, wait_s, client, lambda: leases.recalled_of(client), epoch, view)
         batch.locks_lost = m.reclaim.lost_locks(client)
         return web.Response(body=feed.encode_batch(batch), content_type="application/json")
