@@ -64,17 +64,23 @@ def creates_per_s(copier: Copier, window_s: float) -> float:
     return round((len(copier.done_at) - before) / (time.monotonic() - started), 1)
 
 
-def replication_cost(data_dir: Path, up: list[str], addresses: dict[str, str], copier: Copier,
-                     window_s: float) -> dict:
-    """Part 1 of the module's doc."""
-    figures = {"creates_per_s_with_standby": creates_per_s(copier, window_s)}
+def metaservers(data_dir: Path, addresses: dict[str, str], pid_of: str) -> tuple[str, str, int]:
+    """(the primary, the standby, the pid of the one `pid_of` names: "primary" or "standby")."""
     old = primary(addresses)
     if old is None:
         raise SystemExit("no primary")
     standby = next(name for name in addresses if name != old)
-    standby_pid = read_pid(data_dir / "run" / f"{standby}.pid")
-    if standby_pid is None:
-        raise SystemExit("the standby is not running")
+    pid = read_pid(data_dir / "run" / f"{old if pid_of == 'primary' else standby}.pid")
+    if pid is None:
+        raise SystemExit(f"the {pid_of} is not running")
+    return old, standby, pid
+
+
+def replication_cost(data_dir: Path, up: list[str], addresses: dict[str, str], copier: Copier,
+                     window_s: float) -> dict:
+    """Part 1 of the module's doc."""
+    figures = {"creates_per_s_with_standby": creates_per_s(copier, window_s)}
+    *_, standby_pid = metaservers(data_dir, addresses, "standby")
     os.kill(standby_pid, signal.SIGKILL)
     _wait("the primary going on without the standby", lambda: not standby_in_sync(data_dir) and
           len(copier.done_at) > 0 and time.monotonic() - copier.done_at[-1] < 1, 60)
@@ -88,13 +94,7 @@ def replication_cost(data_dir: Path, up: list[str], addresses: dict[str, str], c
 def failover(data_dir: Path, up: list[str], addresses: dict[str, str], copier: Copier, fault: str,
              stopped_s: float, after_s: float) -> dict:
     """Part 2 of the module's doc, once."""
-    old = primary(addresses)
-    if old is None:
-        raise SystemExit("no primary")
-    new = next(name for name in addresses if name != old)
-    pid = read_pid(data_dir / "run" / f"{old}.pid")
-    if pid is None:
-        raise SystemExit("the primary is not running")
+    old, new, pid = metaservers(data_dir, addresses, "primary")
     errors_before = len(copier.errors)
     fault_at = time.monotonic()
     os.kill(pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
