@@ -260,7 +260,8 @@ class ChunkTable:
             if record is not None:
                 self._hold(txn, (record.chunk_id, record.version), key, record.length)
         elif record is not None and before is not None:
-            if before.length != record.length and txn.get(U64x2.pack(*old_version), db=self.db.versions) == key:
+            if before.length != record.length \
+                    and txn.get(U64x2.pack(before.chunk_id, before.version), db=self.db.versions) == key:
                 counts.add(txn, table_counts.STORED_BYTES, record.length - before.length)
             if before.replicas != record.replicas:
                 self._share_replicas(txn, key, record)
