@@ -343,7 +343,7 @@ def mutated(m: Metaserver, op: str, client: str, req: Any, result: Any, export: 
         with m.db.read() as txn:
             m.leases.ask_back_where(lambda ino: m.namespace.quotas.covers(txn, ino))
     elif op == "remove":
-        m.leases.forget_removed(result)
+        m.leases.forget_removed(result.ino)
     if op in WAKE_DELETER:
         m.deleter.wake.set()
     inodes, entries = affected(op, req, result)

@@ -205,8 +205,8 @@ def affected(op: str, req, result) -> tuple[list[int], list[tuple[int, bytes]]]:
     if op == "link":
         return [req.ino, req.parent], [(req.parent, req.name)]
     if op == "remove":
-        return [req.parent, result], [(req.parent, req.name)]
+        return [req.parent, result.ino], [(req.parent, req.name)]
     if op == "rename":
-        return [req.old_parent, req.new_parent, *result], [(req.old_parent, req.old_name),
+        return [req.old_parent, req.new_parent, *result.moved], [(req.old_parent, req.old_name),
                                                           (req.new_parent, req.new_name)]
     return [req.ino], []
