@@ -26,8 +26,13 @@ test: deps
 LONG_TESTS_FIRST := tests/test_ha_local.py tests/test_locks.py tests/test_netns_failures.py tests/test_netns_failover.py tests/test_security.py tests/test_write_back.py \
 	tests/test_file_exerciser.py tests/test_quotas.py tests/test_fuzz_routes.py tests/test_posix_model.py tests/test_large_directory.py
 
+# LONG_BUDGET_S: how long each long randomized test (the models, the fuzzers, the file exerciser)
+# may spend on its examples (tests/long_budget.py); `make test-long LONG_BUDGET_S=` (empty) runs
+# every example, as the tests' counts say (hours).
+LONG_BUDGET_S ?= 300
+
 test-long: deps
-	$(BIN)/pytest -v --long -m long -p no:randomly --durations=0 $(LONG_TESTS_FIRST)
+	$(BIN)/pytest -v --long -m long -p no:randomly --durations=0 $(if $(LONG_BUDGET_S),--long-budget-s=$(LONG_BUDGET_S)) $(LONG_TESTS_FIRST)
 
 # ruff and mypy settings live in pyproject.toml; .ci/run runs this before the tests.
 lint: deps

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chunkfs.daemons import abort_fuse_connection, read_pid, stop_pid, unmount
 from line_process import LineProcess
+from long_budget import LongBudget
 
 CHUNKFS = [sys.executable, "-m", "chunkfs.cli"]
 
@@ -30,6 +31,9 @@ something in its environment (root, a tool, network namespaces, xattrs, a browse
 
 def pytest_addoption(parser):
     parser.addoption("--long", action="store_true", help="run the long randomized and large-file tests")
+    parser.addoption("--long-budget-s", type=float, default=None,
+                     help="seconds each long randomized test may spend on its examples, in batches "
+                          "(tests/long_budget.py; make test-long gives LONG_BUDGET_S); default: every example")
 
 
 def pytest_configure(config):
@@ -69,9 +73,29 @@ def pytest_terminal_summary(terminalreporter, config):
     skipped = len(terminalreporter.stats.get("skipped", []))
     seed = getattr(config.option, "randomly_seed", None)
     order = f"random order, again with -p randomly --randomly-seed={seed}" if seed is not None else "file order"
+    for report in (r for reports in terminalreporter.stats.values() for r in reports):
+        for name, line in getattr(report, "user_properties", ()):
+            if name == _BUDGET_PROPERTY and report.when == "call":
+                terminalreporter.write_line(f"{report.nodeid}: {line}")
     terminalreporter.write_line(
         f"chunkfs tests: {skipped} skipped, {config.stash[_deselected_long]} long tests deselected "
         f"(make test-long runs them); {order}")
+
+
+@pytest.fixture
+def long_budget(request) -> LongBudget:
+    """`--long-budget-s` for a test marked `long`; no budget (every example) for any other. What
+    each did is printed and listed at the end of the run (so make test-long's log shows it)."""
+    long = request.node.get_closest_marker("long") is not None
+
+    def tell(line: str) -> None:
+        print(line)
+        request.node.user_properties.append((_BUDGET_PROPERTY, line))
+
+    return LongBudget(request.config.getoption("--long-budget-s") if long else None, tell)
+
+
+_BUDGET_PROPERTY = "long_budget"
 
 
 def free_port_block(count: int) -> int:

@@ -14,9 +14,11 @@ import random
 import pytest
 
 from chunkfs import CHUNK_SIZE
+from long_budget import LongBudget
 
 PAGE = mmap.PAGESIZE
 MAX_SIZE = 3 * CHUNK_SIZE + CHUNK_SIZE // 2
+LONG_BATCH = 1000  # operations per batch under make test-long's budget (tests/long_budget.py): ~45 s
 
 
 class Exerciser:
@@ -114,12 +116,15 @@ class Exerciser:
         os.close(self.fd)
 
 
-def exercise(cluster, request, operations: int) -> None:
+def exercise(cluster, request, operations: int, budget: LongBudget) -> None:
+    """`operations` random operations, each checked against the model, and the whole file after
+    each batch of them (all of them in one batch without a budget). The seed draws the same
+    operations either way; a batch ends in a reopen, so replay with the same `--long-budget-s`."""
     seed = int(os.environ.get("CHUNKFS_EXERCISER_SEED", random.SystemRandom().randrange(1 << 32)))
     path = cluster.mnt / f"exercised-{request.node.name}"
     exerciser = Exerciser(path, random.Random(seed))
     try:
-        exerciser.run(operations)
+        budget.run(operations, LONG_BATCH, exerciser.run, f"seed {seed}: operations")
     except AssertionError as exc:
         raise AssertionError(f"seed {seed}: {exc}") from None
     finally:
@@ -127,11 +132,11 @@ def exercise(cluster, request, operations: int) -> None:
         path.unlink()
 
 
-def test_file_exerciser(cluster, request):
-    exercise(cluster, request, 2000)
+def test_file_exerciser(cluster, request, long_budget):
+    exercise(cluster, request, 2000, long_budget)
 
 
 @pytest.mark.long
 @pytest.mark.timeout(3600)
-def test_file_exerciser_long(cluster, request):
-    exercise(cluster, request, 20_000)
+def test_file_exerciser_long(cluster, request, long_budget):
+    exercise(cluster, request, 20_000, long_budget)

@@ -58,6 +58,7 @@ from conftest import _cluster, chunkfs, wait_until
 
 SHORT_REQUESTS = 400
 LONG_REQUESTS = 20_000
+LONG_BATCH = 1000  # requests per batch under make test-long's budget (tests/long_budget.py): under a minute
 RSS_LIMIT_MIB = 512  # per daemon, peak; a cluster at rest here takes 60-90 MiB each
 STARTING_S = 15.0  # a 503 is allowed this long after the metaserver started
 CLUSTER = {"up_options": ("--heartbeat-timeout-s", "3", "--client-timeout-s", "5")}
@@ -374,7 +375,7 @@ def fuzzing(ctx: Context, requests: int, on_reply) -> Callable[[], None]:
 @pytest.mark.parametrize("requests", [SHORT_REQUESTS, pytest.param(LONG_REQUESTS, marks=pytest.mark.long)],
                          ids=["short", "long"])
 @pytest.mark.parametrize("fresh_cluster", [CLUSTER], indirect=True)
-def test_fuzz_every_route_of_every_daemon(fresh_cluster, requests):
+def test_fuzz_every_route_of_every_daemon(fresh_cluster, requests, long_budget):
     c = fresh_cluster
     started = time.monotonic()
     kept = write_kept_files(c)
@@ -395,10 +396,9 @@ def test_fuzz_every_route_of_every_daemon(fresh_cluster, requests):
             for name, m in memory_of(pids).items():  # raises if a daemon is gone
                 rss[name].append(m)
 
-    one_request = fuzzing(ctx, requests, on_reply)
     fuzz_started = time.monotonic()
     try:
-        one_request()
+        long_budget.run(requests, LONG_BATCH, lambda count: fuzzing(ctx, count, on_reply)(), "requests")
     finally:
         for sender in (ctx.metaserver, *ctx.chunkservers):
             sender.close()
@@ -524,7 +524,7 @@ def reached_a_handler(planned: Planned, outcome: wire.Outcome) -> bool:
 @pytest.mark.parametrize("requests", [pytest.param(ROLE_REQUESTS, id="short", marks=pytest.mark.long),
                                       pytest.param(LONG_ROLE_REQUESTS, id="long", marks=pytest.mark.long)])
 @pytest.mark.parametrize("role", FUZZED_ROLES, ids=lambda role: role or "no-credential")
-def test_fuzz_with_each_role_key(role_fuzzing, role, requests):
+def test_fuzz_with_each_role_key(role_fuzzing, role, requests, long_budget):
     """The fuzzer's requests signed with one role's key (or none) to every route of every daemon:
     no 5xx, and no request reaches a handler its role is not allowed (ROUTE_ROLES); the kept
     files are unchanged."""
@@ -548,7 +548,8 @@ def test_fuzz_with_each_role_key(role_fuzzing, role, requests):
 
     started = time.monotonic()
     try:
-        fuzzing(ctx, requests, on_reply)()
+        long_budget.share(len(FUZZED_ROLES)).run(requests, LONG_BATCH // 2, lambda count: fuzzing(ctx, count, on_reply)(),
+                                                 f"requests with the {role or 'no'} key")
     finally:
         for sender in (ctx.metaserver, *ctx.chunkservers):
             sender.close()

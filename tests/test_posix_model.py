@@ -30,6 +30,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  run_state_machine_as_test)
 
 from chunkfs import CHUNK_SIZE
+from long_budget import LongBudget
 
 WORKER = Path(__file__).with_name("posix_worker.py")
 NOBODY = 65534
@@ -41,6 +42,7 @@ MiB = 1024 * 1024
 SHORT = settings(max_examples=25, stateful_step_count=30, deadline=None, database=None,
                  suppress_health_check=list(HealthCheck), derandomize=True)
 LONG = settings(SHORT, max_examples=300, stateful_step_count=80, derandomize=False)
+LONG_BATCH = 10  # sequences per run under make test-long's budget (tests/long_budget.py): about a minute
 
 
 # ---- the worker ---------------------------------------------------------------------------------
@@ -457,10 +459,15 @@ def twin(cluster, tmp_path, request):
 
 @pytest.mark.timeout(3600)  # for the long variant; the short run takes well under a minute
 @pytest.mark.parametrize("profile", [SHORT, pytest.param(LONG, marks=pytest.mark.long)], ids=["short", "long"])
-def test_chunkfs_matches_a_local_filesystem(twin, profile, request):
+def test_chunkfs_matches_a_local_filesystem(twin, profile, request, long_budget):
     if request.config.getoption("--hypothesis-seed") is not None:  # derandomize would ignore it
         profile = settings(profile, derandomize=False)
-    run_state_machine_as_test(model_class(twin), settings=profile)
+        long_budget = LongBudget(None)  # a replay: one run, as the seed was drawn for (every batch would repeat it)
+
+    def sequences(count: int) -> None:
+        run_state_machine_as_test(model_class(twin), settings=settings(profile, max_examples=count))
+
+    long_budget.run(profile.max_examples, LONG_BATCH, sequences, f"sequences of up to {profile.stateful_step_count} steps")
 
 
 def test_differences_found_before_stay_fixed(twin):

@@ -434,7 +434,8 @@ class QuotaMachine(RuleBasedStateMachine):
         shutil.rmtree(self.top, ignore_errors=True)
 
 
-# the suite's run (~1 min here); the long variant (make test-long) runs 200 random ones
+# the suite's run (~1 min here); the long variant (make test-long) runs 200 random ones, in runs
+# of the suite's size under make test-long's budget (tests/long_budget.py)
 MODEL_RUN = settings(max_examples=12, stateful_step_count=40, deadline=None, database=None,
                      suppress_health_check=list(HealthCheck), derandomize=True)
 LONG_MODEL_RUN = settings(MODEL_RUN, max_examples=200, derandomize=False)
@@ -443,5 +444,9 @@ LONG_MODEL_RUN = settings(MODEL_RUN, max_examples=200, derandomize=False)
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("profile", [MODEL_RUN, pytest.param(LONG_MODEL_RUN, marks=pytest.mark.long)],
                          ids=["short", "long"])
-def test_quotas_match_a_model(cluster, profile):
-    run_state_machine_as_test(type("Machine", (QuotaMachine,), {"cluster": cluster}), settings=profile)
+def test_quotas_match_a_model(cluster, profile, long_budget):
+    def runs(count: int) -> None:
+        run_state_machine_as_test(type("Machine", (QuotaMachine,), {"cluster": cluster}),
+                                  settings=settings(profile, max_examples=count))
+
+    long_budget.run(profile.max_examples, MODEL_RUN.max_examples, runs, "quota model runs")
