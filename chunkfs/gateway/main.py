@@ -28,6 +28,7 @@ from chunkfs.gateway.keys import KeyStore
 from chunkfs.gateway.metrics import SESSIONS_COUNT_S, GatewayMetrics
 from chunkfs.gateway.rest_app import RestApi
 from chunkfs.gateway.s3_app import S3App
+from chunkfs.malloc_tuning import give_back_big_buffers
 
 log = logging.getLogger("chunkfs.gateway")
 
@@ -138,6 +139,7 @@ async def _count_sessions_forever(root: chunkfs.client.AsyncFilesystem, metrics:
 @daemon_command(GatewayConfig, "Run the chunkfs gateway: the namespace over S3 and a REST API.")
 def run(config: GatewayConfig) -> None:
     setup_logging(config.log_level)
+    give_back_big_buffers()
     trio.run(serve, config)
 
 

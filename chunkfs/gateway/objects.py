@@ -95,9 +95,9 @@ def _fallback_etag(ino: int, size: int, mtime_ns: int) -> str:
 
 def _etag_from(stored: bytes | None, ino: int, size: int, mtime_ns: int) -> str:
     if stored:
-        md5, _, belongs_to = stored.decode().partition(" ")
-        if belongs_to == f"{size} {mtime_ns}":
-            return md5
+        md5, _, belongs_to = stored.partition(b" ")
+        if belongs_to == b"%d %d" % (size, mtime_ns):
+            return md5.decode()
     return _fallback_etag(ino, size, mtime_ns)
 
 
@@ -303,8 +303,8 @@ class ObjectStore:
     def _listed(key: str, entry: DirEntry | None) -> ObjectInfo:
         if entry is None or entry.is_dir():
             return ObjectInfo(key, 0, entry.stat().st_mtime_ns if entry else 0, EMPTY_MD5)
-        st = entry.stat()  # the ETag came with the listing (DirectorySnapshots' with_xattr): no call per key
-        return ObjectInfo(key, st.st_size, st.st_mtime_ns, _etag_from(entry.xattr, st.st_ino, st.st_size, st.st_mtime_ns))
+        attr = entry.attr  # the ETag came with the listing (DirectorySnapshots' with_xattr): no call per key
+        return ObjectInfo(key, attr.size, attr.mtime_ns, _etag_from(entry.xattr, attr.ino, attr.size, attr.mtime_ns))
 
     async def _keys(self, bucket: str, dir_key: str, prefix: str, delimiter: str, after: str
                     ) -> AsyncIterator[tuple[str, DirEntry | None]]:
