@@ -52,7 +52,8 @@ class GatewayConfig:
     tls_dir: str = opt("", "directory made by chunkfs certs init: reach the cluster with TLS, showing its gateway "
                            "certificate, and serve both APIs over HTTPS with it (unless tls_cert_file is given)")
     upload_expiry_s: float = opt(86400.0, "multipart and tus uploads untouched this long are removed")
-    cache_mem_mb: int = opt(256, "MiB of chunks the gateway's client core caches in memory")
+    cache_mem_mb: int = opt(128, "MiB of chunks the gateway's client core caches in memory (its GETs stream: "
+                                 "this keeps their prefetched chunks and hot objects)")
     max_dirty_mb: int = opt(256, "MiB of written data buffered before writers wait for uploads")
     retry_s: float = opt(15.0, "seconds a call to the cluster is retried before it fails")
     log_level: str = opt("info", "debug, info, warning or error")

@@ -9,7 +9,7 @@ from urllib.parse import quote
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
-from chunkfs.gateway.objects import ListPage, ObjectInfo
+from chunkfs.gateway.objects import ListedObject, ListPage, ObjectInfo
 from chunkfs.gateway.s3_errors import S3Error
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -49,7 +49,7 @@ def _key_text(key: str, encode: bool) -> str:
     return escape(key)
 
 
-def _contents(info: ObjectInfo, encode: bool) -> str:
+def _contents(info: ListedObject, encode: bool) -> str:
     """One object of a listing, in one string (this runs 1,000 times a page: no helper per field;
     an ETag is hex and a time stamp digits, neither needs escaping)."""
     return (f"<Contents><Key>{_key_text(info.key, encode)}</Key><LastModified>{iso_time(info.mtime_ns)}"
@@ -57,7 +57,7 @@ def _contents(info: ObjectInfo, encode: bool) -> str:
             "<StorageClass>STANDARD</StorageClass></Contents>")
 
 
-def _version(info: ObjectInfo, encode: bool, owner: str) -> str:
+def _version(info: ListedObject, encode: bool, owner: str) -> str:
     """One object of ListObjectVersions: the only version an unversioned bucket has ("null")."""
     return (f"<Version><Key>{_key_text(info.key, encode)}</Key><VersionId>null</VersionId><IsLatest>true</IsLatest>"
             f'<LastModified>{iso_time(info.mtime_ns)}</LastModified><ETag>"{info.etag}"</ETag><Size>{info.size}'
