@@ -5,8 +5,9 @@ serves an allocation at or above its mmap threshold with a mapping of its own, u
 freed; but that threshold is dynamic: each such buffer freed raises it to its size (up to 32
 MiB on 64-bit), so after the first few chunks every chunk buffer comes from the heap, where freed
 memory stays in the process (fragmented between live buffers, in one heap per arena that
-threads touched) and the resident size climbs well past what is live. Measured on the gateway
-under 8 concurrent 256 MiB uploads: see the README's gateway section.
+threads touched) and the resident size can climb past what is live. (On the gateway, 8
+uploads at once peaked at about the same RSS with and without this, at the rates a loaded
+2-core machine gave: the README's gateway section. It bounds what a faster run could strand.)
 
 `give_back_big_buffers` fixes the threshold (which also stops its dynamic growth) and caps the
 arenas, as `MALLOC_MMAP_THRESHOLD_` and `MALLOC_ARENA_MAX` in the environment would; a value
