@@ -1,7 +1,7 @@
 """TLS on every link, with mutual authentication: a cluster CA and a certificate per part.
 
 `chunkfs certs init --dir DIR` makes `ca.pem` (+ `ca.key`, to be kept off the servers) and, for
-each name (by default metaserver, chunkserver, client, gateway, admin), `NAME.pem` and `NAME.key`
+each name (by default metaserver, chunkserver, client, gateway, admin, etcd), `NAME.pem` and `NAME.key`
 (0600), valid for the host names and addresses given (default: localhost, 127.0.0.1, ::1 and this
 host's name). A daemon given `tls_dir` (one config switch) serves only TLS, asks every peer for a
 certificate of the cluster CA (a plain-HTTP request gets no answer: the connection is closed in
@@ -19,7 +19,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-NAMES = ("metaserver", "chunkserver", "client", "gateway", "admin")
+NAMES = ("metaserver", "chunkserver", "client", "gateway", "admin", "etcd")
 VALID_DAYS = 3650
 
 

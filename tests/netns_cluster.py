@@ -41,7 +41,7 @@ import httpx
 import trio
 
 from chunkfs import auth
-from chunkfs.etcd_members import EtcdMember, endpoints as etcd_endpoints, member_command
+from chunkfs.etcd_members import TLS_NAME as ETCD_TLS_NAME, EtcdMember, endpoints as etcd_endpoints, member_command
 from chunkfs.daemons import abort_fuse_connection, log_tail, module_command, read_pid, stop_pid, unmount, wait_for
 from chunkfs.mount.helper import FIELDS as MOUNT_FIELDS, launch
 from chunkfs.protocol import records as r
@@ -213,7 +213,8 @@ class NetnsCluster:
 
     @property
     def etcd_members(self) -> list[EtcdMember]:
-        return [EtcdMember(f"chunkfs-{n}", self.nodes[n].ip, ETCD_CLIENT_PORT, ETCD_PEER_PORT)
+        return [EtcdMember(f"chunkfs-{n}", self.nodes[n].ip, ETCD_CLIENT_PORT, ETCD_PEER_PORT,
+                           tls=self.tls_dir is not None)
                 for n in self.nodes if n.startswith("etcd")]
 
     @property
@@ -345,7 +346,9 @@ class NetnsCluster:
         if name.startswith("etcd"):
             members = self.etcd_members
             member = next(m for m in members if m.name == f"chunkfs-{name}")
-            launcher().spawn(node.enter + member_command(member, members, self.root / name, self.tag), log, pid_file)
+            files = TlsFiles(self.tls_dir, ETCD_TLS_NAME) if self.tls_dir is not None else None
+            launcher().spawn(node.enter + member_command(member, members, self.root / name, self.tag, files),
+                             log, pid_file)
             return
         if name.startswith("meta"):
             ha = ["--etcd", etcd_endpoints(self.etcd_members), "--etcd-prefix", f"/{self.tag}"] if self.ha else []

@@ -5,8 +5,10 @@ The failover of whole clusters is tests/test_netns_failover.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import shutil
+import ssl
 import subprocess
 
 import httpx
@@ -15,32 +17,42 @@ import pytest
 from chunkfs.etcd_members import EtcdMember, member_command
 from chunkfs.metaserver.election import Election, SyncState
 from chunkfs.protocol.etcd_client import EtcdClient
+from chunkfs.tls import TlsFiles, init_certs
 from conftest import wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None and shutil.which("etcd", path="/usr/bin") is None,
                                 reason="etcd is not installed (apt-get install etcd-server)")
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, context: ssl.SSLContext | None = None) -> bool:
     try:
-        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+        return httpx.get(f"{url}/health", timeout=1, verify=context or True).status_code == 200
     except httpx.HTTPError:
         return False
 
 
-@pytest.fixture
-def etcd(tmp_path):
+@contextlib.contextmanager
+def etcd_member(tmp_path, tls: TlsFiles | None = None):
+    """One etcd member (with `tls`: HTTPS only, client certificates of the cluster CA asked);
+    its client URL once it answers."""
     port = random.randrange(30000, 40000, 2)
-    member = EtcdMember("chunkfs-test", "127.0.0.1", port, port + 1)
+    member = EtcdMember("chunkfs-test", "127.0.0.1", port, port + 1, tls=tls is not None)
     with open(tmp_path / "etcd.log", "wb") as log:
-        proc = subprocess.Popen(member_command(member, [member], tmp_path / "etcd", "test"), stdout=log,
+        proc = subprocess.Popen(member_command(member, [member], tmp_path / "etcd", "test", tls), stdout=log,
                                 stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: _answers(member.client_url), 30, "etcd answering")
+        context = TlsFiles(tls.directory, "admin").client_context() if tls is not None else None
+        wait_until(lambda: _answers(member.client_url, context), 30, f"etcd answering (log: {tmp_path / 'etcd.log'})")
         yield member.client_url
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    with etcd_member(tmp_path) as url:
+        yield url
 
 
 def election(url: str, name: str, ttl_s: int = 2) -> Election:
@@ -110,3 +122,41 @@ def test_only_the_holder_writes_the_sync_record(etcd):
         assert not b.holds()  # and is fenced by finding out
         assert (await a.sync_state())[0] is None
     asyncio.run(run())
+
+
+def test_with_tls_the_election_goes_over_https_with_certificates_of_the_cluster_ca(tmp_path):
+    """An etcd member started as `chunkfs up --tls --ha` starts them (etcd_members.member_command
+    with the `etcd` certificate) answers the metaservers' election over HTTPS with their
+    certificate, and nothing else: plain HTTP (Go answers it 400 and nothing more), HTTPS without a
+    client certificate, and a certificate of another CA get no answer; a metaserver with TLS
+    refuses an http:// endpoint."""
+    init_certs(tmp_path / "tls")
+    init_certs(tmp_path / "other-ca", names=("metaserver",))
+    with etcd_member(tmp_path, TlsFiles(tmp_path / "tls", "etcd")) as url:
+        assert url.startswith("https://")
+
+        def client(name: str) -> EtcdClient:
+            return EtcdClient([url], tls=TlsFiles(tmp_path / "tls", name).client_context())
+
+        async def run() -> None:
+            a = Election(client("metaserver"), "/test", "a", "a", 2, margin_s=0.5)
+            assert await a.campaign("")
+            leader = await Election(client("metaserver"), "/test", "b", "b", 2, margin_s=0.5).leader()
+            assert leader is not None and leader[0].name == "a"
+            await a.resign()
+        asyncio.run(run())
+        plain = url.replace("https://", "http://")
+        no_certificate = ssl.create_default_context(cafile=tmp_path / "tls" / "ca.pem")
+        foreign = ssl.create_default_context(cafile=tmp_path / "tls" / "ca.pem")
+        foreign.load_cert_chain(tmp_path / "other-ca" / "metaserver.pem", tmp_path / "other-ca" / "metaserver.key")
+        for what, context, target in (("plain HTTP", None, plain), ("no client certificate", no_certificate, url),
+                                      ("a certificate of another CA", foreign, url)):
+            try:
+                answer = httpx.post(f"{target}/v3/kv/range", json={"key": "Lw=="}, timeout=5, verify=context or True)
+            except httpx.HTTPError as exc:
+                print(f"{what}: {type(exc).__name__}")
+                continue
+            print(f"{what}: {answer.status_code} {answer.text[:80]!r}")
+            assert answer.status_code == 400 and "kvs" not in answer.text and "header" not in answer.text, what
+        with pytest.raises(ValueError):
+            EtcdClient([plain], tls=TlsFiles(tmp_path / "tls", "metaserver").client_context())

@@ -158,6 +158,7 @@ class Context:
     chunkservers: list[wire.Sender]
     known_ints: list[int]
     protected: set[int]
+    client_ids: list[str] = field(default_factory=lambda: CLIENT_IDS)  # X-Chunkfs-Client values
 
 
 def draw_ints(data, ctx: Context) -> int:
@@ -228,7 +229,7 @@ def draw_request(data, ctx: Context) -> Planned:
         else:
             body = draw_json_body(data, ctx, route)
             headers["Content-Type"] = "application/json"
-    client = data.draw(st.sampled_from(CLIENT_IDS), label="client")
+    client = data.draw(st.sampled_from(ctx.client_ids), label="client")
     if client:
         headers[CLIENT_HEADER] = client
     if data.draw(st.booleans()):
@@ -529,8 +530,10 @@ def test_fuzz_with_each_role_key(role_fuzzing, role, requests):
     files are unchanged."""
     f = role_fuzzing
     key = None if role is None else f.keys[role]
+    # each role's own client ids: an id belongs to the credential that used it first (client_owners.py)
     ctx = Context(wire.every_route(), wire.Sender(f.cluster.metaserver, key),
-                  [wire.Sender(address, key) for address in f.servers], f.known, f.kept.protected)
+                  [wire.Sender(address, key) for address in f.servers], f.known, f.kept.protected,
+                  [f"{client}-{role}" if client.startswith("fuzz-") else client for client in CLIENT_IDS])
     pids = daemon_pids(f.cluster)
     tally = Tally()
     outside: list[str] = []

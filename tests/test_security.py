@@ -6,10 +6,12 @@ nothing stored changed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
+import shutil
 import ssl
 import stat
 import subprocess
@@ -367,8 +369,8 @@ def test_exports_read_only_subtree_and_root_squash(secured, tmp_path):
 def batch(c: Cluster, key: bytes, *ops: tuple[str, object]) -> list[tuple[int, str, object]]:
     """A write-behind batch sent by hand: each change's (errno, message, reply)."""
     body = r.BatchReq([r.BatchOp(op, msgspec.Raw(r.json_encode(req))) for op, req in ops])
-    response = call(c.metaserver, key, "POST", "/v1/fs/batch", body=r.json_encode(body),
-                    headers={"X-Chunkfs-Client": "batcher"})
+    response = call(c.metaserver, key, "POST", "/v1/fs/batch", body=r.json_encode(body),  # a client id of its own
+                    headers={"X-Chunkfs-Client": f"batcher-{auth.split_credential(key)[0] or 'cluster'}"})
     assert response.status_code == 200, response.text
     return [tuple(outcome) for outcome in response.json()]
 
@@ -626,11 +628,175 @@ def test_quotas_trash_and_snapshots_keep_to_roles_and_exports(secured):
     assert (c.mnt / "projects" / "plan-copy").read_text() == "plan"
 
 
+def feed_changes(c: Cluster, key: bytes, client: str, since: int, epoch: str) -> r.ChangeBatch:
+    """One poll of the change feed, by hand, as client `client` (no wait)."""
+    response = call(c.metaserver, key, "GET", f"/v1/changes?since={since}&wait_s=0" + (f"&epoch={epoch}" if epoch else ""),
+                    headers={"X-Chunkfs-Client": client})
+    assert response.status_code == 200, response.text
+    return msgspec.json.decode(response.content, type=r.ChangeBatch)
+
+
+def test_the_change_feed_and_other_listings_show_an_export_nothing_outside(secured):
+    """A client whose credential exports /projects polls the change feed by hand while another
+    client works in /home and moves things across the edge: it is told nothing of /home (no
+    name, no inode, no event), a move out reaches it as an unlink, a move in as a create; the
+    file and the directory moved out are outside from then on. Its status shows no other client
+    and no quota outside, its lock listing no lock outside, a statfs of /home the export's
+    figures, and the reply log does not answer it another credential's reply."""
+    c = secured
+    for name in ("projects", "home"):
+        (c.mnt / name).mkdir(exist_ok=True)
+    (c.mnt / "projects" / "leaving.txt").write_text("x")
+    (c.mnt / "projects" / "dir-out").mkdir()
+    (c.mnt / "home" / "arriving.txt").write_text("x")
+    (c.mnt / "home" / "locked.txt").write_text("x")
+    for name in ("projects", "home"):
+        fsync_directory(c.mnt / name)
+    projects_ino, home_ino = os.stat(c.mnt / "projects").st_ino, os.stat(c.mnt / "home").st_ino
+    dir_out_ino = os.stat(c.mnt / "projects" / "dir-out").st_ino
+    spy = credential(c, "client", "feed-spy", "--subtree", "/projects")
+    secret = auth.load_secret(c.secret_file)
+    leaving = call(c.metaserver, spy, "POST", "/v1/fs/lookup", r.LookupReq(projects_ino, b"leaving.txt")).json()
+    assert call(c.metaserver, spy, "POST", "/v1/fs/readdir", r.ReaddirReq(projects_ino)).status_code == 200
+    start = feed_changes(c, spy, "feed-spy", 0, "")
+    # another client works in /home and across the edge; a create in /projects comes last
+    (c.mnt / "home" / "home-only-name.txt").write_text("x")
+    os.chmod(c.mnt / "home" / "home-only-name.txt", 0o600)
+    os.rename(c.mnt / "home" / "home-only-name.txt", c.mnt / "home" / "home-only-renamed.txt")
+    os.rename(c.mnt / "projects" / "leaving.txt", c.mnt / "home" / "leaving.txt")
+    os.rename(c.mnt / "projects" / "dir-out", c.mnt / "home" / "dir-out")
+    os.rename(c.mnt / "home" / "arriving.txt", c.mnt / "projects" / "arriving.txt")
+    (c.mnt / "projects" / "zz-last.txt").write_text("x")
+    for name in ("projects", "home"):
+        fsync_directory(c.mnt / name)
+    told: list[r.Change] = []
+    seq = [start.seq]
+
+    def poll(key: bytes, client: str, into: list[r.Change], cursor: list[int]) -> bool:
+        batch = feed_changes(c, key, client, cursor[0], start.epoch)
+        assert not batch.reset
+        into.extend(batch.changes)
+        cursor[0] = batch.seq
+        return (projects_ino, b"zz-last.txt") in {tuple(e) for change in into for e in change.entries}
+
+    wait_until(lambda: poll(spy, "feed-spy", told, seq), 30, "the create in /projects told to the spy")
+    everything: list[r.Change] = []  # the control: the cluster secret is told all of it
+    everything_seq = [start.seq]
+    wait_until(lambda: poll(secret, "feed-admin", everything, everything_seq), 30, "the feed, unfiltered")
+    outside_names = {b"home-only-name.txt", b"home-only-renamed.txt"}
+    assert outside_names <= {name for change in everything for _parent, name in change.entries}
+    assert home_ino in {ino for change in everything for ino in change.inodes}
+    entries = {tuple(e) for change in told for e in change.entries}
+    inodes = {ino for change in told for ino in change.inodes}
+    print("told to the /projects export:", sorted(entries), sorted(inodes))
+    assert not {parent for parent, _name in entries} & {1, home_ino, dir_out_ino}, entries
+    assert not {name for _parent, name in entries} & outside_names, entries
+    assert {(projects_ino, b"leaving.txt"), (projects_ino, b"dir-out"), (projects_ino, b"arriving.txt")} <= entries
+    assert not inodes & {1, home_ino, dir_out_ino, leaving["ino"]}, inodes
+    # what moved out is outside from then on (it had been shown inside)
+    for what, ino in (("file", leaving["ino"]), ("directory", dir_out_ino)):
+        moved_out = call(c.metaserver, spy, "POST", "/v1/fs/getattr", r.InodeReq(ino))
+        assert errno_of(moved_out) == "EACCES", (what, moved_out.text)
+    # the other reads of /home by inode number, names and attributes
+    outside_reads = {
+        "lookup in /home": ("lookup", r.LookupReq(home_ino, b"leaving.txt")),
+        "readdir-plus of /home": ("readdir", r.ReaddirReq(home_ino, xattr=b"user.tag")),
+        "getxattr of a file moved out": ("getxattr", r.XattrReq(leaving["ino"], b"user.tag")),
+        "listxattr of /home": ("listxattr", r.InodeReq(home_ino)),
+        "quota_get of /home": ("quota_get", r.InodeReq(home_ino)),
+        "trash_time_of /home": ("trash_time_of", r.InodeReq(home_ino)),
+        "size limit of a file moved out": ("quota_size_limit", r.QuotaLimitReq(leaving["ino"])),
+    }
+    for what, (op, record) in outside_reads.items():
+        response = call(c.metaserver, spy, "POST", f"/v1/fs/{op}", record)
+        print(f"{what}: {response.status_code} {errno_of(response)}")
+        assert errno_of(response) == "EACCES", (what, response.text)
+    # the feed of an export's network is its network's too
+    elsewhere = credential(c, "client", "feed-elsewhere", "--network", "10.99.0.0/16")
+    refused = call(c.metaserver, elsewhere, "GET", "/v1/changes?since=0&wait_s=0")
+    assert errno_of(refused) == "EACCES", refused.text
+    # status, lock listing and statfs of something outside
+    admin = credential(c, "admin", "feed-admin")
+    assert call(c.metaserver, admin, "POST", "/v1/fs/quota_set",
+                r.QuotaSetReq(ino=home_ino, bytes_hard=987_654_321, inodes_soft=1)).status_code == 200
+    try:
+        with open(c.mnt / "home" / "locked.txt", "rb+") as locked:
+            fcntl.lockf(locked, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked_ino = os.fstat(locked.fileno()).st_ino
+            wait_until(lambda: any(q["ino"] == home_ino for q in c.status()["quotas_over_soft"]), 30,
+                       "/home over its soft limit in the status")
+            status = call(c.metaserver, spy, "GET", "/v1/status").json()
+            assert status["clients"] == [] and status["quotas_over_soft"] == [], status
+            assert call(c.metaserver, admin, "GET", "/v1/status").json()["clients"]  # the control
+            every_lock = call(c.metaserver, spy, "POST", "/v1/fs/locks", r.LocksReq(0))
+            assert every_lock.status_code == 200, every_lock.text
+            assert locked_ino not in {info["ino"] for info in every_lock.json()}, every_lock.text
+            assert {info["client"] for info in every_lock.json()} <= {"", "feed-spy"}, every_lock.text
+            assert locked_ino in {info["ino"] for info in call(c.metaserver, admin, "POST", "/v1/fs/locks",
+                                                                r.LocksReq(0)).json()}
+            one_lock = call(c.metaserver, spy, "POST", "/v1/fs/locks", r.LocksReq(locked_ino))
+            assert errno_of(one_lock) == "EACCES", one_lock.text
+        home_df = call(c.metaserver, admin, "POST", "/v1/fs/statfs", r.InodeReq(home_ino)).json()
+        spied_df = call(c.metaserver, spy, "POST", "/v1/fs/statfs", r.InodeReq(home_ino)).json()
+        assert home_df["total_bytes"] == 987_654_321 and spied_df["total_bytes"] != 987_654_321, (home_df, spied_df)
+        assert spied_df["total_bytes"] == call(c.metaserver, spy, "POST", "/v1/fs/statfs",
+                                               r.InodeReq(projects_ino)).json()["total_bytes"]
+    finally:
+        call(c.metaserver, admin, "POST", "/v1/fs/quota_remove", r.InodeReq(home_ino))
+    # another credential's client id and request id (read off the wire, say): refused, before the
+    # reply log is looked in (which keeps replies by credential too: test_units); its own id works
+    victim = {"X-Chunkfs-Client": "victim-client", "X-Request-Id": "victimrid001", "X-Chunkfs-Attempt": "1"}
+    made = call(c.metaserver, admin, "POST", "/v1/fs/create",
+                r.CreateReq(parent=home_ino, name=b"victims-file", mode=stat.S_IFREG | 0o600, uid=0, gid=0),
+                headers=victim)
+    assert made.status_code == 200, made.text
+    spy_create = r.CreateReq(parent=projects_ino, name=b"spys-file", mode=stat.S_IFREG | 0o600, uid=0, gid=0)
+    as_victim = {k: v for k, v in victim.items() if k != "X-Chunkfs-Attempt"}
+    stolen = {
+        "a retried create (the reply log)": call(c.metaserver, spy, "POST", "/v1/fs/create", spy_create,
+                                                 headers=as_victim),
+        "its leases given back": call(c.metaserver, spy, "POST", "/v1/fs/release_leases", r.LeaseReq([home_ino]),
+                                      headers=as_victim),
+        "its feed polled": call(c.metaserver, spy, "GET", "/v1/changes?since=0&wait_s=0", headers=as_victim),
+    }
+    for what, response in stolen.items():
+        print(f"as another credential's client, {what}: {response.status_code} {errno_of(response)}")
+        assert response.status_code == 403 and errno_of(response) == "EPERM", (what, response.text)
+    assert not (c.mnt / "projects" / "spys-file").exists()
+    own = call(c.metaserver, spy, "POST", "/v1/fs/create", spy_create,
+               headers={**as_victim, "X-Chunkfs-Client": "feed-spy"})
+    assert own.status_code == 200 and own.json()["ino"] != made.json()["ino"], own.text
+    wait_until(lambda: (c.mnt / "projects" / "spys-file").exists(), 30, "the spy's own create made")
+
+
 def test_health_is_open_and_the_status_page_loopback_only_by_default(secured):
     c = secured
     assert httpx.get(f"http://{c.metaserver}/health").status_code == 200
     assert httpx.get(f"http://{c.metaserver}/metrics").status_code == 200  # from loopback
     assert "secret" not in httpx.get(f"http://{c.metaserver}/").text.lower()
+
+
+@contextlib.contextmanager
+def loopback_capture(path: Path, ports: list[int]):
+    """tcpdump on the loopback of the TCP traffic to and from `ports`, written to `path` until the
+    block ends (each packet whole, written as it comes)."""
+    if shutil.which("tcpdump") is None or os.geteuid() != 0:
+        pytest.skip("tcpdump as root is needed to capture the loopback")
+    log = path.with_suffix(".log")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-B", "32768", "-s", "0", "-w", str(path), "tcp and ("
+                                 + " or ".join(f"port {port}" for port in ports) + ")"], stdout=out, stderr=out)
+    try:
+        wait_until(lambda: b"listening on" in log.read_bytes() or proc.poll() is not None, 30, "tcpdump listening")
+        assert proc.poll() is None, log.read_text()
+        yield path
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def file_chunks(c: Cluster, path: Path) -> list[dict]:
+    return json.loads(chunkfs("info", path, "--dir", c.dir, "--json").stdout)["chunks"]
 
 
 @pytest.mark.parametrize("fresh_cluster", [{"chunkservers": 2, "goal": 2, "gateway": True,
@@ -642,9 +808,25 @@ def test_tls_on_every_link_refuses_plain_http(fresh_cluster, tmp_path):
     c = fresh_cluster
     tls_dir = c.dir / "tls"
     data = os.urandom(3 << 20) + b"PLAINTEXT-MARKER-" * 1000
-    (c.mnt / "over-tls.bin").write_bytes(data)
     servers = [s["address"] for s in c.status()["servers"]]
     assert len(servers) == 2 and all(s["alive"] for s in c.status()["servers"])
+    # what travels on the loopback between the parts while a file is written (to both
+    # chunkservers), and while a third copy of a goal-1 file is made chunkserver to chunkserver
+    ports = sorted({int(address.rsplit(":", 1)[1]) for address in [c.metaserver, *servers]})
+    with loopback_capture(tmp_path / "tls.pcap", ports) as pcap:
+        (c.mnt / "over-tls.bin").write_bytes(data)
+        (c.mnt / "one-copy").mkdir()
+        chunkfs("goal", c.mnt / "one-copy", "1", "--dir", c.dir)
+        (c.mnt / "one-copy" / "copied.bin").write_bytes(data)
+        assert {len(chunk["replicas"]) for chunk in file_chunks(c, c.mnt / "one-copy" / "copied.bin")} == {1}
+        chunkfs("goal", c.mnt / "one-copy" / "copied.bin", "2", "--dir", c.dir)
+        wait_until(lambda: {len(chunk["replicas"]) for chunk in file_chunks(c, c.mnt / "one-copy" / "copied.bin")}
+                   == {2}, 60, "the second copies made, chunkserver to chunkserver")
+    captured = pcap.read_bytes()
+    print(f"captured {len(captured)} bytes on the cluster's ports: {captured.count(b'PLAINTEXT-MARKER-')} markers, "
+          f"{captured.count(b'X-Chunkfs')} X-Chunkfs, {captured.count(b'POST /v1')} POST /v1")
+    assert len(captured) > 2 * len(data)  # the control: three uploads and a copy went through it, encrypted
+    assert captured.count(b"PLAINTEXT-MARKER-") == 0 and b"X-Chunkfs" not in captured and b"POST /v1" not in captured
     context = TlsFiles(tls_dir, "admin").client_context()
     for address in [c.metaserver, *servers]:
         with pytest.raises(httpx.HTTPError):  # plain HTTP: the handshake fails, no answer

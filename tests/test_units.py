@@ -78,11 +78,34 @@ def test_reply_log_answers_a_retry_and_forgets_it_after_keep_s(tmp_path):
         now[0] += KEEP_S - 60
         assert replies.once(mutate, "client", "rid")(txn, 1) == (b'{"made":1}', REPLAYED)  # answered again
         assert replies.once(mutate, "other-client", "rid")(txn, 2)[1] == {"made": 2}  # ids are per client
+        assert replies.once(mutate, "client", "rid", signer="Kother")(txn, 4)[1] == {"made": 4}  # and credential
         now[0] += 180
         assert replies.prune(txn) == 1
         assert replies.once(mutate, "client", "rid")(txn, 3)[1] == {"made": 3}
-    assert runs == [1, 2, 3]
+    assert runs == [1, 2, 4, 3]
     db.close()
+
+
+def test_a_client_id_is_the_credential_s_that_used_it_first():
+    import errno
+
+    from chunkfs.auth import CLUSTER_ROLE
+    from chunkfs.errors import FsError
+    from chunkfs.metaserver.client_owners import ClientOwners
+
+    now = [0.0]
+    owners = ClientOwners(forget_s=100, clock=lambda: now[0])
+    owners.admit("mount-1", "Kalice", "client")
+    owners.admit("mount-1", "Kalice", "client")  # its own, again
+    with pytest.raises(FsError) as err:
+        owners.admit("mount-1", "Kmallory", "client")
+    assert err.value.errno == errno.EPERM
+    owners.admit("mount-1", "", CLUSTER_ROLE)  # the cluster secret may act under any id
+    owners.admit("", "Kmallory", "client")  # no id: nothing to own
+    now[0] += 150  # unused past forget_s: forgotten, free to take
+    owners.admit("other", "Kbob", "client")
+    owners.admit("mount-1", "Kmallory", "client")
+    assert len(owners) == 2
 
 
 def test_readme_lists_every_mount_option_as_chunkfs_mount_help_does():

@@ -22,7 +22,7 @@ from chunkfs import DEFAULT_METASERVER_PORT, auth, mounts
 from chunkfs.cli.cluster_access import DEFAULT_DIR, ClusterAccess, fail, local_cluster_file, run_with_meta
 from chunkfs.cli.gateway_cmd import local_keys_file
 from chunkfs.gateway.main import REST_PORT_OFFSET, S3_PORT_OFFSET
-from chunkfs.etcd_members import EtcdMember, endpoints as etcd_endpoints, member_command
+from chunkfs.etcd_members import TLS_NAME as ETCD_TLS_NAME, EtcdMember, endpoints as etcd_endpoints, member_command
 from chunkfs.daemons import DaemonError, answers_health, module_command, read_pid, spawn, stop_pid, unmount, wait_for
 from chunkfs.mount.helper import OptionError, launch, parse_options
 from chunkfs.protocol import records as r
@@ -67,19 +67,23 @@ def _start_gateway(gateway: dict[str, str], metaserver: str, secret_file: Path, 
              proc, logs / "gateway.log")
 
 
-def _start_etcd(port: int, data_dir: Path, logs: Path, run: Path) -> str:
-    """Three etcd members on this machine for `up --ha`; their endpoints, once they answer."""
-    members = [EtcdMember(f"chunkfs-etcd{i}", "127.0.0.1", port + HA_ETCD_OFFSET + i, port + HA_ETCD_OFFSET + 10 + i)
+def _start_etcd(port: int, data_dir: Path, logs: Path, run: Path, tls_dir: Path | None = None) -> str:
+    """Three etcd members on this machine for `up --ha`; their endpoints, once they answer.
+    `tls_dir`: they serve HTTPS only and ask for certificates of the cluster CA (`up --tls`)."""
+    members = [EtcdMember(f"chunkfs-etcd{i}", "127.0.0.1", port + HA_ETCD_OFFSET + i, port + HA_ETCD_OFFSET + 10 + i,
+                          tls=tls_dir is not None)
                for i in (1, 2, 3)]
+    files = TlsFiles(tls_dir, ETCD_TLS_NAME) if tls_dir is not None else None
     try:
         for i, member in enumerate(members, 1):
             if read_pid(run / f"etcd{i}.pid") is None:
-                spawn(member_command(member, members, data_dir / "etcd" / f"etcd{i}", "chunkfs-local"),
+                spawn(member_command(member, members, data_dir / "etcd" / f"etcd{i}", "chunkfs-local", files),
                       logs / f"etcd{i}.log", run / f"etcd{i}.pid")
     except RuntimeError as exc:  # etcd is not installed
         fail(str(exc))
+    context = TlsFiles(tls_dir, "admin").client_context() if tls_dir is not None else None
     for i, member in enumerate(members, 1):
-        wait_for(f"etcd{i}", functools.partial(answers_health, f"{member.client_url}/health"), 30,
+        wait_for(f"etcd{i}", functools.partial(answers_health, f"{member.client_url}/health", context=context), 30,
                  log_path=logs / f"etcd{i}.log")
     return etcd_endpoints(members)
 
@@ -164,7 +168,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
     info_path.parent.mkdir(parents=True, exist_ok=True)
     info_path.write_text(json.dumps(info, indent=2))
     try:
-        etcd = _start_etcd(port, data_dir, logs, run) if ha else ""
+        etcd = _start_etcd(port, data_dir, logs, run, tls_dir) if ha else ""
         scheme = "https" if admin_tls else "http"
         for name, address in metaservers.items():
             if read_pid(run / f"{name}.pid") is None:

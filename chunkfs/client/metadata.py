@@ -348,15 +348,19 @@ class Metadata:
     async def remove(self, parent: int, name: bytes, is_dir: bool, open_here: list[int] | None = None) -> int:
         if self.write_behind is not None:
             await self.write_behind.room()
-            removed = self._remove_here(parent, name, is_dir, open_here or [])
-            if removed is not None:
-                return removed
+            answered_here = self._remove_here(parent, name, is_dir, open_here or [])
+            if answered_here is not None:
+                return answered_here
         await self._before_change(parent)
+        self.cache.changed(parent)
+        generation = self.cache.generation
         try:
-            ino = await self.server.remove(parent, name, is_dir, open_here)
+            removed = await self.server.remove(parent, name, is_dir, open_here)
         finally:
             self.cache.forget_entry(parent, name)
-            self.cache.changed(parent)
+        # the directory as the remove left it, unless another client's change was heard of meanwhile
+        self.cache.put_attr(removed.parent, generation)
+        ino = removed.ino
         self.cache.forget_inode(ino)
         if self.leases is not None:
             self.leases.removed(parent, name)
@@ -367,24 +371,31 @@ class Metadata:
     async def rename(self, req: r.RenameReq) -> list[int]:
         if self.write_behind is not None:
             await self.write_behind.room()
-            renamed = self._rename_here(req)
-            if renamed is not None:
-                return renamed
+            answered_here = self._rename_here(req)
+            if answered_here is not None:
+                return answered_here
         await self._before_change(req.old_parent, req.new_parent)
+        self.cache.changed(req.old_parent)
+        self.cache.changed(req.new_parent)
+        generation = self.cache.generation
         moved: list[int] = []
         try:
-            moved = await self.server.rename(req)
+            renamed = await self.server.rename(req)
+            moved = renamed.moved
             if self.leases is not None:
                 self.leases.removed(req.old_parent, req.old_name)
                 self.leases.added(req.new_parent, req.new_name)
                 if req.flags & r.RENAME_EXCHANGE:
                     self.leases.added(req.old_parent, req.old_name)
-            return moved
         finally:
             self.cache.forget_entry(req.old_parent, req.old_name)
             self.cache.forget_entry(req.new_parent, req.new_name)
-            for ino in (req.old_parent, req.new_parent, *moved):
+            for ino in moved:
                 self.cache.forget_inode(ino)
+        # the directories as the rename left them (see `remove`)
+        for attr in renamed.parents:
+            self.cache.put_attr(attr, generation)
+        return moved
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         await self._before_change(ino)
@@ -472,7 +483,7 @@ class Metadata:
         ino, mode = known
         if ino in open_here or stat.S_ISDIR(mode):
             return None
-        self.write_behind.add("remove", r.RemoveReq(parent, name, False, "", []), int, also=(ino,))
+        self.write_behind.add("remove", r.RemoveReq(parent, name, False, "", []), r.Removed, also=(ino,))
         self.cache.forget_entry(parent, name)
         self.cache.forget_inode(ino)
         self.leases.removed(parent, name)
@@ -496,7 +507,7 @@ class Metadata:
                                              or replaced[0] in req.open_here or req.new_name in target.pending):
             return None
         answer = [moved[0], *([replaced[0]] if replaced is not None else [])]
-        self.write_behind.add("rename", req, list[int], also=answer)
+        self.write_behind.add("rename", req, r.Renamed, also=answer)
         attr = self.cache.attr(moved[0])
         now = time.time_ns()
         self.cache.forget_entry(req.old_parent, req.old_name)

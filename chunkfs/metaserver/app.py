@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from chunkfs import chunk_tokens, metrics, request_id
 from chunkfs.chunk_tokens import TokenIssuer
 from chunkfs.credentials import CredentialStore, Export
 from chunkfs.metaserver.exports import ExportGuard
+from chunkfs.metaserver.client_owners import ClientOwners
 from chunkfs.errors import FsError, NotPrimary
 from chunkfs.request_checks import client_id, query_float, query_int, query_token, request_id_header
 from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, SIGNER, BodyLimit, any_host, host_on_port,
@@ -86,6 +88,7 @@ class Metaserver:
     tokens: TokenIssuer | None = None  # chunk tokens for the layouts and reservations it hands out
     credentials: CredentialStore | None = None  # the role keys it accepts (besides the cluster secret)
     exports: ExportGuard = field(init=False)  # what each client credential may reach
+    client_owners: ClientOwners = field(default_factory=ClientOwners)  # which credential each client id is
     failover: Callable[[], r.FailoverStatus] | None = None  # with etcd: the election's state (failover.py)
     epoch: int = 0  # with etcd: this primary's fencing epoch, told to chunkservers (chunkserver/fencing.py)
 
@@ -155,7 +158,12 @@ async def lock_operation(m: Metaserver, op: str, client: str, request: web.Reque
     a lock on a file outside the caller's export is EACCES (a POSIX write lock of a read-only
     export EBADF), and a reclaim of one is answered as lost."""
     if op == "locks":
-        return m.locks.listing((await read_body(request, r.LocksReq)).ino)
+        listing_req = admitted(m, export, op, await read_body(request, r.LocksReq))
+        held = m.locks.listing(listing_req.ino)
+        if export is None:
+            return held
+        with m.db.read() as txn:
+            return m.exports.visible_locks(txn, *export, client, held)
     if not client:
         raise FsError(errno.EINVAL, "a lock is held by a client: send X-Chunkfs-Client")
     if op == "cancel_lock":
@@ -224,6 +232,22 @@ def caller_export(m: Metaserver, request: web.Request) -> tuple[str, Export] | N
     return signed.key_id, credential.export
 
 
+def owned_client(m: Metaserver, request: web.Request) -> str:
+    """The request's client id (`X-Chunkfs-Client`), if it is its signer's to use
+    (client_owners.py), else FsError(EPERM)."""
+    client = client_id(request)
+    signed = request.get(SIGNER)
+    if signed is not None:
+        m.client_owners.admit(client, signed.key_id, signed.role)
+    return client
+
+
+def signer_id(request: web.Request) -> str:
+    """The key id of the credential that signed `request` ("": the cluster secret, or unsigned)."""
+    signed = request.get(SIGNER)
+    return signed.key_id if signed is not None else ""
+
+
 def admitted(m: Metaserver, export: tuple[str, Export] | None, op: str, req: Any) -> Any:
     """`req` as the caller's export lets it through (see exports.py), or FsError."""
     if export is None:
@@ -252,9 +276,9 @@ WAKE_DELETER = frozenset({"remove", "rename", "commit", "setattr", "release_orph
 async def fs_operation(request: web.Request) -> web.Response:
     m = request.app[STATE]
     op = request.match_info["op"]
-    client = client_id(request)
-    read = READS.get(op)
     export = caller_export(m, request)
+    client = owned_client(m, request)
+    read = READS.get(op)
     if read is not None:
         record_type, run = read
         req = await read_body(request, record_type)
@@ -280,7 +304,7 @@ async def fs_operation(request: web.Request) -> web.Response:
             body = msgspec.json.encode(result)
         else:
             first_attempt = request.headers.get(request_id.ATTEMPT_HEADER) == "1"
-            body, result = await commit(m.replies.once(mutate, client, rid, first_attempt), req)
+            body, result = await commit(m.replies.once(mutate, client, rid, first_attempt, signer_id(request)), req)
             if result is REPLAYED:  # a retry of a mutation already done: answer it again, changes nothing
                 return web.Response(body=body, content_type="application/json")
         inodes = mutated(m, op, client, req, result, export)
@@ -334,7 +358,11 @@ def mutated(m: Metaserver, op: str, client: str, req: Any, result: Any, export: 
         with m.db.read() as txn:
             m.leases.ask_back_where(lambda ino: m.namespace.quotas.covers(txn, ino))
     elif op == "remove":
-        m.leases.forget_removed(result)
+        m.leases.forget_removed(result.ino)
+    elif op == "rename":  # a file moved out of a subtree is no longer seen by the exports of it
+        rename, moved = cast(r.RenameReq, req), cast(r.Renamed, result).moved
+        exchanged = [(moved[1], rename.old_parent)] if rename.flags & r.RENAME_EXCHANGE else []
+        m.exports.moved(m.db, [(moved[0], rename.new_parent), *exchanged])
     if op in WAKE_DELETER:
         m.deleter.wake.set()
     inodes, entries = affected(op, req, result)
@@ -382,7 +410,7 @@ async def apply_batch(m: Metaserver, client: str, request: web.Request, export: 
             continue
         mutate = mutation_of(m, item.op, client)
         if m.replies is not None and client and rid:
-            answered = m.replies.once(mutate, client, f"{rid}.{i}", first_attempt)
+            answered = m.replies.once(mutate, client, f"{rid}.{i}", first_attempt, signer_id(request))
         else:
             answered = encoded(mutate)
         calls.append((checked_in_batch(m, export, item.op, answered, made), (req,)))
@@ -654,7 +682,16 @@ def cluster_status(m: Metaserver, stored: StoredCounts | None = None) -> r.Clust
 
 
 async def status(request: web.Request) -> web.Response:
-    return json_response(await cluster_status_now(request.app[STATE]))
+    """The cluster's status; to a credential with an export, without the other clients (their ids,
+    hosts and mountpoints) and the quotas outside its subtree (their paths)."""
+    m = request.app[STATE]
+    export = caller_export(m, request)
+    answer = await cluster_status_now(m)
+    if export is None:
+        return json_response(answer)
+    with m.db.read() as txn:
+        quotas = m.exports.visible_quotas(txn, export[1], answer.quotas_over_soft)
+    return json_response(msgspec.structs.replace(answer, clients=[], quotas_over_soft=quotas))
 
 
 async def status_page(request: web.Request) -> web.Response:
@@ -665,7 +702,9 @@ async def status_page(request: web.Request) -> web.Response:
 
 async def changes(request: web.Request) -> web.Response:
     """Long poll: the changes after `since` of `epoch`, waiting up to `wait_s` (at most 30) for one."""
-    feed, client = request.app[STATE].changes, client_id(request)
+    m = request.app[STATE]
+    export = caller_export(m, request)  # its network; its subtree: what of the changes it is told
+    feed, client = m.changes, owned_client(m, request)
     since, wait_s = query_int(request, "since", 0), query_float(request, "wait_s", 0.0, 0.0, 30.0)
     epoch = query_token(request, "epoch")
     feed.seen(client)
@@ -674,14 +713,17 @@ async def changes(request: web.Request) -> web.Response:
             feed.report(client, r.json_decode(request.query["client"], type=r.ClientReport))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise FsError(errno.EINVAL, f"client: {exc}") from None
-    leases = request.app[STATE].leases
+    leases = m.leases
     leases.renew(client)
     if epoch == feed.epoch:
-        request.app[STATE].open_leases.polled(client, since)
+        m.open_leases.polled(client, since)
     feed.polling(client, +1)
     try:
-        batch = await feed.since(since, wait_s, client, lambda: leases.recalled_of(client), epoch)
-        batch.locks_lost = request.app[STATE].reclaim.lost_locks(client)
+        view = None  # told everything (no export, or one of "/"): nothing decoded for it
+        if export is not None and export[1].subtree != "/":
+            view = functools.partial(m.exports.visible_changes, m.db, *export)
+        batch = await feed.since(since, wait_s, client, lambda: leases.recalled_of(client), epoch, view)
+        batch.locks_lost = m.reclaim.lost_locks(client)
         return web.Response(body=feed.encode_batch(batch), content_type="application/json")
     finally:
         feed.polling(client, -1)

@@ -15,6 +15,10 @@ epoch than it had resets itself. It is random, not a counter kept in LMDB, becau
 travels: a standby promoted, or a metaserver restored from a backup, starts from a copy of the
 old counter, and the old metaserver may have counted on meanwhile.
 
+A client whose credential has an export of a subtree is told only of what it could see there
+(`since`'s `view`: `ExportGuard.visible_changes`): its changes are decoded, cut and encoded again
+for it; a change it may see nothing of does not end its wait.
+
 One bad entry can never stop the feed: origins are client ids checked at the edge (and blanked
 here if one is not a token), and a change that cannot be encoded is logged and kept as a gap
 (its mount then misses one invalidation, as if the change had fallen off the log) instead of
@@ -40,6 +44,10 @@ from chunkfs.protocol.limits import is_token
 log = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(r.Change).decode
+
+# What of the changes a client may be told (all of them: no view)
+ChangeView = Callable[[list[r.Change]], list[r.Change]]
 
 
 class EncodedChangeBatch(msgspec.Struct):
@@ -164,20 +172,25 @@ class ChangeFeed:
         return list(itertools.islice(reversed(self._log), self.seq - seq))[::-1]
 
     async def since(self, seq: int, wait_s: float, client_id: str = "",
-                    recalls: Callable[[], list[int]] = list, epoch: str = "") -> EncodedChangeBatch:
+                    recalls: Callable[[], list[int]] = list, epoch: str = "",
+                    view: ChangeView | None = None) -> EncodedChangeBatch:
         """Changes after `seq` of `epoch` (empty: the asker knows none yet), waiting up to
         `wait_s` for the first one; `reset` at once if the asker's seq is of another epoch or
         no longer in the log. Changes made by `client_id` itself are left out and do not end
         the wait: a mount's own changes need no invalidation, and waking it for each one cost
         it a round trip per create. `recalls` says which of its leases the client is asked to
-        give back; any end the wait."""
+        give back; any end the wait. `view`: what of the changes the asker may be told (the
+        others are left out as its own are)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         for _ in range(1_000_000):
             if (epoch and epoch != self.epoch) or seq > self.seq or (self._log and seq < self._log[0][0] - 1):
                 return EncodedChangeBatch(self.seq, [], reset=True, recalls=recalls(), epoch=self.epoch)
-            changes = [msgspec.Raw(encoded) for _seq, origin, encoded in self._after(seq)
-                       if encoded and (not client_id or origin != client_id)]
+            encoded_changes = [encoded for _seq, origin, encoded in self._after(seq)
+                               if encoded and (not client_id or origin != client_id)]
+            if view is not None and encoded_changes:
+                encoded_changes = [_encode(change) for change in view([_decode(e) for e in encoded_changes])]
+            changes = [msgspec.Raw(encoded) for encoded in encoded_changes]
             seq = self.seq
             remaining = deadline - loop.time()
             wanted = recalls()
@@ -205,8 +218,8 @@ def affected(op: str, req, result) -> tuple[list[int], list[tuple[int, bytes]]]:
     if op == "link":
         return [req.ino, req.parent], [(req.parent, req.name)]
     if op == "remove":
-        return [req.parent, result], [(req.parent, req.name)]
+        return [req.parent, result.ino], [(req.parent, req.name)]
     if op == "rename":
-        return [req.old_parent, req.new_parent, *result], [(req.old_parent, req.old_name),
+        return [req.old_parent, req.new_parent, *result.moved], [(req.old_parent, req.old_name),
                                                           (req.new_parent, req.new_name)]
     return [req.ino], []

@@ -83,15 +83,15 @@ class Roles:
         self.config, self.secret, self.build_primary = config, secret, build_primary
         self.host, self.port = parse_address(config.listen)
         self.name = config.advertised
-        self.etcd = EtcdClient(parse_endpoints(config.etcd))
+        files = tls.tls_files(config.tls_dir if config.tls_dir.parts else None, "metaserver")
+        # with TLS every role serves it, and a standby reaches its primary (and etcd) with it
+        self.server_tls = files.server_context() if files else None
+        self.client_tls = files.client_context() if files else None
+        self.etcd = EtcdClient(parse_endpoints(config.etcd, "https" if files else "http"), tls=self.client_tls)
         self.election = Election(self.etcd, config.etcd_prefix, self.name, self.name, config.etcd_ttl_s)
         self.stopping = asyncio.Event()  # SIGTERM: the primary gives its key up at once
         self.step_down = asyncio.Event()  # a switchover: the same, and then it follows the new primary
         self.role = "starting"
-        files = tls.tls_files(config.tls_dir if config.tls_dir.parts else None, "metaserver")
-        # with TLS every role serves it, and a standby reaches its primary with it
-        self.server_tls = files.server_context() if files else None
-        self.client_tls = files.client_context() if files else None
 
     async def run(self) -> None:
         try:

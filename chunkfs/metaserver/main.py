@@ -35,6 +35,7 @@ from chunkfs.metaserver.replies import ReplyLog
 from chunkfs.metaserver.trash import TrashCollector
 from chunkfs.protocol.records import MAX_TRASH_S
 from chunkfs.protocol.chunk_client import ChunkClient
+from chunkfs.protocol.etcd_client import parse_endpoints
 from chunkfs.protocol.http import SignedHttp
 
 log = logging.getLogger("chunkfs.metaserver")
@@ -82,7 +83,8 @@ class MetaserverConfig:
                           "restart without it to promote the standby")
     synchronous: bool = opt(True, "as a standby: the metaserver acknowledges a change only once this standby "
                                   "has it on disk (within standby_timeout_s)")
-    etcd: str = opt("", "etcd endpoints (http://HOST:2379,...) for automatic failover: the metaservers "
+    etcd: str = opt("", "etcd endpoints (http://HOST:2379,...; https:// with tls_dir, which then is also the "
+                        "certificate shown to etcd) for automatic failover: the metaservers "
                         "configured with them elect the primary; the others follow it as standbys "
                         "(empty: no etcd, `follow` says the role)")
     etcd_prefix: str = opt("/chunkfs", "the etcd keys of this cluster start with it (one per cluster)")
@@ -140,6 +142,9 @@ class MetaserverConfig:
                 tls.tls_files(self.tls_dir, "metaserver")
             except ValueError as exc:
                 raise ConfigError(f"option tls_dir: {exc}") from None
+            if any(e.startswith("http://") for e in parse_endpoints(self.etcd, "https")):
+                raise ConfigError("options etcd and tls_dir: with TLS the metaserver reaches etcd over https:// "
+                                  "only (etcd-server with --cert-file, --client-cert-auth: see chunkfs.etcd_members)")
         if not self.credentials_file.parts:
             self.credentials_file = self.data_dir / "credentials.json"
 

@@ -286,8 +286,8 @@ class Namespace:
         self._touch_dir(txn, req.parent, parent, now)
         return self.attr(req.ino, inode)
 
-    def remove(self, txn: Txn, req: r.RemoveReq) -> int:
-        """Remove an entry; returns the inode it named."""
+    def remove(self, txn: Txn, req: r.RemoveReq) -> r.Removed:
+        """Remove an entry; returns the inode it named and the directory's new attributes."""
         check_name(req.name)
         parent = self._dir(txn, req.parent)
         ino = self.child(txn, req.parent, req.name)
@@ -305,7 +305,7 @@ class Namespace:
         txn.delete(u64(req.parent) + req.name, db=self.db.dentries)
         self._touch_dir(txn, req.parent, parent, now, -1 if is_dir else 0)
         self._drop_link(txn, ino, inode, now, req.parent, req.name, req.open_by if ino in req.open_here else "")
-        return ino
+        return r.Removed(ino, self.attr(req.parent, parent))
 
     def _drop_link(self, txn: Txn, ino: int, inode: Inode, now: int, directory: int, name: bytes,
                    open_by: str = "") -> None:
@@ -428,8 +428,13 @@ class Namespace:
                 return False
             raise
 
-    def rename(self, txn: Txn, req: r.RenameReq) -> list[int]:
-        """Move an entry; returns the inodes moved or replaced."""
+    def rename(self, txn: Txn, req: r.RenameReq) -> r.Renamed:
+        """Move an entry; returns the inodes moved or replaced and the directories' new attributes."""
+        moved = self._rename(txn, req)
+        parents = dict.fromkeys((req.old_parent, req.new_parent))
+        return r.Renamed(moved, [self.attr(ino, self.get(txn, ino)) for ino in parents])
+
+    def _rename(self, txn: Txn, req: r.RenameReq) -> list[int]:
         check_name(req.old_name)
         check_name(req.new_name)
         if req.flags & ~(r.RENAME_NOREPLACE | r.RENAME_EXCHANGE) or req.flags == r.RENAME_NOREPLACE | r.RENAME_EXCHANGE:

@@ -1,5 +1,5 @@
-"""Replies to mutations, kept for a while by (client, request id): a retried mutation is
-answered, not run twice.
+"""Replies to mutations, kept for a while by (credential, client, request id): a retried mutation
+is answered, not run twice.
 
 A client retries a call whose reply it never got (a dropped connection, a metaserver killed
 after its commit and started again). Without this a retried create would find its own file and
@@ -12,6 +12,12 @@ end of it).
 Looking a reply up means a probe per minute kept (16). A client's first attempt at a call
 (`X-Chunkfs-Attempt: 1`) cannot have one yet, so its mutation skips the probes; every later
 attempt, and a call that does not say, is looked up.
+
+A reply is kept under the key id of the credential that signed the mutation too, and only a
+request signed by that credential is answered it: a client id and a request id travel in the
+clear without TLS, and another credential's client sending them (a create inside its own export,
+say) would otherwise be answered a reply made for its owner (a file's attributes, outside that
+export).
 """
 
 from __future__ import annotations
@@ -47,14 +53,15 @@ class ReplyLog:
             while await self.committer.run(self.prune) == PRUNE_BATCH:
                 pass
 
-    def once(self, mutate: Callable[[Any, Any], Any], client: str, request_id: str, first_attempt: bool = False
-             ) -> Callable[[Any, Any], tuple[bytes, Any]]:
+    def once(self, mutate: Callable[[Any, Any], Any], client: str, request_id: str, first_attempt: bool = False,
+             signer: str = "") -> Callable[[Any, Any], tuple[bytes, Any]]:
         """`mutate(txn, req)` made idempotent per (client, request id): the returned function
         gives (encoded reply, result), where result is REPLAYED when the reply was stored before
         (the mutation already ran and was acknowledged, or its acknowledgement was lost). Not
         None: a mutation that answers None (setxattr) ran all the same, and is published.
-        `first_attempt`: the client says it never sent this request before (nothing to look up)."""
-        suffix = client.encode() + b"\0" + request_id.encode()
+        `first_attempt`: the client says it never sent this request before (nothing to look up).
+        `signer`: the key id of the credential that signed it ("" for the cluster secret)."""
+        suffix = signer.encode() + b"\0" + client.encode() + b"\0" + request_id.encode()
 
         def run(txn: Txn, req: Any) -> tuple[bytes, Any]:
             now = int(self.clock() // BUCKET_S)

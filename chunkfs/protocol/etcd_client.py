@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,22 +61,28 @@ def _key_value(kv: dict[str, Any]) -> KeyValue:
                     int(_field(kv, "lease", 0)))
 
 
-def parse_endpoints(value: str) -> list[str]:
-    """`http://a:2379,b:2379` -> ["http://a:2379", "http://b:2379"] (http:// when no scheme)."""
+def parse_endpoints(value: str, scheme: str = "http") -> list[str]:
+    """`http://a:2379,b:2379` -> ["http://a:2379", "http://b:2379"] (`scheme` when none is given)."""
     out = []
     for item in value.split(","):
         item = item.strip().rstrip("/")
         if item:
-            out.append(item if "://" in item else f"http://{item}")
+            out.append(item if "://" in item else f"{scheme}://{item}")
     return out
 
 
 class EtcdClient:
-    def __init__(self, endpoints: list[str], timeout_s: float = 2.0) -> None:
+    def __init__(self, endpoints: list[str], timeout_s: float = 2.0, tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: what checks the members' certificates and shows this part's (chunkfs.tls's client
+        context), for members serving HTTPS; a plain http:// endpoint is refused then, so a
+        cluster run with TLS never sends its election in the clear."""
         if not endpoints:
             raise ValueError("no etcd endpoint given")
+        if tls is not None and any(not e.startswith("https://") for e in endpoints):
+            raise ValueError(f"with TLS every etcd endpoint is https://: {', '.join(endpoints)}")
         self.endpoints = list(endpoints)
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=min(1.0, timeout_s)))
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=min(1.0, timeout_s)),
+                                         verify=tls if tls is not None else True)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -132,19 +132,21 @@ class MetaClient:
     async def link(self, ino: int, parent: int, name: bytes) -> r.Attr:
         return await self.call("link", r.LinkReq(ino, parent, name), r.Attr)
 
-    async def remove(self, parent: int, name: bytes, is_dir: bool, open_here: list[int] | None = None) -> int:
-        """Returns the inode the name was of. `open_here`: inodes this client has open, kept
-        as orphans if this was their last name."""
+    async def remove(self, parent: int, name: bytes, is_dir: bool, open_here: list[int] | None = None
+                     ) -> r.Removed:
+        """The inode the name was of and the directory's new attributes. `open_here`: inodes
+        this client has open, kept as orphans if this was their last name."""
         return await self.call("remove", r.RemoveReq(parent, name, is_dir, self.client_id if open_here else "",
-                                              open_here or []), int)
+                                              open_here or []), r.Removed)
 
     async def release_orphan(self, ino: int) -> None:
         """The last close of a file unlinked while open here: the metaserver frees it."""
         await self.call("release_orphan", r.InodeReq(ino))
 
-    async def rename(self, req: r.RenameReq) -> list[int]:
-        """The inodes moved or replaced (see RenameReq.open_here for replaced open files)."""
-        return await self.call("rename", req, list[int])
+    async def rename(self, req: r.RenameReq) -> r.Renamed:
+        """The inodes moved or replaced (see RenameReq.open_here for replaced open files) and
+        the directories' new attributes."""
+        return await self.call("rename", req, r.Renamed)
 
     async def readdir(self, ino: int, after: bytes | None, limit: int = 1000, xattr: bytes | None = None
                       ) -> list[r.DirEntry]:

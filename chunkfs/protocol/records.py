@@ -186,6 +186,23 @@ class LinkReq(Struct):
         limits.check_name(self.name)
 
 
+class Removed(Struct):
+    """What a remove did: the inode the name was of, and the directory's attributes after it
+    (its new times and link count: the client keeps them, so the kernel's getattr of the
+    directory that follows every unlink is answered without a second call)."""
+
+    ino: Ino
+    parent: Attr
+
+
+class Renamed(Struct):
+    """What a rename did: the inodes moved or replaced, and the attributes of the directories
+    it changed, after it (none if it changed nothing), for the same reason as `Removed`."""
+
+    moved: list[Ino]
+    parents: list[Attr]
+
+
 class RemoveReq(Struct):
     """`open_here` are inodes client `open_by` has open: one of them losing its last name is
     kept (an orphan) until that client closes it or its session ends."""
