@@ -4,7 +4,11 @@ awscli do (ListObjectsV2 with continuation tokens), in two layouts: every key in
 a delimiter). Each listing is checked (every key once, in S3's order) and timed, and beside its
 wall time stand where the CPU went and what the metaserver was asked:
 
-- `client_cpu_s`: this process (botocore signing requests and parsing the XML);
+- `client`: `botocore` (boto3's client: signing, sending and parsing each page, as boto3's
+  paginator and awscli do) or `raw` (the same requests signed by botocore's signer and sent on one
+  kept httpx connection, each answer only searched for its keys and token: the gateway's and the
+  wire's share, as curl would see it);
+- `client_cpu_s`: this process (signing requests, and parsing the XML with `botocore`);
 - `gateway_cpu_s`, `meta_cpu_s`: the gateway's and the metaserver's CPU (their /metrics);
 - `meta_calls`: metaserver requests by operation during the listing (its /metrics).
 
@@ -35,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from chunkfs.bench_gateway import LIST_PAGE, GatewayTarget, list_keys, put_keys
+from chunkfs.bench_gateway import LIST_PAGE, GatewayTarget, list_keys, list_keys_raw, put_keys
 
 CPU = re.compile(r"^process_cpu_seconds_total (\S+)$", re.MULTILINE)
 FS_CALL = re.compile(r'^chunkfs_http_requests_total\{op="([^"]+)",route="/v1/fs/\{op\}"[^}]*\} (\S+)$', re.MULTILINE)
@@ -52,6 +56,7 @@ class Layout:
 @dataclass
 class Run:
     layout: str
+    client: str
     cold: bool
     wall_s: float
     client_cpu_s: float
@@ -83,12 +88,13 @@ class Scrape:
         return float(cpu.group(1)) if cpu else 0.0, calls
 
 
-def timed_listing(s3: Any, bucket: str, layout: Layout, cold: bool, gateway: Scrape, meta: Scrape | None) -> Run:
+def timed_listing(lister: Lister, bucket: str, layout: Layout, cold: bool, gateway: Scrape, meta: Scrape | None
+                  ) -> Run:
     gw_cpu, _ = gateway.read()
     meta_cpu, meta_calls = meta.read() if meta else (0.0, {})
     client_cpu = time.process_time()
     start = time.perf_counter()
-    got = list_keys(s3, bucket, layout.prefix, LIST_PAGE)
+    got = lister.list(bucket, layout.prefix)
     wall = time.perf_counter() - start
     client_cpu = time.process_time() - client_cpu
     gw_after, _ = gateway.read()
@@ -99,7 +105,7 @@ def timed_listing(s3: Any, bucket: str, layout: Layout, cold: bool, gateway: Scr
         raise SystemExit(f"{layout.name}: the listing gave {len(got)} keys ({missing} missing), not the "
                          f"{len(expected)} in order")
     calls = {op: n - meta_calls.get(op, 0) for op, n in calls_after.items() if n - meta_calls.get(op, 0) > 0}
-    return Run(layout.name, cold, wall, client_cpu, gw_after - gw_cpu, meta_after - meta_cpu, calls)
+    return Run(layout.name, lister.name, cold, wall, client_cpu, gw_after - gw_cpu, meta_after - meta_cpu, calls)
 
 
 def make_cold(s3: Any, bucket: str, layout: Layout) -> None:
@@ -117,14 +123,30 @@ def remove(s3: Any, bucket: str, keys: list[str]) -> None:
     s3.delete_bucket(Bucket=bucket)
 
 
-def runs(s3: Any, bucket: str, todo: list[Layout], count: int, gateway: Scrape, meta: Scrape | None,
+@dataclass
+class Lister:
+    """One way of listing a prefix whole: `botocore` or `raw` (see the module's docstring)."""
+
+    name: str
+    target: GatewayTarget
+    s3: Any
+
+    def list(self, bucket: str, prefix: str) -> list[str]:
+        if self.name == "raw":
+            return list_keys_raw(self.target, bucket, prefix, LIST_PAGE)
+        return list_keys(self.s3, bucket, prefix, LIST_PAGE)
+
+
+def runs(listers: list[Lister], bucket: str, todo: list[Layout], count: int, gateway: Scrape, meta: Scrape | None,
          markers: bool = True) -> Iterator[Run]:
+    s3 = listers[0].s3
     for layout in todo:
         for _ in range(count):
-            if markers:
-                make_cold(s3, bucket, layout)
-            yield timed_listing(s3, bucket, layout, True, gateway, meta)
-            yield timed_listing(s3, bucket, layout, False, gateway, meta)
+            for lister in listers:
+                if markers:
+                    make_cold(s3, bucket, layout)
+                yield timed_listing(lister, bucket, layout, True, gateway, meta)
+                yield timed_listing(lister, bucket, layout, False, gateway, meta)
 
 
 def main() -> None:
@@ -139,6 +161,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="leave the bucket and its keys")
     parser.add_argument("--no-markers", action="store_true",
                         help="no marker keys: each layout's first listing is cold only on a gateway that never read it")
+    parser.add_argument("--client", action="append", choices=("botocore", "raw"),
+                        help="how to list (repeatable) [default: both]")
     parser.add_argument("--json", action="store_true", help="one JSON line per listing")
     args = parser.parse_args()
     target = GatewayTarget.parse(args.gateway, args.gateway_key)
@@ -156,12 +180,13 @@ def main() -> None:
               file=sys.stderr)
     try:
         print(f"load average {os.getloadavg()[0]:.1f} at the start", file=sys.stderr)
-        for run in runs(s3, bucket, todo, args.runs, gateway, meta, not args.no_markers):
+        listers = [Lister(name, target, s3) for name in (args.client or ["botocore", "raw"])]
+        for run in runs(listers, bucket, todo, args.runs, gateway, meta, not args.no_markers):
             if args.json:
                 print(json.dumps(asdict(run)), flush=True)
             else:
                 calls = " ".join(f"{op}={n}" for op, n in sorted(run.meta_calls.items()))
-                print(f"{run.layout:>13} {'cold' if run.cold else 'warm'}: {run.wall_s:6.2f} s wall, CPU client "
+                print(f"{run.layout:>13} {run.client:>8} {'cold' if run.cold else 'warm'}: {run.wall_s:6.2f} s wall, CPU client "
                       f"{run.client_cpu_s:.2f} s, gateway {run.gateway_cpu_s:.2f} s, metaserver {run.meta_cpu_s:.2f} s;"
                       f" metaserver calls: {calls or '-'}", flush=True)
         print(f"load average {os.getloadavg()[0]:.1f} at the end", file=sys.stderr)

@@ -83,6 +83,7 @@ FIGURES = (
     Figure("gw_aws_get_mib_s", "gateway: aws s3 cp out", "MiB/s", True),
     Figure("gw_put_objects_s", "gateway: 4 KiB object PUTs (S3)", "objects/s", True),
     Figure("gw_list_s", "gateway: list a prefix (10,000 keys unless told), 1,000 a page", "s", False),
+    Figure("gw_list_raw_s", "gateway: the same listing, signed HTTP without botocore's parsing", "s", False),
     Figure("gw_rss_mib", "gateway: peak RSS under parallel uploads", "MiB", False),
     Figure("gw_put_per_seq_write", "gateway curl PUT / the mount's write", "×", True),
     Figure("gw_aws_put_per_seq_write", "gateway aws cp in / the mount's write", "×", True),

@@ -7,7 +7,10 @@ the mount's figure for the same work (the issue's table):
   far larger than it, or dropped page cache as root);
 - 4 KiB object PUTs per second over S3 (botocore, one connection, one after the other, as the
   mount's creates are timed);
-- a listing of a 10,000-key prefix over S3, paged 1,000 keys a page (ListObjectsV2);
+- a listing of a 10,000-key prefix over S3, paged 1,000 keys a page (ListObjectsV2), twice: with
+  botocore (what boto3 and awscli spend, its XML parsing included) and with plain signed HTTP
+  requests whose answers are only searched for their keys and continuation token (the
+  gateway's own share, as curl would see it);
 - the gateway's peak RSS (its /metrics) while `clients` clients each upload a `size_mb` object.
 
 Everything goes into a bucket of its own (`chunkfs-bench-RANDOM`), removed through the mount at
@@ -163,7 +166,42 @@ def listing(target: GatewayTarget, bucket: str, keys: int) -> dict[str, float]:
     elapsed = time.perf_counter() - start
     if seen != keys:
         raise GatewayBenchError(f"the listing returned {seen} keys of {keys}")
-    return {"gw_list_s": elapsed, "gw_list_keys": float(keys)}
+    start = time.perf_counter()
+    seen = len(list_keys_raw(target, bucket, "listed/"))
+    raw_elapsed = time.perf_counter() - start
+    if seen != keys:
+        raise GatewayBenchError(f"the raw listing returned {seen} keys of {keys}")
+    return {"gw_list_s": elapsed, "gw_list_raw_s": raw_elapsed, "gw_list_keys": float(keys)}
+
+
+RAW_KEY = re.compile(rb"<Key>([^<]*)</Key>")
+RAW_TOKEN = re.compile(rb"<NextContinuationToken>([^<]*)</NextContinuationToken>")
+
+
+def list_keys_raw(target: GatewayTarget, bucket: str, prefix: str, page_keys: int = LIST_PAGE) -> list[str]:
+    """`list_keys` without botocore's response parsing: each page a SigV4-signed GET (botocore's
+    signer, as awscli signs) on one kept connection, its body searched for the keys and the next
+    continuation token only, so the time is the gateway's and the wire's, not the client's XML
+    parsing (keys are returned as sent: no XML entities are expected in bench keys)."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    signer = S3SigV4Auth(Credentials(target.access_key_id, target.secret), "s3", "us-east-1")
+    keys: list[str] = []
+    params = {"list-type": "2", "prefix": prefix, "max-keys": str(page_keys)}
+    with httpx.Client(timeout=60) as http:
+        while True:
+            request = AWSRequest("GET", f"{target.s3}/{bucket}", params=params)
+            signer.add_auth(request)
+            prepared = request.prepare()
+            response = http.get(prepared.url, headers=dict(prepared.headers))
+            response.raise_for_status()
+            keys += [k.decode() for k in RAW_KEY.findall(response.content)]
+            token = RAW_TOKEN.search(response.content)
+            if token is None:
+                return keys
+            params["continuation-token"] = token.group(1).decode()
 
 
 def _rss_bytes(rest: str) -> float:

@@ -157,6 +157,11 @@ def test_listing_prefix_delimiter_pages_and_start_after(gateway_cluster, s3):
     assert [o["Key"] for o in s3.list_objects_v2(Bucket="listing", StartAfter="a/b/2")["Contents"]][:2] == ["a/c", "b"]
     v1 = s3.list_objects(Bucket="listing", Marker="b", MaxKeys=1)
     assert [o["Key"] for o in v1["Contents"]] == ["c/d/e/f"] and v1["IsTruncated"]
+    versions = list(s3.get_paginator("list_object_versions").paginate(Bucket="listing",
+                                                                      PaginationConfig={"PageSize": 3}))
+    listed = [v for page in versions for v in page.get("Versions", [])]
+    assert [v["Key"] for v in listed] == everything and len(versions) == 3
+    assert {(v["VersionId"], v["IsLatest"]) for v in listed} == {("null", True)}  # buckets are never versioned
 
 
 def _paged_listing(cluster, client, bucket: str, page_keys: int) -> tuple[dict[str, str], dict[str, float]]:

@@ -337,8 +337,8 @@ def test_bench_sets_the_gateway_beside_the_mount(gateway_cluster, gateway, root_
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)["results"][str(gateway_cluster.mnt)]
-    for key in ("gw_curl_put_mib_s", "gw_curl_get_mib_s", "gw_put_objects_s", "gw_list_s", "gw_rss_mib",
-                "gw_put_per_seq_write", "gw_get_per_cold_read", "gw_creates_per_creates"):
+    for key in ("gw_curl_put_mib_s", "gw_curl_get_mib_s", "gw_put_objects_s", "gw_list_s", "gw_list_raw_s",
+                "gw_rss_mib", "gw_put_per_seq_write", "gw_get_per_cold_read", "gw_creates_per_creates"):
         assert figures[key] > 0, key
     assert figures["gw_list_keys"] == 300
     assert not [p for p in gateway_cluster.mnt.iterdir() if p.name.startswith("chunkfs-bench-")]

@@ -103,6 +103,12 @@ class DirEntry:
         return self._attr.ino
 
     @property
+    def attr(self) -> r.Attr:
+        """The attributes as they came with the listing (what `stat()` is made of; a caller that
+        reads a few fields of thousands of entries reads them here, without building a stat_result)."""
+        return self._attr
+
+    @property
     def has_xattrs(self) -> bool:
         """Whether it has extended attributes (a listing can skip asking for them)."""
         return self._attr.has_xattrs

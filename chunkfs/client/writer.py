@@ -211,7 +211,9 @@ class FileWriter:
         slot = await self.io.reservations.slot(existing.chunk_id if existing else None, self.file.attr.goal)
         await self._upload_slots.acquire()
         del self.dirty[index]
-        snapshot = dirty.data  # handed over: the DirtyChunk is gone, nothing writes to it again
+        # handed over as bytes (the DirtyChunk is gone, nothing writes to it again): the upload
+        # sends bytes as they are, so a chunk in flight is held once, as the bound counts it
+        snapshot = dirty.data if isinstance(dirty.data, bytes) else bytes(dirty.data)
         self.uploading[index] = snapshot
         if self._inflight == 0:
             self._idle = trio.Event()

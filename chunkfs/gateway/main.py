@@ -28,6 +28,7 @@ from chunkfs.gateway.keys import KeyStore
 from chunkfs.gateway.metrics import SESSIONS_COUNT_S, GatewayMetrics
 from chunkfs.gateway.rest_app import RestApi
 from chunkfs.gateway.s3_app import S3App
+from chunkfs.malloc_tuning import give_back_big_buffers
 
 log = logging.getLogger("chunkfs.gateway")
 
@@ -51,7 +52,8 @@ class GatewayConfig:
     tls_dir: str = opt("", "directory made by chunkfs certs init: reach the cluster with TLS, showing its gateway "
                            "certificate, and serve both APIs over HTTPS with it (unless tls_cert_file is given)")
     upload_expiry_s: float = opt(86400.0, "multipart and tus uploads untouched this long are removed")
-    cache_mem_mb: int = opt(256, "MiB of chunks the gateway's client core caches in memory")
+    cache_mem_mb: int = opt(128, "MiB of chunks the gateway's client core caches in memory (its GETs stream: "
+                                 "this keeps their prefetched chunks and hot objects)")
     max_dirty_mb: int = opt(256, "MiB of written data buffered before writers wait for uploads")
     dedup: bool = opt(True, "a chunk whose content the cluster already holds (for the gateway's key) is not "
                             "uploaded again; off: no content hash, no call")
@@ -140,6 +142,7 @@ async def _count_sessions_forever(root: chunkfs.client.AsyncFilesystem, metrics:
 @daemon_command(GatewayConfig, "Run the chunkfs gateway: the namespace over S3 and a REST API.")
 def run(config: GatewayConfig) -> None:
     setup_logging(config.log_level)
+    give_back_big_buffers()
     trio.run(serve, config)
 
 

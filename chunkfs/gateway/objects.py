@@ -28,6 +28,7 @@ import re
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from chunkfs.client import AsyncFile, AsyncFilesystem, DirEntry
 from chunkfs.client.os_errors import os_error
@@ -66,9 +67,18 @@ class ObjectInfo:
     checksums: dict[str, str] = field(default_factory=dict)  # algorithm -> base64, those checked at upload
 
 
+class ListedObject(NamedTuple):
+    """An object as a listing shows it (a tuple: a page makes a thousand of them)."""
+
+    key: str
+    size: int
+    mtime_ns: int
+    etag: str  # without the quotes
+
+
 @dataclass
 class ListPage:
-    objects: list[ObjectInfo]
+    objects: list[ListedObject]
     prefixes: list[str]
     truncated: bool
     last: str  # the last key or prefix in the page: where the next page starts after
@@ -95,9 +105,9 @@ def _fallback_etag(ino: int, size: int, mtime_ns: int) -> str:
 
 def _etag_from(stored: bytes | None, ino: int, size: int, mtime_ns: int) -> str:
     if stored:
-        md5, _, belongs_to = stored.decode().partition(" ")
-        if belongs_to == f"{size} {mtime_ns}":
-            return md5
+        md5, _, belongs_to = stored.partition(b" ")
+        if belongs_to == b"%d %d" % (size, mtime_ns):
+            return md5.decode()
     return _fallback_etag(ino, size, mtime_ns)
 
 
@@ -300,11 +310,11 @@ class ObjectStore:
         return page
 
     @staticmethod
-    def _listed(key: str, entry: DirEntry | None) -> ObjectInfo:
+    def _listed(key: str, entry: DirEntry | None) -> ListedObject:
         if entry is None or entry.is_dir():
-            return ObjectInfo(key, 0, entry.stat().st_mtime_ns if entry else 0, EMPTY_MD5)
-        st = entry.stat()  # the ETag came with the listing (DirectorySnapshots' with_xattr): no call per key
-        return ObjectInfo(key, st.st_size, st.st_mtime_ns, _etag_from(entry.xattr, st.st_ino, st.st_size, st.st_mtime_ns))
+            return ListedObject(key, 0, entry.attr.mtime_ns if entry else 0, EMPTY_MD5)
+        attr = entry.attr  # the ETag came with the listing (DirectorySnapshots' with_xattr): no call per key
+        return ListedObject(key, attr.size, attr.mtime_ns, _etag_from(entry.xattr, attr.ino, attr.size, attr.mtime_ns))
 
     async def _keys(self, bucket: str, dir_key: str, prefix: str, delimiter: str, after: str
                     ) -> AsyncIterator[tuple[str, DirEntry | None]]:

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_KEYS = 1000
 MAX_XML_BODY_BYTES = 2 << 20
-UNSUPPORTED_SUBRESOURCES = ("acl", "tagging", "versioning", "policy", "cors", "lifecycle", "website", "versions", "replication", "encryption", "object-lock",
+UNSUPPORTED_SUBRESOURCES = ("acl", "tagging", "versioning", "policy", "cors", "lifecycle", "website", "replication", "encryption", "object-lock",
                             "retention", "legal-hold", "notification", "logging", "ownershipControls",
                             "publicAccessBlock", "accelerate", "requestPayment", "analytics", "metrics",
                             "inventory", "intelligent-tiering", "select", "restore", "torrent", "attributes")
@@ -236,7 +236,8 @@ class S3App:
             table: dict[str, Operation] = {"GET": self.list_buckets}
         elif call.key is None:
             table = {"GET": self.get_bucket_location if "location" in query
-                     else self.list_multipart_uploads if "uploads" in query else self.list_objects,
+                     else self.list_multipart_uploads if "uploads" in query
+                     else self.list_object_versions if "versions" in query else self.list_objects,
                      "PUT": self.create_bucket, "HEAD": self.head_bucket, "DELETE": self.delete_bucket}
             if "delete" in query:
                 table["POST"] = self.delete_objects
@@ -282,16 +283,21 @@ class S3App:
         await call.objects.delete_bucket(call.bucket)
         return Response(status_code=204)
 
-    async def list_objects(self, call: S3Call) -> Response:
-        assert call.bucket is not None
-        query = call.query
-        v2 = query.get("list-type") == "2"
+    @staticmethod
+    def _max_keys(call: S3Call) -> int:
         try:
-            max_keys = min(MAX_KEYS, int(query.get("max-keys", MAX_KEYS)))
+            max_keys = min(MAX_KEYS, int(call.query.get("max-keys", MAX_KEYS)))
         except ValueError:
             raise S3Error("InvalidArgument", "max-keys must be a number", call.resource) from None
         if max_keys < 0:
             raise S3Error("InvalidArgument", "max-keys must not be negative", call.resource)
+        return max_keys
+
+    async def list_objects(self, call: S3Call) -> Response:
+        assert call.bucket is not None
+        query = call.query
+        v2 = query.get("list-type") == "2"
+        max_keys = self._max_keys(call)
         if v2:
             token = query.get("continuation-token")
             after = s3_xml.after_token(token) if token is not None else query.get("start-after", "")
@@ -300,6 +306,17 @@ class S3App:
         page = await call.objects.list(call.bucket, query.get("prefix", ""), query.get("delimiter", ""), after,
                                        max_keys)
         return Response(s3_xml.list_objects(call.bucket, page, query, v2, max_keys), media_type="application/xml")
+
+    async def list_object_versions(self, call: S3Call) -> Response:
+        """ListObjectVersions: buckets here are never versioned, so each object is its one version
+        ("null"), paged by key-marker as ListObjects pages by marker."""
+        assert call.bucket is not None
+        query = call.query
+        max_keys = self._max_keys(call)
+        page = await call.objects.list(call.bucket, query.get("prefix", ""), query.get("delimiter", ""),
+                                       query.get("key-marker", ""), max_keys)
+        return Response(s3_xml.list_versions(call.bucket, page, query, max_keys, call.verified.key.name),
+                        media_type="application/xml")
 
     async def delete_objects(self, call: S3Call) -> Response:
         assert call.bucket is not None

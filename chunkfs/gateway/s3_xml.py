@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import re
 import time
 from urllib.parse import quote
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
-from chunkfs.gateway.objects import ListPage, ObjectInfo
+from chunkfs.gateway.objects import ListedObject, ListPage, ObjectInfo
 from chunkfs.gateway.s3_errors import S3Error
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -37,40 +38,83 @@ def list_buckets(buckets: list[tuple[str, int]], owner: str) -> bytes:
             f"</Owner><Buckets>{items}</Buckets></ListAllMyBucketsResult>").encode()
 
 
-def _contents(info: ObjectInfo, encode: bool) -> str:
-    return (f"<Contents>{_tag('Key', quote(info.key, safe='/') if encode else info.key)}"
-            f"{_tag('LastModified', iso_time(info.mtime_ns))}{_tag('ETag', chr(34) + info.etag + chr(34))}"
-            f"{_tag('Size', info.size)}<StorageClass>STANDARD</StorageClass></Contents>")
+URL_SAFE = re.compile(r"[^A-Za-z0-9_.~/-]")  # what quote(key, safe="/") would change
+
+
+def _key_text(key: str, encode: bool) -> str:
+    """A key (or prefix) as an element's text: percent-encoded with encoding-type=url (most keys
+    need nothing changed, found by one regex search instead of quote's work), else escaped."""
+    if encode:
+        return quote(key, safe="/") if URL_SAFE.search(key) else key
+    return escape(key)
+
+
+def _contents(info: ListedObject, encode: bool) -> str:
+    """One object of a listing, in one string (this runs 1,000 times a page: no helper per field;
+    an ETag is hex and a time stamp digits, neither needs escaping)."""
+    return (f"<Contents><Key>{_key_text(info.key, encode)}</Key><LastModified>{iso_time(info.mtime_ns)}"
+            f'</LastModified><ETag>"{info.etag}"</ETag><Size>{info.size}</Size>'
+            "<StorageClass>STANDARD</StorageClass></Contents>")
+
+
+def _version(info: ListedObject, encode: bool, owner: str) -> str:
+    """One object of ListObjectVersions: the only version an unversioned bucket has ("null")."""
+    return (f"<Version><Key>{_key_text(info.key, encode)}</Key><VersionId>null</VersionId><IsLatest>true</IsLatest>"
+            f'<LastModified>{iso_time(info.mtime_ns)}</LastModified><ETag>"{info.etag}"</ETag><Size>{info.size}'
+            f"</Size><StorageClass>STANDARD</StorageClass><Owner><ID>{owner}</ID><DisplayName>{owner}</DisplayName>"
+            "</Owner></Version>")
+
+
+def _common_prefixes(page: ListPage, encode: bool) -> list[str]:
+    return [f"<CommonPrefixes><Prefix>{_key_text(p, encode)}</Prefix></CommonPrefixes>" for p in page.prefixes]
+
+
+def _listing_head(bucket: str, page: ListPage, params: dict[str, str], max_keys: int) -> list[str]:
+    """The elements every listing starts with (`params`: the request's, echoed)."""
+    encode = params.get("encoding-type") == "url"
+    parts = [_tag("Name", bucket), f"<Prefix>{_key_text(params.get('prefix', ''), encode)}</Prefix>",
+             _tag("MaxKeys", max_keys), _tag("IsTruncated", "true" if page.truncated else "false")]
+    if params.get("delimiter"):
+        parts.append(f"<Delimiter>{_key_text(params['delimiter'], encode)}</Delimiter>")
+    if encode:
+        parts.append(_tag("EncodingType", "url"))
+    return parts
 
 
 def list_objects(bucket: str, page: ListPage, params: dict[str, str], v2: bool, max_keys: int) -> bytes:
     """ListBucketResult of ListObjects (v1) or ListObjectsV2 (`params`: the request's, echoed)."""
     encode = params.get("encoding-type") == "url"
-
-    def echo(value: str) -> str:
-        return quote(value, safe="/") if encode else value
-
-    parts = [_tag("Name", bucket), _tag("Prefix", echo(params.get("prefix", ""))), _tag("MaxKeys", max_keys),
-             _tag("IsTruncated", "true" if page.truncated else "false")]
-    if params.get("delimiter"):
-        parts.append(_tag("Delimiter", echo(params["delimiter"])))
-    if encode:
-        parts.append(_tag("EncodingType", "url"))
+    parts = _listing_head(bucket, page, params, max_keys)
     if v2:
         parts.append(_tag("KeyCount", len(page.objects) + len(page.prefixes)))
         if "continuation-token" in params:
             parts.append(_tag("ContinuationToken", params["continuation-token"]))
         if "start-after" in params:
-            parts.append(_tag("StartAfter", echo(params["start-after"])))
+            parts.append(f"<StartAfter>{_key_text(params['start-after'], encode)}</StartAfter>")
         if page.truncated:
             parts.append(_tag("NextContinuationToken", continuation_token(page.last)))
     else:
-        parts.append(_tag("Marker", echo(params.get("marker", ""))))
+        parts.append(f"<Marker>{_key_text(params.get('marker', ''), encode)}</Marker>")
         if page.truncated and params.get("delimiter"):
-            parts.append(_tag("NextMarker", echo(page.last)))
+            parts.append(f"<NextMarker>{_key_text(page.last, encode)}</NextMarker>")
     parts += [_contents(o, encode) for o in page.objects]
-    parts += [f"<CommonPrefixes>{_tag('Prefix', echo(p))}</CommonPrefixes>" for p in page.prefixes]
+    parts += _common_prefixes(page, encode)
     return f'{HEAD}<ListBucketResult xmlns="{NS}">{"".join(parts)}</ListBucketResult>'.encode()
+
+
+def list_versions(bucket: str, page: ListPage, params: dict[str, str], max_keys: int, owner: str) -> bytes:
+    """ListVersionsResult of ListObjectVersions on an unversioned bucket: each object once, as
+    version "null" (what S3 answers for a bucket that never had versioning on)."""
+    encode = params.get("encoding-type") == "url"
+    parts = _listing_head(bucket, page, params, max_keys)
+    parts += [f"<KeyMarker>{_key_text(params.get('key-marker', ''), encode)}</KeyMarker>",
+              _tag("VersionIdMarker", params.get("version-id-marker", ""))]
+    if page.truncated:
+        parts += [f"<NextKeyMarker>{_key_text(page.last, encode)}</NextKeyMarker>",
+                  "<NextVersionIdMarker>null</NextVersionIdMarker>"]
+    parts += [_version(o, encode, escape(owner)) for o in page.objects]
+    parts += _common_prefixes(page, encode)
+    return f'{HEAD}<ListVersionsResult xmlns="{NS}">{"".join(parts)}</ListVersionsResult>'.encode()
 
 
 def continuation_token(last: str) -> str:

@@ -1,9 +1,12 @@
 """Bodies in and out of the gateway, for both doors: a request body written into a file, a
 file (or a byte range of it) streamed out, and Range headers.
 
-Writes are gathered into pieces of WRITE_PIECE_BYTES before they reach the writer (an HTTP
-server hands a body over in pieces of ~64 KiB, and each write takes the file's lock); reads go
-out a chunk at a time, so the reader's prefetch keeps the next chunks coming.
+Writes are gathered into whole chunks before they reach the writer (an HTTP server hands a
+body over in pieces of ~64 KiB, and each write takes the file's lock): one buffer per body,
+filled and handed over a chunk at a time, which the writer copies once into the bytes it
+uploads and keeps nothing of, so an upload holds its buffer and its chunks in flight, no
+half-built copy beside them. Reads go out a chunk at a time, so the reader's prefetch keeps the
+next chunks coming.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import trio
 from chunkfs import CHUNK_SIZE
 from chunkfs.client import AsyncFile
 
-WRITE_PIECE_BYTES = 1 << 20
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -60,15 +62,19 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
 
 
 async def write_body(afile: AsyncFile, body: AsyncIterator[bytes], seen: Callable[[bytes], None]) -> int:
-    """Write every piece of `body` into `afile` (each also given to `seen`); the bytes written."""
-    pending = bytearray()
+    """Write every piece of `body` into `afile` from its position (each also given to `seen`),
+    a whole chunk a write where the position allows; the bytes written."""
+    pending = bytearray()  # grows as pieces come (a small body never makes a chunk-sized buffer)
+    room = CHUNK_SIZE - afile.tell() % CHUNK_SIZE  # up to the file's next chunk boundary
     written = 0
     async for piece in body:
         seen(piece)
         pending += piece
-        if len(pending) >= WRITE_PIECE_BYTES:
-            written += await afile.write(pending)
-            pending = bytearray()
+        while len(pending) >= room:
+            with memoryview(pending) as view:
+                written += await afile.write(view[:room])
+            del pending[:room]  # the writer copied what it keeps
+            room = CHUNK_SIZE
     if pending:
         written += await afile.write(pending)
     return written
