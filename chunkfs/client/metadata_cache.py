@@ -6,8 +6,9 @@ them on its own: after every write to a file (its attributes), under memory pres
 file just copied, every name rsync looks at again. This cache keeps the same facts for the
 same time-outs, in the client (the metadata façade, `metadata.py`, keeps it), and is kept right the same way the kernel's is:
 
-- every change this client makes updates it (the result of the call) or drops what it changed
-  (the parent directory's attributes after a create or remove, the inode's after a setxattr);
+- every change this client makes updates it (the result of the call: a remove and a rename
+  answer their directories' new attributes too) or drops what it changed (the parent
+  directory's attributes after a create, the inode's after a setxattr);
 - every change another client makes reaches it through the change feed (`forget_inode`,
   `forget_entry`), and a reset of the feed empties it;
 - an answer to a call that was in flight while anything was forgotten is not stored (it may
