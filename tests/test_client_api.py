@@ -327,7 +327,9 @@ def test_a_file_changing_while_put_reads_it_fails_and_stores_nothing(fs, home, t
 
 def test_ctrl_c_during_put_leaves_nothing_under_the_target_name(cluster, fs, home, tmp_path):
     source = tmp_path / "source"
-    source.write_bytes(os.urandom(24 * MiB))
+    # big enough that the put cannot end between the Ctrl-C (in the client's trio thread) and
+    # the cancel it sends there from the main thread, however loaded the machine (24 MiB could)
+    source.write_bytes(os.urandom(64 * MiB))
     before = cluster.status()["chunks"]
     script = textwrap.dedent(f"""
         import os, signal, chunkfs.client
@@ -335,7 +337,7 @@ def test_ctrl_c_during_put_leaves_nothing_under_the_target_name(cluster, fs, hom
         moved = []
         def progress(n):
             moved.append(n)
-            if len(moved) == 3:  # a few chunks in: the user presses Ctrl-C
+            if len(moved) == 2:  # a few chunks in: the user presses Ctrl-C
                 os.kill(os.getpid(), signal.SIGINT)
         try:
             fs.put_file({str(source)!r}, {home + "/big"!r}, progress)

@@ -817,7 +817,8 @@ def test_tls_on_every_link_refuses_plain_http(fresh_cluster, tmp_path):
         (c.mnt / "over-tls.bin").write_bytes(data)
         (c.mnt / "one-copy").mkdir()
         chunkfs("goal", c.mnt / "one-copy", "1", "--dir", c.dir)
-        (c.mnt / "one-copy" / "copied.bin").write_bytes(data)
+        # other bytes: the same content would be shared with over-tls.bin (dedup), at its goal 2
+        (c.mnt / "one-copy" / "copied.bin").write_bytes(os.urandom(3 << 20) + b"PLAINTEXT-MARKER-" * 1000)
         assert {len(chunk["replicas"]) for chunk in file_chunks(c, c.mnt / "one-copy" / "copied.bin")} == {1}
         chunkfs("goal", c.mnt / "one-copy" / "copied.bin", "2", "--dir", c.dir)
         wait_until(lambda: {len(chunk["replicas"]) for chunk in file_chunks(c, c.mnt / "one-copy" / "copied.bin")}
