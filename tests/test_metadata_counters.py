@@ -36,9 +36,8 @@ class Tables:
         self.edits = ReplicaEdits(self.chunks)
         with self.db.env.begin(write=True) as txn:
             self.namespace.init_root(txn)
-            self.chunks.ensure_version_index(txn)
             self.namespace.counts.ensure(txn, self.chunks.recount_all)
-            self.chunks.ensure_stored_bytes(txn)
+            self.chunks.ensure_version_index(txn)
 
     def check(self) -> None:
         with self.db.read() as txn:
