@@ -16,7 +16,7 @@ Daemons are started as `chunkfs up` starts them (`chunkfs.daemons.spawn`), throu
 `nsenter --net=...` (which execs, so the pid is the daemon's, and keeps the mount namespace,
 so the clients' FUSE mounts are visible here), by a launcher process (see `Launcher` for why).
 
-From a shell:  `python tests/netns_cluster.py up DIR` / `python tests/netns_cluster.py down DIR`
+From a shell:  `python tests/netns_cluster.py up DIR [--tls]` / `python tests/netns_cluster.py down DIR`
 (or bench/netns_cluster.sh).
 """
 
