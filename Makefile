@@ -23,7 +23,7 @@ test: deps
 # first, so a run cut short has finished as many as it could; -v and --durations put each one's
 # result and time in the log. A file with a new long test goes into this list (pytest puts files
 # given beside their directory back into name order, so the list is the whole selection).
-LONG_TESTS_FIRST := tests/test_ha_local.py tests/test_locks.py tests/test_netns_failures.py tests/test_netns_failover.py tests/test_security.py tests/test_write_back.py \
+LONG_TESTS_FIRST := tests/test_ha_local.py tests/test_locks.py tests/test_netns_locks.py tests/test_netns_failures.py tests/test_netns_failover.py tests/test_security.py tests/test_write_back.py \
 	tests/test_file_exerciser.py tests/test_quotas.py tests/test_fuzz_routes.py tests/test_posix_model.py tests/test_large_directory.py
 
 # LONG_BUDGET_S: how long each long randomized test (the models, the fuzzers, the file exerciser)

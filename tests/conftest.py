@@ -38,6 +38,8 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "long: only with --long (deselected, not skipped, without it)")
+    config.addinivalue_line("markers", "tls_in_default_run: a netns fault test whose TLS variant runs without "
+                                       "--long too (the `transport` fixture)")
     config.stash[_deselected_long] = 0
 
 
@@ -46,7 +48,13 @@ _deselected_long = pytest.StashKey[int]()
 
 def pytest_collection_modifyitems(config, items):
     """Without --long, the long tests are deselected (reported as such), so a skip always means
-    a test could not run here."""
+    a test could not run here. The TLS variants of the netns fault tests are long but for those
+    marked `tls_in_default_run` (see `transport`)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if (callspec is not None and callspec.params.get("transport") == "tls"
+                and item.get_closest_marker("tls_in_default_run") is None):
+            item.add_marker(pytest.mark.long)
     if config.getoption("--long"):
         return
     long_items = [item for item in items if "long" in item.keywords]
@@ -96,6 +104,16 @@ def long_budget(request) -> LongBudget:
 
 
 _BUDGET_PROPERTY = "long_budget"
+
+
+@pytest.fixture(scope="module", params=["plain", "tls"])
+def transport(request) -> str:
+    """How the parts of a netns cluster (tests/netns_cluster.py) talk: plain HTTP, or TLS with
+    mutual authentication on every link (certificates of `chunkfs certs init` for the nodes'
+    addresses), as `chunkfs up --tls` runs. A module's cluster fixture takes it, so each of its
+    fault tests runs both ways; the TLS runs cost a second cluster per module and are `long`
+    (make test-long), but for a few core faults marked `tls_in_default_run`."""
+    return request.param
 
 
 def free_port_block(count: int) -> int:

@@ -16,7 +16,7 @@ Daemons are started as `chunkfs up` starts them (`chunkfs.daemons.spawn`), throu
 `nsenter --net=...` (which execs, so the pid is the daemon's, and keeps the mount namespace,
 so the clients' FUSE mounts are visible here), by a launcher process (see `Launcher` for why).
 
-From a shell:  `python tests/netns_cluster.py up DIR` / `python tests/netns_cluster.py down DIR`
+From a shell:  `python tests/netns_cluster.py up DIR [--tls]` / `python tests/netns_cluster.py down DIR`
 (or bench/netns_cluster.sh).
 """
 
@@ -47,7 +47,7 @@ from chunkfs.mount.helper import FIELDS as MOUNT_FIELDS, launch
 from chunkfs.protocol import records as r
 from chunkfs.protocol.http import SignedHttp
 from chunkfs.protocol.meta_client import MetaClient
-from chunkfs.tls import TlsFiles, init_certs
+from chunkfs.tls import TlsFiles
 
 META_PORT = 9520
 ETCD_CLIENT_PORT = 2379
@@ -229,8 +229,7 @@ class NetnsCluster:
         """A metaserver's role from its /health (primary, standby, waiting; "down": no answer)."""
         try:
             context = self.tls_context()
-            answer = httpx.get(f"{'https' if context else 'http'}://{self.meta_address(name)}/health", timeout=2,
-                               verify=context or True)
+            answer = httpx.get(f"{self.scheme}://{self.meta_address(name)}/health", timeout=2, verify=context or True)
             return str(answer.json().get("role", "?"))
         except (httpx.HTTPError, ValueError):
             return "down"
@@ -260,7 +259,7 @@ class NetnsCluster:
             self._make_network()
             auth.create_secret(self.secret_file)
             if self.tls_dir is not None:
-                init_certs(self.tls_dir, hosts=["127.0.0.1", "localhost", *(n.ip for n in self.nodes.values())])
+                self._make_certs()
             for name in self.nodes:
                 if name.startswith("etcd"):
                     self.start(name)
@@ -287,7 +286,8 @@ class NetnsCluster:
                  "clients": len(self.clients), "goal": self.goal, "disk_mb": self.disk_mb,
                  "metaserver": self.metaserver, "secret_file": str(self.secret_file),
                  "heartbeat_timeout_s": self.heartbeat_timeout_s, "scrub_mb_per_s": self.scrub_mb_per_s,
-                 "metaserver_options": self.metaserver_options, "ha": self.ha}
+                 "metaserver_options": self.metaserver_options, "ha": self.ha,
+                 "tls": self.tls_dir is not None}
         (self.root / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     @classmethod
@@ -295,7 +295,7 @@ class NetnsCluster:
         s = json.loads((Path(root) / STATE_FILE).read_text())
         return cls(root, s["chunkservers"], s["clients"], s["goal"], s["heartbeat_timeout_s"],
                    s["scrub_mb_per_s"], s["disk_mb"], tag=s["tag"], subnet=s["subnet"],
-                   metaserver_options=s.get("metaserver_options"), ha=s.get("ha", False))
+                   metaserver_options=s.get("metaserver_options"), ha=s.get("ha", False), tls=s.get("tls", False))
 
     def _make_network(self) -> None:
         run("ip", "netns", "add", self.bridge_ns)
@@ -373,12 +373,29 @@ class NetnsCluster:
             "--heartbeat-interval-s", str(min(1.0, self.heartbeat_timeout_s / 4)),
             "--scrub-mb-per-s", str(self.scrub_mb_per_s), *self._tls_args()), log, pid_file)
 
+    def _make_certs(self) -> None:
+        """The cluster CA and every part's certificate, as an operator makes them (`chunkfs certs
+        init`), valid for every node's address (and this host's loopback, which tests use)."""
+        hosts = ["127.0.0.1", "localhost", f"{self.subnet}.254", *(node.ip for node in self.nodes.values())]
+        run(*module_command("chunkfs.cli", "certs", "init", "--dir", str(self.tls_dir),
+                            *(arg for host in hosts for arg in ("--host", host))), timeout_s=60)
+
     def _tls_args(self) -> list[str]:
         return [] if self.tls_dir is None else ["--tls-dir", str(self.tls_dir)]
 
     def tls_context(self) -> ssl.SSLContext | None:
         """What this process connects with (as an admin), with TLS."""
         return None if self.tls_dir is None else TlsFiles(self.tls_dir, "admin").client_context()
+
+    @property
+    def scheme(self) -> str:
+        """What a URL to any of its daemons starts with."""
+        return "http" if self.tls_dir is None else "https"
+
+    @property
+    def api_options(self) -> dict[str, str]:
+        """What `chunkfs.client.connect` needs besides the address and secret to reach this cluster."""
+        return {} if self.tls_dir is None else {"tls_dir": str(self.tls_dir)}
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         pid = self.pid(name)
@@ -576,6 +593,7 @@ def main(argv: list[str] | None = None) -> None:
     up_cmd.add_argument("--clients", type=int, default=2)
     up_cmd.add_argument("--goal", type=int, default=3)
     up_cmd.add_argument("--heartbeat-timeout-s", type=float, default=3.0)
+    up_cmd.add_argument("--tls", action="store_true", help="TLS with mutual authentication on every link")
     down_cmd = sub.add_parser("down", help="take the cluster in DIR down (its data stays)")
     down_cmd.add_argument("dir", type=Path)
     args = parser.parse_args(argv)
@@ -590,12 +608,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     if (args.dir / STATE_FILE).exists():
         sys.exit(f"netns_cluster: {args.dir} holds a cluster; take it down first")
-    cluster = NetnsCluster(args.dir, args.chunkservers, args.clients, args.goal, args.heartbeat_timeout_s)
+    cluster = NetnsCluster(args.dir, args.chunkservers, args.clients, args.goal, args.heartbeat_timeout_s, tls=args.tls)
     try:
         cluster.up()
     except NetnsError as exc:
         sys.exit(f"netns_cluster: {exc}")
-    print(f"metaserver   {cluster.metaserver}   (status page: http://{cluster.metaserver}/)")
+    print(f"metaserver   {cluster.metaserver}   (status page: {cluster.scheme}://{cluster.metaserver}/)")
     for name in cluster.chunkservers:
         print(f"{name:12} {cluster.address(name):20} netns {cluster.nodes[name].netns}  pid {cluster.pid(name)}")
     for client in cluster.clients:

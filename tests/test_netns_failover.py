@@ -5,6 +5,8 @@ fault (netns_workload.during_fault); afterwards every file whose close() returne
 from both clients, with the checksum the writer had, and no application call failed. Several
 clients of the Python API make a history of metadata operations meanwhile, checked for
 linearizability (metadata_history.py) where the fault may lose or reorder an acknowledgement.
+Each test runs on a plain cluster and (with --long) on one with TLS and mutual authentication on
+every link, etcd's included (conftest's `transport`).
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def ha_cluster(tmp_path_factory):
+def ha_cluster(tmp_path_factory, transport):
     # deletion passes often, so one falls inside a test's window (test_removal_waits_for_the_standby)
-    with NetnsCluster(tmp_path_factory.mktemp("ha"), chunkservers=3, clients=2, goal=2,
-                     heartbeat_timeout_s=3.0, ha=True, metaserver_options={"deletion-interval-s": "0.5"}) as cluster:
+    with NetnsCluster(tmp_path_factory.mktemp(f"ha-{transport}"), chunkservers=3, clients=2, goal=2,
+                      heartbeat_timeout_s=3.0, ha=True, metaserver_options={"deletion-interval-s": "0.5"},
+                      tls=transport == "tls") as cluster:
         yield cluster
 
 
@@ -89,14 +92,14 @@ def history(ha, request):
     root = "/history-" + request.node.name
     with contextlib.ExitStack() as clients:
         filesystems = [clients.enter_context(chunkfs.client.connect(ha.metaserver, ha.secret_file, retry_s=30,
-                                                                    dir_leases=False))
+                                                                    dir_leases=False, **ha.api_options))
                        for _ in range(HISTORY_CLIENTS)]
         ops = MetadataHistory(filesystems, root).start()
         try:
             yield ops
         finally:
             ops.stop()
-    with chunkfs.client.connect(ha.metaserver, ha.secret_file, retry_s=30) as fresh:
+    with chunkfs.client.connect(ha.metaserver, ha.secret_file, retry_s=30, **ha.api_options) as fresh:
         violations = ops.check(fresh.listdir(root))
     print(f"metadata history: {len(ops.history)} operations of {HISTORY_CLIENTS} clients, "
           f"{len(violations)} violations")
@@ -162,29 +165,49 @@ def epoch_of(cluster: NetnsCluster) -> int:
 
 def fencing_epochs(cluster: NetnsCluster) -> set[int]:
     """The primary's epoch each chunkserver obeys (chunkserver/fencing.py), from its /health."""
-    return {httpx.get(f"http://{cluster.address(name)}/health", timeout=5).json()["fencing_epoch"]
+    return {httpx.get(f"{cluster.scheme}://{cluster.address(name)}/health", timeout=5,
+                      verify=cluster.tls_context() or True).json()["fencing_epoch"]
             for name in cluster.chunkservers}
 
 
-def sent_unanswered_mkdir(cluster: NetnsCluster, metaserver: str, name: str):
-    """A mkdir of /`name` sent on a connection of its own to `metaserver`, its answer not read
-    (to a stopped process it waits in the socket): the connection, to read the answer from."""
-    address = cluster.meta_address(metaserver)
-    body = r.json_encode(r.CreateReq(parent=1, name=name.encode(), mode=stat.S_IFDIR | 0o755, uid=0, gid=0))
-    headers = sign_headers(auth.load_secret(cluster.secret_file), address, "POST", "/v1/fs/mkdir", body,
-                           (("Content-Type", "application/json"),))
-    request = ["POST /v1/fs/mkdir HTTP/1.1", *(f"{k}: {v}" for k, v in headers), f"Content-Length: {len(body)}",
-               "Connection: close"]
-    connection = raw_connection(address, timeout_s=60)
-    connection.sendall(("\r\n".join(request) + "\r\n\r\n").encode() + body)
-    return connection
+class UnansweredMkdir(threading.Thread):
+    """A mkdir of /`name` sent on a connection of its own to `metaserver` (to a stopped process
+    it waits in the socket; with TLS, its handshake waits there and the mkdir follows once the
+    process runs again); `status()`: the HTTP status it was answered with, None when the
+    connection was closed unanswered."""
 
+    def __init__(self, cluster: NetnsCluster, metaserver: str, name: str) -> None:
+        super().__init__(daemon=True)
+        self.address = cluster.meta_address(metaserver)
+        self.tls = cluster.tls_context()
+        self.body = r.json_encode(r.CreateReq(parent=1, name=name.encode(), mode=stat.S_IFDIR | 0o755, uid=0, gid=0))
+        self.headers = sign_headers(auth.load_secret(cluster.secret_file), self.address, "POST", "/v1/fs/mkdir",
+                                    self.body, (("Content-Type", "application/json"),))
+        self.first_line = b""
+        self.sent = threading.Event()
+        self.start()
+        self.sent.wait(10)  # sent (or, with TLS, the handshake under way)
 
-def answer_status(connection) -> int | None:
-    """The HTTP status the connection was answered with; None when it was closed unanswered."""
-    with connection:
-        first_line = connection.makefile("rb").readline()
-    return int(first_line.split()[1]) if first_line.startswith(b"HTTP/") else None
+    def run(self) -> None:
+        request = ["POST /v1/fs/mkdir HTTP/1.1", *(f"{k}: {v}" for k, v in self.headers),
+                   f"Content-Length: {len(self.body)}", "Connection: close"]
+        try:
+            connection = raw_connection(self.address, timeout_s=60)
+            if self.tls is not None:
+                self.sent.set()
+                connection = self.tls.wrap_socket(connection, server_hostname=self.address.rpartition(":")[0])
+            with connection:
+                connection.sendall(("\r\n".join(request) + "\r\n\r\n").encode() + self.body)
+                self.sent.set()
+                self.first_line = connection.makefile("rb").readline()
+        except OSError:  # ssl.SSLError too: cut off unanswered
+            pass
+        finally:
+            self.sent.set()
+
+    def status(self) -> int | None:
+        self.join(90)
+        return int(self.first_line.split()[1]) if self.first_line.startswith(b"HTTP/") else None
 
 
 def refused_as_former_primary(cluster: NetnsCluster, path, epoch: int) -> None:
@@ -192,7 +215,7 @@ def refused_as_former_primary(cluster: NetnsCluster, path, epoch: int) -> None:
     its chunkserver (ESTALE), which keeps the version."""
     chunk = cluster.layout(path).chunks[0]
     holder = next(name for name in cluster.chunkservers if cluster.server_id(name) in chunk.replicas)
-    http = SignedHttp(auth.load_secret(cluster.secret_file), retry_s=0)
+    http = SignedHttp(auth.load_secret(cluster.secret_file), retry_s=0, tls=cluster.tls_context())
 
     async def delete() -> None:
         try:
@@ -235,8 +258,8 @@ def test_primary_stopped_past_its_lease_is_fenced(ha, workload, history):
         new_epoch = epoch_of(ha)
         assert new_epoch > old_epoch
         wait_until(lambda: fencing_epochs(ha) == {new_epoch}, 30, f"every chunkserver obeying epoch {new_epoch}")
-        waiting = sent_unanswered_mkdir(ha, takeover.old, "sent-to-the-stopped-primary")
-    assert answer_status(waiting) in (503, None)  # refused, or cut off unanswered: never acknowledged
+        waiting = UnansweredMkdir(ha, takeover.old, "sent-to-the-stopped-primary")
+    assert waiting.status() in (503, None)  # refused, or cut off unanswered: never acknowledged
     assert "sent-to-the-stopped-primary" not in os.listdir(ha.mnt("client2"))
     refused_as_former_primary(ha, kept, old_epoch)
     kept.unlink()
@@ -262,7 +285,8 @@ def test_one_etcd_member_killed_changes_nothing(ha, workload):
 def gives_up(cluster: NetnsCluster, retry_s: float = 3) -> OSError | None:
     """The error a Python API client that waits only `retry_s` for a mkdir gets (None: none)."""
     try:
-        with chunkfs.client.connect(cluster.metaserver, cluster.secret_file, retry_s=retry_s) as fs:
+        with chunkfs.client.connect(cluster.metaserver, cluster.secret_file, retry_s=retry_s,
+                                    **cluster.api_options) as fs:
             fs.mkdir("/made-without-a-primary")
     except OSError as exc:
         return exc

@@ -4,7 +4,9 @@ client and a reader on the other keep going through the fault; afterwards every 
 close() returned reads back, from both clients, with the checksum the writer had.
 
 The short versions run in the default suite on one shared cluster (each test puts it back as it
-found it); `--long` runs the same faults for a minute or more.
+found it); `--long` runs the same faults for a minute or more. Every test runs on a plain cluster
+and on one with TLS and mutual authentication on every link (conftest's `transport`); the TLS
+runs are long, but for a chunkserver killed mid-write, a link cut mid-write and a full disk.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 from chunkfs import CHUNK_SIZE
 from conftest import wait_until
 from netns_cluster import NetnsCluster
-from netns_workload import MiB, Workload, drop_page_cache, during_fault, sha256, workload_in
+from netns_workload import MiB, drop_page_cache, during_fault, sha256, workload_in
 
 HEARTBEAT_TIMEOUT_S = 3.0
 DISK_MB = 512  # each chunkserver's disk is a tmpfs this big, so one can be filled in a moment
@@ -39,10 +41,10 @@ def fault_seconds(short: float, long: float):
 
 
 @pytest.fixture(scope="module")
-def shared_cluster(tmp_path_factory):
-    with NetnsCluster(tmp_path_factory.mktemp("netns"), chunkservers=5, clients=2, goal=3,
-                     heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, scrub_mb_per_s=SCRUB_MB_PER_S,
-                     disk_mb={f"cs{i}": DISK_MB for i in range(1, 6)}) as cluster:
+def shared_cluster(tmp_path_factory, transport):
+    with NetnsCluster(tmp_path_factory.mktemp(f"netns-{transport}"), chunkservers=5, clients=2, goal=3,
+                      heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, scrub_mb_per_s=SCRUB_MB_PER_S,
+                      disk_mb={f"cs{i}": DISK_MB for i in range(1, 6)}, tls=transport == "tls") as cluster:
         yield cluster
 
 
@@ -85,6 +87,7 @@ def replicas_of(cluster: NetnsCluster, path: Path) -> list[list[str]]:
 
 # ---- chunkservers dying ------------------------------------------------------------------------
 
+@pytest.mark.tls_in_default_run
 @fault_seconds(5, 60)
 def test_one_chunkserver_killed(netns, workload, fault_s):
     with during_fault(workload, lambda: netns.kill("cs2"), lambda: netns.start("cs2"), before_s=1, after_s=1):
@@ -103,36 +106,12 @@ def test_two_chunkservers_killed(netns, workload, fault_s):
 
 # ---- the network ----------------------------------------------------------------------------
 
+@pytest.mark.tls_in_default_run
 @fault_seconds(6, 60)
 def test_link_cut_mid_write(netns, workload, fault_s):
     with during_fault(workload, lambda: netns.link_down("cs3"), lambda: netns.link_up("cs3"), before_s=1):
         workload.keeps_working(fault_s)
     at_goal(netns)
-
-
-@pytest.mark.long  # make test-long: the suite's 45-minute CI budget keeps the core faults
-@fault_seconds(6, 60)
-def test_with_tls_a_link_cut_and_a_chunkserver_killed(tmp_path, fault_s):
-    """The same faults on a cluster run with TLS on every link (`tls_dir` on every daemon and
-    mount, as `chunkfs up --tls`): a chunkserver's cable cut mid-write, then a chunkserver
-    killed; the writer and the reader keep going, and every acknowledged file reads back."""
-    with NetnsCluster(tmp_path / "tls", chunkservers=3, clients=2, goal=2, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
-                      tls=True) as cluster:
-        load = Workload(cluster.mnt("client1") / "tls", cluster.mnt("client2") / "tls").start()
-        try:
-            load.keeps_working(1)
-            cluster.link_down("cs3")
-            load.keeps_working(fault_s)
-            cluster.link_up("cs3")
-            load.keeps_working(2)
-            cluster.kill("cs1")
-            load.keeps_working(fault_s)
-            cluster.start("cs1")
-            load.keeps_working(1)
-        finally:
-            load.stop()
-        at_goal(cluster)
-        load.verify()
 
 
 @pytest.mark.long  # make test-long: the suite's 45-minute CI budget keeps the core faults
@@ -206,6 +185,7 @@ def refused_as_full(log: Path, since: int) -> set[tuple[int, int]]:
     return {(int(c), int(v)) for c, v in re.findall(r"chunk (\d+) v(\d+): \S+ failed \(chunkserver disk is full", text)}
 
 
+@pytest.mark.tls_in_default_run
 def test_full_chunkserver_is_skipped_and_writers_move_elsewhere(netns, workload):
     workload.keeps_working(1)
     full_id = netns.server_id("cs5")

@@ -2,7 +2,8 @@
 client a host of its own). A cut-off holder keeps nobody waiting for longer than its session
 (`client_timeout_s`): its locks go to the waiters then, and the cut-off client is told when it
 is back: the file it had locked fails with EIO, so it cannot write on as if it still held the
-lock (README, "Locks")."""
+lock (README, "Locks"). On a plain cluster and (with --long) on one with TLS on every link
+(conftest's `transport`)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def netns(tmp_path_factory):
-    with NetnsCluster(tmp_path_factory.mktemp("netns-locks"), chunkservers=1, clients=2, goal=1,
-                      metaserver_options={"client-timeout-s": str(CLIENT_TIMEOUT_S)}) as cluster:
+def netns(tmp_path_factory, transport):
+    with NetnsCluster(tmp_path_factory.mktemp(f"netns-locks-{transport}"), chunkservers=1, clients=2, goal=1,
+                      metaserver_options={"client-timeout-s": str(CLIENT_TIMEOUT_S)},
+                      tls=transport == "tls") as cluster:
         yield cluster
 
 

@@ -769,6 +769,87 @@ def test_the_change_feed_and_other_listings_show_an_export_nothing_outside(secur
     wait_until(lambda: (c.mnt / "projects" / "spys-file").exists(), 30, "the spy's own create made")
 
 
+def test_links_renames_and_inode_numbers_do_not_cross_an_exports_edge(secured):
+    """A client whose credential exports /edge-in sends by hand what would carry a file across
+    its export's edge: a file outside linked in by inode number, a file inside linked out, renames
+    and an exchange across the edge, an open by inode number of a file only outside; each is
+    EACCES (anything outside is, whatever it is) and changes nothing. A file it was shown that
+    leaves the export is outside from then on: hard-linked outside and its link inside removed,
+    or its directory moved out; one whose other link is inside stays, and so does one with a
+    link on each side."""
+    c = secured
+    inside, outside = c.mnt / "edge-in", c.mnt / "edge-out"
+    (inside / "sub").mkdir(parents=True)
+    outside.mkdir()
+    for path in ("shown.txt", "linked-out.txt", "twice.txt", "sub/deep.txt"):
+        (inside / path).write_text(path)
+    os.link(inside / "twice.txt", inside / "twice-too.txt")
+    (outside / "secret.txt").write_text("secret")
+    for directory in (inside, inside / "sub", outside):
+        fsync_directory(directory)
+    ino = {name: os.stat(path).st_ino for name, path in {
+        "in": inside, "out": outside, "sub": inside / "sub", "shown": inside / "shown.txt", "deep": inside / "sub/deep.txt",
+        "linked-out": inside / "linked-out.txt", "twice": inside / "twice.txt", "secret": outside / "secret.txt"}.items()}
+    spy = credential(c, "client", "edge", "--subtree", "/edge-in")
+
+    def as_spy(op: str, record) -> httpx.Response:
+        return call(c.metaserver, spy, "POST", f"/v1/fs/{op}", record)
+
+    for directory in ("in", "sub"):  # shown its files, as a mount's listing would
+        assert as_spy("readdir", r.ReaddirReq(ino[directory])).status_code == 200
+    before = (stored_state(c), sorted(os.listdir(inside)), sorted(os.listdir(outside)))
+    attacks = {
+        "link of /edge-out/secret.txt into the export by inode number": ("link", r.LinkReq(ino["secret"], ino["in"],
+                                                                                           b"stolen")),
+        "link of a file inside to a name outside": ("link", r.LinkReq(ino["shown"], ino["out"], b"leaked")),
+        "rename of a file inside to outside": ("rename", r.RenameReq(ino["in"], b"shown.txt", ino["out"], b"moved")),
+        "rename of a file outside to inside": ("rename", r.RenameReq(ino["out"], b"secret.txt", ino["in"], b"stolen")),
+        "rename of a directory inside to outside": ("rename", r.RenameReq(ino["in"], b"sub", ino["out"], b"sub")),
+        "exchange across the edge": ("rename", r.RenameReq(ino["in"], b"shown.txt", ino["out"], b"secret.txt",
+                                                           flags=r.RENAME_EXCHANGE)),
+        "open of /edge-out/secret.txt by inode number": ("open", r.OpenReq(ino["secret"])),
+        "remove in /edge-out by inode number": ("remove", r.RemoveReq(ino["out"], b"secret.txt", False)),
+    }
+    for what, (op, record) in attacks.items():
+        response = as_spy(op, record)
+        print(f"{what}: {response.status_code} {errno_of(response)}")
+        assert response.status_code == 403 and errno_of(response) == "EACCES", (what, response.text)
+    assert (stored_state(c), sorted(os.listdir(inside)), sorted(os.listdir(outside))) == before
+    # a file with a link on each side is inside (it is reachable there)
+    os.link(inside / "linked-out.txt", outside / "linked-out.txt")
+    fsync_directory(outside)
+    assert as_spy("open", r.OpenReq(ino["linked-out"])).status_code == 200
+    # another client removes its link inside; the one outside stays: it has left the export
+    os.unlink(inside / "linked-out.txt")
+    # and moves a directory out, with a file the spy was shown in it
+    os.rename(inside / "sub", outside / "sub")
+    # and removes one of two links inside: the other is still there
+    os.unlink(inside / "twice.txt")
+    for directory in (inside, outside):
+        fsync_directory(directory)
+    for what, (op, record) in {
+        "getattr of the file linked out": ("getattr", r.InodeReq(ino["linked-out"])),
+        "open of the file linked out": ("open", r.OpenReq(ino["linked-out"])),
+        "link back in of the file linked out": ("link", r.LinkReq(ino["linked-out"], ino["in"], b"back")),
+        "setattr of the file linked out": ("setattr", r.SetattrReq(ino=ino["linked-out"], mode=0o666)),
+        "open of the file in the directory moved out": ("open", r.OpenReq(ino["deep"])),
+        "getattr of the directory moved out": ("getattr", r.InodeReq(ino["sub"])),
+    }.items():
+        response = as_spy(op, record)
+        print(f"{what}: {response.status_code} {errno_of(response)}")
+        assert response.status_code == 403 and errno_of(response) == "EACCES", (what, response.text)
+    assert not (inside / "back").exists()
+    assert stat.S_IMODE(os.stat(outside / "linked-out.txt").st_mode) != 0o666
+    still = as_spy("open", r.OpenReq(ino["twice"]))
+    assert still.status_code == 200, still.text
+    # the export's own hard links and removes inside keep its files reachable
+    assert as_spy("link", r.LinkReq(ino["shown"], ino["in"], b"shown-too.txt")).status_code == 200
+    assert as_spy("remove", r.RemoveReq(ino["in"], b"shown.txt", False)).status_code == 200
+    assert as_spy("getattr", r.InodeReq(ino["shown"])).json()["nlink"] == 1
+    wait_until(lambda: (inside / "shown-too.txt").exists(), 30, "the export's own link seen by another client")
+    assert (inside / "shown-too.txt").read_text() == "shown.txt"
+
+
 def test_health_is_open_and_the_status_page_loopback_only_by_default(secured):
     c = secured
     assert httpx.get(f"http://{c.metaserver}/health").status_code == 200

@@ -357,12 +357,11 @@ def mutated(m: Metaserver, op: str, client: str, req: Any, result: Any, export: 
     elif op == "quota_set":  # creates held by a mount would be charged only when they arrive
         with m.db.read() as txn:
             m.leases.ask_back_where(lambda ino: m.namespace.quotas.covers(txn, ino))
-    elif op == "remove":
+    elif op == "remove":  # a file with a link left elsewhere may have left a subtree
         m.leases.forget_removed(result.ino)
-    elif op == "rename":  # a file moved out of a subtree is no longer seen by the exports of it
-        rename, moved = cast(r.RenameReq, req), cast(r.Renamed, result).moved
-        exchanged = [(moved[1], rename.old_parent)] if rename.flags & r.RENAME_EXCHANGE else []
-        m.exports.moved(m.db, [(moved[0], rename.new_parent), *exchanged])
+        m.exports.links_changed([result.ino])
+    elif op == "rename":  # what it moved (or replaced) may have left a subtree
+        m.exports.links_changed(cast(r.Renamed, result).moved)
     if op in WAKE_DELETER:
         m.deleter.wake.set()
     inodes, entries = affected(op, req, result)

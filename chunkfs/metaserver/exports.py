@@ -5,17 +5,25 @@ every filesystem call, so hand-made requests get no more than the export allows 
 - `subtree`: every inode a call names (locks too) must be inside it. A directory is inside when its chain
   of parents reaches the subtree's directory, judged at every call (so one moved out by another
   client is outside from then on); a file (whose links may be anywhere) when this credential
-  was shown it inside: in an answer to a lookup, readdir, create or link made inside, or a
-  `resolve` of a path below the subtree (the mount's start), until a rename moves it out of the
-  subtree. So a file's inode number learnt elsewhere, or guessed, is refused (EACCES), and so is
-  the parent of the subtree's root (`..` above the export). A `statfs` of an inode outside is
-  answered for the subtree's root (its quota's figures, or the cluster's), not refused: tools ask
-  it of the root; a lock listing shows the locks on files inside only.
+  was shown it inside (in an answer to a lookup, readdir, create or link made inside, or a
+  `resolve` of a path below the subtree: the mount's start) and it is still linked inside
+  (`_file_inside`). So a file's inode number learnt elsewhere, or guessed, is refused (EACCES),
+  and so is the parent of the subtree's root (`..` above the export); so is a file shown once
+  that has since left: renamed out, its directory moved out, or its links inside removed while
+  it keeps one outside (a hard link out). A call naming anything outside is EACCES whatever
+  it is, a rename or link across the edge too (not EXDEV: that would tell a directory from
+  nothing). A `statfs` of an inode outside is answered for the subtree's root (its quota's
+  figures, or the cluster's), not refused: tools ask it of the root; a lock listing shows the
+  locks on files inside only.
 - The change feed (`visible_changes`): a client is told only of what it could see. A change's
   inodes are kept when inside (as above), its entries when their directory is inside, at the time
   of the poll; so a rename out of the subtree reaches it as an unlink of the old name, a rename
-  in as a create of the new one, and a change wholly outside is not sent at all (its sequence
-  number still counts: the feed's numbers are the cluster's).
+  in as a create of the new one, and a change wholly outside is not sent at all. Its sequence
+  number still counts: the feed's numbers are the cluster's, so a client can tell how many
+  changes were made elsewhere (not what or where); accepted in the threat model (README,
+  "Security"): which changes an export sees is decided at each poll (a directory moved in or
+  out changes it), so numbers of its own would need every change judged against every export
+  as it is made, and lock grants carry the feed's number a mount waits for.
 - `read_only`: every change is EROFS (creates, writes' reservations and commits, setattr,
   xattrs, renames, removes, goals). File locks are as on a read-only mount: read locks and
   flock locks (shared or exclusive: flock does not look at the open mode) are granted, a POSIX
@@ -30,12 +38,19 @@ a `lock` would be; one refused is not given back (it is lost). The files this cr
 shown went with the restart, so for a reclaim those not shown since are looked for below the
 subtree (a walk of at most MAX_WALK entries, once), and remembered as shown when found there.
 
+Whether a file shown is still linked inside: chunkfs keeps no list of a file's links, only the
+directory of one of them (`Inode.parent`, 0 once that link goes). A file with a link in a
+directory inside is inside; a file whose one link is in a directory outside is not; a file with
+no name (unlinked while open, or in the trash) stays visible to those shown it (an open file
+keeps working). Otherwise (several links, the known one outside or none known) the seen set
+decides, and after any change of the file's links (a remove, a rename) it is looked for below
+the subtree at its next use (a walk of at most MAX_WALK entries; not found, it is outside).
+
 What is not covered (yet): the seen files of a credential are kept in memory only (after a
 metaserver restart a client looks its files up again; until its kernel does, a call on an inode
-it cached is EACCES, but for the files it reclaims locks on); a file seen inside keeps being seen
-when a hard link to it is made outside and its inside links are removed (only a rename out
-ends it); the feed's sequence numbers count every change of the cluster (a client can tell that
-something changed somewhere, not what or where).
+it cached is EACCES, but for the files it reclaims locks on); a file with several links stays
+seen when the directory of the link it was shown by is moved out while its known link is
+elsewhere outside, until one of its links changes.
 """
 
 from __future__ import annotations
@@ -66,7 +81,7 @@ class ExportGuard:
     def __init__(self, namespace: Namespace) -> None:
         self.namespace = namespace
         self._seen: dict[str, set[int]] = {}  # key id -> files shown to it inside its subtree
-        self._subtrees: dict[str, str] = {}  # key id -> its export's subtree (of those in _seen)
+        self._relinked: dict[str, set[int]] = {}  # key id -> files of those whose links changed since
 
     def admit(self, txn: Txn, key_id: str, export: Export, op: str, req: Any,
               also_seen: Collection[int] = ()) -> Any:
@@ -104,25 +119,20 @@ class ExportGuard:
         files = {attr.ino for attr in attrs if not stat.S_ISDIR(attr.mode)}
         if files:
             self._seen_by(key_id, export).update(files)
+            self._relinked.get(key_id, set()).difference_update(files)
 
     def _seen_by(self, key_id: str, export: Export) -> set[int]:
         """The files shown to this credential (the set itself, to add to)."""
-        self._subtrees[key_id] = export.subtree
         return self._seen.setdefault(key_id, set())
 
-    def moved(self, db: MetaDB, places: list[tuple[int, int]]) -> None:
-        """A rename put each file of `places` (inode, its new directory) there: a credential
-        that was shown one no longer sees it if that directory is outside its subtree (it
-        moved out: another client's rename, as this one's could not name a directory outside)."""
-        holders = [(key_id, ino, parent) for ino, parent in places  # a reclaim's thread may add a key
-                   for key_id, seen in list(self._seen.items()) if ino in seen]
-        if not holders:
-            return
-        with db.read() as txn:
-            for key_id, ino, parent in holders:
-                top = self._top(txn, self._subtrees.get(key_id, "/"))
-                if top is None or not self._dir_inside(txn, parent, top):
-                    self._seen[key_id].discard(ino)
+    def links_changed(self, inodes: Collection[int]) -> None:
+        """A remove or rename changed the links of `inodes`: a credential shown one of them
+        looks for it below its subtree at its next use, unless its known link decides
+        (`_file_inside`). Nothing is read here: the look costs only those who use the file."""
+        for key_id, seen in list(self._seen.items()):  # a reclaim's thread may add a key
+            moved = seen.intersection(inodes)
+            if moved:
+                self._relinked.setdefault(key_id, set()).update(moved)
 
     def visible_changes(self, db: MetaDB, key_id: str, export: Export, changes: list[r.Change]) -> list[r.Change]:
         """What of `changes` (the change feed's) this credential may be told: the inodes inside
@@ -130,14 +140,14 @@ class ExportGuard:
         neither is dropped (see the module's doc)."""
         if export.subtree == "/":
             return changes
-        seen = self._seen.get(key_id, set())
         visible = []
         with db.read() as txn:
             top = self._top(txn, export.subtree)
             if top is None:
                 return []
             for change in changes:
-                inodes = [ino for ino in change.inodes if ino in seen or self._dir_inside(txn, ino, top)]
+                inodes = [ino for ino in change.inodes
+                          if self._dir_inside(txn, ino, top) or self._file_inside(txn, key_id, ino, top)]
                 entries = [(parent, name) for parent, name in change.entries if self._dir_inside(txn, parent, top)]
                 if len(inodes) == len(change.inodes) and len(entries) == len(change.entries):
                     visible.append(change)
@@ -190,30 +200,68 @@ class ExportGuard:
         return refused
 
     def _look_for(self, txn: Txn, key_id: str, export: Export, inodes: set[int]) -> None:
-        """Those of `inodes` found below the subtree (a walk of its directories, MAX_WALK
-        entries at most) are remembered as shown to this credential."""
+        """Those of `inodes` found below the subtree (`_found_below`) are remembered as shown
+        to this credential."""
         seen = self._seen_by(key_id, export)
         top = self._top(txn, export.subtree)
         if top is None:
             return
-        wanted = {ino for ino in inodes - seen if not self._dir_inside(txn, ino, top)}
+        seen.update(self._found_below(txn, top, {ino for ino in inodes - seen if not self._dir_inside(txn, ino, top)}))
+
+    def _found_below(self, txn: Txn, top: int, wanted: set[int]) -> set[int]:
+        """Those of `wanted` linked in a directory at or below `top` (a walk of its directories,
+        MAX_WALK entries at most: beyond that, not found)."""
+        wanted, found = set(wanted), set[int]()
         directories, read = [top], 0
         while directories and wanted:
             for _name, child in self.namespace.entries(txn, directories.pop(), None):
                 read += 1
                 if read > MAX_WALK:
-                    return
+                    return found
                 if child in wanted:
-                    seen.add(child)
+                    found.add(child)
                     wanted.discard(child)
                 elif stat.S_ISDIR(self.namespace.get(txn, child).mode):
                     directories.append(child)
+        return found
+
+    def _file_inside(self, txn: Txn, key_id: str, ino: int, top: int) -> bool:
+        """Whether file `ino`, if shown to this credential, is still inside (see the module's
+        doc): its known link decides when it can; else, after a change of its links, it is
+        looked for below the subtree, once. A file found outside is forgotten (shown again only
+        by a lookup inside, if it comes back)."""
+        seen = self._seen.get(key_id)
+        if seen is None or ino not in seen:
+            return False
+        relinked = self._relinked.get(key_id, set())
+        placed = self._placed_inside(txn, ino, top)
+        if placed is None and ino in relinked:
+            placed = bool(self._found_below(txn, top, {ino}))
+        relinked.discard(ino)
+        if placed is False:
+            seen.discard(ino)
+            return False
+        return True
+
+    def _placed_inside(self, txn: Txn, ino: int, top: int) -> bool | None:
+        """What file `ino`'s known link says: True when it is linked inside (or has no name:
+        unlinked while open, or in the trash; or is gone: the call fails on its own), False
+        when its one link is outside, None when that cannot be told without a look."""
+        try:
+            inode = self.namespace.get(txn, ino)
+        except FsError:
+            return True
+        if inode.nlink == 0 or (inode.parent and self._dir_inside(txn, inode.parent, top)):
+            return True
+        if inode.nlink == 1 and inode.parent:
+            return False
+        return None
 
     def inode_inside(self, txn: Txn, key_id: str, export: Export, ino: int) -> bool:
-        if export.subtree == "/" or ino in self._seen.get(key_id, ()):
+        if export.subtree == "/":
             return True
         top = self.namespace.resolve(txn, export.subtree.encode()).ino
-        return self._dir_inside(txn, ino, top)
+        return self._dir_inside(txn, ino, top) or self._file_inside(txn, key_id, ino, top)
 
     def _check_inside(self, txn: Txn, key_id: str, export: Export, op: str, req: Any,
                       also_seen: Collection[int]) -> None:
@@ -229,9 +277,9 @@ class ExportGuard:
             raise FsError(errno.EACCES, f"the export {export.subtree} does not exist") from None
         if op == "parent" and req.ino == top:
             raise FsError(errno.EACCES, "the parent of the export's root is outside it")
-        seen = self._seen.get(key_id, set())
         for ino in _existing_inodes_named(op, req):
-            if ino not in seen and ino not in also_seen and not self._dir_inside(txn, ino, top):
+            if ino not in also_seen and not self._dir_inside(txn, ino, top) and not self._file_inside(txn, key_id,
+                                                                                                   ino, top):
                 raise FsError(errno.EACCES, f"inode {ino} is outside this credential's export {export.subtree}")
 
     def _dir_inside(self, txn: Txn, ino: int, top: int) -> bool:
