@@ -91,6 +91,7 @@ class FileWriter:
         self.dirty: dict[int, DirtyChunk] = {}
         self.uploading: dict[int, bytes | bytearray] = {}
         self.uploaded: dict[int, r.ChunkRef] = {}
+        self._upload_order: dict[int, int] = {}  # index -> the slot version of what `uploaded` holds
         self.superseded: list[r.ChunkRef] = []
         self.error: BaseException | None = None
         self._upload_slots = trio.Semaphore(max_uploads)
@@ -221,15 +222,18 @@ class FileWriter:
 
     async def _upload(self, index: int, snapshot: bytes | bytearray, slot: UploadSlot) -> None:
         try:
-            ref = await self.io.upload(self.file.ino, index, snapshot, slot)
-            current = self.uploaded.get(index)
-            if current is None or ref.version > current.version:
+            ref = await self.io.store(self.file.ino, index, snapshot, slot, dedup=not self.file.attr.no_dedup)
+            # the newest write of the chunk wins: slots are handed out in write order (a shared
+            # ref's own version is an old one, so its slot's version stands for it)
+            if slot.version > self._upload_order.get(index, 0):
+                current = self.uploaded.get(index)
                 if current is not None:
-                    self.superseded.append(current)
+                    self._supersede(current)
                 self.uploaded[index] = ref
+                self._upload_order[index] = slot.version
                 self.cache.put_uploaded(ref, snapshot)
             else:
-                self.superseded.append(ref)
+                self._supersede(ref)
         except BaseException as exc:
             log.error("upload of chunk %d of inode %d failed: %s", index, self.file.ino, exc)
             self.error = exc
@@ -243,6 +247,12 @@ class FileWriter:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+
+    def _supersede(self, ref: r.ChunkRef) -> None:
+        """`ref` was replaced before its commit: its version is discarded with the commit (a
+        shared one is other files' too: nothing of it is this writer's to discard)."""
+        if not ref.shared:
+            self.superseded.append(ref)
 
     def _raise_pending_error(self) -> None:
         if self.error is not None:
@@ -294,6 +304,7 @@ class FileWriter:
                 file.inline = None
             file.chunks.update(self.uploaded)
             self.uploaded.clear()
+            self._upload_order.clear()
             self.superseded.clear()
             file.committed(attr)
             return attr
@@ -309,8 +320,10 @@ class FileWriter:
         write refused with EDQUOT. The file is back at its committed size; its uploads are
         discarded by the next commit (which carries no growth, so the quota lets it through,
         with any attribute changes still waiting)."""
-        self.superseded += self.uploaded.values()
+        for ref in self.uploaded.values():
+            self._supersede(ref)
         self.uploaded.clear()
+        self._upload_order.clear()
         self.drop_buffers()
         self.file.size = self.file.attr.size
         self.file.mtime_ns = self.file.attr.mtime_ns
