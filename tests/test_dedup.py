@@ -6,14 +6,18 @@ a model: tests/test_dedup_model.py."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from chunkfs.client import connect
 from conftest import chunkfs, metrics_of, wait_until
 from test_snapshots import fsck_clean
 
@@ -92,3 +96,35 @@ def test_dedup_off_for_a_directory_uploads_everything(cluster, home, source):
     assert stored_on_chunkservers(cluster) - before == SIZE * cluster.goal
     assert json.loads(chunkfs("dedup", home / "raw" / "b", "--dir", cluster.dir, "--json").stdout)["dedup"] is False
     assert (home / "raw" / "b").read_bytes() == source.read_bytes()
+
+
+@contextlib.contextmanager
+def no_room_for_new_chunks(cluster) -> Iterator[None]:
+    """Every chunkserver drained: none takes a new chunk, so a reservation is refused with
+    ENOSPC as when all are full (`registry.writable`); each takes chunks again after."""
+    addresses = [s["address"] for s in cluster.status()["servers"]]
+    try:
+        for address in addresses:
+            chunkfs("drain", address, "--dir", cluster.dir)
+        yield
+    finally:
+        for address in addresses:
+            chunkfs("drain", address, "--stop", "--dir", cluster.dir, check=False)
+
+
+def test_a_copy_of_stored_content_is_written_on_a_cluster_without_room(cluster, home, source, tmp_path):
+    """A write whose chunks are all dedup hits stores nothing new: it reserves nothing, so a
+    cluster with no room for a new chunk takes it; new bytes there fail with ENOSPC."""
+    remote = f"/{home.relative_to(cluster.mnt)}"
+    with connect(cluster.metaserver, secret_file=cluster.secret_file) as fs:
+        fs.put_file(source, f"{remote}/a")
+    other = tmp_path / "other"
+    other.write_bytes(os.urandom(SIZE))
+    # a client of its own: one that wrote before has reservations left (for seconds) to spend
+    with no_room_for_new_chunks(cluster), connect(cluster.metaserver, secret_file=cluster.secret_file) as fs:
+        fs.put_file(source, f"{remote}/b")  # every chunk held already: nothing to reserve
+        assert fs.open(f"{remote}/b").read() == source.read_bytes()
+        with pytest.raises(OSError) as info:
+            fs.put_file(other, f"{remote}/c")
+        assert info.value.errno == errno.ENOSPC
+        assert sorted(fs.listdir(remote)) == ["a", "b"]

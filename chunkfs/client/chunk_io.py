@@ -187,14 +187,20 @@ class ChunkIO:
         data = await self.chunks.get(address, ref.chunk_id, ref.version, retry_s=retry_s, token=ref.token)
         return data if chunk_checksum(data) == ref.checksum else None
 
-    async def store(self, ino: int, index: int, data: bytes | bytearray, slot: UploadSlot, dedup: bool = True
+    def looks_up(self, length: int, dedup: bool) -> bool:
+        """Whether `store` asks the metaserver for a chunk of `length` bytes before uploading it
+        (`dedup`: the file's setting)."""
+        return dedup and self.dedup and length >= DEDUP_MIN_BYTES
+
+    async def store(self, ino: int, index: int, data: bytes | bytearray, slot: PendingSlot, dedup: bool = True
                     ) -> r.ChunkRef:
         """Chunk `index` of `ino` holding `data`, durable: the version the cluster already
-        holds with this content (a `shared` ref, nothing uploaded), else `data` uploaded as
-        `slot.version` (its content named, so later writers of it find it). `dedup`: the file's
-        setting (`chunkfs dedup`), off also when this client's is."""
-        if not (dedup and self.dedup) or len(data) < DEDUP_MIN_BYTES:
-            return await self.upload(ino, index, data, slot)
+        holds with this content (a `shared` ref, nothing uploaded, no slot taken: a full
+        cluster does not refuse it), else `data` uploaded as the version of `slot` (taken now
+        if it was not yet; its content named, so later writers of it find it). `dedup`: the
+        file's setting (`chunkfs dedup`), off also when this client's is."""
+        if not self.looks_up(len(data), dedup):
+            return await self.upload(ino, index, data, await slot.take())
         content, proof = await trio.to_thread.run_sync(name_and_proof, data)
         hit = await self.meta.find_content(content, proof)
         if hit is not None and hit.length == len(data) and hit.checksum == chunk_checksum(data):
@@ -205,7 +211,7 @@ class ChunkIO:
         if hit is not None:
             log.warning("chunk %d v%d is named as holding the content of chunk %d of inode %d but its checksum "
                         "differs: uploaded instead", hit.chunk_id, hit.version, index, ino)
-        ref = await self.upload(ino, index, data, slot)
+        ref = await self.upload(ino, index, data, await slot.take())
         ref.content, ref.proof = content, proof
         return ref
 
@@ -266,6 +272,23 @@ class UploadSlot:
     goal: int
     servers: list[r.ServerChoice]
     token: str = ""  # the reservation's (chunkfs.chunk_tokens): writes and reads of its versions
+
+
+@dataclass
+class PendingSlot:
+    """The slot of an upload that may not happen (a dedup hit stores nothing): taken from the
+    reservations on first `take`, so a write of content the cluster holds reserves nothing (a
+    reservation is refused with ENOSPC when no chunkserver has room)."""
+
+    reservations: Reservations
+    existing_chunk_id: int | None
+    goal: int
+    slot: UploadSlot | None = None
+
+    async def take(self) -> UploadSlot:
+        if self.slot is None:
+            self.slot = await self.reservations.slot(self.existing_chunk_id, self.goal)
+        return self.slot
 
 
 class Reservations:

@@ -35,7 +35,7 @@ import trio
 
 from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
 from chunkfs.client.chunk_cache import ChunkCache
-from chunkfs.client.chunk_io import ChunkIO, UploadSlot
+from chunkfs.client.chunk_io import ChunkIO, PendingSlot
 from chunkfs.client.metadata import Metadata
 from chunkfs.client.write_back import WriteBack
 from chunkfs.errors import FsError
@@ -91,7 +91,8 @@ class FileWriter:
         self.dirty: dict[int, DirtyChunk] = {}
         self.uploading: dict[int, bytes | bytearray] = {}
         self.uploaded: dict[int, r.ChunkRef] = {}
-        self._upload_order: dict[int, int] = {}  # index -> the slot version of what `uploaded` holds
+        self._upload_order: dict[int, int] = {}  # index -> the write number of what `uploaded` holds
+        self._uploads_started = 0  # numbers the uploads in write order: the newest write of a chunk wins
         self.superseded: list[r.ChunkRef] = []
         self.error: BaseException | None = None
         self._upload_slots = trio.Semaphore(max_uploads)
@@ -208,7 +209,10 @@ class FileWriter:
         dirty = self.dirty[index]
         await self._ensure_based(index, dirty)
         existing = self.stored_ref(index)
-        slot = await self.io.reservations.slot(existing.chunk_id if existing else None, self.file.attr.goal)
+        slot = PendingSlot(self.io.reservations, existing.chunk_id if existing else None, self.file.attr.goal)
+        dedup = not self.file.attr.no_dedup
+        if not self.io.looks_up(len(dirty.data), dedup):
+            await slot.take()  # here, so a full cluster's ENOSPC fails this write itself
         await self._upload_slots.acquire()
         del self.dirty[index]
         # handed over as bytes (the DirtyChunk is gone, nothing writes to it again): the upload
@@ -218,19 +222,21 @@ class FileWriter:
         if self._inflight == 0:
             self._idle = trio.Event()
         self._inflight += 1
-        self.nursery.start_soon(self._upload, index, snapshot, slot)
+        self._uploads_started += 1
+        self.nursery.start_soon(self._upload, index, snapshot, slot, dedup, self._uploads_started)
 
-    async def _upload(self, index: int, snapshot: bytes | bytearray, slot: UploadSlot) -> None:
+    async def _upload(self, index: int, snapshot: bytes | bytearray, slot: PendingSlot, dedup: bool,
+                      order: int) -> None:
         try:
-            ref = await self.io.store(self.file.ino, index, snapshot, slot, dedup=not self.file.attr.no_dedup)
-            # the newest write of the chunk wins: slots are handed out in write order (a shared
-            # ref's own version is an old one, so its slot's version stands for it)
-            if slot.version > self._upload_order.get(index, 0):
+            ref = await self.io.store(self.file.ino, index, snapshot, slot, dedup)
+            # the newest write of the chunk wins, whichever upload ends first (versions do not
+            # tell: a shared ref's is an old one, and a slot is taken only when a lookup missed)
+            if order > self._upload_order.get(index, 0):
                 current = self.uploaded.get(index)
                 if current is not None:
                     self._supersede(current)
                 self.uploaded[index] = ref
-                self._upload_order[index] = slot.version
+                self._upload_order[index] = order
                 self.cache.put_uploaded(ref, snapshot)
             else:
                 self._supersede(ref)
