@@ -16,11 +16,11 @@ that came with the file's layout, a write the one of its reservation; it is sign
 client's token key, asked for once (a token serves only the client it was issued to). A token about to expire
 (by this client's clock) or that a chunkserver calls expired is renewed from the metaserver
 first (`tokens`, once per chunk version and expiry).
-Dedup (`store`): before a chunk of at least DEDUP_MIN_BYTES is uploaded, its content name and
+Dedup (`look_up`): before a chunk of at least DEDUP_MIN_BYTES is uploaded, its content name and
 proof (`chunkfs.content_hash`) are sent to the metaserver; if the cluster holds that content for
 this client's credential (and the stored checksum is this chunk's), nothing is uploaded and the
-stored version is committed instead (a `shared` ChunkRef). `dedup=False` (the mount option)
-turns it off: no hash, no call.
+stored version is committed instead (a `shared` ChunkRef); the writer (writer.py) does the
+rest. `dedup=False` (the mount option) turns it off: no hash, no call.
 Writes go to all target replicas in parallel; a replica that fails is replaced by a spare, and
 the write succeeds as long as one replica stored it (the chunk is then under goal). A server that
 answers ENOSPC goes last for uploads for a while (until the metaserver stops offering it); if
@@ -188,32 +188,26 @@ class ChunkIO:
         return data if chunk_checksum(data) == ref.checksum else None
 
     def looks_up(self, length: int, dedup: bool) -> bool:
-        """Whether `store` asks the metaserver for a chunk of `length` bytes before uploading it
-        (`dedup`: the file's setting)."""
+        """Whether a chunk of `length` bytes is looked up (`look_up`) before it is uploaded
+        (`dedup`: the file's setting, `chunkfs dedup`; off also when this client's is)."""
         return dedup and self.dedup and length >= DEDUP_MIN_BYTES
 
-    async def store(self, ino: int, index: int, data: bytes | bytearray, slot: PendingSlot, dedup: bool = True
-                    ) -> r.ChunkRef:
-        """Chunk `index` of `ino` holding `data`, durable: the version the cluster already
-        holds with this content (a `shared` ref, nothing uploaded, no slot taken: a full
-        cluster does not refuse it), else `data` uploaded as the version of `slot` (taken now
-        if it was not yet; its content named, so later writers of it find it). `dedup`: the
-        file's setting (`chunkfs dedup`), off also when this client's is."""
-        if not self.looks_up(len(data), dedup):
-            return await self.upload(ino, index, data, await slot.take())
+    async def look_up(self, ino: int, index: int, data: bytes | bytearray) -> Lookup:
+        """The content name and proof of `data` (chunk `index` of `ino`) and the version the
+        cluster already holds with this content, as a `shared` ref to commit instead of an
+        upload (pinned for this client's credential until that commit), if there is one and its
+        stored checksum is this chunk's."""
         content, proof = await trio.to_thread.run_sync(name_and_proof, data)
         hit = await self.meta.find_content(content, proof)
         if hit is not None and hit.length == len(data) and hit.checksum == chunk_checksum(data):
             self.bytes_deduplicated += len(data)
-            return r.ChunkRef(index=index, chunk_id=hit.chunk_id, version=hit.version, length=hit.length,
-                              checksum=hit.checksum, replicas=hit.replicas, token=hit.token, content=content,
-                              proof=proof, shared=True)
+            return Lookup(content, proof, r.ChunkRef(
+                index=index, chunk_id=hit.chunk_id, version=hit.version, length=hit.length, checksum=hit.checksum,
+                replicas=hit.replicas, token=hit.token, content=content, proof=proof, shared=True))
         if hit is not None:
             log.warning("chunk %d v%d is named as holding the content of chunk %d of inode %d but its checksum "
                         "differs: uploaded instead", hit.chunk_id, hit.version, index, ino)
-        ref = await self.upload(ino, index, data, await slot.take())
-        ref.content, ref.proof = content, proof
-        return ref
+        return Lookup(content, proof, None)
 
     async def upload(self, ino: int, index: int, data: bytes | bytearray, slot: UploadSlot) -> r.ChunkRef:
         """Store `data` as version `slot.version` of chunk `index`; returns once it is durable on
@@ -272,6 +266,17 @@ class UploadSlot:
     goal: int
     servers: list[r.ServerChoice]
     token: str = ""  # the reservation's (chunkfs.chunk_tokens): writes and reads of its versions
+
+
+@dataclass
+class Lookup:
+    """What `ChunkIO.look_up` found for a chunk's bytes: their content name and proof (an
+    upload of them carries both, so later writers find it) and the stored version holding
+    them, a `shared` ref (None: upload them)."""
+
+    content: str
+    proof: str
+    stored: r.ChunkRef | None
 
 
 @dataclass

@@ -3,7 +3,9 @@
 Promises:
 - Writes are buffered a chunk at a time; a chunk that fills up is uploaded in the background
   (at most `max_uploads` per file at once) to `goal` replicas in parallel, a spare taking over
-  from a replica that fails (`chunk_io`). Buffered and uploading bytes count against the
+  from a replica that fails (`chunk_io`). A chunk dedup looks up first (`ChunkIO.look_up`) is
+  uploaded only if the cluster does not hold its content; up to `max_lookups` per file are
+  looked up at once. Buffered and uploading bytes count against the
   client's `WriteBack` bound: a write waits while the client is over it, and `write_back()`
   starts uploading partly written chunks when the client needs the room.
 - `flush()` (close, fsync) returns only when every buffered chunk is stored on the disks of its
@@ -83,7 +85,7 @@ def _whole_chunk(data: bytes | bytearray | memoryview, view: memoryview, pos: in
 
 class FileWriter:
     def __init__(self, file: OpenFile, meta: Metadata, io: ChunkIO, cache: ChunkCache, nursery: trio.Nursery,
-                 write_back: WriteBack, max_uploads: int = 4) -> None:
+                 write_back: WriteBack, max_uploads: int = 4, max_lookups: int = 16) -> None:
         self.file = file
         self.meta, self.io, self.cache, self.nursery = meta, io, cache, nursery
         self.write_back_bound = write_back
@@ -95,7 +97,8 @@ class FileWriter:
         self._uploads_started = 0  # numbers the uploads in write order: the newest write of a chunk wins
         self.superseded: list[r.ChunkRef] = []
         self.error: BaseException | None = None
-        self._upload_slots = trio.Semaphore(max_uploads)
+        self._upload_slots = trio.Semaphore(max_uploads)  # chunks sending bytes at once
+        self._lookup_slots = trio.Semaphore(max_lookups)  # chunks being looked up (dedup) at once, and any upload after
         self._inflight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -210,10 +213,11 @@ class FileWriter:
         await self._ensure_based(index, dirty)
         existing = self.stored_ref(index)
         slot = PendingSlot(self.io.reservations, existing.chunk_id if existing else None, self.file.attr.goal)
-        dedup = not self.file.attr.no_dedup
-        if not self.io.looks_up(len(dirty.data), dedup):
+        looked_up = self.io.looks_up(len(dirty.data), not self.file.attr.no_dedup)
+        if not looked_up:
             await slot.take()  # here, so a full cluster's ENOSPC fails this write itself
-        await self._upload_slots.acquire()
+        gate = self._lookup_slots if looked_up else self._upload_slots
+        await gate.acquire()
         del self.dirty[index]
         # handed over as bytes (the DirtyChunk is gone, nothing writes to it again): the upload
         # sends bytes as they are, so a chunk in flight is held once, as the bound counts it
@@ -223,12 +227,29 @@ class FileWriter:
             self._idle = trio.Event()
         self._inflight += 1
         self._uploads_started += 1
-        self.nursery.start_soon(self._upload, index, snapshot, slot, dedup, self._uploads_started)
+        self.nursery.start_soon(self._upload, index, snapshot, slot, looked_up, gate, self._uploads_started)
 
-    async def _upload(self, index: int, snapshot: bytes | bytearray, slot: PendingSlot, dedup: bool,
-                      order: int) -> None:
+    async def _store(self, index: int, snapshot: bytes | bytearray, slot: PendingSlot, looked_up: bool
+                     ) -> r.ChunkRef:
+        """Chunk `index` holding `snapshot`, durable: the version the cluster holds with this
+        content if it is `looked_up` and found (nothing uploaded, no slot taken: a full cluster
+        does not refuse it), else uploaded. Lookups are many at once (`max_lookups`: a hit is
+        one small call, so a copy of stored data is not held to `max_uploads` round trips at a
+        time), uploads `max_uploads`."""
+        if not looked_up:
+            return await self.io.upload(self.file.ino, index, snapshot, await slot.take())
+        lookup = await self.io.look_up(self.file.ino, index, snapshot)
+        if lookup.stored is not None:
+            return lookup.stored
+        async with self._upload_slots:
+            ref = await self.io.upload(self.file.ino, index, snapshot, await slot.take())
+        ref.content, ref.proof = lookup.content, lookup.proof
+        return ref
+
+    async def _upload(self, index: int, snapshot: bytes | bytearray, slot: PendingSlot, looked_up: bool,
+                      gate: trio.Semaphore, order: int) -> None:
         try:
-            ref = await self.io.store(self.file.ino, index, snapshot, slot, dedup)
+            ref = await self._store(index, snapshot, slot, looked_up)
             # the newest write of the chunk wins, whichever upload ends first (versions do not
             # tell: a shared ref's is an old one, and a slot is taken only when a lookup missed)
             if order > self._upload_order.get(index, 0):
@@ -249,7 +270,7 @@ class FileWriter:
             if self.uploading.get(index) is snapshot:
                 del self.uploading[index]
             self.write_back_bound.add(-len(snapshot))
-            self._upload_slots.release()
+            gate.release()
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
