@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -214,6 +214,15 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[written:]
 
 
+def unique_mibs(count: int) -> Iterator[memoryview]:
+    """`count` MiB of random-looking bytes, no two MiB alike (one random MiB, its first 8 bytes
+    a counter): written data that dedup cannot share, at no cost per MiB."""
+    block = bytearray(os.urandom(MiB))
+    for i in range(count):
+        block[:8] = i.to_bytes(8, "little")
+        yield memoryview(block)
+
+
 def _read_through(path: Path, expected_bytes: int) -> float:
     """Read `path` start to end in 1 MiB reads; MiB/s."""
     buffer = bytearray(MiB)
@@ -232,12 +241,11 @@ def _read_through(path: Path, expected_bytes: int) -> float:
 
 
 def _sequential_write(ws: _Workspace) -> dict[str, float]:
-    block = memoryview(os.urandom(MiB))
     cpu = mount_cpu_s(ws.scratch)
     start = time.perf_counter()
     fd = os.open(ws.big_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        for _ in range(ws.settings.size_mb):
+        for block in unique_mibs(ws.settings.size_mb):
             _write_all(fd, block)
         os.fsync(fd)
     finally:
@@ -386,7 +394,8 @@ def _client_doors(ws: _Workspace) -> dict[str, float]:
     cli = _chunkfs_command()
     where = ["--metaserver", metaserver, "--secret-file", secret_file]
     size_mb, timeout_s = ws.settings.size_mb, ws.settings.command_timeout_s
-    figures = {"put_mib_s": size_mb / _timed_command([*cli, "put", str(ws.local_file), f"{scratch}/put", *where],
+    put_source = put_file_of(ws.local_file)  # not the bytes `cp` copied in: dedup would upload nothing
+    figures = {"put_mib_s": size_mb / _timed_command([*cli, "put", str(put_source), f"{scratch}/put", *where],
                                                      timeout_s)}
     back = ws.local_file.with_name("got")
     if drop_page_cache():  # cold data, as the mount's cold read and cp out (a new process has no chunk cache)
@@ -395,15 +404,14 @@ def _client_doors(ws: _Workspace) -> dict[str, float]:
         figures["get_mib_s"] = size_mb / _timed_command([*cli, "get", f"{scratch}/put", str(back), *where], timeout_s)
     finally:
         back.unlink(missing_ok=True)
-    block = memoryview(os.urandom(MiB))
     with client.connect(metaserver, secret_file=secret_file) as fs:
         start = time.perf_counter()
         with fs.open(f"{scratch}/api", "wb") as f:
-            for _ in range(size_mb):
+            for block in unique_mibs(size_mb):
                 f.write(block)
         figures["api_write_mib_s"] = size_mb / (time.perf_counter() - start)
         fs.mkdir(f"{scratch}/api-small")
-        small = block[:SMALL_FILE_BYTES]
+        small = os.urandom(SMALL_FILE_BYTES)
 
         def create(path: str) -> None:
             with fs.open(path, "xb") as f:
@@ -510,6 +518,7 @@ def run(directories: list[Path], settings: BenchSettings,
             make_tree(tree_source, settings.tree_files)
         if "client" in settings.groups or "gateway" in settings.groups:
             make_local_file(local_files / "source", settings.size_mb)
+            make_local_file(put_file_of(local_files / "source"), settings.size_mb)
         steps = len(steps_of(settings))
         return [measure(d, settings, tree_source, local_files / "source", on_step, i * steps)
                 for i, d in enumerate(directories)]
@@ -518,11 +527,15 @@ def run(directories: list[Path], settings: BenchSettings,
         _remove(local_files)
 
 
+def put_file_of(local_file: Path) -> Path:
+    """The local file `chunkfs put` copies in: other bytes than `local_file`'s (which `cp` copies)."""
+    return local_file.with_name(local_file.name + "-put")
+
+
 def make_local_file(path: Path, size_mb: int) -> None:
-    block = memoryview(os.urandom(MiB))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        for _ in range(size_mb):
+        for block in unique_mibs(size_mb):
             _write_all(fd, block)
     finally:
         os.close(fd)

@@ -33,6 +33,8 @@ from typing import Any
 
 import httpx
 
+from chunkfs.bench import unique_mibs
+
 MiB = 1024 * 1024
 LIST_KEYS = 10_000  # the issue's listing: a 10,000-key prefix in under 1 s
 LIST_PAGE = 1000
@@ -209,9 +211,9 @@ def _rss_bytes(rest: str) -> float:
 
 
 def _body(size_mb: int) -> Iterator[bytes]:
-    block = os.urandom(MiB)
-    for _ in range(size_mb):
-        yield block
+    """Bytes no two MiB alike (dedup would store a repeated block once: no upload to measure)."""
+    for block in unique_mibs(size_mb):
+        yield bytes(block)
 
 
 def rss_under_uploads(target: GatewayTarget, bucket: str, clients: int, size_mb: int, timeout_s: float

@@ -202,6 +202,8 @@ class ClusterCollector(Collector):
             ("file_bytes", "Sum of the sizes of all regular files", s.file_bytes),
             ("chunks", "Chunks of all files", s.chunks),
             ("chunk_bytes", "Sum of the lengths of all chunks (one replica each)", s.chunk_bytes),
+            ("stored_bytes", "Sum of the lengths of distinct chunk versions (one replica each: dedup and "
+                             "snapshots share versions)", s.stored_bytes),
             ("chunks_under_goal", "Chunks with fewer live replicas than their goal", s.chunks_under_goal),
             ("pending_deletions", "Chunk versions waiting to be deleted on chunkservers", s.pending_deletions),
             ("capacity_bytes", "Capacity of the live chunkservers", s.total_bytes),
@@ -353,6 +355,9 @@ class MountCollector(Collector):
         yield CounterMetricFamily("chunkfs_mount_written_bytes",
                                   "Chunk bytes uploaded to chunkservers (each replica counts)",
                                   value=self.io.bytes_written)
+        yield CounterMetricFamily("chunkfs_mount_deduplicated_bytes",
+                                  "Chunk bytes not uploaded: the cluster held their content (dedup, one replica each)",
+                                  value=self.io.bytes_deduplicated)
         yield CounterMetricFamily("chunkfs_mount_cache_hits", "Chunk reads answered from memory",
                                   value=self.cache.hits)
         yield CounterMetricFamily("chunkfs_mount_cache_misses", "Chunk reads that went to a chunkserver",

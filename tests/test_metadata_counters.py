@@ -36,8 +36,9 @@ class Tables:
         self.edits = ReplicaEdits(self.chunks)
         with self.db.env.begin(write=True) as txn:
             self.namespace.init_root(txn)
-            self.namespace.counts.ensure(txn, self.chunks.recount_all)
             self.chunks.ensure_version_index(txn)
+            self.namespace.counts.ensure(txn, self.chunks.recount_all)
+            self.chunks.ensure_stored_bytes(txn)
 
     def check(self) -> None:
         with self.db.read() as txn:

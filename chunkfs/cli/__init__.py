@@ -1,7 +1,7 @@
 """`chunkfs`: the command line.
 
 - `local_cluster.py`: `up` and `down` (a whole cluster on this machine).
-- `admin.py`: `status`, `servers`, `goal`, `info`, `locks` (talk to a running cluster).
+- `admin.py`: `status`, `servers`, `goal`, `dedup`, `info`, `locks` (talk to a running cluster).
 - `fsck_cmd.py`, `gc_cmd.py`: `fsck` (every file's chunks checked) and `gc` (unreferenced chunks removed).
 - `output.py`: tables, `--json`, progress bars.
 - `backup_cmd.py`: `backup` (a consistent copy of the metaserver's database) and `restore`.
@@ -35,7 +35,7 @@ import click
 
 COMMANDS = {
     "up": "local_cluster:up", "down": "local_cluster:down",
-    "status": "admin:status", "servers": "admin:servers", "goal": "admin:goal", "info": "admin:info",
+    "status": "admin:status", "servers": "admin:servers", "goal": "admin:goal", "dedup": "admin:dedup", "info": "admin:info",
     "locks": "admin:locks",
     "fsck": "fsck_cmd:fsck", "gc": "gc_cmd:gc", "drain": "drain_cmd:drain",
     "mount": "mount_cmd:mount", "install": "mount_cmd:install", "config-example": "deploy:config_example",

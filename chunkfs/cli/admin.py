@@ -31,6 +31,8 @@ def status(data_dir: Path, metaserver: str | None, secret_file: Path | None, as_
     summary.add_row("capacity", f"{_bytes(s.total_bytes)} total, {_bytes(s.free_bytes)} free")
     summary.add_row("files", f"{s.files} files, {s.directories} directories, {_bytes(s.file_bytes)}")
     summary.add_row("chunks", f"{s.chunks} ({s.chunks_under_goal} under goal)")
+    summary.add_row("chunk data", f"{_bytes(s.chunk_bytes)} logical, {_bytes(s.stored_bytes)} physical (one replica "
+                                  f"each): dedup ratio {s.sharing_ratio:.2f} (shared by dedup and snapshots)")
     summary.add_row("pending deletions", str(s.pending_deletions))
     summary.add_row("trash", f"{s.trash_files} removed files kept (`chunkfs trash list`)")
     summary.add_row("repairs", f"{s.repairs_running} running, {s.chunks_replicated} chunks re-replicated, "
@@ -120,16 +122,39 @@ def goal(path: Path, goal: int | None, recursive: bool, data_dir: Path, metaserv
 
 @click.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.argument("setting", type=click.Choice(["on", "off"]), required=False)
+@click.option("-r", "--recursive", is_flag=True, help="Set it for everything below PATH too.")
+@common_options
+def dedup(path: Path, setting: str | None, recursive: bool, data_dir: Path, metaserver: str | None,
+          secret_file: Path | None, as_json: bool) -> None:
+    """Show or set whether writers of PATH look for content the cluster already holds before
+    they upload a chunk (new files inherit a directory's setting; on by default). Off where
+    data is seldom duplicated: no content hash, no call per chunk."""
+    access = access_from(metaserver, secret_file, data_dir, path)
+    ino = inode_of(path)
+    if setting is None:
+        attr = run_with_meta(access, lambda meta: meta.getattr(ino))
+    else:
+        attr = run_with_meta(access, lambda meta: meta.set_dedup(ino, setting == "on", recursive))
+    if as_json:
+        click.echo(json.dumps({"path": str(path), "dedup": not attr.no_dedup}))
+    else:
+        click.echo(f"{path}: dedup {'off' if attr.no_dedup else 'on'}")
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
 @common_options
 def info(path: Path, data_dir: Path, metaserver: str | None, secret_file: Path | None, as_json: bool) -> None:
-    """The chunks of a file and where their replicas are."""
+    """The chunks of a file, where their replicas are, and which are shared with other files
+    (dedup, snapshots)."""
     access = access_from(metaserver, secret_file, data_dir, path)
     ino = inode_of(path)
 
     async def layout_and_status(meta):
-        return await meta.open_file(ino), await meta.status()
+        return await meta.open_file(ino), await meta.status(), dict(await meta.chunk_sharing(ino))
 
-    layout, s = run_with_meta(access, layout_and_status)
+    layout, s, holders = run_with_meta(access, layout_and_status)
     addresses = {srv.id: srv.address for srv in s.servers}
     if as_json:  # the layout, and for each chunk its replicas' addresses and whether they are up
         data = msgspec.to_builtins(layout)
@@ -138,6 +163,7 @@ def info(path: Path, data_dir: Path, metaserver: str | None, secret_file: Path |
         for chunk, ref in zip(data["chunks"], layout.chunks, strict=True):
             chunk["replica_servers"] = [{"id": sid, "address": addresses.get(sid, ""), "up": sid in layout.servers}
                                         for sid in ref.replicas]
+            chunk["holders"] = holders.get(ref.index, 1)  # chunk records holding its version (above 1: shared)
         echo_json(data)
         return
     console.print(f"{path}: inode {ino}, {layout.attr.size} bytes, goal {layout.attr.goal}, "
@@ -145,11 +171,16 @@ def info(path: Path, data_dir: Path, metaserver: str | None, secret_file: Path |
                   + (" (read-only snapshot)" if layout.attr.read_only else ""))
     if layout.inline is not None:
         console.print(f"its first {len(layout.inline)} bytes are kept inline by the metaserver")
-    table = Table("index", "chunk", "version", "length", "replicas")
+    shared = sum(1 for c in layout.chunks if holders.get(c.index, 1) > 1)
+    if shared:
+        console.print(f"{shared} of its chunks are shared (dedup or snapshots): stored once for every file holding them")
+    table = Table("index", "chunk", "version", "length", "replicas", "shared")
     for c in layout.chunks:
         replicas = [(addresses.get(sid, sid[:12]), sid in layout.servers) for sid in c.replicas]
+        held = holders.get(c.index, 1)
         table.add_row(str(c.index), str(c.chunk_id), str(c.version), str(c.length),
-                      ", ".join(f"{a}" if up else f"[red]{a} (down)[/]" for a, up in replicas))
+                      ", ".join(f"{a}" if up else f"[red]{a} (down)[/]" for a, up in replicas),
+                      f"by {held} chunks" if held > 1 else "no")
     console.print(table)
 
 

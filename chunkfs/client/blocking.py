@@ -3,6 +3,13 @@
 The trio core runs in one background thread that the Filesystem owns (`TrioThread`); each call
 is handed to it and waited for. A KeyboardInterrupt (Ctrl-C) while a call waits cancels that
 call in the core first (so `put_file` removes its half-written upload) and is then raised.
+Ctrl-C reaches the waiting caller because the client's threads never take a signal: the
+kernel hands a signal sent to the process to any thread that does not block it, and Python
+runs the handler only in the main thread; one taken by the trio thread (seen with strace, more
+often with dedup's hashing workers keeping the CPUs busy) left the main thread asleep in its
+wait until the call ended: a 64 MiB put stored whole after Ctrl-C. `TrioThread` blocks them
+in its thread (the workers it starts inherit that), and the caller waits in slices of WAKE_S,
+so a signal some other thread of the program took is raised within that.
 `close()` (or leaving the `with` block) commits nothing by itself: files still open are closed
 (durably) first, then the connection ends and the thread with it.
 
@@ -20,6 +27,7 @@ import functools
 import io
 import os
 import logging
+import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -35,6 +43,10 @@ from chunkfs.client.paths import PathLike
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+WAKE_S = 0.2  # a caller waiting on the client thread checks this often for a signal another thread took
+# faults are the faulting thread's own (and cannot usefully be blocked); every other signal is the main thread's
+THREAD_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT, signal.SIGTRAP,
+                  signal.SIGSYS, signal.SIGKILL, signal.SIGSTOP}
 
 
 class _Call:
@@ -54,7 +66,7 @@ class TrioThread:
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
         self._stopped: trio.Event | None = None
-        self._thread = threading.Thread(target=trio.run, args=(self._main,), name="chunkfs-client", daemon=True)
+        self._thread = threading.Thread(target=self._run_trio, name="chunkfs-client", daemon=True)
 
     def start(self) -> AsyncFilesystem:
         """Open the filesystem in the thread; its error (no such cluster, bad secret) is raised here."""
@@ -64,6 +76,10 @@ class TrioThread:
         except BaseException:
             self._thread.join()
             raise
+
+    def _run_trio(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - THREAD_SIGNALS)
+        trio.run(self._main)
 
     async def _main(self) -> None:
         try:
@@ -90,6 +106,8 @@ class TrioThread:
         except trio.RunFinishedError:
             raise ValueError("the chunkfs filesystem is closed") from None
         try:
+            while not concurrent.futures.wait([call.outcome], timeout=WAKE_S).done:
+                pass
             result: T = call.outcome.result()
             return result
         except KeyboardInterrupt:

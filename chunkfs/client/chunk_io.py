@@ -16,6 +16,11 @@ that came with the file's layout, a write the one of its reservation; it is sign
 client's token key, asked for once (a token serves only the client it was issued to). A token about to expire
 (by this client's clock) or that a chunkserver calls expired is renewed from the metaserver
 first (`tokens`, once per chunk version and expiry).
+Dedup (`look_up`): before a chunk of at least DEDUP_MIN_BYTES is uploaded, its content name and
+proof (`chunkfs.content_hash`) are sent to the metaserver; if the cluster holds that content for
+this client's credential (and the stored checksum is this chunk's), nothing is uploaded and the
+stored version is committed instead (a `shared` ChunkRef); the writer (writer.py) does the
+rest. `dedup=False` (the mount option) turns it off: no hash, no call.
 Writes go to all target replicas in parallel; a replica that fails is replaced by a spare, and
 the write succeeds as long as one replica stored it (the chunk is then under goal). A server that
 answers ENOSPC goes last for uploads for a while (until the metaserver stops offering it); if
@@ -35,6 +40,7 @@ import trio
 
 from chunkfs import chunk_tokens
 from chunkfs.checksum import BLOCK_SIZE, DIGEST_SIZE, chunk_checksum, verify_blocks
+from chunkfs.content_hash import name_and_proof
 from chunkfs.errors import FsError, TransportError
 from chunkfs.placement import weighted_order
 from chunkfs.protocol import records as r
@@ -43,12 +49,14 @@ from chunkfs.client.metadata import Metadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+DEDUP_MIN_BYTES = 1 << 20  # a smaller chunk (a small file's) is uploaded without asking: a call costs more
 
 
 class ChunkIO:
     def __init__(self, meta: Metadata, chunks: ChunkClient, replica_retry_s: float = 2.0,
-                 suspect_s: float = 10.0, replica_timeout_s: float = 10.0) -> None:
+                 suspect_s: float = 10.0, replica_timeout_s: float = 10.0, dedup: bool = True) -> None:
         self.meta = meta
+        self.dedup = dedup
         self.chunks = chunks
         self.reservations = Reservations(meta)
         self.replica_retry_s = replica_retry_s
@@ -58,6 +66,7 @@ class ChunkIO:
         self._full_until: dict[str, float] = {}  # address -> when to offer it uploads again
         self.bytes_read = 0
         self.bytes_written = 0
+        self.bytes_deduplicated = 0  # chunk bytes not uploaded: the cluster held them
         self._presenting_tokens = False  # self.chunks signs token calls with this client's token key
 
     async def _present_tokens(self) -> None:
@@ -178,6 +187,28 @@ class ChunkIO:
         data = await self.chunks.get(address, ref.chunk_id, ref.version, retry_s=retry_s, token=ref.token)
         return data if chunk_checksum(data) == ref.checksum else None
 
+    def looks_up(self, length: int, dedup: bool) -> bool:
+        """Whether a chunk of `length` bytes is looked up (`look_up`) before it is uploaded
+        (`dedup`: the file's setting, `chunkfs dedup`; off also when this client's is)."""
+        return dedup and self.dedup and length >= DEDUP_MIN_BYTES
+
+    async def look_up(self, ino: int, index: int, data: bytes | bytearray) -> Lookup:
+        """The content name and proof of `data` (chunk `index` of `ino`) and the version the
+        cluster already holds with this content, as a `shared` ref to commit instead of an
+        upload (pinned for this client's credential until that commit), if there is one and its
+        stored checksum is this chunk's."""
+        content, proof = await trio.to_thread.run_sync(name_and_proof, data)
+        hit = await self.meta.find_content(content, proof)
+        if hit is not None and hit.length == len(data) and hit.checksum == chunk_checksum(data):
+            self.bytes_deduplicated += len(data)
+            return Lookup(content, proof, r.ChunkRef(
+                index=index, chunk_id=hit.chunk_id, version=hit.version, length=hit.length, checksum=hit.checksum,
+                replicas=hit.replicas, token=hit.token, content=content, proof=proof, shared=True))
+        if hit is not None:
+            log.warning("chunk %d v%d is named as holding the content of chunk %d of inode %d but its checksum "
+                        "differs: uploaded instead", hit.chunk_id, hit.version, index, ino)
+        return Lookup(content, proof, None)
+
     async def upload(self, ino: int, index: int, data: bytes | bytearray, slot: UploadSlot) -> r.ChunkRef:
         """Store `data` as version `slot.version` of chunk `index`; returns once it is durable on
         every replica that took it (at least one, else EIO)."""
@@ -235,6 +266,34 @@ class UploadSlot:
     goal: int
     servers: list[r.ServerChoice]
     token: str = ""  # the reservation's (chunkfs.chunk_tokens): writes and reads of its versions
+
+
+@dataclass
+class Lookup:
+    """What `ChunkIO.look_up` found for a chunk's bytes: their content name and proof (an
+    upload of them carries both, so later writers find it) and the stored version holding
+    them, a `shared` ref (None: upload them)."""
+
+    content: str
+    proof: str
+    stored: r.ChunkRef | None
+
+
+@dataclass
+class PendingSlot:
+    """The slot of an upload that may not happen (a dedup hit stores nothing): taken from the
+    reservations on first `take`, so a write of content the cluster holds reserves nothing (a
+    reservation is refused with ENOSPC when no chunkserver has room)."""
+
+    reservations: Reservations
+    existing_chunk_id: int | None
+    goal: int
+    slot: UploadSlot | None = None
+
+    async def take(self) -> UploadSlot:
+        if self.slot is None:
+            self.slot = await self.reservations.slot(self.existing_chunk_id, self.goal)
+        return self.slot
 
 
 class Reservations:

@@ -339,7 +339,8 @@ class Client:
         now = time.time_ns()
         attr = r.Attr(ino=req.ino, mode=mode & ~(caller.umask & 0o777), uid=caller.uid,
                       gid=directory.gid if directory.mode & stat.S_ISGID else caller.gid, size=0,
-                      atime_ns=now, mtime_ns=now, ctime_ns=now, nlink=1, goal=directory.goal)
+                      atime_ns=now, mtime_ns=now, ctime_ns=now, nlink=1, goal=directory.goal,
+                      no_dedup=directory.no_dedup)
         return attr, req
 
     async def release(self, open_file: OpenFile) -> None:
@@ -473,12 +474,14 @@ def prefetch_chunks(prefetch: bool, cache: ChunkCache) -> int:
 def build_client(http: SignedHttp, metaserver: str, *, client_id: str, root_ino: int = ROOT_INO,
                  entry_timeout_s: float = 60.0, attr_timeout_s: float = 60.0, cache_mem_bytes: int = 256 << 20,
                  disk: DiskChunkCache | None = None, max_dirty_bytes: int = 256 << 20, dir_leases: bool = True,
-                 prefetch: bool = True, write_behind_s: float = 0.0, sync_close: bool = False) -> Client:
+                 prefetch: bool = True, write_behind_s: float = 0.0, sync_close: bool = False,
+                 dedup: bool = True) -> Client:
     """A client core talking to `metaserver` through `http` (run it with `Client.run`).
-    `write_behind_s`: the bound on changes answered here (0: none are, every change waits)."""
+    `write_behind_s`: the bound on changes answered here (0: none are, every change waits).
+    `dedup`: chunks whose content the cluster holds are not uploaded (see chunk_io.py)."""
     meta = Metadata(MetaClient(http, metaserver, client_id, root_ino=root_ino),
                     MetadataCache(entry_timeout_s, attr_timeout_s), leases=dir_leases, write_behind_s=write_behind_s)
-    io = ChunkIO(meta, ChunkClient(http))
+    io = ChunkIO(meta, ChunkClient(http), dedup=dedup)
     cache = ChunkCache(io, cache_mem_bytes, disk)
     return Client(meta, io, cache, WriteBack(max_dirty_bytes),
                   ClientOptions(prefetch_chunks(prefetch, cache), sync_close=sync_close))

@@ -64,6 +64,7 @@ class ConnectOptions:
     prefetch: bool = True
     max_dirty_mb: int = 256
     dir_leases: bool = True
+    dedup: bool = True  # chunks the cluster already holds are not uploaded (chunk_io.py)
     identity: Identity = field(default_factory=identity_of_this_process)
     tls_dir: str = ""  # connect with TLS, with the certificate `tls_name` there (chunkfs.tls)
     tls_name: str = "client"
@@ -584,7 +585,7 @@ async def connected(address: str, secret_file: Path, options: ConnectOptions) ->
             root_ino = ROOT_INO if subdir == "/" else await MetaClient(http, address).subtree_root(subdir)
             client = build_client(http, address, client_id=uuid.uuid4().hex, root_ino=root_ino,
                                   cache_mem_bytes=options.cache_mem_mb << 20, max_dirty_bytes=options.max_dirty_mb << 20,
-                                  dir_leases=options.dir_leases, prefetch=options.prefetch)
+                                  dir_leases=options.dir_leases, prefetch=options.prefetch, dedup=options.dedup)
             await client.meta.getattr(ROOT_INO)
         except FsError as exc:
             if exc.errno == errno.EACCES:

@@ -3,7 +3,9 @@
 Promises:
 - Writes are buffered a chunk at a time; a chunk that fills up is uploaded in the background
   (at most `max_uploads` per file at once) to `goal` replicas in parallel, a spare taking over
-  from a replica that fails (`chunk_io`). Buffered and uploading bytes count against the
+  from a replica that fails (`chunk_io`). A chunk dedup looks up first (`ChunkIO.look_up`) is
+  uploaded only if the cluster does not hold its content; up to `max_lookups` per file are
+  looked up at once. Buffered and uploading bytes count against the
   client's `WriteBack` bound: a write waits while the client is over it, and `write_back()`
   starts uploading partly written chunks when the client needs the room.
 - `flush()` (close, fsync) returns only when every buffered chunk is stored on the disks of its
@@ -35,7 +37,7 @@ import trio
 
 from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
 from chunkfs.client.chunk_cache import ChunkCache
-from chunkfs.client.chunk_io import ChunkIO, UploadSlot
+from chunkfs.client.chunk_io import ChunkIO, PendingSlot
 from chunkfs.client.metadata import Metadata
 from chunkfs.client.write_back import WriteBack
 from chunkfs.errors import FsError
@@ -83,7 +85,7 @@ def _whole_chunk(data: bytes | bytearray | memoryview, view: memoryview, pos: in
 
 class FileWriter:
     def __init__(self, file: OpenFile, meta: Metadata, io: ChunkIO, cache: ChunkCache, nursery: trio.Nursery,
-                 write_back: WriteBack, max_uploads: int = 4) -> None:
+                 write_back: WriteBack, max_uploads: int = 4, max_lookups: int = 16) -> None:
         self.file = file
         self.meta, self.io, self.cache, self.nursery = meta, io, cache, nursery
         self.write_back_bound = write_back
@@ -91,9 +93,12 @@ class FileWriter:
         self.dirty: dict[int, DirtyChunk] = {}
         self.uploading: dict[int, bytes | bytearray] = {}
         self.uploaded: dict[int, r.ChunkRef] = {}
+        self._upload_order: dict[int, int] = {}  # index -> the write number of what `uploaded` holds
+        self._uploads_started = 0  # numbers the uploads in write order: the newest write of a chunk wins
         self.superseded: list[r.ChunkRef] = []
         self.error: BaseException | None = None
-        self._upload_slots = trio.Semaphore(max_uploads)
+        self._upload_slots = trio.Semaphore(max_uploads)  # chunks sending bytes at once
+        self._lookup_slots = trio.Semaphore(max_lookups)  # chunks being looked up (dedup) at once, and any upload after
         self._inflight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -207,8 +212,12 @@ class FileWriter:
         dirty = self.dirty[index]
         await self._ensure_based(index, dirty)
         existing = self.stored_ref(index)
-        slot = await self.io.reservations.slot(existing.chunk_id if existing else None, self.file.attr.goal)
-        await self._upload_slots.acquire()
+        slot = PendingSlot(self.io.reservations, existing.chunk_id if existing else None, self.file.attr.goal)
+        looked_up = self.io.looks_up(len(dirty.data), not self.file.attr.no_dedup)
+        if not looked_up:
+            await slot.take()  # here, so a full cluster's ENOSPC fails this write itself
+        gate = self._lookup_slots if looked_up else self._upload_slots
+        await gate.acquire()
         del self.dirty[index]
         # handed over as bytes (the DirtyChunk is gone, nothing writes to it again): the upload
         # sends bytes as they are, so a chunk in flight is held once, as the bound counts it
@@ -217,19 +226,41 @@ class FileWriter:
         if self._inflight == 0:
             self._idle = trio.Event()
         self._inflight += 1
-        self.nursery.start_soon(self._upload, index, snapshot, slot)
+        self._uploads_started += 1
+        self.nursery.start_soon(self._upload, index, snapshot, slot, looked_up, gate, self._uploads_started)
 
-    async def _upload(self, index: int, snapshot: bytes | bytearray, slot: UploadSlot) -> None:
+    async def _store(self, index: int, snapshot: bytes | bytearray, slot: PendingSlot, looked_up: bool
+                     ) -> r.ChunkRef:
+        """Chunk `index` holding `snapshot`, durable: the version the cluster holds with this
+        content if it is `looked_up` and found (nothing uploaded, no slot taken: a full cluster
+        does not refuse it), else uploaded. Lookups are many at once (`max_lookups`: a hit is
+        one small call, so a copy of stored data is not held to `max_uploads` round trips at a
+        time), uploads `max_uploads`."""
+        if not looked_up:
+            return await self.io.upload(self.file.ino, index, snapshot, await slot.take())
+        lookup = await self.io.look_up(self.file.ino, index, snapshot)
+        if lookup.stored is not None:
+            return lookup.stored
+        async with self._upload_slots:
+            ref = await self.io.upload(self.file.ino, index, snapshot, await slot.take())
+        ref.content, ref.proof = lookup.content, lookup.proof
+        return ref
+
+    async def _upload(self, index: int, snapshot: bytes | bytearray, slot: PendingSlot, looked_up: bool,
+                      gate: trio.Semaphore, order: int) -> None:
         try:
-            ref = await self.io.upload(self.file.ino, index, snapshot, slot)
-            current = self.uploaded.get(index)
-            if current is None or ref.version > current.version:
+            ref = await self._store(index, snapshot, slot, looked_up)
+            # the newest write of the chunk wins, whichever upload ends first (versions do not
+            # tell: a shared ref's is an old one, and a slot is taken only when a lookup missed)
+            if order > self._upload_order.get(index, 0):
+                current = self.uploaded.get(index)
                 if current is not None:
-                    self.superseded.append(current)
+                    self._supersede(current)
                 self.uploaded[index] = ref
+                self._upload_order[index] = order
                 self.cache.put_uploaded(ref, snapshot)
             else:
-                self.superseded.append(ref)
+                self._supersede(ref)
         except BaseException as exc:
             log.error("upload of chunk %d of inode %d failed: %s", index, self.file.ino, exc)
             self.error = exc
@@ -239,10 +270,16 @@ class FileWriter:
             if self.uploading.get(index) is snapshot:
                 del self.uploading[index]
             self.write_back_bound.add(-len(snapshot))
-            self._upload_slots.release()
+            gate.release()
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+
+    def _supersede(self, ref: r.ChunkRef) -> None:
+        """`ref` was replaced before its commit: its version is discarded with the commit (a
+        shared one is other files' too: nothing of it is this writer's to discard)."""
+        if not ref.shared:
+            self.superseded.append(ref)
 
     def _raise_pending_error(self) -> None:
         if self.error is not None:
@@ -294,6 +331,7 @@ class FileWriter:
                 file.inline = None
             file.chunks.update(self.uploaded)
             self.uploaded.clear()
+            self._upload_order.clear()
             self.superseded.clear()
             file.committed(attr)
             return attr
@@ -309,8 +347,10 @@ class FileWriter:
         write refused with EDQUOT. The file is back at its committed size; its uploads are
         discarded by the next commit (which carries no growth, so the quota lets it through,
         with any attribute changes still waiting)."""
-        self.superseded += self.uploaded.values()
+        for ref in self.uploaded.values():
+            self._supersede(ref)
         self.uploaded.clear()
+        self._upload_order.clear()
         self.drop_buffers()
         self.file.size = self.file.attr.size
         self.file.mtime_ns = self.file.attr.mtime_ns

@@ -55,6 +55,8 @@ class GatewayConfig:
     cache_mem_mb: int = opt(128, "MiB of chunks the gateway's client core caches in memory (its GETs stream: "
                                  "this keeps their prefetched chunks and hot objects)")
     max_dirty_mb: int = opt(256, "MiB of written data buffered before writers wait for uploads")
+    dedup: bool = opt(True, "a chunk whose content the cluster already holds (for the gateway's key) is not "
+                            "uploaded again; off: no content hash, no call")
     retry_s: float = opt(15.0, "seconds a call to the cluster is retried before it fails")
     log_level: str = opt("info", "debug, info, warning or error")
 
@@ -102,7 +104,7 @@ async def serve(config: GatewayConfig) -> None:
     async with chunkfs.client.open_filesystem(config.metaserver, config.secret_file, uid=0, gid=0, groups=(),
                                               cache_mem_mb=config.cache_mem_mb, max_dirty_mb=config.max_dirty_mb,
                                               retry_s=config.retry_s, tls_dir=config.tls_dir,
-                                              tls_name="gateway",
+                                              tls_name="gateway", dedup=config.dedup,
                                               report_as=f"gateway S3 {config.s3_listen}, REST {config.rest_listen}"
                                               ) as afs:
         access = Access(afs, KeyStore(config.keys_file), secret)

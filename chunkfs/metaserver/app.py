@@ -24,7 +24,7 @@ from chunkfs.errors import RETRY_HERE, FsError, NotPrimary
 from chunkfs.request_checks import client_id, query_float, query_int, query_token, request_id_header
 from chunkfs.httpserver import (DEFAULT_BODY_TIMEOUT_S, SIGNER, BodyLimit, any_host, host_on_port,
                                 json_response, make_app, read_body)
-from chunkfs.metaserver import access_policy, accounts, credentials_api, token_grants
+from chunkfs.metaserver import access_policy, accounts, credentials_api, dedup, token_grants
 from chunkfs.metaserver.changes import ChangeFeed, affected
 from chunkfs.metaserver.status_page import render as render_status_page
 from chunkfs.metaserver.chunk_table import ChunkTable
@@ -120,6 +120,7 @@ READS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, Txn, Any], An
     "trash_list": (r.TrashListReq, lambda m, t, q: m.namespace.trash.listing(t, q)),
     "trash_time_of": (r.InodeReq, lambda m, t, q: m.namespace.get(t, q.ino).trash_s),
     "quota_size_limit": (r.QuotaLimitReq, lambda m, t, q: m.namespace.quotas.size_limit(t, q)),
+    "chunk_sharing": (r.InodeReq, lambda m, t, q: m.chunks.sharing(t, q.ino)),
 }
 
 # op -> (its request record, the mutation for this metaserver and the calling client):
@@ -140,6 +141,7 @@ MUTATIONS: dict[str, tuple[type[msgspec.Struct], Callable[[Metaserver, str], Cal
     "quota_set": (r.QuotaSetReq, lambda m, client: m.namespace.quotas.set),
     "quota_remove": (r.InodeReq, lambda m, client: lambda txn, q: m.namespace.quotas.remove(txn, q.ino)),
     "trash_time": (r.TrashTimeReq, lambda m, client: m.namespace.set_trash_time),
+    "dedup_setting": (r.DedupSettingReq, lambda m, client: m.namespace.set_dedup),
     "trash_restore": (r.TrashRestoreReq, lambda m, client: m.namespace.trash.restore),
     "trash_purge": (r.TrashPurgeReq, lambda m, client: m.namespace.trash.purge),
     "snapshot": (r.SnapshotReq, lambda m, client: Snapshots(m.namespace, m.chunks).snapshot),
@@ -214,7 +216,7 @@ async def refused_reclaims(m: Metaserver, export: tuple[str, Export] | None, req
 
 
 # every op `fs_operation` knows (the metrics label them; the route fuzzer calls each)
-FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "batch", "reserve", "release_leases", "fsck", "tokens", "token_key",
+FS_OPERATIONS = frozenset({*READS, *MUTATIONS, "batch", "reserve", "dedup", "release_leases", "fsck", "tokens", "token_key",
                            "quota_check", "sharing_check", *LOCK_OPERATIONS})
 
 
@@ -266,7 +268,8 @@ def statfs(m: Metaserver, txn: Txn, ino: int) -> r.Statfs:
 
 
 # May touch a whole subtree: committed in the writer thread, never on the event loop.
-LARGE_MUTATIONS = frozenset({"goal", "quota_set", "trash_time", "trash_purge", "snapshot", "read_only"})
+LARGE_MUTATIONS = frozenset({"goal", "quota_set", "trash_time", "dedup_setting", "trash_purge", "snapshot",
+                             "read_only"})
 # Their answer shows the caller a file (exports.py).
 SHOWING_MUTATIONS = frozenset({"create", "link", "commit", "snapshot"})
 # After these, the deleter may have chunk versions to delete.
@@ -297,7 +300,7 @@ async def fs_operation(request: web.Request) -> web.Response:
         req = admitted(m, export, op, await read_body(request, MUTATIONS[op][0]))
         await m.leases.clear_for(client, named_inodes(req) | restored_into(m, req))
         rid = request_id_header(request)
-        mutate = mutation_of(m, op, client)
+        mutate = mutation_of(m, op, client, token_grants.holder(request))
         commit = m.committer.run if op in LARGE_MUTATIONS else m.committer.run_small
         if m.replies is None or not client or not rid:
             result = await commit(mutate, req)
@@ -316,6 +319,9 @@ async def fs_operation(request: web.Request) -> web.Response:
     if op == "reserve":
         reserve_req = admitted(m, export, op, await read_body(request, r.ReserveReq))
         return json_response(await reserve(m, client, reserve_req, token_grants.holder(request)))
+    if op == "dedup":
+        dedup_req = admitted(m, export, op, await read_body(request, r.DedupReq))
+        return json_response(await find_content(m, dedup_req, token_grants.holder(request)))
     if op == "tokens":
         tokens_req = await read_body(request, r.TokensReq)
         with m.db.read() as txn:
@@ -338,9 +344,12 @@ async def fs_operation(request: web.Request) -> web.Response:
     raise FsError(errno.ENOSYS, f"unknown operation {op!r}")
 
 
-def mutation_of(m: Metaserver, op: str, client: str) -> Callable[[Txn, Any], Any]:
+def mutation_of(m: Metaserver, op: str, client: str, holder: str) -> Callable[[Txn, Any], Any]:
     """The mutation `op` runs for `client` in its transaction (a create also leases the
-    directory it makes, when asked, in the same transaction)."""
+    directory it makes, when asked, in the same transaction; a commit indexes and finds
+    content for `holder`, the credential that signed it: dedup.py)."""
+    if op == "commit":
+        return lambda txn, q: m.chunks.commit(txn, q, client, holder)
     bind = MUTATIONS[op][1]
     return m.leases.creating(bind(m, client), client) if op == "create" else bind(m, client)
 
@@ -407,7 +416,7 @@ async def apply_batch(m: Metaserver, client: str, request: web.Request, export: 
     for i, (item, req) in enumerate(zip(items, reqs, strict=True)):
         if i in refused:
             continue
-        mutate = mutation_of(m, item.op, client)
+        mutate = mutation_of(m, item.op, client, token_grants.holder(request))
         if m.replies is not None and client and rid:
             answered = m.replies.once(mutate, client, f"{rid}.{i}", first_attempt, signer_id(request))
         else:
@@ -512,6 +521,19 @@ def quota_check(m: Metaserver) -> list[r.QuotaCheck]:
 def sharing_check(m: Metaserver) -> list[str]:
     with m.db.read() as txn:
         return m.chunks.sharing_problems(txn)
+
+
+async def find_content(m: Metaserver, req: r.DedupReq, holder: str) -> r.DedupHit | None:
+    """The stored version holding the content `req` names and proves, for `holder`'s commits
+    (dedup.py), with a token to read it; None if there is none. A miss (most chunks of new
+    data) is a read; only a hit is a write (its pin)."""
+    with m.db.read() as txn:
+        if m.chunks.contents.match(txn, req, holder) is None:
+            return None
+    hit = await m.committer.run_small(m.chunks.find_content, req, holder)
+    if hit is not None and m.tokens is not None:
+        hit.token = m.tokens.issue(chunk_tokens.READ, hit.chunk_id, hit.version, holder=holder)
+    return hit
 
 
 RESERVATION_VALID_S = 5.0
@@ -661,6 +683,7 @@ def cluster_status(m: Metaserver, stored: StoredCounts | None = None) -> r.Clust
     return r.ClusterStatus(
         servers=m.registry.status(counts.replicas), files=counts.files, directories=counts.directories,
         file_bytes=counts.file_bytes, chunks=counts.chunks, chunk_bytes=counts.chunk_bytes,
+        stored_bytes=counts.stored_bytes,
         chunks_under_goal=max(0, under),
         under_goal_counted_s_ago=round(time.monotonic() - counted_at, 1) if under >= 0 else -1.0,
         pending_deletions=pending, total_bytes=total, free_bytes=free,
@@ -808,6 +831,7 @@ def build_app(m: Metaserver, secret: bytes, http: SignedHttp, port: int | None =
                                                            max(0.5, min(5.0, m.orphans.session_timeout_s / 4)))))
             tasks.append(asyncio.create_task(m.chunks.owners.run(
                 m.committer, lambda client: session_over(client, time.monotonic()))))
+        tasks.append(asyncio.create_task(dedup.end_pins_forever(m.committer, m.chunks.end_pins)))
         yield
         for task in tasks:
             task.cancel()

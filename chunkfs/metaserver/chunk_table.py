@@ -21,7 +21,9 @@ from msgspec import Struct
 
 from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
 from chunkfs.errors import FsError
+from chunkfs.content_hash import proof_check
 from chunkfs.metaserver.db import U64x2, MetaDB, Txn, read_u64, u64
+from chunkfs.metaserver.dedup import ContentIndex, Entry
 from chunkfs.metaserver import table_counts
 from chunkfs.metaserver.namespace import Inode, Namespace
 from chunkfs.metaserver.table_counts import TableCounts
@@ -131,6 +133,7 @@ class ChunkTable:
         self.chunk_ids = IdAllocator(db, b"next_chunk_id")
         self.versions = IdAllocator(db, b"next_version")
         self.owners = VersionReservations(db, reservation_s)
+        self.contents = ContentIndex(db, reservation_s)
         namespace.on_inode_freed = self.drop_file
         self.holding_back: Callable[[], bool] = lambda: False  # nothing is garbage while true (quarantine.py)
         self._out_of_range_from: set[str] = set()  # servers whose out-of-range chunks were logged
@@ -208,6 +211,16 @@ class ChunkTable:
         txn.put(VERSION_INDEX_MARK, b"", db=self.db.counters)
         return True
 
+    def ensure_stored_bytes(self, txn: Txn) -> bool:
+        """Give table counts written before the stored-bytes count existed that count, from one
+        scan (after `ensure_version_index`); returns whether it had to. Run once at start."""
+        if txn.get(table_counts.STORED_BYTES, db=self.db.counters) is not None:
+            return False
+        counts = TableCounts()
+        self.recount(txn, counts)
+        txn.put(table_counts.STORED_BYTES, table_counts.I64.pack(counts.stored_bytes), db=self.db.counters)
+        return True
+
     def recount_all(self, txn: Txn) -> TableCounts:
         """Every table count from full scans of the inode and chunk tables."""
         counts = TableCounts()
@@ -218,10 +231,12 @@ class ChunkTable:
     def recount(self, txn: Txn, counts: TableCounts) -> None:
         """Chunks, chunk bytes and replicas per server into `counts`, from a full scan of the
         chunk table (see `Namespace.recount`)."""
-        for _key, raw in txn.cursor(db=self.db.chunks):
+        for key, raw in txn.cursor(db=self.db.chunks):
             rec = _chunk_dec.decode(raw)
             counts.chunks += 1
             counts.chunk_bytes += rec.length
+            if txn.get(U64x2.pack(rec.chunk_id, rec.version), db=self.db.versions) == key:
+                counts.stored_bytes += rec.length
             for server in rec.replicas:
                 counts.replicas[server] = counts.replicas.get(server, 0) + 1
 
@@ -240,12 +255,16 @@ class ChunkTable:
         old_version = (before.chunk_id, before.version) if before else None
         new_version = (record.chunk_id, record.version) if record else None
         if old_version != new_version:
-            if old_version is not None:
-                self._unhold(txn, old_version, key)
-            if new_version is not None:
-                self._hold(txn, new_version, key)
-        elif record is not None and before is not None and before.replicas != record.replicas:
-            self._share_replicas(txn, key, record)
+            if before is not None:
+                self._unhold(txn, (before.chunk_id, before.version), key, before.length)
+            if record is not None:
+                self._hold(txn, (record.chunk_id, record.version), key, record.length)
+        elif record is not None and before is not None:
+            if before.length != record.length \
+                    and txn.get(U64x2.pack(before.chunk_id, before.version), db=self.db.versions) == key:
+                counts.add(txn, table_counts.STORED_BYTES, record.length - before.length)
+            if before.replicas != record.replicas:
+                self._share_replicas(txn, key, record)
         if (before is None) != (record is None):
             counts.add(txn, table_counts.CHUNKS, 1 if before is None else -1)
         counts.add(txn, table_counts.CHUNK_BYTES, (record.length if record else 0) - (before.length if before else 0))
@@ -256,10 +275,12 @@ class ChunkTable:
     # copies) also has a `holders` row per record, so the last one to let it go is known and
     # every holder's replica list stays the same (re-replication, trims and drains edit one).
 
-    def _hold(self, txn: Txn, version: tuple[int, int], key: bytes) -> None:
+    def _hold(self, txn: Txn, version: tuple[int, int], key: bytes, length: int) -> None:
         index_key = U64x2.pack(*version)
         primary = txn.get(index_key, db=self.db.versions)
         if primary is None or primary == key:
+            if primary is None:
+                self.namespace.counts.add(txn, table_counts.STORED_BYTES, length)
             txn.put(index_key, key, db=self.db.versions)
             return
         txn.put(index_key + primary, b"", db=self.db.holders)
@@ -279,6 +300,12 @@ class ChunkTable:
                 goal = max(goal, self.namespace.decode(raw).goal or self.namespace.default_goal)
         return goal
 
+    def sharing(self, txn: Txn, ino: int) -> list[tuple[int, int]]:
+        """(index, how many chunk records hold its version) for each chunk of file `ino`: above
+        1, the chunk is shared with other files (or other chunks of this one) by dedup or a snapshot."""
+        return [(index, max(1, len(self.holders(txn, rec.chunk_id, rec.version))))
+                for index, rec in self.records(txn, ino)]
+
     def holders(self, txn: Txn, chunk_id: int, version: int) -> list[bytes]:
         """The record keys holding a version several records hold (empty: one or none does)."""
         prefix = U64x2.pack(chunk_id, version)
@@ -291,16 +318,22 @@ class ChunkTable:
                 out.append(row[16:])
         return out
 
-    def _unhold(self, txn: Txn, version: tuple[int, int], key: bytes) -> None:
+    def _unhold(self, txn: Txn, version: tuple[int, int], key: bytes, length: int) -> None:
+        """Record `key` (of `length` bytes) holds `version` no more."""
+        counts = self.namespace.counts
         index_key = U64x2.pack(*version)
         if not txn.delete(index_key + key, db=self.db.holders):  # the only holder
-            txn.delete(index_key, db=self.db.versions)
+            if txn.pop(index_key, db=self.db.versions) == key:
+                counts.add(txn, table_counts.STORED_BYTES, -length)
+            self.contents.forget(txn, *version)
             return
         others = self.holders(txn, *version)
         if len(others) == 1:
             txn.delete(index_key + others[0], db=self.db.holders)
         if others and txn.get(index_key, db=self.db.versions) == key:
             txn.put(index_key, others[0], db=self.db.versions)
+            raw = txn.get(others[0], db=self.db.chunks)
+            counts.add(txn, table_counts.STORED_BYTES, (_chunk_dec.decode(raw).length if raw else 0) - length)
 
     def _share_replicas(self, txn: Txn, key: bytes, record: ChunkRecord) -> None:
         for other in self.holders(txn, record.chunk_id, record.version):
@@ -312,9 +345,30 @@ class ChunkTable:
                 self.write_record(txn, other, rec)
 
     def release(self, txn: Txn, chunk_id: int, version: int, servers: list[str]) -> None:
-        """A record let go of this version: queue it for deletion unless another still holds it."""
-        if not self.referenced(txn, chunk_id, version):
+        """A record let go of this version: queue it for deletion unless another still holds it
+        or a writer was handed it to commit (dedup.py: pinned)."""
+        if not self.referenced(txn, chunk_id, version) \
+                and not self.contents.keep_for_pins(txn, chunk_id, version, servers):
             self.queue_deletion(txn, chunk_id, version, servers)
+
+    def end_pins(self, txn: Txn, now: float) -> int:
+        """End the dedup pins whose time is up; a version they alone kept is queued for deletion.
+        How many ended."""
+        ended = self.contents.ended_pins(txn, now)
+        for key, pin in ended:
+            version = self.contents.unpin(txn, key)
+            if version is not None and not self.referenced(txn, *version) and not self.contents.pinned(txn, *version):
+                self.queue_deletion(txn, *version, pin.replicas)
+        return len(ended)
+
+    def find_content(self, txn: Txn, req: r.DedupReq, scope: str) -> r.DedupHit | None:
+        """The version of `scope` holding the content `req` names, pinned for it (dedup.py)."""
+        return self.contents.find(txn, req, scope, lambda cid, ver: self._replicas_of(txn, cid, ver))
+
+    def _replicas_of(self, txn: Txn, chunk_id: int, version: int) -> list[str]:
+        key = txn.get(U64x2.pack(chunk_id, version), db=self.db.versions)
+        raw = txn.get(key, db=self.db.chunks) if key is not None else None
+        return _chunk_dec.decode(raw).replicas if raw is not None else []
 
     def copy_records(self, txn: Txn, src: int, dst: int) -> None:
         """File `dst` gets `src`'s content: the same chunk versions (shared) or inline bytes."""
@@ -344,7 +398,7 @@ class ChunkTable:
         for row in txn.cursor(db=self.db.holders).iternext(values=False):
             if U64x2.unpack(row[:16]) not in held:
                 problems.append(f"chunk {U64x2.unpack(row[:16])}: holder rows for a version no record holds")
-        return problems
+        return problems + self.contents.problems(txn, lambda cid, ver: (cid, ver) in held)
 
     def reserve(self, txn: Txn, client: str, count: int) -> tuple[int, int]:
         """`count` fresh versions and chunk ids for `client`: (first version, first chunk id)."""
@@ -353,14 +407,16 @@ class ChunkTable:
         self.owners.grant(txn, client, first_version, count)
         return first_version, first_chunk_id
 
-    def commit(self, txn: Txn, req: r.CommitReq, client: str) -> r.Attr:
+    def commit(self, txn: Txn, req: r.CommitReq, client: str, scope: str = "") -> r.Attr:
         """Make uploaded chunk versions part of the file and set its size and mtime (creating
         the file first when the commit carries its create).
 
         Every version named must be `client`'s (see reservations.py): one it reserved and has
         not used for another file, or the version the file already has at that index (a retried
-        commit). A chunk id must be one chunkfs handed out. Anything else is refused with EPERM
-        and, as every failed mutation, changes nothing."""
+        commit), or for a `shared` ref one a dedup call handed to `scope` (the committer's
+        credential) and still pinned for it (dedup.py). A chunk id must be one chunkfs handed
+        out. Anything else is refused with EPERM and, as every failed mutation, changes nothing.
+        The content names the refs carry are indexed for `scope`."""
         if req.create is not None:
             if req.create.ino != req.ino or not stat.S_ISREG(req.create.mode):
                 raise FsError(errno.EINVAL, "a commit creates only its own regular file")
@@ -369,7 +425,8 @@ class ChunkTable:
             inode = self.namespace.get(txn, req.ino)
         except FsError:
             for ref in req.chunks:
-                self.queue_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
+                if not ref.shared:
+                    self.release(txn, ref.chunk_id, ref.version, ref.replicas)
             raise FsError(errno.ESTALE, f"inode {req.ino} was removed while being written") from None
         if not stat.S_ISREG(inode.mode):
             raise FsError(errno.EINVAL, f"inode {req.ino} is not a regular file")
@@ -378,6 +435,8 @@ class ChunkTable:
         if req.inline is not None:
             self._commit_inline(txn, req, req.inline, inode)
         for ref in req.discard:
+            if ref.shared:  # handed by a dedup call: others' to delete, not this writer's
+                continue
             self._check_chunk_id(txn, ref.chunk_id)
             if self.owners.claim(txn, client, ref.version, req.ino):
                 self.queue_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
@@ -387,19 +446,22 @@ class ChunkTable:
             key = chunk_key(req.ino, ref.index)
             raw = txn.get(key, db=self.db.chunks)
             current = _chunk_dec.decode(raw) if raw else None
-            if current is not None and (current.chunk_id, current.version) == (ref.chunk_id, ref.version):
+            if current is not None and (current.chunk_id, current.version) == (ref.chunk_id, ref.version) \
+                    and (not ref.shared or current.length == ref.length):
+                if ref.shared:  # what it holds already (a retry, or content rewritten the same)
+                    self.contents.use(txn, ref, scope)
                 continue
-            self._check_chunk_id(txn, ref.chunk_id)
-            if not self.owners.claim(txn, client, ref.version, req.ino):
-                raise FsError(errno.EPERM, f"chunk version {ref.version} was committed before and replaced")
+            # (the same version longer: a shared one written whole again over its truncated record)
+            record, content = self._committed_record(txn, ref, client, req.ino, scope)
             if ref.index == 0:  # a chunk 0 replaces the inline bytes of a file that grew
                 inode.stored_bytes -= len(txn.pop(u64(req.ino), db=self.db.inline) or b"")
-            record = ChunkRecord(ref.chunk_id, ref.version, ref.length, ref.checksum, list(ref.replicas))
             self.write_record(txn, key, record)
+            if content is not None and scope:
+                self.contents.index(txn, content, ref.content, scope)
             if current is not None:
                 inode.stored_bytes -= current.length
                 self.release(txn, current.chunk_id, current.version, current.replicas)
-            self.cancel_deletion(txn, ref.chunk_id, ref.version, ref.replicas)
+            self.cancel_deletion(txn, ref.chunk_id, ref.version, record.replicas)
             inode.stored_bytes += ref.length
         if req.size != inode.size:
             inode.stored_bytes = self.truncate(txn, req.ino, req.size)
@@ -434,14 +496,16 @@ class ChunkTable:
             for index, rec in self.records(txn, source_ino):
                 if index * CHUNK_SIZE >= source.size:
                     continue  # past the end (never there after a truncate; kept out all the same)
-                self.write_record(txn, chunk_key(source_ino, index), None)
                 key = chunk_key(req.ino, first_index + index)
                 stale = txn.get(key, db=self.db.chunks)  # none past a file's end; if one were, it goes
+                # the target holds the version before the source lets it go: it is never unheld (its
+                # dedup index entry stays)
+                self.write_record(txn, key, rec)
+                self.write_record(txn, chunk_key(source_ino, index), None)
                 if stale is not None:
                     old = _chunk_dec.decode(stale)
                     target.stored_bytes -= old.length
                     self.release(txn, old.chunk_id, old.version, old.replicas)
-                self.write_record(txn, key, rec)
                 moved += rec.length
             txn.delete(u64(source_ino), db=self.db.inline)
             target.stored_bytes += moved
@@ -455,6 +519,25 @@ class ChunkTable:
         target.ctime_ns = time.time_ns()
         self.namespace.put(txn, req.ino, target)
         return self.namespace.attr(req.ino, target)
+
+    def _committed_record(self, txn: Txn, ref: r.ChunkRef, client: str, ino: int, scope: str
+                          ) -> tuple[ChunkRecord, Entry | None]:
+        """The record a commit's `ref` becomes, and its content's index entry (None: no content
+        named); EPERM for a version the committer may not commit (see `commit`)."""
+        self._check_chunk_id(txn, ref.chunk_id)
+        if not ref.shared:
+            if not self.owners.claim(txn, client, ref.version, ino):
+                raise FsError(errno.EPERM, f"chunk version {ref.version} was committed before and replaced")
+            record = ChunkRecord(ref.chunk_id, ref.version, ref.length, ref.checksum, list(ref.replicas))
+            length = ref.length
+        else:
+            pin = self.contents.attach(txn, ref, scope)
+            replicas = self._replicas_of(txn, ref.chunk_id, ref.version) or pin.replicas
+            record = ChunkRecord(ref.chunk_id, ref.version, ref.length, pin.checksum, list(replicas))
+            length = pin.length
+        if not ref.content or not ref.proof:
+            return record, None
+        return record, Entry(ref.chunk_id, ref.version, length, record.checksum, proof_check(ref.proof))
 
     def _regular(self, txn: Txn, ino: int) -> Inode:
         inode = self.namespace.get(txn, ino)
@@ -560,4 +643,4 @@ class ChunkTable:
             return []
         reserved = self.owners.ranges(txn)
         return [(cid, ver) for cid, ver in held if not self.referenced(txn, cid, ver)
-                and not self.owners.holds(reserved, ver)]
+                and not self.owners.holds(reserved, ver) and not self.contents.pinned(txn, cid, ver)]

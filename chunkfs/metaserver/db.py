@@ -139,6 +139,7 @@ class MetaDB:
         # (chunk id, version, record key) -> b"": every record holding a version more than one
         # record holds (a snapshot's files share their source's chunks): chunk_table.py
         self.holders = self.env.open_db(b"holders")
+        self.dedup = self.env.open_db(b"dedup")  # content name -> the chunk version holding it; pins: dedup.py
 
     def read(self) -> ReadTxn:
         return ReadTxn(self)

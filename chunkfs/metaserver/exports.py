@@ -71,8 +71,9 @@ from chunkfs.protocol import records as r
 from chunkfs.protocol.meta_client import named_inodes
 
 CHANGES = frozenset({"create", "link", "remove", "rename", "setattr", "setxattr", "removexattr", "commit", "concat",
-                     "goal", "reserve", "reserve_inodes", "release_orphan", "snapshot", "trash_time", "read_only"})
-WHOLE_CLUSTER = frozenset({"release_leases", "reserve", "reserve_inodes", "cancel_lock"})
+                     "goal", "reserve", "dedup", "reserve_inodes", "release_orphan", "snapshot", "trash_time",
+                     "dedup_setting", "read_only"})
+WHOLE_CLUSTER = frozenset({"release_leases", "reserve", "dedup", "reserve_inodes", "cancel_lock"})
 MAX_DEPTH = 4096
 MAX_WALK = 200_000  # directory entries a reclaim's look for unseen files reads at most
 

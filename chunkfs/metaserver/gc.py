@@ -5,7 +5,8 @@ Chunkservers report what they hold only when they register; a chunk version left
 the server restarts. A pass asks every live chunkserver for its chunk files older than
 `min_age_s` and, in one write transaction, queues for deletion those no file references and no
 writer holds a live reservation for (`ChunkTable.unreferenced`, as at registration; reservations
-that ran out or whose client has gone are ended first, `VersionReservations.prune`); the
+that ran out or whose client has gone are ended first, `VersionReservations.prune`, and so are
+dedup pins that ran out, `ChunkTable.end_pins`); the
 `Deleter` then removes them. Because the check and the queueing share a transaction, a version a
 commit made part of a file is never queued, and one queued is never referenced after: nothing
 referenced is ever removed. A dry run only counts.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from chunkfs.errors import FsError, TransportError
 from chunkfs.metaserver.chunk_table import ChunkTable
@@ -75,6 +77,7 @@ class GarbageCollector:
 
     def _find(self, txn: Txn, holdings: Holdings, queue: bool) -> Holdings:
         self.chunks.owners.prune(txn)  # an upload whose reservation ended is garbage now
+        self.chunks.end_pins(txn, time.time())  # and a version kept for a dedup answer whose time ran out
         garbage = self._unreferenced(txn, holdings)
         for server_id, files in garbage.items() if queue else ():
             for f in files:

@@ -189,8 +189,9 @@ def build_primary(config: MetaserverConfig, secret: bytes, reload: Callable[[], 
     with db.env.begin(write=True) as txn:
         namespace.init_root(txn)
         chunks.repair_counters(txn)
+        chunks.ensure_version_index(txn)  # first: the counts' recount reads the index
         namespace.counts.ensure(txn, chunks.recount_all)
-        chunks.ensure_version_index(txn)
+        chunks.ensure_stored_bytes(txn)
         backup.start_primary(txn, db, in_sync=promoted)
     replication = ReplicationLog(db, config.standby_timeout_s)
     committer = GroupCommitter(db, replication)

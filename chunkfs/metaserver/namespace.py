@@ -48,6 +48,7 @@ class Inode(Struct, array_like=True):
     xattr_count: int = 0  # lets clients answer "no such attribute" without asking
     trash_s: int = -1  # how long a file stays in the trash once removed (trash.py); -1: the default
     read_only: bool = False  # in a read-only snapshot: no change but its settings (`Namespace.put`)
+    no_dedup: bool = False  # its writers upload every chunk, without asking whether it is stored (dedup.py)
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -114,7 +115,7 @@ class Namespace:
             ino=ino, mode=inode.mode, uid=inode.uid, gid=inode.gid, size=inode.size,
             atime_ns=inode.atime_ns, mtime_ns=inode.mtime_ns, ctime_ns=inode.ctime_ns,
             nlink=inode.nlink, rdev=inode.rdev, goal=inode.goal, has_xattrs=inode.xattr_count > 0,
-            read_only=inode.read_only,
+            read_only=inode.read_only, no_dedup=inode.no_dedup,
             blocks=(inode.stored_bytes + 511) // 512 if stat.S_ISREG(inode.mode) else
             (len(inode.target) + 511) // 512,
         )
@@ -260,6 +261,7 @@ class Namespace:
             atime_ns=now, mtime_ns=now, ctime_ns=now, nlink=2 if is_dir else 1,
             rdev=req.rdev, goal=parent.goal or self.default_goal,
             parent=req.parent, target=req.target or b"", xattr_count=len(acl_xattrs), trash_s=parent.trash_s,
+            no_dedup=parent.no_dedup,
         )
         self.put(txn, ino, inode)
         for name, value in acl_xattrs:
@@ -562,6 +564,10 @@ class Namespace:
         """How long files removed from `req.ino` (and what is made in it) stay in the trash."""
         return self._set_in_tree(txn, req.ino, req.recursive, lambda inode: setattr(inode, "trash_s", req.seconds))
 
+    def set_dedup(self, txn: Txn, req: r.DedupSettingReq) -> r.Attr:
+        """Whether writers of `req.ino` (and of what is made in it) look for stored content (dedup.py)."""
+        return self._set_in_tree(txn, req.ino, req.recursive, lambda inode: setattr(inode, "no_dedup", not req.enabled))
+
     def _set_in_tree(self, txn: Txn, ino: int, recursive: bool, change: Callable[[Inode], object]) -> r.Attr:
         """`change` inode `ino`, and with `recursive` everything below it (inherited settings)."""
         todo = [ino]
@@ -691,4 +697,4 @@ def _check_writable(inode: Inode, name: bytes) -> None:
 def _settings_only(before: Inode, after: Inode) -> bool:
     """Whether `after` differs from `before` in its settings and change time only."""
     return msgspec.structs.replace(after, goal=before.goal, trash_s=before.trash_s, ctime_ns=before.ctime_ns,
-                                   read_only=before.read_only) == before
+                                   read_only=before.read_only, no_dedup=before.no_dedup) == before

@@ -98,6 +98,8 @@ def render(status: r.ClusterStatus, address: str, clients: int) -> str:
         ("capacity", f"{_size(used)} used of {_size(status.total_bytes)} ({_size(status.free_bytes)} free)"),
         ("files", f"{status.files} files, {status.directories} directories"),
         ("chunks", f"{status.chunks} ({status.chunks_under_goal} under goal, default goal {status.default_goal})"),
+        ("chunk data", f"{_size(status.chunk_bytes)} logical, {_size(status.stored_bytes)} physical (one replica "
+                       f"each): dedup ratio {status.sharing_ratio:.2f}"),
         ("repairs", f"{status.repairs_running} running, {status.chunks_replicated} copies made, "
                     f"{status.corrupt_found} corrupt replicas found"),
         ("pending deletions", str(status.pending_deletions)),

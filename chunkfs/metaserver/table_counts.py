@@ -31,6 +31,9 @@ DIRECTORIES = PREFIX + b"directories"
 FILE_BYTES = PREFIX + b"file_bytes"  # sum of the sizes of regular files
 CHUNKS = PREFIX + b"chunks"  # chunk records (one per file and chunk index)
 CHUNK_BYTES = PREFIX + b"chunk_bytes"  # sum of the chunk records' lengths
+# sum of the lengths of distinct chunk versions (each counted once, by the record the version
+# index names): what is stored, against CHUNK_BYTES, what the files refer to (snapshots, dedup)
+STORED_BYTES = PREFIX + b"stored_bytes"
 REPLICAS = PREFIX + b"replicas."  # + server id: chunk records listing that server
 
 
@@ -41,6 +44,7 @@ class TableCounts:
     file_bytes: int = 0
     chunks: int = 0
     chunk_bytes: int = 0
+    stored_bytes: int = 0
     replicas: dict[str, int] = field(default_factory=dict)  # server id -> records listing it
 
 
@@ -65,7 +69,8 @@ class Counts:
             raw = txn.get(key, db=self.db.counters)
             return I64.unpack(raw)[0] if raw else 0
 
-        counts = TableCounts(get(FILES), get(DIRECTORIES), get(FILE_BYTES), get(CHUNKS), get(CHUNK_BYTES))
+        counts = TableCounts(get(FILES), get(DIRECTORIES), get(FILE_BYTES), get(CHUNKS), get(CHUNK_BYTES),
+                             get(STORED_BYTES))
         cursor = txn.cursor(db=self.db.counters)
         if cursor.set_range(REPLICAS):
             for key, raw in cursor:
@@ -94,7 +99,7 @@ class Counts:
             cursor.delete()
         for key, value in ((FILES, counts.files), (DIRECTORIES, counts.directories),
                            (FILE_BYTES, counts.file_bytes), (CHUNKS, counts.chunks),
-                           (CHUNK_BYTES, counts.chunk_bytes),
+                           (CHUNK_BYTES, counts.chunk_bytes), (STORED_BYTES, counts.stored_bytes),
                            *((REPLICAS + s.encode(), n) for s, n in counts.replicas.items())):
             txn.put(key, I64.pack(value), db=self.db.counters)
         txn.put(PRESENT, b"", db=self.db.counters)

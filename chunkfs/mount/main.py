@@ -56,6 +56,8 @@ class MountConfig:
                                      "unlinks, renames and attribute changes in directories it holds the lease on) "
                                      "reach the metaserver's disk; 0: every change waits for it, as fsync does")
     sync_close: bool = opt(False, "every close waits until the file is durable on the metaserver, as an fsync")
+    dedup: bool = opt(True, "a chunk whose content the cluster already holds (for this mount's key) is not "
+                            "uploaded: the file refers to the stored one; off: no content hash, no call")
     entry_timeout_s: float = opt(60.0, "seconds the kernel may cache a name lookup (other clients' changes are pushed)")
     attr_timeout_s: float = opt(60.0, "seconds the kernel may cache attributes (other clients' changes are pushed)")
     retry_s: float = opt(15.0, "seconds a metadata call is retried before it fails with EIO")
@@ -197,7 +199,7 @@ def run(config: MountConfig) -> None:
                           cache_mem_bytes=config.cache_mem_mb * MiB, disk=disk,
                           max_dirty_bytes=config.max_dirty_mb * MiB,
                           dir_leases=config.dir_leases and not config.read_only, prefetch=config.prefetch,
-                          write_behind_s=config.write_behind_s, sync_close=config.sync_close)
+                          write_behind_s=config.write_behind_s, sync_close=config.sync_close, dedup=config.dedup)
     ops = ChunkfsOperations(client, entry_timeout_s=config.entry_timeout_s, attr_timeout_s=config.attr_timeout_s)
     pyfuse3.init(ops, str(mountpoint), mount_options(config))
     mounts.record(mountpoint, config.metaserver, config.secret_file.resolve(), os.getpid(), root_ino,

@@ -219,6 +219,17 @@ class MetaClient:
             return None
         return self.view.incoming(msgspec.json.decode(outcome.reply, type=reply_type))
 
+    async def chunk_sharing(self, ino: int) -> list[tuple[int, int]]:
+        """(index, chunk records holding its version) for each chunk of `ino` (above 1: shared)."""
+        return await self.call("chunk_sharing", r.InodeReq(ino), list[tuple[int, int]])
+
+    async def find_content(self, content: str, proof: str) -> r.DedupHit | None:
+        """The stored version holding this content, for this client's commits (see
+        metaserver/dedup.py); None if the cluster holds none (or the proof does not match)."""
+        response = await self._post_fs("dedup", r.json_encode(r.DedupReq(content, proof)))
+        hit: r.DedupHit | None = msgspec.json.decode(response.content, type=r.DedupHit | None)
+        return hit
+
     async def read_tokens(self, chunks: list[tuple[int, int]]) -> list[str]:
         """New read tokens for these chunk versions (chunkfs.chunk_tokens), in their order."""
         return await self.call("tokens", r.TokensReq(chunks), list[str])
@@ -281,6 +292,9 @@ class MetaClient:
     # -- the trash (chunkfs/metaserver/trash.py) -------------------------------------------------
     async def trash_time(self, ino: int, seconds: int, recursive: bool = False) -> r.Attr:
         return await self.call("trash_time", r.TrashTimeReq(ino, seconds, recursive), r.Attr)
+
+    async def set_dedup(self, ino: int, enabled: bool, recursive: bool = False) -> r.Attr:
+        return await self.call("dedup_setting", r.DedupSettingReq(ino, enabled, recursive), r.Attr)
 
     async def trash_time_of(self, ino: int) -> int:
         """The retention set on `ino` (-1: none, the metaserver's default applies)."""

@@ -58,6 +58,7 @@ class Attr(Struct, kw_only=True):
     blocks: int = 0  # 512-byte units actually stored (sparse files count only their chunks)
     has_xattrs: bool = False
     read_only: bool = False  # in a read-only snapshot: every change is EROFS
+    no_dedup: bool = False  # writers upload every chunk of it without looking for stored content (`chunkfs dedup`)
 
 
 class DirEntry(Struct):
@@ -69,8 +70,14 @@ class DirEntry(Struct):
     acl: bytes | msgspec.UnsetType | None = msgspec.UNSET
 
 
-class ChunkRef(Struct, kw_only=True):
-    """One chunk of one file: `length` is its logical length, `checksum` covers the stored bytes."""
+ContentHex = Annotated[str, Meta(pattern="^([0-9a-f]{64})?$")]  # 32 bytes as hex (chunkfs.content_hash), or ""
+
+
+class ChunkRef(Struct, kw_only=True, omit_defaults=True):
+    """One chunk of one file: `length` is its logical length, `checksum` covers the stored bytes.
+    In a commit, `content` and `proof` are the chunk's content name and proof (dedup: the
+    metaserver indexes them, chunkfs.content_hash), and `shared` marks a version this client did
+    not upload but was handed by a `dedup` call (its content already stored)."""
 
     index: ChunkIndex
     chunk_id: ChunkId
@@ -79,6 +86,9 @@ class ChunkRef(Struct, kw_only=True):
     checksum: Checksum
     replicas: Annotated[list[Token], Meta(max_length=64)]
     token: Annotated[str, Meta(max_length=128)] = ""  # for the chunkservers (chunkfs.chunk_tokens)
+    content: ContentHex = ""
+    proof: ContentHex = ""
+    shared: bool = False
 
 
 class ServerRef(Struct):
@@ -255,6 +265,28 @@ class ReserveReq(Struct):
     count: Annotated[int, Meta(ge=1, le=2**31)]
 
 
+class DedupReq(Struct):
+    """Does the cluster hold this content (its name and the proof that the asker has it,
+    chunkfs.content_hash)? Asked before a chunk is uploaded."""
+
+    content: ContentHex
+    proof: ContentHex
+
+
+class DedupHit(Struct):
+    """The stored version holding the content asked about: commit it as a `shared` ChunkRef
+    (it is kept for the asker's credential for `valid_s`, however its other files change);
+    `token` reads it."""
+
+    chunk_id: int
+    version: int
+    length: int
+    checksum: str
+    replicas: list[str]
+    token: str = ""
+    valid_s: float = 0.0
+
+
 class CommitReq(Struct):
     """New chunk versions become the file's (the last commit wins); `discard` are versions this
     client uploaded and then replaced itself, to be deleted. With `inline`, the file's whole
@@ -326,6 +358,15 @@ class ReadOnlyReq(Struct):
 
 
 MAX_TRASH_S = 100 * 365 * 86400
+
+
+class DedupSettingReq(Struct):
+    """Whether writers of directory (or file) `ino`, and of what is made in it, look for
+    content the cluster holds before they upload a chunk (dedup)."""
+
+    ino: Ino
+    enabled: bool
+    recursive: bool = False
 
 
 class TrashTimeReq(Struct):
@@ -661,7 +702,9 @@ class ClusterStatus(Struct, kw_only=True):
     standbys: list[StandbyStatus] = []  # metaserver standbys following this one
     quarantined_versions: int = 0  # unknown chunk versions kept after a restore (not deleted)
     file_bytes: int = 0  # sum of the regular files' sizes
-    chunk_bytes: int = 0  # sum of the chunks' lengths (one replica each)
+    chunk_bytes: int = 0  # sum of the chunks' lengths (one replica each): what the files refer to (logical)
+    stored_bytes: int = 0  # the same over distinct chunk versions (physical, one replica each; snapshots and
+    # dedup share versions, so chunk_bytes / stored_bytes is what sharing saves)
     under_goal_counted_s_ago: float = -1.0  # age of `chunks_under_goal` (-1: not counted yet)
     memory: MemoryStatus | None = None  # the metaserver's own memory, and what holds it
     locks_held: int = 0  # file locks held by clients (flock and POSIX), `chunkfs locks` lists them
@@ -670,6 +713,11 @@ class ClusterStatus(Struct, kw_only=True):
     trash_files: int = 0  # removed files kept in the trash (their chunks too)
     default_trash_s: int = 0  # how long removed files are kept where no directory says otherwise
     failover: FailoverStatus | None = None  # with etcd: the election's state (None: no etcd)
+
+    @property
+    def sharing_ratio(self) -> float:
+        """How many times over the stored chunk bytes are referred to (dedup, snapshots; 1.0: none shared)."""
+        return self.chunk_bytes / self.stored_bytes if self.stored_bytes else 1.0
 
 
 class MemoryStatus(Struct, kw_only=True):
