@@ -165,3 +165,34 @@ def test_an_address_that_is_none_is_a_value_error_of_the_httpx_transport(address
 
     with pytest.raises(ValueError, match="is not an address"):
         trio.run(send, HttpxTransport(5, 5, 1))
+
+
+def test_an_api_error_names_the_files_path_never_the_data_written():
+    """An OSError from a file's method names the file (its `name`), not the method's first
+    argument: `write(b"...")` of 4 MiB once put those bytes in `filename`. A filesystem's
+    method names the path it was given."""
+    import errno
+
+    import trio
+
+    from chunkfs.client.os_errors import raises_os_errors
+    from chunkfs.errors import FsError
+
+    class File:
+        name = "/dir/file"
+
+        @raises_os_errors
+        async def write(self, data: bytes) -> int:
+            raise FsError(errno.ENOSPC, "no chunkserver has room")
+
+    class Filesystem:
+        @raises_os_errors
+        async def remove(self, path: str) -> None:
+            raise FsError(errno.ENOENT, "no such file")
+
+    with pytest.raises(OSError) as written:
+        trio.run(File().write, b"x" * 4096)
+    assert written.value.errno == errno.ENOSPC and written.value.filename == "/dir/file"
+    with pytest.raises(FileNotFoundError) as removed:
+        trio.run(Filesystem().remove, "/dir/gone")
+    assert removed.value.filename == "/dir/gone"

@@ -34,15 +34,18 @@ def os_error(exc: FsError | TransportError, path: Any = None) -> OSError:
 
 
 def raises_os_errors(method: F) -> F:
-    """`method` raises OSErrors naming its path: its first argument if that is a path, else
-    the `name` of the object (a file's)."""
+    """`method` raises OSErrors naming its path: a file's own `name` (its methods' arguments are
+    data and offsets, never paths: `write(b"...")` must not name its bytes), else the method's
+    first argument if that is a path."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return await method(self, *args, **kwargs)
         except (FsError, TransportError) as exc:
-            path = args[0] if args and isinstance(args[0], (str, bytes, os.PathLike)) else getattr(self, "name", None)
+            path = getattr(self, "name", None)
+            if path is None and args and isinstance(args[0], (str, bytes, os.PathLike)):
+                path = args[0]
             raise os_error(exc, path) from None
 
     return wrapper  # type: ignore[return-value]
