@@ -141,3 +141,20 @@ def test_close_to_open_without_the_push(cluster, unpushed_mount, size):
         assert c.read_bytes() == second
         assert os.stat(c).st_size == size
         assert gate.feed_answers == answered, "nothing was pushed meanwhile"
+
+
+def test_close_to_open_without_the_push_after_a_stat_only(cluster, unpushed_mount):
+    """The reader's kernel holds the file's old attributes but no pages: a stat of a file this
+    mount never opened (or a lookup answered from the mount's cache after the kernel forgot the
+    inode). The open finds the new version and makes the kernel ask for the size again, or its
+    reads would end at the old size: the new first bytes, not all of them."""
+    target, gate = unpushed_mount
+    a, c = cluster.mnt / "c2o-stat-only", target / "c2o-stat-only"
+    a.write_bytes(os.urandom(3 * MiB))
+    assert os.stat(c).st_size == 3 * MiB  # c's kernel caches it for a minute
+    with gate.closed():
+        answered = gate.feed_answers
+        second = os.urandom(9 * MiB + 7)
+        a.write_bytes(second)
+        assert c.read_bytes() == second
+        assert gate.feed_answers == answered, "nothing was pushed meanwhile"
