@@ -7,6 +7,7 @@ check that the API and a mount see the same files (close-to-open) and the same a
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import random
@@ -241,7 +242,7 @@ def test_a_closed_file_or_filesystem_refuses_calls_as_io_does(cluster, fs, home)
     for call in (lambda: f.write(b"x"), lambda: f.read(), f.tell, lambda: f.seek(0), f.flush):
         with pytest.raises(ValueError):
             call()
-    with fs.open(f"{home}/f", "rb") as f, pytest.raises(OSError):  # io.UnsupportedOperation
+    with fs.open(f"{home}/f", "rb") as f, pytest.raises(io.UnsupportedOperation):
         f.write(b"x")
     other = chunkfs.client.connect(cluster.metaserver, secret_file=cluster.secret_file)
     still_open = other.open(f"{home}/g", "wb")
@@ -267,7 +268,7 @@ def test_a_cluster_that_is_down_fails_after_retry_s(cluster):
     nobody = f"127.0.0.1:{free_port_block(1)}"
     with pytest.raises(OSError) as exc:
         chunkfs.client.connect(nobody, secret_file=cluster.secret_file, retry_s=1)
-    assert exc.value.errno in (errno.EIO, errno.ETIMEDOUT) and "cannot reach" in str(exc.value)
+    assert exc.value.errno == errno.EIO and "cannot reach" in str(exc.value)
 
 
 def test_permissions_are_the_ones_a_mount_applies(cluster, fs, home):

@@ -86,8 +86,9 @@ def test_new_chunks_go_where_there_is_most_room_and_everything_spans_the_disks(t
 def test_a_disk_of_another_chunkserver_is_refused(tmp_path):
     ChunkStore(tmp_path / "a")
     ChunkStore(tmp_path / "b")
-    with pytest.raises(FsError, match="different chunkservers"):
+    with pytest.raises(FsError, match="different chunkservers") as refused:
         ChunkStore([tmp_path / "a", tmp_path / "b"])
+    assert refused.value.errno == errno.EINVAL
     ChunkStore([tmp_path / "a", tmp_path / "new"])  # an empty (replaced) disk joins
     assert (tmp_path / "new" / "server_id").read_text() == (tmp_path / "a" / "server_id").read_text()
 

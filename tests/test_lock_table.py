@@ -133,8 +133,9 @@ def test_lock_records_refuse_what_the_kernel_cannot_send():
     with pytest.raises(FsError) as bad:
         r.LockReq(ino=1, owner=1, type=W, start=10, end=9)
     assert bad.value.errno == errno.EINVAL
-    with pytest.raises(FsError):
+    with pytest.raises(FsError) as too_big:
         r.LockReq(ino=1, owner=2**64, type=W)
+    assert too_big.value.errno == errno.EINVAL
 
 
 # ---- after a restart: reclaim (lock_reclaim.py) --------------------------------------------------------

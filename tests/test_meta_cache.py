@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+import pytest
 
 from chunkfs.metaserver.changes import ChangeFeed
 from chunkfs.client.metadata_cache import MetadataCache
@@ -202,32 +203,58 @@ def test_a_change_is_answered_once_every_other_holder_of_an_open_lease_applied_i
     asyncio.run(scenario())
 
 
-def test_a_clean_stop_tells_the_next_metaserver_when_the_trust_it_gave_ends(tmp_path):
+class Clocks:
+    """Stands in for the `time` module of the unit under test: its monotonic and wall clocks
+    move only when the test moves them, so the hold-offs below are exact, not bands."""
+
+    def __init__(self) -> None:
+        self.mono, self.wall = 5_000.0, 1_700_000_000.0
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def time(self) -> float:
+        return self.wall
+
+    def sleep_s(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
+
+
+def test_a_clean_stop_tells_the_next_metaserver_when_the_trust_it_gave_ends(tmp_path, monkeypatch):
     """After a crash a new metaserver holds mutations off OPEN_TRUST_S; after a clean stop only
     until the last lease the process before gave is no longer trusted; the record is used once."""
-    import time
-
     from chunkfs import OPEN_TRUST_S
+    from chunkfs.metaserver import open_leases
     from chunkfs.metaserver.open_leases import OpenLeases
 
+    clocks = Clocks()
+    monkeypatch.setattr(open_leases, "time", clocks)
     record = tmp_path / "open-leases-trust-end"
     crashed = OpenLeases()
     crashed.resume(record)  # no record: as after a crash
-    assert crashed.hold_until - time.monotonic() > OPEN_TRUST_S - 1
+    assert crashed.hold_until - clocks.mono == OPEN_TRUST_S
 
     idle = OpenLeases()  # nobody holds a lease: the next one need not wait at all
     idle.save_trust_end(record)
     after_idle = OpenLeases()
     after_idle.resume(record)
-    assert after_idle.hold_until <= time.monotonic() and not record.exists()
+    assert after_idle.hold_until == clocks.mono and not record.exists()
 
     busy = OpenLeases()
     busy.grant("b", 7, seq=1)
-    busy._holders["b"].polled_at -= 1.0  # b's last poll came a second ago
+    busy._holders["b"].polled_at = clocks.mono - 1.0  # b's last poll came a second ago
     busy.save_trust_end(record)
+    clocks.sleep_s(0.5)  # the restart took half a second
     after_busy = OpenLeases()
     after_busy.resume(record)
-    assert OPEN_TRUST_S - 1.5 < after_busy.hold_until - time.monotonic() <= OPEN_TRUST_S - 1.0
+    assert after_busy.hold_until - clocks.mono == pytest.approx(OPEN_TRUST_S - 1.5, abs=0.002)  # record: ms
     again = OpenLeases()
     again.resume(record)  # used: a crash after that start must wait the whole time again
-    assert again.hold_until - time.monotonic() > OPEN_TRUST_S - 1
+    assert again.hold_until - clocks.mono == OPEN_TRUST_S
+
+    busy.save_trust_end(record)
+    clocks.sleep_s(OPEN_TRUST_S + 60)  # down longer than any mount trusts a lease
+    late = OpenLeases()
+    late.resume(record)
+    assert late.hold_until == clocks.mono

@@ -21,7 +21,11 @@ from pathlib import Path
 import pytest
 
 from chunkfs import CHUNK_SIZE
-from conftest import wait_until
+from chunkfs.errors import FsError
+from chunkfs.metaserver.registry import WRITABLE_MIN_FREE_BYTES
+from chunkfs.protocol import records as r
+from chunkfs.protocol.meta_client import MetaClient
+from conftest import fsync_directory, wait_until
 from netns_cluster import NetnsCluster
 from netns_workload import MiB, drop_page_cache, during_fault, sha256, workload_in
 
@@ -185,6 +189,18 @@ def refused_as_full(log: Path, since: int) -> set[tuple[int, int]]:
     return {(int(c), int(v)) for c, v in re.findall(r"chunk (\d+) v(\d+): \S+ failed \(chunkserver disk is full", text)}
 
 
+def reported_full(netns: NetnsCluster) -> set[str]:
+    """Ids of the chunkservers the metaserver counts full (it places no new chunk on them)."""
+    return {s.id for s in netns.status().servers if s.capacity_bytes - s.used_bytes < WRITABLE_MIN_FREE_BYTES}
+
+
+def placement_probe(netns: NetnsCluster) -> r.Reservation:
+    """A reservation made now, by a client of the test's own: the servers the metaserver would
+    place a new chunk on."""
+    return netns.meta_call(lambda meta: MetaClient(meta.http, netns.metaserver, client_id="placement-probe")
+                           .reserve(1))
+
+
 @pytest.mark.tls_in_default_run
 def test_full_chunkserver_is_skipped_and_writers_move_elsewhere(netns, workload):
     workload.keeps_working(1)
@@ -205,15 +221,16 @@ def test_full_chunkserver_is_skipped_and_writers_move_elsewhere(netns, workload)
         assert len(kept[version]) == 3 and full_id not in kept[version], (version, kept[version])
     assert netns.status().chunks_replicated == repaired, "stored at goal by the writer, not by re-replication"
 
-    def reports_full() -> bool:
-        netns.fill_disk("cs5", leave_bytes=1 * MiB)  # top up: queued deletions still free room
-        server = next(s for s in netns.status().servers if s.id == full_id)
-        return server.capacity_bytes - server.used_bytes < 4 * MiB
-
-    wait_until(reports_full, 20, "cs5 reports its disk full")
-    for _ in range(6):  # a duration, not a wait: reservations made before that run out (5 s)
-        netns.fill_disk("cs5", leave_bytes=1 * MiB)
-        time.sleep(1)
+    # the writer's old files are deleted, some of their chunks from cs5: once its unlinks have
+    # reached the metaserver and no deletion is queued, nothing makes room on cs5 again, and
+    # one more fill keeps it full
+    fsync_directory(workload.writer_dir)
+    wait_until(lambda: netns.status().pending_deletions == 0, 30, "the writer's deletions done")
+    netns.fill_disk("cs5", leave_bytes=1 * MiB)
+    wait_until(lambda: full_id in reported_full(netns), 4 * HEARTBEAT_TIMEOUT_S, "cs5 reports its disk full")
+    # skipped: a reservation made now lists no full server (a mount's older one may still list
+    # cs5 for RESERVATION_VALID_S; its uploads there are refused and go to a spare, as above)
+    assert full_id not in {s.id for s in placement_probe(netns).servers}
     marker = netns.mnt("client1") / "after-full"
     marker.write_bytes(os.urandom(6 * CHUNK_SIZE))
     assert all(full_id not in replicas for replicas in replicas_of(netns, marker)), "placed on a full server"
@@ -223,11 +240,18 @@ def test_full_chunkserver_is_skipped_and_writers_move_elsewhere(netns, workload)
 
 
 def test_every_chunkserver_full_gives_enospc(netns):
+    fsync_directory(netns.mnt("client1"))  # unlinks it answered itself reach the metaserver
+    wait_until(lambda: netns.status().pending_deletions == 0, 30, "no deletion queued (it would make room)")
     for name in netns.chunkservers:
         netns.fill_disk(name, leave_bytes=1 * MiB)
     try:
-        # a duration, not a wait: two heartbeats say so, and reservations made before run out (5 s)
-        time.sleep(2 * HEARTBEAT_TIMEOUT_S / 4 + 6)
+        wait_until(lambda: reported_full(netns) == {netns.server_id(n) for n in netns.chunkservers},
+                   4 * HEARTBEAT_TIMEOUT_S, "every chunkserver reports its disk full")
+        with pytest.raises(FsError) as refused:
+            placement_probe(netns)
+        assert refused.value.errno == errno.ENOSPC  # the metaserver has nowhere to place a chunk
+        # the mount's write: ENOSPC from the metaserver, or from every chunkserver its older
+        # reservation lists (upload's "every chunkserver tried is full"); the same errno either way
         with pytest.raises(OSError) as info, open(netns.mnt("client1") / "no-room", "wb") as f:
             f.write(os.urandom(CHUNK_SIZE))
             os.fsync(f.fileno())

@@ -1,5 +1,7 @@
 """A metaserver restart under a mount that is copying files: the copy pauses for the restart
-(plus at most the client's back-off ceiling) and goes on without an error."""
+and goes on without an error. How long the pause is (the restart plus at most the client's
+back-off ceiling) is a figure of bench/restart_pause.py, not an assert here; what makes it short
+is counted below: after a restart the client tries one stale connection, then a new one."""
 
 from __future__ import annotations
 
@@ -53,8 +55,7 @@ def test_a_copy_pauses_for_a_metaserver_restart_and_goes_on(fresh_cluster):
         writer.join(120)
     assert not errors, errors
     pause_s = max(b - a for a, b in itertools.pairwise(done))
-    print(f"longest pause {pause_s:.2f} s, restart {restart_s:.2f} s")
-    assert pause_s <= restart_s + 2.0, (pause_s, restart_s)
+    print(f"longest pause {pause_s:.2f} s, restart {restart_s:.2f} s")  # a figure (bench/restart_pause.py)
 
 
 async def serve_ok(port: int, task_status=trio.TASK_STATUS_IGNORED) -> None:

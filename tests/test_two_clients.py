@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 import pytest
 
@@ -140,4 +141,29 @@ def test_close_to_open_without_the_push(cluster, unpushed_mount, size):
         a.write_bytes(second)
         assert c.read_bytes() == second
         assert os.stat(c).st_size == size
+        assert gate.feed_answers == answered, "nothing was pushed meanwhile"
+
+
+@pytest.mark.parametrize("known_by", ["a stat", "a lookup after the kernel forgot it"])
+def test_close_to_open_without_the_push_when_the_kernel_holds_only_attributes(cluster, unpushed_mount, known_by):
+    """The reader's kernel holds the file's old attributes but no pages: from a stat of a file
+    this mount never opened, or from a lookup the mount answers from its cache after the kernel
+    forgot the inode (memory pressure; here drop_caches). The open finds the new version and
+    makes the kernel ask for the size again, or its reads would end at the old size: the new
+    first bytes, not all of them."""
+    target, gate = unpushed_mount
+    name = f"c2o-attributes-{known_by.split()[1]}"
+    a, c = cluster.mnt / name, target / name
+    first = os.urandom(3 * MiB)
+    a.write_bytes(first)
+    if known_by == "a lookup after the kernel forgot it":
+        assert c.read_bytes() == first
+        Path("/proc/sys/vm/drop_caches").write_text("2")  # unused dentries and inodes go: FORGET
+    assert os.stat(c).st_size == len(first)  # c's kernel caches it for a minute
+    with gate.closed():
+        answered = gate.feed_answers
+        second = os.urandom(9 * MiB + 7)
+        a.write_bytes(second)
+        got = c.read_bytes()
+        assert (len(got), got == second) == (len(second), True)
         assert gate.feed_answers == answered, "nothing was pushed meanwhile"

@@ -158,8 +158,9 @@ def test_versions_are_committed_only_by_the_client_that_reserved_them(db):
         assert owners.ended(txn, now=0, session_over=lambda client: client == "b") == [120]
         owners.drop(txn, owners.ended(txn, now=float("inf"), session_over=lambda client: False))
         assert owners.ranges(txn) == [] and txn.get(b"s" + u64(119), db=db.reservations) is None
-        with pytest.raises(FsError):
+        with pytest.raises(FsError) as ended:
             owners.claim(txn, "a", 101, ino=7)  # its reservation ended
+        assert ended.value.errno == errno.EPERM
 
 
 def test_a_client_holds_a_bounded_number_of_reservations(db):

@@ -95,7 +95,7 @@ def connect(address: str, secret_file: str | Path = "/etc/chunkfs/secret", *,
             **options: Any) -> Filesystem:
     """A `Filesystem` for blocking code (also a context manager; `close()` when done). Same
     arguments as `open_filesystem`. Raises PermissionError for a missing or refused secret,
-    OSError(EIO/ETIMEDOUT) if the cluster does not answer within `retry_s`."""
+    OSError(EIO) if the cluster does not answer within `retry_s`."""
     thread = TrioThread(lambda: open_filesystem(address, secret_file, uid=uid, gid=gid, groups=groups, **options))
     filesystem = Filesystem(thread, thread.start())
     weakref.finalize(filesystem, thread.stop)  # at exit too: what is still open is committed

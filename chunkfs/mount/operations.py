@@ -79,6 +79,10 @@ class ChunkfsOperations(pyfuse3.Operations):
         self.posix_owners: dict[int, set[int]] = {}  # file handle -> owners of POSIX locks taken through it
         self.dirs: dict[int, DirListing] = {}
         self.seen_versions: dict[int, tuple[int, int]] = {}  # ino -> (mtime, size) last opened
+        # ino -> (mtime, size) of the attributes last given to the kernel, which it keeps for
+        # attr_timeout_s and ends reads at the size of (an open that finds another version
+        # makes it ask again)
+        self.kernel_versions: dict[int, tuple[int, int]] = {}
         # inodes whose last attributes said "no xattrs": getxattr answers ENODATA without a call
         # (the kernel asks for security.capability on every write, ls -l for ACLs on every entry)
         self.without_xattrs: set[int] = set()
@@ -94,6 +98,7 @@ class ChunkfsOperations(pyfuse3.Operations):
             self.without_xattrs.discard(attr.ino)
         else:
             self.without_xattrs.add(attr.ino)
+        self.kernel_versions[attr.ino] = (attr.mtime_ns, attr.size)
         e = pyfuse3.EntryAttributes()
         e.st_ino = attr.ino
         e.generation = 0
@@ -237,14 +242,18 @@ class ChunkfsOperations(pyfuse3.Operations):
     # ---- files ----------------------------------------------------------------------------
     @fuse_errors
     async def open(self, inode, flags, ctx):
-        seen = self.seen_versions.get(inode)
         open_file = await self.client.open(inode, ctx, truncate=bool(flags & os.O_TRUNC),
                                            writing=flags & os.O_ACCMODE != os.O_RDONLY)
         info = self._file_info(open_file, open_file.attr)
-        if seen is not None and not info.keep_cache:
-            # changed elsewhere since this mount last opened it, and maybe not pushed yet: the
-            # kernel must ask for the size again too, or it ends reads at the old one. Only the
-            # attributes (no page locks), from a worker thread, so this cannot deadlock.
+        told = self.kernel_versions.get(inode)
+        if not info.keep_cache and told is not None and told != (open_file.attr.mtime_ns, open_file.attr.size):
+            # The kernel holds attributes of another version (from a stat, a lookup answered from
+            # cache, or an earlier open), maybe changed elsewhere and not pushed yet: it must ask
+            # for the size again, or it ends reads at the old one (whether or not this mount
+            # opened the file before: after the kernel forgot the inode, its lookup is answered
+            # from the metadata cache). Only the attributes (no page locks), from a worker
+            # thread, so this cannot deadlock.
+            self.kernel_versions.pop(inode, None)
             await trio.to_thread.run_sync(functools.partial(pyfuse3.invalidate_inode, inode, attr_only=True))
         return info
 
@@ -321,7 +330,7 @@ class ChunkfsOperations(pyfuse3.Operations):
         if await self.client.lock(self._handle(fh), req):
             # another client changed the file: the kernel drops its pages and attributes of it
             # (from a worker thread, so this cannot deadlock with a read being served)
-            self.seen_versions.pop(req.ino, None)
+            self.forget_cached(req.ino)
             await trio.to_thread.run_sync(pyfuse3.invalidate_inode, req.ino)
 
     # ---- xattrs and the rest ---------------------------------------------------------------
@@ -358,9 +367,11 @@ class ChunkfsOperations(pyfuse3.Operations):
         """Drop what this mount remembers of `inode` (another client changed it)."""
         self.without_xattrs.discard(inode)
         self.seen_versions.pop(inode, None)
+        self.kernel_versions.pop(inode, None)
 
     def known_inodes(self) -> list[int]:
-        return list(self.seen_versions) + list(self.client.open_files)
+        """The inodes the kernel may hold pages or attributes of."""
+        return list(self.kernel_versions.keys() | self.seen_versions.keys() | self.client.open_files.keys())
 
     async def forget(self, inode_list):
         for inode, _nlookup in inode_list:
