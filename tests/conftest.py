@@ -21,6 +21,9 @@ from chunkfs.daemons import abort_fuse_connection, read_pid, stop_pid, unmount
 from line_process import LineProcess
 from long_budget import LongBudget
 
+# ceph's s3-tests, vendored: test_s3_compat.py runs them in a pytest of their own
+collect_ignore = ["s3tests"]
+
 CHUNKFS = [sys.executable, "-m", "chunkfs.cli"]
 
 

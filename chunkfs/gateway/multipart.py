@@ -8,7 +8,8 @@ removed by the gateway (`collect_abandoned_forever`). Complete checks the list (
 numbers, each part there with that ETag, every part but the last at least 5 MiB), then commits
 the session into the key: the parts' chunks become the object's without a copy where the part
 boundaries fall on chunk boundaries (8 MiB parts: all of them), see `upload_sessions.py` for
-what is copied otherwise; the object gets the `md5-of-md5s-N` ETag S3 clients expect.
+what is copied otherwise; the object gets the `md5-of-md5s-N` ETag S3 clients expect, and the upload's id in an xattr: a
+Complete sent again (a client that did not hear the answer) gets the same answer.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chunkfs.client import AsyncFilesystem
 from chunkfs.client.upload_sessions import StoredPart, UploadSessions, part_path
 from chunkfs.errors import FsError
 from chunkfs.gateway.checksums import BodyChecksums
-from chunkfs.gateway.objects import (DEFAULT_CONTENT_TYPE, XATTR_ETAG, ObjectInfo, ObjectStore, check_key,
-                                     make_directories, object_xattrs, store_file)
+from chunkfs.gateway.objects import (DEFAULT_CONTENT_TYPE, XATTR_ETAG, XATTR_PART_SIZES, XATTR_UPLOAD_ID, ObjectInfo,
+                                     ObjectStore, StoredHeaders, check_key, make_directories, object_xattrs,
+                                     store_file)
 from chunkfs.gateway.s3_errors import S3Error
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Upload:
     content_type: str | None
     metadata: dict[str, str]
     initiated_ns: int = 0
+    headers: dict[str, str] = field(default_factory=dict)  # the other stored headers (objects.STORED_HEADERS)
 
 
 @dataclass
@@ -63,7 +66,7 @@ def _upload_of(upload_id: str, raw: bytes, initiated_ns: int) -> Upload | None:
     try:
         record = json.loads(raw)
         return Upload(upload_id, record["bucket"], record["key"], record["content_type"], record["metadata"],
-                      initiated_ns)
+                      initiated_ns, record.get("headers", {}))
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -75,11 +78,12 @@ class MultipartUploads:
         self.objects, self.afs = objects, objects.afs
         self.sessions = UploadSessions(objects.afs, root)
 
-    async def create(self, bucket: str, key: str, content_type: str | None, metadata: dict[str, str]) -> str:
+    async def create(self, bucket: str, key: str, described: StoredHeaders) -> str:
         check_key(key)
         if not await self.objects.bucket_exists(bucket):
             raise FileNotFoundError(errno.ENOENT, "no such bucket", bucket)
-        record = {"bucket": bucket, "key": key, "content_type": content_type, "metadata": metadata}
+        record = {"bucket": bucket, "key": key, "content_type": described.content_type,
+                  "metadata": described.metadata, "headers": described.headers}
         return await self.sessions.create(json.dumps(record).encode())
 
     async def get(self, bucket: str, key: str, upload_id: str) -> Upload:
@@ -107,7 +111,17 @@ class MultipartUploads:
             parts.append(Part(number, etag, stored.size, stored.mtime_ns, stored))
         return parts
 
-    async def complete(self, upload: Upload, asked: list[tuple[int, str]]) -> ObjectInfo:
+    async def completed(self, bucket: str, key: str, upload_id: str) -> ObjectInfo | None:
+        """The object this upload made, if it was completed (and the object not replaced since)."""
+        try:
+            info = await self.objects.head(bucket, key)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return info if upload_id and info.upload_id == upload_id else None
+
+    async def complete(self, upload: Upload, asked: list[tuple[int, str]], exclusive: bool = False) -> ObjectInfo:
+        """Commit the upload into its key (`exclusive`: only if no object is there, If-None-Match: *;
+        checked before the commit, not with it)."""
         if not asked:
             raise S3Error("MalformedXML", "You must specify at least one part")
         numbers = [n for n, _ in asked]
@@ -127,11 +141,20 @@ class MultipartUploads:
         path = self.objects.path(upload.bucket, upload.key)
         if not await self.objects.bucket_exists(upload.bucket):
             raise FileNotFoundError(errno.ENOENT, "no such bucket", upload.bucket)
+        if exclusive:
+            try:
+                await self.objects.head(upload.bucket, upload.key)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            else:
+                raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
         await make_directories(self.afs, path.rsplit("/", 1)[0])
         try:
             async with self.sessions.assembled(upload.upload_id, [p.stored for p in chosen], path) as done:
-                for name, value in object_xattrs(etag, done.size, done.mtime_ns, upload.content_type,
-                                                 upload.metadata).items():
+                xattrs = object_xattrs(etag, done.size, done.mtime_ns, upload.content_type, upload.metadata,
+                                       headers=upload.headers)
+                sizes = " ".join(str(p.size) for p in chosen)
+                for name, value in {**xattrs, XATTR_UPLOAD_ID: upload.upload_id, XATTR_PART_SIZES: sizes}.items():
                     await self.afs.client.setxattr(done.ino, name.encode(), value.encode())
         except FsError as exc:
             if exc.errno == errno.EISDIR:  # a key other keys are under: S3 allows both, a filesystem cannot
@@ -142,7 +165,8 @@ class MultipartUploads:
                      upload.upload_id, done.linked_parts, len(chosen), done.copied_bytes)
         await self.abort(upload)
         return ObjectInfo(upload.key, done.size, done.mtime_ns, etag, upload.content_type or DEFAULT_CONTENT_TYPE,
-                          upload.metadata)
+                          upload.metadata, headers=dict(upload.headers), upload_id=upload.upload_id,
+                          part_sizes=[p.size for p in chosen])
 
     async def abort(self, upload: Upload) -> None:
         await self.sessions.remove(upload.upload_id)

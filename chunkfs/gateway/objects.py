@@ -9,7 +9,10 @@ prefix disappears with its last object as it does in S3.
 What S3 has and a file does not is kept in the file's xattrs, visible on the mount too:
 `user.s3.etag` (the MD5 of the body, with the size and mtime it belongs to: a file changed
 later through the mount no longer matches and gets an ETag made from its inode, size and mtime
-instead, marked as not an MD5 by a `-1` suffix), `user.s3.content-type`, `user.s3.meta.NAME`.
+instead, marked as not an MD5 by a `-1` suffix), `user.s3.content-type`, `user.s3.meta.NAME`,
+the other headers S3 stores with an object (`user.s3.header.cache-control`, ... STORED_HEADERS)
+and, on an object a multipart upload made, the upload's id (`user.s3.upload-id`: a Complete
+sent again is answered as the first was).
 
 An object appears only when its PUT completed: bodies are written under a temporary name and
 renamed into place (`chunkfs.client.transfers.staged_file`), and listings skip those names.
@@ -26,7 +29,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -42,9 +45,17 @@ XATTR_ETAG = "user.s3.etag"
 XATTR_CONTENT_TYPE = "user.s3.content-type"
 XATTR_META = "user.s3.meta."
 XATTR_CHECKSUM = "user.s3.checksum."
+XATTR_HEADER = "user.s3.header."
+XATTR_UPLOAD_ID = "user.s3.upload-id"
+XATTR_PART_SIZES = "user.s3.part-sizes"  # of an object a multipart upload made: its parts' sizes, for GET ?partNumber
+XATTR_TAGGING = "user.s3.tagging"  # tagging.py's stored form
+TAGGING_HEADER = "x-amz-tagging"  # in a request's headers (StoredHeaders), already in tagging.py's stored form
+# the request headers S3 keeps with an object and answers its GETs and HEADs with
+STORED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
 DEFAULT_CONTENT_TYPE = "binary/octet-stream"
 MAX_KEY_BYTES = 1024
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 
 
@@ -65,6 +76,11 @@ class ObjectInfo:
     content_type: str = DEFAULT_CONTENT_TYPE
     metadata: dict[str, str] = field(default_factory=dict)
     checksums: dict[str, str] = field(default_factory=dict)  # algorithm -> base64, those checked at upload
+    headers: dict[str, str] = field(default_factory=dict)  # STORED_HEADERS given at upload
+    uid: int = 0
+    upload_id: str = ""  # the multipart upload that made it
+    part_sizes: list[int] = field(default_factory=list)  # the sizes of that upload's parts
+    tags: str = ""  # tagging.py's stored form
 
 
 class ListedObject(NamedTuple):
@@ -74,6 +90,7 @@ class ListedObject(NamedTuple):
     size: int
     mtime_ns: int
     etag: str  # without the quotes
+    uid: int = 0
 
 
 @dataclass
@@ -84,8 +101,17 @@ class ListPage:
     last: str  # the last key or prefix in the page: where the next page starts after
 
 
+class StoredHeaders(NamedTuple):
+    """What a request says about the object it makes: content type, user metadata (x-amz-meta-*)
+    and the other STORED_HEADERS."""
+
+    content_type: str | None
+    metadata: dict[str, str]
+    headers: dict[str, str]
+
+
 def check_bucket_name(name: str) -> None:
-    if not BUCKET_NAME.match(name) or ".." in name:
+    if not BUCKET_NAME.match(name) or ".." in name or ".-" in name or "-." in name or IP_ADDRESS.match(name):
         raise InvalidName(f"bucket name {name!r}: 3-63 characters, lower-case letters, digits, '.' and '-'")
 
 
@@ -126,12 +152,16 @@ async def make_directories(afs: AsyncFilesystem, path: str) -> None:
 
 
 def object_xattrs(etag: str, size: int, mtime_ns: int, content_type: str | None, metadata: dict[str, str] | None,
-                  checksums: dict[str, str] | None = None) -> dict[str, str]:
+                  checksums: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> dict[str, str]:
     """The xattrs that describe an object: its ETag (valid for this size and mtime: a change
-    through a mount makes it stale), user metadata, verified checksums, content type."""
+    through a mount makes it stale), user metadata, verified checksums, content type and the
+    other stored headers."""
     values = {XATTR_ETAG: f"{etag} {size} {mtime_ns}",
               **{XATTR_META + k.lower(): v for k, v in (metadata or {}).items()},
-              **{XATTR_CHECKSUM + k: v for k, v in (checksums or {}).items()}}
+              **{XATTR_CHECKSUM + k: v for k, v in (checksums or {}).items()},
+              **{XATTR_HEADER + k: v for k, v in (headers or {}).items() if k in STORED_HEADERS}}
+    if (headers or {}).get(TAGGING_HEADER):
+        values[XATTR_TAGGING] = (headers or {})[TAGGING_HEADER]
     if content_type:
         values[XATTR_CONTENT_TYPE] = content_type
     return values
@@ -146,7 +176,8 @@ class StoredFile:
 
 async def store_file(afs: AsyncFilesystem, path: str, body: AsyncIterator[bytes], checksums: BodyChecksums,
                      exclusive: bool = False, content_type: str | None = None,
-                     metadata: dict[str, str] | None = None, etag: str | None = None) -> StoredFile:
+                     metadata: dict[str, str] | None = None, etag: str | None = None,
+                     headers: dict[str, str] | None = None) -> StoredFile:
     """Write `body` as the file `path` (its directory must exist), atomically: the name shows
     the new file only once every byte is durable and every checksum held; with its ETag (the
     body's MD5 unless `etag` is given), content type and metadata in its xattrs."""
@@ -157,7 +188,7 @@ async def store_file(afs: AsyncFilesystem, path: str, body: AsyncIterator[bytes]
             await afile.flush()  # committed: the file exists on the metaserver, with its final mtime
             ino = afile.open_file.ino
             mtime_ns = (await afs.client.getattr(ino)).mtime_ns
-            values = object_xattrs(etag, size, mtime_ns, content_type, metadata, checksums.verified)
+            values = object_xattrs(etag, size, mtime_ns, content_type, metadata, checksums.verified, headers)
             for name, value in values.items():  # on a file this caller just made (its owner): no check needed
                 await afs.client.setxattr(ino, name.encode(), value.encode())
     except (FsError, TransportError) as exc:  # the core's own errors, from the calls made by inode
@@ -167,7 +198,8 @@ async def store_file(afs: AsyncFilesystem, path: str, body: AsyncIterator[bytes]
 
 async def describe_file(afs: AsyncFilesystem, path: str, key: str, st: os.stat_result) -> ObjectInfo:
     """The object `path` is (`st`: its stat), with what its xattrs say."""
-    info = ObjectInfo(key, st.st_size, st.st_mtime_ns, _fallback_etag(st.st_ino, st.st_size, st.st_mtime_ns))
+    info = ObjectInfo(key, st.st_size, st.st_mtime_ns, _fallback_etag(st.st_ino, st.st_size, st.st_mtime_ns),
+                      uid=st.st_uid)
     for name in await afs.listxattr(path):
         if not name.startswith("user.s3."):
             continue
@@ -180,6 +212,14 @@ async def describe_file(afs: AsyncFilesystem, path: str, key: str, st: os.stat_r
             info.metadata[name[len(XATTR_META):]] = value.decode(errors="replace")
         elif name.startswith(XATTR_CHECKSUM):
             info.checksums[name[len(XATTR_CHECKSUM):]] = value.decode(errors="replace")
+        elif name.startswith(XATTR_HEADER):
+            info.headers[name[len(XATTR_HEADER):]] = value.decode(errors="replace")
+        elif name == XATTR_UPLOAD_ID:
+            info.upload_id = value.decode(errors="replace")
+        elif name == XATTR_PART_SIZES:
+            info.part_sizes = [int(n) for n in value.split() if n.isdigit()]
+        elif name == XATTR_TAGGING:
+            info.tags = value.decode(errors="replace")
     return info
 
 
@@ -195,6 +235,14 @@ class ObjectStore:
         """(name, ctime_ns) of every directory at the root."""
         return sorted((e.name, e.stat().st_ctime_ns) for e in await self.afs.scandir("/")
                       if e.is_dir() and not e.name.startswith("."))
+
+    async def bucket_owner(self, bucket: str) -> int | None:
+        """The uid that owns the bucket, None if there is no such bucket."""
+        try:
+            st = await self.afs.stat(f"/{bucket}")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return st.st_uid if stat.S_ISDIR(st.st_mode) else None
 
     async def bucket_exists(self, bucket: str) -> bool:
         try:
@@ -238,7 +286,7 @@ class ObjectStore:
 
     async def put(self, bucket: str, key: str, body: AsyncIterator[bytes], checksums: BodyChecksums,
                   content_type: str | None, metadata: dict[str, str], exclusive: bool = False,
-                  etag: str | None = None) -> ObjectInfo:
+                  etag: str | None = None, headers: dict[str, str] | None = None) -> ObjectInfo:
         """Store `body` as the object, visible only once complete and checked."""
         path = self.path(bucket, key)
         if not await self.bucket_exists(bucket):
@@ -252,21 +300,48 @@ class ObjectStore:
             return ObjectInfo(key, 0, 0, EMPTY_MD5)
         await make_directories(self.afs, parent)
         try:
-            stored = await store_file(self.afs, path, body, checksums, exclusive, content_type, metadata, etag)
+            stored = await store_file(self.afs, path, body, checksums, exclusive, content_type, metadata, etag, headers)
         except IsADirectoryError:  # a key that other keys are under: S3 allows both, a filesystem cannot
             raise FileExistsError(errno.EEXIST, f"{key} is a prefix of other keys (a directory)", key) from None
-        return ObjectInfo(key, stored.size, stored.mtime_ns, stored.etag, content_type or DEFAULT_CONTENT_TYPE, metadata)
+        return ObjectInfo(key, stored.size, stored.mtime_ns, stored.etag, content_type or DEFAULT_CONTENT_TYPE, metadata,
+                          dict(checksums.verified), dict(headers or {}))
 
-    async def copy(self, source: tuple[str, str], bucket: str, key: str, replace: tuple[str | None, dict[str, str]] | None
-                   ) -> ObjectInfo:
-        """Copy an object (its content type and metadata too, unless `replace` gives new ones)."""
+    async def copy(self, source: tuple[str, str], bucket: str, key: str, replace: StoredHeaders | None,
+                   check: Callable[[ObjectInfo], None] = lambda info: None) -> ObjectInfo:
+        """Copy an object (its content type, metadata and stored headers too, unless `replace`
+        gives new ones), if `check` raises nothing about the source."""
         info, afile = await self.open(*source)
-        content_type, metadata = replace if replace is not None else (info.content_type, info.metadata)
-        return await self.put(bucket, key, read_body(afile, None), BodyChecksums({}), content_type, metadata)
+        try:
+            check(info)
+        except BaseException:
+            await afile.aclose()
+            raise
+        copied = {**info.headers, **({TAGGING_HEADER: info.tags} if info.tags else {})}
+        content_type, metadata, headers = replace or (info.content_type, info.metadata, copied)
+        return await self.put(bucket, key, read_body(afile, None), BodyChecksums({}), content_type, metadata,
+                              headers=headers)
 
-    async def delete(self, bucket: str, key: str) -> None:
-        """Remove the object (nothing to do if it is not there), then the directories it leaves empty."""
+    async def set_tags(self, bucket: str, key: str, stored: str) -> None:
+        """Replace the object's tags (tagging.py's stored form; "" removes them)."""
+        info = await self.head(bucket, key)
         path = self.path(bucket, key)
+        if stored:
+            await self.afs.setxattr(path, XATTR_TAGGING, stored.encode())
+        elif info.tags:
+            await self.afs.removexattr(path, XATTR_TAGGING)
+
+    async def delete(self, bucket: str, key: str, check: Callable[[ObjectInfo], None] | None = None) -> None:
+        """Remove the object (nothing to do if it is not there), then the directories it leaves
+        empty; with `check`, only if it raises nothing about the object there (looked at just
+        before: a change between the two is not seen)."""
+        path = self.path(bucket, key)
+        if check is not None:
+            try:
+                check(await self.head(bucket, key))
+            except (FileNotFoundError, NotADirectoryError):
+                if not await self.bucket_exists(bucket):
+                    raise
+                return
         try:
             if key.endswith("/"):
                 await self.afs.rmdir(path)
@@ -312,9 +387,10 @@ class ObjectStore:
     @staticmethod
     def _listed(key: str, entry: DirEntry | None) -> ListedObject:
         if entry is None or entry.is_dir():
-            return ListedObject(key, 0, entry.attr.mtime_ns if entry else 0, EMPTY_MD5)
+            return ListedObject(key, 0, entry.attr.mtime_ns if entry else 0, EMPTY_MD5, entry.attr.uid if entry else 0)
         attr = entry.attr  # the ETag came with the listing (DirectorySnapshots' with_xattr): no call per key
-        return ListedObject(key, attr.size, attr.mtime_ns, _etag_from(entry.xattr, attr.ino, attr.size, attr.mtime_ns))
+        return ListedObject(key, attr.size, attr.mtime_ns, _etag_from(entry.xattr, attr.ino, attr.size, attr.mtime_ns),
+                            attr.uid)
 
     async def _keys(self, bucket: str, dir_key: str, prefix: str, delimiter: str, after: str
                     ) -> AsyncIterator[tuple[str, DirEntry | None]]:

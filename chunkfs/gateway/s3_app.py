@@ -9,12 +9,10 @@ given its `domain`) address the same objects.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from urllib.parse import unquote
 
 from starlette.requests import ClientDisconnect, Request
@@ -23,16 +21,17 @@ from starlette.types import Receive, Scope, Send
 
 from chunkfs.client.os_errors import os_error
 from chunkfs.errors import FsError, TransportError
-from chunkfs.gateway import s3_xml, sigv4
+from chunkfs.gateway import conditions, s3_call, s3_xml, sigv4, tagging
 from chunkfs.gateway.access import Access
 from chunkfs.gateway.aws_chunked import STREAMING_FORMS, ChunkedBody
 from chunkfs.gateway.checksums import BodyChecksums
 from chunkfs.gateway.lifespan import serve_lifespan
 from chunkfs.gateway.metrics import GatewayMetrics
 from chunkfs.gateway.multipart import MultipartUploads, Upload
-from chunkfs.gateway.objects import InvalidName, ObjectInfo, ObjectStore
+from chunkfs.gateway.objects import InvalidName, ObjectInfo
+from chunkfs.gateway.s3_call import S3Call
 from chunkfs.gateway.s3_errors import S3Error, from_os_error
-from chunkfs.gateway.streams import RangeNotSatisfiable, parse_range, read_body
+from chunkfs.gateway.streams import RangeNotSatisfiable, read_body
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +41,10 @@ UNSUPPORTED_SUBRESOURCES = ("acl", "tagging", "versioning", "policy", "cors", "l
                             "retention", "legal-hold", "notification", "logging", "ownershipControls",
                             "publicAccessBlock", "accelerate", "requestPayment", "analytics", "metrics",
                             "inventory", "intelligent-tiering", "select", "restore", "torrent", "attributes")
-
-
-@dataclass
-class S3Call:
-    """One authenticated request, addressed."""
-
-    request: Request
-    verified: sigv4.Verified
-    objects: ObjectStore
-    bucket: str | None
-    key: str | None
-    query: dict[str, str]
-
-    @property
-    def resource(self) -> str:
-        return "/" + "/".join(p for p in (self.bucket, self.key) if p)
+# data is stored as it comes (the chunkservers' disks are the place for encryption at rest): a
+# request that asks for server-side encryption is refused rather than stored in the clear
+SSE_HEADERS = ("x-amz-server-side-encryption", "x-amz-server-side-encryption-customer-algorithm",
+               "x-amz-server-side-encryption-aws-kms-key-id", "x-amz-copy-source-server-side-encryption-customer-algorithm")
 
 
 Operation = Callable[[S3Call], Awaitable[Response]]
@@ -72,80 +59,8 @@ def _query(scope: Scope) -> list[tuple[str, str]]:
     return pairs
 
 
-def _http_date(ns: int) -> str:
-    return email.utils.formatdate(ns / 1e9, usegmt=True)
-
-
-RESPONSE_OVERRIDES = {"response-content-type": "Content-Type", "response-content-language": "Content-Language",
-                      "response-expires": "Expires", "response-cache-control": "Cache-Control",
-                      "response-content-disposition": "Content-Disposition",
-                      "response-content-encoding": "Content-Encoding"}
-
-
-def _object_headers(call: S3Call, info: ObjectInfo, whole: bool = True) -> dict[str, str]:
-    """The headers that describe an object: its own, the checksums stored with it when asked for
-    (and the whole body is sent), and the response-* overrides of the query."""
-    headers = {"ETag": f'"{info.etag}"', "Last-Modified": _http_date(info.mtime_ns), "Accept-Ranges": "bytes",
-               "Content-Type": info.content_type, "Content-Length": str(info.size)}
-    headers.update({f"x-amz-meta-{k}": v for k, v in info.metadata.items()})
-    if whole and call.request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
-        headers.update({f"x-amz-checksum-{k}": v for k, v in info.checksums.items()})
-    headers.update({header: call.query[name] for name, header in RESPONSE_OVERRIDES.items() if name in call.query})
-    return headers
-
-
-def _request_metadata(request: Request) -> tuple[str | None, dict[str, str]]:
-    metadata = {k[len("x-amz-meta-"):]: v for k, v in request.headers.items() if k.startswith("x-amz-meta-")}
-    return request.headers.get("content-type"), metadata
-
-
-def _since(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    return any(t.strip().strip('"') in ("*", etag) for t in header.split(","))
-
-
-def _copy_source(call: S3Call) -> tuple[str, str]:
-    """The (bucket, key) of x-amz-copy-source ("/bucket/key" or "bucket/key", percent-encoded)."""
-    source = unquote(call.request.headers["x-amz-copy-source"]).partition("?")[0].lstrip("/")
-    bucket, _, key = source.partition("/")
-    if not bucket or not key:
-        raise S3Error("InvalidArgument", "x-amz-copy-source must be BUCKET/KEY", call.resource)
-    return bucket, key
-
-
-def _part_number(call: S3Call) -> int:
-    try:
-        return int(call.query["partNumber"])
-    except ValueError:
-        raise S3Error("InvalidArgument", "Part number must be an integer", call.resource) from None
-
-
-def check_conditions(request: Request, info: ObjectInfo) -> Response | None:
-    """304 or 412 as RFC 9110 orders If-Match, If-Unmodified-Since, If-None-Match and
-    If-Modified-Since (what S3 does); None to go on."""
-    headers = request.headers
-    modified_s = info.mtime_ns // 10**9
-    if "if-match" in headers:
-        if not _etag_matches(headers["if-match"], info.etag):
-            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
-    elif (since := _since(headers.get("if-unmodified-since"))) is not None and modified_s > since:
-        raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
-    not_modified = Response(status_code=304, headers={"ETag": f'"{info.etag}"',
-                                                      "Last-Modified": _http_date(info.mtime_ns)})
-    if "if-none-match" in headers:
-        if _etag_matches(headers["if-none-match"], info.etag):
-            return not_modified
-    elif (since := _since(headers.get("if-modified-since"))) is not None and modified_s <= since:
-        return not_modified
-    return None
+def _delete_check(expected: dict[str, str]) -> Callable[[ObjectInfo], None] | None:
+    return (lambda info: conditions.check_delete(expected, info)) if expected else None
 
 
 class S3App:
@@ -177,9 +92,11 @@ class S3App:
         operation_name = "unknown"
         call: S3Call | None = None
         try:
+            if request.method == "OPTIONS":
+                s3_call.cors_preflight(request)
             query = _query(request.scope)
             checked = sigv4.RequestToCheck(request.method, request.scope.get("raw_path") or request.scope["path"].encode(),
-                                           query, [(k.decode("latin-1").lower(), v.decode("latin-1"))
+                                           query, [(k.decode("latin-1").lower(), sigv4.header_text(v))
                                                    for k, v in request.scope["headers"]])
             verified = sigv4.verify(checked, self.access.credentials)
             call = S3Call(request, verified, self.access.objects_for(verified.key), bucket, key, dict(query))
@@ -228,10 +145,16 @@ class S3App:
 
     def _operation(self, call: S3Call) -> Operation:
         method, query = call.request.method, call.query
+        if "tagging" in query and call.key is not None:
+            return self._tagging_operation(call)
         unsupported = next((s for s in UNSUPPORTED_SUBRESOURCES if s in query), None)
         if unsupported is not None:
             raise S3Error("NotImplemented", f"?{unsupported} is not implemented by the chunkfs gateway yet",
                           call.resource)
+        encryption = next((h for h in SSE_HEADERS if h in call.request.headers), None)
+        if encryption is not None:
+            raise S3Error("NotImplemented", f"{encryption}: server-side encryption is not implemented by the chunkfs "
+                                            "gateway", call.resource)
         if call.bucket is None:
             table: dict[str, Operation] = {"GET": self.list_buckets}
         elif call.key is None:
@@ -254,18 +177,48 @@ class S3App:
             raise S3Error("MethodNotAllowed", f"{method} is not allowed on this resource", call.resource)
         return table[method]
 
+    def _tagging_operation(self, call: S3Call) -> Operation:
+        table: dict[str, Operation] = {"GET": self.get_object_tagging, "PUT": self.put_object_tagging,
+                                       "DELETE": self.delete_object_tagging}
+        if call.request.method not in table:
+            raise S3Error("MethodNotAllowed", f"{call.request.method} is not allowed on this resource", call.resource)
+        return table[call.request.method]
+
     # ---- the service and buckets ---------------------------------------------------------------------
     async def list_buckets(self, call: S3Call) -> Response:
-        body = s3_xml.list_buckets(await call.objects.list_buckets(), call.verified.key.name)
+        """ListBuckets, paged by max-buckets and continuation-token when asked."""
+        buckets = await call.objects.list_buckets()
+        if "continuation-token" in call.query:
+            after = s3_xml.after_token(call.query["continuation-token"])
+            buckets = [b for b in buckets if b[0] > after]
+        next_token = None
+        if "max-buckets" in call.query:
+            try:
+                max_buckets = int(call.query["max-buckets"])
+            except ValueError:
+                raise S3Error("InvalidArgument", "max-buckets must be a number", call.resource) from None
+            if not 1 <= max_buckets <= 10_000:
+                raise S3Error("InvalidArgument", "max-buckets must be between 1 and 10000", call.resource)
+            if len(buckets) > max_buckets:
+                buckets = buckets[:max_buckets]
+                next_token = s3_xml.continuation_token(buckets[-1][0])
+        body = s3_xml.list_buckets(buckets, call.verified.key.uid, next_token)
         return Response(body, media_type="application/xml")
 
     async def create_bucket(self, call: S3Call) -> Response:
+        """CreateBucket; again by its owner it succeeds and changes nothing (S3 in us-east-1),
+        by another user it is BucketAlreadyExists."""
         assert call.bucket is not None
         try:
             await call.objects.create_bucket(call.bucket)
         except FileExistsError:
-            raise S3Error("BucketAlreadyOwnedByYou", "Your previous request to create the named bucket succeeded "
-                                                     "and you already own it.", call.resource) from None
+            if await call.objects.bucket_owner(call.bucket) != call.verified.key.uid:
+                raise S3Error("BucketAlreadyExists", "The requested bucket name is not available.",
+                              call.resource) from None
+        except PermissionError:
+            if await call.objects.bucket_owner(call.bucket) is None:
+                raise
+            raise S3Error("BucketAlreadyExists", "The requested bucket name is not available.", call.resource) from None
         return Response(headers={"Location": f"/{call.bucket}"})
 
     async def head_bucket(self, call: S3Call) -> Response:
@@ -298,6 +251,8 @@ class S3App:
         query = call.query
         v2 = query.get("list-type") == "2"
         max_keys = self._max_keys(call)
+        if query.get("allow-unordered") == "true" and query.get("delimiter"):
+            raise S3Error("InvalidArgument", "allow-unordered cannot be used with a delimiter", call.resource)
         if v2:
             token = query.get("continuation-token")
             after = s3_xml.after_token(token) if token is not None else query.get("start-after", "")
@@ -315,8 +270,7 @@ class S3App:
         max_keys = self._max_keys(call)
         page = await call.objects.list(call.bucket, query.get("prefix", ""), query.get("delimiter", ""),
                                        query.get("key-marker", ""), max_keys)
-        return Response(s3_xml.list_versions(call.bucket, page, query, max_keys, call.verified.key.name),
-                        media_type="application/xml")
+        return Response(s3_xml.list_versions(call.bucket, page, query, max_keys), media_type="application/xml")
 
     async def delete_objects(self, call: S3Call) -> Response:
         assert call.bucket is not None
@@ -325,11 +279,11 @@ class S3App:
             raise S3Error("MalformedXML", "the delete request is too large", call.resource)
         keys, quiet = s3_xml.delete_request(body)
         deleted, errors = [], []
-        for key in keys:
+        for key, expected in keys:
             try:
-                await call.objects.delete(call.bucket, key)
+                await call.objects.delete(call.bucket, key, _delete_check(expected))
                 deleted.append(key)
-            except (OSError, InvalidName) as exc:
+            except (OSError, InvalidName, S3Error) as exc:
                 errors.append((key, await self._s3_error(exc, call, call.bucket, key)))
         return Response(s3_xml.delete_result(deleted, errors, quiet), media_type="application/xml")
 
@@ -337,26 +291,22 @@ class S3App:
     async def head_object(self, call: S3Call) -> Response:
         assert call.bucket is not None and call.key is not None
         info = await call.objects.head(call.bucket, call.key)
-        return check_conditions(call.request, info) or Response(headers=_object_headers(call, info))
+        if conditions.not_modified(call.request.headers, info):
+            return s3_call.not_modified_response(info)
+        _, headers, status = s3_call.selected_bytes(call, info)
+        return Response(status_code=status, headers=headers)
 
     async def get_object(self, call: S3Call) -> Response:
         assert call.bucket is not None and call.key is not None
         info, afile = await call.objects.open(call.bucket, call.key)
         try:
-            early = check_conditions(call.request, info)
-            byte_range = parse_range(call.request.headers.get("range"), info.size)
+            if conditions.not_modified(call.request.headers, info):
+                await afile.aclose()
+                return s3_call.not_modified_response(info)
+            byte_range, headers, status = s3_call.selected_bytes(call, info)
         except BaseException:
             await afile.aclose()
             raise
-        if early is not None:
-            await afile.aclose()
-            return early
-        headers = _object_headers(call, info, whole=byte_range is None)
-        status = 200
-        if byte_range is not None:
-            headers["Content-Range"] = byte_range.content_range(info.size)
-            headers["Content-Length"] = str(byte_range.length)
-            status = 206
         return StreamingResponse(read_body(afile, byte_range, self.metrics.bytes_out), status_code=status,
                                  headers=headers)
 
@@ -372,37 +322,53 @@ class S3App:
         assert call.bucket is not None and call.key is not None
         request = call.request
         body, checksums = self._body(call)
-        if "if-match" in request.headers:
-            current = await call.objects.head(call.bucket, call.key)
-            if not _etag_matches(request.headers["if-match"], current.etag):
-                raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
-        exclusive = request.headers.get("if-none-match", "").strip() == "*"
-        content_type, metadata = _request_metadata(request)
+        exclusive = await s3_call.check_write_conditions(call)
+        content_type, metadata, stored = s3_call.request_metadata(request)
         try:
             info = await call.objects.put(call.bucket, call.key, body, checksums,
-                                          content_type, metadata, exclusive)
+                                          content_type, metadata, exclusive, headers=stored)
         except FileExistsError:
             if not exclusive:
                 raise
-            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
-                          call.resource) from None
-        return Response(headers={"ETag": f'"{info.etag}"'})
+            raise S3Error("PreconditionFailed", conditions.PRECONDITION_FAILED, call.resource) from None
+        return Response(headers={"ETag": f'"{info.etag}"',
+                                 **{f"x-amz-checksum-{k}": v for k, v in info.checksums.items()}})
 
     async def copy_object(self, call: S3Call) -> Response:
         assert call.bucket is not None and call.key is not None
-        source_bucket, source_key = _copy_source(call)
+        source_bucket, source_key = s3_call.copy_source(call)
         replace = None
         if call.request.headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE":
-            replace = _request_metadata(call.request)
+            replace = s3_call.request_metadata(call.request)
         elif (source_bucket, source_key) == (call.bucket, call.key):
             raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an object to "
                                             "itself without changing the object's metadata", call.resource)
-        info = await call.objects.copy((source_bucket, source_key), call.bucket, call.key, replace)
+        info = await call.objects.copy((source_bucket, source_key), call.bucket, call.key, replace,
+                                       lambda source: conditions.check_copy_source(call.request.headers, source))
         return Response(s3_xml.copy_result(info), media_type="application/xml")
 
     async def delete_object(self, call: S3Call) -> Response:
         assert call.bucket is not None and call.key is not None
-        await call.objects.delete(call.bucket, call.key)
+        await call.objects.delete(call.bucket, call.key, _delete_check(conditions.delete_expectations(call.request.headers)))
+        return Response(status_code=204)
+
+    # ---- object tags -------------------------------------------------------------------------------
+    async def get_object_tagging(self, call: S3Call) -> Response:
+        assert call.bucket is not None and call.key is not None
+        info = await call.objects.head(call.bucket, call.key)
+        return Response(tagging.to_xml(info.tags), media_type="application/xml")
+
+    async def put_object_tagging(self, call: S3Call) -> Response:
+        assert call.bucket is not None and call.key is not None
+        body = await call.request.body()
+        if len(body) > MAX_XML_BODY_BYTES:
+            raise S3Error("MalformedXML", "the tagging request is too large", call.resource)
+        await call.objects.set_tags(call.bucket, call.key, tagging.from_xml(body))
+        return Response()
+
+    async def delete_object_tagging(self, call: S3Call) -> Response:
+        assert call.bucket is not None and call.key is not None
+        await call.objects.set_tags(call.bucket, call.key, "")
         return Response(status_code=204)
 
     # ---- multipart uploads ---------------------------------------------------------------------------
@@ -411,8 +377,7 @@ class S3App:
 
     async def create_multipart(self, call: S3Call) -> Response:
         assert call.bucket is not None and call.key is not None
-        content_type, metadata = _request_metadata(call.request)
-        upload_id = await self._uploads(call).create(call.bucket, call.key, content_type, metadata)
+        upload_id = await self._uploads(call).create(call.bucket, call.key, s3_call.request_metadata(call.request))
         return Response(s3_xml.initiate_multipart(call.bucket, call.key, upload_id), media_type="application/xml")
 
     async def _upload(self, call: S3Call) -> tuple[MultipartUploads, Upload]:
@@ -423,19 +388,18 @@ class S3App:
     async def upload_part(self, call: S3Call) -> Response:
         uploads, upload = await self._upload(call)
         body, checksums = self._body(call)
-        etag = await uploads.put_part(upload, _part_number(call), body, checksums)
+        etag = await uploads.put_part(upload, s3_call.part_number(call), body, checksums)
         return Response(headers={"ETag": f'"{etag}"'})
 
     async def upload_part_copy(self, call: S3Call) -> Response:
         """A part copied from an object (all of it, or x-amz-copy-source-range)."""
         uploads, upload = await self._upload(call)
-        number = _part_number(call)
-        info, afile = await call.objects.open(*_copy_source(call))
+        number = s3_call.part_number(call)
+        info, afile = await call.objects.open(*s3_call.copy_source(call))
         try:
+            conditions.check_copy_source(call.request.headers, info)
             wanted = call.request.headers.get("x-amz-copy-source-range")
-            byte_range = parse_range(wanted, info.size) if wanted else None
-            if wanted and byte_range is None:
-                raise S3Error("InvalidArgument", "x-amz-copy-source-range must be bytes=FIRST-LAST", call.resource)
+            byte_range = s3_call.copy_range(call, wanted, info.size) if wanted else None
         except BaseException:
             await afile.aclose()
             raise
@@ -444,11 +408,22 @@ class S3App:
                         media_type="application/xml")
 
     async def complete_multipart(self, call: S3Call) -> Response:
-        uploads, upload = await self._upload(call)
+        assert call.bucket is not None and call.key is not None
+        uploads = self._uploads(call)
+        try:
+            upload = await uploads.get(call.bucket, call.key, call.query["uploadId"])
+        except S3Error as missing:  # completed already? Then this is a retry of that Complete
+            done = await uploads.completed(call.bucket, call.key, call.query["uploadId"])
+            if done is None:
+                raise missing from None
+            return Response(s3_xml.complete_result(call.resource, call.bucket, call.key, done.etag),
+                            media_type="application/xml")
         body = await call.request.body()
         if len(body) > MAX_XML_BODY_BYTES:
             raise S3Error("MalformedXML", "the complete request is too large", call.resource)
-        info = await uploads.complete(upload, s3_xml.complete_request(body))
+        asked = s3_xml.complete_request(body)
+        exclusive = await s3_call.check_write_conditions(call)
+        info = await uploads.complete(upload, asked, exclusive)
         return Response(s3_xml.complete_result(call.resource, upload.bucket, upload.key, info.etag),
                         media_type="application/xml")
 

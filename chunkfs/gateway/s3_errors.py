@@ -17,6 +17,7 @@ STATUS = {
     "ServiceUnavailable": 503, "SignatureDoesNotMatch": 403, "SlowDown": 503,
     "XAmzContentSHA256Mismatch": 400, "InvalidPart": 400, "InvalidPartOrder": 400,
     "EntityTooSmall": 400, "ObjectConflict": 409, "InsufficientStorage": 507,
+    "InvalidTag": 400, "BadRequest": 400, "AccessForbidden": 403,
     "QuotaExceeded": 507,  # a directory quota's hard limit (EDQUOT), as MinIO's bucket quotas answer
 }
 

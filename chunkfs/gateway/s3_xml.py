@@ -32,10 +32,17 @@ def _tag(name: str, value: object) -> str:
     return f"<{name}>{escape(str(value))}</{name}>"
 
 
-def list_buckets(buckets: list[tuple[str, int]], owner: str) -> bytes:
+def owner(uid: int) -> str:
+    """An Owner element: the owner's canonical id is its uid (what a POSIX namespace knows of
+    owners; each access key acts as one), also its display name."""
+    return f"<Owner><ID>{uid}</ID><DisplayName>{uid}</DisplayName></Owner>"
+
+
+def list_buckets(buckets: list[tuple[str, int]], uid: int, next_token: str | None) -> bytes:
     items = "".join(f"<Bucket>{_tag('Name', n)}{_tag('CreationDate', iso_time(c))}</Bucket>" for n, c in buckets)
-    return (f'{HEAD}<ListAllMyBucketsResult xmlns="{NS}"><Owner>{_tag("ID", owner)}{_tag("DisplayName", owner)}'
-            f"</Owner><Buckets>{items}</Buckets></ListAllMyBucketsResult>").encode()
+    more = _tag("ContinuationToken", next_token) if next_token else ""
+    return (f'{HEAD}<ListAllMyBucketsResult xmlns="{NS}">{owner(uid)}'
+            f"<Buckets>{items}</Buckets>{more}</ListAllMyBucketsResult>").encode()
 
 
 URL_SAFE = re.compile(r"[^A-Za-z0-9_.~/-]")  # what quote(key, safe="/") would change
@@ -49,30 +56,31 @@ def _key_text(key: str, encode: bool) -> str:
     return escape(key)
 
 
-def _contents(info: ListedObject, encode: bool) -> str:
+def _contents(info: ListedObject, encode: bool, with_owner: bool) -> str:
     """One object of a listing, in one string (this runs 1,000 times a page: no helper per field;
     an ETag is hex and a time stamp digits, neither needs escaping)."""
     return (f"<Contents><Key>{_key_text(info.key, encode)}</Key><LastModified>{iso_time(info.mtime_ns)}"
             f'</LastModified><ETag>"{info.etag}"</ETag><Size>{info.size}</Size>'
-            "<StorageClass>STANDARD</StorageClass></Contents>")
+            f"<StorageClass>STANDARD</StorageClass>{owner(info.uid) if with_owner else ''}</Contents>")
 
 
-def _version(info: ListedObject, encode: bool, owner: str) -> str:
+def _version(info: ListedObject, encode: bool) -> str:
     """One object of ListObjectVersions: the only version an unversioned bucket has ("null")."""
     return (f"<Version><Key>{_key_text(info.key, encode)}</Key><VersionId>null</VersionId><IsLatest>true</IsLatest>"
             f'<LastModified>{iso_time(info.mtime_ns)}</LastModified><ETag>"{info.etag}"</ETag><Size>{info.size}'
-            f"</Size><StorageClass>STANDARD</StorageClass><Owner><ID>{owner}</ID><DisplayName>{owner}</DisplayName>"
-            "</Owner></Version>")
+            f"</Size><StorageClass>STANDARD</StorageClass>{owner(info.uid)}</Version>")
 
 
 def _common_prefixes(page: ListPage, encode: bool) -> list[str]:
     return [f"<CommonPrefixes><Prefix>{_key_text(p, encode)}</Prefix></CommonPrefixes>" for p in page.prefixes]
 
 
-def _listing_head(bucket: str, page: ListPage, params: dict[str, str], max_keys: int) -> list[str]:
-    """The elements every listing starts with (`params`: the request's, echoed)."""
+def _listing_head(bucket: str, page: ListPage, params: dict[str, str], max_keys: int, encode_prefix: bool = True
+                  ) -> list[str]:
+    """The elements every listing starts with (`params`: the request's, echoed; ListObjects v1
+    echoes its Prefix as given whatever the encoding-type, as S3 does and SDKs expect)."""
     encode = params.get("encoding-type") == "url"
-    parts = [_tag("Name", bucket), f"<Prefix>{_key_text(params.get('prefix', ''), encode)}</Prefix>",
+    parts = [_tag("Name", bucket), f"<Prefix>{_key_text(params.get('prefix', ''), encode and encode_prefix)}</Prefix>",
              _tag("MaxKeys", max_keys), _tag("IsTruncated", "true" if page.truncated else "false")]
     if params.get("delimiter"):
         parts.append(f"<Delimiter>{_key_text(params['delimiter'], encode)}</Delimiter>")
@@ -84,7 +92,7 @@ def _listing_head(bucket: str, page: ListPage, params: dict[str, str], max_keys:
 def list_objects(bucket: str, page: ListPage, params: dict[str, str], v2: bool, max_keys: int) -> bytes:
     """ListBucketResult of ListObjects (v1) or ListObjectsV2 (`params`: the request's, echoed)."""
     encode = params.get("encoding-type") == "url"
-    parts = _listing_head(bucket, page, params, max_keys)
+    parts = _listing_head(bucket, page, params, max_keys, encode_prefix=v2)
     if v2:
         parts.append(_tag("KeyCount", len(page.objects) + len(page.prefixes)))
         if "continuation-token" in params:
@@ -97,12 +105,13 @@ def list_objects(bucket: str, page: ListPage, params: dict[str, str], v2: bool, 
         parts.append(f"<Marker>{_key_text(params.get('marker', ''), encode)}</Marker>")
         if page.truncated and params.get("delimiter"):
             parts.append(f"<NextMarker>{_key_text(page.last, encode)}</NextMarker>")
-    parts += [_contents(o, encode) for o in page.objects]
+    with_owner = not v2 or params.get("fetch-owner") == "true"
+    parts += [_contents(o, encode, with_owner) for o in page.objects]
     parts += _common_prefixes(page, encode)
     return f'{HEAD}<ListBucketResult xmlns="{NS}">{"".join(parts)}</ListBucketResult>'.encode()
 
 
-def list_versions(bucket: str, page: ListPage, params: dict[str, str], max_keys: int, owner: str) -> bytes:
+def list_versions(bucket: str, page: ListPage, params: dict[str, str], max_keys: int) -> bytes:
     """ListVersionsResult of ListObjectVersions on an unversioned bucket: each object once, as
     version "null" (what S3 answers for a bucket that never had versioning on)."""
     encode = params.get("encoding-type") == "url"
@@ -112,7 +121,7 @@ def list_versions(bucket: str, page: ListPage, params: dict[str, str], max_keys:
     if page.truncated:
         parts += [f"<NextKeyMarker>{_key_text(page.last, encode)}</NextKeyMarker>",
                   "<NextVersionIdMarker>null</NextVersionIdMarker>"]
-    parts += [_version(o, encode, escape(owner)) for o in page.objects]
+    parts += [_version(o, encode) for o in page.objects]
     parts += _common_prefixes(page, encode)
     return f'{HEAD}<ListVersionsResult xmlns="{NS}">{"".join(parts)}</ListVersionsResult>'.encode()
 
@@ -143,13 +152,22 @@ def _local_name(tag: str) -> str:
     return tag.rpartition("}")[2]
 
 
-def delete_request(body: bytes) -> tuple[list[str], bool]:
-    """The keys of a DeleteObjects body, and whether it asked for a quiet answer."""
+def delete_request(body: bytes) -> tuple[list[tuple[str, dict[str, str]]], bool]:
+    """The objects a DeleteObjects body names, each a key and what its deletion expects of it
+    (conditions.check_delete's "etag", "last-modified-time", "size"), and whether it asked
+    for a quiet answer."""
     try:
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError:
         raise S3Error("MalformedXML", "the XML you provided was not well-formed") from None
-    keys = [el.text or "" for obj in root if _local_name(obj.tag) == "Object" for el in obj if _local_name(el.tag) == "Key"]
+    expected_fields = {"ETag": "etag", "LastModifiedTime": "last-modified-time", "Size": "size"}
+    keys = []
+    for obj in root:
+        if _local_name(obj.tag) != "Object":
+            continue
+        fields = {_local_name(el.tag): el.text or "" for el in obj}
+        if "Key" in fields:
+            keys.append((fields["Key"], {expected_fields[f]: v for f, v in fields.items() if f in expected_fields}))
     quiet = any(_local_name(el.tag) == "Quiet" and (el.text or "").lower() == "true" for el in root)
     if not keys or len(keys) > MAX_DELETE_KEYS:
         raise S3Error("MalformedXML", "1 to 1,000 keys can be deleted at once")

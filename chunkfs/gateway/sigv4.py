@@ -93,8 +93,17 @@ def canonical_request(req: RequestToCheck, signed_headers: list[str], presigned:
     return canonical
 
 
+def header_text(raw: bytes) -> str:
+    """A header value as the canonical request holds it: the bytes as sent (clients send UTF-8,
+    e.g. botocore a non-ASCII x-amz-meta-* value, and sign its UTF-8), kept as they are by
+    surrogateescape when they are not UTF-8, so that encoding the canonical request gives them
+    back."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
 def string_to_sign(timestamp: str, scope: str, canonical: str) -> str:
-    return "\n".join([ALGORITHM, timestamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    return "\n".join([ALGORITHM, timestamp, scope,
+                      hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()])
 
 
 def _parse_credential(credential: str, credentials: SecretLookup) -> tuple[AccessKey, str, str, str, str]:
