@@ -18,6 +18,7 @@ STATUS = {
     "XAmzContentSHA256Mismatch": 400, "InvalidPart": 400, "InvalidPartOrder": 400,
     "EntityTooSmall": 400, "ObjectConflict": 409, "InsufficientStorage": 507,
     "InvalidTag": 400, "BadRequest": 400, "AccessForbidden": 403,
+    "RequestTimeout": 400,  # a body that stopped coming (streams.STALLED_BODY_S)
     "QuotaExceeded": 507,  # a directory quota's hard limit (EDQUOT), as MinIO's bucket quotas answer
 }
 
