@@ -24,7 +24,7 @@ test: deps
 # result and time in the log. A file with a new long test goes into this list (pytest puts files
 # given beside their directory back into name order, so the list is the whole selection).
 LONG_TESTS_FIRST := tests/test_ha_local.py tests/test_locks.py tests/test_netns_locks.py tests/test_netns_failures.py tests/test_netns_failover.py tests/test_security.py tests/test_write_back.py \
-	tests/test_file_exerciser.py tests/test_quotas.py tests/test_fuzz_routes.py tests/test_posix_model.py tests/test_large_directory.py
+	tests/test_file_exerciser.py tests/test_quotas.py tests/test_fuzz_routes.py tests/test_s3_compat.py tests/test_posix_model.py tests/test_large_directory.py
 
 # LONG_BUDGET_S: how long each long randomized test (the models, the fuzzers, the file exerciser)
 # may spend on its examples (tests/long_budget.py); `make test-long LONG_BUDGET_S=` (empty) runs
