@@ -41,8 +41,6 @@ def test_no_more_than_gathering_bodies_hold_a_chunk_buffer_at_once():
     most = 0
 
     async def upload(n: int, sink: ChunkSink) -> None:
-        nonlocal most
-
         def seen(piece: bytes) -> None:
             nonlocal most
             gathering.add(n)
