@@ -27,7 +27,7 @@ SHORT_BODY_WAIT_S = 0.5  # how long a short body waits for a reply before it giv
 
 # the ops of `/v1/fs/{op}` that are not in READS or MUTATIONS, with what they read; an op
 # added to `FS_OPERATIONS` and not here is fuzzed with bodies of every record
-EXTRA_OP_BODIES: dict[str, type] = {"reserve": r.ReserveReq, "dedup": r.DedupReq, "release_leases": r.LeaseReq, "fsck": r.FsckReq,
+EXTRA_OP_BODIES: dict[str, type] = {"reserve": r.ReserveReq, "dedup": r.DedupBatchReq, "release_leases": r.LeaseReq, "fsck": r.FsckReq,
                                     "lock": r.LockReq, "testlock": r.LockReq, "cancel_lock": r.LockCancelReq,
                                     "locks": r.LocksReq, "reclaim_locks": r.LockReclaimReq, "batch": r.BatchReq,
                                     "quota_check": r.InodeReq, "sharing_check": r.InodeReq}

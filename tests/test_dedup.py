@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -18,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from chunkfs.client import connect
-from conftest import chunkfs, metrics_of, wait_until
+from chunkfs.client.content_finder import WINDOW
+from conftest import calls_made, chunkfs, metrics_of, wait_until
 from test_snapshots import fsck_clean
 
 MiB = 1024 * 1024
@@ -128,3 +130,37 @@ def test_a_copy_of_stored_content_is_written_on_a_cluster_without_room(cluster, 
             fs.put_file(other, f"{remote}/c")
         assert info.value.errno == errno.ENOSPC
         assert sorted(fs.listdir(remote)) == ["a", "b"]
+
+
+def test_a_window_of_chunks_is_looked_up_in_one_call(cluster, home, tmp_path):
+    """Writers ask about their chunks a window at a time (`content_finder`): a 64 MiB file (16
+    chunks) costs at most ceil(16 / WINDOW) lookup calls, written the first time (every chunk
+    a miss, uploaded) and copied again (every chunk a hit, nothing uploaded)."""
+    source = tmp_path / "big"
+    source.write_bytes(os.urandom(64 * MiB))
+    most = math.ceil(16 / WINDOW)
+    first = calls_made(cluster, lambda: shutil.copyfile(source, home / "a"))
+    assert 1 <= first.get("dedup", 0) <= most
+    before = stored_on_chunkservers(cluster)
+    second = calls_made(cluster, lambda: shutil.copyfile(source, home / "b"))
+    assert 1 <= second.get("dedup", 0) <= most
+    assert stored_on_chunkservers(cluster) == before
+    assert (home / "b").read_bytes() == source.read_bytes()
+    info = json.loads(chunkfs("info", home / "b", "--dir", cluster.dir, "--json").stdout)
+    assert [c["holders"] for c in info["chunks"]] == [2] * 16
+    fsck_clean(cluster)
+
+
+def test_a_write_back_bound_below_the_window_does_not_hold_writes_up(cluster, home, tmp_path):
+    """A client whose write-back bound (8 MiB) holds fewer chunks than a lookup window: a writer
+    waiting for room makes the gathered chunks go without a full window, so the writes go on;
+    the copy of stored content still uploads nothing."""
+    source = tmp_path / "big"
+    source.write_bytes(os.urandom(48 * MiB))
+    remote = f"/{home.relative_to(cluster.mnt)}"
+    with connect(cluster.metaserver, secret_file=cluster.secret_file, max_dirty_mb=8) as fs:
+        fs.put_file(source, f"{remote}/a")
+        before = stored_on_chunkservers(cluster)
+        fs.put_file(source, f"{remote}/b")
+        assert stored_on_chunkservers(cluster) == before
+        assert fs.open(f"{remote}/b").read() == source.read_bytes()

@@ -16,8 +16,9 @@ that came with the file's layout, a write the one of its reservation; it is sign
 client's token key, asked for once (a token serves only the client it was issued to). A token about to expire
 (by this client's clock) or that a chunkserver calls expired is renewed from the metaserver
 first (`tokens`, once per chunk version and expiry).
-Dedup (`look_up`): before a chunk of at least DEDUP_MIN_BYTES is uploaded, its content name and
-proof (`chunkfs.content_hash`) are sent to the metaserver; if the cluster holds that content for
+Dedup (`finder`, `found`): before a chunk of at least DEDUP_MIN_BYTES is uploaded, its content
+name and proof (`chunkfs.content_hash`) are sent to the metaserver (gathered with other chunks'
+into one call: `content_finder`); if the cluster holds that content for
 this client's credential (and the stored checksum is this chunk's), nothing is uploaded and the
 stored version is committed instead (a `shared` ChunkRef); the writer (writer.py) does the
 rest. `dedup=False` (the mount option) turns it off: no hash, no call.
@@ -40,7 +41,7 @@ import trio
 
 from chunkfs import chunk_tokens
 from chunkfs.checksum import BLOCK_SIZE, DIGEST_SIZE, chunk_checksum, verify_blocks
-from chunkfs.content_hash import name_and_proof
+from chunkfs.client.content_finder import Ask, ContentFinder
 from chunkfs.errors import FsError, TransportError
 from chunkfs.placement import weighted_order
 from chunkfs.protocol import records as r
@@ -54,9 +55,11 @@ DEDUP_MIN_BYTES = 1 << 20  # a smaller chunk (a small file's) is uploaded withou
 
 class ChunkIO:
     def __init__(self, meta: Metadata, chunks: ChunkClient, replica_retry_s: float = 2.0,
-                 suspect_s: float = 10.0, replica_timeout_s: float = 10.0, dedup: bool = True) -> None:
+                 suspect_s: float = 10.0, replica_timeout_s: float = 10.0, dedup: bool = True,
+                 finder: ContentFinder | None = None) -> None:
         self.meta = meta
         self.dedup = dedup
+        self.finder = finder if finder is not None else ContentFinder(meta)
         self.chunks = chunks
         self.reservations = Reservations(meta)
         self.replica_retry_s = replica_retry_s
@@ -188,32 +191,32 @@ class ChunkIO:
         return data if chunk_checksum(data) == ref.checksum else None
 
     def looks_up(self, length: int, dedup: bool) -> bool:
-        """Whether a chunk of `length` bytes is looked up (`look_up`) before it is uploaded
+        """Whether a chunk of `length` bytes is looked up (`finder`) before it is uploaded
         (`dedup`: the file's setting, `chunkfs dedup`; off also when this client's is)."""
         return dedup and self.dedup and length >= DEDUP_MIN_BYTES
 
-    async def look_up(self, ino: int, index: int, data: bytes | bytearray) -> Lookup:
-        """The content name and proof of `data` (chunk `index` of `ino`) and the version the
-        cluster already holds with this content, as a `shared` ref to commit instead of an
-        upload (pinned for this client's credential until that commit), if there is one and its
-        stored checksum is this chunk's."""
-        content, proof = await trio.to_thread.run_sync(name_and_proof, data)
-        hit = await self.meta.find_content(content, proof)
-        if hit is not None and hit.length == len(data) and hit.checksum == chunk_checksum(data):
-            self.bytes_deduplicated += len(data)
-            return Lookup(content, proof, r.ChunkRef(
+    def found(self, ino: int, index: int, ask: Ask) -> Lookup:
+        """What an answered dedup `ask` (`ContentFinder`) about chunk `index` of `ino` found:
+        the stored version with its content, as a `shared` ref to commit instead of an upload
+        (pinned for this client's credential until that commit), if there is one and its stored
+        checksum is this chunk's."""
+        hit = ask.hit
+        if hit is not None and hit.length == len(ask.data) and hit.checksum == ask.checksum:
+            self.bytes_deduplicated += len(ask.data)
+            return Lookup(ask.content, ask.proof, ask.checksum, r.ChunkRef(
                 index=index, chunk_id=hit.chunk_id, version=hit.version, length=hit.length, checksum=hit.checksum,
-                replicas=hit.replicas, token=hit.token, content=content, proof=proof, shared=True))
+                replicas=hit.replicas, token=hit.token, content=ask.content, proof=ask.proof, shared=True))
         if hit is not None:
             log.warning("chunk %d v%d is named as holding the content of chunk %d of inode %d but its checksum "
                         "differs: uploaded instead", hit.chunk_id, hit.version, index, ino)
-        return Lookup(content, proof, None)
+        return Lookup(ask.content, ask.proof, ask.checksum, None)
 
-    async def upload(self, ino: int, index: int, data: bytes | bytearray, slot: UploadSlot) -> r.ChunkRef:
+    async def upload(self, ino: int, index: int, data: bytes | bytearray, slot: UploadSlot, checksum: str = ""
+                     ) -> r.ChunkRef:
         """Store `data` as version `slot.version` of chunk `index`; returns once it is durable on
-        every replica that took it (at least one, else EIO)."""
+        every replica that took it (at least one, else EIO). `checksum`: `data`'s, if known."""
         await self._present_tokens()
-        checksum = chunk_checksum(data)
+        checksum = checksum or chunk_checksum(data)
         if not isinstance(data, bytes):
             data = bytes(data)  # once: the HTTP layer would copy a bytearray for each replica
         weighted = weighted_order(slot.servers, [s.free_bytes for s in slot.servers])
@@ -276,6 +279,7 @@ class Lookup:
 
     content: str
     proof: str
+    checksum: str  # of the bytes (chunkfs.checksum.chunk_checksum)
     stored: r.ChunkRef | None
 
 

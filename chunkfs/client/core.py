@@ -31,6 +31,7 @@ import trio
 from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES, MAX_NAME_BYTES, posix_acl
 from chunkfs.client.chunk_cache import ChunkCache
 from chunkfs.client.chunk_io import ChunkIO
+from chunkfs.client.content_finder import ContentFinder
 from chunkfs.client.disk_cache import DiskChunkCache
 from chunkfs.client.locks import FileLocks
 from chunkfs.client.metadata import Metadata
@@ -481,7 +482,8 @@ def build_client(http: SignedHttp, metaserver: str, *, client_id: str, root_ino:
     `dedup`: chunks whose content the cluster holds are not uploaded (see chunk_io.py)."""
     meta = Metadata(MetaClient(http, metaserver, client_id, root_ino=root_ino),
                     MetadataCache(entry_timeout_s, attr_timeout_s), leases=dir_leases, write_behind_s=write_behind_s)
-    io = ChunkIO(meta, ChunkClient(http), dedup=dedup)
+    write_back = WriteBack(max_dirty_bytes)
+    io = ChunkIO(meta, ChunkClient(http), dedup=dedup, finder=ContentFinder(meta, write_back))
     cache = ChunkCache(io, cache_mem_bytes, disk)
-    return Client(meta, io, cache, WriteBack(max_dirty_bytes),
+    return Client(meta, io, cache, write_back,
                   ClientOptions(prefetch_chunks(prefetch, cache), sync_close=sync_close))

@@ -230,8 +230,8 @@ class Metadata:
         parent = pending.req.parent if pending is not None and not pending.sent else 0
         return await self.server.quota_size_limit(ino, parent)
 
-    async def find_content(self, content: str, proof: str) -> r.DedupHit | None:
-        return await self.server.find_content(content, proof)
+    async def find_contents(self, contents: list[r.DedupReq]) -> list[r.DedupHit | None]:
+        return await self.server.find_contents(contents)
 
     async def read_tokens(self, chunks: list[tuple[int, int]]) -> list[str]:
         return await self.server.read_tokens(chunks)

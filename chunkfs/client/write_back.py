@@ -7,8 +7,9 @@ Promises:
   admitted add (one FUSE write, at most 1 MiB, or one chunk's merge with its old content, each),
   so memory stays bounded however many files are written and however they are written.
 - Waiting always ends: a writer that waits wakes the write-back task, which makes the files
-  holding buffered chunks upload them, least recently written first; uploads end (stored or
-  failed) and release their bytes.
+  holding buffered chunks upload them, least recently written first, and then the holders
+  those uploads made (the dedup lookups they gathered, `content_finder`) send theirs; uploads
+  end (stored or failed) and release their bytes.
 """
 
 from __future__ import annotations
@@ -64,10 +65,17 @@ class WriteBack:
         while True:
             await self._wanted.wait()
             self._wanted = trio.Event()
-            for file in list(self._buffering):
-                if self.dirty_bytes < self.max_bytes:
+            told: set[BufferingFile] = set()
+            while self.dirty_bytes >= self.max_bytes:
+                # each holder once; and those a write-back made buffering (a file's chunks gathered for a dedup lookup)
+                holders = [h for h in self._buffering if h not in told]
+                if not holders:
                     break
-                try:
-                    await file.write_back()
-                except Exception as exc:  # the file's own flush reports upload errors
-                    log.warning("write-back of a file failed: %s", exc)
+                for holder in holders:
+                    if self.dirty_bytes < self.max_bytes:
+                        break
+                    told.add(holder)
+                    try:
+                        await holder.write_back()
+                    except Exception as exc:  # the file's own flush reports upload errors
+                        log.warning("write-back of a file failed: %s", exc)

@@ -3,9 +3,9 @@
 Promises:
 - Writes are buffered a chunk at a time; a chunk that fills up is uploaded in the background
   (at most `max_uploads` per file at once) to `goal` replicas in parallel, a spare taking over
-  from a replica that fails (`chunk_io`). A chunk dedup looks up first (`ChunkIO.look_up`) is
-  uploaded only if the cluster does not hold its content; up to `max_lookups` per file are
-  looked up at once. Buffered and uploading bytes count against the
+  from a replica that fails (`chunk_io`). A chunk dedup looks up first (`content_finder`: a
+  window of chunks, of every file, in one call) is uploaded only if the cluster does not hold
+  its content; up to `max_lookups` per file are looked up at once (at least the window). Buffered and uploading bytes count against the
   client's `WriteBack` bound: a write waits while the client is over it, and `write_back()`
   starts uploading partly written chunks when the client needs the room.
 - `flush()` (close, fsync) returns only when every buffered chunk is stored on the disks of its
@@ -38,6 +38,7 @@ import trio
 from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
 from chunkfs.client.chunk_cache import ChunkCache
 from chunkfs.client.chunk_io import ChunkIO, PendingSlot
+from chunkfs.client.content_finder import Ask
 from chunkfs.client.metadata import Metadata
 from chunkfs.client.write_back import WriteBack
 from chunkfs.errors import FsError
@@ -223,33 +224,34 @@ class FileWriter:
         # sends bytes as they are, so a chunk in flight is held once, as the bound counts it
         snapshot = dirty.data if isinstance(dirty.data, bytes) else bytes(dirty.data)
         self.uploading[index] = snapshot
+        ask = self.io.finder.ask(snapshot, self.nursery) if looked_up else None
         if self._inflight == 0:
             self._idle = trio.Event()
         self._inflight += 1
         self._uploads_started += 1
-        self.nursery.start_soon(self._upload, index, snapshot, slot, looked_up, gate, self._uploads_started)
+        self.nursery.start_soon(self._upload, index, snapshot, slot, ask, gate, self._uploads_started)
 
-    async def _store(self, index: int, snapshot: bytes | bytearray, slot: PendingSlot, looked_up: bool
+    async def _store(self, index: int, snapshot: bytes | bytearray, slot: PendingSlot, ask: Ask | None
                      ) -> r.ChunkRef:
         """Chunk `index` holding `snapshot`, durable: the version the cluster holds with this
-        content if it is `looked_up` and found (nothing uploaded, no slot taken: a full cluster
-        does not refuse it), else uploaded. Lookups are many at once (`max_lookups`: a hit is
-        one small call, so a copy of stored data is not held to `max_uploads` round trips at a
-        time), uploads `max_uploads`."""
-        if not looked_up:
+        content if it was asked about (`ask`) and found (nothing uploaded, no slot taken: a full
+        cluster does not refuse it), else uploaded. Lookups are many at once (`max_lookups`,
+        gathered into calls of a window of chunks: `content_finder`), so a copy of stored data is
+        not held to `max_uploads` round trips at a time; uploads `max_uploads`."""
+        if ask is None:
             return await self.io.upload(self.file.ino, index, snapshot, await slot.take())
-        lookup = await self.io.look_up(self.file.ino, index, snapshot)
+        lookup = self.io.found(self.file.ino, index, await ask.answer())
         if lookup.stored is not None:
             return lookup.stored
         async with self._upload_slots:
-            ref = await self.io.upload(self.file.ino, index, snapshot, await slot.take())
+            ref = await self.io.upload(self.file.ino, index, snapshot, await slot.take(), lookup.checksum)
         ref.content, ref.proof = lookup.content, lookup.proof
         return ref
 
-    async def _upload(self, index: int, snapshot: bytes | bytearray, slot: PendingSlot, looked_up: bool,
+    async def _upload(self, index: int, snapshot: bytes | bytearray, slot: PendingSlot, ask: Ask | None,
                       gate: trio.Semaphore, order: int) -> None:
         try:
-            ref = await self._store(index, snapshot, slot, looked_up)
+            ref = await self._store(index, snapshot, slot, ask)
             # the newest write of the chunk wins, whichever upload ends first (versions do not
             # tell: a shared ref's is an old one, and a slot is taken only when a lookup missed)
             if order > self._upload_order.get(index, 0):
@@ -306,6 +308,7 @@ class FileWriter:
             if inline is None:
                 for index in sorted(self.dirty):
                     await self._start_upload(index)
+                await self.io.finder.send_gathered()  # a window not full goes now: nothing else may fill it
             self.write_back_bound.buffering(self, False)
             await self._idle.wait()
             self._raise_pending_error()

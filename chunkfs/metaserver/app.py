@@ -320,8 +320,8 @@ async def fs_operation(request: web.Request) -> web.Response:
         reserve_req = admitted(m, export, op, await read_body(request, r.ReserveReq))
         return json_response(await reserve(m, client, reserve_req, token_grants.holder(request)))
     if op == "dedup":
-        dedup_req = admitted(m, export, op, await read_body(request, r.DedupReq))
-        return json_response(await find_content(m, dedup_req, token_grants.holder(request)))
+        dedup_req = admitted(m, export, op, await read_body(request, r.DedupBatchReq))
+        return json_response(await find_contents(m, dedup_req, token_grants.holder(request)))
     if op == "tokens":
         tokens_req = await read_body(request, r.TokensReq)
         with m.db.read() as txn:
@@ -523,17 +523,22 @@ def sharing_check(m: Metaserver) -> list[str]:
         return m.chunks.sharing_problems(txn)
 
 
-async def find_content(m: Metaserver, req: r.DedupReq, holder: str) -> r.DedupHit | None:
-    """The stored version holding the content `req` names and proves, for `holder`'s commits
-    (dedup.py), with a token to read it; None if there is none. A miss (most chunks of new
-    data) is a read; only a hit is a write (its pin)."""
+async def find_contents(m: Metaserver, req: r.DedupBatchReq, holder: str) -> list[r.DedupHit | None]:
+    """For each content `req` names and proves, in order, the stored version holding it for
+    `holder`'s commits (dedup.py), with a token to read it, or None. A miss (most chunks of new
+    data) is a read; the hits' pins are one write, one durable commit for the whole call (and
+    shared with the calls that arrive together: group commit)."""
     with m.db.read() as txn:
-        if m.chunks.contents.match(txn, req, holder) is None:
-            return None
-    hit = await m.committer.run_small(m.chunks.find_content, req, holder)
-    if hit is not None and m.tokens is not None:
-        hit.token = m.tokens.issue(chunk_tokens.READ, hit.chunk_id, hit.version, holder=holder)
-    return hit
+        held = [i for i, content in enumerate(req.contents) if m.chunks.contents.match(txn, content, holder) is not None]
+    hits: list[r.DedupHit | None] = [None] * len(req.contents)
+    if not held:
+        return hits
+    found = await m.committer.run_small(m.chunks.find_contents, [req.contents[i] for i in held], holder)
+    for i, hit in zip(held, found, strict=True):
+        if hit is not None and m.tokens is not None:
+            hit.token = m.tokens.issue(chunk_tokens.READ, hit.chunk_id, hit.version, holder=holder)
+        hits[i] = hit
+    return hits
 
 
 RESERVATION_VALID_S = 5.0

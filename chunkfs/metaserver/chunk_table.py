@@ -365,6 +365,10 @@ class ChunkTable:
         """The version of `scope` holding the content `req` names, pinned for it (dedup.py)."""
         return self.contents.find(txn, req, scope, lambda cid, ver: self._replicas_of(txn, cid, ver))
 
+    def find_contents(self, txn: Txn, reqs: list[r.DedupReq], scope: str) -> list[r.DedupHit | None]:
+        """`find_content` for each of `reqs`, in order, in one transaction (one call's pins)."""
+        return [self.find_content(txn, req, scope) for req in reqs]
+
     def _replicas_of(self, txn: Txn, chunk_id: int, version: int) -> list[str]:
         key = txn.get(U64x2.pack(chunk_id, version), db=self.db.versions)
         raw = txn.get(key, db=self.db.chunks) if key is not None else None

@@ -223,12 +223,15 @@ class MetaClient:
         """(index, chunk records holding its version) for each chunk of `ino` (above 1: shared)."""
         return await self.call("chunk_sharing", r.InodeReq(ino), list[tuple[int, int]])
 
-    async def find_content(self, content: str, proof: str) -> r.DedupHit | None:
-        """The stored version holding this content, for this client's commits (see
-        metaserver/dedup.py); None if the cluster holds none (or the proof does not match)."""
-        response = await self._post_fs("dedup", r.json_encode(r.DedupReq(content, proof)))
-        hit: r.DedupHit | None = msgspec.json.decode(response.content, type=r.DedupHit | None)
-        return hit
+    async def find_contents(self, contents: list[r.DedupReq]) -> list[r.DedupHit | None]:
+        """For each content (name and proof), in order, the stored version holding it for this
+        client's commits (see metaserver/dedup.py), or None if the cluster holds none (or the
+        proof does not match)."""
+        response = await self._post_fs("dedup", r.json_encode(r.DedupBatchReq(contents)))
+        hits: list[r.DedupHit | None] = msgspec.json.decode(response.content, type=list[r.DedupHit | None])
+        if len(hits) != len(contents):
+            raise FsError(errno.EIO, f"the metaserver answered {len(hits)} of {len(contents)} dedup questions")
+        return hits
 
     async def read_tokens(self, chunks: list[tuple[int, int]]) -> list[str]:
         """New read tokens for these chunk versions (chunkfs.chunk_tokens), in their order."""

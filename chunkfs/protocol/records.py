@@ -273,6 +273,16 @@ class DedupReq(Struct):
     proof: ContentHex
 
 
+MAX_DEDUP_BATCH = 256  # contents asked about in one call (a writer asks for a window of its chunks)
+
+
+class DedupBatchReq(Struct):
+    """Which of these contents does the cluster hold? One call for a writer's window of chunks
+    (`chunkfs.client.content_finder`): the answers' pins share one durable commit."""
+
+    contents: Annotated[list[DedupReq], Meta(min_length=1, max_length=MAX_DEDUP_BATCH)]
+
+
 class DedupHit(Struct):
     """The stored version holding the content asked about: commit it as a `shared` ChunkRef
     (it is kept for the asker's credential for `valid_s`, however its other files change);
