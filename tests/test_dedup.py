@@ -164,3 +164,18 @@ def test_a_write_back_bound_below_the_window_does_not_hold_writes_up(cluster, ho
         fs.put_file(source, f"{remote}/b")
         assert stored_on_chunkservers(cluster) == before
         assert fs.open(f"{remote}/b").read() == source.read_bytes()
+
+
+def test_chunks_of_one_content_asked_about_in_one_call_are_each_committed(cluster, home, tmp_path):
+    """A file of four equal chunks: copied again, its four lookups go in one call and find the
+    same stored version, pinned once per answer, so the commit's four shared refs are each let in."""
+    block = os.urandom(4 * MiB)
+    source = tmp_path / "repeated"
+    source.write_bytes(block * 4)
+    shutil.copyfile(source, home / "a")
+    before = stored_on_chunkservers(cluster)
+    calls = calls_made(cluster, lambda: shutil.copyfile(source, home / "b"))
+    assert calls.get("dedup", 0) == 1
+    assert stored_on_chunkservers(cluster) == before
+    assert (home / "b").read_bytes() == block * 4
+    fsck_clean(cluster)

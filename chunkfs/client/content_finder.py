@@ -76,10 +76,9 @@ class ContentFinder:
         is sent from `nursery`."""
         ask = Ask(data)
         self._gathered.append(ask)
-        if len(self._gathered) >= self.window:
-            nursery.start_soon(self.send_gathered)
-        elif self.write_back_bound is not None:
-            self.write_back_bound.buffering(self, True)
+        if len(self._gathered) == self.window:
+            nursery.start_soon(self._send_full_windows)
+        self._tell_bound()
         return ask
 
     async def write_back(self) -> None:
@@ -90,10 +89,20 @@ class ContentFinder:
     async def send_gathered(self) -> None:
         """Hash and ask about every gathered chunk now, in calls of at most `window`."""
         while self._gathered:
-            asks, self._gathered = self._gathered[: self.window], self._gathered[self.window:]
-            if self.write_back_bound is not None and not self._gathered:
-                self.write_back_bound.buffering(self, False)
-            await self._send(asks)
+            await self._send(self._take())
+
+    async def _send_full_windows(self) -> None:
+        while len(self._gathered) >= self.window:
+            await self._send(self._take())
+
+    def _take(self) -> list[Ask]:
+        asks, self._gathered = self._gathered[: self.window], self._gathered[self.window:]
+        self._tell_bound()
+        return asks
+
+    def _tell_bound(self) -> None:
+        if self.write_back_bound is not None:
+            self.write_back_bound.buffering(self, bool(self._gathered))
 
     async def _send(self, asks: list[Ask]) -> None:
         """Answer `asks`. Never raises but a cancellation: a failed call is each ask's answer."""

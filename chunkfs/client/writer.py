@@ -5,7 +5,8 @@ Promises:
   (at most `max_uploads` per file at once) to `goal` replicas in parallel, a spare taking over
   from a replica that fails (`chunk_io`). A chunk dedup looks up first (`content_finder`: a
   window of chunks, of every file, in one call) is uploaded only if the cluster does not hold
-  its content; up to `max_lookups` per file are looked up at once (at least the window). Buffered and uploading bytes count against the
+  its content; up to `max_lookups` per file are looked up at once (two windows: one fills
+  while the other is asked about; at least one, or a writer could wait for a window it fills). Buffered and uploading bytes count against the
   client's `WriteBack` bound: a write waits while the client is over it, and `write_back()`
   starts uploading partly written chunks when the client needs the room.
 - `flush()` (close, fsync) returns only when every buffered chunk is stored on the disks of its
@@ -38,7 +39,7 @@ import trio
 from chunkfs import CHUNK_SIZE, INLINE_MAX_BYTES
 from chunkfs.client.chunk_cache import ChunkCache
 from chunkfs.client.chunk_io import ChunkIO, PendingSlot
-from chunkfs.client.content_finder import Ask
+from chunkfs.client.content_finder import WINDOW as LOOKUP_WINDOW, Ask
 from chunkfs.client.metadata import Metadata
 from chunkfs.client.write_back import WriteBack
 from chunkfs.errors import FsError
@@ -86,7 +87,7 @@ def _whole_chunk(data: bytes | bytearray | memoryview, view: memoryview, pos: in
 
 class FileWriter:
     def __init__(self, file: OpenFile, meta: Metadata, io: ChunkIO, cache: ChunkCache, nursery: trio.Nursery,
-                 write_back: WriteBack, max_uploads: int = 4, max_lookups: int = 16) -> None:
+                 write_back: WriteBack, max_uploads: int = 4, max_lookups: int = 2 * LOOKUP_WINDOW) -> None:
         self.file = file
         self.meta, self.io, self.cache, self.nursery = meta, io, cache, nursery
         self.write_back_bound = write_back
@@ -99,7 +100,8 @@ class FileWriter:
         self.superseded: list[r.ChunkRef] = []
         self.error: BaseException | None = None
         self._upload_slots = trio.Semaphore(max_uploads)  # chunks sending bytes at once
-        self._lookup_slots = trio.Semaphore(max_lookups)  # chunks being looked up (dedup) at once, and any upload after
+        # chunks being looked up (dedup) at once, and any upload after
+        self._lookup_slots = trio.Semaphore(max(max_lookups, io.finder.window))
         self._inflight = 0
         self._idle = trio.Event()
         self._idle.set()
