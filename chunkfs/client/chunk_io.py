@@ -273,9 +273,9 @@ class UploadSlot:
 
 @dataclass
 class Lookup:
-    """What `ChunkIO.look_up` found for a chunk's bytes: their content name and proof (an
-    upload of them carries both, so later writers find it) and the stored version holding
-    them, a `shared` ref (None: upload them)."""
+    """What `ChunkIO.found` made of a chunk's answered dedup ask: its content name and proof (an
+    upload of it carries both, so later writers find it), its checksum (the upload's, computed
+    once) and the stored version holding it, a `shared` ref (None: upload it)."""
 
     content: str
     proof: str
