@@ -166,6 +166,21 @@ class AsyncFile:
             await self.open_file.flush()
 
     @raises_os_errors
+    async def flush_with_xattrs(self, xattrs: dict[str, bytes]) -> None:
+        """As `flush`, with these user.* xattrs set in the same commit (one call, one
+        transaction): the file has its content and them at once, or neither. The commit stamps
+        the file with `mtime_ns`."""
+        self._check(writable=True)
+        self.open_file.set_at_commit({os.fsencode(name): value for name, value in xattrs.items()})
+        await self.open_file.flush()
+
+    @property
+    def mtime_ns(self) -> int:
+        """The modification time the file has here (with this client's writes): what its next
+        commit stores."""
+        return self.open_file.mtime_ns
+
+    @raises_os_errors
     async def lock(self, exclusive: bool = True, *, blocking: bool = True, start: int = 0, length: int = 0) -> None:
         """Lock bytes `start` .. `start + length - 1` (`length` 0: to the end, however the file
         grows), shared or exclusive, as fcntl's F_SETLKW (F_SETLK if not `blocking`: a conflict is

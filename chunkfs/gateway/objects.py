@@ -185,12 +185,10 @@ async def store_file(afs: AsyncFilesystem, path: str, body: AsyncIterator[bytes]
         async with staged_file(afs, path, exclusive) as afile:
             size = await write_body(afile, body, checksums.update)
             etag = etag or checksums.finish()
-            await afile.flush()  # committed: the file exists on the metaserver, with its final mtime
-            ino = afile.open_file.ino
-            mtime_ns = (await afs.client.getattr(ino)).mtime_ns
+            mtime_ns = afile.mtime_ns  # what the commit stamps the file with, so the ETag's is known now
             values = object_xattrs(etag, size, mtime_ns, content_type, metadata, checksums.verified, headers)
-            for name, value in values.items():  # on a file this caller just made (its owner): no check needed
-                await afs.client.setxattr(ino, name.encode(), value.encode())
+            # committed with its xattrs, in one call (on a file this caller just made, its owner)
+            await afile.flush_with_xattrs({name: value.encode() for name, value in values.items()})
     except (FsError, TransportError) as exc:  # the core's own errors, from the calls made by inode
         raise os_error(exc, path) from None
     return StoredFile(size, mtime_ns, etag)
