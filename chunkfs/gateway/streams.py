@@ -119,6 +119,22 @@ async def write_body(afile: AsyncFile, body: AsyncIterator[bytes], seen: Callabl
     return written
 
 
+async def read_if_small(pieces: AsyncIterator[bytes], limit_bytes: int) -> tuple[bytes, bool]:
+    """The body's first bytes, read until more than `limit_bytes` came or it ended, and whether
+    it ended (then they are the whole body). A stalled client is cut after `STALLED_BODY_S`, as
+    in `write_body`."""
+    head = bytearray()
+    while len(head) <= limit_bytes:
+        with trio.move_on_after(STALLED_BODY_S):
+            piece = await anext(pieces, None)
+            if piece is None:
+                return bytes(head), True
+            head += piece
+            continue
+        raise S3Error("RequestTimeout", f"no byte of the request body came for {STALLED_BODY_S:.0f} s")
+    return bytes(head), False
+
+
 async def _next_piece(pieces: AsyncIterator[bytes], holding_a_turn: bool) -> bytes | None:
     """The body's next piece, None at its end; one that holds a turn must come within
     `STALLED_BODY_S`."""
