@@ -383,6 +383,36 @@ def test_namespace_permissions_are_obeyed(gateway_cluster, gateway, s3):
     assert s3.get_object(Bucket="perms", Key="shared/mine.txt")["Body"].read() == b"by uid 1000"
 
 
+def test_a_small_put_is_one_metaserver_call_with_its_metadata(gateway_cluster, s3):
+    """A 4 KiB object is made whole in one call (one transaction: it appears with its ETag,
+    content type, metadata and checksum or not at all); an overwrite replaces it, If-None-Match
+    refuses it and changes nothing, a key over a directory is refused and leaves nothing."""
+    mnt = gateway_cluster.mnt
+    s3.create_bucket(Bucket="small")
+    body, other = os.urandom(4096), os.urandom(1000)
+    s3.put_object(Bucket="small", Key="a/zero", Body=b"")  # makes directory a
+    calls = calls_made(gateway_cluster, lambda: s3.put_object(
+        Bucket="small", Key="a/one", Body=body, ContentType="text/x-small", Metadata={"colour": "red"}))
+    assert {op: n for op, n in calls.items() if op != "reserve_inodes"} == {"batch": 1}
+    head = s3.head_object(Bucket="small", Key="a/one", ChecksumMode="ENABLED")
+    assert head["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    assert (head["ContentType"], head["Metadata"]) == ("text/x-small", {"colour": "red"})
+    assert head["ChecksumCRC32"] == base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    assert (mnt / "small/a/one").read_bytes() == body
+    assert os.getxattr(mnt / "small/a/one", "user.s3.meta.colour") == b"red"
+
+    assert calls_made(gateway_cluster, lambda: s3.put_object(Bucket="small", Key="a/one", Body=other)) \
+        .get("batch") == 1
+    got = s3.get_object(Bucket="small", Key="a/one")
+    assert (got["Body"].read(), got["ETag"], got["Metadata"]) == (other, f'"{hashlib.md5(other).hexdigest()}"', {})
+    refused = _code(lambda: s3.put_object(Bucket="small", Key="a/one", Body=body, IfNoneMatch="*"))
+    assert refused == "PreconditionFailed"
+    assert s3.get_object(Bucket="small", Key="a/one")["Body"].read() == other
+    assert _code(lambda: s3.put_object(Bucket="small", Key="a", Body=body)) is not None  # "a" holds keys
+    wait_until(lambda: os.listdir(mnt / "small") == ["a"] and sorted(os.listdir(mnt / "small/a")) == ["one", "zero"],
+               FEED_DELAY_S, "nothing but the object, no staged name left")
+
+
 def test_an_interrupted_put_leaves_nothing(gateway_cluster, gateway, s3):
     """A client that goes away mid-body: no object, no temporary file left in the directory."""
     s3.create_bucket(Bucket="interrupted")
