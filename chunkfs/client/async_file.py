@@ -96,6 +96,12 @@ class AsyncFile:
         self._position += len(data)
         return data
 
+    def will_need(self, length: int) -> None:
+        """The next `length` bytes from the position will be read soon: their chunks are
+        fetched now, in the background (as posix_fadvise(WILLNEED); only a hint)."""
+        self._check(readable=True)
+        self.open_file.reader.will_need(self._position, self._position + length)
+
     @raises_os_errors
     async def readline(self, size: int | None = -1) -> bytes:
         """Up to and including the next b"\\n" (at most `size` bytes); b"" at the end."""

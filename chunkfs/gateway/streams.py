@@ -238,6 +238,8 @@ async def read_body(afile: AsyncFile, byte_range: ByteRange | None, counted: Cal
         position = 0 if byte_range is None else byte_range.start
         remaining = afile.size - position if byte_range is None else byte_range.length
         await afile.seek(position)
+        if byte_range is not None:  # a part of a parallel download, most likely: its chunks fetched at once
+            afile.will_need(remaining)
         while remaining > 0:
             data = await afile.read(min(CHUNK_SIZE - position % CHUNK_SIZE, remaining))
             if not data:
