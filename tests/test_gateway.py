@@ -5,6 +5,7 @@ permissions), and S3's own XML errors for bad requests."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import hashlib
 import io
@@ -27,7 +28,7 @@ from botocore.exceptions import ClientError
 
 from chunkfs.daemons import answers_health, stop_pid
 from bench.large_directory import fill
-from conftest import _cluster, calls_made, chunkfs, free_port_block, metrics_of, wait_until
+from conftest import _cluster, calls_made, chunkfs, chunkserver_reads, free_port_block, metrics_of, wait_until
 
 FEED_DELAY_S = 10  # bound on another client's change reaching the mount's cache, on a loaded machine
 MiB = 1 << 20
@@ -381,6 +382,57 @@ def test_namespace_permissions_are_obeyed(gateway_cluster, gateway, s3):
     os.chown(mnt / "perms/shared/mine.txt", 0, 0)  # now root's, and only root's
     assert _code(lambda: user.get_object(Bucket="perms", Key="shared/mine.txt")) == "AccessDenied"
     assert s3.get_object(Bucket="perms", Key="shared/mine.txt")["Body"].read() == b"by uid 1000"
+
+
+def test_a_small_put_is_one_metaserver_call_with_its_metadata(gateway_cluster, s3):
+    """A 4 KiB object is made whole in one call (one transaction: it appears with its ETag,
+    content type, metadata and checksum or not at all); an overwrite replaces it, If-None-Match
+    refuses it and changes nothing, a key over a directory is refused and leaves nothing."""
+    mnt = gateway_cluster.mnt
+    s3.create_bucket(Bucket="small")
+    body, other = os.urandom(4096), os.urandom(1000)
+    s3.put_object(Bucket="small", Key="a/zero", Body=b"")  # makes directory a
+    calls = calls_made(gateway_cluster, lambda: s3.put_object(
+        Bucket="small", Key="a/one", Body=body, ContentType="text/x-small", Metadata={"colour": "red"}))
+    assert {op: n for op, n in calls.items() if op != "reserve_inodes"} == {"batch": 1}
+    head = s3.head_object(Bucket="small", Key="a/one", ChecksumMode="ENABLED")
+    assert head["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    assert (head["ContentType"], head["Metadata"]) == ("text/x-small", {"colour": "red"})
+    assert head["ChecksumCRC32"] == base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    assert (mnt / "small/a/one").read_bytes() == body
+    assert os.getxattr(mnt / "small/a/one", "user.s3.meta.colour") == b"red"
+
+    assert calls_made(gateway_cluster, lambda: s3.put_object(Bucket="small", Key="a/one", Body=other)) \
+        .get("batch") == 1
+    got = s3.get_object(Bucket="small", Key="a/one")
+    assert (got["Body"].read(), got["ETag"], got["Metadata"]) == (other, f'"{hashlib.md5(other).hexdigest()}"', {})
+    refused = _code(lambda: s3.put_object(Bucket="small", Key="a/one", Body=body, IfNoneMatch="*"))
+    assert refused == "PreconditionFailed"
+    assert s3.get_object(Bucket="small", Key="a/one")["Body"].read() == other
+    assert _code(lambda: s3.put_object(Bucket="small", Key="a", Body=body)) is not None  # "a" holds keys
+    wait_until(lambda: os.listdir(mnt / "small") == ["a"] and sorted(os.listdir(mnt / "small/a")) == ["one", "zero"],
+               FEED_DELAY_S, "nothing but the object, no staged name left")
+
+
+def test_parallel_ranged_gets_fetch_each_chunk_once(gateway_cluster, s3):
+    """An S3 client's parallel download (ranged GETs of 8 MiB parts at once, as awscli's): each
+    part's chunks are fetched ahead, and none twice."""
+    mnt = gateway_cluster.mnt
+    s3.create_bucket(Bucket="parts")
+    body = os.urandom(40 * MiB + 5)
+    (mnt / "parts/big").write_bytes(body)  # through the mount: nothing of it in the gateway's cache
+    part = 8 * MiB
+    before = sum(chunkserver_reads(gateway_cluster).values())
+
+    def get(start: int) -> bytes:
+        end = min(start + part, len(body)) - 1
+        return s3.get_object(Bucket="parts", Key="big", Range=f"bytes={start}-{end}")["Body"].read()
+
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        got = b"".join(pool.map(get, range(0, len(body), part)))
+    assert got == body
+    fetched = sum(chunkserver_reads(gateway_cluster).values()) - before
+    assert len(body) <= fetched < 1.2 * len(body), fetched
 
 
 def test_an_interrupted_put_leaves_nothing(gateway_cluster, gateway, s3):

@@ -3,6 +3,8 @@ bounded for the whole gateway, and a stalled body cannot keep its turn."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import trio
 import trio.testing
@@ -35,24 +37,32 @@ async def pieces(count: int, gap_s: float = 0.0):
         yield b"x" * PIECE
 
 
-def test_no_more_than_gathering_bodies_hold_a_chunk_buffer_at_once():
+def test_no_more_than_gathering_bodies_hold_a_chunk_buffer_at_once(monkeypatch):
     bodies = 3 * streams.GATHERING_BODIES
-    gathering: set[int] = set()
+    gathering: set[int] = set()  # the bodies whose gathering buffer holds bytes now
     most = 0
+    add, take = streams._Gathered.add, streams._Gathered.take
+
+    def counted_add(self, piece: bytes) -> None:
+        nonlocal most
+        add(self, piece)
+        gathering.add(id(self))
+        most = max(most, len(gathering))
+
+    def counted_take(self, size: int) -> bytes:
+        data = take(self, size)
+        if not self.size:  # the chunk is handed over: its bytes are the writer's now
+            gathering.discard(id(self))
+        return data
+
+    monkeypatch.setattr(streams._Gathered, "add", counted_add)
+    monkeypatch.setattr(streams._Gathered, "take", counted_take)
+    digested = [0] * bodies
 
     async def upload(n: int, sink: ChunkSink) -> None:
-        def seen(piece: bytes) -> None:
-            nonlocal most
-            gathering.add(n)
-            most = max(most, len(gathering))
+        def seen(data: bytes) -> None:
+            digested[n] += len(data)
 
-        original = sink.write
-
-        async def write(data: bytes | memoryview) -> int:
-            gathering.discard(n)  # the chunk is handed over: its buffer is the writer's now
-            return await original(data)
-
-        sink.write = write  # type: ignore[method-assign]
         assert await streams.write_body(sink, pieces(2 * CHUNK_SIZE // PIECE, 0.001), seen) == 2 * CHUNK_SIZE
 
     async def main() -> list[ChunkSink]:
@@ -64,7 +74,23 @@ def test_no_more_than_gathering_bodies_hold_a_chunk_buffer_at_once():
 
     sinks = trio.run(main)
     assert all(s.size == 2 * CHUNK_SIZE for s in sinks)
+    assert digested == [2 * CHUNK_SIZE] * bodies  # every byte digested, by the time write_body returned
     assert most == streams.GATHERING_BODIES  # all turns were used, never more
+
+
+def test_digests_see_every_byte_in_order():
+    """The digests (run in a worker thread a chunk at a time) see the body as it came."""
+    async def body():
+        for n in (1, 70_000, CHUNK_SIZE, 5, 3 * CHUNK_SIZE + 11, 300_000):
+            yield bytes([n % 251]) * n
+
+    expected = hashlib.md5()
+    for n in (1, 70_000, CHUNK_SIZE, 5, 3 * CHUNK_SIZE + 11, 300_000):
+        expected.update(bytes([n % 251]) * n)
+    got = hashlib.md5()
+    sink = ChunkSink()
+    assert trio.run(streams.write_body, sink, body(), got.update) == sink.size
+    assert got.hexdigest() == expected.hexdigest()
 
 
 def test_a_stalled_body_loses_its_turn_and_the_others_go_on():

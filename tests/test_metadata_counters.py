@@ -4,6 +4,7 @@ them (the status handler) walks no table that grows with files."""
 
 from __future__ import annotations
 
+import errno
 import random
 import stat
 
@@ -239,3 +240,28 @@ def test_status_and_metrics_show_the_metaservers_memory(cluster):
     scrape = httpx.get(f"http://{cluster.metaserver}/metrics").text
     for name in memory:
         assert f"chunkfs_metaserver_memory_{name} " in scrape, name
+
+
+def test_a_commit_sets_its_xattrs_in_its_transaction(tmp_path):
+    """A commit carrying its create, inline content and user.* xattrs makes the file with all of
+    them (the gateway stores an object so); one refused (a name that is no user.* attribute, a
+    create over an existing name) changes nothing."""
+    t = Tables(tmp_path / "meta")
+    with t.db.env.begin(write=True) as txn:
+        ino = t.namespace.reserve_inodes(txn, 2)
+        create = r.CreateReq(parent=1, name=b"obj", mode=stat.S_IFREG | 0o666, uid=7, gid=7, ino=ino)
+        attr = t.chunks.commit(txn, r.CommitReq(ino=ino, size=3, mtime_ns=5, chunks=[], inline=b"abc", create=create,
+                                                xattrs=[(b"user.s3.etag", b"e 3 5"), (b"user.s3.meta.a", b"b")]), CLIENT)
+        assert (attr.size, attr.mtime_ns, attr.has_xattrs, attr.uid) == (3, 5, True, 7)
+        assert sorted(t.namespace.listxattr(txn, ino)) == [b"user.s3.etag", b"user.s3.meta.a"]
+        assert t.namespace.getxattr(txn, ino, b"user.s3.etag") == b"e 3 5"
+    with pytest.raises(FsError) as refused:
+        r.CommitReq(ino=ino, size=0, mtime_ns=1, chunks=[], xattrs=[(b"system.posix_acl_access", b"x")])
+    assert refused.value.errno == errno.EINVAL
+    again = r.CreateReq(parent=1, name=b"obj", mode=stat.S_IFREG | 0o666, uid=0, gid=0, ino=ino + 1)
+    with pytest.raises(FsError), t.db.env.begin(write=True) as txn:
+        t.chunks.commit(txn, r.CommitReq(ino=ino + 1, size=0, mtime_ns=1, chunks=[], inline=b"", create=again,
+                                         xattrs=[(b"user.x", b"y")]), CLIENT)
+    with t.db.env.begin() as txn:
+        assert t.namespace.child(txn, 1, b"obj") == ino and not t.namespace.exists(txn, ino + 1)
+    t.db.close()

@@ -96,6 +96,12 @@ class AsyncFile:
         self._position += len(data)
         return data
 
+    def will_need(self, length: int) -> None:
+        """The next `length` bytes from the position will be read soon: their chunks are
+        fetched now, in the background (as posix_fadvise(WILLNEED); only a hint)."""
+        self._check(readable=True)
+        self.open_file.reader.will_need(self._position, self._position + length)
+
     @raises_os_errors
     async def readline(self, size: int | None = -1) -> bytes:
         """Up to and including the next b"\\n" (at most `size` bytes); b"" at the end."""
@@ -164,6 +170,21 @@ class AsyncFile:
         self._check_open()
         if self._writable:
             await self.open_file.flush()
+
+    @raises_os_errors
+    async def flush_with_xattrs(self, xattrs: dict[str, bytes]) -> None:
+        """As `flush`, with these user.* xattrs set in the same commit (one call, one
+        transaction): the file has its content and them at once, or neither. The commit stamps
+        the file with `mtime_ns`."""
+        self._check(writable=True)
+        self.open_file.set_at_commit({os.fsencode(name): value for name, value in xattrs.items()})
+        await self.open_file.flush()
+
+    @property
+    def mtime_ns(self) -> int:
+        """The modification time the file has here (with this client's writes): what its next
+        commit stores."""
+        return self.open_file.mtime_ns
 
     @raises_os_errors
     async def lock(self, exclusive: bool = True, *, blocking: bool = True, start: int = 0, length: int = 0) -> None:

@@ -199,7 +199,7 @@ class AsyncFilesystem:
             raise FsError(errno.ENOTDIR, "not a directory")
         return directory, names[-1]
 
-    async def _changing_entries(self, directory: r.Attr) -> None:
+    async def may_change_entries(self, directory: r.Attr) -> None:
         """A name is made or removed in `directory`: write and search permission."""
         await self._check(directory, WRITE | SEARCH)
 
@@ -230,7 +230,7 @@ class AsyncFilesystem:
         if attr is None:
             if not create:
                 raise FsError(errno.ENOENT, "no such file")
-            await self._changing_entries(directory)
+            await self.may_change_entries(directory)
             open_file = await self.client.create(directory.ino, name, 0o666, self.identity)
             goal = self.options.goal
             if goal is not None and goal != open_file.attr.goal:
@@ -428,7 +428,7 @@ class AsyncFilesystem:
     @raises_os_errors
     async def mkdir(self, path: PathLike, mode: int = 0o777) -> None:
         directory, name = await self.parent_of(path, errno.EEXIST)
-        await self._changing_entries(directory)
+        await self.may_change_entries(directory)
         attr = await self.client.make(directory.ino, name, stat.S_IFDIR | (mode & 0o7777), self.identity)
         await self._apply_goal(attr.ino)
 
@@ -449,7 +449,7 @@ class AsyncFilesystem:
 
     async def _removable(self, path: PathLike) -> tuple[r.Attr, bytes, r.Attr]:
         directory, name = await self.parent_of(path, errno.EBUSY)
-        await self._changing_entries(directory)
+        await self.may_change_entries(directory)
         victim = await self.client.lookup(directory.ino, name)
         check_sticky(directory, victim, self.identity, "remove")
         return directory, name, victim
@@ -478,7 +478,7 @@ class AsyncFilesystem:
     async def _rename(self, src: PathLike, dst: PathLike, flags: int) -> None:
         old_dir, old_name, moved = await self._removable(src)
         new_dir, new_name = await self.parent_of(dst, errno.EBUSY)
-        await self._changing_entries(new_dir)
+        await self.may_change_entries(new_dir)
         replaced = await self.entry_in(new_dir, new_name)
         if replaced is not None:
             check_sticky(new_dir, replaced, self.identity, "rename over")
@@ -489,7 +489,7 @@ class AsyncFilesystem:
     @raises_os_errors
     async def symlink(self, target: PathLike, linkpath: PathLike) -> None:
         directory, name = await self.parent_of(linkpath, errno.EEXIST)
-        await self._changing_entries(directory)
+        await self.may_change_entries(directory)
         await self.client.make(directory.ino, name, stat.S_IFLNK | 0o777, self.identity, target=os.fsencode(target))
 
     @raises_os_errors

@@ -34,7 +34,7 @@ from typing import Protocol, TypeVar
 import msgspec
 import trio
 
-from chunkfs import OPEN_TRUST_S
+from chunkfs import OPEN_TRUST_S, request_id
 from chunkfs.client.leases import FEED_WAIT_S, Leases, PendingCreate
 from chunkfs.client.metadata_cache import MetadataCache
 from chunkfs.client.write_behind import WriteBehind
@@ -288,6 +288,45 @@ class Metadata:
             if req.create is not None:
                 self.leases.create_sent(pending)
             return attr
+
+    async def commit_under_name(self, req: r.CommitReq, name: bytes, flags: int = 0) -> r.Attr:
+        """A new file made whole in one call and one metaserver transaction: created (under the
+        temporary name of `req.create`), given its content and xattrs (`req.inline`,
+        `req.xattrs`), then renamed onto `name` in its directory (`flags` as renameat2's:
+        RENAME_NOREPLACE). Nobody sees the temporary name; if the rename is refused (EEXIST,
+        EISDIR), the file is removed again and its error raised."""
+        create = req.create
+        assert create is not None and create.ino == req.ino
+        parent = create.parent
+        await self._before_change(parent)
+        self.cache.changed(parent)
+        generation = self.cache.generation
+        rename = r.RenameReq(parent, create.name, parent, name, flags)
+        try:
+            committed, renamed = await self.server.batch([("commit", req), ("rename", rename)],
+                                                         (request_id.new(), True))
+        finally:
+            self.cache.forget_entry(parent, name)
+        attr = self.server.batch_reply(committed, r.Attr)
+        assert attr is not None
+        try:
+            moved = self.server.batch_reply(renamed, r.Renamed)
+        except FsError:
+            with trio.CancelScope(shield=True):
+                await self.server.remove(parent, create.name, is_dir=False)
+            raise
+        assert moved is not None
+        for ino in moved.moved:
+            if ino != attr.ino:
+                self.cache.forget_inode(ino)
+        for directory in moved.parents:
+            self.cache.put_attr(directory, generation)
+        self.cache.put_attr(attr, generation)
+        self.cache.put_entry(parent, name, attr)
+        if self.leases is not None:
+            self.leases.removed(parent, name)
+            self.leases.added(parent, name, (attr.ino, attr.mode))
+        return attr
 
     async def concat(self, req: r.ConcatReq) -> r.Attr:
         """Append the sources' chunks to `req.ino` by reference (the metaserver's concat)."""

@@ -49,6 +49,7 @@ class OpenFile:
         self.mtime_ns = self.attr.mtime_ns
         self.attr_changes: r.SetattrReq | None = None  # mode, owner, atime set since the last commit
         self.changed_ns: int | None = None  # ctime of those changes, as this client sees it
+        self.xattrs_at_commit: dict[bytes, bytes] = {}  # user.* xattrs the next commit sets (set_at_commit)
         self.writer = FileWriter(self, meta, io, cache, nursery, write_back, max_uploads)
         self.reader = FileReader(self, cache, nursery, prefetch_chunks)
 
@@ -70,6 +71,7 @@ class OpenFile:
         """The writer's commit made the file `attr`: nothing is changed here any more."""
         self.modified = False
         self.attr_changes = None
+        self.xattrs_at_commit = {}
         self.attr = attr
 
     @property
@@ -113,6 +115,13 @@ class OpenFile:
         self.changed_ns = time.time_ns()
         self.modified = True
         return self.local_attr(self.attr)
+
+    def set_at_commit(self, xattrs: dict[bytes, bytes]) -> None:
+        """Set these user.* xattrs with the next commit, in its transaction: the file shows its
+        new content and them together, or neither (a door storing an object with its metadata,
+        in one call). Until then this client does not see them either."""
+        self.xattrs_at_commit.update(xattrs)
+        self.modified = True
 
     # ---- the writer's and the reader's --------------------------------------------------------
     def _check_locks(self) -> None:

@@ -115,7 +115,21 @@ class FileReader:
         self._last_read_index = last
         total = (self.file.size + CHUNK_SIZE - 1) // CHUNK_SIZE
         window = prefetch_window(total, self._sequential_run, self.prefetch_chunks, at_start)
-        ahead = range(total) if total <= 3 else range(last + 1, min(total, last + 1 + window))
+        self._fetch_ahead(range(total) if total <= 3 else range(last + 1, min(total, last + 1 + window)))
+
+    def will_need(self, offset: int, end: int) -> None:
+        """Fetch the chunks after the one holding `offset`, up to the one holding `end` (at most
+        `prefetch_chunks` of them), in the background: a reader that knows what it will read
+        tells it up front, as posix_fadvise(WILLNEED), and reads the first chunk at once itself
+        (a prefetch of it would race that read and fetch it twice). A ranged GET does: several
+        of them at once in one file (an S3 client's parallel download) make no sequential
+        reader here, so nothing would be fetched ahead of any of them."""
+        if not self.prefetch_chunks or offset >= min(end, self.file.size):
+            return
+        first, last = offset // CHUNK_SIZE, (min(end, self.file.size) - 1) // CHUNK_SIZE
+        self._fetch_ahead(range(first + 1, min(last + 1, first + 1 + self.prefetch_chunks)))
+
+    def _fetch_ahead(self, ahead: range) -> None:
         writer = self.file.writer
         for index in ahead:
             if writer.holds(index):

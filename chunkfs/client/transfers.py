@@ -95,6 +95,23 @@ async def staged_file(afs: AsyncFilesystem, remote_path: PathLike, exclusive: bo
         raise
 
 
+async def store_small(afs: AsyncFilesystem, remote_path: PathLike, content: bytes, xattrs: dict[str, bytes],
+                      mtime_ns: int, exclusive: bool = False) -> bool:
+    """`content` (at most INLINE_MAX_BYTES) stored as `remote_path` with its user.* `xattrs`,
+    all at once in one metaserver call and transaction (`Client.store_small_file`): the name
+    shows the whole file, with its xattrs, or nothing changes. The same promises as
+    `staged_file`'s; `mtime_ns` is the file's mtime. False, and nothing done, where that path is
+    not open (no inode numbers at hand, a goal to apply): use `staged_file`."""
+    if afs.options.goal is not None:
+        return False
+    directory, name = await afs.parent_of(remote_path, errno.EISDIR)
+    await afs.may_change_entries(directory)
+    stored = await afs.client.store_small_file(directory.ino, name, _temporary_name(name), content,
+                                               {os.fsencode(k): v for k, v in xattrs.items()}, afs.identity,
+                                               mtime_ns, r.RENAME_NOREPLACE if exclusive else 0)
+    return stored is not None
+
+
 def is_staged_name(name: bytes) -> bool:
     """Whether `name` is the temporary name of a file being stored (listings leave it out)."""
     return name.startswith(b".") and TEMPORARY_MARK in name

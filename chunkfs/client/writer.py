@@ -317,10 +317,10 @@ class FileWriter:
             if not file.modified and not self.uploaded and not self.superseded:
                 return None
             req = r.CommitReq(file.ino, file.size, file.mtime_ns, list(self.uploaded.values()), self.superseded,
-                              inline=inline, attrs=file.attr_changes)
+                              inline=inline, attrs=file.attr_changes, xattrs=list(file.xattrs_at_commit.items()))
             queued = None
             empty = file.size == 0 and not self.uploaded and not file.chunks and not file.inline
-            if behind and (inline is not None or empty) and not self.superseded:
+            if behind and (inline is not None or empty) and not self.superseded and not req.xattrs:
                 queued = await self.meta.commit_behind(req, self._committed_here(inline or b""))
             try:
                 attr = queued if queued is not None else await self.meta.commit(req)

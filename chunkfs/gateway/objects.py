@@ -29,17 +29,19 @@ import hashlib
 import os
 import re
 import stat
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from chunkfs import INLINE_MAX_BYTES
 from chunkfs.client import AsyncFile, AsyncFilesystem, DirEntry
 from chunkfs.client.os_errors import os_error
-from chunkfs.client.transfers import is_staged_name, staged_file
+from chunkfs.client.transfers import is_staged_name, staged_file, store_small
 from chunkfs.errors import FsError, TransportError
 from chunkfs.gateway.checksums import BodyChecksums
 from chunkfs.gateway.listing_cache import DirectorySnapshots
-from chunkfs.gateway.streams import read_body, write_body
+from chunkfs.gateway.streams import read_body, read_if_small, write_body
 
 XATTR_ETAG = "user.s3.etag"
 XATTR_CONTENT_TYPE = "user.s3.content-type"
@@ -180,20 +182,43 @@ async def store_file(afs: AsyncFilesystem, path: str, body: AsyncIterator[bytes]
                      headers: dict[str, str] | None = None) -> StoredFile:
     """Write `body` as the file `path` (its directory must exist), atomically: the name shows
     the new file only once every byte is durable and every checksum held; with its ETag (the
-    body's MD5 unless `etag` is given), content type and metadata in its xattrs."""
+    body's MD5 unless `etag` is given), content type and metadata in its xattrs, set in the same
+    commit. A body small enough to be kept inline is stored in one metaserver call
+    (`store_small`), a larger one through a staged file."""
+    pieces = aiter(body)
     try:
+        head, complete = await read_if_small(pieces, INLINE_MAX_BYTES)
+        if complete:
+            checksums.update(head)
+            body_etag = etag or checksums.finish()
+            mtime_ns = time.time_ns()
+            values = object_xattrs(body_etag, len(head), mtime_ns, content_type, metadata, checksums.verified, headers)
+            if await store_small(afs, path, head, _encoded(values), mtime_ns, exclusive):
+                return StoredFile(len(head), mtime_ns, body_etag)
         async with staged_file(afs, path, exclusive) as afile:
-            size = await write_body(afile, body, checksums.update)
-            etag = etag or checksums.finish()
-            await afile.flush()  # committed: the file exists on the metaserver, with its final mtime
-            ino = afile.open_file.ino
-            mtime_ns = (await afs.client.getattr(ino)).mtime_ns
-            values = object_xattrs(etag, size, mtime_ns, content_type, metadata, checksums.verified, headers)
-            for name, value in values.items():  # on a file this caller just made (its owner): no check needed
-                await afs.client.setxattr(ino, name.encode(), value.encode())
+            if complete:
+                size = await afile.write(head)
+            else:
+                size = await write_body(afile, _replayed(head, pieces), checksums.update)
+                body_etag = etag or checksums.finish()
+            mtime_ns = afile.mtime_ns  # what the commit stamps the file with, so the ETag's is known now
+            values = object_xattrs(body_etag, size, mtime_ns, content_type, metadata, checksums.verified, headers)
+            # committed with its xattrs, in one call (on a file this caller just made, its owner)
+            await afile.flush_with_xattrs(_encoded(values))
     except (FsError, TransportError) as exc:  # the core's own errors, from the calls made by inode
         raise os_error(exc, path) from None
-    return StoredFile(size, mtime_ns, etag)
+    return StoredFile(size, mtime_ns, body_etag)
+
+
+def _encoded(values: dict[str, str]) -> dict[str, bytes]:
+    return {name: value.encode() for name, value in values.items()}
+
+
+async def _replayed(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The pieces of a body whose first bytes, `head`, were read already."""
+    yield head
+    async for piece in rest:
+        yield piece
 
 
 async def describe_file(afs: AsyncFilesystem, path: str, key: str, st: os.stat_result) -> ObjectInfo:

@@ -85,13 +85,32 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
 
 
 async def write_body(afile: AsyncFile, body: AsyncIterator[bytes], seen: Callable[[bytes], None]) -> int:
-    """Write every piece of `body` into `afile` from its position (each also given to `seen`),
-    a whole chunk a write where the position allows; the bytes written. A chunk is gathered in a
-    turn among the `GATHERING_BODIES` (see the module's docstring)."""
+    """Write every piece of `body` into `afile` from its position (each byte also given to
+    `seen`, in order), a whole chunk a write where the position allows; the bytes written. A
+    chunk is gathered in a turn among the `GATHERING_BODIES` (see the module's docstring).
+
+    The pieces are kept as they come and joined once into the chunk's bytes, which the writer
+    keeps as they are (one copy of each byte here). `seen` (the body's digests) runs on each
+    chunk in a worker thread, one chunk after the other, while the next chunk is received and
+    this one uploaded: hashlib and zlib let go of the GIL, so the digests take the other core."""
     turns = _gathering_turns()
     pieces = aiter(body)
-    pending = bytearray()  # grows as pieces come (a small body never makes a chunk-sized buffer)
     room = CHUNK_SIZE - afile.tell() % CHUNK_SIZE  # up to the file's next chunk boundary
+    try:
+        async with trio.open_nursery() as nursery:
+            digests = _DigestChain(seen, nursery)
+            written = await _write_gathered(afile, pieces, digests, turns, room)
+    except BaseExceptionGroup as group:  # the body's own error (S3Error, an OSError...), as it came
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    return written
+
+
+async def _write_gathered(afile: AsyncFile, pieces: AsyncIterator[bytes], digests: _DigestChain,
+                          turns: trio.Semaphore, room: int) -> int:
+    """`write_body`'s loop: gather in a turn, write a chunk at a time, digest each chunk written."""
+    gathered = _Gathered()
     written = 0
     holding = False
     try:
@@ -101,22 +120,104 @@ async def write_body(afile: AsyncFile, body: AsyncIterator[bytes], seen: Callabl
             if not holding:
                 await turns.acquire()
                 holding = True
-            seen(piece)
-            pending += piece
-            while len(pending) >= room:
-                with memoryview(pending) as view:
-                    written += await afile.write(view[:room])
-                del pending[:room]  # the writer copied what it keeps
+            gathered.add(piece)
+            while gathered.size >= room:
+                chunk = gathered.take(room)
+                await digests.add(chunk)
+                written += await afile.write(chunk)
                 room = CHUNK_SIZE
-            if not pending:
+            if not gathered.size:
                 turns.release()
                 holding = False
-        if pending:
-            written += await afile.write(pending)
+        if gathered.size:
+            rest = gathered.take(gathered.size)
+            await digests.add(rest)
+            written += await afile.write(rest)
     finally:
         if holding:
             turns.release()
     return written
+
+
+class _Gathered:
+    """Pieces of a body not written yet, joined only when a chunk's worth is taken."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes | memoryview] = []
+        self.size = 0
+
+    def add(self, piece: bytes) -> None:
+        self.pieces.append(piece)
+        self.size += len(piece)
+
+    def take(self, size: int) -> bytes:
+        """The first `size` bytes (at most `self.size`), as one bytes object."""
+        taken: list[bytes | memoryview] = []
+        needed = size
+        while needed:
+            piece = self.pieces[0]
+            if len(piece) <= needed:
+                taken.append(self.pieces.pop(0))
+                needed -= len(piece)
+            else:
+                view = memoryview(piece)
+                taken.append(view[:needed])
+                self.pieces[0] = view[needed:]
+                needed = 0
+        self.size -= size
+        return taken[0] if len(taken) == 1 and type(taken[0]) is bytes else b"".join(taken)
+
+
+DIGEST_IN_THREAD_BYTES = 256 * 1024  # smaller pieces are digested on the event loop (a thread hop costs more)
+
+
+DIGESTS_BEHIND = 2  # chunks a body's digests may lag behind its writes (each held until digested)
+
+
+class _DigestChain:
+    """`seen` given each piece in order, in a worker thread for big ones, each after the one
+    before it: the caller goes on meanwhile (the nursery waits for the last), unless the
+    digests are `DIGESTS_BEHIND` pieces behind."""
+
+    def __init__(self, seen: Callable[[bytes], None], nursery: trio.Nursery) -> None:
+        self.seen, self.nursery = seen, nursery
+        self.behind: list[trio.Event] = []
+
+    async def add(self, data: bytes) -> None:
+        while len(self.behind) >= DIGESTS_BEHIND:
+            await self.behind[0].wait()
+            self.behind.pop(0)
+        before = self.behind[-1] if self.behind else None
+        done = trio.Event()
+        self.behind.append(done)
+        self.nursery.start_soon(self._digest, before, done, data)
+
+    async def _digest(self, before: trio.Event | None, done: trio.Event, data: bytes) -> None:
+        if before is not None:
+            await before.wait()
+        try:
+            if len(data) >= DIGEST_IN_THREAD_BYTES:
+                await trio.to_thread.run_sync(self.seen, data)
+            else:
+                self.seen(data)
+        finally:
+            done.set()
+
+
+async def read_if_small(pieces: AsyncIterator[bytes], limit_bytes: int) -> tuple[bytes, bool]:
+    """The body's first bytes, read until more than `limit_bytes` came or it ended, and whether
+    it ended (then they are the whole body). A stalled client is cut after `STALLED_BODY_S`, as
+    in `write_body`."""
+    head = bytearray()
+    while len(head) <= limit_bytes:
+        with trio.move_on_after(STALLED_BODY_S):
+            piece = await anext(pieces, None)
+            if piece is None:
+                return bytes(head), True
+            head += piece
+            continue
+        raise S3Error("RequestTimeout", f"no byte of the request body came for {STALLED_BODY_S:.0f} s")
+    return bytes(head), False
 
 
 async def _next_piece(pieces: AsyncIterator[bytes], holding_a_turn: bool) -> bytes | None:
@@ -137,6 +238,8 @@ async def read_body(afile: AsyncFile, byte_range: ByteRange | None, counted: Cal
         position = 0 if byte_range is None else byte_range.start
         remaining = afile.size - position if byte_range is None else byte_range.length
         await afile.seek(position)
+        if byte_range is not None:  # a part of a parallel download, most likely: its chunks fetched at once
+            afile.will_need(remaining)
         while remaining > 0:
             data = await afile.read(min(CHUNK_SIZE - position % CHUNK_SIZE, remaining))
             if not data:

@@ -413,7 +413,7 @@ class ChunkTable:
 
     def commit(self, txn: Txn, req: r.CommitReq, client: str, scope: str = "") -> r.Attr:
         """Make uploaded chunk versions part of the file and set its size and mtime (creating
-        the file first when the commit carries its create).
+        the file first when the commit carries its create, and setting the xattrs it carries last).
 
         Every version named must be `client`'s (see reservations.py): one it reserved and has
         not used for another file, or the version the file already has at that index (a retried
@@ -473,9 +473,12 @@ class ChunkTable:
         inode.mtime_ns = req.mtime_ns
         inode.ctime_ns = time.time_ns()
         self.namespace.put(txn, req.ino, inode)
-        if req.attrs is not None:
-            return self.namespace.setattr(txn, req.attrs, self.truncate)
-        return self.namespace.attr(req.ino, inode)
+        attr = self.namespace.setattr(txn, req.attrs, self.truncate) if req.attrs is not None else None
+        for name, value in req.xattrs:
+            self.namespace.setxattr(txn, r.XattrReq(req.ino, name, value))
+        if req.xattrs:  # the inode as they left it (has_xattrs, ctime)
+            return self.namespace.getattr(txn, req.ino)
+        return attr if attr is not None else self.namespace.attr(req.ino, inode)
 
     def concat(self, txn: Txn, req: r.ConcatReq) -> r.Attr:
         """Append the chunks of `req.sources` to file `req.ino` by moving their records (see

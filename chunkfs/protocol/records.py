@@ -297,6 +297,9 @@ class DedupHit(Struct):
     valid_s: float = 0.0
 
 
+MAX_COMMIT_XATTRS = 256  # xattrs one commit may set
+
+
 class CommitReq(Struct):
     """New chunk versions become the file's (the last commit wins); `discard` are versions this
     client uploaded and then replaced itself, to be deleted. With `inline`, the file's whole
@@ -312,9 +315,16 @@ class CommitReq(Struct):
     inline: bytes | None = None
     attrs: SetattrReq | None = None
     create: CreateReq | None = None  # a file created in a leased directory: created by this commit
+    # user.* xattrs set on the file in the commit's transaction (a door storing an object with its
+    # metadata: it appears with them or not at all), after the content and `attrs`
+    xattrs: Annotated[list[tuple[bytes, bytes]], Meta(max_length=MAX_COMMIT_XATTRS)] = []
 
     def __post_init__(self) -> None:
         limits.check_size(self.size)
+        for name, value in self.xattrs:
+            limits.check_xattr(name, value)
+            if not name.startswith(b"user."):
+                raise FsError(errno.EINVAL, f"a commit sets user.* attributes only, not {name!r}")
 
 
 class ConcatReq(Struct):

@@ -29,7 +29,10 @@ import trio
 from chunkfs.protocol.tls_stream import TlsSocketStream
 
 RECEIVE_BYTES = 1 << 20
-DIRECT_BODY_BYTES = 64 * 1024  # bodies at least this long are received with recv_into
+# bodies at least this long are received with recv_into, and sent apart from the head (no copy);
+# a shorter one goes out with its head in one send (a metadata call: one segment, the server
+# woken once, where two sends cost ~10% of a gateway's CPU on small PUTs)
+DIRECT_BODY_BYTES = 64 * 1024
 
 
 class TransportFailure(Exception):
@@ -183,7 +186,9 @@ class TrioH11Transport:
                         headers: list[tuple[str, str]], body: bytes | None) -> Response:
         all_headers = [("Content-Length", str(len(body) if body else 0)), *headers]
         out = conn.h11.send(h11.Request(method=method, target=target, headers=all_headers))
-        if body:
+        if body and len(body) < DIRECT_BODY_BYTES:  # head and body in one send: one segment, one wake-up
+            await conn.stream.send_all(out + conn.h11.send(h11.Data(data=body)) + conn.h11.send(h11.EndOfMessage()))
+        elif body:
             await conn.stream.send_all(out)
             # h11 types this Optional for any event (send() has overloads); None is for ConnectionClosed only
             for piece in conn.h11.send_with_data_passthrough(h11.Data(data=body)):  # type: ignore[union-attr]
