@@ -6,6 +6,20 @@ Promises:
   named at open (close-to-open), from memory, the local disk or a chunkserver (`chunk_cache`).
 - A sequential reader gets whole chunks; a read that jumps (a random reader) fetches only the
   64 KiB blocks it covers, verified block by block, cached by block (`ChunkCache.read_range`).
+- A corrupt block is never served. Every byte a reader gets was checked against a checksum tied
+  to the chunk table's checksum of that version: a whole chunk against that checksum itself
+  (`chunk_io`); a block from a chunkserver against the block checksums in the chunk file's
+  header, after the chunkserver (which reports a mismatch as corruption) and then this client
+  checked that the header's chunk checksum is the chunk table's, and the chunkserver checked
+  the block against them too (a mismatch there is reported, here it is damage on the way: either
+  way the next replica is asked, block by block as for chunks). The chunkserver wrote that header
+  in one step with block checksums it computed from the very bytes it had just checked against
+  the chunk checksum (`ChunkStore.write`), so later damage to a block, to its checksum or to the
+  header shows as a mismatch, and a file holding another chunk's data (consistent with its own
+  header) is refused by its header's checksum. Blocks from the local disk cache are checked
+  against block checksums this client computed from a whole chunk it had verified
+  (`disk_cache`). What passes is a block damaged together with its checksum so that they still
+  agree: a chance of 2^-64 for random damage.
 - Prefetch (`prefetch.py`) fetches ahead in the background: a file of up to 3 chunks whole at the
   first read, a sequential reader a window growing to `prefetch_chunks`; a prefetch that fails is
   only a hint lost (the read itself reports errors).
