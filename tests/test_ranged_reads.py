@@ -21,6 +21,7 @@ from conftest import chunkfs as chunkfs_command
 from conftest import chunkserver_reads, drop_caches, metrics_of, wait_until
 
 KiB = 1024
+MiB = 1024 * KiB
 TAIL_BYTES = 100 * KiB  # the last chunk's length: its second block is short
 FILE_BYTES = 4 * CHUNK_SIZE + TAIL_BYTES  # five chunks: more than prefetch fetches whole (3)
 
@@ -96,6 +97,28 @@ def test_a_sequential_reader_still_gets_whole_chunks(fresh_cluster, big_file):
         ranged_before = ranged_reads(cluster)
         assert f.read() == data
     assert ranged_reads(cluster) == ranged_before
+
+
+@pytest.mark.parametrize("fresh_cluster", [NO_SCRUB], indirect=True)
+def test_a_random_read_near_the_last_one_fetches_blocks_and_reading_on_in_order_whole_chunks(
+        fresh_cluster, big_file):
+    """A random reader lands within the kernel's read-ahead slack of its last read now and then:
+    that read alone fetches its block; two reads in a row that continue the one before make a
+    reader that reads in order, which gets whole chunks."""
+    cluster, data = fresh_cluster, big_file
+    with cold_client(cluster) as fs, fs.open("/big", "rb") as f:
+        # a read 1 MiB past the end of the last one (near it), then 2 chunks on, and near that
+        for offset in (CHUNK_SIZE + 5 * BLOCK_SIZE + 1000, CHUNK_SIZE + 5 * BLOCK_SIZE + 1000 + 4 * KiB + MiB,
+                       3 * CHUNK_SIZE + 1000, 3 * CHUNK_SIZE + 1000 + 4 * KiB + MiB):
+            before = served(cluster)
+            f.seek(offset)
+            assert f.read(4 * KiB) == data[offset:offset + 4 * KiB]
+            assert served(cluster) - before == BLOCK_SIZE, offset
+        offset += 4 * KiB
+        before = served(cluster)
+        f.seek(offset)  # the second read in a row that continues the last: in order now
+        assert f.read(4 * KiB) == data[offset:offset + 4 * KiB]
+        assert served(cluster) - before >= CHUNK_SIZE
 
 
 @pytest.mark.parametrize("fresh_cluster", [NO_SCRUB], indirect=True)
