@@ -67,7 +67,8 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
     (`?offset=&length=`, in the signed query; the offset at a block) gets only the blocks it
     covers, verified here, with their checksums in BLOCK_SUMS_HEADER and the chunk checksum the
     file's header holds in CHUNK_CHECKSUM_HEADER for the client to check; with `?checksum=` (the
-    version's in the chunk table) a file whose header holds another is refused as corrupt."""
+    version's in the chunk table) a file whose header holds another is refused (EBADMSG; not
+    reported as corrupt: the client's word must not take a copy out of the cluster)."""
     chunk_id, version = _chunk_key(request)
     counters = request.app[METRICS]
     try:

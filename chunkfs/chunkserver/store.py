@@ -12,8 +12,9 @@ server's id so a disk of another server is refused at start.
 
 `read_blocks` reads and verifies only the blocks a ranged read asks for, and returns their
 block checksums and the chunk checksum of the header with them, so the mount checks what arrives
-against them; given the checksum the metaserver recorded for the version, it refuses (as
-corruption) a file whose header names another: its block checksums are not that version's.
+against them; given the checksum the metaserver recorded for the version, it refuses to serve
+a file whose header names another: its block checksums are not that version's. That refusal is not reported as corruption: the checksum comes from the client, and
+a client's word (wrong, or hostile) must never take a sound copy out of the cluster.
 
 `open_data` is the other way to read: the data of a chunk file, unverified, for sending with
 `sendfile` to a client that checks the whole chunk's checksum itself (end to end) and asks
@@ -247,7 +248,7 @@ class ChunkStore:
         blocks' xxh3s and the header's chunk checksum: a ranged read. `offset` is a multiple of
         BLOCK_SIZE; only the blocks returned are read and verified (a mismatch is CorruptChunk,
         never data). `expected_checksum` (if given): the version's checksum in the chunk table;
-        a header naming another is CorruptChunk (the file is not that version)."""
+        a header naming another is FsError EBADMSG (not reported: see the module's docstring)."""
         found = self._read_blocks(chunk_id, version, offset, length, expected_checksum, cached_only=False)
         assert found is not None  # only a cached_only read gives up
         return found
@@ -275,9 +276,10 @@ class ChunkStore:
                 raise CorruptChunk(f"chunk {chunk_id} v{version}: bad header or length")
             checksum = stored_checksum.decode("latin-1")
             if expected_checksum and checksum != expected_checksum:
-                log.error("chunk %d v%d: the header's checksum %s is not the version's (%s)",
-                          chunk_id, version, checksum, expected_checksum)
-                raise CorruptChunk(f"chunk {chunk_id} v{version}: the file holds another chunk's data")
+                log.warning("chunk %d v%d: the header's checksum %s is not the one asked for (%s)",
+                            chunk_id, version, checksum, expected_checksum)
+                raise FsError(errno.EBADMSG, f"chunk {chunk_id} v{version} here has checksum {checksum}, "
+                                             f"not {expected_checksum}")
             if offset >= stored_length:
                 raise FsError(errno.EINVAL, f"chunk {chunk_id} v{version} has {stored_length} bytes, none at {offset}")
             length = min(length, stored_length - offset)

@@ -12,8 +12,9 @@ mismatch; their scrubbers re-verify every chunk at rest. A ranged read (`fetch_b
 before it answers (a corrupt block is reported there, and the answer is an error: the next
 replica is tried, as for a whole chunk), and here against the block checksums sent with it.
 Those block checksums are tied to the chunk table: the request names the version's checksum
-and the answer the one in the header the block checksums came from; a chunkserver refuses (and
-reports) a file whose header holds another, and so does this client (see reader.py for why a
+and the answer the one in the header the block checksums came from; a chunkserver refuses to serve a
+file whose header holds another (it does not report it: a client's word must not take a copy
+out of the cluster), and so does this client (see reader.py for why a
 corrupt block is never served).
 Every request to a chunkserver carries a chunk token (`chunkfs.chunk_tokens`): a read the one
 that came with the file's layout, a write the one of its reservation; it is signed with this

@@ -9,8 +9,8 @@ Promises:
 - A corrupt block is never served. Every byte a reader gets was checked against a checksum tied
   to the chunk table's checksum of that version: a whole chunk against that checksum itself
   (`chunk_io`); a block from a chunkserver against the block checksums in the chunk file's
-  header, after the chunkserver (which reports a mismatch as corruption) and then this client
-  checked that the header's chunk checksum is the chunk table's, and the chunkserver checked
+  header, after the chunkserver and then this client checked that the header's chunk checksum
+  is the chunk table's, and the chunkserver checked
   the block against them too (a mismatch there is reported, here it is damage on the way: either
   way the next replica is asked, block by block as for chunks). The chunkserver wrote that header
   in one step with block checksums it computed from the very bytes it had just checked against

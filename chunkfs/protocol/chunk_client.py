@@ -111,7 +111,7 @@ class ChunkClient:
                          retry_s: float | None = None, token: str = "", checksum: str = "") -> BlockAnswer:
         """`length` bytes of the chunk from `offset`, clipped to its end: a ranged read. `offset`
         is at a block (`checksum.BLOCK_SIZE`). `checksum`: the version's in the chunk table; the
-        server refuses (as corrupt) a file whose header holds another. The server verified the
+        server refuses (EBADMSG) to serve a file whose header holds another. The server verified the
         blocks against its block checksums before it answered; the caller checks the answer
         (`BlockAnswer`), which catches what went wrong on the way."""
         params: dict[str, str | int] = {OFFSET_PARAM: offset, LENGTH_PARAM: length}
