@@ -1,5 +1,8 @@
 """Unit tests of the mount's data path: cache eviction (segmented LRU), the disk cache, the
-prefetch window and the write-back bound."""
+prefetch window, the write-back bound and the chunkserver store's ranged read."""
+
+import errno
+import os
 
 import pytest
 import trio
@@ -211,3 +214,26 @@ def test_a_sequential_scan_does_not_push_out_the_chunks_prefetched_ahead_of_it()
         assert cache.has(ref(39)) and not cache.has(ref(38))
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_chunkservers_ranged_read_checks_its_file_against_the_versions_checksum(tmp_path):
+    """The store's ranged read answers the blocks, their checksums and its header's chunk
+    checksum; asked with the version's checksum from the chunk table, a file whose header holds
+    another (another chunk's data, consistent in itself) is refused, never read, and not
+    reported as corrupt (the checksum is the client's word)."""
+    from chunkfs.checksum import BLOCK_SIZE, block_checksums, chunk_checksum
+    from chunkfs.chunkserver.store import ChunkStore, CorruptChunk
+    from chunkfs.errors import FsError
+
+    store = ChunkStore(tmp_path)
+    data, other = os.urandom(3 * BLOCK_SIZE + 100), os.urandom(3 * BLOCK_SIZE + 100)  # a short last block
+    store.write(7, 1, data, chunk_checksum(data))
+    store.write(8, 1, other, chunk_checksum(other))
+    found = store.read_blocks(7, 1, 2 * BLOCK_SIZE, 4 * BLOCK_SIZE, chunk_checksum(data))
+    assert found.data == data[2 * BLOCK_SIZE:]  # clipped to the chunk's end
+    assert found.block_sums == block_checksums(data)[2 * 8:] and found.chunk_checksum == chunk_checksum(data)
+    store.path(7, 1).write_bytes(store.path(8, 1).read_bytes())  # chunk 8's file under chunk 7's name
+    with pytest.raises(FsError) as refused:
+        store.read_blocks(7, 1, 0, BLOCK_SIZE, chunk_checksum(data))
+    assert refused.value.errno == errno.EBADMSG and not isinstance(refused.value, CorruptChunk)  # not reported
+    assert store.read_blocks(7, 1, 0, BLOCK_SIZE).chunk_checksum == chunk_checksum(other)  # the client's check

@@ -21,8 +21,8 @@ from chunkfs.chunkserver.store import HEADER_SIZE, ChunkStore, CorruptChunk
 from chunkfs.protocol import records as r
 from chunkfs.protocol.disk_check import BUCKETS, INVENTORY_PATH, Inventory
 from chunkfs.request_checks import path_id, query_float, query_int
-from chunkfs.protocol.chunk_client import (BLOCK_SUMS_HEADER, CHECKSUM_HEADER, CHECKSUM_PARAM, CLIENT_VERIFIES_PARAM,
-                                           LENGTH_PARAM, OFFSET_PARAM, TOKEN_PARAM, ChunkClient)
+from chunkfs.protocol.chunk_client import (BLOCK_SUMS_HEADER, CHECKSUM_HEADER, CHECKSUM_PARAM, CHUNK_CHECKSUM_HEADER,
+                                           CLIENT_VERIFIES_PARAM, LENGTH_PARAM, OFFSET_PARAM, TOKEN_PARAM, ChunkClient)
 from chunkfs.chunkserver.sendfile import FileRangeResponse
 from chunkfs import CHUNK_SIZE
 
@@ -65,23 +65,27 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
     """The chunk's data: verified block by block here, or, for a client that verifies the whole
     chunk itself (`?client_verifies=1`), sent from the file with sendfile. A ranged read
     (`?offset=&length=`, in the signed query; the offset at a block) gets only the blocks it
-    covers, verified here, with their checksums in BLOCK_SUMS_HEADER for the client to check."""
+    covers, verified here, with their checksums in BLOCK_SUMS_HEADER and the chunk checksum the
+    file's header holds in CHUNK_CHECKSUM_HEADER for the client to check; with `?checksum=` (the
+    version's in the chunk table) a file whose header holds another is refused (EBADMSG; not
+    reported as corrupt: the client's word must not take a copy out of the cluster)."""
     chunk_id, version = _chunk_key(request)
     counters = request.app[METRICS]
     try:
         if OFFSET_PARAM in request.query:
             offset = query_int(request, OFFSET_PARAM, 0, high=CHUNK_SIZE - 1)
             length = query_int(request, LENGTH_PARAM, CHUNK_SIZE, low=1, high=CHUNK_SIZE)
+            expected = request.query.get(CHECKSUM_PARAM, "")
             store = request.app[STORE]
             # cached blocks are read here (a thread hop costs more than the read); others in a thread
-            found = store.read_cached_blocks(chunk_id, version, offset, length)
+            found = store.read_cached_blocks(chunk_id, version, offset, length, expected)
             if found is None:
-                found = await asyncio.to_thread(store.read_blocks, chunk_id, version, offset, length)
-            data, sums = found
-            counters.read_bytes.inc(len(data))
+                found = await asyncio.to_thread(store.read_blocks, chunk_id, version, offset, length, expected)
+            counters.read_bytes.inc(len(found.data))
             counters.ranged_reads.inc()
-            return web.Response(body=data, content_type="application/octet-stream",
-                                headers={BLOCK_SUMS_HEADER: sums.hex()})
+            return web.Response(body=found.data, content_type="application/octet-stream",
+                                headers={BLOCK_SUMS_HEADER: found.block_sums.hex(),
+                                         CHUNK_CHECKSUM_HEADER: found.chunk_checksum})
         if request.query.get(CLIENT_VERIFIES_PARAM) == "1":
             f, length = await asyncio.to_thread(request.app[STORE].open_data, chunk_id, version)
             counters.read_bytes.inc(length)

@@ -11,7 +11,10 @@ with the most free space, reads and deletes look in each, and every directory ca
 server's id so a disk of another server is refused at start.
 
 `read_blocks` reads and verifies only the blocks a ranged read asks for, and returns their
-block checksums with them, so the mount checks what arrives against them.
+block checksums and the chunk checksum of the header with them, so the mount checks what arrives
+against them; given the checksum the metaserver recorded for the version, it refuses to serve
+a file whose header names another: its block checksums are not that version's. That refusal is not reported as corruption: the checksum comes from the client, and
+a client's word (wrong, or hostile) must never take a sound copy out of the cluster.
 
 `open_data` is the other way to read: the data of a chunk file, unverified, for sending with
 `sendfile` to a client that checks the whole chunk's checksum itself (end to end) and asks
@@ -59,6 +62,16 @@ def _pread(fd: int, length: int, offset: int, cached_only: bool) -> bytes | None
     if got < length and got < os.fstat(fd).st_size - offset:
         return None  # partly cached: read it all in a thread
     return bytes(memoryview(buffer)[:got])
+
+
+@dataclass(frozen=True)
+class BlockRead:
+    """What a ranged read found: the data, its blocks' xxh3s (8 bytes a block) and the chunk
+    checksum in the file's header (the one the data was checked against when it was stored)."""
+
+    data: bytes
+    block_sums: bytes
+    chunk_checksum: str
 
 
 class CorruptChunk(FsError):
@@ -229,21 +242,25 @@ class ChunkStore:
             raise CorruptChunk(f"chunk {chunk_id} v{version}: block {bad} fails its checksum")
         return raw[HEADER_SIZE:]
 
-    def read_blocks(self, chunk_id: int, version: int, offset: int, length: int) -> tuple[bytes, bytes]:
-        """(`length` bytes of the data from `offset`, clipped to the chunk's end; their blocks'
-        xxh3s, 8 bytes each): a ranged read. `offset` is a multiple of BLOCK_SIZE; only the
-        blocks returned are read and verified (a mismatch is CorruptChunk, never data)."""
-        found = self._read_blocks(chunk_id, version, offset, length, cached_only=False)
+    def read_blocks(self, chunk_id: int, version: int, offset: int, length: int, expected_checksum: str = ""
+                    ) -> BlockRead:
+        """`length` bytes of the data from `offset` (clipped to the chunk's end), with their
+        blocks' xxh3s and the header's chunk checksum: a ranged read. `offset` is a multiple of
+        BLOCK_SIZE; only the blocks returned are read and verified (a mismatch is CorruptChunk,
+        never data). `expected_checksum` (if given): the version's checksum in the chunk table;
+        a header naming another is FsError EBADMSG (not reported: see the module's docstring)."""
+        found = self._read_blocks(chunk_id, version, offset, length, expected_checksum, cached_only=False)
         assert found is not None  # only a cached_only read gives up
         return found
 
-    def read_cached_blocks(self, chunk_id: int, version: int, offset: int, length: int) -> tuple[bytes, bytes] | None:
+    def read_cached_blocks(self, chunk_id: int, version: int, offset: int, length: int, expected_checksum: str = ""
+                           ) -> BlockRead | None:
         """As `read_blocks`, but None unless every byte needed is in the page cache
         (RWF_NOWAIT), so it can run on the event loop without waiting for a disk."""
-        return self._read_blocks(chunk_id, version, offset, length, cached_only=True)
+        return self._read_blocks(chunk_id, version, offset, length, expected_checksum, cached_only=True)
 
-    def _read_blocks(self, chunk_id: int, version: int, offset: int, length: int, cached_only: bool
-                     ) -> tuple[bytes, bytes] | None:
+    def _read_blocks(self, chunk_id: int, version: int, offset: int, length: int, expected_checksum: str,
+                     cached_only: bool) -> BlockRead | None:
         if offset % BLOCK_SIZE or length <= 0:
             raise FsError(errno.EINVAL, f"a ranged read starts at a block ({BLOCK_SIZE} bytes) and is not empty")
         with self._open_chunk(chunk_id, version) as f:
@@ -254,9 +271,15 @@ class ChunkStore:
             size = os.fstat(fd).st_size
             if len(head) < _HEAD.size or size < HEADER_SIZE:
                 raise CorruptChunk(f"chunk {chunk_id} v{version}: short header")
-            magic, stored_length, _checksum = _HEAD.unpack_from(head)
+            magic, stored_length, stored_checksum = _HEAD.unpack_from(head)
             if magic != MAGIC or stored_length != size - HEADER_SIZE:
                 raise CorruptChunk(f"chunk {chunk_id} v{version}: bad header or length")
+            checksum = stored_checksum.decode("latin-1")
+            if expected_checksum and checksum != expected_checksum:
+                log.warning("chunk %d v%d: the header's checksum %s is not the one asked for (%s)",
+                            chunk_id, version, checksum, expected_checksum)
+                raise FsError(errno.EBADMSG, f"chunk {chunk_id} v{version} here has checksum {checksum}, "
+                                             f"not {expected_checksum}")
             if offset >= stored_length:
                 raise FsError(errno.EINVAL, f"chunk {chunk_id} v{version} has {stored_length} bytes, none at {offset}")
             length = min(length, stored_length - offset)
@@ -269,7 +292,7 @@ class ChunkStore:
         if bad is not None:
             log.error("chunk %d v%d: block %d fails its checksum", chunk_id, version, bad)
             raise CorruptChunk(f"chunk {chunk_id} v{version}: block {bad} fails its checksum")
-        return data, sums
+        return BlockRead(data, sums, checksum)
 
     def _open_chunk(self, chunk_id: int, version: int) -> BinaryIO:
         """The version's chunk file, open for reading (unbuffered), from whichever directory holds it."""

@@ -11,6 +11,11 @@ mismatch; their scrubbers re-verify every chunk at rest. A ranged read (`fetch_b
 64 KiB blocks of a chunk) is verified twice: by the chunkserver against its block checksums
 before it answers (a corrupt block is reported there, and the answer is an error: the next
 replica is tried, as for a whole chunk), and here against the block checksums sent with it.
+Those block checksums are tied to the chunk table: the request names the version's checksum
+and the answer the one in the header the block checksums came from; a chunkserver refuses to serve a
+file whose header holds another (it does not report it: a client's word must not take a copy
+out of the cluster), and so does this client (see reader.py for why a
+corrupt block is never served).
 Every request to a chunkserver carries a chunk token (`chunkfs.chunk_tokens`): a read the one
 that came with the file's layout, a write the one of its reservation; it is signed with this
 client's token key, asked for once (a token serves only the client it was issued to). A token about to expire
@@ -111,11 +116,18 @@ class ChunkIO:
             return b""
 
         async def one(address: str, retry_s: float) -> bytes | bytearray | None:
-            data, sums = await self.chunks.get_blocks(address, ref.chunk_id, ref.version, offset, length, retry_s,
-                                                      token=ref.token)
-            if sums is None:  # an older chunkserver sent the whole chunk: checked as a whole
-                whole = data if chunk_checksum(data) == ref.checksum else await self._fetch_verified(address, ref, retry_s)
+            answer = await self.chunks.get_blocks(address, ref.chunk_id, ref.version, offset, length, retry_s,
+                                                  token=ref.token, checksum=ref.checksum)
+            data, sums = answer.data, answer.block_sums
+            if sums is None or answer.chunk_checksum is None:
+                # an older chunkserver: the whole chunk (sent, or fetched now) checked as a whole
+                whole = data if sums is None and chunk_checksum(data) == ref.checksum \
+                    else await self._fetch_verified(address, ref, retry_s)
                 return None if whole is None else whole[offset:offset + length]
+            if answer.chunk_checksum != ref.checksum:
+                log.warning("chunk %d v%d from %s: its block checksums are another chunk's (checksum %s, not %s)",
+                            ref.chunk_id, ref.version, address, answer.chunk_checksum, ref.checksum)
+                return None
             if len(data) == length and len(sums) == DIGEST_SIZE * ((length + BLOCK_SIZE - 1) // BLOCK_SIZE) \
                     and verify_blocks(memoryview(data), sums, 0) is None:
                 return data

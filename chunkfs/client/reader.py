@@ -6,6 +6,20 @@ Promises:
   named at open (close-to-open), from memory, the local disk or a chunkserver (`chunk_cache`).
 - A sequential reader gets whole chunks; a read that jumps (a random reader) fetches only the
   64 KiB blocks it covers, verified block by block, cached by block (`ChunkCache.read_range`).
+- A corrupt block is never served. Every byte a reader gets was checked against a checksum tied
+  to the chunk table's checksum of that version: a whole chunk against that checksum itself
+  (`chunk_io`); a block from a chunkserver against the block checksums in the chunk file's
+  header, after the chunkserver and then this client checked that the header's chunk checksum
+  is the chunk table's, and the chunkserver checked
+  the block against them too (a mismatch there is reported, here it is damage on the way: either
+  way the next replica is asked, block by block as for chunks). The chunkserver wrote that header
+  in one step with block checksums it computed from the very bytes it had just checked against
+  the chunk checksum (`ChunkStore.write`), so later damage to a block, to its checksum or to the
+  header shows as a mismatch, and a file holding another chunk's data (consistent with its own
+  header) is refused by its header's checksum. Blocks from the local disk cache are checked
+  against block checksums this client computed from a whole chunk it had verified
+  (`disk_cache`). What passes is a block damaged together with its checksum so that they still
+  agree: a chance of 2^-64 for random damage.
 - Prefetch (`prefetch.py`) fetches ahead in the background: a file of up to 3 chunks whole at the
   first read, a sequential reader a window growing to `prefetch_chunks`; a prefetch that fails is
   only a hint lost (the read itself reports errors).
@@ -40,6 +54,8 @@ class FileReader:
         self._last_read_index = -2
         self._sequential_run = 0
         self._next_offset = -1  # where the last read ended (-1: no read yet)
+        self._last_continued = False  # the last read continued the one before it
+        self._reading_in_order = False  # what `_sequential` answered last
 
     async def stored_content(self, index: int) -> bytes | bytearray:
         """The bytes of chunk `index` as stored (uploaded here or committed; may be shorter
@@ -93,13 +109,21 @@ class FileReader:
         return memoryview(held)[start:stop]
 
     def _sequential(self, offset: int, end: int) -> bool:
-        """Whether this read continues the last one (within SEQUENTIAL_SLACK_BYTES: the kernel's
-        read-ahead has several reads in flight, which may arrive out of order), or is the first
-        read, at the start: whole chunks then; a read elsewhere fetches only its blocks."""
-        sequential = abs(offset - self._next_offset) <= SEQUENTIAL_SLACK_BYTES if self._next_offset >= 0 \
-            else offset == 0
+        """Whether this reader reads in order: whole chunks then; else a read fetches only its
+        blocks. A read continues the last one when it starts within SEQUENTIAL_SLACK_BYTES of
+        its end (the kernel's read-ahead has several reads in flight, which may arrive out of
+        order). A reader reads in order from a first read at offset 0, or once two reads in a
+        row continued the one before, until a read does not: a random reader lands that close
+        to its last read now and then (one read in 256 in a 1 GiB file), and one such read must
+        not fetch a whole chunk (with 4 fio jobs, those were a quarter of the bytes sent)."""
+        if self._next_offset < 0:
+            continues, in_order = False, offset == 0
+        else:
+            continues = abs(offset - self._next_offset) <= SEQUENTIAL_SLACK_BYTES
+            in_order = continues and (self._reading_in_order or self._last_continued)
+        self._last_continued, self._reading_in_order = continues, in_order
         self._next_offset = end
-        return sequential
+        return in_order
 
     def _prefetch(self, first: int, last: int, sequential: bool) -> None:
         """`sequential`: this read continues the last one (`_sequential`); only such a step into

@@ -7,6 +7,8 @@ own key (the metaserver's: the chunk key)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import msgspec
 
 from chunkfs import auth
@@ -20,8 +22,22 @@ CHECKSUM_PARAM = "checksum"
 CLIENT_VERIFIES_PARAM = "client_verifies"  # GET: the server may skip its block checks (see get)
 OFFSET_PARAM, LENGTH_PARAM = "offset", "length"  # a ranged GET: in the query, which is signed (see auth)
 BLOCK_SUMS_HEADER = "X-Chunkfs-Block-Sums"  # a ranged GET's answer: its blocks' xxh3s, hex
+CHUNK_CHECKSUM_HEADER = "X-Chunkfs-Chunk-Checksum"  # ... and the chunk checksum its file's header holds
 TOKEN_PARAM = "token"  # a copy's: the read token for its source
 EPOCH_HEADER = "X-Chunkfs-Epoch"  # a metaserver's DELETE or copy: its primary epoch (chunkserver/fencing.py)
+
+
+@dataclass(frozen=True)
+class BlockAnswer:
+    """A chunkserver's answer to a ranged read. `block_sums`: the blocks' xxh3s (8 bytes a
+    block); None from a chunkserver older than ranged reads, which ignored the range and sent
+    the whole chunk (a rolling upgrade that reached clients first), to be checked as a whole.
+    `chunk_checksum`: the chunk checksum in the header the server read the block sums from (None
+    from a server older than that check)."""
+
+    data: bytes | bytearray
+    block_sums: bytes | None
+    chunk_checksum: str | None
 
 
 def chunk_url(address: str, chunk_id: int, version: int) -> str:
@@ -92,24 +108,25 @@ class ChunkClient:
         return response.content
 
     async def get_blocks(self, address: str, chunk_id: int, version: int, offset: int, length: int,
-                         retry_s: float | None = None, token: str = "") -> tuple[bytes | bytearray, bytes | None]:
-        """(`length` bytes of the chunk from `offset`, clipped to its end; their blocks' xxh3s,
-        8 bytes a block): a ranged read. `offset` is at a block (`checksum.BLOCK_SIZE`). The
-        server verified those blocks before it answered; the caller checks the bytes against
-        the sums (`checksum.verify_blocks`), which catches what went wrong on the way.
-        Sums None: a chunkserver older than ranged reads ignored the range and sent the whole
-        chunk (a rolling upgrade that reached clients first), to be checked as a whole."""
-        response = await self._for(token).request("GET", chunk_url(address, chunk_id, version),
-                                                  params={OFFSET_PARAM: offset, LENGTH_PARAM: length},
+                         retry_s: float | None = None, token: str = "", checksum: str = "") -> BlockAnswer:
+        """`length` bytes of the chunk from `offset`, clipped to its end: a ranged read. `offset`
+        is at a block (`checksum.BLOCK_SIZE`). `checksum`: the version's in the chunk table; the
+        server refuses (EBADMSG) to serve a file whose header holds another. The server verified the
+        blocks against its block checksums before it answered; the caller checks the answer
+        (`BlockAnswer`), which catches what went wrong on the way."""
+        params: dict[str, str | int] = {OFFSET_PARAM: offset, LENGTH_PARAM: length}
+        if checksum:
+            params[CHECKSUM_PARAM] = checksum
+        response = await self._for(token).request("GET", chunk_url(address, chunk_id, version), params=params,
                                                   retry_s=retry_s, headers=_with_token(None, token))
         header = response.header(BLOCK_SUMS_HEADER)
         if header is None:
-            return response.content, None
+            return BlockAnswer(response.content, None, None)
         try:
             sums = bytes.fromhex(header)
         except ValueError:
             sums = b""  # fails the caller's check
-        return response.content, sums
+        return BlockAnswer(response.content, sums, response.header(CHUNK_CHECKSUM_HEADER))
 
     async def delete(self, address: str, chunk_id: int, version: int, retry_s: float | None = None,
                      token: str = "") -> None:
