@@ -20,7 +20,7 @@ import pytest
 
 from chunkfs.client import connect
 from chunkfs.client.content_finder import WINDOW
-from conftest import calls_made, chunkfs, metrics_of, wait_until
+from conftest import calls_made, chunkfs, fsync_directory, metrics_of, wait_until
 from test_snapshots import fsck_clean
 
 MiB = 1024 * 1024
@@ -81,6 +81,7 @@ def test_copies_diverge_when_one_is_written_and_their_removal_frees_the_chunks(c
     os.unlink(home / "a")
     assert (home / "b").read_bytes()[:MiB] == data[:MiB]  # still held by b
     os.unlink(home / "b")
+    fsync_directory(home)  # the unlinks reach the metaserver (write-behind answers them here)
     wait_until(lambda: cluster.status()["pending_deletions"] == 0, 60, "the deleter done with both files")
     status = cluster.status()
     assert status["stored_bytes"] == status_before["stored_bytes"]

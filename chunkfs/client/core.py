@@ -141,7 +141,10 @@ class Client:
             open_file.mtime_ns = req.mtime_ns
         if open_file is not None and size is None:
             self.upload_early(open_file)
-        return self.attr_here(await self.meta.setattr(req))
+        attr = await self.meta.setattr(req)
+        if open_file is not None and size is None:
+            open_file.attributes_sent(attr)
+        return self.attr_here(attr)
 
     def upload_early(self, open_file: OpenFile) -> None:
         """A writer that sets times, mode or xattrs of an open file is usually done writing it

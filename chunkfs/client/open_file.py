@@ -61,6 +61,13 @@ class OpenFile:
         self.servers = layout.servers
         self.inline = layout.inline  # the committed bytes of a small file, standing for chunk 0
 
+    def attributes_sent(self, attr: r.Attr) -> None:
+        """A mode, owner or time change of this open file went to the metaserver (or its
+        write-behind queue), which answered `attr`: the next commit's answer builds on it (a
+        commit answered here must not bring back a setuid bit the kernel had cleared)."""
+        self.attr = msgspec.structs.replace(self.attr, mode=attr.mode, uid=attr.uid, gid=attr.gid,
+                                            atime_ns=attr.atime_ns, ctime_ns=attr.ctime_ns)
+
     def link_count_changed(self, nlink: int) -> None:
         """This client made or removed a name of the file. `attr` answers for the changes kept
         here (`defer_attrs`) until the next commit, so its link count must follow the names, as
