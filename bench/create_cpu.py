@@ -106,8 +106,8 @@ def main() -> None:
     finally:
         shutil.rmtree(tree_source, ignore_errors=True)
     for (name, workload), rows in results.items():
-        print(f"median {workload:7} {name}: " + ", ".join(
-            f"{d} {statistics.median(r[d] for r in rows):.0f} us" for d in DAEMONS)
+        print(f"median (min) {workload:7} {name}: " + ", ".join(
+            f"{d} {statistics.median(r[d] for r in rows):.0f} ({min(r[d] for r in rows):.0f}) us" for d in DAEMONS)
             + f", {statistics.median(r['wall_s'] for r in rows):.2f} s")
     if len(sides) == 2:
         for workload in workloads:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, PlatformCollector,
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, PlatformCollector,
                                ProcessCollector, disable_created_metrics, generate_latest, start_http_server)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
@@ -51,17 +51,36 @@ def new_registry() -> CollectorRegistry:
 
 # ---- aiohttp servers ---------------------------------------------------------------------------
 
-class HttpMetrics:
+class _Latency:
+    """A latency histogram in LATENCY_BUCKETS_S, counted on one thread without a lock."""
+
+    __slots__ = ("counts", "total_s")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS_S) + 1)  # per bucket, not cumulative; the last: +Inf
+        self.total_s = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.total_s += seconds
+
+    def snapshot(self) -> tuple[list[tuple[str, float]], float]:
+        """(cumulative buckets as prometheus names them, the sum)."""
+        total_s, counts = self.total_s, list(self.counts)
+        bounds = [*(floatToGoString(b) for b in LATENCY_BUCKETS_S), "+Inf"]
+        return list(zip(bounds, itertools.accumulate(counts), strict=True)), total_s
+
+
+class HttpMetrics(Collector):
     """Requests by route (`/v1/fs/{op}`), operation (the `{op}`, else the HTTP method) and status,
-    and their latency."""
+    and their latency: plain numbers kept on the event loop (prometheus_client's locked counter
+    and histogram cost three lock round trips a request), read at scrape time."""
 
     def __init__(self, registry: CollectorRegistry, operations: Iterable[str] = ()) -> None:
         self.operations = frozenset(operations)
-        self.requests = Counter("chunkfs_http_requests", "HTTP requests answered, by route, operation and status",
-                                ["route", "op", "status"], registry=registry)
-        self.latency = Histogram("chunkfs_http_request_duration_seconds", "Time to answer an HTTP request",
-                                 ["route", "op"], buckets=LATENCY_BUCKETS_S, registry=registry)
-        self._children: dict[tuple[str, str, int], tuple[Callable[[], None], Callable[[float], None]]] = {}
+        self.requests: dict[tuple[str, str, str], int] = {}  # (route, op, status) -> requests answered
+        self.latency: dict[tuple[str, str], _Latency] = {}
+        registry.register(self)
 
     def labels(self, request: web.Request) -> tuple[str, str]:
         resource = getattr(request.match_info.route, "resource", None)
@@ -72,17 +91,25 @@ class HttpMetrics:
         return route, op if op in self.operations else "unknown"  # bounded: a label per known op
 
     def _count(self, request: web.Request, status: int, duration_s: float) -> None:
-        """The labelled children are looked up once per (route, op, status) and kept: prometheus'
-        `labels()` takes a lock and checks its arguments on every call."""
         labels = self.labels(request)
-        key = (*labels, status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (self.requests.labels(*labels, str(status)).inc,
-                                              self.latency.labels(*labels).observe)
-        count, observe = children
-        count()
-        observe(duration_s)
+        key = (*labels, str(status))
+        self.requests[key] = self.requests.get(key, 0) + 1
+        latency = self.latency.get(labels)
+        if latency is None:
+            latency = self.latency[labels] = _Latency()
+        latency.observe(duration_s)
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("chunkfs_http_requests", "HTTP requests answered, by route, operation and status",
+                                       labels=["route", "op", "status"])
+        for key, count in list(self.requests.items()):
+            requests.add_metric(list(key), count)
+        yield requests
+        latency = HistogramMetricFamily("chunkfs_http_request_duration_seconds", "Time to answer an HTTP request",
+                                        labels=["route", "op"])
+        for labels, histogram in list(self.latency.items()):
+            latency.add_metric(list(labels), *histogram.snapshot())
+        yield latency
 
     @web.middleware
     async def middleware(self, request: web.Request, handler) -> web.StreamResponse:
@@ -471,32 +498,11 @@ class FuseMetrics(Collector):
         latency = HistogramMetricFamily("chunkfs_fuse_request_duration_seconds", "Time to answer a FUSE request",
                                         labels=["op"])
         for op, histogram in list(self.latency.items()):
-            buckets, total_s = histogram.snapshot()
-            latency.add_metric([op], buckets, total_s)
+            latency.add_metric([op], *histogram.snapshot())
         yield latency
         yield CounterMetricFamily("chunkfs_fuse_read_bytes", "Bytes returned to applications' reads",
                                   value=self.read_bytes)
         yield CounterMetricFamily("chunkfs_fuse_written_bytes", "Bytes applications wrote", value=self.written_bytes)
-
-
-class _Latency:
-    """A latency histogram in LATENCY_BUCKETS_S, counted on one thread without a lock."""
-
-    __slots__ = ("counts", "total_s")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS_S) + 1)  # per bucket, not cumulative; the last: +Inf
-        self.total_s = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
-        self.total_s += seconds
-
-    def snapshot(self) -> tuple[list[tuple[str, float]], float]:
-        """(cumulative buckets as prometheus names them, the sum)."""
-        total_s, counts = self.total_s, list(self.counts)
-        bounds = [*(floatToGoString(b) for b in LATENCY_BUCKETS_S), "+Inf"]
-        return list(zip(bounds, itertools.accumulate(counts), strict=True)), total_s
 
 
 def start_mount_metrics(listen: str, io: Any, cache: Any, operations: Any, write_back: Any = None) -> Callable[[], None]:
