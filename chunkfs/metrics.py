@@ -30,6 +30,7 @@ from prometheus_client.utils import floatToGoString
 from prometheus_client.registry import Collector
 
 from chunkfs.config import parse_address
+from chunkfs.httpserver import REQUEST_COUNTER
 from chunkfs.protocol import records as r
 
 if TYPE_CHECKING:  # the mount's dependency only: the servers never load it
@@ -90,7 +91,7 @@ class HttpMetrics(Collector):
             return route, request.method
         return route, op if op in self.operations else "unknown"  # bounded: a label per known op
 
-    def _count(self, request: web.Request, status: int, duration_s: float) -> None:
+    def count(self, request: web.Request, status: int, duration_s: float) -> None:
         labels = self.labels(request)
         key = (*labels, str(status))
         self.requests[key] = self.requests.get(key, 0) + 1
@@ -110,23 +111,6 @@ class HttpMetrics(Collector):
         for labels, histogram in list(self.latency.items()):
             latency.add_metric(list(labels), *histogram.snapshot())
         yield latency
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler) -> web.StreamResponse:
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        except asyncio.CancelledError:
-            status = 499  # the client went away
-            raise
-        finally:
-            self._count(request, status, time.perf_counter() - start)
 
 
 class Exposition:
@@ -187,12 +171,12 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 def install_http(app: web.Application, registry: CollectorRegistry, operations: Iterable[str] = (),
                  prepare: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Count and time every request of `app` (outermost middleware, so refused and failed
-    requests count too) and serve `registry` at GET /metrics (open or not: see `httpserver.STATUS_OPEN`),
+    """Count and time every request of `app` (by its chunkfs middleware, so refused and failed
+    requests count too: `httpserver.REQUEST_COUNTER`) and serve `registry` at GET /metrics (open or not: see `httpserver.STATUS_OPEN`),
     rendered off the event loop after `prepare` (see `Exposition`)."""
     app[REGISTRY] = registry
     app[EXPOSITION] = Exposition(registry, prepare)
-    app.middlewares.insert(0, HttpMetrics(registry, operations).middleware)
+    app[REQUEST_COUNTER] = HttpMetrics(registry, operations).count
     app.router.add_get("/metrics", metrics_handler)
 
 
