@@ -54,6 +54,7 @@ ANSWERS = {
     "/close": b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil closed",
     "/extra": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokSURPLUS",
     "/garbage": b"NOT HTTP\r\n\r\n",
+    "/silent": b"",
 }
 
 
@@ -100,6 +101,8 @@ def test_the_transport_reads_every_framing_and_keeps_connections_alive():
             assert len(connections) == 3  # neither the closed one nor the one with surplus was kept
             with pytest.raises(TransportFailure):
                 await transport.send("GET", address, "/garbage", [], None)
+            with pytest.raises(TransportFailure, match="silent"):  # no answer within the time-out
+                await transport.send("GET", address, "/silent", [], None, timeout_s=0.2)
             await transport.aclose()
             nursery.cancel_scope.cancel()
 
