@@ -6,7 +6,7 @@ makes itself (a header name or value, or a target, with CR, LF or NUL is refused
 can be smuggled in), answers from chunkfs servers (a body framed by Content-Length, by chunked
 transfer coding, or by the connection's close), keep-alive. A general library (h11) validated
 and re-validated every header of every request and answer through a state machine per
-connection: ~15% of the mount's CPU per small-file create went there.
+connection: ~15% of the mount's CPU per small-file create went there (py-spy).
 
 A response is trusted no further than its framing: a head over MAX_HEAD_BYTES, a status line or
 header line that does not parse, a Content-Length that is not a number (or two that differ) or

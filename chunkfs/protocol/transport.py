@@ -4,7 +4,8 @@
 - `TrioHttpTransport`: HTTP/1.1 over trio sockets (the framing in `http1.py`) with a keep-alive
   pool per server; used on the mount's hot path. Measured here on loopback: a metadata call
   took 1.8 ms through httpx on trio and ~0.3 ms through this transport with h11 (a bare socket
-  round trip is 0.16 ms); without h11 it costs the mount ~15% less CPU per small-file create.
+  round trip is 0.16 ms); h11's share of the mount's CPU per small-file create is gone since
+  (`bench/create_cpu.py`).
 
 `headers` include Host (it is signed). Both raise `TransportFailure` for anything worth retrying (refused, reset, time-out, a
 keep-alive connection the server closed), ValueError for an address that is none (a server may
