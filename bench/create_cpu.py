@@ -12,19 +12,20 @@ With `--tree`, a `cp -a` of a local tree of `--files` files (over 50 directories
 the same way. With two clusters (say one run from a checkout before a change, one after), each
 round's second/first ratio is printed as well. Files made are removed after each round.
 
-Figures, 7 Dec 2026, a shared 2-core machine at load 5-10 (other benchmarks running: CPU per
-operation is inflated 2-3x against a quiet machine, read the ratios), two fresh clusters of
-2 chunkservers, goal 2, trash off, 1,000 files a round, 6 rounds alternated; us of CPU per file,
-median (min), and the median of the pairs' ratios after/before:
+Figures, 7 Dec 2026, a shared 2-core machine, two fresh clusters of 2 chunkservers, goal 2,
+trash off, 1,000 files a round; us of CPU per file, median (min) of the rounds, and the median
+of the pairs' ratios after/before. Load 2-3 (8 rounds, at ed4e547):
 
-    before (main 1c4dfe7)   create  mount 2385 (2220)  metaserver 2035 (1870)
-                            cp -a   mount 2795 (2380)  metaserver 2310 (1950)
-    after (the transport on its own HTTP/1.1 framing, lock-free metrics, one middleware,
-           the change feed waking other clients only)
-                            create  mount 1500 (1110)  metaserver 1445 (1000)
-                            cp -a   mount 2360 (2260)  metaserver 2070 (1910)
-    ratio after/before      create  mount 0.64  metaserver 0.71   (pairs 0.43-0.84, 0.47-0.97)
-                            cp -a   mount 0.87  metaserver 0.93   (pairs 0.59-1.14, 0.66-1.17)
+    before (main 1c4dfe7)  create  mount 1145 (980)   metaserver 960 (800)
+                           cp -a   mount 1405 (1310)  metaserver 1115 (930)
+    after                  create  mount  760 (620)   metaserver 715 (620)
+                           cp -a   mount 1115 (800)   metaserver 1035 (680)
+    after/before           create  mount 0.65 (pairs 0.58-0.79)  metaserver 0.75 (0.64-0.88)
+                           cp -a   mount 0.75 (0.60-0.92)        metaserver 0.85 (0.64-1.03)
+
+At load 4-6 (6 rounds) the same pairs gave create 0.78 / 0.83 and cp -a 0.75 / 0.81, at load
+5-10 create 0.64 / 0.71 and cp -a 0.87 / 0.93, each pair spread 0.4-1.3: CPU per operation
+rises 2-3x on a busy machine, so only alternated pairs on a quiet one mean much.
 """
 
 from __future__ import annotations
