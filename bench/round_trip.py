@@ -1,5 +1,5 @@
 """One metadata round trip, timed: what a lookup, a getattr and a durable setattr cost through
-the mount's client (MetaClient over the h11-on-trio transport), and what stat, mkdir, chmod and
+the mount's client (MetaClient over the HTTP/1.1-on-trio transport), and what stat, mkdir, chmod and
 unlink cost through the FUSE mount.
 
     .venv/bin/python bench/round_trip.py [--dir .chunkfs] [--count 2000] [--rounds 3]

@@ -4,7 +4,7 @@
 
 Starts a lone metaserver of its own (no chunkservers: the files are empty, so every figure is the
 namespace's) on a free port, and talks to it with the mount's own client (MetaClient over the
-h11-on-trio transport), `--callers` calls at a time. Files go 1,000 (`--per-dir`) to a directory.
+HTTP/1.1-on-trio transport), `--callers` calls at a time. Files go 1,000 (`--per-dir`) to a directory.
 At each decade (1k, 10k, 100k, ...) it reports the create rate since the previous one,
 getattr/lookup p50/p99 (2,000 random files, `--callers` at a time), the time to list a directory of
 `--per-dir` entries, the metaserver's resident memory (anonymous: its own; file: mapped LMDB pages,

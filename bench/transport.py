@@ -5,7 +5,7 @@ running cluster, plus the cost of checksums per GB. Decides the transport by num
 
 Starts nothing: run it against `chunkfs up` (or bench/run_local.sh). Every figure is MB/s of
 4 MiB chunks PUT (fsynced on the server) and GET (verified on the server), one at a time and 4
-in flight, through: the lean h11-on-trio transport the mount and CLI use, and httpx (the
+in flight, through: the lean HTTP/1.1-on-trio transport the mount and CLI use, and httpx (the
 asyncio daemons' client) running on trio. The chunk versions it writes are deleted again.
 """
 
@@ -81,7 +81,7 @@ async def main_async(cluster_dir: Path, chunks: int) -> None:
     data = os.urandom(CHUNK_SIZE)
     print(f"{chunks} chunks of 4 MiB to {address}; MB/s (one at a time / 4 in flight)")
     print(f"{'transport':<28}{'PUT':>16}{'GET':>16}")
-    for name, trio_native in (("h11 on trio (mount, CLI)", True), ("httpx on trio", False)):
+    for name, trio_native in (("HTTP/1.1 on trio (mount, CLI)", True), ("httpx on trio", False)):
         http = SignedHttp(secret, retry_s=5, trio_native=trio_native)
         try:
             put1, get1 = await transfer(http, address, chunks, 1, data)

@@ -93,6 +93,8 @@ ERROR_KEY = web.RequestKey("chunkfs_error", FsError)  # the FsError a request wa
 SIGNER = web.RequestKey("chunkfs_signer", auth.SignedRequest)  # the checked signature of a signed request
 AUTHORIZE = web.AppKey[Callable[[web.Request, str], str | None]]("authorize")  # (request, role) -> why not
 TOKEN_CHECK = web.AppKey[Callable[[web.Request], FsError | str]]("token_check")  # a chunk token's verdict: its holder's key id
+# counts and times every request: (request, status, seconds) (chunkfs.metrics.install_http)
+REQUEST_COUNTER = web.AppKey[Callable[[web.Request, int, float], None]]("request_counter")
 STATUS_OPEN = web.AppKey[Callable[[web.Request], bool]]("status_open")  # /metrics and / without a key?
 OPEN_PATHS = frozenset({"/health"})  # always open: liveness, no secrets (README)
 STATUS_PATHS = frozenset({"/", "/metrics"})  # read-only: status page, metrics (README)
@@ -232,15 +234,19 @@ def _unauthorized(message: str) -> web.Response:
 
 @web.middleware
 async def chunkfs_middleware(request: web.Request, handler):
-    """Request id, the gate and errors in one layer (a middleware each cost ~15 us a request).
+    """Request id, the gate, errors and the request's count in one layer (a middleware each
+    cost ~15 us a request).
 
     Outermost of ours: the request's id is `request_id.current` while it is handled (log lines
     and outgoing calls take it), comes back in the `X-Request-Id` reply header, and its outcome
     is logged once here. A request the gate refuses is answered before its handler runs; an
-    `FsError` becomes its errno's reply, any other exception a logged 500."""
+    `FsError` becomes its errno's reply, any other exception a logged 500. Every request, refused
+    and failed ones too, is counted and timed by the app's `REQUEST_COUNTER` if it has one
+    (499: the client went away before its answer)."""
     rid = request_id.accept(request.headers.get(request_id.HEADER))
     token = request_id.current.set(rid)
     started = time.monotonic()
+    status = 499
     try:
         try:
             response = await _refusal(request) or await handler(request)
@@ -250,12 +256,14 @@ async def chunkfs_middleware(request: web.Request, handler):
             if isinstance(exc, BodyRefused):
                 response.force_close()
         except web.HTTPException as exc:
+            status = exc.status
             _log_request(request, exc.status, started)
             raise
         except Exception:
             log.exception("unhandled error in %s %s", request.method, printable(request.raw_path))
             response = error_response(500, "EIO", "internal server error (see the server's log)")
-        _log_request(request, response.status, started)
+        status = response.status
+        _log_request(request, status, started)
         if not response.prepared:
             response.headers[request_id.HEADER] = rid
         return response
@@ -264,6 +272,9 @@ async def chunkfs_middleware(request: web.Request, handler):
         # the body goes now, not when the request does: an error's traceback holds the request
         # in a cycle, freed only at the next garbage collection (12 bodies of 14 MiB kept 200 MB)
         request._read_bytes = None
+        counter = request.app.get(REQUEST_COUNTER)
+        if counter is not None:
+            counter(request, status, time.monotonic() - started)
 
 
 def _log_request(request: web.Request, status: int, started: float) -> None:

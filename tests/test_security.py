@@ -740,8 +740,10 @@ def test_the_change_feed_and_other_listings_show_an_export_nothing_outside(secur
         home_df = call(c.metaserver, admin, "POST", "/v1/fs/statfs", r.InodeReq(home_ino)).json()
         spied_df = call(c.metaserver, spy, "POST", "/v1/fs/statfs", r.InodeReq(home_ino)).json()
         assert home_df["total_bytes"] == 987_654_321 and spied_df["total_bytes"] != 987_654_321, (home_df, spied_df)
-        assert spied_df["total_bytes"] == call(c.metaserver, spy, "POST", "/v1/fs/statfs",
-                                               r.InodeReq(projects_ino)).json()["total_bytes"]
+        cluster_df = call(c.metaserver, spy, "POST", "/v1/fs/statfs", r.InodeReq(projects_ino)).json()
+        # both are the cluster's own totals, read one after the other: the chunkservers' disks are
+        # shared with whatever else runs on this machine, so they may differ by what was written between
+        assert abs(spied_df["total_bytes"] - cluster_df["total_bytes"]) < 256 * 1024 * 1024, (spied_df, cluster_df)
     finally:
         call(c.metaserver, admin, "POST", "/v1/fs/quota_remove", r.InodeReq(home_ino))
     # another credential's client id and request id (read off the wire, say): refused, before the

@@ -341,8 +341,8 @@ class ChunkfsOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
-        if inode in self.without_xattrs:
-            raise FsError(errno.ENODATA, "no extended attributes")
+        if inode in self.without_xattrs:  # the kernel's question on every write: answered as cheaply as can be
+            raise pyfuse3.FUSEError(errno.ENODATA)
         return await self.client.getxattr(inode, name)
 
     @fuse_errors

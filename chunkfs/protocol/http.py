@@ -32,7 +32,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from chunkfs import auth, request_id
 from chunkfs.errors import PRIMARY_HEADER, RETRY_HERE_HEADER, FsError, TransportError
 from chunkfs.protocol.metaserver_addresses import MetaserverAddresses
-from chunkfs.protocol.transport import HttpxTransport, Response, Transport, TransportFailure, TrioH11Transport
+from chunkfs.protocol.transport import HttpxTransport, Response, Transport, TransportFailure, TrioHttpTransport
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,12 @@ class SignedHttp:
         trio_native: bool = False,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        """`trio_native` picks the lean h11 transport (trio only) over httpx (any event loop);
+        """`trio_native` picks the lean HTTP/1.1-on-trio transport (trio only) over httpx (any event loop);
         `tls`: connect with TLS (chunkfs.tls: the cluster CA, this part's certificate)."""
         self.secret = secret
         self.retry_s = retry_s
         self.transport: Transport = (
-            TrioH11Transport(timeout_s, connect_timeout_s, tls=tls) if trio_native
+            TrioHttpTransport(timeout_s, connect_timeout_s, tls=tls) if trio_native
             else HttpxTransport(timeout_s, connect_timeout_s, max_connections, tls=tls)
         )
 

@@ -1,17 +1,19 @@
 """HTTP/1.1 transports under `SignedHttp`: how bytes get to a server and back.
 
 - `HttpxTransport`: httpx, runs on asyncio and trio; used by the daemons' background work.
-- `TrioH11Transport`: h11 over trio sockets with a keep-alive pool per server; used on the
-  mount's hot path. Measured here on loopback: a metadata call took 1.8 ms through httpx on
-  trio and ~0.3 ms through this transport (a bare socket round trip is 0.16 ms).
+- `TrioHttpTransport`: HTTP/1.1 over trio sockets (the framing in `http1.py`) with a keep-alive
+  pool per server; used on the mount's hot path. Measured here on loopback: a metadata call
+  took 1.8 ms through httpx on trio and ~0.3 ms through this transport with h11 (a bare socket
+  round trip is 0.16 ms); h11's share of the mount's CPU per small-file create is gone since
+  (`bench/create_cpu.py`).
 
 `headers` include Host (it is signed). Both raise `TransportFailure` for anything worth retrying (refused, reset, time-out, a
 keep-alive connection the server closed), ValueError for an address that is none (a server may
 register with anything), and return a `Response` otherwise.
 
-A large response body (a chunk) skips h11's buffers: `TrioH11Transport` receives it straight
-into one buffer of its Content-Length with `recv_into`, where h11 would copy every byte three
-times (into its receive buffer, out as a `Data` event, and into the joined body); over TLS
+A large response body (a chunk) is received straight into one buffer of its Content-Length
+with `recv_into`, not copied three times (into a receive buffer, out of it, and into the joined
+body); over TLS
 (`tls`, see chunkfs.tls) it is decrypted into place (`tls_stream.py`).
 """
 
@@ -23,9 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import h11
 import trio
 
+from chunkfs.protocol import http1
 from chunkfs.protocol.tls_stream import TlsSocketStream
 
 RECEIVE_BYTES = 1 << 20
@@ -109,27 +111,90 @@ class HttpxTransport:
 class _Connection:
     def __init__(self, stream: trio.SocketStream | TlsSocketStream) -> None:
         self.stream = stream
-        self.h11 = self._new_h11()
-        self.body_received_directly = False  # the response body went past h11 (see _receive_body)
+        self.buffer = bytearray()  # received and not yet taken: the start of the next answer's head
+        self.reusable = False  # whether the last exchange ended cleanly with the connection kept alive
 
-    @staticmethod
-    def _new_h11() -> h11.Connection:
-        return h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+    async def receive(self) -> bool:
+        """More bytes into `buffer`; False if the server closed the connection."""
+        data = await self.stream.receive_some(RECEIVE_BYTES)
+        self.buffer += data
+        return bool(data)
 
-    def reusable(self) -> bool:
-        """Whether the exchange ended cleanly with the connection kept alive; if so, ready for
-        the next one."""
-        if self.body_received_directly:
-            # h11 saw only the head; a fresh state machine is where a finished exchange leaves it
-            self.h11, self.body_received_directly = self._new_h11(), False
-            return True
-        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
-            self.h11.start_next_cycle()
-            return True
-        return False
+    async def receive_head(self, method: str) -> http1.ResponseHead:
+        """The next response head (1xx answers skipped), taken from `buffer`."""
+        searched = 0
+        while True:
+            end = self.buffer.find(b"\r\n\r\n", max(0, searched - 3))
+            if end < 0:
+                if len(self.buffer) > http1.MAX_HEAD_BYTES:
+                    raise http1.ProtocolError(f"a response head over {http1.MAX_HEAD_BYTES} bytes")
+                searched = len(self.buffer)
+                if not await self.receive():
+                    raise trio.BrokenResourceError("server closed the connection")
+                continue
+            head = http1.parse_response_head(bytes(self.buffer[:end]))
+            del self.buffer[:end + 4]
+            searched = 0
+            if head.status >= 200:
+                return head
+
+    async def receive_exactly(self, length: int) -> bytes | bytearray:
+        """The next `length` bytes: a big body is received in place (one copy, not three)."""
+        if length >= DIRECT_BODY_BYTES and len(self.buffer) < length:
+            return await self._receive_into(length)
+        while len(self.buffer) < length:
+            if not await self.receive():
+                raise trio.BrokenResourceError("server closed the connection within a body")
+        data = bytes(self.buffer[:length])
+        del self.buffer[:length]
+        return data
+
+    async def _receive_into(self, length: int) -> bytearray:
+        body = bytearray(length)
+        view = memoryview(body)
+        received = len(self.buffer)
+        view[:received] = self.buffer
+        self.buffer.clear()
+        stream = self.stream
+        while received < length:
+            if isinstance(stream, trio.SocketStream):
+                n = await stream.socket.recv_into(view[received:], length - received)
+            else:  # TLS: decrypted into place
+                n = await stream.receive_into(view[received:])
+            if n == 0:
+                raise trio.BrokenResourceError("server closed the connection within a body")
+            received += n
+        return body
+
+    async def receive_line(self) -> bytes:
+        while (end := self.buffer.find(b"\r\n")) < 0:
+            if len(self.buffer) > http1.MAX_HEAD_BYTES:
+                raise http1.ProtocolError("a chunk-size or trailer line too long")
+            if not await self.receive():
+                raise trio.BrokenResourceError("server closed the connection within a body")
+        line = bytes(self.buffer[:end])
+        del self.buffer[:end + 2]
+        return line
+
+    async def receive_chunked(self) -> bytes:
+        parts = []
+        while size := http1.chunk_size(await self.receive_line()):
+            parts.append(await self.receive_exactly(size))
+            if await self.receive_line():
+                raise http1.ProtocolError("no CRLF after a chunk")
+        while await self.receive_line():  # trailers: none is used
+            pass
+        return b"".join(parts)
+
+    async def receive_until_closed(self) -> bytes:
+        while await self.receive():
+            pass
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
 
 
-class TrioH11Transport:
+class TrioHttpTransport:
     def __init__(self, timeout_s: float, connect_timeout_s: float, max_idle_per_server: int = 32,
                  tls: ssl.SSLContext | None = None) -> None:
         self.tls = tls
@@ -161,10 +226,15 @@ class TrioH11Transport:
         pooled = bool(idle)
         conn = idle.pop() if idle else await self._connect(address)
         try:
-            with trio.fail_after(self.timeout_s if timeout_s is None else timeout_s):
+            # trio.fail_after without its generator-based context manager (a few % of the
+            # mount's CPU per create): the exchange's deadline, TooSlowError when it passed
+            scope = trio.CancelScope(deadline=trio.current_time() + (self.timeout_s if timeout_s is None else timeout_s))
+            with scope:
                 response = await self._exchange(conn, method, address, target, headers, body)
+            if scope.cancelled_caught:
+                raise trio.TooSlowError
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,
-                h11.ProtocolError) as exc:
+                http1.ProtocolError) as exc:
             await trio.aclose_forcefully(conn.stream)
             stale = pooled and not isinstance(exc, trio.TooSlowError)
             if stale:  # its siblings were opened to the same server process: as dead, most likely
@@ -174,7 +244,7 @@ class TrioH11Transport:
         except BaseException:
             await trio.aclose_forcefully(conn.stream)
             raise
-        if conn.reusable():
+        if conn.reusable:
             pool = self._idle.setdefault(address, [])
             if len(pool) < self.max_idle_per_server:
                 pool.append(conn)
@@ -184,81 +254,30 @@ class TrioH11Transport:
 
     async def _exchange(self, conn: _Connection, method: str, address: str, target: str,
                         headers: list[tuple[str, str]], body: bytes | None) -> Response:
-        all_headers = [("Content-Length", str(len(body) if body else 0)), *headers]
-        out = conn.h11.send(h11.Request(method=method, target=target, headers=all_headers))
-        if body and len(body) < DIRECT_BODY_BYTES:  # head and body in one send: one segment, one wake-up
-            await conn.stream.send_all(out + conn.h11.send(h11.Data(data=body)) + conn.h11.send(h11.EndOfMessage()))
-        elif body:
-            await conn.stream.send_all(out)
-            # h11 types this Optional for any event (send() has overloads); None is for ConnectionClosed only
-            for piece in conn.h11.send_with_data_passthrough(h11.Data(data=body)):  # type: ignore[union-attr]
-                await conn.stream.send_all(piece)
-            await conn.stream.send_all(conn.h11.send(h11.EndOfMessage()))
+        conn.reusable = False
+        head = http1.request_head(method, target, headers, len(body) if body else 0)
+        if body and len(body) >= DIRECT_BODY_BYTES:
+            await conn.stream.send_all(head)
+            await conn.stream.send_all(body)
         else:
-            await conn.stream.send_all(out + conn.h11.send(h11.EndOfMessage()))
-        status = 0
-        head: Sequence[tuple[bytes, bytes]] = ()
-        parts: list[bytes] = []
-        while True:
-            event = conn.h11.next_event()
-            if event is h11.NEED_DATA:
-                data = await conn.stream.receive_some(RECEIVE_BYTES)
-                if not data and conn.h11.their_state is h11.SEND_RESPONSE:
-                    raise trio.BrokenResourceError("server closed the connection")
-                conn.h11.receive_data(data)
-            elif isinstance(event, h11.Response):
-                status, head = event.status_code, event.headers
-                length = _direct_body_length(method, event)
-                if length is not None:
-                    return Response(status, await self._receive_body(conn, length), head)
-            elif isinstance(event, h11.Data):
-                parts.append(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                return Response(status, parts[0] if len(parts) == 1 else b"".join(parts), head)
-            elif isinstance(event, h11.ConnectionClosed):
-                raise trio.BrokenResourceError("server closed the connection")
-
-    @staticmethod
-    async def _receive_body(conn: _Connection, length: int) -> bytearray:
-        """The `length` bytes of body after the response head h11 just parsed, received in
-        place; the connection stays usable only if the server sent nothing beyond them."""
-        early, _closed = conn.h11.trailing_data
-        if len(early) > length:
-            raise h11.RemoteProtocolError("data after the response body")
-        body = bytearray(length)
-        view = memoryview(body)
-        view[: len(early)] = early
-        received = len(early)
-        stream = conn.stream
-        while received < length:
-            if isinstance(stream, trio.SocketStream):
-                n = await stream.socket.recv_into(view[received:], length - received)
-            else:  # TLS: decrypted into place
-                n = await stream.receive_into(view[received:])
-            if n == 0:
-                raise trio.BrokenResourceError("server closed the connection within a body")
-            received += n
-        conn.body_received_directly = True
-        return body
+            await conn.stream.send_all(head + body if body else head)
+        answer = await conn.receive_head(method)
+        content: bytes | bytearray = b""
+        if not answer.has_body(method):
+            pass
+        elif answer.chunked:
+            content = await conn.receive_chunked()
+        elif answer.content_length is not None:
+            content = await conn.receive_exactly(answer.content_length)
+        else:  # framed by the connection's close
+            content = await conn.receive_until_closed()
+            answer.keep_alive = False
+        # a kept-alive connection is used again only if the server sent nothing beyond the answer
+        conn.reusable = answer.keep_alive and not conn.buffer
+        return Response(answer.status, content, answer.headers)
 
     async def aclose(self) -> None:
         for pool in self._idle.values():
             for conn in pool:
                 await trio.aclose_forcefully(conn.stream)
         self._idle.clear()
-
-
-def _direct_body_length(method: str, response: h11.Response) -> int | None:
-    """The Content-Length of a response whose body `_receive_body` should take (a big one,
-    on a connection kept alive), else None (h11 reads it)."""
-    if method == "HEAD" or response.status_code in (204, 304) or response.http_version != b"1.1":
-        return None
-    length = None
-    for name, value in response.headers:
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"connection" and b"close" in value.lower():
-            return None
-        elif name == b"transfer-encoding":
-            return None
-    return length if length is not None and length >= DIRECT_BODY_BYTES else None
