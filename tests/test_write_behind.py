@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from chunkfs.daemons import answers_health
 from conftest import _cluster, another_mount, chunkfs, fsync_directory, metaserver_calls, wait_until
 
-WRITE_BEHIND = "retry_s=5,write_behind_s=1"  # the default, said here because these tests are about it
+WRITE_BEHIND = "retry_s=5,write_behind_s=1"  # write-behind is off by default (mount option write_behind_s)
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ class MountConfig:
     max_dirty_mb: int = opt(256, "MiB of written data held before it is stored; writers wait beyond it")
     dir_leases: bool = opt(True, "hold the directories this mount makes until another client needs them: "
                                  "lookups of new names and file creates there cost no call")
-    write_behind_s: float = opt(1.0, "seconds within which changes this mount answers itself (small files closed, "
+    write_behind_s: float = opt(0.0, "seconds within which changes this mount answers itself (small files closed, "
                                      "unlinks, renames and attribute changes in directories it holds the lease on) "
                                      "reach the metaserver's disk; 0: every change waits for it, as fsync does")
     sync_close: bool = opt(False, "every close waits until the file is durable on the metaserver, as an fsync")
