@@ -81,7 +81,7 @@ def test_copies_diverge_when_one_is_written_and_their_removal_frees_the_chunks(c
     os.unlink(home / "a")
     assert (home / "b").read_bytes()[:MiB] == data[:MiB]  # still held by b
     os.unlink(home / "b")
-    fsync_directory(home)  # the unlinks reach the metaserver (write-behind answers them here)
+    fsync_directory(home)  # the unlinks reach the metaserver, also where the mount answers them itself (write_behind_s)
     wait_until(lambda: cluster.status()["pending_deletions"] == 0, 60, "the deleter done with both files")
     status = cluster.status()
     assert status["stored_bytes"] == status_before["stored_bytes"]

@@ -21,7 +21,7 @@ PAGE = 1000  # entries per readdir call
 
 
 def check_costs(cluster, directory, count: int) -> None:
-    fsync_directory(directory)  # what the mount answered itself is sent first: only the lookups below count
+    fsync_directory(directory)  # what the mount answered itself (write_behind_s) is sent first: only the lookups below count
     rng = random.Random(count)
     names = [f"entry-{rng.randrange(count):06d}" for _ in range(SAMPLE)]
     forget_dentries()
