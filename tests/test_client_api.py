@@ -369,6 +369,31 @@ def test_the_async_face(cluster):
     trio.run(main)
 
 
+def test_small_writes_are_kept_and_handed_over_together(fs, home, monkeypatch):
+    calls = []
+    real_call = fs._thread.call
+    monkeypatch.setattr(fs._thread, "call", lambda fn, *args: calls.append(fn) or real_call(fn, *args))
+    with fs.open(f"{home}/small", "xb") as f:
+        f.write(b"x" * 4096)
+    assert len(calls) == 2, calls  # the open, and the close with the write kept before it
+    calls.clear()
+    with fs.open(f"{home}/lines.csv", "wb") as f:
+        for i in range(20_000):
+            f.write(b"%d,line %d\n" % (i, i))
+        assert f.tell() == sum(len(b"%d,line %d\n" % (i, i)) for i in range(20_000))
+    assert len(calls) < 10, len(calls)  # ~290 KiB in lines of ~15 bytes: a hand-off per 256 KiB
+    assert fs.open(f"{home}/lines.csv").read() == b"".join(b"%d,line %d\n" % (i, i) for i in range(20_000))
+    with fs.open(f"{home}/small", "ab") as f:
+        f.write(b"yz")
+        assert f.tell() == 4098  # appended at the end
+    with fs.open(f"{home}/small", "r+b") as f:
+        f.write(b"ab")
+        assert f.read(3) == b"xxx" and f.tell() == 5  # the kept write went first
+        f.seek(0)
+        assert f.read(2) == b"ab"
+    assert fs.open(f"{home}/small").read() == b"ab" + b"x" * 4094 + b"yz"
+
+
 def test_a_script_that_forgets_to_close_still_stores_its_file(cluster, fs, home):
     script = textwrap.dedent(f"""
         import chunkfs.client

@@ -98,5 +98,5 @@ def connect(address: str, secret_file: str | Path = "/etc/chunkfs/secret", *,
     OSError(EIO) if the cluster does not answer within `retry_s`."""
     thread = TrioThread(lambda: open_filesystem(address, secret_file, uid=uid, gid=gid, groups=groups, **options))
     filesystem = Filesystem(thread, thread.start())
-    weakref.finalize(filesystem, thread.stop)  # at exit too: what is still open is committed
+    weakref.finalize(filesystem, thread.finish)  # at exit too: what is still open is committed
     return filesystem

@@ -29,6 +29,7 @@ import os
 import logging
 import signal
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -67,6 +68,7 @@ class TrioThread:
         self._nursery: trio.Nursery | None = None
         self._stopped: trio.Event | None = None
         self._thread = threading.Thread(target=self._run_trio, name="chunkfs-client", daemon=True)
+        self.files: weakref.WeakSet[File] = weakref.WeakSet()  # opened through this thread (see File's kept writes)
 
     def start(self) -> AsyncFilesystem:
         """Open the filesystem in the thread; its error (no such cluster, bad secret) is raised here."""
@@ -157,6 +159,24 @@ class TrioThread:
         if not call.outcome.done():
             call.outcome.set_exception(KeyboardInterrupt())
 
+    def close_files(self) -> list[Exception]:
+        """Close the files still open (with the writes they kept), each; their errors."""
+        errors: list[Exception] = []
+        if self.in_client_thread():
+            return errors
+        for file in list(self.files):
+            try:
+                file.close()
+            except Exception as exc:
+                errors.append(exc)
+        return errors
+
+    def finish(self) -> None:
+        """At exit or when the Filesystem is dropped: close_files (errors logged), then stop."""
+        for exc in self.close_files():
+            log.error("closing a chunkfs file at exit: %s", exc)
+        self.stop()
+
     def stop(self) -> None:
         token, stopped = self._token, self._stopped
         if token is not None and stopped is not None and not stopped.is_set():
@@ -166,13 +186,42 @@ class TrioThread:
             self._thread.join()
 
 
+WRITE_BUFFER = 256 << 10  # bytes of small writes a File keeps before handing them over in one call
+
+
 class File(io.RawIOBase):
     """A chunkfs file for blocking code: a binary file object (readinto, read, write, seek, ...
-    and a context manager). `flush()` and `close()` are durable, like fsync."""
+    and a context manager). `flush()` and `close()` are durable, like fsync.
+
+    Writes smaller than WRITE_BUFFER are kept here and handed to the client thread together,
+    with the next call that needs them (a larger write, a read, seek, tell, truncate, flush,
+    close, a lock), as Python's buffered files do: a hand-off costs ~190 us, so a script writing
+    a CSV line by line, or a small file in one write and a close, pays for one call instead of
+    one per write (1,000 files of 4 KiB, `open("xb")`, one write, close: 2 hand-offs a file
+    instead of 3). As with any buffered file, an error of a kept write (ENOSPC, EDQUOT) is
+    raised by the call that hands it over, at the latest by flush() or close()."""
 
     def __init__(self, thread: TrioThread, afile: AsyncFile) -> None:
         super().__init__()
         self._thread, self._afile = thread, afile
+        self._pending = bytearray()  # small writes not yet handed over
+
+    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """`fn(*args)` in the client thread, after the kept writes (in the same hand-off)."""
+        if not self._pending:
+            return self._thread.call(fn, *args)
+        pending, self._pending = bytes(self._pending), bytearray()
+        result: T = self._thread.call(self._after_pending, pending, fn, *args)
+        return result
+
+    async def _after_pending(self, pending: bytes, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        try:
+            await self._afile.write(pending)
+        except BaseException:
+            if fn == self._afile.aclose:  # a close still closes, then says why the write failed
+                await fn()
+            raise
+        return await fn(*args)
 
     @property
     def name(self) -> str:
@@ -196,11 +245,14 @@ class File(io.RawIOBase):
         return self._afile.seekable()
 
     def tell(self) -> int:
-        return self._afile.tell()
+        self._afile.seekable()
+        if self._pending and self._afile.mode.startswith("a"):  # appended at the end, wherever that is now
+            return self._call(self._afile.seek, 0, os.SEEK_CUR)
+        return self._afile.tell() + len(self._pending)
 
     def read(self, size: int | None = -1) -> bytes:
         self._afile.readable()  # ValueError once closed, before any hand-off
-        return self._thread.call(self._afile.read, size)
+        return self._call(self._afile.read, size)
 
     def readall(self) -> bytes:
         return self.read(-1)
@@ -208,48 +260,59 @@ class File(io.RawIOBase):
     def readline(self, size: int | None = -1) -> bytes:
         """One hand-off a line (io's readline would make one a byte); iteration uses it."""
         self._afile.readable()
-        return self._thread.call(self._afile.readline, size)
+        return self._call(self._afile.readline, size)
 
     def readinto(self, buffer: Any) -> int:
         self._afile.readable()
-        return self._thread.call(self._afile.readinto, buffer)
+        return self._call(self._afile.readinto, buffer)
 
     def write(self, data: Any) -> int:
-        self._afile.writable()
-        return self._thread.call(self._afile.write, data)
+        if not self._afile.writable():  # ValueError once closed, as io
+            raise io.UnsupportedOperation("File not open for writing")
+        size = memoryview(data).nbytes
+        if size + len(self._pending) <= WRITE_BUFFER:
+            self._pending += data
+            return size
+        return self._call(self._afile.write, data)
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         self._afile.seekable()
-        return self._thread.call(self._afile.seek, offset, whence)
+        return self._call(self._afile.seek, offset, whence)
 
     def truncate(self, size: int | None = None) -> int:
         self._afile.writable()
-        return self._thread.call(self._afile.truncate, size)
+        return self._call(self._afile.truncate, size)
 
     def flush(self) -> None:
         self._afile.seekable()  # ValueError once closed, as io
-        self._thread.call(self._afile.flush)
+        self._call(self._afile.flush)
 
     def lock(self, exclusive: bool = True, *, blocking: bool = True, start: int = 0, length: int = 0) -> None:
         """See AsyncFile.lock: a byte-range lock held between every client, this file object's."""
-        self._thread.call(functools.partial(self._afile.lock, exclusive, blocking=blocking, start=start,
-                                            length=length))
+        self._call(functools.partial(self._afile.lock, exclusive, blocking=blocking, start=start, length=length))
 
     def unlock(self, start: int = 0, length: int = 0) -> None:
-        self._thread.call(self._afile.unlock, start, length)
+        self._call(self._afile.unlock, start, length)
 
     def close(self) -> None:
         if not self._afile.closed:
             if self._thread.in_client_thread():  # closed by a finalizer in the client's thread: do not wait
-                self._thread.call_soon(self._afile.aclose)
+                self._close_soon()
                 return
             with contextlib.suppress(ValueError):  # the filesystem was closed first (and closed this file)
-                self._thread.call(self._afile.aclose)
+                self._call(self._afile.aclose)
 
     def __del__(self) -> None:
         """A file dropped without close() is closed (durably) as io's are, but in the client's
         thread, without waiting here: the garbage collector may run in any thread."""
         if not self._afile.closed:
+            self._close_soon()
+
+    def _close_soon(self) -> None:
+        pending, self._pending = bytes(self._pending), bytearray()
+        if pending:
+            self._thread.call_soon(self._after_pending, pending, self._afile.aclose)
+        else:
             self._thread.call_soon(self._afile.aclose)
 
     def __repr__(self) -> str:
@@ -263,7 +326,9 @@ class Filesystem:
         self._thread, self._afs = thread, afs
 
     def open(self, path: PathLike, mode: str = "rb") -> File:
-        return File(self._thread, self._thread.call(self._afs.open, path, mode))
+        file = File(self._thread, self._thread.call(self._afs.open, path, mode))
+        self._thread.files.add(file)
+        return file
 
     def stat(self, path: PathLike) -> os.stat_result:
         return self._thread.call(self._afs.stat, path)
@@ -365,8 +430,12 @@ class Filesystem:
         self._thread.call(self._afs.get_file, remote_path, local_path, progress)
 
     def close(self) -> None:
-        """Close every file still open (durably), end the connection and its thread."""
+        """Close every file still open (durably), end the connection and its thread; raises the
+        first error of those closes (a write it handed over failed) once all is done."""
+        errors = self._thread.close_files()
         self._thread.stop()
+        if errors:
+            raise errors[0]
 
     def __enter__(self) -> Filesystem:
         return self

@@ -1,8 +1,8 @@
 """The change feed: what each mutation changed, for mounts to drop what their kernels cached.
 
 Mounts let the kernel cache names and attributes for a long time (see the mount's timeouts)
-because this feed tells them, within a long-poll round trip, which inodes and directory
-entries another client changed. The feed is in memory: a mount that falls behind the buffer,
+because this feed tells them, within a long-poll round trip (and WAKE_GAP_S, 10 ms, when
+changes come in a stream), which inodes and directory entries another client changed. The feed is in memory: a mount that falls behind the buffer,
 or a metaserver restart, is answered `reset` and the mount drops everything it can. Each change
 is kept as its encoded JSON (with its number and origin, to pick what a client is sent): about
 half the memory of the records, and nothing the garbage collector has to walk.
@@ -60,6 +60,13 @@ class EncodedChangeBatch(msgspec.Struct):
     locks_lost: bool = False
 
 
+# A client is answered with changes at most once per WAKE_GAP_S: the first change after a quiet
+# spell goes out at once, those that follow within the gap together at its end. A client
+# creating files one after another (~1.4 ms each through the Python API) woke every other
+# client's poll for each one, and each answer cost the metaserver and that client a round trip:
+# with a mount following the feed, the API's creates ran at 575/s against 710-833/s without it
+# (quiet, 1,000 creates). Lease recalls and shutdown are answered at once.
+WAKE_GAP_S = 0.01
 FORGET_CLIENT_S = 3600.0  # a client silent this long is forgotten (its sessions ended long before)
 
 
@@ -79,6 +86,8 @@ class ChangeFeed:
         self._reports: dict[str, r.ClientReport] = {}  # client id -> what it said of itself last
         self._forget_at = time.monotonic() + FORGET_CLIENT_S
         self.closing = False  # the metaserver is stopping: long polls answer at once
+        self._answered_at: dict[str, float] = {}  # client id -> (loop time) when it was last sent changes
+        self._holding: set[asyncio.Future[None]] = set()  # polls holding changes back for WAKE_GAP_S
 
     def close(self) -> None:
         """At shutdown: end every long poll now, so the graceful stop does not wait out its
@@ -135,6 +144,7 @@ class ChangeFeed:
         for cid, t in list(self._clients.items()):
             if now - t > within_s:
                 del self._clients[cid]
+                self._answered_at.pop(cid, None)
         return len(self._clients)
 
     def publish(self, origin: str, inodes: list[int], entries: list[tuple[int, bytes]]) -> None:
@@ -165,7 +175,7 @@ class ChangeFeed:
 
     def wake(self) -> None:
         """End every open long poll's wait (new changes, or a lease recall to hand out)."""
-        for waiter in self._waiting:
+        for waiter in [*self._waiting, *self._holding]:
             _wake_up(waiter)
 
     def _after(self, seq: int) -> list[tuple[int, str, bytes]]:
@@ -197,6 +207,10 @@ class ChangeFeed:
             seq = self.seq
             remaining = deadline - loop.time()
             wanted = recalls()
+            hold_until = self._answered_at.get(client_id, 0.0) + WAKE_GAP_S if client_id else 0.0
+            if changes and not wanted and not self.closing and loop.time() < hold_until < deadline:
+                await self._hold(loop, hold_until)  # sent changes moments ago: let more join these
+                continue
             if changes or wanted or remaining <= 0 or self.closing:
                 break
             waiter: asyncio.Future[None] = loop.create_future()
@@ -207,7 +221,20 @@ class ChangeFeed:
             finally:
                 timer.cancel()
                 del self._waiting[waiter]
+        if changes and client_id:
+            self._answered_at[client_id] = loop.time()
         return EncodedChangeBatch(seq, changes, reset=False, recalls=wanted, epoch=self.epoch)
+
+    async def _hold(self, loop: asyncio.AbstractEventLoop, until: float) -> None:
+        """Wait until `until` (loop time), or less if a recall or the shutdown wakes every poll."""
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._holding.add(waiter)
+        timer = loop.call_at(until, _wake_up, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._holding.discard(waiter)
 
 
 def _wake_up(waiter: asyncio.Future[None]) -> None:
