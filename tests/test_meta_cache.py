@@ -143,6 +143,28 @@ def test_change_feed_leaves_out_the_askers_own_changes():
     asyncio.run(scenario())
 
 
+def test_change_feed_sends_a_stream_of_changes_in_batches_and_loses_none():
+    async def scenario():
+        feed = Decoded(ChangeFeed())
+        feed.publish("a", [1], [])
+        assert [c.seq for c in (await feed.since(0, 5.0, "b")).changes] == [1]  # the first: at once
+
+        async def stream():
+            for i in range(2, 6):  # while b's next poll holds back, each joins its answer
+                feed.publish("a", [i], [])
+                await asyncio.sleep(0)
+
+        task = asyncio.get_running_loop().create_task(stream())
+        batch = await feed.since(1, 5.0, "b")  # answered moments ago: held for WAKE_GAP_S
+        await task
+        assert [c.seq for c in batch.changes] == [2, 3, 4, 5] and batch.seq == 5
+        feed.publish("a", [6], [])
+        assert [c.seq for c in (await feed.since(5, 5.0, "b")).changes] == [6]  # after the hold: nothing lost
+        assert [c.seq for c in (await feed.since(0, 0, "c")).changes] == [1, 2, 3, 4, 5, 6]  # others: at once
+
+    asyncio.run(scenario())
+
+
 def test_change_feed_resets_a_mount_that_asks_with_another_epoch():
     """Seqs start from 1 at every metaserver start: only the epoch tells a restarted feed that
     has already published as many changes as the mount had seen."""

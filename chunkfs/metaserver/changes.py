@@ -204,13 +204,13 @@ class ChangeFeed:
             if view is not None and encoded_changes:
                 encoded_changes = [_encode(change) for change in view([_decode(e) for e in encoded_changes])]
             changes = [msgspec.Raw(encoded) for encoded in encoded_changes]
-            seq = self.seq
-            remaining = deadline - loop.time()
             wanted = recalls()
             hold_until = self._answered_at.get(client_id, 0.0) + WAKE_GAP_S if client_id else 0.0
             if changes and not wanted and not self.closing and loop.time() < hold_until < deadline:
                 await self._hold(loop, hold_until)  # sent changes moments ago: let more join these
-                continue
+                continue  # (from the same seq: what came meanwhile joins them)
+            seq = self.seq
+            remaining = deadline - loop.time()
             if changes or wanted or remaining <= 0 or self.closing:
                 break
             waiter: asyncio.Future[None] = loop.create_future()
