@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from chunkfs.daemons import answers_health
 from conftest import _cluster, another_mount, chunkfs, fsync_directory, metaserver_calls, wait_until
 
-WRITE_BEHIND = "retry_s=5,write_behind_s=1"  # write-behind is off by default (mount option write_behind_s)
+WRITE_BEHIND = "retry_s=5,write_behind_s=1"  # the default bound, said here so the tests keep it if the default moves
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +185,29 @@ def test_a_metaserver_sigkill_loses_nothing_a_client_was_told(fresh_cluster, tmp
         for name in closed[:: max(1, len(closed) // 50)]:
             i = int(name[1:])
             assert (other / "copy" / name).read_bytes() == b"%d" % i * 100
+
+
+def test_another_mount_sees_the_times_this_one_answered(cluster, tmp_path):
+    """Changes answered here carry the time they were answered at, and the metaserver stamps them
+    so (change_clock.py): a directory's mtime/ctime and a file's ctime agree between the mount
+    that made the changes and another one, also where that one reads the directory's attributes
+    without naming it (its lookup in the parent recalls the lease first)."""
+    a = cluster.mnt / "times"
+    a.mkdir()
+    (a / "sub").mkdir()
+    (a / "file").write_bytes(b"data")
+    (a / "gone").write_bytes(b"x")
+    (a / "old").write_bytes(b"y")
+    os.chmod(a / "file", 0o640)
+    os.rename(a / "old", a / "sub" / "moved")
+    os.unlink(a / "gone")
+
+    def fields(path):
+        st = os.stat(path)
+        return st.st_ino, st.st_mode, st.st_nlink, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    here = {name: fields(a / name) for name in (".", "sub", "file", "sub/moved")}
+    with another_mount(cluster, tmp_path / "other") as other:
+        b = other / "times"
+        for name, answered in here.items():
+            assert fields(b / name) == answered, name

@@ -303,7 +303,7 @@ class Metadata:
         generation = self.cache.generation
         rename = r.RenameReq(parent, create.name, parent, name, flags)
         try:
-            committed, renamed = await self.server.batch([("commit", req), ("rename", rename)],
+            committed, renamed = await self.server.batch([("commit", req, 0), ("rename", rename, 0)],
                                                          (request_id.new(), True))
         finally:
             self.cache.forget_entry(parent, name)
@@ -483,7 +483,7 @@ class Metadata:
                 self.cache.put_attr(result)
 
         home = self.leases.homes.get(req.ino)  # a listing of it carries the file's attributes: it waits too
-        behind.add("commit", req, r.Attr, also=() if home is None else (home,), applied=applied)
+        behind.add("commit", req, r.Attr, at_ns=attr.ctime_ns, also=() if home is None else (home,), applied=applied)
         self.cache.forget_inode(req.ino)  # its open-lease layout is the old content
         self.cache.put_attr(attr)
         if create is not None:
@@ -505,7 +505,8 @@ class Metadata:
         if req.mode is not None:
             changes["mode"] = stat.S_IFMT(before.mode) | (req.mode & 0o7777)
         attr = msgspec.structs.replace(before, ctime_ns=time.time_ns(), **changes)
-        self.write_behind.add("setattr", req, r.Attr, also=(self.leases.homes[req.ino],))  # as in commit_behind
+        self.write_behind.add("setattr", req, r.Attr, at_ns=attr.ctime_ns,
+                              also=(self.leases.homes[req.ino],))  # as in commit_behind
         self.cache.forget_inode(req.ino)  # and the open-lease layout with the old attributes
         self.cache.put_attr(attr)
         return attr
@@ -525,11 +526,12 @@ class Metadata:
         ino, mode = known
         if ino in open_here or stat.S_ISDIR(mode):
             return None
-        self.write_behind.add("remove", r.RemoveReq(parent, name, False, "", []), r.Removed, also=(ino,))
+        now = time.time_ns()
+        self.write_behind.add("remove", r.RemoveReq(parent, name, False, "", []), r.Removed, at_ns=now, also=(ino,))
         self.cache.forget_entry(parent, name)
         self.cache.forget_inode(ino)
         self.leases.removed(parent, name)
-        self._directory_changed_here(parent, time.time_ns())
+        self._directory_changed_here(parent, now)
         return ino
 
     def _rename_here(self, req: r.RenameReq) -> list[int] | None:
@@ -549,9 +551,9 @@ class Metadata:
                                              or replaced[0] in req.open_here or req.new_name in target.pending):
             return None
         answer = [moved[0], *([replaced[0]] if replaced is not None else [])]
-        self.write_behind.add("rename", req, r.Renamed, also=answer)
-        attr = self.cache.attr(moved[0])
         now = time.time_ns()
+        self.write_behind.add("rename", req, r.Renamed, at_ns=now, also=answer)
+        attr = self.cache.attr(moved[0])
         self.cache.forget_entry(req.old_parent, req.old_name)
         self.cache.forget_entry(req.new_parent, req.new_name)
         leases.removed(req.old_parent, req.old_name)

@@ -58,6 +58,7 @@ class QueuedChange:
     inodes: set[int]
     size_bytes: int
     applied: Callable[[Any, FsError | None], None] | None = None
+    at_ns: int = 0  # the wall-clock time the change was answered at (its ctime here), 0: not given
     added_at: float = field(default_factory=trio.current_time)
     done: trio.Event = field(default_factory=trio.Event)
     result: Any = None
@@ -96,14 +97,15 @@ class WriteBehind:
         while len(self.queue) >= MAX_QUEUED or self.queued_bytes >= MAX_QUEUED_BYTES:
             await self.flush()
 
-    def add(self, op: str, req: Any, reply_type: type | None, *, also: Iterable[int] = (),
+    def add(self, op: str, req: Any, reply_type: type | None, *, at_ns: int, also: Iterable[int] = (),
             applied: Callable[[Any, FsError | None], None] | None = None) -> QueuedChange:
-        """Queue `op` (a metaserver mutation, as /v1/fs/{op} takes it). `also`: inodes it changes
-        that the request does not name (the file an unlink removes): requests about them wait
-        for it too."""
+        """Queue `op` (a metaserver mutation, as /v1/fs/{op} takes it), answered here at wall-clock
+        time `at_ns` (the times it gave the inodes it changed: the metaserver stamps it so too).
+        `also`: inodes it changes that the request does not name (the file an unlink removes):
+        requests about them wait for it too."""
         inline = getattr(req, "inline", None)
         change = QueuedChange(op, req, reply_type, named_inodes(req) | set(also),
-                              PER_CHANGE_BYTES + (len(inline) * 4 // 3 if inline else 0), applied)
+                              PER_CHANGE_BYTES + (len(inline) * 4 // 3 if inline else 0), applied, at_ns)
         self.queue.append(change)
         self.touched.update(change.inodes)
         self.queued_bytes += change.size_bytes
@@ -140,7 +142,7 @@ class WriteBehind:
         assert self._call_id is not None
         batch = self.in_flight
         try:
-            outcomes = await self.server.batch([(c.op, c.req) for c in batch], self._call_id)
+            outcomes = await self.server.batch([(c.op, c.req, c.at_ns) for c in batch], self._call_id)
         except FsError as exc:  # the whole batch refused: each change with it
             outcomes = [r.BatchOutcome(exc.errno, exc.message)] * len(batch)
         except BaseException:  # unreachable, or cancelled: it is sent again as it is (it may have been applied)

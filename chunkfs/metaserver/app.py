@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import stat
 import functools
 import logging
 import time
@@ -18,6 +19,7 @@ from aiohttp import web
 from chunkfs import chunk_tokens, metrics, request_id
 from chunkfs.chunk_tokens import TokenIssuer
 from chunkfs.credentials import CredentialStore, Export
+from chunkfs.metaserver import change_clock
 from chunkfs.metaserver.exports import ExportGuard
 from chunkfs.metaserver.client_owners import ClientOwners
 from chunkfs.errors import RETRY_HERE, FsError, NotPrimary
@@ -289,6 +291,11 @@ async def fs_operation(request: web.Request) -> web.Response:
         await m.leases.clear_for(client, named_inodes(req))
         with m.db.read() as txn:
             answer = run(m, txn, req)
+        leased = m.leases.held_by_others(client, directories_answered(answer))
+        if leased:  # attributes of a directory another client holds (it may hold changes there): those first
+            await m.leases.clear_for(client, leased)
+            with m.db.read() as txn:
+                answer = run(m, txn, req)
         if isinstance(answer, r.FileLayout):
             token_grants.with_read_tokens(m.tokens, answer.chunks, token_grants.holder(request))
         if export is not None:
@@ -394,6 +401,25 @@ def decode_batch_op(item: r.BatchOp) -> Any:
         raise FsError(errno.EINVAL, f"bad {item.op} in a batch: {exc}") from None
 
 
+def directories_answered(answer: Any) -> list[int]:
+    """The directories whose attributes a read answers without naming them (a lookup's or a
+    path's target, a listing's entries): held under another client's lease, they may be stale
+    until that client sends the changes it answered itself (write-behind)."""
+    if isinstance(answer, r.Attr):
+        return [answer.ino] if stat.S_ISDIR(answer.mode) else []
+    if isinstance(answer, list):
+        return [e.attr.ino for e in answer if isinstance(e, r.DirEntry) and stat.S_ISDIR(e.attr.mode)]
+    return []
+
+
+def stamped_with(mutate: Callable[..., Any], at_ns: int) -> Callable[..., Any]:
+    """`mutate`, stamping what it changes with the client's time `at_ns` (change_clock.py)."""
+    def run(*args: Any) -> Any:
+        with change_clock.stamped(at_ns):
+            return mutate(*args)
+    return run
+
+
 async def apply_batch(m: Metaserver, client: str, request: web.Request, export: tuple[str, Export] | None
                       ) -> list[r.BatchOutcome]:
     """A client's write-behind batch (BatchReq): each mutation as its own call would run it, in
@@ -417,6 +443,9 @@ async def apply_batch(m: Metaserver, client: str, request: web.Request, export: 
         if i in refused:
             continue
         mutate = mutation_of(m, item.op, client, token_grants.holder(request))
+        at_ns = change_clock.acceptable(item.at_ns)
+        if at_ns:
+            mutate = stamped_with(mutate, at_ns)
         if m.replies is not None and client and rid:
             answered = m.replies.once(mutate, client, f"{rid}.{i}", first_attempt, signer_id(request))
         else:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import logging
 import stat
-import time
 from collections.abc import Callable
 
 import msgspec
@@ -30,6 +29,7 @@ from chunkfs.metaserver.table_counts import TableCounts
 from chunkfs.metaserver.reservations import VersionReservations
 from chunkfs.protocol import records as r
 from chunkfs.protocol import limits
+from chunkfs.metaserver.change_clock import now_ns
 from chunkfs.protocol.limits import MAX_ID, in_id_range
 
 log = logging.getLogger(__name__)
@@ -471,7 +471,7 @@ class ChunkTable:
             inode.stored_bytes = self.truncate(txn, req.ino, req.size)
         inode.size = req.size
         inode.mtime_ns = req.mtime_ns
-        inode.ctime_ns = time.time_ns()
+        inode.ctime_ns = now_ns()
         self.namespace.put(txn, req.ino, inode)
         attr = self.namespace.setattr(txn, req.attrs, self.truncate) if req.attrs is not None else None
         for name, value in req.xattrs:
@@ -518,12 +518,12 @@ class ChunkTable:
             target.stored_bytes += moved
             size += source.size
             source.size = source.stored_bytes = 0
-            source.mtime_ns = source.ctime_ns = time.time_ns()
+            source.mtime_ns = source.ctime_ns = now_ns()
             self.namespace.put(txn, source_ino, source)
         limits.check_size(size)
         target.size = size
         target.mtime_ns = req.mtime_ns
-        target.ctime_ns = time.time_ns()
+        target.ctime_ns = now_ns()
         self.namespace.put(txn, req.ino, target)
         return self.namespace.attr(req.ino, target)
 

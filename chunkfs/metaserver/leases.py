@@ -177,6 +177,11 @@ class DirectoryLeases:
             txn.delete(u64(ino), db=self.db.leases)
 
     # ---- everyone else ---------------------------------------------------------------------------
+    def held_by_others(self, client: str, inodes: Iterable[int]) -> list[int]:
+        """Those of `inodes` another client than `client` holds the lease on."""
+        held = self._held
+        return [ino for ino in inodes if (lease := held.get(ino)) is not None and lease.client != client]
+
     async def clear_for(self, client: str, inodes: Iterable[int]) -> None:
         """Return once no other client than `client` holds a lease on any of `inodes`."""
         for ino in inodes:

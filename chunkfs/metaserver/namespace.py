@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import stat
-import time
 from collections.abc import Callable, Iterator
 
 import msgspec
@@ -24,6 +23,7 @@ from chunkfs.metaserver.trash import Trash
 from chunkfs.metaserver import table_counts
 from chunkfs.metaserver.table_counts import Counts, TableCounts
 from chunkfs.protocol import records as r
+from chunkfs.metaserver.change_clock import now_ns
 from chunkfs.protocol.limits import check_name, check_xattr
 
 XATTR_CREATE = 1
@@ -68,7 +68,7 @@ class Namespace:
     # ---- records ----------------------------------------------------------------------------
     def init_root(self, txn: Txn) -> None:
         if txn.get(u64(ROOT_INODE), db=self.db.inodes) is None:
-            now = time.time_ns()
+            now = now_ns()
             root = Inode(stat.S_IFDIR | 0o755, 0, 0, 0, now, now, now, 2, goal=self.default_goal,
                          parent=ROOT_INODE)
             if txn.stat(self.db.inodes)["entries"] == 0:  # a new database: counted from its first row
@@ -239,7 +239,7 @@ class Namespace:
         parent = self._dir(txn, req.parent)
         if self.child(txn, req.parent, req.name) is not None:
             raise FsError(errno.EEXIST, f"{req.name!r} exists")
-        now = time.time_ns()
+        now = now_ns()
         is_dir = stat.S_ISDIR(req.mode)
         if req.target is not None and not stat.S_ISLNK(req.mode):
             raise FsError(errno.EINVAL, "only symlinks have a target")
@@ -280,7 +280,7 @@ class Namespace:
         parent = self._dir(txn, req.parent)
         if self.child(txn, req.parent, req.name) is not None:
             raise FsError(errno.EEXIST, f"{req.name!r} exists")
-        now = time.time_ns()
+        now = now_ns()
         inode.nlink += 1
         inode.ctime_ns = now
         self.put(txn, req.ino, inode)
@@ -303,7 +303,7 @@ class Namespace:
             raise FsError(errno.EISDIR, f"{req.name!r} is a directory")
         if is_dir and not self.is_empty(txn, ino):
             raise FsError(errno.ENOTEMPTY, f"directory {req.name!r} is not empty")
-        now = time.time_ns()
+        now = now_ns()
         txn.delete(u64(req.parent) + req.name, db=self.db.dentries)
         self._touch_dir(txn, req.parent, parent, now, -1 if is_dir else 0)
         self._drop_link(txn, ino, inode, now, req.parent, req.name, req.open_by if ino in req.open_here else "")
@@ -369,7 +369,7 @@ class Namespace:
         inode = self.get(txn, ino)
         if inode.nlink != 0 or not stat.S_ISREG(inode.mode):
             raise FsError(errno.EINVAL, f"inode {ino} is not a file without a name")
-        now = time.time_ns()
+        now = now_ns()
         inode.nlink, inode.parent, inode.ctime_ns = 1, parent, now
         self.put(txn, ino, inode)
         txn.put(u64(parent) + name, u64(ino), db=self.db.dentries)
@@ -461,7 +461,7 @@ class Namespace:
             raise FsError(errno.EINVAL, "cannot move a directory into itself")
         if dst == src:
             return [src]
-        now = time.time_ns()
+        now = now_ns()
         if dst is not None:
             dst_inode = self.get(txn, dst)
             dst_is_dir = stat.S_ISDIR(dst_inode.mode)
@@ -499,7 +499,7 @@ class Namespace:
             raise FsError(errno.EINVAL, "cannot move a directory into itself")
         if dst_is_dir and self._is_ancestor(txn, dst, req.old_parent):
             raise FsError(errno.EINVAL, "cannot move a directory into itself")
-        now = time.time_ns()
+        now = now_ns()
         txn.put(u64(req.old_parent) + req.old_name, u64(dst), db=self.db.dentries)
         txn.put(u64(req.new_parent) + req.new_name, u64(src), db=self.db.dentries)
         if req.old_parent != req.new_parent and src_is_dir != dst_is_dir:
@@ -520,7 +520,7 @@ class Namespace:
 
     def setattr(self, txn: Txn, req: r.SetattrReq, truncate) -> r.Attr:
         inode = self.get(txn, req.ino)
-        now = time.time_ns()
+        now = now_ns()
         if req.mode is not None:
             inode.mode = stat.S_IFMT(inode.mode) | (req.mode & 0o7777)
             self._acl_follows_mode(txn, req.ino, inode)
@@ -577,7 +577,7 @@ class Namespace:
             at = todo.pop()
             inode = self.get(txn, at)
             change(inode)
-            inode.ctime_ns = time.time_ns()
+            inode.ctime_ns = now_ns()
             self.put(txn, at, inode)
             if recursive and stat.S_ISDIR(inode.mode):
                 todo.extend(child for _name, child in self.entries(txn, at, None))
@@ -629,7 +629,7 @@ class Namespace:
         else:
             txn.put(key, value, db=self.db.xattrs)
             inode.xattr_count += 0 if exists else 1
-        inode.ctime_ns = time.time_ns()
+        inode.ctime_ns = now_ns()
         self.put(txn, req.ino, inode)
 
     @staticmethod
@@ -671,7 +671,7 @@ class Namespace:
         if not txn.delete(u64(req.ino) + req.name, db=self.db.xattrs):
             raise FsError(errno.ENODATA, f"no attribute {req.name!r}")
         inode.xattr_count = max(0, inode.xattr_count - 1)
-        inode.ctime_ns = time.time_ns()
+        inode.ctime_ns = now_ns()
         self.put(txn, req.ino, inode)
 
     # ---- counts -----------------------------------------------------------------------------

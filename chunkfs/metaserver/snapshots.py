@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import stat
-import time
 
 import msgspec
 
@@ -30,6 +29,7 @@ from chunkfs.metaserver.chunk_table import ChunkTable
 from chunkfs.metaserver.db import Txn
 from chunkfs.metaserver.namespace import Inode, Namespace
 from chunkfs.protocol import records as r
+from chunkfs.metaserver.change_clock import now_ns
 from chunkfs.protocol.limits import check_name
 
 
@@ -47,7 +47,7 @@ class Snapshots:
             raise FsError(errno.EEXIST, f"{req.name!r} exists")
         if stat.S_ISDIR(source.mode) and namespace.inside(txn, req.ino, req.parent):
             raise FsError(errno.EINVAL, "a snapshot of a directory cannot go inside it")
-        now = time.time_ns()
+        now = now_ns()
         copies: dict[int, int] = {}  # source file -> its copy, for hard links inside the tree
         made: list[int] = []  # every copy, to be marked read-only once the tree is whole
         todo = [(req.ino, req.parent, req.name)]

@@ -203,11 +203,12 @@ class MetaClient:
     async def commit(self, req: r.CommitReq) -> r.Attr:
         return await self.call("commit", req, r.Attr)
 
-    async def batch(self, ops: list[tuple[str, Any]], call_id: tuple[str, bool]) -> list[r.BatchOutcome]:
-        """Mutations applied in order in one durable transaction (see BatchReq); `call_id` as
-        SignedHttp.request's, the same each time the batch is sent again. Decode each reply with
-        `batch_reply`."""
-        body = r.BatchReq([r.BatchOp(op, msgspec.Raw(r.json_encode(self.view.outgoing(req)))) for op, req in ops])
+    async def batch(self, ops: list[tuple[str, Any, int]], call_id: tuple[str, bool]) -> list[r.BatchOutcome]:
+        """Mutations (op, request, when it was answered: `BatchOp.at_ns`) applied in order in one
+        durable transaction (see BatchReq); `call_id` as SignedHttp.request's, the same each time
+        the batch is sent again. Decode each reply with `batch_reply`."""
+        body = r.BatchReq([r.BatchOp(op, msgspec.Raw(r.json_encode(self.view.outgoing(req))), at_ns)
+                           for op, req, at_ns in ops])
         response = await self._post_fs("batch", r.json_encode(body), call_id)
         return msgspec.json.decode(response.content, type=list[r.BatchOutcome])
 

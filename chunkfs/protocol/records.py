@@ -506,10 +506,13 @@ OpName = Annotated[str, Meta(max_length=32)]
 
 class BatchOp(Struct, array_like=True):
     """One mutation of a batch: its operation's name (as in /v1/fs/{op}) and its request record,
-    encoded as that operation's body is."""
+    encoded as that operation's body is; `at_ns`, when the client answered it (its programs saw
+    that time as the change's ctime): the metaserver stamps the change with it if it is near its
+    own clock (chunkfs/metaserver/change_clock.py), 0 for its own clock."""
 
     op: OpName
     req: msgspec.Raw
+    at_ns: Annotated[int, Meta(ge=0, le=2**63 - 1)] = 0
 
 
 class BatchReq(Struct):
