@@ -167,7 +167,8 @@ class NetnsCluster:
                  heartbeat_timeout_s: float = 3.0, scrub_mb_per_s: float = 0.0,
                  disk_mb: dict[str, int] | None = None, mount_options: dict[str, str] | None = None,
                  tag: str | None = None, subnet: str | None = None,
-                 metaserver_options: dict[str, str] | None = None, ha: bool = False, tls: bool = False) -> None:
+                 metaserver_options: dict[str, str] | None = None, ha: bool = False, tls: bool = False,
+                 scrub_interval_s: float = 2.0) -> None:
         """`ha`: two metaservers electing their primary through three etcd members (each its
         own node), instead of one metaserver. `tls`: every daemon and mount given `tls_dir`
         (certificates for every node's address, made at `up`), as `chunkfs up --tls` runs."""
@@ -178,6 +179,7 @@ class NetnsCluster:
         self.goal = goal
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.scrub_mb_per_s = scrub_mb_per_s
+        self.scrub_interval_s = scrub_interval_s  # short: a fault test waits for the next pass
         self.disk_mb = disk_mb or {}  # chunkserver -> size of the tmpfs it gets as its disk
         self.mount_options = {"retry_s": "30", **(mount_options or {})}
         self.metaserver_options = metaserver_options or {}  # more flags, e.g. {"client-timeout-s": "5"}
@@ -286,6 +288,7 @@ class NetnsCluster:
                  "clients": len(self.clients), "goal": self.goal, "disk_mb": self.disk_mb,
                  "metaserver": self.metaserver, "secret_file": str(self.secret_file),
                  "heartbeat_timeout_s": self.heartbeat_timeout_s, "scrub_mb_per_s": self.scrub_mb_per_s,
+                 "scrub_interval_s": self.scrub_interval_s,
                  "metaserver_options": self.metaserver_options, "ha": self.ha,
                  "tls": self.tls_dir is not None}
         (self.root / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -295,7 +298,8 @@ class NetnsCluster:
         s = json.loads((Path(root) / STATE_FILE).read_text())
         return cls(root, s["chunkservers"], s["clients"], s["goal"], s["heartbeat_timeout_s"],
                    s["scrub_mb_per_s"], s["disk_mb"], tag=s["tag"], subnet=s["subnet"],
-                   metaserver_options=s.get("metaserver_options"), ha=s.get("ha", False), tls=s.get("tls", False))
+                   metaserver_options=s.get("metaserver_options"), ha=s.get("ha", False), tls=s.get("tls", False),
+                   scrub_interval_s=s.get("scrub_interval_s", 2.0))
 
     def _make_network(self) -> None:
         run("ip", "netns", "add", self.bridge_ns)
@@ -371,7 +375,8 @@ class NetnsCluster:
             "chunkfs.chunkserver.main", "--listen", self.address(name), "--data-dir", str(data_dir),
             "--metaserver", self.metaserver, "--secret-file", str(self.secret_file),
             "--heartbeat-interval-s", str(min(1.0, self.heartbeat_timeout_s / 4)),
-            "--scrub-mb-per-s", str(self.scrub_mb_per_s), *self._tls_args()), log, pid_file)
+            "--scrub-mb-per-s", str(self.scrub_mb_per_s), "--scrub-interval-s", str(self.scrub_interval_s),
+            *self._tls_args()), log, pid_file)
 
     def _make_certs(self) -> None:
         """The cluster CA and every part's certificate, as an operator makes them (`chunkfs certs

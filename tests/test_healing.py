@@ -27,7 +27,7 @@ four_servers = pytest.mark.parametrize(
     "fresh_cluster", [{"chunkservers": 4, "up_options": FAST}], indirect=True)
 three_servers = pytest.mark.parametrize("fresh_cluster", [{"up_options": FAST}], indirect=True)
 scrubbing = pytest.mark.parametrize(
-    "fresh_cluster", [{"up_options": (*FAST, "--scrub-mb-per-s", "1000")}], indirect=True)
+    "fresh_cluster", [{"up_options": (*FAST, "--scrub-mb-per-s", "1000", "--scrub-interval-s", "1")}], indirect=True)
 
 
 def write_files(cluster, sizes: dict[str, int]) -> dict[str, str]:

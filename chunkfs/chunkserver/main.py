@@ -47,6 +47,8 @@ class ChunkserverConfig:
                                   "peers must show a certificate of its CA (empty: plain HTTP)")
     heartbeat_interval_s: float = opt(2.0, "seconds between heartbeats to the metaserver")
     scrub_mb_per_s: float = opt(50.0, "MiB/s at most re-read to verify stored chunks in the background; 0 is off")
+    scrub_interval_s: float = opt(86400.0, "seconds at least from the start of one scrub pass over every chunk to the "
+                                           "start of the next")
     body_timeout_s: float = opt(DEFAULT_BODY_TIMEOUT_S, BODY_TIMEOUT_HELP)
     log_level: str = opt("info", "debug, info, warning or error")
 
@@ -70,6 +72,8 @@ class ChunkserverConfig:
             raise ConfigError("option body_timeout_s: must be positive")
         if self.scrub_mb_per_s < 0:
             raise ConfigError("option scrub_mb_per_s: must not be negative")
+        if self.scrub_interval_s <= 0:
+            raise ConfigError("option scrub_interval_s: must be positive")
         if not self.secret_file.exists():
             raise ConfigError(f"option secret_file: {self.secret_file} does not exist")
         if self.tls_dir.parts:
@@ -100,7 +104,7 @@ def run(config: ChunkserverConfig) -> None:
     fence = Fence()
     heartbeat = Heartbeat(store, meta, advertised, config.heartbeat_interval_s, counters, keys.learn, fence=fence)
     corruption = CorruptionReporter(store, meta)
-    scrubber = Scrubber(store, corruption, config.scrub_mb_per_s)
+    scrubber = Scrubber(store, corruption, config.scrub_mb_per_s, config.scrub_interval_s)
 
     async def background(app):
         tasks = [asyncio.create_task(job.run()) for job in (heartbeat, corruption, scrubber)]

@@ -104,6 +104,9 @@ def _start_etcd(port: int, data_dir: Path, logs: Path, run: Path, tls_dir: Path 
 @click.option("--scrub-mb-per-s", type=click.FloatRange(0), default=None,
               help="How fast each chunkserver re-verifies its chunks, 0 for never "
                    "[default: 50, or what the cluster was started with].")
+@click.option("--scrub-interval-s", type=click.FloatRange(1), default=None,
+              help="Seconds at least between the starts of two scrub passes [default: a day, or what the cluster "
+                   "was started with].")
 @click.option("--client-timeout-s", type=click.FloatRange(0.5), default=None,
               help="A mount silent this long is gone: files it had open after unlinking them are freed "
                    "[default: the metaserver's, 90].")
@@ -131,7 +134,8 @@ def _start_etcd(port: int, data_dir: Path, logs: Path, run: Path, tls_dir: Path 
               help="Give every chunkserver, the mount and the gateway a role credential of its own "
                    "(in DIR/credentials/) instead of the cluster secret [default: as the cluster was started].")
 def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, port: int,
-       heartbeat_timeout_s: float | None, scrub_mb_per_s: float | None, client_timeout_s: float | None,
+       heartbeat_timeout_s: float | None, scrub_mb_per_s: float | None, scrub_interval_s: float | None,
+       client_timeout_s: float | None,
        body_timeout_s: float | None, orphan_grace_s: float | None, lock_grace_s: float | None,
        trash_time_s: float | None, ha: bool,
        options: str, no_gateway: bool, use_tls: bool | None, roles: bool | None) -> None:
@@ -143,6 +147,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
     goal = goal or previous.get("goal", 3)
     heartbeat_timeout_s = heartbeat_timeout_s or previous.get("heartbeat_timeout_s", 10.0)
     scrub_mb_per_s = previous.get("scrub_mb_per_s", 50.0) if scrub_mb_per_s is None else scrub_mb_per_s
+    scrub_interval_s = previous.get("scrub_interval_s", 86400.0) if scrub_interval_s is None else scrub_interval_s
     roles = previous.get("roles", False) if roles is None else roles
     tls_dir = (data_dir / "tls") if (previous.get("tls_dir") if use_tls is None else use_tls) else None
     if tls_dir is not None:
@@ -163,7 +168,7 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                        "keys_file": str(local_keys_file(data_dir))}
     info = {"metaserver": metaserver, "secret_file": str(secret_file), "mountpoint": str(mountpoint),
             "chunkservers": chunkservers, "goal": goal, "heartbeat_timeout_s": heartbeat_timeout_s,
-            "scrub_mb_per_s": scrub_mb_per_s, "gateway": gateway, "roles": roles, "tls_dir": str(tls_dir or ""),
+            "scrub_mb_per_s": scrub_mb_per_s, "scrub_interval_s": scrub_interval_s, "gateway": gateway, "roles": roles, "tls_dir": str(tls_dir or ""),
             "ha": ha}
     info_path.parent.mkdir(parents=True, exist_ok=True)
     info_path.write_text(json.dumps(info, indent=2))
@@ -198,7 +203,8 @@ def up(data_dir: Path, mountpoint: Path, chunkservers: int, goal: int | None, po
                                      "--data-dir", str(data_dir / "chunkservers" / name),
                                      "--metaserver", metaserver, "--secret-file", str(key_of("chunkserver", name)),
                                      "--heartbeat-interval-s", str(min(2.0, heartbeat_timeout_s / 4)),
-                                     "--scrub-mb-per-s", str(scrub_mb_per_s), *body_timeout, *tls_args),
+                                     "--scrub-mb-per-s", str(scrub_mb_per_s), "--scrub-interval-s", str(scrub_interval_s),
+                                     *body_timeout, *tls_args),
                       logs / f"{name}.log", run / f"{name}.pid")
         wait_for(f"{chunkservers} chunkservers", lambda: _alive_servers(access) >= chunkservers, 30,
                  log_path=logs / "cs1.log")
