@@ -295,6 +295,31 @@ def test_permissions_are_the_ones_a_mount_applies(cluster, fs, home):
         assert (st.st_uid, st.st_gid) == (4321, 4321)
 
 
+def test_a_put_does_not_replace_anothers_file_in_a_sticky_directory(cluster, fs, home, tmp_path):
+    fs.chmod(home, 0o755)
+    fs.mkdir(f"{home}/tmp")
+    fs.chmod(f"{home}/tmp", 0o1777)  # as /tmp
+    source = tmp_path / "source"
+    source.write_bytes(b"replacement" * 10_000)
+    (tmp_path / "small").write_bytes(b"small replacement")
+
+    def user(uid: int):
+        return chunkfs.client.connect(cluster.metaserver, secret_file=cluster.secret_file, uid=uid, gid=uid, groups=[])
+
+    with user(4321) as owner, user(4322) as other:
+        with owner.open(f"{home}/tmp/theirs", "wb") as f:
+            f.write(b"owner's")
+        for local in (source, tmp_path / "small"):  # a chunked file and an inline one
+            with pytest.raises(PermissionError) as exc:
+                other.put_file(local, f"{home}/tmp/theirs")
+            assert exc.value.errno == errno.EPERM
+            assert fs.open(f"{home}/tmp/theirs").read() == b"owner's"
+        owner.put_file(tmp_path / "small", f"{home}/tmp/theirs")  # the owner may
+        other.put_file(source, f"{home}/tmp/new")  # and anyone may make a new name
+    assert fs.open(f"{home}/tmp/theirs").read() == b"small replacement"
+    assert sorted(fs.listdir(f"{home}/tmp")) == ["new", "theirs"]
+
+
 def test_put_and_get_a_file_with_progress(fs, home, tmp_path):
     source = tmp_path / "source"
     source.write_bytes(os.urandom(10 * MiB + 7))

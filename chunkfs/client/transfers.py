@@ -39,6 +39,7 @@ import trio
 from chunkfs import CHUNK_SIZE, MAX_NAME_BYTES
 from chunkfs.client.async_file import AsyncFile
 from chunkfs.client.paths import PathLike, join, split_path
+from chunkfs.client.permissions import check_sticky
 from chunkfs.errors import FsError, TransportError
 from chunkfs.protocol import records as r
 
@@ -82,6 +83,8 @@ async def staged_file(afs: AsyncFilesystem, remote_path: PathLike, exclusive: bo
         raise FsError(errno.EEXIST, "file exists")
     if existing is not None and stat.S_ISDIR(existing.mode):
         raise FsError(errno.EISDIR, "is a directory")
+    if existing is not None:  # the rename below replaces it: as `mv` over it would be checked
+        check_sticky(directory, existing, afs.identity, "replace")
     temp_name = _temporary_name(name)
     afile = await afs.open(join([*split_path(remote_path)[:-1], temp_name]), "xb")
     try:
@@ -106,6 +109,10 @@ async def store_small(afs: AsyncFilesystem, remote_path: PathLike, content: byte
         return False
     directory, name = await afs.parent_of(remote_path, errno.EISDIR)
     await afs.may_change_entries(directory)
+    if directory.mode & stat.S_ISVTX:  # replacing another's file in a sticky directory (/tmp) is refused
+        existing = await afs.entry_in(directory, name)
+        if existing is not None:
+            check_sticky(directory, existing, afs.identity, "replace")
     stored = await afs.client.store_small_file(directory.ino, name, _temporary_name(name), content,
                                                {os.fsencode(k): v for k, v in xattrs.items()}, afs.identity,
                                                mtime_ns, r.RENAME_NOREPLACE if exclusive else 0)
