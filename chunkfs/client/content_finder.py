@@ -41,8 +41,7 @@ WINDOW = 16  # chunks per lookup call: 64 MiB of 4 MiB chunks
 class Ask:
     """One chunk's question, then its answer."""
 
-    data: bytes | bytearray  # the chunk's bytes (joined from `pieces` in the hashing thread if it came in pieces)
-    pieces: tuple[bytes | memoryview, ...] = ()
+    data: bytes | bytearray
     content: str = ""
     proof: str = ""
     checksum: str = ""  # of `data` (chunkfs.checksum.chunk_checksum)
@@ -59,11 +58,8 @@ class Ask:
 
 
 def _hash_all(asks: list[Ask]) -> None:
-    """Name, proof and checksum of each ask's bytes (a worker thread: the join of a chunk's pieces
-    and both hashes release the GIL)."""
+    """Name, proof and checksum of each ask's bytes (a worker thread: both hashes release the GIL)."""
     for ask in asks:
-        if ask.pieces:
-            ask.data, ask.pieces = b"".join(ask.pieces), ()
         ask.content, ask.proof = name_and_proof(ask.data)
         ask.checksum = chunk_checksum(ask.data)
 
@@ -75,11 +71,10 @@ class ContentFinder:
         self.calls = 0  # lookup calls made
         self.asked = 0  # chunks asked about
 
-    def ask(self, data: bytes | bytearray | tuple[bytes | memoryview, ...], nursery: trio.Nursery) -> Ask:
-        """Ask about `data` (a whole chunk's bytes, not changed until answered, or the pieces it
-        is made of in order, joined off the event loop: the answer's `data` is the whole); a
-        full window is sent from `nursery`."""
-        ask = Ask(b"", data) if isinstance(data, tuple) else Ask(data)
+    def ask(self, data: bytes | bytearray, nursery: trio.Nursery) -> Ask:
+        """Ask about `data` (a whole chunk's bytes, not changed until answered); a full window
+        is sent from `nursery`."""
+        ask = Ask(data)
         self._gathered.append(ask)
         if len(self._gathered) == self.window:
             nursery.start_soon(self._send_full_windows)

@@ -109,18 +109,6 @@ class DirtyChunk:
     def complete(self) -> bool:
         return self.length == CHUNK_SIZE
 
-    def hand_over(self) -> bytes | tuple[bytes | memoryview, ...]:
-        """The chunk goes to its upload and nothing writes to it again: its bytes, made bytes
-        (one copy of a buffer: the upload sends bytes as they are), or, for a chunk that is all
-        appended pieces, the pieces, to be joined where they are first wanted in one (the dedup
-        lookup's hashing thread, not the event loop)."""
-        if self._pieces and not self._data:
-            return tuple(self._pieces)
-        data = self.data
-        if not isinstance(data, bytes):
-            data = self._data = bytes(data)
-        return data
-
 
 def _whole_chunk(data: bytes | bytearray | memoryview, view: memoryview, pos: int) -> bytes:
     """The chunk at `pos` of a write that covers it whole, as bytes that nothing changes: `data`
@@ -139,7 +127,7 @@ class FileWriter:
         self.write_back_bound = write_back
         self.lock = trio.Lock()
         self.dirty: dict[int, DirtyChunk] = {}
-        self.uploading: dict[int, DirtyChunk] = {}  # handed over (`DirtyChunk.hand_over`)
+        self.uploading: dict[int, bytes | bytearray] = {}
         self.uploaded: dict[int, r.ChunkRef] = {}
         self._upload_order: dict[int, int] = {}  # index -> the write number of what `uploaded` holds
         self._uploads_started = 0  # numbers the uploads in write order: the newest write of a chunk wins
@@ -177,12 +165,11 @@ class FileWriter:
         if dirty is not None:
             await self._ensure_based(index, dirty)
             return dirty.data
-        uploading = self.uploading.get(index)
-        return uploading.data if uploading is not None else None
+        return self.uploading.get(index)
 
     def _stored_length(self, index: int) -> int:
         if index in self.uploading:
-            return self.uploading[index].length
+            return len(self.uploading[index])
         ref = self.stored_ref(index)
         if ref is None and index == 0 and self.file.inline is not None:
             return len(self.file.inline)
@@ -194,7 +181,7 @@ class FileWriter:
             return
         if self._stored_length(index) > dirty.length:
             snapshot = self.uploading.get(index)
-            base = bytearray(snapshot.data if snapshot is not None else await self.file.reader.stored_content(index))
+            base = bytearray(snapshot if snapshot is not None else await self.file.reader.stored_content(index))
             if dirty.based:  # merged by another caller meanwhile
                 return
             base[: dirty.length] = dirty.data
@@ -271,18 +258,18 @@ class FileWriter:
         gate = self._lookup_slots if looked_up else self._upload_slots
         await gate.acquire()
         del self.dirty[index]
-        # handed over as bytes (or the bytes pieces it was written in): a chunk in flight is held
-        # once, as the bound counts it
-        content = dirty.hand_over()
-        self.uploading[index] = dirty
-        ask = self.io.finder.ask(content, self.nursery) if looked_up else None
+        # handed over as bytes (the DirtyChunk is gone, nothing writes to it again): the upload
+        # sends bytes as they are, so a chunk in flight is held once, as the bound counts it
+        snapshot = dirty.data if isinstance(dirty.data, bytes) else bytes(dirty.data)
+        self.uploading[index] = snapshot
+        ask = self.io.finder.ask(snapshot, self.nursery) if looked_up else None
         if self._inflight == 0:
             self._idle = trio.Event()
         self._inflight += 1
         self._uploads_started += 1
-        self.nursery.start_soon(self._upload, index, dirty, slot, ask, gate, self._uploads_started)
+        self.nursery.start_soon(self._upload, index, snapshot, slot, ask, gate, self._uploads_started)
 
-    async def _store(self, index: int, snapshot: DirtyChunk, slot: PendingSlot, ask: Ask | None
+    async def _store(self, index: int, snapshot: bytes | bytearray, slot: PendingSlot, ask: Ask | None
                      ) -> r.ChunkRef:
         """Chunk `index` holding `snapshot`, durable: the version the cluster holds with this
         content if it was asked about (`ask`) and found (nothing uploaded, no slot taken: a full
@@ -290,17 +277,16 @@ class FileWriter:
         gathered into calls of a window of chunks: `content_finder`), so a copy of stored data is
         not held to `max_uploads` round trips at a time; uploads `max_uploads`."""
         if ask is None:
-            return await self.io.upload(self.file.ino, index, snapshot.data, await slot.take())
+            return await self.io.upload(self.file.ino, index, snapshot, await slot.take())
         lookup = self.io.found(self.file.ino, index, await ask.answer())
-        snapshot.data = ask.data  # joined by the lookup, if it came in pieces
         if lookup.stored is not None:
             return lookup.stored
         async with self._upload_slots:
-            ref = await self.io.upload(self.file.ino, index, snapshot.data, await slot.take(), lookup.checksum)
+            ref = await self.io.upload(self.file.ino, index, snapshot, await slot.take(), lookup.checksum)
         ref.content, ref.proof = lookup.content, lookup.proof
         return ref
 
-    async def _upload(self, index: int, snapshot: DirtyChunk, slot: PendingSlot, ask: Ask | None,
+    async def _upload(self, index: int, snapshot: bytes | bytearray, slot: PendingSlot, ask: Ask | None,
                       gate: trio.Semaphore, order: int) -> None:
         try:
             ref = await self._store(index, snapshot, slot, ask)
@@ -312,7 +298,7 @@ class FileWriter:
                     self._supersede(current)
                 self.uploaded[index] = ref
                 self._upload_order[index] = order
-                self.cache.put_uploaded(ref, snapshot.data)
+                self.cache.put_uploaded(ref, snapshot)
             else:
                 self._supersede(ref)
         except BaseException as exc:
@@ -323,7 +309,7 @@ class FileWriter:
         finally:
             if self.uploading.get(index) is snapshot:
                 del self.uploading[index]
-            self.write_back_bound.add(-snapshot.length)
+            self.write_back_bound.add(-len(snapshot))
             gate.release()
             self._inflight -= 1
             if self._inflight == 0:
