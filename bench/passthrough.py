@@ -9,6 +9,10 @@ passthrough example is (writeback cache on, entry and attribute time-outs 0, the
 default read-ahead), and as plain: every handler calls `os` directly, nothing is cached here.
 Enough of POSIX for `chunkfs bench` (files, directories, rename, symlinks, chmod/utime); no
 hard links, xattrs or locks.
+
+`--discard-writes`: writes are answered and their bytes thrown away, with the kernel's writeback
+cache off as on a chunkfs mount: what a `dd` onto the mount costs FUSE and pyfuse3 alone, the
+floor of a copy that uploads nothing (README, dedup section).
 """
 
 from __future__ import annotations
@@ -36,8 +40,11 @@ def _os_errors(method):
 class Passthrough(pyfuse3.Operations):
     enable_writeback_cache = True
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, discard_writes: bool = False) -> None:
         super().__init__()
+        self.discard_writes = discard_writes
+        if discard_writes:
+            self.enable_writeback_cache = False
         self.paths: dict[int, str] = {pyfuse3.ROOT_INODE: source}
         self.root_ino = os.lstat(source).st_ino
 
@@ -149,6 +156,8 @@ class Passthrough(pyfuse3.Operations):
 
     @_os_errors
     async def write(self, fh, off, buf):
+        if self.discard_writes:
+            return len(buf)
         return os.pwrite(fh, buf, off)
 
     @_os_errors
@@ -190,9 +199,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source")
     parser.add_argument("mountpoint")
+    parser.add_argument("--discard-writes", action="store_true",
+                        help="answer writes and keep nothing, writeback cache off (FUSE's own cost of a write)")
     args = parser.parse_args()
     options = set(pyfuse3.default_options) | {"fsname=passthrough", "subtype=passthrough"}
-    pyfuse3.init(Passthrough(os.path.abspath(args.source)), args.mountpoint, options)
+    pyfuse3.init(Passthrough(os.path.abspath(args.source), args.discard_writes), args.mountpoint, options)
     try:
         trio.run(_serve)
     finally:

@@ -1,5 +1,6 @@
 """Unit tests of the mount's data path: cache eviction (segmented LRU), the disk cache, the
-prefetch window, the write-back bound and the chunkserver store's ranged read."""
+prefetch window, the write-back bound, a chunk's write buffer and the chunkserver store's ranged
+read."""
 
 import errno
 import os
@@ -11,6 +12,7 @@ import trio.testing
 from chunkfs.client.cache_policy import SegmentedLru
 from chunkfs.client.prefetch import prefetch_window
 from chunkfs.client.write_back import WriteBack
+from chunkfs.client.writer import KEPT_PIECE_MIN_BYTES, DirtyChunk
 
 
 def test_new_keys_go_first_and_a_key_used_twice_outlives_a_scan():
@@ -62,6 +64,23 @@ def test_writers_wait_for_room_and_wake_the_write_back():
         assert file.written_back == 1 and bound.dirty_bytes == 4 and bound.waits == 1
 
     trio.run(main)
+
+
+def test_a_chunk_written_in_appended_pieces_holds_what_each_write_said():
+    piece = KEPT_PIECE_MIN_BYTES
+    a, b, c = (bytes([i]) * piece for i in (1, 2, 3))
+    chunk = DirtyChunk(bytearray(), based=False)
+    assert chunk.write(0, a, immutable=True) == piece  # kept as it is
+    assert chunk.write(piece, memoryview(b), immutable=True) == piece
+    assert chunk.length == 2 * piece and chunk.data == a + b  # joined once, when wanted
+    assert chunk.write(2 * piece, c, immutable=True) == piece
+    assert chunk.write(10, b"xy") == 0  # an overwrite inside: into one buffer
+    assert chunk.write(3 * piece, b"tail", immutable=True) == 4  # small: copied, not kept
+    expected = bytearray(a + b + c + b"tail")
+    expected[10:12] = b"xy"
+    assert chunk.data == expected and chunk.length == len(expected)
+    assert chunk.write(3 * piece + 4, a, immutable=True) == piece  # appended after a buffer
+    assert chunk.data == expected + a
 
 
 def test_disk_cache_keeps_verified_chunks_across_restarts_and_one_version_per_chunk(tmp_path):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -50,30 +49,65 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+KEPT_PIECE_MIN_BYTES = 64 * 1024  # smaller appended writes are copied into the chunk's buffer
 
-@dataclass
+
 class DirtyChunk:
-    """A chunk being written. Until `based`, only bytes [0, len(data)) were written (a sequential
+    """A chunk being written. Until `based`, only bytes [0, length) were written (a sequential
     writer from the chunk's start); the old content is merged in only when it is needed.
-    `data` is bytes when the chunk was written whole in one write (see `FileWriter.write`): it
-    is uploaded as it is, and turned into a bytearray only if it is written to again first."""
+    Its content is `data` (bytes when the chunk was written whole in one write, see
+    `FileWriter.write`: uploaded as it is, turned into a bytearray only if written to again)
+    and then the pieces appended since: writes that each went on where the content ended, held
+    as the caller's bytes (nothing changes them) and joined once, when the bytes are wanted in
+    one piece (the upload, a reader), so a chunk written in 1 MiB FUSE writes is copied once
+    here, not once per write and again for the upload."""
 
-    data: bytearray | bytes
-    based: bool
+    def __init__(self, data: bytearray | bytes, based: bool) -> None:
+        self._data = data
+        self._pieces: list[bytes | memoryview] = []
+        self.length = len(data)
+        self.based = based
 
-    def write(self, offset: int, piece: bytes | memoryview) -> int:
-        """Returns by how many bytes the buffer grew."""
-        if isinstance(self.data, bytes):
-            self.data = bytearray(self.data)
-        before = len(self.data)
+    @property
+    def data(self) -> bytearray | bytes:
+        if self._pieces:
+            if not self._data:
+                self._data = b"".join(self._pieces)
+            else:  # in place, so a reader of a chunk being appended to costs no copy of all of it each time
+                if isinstance(self._data, bytes):
+                    self._data = bytearray(self._data)
+                for piece in self._pieces:
+                    self._data += piece
+            self._pieces.clear()
+        return self._data
+
+    @data.setter
+    def data(self, value: bytearray | bytes) -> None:
+        self._pieces.clear()
+        self._data = value
+        self.length = len(value)
+
+    def write(self, offset: int, piece: bytes | memoryview, immutable: bool = False) -> int:
+        """Returns by how many bytes the buffer grew. `immutable`: nothing changes `piece`'s bytes
+        (bytes, or a view of bytes), so a piece that goes on where the content ends is kept as it
+        is (if it is not so small that holding it would cost more than copying it)."""
+        before = self.length
+        if immutable and offset == before and len(piece) >= KEPT_PIECE_MIN_BYTES:
+            self._pieces.append(piece)
+            self.length += len(piece)
+            return len(piece)
+        data = self.data
+        if isinstance(data, bytes):
+            data = self._data = bytearray(data)
         end = offset + len(piece)
         if offset > before:
-            self.data.extend(bytes(offset - before))
-        self.data[offset:end] = piece
-        return len(self.data) - before
+            data.extend(bytes(offset - before))
+        data[offset:end] = piece
+        self.length = len(data)
+        return self.length - before
 
     def complete(self) -> bool:
-        return len(self.data) == CHUNK_SIZE
+        return self.length == CHUNK_SIZE
 
 
 def _whole_chunk(data: bytes | bytearray | memoryview, view: memoryview, pos: int) -> bytes:
@@ -115,7 +149,7 @@ class FileWriter:
 
     @property
     def buffered_bytes(self) -> int:
-        return sum(len(d.data) for d in self.dirty.values())
+        return sum(d.length for d in self.dirty.values())
 
     def holds(self, index: int) -> bool:
         """Chunk `index` is buffered or uploading here: its stored version is not its content."""
@@ -145,13 +179,13 @@ class FileWriter:
         """Merge the chunk's old content under what was written of it, once it is needed."""
         if dirty.based:
             return
-        if self._stored_length(index) > len(dirty.data):
+        if self._stored_length(index) > dirty.length:
             snapshot = self.uploading.get(index)
             base = bytearray(snapshot if snapshot is not None else await self.file.reader.stored_content(index))
             if dirty.based:  # merged by another caller meanwhile
                 return
-            base[: len(dirty.data)] = dirty.data
-            self.write_back_bound.add(len(base) - len(dirty.data))
+            base[: dirty.length] = dirty.data
+            self.write_back_bound.add(len(base) - dirty.length)
             dirty.data = base
         dirty.based = True
 
@@ -165,6 +199,7 @@ class FileWriter:
         async with self.lock:
             self._raise_pending_error()
             view = memoryview(data)
+            immutable = isinstance(data, bytes)  # FUSE's: its pieces are kept, not copied (DirtyChunk)
             pos = 0
             while pos < len(view):
                 index, within = divmod(offset + pos, CHUNK_SIZE)
@@ -176,9 +211,10 @@ class FileWriter:
                 else:
                     if dirty is None:
                         dirty = self.dirty[index] = DirtyChunk(bytearray(), based=False)
-                    if not dirty.based and within > len(dirty.data):
+                    if not dirty.based and within > dirty.length:
                         await self._ensure_based(index, dirty)
-                    self.write_back_bound.add(dirty.write(within, view[pos : pos + n]))
+                    piece = data if isinstance(data, bytes) and pos == 0 and n == len(view) else view[pos : pos + n]
+                    self.write_back_bound.add(dirty.write(within, piece, immutable))
                 pos += n
                 if dirty.complete():
                     await self._start_upload(index)
@@ -216,7 +252,7 @@ class FileWriter:
         await self._ensure_based(index, dirty)
         existing = self.stored_ref(index)
         slot = PendingSlot(self.io.reservations, existing.chunk_id if existing else None, self.file.attr.goal)
-        looked_up = self.io.looks_up(len(dirty.data), not self.file.attr.no_dedup)
+        looked_up = self.io.looks_up(dirty.length, not self.file.attr.no_dedup)
         if not looked_up:
             await slot.take()  # here, so a full cluster's ENOSPC fails this write itself
         gate = self._lookup_slots if looked_up else self._upload_slots
@@ -329,7 +365,7 @@ class FileWriter:
                     self._forget_refused()
                 raise
             if inline is not None:
-                self.write_back_bound.add(-len(self.dirty.pop(0).data))
+                self.write_back_bound.add(-self.dirty.pop(0).length)
                 file.chunks.clear()
                 file.inline = inline
             elif 0 in self.uploaded:
