@@ -220,7 +220,7 @@ class File(io.RawIOBase):
 
     Writes smaller than WRITE_BUFFER are kept here and handed to the client thread together,
     with the next call that needs them (a larger write, a read, seek, tell, truncate, flush,
-    close, a lock), as Python's buffered files do: a hand-off costs ~190 us, so a script writing
+    close, a lock), as Python's buffered files do: a hand-off costs 60-190 us, so a script writing
     a CSV line by line, or a small file in one write and a close, pays for one call instead of
     one per write (1,000 files of 4 KiB, `open("xb")`, one write, close: 2 hand-offs a file
     instead of 3). As with any buffered file, an error of a kept write (ENOSPC, EDQUOT) is
