@@ -2,8 +2,9 @@
 
 Mounts let the kernel cache names and attributes for a long time (see the mount's timeouts)
 because this feed tells them, within a long-poll round trip (and WAKE_GAP_S, 10 ms, when
-changes come in a stream), which inodes and directory entries another client changed. The feed is in memory: a mount that falls behind the buffer,
-or a metaserver restart, is answered `reset` and the mount drops everything it can. Each change
+changes come in a stream), which inodes and directory entries another client changed. The feed
+is in memory: a mount that falls behind the buffer, or a metaserver restart, is answered `reset`
+and the mount drops everything it can. Each change
 is kept as its encoded JSON (with its number and origin, to pick what a client is sent): about
 half the memory of the records, and nothing the garbage collector has to walk.
 
