@@ -10,7 +10,8 @@ import hmac
 from chunkfs.client import AsyncFilesystem, Identity
 from chunkfs.gateway.keys import AccessKey, KeyStore
 from chunkfs.gateway.listing_cache import DirectorySnapshots
-from chunkfs.gateway.objects import XATTR_ETAG, ObjectStore
+from chunkfs.gateway.objects import XATTR_ETAG, ObjectInfo, ObjectStore
+from chunkfs.gateway.version_cache import VersionCache
 
 GATEWAY_UMASK = 0o022
 
@@ -20,6 +21,7 @@ class Access:
         self.afs, self.keys, self.server_key = afs, keys, server_key
         self._views: dict[tuple[int, int, tuple[int, ...]], AsyncFilesystem] = {}
         self._snapshots: dict[tuple[int, int], DirectorySnapshots] = {}  # by uid, gid: what they may list
+        self._descriptions: dict[tuple[int, int], VersionCache[ObjectInfo]] = {}  # by uid, gid: what they read
 
     def filesystem_for(self, key: AccessKey) -> AsyncFilesystem:
         """The core as `key`'s uid/gid sees it (made once per key; never closed on its own: the
@@ -38,8 +40,10 @@ class Access:
         return view
 
     def objects_for(self, key: AccessKey) -> ObjectStore:
-        snapshots = self._snapshots.setdefault((key.uid, key.gid), DirectorySnapshots(XATTR_ETAG))
-        return ObjectStore(self.filesystem_for(key), snapshots)
+        identity = (key.uid, key.gid)
+        snapshots = self._snapshots.get(identity) or self._snapshots.setdefault(identity, DirectorySnapshots(XATTR_ETAG))
+        descriptions = self._descriptions.get(identity) or self._descriptions.setdefault(identity, VersionCache())
+        return ObjectStore(self.filesystem_for(key), snapshots, descriptions)
 
     def credentials(self, access_key_id: str) -> tuple[AccessKey, str] | None:
         """The key with this id and its secret (what SigV4 signs with), or None."""
