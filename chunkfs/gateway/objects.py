@@ -225,8 +225,8 @@ async def _replayed(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
 
 async def describe_file(afs: AsyncFilesystem, path: str, key: str, st: os.stat_result) -> ObjectInfo:
     """The object `path` is (`st`: its stat), with what its xattrs say."""
-    info = ObjectInfo(key, st.st_size, st.st_mtime_ns, _fallback_etag(st.st_ino, st.st_size, st.st_mtime_ns),
-                      uid=st.st_uid)
+    fallback = _fallback_etag(st.st_ino, st.st_size, st.st_mtime_ns)
+    info = ObjectInfo(key, st.st_size, st.st_mtime_ns, fallback, uid=st.st_uid)
     for name in await afs.listxattr(path):
         if not name.startswith("user.s3."):
             continue
@@ -247,6 +247,8 @@ async def describe_file(afs: AsyncFilesystem, path: str, key: str, st: os.stat_r
             info.part_sizes = [int(n) for n in value.split() if n.isdigit()]
         elif name == XATTR_TAGGING:
             info.tags = value.decode(errors="replace")
+    if info.etag == fallback:  # its content changed since its PUT (through a mount): so did its checksums
+        info.checksums = {}
     return info
 
 
