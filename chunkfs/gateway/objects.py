@@ -335,7 +335,8 @@ class ObjectStore:
             checksums.finish()
             await make_directories(self.afs, path)
             return ObjectInfo(key, 0, 0, EMPTY_MD5)
-        await make_directories(self.afs, parent)
+        if parent != f"/{bucket}":  # the bucket itself was just found to be a directory
+            await make_directories(self.afs, parent)
         try:
             stored = await store_file(self.afs, path, body, checksums, exclusive, content_type, metadata, etag, headers)
         except IsADirectoryError:  # a key that other keys are under: S3 allows both, a filesystem cannot
