@@ -50,6 +50,27 @@ def refused(txn, db: MetaDB) -> None:
     raise FsError(errno.EEXIST, "rolled back alone")
 
 
+
+def test_a_small_batch_commits_on_the_event_loop_and_a_failure_still_rolls_back_alone(tmp_path):
+    """A batch of a few mutations (the gateway's small PUT: its commit and its rename) is
+    committed like a lone mutation, on the event loop when nothing else is being committed."""
+    store = Store(tmp_path / "db")
+    try:
+        async def session():
+            before, on_loop = store.committer.commits, store.committer.commits_on_loop
+            outcomes = await store.committer.run_together([(put, (store.db, 1)), (refused, (store.db,))])
+            assert (store.committer.commits, store.committer.commits_on_loop) == (before + 1, on_loop + 1)
+            return outcomes
+
+        (value, error), (_, failure) = asyncio.run(session())
+        assert (value, error) == (1, None)
+        assert isinstance(failure, FsError) and failure.errno == errno.EEXIST
+        with store.db.read() as txn:
+            assert txn.get(u64(99_999), db=store.db.counters) is None
+            assert txn.get(u64(10_001), db=store.db.counters) == b"x"
+    finally:
+        store.close()
+
 def test_a_batch_is_one_commit_whatever_its_size_and_a_failure_rolls_back_alone(tmp_path):
     store = Store(tmp_path / "db")
     try:

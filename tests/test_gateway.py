@@ -435,6 +435,45 @@ def test_parallel_ranged_gets_fetch_each_chunk_once(gateway_cluster, s3):
     assert len(body) <= fetched < 1.2 * len(body), fetched
 
 
+def test_ranged_gets_read_an_objects_description_once_per_version(gateway_cluster, gateway, s3):
+    """The parts of one object (awscli's ranged GETs): the first reads the object's xattrs, the
+    next ones of the same version do not; a change made on the mount (an xattr, the content, the
+    mode) shows in the answers that follow, to each caller as its permissions allow."""
+    mnt = gateway_cluster.mnt
+    s3.create_bucket(Bucket="described")
+    body = os.urandom(2 * MiB)
+    s3.put_object(Bucket="described", Key="obj", Body=body, ContentType="text/x-first", Metadata={"colour": "blue"})
+
+    def part(client, i: int) -> dict:
+        got = client.get_object(Bucket="described", Key="obj", Range=f"bytes={i * MiB}-{(i + 1) * MiB - 1}")
+        got["Body"].read()
+        return got
+
+    assert part(s3, 0)["Metadata"] == {"colour": "blue"}
+    calls = calls_made(gateway_cluster, lambda: part(s3, 1))
+    assert not {"listxattr", "getxattr"} & set(calls), calls
+    os.setxattr(mnt / "described/obj", "user.s3.meta.colour", b"green")
+    wait_until(lambda: part(s3, 0)["Metadata"] == {"colour": "green"}, FEED_DELAY_S, "an xattr set on the mount")
+    (mnt / "described/obj").write_bytes(b"rewritten")
+    wait_until(lambda: s3.head_object(Bucket="described", Key="obj")["ContentLength"] == 9, FEED_DELAY_S,
+               "content written on the mount")
+    head = s3.head_object(Bucket="described", Key="obj")
+    assert head["ETag"] != f'"{hashlib.md5(body).hexdigest()}"' and head["Metadata"] == {"colour": "green"}
+    reader = gateway.client(gateway.key("reader2000", uid=2000, gid=2000))
+    assert reader.get_object(Bucket="described", Key="obj")["Body"].read() == b"rewritten"
+    os.chmod(mnt / "described/obj", 0o600)
+
+    def refused() -> bool:
+        try:
+            reader.head_object(Bucket="described", Key="obj")
+        except ClientError as exc:
+            return exc.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        return False
+
+    wait_until(refused, FEED_DELAY_S, "a mode set on the mount")
+    assert _code(lambda: reader.get_object(Bucket="described", Key="obj")) == "AccessDenied"
+
+
 def test_an_interrupted_put_leaves_nothing(gateway_cluster, gateway, s3):
     """A client that goes away mid-body: no object, no temporary file left in the directory."""
     s3.create_bucket(Bucket="interrupted")

@@ -10,9 +10,11 @@ import hmac
 from chunkfs.client import AsyncFilesystem, Identity
 from chunkfs.gateway.keys import AccessKey, KeyStore
 from chunkfs.gateway.listing_cache import DirectorySnapshots
-from chunkfs.gateway.objects import XATTR_ETAG, ObjectStore
+from chunkfs.gateway.objects import XATTR_ETAG, ObjectInfo, ObjectStore
+from chunkfs.gateway.version_cache import VersionCache
 
 GATEWAY_UMASK = 0o022
+MAX_KEPT_SECRETS = 1024
 
 
 class Access:
@@ -20,6 +22,8 @@ class Access:
         self.afs, self.keys, self.server_key = afs, keys, server_key
         self._views: dict[tuple[int, int, tuple[int, ...]], AsyncFilesystem] = {}
         self._snapshots: dict[tuple[int, int], DirectorySnapshots] = {}  # by uid, gid: what they may list
+        self._descriptions: dict[tuple[int, int], VersionCache[ObjectInfo]] = {}  # by uid, gid: what they read
+        self._secrets: dict[AccessKey, str] = {}  # derived once per key (an HMAC and a base64 a request)
 
     def filesystem_for(self, key: AccessKey) -> AsyncFilesystem:
         """The core as `key`'s uid/gid sees it (made once per key; never closed on its own: the
@@ -38,17 +42,29 @@ class Access:
         return view
 
     def objects_for(self, key: AccessKey) -> ObjectStore:
-        snapshots = self._snapshots.setdefault((key.uid, key.gid), DirectorySnapshots(XATTR_ETAG))
-        return ObjectStore(self.filesystem_for(key), snapshots)
+        identity = (key.uid, key.gid)
+        snapshots = self._snapshots.get(identity) or self._snapshots.setdefault(identity, DirectorySnapshots(XATTR_ETAG))
+        descriptions = self._descriptions.get(identity) or self._descriptions.setdefault(identity, VersionCache())
+        return ObjectStore(self.filesystem_for(key), snapshots, descriptions)
 
     def credentials(self, access_key_id: str) -> tuple[AccessKey, str] | None:
         """The key with this id and its secret (what SigV4 signs with), or None."""
         key = self.keys.by_access_key(access_key_id)
-        return None if key is None else (key, key.secret(self.server_key))
+        return None if key is None else (key, self._secret(key))
+
+    def _secret(self, key: AccessKey) -> str:
+        """`key`'s secret; a key removed from the keys file is no longer looked up, and one added
+        again is another key (a new salt)."""
+        secret = self._secrets.get(key)
+        if secret is None:
+            if len(self._secrets) >= MAX_KEPT_SECRETS:
+                self._secrets.clear()
+            secret = self._secrets[key] = key.secret(self.server_key)
+        return secret
 
     def key_for_token(self, access_key_id: str, secret: str) -> AccessKey | None:
         """The key whose id and secret these are (the REST API's bearer token), or None."""
         key = self.keys.by_access_key(access_key_id)
-        if key is None or not hmac.compare_digest(key.secret(self.server_key), secret):
+        if key is None or not hmac.compare_digest(self._secret(key), secret):
             return None
         return key

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import os
@@ -42,6 +43,7 @@ from chunkfs.errors import FsError, TransportError
 from chunkfs.gateway.checksums import BodyChecksums
 from chunkfs.gateway.listing_cache import DirectorySnapshots
 from chunkfs.gateway.streams import read_body, read_if_small, write_body
+from chunkfs.gateway.version_cache import VersionCache
 
 XATTR_ETAG = "user.s3.etag"
 XATTR_CONTENT_TYPE = "user.s3.content-type"
@@ -223,8 +225,8 @@ async def _replayed(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
 
 async def describe_file(afs: AsyncFilesystem, path: str, key: str, st: os.stat_result) -> ObjectInfo:
     """The object `path` is (`st`: its stat), with what its xattrs say."""
-    info = ObjectInfo(key, st.st_size, st.st_mtime_ns, _fallback_etag(st.st_ino, st.st_size, st.st_mtime_ns),
-                      uid=st.st_uid)
+    fallback = _fallback_etag(st.st_ino, st.st_size, st.st_mtime_ns)
+    info = ObjectInfo(key, st.st_size, st.st_mtime_ns, fallback, uid=st.st_uid)
     for name in await afs.listxattr(path):
         if not name.startswith("user.s3."):
             continue
@@ -245,15 +247,21 @@ async def describe_file(afs: AsyncFilesystem, path: str, key: str, st: os.stat_r
             info.part_sizes = [int(n) for n in value.split() if n.isdigit()]
         elif name == XATTR_TAGGING:
             info.tags = value.decode(errors="replace")
+    if info.etag == fallback:  # its content changed since its PUT (through a mount): so did its checksums
+        info.checksums = {}
     return info
 
 
 class ObjectStore:
     """Buckets and objects as the identity of `afs` sees them."""
 
-    def __init__(self, afs: AsyncFilesystem, snapshots: DirectorySnapshots | None = None) -> None:
+    def __init__(self, afs: AsyncFilesystem, snapshots: DirectorySnapshots | None = None,
+                 descriptions: VersionCache[ObjectInfo] | None = None) -> None:
+        """`snapshots` and `descriptions` (the objects read before, by version) are the caller's,
+        kept from one request to the next."""
         self.afs = afs
         self.snapshots = snapshots or DirectorySnapshots(XATTR_ETAG)
+        self.descriptions: VersionCache[ObjectInfo] = descriptions or VersionCache()
 
     # ---- buckets ---------------------------------------------------------------------------------
     async def list_buckets(self) -> list[tuple[str, int]]:
@@ -299,7 +307,11 @@ class ObjectStore:
             raise FileNotFoundError(errno.ENOENT, "no such key", key)
         if stat.S_ISDIR(st.st_mode):
             return ObjectInfo(key, 0, st.st_mtime_ns, EMPTY_MD5)
-        return await describe_file(self.afs, path, key, st)
+        described = self.descriptions.get(st)  # shared between requests: never changed once kept
+        if described is None:
+            described = await describe_file(self.afs, path, key, st)
+            self.descriptions.put(st, described)
+        return described if described.key == key else dataclasses.replace(described, key=key)
 
     async def open(self, bucket: str, key: str) -> tuple[ObjectInfo, AsyncFile]:
         """The object's description and the file open for reading (the caller closes it)."""
@@ -323,7 +335,8 @@ class ObjectStore:
             checksums.finish()
             await make_directories(self.afs, path)
             return ObjectInfo(key, 0, 0, EMPTY_MD5)
-        await make_directories(self.afs, parent)
+        if parent != f"/{bucket}":  # the bucket itself was just found to be a directory
+            await make_directories(self.afs, parent)
         try:
             stored = await store_file(self.afs, path, body, checksums, exclusive, content_type, metadata, etag, headers)
         except IsADirectoryError:  # a key that other keys are under: S3 allows both, a filesystem cannot

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 U64 = struct.Struct(">Q")
 U64x2 = struct.Struct(">QQ")
 MAX_BATCH = 512
+# a group of mutations `run_together` commits like one small mutation (on the event loop when idle)
+SMALL_GROUP = 4
 DEFAULT_MAP_SIZE_BYTES = 1 << 40  # address space only: the file grows as pages are used
 FULL_WARNING_RATIO = 0.9  # warn once the map is this full
 
@@ -181,7 +183,9 @@ class GroupCommitter:
     Two ways in: `run` hands the mutation to the writer thread (any size; the event loop goes on
     serving while the commit is flushed), `run_small` is for a filesystem call's few keys and
     commits on the event loop itself when nothing else is being committed, saving the two
-    thread hand-offs (a wake-up each way plus the GIL) a lone mutation would otherwise pay."""
+    thread hand-offs (a wake-up each way plus the GIL) a lone mutation would otherwise pay.
+    `run_together` takes the same way for a group of at most SMALL_GROUP mutations (the
+    gateway's small PUT is a batch of two: its commit and its rename)."""
 
     def __init__(self, db: MetaDB, write_log: ReplicationLog | None = None) -> None:
         """`write_log` records each batch's write set for
@@ -191,7 +195,7 @@ class GroupCommitter:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._in_thread = 0  # mutations handed to the writer thread and not committed yet
-        self._small: list = []  # `run_small` mutations waiting for this turn of the event loop to end
+        self._small: list[list] = []  # `run_small` groups waiting for this turn of the event loop to end
         self._thread = threading.Thread(target=self._work, name="lmdb-writer", daemon=True)
         self._thread.start()
         self.commits = 0
@@ -229,10 +233,13 @@ class GroupCommitter:
         durable, rolled back alone on failure), and nothing committed later overtakes it."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        self._add_small([(fn, args, future, loop)], loop)
+        return await future
+
+    def _add_small(self, group: list, loop: asyncio.AbstractEventLoop) -> None:
         if not self._small:
             loop.call_soon(self._commit_small)
-        self._small.append((fn, args, future, loop))
-        return await future
+        self._small.append(group)
 
     async def run_together(self, calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]
                            ) -> list[tuple[Any, BaseException | None]]:
@@ -244,7 +251,11 @@ class GroupCommitter:
         futures = [loop.create_future() for _ in calls]
         if not calls:
             return []
-        self._to_thread([(fn, args, future, loop) for (fn, args), future in zip(calls, futures, strict=True)])
+        group = [(fn, args, future, loop) for (fn, args), future in zip(calls, futures, strict=True)]
+        if len(group) <= SMALL_GROUP:
+            self._add_small(group, loop)
+        else:
+            self._to_thread(group)
         outcomes: list[tuple[Any, BaseException | None]] = []
         for future in futures:
             try:
@@ -263,8 +274,9 @@ class GroupCommitter:
         self._queue.put(batch)
 
     def _commit_small(self) -> None:
-        batch, self._small = self._small, []
-        if len(batch) == 1 and self._in_thread == 0 and not self._may_wait_for_standby():
+        groups, self._small = self._small, []
+        batch = [call for group in groups for call in group]
+        if len(groups) == 1 and self._in_thread == 0 and not self._may_wait_for_standby():
             self.commits_on_loop += 1
             try:
                 self._commit(batch, _resolve)

@@ -30,7 +30,10 @@ import trio
 from chunkfs.protocol import http1
 from chunkfs.protocol.tls_stream import TlsSocketStream
 
-RECEIVE_BYTES = 1 << 20
+# a receive's buffer: a head, a short body (a longer one is received in place) and what came with
+# them. Below the gateway's fixed mmap threshold (malloc_tuning.py): at 1 MiB each receive was a
+# mapping of its own, mapped, shrunk and unmapped again (mmap, mremap, munmap a metadata call)
+RECEIVE_BYTES = 128 * 1024
 # bodies at least this long are received with recv_into, and sent apart from the head (no copy);
 # a shorter one goes out with its head in one send (a metadata call: one segment, the server
 # woken once, where two sends cost ~10% of a gateway's CPU on small PUTs)
