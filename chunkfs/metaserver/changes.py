@@ -66,7 +66,7 @@ class EncodedChangeBatch(msgspec.Struct):
 # creating files one after another (~1.4 ms each through the Python API) woke every other
 # client's poll for each one, and each answer cost the metaserver and that client a round trip:
 # with a mount following the feed, the API's creates ran at 575/s against 710-833/s without it
-# (quiet, 1,000 creates). Lease recalls and shutdown are answered at once.
+# (1,000 creates, load 2-3 from the runs themselves). Lease recalls and shutdown are answered at once.
 WAKE_GAP_S = 0.01
 FORGET_CLIENT_S = 3600.0  # a client silent this long is forgotten (its sessions ended long before)
 
