@@ -230,6 +230,7 @@ class File(io.RawIOBase):
         super().__init__()
         self._thread, self._afile = thread, afile
         self._pending = bytearray()  # small writes not yet handed over
+        self._closing = False  # a close (with the kept writes) is on its way in the client thread
 
     def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """`fn(*args)` in the client thread, after the kept writes (in the same hand-off)."""
@@ -320,7 +321,7 @@ class File(io.RawIOBase):
         self._call(self._afile.unlock, start, length)
 
     def close(self) -> None:
-        if not self._afile.closed:
+        if not self._afile.closed and not self._closing:
             if self._thread.in_client_thread():  # closed by a finalizer in the client's thread: do not wait
                 self._close_soon()
                 return
@@ -334,6 +335,7 @@ class File(io.RawIOBase):
             self._close_soon()
 
     def _close_soon(self) -> None:
+        self._closing = True  # a later close() must not close it first, without the kept writes
         pending, self._pending = bytes(self._pending), bytearray()
         if pending:
             self._thread.call_soon(self._after_pending, pending, self._afile.aclose)
